@@ -1,0 +1,48 @@
+# Allmende — everything runs from the project's own .venv and .tools (nothing global).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+ANVIL  := .tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
+ANVIL_VERSION := 1.7.1
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint typecheck pytest demo fuzz bench clean
+
+install: $(STAMP) $(ANVIL)
+
+# Re-install only when the project's dependency list changes.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+$(ANVIL):
+	@mkdir -p .tools
+	cd .tools && npm install --silent --no-audit --no-fund --prefix . @foundry-rs/anvil@$(ANVIL_VERSION)
+	@test -x $(ANVIL) && $(ANVIL) --version
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: install
+	$(BIN)/mypy src/allmende
+
+pytest: install
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+demo: install
+	$(BIN)/allmende demo
+
+# Ten times the hypothesis examples CI runs.
+fuzz: install
+	ALLMENDE_FUZZ_EXAMPLES=400 $(BIN)/pytest tests/contracts -k "Machine or property"
+
+bench: install
+	$(BIN)/python bench/gas.py
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,349 @@
+# pragma version ~=0.4.3
+"""
+@title Payment channels payer -> provider, paid by cumulative vouchers
+@custom:contract-name channels
+@license Apache-2.0
+@notice A payer (usually a gateway) opens a channel to a provider with a
+        deposit of the payment token. For every request it signs an
+        EIP-712 `Voucher(channelId, modelId, cumulativeAmount)`: the total
+        it owes the provider for that model on that channel so far. The
+        provider keeps only the latest voucher per (channel, model) and
+        redeems many channels in one `redeem` call; each voucher pays only
+        the increase over the last redeemed cumulative and never more than
+        the deposit.
+        Every paid amount is split: the model's royalty (Models) to the
+        model owner, the protocol fee (Params) to the treasury, the rest to
+        the provider. Shares accrue here and are pulled with
+        `withdraw_earnings`, so a batch redeem moves no tokens.
+        Closing: the payer calls `request_close`; the provider may redeem
+        until Params `channel_close_delay` has passed; then the payer
+        `withdraw`s what is left.
+"""
+
+from snekmate.auth import ownable
+from snekmate.utils import ecdsa
+from snekmate.utils import eip712_domain_separator as eip712
+from ethereum.ercs import IERC20
+from interfaces import IModels
+from interfaces import IParams
+
+initializes: ownable
+initializes: eip712
+
+exports: (ownable.owner, ownable.transfer_ownership, eip712.eip712Domain)
+
+
+BPS: constant(uint256) = 10_000
+MAX_BATCH: constant(uint256) = 256
+MASK_64: constant(uint256) = 2**64 - 1
+MASK_128: constant(uint256) = 2**128 - 1
+
+VOUCHER_TYPEHASH: constant(bytes32) = keccak256(
+    "Voucher(bytes32 channelId,bytes32 modelId,uint256 cumulativeAmount)"
+)
+PROTOCOL_FEE_KEY: constant(bytes32) = keccak256("protocol_fee_bps")
+ROYALTY_CAP_KEY: constant(bytes32) = keccak256("royalty_cap_bps")
+CLOSE_DELAY_KEY: constant(bytes32) = keccak256("channel_close_delay")
+
+
+struct Voucher:
+    channel_id: bytes32
+    model_id: bytes32
+    cumulative_amount: uint256
+    signature: Bytes[65]
+
+
+struct Channel:
+    payer: address
+    provider: address
+    deposit: uint256
+    spent: uint256
+    closes_at: uint256
+
+
+event ChannelOpened:
+    channel_id: indexed(bytes32)
+    payer: indexed(address)
+    provider: indexed(address)
+    deposit: uint256
+
+
+event ToppedUp:
+    channel_id: indexed(bytes32)
+    amount: uint256
+    deposit: uint256
+
+
+event CloseRequested:
+    channel_id: indexed(bytes32)
+    closes_at: uint256
+
+
+event ChannelWithdrawn:
+    channel_id: indexed(bytes32)
+    payer: indexed(address)
+    amount: uint256
+
+
+event Redeemed:
+    channel_id: indexed(bytes32)
+    model_id: indexed(bytes32)
+    amount: uint256
+    cumulative_amount: uint256
+
+
+event EarningsWithdrawn:
+    account: indexed(address)
+    amount: uint256
+
+
+event TreasurySet:
+    treasury: indexed(address)
+
+
+payment_token: public(immutable(IERC20))
+params: public(immutable(IParams))
+models: public(immutable(IModels))
+treasury: public(address)
+
+# @dev Channel state is packed to keep a redeem at three cold SLOADs per
+#      channel: payer (bits 96..255) | closes_at (bits 0..63) in `_meta`,
+#      deposit (bits 128..255) | spent (bits 0..127) in `_funds`.
+_meta: HashMap[bytes32, uint256]
+_provider: HashMap[bytes32, address]
+_funds: HashMap[bytes32, uint256]
+
+# @dev last redeemed cumulative amount per (channel, model)
+redeemed: public(HashMap[bytes32, HashMap[bytes32, uint256]])
+# @dev accrued, not yet withdrawn earnings (provider, model owner, treasury)
+earnings: public(HashMap[address, uint256])
+# @dev channels opened per payer; part of the channel id
+channel_nonce: public(HashMap[address, uint256])
+
+
+@deploy
+def __init__(payment_token_: IERC20, params_: IParams, models_: IModels, treasury_: address):
+    ownable.__init__()
+    eip712.__init__("Allmende", "1")
+    assert treasury_ != empty(address), "channels: zero treasury"
+    payment_token = payment_token_
+    params = params_
+    models = models_
+    self.treasury = treasury_
+
+
+# ------------------------------------------------------------------ payer
+
+
+@external
+def open(provider: address, amount: uint256) -> bytes32:
+    """
+    @notice Opens a channel to `provider`, pulling `amount` payment tokens.
+    @return bytes32 The channel id: keccak256(this, payer, provider, nonce).
+    """
+    assert provider != empty(address), "channels: zero provider"
+    assert provider != msg.sender, "channels: payer is provider"
+    assert amount > 0, "channels: zero amount"
+    assert amount <= MASK_128, "channels: amount overflow"
+    nonce: uint256 = self.channel_nonce[msg.sender]
+    self.channel_nonce[msg.sender] = nonce + 1
+    channel_id: bytes32 = keccak256(abi_encode(self, msg.sender, provider, nonce))
+    self._meta[channel_id] = convert(convert(msg.sender, uint160), uint256) << 96
+    self._provider[channel_id] = provider
+    self._funds[channel_id] = amount << 128
+    self._pull(msg.sender, amount)
+    log ChannelOpened(channel_id=channel_id, payer=msg.sender, provider=provider, deposit=amount)
+    return channel_id
+
+
+@external
+def top_up(channel_id: bytes32, amount: uint256):
+    """
+    @notice Adds `amount` to the deposit of an open channel. Payer only.
+    """
+    payer: address = self._payer(channel_id)
+    assert payer == msg.sender, "channels: not payer"
+    assert self._meta[channel_id] & MASK_64 == 0, "channels: closing"
+    assert amount > 0, "channels: zero amount"
+    funds: uint256 = self._funds[channel_id]
+    deposit: uint256 = (funds >> 128) + amount
+    assert deposit <= MASK_128, "channels: amount overflow"
+    self._funds[channel_id] = (deposit << 128) | (funds & MASK_128)
+    self._pull(msg.sender, amount)
+    log ToppedUp(channel_id=channel_id, amount=amount, deposit=deposit)
+
+
+@external
+def request_close(channel_id: bytes32) -> uint256:
+    """
+    @notice Starts closing: the provider may redeem until the returned
+            time, then the payer may `withdraw` the rest. Payer only.
+    @return uint256 The time the channel closes.
+    """
+    meta: uint256 = self._meta[channel_id]
+    assert meta != 0, "channels: unknown channel"
+    assert self._payer(channel_id) == msg.sender, "channels: not payer"
+    assert meta & MASK_64 == 0, "channels: closing"
+    closes_at: uint256 = block.timestamp + staticcall params.value(CLOSE_DELAY_KEY)
+    assert closes_at <= MASK_64, "channels: delay overflow"
+    self._meta[channel_id] = meta | closes_at
+    log CloseRequested(channel_id=channel_id, closes_at=closes_at)
+    return closes_at
+
+
+@external
+def withdraw(channel_id: bytes32) -> uint256:
+    """
+    @notice Returns the unspent deposit to the payer once the channel has
+            closed. Payer only.
+    @return uint256 The amount returned.
+    """
+    meta: uint256 = self._meta[channel_id]
+    assert meta != 0, "channels: unknown channel"
+    assert self._payer(channel_id) == msg.sender, "channels: not payer"
+    closes_at: uint256 = meta & MASK_64
+    assert closes_at != 0, "channels: close not requested"
+    assert block.timestamp >= closes_at, "channels: not closed yet"
+    funds: uint256 = self._funds[channel_id]
+    spent: uint256 = funds & MASK_128
+    refund: uint256 = (funds >> 128) - spent
+    assert refund > 0, "channels: nothing to withdraw"
+    # the deposit shrinks to what was spent: nothing is left to pay out
+    self._funds[channel_id] = (spent << 128) | spent
+    assert extcall payment_token.transfer(msg.sender, refund, default_return_value=True), "channels: transfer failed"
+    log ChannelWithdrawn(channel_id=channel_id, payer=msg.sender, amount=refund)
+    return refund
+
+
+# --------------------------------------------------------------- provider
+
+
+@external
+def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
+    """
+    @notice Redeems the latest vouchers of any number of the caller's
+            channels. Each pays the increase over the last redeemed
+            cumulative for its (channel, model) and is split into royalty,
+            protocol fee and provider share. Reverts as a whole if any
+            voucher is invalid.
+    @return uint256 The total amount paid by all vouchers.
+    """
+    fee_bps: uint256 = staticcall params.value(PROTOCOL_FEE_KEY)
+    # royalty is capped so that royalty + fee never exceed the amount
+    royalty_cap: uint256 = min(staticcall params.value(ROYALTY_CAP_KEY), BPS - min(fee_bps, BPS))
+    total: uint256 = 0
+    total_fee: uint256 = 0
+    total_royalty: uint256 = 0
+    last_model: bytes32 = empty(bytes32)
+    model_owner: address = empty(address)
+    royalty_bps: uint256 = 0
+    for v: Voucher in vouchers:
+        meta: uint256 = self._meta[v.channel_id]
+        assert meta != 0, "channels: unknown channel"
+        assert self._provider[v.channel_id] == msg.sender, "channels: not provider"
+        closes_at: uint256 = meta & MASK_64
+        assert closes_at == 0 or block.timestamp < closes_at, "channels: channel closed"
+        previous: uint256 = self.redeemed[v.channel_id][v.model_id]
+        assert v.cumulative_amount > previous, "channels: voucher not above last"
+        amount: uint256 = v.cumulative_amount - previous
+        funds: uint256 = self._funds[v.channel_id]
+        # spent + amount <= deposit < 2**128, so the packed add cannot carry
+        assert (funds & MASK_128) + amount <= funds >> 128, "channels: over deposit"
+        digest: bytes32 = eip712._hash_typed_data_v4(
+            keccak256(abi_encode(VOUCHER_TYPEHASH, v.channel_id, v.model_id, v.cumulative_amount))
+        )
+        payer: address = convert(convert(meta >> 96, uint160), address)
+        assert ecdsa._recover_sig(digest, v.signature) == payer, "channels: bad signature"
+        self.redeemed[v.channel_id][v.model_id] = v.cumulative_amount
+        self._funds[v.channel_id] = funds + amount
+
+        if v.model_id != last_model:
+            last_model = v.model_id
+            model_owner, royalty_bps = staticcall models.royalty_info(v.model_id)
+            royalty_bps = min(royalty_bps, royalty_cap)
+        royalty: uint256 = amount * royalty_bps // BPS
+        if royalty > 0:
+            self.earnings[model_owner] += royalty
+            total_royalty += royalty
+        total_fee += amount * fee_bps // BPS
+        total += amount
+        log Redeemed(channel_id=v.channel_id, model_id=v.model_id, amount=amount, cumulative_amount=v.cumulative_amount)
+
+    # fee and royalty are each floored per voucher, so their sums never exceed the total
+    self.earnings[self.treasury] += total_fee
+    self.earnings[msg.sender] += total - total_fee - total_royalty
+    return total
+
+
+@external
+def withdraw_earnings() -> uint256:
+    """
+    @notice Sends the caller everything it has earned (provider share,
+            royalties, or protocol fees for the treasury).
+    @return uint256 The amount sent.
+    """
+    amount: uint256 = self.earnings[msg.sender]
+    assert amount > 0, "channels: no earnings"
+    self.earnings[msg.sender] = 0
+    assert extcall payment_token.transfer(msg.sender, amount, default_return_value=True), "channels: transfer failed"
+    log EarningsWithdrawn(account=msg.sender, amount=amount)
+    return amount
+
+
+# ------------------------------------------------------------------ views
+
+
+@external
+@view
+def channel(channel_id: bytes32) -> Channel:
+    """
+    @notice The channel's parties and balances; reverts if unknown.
+    """
+    meta: uint256 = self._meta[channel_id]
+    assert meta != 0, "channels: unknown channel"
+    funds: uint256 = self._funds[channel_id]
+    return Channel(
+        payer=self._payer(channel_id),
+        provider=self._provider[channel_id],
+        deposit=funds >> 128,
+        spent=funds & MASK_128,
+        closes_at=meta & MASK_64,
+    )
+
+
+@external
+@view
+def voucher_digest(channel_id: bytes32, model_id: bytes32, cumulative_amount: uint256) -> bytes32:
+    """
+    @notice The EIP-712 digest a payer signs for a voucher.
+    """
+    return eip712._hash_typed_data_v4(keccak256(abi_encode(VOUCHER_TYPEHASH, channel_id, model_id, cumulative_amount)))
+
+
+# ----------------------------------------------------------------- admin
+
+
+@external
+def set_treasury(treasury_: address):
+    """
+    @notice Where protocol fees accrue. Owner (Timelock) only; fees accrued
+            before the change stay with the previous treasury.
+    """
+    ownable._check_owner()
+    assert treasury_ != empty(address), "channels: zero treasury"
+    self.treasury = treasury_
+    log TreasurySet(treasury=treasury_)
+
+
+# -------------------------------------------------------------- internals
+
+
+@internal
+@view
+def _payer(channel_id: bytes32) -> address:
+    return convert(convert(self._meta[channel_id] >> 96, uint160), address)
+
+
+@internal
+def _pull(payer: address, amount: uint256):
+    assert extcall payment_token.transferFrom(payer, self, amount, default_return_value=True), "channels: transfer failed"

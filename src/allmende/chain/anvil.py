@@ -1,0 +1,126 @@
+"""A local devnet: anvil from `.tools/` (npm package @foundry-rs/anvil).
+
+anvil's accounts come from the public test mnemonic; they hold devnet ETH only and
+are labelled as such wherever they are shown.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from eth_account import Account
+
+from allmende.chain.errors import RpcUnavailable
+
+DEVNET_MNEMONIC = "test test test test test test test test test test test junk"
+DEVNET_CHAIN_ID = 31337
+_ANVIL_REL = Path(".tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
+
+
+@dataclass(frozen=True)
+class DevnetAccount:
+    """One of anvil's well-known accounts: public keys, devnet use only."""
+
+    index: int
+    address: str
+    key: bytes
+    label: str = field(default="")
+
+
+def devnet_accounts(count: int = 10) -> list[DevnetAccount]:
+    """anvil's default accounts, derived from the public test mnemonic."""
+    Account.enable_unaudited_hdwallet_features()
+    accounts = []
+    for i in range(count):
+        acct = Account.from_mnemonic(DEVNET_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}")
+        accounts.append(
+            DevnetAccount(i, acct.address, bytes(acct.key), f"anvil devnet account #{i} (public key)")
+        )
+    return accounts
+
+
+def find_anvil() -> Path:
+    """The anvil binary: $ALLMENDE_ANVIL, the project's .tools/, or PATH."""
+    override = os.environ.get("ALLMENDE_ANVIL")
+    if override:
+        return Path(override)
+    here = Path(__file__).resolve()
+    for root in [Path.cwd(), *here.parents]:
+        candidate = root / _ANVIL_REL
+        if candidate.exists():
+            return candidate
+    found = shutil.which("anvil")
+    if found:
+        return Path(found)
+    raise RpcUnavailable("anvil not found: run `make install` (it installs anvil into .tools/)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Anvil:
+    """A running anvil process. Use as a context manager or call stop()."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        chain_id: int = DEVNET_CHAIN_ID,
+        block_time: float | None = None,
+        state_file: Path | None = None,
+        log_file: Path | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.chain_id = chain_id
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [str(find_anvil()), "--port", str(self.port), "--chain-id", str(chain_id), "--silent"]
+        if block_time:
+            args += ["--block-time", str(block_time)]
+        if state_file:
+            args += ["--state", str(state_file)]
+        out = log_file.open("ab") if log_file else subprocess.DEVNULL
+        self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RpcUnavailable(
+                    f"anvil exited with code {self.process.returncode} (port {self.port} in use?)"
+                )
+            try:
+                reply = httpx.post(
+                    self.url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}, timeout=1
+                )
+                if reply.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RpcUnavailable(f"anvil did not answer on {self.url} within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> Anvil:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,262 @@
+"""Typed bindings over the deployed contracts: one class per contract, methods in
+the protocol's words, every revert raised as ContractReverted with its reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from web3.contract import Contract
+from web3.logs import DISCARD
+
+from allmende.chain.client import ChainClient, SentTransaction
+from allmende.chain.deploy import Deployment
+from allmende.core import Domain, SignedVoucher
+from allmende.core.errors import AmountOverflow, UnknownModel
+
+ROLE_PROVIDER = 1
+ROLE_VALIDATOR = 2
+MAX_UINT = 2**256 - 1
+
+
+def _amount(value: int, what: str, bits: int = 256) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 1 << bits:
+        raise AmountOverflow(f"{what} = {value!r} is not an integer in [0, 2**{bits})")
+    return value
+
+
+class _Binding:
+    name = ""
+
+    def __init__(self, client: ChainClient, deployment: Deployment) -> None:
+        self.client = client
+        self.address = deployment.address(self.name)
+        self.contract: Contract = client.contract(self.address, deployment.abi(self.name))
+
+    def _call(self, fn: str, *args: Any) -> Any:
+        return self.client.call(getattr(self.contract.functions, fn)(*args))
+
+    def _tx(self, fn: str, *args: Any) -> SentTransaction:
+        return self.client.transact(getattr(self.contract.functions, fn)(*args))
+
+
+class Token(_Binding):
+    name = "AllmendeToken"
+
+    def balance_of(self, who: str) -> int:
+        return int(self._call("balanceOf", who))
+
+    def transfer(self, to: str, amount: int) -> SentTransaction:
+        return self._tx("transfer", to, _amount(amount, "amount"))
+
+    def approve(self, spender: str, amount: int = MAX_UINT) -> SentTransaction:
+        return self._tx("approve", spender, _amount(amount, "amount"))
+
+    def allowance(self, owner: str, spender: str) -> int:
+        return int(self._call("allowance", owner, spender))
+
+    def ensure_allowance(self, spender: str, needed: int) -> None:
+        if self.allowance(self.client.address, spender) < needed:
+            self.approve(spender)
+
+
+class Stable(Token):
+    name = "MockStable"
+
+    def mint(self, to: str, amount: int) -> SentTransaction:
+        return self._tx("mint", to, _amount(amount, "amount"))
+
+
+class Params(_Binding):
+    name = "Params"
+
+    def get(self, name: str) -> int:
+        return int(self._call("get", name))
+
+    def set(self, name: str, value: int) -> SentTransaction:
+        return self._tx("set", name, _amount(value, name))
+
+    def all(self) -> dict[str, int]:
+        names = [self._call("names", i) for i in range(int(self._call("count")))]
+        return {n: self.get(n) for n in names}
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    model_id: bytes
+    owner: str
+    license: str
+    royalty_bps: int
+    parents: list[bytes]
+    datasets: list[bytes]
+    metadata_uri: str
+    registered_at: int
+
+
+class Models(_Binding):
+    name = "Models"
+
+    def register(
+        self,
+        model_id: bytes,
+        license: str,
+        royalty_bps: int,
+        parents: list[bytes] | None = None,
+        datasets: list[bytes] | None = None,
+        metadata_uri: str = "",
+    ) -> SentTransaction:
+        return self._tx(
+            "register", model_id, license, royalty_bps, parents or [], datasets or [], metadata_uri
+        )
+
+    def owner_of(self, model_id: bytes) -> str | None:
+        owner = str(self._call("owner_of", model_id))
+        return None if int(owner, 16) == 0 else owner
+
+    def get(self, model_id: bytes) -> ModelRecord:
+        if self.owner_of(model_id) is None:
+            raise UnknownModel(f"model 0x{model_id.hex()} is not registered")
+        m = self._call("get", model_id)
+        return ModelRecord(model_id, m[0], m[1], int(m[2]), list(m[3]), list(m[4]), m[5], int(m[6]))
+
+    def transfer(self, model_id: bytes, new_owner: str) -> SentTransaction:
+        return self._tx("transfer", model_id, new_owner)
+
+    def all_ids(self) -> list[bytes]:
+        return [bytes(self._call("model_at", i)) for i in range(int(self._call("model_count")))]
+
+
+@dataclass(frozen=True)
+class AccountRecord:
+    role: int
+    stake: int
+    unbonding: int
+    unbond_at: int
+    endpoint: str
+    x25519_key: bytes
+    paused: bool
+    registered_at: int
+
+
+@dataclass(frozen=True)
+class OfferRecord:
+    price_in: int
+    price_out: int
+    active: bool
+
+
+class Registry(_Binding):
+    name = "Registry"
+
+    def register(self, role: int, endpoint: str, x25519_key: bytes, amount: int) -> SentTransaction:
+        return self._tx("register", role, endpoint, x25519_key, _amount(amount, "stake"))
+
+    def account(self, who: str) -> AccountRecord:
+        a = self._call("accounts", who)
+        return AccountRecord(
+            int(a[0]), int(a[1]), int(a[2]), int(a[3]), a[4], bytes(a[5]), bool(a[6]), int(a[7])
+        )
+
+    def set_offer(self, model_id: bytes, price_in: int, price_out: int) -> SentTransaction:
+        return self._tx("set_offer", model_id, _amount(price_in, "price_in"), _amount(price_out, "price_out"))
+
+    def remove_offer(self, model_id: bytes) -> SentTransaction:
+        return self._tx("remove_offer", model_id)
+
+    def offer(self, provider: str, model_id: bytes) -> OfferRecord:
+        o = self._call("offers", provider, model_id)
+        return OfferRecord(int(o[0]), int(o[1]), bool(o[2]))
+
+    def models_of(self, provider: str) -> list[bytes]:
+        return [bytes(m) for m in self._call("models_of", provider)]
+
+    def is_active(self, who: str) -> bool:
+        return bool(self._call("is_active", who))
+
+    def add_stake(self, amount: int) -> SentTransaction:
+        return self._tx("add_stake", _amount(amount, "amount"))
+
+    def unbond(self, amount: int) -> SentTransaction:
+        return self._tx("unbond", _amount(amount, "amount"))
+
+    def withdraw(self) -> SentTransaction:
+        return self._tx("withdraw")
+
+    def providers_of(self, model_id: bytes, page: int = 100) -> list[str]:
+        """Every active provider with an active offer for `model_id`, read page by page."""
+        found: list[str] = []
+        start, count = 0, int(self._call("model_provider_count", model_id))
+        while start < count:
+            batch, start = self._call("providers_of", model_id, start, page)
+            found.extend(batch)
+        return found
+
+    def all_accounts(self) -> list[str]:
+        return [str(self._call("account_at", i)) for i in range(int(self._call("account_count")))]
+
+    def receipt_domain(self) -> Domain:
+        return Domain(self.client.chain_id, self.address)
+
+
+@dataclass(frozen=True)
+class ChannelRecord:
+    payer: str
+    provider: str
+    deposit: int
+    spent: int
+    closes_at: int
+
+
+class Channels(_Binding):
+    name = "Channels"
+
+    def open(self, provider: str, amount: int) -> bytes:
+        """Open a channel; returns its id (read from the ChannelOpened event)."""
+        sent = self._tx("open", provider, _amount(amount, "deposit", 128))
+        (event,) = self.contract.events.ChannelOpened().process_receipt(sent.receipt, errors=DISCARD)
+        return bytes(event["args"]["channel_id"])
+
+    def top_up(self, channel_id: bytes, amount: int) -> SentTransaction:
+        return self._tx("top_up", channel_id, _amount(amount, "amount", 128))
+
+    def request_close(self, channel_id: bytes) -> SentTransaction:
+        return self._tx("request_close", channel_id)
+
+    def withdraw(self, channel_id: bytes) -> SentTransaction:
+        return self._tx("withdraw", channel_id)
+
+    def redeem(self, vouchers: list[SignedVoucher]) -> SentTransaction:
+        return self._tx("redeem", [v.as_tuple() for v in vouchers])
+
+    def withdraw_earnings(self) -> SentTransaction:
+        return self._tx("withdraw_earnings")
+
+    def channel(self, channel_id: bytes) -> ChannelRecord:
+        c = self._call("channel", channel_id)
+        return ChannelRecord(c[0], c[1], int(c[2]), int(c[3]), int(c[4]))
+
+    def redeemed(self, channel_id: bytes, model_id: bytes) -> int:
+        return int(self._call("redeemed", channel_id, model_id))
+
+    def earnings(self, who: str) -> int:
+        return int(self._call("earnings", who))
+
+    def treasury(self) -> str:
+        return str(self._call("treasury"))
+
+    def voucher_domain(self) -> Domain:
+        return Domain(self.client.chain_id, self.address)
+
+
+class Contracts:
+    """All bindings of one deployment, for one client (one signing account)."""
+
+    def __init__(self, client: ChainClient, deployment: Deployment) -> None:
+        self.client = client
+        self.deployment = deployment
+        self.token = Token(client, deployment)
+        self.stable = Stable(client, deployment)
+        self.params = Params(client, deployment)
+        self.models = Models(client, deployment)
+        self.registry = Registry(client, deployment)
+        self.channels = Channels(client, deployment)

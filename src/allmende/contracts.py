@@ -1,0 +1,32 @@
+"""Where the Vyper sources live and the order they deploy in.
+
+The sources are compiled from `contracts/` at deploy time (no committed
+bytecode). `ALLMENDE_CONTRACTS` overrides the folder for installs outside a checkout.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SOURCES = {
+    "AllmendeToken": "allmende_token.vy",
+    "MockStable": "mocks/mock_stable.vy",
+    "Params": "params.vy",
+    "Models": "models.vy",
+    "Registry": "registry.vy",
+    "Channels": "channels.vy",
+}
+
+
+def contracts_dir() -> Path:
+    """The folder holding the `.vy` sources."""
+    override = os.environ.get("ALLMENDE_CONTRACTS")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parents[2] / "contracts"
+
+
+def source_path(name: str) -> Path:
+    """Path of contract `name` (a key of SOURCES)."""
+    return contracts_dir() / SOURCES[name]

@@ -1,0 +1,1 @@
+"""Helpers for tests, benchmarks and the walk-through (need the `dev` extras)."""

@@ -1,0 +1,88 @@
+"""The money contracts deployed in an in-process EVM (titanoboa).
+
+Used by the contract tests, `bench/gas.py` and the walk-through. Everything here
+runs on py-evm inside this Python process: no node, no sockets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import boa
+from eth_account import Account
+from eth_utils import keccak
+
+from allmende.contracts import source_path
+from allmende.core import Domain
+
+ALM = 10**18
+USD = 10**6
+MAX_UINT = 2**256 - 1
+
+
+@dataclass(frozen=True)
+class Actor:
+    """An account whose private key is known (it signs vouchers and receipts)."""
+
+    address: str
+    key: bytes
+
+
+def actor(label: str) -> Actor:
+    """A deterministic test account named `label`."""
+    account = Account.from_key(keccak(text=f"allmende-test:{label}"))
+    return Actor(account.address, bytes(account.key))
+
+
+def load(name: str, *args: Any) -> Any:
+    return boa.load(str(source_path(name)), *args)
+
+
+@dataclass
+class System:
+    """Handles to every deployed contract plus the privileged addresses."""
+
+    admin: str
+    treasury: str
+    verdicts: str
+    token: Any
+    stable: Any
+    params: Any
+    models: Any
+    registry: Any
+    channels: Any
+
+    @property
+    def voucher_domain(self) -> Domain:
+        return Domain(boa.env.evm.patch.chain_id, self.channels.address)
+
+    @property
+    def receipt_domain(self) -> Domain:
+        return Domain(boa.env.evm.patch.chain_id, self.registry.address)
+
+    def fund(self, who: str, usd: int = 0, alm: int = 0) -> None:
+        """Give `who` tokens and approve Channels / Registry to pull them."""
+        if usd:
+            self.stable.mint(who, usd)
+            with boa.env.prank(who):
+                self.stable.approve(self.channels.address, MAX_UINT)
+        if alm:
+            self.token.transfer(who, alm, sender=self.admin)
+            with boa.env.prank(who):
+                self.token.approve(self.registry.address, MAX_UINT)
+
+
+def deploy_system() -> System:
+    """Deploy ALM, dUSD, Params, Models, Registry and Channels; the deployer stays admin."""
+    admin = boa.env.eoa
+    treasury = boa.env.generate_address("treasury")
+    verdicts = boa.env.generate_address("verdicts")
+    token = load("AllmendeToken", 10**9 * ALM, admin)
+    stable = load("MockStable")
+    params = load("Params")
+    models = load("Models", params.address)
+    registry = load("Registry", token.address, params.address)
+    channels = load("Channels", stable.address, params.address, models.address, treasury)
+    registry.set_verdicts(verdicts)
+    return System(admin, treasury, verdicts, token, stable, params, models, registry, channels)

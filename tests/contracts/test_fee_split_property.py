@@ -1,0 +1,43 @@
+"""The Python fee split (allmende.core.fees) equals what Channels pays, to the unit."""
+
+from __future__ import annotations
+
+import boa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from allmende.core import Voucher, effective_royalty_bps, sign_voucher, split_payment
+from tests.contracts.conftest import System, actor
+
+PAYER, PROVIDER, OWNER = actor("fs-payer"), actor("fs-provider"), actor("fs-owner")
+MODEL = b"\x42" * 32
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    amount=st.integers(1, 2**128 - 1),
+    royalty_bps=st.integers(0, 3000),
+    fee_bps=st.integers(0, 10_000),
+    cap_bps=st.integers(0, 10_000),
+)
+def test_python_split_matches_contract(
+    system_module: System, amount: int, royalty_bps: int, fee_bps: int, cap_bps: int
+) -> None:
+    system = system_module
+    system.stable.mint(PAYER.address, amount)
+    with boa.env.prank(PAYER.address):
+        system.stable.approve(system.channels.address, amount)
+        channel = system.channels.open(PROVIDER.address, amount)
+    with boa.env.prank(OWNER.address):
+        system.models.register(MODEL, "MIT", royalty_bps, [], [], "")
+    system.params.set("protocol_fee_bps", fee_bps)
+    system.params.set("royalty_cap_bps", cap_bps)
+    signed = sign_voucher(Voucher(channel, MODEL, amount), system.voucher_domain, PAYER.key)
+
+    with boa.env.prank(PROVIDER.address):
+        system.channels.redeem([signed.as_tuple()])
+
+    expected = split_payment(amount, effective_royalty_bps(royalty_bps, cap_bps, fee_bps), fee_bps)
+    assert system.channels.earnings(OWNER.address) == expected.royalty
+    assert system.channels.earnings(system.treasury) == expected.protocol_fee
+    assert system.channels.earnings(PROVIDER.address) == expected.provider

@@ -1,0 +1,123 @@
+"""Models (provenance and royalties), Params (governed values) and the two tokens."""
+
+from __future__ import annotations
+
+import boa
+import pytest
+from eth_utils import keccak
+
+from tests.contracts.conftest import ALM, System, actor
+
+OWNER = actor("model-owner")
+STRANGER = actor("stranger")
+BASE = keccak(text="base-model")
+CHILD = keccak(text="child-model")
+DATA = keccak(text="dataset")
+
+
+@pytest.fixture
+def base(system: System) -> bytes:
+    with boa.env.prank(OWNER.address):
+        system.models.register(BASE, "Apache-2.0", 500, [], [DATA], "ipfs://base")
+    return BASE
+
+
+# -------------------------------------------------------------------- models
+
+
+def test_register_records_lineage(system: System, base: bytes) -> None:
+    with boa.env.prank(STRANGER.address):
+        system.models.register(CHILD, "CC-BY-4.0", 300, [base], [DATA], "ipfs://child")
+
+    child = system.models.get(CHILD)
+    assert (child.owner, child.license, child.royalty_bps) == (STRANGER.address, "CC-BY-4.0", 300)
+    assert list(child.parents) == [base] and list(child.datasets) == [DATA]
+    assert system.models.model_count() == 2
+    assert system.models.model_at(1) == CHILD
+    assert system.models.royalty_info(CHILD) == (STRANGER.address, 300)
+
+
+def test_transfer_moves_ownership_and_royalties(system: System, base: bytes) -> None:
+    with boa.env.prank(OWNER.address):
+        system.models.transfer(base, STRANGER.address)
+    assert system.models.owner_of(base) == STRANGER.address
+    assert system.models.royalty_info(base) == (STRANGER.address, 500)
+
+
+def test_unknown_model_has_no_royalty(system: System) -> None:
+    assert system.models.royalty_info(CHILD) == ("0x" + "00" * 20, 0)
+    assert system.models.owner_of(CHILD) == "0x" + "00" * 20
+
+
+def test_models_revert_paths(system: System, base: bytes) -> None:
+    with boa.reverts("models: empty id"):
+        system.models.register(b"\x00" * 32, "MIT", 0, [], [], "")
+    with boa.reverts("models: already registered"):
+        system.models.register(base, "MIT", 0, [], [], "")
+    with boa.reverts("models: royalty above cap"):
+        system.models.register(CHILD, "MIT", 3001, [], [], "")
+    with boa.reverts("models: own parent"):
+        system.models.register(CHILD, "MIT", 0, [CHILD], [], "")
+    with boa.reverts("models: unknown parent"):
+        system.models.register(CHILD, "MIT", 0, [keccak(text="nope")], [], "")
+    with boa.reverts("models: unknown model"):
+        system.models.transfer(CHILD, STRANGER.address)
+    with boa.env.prank(STRANGER.address), boa.reverts("models: not owner"):
+        system.models.transfer(base, STRANGER.address)
+    with boa.env.prank(OWNER.address), boa.reverts("models: zero owner"):
+        system.models.transfer(base, "0x" + "00" * 20)
+    with boa.reverts("models: unknown model"):
+        system.models.get(CHILD)
+
+
+# -------------------------------------------------------------------- params
+
+
+def test_params_defaults(system: System) -> None:
+    assert system.params.get("protocol_fee_bps") == 100
+    assert system.params.get("royalty_cap_bps") == 3000
+    assert system.params.get("min_provider_stake") == 1_000 * ALM
+    assert system.params.count() == 16
+    assert system.params.value(keccak(text="slash_bps")) == system.params.get("slash_bps")
+
+
+def test_params_set_emits_event(system: System) -> None:
+    system.params.set("protocol_fee_bps", 150)
+
+    logs = system.params.get_logs()
+    assert system.params.get("protocol_fee_bps") == 150
+    assert [(type(e).__name__, e.old_value, e.new_value) for e in logs] == [("ParamSet", 100, 150)]
+
+
+def test_params_new_name_is_enumerable(system: System) -> None:
+    system.params.set("max_context", 4096)
+    assert system.params.get("max_context") == 4096
+    assert system.params.names(system.params.count() - 1) == "max_context"
+
+
+def test_params_revert_paths(system: System) -> None:
+    with boa.env.prank(STRANGER.address), boa.reverts("ownable: caller is not the owner"):
+        system.params.set("protocol_fee_bps", 1)
+    with boa.reverts("params: above bound"):
+        system.params.set("protocol_fee_bps", 10_001)
+    with boa.reverts("params: empty name"):
+        system.params.set("", 1)
+    with boa.reverts("params: unknown name"):
+        system.params.get("nope")
+
+
+# -------------------------------------------------------------------- tokens
+
+
+def test_alm_metadata_and_mint_is_restricted(system: System) -> None:
+    assert (system.token.symbol(), system.token.decimals()) == ("ALM", 18)
+    assert system.token.totalSupply() == 10**9 * ALM
+    with boa.env.prank(STRANGER.address), boa.reverts("erc20: access is denied"):
+        system.token.mint(STRANGER.address, 1)
+
+
+def test_stable_is_six_decimals_with_open_mint(system: System) -> None:
+    with boa.env.prank(STRANGER.address):
+        system.stable.mint(STRANGER.address, 7)
+    assert (system.stable.symbol(), system.stable.decimals()) == ("dUSD", 6)
+    assert system.stable.balanceOf(STRANGER.address) == 7

@@ -1,0 +1,55 @@
+"""The fee split and request pricing: exact integer maths, nothing lost or created."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from allmende.core import AmountOverflow, effective_royalty_bps, request_cost, split_payment
+
+bps = st.integers(0, 10_000)
+
+
+@given(amount=st.integers(0, 2**200), fee=bps, royalty=bps)
+def test_split_conserves_every_unit(amount: int, fee: int, royalty: int) -> None:
+    royalty = effective_royalty_bps(royalty, 10_000, fee)
+
+    split = split_payment(amount, royalty, fee)
+
+    assert split.total == amount
+    assert min(split.royalty, split.protocol_fee, split.provider) >= 0
+    assert split.royalty == amount * royalty // 10_000
+
+
+def test_split_example() -> None:
+    split = split_payment(1_000_001, 1000, 100)
+    assert (split.royalty, split.protocol_fee, split.provider) == (100_000, 10_000, 890_001)
+
+
+def test_split_refuses_rates_over_100_percent() -> None:
+    with pytest.raises(ValueError, match="exceed"):
+        split_payment(1, 9_950, 100)
+
+
+def test_effective_royalty_is_capped_twice() -> None:
+    assert effective_royalty_bps(5000, 3000, 100) == 3000
+    assert effective_royalty_bps(5000, 10_000, 9_000) == 1000
+
+
+@given(
+    tin=st.integers(0, 2**32 - 1),
+    tout=st.integers(0, 2**32 - 1),
+    pin=st.integers(0, 10**12),
+    pout=st.integers(0, 10**12),
+)
+def test_request_cost_rounds_up_to_a_whole_unit(tin: int, tout: int, pin: int, pout: int) -> None:
+    cost = request_cost(tin, tout, pin, pout)
+
+    exact = tin * pin + tout * pout
+    assert cost * 1_000_000 >= exact > (cost - 1) * 1_000_000 or exact == cost == 0
+
+
+def test_request_cost_rejects_overflowing_usage() -> None:
+    with pytest.raises(AmountOverflow, match="tokens_in"):
+        request_cost(2**32, 0, 1, 1)
