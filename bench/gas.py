@@ -43,9 +43,7 @@ def measure() -> dict[str, Any]:
         def vouchers(ids: list[bytes], cumulative: int) -> list[SignedVoucher]:
             return [sign_voucher(Voucher(c, MODEL, cumulative), domain, payer.key) for c in ids]
 
-        open_tx = as_payer.channels.client.transact(
-            as_payer.channels.contract.functions.open(provider.address, 1000)
-        )
+        open_tx = as_payer.channels.client.transact(as_payer.channels.contract.functions.open(provider.address, 1000))
         gas["open"] = open_tx.gas_used
         channel = as_payer.channels.open(provider.address, 1_000 * USD)
         gas["top_up"] = as_payer.channels.top_up(channel, 100 * USD).gas_used
@@ -93,8 +91,7 @@ def main() -> None:
             table.add_row(key, f"{value:,}")
     Console().print(table)
     print(
-        f"goals: marginal ≤ {GOAL_MARGINAL:,}, amortized ≤ {GOAL_AMORTIZED} per request"
-        f" → met: {result['meets_goals']}"
+        f"goals: marginal ≤ {GOAL_MARGINAL:,}, amortized ≤ {GOAL_AMORTIZED} per request → met: {result['meets_goals']}"
     )
 
 

@@ -288,9 +288,7 @@ def test_redeem_refuses_malformed_signature(system: System, channel: bytes) -> N
 
 def test_bad_voucher_reverts_the_whole_batch(system: System, channel: bytes) -> None:
     with boa.reverts("channels: bad signature"):
-        redeem(
-            system, [voucher(system, channel, 1 * USD), voucher(system, channel, 2, OTHER_MODEL, STRANGER)]
-        )
+        redeem(system, [voucher(system, channel, 1 * USD), voucher(system, channel, 2, OTHER_MODEL, STRANGER)])
     assert system.channels.channel(channel).spent == 0
 
 

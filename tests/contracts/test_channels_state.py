@@ -188,9 +188,9 @@ class ChannelsMachine(RuleBasedStateMachine):
             state = self.sys.channels.channel(channel_id)
             assert state.spent <= state.deposit
             unspent += state.deposit - state.spent
-        accrued = sum(
-            self.sys.channels.earnings(a.address) for a in [*PROVIDERS, OWNER]
-        ) + self.sys.channels.earnings(self.sys.treasury)
+        accrued = sum(self.sys.channels.earnings(a.address) for a in [*PROVIDERS, OWNER]) + self.sys.channels.earnings(
+            self.sys.treasury
+        )
         assert held == unspent + accrued
 
     @invariant()

@@ -162,9 +162,7 @@ def test_receipt_signed_in_python_recovers_on_chain(system: System, provider: st
     ],
     ids=["role-0", "role-3", "empty-endpoint", "empty-key", "provider-min", "validator-min"],
 )
-def test_register_reverts(
-    system: System, role: int, endpoint: str, key: bytes, amount: int, reason: str
-) -> None:
+def test_register_reverts(system: System, role: int, endpoint: str, key: bytes, amount: int, reason: str) -> None:
     system.fund(STRANGER.address, alm=10_000 * ALM)
     with boa.env.prank(STRANGER.address), boa.reverts(reason):
         system.registry.register(role, endpoint, key, amount)
@@ -235,8 +233,6 @@ def test_admin_calls_revert_for_others(system: System, provider: str) -> None:
 
 
 def test_receipt_signer_rejects_malformed_signature(system: System) -> None:
-    receipt = Receipt(
-        b"\x01" * 32, MODEL, PROVIDER.address, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, 1, 1, 1, 1
-    )
+    receipt = Receipt(b"\x01" * 32, MODEL, PROVIDER.address, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, 1, 1, 1, 1)
     with boa.reverts("ecdsa: invalid signature"):
         system.registry.receipt_signer(receipt.as_tuple(), b"\x00" * 65)

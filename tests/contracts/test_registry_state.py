@@ -62,11 +62,7 @@ class RegistryMachine(RuleBasedStateMachine):
         acct = self.reg.accounts(who.address)
         current = self.roles.get(who.address, role)
         minimum = self.sys.params.get("min_provider_stake" if role == 1 else "min_validator_stake")
-        ok = (
-            current == role
-            and acct.stake + amount >= minimum
-            and amount <= self.sys.token.balanceOf(who.address)
-        )
+        ok = current == role and acct.stake + amount >= minimum and amount <= self.sys.token.balanceOf(who.address)
         with boa.env.prank(who.address):
             if self._expect(ok, lambda: self.reg.register(role, "http://n", b"\x01" * 32, amount)):
                 self.roles[who.address] = role

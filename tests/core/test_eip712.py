@@ -47,9 +47,7 @@ def test_voucher_digest_matches_eth_account(channel: bytes, model: bytes, amount
 
 @given(rid=bytes32, tin=u32, tout=u32, amount=st.integers(0, 2**256 - 1), ts=st.integers(0, 2**64 - 1))
 def test_receipt_digest_matches_eth_account(rid: bytes, tin: int, tout: int, amount: int, ts: int) -> None:
-    receipt = Receipt(
-        rid, b"\x01" * 32, ADDRESS, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, tin, tout, amount, ts
-    )
+    receipt = Receipt(rid, b"\x01" * 32, ADDRESS, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, tin, tout, amount, ts)
 
     assert receipt.digest(DOMAIN) == eth_account_digest(receipt.typed_data(DOMAIN))
 
@@ -77,9 +75,7 @@ def test_voucher_for_other_domain_fails_verify() -> None:
 
 
 def test_receipt_sign_verify_and_json_round_trip() -> None:
-    receipt = Receipt(
-        b"\x05" * 32, b"\x01" * 32, ADDRESS, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, 7, 9, 123, 99
-    )
+    receipt = Receipt(b"\x05" * 32, b"\x01" * 32, ADDRESS, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, 7, 9, 123, 99)
     signed = sign_receipt(receipt, DOMAIN, KEY)
 
     again = SignedReceipt.from_json(signed.to_json())

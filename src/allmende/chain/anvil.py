@@ -40,9 +40,7 @@ def devnet_accounts(count: int = 10) -> list[DevnetAccount]:
     accounts = []
     for i in range(count):
         acct = Account.from_mnemonic(DEVNET_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}")
-        accounts.append(
-            DevnetAccount(i, acct.address, bytes(acct.key), f"anvil devnet account #{i} (public key)")
-        )
+        accounts.append(DevnetAccount(i, acct.address, bytes(acct.key), f"anvil devnet account #{i} (public key)"))
     return accounts
 
 
@@ -95,13 +93,9 @@ class Anvil:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RpcUnavailable(
-                    f"anvil exited with code {self.process.returncode} (port {self.port} in use?)"
-                )
+                raise RpcUnavailable(f"anvil exited with code {self.process.returncode} (port {self.port} in use?)")
             try:
-                reply = httpx.post(
-                    self.url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}, timeout=1
-                )
+                reply = httpx.post(self.url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}, timeout=1)
                 if reply.status_code == 200:
                     return
             except httpx.HTTPError:

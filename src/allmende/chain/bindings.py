@@ -105,9 +105,7 @@ class Models(_Binding):
         datasets: list[bytes] | None = None,
         metadata_uri: str = "",
     ) -> SentTransaction:
-        return self._tx(
-            "register", model_id, license, royalty_bps, parents or [], datasets or [], metadata_uri
-        )
+        return self._tx("register", model_id, license, royalty_bps, parents or [], datasets or [], metadata_uri)
 
     def owner_of(self, model_id: bytes) -> str | None:
         owner = str(self._call("owner_of", model_id))
@@ -153,9 +151,7 @@ class Registry(_Binding):
 
     def account(self, who: str) -> AccountRecord:
         a = self._call("accounts", who)
-        return AccountRecord(
-            int(a[0]), int(a[1]), int(a[2]), int(a[3]), a[4], bytes(a[5]), bool(a[6]), int(a[7])
-        )
+        return AccountRecord(int(a[0]), int(a[1]), int(a[2]), int(a[3]), a[4], bytes(a[5]), bool(a[6]), int(a[7]))
 
     def set_offer(self, model_id: bytes, price_in: int, price_out: int) -> SentTransaction:
         return self._tx("set_offer", model_id, _amount(price_in, "price_in"), _amount(price_out, "price_out"))

@@ -97,9 +97,7 @@ class ChainClient:
         except ContractLogicError as exc:
             raise ContractReverted(revert_reason(exc), what) from None
         except (requests.ConnectionError, requests.Timeout, ConnectionError) as exc:
-            raise RpcUnavailable(
-                f"chain endpoint {self.rpc_url} unreachable: {exc.__class__.__name__}"
-            ) from None
+            raise RpcUnavailable(f"chain endpoint {self.rpc_url} unreachable: {exc.__class__.__name__}") from None
 
     # ------------------------------------------------------------- calls
 
@@ -114,9 +112,7 @@ class ChainClient:
     def deploy(self, abi: list[dict[str, Any]], bytecode: str, *args: Any) -> tuple[str, SentTransaction]:
         """Deploy a contract; returns (address, transaction)."""
         factory = self.w3.eth.contract(abi=abi, bytecode=bytecode)
-        sent = self._send(
-            lambda base: factory.constructor(*args).build_transaction(base), "constructor", 0, None
-        )
+        sent = self._send(lambda base: factory.constructor(*args).build_transaction(base), "constructor", 0, None)
         address = sent.receipt["contractAddress"]
         if not address:
             raise TransactionFailed("deployment produced no contract address")
@@ -135,18 +131,14 @@ class ChainClient:
         tx = self.rpc(lambda: build(dict(base)), what)
         with self._nonce_lock:
             if self._next_nonce is None:
-                self._next_nonce = self.rpc(
-                    lambda: self.w3.eth.get_transaction_count(account.address, "pending")
-                )
+                self._next_nonce = self.rpc(lambda: self.w3.eth.get_transaction_count(account.address, "pending"))
             tx["nonce"] = self._next_nonce
             signed = account.sign_transaction(tx)
             try:
                 tx_hash = self.rpc(lambda: self.w3.eth.send_raw_transaction(signed.raw_transaction), what)
             except Web3RPCError as exc:
                 self._next_nonce = None  # resynchronise from the node next time
-                raise TransactionFailed(
-                    f"{what}: node refused the transaction: {revert_reason(exc)}"
-                ) from None
+                raise TransactionFailed(f"{what}: node refused the transaction: {revert_reason(exc)}") from None
             except RpcUnavailable:
                 self._next_nonce = None
                 raise
@@ -156,15 +148,11 @@ class ChainClient:
     def wait(self, tx_hash: str, what: str = "") -> SentTransaction:
         try:
             receipt = self.rpc(
-                lambda: self.w3.eth.wait_for_transaction_receipt(
-                    cast(Any, tx_hash), timeout=self.receipt_timeout
-                ),
+                lambda: self.w3.eth.wait_for_transaction_receipt(cast(Any, tx_hash), timeout=self.receipt_timeout),
                 what,
             )
         except TimeExhausted:
-            raise TransactionFailed(
-                f"{what}: {tx_hash} not mined within {self.receipt_timeout:.0f}s"
-            ) from None
+            raise TransactionFailed(f"{what}: {tx_hash} not mined within {self.receipt_timeout:.0f}s") from None
         if receipt["status"] != 1:
             raise TransactionFailed(f"{what}: {tx_hash} reverted when mined")
         return SentTransaction(tx_hash, receipt)

@@ -95,9 +95,7 @@ def deploy_all(
     token = put("AllmendeToken", INITIAL_ALM_SUPPLY, deployer)
     stable = put("MockStable") if devnet else None
     if stable is None:
-        raise DeploymentNotFound(
-            "a non-devnet deployment needs an existing payment token (not supported yet)"
-        )
+        raise DeploymentNotFound("a non-devnet deployment needs an existing payment token (not supported yet)")
     params = put("Params")
     models = put("Models", params)
     put("Registry", token, params)

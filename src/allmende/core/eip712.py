@@ -26,9 +26,7 @@ SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681
 DOMAIN_NAME = "Allmende"
 DOMAIN_VERSION = "1"
 
-_DOMAIN_TYPEHASH = keccak(
-    text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
-)
+_DOMAIN_TYPEHASH = keccak(text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
 VOUCHER_TYPE = "Voucher(bytes32 channelId,bytes32 modelId,uint256 cumulativeAmount)"
 RECEIPT_TYPE = (
     "Receipt(bytes32 requestId,bytes32 modelId,address provider,bytes32 inputHash,"

@@ -1,0 +1,16 @@
+"""`allmende` — the command line (typer): one module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from allmende.cli import chain, demo, keys
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Allmende: the commons of idle compute.")
+app.add_typer(chain.app, name="chain")
+app.add_typer(keys.app, name="keys")
+app.command("demo")(demo.demo)
+
+
+def main() -> None:
+    app()

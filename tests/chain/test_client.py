@@ -1,0 +1,110 @@
+"""The chain client against a real anvil: deployments, typed reverts, nonces under
+concurrency, paged events, an unreachable node."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from allmende.chain import ChainClient, ContractReverted, Deployment, DeploymentNotFound, RpcUnavailable
+from allmende.chain.anvil import Anvil, DevnetAccount
+from allmende.chain.bindings import ROLE_PROVIDER
+from allmende.core import AmountOverflow, UnknownModel
+from tests.conftest import contracts_for
+
+
+def test_deployment_json_round_trip(deployment: Deployment, tmp_path: Path) -> None:
+    path = tmp_path / "deployments.json"
+
+    deployment.save(path)
+    loaded = Deployment.load(path)
+
+    data = json.loads(path.read_text())
+    assert set(data["contracts"]) == {
+        "AllmendeToken",
+        "MockStable",
+        "Params",
+        "Models",
+        "Registry",
+        "Channels",
+    }
+    assert data["chain_id"] == 31337 and data["deploy_block"] >= 0
+    assert loaded.address("Channels") == deployment.address("Channels")
+    assert loaded.abi("Channels")
+
+
+def test_missing_deployment_is_a_typed_error(tmp_path: Path, deployment: Deployment) -> None:
+    with pytest.raises(DeploymentNotFound, match="chain deploy"):
+        Deployment.load(tmp_path / "nope.json")
+    with pytest.raises(DeploymentNotFound, match="Verdicts"):
+        deployment.address("Verdicts")
+
+
+def test_devnet_accounts_are_funded(anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]) -> None:
+    c = contracts_for(anvil, deployment, accounts[5])
+    assert c.stable.balance_of(accounts[5].address) >= 1_000_000 * 10**6
+    assert c.token.balance_of(accounts[5].address) >= 1_000_000 * 10**18
+
+
+def test_revert_reason_becomes_contract_reverted(
+    anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]
+) -> None:
+    stranger = contracts_for(anvil, deployment, accounts[7])
+    with pytest.raises(ContractReverted) as info:
+        stranger.params.set("protocol_fee_bps", 1)
+    assert info.value.reason == "ownable: caller is not the owner"
+    with pytest.raises(ContractReverted, match="params: unknown name"):
+        stranger.params.get("no_such_param")
+
+
+def test_typed_input_errors_before_any_rpc(anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]) -> None:
+    c = contracts_for(anvil, deployment, accounts[7])
+    with pytest.raises(AmountOverflow):
+        c.channels.open(accounts[8].address, 2**128)
+    with pytest.raises(AmountOverflow):
+        c.stable.transfer(accounts[8].address, -1)
+    with pytest.raises(UnknownModel):
+        c.models.get(b"\x99" * 32)
+
+
+def test_concurrent_transactions_never_reuse_a_nonce(
+    anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]
+) -> None:
+    c = contracts_for(anvil, deployment, accounts[6])
+    before = c.stable.balance_of(accounts[9].address)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        sent = list(pool.map(lambda _: c.stable.transfer(accounts[9].address, 1), range(24)))
+
+    assert len({s.tx_hash for s in sent}) == 24
+    assert c.stable.balance_of(accounts[9].address) == before + 24
+
+
+def test_events_are_read_in_pages(anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]) -> None:
+    c = contracts_for(anvil, deployment, accounts[4])
+    c.token.approve(c.registry.address)
+    start = c.client.block_number()
+    c.registry.register(ROLE_PROVIDER, "http://events", b"\x02" * 32, 1_000 * 10**18)
+    for i in range(3):
+        c.registry.set_offer(bytes([i + 1]) * 32, i, i)
+
+    logs = list(c.client.events(c.registry.contract, "OfferSet", from_block=start, page=1))
+
+    assert [log["args"]["price_in"] for log in logs] == [0, 1, 2]
+    assert all(log["args"]["provider"] == accounts[4].address for log in logs)
+
+
+def test_unreachable_node_is_rpc_unavailable() -> None:
+    client = ChainClient("http://127.0.0.1:9", timeout=1)
+    with pytest.raises(RpcUnavailable, match="unreachable"):
+        client.block_number()
+
+
+def test_client_without_key_cannot_send(anvil: Anvil, deployment: Deployment) -> None:
+    reader = ChainClient(anvil.url)
+    assert reader.chain_id == 31337
+    with pytest.raises(Exception, match="no key"):
+        _ = reader.address
