@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from allmende.cli import chain, demo, keys
+from allmende.cli import chain, demo, keys, provider
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Allmende: the commons of idle compute.")
 app.add_typer(chain.app, name="chain")
 app.add_typer(keys.app, name="keys")
 app.command("demo")(demo.demo)
+app.command("provider")(provider.provider)
+app.command("provider-redeem")(provider.provider_redeem)
+app.command("provider-withdraw")(provider.provider_withdraw)
 
 
 def main() -> None:

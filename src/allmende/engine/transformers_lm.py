@@ -1,0 +1,171 @@
+"""Causal language models through Hugging Face transformers (CPU here; CUDA when present).
+
+Decoding is an explicit loop over the KV cache so that every token can be streamed
+as it is produced and sampling follows one documented rule (temperature, then
+top-p nucleus, then a draw from a torch.Generator seeded with `seed`). Each
+generation runs in a worker thread; the asyncio side only moves events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from allmende.core import build_manifest
+from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent
+
+
+def pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class CausalLMEngine(Engine):
+    kind = "generate"
+
+    def __init__(self, name: str, path: Path, max_concurrency: int = 4, dtype: torch.dtype = torch.float32) -> None:
+        self.name = name
+        self.path = Path(path)
+        self.model_id = build_manifest(self.path).model_id
+        self.device = pick_device()
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(self.path)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
+        self.model: Any = loaded.to(self.device).eval()
+        self.context_length = int(
+            getattr(self.model.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
+        )
+        self.eos_ids = {int(self.tokenizer.eos_token_id)} if self.tokenizer.eos_token_id is not None else set()
+        self._slots = asyncio.Semaphore(max_concurrency)
+
+    # ----------------------------------------------------------- prompts
+
+    def prompt_ids(self, kind: Kind, body: dict[str, object]) -> list[int]:
+        if kind == "chat":
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise EngineError("messages must be a non-empty list")
+            for m in messages:
+                if (
+                    not isinstance(m, dict)
+                    or not isinstance(m.get("role"), str)
+                    or not isinstance(m.get("content"), str)
+                ):
+                    raise EngineError("each message needs a string role and a string content")
+            clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+            ids = self.tokenizer.apply_chat_template(clean, add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            return [int(i) for i in ids]
+        if kind == "completion":
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+                prompt = prompt[0]
+            if not isinstance(prompt, str):
+                raise EngineError("prompt must be a string")
+            return [int(i) for i in self.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+        raise EngineError(f"{self.name} is a generative model; it does not do {kind}")
+
+    def check_length(self, prompt_ids: list[int], max_tokens: int) -> None:
+        if len(prompt_ids) + max_tokens > self.context_length:
+            raise PromptTooLong(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceed the context length "
+                f"of {self.name} ({self.context_length})"
+            )
+
+    # -------------------------------------------------------- generation
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+        self.check_length(prompt_ids, params.max_tokens)
+        async with self._slots:
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[TokenEvent | BaseException | None] = asyncio.Queue()
+            cancelled = threading.Event()
+
+            def emit(item: TokenEvent | BaseException | None) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+            def work() -> None:
+                try:
+                    self._decode(prompt_ids, params, emit, cancelled)
+                    emit(None)
+                except BaseException as exc:  # handed to the consumer, re-raised there
+                    emit(exc)
+
+            worker = loop.run_in_executor(None, work)
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is None:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                cancelled.set()  # the client went away: stop spending compute
+                await asyncio.shield(worker)
+
+    @torch.inference_mode()
+    def _decode(self, prompt_ids: list[int], params: SamplingParams, emit: Any, cancelled: threading.Event) -> None:
+        generator = torch.Generator(device=self.device)
+        if params.seed is not None:
+            generator.manual_seed(params.seed)
+        else:
+            generator.seed()
+        input_ids = torch.tensor([prompt_ids], device=self.device)
+        past = None
+        produced: list[int] = []
+        text_so_far = ""
+        for step in range(params.max_tokens):
+            if cancelled.is_set():
+                return
+            out = self.model(input_ids=input_ids, cache=past, use_cache=True)
+            past = out.cache
+            token = self._sample(out.logits[0, -1].float(), params, generator)
+            if token in self.eos_ids:
+                emit(TokenEvent("", None, "stop"))
+                return
+            produced.append(token)
+            text = self.tokenizer.decode(produced, skip_special_tokens=True)
+            # hold back an incomplete UTF-8 character until its last byte arrives
+            delta = "" if text.endswith("\ufffd") else text[len(text_so_far) :]
+            if delta:
+                text_so_far += delta
+            hit = next((s for s in params.stop if s and s in text_so_far), None)
+            if hit is not None:
+                cut = text_so_far.index(hit)
+                emit(TokenEvent(delta[: max(0, len(delta) - (len(text_so_far) - cut))], token, "stop"))
+                return
+            last = step == params.max_tokens - 1
+            emit(TokenEvent(delta, token, "length" if last else None))
+            input_ids = torch.tensor([[token]], device=self.device)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+        """Greedy at temperature 0; else temperature, top-p nucleus, seeded multinomial draw."""
+        if params.temperature == 0.0:
+            return int(torch.argmax(logits).item())
+        probs = torch.softmax(logits / params.temperature, dim=-1)
+        if params.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
+            sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+        choice = torch.multinomial(probs / probs.sum(), 1, generator=generator)
+        return int(choice.item())
+
+    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        raise EngineError(f"{self.name} is a generative model; it does not do embeddings")
+
+    @torch.inference_mode()
+    def final_hidden_states(self, token_ids: list[int]) -> torch.Tensor:
+        out = self.model(input_ids=torch.tensor([token_ids], device=self.device), output_hidden_states=True)
+        hidden: torch.Tensor = out.hidden_states[-1][0]
+        return hidden
+
+    def count_text_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,176 @@
+"""The provider's HTTP API (DESIGN §4): /v1/info, /v1/infer, /healthz, /metrics.
+
+Errors always leave as `{"error": {"code", "message"}}` with a 4xx status; a body
+larger than `max_body` or slower than `body_timeout` is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account.messages import encode_defunct
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from allmende import __version__
+from allmende.core.envelope import public_key_bytes
+from allmende.core.errors import AllmendeError, InvalidInput
+from allmende.provider.errors import BadRequest, Overloaded, ProviderError, TooLarge
+from allmende.provider.service import ProviderService
+
+
+@dataclass(frozen=True)
+class Limits:
+    # largest request body accepted, bytes
+    max_body: int = 2 * 1024 * 1024
+    # seconds a client may take to send its body
+    body_timeout: float = 10.0
+    # requests served at once before answering 429
+    max_in_flight: int = 64
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The one place errors go out."""
+    if isinstance(exc, ProviderError):
+        status, code = exc.status, exc.code
+    elif isinstance(exc, InvalidInput):
+        status, code = 400, exc.code
+    elif isinstance(exc, AllmendeError):
+        status, code = 503, exc.code  # chain unreachable and the like: try another provider
+    else:
+        status, code = 500, "internal_error"
+    message = str(exc) if status < 500 or isinstance(exc, AllmendeError) else "internal error"
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def read_json(request: Request, limits: Limits) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body):
+        raise TooLarge(f"request body larger than {limits.max_body} bytes")
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_body:
+                raise TooLarge(f"request body larger than {limits.max_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        raw = await asyncio.wait_for(read(), limits.body_timeout)
+    except TimeoutError:
+        raise BadRequest(f"request body not received within {limits.body_timeout:.0f}s") from None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+
+
+def create_app(service: ProviderService, chain_id: int, limits: Limits | None = None) -> FastAPI:
+    limits = limits or Limits()
+    app = FastAPI(title="Allmende provider", version=__version__, docs_url=None, redoc_url=None)
+    registry = CollectorRegistry()
+    requests_total = Counter(
+        "allmende_provider_requests", "requests by kind and status", ["kind", "status"], registry=registry
+    )
+    latency = Histogram("allmende_provider_latency_seconds", "time to the full answer", ["kind"], registry=registry)
+    in_flight = Gauge("allmende_provider_in_flight", "requests being served", registry=registry)
+    max_concurrency = limits.max_in_flight
+
+    @app.exception_handler(Exception)
+    async def _any(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True, "address": service.address, "in_flight": service.in_flight}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/info")
+    async def info() -> dict[str, Any]:
+        payload = {
+            "address": service.address,
+            "x25519_key": "0x" + public_key_bytes(service.x25519).hex(),
+            "chain_id": chain_id,
+            "version": __version__,
+            "models": [
+                {
+                    "model_id": "0x" + m.engine.model_id.hex(),
+                    "name": m.engine.name,
+                    "kind": m.engine.kind,
+                    "price_in": str(m.price_in),
+                    "price_out": str(m.price_out),
+                    "context_length": m.engine.context_length,
+                }
+                for m in service.models.values()
+            ],
+            "load": {"in_flight": service.in_flight, "max_in_flight": max_concurrency},
+            "timestamp": int(time.time()),
+        }
+        message = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        signature = service.account.sign_message(encode_defunct(text=message)).signature
+        return {"info": payload, "signed": message, "signature": "0x" + bytes(signature).hex()}
+
+    @app.post("/v1/infer")
+    async def infer(request: Request) -> Response:
+        kind = "unknown"
+        started = time.perf_counter()
+        try:
+            if service.in_flight >= max_concurrency:
+                raise Overloaded("provider at capacity: retry elsewhere")
+            envelope = await read_json(request, limits)
+            req = service.open(envelope)
+            kind = req.kind
+            await asyncio.to_thread(service.admit, req)
+        except Exception as exc:
+            response = error_response(exc)
+            requests_total.labels(kind, str(response.status_code)).inc()
+            return response
+
+        if req.stream:
+            return StreamingResponse(
+                _stream(req, kind, started), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
+        service.in_flight += 1
+        in_flight.inc()
+        try:
+            sealed = await service.run(req)
+        except Exception as exc:
+            response = error_response(exc)
+            requests_total.labels(kind, str(response.status_code)).inc()
+            return response
+        finally:
+            service.in_flight -= 1
+            in_flight.dec()
+        requests_total.labels(kind, "200").inc()
+        latency.labels(kind).observe(time.perf_counter() - started)
+        return JSONResponse(sealed)
+
+    async def _stream(req: Any, kind: str, started: float) -> AsyncIterator[bytes]:
+        service.in_flight += 1
+        in_flight.inc()
+        status = "200"
+        try:
+            async for sealed in service.stream(req):
+                yield b"data: " + json.dumps(sealed).encode() + b"\n\n"
+        except Exception as exc:
+            response = error_response(exc)
+            status = str(response.status_code)
+            yield b"event: error\ndata: " + bytes(response.body) + b"\n\n"
+        finally:
+            service.in_flight -= 1
+            in_flight.dec()
+            requests_total.labels(kind, status).inc()
+            latency.labels(kind).observe(time.perf_counter() - started)
+
+    return app

@@ -1,0 +1,144 @@
+"""A Python client of the provider API: seals requests, attaches vouchers, opens
+answers and checks every receipt. The gateway and the tests use it."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from eth_account import Account
+from eth_account.messages import encode_defunct
+
+from allmende.core import Domain, InvalidSignature, SignedReceipt, SignedVoucher
+from allmende.core.envelope import ResponseSealer, seal_request
+
+
+class ProviderReplyError(Exception):
+    """The provider answered with a JSON error."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status, self.code, self.message = status, code, message
+        super().__init__(f"{status} {code}: {message}")
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    address: str
+    x25519_key: bytes
+    chain_id: int
+    models: list[dict[str, Any]]
+    raw: dict[str, Any]
+
+
+@dataclass
+class Answer:
+    output: dict[str, Any]
+    usage: dict[str, int]
+    receipt: SignedReceipt
+
+
+def fetch_info(http: httpx.Client, url: str) -> ProviderInfo:
+    """GET /v1/info and check that the provider key signed it."""
+    reply = http.get(f"{url}/v1/info")
+    reply.raise_for_status()
+    body = reply.json()
+    info = body["info"]
+    signer = Account.recover_message(encode_defunct(text=body["signed"]), signature=body["signature"])
+    if json.loads(body["signed"]) != info or signer != info["address"]:
+        raise InvalidSignature(f"/v1/info of {url} is not signed by {info.get('address')}")
+    return ProviderInfo(info["address"], bytes.fromhex(info["x25519_key"][2:]), info["chain_id"], info["models"], info)
+
+
+def build_envelope(
+    info: ProviderInfo,
+    model_id: bytes,
+    kind: str,
+    body: dict[str, Any],
+    payer: str,
+    channel_id: bytes,
+    voucher: SignedVoucher | None,
+    request_id: bytes | None = None,
+) -> tuple[bytes, dict[str, str], ResponseSealer]:
+    request_id = request_id or os.urandom(32)
+    plaintext = {
+        "request_id": "0x" + request_id.hex(),
+        "model_id": "0x" + model_id.hex(),
+        "kind": kind,
+        "body": body,
+        "payer": payer,
+        "channel_id": "0x" + channel_id.hex(),
+        "voucher": voucher.to_json() if voucher else None,
+    }
+    envelope, sealer = seal_request(info.x25519_key, info.address, request_id, json.dumps(plaintext).encode())
+    return request_id, envelope, sealer
+
+
+def _raise_for(reply: httpx.Response) -> None:
+    if reply.status_code >= 400:
+        try:
+            err = reply.json()["error"]
+            raise ProviderReplyError(reply.status_code, err["code"], err["message"])
+        except (ValueError, KeyError, TypeError):
+            raise ProviderReplyError(reply.status_code, "http_error", reply.text[:200]) from None
+
+
+def _check_receipt(raw: dict[str, Any], info: ProviderInfo, domain: Domain, request_id: bytes) -> SignedReceipt:
+    receipt = SignedReceipt.from_json(raw)
+    receipt.verify(domain)
+    if receipt.receipt.provider != info.address or receipt.receipt.request_id != request_id:
+        raise InvalidSignature("receipt is for another provider or request")
+    return receipt
+
+
+def infer(
+    http: httpx.Client,
+    url: str,
+    info: ProviderInfo,
+    receipt_domain: Domain,
+    envelope: dict[str, str],
+    sealer: ResponseSealer,
+    request_id: bytes,
+) -> Answer:
+    reply = http.post(f"{url}/v1/infer", json=envelope)
+    _raise_for(reply)
+    data = json.loads(sealer.open(reply.json(), 0))
+    return Answer(data["output"], data["usage"], _check_receipt(data["receipt"], info, receipt_domain, request_id))
+
+
+def infer_stream(
+    http: httpx.Client,
+    url: str,
+    info: ProviderInfo,
+    receipt_domain: Domain,
+    envelope: dict[str, str],
+    sealer: ResponseSealer,
+    request_id: bytes,
+) -> Iterator[str | Answer]:
+    """Yields text deltas, then one Answer with usage and the checked receipt."""
+    with http.stream("POST", f"{url}/v1/infer", json=envelope) as reply:
+        if reply.status_code >= 400:
+            reply.read()
+            _raise_for(reply)
+        seq, event = 0, "message"
+        for line in reply.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+                continue
+            if not line.startswith("data:"):
+                continue
+            payload = json.loads(line[5:])
+            if event == "error":
+                err = payload["error"]
+                raise ProviderReplyError(500, err["code"], err["message"])
+            data = json.loads(sealer.open(payload, seq))
+            seq += 1
+            if data.get("done"):
+                yield Answer({"finish_reason": data["finish_reason"]}, data["usage"],
+                             _check_receipt(data["receipt"], info, receipt_domain, request_id))  # fmt: skip
+                return
+            yield data["delta"]
+    raise ProviderReplyError(502, "stream_cut", "stream ended before the final chunk")

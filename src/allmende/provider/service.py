@@ -1,0 +1,210 @@
+"""The provider's serving logic: open the envelope, check payment, run the engine,
+sign the receipt, seal the answer. The HTTP layer (app.py) only moves bytes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from eth_account import Account
+from eth_utils import keccak
+
+from allmende.core import Domain, InvalidInput, Receipt, SignedVoucher, request_cost, sign_receipt
+from allmende.core.codec import address_field, hex_bytes
+from allmende.core.envelope import ResponseSealer, open_request
+from allmende.engine import Engine, SamplingParams, collect
+from allmende.provider.errors import BadRequest, ReplayedRequest, UnknownModelError
+from allmende.provider.payments import PaymentGate
+from allmende.provider.store import ProviderStore
+
+KINDS = ("chat", "completion", "embedding")
+ZERO32 = b"\x00" * 32
+DEFAULT_MAX_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    engine: Engine
+    price_in: int  # per 1M input tokens, payment-token units (as offered on chain)
+    price_out: int
+
+
+@dataclass
+class InferRequest:
+    request_id: bytes
+    model: ServedModel
+    kind: str
+    body: dict[str, Any]
+    payer: str
+    channel_id: bytes
+    voucher: SignedVoucher | None
+    sealer: ResponseSealer
+    stream: bool
+
+
+def sampling_from(body: dict[str, Any]) -> SamplingParams:
+    def number(name: str, default: float) -> float:
+        value = body.get(name, default)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise BadRequest(f"{name} must be a number")
+        return float(value)
+
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", DEFAULT_MAX_TOKENS))
+    if max_tokens is None:
+        max_tokens = DEFAULT_MAX_TOKENS
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise BadRequest("max_tokens must be an integer")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise BadRequest("seed must be a non-negative integer")
+    stop = body.get("stop") or ()
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, list | tuple) or not all(isinstance(s, str) for s in stop):
+        raise BadRequest("stop must be a string or a list of strings")
+    try:
+        return SamplingParams(max_tokens, number("temperature", 1.0), number("top_p", 1.0), seed, tuple(stop))
+    except InvalidInput as exc:
+        raise BadRequest(str(exc)) from None
+
+
+class ProviderService:
+    def __init__(
+        self,
+        key: bytes,
+        x25519: X25519PrivateKey,
+        models: dict[bytes, ServedModel],
+        store: ProviderStore,
+        gate: PaymentGate,
+        receipt_domain: Domain,
+    ) -> None:
+        self.account = Account.from_key(key)
+        self.key = key
+        self.address = str(self.account.address)
+        self.x25519 = x25519
+        self.models = models
+        self.store = store
+        self.gate = gate
+        self.receipt_domain = receipt_domain
+        self.in_flight = 0
+
+    # ------------------------------------------------------------- intake
+
+    def open(self, envelope: object) -> InferRequest:
+        request_id, plaintext, sealer = open_request(self.x25519, self.address, envelope)
+        try:
+            data = json.loads(plaintext)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("decrypted request is not JSON") from None
+        if not isinstance(data, dict):
+            raise BadRequest("decrypted request must be a JSON object")
+        if hex_bytes(data.get("request_id"), 32, "request_id") != request_id:
+            raise BadRequest("request_id inside the envelope differs from the one outside")
+        model_id = hex_bytes(data.get("model_id"), 32, "model_id")
+        model = self.models.get(model_id)
+        if model is None:
+            raise UnknownModelError(f"model 0x{model_id.hex()} is not served here")
+        kind = data.get("kind")
+        if kind not in KINDS:
+            raise BadRequest(f"kind must be one of {', '.join(KINDS)}")
+        if (kind == "embedding") != (model.engine.kind == "embed"):
+            raise BadRequest(f"model {model.engine.name} does not serve {kind} requests")
+        body = data.get("body")
+        if not isinstance(body, dict):
+            raise BadRequest("body must be a JSON object (the OpenAI-style request)")
+        raw_voucher = data.get("voucher")
+        voucher = None
+        if raw_voucher is not None:
+            if not isinstance(raw_voucher, dict):
+                raise BadRequest("voucher must be an object")
+            voucher = SignedVoucher.from_json(raw_voucher)
+        return InferRequest(
+            request_id=request_id,
+            model=model,
+            kind=str(kind),
+            body=body,
+            payer=address_field(data.get("payer"), "payer"),
+            channel_id=hex_bytes(data.get("channel_id"), 32, "channel_id"),
+            voucher=voucher,
+            sealer=sealer,
+            stream=bool(body.get("stream", False)) and kind != "embedding",
+        )
+
+    def admit(self, req: InferRequest) -> None:
+        """Replay check, then voucher and credit checks (vouchers stored durably)."""
+        self.gate.admit(req.channel_id, req.model.engine.model_id, req.payer, req.voucher)
+        if not self.store.begin_request(req.request_id, req.channel_id, req.model.engine.model_id):
+            raise ReplayedRequest(f"request 0x{req.request_id.hex()} was already received")
+
+    # ------------------------------------------------------------ serving
+
+    async def run(self, req: InferRequest) -> dict[str, Any]:
+        """Serve a non-streaming request; returns the sealed reply."""
+        engine = req.model.engine
+        if req.kind == "embedding":
+            texts = engine.inputs_of(req.body)  # type: ignore[attr-defined]
+            vectors, tokens = await engine.embed(texts)
+            output: dict[str, Any] = {"embeddings": vectors}
+            receipt = self._finish(req, tokens, 0, json.dumps(vectors).encode())
+        else:
+            prompt = self._prompt(req)
+            params = sampling_from(req.body)
+            engine.check_length(prompt, params.max_tokens)  # type: ignore[attr-defined]
+            gen = await collect(engine.generate(prompt, params), len(prompt))
+            output = {"text": gen.text, "finish_reason": gen.finish_reason}
+            receipt = self._finish(req, len(prompt), gen.completion_tokens, gen.text.encode())
+        reply = {"output": output, "usage": receipt["usage"], "receipt": receipt["receipt"]}
+        return req.sealer.seal(0, json.dumps(reply).encode())
+
+    async def stream(self, req: InferRequest) -> AsyncIterator[dict[str, Any]]:
+        """Serve a streaming request: sealed chunks, the last with usage and receipt."""
+        engine = req.model.engine
+        prompt = self._prompt(req)
+        params = sampling_from(req.body)
+        engine.check_length(prompt, params.max_tokens)  # type: ignore[attr-defined]
+        seq, parts, produced, finish = 0, [], 0, "length"
+        async for event in engine.generate(prompt, params):
+            if event.token_id is not None:
+                produced += 1
+            if event.finish_reason:
+                finish = event.finish_reason
+            if event.text:
+                parts.append(event.text)
+                yield req.sealer.seal(seq, json.dumps({"delta": event.text}).encode())
+                seq += 1
+        text = "".join(parts)
+        receipt = self._finish(req, len(prompt), produced, text.encode())
+        final = {"done": True, "finish_reason": finish, "usage": receipt["usage"], "receipt": receipt["receipt"]}
+        yield req.sealer.seal(seq, json.dumps(final).encode())
+
+    def _prompt(self, req: InferRequest) -> list[int]:
+        try:
+            return req.model.engine.prompt_ids(req.kind, req.body)  # type: ignore[arg-type]
+        except InvalidInput as exc:
+            raise BadRequest(str(exc)) from None
+
+    def _finish(self, req: InferRequest, tokens_in: int, tokens_out: int, output: bytes) -> dict[str, Any]:
+        """Price the answer, sign its receipt and record both before the answer leaves."""
+        amount = request_cost(tokens_in, tokens_out, req.model.price_in, req.model.price_out)
+        receipt = Receipt(
+            request_id=req.request_id,
+            model_id=req.model.engine.model_id,
+            provider=self.address,
+            input_hash=keccak(json.dumps(req.body, sort_keys=True, separators=(",", ":")).encode()),
+            output_hash=keccak(output),
+            proof_hash=ZERO32,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            amount=amount,
+            timestamp=int(time.time()),
+        )
+        signed = sign_receipt(receipt, self.receipt_domain, self.key).to_json()
+        self.store.finish_request(req.request_id, req.channel_id, receipt.model_id, amount, json.dumps(signed))
+        usage = {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
+        return {"receipt": signed, "usage": usage}

@@ -1,0 +1,117 @@
+"""A real provider process (`allmende provider`) on a real anvil, and a payer that talks
+to it through the Python provider client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from allmende.chain import Contracts, Deployment
+from allmende.chain.anvil import Anvil, DevnetAccount, free_port
+from allmende.core import Domain
+from allmende.provider.client import ProviderInfo, fetch_info
+from tests.conftest import contracts_for
+
+PRICE_IN, PRICE_OUT = 200_000, 600_000
+
+
+@dataclass
+class ProviderProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    args: list[str]
+    log: Path
+
+    def kill9(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_provider(
+    anvil: Anvil,
+    deployments: Path,
+    account: DevnetAccount,
+    state_dir: Path,
+    models: list[str],
+    port: int | None = None,
+    extra: list[str] | None = None,
+) -> ProviderProcess:
+    port = port or free_port()
+    args = [sys.executable, "-m", "allmende", "provider", "--rpc", anvil.url, "--key", f"devnet:{account.index}",
+            "--deployments", str(deployments), "--state-dir", str(state_dir), "--port", str(port),
+            "--price-in", str(PRICE_IN), "--price-out", str(PRICE_OUT), *sum((["--model", m] for m in models), []),
+            *(extra or [])]  # fmt: skip
+    log = state_dir / "provider.log"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=os.environ.copy())
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"provider exited: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return ProviderProcess(url, process, args, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"provider did not start: {log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def deployments_file(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("chain") / "deployments.json"
+    deployment.save(path)
+    return path
+
+
+@dataclass
+class Running:
+    provider: ProviderProcess
+    info: ProviderInfo
+    payer: DevnetAccount
+    as_payer: Contracts
+    receipt_domain: Domain
+    voucher_domain: Domain
+
+
+@pytest.fixture(scope="session")
+def running(
+    anvil: Anvil,
+    deployment: Deployment,
+    deployments_file: Path,
+    accounts: list[DevnetAccount],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Running]:
+    state = tmp_path_factory.mktemp("provider")
+    proc = start_provider(anvil, deployments_file, accounts[2], state, ["allmende:tiny", "minilm"],
+                          extra=["--redeem-interval", "3600"])  # fmt: skip
+    payer = accounts[3]
+    as_payer = contracts_for(anvil, deployment, payer)
+    as_payer.stable.approve(as_payer.channels.address)
+    with httpx.Client(timeout=60) as http:
+        info = fetch_info(http, proc.url)
+    try:
+        yield Running(proc, info, payer, as_payer, as_payer.registry.receipt_domain(),
+                      as_payer.channels.voucher_domain())  # fmt: skip
+    finally:
+        proc.stop()
