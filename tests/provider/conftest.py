@@ -57,7 +57,7 @@ def start_provider(
     port = port or free_port()
     args = [sys.executable, "-m", "allmende", "provider", "--rpc", anvil.url, "--key", f"devnet:{account.index}",
             "--deployments", str(deployments), "--state-dir", str(state_dir), "--port", str(port),
-            "--price-in", str(PRICE_IN), "--price-out", str(PRICE_OUT), *sum((["--model", m] for m in models), []),
+            "--price-in", str(PRICE_IN), "--price-out", str(PRICE_OUT), *[arg for m in models for arg in ("--model", m)],
             *(extra or [])]  # fmt: skip
     log = state_dir / "provider.log"
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,7 @@ def running(
 ) -> Iterator[Running]:
     state = tmp_path_factory.mktemp("provider")
     proc = start_provider(anvil, deployments_file, accounts[2], state, ["allmende:tiny", "minilm"],
-                          extra=["--redeem-interval", "3600"])  # fmt: skip
+                          extra=["--redeem-interval", "3600", "--credit-limit", "1000"])  # fmt: skip
     payer = accounts[3]
     as_payer = contracts_for(anvil, deployment, payer)
     as_payer.stable.approve(as_payer.channels.address)

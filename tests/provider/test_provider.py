@@ -36,17 +36,20 @@ class Payer:
         self.r = running
         self.channel = running.as_payer.channels.open(running.info.address, deposit)
         self.owed: dict[bytes, int] = {}
+        self.sent: dict[bytes, int] = {}  # highest cumulative already handed to the provider
         self.http = httpx.Client(timeout=60)
 
     def voucher(self, model_id: bytes) -> SignedVoucher | None:
+        """A voucher for everything owed, or None when the provider already holds one for it."""
         owed = self.owed.get(model_id, 0)
-        if owed == 0:
+        if owed <= self.sent.get(model_id, 0):
             return None
+        self.sent[model_id] = owed
         return sign_voucher(Voucher(self.channel, model_id, owed), self.r.voucher_domain, self.r.payer.key)
 
     def ask(self, model_id: bytes, kind: str, body: dict, **overrides) -> object:
         rid, env, sealer = build_envelope(self.r.info, model_id, kind, body, self.r.payer.address, self.channel,
-                                          overrides.get("voucher", self.voucher(model_id)))  # fmt: skip
+                                          overrides["voucher"] if "voucher" in overrides else self.voucher(model_id))  # fmt: skip
         answer = infer(self.http, self.r.provider.url, self.r.info, self.r.receipt_domain, env, sealer, rid)
         self.owed[model_id] = self.owed.get(model_id, 0) + answer.receipt.receipt.amount
         return answer

@@ -1,0 +1,166 @@
+"""Hostile and malformed requests get a 4xx with a clear JSON error, and the node keeps
+serving everyone else."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from allmende.core import Voucher, sign_voucher
+from allmende.core.envelope import public_key_bytes
+from allmende.provider.client import ProviderInfo, ProviderReplyError, build_envelope
+from tests.provider.conftest import Running
+from tests.provider.test_provider import CHAT, Payer, tiny_id
+
+
+def post(running: Running, body: object = None, content: bytes | None = None) -> httpx.Response:
+    url = f"{running.provider.url}/v1/infer"
+    if content is not None:
+        return httpx.post(url, content=content, headers={"content-type": "application/json"}, timeout=30)
+    return httpx.post(url, json=body, timeout=30)
+
+
+def assert_error(reply: httpx.Response, status: int, code: str, words: str) -> None:
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == code
+    assert words in error["message"]
+
+
+def envelope(running: Running, payer: Payer, **kw: object) -> dict:
+    info = kw.pop("info", running.info)
+    rid, env, _ = build_envelope(info, kw.pop("model", tiny_id(running)), kw.pop("kind", "chat"),  # type: ignore[arg-type]
+                                 kw.pop("body", CHAT), kw.pop("payer_address", running.payer.address),  # type: ignore[arg-type]
+                                 kw.pop("channel", payer.channel), kw.pop("voucher", None),  # type: ignore[arg-type]
+                                 kw.pop("request_id", None))  # type: ignore[arg-type]  # fmt: skip
+    return env
+
+
+@pytest.fixture(scope="module")
+def payer(running: Running) -> Payer:
+    return Payer(running, deposit=10**6)
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code", "words"),
+    [
+        (b"{not json", 400, "bad_request", "not valid JSON"),
+        (b"\xff\xfe\x00", 400, "bad_request", "not valid JSON"),
+        (b"[]", 400, "bad_envelope", "JSON object"),
+        (b'{"request_id": "0x12"}', 400, "bad_envelope", "request_id"),
+        (b'{"request_id": "0x' + b"00" * 32 + b'", "enc": 5}', 400, "bad_envelope", "enc"),
+        (b'{"request_id": "0x' + b"00" * 32 + b'", "enc": "!!", "nonce": "", "ciphertext": ""}', 400,
+         "bad_envelope", "base64"),
+    ],
+    ids=["bad-json", "invalid-utf8", "array", "short-id", "enc-type", "bad-base64"],
+)  # fmt: skip
+def test_malformed_envelopes(running: Running, content: bytes, status: int, code: str, words: str) -> None:
+    assert_error(post(running, content=content), status, code, words)
+
+
+def test_huge_body_is_refused(running: Running) -> None:
+    assert_error(post(running, content=b"x" * (3 * 1024 * 1024)), 413, "body_too_large", "larger than")
+
+
+def test_sealed_to_the_wrong_key(running: Running, payer: Payer) -> None:
+    other = ProviderInfo(running.info.address, public_key_bytes(X25519PrivateKey.generate()), 31337, [], {})
+    assert_error(post(running, envelope(running, payer, info=other)), 400, "bad_envelope", "does not decrypt")
+
+
+def test_tampered_request_id(running: Running, payer: Payer) -> None:
+    env = envelope(running, payer)
+    env["request_id"] = "0x" + os.urandom(32).hex()
+    assert_error(post(running, env), 400, "bad_envelope", "does not decrypt")
+
+
+def test_replayed_request_id(running: Running, payer: Payer) -> None:
+    rid = os.urandom(32)
+    assert post(running, envelope(running, payer, request_id=rid)).status_code == 200
+    assert_error(post(running, envelope(running, payer, request_id=rid)), 409, "replayed_request", "already")
+
+
+def test_unknown_model(running: Running, payer: Payer) -> None:
+    assert_error(post(running, envelope(running, payer, model=b"\x07" * 32)), 404, "unknown_model", "not served")
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"messages": [{"role": "user", "content": "x" * 600}], "max_tokens": 5}, "context length"),
+        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000}, "context length"),
+        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -3}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}, "temperature"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": [{"role": 1, "content": None}]}, "role"),
+    ],
+    ids=["long-prompt", "huge-max-tokens", "negative-max-tokens", "string-max-tokens", "temperature", "messages-type",
+         "message-fields"],
+)  # fmt: skip
+def test_bad_generation_parameters(running: Running, payer: Payer, body: dict, words: str) -> None:
+    reply = post(running, envelope(running, payer, body=body))
+    assert reply.status_code == 400, reply.text
+    assert words in reply.json()["error"]["message"]
+
+
+def test_wrong_kind_for_model(running: Running, payer: Payer) -> None:
+    assert_error(post(running, envelope(running, payer, kind="embedding")), 400, "bad_request", "does not serve")
+
+
+def voucher(running: Running, payer: Payer, amount: int, key: bytes | None = None, channel: bytes | None = None):
+    return sign_voucher(Voucher(channel or payer.channel, tiny_id(running), amount), running.voucher_domain,
+                        key or running.payer.key)  # fmt: skip
+
+
+def test_voucher_from_someone_else(running: Running, payer: Payer) -> None:
+    forged = voucher(running, payer, 1, key=os.urandom(32))
+    assert_error(post(running, envelope(running, payer, voucher=forged)), 402, "bad_voucher", "signature")
+
+
+def test_voucher_over_deposit(running: Running, payer: Payer) -> None:
+    big = voucher(running, payer, 10**6 + 1)
+    assert_error(post(running, envelope(running, payer, voucher=big)), 402, "bad_voucher", "exceed the deposit")
+
+
+def test_voucher_not_above_last(running: Running, payer: Payer) -> None:
+    assert post(running, envelope(running, payer, voucher=voucher(running, payer, 500))).status_code == 200
+    stale = voucher(running, payer, 500)
+    assert_error(post(running, envelope(running, payer, voucher=stale)), 402, "bad_voucher", "not above")
+
+
+def test_channel_of_another_payer(running: Running, payer: Payer) -> None:
+    reply = post(running, envelope(running, payer, payer_address="0x" + "11" * 20))
+    assert_error(reply, 402, "payment_required", "belongs to")
+
+
+def test_unknown_channel(running: Running, payer: Payer) -> None:
+    assert_error(post(running, envelope(running, payer, channel=b"\x05" * 32)), 402, "payment_required",
+                 "does not exist")  # fmt: skip
+
+
+def test_credit_limit_stops_a_payer_who_never_pays(running: Running) -> None:
+    stingy = Payer(running, deposit=10**6)
+    body = {**CHAT, "max_tokens": 400}  # about 240 units each; the provider's credit limit is 1,000
+    served = 0
+    with pytest.raises(ProviderReplyError) as refused:
+        for _ in range(10):
+            stingy.ask(tiny_id(running), "chat", body, voucher=None)
+            served += 1
+
+    assert refused.value.status == 402 and "credit limit" in refused.value.message
+    assert 1 <= served <= 6
+    # paying what is owed opens the tap again
+    assert stingy.ask(tiny_id(running), "chat", CHAT).receipt.receipt.amount > 0
+
+
+def test_good_requests_are_served_after_all_of_this(running: Running, payer: Payer) -> None:
+    fresh = Payer(running)
+    answer = fresh.ask(tiny_id(running), "chat", CHAT)
+    assert answer.receipt.receipt.tokens_out > 0
+    assert httpx.get(f"{running.provider.url}/healthz").json()["ok"] is True
+    metrics = httpx.get(f"{running.provider.url}/metrics").text
+    assert 'allmende_provider_requests_total{kind="chat",status="200"}' in metrics
+    assert 'status="402"' in metrics and 'status="409"' in metrics
