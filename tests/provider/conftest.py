@@ -55,10 +55,28 @@ def start_provider(
     extra: list[str] | None = None,
 ) -> ProviderProcess:
     port = port or free_port()
-    args = [sys.executable, "-m", "allmende", "provider", "--rpc", anvil.url, "--key", f"devnet:{account.index}",
-            "--deployments", str(deployments), "--state-dir", str(state_dir), "--port", str(port),
-            "--price-in", str(PRICE_IN), "--price-out", str(PRICE_OUT), *[arg for m in models for arg in ("--model", m)],
-            *(extra or [])]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "allmende",
+        "provider",
+        "--rpc",
+        anvil.url,
+        "--key",
+        f"devnet:{account.index}",
+        "--deployments",
+        str(deployments),
+        "--state-dir",
+        str(state_dir),
+        "--port",
+        str(port),
+        "--price-in",
+        str(PRICE_IN),
+        "--price-out",
+        str(PRICE_OUT),
+        *[arg for m in models for arg in ("--model", m)],
+        *(extra or []),
+    ]
     log = state_dir / "provider.log"
     state_dir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=os.environ.copy())
@@ -103,15 +121,22 @@ def running(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Running]:
     state = tmp_path_factory.mktemp("provider")
-    proc = start_provider(anvil, deployments_file, accounts[2], state, ["allmende:tiny", "minilm"],
-                          extra=["--redeem-interval", "3600", "--credit-limit", "1000"])  # fmt: skip
+    proc = start_provider(
+        anvil,
+        deployments_file,
+        accounts[2],
+        state,
+        ["allmende:tiny", "minilm"],
+        extra=["--redeem-interval", "3600", "--credit-limit", "1000"],
+    )
     payer = accounts[3]
     as_payer = contracts_for(anvil, deployment, payer)
     as_payer.stable.approve(as_payer.channels.address)
     with httpx.Client(timeout=60) as http:
         info = fetch_info(http, proc.url)
     try:
-        yield Running(proc, info, payer, as_payer, as_payer.registry.receipt_domain(),
-                      as_payer.channels.voucher_domain())  # fmt: skip
+        yield Running(
+            proc, info, payer, as_payer, as_payer.registry.receipt_domain(), as_payer.channels.voucher_domain()
+        )
     finally:
         proc.stop()

@@ -32,10 +32,16 @@ def assert_error(reply: httpx.Response, status: int, code: str, words: str) -> N
 
 def envelope(running: Running, payer: Payer, **kw: object) -> dict:
     info = kw.pop("info", running.info)
-    rid, env, _ = build_envelope(info, kw.pop("model", tiny_id(running)), kw.pop("kind", "chat"),  # type: ignore[arg-type]
-                                 kw.pop("body", CHAT), kw.pop("payer_address", running.payer.address),  # type: ignore[arg-type]
-                                 kw.pop("channel", payer.channel), kw.pop("voucher", None),  # type: ignore[arg-type]
-                                 kw.pop("request_id", None))  # type: ignore[arg-type]  # fmt: skip
+    _, env, _ = build_envelope(
+        info,
+        kw.pop("model", tiny_id(running)),
+        kw.pop("kind", "chat"),  # type: ignore[arg-type]
+        kw.pop("body", CHAT),
+        kw.pop("payer_address", running.payer.address),  # type: ignore[arg-type]
+        kw.pop("channel", payer.channel),
+        kw.pop("voucher", None),  # type: ignore[arg-type]
+        kw.pop("request_id", None),
+    )  # type: ignore[arg-type]
     return env
 
 
@@ -52,11 +58,15 @@ def payer(running: Running) -> Payer:
         (b"[]", 400, "bad_envelope", "JSON object"),
         (b'{"request_id": "0x12"}', 400, "bad_envelope", "request_id"),
         (b'{"request_id": "0x' + b"00" * 32 + b'", "enc": 5}', 400, "bad_envelope", "enc"),
-        (b'{"request_id": "0x' + b"00" * 32 + b'", "enc": "!!", "nonce": "", "ciphertext": ""}', 400,
-         "bad_envelope", "base64"),
+        (
+            b'{"request_id": "0x' + b"00" * 32 + b'", "enc": "!!", "nonce": "", "ciphertext": ""}',
+            400,
+            "bad_envelope",
+            "base64",
+        ),
     ],
     ids=["bad-json", "invalid-utf8", "array", "short-id", "enc-type", "bad-base64"],
-)  # fmt: skip
+)
 def test_malformed_envelopes(running: Running, content: bytes, status: int, code: str, words: str) -> None:
     assert_error(post(running, content=content), status, code, words)
 
@@ -97,9 +107,16 @@ def test_unknown_model(running: Running, payer: Payer) -> None:
         ({"messages": "hi"}, "messages"),
         ({"messages": [{"role": 1, "content": None}]}, "role"),
     ],
-    ids=["long-prompt", "huge-max-tokens", "negative-max-tokens", "string-max-tokens", "temperature", "messages-type",
-         "message-fields"],
-)  # fmt: skip
+    ids=[
+        "long-prompt",
+        "huge-max-tokens",
+        "negative-max-tokens",
+        "string-max-tokens",
+        "temperature",
+        "messages-type",
+        "message-fields",
+    ],
+)
 def test_bad_generation_parameters(running: Running, payer: Payer, body: dict, words: str) -> None:
     reply = post(running, envelope(running, payer, body=body))
     assert reply.status_code == 400, reply.text
@@ -111,8 +128,9 @@ def test_wrong_kind_for_model(running: Running, payer: Payer) -> None:
 
 
 def voucher(running: Running, payer: Payer, amount: int, key: bytes | None = None, channel: bytes | None = None):
-    return sign_voucher(Voucher(channel or payer.channel, tiny_id(running), amount), running.voucher_domain,
-                        key or running.payer.key)  # fmt: skip
+    return sign_voucher(
+        Voucher(channel or payer.channel, tiny_id(running), amount), running.voucher_domain, key or running.payer.key
+    )
 
 
 def test_voucher_from_someone_else(running: Running, payer: Payer) -> None:
@@ -137,8 +155,9 @@ def test_channel_of_another_payer(running: Running, payer: Payer) -> None:
 
 
 def test_unknown_channel(running: Running, payer: Payer) -> None:
-    assert_error(post(running, envelope(running, payer, channel=b"\x05" * 32)), 402, "payment_required",
-                 "does not exist")  # fmt: skip
+    assert_error(
+        post(running, envelope(running, payer, channel=b"\x05" * 32)), 402, "payment_required", "does not exist"
+    )
 
 
 def test_credit_limit_stops_a_payer_who_never_pays(running: Running) -> None:

@@ -24,22 +24,31 @@ def test_kill9_then_restart_loses_nothing(
 ) -> None:
     provider_account, payer_account = accounts[5], accounts[6]
     state = tmp_path / "p"
-    proc = start_provider(anvil, deployments_file, provider_account, state, ["allmende:tiny"],
-                          extra=["--redeem-interval", "3600"])  # fmt: skip
+    proc = start_provider(
+        anvil, deployments_file, provider_account, state, ["allmende:tiny"], extra=["--redeem-interval", "3600"]
+    )
     as_payer = contracts_for(anvil, deployment, payer_account)
     as_payer.stable.approve(as_payer.channels.address)
     with httpx.Client(timeout=60) as http:
         info = fetch_info(http, proc.url)
-    running = Running(proc, info, payer_account, as_payer, as_payer.registry.receipt_domain(),
-                      as_payer.channels.voucher_domain())  # fmt: skip
+    running = Running(
+        proc, info, payer_account, as_payer, as_payer.registry.receipt_domain(), as_payer.channels.voucher_domain()
+    )
     model = bytes.fromhex(info.models[0]["model_id"][2:])
     payer = Payer(running)
     costs = [payer.ask(model, "chat", CHAT).receipt.receipt.amount for _ in range(5)]
     registrations = len(list(as_payer.client.events(as_payer.registry.contract, "Registered", deployment.deploy_block)))
 
     # a stream in flight when the process dies
-    rid, env, sealer = build_envelope(info, model, "chat", {**CHAT, "stream": True, "max_tokens": 400},
-                                      payer_account.address, payer.channel, payer.voucher(model))  # fmt: skip
+    rid, env, sealer = build_envelope(
+        info,
+        model,
+        "chat",
+        {**CHAT, "stream": True, "max_tokens": 400},
+        payer_account.address,
+        payer.channel,
+        payer.voucher(model),
+    )
     got_first = threading.Event()
 
     def consume() -> None:
@@ -55,17 +64,38 @@ def test_kill9_then_restart_loses_nothing(
     proc.kill9()
     reader.join(30)
 
-    restarted = start_provider(anvil, deployments_file, provider_account, state, ["allmende:tiny"],
-                               port=int(proc.url.rsplit(":", 1)[1]), extra=["--redeem-interval", "3600"])  # fmt: skip
+    restarted = start_provider(
+        anvil,
+        deployments_file,
+        provider_account,
+        state,
+        ["allmende:tiny"],
+        port=int(proc.url.rsplit(":", 1)[1]),
+        extra=["--redeem-interval", "3600"],
+    )
     try:
         # the voucher for all five answers is accepted: the ledger survived, cumulatives still rise
         costs.append(payer.ask(model, "chat", CHAT).receipt.receipt.amount)
         after = len(list(as_payer.client.events(as_payer.registry.contract, "Registered", deployment.deploy_block)))
         redeem = subprocess.run(
-            [sys.executable, "-m", "allmende", "provider-redeem", "--rpc", anvil.url, "--key",
-             f"devnet:{provider_account.index}", "--deployments", str(deployments_file), "--state-dir", str(state)],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "allmende",
+                "provider-redeem",
+                "--rpc",
+                anvil.url,
+                "--key",
+                f"devnet:{provider_account.index}",
+                "--deployments",
+                str(deployments_file),
+                "--state-dir",
+                str(state),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         restarted.stop()
 

@@ -48,8 +48,15 @@ class Payer:
         return sign_voucher(Voucher(self.channel, model_id, owed), self.r.voucher_domain, self.r.payer.key)
 
     def ask(self, model_id: bytes, kind: str, body: dict, **overrides) -> object:
-        rid, env, sealer = build_envelope(self.r.info, model_id, kind, body, self.r.payer.address, self.channel,
-                                          overrides["voucher"] if "voucher" in overrides else self.voucher(model_id))  # fmt: skip
+        rid, env, sealer = build_envelope(
+            self.r.info,
+            model_id,
+            kind,
+            body,
+            self.r.payer.address,
+            self.channel,
+            overrides["voucher"] if "voucher" in overrides else self.voucher(model_id),
+        )
         answer = infer(self.http, self.r.provider.url, self.r.info, self.r.receipt_domain, env, sealer, rid)
         self.owed[model_id] = self.owed.get(model_id, 0) + answer.receipt.receipt.amount
         return answer
@@ -99,8 +106,9 @@ def test_greedy_answers_are_reproducible(running: Running) -> None:
 def test_stream_yields_deltas_then_receipt(running: Running) -> None:
     payer = Payer(running)
     body = {**CHAT, "stream": True, "max_tokens": 20}
-    rid, env, sealer = build_envelope(running.info, tiny_id(running), "chat", body, running.payer.address,
-                                      payer.channel, None)  # fmt: skip
+    rid, env, sealer = build_envelope(
+        running.info, tiny_id(running), "chat", body, running.payer.address, payer.channel, None
+    )
 
     items = list(infer_stream(payer.http, running.provider.url, running.info, running.receipt_domain, env, sealer, rid))
 

@@ -25,8 +25,11 @@ def _models(model: list[str], price_in: int, price_out: int, config: Path | None
         for entry in data.get("models", []):
             if not isinstance(entry, dict) or "name" not in entry:
                 raise InvalidInput(f"{config}: every [[models]] entry needs a name")
-            specs.append(ModelSpec(str(entry["name"]), int(entry.get("price_in", price_in)),
-                                   int(entry.get("price_out", price_out))))  # fmt: skip
+            specs.append(
+                ModelSpec(
+                    str(entry["name"]), int(entry.get("price_in", price_in)), int(entry.get("price_out", price_out))
+                )
+            )
     if not specs:
         raise InvalidInput("give at least one --model (or a --config file with [[models]])")
     return specs
@@ -77,9 +80,11 @@ def provider(
 
 
 def provider_redeem(
-    rpc: str = typer.Option(None), key: str = typer.Option(...),
-    deployments: Path = typer.Option(None), state_dir: Path = typer.Option(None),
-) -> None:  # fmt: skip
+    rpc: str = typer.Option(None),
+    key: str = typer.Option(...),
+    deployments: Path = typer.Option(None),
+    state_dir: Path = typer.Option(None),
+) -> None:
     """Redeem every stored voucher now (works while the node is stopped, e.g. after a crash)."""
     from allmende.provider.settlement import Settlement
     from allmende.provider.store import ProviderStore
@@ -94,8 +99,10 @@ def provider_redeem(
 
 
 def provider_withdraw(
-    rpc: str = typer.Option(None), key: str = typer.Option(...), deployments: Path = typer.Option(None),
-) -> None:  # fmt: skip
+    rpc: str = typer.Option(None),
+    key: str = typer.Option(...),
+    deployments: Path = typer.Option(None),
+) -> None:
     """Withdraw accrued earnings (provider share, royalties or treasury fees) to the key's account."""
     env = from_environment()
     with friendly_errors():

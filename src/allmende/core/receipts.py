@@ -57,16 +57,33 @@ class Receipt:
         return keccak(
             encode(
                 [
-                    "bytes32", "bytes32", "bytes32", "address", "bytes32", "bytes32",
-                    "bytes32", "uint32", "uint32", "uint256", "uint64",
+                    "bytes32",
+                    "bytes32",
+                    "bytes32",
+                    "address",
+                    "bytes32",
+                    "bytes32",
+                    "bytes32",
+                    "uint32",
+                    "uint32",
+                    "uint256",
+                    "uint64",
                 ],
                 [
-                    RECEIPT_TYPEHASH, self.request_id, self.model_id, self.provider,
-                    self.input_hash, self.output_hash, self.proof_hash,
-                    self.tokens_in, self.tokens_out, self.amount, self.timestamp,
+                    RECEIPT_TYPEHASH,
+                    self.request_id,
+                    self.model_id,
+                    self.provider,
+                    self.input_hash,
+                    self.output_hash,
+                    self.proof_hash,
+                    self.tokens_in,
+                    self.tokens_out,
+                    self.amount,
+                    self.timestamp,
                 ],
             )
-        )  # fmt: skip
+        )
 
     def digest(self, domain: Domain) -> bytes:
         """The EIP-712 digest under the Registry domain."""

@@ -137,8 +137,11 @@ def infer_stream(
             data = json.loads(sealer.open(payload, seq))
             seq += 1
             if data.get("done"):
-                yield Answer({"finish_reason": data["finish_reason"]}, data["usage"],
-                             _check_receipt(data["receipt"], info, receipt_domain, request_id))  # fmt: skip
+                yield Answer(
+                    {"finish_reason": data["finish_reason"]},
+                    data["usage"],
+                    _check_receipt(data["receipt"], info, receipt_domain, request_id),
+                )
                 return
             yield data["delta"]
     raise ProviderReplyError(502, "stream_cut", "stream ended before the final chunk")

@@ -150,5 +150,4 @@ def serve(config: ProviderConfig) -> None:
     import uvicorn
 
     node = prepare(config)
-    uvicorn.run(build_app(node), host=config.host, port=config.port, log_level="warning",
-                timeout_keep_alive=30)  # fmt: skip
+    uvicorn.run(build_app(node), host=config.host, port=config.port, log_level="warning", timeout_keep_alive=30)

@@ -74,8 +74,11 @@ class Settlement:
                 continue
             if on_chain != row.redeemed:
                 self.store.mark_redeemed(row.channel_id, row.model_id, on_chain)
-            fresh.append(LedgerRow(row.channel_id, row.model_id, row.earned, row.cumulative, row.signature,
-                                   on_chain, row.voucher_at))  # fmt: skip
+            fresh.append(
+                LedgerRow(
+                    row.channel_id, row.model_id, row.earned, row.cumulative, row.signature, on_chain, row.voucher_at
+                )
+            )
         if not fresh:
             return RedeemResult(0, 0, None)
         total, last_hash = 0, None

@@ -1,0 +1,166 @@
+"""One interface suite run against every engine (the tiny causal LM and MiniLM), plus
+what only generation or only embeddings do."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from allmende.core import build_manifest
+from allmende.engine import Engine, EngineError, PromptTooLong, SamplingParams, collect, load_engine
+from allmende.engine.tiny import ensure_tiny_model
+
+TINY_ID = "0x11419bb2d012e4d1be2e2b08c0a5bf7989eee37483da38f27e1c13a8d3e9ab13"
+CHAT = {"messages": [{"role": "user", "content": "Wie geht es?"}]}
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Engine:
+    return load_engine("allmende:tiny")
+
+
+@pytest.fixture(scope="module")
+def minilm() -> Engine:
+    return load_engine("minilm")
+
+
+@pytest.fixture(params=["tiny", "minilm"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    return request.getfixturevalue(request.param)
+
+
+# ------------------------------------------------------------ the shared suite
+
+
+def test_model_id_is_the_manifest_of_its_files(engine: Engine) -> None:
+    assert engine.model_id == build_manifest(engine.path).model_id  # type: ignore[attr-defined]
+    assert len(engine.model_id) == 32
+
+
+def test_context_length_is_positive(engine: Engine) -> None:
+    assert engine.context_length >= 128
+
+
+def test_final_hidden_states_have_one_row_per_token(engine: Engine) -> None:
+    hidden = engine.final_hidden_states([1, 2, 3, 4, 5])
+    assert hidden.shape[0] == 5  # type: ignore[attr-defined]
+
+
+def test_wrong_kind_is_a_typed_error(engine: Engine) -> None:
+    with pytest.raises(EngineError):
+        if engine.kind == "embed":
+            engine.prompt_ids("chat", CHAT)
+        else:
+            asyncio.run(engine.embed(["x"]))
+
+
+# ------------------------------------------------------------------ generation
+
+
+def test_tiny_model_id_is_the_same_on_every_machine() -> None:
+    assert build_manifest(ensure_tiny_model()).model_id_hex == TINY_ID
+
+
+def run(engine: Engine, params: SamplingParams, body: dict | None = None):
+    ids = engine.prompt_ids("chat", body or CHAT)
+    return asyncio.run(collect(engine.generate(ids, params), len(ids)))
+
+
+def test_greedy_is_deterministic_and_respects_max_tokens(tiny: Engine) -> None:
+    first = run(tiny, SamplingParams(max_tokens=16, temperature=0))
+    second = run(tiny, SamplingParams(max_tokens=16, temperature=0))
+    assert first.token_ids == second.token_ids
+    assert first.completion_tokens <= 16
+    assert first.finish_reason in ("length", "stop")
+
+
+def test_same_seed_same_sample_other_seed_other_sample(tiny: Engine) -> None:
+    a = run(tiny, SamplingParams(max_tokens=24, temperature=1.0, seed=7))
+    b = run(tiny, SamplingParams(max_tokens=24, temperature=1.0, seed=7))
+    c = run(tiny, SamplingParams(max_tokens=24, temperature=1.0, seed=8))
+    assert a.token_ids == b.token_ids
+    assert a.token_ids != c.token_ids
+
+
+def test_top_p_limits_the_choices(tiny: Engine) -> None:
+    narrow = {
+        run(tiny, SamplingParams(max_tokens=1, temperature=1.0, top_p=1e-6, seed=s)).token_ids[0] for s in range(5)
+    }
+    assert len(narrow) == 1  # only the most likely token survives
+
+
+def test_stop_sequence_ends_generation(tiny: Engine) -> None:
+    free = run(tiny, SamplingParams(max_tokens=40, temperature=0))
+    stop = free.text[5:7]
+    stopped = run(tiny, SamplingParams(max_tokens=40, temperature=0, stop=(stop,)))
+    assert stopped.finish_reason == "stop"
+    assert stop not in stopped.text and free.text.startswith(stopped.text)
+
+
+def test_prompt_too_long(tiny: Engine) -> None:
+    with pytest.raises(PromptTooLong, match="context length"):
+        run(tiny, SamplingParams(max_tokens=500), {"messages": [{"role": "user", "content": "y" * 100}]})
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"stop": ("a",) * 5}],
+    ids=["zero-tokens", "negative-temperature", "zero-top-p", "too-many-stops"],
+)
+def test_bad_sampling_parameters(kwargs: dict) -> None:
+    with pytest.raises(EngineError):
+        SamplingParams(**kwargs)
+
+
+def test_generations_run_concurrently_without_blocking_the_loop(tiny: Engine) -> None:
+    async def main() -> tuple[list[int], float]:
+        ids = tiny.prompt_ids("chat", CHAT)
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        t = asyncio.create_task(ticker())
+        results = await asyncio.gather(
+            *(collect(tiny.generate(ids, SamplingParams(max_tokens=64, temperature=0)), len(ids)) for _ in range(4))
+        )
+        stop.set()
+        await t
+        return [r.completion_tokens for r in results], ticks
+
+    counts, ticks = asyncio.run(main())
+    assert len(set(counts)) == 1
+    assert ticks > 3  # the event loop kept running while four generations were in flight
+
+
+# ------------------------------------------------------------------ embeddings
+
+
+def test_embeddings_are_normalised_and_meaningful(minilm: Engine) -> None:
+    vectors, tokens = asyncio.run(minilm.embed(["The cat sleeps.", "A cat is sleeping.", "Interest rates rose."]))
+    norms = [sum(x * x for x in v) for v in vectors]
+    sim = [sum(a * b for a, b in zip(vectors[0], v, strict=True)) for v in vectors[1:]]
+    assert all(abs(n - 1) < 1e-5 for n in norms)
+    assert sim[0] > sim[1] + 0.2
+    assert tokens > 6
+
+
+def test_embedding_input_validation(minilm: Engine) -> None:
+    with pytest.raises(EngineError, match="input"):
+        minilm.inputs_of({"input": [1, 2]})  # type: ignore[attr-defined]
+    assert minilm.inputs_of({"input": "one"}) == ["one"]  # type: ignore[attr-defined]
+
+
+def test_unknown_model_name_is_a_typed_error() -> None:
+    from allmende.core import UnknownModel
+
+    started = time.monotonic()
+    with pytest.raises(UnknownModel):
+        load_engine("no-such-org/no-such-model-xyz")
+    assert time.monotonic() - started < 120
