@@ -110,11 +110,31 @@ def measure(requests: int) -> dict[str, Any]:
         deployment.save(path)
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "allmende", "provider", "--rpc", node.url, "--key", "devnet:1",
-             "--deployments", str(path), "--state-dir", str(Path(tmp) / "p"), "--port", str(port),
-             "--model", "allmende:tiny", "--max-concurrency", "8", "--credit-limit", str(10**9)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "allmende",
+                "provider",
+                "--rpc",
+                node.url,
+                "--key",
+                "devnet:1",
+                "--deployments",
+                str(path),
+                "--state-dir",
+                str(Path(tmp) / "p"),
+                "--port",
+                str(port),
+                "--model",
+                "allmende:tiny",
+                "--max-concurrency",
+                "8",
+                "--credit-limit",
+                str(10**9),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             for _ in range(600):
@@ -129,11 +149,16 @@ def measure(requests: int) -> dict[str, Any]:
                         lat, wall, toks = direct(requests, concurrency)
                     else:
                         lat, wall, toks = fn(url, node, deployment, payer, requests, concurrency)
-                    out["rows"].append({
-                        "path": path_name, "concurrency": concurrency,
-                        "p50_ms": round(statistics.median(lat), 2), "p99_ms": round(percentile(lat, 0.99), 2),
-                        "tokens_per_s": round(toks / wall, 1), "requests_per_s": round(len(lat) / wall, 1),
-                    })  # fmt: skip
+                    out["rows"].append(
+                        {
+                            "path": path_name,
+                            "concurrency": concurrency,
+                            "p50_ms": round(statistics.median(lat), 2),
+                            "p99_ms": round(percentile(lat, 0.99), 2),
+                            "tokens_per_s": round(toks / wall, 1),
+                            "requests_per_s": round(len(lat) / wall, 1),
+                        }
+                    )
         finally:
             proc.terminate()
             proc.wait()
@@ -157,8 +182,14 @@ def main() -> None:
     for column in ("path", "concurrency", "p50 ms", "p99 ms", "tokens/s", "requests/s"):
         table.add_column(column, justify="right")
     for r in result["rows"]:
-        table.add_row(r["path"], str(r["concurrency"]), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                      f"{r['tokens_per_s']:.0f}", f"{r['requests_per_s']:.1f}")  # fmt: skip
+        table.add_row(
+            r["path"],
+            str(r["concurrency"]),
+            f"{r['p50_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            f"{r['tokens_per_s']:.0f}",
+            f"{r['requests_per_s']:.1f}",
+        )
     Console().print(table)
     print(
         f"added p50 at concurrency 1: {result['added_ms_p50']} ms (goal ≤ 3 ms); at 8: {result['added_ms_p50_c8']} ms"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from allmende.cli import chain, demo, keys, provider
+from allmende.cli import chain, demo, gateway, keys, provider, up
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Allmende: the commons of idle compute.")
 app.add_typer(chain.app, name="chain")
@@ -13,6 +13,10 @@ app.command("demo")(demo.demo)
 app.command("provider")(provider.provider)
 app.command("provider-redeem")(provider.provider_redeem)
 app.command("provider-withdraw")(provider.provider_withdraw)
+app.command("gateway")(gateway.gateway)
+app.command("gateway-close")(gateway.gateway_close)
+app.command("up")(up.up)
+app.command("status")(up.status)
 
 
 def main() -> None:

@@ -167,5 +167,6 @@ class CausalLMEngine(Engine):
         hidden: torch.Tensor = out.hidden_states[-1][0]
         return hidden
 
-    def count_text_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of plain text, no special tokens."""
+        return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]

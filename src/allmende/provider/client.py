@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +125,60 @@ def infer_stream(
             _raise_for(reply)
         seq, event = 0, "message"
         for line in reply.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+                continue
+            if not line.startswith("data:"):
+                continue
+            payload = json.loads(line[5:])
+            if event == "error":
+                err = payload["error"]
+                raise ProviderReplyError(500, err["code"], err["message"])
+            data = json.loads(sealer.open(payload, seq))
+            seq += 1
+            if data.get("done"):
+                yield Answer(
+                    {"finish_reason": data["finish_reason"]},
+                    data["usage"],
+                    _check_receipt(data["receipt"], info, receipt_domain, request_id),
+                )
+                return
+            yield data["delta"]
+    raise ProviderReplyError(502, "stream_cut", "stream ended before the final chunk")
+
+
+async def ainfer(
+    http: httpx.AsyncClient,
+    url: str,
+    info: ProviderInfo,
+    receipt_domain: Domain,
+    envelope: dict[str, str],
+    sealer: ResponseSealer,
+    request_id: bytes,
+) -> Answer:
+    """`infer` for asyncio callers."""
+    reply = await http.post(f"{url}/v1/infer", json=envelope)
+    _raise_for(reply)
+    data = json.loads(sealer.open(reply.json(), 0))
+    return Answer(data["output"], data["usage"], _check_receipt(data["receipt"], info, receipt_domain, request_id))
+
+
+async def ainfer_stream(
+    http: httpx.AsyncClient,
+    url: str,
+    info: ProviderInfo,
+    receipt_domain: Domain,
+    envelope: dict[str, str],
+    sealer: ResponseSealer,
+    request_id: bytes,
+) -> AsyncIterator[str | Answer]:
+    """`infer_stream` for asyncio callers: text deltas, then one Answer."""
+    async with http.stream("POST", f"{url}/v1/infer", json=envelope) as reply:
+        if reply.status_code >= 400:
+            await reply.aread()
+            _raise_for(reply)
+        seq, event = 0, "message"
+        async for line in reply.aiter_lines():
             if line.startswith("event:"):
                 event = line[6:].strip()
                 continue

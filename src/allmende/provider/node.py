@@ -24,6 +24,7 @@ from rich.progress import Progress
 
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.bindings import ROLE_PROVIDER
+from allmende.chain.errors import ChainError
 from allmende.core.envelope import public_key_bytes
 from allmende.engine import load_engine
 from allmende.provider.app import Limits, create_app
@@ -103,8 +104,12 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
 
     for model_id, model in served.items():
         if contracts.models.owner_of(model_id) is None and config.register_models:
-            contracts.models.register(model_id, config.license, config.royalty_bps, metadata_uri=model.engine.name)
-            log.info("registered model %s as 0x%s", model.engine.name, model_id.hex())
+            try:
+                contracts.models.register(model_id, config.license, config.royalty_bps, metadata_uri=model.engine.name)
+                log.info("registered model %s as 0x%s", model.engine.name, model_id.hex())
+            except ChainError:
+                if contracts.models.owner_of(model_id) is None:  # not a lost race with another node
+                    raise
 
     x25519 = load_x25519(config.state_dir / "x25519.key")
     x_pub = public_key_bytes(x25519)

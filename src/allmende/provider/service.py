@@ -184,10 +184,18 @@ class ProviderService:
         yield req.sealer.seal(seq, json.dumps(final).encode())
 
     def _prompt(self, req: InferRequest) -> list[int]:
+        """Prompt token ids; `allmende_continue` (text a failed provider already streamed)
+        is appended so this provider carries on where the other stopped."""
         try:
-            return req.model.engine.prompt_ids(req.kind, req.body)  # type: ignore[arg-type]
+            ids = req.model.engine.prompt_ids(req.kind, req.body)  # type: ignore[arg-type]
         except InvalidInput as exc:
             raise BadRequest(str(exc)) from None
+        carry = req.body.get("allmende_continue")
+        if carry is not None:
+            if not isinstance(carry, str):
+                raise BadRequest("allmende_continue must be a string")
+            ids = ids + req.model.engine.encode_text(carry)  # type: ignore[attr-defined]
+        return ids
 
     def _finish(self, req: InferRequest, tokens_in: int, tokens_out: int, output: bytes) -> dict[str, Any]:
         """Price the answer, sign its receipt and record both before the answer leaves."""

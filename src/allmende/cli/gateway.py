@@ -1,0 +1,70 @@
+"""`allmende gateway` — the OpenAI-compatible entry point; `allmende gateway-close`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.cli.common import console, friendly_errors, resolve_key
+from allmende.config import from_environment
+
+
+def gateway(
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC)"),
+    key: str = typer.Option(..., help="payer key: keystore file or devnet:N"),
+    port: int = typer.Option(8000),
+    host: str = typer.Option("127.0.0.1"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default <state-dir>/deployments.json)"),
+    state_dir: Path = typer.Option(None, help="where the gateway keeps its database"),
+    deposit: int = typer.Option(10_000_000, help="deposit per provider channel, payment-token units"),
+    prefer: str = typer.Option("balanced", help="routing preference: balanced, cheapest or fastest"),
+    max_price: int = typer.Option(None, help="skip providers above this reference price"),
+    api_key: list[str] = typer.Option([], help="accepted API key (repeat); none = open"),
+) -> None:
+    """Serve the OpenAI API over the provider network."""
+    from allmende.core.routing import RoutingPolicy
+    from allmende.gateway.app import GatewayLimits
+    from allmende.gateway.node import GatewayConfig, serve
+    from allmende.gateway.payments import ChannelPolicy
+
+    env = from_environment()
+    if prefer not in ("balanced", "cheapest", "fastest"):
+        console.print("[red]error:[/red] --prefer must be balanced, cheapest or fastest")
+        raise typer.Exit(2)
+    with friendly_errors():
+        config = GatewayConfig(
+            rpc_url=rpc or env.rpc_url,
+            key=resolve_key(key),
+            deployments=deployments or env.state_dir / "deployments.json",
+            state_dir=state_dir or env.state_dir / "gateway",
+            host=host,
+            port=port,
+            routing=RoutingPolicy(prefer=prefer, max_price=max_price),  # type: ignore[arg-type]
+            channels=ChannelPolicy(deposit=deposit),
+            limits=GatewayLimits(api_keys=frozenset(api_key)),
+        )
+        console.print(f"gateway on http://{host}:{port}/v1")
+        serve(config)
+
+
+def gateway_close(
+    rpc: str = typer.Option(None),
+    key: str = typer.Option(...),
+    deployments: Path = typer.Option(None),
+    state_dir: Path = typer.Option(None),
+) -> None:
+    """Request closing every payment channel this gateway opened."""
+    from allmende.gateway.payments import Payments
+    from allmende.gateway.store import GatewayStore
+
+    env = from_environment()
+    with friendly_errors():
+        secret = resolve_key(key)
+        contracts = Contracts(
+            ChainClient(rpc or env.rpc_url, secret), Deployment.load(deployments or env.state_dir / "deployments.json")
+        )
+        store = GatewayStore((state_dir or env.state_dir / "gateway") / "gateway.db")
+        closed = Payments(store, contracts, secret).close_all()
+    console.print(f"requested closing {len(closed)} channels; withdraw after the close delay")

@@ -1,0 +1,261 @@
+"""`allmende up` — the whole local network in one command; `allmende status`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+from rich.table import Table
+
+from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
+from allmende.chain.anvil import Anvil, devnet_accounts
+from allmende.cli.common import alm, console, friendly_errors, usd
+from allmende.config import from_environment
+from allmende.core.errors import AllmendeError
+
+DEFAULT_MODELS = ["allmende:tiny", "minilm"]
+GATEWAY_ACCOUNT = 9
+
+
+class StartupFailed(AllmendeError):
+    pass
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StartupFailed(f"{what} exited while starting; last lines of {log}:\n{log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise StartupFailed(f"{what} did not become healthy within {timeout:.0f}s (see {log})")
+
+
+def up(
+    providers: int = typer.Option(2, help="number of provider processes"),
+    model: list[str] = typer.Option([], help="model each provider serves (default: allmende:tiny and minilm)"),
+    state_dir: Path = typer.Option(None, help="where logs, databases and network.json go (default .allmende)"),
+    port: int = typer.Option(8000, help="gateway port"),
+    rpc_port: int = typer.Option(8545, help="anvil port"),
+    provider_port: int = typer.Option(9001, help="port of the first provider (others follow)"),
+) -> None:
+    """Start anvil, deploy, fund, start N providers and the gateway; Ctrl-C stops everything."""
+    root = (state_dir or from_environment().state_dir).resolve()
+    if not 1 <= providers <= 8:
+        console.print("[red]error:[/red] --providers must be between 1 and 8")
+        raise typer.Exit(2)
+    models = model or DEFAULT_MODELS
+    run_dir = root / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh chain: old node state refers to nothing
+    run_dir.mkdir(parents=True)
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    accounts = devnet_accounts(10)
+    node = None
+
+    def stop_all() -> None:
+        for _, proc in reversed(children):
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc in children:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if node is not None:
+            node.stop()
+
+    def handle_term(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handle_term)
+    try:
+        with friendly_errors():
+            with console.status("starting anvil and deploying contracts"):
+                node = Anvil(port=rpc_port, log_file=run_dir / "anvil.log")
+                deployment = deploy_all(ChainClient(node.url, accounts[0].key), fund=[a.address for a in accounts])
+                deployments = run_dir / "deployments.json"
+                deployment.save(deployments)
+            python = sys.executable
+            provider_rows: list[dict[str, Any]] = []
+            for i in range(providers):
+                account = accounts[1 + i]
+                p_port = provider_port + i
+                log = run_dir / f"provider-{i + 1}.log"
+                args = [
+                    python,
+                    "-m",
+                    "allmende",
+                    "provider",
+                    "--rpc",
+                    node.url,
+                    "--key",
+                    f"devnet:{account.index}",
+                    "--deployments",
+                    str(deployments),
+                    "--state-dir",
+                    str(run_dir / f"provider-{i + 1}"),
+                    "--port",
+                    str(p_port),
+                    "--redeem-interval",
+                    "10",
+                ]
+                for m in models:
+                    args += ["--model", m]
+                proc = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+                children.append((f"provider-{i + 1}", proc))
+                provider_rows.append(
+                    {
+                        "address": account.address,
+                        "url": f"http://127.0.0.1:{p_port}",
+                        "models": models,
+                        "pid": proc.pid,
+                        "log": str(log),
+                    }
+                )
+            with console.status(f"loading models in {providers} providers"):
+                for (name, proc), row in zip(children, provider_rows, strict=True):
+                    _wait_http(f"{row['url']}/healthz", proc, Path(row["log"]), name)
+            gateway_log = run_dir / "gateway.log"
+            gw = subprocess.Popen(
+                [
+                    python,
+                    "-m",
+                    "allmende",
+                    "gateway",
+                    "--rpc",
+                    node.url,
+                    "--key",
+                    f"devnet:{GATEWAY_ACCOUNT}",
+                    "--deployments",
+                    str(deployments),
+                    "--state-dir",
+                    str(run_dir / "gateway"),
+                    "--port",
+                    str(port),
+                ],
+                stdout=gateway_log.open("ab"),
+                stderr=subprocess.STDOUT,
+            )
+            children.append(("gateway", gw))
+            gateway_url = f"http://127.0.0.1:{port}"
+            with console.status("starting the gateway"):
+                _wait_http(f"{gateway_url}/healthz", gw, gateway_log, "gateway")
+                deadline = time.monotonic() + 60
+                while httpx.get(f"{gateway_url}/healthz").json()["providers"] < providers:
+                    if time.monotonic() > deadline:
+                        raise StartupFailed("the gateway did not discover every provider within 60s")
+                    time.sleep(0.5)
+            network = {
+                "rpc_url": node.url,
+                "chain_id": deployment.chain_id,
+                "contracts": {name: info["address"] for name, info in deployment.contracts.items()},
+                "deployments": str(deployments),
+                "gateway_url": gateway_url + "/v1",
+                "gateway_pid": gw.pid,
+                "providers": provider_rows,
+                "accounts": {
+                    "deployer_and_treasury": accounts[0].address,
+                    "gateway_payer": accounts[GATEWAY_ACCOUNT].address,
+                    "note": "anvil's well-known devnet accounts (public keys, devnet only)",
+                },
+            }
+            (root / "network.json").write_text(json.dumps(network, indent=1))
+        _summary(network, models, root)
+        while True:
+            time.sleep(1)
+            for name, proc in children:
+                if proc.poll() is not None and not getattr(proc, "_reported", False):
+                    console.print(f"[yellow]{name} exited with code {proc.returncode}[/yellow]")
+                    proc._reported = True  # type: ignore[attr-defined]
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    finally:
+        stop_all()
+    console.print("stopped.")
+
+
+def _summary(network: dict, models: list[str], root: Path) -> None:  # type: ignore[type-arg]
+    table = Table(title="Allmende devnet is up", show_header=False)
+    table.add_row("gateway (OpenAI API)", network["gateway_url"])
+    table.add_row("chain", f"{network['rpc_url']} (chain id {network['chain_id']})")
+    table.add_row("models", ", ".join(models))
+    for row in network["providers"]:
+        table.add_row("provider", f"{row['url']}  {row['address']}")
+    table.add_row("network.json", str(root / "network.json"))
+    console.print(table)
+    console.print(
+        "call it:\n"
+        "  from openai import OpenAI\n"
+        f'  client = OpenAI(base_url="{network["gateway_url"]}", api_key="unused")\n'
+        '  client.chat.completions.create(model="allmende:tiny", messages=[{"role": "user", "content": "Hi"}])\n'
+        "status: allmende status    stop: Ctrl-C"
+    )
+
+
+def status(state_dir: Path = typer.Option(None, help="the state dir of `allmende up`")) -> None:
+    """Providers, stakes, offers, channels, earnings, royalties and the treasury, read from chain."""
+    root = state_dir or from_environment().state_dir
+    with friendly_errors():
+        path = root / "network.json"
+        if not path.exists():
+            raise StartupFailed(f"no {path}: start the network with `allmende up` first")
+        network = json.loads(path.read_text())
+        deployment = Deployment.load(network["deployments"])
+        contracts = Contracts(ChainClient(network["rpc_url"]), deployment)
+        providers = Table("provider", "endpoint", "stake", "active", "offers", "earned (unwithdrawn)")
+        for address in contracts.registry.all_accounts():
+            account = contracts.registry.account(address)
+            if account.role != 1:
+                continue
+            offers = []
+            for model_id in contracts.registry.models_of(address):
+                offer = contracts.registry.offer(address, model_id)
+                if offer.active:
+                    offers.append(f"0x{model_id.hex()[:8]}… in {offer.price_in}/out {offer.price_out}")
+            providers.add_row(
+                address,
+                account.endpoint,
+                alm(account.stake),
+                str(contracts.registry.is_active(address)),
+                "\n".join(offers),
+                usd(contracts.channels.earnings(address)),
+            )
+        console.print(providers)
+        models = Table("model id", "owner", "license", "royalty", "owner earnings")
+        for model_id in contracts.models.all_ids():
+            record = contracts.models.get(model_id)
+            models.add_row(
+                "0x" + model_id.hex()[:16] + "…",
+                record.owner,
+                record.license,
+                f"{record.royalty_bps / 100:.2f} %",
+                usd(contracts.channels.earnings(record.owner)),
+            )
+        console.print(models)
+        channels = Table("channel", "payer", "provider", "deposit", "spent (redeemed)", "closes at")
+        for event in contracts.client.events(contracts.channels.contract, "ChannelOpened", deployment.deploy_block):
+            cid = bytes(event["args"]["channel_id"])
+            state = contracts.channels.channel(cid)
+            channels.add_row(
+                "0x" + cid.hex()[:16] + "…",
+                state.payer,
+                state.provider,
+                usd(state.deposit),
+                usd(state.spent),
+                str(state.closes_at or "-"),
+            )
+        console.print(channels)
+        treasury = contracts.channels.treasury()
+        console.print(f"treasury {treasury}: {usd(contracts.channels.earnings(treasury))} in protocol fees accrued")

@@ -1,0 +1,115 @@
+"""Choosing a provider for a request — pure, no I/O, so it can be tested and
+benchmarked with thousands of simulated providers.
+
+Each candidate gets a cost-like score (lower is better):
+
+    score = price_weight · price / cheapest
+          + latency_weight · expected_latency / fastest
+          + load_weight · in_flight / capacity
+          + error_weight · error_rate
+          − reputation_weight · (reputation − 0.5)
+
+`expected_latency` is an EWMA of observed latencies (unknown providers start at the
+median, so new ones get traffic). Selection is power-of-two-choices: sample two
+candidates at random and take the better score; this spreads load like
+join-the-shortest-queue without scanning every provider on every request.
+Providers that fail repeatedly are suspended with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+Preference = Literal["balanced", "cheapest", "fastest"]
+
+
+@dataclass
+class ProviderStats:
+    """What the gateway has observed of one provider (mutable, updated per request)."""
+
+    address: str
+    price: int  # cost of a reference request, payment-token units
+    capacity: int = 8  # requests it serves at once (from /v1/info)
+    stake: int = 0
+    reputation: float = 0.5  # 0..1, filled in by validators (median of their scores)
+    latency_ewma: float | None = None  # seconds
+    error_ewma: float = 0.0  # 0..1
+    in_flight: int = 0
+    failures: int = 0  # consecutive
+    suspended_until: float = 0.0
+
+    def record_success(self, latency: float, alpha: float = 0.2) -> None:
+        self.latency_ewma = latency if self.latency_ewma is None else (1 - alpha) * self.latency_ewma + alpha * latency
+        self.error_ewma *= 1 - alpha
+        self.failures = 0
+
+    def record_failure(self, now: float, alpha: float = 0.2, base_backoff: float = 1.0, cap: float = 300.0) -> None:
+        self.error_ewma = (1 - alpha) * self.error_ewma + alpha
+        self.failures += 1
+        if self.failures >= 2:  # one blip is forgiven; repeated failures back off exponentially
+            self.suspended_until = now + min(cap, base_backoff * 2 ** (self.failures - 2))
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    prefer: Preference = "balanced"
+    max_price: int | None = None  # refuse providers whose reference price is above this
+    min_stake: int = 0
+    price_weight: float = 1.0
+    latency_weight: float = 1.0
+    load_weight: float = 2.0
+    error_weight: float = 4.0
+    reputation_weight: float = 1.0
+
+    def weights(self) -> tuple[float, float]:
+        if self.prefer == "cheapest":
+            return self.price_weight * 4, self.latency_weight / 4
+        if self.prefer == "fastest":
+            return self.price_weight / 4, self.latency_weight * 4
+        return self.price_weight, self.latency_weight
+
+
+@dataclass
+class Router:
+    policy: RoutingPolicy = field(default_factory=RoutingPolicy)
+    rng: random.Random = field(default_factory=random.Random)
+
+    def eligible(self, candidates: list[ProviderStats], now: float, exclude: frozenset[str]) -> list[ProviderStats]:
+        p = self.policy
+        return [
+            c
+            for c in candidates
+            if c.address not in exclude
+            and c.suspended_until <= now
+            and c.stake >= p.min_stake
+            and (p.max_price is None or c.price <= p.max_price)
+        ]
+
+    def score(self, c: ProviderStats, cheapest: int, fastest: float, default_latency: float) -> float:
+        price_w, latency_w = self.policy.weights()
+        latency = c.latency_ewma if c.latency_ewma is not None else default_latency
+        return (
+            price_w * c.price / max(cheapest, 1)
+            + latency_w * latency / max(fastest, 1e-6)
+            + self.policy.load_weight * c.in_flight / max(c.capacity, 1)
+            + self.policy.error_weight * c.error_ewma
+            - self.policy.reputation_weight * (c.reputation - 0.5)
+        )
+
+    def choose(
+        self, candidates: list[ProviderStats], now: float, exclude: frozenset[str] = frozenset()
+    ) -> ProviderStats | None:
+        """Power of two choices among eligible candidates; None if nobody can serve."""
+        pool = self.eligible(candidates, now, exclude)
+        if not pool:
+            return None
+        if len(pool) == 1:
+            return pool[0]
+        a, b = self.rng.sample(pool, 2)
+        cheapest = min(a.price, b.price)
+        known = [c.latency_ewma for c in (a, b) if c.latency_ewma is not None]
+        fastest = min(known) if known else 1.0
+        default = sum(known) / len(known) if known else 1.0
+        return a if self.score(a, cheapest, fastest, default) <= self.score(b, cheapest, fastest, default) else b

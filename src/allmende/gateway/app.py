@@ -1,0 +1,263 @@
+"""The OpenAI-compatible HTTP API: /v1/models, /v1/chat/completions, /v1/completions,
+/v1/embeddings (+ /healthz, /metrics). A thin router: parsing and the OpenAI response
+shapes here, the logic in service.py, errors out through `openai_error`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from allmende import __version__
+from allmende.gateway.errors import (
+    BodyTooLarge,
+    GatewayError,
+    InvalidRequest,
+    RateLimited,
+    Unauthorized,
+    error_body,
+    openai_error,
+)
+from allmende.gateway.service import GatewayService, budget_check, validate
+from allmende.provider.client import Answer
+
+
+@dataclass(frozen=True)
+class GatewayLimits:
+    # accepted API keys (Bearer tokens); empty = no authentication
+    api_keys: frozenset[str] = frozenset()
+    # optional per-key budget in payment-token units
+    budgets: dict[str, int] = field(default_factory=dict)
+    max_body: int = 4 * 1024 * 1024
+    body_timeout: float = 10.0
+    # requests in flight before answering 429
+    max_in_flight: int = 256
+
+
+async def read_body(request: Request, limits: GatewayLimits) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body):
+        raise BodyTooLarge(f"request body larger than {limits.max_body} bytes")
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_body:
+                raise BodyTooLarge(f"request body larger than {limits.max_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        raw = await asyncio.wait_for(read(), limits.body_timeout)
+    except TimeoutError:
+        raise InvalidRequest(f"request body not received within {limits.body_timeout:.0f}s") from None
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("We could not parse the JSON body of your request.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> FastAPI:
+    limits = limits or GatewayLimits()
+    app = FastAPI(title="Allmende gateway", version=__version__, docs_url=None, redoc_url=None)
+    registry = CollectorRegistry()
+    requests_total = Counter("allmende_gateway_requests", "requests", ["endpoint", "status"], registry=registry)
+    in_flight_gauge = Gauge("allmende_gateway_in_flight", "requests in flight", registry=registry)
+    state = {"in_flight": 0}
+
+    @app.exception_handler(Exception)
+    async def _any(_: Request, exc: Exception) -> JSONResponse:
+        return openai_error(exc)
+
+    def api_key(request: Request) -> str | None:
+        header = request.headers.get("authorization", "")
+        key = header[7:].strip() if header.lower().startswith("bearer ") else None
+        if limits.api_keys and key not in limits.api_keys:
+            raise Unauthorized("Incorrect API key provided.")
+        return key
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True, "providers": len(service.directory.entries()), "in_flight": state["in_flight"]}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        api_key(request)
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": m.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": m.owner or "allmende",
+                    "allmende": {
+                        "model_id": "0x" + m.model_id.hex(),
+                        "kind": m.kind,
+                        "providers": m.providers,
+                        "price_in_per_1m": str(m.min_price_in),
+                        "price_out_per_1m": str(m.min_price_out),
+                    },
+                }
+                for m in service.directory.listings()
+            ],
+        }
+
+    async def handle(request: Request, endpoint: str, kind: str) -> Response:
+        try:
+            key = api_key(request)
+            if state["in_flight"] >= limits.max_in_flight:
+                raise RateLimited("The gateway is at capacity; retry shortly.")
+            body = await read_body(request, limits)
+            validate(kind, body)
+            budget_check(service.payments, limits.budgets, key)
+        except Exception as exc:
+            response = openai_error(exc)
+            requests_total.labels(endpoint, str(response.status_code)).inc()
+            return response
+        if body.get("stream") and kind != "embedding":
+            return StreamingResponse(stream(endpoint, kind, body, key), media_type="text/event-stream")
+        state["in_flight"] += 1
+        in_flight_gauge.inc()
+        try:
+            result = await service.complete(kind, body, key)
+        except Exception as exc:
+            response = openai_error(exc)
+            requests_total.labels(endpoint, str(response.status_code)).inc()
+            return response
+        finally:
+            state["in_flight"] -= 1
+            in_flight_gauge.dec()
+        requests_total.labels(endpoint, "200").inc()
+        return JSONResponse(render(kind, body, result.offer.name, result.answer))
+
+    async def stream(endpoint: str, kind: str, body: dict[str, Any], key: str | None) -> AsyncIterator[bytes]:
+        state["in_flight"] += 1
+        in_flight_gauge.inc()
+        ident, created, name = new_id(kind), int(time.time()), str(body.get("model"))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        status = "200"
+        try:
+            if kind == "chat":
+                yield sse(chunk(kind, ident, created, name, {"role": "assistant", "content": ""}, None))
+            async for item in service.stream(kind, body, key):
+                if isinstance(item, Answer):
+                    finish = item.output.get("finish_reason", "stop")
+                    yield sse(chunk(kind, ident, created, name, {} if kind == "chat" else "", finish))
+                    if include_usage:
+                        yield sse(
+                            {
+                                "id": ident,
+                                "object": object_name(kind, True),
+                                "created": created,
+                                "model": name,
+                                "choices": [],
+                                "usage": item.usage,
+                            }
+                        )
+                    break
+                delta = {"content": item} if kind == "chat" else item
+                yield sse(chunk(kind, ident, created, name, delta, None))
+            yield b"data: [DONE]\n\n"
+        except Exception as exc:
+            response = openai_error(exc)
+            status = str(response.status_code)
+            err = error_body(exc) if isinstance(exc, GatewayError) else json.loads(bytes(response.body))
+            yield sse(err)
+        finally:
+            state["in_flight"] -= 1
+            in_flight_gauge.dec()
+            requests_total.labels(endpoint, status).inc()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await handle(request, "chat", "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await handle(request, "completions", "completion")
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        return await handle(request, "embeddings", "embedding")
+
+    return app
+
+
+def new_id(kind: str) -> str:
+    prefix = {"chat": "chatcmpl", "completion": "cmpl", "embedding": "emb"}[kind]
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def object_name(kind: str, streaming: bool) -> str:
+    if kind == "chat":
+        return "chat.completion.chunk" if streaming else "chat.completion"
+    return "text_completion"
+
+
+def sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+def chunk(kind: str, ident: str, created: int, model: str, delta: Any, finish: str | None) -> dict[str, Any]:
+    if kind == "chat":
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    else:
+        choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
+    return {"id": ident, "object": object_name(kind, True), "created": created, "model": model, "choices": [choice]}
+
+
+def render(kind: str, body: dict[str, Any], name: str, answer: Answer) -> dict[str, Any]:
+    created = int(time.time())
+    if kind == "embedding":
+        fmt = body.get("encoding_format", "float")
+        data = []
+        for i, vector in enumerate(answer.output["embeddings"]):
+            value: Any = vector
+            if fmt == "base64":
+                value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        tokens = answer.usage["prompt_tokens"]
+        return {
+            "object": "list",
+            "data": data,
+            "model": name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    text = answer.output.get("text", "")
+    finish = answer.output.get("finish_reason", "stop")
+    if kind == "chat":
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish,
+        }
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    return {
+        "id": new_id(kind),
+        "object": object_name(kind, False),
+        "created": created,
+        "model": name,
+        "choices": [choice],
+        "usage": answer.usage,
+    }

@@ -1,0 +1,188 @@
+"""Which providers serve which models: read from Registry, checked against /v1/info.
+
+A provider is used only if it is active on chain (stake, not paused), its /v1/info is
+signed by its registered address, and the info's X25519 key and prices equal what
+Registry holds. The directory is rebuilt when Registry emits events (new offers,
+stakes, slashes) and health-checked every `health_interval` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from allmende.chain import Contracts
+from allmende.chain.errors import ChainError
+from allmende.core.errors import InvalidSignature
+from allmende.core.routing import ProviderStats
+from allmende.provider.client import ProviderInfo, fetch_info
+
+log = logging.getLogger("allmende.gateway.directory")
+REFERENCE_TOKENS = (1_000, 200)  # (in, out): the request whose price routing compares
+
+
+@dataclass(frozen=True)
+class Offer:
+    model_id: bytes
+    name: str
+    kind: str  # "generate" | "embed"
+    price_in: int
+    price_out: int
+    context_length: int
+
+
+@dataclass
+class ProviderEntry:
+    address: str
+    url: str
+    info: ProviderInfo
+    stake: int
+    offers: dict[bytes, Offer]
+    stats: dict[bytes, ProviderStats] = field(default_factory=dict)  # per model
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    model_id: bytes
+    name: str
+    kind: str
+    providers: int
+    min_price_in: int
+    min_price_out: int
+    owner: str | None
+
+
+class Directory:
+    def __init__(self, contracts: Contracts, http: httpx.Client, health_interval: float = 30.0) -> None:
+        self.contracts = contracts
+        self.http = http
+        self.health_interval = health_interval
+        self._lock = threading.Lock()
+        self._entries: dict[str, ProviderEntry] = {}
+        self._last_block = -1
+        self._last_full = 0.0
+        self._owners: dict[bytes, str | None] = {}
+
+    # ---------------------------------------------------------------- build
+
+    def refresh(self) -> None:
+        """Rebuild from chain and /v1/info. Keeps observed stats of providers that stay."""
+        registry = self.contracts.registry
+        fresh: dict[str, ProviderEntry] = {}
+        for address in registry.all_accounts():
+            account = registry.account(address)
+            if account.role != 1 or not registry.is_active(address):
+                continue
+            chain_offers = {}
+            for model_id in registry.models_of(address):
+                offer = registry.offer(address, model_id)
+                if offer.active:
+                    chain_offers[model_id] = offer
+            if not chain_offers:
+                continue
+            entry = self._check(address, account.endpoint, account.x25519_key, account.stake, chain_offers)
+            if entry is None:
+                continue
+            old = self._entries.get(address)
+            if old is not None:
+                entry.stats = {m: s for m, s in old.stats.items() if m in entry.offers}
+            for model_id, listed in entry.offers.items():
+                price = -(-(REFERENCE_TOKENS[0] * listed.price_in + REFERENCE_TOKENS[1] * listed.price_out) // 10**6)
+                stats = entry.stats.setdefault(model_id, ProviderStats(address, price))
+                stats.price, stats.stake = price, entry.stake
+                stats.capacity = int(entry.info.raw.get("load", {}).get("max_in_flight", 8))
+            fresh[address] = entry
+        for model_id in {m for e in fresh.values() for m in e.offers}:
+            if model_id not in self._owners:
+                self._owners[model_id] = self.contracts.models.owner_of(model_id)
+        with self._lock:
+            self._entries = fresh
+        self._last_full = time.monotonic()
+
+    def _check(self, address: str, url: str, key: bytes, stake: int, chain_offers: dict) -> ProviderEntry | None:  # type: ignore[type-arg]
+        try:
+            info = fetch_info(self.http, url.rstrip("/"))
+        except (httpx.HTTPError, InvalidSignature, ValueError, KeyError) as exc:
+            log.info("provider %s at %s unusable: %s", address, url, exc)
+            return None
+        if info.address != address or info.x25519_key != key:
+            log.warning("provider %s: /v1/info disagrees with the chain (address or key); not used", address)
+            return None
+        offers: dict[bytes, Offer] = {}
+        for model in info.models:
+            model_id = bytes.fromhex(model["model_id"][2:])
+            chain = chain_offers.get(model_id)
+            if chain is None:
+                continue
+            if (int(model["price_in"]), int(model["price_out"])) != (chain.price_in, chain.price_out):
+                log.warning("provider %s: prices in /v1/info differ from its offer on chain; not used", address)
+                return None
+            offers[model_id] = Offer(
+                model_id, model["name"], model["kind"], chain.price_in, chain.price_out, int(model["context_length"])
+            )
+        if not offers:
+            return None
+        return ProviderEntry(address, url.rstrip("/"), info, stake, offers)
+
+    def maybe_refresh(self) -> None:
+        """Refresh if Registry emitted events since the last look, or the health interval passed."""
+        try:
+            block = self.contracts.client.block_number()
+            changed = False
+            if block > self._last_block:
+                query: Any = {
+                    "address": self.contracts.registry.address,
+                    "fromBlock": self._last_block + 1,
+                    "toBlock": block,
+                }
+                logs = self.contracts.client.rpc(lambda: self.contracts.client.w3.eth.get_logs(query))
+                changed = bool(logs) or self._last_block < 0
+                self._last_block = block
+            if changed or time.monotonic() - self._last_full > self.health_interval:
+                self.refresh()
+        except ChainError as exc:
+            log.warning("directory refresh deferred: %s", exc)
+
+    # --------------------------------------------------------------- queries
+
+    def entries(self) -> list[ProviderEntry]:
+        with self._lock:
+            return list(self._entries.values())
+
+    def entry(self, address: str) -> ProviderEntry | None:
+        with self._lock:
+            return self._entries.get(address)
+
+    def resolve(self, name: str) -> Offer | None:
+        """A model by the name providers publish, or by 0x model id."""
+        for entry in self.entries():
+            for offer in entry.offers.values():
+                if offer.name == name or "0x" + offer.model_id.hex() == name.lower():
+                    return offer
+        return None
+
+    def candidates(self, model_id: bytes) -> list[ProviderEntry]:
+        return [e for e in self.entries() if model_id in e.offers]
+
+    def listings(self) -> list[ModelListing]:
+        by_model: dict[bytes, list[Offer]] = {}
+        for entry in self.entries():
+            for offer in entry.offers.values():
+                by_model.setdefault(offer.model_id, []).append(offer)
+        return [
+            ModelListing(
+                model_id,
+                offers[0].name,
+                offers[0].kind,
+                len(offers),
+                min(o.price_in for o in offers),
+                min(o.price_out for o in offers),
+                self._owners.get(model_id),
+            )
+            for model_id, offers in sorted(by_model.items(), key=lambda kv: kv[1][0].name)
+        ]

@@ -1,0 +1,75 @@
+"""Starting a gateway: connect to the chain, discover providers, serve the OpenAI API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.core.routing import Router, RoutingPolicy
+from allmende.gateway.app import GatewayLimits, create_app
+from allmende.gateway.directory import Directory
+from allmende.gateway.payments import ChannelPolicy, Payments
+from allmende.gateway.service import GatewayService
+from allmende.gateway.store import GatewayStore
+
+log = logging.getLogger("allmende.gateway")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    rpc_url: str
+    key: bytes
+    deployments: Path
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    routing: RoutingPolicy = field(default_factory=RoutingPolicy)
+    channels: ChannelPolicy = field(default_factory=ChannelPolicy)
+    limits: GatewayLimits = field(default_factory=GatewayLimits)
+    refresh_interval: float = 2.0  # seconds between looks at Registry events
+    request_timeout: float = 120.0
+
+
+def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
+    client = ChainClient(config.rpc_url, config.key)
+    contracts = Contracts(client, Deployment.load(config.deployments))
+    sync_http = httpx.Client(timeout=5)
+    directory = Directory(contracts, sync_http)
+    store = GatewayStore(config.state_dir / "gateway.db")
+    payments = Payments(store, contracts, config.key, config.channels)
+    http = httpx.AsyncClient(
+        timeout=httpx.Timeout(config.request_timeout, connect=5),
+        limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+    )
+    service = GatewayService(directory, payments, Router(config.routing), contracts.registry.receipt_domain(), http)
+    directory.maybe_refresh()
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> Any:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(config.refresh_interval)
+                await asyncio.to_thread(directory.maybe_refresh)
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        await http.aclose()
+
+    app = create_app(service, config.limits)
+    app.router.lifespan_context = lifespan
+    return app, directory, payments
+
+
+def serve(config: GatewayConfig) -> None:
+    import uvicorn
+
+    app, _, _ = build(config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_keep_alive=30)
