@@ -53,6 +53,7 @@ def provider(
     credit_limit: int = typer.Option(50_000, help="most a payer may owe before sending a voucher"),
     redeem_threshold: int = typer.Option(1_000_000, help="redeem once this much is unredeemed"),
     redeem_interval: float = typer.Option(5.0, help="seconds between settlement checks"),
+    stream_tokens_per_s: float = typer.Option(None, help="cap on tokens per second per stream"),
 ) -> None:
     """Serve models: load, register, stake, publish offers, then answer encrypted requests."""
     from allmende.provider.node import ProviderConfig, serve
@@ -72,6 +73,7 @@ def provider(
             register_models=register_models,
             royalty_bps=royalty_bps,
             max_concurrency=max_concurrency,
+            stream_tokens_per_s=stream_tokens_per_s,
             credit=CreditPolicy(credit_limit=credit_limit),
             settlement=SettlementPolicy(threshold=redeem_threshold, interval=redeem_interval),
         )

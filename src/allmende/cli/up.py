@@ -50,6 +50,7 @@ def up(
     port: int = typer.Option(8000, help="gateway port"),
     rpc_port: int = typer.Option(8545, help="anvil port"),
     provider_port: int = typer.Option(9001, help="port of the first provider (others follow)"),
+    stream_tokens_per_s: float = typer.Option(None, help="per-stream token rate cap for the providers"),
 ) -> None:
     """Start anvil, deploy, fund, start N providers and the gateway; Ctrl-C stops everything."""
     root = (state_dir or from_environment().state_dir).resolve()
@@ -113,6 +114,8 @@ def up(
                 ]
                 for m in models:
                     args += ["--model", m]
+                if stream_tokens_per_s:
+                    args += ["--stream-tokens-per-s", str(stream_tokens_per_s)]
                 proc = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT)
                 children.append((f"provider-{i + 1}", proc))
                 provider_rows.append(

@@ -58,6 +58,7 @@ class ProviderConfig:
     license: str = "Apache-2.0"
     royalty_bps: int = 0
     max_concurrency: int = 4  # generations at once per model
+    stream_tokens_per_s: float | None = None  # per-stream token rate cap (None = as fast as it goes)
     credit: CreditPolicy = field(default_factory=CreditPolicy)
     settlement: SettlementPolicy = field(default_factory=SettlementPolicy)
     limits: Limits = field(default_factory=Limits)
@@ -127,7 +128,9 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
 
     store = ProviderStore(config.state_dir / "provider.db")
     gate = PaymentGate(store, contracts.channels.voucher_domain(), me, contracts.channels.channel, policy=config.credit)
-    service = ProviderService(config.key, x25519, served, store, gate, contracts.registry.receipt_domain())
+    service = ProviderService(
+        config.key, x25519, served, store, gate, contracts.registry.receipt_domain(), config.stream_tokens_per_s
+    )
     settlement = Settlement(store, contracts.channels, config.settlement)
     return ProviderNode(config, contracts, service, settlement, store)
 

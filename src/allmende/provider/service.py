@@ -3,6 +3,7 @@ sign the receipt, seal the answer. The HTTP layer (app.py) only moves bytes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -83,6 +84,7 @@ class ProviderService:
         store: ProviderStore,
         gate: PaymentGate,
         receipt_domain: Domain,
+        stream_tokens_per_s: float | None = None,
     ) -> None:
         self.account = Account.from_key(key)
         self.key = key
@@ -93,6 +95,8 @@ class ProviderService:
         self.gate = gate
         self.receipt_domain = receipt_domain
         self.in_flight = 0
+        # cap on tokens per second per stream, so one client cannot monopolise a shared machine
+        self.stream_interval = 1.0 / stream_tokens_per_s if stream_tokens_per_s else 0.0
 
     # ------------------------------------------------------------- intake
 
@@ -174,6 +178,8 @@ class ProviderService:
                 produced += 1
             if event.finish_reason:
                 finish = event.finish_reason
+            if self.stream_interval:
+                await asyncio.sleep(self.stream_interval)
             if event.text:
                 parts.append(event.text)
                 yield req.sealer.seal(seq, json.dumps({"delta": event.text}).encode())

@@ -1,0 +1,126 @@
+"""The gateway through the official openai client, on a network started by `allmende up`."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import Network
+
+CHAT = [{"role": "user", "content": "Hallo, wer bist du?"}]
+
+
+def test_models_lists_every_served_model(network: Network) -> None:
+    models = {m.id: m for m in network.client.models.list().data}
+
+    assert set(models) == {"allmende:tiny", "minilm"}
+    extra = models["allmende:tiny"].model_extra["allmende"]
+    assert extra["providers"] == 3 and extra["kind"] == "generate"
+    assert extra["model_id"] == "0x11419bb2d012e4d1be2e2b08c0a5bf7989eee37483da38f27e1c13a8d3e9ab13"
+
+
+def test_chat_completion(network: Network) -> None:
+    reply = network.client.chat.completions.create(model="allmende:tiny", messages=CHAT, max_tokens=12, temperature=0)
+
+    assert reply.object == "chat.completion"
+    assert isinstance(reply.choices[0].message.content, str)
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert 0 < reply.usage.completion_tokens <= 12
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_greedy_chat_is_the_same_from_any_provider(network: Network) -> None:
+    texts = {
+        network.client.chat.completions.create(model="allmende:tiny", messages=CHAT, max_tokens=8, temperature=0)
+        .choices[0]
+        .message.content
+        for _ in range(6)
+    }
+    assert len(texts) == 1
+
+
+def test_streaming_chat_with_usage(network: Network) -> None:
+    stream = network.client.chat.completions.create(
+        model="allmende:tiny",
+        messages=CHAT,
+        max_tokens=10,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    usage = [c.usage for c in chunks if c.usage]
+    reference = network.client.chat.completions.create(
+        model="allmende:tiny", messages=CHAT, max_tokens=10, temperature=0
+    )
+    assert content == reference.choices[0].message.content
+    assert len(finishes) == 1
+    assert len(usage) == 1 and usage[0].completion_tokens == reference.usage.completion_tokens
+
+
+def test_completions(network: Network) -> None:
+    reply = network.client.completions.create(model="allmende:tiny", prompt="Es war einmal", max_tokens=6)
+    assert reply.object == "text_completion"
+    assert reply.usage.completion_tokens <= 6 and isinstance(reply.choices[0].text, str)
+
+
+def test_streaming_completions(network: Network) -> None:
+    chunks = list(network.client.completions.create(model="allmende:tiny", prompt="Es war", max_tokens=5, stream=True))
+    assert chunks and chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("encoding", ["float", None], ids=["float", "client-default-base64"])
+def test_embeddings(network: Network, encoding: str | None) -> None:
+    extra = {"encoding_format": encoding} if encoding else {}  # the client asks for base64 and decodes it
+    reply = network.client.embeddings.create(model="minilm", input=["ein Hund bellt", "a dog barks", "Zinsen"], **extra)  # type: ignore[arg-type]
+    vectors = [d.embedding for d in reply.data]
+    assert [len(v) for v in vectors] == [384] * 3
+    assert all(math.isclose(sum(x * x for x in v), 1.0, rel_tol=1e-4) for v in vectors)
+    assert reply.usage.prompt_tokens > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "param"),
+    [
+        ({"model": "no-such-model", "messages": CHAT}, openai.NotFoundError, "model"),
+        ({"model": "allmende:tiny", "messages": []}, openai.BadRequestError, "messages"),
+        ({"model": "allmende:tiny", "messages": CHAT, "temperature": 5}, openai.BadRequestError, "temperature"),
+        ({"model": "allmende:tiny", "messages": CHAT, "max_tokens": -1}, openai.BadRequestError, "max_tokens"),
+        ({"model": "allmende:tiny", "messages": CHAT, "n": 3}, openai.BadRequestError, "n"),
+        ({"model": "minilm", "messages": CHAT}, openai.BadRequestError, "model"),
+        (
+            {"model": "allmende:tiny", "messages": [{"role": "wizard", "content": "x"}]},
+            openai.BadRequestError,
+            "messages[0].role",
+        ),
+    ],
+    ids=["unknown-model", "no-messages", "temperature", "negative-max-tokens", "n", "wrong-kind", "bad-role"],
+)
+def test_errors_in_openai_shape(network: Network, kwargs: dict, error: type[Exception], param: str) -> None:
+    with pytest.raises(error) as info:
+        network.client.chat.completions.create(**kwargs)
+    assert info.value.body["param"] == param  # type: ignore[attr-defined]
+    assert info.value.body["type"] == "invalid_request_error"  # type: ignore[attr-defined]
+
+
+def test_context_length_error_comes_back_as_400(network: Network) -> None:
+    with pytest.raises(openai.BadRequestError, match="context length"):
+        network.client.chat.completions.create(
+            model="allmende:tiny", max_tokens=500, messages=[{"role": "user", "content": "z" * 300}]
+        )
+
+
+def test_raw_http_bad_json(network: Network) -> None:
+    reply = httpx.post(
+        network.data["gateway_url"] + "/chat/completions",
+        content=b"{nope",
+        headers={"content-type": "application/json"},
+    )
+    assert reply.status_code == 400
+    assert reply.json()["error"]["type"] == "invalid_request_error"
