@@ -35,7 +35,7 @@ pytest: install
 test: lint typecheck pytest
 
 demo: install
-	$(BIN)/allmende demo
+	$(BIN)/allmende up --providers 2 --showcase
 
 # Ten times the hypothesis examples CI runs.
 fuzz: install

@@ -51,6 +51,7 @@ def up(
     rpc_port: int = typer.Option(8545, help="anvil port"),
     provider_port: int = typer.Option(9001, help="port of the first provider (others follow)"),
     stream_tokens_per_s: float = typer.Option(None, help="per-stream token rate cap for the providers"),
+    showcase: bool = typer.Option(False, help="once up, send a few requests with the openai client and show them"),
 ) -> None:
     """Start anvil, deploy, fund, start N providers and the gateway; Ctrl-C stops everything."""
     root = (state_dir or from_environment().state_dir).resolve()
@@ -176,6 +177,8 @@ def up(
             }
             (root / "network.json").write_text(json.dumps(network, indent=1))
         _summary(network, models, root)
+        if showcase:
+            _showcase(network)
         while True:
             time.sleep(1)
             for name, proc in children:
@@ -204,6 +207,33 @@ def _summary(network: dict, models: list[str], root: Path) -> None:  # type: ign
         f'  client = OpenAI(base_url="{network["gateway_url"]}", api_key="unused")\n'
         '  client.chat.completions.create(model="allmende:tiny", messages=[{"role": "user", "content": "Hi"}])\n'
         "status: allmende status    stop: Ctrl-C"
+    )
+
+
+def _showcase(network: dict) -> None:  # type: ignore[type-arg]
+    from openai import OpenAI
+
+    client = OpenAI(base_url=network["gateway_url"], api_key="unused", max_retries=0)
+    console.rule("[bold]showcase: the openai client against the gateway")
+    messages = [{"role": "user", "content": "Hallo! Was ist eine Allmende?"}]
+    listed = ", ".join(m.id for m in client.models.list().data)
+    console.print(f"models: {listed}")
+    reply = client.chat.completions.create(model="allmende:tiny", messages=messages, max_tokens=24)  # type: ignore[arg-type]
+    console.print(
+        f"chat  → {reply.choices[0].message.content!r}  usage {reply.usage.model_dump() if reply.usage else {}}"
+    )
+    console.print("stream → ", end="")
+    stream: Any = client.chat.completions.create(model="allmende:tiny", messages=messages, max_tokens=24, stream=True)  # type: ignore[arg-type]
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            console.print(repr(chunk.choices[0].delta.content), end=" ")
+    console.print()
+    emb = client.embeddings.create(model="minilm", input=["Allmende", "the commons"])
+    console.print(f"embeddings → {len(emb.data)} vectors of {len(emb.data[0].embedding)} floats")
+    console.print("(allmende:tiny has random weights: its text is noise by design; serve a real model with --model)")
+    console.print(
+        "every answer above carried a provider-signed receipt and was paid by a voucher; "
+        "providers redeem them in batches — see `allmende status`"
     )
 
 

@@ -4,15 +4,18 @@ benchmarked with thousands of simulated providers.
 Each candidate gets a cost-like score (lower is better):
 
     score = price_weight · price / cheapest
-          + latency_weight · expected_latency / fastest
+          + latency_weight · expected_delay / smallest expected_delay of the pair
           + load_weight · in_flight / capacity
           + error_weight · error_rate
           − reputation_weight · (reputation − 0.5)
 
-`expected_latency` is an EWMA of observed latencies (unknown providers start at the
-median, so new ones get traffic). Selection is power-of-two-choices: sample two
-candidates at random and take the better score; this spreads load like
-join-the-shortest-queue without scanning every provider on every request.
+`expected_delay` = latency EWMA × (1 + in_flight) / capacity: when a new request
+would be done there (unknown providers start at the pair's mean, so new ones get
+traffic). Selection is power-of-two-choices: sample two
+candidates (with probability proportional to their throughput, capacity ÷ latency,
+so heterogeneous providers are all kept busy) and take the better score; this
+spreads load like join-the-shortest-queue without scanning every provider on every
+request.
 Providers that fail repeatedly are suspended with exponential backoff.
 """
 
@@ -59,7 +62,7 @@ class RoutingPolicy:
     min_stake: int = 0
     price_weight: float = 1.0
     latency_weight: float = 1.0
-    load_weight: float = 2.0
+    load_weight: float = 0.5
     error_weight: float = 4.0
     reputation_weight: float = 1.0
 
@@ -75,6 +78,9 @@ class RoutingPolicy:
 class Router:
     policy: RoutingPolicy = field(default_factory=RoutingPolicy)
     rng: random.Random = field(default_factory=random.Random)
+    _cache_key: tuple[int, int, int] = (0, 0, 0)
+    _cum: list[float] = field(default_factory=list)
+    _uses: int = 0
 
     def eligible(self, candidates: list[ProviderStats], now: float, exclude: frozenset[str]) -> list[ProviderStats]:
         p = self.policy
@@ -87,12 +93,18 @@ class Router:
             and (p.max_price is None or c.price <= p.max_price)
         ]
 
-    def score(self, c: ProviderStats, cheapest: int, fastest: float, default_latency: float) -> float:
-        price_w, latency_w = self.policy.weights()
+    def expected_delay(self, c: ProviderStats, default_latency: float) -> float:
+        """Time until a new request would finish there: its latency, stretched by the
+        share of its slots already busy (join-the-shortest-expected-delay)."""
         latency = c.latency_ewma if c.latency_ewma is not None else default_latency
+        return latency * (1 + c.in_flight) / max(c.capacity, 1)
+
+    def score(self, c: ProviderStats, cheapest: int, fastest: float, default_latency: float) -> float:
+        """Lower is better; `fastest` is the smaller expected delay of the pair compared."""
+        price_w, latency_w = self.policy.weights()
         return (
             price_w * c.price / max(cheapest, 1)
-            + latency_w * latency / max(fastest, 1e-6)
+            + latency_w * self.expected_delay(c, default_latency) / max(fastest, 1e-9)
             + self.policy.load_weight * c.in_flight / max(c.capacity, 1)
             + self.policy.error_weight * c.error_ewma
             - self.policy.reputation_weight * (c.reputation - 0.5)
@@ -101,15 +113,55 @@ class Router:
     def choose(
         self, candidates: list[ProviderStats], now: float, exclude: frozenset[str] = frozenset()
     ) -> ProviderStats | None:
-        """Power of two choices among eligible candidates; None if nobody can serve."""
-        pool = self.eligible(candidates, now, exclude)
-        if not pool:
+        """Power of two choices among eligible candidates; None if nobody can serve.
+
+        Draws candidates at random and skips ineligible ones (O(1) when most are
+        eligible); falls back to filtering the whole list when many are not."""
+        n = len(candidates)
+        if n == 0:
             return None
-        if len(pool) == 1:
-            return pool[0]
-        a, b = self.rng.sample(pool, 2)
+        picked: list[ProviderStats] = []
+        if n > 8:
+            cum = self._cumulative_weights(candidates)
+            for c in self.rng.choices(candidates, cum_weights=cum, k=16):
+                if self._ok(c, now, exclude) and (not picked or c is not picked[0]):
+                    picked.append(c)
+                    if len(picked) == 2:
+                        break
+        if len(picked) < 2:
+            pool = self.eligible(candidates, now, exclude)
+            if not pool:
+                return None
+            if len(pool) == 1:
+                return pool[0]
+            picked = self.rng.sample(pool, 2)
+        a, b = picked
         cheapest = min(a.price, b.price)
         known = [c.latency_ewma for c in (a, b) if c.latency_ewma is not None]
-        fastest = min(known) if known else 1.0
         default = sum(known) / len(known) if known else 1.0
+        fastest = min(self.expected_delay(a, default), self.expected_delay(b, default))
         return a if self.score(a, cheapest, fastest, default) <= self.score(b, cheapest, fastest, default) else b
+
+    def _cumulative_weights(self, candidates: list[ProviderStats]) -> list[float]:
+        """Sampling weights ∝ each provider's throughput (capacity ÷ latency), so a big
+        fast provider is offered as often as it can serve; rebuilt every 256 decisions."""
+        key = (len(candidates), id(candidates[0]), id(candidates[-1]))
+        if key != self._cache_key or self._uses >= 256:
+            known = [c.latency_ewma for c in candidates if c.latency_ewma is not None]
+            default = sorted(known)[len(known) // 2] if known else 1.0
+            total, cum = 0.0, []
+            for c in candidates:
+                total += max(c.capacity, 1) / max(c.latency_ewma if c.latency_ewma is not None else default, 1e-6)
+                cum.append(total)
+            self._cache_key, self._cum, self._uses = key, cum, 0
+        self._uses += 1
+        return self._cum
+
+    def _ok(self, c: ProviderStats, now: float, exclude: frozenset[str]) -> bool:
+        p = self.policy
+        return (
+            c.suspended_until <= now
+            and c.address not in exclude
+            and c.stake >= p.min_stake
+            and (p.max_price is None or c.price <= p.max_price)
+        )

@@ -120,6 +120,7 @@ class CausalLMEngine(Engine):
         past = None
         produced: list[int] = []
         text_so_far = ""
+        held = 0  # tokens whose text is held back because they end in an incomplete character
         for step in range(params.max_tokens):
             if cancelled.is_set():
                 return
@@ -127,20 +128,25 @@ class CausalLMEngine(Engine):
             past = out.cache
             token = self._sample(out.logits[0, -1].float(), params, generator)
             if token in self.eos_ids:
-                emit(TokenEvent("", None, "stop"))
+                rest = self.tokenizer.decode(produced, skip_special_tokens=True)[len(text_so_far) :]
+                emit(TokenEvent(rest, None, "stop"))
                 return
             produced.append(token)
+            last = step == params.max_tokens - 1
             text = self.tokenizer.decode(produced, skip_special_tokens=True)
-            # hold back an incomplete UTF-8 character until its last byte arrives
-            delta = "" if text.endswith("\ufffd") else text[len(text_so_far) :]
-            if delta:
-                text_so_far += delta
+            # hold back a possibly incomplete UTF-8 character (at most 3 tokens), flush at the end
+            if text.endswith("\ufffd") and held < 3 and not last:
+                held += 1
+                delta = ""
+            else:
+                held = 0
+                delta = text[len(text_so_far) :]
+                text_so_far = text
             hit = next((s for s in params.stop if s and s in text_so_far), None)
             if hit is not None:
                 cut = text_so_far.index(hit)
                 emit(TokenEvent(delta[: max(0, len(delta) - (len(text_so_far) - cut))], token, "stop"))
                 return
-            last = step == params.max_tokens - 1
             emit(TokenEvent(delta, token, "length" if last else None))
             input_ids = torch.tensor([[token]], device=self.device)
 

@@ -46,6 +46,16 @@ class Payments:
         with self._guard:
             return self._locks.setdefault(provider.lower(), threading.Lock())
 
+    def ready_channel(self, provider: str) -> bytes | None:
+        """The channel to `provider` if it exists and needs no top-up (no chain call, no thread)."""
+        known = self.store.channel(provider)
+        if known is None:
+            return None
+        channel_id, deposit = known
+        if deposit - self.store.total_owed(channel_id) < deposit * self.policy.low_water:
+            return None
+        return channel_id
+
     def channel_for(self, provider: str) -> bytes:
         """The channel to `provider`, opened (and topped up) as needed. Blocking: call from a thread."""
         with self._lock(provider):

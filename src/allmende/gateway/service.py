@@ -126,7 +126,9 @@ class GatewayService:
     async def _envelope(
         self, entry: ProviderEntry, offer: Offer, kind: str, body: dict[str, Any]
     ) -> tuple[bytes, bytes, dict[str, str], Any]:
-        channel_id = await asyncio.to_thread(self.payments.channel_for, entry.address)
+        channel_id = self.payments.ready_channel(entry.address)
+        if channel_id is None:  # open or top up: chain transactions, off the event loop
+            channel_id = await asyncio.to_thread(self.payments.channel_for, entry.address)
         voucher = self.payments.voucher(channel_id, offer.model_id)
         rid, env, sealer = build_envelope(
             entry.info, offer.model_id, kind, body, self.payments.payer, channel_id, voucher

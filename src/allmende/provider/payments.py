@@ -51,6 +51,11 @@ class PaymentGate:
         self.now = now
         self.policy = policy or CreditPolicy()
 
+    def is_cached(self, channel_id: bytes) -> bool:
+        """True when admitting a request on this channel needs no chain read."""
+        cached = self.store.channel(channel_id)
+        return cached is not None and self.now() - cached.refreshed_at < self.policy.ttl
+
     def channel(self, channel_id: bytes, refresh: bool = False) -> ChannelState:
         cached = self.store.channel(channel_id)
         if cached is not None and not refresh and self.now() - cached.refreshed_at < self.policy.ttl:
