@@ -158,3 +158,12 @@ def test_vouchers_redeem_to_the_receipts_split(
 
 def state_dir(running: Running) -> Path:
     return Path(running.provider.args[running.provider.args.index("--state-dir") + 1])
+
+
+def test_answer_carries_a_proof_bound_by_the_receipt(running: Running) -> None:
+    payer = Payer(running)
+    answer = payer.ask(tiny_id(running), "chat", {**CHAT, "max_tokens": 40})
+
+    proof = bytes.fromhex(answer.output["proof"][2:])
+    assert len(proof) > 0 and len(answer.output["token_ids"]) == answer.receipt.receipt.tokens_out
+    assert answer.receipt.receipt.proof_hash == keccak(proof)

@@ -35,6 +35,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_tokens <= 1 << 20:
@@ -54,6 +55,7 @@ class TokenEvent:
     text: str  # new text since the previous event (may be empty mid-character)
     token_id: int | None
     finish_reason: Literal["stop", "length"] | None = None
+    proof: bytes | None = None  # TOPLOC-style commitment, on the final event of a generation
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Generation:
     completion_tokens: int
     finish_reason: str
     token_ids: list[int] = field(default_factory=list)
+    proof: bytes = b""
 
 
 class Engine(ABC):
@@ -97,10 +100,13 @@ async def collect(stream: AsyncIterator[TokenEvent], prompt_tokens: int) -> Gene
     parts: list[str] = []
     ids: list[int] = []
     finish = "length"
+    proof = b""
     async for event in stream:
+        if event.proof is not None:
+            proof = event.proof
         parts.append(event.text)
         if event.token_id is not None:
             ids.append(event.token_id)
         if event.finish_reason:
             finish = event.finish_reason
-    return Generation("".join(parts), prompt_tokens, len(ids), finish, ids)
+    return Generation("".join(parts), prompt_tokens, len(ids), finish, ids, proof)

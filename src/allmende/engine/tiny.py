@@ -58,10 +58,7 @@ def ensure_tiny_model() -> Path:
     if (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists():
         return folder
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "config.json").write_text(json.dumps(CONFIG, indent=1, sort_keys=True))
-    save_file(_weights(), str(tmp / "model.safetensors"))
-    _write_tokenizer(tmp)
+    write_tiny_model(tmp, SEED)
     try:
         tmp.rename(folder)
     except OSError:  # another process won the race; its files are identical
@@ -71,8 +68,17 @@ def ensure_tiny_model() -> Path:
     return folder
 
 
-def _weights() -> dict[str, np.ndarray]:
-    rng = np.random.Generator(np.random.PCG64(SEED))
+def write_tiny_model(folder: Path, seed: int) -> Path:
+    """Write a tiny model with weights from `seed` (another seed = another model, same shape)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(CONFIG, indent=1, sort_keys=True))
+    save_file(_weights(seed), str(folder / "model.safetensors"))
+    _write_tokenizer(folder)
+    return folder
+
+
+def _weights(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.Generator(np.random.PCG64(seed))
     c = CONFIG
     h, inter, v = int(c["hidden_size"]), int(c["intermediate_size"]), int(c["vocab_size"])  # type: ignore[call-overload]
     heads, kv = int(c["num_attention_heads"]), int(c["num_key_value_heads"])  # type: ignore[call-overload]

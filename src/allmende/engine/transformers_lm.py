@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from allmende.core import build_manifest
 from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent
+from allmende.engine.proofs import commit
 
 
 def pick_device() -> str:
@@ -121,17 +122,20 @@ class CausalLMEngine(Engine):
         produced: list[int] = []
         text_so_far = ""
         held = 0  # tokens whose text is held back because they end in an incomplete character
+        hidden_rows: list[torch.Tensor] = []  # final hidden state that produced each output token
         for step in range(params.max_tokens):
             if cancelled.is_set():
                 return
-            out = self.model(input_ids=input_ids, cache=past, use_cache=True)
+            out = self.model(input_ids=input_ids, cache=past, use_cache=True, output_hidden_states=True)
             past = out.cache
+            hidden_row = out.hidden_states[-1][0, -1]
             token = self._sample(out.logits[0, -1].float(), params, generator)
-            if token in self.eos_ids:
+            if token in self.eos_ids and not params.ignore_eos:
                 rest = self.tokenizer.decode(produced, skip_special_tokens=True)[len(text_so_far) :]
-                emit(TokenEvent(rest, None, "stop"))
+                emit(TokenEvent(rest, None, "stop", self._proof(hidden_rows)))
                 return
             produced.append(token)
+            hidden_rows.append(hidden_row)
             last = step == params.max_tokens - 1
             text = self.tokenizer.decode(produced, skip_special_tokens=True)
             # hold back a possibly incomplete UTF-8 character (at most 3 tokens), flush at the end
@@ -145,10 +149,18 @@ class CausalLMEngine(Engine):
             hit = next((s for s in params.stop if s and s in text_so_far), None)
             if hit is not None:
                 cut = text_so_far.index(hit)
-                emit(TokenEvent(delta[: max(0, len(delta) - (len(text_so_far) - cut))], token, "stop"))
+                emit(
+                    TokenEvent(
+                        delta[: max(0, len(delta) - (len(text_so_far) - cut))], token, "stop", self._proof(hidden_rows)
+                    )
+                )
                 return
-            emit(TokenEvent(delta, token, "length" if last else None))
+            emit(TokenEvent(delta, token, "length" if last else None, self._proof(hidden_rows) if last else None))
             input_ids = torch.tensor([[token]], device=self.device)
+
+    @staticmethod
+    def _proof(rows: list[torch.Tensor]) -> bytes:
+        return commit(torch.stack(rows)) if rows else b""
 
     @staticmethod
     def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
@@ -172,6 +184,12 @@ class CausalLMEngine(Engine):
         out = self.model(input_ids=torch.tensor([token_ids], device=self.device), output_hidden_states=True)
         hidden: torch.Tensor = out.hidden_states[-1][0]
         return hidden
+
+    @torch.inference_mode()
+    def prefill(self, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass: (final hidden states, logits), one row per position."""
+        out = self.model(input_ids=torch.tensor([token_ids], device=self.device), output_hidden_states=True)
+        return out.hidden_states[-1][0].float(), out.logits[0].float()
 
     def encode_text(self, text: str) -> list[int]:
         """Token ids of plain text, no special tokens."""

@@ -161,8 +161,13 @@ class ProviderService:
             params = sampling_from(req.body)
             engine.check_length(prompt, params.max_tokens)  # type: ignore[attr-defined]
             gen = await collect(engine.generate(prompt, params), len(prompt))
-            output = {"text": gen.text, "finish_reason": gen.finish_reason}
-            receipt = self._finish(req, len(prompt), gen.completion_tokens, gen.text.encode())
+            output = {
+                "text": gen.text,
+                "finish_reason": gen.finish_reason,
+                "token_ids": gen.token_ids,
+                "proof": "0x" + gen.proof.hex(),
+            }
+            receipt = self._finish(req, len(prompt), gen.completion_tokens, gen.text.encode(), gen.proof)
         reply = {"output": output, "usage": receipt["usage"], "receipt": receipt["receipt"]}
         return req.sealer.seal(0, json.dumps(reply).encode())
 
@@ -172,10 +177,13 @@ class ProviderService:
         prompt = self._prompt(req)
         params = sampling_from(req.body)
         engine.check_length(prompt, params.max_tokens)  # type: ignore[attr-defined]
-        seq, parts, produced, finish = 0, [], 0, "length"
+        seq, parts, produced, finish, proof, token_ids = 0, [], 0, "length", b"", []
         async for event in engine.generate(prompt, params):
+            if event.proof is not None:
+                proof = event.proof
             if event.token_id is not None:
                 produced += 1
+                token_ids.append(event.token_id)
             if event.finish_reason:
                 finish = event.finish_reason
             if self.stream_interval:
@@ -185,8 +193,15 @@ class ProviderService:
                 yield req.sealer.seal(seq, json.dumps({"delta": event.text}).encode())
                 seq += 1
         text = "".join(parts)
-        receipt = self._finish(req, len(prompt), produced, text.encode())
-        final = {"done": True, "finish_reason": finish, "usage": receipt["usage"], "receipt": receipt["receipt"]}
+        receipt = self._finish(req, len(prompt), produced, text.encode(), proof)
+        final = {
+            "done": True,
+            "finish_reason": finish,
+            "usage": receipt["usage"],
+            "receipt": receipt["receipt"],
+            "token_ids": token_ids,
+            "proof": "0x" + proof.hex(),
+        }
         yield req.sealer.seal(seq, json.dumps(final).encode())
 
     def _prompt(self, req: InferRequest) -> list[int]:
@@ -203,7 +218,9 @@ class ProviderService:
             ids = ids + req.model.engine.encode_text(carry)  # type: ignore[attr-defined]
         return ids
 
-    def _finish(self, req: InferRequest, tokens_in: int, tokens_out: int, output: bytes) -> dict[str, Any]:
+    def _finish(
+        self, req: InferRequest, tokens_in: int, tokens_out: int, output: bytes, proof: bytes = b""
+    ) -> dict[str, Any]:
         """Price the answer, sign its receipt and record both before the answer leaves."""
         amount = request_cost(tokens_in, tokens_out, req.model.price_in, req.model.price_out)
         receipt = Receipt(
@@ -212,7 +229,7 @@ class ProviderService:
             provider=self.address,
             input_hash=keccak(json.dumps(req.body, sort_keys=True, separators=(",", ":")).encode()),
             output_hash=keccak(output),
-            proof_hash=ZERO32,
+            proof_hash=keccak(proof) if proof else ZERO32,
             tokens_in=tokens_in,
             tokens_out=tokens_out,
             amount=amount,

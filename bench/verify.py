@@ -1,0 +1,76 @@
+"""Calibration harness for proof checking (TOPLOC-style), with timings.
+
+Honest variants must pass (false alarms = honest runs that fail): fp32, bf16 provider
+vs fp32 validator, 1 vs 2 threads, the validator's forward pass inside a batch of 4,
+seeded sampling, and GPU vs CPU when CUDA is present. Cheats must fail (misses =
+cheating runs that pass): another model under the claimed id, int8-quantised weights, a
+skipped layer, a tampered system prompt, fabricated output tokens.
+
+    python bench/verify.py [--questions 16] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from allmende.validator.harness import Harness
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="proof-check calibration harness")
+    parser.add_argument("--questions", type=int, default=16)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    harness = Harness(args.questions)
+    results = harness.run()
+    timing = harness.timing()
+    out = {
+        "validation_over_generation": round(timing["validation_over_generation"], 4),
+        "proof_bytes_per_32_tokens": round(timing["proof_bytes_per_32_tokens"], 1),
+        "false_alarms": sum(r.wrong for r in results if r.honest),
+        "misses": sum(r.wrong for r in results if not r.honest),
+        "generation_s_128_tokens": round(timing["generation_s"], 4),
+        "validation_s_128_tokens": round(timing["validation_s"], 4),
+        "goals": {"validation_over_generation": 0.05, "proof_bytes_per_32_tokens": 258, "false_alarms": 0, "misses": 0},
+        "variants": [
+            {
+                "name": r.name,
+                "honest": r.honest,
+                "runs": r.runs,
+                "passed": r.passed,
+                "median_rel_error_min": round(r.best_median_rel_error, 4),
+                "median_rel_error_max": round(r.worst_median_rel_error, 4),
+                "worst_topk_overlap": r.worst_overlap,
+            }
+            for r in results
+        ],
+    }
+    if args.json:
+        print(json.dumps(out))
+        return
+    table = Table(title=f"proof checks, allmende:tiny, {args.questions} prompts per variant, 64 tokens each")
+    for column in ("variant", "kind", "passed", "wrong", "median rel. error (min-max)", "worst top-k overlap"):
+        table.add_column(column, justify="right" if column != "variant" else "left")
+    for r in results:
+        table.add_row(
+            r.name,
+            "honest" if r.honest else "cheat",
+            f"{r.passed}/{r.runs}",
+            str(r.wrong),
+            f"{r.best_median_rel_error:.4f}-{r.worst_median_rel_error:.4f}",
+            f"{r.worst_overlap:.2f}",
+        )
+    Console().print(table)
+    print(
+        f"false alarms {out['false_alarms']}, misses {out['misses']}, proof bytes per 32 tokens "
+        f"{out['proof_bytes_per_32_tokens']}, validation ÷ generation (128 tokens) "
+        f"{out['validation_over_generation']}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The validator: proof checks, mystery-shopper audits, fraud cases and reputation."""

@@ -1,0 +1,67 @@
+"""Proof commitments: the wire format, and the calibration harness (honest variants pass,
+every cheat fails)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from allmende.core.proofs import TOP_K, ChunkCommitment, ProofFormatError, decode_proof, encode_proof
+from allmende.engine.proofs import check, commit
+from allmende.validator.harness import Harness
+
+
+@given(
+    hidden=st.sampled_from([64, 384, 4096]),
+    positions=st.integers(1, 32),
+    data=st.data(),
+)
+def test_encode_decode_round_trip(hidden: int, positions: int, data: st.DataObject) -> None:
+    k = data.draw(st.integers(1, min(TOP_K, positions * hidden)))
+    indices = sorted(data.draw(st.sets(st.integers(0, positions * hidden - 1), min_size=k, max_size=k)))
+    values = data.draw(st.lists(st.floats(-1000, 1000, width=16), min_size=k, max_size=k))
+    chunk = ChunkCommitment(positions, tuple(indices), tuple(values))
+
+    (decoded,) = decode_proof(encode_proof([chunk], hidden), hidden)
+
+    assert decoded == chunk
+
+
+@pytest.mark.parametrize(("hidden", "limit"), [(64, 258), (4096, 258)])
+def test_a_full_chunk_fits_toplocs_budget(hidden: int, limit: int) -> None:
+    proof = commit(torch.randn(32, hidden))
+    assert len(proof) <= limit
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [lambda p: p[:-1], lambda p: p[:2], lambda p: b"\x38\x21\x0b" + p[3:]],
+    ids=["truncated", "header-only", "wrong-positions"],
+)
+def test_malformed_proofs_fail_the_check(mangle) -> None:  # type: ignore[no-untyped-def]
+    hidden = torch.randn(40, 64)
+    assert check(commit(hidden), hidden).ok
+    assert not check(mangle(commit(hidden)), hidden).ok
+
+
+def test_decode_rejects_a_header_for_another_model() -> None:
+    proof = commit(torch.randn(32, 64))
+    with pytest.raises(ProofFormatError):
+        decode_proof(proof, 4096)
+
+
+def test_proof_for_fewer_tokens_fails() -> None:
+    hidden = torch.randn(64, 64)
+    assert not check(commit(hidden[:32]), hidden).ok
+
+
+def test_harness_honest_pass_and_cheats_fail() -> None:
+    results = Harness(questions=3).run()
+
+    by_name = {r.name: r for r in results}
+    assert len(results) >= 10
+    assert [r.name for r in results if r.honest and r.wrong] == []  # no false alarms
+    assert [r.name for r in results if not r.honest and r.wrong] == []  # no misses
+    assert by_name["weights quantised to int8"].runs == 3
