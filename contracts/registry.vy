@@ -287,6 +287,24 @@ def is_active(account: address) -> bool:
 
 @external
 @view
+def role_of(account: address) -> uint8:
+    """
+    @notice 0 = none, 1 = provider, 2 = validator.
+    """
+    return self.accounts[account].role
+
+
+@external
+@view
+def stake_of(account: address) -> uint256:
+    """
+    @notice Bonded stake (not counting what is unbonding).
+    """
+    return self.accounts[account].stake
+
+
+@external
+@view
 def providers_of(model_id: bytes32, start: uint256, limit: uint256) -> (DynArray[address, MAX_PAGE], uint256):
     """
     @notice One page of the active providers with an active offer for

@@ -16,6 +16,7 @@ SOURCES = {
     "Models": "models.vy",
     "Registry": "registry.vy",
     "Channels": "channels.vy",
+    "Verdicts": "verdicts.vy",
 }
 
 

@@ -30,6 +30,7 @@ def test_deployment_json_round_trip(deployment: Deployment, tmp_path: Path) -> N
         "Models",
         "Registry",
         "Channels",
+        "Verdicts",
     }
     assert data["chain_id"] == 31337 and data["deploy_block"] >= 0
     assert loaded.address("Channels") == deployment.address("Channels")
@@ -39,8 +40,8 @@ def test_deployment_json_round_trip(deployment: Deployment, tmp_path: Path) -> N
 def test_missing_deployment_is_a_typed_error(tmp_path: Path, deployment: Deployment) -> None:
     with pytest.raises(DeploymentNotFound, match="chain deploy"):
         Deployment.load(tmp_path / "nope.json")
-    with pytest.raises(DeploymentNotFound, match="Verdicts"):
-        deployment.address("Verdicts")
+    with pytest.raises(DeploymentNotFound, match="Governor"):
+        deployment.address("Governor")
 
 
 def test_devnet_accounts_are_funded(anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]) -> None:

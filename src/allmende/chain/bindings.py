@@ -193,6 +193,15 @@ class Registry(_Binding):
     def receipt_domain(self) -> Domain:
         return Domain(self.client.chain_id, self.address)
 
+    def set_verdicts(self, verdicts: str) -> SentTransaction:
+        return self._tx("set_verdicts", verdicts)
+
+    def stake_of(self, who: str) -> int:
+        return int(self._call("stake_of", who))
+
+    def role_stake(self, role: int) -> int:
+        return int(self._call("role_stake", role))
+
 
 @dataclass(frozen=True)
 class ChannelRecord:
@@ -244,6 +253,64 @@ class Channels(_Binding):
         return Domain(self.client.chain_id, self.address)
 
 
+@dataclass(frozen=True)
+class CaseRecord:
+    case_id: int
+    provider: str
+    reporter: str
+    model_id: bytes
+    evidence_hash: bytes
+    evidence_uri: str
+    deadline: int
+    guilty_weight: int
+    innocent_weight: int
+    status: int  # 1 open, 2 guilty, 3 not guilty, 4 inconclusive
+    slashed: int
+
+
+class Verdicts(_Binding):
+    name = "Verdicts"
+
+    def open_case(self, receipt: tuple[Any, ...], signature: bytes, evidence_hash: bytes, evidence_uri: str) -> int:
+        sent = self._tx("open_case", receipt, signature, evidence_hash, evidence_uri)
+        (event,) = self.contract.events.CaseOpened().process_receipt(sent.receipt, errors=DISCARD)
+        return int(event["args"]["case_id"])
+
+    def vote(self, case_id: int, guilty: bool) -> SentTransaction:
+        return self._tx("vote", case_id, guilty)
+
+    def resolve(self, case_id: int) -> SentTransaction:
+        return self._tx("resolve", case_id)
+
+    def case(self, case_id: int) -> CaseRecord:
+        c = self._call("cases", case_id)
+        return CaseRecord(
+            case_id,
+            c[0],
+            c[1],
+            bytes(c[2]),
+            bytes(c[4]),
+            c[5],
+            int(c[8]),
+            int(c[10]),
+            int(c[11]),
+            int(c[12]),
+            int(c[13]),
+        )
+
+    def case_count(self) -> int:
+        return int(self._call("case_count"))
+
+    def voted(self, case_id: int, who: str) -> bool:
+        return bool(self._call("voted", case_id, who))
+
+    def publish_scores(self, providers: list[str], scores: list[int]) -> SentTransaction:
+        return self._tx("publish_scores", providers, scores)
+
+    def score(self, validator: str, provider: str) -> tuple[int, int]:
+        return int(self._call("score", validator, provider)), int(self._call("scored_at", validator, provider))
+
+
 class Contracts:
     """All bindings of one deployment, for one client (one signing account)."""
 
@@ -256,3 +323,4 @@ class Contracts:
         self.models = Models(client, deployment)
         self.registry = Registry(client, deployment)
         self.channels = Channels(client, deployment)
+        self.verdicts = Verdicts(client, deployment)

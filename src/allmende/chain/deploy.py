@@ -98,8 +98,9 @@ def deploy_all(
         raise DeploymentNotFound("a non-devnet deployment needs an existing payment token (not supported yet)")
     params = put("Params")
     models = put("Models", params)
-    put("Registry", token, params)
+    registry = put("Registry", token, params)
     put("Channels", stable, params, models, treasury or deployer)
+    verdicts = put("Verdicts", token, registry, params, treasury or deployer)
     deployment = Deployment(
         chain_id=client.chain_id,
         rpc_url=client.rpc_url,
@@ -109,10 +110,11 @@ def deploy_all(
         devnet=devnet,
         contracts=out,
     )
-    if devnet and fund:
-        from allmende.chain.bindings import Contracts
+    from allmende.chain.bindings import Contracts
 
-        contracts = Contracts(client, deployment)
+    contracts = Contracts(client, deployment)
+    contracts.registry.set_verdicts(verdicts)
+    if devnet and fund:
         for who in fund:
             contracts.stable.mint(who, DEVNET_USD_PER_ACCOUNT)
             if who.lower() != deployer.lower():

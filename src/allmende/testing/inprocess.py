@@ -52,6 +52,7 @@ class System:
     models: Any
     registry: Any
     channels: Any
+    verdicts_contract: Any = None
 
     @property
     def voucher_domain(self) -> Domain:
@@ -73,8 +74,9 @@ class System:
                 self.token.approve(self.registry.address, MAX_UINT)
 
 
-def deploy_system() -> System:
-    """Deploy ALM, dUSD, Params, Models, Registry and Channels; the deployer stays admin."""
+def deploy_system(with_verdicts: bool = False) -> System:
+    """Deploy ALM, dUSD, Params, Models, Registry and Channels (and, if asked, Verdicts as
+    the Registry's slasher); the deployer stays admin."""
     admin = boa.env.eoa
     treasury = boa.env.generate_address("treasury")
     verdicts = boa.env.generate_address("verdicts")
@@ -84,5 +86,9 @@ def deploy_system() -> System:
     models = load("Models", params.address)
     registry = load("Registry", token.address, params.address)
     channels = load("Channels", stable.address, params.address, models.address, treasury)
+    verdicts_contract = None
+    if with_verdicts:
+        verdicts_contract = load("Verdicts", token.address, registry.address, params.address, treasury)
+        verdicts = verdicts_contract.address
     registry.set_verdicts(verdicts)
-    return System(admin, treasury, verdicts, token, stable, params, models, registry, channels)
+    return System(admin, treasury, verdicts, token, stable, params, models, registry, channels, verdicts_contract)
