@@ -4,6 +4,7 @@ the contracts deployed once, devnet accounts funded."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +31,10 @@ def deployment(anvil: Anvil, accounts: list[DevnetAccount]) -> Deployment:
 
 def contracts_for(anvil: Anvil, deployment: Deployment, account: DevnetAccount) -> Contracts:
     return Contracts(ChainClient(anvil.url, account.key), deployment)
+
+
+@pytest.fixture(scope="session")
+def deployments_file(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("chain") / "deployments.json"
+    deployment.save(path)
+    return path

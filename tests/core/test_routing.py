@@ -80,3 +80,14 @@ def test_big_fast_providers_are_offered_more_often_among_many() -> None:
     pool.append(provider("big", capacity=8, latency=0.1))  # 80x the throughput of a small one
     counts = picks(Router(rng=random.Random(7)), pool, n=5000)
     assert counts["big"] > 0.3 * 5000
+
+
+def test_consensus_reputation_is_the_clipped_stake_weighted_score() -> None:
+    from allmende.core.routing import consensus_reputation
+
+    assert consensus_reputation([]) == 0.5
+    assert consensus_reputation([(10_000, 5)]) == 1.0
+    # two honest validators say 20 %; one big-but-minority validator says 100 %: clipped to the median
+    assert consensus_reputation([(2_000, 3), (2_000, 3), (10_000, 4)]) == 0.2
+    # a low outlier still pulls the mean down (it is not clipped upwards)
+    assert 0.6 < consensus_reputation([(9_000, 5), (9_000, 4), (0, 1)]) < 0.9

@@ -167,7 +167,7 @@ def test_unknown_model_name_is_a_typed_error() -> None:
 
 
 def test_streamed_text_adds_up_to_the_decoded_tokens(tiny: Engine) -> None:
-    for seed in range(5):  # random bytes from the tiny model often form broken UTF-8: nothing may be lost
+    for seed in range(30):  # random bytes from the tiny model often form broken UTF-8: nothing may be lost
         gen = run(tiny, SamplingParams(max_tokens=40, temperature=1.0, seed=seed))
-        decoded = tiny.tokenizer.decode(gen.token_ids, skip_special_tokens=True)  # type: ignore[attr-defined]
+        decoded = tiny.decode(gen.token_ids)  # type: ignore[attr-defined]
         assert gen.text == decoded

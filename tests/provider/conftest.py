@@ -95,13 +95,6 @@ def start_provider(
     raise RuntimeError(f"provider did not start: {log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def deployments_file(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("chain") / "deployments.json"
-    deployment.save(path)
-    return path
-
-
 @dataclass
 class Running:
     provider: ProviderProcess

@@ -199,6 +199,9 @@ class Registry(_Binding):
     def stake_of(self, who: str) -> int:
         return int(self._call("stake_of", who))
 
+    def role_of(self, who: str) -> int:
+        return int(self._call("role_of", who))
+
     def role_stake(self, role: int) -> int:
         return int(self._call("role_stake", role))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from allmende.cli import chain, demo, gateway, keys, provider, up
+from allmende.cli import chain, demo, gateway, keys, provider, up, validator
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Allmende: the commons of idle compute.")
 app.add_typer(chain.app, name="chain")
@@ -17,6 +17,7 @@ app.command("gateway")(gateway.gateway)
 app.command("gateway-close")(gateway.gateway_close)
 app.command("up")(up.up)
 app.command("status")(up.status)
+app.command("validator")(validator.validator)
 
 
 def main() -> None:

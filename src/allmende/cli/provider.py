@@ -54,6 +54,7 @@ def provider(
     redeem_threshold: int = typer.Option(1_000_000, help="redeem once this much is unredeemed"),
     redeem_interval: float = typer.Option(5.0, help="seconds between settlement checks"),
     stream_tokens_per_s: float = typer.Option(None, help="cap on tokens per second per stream"),
+    cheat: str = typer.Option(None, hidden=True, help="fault injection for validator tests: int8 | skip-layer"),
 ) -> None:
     """Serve models: load, register, stake, publish offers, then answer encrypted requests."""
     from allmende.provider.node import ProviderConfig, serve
@@ -74,6 +75,7 @@ def provider(
             royalty_bps=royalty_bps,
             max_concurrency=max_concurrency,
             stream_tokens_per_s=stream_tokens_per_s,
+            cheat=cheat,
             credit=CreditPolicy(credit_limit=credit_limit),
             settlement=SettlementPolicy(threshold=redeem_threshold, interval=redeem_interval),
         )

@@ -165,3 +165,22 @@ class Router:
             and c.stake >= p.min_stake
             and (p.max_price is None or c.price <= p.max_price)
         )
+
+
+def consensus_reputation(scores: list[tuple[int, int]], default: float = 0.5) -> float:
+    """Reputation in [0, 1] from validators' (score_bps, stake) pairs, Yuma-style: the
+    stake-weighted median is the consensus; scores above it are clipped down to it (a
+    few colluding validators cannot inflate a provider); the result is the
+    stake-weighted mean of the clipped scores. No scores → `default`."""
+    valid = [(s, w) for s, w in scores if w > 0]
+    if not valid:
+        return default
+    total = sum(w for _, w in valid)
+    running, median = 0, valid[0][0]
+    for s, w in sorted(valid):
+        running += w
+        if 2 * running >= total:
+            median = s
+            break
+    clipped = sum(min(s, median) * w for s, w in valid)
+    return clipped / total / 10_000

@@ -121,7 +121,6 @@ class CausalLMEngine(Engine):
         past = None
         produced: list[int] = []
         text_so_far = ""
-        held = 0  # tokens whose text is held back because they end in an incomplete character
         hidden_rows: list[torch.Tensor] = []  # final hidden state that produced each output token
         for step in range(params.max_tokens):
             if cancelled.is_set():
@@ -131,19 +130,19 @@ class CausalLMEngine(Engine):
             hidden_row = out.hidden_states[-1][0, -1]
             token = self._sample(out.logits[0, -1].float(), params, generator)
             if token in self.eos_ids and not params.ignore_eos:
-                rest = self.tokenizer.decode(produced, skip_special_tokens=True)[len(text_so_far) :]
+                rest = self.decode(produced)[len(text_so_far) :]
                 emit(TokenEvent(rest, None, "stop", self._proof(hidden_rows)))
                 return
             produced.append(token)
             hidden_rows.append(hidden_row)
             last = step == params.max_tokens - 1
-            text = self.tokenizer.decode(produced, skip_special_tokens=True)
-            # hold back a possibly incomplete UTF-8 character (at most 3 tokens), flush at the end
-            if text.endswith("\ufffd") and held < 3 and not last:
-                held += 1
+            text = self.decode(produced)
+            # Hold back text that ends in an incomplete UTF-8 character: a later byte may
+            # complete it. Text that ends in a complete character never changes again, so
+            # the streamed pieces always add up to decode(all tokens). Flush at the end.
+            if text.endswith("\ufffd") and not last:
                 delta = ""
             else:
-                held = 0
                 delta = text[len(text_so_far) :]
                 text_so_far = text
             hit = next((s for s in params.stop if s and s in text_so_far), None)
@@ -190,6 +189,10 @@ class CausalLMEngine(Engine):
         """One forward pass: (final hidden states, logits), one row per position."""
         out = self.model(input_ids=torch.tensor([token_ids], device=self.device), output_hidden_states=True)
         return out.hidden_states[-1][0].float(), out.logits[0].float()
+
+    def decode(self, token_ids: list[int]) -> str:
+        """Text of token ids, exactly as streamed (no special tokens, no space clean-up)."""
+        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
     def encode_text(self, text: str) -> list[int]:
         """Token ids of plain text, no special tokens."""

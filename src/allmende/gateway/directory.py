@@ -19,7 +19,7 @@ import httpx
 from allmende.chain import Contracts
 from allmende.chain.errors import ChainError
 from allmende.core.errors import InvalidSignature
-from allmende.core.routing import ProviderStats
+from allmende.core.routing import ProviderStats, consensus_reputation
 from allmende.provider.client import ProviderInfo, fetch_info
 
 log = logging.getLogger("allmende.gateway.directory")
@@ -97,12 +97,34 @@ class Directory:
                 stats.price, stats.stake = price, entry.stake
                 stats.capacity = int(entry.info.raw.get("load", {}).get("max_in_flight", 8))
             fresh[address] = entry
+        reputations = self._reputations(list(fresh))
+        for address, entry in fresh.items():
+            for stats in entry.stats.values():
+                stats.reputation = reputations.get(address, 0.5)
         for model_id in {m for e in fresh.values() for m in e.offers}:
             if model_id not in self._owners:
                 self._owners[model_id] = self.contracts.models.owner_of(model_id)
         with self._lock:
             self._entries = fresh
         self._last_full = time.monotonic()
+
+    def _reputations(self, providers: list[str]) -> dict[str, float]:
+        """Stake-weighted, clipped consensus of the scores active validators published."""
+        registry, verdicts = self.contracts.registry, self.contracts.verdicts
+        validators = [
+            (a, registry.stake_of(a))
+            for a in registry.all_accounts()
+            if registry.role_of(a) == 2 and registry.is_active(a)
+        ]
+        result = {}
+        for provider in providers:
+            scores = []
+            for validator, stake in validators:
+                score, at = verdicts.score(validator, provider)
+                if at:
+                    scores.append((score, stake))
+            result[provider] = consensus_reputation(scores)
+        return result
 
     def _check(self, address: str, url: str, key: bytes, stake: int, chain_offers: dict) -> ProviderEntry | None:  # type: ignore[type-arg]
         try:

@@ -27,6 +27,7 @@ from allmende.chain.bindings import ROLE_PROVIDER
 from allmende.chain.errors import ChainError
 from allmende.core.envelope import public_key_bytes
 from allmende.engine import load_engine
+from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.provider.app import Limits, create_app
 from allmende.provider.payments import CreditPolicy, PaymentGate
 from allmende.provider.service import ProviderService, ServedModel
@@ -59,6 +60,9 @@ class ProviderConfig:
     royalty_bps: int = 0
     max_concurrency: int = 4  # generations at once per model
     stream_tokens_per_s: float | None = None  # per-stream token rate cap (None = as fast as it goes)
+    # fault injection for testing validators: serve int8-quantised weights or skip a layer while
+    # claiming the original model id ("int8" | "skip-layer"); never set in production
+    cheat: str | None = None
     credit: CreditPolicy = field(default_factory=CreditPolicy)
     settlement: SettlementPolicy = field(default_factory=SettlementPolicy)
     limits: Limits = field(default_factory=Limits)
@@ -100,6 +104,10 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
         for spec in config.models:
             progress.update(task, description=f"loading {spec.name}")
             engine = load_engine(spec.name, config.max_concurrency)
+            if config.cheat and isinstance(engine, CausalLMEngine):
+                from allmende.validator.harness import quantize_int8, skip_last_layer
+
+                engine = quantize_int8(engine) if config.cheat == "int8" else skip_last_layer(engine)
             served[engine.model_id] = ServedModel(engine, spec.price_in, spec.price_out)
             progress.advance(task)
 

@@ -1,0 +1,39 @@
+"""`allmende validator` — audit providers as a mystery shopper, vote on fraud cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from allmende.cli.common import console, friendly_errors, resolve_key
+from allmende.config import from_environment
+
+
+def validator(
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC)"),
+    key: str = typer.Option(..., help="keystore file or devnet:N"),
+    model: list[str] = typer.Option(["allmende:tiny"], help="models this validator loads and audits"),
+    port: int = typer.Option(9500, help="port of the evidence server"),
+    host: str = typer.Option("127.0.0.1"),
+    public_url: str = typer.Option(None, help="evidence endpoint published on chain (default http://host:port)"),
+    deployments: Path = typer.Option(None),
+    state_dir: Path = typer.Option(None),
+    audit_interval: float = typer.Option(30.0, help="mean seconds between audit rounds (jittered)"),
+    publish_every: int = typer.Option(10, help="publish reputation scores every N rounds"),
+) -> None:
+    """Stake, then audit every provider of the loaded models, open and vote on fraud cases."""
+    from allmende.validator.node import ValidatorConfig, serve
+
+    env = from_environment()
+    with friendly_errors():
+        config = ValidatorConfig(
+            rpc_url=rpc or env.rpc_url,
+            key=resolve_key(key),
+            deployments=deployments or env.state_dir / "deployments.json",
+            state_dir=state_dir or env.state_dir / "validator",
+            models=model,
+            endpoint=public_url or f"http://{host}:{port}",
+        )
+        console.print(f"validator auditing {', '.join(model)}; evidence on {config.endpoint}")
+        serve(config, host, port, audit_interval, publish_every)

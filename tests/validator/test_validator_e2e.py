@@ -1,0 +1,138 @@
+"""Validators on a real chain against real provider processes: a provider serving int8
+weights under the tiny model's id is caught, reported with its own receipt, voted guilty
+by another validator, slashed and paused, and the gateway stops routing to it; an honest
+provider audited 200 times is never reported."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.chain.anvil import Anvil, DevnetAccount, free_port
+from allmende.gateway.directory import Directory
+from allmende.validator.node import Validator, ValidatorConfig, evidence_app
+from tests.provider.conftest import ProviderProcess, start_provider
+
+MAX_AUDITS_TO_CATCH = 3
+
+
+def make_validator(anvil: Anvil, deployments: Path, account: DevnetAccount, state: Path) -> tuple[Validator, str]:
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    config = ValidatorConfig(anvil.url, account.key, deployments, state, ["allmende:tiny"], endpoint=endpoint, seed=1)
+    validator = Validator(config)
+    validator.stake()
+    server = uvicorn.Server(uvicorn.Config(evidence_app(validator), host="127.0.0.1", port=port, log_level="error"))
+    threading.Thread(target=server.run, daemon=True).start()
+    for _ in range(100):
+        try:
+            if httpx.get(f"{endpoint}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return validator, endpoint
+
+
+@pytest.fixture(scope="module")
+def providers(
+    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ProviderProcess, ProviderProcess]]:
+    root = tmp_path_factory.mktemp("audited")
+    honest = start_provider(anvil, deployments_file, accounts[7], root / "honest", ["allmende:tiny"])
+    cheat = start_provider(
+        anvil, deployments_file, accounts[1], root / "cheat", ["allmende:tiny"], extra=["--cheat", "int8"]
+    )
+    try:
+        yield honest, cheat
+    finally:
+        honest.stop()
+        cheat.stop()
+
+
+def test_cheater_is_caught_voted_guilty_slashed_and_dropped(
+    anvil: Anvil,
+    deployment: Deployment,
+    deployments_file: Path,
+    accounts: list[DevnetAccount],
+    providers: tuple[ProviderProcess, ProviderProcess],
+    tmp_path: Path,
+) -> None:
+    assert providers[1].process.poll() is None  # the cheating provider is up
+    cheater = accounts[1].address
+    v1, _ = make_validator(anvil, deployments_file, accounts[8], tmp_path / "v1")
+    v2, _ = make_validator(anvil, deployments_file, accounts[9], tmp_path / "v2")
+    reader = Contracts(ChainClient(anvil.url), deployment)
+    stake_before = reader.registry.stake_of(cheater)
+    v1.directory.refresh()
+    entry = v1.directory.entry(cheater)
+    assert entry is not None
+    model_id = next(iter(entry.offers))
+
+    records = []
+    for _ in range(MAX_AUDITS_TO_CATCH):
+        records.append(v1.audit(entry, model_id))
+        if records[-1].case_id:
+            break
+    case_id = records[-1].case_id
+    assert case_id is not None, [r.reason for r in records]
+    assert "proof" in records[-1].reason
+
+    assert v2.review_cases() == [(case_id, True)]  # v2 fetched the evidence and re-checked it
+    ChainClient(anvil.url, accounts[0].key).increase_time(reader.params.get("fraud_voting_period"))
+    assert case_id in v1.resolve_due()
+
+    case = reader.verdicts.case(case_id)
+    assert case.status == 2
+    assert reader.registry.stake_of(cheater) == stake_before - case.slashed
+    assert case.slashed == stake_before * reader.params.get("slash_bps") // 10_000
+    assert not reader.registry.is_active(cheater)
+    gateway_view = Directory(reader, httpx.Client(timeout=5))
+    gateway_view.refresh()
+    assert gateway_view.entry(cheater) is None
+    assert all(e.address != cheater for e in gateway_view.candidates(model_id))
+
+
+def test_honest_provider_audited_200_times_is_never_reported(
+    anvil: Anvil,
+    deployment: Deployment,
+    deployments_file: Path,
+    accounts: list[DevnetAccount],
+    providers: tuple[ProviderProcess, ProviderProcess],
+    tmp_path: Path,
+) -> None:
+    honest_address = accounts[7].address
+    v1 = Validator(
+        ValidatorConfig(
+            anvil.url,
+            accounts[8].key,
+            deployments_file,
+            tmp_path / "v",
+            ["allmende:tiny"],
+            endpoint="http://127.0.0.1:1",
+            seed=2,
+        )
+    )
+    reader = Contracts(ChainClient(anvil.url), deployment)
+    cases_before = reader.verdicts.case_count()
+    v1.directory.refresh()
+    entry = v1.directory.entry(honest_address)
+    assert entry is not None
+    model_id = next(iter(entry.offers))
+
+    records = [v1.audit(entry, model_id) for _ in range(200)]
+
+    assert [r.reason for r in records if not r.ok] == []
+    assert reader.verdicts.case_count() == cases_before
+    v1.publish_scores()
+    gateway_view = Directory(reader, httpx.Client(timeout=5))
+    gateway_view.refresh()
+    honest_entry = gateway_view.entry(honest_address)
+    assert honest_entry is not None
+    assert honest_entry.stats[model_id].reputation == 1.0
