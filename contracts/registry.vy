@@ -61,6 +61,11 @@ struct Offer:
     active: bool
 
 
+struct Checkpoint:
+    at: uint256  # block timestamp from which `stake` holds
+    stake: uint256
+
+
 struct Receipt:
     request_id: bytes32
     model_id: bytes32
@@ -144,6 +149,14 @@ role_stake: public(HashMap[uint8, uint256])
 # @dev every ALM held by this contract: stake + unbonding of all accounts
 total_bonded: public(uint256)
 
+# @dev stake history per account and of the total, for governance votes weighted by
+#      stake as of a past moment (moving tokens after a snapshot gives no weight)
+_checkpoints: HashMap[address, HashMap[uint256, Checkpoint]]
+_checkpoint_count: HashMap[address, uint256]
+_total_checkpoints: HashMap[uint256, Checkpoint]
+_total_checkpoint_count: uint256
+total_staked: public(uint256)
+
 
 @deploy
 def __init__(stake_token_: IERC20, params_: IParams):
@@ -215,6 +228,7 @@ def unbond(amount: uint256):
     self.accounts[msg.sender].unbonding = account.unbonding + amount
     self.accounts[msg.sender].unbond_at = unbond_at
     self.role_stake[account.role] -= amount
+    self._record_stake(msg.sender, account.stake - amount, self.total_staked - amount)
     log Unbonding(account=msg.sender, amount=amount, unbond_at=unbond_at)
 
 
@@ -347,6 +361,8 @@ def slash(account: address, amount: uint256, beneficiary: address) -> uint256:
     self.accounts[account].unbonding = acct.unbonding - taken_from_unbonding
     self.role_stake[acct.role] -= taken_from_stake
     self.total_bonded -= slashed
+    if taken_from_stake > 0:
+        self._record_stake(account, acct.stake - taken_from_stake, self.total_staked - taken_from_stake)
     assert extcall stake_token.transfer(beneficiary, slashed, default_return_value=True), "registry: transfer failed"
     log Slashed(account=account, amount=slashed, beneficiary=beneficiary)
     return slashed
@@ -397,6 +413,66 @@ def receipt_signer(receipt: Receipt, signature: Bytes[65]) -> address:
     return ecdsa._recover_sig(self._receipt_digest(receipt), signature)
 
 
+# ------------------------------------------------------------- checkpoints
+
+
+@external
+@view
+def stake_at(account: address, timestamp: uint256) -> uint256:
+    """
+    @notice The account's bonded stake at the end of `timestamp` (0 before it staked).
+    """
+    return self._lookup(self._checkpoint_count[account], account, False, timestamp)
+
+
+@external
+@view
+def total_stake_at(timestamp: uint256) -> uint256:
+    """
+    @notice All bonded stake (providers and validators) at the end of `timestamp`.
+    """
+    return self._lookup(self._total_checkpoint_count, empty(address), True, timestamp)
+
+
+@internal
+@view
+def _lookup(count: uint256, account: address, total: bool, timestamp: uint256) -> uint256:
+    # binary search for the last checkpoint with at <= timestamp
+    low: uint256 = 0
+    high: uint256 = count
+    for _: uint256 in range(256):
+        if low >= high:
+            break
+        mid: uint256 = (low + high) // 2
+        at: uint256 = self._total_checkpoints[mid].at if total else self._checkpoints[account][mid].at
+        if at > timestamp:
+            high = mid
+        else:
+            low = mid + 1
+    if low == 0:
+        return 0
+    if total:
+        return self._total_checkpoints[low - 1].stake
+    return self._checkpoints[account][low - 1].stake
+
+
+@internal
+def _record_stake(account: address, stake: uint256, total: uint256):
+    self.total_staked = total
+    n: uint256 = self._checkpoint_count[account]
+    if n > 0 and self._checkpoints[account][n - 1].at == block.timestamp:
+        self._checkpoints[account][n - 1].stake = stake
+    else:
+        self._checkpoints[account][n] = Checkpoint(at=block.timestamp, stake=stake)
+        self._checkpoint_count[account] = n + 1
+    m: uint256 = self._total_checkpoint_count
+    if m > 0 and self._total_checkpoints[m - 1].at == block.timestamp:
+        self._total_checkpoints[m - 1].stake = total
+    else:
+        self._total_checkpoints[m] = Checkpoint(at=block.timestamp, stake=total)
+        self._total_checkpoint_count = m + 1
+
+
 # --------------------------------------------------------------- internals
 
 
@@ -428,6 +504,7 @@ def _pull_stake(account: address, role: uint8, amount: uint256):
     self.accounts[account].stake = new_stake
     self.role_stake[role] += amount
     self.total_bonded += amount
+    self._record_stake(account, new_stake, self.total_staked + amount)
     log Staked(account=account, amount=amount, stake=new_stake)
 
 

@@ -17,7 +17,10 @@ SOURCES = {
     "Registry": "registry.vy",
     "Channels": "channels.vy",
     "Verdicts": "verdicts.vy",
+    "Timelock": "timelock.vy",
+    "Governor": "governor.vy",
 }
+ZERO_ADDRESS = "0x" + "00" * 20
 
 
 def contracts_dir() -> Path:

@@ -23,3 +23,11 @@ def system_module() -> System:
 def system(system_module: System) -> Iterator[System]:
     with boa.env.anchor():
         yield system_module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_debug_traces() -> None:
+    # titanoboa keeps global keccak/SSTORE traces only to pretty-print storage in error
+    # messages; traces left by other modules can make that printer crash on a revert
+    boa.env.sha3_trace.clear()
+    boa.env.sstore_trace.clear()

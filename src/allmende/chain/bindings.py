@@ -12,7 +12,7 @@ from web3.logs import DISCARD
 from allmende.chain.client import ChainClient, SentTransaction
 from allmende.chain.deploy import Deployment
 from allmende.core import Domain, SignedVoucher
-from allmende.core.errors import AmountOverflow, UnknownModel
+from allmende.core.errors import AmountOverflow, InvalidInput, UnknownModel
 
 ROLE_PROVIDER = 1
 ROLE_VALIDATOR = 2
@@ -314,6 +314,72 @@ class Verdicts(_Binding):
         return int(self._call("score", validator, provider)), int(self._call("scored_at", validator, provider))
 
 
+PROPOSAL_STATES = ("pending", "active", "defeated", "succeeded", "queued", "executed")
+SUPPORT = {"against": 0, "for": 1, "abstain": 2}
+
+
+@dataclass(frozen=True)
+class ProposalRecord:
+    proposal_id: int
+    proposer: str
+    start: int
+    end: int
+    for_votes: int
+    against_votes: int
+    abstain_votes: int
+    queued: bool
+    executed: bool
+    eta: int
+    description: str
+    state: str
+    quorum: int
+
+
+class Governor(_Binding):
+    name = "Governor"
+
+    def propose(self, calls: list[tuple[str, int, bytes]], description: str) -> int:
+        targets = [c[0] for c in calls]
+        values = [c[1] for c in calls]
+        payloads = [c[2] for c in calls]
+        sent = self._tx("propose", targets, values, payloads, description)
+        (event,) = self.contract.events.ProposalCreated().process_receipt(sent.receipt, errors=DISCARD)
+        return int(event["args"]["proposal_id"])
+
+    def proposal(self, proposal_id: int) -> ProposalRecord:
+        p = self._call("proposals", proposal_id)
+        state = PROPOSAL_STATES[int(self._call("state", proposal_id))]
+        return ProposalRecord(
+            proposal_id,
+            p[0],
+            int(p[1]),
+            int(p[2]),
+            int(p[3]),
+            int(p[4]),
+            int(p[5]),
+            bool(p[6]),
+            bool(p[7]),
+            int(p[8]),
+            p[9],
+            state,
+            int(self._call("quorum", proposal_id)),
+        )
+
+    def ids(self) -> list[int]:
+        return [int(self._call("proposal_at", i)) for i in range(int(self._call("proposal_count")))]
+
+    def vote(self, proposal_id: int, support: str) -> SentTransaction:
+        if support not in SUPPORT:
+            raise InvalidInput("support must be for, against or abstain")
+        return self._tx("cast_vote", proposal_id, SUPPORT[support])
+
+    def queue(self, proposal_id: int) -> SentTransaction:
+        return self._tx("queue", proposal_id)
+
+    def execute(self, proposal_id: int) -> SentTransaction:
+        return self._tx("execute", proposal_id)
+
+
 class Contracts:
     """All bindings of one deployment, for one client (one signing account)."""
 
@@ -327,3 +393,4 @@ class Contracts:
         self.registry = Registry(client, deployment)
         self.channels = Channels(client, deployment)
         self.verdicts = Verdicts(client, deployment)
+        self.governor = Governor(client, deployment)

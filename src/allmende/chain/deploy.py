@@ -14,6 +14,7 @@ from typing import Any
 from allmende.chain.client import ChainClient
 from allmende.chain.compile import compile_contract
 from allmende.chain.errors import DeploymentNotFound
+from allmende.contracts import ZERO_ADDRESS
 
 ALM = 10**18
 USD = 10**6
@@ -71,16 +72,29 @@ class Deployment:
         return cls(**data)
 
 
+def hand_over(client: ChainClient, deployment: Deployment, governor: str) -> None:
+    """The Governor proposes through the Timelock, the Timelock owns Params, Registry,
+    Channels and ALM minting (and holds the treasury), and the deployer keeps nothing."""
+    timelock = client.contract(deployment.address("Timelock"), deployment.abi("Timelock"))
+    for role in ("PROPOSER_ROLE", "CANCELLER_ROLE"):
+        client.transact(timelock.functions.grantRole(client.call(getattr(timelock.functions, role)()), governor))
+    for name in ("Params", "Registry", "Channels", "AllmendeToken"):
+        owned = client.contract(deployment.address(name), deployment.abi(name))
+        client.transact(owned.functions.transfer_ownership(timelock.address))
+    admin_role = client.call(timelock.functions.DEFAULT_ADMIN_ROLE())
+    client.transact(timelock.functions.renounceRole(admin_role, client.address))
+
+
 def deploy_all(
     client: ChainClient,
     treasury: str | None = None,
     devnet: bool = True,
     fund: list[str] | None = None,
 ) -> Deployment:
-    """Compile and deploy ALM, (devnet) dUSD, Params, Models, Registry and Channels.
-
-    On a devnet, every address in `fund` receives ALM and dUSD. The deployer stays
-    the owner of Params, Registry and Channels until governance takes over.
+    """Compile and deploy ALM, (devnet) dUSD, Params, Timelock, Models, Registry, Channels,
+    Verdicts and Governor, then hand every admin power to the Timelock (the treasury too,
+    unless `treasury` names another address). On a devnet, every address in `fund`
+    receives ALM and dUSD from the deployer's initial supply.
     """
     deployer = client.address
     start_block = client.block_number()
@@ -97,16 +111,20 @@ def deploy_all(
     if stable is None:
         raise DeploymentNotFound("a non-devnet deployment needs an existing payment token (not supported yet)")
     params = put("Params")
+    delay = int(client.call(client.contract(params, out["Params"]["abi"]).functions.get("timelock_delay")))
+    timelock = put("Timelock", delay, [], [ZERO_ADDRESS], deployer)
+    treasury = treasury or timelock
     models = put("Models", params)
     registry = put("Registry", token, params)
-    put("Channels", stable, params, models, treasury or deployer)
-    verdicts = put("Verdicts", token, registry, params, treasury or deployer)
+    put("Channels", stable, params, models, treasury)
+    verdicts = put("Verdicts", token, registry, params, treasury)
+    governor = put("Governor", registry, params, timelock)
     deployment = Deployment(
         chain_id=client.chain_id,
         rpc_url=client.rpc_url,
         deploy_block=start_block,
         deployer=deployer,
-        treasury=treasury or deployer,
+        treasury=treasury,
         devnet=devnet,
         contracts=out,
     )
@@ -114,6 +132,7 @@ def deploy_all(
 
     contracts = Contracts(client, deployment)
     contracts.registry.set_verdicts(verdicts)
+    hand_over(client, deployment, governor)
     if devnet and fund:
         for who in fund:
             contracts.stable.mint(who, DEVNET_USD_PER_ACCOUNT)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from allmende.cli import chain, demo, gateway, keys, provider, up, validator
+from allmende.cli import chain, demo, gateway, gov, keys, provider, up, validator
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Allmende: the commons of idle compute.")
 app.add_typer(chain.app, name="chain")
 app.add_typer(keys.app, name="keys")
+app.add_typer(gov.app, name="gov")
 app.command("demo")(demo.demo)
 app.command("provider")(provider.provider)
 app.command("provider-redeem")(provider.provider_redeem)

@@ -13,7 +13,7 @@ from allmende.chain.keys import load_key
 from allmende.config import from_environment
 from allmende.core.errors import AllmendeError
 
-console = Console()
+console = Console(soft_wrap=True)
 T = TypeVar("T")
 
 

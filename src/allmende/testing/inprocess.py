@@ -13,7 +13,7 @@ import boa
 from eth_account import Account
 from eth_utils import keccak
 
-from allmende.contracts import source_path
+from allmende.contracts import ZERO_ADDRESS, source_path
 from allmende.core import Domain
 
 ALM = 10**18
@@ -53,6 +53,8 @@ class System:
     registry: Any
     channels: Any
     verdicts_contract: Any = None
+    timelock: Any = None
+    governor: Any = None
 
     @property
     def voucher_domain(self) -> Domain:
@@ -74,15 +76,21 @@ class System:
                 self.token.approve(self.registry.address, MAX_UINT)
 
 
-def deploy_system(with_verdicts: bool = False) -> System:
+def deploy_system(with_verdicts: bool = False, governed: bool = False) -> System:
     """Deploy ALM, dUSD, Params, Models, Registry and Channels (and, if asked, Verdicts as
-    the Registry's slasher); the deployer stays admin."""
+    the Registry's slasher). With `governed`, also the Timelock and Governor, and hand
+    every admin power to the Timelock; otherwise the deployer stays admin."""
     admin = boa.env.eoa
     treasury = boa.env.generate_address("treasury")
     verdicts = boa.env.generate_address("verdicts")
     token = load("AllmendeToken", 10**9 * ALM, admin)
     stable = load("MockStable")
     params = load("Params")
+    timelock = None
+    if governed:
+        with_verdicts = True
+        timelock = load("Timelock", params.get("timelock_delay"), [], [ZERO_ADDRESS], admin)
+        treasury = timelock.address
     models = load("Models", params.address)
     registry = load("Registry", token.address, params.address)
     channels = load("Channels", stable.address, params.address, models.address, treasury)
@@ -91,4 +99,30 @@ def deploy_system(with_verdicts: bool = False) -> System:
         verdicts_contract = load("Verdicts", token.address, registry.address, params.address, treasury)
         verdicts = verdicts_contract.address
     registry.set_verdicts(verdicts)
-    return System(admin, treasury, verdicts, token, stable, params, models, registry, channels, verdicts_contract)
+    governor = None
+    if timelock is not None:
+        governor = load("Governor", registry.address, params.address, timelock.address)
+        hand_over(timelock, governor, [params, registry, channels, token], admin)
+    return System(
+        admin,
+        treasury,
+        verdicts,
+        token,
+        stable,
+        params,
+        models,
+        registry,
+        channels,
+        verdicts_contract,
+        timelock,
+        governor,
+    )
+
+
+def hand_over(timelock: Any, governor: Any, owned: list[Any], admin: str) -> None:
+    """Governor proposes through the Timelock; the Timelock owns everything; the deployer keeps nothing."""
+    timelock.grantRole(timelock.PROPOSER_ROLE(), governor.address)
+    timelock.grantRole(timelock.CANCELLER_ROLE(), governor.address)
+    for contract in owned:
+        contract.transfer_ownership(timelock.address)
+    timelock.renounceRole(timelock.DEFAULT_ADMIN_ROLE(), admin)
