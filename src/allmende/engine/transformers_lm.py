@@ -185,10 +185,18 @@ class CausalLMEngine(Engine):
         return hidden
 
     @torch.inference_mode()
-    def prefill(self, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass: (final hidden states, logits), one row per position."""
-        out = self.model(input_ids=torch.tensor([token_ids], device=self.device), output_hidden_states=True)
-        return out.hidden_states[-1][0].float(), out.logits[0].float()
+    def prefill(self, token_ids: list[int], bucket: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass: (final hidden states, logits), one row per position.
+
+        The input is padded at the end to a multiple of `bucket`: attention is causal, so
+        padding after the last position changes nothing before it, and a handful of
+        shapes keeps the kernels' per-shape set-up out of every validation."""
+        n = len(token_ids)
+        padded = -(-n // bucket) * bucket
+        pad = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+        ids = torch.tensor([token_ids + [pad] * (padded - n)], device=self.device)
+        out = self.model(input_ids=ids, output_hidden_states=True)
+        return out.hidden_states[-1][0, :n].float(), out.logits[0, :n].float()
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of token ids, exactly as streamed (no special tokens, no space clean-up)."""

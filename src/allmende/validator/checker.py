@@ -44,23 +44,20 @@ class Verdict:
 
 def token_check(logits: torch.Tensor, output_ids: list[int], params: SamplingParams) -> int:
     """Number of output tokens the sampling parameters could not have produced.
-    `logits[i]` is the distribution output token i was drawn from."""
-    bad = 0
-    for i, token in enumerate(output_ids):
-        row = logits[i]
-        if params.temperature == 0.0:
-            if float(row.max() - row[token]) > GREEDY_MARGIN * max(1.0, float(row.abs().max())):
-                bad += 1
-            continue
-        probs = torch.softmax(row / params.temperature, dim=-1)
-        if float(probs[token]) < MIN_TOKEN_PROB:
-            bad += 1
-            continue
-        if params.top_p < 1.0:
-            higher = float(probs[probs > probs[token]].sum())
-            if higher >= min(1.0, params.top_p + NUCLEUS_SLACK):
-                bad += 1
-    return bad
+    `logits[i]` is the distribution output token i was drawn from (vectorised)."""
+    tokens = torch.tensor(output_ids, dtype=torch.long).unsqueeze(1)
+    if params.temperature == 0.0:
+        top = logits.max(dim=-1).values
+        chosen = logits.gather(1, tokens).squeeze(1)
+        scale = logits.abs().max(dim=-1).values.clamp(min=1.0)
+        return int(((top - chosen) > GREEDY_MARGIN * scale).sum())
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    chosen = probs.gather(1, tokens)
+    bad = chosen.squeeze(1) < MIN_TOKEN_PROB
+    if params.top_p < 1.0:
+        higher = (probs * (probs > chosen)).sum(dim=-1)  # mass strictly more likely than the token
+        bad |= higher >= min(1.0, params.top_p + NUCLEUS_SLACK)
+    return int(bad.sum())
 
 
 def verify_completion(

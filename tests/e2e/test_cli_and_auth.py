@@ -1,0 +1,72 @@
+"""`allmende status` on a running network, and a gateway that requires API keys."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from allmende.chain.anvil import free_port
+from tests.e2e.conftest import Network
+
+
+def test_status_reads_the_network_from_chain(network: Network) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "allmende", "status", "--state-dir", str(network.root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "treasury" in done.stdout and network.data["providers"][0]["address"][:10] in done.stdout
+
+
+def test_gateway_with_api_keys_answers_401_for_a_wrong_key(network: Network) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "allmende",
+            "gateway",
+            "--rpc",
+            network.data["rpc_url"],
+            "--key",
+            "devnet:8",
+            "--deployments",
+            network.data["deployments"],
+            "--state-dir",
+            str(network.root / "keyed"),
+            "--port",
+            str(port),
+            "--api-key",
+            "sk-right",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).json()["providers"] > 0:
+                    break
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(0.2)
+        wrong = openai.OpenAI(base_url=url, api_key="sk-wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as info:
+            wrong.models.list()
+        assert info.value.status_code == 401 and info.value.body["code"] == "invalid_api_key"  # type: ignore[index]
+        right = openai.OpenAI(base_url=url, api_key="sk-right", max_retries=0)
+        reply = right.chat.completions.create(
+            model="allmende:tiny", messages=[{"role": "user", "content": "x"}], max_tokens=3
+        )
+        assert reply.usage.completion_tokens <= 3
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
