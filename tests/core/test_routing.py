@@ -91,3 +91,24 @@ def test_consensus_reputation_is_the_clipped_stake_weighted_score() -> None:
     assert consensus_reputation([(2_000, 3), (2_000, 3), (10_000, 4)]) == 0.2
     # a low outlier still pulls the mean down (it is not clipped upwards)
     assert 0.6 < consensus_reputation([(9_000, 5), (9_000, 4), (0, 1)]) < 0.9
+
+
+def test_rate_limiter_allows_burst_then_refills() -> None:
+    from allmende.core.ratelimit import RateLimiter
+
+    limiter = RateLimiter(rate=2.0, burst=3.0)
+    assert [limiter.allow("k", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = limiter.allow("k", 0.0)
+    assert wait == 0.5
+    assert limiter.allow("other", 0.0) == 0.0  # keys are independent
+    assert limiter.allow("k", 0.5) == 0.0  # refilled one token
+
+
+def test_rate_limiter_bounds_its_memory() -> None:
+    from allmende.core.ratelimit import RateLimiter
+
+    limiter = RateLimiter(rate=1.0, burst=1.0, max_keys=10)
+    for i in range(100):
+        limiter.allow(f"k{i}", float(i) / 1000)
+    assert len(limiter._buckets) <= 10
+    assert RateLimiter(rate=0, burst=0).allow("x", 0.0) == 0.0

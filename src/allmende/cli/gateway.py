@@ -22,6 +22,10 @@ def gateway(
     prefer: str = typer.Option("balanced", help="routing preference: balanced, cheapest or fastest"),
     max_price: int = typer.Option(None, help="skip providers above this reference price"),
     api_key: list[str] = typer.Option([], help="accepted API key (repeat); none = open"),
+    rate_limit: float = typer.Option(50.0, help="requests per second per API key (or per client); 0 = off"),
+    rate_burst: float = typer.Option(100.0, help="burst allowance per API key (or per client)"),
+    max_body: int = typer.Option(4 * 1024 * 1024, help="largest request body, bytes"),
+    body_timeout: float = typer.Option(10.0, help="seconds a client may take to send its body"),
 ) -> None:
     """Serve the OpenAI API over the provider network."""
     from allmende.core.routing import RoutingPolicy
@@ -43,7 +47,13 @@ def gateway(
             port=port,
             routing=RoutingPolicy(prefer=prefer, max_price=max_price),  # type: ignore[arg-type]
             channels=ChannelPolicy(deposit=deposit),
-            limits=GatewayLimits(api_keys=frozenset(api_key)),
+            limits=GatewayLimits(
+                api_keys=frozenset(api_key),
+                rate_limit=rate_limit,
+                rate_burst=rate_burst,
+                max_body=max_body,
+                body_timeout=body_timeout,
+            ),
         )
         console.print(f"gateway on http://{host}:{port}/v1")
         serve(config)

@@ -12,6 +12,7 @@ from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.cli.common import console, friendly_errors, resolve_key, usd
 from allmende.config import from_environment
 from allmende.core.errors import InvalidInput
+from allmende.provider.app import Limits
 from allmende.provider.payments import CreditPolicy
 from allmende.provider.settlement import SettlementPolicy
 
@@ -54,6 +55,9 @@ def provider(
     redeem_threshold: int = typer.Option(1_000_000, help="redeem once this much is unredeemed"),
     redeem_interval: float = typer.Option(5.0, help="seconds between settlement checks"),
     stream_tokens_per_s: float = typer.Option(None, help="cap on tokens per second per stream"),
+    rate_limit: float = typer.Option(200.0, help="requests per second per peer; 0 = off"),
+    max_body: int = typer.Option(2 * 1024 * 1024, help="largest request body, bytes"),
+    body_timeout: float = typer.Option(10.0, help="seconds a client may take to send its body"),
     cheat: str = typer.Option(None, hidden=True, help="fault injection for validator tests: int8 | skip-layer"),
 ) -> None:
     """Serve models: load, register, stake, publish offers, then answer encrypted requests."""
@@ -76,6 +80,9 @@ def provider(
             max_concurrency=max_concurrency,
             stream_tokens_per_s=stream_tokens_per_s,
             cheat=cheat,
+            limits=Limits(
+                max_body=max_body, body_timeout=body_timeout, rate_limit=rate_limit, rate_burst=2 * rate_limit
+            ),
             credit=CreditPolicy(credit_limit=credit_limit),
             settlement=SettlementPolicy(threshold=redeem_threshold, interval=redeem_interval),
         )

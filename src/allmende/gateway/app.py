@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from allmende import __version__
+from allmende.core.ratelimit import RateLimiter
 from allmende.gateway.errors import (
     BodyTooLarge,
     GatewayError,
@@ -42,6 +43,9 @@ class GatewayLimits:
     body_timeout: float = 10.0
     # requests in flight before answering 429
     max_in_flight: int = 256
+    # per API key (or per peer address without keys): requests per second and burst; 0 = off
+    rate_limit: float = 50.0
+    rate_burst: float = 100.0
 
 
 async def read_body(request: Request, limits: GatewayLimits) -> dict[str, Any]:
@@ -78,6 +82,13 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
     requests_total = Counter("allmende_gateway_requests", "requests", ["endpoint", "status"], registry=registry)
     in_flight_gauge = Gauge("allmende_gateway_in_flight", "requests in flight", registry=registry)
     state = {"in_flight": 0}
+    limiter = RateLimiter(limits.rate_limit, limits.rate_burst)
+
+    def throttle(request: Request, key: str | None) -> None:
+        who = f"key:{key}" if key else f"peer:{request.client.host if request.client else '?'}"
+        wait = limiter.allow(who, time.monotonic())
+        if wait:
+            raise RateLimited(f"Rate limit reached for this {'API key' if key else 'client'}; retry in {wait:.2f}s.")
 
     @app.exception_handler(Exception)
     async def _any(_: Request, exc: Exception) -> JSONResponse:
@@ -124,6 +135,7 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
     async def handle(request: Request, endpoint: str, kind: str) -> Response:
         try:
             key = api_key(request)
+            throttle(request, key)
             if state["in_flight"] >= limits.max_in_flight:
                 raise RateLimited("The gateway is at capacity; retry shortly.")
             body = await read_body(request, limits)

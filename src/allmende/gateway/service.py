@@ -45,10 +45,15 @@ def validate(kind: str, body: dict[str, Any]) -> None:
                     f"messages[{i}].role must be system, user, assistant, developer or tool", f"messages[{i}].role"
                 )
             content = m.get("content")
-            if isinstance(content, list):  # OpenAI's content parts: keep the text ones
-                texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-                if not all(isinstance(t, str) for t in texts):
-                    raise InvalidRequest(f"messages[{i}].content parts must be text", f"messages[{i}].content")
+            if isinstance(content, list):  # OpenAI's content parts: these models read text only
+                if not content or not all(
+                    isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+                ):
+                    raise InvalidRequest(
+                        f"messages[{i}].content: only text parts are supported by these models",
+                        f"messages[{i}].content",
+                    )
+                texts = [p["text"] for p in content]
                 m["content"] = "".join(str(t) for t in texts)
             elif not isinstance(content, str):
                 raise InvalidRequest(f"messages[{i}].content must be a string", f"messages[{i}].content")
@@ -67,11 +72,28 @@ def validate(kind: str, body: dict[str, Any]) -> None:
             raise InvalidRequest("'input' must be a non-empty string or array of non-empty strings", "input")
         if body.get("encoding_format", "float") not in ("float", "base64"):
             raise InvalidRequest("'encoding_format' must be float or base64", "encoding_format")
+    if "model" in body and not isinstance(body["model"], str):
+        raise InvalidRequest("'model' must be a string", "model")
+    if not isinstance(body.get("stream", False), bool):
+        raise InvalidRequest("'stream' must be a boolean", "stream")
+    options = body.get("stream_options")
+    if options is not None and (
+        not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool)
+    ):
+        raise InvalidRequest("'stream_options' must be an object with a boolean include_usage", "stream_options")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise InvalidRequest("'user' must be a string", "user")
+    if kind == "embedding" and isinstance(body.get("input"), list) and len(body["input"]) > 256:
+        raise InvalidRequest("'input' may hold at most 256 strings", "input")
     if kind != "embedding":
+        seed = body.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+            raise InvalidRequest("'seed' must be a non-negative integer", "seed")
         for name in ("max_tokens", "max_completion_tokens"):
             value = body.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise InvalidRequest(f"'{name}' must be a positive integer", name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**20):
+                raise InvalidRequest(f"'{name}' must be an integer between 1 and 1048576", name)
         for name, low, high in (("temperature", 0, 2), ("top_p", 0, 1)):
             value = body.get(name)
             if value is not None and (

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from allmende import __version__
 from allmende.core.envelope import public_key_bytes
 from allmende.core.errors import AllmendeError, InvalidInput
+from allmende.core.ratelimit import RateLimiter
 from allmende.provider.errors import BadRequest, Overloaded, ProviderError, TooLarge
 from allmende.provider.service import ProviderService
 
@@ -33,6 +34,9 @@ class Limits:
     body_timeout: float = 10.0
     # requests served at once before answering 429
     max_in_flight: int = 64
+    # per peer address: requests per second and burst; 0 = off
+    rate_limit: float = 200.0
+    rate_burst: float = 400.0
 
 
 def error_response(exc: Exception) -> JSONResponse:
@@ -83,6 +87,7 @@ def create_app(service: ProviderService, chain_id: int, limits: Limits | None = 
     latency = Histogram("allmende_provider_latency_seconds", "time to the full answer", ["kind"], registry=registry)
     in_flight = Gauge("allmende_provider_in_flight", "requests being served", registry=registry)
     max_concurrency = limits.max_in_flight
+    limiter = RateLimiter(limits.rate_limit, limits.rate_burst)
 
     @app.exception_handler(Exception)
     async def _any(_: Request, exc: Exception) -> JSONResponse:
@@ -126,6 +131,10 @@ def create_app(service: ProviderService, chain_id: int, limits: Limits | None = 
         kind = "unknown"
         started = time.perf_counter()
         try:
+            peer = request.client.host if request.client else "?"
+            wait = limiter.allow(peer, time.monotonic())
+            if wait:
+                raise Overloaded(f"rate limit for this peer reached: retry in {wait:.2f}s")
             if service.in_flight >= max_concurrency:
                 raise Overloaded("provider at capacity: retry elsewhere")
             envelope = await read_json(request, limits)
