@@ -75,7 +75,7 @@ def measure(requests: int) -> dict[str, Any]:
                 "--rpc-port",
                 str(free_port()),
                 "--provider-port",
-                str(free_port()),
+                "0",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -33,7 +33,6 @@ class Network:
 @pytest.fixture(scope="session")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     root = tmp_path_factory.mktemp("up")
-    base = free_port()
     args = [
         sys.executable,
         "-m",
@@ -48,7 +47,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         "--rpc-port",
         str(free_port()),
         "--provider-port",
-        str(base),
+        "0",
         "--stream-tokens-per-s",
         "40",
     ]

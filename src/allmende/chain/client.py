@@ -129,6 +129,10 @@ class ChainClient:
             base["gas"] = gas
         # build_transaction estimates gas, so a revert surfaces here with its reason
         tx = self.rpc(lambda: build(dict(base)), what)
+        if gas is None:
+            # the estimate holds for the state it saw; concurrent transactions (another node
+            # registering, another batch redeeming) can make ours a little dearer when mined
+            tx["gas"] = int(tx["gas"]) * 5 // 4 + 20_000
         with self._nonce_lock:
             if self._next_nonce is None:
                 self._next_nonce = self.rpc(lambda: self.w3.eth.get_transaction_count(account.address, "pending"))

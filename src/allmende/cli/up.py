@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
-from allmende.chain.anvil import Anvil, devnet_accounts
+from allmende.chain.anvil import Anvil, devnet_accounts, free_port
 from allmende.cli.common import alm, console, friendly_errors, usd
 from allmende.config import from_environment
 from allmende.core.errors import AllmendeError
@@ -49,7 +49,7 @@ def up(
     state_dir: Path = typer.Option(None, help="where logs, databases and network.json go (default .allmende)"),
     port: int = typer.Option(8000, help="gateway port"),
     rpc_port: int = typer.Option(8545, help="anvil port"),
-    provider_port: int = typer.Option(9001, help="port of the first provider (others follow)"),
+    provider_port: int = typer.Option(9001, help="port of the first provider (others follow); 0 = any free ports"),
     stream_tokens_per_s: float = typer.Option(None, help="per-stream token rate cap for the providers"),
     showcase: bool = typer.Option(False, help="once up, send a few requests with the openai client and show them"),
 ) -> None:
@@ -93,7 +93,7 @@ def up(
             provider_rows: list[dict[str, Any]] = []
             for i in range(providers):
                 account = accounts[1 + i]
-                p_port = provider_port + i
+                p_port = provider_port + i if provider_port else free_port()
                 log = run_dir / f"provider-{i + 1}.log"
                 args = [
                     python,

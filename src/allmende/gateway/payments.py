@@ -4,6 +4,7 @@ receipt checked against the price on chain before it is paid."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ class Payments:
         fair = request_cost(r.tokens_in, r.tokens_out, offer.price_in, offer.price_out)
         amount = min(r.amount, fair)
         self.store.record_receipt(
-            r.request_id, provider, channel_id, r.model_id, amount, str(receipt.to_json()), api_key
+            r.request_id, provider, channel_id, r.model_id, amount, json.dumps(receipt.to_json()), api_key
         )
         if r.amount > fair:
             raise Overcharged(f"receipt asks {r.amount}, usage × price on chain is {fair}")
