@@ -183,3 +183,86 @@ def test_good_requests_are_served_after_all_of_this(running: Running, payer: Pay
     metrics = httpx.get(f"{running.provider.url}/metrics").text
     assert 'allmende_provider_requests_total{kind="chat",status="200"}' in metrics
     assert 'status="402"' in metrics and 'status="409"' in metrics
+
+
+# ----------------------------------------------------- more hostile envelopes
+
+
+def sealed(running: Running, plaintext: bytes, request_id: bytes | None = None, address: str | None = None) -> dict:
+    from allmende.core.envelope import seal_request
+
+    rid = request_id or os.urandom(32)
+    env, _ = seal_request(running.info.x25519_key, address or running.info.address, rid, plaintext)
+    return env
+
+
+def plain(running: Running, who: Payer, **overrides: object) -> bytes:
+    import json as _json
+
+    data = {
+        "request_id": None,
+        "model_id": "0x" + tiny_id(running).hex(),
+        "kind": "chat",
+        "body": CHAT,
+        "payer": running.payer.address,
+        "channel_id": "0x" + who.channel.hex(),
+        "voucher": None,
+    }
+    data.update(overrides)
+    return _json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status", "words"),
+    [
+        (lambda e: {**e, "ciphertext": e["ciphertext"][:-4] + "AAAA"}, 400, "does not decrypt"),
+        (lambda e: {**e, "nonce": "AAAA"}, 400, "nonce"),
+        (lambda e: {**e, "enc": "AAAA"}, 400, "enc"),
+        (lambda e: {k: v for k, v in e.items() if k != "ciphertext"}, 400, "ciphertext"),
+        (lambda e: {**e, "request_id": 7}, 400, "request_id"),
+    ],
+    ids=["tampered-ciphertext", "short-nonce", "short-enc", "no-ciphertext", "numeric-request-id"],
+)
+def test_mangled_envelopes(running: Running, payer: Payer, mutate, status: int, words: str) -> None:  # type: ignore[no-untyped-def]
+    reply = post(running, mutate(envelope(running, payer)))
+    assert reply.status_code == status and words in reply.json()["error"]["message"], reply.text
+
+
+def test_envelope_sealed_for_another_provider_address(running: Running, payer: Payer) -> None:
+    rid = os.urandom(32)
+    env = sealed(running, plain(running, payer, request_id="0x" + rid.hex()), rid, address="0x" + "12" * 20)
+    assert_error(post(running, env), 400, "bad_envelope", "does not decrypt")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"request_id": "0x" + "ab" * 32}, "differs"),
+        ({"kind": "image"}, "kind must be"),
+        ({"body": "not an object"}, "body must be"),
+        ({"payer": "nobody"}, "payer"),
+        ({"channel_id": "0x1234"}, "channel_id"),
+        ({"voucher": {"channel_id": "0xzz"}}, "channel_id"),
+        ({"voucher": "yes"}, "voucher must be"),
+        ({"model_id": 5}, "model_id"),
+    ],
+    ids=[
+        "inner-id-differs",
+        "bad-kind",
+        "body-string",
+        "bad-payer",
+        "short-channel",
+        "bad-voucher-hex",
+        "voucher-string",
+        "model-id-number",
+    ],
+)
+def test_malformed_plaintexts(running: Running, payer: Payer, overrides: dict, words: str) -> None:
+    rid = os.urandom(32)
+    data = {"request_id": "0x" + rid.hex(), **overrides}
+    reply = post(running, sealed(running, plain(running, payer, **data), rid))
+    assert 400 <= reply.status_code < 500 and words in reply.json()["error"]["message"], reply.text
+
+
+def test_plaintext_that_is_not_json(running: Running, payer: Payer) -> None:
+    assert_error(post(running, sealed(running, b"\xff\x00 not json")), 400, "bad_request", "not JSON")
