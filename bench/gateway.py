@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +26,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from allmende.chain.anvil import free_port
+from allmende.testing.network import start_network, stop_network
 
 sys.path.insert(0, str(Path(__file__).parent))
 from provider import BODY, direct, percentile
@@ -57,36 +55,9 @@ def measure(requests: int) -> dict[str, Any]:
     out: dict[str, Any] = {"model": "allmende:tiny", "max_tokens": 16, "requests": requests, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        port = free_port()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "allmende",
-                "up",
-                "--providers",
-                "1",
-                "--model",
-                "allmende:tiny",
-                "--state-dir",
-                tmp,
-                "--port",
-                str(port),
-                "--rpc-port",
-                str(free_port()),
-                "--provider-port",
-                "0",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc, network = start_network(root, "--providers", "1", "--model", "allmende:tiny")
         try:
-            deadline = time.monotonic() + 300
-            while not (root / "network.json").exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("allmende up did not start")
-                time.sleep(0.5)
-            url = json.loads((root / "network.json").read_text())["gateway_url"]
+            url = network["gateway_url"]
             for concurrency in (1, 8, 32):
                 for name in ("direct", "gateway"):
                     if name == "direct":
@@ -104,8 +75,7 @@ def measure(requests: int) -> dict[str, Any]:
                         }
                     )
         finally:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=60)
+            stop_network(proc)
     rows = {(r["path"], r["concurrency"]): r for r in out["rows"]}
     out["added_ms_p50"] = round(rows[("gateway", 1)]["p50_ms"] - rows[("direct", 1)]["p50_ms"], 2)
     out["added_ms_p99"] = round(rows[("gateway", 1)]["p99_ms"] - rows[("direct", 1)]["p99_ms"], 2)

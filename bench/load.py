@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,7 +23,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from allmende.chain.anvil import free_port
+from allmende.testing.network import start_network, stop_network
 
 
 def rss_kib(pid: int) -> int:
@@ -39,35 +36,8 @@ def rss_kib(pid: int) -> int:
 def run(clients: int, seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "allmende",
-                "up",
-                "--providers",
-                "3",
-                "--model",
-                "allmende:tiny",
-                "--state-dir",
-                tmp,
-                "--port",
-                str(free_port()),
-                "--rpc-port",
-                str(free_port()),
-                "--provider-port",
-                "0",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc, network = start_network(root, "--providers", "3", "--model", "allmende:tiny")
         try:
-            deadline = time.monotonic() + 300
-            while not (root / "network.json").exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("allmende up did not start")
-                time.sleep(0.5)
-            network = json.loads((root / "network.json").read_text())
             pids = {"gateway": network["gateway_pid"]} | {
                 f"provider-{i + 1}": p["pid"] for i, p in enumerate(network["providers"])
             }
@@ -121,8 +91,7 @@ def run(clients: int, seconds: float) -> dict[str, Any]:
             wall = time.monotonic() - started
             rss_end = {name: rss_kib(pid) for name, pid in pids.items()}
         finally:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=60)
+            stop_network(proc)
     ordered = sorted(latencies)
     growth = max((rss_end[k] - rss_start[k]) / max(rss_start[k], 1) * 100 for k in rss_start)
     return {

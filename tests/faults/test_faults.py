@@ -23,6 +23,7 @@ from openai import OpenAI
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.anvil import free_port
 from allmende.gateway.store import GatewayStore
+from allmende.testing.network import start_network, stop_network
 
 MESSAGES = [{"role": "user", "content": "Erzähl mir von der Allmende."}]
 
@@ -30,43 +31,11 @@ MESSAGES = [{"role": "user", "content": "Erzähl mir von der Allmende."}]
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any]]]:
     root = tmp_path_factory.mktemp("faults")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "allmende",
-            "up",
-            "--providers",
-            "3",
-            "--model",
-            "allmende:tiny",
-            "--state-dir",
-            str(root),
-            "--port",
-            str(free_port()),
-            "--rpc-port",
-            str(free_port()),
-            "--provider-port",
-            "0",
-            "--stream-tokens-per-s",
-            "60",
-        ],
-        stdout=(root / "up.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 300
-    while not (root / "network.json").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError((root / "up.log").read_text()[-3000:])
-        time.sleep(0.5)
+    process, data = start_network(root, "--providers", "3", "--model", "allmende:tiny", "--stream-tokens-per-s", "60")
     try:
-        yield root, json.loads((root / "network.json").read_text())
+        yield root, data
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_network(process)
 
 
 def ask(client: OpenAI, i: int) -> str:

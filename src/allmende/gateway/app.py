@@ -4,7 +4,6 @@ shapes here, the logic in service.py, errors out through `openai_error`."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import struct
@@ -30,6 +29,7 @@ from allmende.gateway.errors import (
     openai_error,
 )
 from allmende.gateway.service import GatewayService, budget_check, validate
+from allmende.httpbody import BodyTooLargeError, BodyTooSlowError, read_limited
 from allmende.provider.client import Answer
 
 
@@ -49,23 +49,12 @@ class GatewayLimits:
 
 
 async def read_body(request: Request, limits: GatewayLimits) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body):
-        raise BodyTooLarge(f"request body larger than {limits.max_body} bytes")
-
-    async def read() -> bytes:
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limits.max_body:
-                raise BodyTooLarge(f"request body larger than {limits.max_body} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     try:
-        raw = await asyncio.wait_for(read(), limits.body_timeout)
-    except TimeoutError:
-        raise InvalidRequest(f"request body not received within {limits.body_timeout:.0f}s") from None
+        raw = await read_limited(request, limits.max_body, limits.body_timeout)
+    except BodyTooLargeError as exc:
+        raise BodyTooLarge(str(exc)) from None
+    except BodyTooSlowError as exc:
+        raise InvalidRequest(str(exc)) from None
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

@@ -22,6 +22,7 @@ from allmende import __version__
 from allmende.core.envelope import public_key_bytes
 from allmende.core.errors import AllmendeError, InvalidInput
 from allmende.core.ratelimit import RateLimiter
+from allmende.httpbody import BodyTooLargeError, BodyTooSlowError, read_limited
 from allmende.provider.errors import BadRequest, Overloaded, ProviderError, TooLarge
 from allmende.provider.service import ProviderService
 
@@ -54,23 +55,12 @@ def error_response(exc: Exception) -> JSONResponse:
 
 
 async def read_json(request: Request, limits: Limits) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body):
-        raise TooLarge(f"request body larger than {limits.max_body} bytes")
-
-    async def read() -> bytes:
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limits.max_body:
-                raise TooLarge(f"request body larger than {limits.max_body} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     try:
-        raw = await asyncio.wait_for(read(), limits.body_timeout)
-    except TimeoutError:
-        raise BadRequest(f"request body not received within {limits.body_timeout:.0f}s") from None
+        raw = await read_limited(request, limits.max_body, limits.body_timeout)
+    except BodyTooLargeError as exc:
+        raise TooLarge(str(exc)) from None
+    except BodyTooSlowError as exc:
+        raise BadRequest(str(exc)) from None
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
