@@ -109,6 +109,36 @@ def infer(
     return Answer(data["output"], data["usage"], _check_receipt(data["receipt"], info, receipt_domain, request_id))
 
 
+class _StreamReader:
+    """Turns the provider's SSE lines into text deltas and one final, checked Answer."""
+
+    def __init__(self, info: ProviderInfo, receipt_domain: Domain, sealer: ResponseSealer, request_id: bytes):
+        self.info, self.receipt_domain, self.sealer, self.request_id = info, receipt_domain, sealer, request_id
+        self.seq, self.event = 0, "message"
+
+    def feed(self, line: str) -> str | Answer | None:
+        if line.startswith("event:"):
+            self.event = line[6:].strip()
+            return None
+        if not line.startswith("data:"):
+            return None
+        payload = json.loads(line[5:])
+        if self.event == "error":
+            err = payload["error"]
+            raise ProviderReplyError(500, err["code"], err["message"])
+        data = json.loads(self.sealer.open(payload, self.seq))
+        self.seq += 1
+        if data.get("done"):
+            output = {
+                "finish_reason": data["finish_reason"],
+                "token_ids": data.get("token_ids", []),
+                "proof": data.get("proof", "0x"),
+            }
+            receipt = _check_receipt(data["receipt"], self.info, self.receipt_domain, self.request_id)
+            return Answer(output, data["usage"], receipt)
+        return str(data["delta"])
+
+
 def infer_stream(
     http: httpx.Client,
     url: str,
@@ -119,31 +149,17 @@ def infer_stream(
     request_id: bytes,
 ) -> Iterator[str | Answer]:
     """Yields text deltas, then one Answer with usage and the checked receipt."""
+    reader = _StreamReader(info, receipt_domain, sealer, request_id)
     with http.stream("POST", f"{url}/v1/infer", json=envelope) as reply:
         if reply.status_code >= 400:
             reply.read()
             _raise_for(reply)
-        seq, event = 0, "message"
         for line in reply.iter_lines():
-            if line.startswith("event:"):
-                event = line[6:].strip()
-                continue
-            if not line.startswith("data:"):
-                continue
-            payload = json.loads(line[5:])
-            if event == "error":
-                err = payload["error"]
-                raise ProviderReplyError(500, err["code"], err["message"])
-            data = json.loads(sealer.open(payload, seq))
-            seq += 1
-            if data.get("done"):
-                yield Answer(
-                    {"finish_reason": data["finish_reason"]},
-                    data["usage"],
-                    _check_receipt(data["receipt"], info, receipt_domain, request_id),
-                )
-                return
-            yield data["delta"]
+            item = reader.feed(line)
+            if item is not None:
+                yield item
+                if isinstance(item, Answer):
+                    return
     raise ProviderReplyError(502, "stream_cut", "stream ended before the final chunk")
 
 
@@ -173,29 +189,15 @@ async def ainfer_stream(
     request_id: bytes,
 ) -> AsyncIterator[str | Answer]:
     """`infer_stream` for asyncio callers: text deltas, then one Answer."""
+    reader = _StreamReader(info, receipt_domain, sealer, request_id)
     async with http.stream("POST", f"{url}/v1/infer", json=envelope) as reply:
         if reply.status_code >= 400:
             await reply.aread()
             _raise_for(reply)
-        seq, event = 0, "message"
         async for line in reply.aiter_lines():
-            if line.startswith("event:"):
-                event = line[6:].strip()
-                continue
-            if not line.startswith("data:"):
-                continue
-            payload = json.loads(line[5:])
-            if event == "error":
-                err = payload["error"]
-                raise ProviderReplyError(500, err["code"], err["message"])
-            data = json.loads(sealer.open(payload, seq))
-            seq += 1
-            if data.get("done"):
-                yield Answer(
-                    {"finish_reason": data["finish_reason"]},
-                    data["usage"],
-                    _check_receipt(data["receipt"], info, receipt_domain, request_id),
-                )
-                return
-            yield data["delta"]
+            item = reader.feed(line)
+            if item is not None:
+                yield item
+                if isinstance(item, Answer):
+                    return
     raise ProviderReplyError(502, "stream_cut", "stream ended before the final chunk")
