@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -24,6 +25,12 @@ def friendly_errors() -> Iterator[None]:
     except AllmendeError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+
+
+def node_logging() -> None:
+    """Long-running nodes log warnings and their own info lines with a timestamp."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("allmende").setLevel(logging.INFO)
 
 
 def resolve_key(spec: str) -> bytes:

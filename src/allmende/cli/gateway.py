@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from allmende.chain import ChainClient, Contracts, Deployment
-from allmende.cli.common import console, friendly_errors, resolve_key
+from allmende.cli.common import console, friendly_errors, node_logging, resolve_key
 from allmende.config import from_environment
 
 
@@ -37,6 +37,7 @@ def gateway(
     if prefer not in ("balanced", "cheapest", "fastest"):
         console.print("[red]error:[/red] --prefer must be balanced, cheapest or fastest")
         raise typer.Exit(2)
+    node_logging()
     with friendly_errors():
         config = GatewayConfig(
             rpc_url=rpc or env.rpc_url,

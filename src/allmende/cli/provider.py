@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from allmende.chain import ChainClient, Contracts, Deployment
-from allmende.cli.common import console, friendly_errors, resolve_key, usd
+from allmende.cli.common import console, friendly_errors, node_logging, resolve_key, usd
 from allmende.config import from_environment
 from allmende.core.errors import InvalidInput
 from allmende.provider.app import Limits
@@ -52,6 +52,7 @@ def provider(
     royalty_bps: int = typer.Option(0, help="royalty for models this node registers"),
     max_concurrency: int = typer.Option(4, help="generations at once per model"),
     credit_limit: int = typer.Option(50_000, help="most a payer may owe before sending a voucher"),
+    channel_ttl: float = typer.Option(30.0, help="seconds a channel's state read from chain is trusted"),
     redeem_threshold: int = typer.Option(1_000_000, help="redeem once this much is unredeemed"),
     redeem_interval: float = typer.Option(5.0, help="seconds between settlement checks"),
     stream_tokens_per_s: float = typer.Option(None, help="cap on tokens per second per stream"),
@@ -65,6 +66,7 @@ def provider(
 
     env = from_environment()
     root = state_dir or env.state_dir / "provider"
+    node_logging()
     with friendly_errors():
         cfg = ProviderConfig(
             rpc_url=rpc or env.rpc_url,
@@ -83,7 +85,7 @@ def provider(
             limits=Limits(
                 max_body=max_body, body_timeout=body_timeout, rate_limit=rate_limit, rate_burst=2 * rate_limit
             ),
-            credit=CreditPolicy(credit_limit=credit_limit),
+            credit=CreditPolicy(credit_limit=credit_limit, ttl=channel_ttl),
             settlement=SettlementPolicy(threshold=redeem_threshold, interval=redeem_interval),
         )
         console.print(f"provider {cfg.endpoint} serving {', '.join(m.name for m in cfg.models)}")

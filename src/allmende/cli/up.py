@@ -51,6 +51,10 @@ def up(
     rpc_port: int = typer.Option(8545, help="anvil port"),
     provider_port: int = typer.Option(9001, help="port of the first provider (others follow); 0 = any free ports"),
     stream_tokens_per_s: float = typer.Option(None, help="per-stream token rate cap for the providers"),
+    provider_option: list[str] = typer.Option(
+        [], help="extra option for every provider, e.g. --provider-option=--redeem-threshold=1 (repeatable)"
+    ),
+    gateway_option: list[str] = typer.Option([], help="extra option for the gateway (repeatable)"),
     showcase: bool = typer.Option(False, help="once up, send a few requests with the openai client and show them"),
 ) -> None:
     """Start anvil, deploy, fund, start N providers and the gateway; Ctrl-C stops everything."""
@@ -117,6 +121,7 @@ def up(
                     args += ["--model", m]
                 if stream_tokens_per_s:
                     args += ["--stream-tokens-per-s", str(stream_tokens_per_s)]
+                args += provider_option
                 proc = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT)
                 children.append((f"provider-{i + 1}", proc))
                 provider_rows.append(
@@ -148,6 +153,7 @@ def up(
                     str(run_dir / "gateway"),
                     "--port",
                     str(port),
+                    *gateway_option,
                 ],
                 stdout=gateway_log.open("ab"),
                 stderr=subprocess.STDOUT,
@@ -163,6 +169,7 @@ def up(
                     time.sleep(0.5)
             network = {
                 "rpc_url": node.url,
+                "anvil_pid": node.process.pid,
                 "chain_id": deployment.chain_id,
                 "contracts": {name: info["address"] for name, info in deployment.contracts.items()},
                 "deployments": str(deployments),

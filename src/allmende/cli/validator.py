@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from allmende.cli.common import console, friendly_errors, resolve_key
+from allmende.cli.common import console, friendly_errors, node_logging, resolve_key
 from allmende.config import from_environment
 
 
@@ -26,6 +26,7 @@ def validator(
     from allmende.validator.node import ValidatorConfig, serve
 
     env = from_environment()
+    node_logging()
     with friendly_errors():
         config = ValidatorConfig(
             rpc_url=rpc or env.rpc_url,

@@ -1,16 +1,23 @@
 """The gateway's side of payment channels: one channel per provider, opened on first
 use, topped up when low; a voucher for everything owed with each request; every
-receipt checked against the price on chain before it is paid."""
+receipt checked against the price on chain before it is paid.
+
+Only opening a channel, and topping up one whose deposit is used up, make a request
+wait for the chain. A top-up at the low-water mark runs in the background while
+requests go on against what is left. While the chain endpoint is unreachable, chain
+work is retried at most every `retry_after` seconds and otherwise fails at once
+(RpcUnavailable), so the router moves on to a provider that has a usable channel."""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from allmende.chain import Contracts
-from allmende.chain.errors import ContractReverted
+from allmende.chain.errors import ChainError, ContractReverted, RpcUnavailable
 from allmende.core import SignedReceipt, SignedVoucher, Voucher, request_cost, sign_voucher
 from allmende.gateway.directory import Offer
 from allmende.gateway.errors import InsufficientFunds
@@ -29,6 +36,10 @@ class ChannelPolicy:
     deposit: int = 10_000_000
     # top up when less than this fraction of the deposit is left
     low_water: float = 0.25
+    # after the chain endpoint failed, seconds before chain work is tried again
+    retry_after: float = 5.0
+    # longest a request waits for another request's chain work on the same channel
+    wait_for_chain: float = 10.0
 
 
 class Payments:
@@ -42,43 +53,84 @@ class Payments:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._allowance_ok = False
+        self._chain_down_until = 0.0
 
     def _lock(self, provider: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(provider.lower(), threading.Lock())
 
     def ready_channel(self, provider: str) -> bytes | None:
-        """The channel to `provider` if it exists and needs no top-up (no chain call, no thread)."""
+        """The channel to `provider` if it exists and has deposit left (no chain call, no
+        waiting); below the low-water mark a top-up starts in the background."""
         known = self.store.channel(provider)
         if known is None:
             return None
         channel_id, deposit = known
-        if deposit - self.store.total_owed(channel_id) < deposit * self.policy.low_water:
+        left = deposit - self.store.total_owed(channel_id)
+        if left <= 0:
             return None
+        if left < deposit * self.policy.low_water:
+            self._top_up_in_background(provider)
         return channel_id
+
+    def _top_up_in_background(self, provider: str) -> None:
+        lock = self._lock(provider)
+        if self.chain_down() or not lock.acquire(blocking=False):
+            return  # a top-up is under way, or the chain is away: a later request retries
+        lock.release()
+
+        def work() -> None:
+            try:
+                self.channel_for(provider)
+            except (ChainError, InsufficientFunds) as exc:
+                log.warning("top-up of the channel to %s deferred: %s", provider, exc)
+
+        threading.Thread(target=work, name="top-up", daemon=True).start()
+
+    def chain_down(self) -> bool:
+        return time.monotonic() < self._chain_down_until
 
     def channel_for(self, provider: str) -> bytes:
         """The channel to `provider`, opened (and topped up) as needed. Blocking: call from a thread."""
-        with self._lock(provider):
-            known = self.store.channel(provider)
-            if known is None:
-                self._ensure_allowance()
-                try:
-                    channel_id = self.contracts.channels.open(provider, self.policy.deposit)
-                except ContractReverted as exc:
-                    raise InsufficientFunds(f"cannot open a payment channel: {exc.reason}") from None
-                self.store.put_channel(provider, channel_id, self.policy.deposit)
-                log.info("opened channel 0x%s to %s", channel_id.hex(), provider)
-                return channel_id
-            channel_id, deposit = known
-            if deposit - self.store.total_owed(channel_id) < deposit * self.policy.low_water:
-                self._ensure_allowance()
-                try:
-                    self.contracts.channels.top_up(channel_id, self.policy.deposit)
-                except ContractReverted as exc:
-                    raise InsufficientFunds(f"cannot top up the payment channel: {exc.reason}") from None
-                self.store.put_channel(provider, channel_id, deposit + self.policy.deposit)
+        if self.chain_down():
+            raise RpcUnavailable("the chain endpoint is unreachable; retrying shortly")
+        try:
+            return self._channel_for(provider)
+        except RpcUnavailable:
+            self._chain_down_until = time.monotonic() + self.policy.retry_after
+            raise
+
+    def _channel_for(self, provider: str) -> bytes:
+        lock = self._lock(provider)
+        if not lock.acquire(timeout=self.policy.wait_for_chain):
+            raise RpcUnavailable("the chain is slow to answer (a transaction for this channel is pending)")
+        try:
+            if self.chain_down():
+                raise RpcUnavailable("the chain endpoint is unreachable; retrying shortly")
+            return self._channel_locked(provider)
+        finally:
+            lock.release()
+
+    def _channel_locked(self, provider: str) -> bytes:
+        known = self.store.channel(provider)
+        if known is None:
+            self._ensure_allowance()
+            try:
+                channel_id = self.contracts.channels.open(provider, self.policy.deposit)
+            except ContractReverted as exc:
+                raise InsufficientFunds(f"cannot open a payment channel: {exc.reason}") from None
+            self.store.put_channel(provider, channel_id, self.policy.deposit)
+            log.info("opened channel 0x%s to %s", channel_id.hex(), provider)
             return channel_id
+        channel_id, deposit = known
+        if deposit - self.store.total_owed(channel_id) < deposit * self.policy.low_water:
+            self._ensure_allowance()
+            try:
+                self.contracts.channels.top_up(channel_id, self.policy.deposit)
+            except ContractReverted as exc:
+                raise InsufficientFunds(f"cannot top up the payment channel: {exc.reason}") from None
+            self.store.put_channel(provider, channel_id, deposit + self.policy.deposit)
+        return channel_id
 
     def _ensure_allowance(self) -> None:
         if not self._allowance_ok:

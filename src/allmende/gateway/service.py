@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from allmende.chain.errors import ChainError
 from allmende.core import Domain, InvalidInput
 from allmende.core.routing import ProviderStats, Router
 from allmende.gateway.directory import Directory, Offer, ProviderEntry
@@ -202,6 +203,9 @@ class GatewayService:
                 stats.record_failure(time.monotonic())
                 last_error = exc
                 continue
+            except ChainError as exc:  # no channel to this provider while the chain is away: not its fault
+                last_error = exc
+                continue
             finally:
                 stats.in_flight -= 1
             stats.record_success(time.monotonic() - started)
@@ -258,6 +262,8 @@ class GatewayService:
                 last_error = exc
             except (httpx.HTTPError, TimeoutError, InvalidInput, OSError) as exc:
                 stats.record_failure(time.monotonic())
+                last_error = exc
+            except ChainError as exc:
                 last_error = exc
             finally:
                 stats.in_flight -= 1

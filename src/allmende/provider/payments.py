@@ -7,21 +7,29 @@ Before a request is served:
   cumulatives together within the deposit;
 - the channel's unpaid balance (earned − vouchers) is within the credit limit.
 Channel state comes from chain and is cached; it is re-read when a voucher would
-exceed the cached deposit (a top-up) or when the cache is older than `ttl`.
+exceed the cached deposit (a top-up), and in the background once the cache is older
+than `ttl` (the request goes on with the cached state meanwhile). So a channel this
+node has seen keeps being served while the chain endpoint is away; only a channel it
+has never seen, or a voucher above the cached deposit, needs the chain, and those are
+answered 503 (try another provider) while it is unreachable.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from allmende.chain.bindings import ChannelRecord
-from allmende.chain.errors import ContractReverted
+from allmende.chain.errors import ChainError, ContractReverted
 from allmende.core import Domain, InvalidSignature, SignedVoucher
 from allmende.provider.errors import BadVoucher, PaymentRequired
 from allmende.provider.store import ChannelState, ProviderStore
+
+log = logging.getLogger("allmende.provider.payments")
 
 
 @dataclass(frozen=True)
@@ -50,16 +58,40 @@ class PaymentGate:
         self.read_channel = read_channel
         self.now = now
         self.policy = policy or CreditPolicy()
+        self._refreshing: set[bytes] = set()
+        self._refreshing_lock = threading.Lock()
 
     def is_cached(self, channel_id: bytes) -> bool:
-        """True when admitting a request on this channel needs no chain read."""
-        cached = self.store.channel(channel_id)
-        return cached is not None and self.now() - cached.refreshed_at < self.policy.ttl
+        """True when admitting a request on this channel needs no chain read (a stale
+        cache is refreshed in the background)."""
+        return self.store.channel(channel_id) is not None
 
     def channel(self, channel_id: bytes, refresh: bool = False) -> ChannelState:
         cached = self.store.channel(channel_id)
-        if cached is not None and not refresh and self.now() - cached.refreshed_at < self.policy.ttl:
+        if cached is not None and not refresh:
+            if self.now() - cached.refreshed_at >= self.policy.ttl:
+                self._refresh_in_background(channel_id)
             return cached
+        return self._read(channel_id)
+
+    def _refresh_in_background(self, channel_id: bytes) -> None:
+        with self._refreshing_lock:
+            if channel_id in self._refreshing:
+                return
+            self._refreshing.add(channel_id)
+
+        def work() -> None:
+            try:
+                self._read(channel_id)
+            except (ChainError, PaymentRequired) as exc:  # keep the cached state; the next request retries
+                log.warning("channel 0x%s not refreshed: %s", channel_id.hex(), exc)
+            finally:
+                with self._refreshing_lock:
+                    self._refreshing.discard(channel_id)
+
+        threading.Thread(target=work, name="channel-refresh", daemon=True).start()
+
+    def _read(self, channel_id: bytes) -> ChannelState:
         try:
             record = self.read_channel(channel_id)
         except ContractReverted:
