@@ -29,11 +29,18 @@ def pick_device() -> str:
 class CausalLMEngine(Engine):
     kind = "generate"
 
-    def __init__(self, name: str, path: Path, max_concurrency: int = 4, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        max_concurrency: int = 4,
+        dtype: torch.dtype = torch.float32,
+        device: str | None = None,  # "cpu", "cuda", ...; default: CUDA when present
+    ) -> None:
         self.name = name
         self.path = Path(path)
         self.model_id = build_manifest(self.path).model_id
-        self.device = pick_device()
+        self.device = device or pick_device()
         self.tokenizer: Any = AutoTokenizer.from_pretrained(self.path)
         loaded: Any = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
         self.model: Any = loaded.to(self.device).eval()

@@ -85,8 +85,10 @@ def generate(engine: CausalLMEngine, prompt_ids: list[int], params: SamplingPara
     return gen.token_ids, gen.proof, time.perf_counter() - start
 
 
-def load(path: Path, dtype: torch.dtype = torch.float32) -> CausalLMEngine:
-    return CausalLMEngine("allmende:tiny", path, dtype=dtype)
+def load(path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> CausalLMEngine:
+    """The tiny model on `device`: the CPU unless asked (the validator, and every CPU variant,
+    stays on the CPU on a machine with CUDA too)."""
+    return CausalLMEngine("allmende:tiny", path, dtype=dtype, device=device)
 
 
 def quantize_int8(engine: CausalLMEngine) -> CausalLMEngine:
@@ -111,6 +113,7 @@ class Harness:
         self.reference = load(self.path)
         self.questions = QUESTIONS[:questions]
         self._tmp = tempfile.TemporaryDirectory()
+        self._gpu: CausalLMEngine | None = None
 
     def prompt(self, question: str, system: str = SYSTEM) -> list[int]:
         return self.reference.prompt_ids("chat", messages(question, system))
@@ -194,7 +197,9 @@ class Harness:
         return variants
 
     def _gpu_claim(self, question: str) -> Claim:
-        gpu = load(self.path)  # picks CUDA when present
+        if self._gpu is None:
+            self._gpu = load(self.path, device="cuda")
+        gpu = self._gpu
         prompt = self.prompt(question)
         out, proof, seconds = generate(gpu, prompt, GREEDY)
         return Claim(prompt, out, proof, GREEDY, seconds)
