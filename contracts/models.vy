@@ -10,6 +10,13 @@
         Lineage (parent models, training datasets) and the license are
         recorded once and never change. A second registration of an id
         is refused.
+
+        Royalties of derived models: a model registered with
+        `register_derived` (e.g. trained by a federated run from a base
+        model) pays its royalty, at the parent's bps, to whoever owns the
+        root of its lineage when the payment is redeemed, not to its own
+        owner. A model registered with `register` and parents only records
+        the lineage and pays its own owner.
 """
 
 from interfaces import IParams
@@ -17,6 +24,8 @@ from interfaces import IParams
 MAX_PARENTS: constant(uint256) = 8
 MAX_DATASETS: constant(uint256) = 8
 BPS: constant(uint256) = 10_000
+# @dev set in a royalty slot when the royalty goes to the lineage's root owner
+DERIVED_FLAG: constant(uint256) = 1 << 95
 
 ROYALTY_CAP_KEY: constant(bytes32) = keccak256("royalty_cap_bps")
 
@@ -55,6 +64,8 @@ _models: HashMap[bytes32, Model]
 _royalty_slot: HashMap[bytes32, uint256]
 model_count: public(uint256)
 model_at: public(HashMap[uint256, bytes32])
+# @dev for derived models: the model whose owner receives the royalty
+royalty_root: public(HashMap[bytes32, bytes32])
 
 
 @deploy
@@ -82,9 +93,52 @@ def register(
     @param metadata_uri Where the model card lives.
     @return address The owner (the caller).
     """
+    assert royalty_bps <= staticcall params.value(ROYALTY_CAP_KEY), "models: royalty above cap"
+    self._register(model_id, license, royalty_bps, parents, datasets, metadata_uri)
+    self._royalty_slot[model_id] = self._pack(msg.sender, royalty_bps)
+    return msg.sender
+
+
+@external
+def register_derived(
+    model_id: bytes32,
+    parent: bytes32,
+    license: String[64],
+    datasets: DynArray[bytes32, MAX_DATASETS],
+    metadata_uri: String[256],
+) -> address:
+    """
+    @notice Registers a model derived from `parent` (fine-tuned, trained
+            further) with the caller as its owner. Its royalty bps are the
+            parent's, and they are paid to the owner of the lineage's root.
+    @param model_id Content address of the model files.
+    @param parent The model it was derived from.
+    @param datasets Dataset ids it was trained on.
+    @return address The owner (the caller).
+    """
+    packed: uint256 = self._royalty_slot[parent]
+    assert self._models[parent].owner != empty(address), "models: unknown parent"
+    root: bytes32 = parent
+    if packed & DERIVED_FLAG != 0:
+        root = self.royalty_root[parent]
+    bps: uint256 = packed & (DERIVED_FLAG - 1)
+    self._register(model_id, license, bps, [parent], datasets, metadata_uri)
+    self._royalty_slot[model_id] = self._pack(msg.sender, bps) | DERIVED_FLAG
+    self.royalty_root[model_id] = root
+    return msg.sender
+
+
+@internal
+def _register(
+    model_id: bytes32,
+    license: String[64],
+    royalty_bps: uint256,
+    parents: DynArray[bytes32, MAX_PARENTS],
+    datasets: DynArray[bytes32, MAX_DATASETS],
+    metadata_uri: String[256],
+):
     assert model_id != empty(bytes32), "models: empty id"
     assert self._models[model_id].owner == empty(address), "models: already registered"
-    assert royalty_bps <= staticcall params.value(ROYALTY_CAP_KEY), "models: royalty above cap"
     for parent: bytes32 in parents:
         assert parent != model_id, "models: own parent"
         assert self._models[parent].owner != empty(address), "models: unknown parent"
@@ -97,7 +151,6 @@ def register(
         metadata_uri=metadata_uri,
         registered_at=block.timestamp,
     )
-    self._royalty_slot[model_id] = self._pack(msg.sender, royalty_bps)
     self.model_at[self.model_count] = model_id
     self.model_count += 1
     log ModelRegistered(
@@ -109,7 +162,6 @@ def register(
         datasets=datasets,
         metadata_uri=metadata_uri,
     )
-    return msg.sender
 
 
 @external
@@ -124,7 +176,8 @@ def transfer(model_id: bytes32, new_owner: address):
     assert owner == msg.sender, "models: not owner"
     assert new_owner != empty(address), "models: zero owner"
     self._models[model_id].owner = new_owner
-    self._royalty_slot[model_id] = self._pack(new_owner, self._models[model_id].royalty_bps)
+    flag: uint256 = self._royalty_slot[model_id] & DERIVED_FLAG
+    self._royalty_slot[model_id] = self._pack(new_owner, self._models[model_id].royalty_bps) | flag
     log ModelTransferred(model_id=model_id, previous_owner=owner, new_owner=new_owner)
 
 
@@ -151,11 +204,15 @@ def owner_of(model_id: bytes32) -> address:
 @view
 def royalty_info(model_id: bytes32) -> (address, uint256):
     """
-    @notice (owner, royalty bps) as registered; (0, 0) for an unknown
-            model, which then pays no royalty.
+    @notice (payee, royalty bps): the owner, or for a derived model the
+            owner of its lineage's root; (0, 0) for an unknown model, which
+            then pays no royalty.
     """
     packed: uint256 = self._royalty_slot[model_id]
-    return convert(convert(packed >> 96, uint160), address), packed & convert(max_value(uint96), uint256)
+    bps: uint256 = packed & (DERIVED_FLAG - 1)
+    if packed & DERIVED_FLAG != 0:
+        packed = self._royalty_slot[self.royalty_root[model_id]]
+    return convert(convert(packed >> 96, uint160), address), bps
 
 
 @internal

@@ -19,6 +19,7 @@ SOURCES = {
     "Verdicts": "verdicts.vy",
     "Timelock": "timelock.vy",
     "Governor": "governor.vy",
+    "Data": "data.vy",
 }
 ZERO_ADDRESS = "0x" + "00" * 20
 

@@ -33,6 +33,7 @@ def test_deployment_json_round_trip(deployment: Deployment, tmp_path: Path) -> N
         "Verdicts",
         "Timelock",
         "Governor",
+        "Data",
     }
     assert data["chain_id"] == 31337 and data["deploy_block"] >= 0
     assert loaded.address("Channels") == deployment.address("Channels")
@@ -42,8 +43,8 @@ def test_deployment_json_round_trip(deployment: Deployment, tmp_path: Path) -> N
 def test_missing_deployment_is_a_typed_error(tmp_path: Path, deployment: Deployment) -> None:
     with pytest.raises(DeploymentNotFound, match="chain deploy"):
         Deployment.load(tmp_path / "nope.json")
-    with pytest.raises(DeploymentNotFound, match="Data"):
-        deployment.address("Data")
+    with pytest.raises(DeploymentNotFound, match="Oracle"):
+        deployment.address("Oracle")
 
 
 def test_devnet_accounts_are_funded(anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]) -> None:

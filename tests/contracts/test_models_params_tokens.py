@@ -44,6 +44,31 @@ def test_transfer_moves_ownership_and_royalties(system: System, base: bytes) -> 
     assert system.models.royalty_info(base) == (STRANGER.address, 500)
 
 
+def test_derived_model_pays_its_royalty_to_the_lineage_root(system: System, base: bytes) -> None:
+    grandchild = keccak(text="grandchild-model")
+    with boa.env.prank(STRANGER.address):
+        system.models.register_derived(CHILD, base, "Apache-2.0", [DATA], "ipfs://child")
+    child = system.models.get(CHILD)
+    assert (child.owner, child.royalty_bps, list(child.parents)) == (STRANGER.address, 500, [base])
+    assert system.models.royalty_root(CHILD) == base
+    assert system.models.royalty_info(CHILD) == (OWNER.address, 500)
+    # a model derived from a derived model still pays the root; transfers follow the owners
+    with boa.env.prank(actor("trainer-2").address):
+        system.models.register_derived(grandchild, CHILD, "Apache-2.0", [], "")
+    assert system.models.royalty_root(grandchild) == base
+    with boa.env.prank(OWNER.address):
+        system.models.transfer(base, actor("heir").address)
+    with boa.env.prank(STRANGER.address):
+        system.models.transfer(CHILD, actor("buyer").address)
+    assert system.models.royalty_info(CHILD) == (actor("heir").address, 500)
+    assert system.models.royalty_info(grandchild) == (actor("heir").address, 500)
+    assert system.models.owner_of(CHILD) == actor("buyer").address
+    with boa.reverts("models: unknown parent"):
+        system.models.register_derived(keccak(text="x"), keccak(text="nope"), "MIT", [], "")
+    with boa.reverts("models: already registered"):
+        system.models.register_derived(CHILD, base, "MIT", [], "")
+
+
 def test_unknown_model_has_no_royalty(system: System) -> None:
     assert system.models.royalty_info(CHILD) == ("0x" + "00" * 20, 0)
     assert system.models.owner_of(CHILD) == "0x" + "00" * 20

@@ -11,6 +11,7 @@ from web3.logs import DISCARD
 
 from allmende.chain.client import ChainClient, SentTransaction
 from allmende.chain.deploy import Deployment
+from allmende.chain.errors import ContractReverted
 from allmende.core import Domain, SignedVoucher
 from allmende.core.errors import AmountOverflow, InvalidInput, UnknownModel
 
@@ -116,6 +117,16 @@ class Models(_Binding):
             raise UnknownModel(f"model 0x{model_id.hex()} is not registered")
         m = self._call("get", model_id)
         return ModelRecord(model_id, m[0], m[1], int(m[2]), list(m[3]), list(m[4]), m[5], int(m[6]))
+
+    def register_derived(
+        self, model_id: bytes, parent: bytes, license: str, datasets: list[bytes] | None = None, metadata_uri: str = ""
+    ) -> SentTransaction:
+        """A model derived from `parent`: its royalty (the parent's bps) goes to the lineage's root owner."""
+        return self._tx("register_derived", model_id, parent, license, datasets or [], metadata_uri)
+
+    def royalty_info(self, model_id: bytes) -> tuple[str, int]:
+        payee, bps = self._call("royalty_info", model_id)
+        return str(payee), int(bps)
 
     def transfer(self, model_id: bytes, new_owner: str) -> SentTransaction:
         return self._tx("transfer", model_id, new_owner)
@@ -380,6 +391,151 @@ class Governor(_Binding):
         return self._tx("execute", proposal_id)
 
 
+TEMPLATE_EVALUATE = 1
+TEMPLATE_FEDERATED_ROUND = 2
+TEMPLATE_AGGREGATE = 3
+TEMPLATES = {
+    "evaluate": TEMPLATE_EVALUATE,
+    "federated_round": TEMPLATE_FEDERATED_ROUND,
+    "aggregate": TEMPLATE_AGGREGATE,
+}
+MICRO_EPSILON = 1_000_000  # the Data contract counts epsilon in millionths
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    dataset_id: bytes
+    owner: str
+    vault: str
+    license: str
+    policy_uri: str
+    registered_at: int
+    accesses: int
+
+
+@dataclass(frozen=True)
+class GrantRecord:
+    grant_id: int
+    dataset_id: bytes
+    grantee: str
+    template: int
+    model_ids: list[bytes]
+    expires_at: int
+    epsilon_budget: int
+    epsilon_spent: int
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class AccessRecord:
+    grant_id: int
+    job_id: bytes
+    model_id: bytes
+    result_hash: bytes
+    epsilon_spent: int
+    at: int
+
+
+@dataclass(frozen=True)
+class AttestationRecord:
+    validator: str
+    job_id: bytes
+    metric: str
+    value_ppm: int
+    report_hash: bytes
+    at: int
+
+
+class Data(_Binding):
+    """Datasets, grants with a privacy budget (epsilon in millionths), the access log, attestations."""
+
+    name = "Data"
+
+    def register_dataset(self, dataset_id: bytes, vault: str, license: str, policy_uri: str = "") -> SentTransaction:
+        return self._tx("register_dataset", dataset_id, vault, license, policy_uri)
+
+    def set_vault(self, dataset_id: bytes, vault: str) -> SentTransaction:
+        return self._tx("set_vault", dataset_id, vault)
+
+    def dataset(self, dataset_id: bytes) -> DatasetRecord:
+        d = self._call("dataset", dataset_id)
+        return DatasetRecord(dataset_id, d[0], d[1], d[2], d[3], int(d[4]), int(d[5]))
+
+    def is_registered(self, dataset_id: bytes) -> bool:
+        try:
+            self.dataset(dataset_id)
+        except ContractReverted:
+            return False
+        return True
+
+    def grant(
+        self,
+        dataset_id: bytes,
+        grantee: str,
+        template: int,
+        model_ids: list[bytes],
+        expires_at: int,
+        epsilon_budget: int,
+    ) -> int:
+        """Grant access; returns the grant id (from the AccessGranted event)."""
+        sent = self._tx(
+            "grant",
+            dataset_id,
+            grantee,
+            template,
+            model_ids,
+            _amount(expires_at, "expires_at"),
+            _amount(epsilon_budget, "epsilon_budget"),
+        )
+        events = self.contract.events.AccessGranted().process_receipt(sent.receipt, errors=DISCARD)
+        return int(events[0]["args"]["grant_id"])
+
+    def revoke(self, grant_id: int) -> SentTransaction:
+        return self._tx("revoke", grant_id)
+
+    def get_grant(self, grant_id: int) -> GrantRecord:
+        g = self._call("get_grant", grant_id)
+        return GrantRecord(
+            grant_id,
+            bytes(g[0]),
+            g[1],
+            int(g[2]),
+            [bytes(m) for m in g[3]],
+            int(g[4]),
+            int(g[5]),
+            int(g[6]),
+            bool(g[7]),
+        )
+
+    def permits(self, grant_id: int, grantee: str, template: int, model_id: bytes, epsilon: int) -> bool:
+        return bool(self._call("permits", grant_id, grantee, template, model_id, _amount(epsilon, "epsilon")))
+
+    def record_access(
+        self, grant_id: int, job_id: bytes, model_id: bytes, result_hash: bytes, epsilon: int
+    ) -> SentTransaction:
+        return self._tx("record_access", grant_id, job_id, model_id, result_hash, _amount(epsilon, "epsilon"))
+
+    def accesses(self, dataset_id: bytes) -> list[AccessRecord]:
+        count = self.dataset(dataset_id).accesses
+        out = []
+        for i in range(count):
+            a = self._call("access_at", dataset_id, i)
+            out.append(AccessRecord(int(a[0]), bytes(a[1]), bytes(a[2]), bytes(a[3]), int(a[4]), int(a[5])))
+        return out
+
+    def attest(
+        self, model_id: bytes, job_id: bytes, metric: str, value_ppm: int, report_hash: bytes
+    ) -> SentTransaction:
+        return self._tx("attest", model_id, job_id, metric, _amount(value_ppm, "value_ppm"), report_hash)
+
+    def attestations(self, model_id: bytes) -> list[AttestationRecord]:
+        out = []
+        for i in range(int(self._call("attestation_count", model_id))):
+            a = self._call("attestation_at", model_id, i)
+            out.append(AttestationRecord(a[0], bytes(a[1]), a[2], int(a[3]), bytes(a[4]), int(a[5])))
+        return out
+
+
 class Contracts:
     """All bindings of one deployment, for one client (one signing account)."""
 
@@ -394,3 +550,4 @@ class Contracts:
         self.channels = Channels(client, deployment)
         self.verdicts = Verdicts(client, deployment)
         self.governor = Governor(client, deployment)
+        self.data = Data(client, deployment)

@@ -92,7 +92,7 @@ def deploy_all(
     fund: list[str] | None = None,
 ) -> Deployment:
     """Compile and deploy ALM, (devnet) dUSD, Params, Timelock, Models, Registry, Channels,
-    Verdicts and Governor, then hand every admin power to the Timelock (the treasury too,
+    Verdicts, Governor and Data, then hand every admin power to the Timelock (the treasury too,
     unless `treasury` names another address). On a devnet, every address in `fund`
     receives ALM and dUSD from the deployer's initial supply.
     """
@@ -119,6 +119,7 @@ def deploy_all(
     put("Channels", stable, params, models, treasury)
     verdicts = put("Verdicts", token, registry, params, treasury)
     governor = put("Governor", registry, params, timelock)
+    put("Data", registry)
     deployment = Deployment(
         chain_id=client.chain_id,
         rpc_url=client.rpc_url,

@@ -55,6 +55,7 @@ class System:
     verdicts_contract: Any = None
     timelock: Any = None
     governor: Any = None
+    data: Any = None
 
     @property
     def voucher_domain(self) -> Domain:
@@ -103,6 +104,7 @@ def deploy_system(with_verdicts: bool = False, governed: bool = False) -> System
     if timelock is not None:
         governor = load("Governor", registry.address, params.address, timelock.address)
         hand_over(timelock, governor, [params, registry, channels, token], admin)
+    data = load("Data", registry.address)
     return System(
         admin,
         treasury,
@@ -116,6 +118,7 @@ def deploy_system(with_verdicts: bool = False, governed: bool = False) -> System
         verdicts_contract,
         timelock,
         governor,
+        data,
     )
 
 
