@@ -134,19 +134,26 @@ class ChainClient:
             # registering, another batch redeeming) can make ours a little dearer when mined
             tx["gas"] = int(tx["gas"]) * 5 // 4 + 20_000
         with self._nonce_lock:
-            if self._next_nonce is None:
-                self._next_nonce = self.rpc(lambda: self.w3.eth.get_transaction_count(account.address, "pending"))
-            tx["nonce"] = self._next_nonce
-            signed = account.sign_transaction(tx)
-            try:
-                tx_hash = self.rpc(lambda: self.w3.eth.send_raw_transaction(signed.raw_transaction), what)
-            except Web3RPCError as exc:
-                self._next_nonce = None  # resynchronise from the node next time
-                raise TransactionFailed(f"{what}: node refused the transaction: {revert_reason(exc)}") from None
-            except RpcUnavailable:
-                self._next_nonce = None
-                raise
-            self._next_nonce += 1
+            for attempt in range(3):
+                if self._next_nonce is None:
+                    self._next_nonce = self.rpc(lambda: self.w3.eth.get_transaction_count(account.address, "pending"))
+                tx["nonce"] = self._next_nonce
+                signed = account.sign_transaction(tx)
+                try:
+                    raw = signed.raw_transaction
+                    tx_hash = self.rpc(lambda: self.w3.eth.send_raw_transaction(raw), what)  # noqa: B023
+                    break
+                except Web3RPCError as exc:
+                    self._next_nonce = None  # resynchronise from the node
+                    reason = revert_reason(exc)
+                    # another process sent with the same key meanwhile: take the next free nonce
+                    if "nonce too low" in reason.lower() and attempt < 2:
+                        continue
+                    raise TransactionFailed(f"{what}: node refused the transaction: {reason}") from None
+                except RpcUnavailable:
+                    self._next_nonce = None
+                    raise
+            self._next_nonce = int(tx["nonce"]) + 1
         return self.wait(tx_hash.to_0x_hex(), what)
 
     def wait(self, tx_hash: str, what: str = "") -> SentTransaction:

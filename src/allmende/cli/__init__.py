@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from allmende.cli import chain, demo, gateway, gov, keys, provider, up, validator
+from allmende.cli import chain, demo, gateway, gov, keys, provider, up, validator, vault
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Allmende: the commons of idle compute.")
 app.add_typer(chain.app, name="chain")
@@ -19,6 +19,8 @@ app.command("gateway-close")(gateway.gateway_close)
 app.command("up")(up.up)
 app.command("status")(up.status)
 app.command("validator")(validator.validator)
+app.command("vault")(vault.vault)
+app.add_typer(vault.data_app, name="data")
 
 
 def main() -> None:

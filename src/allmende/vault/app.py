@@ -1,0 +1,89 @@
+"""The vault's HTTP API: /v1/info, /v1/jobs, /v1/flower, /healthz.
+
+Errors leave as `{"error": {"code", "message"}}` with a 4xx status. Requests are
+signed by the grantee (see `allmende.vault.auth`); bodies are size- and time-limited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from allmende import __version__
+from allmende.chain.errors import ChainError
+from allmende.core.errors import AllmendeError
+from allmende.httpbody import BodyTooLargeError, BodyTooSlowError, read_limited
+from allmende.vault.auth import HEADER, signer_of
+from allmende.vault.errors import BadJob, VaultError
+from allmende.vault.flower import VaultFlower
+from allmende.vault.service import VaultService, _bytes32
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    if isinstance(exc, VaultError):
+        status, code = exc.status, exc.code
+    elif isinstance(exc, (BodyTooLargeError, BodyTooSlowError)):
+        status, code = 413 if isinstance(exc, BodyTooLargeError) else 408, "bad_body"
+    elif isinstance(exc, ChainError):
+        status, code = 503, exc.code
+    elif isinstance(exc, AllmendeError):
+        status, code = 400, exc.code
+    else:
+        status, code = 500, "internal_error"
+    message = str(exc) if status < 500 or isinstance(exc, AllmendeError) else "internal error"
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def create_app(service: VaultService, max_body: int = 16 * 1024 * 1024, body_timeout: float = 30.0) -> FastAPI:
+    app = FastAPI(title="Allmende vault", version=__version__, docs_url=None, redoc_url=None)
+    flower = VaultFlower(service)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True, "datasets": len(service.tables)}
+
+    @app.get("/v1/info")
+    async def info() -> dict[str, Any]:
+        return service.info()
+
+    @app.post("/v1/jobs")
+    async def jobs(request: Request) -> Response:
+        try:
+            body = await read_limited(request, max_body, body_timeout)
+            signer = signer_of(body, request.headers.get(HEADER))
+            try:
+                parsed = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise BadJob("the body is not JSON") from None
+            if not isinstance(parsed, dict):
+                raise BadJob("the body must be a JSON object")
+            result = await asyncio.to_thread(service.run_job, parsed, signer)
+            return JSONResponse(result)
+        except Exception as exc:
+            return error_response(exc)
+
+    @app.post("/v1/flower")
+    async def flower_message(request: Request) -> Response:
+        try:
+            body = await read_limited(request, max_body, body_timeout)
+            signer = signer_of(body, request.headers.get(HEADER))
+            grant = request.headers.get("x-allmende-grant", "")
+            if not grant.isdigit():
+                raise BadJob("x-allmende-grant must name the grant")
+            dataset_id = _bytes32(request.headers.get("x-allmende-dataset"), "x-allmende-dataset")
+            service.table(dataset_id)
+            try:
+                reply = await asyncio.to_thread(flower.handle, body, signer, int(grant), dataset_id)
+            except VaultError:
+                raise
+            except (ValueError, KeyError, TypeError) as exc:
+                raise BadJob(f"not a Flower message this vault can run: {exc}") from None
+            return Response(reply, media_type="application/x-protobuf")
+        except Exception as exc:
+            return error_response(exc)
+
+    return app

@@ -1,0 +1,44 @@
+"""Typed errors of the vault; each leaves the HTTP API as {"error": {"code", "message"}}."""
+
+from __future__ import annotations
+
+from allmende.core.errors import AllmendeError
+
+
+class VaultError(AllmendeError):
+    status = 400
+    code = "vault_error"
+
+
+class BadJob(VaultError):
+    code = "bad_job"
+
+
+class TemplateNotAllowed(VaultError):
+    """Only the job templates run; anything else (rows, exports, code) is refused."""
+
+    status = 403
+    code = "template_not_allowed"
+
+
+class AccessDenied(VaultError):
+    """No grant on chain permits this job (grantee, template, model, expiry, revocation)."""
+
+    status = 403
+    code = "access_denied"
+
+
+class BudgetExceeded(VaultError):
+    """The job would spend more epsilon than the grant has left; it did not run."""
+
+    status = 403
+    code = "privacy_budget_exceeded"
+
+
+class UnknownDataset(VaultError):
+    status = 404
+    code = "unknown_dataset"
+
+
+class BadDataFile(VaultError):
+    code = "bad_data_file"

@@ -1,0 +1,195 @@
+"""A small torch classifier, its content address, and training with differential privacy.
+
+A model is a spec (`inputs`, `hidden`, `classes`; hidden = 0 is logistic regression)
+plus its parameters as numpy arrays. Saved to a folder (`spec.json`, `weights.npz`)
+its id is the folder's manifest hash, like every other model id in Allmende.
+
+Training in a vault is full-batch DP gradient descent (Abadi et al.'s per-example
+clipping with Gaussian noise, without subsampling): every step clips each row's
+gradient to `clip`, sums, adds N(0, (noise·clip)²) and divides by the row count. One
+step is the Gaussian mechanism with sensitivity `clip` under adding or removing a
+row, so it is ρ = 1 / (2·noise²) zero-concentrated DP; steps compose by adding ρ, and
+ρ converts to (ε, δ) as ε = ρ + 2·sqrt(ρ·ln(1/δ)) (Bun & Steinke 2016).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from allmende.core.manifest import model_id_of
+
+MICRO = 1_000_000  # epsilon is counted in millionths on chain
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    inputs: int
+    classes: int
+    hidden: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"inputs": self.inputs, "hidden": self.hidden, "classes": self.classes}
+
+    @classmethod
+    def from_json(cls, data: object) -> ModelSpec:
+        if not isinstance(data, dict):
+            raise ValueError("model spec must be an object")
+        values = {k: data.get(k, 0 if k == "hidden" else None) for k in ("inputs", "hidden", "classes")}
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 4096 for v in values.values()):
+            raise ValueError("model spec needs integer inputs, classes (and hidden) in [0, 4096]")
+        if values["inputs"] == 0 or values["classes"] < 2:  # type: ignore[operator]
+            raise ValueError("model spec needs inputs ≥ 1 and classes ≥ 2")
+        return cls(int(values["inputs"]), int(values["classes"]), int(values["hidden"]))  # type: ignore[arg-type]
+
+    def module(self) -> nn.Module:
+        if self.hidden:
+            return nn.Sequential(nn.Linear(self.inputs, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.classes))
+        return nn.Sequential(nn.Linear(self.inputs, self.classes))
+
+    def init(self, seed: int = 0) -> list[np.ndarray]:
+        torch.manual_seed(seed)
+        return [p.detach().double().numpy().copy() for p in self.module().parameters()]
+
+
+def _module_with(spec: ModelSpec, params: list[np.ndarray]) -> nn.Module:
+    module = spec.module().double()
+    shapes = [tuple(p.shape) for p in module.parameters()]
+    if [tuple(np.shape(a)) for a in params] != shapes:
+        raise ValueError(f"parameters do not fit the spec: expected shapes {shapes}")
+    with torch.no_grad():
+        for p, a in zip(module.parameters(), params, strict=True):
+            p.copy_(torch.from_numpy(np.asarray(a, dtype=np.float64)))
+    return module
+
+
+def predict(spec: ModelSpec, params: list[np.ndarray], features: np.ndarray) -> np.ndarray:
+    """Class probabilities, (rows, classes)."""
+    module = _module_with(spec, params)
+    with torch.no_grad():
+        logits = module(torch.from_numpy(np.asarray(features, dtype=np.float64)))
+        return torch.softmax(logits, dim=1).numpy()
+
+
+def train(
+    spec: ModelSpec,
+    params: list[np.ndarray],
+    features: np.ndarray,
+    labels: np.ndarray,
+    steps: int,
+    lr: float,
+    clip: float | None = None,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Full-batch gradient descent; with `clip`, DP-GD (per-row clipping, Gaussian noise)."""
+    module = _module_with(spec, params)
+    x = torch.from_numpy(np.asarray(features, dtype=np.float64))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    names = [n for n, _ in module.named_parameters()]
+    generator = torch.Generator().manual_seed(seed)
+    loss_fn = nn.functional.cross_entropy
+
+    def row_loss(weights: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(module, weights, (xi.unsqueeze(0),))
+        return loss_fn(out, yi.unsqueeze(0))
+
+    per_row = vmap(grad(row_loss), in_dims=(None, 0, 0))
+    weights = {n: p.detach().clone() for n, p in module.named_parameters()}
+    rows = max(1, x.shape[0])
+    for _ in range(steps):
+        if clip is None:
+            weights_req = {n: w.requires_grad_(True) for n, w in weights.items()}
+            loss = loss_fn(functional_call(module, weights_req, (x,)), y)
+            grads = torch.autograd.grad(loss, [weights_req[n] for n in names])
+            update = dict(zip(names, grads, strict=True))
+            weights = {n: (w - lr * update[n]).detach() for n, w in weights.items()}
+            continue
+        g = per_row(weights, x, y)  # name -> (rows, *shape)
+        norms = torch.sqrt(sum(g[n].reshape(g[n].shape[0], -1).pow(2).sum(1) for n in names))
+        scale = torch.clamp(clip / (norms + 1e-12), max=1.0)
+        new = {}
+        for n in names:
+            summed = (g[n] * scale.view(-1, *([1] * (g[n].dim() - 1)))).sum(0)
+            noisy = summed + torch.randn(summed.shape, generator=generator, dtype=summed.dtype) * noise * clip
+            new[n] = weights[n] - lr * noisy / rows
+        weights = new
+    return [weights[n].detach().numpy().copy() for n in names]
+
+
+def accuracy(spec: ModelSpec, params: list[np.ndarray], features: np.ndarray, labels: np.ndarray) -> float:
+    if features.shape[0] == 0:
+        return 0.0
+    return float((predict(spec, params, features).argmax(1) == labels).mean())
+
+
+# ------------------------------------------------------------ accounting
+
+
+def rho_of(steps: int, noise: float) -> float:
+    """zCDP cost of `steps` full-batch DP-GD steps with noise multiplier `noise`."""
+    if steps == 0:
+        return 0.0
+    if noise <= 0:
+        return math.inf
+    return steps / (2.0 * noise * noise)
+
+
+def epsilon_of(rho: float, delta: float) -> float:
+    """(ε, δ)-DP implied by ρ-zCDP."""
+    if rho == 0:
+        return 0.0
+    return rho + 2.0 * math.sqrt(rho * math.log(1.0 / delta))
+
+
+def micro_epsilon(eps: float) -> int:
+    """Epsilon in the chain's integer units, rounded up (never under-charge)."""
+    if math.isinf(eps):
+        raise ValueError("training without noise has no finite epsilon")
+    return math.ceil(eps * MICRO - 1e-9)
+
+
+# --------------------------------------------------------- serialisation
+
+
+def params_to_bytes(params: list[np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, *[np.asarray(p, dtype=np.float64) for p in params])
+    return buffer.getvalue()
+
+
+def params_from_bytes(data: bytes) -> list[np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as f:
+        return [f[f"arr_{i}"] for i in range(len(f.files))]
+
+
+def save_model(folder: str | Path, spec: ModelSpec, params: list[np.ndarray]) -> bytes:
+    """Write the model's files; returns its content-addressed id."""
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "spec.json").write_text(json.dumps(spec.to_json(), sort_keys=True) + "\n")
+    (root / "weights.npz").write_bytes(params_to_bytes(params))
+    return model_id_of(root)
+
+
+def load_model(folder: str | Path) -> tuple[ModelSpec, list[np.ndarray], bytes]:
+    root = Path(folder)
+    spec = ModelSpec.from_json(json.loads((root / "spec.json").read_text()))
+    params = params_from_bytes((root / "weights.npz").read_bytes())
+    return spec, params, model_id_of(root)
+
+
+def model_id(spec: ModelSpec, params: list[np.ndarray]) -> bytes:
+    """The id `save_model` would give, without touching the disk."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return save_model(tmp, spec, params)

@@ -1,0 +1,57 @@
+"""Starting a vault: load the datasets, register the unregistered ones on chain with
+this key as their vault, serve the HTTP API."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.vault.datasets import Table, load_table
+from allmende.vault.service import VaultPolicy, VaultService
+from allmende.vault.store import VaultStore
+
+log = logging.getLogger("allmende.vault")
+
+
+@dataclass
+class VaultConfig:
+    rpc_url: str
+    key: bytes
+    deployments: Path
+    data: list[Path]
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 9500
+    label: str = "label"
+    license: str = "proprietary"
+    policy_uri: str = ""
+    policy: VaultPolicy = field(default_factory=VaultPolicy)
+
+
+def build(config: VaultConfig) -> tuple[Any, VaultService]:
+    from allmende.vault.app import create_app
+
+    contracts = Contracts(ChainClient(config.rpc_url, config.key), Deployment.load(config.deployments))
+    tables: list[Table] = [load_table(p, config.label) for p in config.data]
+    for table in tables:
+        if not contracts.data.is_registered(table.dataset_id):
+            contracts.data.register_dataset(
+                table.dataset_id, contracts.client.address, config.license, config.policy_uri
+            )
+            log.info("registered dataset %s as 0x%s", table.name, table.dataset_id.hex())
+        else:
+            record = contracts.data.dataset(table.dataset_id)
+            if record.vault.lower() != contracts.client.address.lower():
+                log.warning("dataset %s is registered with another vault key (%s)", table.name, record.vault)
+    service = VaultService(tables, contracts, VaultStore(config.state_dir / "vault.db"), config.policy)
+    return create_app(service), service
+
+
+def serve(config: VaultConfig) -> None:
+    import uvicorn
+
+    app, _ = build(config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")

@@ -1,0 +1,334 @@
+"""Compute-to-data on anvil: scikit-learn's digits split across 3 vault processes
+(CSV, JSONL, Parquet), federated training with Flower SecAgg+ and DP, a validator's
+held-out attestation, and the lineage on chain."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from eth_utils import keccak
+from sklearn.datasets import load_digits
+
+from allmende.chain import ChainClient, Contracts
+from allmende.chain.anvil import Anvil, DevnetAccount, devnet_accounts, free_port
+from allmende.chain.bindings import TEMPLATES
+from allmende.chain.deploy import Deployment, deploy_all
+from allmende.vault.auth import HEADER, sign_body
+from allmende.vault.datasets import load_table, write_table
+from allmende.vault.flower import FederatedConfig, Participant, VaultRefused, run_federated
+from allmende.vault.model import MICRO, ModelSpec, accuracy, save_model, train
+from allmende.vault.service import model_payload
+
+SPEC = ModelSpec(64, 10)
+FORMATS = (".csv", ".jsonl", ".parquet")
+CONFIG = FederatedConfig(rounds=3, steps=25, lr=2.0, noise=2.0, clipping_norm=5.0, secagg=True)
+
+
+@dataclass
+class Vault:
+    url: str
+    account: DevnetAccount
+    dataset_id: bytes
+    path: Path
+    process: subprocess.Popen[bytes]
+
+
+@dataclass
+class World:
+    contracts: dict[str, Contracts]  # by role
+    accounts: dict[str, DevnetAccount]
+    vaults: list[Vault]
+    heldout_id: bytes
+    heldout: tuple[np.ndarray, np.ndarray]
+    base_params: list[np.ndarray]
+    base_id: bytes
+    root: Path
+
+
+def signed_post(url: str, key: bytes, payload: dict[str, Any]) -> httpx.Response:
+    body = json.dumps(payload).encode()
+    return httpx.post(url + "/v1/jobs", content=body, headers={HEADER: sign_body(key, body)}, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("vaults")
+    accounts = devnet_accounts(10)
+    node = Anvil(port=free_port(), log_file=root / "anvil.log")
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        deployment = deploy_all(ChainClient(node.url, accounts[0].key), fund=[a.address for a in accounts])
+        deployments = root / "deployments.json"
+        deployment.save(deployments)
+        roles = {"model_owner": accounts[1], "coordinator": accounts[2], "validator": accounts[3]}
+        contracts = {r: Contracts(ChainClient(node.url, a.key), Deployment.load(deployments)) for r, a in roles.items()}
+
+        x, y = load_digits(return_X_y=True)
+        x = x / 16.0
+        order = np.random.default_rng(7).permutation(len(y))
+        x, y = x[order], y[order]
+        public, parts, heldout = (x[:60], y[:60]), np.array_split(np.arange(60, 1400), 3), (x[1400:], y[1400:])
+        columns = [f"px{i}" for i in range(64)]
+
+        # the base model: trained on a small public slice, registered by its owner with a 5 % royalty
+        base_params = train(SPEC, SPEC.init(0), public[0], public[1], steps=40, lr=1.0)
+        base_id = save_model(root / "base-model", SPEC, base_params)
+        contracts["model_owner"].models.register(base_id, "Apache-2.0", 500, [], [], "file://base-model")
+
+        vaults = []
+        for i, (index, suffix) in enumerate(zip(parts, FORMATS, strict=True)):
+            account = accounts[4 + i]
+            files = [write_table(root / f"hospital-{i}{suffix}", columns, x[index], y[index])]
+            if i == 0:  # vault 0 also holds the held-out set the validator evaluates on
+                files.append(write_table(root / "heldout.csv", columns, heldout[0], heldout[1]))
+            port = free_port()
+            args = [
+                sys.executable,
+                "-m",
+                "allmende",
+                "vault",
+                "--rpc",
+                node.url,
+                "--key",
+                f"devnet:{account.index}",
+                "--deployments",
+                str(deployments),
+                "--state-dir",
+                str(root / f"vault-{i}"),
+                "--port",
+                str(port),
+                "--min-noise",
+                str(CONFIG.noise),
+                "--license",
+                "CC-BY-NC-4.0",
+            ]
+            for f in files:
+                args += ["--data", str(f)]
+            log = (root / f"vault-{i}.log").open("wb")
+            processes.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
+            vaults.append(
+                Vault(f"http://127.0.0.1:{port}", account, load_table(files[0]).dataset_id, files[0], processes[-1])
+            )
+        for v in vaults:
+            for _ in range(600):
+                try:
+                    if httpx.get(v.url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if v.process.poll() is not None:
+                    raise RuntimeError((root / "vault-0.log").read_text()[-3000:])
+                time.sleep(0.1)
+        heldout_id = load_table(root / "heldout.csv").dataset_id
+        yield World(
+            contracts,
+            {**roles, **{f"vault{i}": v.account for i, v in enumerate(vaults)}},
+            vaults,
+            heldout_id,
+            heldout,
+            base_params,
+            base_id,
+            root,
+        )
+    finally:
+        for p in processes:
+            p.terminate()
+        for p in processes:
+            p.wait(timeout=20)
+        node.stop()
+
+
+def owner_contracts(world: World, i: int) -> Contracts:
+    c = world.contracts["model_owner"]
+    return Contracts(ChainClient(c.client.rpc_url, world.vaults[i].account.key), c.deployment)
+
+
+def grant(
+    world: World, i: int, grantee: str, template: str, models: list[bytes], epsilon: float, dataset: bytes | None = None
+) -> int:
+    c = owner_contracts(world, i)
+    expires = c.client.timestamp() + 86_400
+    return c.data.grant(
+        dataset or world.vaults[i].dataset_id, grantee, TEMPLATES[template], models, expires, int(epsilon * MICRO)
+    )
+
+
+def test_datasets_are_registered_by_their_vaults(world: World) -> None:
+    data = world.contracts["validator"].data
+    for v in world.vaults:
+        record = data.dataset(v.dataset_id)
+        assert record.owner == record.vault == v.account.address
+        assert record.license == "CC-BY-NC-4.0"
+        info = httpx.get(v.url + "/v1/info").json()
+        assert info["vault"] == v.account.address
+        assert "0x" + v.dataset_id.hex() in {d["dataset_id"] for d in info["datasets"]}
+
+
+def test_federated_training_beats_the_base_model_and_lands_on_chain(world: World) -> None:
+    coordinator = world.accounts["coordinator"]
+    grants = [grant(world, i, coordinator.address, "federated_round", [world.base_id], 100.0) for i in range(3)]
+    participants = [Participant(v.url, v.dataset_id, g) for v, g in zip(world.vaults, grants, strict=True)]
+
+    result = run_federated(participants, coordinator.key, SPEC, world.base_params, world.base_id, CONFIG)
+
+    assert len(result.round_seconds) == CONFIG.rounds
+    new_id = save_model(world.root / "federated-model", SPEC, result.params)
+    x_test, y_test = world.heldout
+    assert accuracy(SPEC, result.params, x_test, y_test) > accuracy(SPEC, world.base_params, x_test, y_test)
+
+    # the access log is complete: one entry per round per vault, epsilon agrees with the vault's own books
+    data = world.contracts["validator"].data
+    for v, g in zip(world.vaults, grants, strict=True):
+        log = [a for a in data.accesses(v.dataset_id) if a.grant_id == g]
+        assert len(log) == CONFIG.rounds
+        assert all(a.model_id == world.base_id and a.epsilon_spent > 0 for a in log)
+        on_chain = data.get_grant(g)
+        assert on_chain.epsilon_spent == sum(a.epsilon_spent for a in log) <= on_chain.epsilon_budget
+
+    # a validator evaluates both models on the held-out set in vault 0, then attests the new one
+    validator = world.accounts["validator"]
+    vc = world.contracts["validator"]
+    stake = vc.params.get("min_validator_stake")
+    vc.token.approve(vc.registry.address)
+    vc.registry.register(2, "http://validator.invalid", b"\x01" * 32, stake)
+    eval_grant = grant(world, 0, validator.address, "evaluate", [world.base_id, new_id], 0.0, world.heldout_id)
+    scores = {}
+    for name, params in (("base", world.base_params), ("federated", result.params)):
+        job = keccak(text=f"heldout-{name}")
+        reply = signed_post(
+            world.vaults[0].url,
+            validator.key,
+            {
+                "template": "evaluate",
+                "dataset_id": "0x" + world.heldout_id.hex(),
+                "grant_id": eval_grant,
+                "job_id": "0x" + job.hex(),
+                "model": model_payload(SPEC, params),
+            },
+        )
+        assert reply.status_code == 200, reply.text
+        scores[name] = reply.json()
+    assert scores["federated"]["result"]["accuracy"] > scores["base"]["result"]["accuracy"]
+    assert scores["federated"]["result"]["model_id"] == "0x" + new_id.hex()
+    report = bytes.fromhex(scores["federated"]["result_hash"][2:])
+    value = round(scores["federated"]["result"]["accuracy"] * MICRO)
+    vc.data.attest(new_id, keccak(text="heldout-federated"), "accuracy", value, report)
+    # the attested report is the one the vault logged for that job
+    logged = [a for a in vc.data.accesses(world.heldout_id) if a.job_id == keccak(text="heldout-federated")]
+    assert logged and logged[0].result_hash == report
+
+    # the coordinator registers the new model as derived from the base, trained on the three datasets
+    cc = world.contracts["coordinator"]
+    cc.models.register_derived(
+        new_id,
+        world.base_id,
+        "Apache-2.0",
+        [v.dataset_id for v in world.vaults],
+        f"attestation:{vc.data.attestations(new_id)[0].job_id.hex()}",
+    )
+    record = cc.models.get(new_id)
+    assert record.owner == coordinator.address
+    assert record.parents == [world.base_id]
+    assert record.datasets == [v.dataset_id for v in world.vaults]
+    assert cc.models.royalty_info(new_id) == (world.accounts["model_owner"].address, 500)
+    attestation = cc.data.attestations(new_id)[0]
+    assert (attestation.validator, attestation.metric, attestation.value_ppm) == (validator.address, "accuracy", value)
+
+
+def test_a_job_over_budget_is_refused_before_it_runs(world: World) -> None:
+    coordinator = world.accounts["coordinator"]
+    tight = [grant(world, i, coordinator.address, "federated_round", [world.base_id], 1.0) for i in range(3)]
+    before = [len(world.contracts["validator"].data.accesses(v.dataset_id)) for v in world.vaults]
+    participants = [Participant(v.url, v.dataset_id, g) for v, g in zip(world.vaults, tight, strict=True)]
+    with pytest.raises(VaultRefused, match="privacy budget"):
+        run_federated(participants, coordinator.key, SPEC, world.base_params, world.base_id, CONFIG)
+    after = [len(world.contracts["validator"].data.accesses(v.dataset_id)) for v in world.vaults]
+    assert after == before  # nothing ran, nothing logged
+    assert all(world.contracts["validator"].data.get_grant(g).epsilon_spent == 0 for g in tight)
+
+
+def test_rows_never_leave(world: World) -> None:
+    analyst = world.accounts["coordinator"]
+    v = world.vaults[1]
+    table = load_table(v.path)
+    g = grant(world, 1, analyst.address, "aggregate", [], 0.0)
+
+    def job(payload: dict[str, Any]) -> httpx.Response:
+        base = {
+            "dataset_id": "0x" + v.dataset_id.hex(),
+            "grant_id": g,
+            "job_id": "0x" + keccak(text=json.dumps(payload)).hex(),
+        }
+        return signed_post(v.url, analyst.key, {**base, **payload})
+
+    for asks_rows in (
+        {"template": "rows"},
+        {"template": "export"},
+        {"template": "sql", "query": "SELECT *"},
+        {"template": "python", "code": "print(data)"},
+    ):
+        reply = job(asks_rows)
+        assert reply.status_code == 403
+        assert reply.json()["error"]["code"] == "template_not_allowed"
+
+    stats = job({"template": "aggregate", "columns": ["px10", "px20"], "group_by": "label", "bins": 4, "range": [0, 1]})
+    assert stats.status_code == 200, stats.text
+    groups = stats.json()["result"]["groups"]
+    assert sum(g["count"] for g in groups.values()) == table.rows
+    # a group smaller than the vault's minimum is suppressed: group by a column where most values are rare
+    fine = job({"template": "aggregate", "columns": ["px10"], "group_by": "px5", "bins": 2, "range": [0, 1]})
+    assert fine.status_code == 200
+    assert fine.json()["result"]["groups_suppressed"] > 0
+    assert all(g["count"] >= 10 for g in fine.json()["result"]["groups"].values())
+
+    # no output holds a row: no list of numbers in any answer equals any row's features
+    rows = {tuple(np.round(r, 6)) for r in table.features}
+
+    def vectors(obj: Any) -> Iterator[tuple[float, ...]]:
+        if isinstance(obj, dict):
+            for value in obj.values():
+                yield from vectors(value)
+        elif isinstance(obj, list):
+            if obj and all(isinstance(n, (int, float)) for n in obj):
+                yield tuple(round(float(n), 6) for n in obj)
+            for value in obj:
+                yield from vectors(value)
+
+    for reply in (stats, fine):
+        assert not any(vec in rows for vec in vectors(reply.json()))
+        assert base64.b64encode(v.path.read_bytes()[:64]).decode() not in reply.text
+
+
+def test_unsigned_forged_and_revoked_requests_are_refused(world: World) -> None:
+    analyst, stranger = world.accounts["coordinator"], world.accounts["validator"]
+    v = world.vaults[2]
+    g = grant(world, 2, analyst.address, "aggregate", [], 0.0)
+    payload = {
+        "template": "aggregate",
+        "dataset_id": "0x" + v.dataset_id.hex(),
+        "grant_id": g,
+        "columns": ["px30"],
+        "job_id": "0x" + keccak(text="revoked-job").hex(),
+    }
+    unsigned = httpx.post(v.url + "/v1/jobs", json=payload)
+    assert unsigned.status_code == 403 and "signed" in unsigned.json()["error"]["message"]
+    forged = signed_post(v.url, stranger.key, payload)  # a valid signature, but not the grantee's
+    assert forged.status_code == 403 and forged.json()["error"]["code"] == "access_denied"
+    owner_contracts(world, 2).data.revoke(g)
+    revoked = signed_post(v.url, analyst.key, payload)
+    assert revoked.status_code == 403 and "revoked" in revoked.json()["error"]["message"]
+    wrong_dataset = signed_post(v.url, analyst.key, {**payload, "dataset_id": "0x" + "11" * 32})
+    assert wrong_dataset.status_code == 404
+    not_json = httpx.post(v.url + "/v1/jobs", content=b"\xff{", headers={HEADER: sign_body(analyst.key, b"\xff{")})
+    assert not_json.status_code == 400 and not_json.json()["error"]["code"] == "bad_job"
