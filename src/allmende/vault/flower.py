@@ -92,7 +92,10 @@ class VaultFlower:
                 )
                 return out, rows, {"epsilon_micro": charge}
 
-        app = ClientApp(client_fn=lambda _ctx: VaultClient().to_client(), mods=[secaggplus_mod, fixedclipping_mod])
+        # SecAgg+ stages carry their own config record; a plain FedAvg round has none
+        secure = "secaggplus_configs" in message.content.config_records
+        mods = [secaggplus_mod, fixedclipping_mod] if secure else [fixedclipping_mod]
+        app = ClientApp(client_fn=lambda _ctx: VaultClient().to_client(), mods=mods)
         with _identity:
             _set_identity(run_id, node_id)
             context = self._contexts.setdefault(
@@ -264,6 +267,9 @@ def run_federated(
             min_evaluate_clients=0,
             initial_parameters=ndarrays_to_parameters(initial),
             on_fit_config_fn=fit_config,
+            fit_metrics_aggregation_fn=lambda metrics: {
+                "epsilon_micro": max((int(m.get("epsilon_micro", 0)) for _, m in metrics), default=0)
+            },
         ),
         noise_multiplier=config.server_noise,
         clipping_norm=config.clipping_norm,
