@@ -94,7 +94,7 @@ class VaultFlower:
 
         # SecAgg+ stages carry their own config record; a plain FedAvg round has none
         secure = "secaggplus_configs" in message.content.config_records
-        mods = [secaggplus_mod, fixedclipping_mod] if secure else [fixedclipping_mod]
+        mods: list[Any] = [secaggplus_mod, fixedclipping_mod] if secure else [fixedclipping_mod]
         app = ClientApp(client_fn=lambda _ctx: VaultClient().to_client(), mods=mods)
         with _identity:
             _set_identity(run_id, node_id)
