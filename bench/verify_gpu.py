@@ -243,6 +243,7 @@ def generate(outdir: Path, questions: int, device: str, run_harness: bool) -> Pa
             "transformers": transformers.__version__,
             "python": platform.python_version(),
             "cpu_threads": torch.get_num_threads(),
+            "cudnn_sdp": torch.backends.cuda.cudnn_sdp_enabled(),  # the engine turns it off on CUDA
             "eth_placeholders": stubbed,
         },
         "model": {"name": TINY_NAME, "manifest": build_manifest(path).canonical().decode()},

@@ -26,6 +26,18 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def avoid_cudnn_attention() -> None:
+    """Switch off cuDNN's scaled-dot-product attention for this process (CUDA only).
+
+    cuDNN builds a new execution plan for every new sequence length, and decoding one token
+    at a time meets a new length at every step: on an H100, 64 bf16 tokens of the tiny model
+    took about 3 s with it against 0.2 s in fp32. SDPA falls back to the flash or
+    memory-efficient kernels. The setting is process-wide on purpose: the per-call
+    `torch.nn.attention.sdpa_kernel` sets the same global flags and restores them on exit,
+    which races between generations running in worker threads at the same time."""
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 class CausalLMEngine(Engine):
     kind = "generate"
 
@@ -44,6 +56,8 @@ class CausalLMEngine(Engine):
         self.tokenizer: Any = AutoTokenizer.from_pretrained(self.path)
         loaded: Any = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
         self.model: Any = loaded.to(self.device).eval()
+        if torch.device(self.device).type == "cuda":
+            avoid_cudnn_attention()
         self.context_length = int(
             getattr(self.model.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
         )
