@@ -1,6 +1,6 @@
 """Compute-to-data on anvil: scikit-learn's digits split across 3 vault processes
 (CSV, JSONL, Parquet), federated training with Flower SecAgg+ and DP, a validator's
-held-out attestation, and the lineage on chain."""
+held-out attestation and the lineage on chain through the CLI."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import base64
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,35 +19,25 @@ import pytest
 from eth_utils import keccak
 from sklearn.datasets import load_digits
 
-from allmende.chain import ChainClient, Contracts
-from allmende.chain.anvil import Anvil, DevnetAccount, devnet_accounts, free_port
-from allmende.chain.bindings import TEMPLATES
-from allmende.chain.deploy import Deployment, deploy_all
+from allmende.chain import Contracts
+from allmende.chain.anvil import DevnetAccount
+from allmende.testing.vaults import LocalVault, VaultNetwork, start_vault_network
 from allmende.vault.auth import HEADER, sign_body
-from allmende.vault.datasets import load_table, write_table
+from allmende.vault.datasets import load_table
 from allmende.vault.flower import FederatedConfig, Participant, VaultRefused, run_federated
 from allmende.vault.model import MICRO, ModelSpec, accuracy, save_model, train
 from allmende.vault.service import model_payload
 
 SPEC = ModelSpec(64, 10)
-FORMATS = (".csv", ".jsonl", ".parquet")
 CONFIG = FederatedConfig(rounds=3, steps=25, lr=2.0, noise=2.0, clipping_norm=5.0, secagg=True)
 
 
 @dataclass
-class Vault:
-    url: str
-    account: DevnetAccount
-    dataset_id: bytes
-    path: Path
-    process: subprocess.Popen[bytes]
-
-
-@dataclass
 class World:
+    net: VaultNetwork
     contracts: dict[str, Contracts]  # by role
     accounts: dict[str, DevnetAccount]
-    vaults: list[Vault]
+    vaults: list[LocalVault]
     heldout_id: bytes
     heldout: tuple[np.ndarray, np.ndarray]
     base_params: list[np.ndarray]
@@ -61,107 +50,64 @@ def signed_post(url: str, key: bytes, payload: dict[str, Any]) -> httpx.Response
     return httpx.post(url + "/v1/jobs", content=body, headers={HEADER: sign_body(key, body)}, timeout=60)
 
 
+def cli(net: VaultNetwork, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "allmende", *args, "--rpc", net.rpc_url, "--deployments", str(net.deployments)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("vaults")
-    accounts = devnet_accounts(10)
-    node = Anvil(port=free_port(), log_file=root / "anvil.log")
-    processes: list[subprocess.Popen[bytes]] = []
+    x, y = load_digits(return_X_y=True)
+    x = x / 16.0
+    order = np.random.default_rng(7).permutation(len(y))
+    x, y = x[order], y[order]
+    public, heldout = (x[:60], y[:60]), (x[1400:], y[1400:])
+    splits = [(x[i], y[i]) for i in np.array_split(np.arange(60, 1400), 3)]
+    # vault 0 also holds the held-out set the validator evaluates on
+    net = start_vault_network(
+        root,
+        splits,
+        extra={0: [("heldout.csv", *heldout)]},
+        vault_args=["--min-noise", str(CONFIG.noise), "--license", "CC-BY-NC-4.0"],
+    )
     try:
-        deployment = deploy_all(ChainClient(node.url, accounts[0].key), fund=[a.address for a in accounts])
-        deployments = root / "deployments.json"
-        deployment.save(deployments)
+        accounts = net.accounts
         roles = {"model_owner": accounts[1], "coordinator": accounts[2], "validator": accounts[3]}
-        contracts = {r: Contracts(ChainClient(node.url, a.key), Deployment.load(deployments)) for r, a in roles.items()}
-
-        x, y = load_digits(return_X_y=True)
-        x = x / 16.0
-        order = np.random.default_rng(7).permutation(len(y))
-        x, y = x[order], y[order]
-        public, parts, heldout = (x[:60], y[:60]), np.array_split(np.arange(60, 1400), 3), (x[1400:], y[1400:])
-        columns = [f"px{i}" for i in range(64)]
-
+        contracts = {r: net.contracts(a) for r, a in roles.items()}
         # the base model: trained on a small public slice, registered by its owner with a 5 % royalty
         base_params = train(SPEC, SPEC.init(0), public[0], public[1], steps=40, lr=1.0)
         base_id = save_model(root / "base-model", SPEC, base_params)
         contracts["model_owner"].models.register(base_id, "Apache-2.0", 500, [], [], "file://base-model")
-
-        vaults = []
-        for i, (index, suffix) in enumerate(zip(parts, FORMATS, strict=True)):
-            account = accounts[4 + i]
-            files = [write_table(root / f"hospital-{i}{suffix}", columns, x[index], y[index])]
-            if i == 0:  # vault 0 also holds the held-out set the validator evaluates on
-                files.append(write_table(root / "heldout.csv", columns, heldout[0], heldout[1]))
-            port = free_port()
-            args = [
-                sys.executable,
-                "-m",
-                "allmende",
-                "vault",
-                "--rpc",
-                node.url,
-                "--key",
-                f"devnet:{account.index}",
-                "--deployments",
-                str(deployments),
-                "--state-dir",
-                str(root / f"vault-{i}"),
-                "--port",
-                str(port),
-                "--min-noise",
-                str(CONFIG.noise),
-                "--license",
-                "CC-BY-NC-4.0",
-            ]
-            for f in files:
-                args += ["--data", str(f)]
-            log = (root / f"vault-{i}.log").open("wb")
-            processes.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
-            vaults.append(
-                Vault(f"http://127.0.0.1:{port}", account, load_table(files[0]).dataset_id, files[0], processes[-1])
-            )
-        for v in vaults:
-            for _ in range(600):
-                try:
-                    if httpx.get(v.url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if v.process.poll() is not None:
-                    raise RuntimeError((root / "vault-0.log").read_text()[-3000:])
-                time.sleep(0.1)
-        heldout_id = load_table(root / "heldout.csv").dataset_id
         yield World(
+            net,
             contracts,
-            {**roles, **{f"vault{i}": v.account for i, v in enumerate(vaults)}},
-            vaults,
-            heldout_id,
+            {**roles, **{f"vault{i}": v.account for i, v in enumerate(net.vaults)}},
+            net.vaults,
+            net.vaults[0].dataset_ids[1],
             heldout,
             base_params,
             base_id,
             root,
         )
     finally:
-        for p in processes:
-            p.terminate()
-        for p in processes:
-            p.wait(timeout=20)
-        node.stop()
+        net.stop()
 
 
 def owner_contracts(world: World, i: int) -> Contracts:
-    c = world.contracts["model_owner"]
-    return Contracts(ChainClient(c.client.rpc_url, world.vaults[i].account.key), c.deployment)
+    return world.net.contracts(world.vaults[i].account)
 
 
 def grant(
     world: World, i: int, grantee: str, template: str, models: list[bytes], epsilon: float, dataset: bytes | None = None
 ) -> int:
-    c = owner_contracts(world, i)
-    expires = c.client.timestamp() + 86_400
-    return c.data.grant(
-        dataset or world.vaults[i].dataset_id, grantee, TEMPLATES[template], models, expires, int(epsilon * MICRO)
-    )
+    return world.net.grant(world.vaults[i], grantee, template, models, epsilon, dataset)
 
 
 def test_datasets_are_registered_by_their_vaults(world: World) -> None:
@@ -196,54 +142,57 @@ def test_federated_training_beats_the_base_model_and_lands_on_chain(world: World
         on_chain = data.get_grant(g)
         assert on_chain.epsilon_spent == sum(a.epsilon_spent for a in log) <= on_chain.epsilon_budget
 
-    # a validator evaluates both models on the held-out set in vault 0, then attests the new one
+    # a validator evaluates both models on the held-out set in vault 0 (the API), then attests
+    # the new one with the CLI, as a validator would
     validator = world.accounts["validator"]
     vc = world.contracts["validator"]
-    stake = vc.params.get("min_validator_stake")
     vc.token.approve(vc.registry.address)
-    vc.registry.register(2, "http://validator.invalid", b"\x01" * 32, stake)
+    vc.registry.register(2, "http://validator.invalid", b"\x01" * 32, vc.params.get("min_validator_stake"))
     eval_grant = grant(world, 0, validator.address, "evaluate", [world.base_id, new_id], 0.0, world.heldout_id)
     scores = {}
     for name, params in (("base", world.base_params), ("federated", result.params)):
         job = keccak(text=f"heldout-{name}")
-        reply = signed_post(
-            world.vaults[0].url,
-            validator.key,
-            {
-                "template": "evaluate",
-                "dataset_id": "0x" + world.heldout_id.hex(),
-                "grant_id": eval_grant,
-                "job_id": "0x" + job.hex(),
-                "model": model_payload(SPEC, params),
-            },
-        )
+        reply = signed_post(world.vaults[0].url, validator.key, {
+            "template": "evaluate", "dataset_id": "0x" + world.heldout_id.hex(), "grant_id": eval_grant,
+            "job_id": "0x" + job.hex(), "model": model_payload(SPEC, params),
+        })  # fmt: skip
         assert reply.status_code == 200, reply.text
-        scores[name] = reply.json()
-    assert scores["federated"]["result"]["accuracy"] > scores["base"]["result"]["accuracy"]
-    assert scores["federated"]["result"]["model_id"] == "0x" + new_id.hex()
-    report = bytes.fromhex(scores["federated"]["result_hash"][2:])
-    value = round(scores["federated"]["result"]["accuracy"] * MICRO)
-    vc.data.attest(new_id, keccak(text="heldout-federated"), "accuracy", value, report)
+        scores[name] = reply.json()["result"]
+    assert scores["federated"]["accuracy"] > scores["base"]["accuracy"]
+    assert scores["federated"]["model_id"] == "0x" + new_id.hex()
+
+    model_dir = world.root / "federated-model"
+    (model_dir / "run.json").write_text(json.dumps({
+        "model_id": "0x" + new_id.hex(), "base_model": "0x" + world.base_id.hex(),
+        "datasets": ["0x" + v.dataset_id.hex() for v in world.vaults],
+    }))  # fmt: skip
+    coordinator_key = f"devnet:{coordinator.index}"
+    refused = subprocess.run(
+        [sys.executable, "-m", "allmende", "federated", "register", "--model", str(model_dir), "--key",
+         coordinator_key, "--rpc", world.net.rpc_url, "--deployments", str(world.net.deployments)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "0 attestation(s)" in refused.stdout  # not before a validator attested
+    said = cli(world.net, "federated", "attest", "--vault", world.vaults[0].url, "--dataset",
+               "0x" + world.heldout_id.hex(), "--grant", str(eval_grant), "--model", str(model_dir),
+               "--key", f"devnet:{validator.index}")  # fmt: skip
+    assert f"{scores['federated']['accuracy']:.4f}" in said
+    attestation = vc.data.attestations(new_id)[0]
+    assert (attestation.validator, attestation.metric) == (validator.address, "accuracy")
+    assert attestation.value_ppm == round(scores["federated"]["accuracy"] * MICRO)
     # the attested report is the one the vault logged for that job
-    logged = [a for a in vc.data.accesses(world.heldout_id) if a.job_id == keccak(text="heldout-federated")]
-    assert logged and logged[0].result_hash == report
+    logged = [a for a in vc.data.accesses(world.heldout_id) if a.job_id == attestation.job_id]
+    assert logged and logged[0].result_hash == attestation.report_hash
 
     # the coordinator registers the new model as derived from the base, trained on the three datasets
+    cli(world.net, "federated", "register", "--model", str(model_dir), "--key", coordinator_key)
     cc = world.contracts["coordinator"]
-    cc.models.register_derived(
-        new_id,
-        world.base_id,
-        "Apache-2.0",
-        [v.dataset_id for v in world.vaults],
-        f"attestation:{vc.data.attestations(new_id)[0].job_id.hex()}",
-    )
     record = cc.models.get(new_id)
     assert record.owner == coordinator.address
     assert record.parents == [world.base_id]
     assert record.datasets == [v.dataset_id for v in world.vaults]
+    assert record.metadata_uri == "allmende-attestation:0x" + attestation.job_id.hex()
     assert cc.models.royalty_info(new_id) == (world.accounts["model_owner"].address, 500)
-    attestation = cc.data.attestations(new_id)[0]
-    assert (attestation.validator, attestation.metric, attestation.value_ppm) == (validator.address, "accuracy", value)
 
 
 def test_a_job_over_budget_is_refused_before_it_runs(world: World) -> None:
@@ -261,7 +210,7 @@ def test_a_job_over_budget_is_refused_before_it_runs(world: World) -> None:
 def test_rows_never_leave(world: World) -> None:
     analyst = world.accounts["coordinator"]
     v = world.vaults[1]
-    table = load_table(v.path)
+    table = load_table(v.files[0])
     g = grant(world, 1, analyst.address, "aggregate", [], 0.0)
 
     def job(payload: dict[str, Any]) -> httpx.Response:
@@ -282,12 +231,12 @@ def test_rows_never_leave(world: World) -> None:
         assert reply.status_code == 403
         assert reply.json()["error"]["code"] == "template_not_allowed"
 
-    stats = job({"template": "aggregate", "columns": ["px10", "px20"], "group_by": "label", "bins": 4, "range": [0, 1]})
+    stats = job({"template": "aggregate", "columns": ["f10", "f20"], "group_by": "label", "bins": 4, "range": [0, 1]})
     assert stats.status_code == 200, stats.text
     groups = stats.json()["result"]["groups"]
     assert sum(g["count"] for g in groups.values()) == table.rows
     # a group smaller than the vault's minimum is suppressed: group by a column where most values are rare
-    fine = job({"template": "aggregate", "columns": ["px10"], "group_by": "px5", "bins": 2, "range": [0, 1]})
+    fine = job({"template": "aggregate", "columns": ["f10"], "group_by": "f5", "bins": 2, "range": [0, 1]})
     assert fine.status_code == 200
     assert fine.json()["result"]["groups_suppressed"] > 0
     assert all(g["count"] >= 10 for g in fine.json()["result"]["groups"].values())
@@ -307,7 +256,7 @@ def test_rows_never_leave(world: World) -> None:
 
     for reply in (stats, fine):
         assert not any(vec in rows for vec in vectors(reply.json()))
-        assert base64.b64encode(v.path.read_bytes()[:64]).decode() not in reply.text
+        assert base64.b64encode(v.files[0].read_bytes()[:64]).decode() not in reply.text
 
 
 def test_unsigned_forged_and_revoked_requests_are_refused(world: World) -> None:
@@ -318,7 +267,7 @@ def test_unsigned_forged_and_revoked_requests_are_refused(world: World) -> None:
         "template": "aggregate",
         "dataset_id": "0x" + v.dataset_id.hex(),
         "grant_id": g,
-        "columns": ["px30"],
+        "columns": ["f30"],
         "job_id": "0x" + keccak(text="revoked-job").hex(),
     }
     unsigned = httpx.post(v.url + "/v1/jobs", json=payload)

@@ -515,6 +515,9 @@ class Data(_Binding):
     ) -> SentTransaction:
         return self._tx("record_access", grant_id, job_id, model_id, result_hash, _amount(epsilon, "epsilon"))
 
+    def job_logged(self, job_id: bytes) -> bool:
+        return bool(self._call("job_logged", job_id))
+
     def accesses(self, dataset_id: bytes) -> list[AccessRecord]:
         count = self.dataset(dataset_id).accesses
         out = []

@@ -120,17 +120,17 @@ def access_log(
         c = _contracts(rpc, None, deployments)
         dataset_id = bytes.fromhex(dataset.removeprefix("0x"))
         d = c.data.dataset(dataset_id)
-        table = Table(title=f"dataset 0x{dataset_id.hex()[:12]}… owner {d.owner} vault {d.vault}")
-        for col in ("#", "grant", "job", "model", "result hash", "ε spent", "when"):
+        table = Table(title=f"dataset 0x{dataset_id.hex()[:12]}…, owner {d.owner}, vault {d.vault}")
+        for col in ("#", "grant", "job", "model", "result hash", "ε spent", "when (UTC)"):
             table.add_column(col)
         for i, a in enumerate(c.data.accesses(dataset_id)):
             table.add_row(
                 str(i),
                 str(a.grant_id),
-                "0x" + a.job_id.hex()[:12],
-                "0x" + a.model_id.hex()[:12],
-                "0x" + a.result_hash.hex()[:12],
-                f"{a.epsilon_spent / 1e6:.6f}",
-                time.ctime(a.at),
+                "0x" + a.job_id.hex()[:8],
+                "0x" + a.model_id.hex()[:8],
+                "0x" + a.result_hash.hex()[:8],
+                f"{a.epsilon_spent / 1e6:.3f}",
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.at)),
             )
         console.print(table)

@@ -44,6 +44,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from allmende.vault.auth import HEADER, sign_body
+from allmende.vault.errors import VaultError
 from allmende.vault.model import ModelSpec
 
 log = logging.getLogger("allmende.vault.flower")
@@ -112,8 +113,10 @@ class VaultFlower:
 # ------------------------------------------------------------ coordinator side
 
 
-class VaultRefused(RuntimeError):
+class VaultRefused(VaultError):
     """A vault refused a round (grant, budget, bad input); the run stops."""
+
+    code = "vault_refused"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 A model is a spec (`inputs`, `hidden`, `classes`; hidden = 0 is logistic regression)
 plus its parameters as numpy arrays. Saved to a folder (`spec.json`, `weights.npz`)
-its id is the folder's manifest hash, like every other model id in Allmende.
+its id is the manifest hash of those two files, like every other model id in Allmende.
 
 Training in a vault is full-batch DP gradient descent (Abadi et al.'s per-example
 clipping with Gaussian noise, without subsampling): every step clips each row's
@@ -14,6 +14,7 @@ row, so it is ρ = 1 / (2·noise²) zero-concentrated DP; steps compose by addin
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -22,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from eth_utils import keccak
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from allmende.core.manifest import model_id_of
+from allmende.core.manifest import Manifest, ManifestEntry
 
 MICRO = 1_000_000  # epsilon is counted in millionths on chain
 
@@ -171,20 +173,33 @@ def params_from_bytes(data: bytes) -> list[np.ndarray]:
         return [f[f"arr_{i}"] for i in range(len(f.files))]
 
 
+MODEL_FILES = ("spec.json", "weights.npz")
+
+
+def _model_id_of(root: Path) -> bytes:
+    """The manifest hash of the model's two files (other files in the folder, such as
+    run.json, are not part of the model)."""
+    entries = []
+    for name in MODEL_FILES:
+        data = (root / name).read_bytes()
+        entries.append(ManifestEntry(name, len(data), hashlib.sha256(data).hexdigest()))
+    return keccak(Manifest(tuple(entries)).canonical())
+
+
 def save_model(folder: str | Path, spec: ModelSpec, params: list[np.ndarray]) -> bytes:
     """Write the model's files; returns its content-addressed id."""
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     (root / "spec.json").write_text(json.dumps(spec.to_json(), sort_keys=True) + "\n")
     (root / "weights.npz").write_bytes(params_to_bytes(params))
-    return model_id_of(root)
+    return _model_id_of(root)
 
 
 def load_model(folder: str | Path) -> tuple[ModelSpec, list[np.ndarray], bytes]:
     root = Path(folder)
     spec = ModelSpec.from_json(json.loads((root / "spec.json").read_text()))
     params = params_from_bytes((root / "weights.npz").read_bytes())
-    return spec, params, model_id_of(root)
+    return spec, params, _model_id_of(root)
 
 
 def model_id(spec: ModelSpec, params: list[np.ndarray]) -> bytes:

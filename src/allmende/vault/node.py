@@ -46,8 +46,22 @@ def build(config: VaultConfig) -> tuple[Any, VaultService]:
             record = contracts.data.dataset(table.dataset_id)
             if record.vault.lower() != contracts.client.address.lower():
                 log.warning("dataset %s is registered with another vault key (%s)", table.name, record.vault)
-    service = VaultService(tables, contracts, VaultStore(config.state_dir / "vault.db"), config.policy)
+    store = VaultStore(config.state_dir / "vault.db")
+    reconcile(store, contracts)
+    service = VaultService(tables, contracts, store, config.policy)
     return create_app(service), service
+
+
+def reconcile(store: VaultStore, contracts: Contracts) -> None:
+    """Jobs written but not known to be logged (a crash between the two): the chain decides.
+    Logged there: mark it. Not logged: its result was never released, so undo its charge."""
+    for job in store.pending():
+        if contracts.data.job_logged(job.job_id):
+            store.logged(job.job_id, "recovered")
+            log.info("job 0x%s was logged on chain before a restart", job.job_id.hex()[:12])
+        else:
+            store.forget(job.job_id)
+            log.info("job 0x%s never reached the chain; its charge is undone", job.job_id.hex()[:12])
 
 
 def serve(config: VaultConfig) -> None:

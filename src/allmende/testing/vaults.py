@@ -1,0 +1,137 @@
+"""A local data-custody network for tests and benchmarks: anvil with the contracts, and
+vault processes (`allmende vault`), each holding its own split of a dataset."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from allmende.chain import ChainClient, Contracts
+from allmende.chain.anvil import Anvil, DevnetAccount, devnet_accounts, free_port
+from allmende.chain.bindings import TEMPLATES
+from allmende.chain.deploy import Deployment, deploy_all
+from allmende.vault.datasets import load_table, write_table
+from allmende.vault.model import MICRO
+
+FORMATS = (".csv", ".jsonl", ".parquet")
+FIRST_VAULT_ACCOUNT = 4  # devnet accounts 0-3: deployer, model owner, coordinator, validator
+
+
+@dataclass
+class LocalVault:
+    url: str
+    account: DevnetAccount
+    files: list[Path]
+    dataset_ids: list[bytes]
+    process: subprocess.Popen[bytes]
+
+    @property
+    def dataset_id(self) -> bytes:
+        return self.dataset_ids[0]
+
+
+@dataclass
+class VaultNetwork:
+    root: Path
+    anvil: Anvil
+    deployments: Path
+    accounts: list[DevnetAccount]
+    vaults: list[LocalVault] = field(default_factory=list)
+
+    @property
+    def rpc_url(self) -> str:
+        return self.anvil.url
+
+    def contracts(self, account: DevnetAccount) -> Contracts:
+        return Contracts(ChainClient(self.anvil.url, account.key), Deployment.load(self.deployments))
+
+    def reader(self) -> Contracts:
+        return Contracts(ChainClient(self.anvil.url), Deployment.load(self.deployments))
+
+    def grant(
+        self,
+        vault: LocalVault,
+        grantee: str,
+        template: str,
+        models: list[bytes],
+        epsilon: float,
+        dataset: bytes | None = None,
+        seconds: int = 86_400,
+    ) -> int:
+        """The vault's owner (its key is also the owner's here) grants `grantee` a template."""
+        c = self.contracts(vault.account)
+        expires = c.client.timestamp() + seconds
+        return c.data.grant(
+            dataset or vault.dataset_id, grantee, TEMPLATES[template], models, expires, round(epsilon * MICRO)
+        )
+
+    def stop(self) -> None:
+        for v in self.vaults:
+            if v.process.poll() is None:
+                v.process.terminate()
+        for v in self.vaults:
+            try:
+                v.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                v.process.kill()
+        self.anvil.stop()
+
+
+def start_vault_network(
+    root: Path,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    extra: dict[int, list[tuple[str, np.ndarray, np.ndarray]]] | None = None,
+    vault_args: list[str] | None = None,
+    timeout: float = 60.0,
+) -> VaultNetwork:
+    """Anvil, the contracts, and one vault process per split (written as CSV, JSONL, Parquet in
+    turn). `extra[i]` adds named (file name, features, labels) datasets to vault i."""
+    accounts = devnet_accounts(10)
+    node = Anvil(port=free_port(), log_file=root / "anvil.log")
+    try:
+        deployment = deploy_all(ChainClient(node.url, accounts[0].key), fund=[a.address for a in accounts])
+        deployments = root / "deployments.json"
+        deployment.save(deployments)
+        net = VaultNetwork(root, node, deployments, accounts)
+        width = splits[0][0].shape[1]
+        columns = [f"f{i}" for i in range(width)]
+        for i, (x, y) in enumerate(splits):
+            account = accounts[FIRST_VAULT_ACCOUNT + i]
+            files = [write_table(root / f"vault-{i}-data{FORMATS[i % len(FORMATS)]}", columns, x, y)]
+            for name, ex, ey in (extra or {}).get(i, []):
+                files.append(write_table(root / name, columns, ex, ey))
+            port = free_port()
+            args = [
+                sys.executable, "-m", "allmende", "vault", "--rpc", node.url, "--key", f"devnet:{account.index}",
+                "--deployments", str(deployments), "--state-dir", str(root / f"vault-{i}"), "--port", str(port),
+                *(vault_args or []),
+            ]  # fmt: skip
+            for f in files:
+                args += ["--data", str(f)]
+            log = (root / f"vault-{i}.log").open("wb")
+            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+            ids = [load_table(f).dataset_id for f in files]
+            net.vaults.append(LocalVault(f"http://127.0.0.1:{port}", account, files, ids, process))
+        for i, v in enumerate(net.vaults):
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if httpx.get(v.url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if v.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"vault {i} did not start:\n{(root / f'vault-{i}.log').read_text()[-3000:]}")
+                time.sleep(0.1)
+        return net
+    except BaseException:
+        for v in locals().get("net", VaultNetwork(root, node, root, [])).vaults:
+            v.process.kill()
+        node.stop()
+        raise
