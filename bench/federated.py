@@ -4,7 +4,7 @@ scikit-learn's digits (or breast cancer) split across 3 vaults (CSV, JSONL, Parq
 the same model trained (a) centrally without privacy on the union of the vaults'
 rows, (b) with Flower SecAgg+ and DP across the vaults, (c) with plain FedAvg (no
 SecAgg+) and the same DP. Reports held-out accuracy, their ratio, epsilon per vault,
-and per-round time and bytes of SecAgg+ vs plain FedAvg.
+and per-round time (median over rounds) and bytes of SecAgg+ vs plain FedAvg.
 
     python bench/federated.py [--dataset digits|breast_cancer] [--rounds 3] [--json]
 """
@@ -13,23 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 from sklearn.datasets import load_breast_cancer, load_digits
 
-from allmende.chain import ChainClient, Contracts
-from allmende.chain.anvil import Anvil, devnet_accounts, free_port
-from allmende.chain.bindings import TEMPLATES
-from allmende.chain.deploy import Deployment, deploy_all
-from allmende.vault.datasets import load_table, write_table
+from allmende.testing.vaults import start_vault_network
 from allmende.vault.flower import FederatedConfig, Participant, run_federated
 from allmende.vault.model import MICRO, ModelSpec, accuracy, save_model, train
 
@@ -63,93 +57,41 @@ def main() -> None:
     lr = 2.0
     central = train(spec, base, x_train[public:], y_train[public:], steps=args.rounds * args.steps, lr=lr)
 
-    accounts = devnet_accounts(10)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        node = Anvil(port=free_port(), log_file=root / "anvil.log")
-        processes = []
+        splits = [(x_train[i], y_train[i]) for i in parts]
+        net = start_vault_network(root, splits, vault_args=["--min-noise", str(args.noise)])
         try:
-            deployment = deploy_all(ChainClient(node.url, accounts[0].key), fund=[a.address for a in accounts])
-            deployments = root / "deployments.json"
-            deployment.save(deployments)
-            owner = Contracts(ChainClient(node.url, accounts[1].key), Deployment.load(deployments))
+            owner, coordinator = net.accounts[1], net.accounts[2]
             base_id = save_model(root / "base", spec, base)
-            owner.models.register(base_id, "Apache-2.0", 500, [], [], "")
-            columns = [f"f{i}" for i in range(x.shape[1])]
-            urls, datasets = [], []
-            for i, (index, suffix) in enumerate(zip(parts, (".csv", ".jsonl", ".parquet"), strict=True)):
-                path = write_table(root / f"part-{i}{suffix}", columns, x_train[index], y_train[index])
-                port = free_port()
-                processes.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "allmende",
-                            "vault",
-                            "--rpc",
-                            node.url,
-                            "--key",
-                            f"devnet:{4 + i}",
-                            "--deployments",
-                            str(deployments),
-                            "--state-dir",
-                            str(root / f"vault-{i}"),
-                            "--port",
-                            str(port),
-                            "--data",
-                            str(path),
-                            "--min-noise",
-                            str(args.noise),
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                )
-                urls.append(f"http://127.0.0.1:{port}")
-                datasets.append(load_table(path).dataset_id)
-            for url in urls:
-                for _ in range(600):
-                    try:
-                        if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        time.sleep(0.1)
-            coordinator = accounts[2]
+            net.contracts(owner).models.register(base_id, "Apache-2.0", 500, [], [], "")
             for mode in ("secagg", "fedavg"):
-                participants = []
-                for i, (url, dataset) in enumerate(zip(urls, datasets, strict=True)):
-                    vault = Contracts(ChainClient(node.url, accounts[4 + i].key), Deployment.load(deployments))
-                    expires = vault.client.timestamp() + 86_400
-                    g = vault.data.grant(
-                        dataset, coordinator.address, TEMPLATES["federated_round"], [base_id], expires, 1_000 * MICRO
+                participants = [
+                    Participant(
+                        v.url,
+                        v.dataset_id,
+                        net.grant(v, coordinator.address, "federated_round", [base_id], 1_000.0),
                     )
-                    participants.append(Participant(url, dataset, g))
+                    for v in net.vaults
+                ]
                 config = FederatedConfig(
                     rounds=args.rounds, steps=args.steps, lr=lr, noise=args.noise, secagg=mode == "secagg"
                 )
                 started = time.perf_counter()
                 out = run_federated(participants, coordinator.key, spec, base, base_id, config)
                 wall = time.perf_counter() - started
-                spent = (
-                    Contracts(ChainClient(node.url), Deployment.load(deployments))
-                    .data.get_grant(participants[0].grant_id)
-                    .epsilon_spent
-                )
+                spent = net.reader().data.get_grant(participants[0].grant_id).epsilon_spent
                 results[mode] = {
                     "accuracy": accuracy(spec, out.params, x_test, y_test),
-                    "seconds_per_round": wall / args.rounds,
+                    "seconds_per_round": statistics.median(out.round_seconds),
+                    "wall_seconds": wall,
                     "bytes_per_round": (out.bytes_sent + out.bytes_received) / args.rounds,
                     "messages_per_round": out.messages / args.rounds,
                     "epsilon_per_vault": spent / MICRO,
                 }
         finally:
-            for p in processes:
-                p.terminate()
-            for p in processes:
-                p.wait(timeout=20)
-            node.stop()
+            net.stop()
 
     central_acc = accuracy(spec, central, x_test, y_test)
     report = {
