@@ -211,7 +211,7 @@ def test_rows_never_leave(world: World) -> None:
     analyst = world.accounts["coordinator"]
     v = world.vaults[1]
     table = load_table(v.files[0])
-    g = grant(world, 1, analyst.address, "aggregate", [], 0.0)
+    g = grant(world, 1, analyst.address, "aggregate", [], 1.0)
 
     def job(payload: dict[str, Any]) -> httpx.Response:
         base = {
@@ -241,6 +241,17 @@ def test_rows_never_leave(world: World) -> None:
     assert fine.json()["result"]["groups_suppressed"] > 0
     assert all(g["count"] >= 10 for g in fine.json()["result"]["groups"].values())
 
+    # with an epsilon the answer is noised (Laplace) and the epsilon is charged to the grant
+    private = job({"template": "aggregate", "columns": ["f10"], "group_by": "label", "range": [0, 1], "epsilon": 0.5})
+    assert private.status_code == 200, private.text
+    assert private.json()["result"]["mechanism"] == "laplace"
+    assert world.contracts["validator"].data.get_grant(g).epsilon_spent == 500_000
+    over = job({"template": "aggregate", "columns": ["f10"], "range": [0, 1], "epsilon": 0.6})
+    assert over.status_code == 403 and over.json()["error"]["code"] == "privacy_budget_exceeded"
+    by_column = job({"template": "aggregate", "columns": ["f10"], "group_by": "f5", "range": [0, 1], "epsilon": 0.1})
+    assert by_column.status_code == 400 and "label" in by_column.json()["error"]["message"]
+    assert world.contracts["validator"].data.get_grant(g).epsilon_spent == 500_000
+
     # no output holds a row: no list of numbers in any answer equals any row's features
     rows = {tuple(np.round(r, 6)) for r in table.features}
 
@@ -254,7 +265,7 @@ def test_rows_never_leave(world: World) -> None:
             for value in obj:
                 yield from vectors(value)
 
-    for reply in (stats, fine):
+    for reply in (stats, fine, private):
         assert not any(vec in rows for vec in vectors(reply.json()))
         assert base64.b64encode(v.files[0].read_bytes()[:64]).decode() not in reply.text
 

@@ -28,6 +28,7 @@ def vault(
     min_group: int = typer.Option(10, help="smallest group an aggregate may describe"),
     min_noise: float = typer.Option(1.0, help="least DP noise multiplier a training round may use"),
     clip: float = typer.Option(1.0, help="per-row gradient clipping norm for DP training"),
+    dp_aggregates: bool = typer.Option(False, help="answer aggregates only with differential privacy (epsilon)"),
 ) -> None:
     """Hold datasets and run approved job templates next to them; no row ever leaves."""
     from allmende.vault.node import VaultConfig, serve
@@ -47,7 +48,7 @@ def vault(
             label=label,
             license=license,
             policy_uri=policy_uri,
-            policy=VaultPolicy(min_group=min_group, min_noise=min_noise, clip=clip),
+            policy=VaultPolicy(min_group=min_group, min_noise=min_noise, clip=clip, dp_aggregates=dp_aggregates),
         )
         console.print(f"vault on http://{host}:{port} holding {len(data)} dataset(s)")
         serve(cfg)

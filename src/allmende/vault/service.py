@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import secrets
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from allmende.vault.datasets import Table
 from allmende.vault.errors import AccessDenied, BadJob, BudgetExceeded, TemplateNotAllowed, UnknownDataset
 from allmende.vault.model import ModelSpec, epsilon_of, micro_epsilon, model_id, params_from_bytes, rho_of
 from allmende.vault.store import JobRow, VaultStore
-from allmende.vault.templates import TEMPLATES, aggregate, evaluate
+from allmende.vault.templates import TEMPLATES, aggregate, dp_aggregate, evaluate
 
 log = logging.getLogger("allmende.vault")
 ZERO_MODEL = b"\x00" * 32
@@ -46,6 +47,8 @@ class VaultPolicy:
     max_steps: int = 200
     # δ of the (ε, δ) the vault reports and charges
     delta: float = 1e-5
+    # answer aggregates only with differential privacy (the request names its epsilon)
+    dp_aggregates: bool = False
 
 
 def canonical(result: dict[str, Any]) -> bytes:
@@ -79,13 +82,17 @@ class VaultService:
                 "clip": self.policy.clip,
                 "max_steps": self.policy.max_steps,
                 "delta": self.policy.delta,
+                "dp_aggregates": self.policy.dp_aggregates,
             },
         }
 
     # ------------------------------------------------------------ grants
 
-    def authorize(self, grant_id: int, signer: str, template: str, dataset_id: bytes, model: bytes, rho: float) -> int:
-        """Check the grant on chain; returns the epsilon (millionths) the job will be charged."""
+    def authorize(
+        self, grant_id: int, signer: str, template: str, dataset_id: bytes, model: bytes, rho: float, extra: int = 0
+    ) -> int:
+        """Check the grant on chain; returns the epsilon (millionths) the job will be charged:
+        the growth of ε from `rho` more zCDP, plus `extra` pure-ε millionths."""
         try:
             grant = self.data.get_grant(grant_id)
         except ContractReverted:
@@ -103,9 +110,11 @@ class VaultService:
         if template != "aggregate" and model not in grant.model_ids:
             raise AccessDenied(f"grant {grant_id} does not cover model 0x{model.hex()}")
         spent_rho, spent_micro = self.store.spent(grant_id)
-        charge = 0
+        charge = extra
         if rho:
-            charge = micro_epsilon(epsilon_of(spent_rho + rho, self.policy.delta)) - spent_micro
+            # the growth of ε(ρ): these charges telescope to ε of all the grant's zCDP releases
+            before = micro_epsilon(epsilon_of(spent_rho, self.policy.delta))
+            charge += micro_epsilon(epsilon_of(spent_rho + rho, self.policy.delta)) - before
         if max(spent_micro, grant.epsilon_spent) + charge > grant.epsilon_budget:
             left = grant.epsilon_budget - max(spent_micro, grant.epsilon_spent)
             raise BudgetExceeded(
@@ -182,9 +191,31 @@ class VaultService:
                 columns = body.get("columns")
                 if not isinstance(columns, list):
                     raise BadJob("'columns' must be a list of column names")
-                result = aggregate(
-                    table, columns, group_by, bins, tuple(value_range) if value_range else None, self.policy.min_group
-                )
+                epsilon = body.get("epsilon")
+                if epsilon is None and self.policy.dp_aggregates:
+                    raise BadJob("this vault answers aggregates only with differential privacy: send 'epsilon'")
+                if epsilon is None:
+                    result = aggregate(
+                        table,
+                        columns,
+                        group_by,
+                        bins,
+                        tuple(value_range) if value_range else None,
+                        self.policy.min_group,
+                    )
+                else:
+                    if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or not 0 < epsilon <= 100:
+                        raise BadJob("'epsilon' must be a number in (0, 100]")
+                    if value_range is None:
+                        raise BadJob("with 'epsilon', 'range' is required (values are clipped to it)")
+                    charge = self.authorize(
+                        grant_id, signer, template, dataset_id, model, 0.0, extra=micro_epsilon(float(epsilon))
+                    )
+                    rng = np.random.default_rng(secrets.randbits(128))
+                    result = dp_aggregate(
+                        table, columns, group_by, bins, (float(value_range[0]), float(value_range[1])),
+                        self.policy.min_group, float(epsilon), rng,
+                    )  # fmt: skip
             result = {
                 "template": template,
                 "dataset_id": "0x" + dataset_id.hex(),
