@@ -100,6 +100,13 @@ def test_train_attest_register_through_the_cli(net: VaultNetwork) -> None:
     assert record.parents == [base_id] and record.datasets == [v.dataset_id for v in net.vaults]
     assert net.reader().models.royalty_info(new_id) == (owner.address, 250)
 
+    # what a model owner or user reads with `allmende models`
+    shown = cli(net, "models", "show", "0x" + new_id.hex())
+    assert f"parent     0x{base_id.hex()}" in shown
+    assert f"royalty    250 bps to {owner.address}" in shown
+    assert "attested   accuracy = " in shown
+    assert "0x" + new_id.hex()[:8] in cli(net, "models", "list")
+
     # the access log, as the CLI shows it: two rounds, each with the epsilon charged
     table = cli(net, "data", "log", "--dataset", "0x" + net.vaults[1].dataset_id.hex())
     assert table.count("0x" + base_id.hex()[:8]) == 2
@@ -141,3 +148,17 @@ def test_a_restarted_vault_reconciles_its_books_with_the_chain(net: VaultNetwork
     assert [j.job_id for j in store.jobs()] == [logged]
     assert store.pending() == []
     assert store.spent(g) == (0.5, 1_000_000) and vault.data.get_grant(g).epsilon_spent == 1_000_000
+
+
+def test_models_register_by_content_address(net: VaultNetwork) -> None:
+    from allmende.core.manifest import model_id_of
+    from allmende.engine import resolve_model_path
+
+    said = cli(net, "models", "register", "allmende:tiny", "--license", "Apache-2.0", "--royalty-bps", "100",
+               "--key", f"devnet:{net.accounts[1].index}")  # fmt: skip
+    tiny_id = model_id_of(resolve_model_path("allmende:tiny")[0])
+    assert "0x" + tiny_id.hex() in said
+    assert net.reader().models.royalty_info(tiny_id) == (net.accounts[1].address, 100)
+    again = cli(net, "models", "register", "allmende:tiny", "--license", "MIT", "--key",
+                f"devnet:{net.accounts[2].index}", ok=False)  # fmt: skip
+    assert "already registered" in again

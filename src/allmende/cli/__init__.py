@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from allmende.cli import chain, demo, federated, gateway, gov, keys, provider, up, validator, vault
+from allmende.cli import chain, demo, federated, gateway, gov, keys, models, provider, up, validator, vault
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Allmende: the commons of idle compute.")
 app.add_typer(chain.app, name="chain")
@@ -22,6 +22,7 @@ app.command("validator")(validator.validator)
 app.command("vault")(vault.vault)
 app.add_typer(vault.data_app, name="data")
 app.add_typer(federated.app, name="federated")
+app.add_typer(models.app, name="models")
 
 
 def main() -> None:

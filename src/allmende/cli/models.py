@@ -1,0 +1,117 @@
+"""`allmende models register|list|show`: content-addressed models, their license, lineage
+and royalties on chain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from allmende.cli.common import console, friendly_errors, resolve_key
+from allmende.config import from_environment
+
+app = typer.Typer(help="models on chain: register, list, show (license, lineage, royalties)", no_args_is_help=True)
+
+
+def _contracts(rpc: str | None, key: str | None, deployments: Path | None):  # type: ignore[no-untyped-def]
+    from allmende.chain import ChainClient, Contracts, Deployment
+
+    env = from_environment()
+    client = ChainClient(rpc or env.rpc_url, resolve_key(key) if key else None)
+    return Contracts(client, Deployment.load(deployments or env.state_dir / "deployments.json"))
+
+
+def _id(value: str) -> bytes:
+    try:
+        raw = bytes.fromhex(value.removeprefix("0x"))
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        console.print(f"[red]error:[/red] {value!r} is not a model or dataset id (0x + 64 hex digits)")
+        raise typer.Exit(2)
+    return raw
+
+
+def model_id_for(name: str) -> bytes:
+    """The content address of a model given by name (allmende:tiny, minilm), folder or hub id."""
+    from allmende.core.manifest import model_id_of
+    from allmende.engine import resolve_model_path
+
+    path, _ = resolve_model_path(name)
+    return model_id_of(path)
+
+
+@app.command("register")
+def register(
+    model: str = typer.Argument(..., help="a model folder, hub id, allmende:tiny or minilm; its files give its id"),
+    key: str = typer.Option(..., help="the owner's key (receives the royalties)"),
+    license: str = typer.Option(..., help="SPDX id or short license name, e.g. Apache-2.0"),
+    royalty_bps: int = typer.Option(0, help="share of every payment for this model, in basis points"),
+    parent: list[str] = typer.Option([], help="id of a model this one derives from (repeat)"),
+    dataset: list[str] = typer.Option([], help="id of a dataset it was trained on (repeat)"),
+    uri: str = typer.Option("", help="where the model card lives"),
+    rpc: str = typer.Option(None),
+    deployments: Path = typer.Option(None),
+) -> None:
+    """Register a model by its content address, with license, royalty and lineage."""
+    with friendly_errors():
+        model_id = model_id_for(model)
+        c = _contracts(rpc, key, deployments)
+        c.models.register(model_id, license, royalty_bps, [_id(p) for p in parent], [_id(d) for d in dataset], uri)
+        console.print(f"registered [bold]0x{model_id.hex()}[/bold] ({license}, royalty {royalty_bps} bps)")
+
+
+def _short(address: str) -> str:
+    return f"{address[:6]}…{address[-4:]}"
+
+
+@app.command("list")
+def list_models(rpc: str = typer.Option(None), deployments: Path = typer.Option(None)) -> None:
+    """Every registered model."""
+    with friendly_errors():
+        c = _contracts(rpc, None, deployments)
+        table = Table(title="models on chain")
+        for col in ("model", "owner", "license", "bps", "royalty to", "parents", "datasets"):
+            table.add_column(col, no_wrap=True)
+        for model_id in c.models.all_ids():
+            m = c.models.get(model_id)
+            payee, bps = c.models.royalty_info(model_id)
+            table.add_row(
+                "0x" + model_id.hex()[:8],
+                _short(m.owner),
+                m.license,
+                str(bps),
+                _short(payee),
+                str(len(m.parents)),
+                str(len(m.datasets)),
+            )
+        console.print(table)
+
+
+@app.command("show")
+def show(
+    model: str = typer.Argument(..., help="a model id (0x…), or a name/folder to hash"),
+    rpc: str = typer.Option(None),
+    deployments: Path = typer.Option(None),
+) -> None:
+    """Everything the chain records about one model, its attestations included."""
+    with friendly_errors():
+        model_id = _id(model) if model.startswith("0x") else model_id_for(model)
+        c = _contracts(rpc, None, deployments)
+        m = c.models.get(model_id)
+        payee, bps = c.models.royalty_info(model_id)
+        console.print(f"model      0x{model_id.hex()}")
+        console.print(f"owner      {m.owner}")
+        console.print(f"license    {m.license}")
+        console.print(f"royalty    {bps} bps to {payee}")
+        for p in m.parents:
+            console.print(f"parent     0x{p.hex()}")
+        for d in m.datasets:
+            console.print(f"dataset    0x{d.hex()}")
+        if m.metadata_uri:
+            console.print(f"card       {m.metadata_uri}")
+        for a in c.data.attestations(model_id):
+            console.print(
+                f"attested   {a.metric} = {a.value_ppm / 1e6:.4f} by {a.validator} (job 0x{a.job_id.hex()[:12]}…)"
+            )
