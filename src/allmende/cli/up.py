@@ -20,6 +20,7 @@ from allmende.chain.anvil import Anvil, devnet_accounts, free_port
 from allmende.cli.common import alm, console, friendly_errors, usd
 from allmende.config import from_environment
 from allmende.core.errors import AllmendeError
+from allmende.engine import EMBEDDING_ALIASES
 
 DEFAULT_MODELS = ["allmende:tiny", "minilm"]
 GATEWAY_ACCOUNT = 9
@@ -55,6 +56,11 @@ def up(
         [], help="extra option for every provider, e.g. --provider-option=--redeem-threshold=1 (repeatable)"
     ),
     gateway_option: list[str] = typer.Option([], help="extra option for the gateway (repeatable)"),
+    validators: int = typer.Option(0, help="number of validator processes auditing the providers"),
+    validator_option: list[str] = typer.Option([], help="extra option for every validator (repeatable)"),
+    provider_cheat: str = typer.Option(
+        None, hidden=True, help="fault injection for tests: N:MODE makes provider N (1-based) cheat (int8, skip-layer)"
+    ),
     showcase: bool = typer.Option(False, help="once up, send a few requests with the openai client and show them"),
 ) -> None:
     """Start anvil, deploy, fund, start N providers and the gateway; Ctrl-C stops everything."""
@@ -62,6 +68,16 @@ def up(
     if not 1 <= providers <= 8:
         console.print("[red]error:[/red] --providers must be between 1 and 8")
         raise typer.Exit(2)
+    if validators < 0 or providers + validators > 8:
+        console.print("[red]error:[/red] providers + validators must be at most 8 (anvil funds 10 accounts)")
+        raise typer.Exit(2)
+    cheat_index, cheat_mode = 0, ""
+    if provider_cheat:
+        index, _, cheat_mode = provider_cheat.partition(":")
+        if not index.isdigit() or cheat_mode not in ("int8", "skip-layer"):
+            console.print("[red]error:[/red] --provider-cheat must be N:int8 or N:skip-layer")
+            raise typer.Exit(2)
+        cheat_index = int(index)
     models = model or DEFAULT_MODELS
     run_dir = root / "run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh chain: old node state refers to nothing
@@ -122,6 +138,8 @@ def up(
                 if stream_tokens_per_s:
                     args += ["--stream-tokens-per-s", str(stream_tokens_per_s)]
                 args += provider_option
+                if i + 1 == cheat_index:
+                    args += ["--cheat", cheat_mode]
                 proc = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT)
                 children.append((f"provider-{i + 1}", proc))
                 provider_rows.append(
@@ -167,6 +185,31 @@ def up(
                     if time.monotonic() > deadline:
                         raise StartupFailed("the gateway did not discover every provider within 60s")
                     time.sleep(0.5)
+            validator_rows: list[dict[str, Any]] = []
+            audited = [m for m in models if m.lower() not in EMBEDDING_ALIASES] or ["allmende:tiny"]
+            for j in range(validators):
+                account = accounts[8 - j]  # from the top, below the gateway's account
+                v_port = free_port()
+                v_log = run_dir / f"validator-{j + 1}.log"
+                v_args = [
+                    python, "-m", "allmende", "validator", "--rpc", node.url, "--key", f"devnet:{account.index}",
+                    "--deployments", str(deployments), "--state-dir", str(run_dir / f"validator-{j + 1}"),
+                    "--port", str(v_port), *(a for m in audited for a in ("--model", m)), *validator_option,
+                ]  # fmt: skip
+                proc = subprocess.Popen(v_args, stdout=v_log.open("ab"), stderr=subprocess.STDOUT)
+                children.append((f"validator-{j + 1}", proc))
+                validator_rows.append(
+                    {
+                        "address": account.address,
+                        "url": f"http://127.0.0.1:{v_port}",
+                        "pid": proc.pid,
+                        "log": str(v_log),
+                    }
+                )
+            if validators:
+                with console.status(f"starting {validators} validators"):
+                    for (name, proc), row in zip(children[-validators:], validator_rows, strict=True):
+                        _wait_http(f"{row['url']}/healthz", proc, Path(row["log"]), name)
             network = {
                 "rpc_url": node.url,
                 "anvil_pid": node.process.pid,
@@ -176,6 +219,7 @@ def up(
                 "gateway_url": gateway_url + "/v1",
                 "gateway_pid": gw.pid,
                 "providers": provider_rows,
+                "validators": validator_rows,
                 "accounts": {
                     "deployer_and_treasury": accounts[0].address,
                     "gateway_payer": accounts[GATEWAY_ACCOUNT].address,
