@@ -5,6 +5,9 @@ routing to it while users' requests keep being served."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +38,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         "--validator-option=--audit-interval=2",
         "--validator-option=--publish-every=2",
     )
+    data["root"] = str(root)
     try:
         yield data
     finally:
@@ -96,3 +100,12 @@ def test_validators_in_up_catch_and_slash_the_cheater(network: dict[str, Any]) -
         assert reply.choices[0].finish_reason in ("stop", "length")
     logs = "".join(Path(v["log"]).read_text() for v in network["validators"])
     assert "Traceback" not in logs
+    shown = subprocess.run(
+        [sys.executable, "-m", "allmende", "status", "--state-dir", network["root"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "guilty" in shown.stdout and all(v in shown.stdout for v in validators)

@@ -250,6 +250,8 @@ def _summary(network: dict, models: list[str], root: Path) -> None:  # type: ign
     table.add_row("models", ", ".join(models))
     for row in network["providers"]:
         table.add_row("provider", f"{row['url']}  {row['address']}")
+    for row in network.get("validators", []):
+        table.add_row("validator", f"{row['url']}  {row['address']}")
     table.add_row("network.json", str(root / "network.json"))
     console.print(table)
     console.print(
@@ -317,6 +319,29 @@ def status(state_dir: Path = typer.Option(None, help="the state dir of `allmende
                 usd(contracts.channels.earnings(address)),
             )
         console.print(providers)
+        validators = Table("validator", "evidence endpoint", "stake", "active")
+        for address in contracts.registry.all_accounts():
+            account = contracts.registry.account(address)
+            if account.role == 2:
+                validators.add_row(
+                    address, account.endpoint, alm(account.stake), str(contracts.registry.is_active(address))
+                )
+        if validators.row_count:
+            console.print(validators)
+            cases = contracts.verdicts.case_count()
+            if cases:
+                status_names = {1: "open", 2: "guilty", 3: "not guilty", 4: "no quorum"}
+                verdicts = Table("case", "provider", "reporter", "status", "slashed")
+                for case_id in range(1, cases + 1):
+                    case = contracts.verdicts.case(case_id)
+                    verdicts.add_row(
+                        str(case_id),
+                        case.provider,
+                        case.reporter,
+                        status_names.get(case.status, "?"),
+                        alm(case.slashed),
+                    )
+                console.print(verdicts)
         models = Table("model id", "owner", "license", "royalty", "owner earnings")
         for model_id in contracts.models.all_ids():
             record = contracts.models.get(model_id)
