@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.console import Console
@@ -13,6 +14,9 @@ from rich.console import Console
 from allmende.chain.keys import load_key
 from allmende.config import from_environment
 from allmende.core.errors import AllmendeError
+
+if TYPE_CHECKING:
+    from allmende.chain import Contracts
 
 console = Console(soft_wrap=True)
 T = TypeVar("T")
@@ -55,3 +59,26 @@ def alm(amount: int) -> str:
 def run(fn: Callable[[], T]) -> T:
     with friendly_errors():
         return fn()
+
+
+def contracts_for(rpc: str | None, key: str | bytes | None, deployments: Path | None) -> Contracts:
+    """Bindings for the deployment in `deployments` (default <state dir>/deployments.json),
+    signing with `key` (a keystore file, devnet:N or raw bytes) or read-only without one."""
+    from allmende.chain import ChainClient, Contracts, Deployment
+
+    env = from_environment()
+    secret = resolve_key(key) if isinstance(key, str) else key
+    client = ChainClient(rpc or env.rpc_url, secret)
+    return Contracts(client, Deployment.load(deployments or env.state_dir / "deployments.json"))
+
+
+def parse_id(value: str, what: str = "id") -> bytes:
+    """A 0x-prefixed 32-byte id from the command line; exits with a clear message otherwise."""
+    try:
+        raw = bytes.fromhex(value.removeprefix("0x"))
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        console.print(f"[red]error:[/red] {what} {value!r} must be 0x followed by 64 hex digits")
+        raise typer.Exit(2)
+    return raw

@@ -9,30 +9,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from allmende.cli.common import console, friendly_errors, resolve_key
-from allmende.config import from_environment
+from allmende.cli.common import console, contracts_for, friendly_errors, parse_id, resolve_key
 
 app = typer.Typer(help="federated training across vaults, attestation and lineage", no_args_is_help=True)
-
-
-def _contracts(rpc: str | None, key: bytes | None, deployments: Path | None):  # type: ignore[no-untyped-def]
-    from allmende.chain import ChainClient, Contracts, Deployment
-
-    env = from_environment()
-    return Contracts(
-        ChainClient(rpc or env.rpc_url, key), Deployment.load(deployments or env.state_dir / "deployments.json")
-    )
-
-
-def _hex32(value: str, what: str) -> bytes:
-    try:
-        raw = bytes.fromhex(value.removeprefix("0x"))
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
-        console.print(f"[red]error:[/red] {what} must be 0x followed by 64 hex digits")
-        raise typer.Exit(2)
-    return raw
 
 
 @app.command("train")
@@ -60,7 +39,7 @@ def train(
             if len(parts) != 3 or not parts[2].isdigit():
                 console.print(f"[red]error:[/red] --vault {spec!r} must be URL,DATASET_ID,GRANT_ID")
                 raise typer.Exit(2)
-            participants.append(Participant(parts[0], _hex32(parts[1], "DATASET_ID"), int(parts[2])))
+            participants.append(Participant(parts[0], parse_id(parts[1], "DATASET_ID"), int(parts[2])))
         model_spec, params, base_id = load_model(base)
         config = FederatedConfig(rounds, steps, lr, noise, clipping_norm, server_noise, secagg)
         with console.status(f"{rounds} rounds across {len(participants)} vaults"):
@@ -108,7 +87,7 @@ def attest(
     with friendly_errors():
         secret = resolve_key(key)
         spec, params, model_id = load_model(model)
-        job = keccak(model_id + _hex32(dataset, "--dataset") + int(time.time() * 1e6).to_bytes(8, "big"))
+        job = keccak(model_id + parse_id(dataset, "--dataset") + int(time.time() * 1e6).to_bytes(8, "big"))
         body = json.dumps({
             "template": "evaluate", "dataset_id": dataset, "grant_id": grant, "job_id": "0x" + job.hex(),
             "model": model_payload(spec, params),
@@ -121,7 +100,7 @@ def attest(
         answer = reply.json()
         accuracy = float(answer["result"]["accuracy"])
         report_hash = bytes.fromhex(answer["result_hash"].removeprefix("0x"))
-        contracts = _contracts(rpc, secret, deployments)
+        contracts = contracts_for(rpc, secret, deployments)
         contracts.data.attest(model_id, job, "accuracy", round(accuracy * MICRO), report_hash)
         console.print(
             f"attested model 0x{model_id.hex()[:12]}…: accuracy [bold]{accuracy:.4f}[/bold] on "
@@ -147,7 +126,7 @@ def register(
         if run["model_id"] != "0x" + model_id.hex():
             console.print("[red]error:[/red] the model files changed since `train` wrote run.json")
             raise typer.Exit(1)
-        contracts = _contracts(rpc, resolve_key(key), deployments)
+        contracts = contracts_for(rpc, key, deployments)
         attestations = contracts.data.attestations(model_id)
         if len(attestations) < min_attestations:
             console.print(f"[red]error:[/red] {len(attestations)} attestation(s) on chain; {min_attestations} needed")

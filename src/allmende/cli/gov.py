@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from allmende.chain import ChainClient, Contracts, Deployment
-from allmende.cli.common import alm, console, friendly_errors, resolve_key
+from allmende.chain import ChainClient
+from allmende.cli.common import alm, console, contracts_for, friendly_errors
 from allmende.config import from_environment
 from allmende.core.codec import address_field, hex_bytes
 from allmende.core.errors import InvalidInput
@@ -19,12 +19,6 @@ app = typer.Typer(no_args_is_help=True, help="Propose, vote on, queue and execut
 RPC = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC)")
 DEPLOYMENTS = typer.Option(None, help="deployments JSON (default <state-dir>/deployments.json)")
 KEY = typer.Option(..., help="keystore file or devnet:N")
-
-
-def _contracts(rpc: str | None, deployments: Path | None, key: str | None = None) -> Contracts:
-    env = from_environment()
-    client = ChainClient(rpc or env.rpc_url, resolve_key(key) if key else None)
-    return Contracts(client, Deployment.load(deployments or env.state_dir / "deployments.json"))
 
 
 @app.command("propose")
@@ -38,7 +32,7 @@ def propose(
 ) -> None:
     """Propose Params changes (--set) and/or arbitrary calls (--call)."""
     with friendly_errors():
-        c = _contracts(rpc, deployments, key)
+        c = contracts_for(rpc, key, deployments)
         calls: list[tuple[str, int, bytes]] = []
         for item in set_param:
             name, _, value = item.partition("=")
@@ -60,7 +54,7 @@ def propose(
 def list_(rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
     """All proposals with their state and tallies."""
     with friendly_errors():
-        c = _contracts(rpc, deployments)
+        c = contracts_for(rpc, None, deployments)
         table = Table("id", "state", "for", "against", "abstain", "description")
         for pid in c.governor.ids():
             p = c.governor.proposal(pid)
@@ -83,7 +77,7 @@ def _when(ts: int) -> str:
 def show(proposal_id: int, rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
     """State, tallies, quorum, voting window and eta of one proposal."""
     with friendly_errors():
-        p = _contracts(rpc, deployments).governor.proposal(proposal_id)
+        p = contracts_for(rpc, None, deployments).governor.proposal(proposal_id)
     console.print(f"proposal {proposal_id}: [bold]{p.state}[/bold]  — {p.description}")
     console.print(f"  proposer {p.proposer}; voting {_when(p.start)} → {_when(p.end)}")
     console.print(
@@ -103,7 +97,7 @@ def vote(
 ) -> None:
     """Vote with your stake as of the proposal's start."""
     with friendly_errors():
-        _contracts(rpc, deployments, key).governor.vote(proposal_id, support)
+        contracts_for(rpc, key, deployments).governor.vote(proposal_id, support)
     console.print(f"voted {support} on {proposal_id}")
 
 
@@ -111,7 +105,7 @@ def vote(
 def queue(proposal_id: int, key: str = KEY, rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
     """Queue a passed proposal in the Timelock."""
     with friendly_errors():
-        c = _contracts(rpc, deployments, key)
+        c = contracts_for(rpc, key, deployments)
         c.governor.queue(proposal_id)
         eta = c.governor.proposal(proposal_id).eta
     console.print(f"queued {proposal_id}; executable from {_when(eta)}")
@@ -121,7 +115,7 @@ def queue(proposal_id: int, key: str = KEY, rpc: str = RPC, deployments: Path = 
 def execute(proposal_id: int, key: str = KEY, rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
     """Execute a queued proposal whose Timelock delay is over."""
     with friendly_errors():
-        _contracts(rpc, deployments, key).governor.execute(proposal_id)
+        contracts_for(rpc, key, deployments).governor.execute(proposal_id)
     console.print(f"executed {proposal_id}")
 
 

@@ -8,29 +8,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from allmende.cli.common import console, friendly_errors, resolve_key
-from allmende.config import from_environment
+from allmende.cli.common import console, contracts_for, friendly_errors, parse_id
 
 app = typer.Typer(help="models on chain: register, list, show (license, lineage, royalties)", no_args_is_help=True)
-
-
-def _contracts(rpc: str | None, key: str | None, deployments: Path | None):  # type: ignore[no-untyped-def]
-    from allmende.chain import ChainClient, Contracts, Deployment
-
-    env = from_environment()
-    client = ChainClient(rpc or env.rpc_url, resolve_key(key) if key else None)
-    return Contracts(client, Deployment.load(deployments or env.state_dir / "deployments.json"))
-
-
-def _id(value: str) -> bytes:
-    try:
-        raw = bytes.fromhex(value.removeprefix("0x"))
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
-        console.print(f"[red]error:[/red] {value!r} is not a model or dataset id (0x + 64 hex digits)")
-        raise typer.Exit(2)
-    return raw
 
 
 def model_id_for(name: str) -> bytes:
@@ -57,8 +37,10 @@ def register(
     """Register a model by its content address, with license, royalty and lineage."""
     with friendly_errors():
         model_id = model_id_for(model)
-        c = _contracts(rpc, key, deployments)
-        c.models.register(model_id, license, royalty_bps, [_id(p) for p in parent], [_id(d) for d in dataset], uri)
+        c = contracts_for(rpc, key, deployments)
+        c.models.register(
+            model_id, license, royalty_bps, [parse_id(p) for p in parent], [parse_id(d) for d in dataset], uri
+        )
         console.print(f"registered [bold]0x{model_id.hex()}[/bold] ({license}, royalty {royalty_bps} bps)")
 
 
@@ -70,7 +52,7 @@ def _short(address: str) -> str:
 def list_models(rpc: str = typer.Option(None), deployments: Path = typer.Option(None)) -> None:
     """Every registered model."""
     with friendly_errors():
-        c = _contracts(rpc, None, deployments)
+        c = contracts_for(rpc, None, deployments)
         table = Table(title="models on chain")
         for col in ("model", "owner", "license", "bps", "royalty to", "parents", "datasets"):
             table.add_column(col, no_wrap=True)
@@ -97,8 +79,8 @@ def show(
 ) -> None:
     """Everything the chain records about one model, its attestations included."""
     with friendly_errors():
-        model_id = _id(model) if model.startswith("0x") else model_id_for(model)
-        c = _contracts(rpc, None, deployments)
+        model_id = parse_id(model, "model") if model.startswith("0x") else model_id_for(model)
+        c = contracts_for(rpc, None, deployments)
         m = c.models.get(model_id)
         payee, bps = c.models.royalty_info(model_id)
         console.print(f"model      0x{model_id.hex()}")

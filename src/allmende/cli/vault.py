@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from allmende.cli.common import console, friendly_errors, node_logging, resolve_key
+from allmende.cli.common import console, contracts_for, friendly_errors, node_logging, resolve_key
 from allmende.config import from_environment
 
 data_app = typer.Typer(help="datasets on chain: grants, revocations, the access log", no_args_is_help=True)
@@ -54,14 +54,6 @@ def vault(
         serve(cfg)
 
 
-def _contracts(rpc: str | None, key: str | None, deployments: Path | None):  # type: ignore[no-untyped-def]
-    from allmende.chain import ChainClient, Contracts, Deployment
-
-    env = from_environment()
-    client = ChainClient(rpc or env.rpc_url, resolve_key(key) if key else None)
-    return Contracts(client, Deployment.load(deployments or env.state_dir / "deployments.json"))
-
-
 @data_app.command("grant")
 def grant(
     dataset: str = typer.Option(..., help="dataset id (0x…)"),
@@ -82,7 +74,7 @@ def grant(
         if template not in TEMPLATES:
             console.print(f"[red]error:[/red] --template must be one of {', '.join(TEMPLATES)}")
             raise typer.Exit(2)
-        c = _contracts(rpc, key, deployments)
+        c = contracts_for(rpc, key, deployments)
         expires = c.client.timestamp() + int(days * 86_400)
         grant_id = c.data.grant(
             bytes.fromhex(dataset.removeprefix("0x")),
@@ -106,7 +98,7 @@ def revoke(
 ) -> None:
     """Revoke a grant at once."""
     with friendly_errors():
-        _contracts(rpc, key, deployments).data.revoke(grant_id)
+        contracts_for(rpc, key, deployments).data.revoke(grant_id)
         console.print(f"grant {grant_id} revoked")
 
 
@@ -118,7 +110,7 @@ def access_log(
 ) -> None:
     """Every access to a dataset, as the chain recorded it."""
     with friendly_errors():
-        c = _contracts(rpc, None, deployments)
+        c = contracts_for(rpc, None, deployments)
         dataset_id = bytes.fromhex(dataset.removeprefix("0x"))
         d = c.data.dataset(dataset_id)
         table = Table(title=f"dataset 0x{dataset_id.hex()[:12]}…, owner {d.owner}, vault {d.vault}")
