@@ -25,8 +25,8 @@ from openai import OpenAI
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.gateway.store import GatewayStore
 from allmende.testing.network import start_network, stop_network
+from tests.faults.requests import ask
 
-MESSAGES = [{"role": "user", "content": "Wer pflegt die Allmende?"}]
 # small, so that the low-water mark (25 % left) is crossed while the chain is away: a request
 # costs about 16 units, and the 60 requests then put about 1,000 on the two channels
 DEPOSIT = 600
@@ -53,21 +53,6 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, di
         stop_network(process)
 
 
-def ask(client: OpenAI, i: int) -> str:
-    if i % 2:
-        stream = client.chat.completions.create(
-            model="allmende:tiny",
-            messages=MESSAGES,
-            max_tokens=12,  # type: ignore[arg-type]
-            stream=True,
-        )
-        finishes = [c.choices[0].finish_reason for c in stream if c.choices and c.choices[0].finish_reason]
-        assert finishes, "stream ended without a finish reason"
-        return f"stream:{finishes[-1]}"
-    reply = client.chat.completions.create(model="allmende:tiny", messages=MESSAGES, max_tokens=12)  # type: ignore[arg-type]
-    return f"chat:{reply.choices[0].finish_reason}"
-
-
 def signed_vouchers(store: GatewayStore, models: list[bytes]) -> dict[tuple[bytes, bytes], int]:
     return {
         (channel, model): store.owed(channel, model)[1]
@@ -89,7 +74,7 @@ def test_requests_go_on_while_the_chain_is_away_and_transactions_follow(
 
     # both providers get a channel (the router spreads requests), and everything so far is redeemed
     for i in range(40):
-        ask(client, i)
+        ask(client, i, stream_tokens=12, chat_tokens=12)
         if len(store.all_channels()) == 2 and i >= 4:
             break
     assert len(store.all_channels()) == 2
@@ -109,7 +94,7 @@ def test_requests_go_on_while_the_chain_is_away_and_transactions_follow(
 
         def one(i: int) -> None:
             try:
-                answer = ask(client, i)
+                answer = ask(client, i, stream_tokens=12, chat_tokens=12)
                 with lock:
                     results.append(answer)
             except Exception as exc:
@@ -134,7 +119,7 @@ def test_requests_go_on_while_the_chain_is_away_and_transactions_follow(
     # back: a few more requests (they start the deferred top-up), then the settlement loops catch up
     time.sleep(5)  # the gateway retries chain work 5 s after it last failed
     for i in range(4):
-        ask(client, i)
+        ask(client, i, stream_tokens=12, chat_tokens=12)
     deadline = time.monotonic() + 120
     while True:
         signed = signed_vouchers(store, [model])

@@ -24,8 +24,7 @@ from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.anvil import free_port
 from allmende.gateway.store import GatewayStore
 from allmende.testing.network import start_network, stop_network
-
-MESSAGES = [{"role": "user", "content": "Erzähl mir von der Allmende."}]
+from tests.faults.requests import ask
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +35,6 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, di
         yield root, data
     finally:
         stop_network(process)
-
-
-def ask(client: OpenAI, i: int) -> str:
-    if i % 2:
-        stream = client.chat.completions.create(
-            model="allmende:tiny",
-            messages=MESSAGES,
-            max_tokens=40,  # type: ignore[arg-type]
-            stream=True,
-        )
-        finishes = [c.choices[0].finish_reason for c in stream if c.choices and c.choices[0].finish_reason]
-        assert finishes, "stream ended without a finish reason"
-        return f"stream:{finishes[-1]}"
-    reply = client.chat.completions.create(model="allmende:tiny", messages=MESSAGES, max_tokens=8)  # type: ignore[arg-type]
-    return f"chat:{reply.choices[0].finish_reason}"
 
 
 def test_provider_killed_during_200_concurrent_requests(network: tuple[Path, dict[str, Any]]) -> None:

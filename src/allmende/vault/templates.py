@@ -50,6 +50,16 @@ def evaluate(table: Table, spec: ModelSpec, params: list[np.ndarray], min_group:
     }
 
 
+def _check_request(table: Table, columns: list[str], bins: int) -> None:
+    if not columns or not all(isinstance(c, str) for c in columns):
+        raise BadJob("'columns' must be a non-empty list of column names")
+    unknown = [c for c in columns if c not in table.columns]
+    if unknown:
+        raise BadJob(f"unknown columns: {', '.join(unknown)}")
+    if not 1 <= bins <= 100:
+        raise BadJob("'bins' must be between 1 and 100")
+
+
 def aggregate(
     table: Table,
     columns: list[str],
@@ -58,13 +68,7 @@ def aggregate(
     value_range: tuple[float, float] | None,
     min_group: int,
 ) -> dict[str, Any]:
-    if not columns or not all(isinstance(c, str) for c in columns):
-        raise BadJob("'columns' must be a non-empty list of column names")
-    unknown = [c for c in columns if c not in table.columns]
-    if unknown:
-        raise BadJob(f"unknown columns: {', '.join(unknown)}")
-    if not 1 <= bins <= 100:
-        raise BadJob("'bins' must be between 1 and 100")
+    _check_request(table, columns, bins)
     if group_by is None:
         groups = {"all": np.ones(table.rows, dtype=bool)}
     elif group_by == table.label_column and table.labels is not None:
@@ -121,13 +125,7 @@ def dp_aggregate(
     """
     if not epsilon > 0:
         raise BadJob("'epsilon' must be positive")
-    if not columns or not all(isinstance(c, str) for c in columns):
-        raise BadJob("'columns' must be a non-empty list of column names")
-    unknown = [c for c in columns if c not in table.columns]
-    if unknown:
-        raise BadJob(f"unknown columns: {', '.join(unknown)}")
-    if not 1 <= bins <= 100:
-        raise BadJob("'bins' must be between 1 and 100")
+    _check_request(table, columns, bins)
     lo, hi = value_range
     if not hi > lo:
         raise BadJob("'range' must be [low, high] with high > low")
