@@ -99,7 +99,12 @@ def load_table(path: str | Path, label: str | None = "label", name: str | None =
     p = Path(path)
     if not p.is_file():
         raise BadDataFile(f"{p}: no such file")
-    cols = _records(p)
+    try:
+        cols = _records(p)
+    except BadDataFile:
+        raise
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # a damaged Parquet file, bytes that are not UTF-8
+        raise BadDataFile(f"{p.name}: unreadable ({exc.__class__.__name__}: {exc})") from None
     if not cols:
         raise BadDataFile(f"{p.name}: no columns")
     numeric: dict[str, np.ndarray] = {}
