@@ -292,3 +292,64 @@ def test_unsigned_forged_and_revoked_requests_are_refused(world: World) -> None:
     assert wrong_dataset.status_code == 404
     not_json = httpx.post(v.url + "/v1/jobs", content=b"\xff{", headers={HEADER: sign_body(analyst.key, b"\xff{")})
     assert not_json.status_code == 400 and not_json.json()["error"]["code"] == "bad_job"
+
+
+HOSTILE_JOBS: list[tuple[str, Any, int, str]] = [
+    ("not an object", [1, 2], 400, "bad_job"),
+    ("no template", {}, 403, "template_not_allowed"),
+    ("template is a number", {"template": 7}, 403, "template_not_allowed"),
+    ("federated round over /v1/jobs", {"template": "federated_round"}, 403, "template_not_allowed"),
+    ("dataset id not hex", {"template": "aggregate", "dataset_id": "0xzz", "job_id": "0x" + "11" * 32}, 400, "bad_job"),
+    ("dataset id too short", {"template": "aggregate", "dataset_id": "0x1234", "job_id": "0x" + "11" * 32}, 400,
+     "bad_job"),
+    ("job id missing", {"template": "aggregate", "dataset_id": "DATASET"}, 400, "bad_job"),
+    ("grant id negative", {"template": "aggregate", "dataset_id": "DATASET", "job_id": "JOB", "grant_id": -1}, 400,
+     "bad_job"),
+    ("grant id a string", {"template": "aggregate", "dataset_id": "DATASET", "job_id": "JOB", "grant_id": "1"}, 400,
+     "bad_job"),
+    ("grant that does not exist", {"template": "aggregate", "dataset_id": "DATASET", "job_id": "JOB",
+     "grant_id": 10_000, "columns": ["f1"]}, 403, "access_denied"),
+    ("evaluate without a model", {"template": "evaluate", "dataset_id": "DATASET", "job_id": "JOB", "grant_id": 1},
+     400, "bad_job"),
+    ("model weights not base64", {"template": "evaluate", "dataset_id": "DATASET", "job_id": "JOB", "grant_id": 1,
+     "model": {"spec": {"inputs": 64, "classes": 10}, "weights": "%%%"}}, 400, "bad_job"),
+    ("model weights not an npz", {"template": "evaluate", "dataset_id": "DATASET", "job_id": "JOB", "grant_id": 1,
+     "model": {"spec": {"inputs": 64, "classes": 10}, "weights": base64.b64encode(b"junk").decode()}}, 400, "bad_job"),
+    ("model spec absurd", {"template": "evaluate", "dataset_id": "DATASET", "job_id": "JOB", "grant_id": 1,
+     "model": {"spec": {"inputs": -1, "classes": 10**9}, "weights": ""}}, 400, "bad_job"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "payload", "status", "code"), HOSTILE_JOBS, ids=[h[0] for h in HOSTILE_JOBS])
+def test_hostile_jobs_get_a_clear_4xx(world: World, name: str, payload: Any, status: int, code: str) -> None:
+    v = world.vaults[1]
+    placeholders = {"DATASET": "0x" + v.dataset_id.hex(), "JOB": "0x" + keccak(text=name).hex()}
+    if isinstance(payload, dict):
+        payload = {k: placeholders.get(x, x) if isinstance(x, str) else x for k, x in payload.items()}
+    reply = signed_post(v.url, world.accounts["coordinator"].key, payload)
+    assert reply.status_code == status, reply.text
+    assert reply.json()["error"]["code"] == code
+    assert reply.json()["error"]["message"]
+
+
+def test_hostile_flower_messages_get_a_clear_4xx(world: World) -> None:
+    v = world.vaults[0]
+    key = world.accounts["coordinator"].key
+    headers = {"x-allmende-grant": "1", "x-allmende-dataset": "0x" + v.dataset_id.hex()}
+    garbage = b"\x08\x96\x01 this is not a flower message"
+    cases = [
+        (garbage, {**headers, HEADER: sign_body(key, garbage)}, 400),
+        (b"", {**headers, HEADER: sign_body(key, b"")}, 400),
+        (garbage, headers, 403),  # unsigned
+        (garbage, {**headers, HEADER: "0x1234"}, 403),  # malformed signature
+        (garbage, {**headers, HEADER: sign_body(key, garbage), "x-allmende-grant": "one"}, 400),
+        (garbage, {**headers, HEADER: sign_body(key, garbage), "x-allmende-dataset": "0x" + "22" * 32}, 404),
+    ]
+    for body, hdrs, status in cases:
+        reply = httpx.post(v.url + "/v1/flower", content=body, headers=hdrs, timeout=30)
+        assert reply.status_code == status, (hdrs, reply.text)
+        assert reply.json()["error"]["message"]
+    too_big = b"\x00" * (17 * 1024 * 1024)
+    reply = httpx.post(v.url + "/v1/jobs", content=too_big, headers={HEADER: sign_body(key, b"")}, timeout=60)
+    assert reply.status_code == 413
+    assert httpx.get(v.url + "/healthz").status_code == 200  # and it keeps serving

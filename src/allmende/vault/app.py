@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from google.protobuf.message import DecodeError
 
 from allmende import __version__
 from allmende.chain.errors import ChainError
@@ -80,8 +81,8 @@ def create_app(service: VaultService, max_body: int = 16 * 1024 * 1024, body_tim
                 reply = await asyncio.to_thread(flower.handle, body, signer, int(grant), dataset_id)
             except VaultError:
                 raise
-            except (ValueError, KeyError, TypeError) as exc:
-                raise BadJob(f"not a Flower message this vault can run: {exc}") from None
+            except (ValueError, KeyError, TypeError, AttributeError, DecodeError) as exc:
+                raise BadJob(f"not a Flower message this vault can run: {exc.__class__.__name__}: {exc}") from None
             return Response(reply, media_type="application/x-protobuf")
         except Exception as exc:
             return error_response(exc)
