@@ -57,6 +57,7 @@ def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
             while True:
                 await asyncio.sleep(config.refresh_interval)
                 await asyncio.to_thread(directory.maybe_refresh)
+                payments.top_up_low_channels()  # starts its own threads; never blocks the loop
 
         task = asyncio.create_task(loop())
         yield

@@ -54,6 +54,7 @@ class Payments:
         self._guard = threading.Lock()
         self._allowance_ok = False
         self._chain_down_until = 0.0
+        self._top_up_after: dict[str, float] = {}
 
     def _lock(self, provider: str) -> threading.Lock:
         with self._guard:
@@ -75,17 +76,33 @@ class Payments:
 
     def _top_up_in_background(self, provider: str) -> None:
         lock = self._lock(provider)
-        if self.chain_down() or not lock.acquire(blocking=False):
-            return  # a top-up is under way, or the chain is away: a later request retries
+        if self.chain_down() or time.monotonic() < self._top_up_after.get(provider, 0.0):
+            return  # the chain is away, or this top-up failed a moment ago: retried later
+        if not lock.acquire(blocking=False):
+            return  # a top-up is under way
         lock.release()
 
         def work() -> None:
             try:
                 self.channel_for(provider)
             except (ChainError, InsufficientFunds) as exc:
+                self._top_up_after[provider] = time.monotonic() + self.policy.retry_after
                 log.warning("top-up of the channel to %s deferred: %s", provider, exc)
 
         threading.Thread(target=work, name="top-up", daemon=True).start()
+
+    def top_up_low_channels(self) -> int:
+        """Start the top-up of every channel below its low-water mark (the gateway's loop calls
+        this, so a top-up deferred while the chain was away is retried without waiting for a
+        request to that provider). Returns how many were started."""
+        if self.chain_down():
+            return 0
+        started = 0
+        for provider, channel_id, deposit in self.store.all_channels():
+            if deposit - self.store.total_owed(channel_id) < deposit * self.policy.low_water:
+                self._top_up_in_background(provider)
+                started += 1
+        return started
 
     def chain_down(self) -> bool:
         return time.monotonic() < self._chain_down_until
