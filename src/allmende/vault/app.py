@@ -21,7 +21,7 @@ from allmende.httpbody import BodyTooLargeError, BodyTooSlowError, read_limited
 from allmende.vault.auth import HEADER, signer_of
 from allmende.vault.errors import BadJob, VaultError
 from allmende.vault.flower import VaultFlower
-from allmende.vault.service import VaultService, _bytes32
+from allmende.vault.service import VaultService, parse_bytes32
 
 
 def error_response(exc: Exception) -> JSONResponse:
@@ -75,7 +75,7 @@ def create_app(service: VaultService, max_body: int = 16 * 1024 * 1024, body_tim
             grant = request.headers.get("x-allmende-grant", "")
             if not grant.isdigit():
                 raise BadJob("x-allmende-grant must name the grant")
-            dataset_id = _bytes32(request.headers.get("x-allmende-dataset"), "x-allmende-dataset")
+            dataset_id = parse_bytes32(request.headers.get("x-allmende-dataset"), "x-allmende-dataset")
             service.table(dataset_id)
             try:
                 reply = await asyncio.to_thread(flower.handle, body, signer, int(grant), dataset_id)

@@ -62,11 +62,16 @@ class ModelSpec:
         return [p.detach().double().numpy().copy() for p in self.module().parameters()]
 
 
-def _module_with(spec: ModelSpec, params: list[np.ndarray]) -> nn.Module:
-    module = spec.module().double()
-    shapes = [tuple(p.shape) for p in module.parameters()]
+def check_params(spec: ModelSpec, params: list[np.ndarray]) -> None:
+    """Raises ValueError unless `params` have the shapes `spec`'s module needs."""
+    shapes = [tuple(p.shape) for p in spec.module().parameters()]
     if [tuple(np.shape(a)) for a in params] != shapes:
         raise ValueError(f"parameters do not fit the spec: expected shapes {shapes}")
+
+
+def _module_with(spec: ModelSpec, params: list[np.ndarray]) -> nn.Module:
+    check_params(spec, params)
+    module = spec.module().double()
     with torch.no_grad():
         for p, a in zip(module.parameters(), params, strict=True):
             p.copy_(torch.from_numpy(np.asarray(a, dtype=np.float64)))
@@ -176,35 +181,37 @@ def params_from_bytes(data: bytes) -> list[np.ndarray]:
 MODEL_FILES = ("spec.json", "weights.npz")
 
 
-def _model_id_of(root: Path) -> bytes:
-    """The manifest hash of the model's two files (other files in the folder, such as
+def _files(spec: ModelSpec, params: list[np.ndarray]) -> dict[str, bytes]:
+    return {
+        "spec.json": (json.dumps(spec.to_json(), sort_keys=True) + "\n").encode(),
+        "weights.npz": params_to_bytes(params),
+    }
+
+
+def _id_of(files: dict[str, bytes]) -> bytes:
+    """The manifest hash of the model's two files (other files in its folder, such as
     run.json, are not part of the model)."""
-    entries = []
-    for name in MODEL_FILES:
-        data = (root / name).read_bytes()
-        entries.append(ManifestEntry(name, len(data), hashlib.sha256(data).hexdigest()))
-    return keccak(Manifest(tuple(entries)).canonical())
+    entries = tuple(ManifestEntry(n, len(files[n]), hashlib.sha256(files[n]).hexdigest()) for n in MODEL_FILES)
+    return keccak(Manifest(entries).canonical())
+
+
+def model_id(spec: ModelSpec, params: list[np.ndarray]) -> bytes:
+    """The id `save_model` gives, without touching the disk."""
+    return _id_of(_files(spec, params))
 
 
 def save_model(folder: str | Path, spec: ModelSpec, params: list[np.ndarray]) -> bytes:
     """Write the model's files; returns its content-addressed id."""
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "spec.json").write_text(json.dumps(spec.to_json(), sort_keys=True) + "\n")
-    (root / "weights.npz").write_bytes(params_to_bytes(params))
-    return _model_id_of(root)
+    files = _files(spec, params)
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    return _id_of(files)
 
 
 def load_model(folder: str | Path) -> tuple[ModelSpec, list[np.ndarray], bytes]:
     root = Path(folder)
-    spec = ModelSpec.from_json(json.loads((root / "spec.json").read_text()))
-    params = params_from_bytes((root / "weights.npz").read_bytes())
-    return spec, params, _model_id_of(root)
-
-
-def model_id(spec: ModelSpec, params: list[np.ndarray]) -> bytes:
-    """The id `save_model` would give, without touching the disk."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        return save_model(tmp, spec, params)
+    files = {name: (root / name).read_bytes() for name in MODEL_FILES}
+    spec = ModelSpec.from_json(json.loads(files["spec.json"]))
+    return spec, params_from_bytes(files["weights.npz"]), _id_of(files)

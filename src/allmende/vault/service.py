@@ -27,7 +27,17 @@ from allmende.chain.bindings import TEMPLATES as TEMPLATE_IDS
 from allmende.chain.errors import ContractReverted
 from allmende.vault.datasets import Table
 from allmende.vault.errors import AccessDenied, BadJob, BudgetExceeded, TemplateNotAllowed, UnknownDataset
-from allmende.vault.model import ModelSpec, epsilon_of, micro_epsilon, model_id, params_from_bytes, rho_of
+from allmende.vault.model import (
+    ModelSpec,
+    check_params,
+    epsilon_of,
+    micro_epsilon,
+    model_id,
+    params_from_bytes,
+    params_to_bytes,
+    rho_of,
+    train,
+)
 from allmende.vault.store import JobRow, VaultStore
 from allmende.vault.templates import TEMPLATES, aggregate, dp_aggregate, evaluate
 
@@ -159,63 +169,34 @@ class VaultService:
                 f"template {template!r} is not allowed here{hint}: this vault runs only "
                 f"{', '.join(TEMPLATES)}; raw rows never leave"
             )
-        dataset_id = _bytes32(body.get("dataset_id"), "dataset_id")
-        job_id = _bytes32(body.get("job_id"), "job_id")
+        dataset_id = parse_bytes32(body.get("dataset_id"), "dataset_id")
+        job_id = parse_bytes32(body.get("job_id"), "job_id")
         grant_id = body.get("grant_id")
         if not isinstance(grant_id, int) or isinstance(grant_id, bool) or grant_id <= 0:
             raise BadJob("'grant_id' must be a positive integer")
         table = self.table(dataset_id)
+        model, extra = ZERO_MODEL, 0
         if template == "evaluate":
             spec, params = parse_model(body.get("model"))
             model = model_id(spec, params)
         else:
-            model = ZERO_MODEL
+            query = self._aggregate_query(body)
+            if query["epsilon"] is not None:
+                extra = micro_epsilon(query["epsilon"])
         with self._lock:
-            charge = self.authorize(grant_id, signer, template, dataset_id, model, 0.0)
+            charge = self.authorize(grant_id, signer, template, dataset_id, model, 0.0, extra=extra)
             if template == "evaluate":
                 result = evaluate(table, spec, params, self.policy.min_group)
+            elif query["epsilon"] is None:
+                result = aggregate(
+                    table, query["columns"], query["group_by"], query["bins"], query["range"], self.policy.min_group
+                )
             else:
-                value_range = body.get("range")
-                if value_range is not None and not (
-                    isinstance(value_range, list)
-                    and len(value_range) == 2
-                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range)
-                ):
-                    raise BadJob("'range' must be [low, high]")
-                bins = body.get("bins", 10)
-                if not isinstance(bins, int) or isinstance(bins, bool):
-                    raise BadJob("'bins' must be an integer")
-                group_by = body.get("group_by")
-                if group_by is not None and not isinstance(group_by, str):
-                    raise BadJob("'group_by' must be a column name")
-                columns = body.get("columns")
-                if not isinstance(columns, list):
-                    raise BadJob("'columns' must be a list of column names")
-                epsilon = body.get("epsilon")
-                if epsilon is None and self.policy.dp_aggregates:
-                    raise BadJob("this vault answers aggregates only with differential privacy: send 'epsilon'")
-                if epsilon is None:
-                    result = aggregate(
-                        table,
-                        columns,
-                        group_by,
-                        bins,
-                        tuple(value_range) if value_range else None,
-                        self.policy.min_group,
-                    )
-                else:
-                    if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or not 0 < epsilon <= 100:
-                        raise BadJob("'epsilon' must be a number in (0, 100]")
-                    if value_range is None:
-                        raise BadJob("with 'epsilon', 'range' is required (values are clipped to it)")
-                    charge = self.authorize(
-                        grant_id, signer, template, dataset_id, model, 0.0, extra=micro_epsilon(float(epsilon))
-                    )
-                    rng = np.random.default_rng(secrets.randbits(128))
-                    result = dp_aggregate(
-                        table, columns, group_by, bins, (float(value_range[0]), float(value_range[1])),
-                        self.policy.min_group, float(epsilon), rng,
-                    )  # fmt: skip
+                rng = np.random.default_rng(secrets.randbits(128))
+                result = dp_aggregate(
+                    table, query["columns"], query["group_by"], query["bins"], query["range"],
+                    self.policy.min_group, query["epsilon"], rng,
+                )  # fmt: skip
             result = {
                 "template": template,
                 "dataset_id": "0x" + dataset_id.hex(),
@@ -224,6 +205,40 @@ class VaultService:
             }
             tx = self.charge_and_log(grant_id, job_id, dataset_id, template, model, canonical(result), 0.0, charge)
         return {"result": result, "result_hash": "0x" + keccak(canonical(result)).hex(), "access_tx": tx}
+
+    def _aggregate_query(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The aggregate template's parameters, checked before anything runs."""
+        value_range = body.get("range")
+        if value_range is not None and not (
+            isinstance(value_range, list)
+            and len(value_range) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range)
+        ):
+            raise BadJob("'range' must be [low, high]")
+        bins = body.get("bins", 10)
+        if not isinstance(bins, int) or isinstance(bins, bool):
+            raise BadJob("'bins' must be an integer")
+        group_by = body.get("group_by")
+        if group_by is not None and not isinstance(group_by, str):
+            raise BadJob("'group_by' must be a column name")
+        columns = body.get("columns")
+        if not isinstance(columns, list):
+            raise BadJob("'columns' must be a list of column names")
+        epsilon = body.get("epsilon")
+        if epsilon is None and self.policy.dp_aggregates:
+            raise BadJob("this vault answers aggregates only with differential privacy: send 'epsilon'")
+        if epsilon is not None:
+            if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or not 0 < epsilon <= 100:
+                raise BadJob("'epsilon' must be a number in (0, 100]")
+            if value_range is None:
+                raise BadJob("with 'epsilon', 'range' is required (values are clipped to it)")
+        return {
+            "columns": columns,
+            "group_by": group_by,
+            "bins": bins,
+            "range": (float(value_range[0]), float(value_range[1])) if value_range else None,
+            "epsilon": None if epsilon is None else float(epsilon),
+        }
 
     def train_round(
         self,
@@ -239,8 +254,6 @@ class VaultService:
         noise: float,
     ) -> tuple[list[np.ndarray], int, int]:
         """One federated round's local training with DP; returns (params, rows, epsilon charged)."""
-        from allmende.vault.model import params_to_bytes, train
-
         table = self.table(dataset_id)
         if table.labels is None or spec.inputs != len(table.columns):
             raise BadJob("the model does not fit this dataset (inputs or labels)")
@@ -258,7 +271,7 @@ class VaultService:
         return out, table.rows, charge
 
 
-def _bytes32(value: object, name: str) -> bytes:
+def parse_bytes32(value: object, name: str) -> bytes:
     if not isinstance(value, str):
         raise BadJob(f"'{name}' must be a 0x-prefixed 32-byte hex string")
     try:
@@ -277,17 +290,11 @@ def parse_model(data: object) -> tuple[ModelSpec, list[np.ndarray]]:
     try:
         spec = ModelSpec.from_json(data.get("spec"))
         params = params_from_bytes(base64.b64decode(str(data.get("weights", "")), validate=True))
-        model_id(spec, params)  # shapes fit the spec
-        _ = spec.module()
-        from allmende.vault.model import _module_with
-
-        _module_with(spec, params)
+        check_params(spec, params)
     except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise BadJob(f"'model' is not usable: {exc}") from None
     return spec, params
 
 
 def model_payload(spec: ModelSpec, params: list[np.ndarray]) -> dict[str, Any]:
-    from allmende.vault.model import params_to_bytes
-
     return {"spec": spec.to_json(), "weights": base64.b64encode(params_to_bytes(params)).decode()}
