@@ -12,6 +12,7 @@ import pytest
 from allmende.chain import ChainClient, ContractReverted, Deployment, DeploymentNotFound, RpcUnavailable
 from allmende.chain.anvil import Anvil, DevnetAccount
 from allmende.chain.bindings import ROLE_PROVIDER
+from allmende.chain.deploy import DEVNET_ALM_PER_ACCOUNT, DEVNET_USD_PER_ACCOUNT
 from allmende.core import AmountOverflow, UnknownModel
 from tests.conftest import contracts_for
 
@@ -47,10 +48,25 @@ def test_missing_deployment_is_a_typed_error(tmp_path: Path, deployment: Deploym
         deployment.address("Oracle")
 
 
+ZERO = "0x" + "00" * 20
+
+
 def test_devnet_accounts_are_funded(anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]) -> None:
+    # read the deployment's own transfers: other tests spend from these accounts (stakes,
+    # deposits), so balances now say nothing about what the deployment gave them
     c = contracts_for(anvil, deployment, accounts[5])
-    assert c.stable.balance_of(accounts[5].address) >= 1_000_000 * 10**6
-    assert c.token.balance_of(accounts[5].address) >= 1_000_000 * 10**18
+    end = deployment.deploy_block + 400
+    usd = [
+        list(e["args"].values()) for e in c.client.events(c.stable.contract, "Transfer", deployment.deploy_block, end)
+    ]
+    alm = [
+        list(e["args"].values()) for e in c.client.events(c.token.contract, "Transfer", deployment.deploy_block, end)
+    ]
+
+    for account in accounts:
+        assert [ZERO, account.address, DEVNET_USD_PER_ACCOUNT] in usd
+    for account in accounts[1:]:  # account 0 deployed: it holds the ALM it hands out
+        assert [accounts[0].address, account.address, DEVNET_ALM_PER_ACCOUNT] in alm
 
 
 def test_revert_reason_becomes_contract_reverted(

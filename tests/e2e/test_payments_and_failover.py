@@ -1,19 +1,16 @@
-"""Money end to end (receipts → vouchers → redeem → split on chain) and failover when a
-provider process is killed in the middle of a stream. Runs after test_openai_api."""
+"""Money end to end: receipts → vouchers → redeem → split on chain. (Killing providers
+mid-stream is in tests/faults, on a network of its own, so that this module's shared
+network stays whole whatever order tests run in.)"""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.core import split_payment
 from allmende.gateway.store import GatewayStore
-from tests.e2e.conftest import Network, provider_in_flight
+from tests.e2e.conftest import Network
 
 CHAT = [{"role": "user", "content": "Erzähl eine lange Geschichte."}]
 
@@ -69,54 +66,3 @@ def test_redeemed_amounts_and_split_match_the_receipts(network: Network) -> None
     # the models were registered by provider 1 with royalty 0, so providers get the rest
     assert sum(gained[a] for a in addresses) == redeemed_total - expected_fee
     assert store.receipt_count() >= 7
-
-
-def test_stream_survives_a_provider_killed_mid_stream(network: Network) -> None:
-    stream = network.client.chat.completions.create(
-        model="allmende:tiny",
-        messages=CHAT,
-        max_tokens=120,
-        temperature=0,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    chunks, killed = [], []
-    for chunk in stream:
-        chunks.append(chunk)
-        if len(chunks) == 10 and not killed:
-            for provider in network.data["providers"]:
-                if provider_in_flight(provider["url"]) > 0:
-                    os.kill(provider["pid"], signal.SIGKILL)
-                    killed.append(provider)
-                    break
-    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    usage = [c.usage for c in chunks if c.usage]
-
-    assert len(killed) == 1, "no provider was serving the stream when we looked"
-    assert finishes and finishes[-1] in ("length", "stop")
-    deltas = [c for c in chunks if c.choices and c.choices[0].delta.content]
-    # one stream to the client: every delta counted once, and more arrived after the kill
-    assert usage and usage[0].completion_tokens == len(deltas) > 10
-    assert len(content) > 0
-
-
-def test_requests_keep_succeeding_with_a_provider_dead(network: Network) -> None:
-    time.sleep(0.5)
-    failures = 0
-    results: list[str] = []
-
-    def one() -> None:
-        nonlocal failures
-        try:
-            reply = network.client.chat.completions.create(model="allmende:tiny", messages=CHAT, max_tokens=4)
-            results.append(reply.choices[0].finish_reason)
-        except Exception:
-            failures += 1
-
-    threads = [threading.Thread(target=one) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert failures == 0 and len(results) == 20

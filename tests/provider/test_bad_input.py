@@ -143,10 +143,17 @@ def test_voucher_over_deposit(running: Running, payer: Payer) -> None:
     assert_error(post(running, envelope(running, payer, voucher=big)), 402, "bad_voucher", "exceed the deposit")
 
 
-def test_voucher_not_above_last(running: Running, payer: Payer) -> None:
-    assert post(running, envelope(running, payer, voucher=voucher(running, payer, 500))).status_code == 200
-    stale = voucher(running, payer, 500)
-    assert_error(post(running, envelope(running, payer, voucher=stale)), 402, "bad_voucher", "not above")
+def test_a_voucher_overtaken_by_a_higher_one_is_superseded_not_refused(running: Running, payer: Payer) -> None:
+    # concurrent requests reach the provider in any order: the lower voucher arrives second
+    assert post(running, envelope(running, payer, voucher=voucher(running, payer, 600))).status_code == 200
+    late = post(running, envelope(running, payer, voucher=voucher(running, payer, 500)))
+    again = post(running, envelope(running, payer, voucher=voucher(running, payer, 600)))
+
+    assert late.status_code == 200, late.text
+    assert again.status_code == 200, again.text
+    # the provider kept the highest: a forged "lower" one is still refused by its signature
+    forged = voucher(running, payer, 400, key=os.urandom(32))
+    assert_error(post(running, envelope(running, payer, voucher=forged)), 402, "bad_voucher", "signature")
 
 
 def test_channel_of_another_payer(running: Running, payer: Payer) -> None:

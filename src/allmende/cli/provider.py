@@ -51,7 +51,9 @@ def provider(
     register_models: bool = typer.Option(True, help="register unregistered models (becoming their owner)"),
     royalty_bps: int = typer.Option(0, help="royalty for models this node registers"),
     max_concurrency: int = typer.Option(4, help="generations at once per model"),
-    credit_limit: int = typer.Option(50_000, help="most a payer may owe before sending a voucher"),
+    credit_limit: int = typer.Option(
+        1_000_000, help="most a payer may owe (unpaid work plus requests in flight), payment-token units"
+    ),
     channel_ttl: float = typer.Option(30.0, help="seconds a channel's state read from chain is trusted"),
     redeem_threshold: int = typer.Option(1_000_000, help="redeem once this much is unredeemed"),
     redeem_interval: float = typer.Option(5.0, help="seconds between settlement checks"),

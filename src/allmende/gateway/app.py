@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from allmende import __version__
 from allmende.core.ratelimit import RateLimiter
@@ -67,7 +67,7 @@ async def read_body(request: Request, limits: GatewayLimits) -> dict[str, Any]:
 def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> FastAPI:
     limits = limits or GatewayLimits()
     app = FastAPI(title="Allmende gateway", version=__version__, docs_url=None, redoc_url=None)
-    registry = CollectorRegistry()
+    registry = service.registry
     requests_total = Counter("allmende_gateway_requests", "requests", ["endpoint", "status"], registry=registry)
     in_flight_gauge = Gauge("allmende_gateway_in_flight", "requests in flight", registry=registry)
     state = {"in_flight": 0}

@@ -6,7 +6,17 @@ Only opening a channel, and topping up one whose deposit is used up, make a requ
 wait for the chain. A top-up at the low-water mark runs in the background while
 requests go on against what is left. While the chain endpoint is unreachable, chain
 work is retried at most every `retry_after` seconds and otherwise fails at once
-(RpcUnavailable), so the router moves on to a provider that has a usable channel."""
+(RpcUnavailable), so the router moves on to a provider that has a usable channel.
+
+Exposure: before a request goes to a provider its maximum cost (`core.credit`) is
+reserved here; the request is sent only while, on that channel,
+    owed − acked + in flight + its max cost ≤ the provider's credit limit, and
+    owed + in flight + its max cost ≤ the deposit.
+A request that ends with a receipt moves from `in flight` to `owed`; one the provider
+refused (an error reply) is released; one whose outcome is unknown (a timeout, a cut
+connection) stays counted, because the provider may have earned it. Mirrored by the
+provider's own reservation, this is why no ordering of concurrent requests makes a
+provider refuse payment (the argument is in provider/payments.py)."""
 
 from __future__ import annotations
 
@@ -55,24 +65,61 @@ class Payments:
         self._allowance_ok = False
         self._chain_down_until = 0.0
         self._top_up_after: dict[str, float] = {}
+        self._in_flight: dict[bytes, int] = {}  # channel → Σ max cost of requests sent, not settled
+        self._exposure_lock = threading.Lock()
 
     def _lock(self, provider: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(provider.lower(), threading.Lock())
 
-    def ready_channel(self, provider: str) -> bytes | None:
-        """The channel to `provider` if it exists and has deposit left (no chain call, no
-        waiting); below the low-water mark a top-up starts in the background."""
+    def ready_channel(self, provider: str, need: int = 1) -> bytes | None:
+        """The channel to `provider` if it exists and has `need` units of deposit left beyond
+        what is owed and in flight (no chain call, no waiting); below the low-water mark a
+        top-up starts in the background."""
         known = self.store.channel(provider)
         if known is None:
             return None
         channel_id, deposit = known
-        left = deposit - self.store.total_owed(channel_id)
-        if left <= 0:
+        left = deposit - self.store.total_owed(channel_id) - self.in_flight(channel_id)
+        if left < need:
             return None
         if left < deposit * self.policy.low_water:
             self._top_up_in_background(provider)
         return channel_id
+
+    # ------------------------------------------------------------ exposure
+
+    def in_flight(self, channel_id: bytes) -> int:
+        with self._exposure_lock:
+            return self._in_flight.get(channel_id, 0)
+
+    def reserve(self, channel_id: bytes, cost: int, credit_limit: int) -> bool:
+        """Count `cost` as in flight on the channel if the provider's credit limit and the
+        deposit allow it; False means: not now (another provider, or wait for answers)."""
+        deposit = self._deposit_of(channel_id)
+        owed = self.store.total_owed(channel_id)
+        unacked = self.store.unacked(channel_id)
+        with self._exposure_lock:
+            flying = self._in_flight.get(channel_id, 0)
+            if unacked + flying + cost > credit_limit or owed + flying + cost > deposit:
+                return False
+            self._in_flight[channel_id] = flying + cost
+            return True
+
+    def release(self, channel_id: bytes, cost: int) -> None:
+        """The request ended without the provider earning anything (or its receipt is owed now)."""
+        with self._exposure_lock:
+            left = self._in_flight.get(channel_id, 0) - cost
+            if left > 0:
+                self._in_flight[channel_id] = left
+            else:
+                self._in_flight.pop(channel_id, None)
+
+    def _deposit_of(self, channel_id: bytes) -> int:
+        for _, known, deposit in self.store.all_channels():
+            if known == channel_id:
+                return deposit
+        return 0
 
     def _top_up_in_background(self, provider: str) -> None:
         lock = self._lock(provider)
@@ -99,7 +146,8 @@ class Payments:
             return 0
         started = 0
         for provider, channel_id, deposit in self.store.all_channels():
-            if deposit - self.store.total_owed(channel_id) < deposit * self.policy.low_water:
+            left = deposit - self.store.total_owed(channel_id) - self.in_flight(channel_id)
+            if left < deposit * self.policy.low_water:
                 self._top_up_in_background(provider)
                 started += 1
         return started
@@ -107,28 +155,28 @@ class Payments:
     def chain_down(self) -> bool:
         return time.monotonic() < self._chain_down_until
 
-    def channel_for(self, provider: str) -> bytes:
+    def channel_for(self, provider: str, need: int = 1) -> bytes:
         """The channel to `provider`, opened (and topped up) as needed. Blocking: call from a thread."""
         if self.chain_down():
             raise RpcUnavailable("the chain endpoint is unreachable; retrying shortly")
         try:
-            return self._channel_for(provider)
+            return self._channel_for(provider, need)
         except RpcUnavailable:
             self._chain_down_until = time.monotonic() + self.policy.retry_after
             raise
 
-    def _channel_for(self, provider: str) -> bytes:
+    def _channel_for(self, provider: str, need: int = 1) -> bytes:
         lock = self._lock(provider)
         if not lock.acquire(timeout=self.policy.wait_for_chain):
             raise RpcUnavailable("the chain is slow to answer (a transaction for this channel is pending)")
         try:
             if self.chain_down():
                 raise RpcUnavailable("the chain endpoint is unreachable; retrying shortly")
-            return self._channel_locked(provider)
+            return self._channel_locked(provider, need)
         finally:
             lock.release()
 
-    def _channel_locked(self, provider: str) -> bytes:
+    def _channel_locked(self, provider: str, need: int = 1) -> bytes:
         known = self.store.channel(provider)
         if known is None:
             self._ensure_allowance()
@@ -140,7 +188,8 @@ class Payments:
             log.info("opened channel 0x%s to %s", channel_id.hex(), provider)
             return channel_id
         channel_id, deposit = known
-        if deposit - self.store.total_owed(channel_id) < deposit * self.policy.low_water:
+        left = deposit - self.store.total_owed(channel_id) - self.in_flight(channel_id)
+        if left < max(need, deposit * self.policy.low_water):
             self._ensure_allowance()
             try:
                 self.contracts.channels.top_up(channel_id, self.policy.deposit)
@@ -162,15 +211,23 @@ class Payments:
         return sign_voucher(Voucher(channel_id, model_id, cumulative), self.domain, self.key)
 
     def settle(
-        self, provider: str, channel_id: bytes, offer: Offer, receipt: SignedReceipt, api_key: str | None
+        self,
+        provider: str,
+        channel_id: bytes,
+        offer: Offer,
+        receipt: SignedReceipt,
+        api_key: str | None,
+        carried: int = 0,
     ) -> int:
-        """Record what an answer costs. Pays at most usage × the on-chain price; raises
-        Overcharged (after recording the fair amount) if the receipt asked for more."""
+        """Record what an answer costs. Pays at most usage × the price on chain; raises
+        Overcharged (after recording the fair amount) if the receipt asked for more.
+        `carried` is the cumulative of the voucher the answered request carried: the
+        provider holds it (or a higher one) now."""
         r = receipt.receipt
         fair = request_cost(r.tokens_in, r.tokens_out, offer.price_in, offer.price_out)
         amount = min(r.amount, fair)
         self.store.record_receipt(
-            r.request_id, provider, channel_id, r.model_id, amount, json.dumps(receipt.to_json()), api_key
+            r.request_id, provider, channel_id, r.model_id, amount, json.dumps(receipt.to_json()), api_key, carried
         )
         if r.amount > fair:
             raise Overcharged(f"receipt asks {r.amount}, usage × price on chain is {fair}")

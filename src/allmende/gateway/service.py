@@ -12,19 +12,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from prometheus_client import CollectorRegistry, Counter
 
 from allmende.chain.errors import ChainError
 from allmende.core import Domain, InvalidInput
+from allmende.core.credit import max_request_cost, requested_max_tokens
 from allmende.core.routing import ProviderStats, Router
 from allmende.gateway.directory import Directory, Offer, ProviderEntry
 from allmende.gateway.errors import GatewayError, InsufficientFunds, InvalidRequest, ModelNotFound, NoProvider
 from allmende.gateway.payments import Overcharged, Payments
-from allmende.provider.client import Answer, ProviderReplyError, ainfer, ainfer_stream, build_envelope
+from allmende.provider.client import Answer, Delta, ProviderReplyError, ainfer, ainfer_stream, build_envelope
 
 log = logging.getLogger("allmende.gateway")
+# failed tries (blamed on a provider) before a request is given up
 MAX_ATTEMPTS = 4
-# provider answers that mean "try someone else" rather than "the request is wrong"
-RETRYABLE = {402, 409, 429}
+# seconds to wait before asking busy providers again
+BUSY_WAIT = 0.02
+# what a provider that publishes no credit limit is assumed to allow (the old default)
+DEFAULT_CREDIT_LIMIT = 50_000
 
 
 @dataclass
@@ -112,6 +117,29 @@ def validate(kind: str, body: dict[str, Any]) -> None:
                 raise InvalidRequest("'stop' must be a string or up to 4 strings", "stop")
 
 
+@dataclass
+class Attempt:
+    """One try of a request at one provider, with what it reserved."""
+
+    entry: ProviderEntry
+    stats: ProviderStats
+    channel_id: bytes
+    cost: int  # max cost counted in flight on the channel
+    carried: int  # cumulative of the voucher sent with it (0: none)
+    request_id: bytes
+    envelope: dict[str, str]
+    sealer: Any
+
+
+def credit_limit_of(entry: ProviderEntry) -> int:
+    """The provider's credit limit as its signed /v1/info publishes it."""
+    raw = entry.info.raw.get("credit_limit", DEFAULT_CREDIT_LIMIT)
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return DEFAULT_CREDIT_LIMIT
+
+
 class GatewayService:
     def __init__(
         self,
@@ -121,6 +149,7 @@ class GatewayService:
         receipt_domain: Domain,
         http: httpx.AsyncClient,
         timeout_first_token: float = 60.0,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.directory = directory
         self.payments = payments
@@ -128,6 +157,13 @@ class GatewayService:
         self.receipt_domain = receipt_domain
         self.http = http
         self.timeout_first_token = timeout_first_token
+        self.registry = registry or CollectorRegistry()
+        self.failed_attempts = Counter(
+            "allmende_gateway_failed_attempts",
+            "attempts at a provider that did not produce an answer (each may be retried elsewhere)",
+            ["provider", "status", "code"],
+            registry=self.registry,
+        )
 
     def resolve(self, name: object, kind: str) -> Offer:
         if not isinstance(name, str) or not name:
@@ -140,76 +176,147 @@ class GatewayService:
             raise InvalidRequest(f"'{name}' is {what}; it cannot serve {kind} requests", "model")
         return offer
 
-    def _pick(self, offer: Offer, tried: set[str]) -> tuple[ProviderEntry, ProviderStats] | None:
+    def _pick(self, offer: Offer, excluded: set[str]) -> tuple[ProviderEntry, ProviderStats] | None:
         entries = {e.address: e for e in self.directory.candidates(offer.model_id)}
         stats = [e.stats[offer.model_id] for e in entries.values() if offer.model_id in e.stats]
-        chosen = self.router.choose(stats, time.monotonic(), frozenset(tried))
+        chosen = self.router.choose(stats, time.monotonic(), frozenset(excluded))
         return None if chosen is None else (entries[chosen.address], chosen)
 
-    async def _envelope(
-        self, entry: ProviderEntry, offer: Offer, kind: str, body: dict[str, Any]
-    ) -> tuple[bytes, bytes, dict[str, str], Any]:
-        channel_id = self.payments.ready_channel(entry.address)
+    async def _choose(
+        self, offer: Offer, tried: set[str], busy: set[str], deadline: float
+    ) -> tuple[ProviderEntry, ProviderStats] | None:
+        """A provider not tried yet. Busy ones (at capacity, or no credit left for us until
+        answers come back) are retried after a short wait, until the deadline."""
+        while True:
+            picked = self._pick(offer, tried | busy)
+            if picked is not None:
+                return picked
+            if not busy or time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(BUSY_WAIT)
+            busy.clear()
+
+    async def _prepare(
+        self, entry: ProviderEntry, stats: ProviderStats, offer: Offer, kind: str, body: dict[str, Any]
+    ) -> Attempt | None:
+        """Channel, reservation, voucher and envelope for one try; None if the provider's
+        credit for us (or our deposit) cannot take this request right now."""
+        own = entry.offers.get(offer.model_id, offer)
+        try:
+            cost = max_request_cost(kind, body, own.context_length, own.price_in, own.price_out)
+        except InvalidInput as exc:
+            raise InvalidRequest(str(exc)) from None
+        channel_id = self.payments.ready_channel(entry.address, cost)
         if channel_id is None:  # open or top up: chain transactions, off the event loop
-            channel_id = await asyncio.to_thread(self.payments.channel_for, entry.address)
+            channel_id = await asyncio.to_thread(self.payments.channel_for, entry.address, cost)
+        if not self.payments.reserve(channel_id, cost, credit_limit_of(entry)):
+            return None
         voucher = self.payments.voucher(channel_id, offer.model_id)
         rid, env, sealer = build_envelope(
             entry.info, offer.model_id, kind, body, self.payments.payer, channel_id, voucher
         )
-        return channel_id, rid, env, sealer
+        carried = voucher.voucher.cumulative_amount if voucher else 0
+        return Attempt(entry, stats, channel_id, cost, carried, rid, env, sealer)
 
-    def _settle(
-        self,
-        entry: ProviderEntry,
-        stats: ProviderStats,
-        channel_id: bytes,
-        offer: Offer,
-        answer: Answer,
-        api_key: str | None,
-    ) -> None:
+    def _settle(self, attempt: Attempt, offer: Offer, answer: Answer, api_key: str | None) -> None:
         try:
-            self.payments.settle(entry.address, channel_id, offer, answer.receipt, api_key)
+            own = attempt.entry.offers.get(offer.model_id, offer)  # this provider's price on chain
+            entry = attempt.entry
+            self.payments.settle(entry.address, attempt.channel_id, own, answer.receipt, api_key, attempt.carried)
         except Overcharged as exc:
-            log.warning("provider %s overcharged: %s", entry.address, exc)
-            stats.record_failure(time.monotonic())
+            log.warning("provider %s overcharged: %s", attempt.entry.address, exc)
+            attempt.stats.record_failure(time.monotonic())
+        finally:
+            self.payments.release(attempt.channel_id, attempt.cost)
+
+    def _failed(self, attempt: Attempt, offer: Offer, exc: Exception, streamed: int) -> str:
+        """Log, count and classify a failed try: "fatal" (the request itself is wrong), "busy"
+        (not now), "skip" (another provider, no blame) or "failure" (blamed on the provider)."""
+        address = attempt.entry.address
+        if isinstance(exc, ProviderReplyError):
+            status, code, message = exc.status, exc.code, exc.message
+        elif isinstance(exc, TimeoutError):
+            status, code, message = 504, "timeout", "no answer in time"
+        else:
+            status, code, message = 502, type(exc).__name__, str(exc) or type(exc).__name__
+        log.warning(
+            "attempt at %s for %s failed: %s %s: %s (after %d streamed tokens)",
+            address,
+            offer.name,
+            status,
+            code,
+            message,
+            streamed,
+        )
+        self.failed_attempts.labels(address, str(status), code).inc()
+        answered = isinstance(exc, ProviderReplyError) and code != "stream_cut"
+        if answered or isinstance(exc, httpx.ConnectError):
+            # the provider refused or failed before earning anything, or was never reached
+            self.payments.release(attempt.channel_id, attempt.cost)
+        # else: the outcome is unknown (the provider may have earned it): it stays counted
+        if isinstance(exc, ProviderReplyError) and exc.status < 500:
+            if exc.status == 429:
+                return "busy"
+            if exc.status in (402, 409):
+                return "skip"
+            return "fatal"
+        attempt.stats.record_failure(time.monotonic())
+        return "failure"
 
     # ------------------------------------------------------------ one shot
 
     async def complete(self, kind: str, body: dict[str, Any], api_key: str | None) -> Result:
         offer = self.resolve(body.get("model"), kind)
         tried: set[str] = set()
+        busy: set[str] = set()
+        failures = 0
         last_error: Exception | None = None
-        for _ in range(MAX_ATTEMPTS):
-            picked = self._pick(offer, tried)
+        deadline = time.monotonic() + self.timeout_first_token
+        while failures < MAX_ATTEMPTS:
+            picked = await self._choose(offer, tried, busy, deadline)
             if picked is None:
                 break
             entry, stats = picked
-            tried.add(entry.address)
+            try:
+                attempt = await self._prepare(entry, stats, offer, kind, body)
+            except ChainError as exc:  # no channel to this provider while the chain is away: not its fault
+                log.warning("no usable channel to %s: %s", entry.address, exc)
+                tried.add(entry.address)
+                last_error = exc
+                continue
+            if attempt is None:
+                busy.add(entry.address)
+                continue
             stats.in_flight += 1
             started = time.monotonic()
             try:
-                channel_id, rid, env, sealer = await self._envelope(entry, offer, kind, body)
                 answer = await asyncio.wait_for(
-                    ainfer(self.http, entry.url, entry.info, self.receipt_domain, env, sealer, rid),
+                    ainfer(
+                        self.http,
+                        entry.url,
+                        entry.info,
+                        self.receipt_domain,
+                        attempt.envelope,
+                        attempt.sealer,
+                        attempt.request_id,
+                    ),
                     self.timeout_first_token,
                 )
-            except ProviderReplyError as exc:
-                if exc.status < 500 and exc.status not in RETRYABLE:
-                    raise InvalidRequest(exc.message) from None
-                stats.record_failure(time.monotonic())
-                last_error = exc
-                continue
-            except (httpx.HTTPError, TimeoutError, InvalidInput, OSError) as exc:
-                stats.record_failure(time.monotonic())
-                last_error = exc
-                continue
-            except ChainError as exc:  # no channel to this provider while the chain is away: not its fault
+            except (ProviderReplyError, httpx.HTTPError, TimeoutError, InvalidInput, OSError) as exc:
+                verdict = self._failed(attempt, offer, exc, 0)
+                if verdict == "fatal":
+                    raise InvalidRequest(str(exc.message if isinstance(exc, ProviderReplyError) else exc)) from None
+                if verdict == "busy":
+                    busy.add(entry.address)
+                else:
+                    tried.add(entry.address)
+                    failures += verdict == "failure"
                 last_error = exc
                 continue
             finally:
                 stats.in_flight -= 1
             stats.record_success(time.monotonic() - started)
-            self._settle(entry, stats, channel_id, offer, answer, api_key)
+            self._settle(attempt, offer, answer, api_key)
             return Result(offer, answer, answer.output.get("text", ""))
         raise NoProvider(
             f"no provider could serve '{offer.name}' right now" + (f" (last error: {last_error})" if last_error else "")
@@ -219,55 +326,83 @@ class GatewayService:
 
     async def stream(self, kind: str, body: dict[str, Any], api_key: str | None) -> AsyncIterator[str | Answer]:
         """Text deltas then a final Answer. If a provider dies mid-stream, another one
-        continues from the prompt plus the text already sent; the caller sees one stream."""
+        continues from the prompt plus the text already sent; the caller sees one stream.
+        Usage counts tokens (from receipts, and from the token counts of deltas a failed
+        provider streamed), never chunks."""
         offer = self.resolve(body.get("model"), kind)
         sent = ""
-        deltas = 0
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 64
+        carried_tokens = 0  # tokens streamed by providers that failed afterwards
+        max_tokens = requested_max_tokens(body)
         tried: set[str] = set()
+        busy: set[str] = set()
+        failures = 0
         last_error: Exception | None = None
-        for _ in range(MAX_ATTEMPTS):
-            picked = self._pick(offer, tried)
+        deadline = time.monotonic() + self.timeout_first_token
+        while failures < MAX_ATTEMPTS:
+            picked = await self._choose(offer, tried, busy, deadline)
             if picked is None:
                 break
             entry, stats = picked
-            tried.add(entry.address)
-            attempt = {**body, "stream": True, "max_tokens": max(1, max_tokens - deltas)}
-            attempt.pop("max_completion_tokens", None)
+            request = {**body, "stream": True, "max_tokens": max(1, max_tokens - carried_tokens)}
+            request.pop("max_completion_tokens", None)
             if sent:
-                attempt["allmende_continue"] = sent
+                request["allmende_continue"] = sent
+            try:
+                attempt = await self._prepare(entry, stats, offer, kind, request)
+            except ChainError as exc:
+                log.warning("no usable channel to %s: %s", entry.address, exc)
+                tried.add(entry.address)
+                last_error = exc
+                continue
+            if attempt is None:
+                busy.add(entry.address)
+                continue
             stats.in_flight += 1
             started = time.monotonic()
+            streamed = 0  # tokens of this attempt
             try:
-                channel_id, rid, env, sealer = await self._envelope(entry, offer, kind, attempt)
-                items = ainfer_stream(self.http, entry.url, entry.info, self.receipt_domain, env, sealer, rid)
+                items = ainfer_stream(
+                    self.http,
+                    entry.url,
+                    entry.info,
+                    self.receipt_domain,
+                    attempt.envelope,
+                    attempt.sealer,
+                    attempt.request_id,
+                )
                 first = True
                 async for item in items:
                     if first:
                         stats.record_success(time.monotonic() - started)
                         first = False
                     if isinstance(item, Answer):
-                        self._settle(entry, stats, channel_id, offer, item, api_key)
-                        item.usage["completion_tokens"] = deltas
-                        item.usage["total_tokens"] = item.usage["prompt_tokens"] + deltas
+                        self._settle(attempt, offer, item, api_key)
+                        if carried_tokens:  # continued: the carried text was part of this prompt
+                            completion = carried_tokens + item.usage["completion_tokens"]
+                            prompt = max(0, item.usage["prompt_tokens"] - carried_tokens)
+                            item.usage = {
+                                "prompt_tokens": prompt,
+                                "completion_tokens": completion,
+                                "total_tokens": prompt + completion,
+                            }
                         yield item
                         return
                     sent += item
-                    deltas += 1
+                    streamed += item.tokens if isinstance(item, Delta) else 1
                     yield item
-            except ProviderReplyError as exc:
-                if exc.status < 500 and exc.status not in RETRYABLE and not sent:
-                    raise InvalidRequest(exc.message) from None
-                stats.record_failure(time.monotonic())
-                last_error = exc
-            except (httpx.HTTPError, TimeoutError, InvalidInput, OSError) as exc:
-                stats.record_failure(time.monotonic())
-                last_error = exc
-            except ChainError as exc:
+            except (ProviderReplyError, httpx.HTTPError, TimeoutError, InvalidInput, OSError) as exc:
+                verdict = self._failed(attempt, offer, exc, streamed)
+                if verdict == "fatal" and not sent and not streamed:
+                    raise InvalidRequest(str(exc.message if isinstance(exc, ProviderReplyError) else exc)) from None
+                if verdict == "busy" and not streamed:
+                    busy.add(entry.address)
+                else:
+                    tried.add(entry.address)
+                    failures += verdict in ("failure", "fatal")
                 last_error = exc
             finally:
                 stats.in_flight -= 1
-            log.info("stream on %s failed after %d deltas (%s); failing over", entry.address, deltas, last_error)
+            carried_tokens += streamed
         raise NoProvider(
             f"no provider could serve '{offer.name}' right now" + (f" (last error: {last_error})" if last_error else "")
         )

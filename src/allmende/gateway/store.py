@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS owed (
     model_id    BLOB NOT NULL,
     owed        TEXT NOT NULL DEFAULT '0',
     signed      TEXT NOT NULL DEFAULT '0',
+    acked       TEXT NOT NULL DEFAULT '0',   -- highest cumulative the provider is known to hold
     PRIMARY KEY (channel_id, model_id)
 );
 CREATE TABLE IF NOT EXISTS receipts (
@@ -50,6 +51,9 @@ class GatewayStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(owed)")}
+        if "acked" not in columns:  # a state dir from before `acked` existed
+            self._db.execute("ALTER TABLE owed ADD COLUMN acked TEXT NOT NULL DEFAULT '0'")
         self._lock = threading.Lock()
 
     def channel(self, provider: str) -> tuple[bytes, int] | None:
@@ -89,21 +93,31 @@ class GatewayStore:
             rows = self._db.execute("SELECT owed FROM owed WHERE channel_id=?", (channel_id,)).fetchall()
         return sum(int(r[0]) for r in rows)
 
+    def unacked(self, channel_id: bytes) -> int:
+        """Σ over models of owed − acked: what the provider may still be waiting a voucher for."""
+        with self._lock:
+            rows = self._db.execute("SELECT owed, acked FROM owed WHERE channel_id=?", (channel_id,)).fetchall()
+        return sum(max(0, int(r[0]) - int(r[1])) for r in rows)
+
     def claim_voucher(self, channel_id: bytes, model_id: bytes) -> int | None:
-        """The cumulative to sign now (everything owed), recorded first; None if nothing new is owed."""
+        """The cumulative to sign now (everything owed), recorded first; None if the provider
+        is known to hold a voucher for all of it already. A cumulative is signed again until
+        the provider has acknowledged it (answered a request that carried it), so a voucher
+        lost with a failed request is sent again; the provider keeps the highest it sees."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(
-                    "SELECT owed, signed FROM owed WHERE channel_id=? AND model_id=?", (channel_id, model_id)
+                    "SELECT owed, signed, acked FROM owed WHERE channel_id=? AND model_id=?", (channel_id, model_id)
                 ).fetchone()
-                owed, signed = (0, 0) if row is None else (int(row[0]), int(row[1]))
-                if owed <= signed:
+                owed, signed, acked = (0, 0, 0) if row is None else (int(row[0]), int(row[1]), int(row[2]))
+                if owed <= acked:
                     self._db.execute("COMMIT")
                     return None
-                self._db.execute(
-                    "UPDATE owed SET signed=? WHERE channel_id=? AND model_id=?", (str(owed), channel_id, model_id)
-                )
+                if owed > signed:
+                    self._db.execute(
+                        "UPDATE owed SET signed=? WHERE channel_id=? AND model_id=?", (str(owed), channel_id, model_id)
+                    )
                 self._db.execute("COMMIT")
                 return owed
             except BaseException:
@@ -119,8 +133,10 @@ class GatewayStore:
         amount: int,
         receipt_json: str,
         api_key: str | None,
+        acked: int = 0,
     ) -> bool:
-        """Add a receipt's amount to what is owed; False (and nothing added) if seen before."""
+        """Add a receipt's amount to what is owed, and raise `acked` to the cumulative of the
+        voucher the answered request carried; False (and nothing added) if seen before."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -133,13 +149,14 @@ class GatewayStore:
                     self._db.execute("ROLLBACK")
                     return False
                 row = self._db.execute(
-                    "SELECT owed FROM owed WHERE channel_id=? AND model_id=?", (channel_id, model_id)
+                    "SELECT owed, acked FROM owed WHERE channel_id=? AND model_id=?", (channel_id, model_id)
                 ).fetchone()
                 owed = (int(row[0]) if row else 0) + amount
+                acked = max(acked, int(row[1]) if row else 0)
                 self._db.execute(
-                    "INSERT INTO owed (channel_id, model_id, owed) VALUES (?,?,?) "
-                    "ON CONFLICT(channel_id, model_id) DO UPDATE SET owed=excluded.owed",
-                    (channel_id, model_id, str(owed)),
+                    "INSERT INTO owed (channel_id, model_id, owed, acked) VALUES (?,?,?,?) "
+                    "ON CONFLICT(channel_id, model_id) DO UPDATE SET owed=excluded.owed, acked=excluded.acked",
+                    (channel_id, model_id, str(owed), str(acked)),
                 )
                 if api_key is not None:
                     spent = self._db.execute("SELECT spent FROM spend WHERE api_key=?", (api_key,)).fetchone()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -40,8 +41,11 @@ class Limits:
     rate_burst: float = 400.0
 
 
+log = logging.getLogger("allmende.provider")
+
+
 def error_response(exc: Exception) -> JSONResponse:
-    """The one place errors go out."""
+    """The one place errors go out; every 5xx is logged with its traceback."""
     if isinstance(exc, ProviderError):
         status, code = exc.status, exc.code
     elif isinstance(exc, InvalidInput):
@@ -51,6 +55,8 @@ def error_response(exc: Exception) -> JSONResponse:
     else:
         status, code = 500, "internal_error"
     message = str(exc) if status < 500 or isinstance(exc, AllmendeError) else "internal error"
+    if status >= 500:
+        log.error("answered %d %s: %s", status, code, exc, exc_info=exc)
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
@@ -110,6 +116,7 @@ def create_app(service: ProviderService, chain_id: int, limits: Limits | None = 
                 for m in service.models.values()
             ],
             "load": {"in_flight": service.in_flight, "max_in_flight": max_concurrency},
+            "credit_limit": str(service.gate.policy.credit_limit),
             "timestamp": int(time.time()),
         }
         message = json.dumps(payload, sort_keys=True, separators=(",", ":"))
@@ -152,6 +159,7 @@ def create_app(service: ProviderService, chain_id: int, limits: Limits | None = 
             requests_total.labels(kind, str(response.status_code)).inc()
             return response
         finally:
+            service.release(req)
             service.in_flight -= 1
             in_flight.dec()
         requests_total.labels(kind, "200").inc()
@@ -170,6 +178,7 @@ def create_app(service: ProviderService, chain_id: int, limits: Limits | None = 
             status = str(response.status_code)
             yield b"event: error\ndata: " + bytes(response.body) + b"\n\n"
         finally:
+            service.release(req)
             service.in_flight -= 1
             in_flight.dec()
             requests_total.labels(kind, status).inc()

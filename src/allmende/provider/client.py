@@ -34,6 +34,18 @@ class ProviderInfo:
     raw: dict[str, Any]
 
 
+class Delta(str):
+    """A piece of streamed text; `tokens` is how many generated tokens it carries (a
+    token may complete a character only later, so a delta can hold several)."""
+
+    tokens: int
+
+    def __new__(cls, text: str, tokens: int = 1) -> Delta:
+        delta = super().__new__(cls, text)
+        delta.tokens = tokens
+        return delta
+
+
 @dataclass
 class Answer:
     output: dict[str, Any]
@@ -116,7 +128,7 @@ class _StreamReader:
         self.info, self.receipt_domain, self.sealer, self.request_id = info, receipt_domain, sealer, request_id
         self.seq, self.event = 0, "message"
 
-    def feed(self, line: str) -> str | Answer | None:
+    def feed(self, line: str) -> Delta | Answer | None:
         if line.startswith("event:"):
             self.event = line[6:].strip()
             return None
@@ -136,7 +148,8 @@ class _StreamReader:
             }
             receipt = _check_receipt(data["receipt"], self.info, self.receipt_domain, self.request_id)
             return Answer(output, data["usage"], receipt)
-        return str(data["delta"])
+        tokens = data.get("tokens", 1)
+        return Delta(str(data["delta"]), tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else 1)
 
 
 def infer_stream(
@@ -147,7 +160,7 @@ def infer_stream(
     envelope: dict[str, str],
     sealer: ResponseSealer,
     request_id: bytes,
-) -> Iterator[str | Answer]:
+) -> Iterator[Delta | Answer]:
     """Yields text deltas, then one Answer with usage and the checked receipt."""
     reader = _StreamReader(info, receipt_domain, sealer, request_id)
     with http.stream("POST", f"{url}/v1/infer", json=envelope) as reply:
@@ -187,7 +200,7 @@ async def ainfer_stream(
     envelope: dict[str, str],
     sealer: ResponseSealer,
     request_id: bytes,
-) -> AsyncIterator[str | Answer]:
+) -> AsyncIterator[Delta | Answer]:
     """`infer_stream` for asyncio callers: text deltas, then one Answer."""
     reader = _StreamReader(info, receipt_domain, sealer, request_id)
     async with http.stream("POST", f"{url}/v1/infer", json=envelope) as reply:

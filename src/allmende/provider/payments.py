@@ -2,16 +2,42 @@
 
 Before a request is served:
 - its voucher (if any) is signed by the channel's payer under this chain's Channels
-  domain, for a channel whose provider is us and that is not closing, with a
-  cumulative above the last one for that (channel, model), and with all models'
-  cumulatives together within the deposit;
-- the channel's unpaid balance (earned − vouchers) is within the credit limit.
-Channel state comes from chain and is cached; it is re-read when a voucher would
-exceed the cached deposit (a top-up), and in the background once the cache is older
-than `ttl` (the request goes on with the cached state meanwhile). So a channel this
-node has seen keeps being served while the chain endpoint is away; only a channel it
-has never seen, or a voucher above the cached deposit, needs the chain, and those are
-answered 503 (try another provider) while it is unreachable.
+  domain, for this request's (channel, model), for a channel whose provider is us and
+  that is not closing, with all models' cumulatives together within the deposit;
+- the request's maximum cost (`core.credit.max_request_cost`) is reserved, and
+  admission requires  earned − vouchers + reserved ≤ credit limit  and
+  earned + reserved ≤ deposit, both checked and reserved under one lock, so concurrent
+  requests cannot overshoot either. The reservation is released when the request ends:
+  its real cost moves into `earned` (receipt) first, or nothing is earned (error).
+
+Why honest concurrency never causes a payment error
+----------------------------------------------------
+Vouchers are cumulative per (channel, model), so only the highest matters. A voucher at
+or below the highest one stored is *superseded*, not refused: a gateway that signs
+vouchers for concurrent requests A (cumulative 1058) and B (1024, signed earlier) may
+see B arrive second; B is admitted under the credit rule and 1058 stays the stored one.
+The only refusals left are the credit rule and the deposit. The gateway
+(gateway/payments.py) tracks, per channel, its own exposure
+    E_g = Σ max cost of its requests in flight + owed − acked
+where `owed` sums the receipts it accepted and `acked` is the highest cumulative carried
+by a request this provider answered (so this provider stored it, or a higher one). It
+sends a request only while E_g + its max cost ≤ credit limit and owed + in flight + max
+cost ≤ deposit. At any moment this provider's exposure
+    E_p = reserved + earned − highest stored voucher
+is at most E_g: every reservation here belongs to a request the gateway still counts in
+flight (same bound, same body); every receipt in `earned` was either accepted by the
+gateway (in `owed`) or belongs to a request still in flight there, whose max cost bounds
+its receipt; and the highest stored voucher is ≥ acked. So whenever the gateway sends,
+the provider admits, whatever order requests arrive in. Failures the gateway cannot
+interpret (a timeout, a cut connection after sending) are kept counted as in flight, so
+the inequality survives them.
+
+Channel state comes from chain and is cached; it is re-read when a voucher or the
+deposit check would exceed the cached deposit (a top-up), and in the background once
+the cache is older than `ttl` (the request goes on with the cached state meanwhile). So
+a channel this node has seen keeps being served while the chain endpoint is away; only
+a channel it has never seen, or a request beyond the cached deposit, needs the chain,
+and those are answered 503 (try another provider) while it is unreachable.
 """
 
 from __future__ import annotations
@@ -35,7 +61,7 @@ log = logging.getLogger("allmende.provider.payments")
 @dataclass(frozen=True)
 class CreditPolicy:
     # most a payer may owe (earned but not covered by a voucher), in payment-token units
-    credit_limit: int = 50_000
+    credit_limit: int = 1_000_000
     # refuse channels that close within this many seconds (we could not redeem in time)
     close_margin: int = 600
     # how long a cached channel state is trusted
@@ -60,6 +86,9 @@ class PaymentGate:
         self.policy = policy or CreditPolicy()
         self._refreshing: set[bytes] = set()
         self._refreshing_lock = threading.Lock()
+        # admission checks and reservations are atomic per gate
+        self._lock = threading.Lock()
+        self._reserved: dict[bytes, int] = {}
 
     def is_cached(self, channel_id: bytes) -> bool:
         """True when admitting a request on this channel needs no chain read (a stale
@@ -100,31 +129,81 @@ class PaymentGate:
             raise PaymentRequired(f"channel 0x{channel_id.hex()} pays {record.provider}, not this provider")
         return self.store.put_channel(channel_id, record.payer, record.deposit, record.closes_at)
 
-    def admit(self, channel_id: bytes, model_id: bytes, payer: str, voucher: SignedVoucher | None) -> ChannelState:
-        """Check (and durably store) the voucher, then apply the credit rule."""
+    def admit(
+        self,
+        channel_id: bytes,
+        model_id: bytes,
+        payer: str,
+        voucher: SignedVoucher | None,
+        reserve: int = 0,
+    ) -> ChannelState:
+        """Check (and durably store) the voucher, apply the credit rule and reserve
+        `reserve` units; the caller must `release` them when the request ends."""
         state = self.channel(channel_id)
         if state.payer.lower() != payer.lower():
             raise PaymentRequired(f"channel 0x{channel_id.hex()} belongs to {state.payer}, not {payer}")
         if state.closes_at and state.closes_at - self.now() < self.policy.close_margin:
             raise PaymentRequired("channel is closing: open a new one")
-        ledger = {row.model_id: row for row in self.store.ledger(channel_id)}
         if voucher is not None:
-            self._check_voucher(voucher, channel_id, model_id, state, ledger)
+            self._check_signature(voucher, channel_id, model_id, state)
+        with self._lock:
+            if self._admit_locked(channel_id, voucher, reserve, state, final=False):
+                return state
+        state = self.channel(channel_id, refresh=True)  # beyond the cached deposit: maybe topped up
+        with self._lock:
+            self._admit_locked(channel_id, voucher, reserve, state, final=True)
+        return state
+
+    def _admit_locked(
+        self, channel_id: bytes, voucher: SignedVoucher | None, reserve: int, state: ChannelState, final: bool
+    ) -> bool:
+        """Store the voucher if it is news, then check and reserve. False: the cached deposit is
+        too small (re-read it and call again with final=True, which raises instead)."""
+        ledger = {row.model_id: row for row in self.store.ledger(channel_id)}
+        if voucher is not None and self._is_news(voucher, ledger):
+            v = voucher.voucher
+            total = sum(r.cumulative for m, r in ledger.items() if m != v.model_id) + v.cumulative_amount
+            if total > state.deposit:
+                if final:
+                    raise BadVoucher(f"vouchers total {total} exceed the deposit {state.deposit}")
+                return False
             self.store.store_voucher(voucher)
             ledger = {row.model_id: row for row in self.store.ledger(channel_id)}
         earned = sum(r.earned for r in ledger.values())
         paid = sum(r.cumulative for r in ledger.values())
-        if earned - paid > self.policy.credit_limit:
+        reserved = self._reserved.get(channel_id, 0)
+        if earned - paid + reserved + reserve > self.policy.credit_limit:
             raise PaymentRequired(
-                f"unpaid balance {earned - paid} exceeds the credit limit {self.policy.credit_limit}: send a voucher"
+                f"unpaid balance {earned - paid} plus {reserved + reserve} reserved for requests in flight "
+                f"exceeds the credit limit {self.policy.credit_limit}: send a voucher"
             )
-        if earned >= state.deposit:
-            raise PaymentRequired("channel deposit exhausted: top up the channel")
-        return state
+        if earned + reserved + reserve > state.deposit:
+            if final:
+                raise PaymentRequired("channel deposit exhausted: top up the channel")
+            return False
+        self._reserved[channel_id] = reserved + reserve
+        return True
 
-    def _check_voucher(
-        self, voucher: SignedVoucher, channel_id: bytes, model_id: bytes, state: ChannelState, ledger: dict[bytes, Any]
-    ) -> None:
+    def release(self, channel_id: bytes, amount: int) -> None:
+        """End a reservation made by `admit` (after the receipt's amount is in `earned`)."""
+        with self._lock:
+            left = self._reserved.get(channel_id, 0) - amount
+            if left > 0:
+                self._reserved[channel_id] = left
+            else:
+                self._reserved.pop(channel_id, None)
+
+    def reserved(self, channel_id: bytes) -> int:
+        with self._lock:
+            return self._reserved.get(channel_id, 0)
+
+    @staticmethod
+    def _is_news(voucher: SignedVoucher, ledger: dict[bytes, Any]) -> bool:
+        """True if the voucher is above the stored one (at or below: superseded, kept out)."""
+        last = ledger.get(voucher.voucher.model_id)
+        return last is None or voucher.voucher.cumulative_amount > last.cumulative
+
+    def _check_signature(self, voucher: SignedVoucher, channel_id: bytes, model_id: bytes, state: ChannelState) -> None:
         v = voucher.voucher
         if v.channel_id != channel_id or v.model_id != model_id:
             raise BadVoucher("voucher is for another channel or model than this request")
@@ -132,11 +211,3 @@ class PaymentGate:
             voucher.verify(self.domain, state.payer)
         except InvalidSignature as exc:
             raise BadVoucher(f"voucher signature invalid (wrong signer, chain or contract): {exc}") from None
-        last = ledger.get(model_id)
-        if last is not None and v.cumulative_amount <= last.cumulative:
-            raise BadVoucher(f"voucher cumulative {v.cumulative_amount} is not above the last one ({last.cumulative})")
-        others = sum(r.cumulative for m, r in ledger.items() if m != model_id)
-        if others + v.cumulative_amount > state.deposit:
-            state = self.channel(channel_id, refresh=True)  # maybe topped up since we looked
-            if others + v.cumulative_amount > state.deposit:
-                raise BadVoucher(f"vouchers total {others + v.cumulative_amount} exceed the deposit {state.deposit}")

@@ -16,6 +16,7 @@ from eth_utils import keccak
 
 from allmende.core import Domain, InvalidInput, Receipt, SignedVoucher, request_cost, sign_receipt
 from allmende.core.codec import address_field, hex_bytes
+from allmende.core.credit import max_request_cost
 from allmende.core.envelope import ResponseSealer, open_request
 from allmende.engine import Engine, SamplingParams, collect
 from allmende.provider.errors import BadRequest, ReplayedRequest, UnknownModelError
@@ -45,6 +46,8 @@ class InferRequest:
     voucher: SignedVoucher | None
     sealer: ResponseSealer
     stream: bool
+    # units reserved against the channel's credit at admission, released when the request ends
+    reserved: int = 0
 
 
 def sampling_from(body: dict[str, Any]) -> SamplingParams:
@@ -141,10 +144,24 @@ class ProviderService:
         )
 
     def admit(self, req: InferRequest) -> None:
-        """Replay check, then voucher and credit checks (vouchers stored durably)."""
-        self.gate.admit(req.channel_id, req.model.engine.model_id, req.payer, req.voucher)
-        if not self.store.begin_request(req.request_id, req.channel_id, req.model.engine.model_id):
+        """Voucher and credit checks (vouchers stored durably, the request's maximum cost
+        reserved), then the replay check. Every admitted request must end in `release`."""
+        model = req.model
+        try:
+            bound = max_request_cost(req.kind, req.body, model.engine.context_length, model.price_in, model.price_out)
+        except InvalidInput as exc:
+            raise BadRequest(str(exc)) from None
+        self.gate.admit(req.channel_id, model.engine.model_id, req.payer, req.voucher, reserve=bound)
+        req.reserved = bound
+        if not self.store.begin_request(req.request_id, req.channel_id, model.engine.model_id):
+            self.release(req)
             raise ReplayedRequest(f"request 0x{req.request_id.hex()} was already received")
+
+    def release(self, req: InferRequest) -> None:
+        """End the request's reservation (idempotent)."""
+        if req.reserved:
+            self.gate.release(req.channel_id, req.reserved)
+            req.reserved = 0
 
     # ------------------------------------------------------------ serving
 
@@ -178,11 +195,13 @@ class ProviderService:
         params = sampling_from(req.body)
         engine.check_length(prompt, params.max_tokens)  # type: ignore[attr-defined]
         seq, parts, produced, finish, proof, token_ids = 0, [], 0, "length", b"", []
+        unsent = 0  # tokens whose text has not gone out yet
         async for event in engine.generate(prompt, params):
             if event.proof is not None:
                 proof = event.proof
             if event.token_id is not None:
                 produced += 1
+                unsent += 1
                 token_ids.append(event.token_id)
             if event.finish_reason:
                 finish = event.finish_reason
@@ -190,8 +209,9 @@ class ProviderService:
                 await asyncio.sleep(self.stream_interval)
             if event.text:
                 parts.append(event.text)
-                yield req.sealer.seal(seq, json.dumps({"delta": event.text}).encode())
+                yield req.sealer.seal(seq, json.dumps({"delta": event.text, "tokens": unsent}).encode())
                 seq += 1
+                unsent = 0
         text = "".join(parts)
         receipt = self._finish(req, len(prompt), produced, text.encode(), proof)
         final = {
@@ -237,5 +257,6 @@ class ProviderService:
         )
         signed = sign_receipt(receipt, self.receipt_domain, self.key).to_json()
         self.store.finish_request(req.request_id, req.channel_id, receipt.model_id, amount, json.dumps(signed))
+        self.release(req)  # after the amount is in `earned`: the exposure never dips below the truth
         usage = {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
         return {"receipt": signed, "usage": usage}

@@ -153,7 +153,8 @@ class Validator:
             return record
         latency = time.monotonic() - started
         offer = entry.offers[model_id]
-        self.payments.settle(entry.address, channel_id, offer, answer.receipt, None)
+        carried = voucher.voucher.cumulative_amount if voucher else 0
+        self.payments.settle(entry.address, channel_id, offer, answer.receipt, None, carried)
         params = SamplingParams(
             max_tokens=body["max_tokens"],
             temperature=float(body.get("temperature", 1.0)),

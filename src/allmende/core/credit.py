@@ -1,0 +1,46 @@
+"""The most a request can cost, computed the same way by gateway and provider.
+
+The provider reserves this amount against a channel's credit when it admits a request
+and the gateway counts the same amount as in flight before it sends one, so both sides
+agree on the exposure of a channel without talking about it (see provider/payments.py
+for why that makes honest concurrency unable to cause a payment error).
+
+The bound needs no tokenizer: a generation request's prompt plus its completion never
+exceed the model's context length (providers refuse longer ones), and every embedding
+input is at most one context of tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from allmende.core.errors import InvalidInput
+from allmende.core.fees import request_cost
+
+# completion tokens when a request names no max_tokens (OpenAI's legacy default is 16;
+# chat has no limit, so a default keeps the reservation meaningful)
+DEFAULT_MAX_TOKENS = 64
+
+
+def requested_max_tokens(body: Mapping[str, object]) -> int:
+    """`max_tokens`, else `max_completion_tokens`, else the default; an int ≥ 1 or InvalidInput."""
+    value = body.get("max_tokens")
+    if value is None:
+        value = body.get("max_completion_tokens")
+    if value is None:
+        return DEFAULT_MAX_TOKENS
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput("max_tokens must be a positive integer")
+    return value
+
+
+def max_request_cost(kind: str, body: Mapping[str, object], context_length: int, price_in: int, price_out: int) -> int:
+    """Upper bound of what the request can be charged, in payment-token units."""
+    if context_length < 1:
+        raise InvalidInput("context_length must be positive")
+    if kind == "embedding":
+        raw = body.get("input")
+        inputs = len(raw) if isinstance(raw, list) and raw and not isinstance(raw[0], int) else 1
+        return request_cost(min(inputs * context_length, 2**32 - 1), 0, price_in, price_out)
+    out = min(requested_max_tokens(body), context_length)
+    return request_cost(context_length - out, out, price_in, price_out)
