@@ -40,11 +40,9 @@ def resolve_model_path(name: str) -> tuple[Path, bool]:
             path = Path(snapshot_download(name))
         except Exception as exc:
             raise UnknownModel(f"model {name!r} is neither a local folder nor a downloadable hub id: {exc}") from None
-    config = path / "config.json"
-    is_embedding = (path / "modules.json").exists() or (
-        config.exists() and '"ForCausalLM"' not in config.read_text() and "CausalLM" not in config.read_text()
-    )
-    return path, is_embedding
+    from allmende.engine.kinds import model_kind
+
+    return path, model_kind(path) == "embed"
 
 
 def load_engine(name: str, max_concurrency: int = 4) -> Engine:

@@ -35,6 +35,9 @@ class EmbeddingEngine(Engine):
         self.model_id = build_manifest(self.path).model_id
         self.device = pick_device()
         self.tokenizer: Any = AutoTokenizer.from_pretrained(self.path)
+        if self.tokenizer.pad_token is None:  # e.g. GPT-2's: padded positions are masked out anyway
+            tok = self.tokenizer
+            tok.pad_token = tok.eos_token or tok.unk_token or tok.convert_ids_to_tokens(0)
         self.model: Any = AutoModel.from_pretrained(self.path).to(self.device).eval()
         self.context_length = min(int(self.tokenizer.model_max_length), 512)
         self._slots = asyncio.Semaphore(max_concurrency)
