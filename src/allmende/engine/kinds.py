@@ -31,7 +31,7 @@ ENCODERS = _class_names(MODEL_MAPPING_NAMES)
 
 
 def model_kind(folder: Path) -> ModelKind:
-    """"generate" or "embed" for a model folder, or UnknownModel saying why neither."""
+    """ "generate" or "embed" for a model folder, or UnknownModel saying why neither."""
     if (folder / "modules.json").exists():
         return "embed"  # a sentence-transformers model
     config = folder / "config.json"
