@@ -12,7 +12,7 @@ import httpx
 
 from allmende.chain.anvil import Anvil, DevnetAccount
 from allmende.chain.deploy import Deployment
-from allmende.provider.client import build_envelope, fetch_info, infer_stream
+from allmende.provider.client import Answer, build_envelope, fetch_info, infer_stream
 from allmende.provider.store import ProviderStore
 from tests.conftest import contracts_for
 from tests.provider.conftest import Running, start_provider
@@ -24,8 +24,14 @@ def test_kill9_then_restart_loses_nothing(
 ) -> None:
     provider_account, payer_account = accounts[5], accounts[6]
     state = tmp_path / "p"
+    # streams paced at 20 tokens/s, so a 400-token stream is surely still running at the kill
     proc = start_provider(
-        anvil, deployments_file, provider_account, state, ["allmende:tiny"], extra=["--redeem-interval", "3600"]
+        anvil,
+        deployments_file,
+        provider_account,
+        state,
+        ["allmende:tiny"],
+        extra=["--redeem-interval", "3600", "--stream-tokens-per-s", "20"],
     )
     as_payer = contracts_for(anvil, deployment, payer_account)
     as_payer.stable.approve(as_payer.channels.address)
@@ -49,20 +55,24 @@ def test_kill9_then_restart_loses_nothing(
         payer.channel,
         payer.voucher(model),
     )
-    got_first = threading.Event()
+    got_first, finished, cut = threading.Event(), threading.Event(), threading.Event()
 
     def consume() -> None:
         try:
-            for _ in infer_stream(payer.http, proc.url, info, running.receipt_domain, env, sealer, rid):
+            for item in infer_stream(payer.http, proc.url, info, running.receipt_domain, env, sealer, rid):
+                if isinstance(item, Answer):
+                    finished.set()
                 got_first.set()
         except Exception:
-            got_first.set()
+            cut.set()
 
     reader = threading.Thread(target=consume)
     reader.start()
-    got_first.wait(30)
+    assert got_first.wait(60), "the stream never started"
+    assert not finished.is_set()  # it is in flight now
     proc.kill9()
     reader.join(30)
+    assert cut.is_set() and not finished.is_set()  # the kill cut it
 
     restarted = start_provider(
         anvil,

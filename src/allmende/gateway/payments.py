@@ -87,6 +87,20 @@ class Payments:
             self._top_up_in_background(provider)
         return channel_id
 
+    def room_after_settling(self, provider: str, need: int) -> bool:
+        """True if only requests in flight on the channel to `provider` keep `need` units from
+        being available (the deposit minus what is owed covers it), so waiting for their
+        receipts beats a top-up; below the low-water mark a top-up starts in the background
+        all the same."""
+        known = self.store.channel(provider)
+        if known is None:
+            return False
+        channel_id, deposit = known
+        if deposit - self.store.total_owed(channel_id) - self.in_flight(channel_id) < deposit * self.policy.low_water:
+            self._top_up_in_background(provider)
+        # receipts cost at most what they reserved, often far less: worth waiting for
+        return self.in_flight(channel_id) > 0 and deposit - self.store.total_owed(channel_id) >= need
+
     # ------------------------------------------------------------ exposure
 
     def in_flight(self, channel_id: bytes) -> int:

@@ -207,7 +207,10 @@ class GatewayService:
         except InvalidInput as exc:
             raise InvalidRequest(str(exc)) from None
         channel_id = self.payments.ready_channel(entry.address, cost)
-        if channel_id is None:  # open or top up: chain transactions, off the event loop
+        if channel_id is None:
+            if self.payments.room_after_settling(entry.address, cost):
+                return None  # only requests in flight stand in the way: wait for their receipts
+            # open or top up: chain transactions, off the event loop
             channel_id = await asyncio.to_thread(self.payments.channel_for, entry.address, cost)
         if not self.payments.reserve(channel_id, cost, credit_limit_of(entry)):
             return None
