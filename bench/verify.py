@@ -17,7 +17,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from allmende.validator.harness import Harness
+from allmende.testing.harness import Harness
 
 
 def main() -> None:

@@ -114,8 +114,7 @@ def generate(outdir: Path, questions: int, device: str, run_harness: bool) -> Pa
     from allmende.core.manifest import build_manifest
     from allmende.engine.tiny import SEED, TINY_NAME, ensure_tiny_model, write_tiny_model
     from allmende.engine.transformers_lm import CausalLMEngine
-    from allmende.validator.checker import verify_completion
-    from allmende.validator.harness import (
+    from allmende.testing.harness import (
         GREEDY,
         QUESTIONS,
         SAMPLED,
@@ -125,7 +124,8 @@ def generate(outdir: Path, questions: int, device: str, run_harness: bool) -> Pa
         quantize_int8,
         skip_last_layer,
     )
-    from allmende.validator.harness import generate as run_generation
+    from allmende.testing.harness import generate as run_generation
+    from allmende.validator.checker import verify_completion
 
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--generate needs CUDA (or --device cpu for a dry run)")
@@ -267,7 +267,7 @@ def harness_on_device(questions: int) -> dict[str, Any]:
     """The calibration harness itself on this machine (CPU validator; with CUDA it adds its
     "GPU provider vs CPU validator" row)."""
     try:
-        from allmende.validator.harness import Harness
+        from allmende.testing.harness import Harness
 
         results = Harness(questions).run()
     except Exception as exc:  # recorded, not fatal: the provider runs above are already written
@@ -303,8 +303,8 @@ def check(file: Path) -> dict[str, Any]:
     from allmende.core.manifest import build_manifest
     from allmende.engine.base import SamplingParams
     from allmende.engine.tiny import ensure_tiny_model
-    from allmende.validator.harness import GREEDY, Claim, Harness
-    from allmende.validator.harness import generate as run_generation
+    from allmende.testing.harness import GREEDY, Claim, Harness
+    from allmende.testing.harness import generate as run_generation
 
     data = json.loads(file.read_text())
     if data.get("format") != FORMAT:

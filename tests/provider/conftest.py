@@ -53,12 +53,16 @@ def start_provider(
     models: list[str],
     port: int | None = None,
     extra: list[str] | None = None,
+    cheat: str | None = None,
 ) -> ProviderProcess:
+    """`allmende provider` as a subprocess; `cheat` (int8 | skip-layer) starts it through
+    allmende.testing.cheats so its engine cheats."""
     port = port or free_port()
+    launcher = ["allmende.testing.cheats", cheat] if cheat else ["allmende"]
     args = [
         sys.executable,
         "-m",
-        "allmende",
+        *launcher,
         "provider",
         "--rpc",
         anvil.url,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from allmende.core.proofs import TOP_K, ChunkCommitment, ProofFormatError, decode_proof, encode_proof
 from allmende.engine.proofs import check, commit
-from allmende.validator.harness import Harness
+from allmende.testing.harness import Harness
 
 
 @given(

@@ -33,10 +33,9 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         "allmende:tiny",
         "--validators",
         "2",
-        "--provider-cheat",
-        "2:int8",
         "--validator-option=--audit-interval=2",
         "--validator-option=--publish-every=2",
+        cheat="2:int8",
     )
     data["root"] = str(root)
     try:

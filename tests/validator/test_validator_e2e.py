@@ -46,9 +46,7 @@ def providers(
 ) -> Iterator[tuple[ProviderProcess, ProviderProcess]]:
     root = tmp_path_factory.mktemp("audited")
     honest = start_provider(anvil, deployments_file, accounts[7], root / "honest", ["allmende:tiny"])
-    cheat = start_provider(
-        anvil, deployments_file, accounts[1], root / "cheat", ["allmende:tiny"], extra=["--cheat", "int8"]
-    )
+    cheat = start_provider(anvil, deployments_file, accounts[1], root / "cheat", ["allmende:tiny"], cheat="int8")
     try:
         yield honest, cheat
     finally:

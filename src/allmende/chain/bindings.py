@@ -10,7 +10,7 @@ from web3.contract import Contract
 from web3.logs import DISCARD
 
 from allmende.chain.client import ChainClient, SentTransaction
-from allmende.chain.deploy import Deployment
+from allmende.chain.deployment import Deployment
 from allmende.chain.errors import ContractReverted
 from allmende.core import Domain, SignedVoucher
 from allmende.core.errors import AmountOverflow, InvalidInput, UnknownModel

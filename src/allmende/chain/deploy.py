@@ -1,18 +1,14 @@
-"""Deploy every contract to any EVM and describe the result in a deployments JSON.
-
-deployments.json = {chain_id, rpc_url, deploy_block, deployer, treasury, devnet,
-                    contracts: {Name: {address, abi}}}
-"""
+"""Deploy every contract to any EVM and describe the result in a deployments JSON
+(`Deployment`, in chain/deployment.py, which the bindings read too)."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from allmende.chain.bindings import Contracts
 from allmende.chain.client import ChainClient
 from allmende.chain.compile import compile_contract
+from allmende.chain.deployment import Deployment as Deployment  # re-exported: where callers look for it
 from allmende.chain.errors import DeploymentNotFound
 from allmende.contracts import ZERO_ADDRESS
 
@@ -21,55 +17,6 @@ USD = 10**6
 INITIAL_ALM_SUPPLY = 1_000_000_000 * ALM
 DEVNET_ALM_PER_ACCOUNT = 1_000_000 * ALM
 DEVNET_USD_PER_ACCOUNT = 1_000_000 * USD
-
-
-@dataclass
-class Deployment:
-    chain_id: int
-    rpc_url: str
-    deploy_block: int
-    deployer: str
-    treasury: str
-    devnet: bool
-    contracts: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def address(self, name: str) -> str:
-        try:
-            return str(self.contracts[name]["address"])
-        except KeyError:
-            raise DeploymentNotFound(f"contract {name} is not in this deployment") from None
-
-    def abi(self, name: str) -> list[dict[str, Any]]:
-        try:
-            return list(self.contracts[name]["abi"])
-        except KeyError:
-            raise DeploymentNotFound(f"contract {name} is not in this deployment") from None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "chain_id": self.chain_id,
-            "rpc_url": self.rpc_url,
-            "deploy_block": self.deploy_block,
-            "deployer": self.deployer,
-            "treasury": self.treasury,
-            "devnet": self.devnet,
-            "contracts": self.contracts,
-        }
-
-    def save(self, path: str | Path) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        tmp.replace(target)  # atomic: a reader never sees half a file
-
-    @classmethod
-    def load(cls, path: str | Path) -> Deployment:
-        source = Path(path)
-        if not source.exists():
-            raise DeploymentNotFound(f"no deployments file at {source}: run `allmende chain deploy` first")
-        data = json.loads(source.read_text())
-        return cls(**data)
 
 
 def hand_over(client: ChainClient, deployment: Deployment, governor: str) -> None:
@@ -129,8 +76,6 @@ def deploy_all(
         devnet=devnet,
         contracts=out,
     )
-    from allmende.chain.bindings import Contracts
-
     contracts = Contracts(client, deployment)
     contracts.registry.set_verdicts(verdicts)
     hand_over(client, deployment, governor)

@@ -61,7 +61,6 @@ def provider(
     rate_limit: float = typer.Option(200.0, help="requests per second per peer; 0 = off"),
     max_body: int = typer.Option(2 * 1024 * 1024, help="largest request body, bytes"),
     body_timeout: float = typer.Option(10.0, help="seconds a client may take to send its body"),
-    cheat: str = typer.Option(None, hidden=True, help="fault injection for validator tests: int8 | skip-layer"),
 ) -> None:
     """Serve models: load, register, stake, publish offers, then answer encrypted requests."""
     from allmende.provider.node import ProviderConfig, serve
@@ -83,7 +82,6 @@ def provider(
             royalty_bps=royalty_bps,
             max_concurrency=max_concurrency,
             stream_tokens_per_s=stream_tokens_per_s,
-            cheat=cheat,
             limits=Limits(
                 max_body=max_body, body_timeout=body_timeout, rate_limit=rate_limit, rate_burst=2 * rate_limit
             ),

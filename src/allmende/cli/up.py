@@ -26,6 +26,11 @@ DEFAULT_MODELS = ["allmende:tiny", "minilm"]
 GATEWAY_ACCOUNT = 9
 
 
+def provider_command(index: int) -> list[str]:
+    """How provider `index` (1-based) is started; a hook for test helpers (allmende.testing.cheats)."""
+    return [sys.executable, "-m", "allmende", "provider"]
+
+
 class StartupFailed(AllmendeError):
     pass
 
@@ -58,9 +63,6 @@ def up(
     gateway_option: list[str] = typer.Option([], help="extra option for the gateway (repeatable)"),
     validators: int = typer.Option(0, help="number of validator processes auditing the providers"),
     validator_option: list[str] = typer.Option([], help="extra option for every validator (repeatable)"),
-    provider_cheat: str = typer.Option(
-        None, hidden=True, help="fault injection for tests: N:MODE makes provider N (1-based) cheat (int8, skip-layer)"
-    ),
     showcase: bool = typer.Option(False, help="once up, send a few requests with the openai client and show them"),
 ) -> None:
     """Start anvil, deploy, fund, start N providers and the gateway; Ctrl-C stops everything."""
@@ -71,13 +73,6 @@ def up(
     if validators < 0 or providers + validators > 8:
         console.print("[red]error:[/red] providers + validators must be at most 8 (anvil funds 10 accounts)")
         raise typer.Exit(2)
-    cheat_index, cheat_mode = 0, ""
-    if provider_cheat:
-        index, _, cheat_mode = provider_cheat.partition(":")
-        if not index.isdigit() or cheat_mode not in ("int8", "skip-layer"):
-            console.print("[red]error:[/red] --provider-cheat must be N:int8 or N:skip-layer")
-            raise typer.Exit(2)
-        cheat_index = int(index)
     models = model or DEFAULT_MODELS
     run_dir = root / "run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh chain: old node state refers to nothing
@@ -116,10 +111,7 @@ def up(
                 p_port = provider_port + i if provider_port else free_port()
                 log = run_dir / f"provider-{i + 1}.log"
                 args = [
-                    python,
-                    "-m",
-                    "allmende",
-                    "provider",
+                    *provider_command(i + 1),
                     "--rpc",
                     node.url,
                     "--key",
@@ -138,8 +130,6 @@ def up(
                 if stream_tokens_per_s:
                     args += ["--stream-tokens-per-s", str(stream_tokens_per_s)]
                 args += provider_option
-                if i + 1 == cheat_index:
-                    args += ["--cheat", cheat_mode]
                 proc = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT)
                 children.append((f"provider-{i + 1}", proc))
                 provider_rows.append(

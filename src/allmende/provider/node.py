@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,7 @@ from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.bindings import ROLE_PROVIDER
 from allmende.chain.errors import ChainError
 from allmende.core.envelope import public_key_bytes
-from allmende.engine import load_engine
-from allmende.engine.transformers_lm import CausalLMEngine
+from allmende.engine import Engine, load_engine
 from allmende.provider.app import Limits, create_app
 from allmende.provider.payments import CreditPolicy, PaymentGate
 from allmende.provider.service import ProviderService, ServedModel
@@ -35,6 +35,11 @@ from allmende.provider.settlement import Settlement, SettlementPolicy
 from allmende.provider.store import ProviderStore
 
 log = logging.getLogger("allmende.provider")
+
+
+# Wrappers applied to every engine a provider loads, in order: a hook for test helpers
+# (allmende.testing.cheats fills it to make a provider cheat); empty in production.
+ENGINE_WRAPPERS: list[Callable[[Engine], Engine]] = []
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,6 @@ class ProviderConfig:
     stream_tokens_per_s: float | None = None  # per-stream token rate cap (None = as fast as it goes)
     # fault injection for testing validators: serve int8-quantised weights or skip a layer while
     # claiming the original model id ("int8" | "skip-layer"); never set in production
-    cheat: str | None = None
     credit: CreditPolicy = field(default_factory=CreditPolicy)
     settlement: SettlementPolicy = field(default_factory=SettlementPolicy)
     limits: Limits = field(default_factory=Limits)
@@ -104,10 +108,8 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
         for spec in config.models:
             progress.update(task, description=f"loading {spec.name}")
             engine = load_engine(spec.name, config.max_concurrency)
-            if config.cheat and isinstance(engine, CausalLMEngine):
-                from allmende.validator.harness import quantize_int8, skip_last_layer
-
-                engine = quantize_int8(engine) if config.cheat == "int8" else skip_last_layer(engine)
+            for wrap in ENGINE_WRAPPERS:
+                engine = wrap(engine)
             served[engine.model_id] = ServedModel(engine, spec.price_in, spec.price_out)
             progress.advance(task)
 

@@ -13,12 +13,14 @@ from typing import Any
 from allmende.chain.anvil import free_port
 
 
-def start_network(root: Path, *args: str, timeout: float = 300.0) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """Run `allmende up` on free ports with state in `root`; return it and its network.json."""
+def start_network(
+    root: Path, *args: str, timeout: float = 300.0, cheat: str | None = None
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Run `allmende up` on free ports with state in `root`; return it and its network.json.
+    `cheat="N:MODE"` makes provider N cheat (see allmende.testing.cheats)."""
+    launcher = [sys.executable, "-m", "allmende.testing.cheats", cheat] if cheat else [sys.executable, "-m", "allmende"]
     command = [
-        sys.executable,
-        "-m",
-        "allmende",
+        *launcher,
         "up",
         "--state-dir",
         str(root),

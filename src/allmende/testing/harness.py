@@ -24,6 +24,7 @@ from allmende.engine.base import SamplingParams, collect
 from allmende.engine.proofs import commit
 from allmende.engine.tiny import SEED, ensure_tiny_model, write_tiny_model
 from allmende.engine.transformers_lm import CausalLMEngine
+from allmende.testing.cheats import quantize_int8, skip_last_layer
 from allmende.validator.checker import Verdict, verify_completion
 
 SYSTEM = "Du bist ein hilfreicher Assistent der Allmende."
@@ -89,22 +90,6 @@ def load(path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") ->
     """The tiny model on `device`: the CPU unless asked (the validator, and every CPU variant,
     stays on the CPU on a machine with CUDA too)."""
     return CausalLMEngine("allmende:tiny", path, dtype=dtype, device=device)
-
-
-def quantize_int8(engine: CausalLMEngine) -> CausalLMEngine:
-    """Per-row symmetric int8 quantisation of every matrix (what a cheap provider might run)."""
-    with torch.no_grad():
-        for param in engine.model.parameters():
-            if param.dim() == 2:
-                scale = param.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127
-                param.copy_((param / scale).round().clamp(-127, 127) * scale)
-    return engine
-
-
-def skip_last_layer(engine: CausalLMEngine) -> CausalLMEngine:
-    engine.model.model.layers = engine.model.model.layers[:-1]
-    engine.model.config.num_hidden_layers -= 1
-    return engine
 
 
 class Harness:
