@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 from eth_account import Account
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from allmende.chain.bindings import ChannelRecord
@@ -46,14 +46,15 @@ class Flight:
     amount: int = 0
 
 
-def sides(tmp: Path, deposit: int, credit: int) -> tuple[Payments, GatewayStore, PaymentGate, ProviderStore]:
-    gateway_store = GatewayStore(tmp / f"{os.urandom(4).hex()}-gateway.db")
+def sides(tmp: Path | None, deposit: int, credit: int) -> tuple[Payments, GatewayStore, PaymentGate, ProviderStore]:
+    """Both sides' real stores: on disk under `tmp`, or in memory (the schedule test makes hundreds)."""
+    gateway_store = GatewayStore(tmp / "gateway.db" if tmp else Path(":memory:"))
     gateway_store.put_channel(PROVIDER, CHANNEL, deposit)
     contracts = SimpleNamespace(
         client=SimpleNamespace(address=PAYER), channels=SimpleNamespace(voucher_domain=lambda: DOMAIN)
     )
     payments = Payments(gateway_store, contracts, PAYER_KEY)  # type: ignore[arg-type]
-    provider_store = ProviderStore(tmp / f"{os.urandom(4).hex()}-provider.db")
+    provider_store = ProviderStore(tmp / "provider.db" if tmp else Path(":memory:"))
     gate = PaymentGate(
         provider_store,
         DOMAIN,
@@ -64,12 +65,10 @@ def sides(tmp: Path, deposit: int, credit: int) -> tuple[Payments, GatewayStore,
     return payments, gateway_store, gate, provider_store
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None)
 @given(data=st.data(), credit=st.integers(300, 3_000), deposit=st.integers(2_000, 20_000))
-def test_no_order_of_honest_concurrent_requests_is_refused(
-    tmp_path: Path, data: st.DataObject, credit: int, deposit: int
-) -> None:
-    payments, gateway_store, gate, provider_store = sides(tmp_path, deposit, credit)
+def test_no_order_of_honest_concurrent_requests_is_refused(data: st.DataObject, credit: int, deposit: int) -> None:
+    payments, gateway_store, gate, provider_store = sides(None, deposit, credit)
     waiting = [(data.draw(st.sampled_from(MODELS)), data.draw(st.integers(1, 300))) for _ in range(40)]
     in_transit: list[Flight] = []  # sent by the gateway, not yet at the provider
     serving: list[Flight] = []  # admitted, generating

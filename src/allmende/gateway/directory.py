@@ -104,8 +104,12 @@ class Directory:
         for model_id in {m for e in fresh.values() for m in e.offers}:
             if model_id not in self._owners:
                 self._owners[model_id] = self.contracts.models.owner_of(model_id)
+        self.install(list(fresh.values()))
+
+    def install(self, entries: list[ProviderEntry]) -> None:
+        """Make `entries` the providers in use (refresh builds them from chain; unit tests inject them)."""
         with self._lock:
-            self._entries = fresh
+            self._entries = {e.address: e for e in entries}
         self._last_full = time.monotonic()
 
     def _reputations(self, providers: list[str]) -> dict[str, float]:
