@@ -15,6 +15,12 @@ class Environment:
     state_dir: Path
     # default JSON-RPC endpoint
     rpc_url: str
+    # where generated and converted models are cached (the tiny model, GGUF conversions)
+    cache_dir: Path
+    # the anvil binary, if not the project's .tools/ install or one on PATH
+    anvil: Path | None
+    # the folder of the contracts' .vy sources, if not the one beside the package
+    contracts_dir: Path | None
 
 
 def from_environment() -> Environment:
@@ -22,4 +28,12 @@ def from_environment() -> Environment:
         password=os.environ.get("ALLMENDE_PASSWORD"),
         state_dir=Path(os.environ.get("ALLMENDE_STATE_DIR", ".allmende")),
         rpc_url=os.environ.get("ALLMENDE_RPC", "http://127.0.0.1:8545"),
+        cache_dir=Path(os.environ.get("ALLMENDE_CACHE") or Path.home() / ".cache" / "allmende"),
+        anvil=_path("ALLMENDE_ANVIL"),
+        contracts_dir=_path("ALLMENDE_CONTRACTS"),
     )
+
+
+def _path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None

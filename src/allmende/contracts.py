@@ -6,8 +6,9 @@ bytecode). `ALLMENDE_CONTRACTS` overrides the folder for installs outside a chec
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from allmende.config import from_environment
 
 SOURCES = {
     "AllmendeToken": "allmende_token.vy",
@@ -26,9 +27,9 @@ ZERO_ADDRESS = "0x" + "00" * 20
 
 def contracts_dir() -> Path:
     """The folder holding the `.vy` sources."""
-    override = os.environ.get("ALLMENDE_CONTRACTS")
+    override = from_environment().contracts_dir
     if override:
-        return Path(override)
+        return override
     return Path(__file__).resolve().parents[2] / "contracts"
 
 

@@ -6,7 +6,6 @@ are labelled as such wherever they are shown.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -18,6 +17,7 @@ import httpx
 from eth_account import Account
 
 from allmende.chain.errors import RpcUnavailable
+from allmende.config import from_environment
 
 DEVNET_MNEMONIC = "test test test test test test test test test test test junk"
 DEVNET_CHAIN_ID = 31337
@@ -46,9 +46,9 @@ def devnet_accounts(count: int = 10) -> list[DevnetAccount]:
 
 def find_anvil() -> Path:
     """The anvil binary: $ALLMENDE_ANVIL, the project's .tools/, or PATH."""
-    override = os.environ.get("ALLMENDE_ANVIL")
+    override = from_environment().anvil
     if override:
-        return Path(override)
+        return override
     here = Path(__file__).resolve()
     for root in [Path.cwd(), *here.parents]:
         candidate = root / _ANVIL_REL

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -196,17 +195,3 @@ class ChainClient:
         """Devnet only (anvil): move the clock forward and mine a block."""
         self.rpc(lambda: self.w3.provider.make_request(cast(Any, "evm_increaseTime"), [seconds]))
         self.rpc(lambda: self.w3.provider.make_request(cast(Any, "evm_mine"), []))
-
-
-def wait_for_rpc(url: str, timeout: float = 20.0) -> None:
-    """Block until a JSON-RPC node answers at `url`."""
-    client = ChainClient(url, timeout=2)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client.block_number()
-            return
-        except RpcUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)

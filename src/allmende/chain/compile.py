@@ -8,7 +8,7 @@ from typing import Any
 
 from vyper.cli.vyper_compile import compile_files
 
-from allmende.contracts import SOURCES, contracts_dir, source_path
+from allmende.contracts import contracts_dir, source_path
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,3 @@ def compile_contract(name: str) -> Artifact:
     out = compile_files([str(path)], ("abi", "bytecode"), paths=[str(contracts_dir())])
     (result,) = out.values()
     return Artifact(name=name, abi=result["abi"], bytecode=result["bytecode"])
-
-
-def compile_all() -> dict[str, Artifact]:
-    return {name: compile_contract(name) for name in SOURCES}

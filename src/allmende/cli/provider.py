@@ -18,16 +18,16 @@ from allmende.provider.settlement import SettlementPolicy
 
 
 def _models(model: list[str], price_in: int, price_out: int, config: Path | None) -> list[Any]:
-    from allmende.provider.node import ModelSpec
+    from allmende.provider.node import ModelOffer
 
-    specs = [ModelSpec(name, price_in, price_out) for name in model]
+    specs = [ModelOffer(name, price_in, price_out) for name in model]
     if config is not None:
         data = tomllib.loads(config.read_text())
         for entry in data.get("models", []):
             if not isinstance(entry, dict) or "name" not in entry:
                 raise InvalidInput(f"{config}: every [[models]] entry needs a name")
             specs.append(
-                ModelSpec(
+                ModelOffer(
                     str(entry["name"]), int(entry.get("price_in", price_in)), int(entry.get("price_out", price_out))
                 )
             )

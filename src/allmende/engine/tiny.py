@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from allmende.config import from_environment
+
 TINY_NAME = "allmende:tiny"
 SEED = 20_251_125
 VERSION = 1
@@ -48,8 +50,7 @@ CHAT_TEMPLATE = (
 
 def tiny_dir() -> Path:
     """Where the tiny model lives (created on first use)."""
-    root = Path(os.environ.get("ALLMENDE_CACHE", Path.home() / ".cache" / "allmende"))
-    return root / f"tiny-v{VERSION}"
+    return from_environment().cache_dir / f"tiny-v{VERSION}"
 
 
 def ensure_tiny_model() -> Path:

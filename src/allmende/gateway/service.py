@@ -4,7 +4,6 @@ payment, receipt checks and failover (before the first token and mid-stream)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -414,10 +413,6 @@ class GatewayService:
 def budget_check(payments: Payments, budgets: dict[str, int], api_key: str | None) -> None:
     if api_key is not None and api_key in budgets and payments.store.spent(api_key) >= budgets[api_key]:
         raise InsufficientFunds("this API key has spent its budget")
-
-
-def json_dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"))
 
 
 __all__ = ["GatewayError", "GatewayService", "Result", "budget_check", "validate"]

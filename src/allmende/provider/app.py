@@ -1,4 +1,4 @@
-"""The provider's HTTP API (DESIGN §4): /v1/info, /v1/infer, /healthz, /metrics.
+"""The provider's HTTP API: /v1/info, /v1/infer, /healthz, /metrics.
 
 Errors always leave as `{"error": {"code", "message"}}` with a 4xx status; a body
 larger than `max_body` or slower than `body_timeout` is refused.

@@ -43,7 +43,9 @@ ENGINE_WRAPPERS: list[Callable[[Engine], Engine]] = []
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelOffer:
+    """A model this provider serves and the prices it offers it at (published on chain)."""
+
     name: str  # allmende:tiny, minilm, a hub id or a folder
     price_in: int  # payment-token units per 1M input tokens
     price_out: int  # ... per 1M output tokens
@@ -54,7 +56,7 @@ class ProviderConfig:
     rpc_url: str
     key: bytes
     deployments: Path
-    models: list[ModelSpec]
+    models: list[ModelOffer]
     state_dir: Path
     host: str = "127.0.0.1"
     port: int = 9000

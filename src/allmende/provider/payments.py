@@ -1,4 +1,4 @@
-"""Voucher checks and the credit rule (DESIGN §4).
+"""Voucher checks and the credit rule (the provider wire API in ../shared/DESIGN.md).
 
 Before a request is served:
 - its voucher (if any) is signed by the channel's payer under this chain's Channels

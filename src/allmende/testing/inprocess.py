@@ -1,6 +1,6 @@
 """The money contracts deployed in an in-process EVM (titanoboa).
 
-Used by the contract tests, `bench/gas.py` and the walk-through. Everything here
+Used by the contract tests (bench/gas.py measures on anvil instead). Everything here
 runs on py-evm inside this Python process: no node, no sockets.
 """
 
