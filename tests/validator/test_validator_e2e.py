@@ -17,7 +17,8 @@ import uvicorn
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.anvil import Anvil, DevnetAccount, free_port
 from allmende.gateway.directory import Directory
-from allmende.validator.node import Validator, ValidatorConfig, evidence_app
+from allmende.validator.app import create_app as evidence_app
+from allmende.validator.service import Validator, ValidatorConfig
 from tests.provider.conftest import ProviderProcess, start_provider
 
 MAX_AUDITS_TO_CATCH = 3

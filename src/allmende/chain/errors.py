@@ -15,6 +15,7 @@ from allmende.core.errors import AllmendeError
 
 class ChainError(AllmendeError, RuntimeError):
     code = "chain_error"
+    status = 503  # the chain is not this request's fault: try again, or another node
 
 
 class RpcUnavailable(ChainError):

@@ -1,14 +1,51 @@
-"""Exceptions raised by Allmende's Python API.
+"""The error catalog: every error Allmende raises on purpose, with its stable code and the
+HTTP status it leaves a node's API with (`allmende.wire.error_response`, the one place
+errors go out; the gateway wraps the same status and code in OpenAI's shape).
 
-One root, stdlib mixins so callers can catch either::
+One root, stdlib mixins so callers can catch either. Where a class lives is given when
+it is not here (it needs that package's types); tests/core/test_errors.py checks this
+table against the classes, so it cannot drift::
 
-    AllmendeError
-    ├── InvalidInput (ValueError)
-    │   ├── AmountOverflow          an amount outside uint256 / the contract's range
-    │   ├── InvalidSignature        malformed, malleable or not from the expected signer
-    │   ├── UnknownModel            a model id or name nobody registered or serves
-    │   └── InvalidManifest         a model folder that cannot be content-addressed
-    └── ChainError (RuntimeError)   defined in allmende.chain: reverts, RPC failures
+    class                          code                      status  where
+    AllmendeError                  allmende_error            500
+    ├── InvalidInput (ValueError)  invalid_input             400
+    │   ├── AmountOverflow         amount_overflow           400
+    │   ├── InvalidSignature       invalid_signature         400
+    │   ├── UnknownModel           unknown_model             400
+    │   ├── InvalidManifest        invalid_manifest          400
+    │   ├── BodyTooLarge           body_too_large            413
+    │   ├── BodyTooSlow            body_too_slow             408
+    │   ├── EnvelopeError          bad_envelope              400     core.envelope
+    │   ├── ProofFormatError       bad_proof                 400     core.proofs
+    │   ├── KeystoreError          keystore_error            400     chain.keys
+    │   └── EngineError            engine_error              400     engine.base
+    │       └── PromptTooLong      context_length_exceeded   400     engine.base
+    ├── ChainError (RuntimeError)  chain_error               503     chain.errors
+    │   ├── RpcUnavailable         rpc_unavailable           503     chain.errors
+    │   ├── ContractReverted       contract_reverted         503     chain.errors
+    │   ├── TransactionFailed      transaction_failed        503     chain.errors
+    │   └── DeploymentNotFound     deployment_not_found      503     chain.errors
+    ├── UpstreamError              upstream_error            502
+    │   ├── ProviderReplyError     (the provider's code)     (its)   provider.client
+    │   └── Overcharged            overcharged               502     gateway.payments
+    ├── ProviderError              bad_request               400     provider.errors
+    │   ├── BadRequest             bad_request               400     provider.errors
+    │   ├── UnknownModelError      unknown_model             404     provider.errors
+    │   ├── ReplayedRequest        replayed_request          409     provider.errors
+    │   ├── BadVoucher             bad_voucher               402     provider.errors
+    │   ├── PaymentRequired        payment_required          402     provider.errors
+    │   ├── Overloaded             overloaded                429     provider.errors
+    │   └── TooLarge               body_too_large            413     provider.errors
+    ├── VaultError                 vault_error               400     vault.errors
+    │   ├── BadJob                 bad_job                   400     vault.errors
+    │   ├── TemplateNotAllowed     template_not_allowed      403     vault.errors
+    │   ├── AccessDenied           access_denied             403     vault.errors
+    │   ├── BudgetExceeded         privacy_budget_exceeded   403     vault.errors
+    │   ├── UnknownDataset         unknown_dataset           404     vault.errors
+    │   └── BadDataFile            bad_data_file             400     vault.errors
+    └── GatewayError               invalid_request           400     gateway.errors
+        (OpenAI's codes: invalid_api_key 401, model_not_found 404, insufficient_quota 402,
+         rate_limit_exceeded 429, no_provider_available 503, request_too_large 413)
 """
 
 from __future__ import annotations
@@ -18,12 +55,14 @@ class AllmendeError(Exception):
     """Root of every error Allmende raises on purpose."""
 
     code: str = "allmende_error"
+    status: int = 500
 
 
 class InvalidInput(AllmendeError, ValueError):
     """The caller passed something that can never be valid."""
 
     code = "invalid_input"
+    status = 400
 
 
 class AmountOverflow(InvalidInput):
@@ -48,3 +87,24 @@ class InvalidManifest(InvalidInput):
     """A model folder that cannot be turned into a manifest."""
 
     code = "invalid_manifest"
+
+
+class BodyTooLarge(InvalidInput):
+    """A request body beyond the node's size limit."""
+
+    code = "body_too_large"
+    status = 413
+
+
+class BodyTooSlow(InvalidInput):
+    """A request body that did not arrive within the node's time limit."""
+
+    code = "body_too_slow"
+    status = 408
+
+
+class UpstreamError(AllmendeError):
+    """Another node answered badly (an error, or an answer we must not accept)."""
+
+    code = "upstream_error"
+    status = 502

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from allmende import __version__
+from allmende.core.errors import BodyTooLarge as CoreBodyTooLarge
 from allmende.core.ratelimit import RateLimiter
 from allmende.gateway.errors import (
     BodyTooLarge,
@@ -28,8 +29,9 @@ from allmende.gateway.errors import (
     error_body,
     openai_error,
 )
-from allmende.gateway.service import GatewayService, budget_check, validate
-from allmende.httpbody import BodyTooLargeError, BodyTooSlowError, read_limited
+from allmende.gateway.service import GatewayService, budget_check
+from allmende.httpbody import read_limited
+from allmende.protocol import check_request
 from allmende.provider.client import Answer
 
 
@@ -51,10 +53,8 @@ class GatewayLimits:
 async def read_body(request: Request, limits: GatewayLimits) -> dict[str, Any]:
     try:
         raw = await read_limited(request, limits.max_body, limits.body_timeout)
-    except BodyTooLargeError as exc:
-        raise BodyTooLarge(str(exc)) from None
-    except BodyTooSlowError as exc:
-        raise InvalidRequest(str(exc)) from None
+    except CoreBodyTooLarge as exc:
+        raise BodyTooLarge(str(exc)) from None  # OpenAI's code for it: request_too_large
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -128,7 +128,7 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
             if state["in_flight"] >= limits.max_in_flight:
                 raise RateLimited("The gateway is at capacity; retry shortly.")
             body = await read_body(request, limits)
-            validate(kind, body)
+            check_request(kind, body)
             budget_check(service.payments, limits.budgets, key)
         except Exception as exc:
             response = openai_error(exc)

@@ -5,11 +5,15 @@ Every error leaves through `openai_error`; the status says what the client shoul
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
 from allmende.core.errors import AllmendeError
+from allmende.wire import status_and_code
+
+log = logging.getLogger("allmende.gateway")
 
 
 class GatewayError(AllmendeError):
@@ -54,12 +58,24 @@ def error_body(exc: GatewayError) -> dict[str, Any]:
     return {"error": {"message": str(exc), "type": exc.type, "param": exc.param, "code": exc.code}}
 
 
+# OpenAI's error type for a status, for errors from the catalog that are not GatewayErrors
+OPENAI_TYPES = {401: "authentication_error", 402: "insufficient_quota", 429: "rate_limit_error"}
+
+
 def openai_error(exc: Exception) -> JSONResponse:
+    """The catalog's status and code (core/errors.py) in OpenAI's shape; a 5xx that is not
+    ours says only that serving failed (no internals leak)."""
     if not isinstance(exc, GatewayError):
-        if isinstance(exc, AllmendeError) and isinstance(exc, ValueError):
-            exc = InvalidRequest(str(exc))
-        elif isinstance(exc, AllmendeError):
-            exc = NoProvider(f"temporarily unable to serve: {exc}")
+        status, code = status_and_code(exc)
+        if status >= 500:
+            log.error("answered %d %s: %s", status, code, exc, exc_info=exc)
+            if isinstance(exc, AllmendeError):
+                exc = NoProvider(f"temporarily unable to serve: {exc}")
+            else:
+                exc = NoProvider("internal error while serving the request")
         else:
-            exc = NoProvider("internal error while serving the request")
+            wrapped = GatewayError(str(exc), getattr(exc, "param", None))
+            wrapped.status, wrapped.code = status, code
+            wrapped.type = OPENAI_TYPES.get(status, "invalid_request_error")
+            exc = wrapped
     return JSONResponse(error_body(exc), status_code=exc.status)

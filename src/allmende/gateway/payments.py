@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from allmende.chain import Contracts
 from allmende.chain.errors import ChainError, ContractReverted, RpcUnavailable
 from allmende.core import SignedReceipt, SignedVoucher, Voucher, request_cost, sign_voucher
+from allmende.core.errors import UpstreamError
 from allmende.gateway.directory import Offer
 from allmende.gateway.errors import InsufficientFunds
 from allmende.gateway.store import GatewayStore
@@ -36,8 +37,10 @@ from allmende.gateway.store import GatewayStore
 log = logging.getLogger("allmende.gateway.payments")
 
 
-class Overcharged(Exception):
+class Overcharged(UpstreamError):
     """A receipt asked for more than usage × the price on chain."""
+
+    code = "overcharged"
 
 
 @dataclass(frozen=True)

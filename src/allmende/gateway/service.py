@@ -38,84 +38,6 @@ class Result:
     text: str
 
 
-def validate(kind: str, body: dict[str, Any]) -> None:
-    """Reject what OpenAI would reject, with the offending parameter named."""
-    if kind == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise InvalidRequest("'messages' must be a non-empty array", "messages")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer", "tool"):
-                raise InvalidRequest(
-                    f"messages[{i}].role must be system, user, assistant, developer or tool", f"messages[{i}].role"
-                )
-            content = m.get("content")
-            if isinstance(content, list):  # OpenAI's content parts: these models read text only
-                if not content or not all(
-                    isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
-                ):
-                    raise InvalidRequest(
-                        f"messages[{i}].content: only text parts are supported by these models",
-                        f"messages[{i}].content",
-                    )
-                texts = [p["text"] for p in content]
-                m["content"] = "".join(str(t) for t in texts)
-            elif not isinstance(content, str):
-                raise InvalidRequest(f"messages[{i}].content must be a string", f"messages[{i}].content")
-    elif kind == "completion":
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise InvalidRequest("'prompt' must be a string", "prompt")
-        body["prompt"] = prompt
-    elif kind == "embedding":
-        raw = body.get("input")
-        if isinstance(raw, str):
-            raw = [raw]
-        if not isinstance(raw, list) or not raw or not all(isinstance(t, str) and t for t in raw):
-            raise InvalidRequest("'input' must be a non-empty string or array of non-empty strings", "input")
-        if body.get("encoding_format", "float") not in ("float", "base64"):
-            raise InvalidRequest("'encoding_format' must be float or base64", "encoding_format")
-    if "model" in body and not isinstance(body["model"], str):
-        raise InvalidRequest("'model' must be a string", "model")
-    if not isinstance(body.get("stream", False), bool):
-        raise InvalidRequest("'stream' must be a boolean", "stream")
-    options = body.get("stream_options")
-    if options is not None and (
-        not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool)
-    ):
-        raise InvalidRequest("'stream_options' must be an object with a boolean include_usage", "stream_options")
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise InvalidRequest("'user' must be a string", "user")
-    if kind == "embedding" and isinstance(body.get("input"), list) and len(body["input"]) > 256:
-        raise InvalidRequest("'input' may hold at most 256 strings", "input")
-    if kind != "embedding":
-        seed = body.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
-            raise InvalidRequest("'seed' must be a non-negative integer", "seed")
-        for name in ("max_tokens", "max_completion_tokens"):
-            value = body.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**20):
-                raise InvalidRequest(f"'{name}' must be an integer between 1 and 1048576", name)
-        for name, low, high in (("temperature", 0, 2), ("top_p", 0, 1)):
-            value = body.get(name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high
-            ):
-                raise InvalidRequest(f"'{name}' must be a number between {low} and {high}", name)
-        n = body.get("n")
-        if n not in (None, 1):
-            raise InvalidRequest("only n=1 is supported", "n")
-        if "stop" in body and body["stop"] is not None:
-            stop = body["stop"]
-            if isinstance(stop, str):
-                stop = [stop]
-            if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
-                raise InvalidRequest("'stop' must be a string or up to 4 strings", "stop")
-
-
 @dataclass
 class Attempt:
     """One try of a request at one provider, with what it reserved."""
@@ -415,4 +337,4 @@ def budget_check(payments: Payments, budgets: dict[str, int], api_key: str | Non
         raise InsufficientFunds("this API key has spent its budget")
 
 
-__all__ = ["GatewayError", "GatewayService", "Result", "budget_check", "validate"]
+__all__ = ["GatewayError", "GatewayService", "Result", "budget_check"]

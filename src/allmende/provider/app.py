@@ -19,12 +19,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from allmende import __version__
+from allmende import __version__, wire
 from allmende.core.envelope import public_key_bytes
-from allmende.core.errors import AllmendeError, InvalidInput
 from allmende.core.ratelimit import RateLimiter
-from allmende.httpbody import BodyTooLargeError, BodyTooSlowError, read_limited
-from allmende.provider.errors import BadRequest, Overloaded, ProviderError, TooLarge
+from allmende.httpbody import read_limited
+from allmende.provider.errors import BadRequest, Overloaded
 from allmende.provider.service import ProviderService
 
 
@@ -45,28 +44,12 @@ log = logging.getLogger("allmende.provider")
 
 
 def error_response(exc: Exception) -> JSONResponse:
-    """The one place errors go out; every 5xx is logged with its traceback."""
-    if isinstance(exc, ProviderError):
-        status, code = exc.status, exc.code
-    elif isinstance(exc, InvalidInput):
-        status, code = 400, exc.code
-    elif isinstance(exc, AllmendeError):
-        status, code = 503, exc.code  # chain unreachable and the like: try another provider
-    else:
-        status, code = 500, "internal_error"
-    message = str(exc) if status < 500 or isinstance(exc, AllmendeError) else "internal error"
-    if status >= 500:
-        log.error("answered %d %s: %s", status, code, exc, exc_info=exc)
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+    """The one place errors go out (allmende.wire), logged under the provider's logger."""
+    return wire.error_response(exc, log)
 
 
 async def read_json(request: Request, limits: Limits) -> Any:
-    try:
-        raw = await read_limited(request, limits.max_body, limits.body_timeout)
-    except BodyTooLargeError as exc:
-        raise TooLarge(str(exc)) from None
-    except BodyTooSlowError as exc:
-        raise BadRequest(str(exc)) from None
+    raw = await read_limited(request, limits.max_body, limits.body_timeout)
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):

@@ -15,10 +15,11 @@ from eth_account.messages import encode_defunct
 
 from allmende.core import Domain, InvalidSignature, SignedReceipt, SignedVoucher
 from allmende.core.envelope import ResponseSealer, seal_request
+from allmende.core.errors import UpstreamError
 
 
-class ProviderReplyError(Exception):
-    """The provider answered with a JSON error."""
+class ProviderReplyError(UpstreamError):
+    """The provider answered with a JSON error (its status and code are kept)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         self.status, self.code, self.message = status, code, message

@@ -19,6 +19,7 @@ from allmende.core.codec import address_field, hex_bytes
 from allmende.core.credit import max_request_cost
 from allmende.core.envelope import ResponseSealer, open_request
 from allmende.engine import Engine, SamplingParams, collect
+from allmende.protocol import input_hash, sampling_params
 from allmende.provider.errors import BadRequest, ReplayedRequest, UnknownModelError
 from allmende.provider.payments import PaymentGate
 from allmende.provider.store import ProviderStore
@@ -48,34 +49,6 @@ class InferRequest:
     stream: bool
     # units reserved against the channel's credit at admission, released when the request ends
     reserved: int = 0
-
-
-def sampling_from(body: dict[str, Any]) -> SamplingParams:
-    def number(name: str, default: float) -> float:
-        value = body.get(name, default)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise BadRequest(f"{name} must be a number")
-        return float(value)
-
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", DEFAULT_MAX_TOKENS))
-    if max_tokens is None:
-        max_tokens = DEFAULT_MAX_TOKENS
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-        raise BadRequest("max_tokens must be an integer")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
-        raise BadRequest("seed must be a non-negative integer")
-    stop = body.get("stop") or ()
-    if isinstance(stop, str):
-        stop = (stop,)
-    if not isinstance(stop, list | tuple) or not all(isinstance(s, str) for s in stop):
-        raise BadRequest("stop must be a string or a list of strings")
-    try:
-        return SamplingParams(max_tokens, number("temperature", 1.0), number("top_p", 1.0), seed, tuple(stop))
-    except InvalidInput as exc:
-        raise BadRequest(str(exc)) from None
 
 
 class ProviderService:
@@ -175,7 +148,7 @@ class ProviderService:
             receipt = self._finish(req, tokens, 0, json.dumps(vectors).encode())
         else:
             prompt = self._prompt(req)
-            params = sampling_from(req.body)
+            params = self._sampling(req)
             engine.check_length(prompt, params.max_tokens)  # type: ignore[attr-defined]
             gen = await collect(engine.generate(prompt, params), len(prompt))
             output = {
@@ -192,7 +165,7 @@ class ProviderService:
         """Serve a streaming request: sealed chunks, the last with usage and receipt."""
         engine = req.model.engine
         prompt = self._prompt(req)
-        params = sampling_from(req.body)
+        params = self._sampling(req)
         engine.check_length(prompt, params.max_tokens)  # type: ignore[attr-defined]
         seq, parts, produced, finish, proof, token_ids = 0, [], 0, "length", b"", []
         unsent = 0  # tokens whose text has not gone out yet
@@ -224,6 +197,13 @@ class ProviderService:
         }
         yield req.sealer.seal(seq, json.dumps(final).encode())
 
+    @staticmethod
+    def _sampling(req: InferRequest) -> SamplingParams:
+        try:
+            return sampling_params(req.body)
+        except InvalidInput as exc:
+            raise BadRequest(str(exc)) from None
+
     def _prompt(self, req: InferRequest) -> list[int]:
         """Prompt token ids; `allmende_continue` (text a failed provider already streamed)
         is appended so this provider carries on where the other stopped."""
@@ -247,7 +227,7 @@ class ProviderService:
             request_id=req.request_id,
             model_id=req.model.engine.model_id,
             provider=self.address,
-            input_hash=keccak(json.dumps(req.body, sort_keys=True, separators=(",", ":")).encode()),
+            input_hash=input_hash(req.body),
             output_hash=keccak(output),
             proof_hash=keccak(proof) if proof else ZERO32,
             tokens_in=tokens_in,

@@ -1,0 +1,39 @@
+"""The validator's HTTP API: /healthz and /v1/evidence/<keccak hash> (the evidence of the
+cases it opened, for the other validators to re-check)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from allmende import wire
+from allmende.core.errors import AllmendeError
+from allmende.validator.service import Validator
+
+
+class EvidenceNotFound(AllmendeError):
+    code = "not_found"
+    status = 404
+
+
+def create_app(validator: Validator) -> FastAPI:
+    app = FastAPI(title="Allmende validator", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(Exception)
+    async def _any(_: Request, exc: Exception) -> JSONResponse:
+        return wire.error_response(exc)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"ok": True, "address": validator.address, "audits": validator.store.audit_count()}
+
+    @app.get("/v1/evidence/{digest}")
+    def evidence(digest: str) -> Response:
+        blob = validator.evidence.get(digest)
+        if blob is None:
+            return wire.error_response(EvidenceNotFound("no such evidence"))
+        return Response(blob, media_type="application/json")
+
+    return app

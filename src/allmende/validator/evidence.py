@@ -1,0 +1,119 @@
+"""Fraud evidence: one schema, written and read here only.
+
+A reporter stores the evidence of a failed audit under the keccak hash of its bytes and
+serves it at `/v1/evidence/<hash>`; the case on chain holds that hash and URL. A juror
+fetches it (with a size and time limit), checks the hash, and re-checks the completion
+itself. The evidence must agree with the provider's own signed receipt — the request it
+holds must hash to the receipt's `inputHash` and its text to `outputHash` — or it frames
+nobody: a juror votes not guilty on evidence the receipt does not back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from eth_utils import keccak
+
+from allmende.core import SignedReceipt
+from allmende.core.errors import InvalidInput
+from allmende.protocol import input_hash
+
+# the largest evidence a juror downloads: a prompt, a completion and a proof fit many times over
+MAX_EVIDENCE_BYTES = 1 << 20
+
+
+class BadEvidence(InvalidInput):
+    code = "bad_evidence"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    kind: str  # chat | completion
+    body: dict[str, Any]  # the request exactly as sent (its canonical form is the receipt's inputHash)
+    model_id: str  # 0x…
+    prompt_ids: list[int]
+    token_ids: list[int]
+    text: str
+    proof: str  # 0x… TOPLOC-style commitment
+    receipt: dict[str, Any]  # the provider's signed receipt (JSON)
+    reason: str  # what the reporter found
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @property
+    def digest(self) -> bytes:
+        return keccak(self.to_bytes())
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> Evidence:
+        try:
+            data = json.loads(blob)
+            evidence = cls(**data)
+            SignedReceipt.from_json(evidence.receipt)
+            bytes.fromhex(evidence.proof[2:])
+            bytes.fromhex(evidence.model_id[2:])
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise BadEvidence(f"evidence does not follow the schema: {exc}") from None
+        if not all(isinstance(t, int) for t in [*evidence.token_ids, *evidence.prompt_ids]):
+            raise BadEvidence("token ids must be integers")
+        return evidence
+
+    @property
+    def signed_receipt(self) -> SignedReceipt:
+        return SignedReceipt.from_json(self.receipt)
+
+    def backs_receipt(self) -> bool:
+        """True if this request and text are the ones the provider's receipt commits to
+        (`inputHash`, `outputHash`): only then can the evidence speak against the provider."""
+        r = self.signed_receipt.receipt
+        return r.input_hash == input_hash(self.body) and r.output_hash == keccak(self.text.encode())
+
+
+class EvidenceStore:
+    """Evidence files of this validator's reports, by hash."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def put(self, evidence: Evidence) -> bytes:
+        blob = evidence.to_bytes()
+        digest = keccak(blob)
+        (self.folder / f"0x{digest.hex()}.json").write_bytes(blob)
+        return digest
+
+    def get(self, digest_hex: str) -> bytes | None:
+        if not (digest_hex.startswith("0x") and len(digest_hex) == 66):
+            return None
+        try:
+            bytes.fromhex(digest_hex[2:])
+        except ValueError:
+            return None
+        path = self.folder / f"{digest_hex.lower()}.json"
+        return path.read_bytes() if path.exists() else None
+
+
+def fetch_evidence(http: httpx.Client, uri: str, digest: bytes, timeout: float = 10.0) -> Evidence | None:
+    """The evidence at `uri` if it arrives within the limits and hashes to `digest`; None if
+    it cannot be had (a juror then abstains); BadEvidence if it is not evidence at all."""
+    try:
+        with http.stream("GET", uri, timeout=timeout) as reply:
+            if reply.status_code != 200:
+                return None
+            chunks, size = [], 0
+            for chunk in reply.iter_bytes():
+                size += len(chunk)
+                if size > MAX_EVIDENCE_BYTES:
+                    return None
+                chunks.append(chunk)
+    except httpx.HTTPError:
+        return None
+    blob = b"".join(chunks)
+    if keccak(blob) != digest:
+        return None
+    return Evidence.from_bytes(blob)
