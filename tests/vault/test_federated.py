@@ -165,6 +165,8 @@ def test_rows_never_leave(world: World) -> None:
     private = job({"template": "aggregate", "columns": ["f10"], "group_by": "label", "range": [0, 1], "epsilon": 0.5})
     assert private.status_code == 200, private.text
     assert private.json()["result"]["mechanism"] == "discrete_laplace"
+    replay = job({"template": "aggregate", "columns": ["f10"], "group_by": "label", "range": [0, 1], "epsilon": 0.5})
+    assert replay.status_code == 400 and "already used" in replay.json()["error"]["message"]  # same job id
     assert world.contracts["validator"].data.get_grant(g).epsilon_spent == 500_000
     over = job({"template": "aggregate", "columns": ["f10"], "range": [0, 1], "epsilon": 0.6})
     assert over.status_code == 403 and over.json()["error"]["code"] == "privacy_budget_exceeded"

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import secrets
+import sqlite3
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -192,7 +193,10 @@ class VaultService:
         """Write the job, then log its access on chain; raises (and forgets it) if the chain refuses."""
         result_hash = keccak(result)
         job = JobRow(job_id, grant_id, dataset_id, template, model, result_hash, charge, rho, None)
-        self.store.begin(job, round_row, cells)
+        try:
+            self.store.begin(job, round_row, cells)
+        except sqlite3.IntegrityError:
+            raise BadJob(f"job id 0x{job_id.hex()} was already used; send a fresh one") from None
         try:
             sent = self.data.record_access(grant_id, job_id, model, result_hash, charge)
         except ContractReverted as exc:
