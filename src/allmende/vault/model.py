@@ -8,10 +8,11 @@ Training in a vault is full-batch DP gradient descent (Abadi et al.'s per-exampl
 clipping with Gaussian noise, without subsampling): every step clips each row's
 gradient to `clip`, rounds it to a grid of step γ = clip·2⁻²⁰, sums the integers, adds
 discrete Gaussian noise of σ = noise·clip (in grid units, from the OS CSPRNG, see
-`allmende.vault.noise`) and divides by the row count. One step is the discrete
-Gaussian mechanism with L2 sensitivity Δ = clip + γ·√d/2 (the clipped row, plus the
-rounding of its d coordinates) under adding or removing a row, so it is
-ρ = Δ² / (2σ²) zero-concentrated DP; steps compose by adding ρ, and ρ converts to
+`allmende.vault.noise`) and divides by the row count. The row count is public
+(`/v1/info`, and the step divides by it), so neighbouring datasets have the same size
+and differ in one row replaced by another: one step is the discrete Gaussian mechanism
+with L2 sensitivity Δ = 2·(clip + γ·√d/2) (two clipped rows, each with the rounding of
+its d coordinates), so it is ρ = Δ² / (2σ²) zero-concentrated DP; steps compose by adding ρ, and ρ converts to
 (ε, δ) as ε = ρ + 2·sqrt(ρ·ln(1/δ)) (Bun & Steinke 2016).
 """
 
@@ -36,6 +37,9 @@ from allmende.vault.noise import RandomBytes, discrete_gaussian
 
 MICRO = 1_000_000  # epsilon is counted in millionths on chain
 GRID_BITS = 20  # DP-GD rounds each clipped row gradient to multiples of clip·2⁻²⁰
+# Neighbouring datasets differ in one row replaced by another (the row count is public), so
+# a clipped sum moves by up to twice one row's bound: every sensitivity is this many rows.
+REPLACED_ROWS = 2
 
 
 @dataclass(frozen=True)
@@ -159,8 +163,8 @@ def rho_of(steps: int, noise: float, dimension: int = 0) -> float:
         return 0.0
     if noise <= 0:
         return math.inf
-    # Δ/clip: the clipped row (with a margin for float rounding of its norm) plus the grid rounding
-    sensitivity = 1.0 + 1e-9 + 2.0**-GRID_BITS * math.sqrt(dimension) / 2.0
+    # Δ/clip: a row replaced, each clipped (with a margin for float rounding of its norm) and rounded
+    sensitivity = REPLACED_ROWS * (1.0 + 1e-9 + 2.0**-GRID_BITS * math.sqrt(dimension) / 2.0)
     return steps * sensitivity * sensitivity / (2.0 * noise * noise)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from allmende.vault.datasets import Table
 from allmende.vault.errors import BadJob
-from allmende.vault.model import ModelSpec, predict
+from allmende.vault.model import REPLACED_ROWS, ModelSpec, predict
 from allmende.vault.noise import RandomBytes, discrete_laplace
 
 TEMPLATES = ("evaluate", "federated_round", "aggregate")
@@ -35,12 +35,14 @@ def evaluate(
     loss_clip: float,
     random_bytes: RandomBytes = os.urandom,
 ) -> dict[str, Any]:
-    """The model's accuracy, mean loss and per-class accuracy, ε-DP (add/remove one row).
+    """The model's accuracy, mean loss and per-class accuracy, ε-DP.
 
-    ε is split: ½ to the number of correct predictions (sensitivity 1), ¼ to the sum of
-    per-row losses clipped to [0, `loss_clip`] (sensitivity `loss_clip`, on a grid), ¼ to
-    the per-class counts of rows and of correct predictions (a row is in one class:
-    L1 sensitivity 2). The row count is public (`/v1/info`); the rest is post-processing.
+    The row count is public (`/v1/info`), so neighbouring datasets differ in one row
+    replaced by another. ε is split: ½ to the number of correct predictions (sensitivity
+    1), ¼ to the sum of per-row losses clipped to [0, `loss_clip`] (sensitivity
+    `loss_clip`, on a grid), ¼ to the per-class counts of rows and of correct predictions
+    (the replaced row may leave one class and join another: L1 sensitivity 4). The rest
+    is post-processing.
     """
     if table.labels is None:
         raise BadJob("this dataset has no label column: it cannot evaluate a classifier")
@@ -60,7 +62,7 @@ def evaluate(
 
     correct = int(hits.sum()) + int(discrete_laplace(1.0 / (0.5 * epsilon), 1, random_bytes)[0])
     loss_ticks += int(discrete_laplace(2.0**SUM_GRID_BITS / (0.25 * epsilon), 1, random_bytes)[0])
-    per_class_noise = discrete_laplace(2.0 / (0.25 * epsilon), 2 * spec.classes, random_bytes)
+    per_class_noise = discrete_laplace(4.0 / (0.25 * epsilon), 2 * spec.classes, random_bytes)
     per_class: dict[str, float] = {}
     suppressed = 0
     for c in range(spec.classes):
@@ -167,15 +169,19 @@ def dp_aggregate(
     epsilon: float,
     random_bytes: RandomBytes = os.urandom,
 ) -> dict[str, Any]:
-    """`aggregate` with ε-differential privacy (the discrete Laplace mechanism,
-    add/remove-one-row), noise from `random_bytes` (the OS CSPRNG in a vault).
+    """`aggregate` with ε-differential privacy (the discrete Laplace mechanism), noise
+    from `random_bytes` (the OS CSPRNG in a vault).
 
-    Groups are disjoint (parallel composition); inside a group ε is split evenly over the
-    released statistics: the count, and per column the clipped sum and the histogram (a row
-    falls into one bin, so a histogram has L1 sensitivity 1). Sums are taken in integer
-    multiples of max(|low|, |high|)·2⁻¹⁶, so every noisy statistic is an integer. Means are
-    noisy sum ÷ noisy count. Suppression uses the noisy counts, so it is post-processing.
-    Groups come from public metadata only (the label's class ids), never from the data.
+    Neighbouring datasets differ in one row replaced by another (the row count is
+    public). Inside a group ε is split evenly over the released statistics: the count,
+    and per column the clipped sum and the histogram. Every noise scale is twice the
+    add/remove-one-row scale: a replaced row either stays in its group (its count is
+    unchanged, a sum moves by at most 2·max(|low|, |high|), a histogram by 2 in L1) or
+    leaves one group for another (each of the two moves as under add/remove, so half of ε
+    each). Sums are taken in integer multiples of max(|low|, |high|)·2⁻¹⁶, so every noisy
+    statistic is an integer. Means are noisy sum ÷ noisy count. Suppression uses the noisy
+    counts, so it is post-processing. Groups come from public metadata only (the label's
+    class ids), never from the data.
     """
     if not epsilon > 0:
         raise BadJob("'epsilon' must be positive")
@@ -190,7 +196,7 @@ def dp_aggregate(
         groups = {str(c): table.labels == c for c in range(classes)}
     else:
         raise BadJob("with 'epsilon', group only by the label column (its classes are public) or not at all")
-    per_stat = epsilon / (1 + 2 * len(columns))
+    per_stat = epsilon / (1 + 2 * len(columns)) / REPLACED_ROWS  # the ε of each statistic under add/remove
     bound = max(abs(lo), abs(hi))
     grid = bound * 2.0**-SUM_GRID_BITS
     index = [table.columns.index(c) for c in columns]
