@@ -91,7 +91,7 @@ def test_train_attest_register_through_the_cli(net: VaultNetwork) -> None:
     vc.registry.register(2, "http://validator.invalid", b"\x02" * 32, vc.params.get("min_validator_stake"))
     heldout_id = net.vaults[0].dataset_ids[1]
     said = cli(net, "data", "grant", "--dataset", "0x" + heldout_id.hex(), "--grantee", validator.address,
-               "--template", "evaluate", "--model", "0x" + new_id.hex(), "--epsilon", "0",
+               "--template", "evaluate", "--model", "0x" + new_id.hex(), "--epsilon", "1",
                "--key", f"devnet:{net.vaults[0].account.index}")  # fmt: skip
     cli(net, "federated", "attest", "--vault", net.vaults[0].url, "--dataset", "0x" + heldout_id.hex(),
         "--grant", str(grant_id(said)), "--model", str(out), "--key", f"devnet:{validator.index}")  # fmt: skip

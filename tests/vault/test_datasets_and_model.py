@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,16 +62,22 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
         load_table(tmp_path / "absent.csv")
 
 
+def source(seed: int) -> Callable[[int], bytes]:
+    return np.random.default_rng(seed).bytes
+
+
 def test_a_hidden_layer_classifier_trains_with_dp_and_is_content_addressed(tmp_path: Path) -> None:
     x, y = load_digits(return_X_y=True)
     x = x / 16.0
     spec = ModelSpec(64, 10, hidden=32)
     start = spec.init(3)
-    trained = train(spec, start, x[:600], y[:600], steps=40, lr=1.5, clip=1.0, noise=1.0, seed=5)
+    trained = train(spec, start, x[:600], y[:600], steps=40, lr=1.5, clip=1.0, noise=1.0, random_bytes=source(5))
     assert accuracy(spec, trained, x[1500:], y[1500:]) > accuracy(spec, start, x[1500:], y[1500:]) + 0.3
-    # the same seed gives the same noise, so training is reproducible
-    again = train(spec, start, x[:600], y[:600], steps=40, lr=1.5, clip=1.0, noise=1.0, seed=5)
+    # the same noise source gives the same noise (tests only: a vault draws from os.urandom)
+    again = train(spec, start, x[:600], y[:600], steps=40, lr=1.5, clip=1.0, noise=1.0, random_bytes=source(5))
     assert all(np.array_equal(a, b) for a, b in zip(trained, again, strict=True))
+    fresh = train(spec, start, x[:600], y[:600], steps=1, lr=1.5, clip=1.0, noise=1.0)
+    assert not np.array_equal(fresh[0], train(spec, start, x[:600], y[:600], 1, 1.5, 1.0, 1.0)[0])
     saved = save_model(tmp_path / "m", spec, trained)
     assert saved == model_id(spec, trained) != model_id(spec, start)
     loaded_spec, _, loaded_id = load_model(tmp_path / "m")

@@ -6,108 +6,24 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from eth_utils import keccak
-from sklearn.datasets import load_digits
 
-from allmende.chain import Contracts
-from allmende.chain.anvil import DevnetAccount
-from allmende.testing.vaults import LocalVault, VaultNetwork, start_vault_network
 from allmende.vault.auth import HEADER, sign_body
 from allmende.vault.datasets import load_table
-from allmende.vault.flower import FederatedConfig, Participant, VaultRefused, run_federated
-from allmende.vault.model import MICRO, ModelSpec, accuracy, save_model, train
+from allmende.vault.flower import Participant, VaultRefused, run_federated
+from allmende.vault.model import MICRO, accuracy, save_model
 from allmende.vault.service import model_payload
-
-SPEC = ModelSpec(64, 10)
-CONFIG = FederatedConfig(rounds=3, steps=25, lr=2.0, noise=2.0, clipping_norm=5.0, secagg=True)
-
-
-@dataclass
-class World:
-    net: VaultNetwork
-    contracts: dict[str, Contracts]  # by role
-    accounts: dict[str, DevnetAccount]
-    vaults: list[LocalVault]
-    heldout_id: bytes
-    heldout: tuple[np.ndarray, np.ndarray]
-    base_params: list[np.ndarray]
-    base_id: bytes
-    root: Path
-
-
-def signed_post(url: str, key: bytes, payload: dict[str, Any]) -> httpx.Response:
-    body = json.dumps(payload).encode()
-    return httpx.post(url + "/v1/jobs", content=body, headers={HEADER: sign_body(key, body)}, timeout=60)
-
-
-def cli(net: VaultNetwork, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "allmende", *args, "--rpc", net.rpc_url, "--deployments", str(net.deployments)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("vaults")
-    x, y = load_digits(return_X_y=True)
-    x = x / 16.0
-    order = np.random.default_rng(7).permutation(len(y))
-    x, y = x[order], y[order]
-    public, heldout = (x[:60], y[:60]), (x[1400:], y[1400:])
-    splits = [(x[i], y[i]) for i in np.array_split(np.arange(60, 1400), 3)]
-    # vault 0 also holds the held-out set the validator evaluates on
-    net = start_vault_network(
-        root,
-        splits,
-        extra={0: [("heldout.csv", *heldout)]},
-        vault_args=["--min-noise", str(CONFIG.noise), "--license", "CC-BY-NC-4.0"],
-    )
-    try:
-        accounts = net.accounts
-        roles = {"model_owner": accounts[1], "coordinator": accounts[2], "validator": accounts[3]}
-        contracts = {r: net.contracts(a) for r, a in roles.items()}
-        # the base model: trained on a small public slice, registered by its owner with a 5 % royalty
-        base_params = train(SPEC, SPEC.init(0), public[0], public[1], steps=40, lr=1.0)
-        base_id = save_model(root / "base-model", SPEC, base_params)
-        contracts["model_owner"].models.register(base_id, "Apache-2.0", 500, [], [], "file://base-model")
-        yield World(
-            net,
-            contracts,
-            {**roles, **{f"vault{i}": v.account for i, v in enumerate(net.vaults)}},
-            net.vaults,
-            net.vaults[0].dataset_ids[1],
-            heldout,
-            base_params,
-            base_id,
-            root,
-        )
-    finally:
-        net.stop()
-
-
-def owner_contracts(world: World, i: int) -> Contracts:
-    return world.net.contracts(world.vaults[i].account)
-
-
-def grant(
-    world: World, i: int, grantee: str, template: str, models: list[bytes], epsilon: float, dataset: bytes | None = None
-) -> int:
-    return world.net.grant(world.vaults[i], grantee, template, models, epsilon, dataset)
+from allmende.vault.store import VaultStore
+from tests.vault.conftest import CONFIG, SPEC, World, cli, grant, owner_contracts, signed_post
 
 
 def test_datasets_are_registered_by_their_vaults(world: World) -> None:
@@ -148,13 +64,13 @@ def test_federated_training_beats_the_base_model_and_lands_on_chain(world: World
     vc = world.contracts["validator"]
     vc.token.approve(vc.registry.address)
     vc.registry.register(2, "http://validator.invalid", b"\x01" * 32, vc.params.get("min_validator_stake"))
-    eval_grant = grant(world, 0, validator.address, "evaluate", [world.base_id, new_id], 0.0, world.heldout_id)
+    eval_grant = grant(world, 0, validator.address, "evaluate", [world.base_id, new_id], 6.0, world.heldout_id)
     scores = {}
     for name, params in (("base", world.base_params), ("federated", result.params)):
         job = keccak(text=f"heldout-{name}")
         reply = signed_post(world.vaults[0].url, validator.key, {
             "template": "evaluate", "dataset_id": "0x" + world.heldout_id.hex(), "grant_id": eval_grant,
-            "job_id": "0x" + job.hex(), "model": model_payload(SPEC, params),
+            "job_id": "0x" + job.hex(), "model": model_payload(SPEC, params), "epsilon": 2.0,
         })  # fmt: skip
         assert reply.status_code == 200, reply.text
         scores[name] = reply.json()["result"]
@@ -175,11 +91,12 @@ def test_federated_training_beats_the_base_model_and_lands_on_chain(world: World
     assert refused.returncode == 1 and "0 attestation(s)" in refused.stdout  # not before a validator attested
     said = cli(world.net, "federated", "attest", "--vault", world.vaults[0].url, "--dataset",
                "0x" + world.heldout_id.hex(), "--grant", str(eval_grant), "--model", str(model_dir),
-               "--key", f"devnet:{validator.index}")  # fmt: skip
-    assert f"{scores['federated']['accuracy']:.4f}" in said
+               "--key", f"devnet:{validator.index}", "--epsilon", "2")  # fmt: skip
+    attested = float(re.search(r"accuracy (\d\.\d+)", said).group(1))  # type: ignore[union-attr]
+    assert attested == pytest.approx(scores["federated"]["accuracy"], abs=0.05)  # a fresh ε-DP evaluation
     attestation = vc.data.attestations(new_id)[0]
     assert (attestation.validator, attestation.metric) == (validator.address, "accuracy")
-    assert attestation.value_ppm == round(scores["federated"]["accuracy"] * MICRO)
+    assert abs(attestation.value_ppm - attested * MICRO) <= 100
     # the attested report is the one the vault logged for that job
     logged = [a for a in vc.data.accesses(world.heldout_id) if a.job_id == attestation.job_id]
     assert logged and logged[0].result_hash == attestation.report_hash
@@ -231,20 +148,25 @@ def test_rows_never_leave(world: World) -> None:
         assert reply.status_code == 403
         assert reply.json()["error"]["code"] == "template_not_allowed"
 
-    stats = job({"template": "aggregate", "columns": ["f10", "f20"], "group_by": "label", "bins": 4, "range": [0, 1]})
+    # exact answers need the data owner's consent for this grant; then they are audited
+    exact = {"template": "aggregate", "columns": ["f10"], "bins": 4, "range": [0, 1]}
+    no_consent = job(exact)
+    assert no_consent.status_code == 403 and "differential privacy" in no_consent.json()["error"]["message"]
+    VaultStore(world.root / "vault-1" / "vault.db").allow_exact(g)
+    stats = job(exact)
     assert stats.status_code == 200, stats.text
     groups = stats.json()["result"]["groups"]
-    assert sum(g["count"] for g in groups.values()) == table.rows
-    # a group smaller than the vault's minimum is suppressed: group by a column where most values are rare
+    assert groups["all"]["count"] == table.rows == sum(groups["all"]["histogram"]["f10"])
+    # grouping by a column where most values are rare would leave a small remainder: refused whole
     fine = job({"template": "aggregate", "columns": ["f10"], "group_by": "f5", "bins": 2, "range": [0, 1]})
-    assert fine.status_code == 200
-    assert fine.json()["result"]["groups_suppressed"] > 0
-    assert all(g["count"] >= 10 for g in fine.json()["result"]["groups"].values())
+    assert fine.status_code == 403 and fine.json()["error"]["code"] == "differencing_refused"
 
-    # with an epsilon the answer is noised (Laplace) and the epsilon is charged to the grant
+    # with an epsilon the answer is noised (discrete Laplace) and the epsilon is charged to the grant
     private = job({"template": "aggregate", "columns": ["f10"], "group_by": "label", "range": [0, 1], "epsilon": 0.5})
     assert private.status_code == 200, private.text
-    assert private.json()["result"]["mechanism"] == "laplace"
+    assert private.json()["result"]["mechanism"] == "discrete_laplace"
+    replay = job({"template": "aggregate", "columns": ["f10"], "group_by": "label", "range": [0, 1], "epsilon": 0.5})
+    assert replay.status_code == 400 and "already used" in replay.json()["error"]["message"]  # same job id
     assert world.contracts["validator"].data.get_grant(g).epsilon_spent == 500_000
     over = job({"template": "aggregate", "columns": ["f10"], "range": [0, 1], "epsilon": 0.6})
     assert over.status_code == 403 and over.json()["error"]["code"] == "privacy_budget_exceeded"

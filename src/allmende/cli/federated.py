@@ -73,10 +73,11 @@ def attest(
     grant: int = typer.Option(..., help="a grant of the evaluate template to this validator for the model"),
     model: Path = typer.Option(..., help="folder of the model to evaluate"),
     key: str = typer.Option(..., help="the validator's key (staked in Registry)"),
+    epsilon: float = typer.Option(1.0, help="privacy cost of the evaluation, charged to the grant"),
     rpc: str = typer.Option(None),
     deployments: Path = typer.Option(None),
 ) -> None:
-    """Evaluate a model on held-out data inside a vault and attest its accuracy on chain."""
+    """Evaluate a model on held-out data inside a vault (ε-DP) and attest its accuracy on chain."""
     import httpx
     from eth_utils import keccak
 
@@ -90,7 +91,7 @@ def attest(
         job = keccak(model_id + parse_id(dataset, "--dataset") + int(time.time() * 1e6).to_bytes(8, "big"))
         body = json.dumps({
             "template": "evaluate", "dataset_id": dataset, "grant_id": grant, "job_id": "0x" + job.hex(),
-            "model": model_payload(spec, params),
+            "model": model_payload(spec, params), "epsilon": epsilon,
         }).encode()  # fmt: skip
         reply = httpx.post(vault.rstrip("/") + "/v1/jobs", content=body, headers={HEADER: sign_body(secret, body)},
                            timeout=300)  # fmt: skip
@@ -104,7 +105,8 @@ def attest(
         contracts.data.attest(model_id, job, "accuracy", round(accuracy * MICRO), report_hash)
         console.print(
             f"attested model 0x{model_id.hex()[:12]}…: accuracy [bold]{accuracy:.4f}[/bold] on "
-            f"{answer['result']['rows']} held-out rows (job 0x{job.hex()[:12]}…, report 0x{report_hash.hex()[:12]}…)"
+            f"{answer['result']['rows']} held-out rows, ε = {epsilon:g} "
+            f"(job 0x{job.hex()[:12]}…, report 0x{report_hash.hex()[:12]}…)"
         )
 
 

@@ -1,4 +1,4 @@
-"""`allmende vault` (a data owner's node) and `allmende data grant|revoke|log|datasets`."""
+"""`allmende vault` (a data owner's node) and `allmende data grant|revoke|log|exact-aggregates`."""
 
 from __future__ import annotations
 
@@ -28,7 +28,11 @@ def vault(
     min_group: int = typer.Option(10, help="smallest group an aggregate may describe"),
     min_noise: float = typer.Option(1.0, help="least DP noise multiplier a training round may use"),
     clip: float = typer.Option(1.0, help="per-row gradient clipping norm for DP training"),
-    dp_aggregates: bool = typer.Option(False, help="answer aggregates only with differential privacy (epsilon)"),
+    max_update_norm: float = typer.Option(5.0, help="largest update norm (clipping norm) a federated round releases"),
+    step_slack: float = typer.Option(
+        0.01, help="how much further than the clipping norm a later round's parameters may move (fraction)"
+    ),
+    loss_clip: float = typer.Option(5.0, help="evaluate clips each row's loss to this before summing"),
 ) -> None:
     """Hold datasets and run approved job templates next to them; no row ever leaves."""
     from allmende.vault.node import VaultConfig, serve
@@ -48,7 +52,14 @@ def vault(
             label=label,
             license=license,
             policy_uri=policy_uri,
-            policy=VaultPolicy(min_group=min_group, min_noise=min_noise, clip=clip, dp_aggregates=dp_aggregates),
+            policy=VaultPolicy(
+                min_group=min_group,
+                min_noise=min_noise,
+                clip=clip,
+                max_update_norm=max_update_norm,
+                step_slack=step_slack,
+                loss_clip=loss_clip,
+            ),
         )
         console.print(f"vault on http://{host}:{port} holding {len(data)} dataset(s)")
         serve(cfg)
@@ -127,3 +138,23 @@ def access_log(
                 time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.at)),
             )
         console.print(table)
+
+
+@data_app.command("exact-aggregates")
+def exact_aggregates(
+    grant_id: int = typer.Argument(..., help="the grant that may ask for exact aggregates"),
+    state_dir: Path = typer.Option(None, help="the vault's state directory (default $ALLMENDE_STATE_DIR/vault)"),
+    off: bool = typer.Option(False, "--off", help="withdraw the consent"),
+) -> None:
+    """Let one grant ask this vault for exact (noise-free) aggregates, still audited against
+    differencing; every other grant gets differentially private answers only."""
+    from allmende.vault.store import VaultStore
+
+    with friendly_errors():
+        folder = state_dir or from_environment().state_dir / "vault"
+        if not (folder / "vault.db").is_file():
+            console.print(f"[red]error:[/red] no vault database in {folder} (start the vault there first)")
+            raise typer.Exit(1)
+        VaultStore(folder / "vault.db").allow_exact(grant_id, not off)
+        said = "may no longer ask for" if off else "may ask for"
+        console.print(f"grant {grant_id} {said} exact aggregates from the vault in {folder}")

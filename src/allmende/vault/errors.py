@@ -42,3 +42,17 @@ class UnknownDataset(VaultError):
 
 class BadDataFile(VaultError):
     code = "bad_data_file"
+
+
+class ParametersNotGranted(AccessDenied):
+    """A federated round sent parameters that are neither a model the grant covers nor one
+    bounded step from the parameters this vault trained from in the run's previous round."""
+
+    code = "parameters_not_granted"
+
+
+class DifferencingRefused(VaultError):
+    """An exact aggregate whose answer, with earlier ones, would isolate a small group."""
+
+    status = 403
+    code = "differencing_refused"

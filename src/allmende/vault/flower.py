@@ -28,7 +28,6 @@ from uuid import uuid4
 
 import httpx
 import numpy as np
-from eth_utils import keccak
 from flwr.app import Context, Message, RecordDict
 from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
@@ -40,6 +39,7 @@ from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp.grid import Grid
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -76,20 +76,22 @@ class VaultFlower:
 
         class VaultClient(NumPyClient):
             def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:  # type: ignore[type-arg]
-                spec = ModelSpec(int(config["inputs"]), int(config["classes"]), int(config.get("hidden", 0)))
-                base = bytes.fromhex(str(config["base-model"]).removeprefix("0x"))
-                job_id = keccak(f"{run_id}:{config['round']}:0x{dataset_id.hex()}".encode())
+                spec = ModelSpec.from_json(
+                    {"inputs": config["inputs"], "classes": config["classes"], "hidden": config.get("hidden", 0)}
+                )
+                # the vault checks the parameters themselves against the grant, not the
+                # coordinator's word ("base-model" in the config is informational only)
                 out, rows, charge = service.train_round(
                     grant_id,
                     signer,
                     dataset_id,
-                    base,
-                    job_id,
+                    run_id,
                     spec,
                     parameters,
                     int(config["steps"]),
                     float(config["lr"]),
                     float(config["noise"]),
+                    float(config[KEY_CLIPPING_NORM]),
                 )
                 return out, rows, {"epsilon_micro": charge}
 

@@ -6,10 +6,14 @@ its id is the manifest hash of those two files, like every other model id in All
 
 Training in a vault is full-batch DP gradient descent (Abadi et al.'s per-example
 clipping with Gaussian noise, without subsampling): every step clips each row's
-gradient to `clip`, sums, adds N(0, (noise·clip)²) and divides by the row count. One
-step is the Gaussian mechanism with sensitivity `clip` under adding or removing a
-row, so it is ρ = 1 / (2·noise²) zero-concentrated DP; steps compose by adding ρ, and
-ρ converts to (ε, δ) as ε = ρ + 2·sqrt(ρ·ln(1/δ)) (Bun & Steinke 2016).
+gradient to `clip`, rounds it to a grid of step γ = clip·2⁻²⁰, sums the integers, adds
+discrete Gaussian noise of σ = noise·clip (in grid units, from the OS CSPRNG, see
+`allmende.vault.noise`) and divides by the row count. The row count is public
+(`/v1/info`, and the step divides by it), so neighbouring datasets have the same size
+and differ in one row replaced by another: one step is the discrete Gaussian mechanism
+with L2 sensitivity Δ = 2·(clip + γ·√d/2) (two clipped rows, each with the rounding of
+its d coordinates), so it is ρ = Δ² / (2σ²) zero-concentrated DP; steps compose by adding ρ, and ρ converts to
+(ε, δ) as ε = ρ + 2·sqrt(ρ·ln(1/δ)) (Bun & Steinke 2016).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import hashlib
 import io
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +33,13 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from allmende.core.manifest import Manifest, ManifestEntry
+from allmende.vault.noise import RandomBytes, discrete_gaussian
 
 MICRO = 1_000_000  # epsilon is counted in millionths on chain
+GRID_BITS = 20  # DP-GD rounds each clipped row gradient to multiples of clip·2⁻²⁰
+# Neighbouring datasets differ in one row replaced by another (the row count is public), so
+# a clipped sum moves by up to twice one row's bound: every sensitivity is this many rows.
+REPLACED_ROWS = 2
 
 
 @dataclass(frozen=True)
@@ -95,14 +105,15 @@ def train(
     lr: float,
     clip: float | None = None,
     noise: float = 0.0,
-    seed: int = 0,
+    random_bytes: RandomBytes = os.urandom,
 ) -> list[np.ndarray]:
-    """Full-batch gradient descent; with `clip`, DP-GD (per-row clipping, Gaussian noise)."""
+    """Full-batch gradient descent; with `clip`, DP-GD (per-row clipping, rounding to the
+    grid, discrete Gaussian noise drawn from `random_bytes`, the OS CSPRNG unless a test
+    injects another source)."""
     module = _module_with(spec, params)
     x = torch.from_numpy(np.asarray(features, dtype=np.float64))
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     names = [n for n, _ in module.named_parameters()]
-    generator = torch.Generator().manual_seed(seed)
     loss_fn = nn.functional.cross_entropy
 
     def row_loss(weights: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
@@ -123,11 +134,15 @@ def train(
         g = per_row(weights, x, y)  # name -> (rows, *shape)
         norms = torch.sqrt(sum(g[n].reshape(g[n].shape[0], -1).pow(2).sum(1) for n in names))
         scale = torch.clamp(clip / (norms + 1e-12), max=1.0)
+        grid = clip * 2.0**-GRID_BITS
         new = {}
         for n in names:
-            summed = (g[n] * scale.view(-1, *([1] * (g[n].dim() - 1)))).sum(0)
-            noisy = summed + torch.randn(summed.shape, generator=generator, dtype=summed.dtype) * noise * clip
-            new[n] = weights[n] - lr * noisy / rows
+            # integers on the grid: the noisy sum can only take values the data does not choose
+            ticks = torch.round(g[n] * scale.view(-1, *([1] * (g[n].dim() - 1))) / grid).to(torch.int64).sum(0)
+            if noise > 0:
+                draw = discrete_gaussian(noise * clip / grid, ticks.numel(), random_bytes)
+                ticks = ticks + torch.from_numpy(draw).view(ticks.shape)
+            new[n] = weights[n] - lr * (ticks.to(torch.float64) * grid) / rows
         weights = new
     return [weights[n].detach().numpy().copy() for n in names]
 
@@ -141,13 +156,16 @@ def accuracy(spec: ModelSpec, params: list[np.ndarray], features: np.ndarray, la
 # ------------------------------------------------------------ accounting
 
 
-def rho_of(steps: int, noise: float) -> float:
-    """zCDP cost of `steps` full-batch DP-GD steps with noise multiplier `noise`."""
+def rho_of(steps: int, noise: float, dimension: int = 0) -> float:
+    """zCDP cost of `steps` full-batch DP-GD steps with noise multiplier `noise` on a model
+    of `dimension` parameters (its rounding to the grid widens the sensitivity a little)."""
     if steps == 0:
         return 0.0
     if noise <= 0:
         return math.inf
-    return steps / (2.0 * noise * noise)
+    # Δ/clip: a row replaced, each clipped (with a margin for float rounding of its norm) and rounded
+    sensitivity = REPLACED_ROWS * (1.0 + 1e-9 + 2.0**-GRID_BITS * math.sqrt(dimension) / 2.0)
+    return steps * sensitivity * sensitivity / (2.0 * noise * noise)
 
 
 def epsilon_of(rho: float, delta: float) -> float:

@@ -6,6 +6,15 @@ model, and the epsilon it will cost fits the budget, or it does not run; (2) it 
 (3) the job and its epsilon are written to SQLite; (4) `record_access` is sent, and
 only once it is mined is the result released. A refused `record_access` (budget spent
 by a concurrent job, grant revoked meanwhile) withholds the result.
+
+What the vault releases is private by default: evaluate and aggregate answers are
+ε-DP (the request names ε, which is charged), federated rounds are DP-GD. All noise
+comes from `os.urandom` (`allmende.vault.noise`). Exact aggregates run only for grants
+whose data owner enabled them (`allmende data exact-aggregates`), and only while the
+differencing audit (`allmende.vault.audit`) finds no small group they would isolate.
+A federated round trains only parameters its grant covers: a granted model id, or one
+step of at most the clipping norm from the parameters this vault trained from in the
+run's previous round (a FedAvg mean of clipped updates moves them no further).
 """
 
 from __future__ import annotations
@@ -13,7 +22,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import secrets
+import sqlite3
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -25,8 +36,17 @@ from eth_utils import keccak
 from allmende.chain import Contracts
 from allmende.chain.bindings import TEMPLATES as TEMPLATE_IDS
 from allmende.chain.errors import ContractReverted
+from allmende.vault.audit import initial_cells, refine, smallest_cell
 from allmende.vault.datasets import Table
-from allmende.vault.errors import AccessDenied, BadJob, BudgetExceeded, TemplateNotAllowed, UnknownDataset
+from allmende.vault.errors import (
+    AccessDenied,
+    BadJob,
+    BudgetExceeded,
+    DifferencingRefused,
+    ParametersNotGranted,
+    TemplateNotAllowed,
+    UnknownDataset,
+)
 from allmende.vault.model import (
     ModelSpec,
     check_params,
@@ -38,7 +58,7 @@ from allmende.vault.model import (
     rho_of,
     train,
 )
-from allmende.vault.store import JobRow, VaultStore
+from allmende.vault.store import JobRow, RoundRow, VaultStore
 from allmende.vault.templates import TEMPLATES, aggregate, dp_aggregate, evaluate
 
 log = logging.getLogger("allmende.vault")
@@ -57,8 +77,13 @@ class VaultPolicy:
     max_steps: int = 200
     # δ of the (ε, δ) the vault reports and charges
     delta: float = 1e-5
-    # answer aggregates only with differential privacy (the request names its epsilon)
-    dp_aggregates: bool = False
+    # the largest update norm (Flower's clipping norm) a federated round may release
+    max_update_norm: float = 5.0
+    # a later round's parameters may be this fraction of the clipping norm further than it
+    # (SecAgg+ quantisation); Flower's central noise (`--server-noise`) needs more
+    step_slack: float = 0.01
+    # evaluate clips each row's loss to this before summing (the loss sum's sensitivity)
+    loss_clip: float = 5.0
 
 
 def canonical(result: dict[str, Any]) -> bytes:
@@ -73,6 +98,7 @@ class VaultService:
         self.store = store
         self.policy = policy
         self.address = contracts.client.address
+        self.random_bytes = os.urandom  # every DP draw; never seeded from a request
         self._lock = threading.Lock()  # one charge at a time: the budget check and the charge are atomic
 
     def table(self, dataset_id: bytes) -> Table:
@@ -92,17 +118,30 @@ class VaultService:
                 "clip": self.policy.clip,
                 "max_steps": self.policy.max_steps,
                 "delta": self.policy.delta,
-                "dp_aggregates": self.policy.dp_aggregates,
+                "max_update_norm": self.policy.max_update_norm,
+                "step_slack": self.policy.step_slack,
+                "loss_clip": self.policy.loss_clip,
+                "exact_aggregates": "per grant, if the data owner enabled them",
+                "noise": "os.urandom; discrete Laplace and discrete Gaussian",
             },
         }
 
     # ------------------------------------------------------------ grants
 
     def authorize(
-        self, grant_id: int, signer: str, template: str, dataset_id: bytes, model: bytes, rho: float, extra: int = 0
+        self,
+        grant_id: int,
+        signer: str,
+        template: str,
+        dataset_id: bytes,
+        model: bytes,
+        rho: float,
+        extra: int = 0,
+        lineage: str = "",
     ) -> int:
         """Check the grant on chain; returns the epsilon (millionths) the job will be charged:
-        the growth of ε from `rho` more zCDP, plus `extra` pure-ε millionths."""
+        the growth of ε from `rho` more zCDP, plus `extra` pure-ε millionths. `lineage`
+        explains, for a federated round, why its parameters did not descend from a round."""
         try:
             grant = self.data.get_grant(grant_id)
         except ContractReverted:
@@ -118,6 +157,11 @@ class VaultService:
         if grant.expires_at <= self.contracts.client.timestamp():
             raise AccessDenied(f"grant {grant_id} has expired")
         if template != "aggregate" and model not in grant.model_ids:
+            if template == "federated_round":
+                raise ParametersNotGranted(
+                    f"grant {grant_id} does not cover the parameters sent (model 0x{model.hex()}): a round "
+                    f"trains only a model the grant covers{lineage}; nothing ran and nothing was logged"
+                )
             raise AccessDenied(f"grant {grant_id} does not cover model 0x{model.hex()}")
         spent_rho, spent_micro = self.store.spent(grant_id)
         charge = extra
@@ -143,10 +187,16 @@ class VaultService:
         result: bytes,
         rho: float,
         charge: int,
+        round_row: RoundRow | None = None,
+        cells: np.ndarray | None = None,
     ) -> str:
         """Write the job, then log its access on chain; raises (and forgets it) if the chain refuses."""
         result_hash = keccak(result)
-        self.store.begin(JobRow(job_id, grant_id, dataset_id, template, model, result_hash, charge, rho, None))
+        job = JobRow(job_id, grant_id, dataset_id, template, model, result_hash, charge, rho, None)
+        try:
+            self.store.begin(job, round_row, cells)
+        except sqlite3.IntegrityError:
+            raise BadJob(f"job id 0x{job_id.hex()} was already used; send a fresh one") from None
         try:
             sent = self.data.record_access(grant_id, job_id, model, result_hash, charge)
         except ContractReverted as exc:
@@ -175,27 +225,45 @@ class VaultService:
         if not isinstance(grant_id, int) or isinstance(grant_id, bool) or grant_id <= 0:
             raise BadJob("'grant_id' must be a positive integer")
         table = self.table(dataset_id)
-        model, extra = ZERO_MODEL, 0
+        model, epsilon = ZERO_MODEL, None
         if template == "evaluate":
             spec, params = parse_model(body.get("model"))
             model = model_id(spec, params)
+            epsilon = parse_epsilon(body.get("epsilon"), "evaluate releases noisy counts and a noisy loss")
         else:
             query = self._aggregate_query(body)
-            if query["epsilon"] is not None:
-                extra = micro_epsilon(query["epsilon"])
+            epsilon = query["epsilon"]
+        extra = 0 if epsilon is None else micro_epsilon(epsilon)
+        cells = None
         with self._lock:
             charge = self.authorize(grant_id, signer, template, dataset_id, model, 0.0, extra=extra)
             if template == "evaluate":
-                result = evaluate(table, spec, params, self.policy.min_group)
-            elif query["epsilon"] is None:
-                result = aggregate(
+                assert epsilon is not None
+                result = evaluate(
+                    table, spec, params, self.policy.min_group, epsilon, self.policy.loss_clip, self.random_bytes
+                )
+            elif epsilon is None:
+                if not self.store.exact_allowed(grant_id):
+                    raise AccessDenied(
+                        f"grant {grant_id} answers aggregates only with differential privacy: send 'epsilon' "
+                        "(exact aggregates need the data owner's consent for this grant: "
+                        "`allmende data exact-aggregates`)"
+                    )
+                result, partitions = aggregate(
                     table, query["columns"], query["group_by"], query["bins"], query["range"], self.policy.min_group
                 )
+                before = self.store.cells(dataset_id)
+                cells = refine(initial_cells(table.rows) if before is None else before, partitions)
+                if 0 < smallest_cell(cells) < self.policy.min_group:
+                    raise DifferencingRefused(
+                        f"refused: with the exact answers already given on this dataset, this one would let a "
+                        f"group of fewer than {self.policy.min_group} rows be derived by subtraction (from the "
+                        "total or another answer); ask with 'epsilon' instead. Nothing was released or charged."
+                    )
             else:
-                rng = np.random.default_rng(secrets.randbits(128))
                 result = dp_aggregate(
                     table, query["columns"], query["group_by"], query["bins"], query["range"],
-                    self.policy.min_group, query["epsilon"], rng,
+                    self.policy.min_group, epsilon, self.random_bytes,
                 )  # fmt: skip
             result = {
                 "template": template,
@@ -203,7 +271,9 @@ class VaultService:
                 "model_id": "0x" + model.hex(),
                 **result,
             }
-            tx = self.charge_and_log(grant_id, job_id, dataset_id, template, model, canonical(result), 0.0, charge)
+            tx = self.charge_and_log(
+                grant_id, job_id, dataset_id, template, model, canonical(result), 0.0, charge, cells=cells
+            )
         return {"result": result, "result_hash": "0x" + keccak(canonical(result)).hex(), "access_tx": tx}
 
     def _aggregate_query(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -224,20 +294,15 @@ class VaultService:
         columns = body.get("columns")
         if not isinstance(columns, list):
             raise BadJob("'columns' must be a list of column names")
-        epsilon = body.get("epsilon")
-        if epsilon is None and self.policy.dp_aggregates:
-            raise BadJob("this vault answers aggregates only with differential privacy: send 'epsilon'")
-        if epsilon is not None:
-            if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or not 0 < epsilon <= 100:
-                raise BadJob("'epsilon' must be a number in (0, 100]")
-            if value_range is None:
-                raise BadJob("with 'epsilon', 'range' is required (values are clipped to it)")
+        epsilon = None if body.get("epsilon") is None else parse_epsilon(body.get("epsilon"), "")
+        if epsilon is not None and value_range is None:
+            raise BadJob("with 'epsilon', 'range' is required (values are clipped to it)")
         return {
             "columns": columns,
             "group_by": group_by,
             "bins": bins,
             "range": (float(value_range[0]), float(value_range[1])) if value_range else None,
-            "epsilon": None if epsilon is None else float(epsilon),
+            "epsilon": epsilon,
         }
 
     def train_round(
@@ -245,30 +310,75 @@ class VaultService:
         grant_id: int,
         signer: str,
         dataset_id: bytes,
-        base_model: bytes,
-        job_id: bytes,
+        run_id: int,
         spec: ModelSpec,
         params: list[np.ndarray],
         steps: int,
         lr: float,
         noise: float,
+        update_norm: float,
     ) -> tuple[list[np.ndarray], int, int]:
-        """One federated round's local training with DP; returns (params, rows, epsilon charged)."""
+        """One federated round's local training with DP; returns (params, rows, epsilon charged).
+
+        `params` must be a model the grant covers, or descend from the round this vault ran
+        last in this run (`run_id`): its own released parameters, or at most `update_norm`
+        of that round (the bound Flower's client-side clipping put on every vault's update,
+        so on their mean) from the parameters it trained from. Anything else is refused
+        before it trains, with nothing charged or logged."""
         table = self.table(dataset_id)
         if table.labels is None or spec.inputs != len(table.columns):
             raise BadJob("the model does not fit this dataset (inputs or labels)")
         if not 1 <= steps <= self.policy.max_steps:
             raise BadJob(f"a round takes 1 to {self.policy.max_steps} steps")
+        if not 0 < update_norm <= self.policy.max_update_norm:
+            raise BadJob(f"the clipping norm must be in (0, {self.policy.max_update_norm}] (this vault's limit)")
+        try:
+            check_params(spec, params)
+        except ValueError as exc:
+            raise BadJob(str(exc)) from None
         noise = max(noise, self.policy.min_noise)  # the vault, not the requester, sets the floor
-        rho = rho_of(steps, noise)
+        rho = rho_of(steps, noise, sum(int(np.size(p)) for p in params))
+        spec_json = json.dumps(spec.to_json(), sort_keys=True)
+        digest = model_id(spec, params)
         with self._lock:
-            charge = self.authorize(grant_id, signer, "federated_round", dataset_id, base_model, rho)
-            seed = int.from_bytes(keccak(job_id + self.address.encode())[:4], "big")
-            out = train(spec, params, table.features, table.labels, steps, lr, self.policy.clip, noise, seed)
+            root, why = digest, ""
+            parent = self.store.last_round(grant_id, run_id)
+            if parent is not None and parent.spec == spec_json:
+                if digest == parent.released_hash:
+                    root = parent.root_model
+                else:
+                    previous = params_from_bytes(parent.input)
+                    step = float(np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(params, previous, strict=True))))
+                    if step <= parent.clip * (1.0 + self.policy.step_slack) + 1e-9:
+                        root = parent.root_model
+                    else:
+                        why = (
+                            f", or parameters within {parent.clip:g} of those this vault trained from in the "
+                            f"previous round of run {run_id} (these are {step:.4g} away)"
+                        )
+            elif parent is None:
+                why = f" (run {run_id} has no earlier round here to descend from)"
+            else:
+                why = f" (the model spec differs from that of run {run_id}'s previous round)"
+            charge = self.authorize(grant_id, signer, "federated_round", dataset_id, root, rho, lineage=why)
+            out = train(spec, params, table.features, table.labels, steps, lr, self.policy.clip, noise,
+                        self.random_bytes)  # fmt: skip
+            released = model_id(spec, out)
+            job_id = keccak(b"federated_round" + dataset_id + digest + secrets.token_bytes(16))
+            lineage = RoundRow(grant_id, run_id, root, spec_json, digest, params_to_bytes(params), update_norm,
+                               released)  # fmt: skip
             self.charge_and_log(
-                grant_id, job_id, dataset_id, "federated_round", base_model, params_to_bytes(out), rho, charge
+                grant_id, job_id, dataset_id, "federated_round", root, params_to_bytes(out), rho, charge, lineage
             )
         return out, table.rows, charge
+
+
+def parse_epsilon(value: object, why: str) -> float:
+    if value is None:
+        raise BadJob(f"send 'epsilon' (the privacy cost this job may spend){': ' + why if why else ''}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 100:
+        raise BadJob("'epsilon' must be a number in (0, 100]")
+    return float(value)
 
 
 def parse_bytes32(value: object, name: str) -> bytes:

@@ -1,8 +1,13 @@
-"""The vault's SQLite state: every job it ran and the privacy spent per grant.
+"""The vault's SQLite state: every job it ran and the privacy spent per grant, the
+parameters each federated round trained from and released (the lineage later rounds
+must descend from), the data owner's per-grant consent to exact aggregates, and the
+cells of each dataset that exact answers have revealed (`allmende.vault.audit`).
 
 A job row is written before its access is logged on chain and marked logged after,
 so a crash between the two is found on restart (`pending()`) and reconciled against
-the chain's `job_logged`.
+the chain's `job_logged`. A job's round and its refined cells are written in the same
+transaction; forgetting the job forgets its round, while the cells stay refined (the
+stricter state, so a crash never loosens the audit).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -31,6 +38,27 @@ CREATE TABLE IF NOT EXISTS grants (
     rho REAL NOT NULL,
     epsilon_micro INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rounds (
+    job_id BLOB PRIMARY KEY,
+    grant_id INTEGER NOT NULL,
+    run_id INTEGER NOT NULL,
+    root_model BLOB NOT NULL,
+    spec TEXT NOT NULL,
+    input_hash BLOB NOT NULL,
+    input BLOB NOT NULL,
+    clip REAL NOT NULL,
+    released_hash BLOB NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rounds_by_run ON rounds (grant_id, run_id, at);
+CREATE TABLE IF NOT EXISTS exact_grants (
+    grant_id INTEGER PRIMARY KEY,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS exact_cells (
+    dataset_id BLOB PRIMARY KEY,
+    cells BLOB NOT NULL
+);
 """
 
 
@@ -45,6 +73,20 @@ class JobRow:
     epsilon_micro: int
     rho: float
     tx_hash: str | None
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    """One federated round a vault ran: what it trained from and what it released."""
+
+    grant_id: int
+    run_id: int
+    root_model: bytes  # the granted model id this lineage starts from
+    spec: str  # the model spec, canonical JSON
+    input_hash: bytes  # model id of the parameters it trained from
+    input: bytes  # those parameters (npz), to bound the next round's step
+    clip: float  # the L2 bound on the update it released (Flower's clipping norm)
+    released_hash: bytes  # model id of the parameters it trained
 
 
 class VaultStore:
@@ -62,11 +104,25 @@ class VaultStore:
             row = self._db.execute("SELECT rho, epsilon_micro FROM grants WHERE grant_id = ?", (grant_id,)).fetchone()
         return (float(row[0]), int(row[1])) if row else (0.0, 0)
 
-    def begin(self, job: JobRow) -> None:
-        """Record a job (and charge its grant) before its access is logged on chain."""
+    def begin(self, job: JobRow, round_row: RoundRow | None = None, cells: np.ndarray | None = None) -> None:
+        """Record a job (and charge its grant) before its access is logged on chain; with it,
+        the federated round it is, or the dataset's cells its exact answer refines."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if round_row is not None:
+                    r = round_row
+                    self._db.execute(
+                        "INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (job.job_id, r.grant_id, r.run_id, r.root_model, r.spec, r.input_hash, r.input, r.clip,
+                         r.released_hash, time.time()),
+                    )  # fmt: skip
+                if cells is not None:
+                    self._db.execute(
+                        "INSERT INTO exact_cells VALUES (?, ?) "
+                        "ON CONFLICT(dataset_id) DO UPDATE SET cells = excluded.cells",
+                        (job.dataset_id, np.asarray(cells, dtype="<i8").tobytes()),
+                    )
                 self._db.execute(
                     "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
                     (
@@ -108,6 +164,7 @@ class VaultStore:
                     (row[1], row[2], row[0]),
                 )
                 self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+                self._db.execute("DELETE FROM rounds WHERE job_id = ?", (job_id,))
             self._db.execute("COMMIT")
 
     def jobs(self) -> list[JobRow]:
@@ -120,3 +177,38 @@ class VaultStore:
 
     def pending(self) -> list[JobRow]:
         return [j for j in self.jobs() if j.tx_hash is None]
+
+    # ------------------------------------------------------- federated lineage
+
+    def last_round(self, grant_id: int, run_id: int) -> RoundRow | None:
+        """The latest round this vault ran for this grant in this Flower run."""
+        with self._lock:
+            r = self._db.execute(
+                "SELECT grant_id, run_id, root_model, spec, input_hash, input, clip, released_hash FROM rounds "
+                "WHERE grant_id = ? AND run_id = ? ORDER BY at DESC LIMIT 1",
+                (grant_id, run_id),
+            ).fetchone()
+        if r is None:
+            return None
+        return RoundRow(r[0], r[1], bytes(r[2]), r[3], bytes(r[4]), bytes(r[5]), r[6], bytes(r[7]))
+
+    # ------------------------------------------------------- exact aggregates
+
+    def allow_exact(self, grant_id: int, allowed: bool = True) -> None:
+        """The data owner's consent (or its withdrawal) to exact aggregates for one grant."""
+        with self._lock:
+            if allowed:
+                self._db.execute("INSERT OR IGNORE INTO exact_grants VALUES (?, ?)", (grant_id, time.time()))
+            else:
+                self._db.execute("DELETE FROM exact_grants WHERE grant_id = ?", (grant_id,))
+
+    def exact_allowed(self, grant_id: int) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM exact_grants WHERE grant_id = ?", (grant_id,)).fetchone()
+        return row is not None
+
+    def cells(self, dataset_id: bytes) -> np.ndarray | None:
+        """The cells exact answers on this dataset have revealed so far (None: none yet)."""
+        with self._lock:
+            row = self._db.execute("SELECT cells FROM exact_cells WHERE dataset_id = ?", (dataset_id,)).fetchone()
+        return None if row is None else np.frombuffer(bytes(row[0]), dtype="<i8").astype(np.int64)
