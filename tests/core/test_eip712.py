@@ -3,6 +3,7 @@ and signatures round-trip or fail with typed errors."""
 
 from __future__ import annotations
 
+import eth_abi
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
@@ -60,6 +61,16 @@ def test_voucher_sign_recover_and_json_round_trip() -> None:
     assert again == signed
     assert again.signer(DOMAIN) == ADDRESS
     again.verify(DOMAIN, ADDRESS.lower())
+
+
+def test_voucher_as_tuple_is_the_channels_voucher_struct() -> None:
+    # contracts/channels.vy: struct Voucher {channel_id, model_id, cumulative_amount, signature}
+    signed = sign_voucher(Voucher(b"\x01" * 32, b"\x02" * 32, 7), DOMAIN, KEY)
+    struct = ["(bytes32,bytes32,uint256,bytes)"]
+
+    (decoded,) = eth_abi.decode(struct, eth_abi.encode(struct, [signed.as_tuple()]))
+
+    assert decoded == (b"\x01" * 32, b"\x02" * 32, 7, signed.signature)
 
 
 def test_voucher_signed_by_other_key_fails_verify() -> None:
@@ -131,8 +142,9 @@ def test_voucher_rejects_bad_fields(kwargs: dict, error: type[Exception]) -> Non
         {"signature": "0x00"},
         {"model_id": 5},
         {"cumulative_amount": True},
+        {"cumulative_amount": "²"},
     ],
-    ids=["bad-hex", "negative-string", "short-signature", "not-a-string", "bool"],
+    ids=["bad-hex", "negative-string", "short-signature", "not-a-string", "bool", "superscript-digit"],
 )
 def test_voucher_from_json_rejects_malformed(patch: dict) -> None:
     good = sign_voucher(Voucher(b"\x01" * 32, b"\x02" * 32, 1), DOMAIN, KEY).to_json()

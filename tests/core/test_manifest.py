@@ -34,6 +34,13 @@ def test_id_is_keccak_of_the_documented_canonical_form(tmp_path: Path) -> None:
     assert manifest.model_id == keccak(canonical)
 
 
+def test_model_id_hex_is_the_0x_form_of_the_id(tmp_path: Path) -> None:
+    manifest = build_manifest(write_model(tmp_path))
+
+    assert manifest.model_id_hex == "0x" + keccak(manifest.canonical()).hex()
+    assert bytes.fromhex(manifest.model_id_hex[2:]) == manifest.model_id
+
+
 def test_one_changed_byte_changes_the_id(tmp_path: Path) -> None:
     root = write_model(tmp_path)
     before = model_id_of(root)

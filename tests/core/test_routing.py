@@ -112,3 +112,20 @@ def test_rate_limiter_bounds_its_memory() -> None:
         limiter.allow(f"k{i}", float(i) / 1000)
     assert len(limiter._buckets) <= 10
     assert RateLimiter(rate=0, burst=0).allow("x", 0.0) == 0.0
+
+
+def test_a_flood_of_new_keys_does_not_reset_a_limited_key() -> None:
+    from allmende.core.ratelimit import RateLimiter
+
+    # Prepare: a full table of 3; two keys have refilled by t=5, "hot" has just spent its token
+    limiter = RateLimiter(rate=1.0, burst=1.0, max_keys=3)
+    limiter.allow("old-1", 0.0)
+    limiter.allow("old-2", 0.0)
+    limiter.allow("hot", 5.0)
+
+    # Execute: a new key arrives while the table is full
+    assert limiter.allow("new", 5.0) == 0.0
+
+    # Assert: only the refilled buckets were forgotten, so "hot" is still limited
+    assert set(limiter._buckets) == {"hot", "new"}
+    assert limiter.allow("hot", 5.0) == 1.0

@@ -3,6 +3,9 @@ every cheat fails)."""
 
 from __future__ import annotations
 
+import math
+import struct
+
 import pytest
 import torch
 from hypothesis import given
@@ -55,6 +58,21 @@ def test_decode_rejects_a_header_for_another_model() -> None:
 def test_proof_for_fewer_tokens_fails() -> None:
     hidden = torch.randn(64, 64)
     assert not check(commit(hidden[:32]), hidden).ok
+
+
+def test_a_proof_of_nan_values_at_the_right_indices_fails() -> None:
+    # the cheat: find the top-k positions cheaply, skip the values, send NaN (every comparison
+    # with NaN is false, so no error threshold would trip)
+    hidden = torch.randn(40, 64)
+    nan_proof = b""
+    for chunk in decode_proof(commit(hidden), 64):
+        k = len(chunk.indices)
+        nan_proof += chunk.encode(64)[: -2 * k] + struct.pack(">e", math.nan) * k
+
+    result = check(nan_proof, hidden)
+
+    assert not result.ok
+    assert "malformed proof" in result.reason
 
 
 def test_harness_honest_pass_and_cheats_fail() -> None:

@@ -30,7 +30,8 @@ def int_field(value: object, what: str, bits: int = 256) -> int:
     if isinstance(value, bool):
         raise InvalidInput(f"{what} must be an integer")
     if isinstance(value, str):
-        if not value.isdigit() or len(value) > 80:
+        # isdigit alone admits "²" (int() then raises a bare ValueError) and non-ASCII digits
+        if not (value.isascii() and value.isdigit()) or len(value) > 80:
             raise InvalidInput(f"{what} must be a decimal integer string")
         value = int(value)
     if not isinstance(value, int):

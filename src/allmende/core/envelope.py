@@ -78,7 +78,9 @@ class ResponseSealer:
         nonce = seq.to_bytes(12, "big")
         return {"seq": seq, "ciphertext": _b64(ChaCha20Poly1305(self.key).encrypt(nonce, plaintext, self.aad))}
 
-    def open(self, message: dict[str, object], expected_seq: int) -> bytes:
+    def open(self, message: object, expected_seq: int) -> bytes:
+        if not isinstance(message, dict):
+            raise EnvelopeError("answer chunk must be a JSON object with seq and ciphertext")
         if message.get("seq") != expected_seq:
             raise EnvelopeError(f"answer chunk out of order: expected {expected_seq}, got {message.get('seq')}")
         nonce = expected_seq.to_bytes(12, "big")
@@ -121,6 +123,8 @@ def open_request(private: X25519PrivateKey, provider: str, envelope: object) -> 
         request_id = bytes.fromhex(rid[2:])
     except ValueError:
         raise EnvelopeError("envelope request_id is not hex") from None
+    if len(request_id) != 32:  # bytes.fromhex skips spaces: "0x00 00 …" would give a short id
+        raise EnvelopeError("envelope request_id is not hex")
     enc = _unb64(envelope.get("enc"), "enc", 32)
     nonce = _unb64(envelope.get("nonce"), "nonce", 12)
     ciphertext = _unb64(envelope.get("ciphertext"), "ciphertext")
