@@ -9,10 +9,6 @@ from starlette.requests import Request
 
 from allmende.core.errors import BodyTooLarge, BodyTooSlow
 
-# the names callers used before the catalog had these errors
-BodyTooLargeError = BodyTooLarge
-BodyTooSlowError = BodyTooSlow
-
 
 async def read_limited(request: Request, max_body: int, timeout: float) -> bytes:
     """The raw body; BodyTooLargeError beyond `max_body` bytes, BodyTooSlowError after `timeout` s."""

@@ -15,9 +15,11 @@ table against the classes, so it cannot drift::
     │   ├── InvalidManifest        invalid_manifest          400
     │   ├── BodyTooLarge           body_too_large            413
     │   ├── BodyTooSlow            body_too_slow             408
+    │   ├── InvalidParameter       invalid_request           400     protocol
     │   ├── EnvelopeError          bad_envelope              400     core.envelope
     │   ├── ProofFormatError       bad_proof                 400     core.proofs
-    │   ├── KeystoreError          keystore_error            400     chain.keys
+    │   ├── KeystoreError          bad_key                   400     chain.keys
+    │   ├── BadEvidence            bad_evidence              400     validator.evidence
     │   └── EngineError            engine_error              400     engine.base
     │       └── PromptTooLong      context_length_exceeded   400     engine.base
     ├── ChainError (RuntimeError)  chain_error               503     chain.errors
@@ -26,7 +28,7 @@ table against the classes, so it cannot drift::
     │   ├── TransactionFailed      transaction_failed        503     chain.errors
     │   └── DeploymentNotFound     deployment_not_found      503     chain.errors
     ├── UpstreamError              upstream_error            502
-    │   ├── ProviderReplyError     (the provider's code)     (its)   provider.client
+    │   ├── ProviderReplyError     (provider's)              (its)   provider.client
     │   └── Overcharged            overcharged               502     gateway.payments
     ├── ProviderError              bad_request               400     provider.errors
     │   ├── BadRequest             bad_request               400     provider.errors
@@ -36,13 +38,17 @@ table against the classes, so it cannot drift::
     │   ├── PaymentRequired        payment_required          402     provider.errors
     │   ├── Overloaded             overloaded                429     provider.errors
     │   └── TooLarge               body_too_large            413     provider.errors
+    ├── EvidenceNotFound           not_found                 404     validator.app
     ├── VaultError                 vault_error               400     vault.errors
     │   ├── BadJob                 bad_job                   400     vault.errors
     │   ├── TemplateNotAllowed     template_not_allowed      403     vault.errors
     │   ├── AccessDenied           access_denied             403     vault.errors
     │   ├── BudgetExceeded         privacy_budget_exceeded   403     vault.errors
     │   ├── UnknownDataset         unknown_dataset           404     vault.errors
-    │   └── BadDataFile            bad_data_file             400     vault.errors
+    │   ├── BadDataFile            bad_data_file             400     vault.errors
+    │   ├── ParametersNotGranted   parameters_not_granted    403     vault.errors
+    │   ├── DifferencingRefused    differencing_refused      403     vault.errors
+    │   └── VaultRefused           vault_refused             400     vault.flower
     └── GatewayError               invalid_request           400     gateway.errors
         (OpenAI's codes: invalid_api_key 401, model_not_found 404, insufficient_quota 402,
          rate_limit_exceeded 429, no_provider_available 503, request_too_large 413)

@@ -1,6 +1,7 @@
 """The vault's HTTP API: /v1/info, /v1/jobs, /v1/flower, /healthz.
 
-Errors leave as `{"error": {"code", "message"}}` with a 4xx status. Requests are
+Errors leave as `{"error": {"code", "message"}}` with the error catalog's status
+(core/errors.py). Requests are
 signed by the grantee (see `allmende.vault.auth`); bodies are size- and time-limited.
 """
 
@@ -8,35 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from google.protobuf.message import DecodeError
 
-from allmende import __version__
-from allmende.chain.errors import ChainError
-from allmende.core.errors import AllmendeError
-from allmende.httpbody import BodyTooLargeError, BodyTooSlowError, read_limited
+from allmende import __version__, wire
+from allmende.httpbody import read_limited
 from allmende.vault.auth import HEADER, signer_of
 from allmende.vault.errors import BadJob, VaultError
 from allmende.vault.flower import VaultFlower
 from allmende.vault.service import VaultService, parse_bytes32
 
+log = logging.getLogger("allmende.vault")
+
 
 def error_response(exc: Exception) -> JSONResponse:
-    if isinstance(exc, VaultError):
-        status, code = exc.status, exc.code
-    elif isinstance(exc, (BodyTooLargeError, BodyTooSlowError)):
-        status, code = 413 if isinstance(exc, BodyTooLargeError) else 408, "bad_body"
-    elif isinstance(exc, ChainError):
-        status, code = 503, exc.code
-    elif isinstance(exc, AllmendeError):
-        status, code = 400, exc.code
-    else:
-        status, code = 500, "internal_error"
-    message = str(exc) if status < 500 or isinstance(exc, AllmendeError) else "internal error"
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+    """The one place errors go out (allmende.wire: the catalog's status and code)."""
+    return wire.error_response(exc, log)
 
 
 def create_app(service: VaultService, max_body: int = 16 * 1024 * 1024, body_timeout: float = 30.0) -> FastAPI:
