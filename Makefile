@@ -6,9 +6,9 @@ ANVIL  := .tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 ANVIL_VERSION := 1.7.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest demo fuzz bench clean
+.PHONY: install browser test lint typecheck pytest demo fuzz bench clean
 
-install: $(STAMP) $(ANVIL)
+install: $(STAMP) $(ANVIL) browser
 
 # Re-install only when the project's dependency list changes.
 $(STAMP): pyproject.toml
@@ -22,6 +22,14 @@ $(ANVIL):
 	cd .tools && npm install --silent --no-audit --no-fund --prefix . @foundry-rs/anvil@$(ANVIL_VERSION)
 	@test -x $(ANVIL) && $(ANVIL) --version
 
+# Debian's Chromium and its driver, for the explorer's browser tests (tests/ui); apt-get runs
+# only when one of them is missing (as root, or through sudo).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	fi
+
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -34,7 +42,7 @@ pytest: install
 
 test: lint typecheck pytest
 
-demo: install
+demo: $(STAMP) $(ANVIL)
 	$(BIN)/allmende up --providers 2 --showcase
 
 # Ten times the hypothesis examples CI runs.

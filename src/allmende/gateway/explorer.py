@@ -71,6 +71,7 @@ class Activity:
         self._max_receipts = receipts
         self._lock = threading.Lock()
         self.totals = {"requests": 0, "errors": 0, "tokens": 0}
+        self._bucket(time.time())  # the series starts when the gateway does
 
     def _bucket(self, now: float) -> Bucket:
         start = int(now) // self.bucket_s * self.bucket_s

@@ -86,6 +86,12 @@ function lineChart(id, series, labels) {
   series.forEach((s, i) => {
     const pts = s.filter((p) => p.v !== null).map((p) => `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`);
     if (pts.length) parts.push(svg("polyline", { class: `s${i}`, points: pts.join(" ") }));
+    if (pts.length < 40) {
+      for (const p of pts) {
+        const [cx, cy] = p.split(",");
+        parts.push(svg("circle", { class: `s${i}`, cx, cy, r: 2 }));
+      }
+    }
     if (labels && labels[i]) parts.push(svg("text", { x: W - 4, y: 10 + 12 * i, "text-anchor": "end", class: `l${i}` }, labels[i]));
   });
   document.getElementById(id).replaceChildren(svg("svg", { viewBox: `0 0 ${W} ${H}`, "aria-hidden": "true" }, parts));
@@ -235,7 +241,7 @@ const caseKind = { open: "warn", guilty: "bad", "not guilty": "good", "no quorum
 
 async function showTrust() {
   const t = await api("/explorer/api/trust");
-  fill("cases-table", t.cases.map((c) => el("tr", { "data-case": c.case_id, "data-state": c.state },
+  fill("cases-table", [...t.cases].reverse().map((c) => el("tr", { "data-case": c.case_id, "data-state": c.state },
     num(`#${c.case_id}`), el("td", {}, addr(c.provider)), el("td", {}, addr(c.reporter)),
     el("td", {}, badge(c.verdict ? `verdict: ${c.verdict}` : "open", caseKind[c.state] || "muted")),
     el("td", {}, `${amount(c.guilty_weight, "alm")} / ${amount(c.innocent_weight, "alm")}`,
@@ -333,6 +339,7 @@ function showReceipt(r) {
   const dl = document.getElementById("receipt");
   dl.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
   dl.dataset.provider = r.provider;
+  dl.dataset.responseId = r.id;
 }
 
 async function sendChat(event) {
