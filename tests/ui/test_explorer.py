@@ -7,6 +7,7 @@ view go to bench/results/ui/."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from eth_utils import keccak
 from openai import OpenAI
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.chain.anvil import devnet_accounts
 from allmende.core import request_cost
 from allmende.testing.browser import chromium, console_errors
 from tests.conftest import cheater_verdict, wait_for
@@ -136,6 +139,30 @@ def test_every_view_loads_without_console_errors_or_outside_requests(
         "return [...document.querySelectorAll('table')].every(t => t.getAttribute('aria-label') || "
         "t.getAttribute('aria-labelledby'))"
     )
+
+
+def test_a_model_owner_cannot_inject_markup_into_the_page(cheater_network: dict[str, Any], browser: Any) -> None:
+    """Licenses, endpoints and descriptions are written on chain by anyone: the page must
+    show them as text. A model registered with HTML as its license, derived from the tiny
+    model, appears literally, in the table and as a node of the lineage graph."""
+    network = cheater_network
+    owner = devnet_accounts(6)[5]  # an account no process of the network uses
+    deployment = Deployment.load(network["deployments"])
+    models = Contracts(ChainClient(network["rpc_url"], owner.key), deployment).models
+    tiny = next(m for m in models.all_ids() if models.get(m).metadata_uri == "allmende:tiny")
+    hostile = '<img src=x onerror="window.owned=1"><b>MIT</b>'
+    model_id = keccak(os.urandom(32))  # a fresh id: the test can run again on the same chain
+    models.register(model_id, hostile, 100, parents=[tiny])
+
+    show(browser, network, "models")
+    WebDriverWait(browser, 30).until(lambda d: hostile in d.find_element(By.ID, "models-table").text)
+
+    assert browser.execute_script("return window.owned") is None
+    assert browser.find_elements(By.CSS_SELECTOR, "main img, main b") == []
+    edges = browser.find_elements(By.CSS_SELECTOR, "#lineage path.edge")
+    assert len(edges) >= 1  # tiny → the new model
+    shoot(browser, "models")
+    assert console_errors(browser) == []
 
 
 def test_fraud_case_appears_with_its_verdict(cheater_network: dict[str, Any], browser: Any) -> None:

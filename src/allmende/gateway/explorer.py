@@ -23,6 +23,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,11 +177,15 @@ class Explorer:
         self.directory = directory
         self.view = view
         self.activity = Activity()
+        # its own threads: pages polled while the chain hangs must not take the threads the
+        # gateway's own chain work (channel opens, directory refreshes) runs in
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="explorer")
 
     async def _read(self, key: str, build: Callable[[], dict[str, Any]]) -> Any:
+        loop = asyncio.get_running_loop()
         try:
-            body = await asyncio.to_thread(self.view.cached, key, build)
-            units = await asyncio.to_thread(self.view.cached, "units", self.view.units)
+            body = await loop.run_in_executor(self._pool, self.view.cached, key, build)
+            units = await loop.run_in_executor(self._pool, self.view.cached, "units", self.view.units)
         except ChainError as exc:
             return chain_unavailable(exc)
         return {**body, "units": units}

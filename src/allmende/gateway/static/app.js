@@ -44,6 +44,7 @@ function cards(id, pairs) {
   );
 }
 
+const clip = (s, n) => (s.length > n ? s.slice(0, n - 1) + "…" : s);
 const short = (s) => (s && s.length > 14 ? `${s.slice(0, 8)}…${s.slice(-4)}` : s || "–");
 const addr = (s) => el("code", { title: s }, short(s));
 const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "–");
@@ -148,12 +149,13 @@ function lineageGraph(models, edges) {
   for (const m of models) {
     const p = pos.get(m.model_id);
     parts.push(svg("g", { class: "node", transform: `translate(${p.x},${p.y})` },
+      svg("title", {}, `${m.name || m.model_id}\n${m.license}\nowner ${m.owner}`),
       svg("rect", { width: NW, height: NH, rx: 5 }),
-      svg("text", { x: 8, y: 14 }, m.name || short(m.model_id)),
-      svg("text", { x: 8, y: 27 }, `${m.license} · ${(m.royalty_bps / 100).toFixed(2)} %`)));
+      svg("text", { x: 8, y: 14 }, clip(m.name || short(m.model_id), 22)),
+      svg("text", { x: 8, y: 27 }, `${clip(m.license, 14)} · ${(m.royalty_bps / 100).toFixed(2)} %`)));
   }
   if (!models.length) parts.push(svg("text", { x: 4, y: 16 }, "no models registered"));
-  document.getElementById("lineage").replaceChildren(svg("svg", { viewBox: `0 0 ${W} ${H}`, "aria-hidden": "true" }, parts));
+  document.getElementById("lineage").replaceChildren(svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, "aria-hidden": "true" }, parts));
 }
 
 // ------------------------------------------------------------------ views
