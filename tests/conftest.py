@@ -71,10 +71,18 @@ class _SharedNetwork:
         self.process: subprocess.Popen[bytes] | None = None
         self.data: dict[str, Any] = {}
 
+        self.failed: BaseException | None = None
+
     def get(self, factory: pytest.TempPathFactory) -> dict[str, Any]:
+        if self.failed is not None:  # do not wait for a failing start once per test
+            raise RuntimeError("the shared network did not start (see the first test that used it)") from self.failed
         if self.process is None:
             root = factory.mktemp("up-validators")
-            self.process, self.data = start_network(root, *CHEATER_NETWORK_ARGS)
+            try:
+                self.process, self.data = start_network(root, *CHEATER_NETWORK_ARGS)
+            except BaseException as exc:
+                self.failed = exc
+                raise
             self.data["root"] = str(root)
         return self.data
 

@@ -314,6 +314,7 @@ function select(view) {
     document.getElementById(`tab-${v}`).setAttribute("aria-selected", String(v === view));
   }
   delete document.body.dataset.loaded;
+  window.scrollTo(0, 0);
   clearTimeout(timer);
   const loop = async () => {
     await refresh();
