@@ -120,7 +120,9 @@ def test_every_view_loads_without_console_errors_or_outside_requests(
             model="allmende:tiny", messages=[{"role": "user", "content": "Allmende?"}], max_tokens=8
         )
         extra = reply.model_extra or {}
-        assert extra["allmende"]["id"] == reply.id and extra["allmende"]["tokens_out"] > 0
+        shown, usage = extra["allmende"], reply.usage
+        assert shown["id"] == reply.id and usage is not None
+        assert (shown["tokens_in"], shown["tokens_out"]) == (usage.prompt_tokens, usage.completion_tokens)
     console_errors(browser)  # start from an empty console log
     for view in VIEWS:
         show(browser, network, view)
