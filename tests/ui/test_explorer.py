@@ -22,6 +22,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.anvil import devnet_accounts
+from allmende.chain.bindings import MICRO_EPSILON, TEMPLATES
 from allmende.core import request_cost
 from allmende.testing.browser import chromium, console_errors
 from tests.conftest import cheater_verdict, wait_for
@@ -81,6 +82,9 @@ def test_playground_streams_an_answer_and_shows_its_receipt(cheater_network: dic
     network = cheater_network
     show(browser, network, "playground")
     Select(browser.find_element(By.ID, "chat-model")).select_by_value("allmende:tiny")
+    temperature = browser.find_element(By.ID, "chat-temperature")
+    temperature.clear()
+    temperature.send_keys("0")  # greedy: the same answer on every run
     prompt = browser.find_element(By.ID, "chat-input")
     prompt.clear()
     prompt.send_keys("Wem gehört die Allmende?")
@@ -164,6 +168,32 @@ def test_a_model_owner_cannot_inject_markup_into_the_page(cheater_network: dict[
     edges = browser.find_elements(By.CSS_SELECTOR, "#lineage path.edge")
     assert len(edges) >= 1  # tiny → the new model
     shoot(browser, "models")
+    assert console_errors(browser) == []
+
+
+def test_data_view_shows_the_grant_its_access_log_and_epsilon_spent(
+    cheater_network: dict[str, Any], browser: Any
+) -> None:
+    network = cheater_network
+    grantee, owner, vault = devnet_accounts(7)[4:7]  # accounts no process of the network uses
+    deployment = Deployment.load(network["deployments"])
+    as_owner = Contracts(ChainClient(network["rpc_url"], owner.key), deployment).data
+    as_vault = Contracts(ChainClient(network["rpc_url"], vault.key), deployment).data
+    dataset_id = keccak(os.urandom(32))
+    as_owner.register_dataset(dataset_id, vault.address, "CC-BY-4.0")
+    expires = as_owner.client.timestamp() + 30 * 86_400
+    grant_id = as_owner.grant(dataset_id, grantee.address, TEMPLATES["aggregate"], [], expires, 2 * MICRO_EPSILON)
+    as_vault.record_access(grant_id, keccak(os.urandom(32)), b"\0" * 32, keccak(b"result"), MICRO_EPSILON // 2)
+
+    show(browser, network, "data")
+    row = f"#grants-table tr[data-grant='{grant_id}']"
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, row))
+    assert "0.500 / 2.000" in browser.find_element(By.CSS_SELECTOR, row).text
+    assert "0x" + dataset_id.hex()[:6] in browser.find_element(By.ID, "log-table").text
+    bar = browser.find_element(By.CSS_SELECTOR, f"#chart-epsilon rect.b0[data-grant='{grant_id}']")
+    track = browser.find_element(By.CSS_SELECTOR, f"#chart-epsilon rect.b1[data-grant='{grant_id}']")
+    assert float(bar.get_attribute("width")) == pytest.approx(float(track.get_attribute("width")) / 4)
+    shoot(browser, "data")
     assert console_errors(browser) == []
 
 

@@ -113,11 +113,11 @@ function barChart(id, bars) {
     const y0 = 4 + i * row;
     const frac = b.budget > 0 ? Math.min(1, b.value / b.budget) : 0;
     parts.push(svg("text", { x: 0, y: y0 + 13 }, b.label));
-    parts.push(svg("rect", { class: "b1", x: L, y: y0, width: W - L - 80, height: row - 6 }));
-    parts.push(svg("rect", { class: "b0", x: L, y: y0, width: (W - L - 80) * frac, height: row - 6 }));
+    parts.push(svg("rect", { class: "b1", x: L, y: y0, width: W - L - 80, height: row - 6, "data-grant": b.id }));
+    parts.push(svg("rect", { class: "b0", x: L, y: y0, width: (W - L - 80) * frac, height: row - 6, "data-grant": b.id }));
     parts.push(svg("text", { x: W - 76, y: y0 + 13 }, `${b.value.toFixed(2)} / ${b.budget.toFixed(2)}`));
   });
-  document.getElementById(id).replaceChildren(svg("svg", { viewBox: `0 0 ${W} ${H}`, "aria-hidden": "true" }, parts));
+  document.getElementById(id).replaceChildren(svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W * 1.5, "aria-hidden": "true" }, parts));
 }
 
 function lineageGraph(models, edges) {
@@ -264,12 +264,12 @@ async function showData() {
   fill("datasets-table", d.datasets.map((x) => el("tr", {},
     el("td", {}, addr(x.dataset_id)), el("td", {}, addr(x.owner)), el("td", {}, addr(x.vault)), el("td", {}, x.license), num(x.accesses),
   )), "no datasets registered");
-  fill("grants-table", d.grants.map((g) => el("tr", {},
+  fill("grants-table", d.grants.map((g) => el("tr", { "data-grant": g.grant_id },
     num(`#${g.grant_id}`), el("td", {}, addr(g.dataset_id)), el("td", {}, addr(g.grantee)), el("td", {}, g.template),
     num(`${eps(g.epsilon_spent_ppm).toFixed(3)} / ${eps(g.epsilon_budget_ppm).toFixed(3)}`), el("td", {}, when(g.expires_at)),
     el("td", {}, g.revoked ? badge("revoked", "bad") : g.expired ? badge("expired", "muted") : badge("active", "good")),
   )), "no grants");
-  barChart("chart-epsilon", d.grants.map((g) => ({ label: `grant #${g.grant_id}`, value: eps(g.epsilon_spent_ppm), budget: eps(g.epsilon_budget_ppm) })));
+  barChart("chart-epsilon", d.grants.map((g) => ({ id: g.grant_id, label: `grant #${g.grant_id}`, value: eps(g.epsilon_spent_ppm), budget: eps(g.epsilon_budget_ppm) })));
   fill("log-table", d.access_log.map((a) => el("tr", {},
     el("td", {}, when(a.at)), el("td", {}, addr(a.dataset_id)), num(`#${a.grant_id}`), el("td", {}, addr(a.job_id)), el("td", {}, addr(a.model_id)), num(eps(a.epsilon_ppm).toFixed(3)),
   )), "no accesses logged");
@@ -359,6 +359,7 @@ async function sendChat(event) {
     model: document.getElementById("chat-model").value,
     messages: [{ role: "user", content: document.getElementById("chat-input").value }],
     max_tokens: Number(document.getElementById("chat-max").value) || 32,
+    temperature: Number(document.getElementById("chat-temperature").value || 1),
     stream: true,
     stream_options: { include_usage: true },
   };
