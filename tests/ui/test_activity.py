@@ -1,13 +1,15 @@
-"""The explorer's in-memory activity series and receipt index (no network, no browser)."""
+"""The explorer's in-memory activity series and receipt index, and who may read a receipt
+(no network, no browser)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from starlette.requests import Request
 
 from allmende.gateway import explorer
-from allmende.gateway.explorer import Activity
+from allmende.gateway.explorer import Activity, Explorer
 
 
 class Clock:
@@ -67,3 +69,28 @@ def test_receipt_index_is_bounded_and_forgets_the_oldest(clock: Clock) -> None:
     assert activity.receipt("chatcmpl-1") is None
     assert activity.receipt("chatcmpl-5") == receipt(5)
     assert activity.receipt("no such id") is None
+
+
+def test_another_api_key_cannot_read_someone_elses_receipts(clock: Clock) -> None:
+    activity = Activity(private=True)  # a gateway that requires API keys
+    activity.record(0.01, 8, True, receipt(1), payer="alice-key")
+
+    assert activity.receipt("chatcmpl-1", "bob-key") is None
+    assert activity.receipt("chatcmpl-1", None) is None
+    assert activity.view("bob-key")["receipts"] == [] and activity.view(None)["receipts"] == []
+    assert activity.receipt("chatcmpl-1", "alice-key") == receipt(1)
+    assert activity.view("alice-key")["receipts"] == [receipt(1)]
+    assert activity.view(None)["totals"]["requests"] == 1  # the aggregates stay public
+
+
+@pytest.mark.parametrize(
+    ("header", "viewer"),
+    [("Bearer alice-key", "alice-key"), ("bearer  alice-key ", "alice-key"), ("Bearer mallory", None), ("", None)],
+    ids=["key", "case-and-spaces", "unknown-key", "none"],
+)
+def test_only_a_key_of_the_gateway_is_a_viewer(header: str, viewer: str | None) -> None:
+    explorer_ = Explorer.__new__(Explorer)
+    explorer_.api_keys = frozenset({"alice-key"})
+    request = Request({"type": "http", "headers": [(b"authorization", header.encode())] if header else []})
+
+    assert explorer_.viewer(request) == viewer

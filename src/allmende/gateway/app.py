@@ -73,7 +73,7 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
     in_flight_gauge = Gauge("allmende_gateway_in_flight", "requests in flight", registry=registry)
     state = {"in_flight": 0}
     limiter = RateLimiter(limits.rate_limit, limits.rate_burst)
-    explorer = mount_explorer(app, service.directory, service.payments)  # the web page at / and /explorer/api
+    explorer = mount_explorer(app, service.directory, service.payments, limits.api_keys)  # the page at /, /explorer/api
 
     def throttle(request: Request, key: str | None) -> None:
         who = f"key:{key}" if key else f"peer:{request.client.host if request.client else '?'}"
@@ -153,7 +153,7 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
             in_flight_gauge.dec()
         requests_total.labels(endpoint, "200").inc()
         rendered = render(kind, body, result.offer.name, result.answer)
-        rendered["allmende"] = explorer.answered(rendered.get("id", new_id(kind)), result.answer, started)
+        rendered["allmende"] = explorer.answered(rendered.get("id", new_id(kind)), result.answer, started, key)
         return JSONResponse(rendered)
 
     async def stream(endpoint: str, kind: str, body: dict[str, Any], key: str | None) -> AsyncIterator[bytes]:
@@ -170,7 +170,7 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
                 if isinstance(item, Answer):
                     finish = item.output.get("finish_reason", "stop")
                     last = chunk(kind, ident, created, name, {} if kind == "chat" else "", finish)
-                    last["allmende"] = explorer.answered(ident, item, started)  # the receipt, for the playground
+                    last["allmende"] = explorer.answered(ident, item, started, key)  # the receipt, for the playground
                     yield sse(last)
                     if include_usage:
                         yield sse(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -62,13 +62,17 @@ class Bucket:
 
 class Activity:
     """What this gateway served, in 10-second buckets over the last `keep` buckets, plus
-    the receipts of the last answers. In memory only: it describes this process."""
+    the receipts of the last answers. In memory only: it describes this process.
 
-    def __init__(self, bucket_s: int = 10, keep: int = 180, receipts: int = 256) -> None:
+    With `private` (a gateway that requires API keys) a receipt is shown only to the API key
+    that paid for it; the series are aggregates and shown to anyone."""
+
+    def __init__(self, bucket_s: int = 10, keep: int = 180, receipts: int = 256, private: bool = False) -> None:
         self.bucket_s = bucket_s
         self.keep = keep
         self._buckets: deque[Bucket] = deque(maxlen=keep)
-        self._receipts: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._receipts: OrderedDict[str, tuple[str | None, dict[str, Any]]] = OrderedDict()
+        self.private = private
         self._max_receipts = receipts
         self._lock = threading.Lock()
         self.totals = {"requests": 0, "errors": 0, "tokens": 0}
@@ -80,7 +84,9 @@ class Activity:
             self._buckets.append(Bucket(start, latencies=[]))
         return self._buckets[-1]
 
-    def record(self, latency_s: float, tokens: int, ok: bool, receipt: dict[str, Any] | None = None) -> None:
+    def record(
+        self, latency_s: float, tokens: int, ok: bool, receipt: dict[str, Any] | None = None, payer: str | None = None
+    ) -> None:
         with self._lock:
             bucket = self._bucket(time.time())
             bucket.requests += 1
@@ -94,15 +100,19 @@ class Activity:
             assert bucket.latencies is not None
             bucket.latencies.append(latency_s)
             if receipt is not None:
-                self._receipts[receipt["id"]] = receipt
+                self._receipts[receipt["id"]] = (payer, receipt)
                 while len(self._receipts) > self._max_receipts:
                     self._receipts.popitem(last=False)
 
-    def receipt(self, response_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            return self._receipts.get(response_id)
+    def _visible(self, payer: str | None, viewer: str | None) -> bool:
+        return not self.private or (viewer is not None and payer == viewer)
 
-    def view(self) -> dict[str, Any]:
+    def receipt(self, response_id: str, viewer: str | None = None) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._receipts.get(response_id)
+        return found[1] if found is not None and self._visible(found[0], viewer) else None
+
+    def view(self, viewer: str | None = None) -> dict[str, Any]:
         now = time.time()
         with self._lock:
             self._bucket(now)
@@ -122,7 +132,7 @@ class Activity:
                         "p95_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.95))] * 1000, 1) if lat else None,
                     }
                 )
-            recent = list(self._receipts.values())[-20:][::-1]
+            recent = [r for payer, r in reversed(self._receipts.values()) if self._visible(payer, viewer)][:20]
             return {"bucket_s": self.bucket_s, "series": series, "totals": dict(self.totals), "receipts": recent}
 
 
@@ -173,10 +183,11 @@ def chain_unavailable(exc: ChainError) -> JSONResponse:
 
 
 class Explorer:
-    def __init__(self, directory: Directory, view: ChainView) -> None:
+    def __init__(self, directory: Directory, view: ChainView, api_keys: frozenset[str] = frozenset()) -> None:
         self.directory = directory
         self.view = view
-        self.activity = Activity()
+        self.api_keys = api_keys
+        self.activity = Activity(private=bool(api_keys))
         # its own threads: pages polled while the chain hangs must not take the threads the
         # gateway's own chain work (channel opens, directory refreshes) runs in
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="explorer")
@@ -189,6 +200,12 @@ class Explorer:
         except ChainError as exc:
             return chain_unavailable(exc)
         return {**body, "units": units}
+
+    def viewer(self, request: Request) -> str | None:
+        """The caller's API key, if it is one of the gateway's keys."""
+        header = request.headers.get("authorization", "")
+        key = header[7:].strip() if header.lower().startswith("bearer ") else None
+        return key if key in self.api_keys else None
 
     def router(self) -> APIRouter:
         api = APIRouter(prefix="/explorer/api")
@@ -219,12 +236,12 @@ class Explorer:
             return await self._read("data", view.data)
 
         @api.get("/activity")
-        async def activity() -> dict[str, Any]:
-            return self.activity.view()
+        async def activity(request: Request) -> dict[str, Any]:
+            return self.activity.view(self.viewer(request))
 
         @api.get("/receipts/{response_id}")
-        async def receipt(response_id: str) -> Any:
-            found = self.activity.receipt(response_id)
+        async def receipt(request: Request, response_id: str) -> Any:
+            found = self.activity.receipt(response_id, self.viewer(request))
             if found is None:
                 return JSONResponse(
                     {"error": {"message": f"no receipt for '{response_id[:80]}' here", "type": "not_found"}},
@@ -244,20 +261,22 @@ class Explorer:
 
     # ---------------------------------------------------- called by the OpenAI routes
 
-    def answered(self, response_id: str, answer: Answer, started: float) -> dict[str, Any]:
+    def answered(self, response_id: str, answer: Answer, started: float, api_key: str | None) -> dict[str, Any]:
         """Count an answer in the activity series; return its receipt view for the response."""
         latency = time.monotonic() - started
         r = answer.receipt.receipt
         view = receipt_view(response_id, answer, self.directory, latency)
-        self.activity.record(latency, r.tokens_in + r.tokens_out, True, view)
+        self.activity.record(latency, r.tokens_in + r.tokens_out, True, view, api_key)
         return view
 
     def failed(self, started: float) -> None:
         self.activity.record(time.monotonic() - started, 0, False)
 
 
-def mount_explorer(app: FastAPI, directory: Directory, payments: Payments) -> Explorer:
+def mount_explorer(
+    app: FastAPI, directory: Directory, payments: Payments, api_keys: frozenset[str] = frozenset()
+) -> Explorer:
     """Serve the explorer page and its JSON endpoints on `app`."""
-    explorer = Explorer(directory, ChainView(directory.contracts, directory, payments))
+    explorer = Explorer(directory, ChainView(directory.contracts, directory, payments), api_keys)
     explorer.mount(app)
     return explorer

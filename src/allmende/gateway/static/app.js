@@ -160,8 +160,14 @@ function lineageGraph(models, edges) {
 
 // ------------------------------------------------------------------ views
 
+function authHeaders() {
+  // a gateway with API keys: the playground's key also shows this key's own receipts
+  const key = sessionStorage.getItem("allmende-api-key");
+  return key ? { authorization: `Bearer ${key}` } : {};
+}
+
 async function api(path) {
-  const reply = await fetch(path, { headers: { accept: "application/json" } });
+  const reply = await fetch(path, { headers: { accept: "application/json", ...authHeaders() } });
   const body = await reply.json();
   if (!reply.ok) throw new Error((body.error && body.error.message) || `${path}: HTTP ${reply.status}`);
   if (body.units) units = body.units;
@@ -364,7 +370,8 @@ async function sendChat(event) {
     stream_options: { include_usage: true },
   };
   try {
-    const reply = await fetch("/v1/chat/completions", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    const headers = { "content-type": "application/json", ...authHeaders() };
+    const reply = await fetch("/v1/chat/completions", { method: "POST", headers, body: JSON.stringify(body) });
     if (!reply.ok) {
       const err = await reply.json().catch(() => ({}));
       throw new Error((err.error && err.error.message) || `HTTP ${reply.status}`);
@@ -406,5 +413,8 @@ async function sendChat(event) {
 window.addEventListener("hashchange", () => select(location.hash.slice(1)));
 document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("chat-form").addEventListener("submit", sendChat);
+  const key = document.getElementById("chat-key");
+  key.value = sessionStorage.getItem("allmende-api-key") || "";
+  key.addEventListener("change", () => sessionStorage.setItem("allmende-api-key", key.value.trim()));
   select(location.hash.slice(1) || "network");
 });
