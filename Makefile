@@ -6,9 +6,9 @@ ANVIL  := .tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 ANVIL_VERSION := 1.7.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-shuffled lint typecheck coverage pytest demo fuzz bench load clean
+.PHONY: install browser test test-shuffled lint typecheck coverage pytest demo fuzz bench load clean
 
-install: $(STAMP) $(ANVIL)
+install: $(STAMP) $(ANVIL) browser
 
 # Re-install only when the project's dependency list changes.
 $(STAMP): pyproject.toml
@@ -21,6 +21,14 @@ $(ANVIL):
 	@mkdir -p .tools
 	cd .tools && npm install --silent --no-audit --no-fund --prefix . @foundry-rs/anvil@$(ANVIL_VERSION)
 	@test -x $(ANVIL) && $(ANVIL) --version
+
+# Debian's Chromium and its driver, for the explorer's browser tests (tests/ui); apt-get runs
+# only when one of them is missing (as root, or through sudo).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	fi
 
 lint: install
 	$(BIN)/ruff check src tests bench
@@ -48,7 +56,7 @@ coverage: install
 
 test: lint typecheck coverage pytest
 
-demo: install
+demo: $(STAMP) $(ANVIL)
 	$(BIN)/allmende up --providers 2 --showcase
 
 # Ten times the hypothesis examples CI runs.

@@ -3,13 +3,18 @@ the contracts deployed once, devnet accounts funded."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
 from allmende.chain.anvil import Anvil, DevnetAccount, devnet_accounts
+from allmende.chain.bindings import CaseRecord
+from allmende.testing.network import start_network, stop_network
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +43,111 @@ def deployments_file(deployment: Deployment, tmp_path_factory: pytest.TempPathFa
     path = tmp_path_factory.mktemp("chain") / "deployments.json"
     deployment.save(path)
     return path
+
+
+# ------------------------------------------------------------------------------------------
+# `allmende up` with two providers, the second serving int8 weights under the tiny model's id,
+# and two validators that catch it. Used by tests/validator/test_up_validators.py and by the
+# explorer's browser tests (tests/ui): those tests are run one after the other, share one
+# network, and it is stopped as soon as the last of them has run.
+
+CHEATER_NETWORK = "cheater_network"
+CHEATER_NETWORK_ARGS = (
+    "--providers",
+    "2",
+    "--model",
+    "allmende:tiny",
+    "--validators",
+    "2",
+    "--validator-option=--audit-interval=2",
+    "--validator-option=--publish-every=2",
+)
+
+
+class _SharedNetwork:
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.data: dict[str, Any] = {}
+
+        self.failed: BaseException | None = None
+
+    def get(self, factory: pytest.TempPathFactory) -> dict[str, Any]:
+        if self.failed is not None:  # do not wait for a failing start once per test
+            raise RuntimeError("the shared network did not start (see the first test that used it)") from self.failed
+        if self.process is None:
+            root = factory.mktemp("up-validators")
+            try:
+                self.process, self.data = start_network(root, *CHEATER_NETWORK_ARGS, cheat="2:int8")
+            except BaseException as exc:
+                self.failed = exc
+                raise
+            self.data["root"] = str(root)
+        return self.data
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_network(self.process)
+            self.process = None
+
+
+_cheater_network = _SharedNetwork()
+
+
+@pytest.fixture
+def cheater_network(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """network.json of the running network (started by the first test that asks for it)."""
+    return _cheater_network.get(tmp_path_factory)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests on the shared network one after the other, where the first of them was."""
+    users = [item for item in items if CHEATER_NETWORK in getattr(item, "fixturenames", ())]
+    if users:
+        first = items.index(users[0])
+        rest = [item for item in items if item not in users]
+        items[:] = rest[:first] + users + rest[first:]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    yield
+    if CHEATER_NETWORK in getattr(item, "fixturenames", ()) and (
+        nextitem is None or CHEATER_NETWORK not in getattr(nextitem, "fixturenames", ())
+    ):
+        _cheater_network.stop()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+
+
+def cheater_verdict(network: dict[str, Any]) -> CaseRecord:
+    """The first fraud case against the cheating provider, once it is resolved: waits for
+    the case and the other validator's vote, then moves the chain past the voting period
+    (unless an earlier test did) and waits for a validator to resolve it."""
+    reader = Contracts(ChainClient(network["rpc_url"]), Deployment.load(network["deployments"]))
+    cheater = network["providers"][1]["address"]
+    validators = [v["address"] for v in network["validators"]]
+
+    def case_against_cheater() -> CaseRecord | None:
+        return next((c for c in reader.verdicts.all_cases() if c.provider == cheater), None)
+
+    case = wait_for("a fraud case against the int8 provider", case_against_cheater, 240)
+    assert case.reporter in validators
+    other = next(v for v in validators if v != case.reporter)
+    wait_for("the other validator's vote", lambda: reader.verdicts.voted(case.case_id, other), 120)
+    if reader.verdicts.case(case.case_id).status == 1 and reader.client.timestamp() <= case.deadline:
+        deployer = devnet_accounts(1)[0]
+        ChainClient(network["rpc_url"], deployer.key).increase_time(reader.params.get("fraud_voting_period") + 1)
+    return wait_for(
+        "the case to be resolved by a validator",
+        lambda: (c := reader.verdicts.case(case.case_id)).status != 1 and c,
+        120,
+    )

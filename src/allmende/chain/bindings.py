@@ -318,6 +318,9 @@ class Verdicts(_Binding):
     def voted(self, case_id: int, who: str) -> bool:
         return bool(self._call("voted", case_id, who))
 
+    def all_cases(self) -> list[CaseRecord]:
+        return [self.case(i) for i in range(1, self.case_count() + 1)]
+
     def publish_scores(self, providers: list[str], scores: list[int]) -> SentTransaction:
         return self._tx("publish_scores", providers, scores)
 
@@ -517,6 +520,12 @@ class Data(_Binding):
 
     def job_logged(self, job_id: bytes) -> bool:
         return bool(self._call("job_logged", job_id))
+
+    def dataset_ids(self) -> list[bytes]:
+        return [bytes(self._call("dataset_at", i)) for i in range(int(self._call("dataset_count")))]
+
+    def grant_count(self) -> int:
+        return int(self._call("grant_count"))
 
     def accesses(self, dataset_id: bytes) -> list[AccessRecord]:
         count = self.dataset(dataset_id).accesses

@@ -207,6 +207,7 @@ def up(
                 "contracts": {name: info["address"] for name, info in deployment.contracts.items()},
                 "deployments": str(deployments),
                 "gateway_url": gateway_url + "/v1",
+                "explorer_url": gateway_url + "/",
                 "gateway_pid": gw.pid,
                 "providers": provider_rows,
                 "validators": validator_rows,
@@ -236,6 +237,7 @@ def up(
 def _summary(network: dict, models: list[str], root: Path) -> None:  # type: ignore[type-arg]
     table = Table(title="Allmende devnet is up", show_header=False)
     table.add_row("gateway (OpenAI API)", network["gateway_url"])
+    table.add_row("explorer (web page)", network["explorer_url"])
     table.add_row("chain", f"{network['rpc_url']} (chain id {network['chain_id']})")
     table.add_row("models", ", ".join(models))
     for row in network["providers"]:
@@ -249,6 +251,7 @@ def _summary(network: dict, models: list[str], root: Path) -> None:  # type: ign
         "  from openai import OpenAI\n"
         f'  client = OpenAI(base_url="{network["gateway_url"]}", api_key="unused")\n'
         '  client.chat.completions.create(model="allmende:tiny", messages=[{"role": "user", "content": "Hi"}])\n'
+        f"explorer and playground: open {network['explorer_url']} in a browser\n"
         "status: allmende status    stop: Ctrl-C"
     )
 

@@ -29,6 +29,7 @@ from allmende.gateway.errors import (
     error_body,
     openai_error,
 )
+from allmende.gateway.explorer import mount_explorer
 from allmende.gateway.service import GatewayService, budget_check
 from allmende.httpbody import read_limited
 from allmende.protocol import check_request
@@ -72,6 +73,7 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
     in_flight_gauge = Gauge("allmende_gateway_in_flight", "requests in flight", registry=registry)
     state = {"in_flight": 0}
     limiter = RateLimiter(limits.rate_limit, limits.rate_burst)
+    explorer = mount_explorer(app, service.directory, service.payments, limits.api_keys)  # the page at /, /explorer/api
 
     def throttle(request: Request, key: str | None) -> None:
         who = f"key:{key}" if key else f"peer:{request.client.host if request.client else '?'}"
@@ -138,9 +140,11 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
             return StreamingResponse(stream(endpoint, kind, body, key), media_type="text/event-stream")
         state["in_flight"] += 1
         in_flight_gauge.inc()
+        started = time.monotonic()
         try:
             result = await service.complete(kind, body, key)
         except Exception as exc:
+            explorer.failed(started)
             response = openai_error(exc)
             requests_total.labels(endpoint, str(response.status_code)).inc()
             return response
@@ -148,7 +152,9 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
             state["in_flight"] -= 1
             in_flight_gauge.dec()
         requests_total.labels(endpoint, "200").inc()
-        return JSONResponse(render(kind, body, result.offer.name, result.answer))
+        rendered = render(kind, body, result.offer.name, result.answer)
+        rendered["allmende"] = explorer.answered(rendered.get("id", new_id(kind)), result.answer, started, key)
+        return JSONResponse(rendered)
 
     async def stream(endpoint: str, kind: str, body: dict[str, Any], key: str | None) -> AsyncIterator[bytes]:
         state["in_flight"] += 1
@@ -156,13 +162,16 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
         ident, created, name = new_id(kind), int(time.time()), str(body.get("model"))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         status = "200"
+        started = time.monotonic()
         try:
             if kind == "chat":
                 yield sse(chunk(kind, ident, created, name, {"role": "assistant", "content": ""}, None))
             async for item in service.stream(kind, body, key):
                 if isinstance(item, Answer):
                     finish = item.output.get("finish_reason", "stop")
-                    yield sse(chunk(kind, ident, created, name, {} if kind == "chat" else "", finish))
+                    last = chunk(kind, ident, created, name, {} if kind == "chat" else "", finish)
+                    last["allmende"] = explorer.answered(ident, item, started, key)  # the receipt, for the playground
+                    yield sse(last)
                     if include_usage:
                         yield sse(
                             {
@@ -179,6 +188,7 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
                 yield sse(chunk(kind, ident, created, name, delta, None))
             yield b"data: [DONE]\n\n"
         except Exception as exc:
+            explorer.failed(started)
             response = openai_error(exc)
             status = str(response.status_code)
             err = error_body(exc) if isinstance(exc, GatewayError) else json.loads(bytes(response.body))

@@ -1,0 +1,410 @@
+"""Read-only views of the chain for the explorer: one method per page, each returning
+plain JSON (amounts as decimal strings of integer base units, never floats).
+
+Every call is a handful of `eth_call`s; the explorer runs them in a thread and caches
+each view for `ttl` seconds, so a page polled by many browsers costs the chain little.
+Event logs (channels opened, redeems, votes) are read incrementally: each poll fetches
+only the blocks since the last one."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from allmende.chain import Contracts
+from allmende.chain.bindings import PROPOSAL_STATES, ROLE_PROVIDER, ROLE_VALIDATOR, TEMPLATES
+from allmende.core.fees import BPS, effective_royalty_bps
+from allmende.core.routing import consensus_reputation
+from allmende.gateway.directory import Directory
+from allmende.gateway.payments import Payments
+
+CASE_STATES = {1: "open", 2: "guilty", 3: "not guilty", 4: "no quorum"}
+TEMPLATE_NAMES = {v: k for k, v in TEMPLATES.items()}
+
+
+def hx(value: bytes) -> str:
+    return "0x" + bytes(value).hex()
+
+
+class EventTail:
+    """All logs of one event since deployment, fetched a block range at a time."""
+
+    def __init__(self, contracts: Contracts, contract: Any, event: str) -> None:
+        self.client = contracts.client
+        self.contract = contract
+        self.event = event
+        self.next_block = contracts.deployment.deploy_block
+        self.logs: list[Any] = []
+
+    def poll(self, head: int) -> list[Any]:
+        if head >= self.next_block:
+            self.logs.extend(self.client.events(self.contract, self.event, self.next_block, head))
+            self.next_block = head + 1
+        return self.logs
+
+
+class ChainView:
+    def __init__(self, contracts: Contracts, directory: Directory, payments: Payments, ttl: float = 2.0) -> None:
+        self.contracts = contracts
+        self.directory = directory
+        self.payments = payments
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, Any]] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        c = contracts
+        self._opened = EventTail(c, c.channels.contract, "ChannelOpened")
+        self._redeemed = EventTail(c, c.channels.contract, "Redeemed")
+        self._voted = EventTail(c, c.verdicts.contract, "Voted")
+        self._gov_votes = EventTail(c, c.governor.contract, "VoteCast")
+        self._split_cache: dict[tuple[int, bytes], tuple[str, int, int]] = {}
+        self._decimals: dict[str, int] = {}
+
+    def cached(self, key: str, build: Callable[[], Any]) -> Any:
+        """`build()` at most once per `ttl` seconds per key; concurrent callers share one build."""
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            hit = self._cache.get(key)
+            if hit is not None and time.monotonic() - hit[0] < self.ttl:
+                return hit[1]
+            value = build()
+            self._cache[key] = (time.monotonic(), value)
+            return value
+
+    # --------------------------------------------------------------- helpers
+
+    def _head(self) -> tuple[int, int]:
+        client = self.contracts.client
+        block = client.rpc(lambda: client.w3.eth.get_block("latest"))
+        return int(block["number"]), int(block["timestamp"])
+
+    def units(self) -> dict[str, Any]:
+        if not self._decimals:
+            for name, binding in (("usd", self.contracts.stable), ("alm", self.contracts.token)):
+                self._decimals[name] = int(binding.client.call(binding.contract.functions.decimals()))
+        return {
+            "usd": {"symbol": "dUSD", "decimals": self._decimals["usd"]},
+            "alm": {"symbol": "ALM", "decimals": self._decimals["alm"]},
+        }
+
+    def _names(self) -> dict[bytes, str]:
+        """Model names as the providers the gateway uses publish them."""
+        return {m.model_id: m.name for m in self.directory.listings()}
+
+    def _reputation(self, validators: list[tuple[str, int]], provider: str) -> dict[str, Any]:
+        scores: list[tuple[int, int]] = []
+        detail: list[dict[str, Any]] = []
+        for validator, stake in validators:
+            score, at = self.contracts.verdicts.score(validator, provider)
+            if at:
+                scores.append((score, stake))
+                detail.append({"validator": validator, "score_bps": score, "at": at})
+        return {"value": consensus_reputation(scores), "scores": detail}
+
+    # --------------------------------------------------------------- network
+
+    def network(self) -> dict[str, Any]:
+        registry = self.contracts.registry
+        _, now = self._head()
+        accounts = [(a, registry.account(a)) for a in registry.all_accounts()]
+        validators = [(a, acc.stake) for a, acc in accounts if acc.role == ROLE_VALIDATOR and registry.is_active(a)]
+        names = self._names()
+        served = {e.address: e for e in self.directory.entries()}
+        cases = self.contracts.verdicts.all_cases()
+        providers: list[dict[str, Any]] = []
+        validator_rows: list[dict[str, Any]] = []
+        for address, acc in accounts:
+            active = registry.is_active(address)
+            if acc.role == ROLE_PROVIDER:
+                entry = served.get(address)
+                offers: list[dict[str, Any]] = []
+                for model_id in registry.models_of(address):
+                    offer = registry.offer(address, model_id)
+                    if not offer.active:
+                        continue
+                    stats = entry.stats.get(model_id) if entry else None
+                    offers.append(
+                        {
+                            "model_id": hx(model_id),
+                            "name": (entry.offers[model_id].name if entry and model_id in entry.offers else None)
+                            or names.get(model_id),
+                            "price_in_per_1m": str(offer.price_in),
+                            "price_out_per_1m": str(offer.price_out),
+                            "latency_ms": round(stats.latency_ewma * 1000, 1)
+                            if stats and stats.latency_ewma is not None
+                            else None,
+                            "in_flight": stats.in_flight if stats else 0,
+                        }
+                    )
+                if entry is not None:
+                    suspended = any(s.suspended_until > time.monotonic() for s in entry.stats.values())
+                    health = "suspended" if suspended else "healthy"
+                elif not active:
+                    health = "paused" if acc.paused else "inactive"
+                else:
+                    health = "unreachable"  # active on chain, but its signed /v1/info does not check out
+                providers.append(
+                    {
+                        "address": address,
+                        "endpoint": acc.endpoint,
+                        "connection": "direct",  # every provider is reached at its registered endpoint
+                        "stake": str(acc.stake),
+                        "unbonding": str(acc.unbonding),
+                        "active": active,
+                        "paused": acc.paused,
+                        "health": health,
+                        "offers": offers,
+                        "reputation": self._reputation(validators, address),
+                        "earnings": str(self.contracts.channels.earnings(address)),
+                        "cases": sum(1 for c in cases if c.provider == address),
+                        "registered_at": acc.registered_at,
+                    }
+                )
+            elif acc.role == ROLE_VALIDATOR:
+                validator_rows.append(
+                    {
+                        "address": address,
+                        "endpoint": acc.endpoint,
+                        "stake": str(acc.stake),
+                        "active": active,
+                        "cases_reported": sum(1 for c in cases if c.reporter == address),
+                    }
+                )
+        totals = {
+            "providers": len(providers),
+            "providers_serving": len(served),
+            "validators": len(validator_rows),
+            "provider_stake": str(registry.role_stake(ROLE_PROVIDER)),
+            "validator_stake": str(registry.role_stake(ROLE_VALIDATOR)),
+            "models_served": len(names),
+            "models_registered": len(self.contracts.models.all_ids()),
+            "open_cases": sum(1 for c in cases if c.status == 1),
+        }
+        return {"chain_time": now, "providers": providers, "validators": validator_rows, "totals": totals}
+
+    # ---------------------------------------------------------------- models
+
+    def models(self) -> dict[str, Any]:
+        models, data = self.contracts.models, self.contracts.data
+        names = self._names()
+        serving: dict[bytes, int] = {}
+        for entry in self.directory.entries():
+            for model_id in entry.offers:
+                serving[model_id] = serving.get(model_id, 0) + 1
+        rows: list[dict[str, Any]] = []
+        for model_id in models.all_ids():
+            record = models.get(model_id)
+            payee, bps = models.royalty_info(model_id)
+            rows.append(
+                {
+                    "model_id": hx(model_id),
+                    "name": names.get(model_id),
+                    "owner": record.owner,
+                    "license": record.license,
+                    "royalty_bps": record.royalty_bps,
+                    "royalty_payee": payee,
+                    "royalty_payee_bps": bps,
+                    "parents": [hx(p) for p in record.parents],
+                    "datasets": [hx(d) for d in record.datasets],
+                    "metadata_uri": record.metadata_uri,
+                    "registered_at": record.registered_at,
+                    "providers": serving.get(model_id, 0),
+                    "attestations": [
+                        {
+                            "validator": a.validator,
+                            "job_id": hx(a.job_id),
+                            "metric": a.metric,
+                            "value_ppm": a.value_ppm,
+                            "report_hash": hx(a.report_hash),
+                            "at": a.at,
+                        }
+                        for a in data.attestations(model_id)
+                    ],
+                }
+            )
+        edges = [{"from": p, "to": m["model_id"]} for m in rows for p in m["parents"]]
+        return {"models": rows, "lineage": edges}
+
+    # ----------------------------------------------------------------- money
+
+    def _split(self, block: int, model_id: bytes, amount: int) -> tuple[str, int, int]:
+        """(royalty payee, royalty, protocol fee) of one redeemed voucher, with the
+        rates in force at its block: the same floors as Channels.redeem."""
+        key = (block, model_id)
+        if key not in self._split_cache:
+            client, c = self.contracts.client, self.contracts
+            fee_bps = int(client.call(c.params.contract.functions.get("protocol_fee_bps"), block))
+            cap = int(client.call(c.params.contract.functions.get("royalty_cap_bps"), block))
+            payee, bps = client.call(c.models.contract.functions.royalty_info(model_id), block)
+            rate = 0 if int(str(payee), 16) == 0 else effective_royalty_bps(int(bps), cap, fee_bps)
+            self._split_cache[key] = (str(payee), rate, fee_bps)
+        payee, rate, fee_bps = self._split_cache[key]
+        return payee, amount * rate // BPS, amount * fee_bps // BPS
+
+    def money(self) -> dict[str, Any]:
+        channels, store = self.contracts.channels, self.payments.store
+        head, now = self._head()
+        mine = {bytes(cid): provider for provider, cid, _ in store.all_channels()}
+        rows: list[dict[str, Any]] = []
+        for event in self._opened.poll(head):
+            cid = bytes(event["args"]["channel_id"])
+            state = channels.channel(cid)
+            owed = store.total_owed(cid) if cid in mine else None
+            rows.append(
+                {
+                    "channel_id": hx(cid),
+                    "payer": state.payer,
+                    "provider": state.provider,
+                    "deposit": str(state.deposit),
+                    "redeemed": str(state.spent),
+                    # what this gateway's receipts say is owed and the provider has not redeemed yet
+                    "pending": None if owed is None else str(max(0, owed - state.spent)),
+                    "owed": None if owed is None else str(owed),
+                    "closes_at": state.closes_at,
+                    "this_gateway": cid in mine,
+                }
+            )
+        royalties: dict[str, dict[str, Any]] = {}
+        fees = redeemed = 0
+        for event in self._redeemed.poll(head):
+            model_id, amount = bytes(event["args"]["model_id"]), int(event["args"]["amount"])
+            payee, royalty, fee = self._split(int(event["blockNumber"]), model_id, amount)
+            redeemed += amount
+            fees += fee
+            row = royalties.setdefault(hx(model_id), {"model_id": hx(model_id), "payee": payee, "royalties": 0})
+            row["royalties"] += royalty
+        treasury = channels.treasury()
+        return {
+            "chain_time": now,
+            "channels": rows,
+            "totals": {
+                "deposits": str(sum(int(r["deposit"]) for r in rows)),
+                "redeemed": str(redeemed),
+                "pending": str(sum(int(r["pending"]) for r in rows if r["pending"] is not None)),
+                "royalties_paid": str(sum(r["royalties"] for r in royalties.values())),
+                "protocol_fees_paid": str(fees),
+            },
+            "royalties": [{**r, "royalties": str(r["royalties"])} for r in royalties.values()],
+            "treasury": {
+                "address": treasury,
+                "accrued_fees": str(channels.earnings(treasury)),
+                "alm_balance": str(self.contracts.token.balance_of(treasury)),
+                "usd_balance": str(self.contracts.stable.balance_of(treasury)),
+                "timelock_alm": str(self.contracts.token.balance_of(self.contracts.deployment.address("Timelock"))),
+            },
+        }
+
+    # ----------------------------------------------------------------- trust
+
+    def trust(self) -> dict[str, Any]:
+        head, now = self._head()
+        votes: dict[int, list[dict[str, Any]]] = {}
+        for event in self._voted.poll(head):
+            args = event["args"]
+            votes.setdefault(int(args["case_id"]), []).append(
+                {"validator": args["validator"], "guilty": bool(args["guilty"]), "weight": str(args["weight"])}
+            )
+        cases = [
+            {
+                "case_id": c.case_id,
+                "provider": c.provider,
+                "reporter": c.reporter,
+                "model_id": hx(c.model_id),
+                "state": CASE_STATES.get(c.status, "unknown"),
+                "verdict": None if c.status == 1 else CASE_STATES.get(c.status, "unknown"),
+                "guilty_weight": str(c.guilty_weight),
+                "innocent_weight": str(c.innocent_weight),
+                "votes": votes.get(c.case_id, []),
+                "deadline": c.deadline,
+                "slashed": str(c.slashed),
+                "evidence_uri": c.evidence_uri,
+            }
+            for c in self.contracts.verdicts.all_cases()
+        ]
+        gov_votes: dict[int, int] = {}
+        for event in self._gov_votes.poll(head):
+            pid = int(event["args"]["proposal_id"])
+            gov_votes[pid] = gov_votes.get(pid, 0) + 1
+        proposals: list[dict[str, Any]] = []
+        governor = self.contracts.governor
+        for pid in governor.ids():
+            p = governor.proposal(pid)
+            if p.executed:
+                timelock = "executed"
+            elif p.queued:
+                timelock = "ready" if now >= p.eta else "waiting"
+            else:
+                timelock = "not queued"
+            proposals.append(
+                {
+                    "proposal_id": str(pid),
+                    "proposer": p.proposer,
+                    "description": p.description,
+                    "state": p.state,
+                    "for": str(p.for_votes),
+                    "against": str(p.against_votes),
+                    "abstain": str(p.abstain_votes),
+                    "voters": gov_votes.get(pid, 0),
+                    "quorum": str(p.quorum),
+                    "start": p.start,
+                    "end": p.end,
+                    "eta": p.eta,
+                    "timelock": timelock,
+                }
+            )
+        return {"chain_time": now, "cases": cases, "proposals": proposals, "proposal_states": list(PROPOSAL_STATES)}
+
+    # ------------------------------------------------------------------ data
+
+    def data(self) -> dict[str, Any]:
+        data = self.contracts.data
+        _, now = self._head()
+        datasets: list[dict[str, Any]] = []
+        log: list[dict[str, Any]] = []
+        for dataset_id in data.dataset_ids():
+            d = data.dataset(dataset_id)
+            datasets.append(
+                {
+                    "dataset_id": hx(dataset_id),
+                    "owner": d.owner,
+                    "vault": d.vault,
+                    "license": d.license,
+                    "policy_uri": d.policy_uri,
+                    "registered_at": d.registered_at,
+                    "accesses": d.accesses,
+                }
+            )
+            for a in data.accesses(dataset_id):
+                log.append(
+                    {
+                        "dataset_id": hx(dataset_id),
+                        "grant_id": a.grant_id,
+                        "job_id": hx(a.job_id),
+                        "model_id": hx(a.model_id),
+                        "result_hash": hx(a.result_hash),
+                        "epsilon_ppm": str(a.epsilon_spent),
+                        "at": a.at,
+                    }
+                )
+        grants: list[dict[str, Any]] = []
+        for grant_id in range(1, data.grant_count() + 1):
+            g = data.get_grant(grant_id)
+            grants.append(
+                {
+                    "grant_id": grant_id,
+                    "dataset_id": hx(g.dataset_id),
+                    "grantee": g.grantee,
+                    "template": TEMPLATE_NAMES.get(g.template, str(g.template)),
+                    "models": [hx(m) for m in g.model_ids],
+                    "expires_at": g.expires_at,
+                    "expired": g.expires_at <= now,
+                    "epsilon_budget_ppm": str(g.epsilon_budget),
+                    "epsilon_spent_ppm": str(g.epsilon_spent),
+                    "revoked": g.revoked,
+                }
+            )
+        log.sort(key=lambda a: a["at"], reverse=True)
+        return {"chain_time": now, "datasets": datasets, "grants": grants, "access_log": log}

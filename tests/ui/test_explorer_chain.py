@@ -1,0 +1,112 @@
+"""The explorer's chain views against a fresh anvil, with exact amounts: a redeem split into
+royalty, protocol fee and provider share as `Channels` pays it, and a governance proposal
+through its votes and the Timelock."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from eth_utils import keccak
+
+from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
+from allmende.chain.anvil import Anvil, DevnetAccount, devnet_accounts
+from allmende.chain.bindings import ROLE_VALIDATOR
+from allmende.core import Voucher, sign_voucher, split_payment
+from allmende.gateway.directory import Directory
+from allmende.gateway.explorer_chain import ChainView
+from allmende.gateway.payments import Payments
+from allmende.gateway.store import GatewayStore
+
+ALM = 10**18
+
+
+@pytest.fixture(scope="module")
+def chain() -> Iterator[tuple[Anvil, Deployment, list[DevnetAccount]]]:
+    accounts = devnet_accounts(8)
+    with Anvil() as node:
+        deployment = deploy_all(ChainClient(node.url, accounts[0].key), fund=[a.address for a in accounts])
+        yield node, deployment, accounts
+
+
+def view_of(node: Anvil, deployment: Deployment, account: DevnetAccount, state: Path) -> ChainView:
+    contracts = Contracts(ChainClient(node.url, account.key), deployment)
+    payments = Payments(GatewayStore(state / "gateway.db"), contracts, account.key)
+    return ChainView(contracts, Directory(contracts, httpx.Client()), payments, ttl=0)
+
+
+def as_(node: Anvil, deployment: Deployment, account: DevnetAccount) -> Contracts:
+    return Contracts(ChainClient(node.url, account.key), deployment)
+
+
+def test_money_view_splits_a_redeem_as_the_contract_pays_it(chain: Any, tmp_path: Path) -> None:
+    node, deployment, accounts = chain
+    owner, payer, provider = accounts[5], accounts[6], accounts[7]
+    view = view_of(node, deployment, payer, tmp_path)
+    model_id = keccak(os.urandom(32))
+    as_(node, deployment, owner).models.register(model_id, "MIT", 500)  # 5 % royalty
+    before = view.money()
+    as_payer = as_(node, deployment, payer)
+    as_payer.stable.approve(as_payer.channels.address)
+    channel = as_payer.channels.open(provider.address, 10**7)
+    voucher = sign_voucher(Voucher(channel, model_id, 1_234_567), as_payer.channels.voucher_domain(), payer.key)
+    as_(node, deployment, provider).channels.redeem([voucher])
+
+    after = view.money()
+
+    fee_bps = as_payer.params.get("protocol_fee_bps")
+    split = split_payment(1_234_567, 500, fee_bps)
+    (row,) = (r for r in after["royalties"] if r["model_id"] == "0x" + model_id.hex())
+    assert (row["payee"], int(row["royalties"])) == (owner.address, split.royalty)
+    assert split.royalty == as_payer.channels.earnings(owner.address) > 0
+    (opened,) = (c for c in after["channels"] if c["channel_id"] == "0x" + channel.hex())
+    assert (opened["payer"], opened["provider"]) == (payer.address, provider.address)
+    assert (int(opened["deposit"]), int(opened["redeemed"])) == (10**7, 1_234_567)
+    totals, was = after["totals"], before["totals"]
+    assert int(totals["redeemed"]) - int(was["redeemed"]) == 1_234_567
+    assert int(totals["protocol_fees_paid"]) - int(was["protocol_fees_paid"]) == split.protocol_fee
+    treasury = after["treasury"]
+    assert int(treasury["accrued_fees"]) == as_payer.channels.earnings(treasury["address"])
+    assert int(treasury["accrued_fees"]) - int(before["treasury"]["accrued_fees"]) == split.protocol_fee
+
+
+def test_trust_view_follows_a_proposal_through_votes_and_the_timelock(chain: Any, tmp_path: Path) -> None:
+    node, deployment, accounts = chain
+    voters = accounts[1:4]
+    for voter in voters:
+        c = as_(node, deployment, voter)
+        c.token.approve(c.registry.address)
+        c.registry.register(ROLE_VALIDATOR, "", b"\x00" * 32, 5_000 * ALM)
+    view = view_of(node, deployment, accounts[0], tmp_path)
+    reader = Contracts(ChainClient(node.url), deployment)
+    admin = ChainClient(node.url, accounts[0].key)
+    admin.increase_time(5)
+    first = as_(node, deployment, voters[0])
+    call = (first.params.address, 0, bytes.fromhex(first.params.contract.encode_abi("set", ["quorum_bps", 500])[2:]))
+    pid = first.governor.propose([call], "raise the quorum")
+
+    def shown() -> dict[str, Any]:
+        (p,) = (p for p in view.trust()["proposals"] if p["proposal_id"] == str(pid))
+        return p
+
+    created = shown()
+    assert (created["state"], created["timelock"]) == ("pending", "not queued")
+    assert created["description"] == "raise the quorum"
+    admin.increase_time(reader.params.get("voting_delay") + 1)
+    for voter, support in zip(voters, ("for", "for", "against"), strict=True):
+        as_(node, deployment, voter).governor.vote(pid, support)
+    votes = shown()
+    assert votes["state"] == "active" and votes["voters"] == 3
+    assert (int(votes["for"]), int(votes["against"]), int(votes["abstain"])) == (10_000 * ALM, 5_000 * ALM, 0)
+    admin.increase_time(reader.params.get("voting_period") + 1)
+    first.governor.queue(pid)
+    assert (shown()["state"], shown()["timelock"]) == ("queued", "waiting")
+    admin.increase_time(reader.params.get("timelock_delay") + 1)
+    assert shown()["timelock"] == "ready"
+    first.governor.execute(pid)
+    assert (shown()["state"], shown()["timelock"]) == ("executed", "executed")
+    assert reader.params.get("quorum_bps") == 500
