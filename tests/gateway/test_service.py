@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -56,12 +57,18 @@ def test_a_request_is_served_paid_and_its_receipt_recorded(tmp_path: Path) -> No
     assert net.service.payments.in_flight(bytes([1]) * 32) == 0  # the reservation became `owed`
 
 
-def test_failover_before_the_first_token_when_a_provider_is_unreachable(tmp_path: Path) -> None:
+def test_failover_before_the_first_token_when_a_provider_is_unreachable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     dead, alive = FakeProvider(tmp_path), FakeProvider(tmp_path)
     net = network(tmp_path, [dead, alive])
     net.kill(dead)
 
-    texts = {asyncio.run(net.service.complete("chat", dict(CHAT), None)).text for _ in range(6)}
+    with caplog.at_level(logging.WARNING, logger="allmende.gateway"):
+        texts = {asyncio.run(net.service.complete("chat", dict(CHAT), None)).text for _ in range(6)}
+
+    failures = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert failures and all(dead.address in m and "for fake failed: 502 ConnectError" in m for m in failures)
 
     assert len(texts) == 1  # every request answered, all by the live provider
     assert alive.store.receipt_count() == 6 and dead.store.receipt_count() == 0
