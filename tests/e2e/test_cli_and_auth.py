@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
-import httpx
 import openai
 import pytest
 
 from allmende.chain.anvil import free_port
+from allmende.supervisor import allmende_command, start
 from tests.e2e.conftest import Network
 
 
@@ -27,37 +26,17 @@ def test_status_reads_the_network_from_chain(network: Network) -> None:
 
 def test_gateway_with_api_keys_answers_401_for_a_wrong_key(network: Network) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "allmende",
-            "gateway",
-            "--rpc",
-            network.data["rpc_url"],
-            "--key",
-            "devnet:8",
-            "--deployments",
-            network.data["deployments"],
-            "--state-dir",
-            str(network.root / "keyed"),
-            "--port",
-            str(port),
-            "--api-key",
-            "sk-right",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    command = allmende_command(
+        "gateway", "--rpc", network.data["rpc_url"], "--key", "devnet:8", "--deployments",
+        network.data["deployments"], "--state-dir", str(network.root / "keyed"), "--port", str(port),
+        "--api-key", "sk-right",
+    )  # fmt: skip
+    gateway = start(
+        "keyed gateway", command, network.root / "keyed.log", f"http://127.0.0.1:{port}",
+        ready=lambda health: health["providers"] > 0,
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).json()["providers"] > 0:
-                    break
-            except (httpx.HTTPError, KeyError, ValueError):
-                pass
-            time.sleep(0.2)
         wrong = openai.OpenAI(base_url=url, api_key="sk-wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError) as info:
             wrong.models.list()
@@ -68,5 +47,4 @@ def test_gateway_with_api_keys_answers_401_for_a_wrong_key(network: Network) -> 
         )
         assert reply.usage.completion_tokens <= 3
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        gateway.stop()

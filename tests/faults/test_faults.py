@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,10 +25,11 @@ from openai import OpenAI
 
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.gateway.store import GatewayStore
+from allmende.supervisor import Node, allmende_command, start
 from allmende.testing.network import start_network, stop_network
 from tests.faults.requests import ask
 
-RESTARTED: list[subprocess.Popen[bytes]] = []  # gateways the tests started in place of up's
+RESTARTED: list[Node] = []  # gateways the tests started in place of up's
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +40,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, di
         yield root, data
     finally:
         for gateway in RESTARTED:
-            gateway.terminate()
-            gateway.wait(timeout=30)
+            gateway.stop()
         stop_network(process)
 
 
@@ -146,34 +144,15 @@ def test_gateway_killed_and_restarted_recovers_its_channels(network: tuple[Path,
     time.sleep(0.5)
 
     port = int(data["gateway_url"].removesuffix("/v1").rsplit(":", 1)[1])  # the same port: later tests use it
-    gateway = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "allmende",
-            "gateway",
-            "--rpc",
-            data["rpc_url"],
-            "--key",
-            "devnet:9",
-            "--deployments",
-            data["deployments"],
-            "--state-dir",
-            str(state),
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    command = allmende_command(
+        "gateway", "--rpc", data["rpc_url"], "--key", "devnet:9", "--deployments", data["deployments"],
+        "--state-dir", str(state), "--port", str(port),
+    )  # fmt: skip
+    gateway = start(
+        "restarted gateway", command, root / "restarted-gateway.log", f"http://127.0.0.1:{port}",
+        ready=lambda health: health["providers"] >= 1,
+    )  # fmt: skip
     RESTARTED.append(gateway)
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).json()["providers"] >= 1:
-                break
-        except (httpx.HTTPError, KeyError, ValueError):
-            pass
-        time.sleep(0.2)
     client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="after-restart", max_retries=0)
     answers = [ask(client, i) for i in range(12)]
 

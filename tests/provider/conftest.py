@@ -3,11 +3,8 @@ to it through the Python provider client."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +16,7 @@ from allmende.chain import Contracts, Deployment
 from allmende.chain.anvil import Anvil, DevnetAccount, free_port
 from allmende.core import Domain
 from allmende.provider.client import ProviderInfo, fetch_info
+from allmende.supervisor import Node, start
 from tests.conftest import contracts_for
 
 PRICE_IN, PRICE_OUT = 200_000, 600_000
@@ -26,23 +24,27 @@ PRICE_IN, PRICE_OUT = 200_000, 600_000
 
 @dataclass
 class ProviderProcess:
-    url: str
-    process: subprocess.Popen[bytes]
+    node: Node
     args: list[str]
-    log: Path
+
+    @property
+    def url(self) -> str:
+        assert self.node.url is not None
+        return self.node.url
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.node.process
+
+    @property
+    def log(self) -> Path:
+        return self.node.log
 
     def kill9(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
+        self.node.kill9()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.node.stop(timeout=10)
 
 
 def start_provider(
@@ -81,22 +83,9 @@ def start_provider(
         *[arg for m in models for arg in ("--model", m)],
         *(extra or []),
     ]
-    log = state_dir / "provider.log"
-    state_dir.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"provider exited: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return ProviderProcess(url, process, args, log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"provider did not start: {log.read_text()[-3000:]}")
+    node = start(f"provider {account.address}", args, state_dir / "provider.log", url, timeout=180)
+    return ProviderProcess(node, args)
 
 
 @dataclass

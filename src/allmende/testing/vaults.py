@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from allmende.chain import ChainClient, Contracts
 from allmende.chain.anvil import Anvil, DevnetAccount, devnet_accounts, free_port
 from allmende.chain.bindings import TEMPLATES
 from allmende.chain.deploy import Deployment, deploy_all
+from allmende.supervisor import Node, spawn
 from allmende.vault.datasets import load_table, write_table
 from allmende.vault.model import MICRO
 
@@ -99,6 +98,7 @@ def start_vault_network(
         deployments = root / "deployments.json"
         deployment.save(deployments)
         net = VaultNetwork(root, node, deployments, accounts)
+        started: list[Node] = []
         width = splits[0][0].shape[1]
         columns = [f"f{i}" for i in range(width)]
         for i, (x, y) in enumerate(splits):
@@ -114,21 +114,12 @@ def start_vault_network(
             ]  # fmt: skip
             for f in files:
                 args += ["--data", str(f)]
-            log = (root / f"vault-{i}.log").open("wb")
-            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+            vault = spawn(f"vault {i}", args, root / f"vault-{i}.log", f"http://127.0.0.1:{port}")
             ids = [load_table(f).dataset_id for f in files]
-            net.vaults.append(LocalVault(f"http://127.0.0.1:{port}", account, files, ids, process))
-        for i, v in enumerate(net.vaults):
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    if httpx.get(v.url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if v.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"vault {i} did not start:\n{(root / f'vault-{i}.log').read_text()[-3000:]}")
-                time.sleep(0.1)
+            net.vaults.append(LocalVault(f"http://127.0.0.1:{port}", account, files, ids, vault.process))
+            started.append(vault)
+        for vault in started:  # they load in parallel; wait for each
+            vault.wait_healthy(timeout)
         return net
     except BaseException:
         for v in locals().get("net", VaultNetwork(root, node, root, [])).vaults:
