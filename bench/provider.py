@@ -14,8 +14,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +29,7 @@ from allmende.chain.anvil import Anvil, devnet_accounts, free_port
 from allmende.core import Voucher, sign_voucher
 from allmende.engine import SamplingParams, collect, load_engine
 from allmende.provider.client import build_envelope, fetch_info, infer
+from allmende.supervisor import allmende_command, start
 
 BODY = {"messages": [{"role": "user", "content": "Erzähl mir etwas."}], "max_tokens": 16, "temperature": 0}
 
@@ -109,40 +108,14 @@ def measure(requests: int) -> dict[str, Any]:
         path = Path(tmp) / "deployments.json"
         deployment.save(path)
         port = free_port()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "allmende",
-                "provider",
-                "--rpc",
-                node.url,
-                "--key",
-                "devnet:1",
-                "--deployments",
-                str(path),
-                "--state-dir",
-                str(Path(tmp) / "p"),
-                "--port",
-                str(port),
-                "--model",
-                "allmende:tiny",
-                "--max-concurrency",
-                "8",
-                "--credit-limit",
-                str(10**9),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        command = allmende_command(
+            "provider", "--rpc", node.url, "--key", "devnet:1", "--deployments", str(path),
+            "--state-dir", str(Path(tmp) / "p"), "--port", str(port), "--model", "allmende:tiny",
+            "--max-concurrency", "8", "--credit-limit", str(10**9),
+        )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
+        provider_node = start("provider", command, Path(tmp) / "provider.log", url, timeout=180)
         try:
-            for _ in range(600):
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
             for concurrency in (1, 8):
                 for path_name, fn in (("direct", None), ("provider", through_provider)):
                     if fn is None:
@@ -160,8 +133,7 @@ def measure(requests: int) -> dict[str, Any]:
                         }
                     )
         finally:
-            proc.terminate()
-            proc.wait()
+            provider_node.stop()
     rows = {(r["path"], r["concurrency"]): r for r in out["rows"]}
     out["added_ms_p50"] = round(rows[("provider", 1)]["p50_ms"] - rows[("direct", 1)]["p50_ms"], 2)
     out["added_ms_p50_c8"] = round(rows[("provider", 8)]["p50_ms"] - rows[("direct", 8)]["p50_ms"], 2)
