@@ -2,7 +2,7 @@
 
 A job row is written before its access is logged on chain and marked logged after,
 so a crash between the two is found on restart (`pending()`) and reconciled against
-the chain's `job_logged`.
+the chain's `job_logged` of the job's own dataset.
 """
 
 from __future__ import annotations
