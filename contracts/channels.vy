@@ -13,8 +13,16 @@
         the deposit.
         Every paid amount is split: the model's royalty (Models) to the
         model owner, the protocol fee (Params) to the treasury, the rest to
-        the provider. Shares accrue here and are pulled with
-        `withdraw_earnings`, so a batch redeem moves no tokens.
+        the provider. Royalty and fee are computed on the cumulative amount
+        (each share is the difference of the rounded totals before and
+        after), so splitting a redeem into many small ones changes nobody's
+        total. A model's royalty applies to a channel only if the model was
+        registered when the channel opened: terms are fixed before the work.
+        Shares accrue here and are pulled with `withdraw_earnings`, so a
+        batch redeem moves no tokens.
+        The payment token is fixed at deployment and must be approved by the
+        owner (the Timelock) before channels open; a deposit whose balance
+        change differs from the amount (a fee-on-transfer token) is refused.
         Closing: the payer calls `request_close`; the provider may redeem
         until Params `channel_close_delay` has passed; then the payer
         `withdraw`s what is left.
@@ -37,6 +45,7 @@ BPS: constant(uint256) = 10_000
 MAX_BATCH: constant(uint256) = 256
 MASK_64: constant(uint256) = 2**64 - 1
 MASK_128: constant(uint256) = 2**128 - 1
+MASK_160: constant(uint256) = 2**160 - 1
 
 VOUCHER_TYPEHASH: constant(bytes32) = keccak256(
     "Voucher(bytes32 channelId,bytes32 modelId,uint256 cumulativeAmount)"
@@ -59,6 +68,7 @@ struct Channel:
     deposit: uint256
     spent: uint256
     closes_at: uint256
+    opened_at: uint256
 
 
 event ChannelOpened:
@@ -101,16 +111,24 @@ event TreasurySet:
     treasury: indexed(address)
 
 
+event PaymentTokenApproved:
+    token: indexed(address)
+    approved: bool
+
+
 payment_token: public(immutable(IERC20))
 params: public(immutable(IParams))
 models: public(immutable(IModels))
 treasury: public(address)
+# @dev set by the owner (the Timelock): no channel opens or grows while unset
+payment_token_approved: public(bool)
 
 # @dev Channel state is packed to keep a redeem at three cold SLOADs per
 #      channel: payer (bits 96..255) | closes_at (bits 0..63) in `_meta`,
-#      deposit (bits 128..255) | spent (bits 0..127) in `_funds`.
+#      deposit (bits 128..255) | spent (bits 0..127) in `_funds`,
+#      opened_at (bits 160..255) | provider (bits 0..159) in `_provider`.
 _meta: HashMap[bytes32, uint256]
-_provider: HashMap[bytes32, address]
+_provider: HashMap[bytes32, uint256]
 _funds: HashMap[bytes32, uint256]
 
 # @dev last redeemed cumulative amount per (channel, model)
@@ -149,7 +167,7 @@ def open(provider: address, amount: uint256) -> bytes32:
     self.channel_nonce[msg.sender] = nonce + 1
     channel_id: bytes32 = keccak256(abi_encode(self, msg.sender, provider, nonce))
     self._meta[channel_id] = convert(convert(msg.sender, uint160), uint256) << 96
-    self._provider[channel_id] = provider
+    self._provider[channel_id] = (block.timestamp << 160) | convert(convert(provider, uint160), uint256)
     self._funds[channel_id] = amount << 128
     self._pull(msg.sender, amount)
     log ChannelOpened(channel_id=channel_id, payer=msg.sender, provider=provider, deposit=amount)
@@ -223,9 +241,10 @@ def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
     """
     @notice Redeems the latest vouchers of any number of the caller's
             channels. Each pays the increase over the last redeemed
-            cumulative for its (channel, model) and is split into royalty,
-            protocol fee and provider share. Reverts as a whole if any
-            voucher is invalid.
+            cumulative for its (channel, model), split into royalty, protocol
+            fee and provider share: royalty and fee are the increase of their
+            rounded cumulative totals. Reverts as a whole if any voucher is
+            invalid.
     @return uint256 The total amount paid by all vouchers.
     """
     fee_bps: uint256 = staticcall params.value(PROTOCOL_FEE_KEY)
@@ -237,10 +256,12 @@ def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
     last_model: bytes32 = empty(bytes32)
     model_owner: address = empty(address)
     royalty_bps: uint256 = 0
+    registered_at: uint256 = 0
     for v: Voucher in vouchers:
         meta: uint256 = self._meta[v.channel_id]
         assert meta != 0, "channels: unknown channel"
-        assert self._provider[v.channel_id] == msg.sender, "channels: not provider"
+        provider_slot: uint256 = self._provider[v.channel_id]
+        assert provider_slot & MASK_160 == convert(convert(msg.sender, uint160), uint256), "channels: not provider"
         closes_at: uint256 = meta & MASK_64
         assert closes_at == 0 or block.timestamp < closes_at, "channels: channel closed"
         previous: uint256 = self.redeemed[v.channel_id][v.model_id]
@@ -259,19 +280,26 @@ def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
 
         if v.model_id != last_model:
             last_model = v.model_id
-            model_owner, royalty_bps = staticcall models.royalty_info(v.model_id)
+            model_owner, royalty_bps, registered_at = staticcall models.royalty_terms(v.model_id)
             royalty_bps = min(royalty_bps, royalty_cap)
-        royalty: uint256 = amount * royalty_bps // BPS
-        if royalty > 0:
-            self.earnings[model_owner] += royalty
-            total_royalty += royalty
-        total_fee += amount * fee_bps // BPS
+        # a royalty registered after the channel opened does not apply to it
+        if royalty_bps > 0 and registered_at <= provider_slot >> 160:
+            # cumulative < 2**128, so the products cannot overflow
+            royalty: uint256 = v.cumulative_amount * royalty_bps // BPS - previous * royalty_bps // BPS
+            if royalty > 0:
+                self.earnings[model_owner] += royalty
+                total_royalty += royalty
+        total_fee += v.cumulative_amount * fee_bps // BPS - previous * fee_bps // BPS
         total += amount
         log Redeemed(channel_id=v.channel_id, model_id=v.model_id, amount=amount, cumulative_amount=v.cumulative_amount)
 
-    # fee and royalty are each floored per voucher, so their sums never exceed the total
+    # per (channel, model) the rounded totals never exceed the cumulative amount, but one
+    # increment may round both shares up: the provider's share of it is then -1 unit,
+    # taken from what it was credited on the same (channel, model) before
+    earned: uint256 = self.earnings[msg.sender] + total
+    assert earned >= total_fee + total_royalty, "channels: increment too small to split"
     self.earnings[self.treasury] += total_fee
-    self.earnings[msg.sender] += total - total_fee - total_royalty
+    self.earnings[msg.sender] = earned - total_fee - total_royalty
     return total
 
 
@@ -302,12 +330,14 @@ def channel(channel_id: bytes32) -> Channel:
     meta: uint256 = self._meta[channel_id]
     assert meta != 0, "channels: unknown channel"
     funds: uint256 = self._funds[channel_id]
+    provider_slot: uint256 = self._provider[channel_id]
     return Channel(
         payer=self._payer(channel_id),
-        provider=self._provider[channel_id],
+        provider=convert(convert(provider_slot & MASK_160, uint160), address),
         deposit=funds >> 128,
         spent=funds & MASK_128,
         closes_at=meta & MASK_64,
+        opened_at=provider_slot >> 160,
     )
 
 
@@ -335,6 +365,18 @@ def set_treasury(treasury_: address):
     log TreasurySet(treasury=treasury_)
 
 
+@external
+def set_payment_token_approved(approved: bool):
+    """
+    @notice Approves (or suspends) the payment token for new deposits: while it
+            is not approved no channel opens or is topped up. Owner (Timelock)
+            only; redeems and withdrawals of existing channels go on.
+    """
+    ownable._check_owner()
+    self.payment_token_approved = approved
+    log PaymentTokenApproved(token=payment_token.address, approved=approved)
+
+
 # -------------------------------------------------------------- internals
 
 
@@ -346,4 +388,8 @@ def _payer(channel_id: bytes32) -> address:
 
 @internal
 def _pull(payer: address, amount: uint256):
+    assert self.payment_token_approved, "channels: payment token not approved"
+    before: uint256 = staticcall payment_token.balanceOf(self)
     assert extcall payment_token.transferFrom(payer, self, amount, default_return_value=True), "channels: transfer failed"
+    # a fee-on-transfer (or otherwise odd) token would leave deposits unbacked
+    assert staticcall payment_token.balanceOf(self) == before + amount, "channels: token moved a different amount"

@@ -9,7 +9,8 @@
         grantee one job template over a set of model ids, until an expiry,
         with a differential-privacy budget (epsilon, in millionths). The
         vault key, and only it, records each access (job id, result hash,
-        epsilon spent); the budget can never be exceeded. Staked
+        epsilon spent); the budget can never be exceeded. Job ids are unique
+        per dataset: another dataset's log cannot take a vault's job id. Staked
         validators attest the held-out metrics of models trained on
         datasets, so lineage claims carry evidence.
 """
@@ -121,7 +122,8 @@ grant_count: public(uint256)
 
 # the access log, per dataset, in order
 _log: HashMap[bytes32, HashMap[uint256, Access]]
-job_logged: public(HashMap[bytes32, bool])
+# @dev dataset id -> job id -> logged
+job_logged: public(HashMap[bytes32, HashMap[bytes32, bool]])
 
 _attestations: HashMap[bytes32, HashMap[uint256, Attestation]]
 attestation_count: public(HashMap[bytes32, uint256])
@@ -279,7 +281,8 @@ def record_access(grant_id: uint256, job_id: bytes32, model_id: bytes32, result_
     @notice Logs one job run under a grant and charges its epsilon.
             Only the dataset's vault key may call it; it reverts if the
             grant is revoked or expired, the model is not granted, the job
-            id was logged before, or the budget would be exceeded.
+            id was logged for this dataset before, or the budget would be
+            exceeded.
     """
     g: Grant = self._grants[grant_id]
     assert g.dataset_id != empty(bytes32), "data: unknown grant"
@@ -287,12 +290,12 @@ def record_access(grant_id: uint256, job_id: bytes32, model_id: bytes32, result_
     assert not g.revoked, "data: grant revoked"
     assert block.timestamp < g.expires_at, "data: grant expired"
     assert job_id != empty(bytes32), "data: empty job id"
-    assert not self.job_logged[job_id], "data: job already logged"
+    assert not self.job_logged[g.dataset_id][job_id], "data: job already logged"
     assert g.template == TEMPLATE_AGGREGATE or model_id in g.model_ids, "data: model not granted"
     spent: uint256 = g.epsilon_spent + epsilon_ppm
     assert spent <= g.epsilon_budget, "data: privacy budget exceeded"
     self._grants[grant_id].epsilon_spent = spent
-    self.job_logged[job_id] = True
+    self.job_logged[g.dataset_id][job_id] = True
     index: uint256 = self._datasets[g.dataset_id].accesses
     self._log[g.dataset_id][index] = Access(
         grant_id=grant_id,

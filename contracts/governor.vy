@@ -7,10 +7,12 @@
         Voting weight is the voter's ALM stake in Registry as of the proposal's
         start (a snapshot), so tokens moved or re-staked after it give no extra
         weight, and each account votes once. Voting delay, voting period, quorum
-        (bps of all stake at the start) and the proposal threshold come from
-        Params. A proposal passes with quorum (for + abstain) and more for than
-        against; it is then queued in the Timelock and executable after the
-        Timelock's delay.
+        (bps of all stake at the start), the grace period and the proposal
+        threshold come from Params; a proposal keeps the values in force when it
+        was created, so a later change of Params cannot revive a defeated
+        proposal. A proposal passes with quorum (for + abstain) and more for than
+        against; it must then be queued in the Timelock within the grace period
+        (or it expires) and is executable after the Timelock's delay.
 """
 
 from interfaces import IParams
@@ -24,6 +26,7 @@ DELAY_KEY: constant(bytes32) = keccak256("voting_delay")
 PERIOD_KEY: constant(bytes32) = keccak256("voting_period")
 QUORUM_KEY: constant(bytes32) = keccak256("quorum_bps")
 THRESHOLD_KEY: constant(bytes32) = keccak256("proposal_threshold")
+GRACE_KEY: constant(bytes32) = keccak256("proposal_grace_period")
 
 # proposal states
 PENDING: constant(uint8) = 0
@@ -32,6 +35,7 @@ DEFEATED: constant(uint8) = 2
 SUCCEEDED: constant(uint8) = 3
 QUEUED: constant(uint8) = 4
 EXECUTED: constant(uint8) = 5
+EXPIRED: constant(uint8) = 6
 
 SUPPORT_AGAINST: constant(uint8) = 0
 SUPPORT_FOR: constant(uint8) = 1
@@ -49,6 +53,8 @@ struct Proposal:
     executed: bool
     eta: uint256
     description: String[1024]
+    quorum_bps: uint256  # Params quorum_bps when the proposal was created
+    expires_at: uint256  # a succeeded proposal not queued by then has expired
 
 
 event ProposalCreated:
@@ -126,6 +132,8 @@ def propose(
         executed=False,
         eta=0,
         description=description,
+        quorum_bps=staticcall params.value(QUORUM_KEY),
+        expires_at=end + staticcall params.value(GRACE_KEY),
     )
     self._targets[proposal_id] = targets
     self._values[proposal_id] = values
@@ -203,7 +211,7 @@ def execute(proposal_id: uint256):
 @view
 def state(proposal_id: uint256) -> uint8:
     """
-    @notice 0 pending, 1 active, 2 defeated, 3 succeeded, 4 queued, 5 executed.
+    @notice 0 pending, 1 active, 2 defeated, 3 succeeded, 4 queued, 5 executed, 6 expired.
     """
     return self._state(proposal_id)
 
@@ -212,7 +220,8 @@ def state(proposal_id: uint256) -> uint8:
 @view
 def quorum(proposal_id: uint256) -> uint256:
     """
-    @notice Votes (for + abstain) a proposal needs: quorum_bps of all stake at its start.
+    @notice Votes (for + abstain) a proposal needs: its quorum_bps (fixed when it was
+            created) of all stake at its start.
     """
     return self._quorum(proposal_id)
 
@@ -230,7 +239,7 @@ def calls(proposal_id: uint256) -> (DynArray[address, MAX_CALLS], DynArray[uint2
 @view
 def _quorum(proposal_id: uint256) -> uint256:
     total: uint256 = staticcall registry.total_stake_at(self.proposals[proposal_id].start)
-    return total * staticcall params.value(QUORUM_KEY) // BPS
+    return total * self.proposals[proposal_id].quorum_bps // BPS
 
 
 @internal
@@ -247,6 +256,8 @@ def _state(proposal_id: uint256) -> uint8:
     if block.timestamp <= p.end:
         return ACTIVE
     if p.for_votes > p.against_votes and p.for_votes + p.abstain_votes >= self._quorum(proposal_id):
+        if block.timestamp > p.expires_at:
+            return EXPIRED
         return SUCCEEDED
     return DEFEATED
 

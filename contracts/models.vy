@@ -11,6 +11,15 @@
         recorded once and never change. A second registration of an id
         is refused.
 
+        Royalty terms are fixed before the work is paid for: a model
+        registered with a royalty applies it only to channels opened at or
+        after its registration (Channels compares the channel's opening time
+        with `royalty_terms`), so registering an id later changes nothing on
+        channels that already exist. An id that a provider has ever offered
+        in the Registry cannot be registered with a royalty (nor as a derived
+        model, whose royalty goes to another lineage): income from a model
+        someone already serves cannot be redirected to whoever registers it.
+
         Royalties of derived models: a model registered with
         `register_derived` (e.g. trained by a federated run from a base
         model) pays its royalty, at the parent's bps, to whoever owns the
@@ -20,12 +29,16 @@
 """
 
 from interfaces import IParams
+from interfaces import IRegistry
 
 MAX_PARENTS: constant(uint256) = 8
 MAX_DATASETS: constant(uint256) = 8
 BPS: constant(uint256) = 10_000
-# @dev set in a royalty slot when the royalty goes to the lineage's root owner
-DERIVED_FLAG: constant(uint256) = 1 << 95
+# @dev royalty slot: owner (bits 96..255) | registered_at (bits 32..95) |
+#      DERIVED_FLAG (bit 31, the royalty goes to the lineage's root owner) | bps (bits 0..30)
+DERIVED_FLAG: constant(uint256) = 1 << 31
+BPS_MASK: constant(uint256) = (1 << 31) - 1
+MASK_64: constant(uint256) = 2**64 - 1
 
 ROYALTY_CAP_KEY: constant(bytes32) = keccak256("royalty_cap_bps")
 
@@ -57,10 +70,11 @@ event ModelTransferred:
 
 
 params: public(immutable(IParams))
+registry: public(immutable(IRegistry))
 
 _models: HashMap[bytes32, Model]
-# @dev owner (high 160 bits) and royalty bps (low 96 bits) in one slot, so
-#      that a redeem pays one cold SLOAD per model instead of two.
+# @dev owner, registration time and royalty bps in one slot, so that a redeem
+#      pays one cold SLOAD per model instead of three.
 _royalty_slot: HashMap[bytes32, uint256]
 model_count: public(uint256)
 model_at: public(HashMap[uint256, bytes32])
@@ -69,8 +83,9 @@ royalty_root: public(HashMap[bytes32, bytes32])
 
 
 @deploy
-def __init__(params_: IParams):
+def __init__(params_: IParams, registry_: IRegistry):
     params = params_
+    registry = registry_
 
 
 @external
@@ -87,15 +102,17 @@ def register(
     @param model_id Content address of the model files.
     @param license SPDX id or short license name, e.g. "Apache-2.0".
     @param royalty_bps Share of each payment for this model paid to the
-           owner, at most Params `royalty_cap_bps`.
+           owner, at most Params `royalty_cap_bps`; 0 for an id a provider
+           already offers in the Registry.
     @param parents Model ids this model was derived from.
     @param datasets Dataset ids it was trained on.
     @param metadata_uri Where the model card lives.
     @return address The owner (the caller).
     """
     assert royalty_bps <= staticcall params.value(ROYALTY_CAP_KEY), "models: royalty above cap"
+    assert royalty_bps == 0 or not self._served(model_id), "models: already served"
     self._register(model_id, license, royalty_bps, parents, datasets, metadata_uri)
-    self._royalty_slot[model_id] = self._pack(msg.sender, royalty_bps)
+    self._royalty_slot[model_id] = self._pack(msg.sender, block.timestamp, royalty_bps)
     return msg.sender
 
 
@@ -111,6 +128,7 @@ def register_derived(
     @notice Registers a model derived from `parent` (fine-tuned, trained
             further) with the caller as its owner. Its royalty bps are the
             parent's, and they are paid to the owner of the lineage's root.
+            Refused for an id a provider already offers in the Registry.
     @param model_id Content address of the model files.
     @param parent The model it was derived from.
     @param datasets Dataset ids it was trained on.
@@ -118,12 +136,13 @@ def register_derived(
     """
     packed: uint256 = self._royalty_slot[parent]
     assert self._models[parent].owner != empty(address), "models: unknown parent"
+    assert not self._served(model_id), "models: already served"
     root: bytes32 = parent
     if packed & DERIVED_FLAG != 0:
         root = self.royalty_root[parent]
-    bps: uint256 = packed & (DERIVED_FLAG - 1)
+    bps: uint256 = packed & BPS_MASK
     self._register(model_id, license, bps, [parent], datasets, metadata_uri)
-    self._royalty_slot[model_id] = self._pack(msg.sender, bps) | DERIVED_FLAG
+    self._royalty_slot[model_id] = self._pack(msg.sender, block.timestamp, bps) | DERIVED_FLAG
     self.royalty_root[model_id] = root
     return msg.sender
 
@@ -177,7 +196,7 @@ def transfer(model_id: bytes32, new_owner: address):
     assert new_owner != empty(address), "models: zero owner"
     self._models[model_id].owner = new_owner
     flag: uint256 = self._royalty_slot[model_id] & DERIVED_FLAG
-    self._royalty_slot[model_id] = self._pack(new_owner, self._models[model_id].royalty_bps) | flag
+    self._royalty_slot[model_id] = self._pack(new_owner, self._models[model_id].registered_at, self._models[model_id].royalty_bps) | flag
     log ModelTransferred(model_id=model_id, previous_owner=owner, new_owner=new_owner)
 
 
@@ -208,15 +227,43 @@ def royalty_info(model_id: bytes32) -> (address, uint256):
             owner of its lineage's root; (0, 0) for an unknown model, which
             then pays no royalty.
     """
+    payee: address = empty(address)
+    bps: uint256 = 0
+    registered_at: uint256 = 0
+    payee, bps, registered_at = self._terms(model_id)
+    return payee, bps
+
+
+@external
+@view
+def royalty_terms(model_id: bytes32) -> (address, uint256, uint256):
+    """
+    @notice (payee, royalty bps, registered_at): what Channels applies to a
+            channel opened at or after `registered_at`; (0, 0, 0) for an
+            unknown model.
+    """
+    return self._terms(model_id)
+
+
+@internal
+@view
+def _terms(model_id: bytes32) -> (address, uint256, uint256):
     packed: uint256 = self._royalty_slot[model_id]
-    bps: uint256 = packed & (DERIVED_FLAG - 1)
+    bps: uint256 = packed & BPS_MASK
+    registered_at: uint256 = (packed >> 32) & MASK_64
     if packed & DERIVED_FLAG != 0:
         packed = self._royalty_slot[self.royalty_root[model_id]]
-    return convert(convert(packed >> 96, uint160), address), bps
+    return convert(convert(packed >> 96, uint160), address), bps, registered_at
+
+
+@internal
+@view
+def _served(model_id: bytes32) -> bool:
+    return staticcall registry.model_provider_count(model_id) > 0
 
 
 @internal
 @pure
-def _pack(owner: address, bps: uint256) -> uint256:
-    # bps <= 10_000 always fits the low 96 bits
-    return (convert(convert(owner, uint160), uint256) << 96) | bps
+def _pack(owner: address, registered_at: uint256, bps: uint256) -> uint256:
+    # bps <= 10_000 fits 31 bits; a timestamp fits 64 bits for 5e11 years
+    return (convert(convert(owner, uint160), uint256) << 96) | (registered_at << 32) | bps

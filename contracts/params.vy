@@ -48,6 +48,7 @@ def __init__():
     self._define("slash_bps", 1000, BPS)
     self._define("fraud_quorum_bps", 5000, BPS)
     self._define("reporter_reward_bps", 2000, BPS)
+    self._define("fraud_forfeit_bps", 5000, BPS)
     # stakes, in ALM wei (18 decimals)
     self._define("min_provider_stake", 1000 * 10**18, 0)
     self._define("min_validator_stake", 5000 * 10**18, 0)
@@ -62,6 +63,7 @@ def __init__():
     self._define("quorum_bps", 400, BPS)
     self._define("proposal_threshold", 1000 * 10**18, 0)
     self._define("timelock_delay", 2 * 86400, 0)
+    self._define("proposal_grace_period", 14 * 86400, 0)
 
 
 @internal

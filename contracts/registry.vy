@@ -10,8 +10,10 @@
         the active providers of a model with `providers_of`.
         Stake leaves in two steps: `unbond`, then `withdraw` once
         Params `unbonding_period` has passed; stake that is unbonding can
-        still be slashed. Only the configured `verdicts` contract may
-        slash or pause; the owner (the Timelock) configures it.
+        still be slashed, and nothing is withdrawn while a fraud case
+        against the account is open (`hold` / `release`), so unbonding
+        cannot outrun a case. Only the configured `verdicts` contract may
+        slash, hold or pause; the owner (the Timelock) configures it.
         The EIP-712 domain of this contract is the one providers sign
         `Receipt`s under, so receipts can be checked on chain here.
 """
@@ -122,6 +124,11 @@ event Paused:
     paused: bool
 
 
+event Held:
+    account: indexed(address)
+    open_cases: uint256
+
+
 event VerdictsSet:
     verdicts: indexed(address)
 
@@ -156,6 +163,13 @@ _checkpoint_count: HashMap[address, uint256]
 _total_checkpoints: HashMap[uint256, Checkpoint]
 _total_checkpoint_count: uint256
 total_staked: public(uint256)
+# @dev history of `role_stake` per role: the base of a fraud vote is the validators'
+#      stake just before the case opened
+_role_checkpoints: HashMap[uint8, HashMap[uint256, Checkpoint]]
+_role_checkpoint_count: HashMap[uint8, uint256]
+
+# @dev fraud cases open against an account; while any is, it cannot withdraw
+open_cases: public(HashMap[address, uint256])
 
 
 @deploy
@@ -228,7 +242,7 @@ def unbond(amount: uint256):
     self.accounts[msg.sender].unbonding = account.unbonding + amount
     self.accounts[msg.sender].unbond_at = unbond_at
     self.role_stake[account.role] -= amount
-    self._record_stake(msg.sender, account.stake - amount, self.total_staked - amount)
+    self._record_stake(msg.sender, account.role, account.stake - amount, self.total_staked - amount)
     log Unbonding(account=msg.sender, amount=amount, unbond_at=unbond_at)
 
 
@@ -241,6 +255,7 @@ def withdraw() -> uint256:
     account: Account = self.accounts[msg.sender]
     assert account.unbonding > 0, "registry: nothing unbonding"
     assert block.timestamp >= account.unbond_at, "registry: still unbonding"
+    assert self.open_cases[msg.sender] == 0, "registry: open case"
     self.accounts[msg.sender].unbonding = 0
     self.total_bonded -= account.unbonding
     assert extcall stake_token.transfer(msg.sender, account.unbonding, default_return_value=True), "registry: transfer failed"
@@ -362,10 +377,43 @@ def slash(account: address, amount: uint256, beneficiary: address) -> uint256:
     self.role_stake[acct.role] -= taken_from_stake
     self.total_bonded -= slashed
     if taken_from_stake > 0:
-        self._record_stake(account, acct.stake - taken_from_stake, self.total_staked - taken_from_stake)
+        self._record_stake(account, acct.role, acct.stake - taken_from_stake, self.total_staked - taken_from_stake)
     assert extcall stake_token.transfer(beneficiary, slashed, default_return_value=True), "registry: transfer failed"
     log Slashed(account=account, amount=slashed, beneficiary=beneficiary)
     return slashed
+
+
+@external
+def hold(account: address):
+    """
+    @notice A fraud case against `account` opened: it cannot withdraw until
+            every case against it is released. Verdicts only.
+    """
+    assert msg.sender == self.verdicts, "registry: not verdicts"
+    count: uint256 = self.open_cases[account] + 1
+    self.open_cases[account] = count
+    log Held(account=account, open_cases=count)
+
+
+@external
+def release(account: address):
+    """
+    @notice A fraud case against `account` was resolved. Verdicts only.
+    """
+    assert msg.sender == self.verdicts, "registry: not verdicts"
+    count: uint256 = self.open_cases[account]
+    assert count > 0, "registry: no open case"
+    self.open_cases[account] = count - 1
+    log Held(account=account, open_cases=count - 1)
+
+
+@external
+@view
+def slashable_of(account: address) -> uint256:
+    """
+    @notice Everything a verdict can slash now: bonded stake plus what is unbonding.
+    """
+    return self.accounts[account].stake + self.accounts[account].unbonding
 
 
 @external
@@ -434,6 +482,27 @@ def total_stake_at(timestamp: uint256) -> uint256:
     return self._lookup(self._total_checkpoint_count, empty(address), True, timestamp)
 
 
+@external
+@view
+def role_stake_at(role: uint8, timestamp: uint256) -> uint256:
+    """
+    @notice Bonded stake of all accounts of `role` at the end of `timestamp`.
+    """
+    low: uint256 = 0
+    high: uint256 = self._role_checkpoint_count[role]
+    for _: uint256 in range(256):
+        if low >= high:
+            break
+        mid: uint256 = (low + high) // 2
+        if self._role_checkpoints[role][mid].at > timestamp:
+            high = mid
+        else:
+            low = mid + 1
+    if low == 0:
+        return 0
+    return self._role_checkpoints[role][low - 1].stake
+
+
 @internal
 @view
 def _lookup(count: uint256, account: address, total: bool, timestamp: uint256) -> uint256:
@@ -457,8 +526,15 @@ def _lookup(count: uint256, account: address, total: bool, timestamp: uint256) -
 
 
 @internal
-def _record_stake(account: address, stake: uint256, total: uint256):
+def _record_stake(account: address, role: uint8, stake: uint256, total: uint256):
     self.total_staked = total
+    r: uint256 = self._role_checkpoint_count[role]
+    role_total: uint256 = self.role_stake[role]
+    if r > 0 and self._role_checkpoints[role][r - 1].at == block.timestamp:
+        self._role_checkpoints[role][r - 1].stake = role_total
+    else:
+        self._role_checkpoints[role][r] = Checkpoint(at=block.timestamp, stake=role_total)
+        self._role_checkpoint_count[role] = r + 1
     n: uint256 = self._checkpoint_count[account]
     if n > 0 and self._checkpoints[account][n - 1].at == block.timestamp:
         self._checkpoints[account][n - 1].stake = stake
@@ -504,7 +580,7 @@ def _pull_stake(account: address, role: uint8, amount: uint256):
     self.accounts[account].stake = new_stake
     self.role_stake[role] += amount
     self.total_bonded += amount
-    self._record_stake(account, new_stake, self.total_staked + amount)
+    self._record_stake(account, role, new_stake, self.total_staked + amount)
     log Staked(account=account, amount=amount, stake=new_stake)
 
 

@@ -8,19 +8,29 @@
         and the hash and location of the evidence (prompt, output, proof), posting
         a bond in ALM. The receipt's signature is checked here with ecrecover
         under the Registry's EIP-712 domain, so a provider cannot deny it and
-        nobody can forge one. Other staked validators re-check the evidence and
-        vote, weighted by their stake; the reporter cannot vote, nobody votes
-        twice. After the voting window:
-        - guilty (quorum reached, more weight guilty than not): Params `slash_bps`
-          of the provider's stake is slashed; `reporter_reward_bps` of it goes to
-          the reporter, the rest to the treasury; the bond is returned and the
-          provider is paused;
-        - not guilty (quorum reached, not more guilty weight): the bond goes to
-          the provider;
-        - no quorum: inconclusive, the bond is returned.
-        Stake moves out of Registry only after an unbonding period longer than
-        the voting window, so the same tokens cannot vote twice through two
-        accounts within one case.
+        nobody can forge one. Opening a case holds the provider in Registry: it
+        cannot withdraw anything until the case is resolved, and the slash is a
+        share of everything it had at stake when the case opened (bonded and
+        unbonding), so unbonding cannot outrun a case.
+        Other staked validators re-check the evidence and vote, each weighted by
+        its stake one second before the case opened; the quorum base is the
+        validators' stake at that same snapshot, less the reporter's (the
+        reporter cannot vote). Stake added after a case opened weighs nothing in it.
+        After the voting window, with q = Params `fraud_quorum_bps` as of opening:
+        - guilty (more than q of the base voted guilty, and more guilty than
+          not): Params `slash_bps` of the snapshot stake is slashed (once per
+          receipt); `reporter_reward_bps` of it goes to the reporter, the rest to
+          the treasury; the bond is returned and the provider is paused;
+        - not guilty (at least q of the base voted, not guilty): the bond goes
+          to the provider;
+        - inconclusive (fewer votes): Params `fraud_forfeit_bps` of the bond goes
+          to the treasury, the rest back to the reporter.
+        So a false report always costs its reporter, and a coalition holding
+        less than q of the validator stake cannot convict on its own.
+        Cases are keyed by (receipt, reporter): a case opened first on a copied
+        receipt does not stop the validator that caught the provider from
+        reporting it too; a reporter may report a receipt again once its own
+        case on it has ended without a conviction.
         Validators also publish per-provider reputation scores here; gateways
         take their stake-weighted median.
 """
@@ -46,6 +56,7 @@ QUORUM_KEY: constant(bytes32) = keccak256("fraud_quorum_bps")
 REWARD_KEY: constant(bytes32) = keccak256("reporter_reward_bps")
 BOND_KEY: constant(bytes32) = keccak256("fraud_bond")
 PERIOD_KEY: constant(bytes32) = keccak256("fraud_voting_period")
+FORFEIT_KEY: constant(bytes32) = keccak256("fraud_forfeit_bps")
 
 STATUS_NONE: constant(uint8) = 0
 STATUS_OPEN: constant(uint8) = 1
@@ -77,11 +88,14 @@ struct Case:
     bond: uint256
     opened_at: uint256
     deadline: uint256
-    total_stake: uint256
+    total_stake: uint256  # quorum base: validator stake at the snapshot, less the reporter's
     guilty_weight: uint256
     innocent_weight: uint256
     status: uint8
     slashed: uint256
+    snapshot: uint256  # the moment vote weights are read at (opened_at - 1)
+    provider_stake: uint256  # bonded + unbonding when the case opened
+    quorum_bps: uint256  # fraud_quorum_bps as of opening
 
 
 event CaseOpened:
@@ -121,7 +135,10 @@ receipt_domain_separator: public(immutable(bytes32))
 cases: public(HashMap[uint256, Case])
 case_count: public(uint256)
 voted: public(HashMap[uint256, HashMap[address, bool]])
-case_of_receipt: public(HashMap[bytes32, uint256])
+# @dev receipt digest -> reporter -> its latest case on that receipt
+case_of_receipt: public(HashMap[bytes32, HashMap[address, uint256]])
+# @dev a receipt that already led to a slash is never slashed again
+convicted: public(HashMap[bytes32, bool])
 # @dev validator -> provider -> score in bps (0..10000) and when it was published
 score: public(HashMap[address, HashMap[address, uint256]])
 scored_at: public(HashMap[address, HashMap[address, uint256]])
@@ -157,15 +174,22 @@ def open_case(receipt: Receipt, signature: Bytes[65], evidence_hash: bytes32, ev
     assert staticcall registry.role_of(receipt.provider) == ROLE_PROVIDER, "verdicts: not a provider"
     digest: bytes32 = self._receipt_digest(receipt)
     assert ecdsa._recover_sig(digest, signature) == receipt.provider, "verdicts: bad receipt signature"
-    assert self.case_of_receipt[digest] == 0, "verdicts: receipt already reported"
+    assert not self.convicted[digest], "verdicts: receipt already convicted"
+    previous: uint256 = self.case_of_receipt[digest][msg.sender]
+    assert previous == 0 or self.cases[previous].status != STATUS_OPEN, "verdicts: receipt already reported"
     assert evidence_hash != empty(bytes32), "verdicts: empty evidence"
     bond: uint256 = staticcall params.value(BOND_KEY)
     if bond > 0:
         assert extcall stake_token.transferFrom(msg.sender, self, bond, default_return_value=True), "verdicts: bond transfer failed"
     case_id: uint256 = self.case_count + 1
     self.case_count = case_id
-    self.case_of_receipt[digest] = case_id
+    self.case_of_receipt[digest][msg.sender] = case_id
     deadline: uint256 = block.timestamp + staticcall params.value(PERIOD_KEY)
+    # one snapshot for every weight: the end of the second before this one, so stake
+    # staked in this block (even before this transaction) weighs nothing
+    snapshot: uint256 = block.timestamp - 1
+    base: uint256 = staticcall registry.role_stake_at(ROLE_VALIDATOR, snapshot)
+    base -= staticcall registry.stake_at(msg.sender, snapshot)
     self.cases[case_id] = Case(
         provider=receipt.provider,
         reporter=msg.sender,
@@ -176,12 +200,16 @@ def open_case(receipt: Receipt, signature: Bytes[65], evidence_hash: bytes32, ev
         bond=bond,
         opened_at=block.timestamp,
         deadline=deadline,
-        total_stake=staticcall registry.role_stake(ROLE_VALIDATOR),
+        total_stake=base,
         guilty_weight=0,
         innocent_weight=0,
         status=STATUS_OPEN,
         slashed=0,
+        snapshot=snapshot,
+        provider_stake=staticcall registry.slashable_of(receipt.provider),
+        quorum_bps=staticcall params.value(QUORUM_KEY),
     )
+    extcall registry.hold(receipt.provider)
     log CaseOpened(
         case_id=case_id,
         provider=receipt.provider,
@@ -196,8 +224,9 @@ def open_case(receipt: Receipt, signature: Bytes[65], evidence_hash: bytes32, ev
 @external
 def vote(case_id: uint256, guilty: bool):
     """
-    @notice A staked validator's vote, weighted by its stake. Not by the reporter,
-            once per validator, before the deadline.
+    @notice A validator's vote, weighted by its stake at the case's snapshot (just
+            before it opened). Not by the reporter, once per validator, before
+            the deadline.
     """
     case: Case = self.cases[case_id]
     assert case.status == STATUS_OPEN, "verdicts: case not open"
@@ -205,8 +234,8 @@ def vote(case_id: uint256, guilty: bool):
     assert msg.sender != case.reporter, "verdicts: reporter cannot vote"
     assert not self.voted[case_id][msg.sender], "verdicts: already voted"
     assert staticcall registry.role_of(msg.sender) == ROLE_VALIDATOR, "verdicts: not a validator"
-    assert staticcall registry.is_active(msg.sender), "verdicts: validator not active"
-    weight: uint256 = staticcall registry.stake_of(msg.sender)
+    weight: uint256 = staticcall registry.stake_at(msg.sender, case.snapshot)
+    assert weight > 0, "verdicts: no stake at snapshot"
     self.voted[case_id][msg.sender] = True
     if guilty:
         self.cases[case_id].guilty_weight = case.guilty_weight + weight
@@ -225,29 +254,37 @@ def resolve(case_id: uint256) -> uint8:
     assert case.status == STATUS_OPEN, "verdicts: case not open"
     assert block.timestamp >= case.deadline, "verdicts: voting still open"
     votes: uint256 = case.guilty_weight + case.innocent_weight
-    quorum: uint256 = staticcall params.value(QUORUM_KEY)
     status: uint8 = STATUS_INCONCLUSIVE
     slashed: uint256 = 0
     reward: uint256 = 0
-    if votes * BPS >= case.total_stake * quorum and votes > 0:
+    # the weights and the base come from one snapshot, so votes <= base
+    if case.guilty_weight > case.innocent_weight and case.guilty_weight * BPS > case.total_stake * case.quorum_bps:
+        status = STATUS_GUILTY
+    elif votes > 0 and votes * BPS >= case.total_stake * case.quorum_bps:
         status = STATUS_NOT_GUILTY
-        if case.guilty_weight > case.innocent_weight:
-            status = STATUS_GUILTY
     self.cases[case_id].status = status
+    extcall registry.release(case.provider)
 
     if status == STATUS_GUILTY:
-        amount: uint256 = staticcall registry.stake_of(case.provider) * staticcall params.value(SLASH_KEY) // BPS
-        if amount > 0:
-            slashed = extcall registry.slash(case.provider, amount, self)
-            reward = slashed * staticcall params.value(REWARD_KEY) // BPS
-            self._pay(case.reporter, reward)
-            self._pay(treasury, slashed - reward)
+        if not self.convicted[case.receipt_digest]:
+            self.convicted[case.receipt_digest] = True
+            amount: uint256 = case.provider_stake * staticcall params.value(SLASH_KEY) // BPS
+            # the provider could not withdraw since the case opened; only an earlier
+            # conviction can have taken part of the snapshot stake
+            amount = min(amount, staticcall registry.slashable_of(case.provider))
+            if amount > 0:
+                slashed = extcall registry.slash(case.provider, amount, self)
+                reward = slashed * staticcall params.value(REWARD_KEY) // BPS
+                self._pay(case.reporter, reward)
+                self._pay(treasury, slashed - reward)
         extcall registry.set_paused(case.provider, True)
         self._pay(case.reporter, case.bond)
     elif status == STATUS_NOT_GUILTY:
         self._pay(case.provider, case.bond)
     else:
-        self._pay(case.reporter, case.bond)
+        forfeit: uint256 = case.bond * staticcall params.value(FORFEIT_KEY) // BPS
+        self._pay(treasury, forfeit)
+        self._pay(case.reporter, case.bond - forfeit)
     self.cases[case_id].slashed = slashed
     log CaseResolved(case_id=case_id, status=status, slashed=slashed, reporter_reward=reward)
     return status
@@ -273,6 +310,20 @@ def publish_scores(providers: DynArray[address, MAX_SCORES], scores: DynArray[ui
 
 
 # ------------------------------------------------------------------ views
+
+
+@external
+@view
+def vote_weight(case_id: uint256, validator: address) -> uint256:
+    """
+    @notice What `validator`'s vote on the case would weigh (0: it cannot vote).
+    """
+    case: Case = self.cases[case_id]
+    if case.status != STATUS_OPEN or validator == case.reporter or self.voted[case_id][validator]:
+        return 0
+    if staticcall registry.role_of(validator) != ROLE_VALIDATOR:
+        return 0
+    return staticcall registry.stake_at(validator, case.snapshot)
 
 
 @external

@@ -117,6 +117,44 @@ def test_weight_is_the_stake_at_the_snapshot(system: System) -> None:
     assert g.quorum(pid) == sum(STAKES) * system.params.get("quorum_bps") // 10_000
 
 
+def test_defeated_mint_proposal_revived_by_lowering_the_quorum(system: System) -> None:
+    g = system.governor
+    small = actor("g-small-provider")  # 1,000 ALM: enough to propose, not enough for quorum
+    system.fund(small.address, alm=1_000 * ALM)
+    with boa.env.prank(small.address):
+        system.registry.register(1, "http://small", b"\x01" * 32, 1_000 * ALM)
+    boa.env.time_travel(seconds=1)
+    mint = system.token.mint.prepare_calldata(small.address, 1_000_000 * ALM)
+    with boa.env.prank(small.address):
+        pid = g.propose([system.token.address], [0], [mint], "mint ALM to me")
+    to_voting(system)
+    vote(system, pid, small, 1)
+    past_voting(system)
+    assert g.state(pid) == 2  # 1,000 ALM for, quorum is 4 % of 27,000
+
+    with boa.env.prank(system.timelock.address):  # governance lowers the quorum for other reasons
+        system.params.set("quorum_bps", 100)
+
+    assert g.state(pid) == 2
+    with boa.reverts("governor: proposal not successful"):
+        g.queue(pid)
+
+
+def test_succeeded_proposal_queued_after_the_grace_period(system: System) -> None:
+    g = system.governor
+    pid = propose(system)
+    to_voting(system)
+    vote(system, pid, STAKERS[1], 1)
+    past_voting(system)
+    assert g.state(pid) == 3
+
+    boa.env.time_travel(seconds=system.params.get("proposal_grace_period"))
+
+    assert g.state(pid) == 6
+    with boa.reverts("governor: proposal not successful"):
+        g.queue(pid)
+
+
 def test_propose_reverts(system: System) -> None:
     g = system.governor
     with boa.env.prank(STAKERS[0].address), boa.reverts("governor: empty proposal"):

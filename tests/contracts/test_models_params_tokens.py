@@ -102,7 +102,7 @@ def test_params_defaults(system: System) -> None:
     assert system.params.get("protocol_fee_bps") == 100
     assert system.params.get("royalty_cap_bps") == 3000
     assert system.params.get("min_provider_stake") == 1_000 * ALM
-    assert system.params.count() == 16
+    assert system.params.count() == 18
     assert system.params.value(keccak(text="slash_bps")) == system.params.get("slash_bps")
 
 

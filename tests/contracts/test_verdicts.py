@@ -32,6 +32,7 @@ def setup_system() -> System:
         with boa.env.prank(v.address):
             system.registry.register(2, "http://v", b"\x00" * 32, stake)
             system.token.approve(system.verdicts_contract.address, 2**256 - 1)
+    boa.env.time_travel(seconds=1)  # vote weights are read just before a case opens
     return system
 
 
@@ -116,13 +117,17 @@ def test_not_guilty_gives_the_bond_to_the_provider(system: System) -> None:
     assert system.registry.is_active(PROVIDER.address)
 
 
-def test_no_quorum_is_inconclusive_and_returns_the_bond(system: System) -> None:
+def test_no_quorum_is_inconclusive_and_forfeits_part_of_the_bond(system: System) -> None:
     before = system.token.balanceOf(VALIDATORS[0].address)
+    treasury = system.token.balanceOf(system.treasury)
     case = open_case(system)
     after_deadline(system)
 
     assert system.verdicts_contract.resolve(case) == 4
-    assert system.token.balanceOf(VALIDATORS[0].address) == before
+    forfeit = system.params.get("fraud_bond") * system.params.get("fraud_forfeit_bps") // 10_000
+    assert forfeit > 0
+    assert system.token.balanceOf(VALIDATORS[0].address) == before - forfeit
+    assert system.token.balanceOf(system.treasury) == treasury + forfeit
 
 
 def test_scores_are_published(system: System) -> None:
@@ -146,7 +151,7 @@ def test_open_case_reverts(system: System) -> None:
     with boa.env.prank(VALIDATORS[0].address), boa.reverts("verdicts: not a provider"):
         v.open_case(tuple(bad), sig, EVIDENCE, "")
     open_case(system)
-    with boa.env.prank(VALIDATORS[1].address), boa.reverts("verdicts: receipt already reported"):
+    with boa.env.prank(VALIDATORS[0].address), boa.reverts("verdicts: receipt already reported"):
         v.open_case(r, sig, EVIDENCE, "")
     with boa.env.prank(VALIDATORS[2].address):
         system.token.approve(v.address, 0)
@@ -220,8 +225,10 @@ def _deployed() -> None:
 
 
 class VerdictsMachine(RuleBasedStateMachine):
-    """Random cases, votes, time and resolutions: ALM is never created or lost, a slash
-    never exceeds slash_bps of the stake, and nobody's vote counts twice."""
+    """Random cases, votes, stake moves, time and resolutions: ALM is never created or lost,
+    a guilty verdict always slashes slash_bps of the provider's snapshot stake (bonded and
+    unbonding), the votes never weigh more than the snapshot base, nobody's vote counts
+    twice, and nothing is withdrawn while a case is open."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -239,8 +246,11 @@ class VerdictsMachine(RuleBasedStateMachine):
 
     @rule(reporter=st.integers(0, 2))
     def open(self, reporter: int) -> None:
-        if not self.sys.registry.is_active(VALIDATORS[reporter].address):
+        who = VALIDATORS[reporter].address
+        if not self.sys.registry.is_active(who):
             return
+        if self.sys.token.balanceOf(who) < self.sys.params.get("fraud_bond"):
+            return  # it staked what it had: no bond left
         self.n += 1
         if self.sys.registry.role_of(PROVIDER.address) == 1:
             self.cases.append(open_case(self.sys, self.n, VALIDATORS[reporter]))
@@ -260,17 +270,48 @@ class VerdictsMachine(RuleBasedStateMachine):
         )
         with boa.env.prank(who.address):
             if ok:
+                weight = self.sys.registry.stake_at(who.address, data.snapshot)
+                if weight == 0:
+                    with boa.reverts("verdicts: no stake at snapshot"):
+                        self.sys.verdicts_contract.vote(case, guilty)
+                    return
                 before = data.guilty_weight + data.innocent_weight
                 self.sys.verdicts_contract.vote(case, guilty)
                 after = self.sys.verdicts_contract.cases(case)
-                assert after.guilty_weight + after.innocent_weight == before + self.sys.registry.stake_of(who.address)
+                assert after.guilty_weight + after.innocent_weight == before + weight
             else:
                 with boa.reverts():
                     self.sys.verdicts_contract.vote(case, guilty)
 
+    @rule(who=st.integers(0, 3), share=st.integers(1, 100))
+    def unbond(self, who: int, share: int) -> None:
+        account = PROVIDER if who == 3 else VALIDATORS[who]
+        amount = self.sys.registry.stake_of(account.address) * share // 100
+        if amount > 0:
+            with boa.env.prank(account.address):
+                self.sys.registry.unbond(amount)
+
+    @rule(who=st.integers(0, 3), amount=st.integers(1, 3_000))
+    def add_stake(self, who: int, amount: int) -> None:
+        account = PROVIDER if who == 3 else VALIDATORS[who]
+        if self.sys.token.balanceOf(account.address) >= amount * ALM:
+            with boa.env.prank(account.address):
+                self.sys.registry.add_stake(amount * ALM)
+
     @rule()
-    def time_passes(self) -> None:
-        boa.env.time_travel(seconds=self.sys.params.get("fraud_voting_period") // 2)
+    def provider_withdraws(self) -> None:
+        account = self.sys.registry.accounts(PROVIDER.address)
+        ready = account.unbonding > 0 and boa.env.evm.patch.timestamp >= account.unbond_at
+        with boa.env.prank(PROVIDER.address):
+            if not ready or self.sys.registry.open_cases(PROVIDER.address) > 0:
+                with boa.reverts():
+                    self.sys.registry.withdraw()
+                return
+            self.sys.registry.withdraw()
+
+    @rule(days=st.sampled_from([0, 1, 8]))
+    def time_passes(self, days: int) -> None:
+        boa.env.time_travel(seconds=max(days * 86400, self.sys.params.get("fraud_voting_period") // 2))
 
     @rule(pick=st.integers(0, 10))
     def resolve(self, pick: int) -> None:
@@ -282,10 +323,25 @@ class VerdictsMachine(RuleBasedStateMachine):
             with boa.reverts():
                 self.sys.verdicts_contract.resolve(case)
             return
-        stake = self.sys.registry.stake_of(PROVIDER.address)
-        self.sys.verdicts_contract.resolve(case)
+        slashable = self.sys.registry.slashable_of(PROVIDER.address)
+        status = self.sys.verdicts_contract.resolve(case)
         slashed = self.sys.verdicts_contract.cases(case).slashed
-        assert slashed <= stake * self.sys.params.get("slash_bps") // 10_000
+        share = data.provider_stake * self.sys.params.get("slash_bps") // 10_000
+        if status == 2:
+            assert slashed == min(share, slashable)
+        else:
+            assert slashed == 0
+
+    @invariant()
+    def votes_never_exceed_the_snapshot_base(self) -> None:
+        for c in self.cases:
+            data = self.sys.verdicts_contract.cases(c)
+            assert data.guilty_weight + data.innocent_weight <= data.total_stake
+
+    @invariant()
+    def open_cases_hold_the_provider(self) -> None:
+        opened = sum(1 for c in self.cases if self.sys.verdicts_contract.cases(c).status == 1)
+        assert self.sys.registry.open_cases(PROVIDER.address) == opened
 
     @invariant()
     def alm_is_conserved(self) -> None:

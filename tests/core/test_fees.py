@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from allmende.core import AmountOverflow, effective_royalty_bps, request_cost, split_payment
+from allmende.core import AmountOverflow, effective_royalty_bps, request_cost, split_increment, split_payment
 
 bps = st.integers(0, 10_000)
 
@@ -20,6 +20,33 @@ def test_split_conserves_every_unit(amount: int, fee: int, royalty: int) -> None
     assert split.total == amount
     assert min(split.royalty, split.protocol_fee, split.provider) >= 0
     assert split.royalty == amount * royalty // 10_000
+
+
+@given(
+    steps=st.lists(st.integers(1, 10**9), min_size=1, max_size=20),
+    fee=st.integers(0, 1_000),
+    royalty=st.integers(0, 3_000),
+)
+def test_splitting_a_redeem_changes_no_partys_total(steps: list[int], fee: int, royalty: int) -> None:
+    cumulative, paid = 0, [0, 0, 0]
+    for step in steps:
+        part = split_increment(cumulative, cumulative + step, royalty, fee)
+        assert part.total == step and part.royalty >= 0 and part.protocol_fee >= 0 and part.provider >= -1
+        paid = [paid[0] + part.royalty, paid[1] + part.protocol_fee, paid[2] + part.provider]
+        cumulative += step
+
+    whole = split_payment(cumulative, royalty, fee)
+    assert paid == [whole.royalty, whole.protocol_fee, whole.provider]
+
+
+def test_one_unit_increments_still_pay_fee_and_royalty() -> None:
+    parts = [split_increment(c, c + 1, 1_000, 100) for c in range(200)]
+    assert sum(p.royalty for p in parts) == 20 and sum(p.protocol_fee for p in parts) == 2
+
+
+def test_split_increment_refuses_a_lower_cumulative() -> None:
+    with pytest.raises(ValueError, match="below the previous"):
+        split_increment(5, 4, 0, 100)
 
 
 def test_split_example() -> None:

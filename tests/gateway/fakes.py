@@ -102,7 +102,7 @@ class FakeProvider:
             self.store,
             VOUCHERS,
             self.address,
-            lambda _: ChannelRecord(GATEWAY, self.address, self.deposit, 0, 0),
+            lambda _: ChannelRecord(GATEWAY, self.address, self.deposit, 0, 0, 0),
             policy=CreditPolicy(credit_limit=self.credit_limit),
         )
         model = ServedModel(self.engine, self.price_in, self.price_out)  # type: ignore[arg-type]

@@ -59,7 +59,7 @@ def sides(tmp: Path | None, deposit: int, credit: int) -> tuple[Payments, Gatewa
         provider_store,
         DOMAIN,
         PROVIDER,
-        lambda _: ChannelRecord(PAYER, PROVIDER, deposit, 0, 0),
+        lambda _: ChannelRecord(PAYER, PROVIDER, deposit, 0, 0, 0),
         policy=CreditPolicy(credit_limit=credit),
     )
     return payments, gateway_store, gate, provider_store

@@ -67,6 +67,8 @@ def test_cheater_is_caught_voted_guilty_slashed_and_dropped(
     cheater = accounts[1].address
     v1, _ = make_validator(anvil, deployments_file, accounts[8], tmp_path / "v1")
     v2, _ = make_validator(anvil, deployments_file, accounts[9], tmp_path / "v2")
+    # votes weigh the stake held the second before a case opens: v2 must have staked before that
+    ChainClient(anvil.url, accounts[0].key).increase_time(1)
     reader = Contracts(ChainClient(anvil.url), deployment)
     stake_before = reader.registry.stake_of(cheater)
     v1.directory.refresh()

@@ -128,6 +128,11 @@ class Models(_Binding):
         payee, bps = self._call("royalty_info", model_id)
         return str(payee), int(bps)
 
+    def royalty_terms(self, model_id: bytes) -> tuple[str, int, int]:
+        """(payee, bps, registered_at): the royalty applies to channels opened at or after registered_at."""
+        payee, bps, registered_at = self._call("royalty_terms", model_id)
+        return str(payee), int(bps), int(registered_at)
+
     def transfer(self, model_id: bytes, new_owner: str) -> SentTransaction:
         return self._tx("transfer", model_id, new_owner)
 
@@ -216,6 +221,14 @@ class Registry(_Binding):
     def role_stake(self, role: int) -> int:
         return int(self._call("role_stake", role))
 
+    def slashable_of(self, who: str) -> int:
+        """Bonded plus unbonding stake: what a guilty verdict can take a share of."""
+        return int(self._call("slashable_of", who))
+
+    def open_cases(self, who: str) -> int:
+        """Fraud cases open against `who`; while any is, it cannot withdraw."""
+        return int(self._call("open_cases", who))
+
 
 @dataclass(frozen=True)
 class ChannelRecord:
@@ -224,6 +237,7 @@ class ChannelRecord:
     deposit: int
     spent: int
     closes_at: int
+    opened_at: int
 
 
 class Channels(_Binding):
@@ -252,7 +266,7 @@ class Channels(_Binding):
 
     def channel(self, channel_id: bytes) -> ChannelRecord:
         c = self._call("channel", channel_id)
-        return ChannelRecord(c[0], c[1], int(c[2]), int(c[3]), int(c[4]))
+        return ChannelRecord(c[0], c[1], int(c[2]), int(c[3]), int(c[4]), int(c[5]))
 
     def redeemed(self, channel_id: bytes, model_id: bytes) -> int:
         return int(self._call("redeemed", channel_id, model_id))
@@ -265,6 +279,9 @@ class Channels(_Binding):
 
     def voucher_domain(self) -> Domain:
         return Domain(self.client.chain_id, self.address)
+
+    def set_payment_token_approved(self, approved: bool) -> SentTransaction:
+        return self._tx("set_payment_token_approved", approved)
 
 
 @dataclass(frozen=True)
@@ -280,6 +297,8 @@ class CaseRecord:
     innocent_weight: int
     status: int  # 1 open, 2 guilty, 3 not guilty, 4 inconclusive
     slashed: int
+    snapshot: int  # vote weights are stakes at the end of this second (just before opening)
+    provider_stake: int  # bonded + unbonding stake of the provider when the case opened
 
 
 class Verdicts(_Binding):
@@ -310,6 +329,8 @@ class Verdicts(_Binding):
             int(c[11]),
             int(c[12]),
             int(c[13]),
+            int(c[14]),
+            int(c[15]),
         )
 
     def case_count(self) -> int:
@@ -321,6 +342,10 @@ class Verdicts(_Binding):
     def all_cases(self) -> list[CaseRecord]:
         return [self.case(i) for i in range(1, self.case_count() + 1)]
 
+    def vote_weight(self, case_id: int, who: str) -> int:
+        """What `who`'s vote on the case would weigh; 0 when it cannot vote."""
+        return int(self._call("vote_weight", case_id, who))
+
     def publish_scores(self, providers: list[str], scores: list[int]) -> SentTransaction:
         return self._tx("publish_scores", providers, scores)
 
@@ -328,7 +353,7 @@ class Verdicts(_Binding):
         return int(self._call("score", validator, provider)), int(self._call("scored_at", validator, provider))
 
 
-PROPOSAL_STATES = ("pending", "active", "defeated", "succeeded", "queued", "executed")
+PROPOSAL_STATES = ("pending", "active", "defeated", "succeeded", "queued", "executed", "expired")
 SUPPORT = {"against": 0, "for": 1, "abstain": 2}
 
 
@@ -518,8 +543,9 @@ class Data(_Binding):
     ) -> SentTransaction:
         return self._tx("record_access", grant_id, job_id, model_id, result_hash, _amount(epsilon, "epsilon"))
 
-    def job_logged(self, job_id: bytes) -> bool:
-        return bool(self._call("job_logged", job_id))
+    def job_logged(self, dataset_id: bytes, job_id: bytes) -> bool:
+        """Whether `job_id` is in the access log of `dataset_id` (job ids are unique per dataset)."""
+        return bool(self._call("job_logged", dataset_id, job_id))
 
     def dataset_ids(self) -> list[bytes]:
         return [bytes(self._call("dataset_at", i)) for i in range(int(self._call("dataset_count")))]

@@ -38,10 +38,10 @@ def deploy_all(
     devnet: bool = True,
     fund: list[str] | None = None,
 ) -> Deployment:
-    """Compile and deploy ALM, (devnet) dUSD, Params, Timelock, Models, Registry, Channels,
-    Verdicts, Governor and Data, then hand every admin power to the Timelock (the treasury too,
-    unless `treasury` names another address). On a devnet, every address in `fund`
-    receives ALM and dUSD from the deployer's initial supply.
+    """Compile and deploy ALM, (devnet) dUSD, Params, Timelock, Registry, Models, Channels,
+    Verdicts, Governor and Data, approve the payment token for Channels, then hand every admin
+    power to the Timelock (the treasury too, unless `treasury` names another address). On a
+    devnet, every address in `fund` receives ALM and dUSD from the deployer's initial supply.
     """
     deployer = client.address
     start_block = client.block_number()
@@ -61,8 +61,8 @@ def deploy_all(
     delay = int(client.call(client.contract(params, out["Params"]["abi"]).functions.get("timelock_delay")))
     timelock = put("Timelock", delay, [], [ZERO_ADDRESS], deployer)
     treasury = treasury or timelock
-    models = put("Models", params)
     registry = put("Registry", token, params)
+    models = put("Models", params, registry)
     put("Channels", stable, params, models, treasury)
     verdicts = put("Verdicts", token, registry, params, treasury)
     governor = put("Governor", registry, params, timelock)
@@ -78,6 +78,7 @@ def deploy_all(
     )
     contracts = Contracts(client, deployment)
     contracts.registry.set_verdicts(verdicts)
+    contracts.channels.set_payment_token_approved(True)
     hand_over(client, deployment, governor)
     if devnet and fund:
         for who in fund:

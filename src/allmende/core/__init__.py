@@ -9,7 +9,7 @@ from allmende.core.errors import (
     InvalidSignature,
     UnknownModel,
 )
-from allmende.core.fees import FeeSplit, effective_royalty_bps, request_cost, split_payment
+from allmende.core.fees import FeeSplit, effective_royalty_bps, request_cost, split_increment, split_payment
 from allmende.core.manifest import Manifest, build_manifest, model_id_of
 from allmende.core.receipts import Receipt, SignedReceipt, sign_receipt
 from allmende.core.vouchers import SignedVoucher, Voucher, sign_voucher
@@ -34,5 +34,6 @@ __all__ = [
     "request_cost",
     "sign_receipt",
     "sign_voucher",
+    "split_increment",
     "split_payment",
 ]

@@ -39,6 +39,7 @@ table against the classes, so it cannot drift::
     │   ├── Overloaded             overloaded                429     provider.errors
     │   └── TooLarge               body_too_large            413     provider.errors
     ├── EvidenceNotFound           not_found                 404     validator.app
+    ├── NodeFailed                 node_failed               500     supervisor
     ├── VaultError                 vault_error               400     vault.errors
     │   ├── BadJob                 bad_job                   400     vault.errors
     │   ├── TemplateNotAllowed     template_not_allowed      403     vault.errors

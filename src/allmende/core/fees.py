@@ -47,6 +47,27 @@ def split_payment(amount: int, royalty_bps: int, protocol_fee_bps: int) -> FeeSp
     return FeeSplit(royalty=royalty, protocol_fee=fee, provider=amount - royalty - fee)
 
 
+def split_increment(previous: int, cumulative: int, royalty_bps: int, protocol_fee_bps: int) -> FeeSplit:
+    """Split one redeem of a (channel, model) from `previous` to `cumulative` as
+    `Channels.redeem` does: royalty and fee are the increase of their rounded
+    cumulative totals, so redeeming 0 → a → b pays every party exactly what 0 → b pays.
+
+    The provider gets the rest of the increment. In the rare step where both rounded
+    totals go up by one unit more than the increment carries, that rest is -1: the unit was
+    credited to the provider on an earlier redeem of the same (channel, model).
+    """
+    check_uint(previous, 256, "previous")
+    if cumulative < previous:
+        raise ValueError(f"cumulative {cumulative} is below the previous {previous}")
+    before = split_payment(previous, royalty_bps, protocol_fee_bps)
+    after = split_payment(cumulative, royalty_bps, protocol_fee_bps)
+    return FeeSplit(
+        royalty=after.royalty - before.royalty,
+        protocol_fee=after.protocol_fee - before.protocol_fee,
+        provider=after.provider - before.provider,
+    )
+
+
 def request_cost(tokens_in: int, tokens_out: int, price_in: int, price_out: int) -> int:
     """What a request costs: usage × price per 1M tokens, rounded up to a whole unit
     so that a provider is never paid less than its posted price."""

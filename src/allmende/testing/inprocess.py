@@ -92,9 +92,10 @@ def deploy_system(with_verdicts: bool = False, governed: bool = False) -> System
         with_verdicts = True
         timelock = load("Timelock", params.get("timelock_delay"), [], [ZERO_ADDRESS], admin)
         treasury = timelock.address
-    models = load("Models", params.address)
     registry = load("Registry", token.address, params.address)
+    models = load("Models", params.address, registry.address)
     channels = load("Channels", stable.address, params.address, models.address, treasury)
+    channels.set_payment_token_approved(True)
     verdicts_contract = None
     if with_verdicts:
         verdicts_contract = load("Verdicts", token.address, registry.address, params.address, treasury)

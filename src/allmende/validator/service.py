@@ -240,8 +240,8 @@ class Validator:
             case = verdicts.case(case_id)
             if case.status != 1 or case.reporter == self.address or now >= case.deadline:
                 continue
-            if verdicts.voted(case_id, self.address):
-                continue
+            if verdicts.vote_weight(case_id, self.address) == 0:
+                continue  # voted already, or it had no stake just before the case opened
             guilty = self._recheck(case.evidence_uri, case.evidence_hash, case.provider)
             if guilty is None:
                 continue  # evidence unavailable: abstain rather than guess

@@ -56,7 +56,7 @@ def reconcile(store: VaultStore, contracts: Contracts) -> None:
     """Jobs written but not known to be logged (a crash between the two): the chain decides.
     Logged there: mark it. Not logged: its result was never released, so undo its charge."""
     for job in store.pending():
-        if contracts.data.job_logged(job.job_id):
+        if contracts.data.job_logged(job.dataset_id, job.job_id):
             store.logged(job.job_id, "recovered")
             log.info("job 0x%s was logged on chain before a restart", job.job_id.hex()[:12])
         else:

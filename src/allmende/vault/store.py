@@ -5,7 +5,7 @@ cells of each dataset that exact answers have revealed (`allmende.vault.audit`).
 
 A job row is written before its access is logged on chain and marked logged after,
 so a crash between the two is found on restart (`pending()`) and reconciled against
-the chain's `job_logged`. A job's round and its refined cells are written in the same
+the chain's `job_logged` of the job's own dataset. A job's round and its refined cells are written in the same
 transaction; forgetting the job forgets its round, while the cells stay refined (the
 stricter state, so a crash never loosens the audit).
 """

@@ -1,0 +1,399 @@
+"""Economic attacks on the contracts, each named after the attacker's move, each refused.
+
+Slashing (unbonding away from a case), verdict votes (stake added after a case opened),
+reporting (front-running a receipt, framing an honest provider), royalties (squatting a
+served model, registering after the work, redirecting through `register_derived`),
+governance (reviving a defeated proposal, queueing one long after it passed), rounding
+(splitting a redeem into one-unit vouchers), the access log (taking another dataset's
+job ids) and the payment token (fee on transfer).
+"""
+
+from __future__ import annotations
+
+import boa
+import pytest
+from eth_utils import keccak
+
+from allmende.contracts import contracts_dir
+from allmende.core import Receipt, Voucher, sign_receipt, sign_voucher
+from allmende.testing.inprocess import ALM, USD, System, actor, deploy_system, load
+
+PROVIDER = actor("ea-provider")
+REPORTER, JUROR_A, JUROR_B = actor("ea-reporter"), actor("ea-juror-a"), actor("ea-juror-b")
+SYBIL = actor("ea-sybil")
+PROVIDER_STAKE = 2_000 * ALM
+EVIDENCE = keccak(text="evidence")
+MODEL = keccak(text="ea-model")
+BPS = 10_000
+
+
+def register_validator(system: System, who, stake: int) -> None:
+    system.fund(who.address, alm=stake + 1_000 * ALM)
+    with boa.env.prank(who.address):
+        system.registry.register(2, "http://v", b"\x00" * 32, stake)
+        system.token.approve(system.verdicts_contract.address, 2**256 - 1)
+
+
+@pytest.fixture(scope="module")
+def court() -> System:
+    """A provider with 2,000 ALM and three validators (5,000 / 6,000 / 7,000 ALM)."""
+    system = deploy_system(with_verdicts=True)
+    system.fund(PROVIDER.address, alm=10_000 * ALM)
+    with boa.env.prank(PROVIDER.address):
+        system.registry.register(1, "http://p", b"\x01" * 32, PROVIDER_STAKE)
+    for who, stake in ((REPORTER, 5_000), (JUROR_A, 6_000), (JUROR_B, 7_000)):
+        register_validator(system, who, stake * ALM)
+    boa.env.time_travel(seconds=10)
+    return system
+
+
+@pytest.fixture
+def system(court: System):
+    with boa.env.anchor():
+        yield court
+
+
+def signed_receipt(system: System, n: int = 0) -> tuple[tuple, bytes]:
+    r = Receipt(
+        keccak(text=f"ea-req{n}"), MODEL, PROVIDER.address, b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, 1, 2, 3, n
+    )
+    return r.as_tuple(), sign_receipt(r, system.receipt_domain, PROVIDER.key).signature
+
+
+def open_case(system: System, reporter=REPORTER, n: int = 0) -> int:
+    r, sig = signed_receipt(system, n)
+    with boa.env.prank(reporter.address):
+        return system.verdicts_contract.open_case(r, sig, EVIDENCE, "http://v/evidence")
+
+
+def vote(system: System, case: int, who, guilty: bool) -> None:
+    with boa.env.prank(who.address):
+        system.verdicts_contract.vote(case, guilty)
+
+
+def resolve(system: System, case: int) -> int:
+    boa.env.time_travel(seconds=system.params.get("fraud_voting_period"))
+    return system.verdicts_contract.resolve(case)
+
+
+def share(amount: int, bps_name: str, system: System) -> int:
+    return amount * system.params.get(bps_name) // BPS
+
+
+# ------------------------------------------------------- 1. slashing and unbonding
+
+
+def test_guilty_provider_unbonds_everything_once_the_case_opens(system: System) -> None:
+    case = open_case(system)
+    with boa.env.prank(PROVIDER.address):
+        system.registry.unbond(PROVIDER_STAKE)
+    vote(system, case, JUROR_A, True)
+    vote(system, case, JUROR_B, True)
+
+    assert resolve(system, case) == 2
+
+    slashed = share(PROVIDER_STAKE, "slash_bps", system)
+    assert system.verdicts_contract.cases(case).slashed == slashed
+    assert system.registry.slashable_of(PROVIDER.address) == PROVIDER_STAKE - slashed
+
+
+def test_guilty_provider_unbonds_in_the_same_block_the_case_opens(system: System) -> None:
+    # no time passes between the unbond and the case: both are in one block
+    with boa.env.prank(PROVIDER.address):
+        system.registry.unbond(PROVIDER_STAKE)
+    case = open_case(system)
+    vote(system, case, JUROR_A, True)
+    vote(system, case, JUROR_B, True)
+
+    assert resolve(system, case) == 2
+    assert system.verdicts_contract.cases(case).slashed == share(PROVIDER_STAKE, "slash_bps", system)
+
+
+def test_guilty_provider_withdraws_matured_unbonding_while_the_case_is_open(system: System) -> None:
+    with boa.env.prank(PROVIDER.address):
+        system.registry.unbond(PROVIDER_STAKE)
+    boa.env.time_travel(seconds=system.params.get("unbonding_period"))
+    case = open_case(system)
+
+    with boa.env.prank(PROVIDER.address), boa.reverts("registry: open case"):
+        system.registry.withdraw()
+    vote(system, case, JUROR_A, True)
+    vote(system, case, JUROR_B, True)
+    assert resolve(system, case) == 2
+
+    slashed = share(PROVIDER_STAKE, "slash_bps", system)
+    with boa.env.prank(PROVIDER.address):
+        assert system.registry.withdraw() == PROVIDER_STAKE - slashed  # released once resolved
+
+
+# --------------------------------------------------- 2. votes from one snapshot
+
+
+def test_accused_provider_stakes_a_sybil_validator_to_acquit_itself(system: System) -> None:
+    bond = system.params.get("fraud_bond")
+    reporter_before = system.token.balanceOf(REPORTER.address)
+    case = open_case(system)
+    register_validator(system, SYBIL, 100_000 * ALM)  # after the case opened
+    vote(system, case, JUROR_A, True)
+    vote(system, case, JUROR_B, True)
+
+    with boa.env.prank(SYBIL.address), boa.reverts("verdicts: no stake at snapshot"):
+        system.verdicts_contract.vote(case, False)
+
+    assert resolve(system, case) == 2
+    reward = share(share(PROVIDER_STAKE, "slash_bps", system), "reporter_reward_bps", system)
+    assert system.token.balanceOf(REPORTER.address) == reporter_before - bond + bond + reward
+
+
+def test_sybil_stakes_in_the_same_block_before_the_case_opens(system: System) -> None:
+    register_validator(system, SYBIL, 100_000 * ALM)
+    case = open_case(system)  # same block: the snapshot is the second before
+
+    assert system.verdicts_contract.vote_weight(case, SYBIL.address) == 0
+    with boa.env.prank(SYBIL.address), boa.reverts("verdicts: no stake at snapshot"):
+        system.verdicts_contract.vote(case, False)
+
+
+def test_griefer_stakes_late_to_slash_and_pause_an_honest_provider(system: System) -> None:
+    provider_before = system.token.balanceOf(PROVIDER.address)
+    case = open_case(system)  # junk evidence against an honest provider
+    register_validator(system, SYBIL, 100_000 * ALM)
+    vote(system, case, JUROR_A, False)
+    vote(system, case, JUROR_B, False)
+    with boa.env.prank(SYBIL.address), boa.reverts("verdicts: no stake at snapshot"):
+        system.verdicts_contract.vote(case, True)
+
+    assert resolve(system, case) == 3
+    assert system.registry.is_active(PROVIDER.address)
+    assert system.registry.stake_of(PROVIDER.address) == PROVIDER_STAKE
+    assert system.token.balanceOf(PROVIDER.address) == provider_before + system.params.get("fraud_bond")
+
+
+# ---------------------------------------------------------- 3. reporting a receipt
+
+
+def test_colluder_front_runs_the_report_with_junk_evidence(system: System) -> None:
+    colluder = actor("ea-colluder")
+    register_validator(system, colluder, 5_000 * ALM)
+    boa.env.time_travel(seconds=1)
+    colluder_before = system.token.balanceOf(colluder.address)
+    r, sig = signed_receipt(system)
+    with boa.env.prank(colluder.address):
+        junk = system.verdicts_contract.open_case(r, sig, keccak(text="junk"), "http://nowhere")
+
+    honest = open_case(system)  # the same receipt, reported by the validator that caught it
+    for juror in (JUROR_A, JUROR_B):
+        vote(system, honest, juror, True)
+    boa.env.time_travel(seconds=system.params.get("fraud_voting_period"))
+
+    assert system.verdicts_contract.resolve(honest) == 2
+    assert system.verdicts_contract.resolve(junk) == 4
+    assert system.verdicts_contract.cases(honest).slashed == share(PROVIDER_STAKE, "slash_bps", system)
+    forfeit = share(system.params.get("fraud_bond"), "fraud_forfeit_bps", system)
+    assert system.token.balanceOf(colluder.address) == colluder_before - forfeit
+    with boa.env.prank(colluder.address), boa.reverts("verdicts: receipt already convicted"):
+        system.verdicts_contract.open_case(r, sig, EVIDENCE, "")
+
+
+def test_reporter_reports_the_receipt_again_after_an_inconclusive_case(system: System) -> None:
+    first = open_case(system)
+    assert resolve(system, first) == 4  # nobody voted
+
+    second = open_case(system)
+    vote(system, second, JUROR_A, True)
+    vote(system, second, JUROR_B, True)
+
+    assert resolve(system, second) == 2
+    assert system.verdicts_contract.cases(second).slashed == share(PROVIDER_STAKE, "slash_bps", system)
+
+
+def test_two_reports_of_one_receipt_slash_it_once(system: System) -> None:
+    first = open_case(system, reporter=REPORTER)
+    second = open_case(system, reporter=JUROR_A)
+    vote(system, first, JUROR_A, True)
+    vote(system, first, JUROR_B, True)
+    vote(system, second, REPORTER, True)
+    vote(system, second, JUROR_B, True)
+    boa.env.time_travel(seconds=system.params.get("fraud_voting_period"))
+
+    assert system.verdicts_contract.resolve(first) == 2
+    assert system.verdicts_contract.resolve(second) == 2
+    assert system.verdicts_contract.cases(second).slashed == 0
+    assert system.registry.slashable_of(PROVIDER.address) == PROVIDER_STAKE - share(PROVIDER_STAKE, "slash_bps", system)
+
+
+# 50,000 ALM of validator stake: a 49 % coalition (the reporter and a partner) and 51 % honest
+PARTNER, HONEST_EXTRA = actor("ea-coalition-partner"), actor("ea-honest-extra")
+
+
+@pytest.mark.parametrize(
+    "honest_voters",
+    [[JUROR_A, JUROR_B, HONEST_EXTRA], [JUROR_A], []],
+    ids=["all-honest-vote", "small-honest-turnout", "honest-stay-away"],
+)
+def test_49_percent_coalition_frames_an_honest_provider_and_loses_money(system: System, honest_voters: list) -> None:
+    register_validator(system, PARTNER, 19_500 * ALM)
+    register_validator(system, HONEST_EXTRA, 12_500 * ALM)
+    boa.env.time_travel(seconds=1)
+    coalition = [REPORTER.address, PARTNER.address]
+    total = system.registry.role_stake(2)
+    assert total == 50_000 * ALM
+    assert sum(system.registry.stake_of(m) for m in coalition) * 100 // total == 49
+
+    def wealth() -> int:
+        return sum(system.token.balanceOf(m) + system.registry.slashable_of(m) for m in coalition)
+
+    before = wealth()
+    case = open_case(system)  # junk evidence against an honest provider
+    vote(system, case, PARTNER, True)
+    for who in honest_voters:
+        vote(system, case, who, False)
+
+    status = resolve(system, case)
+
+    assert status in (3, 4)  # never guilty
+    assert system.registry.stake_of(PROVIDER.address) == PROVIDER_STAKE
+    assert system.registry.is_active(PROVIDER.address)
+    assert wealth() < before
+
+
+# ------------------------------------------------------------------- 4. royalties
+
+
+PAYER, SQUATTER, AUTHOR = actor("ea-payer"), actor("ea-squatter"), actor("ea-author")
+
+
+def open_channel(system: System, amount: int = 100 * USD) -> bytes:
+    system.fund(PAYER.address, usd=amount)
+    with boa.env.prank(PAYER.address):
+        return system.channels.open(PROVIDER.address, amount)
+
+
+def redeem(system: System, channel: bytes, cumulatives: list[int], model: bytes = MODEL) -> int:
+    vouchers = [
+        sign_voucher(Voucher(channel, model, c), system.voucher_domain, PAYER.key).as_tuple() for c in cumulatives
+    ]
+    with boa.env.prank(PROVIDER.address):
+        return system.channels.redeem(vouchers)
+
+
+def test_squatter_registers_a_served_model_at_the_royalty_cap(system: System) -> None:
+    with boa.env.prank(PROVIDER.address):
+        system.registry.set_offer(MODEL, 1, 1)  # an open model providers already serve
+    channel = open_channel(system)
+    cap = system.params.get("royalty_cap_bps")
+
+    with boa.env.prank(SQUATTER.address), boa.reverts("models: already served"):
+        system.models.register(MODEL, "MIT", cap, [], [], "")
+    redeem(system, channel, [10 * USD])
+
+    assert system.channels.earnings(SQUATTER.address) == 0
+
+
+def test_squatter_registers_a_model_after_the_work_was_done(system: System) -> None:
+    channel = open_channel(system)  # serving MODEL, not (yet) registered or offered on chain
+    boa.env.time_travel(seconds=60)
+    with boa.env.prank(SQUATTER.address):
+        system.models.register(MODEL, "MIT", system.params.get("royalty_cap_bps"), [], [], "")
+
+    redeem(system, channel, [10 * USD])
+
+    assert system.channels.earnings(SQUATTER.address) == 0
+    assert system.channels.earnings(PROVIDER.address) == 10 * USD - share(10 * USD, "protocol_fee_bps", system)
+
+
+def test_register_derived_claims_a_served_model_for_the_squatters_root(system: System) -> None:
+    own_root = keccak(text="squatter-root")
+    with boa.env.prank(SQUATTER.address):
+        system.models.register(own_root, "MIT", system.params.get("royalty_cap_bps"), [], [], "")
+    with boa.env.prank(PROVIDER.address):
+        system.registry.set_offer(MODEL, 1, 1)
+    channel = open_channel(system)
+
+    with boa.env.prank(SQUATTER.address), boa.reverts("models: already served"):
+        system.models.register_derived(MODEL, own_root, "MIT", [], "")
+    redeem(system, channel, [10 * USD])
+
+    assert system.channels.earnings(SQUATTER.address) == 0
+
+
+def test_author_registered_before_serving_is_paid_on_new_channels(system: System) -> None:
+    with boa.env.prank(AUTHOR.address):
+        system.models.register(MODEL, "MIT", 1_000, [], [], "")
+    with boa.env.prank(PROVIDER.address):
+        system.registry.set_offer(MODEL, 1, 1)
+    channel = open_channel(system)
+
+    redeem(system, channel, [10 * USD])
+
+    assert system.channels.earnings(AUTHOR.address) == USD
+
+
+# -------------------------------------------------------------------- 6. rounding
+
+
+def test_provider_splits_a_redeem_into_one_unit_vouchers_to_dodge_fee_and_royalty(system: System) -> None:
+    with boa.env.prank(AUTHOR.address):
+        system.models.register(MODEL, "MIT", 1_000, [], [], "")
+    channel = open_channel(system)
+
+    paid = redeem(system, channel, list(range(1, 201)))  # 200 vouchers of one unit each
+
+    assert paid == 200
+    assert system.channels.earnings(AUTHOR.address) == 20  # 10 % of 200
+    assert system.channels.earnings(system.treasury) == 2  # 1 % of 200
+    assert system.channels.earnings(PROVIDER.address) == 178
+
+
+# --------------------------------------------------------------- 7. the access log
+
+
+def test_dummy_dataset_logs_the_vaults_job_id_first(system: System) -> None:
+    owner, vault, attacker = actor("ea-data-owner"), actor("ea-vault"), actor("ea-data-attacker")
+    victim_ds, dummy_ds, job = keccak(text="real-dataset"), keccak(text="dummy"), keccak(text="predictable-job-1")
+    expires = boa.env.evm.patch.timestamp + 86_400
+    with boa.env.prank(owner.address):
+        system.data.register_dataset(victim_ds, vault.address, "CC-BY-4.0", "")
+        grant = system.data.grant(victim_ds, owner.address, 3, [], expires, 10**6)
+    with boa.env.prank(attacker.address):
+        system.data.register_dataset(dummy_ds, attacker.address, "MIT", "")
+        dummy_grant = system.data.grant(dummy_ds, attacker.address, 3, [], expires, 10**6)
+        system.data.record_access(dummy_grant, job, b"\x00" * 32, b"\x01" * 32, 0)
+
+    with boa.env.prank(vault.address):
+        system.data.record_access(grant, job, b"\x00" * 32, b"\x02" * 32, 10)
+
+    assert system.data.job_logged(victim_ds, job) and system.data.job_logged(dummy_ds, job)
+    assert system.data.access_at(victim_ds, 0).result_hash == b"\x02" * 32
+    with boa.env.prank(vault.address), boa.reverts("data: job already logged"):
+        system.data.record_access(grant, job, b"\x00" * 32, b"\x02" * 32, 10)
+
+
+# ------------------------------------------------------------- 8. the payment token
+
+
+def test_payer_deposits_a_fee_on_transfer_token(system: System) -> None:
+    fee_token = boa.load(str(contracts_dir() / "mocks" / "mock_fee_token.vy"))
+    channels = load("Channels", fee_token.address, system.params.address, system.models.address, system.treasury)
+    channels.set_payment_token_approved(True)
+    fee_token.mint(PAYER.address, 100 * USD)
+    with boa.env.prank(PAYER.address):
+        fee_token.approve(channels.address, 100 * USD)
+        with boa.reverts("channels: token moved a different amount"):
+            channels.open(PROVIDER.address, 100 * USD)
+    assert fee_token.balanceOf(channels.address) == 0
+
+
+def test_channels_refuse_a_payment_token_governance_did_not_approve(system: System) -> None:
+    channels = load("Channels", system.stable.address, system.params.address, system.models.address, system.treasury)
+    system.stable.mint(PAYER.address, USD)
+    with boa.env.prank(PAYER.address):
+        system.stable.approve(channels.address, USD)
+        with boa.reverts("channels: payment token not approved"):
+            channels.open(PROVIDER.address, USD)
+    with boa.env.prank(PAYER.address), boa.reverts("ownable: caller is not the owner"):
+        channels.set_payment_token_approved(True)
+    channels.set_payment_token_approved(True)
+    with boa.env.prank(PAYER.address):
+        channels.open(PROVIDER.address, USD)
+    assert system.stable.balanceOf(channels.address) == USD
