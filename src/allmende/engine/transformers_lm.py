@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from allmende.core import build_manifest
 from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent
-from allmende.engine.sampling import choice_params, sample_token
+from allmende.engine.sampling import choice_params
 from allmende.engine.scheduler import BatchScheduler
 from allmende.engine.sequence import Sequence
 
@@ -117,8 +117,9 @@ class CausalLMEngine(Engine):
         return self._one_choice(prompt_ids, params)
 
     async def _one_choice(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
-        async for _, event in self._stream(prompt_ids, [params]):
-            yield event
+        async with contextlib.aclosing(self._stream(prompt_ids, [params])) as stream:  # a client's close reaches it
+            async for _, event in stream:
+                yield event
 
     def generate_choices(
         self, prompt_ids: list[int], params: SamplingParams, n: int
@@ -163,11 +164,6 @@ class CausalLMEngine(Engine):
             for sequence in sequences:  # the client went away (or failed): free the slots now
                 if not sequence.finished:
                     self.scheduler.cancel(sequence)
-
-    @staticmethod
-    def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-        """The sampling rule (kept here for callers of the old name): see `sampling.sample_token`."""
-        return sample_token(logits, params, generator)
 
     async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
         raise EngineError(f"{self.name} is a generative model; it does not do embeddings")
