@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,7 @@ class CausalLMEngine(Engine):
 
     async def _stream(
         self, prompt_ids: list[int], choices: list[SamplingParams]
-    ) -> AsyncIterator[tuple[int, TokenEvent]]:
+    ) -> AsyncGenerator[tuple[int, TokenEvent], None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[int, TokenEvent | BaseException | None]] = asyncio.Queue()
 
