@@ -89,16 +89,17 @@ class BatchScheduler:
             with self._wake:
                 while not self._waiting and not self._active:
                     self._wake.wait()
-                self._leave([s for s in self._active if s.cancelled.is_set()])
                 joining: list[Sequence] = []
                 budget = self.prefill_tokens
-                while self._waiting and len(self._active) + len(joining) < self.max_batch:
+                room = self.max_batch - sum(not s.cancelled.is_set() for s in self._active)
+                while self._waiting and len(joining) < room:
                     if joining and len(self._waiting[0].prompt_ids) > budget:
                         break
                     budget -= len(self._waiting[0].prompt_ids)
                     joining.append(self._waiting.popleft())
             try:
                 with torch.inference_mode():
+                    self._leave([s for s in self._active if s.cancelled.is_set()])  # their slots are free now
                     if joining:
                         self._join(joining)
                     if self._active:
