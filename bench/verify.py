@@ -2,7 +2,8 @@
 
 Honest variants must pass (false alarms = honest runs that fail): fp32, bf16 provider
 vs fp32 validator, 1 vs 2 threads, the validator's forward pass inside a batch of 4,
-seeded sampling, and GPU vs CPU when CUDA is present. Cheats must fail (misses =
+the provider's generation inside a continuous batch of 8 (greedy and sampled), seeded
+sampling, and GPU vs CPU when CUDA is present. Cheats must fail (misses =
 cheating runs that pass): another model under the claimed id, int8-quantised weights, a
 skipped layer, a tampered system prompt, fabricated output tokens.
 

@@ -29,7 +29,9 @@ class Network:
 @pytest.fixture(scope="session")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     root = tmp_path_factory.mktemp("up")
-    process, data = start_network(root, "--providers", "3", "--stream-tokens-per-s", "40")
+    process, data = start_network(
+        root, "--providers", "3", "--model", "allmende:tiny", "--model", "minilm", "--stream-tokens-per-s", "40"
+    )
     try:
         yield Network(root, data, process)
     finally:

@@ -14,12 +14,11 @@ app = typer.Typer(help="models on chain: register, list, show (license, lineage,
 
 
 def model_id_for(name: str) -> bytes:
-    """The content address of a model given by name (allmende:tiny, minilm), folder or hub id."""
-    from allmende.core.manifest import model_id_of
-    from allmende.engine import resolve_model_path
+    """The content address of a model given by name (allmende:tiny, minilm, smollm2-135m-instruct),
+    folder, .gguf file or hub id (a GGUF model's id is that of its GGUF file)."""
+    from allmende.engine import resolve_model
 
-    path, _ = resolve_model_path(name)
-    return model_id_of(path)
+    return resolve_model(name).model_id
 
 
 @app.command("register")

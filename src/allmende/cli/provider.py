@@ -39,7 +39,9 @@ def _models(model: list[str], price_in: int, price_out: int, config: Path | None
 def provider(
     rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC)"),
     key: str = typer.Option(..., help="keystore file or devnet:N"),
-    model: list[str] = typer.Option([], help="model to serve: allmende:tiny, minilm, a hub id or a folder"),
+    model: list[str] = typer.Option(
+        [], help="model to serve: smollm2-135m-instruct, allmende:tiny, minilm, a .gguf file, a hub id or a folder"
+    ),
     price_in: int = typer.Option(200_000, help="payment-token units per 1M input tokens"),
     price_out: int = typer.Option(600_000, help="payment-token units per 1M output tokens"),
     port: int = typer.Option(9000),
@@ -50,7 +52,7 @@ def provider(
     state_dir: Path = typer.Option(None, help="where the node keeps its database and keys"),
     register_models: bool = typer.Option(True, help="register unregistered models (becoming their owner)"),
     royalty_bps: int = typer.Option(0, help="royalty for models this node registers"),
-    max_concurrency: int = typer.Option(4, help="generations at once per model"),
+    max_concurrency: int = typer.Option(16, help="sequences in one model's batch at once (more wait for a slot)"),
     credit_limit: int = typer.Option(
         1_000_000, help="most a payer may owe (unpaid work plus requests in flight), payment-token units"
     ),

@@ -20,9 +20,9 @@ from allmende.chain.anvil import Anvil, devnet_accounts, free_port
 from allmende.cli.common import alm, console, friendly_errors, usd
 from allmende.config import from_environment
 from allmende.core.errors import AllmendeError
-from allmende.engine import EMBEDDING_ALIASES
+from allmende.engine import DEFAULT_CHAT_MODEL, EMBEDDING_ALIASES, gguf_source, resolve_model
 
-DEFAULT_MODELS = ["allmende:tiny", "minilm"]
+DEFAULT_MODELS = [DEFAULT_CHAT_MODEL, "minilm"]
 GATEWAY_ACCOUNT = 9
 
 
@@ -51,7 +51,11 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, what: str,
 
 def up(
     providers: int = typer.Option(2, help="number of provider processes"),
-    model: list[str] = typer.Option([], help="model each provider serves (default: allmende:tiny and minilm)"),
+    model: list[str] = typer.Option(
+        [],
+        help="model each provider serves: smollm2-135m-instruct, allmende:tiny, minilm, a .gguf file, a folder "
+        "or a hub id (default: smollm2-135m-instruct and minilm)",
+    ),
     state_dir: Path = typer.Option(None, help="where logs, databases and network.json go (default .allmende)"),
     port: int = typer.Option(8000, help="gateway port"),
     rpc_port: int = typer.Option(8545, help="anvil port"),
@@ -74,6 +78,7 @@ def up(
         console.print("[red]error:[/red] providers + validators must be at most 8 (anvil funds 10 accounts)")
         raise typer.Exit(2)
     models = model or DEFAULT_MODELS
+    chat_models = [m for m in models if m.lower() not in EMBEDDING_ALIASES]
     run_dir = root / "run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh chain: old node state refers to nothing
     run_dir.mkdir(parents=True)
@@ -99,6 +104,9 @@ def up(
     signal.signal(signal.SIGTERM, handle_term)
     try:
         with friendly_errors():
+            for m in models:  # convert GGUF files here, once, with a progress bar, before N providers need them
+                if gguf_source(m) is not None:
+                    resolve_model(m)
             with console.status("starting anvil and deploying contracts"):
                 node = Anvil(port=rpc_port, log_file=run_dir / "anvil.log")
                 deployment = deploy_all(ChainClient(node.url, accounts[0].key), fund=[a.address for a in accounts])
@@ -176,7 +184,7 @@ def up(
                         raise StartupFailed("the gateway did not discover every provider within 60s")
                     time.sleep(0.5)
             validator_rows: list[dict[str, Any]] = []
-            audited = [m for m in models if m.lower() not in EMBEDDING_ALIASES] or ["allmende:tiny"]
+            audited = chat_models or ["allmende:tiny"]
             for j in range(validators):
                 account = accounts[8 - j]  # from the top, below the gateway's account
                 v_port = free_port()
@@ -220,7 +228,7 @@ def up(
             (root / "network.json").write_text(json.dumps(network, indent=1))
         _summary(network, models, root)
         if showcase:
-            _showcase(network)
+            _showcase(network, chat_models[0] if chat_models else None, [m for m in models if m not in chat_models])
         while True:
             time.sleep(1)
             for name, proc in children:
@@ -246,37 +254,47 @@ def _summary(network: dict, models: list[str], root: Path) -> None:  # type: ign
         table.add_row("validator", f"{row['url']}  {row['address']}")
     table.add_row("network.json", str(root / "network.json"))
     console.print(table)
+    chat = next((m for m in models if m.lower() not in EMBEDDING_ALIASES), models[0])
     console.print(
         "call it:\n"
         "  from openai import OpenAI\n"
         f'  client = OpenAI(base_url="{network["gateway_url"]}", api_key="unused")\n'
-        '  client.chat.completions.create(model="allmende:tiny", messages=[{"role": "user", "content": "Hi"}])\n'
+        f'  client.chat.completions.create(model="{chat}", messages=[{{"role": "user", "content": "Hi"}}])\n'
         f"explorer and playground: open {network['explorer_url']} in a browser\n"
         "status: allmende status    stop: Ctrl-C"
     )
 
 
-def _showcase(network: dict) -> None:  # type: ignore[type-arg]
+def _showcase(network: dict, chat: str | None, embedders: list[str]) -> None:  # type: ignore[type-arg]
     from openai import OpenAI
 
-    client = OpenAI(base_url=network["gateway_url"], api_key="unused", max_retries=0)
+    client = OpenAI(base_url=network["gateway_url"], api_key="unused", max_retries=0, timeout=300)
     console.rule("[bold]showcase: the openai client against the gateway")
-    messages = [{"role": "user", "content": "Hallo! Was ist eine Allmende?"}]
     listed = ", ".join(m.id for m in client.models.list().data)
     console.print(f"models: {listed}")
-    reply = client.chat.completions.create(model="allmende:tiny", messages=messages, max_tokens=24)  # type: ignore[arg-type]
-    console.print(
-        f"chat  → {reply.choices[0].message.content!r}  usage {reply.usage.model_dump() if reply.usage else {}}"
-    )
-    console.print("stream → ", end="")
-    stream: Any = client.chat.completions.create(model="allmende:tiny", messages=messages, max_tokens=24, stream=True)  # type: ignore[arg-type]
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            console.print(repr(chunk.choices[0].delta.content), end=" ")
-    console.print()
-    emb = client.embeddings.create(model="minilm", input=["Allmende", "the commons"])
-    console.print(f"embeddings → {len(emb.data)} vectors of {len(emb.data[0].embedding)} floats")
-    console.print("(allmende:tiny has random weights: its text is noise by design; serve a real model with --model)")
+    if chat:
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        reply = client.chat.completions.create(model=chat, messages=question, max_tokens=32, temperature=0)  # type: ignore[arg-type]
+        usage = reply.usage.model_dump() if reply.usage else {}
+        console.print(f"chat   {question[0]['content']!r} → {reply.choices[0].message.content!r}  usage {usage}")
+        story = [{"role": "user", "content": "Tell me in two sentences what a commons is."}]
+        console.print(f"stream {story[0]['content']!r} → ", end="")
+        stream: Any = client.chat.completions.create(
+            model=chat,
+            messages=story,  # type: ignore[arg-type]
+            max_tokens=64,
+            temperature=0,
+            stream=True,
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                console.print(chunk.choices[0].delta.content, end="", markup=False, highlight=False)
+        console.print()
+        if chat == "allmende:tiny":
+            console.print("(allmende:tiny has random weights: its text is noise by design)")
+    if embedders:
+        emb = client.embeddings.create(model=embedders[0], input=["Allmende", "the commons"])
+        console.print(f"embeddings → {len(emb.data)} vectors of {len(emb.data[0].embedding)} floats")
     console.print(
         "every answer above carried a provider-signed receipt and was paid by a voucher; "
         "providers redeem them in batches — see `allmende status`"

@@ -2,36 +2,76 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from allmende.core.errors import UnknownModel
 from allmende.engine.base import Engine, EngineError, Generation, PromptTooLong, SamplingParams, TokenEvent, collect
 
 __all__ = [
+    "DEFAULT_CHAT_MODEL",
     "Engine",
     "EngineError",
     "Generation",
     "PromptTooLong",
+    "ResolvedModel",
     "SamplingParams",
     "TokenEvent",
     "collect",
     "load_engine",
+    "resolve_model",
     "resolve_model_path",
 ]
 
 EMBEDDING_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
 
 
-def resolve_model_path(name: str) -> tuple[Path, bool]:
-    """(folder, is_embedding) for a model name: `allmende:tiny`, the MiniLM alias,
-    a local folder, or a Hugging Face hub id (from the local HF cache)."""
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path  # the folder transformers loads
+    is_embedding: bool
+    gguf: Path | None = None  # the GGUF file `path` was converted from, if any
+    gguf_id: bytes | None = None  # that file's content address
+
+    @property
+    def model_id(self) -> bytes:
+        """Content address: of the GGUF file for a converted model, else of the folder's files."""
+        from allmende.core import build_manifest
+
+        return self.gguf_id or build_manifest(self.path).model_id
+
+
+def gguf_source(name: str) -> Path | None:
+    """The GGUF file a model name stands for (the default chat model, or a path to a .gguf), else None."""
+    from allmende.engine.gguf import SMOLLM2_NAME, smollm2_gguf
+
+    if name.lower() == SMOLLM2_NAME:
+        return smollm2_gguf()
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise UnknownModel(f"GGUF file {path} does not exist")
+        return path
+    return None
+
+
+def resolve_model(name: str, progress: bool = True) -> ResolvedModel:
+    """Where a model name's files are: `allmende:tiny`, `smollm2-135m-instruct`, the MiniLM
+    alias, a `.gguf` file (converted once, cached), a local folder, or a Hugging Face hub id
+    (from the local HF cache)."""
     from allmende.engine.embeddings import minilm_path
+    from allmende.engine.gguf import ensure_converted, gguf_manifest
     from allmende.engine.tiny import TINY_NAME, ensure_tiny_model
 
     if name == TINY_NAME:
-        return ensure_tiny_model(), False
+        return ResolvedModel(ensure_tiny_model(), False)
     if name.lower() in EMBEDDING_ALIASES:
-        return minilm_path(), True
+        return ResolvedModel(minilm_path(), True)
+    gguf = gguf_source(name)
+    if gguf is not None:
+        gguf_id = gguf_manifest(gguf).model_id
+        return ResolvedModel(ensure_converted(gguf, gguf_id, progress), False, gguf, gguf_id)
     path = Path(name).expanduser()
     if not path.is_dir():
         try:
@@ -42,16 +82,23 @@ def resolve_model_path(name: str) -> tuple[Path, bool]:
             raise UnknownModel(f"model {name!r} is neither a local folder nor a downloadable hub id: {exc}") from None
     from allmende.engine.kinds import model_kind
 
-    return path, model_kind(path) == "embed"
+    return ResolvedModel(path, model_kind(path) == "embed")
 
 
-def load_engine(name: str, max_concurrency: int = 4) -> Engine:
-    """Load a model by name or path into the matching engine."""
-    path, is_embedding = resolve_model_path(name)
-    if is_embedding:
+def resolve_model_path(name: str) -> tuple[Path, bool]:
+    """(folder, is_embedding) for a model name; see `resolve_model`."""
+    resolved = resolve_model(name)
+    return resolved.path, resolved.is_embedding
+
+
+def load_engine(name: str, max_concurrency: int = 16) -> Engine:
+    """Load a model by name or path into the matching engine. For a generative model,
+    `max_concurrency` is how many sequences share its batch."""
+    resolved = resolve_model(name)
+    if resolved.is_embedding:
         from allmende.engine.embeddings import EmbeddingEngine
 
-        return EmbeddingEngine(name, path, max_concurrency)
+        return EmbeddingEngine(name, resolved.path, max_concurrency)
     from allmende.engine.transformers_lm import CausalLMEngine
 
-    return CausalLMEngine(name, path, max_concurrency)
+    return CausalLMEngine(name, resolved.path, max_concurrency, model_id=resolved.gguf_id)

@@ -1,16 +1,16 @@
 """Causal language models through Hugging Face transformers (CPU here; CUDA when present).
 
-Decoding is an explicit loop over the KV cache so that every token can be streamed
-as it is produced and sampling follows one documented rule (temperature, then
-top-p nucleus, then a draw from a torch.Generator seeded with `seed`). Each
-generation runs in a worker thread; the asyncio side only moves events.
+All generations of one model run in one batch (`allmende.engine.scheduler`): a request
+joins at the next step boundary and streams its tokens as the batch produces them. Each
+sequence samples by its own parameters and seed (`allmende.engine.sampling`) and builds
+its proof from its own final hidden states. The asyncio side only moves events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from allmende.core import build_manifest
 from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent
-from allmende.engine.proofs import commit
+from allmende.engine.sampling import choice_params
+from allmende.engine.scheduler import BatchScheduler
+from allmende.engine.sequence import Sequence
+
+MAX_CHOICES = 16  # most completions one request may ask for (n)
 
 
 def pick_device() -> str:
@@ -34,7 +38,7 @@ def avoid_cudnn_attention() -> None:
     took about 3 s with it against 0.2 s in fp32. SDPA falls back to the flash or
     memory-efficient kernels. The setting is process-wide on purpose: the per-call
     `torch.nn.attention.sdpa_kernel` sets the same global flags and restores them on exit,
-    which races between generations running in worker threads at the same time."""
+    which races between threads running passes at the same time."""
     torch.backends.cuda.enable_cudnn_sdp(False)
 
 
@@ -45,13 +49,14 @@ class CausalLMEngine(Engine):
         self,
         name: str,
         path: Path,
-        max_concurrency: int = 4,
+        max_concurrency: int = 16,  # sequences in the batch at once; more wait for a free slot
         dtype: torch.dtype = torch.float32,
         device: str | None = None,  # "cpu", "cuda", ...; default: CUDA when present
+        model_id: bytes | None = None,  # content address when the files in `path` were derived (GGUF)
     ) -> None:
         self.name = name
         self.path = Path(path)
-        self.model_id = build_manifest(self.path).model_id
+        self.model_id = model_id or build_manifest(self.path).model_id
         self.device = device or pick_device()
         self.tokenizer: Any = AutoTokenizer.from_pretrained(self.path)
         loaded: Any = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
@@ -62,7 +67,8 @@ class CausalLMEngine(Engine):
             getattr(self.model.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
         )
         self.eos_ids = {int(self.tokenizer.eos_token_id)} if self.tokenizer.eos_token_id is not None else set()
-        self._slots = asyncio.Semaphore(max_concurrency)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.scheduler = BatchScheduler(self.model, self.device, max_concurrency, int(pad or 0), name)
 
     # ----------------------------------------------------------- prompts
 
@@ -93,6 +99,11 @@ class CausalLMEngine(Engine):
         raise EngineError(f"{self.name} is a generative model; it does not do {kind}")
 
     def check_length(self, prompt_ids: list[int], max_tokens: int) -> None:
+        if not prompt_ids:
+            raise EngineError("the prompt is empty")
+        vocab = int(self.model.config.vocab_size)
+        if not all(isinstance(i, int) and 0 <= i < vocab for i in prompt_ids):
+            raise EngineError(f"prompt token ids must be integers in [0, {vocab})")
         if len(prompt_ids) + max_tokens > self.context_length:
             raise PromptTooLong(
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceed the context length "
@@ -101,100 +112,58 @@ class CausalLMEngine(Engine):
 
     # -------------------------------------------------------- generation
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
         self.check_length(prompt_ids, params.max_tokens)
-        async with self._slots:
-            loop = asyncio.get_running_loop()
-            queue: asyncio.Queue[TokenEvent | BaseException | None] = asyncio.Queue()
-            cancelled = threading.Event()
+        return self._one_choice(prompt_ids, params)
 
+    async def _one_choice(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+        async with contextlib.aclosing(self._stream(prompt_ids, [params])) as stream:  # a client's close reaches it
+            async for _, event in stream:
+                yield event
+
+    def generate_choices(
+        self, prompt_ids: list[int], params: SamplingParams, n: int
+    ) -> AsyncIterator[tuple[int, TokenEvent]]:
+        """`n` completions of one prompt, served by the same batch (the prompt is prefilled
+        once); yields (choice index, event) as the choices produce them. Choice i samples
+        with `choice_params(params, i)`."""
+        self.check_length(prompt_ids, params.max_tokens)
+        if not 1 <= n <= MAX_CHOICES:
+            raise EngineError(f"n must be between 1 and {MAX_CHOICES}")
+        return self._stream(prompt_ids, [choice_params(params, i) for i in range(n)])
+
+    async def _stream(
+        self, prompt_ids: list[int], choices: list[SamplingParams]
+    ) -> AsyncGenerator[tuple[int, TokenEvent], None]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[int, TokenEvent | BaseException | None]] = asyncio.Queue()
+
+        def emitter(index: int) -> Any:
             def emit(item: TokenEvent | BaseException | None) -> None:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
+                with contextlib.suppress(RuntimeError):  # the consumer's event loop is gone: nobody listens
+                    loop.call_soon_threadsafe(queue.put_nowait, (index, item))
 
-            def work() -> None:
-                try:
-                    self._decode(prompt_ids, params, emit, cancelled)
-                    emit(None)
-                except BaseException as exc:  # handed to the consumer, re-raised there
-                    emit(exc)
+            return emit
 
-            worker = loop.run_in_executor(None, work)
-            try:
-                while True:
-                    item = await queue.get()
-                    if item is None:
-                        break
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item
-            finally:
-                cancelled.set()  # the client went away: stop spending compute
-                await asyncio.shield(worker)
-
-    @torch.inference_mode()
-    def _decode(self, prompt_ids: list[int], params: SamplingParams, emit: Any, cancelled: threading.Event) -> None:
-        generator = torch.Generator(device=self.device)
-        if params.seed is not None:
-            generator.manual_seed(params.seed)
-        else:
-            generator.seed()
-        input_ids = torch.tensor([prompt_ids], device=self.device)
-        past = None
-        produced: list[int] = []
-        text_so_far = ""
-        hidden_rows: list[torch.Tensor] = []  # final hidden state that produced each output token
-        for step in range(params.max_tokens):
-            if cancelled.is_set():
-                return
-            out = self.model(input_ids=input_ids, cache=past, use_cache=True, output_hidden_states=True)
-            past = out.cache
-            hidden_row = out.hidden_states[-1][0, -1]
-            token = self._sample(out.logits[0, -1].float(), params, generator)
-            if token in self.eos_ids and not params.ignore_eos:
-                rest = self.decode(produced)[len(text_so_far) :]
-                emit(TokenEvent(rest, None, "stop", self._proof(hidden_rows)))
-                return
-            produced.append(token)
-            hidden_rows.append(hidden_row)
-            last = step == params.max_tokens - 1
-            text = self.decode(produced)
-            # Hold back text that ends in an incomplete UTF-8 character: a later byte may
-            # complete it. Text that ends in a complete character never changes again, so
-            # the streamed pieces always add up to decode(all tokens). Flush at the end.
-            if text.endswith("\ufffd") and not last:
-                delta = ""
-            else:
-                delta = text[len(text_so_far) :]
-                text_so_far = text
-            hit = next((s for s in params.stop if s and s in text_so_far), None)
-            if hit is not None:
-                cut = text_so_far.index(hit)
-                emit(
-                    TokenEvent(
-                        delta[: max(0, len(delta) - (len(text_so_far) - cut))], token, "stop", self._proof(hidden_rows)
-                    )
-                )
-                return
-            emit(TokenEvent(delta, token, "length" if last else None, self._proof(hidden_rows) if last else None))
-            input_ids = torch.tensor([[token]], device=self.device)
-
-    @staticmethod
-    def _proof(rows: list[torch.Tensor]) -> bytes:
-        return commit(torch.stack(rows)) if rows else b""
-
-    @staticmethod
-    def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-        """Greedy at temperature 0; else temperature, top-p nucleus, seeded multinomial draw."""
-        if params.temperature == 0.0:
-            return int(torch.argmax(logits).item())
-        probs = torch.softmax(logits / params.temperature, dim=-1)
-        if params.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
-            sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
-            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-        choice = torch.multinomial(probs / probs.sum(), 1, generator=generator)
-        return int(choice.item())
+        sequences = [
+            Sequence(list(prompt_ids), p, emitter(i), self.decode, self.eos_ids, self.device)
+            for i, p in enumerate(choices)
+        ]
+        self.scheduler.submit(sequences)
+        running = len(sequences)
+        try:
+            while running:
+                index, item = await queue.get()
+                if item is None:
+                    running -= 1
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                yield index, item
+        finally:
+            for sequence in sequences:  # the client went away (or failed): free the slots now
+                if not sequence.finished:
+                    self.scheduler.cancel(sequence)
 
     async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
         raise EngineError(f"{self.name} is a generative model; it does not do embeddings")

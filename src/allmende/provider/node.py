@@ -46,7 +46,7 @@ ENGINE_WRAPPERS: list[Callable[[Engine], Engine]] = []
 class ModelOffer:
     """A model this provider serves and the prices it offers it at (published on chain)."""
 
-    name: str  # allmende:tiny, minilm, a hub id or a folder
+    name: str  # smollm2-135m-instruct, allmende:tiny, minilm, a .gguf file, a hub id or a folder
     price_in: int  # payment-token units per 1M input tokens
     price_out: int  # ... per 1M output tokens
 
@@ -65,7 +65,7 @@ class ProviderConfig:
     register_models: bool = True
     license: str = "Apache-2.0"
     royalty_bps: int = 0
-    max_concurrency: int = 4  # generations at once per model
+    max_concurrency: int = 16  # sequences in one model's batch at once; more wait for a free slot
     stream_tokens_per_s: float | None = None  # per-stream token rate cap (None = as fast as it goes)
     # fault injection for testing validators: serve int8-quantised weights or skip a layer while
     # claiming the original model id ("int8" | "skip-layer"); never set in production

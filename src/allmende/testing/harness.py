@@ -1,7 +1,9 @@
 """Calibration harness for proof checking: honest variants must pass, cheats must fail.
 
 Honest: fp32, bf16 (provider) vs fp32 (validator), 1 vs 2 threads, the validator's
-forward pass inside a batch of 4, seeded sampling, and GPU vs CPU when CUDA is present.
+forward pass inside a batch of 4, the provider's generation inside a continuous batch
+(other sequences joining and leaving at other steps), seeded sampling, and GPU vs CPU
+when CUDA is present.
 Cheats: another model under the claimed id (other seed), int8-quantised weights, a
 skipped layer, a tampered system prompt, fabricated output tokens.
 Used by tests/validator (few prompts) and bench/verify.py (more prompts, timings).
@@ -20,7 +22,7 @@ from typing import Any
 
 import torch
 
-from allmende.engine.base import SamplingParams, collect
+from allmende.engine.base import Generation, SamplingParams, collect
 from allmende.engine.proofs import commit
 from allmende.engine.tiny import SEED, ensure_tiny_model, write_tiny_model
 from allmende.engine.transformers_lm import CausalLMEngine
@@ -86,6 +88,29 @@ def generate(engine: CausalLMEngine, prompt_ids: list[int], params: SamplingPara
     return gen.token_ids, gen.proof, time.perf_counter() - start
 
 
+def generate_in_batch(
+    engine: CausalLMEngine, prompt_ids: list[int], params: SamplingParams, others: list[list[int]]
+) -> tuple[list[int], bytes, float]:
+    """Generate `prompt_ids` while 7 other sequences share the engine's batch: they have other
+    prompts, lengths and sampling parameters, and join and leave at other steps."""
+
+    async def other(k: int) -> Generation:
+        for _ in range(k):  # join k event-loop turns later, i.e. usually at a later step
+            await asyncio.sleep(0.001)
+        prompt = others[(len(prompt_ids) + k) % len(others)]
+        mix = SamplingParams(max_tokens=4 + 9 * k, temperature=0.3 * (k % 3), top_p=0.95, seed=k)
+        return await collect(engine.generate(prompt, mix), len(prompt))
+
+    async def main() -> tuple[list[int], bytes, float]:
+        start = time.perf_counter()
+        target, *_ = await asyncio.gather(
+            collect(engine.generate(prompt_ids, params), len(prompt_ids)), *(other(k) for k in range(1, 8))
+        )
+        return target.token_ids, target.proof, time.perf_counter() - start
+
+    return asyncio.run(main())
+
+
 def load(path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> CausalLMEngine:
     """The tiny model on `device`: the CPU unless asked (the validator, and every CPU variant,
     stays on the CPU on a machine with CUDA too)."""
@@ -143,6 +168,14 @@ class Harness:
 
             return make
 
+        def in_a_batch(params: SamplingParams) -> Callable[[str], Claim]:
+            def make(question: str) -> Claim:
+                prompt = self.prompt(question)
+                out, proof, seconds = generate_in_batch(ref, prompt, params, [self.prompt(q) for q in QUESTIONS])
+                return Claim(prompt, out, proof, params, seconds)
+
+            return make
+
         def one_thread(question: str) -> Claim:
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
@@ -170,7 +203,9 @@ class Harness:
             ("bf16 provider vs fp32 validator", True, honest(bf16), 1),
             ("1 thread vs 2 threads", True, one_thread, 1),
             ("validator batch of 4", True, honest(ref), 4),
+            ("provider's continuous batch of 8, greedy", True, in_a_batch(GREEDY), 1),
             ("seeded sampling", True, honest(ref, SAMPLED), 1),
+            ("provider's continuous batch of 8, seeded sampling", True, in_a_batch(SAMPLED), 1),
             ("another model under the claimed id", False, honest(other), 1),
             ("weights quantised to int8", False, honest(int8), 1),
             ("a skipped layer", False, honest(skipped), 1),

@@ -1,0 +1,85 @@
+"""One generation inside the batch: its sampling state, its text and its proof rows.
+
+A `Sequence` is fed one row of logits and the matching final hidden state per step
+by the scheduler and decides on its own what happens next: which token (its own
+generator and parameters), what text that adds (incremental detokenizer), and whether
+it is finished (EOS, a stop string, its token budget). It hands events to its consumer
+through `emit`, which must be safe to call from the scheduler thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+from allmende.engine.base import SamplingParams, TokenEvent
+from allmende.engine.proofs import commit
+from allmende.engine.sampling import IncrementalDetokenizer, new_generator, sample_token
+
+Finish = Literal["stop", "length"]
+
+
+class Sequence:
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        emit: Callable[[TokenEvent | BaseException | None], None],
+        decode: Callable[[list[int]], str],
+        eos_ids: set[int],
+        device: str,
+    ) -> None:
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.emit = emit  # TokenEvent, then None when finished, or the exception that ended it
+        self.eos_ids = eos_ids
+        self.generator = new_generator(params, device)
+        self.detokenizer = IncrementalDetokenizer(decode)
+        self.hidden_rows: list[torch.Tensor] = []  # final hidden state that produced each output token
+        self.cancelled = threading.Event()
+        self.finished = False
+        self.last_token = -1
+        self._tail = ""  # the last emitted characters a stop string could still begin in
+        self._stop_window = max((len(s) for s in params.stop), default=1) - 1
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.detokenizer.ids
+
+    def advance(self, logits: torch.Tensor, hidden: torch.Tensor) -> bool:
+        """Take one step from this sequence's row of logits and final hidden state;
+        return True when the sequence is finished."""
+        token = sample_token(logits, self.params, self.generator)
+        if token in self.eos_ids and not self.params.ignore_eos:
+            return self._finish(self.detokenizer.flush(), None, "stop")
+        self.hidden_rows.append(hidden)
+        self.last_token = token
+        delta = self.detokenizer.push(token)
+        last = len(self.token_ids) == self.params.max_tokens
+        if last:
+            delta += self.detokenizer.flush()
+        if self.params.stop and delta:
+            window = self._tail + delta
+            hits = [i for i in (window.find(s) for s in self.params.stop if s) if i >= 0]
+            if hits:
+                return self._finish(delta[: max(0, min(hits) - len(self._tail))], token, "stop")
+            self._tail = window[len(window) - self._stop_window :] if self._stop_window else ""
+        if last:
+            return self._finish(delta, token, "length")
+        self.emit(TokenEvent(delta, token))
+        return False
+
+    def _finish(self, text: str, token: int | None, reason: Finish) -> bool:
+        proof = commit(torch.stack(self.hidden_rows)) if self.hidden_rows else b""
+        self.emit(TokenEvent(text, token, reason, proof))
+        self.emit(None)
+        self.finished = True
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.finished:
+            self.finished = True
+            self.emit(exc)
