@@ -136,8 +136,14 @@ def cheater_verdict(network: dict[str, Any]) -> CaseRecord:
     cheater = network["providers"][1]["address"]
     validators = [v["address"] for v in network["validators"]]
 
+    def votable(case: CaseRecord) -> bool:
+        """The other validator had stake the second before the case opened (votes are weighted
+        by that snapshot: a case opened in the very second the other one staked is not)."""
+        other = next(v for v in validators if v != case.reporter)
+        return reader.verdicts.voted(case.case_id, other) or reader.verdicts.vote_weight(case.case_id, other) > 0
+
     def case_against_cheater() -> CaseRecord | None:
-        return next((c for c in reader.verdicts.all_cases() if c.provider == cheater), None)
+        return next((c for c in reader.verdicts.all_cases() if c.provider == cheater and votable(c)), None)
 
     case = wait_for("a fraud case against the int8 provider", case_against_cheater, 240)
     assert case.reporter in validators
