@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from allmende.cli import chain, demo, federated, gateway, gov, keys, models, provider, up, validator, vault
+from allmende.cli import chain, demo, federated, gateway, gov, keys, models, provider, status, up, validator, vault
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Allmende: the commons of idle compute.")
 app.add_typer(chain.app, name="chain")
@@ -17,7 +17,7 @@ app.command("provider-withdraw")(provider.provider_withdraw)
 app.command("gateway")(gateway.gateway)
 app.command("gateway-close")(gateway.gateway_close)
 app.command("up")(up.up)
-app.command("status")(up.status)
+app.command("status")(status.status)
 app.command("validator")(validator.validator)
 app.command("vault")(vault.vault)
 app.add_typer(vault.data_app, name="data")

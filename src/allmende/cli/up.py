@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import typer
 from rich.table import Table
 
-from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
+from allmende.chain import ChainClient, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts, free_port
-from allmende.cli.common import alm, console, friendly_errors, usd
+from allmende.cli.common import console, friendly_errors
 from allmende.config import from_environment
-from allmende.core.errors import AllmendeError
 from allmende.engine import DEFAULT_CHAT_MODEL, EMBEDDING_ALIASES, gguf_source, resolve_model
+from allmende.supervisor import (
+    NetworkInfo,
+    Node,
+    NodeFailed,
+    NodeRow,
+    ProviderRow,
+    allmende_command,
+    save_network,
+    spawn,
+)
 
 DEFAULT_MODELS = [DEFAULT_CHAT_MODEL, "minilm"]
 GATEWAY_ACCOUNT = 9
@@ -28,25 +33,7 @@ GATEWAY_ACCOUNT = 9
 
 def provider_command(index: int) -> list[str]:
     """How provider `index` (1-based) is started; a hook for test helpers (allmende.testing.cheats)."""
-    return [sys.executable, "-m", "allmende", "provider"]
-
-
-class StartupFailed(AllmendeError):
-    pass
-
-
-def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, what: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StartupFailed(f"{what} exited while starting; last lines of {log}:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise StartupFailed(f"{what} did not become healthy within {timeout:.0f}s (see {log})")
+    return allmende_command("provider")
 
 
 def up(
@@ -82,19 +69,13 @@ def up(
     run_dir = root / "run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh chain: old node state refers to nothing
     run_dir.mkdir(parents=True)
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    children: list[Node] = []
     accounts = devnet_accounts(10)
     node = None
 
     def stop_all() -> None:
-        for _, proc in reversed(children):
-            if proc.poll() is None:
-                proc.terminate()
-        for _, proc in children:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for child in reversed(children):
+            child.stop(timeout=10)
         if node is not None:
             node.stop()
 
@@ -112,8 +93,7 @@ def up(
                 deployment = deploy_all(ChainClient(node.url, accounts[0].key), fund=[a.address for a in accounts])
                 deployments = run_dir / "deployments.json"
                 deployment.save(deployments)
-            python = sys.executable
-            provider_rows: list[dict[str, Any]] = []
+            provider_rows: list[ProviderRow] = []
             for i in range(providers):
                 account = accounts[1 + i]
                 p_port = provider_port + i if provider_port else free_port()
@@ -138,77 +118,53 @@ def up(
                 if stream_tokens_per_s:
                     args += ["--stream-tokens-per-s", str(stream_tokens_per_s)]
                 args += provider_option
-                proc = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-                children.append((f"provider-{i + 1}", proc))
+                child = spawn(f"provider-{i + 1}", args, log, f"http://127.0.0.1:{p_port}")
+                children.append(child)
                 provider_rows.append(
-                    {
-                        "address": account.address,
-                        "url": f"http://127.0.0.1:{p_port}",
-                        "models": models,
-                        "pid": proc.pid,
-                        "log": str(log),
-                    }
-                )
+                    {"address": account.address, "url": child.url or "", "models": models, "pid": child.pid,
+                     "log": str(log)}
+                )  # fmt: skip
             with console.status(f"loading models in {providers} providers"):
-                for (name, proc), row in zip(children, provider_rows, strict=True):
-                    _wait_http(f"{row['url']}/healthz", proc, Path(row["log"]), name)
-            gateway_log = run_dir / "gateway.log"
-            gw = subprocess.Popen(
-                [
-                    python,
-                    "-m",
-                    "allmende",
-                    "gateway",
-                    "--rpc",
-                    node.url,
-                    "--key",
-                    f"devnet:{GATEWAY_ACCOUNT}",
-                    "--deployments",
-                    str(deployments),
-                    "--state-dir",
-                    str(run_dir / "gateway"),
-                    "--port",
-                    str(port),
-                    *gateway_option,
-                ],
-                stdout=gateway_log.open("ab"),
-                stderr=subprocess.STDOUT,
-            )
-            children.append(("gateway", gw))
+                for child in children:
+                    child.wait_healthy()
             gateway_url = f"http://127.0.0.1:{port}"
+            gw = spawn(
+                "gateway",
+                allmende_command(
+                    "gateway", "--rpc", node.url, "--key", f"devnet:{GATEWAY_ACCOUNT}", "--deployments",
+                    str(deployments), "--state-dir", str(run_dir / "gateway"), "--port", str(port), *gateway_option,
+                ),
+                run_dir / "gateway.log",
+                gateway_url,
+            )  # fmt: skip
+            children.append(gw)
             with console.status("starting the gateway"):
-                _wait_http(f"{gateway_url}/healthz", gw, gateway_log, "gateway")
-                deadline = time.monotonic() + 60
-                while httpx.get(f"{gateway_url}/healthz").json()["providers"] < providers:
-                    if time.monotonic() > deadline:
-                        raise StartupFailed("the gateway did not discover every provider within 60s")
-                    time.sleep(0.5)
-            validator_rows: list[dict[str, Any]] = []
+                gw.wait_healthy()
+                try:  # it found every provider on chain and checked its /v1/info
+                    gw.wait_healthy(60, ready=lambda health: health["providers"] >= providers)
+                except NodeFailed:
+                    raise NodeFailed("the gateway did not discover every provider within 60s") from None
+            validator_rows: list[NodeRow] = []
             audited = chat_models or ["allmende:tiny"]
             for j in range(validators):
                 account = accounts[8 - j]  # from the top, below the gateway's account
                 v_port = free_port()
                 v_log = run_dir / f"validator-{j + 1}.log"
-                v_args = [
-                    python, "-m", "allmende", "validator", "--rpc", node.url, "--key", f"devnet:{account.index}",
+                v_args = allmende_command(
+                    "validator", "--rpc", node.url, "--key", f"devnet:{account.index}",
                     "--deployments", str(deployments), "--state-dir", str(run_dir / f"validator-{j + 1}"),
                     "--port", str(v_port), *(a for m in audited for a in ("--model", m)), *validator_option,
-                ]  # fmt: skip
-                proc = subprocess.Popen(v_args, stdout=v_log.open("ab"), stderr=subprocess.STDOUT)
-                children.append((f"validator-{j + 1}", proc))
+                )  # fmt: skip
+                child = spawn(f"validator-{j + 1}", v_args, v_log, f"http://127.0.0.1:{v_port}")
+                children.append(child)
                 validator_rows.append(
-                    {
-                        "address": account.address,
-                        "url": f"http://127.0.0.1:{v_port}",
-                        "pid": proc.pid,
-                        "log": str(v_log),
-                    }
+                    {"address": account.address, "url": child.url or "", "pid": child.pid, "log": str(v_log)}
                 )
             if validators:
                 with console.status(f"starting {validators} validators"):
-                    for (name, proc), row in zip(children[-validators:], validator_rows, strict=True):
-                        _wait_http(f"{row['url']}/healthz", proc, Path(row["log"]), name)
-            network = {
+                    for child in children[-validators:]:
+                        child.wait_healthy()
+            network: NetworkInfo = {
                 "rpc_url": node.url,
                 "anvil_pid": node.process.pid,
                 "chain_id": deployment.chain_id,
@@ -225,16 +181,17 @@ def up(
                     "note": "anvil's well-known devnet accounts (public keys, devnet only)",
                 },
             }
-            (root / "network.json").write_text(json.dumps(network, indent=1))
+            save_network(root / "network.json", network)
         _summary(network, models, root)
         if showcase:
             _showcase(network, chat_models[0] if chat_models else None, [m for m in models if m not in chat_models])
+        exited: list[Node] = []
         while True:
             time.sleep(1)
-            for name, proc in children:
-                if proc.poll() is not None and not getattr(proc, "_reported", False):
-                    console.print(f"[yellow]{name} exited with code {proc.returncode}[/yellow]")
-                    proc._reported = True  # type: ignore[attr-defined]
+            for child in children:
+                if not child.alive() and child not in exited:
+                    console.print(f"[yellow]{child.name} exited with code {child.process.returncode}[/yellow]")
+                    exited.append(child)
     except KeyboardInterrupt:
         console.print("stopping…")
     finally:
@@ -242,16 +199,16 @@ def up(
     console.print("stopped.")
 
 
-def _summary(network: dict, models: list[str], root: Path) -> None:  # type: ignore[type-arg]
+def _summary(network: NetworkInfo, models: list[str], root: Path) -> None:
     table = Table(title="Allmende devnet is up", show_header=False)
     table.add_row("gateway (OpenAI API)", network["gateway_url"])
     table.add_row("explorer (web page)", network["explorer_url"])
     table.add_row("chain", f"{network['rpc_url']} (chain id {network['chain_id']})")
     table.add_row("models", ", ".join(models))
-    for row in network["providers"]:
-        table.add_row("provider", f"{row['url']}  {row['address']}")
-    for row in network.get("validators", []):
-        table.add_row("validator", f"{row['url']}  {row['address']}")
+    for provider in network["providers"]:
+        table.add_row("provider", f"{provider['url']}  {provider['address']}")
+    for validator in network.get("validators", []):
+        table.add_row("validator", f"{validator['url']}  {validator['address']}")
     table.add_row("network.json", str(root / "network.json"))
     console.print(table)
     chat = next((m for m in models if m.lower() not in EMBEDDING_ALIASES), models[0])
@@ -265,7 +222,7 @@ def _summary(network: dict, models: list[str], root: Path) -> None:  # type: ign
     )
 
 
-def _showcase(network: dict, chat: str | None, embedders: list[str]) -> None:  # type: ignore[type-arg]
+def _showcase(network: NetworkInfo, chat: str | None, embedders: list[str]) -> None:
     from openai import OpenAI
 
     client = OpenAI(base_url=network["gateway_url"], api_key="unused", max_retries=0, timeout=300)
@@ -299,83 +256,3 @@ def _showcase(network: dict, chat: str | None, embedders: list[str]) -> None:  #
         "every answer above carried a provider-signed receipt and was paid by a voucher; "
         "providers redeem them in batches — see `allmende status`"
     )
-
-
-def status(state_dir: Path = typer.Option(None, help="the state dir of `allmende up`")) -> None:
-    """Providers, stakes, offers, channels, earnings, royalties and the treasury, read from chain."""
-    root = state_dir or from_environment().state_dir
-    with friendly_errors():
-        path = root / "network.json"
-        if not path.exists():
-            raise StartupFailed(f"no {path}: start the network with `allmende up` first")
-        network = json.loads(path.read_text())
-        deployment = Deployment.load(network["deployments"])
-        contracts = Contracts(ChainClient(network["rpc_url"]), deployment)
-        providers = Table("provider", "endpoint", "stake", "active", "offers", "earned (unwithdrawn)")
-        for address in contracts.registry.all_accounts():
-            account = contracts.registry.account(address)
-            if account.role != 1:
-                continue
-            offers = []
-            for model_id in contracts.registry.models_of(address):
-                offer = contracts.registry.offer(address, model_id)
-                if offer.active:
-                    offers.append(f"0x{model_id.hex()[:8]}… in {offer.price_in}/out {offer.price_out}")
-            providers.add_row(
-                address,
-                account.endpoint,
-                alm(account.stake),
-                str(contracts.registry.is_active(address)),
-                "\n".join(offers),
-                usd(contracts.channels.earnings(address)),
-            )
-        console.print(providers)
-        validators = Table("validator", "evidence endpoint", "stake", "active")
-        for address in contracts.registry.all_accounts():
-            account = contracts.registry.account(address)
-            if account.role == 2:
-                validators.add_row(
-                    address, account.endpoint, alm(account.stake), str(contracts.registry.is_active(address))
-                )
-        if validators.row_count:
-            console.print(validators)
-            cases = contracts.verdicts.case_count()
-            if cases:
-                status_names = {1: "open", 2: "guilty", 3: "not guilty", 4: "no quorum"}
-                verdicts = Table("case", "provider", "reporter", "status", "slashed")
-                for case_id in range(1, cases + 1):
-                    case = contracts.verdicts.case(case_id)
-                    verdicts.add_row(
-                        str(case_id),
-                        case.provider,
-                        case.reporter,
-                        status_names.get(case.status, "?"),
-                        alm(case.slashed),
-                    )
-                console.print(verdicts)
-        models = Table("model id", "owner", "license", "royalty", "owner earnings")
-        for model_id in contracts.models.all_ids():
-            record = contracts.models.get(model_id)
-            models.add_row(
-                "0x" + model_id.hex()[:16] + "…",
-                record.owner,
-                record.license,
-                f"{record.royalty_bps / 100:.2f} %",
-                usd(contracts.channels.earnings(record.owner)),
-            )
-        console.print(models)
-        channels = Table("channel", "payer", "provider", "deposit", "spent (redeemed)", "closes at")
-        for event in contracts.client.events(contracts.channels.contract, "ChannelOpened", deployment.deploy_block):
-            cid = bytes(event["args"]["channel_id"])
-            state = contracts.channels.channel(cid)
-            channels.add_row(
-                "0x" + cid.hex()[:16] + "…",
-                state.payer,
-                state.provider,
-                usd(state.deposit),
-                usd(state.spent),
-                str(state.closes_at or "-"),
-            )
-        console.print(channels)
-        treasury = contracts.channels.treasury()
-        console.print(f"treasury {treasury}: {usd(contracts.channels.earnings(treasury))} in protocol fees accrued")

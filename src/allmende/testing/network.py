@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from allmende.chain.anvil import free_port
+from allmende.supervisor import NetworkInfo, NodeFailed, load_network, spawn
 
 
 def start_network(
     root: Path, *args: str, timeout: float = 300.0, cheat: str | None = None
-) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+) -> tuple[subprocess.Popen[bytes], NetworkInfo]:
     """Run `allmende up` on free ports with state in `root`; return it and its network.json.
     `cheat="N:MODE"` makes provider N cheat (see allmende.testing.cheats)."""
     launcher = [sys.executable, "-m", "allmende.testing.cheats", cheat] if cheat else [sys.executable, "-m", "allmende"]
@@ -32,16 +31,15 @@ def start_network(
         "0",
         *args,
     ]
-    log = root / "up.log"
-    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    up = spawn("allmende up", command, root / "up.log")
     deadline = time.monotonic() + timeout
     path = root / "network.json"
-    while not path.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"allmende up did not start:\n{log.read_text()[-4000:]}")
+    while not path.exists():  # written once everything is healthy
+        if not up.alive() or time.monotonic() > deadline:
+            up.kill9()
+            raise NodeFailed(f"allmende up did not start:\n{up.log_tail(4000)}")
         time.sleep(0.5)
-    return process, json.loads(path.read_text())
+    return up.process, load_network(path)
 
 
 def stop_network(process: subprocess.Popen[bytes]) -> None:
