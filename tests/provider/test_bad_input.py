@@ -183,6 +183,13 @@ def test_credit_limit_stops_a_payer_who_never_pays(running: Running) -> None:
 
 
 def test_good_requests_are_served_after_all_of_this(running: Running, payer: Payer) -> None:
+    # hostile traffic of its own (it may run first): a forged voucher, and a replayed request id
+    forged = post(running, envelope(running, payer, voucher=voucher(running, payer, 1, key=os.urandom(32))))
+    replayed_id = os.urandom(32)
+    first = post(running, envelope(running, payer, request_id=replayed_id))
+    replay = post(running, envelope(running, payer, request_id=replayed_id))
+    assert (forged.status_code, first.status_code, replay.status_code) == (402, 200, 409)
+
     fresh = Payer(running)
     answer = fresh.ask(tiny_id(running), "chat", CHAT)
     assert answer.receipt.receipt.tokens_out > 0
