@@ -120,7 +120,7 @@ def run_mixed(clients: int, seconds: float) -> dict[str, Any]:
 
     kinds = ("chat", "stream", "completion", "embedding")
     with tempfile.TemporaryDirectory() as tmp:
-        proc, network = start_network(Path(tmp), "--providers", "2")
+        proc, network = start_network(Path(tmp), "--providers", "2", "--model", "allmende:tiny", "--model", "minilm")
         try:
             latencies: dict[str, list[float]] = {k: [] for k in kinds}
             errors: dict[str, int] = {}
