@@ -142,6 +142,28 @@ class GatewayService:
         carried = voucher.voucher.cumulative_amount if voucher else 0
         return Attempt(entry, stats, channel_id, cost, carried, rid, env, sealer)
 
+    async def _open(
+        self,
+        entry: ProviderEntry,
+        stats: ProviderStats,
+        offer: Offer,
+        kind: str,
+        body: dict[str, Any],
+        tried: set[str],
+        busy: set[str],
+    ) -> tuple[Attempt | None, Exception | None]:
+        """`_prepare`, with a provider that cannot be tried now put aside: busy (no credit for
+        us until answers come back) or tried (no channel while the chain is away; not its fault)."""
+        try:
+            attempt = await self._prepare(entry, stats, offer, kind, body)
+        except ChainError as exc:
+            log.warning("no usable channel to %s: %s", entry.address, exc)
+            tried.add(entry.address)
+            return None, exc
+        if attempt is None:
+            busy.add(entry.address)
+        return attempt, None
+
     def _settle(self, attempt: Attempt, offer: Offer, answer: Answer, api_key: str | None) -> None:
         try:
             own = attempt.entry.offers.get(offer.model_id, offer)  # this provider's price on chain
@@ -201,15 +223,9 @@ class GatewayService:
             if picked is None:
                 break
             entry, stats = picked
-            try:
-                attempt = await self._prepare(entry, stats, offer, kind, body)
-            except ChainError as exc:  # no channel to this provider while the chain is away: not its fault
-                log.warning("no usable channel to %s: %s", entry.address, exc)
-                tried.add(entry.address)
-                last_error = exc
-                continue
+            attempt, error = await self._open(entry, stats, offer, kind, body, tried, busy)
             if attempt is None:
-                busy.add(entry.address)
+                last_error = error or last_error
                 continue
             stats.in_flight += 1
             started = time.monotonic()
@@ -271,15 +287,9 @@ class GatewayService:
             request.pop("max_completion_tokens", None)
             if sent:
                 request["allmende_continue"] = sent
-            try:
-                attempt = await self._prepare(entry, stats, offer, kind, request)
-            except ChainError as exc:
-                log.warning("no usable channel to %s: %s", entry.address, exc)
-                tried.add(entry.address)
-                last_error = exc
-                continue
+            attempt, error = await self._open(entry, stats, offer, kind, request, tried, busy)
             if attempt is None:
-                busy.add(entry.address)
+                last_error = error or last_error
                 continue
             stats.in_flight += 1
             started = time.monotonic()

@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+from allmende.sqlite import open_database
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS channels (
     provider    TEXT PRIMARY KEY,
@@ -46,11 +48,7 @@ CREATE TABLE IF NOT EXISTS spend (
 
 class GatewayStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._db = open_database(path, SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(owed)")}
         if "acked" not in columns:  # a state dir from before `acked` existed
             self._db.execute("ALTER TABLE owed ADD COLUMN acked TEXT NOT NULL DEFAULT '0'")

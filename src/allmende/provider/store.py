@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from allmende.core import SignedVoucher, Voucher
+from allmende.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
@@ -71,11 +72,7 @@ class LedgerRow:
 
 class ProviderStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
-        self._db.executescript(SCHEMA)
+        self._db = open_database(path, SCHEMA)
         self._lock = threading.Lock()
 
     def close(self) -> None:

@@ -3,11 +3,12 @@ per-provider scores it publishes are computed."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from allmende.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audits (
@@ -44,11 +45,7 @@ class ProviderScore:
 
 class ValidatorStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._db = open_database(path, SCHEMA)
         self._lock = threading.Lock()
 
     def record(self, audit: AuditRecord, counted: bool = True) -> None:

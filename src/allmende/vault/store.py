@@ -12,13 +12,14 @@ stricter state, so a crash never loosens the audit).
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from allmende.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -91,11 +92,7 @@ class RoundRow:
 
 class VaultStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_database(path, SCHEMA, synchronous="FULL")
         self._lock = threading.Lock()
 
     def spent(self, grant_id: int) -> tuple[float, int]:
