@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
-from allmende import __version__
+from allmende import __version__, protocol
 from allmende.core.errors import BodyTooLarge as CoreBodyTooLarge
 from allmende.core.ratelimit import RateLimiter
 from allmende.gateway.errors import (
@@ -165,27 +165,16 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
         started = time.monotonic()
         try:
             if kind == "chat":
-                yield sse(chunk(kind, ident, created, name, {"role": "assistant", "content": ""}, None))
+                yield sse(chunk(kind, ident, created, name, "", None, role=True))
             async for item in service.stream(kind, body, key):
                 if isinstance(item, Answer):
                     finish = item.output.get("finish_reason", "stop")
-                    last = chunk(kind, ident, created, name, {} if kind == "chat" else "", finish)
-                    last["allmende"] = explorer.answered(ident, item, started, key)  # the receipt, for the playground
-                    yield sse(last)
+                    receipt = explorer.answered(ident, item, started, key)  # the receipt, for the playground
+                    yield sse(chunk(kind, ident, created, name, None, finish, allmende=receipt))
                     if include_usage:
-                        yield sse(
-                            {
-                                "id": ident,
-                                "object": object_name(kind, True),
-                                "created": created,
-                                "model": name,
-                                "choices": [],
-                                "usage": item.usage,
-                            }
-                        )
+                        yield sse(chunk(kind, ident, created, name, None, None, usage=item.usage))
                     break
-                delta = {"content": item} if kind == "chat" else item
-                yield sse(chunk(kind, ident, created, name, delta, None))
+                yield sse(chunk(kind, ident, created, name, item, None))
             yield b"data: [DONE]\n\n"
         except Exception as exc:
             explorer.failed(started)
@@ -218,22 +207,44 @@ def new_id(kind: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def object_name(kind: str, streaming: bool) -> str:
-    if kind == "chat":
-        return "chat.completion.chunk" if streaming else "chat.completion"
-    return "text_completion"
-
-
 def sse(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
-def chunk(kind: str, ident: str, created: int, model: str, delta: Any, finish: str | None) -> dict[str, Any]:
+def chunk(
+    kind: str,
+    ident: str,
+    created: int,
+    model: str,
+    delta: str | None,
+    finish: str | None,
+    *,
+    role: bool = False,
+    usage: dict[str, int] | None = None,
+    allmende: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One stream chunk: a text delta, the final one (`finish`), or the usage-only one
+    (`usage`, no choices)."""
+    parsed = protocol.Usage(**usage) if usage else None
     if kind == "chat":
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        choices = (
+            []
+            if usage
+            else [
+                protocol.ChatChunkChoice(
+                    delta=protocol.Delta(role="assistant" if role else None, content=delta), finish_reason=finish
+                )
+            ]
+        )
+        out: protocol.ChatCompletionChunk | protocol.CompletionChunk = protocol.ChatCompletionChunk(
+            id=ident, created=created, model=model, choices=choices, usage=parsed, allmende=allmende
+        )
     else:
-        choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
-    return {"id": ident, "object": object_name(kind, True), "created": created, "model": model, "choices": [choice]}
+        texts = [] if usage else [protocol.CompletionChoice(text=delta or "", finish_reason=finish)]
+        out = protocol.CompletionChunk(
+            id=ident, created=created, model=model, choices=texts, usage=parsed, allmende=allmende
+        )
+    return out.render()
 
 
 def render(kind: str, body: dict[str, Any], name: str, answer: Answer) -> dict[str, Any]:
@@ -242,33 +253,28 @@ def render(kind: str, body: dict[str, Any], name: str, answer: Answer) -> dict[s
         fmt = body.get("encoding_format", "float")
         data = []
         for i, vector in enumerate(answer.output["embeddings"]):
-            value: Any = vector
+            value: list[float] | str = vector
             if fmt == "base64":
                 value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-            data.append({"object": "embedding", "index": i, "embedding": value})
+            data.append(protocol.Embedding(index=i, embedding=value))
         tokens = answer.usage["prompt_tokens"]
-        return {
-            "object": "list",
-            "data": data,
-            "model": name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        usage = protocol.EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+        return protocol.EmbeddingList(data=data, model=name, usage=usage).render()
     text = answer.output.get("text", "")
     finish = answer.output.get("finish_reason", "stop")
     if kind == "chat":
-        choice: dict[str, Any] = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": None,
-            "finish_reason": finish,
-        }
-    else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-    return {
-        "id": new_id(kind),
-        "object": object_name(kind, False),
-        "created": created,
-        "model": name,
-        "choices": [choice],
-        "usage": answer.usage,
-    }
+        message = protocol.AssistantMessage(content=text)
+        return protocol.ChatCompletion(
+            id=new_id(kind),
+            created=created,
+            model=name,
+            choices=[protocol.ChatChoice(message=message, finish_reason=finish)],
+            usage=protocol.Usage(**answer.usage),
+        ).render()
+    return protocol.Completion(
+        id=new_id(kind),
+        created=created,
+        model=name,
+        choices=[protocol.CompletionChoice(text=text, finish_reason=finish)],
+        usage=protocol.Usage(**answer.usage),
+    ).render()

@@ -1,0 +1,121 @@
+"""The shared protocol module: requests are parsed into typed models that name the bad
+parameter the way OpenAI does, and every response shape the gateway renders is one the
+official `openai` client parses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from openai.types import Completion as OpenAICompletion
+from openai.types import CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion as OpenAIChatCompletion
+from openai.types.chat import ChatCompletionChunk as OpenAIChatCompletionChunk
+
+from allmende.gateway.app import chunk, render
+from allmende.protocol import (
+    ChatRequest,
+    InvalidParameter,
+    check_request,
+    input_hash,
+    parse_request,
+    sampling_params,
+)
+from allmende.provider.client import Answer
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "param"),
+    [
+        ("chat", {"messages": []}, "messages"),
+        ("chat", {}, "messages"),
+        ("chat", {"messages": "hi"}, "messages"),
+        ("chat", {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ("chat", {"messages": [*USER, {"role": "user", "content": [{"type": "image_url"}]}]}, "messages[1].content"),
+        ("chat", {"messages": USER, "temperature": 2.5}, "temperature"),
+        ("chat", {"messages": USER, "temperature": True}, "temperature"),
+        ("chat", {"messages": USER, "top_p": "1"}, "top_p"),
+        ("chat", {"messages": USER, "max_tokens": 0}, "max_tokens"),
+        ("chat", {"messages": USER, "max_completion_tokens": 2**21}, "max_completion_tokens"),
+        ("chat", {"messages": USER, "seed": -1}, "seed"),
+        ("chat", {"messages": USER, "n": 2}, "n"),
+        ("chat", {"messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ("chat", {"messages": USER, "stream": "yes"}, "stream"),
+        ("chat", {"messages": USER, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
+        ("chat", {"messages": USER, "model": 7}, "model"),
+        ("completion", {"prompt": ["a", "b"]}, "prompt"),
+        ("embedding", {"input": ["ok", ""]}, "input"),
+        ("embedding", {"input": ["x"] * 257}, "input"),
+        ("embedding", {"input": "x", "encoding_format": "hex"}, "encoding_format"),
+    ],
+)
+def test_a_bad_parameter_is_named(kind: str, body: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidParameter) as info:
+        parse_request(kind, body)
+    assert info.value.param == param
+    assert str(info.value).startswith(f"'{param}' ")
+
+
+def test_check_request_normalises_the_body_it_will_forward() -> None:
+    body = {
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+        "stop": "x",
+        "vendor_field": 1,
+    }
+    request = check_request("chat", body)
+    assert isinstance(request, ChatRequest)
+    assert body["messages"][0]["content"] == "ab"  # what the provider runs and the receipt binds
+    assert request.sampling().stop == ("x",)
+    completion = {"prompt": ["one prompt"]}
+    check_request("completion", completion)
+    assert completion["prompt"] == "one prompt"
+
+
+def test_sampling_params_are_the_same_from_every_role() -> None:
+    body = {"messages": USER, "temperature": 0, "max_completion_tokens": 5, "seed": 7, "stop": ["\n"]}
+    params = sampling_params(body)
+    assert (params.max_tokens, params.temperature, params.top_p, params.seed, params.stop) == (5, 0.0, 1.0, 7, ("\n",))
+    assert sampling_params({"messages": USER}).max_tokens == 64
+    assert input_hash(body) == input_hash(dict(reversed(list(body.items()))))  # key order does not matter
+
+
+def answer(output: dict[str, Any], usage: dict[str, int]) -> Answer:
+    return Answer(output, usage, None)  # type: ignore[arg-type]
+
+
+def test_rendered_responses_parse_with_the_official_client() -> None:
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    chat = render("chat", {}, "m", answer({"text": "Paris.", "finish_reason": "stop"}, usage))
+    parsed = OpenAIChatCompletion.model_validate(chat)
+    assert parsed.choices[0].message.content == "Paris." and parsed.usage and parsed.usage.total_tokens == 5
+    assert chat["choices"][0]["logprobs"] is None and "allmende" not in chat
+    text = render("completion", {}, "m", answer({"text": "x", "finish_reason": "length"}, usage))
+    assert OpenAICompletion.model_validate(text).choices[0].finish_reason == "length"
+    vectors = {"embeddings": [[0.5, -0.5]]}
+    emb = render("embedding", {"encoding_format": "float"}, "m", answer(vectors, {"prompt_tokens": 2}))
+    assert CreateEmbeddingResponse.model_validate(emb).usage.total_tokens == 2
+    emb = render("embedding", {"encoding_format": "base64"}, "m", answer(vectors, {"prompt_tokens": 2}))
+    assert emb["data"][0]["embedding"] == "AAAAPwAAAL8="  # little-endian float32, decoded by the client
+
+
+def test_stream_chunks_parse_with_the_official_client() -> None:
+    first = chunk("chat", "id", 1, "m", "", None, role=True)
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    last = chunk("chat", "id", 1, "m", None, "stop", allmende={"receipt": "r"})
+    assert last["choices"][0]["delta"] == {} and last["allmende"] == {"receipt": "r"}
+    usage = chunk(
+        "chat", "id", 1, "m", None, None, usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    )
+    assert usage["choices"] == [] and usage["usage"]["total_tokens"] == 2
+    for c in (first, last, usage, chunk("chat", "id", 1, "m", "tok", None)):
+        OpenAIChatCompletionChunk.model_validate(c)
+    text = chunk("completion", "id", 1, "m", "tok", None)  # finish_reason null until the end, as OpenAI streams it
+    assert text["object"] == "text_completion" and text["choices"][0] == {
+        "index": 0,
+        "text": "tok",
+        "logprobs": None,
+        "finish_reason": None,
+    }
+    OpenAICompletion.model_validate(chunk("completion", "id", 1, "m", None, "length"))
