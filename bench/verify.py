@@ -25,8 +25,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="proof-check calibration harness")
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-attacks", action="store_true", help="skip the attack rows on the draw")
     args = parser.parse_args()
-    harness = Harness(args.questions)
+    harness = Harness(args.questions, attacks=not args.no_attacks)
     results = harness.run()
     timing = harness.timing()
     out = {
@@ -34,6 +35,7 @@ def main() -> None:
         "proof_bytes_per_32_tokens": round(timing["proof_bytes_per_32_tokens"], 1),
         "false_alarms": sum(r.wrong for r in results if r.honest),
         "misses": sum(r.wrong for r in results if not r.honest),
+        "known_limit_passes": sum(r.passed for r in results if r.limit),
         "generation_s_128_tokens": round(timing["generation_s"], 4),
         "validation_s_128_tokens": round(timing["validation_s"], 4),
         "goals": {"validation_over_generation": 0.05, "proof_bytes_per_32_tokens": 258, "false_alarms": 0, "misses": 0},
@@ -41,11 +43,13 @@ def main() -> None:
             {
                 "name": r.name,
                 "honest": r.honest,
+                "known_limit": r.limit,
                 "runs": r.runs,
                 "passed": r.passed,
                 "median_rel_error_min": round(r.best_median_rel_error, 4),
                 "median_rel_error_max": round(r.worst_median_rel_error, 4),
                 "worst_topk_overlap": r.worst_overlap,
+                "passed_with_the_honest_tokens": r.identical,
             }
             for r in results
         ],
@@ -59,7 +63,7 @@ def main() -> None:
     for r in results:
         table.add_row(
             r.name,
-            "honest" if r.honest else "cheat",
+            "honest" if r.honest else "limit" if r.limit else "cheat",
             f"{r.passed}/{r.runs}",
             str(r.wrong),
             f"{r.best_median_rel_error:.4f}-{r.worst_median_rel_error:.4f}",
@@ -67,7 +71,8 @@ def main() -> None:
         )
     Console().print(table)
     print(
-        f"false alarms {out['false_alarms']}, misses {out['misses']}, proof bytes per 32 tokens "
+        f"false alarms {out['false_alarms']}, misses {out['misses']} (known limit, int8 + recomputed proof: "
+        f"{out['known_limit_passes']} passed), proof bytes per 32 tokens "
         f"{out['proof_bytes_per_32_tokens']}, validation ÷ generation (128 tokens) "
         f"{out['validation_over_generation']}"
     )

@@ -118,14 +118,16 @@ def generate(outdir: Path, questions: int, device: str, run_harness: bool) -> Pa
         GREEDY,
         QUESTIONS,
         SAMPLED,
+        SETTINGS,
         SYSTEM,
         load,
         messages,
         quantize_int8,
+        setting_name,
         skip_last_layer,
     )
     from allmende.testing.harness import generate as run_generation
-    from allmende.validator.checker import verify_completion
+    from allmende.validator.checker import judge
 
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--generate needs CUDA (or --device cpu for a dry run)")
@@ -160,6 +162,10 @@ def generate(outdir: Path, questions: int, device: str, run_harness: bool) -> Pa
         (f"{label} bf16, seeded sampling", True, device, "bf16", False, lambda: engine(bf16), SAMPLED, SYSTEM),
         (f"{label} fp16, greedy", True, device, "fp16", False, lambda: engine(fp16), GREEDY, SYSTEM),
     ]
+    for setting in SETTINGS[1:]:  # the verifiable draw under every sampled setting of bench/verify.py
+        name = setting_name(setting)
+        specs.append((f"{label} fp32, {name}", True, device, "fp32", False, engine, setting, SYSTEM))
+        specs.append((f"{label} bf16, {name}", True, device, "bf16", False, lambda: engine(bf16), setting, SYSTEM))
     if device == "cuda":
         specs.append((f"{label} fp32 with TF32 matmuls, greedy", True, device, "fp32", True, engine, GREEDY, SYSTEM))
     specs += [
@@ -215,12 +221,13 @@ def generate(outdir: Path, questions: int, device: str, run_harness: bool) -> Pa
         params = SamplingParams(**record["params"])
         start = time.perf_counter()
         hidden, logits = validator.prefill(record["prompt_ids"] + record["output_ids"])
-        verdict = verify_completion(
-            (hidden.cpu(), logits.cpu()),
-            len(record["prompt_ids"]),
+        verdict = judge(
+            validator,
+            record["prompt_ids"],
             record["output_ids"],
             bytes.fromhex(record["proof"]),
             params,
+            (hidden.cpu(), logits.cpu()),
         )
         record["device_check"] = {
             "ok": verdict.ok,

@@ -46,8 +46,9 @@ def deployments_file(deployment: Deployment, tmp_path_factory: pytest.TempPathFa
 
 
 # ------------------------------------------------------------------------------------------
-# `allmende up` with two providers, the second serving int8 weights under the tiny model's id,
-# and two validators that catch it. Used by tests/validator/test_up_validators.py and by the
+# `allmende up` with two providers, the second trying to recognise audits and serving everyone
+# else from a cheap generator (allmende.testing.cheats, mode `recognise`), and two validators
+# that catch it. Used by tests/validator/test_up_validators.py and by the
 # explorer's browser tests (tests/ui): those tests are run one after the other, share one
 # network, and it is stopped as soon as the last of them has run.
 
@@ -77,7 +78,7 @@ class _SharedNetwork:
         if self.process is None:
             root = factory.mktemp("up-validators")
             try:
-                self.process, self.data = start_network(root, *CHEATER_NETWORK_ARGS, cheat="2:int8")
+                self.process, self.data = start_network(root, *CHEATER_NETWORK_ARGS, cheat="2:recognise")
             except BaseException as exc:
                 self.failed = exc
                 raise

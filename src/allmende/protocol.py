@@ -7,7 +7,8 @@ same from the evidence, so the three cannot drift.
     parse_request(kind, body)     ChatRequest | CompletionRequest | EmbeddingRequest, or
                                   InvalidParameter naming the bad parameter
     check_request(kind, body)     parse, and normalise the body in place (the gateway)
-    sampling_params(body)         max_tokens, temperature, top_p, seed, stop
+    sampling_params(body, rid)    max_tokens, temperature, top_p, seed, stop (the seed from the
+                                  request id when the request has none: draw_seed)
     canonical_request(body)       the bytes `inputHash` is the keccak of
     input_hash(body)
 
@@ -17,6 +18,7 @@ same from the evidence, so the three cannot drift.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Annotated, Any, Literal
 
@@ -207,15 +209,25 @@ def check_request(kind: str, body: dict[str, Any]) -> Request:
     return request
 
 
-def sampling_params(body: dict[str, Any]) -> SamplingParams:
+def draw_seed(request_id: bytes) -> int:
+    """The seed of a request that set none: a function of its request id, which the receipt
+    signs, so every sampled token of every receipt is a verifiable draw."""
+    return int.from_bytes(keccak(b"allmende/seed/v1" + request_id)[:8], "big") & ((1 << 63) - 1)
+
+
+def sampling_params(body: dict[str, Any], request_id: bytes | None = None) -> SamplingParams:
     """The sampling parameters a generation request asks for: the provider runs exactly these
-    and a validator re-checks with exactly these (InvalidInput if they are not valid)."""
+    and a validator re-checks with exactly these (InvalidInput if they are not valid). With
+    `request_id`, a request without a seed gets `draw_seed(request_id)`."""
     try:
         fields = _Generation.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise InvalidInput(f"{_param(first['loc'][:1])} {_message(first)}") from None
-    return fields.sampling()
+    params = fields.sampling()
+    if params.seed is None and request_id is not None:
+        params = dataclasses.replace(params, seed=draw_seed(request_id))
+    return params
 
 
 def canonical_request(body: dict[str, Any]) -> bytes:

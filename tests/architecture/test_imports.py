@@ -137,3 +137,49 @@ def test_core_is_pure() -> None:
             for module in modules:
                 assert module.split(".")[0] not in forbidden, f"{name} imports {module}"
         assert all(package_of(m) == "allmende.core" for m in GRAPH[name]), (name, GRAPH[name])
+
+
+def loaded_on_import(name: str) -> set[str]:
+    """The allmende modules importing `name` loads: module-level imports (not those inside
+    functions or under `if TYPE_CHECKING`), followed transitively, with parent packages."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        parts = current.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) in MODULES]
+        tree = ast.parse(MODULES[current].read_text())
+        for node in tree.body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.FunctionDef | ast.AsyncFunctionDef):
+                    break
+                if isinstance(inner, ast.Import | ast.ImportFrom):
+                    todo += [m for m in imports_of_node(current, inner) if m in MODULES]
+    return seen
+
+
+def imports_of_node(name: str, node: ast.Import | ast.ImportFrom) -> list[str]:
+    if isinstance(node, ast.Import):
+        targets = [alias.name for alias in node.names]
+    else:
+        module = node.module or ""
+        targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in MODULES else module for a in node.names]
+    found = []
+    for target in targets:
+        while target and target not in MODULES:
+            target = target.rpartition(".")[0]
+        if target.startswith("allmende"):
+            found.append(target)
+    return found
+
+
+def test_the_calibration_harness_needs_no_chain_libraries() -> None:
+    """bench/verify_gpu.py runs the harness on GPU machines that lack web3 and the API stack."""
+    loaded = loaded_on_import("allmende.testing.harness")
+    assert "allmende.validator.checker" in loaded
+    assert not {m for m in loaded if m.startswith(("allmende.chain", "allmende.provider", "allmende.gateway"))}

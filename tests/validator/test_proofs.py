@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 
 from allmende.core.proofs import TOP_K, ChunkCommitment, ProofFormatError, decode_proof, encode_proof
 from allmende.engine.proofs import check, commit
-from allmende.testing.harness import Harness
+from allmende.testing.harness import SETTINGS, Harness, setting_name
+
+SETTING_NAMES = [setting_name(p) for p in SETTINGS]
 
 
 @given(
@@ -83,3 +85,15 @@ def test_harness_honest_pass_and_cheats_fail() -> None:
     assert [r.name for r in results if r.honest and r.wrong] == []  # no false alarms
     assert [r.name for r in results if not r.honest and r.wrong] == []  # no misses
     assert by_name["weights quantised to int8"].runs == 3
+
+
+def test_harness_attacks_on_the_draw_are_all_caught() -> None:
+    """A cheap generator whose proof is recomputed by one honest prefill (another model, a
+    skipped layer, random tokens, another sampling seed), truncated and empty completions:
+    all caught under greedy and every sampled setting, and honest fp32/bf16 runs pass."""
+    results = [r for r in Harness(questions=2, attacks=True).run() if "," in r.name]
+
+    assert len(results) >= 40
+    assert [r.name for r in results if r.honest and r.wrong] == []
+    assert [r.name for r in results if not r.honest and r.wrong] == []
+    assert {r.name for r in results if r.limit} == {f"int8 + recomputed proof, {s}" for s in SETTING_NAMES}

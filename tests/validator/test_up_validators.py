@@ -1,5 +1,8 @@
 """Validators as `allmende up` runs them: two validator processes audit two provider
-processes as mystery shoppers; the one serving int8 weights under the tiny model's id is
+processes as mystery shoppers, through the gateway as user requests. The second provider
+tries to recognise audits by every trick that worked against the first validators (a
+validator's payer key, a body without `model`, a public prompt pool), serving them honestly
+and everyone else from a cheap generator with a recomputed proof. It recognises none, is
 reported, voted guilty by the other validator, slashed and paused, and the gateway stops
 routing to it while users' requests keep being served. (The network is shared with the
 explorer's browser tests: see `cheater_network` in tests/conftest.py.)"""
@@ -27,6 +30,9 @@ def test_validators_in_up_catch_and_slash_the_cheater(cheater_network: dict[str,
     assert all(reader.registry.role_of(v) == 2 and reader.registry.is_active(v) for v in validators)
 
     resolved = cheater_verdict(network)
+    guesses = Path(network["providers"][1]["log"]).read_text()
+    assert "looks like a user" in guesses  # the audits reached it ...
+    assert "looks like an audit" not in guesses  # ... and none was recognised
 
     assert resolved.status == 2  # guilty
     # the slash is slash_bps of the stake the cheater held just before this case was resolved

@@ -153,7 +153,8 @@ def up(
                 v_args = allmende_command(
                     "validator", "--rpc", node.url, "--key", f"devnet:{account.index}",
                     "--deployments", str(deployments), "--state-dir", str(run_dir / f"validator-{j + 1}"),
-                    "--port", str(v_port), *(a for m in audited for a in ("--model", m)), *validator_option,
+                    "--port", str(v_port), *(a for m in audited for a in ("--model", m)), "--gateway", gateway_url,
+                    *validator_option,
                 )  # fmt: skip
                 child = spawn(f"validator-{j + 1}", v_args, v_log, f"http://127.0.0.1:{v_port}")
                 children.append(child)

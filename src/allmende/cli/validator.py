@@ -19,6 +19,11 @@ def validator(
     public_url: str = typer.Option(None, help="evidence endpoint published on chain (default http://host:port)"),
     deployments: Path = typer.Option(None),
     state_dir: Path = typer.Option(None),
+    gateway: list[str] = typer.Option(
+        [], help="gateway URL to send audits through, as user requests (repeatable; none: only review cases)"
+    ),
+    gateway_key: str = typer.Option(None, help="API key for the gateways, if they require one"),
+    prompts: Path = typer.Option(None, help="file of your own audit prompts, one per line (mixed in)"),
     audit_interval: float = typer.Option(30.0, help="mean seconds between audit rounds (jittered)"),
     publish_every: int = typer.Option(10, help="publish reputation scores every N rounds"),
 ) -> None:
@@ -35,6 +40,17 @@ def validator(
             state_dir=state_dir or env.state_dir / "validator",
             models=model,
             endpoint=public_url or f"http://{host}:{port}",
+            gateways=tuple(g.rstrip("/").removesuffix("/v1") for g in gateway),
+            gateway_key=gateway_key,
+            prompts=prompts,
         )
-        console.print(f"validator auditing {', '.join(model)}; evidence on {config.endpoint}")
+        if gateway:
+            console.print(
+                f"validator auditing {', '.join(model)} through {', '.join(config.gateways)}; "
+                f"evidence on {config.endpoint}"
+            )
+        else:
+            console.print(
+                f"validator reviewing cases only (no --gateway to audit through); evidence on {config.endpoint}"
+            )
         serve(config, host, port, audit_interval, publish_every)

@@ -2,21 +2,31 @@
 
 Everything here belongs to one sequence and never looks at another: the batch
 scheduler hands each sequence its own row of logits, and the sequence draws with its
-own generator, temperature, top-p, stop strings and token budget. That keeps batch
+own seed, temperature, top-p, stop strings and token budget. That keeps batch
 composition out of every output (a sequence decodes the same tokens alone or among 63
-others, up to floating-point noise), and keeps the sampling rule in one function that
-a verifiable draw can replace.
+others, up to floating-point noise).
+
+The draw is verifiable: output token i is the argmax of logits/T + g over the top-p
+nucleus, where g is Gumbel noise that is a public pseudo-random function of (seed, i).
+The provider takes the seed from the request, or from the request id when the request
+has none, so the receipt binds it; a validator recomputes g, applies it to its own
+logits and checks that each token is the one drawn (see allmende.validator.checker).
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from allmende.engine.base import SamplingParams
 
 SEED_MASK = (1 << 63) - 1
+DRAW_DOMAIN = b"allmende/draw/v1"
+TINY = float(np.finfo(np.float32).tiny)
 
 
 def choice_params(params: SamplingParams, index: int) -> SamplingParams:
@@ -34,29 +44,54 @@ def choice_params(params: SamplingParams, index: int) -> SamplingParams:
     )
 
 
-def new_generator(params: SamplingParams, device: str) -> torch.Generator:
-    """The sequence's own random stream: seeded when the request fixed a seed."""
-    generator = torch.Generator(device=device)
-    if params.seed is not None:
-        generator.manual_seed(params.seed)
-    else:
-        generator.seed()
-    return generator
+def draw_seed(seed: int | None) -> int:
+    """The seed a sequence draws with: the request's, or fresh randomness when it set none
+    (the provider sets one from the request id, so its draws are verifiable)."""
+    return seed if seed is not None else secrets.randbits(63)
 
 
-def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """One draw from one sequence's logits (a 1-D row): greedy at temperature 0; else
-    temperature, then the top-p nucleus, then a multinomial draw from `generator`."""
+def gumbel_noise(seed: int, position: int, size: int) -> torch.Tensor:
+    """The Gumbel noise of output position `position`: a pseudo-random function of (seed,
+    position) that anyone can recompute. Philox-4x64 (a counter-based generator with a
+    published specification) keyed by BLAKE2b(seed, position) gives `size` uniform float32
+    values u, and the noise is -log(-log(u))."""
+    key = hashlib.blake2b(DRAW_DOMAIN + seed.to_bytes(8, "big") + position.to_bytes(8, "big"), digest_size=16)
+    uniform = np.random.Generator(np.random.Philox(key=int.from_bytes(key.digest(), "big"))).random(
+        size, dtype=np.float32
+    )
+    np.clip(uniform, TINY, 1.0 - TINY, out=uniform)
+    return torch.from_numpy(-np.log(-np.log(uniform)))
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Boolean mask of the top-p nucleus of each row of `probs` (the most likely tokens whose
+    mass before them is below `top_p`; the most likely token is always in it)."""
+    if top_p >= 1.0:
+        return torch.ones_like(probs, dtype=torch.bool)
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
+    keep[..., 0] = True
+    return torch.zeros_like(keep).scatter(-1, order, keep)
+
+
+def draw_scores(logits: torch.Tensor, params: SamplingParams, seed: int, position: int) -> torch.Tensor:
+    """Gumbel-max scores of one row: the token with the highest score is the draw. Outside
+    the nucleus a score is -inf. Taking the argmax of logits/T + Gumbel noise is an exact
+    sample from softmax(logits/T) restricted to the nucleus."""
+    row = logits.detach().float().cpu()
+    scaled = row / params.temperature
+    if params.top_p < 1.0:
+        scaled = scaled.masked_fill(~nucleus(torch.softmax(scaled, dim=-1), params.top_p), float("-inf"))
+    return scaled + gumbel_noise(seed, position, row.shape[-1])
+
+
+def sample_token(logits: torch.Tensor, params: SamplingParams, seed: int, position: int) -> int:
+    """Output token `position` of a sequence, from its row of logits: the argmax at
+    temperature 0; else the Gumbel-max draw of (seed, position) — the verifiable draw a
+    validator recomputes from its own logits (allmende.validator.checker)."""
     if params.temperature == 0.0:
         return int(torch.argmax(logits).item())
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
-        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    choice = torch.multinomial(probs / probs.sum(), 1, generator=generator)
-    return int(choice.item())
+    return int(torch.argmax(draw_scores(logits, params, seed, position)).item())
 
 
 class IncrementalDetokenizer:

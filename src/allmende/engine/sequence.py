@@ -2,7 +2,7 @@
 
 A `Sequence` is fed one row of logits and the matching final hidden state per step
 by the scheduler and decides on its own what happens next: which token (its own
-generator and parameters), what text that adds (incremental detokenizer), and whether
+seed and parameters), what text that adds (incremental detokenizer), and whether
 it is finished (EOS, a stop string, its token budget). It hands events to its consumer
 through `emit`, which must be safe to call from the scheduler thread.
 """
@@ -17,7 +17,7 @@ import torch
 
 from allmende.engine.base import SamplingParams, TokenEvent
 from allmende.engine.proofs import commit
-from allmende.engine.sampling import IncrementalDetokenizer, new_generator, sample_token
+from allmende.engine.sampling import IncrementalDetokenizer, draw_seed, sample_token
 
 Finish = Literal["stop", "length"]
 
@@ -36,7 +36,8 @@ class Sequence:
         self.params = params
         self.emit = emit  # TokenEvent, then None when finished, or the exception that ended it
         self.eos_ids = eos_ids
-        self.generator = new_generator(params, device)
+        self.seed = draw_seed(params.seed)
+        self.drawn = 0  # tokens drawn so far (EOS included): the position of the next draw
         self.detokenizer = IncrementalDetokenizer(decode)
         self.hidden_rows: list[torch.Tensor] = []  # final hidden state that produced each output token
         self.cancelled = threading.Event()
@@ -52,7 +53,8 @@ class Sequence:
     def advance(self, logits: torch.Tensor, hidden: torch.Tensor) -> bool:
         """Take one step from this sequence's row of logits and final hidden state;
         return True when the sequence is finished."""
-        token = sample_token(logits, self.params, self.generator)
+        token = sample_token(logits, self.params, self.seed, self.drawn)
+        self.drawn += 1
         if token in self.eos_ids and not self.params.ignore_eos:
             return self._finish(self.detokenizer.flush(), None, "stop")
         self.hidden_rows.append(hidden)

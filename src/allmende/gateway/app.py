@@ -18,7 +18,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from allmende import __version__, protocol
+from allmende.core.codec import address_field
 from allmende.core.errors import BodyTooLarge as CoreBodyTooLarge
+from allmende.core.errors import InvalidInput
 from allmende.core.ratelimit import RateLimiter
 from allmende.gateway.errors import (
     BodyTooLarge,
@@ -132,17 +134,20 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
             body = await read_body(request, limits)
             check_request(kind, body)
             budget_check(service.payments, limits.budgets, key)
+            pin = pinned_provider(request)
         except Exception as exc:
             response = openai_error(exc)
             requests_total.labels(endpoint, str(response.status_code)).inc()
             return response
         if body.get("stream") and kind != "embedding":
-            return StreamingResponse(stream(endpoint, kind, body, key), media_type="text/event-stream")
+            return StreamingResponse(
+                stream(endpoint, kind, body, key, pin, wants_evidence(request)), media_type="text/event-stream"
+            )
         state["in_flight"] += 1
         in_flight_gauge.inc()
         started = time.monotonic()
         try:
-            result = await service.complete(kind, body, key)
+            result = await service.complete(kind, body, key, pin)
         except Exception as exc:
             explorer.failed(started)
             response = openai_error(exc)
@@ -154,9 +159,13 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
         requests_total.labels(endpoint, "200").inc()
         rendered = render(kind, body, result.offer.name, result.answer)
         rendered["allmende"] = explorer.answered(rendered.get("id", new_id(kind)), result.answer, started, key)
+        if wants_evidence(request):
+            rendered["allmende"]["evidence"] = evidence_of(kind, result.answer)
         return JSONResponse(rendered)
 
-    async def stream(endpoint: str, kind: str, body: dict[str, Any], key: str | None) -> AsyncIterator[bytes]:
+    async def stream(
+        endpoint: str, kind: str, body: dict[str, Any], key: str | None, pin: str | None, evidence: bool
+    ) -> AsyncIterator[bytes]:
         state["in_flight"] += 1
         in_flight_gauge.inc()
         ident, created, name = new_id(kind), int(time.time()), str(body.get("model"))
@@ -166,10 +175,12 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
         try:
             if kind == "chat":
                 yield sse(chunk(kind, ident, created, name, "", None, role=True))
-            async for item in service.stream(kind, body, key):
+            async for item in service.stream(kind, body, key, pin):
                 if isinstance(item, Answer):
                     finish = item.output.get("finish_reason", "stop")
                     receipt = explorer.answered(ident, item, started, key)  # the receipt, for the playground
+                    if evidence:
+                        receipt["evidence"] = evidence_of(kind, item)
                     yield sse(chunk(kind, ident, created, name, None, finish, allmende=receipt))
                     if include_usage:
                         yield sse(chunk(kind, ident, created, name, None, None, usage=item.usage))
@@ -200,6 +211,40 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
         return await handle(request, "embeddings", "embedding")
 
     return app
+
+
+PIN_HEADER = "x-allmende-provider"  # serve with this provider only (an address), no failover
+EVIDENCE_HEADER = "x-allmende-evidence"  # add what a validator needs to check the answer
+
+
+def pinned_provider(request: Request) -> str | None:
+    """The provider the client asked for, checksummed; InvalidRequest if it is no address."""
+    raw = request.headers.get(PIN_HEADER)
+    if raw is None:
+        return None
+    try:
+        return address_field(raw.strip(), PIN_HEADER)
+    except InvalidInput:
+        raise InvalidRequest(f"the {PIN_HEADER} header must be a provider's address") from None
+
+
+def wants_evidence(request: Request) -> bool:
+    return request.headers.get(EVIDENCE_HEADER, "").lower() in ("1", "true", "yes")
+
+
+def evidence_of(kind: str, answer: Answer) -> dict[str, Any]:
+    """What the provider committed to, for a client that checks it (a validator's audit):
+    the request exactly as sent (its canonical form is the receipt's inputHash), the token
+    ids, the proof and the signed receipt."""
+    return {
+        "kind": kind,
+        "request": answer.sent,
+        "text": answer.output.get("text", ""),
+        "finish_reason": answer.output.get("finish_reason"),
+        "token_ids": answer.output.get("token_ids", []),
+        "proof": answer.output.get("proof", "0x"),
+        "receipt": answer.receipt.to_json(),
+    }
 
 
 def new_id(kind: str) -> str:

@@ -97,19 +97,20 @@ class GatewayService:
             raise InvalidRequest(f"'{name}' is {what}; it cannot serve {kind} requests", "model")
         return offer
 
-    def _pick(self, offer: Offer, excluded: set[str]) -> tuple[ProviderEntry, ProviderStats] | None:
-        entries = {e.address: e for e in self.directory.candidates(offer.model_id)}
+    def _pick(self, offer: Offer, excluded: set[str], pin: str | None) -> tuple[ProviderEntry, ProviderStats] | None:
+        entries = {e.address: e for e in self.directory.candidates(offer.model_id) if pin in (None, e.address)}
         stats = [e.stats[offer.model_id] for e in entries.values() if offer.model_id in e.stats]
         chosen = self.router.choose(stats, time.monotonic(), frozenset(excluded))
         return None if chosen is None else (entries[chosen.address], chosen)
 
     async def _choose(
-        self, offer: Offer, tried: set[str], busy: set[str], deadline: float
+        self, offer: Offer, tried: set[str], busy: set[str], deadline: float, pin: str | None
     ) -> tuple[ProviderEntry, ProviderStats] | None:
-        """A provider not tried yet. Busy ones (at capacity, or no credit left for us until
-        answers come back) are retried after a short wait, until the deadline."""
+        """A provider not tried yet (only `pin`, if given). Busy ones (at capacity, or no
+        credit left for us until answers come back) are retried after a short wait, until
+        the deadline."""
         while True:
-            picked = self._pick(offer, tried | busy)
+            picked = self._pick(offer, tried | busy, pin)
             if picked is not None:
                 return picked
             if not busy or time.monotonic() >= deadline:
@@ -211,7 +212,8 @@ class GatewayService:
 
     # ------------------------------------------------------------ one shot
 
-    async def complete(self, kind: str, body: dict[str, Any], api_key: str | None) -> Result:
+    async def complete(self, kind: str, body: dict[str, Any], api_key: str | None, pin: str | None = None) -> Result:
+        """Serve one request; `pin` restricts it to one provider (no failover elsewhere)."""
         offer = self.resolve(body.get("model"), kind)
         tried: set[str] = set()
         busy: set[str] = set()
@@ -219,7 +221,7 @@ class GatewayService:
         last_error: Exception | None = None
         deadline = time.monotonic() + self.timeout_first_token
         while failures < MAX_ATTEMPTS:
-            picked = await self._choose(offer, tried, busy, deadline)
+            picked = await self._choose(offer, tried, busy, deadline, pin)
             if picked is None:
                 break
             entry, stats = picked
@@ -257,6 +259,7 @@ class GatewayService:
                 stats.in_flight -= 1
             stats.record_success(time.monotonic() - started)
             self._settle(attempt, offer, answer, api_key)
+            answer.sent = body
             return Result(offer, answer, answer.output.get("text", ""))
         raise NoProvider(
             f"no provider could serve '{offer.name}' right now" + (f" (last error: {last_error})" if last_error else "")
@@ -264,7 +267,9 @@ class GatewayService:
 
     # ------------------------------------------------------------- streams
 
-    async def stream(self, kind: str, body: dict[str, Any], api_key: str | None) -> AsyncIterator[str | Answer]:
+    async def stream(
+        self, kind: str, body: dict[str, Any], api_key: str | None, pin: str | None = None
+    ) -> AsyncIterator[str | Answer]:
         """Text deltas then a final Answer. If a provider dies mid-stream, another one
         continues from the prompt plus the text already sent; the caller sees one stream.
         Usage counts tokens (from receipts, and from the token counts of deltas a failed
@@ -279,7 +284,7 @@ class GatewayService:
         last_error: Exception | None = None
         deadline = time.monotonic() + self.timeout_first_token
         while failures < MAX_ATTEMPTS:
-            picked = await self._choose(offer, tried, busy, deadline)
+            picked = await self._choose(offer, tried, busy, deadline, pin)
             if picked is None:
                 break
             entry, stats = picked
@@ -311,6 +316,7 @@ class GatewayService:
                         first = False
                     if isinstance(item, Answer):
                         self._settle(attempt, offer, item, api_key)
+                        item.sent = request
                         if carried_tokens:  # continued: the carried text was part of this prompt
                             completion = carried_tokens + item.usage["completion_tokens"]
                             prompt = max(0, item.usage["prompt_tokens"] - carried_tokens)

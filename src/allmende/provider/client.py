@@ -52,6 +52,7 @@ class Answer:
     output: dict[str, Any]
     usage: dict[str, int]
     receipt: SignedReceipt
+    sent: dict[str, Any] | None = None  # the request body as sent to the provider (set by the gateway)
 
 
 def fetch_info(http: httpx.Client, url: str) -> ProviderInfo:
@@ -128,6 +129,7 @@ class _StreamReader:
     def __init__(self, info: ProviderInfo, receipt_domain: Domain, sealer: ResponseSealer, request_id: bytes):
         self.info, self.receipt_domain, self.sealer, self.request_id = info, receipt_domain, sealer, request_id
         self.seq, self.event = 0, "message"
+        self.parts: list[str] = []  # the text streamed so far: the Answer's text
 
     def feed(self, line: str) -> Delta | Answer | None:
         if line.startswith("event:"):
@@ -143,6 +145,7 @@ class _StreamReader:
         self.seq += 1
         if data.get("done"):
             output = {
+                "text": "".join(self.parts),
                 "finish_reason": data["finish_reason"],
                 "token_ids": data.get("token_ids", []),
                 "proof": data.get("proof", "0x"),
@@ -150,6 +153,7 @@ class _StreamReader:
             receipt = _check_receipt(data["receipt"], self.info, self.receipt_domain, self.request_id)
             return Answer(output, data["usage"], receipt)
         tokens = data.get("tokens", 1)
+        self.parts.append(str(data["delta"]))
         return Delta(str(data["delta"]), tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else 1)
 
 

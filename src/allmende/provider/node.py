@@ -40,6 +40,9 @@ log = logging.getLogger("allmende.provider")
 # Wrappers applied to every engine a provider loads, in order: a hook for test helpers
 # (allmende.testing.cheats fills it to make a provider cheat); empty in production.
 ENGINE_WRAPPERS: list[Callable[[Engine], Engine]] = []
+# Called with the provider's service and contracts once they exist: the same kind of hook
+# (allmende.testing.cheats uses it for a provider that tries to recognise audits).
+SERVICE_HOOKS: list[Callable[[ProviderService, Contracts], None]] = []
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,8 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
     service = ProviderService(
         config.key, x25519, served, store, gate, contracts.registry.receipt_domain(), config.stream_tokens_per_s
     )
+    for hook in SERVICE_HOOKS:
+        hook(service, contracts)
     settlement = Settlement(store, contracts.channels, config.settlement)
     return ProviderNode(config, contracts, service, settlement, store)
 

@@ -200,7 +200,7 @@ class ProviderService:
     @staticmethod
     def _sampling(req: InferRequest) -> SamplingParams:
         try:
-            return sampling_params(req.body)
+            return sampling_params(req.body, req.request_id)  # unseeded: a seed bound to the request id
         except InvalidInput as exc:
             raise BadRequest(str(exc)) from None
 

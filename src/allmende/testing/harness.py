@@ -6,12 +6,18 @@ forward pass inside a batch of 4, the provider's generation inside a continuous 
 when CUDA is present.
 Cheats: another model under the claimed id (other seed), int8-quantised weights, a
 skipped layer, a tampered system prompt, fabricated output tokens.
+Attacks on the draw (`attacks=True`): a cheap generator — another model, a skipped layer,
+int8 weights, uniformly random tokens, the right model with another sampling seed — whose
+proof is then recomputed honestly by one prefill of the claimed model over its output,
+under greedy and four sampled settings; and truncated and empty completions. int8 counts
+as a miss only where its tokens differ from the honest draw.
 Used by tests/validator (few prompts) and bench/verify.py (more prompts, timings).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import tempfile
 import time
@@ -27,7 +33,7 @@ from allmende.engine.proofs import commit
 from allmende.engine.tiny import SEED, ensure_tiny_model, write_tiny_model
 from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.testing.cheats import quantize_int8, skip_last_layer
-from allmende.validator.checker import Verdict, verify_completion
+from allmende.validator.checker import Verdict, judge
 
 SYSTEM = "Du bist ein hilfreicher Assistent der Allmende."
 QUESTIONS = [
@@ -50,6 +56,22 @@ QUESTIONS = [
 ]
 GREEDY = SamplingParams(max_tokens=64, temperature=0.0)
 SAMPLED = SamplingParams(max_tokens=64, temperature=0.8, top_p=0.9, seed=1234)
+# the settings the attack rows run under: greedy and (temperature, top_p)
+SETTINGS = [GREEDY] + [
+    SamplingParams(max_tokens=64, temperature=t, top_p=p, seed=1000 + i)
+    for i, (t, p) in enumerate([(1.0, 1.0), (0.7, 1.0), (0.8, 0.95), (0.7, 0.9)])
+]
+
+
+# int8 weights with the proof recomputed by an honest prefill: int8's logits differ from the
+# model's by about what bf16's do (the token gaps overlap: 0.002-0.04 of the logit scale for
+# int8, up to 0.012 for honest bf16), so the draw check accepts int8's tokens where it must
+# accept bf16's. Reported, not counted as misses: see the README's threat model.
+LIMITS = ("int8 + recomputed proof",)
+
+
+def setting_name(params: SamplingParams) -> str:
+    return "greedy" if params.temperature == 0 else f"T={params.temperature:g} top_p={params.top_p:g}"
 
 
 @dataclass
@@ -59,6 +81,7 @@ class Claim:
     proof: bytes
     params: SamplingParams
     generation_seconds: float
+    same_as_honest: bool = False  # a cheat whose tokens equal the honest draw's (not a miss if it passes)
 
 
 @dataclass
@@ -70,12 +93,20 @@ class VariantResult:
     worst_median_rel_error: float = 0.0
     best_median_rel_error: float = float("inf")
     worst_overlap: float = 1.0
+    identical: int = 0  # cheats that passed with exactly the honest draw's tokens
     reasons: list[str] = field(default_factory=list)
 
     @property
+    def limit(self) -> bool:
+        """A cheat the checks cannot separate from honest hardware differences (see LIMITS)."""
+        return not self.honest and self.name.startswith(LIMITS)
+
+    @property
     def wrong(self) -> int:
-        """False alarms for an honest variant, misses for a cheat."""
-        return self.runs - self.passed if self.honest else self.passed
+        """False alarms for an honest variant, misses for a cheat (none for a known limit)."""
+        if self.honest:
+            return self.runs - self.passed
+        return 0 if self.limit else self.passed - self.identical
 
 
 def messages(question: str, system: str = SYSTEM) -> dict[str, Any]:
@@ -118,7 +149,8 @@ def load(path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") ->
 
 
 class Harness:
-    def __init__(self, questions: int = 8) -> None:
+    def __init__(self, questions: int = 8, attacks: bool = False) -> None:
+        self.attacks = attacks
         self.path = ensure_tiny_model()
         self.reference = load(self.path)
         self.questions = QUESTIONS[:questions]
@@ -133,7 +165,7 @@ class Harness:
         sequence = claim.prompt_ids + claim.output_ids
         single = batch == 1
         hidden_logits = self.reference.prefill(sequence) if single else self._prefill_in_batch(sequence, batch)
-        verdict = verify_completion(hidden_logits, len(claim.prompt_ids), claim.output_ids, claim.proof, claim.params)
+        verdict = judge(self.reference, claim.prompt_ids, claim.output_ids, claim.proof, claim.params, hidden_logits)
         return verdict, time.perf_counter() - start
 
     @torch.inference_mode()
@@ -214,7 +246,79 @@ class Harness:
         ]
         if torch.cuda.is_available():
             variants.insert(4, ("GPU provider vs CPU validator", True, self._gpu_claim, 1))
+        if self.attacks:
+            variants += self.attack_variants(bf16, other, int8, skipped)
         return variants
+
+    def attack_variants(
+        self, bf16: CausalLMEngine, other: CausalLMEngine, int8: CausalLMEngine, skipped: CausalLMEngine
+    ) -> list[tuple[str, bool, Callable[[str], Claim], int]]:
+        """Honest fp32 and bf16 runs, and the attacks on the draw, under every setting."""
+        ref = self.reference
+        vocab = int(ref.model.config.vocab_size)
+
+        def recomputed(
+            engine: CausalLMEngine | None, params: SamplingParams, seed: int | None = None
+        ) -> Callable[[str], Claim]:
+            """Output of a cheap generator (None: random tokens), proof by one honest prefill."""
+
+            def make(question: str) -> Claim:
+                prompt = self.prompt(question)
+                if engine is None:
+                    rng = random.Random(question)
+                    out, seconds = [rng.randrange(vocab) for _ in range(params.max_tokens)], 0.0
+                else:
+                    asked = params if seed is None else dataclasses.replace(params, seed=seed)
+                    out, _, seconds = generate(engine, prompt, asked)
+                honest_out = generate(ref, prompt, params)[0] if engine is int8 else None
+                return Claim(prompt, out, self._prefill_proof(prompt, out), params, seconds, out == honest_out)
+
+            return make
+
+        def cut(params: SamplingParams, keep: int) -> Callable[[str], Claim]:
+            """The honest output cut after `keep` tokens and reported as finished."""
+
+            def make(question: str) -> Claim:
+                prompt = self.prompt(question)
+                out = generate(ref, prompt, dataclasses.replace(params, ignore_eos=True))[0][:keep]
+                return Claim(prompt, out, self._prefill_proof(prompt, out), params, 0.0)
+
+            return make
+
+        def honest(engine: CausalLMEngine, params: SamplingParams) -> Callable[[str], Claim]:
+            def make(question: str) -> Claim:
+                prompt = self.prompt(question)
+                out, proof, seconds = generate(engine, prompt, params)
+                return Claim(prompt, out, proof, params, seconds)
+
+            return make
+
+        rows: list[tuple[str, bool, Callable[[str], Claim], int]] = []
+        for params in SETTINGS:
+            name = setting_name(params)
+            if params.temperature > 0:
+                rows += [(f"fp32, {name}", True, honest(ref, params), 1)]
+                rows += [(f"bf16 provider, {name}", True, honest(bf16, params), 1)]
+            rows += [
+                (f"another model + recomputed proof, {name}", False, recomputed(other, params), 1),
+                (f"a skipped layer + recomputed proof, {name}", False, recomputed(skipped, params), 1),
+                (f"int8 + recomputed proof, {name}", False, recomputed(int8, params), 1),
+                (f"random tokens + recomputed proof, {name}", False, recomputed(None, params), 1),
+            ]
+            if params.temperature > 0:
+                rows += [(f"another sampling seed, {name}", False, recomputed(ref, params, seed=7), 1)]
+            rows += [
+                (f"truncated after 3 tokens, {name}", False, cut(params, 3), 1),
+                (f"empty completion, {name}", False, cut(params, 0), 1),
+            ]
+        return rows
+
+    def _prefill_proof(self, prompt: list[int], out: list[int]) -> bytes:
+        """The honest-looking proof of `out`: one prefill of the claimed model over it."""
+        if not out:
+            return b""
+        hidden, _ = self.reference.prefill(prompt + out)
+        return commit(hidden[len(prompt) - 1 : len(prompt) - 1 + len(out)])
 
     def _gpu_claim(self, question: str) -> Claim:
         if self._gpu is None:
@@ -229,9 +333,11 @@ class Harness:
         for name, is_honest, make, batch in self.variants():
             result = VariantResult(name, is_honest)
             for question in self.questions:
-                verdict, _ = self.validate(make(question), batch)
+                claim = make(question)
+                verdict, _ = self.validate(claim, batch)
                 result.runs += 1
                 result.passed += int(verdict.ok)
+                result.identical += int(verdict.ok and claim.same_as_honest)
                 result.worst_median_rel_error = max(result.worst_median_rel_error, verdict.proof.median_rel_error)
                 result.best_median_rel_error = min(result.best_median_rel_error, verdict.proof.median_rel_error)
                 result.worst_overlap = min(result.worst_overlap, verdict.proof.topk_overlap)

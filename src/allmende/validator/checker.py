@@ -1,37 +1,46 @@
 """Checking a completion: one forward pass of the claimed model over prompt + output.
 
-Two checks, both needed:
+Three checks, all needed:
 1. the proof: the provider's commitments equal (within tolerance) the final hidden
    states the validator recomputes — this catches another model, quantised weights,
    skipped layers and a changed prompt;
-2. the tokens: each output token is one the sampling parameters allow given the
-   validator's own logits — this catches fabricated output, which an honest-looking
-   proof over fabricated tokens would not.
+2. the draw: each output token is the one the request's seeded draw picks from the
+   validator's own logits — this catches output from a cheaper generator (another
+   model, a skipped layer, random tokens) even when its proof was recomputed honestly
+   by one prefill of the claimed model over that output;
+3. the end: a completion ends only where the model may end it — `max_tokens` reached, a
+   stop string completed by the last token, or EOS the drawn next token. Truncated and
+   empty completions fail.
 
-Token rule. Greedy (temperature 0): every token must be the argmax, or within
-`GREEDY_MARGIN` logits of it (numerical ties). Sampling (temperature > 0): every token
-must lie inside the top-p nucleus widened by `NUCLEUS_SLACK`, and have probability of
-at least `MIN_TOKEN_PROB` under the validator's distribution. We do not try to replay
-the seeded draw itself: tiny logit differences between honest machines move
-multinomial boundaries, so a replay would raise false alarms. The rule we defend is
-therefore "the token was a legitimate draw", which catches fabrication wherever the
-model is confident, and is what any validator can check without the provider's RNG.
+The draw. Greedy (temperature 0): the token must be the argmax, or within `MARGIN` ×
+the row's logit scale of it. Sampling: token i is the argmax over the top-p nucleus of
+logits/T + g(seed, i), with g the public Gumbel noise of allmende.engine.sampling and the
+seed the request's (or the one bound to its request id). The validator recomputes the
+scores from its logits; a token passes if it lies in the nucleus widened by
+`NUCLEUS_SLACK` and its score is within `MARGIN` × scale / T of the best score in the
+nucleus narrowed by `NUCLEUS_SLACK`. The tolerance is what honest machines differ by
+(bf16 vs fp32, threads, batching, GPU vs CPU: bench/verify.py measures it); a cheaper
+generator's token is almost never within it where the draw is not a near-tie.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from allmende.engine.base import SamplingParams
 from allmende.engine.proofs import ProofCheck, check
+from allmende.engine.sampling import gumbel_noise, nucleus
 
-# bf16 and fp32 may disagree on near-ties: a greedy token within 3 % of the logit scale
-# of the validator's argmax is accepted (the proof check catches cheaper arithmetic).
-GREEDY_MARGIN = 0.03
-NUCLEUS_SLACK = 0.05
-MIN_TOKEN_PROB = 1e-6
+# bf16 and fp32 may disagree on near-ties: a token whose score is within 3 % of the row's
+# logit scale of the best one is accepted (the proof check catches cheaper arithmetic).
+MARGIN = 0.03
+NUCLEUS_SLACK = 0.02
+
+NOTHING = ProofCheck(True, "nothing to check", 0.0, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -42,22 +51,42 @@ class Verdict:
     bad_tokens: int
 
 
-def token_check(logits: torch.Tensor, output_ids: list[int], params: SamplingParams) -> int:
-    """Number of output tokens the sampling parameters could not have produced.
-    `logits[i]` is the distribution output token i was drawn from (vectorised)."""
-    tokens = torch.tensor(output_ids, dtype=torch.long).unsqueeze(1)
+def draw_check(logits: torch.Tensor, params: SamplingParams, first_position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, floor) of the draws at rows `logits` (positions first_position, …): a token
+    `t` is a legitimate draw at row i iff scores[i, t] >= floor[i]."""
+    logits = logits.float()
+    scale = logits.abs().max(dim=-1).values.clamp(min=1.0)
     if params.temperature == 0.0:
-        top = logits.max(dim=-1).values
-        chosen = logits.gather(1, tokens).squeeze(1)
-        scale = logits.abs().max(dim=-1).values.clamp(min=1.0)
-        return int(((top - chosen) > GREEDY_MARGIN * scale).sum())
-    probs = torch.softmax(logits / params.temperature, dim=-1)
-    chosen = probs.gather(1, tokens)
-    bad = chosen.squeeze(1) < MIN_TOKEN_PROB
+        return logits, logits.max(dim=-1).values - MARGIN * scale
+    if params.seed is None:
+        raise ValueError("a sampled completion can only be checked with its seed")
+    scaled = logits / params.temperature
+    probs = torch.softmax(scaled, dim=-1)
+    positions = range(first_position, first_position + logits.shape[0])
+    noise = torch.stack([gumbel_noise(params.seed, p, logits.shape[-1]) for p in positions])
+    scores = scaled + noise
+    best = scores.masked_fill(~nucleus(probs, params.top_p - NUCLEUS_SLACK), float("-inf")).max(dim=-1).values
     if params.top_p < 1.0:
-        higher = (probs * (probs > chosen)).sum(dim=-1)  # mass strictly more likely than the token
-        bad |= higher >= min(1.0, params.top_p + NUCLEUS_SLACK)
-    return int(bad.sum())
+        scores = scores.masked_fill(~nucleus(probs, params.top_p + NUCLEUS_SLACK), float("-inf"))
+    return scores, best - MARGIN * scale / params.temperature
+
+
+def token_check(logits: torch.Tensor, output_ids: list[int], params: SamplingParams) -> int:
+    """Number of output tokens that are not the request's draw. `logits[i]` is the row
+    output token i was drawn from."""
+    if not output_ids:
+        return 0
+    scores, floor = draw_check(logits, params, 0)
+    chosen = scores.gather(1, torch.tensor(output_ids, dtype=torch.long).unsqueeze(1)).squeeze(1)
+    return int((chosen < floor).sum())
+
+
+def may_end(logits: torch.Tensor, params: SamplingParams, position: int, eos_ids: Collection[int]) -> bool:
+    """True if EOS is a legitimate draw from `logits` (one row) at output `position`."""
+    if not eos_ids:
+        return False
+    scores, floor = draw_check(logits.unsqueeze(0), params, position)
+    return bool((scores[0, sorted(eos_ids)] >= floor[0]).any())
 
 
 def verify_completion(
@@ -66,17 +95,74 @@ def verify_completion(
     output_ids: list[int],
     proof: bytes,
     params: SamplingParams,
+    eos_ids: Collection[int] = (),
+    stop_completed: bool = False,
 ) -> Verdict:
-    """Judge a completion from the validator's prefill over prompt + output."""
+    """Judge a completion from the validator's prefill over prompt + output.
+    `stop_completed`: the last output token completes one of the request's stop strings."""
     hidden, logits = hidden_and_logits
     n = len(output_ids)
-    if n == 0:
-        return Verdict(True, "empty completion", ProofCheck(True, "nothing to check", 0.0, 0.0, 1.0), 0)
+    if n > params.max_tokens:
+        return Verdict(False, f"{n} tokens for max_tokens {params.max_tokens}", NOTHING, n - params.max_tokens)
+    if params.temperature > 0.0 and params.seed is None:
+        return Verdict(False, "a sampled completion without a seed cannot be a verifiable draw", NOTHING, n)
     # the state at position p produced the token at position p + 1
     producing = slice(prompt_len - 1, prompt_len - 1 + n)
-    proof_check = check(proof, hidden[producing])
+    proof_check = check(proof, hidden[producing]) if n else NOTHING
     bad = token_check(logits[producing], output_ids, params)
     reasons = [] if proof_check.ok else [f"proof: {proof_check.reason}"]
     if bad:
-        reasons.append(f"{bad} of {n} tokens impossible under the sampling parameters")
+        reasons.append(f"{bad} of {n} tokens are not the request's draw")
+    ended = n == params.max_tokens or stop_completed
+    if not ended:
+        if logits.shape[0] < prompt_len + n:
+            raise ValueError("the prefill must cover prompt + output to check where the output ends")
+        ended = may_end(logits[prompt_len - 1 + n], params, n, eos_ids)
+        if not ended:
+            reasons.append(
+                f"the completion ends after {n} of {params.max_tokens} tokens where the model does not end it"
+            )
     return Verdict(not reasons, "; ".join(reasons) or "consistent", proof_check, bad)
+
+
+def stop_completed(full_text: str, before_last: str, stop: Collection[str]) -> bool:
+    """True if the text of all output tokens contains a stop string that the text without
+    the last token does not (the last token completed it)."""
+    return any(s and s in full_text and s not in before_last for s in stop)
+
+
+def text_of(full_text: str, stop: Collection[str]) -> str:
+    """The text a provider returns for the tokens' text: cut before the first stop string."""
+    cuts = [i for i in (full_text.find(s) for s in stop if s) if i >= 0]
+    return full_text[: min(cuts)] if cuts else full_text
+
+
+class Checkable(Protocol):
+    """What the checker needs of the claimed model (a CausalLMEngine)."""
+
+    eos_ids: set[int]
+
+    def prefill(self, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def decode(self, token_ids: list[int]) -> str: ...
+
+
+def judge(
+    engine: Checkable,
+    prompt_ids: list[int],
+    output_ids: list[int],
+    proof: bytes,
+    params: SamplingParams,
+    hidden_and_logits: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Verdict:
+    """`verify_completion` with everything taken from the claimed model: its prefill over
+    prompt + output (unless given), its EOS ids, and whether the last token completed a
+    stop string."""
+    if hidden_and_logits is None:
+        hidden_and_logits = engine.prefill(prompt_ids + output_ids)
+    completed = bool(params.stop and output_ids) and stop_completed(
+        engine.decode(output_ids), engine.decode(output_ids[:-1]), params.stop
+    )
+    return verify_completion(
+        hidden_and_logits, len(prompt_ids), output_ids, proof, params, engine.eos_ids, stop_completed=completed
+    )

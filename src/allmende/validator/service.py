@@ -2,14 +2,18 @@
 cases with the provider's own receipt as evidence, re-checks and votes on other
 validators' cases (juror), resolves due cases and publishes reputation scores.
 
-Audits go through exactly the path a gateway uses — the same discovery, payment
-channel, vouchers, envelope and provider API — with prompts from a pool and the
-sizes and pacing of ordinary traffic, so a provider cannot tell an audit from a
-user's request and users' prompts never need to be shared for auditing.
+Audits are user traffic: the validator sends them to a gateway's OpenAI API like any
+app, asking it to use one provider (`x-allmende-provider`, a header the provider never
+sees) and to return what the provider committed to (`x-allmende-evidence`). The provider
+gets the gateway's envelope, paid from the gateway's channel, with a body the gateway
+built like every other, a prompt composed fresh from the validator's private randomness
+(prompts.py) and ordinary parameters — nothing that tells it apart from a user's request.
+Users' prompts never need to be shared for auditing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -27,31 +31,15 @@ from allmende.core import SignedReceipt
 from allmende.core.errors import InvalidInput
 from allmende.engine import load_engine
 from allmende.engine.transformers_lm import CausalLMEngine
+from allmende.gateway.app import EVIDENCE_HEADER, PIN_HEADER
 from allmende.gateway.directory import Directory, ProviderEntry
-from allmende.gateway.payments import ChannelPolicy, Payments
-from allmende.gateway.store import GatewayStore
 from allmende.protocol import input_hash, sampling_params
-from allmende.provider.client import ProviderReplyError, build_envelope, infer
-from allmende.validator.checker import Verdict, verify_completion
+from allmende.validator.checker import NOTHING, Verdict, judge, text_of
 from allmende.validator.evidence import BadEvidence, Evidence, EvidenceStore, fetch_evidence
+from allmende.validator.prompts import AuditTraffic
 from allmende.validator.store import AuditRecord, ValidatorStore
 
 log = logging.getLogger("allmende.validator")
-
-PROMPT_POOL = [
-    "What is a commons and who looks after it?",
-    "Erkläre mir bitte, wie ein Zahlungskanal funktioniert.",
-    "Write two sentences about rivers.",
-    "Give me three tips for learning a language.",
-    "Was ist der Unterschied zwischen Wetter und Klima?",
-    "Summarise why the sky is blue.",
-    "Name a few uses of spare GPUs.",
-    "How do I bake bread without yeast?",
-    "Describe a quiet morning.",
-    "List five animals that live in forests.",
-    "Wie funktioniert eine Wahl?",
-    "What is a hash function?",
-]
 
 
 @dataclass(frozen=True)
@@ -62,9 +50,10 @@ class ValidatorConfig:
     state_dir: Path
     models: list[str]  # models this validator can audit
     endpoint: str = "http://127.0.0.1:9500"  # where its evidence is served
-    max_tokens_choices: tuple[int, ...] = (16, 32, 48, 64)
-    seed: int | None = None
-    deposit: int = 2_000_000
+    gateways: tuple[str, ...] = ()  # audits go through these gateways' APIs, as user requests
+    gateway_key: str | None = None  # API key for them, if they require one
+    seed: int | None = None  # fixes the audit traffic and pacing (tests); None: system randomness
+    prompts: Path | None = None  # the operator's own audit prompts, one per line, mixed in
 
 
 @dataclass
@@ -73,14 +62,14 @@ class Validator:
     contracts: Contracts = field(init=False)
     engines: dict[bytes, CausalLMEngine] = field(init=False)
     directory: Directory = field(init=False)
-    payments: Payments = field(init=False)
 
     def __post_init__(self) -> None:
         cfg = self.config
         client = ChainClient(cfg.rpc_url, cfg.key)
         self.contracts = Contracts(client, Deployment.load(cfg.deployments))
         self.address = client.address
-        self.rng = random.Random(cfg.seed)
+        self.rng: random.Random = random.Random(cfg.seed) if cfg.seed is not None else random.SystemRandom()
+        self.traffic = AuditTraffic(cfg.seed, cfg.prompts)
         self.engines = {}
         for name in cfg.models:
             engine = load_engine(name)
@@ -88,8 +77,6 @@ class Validator:
                 self.engines[engine.model_id] = engine  # the id is computed from the files it loaded
         self.http = httpx.Client(timeout=120)
         self.directory = Directory(self.contracts, httpx.Client(timeout=5))
-        payments_store = GatewayStore(cfg.state_dir / "validator.db")  # channels, vouchers, receipts
-        self.payments = Payments(payments_store, self.contracts, cfg.key, ChannelPolicy(deposit=cfg.deposit))
         self.store = ValidatorStore(cfg.state_dir / "audits.db")
         self.evidence = EvidenceStore(cfg.state_dir / "evidence")
 
@@ -109,40 +96,54 @@ class Validator:
     # ------------------------------------------------------------ audits
 
     def audit(self, entry: ProviderEntry, model_id: bytes) -> AuditRecord:
-        """One mystery-shopper request to `entry`, checked; opens a case if it fails."""
+        """One mystery-shopper request to `entry` through a gateway, checked; opens a case if
+        it fails. Unavailable (the gateway or provider did not answer): recorded, not scored."""
         engine = self.engines[model_id]
-        question = self.rng.choice(PROMPT_POOL)
-        body: dict[str, Any] = {
-            "messages": [{"role": "user", "content": question}],
-            "max_tokens": self.rng.choice(self.config.max_tokens_choices),
-        }
-        if self.rng.random() < 0.5:
-            body["temperature"] = 0
-        else:
-            body.update(temperature=0.8, top_p=0.95, seed=self.rng.randrange(2**31))
-        channel_id = self.payments.channel_for(entry.address)
-        voucher = self.payments.voucher(channel_id, model_id)
-        rid, env, sealer = build_envelope(entry.info, model_id, "chat", body, self.address, channel_id, voucher)
+        gateway = self.rng.choice(self.config.gateways)
         started = time.monotonic()
         try:
-            answer = infer(self.http, entry.url, entry.info, self.contracts.registry.receipt_domain(), env, sealer, rid)
-        except (ProviderReplyError, httpx.HTTPError) as exc:
+            name = self._model_name(gateway, model_id)
+            body = self.traffic.body(name)
+            evidence = ask_gateway(self.http, gateway, body, entry.address, self.config.gateway_key)
+            receipt = SignedReceipt.from_json(evidence["receipt"])
+            receipt.verify(self.contracts.registry.receipt_domain())
+        except (AuditUnavailable, InvalidInput, KeyError, TypeError) as exc:
             record = AuditRecord(entry.address, True, f"unavailable: {exc}", time.monotonic() - started)
             self._score(record, counted=False)
             return record
         latency = time.monotonic() - started
-        offer = entry.offers[model_id]
-        carried = voucher.voucher.cumulative_amount if voucher else 0
-        self.payments.settle(entry.address, channel_id, offer, answer.receipt, None, carried)
-        prompt_ids = engine.prompt_ids("chat", body)
-        token_ids = [int(t) for t in answer.output.get("token_ids", [])]
-        proof = bytes.fromhex(str(answer.output.get("proof", "0x"))[2:])
-        verdict = self.check(engine, body, prompt_ids, token_ids, proof, answer.output.get("text", ""), answer.receipt)
+        if receipt.receipt.provider != entry.address or receipt.receipt.model_id != model_id:
+            record = AuditRecord(entry.address, True, "unavailable: the gateway used another provider", latency)
+            self._score(record, counted=False)
+            return record
+        sent = evidence["request"]
+        token_ids = [int(t) for t in evidence["token_ids"]]
+        proof = bytes.fromhex(str(evidence["proof"])[2:])
+        text = str(evidence["text"])
+        try:
+            prompt_ids = engine.prompt_ids("chat", sent)
+            verdict = self.check(engine, sent, prompt_ids, token_ids, proof, text, receipt)
+        except InvalidInput as exc:
+            verdict = Verdict(False, f"the answer cannot be checked: {exc}", NOTHING, 0)
+            prompt_ids = []
         record = AuditRecord(entry.address, verdict.ok, verdict.reason, latency)
         if not verdict.ok:
-            record.case_id = self.report(entry, body, prompt_ids, token_ids, proof, answer, verdict)
+            found = Found(sent, prompt_ids, token_ids, proof, text, receipt)
+            record.case_id = self.report(entry, found, verdict)
         self._score(record)
         return record
+
+    def _model_name(self, gateway: str, model_id: bytes) -> str:
+        """The name `gateway` lists `model_id` under (what users ask for)."""
+        try:
+            reply = self.http.get(f"{gateway}/v1/models", headers=auth(self.config.gateway_key), timeout=10)
+            listing = reply.json()["data"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise AuditUnavailable(f"gateway {gateway} did not list its models: {exc}") from None
+        for model in listing:
+            if model.get("allmende", {}).get("model_id") == "0x" + model_id.hex():
+                return str(model["id"])
+        raise AuditUnavailable(f"gateway {gateway} does not list model 0x{model_id.hex()}")
 
     def check(
         self,
@@ -156,10 +157,10 @@ class Validator:
     ) -> Verdict:
         """The proof and token checks, plus: the receipt binds this request, this proof, text
         and token count."""
-        params = sampling_params(body)  # exactly what the provider derived from the same body
-        verdict = verify_completion(engine.prefill(prompt_ids + token_ids), len(prompt_ids), token_ids, proof, params)
-        problems = [] if verdict.ok else [verdict.reason]
         r = receipt.receipt
+        params = sampling_params(body, r.request_id)  # exactly what the provider derived from the same request
+        verdict = judge(engine, prompt_ids, token_ids, proof, params)
+        problems = [] if verdict.ok else [verdict.reason]
         if r.input_hash != input_hash(body):
             problems.append("receipt inputHash does not match the request")
         if r.output_hash != keccak(text.encode()):
@@ -168,38 +169,28 @@ class Validator:
             problems.append("receipt proof_hash does not match the proof")
         if r.tokens_out != len(token_ids):
             problems.append("receipt token count does not match the output")
-        if engine.decode(token_ids) != text:
+        if text_of(engine.decode(token_ids), params.stop) != text:
             problems.append("text does not match the token ids")
         return Verdict(not problems, "; ".join(problems) or "consistent", verdict.proof, verdict.bad_tokens)
 
-    def report(
-        self,
-        entry: ProviderEntry,
-        body: dict[str, Any],
-        prompt_ids: list[int],
-        token_ids: list[int],
-        proof: bytes,
-        answer: Any,
-        verdict: Verdict,
-    ) -> int | None:
+    def report(self, entry: ProviderEntry, found: Found, verdict: Verdict) -> int | None:
         """Store the evidence where other validators can fetch it and open a case."""
+        r = found.receipt.receipt
         evidence = Evidence(
             kind="chat",
-            body=body,
-            model_id="0x" + answer.receipt.receipt.model_id.hex(),
-            prompt_ids=prompt_ids,
-            token_ids=token_ids,
-            text=answer.output.get("text", ""),
-            proof="0x" + proof.hex(),
-            receipt=answer.receipt.to_json(),
+            body=found.request,
+            model_id="0x" + r.model_id.hex(),
+            prompt_ids=found.prompt_ids,
+            token_ids=found.token_ids,
+            text=found.text,
+            proof="0x" + found.proof.hex(),
+            receipt=found.receipt.to_json(),
             reason=verdict.reason,
         )
         digest = self.evidence.put(evidence)
         uri = f"{self.config.endpoint}/v1/evidence/0x{digest.hex()}"
         try:
-            case_id = self.contracts.verdicts.open_case(
-                answer.receipt.receipt.as_tuple(), answer.receipt.signature, digest, uri
-            )
+            case_id = self.contracts.verdicts.open_case(r.as_tuple(), found.receipt.signature, digest, uri)
         except ChainError as exc:
             log.warning("could not open a case against %s: %s", entry.address, exc)
             return None
@@ -219,6 +210,8 @@ class Validator:
 
     def audit_round(self) -> list[AuditRecord]:
         """Audit every provider that offers a model this validator can check, once."""
+        if not self.config.gateways:
+            return []  # no gateway to send audits through: this validator only reviews cases
         self.directory.maybe_refresh()
         records = []
         for entry in self.directory.entries():
@@ -308,4 +301,56 @@ class Validator:
         return len(items)
 
 
-__all__ = ["AuditRecord", "Validator", "ValidatorConfig"]
+class AuditUnavailable(Exception):
+    """The audit got no answer to check (gateway or provider unavailable): not scored."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a failed audit found: the provider's commitments, as the gateway passed them on."""
+
+    request: dict[str, Any]
+    prompt_ids: list[int]
+    token_ids: list[int]
+    proof: bytes
+    text: str
+    receipt: SignedReceipt
+
+
+def auth(key: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"} if key else {}
+
+
+def ask_gateway(
+    http: httpx.Client, gateway: str, body: dict[str, Any], provider: str, key: str | None = None
+) -> dict[str, Any]:
+    """Send `body` to `gateway` as a user would, served by `provider` only; return the
+    evidence the gateway attaches (the request as sent, token ids, proof, signed receipt).
+    Streams are read to the end like a chat app reads them."""
+    headers = {**auth(key), PIN_HEADER: provider, EVIDENCE_HEADER: "1"}
+    url = f"{gateway}/v1/chat/completions"
+    try:
+        if not body.get("stream"):
+            reply = http.post(url, json=body, headers=headers)
+            data = reply.json()
+            if reply.status_code != 200:
+                raise AuditUnavailable(f"{reply.status_code}: {data.get('error', {}).get('message')}")
+            return dict(data["allmende"]["evidence"])
+        with http.stream("POST", url, json=body, headers=headers) as reply:
+            if reply.status_code != 200:
+                reply.read()
+                raise AuditUnavailable(f"{reply.status_code}: {reply.text[:200]}")
+            for line in reply.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    raise AuditUnavailable(str(chunk["error"].get("message")))
+                if "evidence" in chunk.get("allmende", {}):
+                    return dict(chunk["allmende"]["evidence"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AuditUnavailable(f"gateway {gateway}: {exc}") from None
+    raise AuditUnavailable(f"gateway {gateway} ended the stream without evidence")
+
+
+__all__ = ["AuditRecord", "Validator", "ValidatorConfig", "ask_gateway"]
