@@ -26,8 +26,10 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-attacks", action="store_true", help="skip the attack rows on the draw")
+    parser.add_argument("--model", help="run the attack rows on this model (e.g. smollm2-135m-instruct) instead")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens per completion (with --model)")
     args = parser.parse_args()
-    harness = Harness(args.questions, attacks=not args.no_attacks)
+    harness = Harness(args.questions, attacks=not args.no_attacks, model=args.model, tokens=args.tokens)
     results = harness.run()
     timing = harness.timing()
     out = {
@@ -57,7 +59,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(out))
         return
-    table = Table(title=f"proof checks, allmende:tiny, {args.questions} prompts per variant, 64 tokens each")
+    name = args.model or "allmende:tiny"
+    table = Table(title=f"proof checks, {name}, {args.questions} prompts per variant, {args.tokens} tokens each")
     for column in ("variant", "kind", "passed", "wrong", "median rel. error (min-max)", "worst top-k overlap"):
         table.add_column(column, justify="right" if column != "variant" else "left")
     for r in results:

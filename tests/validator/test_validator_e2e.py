@@ -2,7 +2,8 @@
 gateway as user requests: a provider serving int8 weights under the tiny model's id is
 caught, reported with its own receipt, voted guilty by another validator, slashed and
 paused, and the gateway stops routing to it; an honest provider audited 64 times (streamed
-and not, greedy and sampled, fresh prompts) is never reported."""
+and not, greedy and sampled, fresh prompts) is never reported; a validator that frames it
+with a real receipt and another prompt loses its case and its bond."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ import uvicorn
 
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.anvil import Anvil, DevnetAccount, free_port
+from allmende.core import SignedReceipt
 from allmende.gateway.directory import Directory
 from allmende.supervisor import allmende_command, start
 from allmende.validator.app import create_app as evidence_app
-from allmende.validator.service import Validator, ValidatorConfig
+from allmende.validator.checker import NOTHING, Verdict
+from allmende.validator.service import Found, Validator, ValidatorConfig, ask_gateway
 from tests.provider.conftest import ProviderProcess, start_provider
 
 MAX_AUDITS_TO_CATCH = 3
@@ -169,3 +172,52 @@ def test_honest_provider_audited_64_times_is_never_reported(
     honest_entry = gateway_view.entry(honest_address)
     assert honest_entry is not None
     assert honest_entry.stats[model_id].reputation == 1.0
+
+
+def test_a_validator_that_frames_an_honest_provider_loses_its_case(
+    anvil: Anvil,
+    deployment: Deployment,
+    deployments_file: Path,
+    accounts: list[DevnetAccount],
+    providers: tuple[ProviderProcess, ProviderProcess],
+    gateway: str,
+    tmp_path: Path,
+) -> None:
+    """The framer holds a real receipt of the honest provider and files it with evidence of
+    another prompt. The juror re-checks the evidence against the receipt's inputHash, votes
+    not guilty, and the framer loses its bond; the provider keeps its stake and stays active."""
+    honest = accounts[7].address
+    framer, _ = make_validator(anvil, deployments_file, accounts[8], tmp_path / "framer", gateway)
+    juror, _ = make_validator(anvil, deployments_file, accounts[9], tmp_path / "juror", gateway)
+    ChainClient(anvil.url, accounts[0].key).increase_time(1)  # the juror's stake counts at the snapshot
+    reader = Contracts(ChainClient(anvil.url), deployment)
+    stake_before = reader.registry.stake_of(honest)
+    asked = {"model": "allmende:tiny", "messages": [{"role": "user", "content": "Hallo"}], "max_tokens": 8}
+    evidence = ask_gateway(framer.http, gateway, asked, honest)
+    receipt = SignedReceipt.from_json(evidence["receipt"])
+    other = {**evidence["request"], "messages": [{"role": "user", "content": "Say something rude."}]}
+    engine = next(iter(framer.engines.values()))
+    forged = Found(
+        other,
+        engine.prompt_ids("chat", other),
+        evidence["token_ids"],
+        bytes.fromhex(evidence["proof"][2:]),
+        evidence["text"],
+        receipt,
+    )
+    framer.directory.refresh()
+    entry = framer.directory.entry(honest)
+    assert entry is not None
+    bond = reader.params.get("fraud_bond")
+    balance_before = reader.token.balance_of(framer.address)
+
+    case_id = framer.report(entry, forged, Verdict(False, "framed", NOTHING, 0))
+
+    assert case_id is not None
+    assert juror.review_cases() == [(case_id, False)]
+    ChainClient(anvil.url, accounts[0].key).increase_time(reader.params.get("fraud_voting_period"))
+    assert case_id in juror.resolve_due()
+    assert reader.verdicts.case(case_id).status == 3  # not guilty
+    assert reader.token.balance_of(framer.address) == balance_before - bond
+    assert reader.registry.stake_of(honest) == stake_before
+    assert reader.registry.is_active(honest)

@@ -193,7 +193,7 @@ def main(argv: list[str]) -> None:
             holder["r"].contracts = contracts
             holder["r"].hook(service, contracts)
 
-        holder["r"] = Recogniser(cast(Contracts, None))
+        holder["r"] = Recogniser(cast("Contracts", None))
         node.ENGINE_WRAPPERS.append(lambda engine: recognising(engine, holder["r"]))
         node.SERVICE_HOOKS.append(hook)
     else:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from allmende.engine import resolve_model
 from allmende.engine.base import Generation, SamplingParams, collect
 from allmende.engine.proofs import commit
 from allmende.engine.tiny import SEED, ensure_tiny_model, write_tiny_model
@@ -149,13 +150,28 @@ def load(path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") ->
 
 
 class Harness:
-    def __init__(self, questions: int = 8, attacks: bool = False) -> None:
+    """`model=None`: the tiny model, every variant. With a model name (the real chat model),
+    only the attack rows, `tokens` per completion, without "another model" (it has no sibling
+    with the same tokenizer here)."""
+
+    def __init__(self, questions: int = 8, attacks: bool = False, model: str | None = None, tokens: int = 64) -> None:
         self.attacks = attacks
-        self.path = ensure_tiny_model()
-        self.reference = load(self.path)
+        self.model = model
+        self.tokens = tokens
+        if model is None:
+            self.path = ensure_tiny_model()
+            self.reference = load(self.path)
+        else:
+            resolved = resolve_model(model)
+            self.path, self._model_id = resolved.path, resolved.gguf_id
+            self.reference = self.copy()
         self.questions = QUESTIONS[:questions]
         self._tmp = tempfile.TemporaryDirectory()
         self._gpu: CausalLMEngine | None = None
+
+    def copy(self, dtype: torch.dtype = torch.float32) -> CausalLMEngine:
+        """Another instance of the real model (for cheats that change its weights)."""
+        return CausalLMEngine(str(self.model), self.path, dtype=dtype, device="cpu", model_id=self._model_id)
 
     def prompt(self, question: str, system: str = SYSTEM) -> list[int]:
         return self.reference.prompt_ids("chat", messages(question, system))
@@ -186,6 +202,10 @@ class Harness:
 
     def variants(self) -> list[tuple[str, bool, Callable[[str], Claim], int]]:
         """(name, honest, make a claim for a question, validator batch size)."""
+        if self.model is not None:
+            return self.attack_variants(
+                self.copy(torch.bfloat16), None, quantize_int8(self.copy()), skip_last_layer(self.copy())
+            )
         ref = self.reference
         bf16 = load(self.path, torch.bfloat16)
         other = load(write_tiny_model(Path(self._tmp.name) / "other", SEED + 1))
@@ -251,7 +271,7 @@ class Harness:
         return variants
 
     def attack_variants(
-        self, bf16: CausalLMEngine, other: CausalLMEngine, int8: CausalLMEngine, skipped: CausalLMEngine
+        self, bf16: CausalLMEngine, other: CausalLMEngine | None, int8: CausalLMEngine, skipped: CausalLMEngine
     ) -> list[tuple[str, bool, Callable[[str], Claim], int]]:
         """Honest fp32 and bf16 runs, and the attacks on the draw, under every setting."""
         ref = self.reference
@@ -294,13 +314,15 @@ class Harness:
             return make
 
         rows: list[tuple[str, bool, Callable[[str], Claim], int]] = []
-        for params in SETTINGS:
+        for setting in SETTINGS:
+            params = dataclasses.replace(setting, max_tokens=self.tokens)
             name = setting_name(params)
-            if params.temperature > 0:
+            if params.temperature > 0 or self.model is not None:  # (greedy: the tiny model's main rows)
                 rows += [(f"fp32, {name}", True, honest(ref, params), 1)]
                 rows += [(f"bf16 provider, {name}", True, honest(bf16, params), 1)]
+            if other is not None:
+                rows += [(f"another model + recomputed proof, {name}", False, recomputed(other, params), 1)]
             rows += [
-                (f"another model + recomputed proof, {name}", False, recomputed(other, params), 1),
                 (f"a skipped layer + recomputed proof, {name}", False, recomputed(skipped, params), 1),
                 (f"int8 + recomputed proof, {name}", False, recomputed(int8, params), 1),
                 (f"random tokens + recomputed proof, {name}", False, recomputed(None, params), 1),
