@@ -12,6 +12,7 @@ table against the classes, so it cannot drift::
     │   ├── AmountOverflow         amount_overflow           400
     │   ├── InvalidSignature       invalid_signature         400
     │   ├── UnknownModel           unknown_model             400
+    │   ├── InvalidModelName       invalid_model_name        400
     │   ├── InvalidManifest        invalid_manifest          400
     │   ├── BodyTooLarge           body_too_large            413
     │   ├── BodyTooSlow            body_too_slow             408
@@ -88,6 +89,12 @@ class UnknownModel(InvalidInput):
     """A model id or name that is not known here."""
 
     code = "unknown_model"
+
+
+class InvalidModelName(InvalidInput):
+    """A model name that is not canonical (see `allmende.core.model_names`)."""
+
+    code = "invalid_model_name"
 
 
 class InvalidManifest(InvalidInput):
