@@ -53,7 +53,8 @@ table against the classes, so it cannot drift::
     │   └── VaultRefused           vault_refused             400     vault.flower
     └── GatewayError               invalid_request           400     gateway.errors
         (OpenAI's codes: invalid_api_key 401, model_not_found 404, insufficient_quota 402,
-         rate_limit_exceeded 429, no_provider_available 503, request_too_large 413)
+         rate_limit_exceeded 429, no_provider_available 503, request_too_large 413;
+         and model_name_ambiguous 409)
 """
 
 from __future__ import annotations
