@@ -39,9 +39,7 @@ def canonical_name(text: str) -> str:
         raise InvalidModelName("a model name cannot be empty")
     for ch in text:
         if not ch.isascii():
-            raise InvalidModelName(
-                f"model names are ASCII only: {text!r} has {ch!r} (U+{ord(ch):04X}), which may only look like a letter"
-            )
+            raise InvalidModelName(f"model names are ASCII only: {ch!r} (U+{ord(ch):04X}) may only look like a letter")
     name = text.lower()
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidModelName(f"a model name has at most {MAX_NAME_LENGTH} characters; {len(name)} given")
