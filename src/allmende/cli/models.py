@@ -94,14 +94,16 @@ def list_models(rpc: str = typer.Option(None), deployments: Path = typer.Option(
     with friendly_errors():
         c = contracts_for(rpc, None, deployments)
         table = Table(title="models on chain")
-        for col in ("model", "name", "owner", "license", "bps", "royalty to", "parents", "datasets"):
+        for col in ("model", "owner", "license", "bps", "royalty to", "parents", "datasets"):
             table.add_column(col, no_wrap=True)
+        names = Table(title="names on chain (what gateways list; others are asked for by id)")
+        names.add_column("model", no_wrap=True)
+        names.add_column("name", overflow="fold")
         for model_id in c.models.all_ids():
             m = c.models.get(model_id)
             payee, bps = c.models.royalty_info(model_id)
             table.add_row(
                 "0x" + model_id.hex()[:8],
-                c.models.name_of(model_id) or "-",
                 _short(m.owner),
                 m.license,
                 str(bps),
@@ -109,7 +111,12 @@ def list_models(rpc: str = typer.Option(None), deployments: Path = typer.Option(
                 str(len(m.parents)),
                 str(len(m.datasets)),
             )
+            name = c.models.name_of(model_id)
+            if name:
+                names.add_row("0x" + model_id.hex()[:8], name)
         console.print(table)
+        if names.row_count:
+            console.print(names)
 
 
 @app.command("show")
