@@ -1,4 +1,5 @@
-"""Gas of the payment-channel lifecycle, measured from real transaction receipts on anvil.
+"""Gas of the payment-channel lifecycle (and of registering and naming a model),
+measured from real transaction receipts on anvil.
 
 Every figure is `gasUsed` of a mined transaction (intrinsic + calldata + execution,
 after refunds), on anvil's default hardfork. Batch redeems are measured in the
@@ -35,10 +36,11 @@ def measure() -> dict[str, Any]:
         deployment = deploy_all(admin, fund=[payer.address, provider.address, owner.address])
         as_payer = Contracts(ChainClient(node.url, payer.key), deployment)
         as_provider = Contracts(ChainClient(node.url, provider.key), deployment)
-        Contracts(ChainClient(node.url, owner.key), deployment).models.register(MODEL, "Apache-2.0", 500)
+        as_owner = Contracts(ChainClient(node.url, owner.key), deployment)
+        gas: dict[str, Any] = {"model_register": as_owner.models.register(MODEL, "Apache-2.0", 500).gas_used}
+        gas["model_set_name"] = as_owner.models.set_name(MODEL, "smollm2-135m-instruct").gas_used
         domain = as_payer.channels.voucher_domain()
         as_payer.stable.approve(as_payer.channels.address)
-        gas: dict[str, Any] = {}
 
         def vouchers(ids: list[bytes], cumulative: int) -> list[SignedVoucher]:
             return [sign_voucher(Voucher(c, MODEL, cumulative), domain, payer.key) for c in ids]
@@ -83,7 +85,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    table = Table(title="Channels gas (gasUsed of mined transactions, anvil)")
+    table = Table(title="Models and Channels gas (gasUsed of mined transactions, anvil)")
     table.add_column("operation")
     table.add_column("gas", justify="right")
     for key, value in result.items():

@@ -41,6 +41,7 @@ BPS_MASK: constant(uint256) = (1 << 31) - 1
 MASK_64: constant(uint256) = 2**64 - 1
 
 ROYALTY_CAP_KEY: constant(bytes32) = keccak256("royalty_cap_bps")
+MAX_NAME: constant(uint256) = 64
 
 
 struct Model:
@@ -69,6 +70,12 @@ event ModelTransferred:
     new_owner: indexed(address)
 
 
+event ModelNamed:
+    model_id: indexed(bytes32)
+    owner: indexed(address)
+    name: String[MAX_NAME]
+
+
 params: public(immutable(IParams))
 registry: public(immutable(IRegistry))
 
@@ -80,6 +87,10 @@ model_count: public(uint256)
 model_at: public(HashMap[uint256, bytes32])
 # @dev for derived models: the model whose owner receives the royalty
 royalty_root: public(HashMap[bytes32, bytes32])
+# @dev the model's public name, "" if it has none
+name_of: public(HashMap[bytes32, String[MAX_NAME]])
+# @dev skeleton key of a name (see `name_key`) -> the model holding that name
+_name_holder: HashMap[bytes32, bytes32]
 
 
 @deploy
@@ -267,3 +278,93 @@ def _served(model_id: bytes32) -> bool:
 def _pack(owner: address, registered_at: uint256, bps: uint256) -> uint256:
     # bps <= 10_000 fits 31 bits; a timestamp fits 64 bits for 5e11 years
     return (convert(convert(owner, uint160), uint256) << 96) | (registered_at << 32) | bps
+
+
+# ------------------------------------------------------------------ names
+
+
+@external
+def set_name(model_id: bytes32, name: String[MAX_NAME]):
+    """
+    @notice Gives a model its public name, replacing its old one (which
+            becomes free); "" releases the name. Only the owner may name a
+            model, and a name (or a look-alike of it) another model holds is
+            refused: the first to claim a name keeps it.
+    @param model_id The model, registered, owned by the caller.
+    @param name The canonical name, e.g. "smollm2-135m-instruct"; "" for none.
+    """
+    owner: address = self._models[model_id].owner
+    assert owner != empty(address), "models: unknown model"
+    assert owner == msg.sender, "models: not owner"
+    old: String[MAX_NAME] = self.name_of[model_id]
+    if len(old) > 0:
+        self._name_holder[self._skeleton_key(old)] = empty(bytes32)
+    if len(name) > 0:
+        key: bytes32 = self._skeleton_key(name)
+        assert key != empty(bytes32), "models: bad name"
+        assert self._name_holder[key] == empty(bytes32), "models: name taken"
+        self._name_holder[key] = model_id
+    self.name_of[model_id] = name
+    log ModelNamed(model_id=model_id, owner=msg.sender, name=name)
+
+
+@external
+@view
+def model_by_name(name: String[MAX_NAME]) -> bytes32:
+    """
+    @notice The model that holds exactly this name; empty for a free,
+            invalid or merely look-alike name.
+    """
+    key: bytes32 = self._skeleton_key(name)
+    if key == empty(bytes32):
+        return empty(bytes32)
+    model_id: bytes32 = self._name_holder[key]
+    if model_id == empty(bytes32) or keccak256(self.name_of[model_id]) != keccak256(name):
+        return empty(bytes32)
+    return model_id
+
+
+@external
+@pure
+def name_key(name: String[MAX_NAME]) -> bytes32:
+    """
+    @notice The key on which names must be unique: keccak256 of the name's
+            skeleton (look-alike characters folded), left-aligned in two
+            32-byte words. Reverts for a name that is not canonical.
+    """
+    key: bytes32 = self._skeleton_key(name)
+    assert key != empty(bytes32), "models: bad name"
+    return key
+
+
+@internal
+@pure
+def _skeleton_key(name: String[MAX_NAME]) -> bytes32:
+    # empty(bytes32) for a name that is not canonical (keccak256 never yields 0 in practice)
+    n: uint256 = len(name)
+    if n == 0:
+        return empty(bytes32)
+    raw: Bytes[MAX_NAME] = convert(name, Bytes[MAX_NAME])
+    words: uint256[2] = [0, 0]
+    previous_separator: bool = True  # a name may not begin with a separator
+    for i: uint256 in range(n, bound=MAX_NAME):
+        c: uint256 = convert(slice(raw, i, 1), uint256)
+        folded: uint256 = c
+        separator: bool = False
+        if c == 45 or c == 46 or c == 47 or c == 58 or c == 95:  # - . / : _
+            separator = True
+            folded = 45
+        elif c == 48:  # 0 reads as o
+            folded = 111
+        elif c == 49 or c == 105:  # 1 and i read as l
+            folded = 108
+        elif not ((c >= 97 and c <= 122) or (c >= 50 and c <= 57)):  # other letters, digits 2-9
+            return empty(bytes32)
+        if separator and previous_separator:
+            return empty(bytes32)
+        previous_separator = separator
+        # i < 64: byte i of the 64-byte skeleton, in word i // 32, big-endian
+        words[i // 32] |= folded << (8 * (31 - i % 32))
+    if previous_separator:  # nor end with one
+        return empty(bytes32)
+    return keccak256(concat(convert(words[0], bytes32), convert(words[1], bytes32)))

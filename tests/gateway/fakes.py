@@ -106,7 +106,8 @@ class FakeProvider:
             policy=CreditPolicy(credit_limit=self.credit_limit),
         )
         model = ServedModel(self.engine, self.price_in, self.price_out)  # type: ignore[arg-type]
-        self.service = ProviderService(self.key, self.x25519, {MODEL_ID: model}, self.store, self.gate, RECEIPTS)
+        served = {self.engine.model_id: model}
+        self.service = ProviderService(self.key, self.x25519, served, self.store, self.gate, RECEIPTS)
         self.app = create_app(self.service, CHAIN_ID)
         self.url = f"http://{self.address.lower()}.test"
 
@@ -115,8 +116,9 @@ class FakeProvider:
         raw: dict[str, Any] = {"credit_limit": str(limit), "load": {"max_in_flight": 64}}
         info = ProviderInfo(self.address, public_key_bytes(self.x25519), CHAIN_ID, [], raw)
         price_out = self.price_out if offer_price_out is None else offer_price_out
-        offer = Offer(MODEL_ID, "fake", "generate", self.price_in, price_out, self.engine.context_length)
-        return ProviderEntry(self.address, self.url, info, 10**21, {MODEL_ID: offer})
+        model_id = self.engine.model_id
+        offer = Offer(model_id, "fake", "generate", self.price_in, price_out, self.engine.context_length)
+        return ProviderEntry(self.address, self.url, info, 10**21, {model_id: offer})
 
 
 class Hosts(httpx.AsyncBaseTransport):

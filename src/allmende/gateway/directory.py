@@ -2,8 +2,14 @@
 
 A provider is used only if it is active on chain (stake, not paused), its /v1/info is
 signed by its registered address, and the info's X25519 key and prices equal what
-Registry holds. The directory is rebuilt when Registry emits events (new offers,
-stakes, slashes) and health-checked every `health_interval` seconds.
+Registry holds. The directory is rebuilt when Registry or Models emits events (new
+offers, stakes, slashes, names) and health-checked every `health_interval` seconds.
+
+Model names come from the chain only: the name a model's owner set in `Models`. The
+name a provider publishes in /v1/info (a folder path, or another model's name) names
+nothing. A model without a name on chain is listed and asked for by its id ("0x…"). Two
+model ids whose names read alike (`allmende.core.model_names`) cannot both hold them on
+chain; should the directory still see that, it lists both by id and refuses the name.
 """
 
 from __future__ import annotations
@@ -11,14 +17,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
 
 from allmende.chain import Contracts
 from allmende.chain.errors import ChainError
-from allmende.core.errors import InvalidSignature
+from allmende.core.errors import InvalidModelName, InvalidSignature
+from allmende.core.model_names import canonical_name, is_model_id, skeleton
 from allmende.core.routing import ProviderStats, consensus_reputation
 from allmende.provider.client import ProviderInfo, fetch_info
 
@@ -29,7 +36,7 @@ REFERENCE_TOKENS = (1_000, 200)  # (in, out): the request whose price routing co
 @dataclass(frozen=True)
 class Offer:
     model_id: bytes
-    name: str
+    name: str  # the model's name on chain, or "0x" + its id when it has none
     kind: str  # "generate" | "embed"
     price_in: int
     price_out: int
@@ -57,6 +64,19 @@ class ModelListing:
     owner: str | None
 
 
+class AmbiguousName(Exception):
+    """A name that more than one model id claims; carries those ids."""
+
+    def __init__(self, name: str, model_ids: list[bytes]) -> None:
+        super().__init__(name)
+        self.name, self.model_ids = name, model_ids
+
+
+def id_name(model_id: bytes) -> str:
+    """How a model without a name on chain is listed and asked for."""
+    return "0x" + model_id.hex()
+
+
 class Directory:
     def __init__(self, contracts: Contracts, http: httpx.Client, health_interval: float = 30.0) -> None:
         self.contracts = contracts
@@ -67,6 +87,8 @@ class Directory:
         self._last_block = -1
         self._last_full = 0.0
         self._owners: dict[bytes, str | None] = {}
+        self._by_name: dict[str, bytes] = {}  # canonical name -> model id
+        self._ambiguous: dict[str, list[bytes]] = {}  # skeleton -> the model ids claiming it
 
     # ---------------------------------------------------------------- build
 
@@ -74,6 +96,7 @@ class Directory:
         """Rebuild from chain and /v1/info. Keeps observed stats of providers that stay."""
         registry = self.contracts.registry
         fresh: dict[str, ProviderEntry] = {}
+        names: dict[bytes, str] = {}
         for address in registry.all_accounts():
             account = registry.account(address)
             if account.role != 1 or not registry.is_active(address):
@@ -85,7 +108,10 @@ class Directory:
                     chain_offers[model_id] = offer
             if not chain_offers:
                 continue
-            entry = self._check(address, account.endpoint, account.x25519_key, account.stake, chain_offers)
+            for model_id in chain_offers:
+                if model_id not in names:
+                    names[model_id] = self.contracts.models.name_of(model_id) or id_name(model_id)
+            entry = self._check(address, account.endpoint, account.x25519_key, account.stake, chain_offers, names)
             if entry is None:
                 continue
             old = self._entries.get(address)
@@ -107,9 +133,34 @@ class Directory:
         self.install(list(fresh.values()))
 
     def install(self, entries: list[ProviderEntry]) -> None:
-        """Make `entries` the providers in use (refresh builds them from chain; unit tests inject them)."""
+        """Make `entries` the providers in use (refresh builds them from chain; unit tests inject
+        them). Offers named by a name that is not canonical, or that reads like another model's
+        name, are renamed to their ids."""
+        claims: dict[str, set[bytes]] = {}  # skeleton -> model ids
+        names: dict[bytes, str] = {}
+        for entry in entries:
+            for model_id, offer in entry.offers.items():
+                name = names.setdefault(model_id, offer.name)
+                if not is_model_id(name) and _is_canonical(name):
+                    claims.setdefault(skeleton(name), set()).add(model_id)
+        by_name: dict[str, bytes] = {}
+        ambiguous: dict[str, list[bytes]] = {}
+        for key, model_ids in claims.items():
+            if len(model_ids) == 1:
+                model_id = next(iter(model_ids))
+                by_name[names[model_id]] = model_id
+            else:
+                ambiguous[key] = sorted(model_ids)
+                log.warning("model name %r claimed by %d model ids; listed by id only", key, len(model_ids))
+        listed = {model_id: name for name, model_id in by_name.items()}
+        for entry in entries:
+            for model_id, offer in entry.offers.items():
+                name = listed.get(model_id, id_name(model_id))
+                if offer.name != name:
+                    entry.offers[model_id] = replace(offer, name=name)
         with self._lock:
             self._entries = {e.address: e for e in entries}
+            self._by_name, self._ambiguous = by_name, ambiguous
         self._last_full = time.monotonic()
 
     def _reputations(self, providers: list[str]) -> dict[str, float]:
@@ -130,7 +181,15 @@ class Directory:
             result[provider] = consensus_reputation(scores)
         return result
 
-    def _check(self, address: str, url: str, key: bytes, stake: int, chain_offers: dict) -> ProviderEntry | None:  # type: ignore[type-arg]
+    def _check(
+        self,
+        address: str,
+        url: str,
+        key: bytes,
+        stake: int,
+        chain_offers: dict,  # type: ignore[type-arg]
+        names: dict[bytes, str],
+    ) -> ProviderEntry | None:
         try:
             info = fetch_info(self.http, url.rstrip("/"))
         except (httpx.HTTPError, InvalidSignature, ValueError, KeyError) as exc:
@@ -148,8 +207,9 @@ class Directory:
             if (int(model["price_in"]), int(model["price_out"])) != (chain.price_in, chain.price_out):
                 log.warning("provider %s: prices in /v1/info differ from its offer on chain; not used", address)
                 return None
+            # the name comes from Models, not from what the provider calls the model
             offers[model_id] = Offer(
-                model_id, model["name"], model["kind"], chain.price_in, chain.price_out, int(model["context_length"])
+                model_id, names[model_id], model["kind"], chain.price_in, chain.price_out, int(model["context_length"])
             )
         if not offers:
             return None
@@ -162,7 +222,7 @@ class Directory:
             changed = False
             if block > self._last_block:
                 query: Any = {
-                    "address": self.contracts.registry.address,
+                    "address": [self.contracts.registry.address, self.contracts.models.address],
                     "fromBlock": self._last_block + 1,
                     "toBlock": block,
                 }
@@ -185,11 +245,25 @@ class Directory:
             return self._entries.get(address)
 
     def resolve(self, name: str) -> Offer | None:
-        """A model by the name providers publish, or by 0x model id."""
+        """A served model by its name on chain (any case) or by its id ("0x…"); None if no
+        provider serves it. Raises `InvalidModelName` for what cannot be a name, and
+        `AmbiguousName` for a name more than one model id claims."""
+        if is_model_id(name):
+            model_id = bytes.fromhex(name[2:])
+        else:
+            canonical = canonical_name(name)
+            with self._lock:
+                claimants = self._ambiguous.get(skeleton(canonical))
+                found = self._by_name.get(canonical)
+            if claimants:
+                raise AmbiguousName(canonical, claimants)
+            if found is None:
+                return None
+            model_id = found
         for entry in self.entries():
-            for offer in entry.offers.values():
-                if offer.name == name or "0x" + offer.model_id.hex() == name.lower():
-                    return offer
+            offer = entry.offers.get(model_id)
+            if offer is not None:
+                return offer
         return None
 
     def candidates(self, model_id: bytes) -> list[ProviderEntry]:
@@ -212,3 +286,10 @@ class Directory:
             )
             for model_id, offers in sorted(by_model.items(), key=lambda kv: kv[1][0].name)
         ]
+
+
+def _is_canonical(name: str) -> bool:
+    try:
+        return canonical_name(name) == name
+    except InvalidModelName:
+        return False

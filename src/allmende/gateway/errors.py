@@ -38,6 +38,10 @@ class ModelNotFound(GatewayError):
     status, type, code = 404, "invalid_request_error", "model_not_found"
 
 
+class AmbiguousModel(GatewayError):
+    status, type, code = 409, "invalid_request_error", "model_name_ambiguous"
+
+
 class InsufficientFunds(GatewayError):
     status, type, code = 402, "insufficient_quota", "insufficient_quota"
 

@@ -16,9 +16,17 @@ from prometheus_client import CollectorRegistry, Counter
 from allmende.chain.errors import ChainError
 from allmende.core import Domain, InvalidInput
 from allmende.core.credit import max_request_cost, requested_max_tokens
+from allmende.core.errors import InvalidModelName
 from allmende.core.routing import ProviderStats, Router
-from allmende.gateway.directory import Directory, Offer, ProviderEntry
-from allmende.gateway.errors import GatewayError, InsufficientFunds, InvalidRequest, ModelNotFound, NoProvider
+from allmende.gateway.directory import AmbiguousName, Directory, Offer, ProviderEntry
+from allmende.gateway.errors import (
+    AmbiguousModel,
+    GatewayError,
+    InsufficientFunds,
+    InvalidRequest,
+    ModelNotFound,
+    NoProvider,
+)
 from allmende.gateway.payments import Overcharged, Payments
 from allmende.provider.client import Answer, Delta, ProviderReplyError, ainfer, ainfer_stream, build_envelope
 
@@ -89,9 +97,24 @@ class GatewayService:
     def resolve(self, name: object, kind: str) -> Offer:
         if not isinstance(name, str) or not name:
             raise InvalidRequest("'model' is required", "model")
-        offer = self.directory.resolve(name)
+        try:
+            offer = self.directory.resolve(name)
+        except InvalidModelName as exc:
+            raise ModelNotFound(f"The model '{name}' does not exist: {exc}", "model") from None
+        except AmbiguousName as exc:
+            ids = ", ".join("0x" + m.hex() for m in exc.model_ids)
+            raise AmbiguousModel(
+                f"The model name '{exc.name}' is claimed by more than one model id ({ids}); "
+                "ask for the one you mean by its id",
+                "model",
+            ) from None
         if offer is None:
-            raise ModelNotFound(f"The model '{name}' does not exist or no provider serves it", "model")
+            raise ModelNotFound(
+                f"The model '{name}' does not exist or no provider serves it: names are the ones model owners "
+                "registered on chain (GET /v1/models lists those served); a model without a name is asked for "
+                'by its id, model="0x…"',
+                "model",
+            )
         if (kind == "embedding") != (offer.kind == "embed"):
             what = "an embedding model" if offer.kind == "embed" else "a text generation model"
             raise InvalidRequest(f"'{name}' is {what}; it cannot serve {kind} requests", "model")

@@ -6,6 +6,13 @@ before anyone serves it. A provider that serves a model nobody has registered
 registers it itself when started with `register_models=True` (the default for the
 devnet), becoming its owner and royalty receiver; otherwise it serves the model
 without royalties until the owner registers it.
+
+Names: gateways list and resolve a model by the name its owner set in `Models`, never
+by what a provider calls it. A provider that owns a model without a name names it
+after what it was loaded as (`allmende:tiny`, `minilm`, `smollm2-135m-instruct`, a hub
+id), lower-cased; a folder or file path is no name, and a name another model already
+holds stays with that model. Either way the model is still served, and asked for by its
+id (`model="0x…"`) until its owner names it (`allmende models name`).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.bindings import ROLE_PROVIDER
 from allmende.chain.errors import ChainError
 from allmende.core.envelope import public_key_bytes
+from allmende.core.errors import InvalidModelName
+from allmende.core.model_names import canonical_name
 from allmende.engine import Engine, load_engine
 from allmende.provider.app import Limits, create_app
 from allmende.provider.payments import CreditPolicy, PaymentGate
@@ -126,6 +135,8 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
             except ChainError:
                 if contracts.models.owner_of(model_id) is None:  # not a lost race with another node
                     raise
+        if contracts.models.owner_of(model_id) == me and not contracts.models.name_of(model_id):
+            name_model(contracts, model_id, model.engine.name)
 
     x25519 = load_x25519(config.state_dir / "x25519.key")
     x_pub = public_key_bytes(x25519)
@@ -150,6 +161,29 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
         hook(service, contracts)
     settlement = Settlement(store, contracts.channels, config.settlement)
     return ProviderNode(config, contracts, service, settlement, store)
+
+
+def name_model(contracts: Contracts, model_id: bytes, loaded_as: str) -> str | None:
+    """Give a model this node owns the name it was loaded as; None (and a log line saying how
+    it is asked for instead) when that is no name or another model holds it."""
+    try:
+        name = canonical_name(loaded_as)
+    except InvalidModelName as exc:
+        log.info("model 0x%s has no name on chain (%s); it is asked for by its id", model_id.hex(), exc)
+        return None
+    holder = contracts.models.model_by_name(name)
+    if holder is not None and holder != model_id:
+        log.warning(
+            "the name %r belongs to model 0x%s; 0x%s is asked for by its id", name, holder.hex(), model_id.hex()
+        )
+        return None
+    try:
+        contracts.models.set_name(model_id, name)
+    except ChainError as exc:  # a look-alike of the name is taken
+        log.warning("model 0x%s not named %r: %s; it is asked for by its id", model_id.hex(), name, exc)
+        return None
+    log.info("named model 0x%s %r", model_id.hex(), name)
+    return name
 
 
 def build_app(node: ProviderNode) -> Any:

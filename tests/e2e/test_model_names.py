@@ -1,0 +1,49 @@
+"""Model names on a network started by `allmende up`: the providers that registered the
+default models named them on chain, and a squatter cannot take those names over."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import openai
+import pytest
+
+from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.chain.anvil import devnet_accounts
+from allmende.chain.errors import ContractReverted
+from tests.e2e.conftest import Network
+
+SQUATTER = 7  # a devnet account `allmende up` gives no role in this network
+TINY_ID = "0x11419bb2d012e4d1be2e2b08c0a5bf7989eee37483da38f27e1c13a8d3e9ab13"
+
+
+def test_a_squatted_name_is_refused(network: Network) -> None:
+    squatter = devnet_accounts(SQUATTER + 1)[SQUATTER]
+    chain = Contracts(ChainClient(network.data["rpc_url"], squatter.key), Deployment.load(network.data["deployments"]))
+    other = os.urandom(32)  # the squatter's own weights, registered under its own id
+    chain.models.register(other, "MIT", 0)
+
+    refused = []
+    for squat in ("allmende:tiny", "allmende-t1ny", "minilm"):
+        with pytest.raises(ContractReverted) as info:
+            chain.models.set_name(other, squat)
+        refused.append(info.value.reason)
+    with pytest.raises(ContractReverted) as stranger:
+        chain.models.set_name(bytes.fromhex(TINY_ID[2:]), "mine")  # renaming the real model
+    by_cli = subprocess.run(
+        [sys.executable, "-m", "allmende", "models", "name", "0x" + other.hex(), "Allmende:Tiny",
+         "--key", f"devnet:{SQUATTER}", "--rpc", network.data["rpc_url"], "--deployments", network.data["deployments"]],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    listed = {m.id: m.model_extra["allmende"]["model_id"] for m in network.client.models.list().data}
+    with pytest.raises(openai.NotFoundError) as unserved:
+        network.client.chat.completions.create(model="0x" + other.hex(), messages=[{"role": "user", "content": "hi"}])
+
+    assert refused == ["models: name taken"] * 3
+    assert stranger.value.reason == "models: not owner"
+    assert by_cli.returncode == 1 and f"belongs to model {TINY_ID}" in by_cli.stdout, by_cli.stdout + by_cli.stderr
+    assert chain.models.name_of(other) == "" and chain.models.model_by_name("allmende:tiny").hex() == TINY_ID[2:]
+    assert listed["allmende:tiny"] == TINY_ID and len(listed) == 2
+    assert unserved.value.status_code == 404
