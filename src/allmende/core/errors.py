@@ -34,6 +34,7 @@ table against the classes, so it cannot drift::
     │   ├── BadRequest             bad_request               400     provider.errors
     │   ├── UnknownModelError      unknown_model             404     provider.errors
     │   ├── ReplayedRequest        replayed_request          409     provider.errors
+    │   ├── PayerNotAuthenticated  payer_not_authenticated   401     provider.errors
     │   ├── BadVoucher             bad_voucher               402     provider.errors
     │   ├── PaymentRequired        payment_required          402     provider.errors
     │   ├── Overloaded             overloaded                429     provider.errors

@@ -33,6 +33,7 @@ from allmende.core.errors import UpstreamError
 from allmende.gateway.directory import Offer
 from allmende.gateway.errors import InsufficientFunds
 from allmende.gateway.store import GatewayStore
+from allmende.provider.client import PayerKey
 
 log = logging.getLogger("allmende.gateway.payments")
 
@@ -63,6 +64,7 @@ class Payments:
         self.payer = contracts.client.address
         self.policy = policy or ChannelPolicy()
         self.domain = contracts.channels.voucher_domain()
+        self.signer = PayerKey(key, self.domain)  # signs every request (provider.client.build_envelope)
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._allowance_ok = False

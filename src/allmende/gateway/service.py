@@ -137,7 +137,7 @@ class GatewayService:
             return None
         voucher = self.payments.voucher(channel_id, offer.model_id)
         rid, env, sealer = build_envelope(
-            entry.info, offer.model_id, kind, body, self.payments.payer, channel_id, voucher
+            entry.info, offer.model_id, kind, body, self.payments.signer, channel_id, voucher
         )
         carried = voucher.voucher.cumulative_amount if voucher else 0
         return Attempt(entry, stats, channel_id, cost, carried, rid, env, sealer)

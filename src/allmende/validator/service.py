@@ -122,7 +122,7 @@ class Validator:
             body.update(temperature=0.8, top_p=0.95, seed=self.rng.randrange(2**31))
         channel_id = self.payments.channel_for(entry.address)
         voucher = self.payments.voucher(channel_id, model_id)
-        rid, env, sealer = build_envelope(entry.info, model_id, "chat", body, self.address, channel_id, voucher)
+        rid, env, sealer = build_envelope(entry.info, model_id, "chat", body, self.payments.signer, channel_id, voucher)
         started = time.monotonic()
         try:
             answer = infer(self.http, entry.url, entry.info, self.contracts.registry.receipt_domain(), env, sealer, rid)
