@@ -29,7 +29,7 @@ table against the classes, so it cannot drift::
     │   └── DeploymentNotFound     deployment_not_found      503     chain.errors
     ├── UpstreamError              upstream_error            502
     │   ├── ProviderReplyError     (provider's)              (its)   provider.client
-    │   └── Overcharged            overcharged               502     gateway.payments
+    │   └── BadReceipt             bad_receipt               502     gateway.receipts
     ├── ProviderError              bad_request               400     provider.errors
     │   ├── BadRequest             bad_request               400     provider.errors
     │   ├── UnknownModelError      unknown_model             404     provider.errors

@@ -40,6 +40,8 @@ log = logging.getLogger("allmende.provider")
 # Wrappers applied to every engine a provider loads, in order: a hook for test helpers
 # (allmende.testing.cheats fills it to make a provider cheat); empty in production.
 ENGINE_WRAPPERS: list[Callable[[Engine], Engine]] = []
+# the serving class; allmende.testing.cheats swaps in one that inflates its receipts
+SERVICE_CLASS: type[ProviderService] = ProviderService
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
 
     store = ProviderStore(config.state_dir / "provider.db")
     gate = PaymentGate(store, contracts.channels.voucher_domain(), me, contracts.channels.channel, policy=config.credit)
-    service = ProviderService(
+    service = SERVICE_CLASS(
         config.key, x25519, served, store, gate, contracts.registry.receipt_domain(), config.stream_tokens_per_s
     )
     settlement = Settlement(store, contracts.channels, config.settlement)

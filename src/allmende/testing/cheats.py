@@ -7,19 +7,22 @@ this module fills it in a process started as
     python -m allmende.testing.cheats MODE provider …   # a provider that cheats
     python -m allmende.testing.cheats N:MODE up …       # `allmende up` whose provider N cheats
 
-MODE is `int8` (weights quantised per row: what a cheap provider might run) or
-`skip-layer` (the last transformer layer dropped).
+MODE is `int8` (weights quantised per row: what a cheap provider might run),
+`skip-layer` (the last transformer layer dropped) or `inflate` (honest work, but receipts
+that claim ten times the tokens it counted, validly signed: `InflatingService`).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from allmende.engine.base import Engine
 from allmende.engine.transformers_lm import CausalLMEngine
+from allmende.provider.service import InferRequest, ProviderService
 
 
 def quantize_int8(engine: CausalLMEngine) -> CausalLMEngine:
@@ -40,6 +43,24 @@ def skip_last_layer(engine: CausalLMEngine) -> CausalLMEngine:
 
 
 CHEATS: dict[str, Callable[[CausalLMEngine], CausalLMEngine]] = {"int8": quantize_int8, "skip-layer": skip_last_layer}
+
+
+class InflatingService(ProviderService):
+    """A provider that serves honestly but signs receipts for `factor` × the tokens it counted
+    (prompt and completion), priced correctly for the inflated counts: the 12,112-units-per-
+    request attack against 32 for an honest receipt."""
+
+    factor = 10
+
+    def _finish(
+        self, req: InferRequest, tokens_in: int, tokens_out: int, output: bytes, proof: bytes = b""
+    ) -> dict[str, Any]:
+        return super()._finish(req, tokens_in * self.factor, tokens_out * self.factor, output, proof)
+
+
+# cheats that replace the provider's serving class instead of wrapping its engines
+SERVICE_CHEATS: dict[str, type[ProviderService]] = {"inflate": InflatingService}
+MODES = (*CHEATS, *SERVICE_CHEATS)
 
 
 def wrapper(mode: str) -> Callable[[Engine], Engine]:
@@ -63,8 +84,8 @@ def main(argv: list[str]) -> None:
     mode, rest = argv[0], argv[1:]
     if rest[0] == "up":
         number, _, provider_mode = mode.partition(":")
-        if not number.isdigit() or provider_mode not in CHEATS:
-            raise SystemExit(f"N:MODE with MODE one of {', '.join(CHEATS)}")
+        if not number.isdigit() or provider_mode not in MODES:
+            raise SystemExit(f"N:MODE with MODE one of {', '.join(MODES)}")
         from allmende.cli import up
 
         default, victim = up.provider_command, int(number)
@@ -74,11 +95,14 @@ def main(argv: list[str]) -> None:
 
         up.provider_command = provider_command
     else:
-        if mode not in CHEATS:
-            raise SystemExit(f"MODE must be one of {', '.join(CHEATS)}")
+        if mode not in MODES:
+            raise SystemExit(f"MODE must be one of {', '.join(MODES)}")
         from allmende.provider import node
 
-        node.ENGINE_WRAPPERS.append(wrapper(mode))
+        if mode in SERVICE_CHEATS:
+            node.SERVICE_CLASS = SERVICE_CHEATS[mode]
+        else:
+            node.ENGINE_WRAPPERS.append(wrapper(mode))
     from allmende.cli import main as cli
 
     sys.argv = ["allmende", *rest]
