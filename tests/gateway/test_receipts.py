@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_account import Account
+from eth_utils import keccak
 
-from allmende.core import request_cost
+from allmende.core import Receipt, SignedReceipt, request_cost, sign_receipt
 from allmende.gateway.errors import NoProvider
+from allmende.gateway.receipts import BadReceipt, check_receipt, output_bytes
+from allmende.protocol import input_hash
 from allmende.provider.service import InferRequest, ProviderService
 from allmende.testing.cheats import InflatingService
-from tests.gateway.fakes import MODEL_ID, FakeProvider, network
+from tests.gateway.fakes import MODEL_ID, RECEIPTS, FakeProvider, network
 from tests.gateway.test_service import CHAT, collect_stream, failed_attempts
 
 
@@ -111,3 +115,75 @@ def honest_total(provider: FakeProvider) -> int:
     cost = request_cost
     p = (provider.price_in, provider.price_out)
     return cost(5, 8, *p) + cost(len("Grüß Gott"), 3, *p) + cost(5, 8, *p)
+
+
+# ------------------------------------------------------------ check_receipt, one rule at a time
+
+BODY = {"model": "fake", "messages": [{"role": "user", "content": "Hallo"}], "max_tokens": 8}
+EMBED = {"model": "mini", "input": ["a cat", "a dog"]}
+PRICES = (200_000, 600_000)
+
+
+def signed(kind: str, body: dict, output: dict, **fields: Any) -> SignedReceipt:
+    out = output_bytes(kind, output)
+    tokens_in, tokens_out = fields.pop("tokens_in", 9), fields.pop("tokens_out", len(output.get("token_ids", [])))
+    receipt = Receipt(
+        request_id=b"\x01" * 32,
+        model_id=MODEL_ID,
+        provider=Account.from_key(b"\x05" * 32).address,
+        input_hash=input_hash(body),
+        output_hash=keccak(out),
+        proof_hash=b"\x00" * 32,
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        amount=fields.pop("amount", request_cost(tokens_in, tokens_out, *PRICES)),
+        timestamp=1,
+    )
+    return sign_receipt(receipt, RECEIPTS, b"\x05" * 32)
+
+
+GEN = {"text": "abc", "token_ids": [1, 2, 3]}
+VECTORS = {"embeddings": [[0.25, -0.5], [1e-7, 3.0]]}
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "output", "fields", "more", "problem"),
+    [
+        ("chat", BODY, GEN, {}, {}, None),
+        ("embedding", EMBED, VECTORS, {"tokens_in": 14}, {}, None),
+        ("embedding", EMBED, VECTORS, {"tokens_in": 14, "tokens_out": 1}, {}, "tokensOut 1, but 0"),
+        ("embedding", EMBED, VECTORS, {"tokens_in": 19}, {}, "tokensIn 19 exceeds 18"),
+        ("chat", BODY, {"text": "abc"}, {"tokens_out": 0}, {}, "no list of token ids"),
+        ("chat", BODY, {"text": "abc", "token_ids": ["1"]}, {"tokens_out": 1}, {}, "no list of token ids"),
+        ("chat", BODY, {"text": "x" * 9, "token_ids": [1] * 9}, {}, {}, "more than max_tokens 8"),
+        ("chat", BODY, GEN, {}, {"streamed_tokens": 4}, "deltas carried 4 tokens"),
+        ("chat", BODY, GEN, {}, {"context_length": 11}, "exceed the context length 11"),
+        ("chat", BODY, GEN, {"amount": 5}, {}, "amount 5, but usage × the price on chain is 4"),
+        ("chat", BODY, GEN, {"amount": 3}, {}, None),  # asking less is the provider's own loss
+    ],
+    ids=[
+        "honest-chat",
+        "honest-embedding",
+        "embedding-with-output-tokens",
+        "embedding-inflated-input",
+        "no-token-ids",
+        "token-ids-not-integers",
+        "more-than-max-tokens",
+        "stream-deltas-carried-more",
+        "beyond-the-context",
+        "overcharged",
+        "undercharged",
+    ],
+)
+def test_check_receipt_rules(
+    kind: str, body: dict, output: dict, fields: dict, more: dict, problem: str | None
+) -> None:
+    receipt = signed(kind, body, output, **fields)
+    extra = dict(more)
+    context_length = extra.pop("context_length", 256)
+
+    if problem is None:
+        check_receipt(receipt, kind, body, output, PRICES, context_length, **extra)
+    else:
+        with pytest.raises(BadReceipt, match=problem):
+            check_receipt(receipt, kind, body, output, PRICES, context_length, **extra)
