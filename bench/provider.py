@@ -28,7 +28,7 @@ from allmende.chain import ChainClient, Contracts, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts, free_port
 from allmende.core import Voucher, sign_voucher
 from allmende.engine import SamplingParams, collect, load_engine
-from allmende.provider.client import build_envelope, fetch_info, infer
+from allmende.provider.client import PayerKey, build_envelope, fetch_info, infer
 from allmende.supervisor import allmende_command, start
 
 BODY = {"messages": [{"role": "user", "content": "Erzähl mir etwas."}], "max_tokens": 16, "temperature": 0}
@@ -75,13 +75,14 @@ def through_provider(url: str, node: Anvil, deployment: Any, payer: Any, request
     # one channel per worker thread, as a gateway would keep one per provider and payer
     channels = [contracts.channels.open(info.address, 10**9) for _ in range(concurrency)]
     owed = dict.fromkeys(channels, 0)
+    signer = PayerKey(payer.key, voucher_domain)
 
     def one(channel: bytes) -> tuple[float, int]:
         voucher = None
         if owed[channel]:
             voucher = sign_voucher(Voucher(channel, model, owed[channel]), voucher_domain, payer.key)
         start = time.perf_counter()
-        rid, env, sealer = build_envelope(info, model, "chat", BODY, payer.address, channel, voucher)
+        rid, env, sealer = build_envelope(info, model, "chat", BODY, signer, channel, voucher)
         answer = infer(http, url, info, receipt_domain, env, sealer, rid)
         elapsed = (time.perf_counter() - start) * 1000
         owed[channel] += answer.receipt.receipt.amount

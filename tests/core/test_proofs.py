@@ -17,6 +17,7 @@ from allmende.core.proofs import (
     TOP_K,
     ChunkCommitment,
     ProofFormatError,
+    committed_k,
     decode_proof,
     encode_proof,
     half_bytes,
@@ -28,10 +29,10 @@ from allmende.core.proofs import (
 @st.composite
 def chunks_for(draw: st.DrawFn, hidden: int) -> ChunkCommitment:
     positions = draw(st.integers(1, CHUNK_TOKENS))
-    block = positions * hidden
-    indices = sorted(draw(st.sets(st.integers(0, block - 1), max_size=min(TOP_K, block))))
-    k = len(indices)
-    values = draw(st.lists(st.floats(width=16, allow_nan=False, allow_infinity=False), min_size=k, max_size=k))
+    k = committed_k(positions, hidden)
+    rnd = draw(st.randoms(use_true_random=False))  # k draws each would overrun hypothesis' buffer
+    indices = sorted(rnd.sample(range(positions * hidden), k))
+    values = [half_value(half_bytes(rnd.choice([0.0, -1.0, 1e5, rnd.uniform(-1e3, 1e3)]))) for _ in range(k)]
     return ChunkCommitment(positions, tuple(indices), tuple(values))
 
 
@@ -39,10 +40,13 @@ def chunks_for(draw: st.DrawFn, hidden: int) -> ChunkCommitment:
 
 
 def test_a_chunk_encodes_to_the_documented_bytes() -> None:
-    # 1 position × 4 wide: block of 4, so 2 index bits; indices 1 and 3 pack into 0b0111
-    chunk = ChunkCommitment(positions=1, indices=(1, 3), values=(1.0, -2.0))
+    # 1 position × 2 wide: block of 2, so 1 index bit and k = 2; indices 0 and 1 pack into 0b01
+    chunk = ChunkCommitment(positions=1, indices=(0, 1), values=(1.0, -2.0))
 
-    assert chunk.encode(hidden_size=4) == bytes.fromhex("020102 07 3c00 c000")  # header, indices, 1.0, -2.0
+    proof = chunk.encode(hidden_size=2)
+
+    assert proof == bytes.fromhex("020101 01 3c00 c000")  # header, indices, 1.0, -2.0
+    assert decode_proof(proof, hidden_size=2) == [chunk]
 
 
 @pytest.mark.parametrize(("hidden", "size"), [(64, 192), (4096, 234)], ids=["64-wide", "4096-wide"])
@@ -69,6 +73,11 @@ def test_an_empty_proof_has_no_chunks() -> None:
     assert decode_proof(b"", 64) == []
 
 
+@pytest.mark.parametrize(("positions", "hidden", "k"), [(32, 64, TOP_K), (1, 4, 4), (3, 5, 15), (1, 56, 56)])
+def test_a_chunk_commits_top_k_or_the_whole_smaller_block(positions: int, hidden: int, k: int) -> None:
+    assert committed_k(positions, hidden) == k
+
+
 @settings(max_examples=60, deadline=None)
 @given(data=st.data(), hidden=st.sampled_from([1, 3, 64, 384, 4096]))
 def test_proofs_round_trip(data: st.DataObject, hidden: int) -> None:
@@ -89,7 +98,8 @@ def test_arbitrary_bytes_decode_or_raise_proof_format_error(proof: bytes, hidden
         return
     for chunk in chunks:
         assert 0 < chunk.positions <= CHUNK_TOKENS
-        assert len(chunk.indices) == len(chunk.values)
+        assert len(chunk.indices) == len(chunk.values) == committed_k(chunk.positions, hidden)
+        assert list(chunk.indices) == sorted(set(chunk.indices))
         assert all(0 <= i < chunk.positions * hidden for i in chunk.indices)
         assert all(math.isfinite(v) for v in chunk.values)
 
@@ -118,7 +128,10 @@ def test_values_are_stored_as_float16(value: float, stored: float) -> None:
 
 # ------------------------------------------------------------------ malformed proofs
 
-GOOD = ChunkCommitment(positions=2, indices=(0, 5, 7), values=(1.0, -0.5, 3.0)).encode(hidden_size=4)
+# 2 positions × 4 wide: a block of 8 entries, all committed (k = 8), 3 bits per index
+GOOD = ChunkCommitment(positions=2, indices=tuple(range(8)), values=(1.0, -0.5, 3.0, 0.0, 1.0, 2.0, 4.0, 8.0)).encode(
+    hidden_size=4
+)
 
 
 @pytest.mark.parametrize(
@@ -155,8 +168,8 @@ def test_a_proof_for_another_model_width_is_refused() -> None:
 
 
 def test_an_index_outside_the_hidden_state_block_is_refused() -> None:
-    # 1 position × 3 wide: 2 index bits can say 3, one past the block
-    proof = bytes([1, 1, 2, 0b11]) + half_bytes(1.0)
+    # 1 position × 3 wide (k = 3): 2 index bits can say 3, one past the block: indices 0, 1, 3
+    proof = bytes([3, 1, 2, 0b000111]) + half_bytes(1.0) * 3
 
     with pytest.raises(ProofFormatError, match="outside the hidden-state block"):
         decode_proof(proof, hidden_size=3)
@@ -166,10 +179,41 @@ def test_an_index_outside_the_hidden_state_block_is_refused() -> None:
 def test_a_commitment_to_a_non_finite_value_is_refused(value: float) -> None:
     # NaN compares false with every threshold: a proof of NaNs at the right indices would pass the
     # validator's error checks without the provider computing a single value
-    proof = bytes([1, 1, 2, 0b01]) + struct.pack(">e", value)
+    proof = bytes([4, 1, 2, 0b00011011]) + half_bytes(1.0) * 3 + struct.pack(">e", value)
 
     with pytest.raises(ProofFormatError, match="not a finite number"):
         decode_proof(proof, hidden_size=4)
+
+
+def chunk_bytes(positions: int, hidden: int, indices: list[int]) -> bytes:
+    """A chunk with any indices (the encoder's checks bypassed): what a cheater can send."""
+    bits = index_bits(positions * hidden)
+    packed = 0
+    for index in indices:
+        packed = (packed << bits) | index
+    body = packed.to_bytes((len(indices) * bits + 7) // 8, "big")
+    return bytes([len(indices), positions, bits]) + body + half_bytes(1.0) * len(indices)
+
+
+def test_a_proof_repeating_one_index_is_refused() -> None:
+    # the cheat: match one hidden-state entry well and commit to it TOP_K times
+    with pytest.raises(ProofFormatError, match="repeat"):
+        decode_proof(chunk_bytes(CHUNK_TOKENS, 64, [17] * TOP_K), hidden_size=64)
+
+
+def test_a_proof_with_indices_out_of_order_is_refused() -> None:
+    indices = list(range(TOP_K))
+    indices[3], indices[4] = indices[4], indices[3]
+
+    with pytest.raises(ProofFormatError, match="out of order"):
+        decode_proof(chunk_bytes(CHUNK_TOKENS, 64, indices), hidden_size=64)
+
+
+@pytest.mark.parametrize("k", [1, TOP_K - 1], ids=["one-value", "one-short"])
+def test_a_chunk_committing_fewer_values_than_top_k_is_refused(k: int) -> None:
+    # one committed value is far easier to match than 56
+    with pytest.raises(ProofFormatError, match=f"commits {k} values, not the {TOP_K}"):
+        decode_proof(chunk_bytes(CHUNK_TOKENS, 64, list(range(k))), hidden_size=64)
 
 
 @pytest.mark.parametrize("index", [-1, 8, 100], ids=["negative", "one-past", "far-past"])

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from allmende.core import build_manifest
+from allmende.core.prompts import max_prompt_tokens
 from allmende.engine import Engine, EngineError, PromptTooLong, SamplingParams, collect, load_engine, resolve_model
 from allmende.engine.gguf import gguf_manifest
 from allmende.engine.tiny import ensure_tiny_model
@@ -56,6 +57,32 @@ def test_wrong_kind_is_a_typed_error(engine: Engine) -> None:
             engine.prompt_ids("chat", CHAT)
         else:
             asyncio.run(engine.embed(["x"]))
+
+
+TEXTS = [
+    "Hallo",
+    "Grüße aus Köln, ßäöü",
+    "日本語のテキストと中文",
+    "emoji 🙂🚀 and a tab\t and\nnewlines",
+    "def f(x):\n    return x ** 2  # code",
+    " leading spaces and   gaps ",
+]
+
+
+def test_honest_prompt_token_counts_stay_within_what_a_gateway_pays(engine: Engine) -> None:
+    # core.prompts.max_prompt_tokens: a gateway pays no receipt above it, so honest counts must fit
+    if engine.kind == "embed":
+        _, tokens = asyncio.run(engine.embed(TEXTS))
+        assert tokens <= max_prompt_tokens("embedding", {"input": TEXTS})
+        return
+    for text in TEXTS:
+        for body in (
+            {"messages": [{"role": "user", "content": text}]},
+            {"messages": [{"role": "system", "content": text}, {"role": "user", "content": text}]},
+        ):
+            assert len(engine.prompt_ids("chat", body)) <= max_prompt_tokens("chat", body)
+        completion = {"prompt": text}
+        assert len(engine.prompt_ids("completion", completion)) <= max_prompt_tokens("completion", completion)
 
 
 # ------------------------------------------------------------------ generation

@@ -92,6 +92,7 @@ class FakeProvider:
     credit_limit: int = 1_000_000
     published_credit_limit: int | None = None  # what /v1/info says (defaults to the real one)
     deposit: int = 10_000_000
+    service_class: type[ProviderService] = ProviderService  # a cheat's class (allmende.testing.cheats)
 
     def __post_init__(self) -> None:
         self.key = os.urandom(32)
@@ -107,7 +108,7 @@ class FakeProvider:
         )
         model = ServedModel(self.engine, self.price_in, self.price_out)  # type: ignore[arg-type]
         served = {self.engine.model_id: model}
-        self.service = ProviderService(self.key, self.x25519, served, self.store, self.gate, RECEIPTS)
+        self.service = self.service_class(self.key, self.x25519, served, self.store, self.gate, RECEIPTS)
         self.app = create_app(self.service, CHAIN_ID)
         self.url = f"http://{self.address.lower()}.test"
 

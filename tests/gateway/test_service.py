@@ -116,17 +116,18 @@ def test_streamed_usage_counts_tokens_like_the_one_shot_answer(tmp_path: Path) -
     assert final.usage == one_shot.answer.usage
 
 
-def test_an_overcharging_receipt_is_paid_only_usage_times_the_price_on_chain(tmp_path: Path) -> None:
+def test_an_overcharging_receipt_is_not_paid_and_the_request_goes_elsewhere(tmp_path: Path) -> None:
     greedy = FakeProvider(tmp_path, price_out=6_000_000)  # serves at 10x the price it offers on chain
-    net = network(tmp_path, [greedy], entries=[greedy.entry(offer_price_out=600_000)])
+    honest = FakeProvider(tmp_path)
+    net = network(tmp_path, [greedy, honest], entries=[greedy.entry(offer_price_out=600_000), honest.entry()])
 
-    result = asyncio.run(net.service.complete("chat", dict(CHAT), None))
+    results = [asyncio.run(net.service.complete("chat", dict(CHAT), None)) for _ in range(4)]
 
-    fair = request_cost(5, 8, greedy.price_in, 600_000)
-    assert result.answer.receipt.receipt.amount > fair
-    assert net.store.owed(bytes([1]) * 32, MODEL_ID)[0] == fair
+    assert {r.answer.receipt.receipt.provider for r in results} == {honest.address}
+    assert greedy.store.receipt_count() >= 1  # it was tried, answered and asked too much
+    assert net.store.owed(bytes([1]) * 32, MODEL_ID)[0] == 0  # and is owed nothing for it
     stats = net.service.directory.entry(greedy.address).stats[MODEL_ID]  # type: ignore[union-attr]
-    assert stats.failures == 1
+    assert stats.failures >= 1
 
 
 def test_a_payment_refusal_moves_on_without_blaming_the_provider(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from allmende.chain import Contracts, Deployment
 from allmende.chain.anvil import Anvil, DevnetAccount, free_port
 from allmende.core import Domain
-from allmende.provider.client import ProviderInfo, fetch_info
+from allmende.provider.client import PayerKey, ProviderInfo, fetch_info
 from allmende.supervisor import Node, start
 from tests.conftest import contracts_for
 
@@ -96,6 +96,11 @@ class Running:
     as_payer: Contracts
     receipt_domain: Domain
     voucher_domain: Domain
+
+    @property
+    def signer(self) -> PayerKey:
+        """The payer's key as the provider client signs requests with it."""
+        return PayerKey(self.payer.key, self.voucher_domain)
 
 
 @pytest.fixture(scope="session")

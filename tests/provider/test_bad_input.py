@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from allmende.core import Voucher, sign_voucher
 from allmende.core.envelope import public_key_bytes
-from allmende.provider.client import ProviderInfo, ProviderReplyError, build_envelope
+from allmende.provider.client import PayerKey, ProviderInfo, ProviderReplyError, build_envelope
 from tests.provider.conftest import Running
 from tests.provider.test_provider import CHAT, Payer, tiny_id
 
@@ -37,7 +37,7 @@ def envelope(running: Running, payer: Payer, **kw: object) -> dict:
         kw.pop("model", tiny_id(running)),
         kw.pop("kind", "chat"),  # type: ignore[arg-type]
         kw.pop("body", CHAT),
-        kw.pop("payer_address", running.payer.address),  # type: ignore[arg-type]
+        kw.pop("signer", running.signer),  # type: ignore[arg-type]
         kw.pop("channel", payer.channel),
         kw.pop("voucher", None),  # type: ignore[arg-type]
         kw.pop("request_id", None),
@@ -156,9 +156,21 @@ def test_a_voucher_overtaken_by_a_higher_one_is_superseded_not_refused(running: 
     assert_error(post(running, envelope(running, payer, voucher=forged)), 402, "bad_voucher", "signature")
 
 
-def test_channel_of_another_payer(running: Running, payer: Payer) -> None:
-    reply = post(running, envelope(running, payer, payer_address="0x" + "11" * 20))
-    assert_error(reply, 402, "payment_required", "belongs to")
+def test_a_stranger_spending_a_public_channel_id_gets_401_and_costs_the_payer_nothing(running: Running) -> None:
+    victim = Payer(running, deposit=10**6)  # its channel id is public (ChannelOpened)
+    stranger = PayerKey(os.urandom(32), running.voucher_domain)
+    greedy = {**CHAT, "max_tokens": 400}  # ~240 units each: served, 5 would use up the 1,000 credit limit
+
+    replies = [post(running, envelope(running, victim, signer=stranger, body=greedy)) for _ in range(6)]
+    rid = os.urandom(32)  # the plain-text `payer` field alone, as before requests were signed
+    unsigned = post(running, sealed(running, plain(running, victim, request_id="0x" + rid.hex()), rid))
+
+    for reply in replies:
+        assert_error(reply, 401, "payer_not_authenticated", "belongs to")
+    assert_error(unsigned, 401, "payer_not_authenticated", "no payer signature")
+    # the victim's credit is untouched (served in full, the stranger's answers would have used it up)
+    for _ in range(2):
+        assert victim.ask(tiny_id(running), "chat", CHAT, voucher=None).receipt.receipt.amount
 
 
 def test_unknown_channel(running: Running, payer: Payer) -> None:
@@ -218,7 +230,7 @@ def plain(running: Running, who: Payer, **overrides: object) -> bytes:
         "model_id": "0x" + tiny_id(running).hex(),
         "kind": "chat",
         "body": CHAT,
-        "payer": running.payer.address,
+        "payer": running.payer.address,  # claimed in plain text: proves nothing without a signature
         "channel_id": "0x" + who.channel.hex(),
         "voucher": None,
     }
@@ -254,7 +266,7 @@ def test_envelope_sealed_for_another_provider_address(running: Running, payer: P
         ({"request_id": "0x" + "ab" * 32}, "differs"),
         ({"kind": "image"}, "kind must be"),
         ({"body": "not an object"}, "body must be"),
-        ({"payer": "nobody"}, "payer"),
+        ({"signature": "0x1234"}, "signature"),
         ({"channel_id": "0x1234"}, "channel_id"),
         ({"voucher": {"channel_id": "0xzz"}}, "channel_id"),
         ({"voucher": "yes"}, "voucher must be"),
@@ -264,7 +276,7 @@ def test_envelope_sealed_for_another_provider_address(running: Running, payer: P
         "inner-id-differs",
         "bad-kind",
         "body-string",
-        "bad-payer",
+        "short-signature",
         "short-channel",
         "bad-voucher-hex",
         "voucher-string",

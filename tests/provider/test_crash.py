@@ -51,7 +51,7 @@ def test_kill9_then_restart_loses_nothing(
         model,
         "chat",
         {**CHAT, "stream": True, "max_tokens": 400},
-        payer_account.address,
+        running.signer,
         payer.channel,
         payer.voucher(model),
     )

@@ -53,7 +53,7 @@ class Payer:
             model_id,
             kind,
             body,
-            self.r.payer.address,
+            self.r.signer,
             self.channel,
             overrides["voucher"] if "voucher" in overrides else self.voucher(model_id),
         )
@@ -106,9 +106,7 @@ def test_greedy_answers_are_reproducible(running: Running) -> None:
 def test_stream_yields_deltas_then_receipt(running: Running) -> None:
     payer = Payer(running)
     body = {**CHAT, "stream": True, "max_tokens": 20}
-    rid, env, sealer = build_envelope(
-        running.info, tiny_id(running), "chat", body, running.payer.address, payer.channel, None
-    )
+    rid, env, sealer = build_envelope(running.info, tiny_id(running), "chat", body, running.signer, payer.channel, None)
 
     items = list(infer_stream(payer.http, running.provider.url, running.info, running.receipt_domain, env, sealer, rid))
 

@@ -24,7 +24,7 @@ SETTING_NAMES = [setting_name(p) for p in SETTINGS]
     data=st.data(),
 )
 def test_encode_decode_round_trip(hidden: int, positions: int, data: st.DataObject) -> None:
-    k = data.draw(st.integers(1, min(TOP_K, positions * hidden)))
+    k = min(TOP_K, positions * hidden)  # what every chunk commits to (core.proofs.committed_k)
     indices = sorted(data.draw(st.sets(st.integers(0, positions * hidden - 1), min_size=k, max_size=k)))
     values = data.draw(st.lists(st.floats(-1000, 1000, width=16), min_size=k, max_size=k))
     chunk = ChunkCommitment(positions, tuple(indices), tuple(values))

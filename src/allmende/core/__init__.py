@@ -1,5 +1,6 @@
 """Pure protocol logic: EIP-712 messages, money maths, model ids. No I/O here."""
 
+from allmende.core.authorization import RequestAuthorization
 from allmende.core.eip712 import Domain
 from allmende.core.errors import (
     AllmendeError,
@@ -24,6 +25,7 @@ __all__ = [
     "InvalidSignature",
     "Manifest",
     "Receipt",
+    "RequestAuthorization",
     "SignedReceipt",
     "SignedVoucher",
     "UnknownModel",

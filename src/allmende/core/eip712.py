@@ -1,4 +1,5 @@
-"""EIP-712 hashing for Allmende's two signed messages, Voucher and Receipt.
+"""EIP-712 hashing for Allmende's signed messages: Voucher and Request (the payer's),
+Receipt (the provider's).
 
 The digests are computed directly (keccak over ABI words) rather than through
 eth-account's generic encoder: a provider checks one voucher per request and the
@@ -34,6 +35,9 @@ RECEIPT_TYPE = (
     "uint256 amount,uint64 timestamp)"
 )
 VOUCHER_TYPEHASH = keccak(text=VOUCHER_TYPE)
+# the payer's authorisation of one request on one channel (see core/authorization.py)
+REQUEST_TYPE = "Request(bytes32 requestId,bytes32 channelId,bytes32 modelId,bytes32 inputHash)"
+REQUEST_TYPEHASH = keccak(text=REQUEST_TYPE)
 DOMAIN_FIELDS = [
     {"name": "name", "type": "string"},
     {"name": "version", "type": "string"},

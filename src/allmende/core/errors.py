@@ -30,11 +30,12 @@ table against the classes, so it cannot drift::
     │   └── DeploymentNotFound     deployment_not_found      503     chain.errors
     ├── UpstreamError              upstream_error            502
     │   ├── ProviderReplyError     (provider's)              (its)   provider.client
-    │   └── Overcharged            overcharged               502     gateway.payments
+    │   └── BadReceipt             bad_receipt               502     gateway.receipts
     ├── ProviderError              bad_request               400     provider.errors
     │   ├── BadRequest             bad_request               400     provider.errors
     │   ├── UnknownModelError      unknown_model             404     provider.errors
     │   ├── ReplayedRequest        replayed_request          409     provider.errors
+    │   ├── PayerNotAuthenticated  payer_not_authenticated   401     provider.errors
     │   ├── BadVoucher             bad_voucher               402     provider.errors
     │   ├── PaymentRequired        payment_required          402     provider.errors
     │   ├── Overloaded             overloaded                429     provider.errors

@@ -12,12 +12,16 @@ move them a lot.
 
 Wire form of one chunk (big-endian):
     u8 k | u8 positions | u8 index_bits | k indices, bit-packed | k float16 values
+k is always min(TOP_K, positions × hidden) and the indices strictly increase: a decoder
+refuses fewer values (one committed value would be far easier to match than 56) and
+repeated indices (one well-matched entry counted many times).
 With k = 56 a chunk is 3 + ceil(56 · bits / 8) + 112 bytes: 192 bytes for a 64-wide
 model, 234 bytes for a 4096-wide one (≤ 258, TOPLOC's figure).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from dataclasses import dataclass
@@ -52,6 +56,12 @@ class ChunkCommitment:
         return struct.pack(">BBB", k, self.positions, bits) + body + values
 
 
+def committed_k(positions: int, hidden_size: int) -> int:
+    """How many entries a chunk of `positions` tokens commits to: TOP_K, or the whole block
+    when it is smaller."""
+    return min(TOP_K, positions * hidden_size)
+
+
 def index_bits(block: int) -> int:
     return max(1, (block - 1).bit_length())
 
@@ -81,6 +91,10 @@ def decode_proof(data: bytes, hidden_size: int) -> list[ChunkCommitment]:
         offset += 3
         if positions == 0 or positions > CHUNK_TOKENS or bits != index_bits(positions * hidden_size):
             raise ProofFormatError("chunk header does not match the model")
+        if k != committed_k(positions, hidden_size):
+            raise ProofFormatError(
+                f"chunk commits {k} values, not the {committed_k(positions, hidden_size)} its size requires"
+            )
         nbytes = (k * bits + 7) // 8
         if offset + nbytes + 2 * k > len(data):
             raise ProofFormatError("truncated chunk body")
@@ -94,6 +108,8 @@ def decode_proof(data: bytes, hidden_size: int) -> list[ChunkCommitment]:
         offset += 2 * k
         if any(index >= positions * hidden_size for index in indices):
             raise ProofFormatError("index outside the hidden-state block")
+        if any(a >= b for a, b in itertools.pairwise(indices)):
+            raise ProofFormatError("chunk indices repeat or are out of order (they must strictly increase)")
         # NaN compares false with every threshold, so it would pass any error check;
         # `half_bytes` never writes NaN or infinity (it saturates)
         if not all(math.isfinite(value) for value in values):

@@ -1,6 +1,7 @@
 """The gateway's side of payment channels: one channel per provider, opened on first
 use, topped up when low; a voucher for everything owed with each request; every
-receipt checked against the price on chain before it is paid.
+receipt checked against the price on chain before it is paid (the gateway checks the
+rest of it first, see gateway/receipts.py).
 
 Only opening a channel, and topping up one whose deposit is used up, make a request
 wait for the chain. A top-up at the low-water mark runs in the background while
@@ -29,18 +30,13 @@ from dataclasses import dataclass
 from allmende.chain import Contracts
 from allmende.chain.errors import ChainError, ContractReverted, RpcUnavailable
 from allmende.core import SignedReceipt, SignedVoucher, Voucher, request_cost, sign_voucher
-from allmende.core.errors import UpstreamError
 from allmende.gateway.directory import Offer
 from allmende.gateway.errors import InsufficientFunds
+from allmende.gateway.receipts import BadReceipt
 from allmende.gateway.store import GatewayStore
+from allmende.provider.client import PayerKey
 
 log = logging.getLogger("allmende.gateway.payments")
-
-
-class Overcharged(UpstreamError):
-    """A receipt asked for more than usage × the price on chain."""
-
-    code = "overcharged"
 
 
 @dataclass(frozen=True)
@@ -63,6 +59,7 @@ class Payments:
         self.payer = contracts.client.address
         self.policy = policy or ChannelPolicy()
         self.domain = contracts.channels.voucher_domain()
+        self.signer = PayerKey(key, self.domain)  # signs every request (provider.client.build_envelope)
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._allowance_ok = False
@@ -236,19 +233,18 @@ class Payments:
         api_key: str | None,
         carried: int = 0,
     ) -> int:
-        """Record what an answer costs. Pays at most usage × the price on chain; raises
-        Overcharged (after recording the fair amount) if the receipt asked for more.
-        `carried` is the cumulative of the voucher the answered request carried: the
-        provider holds it (or a higher one) now."""
+        """Record what an answer costs: the receipt's amount, owed from now on (the next
+        voucher covers it). A receipt asking more than usage × the price on chain raises
+        BadReceipt and is not paid at all. `carried` is the cumulative of the voucher the
+        answered request carried: the provider holds it (or a higher one) now."""
         r = receipt.receipt
         fair = request_cost(r.tokens_in, r.tokens_out, offer.price_in, offer.price_out)
-        amount = min(r.amount, fair)
-        self.store.record_receipt(
-            r.request_id, provider, channel_id, r.model_id, amount, json.dumps(receipt.to_json()), api_key, carried
-        )
         if r.amount > fair:
-            raise Overcharged(f"receipt asks {r.amount}, usage × price on chain is {fair}")
-        return amount
+            raise BadReceipt(f"receipt asks {r.amount}, usage × price on chain is {fair}: not paid")
+        self.store.record_receipt(
+            r.request_id, provider, channel_id, r.model_id, r.amount, json.dumps(receipt.to_json()), api_key, carried
+        )
+        return r.amount
 
     def close_all(self) -> list[bytes]:
         """Request closing every channel (the deposits come back after the close delay)."""

@@ -1,5 +1,11 @@
 """Serving OpenAI-style requests over the provider network: validation, routing,
-payment, receipt checks and failover (before the first token and mid-stream)."""
+payment, receipt checks and failover (before the first token and mid-stream).
+
+Every answer's receipt is checked against what was sent and received (gateway/receipts.py)
+before it is paid. One that fails is not paid, blamed on the provider and logged; a one-shot
+request then goes to another provider, so the user only sees answers whose receipt passed.
+A stream's receipt comes after its text: a failing one ends the stream with the usage the
+gateway counted itself, and the provider is not paid."""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from allmende.chain.errors import ChainError
 from allmende.core import Domain, InvalidInput
 from allmende.core.credit import max_request_cost, requested_max_tokens
 from allmende.core.errors import InvalidModelName
+from allmende.core.prompts import max_prompt_tokens
 from allmende.core.routing import ProviderStats, Router
 from allmende.gateway.directory import AmbiguousName, Directory, Offer, ProviderEntry
 from allmende.gateway.errors import (
@@ -27,7 +34,8 @@ from allmende.gateway.errors import (
     ModelNotFound,
     NoProvider,
 )
-from allmende.gateway.payments import Overcharged, Payments
+from allmende.gateway.payments import Payments
+from allmende.gateway.receipts import BadReceipt, check_receipt
 from allmende.provider.client import Answer, Delta, ProviderReplyError, ainfer, ainfer_stream, build_envelope
 
 log = logging.getLogger("allmende.gateway")
@@ -58,6 +66,8 @@ class Attempt:
     request_id: bytes
     envelope: dict[str, str]
     sealer: Any
+    kind: str
+    body: dict[str, Any]  # as forwarded: what the receipt's inputHash must commit to
 
 
 def credit_limit_of(entry: ProviderEntry) -> int:
@@ -161,10 +171,10 @@ class GatewayService:
             return None
         voucher = self.payments.voucher(channel_id, offer.model_id)
         rid, env, sealer = build_envelope(
-            entry.info, offer.model_id, kind, body, self.payments.payer, channel_id, voucher
+            entry.info, offer.model_id, kind, body, self.payments.signer, channel_id, voucher
         )
         carried = voucher.voucher.cumulative_amount if voucher else 0
-        return Attempt(entry, stats, channel_id, cost, carried, rid, env, sealer)
+        return Attempt(entry, stats, channel_id, cost, carried, rid, env, sealer, kind, body)
 
     async def _open(
         self,
@@ -188,16 +198,39 @@ class GatewayService:
             busy.add(entry.address)
         return attempt, None
 
-    def _settle(self, attempt: Attempt, offer: Offer, answer: Answer, api_key: str | None) -> None:
+    def _settle(
+        self,
+        attempt: Attempt,
+        offer: Offer,
+        answer: Answer,
+        api_key: str | None,
+        streamed_text: str | None = None,
+        streamed_tokens: int = 0,
+    ) -> bool:
+        """Check the answer's receipt (gateway/receipts.py) and pay it; False if it failed the
+        check: then nothing is owed for it, and the provider is blamed and logged."""
+        own = attempt.entry.offers.get(offer.model_id, offer)  # this provider's price on chain
+        entry = attempt.entry
         try:
-            own = attempt.entry.offers.get(offer.model_id, offer)  # this provider's price on chain
-            entry = attempt.entry
+            check_receipt(
+                answer.receipt,
+                attempt.kind,
+                attempt.body,
+                answer.output,
+                (own.price_in, own.price_out),
+                own.context_length,
+                streamed_text,
+                streamed_tokens,
+            )
             self.payments.settle(entry.address, attempt.channel_id, own, answer.receipt, api_key, attempt.carried)
-        except Overcharged as exc:
-            log.warning("provider %s overcharged: %s", attempt.entry.address, exc)
+        except BadReceipt as exc:
+            log.warning("attempt at %s for %s: %s", entry.address, offer.name, exc)
+            self.failed_attempts.labels(entry.address, "502", exc.code).inc()
             attempt.stats.record_failure(time.monotonic())
+            return False
         finally:
             self.payments.release(attempt.channel_id, attempt.cost)
+        return True
 
     def _failed(self, attempt: Attempt, offer: Offer, exc: Exception, streamed: int) -> str:
         """Log, count and classify a failed try: "fatal" (the request itself is wrong), "busy"
@@ -280,8 +313,12 @@ class GatewayService:
                 continue
             finally:
                 stats.in_flight -= 1
+            if not self._settle(attempt, offer, answer, api_key):
+                tried.add(entry.address)  # not paid, blamed: the answer goes to no one
+                failures += 1
+                last_error = BadReceipt(f"the receipt of {entry.address} failed the gateway's check")
+                continue
             stats.record_success(time.monotonic() - started)
-            self._settle(attempt, offer, answer, api_key)
             answer.sent = body
             return Result(offer, answer, answer.output.get("text", ""))
         raise NoProvider(
@@ -322,6 +359,7 @@ class GatewayService:
             stats.in_flight += 1
             started = time.monotonic()
             streamed = 0  # tokens of this attempt
+            text = ""  # text of this attempt
             try:
                 items = ainfer_stream(
                     self.http,
@@ -338,8 +376,17 @@ class GatewayService:
                         stats.record_success(time.monotonic() - started)
                         first = False
                     if isinstance(item, Answer):
-                        self._settle(attempt, offer, item, api_key)
                         item.sent = request
+                        if not self._settle(attempt, offer, item, api_key, text, streamed):
+                            # the text is out already; the usage is what the gateway counted
+                            ids = item.output.get("token_ids")
+                            received = len(ids) if isinstance(ids, list) else streamed
+                            prompt = min(item.receipt.receipt.tokens_in, max_prompt_tokens(kind, request))
+                            item.usage = {
+                                "prompt_tokens": prompt,
+                                "completion_tokens": received,
+                                "total_tokens": prompt + received,
+                            }
                         if carried_tokens:  # continued: the carried text was part of this prompt
                             completion = carried_tokens + item.usage["completion_tokens"]
                             prompt = max(0, item.usage["prompt_tokens"] - carried_tokens)
@@ -351,6 +398,7 @@ class GatewayService:
                         yield item
                         return
                     sent += item
+                    text += item
                     streamed += item.tokens if isinstance(item, Delta) else 1
                     yield item
             except (ProviderReplyError, httpx.HTTPError, TimeoutError, InvalidInput, OSError) as exc:

@@ -1,5 +1,6 @@
-"""A Python client of the provider API: seals requests, attaches vouchers, opens
-answers and checks every receipt. The gateway and the tests use it."""
+"""A Python client of the provider API: seals requests, signs them with the payer's key,
+attaches vouchers, opens answers and checks every receipt's signature. The gateway and
+the tests use it."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import httpx
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from allmende.core import Domain, InvalidSignature, SignedReceipt, SignedVoucher
+from allmende.core import Domain, InvalidSignature, RequestAuthorization, SignedReceipt, SignedVoucher
 from allmende.core.envelope import ResponseSealer, seal_request
 from allmende.core.errors import UpstreamError
+from allmende.protocol import input_hash
 
 
 class ProviderReplyError(UpstreamError):
@@ -24,6 +26,18 @@ class ProviderReplyError(UpstreamError):
     def __init__(self, status: int, code: str, message: str) -> None:
         self.status, self.code, self.message = status, code, message
         super().__init__(f"{status} {code}: {message}")
+
+
+@dataclass(frozen=True)
+class PayerKey:
+    """The key a payer signs requests and vouchers with, and its Channels domain."""
+
+    key: bytes
+    domain: Domain  # Channels' EIP-712 domain (vouchers and request signatures)
+
+    @property
+    def address(self) -> str:
+        return str(Account.from_key(self.key).address)
 
 
 @dataclass(frozen=True)
@@ -72,20 +86,24 @@ def build_envelope(
     model_id: bytes,
     kind: str,
     body: dict[str, Any],
-    payer: str,
+    payer: PayerKey,
     channel_id: bytes,
     voucher: SignedVoucher | None,
     request_id: bytes | None = None,
 ) -> tuple[bytes, dict[str, str], ResponseSealer]:
+    """Seal a request to the provider, signed by the payer: `Request(requestId, channelId,
+    modelId, inputHash)` (core.authorization), which the provider requires to recover to the
+    channel's payer. Returns (request id, envelope, the sealer that opens the answer)."""
     request_id = request_id or os.urandom(32)
+    authorization = RequestAuthorization(request_id, channel_id, model_id, input_hash(body))
     plaintext = {
         "request_id": "0x" + request_id.hex(),
         "model_id": "0x" + model_id.hex(),
         "kind": kind,
         "body": body,
-        "payer": payer,
         "channel_id": "0x" + channel_id.hex(),
         "voucher": voucher.to_json() if voucher else None,
+        "signature": "0x" + authorization.sign(payer.domain, payer.key).hex(),
     }
     envelope, sealer = seal_request(info.x25519_key, info.address, request_id, json.dumps(plaintext).encode())
     return request_id, envelope, sealer

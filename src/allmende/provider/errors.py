@@ -28,6 +28,13 @@ class ReplayedRequest(ProviderError):
     code = "replayed_request"
 
 
+class PayerNotAuthenticated(ProviderError):
+    """The request is not signed by the payer of the channel it wants to spend."""
+
+    status = 401
+    code = "payer_not_authenticated"
+
+
 class BadVoucher(ProviderError):
     status = 402
     code = "bad_voucher"

@@ -52,6 +52,8 @@ ENGINE_WRAPPERS: list[Callable[[Engine], Engine]] = []
 # Called with the provider's service and contracts once they exist: the same kind of hook
 # (allmende.testing.cheats uses it for a provider that tries to recognise audits).
 SERVICE_HOOKS: list[Callable[[ProviderService, Contracts], None]] = []
+# the serving class; allmende.testing.cheats swaps in one that inflates its receipts
+SERVICE_CLASS: type[ProviderService] = ProviderService
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
 
     store = ProviderStore(config.state_dir / "provider.db")
     gate = PaymentGate(store, contracts.channels.voucher_domain(), me, contracts.channels.channel, policy=config.credit)
-    service = ProviderService(
+    service = SERVICE_CLASS(
         config.key, x25519, served, store, gate, contracts.registry.receipt_domain(), config.stream_tokens_per_s
     )
     for hook in SERVICE_HOOKS:

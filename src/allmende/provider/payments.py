@@ -1,6 +1,8 @@
 """Voucher checks and the credit rule (the provider wire API in ../shared/DESIGN.md).
 
 Before a request is served:
+- it is signed by the channel's payer (`core.authorization`; the service recovers the
+  signer and passes it here as `payer`), else 401 before anything is stored or reserved;
 - its voucher (if any) is signed by the channel's payer under this chain's Channels
   domain, for this request's (channel, model), for a channel whose provider is us and
   that is not closing, with all models' cumulatives together within the deposit;
@@ -52,7 +54,7 @@ from typing import Any
 from allmende.chain.bindings import ChannelRecord
 from allmende.chain.errors import ChainError, ContractReverted
 from allmende.core import Domain, InvalidSignature, SignedVoucher
-from allmende.provider.errors import BadVoucher, PaymentRequired
+from allmende.provider.errors import BadVoucher, PayerNotAuthenticated, PaymentRequired
 from allmende.provider.store import ChannelState, ProviderStore
 
 log = logging.getLogger("allmende.provider.payments")
@@ -138,10 +140,14 @@ class PaymentGate:
         reserve: int = 0,
     ) -> ChannelState:
         """Check (and durably store) the voucher, apply the credit rule and reserve
-        `reserve` units; the caller must `release` them when the request ends."""
+        `reserve` units; the caller must `release` them when the request ends. `payer` is the
+        account that signed the request (recovered, not claimed): anyone else is refused
+        before anything is stored or reserved."""
         state = self.channel(channel_id)
         if state.payer.lower() != payer.lower():
-            raise PaymentRequired(f"channel 0x{channel_id.hex()} belongs to {state.payer}, not {payer}")
+            raise PayerNotAuthenticated(
+                f"request signed by {payer}, but channel 0x{channel_id.hex()} belongs to {state.payer}"
+            )
         if state.closes_at and state.closes_at - self.now() < self.policy.close_margin:
             raise PaymentRequired("channel is closing: open a new one")
         if voucher is not None:

@@ -14,13 +14,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account
 from eth_utils import keccak
 
-from allmende.core import Domain, InvalidInput, Receipt, SignedVoucher, request_cost, sign_receipt
-from allmende.core.codec import address_field, hex_bytes
+from allmende.core import Domain, InvalidInput, Receipt, RequestAuthorization, SignedVoucher, request_cost, sign_receipt
+from allmende.core.codec import hex_bytes
 from allmende.core.credit import max_request_cost
 from allmende.core.envelope import ResponseSealer, open_request
-from allmende.engine import Engine, SamplingParams, collect
+from allmende.core.prompts import MAX_PROMPT_BYTES_PER_TOKEN, prompt_bytes
+from allmende.engine import Engine, PromptTooLong, SamplingParams, collect
 from allmende.protocol import input_hash, sampling_params
-from allmende.provider.errors import BadRequest, ReplayedRequest, UnknownModelError
+from allmende.provider.errors import BadRequest, PayerNotAuthenticated, ReplayedRequest, UnknownModelError
 from allmende.provider.payments import PaymentGate
 from allmende.provider.store import ProviderStore
 
@@ -42,7 +43,8 @@ class InferRequest:
     model: ServedModel
     kind: str
     body: dict[str, Any]
-    payer: str
+    input_hash: bytes  # keccak of the canonical request: the payer signed it, the receipt binds it
+    payer: str  # the account that signed the request (recovered, never taken from the plaintext)
     channel_id: bytes
     voucher: SignedVoucher | None
     sealer: ResponseSealer
@@ -104,17 +106,32 @@ class ProviderService:
             if not isinstance(raw_voucher, dict):
                 raise BadRequest("voucher must be an object")
             voucher = SignedVoucher.from_json(raw_voucher)
+        channel_id = hex_bytes(data.get("channel_id"), 32, "channel_id")
+        self._check_size(model, str(kind), body)
+        body_hash = input_hash(body)
+        authorization = RequestAuthorization(request_id, channel_id, model_id, body_hash)
         return InferRequest(
             request_id=request_id,
             model=model,
             kind=str(kind),
             body=body,
-            payer=address_field(data.get("payer"), "payer"),
-            channel_id=hex_bytes(data.get("channel_id"), 32, "channel_id"),
+            input_hash=body_hash,
+            payer=self._signer(data.get("signature"), authorization),
+            channel_id=channel_id,
             voucher=voucher,
             sealer=sealer,
             stream=bool(body.get("stream", False)) and kind != "embedding",
         )
+
+    def _signer(self, raw: object, authorization: RequestAuthorization) -> str:
+        """Who signed the request (the plaintext's `payer` field proves nothing); `admit`
+        then requires it to be the channel's payer."""
+        if raw is None:
+            raise PayerNotAuthenticated("the request carries no payer signature (core.authorization)")
+        try:
+            return authorization.signer(self.gate.domain, hex_bytes(raw, 65, "signature"))
+        except InvalidInput as exc:
+            raise PayerNotAuthenticated(f"the payer signature is invalid: {exc}") from None
 
     def admit(self, req: InferRequest) -> None:
         """Voucher and credit checks (vouchers stored durably, the request's maximum cost
@@ -147,9 +164,7 @@ class ProviderService:
             output: dict[str, Any] = {"embeddings": vectors}
             receipt = self._finish(req, tokens, 0, json.dumps(vectors).encode())
         else:
-            prompt = self._prompt(req)
-            params = self._sampling(req)
-            engine.check_length(prompt, params.max_tokens)  # type: ignore[attr-defined]
+            prompt, params = await asyncio.to_thread(self._prepare, req)
             gen = await collect(engine.generate(prompt, params), len(prompt))
             output = {
                 "text": gen.text,
@@ -164,9 +179,7 @@ class ProviderService:
     async def stream(self, req: InferRequest) -> AsyncIterator[dict[str, Any]]:
         """Serve a streaming request: sealed chunks, the last with usage and receipt."""
         engine = req.model.engine
-        prompt = self._prompt(req)
-        params = self._sampling(req)
-        engine.check_length(prompt, params.max_tokens)  # type: ignore[attr-defined]
+        prompt, params = await asyncio.to_thread(self._prepare, req)
         seq, parts, produced, finish, proof, token_ids = 0, [], 0, "length", b"", []
         unsent = 0  # tokens whose text has not gone out yet
         async for event in engine.generate(prompt, params):
@@ -197,6 +210,14 @@ class ProviderService:
         }
         yield req.sealer.seal(seq, json.dumps(final).encode())
 
+    def _prepare(self, req: InferRequest) -> tuple[list[int], SamplingParams]:
+        """Prompt ids and sampling parameters, length-checked. Tokenizing is CPU work: the
+        serving paths run this in a worker thread, never on the event loop."""
+        prompt = self._prompt(req)
+        params = self._sampling(req)
+        req.model.engine.check_length(prompt, params.max_tokens)  # type: ignore[attr-defined]
+        return prompt, params
+
     @staticmethod
     def _sampling(req: InferRequest) -> SamplingParams:
         try:
@@ -218,6 +239,19 @@ class ProviderService:
             ids = ids + req.model.engine.encode_text(carry)  # type: ignore[attr-defined]
         return ids
 
+    @staticmethod
+    def _check_size(model: ServedModel, kind: str, body: dict[str, Any]) -> None:
+        """Refuse, before tokenizing (and before admission: nothing is reserved), a prompt of
+        more bytes than could ever fit the context (core.prompts)."""
+        engine = model.engine
+        size, cap = prompt_bytes(kind, body), MAX_PROMPT_BYTES_PER_TOKEN * engine.context_length
+        if size > cap:
+            what = "an input" if kind == "embedding" else "the prompt"
+            raise PromptTooLong(
+                f"{what} is {size} bytes; {engine.name} takes at most {cap} "
+                f"({MAX_PROMPT_BYTES_PER_TOKEN} per token of its {engine.context_length}-token context)"
+            )
+
     def _finish(
         self, req: InferRequest, tokens_in: int, tokens_out: int, output: bytes, proof: bytes = b""
     ) -> dict[str, Any]:
@@ -227,7 +261,7 @@ class ProviderService:
             request_id=req.request_id,
             model_id=req.model.engine.model_id,
             provider=self.address,
-            input_hash=input_hash(req.body),
+            input_hash=req.input_hash,
             output_hash=keccak(output),
             proof_hash=keccak(proof) if proof else ZERO32,
             tokens_in=tokens_in,

@@ -33,7 +33,7 @@ from allmende.engine.base import Generation, SamplingParams, collect
 from allmende.engine.proofs import commit
 from allmende.engine.tiny import SEED, ensure_tiny_model, write_tiny_model
 from allmende.engine.transformers_lm import CausalLMEngine
-from allmende.testing.cheats import quantize_int8, skip_last_layer
+from allmende.testing.weights import quantize_int8, skip_last_layer
 from allmende.validator.checker import Verdict, judge
 
 SYSTEM = "Du bist ein hilfreicher Assistent der Allmende."

@@ -169,6 +169,8 @@ class Validator:
             problems.append("receipt proof_hash does not match the proof")
         if r.tokens_out != len(token_ids):
             problems.append("receipt token count does not match the output")
+        if r.tokens_in != len(prompt_ids):
+            problems.append("receipt tokensIn does not match the prompt")
         if text_of(engine.decode(token_ids), params.stop) != text:
             problems.append("text does not match the token ids")
         return Verdict(not problems, "; ".join(problems) or "consistent", verdict.proof, verdict.bad_tokens)

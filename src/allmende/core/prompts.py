@@ -1,0 +1,73 @@
+"""Prompt sizes without a tokenizer: what a provider checks before it tokenizes, and the most
+prompt tokens a gateway pays for.
+
+Both rest on one fact about the tokenizers these models use (byte-level BPE as in GPT-2,
+Llama 3, Qwen and SmolLM2; SentencePiece with byte fallback; WordPiece): every token covers
+at least one UTF-8 byte of the text, so a text of b bytes is at most b tokens. What a chat
+template adds (role markers, a default system prompt, the generation prompt) is covered by
+a fixed allowance per message and per request, generous for the templates in use (the user
+message "Hi" is 31 tokens in SmolLM2-135M-Instruct's template, 20 in allmende:tiny's; the
+bound is 78).
+
+- `prompt_bytes(kind, body)`: the UTF-8 bytes of all prompt text, counted before anything
+  is tokenized. A provider refuses more than `MAX_PROMPT_BYTES_PER_TOKEN` × its context
+  length: such a prompt could not fit the context in any tokenizer that packs fewer than
+  16 bytes into a token, and tokenizing megabytes only to refuse them is free CPU for an
+  attacker.
+- `max_prompt_tokens(kind, body)`: the most `tokens_in` an honest receipt can state for the
+  body; a gateway pays no receipt above it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# a provider refuses prompts of more bytes than this × its context length, before tokenizing
+MAX_PROMPT_BYTES_PER_TOKEN = 16
+# tokens a chat template may add per message (markers, separators), on top of the role's bytes
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+# tokens a chat template may add once (BOS, a default system prompt, the generation prompt)
+TEMPLATE_TOKENS_PER_REQUEST = 64
+# tokens a tokenizer may add around a plain prompt or one embedding input (BOS/EOS, CLS/SEP)
+SPECIAL_TOKENS_PER_TEXT = 4
+
+
+def _bytes(value: object) -> int:
+    return len(value.encode()) if isinstance(value, str) else 0
+
+
+def _texts(kind: str, body: Mapping[str, object]) -> list[str]:
+    """The prompt texts of a request (completion prompt, embedding inputs); [] for chat."""
+    raw = body.get("input" if kind == "embedding" else "prompt")
+    items = raw if isinstance(raw, list) else [raw]
+    return [item for item in items if isinstance(item, str)]
+
+
+def prompt_bytes(kind: str, body: Mapping[str, object]) -> int:
+    """UTF-8 bytes of the request's prompt text: every message's role and content (chat), the
+    prompt (completion), the largest input (embedding, whose inputs are encoded one by one),
+    plus `allmende_continue`. Parts of the wrong type count 0: parsing refuses them later."""
+    carry = _bytes(body.get("allmende_continue"))
+    if kind == "chat":
+        messages = body.get("messages")
+        total = 0
+        for message in messages if isinstance(messages, list) else []:
+            if isinstance(message, Mapping):
+                total += _bytes(message.get("role")) + _bytes(message.get("content"))
+        return total + carry
+    sizes = [_bytes(text) for text in _texts(kind, body)]
+    if kind == "embedding":
+        return max(sizes, default=0)
+    return sum(sizes) + carry
+
+
+def max_prompt_tokens(kind: str, body: Mapping[str, object]) -> int:
+    """The most prompt tokens an honest provider can count for `body` (see the module doc)."""
+    if kind == "chat":
+        messages = body.get("messages")
+        count = len(messages) if isinstance(messages, list) else 0
+        return prompt_bytes(kind, body) + count * TEMPLATE_TOKENS_PER_MESSAGE + TEMPLATE_TOKENS_PER_REQUEST
+    if kind == "embedding":
+        texts = _texts(kind, body)
+        return sum(_bytes(t) for t in texts) + len(texts) * SPECIAL_TOKENS_PER_TEXT
+    return prompt_bytes(kind, body) + SPECIAL_TOKENS_PER_TEXT

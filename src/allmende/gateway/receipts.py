@@ -1,0 +1,98 @@
+"""The gateway's check of every answer's receipt before it pays (or shows) anything.
+
+A receipt is the provider's signed claim of what it served; its signature only proves who
+claims it. Before a receipt is paid the gateway recomputes what it can from what it sent and
+what it received, without the provider's tokenizer or model:
+
+- `requestId`, `modelId` and `provider` are this attempt's (checked with the signature in
+  `provider.client`), `inputHash` is the keccak of the canonical request it sent
+  (`protocol.input_hash`);
+- `outputHash` is the keccak of the text it received (the generated text, or for an
+  embedding the JSON of the vectors);
+- `tokensOut` is the number of token ids it received (an embedding: 0), at most the request's
+  `max_tokens`, and a stream's text deltas never carried more tokens than that;
+- `tokensIn` is at most `core.prompts.max_prompt_tokens` of the body it sent: its UTF-8 bytes
+  plus a chat-template allowance. The exact count needs the provider's tokenizer, which the
+  gateway does not load; validators recompute it exactly (`tokens_in == len(prompt_ids)`) when
+  they audit, so an inflation inside the bound is a slashable fraud, and outside it is not paid;
+- prompt and completion together fit the model's context;
+- `amount` is at most usage × the provider's prices on chain (asking less is its own loss).
+
+A receipt that fails any of these raises BadReceipt: it is not paid, the attempt is blamed on
+the provider, and a one-shot request goes to another provider.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from eth_utils import keccak
+
+from allmende.core import SignedReceipt, request_cost
+from allmende.core.credit import requested_max_tokens
+from allmende.core.errors import UpstreamError
+from allmende.core.prompts import max_prompt_tokens
+from allmende.protocol import input_hash
+
+
+class BadReceipt(UpstreamError):
+    """A receipt that does not match what was sent and received, or asks too much: not paid."""
+
+    code = "bad_receipt"
+
+
+def output_bytes(kind: str, output: dict[str, Any], streamed_text: str | None = None) -> bytes:
+    """What the receipt's `outputHash` commits to: the text, or the embeddings' JSON."""
+    if kind == "embedding":
+        return json.dumps(output.get("embeddings")).encode()
+    text = streamed_text if streamed_text is not None else output.get("text", "")
+    return str(text).encode()
+
+
+def received_tokens(kind: str, output: dict[str, Any]) -> int:
+    """How many tokens the answer carries: its token ids (0 for an embedding)."""
+    if kind == "embedding":
+        return 0
+    token_ids = output.get("token_ids")
+    if not isinstance(token_ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in token_ids):
+        raise BadReceipt("the answer carries no list of token ids")
+    return len(token_ids)
+
+
+def check_receipt(
+    receipt: SignedReceipt,
+    kind: str,
+    sent: dict[str, Any],
+    output: dict[str, Any],
+    prices: tuple[int, int],
+    context_length: int,
+    streamed_text: str | None = None,
+    streamed_tokens: int = 0,
+) -> None:
+    """Raise BadReceipt unless the receipt states what the gateway sent (`sent`, the body as
+    forwarded) and received (`output`; for a stream, the text of its deltas and the tokens they
+    carried), priced at no more than `prices` (in, out) per 1M tokens."""
+    r = receipt.receipt
+    problems = []
+    if r.input_hash != input_hash(sent):
+        problems.append("inputHash is not the hash of the request sent")
+    if r.output_hash != keccak(output_bytes(kind, output, streamed_text)):
+        problems.append("outputHash is not the hash of the output received")
+    tokens = received_tokens(kind, output)
+    if r.tokens_out != tokens:
+        problems.append(f"tokensOut {r.tokens_out}, but {tokens} tokens were received")
+    if kind != "embedding" and tokens > requested_max_tokens(sent):
+        problems.append(f"{tokens} tokens received, more than max_tokens {requested_max_tokens(sent)}")
+    if streamed_tokens > tokens:
+        problems.append(f"the stream's deltas carried {streamed_tokens} tokens, the final token ids only {tokens}")
+    bound = max_prompt_tokens(kind, sent)
+    if r.tokens_in > bound:
+        problems.append(f"tokensIn {r.tokens_in} exceeds {bound}, the most this prompt can be")
+    if kind != "embedding" and r.tokens_in + r.tokens_out > context_length:
+        problems.append(f"tokensIn + tokensOut exceed the context length {context_length}")
+    fair = request_cost(r.tokens_in, r.tokens_out, *prices)
+    if r.amount > fair:
+        problems.append(f"amount {r.amount}, but usage × the price on chain is {fair}")
+    if problems:
+        raise BadReceipt("receipt refused: " + "; ".join(problems))

@@ -1,0 +1,130 @@
+"""The provider's intake against in-process fakes: every request must be signed by the
+channel's payer (a stranger who knows the public channel id is refused with 401, reserves
+nothing and costs the payer nothing, also with 64 requests at once), over-long prompts are
+refused before tokenizing, and tokenizing runs off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from allmende.core.credit import max_request_cost
+from allmende.engine.base import Kind
+from allmende.provider.client import PayerKey, ProviderReplyError, ainfer, ainfer_stream, build_envelope
+from allmende.provider.errors import PayerNotAuthenticated, PaymentRequired
+from tests.gateway.fakes import GATEWAY, GATEWAY_KEY, MODEL_ID, RECEIPTS, VOUCHERS, FakeEngine, FakeProvider
+
+CHANNEL = b"\x01" * 32
+CHAT = {"messages": [{"role": "user", "content": "Hallo"}], "max_tokens": 8}
+PAYER = PayerKey(GATEWAY_KEY, VOUCHERS)
+
+
+def ask(provider: FakeProvider, body: dict, payer: PayerKey = PAYER) -> object:
+    rid, env, sealer = build_envelope(provider.entry().info, MODEL_ID, "chat", body, payer, CHANNEL, None)
+
+    async def run() -> object:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=provider.app), base_url=provider.url) as http:
+            info = provider.entry().info
+            if body.get("stream"):
+                return [item async for item in ainfer_stream(http, provider.url, info, RECEIPTS, env, sealer, rid)]
+            return await ainfer(http, provider.url, info, RECEIPTS, env, sealer, rid)
+
+    return asyncio.run(run())
+
+
+def test_a_stranger_who_knows_the_channel_id_gets_401_and_is_not_served(tmp_path: Path) -> None:
+    provider = FakeProvider(tmp_path)
+    stranger = PayerKey(os.urandom(32), VOUCHERS)
+
+    with pytest.raises(ProviderReplyError) as refused:
+        ask(provider, CHAT, stranger)
+
+    assert (refused.value.status, refused.value.code) == (401, "payer_not_authenticated")
+    assert "belongs to" in refused.value.message
+    assert provider.store.receipt_count() == 0 and provider.gate.reserved(CHANNEL) == 0
+    assert ask(provider, CHAT).receipt.receipt.amount > 0  # type: ignore[attr-defined]
+
+
+def test_64_concurrent_spoofed_and_real_requests_never_overshoot_the_credit_limit(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    cost = max_request_cost("chat", CHAT, engine.context_length, 200_000, 600_000)
+    provider = FakeProvider(tmp_path, engine=engine, credit_limit=5 * cost)  # room for exactly 5 unpaid requests
+    stranger = PayerKey(os.urandom(32), VOUCHERS)
+    info = provider.entry().info
+    envelopes = [
+        build_envelope(info, MODEL_ID, "chat", CHAT, stranger if i % 2 else PAYER, CHANNEL, None)[1] for i in range(64)
+    ]
+    start = threading.Barrier(64)
+    outcomes: list[str] = []
+    admitted = []
+    lock = threading.Lock()
+
+    def one(envelope: dict[str, str]) -> None:
+        request = provider.service.open(envelope)
+        start.wait()
+        try:
+            provider.service.admit(request)  # and keep the reservation: these requests are all in flight
+            outcome = "admitted"
+            with lock:
+                admitted.append(request)
+        except PayerNotAuthenticated:
+            outcome = "spoofed"
+        except PaymentRequired:
+            outcome = "credit"
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=one, args=(e,)) for e in envelopes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert outcomes.count("spoofed") == 32  # every stranger refused
+    assert outcomes.count("admitted") == 5 and outcomes.count("credit") == 27  # the real payer: its credit, exactly
+    assert provider.gate.reserved(CHANNEL) == 5 * cost <= provider.credit_limit
+    assert {r.payer for r in admitted} == {GATEWAY}  # recovered from the signature
+    for request in admitted:
+        provider.service.release(request)
+    assert provider.gate.reserved(CHANNEL) == 0
+
+
+def test_a_prompt_too_large_for_any_tokenizer_is_refused_before_tokenizing(tmp_path: Path) -> None:
+    tokenized = []
+
+    class Counting(FakeEngine):
+        def prompt_ids(self, kind: Kind, body: dict[str, object]) -> list[int]:
+            tokenized.append(kind)
+            return super().prompt_ids(kind, body)
+
+    provider = FakeProvider(tmp_path, engine=Counting())
+    huge = {"messages": [{"role": "user", "content": "ä" * (8 * 256 + 1)}], "max_tokens": 8}
+
+    with pytest.raises(ProviderReplyError) as refused:
+        ask(provider, huge)
+
+    assert (refused.value.status, refused.value.code) == (400, "context_length_exceeded")
+    # 2 bytes per "ä", 4 for the role: 4102 bytes, just over 16 per token of the 256-token context
+    assert "4102 bytes; fake takes at most 4096 (16 per token of its 256-token context)" in refused.value.message
+    assert tokenized == [] and provider.gate.reserved(CHANNEL) == 0 and provider.store.receipt_count() == 0
+
+
+def test_tokenizing_runs_off_the_event_loop(tmp_path: Path) -> None:
+    threads = []
+
+    class Recording(FakeEngine):
+        def prompt_ids(self, kind: Kind, body: dict[str, object]) -> list[int]:
+            threads.append(threading.get_ident())
+            return super().prompt_ids(kind, body)
+
+    provider = FakeProvider(tmp_path, engine=Recording())
+
+    ask(provider, CHAT)  # the event loop runs in this thread (asyncio.run)
+    ask(provider, {**CHAT, "stream": True})
+
+    assert len(threads) == 2 and threading.get_ident() not in threads
