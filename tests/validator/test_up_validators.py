@@ -4,7 +4,9 @@ tries to recognise audits by every trick that worked against the first validator
 validator's payer key, a body without `model`, a public prompt pool), serving them honestly
 and everyone else from a cheap generator with a recomputed proof. It recognises none, is
 reported, voted guilty by the other validator, slashed and paused, and the gateway stops
-routing to it while users' requests keep being served. (The network is shared with the
+routing to it while users' requests keep being served. Its receipts, inflated tenfold, are
+never paid: the gateway refuses them and passes them on to the auditing validator as evidence.
+(The network is shared with the
 explorer's browser tests: see `cheater_network` in tests/conftest.py.)"""
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ def test_validators_in_up_catch_and_slash_the_cheater(cheater_network: dict[str,
     assert reader.registry.stake_of(cheater) == staked - sum(c.slashed for c in against) > 0
 
     gateway = network["gateway_url"].removesuffix("/v1")
+    refused = [
+        line
+        for line in httpx.get(gateway + "/metrics").text.splitlines()
+        if line.startswith("allmende_gateway_failed_attempts_total") and cheater in line and "bad_receipt" in line
+    ]
+    assert refused and float(refused[0].rsplit(" ", 1)[1]) >= 1  # its inflated receipts were not paid
     wait_for("the gateway to drop the cheater", lambda: httpx.get(gateway + "/healthz").json()["providers"] == 1, 60)
     client = OpenAI(base_url=network["gateway_url"], api_key="user", max_retries=0, timeout=60)
     for _ in range(6):

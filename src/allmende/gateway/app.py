@@ -152,6 +152,11 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
             explorer.failed(started)
             response = openai_error(exc)
             requests_total.labels(endpoint, str(response.status_code)).inc()
+            rejected = getattr(exc, "rejected", None)
+            if rejected is not None and wants_evidence(request):  # an audit: the refused answer is evidence
+                failed = json.loads(bytes(response.body))
+                failed["allmende"] = {"evidence": evidence_of(kind, rejected)}
+                return JSONResponse(failed, status_code=response.status_code)
             return response
         finally:
             state["in_flight"] -= 1

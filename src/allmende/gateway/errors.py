@@ -52,6 +52,7 @@ class RateLimited(GatewayError):
 
 class NoProvider(GatewayError):
     status, type, code = 503, "service_unavailable", "no_provider_available"
+    rejected: Any = None  # the last answer refused for its receipt (an Answer), if any
 
 
 class BodyTooLarge(GatewayError):

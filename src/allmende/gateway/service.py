@@ -275,6 +275,7 @@ class GatewayService:
         busy: set[str] = set()
         failures = 0
         last_error: Exception | None = None
+        rejected: Answer | None = None  # the last answer whose receipt failed the check
         deadline = time.monotonic() + self.timeout_first_token
         while failures < MAX_ATTEMPTS:
             picked = await self._choose(offer, tried, busy, deadline, pin)
@@ -314,6 +315,7 @@ class GatewayService:
             finally:
                 stats.in_flight -= 1
             if not self._settle(attempt, offer, answer, api_key):
+                answer.sent, rejected = body, answer
                 tried.add(entry.address)  # not paid, blamed: the answer goes to no one
                 failures += 1
                 last_error = BadReceipt(f"the receipt of {entry.address} failed the gateway's check")
@@ -321,9 +323,11 @@ class GatewayService:
             stats.record_success(time.monotonic() - started)
             answer.sent = body
             return Result(offer, answer, answer.output.get("text", ""))
-        raise NoProvider(
+        error = NoProvider(
             f"no provider could serve '{offer.name}' right now" + (f" (last error: {last_error})" if last_error else "")
         )
+        error.rejected = rejected  # evidence of a bad receipt, for a client that asks (an audit)
+        raise error
 
     # ------------------------------------------------------------- streams
 

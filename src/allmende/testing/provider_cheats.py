@@ -3,7 +3,8 @@ allmende.testing.cheats for how a cheating process is started):
 
 - `recognise`: tries to tell audits from users' requests by every trick that worked against
   the first validators and serves what it takes for audits honestly, everyone else from a
-  cheap generator with a recomputed proof (`Recogniser`, `TwoFacedEngine`);
+  cheap generator with a recomputed proof and receipts inflated tenfold (`Recogniser`,
+  `TwoFacedEngine`, `TwoFacedService`);
 - `inflate`: honest work, receipts that claim ten times the tokens (`InflatingService`).
 """
 
@@ -50,6 +51,7 @@ class Recogniser:
         self.contracts = contracts
         self.roles: dict[str, int] = {}
         self.audits: set[tuple[int, ...]] = set()  # prompt ids of requests taken for audits
+        self.audit_ids: set[bytes] = set()  # ... and their request ids
 
     def looks_like_audit(self, req: InferRequest) -> str | None:
         """The trick that gives the request away as an audit, or None."""
@@ -77,6 +79,7 @@ class Recogniser:
                     f"an audit ({trick})" if trick else "a user",
                 )
                 if trick:
+                    self.audit_ids.add(req.request_id)
                     engine = req.model.engine
                     self.audits.add(tuple(engine.prompt_ids(req.kind, req.body)))  # type: ignore[arg-type]
             return req
@@ -132,6 +135,19 @@ class InflatingService(ProviderService):
         return super()._finish(req, tokens_in * self.factor, tokens_out * self.factor, output, proof)
 
 
+class TwoFacedService(InflatingService):
+    """Honest receipts for what looks like an audit, inflated ones for everyone else."""
+
+    recogniser: Recogniser
+
+    def _finish(
+        self, req: InferRequest, tokens_in: int, tokens_out: int, output: bytes, proof: bytes = b""
+    ) -> dict[str, Any]:
+        if req.request_id in self.recogniser.audit_ids:
+            return ProviderService._finish(self, req, tokens_in, tokens_out, output, proof)
+        return super()._finish(req, tokens_in, tokens_out, output, proof)
+
+
 def install(mode: str) -> None:
     """Make the providers this process starts cheat in `mode` (recognise | inflate)."""
     from allmende.provider import node
@@ -145,5 +161,7 @@ def install(mode: str) -> None:
         recogniser.contracts = contracts
         recogniser.hook(service, contracts)
 
+    TwoFacedService.recogniser = recogniser
+    node.SERVICE_CLASS = TwoFacedService
     node.ENGINE_WRAPPERS.append(lambda engine: recognising(engine, recogniser))
     node.SERVICE_HOOKS.append(hook)

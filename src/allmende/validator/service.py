@@ -335,6 +335,8 @@ def ask_gateway(
         if not body.get("stream"):
             reply = http.post(url, json=body, headers=headers)
             data = reply.json()
+            if isinstance(data.get("allmende"), dict) and "evidence" in data["allmende"]:
+                return dict(data["allmende"]["evidence"])  # also when the gateway refused the receipt
             if reply.status_code != 200:
                 raise AuditUnavailable(f"{reply.status_code}: {data.get('error', {}).get('message')}")
             return dict(data["allmende"]["evidence"])
