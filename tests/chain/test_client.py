@@ -33,6 +33,7 @@ def test_deployment_json_round_trip(deployment: Deployment, tmp_path: Path) -> N
         "Channels",
         "Verdicts",
         "Timelock",
+        "Votes",
         "Governor",
         "Data",
     }
