@@ -10,6 +10,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Allmende: th
 app.add_typer(chain.app, name="chain")
 app.add_typer(keys.app, name="keys")
 app.add_typer(gov.app, name="gov")
+app.command("params")(gov.params)
 app.command("demo")(demo.demo)
 app.command("provider")(provider.provider)
 app.command("provider-redeem")(provider.provider_redeem)
