@@ -148,7 +148,10 @@ def _parse(kind: str, word: str) -> Any:
         try:
             items = json.loads(word)
         except json.JSONDecodeError:
-            raise InvalidInput(f"{kind} argument {word!r} must be a JSON list, e.g. [1,2]") from None
+            # the shell (and shlex) took the quotes: [0xab…,0xcd…] is still a flat list
+            if not (word.startswith("[") and word.endswith("]")) or "[" in word[1:-1]:
+                raise InvalidInput(f"{kind} argument {word!r} must be a JSON list, e.g. [1,2]") from None
+            items = [w.strip() for w in word[1:-1].split(",") if w.strip()]
         if not isinstance(items, list):
             raise InvalidInput(f"{kind} argument {word!r} must be a JSON list")
         inner = kind[: kind.rindex("[")]
