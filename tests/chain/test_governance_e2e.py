@@ -39,7 +39,12 @@ class Network:
         for i in (1, 2):
             c = self.as_(i)
             c.token.approve(c.registry.address)
-            c.registry.register(ROLE_PROVIDER, f"http://127.0.0.1:900{i}", bytes([i]) * 32, 1_000 * ALM)
+            register = c.registry.contract.functions.register(
+                ROLE_PROVIDER, f"http://127.0.0.1:900{i}", bytes([i]) * 32, 1_000 * ALM
+            )
+            # a fixed gas limit: estimated in the second of the previous registration, the
+            # checkpoints would be overwrites, mined a second later they are new slots
+            c.client.transact(register, gas=1_000_000)
         self.reader = Contracts(ChainClient(node.url), self.deployment)
         self.runner = CliRunner()
 

@@ -94,3 +94,16 @@ def test_bad_model_author_input_is_one_clear_error(chain, tmp_path: Path) -> Non
     ):
         output = _cli(state, line, ok=False)
         assert words in output, (line, output)
+
+
+def test_a_non_commercial_parent_cannot_yield_a_permissive_child(chain, tmp_path: Path) -> None:
+    _, state, reader = chain
+    base, child = _model_folder(tmp_path, "nc", b"\x04" * 8), _model_folder(tmp_path, "child", b"\x05" * 8)
+    out = _cli(state, f"models register {base} --license CC-BY-NC-4.0 --royalty-bps 100 --key devnet:{AUTHOR}")
+    base_id = re.search(r"registered (0x[0-9a-f]{64})", out).group(1)  # type: ignore[union-attr]
+    for how in (f"--derived-from {base_id}", f"--parent {base_id}"):
+        refused = _cli(state, f"models register {child} {how} --license MIT --key devnet:{FINE_TUNER}", ok=False)
+        assert "non-commercial: MIT would allow commercial use" in refused
+    assert len(reader.models.all_ids()) == 1
+    _cli(state, f"models register {child} --derived-from {base_id} --license CC-BY-NC-4.0 --key devnet:{FINE_TUNER}")
+    assert len(reader.models.all_ids()) == 2

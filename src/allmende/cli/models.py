@@ -10,6 +10,7 @@ from rich.table import Table
 
 from allmende.cli.common import console, contracts_for, friendly_errors, parse_id, usd
 from allmende.core.errors import InvalidInput
+from allmende.core.licenses import derived_license_problem
 
 app = typer.Typer(help="models on chain: register, list, show (license, lineage, royalties)", no_args_is_help=True)
 
@@ -46,6 +47,11 @@ def register(
         base = parse_id(derived_from, "--derived-from") if derived_from is not None else None
         model_id = model_id_for(model)
         c = contracts_for(rpc, key, deployments)
+        parent_ids = [base] if base is not None else [parse_id(p) for p in parent]
+        for parent_id in parent_ids:
+            problem = derived_license_problem(c.models.get(parent_id).license, license)
+            if problem:
+                raise InvalidInput(f"cannot register a model derived from 0x{parent_id.hex()}: {problem}")
         if base is not None:
             c.models.register_derived(model_id, base, license, [parse_id(d) for d in dataset], uri)
             payee, bps = c.models.royalty_info(model_id)
