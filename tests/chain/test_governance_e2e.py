@@ -39,12 +39,7 @@ class Network:
         for i in (1, 2):
             c = self.as_(i)
             c.token.approve(c.registry.address)
-            register = c.registry.contract.functions.register(
-                ROLE_PROVIDER, f"http://127.0.0.1:900{i}", bytes([i]) * 32, 1_000 * ALM
-            )
-            # a fixed gas limit: estimated in the second of the previous registration, the
-            # checkpoints would be overwrites, mined a second later they are new slots
-            c.client.transact(register, gas=1_000_000)
+            c.registry.register(ROLE_PROVIDER, f"http://127.0.0.1:900{i}", bytes([i]) * 32, 1_000 * ALM)
         self.reader = Contracts(ChainClient(node.url), self.deployment)
         self.runner = CliRunner()
 
@@ -198,3 +193,27 @@ def test_a_deployments_file_given_by_the_environment_is_found(network: Network, 
     env: dict[str, Any] = {"ALLMENDE_STATE_DIR": str(tmp_path / "empty"), "ALLMENDE_DEPLOYMENTS": str(moved)}
     result = network.runner.invoke(app, ["params"], env=env)
     assert result.exit_code == 0 and "protocol_fee_bps" in result.output, result.output
+
+
+def test_a_node_operator_unbonds_and_withdraws_its_registry_stake(network: Network) -> None:
+    net, provider = network, network.accounts[1].address
+    shown = net.cli("stake show --key devnet:1")
+    assert "provider (active)" in shown and "stake       1,000.0000 ALM" in shown
+    out = net.cli("stake unbond all --key devnet:1")
+    assert "unbonding 1,000.0000 ALM" in out and "no longer active" in out
+    assert not net.reader.registry.is_active(provider)
+    assert "still unbonding" in net.cli("stake withdraw --key devnet:1", ok=False)
+    net.cli(f"gov fast-forward {net.reader.params.get('unbonding_period') + 1}")
+    before = net.reader.token.balance_of(provider)
+    assert "withdrew 1,000.0000 ALM" in net.cli("stake withdraw --key devnet:1")
+    assert net.reader.token.balance_of(provider) == before + 1_000 * ALM
+    for line, words in (
+        ("stake unbond all --key devnet:1", "no stake to unbond"),
+        ("stake unbond 5000 --key devnet:2", "not 5,000.0000 ALM"),
+        ("stake unbond lots --key devnet:2", "not a number of ALM"),
+        ("stake withdraw --key devnet:2", "nothing unbonding"),
+        ("stake show 0x12", "not an address"),
+        ("stake show", "give an ADDRESS or --key"),
+    ):
+        assert words in net.cli(line, ok=False), line
+    assert "role        none (not active)" in net.cli(f"stake show {net.accounts[7].address}")
