@@ -107,7 +107,8 @@ def test_a_token_holder_stakes_proposes_a_decoded_change_and_it_executes(network
     net.cli(f"gov execute {short} --key devnet:{HOLDER}")
 
     assert re.search(r"protocol_fee_bps\s*│\s*150\s*│\s*1.5 %", net.cli("params"))
-    assert "executed" in net.cli(f"gov show {pid}")
+    executed = net.cli(f"gov show {pid}")
+    assert "executed" in executed and "protocol_fee_bps set to 150 (now 150; 1.5 %; bound 10000)" in executed
     # the next redeem pays the new fee
     payer, provider = net.accounts[3], net.accounts[4]
     as_payer = net.as_(3)

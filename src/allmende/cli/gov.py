@@ -86,19 +86,21 @@ def _decoded(c: Contracts, proposal_id: int) -> list[DecodedCall]:
     return [decode_call(c.deployment, t, v, d) for t, v, d in c.governor.calls(proposal_id)]
 
 
-def _change(c: Contracts, call: DecodedCall) -> str:
-    """For Params.set: `protocol_fee_bps: 100 → 150 (1.5 %; bound 10000)`."""
+def _change(c: Contracts, call: DecodedCall, executed: bool) -> str:
+    """For Params.set: `protocol_fee_bps: 100 → 150 (1.5 %; bound 10000)`, the current value
+    on the left (once executed: `protocol_fee_bps set to 150 (now 150; …)`)."""
     if call.contract != "Params" or call.function != "set":
         return ""
     name, new = str(call.arguments[0][1]), int(call.arguments[1][1])
     try:
-        old = str(c.params.get(name))
+        current = str(c.params.get(name))
     except ContractReverted:
-        old = "(new name)"
+        current = "(new name)"
     bound = c.params.upper_bound(name)
-    unit = meaning(name, new)
-    notes = "; ".join(x for x in (unit, f"bound {bound}" if bound else "") if x)
-    return f"{name}: {old} → {new}" + (f" ({notes})" if notes else "")
+    notes = [x for x in (meaning(name, new), f"bound {bound}" if bound else "") if x]
+    if executed:
+        return f"{name} set to {new} (now {'; '.join([current, *notes])})"
+    return f"{name}: {current} → {new}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 @app.command("list")
@@ -139,7 +141,7 @@ def show(proposal_id: str = PROPOSAL, rpc: str = RPC, deployments: Path = DEPLOY
         pid = c.governor.resolve_id(proposal_id)
         p = c.governor.proposal(pid)
         calls = _decoded(c, pid)
-        changes = [_change(c, call) for call in calls]
+        changes = [_change(c, call, p.executed) for call in calls]
     console.print(f"proposal {pid}")
     console.print(f"  state       [bold]{p.state}[/bold]")
     console.print(f"  description {p.description}")
