@@ -186,13 +186,11 @@ def test_bad_governance_input_is_one_clear_error(network: Network, tmp_path: Pat
     result = net.runner.invoke(app, ["gov", "list"], env={"ALLMENDE_STATE_DIR": str(tmp_path / "elsewhere")})
     assert result.exit_code == 1 and "no deployments file" in result.output
     assert "chain deploy" not in result.output and "run/deployments.json" in result.output
-
-
-def test_a_deployments_file_given_by_the_environment_is_found(network: Network, tmp_path: Path) -> None:
+    # the same network joined through $ALLMENDE_DEPLOYMENTS from any folder
     moved = tmp_path / "joined.json"
-    Deployment.load(network.state / "run" / "deployments.json").save(moved)
+    Deployment.load(net.state / "run" / "deployments.json").save(moved)
     env: dict[str, Any] = {"ALLMENDE_STATE_DIR": str(tmp_path / "empty"), "ALLMENDE_DEPLOYMENTS": str(moved)}
-    result = network.runner.invoke(app, ["params"], env=env)
+    result = net.runner.invoke(app, ["params"], env=env)
     assert result.exit_code == 0 and "protocol_fee_bps" in result.output, result.output
 
 

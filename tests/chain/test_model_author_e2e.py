@@ -82,7 +82,7 @@ def test_an_author_registers_first_and_sees_the_royalty_of_a_derived_model(chain
     assert "earned     0.000000 dUSD" in _cli(state, f"models earnings {base_id}")
 
 
-def test_bad_model_author_input_is_one_clear_error(chain, tmp_path: Path) -> None:
+def test_bad_model_author_input_and_a_license_the_parent_forbids_are_refused(chain, tmp_path: Path) -> None:
     _, state, _ = chain
     folder = _model_folder(tmp_path, "m", b"\x03" * 8)
     other = f"0x{'ab' * 32}"
@@ -95,9 +95,8 @@ def test_bad_model_author_input_is_one_clear_error(chain, tmp_path: Path) -> Non
         output = _cli(state, line, ok=False)
         assert words in output, (line, output)
 
-
-def test_a_non_commercial_parent_cannot_yield_a_permissive_child(chain, tmp_path: Path) -> None:
-    _, state, reader = chain
+    # a non-commercial parent cannot yield a permissive child
+    reader = chain[2]
     base, child = _model_folder(tmp_path, "nc", b"\x04" * 8), _model_folder(tmp_path, "child", b"\x05" * 8)
     out = _cli(state, f"models register {base} --license CC-BY-NC-4.0 --royalty-bps 100 --key devnet:{AUTHOR}")
     base_id = re.search(r"registered (0x[0-9a-f]{64})", out).group(1)  # type: ignore[union-attr]
