@@ -544,11 +544,11 @@ class VotingMachine(RuleBasedStateMachine):
 
     @rule(holder=st.integers(0, 1), amount=st.integers(1, 1_000))
     def unstake_or_stake(self, holder: int, amount: int) -> None:
-        v = self.sys.votes
-        with boa.env.prank(HOLDERS[holder].address):
-            if v.holders(HOLDERS[holder].address).staked >= amount * ALM:
+        v, who = self.sys.votes, HOLDERS[holder].address
+        with boa.env.prank(who):
+            if v.holders(who).staked >= amount * ALM:
                 v.unstake(amount * ALM)
-            else:
+            elif self.sys.token.balanceOf(who) >= amount * ALM:
                 v.stake(amount * ALM)
 
     @rule(seconds=st.sampled_from([60, 3600, 86_400]))
