@@ -4,20 +4,29 @@
 @custom:contract-name governor
 @license Apache-2.0
 @notice Proposals are lists of calls (target, value, calldata) with a description.
-        Voting weight is the voter's ALM stake in Registry as of the proposal's
-        start (a snapshot), so tokens moved or re-staked after it give no extra
-        weight, and each account votes once. Voting delay, voting period, quorum
-        (bps of all stake at the start), the grace period and the proposal
-        threshold come from Params; a proposal keeps the values in force when it
-        was created, so a later change of Params cannot revive a defeated
-        proposal. A proposal passes with quorum (for + abstain) and more for than
-        against; it must then be queued in the Timelock within the grace period
-        (or it expires) and is executable after the Timelock's delay.
+        Voting weight is the voter's ALM stake in Registry plus the voting power
+        token holders delegated to it in Votes, both read at the proposal's
+        snapshot: the end of the second before it was made, as Verdicts does
+        for fraud votes. Tokens staked, moved or re-delegated after that give
+        no extra weight, and each account votes once. Voting delay, voting
+        period, quorum (bps of all voting stake at the snapshot), the grace
+        period and the proposal threshold come from Params; a proposal keeps
+        the values in force when it was created, so a later change of Params
+        cannot revive a defeated proposal. Calls are checked when proposed:
+        none is empty or goes to an account without code, and a Params.set
+        must be one Params would accept now (its bounds), so nobody votes on
+        a change that can never execute. A proposal passes with quorum
+        (for + abstain) and more for than against; it must then be queued in
+        the Timelock within the grace period, and executed within the grace
+        period after its eta, or it expires; an expired queued proposal can be
+        cancelled by anyone (it leaves the Timelock), a pending one by its
+        proposer.
 """
 
 from interfaces import IParams
 from interfaces import IRegistry
 from interfaces import ITimelock
+from interfaces import IVotes
 
 BPS: constant(uint256) = 10_000
 MAX_CALLS: constant(uint256) = 8
@@ -36,6 +45,7 @@ SUCCEEDED: constant(uint8) = 3
 QUEUED: constant(uint8) = 4
 EXECUTED: constant(uint8) = 5
 EXPIRED: constant(uint8) = 6
+CANCELED: constant(uint8) = 7
 
 SUPPORT_AGAINST: constant(uint8) = 0
 SUPPORT_FOR: constant(uint8) = 1
@@ -55,6 +65,8 @@ struct Proposal:
     description: String[1024]
     quorum_bps: uint256  # Params quorum_bps when the proposal was created
     expires_at: uint256  # a succeeded proposal not queued by then has expired
+    snapshot: uint256  # vote weights and the quorum base are read at the end of this second
+    canceled: bool
 
 
 event ProposalCreated:
@@ -82,7 +94,12 @@ event ProposalExecuted:
     proposal_id: indexed(uint256)
 
 
+event ProposalCanceled:
+    proposal_id: indexed(uint256)
+
+
 registry: public(immutable(IRegistry))
+votes: public(immutable(IVotes))
 params: public(immutable(IParams))
 timelock: public(immutable(ITimelock))
 
@@ -96,8 +113,9 @@ _payloads: HashMap[uint256, DynArray[Bytes[1_024], MAX_CALLS]]
 
 
 @deploy
-def __init__(registry_: IRegistry, params_: IParams, timelock_: ITimelock):
+def __init__(registry_: IRegistry, votes_: IVotes, params_: IParams, timelock_: ITimelock):
     registry = registry_
+    votes = votes_
     params = params_
     timelock = timelock_
 
@@ -110,12 +128,19 @@ def propose(
     description: String[1024],
 ) -> uint256:
     """
-    @notice Proposes calls; the caller's stake just before now must reach the threshold.
+    @notice Proposes calls; the caller's voting weight just before now must reach
+            the threshold. Every call is checked: not empty, to a contract, and a
+            Params.set within what Params accepts now.
     @return uint256 The proposal id: keccak256 of the calls and the description.
     """
     assert len(targets) > 0, "governor: empty proposal"
     assert len(targets) == len(values) and len(targets) == len(payloads), "governor: length mismatch"
-    weight: uint256 = staticcall registry.stake_at(msg.sender, block.timestamp - 1)
+    for i: uint256 in range(len(targets), bound=MAX_CALLS):
+        self._check_call(targets[i], values[i], payloads[i])
+    # one snapshot for every weight: the end of the second before this one, so stake
+    # added in this block (even before this transaction) weighs nothing
+    snapshot: uint256 = block.timestamp - 1
+    weight: uint256 = self._weight(msg.sender, snapshot)
     assert weight >= staticcall params.value(THRESHOLD_KEY), "governor: stake below proposal threshold"
     proposal_id: uint256 = convert(keccak256(abi_encode(targets, values, payloads, keccak256(description))), uint256)
     assert self.proposals[proposal_id].proposer == empty(address), "governor: proposal exists"
@@ -134,6 +159,8 @@ def propose(
         description=description,
         quorum_bps=staticcall params.value(QUORUM_KEY),
         expires_at=end + staticcall params.value(GRACE_KEY),
+        snapshot=snapshot,
+        canceled=False,
     )
     self._targets[proposal_id] = targets
     self._values[proposal_id] = values
@@ -149,14 +176,14 @@ def propose(
 @external
 def cast_vote(proposal_id: uint256, support: uint8) -> uint256:
     """
-    @notice Votes against (0), for (1) or abstain (2) with the stake held at the start.
+    @notice Votes against (0), for (1) or abstain (2) with the weight held at the
+            proposal's snapshot (own Registry stake + voting power delegated in Votes).
     @return uint256 The weight counted.
     """
     assert self._state(proposal_id) == ACTIVE, "governor: voting not active"
     assert support <= SUPPORT_ABSTAIN, "governor: bad support value"
     assert not self.has_voted[proposal_id][msg.sender], "governor: already voted"
-    start: uint256 = self.proposals[proposal_id].start
-    weight: uint256 = staticcall registry.stake_at(msg.sender, start)
+    weight: uint256 = self._weight(msg.sender, self.proposals[proposal_id].snapshot)
     assert weight > 0, "governor: no stake at snapshot"
     self.has_voted[proposal_id][msg.sender] = True
     if support == SUPPORT_FOR:
@@ -208,10 +235,34 @@ def execute(proposal_id: uint256):
 
 
 @external
+def cancel(proposal_id: uint256):
+    """
+    @notice Cancels a proposal: its proposer may while it is pending (before any
+            vote); anyone may once it expired in the Timelock's queue (queued,
+            never executed within the grace period after its eta, e.g. because
+            a call keeps failing), which also removes it from the Timelock.
+    """
+    state: uint8 = self._state(proposal_id)
+    p: Proposal = self.proposals[proposal_id]
+    if state == PENDING:
+        assert msg.sender == p.proposer, "governor: only the proposer cancels a pending proposal"
+    else:
+        assert state == EXPIRED and p.queued, "governor: proposal cannot be cancelled"
+        operation: bytes32 = staticcall timelock.hash_operation_batch(
+            self._call_targets(proposal_id), self._call_values(proposal_id), self._call_payloads(proposal_id),
+            empty(bytes32), convert(proposal_id, bytes32)
+        )
+        extcall timelock.cancel(operation)
+    self.proposals[proposal_id].canceled = True
+    log ProposalCanceled(proposal_id=proposal_id)
+
+
+@external
 @view
 def state(proposal_id: uint256) -> uint8:
     """
-    @notice 0 pending, 1 active, 2 defeated, 3 succeeded, 4 queued, 5 executed, 6 expired.
+    @notice 0 pending, 1 active, 2 defeated, 3 succeeded, 4 queued, 5 executed, 6 expired,
+            7 canceled.
     """
     return self._state(proposal_id)
 
@@ -221,9 +272,29 @@ def state(proposal_id: uint256) -> uint8:
 def quorum(proposal_id: uint256) -> uint256:
     """
     @notice Votes (for + abstain) a proposal needs: its quorum_bps (fixed when it was
-            created) of all stake at its start.
+            created) of all voting stake at its snapshot.
     """
     return self._quorum(proposal_id)
+
+
+@external
+@view
+def weight_at(account: address, timestamp: uint256) -> uint256:
+    """
+    @notice An account's voting weight at the end of `timestamp`: its Registry
+            stake plus the ALM holders delegated to it in Votes.
+    """
+    return self._weight(account, timestamp)
+
+
+@external
+@view
+def vote_weight(proposal_id: uint256, account: address) -> uint256:
+    """
+    @notice What `account`'s vote on the proposal weighs (its weight at the snapshot).
+    """
+    assert self.proposals[proposal_id].proposer != empty(address), "governor: unknown proposal"
+    return self._weight(account, self.proposals[proposal_id].snapshot)
 
 
 @external
@@ -238,8 +309,41 @@ def calls(proposal_id: uint256) -> (DynArray[address, MAX_CALLS], DynArray[uint2
 @internal
 @view
 def _quorum(proposal_id: uint256) -> uint256:
-    total: uint256 = staticcall registry.total_stake_at(self.proposals[proposal_id].start)
+    snapshot: uint256 = self.proposals[proposal_id].snapshot
+    total: uint256 = staticcall registry.total_stake_at(snapshot) + staticcall votes.total_votes_at(snapshot)
     return total * self.proposals[proposal_id].quorum_bps // BPS
+
+
+@internal
+@view
+def _weight(account: address, timestamp: uint256) -> uint256:
+    return staticcall registry.stake_at(account, timestamp) + staticcall votes.votes_at(account, timestamp)
+
+
+@internal
+@view
+def _check_call(target: address, amount: uint256, payload: Bytes[1_024]):
+    if len(payload) == 0:
+        assert amount > 0, "governor: empty call"
+        return
+    assert target.is_contract, "governor: call to an account without code"
+    assert len(payload) >= 4, "governor: calldata shorter than a selector"
+    if target == params.address and slice(payload, 0, 4) == method_id("set(string,uint256)"):
+        # Params.check takes the same arguments as set and reverts with set's reason
+        # (a bound, an empty name): the same calldata under the other selector
+        ok: bool = False
+        reason: Bytes[256] = b""
+        ok, reason = raw_call(
+            params.address,
+            concat(method_id("check(string,uint256)"), slice(payload, 4, len(payload) - 4)),
+            max_outsize=256,
+            is_static_call=True,
+            revert_on_failure=False,
+        )
+        if not ok:
+            if len(reason) > 0:
+                raw_revert(reason)  # Params' own reason, e.g. "params: above bound"
+            raise "governor: Params.set calldata does not decode"
 
 
 @internal
@@ -247,9 +351,14 @@ def _quorum(proposal_id: uint256) -> uint256:
 def _state(proposal_id: uint256) -> uint8:
     p: Proposal = self.proposals[proposal_id]
     assert p.proposer != empty(address), "governor: unknown proposal"
+    if p.canceled:
+        return CANCELED
     if p.executed:
         return EXECUTED
     if p.queued:
+        # the same grace period again after the eta: a batch that keeps failing expires
+        if block.timestamp > p.eta + (p.expires_at - p.end):
+            return EXPIRED
         return QUEUED
     if block.timestamp <= p.start:
         return PENDING

@@ -107,14 +107,36 @@ def set(name: String[32], new_value: uint256):
     @param new_value Its new value.
     """
     ownable._check_owner()
+    self._check(name, new_value)
+    key: bytes32 = keccak256(name)
+    if not self.known[key]:
+        self.known[key] = True
+        self.names.append(name)
+    old: uint256 = self.value[key]
+    self.value[key] = new_value
+    log ParamSet(key=key, name=name, old_value=old, new_value=new_value)
+
+
+@external
+@view
+def check(name: String[32], new_value: uint256) -> bool:
+    """
+    @notice Reverts with the reason `set(name, new_value)` would revert with
+            now (empty name, bound, too many names), ownership aside. The
+            Governor asks it when a proposal is made, so a change that can
+            never execute is refused before anyone votes on it.
+    @return bool True.
+    """
+    self._check(name, new_value)
+    return True
+
+
+@internal
+@view
+def _check(name: String[32], new_value: uint256):
     assert len(name) > 0, "params: empty name"
     key: bytes32 = keccak256(name)
     if not self.known[key]:
         assert len(self.names) < MAX_PARAMS, "params: too many names"
-        self.known[key] = True
-        self.names.append(name)
     bound: uint256 = self.upper_bound[key]
     assert bound == 0 or new_value <= bound, "params: above bound"
-    old: uint256 = self.value[key]
-    self.value[key] = new_value
-    log ParamSet(key=key, name=name, old_value=old, new_value=new_value)

@@ -15,6 +15,10 @@ class Environment:
     state_dir: Path
     # default JSON-RPC endpoint
     rpc_url: str
+    # whether ALLMENDE_RPC gave it (otherwise a network's own deployments file names its endpoint)
+    rpc_url_set: bool
+    # the deployments JSON of the network every command talks to, if not found in the state dir
+    deployments: Path | None
     # where generated and converted models are cached (the tiny model, GGUF conversions)
     cache_dir: Path
     # the anvil binary, if not the project's .tools/ install or one on PATH
@@ -27,7 +31,9 @@ def from_environment() -> Environment:
     return Environment(
         password=os.environ.get("ALLMENDE_PASSWORD"),
         state_dir=Path(os.environ.get("ALLMENDE_STATE_DIR", ".allmende")),
-        rpc_url=os.environ.get("ALLMENDE_RPC", "http://127.0.0.1:8545"),
+        rpc_url=os.environ.get("ALLMENDE_RPC") or "http://127.0.0.1:8545",
+        rpc_url_set=bool(os.environ.get("ALLMENDE_RPC")),
+        deployments=_path("ALLMENDE_DEPLOYMENTS"),
         cache_dir=Path(os.environ.get("ALLMENDE_CACHE") or Path.home() / ".cache" / "allmende"),
         anvil=_path("ALLMENDE_ANVIL"),
         contracts_dir=_path("ALLMENDE_CONTRACTS"),

@@ -19,6 +19,7 @@ SOURCES = {
     "Channels": "channels.vy",
     "Verdicts": "verdicts.vy",
     "Timelock": "timelock.vy",
+    "Votes": "votes.vy",
     "Governor": "governor.vy",
     "Data": "data.vy",
 }

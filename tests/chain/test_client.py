@@ -33,6 +33,7 @@ def test_deployment_json_round_trip(deployment: Deployment, tmp_path: Path) -> N
         "Channels",
         "Verdicts",
         "Timelock",
+        "Votes",
         "Governor",
         "Data",
     }
@@ -42,7 +43,7 @@ def test_deployment_json_round_trip(deployment: Deployment, tmp_path: Path) -> N
 
 
 def test_missing_deployment_is_a_typed_error(tmp_path: Path, deployment: Deployment) -> None:
-    with pytest.raises(DeploymentNotFound, match="chain deploy"):
+    with pytest.raises(DeploymentNotFound, match="no deployments file"):
         Deployment.load(tmp_path / "nope.json")
     with pytest.raises(DeploymentNotFound, match="Oracle"):
         deployment.address("Oracle")

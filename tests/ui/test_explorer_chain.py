@@ -96,6 +96,7 @@ def test_trust_view_follows_a_proposal_through_votes_and_the_timelock(chain: Any
     created = shown()
     assert (created["state"], created["timelock"]) == ("pending", "not queued")
     assert created["description"] == "raise the quorum"
+    assert created["calls"] == ["Params.set(quorum_bps, 500)"]
     admin.increase_time(reader.params.get("voting_delay") + 1)
     for voter, support in zip(voters, ("for", "for", "against"), strict=True):
         as_(node, deployment, voter).governor.vote(pid, support)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from eth_utils import keccak
 from web3.contract import Contract
 from web3.logs import DISCARD
 
@@ -80,6 +81,18 @@ class Params(_Binding):
     def all(self) -> dict[str, int]:
         names = [self._call("names", i) for i in range(int(self._call("count")))]
         return {n: self.get(n) for n in names}
+
+    def upper_bound(self, name: str) -> int:
+        """The inclusive upper bound of a parameter; 0 when it has none."""
+        return int(self._call("upper_bound", keccak(text=name)))
+
+    def bounds(self) -> dict[str, tuple[int, int]]:
+        """name -> (value, upper bound or 0), in the order the names were defined."""
+        return {n: (v, self.upper_bound(n)) for n, v in self.all().items()}
+
+    def check(self, name: str, value: int) -> None:
+        """Raises ContractReverted with Params' reason if set(name, value) could not execute now."""
+        self._call("check", name, _amount(value, name))
 
 
 @dataclass(frozen=True)
@@ -367,7 +380,20 @@ class Verdicts(_Binding):
         return int(self._call("score", validator, provider)), int(self._call("scored_at", validator, provider))
 
 
-PROPOSAL_STATES = ("pending", "active", "defeated", "succeeded", "queued", "executed", "expired")
+def _checkpointed_tx(binding: _Binding, fn_name: str, *args: Any) -> SentTransaction:
+    """A transaction whose outcome and gas depend on the block's second: estimated against
+    the next (pending) block, with room for fresh checkpoints. On an idle chain the latest
+    block can be one mined this very second: a proposal estimated there would miss stake
+    staked in it (the snapshot is the second before), and a stake estimated there would
+    overwrite that second's checkpoint where the mined transaction, a second later, writes
+    new ones (two storage slots each) and would run out of gas."""
+    fn = getattr(binding.contract.functions, fn_name)(*args)
+    client = binding.client
+    gas = client.rpc(lambda: fn.estimate_gas({"from": client.address}, block_identifier="pending"), fn_name)
+    return client.transact(fn, gas=int(gas) * 5 // 4 + 100_000)
+
+
+PROPOSAL_STATES = ("pending", "active", "defeated", "succeeded", "queued", "executed", "expired", "canceled")
 SUPPORT = {"against": 0, "for": 1, "abstain": 2}
 
 
@@ -386,6 +412,10 @@ class ProposalRecord:
     description: str
     state: str
     quorum: int
+    quorum_bps: int = 0
+    expires_at: int = 0  # queue by then (after the vote), or it expires
+    snapshot: int = 0  # weights and the quorum base are read at the end of this second
+    canceled: bool = False
 
 
 class Governor(_Binding):
@@ -395,7 +425,7 @@ class Governor(_Binding):
         targets = [c[0] for c in calls]
         values = [c[1] for c in calls]
         payloads = [c[2] for c in calls]
-        sent = self._tx("propose", targets, values, payloads, description)
+        sent = _checkpointed_tx(self, "propose", targets, values, payloads, description)
         (event,) = self.contract.events.ProposalCreated().process_receipt(sent.receipt, errors=DISCARD)
         return int(event["args"]["proposal_id"])
 
@@ -416,10 +446,34 @@ class Governor(_Binding):
             p[9],
             state,
             int(self._call("quorum", proposal_id)),
+            int(p[10]),
+            int(p[11]),
+            int(p[12]),
+            bool(p[13]),
         )
+
+    def calls(self, proposal_id: int) -> list[tuple[str, int, bytes]]:
+        """The calls the proposal executes: (target, value, calldata)."""
+        targets, values, payloads = self._call("calls", proposal_id)
+        return [(str(t), int(v), bytes(d)) for t, v, d in zip(targets, values, payloads, strict=True)]
 
     def ids(self) -> list[int]:
         return [int(self._call("proposal_at", i)) for i in range(int(self._call("proposal_count")))]
+
+    def resolve_id(self, text: str) -> int:
+        """A proposal id from its full decimal form or a unique prefix (what `gov list` shows)."""
+        text = text.strip().removesuffix("…")
+        if not text.isdigit():
+            raise InvalidInput(f"proposal id {text!r} must be digits (as `allmende gov list` shows them)")
+        ids = self.ids()
+        if int(text) in ids:
+            return int(text)
+        matches = [pid for pid in ids if str(pid).startswith(text)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise InvalidInput(f"no proposal with id {text} (see `allmende gov list`)")
+        raise InvalidInput(f"{len(matches)} proposals start with {text}: give more digits")
 
     def vote(self, proposal_id: int, support: str) -> SentTransaction:
         if support not in SUPPORT:
@@ -431,6 +485,57 @@ class Governor(_Binding):
 
     def execute(self, proposal_id: int) -> SentTransaction:
         return self._tx("execute", proposal_id)
+
+    def cancel(self, proposal_id: int) -> SentTransaction:
+        return self._tx("cancel", proposal_id)
+
+    def vote_weight(self, proposal_id: int, who: str) -> int:
+        """What `who`'s vote on the proposal weighs: its weight at the proposal's snapshot."""
+        return int(self._call("vote_weight", proposal_id, who))
+
+    def weight_at(self, who: str, timestamp: int) -> int:
+        return int(self._call("weight_at", who, timestamp))
+
+    def has_voted(self, proposal_id: int, who: str) -> bool:
+        return bool(self._call("has_voted", proposal_id, who))
+
+
+@dataclass(frozen=True)
+class HolderRecord:
+    staked: int
+    delegate: str | None
+    unbonding: int
+    unbond_at: int
+
+
+class Votes(_Binding):
+    """Token holders' governance stake: ALM locked here votes through a delegate."""
+
+    name = "Votes"
+
+    def stake(self, amount: int) -> SentTransaction:
+        return _checkpointed_tx(self, "stake", _amount(amount, "amount"))
+
+    def unstake(self, amount: int) -> SentTransaction:
+        return _checkpointed_tx(self, "unstake", _amount(amount, "amount"))
+
+    def withdraw(self) -> SentTransaction:
+        return self._tx("withdraw")
+
+    def delegate(self, to: str) -> SentTransaction:
+        return _checkpointed_tx(self, "delegate", to)
+
+    def holder(self, who: str) -> HolderRecord:
+        h = self._call("holders", who)
+        delegate = None if int(h[1], 16) == 0 else str(h[1])
+        return HolderRecord(int(h[0]), delegate, int(h[2]), int(h[3]))
+
+    def votes_of(self, who: str) -> int:
+        """Voting power delegated to `who` now (its own stake included if it delegates to itself)."""
+        return int(self._call("votes_of", who))
+
+    def total_votes(self) -> int:
+        return int(self._call("total_votes"))
 
 
 TEMPLATE_EVALUATE = 1
@@ -603,3 +708,11 @@ class Contracts:
         self.verdicts = Verdicts(client, deployment)
         self.governor = Governor(client, deployment)
         self.data = Data(client, deployment)
+        self._votes: Votes | None = None
+
+    @property
+    def votes(self) -> Votes:
+        """Token holders' governance stake (bound on first use: only governance needs it)."""
+        if self._votes is None:
+            self._votes = Votes(self.client, self.deployment)
+        return self._votes

@@ -130,8 +130,11 @@ class ChainClient:
         tx = self.rpc(lambda: build(dict(base)), what)
         if gas is None:
             # the estimate holds for the state it saw; concurrent transactions (another node
-            # registering, another batch redeeming) can make ours a little dearer when mined
-            tx["gas"] = int(tx["gas"]) * 5 // 4 + 20_000
+            # registering, another batch redeeming) can make ours a little dearer when mined,
+            # and so can the clock: estimated in the second of the latest block, a stake
+            # checkpoint (Registry, Votes) is an overwrite; mined a second later it is new
+            # storage, two slots per checkpoint and up to three checkpoints per transaction
+            tx["gas"] = int(tx["gas"]) * 5 // 4 + 150_000
         with self._nonce_lock:
             for attempt in range(3):
                 if self._next_nonce is None:

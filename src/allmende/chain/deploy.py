@@ -20,11 +20,14 @@ DEVNET_USD_PER_ACCOUNT = 1_000_000 * USD
 
 
 def hand_over(client: ChainClient, deployment: Deployment, governor: str) -> None:
-    """The Governor proposes through the Timelock, the Timelock owns Params, Registry,
-    Channels and ALM minting (and holds the treasury), and the deployer keeps nothing."""
+    """The Governor proposes and executes through the Timelock (nobody else executes, so an
+    expired proposal stays dead), the Timelock owns Params, Registry, Channels and ALM
+    minting (and holds the treasury), and the deployer keeps nothing."""
     timelock = client.contract(deployment.address("Timelock"), deployment.abi("Timelock"))
-    for role in ("PROPOSER_ROLE", "CANCELLER_ROLE"):
+    for role in ("PROPOSER_ROLE", "CANCELLER_ROLE", "EXECUTOR_ROLE"):
         client.transact(timelock.functions.grantRole(client.call(getattr(timelock.functions, role)()), governor))
+    executor = client.call(timelock.functions.EXECUTOR_ROLE())
+    client.transact(timelock.functions.revokeRole(executor, ZERO_ADDRESS))
     for name in ("Params", "Registry", "Channels", "AllmendeToken"):
         owned = client.contract(deployment.address(name), deployment.abi(name))
         client.transact(owned.functions.transfer_ownership(timelock.address))
@@ -39,7 +42,7 @@ def deploy_all(
     fund: list[str] | None = None,
 ) -> Deployment:
     """Compile and deploy ALM, (devnet) dUSD, Params, Timelock, Registry, Models, Channels,
-    Verdicts, Governor and Data, approve the payment token for Channels, then hand every admin
+    Verdicts, Votes, Governor and Data, approve the payment token for Channels, then hand every admin
     power to the Timelock (the treasury too, unless `treasury` names another address). On a
     devnet, every address in `fund` receives ALM and dUSD from the deployer's initial supply.
     """
@@ -65,7 +68,8 @@ def deploy_all(
     models = put("Models", params, registry)
     put("Channels", stable, params, models, treasury)
     verdicts = put("Verdicts", token, registry, params, treasury)
-    governor = put("Governor", registry, params, timelock)
+    votes = put("Votes", token, params)
+    governor = put("Governor", registry, votes, params, timelock)
     put("Data", registry)
     deployment = Deployment(
         chain_id=client.chain_id,

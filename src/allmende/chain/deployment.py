@@ -59,6 +59,9 @@ class Deployment:
     def load(cls, path: str | Path) -> Deployment:
         source = Path(path)
         if not source.exists():
-            raise DeploymentNotFound(f"no deployments file at {source}: run `allmende chain deploy` first")
+            raise DeploymentNotFound(
+                f"no deployments file at {source}: give the deployments JSON of the network you use "
+                "(`allmende up` writes <state-dir>/run/deployments.json)"
+            )
         data = json.loads(source.read_text())
         return cls(**data)

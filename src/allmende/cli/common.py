@@ -61,15 +61,43 @@ def run(fn: Callable[[], T]) -> T:
         return fn()
 
 
+def find_deployments(explicit: Path | None) -> Path:
+    """The one rule every command uses to find the network: `--deployments`, else
+    $ALLMENDE_DEPLOYMENTS, else what `allmende up` wrote in the state dir
+    (<state-dir>/run/deployments.json), else <state-dir>/deployments.json (`allmende chain
+    deploy`'s default). Never suggests deploying: a second set of contracts on a chain
+    others use would be an empty, separate network."""
+    if explicit is not None:
+        return explicit
+    env = from_environment()
+    if env.deployments is not None:
+        return env.deployments
+    candidates = [env.state_dir / "run" / "deployments.json", env.state_dir / "deployments.json"]
+    for path in candidates:
+        if path.exists():
+            return path
+    from allmende.chain import DeploymentNotFound
+
+    looked = " or ".join(str(p) for p in candidates)
+    raise DeploymentNotFound(
+        f"no deployments file at {looked}: pass --deployments FILE or set ALLMENDE_DEPLOYMENTS to the "
+        "deployments JSON of the network you use (`allmende up` writes <state-dir>/run/deployments.json; "
+        "--state-dir or ALLMENDE_STATE_DIR names its state dir)"
+    )
+
+
 def contracts_for(rpc: str | None, key: str | bytes | None, deployments: Path | None) -> Contracts:
-    """Bindings for the deployment in `deployments` (default <state dir>/deployments.json),
-    signing with `key` (a keystore file, devnet:N or raw bytes) or read-only without one."""
+    """Bindings for the network `find_deployments` finds, signing with `key` (a keystore
+    file, devnet:N or raw bytes) or read-only without one. The endpoint is `rpc`, else
+    $ALLMENDE_RPC, else the one the deployments file records."""
     from allmende.chain import ChainClient, Contracts, Deployment
 
     env = from_environment()
+    deployment = Deployment.load(find_deployments(deployments))
     secret = resolve_key(key) if isinstance(key, str) else key
-    client = ChainClient(rpc or env.rpc_url, secret)
-    return Contracts(client, Deployment.load(deployments or env.state_dir / "deployments.json"))
+    url = rpc or (env.rpc_url if env.rpc_url_set else deployment.rpc_url or env.rpc_url)
+    client = ChainClient(url, secret)
+    return Contracts(client, deployment)
 
 
 def parse_id(value: str, what: str = "id") -> bytes:

@@ -1,36 +1,202 @@
-"""`allmende gov propose|list|show|vote|queue|execute|fast-forward` — governance from the shell."""
+"""`allmende gov …` — governance from the shell: read the parameters, stake or delegate ALM
+for votes, propose changes by name and value, read every proposal's decoded calls, vote,
+queue, execute, cancel; `allmende params` is `gov params`."""
 
 from __future__ import annotations
 
 import datetime
+from decimal import Decimal, InvalidOperation
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
-from allmende.chain import ChainClient
-from allmende.cli.common import alm, console, contracts_for, friendly_errors
+from allmende.chain import ChainClient, ContractReverted, Contracts
+from allmende.chain.calls import DecodedCall, decode_call, encode_call
+from allmende.cli.common import alm, console, contracts_for, find_deployments, friendly_errors
 from allmende.config import from_environment
-from allmende.core.codec import address_field, hex_bytes
 from allmende.core.errors import InvalidInput
 
-app = typer.Typer(no_args_is_help=True, help="Propose, vote on, queue and execute protocol changes.")
+app = typer.Typer(no_args_is_help=True, help="Read parameters, stake for votes, propose, vote, queue and execute.")
 
-RPC = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC)")
-DEPLOYMENTS = typer.Option(None, help="deployments JSON (default <state-dir>/deployments.json)")
+RPC = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC, else the one in the deployments file)")
+DEPLOYMENTS = typer.Option(
+    None,
+    help="deployments JSON (default $ALLMENDE_DEPLOYMENTS, else <state-dir>/run/deployments.json as `allmende up` "
+    "writes it, else <state-dir>/deployments.json)",
+)
 KEY = typer.Option(..., help="keystore file or devnet:N")
+PROPOSAL = typer.Argument(..., help="proposal id, or a unique prefix of it (as `gov list` shows)")
+ALM_UNIT = 10**18
+
+
+def _when(ts: int) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "-"
+
+
+def parse_alm(text: str) -> int:
+    """'10000' or '2.5' ALM → base units, exactly (no float)."""
+    try:
+        value = Decimal(text.replace("_", "").removesuffix("ALM").strip())
+    except InvalidOperation:
+        raise InvalidInput(f"amount {text!r} is not a number of ALM") from None
+    units = value * ALM_UNIT
+    if not value.is_finite() or units <= 0 or units != units.to_integral_value():
+        raise InvalidInput(f"amount {text!r} must be a positive number of ALM with at most 18 decimals")
+    return int(units)
+
+
+# ------------------------------------------------------------------ reading
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def meaning(name: str, value: int) -> str:
+    """A parameter's value in its unit: percent, ALM or a duration (by its name)."""
+    if name.endswith("_bps"):
+        return f"{Decimal(value) / 100} %"
+    if "stake" in name or name.endswith(("_bond", "_threshold")):
+        return alm(value)
+    if name.endswith(("_period", "_delay")):
+        return _duration(value)
+    return ""
+
+
+def params(rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
+    """Every protocol parameter: its current value, what it means, and its upper bound."""
+    with friendly_errors():
+        c = contracts_for(rpc, None, deployments)
+        table = Table("name", "value", "meaning", "upper bound", title="Params (changed only by governance)")
+        for name, (value, bound) in c.params.bounds().items():
+            table.add_row(name, str(value), meaning(name, value), str(bound) if bound else "none")
+    console.print(table)
+
+
+app.command("params")(params)
+
+
+def _decoded(c: Contracts, proposal_id: int) -> list[DecodedCall]:
+    return [decode_call(c.deployment, t, v, d) for t, v, d in c.governor.calls(proposal_id)]
+
+
+def _change(c: Contracts, call: DecodedCall, executed: bool) -> str:
+    """For Params.set: `protocol_fee_bps: 100 → 150 (1.5 %; bound 10000)`, the current value
+    on the left (once executed: `protocol_fee_bps set to 150 (now 150; …)`)."""
+    if call.contract != "Params" or call.function != "set":
+        return ""
+    name, new = str(call.arguments[0][1]), int(call.arguments[1][1])
+    try:
+        current = str(c.params.get(name))
+    except ContractReverted:
+        current = "(new name)"
+    bound = c.params.upper_bound(name)
+    notes = [x for x in (meaning(name, new), f"bound {bound}" if bound else "") if x]
+    if executed:
+        return f"{name} set to {new} (now {'; '.join([current, *notes])})"
+    return f"{name}: {current} → {new}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+@app.command("list")
+def list_(rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
+    """All proposals: id (a prefix `show`, `vote`… accept), state, tallies, description and the calls they make."""
+    with friendly_errors():
+        c = contracts_for(rpc, None, deployments)
+        ids = c.governor.ids()
+        width = _prefix_width(ids)
+        rows = [(pid, c.governor.proposal(pid), _decoded(c, pid)) for pid in ids]
+    if not rows:
+        console.print("no proposals yet")
+    for pid, p, calls in rows:
+        console.print(
+            f"[bold]{str(pid)[:width]}[/bold]  {p.state:<9}  for {alm(p.for_votes)} · against {alm(p.against_votes)}"
+            f" · abstain {alm(p.abstain_votes)}",
+            highlight=False,
+        )
+        console.print(f"    {p.description[:200]}", highlight=False, markup=False)
+        for call in calls:
+            console.print(f"    → {call.short()}", highlight=False, markup=False)
+
+
+def _prefix_width(ids: list[int], least: int = 10) -> int:
+    """The shortest prefix length (at least `least`) that tells every id apart."""
+    texts = [str(i) for i in ids]
+    width = least
+    while len({t[:width] for t in texts}) < len(texts):
+        width += 1
+    return width
+
+
+@app.command("show")
+def show(proposal_id: str = PROPOSAL, rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
+    """Everything about one proposal: its decoded calls, state, tallies, quorum, snapshot and eta."""
+    with friendly_errors():
+        c = contracts_for(rpc, None, deployments)
+        pid = c.governor.resolve_id(proposal_id)
+        p = c.governor.proposal(pid)
+        calls = _decoded(c, pid)
+        changes = [_change(c, call, p.executed) for call in calls]
+    console.print(f"proposal {pid}")
+    console.print(f"  state       [bold]{p.state}[/bold]")
+    console.print(f"  description {p.description}")
+    console.print("  calls (read from chain; this is what executes, whatever the description says):")
+    for i, (call, change) in enumerate(zip(calls, changes, strict=True), 1):
+        console.print(f"    {i}. {call.long()}", highlight=False)
+        if change:
+            console.print(f"       {change}", highlight=False)
+        if not call.decoded:
+            console.print("       [red]not decodable from the deployment's ABIs: do not vote for it unread[/red]")
+    console.print(f"  proposer    {p.proposer}")
+    console.print(f"  snapshot    weights as of {_when(p.snapshot)}")
+    console.print(f"  voting      {_when(p.start)} → {_when(p.end)}")
+    console.print(
+        f"  tally       for {alm(p.for_votes)}, against {alm(p.against_votes)}, abstain {alm(p.abstain_votes)}; "
+        f"quorum {alm(p.quorum)} ({Decimal(p.quorum_bps) / 100} % of the voting stake)"
+    )
+    console.print(f"  queue by    {_when(p.expires_at)}")
+    console.print(f"  eta         {_when(p.eta)}")
+
+
+# ------------------------------------------------------------------ proposing
+
+
+def _simulate(c: Contracts, calls: list[tuple[str, int, bytes]]) -> None:
+    """Each call as the Timelock would make it, against the chain's current state."""
+    timelock = c.deployment.address("Timelock")
+    for i, (target, value, payload) in enumerate(calls, 1):
+        tx: Any = {"from": timelock, "to": target, "data": "0x" + payload.hex(), "value": value}
+        try:
+            c.client.rpc(partial(c.client.w3.eth.call, tx))
+        except ContractReverted as exc:
+            shown = decode_call(c.deployment, target, value, payload).short()
+            raise InvalidInput(
+                f"call {i} ({shown}) would fail if executed now: {exc.reason} "
+                "(--no-simulate proposes it anyway, e.g. when an earlier call makes it work)"
+            ) from None
 
 
 @app.command("propose")
 def propose(
-    description: str = typer.Option(..., help="what the proposal does and why"),
+    description: str = typer.Option(..., help="what it does and why (voters see the decoded calls beside it)"),
     set_param: list[str] = typer.Option([], "--set", help="name=value: set a Params value (repeatable)"),
-    call: list[str] = typer.Option([], help="ADDRESS:0xCALLDATA: any call the Timelock should make (repeatable)"),
+    call: list[str] = typer.Option(
+        [],
+        help="'TARGET FUNCTION ARG…': any call the Timelock should make, e.g. "
+        "'AllmendeToken transfer 0xABC… 1000000000000000000' or '0xADDR \"f(address,uint256)\" 0xABC… 5' "
+        "(repeatable)",
+    ),
+    simulate: bool = typer.Option(True, help="check every call against the current state before proposing"),
     key: str = KEY,
     rpc: str = RPC,
     deployments: Path = DEPLOYMENTS,
 ) -> None:
-    """Propose Params changes (--set) and/or arbitrary calls (--call)."""
+    """Propose Params changes (--set) and/or calls (--call), built from names and values."""
     with friendly_errors():
         c = contracts_for(rpc, key, deployments)
         calls: list[tuple[str, int, bytes]] = []
@@ -39,92 +205,194 @@ def propose(
             if not name or not value.isdigit():
                 raise InvalidInput(f"--set expects name=integer, got {item!r}")
             c.params.get(name)  # unknown names fail here, before anyone votes on them
-            data = c.params.contract.encode_abi("set", [name, int(value)])
-            calls.append((c.params.address, 0, bytes.fromhex(data[2:])))
-        for item in call:
-            target, _, data = item.partition(":")
-            calls.append((address_field(target, "call target"), 0, hex_bytes(data, None, "calldata")))
+            bound = c.params.upper_bound(name)
+            if bound and int(value) > bound:
+                raise InvalidInput(f"--set {name}={value} is above its bound {bound}: it could never execute")
+            calls.append(encode_call(c.deployment, f"Params set {name} {value}"))
+        for spec in call:
+            calls.append(encode_call(c.deployment, spec))
         if not calls:
-            raise InvalidInput("nothing to propose: give --set name=value or --call ADDRESS:0xDATA")
+            raise InvalidInput("nothing to propose: give --set name=value or --call 'TARGET FUNCTION ARG…'")
+        if simulate:
+            _simulate(c, calls)
         proposal_id = c.governor.propose(calls, description)
     console.print(f"proposal {proposal_id}")
+    for i, (target, amount, payload) in enumerate(calls, 1):
+        console.print(f"  {i}. {decode_call(c.deployment, target, amount, payload).long()}", highlight=False)
 
 
-@app.command("list")
-def list_(rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
-    """All proposals with their state and tallies."""
-    with friendly_errors():
-        c = contracts_for(rpc, None, deployments)
-        table = Table("id", "state", "for", "against", "abstain", "description")
-        for pid in c.governor.ids():
-            p = c.governor.proposal(pid)
-            table.add_row(
-                str(pid)[:12] + "…",
-                p.state,
-                alm(p.for_votes),
-                alm(p.against_votes),
-                alm(p.abstain_votes),
-                p.description[:50],
-            )
-    console.print(table)
-
-
-def _when(ts: int) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "-"
-
-
-@app.command("show")
-def show(proposal_id: int, rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
-    """State, tallies, quorum, voting window and eta of one proposal."""
-    with friendly_errors():
-        p = contracts_for(rpc, None, deployments).governor.proposal(proposal_id)
-    console.print(f"proposal {proposal_id}: [bold]{p.state}[/bold]  — {p.description}")
-    console.print(f"  proposer {p.proposer}; voting {_when(p.start)} → {_when(p.end)}")
-    console.print(
-        f"  for {alm(p.for_votes)}, against {alm(p.against_votes)}, abstain {alm(p.abstain_votes)}; "
-        f"quorum {alm(p.quorum)}"
-    )
-    console.print(f"  eta {_when(p.eta)}")
+# ------------------------------------------------------------------ voting
 
 
 @app.command("vote")
 def vote(
-    proposal_id: int,
+    proposal_id: str = PROPOSAL,
     support: str = typer.Argument(..., help="for | against | abstain"),
     key: str = KEY,
     rpc: str = RPC,
     deployments: Path = DEPLOYMENTS,
 ) -> None:
-    """Vote with your stake as of the proposal's start."""
+    """Vote with your weight at the proposal's snapshot (own stake + ALM delegated to you)."""
     with friendly_errors():
-        contracts_for(rpc, key, deployments).governor.vote(proposal_id, support)
-    console.print(f"voted {support} on {proposal_id}")
+        if support not in ("for", "against", "abstain"):
+            raise InvalidInput("support must be for, against or abstain")
+        c = contracts_for(rpc, key, deployments)
+        pid = c.governor.resolve_id(proposal_id)
+        c.governor.vote(pid, support)
+        weight = c.governor.vote_weight(pid, c.client.address)
+    console.print(f"voted {support} on {pid} with {alm(weight)}")
 
 
 @app.command("queue")
-def queue(proposal_id: int, key: str = KEY, rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
+def queue(proposal_id: str = PROPOSAL, key: str = KEY, rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
     """Queue a passed proposal in the Timelock."""
     with friendly_errors():
         c = contracts_for(rpc, key, deployments)
-        c.governor.queue(proposal_id)
-        eta = c.governor.proposal(proposal_id).eta
-    console.print(f"queued {proposal_id}; executable from {_when(eta)}")
+        pid = c.governor.resolve_id(proposal_id)
+        c.governor.queue(pid)
+        eta = c.governor.proposal(pid).eta
+    console.print(f"queued {pid}; executable from {_when(eta)}")
 
 
 @app.command("execute")
-def execute(proposal_id: int, key: str = KEY, rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
+def execute(proposal_id: str = PROPOSAL, key: str = KEY, rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
     """Execute a queued proposal whose Timelock delay is over."""
     with friendly_errors():
-        contracts_for(rpc, key, deployments).governor.execute(proposal_id)
-    console.print(f"executed {proposal_id}")
+        c = contracts_for(rpc, key, deployments)
+        pid = c.governor.resolve_id(proposal_id)
+        c.governor.execute(pid)
+    console.print(f"executed {pid}")
+
+
+@app.command("cancel")
+def cancel(proposal_id: str = PROPOSAL, key: str = KEY, rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
+    """Cancel your own pending proposal, or anyone's queued one whose execution window passed."""
+    with friendly_errors():
+        c = contracts_for(rpc, key, deployments)
+        pid = c.governor.resolve_id(proposal_id)
+        c.governor.cancel(pid)
+    console.print(f"canceled {pid}")
+
+
+# ------------------------------------------------------------- holders' stake
+
+
+@app.command("stake")
+def stake(
+    amount: str = typer.Argument(..., help="ALM to lock for votes, e.g. 10000 or 2.5"),
+    key: str = KEY,
+    rpc: str = RPC,
+    deployments: Path = DEPLOYMENTS,
+) -> None:
+    """Lock ALM for governance votes (no node needed); it votes through your delegate, you by default."""
+    with friendly_errors():
+        units = parse_alm(amount)
+        c = contracts_for(rpc, key, deployments)
+        held = c.token.balance_of(c.client.address)
+        if held < units:
+            raise InvalidInput(f"{c.client.address} holds {alm(held)}, not {amount} ALM")
+        c.token.ensure_allowance(c.votes.address, units)
+        c.votes.stake(units)
+        h = c.votes.holder(c.client.address)
+    console.print(f"staked {alm(units)} for votes; {alm(h.staked)} staked, voting through {h.delegate}")
+    console.print("  it weighs in proposals made from the next second on (each proposal reads a snapshot)")
+
+
+@app.command("delegate")
+def delegate(
+    to: str = typer.Argument(..., help="the address that votes with your staked ALM (yours to vote yourself)"),
+    key: str = KEY,
+    rpc: str = RPC,
+    deployments: Path = DEPLOYMENTS,
+) -> None:
+    """Give the voting power of your staked ALM to another address (proposals already made keep their snapshot)."""
+    from eth_utils import is_address, to_checksum_address
+
+    with friendly_errors():
+        if not is_address(to):
+            raise InvalidInput(f"{to!r} is not an address")
+        c = contracts_for(rpc, key, deployments)
+        c.votes.delegate(to_checksum_address(to))
+    console.print(f"your staked ALM now votes through {to_checksum_address(to)}")
+
+
+@app.command("unstake")
+def unstake(
+    amount: str = typer.Argument(..., help="ALM to take out of voting"),
+    key: str = KEY,
+    rpc: str = RPC,
+    deployments: Path = DEPLOYMENTS,
+) -> None:
+    """Stop voting with some staked ALM; `gov withdraw` returns it after the unbonding period."""
+    with friendly_errors():
+        units = parse_alm(amount)
+        c = contracts_for(rpc, key, deployments)
+        c.votes.unstake(units)
+        h = c.votes.holder(c.client.address)
+    console.print(f"unstaking {alm(h.unbonding)}; withdraw from {_when(h.unbond_at)}")
+
+
+@app.command("withdraw")
+def withdraw(key: str = KEY, rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
+    """Take back unstaked ALM once its unbonding period is over."""
+    with friendly_errors():
+        c = contracts_for(rpc, key, deployments)
+        before = c.votes.holder(c.client.address).unbonding
+        c.votes.withdraw()
+    console.print(f"withdrew {alm(before)}")
+
+
+@app.command("power")
+def power(
+    address: str = typer.Argument(None, help="whose voting power (default: the --key's address)"),
+    key: str = typer.Option(None, help="keystore file or devnet:N (its address, if none is given)"),
+    rpc: str = RPC,
+    deployments: Path = DEPLOYMENTS,
+) -> None:
+    """Voting power now: Registry stake, ALM staked in Votes, its delegate, what others delegated, unbonding."""
+    from eth_utils import is_address, to_checksum_address
+
+    with friendly_errors():
+        c = contracts_for(rpc, key if address is None else None, deployments)
+        if address is None:
+            if key is None:
+                raise InvalidInput("give an ADDRESS or --key")
+            address = c.client.address
+        if not is_address(address):
+            raise InvalidInput(f"{address!r} is not an address")
+        who = to_checksum_address(address)
+        node_stake = c.registry.stake_of(who)
+        h = c.votes.holder(who)
+        delegated = c.votes.votes_of(who)
+        now = c.client.timestamp()
+        weight = c.governor.weight_at(who, now)
+    console.print(f"{who}")
+    console.print(f"  voting power now   {alm(weight)} (counts in proposals made after this second)")
+    console.print(f"  node stake         {alm(node_stake)} (Registry: provider or validator)")
+    console.print(f"  staked for votes   {alm(h.staked)}, voting through {h.delegate or who}")
+    console.print(f"  delegated to it    {alm(delegated)} (its own stake included if it votes itself)")
+    if h.unbonding:
+        console.print(f"  unstaking          {alm(h.unbonding)}, withdraw from {_when(h.unbond_at)}")
 
 
 @app.command("fast-forward")
-def fast_forward(seconds: int = typer.Argument(..., help="seconds to move the devnet clock"), rpc: str = RPC) -> None:
+def fast_forward(
+    seconds: int = typer.Argument(..., help="seconds to move the devnet clock"),
+    rpc: str = RPC,
+    deployments: Path = DEPLOYMENTS,
+) -> None:
     """Devnet only: move anvil's clock forward and mine a block (to walk through a proposal)."""
+    from allmende.chain import Deployment, DeploymentNotFound
+
     env = from_environment()
     with friendly_errors():
-        client = ChainClient(rpc or env.rpc_url)
+        url = rpc or (env.rpc_url if env.rpc_url_set else None)
+        if url is None:
+            try:
+                url = Deployment.load(find_deployments(deployments)).rpc_url
+            except DeploymentNotFound:
+                url = env.rpc_url
+        client = ChainClient(url)
         client.increase_time(seconds)
         now = client.timestamp()
     console.print(f"devnet time is now {_when(now)}")

@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from allmende.chain import Contracts
-from allmende.cli.common import console, contracts_for, friendly_errors, parse_id
+from allmende.cli.common import console, contracts_for, friendly_errors, parse_id, usd
 from allmende.core.errors import InvalidInput
+from allmende.core.licenses import derived_license_problem
 from allmende.core.model_names import canonical_name
 
 app = typer.Typer(
@@ -32,7 +33,12 @@ def register(
     key: str = typer.Option(..., help="the owner's key (receives the royalties)"),
     license: str = typer.Option(..., help="SPDX id or short license name, e.g. Apache-2.0"),
     royalty_bps: int = typer.Option(0, help="share of every payment for this model, in basis points"),
-    parent: list[str] = typer.Option([], help="id of a model this one derives from (repeat)"),
+    parent: list[str] = typer.Option([], help="id of a model this one derives from (repeat; records lineage only)"),
+    derived_from: str = typer.Option(
+        None,
+        help="id of the model this one was derived from (fine-tuned, merged…): it pays that lineage's royalty "
+        "to the lineage's root owner, as the README's royalty rule says (not with --royalty-bps or --parent)",
+    ),
     dataset: list[str] = typer.Option([], help="id of a dataset it was trained on (repeat)"),
     uri: str = typer.Option("", help="where the model card lives"),
     name: str = typer.Option(
@@ -44,8 +50,26 @@ def register(
     """Register a model by its content address, with license, royalty, lineage and name."""
     with friendly_errors():
         canonical = canonical_name(name) if name is not None else None  # a bad name fails before any transaction
+        if derived_from is not None and (parent or royalty_bps):
+            raise InvalidInput("--derived-from takes its royalty from the parent: no --royalty-bps or --parent")
+        base = parse_id(derived_from, "--derived-from") if derived_from is not None else None
         model_id = model_id_for(model)
         c = contracts_for(rpc, key, deployments)
+        parent_ids = [base] if base is not None else [parse_id(p) for p in parent]
+        for parent_id in parent_ids:
+            problem = derived_license_problem(c.models.get(parent_id).license, license)
+            if problem:
+                raise InvalidInput(f"cannot register a model derived from 0x{parent_id.hex()}: {problem}")
+        if base is not None:
+            c.models.register_derived(model_id, base, license, [parse_id(d) for d in dataset], uri)
+            payee, bps = c.models.royalty_info(model_id)
+            console.print(
+                f"registered [bold]0x{model_id.hex()}[/bold] ({license}) derived from 0x{base.hex()}: "
+                f"royalty {bps} bps to {payee}"
+            )
+            if canonical is not None:
+                _set_name(c, model_id, canonical)
+            return
         c.models.register(
             model_id, license, royalty_bps, [parse_id(p) for p in parent], [parse_id(d) for d in dataset], uri
         )
@@ -146,3 +170,51 @@ def show(
             console.print(
                 f"attested   {a.metric} = {a.value_ppm / 1e6:.4f} by {a.validator} (job 0x{a.job_id.hex()[:12]}…)"
             )
+
+
+@app.command("earnings")
+def earnings(
+    model: str = typer.Argument(..., help="a model id (0x…), or a name/folder to hash"),
+    rpc: str = typer.Option(None),
+    deployments: Path = typer.Option(None),
+) -> None:
+    """What a model has earned its royalty payee, redeem by redeem, and what the payee can withdraw now."""
+    from allmende.core.fees import effective_royalty_bps, split_increment
+
+    with friendly_errors():
+        model_id = parse_id(model, "model") if model.startswith("0x") else model_id_for(model)
+        c = contracts_for(rpc, None, deployments)
+        record = c.models.get(model_id)
+        payee, bps = c.models.royalty_info(model_id)
+        _, _, registered_at = c.models.royalty_terms(model_id)
+        client = c.client
+        redeemed = royalties = vouchers = 0
+        channels: dict[bytes, int] = {}
+        for event in client.events(
+            c.channels.contract, "Redeemed", c.deployment.deploy_block, argument_filters={"model_id": model_id}
+        ):
+            cid, block = bytes(event["args"]["channel_id"]), int(event["blockNumber"])
+            amount, cumulative = int(event["args"]["amount"]), int(event["args"]["cumulative_amount"])
+            redeemed += amount
+            vouchers += 1
+            if cid not in channels:
+                channels[cid] = c.channels.channel(cid).opened_at
+            if channels[cid] < registered_at:
+                continue  # royalty terms are fixed when a channel opens: this one pays none
+            # the rates in force at that block, the same rounding as Channels.redeem
+            fee_bps = int(client.call(c.params.contract.functions.get("protocol_fee_bps"), block))
+            cap = int(client.call(c.params.contract.functions.get("royalty_cap_bps"), block))
+            _, bps_then = client.call(c.models.contract.functions.royalty_info(model_id), block)
+            rate = effective_royalty_bps(int(bps_then), cap, fee_bps)
+            royalties += split_increment(cumulative - amount, cumulative, rate, fee_bps).royalty
+        owed = c.channels.earnings(payee)
+    console.print(f"model      0x{model_id.hex()}")
+    console.print(f"owner      {record.owner}")
+    console.print(f"royalty    {bps} bps to {payee}")
+    console.print(f"redeemed   {usd(redeemed)} for this model ({vouchers} redeems over {len(channels)} channels)")
+    console.print(f"earned     {usd(royalties)} in royalties to {payee}")
+    console.print(
+        f"withdrawable now {usd(owed)} (all of {payee}'s unwithdrawn earnings: royalties of every model it "
+        "is paid for, provider shares; `allmende provider-withdraw --key …` withdraws them)"
+    )
+    console.print("  (served but not yet redeemed by providers does not show until they redeem)")

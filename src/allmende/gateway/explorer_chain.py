@@ -15,6 +15,7 @@ from typing import Any
 
 from allmende.chain import Contracts
 from allmende.chain.bindings import PROPOSAL_STATES, ROLE_PROVIDER, ROLE_VALIDATOR, TEMPLATES
+from allmende.chain.calls import decode_call
 from allmende.core.fees import BPS, effective_royalty_bps
 from allmende.core.routing import consensus_reputation
 from allmende.gateway.directory import Directory
@@ -334,6 +335,8 @@ class ChainView:
             p = governor.proposal(pid)
             if p.executed:
                 timelock = "executed"
+            elif p.canceled or p.state == "expired":
+                timelock = p.state  # a queued proposal past its window is dead, not "ready"
             elif p.queued:
                 timelock = "ready" if now >= p.eta else "waiting"
             else:
@@ -343,6 +346,8 @@ class ChainView:
                     "proposal_id": str(pid),
                     "proposer": p.proposer,
                     "description": p.description,
+                    # what executes, decoded from chain: a description can say anything
+                    "calls": [decode_call(self.contracts.deployment, *call).short() for call in governor.calls(pid)],
                     "state": p.state,
                     "for": str(p.for_votes),
                     "against": str(p.against_votes),

@@ -56,6 +56,7 @@ class System:
     timelock: Any = None
     governor: Any = None
     data: Any = None
+    votes: Any = None
 
     @property
     def voucher_domain(self) -> Domain:
@@ -101,9 +102,10 @@ def deploy_system(with_verdicts: bool = False, governed: bool = False) -> System
         verdicts_contract = load("Verdicts", token.address, registry.address, params.address, treasury)
         verdicts = verdicts_contract.address
     registry.set_verdicts(verdicts)
-    governor = None
+    governor = votes = None
     if timelock is not None:
-        governor = load("Governor", registry.address, params.address, timelock.address)
+        votes = load("Votes", token.address, params.address)
+        governor = load("Governor", registry.address, votes.address, params.address, timelock.address)
         hand_over(timelock, governor, [params, registry, channels, token], admin)
     data = load("Data", registry.address)
     return System(
@@ -120,13 +122,17 @@ def deploy_system(with_verdicts: bool = False, governed: bool = False) -> System
         timelock,
         governor,
         data,
+        votes,
     )
 
 
 def hand_over(timelock: Any, governor: Any, owned: list[Any], admin: str) -> None:
-    """Governor proposes through the Timelock; the Timelock owns everything; the deployer keeps nothing."""
+    """Governor proposes and executes through the Timelock (nobody else executes, so an expired
+    proposal stays dead); the Timelock owns everything; the deployer keeps nothing."""
     timelock.grantRole(timelock.PROPOSER_ROLE(), governor.address)
     timelock.grantRole(timelock.CANCELLER_ROLE(), governor.address)
+    timelock.grantRole(timelock.EXECUTOR_ROLE(), governor.address)
+    timelock.revokeRole(timelock.EXECUTOR_ROLE(), ZERO_ADDRESS)
     for contract in owned:
         contract.transfer_ownership(timelock.address)
     timelock.renounceRole(timelock.DEFAULT_ADMIN_ROLE(), admin)

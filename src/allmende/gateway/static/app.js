@@ -257,7 +257,9 @@ async function showTrust() {
     num(amount(c.slashed, "alm")), el("td", {}, when(c.deadline)),
   )), "no fraud cases");
   fill("proposals-table", t.proposals.map((p) => el("tr", {},
-    el("td", {}, addr(p.proposal_id)), el("td", {}, p.description), el("td", {}, badge(p.state, "muted")),
+    el("td", {}, addr(p.proposal_id)),
+    el("td", {}, p.description, (p.calls || []).map((c) => el("div", { class: "mono" }, `→ ${c}`))),
+    el("td", {}, badge(p.state, "muted")),
     el("td", {}, `${amount(p.for, "alm")} / ${amount(p.against, "alm")} / ${amount(p.abstain, "alm")} (${p.voters} voters)`),
     num(amount(p.quorum, "alm")),
     el("td", {}, p.timelock, p.eta && p.timelock === "waiting" ? ` until ${when(p.eta)}` : ""),
