@@ -146,7 +146,7 @@ def cheater_verdict(network: dict[str, Any]) -> CaseRecord:
     def case_against_cheater() -> CaseRecord | None:
         return next((c for c in reader.verdicts.all_cases() if c.provider == cheater and votable(c)), None)
 
-    case = wait_for("a fraud case against the int8 provider", case_against_cheater, 240)
+    case = wait_for("a fraud case against the cheating provider", case_against_cheater, 240)
     assert case.reporter in validators
     other = next(v for v in validators if v != case.reporter)
     wait_for("the other validator's vote", lambda: reader.verdicts.voted(case.case_id, other), 120)

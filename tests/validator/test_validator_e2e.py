@@ -1,5 +1,5 @@
 """Validators on a real chain against real provider processes, auditing through a real
-gateway as user requests: a provider serving int8 weights under the tiny model's id is
+gateway as user requests: a provider that skips a layer of the tiny model under its id is
 caught, reported with its own receipt, voted guilty by another validator, slashed and
 paused, and the gateway stops routing to it; an honest provider audited 32 times (streamed
 and not, greedy and sampled, fresh prompts) is never reported; a validator that frames it
@@ -56,7 +56,7 @@ def providers(
 ) -> Iterator[tuple[ProviderProcess, ProviderProcess]]:
     root = tmp_path_factory.mktemp("audited")
     honest = start_provider(anvil, deployments_file, accounts[7], root / "honest", ["allmende:tiny"])
-    cheat = start_provider(anvil, deployments_file, accounts[1], root / "cheat", ["allmende:tiny"], cheat="int8")
+    cheat = start_provider(anvil, deployments_file, accounts[1], root / "cheat", ["allmende:tiny"], cheat="skip-layer")
     try:
         yield honest, cheat
     finally:

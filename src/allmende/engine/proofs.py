@@ -16,12 +16,14 @@ import torch
 
 from allmende.core.proofs import CHUNK_TOKENS, TOP_K, ChunkCommitment, ProofFormatError, decode_proof, encode_proof
 
-# Calibrated with bench/verify.py on the tiny model (16 prompts): the median relative
-# error over all committed values is 0.0027-0.0037 for an honest bf16 provider against
-# an fp32 validator and 0.0043-0.0078 for int8-quantised weights; other models,
-# skipped layers and changed prompts give 0.1 and more. The median ignores the few
-# outliers bf16 decoding produces. The bf16/int8 margin is narrow: see the README.
-MAX_MEDIAN_REL_ERROR = 0.004
+# Calibrated with bench/verify.py: the median relative error over all committed values of an
+# honest bf16 provider against an fp32 validator is 0.0027-0.0037 on the tiny model (0.0039 on
+# an H200) and 0.005-0.006 on SmolLM2-135M (30 layers: error grows with depth); other
+# models, skipped layers and changed prompts give 0.07 and more. The limit sits between,
+# with room for deeper models. Per-row int8 weights (0.0043-0.0078 on the tiny model) pass:
+# they are within what honest bf16 needs, here as in the draw check (a known limit, see the
+# README). The median ignores the few outliers bf16 decoding produces.
+MAX_MEDIAN_REL_ERROR = 0.02
 MAX_LARGE_ERROR_FRACTION = 0.2
 LARGE_ERROR = 0.1
 MIN_TOPK_OVERLAP = 0.7
