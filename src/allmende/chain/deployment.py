@@ -59,6 +59,11 @@ class Deployment:
     def load(cls, path: str | Path) -> Deployment:
         source = Path(path)
         if not source.exists():
-            raise DeploymentNotFound(f"no deployments file at {source}: run `allmende chain deploy` first")
-        data = json.loads(source.read_text())
-        return cls(**data)
+            raise DeploymentNotFound(
+                f"no deployments file at {source}: to join a running network pass --network URL "
+                "(a gateway's or the chain's); `allmende up` or `allmende chain deploy` start a new one"
+            )
+        try:
+            return cls(**json.loads(source.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise DeploymentNotFound(f"{source} is not a deployments file: {exc}") from None

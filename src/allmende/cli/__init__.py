@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import typer
 
-from allmende.cli import chain, demo, federated, gateway, gov, keys, models, provider, status, up, validator, vault
+from allmende.cli import (
+    chain,
+    demo,
+    faucet,
+    federated,
+    gateway,
+    gov,
+    keys,
+    models,
+    provider,
+    status,
+    up,
+    validator,
+    vault,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Allmende: the commons of idle compute.")
 app.add_typer(chain.app, name="chain")
 app.add_typer(keys.app, name="keys")
 app.add_typer(gov.app, name="gov")
 app.command("demo")(demo.demo)
+app.command("faucet")(faucet.faucet)
 app.command("provider")(provider.provider)
 app.command("provider-redeem")(provider.provider_redeem)
 app.command("provider-withdraw")(provider.provider_withdraw)

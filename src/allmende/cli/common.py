@@ -41,8 +41,29 @@ def resolve_key(spec: str) -> bytes:
     """A key from `devnet:N` or a keystore path (password from env or prompt)."""
     password = from_environment().password
     if not spec.startswith("devnet:") and password is None:
+        if not Path(spec).is_file():  # say so now, not after asking for a password
+            return load_key(spec, None)
         password = typer.prompt(f"password for {spec}", hide_input=True)
     return load_key(spec, password)
+
+
+def deployments_path(explicit: Path | None, *also: Path) -> Path:
+    """The deployments JSON: `explicit`, else the first that exists of `also`,
+    <state-dir>/deployments.json and <state-dir>/run/deployments.json (where `allmende up`
+    writes it). Exits with advice when there is none."""
+    if explicit is not None:
+        return explicit
+    state = from_environment().state_dir
+    candidates = [*also, state / "deployments.json", state / "run" / "deployments.json"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    console.print(
+        f"[red]error:[/red] no deployments file (looked at {', '.join(str(p) for p in candidates)}).\n"
+        "  To join a running network: --network URL (a gateway's URL or the chain's JSON-RPC URL).\n"
+        "  To use a file: --deployments FILE. To start a network of your own: `allmende up`."
+    )
+    raise typer.Exit(1)
 
 
 def usd(amount: int) -> str:
@@ -62,14 +83,14 @@ def run(fn: Callable[[], T]) -> T:
 
 
 def contracts_for(rpc: str | None, key: str | bytes | None, deployments: Path | None) -> Contracts:
-    """Bindings for the deployment in `deployments` (default <state dir>/deployments.json),
+    """Bindings for the deployment in `deployments` (default: see `deployments_path`),
     signing with `key` (a keystore file, devnet:N or raw bytes) or read-only without one."""
     from allmende.chain import ChainClient, Contracts, Deployment
 
     env = from_environment()
     secret = resolve_key(key) if isinstance(key, str) else key
     client = ChainClient(rpc or env.rpc_url, secret)
-    return Contracts(client, Deployment.load(deployments or env.state_dir / "deployments.json"))
+    return Contracts(client, Deployment.load(deployments_path(deployments)))
 
 
 def parse_id(value: str, what: str = "id") -> bytes:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from allmende.cli.common import console, friendly_errors, node_logging, resolve_key
+from allmende.cli.common import console, deployments_path, friendly_errors, node_logging, resolve_key
 from allmende.config import from_environment
 
 
@@ -31,7 +31,7 @@ def validator(
         config = ValidatorConfig(
             rpc_url=rpc or env.rpc_url,
             key=resolve_key(key),
-            deployments=deployments or env.state_dir / "deployments.json",
+            deployments=deployments_path(deployments),
             state_dir=state_dir or env.state_dir / "validator",
             models=model,
             endpoint=public_url or f"http://{host}:{port}",

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from allmende.cli.common import console, contracts_for, friendly_errors, node_logging, resolve_key
+from allmende.cli.common import console, contracts_for, deployments_path, friendly_errors, node_logging, resolve_key
 from allmende.config import from_environment
 
 data_app = typer.Typer(help="datasets on chain: grants, revocations, the access log", no_args_is_help=True)
@@ -44,7 +44,7 @@ def vault(
         cfg = VaultConfig(
             rpc_url=rpc or env.rpc_url,
             key=resolve_key(key),
-            deployments=deployments or env.state_dir / "deployments.json",
+            deployments=deployments_path(deployments),
             data=data,
             state_dir=state_dir or env.state_dir / "vault",
             host=host,

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.chain.network import PUBLIC_PATH, public_view
 from allmende.core.routing import Router, RoutingPolicy
 from allmende.gateway.app import GatewayLimits, create_app
 from allmende.gateway.directory import Directory
@@ -35,11 +36,14 @@ class GatewayConfig:
     limits: GatewayLimits = field(default_factory=GatewayLimits)
     refresh_interval: float = 2.0  # seconds between looks at Registry events
     request_timeout: float = 120.0
+    # chain endpoint published at /v1/network for nodes joining from other hosts (default rpc_url)
+    public_rpc: str | None = None
 
 
 def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
     client = ChainClient(config.rpc_url, config.key)
-    contracts = Contracts(client, Deployment.load(config.deployments))
+    deployment = Deployment.load(config.deployments)
+    contracts = Contracts(client, deployment)
     sync_http = httpx.Client(timeout=5)
     directory = Directory(contracts, sync_http)
     store = GatewayStore(config.state_dir / "gateway.db")
@@ -66,6 +70,13 @@ def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
 
     app = create_app(service, config.limits)
     app.router.lifespan_context = lifespan
+    network = public_view(deployment, config.public_rpc or config.rpc_url)
+
+    @app.get(PUBLIC_PATH)
+    async def network_view() -> dict[str, Any]:
+        """Where this network's contracts are, for `allmende provider --network URL` (public, like the chain)."""
+        return network
+
     return app, directory, payments
 
 
