@@ -27,6 +27,8 @@ from allmende.chain.compile import compile_contract
 from allmende.chain.keys import create_keystore
 from allmende.chain.network import find_on_chain, public_view, resolve_network, verify_deployment
 from allmende.cli import app
+from allmende.cli.common import console
+from allmende.cli.status import gather, render
 from allmende.engine import load_engine
 from allmende.supervisor import Node, allmende_command, spawn
 
@@ -61,7 +63,7 @@ def gateway(
     port = free_port()
     args = allmende_command(
         "gateway", "--rpc", anvil.url, "--key", str(keyfile), "--deployments", str(deployments_file),
-        "--state-dir", str(root / "state"), "--port", str(port), "--deposit", "2000000",
+        "--state-dir", str(root / "state"), "--port", str(port), "--deposit", "2000000", "--prefer", "cheapest",
     )  # fmt: skip
     process = subprocess.Popen(args, stdout=(root / "gw.log").open("ab"), stderr=subprocess.STDOUT, env=_env())
     node = Node("gateway", process, root / "gw.log", f"http://127.0.0.1:{port}")
@@ -72,12 +74,18 @@ def gateway(
         node.stop(timeout=10)
 
 
+def _listed(gateway: Node) -> set[str]:
+    """Providers the gateway routes to (its explorer's view of its directory)."""
+    network = httpx.get(f"{gateway.url}/explorer/api/network", timeout=10).json()
+    return {p["address"] for p in network["providers"] if p["health"] in ("healthy", "suspended")}
+
+
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(allmende_command(*args), capture_output=True, text=True, timeout=timeout, env=_env())
 
 
 def test_a_fresh_key_joins_through_the_gateway_url_serves_and_leaves_on_ctrl_c(
-    anvil: Anvil, deployment: Deployment, gateway: Node, tmp_path: Path
+    anvil: Anvil, deployment: Deployment, gateway: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Prepare: a new key, funded by the devnet faucet through the gateway's URL
     keyfile, address = _fresh_key(tmp_path / "keys")
@@ -92,6 +100,7 @@ def test_a_fresh_key_joins_through_the_gateway_url_serves_and_leaves_on_ctrl_c(
     command = allmende_command(
         "provider", "--network", gateway.url, "--key", str(keyfile), "--model", "allmende:tiny",
         "--port", str(port), "--state-dir", str(tmp_path / "p"), "--stake", "1500",
+        "--price-in", "1000", "--price-out", "1000",  # the cheapest: other tests' providers may share the chain
     )  # fmt: skip
     process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=_env())
     provider = Node("provider", process, log, f"http://127.0.0.1:{port}")
@@ -102,7 +111,7 @@ def test_a_fresh_key_joins_through_the_gateway_url_serves_and_leaves_on_ctrl_c(
         assert "bonds 1,500.0000 ALM" in shown
         assert reader.registry.account(address).stake == 1500 * ALM
         assert reader.registry.account(address).endpoint == f"http://127.0.0.1:{port}"
-        gateway.wait_healthy(30, ready=lambda health: health["providers"] >= 1)
+        gateway.wait_healthy(30, ready=lambda health: address in _listed(gateway))
         reply = httpx.post(
             f"{gateway.url}/v1/chat/completions",
             json={"model": "allmende:tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
@@ -110,6 +119,18 @@ def test_a_fresh_key_joins_through_the_gateway_url_serves_and_leaves_on_ctrl_c(
         )
         assert reply.status_code == 200, reply.text
         assert reply.json()["allmende"]["provider"] == address
+
+        # Assert: `allmende status` shows the earning before any redeem, by model name, in 80 columns
+        report = gather(reader, gateway.url)
+        (row,) = [p for p in report["providers"] if p["address"] == address]
+        assert row["pending_unredeemed"] == reply.json()["allmende"]["amount"] != "0"
+        assert row["earned_unwithdrawn"] == "0"
+        assert [o["name"] for o in row["offers"]] == ["allmende:tiny"]
+        monkeypatch.setattr(console, "width", 80)
+        with console.capture() as shown:
+            render(report)
+        assert "allmende:tiny" in shown.get()
+        assert max(len(line) for line in shown.get().splitlines()) <= 80
 
         # Execute: Ctrl-C
         provider.stop(timeout=30)
@@ -122,7 +143,7 @@ def test_a_fresh_key_joins_through_the_gateway_url_serves_and_leaves_on_ctrl_c(
     model_id = load_engine("allmende:tiny").model_id
     assert not reader.registry.offer(address, model_id).active
     assert address not in reader.registry.providers_of(model_id)
-    gateway.wait_healthy(30, ready=lambda health: health["providers"] == 0)
+    gateway.wait_healthy(30, ready=lambda health: address not in _listed(gateway))
     assert reader.registry.account(address).stake == 1500 * ALM  # the stake stays bonded
 
 

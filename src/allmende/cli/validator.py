@@ -15,10 +15,10 @@ def validator(
     key: str = typer.Option(..., help="keystore file or devnet:N"),
     model: list[str] = typer.Option(["allmende:tiny"], help="models this validator loads and audits"),
     port: int = typer.Option(9500, help="port of the evidence server"),
-    host: str = typer.Option("127.0.0.1"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 for every interface"),
     public_url: str = typer.Option(None, help="evidence endpoint published on chain (default http://host:port)"),
-    deployments: Path = typer.Option(None),
-    state_dir: Path = typer.Option(None),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
+    state_dir: Path = typer.Option(None, help="where the validator keeps its database"),
     audit_interval: float = typer.Option(30.0, help="mean seconds between audit rounds (jittered)"),
     publish_every: int = typer.Option(10, help="publish reputation scores every N rounds"),
 ) -> None:

@@ -250,7 +250,8 @@ def publish(node: ProviderNode) -> None:
         if not offer.active or (offer.price_in, offer.price_out) != (model.price_in, model.price_out):
             contracts.registry.set_offer(model_id, model.price_in, model.price_out)
     node.published = True
-    log.info("published %s with %d offers; stake %s", config.endpoint, len(node.service.models), _alm(target))
+    bonded = _alm(account.stake + add)
+    log.info("published %s with %d offers; %s bonded", config.endpoint, len(node.service.models), bonded)
 
 
 def withdraw_offers(node: ProviderNode) -> int:
