@@ -126,7 +126,7 @@ def _pending_by_provider(gateway_url: str | None) -> dict[str, int] | None:
         return None
 
 
-def short(value: str, head: int = 8, tail: int = 4) -> str:
+def short(value: str, head: int = 10, tail: int = 4) -> str:
     """0x12345678…abcd: enough to tell accounts apart on a narrow screen (in full on a wide
     one, and always with --json)."""
     if console.width >= WIDE or len(value) <= head + tail + 1:
@@ -188,15 +188,15 @@ def render(report: dict[str, Any]) -> None:
     models = Table(
         Column("model", overflow="fold"),
         "id",
-        "owner",
+        Column("owner", no_wrap=True),
         "license",
         "royalty",
-        "owner earned (dUSD)",
-        title="models",
+        "earned",
+        title="models (earned: the owner's royalties, dUSD)",
         **TABLE,
     )
     for m in report["models"]:
-        models.add_row(m["name"] or "-", short(m["model_id"], 12, 0), short(m["owner"]), m["license"],
+        models.add_row(m["name"] or "-", short(m["model_id"], 10, 0), short(m["owner"]), m["license"],
                        f"{m['royalty_bps'] / 100:.2f} %", _plain_usd(m["owner_earnings"]))  # fmt: skip
     console.print(models)
     channels = Table("channel", "payer", "provider", "deposit", "redeemed", "closes", title="channels (dUSD)", **TABLE)
