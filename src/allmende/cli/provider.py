@@ -73,6 +73,11 @@ def provider(
         help="endpoint published on chain, e.g. http://203.0.113.7:9000 (default http://HOST:PORT); "
         "it must reach this node, which is checked before it is published",
     ),
+    relay: str = typer.Option(
+        None,
+        help="accept no inbound connections: dial out to this gateway URL and be reached through it "
+        "(the endpoint on chain is GATEWAY/v1/relay/ADDRESS; requests stay end-to-end encrypted)",
+    ),
     config: Path = typer.Option(
         None, help="TOML file of models: one [[models]] table per model with name, price_in, price_out"
     ),
@@ -109,7 +114,9 @@ def provider(
     with friendly_errors():
         target = parse_alm(stake) if stake is not None else None
         offers = _models(model, price_in, price_out, config)
-        if host in ("0.0.0.0", "::") and not public_url:
+        if relay and public_url:
+            raise InvalidInput("--relay and --public-url exclude each other: a relayed node's endpoint is the relay's")
+        if host in ("0.0.0.0", "::") and not public_url and not relay:
             raise InvalidInput(f"--host {host} listens on every interface: give --public-url http://ADDRESS:{port}")
         secret = resolve_key(key)
         if network:
@@ -137,6 +144,7 @@ def provider(
             host=host,
             port=port,
             public_url=public_url,
+            relay=relay,
             stake=target,
             register_models=register_models,
             royalty_bps=royalty_bps,
@@ -148,8 +156,12 @@ def provider(
             credit=CreditPolicy(credit_limit=credit_limit, ttl=channel_ttl),
             settlement=SettlementPolicy(threshold=redeem_threshold, interval=redeem_interval),
         )
-        sock = bind_socket(host, port)
         served = ", ".join(m.name for m in offers)
+        if relay:
+            console.print(f"no listening port: reached through the relay at {cfg.endpoint}; serving {served}")
+            serve(cfg)
+            return
+        sock = bind_socket(host, port)
         console.print(f"listening on {host}:{port}; endpoint {cfg.endpoint}; serving {served}")
         serve(cfg, sock)
 

@@ -17,6 +17,7 @@ from allmende.core.routing import Router, RoutingPolicy
 from allmende.gateway.app import GatewayLimits, create_app
 from allmende.gateway.directory import Directory
 from allmende.gateway.payments import ChannelPolicy, Payments
+from allmende.gateway.relay import Relay
 from allmende.gateway.service import GatewayService
 from allmende.gateway.store import GatewayStore
 
@@ -71,6 +72,7 @@ def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
     app = create_app(service, config.limits)
     app.router.lifespan_context = lifespan
     network = public_view(deployment, config.public_rpc or config.rpc_url)
+    Relay().mount(app)  # providers without inbound connections are reached through this gateway
 
     @app.get(PUBLIC_PATH)
     async def network_view() -> dict[str, Any]:

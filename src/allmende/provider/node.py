@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from eth_account import Account
 from eth_utils import to_checksum_address
 from fastapi.responses import JSONResponse
 from rich.progress import Progress
@@ -37,6 +39,7 @@ from allmende.engine import Engine, load_engine
 from allmende.provider.app import Limits, create_app
 from allmende.provider.client import fetch_info
 from allmende.provider.payments import CreditPolicy, PaymentGate
+from allmende.provider.relay import relayed_endpoint, serve_relayed
 from allmende.provider.service import ProviderService, ServedModel
 from allmende.provider.settlement import Settlement, SettlementPolicy
 from allmende.provider.store import ProviderStore
@@ -68,6 +71,7 @@ class ProviderConfig:
     host: str = "127.0.0.1"
     port: int = 9000
     public_url: str | None = None  # endpoint published on chain (default http://host:port)
+    relay: str | None = None  # a gateway to dial out to instead of listening (no inbound connections)
     stake: int | None = None  # total ALM to keep bonded (default: the minimum in Params)
     register_models: bool = True
     license: str = "Apache-2.0"
@@ -82,6 +86,8 @@ class ProviderConfig:
 
     @property
     def endpoint(self) -> str:
+        if self.relay:
+            return relayed_endpoint(self.relay, Account.from_key(self.key).address)
         return self.public_url or f"http://{self.host}:{self.port}"
 
 
@@ -300,7 +306,9 @@ def build_app(node: ProviderNode) -> Any:
 
     app = create_app(node.service, node.contracts.client.chain_id, node.config.limits)
     app.router.lifespan_context = lifespan
-    return _health_after_publishing(app, node)
+    gated = _health_after_publishing(app, node)
+    gated.lifespan = lambda: lifespan(app)
+    return gated
 
 
 def _health_after_publishing(app: Any, node: ProviderNode) -> Any:
@@ -317,10 +325,49 @@ def _health_after_publishing(app: Any, node: ProviderNode) -> Any:
     return asgi
 
 
+class _StopFlag:
+    """What `build_app` sets to stop a relayed node (uvicorn's Server has the same attribute)."""
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+
+    @property
+    def should_exit(self) -> bool:
+        return self.event.is_set()
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        if value:
+            self.event.set()
+
+
+def serve_through_relay(config: ProviderConfig) -> None:
+    """No listening socket: dial out to the relay and serve over that connection."""
+    assert config.relay is not None
+    node = prepare(config)
+    app = build_app(node)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        node.server = _StopFlag(stop)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with app.lifespan():
+            await serve_relayed(app, config.relay or "", node.service.account, stop)
+
+    asyncio.run(main())
+    if node.failure is not None:
+        raise node.failure
+
+
 def serve(config: ProviderConfig, sock: socket.socket | None = None) -> None:
     """Listen first, then load and build, then publish once reachable; Ctrl-C withdraws the offers."""
     import uvicorn
 
+    if config.relay:
+        serve_through_relay(config)
+        return
     sock = sock or bind_socket(config.host, config.port)
     node = prepare(config)
     server = uvicorn.Server(uvicorn.Config(build_app(node), log_level="warning", timeout_keep_alive=30))
