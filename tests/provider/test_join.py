@@ -30,7 +30,7 @@ from allmende.cli import app
 from allmende.cli.common import console
 from allmende.cli.status import gather, render
 from allmende.engine import load_engine
-from allmende.supervisor import Node, allmende_command, spawn, start
+from allmende.supervisor import Node, allmende_command, spawn
 
 PASSWORD = "correct horse"
 ALM = 10**18
@@ -335,70 +335,3 @@ def test_key_errors_say_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Monkey
     assert missing.exit_code == 1 and "no keystore file at" in missing.output, missing.output
     assert "password" not in missing.output
     assert wrong.exit_code == 1 and "wrong password for" in wrong.output, wrong.output
-
-
-def _funded_key(
-    anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount], directory: Path
-) -> tuple[Path, str]:
-    keyfile, address = _fresh_key(directory)
-    _fund_gas(anvil, address)
-    Contracts(ChainClient(anvil.url, accounts[0].key), deployment).token.transfer(address, 1000 * ALM)
-    return keyfile, address
-
-
-def _chat(gateway: Node, stream: bool = False) -> httpx.Response:
-    body = {"model": "allmende:tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-    body["stream"] = stream
-    return httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=60)
-
-
-def test_an_outbound_only_provider_serves_through_the_relay_and_a_lost_relay_fails_over(
-    anvil: Anvil, deployment: Deployment, deployments_file: Path, accounts: list[DevnetAccount],
-    gateway: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
-    # Prepare: a direct provider (the fallback) and one that listens on no port at all
-    monkeypatch.setenv("ALLMENDE_PASSWORD", PASSWORD)
-    direct_key, direct = _funded_key(anvil, deployment, accounts, tmp_path / "k1")
-    relayed_key, relayed = _funded_key(anvil, deployment, accounts, tmp_path / "k2")
-    common = ["--rpc", anvil.url, "--deployments", str(deployments_file), "--model", "allmende:tiny"]
-    port = free_port()
-    fallback = start(
-        "direct",
-        allmende_command("provider", *common, "--key", str(direct_key), "--port", str(port),
-                         "--state-dir", str(tmp_path / "p1"), "--price-in", "5000", "--price-out", "5000"),
-        tmp_path / "direct.log", f"http://127.0.0.1:{port}", timeout=120,
-    )  # fmt: skip
-    endpoint = f"{gateway.url}/v1/relay/{relayed}"
-    outbound = start(  # its /healthz, reached through the relay, answers 200 once it is on chain
-        "relayed",
-        allmende_command("provider", *common, "--key", str(relayed_key), "--relay", gateway.url,
-                         "--state-dir", str(tmp_path / "p2"), "--price-in", "1000", "--price-out", "1000"),
-        tmp_path / "relayed.log", endpoint, timeout=120,
-    )  # fmt: skip
-    try:
-        reader = Contracts(ChainClient(anvil.url), deployment)
-        assert reader.registry.account(relayed).endpoint == endpoint  # the chain records the relay
-        listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, timeout=10).stdout
-        assert f"pid={outbound.pid}," not in listening and f"pid={fallback.pid}," in listening
-        gateway.wait_healthy(30, ready=lambda health: {direct, relayed} <= _listed(gateway))
-        network = httpx.get(f"{gateway.url}/explorer/api/network", timeout=10).json()
-        assert {p["address"]: p["connection"] for p in network["providers"]}[relayed] == "relay"
-
-        # Execute: requests through the gateway; the cheaper relayed provider takes them
-        served = {_chat(gateway).json()["allmende"]["provider"] for _ in range(4)}
-        streamed = _chat(gateway, stream=True)
-        assert relayed in served
-        assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
-
-        # Execute: the relayed provider dies, its relay connection with it
-        outbound.kill9()
-        answers = [_chat(gateway) for _ in range(6)]
-
-        # Assert: nothing failed, the fallback served everything, the relay says why
-        assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
-        assert {a.json()["allmende"]["provider"] for a in answers} == {direct}
-        gone = httpx.get(f"{endpoint}/v1/info", timeout=10)
-        assert gone.status_code == 502 and gone.json()["error"]["code"] == "relay_unavailable"
-    finally:
-        outbound.stop(timeout=5)
-        fallback.stop(timeout=30)
