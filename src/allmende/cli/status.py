@@ -51,6 +51,7 @@ def gather(contracts: Contracts, gateway_url: str | None = None) -> dict[str, An
     registry, channels = contracts.registry, contracts.channels
     names = {m: contracts.models.get(m).metadata_uri for m in contracts.models.all_ids()}
     pending = _pending_by_provider(gateway_url)
+    health = _health_by_provider(gateway_url)
     providers, validators = [], []
     for address in registry.all_accounts():
         account = registry.account(address)
@@ -72,6 +73,10 @@ def gather(contracts: Contracts, gateway_url: str | None = None) -> dict[str, An
             row["offers"] = offers
             row["earned_unwithdrawn"] = str(channels.earnings(address))
             row["pending_unredeemed"] = None if pending is None else str(pending.get(address.lower(), 0))
+            # as the gateway sees it: healthy, suspended (failing requests), unreachable, inactive
+            row["health"] = health.get(address.lower()) if health is not None else None
+            if not offers:
+                row["health"] = "no offers"  # stopped: it withdrew them (or never published)
             providers.append(row)
         elif account.role == 2:
             validators.append(row)
@@ -126,6 +131,16 @@ def _pending_by_provider(gateway_url: str | None) -> dict[str, int] | None:
         return None
 
 
+def _health_by_provider(gateway_url: str | None) -> dict[str, str] | None:
+    if not gateway_url:
+        return None
+    try:
+        network = httpx.get(f"{gateway_url}/explorer/api/network", timeout=10).json()
+        return {str(p["address"]).lower(): str(p["health"]) for p in network["providers"]}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
 def short(value: str, head: int = 10, tail: int = 4) -> str:
     """0x12345678…abcd: enough to tell accounts apart on a narrow screen (in full on a wide
     one, and always with --json)."""
@@ -161,7 +176,7 @@ def render(report: dict[str, Any]) -> None:
             for o in p["offers"]
         )
         providers.add_row(
-            short(p["address"]),
+            short(p["address"]) + (f"\n{p['health']}" if p.get("health") else ""),
             p["endpoint"],
             _whole_alm(int(p["stake"])) + ("" if p["active"] else " (inactive)"),
             offers or "-",
