@@ -335,3 +335,38 @@ def test_key_errors_say_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Monkey
     assert missing.exit_code == 1 and "no keystore file at" in missing.output, missing.output
     assert "password" not in missing.output
     assert wrong.exit_code == 1 and "wrong password for" in wrong.output, wrong.output
+
+
+def test_an_unfunded_key_is_told_how_to_fund_it_before_anything_is_sent(
+    anvil: Anvil, deployments_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a brand-new key with nothing on it
+    keyfile, address = _fresh_key(tmp_path / "keys")
+    monkeypatch.setenv("ALLMENDE_PASSWORD", PASSWORD)
+    args = ["--rpc", anvil.url, "--deployments", str(deployments_file), "--key", str(keyfile)]
+
+    # Execute
+    result = CliRunner().invoke(app, ["provider", *args, "--model", "allmende:tiny", "--state-dir", str(tmp_path)])
+
+    # Assert: the reason and the faucet command, not "insufficient funds for gas * price + value"
+    assert result.exit_code == 1, result.output
+    assert f"account {address} has no ETH to pay gas" in result.output
+    assert f"allmende faucet {address}" in result.output
+
+
+def test_the_faucet_hands_out_nothing_off_a_devnet(
+    anvil: Anvil, deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the same contracts, described as a production deployment
+    production = tmp_path / "deployments.json"
+    replace(deployment, devnet=False).save(production)
+    monkeypatch.setenv("ALLMENDE_RPC", anvil.url)
+    who = Account.create().address
+
+    # Execute
+    result = CliRunner().invoke(app, ["faucet", who, "--deployments", str(production)])
+
+    # Assert
+    assert result.exit_code == 1, result.output
+    assert "is not a devnet" in result.output
+    assert Contracts(ChainClient(anvil.url), deployment).token.balance_of(who) == 0
