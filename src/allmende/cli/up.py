@@ -40,7 +40,9 @@ def provider_command(index: int) -> list[str]:
 
 
 def up(
-    providers: int = typer.Option(2, help="number of provider processes"),
+    providers: int = typer.Option(
+        2, help="number of provider processes (0: only the chain and the gateway, for providers that join)"
+    ),
     model: list[str] = typer.Option(
         [],
         help="model each provider serves: smollm2-135m-instruct, allmende:tiny, minilm, a .gguf file, a folder "
@@ -66,8 +68,11 @@ def up(
 ) -> None:
     """Start anvil, deploy, fund, start N providers and the gateway; Ctrl-C stops everything."""
     root = (state_dir or from_environment().state_dir).resolve()
-    if not 1 <= providers <= 8:
-        console.print("[red]error:[/red] --providers must be between 1 and 8")
+    if not 0 <= providers <= 8:
+        console.print("[red]error:[/red] --providers must be between 0 and 8")
+        raise typer.Exit(2)
+    if showcase and providers == 0:
+        console.print("[red]error:[/red] --showcase needs at least one provider")
         raise typer.Exit(2)
     if validators < 0 or providers + validators > 8:
         console.print("[red]error:[/red] providers + validators must be at most 8 (anvil funds 10 accounts)")
@@ -92,9 +97,9 @@ def up(
         if busy:
             raise InvalidInput(f"already in use: {', '.join(busy)} (another `allmende up`? choose other ports)")
         with console.status("checking the models (GGUF files are converted once, here)"):
-            for m in models:
+            for m in models if providers or validators else []:
                 resolve_model(m)
-    done(f"ports free, models found: {', '.join(models)}")
+    done(f"ports free, models found: {', '.join(models)}" if providers or validators else "ports free")
     run_dir = root / "run"
     kept = keep_previous_run(root)
     if kept is not None:
