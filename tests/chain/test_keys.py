@@ -40,7 +40,7 @@ def test_bad_key_specs(spec: str, password: str | None, message: str) -> None:
 
 def test_wrong_password_and_duplicate(tmp_path: Path) -> None:
     info = import_keystore(tmp_path, KEY, "pw")
-    with pytest.raises(KeystoreError, match="cannot unlock"):
+    with pytest.raises(KeystoreError, match="wrong password"):
         load_key(str(info.path), "wrong")
     with pytest.raises(KeystoreError, match="encrypted"):
         load_key(str(info.path), None)

@@ -76,11 +76,12 @@ class Anvil:
         block_time: float | None = None,
         state_file: Path | None = None,
         log_file: Path | None = None,
+        host: str = "127.0.0.1",  # 0.0.0.0 lets nodes on other hosts reach the devnet
     ) -> None:
         self.port = port or free_port()
         self.chain_id = chain_id
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [str(find_anvil()), "--port", str(self.port), "--chain-id", str(chain_id), "--silent"]
+        args = [str(find_anvil()), "--host", host, "--port", str(self.port), "--chain-id", str(chain_id), "--silent"]
         if block_time:
             args += ["--block-time", str(block_time)]
         if state_file:

@@ -108,6 +108,13 @@ class ChainClient:
         """Sign, send and await a contract transaction; raises ContractReverted on revert."""
         return self._send(lambda base: dict(fn.build_transaction(cast(Any, base))), fn.fn_name, value, gas)
 
+    def send_value(self, to: str, amount: int) -> SentTransaction:
+        """A plain ETH transfer (the devnet faucet's gas money)."""
+        target = Web3.to_checksum_address(to)
+        return self._send(
+            lambda base: {**base, "to": target, "gasPrice": self.w3.eth.gas_price}, "transfer", amount, 21_000
+        )
+
     def deploy(self, abi: list[dict[str, Any]], bytecode: str, *args: Any) -> tuple[str, SentTransaction]:
         """Deploy a contract; returns (address, transaction)."""
         factory = self.w3.eth.contract(abi=abi, bytecode=bytecode)

@@ -60,8 +60,11 @@ class Deployment:
         source = Path(path)
         if not source.exists():
             raise DeploymentNotFound(
-                f"no deployments file at {source}: give the deployments JSON of the network you use "
+                f"no deployments file at {source}: to join a running network pass --network URL "
+                "(a gateway's or the chain's), or the deployments JSON of the network you use "
                 "(`allmende up` writes <state-dir>/run/deployments.json)"
             )
-        data = json.loads(source.read_text())
-        return cls(**data)
+        try:
+            return cls(**json.loads(source.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise DeploymentNotFound(f"{source} is not a deployments file: {exc}") from None

@@ -83,11 +83,17 @@ def load_key(spec: str, password: str | None) -> bytes:
             raise KeystoreError(f"{spec}: expected devnet:N with N in 0..9")
         return devnet_accounts(index + 1)[index].key
     path = Path(spec)
-    if not path.exists():
-        raise KeystoreError(f"no keystore file at {path}")
+    if not path.is_file():
+        raise KeystoreError(f"no keystore file at {path} (create one with `allmende keys create`, or use devnet:N)")
     if password is None:
         raise KeystoreError(f"{path} is encrypted: set ALLMENDE_PASSWORD or enter the password")
     try:
-        return bytes(Account.decrypt(json.loads(path.read_text()), password))
+        keystore = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise KeystoreError(f"{path} is not a keystore file: {exc}") from None
+    try:
+        return bytes(Account.decrypt(keystore, password))
     except ValueError as exc:
+        if "MAC mismatch" in str(exc):
+            raise KeystoreError(f"wrong password for {path}") from None
         raise KeystoreError(f"cannot unlock {path}: {exc}") from None

@@ -7,6 +7,7 @@ import typer
 from allmende.cli import (
     chain,
     demo,
+    faucet,
     federated,
     gateway,
     gov,
@@ -27,6 +28,7 @@ app.add_typer(gov.app, name="gov")
 app.command("params")(gov.params)
 app.add_typer(stake.app, name="stake")
 app.command("demo")(demo.demo)
+app.command("faucet")(faucet.faucet)
 app.command("provider")(provider.provider)
 app.command("provider-redeem")(provider.provider_redeem)
 app.command("provider-withdraw")(provider.provider_withdraw)

@@ -41,8 +41,29 @@ def resolve_key(spec: str) -> bytes:
     """A key from `devnet:N` or a keystore path (password from env or prompt)."""
     password = from_environment().password
     if not spec.startswith("devnet:") and password is None:
+        if not Path(spec).is_file():  # say so now, not after asking for a password
+            return load_key(spec, None)
         password = typer.prompt(f"password for {spec}", hide_input=True)
     return load_key(spec, password)
+
+
+def deployments_path(explicit: Path | None, *also: Path) -> Path:
+    """The deployments JSON: `explicit`, else the first that exists of `also`,
+    <state-dir>/deployments.json and <state-dir>/run/deployments.json (where `allmende up`
+    writes it). Exits with advice when there is none."""
+    if explicit is not None:
+        return explicit
+    state = from_environment().state_dir
+    candidates = [*also, state / "deployments.json", state / "run" / "deployments.json"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    console.print(
+        f"[red]error:[/red] no deployments file (looked at {', '.join(str(p) for p in candidates)}).\n"
+        "  To join a running network: --network URL (a gateway's URL or the chain's JSON-RPC URL).\n"
+        "  To use a file: --deployments FILE. To start a network of your own: `allmende up`."
+    )
+    raise typer.Exit(1)
 
 
 def usd(amount: int) -> str:

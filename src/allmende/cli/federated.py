@@ -20,9 +20,9 @@ def train(
     base: Path = typer.Option(..., help="folder of the base model (spec.json, weights.npz), registered in Models"),
     out: Path = typer.Option(..., help="folder to write the trained model and run.json to"),
     key: str = typer.Option(..., help="the grantee's key (signs every request to the vaults)"),
-    rounds: int = typer.Option(3, min=1, max=1000),
+    rounds: int = typer.Option(3, min=1, max=1000, help="federated rounds"),
     steps: int = typer.Option(25, min=1, help="local DP gradient steps per round"),
-    lr: float = typer.Option(2.0),
+    lr: float = typer.Option(2.0, help="learning rate of each vault's DP-GD steps"),
     noise: float = typer.Option(4.0, help="DP noise multiplier asked of the vaults (each may raise it)"),
     clipping_norm: float = typer.Option(5.0, help="Flower: L2 bound of each vault's update"),
     server_noise: float = typer.Option(0.0, help="Flower: noise multiplier on the aggregate"),
@@ -74,8 +74,8 @@ def attest(
     model: Path = typer.Option(..., help="folder of the model to evaluate"),
     key: str = typer.Option(..., help="the validator's key (staked in Registry)"),
     epsilon: float = typer.Option(1.0, help="privacy cost of the evaluation, charged to the grant"),
-    rpc: str = typer.Option(None),
-    deployments: Path = typer.Option(None),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
 ) -> None:
     """Evaluate a model on held-out data inside a vault (ε-DP) and attest its accuracy on chain."""
     import httpx
@@ -114,10 +114,10 @@ def attest(
 def register(
     model: Path = typer.Option(..., help="folder of the trained model, with the run.json `train` wrote"),
     key: str = typer.Option(..., help="the registrant's key"),
-    license: str = typer.Option("Apache-2.0"),
+    license: str = typer.Option("Apache-2.0", help="license of the derived model"),
     min_attestations: int = typer.Option(1, help="refuse unless this many validators attested the model"),
-    rpc: str = typer.Option(None),
-    deployments: Path = typer.Option(None),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
 ) -> None:
     """Register the trained model in Models as derived from its base, with its datasets and attestation."""
     from allmende.vault.model import load_model

@@ -7,16 +7,22 @@ from pathlib import Path
 import typer
 
 from allmende.chain import ChainClient, Contracts, Deployment
-from allmende.cli.common import console, friendly_errors, node_logging, resolve_key
+from allmende.cli.common import console, deployments_path, friendly_errors, node_logging, resolve_key
 from allmende.config import from_environment
 
 
 def gateway(
     rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC)"),
     key: str = typer.Option(..., help="payer key: keystore file or devnet:N"),
-    port: int = typer.Option(8000),
-    host: str = typer.Option("127.0.0.1"),
-    deployments: Path = typer.Option(None, help="deployments JSON (default <state-dir>/deployments.json)"),
+    port: int = typer.Option(8000, help="port of the OpenAI API, the explorer and /v1/network"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 for every interface"),
+    public_rpc: str = typer.Option(
+        None,
+        help="chain URL published at /v1/network for providers joining from other hosts (default: --rpc)",
+    ),
+    deployments: Path = typer.Option(
+        None, help="deployments JSON (default $ALLMENDE_STATE_DIR/deployments.json, then …/run/deployments.json)"
+    ),
     state_dir: Path = typer.Option(None, help="where the gateway keeps its database"),
     deposit: int = typer.Option(10_000_000, help="deposit per provider channel, payment-token units"),
     prefer: str = typer.Option("balanced", help="routing preference: balanced, cheapest or fastest"),
@@ -42,8 +48,9 @@ def gateway(
         config = GatewayConfig(
             rpc_url=rpc or env.rpc_url,
             key=resolve_key(key),
-            deployments=deployments or env.state_dir / "deployments.json",
+            deployments=deployments_path(deployments),
             state_dir=state_dir or env.state_dir / "gateway",
+            public_rpc=public_rpc,
             host=host,
             port=port,
             routing=RoutingPolicy(prefer=prefer, max_price=max_price),  # type: ignore[arg-type]
@@ -61,10 +68,10 @@ def gateway(
 
 
 def gateway_close(
-    rpc: str = typer.Option(None),
-    key: str = typer.Option(...),
-    deployments: Path = typer.Option(None),
-    state_dir: Path = typer.Option(None),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
+    key: str = typer.Option(..., help="the gateway's payer key: keystore file or devnet:N"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: as for `allmende gateway`)"),
+    state_dir: Path = typer.Option(None, help="the gateway's state dir (default $ALLMENDE_STATE_DIR/gateway)"),
 ) -> None:
     """Request closing every payment channel this gateway opened."""
     from allmende.gateway.payments import Payments
@@ -73,9 +80,7 @@ def gateway_close(
     env = from_environment()
     with friendly_errors():
         secret = resolve_key(key)
-        contracts = Contracts(
-            ChainClient(rpc or env.rpc_url, secret), Deployment.load(deployments or env.state_dir / "deployments.json")
-        )
+        contracts = Contracts(ChainClient(rpc or env.rpc_url, secret), Deployment.load(deployments_path(deployments)))
         store = GatewayStore((state_dir or env.state_dir / "gateway") / "gateway.db")
         closed = Payments(store, contracts, secret).close_all()
     console.print(f"requested closing {len(closed)} channels; withdraw after the close delay")

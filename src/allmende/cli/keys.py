@@ -25,7 +25,7 @@ def _password(confirm: bool = True) -> str:
 @app.command("create")
 def create(
     name: str = typer.Option(None, help="file name (default: the address)"),
-    directory: Path = typer.Option(None, "--dir", help="keystore folder"),
+    directory: Path = typer.Option(None, "--dir", help="keystore folder (default $ALLMENDE_STATE_DIR/keys)"),
 ) -> None:
     """Create a new key, encrypted with a password (ALLMENDE_PASSWORD or a prompt)."""
     with friendly_errors():
@@ -36,8 +36,8 @@ def create(
 @app.command("import")
 def import_(
     private_key: str = typer.Argument(..., help="hex private key"),
-    name: str = typer.Option(None),
-    directory: Path = typer.Option(None, "--dir"),
+    name: str = typer.Option(None, help="file name (default: the address)"),
+    directory: Path = typer.Option(None, "--dir", help="keystore folder (default $ALLMENDE_STATE_DIR/keys)"),
 ) -> None:
     """Encrypt an existing private key into a keystore file."""
     with friendly_errors():
@@ -46,7 +46,9 @@ def import_(
 
 
 @app.command("list")
-def list_(directory: Path = typer.Option(None, "--dir")) -> None:
+def list_(
+    directory: Path = typer.Option(None, "--dir", help="keystore folder (default $ALLMENDE_STATE_DIR/keys)"),
+) -> None:
     """List keystore files and their addresses."""
     for info in list_keystores(_dir(directory)):
         console.print(f"{info.address}  {info.path}")

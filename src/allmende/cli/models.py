@@ -44,8 +44,8 @@ def register(
     name: str = typer.Option(
         None, help="its public name, what gateways list and users ask for (lower-cased; first come, first served)"
     ),
-    rpc: str = typer.Option(None),
-    deployments: Path = typer.Option(None),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
 ) -> None:
     """Register a model by its content address, with license, royalty, lineage and name."""
     with friendly_errors():
@@ -113,7 +113,10 @@ def _short(address: str) -> str:
 
 
 @app.command("list")
-def list_models(rpc: str = typer.Option(None), deployments: Path = typer.Option(None)) -> None:
+def list_models(
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
+) -> None:
     """Every registered model."""
     with friendly_errors():
         c = contracts_for(rpc, None, deployments)
@@ -146,8 +149,8 @@ def list_models(rpc: str = typer.Option(None), deployments: Path = typer.Option(
 @app.command("show")
 def show(
     model: str = typer.Argument(..., help="a model id (0x…), or a name/folder to hash"),
-    rpc: str = typer.Option(None),
-    deployments: Path = typer.Option(None),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
 ) -> None:
     """Everything the chain records about one model, its attestations included."""
     with friendly_errors():

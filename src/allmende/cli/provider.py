@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import tomllib
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from allmende.chain import ChainClient, Contracts, Deployment
-from allmende.cli.common import console, friendly_errors, node_logging, resolve_key, usd
+from allmende.cli.common import alm, console, deployments_path, friendly_errors, node_logging, resolve_key, usd
 from allmende.config import from_environment
 from allmende.core.errors import InvalidInput
 from allmende.provider.app import Limits
@@ -36,20 +37,58 @@ def _models(model: list[str], price_in: int, price_out: int, config: Path | None
     return specs
 
 
+def parse_alm(value: str) -> int:
+    """'1000' or '1500.5' ALM → base units (18 decimals), exactly."""
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        amount = Decimal(-1)
+    units = amount * 10**18
+    if not amount.is_finite() or amount < 0 or units != units.to_integral_value():
+        raise InvalidInput(f"--stake {value!r}: expected an amount of ALM such as 1000 or 1500.5")
+    return int(units)
+
+
 def provider(
-    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC)"),
-    key: str = typer.Option(..., help="keystore file or devnet:N"),
+    network: str = typer.Option(
+        None,
+        help="join the network of this gateway URL (it publishes its chain and contracts at /v1/network) or "
+        "chain JSON-RPC URL; the contracts are checked before anything is signed",
+    ),
+    rpc: str = typer.Option(
+        None, help="JSON-RPC URL (default: the one --network names, else $ALLMENDE_RPC or http://127.0.0.1:8545)"
+    ),
+    deployer: str = typer.Option(None, help="with --network CHAIN_URL off a devnet: the address that deployed"),
+    key: str = typer.Option(..., help="keystore file (see `allmende keys create`) or devnet:N"),
+    stake: str = typer.Option(None, help="ALM to keep bonded, e.g. 1500 (default: the network's minimum)"),
     model: list[str] = typer.Option(
         [], help="model to serve: smollm2-135m-instruct, allmende:tiny, minilm, a .gguf file, a hub id or a folder"
     ),
     price_in: int = typer.Option(200_000, help="payment-token units per 1M input tokens"),
     price_out: int = typer.Option(600_000, help="payment-token units per 1M output tokens"),
-    port: int = typer.Option(9000),
-    host: str = typer.Option("127.0.0.1"),
-    public_url: str = typer.Option(None, help="endpoint published on chain (default http://host:port)"),
-    config: Path = typer.Option(None, help="TOML file with [[models]] name, price_in, price_out"),
-    deployments: Path = typer.Option(None, help="deployments JSON (default <state-dir>/deployments.json)"),
-    state_dir: Path = typer.Option(None, help="where the node keeps its database and keys"),
+    port: int = typer.Option(9000, help="port to listen on (checked before anything is staked)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 for every interface"),
+    public_url: str = typer.Option(
+        None,
+        help="endpoint published on chain, e.g. http://203.0.113.7:9000 (default http://HOST:PORT); "
+        "it must reach this node, which is checked before it is published",
+    ),
+    relay: str = typer.Option(
+        None,
+        help="accept no inbound connections: dial out to this gateway URL and be reached through it "
+        "(the endpoint on chain is GATEWAY/v1/relay/ADDRESS; requests stay end-to-end encrypted)",
+    ),
+    config: Path = typer.Option(
+        None, help="TOML file of models: one [[models]] table per model with name, price_in, price_out"
+    ),
+    deployments: Path = typer.Option(
+        None,
+        help="deployments JSON (default: STATE_DIR/deployments.json, then $ALLMENDE_STATE_DIR/deployments.json, "
+        "then $ALLMENDE_STATE_DIR/run/deployments.json as `allmende up` writes it)",
+    ),
+    state_dir: Path = typer.Option(
+        None, help="where the node keeps its database and keys (default $ALLMENDE_STATE_DIR/provider)"
+    ),
     register_models: bool = typer.Option(True, help="register unregistered models (becoming their owner)"),
     royalty_bps: int = typer.Option(0, help="royalty for models this node registers"),
     max_concurrency: int = typer.Option(16, help="sequences in one model's batch at once (more wait for a slot)"),
@@ -64,22 +103,49 @@ def provider(
     max_body: int = typer.Option(2 * 1024 * 1024, help="largest request body, bytes"),
     body_timeout: float = typer.Option(10.0, help="seconds a client may take to send its body"),
 ) -> None:
-    """Serve models: load, register, stake, publish offers, then answer encrypted requests."""
-    from allmende.provider.node import ProviderConfig, serve
+    """Serve models for pay: check the network, listen, load the models, then stake, register the
+    endpoint and publish the offers once the endpoint is reachable. Ctrl-C withdraws the offers."""
+    from allmende.chain.network import resolve_network
+    from allmende.provider.node import ProviderConfig, bind_socket, plan_stake, serve
 
     env = from_environment()
     root = state_dir or env.state_dir / "provider"
     node_logging()
     with friendly_errors():
+        target = parse_alm(stake) if stake is not None else None
+        offers = _models(model, price_in, price_out, config)
+        if relay and public_url:
+            raise InvalidInput("--relay and --public-url exclude each other: a relayed node's endpoint is the relay's")
+        if host in ("0.0.0.0", "::") and not public_url and not relay:
+            raise InvalidInput(f"--host {host} listens on every interface: give --public-url http://ADDRESS:{port}")
+        secret = resolve_key(key)
+        if network:
+            with console.status(f"reading and checking the network at {network}"):
+                deployment = resolve_network(network, rpc, deployer)
+            path = root / "deployments.json"
+            deployment.save(path)
+            console.print(
+                f"network: chain {deployment.chain_id} at {deployment.rpc_url}; contracts checked "
+                f"(Registry {deployment.address('Registry')}); saved to {path}"
+            )
+        else:
+            path = deployments_path(deployments, root / "deployments.json")
+            deployment = Deployment.load(path)
+        rpc_url = rpc or (deployment.rpc_url if network else env.rpc_url)
+        contracts = Contracts(ChainClient(rpc_url, secret), deployment)
+        plan = plan_stake(contracts, target)
+        _show_plan(plan, deployment.devnet)
         cfg = ProviderConfig(
-            rpc_url=rpc or env.rpc_url,
-            key=resolve_key(key),
-            deployments=deployments or env.state_dir / "deployments.json",
-            models=_models(model, price_in, price_out, config),
+            rpc_url=rpc_url,
+            key=secret,
+            deployments=path,
+            models=offers,
             state_dir=root,
             host=host,
             port=port,
             public_url=public_url,
+            relay=relay,
+            stake=target,
             register_models=register_models,
             royalty_bps=royalty_bps,
             max_concurrency=max_concurrency,
@@ -90,39 +156,67 @@ def provider(
             credit=CreditPolicy(credit_limit=credit_limit, ttl=channel_ttl),
             settlement=SettlementPolicy(threshold=redeem_threshold, interval=redeem_interval),
         )
-        console.print(f"provider {cfg.endpoint} serving {', '.join(m.name for m in cfg.models)}")
-        serve(cfg)
+        served = ", ".join(m.name for m in offers)
+        if relay:
+            console.print(f"no listening port: reached through the relay at {cfg.endpoint}; serving {served}")
+            serve(cfg)
+            return
+        sock = bind_socket(host, port)
+        console.print(f"listening on {host}:{port}; endpoint {cfg.endpoint}; serving {served}")
+        serve(cfg, sock)
+
+
+def _show_plan(plan: Any, devnet: bool) -> None:
+    label = " (anvil devnet account, public key)" if devnet and plan.address in _devnet_addresses() else ""
+    console.print(f"account: {plan.address}{label}")
+    console.print(f"balance: {plan.eth / 10**18:.4f} ETH for gas, {alm(plan.alm)}")
+    if plan.add:
+        console.print(
+            f"stake:   bonds {alm(plan.add)} now (bonded {alm(plan.staked)}, minimum {alm(plan.minimum)}); "
+            "unbond later with a delay set in Params"
+        )
+    else:
+        console.print(f"stake:   {alm(plan.staked)} already bonded (minimum {alm(plan.minimum)}); nothing added")
+
+
+def _devnet_addresses() -> set[str]:
+    from allmende.chain.anvil import devnet_accounts
+
+    return {a.address for a in devnet_accounts(10)}
 
 
 def provider_redeem(
-    rpc: str = typer.Option(None),
-    key: str = typer.Option(...),
-    deployments: Path = typer.Option(None),
-    state_dir: Path = typer.Option(None),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
+    key: str = typer.Option(..., help="the provider's key: keystore file or devnet:N"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: as for `allmende provider`)"),
+    state_dir: Path = typer.Option(None, help="the provider's state dir (default $ALLMENDE_STATE_DIR/provider)"),
 ) -> None:
     """Redeem every stored voucher now (works while the node is stopped, e.g. after a crash)."""
     from allmende.provider.settlement import Settlement
     from allmende.provider.store import ProviderStore
 
     env = from_environment()
+    root = state_dir or env.state_dir / "provider"
     with friendly_errors():
         client = ChainClient(rpc or env.rpc_url, resolve_key(key))
-        contracts = Contracts(client, Deployment.load(deployments or env.state_dir / "deployments.json"))
-        store = ProviderStore((state_dir or env.state_dir / "provider") / "provider.db")
+        contracts = Contracts(client, Deployment.load(deployments_path(deployments, root / "deployments.json")))
+        store = ProviderStore(root / "provider.db")
         result = Settlement(store, contracts.channels).redeem(force=True)
     console.print(f"redeemed {result.vouchers} vouchers for {usd(result.amount)} ({result.tx_hash or 'nothing due'})")
 
 
 def provider_withdraw(
-    rpc: str = typer.Option(None),
-    key: str = typer.Option(...),
-    deployments: Path = typer.Option(None),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
+    key: str = typer.Option(..., help="the earning account's key: keystore file or devnet:N"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: as for `allmende provider`)"),
+    state_dir: Path = typer.Option(None, help="the provider's state dir, where --network saved the deployments"),
 ) -> None:
     """Withdraw accrued earnings (provider share, royalties or treasury fees) to the key's account."""
     env = from_environment()
+    root = state_dir or env.state_dir / "provider"
     with friendly_errors():
         client = ChainClient(rpc or env.rpc_url, resolve_key(key))
-        contracts = Contracts(client, Deployment.load(deployments or env.state_dir / "deployments.json"))
+        contracts = Contracts(client, Deployment.load(deployments_path(deployments, root / "deployments.json")))
         amount = contracts.channels.earnings(client.address)
         if amount == 0:
             console.print("no earnings to withdraw")

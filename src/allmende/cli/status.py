@@ -1,96 +1,223 @@
-"""`allmende status`: providers, stakes, offers, channels, earnings, royalties, the
-treasury, validators and fraud cases of the network `allmende up` started, read from the
-chain."""
+"""`allmende status`: providers, stakes, offers, channels, earnings (redeemed and still owed),
+royalties, the treasury, validators and fraud cases of a network, read from the chain and,
+for what is owed but not yet redeemed, from the gateway's books.
+
+The tables abbreviate addresses and ids so they fit an 80-column terminal; `--json` gives
+every value in full (amounts as decimal strings of base units, like the explorer's API).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
+import httpx
 import typer
-from rich.table import Table
+from rich import box
+from rich.table import Column, Table
 
 from allmende.chain import ChainClient, Contracts, Deployment, DeploymentNotFound
 from allmende.cli.common import alm, console, friendly_errors, usd
 from allmende.config import from_environment
 from allmende.supervisor import load_network
 
+WIDE = 160  # columns from which addresses and ids are shown in full
+TABLE: dict[str, Any] = {"box": box.SIMPLE_HEAD, "pad_edge": False, "collapse_padding": True, "title_justify": "left"}
+CASE_STATES = {1: "open", 2: "guilty", 3: "not guilty", 4: "no quorum"}
 
-def status(state_dir: Path = typer.Option(None, help="the state dir of `allmende up`")) -> None:
-    """Providers, stakes, offers, channels, earnings, royalties and the treasury, read from chain."""
+
+def status(
+    state_dir: Path = typer.Option(None, help="the state dir of `allmende up` (default $ALLMENDE_STATE_DIR)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object with every value in full"),
+) -> None:
+    """Providers, stakes, offers, channels, earnings (redeemed and pending), royalties and the treasury."""
     root = state_dir or from_environment().state_dir
     with friendly_errors():
         path = root / "network.json"
         if not path.exists():
-            raise DeploymentNotFound(f"no {path}: start the network with `allmende up` first")
+            raise DeploymentNotFound(f"no {path}: start the network with `allmende up` first (or --state-dir)")
         network = load_network(path)
-        deployment = Deployment.load(network["deployments"])
-        contracts = Contracts(ChainClient(network["rpc_url"]), deployment)
-        providers = Table("provider", "endpoint", "stake", "active", "offers", "earned (unwithdrawn)")
-        for address in contracts.registry.all_accounts():
-            account = contracts.registry.account(address)
-            if account.role != 1:
-                continue
+        contracts = Contracts(ChainClient(network["rpc_url"]), Deployment.load(network["deployments"]))
+        report = gather(contracts, network["gateway_url"].removesuffix("/v1"))
+    if as_json:
+        print(json.dumps(report, indent=1))
+    else:
+        render(report)
+
+
+def gather(contracts: Contracts, gateway_url: str | None = None) -> dict[str, Any]:
+    """Everything `status` shows, as plain data (amounts in base units, as strings)."""
+    registry, channels = contracts.registry, contracts.channels
+    names = {m: contracts.models.name_of(m) or "" for m in contracts.models.all_ids()}
+    pending = _pending_by_provider(gateway_url)
+    health = _health_by_provider(gateway_url)
+    providers, validators = [], []
+    for address in registry.all_accounts():
+        account = registry.account(address)
+        row: dict[str, Any] = {
+            "address": address,
+            "endpoint": account.endpoint,
+            "stake": str(account.stake),
+            "active": registry.is_active(address),
+        }
+        if account.role == 1:
             offers = []
-            for model_id in contracts.registry.models_of(address):
-                offer = contracts.registry.offer(address, model_id)
+            for model_id in registry.models_of(address):
+                offer = registry.offer(address, model_id)
                 if offer.active:
-                    offers.append(f"0x{model_id.hex()[:8]}… in {offer.price_in}/out {offer.price_out}")
-            providers.add_row(
-                address,
-                account.endpoint,
-                alm(account.stake),
-                str(contracts.registry.is_active(address)),
-                "\n".join(offers),
-                usd(contracts.channels.earnings(address)),
-            )
-        console.print(providers)
-        validators = Table("validator", "evidence endpoint", "stake", "active")
-        for address in contracts.registry.all_accounts():
-            account = contracts.registry.account(address)
-            if account.role == 2:
-                validators.add_row(
-                    address, account.endpoint, alm(account.stake), str(contracts.registry.is_active(address))
-                )
-        if validators.row_count:
-            console.print(validators)
-            cases = contracts.verdicts.case_count()
-            if cases:
-                status_names = {1: "open", 2: "guilty", 3: "not guilty", 4: "no quorum"}
-                verdicts = Table("case", "provider", "reporter", "status", "slashed")
-                for case_id in range(1, cases + 1):
-                    case = contracts.verdicts.case(case_id)
-                    verdicts.add_row(
-                        str(case_id),
-                        case.provider,
-                        case.reporter,
-                        status_names.get(case.status, "?"),
-                        alm(case.slashed),
-                    )
-                console.print(verdicts)
-        models = Table("model id", "name", "owner", "license", "royalty", "owner earnings")
-        for model_id in contracts.models.all_ids():
-            record = contracts.models.get(model_id)
-            models.add_row(
-                "0x" + model_id.hex()[:16] + "…",
-                contracts.models.name_of(model_id) or "-",
-                record.owner,
-                record.license,
-                f"{record.royalty_bps / 100:.2f} %",
-                usd(contracts.channels.earnings(record.owner)),
-            )
-        console.print(models)
-        channels = Table("channel", "payer", "provider", "deposit", "spent (redeemed)", "closes at")
-        for event in contracts.client.events(contracts.channels.contract, "ChannelOpened", deployment.deploy_block):
-            cid = bytes(event["args"]["channel_id"])
-            state = contracts.channels.channel(cid)
-            channels.add_row(
-                "0x" + cid.hex()[:16] + "…",
-                state.payer,
-                state.provider,
-                usd(state.deposit),
-                usd(state.spent),
-                str(state.closes_at or "-"),
-            )
-        console.print(channels)
-        treasury = contracts.channels.treasury()
-        console.print(f"treasury {treasury}: {usd(contracts.channels.earnings(treasury))} in protocol fees accrued")
+                    offers.append(
+                        {"model_id": "0x" + model_id.hex(), "name": names.get(model_id) or "", "price_in":
+                         str(offer.price_in), "price_out": str(offer.price_out)}
+                    )  # fmt: skip
+            row["offers"] = offers
+            row["earned_unwithdrawn"] = str(channels.earnings(address))
+            row["pending_unredeemed"] = None if pending is None else str(pending.get(address.lower(), 0))
+            # as the gateway sees it: healthy, suspended (failing requests), unreachable, inactive
+            row["health"] = health.get(address.lower()) if health is not None else None
+            if not offers:
+                row["health"] = "no offers"  # stopped: it withdrew them (or never published)
+            providers.append(row)
+        elif account.role == 2:
+            validators.append(row)
+    models = []
+    for model_id, name in names.items():
+        record = contracts.models.get(model_id)
+        models.append(
+            {"model_id": "0x" + model_id.hex(), "name": name, "owner": record.owner, "license": record.license,
+             "royalty_bps": record.royalty_bps, "owner_earnings": str(channels.earnings(record.owner))}
+        )  # fmt: skip
+    channel_rows = []
+    for event in contracts.client.events(channels.contract, "ChannelOpened", contracts.deployment.deploy_block):
+        cid = bytes(event["args"]["channel_id"])
+        state = channels.channel(cid)
+        channel_rows.append(
+            {"channel_id": "0x" + cid.hex(), "payer": state.payer, "provider": state.provider,
+             "deposit": str(state.deposit), "redeemed": str(state.spent), "closes_at": state.closes_at}
+        )  # fmt: skip
+    cases = []
+    for case_id in range(1, contracts.verdicts.case_count() + 1) if validators else []:
+        case = contracts.verdicts.case(case_id)
+        cases.append(
+            {"case_id": case_id, "provider": case.provider, "reporter": case.reporter,
+             "state": CASE_STATES.get(case.status, "?"), "slashed": str(case.slashed)}
+        )  # fmt: skip
+    treasury = channels.treasury()
+    return {
+        "providers": providers,
+        "validators": validators,
+        "cases": cases,
+        "models": models,
+        "channels": channel_rows,
+        "treasury": {"address": treasury, "fees_accrued": str(channels.earnings(treasury))},
+        "pending_source": None if pending is None else gateway_url,
+    }
+
+
+def _pending_by_provider(gateway_url: str | None) -> dict[str, int] | None:
+    """What the gateway owes each provider beyond what was redeemed (its receipts, not yet
+    redeemed); None when no gateway answers."""
+    if not gateway_url:
+        return None
+    try:
+        money = httpx.get(f"{gateway_url}/explorer/api/money", timeout=10).json()
+        owed: dict[str, int] = {}
+        for row in money["channels"]:
+            if row.get("pending") is not None:
+                who = str(row["provider"]).lower()
+                owed[who] = owed.get(who, 0) + int(row["pending"])
+        return owed
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _health_by_provider(gateway_url: str | None) -> dict[str, str] | None:
+    if not gateway_url:
+        return None
+    try:
+        network = httpx.get(f"{gateway_url}/explorer/api/network", timeout=10).json()
+        return {str(p["address"]).lower(): str(p["health"]) for p in network["providers"]}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
+def short(value: str, head: int = 10, tail: int = 4) -> str:
+    """0x12345678…abcd: enough to tell accounts apart on a narrow screen (in full on a wide
+    one, and always with --json)."""
+    if console.width >= WIDE or len(value) <= head + tail + 1:
+        return value
+    return f"{value[:head]}…{value[-tail:]}" if tail else f"{value[:head]}…"
+
+
+def _plain_usd(amount: str) -> str:
+    return usd(int(amount)).removesuffix(" dUSD")
+
+
+def _whole_alm(amount: int) -> str:
+    text = alm(amount).removesuffix(" ALM")
+    return text.removesuffix(".0000")
+
+
+def render(report: dict[str, Any]) -> None:
+    pending_known = report["pending_source"] is not None
+    providers = Table(
+        "provider",
+        Column("endpoint", overflow="fold"),
+        "ALM",
+        Column("offers", overflow="fold"),
+        "earned",
+        "pending",
+        title="providers",
+        **TABLE,
+    )
+    for p in report["providers"]:
+        offers = "\n".join(
+            f"{o['name'] or short(o['model_id'], 12, 0)} {int(o['price_in']) / 10**6:g}/{int(o['price_out']) / 10**6:g}"
+            for o in p["offers"]
+        )
+        providers.add_row(
+            short(p["address"]) + (f"\n{p['health']}" if p.get("health") else ""),
+            p["endpoint"],
+            _whole_alm(int(p["stake"])) + ("" if p["active"] else " (inactive)"),
+            offers or "-",
+            _plain_usd(p["earned_unwithdrawn"]),
+            _plain_usd(p["pending_unredeemed"]) if p["pending_unredeemed"] is not None else "?",
+        )
+    console.print(providers)
+    console.print(
+        "[dim]ALM: stake; offers: dUSD per 1M tokens in/out\nearned (dUSD): redeemed, not withdrawn; "
+        f"pending: owed, not yet redeemed{'' if pending_known else ' (no gateway answered)'}[/dim]"
+    )
+    if report["validators"]:
+        validators = Table("validator", "evidence endpoint", "stake (ALM)", "active", title="validators", **TABLE)
+        for v in report["validators"]:
+            validators.add_row(short(v["address"]), v["endpoint"], alm(int(v["stake"])).removesuffix(" ALM"),
+                               "yes" if v["active"] else "no")  # fmt: skip
+        console.print(validators)
+    if report["cases"]:
+        cases = Table("case", "provider", "reporter", "state", "slashed", title="fraud cases", **TABLE)
+        for c in report["cases"]:
+            cases.add_row(str(c["case_id"]), short(c["provider"]), short(c["reporter"]), c["state"],
+                          alm(int(c["slashed"])))  # fmt: skip
+        console.print(cases)
+    models = Table(
+        Column("model", overflow="fold"),
+        "id",
+        Column("owner", no_wrap=True),
+        "license",
+        "royalty",
+        "earned",
+        title="models (earned: the owner's royalties, dUSD)",
+        **TABLE,
+    )
+    for m in report["models"]:
+        models.add_row(m["name"] or "-", short(m["model_id"], 10, 0), short(m["owner"]), m["license"],
+                       f"{m['royalty_bps'] / 100:.2f} %", _plain_usd(m["owner_earnings"]))  # fmt: skip
+    console.print(models)
+    channels = Table("channel", "payer", "provider", "deposit", "redeemed", "closes", title="channels (dUSD)", **TABLE)
+    for c in report["channels"]:
+        channels.add_row(short(c["channel_id"], 12, 0), short(c["payer"]), short(c["provider"]),
+                         _plain_usd(c["deposit"]), _plain_usd(c["redeemed"]), str(c["closes_at"] or "-"))  # fmt: skip
+    console.print(channels)
+    treasury = report["treasury"]
+    console.print(f"treasury {short(treasury['address'])}: {usd(int(treasury['fees_accrued']))} in protocol fees")

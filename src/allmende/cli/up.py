@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,9 @@ from allmende.chain import ChainClient, Contracts, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts, free_port
 from allmende.cli.common import console, friendly_errors
 from allmende.config import from_environment
-from allmende.core.errors import InvalidModelName
+from allmende.core.errors import InvalidInput, InvalidModelName
 from allmende.core.model_names import canonical_name
-from allmende.engine import DEFAULT_CHAT_MODEL, EMBEDDING_ALIASES, gguf_source, resolve_model
+from allmende.engine import DEFAULT_CHAT_MODEL, EMBEDDING_ALIASES, resolve_model
 from allmende.supervisor import (
     NetworkInfo,
     Node,
@@ -25,6 +26,7 @@ from allmende.supervisor import (
     NodeRow,
     ProviderRow,
     allmende_command,
+    load_network,
     save_network,
     spawn,
 )
@@ -39,7 +41,9 @@ def provider_command(index: int) -> list[str]:
 
 
 def up(
-    providers: int = typer.Option(2, help="number of provider processes"),
+    providers: int = typer.Option(
+        2, help="number of provider processes (0: only the chain and the gateway, for providers that join)"
+    ),
     model: list[str] = typer.Option(
         [],
         help="model each provider serves: smollm2-135m-instruct, allmende:tiny, minilm, a .gguf file, a folder "
@@ -57,20 +61,50 @@ def up(
     validators: int = typer.Option(0, help="number of validator processes auditing the providers"),
     validator_option: list[str] = typer.Option([], help="extra option for every validator (repeatable)"),
     showcase: bool = typer.Option(False, help="once up, send a few requests with the openai client and show them"),
+    public_host: str = typer.Option(
+        None,
+        help="this host's address as other hosts reach it (e.g. 192.168.1.10): anvil and the gateway then listen "
+        "on every interface, and providers elsewhere join with `allmende provider --network http://HOST:PORT`",
+    ),
 ) -> None:
     """Start anvil, deploy, fund, start N providers and the gateway; Ctrl-C stops everything."""
     root = (state_dir or from_environment().state_dir).resolve()
-    if not 1 <= providers <= 8:
-        console.print("[red]error:[/red] --providers must be between 1 and 8")
+    if not 0 <= providers <= 8:
+        console.print("[red]error:[/red] --providers must be between 0 and 8")
+        raise typer.Exit(2)
+    if showcase and providers == 0:
+        console.print("[red]error:[/red] --showcase needs at least one provider")
         raise typer.Exit(2)
     if validators < 0 or providers + validators > 8:
         console.print("[red]error:[/red] providers + validators must be at most 8 (anvil funds 10 accounts)")
         raise typer.Exit(2)
     models = model or DEFAULT_MODELS
     chat_models = [m for m in models if m.lower() not in EMBEDDING_ALIASES]
+    started = time.monotonic()
+
+    def done(what: str) -> None:
+        console.print(f"[green]✓[/green] {what} [dim]({time.monotonic() - started:.0f}s)[/dim]")
+
+    with friendly_errors():  # everything that can be wrong with the options, before anything starts
+        live = running_up(root)
+        if live is not None:
+            raise InvalidInput(f"a network started by `allmende up` is still running on {root} (anvil pid {live})")
+        wanted = {"gateway --port": port, "anvil --rpc-port": rpc_port}
+        if provider_port:
+            wanted.update({f"provider-{i + 1} port": provider_port + i for i in range(providers)})
+        busy = [f"{what} {number}" for what, number in wanted.items() if not _port_free(number)]
+        if len(set(wanted.values())) < len(wanted):
+            raise InvalidInput(f"the ports overlap: {wanted}")
+        if busy:
+            raise InvalidInput(f"already in use: {', '.join(busy)} (another `allmende up`? choose other ports)")
+        with console.status("checking the models (GGUF files are converted once, here)"):
+            for m in models if providers or validators else []:
+                resolve_model(m)
+    done(f"ports free, models found: {', '.join(models)}" if providers or validators else "ports free")
     run_dir = root / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh chain: old node state refers to nothing
-    run_dir.mkdir(parents=True)
+    kept = keep_previous_run(root)
+    if kept is not None:
+        console.print(f"starting a fresh chain; the previous run's logs and node state are kept in {kept}")
     children: list[Node] = []
     accounts = devnet_accounts(10)
     node = None
@@ -87,14 +121,13 @@ def up(
     signal.signal(signal.SIGTERM, handle_term)
     try:
         with friendly_errors():
-            for m in models:  # convert GGUF files here, once, with a progress bar, before N providers need them
-                if gguf_source(m) is not None:
-                    resolve_model(m)
             with console.status("starting anvil and deploying contracts"):
-                node = Anvil(port=rpc_port, log_file=run_dir / "anvil.log")
+                listen = "0.0.0.0" if public_host else "127.0.0.1"
+                node = Anvil(port=rpc_port, log_file=run_dir / "anvil.log", host=listen)
                 deployment = deploy_all(ChainClient(node.url, accounts[0].key), fund=[a.address for a in accounts])
                 deployments = run_dir / "deployments.json"
                 deployment.save(deployments)
+            done(f"chain {node.url} (chain id {deployment.chain_id}), contracts deployed")
             provider_rows: list[ProviderRow] = []
             for i in range(providers):
                 account = accounts[1 + i]
@@ -126,15 +159,18 @@ def up(
                     {"address": account.address, "url": child.url or "", "models": models, "pid": child.pid,
                      "log": str(log)}
                 )  # fmt: skip
-            with console.status(f"loading models in {providers} providers"):
+            with console.status(f"{providers} providers loading models, staking and publishing offers"):
                 for child in children:
                     child.wait_healthy()
+                    done(f"{child.name} {child.url} on chain")
             gateway_url = f"http://127.0.0.1:{port}"
             gw = spawn(
                 "gateway",
                 allmende_command(
                     "gateway", "--rpc", node.url, "--key", f"devnet:{GATEWAY_ACCOUNT}", "--deployments",
-                    str(deployments), "--state-dir", str(run_dir / "gateway"), "--port", str(port), *gateway_option,
+                    str(deployments), "--state-dir", str(run_dir / "gateway"), "--port", str(port),
+                    *(["--host", "0.0.0.0", "--public-rpc", f"http://{public_host}:{rpc_port}"] if public_host else []),
+                    *gateway_option,
                 ),
                 run_dir / "gateway.log",
                 gateway_url,
@@ -146,6 +182,7 @@ def up(
                     gw.wait_healthy(60, ready=lambda health: health["providers"] >= providers)
                 except NodeFailed:
                     raise NodeFailed("the gateway did not discover every provider within 60s") from None
+            done(f"gateway {gateway_url}/v1 found {providers} providers")
             validator_rows: list[NodeRow] = []
             audited = chat_models or ["allmende:tiny"]
             for j in range(validators):
@@ -167,6 +204,7 @@ def up(
                 with console.status(f"starting {validators} validators"):
                     for child in children[-validators:]:
                         child.wait_healthy()
+                done(f"{validators} validators auditing")
             network: NetworkInfo = {
                 "rpc_url": node.url,
                 "anvil_pid": node.process.pid,
@@ -188,6 +226,12 @@ def up(
         reader = Contracts(ChainClient(node.url, accounts[0].key), deployment)
         asked = {m: _asked_as(reader, m) for m in models}  # what the gateway lists each model as
         _summary(network, [asked[m] for m in models], asked[(chat_models or models)[0]], root)
+        if public_host:
+            console.print(
+                f"providers on other hosts join with:\n  allmende provider --network http://{public_host}:{port} "
+                "--key KEYFILE --model allmende:tiny --host 0.0.0.0 --public-url http://THEIR_ADDRESS:9000\n"
+                f"  (a new key first: allmende keys create; allmende faucet ADDRESS --network http://{public_host}:{port})"
+            )
         if showcase:
             _showcase(
                 network,
@@ -218,6 +262,47 @@ def _asked_as(contracts: Contracts, spec: str) -> str:
     if name is not None and contracts.models.model_by_name(name) is not None:
         return name
     return "0x" + resolve_model(spec, progress=False).model_id.hex()
+
+
+def keep_previous_run(root: Path) -> Path | None:
+    """Move <root>/run of an earlier `up` aside (to run-YYYYmmdd-HHMMSS) and make a new, empty
+    one. anvil keeps no state between runs, so a new run is a new chain and the old node state
+    refers to nothing on it; its logs and databases are kept, not overwritten."""
+    run_dir = root / "run"
+    kept = None
+    if run_dir.exists() and any(run_dir.iterdir()):
+        kept = root / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+        suffix = 1
+        while kept.exists():
+            kept, suffix = root / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}", suffix + 1
+        run_dir.rename(kept)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    described = root / "network.json"  # describes the old chain
+    if described.exists():
+        if kept is not None:
+            described.replace(kept / "network.json")
+        else:
+            described.unlink()
+    return kept
+
+
+def running_up(root: Path) -> int | None:
+    """The pid of an `allmende up` network still running on this state dir (its anvil), if any."""
+    try:
+        pid = int(load_network(root / "network.json")["anvil_pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _summary(network: NetworkInfo, models: list[str], chat: str, root: Path) -> None:

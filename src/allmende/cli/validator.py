@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from allmende.cli.common import console, friendly_errors, node_logging, resolve_key
+from allmende.cli.common import console, deployments_path, friendly_errors, node_logging, resolve_key
 from allmende.config import from_environment
 
 
@@ -15,10 +15,10 @@ def validator(
     key: str = typer.Option(..., help="keystore file or devnet:N"),
     model: list[str] = typer.Option(["allmende:tiny"], help="models this validator loads and audits"),
     port: int = typer.Option(9500, help="port of the evidence server"),
-    host: str = typer.Option("127.0.0.1"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 for every interface"),
     public_url: str = typer.Option(None, help="evidence endpoint published on chain (default http://host:port)"),
-    deployments: Path = typer.Option(None),
-    state_dir: Path = typer.Option(None),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
+    state_dir: Path = typer.Option(None, help="where the validator keeps its database"),
     gateway: list[str] = typer.Option(
         [], help="gateway URL to send audits through, as user requests (repeatable; none: only review cases)"
     ),
@@ -36,7 +36,7 @@ def validator(
         config = ValidatorConfig(
             rpc_url=rpc or env.rpc_url,
             key=resolve_key(key),
-            deployments=deployments or env.state_dir / "deployments.json",
+            deployments=deployments_path(deployments),
             state_dir=state_dir or env.state_dir / "validator",
             models=model,
             endpoint=public_url or f"http://{host}:{port}",

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from allmende.cli.common import console, contracts_for, friendly_errors, node_logging, resolve_key
+from allmende.cli.common import console, contracts_for, deployments_path, friendly_errors, node_logging, resolve_key
 from allmende.config import from_environment
 
 data_app = typer.Typer(help="datasets on chain: grants, revocations, the access log", no_args_is_help=True)
@@ -21,8 +21,8 @@ def vault(
     label: str = typer.Option("label", help="the label column, if any"),
     license: str = typer.Option("proprietary", help="license recorded when a dataset is registered"),
     policy_uri: str = typer.Option("", help="data-use policy recorded when a dataset is registered"),
-    port: int = typer.Option(9500),
-    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(9500, help="port of the vault's API"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 for every interface"),
     deployments: Path = typer.Option(None, help="deployments JSON (default <state-dir>/deployments.json)"),
     state_dir: Path = typer.Option(None, help="where the vault keeps its database"),
     min_group: int = typer.Option(10, help="smallest group an aggregate may describe"),
@@ -44,7 +44,7 @@ def vault(
         cfg = VaultConfig(
             rpc_url=rpc or env.rpc_url,
             key=resolve_key(key),
-            deployments=deployments or env.state_dir / "deployments.json",
+            deployments=deployments_path(deployments),
             data=data,
             state_dir=state_dir or env.state_dir / "vault",
             host=host,
@@ -74,8 +74,8 @@ def grant(
     days: float = typer.Option(30.0, help="the grant expires after this many days"),
     epsilon: float = typer.Option(1.0, help="differential-privacy budget (epsilon)"),
     key: str = typer.Option(..., help="the dataset owner's key"),
-    rpc: str = typer.Option(None),
-    deployments: Path = typer.Option(None),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
 ) -> None:
     """Grant a job template on a dataset, with an expiry and an epsilon budget."""
     from allmende.chain.bindings import TEMPLATES
@@ -104,8 +104,8 @@ def grant(
 def revoke(
     grant_id: int = typer.Argument(...),
     key: str = typer.Option(..., help="the dataset owner's key"),
-    rpc: str = typer.Option(None),
-    deployments: Path = typer.Option(None),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
 ) -> None:
     """Revoke a grant at once."""
     with friendly_errors():
@@ -116,8 +116,8 @@ def revoke(
 @data_app.command("log")
 def access_log(
     dataset: str = typer.Option(..., help="dataset id (0x…)"),
-    rpc: str = typer.Option(None),
-    deployments: Path = typer.Option(None),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
 ) -> None:
     """Every access to a dataset, as the chain recorded it."""
     with friendly_errors():

@@ -151,7 +151,7 @@ class ChainView:
                     {
                         "address": address,
                         "endpoint": acc.endpoint,
-                        "connection": "direct",  # every provider is reached at its registered endpoint
+                        "connection": "relay" if "/v1/relay/" in acc.endpoint else "direct",
                         "stake": str(acc.stake),
                         "unbonding": str(acc.unbonding),
                         "active": active,

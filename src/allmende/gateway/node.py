@@ -12,10 +12,12 @@ from typing import Any
 import httpx
 
 from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.chain.network import PUBLIC_PATH, public_view
 from allmende.core.routing import Router, RoutingPolicy
 from allmende.gateway.app import GatewayLimits, create_app
 from allmende.gateway.directory import Directory
 from allmende.gateway.payments import ChannelPolicy, Payments
+from allmende.gateway.relay import Relay
 from allmende.gateway.service import GatewayService
 from allmende.gateway.store import GatewayStore
 
@@ -35,11 +37,14 @@ class GatewayConfig:
     limits: GatewayLimits = field(default_factory=GatewayLimits)
     refresh_interval: float = 2.0  # seconds between looks at Registry events
     request_timeout: float = 120.0
+    # chain endpoint published at /v1/network for nodes joining from other hosts (default rpc_url)
+    public_rpc: str | None = None
 
 
 def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
     client = ChainClient(config.rpc_url, config.key)
-    contracts = Contracts(client, Deployment.load(config.deployments))
+    deployment = Deployment.load(config.deployments)
+    contracts = Contracts(client, deployment)
     sync_http = httpx.Client(timeout=5)
     directory = Directory(contracts, sync_http)
     store = GatewayStore(config.state_dir / "gateway.db")
@@ -66,6 +71,14 @@ def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
 
     app = create_app(service, config.limits)
     app.router.lifespan_context = lifespan
+    network = public_view(deployment, config.public_rpc or config.rpc_url)
+    Relay().mount(app)  # providers without inbound connections are reached through this gateway
+
+    @app.get(PUBLIC_PATH)
+    async def network_view() -> dict[str, Any]:
+        """Where this network's contracts are, for `allmende provider --network URL` (public, like the chain)."""
+        return network
+
     return app, directory, payments
 
 

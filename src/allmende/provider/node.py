@@ -20,25 +20,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import socket
+import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from eth_account import Account
+from eth_utils import to_checksum_address
+from fastapi.responses import JSONResponse
 from rich.progress import Progress
 
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.bindings import ROLE_PROVIDER
 from allmende.chain.errors import ChainError
 from allmende.core.envelope import public_key_bytes
-from allmende.core.errors import InvalidModelName
+from allmende.core.errors import InvalidInput, InvalidModelName
 from allmende.core.model_names import canonical_name
 from allmende.engine import Engine, load_engine
 from allmende.provider.app import Limits, create_app
+from allmende.provider.client import fetch_info
 from allmende.provider.payments import CreditPolicy, PaymentGate
+from allmende.provider.relay import relayed_endpoint, serve_relayed
 from allmende.provider.service import ProviderService, ServedModel
 from allmende.provider.settlement import Settlement, SettlementPolicy
 from allmende.provider.store import ProviderStore
@@ -75,7 +84,8 @@ class ProviderConfig:
     host: str = "127.0.0.1"
     port: int = 9000
     public_url: str | None = None  # endpoint published on chain (default http://host:port)
-    stake: int | None = None  # ALM to stake (default: top up to the minimum)
+    relay: str | None = None  # a gateway to dial out to instead of listening (no inbound connections)
+    stake: int | None = None  # total ALM to keep bonded (default: the minimum in Params)
     register_models: bool = True
     license: str = "Apache-2.0"
     royalty_bps: int = 0
@@ -89,6 +99,8 @@ class ProviderConfig:
 
     @property
     def endpoint(self) -> str:
+        if self.relay:
+            return relayed_endpoint(self.relay, Account.from_key(self.key).address)
         return self.public_url or f"http://{self.host}:{self.port}"
 
 
@@ -104,6 +116,62 @@ def load_x25519(path: Path) -> X25519PrivateKey:
     return key
 
 
+@dataclass(frozen=True)
+class StakePlan:
+    """What joining will do with the account's money, shown before anything is signed."""
+
+    address: str
+    eth: int  # wei, for gas
+    alm: int  # ALM balance (18 decimals)
+    staked: int  # ALM already bonded in the Registry
+    minimum: int  # Params min_provider_stake
+    add: int  # ALM this start stakes on top
+
+
+def plan_stake(contracts: Contracts, target: int | None) -> StakePlan:
+    """How much to stake so the bonded total reaches `target` (default: the minimum). Refuses
+    (InvalidInput) a target below the minimum, an account without gas, or too little ALM."""
+    client = contracts.client
+    me = client.address
+    eth = int(client.rpc(lambda: client.w3.eth.get_balance(to_checksum_address(me))))
+    alm = contracts.token.balance_of(me)
+    staked = contracts.registry.account(me).stake
+    minimum = contracts.params.get("min_provider_stake")
+    total = minimum if target is None else target
+    if total < minimum:
+        raise InvalidInput(f"--stake {_alm(total)} is below the network's minimum provider stake of {_alm(minimum)}")
+    plan = StakePlan(me, eth, alm, staked, minimum, max(0, total - staked))
+    hint = (
+        f"; on a devnet: allmende faucet {me} --network <gateway or chain URL>" if contracts.deployment.devnet else ""
+    )
+    if eth == 0:
+        raise InvalidInput(f"account {me} has no ETH to pay gas{hint}")
+    if plan.add > alm:
+        raise InvalidInput(f"account {me} holds {_alm(alm)} but staking needs {_alm(plan.add)} more{hint}")
+    return plan
+
+
+def _alm(amount: int) -> str:
+    whole, frac = divmod(amount, 10**18)
+    return f"{whole:,}.{frac // 10**14:04d} ALM"
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Listen on host:port now, before anything is staked or registered: a busy port stops the
+    start here, with nothing on chain."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror} (another node there? use --port)") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
 @dataclass
 class ProviderNode:
     config: ProviderConfig
@@ -111,12 +179,17 @@ class ProviderNode:
     service: ProviderService
     settlement: Settlement
     store: ProviderStore
+    x25519_public: bytes = b""
+    published: bool = False  # endpoint, stake and offers are on chain (after the reachability check)
+    failure: BaseException | None = None  # why publishing failed; the node then stops
+    server: Any = None  # the uvicorn server, told to exit when publishing fails
 
 
 def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
+    """Load the models, register unregistered ones and build the service. Nothing is staked or
+    published here: `publish` does that once the node is listening and reachable."""
     client = ChainClient(config.rpc_url, config.key)
     contracts = Contracts(client, Deployment.load(config.deployments))
-    me = client.address
 
     served: dict[bytes, ServedModel] = {}
     with Progress(disable=not show_progress, transient=True) as progress:
@@ -137,24 +210,12 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
             except ChainError:
                 if contracts.models.owner_of(model_id) is None:  # not a lost race with another node
                     raise
-        if contracts.models.owner_of(model_id) == me and not contracts.models.name_of(model_id):
+        if contracts.models.owner_of(model_id) == client.address and not contracts.models.name_of(model_id):
             name_model(contracts, model_id, model.engine.name)
 
     x25519 = load_x25519(config.state_dir / "x25519.key")
-    x_pub = public_key_bytes(x25519)
-    account = contracts.registry.account(me)
-    minimum = contracts.params.get("min_provider_stake")
-    add = config.stake if config.stake is not None else max(0, minimum - account.stake)
-    if add:
-        contracts.token.ensure_allowance(contracts.registry.address, add)
-    if account.role == 0 or add or account.endpoint != config.endpoint or account.x25519_key != x_pub:
-        contracts.registry.register(ROLE_PROVIDER, config.endpoint, x_pub, add)
-    for model_id, model in served.items():
-        offer = contracts.registry.offer(me, model_id)
-        if not offer.active or (offer.price_in, offer.price_out) != (model.price_in, model.price_out):
-            contracts.registry.set_offer(model_id, model.price_in, model.price_out)
-
     store = ProviderStore(config.state_dir / "provider.db")
+    me = client.address
     gate = PaymentGate(store, contracts.channels.voucher_domain(), me, contracts.channels.channel, policy=config.credit)
     service = SERVICE_CLASS(
         config.key, x25519, served, store, gate, contracts.registry.receipt_domain(), config.stream_tokens_per_s
@@ -162,7 +223,71 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
     for hook in SERVICE_HOOKS:
         hook(service, contracts)
     settlement = Settlement(store, contracts.channels, config.settlement)
-    return ProviderNode(config, contracts, service, settlement, store)
+    return ProviderNode(config, contracts, service, settlement, store, public_key_bytes(x25519))
+
+
+def check_reachable(node: ProviderNode, timeout: float = 20.0) -> None:
+    """The endpoint about to be published must reach this very node: its /v1/info there is
+    signed by this node's key (not some other server's, e.g. a gateway's at the same URL)."""
+    url = node.config.endpoint.rstrip("/")
+    me = node.contracts.client.address
+    deadline = time.monotonic() + timeout
+    problem = "no answer"
+    with httpx.Client(timeout=5) as http:
+        while time.monotonic() < deadline:
+            try:
+                info = fetch_info(http, url)
+                if info.address == me and info.x25519_key == node.x25519_public:
+                    return
+                problem = f"it answers as {info.address}, not this node ({me})"
+                break
+            except httpx.HTTPStatusError as exc:  # some other server answers there
+                problem = f"it answers {exc.response.status_code} to GET /v1/info"
+                break
+            except (ValueError, KeyError, TypeError, InvalidInput) as exc:
+                problem = f"its /v1/info is not this node's: {exc}"
+                break
+            except httpx.HTTPError as exc:
+                problem = f"{exc.__class__.__name__}: {exc}"
+            time.sleep(0.2)
+    raise InvalidInput(
+        f"the public URL {url} does not reach this node ({problem}); nothing was staked or registered. "
+        "Give --public-url with an address gateways can reach (check port forwarding and firewalls)"
+    )
+
+
+def publish(node: ProviderNode) -> None:
+    """Stake, register the endpoint and key, publish the offers (idempotent on restart)."""
+    config, contracts = node.config, node.contracts
+    me = contracts.client.address
+    account = contracts.registry.account(me)
+    minimum = contracts.params.get("min_provider_stake")
+    target = config.stake if config.stake is not None else minimum
+    add = max(0, target - account.stake)
+    if add:
+        contracts.token.ensure_allowance(contracts.registry.address, add)
+    if account.role == 0 or add or account.endpoint != config.endpoint or account.x25519_key != node.x25519_public:
+        contracts.registry.register(ROLE_PROVIDER, config.endpoint, node.x25519_public, add)
+    for model_id, model in node.service.models.items():
+        offer = contracts.registry.offer(me, model_id)
+        if not offer.active or (offer.price_in, offer.price_out) != (model.price_in, model.price_out):
+            contracts.registry.set_offer(model_id, model.price_in, model.price_out)
+    node.published = True
+    bonded = _alm(account.stake + add)
+    log.info("published %s with %d offers; %s bonded", config.endpoint, len(node.service.models), bonded)
+
+
+def withdraw_offers(node: ProviderNode) -> int:
+    """On shutdown: remove this node's offers on chain, so gateways stop routing to it. The
+    stake stays bonded; the next start publishes the offers again."""
+    registry = node.contracts.registry
+    me = node.contracts.client.address
+    removed = 0
+    for model_id in node.service.models:
+        if registry.offer(me, model_id).active:
+            registry.remove_offer(model_id)
+            removed += 1
+    return removed
 
 
 def name_model(contracts: Contracts, model_id: bytes, loaded_as: str) -> str | None:
@@ -198,17 +323,98 @@ def build_app(node: ProviderNode) -> Any:
                 await asyncio.sleep(interval)
                 await asyncio.to_thread(node.settlement.tick)
 
+        async def go_public() -> None:
+            try:
+                await asyncio.to_thread(check_reachable, node)
+                await asyncio.to_thread(publish, node)
+            except Exception as exc:  # reported by serve() once the server has stopped
+                node.failure = exc
+                if node.server is not None:
+                    node.server.should_exit = True
+
         task = asyncio.create_task(loop())
+        publishing = asyncio.create_task(go_public())
         yield
         task.cancel()
+        publishing.cancel()
+        if node.published:
+            try:
+                removed = await asyncio.wait_for(asyncio.to_thread(withdraw_offers, node), timeout=20)
+                log.info("withdrew %d offers on chain; gateways stop routing here", removed)
+            except (ChainError, TimeoutError) as exc:
+                log.warning("could not withdraw the offers on chain: %s", exc)
 
     app = create_app(node.service, node.contracts.client.chain_id, node.config.limits)
     app.router.lifespan_context = lifespan
-    return app
+    gated = _health_after_publishing(app, node)
+    gated.lifespan = lambda: lifespan(app)
+    return gated
 
 
-def serve(config: ProviderConfig) -> None:
+def _health_after_publishing(app: Any, node: ProviderNode) -> Any:
+    """/healthz answers 503 until the node is on chain: whoever waits for a healthy provider
+    (allmende up, tests) waits until gateways can find it."""
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/healthz" and not node.published:
+            state = "failed" if node.failure else "publishing"
+            await JSONResponse({"ok": False, "status": state}, status_code=503)(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return asgi
+
+
+class _StopFlag:
+    """What `build_app` sets to stop a relayed node (uvicorn's Server has the same attribute)."""
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+
+    @property
+    def should_exit(self) -> bool:
+        return self.event.is_set()
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        if value:
+            self.event.set()
+
+
+def serve_through_relay(config: ProviderConfig) -> None:
+    """No listening socket: dial out to the relay and serve over that connection."""
+    assert config.relay is not None
+    node = prepare(config)
+    app = build_app(node)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        node.server = _StopFlag(stop)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with app.lifespan():
+            await serve_relayed(app, config.relay or "", node.service.account, stop)
+
+    asyncio.run(main())
+    if node.failure is not None:
+        raise node.failure
+
+
+def serve(config: ProviderConfig, sock: socket.socket | None = None) -> None:
+    """Listen first, then load and build, then publish once reachable; Ctrl-C withdraws the offers."""
     import uvicorn
 
+    if config.relay:
+        serve_through_relay(config)
+        return
+    sock = sock or bind_socket(config.host, config.port)
     node = prepare(config)
-    uvicorn.run(build_app(node), host=config.host, port=config.port, log_level="warning", timeout_keep_alive=30)
+    server = uvicorn.Server(uvicorn.Config(build_app(node), log_level="warning", timeout_keep_alive=30))
+    node.server = server
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; the shutdown is done
+        log.info("stopped")
+    if node.failure is not None:
+        raise node.failure

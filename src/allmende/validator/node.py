@@ -3,6 +3,7 @@ cases, votes, scores), the HTTP API in app.py, evidence in evidence.py, state in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -10,6 +11,7 @@ import time
 import httpx
 
 from allmende.chain.errors import ChainError
+from allmende.provider.node import bind_socket
 from allmende.validator.app import create_app
 from allmende.validator.service import AuditRecord, Validator, ValidatorConfig
 
@@ -20,6 +22,7 @@ def serve(config: ValidatorConfig, host: str, port: int, audit_interval: float, 
     """Run the validator: evidence over HTTP, audits, reviews, resolutions, scores."""
     import uvicorn
 
+    sock = bind_socket(host, port)  # a busy port stops the start before anything is staked
     validator = Validator(config)
     validator.stake()
     app = create_app(validator)
@@ -39,7 +42,8 @@ def serve(config: ValidatorConfig, host: str, port: int, audit_interval: float, 
             time.sleep(audit_interval * (0.5 + validator.rng.random()))  # jittered like user traffic
 
     threading.Thread(target=loop, daemon=True).start()
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it already handled
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
 __all__ = ["AuditRecord", "Validator", "ValidatorConfig", "serve"]

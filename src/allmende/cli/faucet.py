@@ -1,0 +1,63 @@
+"""`allmende faucet ADDRESS` — fund a key on a devnet: ETH for gas, ALM to stake, dUSD to pay."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import typer
+
+from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.chain.anvil import DEVNET_CHAIN_ID, devnet_accounts
+from allmende.cli.common import alm, console, deployments_path, friendly_errors, usd
+from allmende.config import from_environment
+from allmende.core.errors import InvalidInput
+
+
+def faucet(
+    address: str = typer.Argument(..., help="the account to fund (0x…)"),
+    network: str = typer.Option(None, help="a gateway's URL or the devnet's JSON-RPC URL (checked as for a provider)"),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default: the one --network names, else $ALLMENDE_RPC)"),
+    deployments: Path = typer.Option(None, help="deployments JSON, without --network (default: as for the provider)"),
+    eth: str = typer.Option("10", help="ETH for gas"),
+    alm_amount: str = typer.Option("2000", "--alm", help="ALM to stake (a provider's minimum is 1,000 by default)"),
+    usd_amount: str = typer.Option("1000", "--usd", help="dUSD, the devnet's payment token (for a gateway's channels)"),
+) -> None:
+    """Send devnet ETH, ALM and dUSD to ADDRESS from anvil's account 0 (devnet chains only)."""
+    from eth_utils import is_address, to_checksum_address
+
+    from allmende.chain.network import resolve_network
+
+    env = from_environment()
+    with friendly_errors():
+        if not is_address(address):
+            raise InvalidInput(f"{address!r} is not an address (0x followed by 40 hex digits)")
+        who = to_checksum_address(address)
+        amounts = {name: _units(value, decimals, name) for name, value, decimals in
+                   (("--eth", eth, 18), ("--alm", alm_amount, 18), ("--usd", usd_amount, 6))}  # fmt: skip
+        deployment = resolve_network(network, rpc) if network else Deployment.load(deployments_path(deployments))
+        client = ChainClient(rpc or (deployment.rpc_url if network else env.rpc_url), devnet_accounts(1)[0].key)
+        if not deployment.devnet or client.chain_id != DEVNET_CHAIN_ID:
+            raise InvalidInput(f"chain {client.chain_id} is not a devnet: the faucet only hands out devnet money")
+        contracts = Contracts(client, deployment)
+        if amounts["--eth"]:
+            client.send_value(who, amounts["--eth"])
+        if amounts["--alm"]:
+            contracts.token.transfer(who, amounts["--alm"])
+        if amounts["--usd"]:
+            contracts.stable.mint(who, amounts["--usd"])
+        balance = int(client.rpc(lambda: client.w3.eth.get_balance(who)))
+        console.print(
+            f"funded {who}: {balance / 10**18:.4f} ETH, {alm(contracts.token.balance_of(who))}, "
+            f"{usd(contracts.stable.balance_of(who))} (devnet money)"
+        )
+
+
+def _units(value: str, decimals: int, name: str) -> int:
+    try:
+        amount = Decimal(value) * 10**decimals
+    except ArithmeticError:
+        amount = Decimal(-1)
+    if not amount.is_finite() or amount < 0 or amount != amount.to_integral_value():
+        raise InvalidInput(f"{name} {value!r}: expected a non-negative amount with at most {decimals} decimals")
+    return int(amount)
