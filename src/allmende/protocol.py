@@ -4,8 +4,11 @@ request is, the sampling parameters it asks for, its canonical form (what a rece
 requests with it, the provider derives what it runs from it, and a validator re-derives the
 same from the evidence, so the three cannot drift.
 
+    PARAMETERS                    every parameter of the three APIs: supported, accepted (no
+                                  effect on the output) or refused, and why (the README's table)
     parse_request(kind, body)     ChatRequest | CompletionRequest | EmbeddingRequest, or
-                                  InvalidParameter naming the bad parameter
+                                  InvalidParameter naming the bad parameter; a parameter that
+                                  is refused or unknown is never silently ignored
     check_request(kind, body)     parse, and normalise the body in place (the gateway)
     sampling_params(body, rid)    max_tokens, temperature, top_p, seed, stop (the seed from the
                                   request id when the request has none: draw_seed)
@@ -23,13 +26,15 @@ import json
 from typing import Annotated, Any, Literal
 
 from eth_utils import keccak
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from allmende.core.credit import DEFAULT_MAX_TOKENS
 from allmende.core.errors import InvalidInput
 from allmende.engine.base import SamplingParams
 
 MAX_EMBEDDING_INPUTS = 256
+MAX_TOP_LOGPROBS = 20  # chat's top_logprobs, as OpenAI caps it
+MAX_COMPLETION_LOGPROBS = 5  # legacy completions' logprobs, as OpenAI caps it
 ROLES = ("system", "user", "assistant", "developer", "tool")
 
 
@@ -41,6 +46,122 @@ class InvalidParameter(InvalidInput):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+# --- what each API does with each parameter -----------------------------------------------
+
+SUPPORTED, ACCEPTED, REFUSED = "supported", "accepted", "refused"
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    """One request parameter of one API. A refused parameter is still accepted with a value
+    that asks for nothing (`neutral`: `presence_penalty: 0`, `tool_choice: "none"`), so
+    clients that always send their defaults keep working."""
+
+    status: str  # SUPPORTED (honoured), ACCEPTED (taken, no effect on the output) or REFUSED (400)
+    why: str  # what it does here, or why it is refused
+    neutral: tuple[Any, ...] = (None,)
+
+    def allows(self, value: Any) -> bool:
+        if self.status != REFUSED:
+            return True
+        return any(type(value) is type(n) and value == n for n in self.neutral)
+
+
+_DRAW = "it would change the verifiable draw, and neither the engine nor the checker applies it yet"
+_GRAMMAR = "needs grammar-constrained decoding, which is not implemented yet"
+_NO_PENALTY = (None, 0, 0.0)
+_SHARED: dict[str, Parameter] = {
+    "model": Parameter(SUPPORTED, "a name from `GET /v1/models`"),
+    "max_tokens": Parameter(SUPPORTED, "default 64"),
+    "temperature": Parameter(SUPPORTED, "0–2; 0 is greedy"),
+    "top_p": Parameter(SUPPORTED, "nucleus sampling"),
+    "seed": Parameter(SUPPORTED, "the draw is a public function of the seed (one bound to the request id if unset)"),
+    "stop": Parameter(SUPPORTED, "up to 4 strings"),
+    "stream": Parameter(SUPPORTED, "server-sent events"),
+    "stream_options": Parameter(SUPPORTED, "`include_usage`"),
+    "user": Parameter(ACCEPTED, "sent to the provider inside the encrypted request; does not change the output"),
+    "presence_penalty": Parameter(REFUSED, f"unless 0: {_DRAW}", _NO_PENALTY),
+    "frequency_penalty": Parameter(REFUSED, f"unless 0: {_DRAW}", _NO_PENALTY),
+    "logit_bias": Parameter(REFUSED, f"unless empty: {_DRAW}", (None, {})),
+    "n": Parameter(REFUSED, "unless 1: one completion per request", (None, 1)),
+}
+CHAT_PARAMETERS: dict[str, Parameter] = {
+    "messages": Parameter(
+        SUPPORTED,
+        "roles system, developer, user, assistant, tool; text content or text parts, "
+        "rendered by the model's chat template",
+    ),
+    **_SHARED,
+    "max_completion_tokens": Parameter(SUPPORTED, "same as `max_tokens`"),
+    "logprobs": Parameter(SUPPORTED, "log-probabilities of the model's distribution at each drawn token"),
+    "top_logprobs": Parameter(SUPPORTED, f"0–{MAX_TOP_LOGPROBS} most likely alternatives (needs `logprobs`)"),
+    "safety_identifier": Parameter(ACCEPTED, "as `user`"),
+    "prompt_cache_key": Parameter(ACCEPTED, "as `user`; prompts are not cached across requests"),
+    "tools": Parameter(REFUSED, f"unless empty: tool calling {_GRAMMAR}", (None, [])),
+    "tool_choice": Parameter(REFUSED, f'unless "none": tool calling {_GRAMMAR}', (None, "none")),
+    "parallel_tool_calls": Parameter(REFUSED, f"tool calling {_GRAMMAR}"),
+    "functions": Parameter(REFUSED, f"deprecated tool calling; {_GRAMMAR}", (None, [])),
+    "function_call": Parameter(REFUSED, f'unless "none": deprecated tool calling; {_GRAMMAR}', (None, "none")),
+    "response_format": Parameter(
+        REFUSED, f'unless {{"type": "text"}}: structured output {_GRAMMAR}', (None, {"type": "text"})
+    ),
+    "modalities": Parameter(REFUSED, 'unless ["text"]: the served models write text only', (None, ["text"])),
+    "audio": Parameter(REFUSED, "the served models write text only"),
+    "prediction": Parameter(REFUSED, "predicted outputs are not implemented"),
+    "reasoning_effort": Parameter(REFUSED, "the served models are not reasoning models"),
+    "verbosity": Parameter(REFUSED, "the served models have no verbosity control"),
+    "web_search_options": Parameter(REFUSED, "the network does not search the web"),
+    "store": Parameter(REFUSED, "unless false: completions are never stored", (None, False)),
+    "metadata": Parameter(REFUSED, "unless empty: kept only with `store`, which is not offered", (None, {})),
+    "service_tier": Parameter(REFUSED, 'unless "auto" or "default": one tier of service', (None, "auto", "default")),
+}
+COMPLETION_PARAMETERS: dict[str, Parameter] = {
+    "prompt": Parameter(SUPPORTED, "a string, or a one-element array of a string"),
+    **_SHARED,
+    "logprobs": Parameter(
+        SUPPORTED, f"0–{MAX_COMPLETION_LOGPROBS}: the drawn token's log-probability and alternatives"
+    ),
+    "echo": Parameter(SUPPORTED, "the prompt is prepended to the text (not with `logprobs`)"),
+    "best_of": Parameter(REFUSED, "unless 1 or equal to `n`: completions the caller never sees", (None, 1)),
+    "suffix": Parameter(REFUSED, "the served models have no fill-in-the-middle training", (None, "")),
+}
+EMBEDDING_PARAMETERS: dict[str, Parameter] = {
+    "model": _SHARED["model"],
+    "input": Parameter(SUPPORTED, f"a string or up to {MAX_EMBEDDING_INPUTS} strings"),
+    "encoding_format": Parameter(SUPPORTED, "`float` or `base64` (little-endian float32)"),
+    "dimensions": Parameter(
+        SUPPORTED, "only the model's own size: the served models were not trained for shortened embeddings"
+    ),
+    "user": _SHARED["user"],
+}
+PARAMETERS: dict[str, dict[str, Parameter]] = {
+    "chat": CHAT_PARAMETERS,
+    "completion": COMPLETION_PARAMETERS,
+    "embedding": EMBEDDING_PARAMETERS,
+}
+API_NAMES = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embedding": "/v1/embeddings"}
+
+
+def parameter_table() -> str:
+    """The README's table of every parameter: one row per (API, parameter)."""
+    rows = ["| API | parameter | status | notes |", "| --- | --- | --- | --- |"]
+    for kind, params in PARAMETERS.items():
+        for name, p in params.items():
+            rows.append(f"| `{API_NAMES[kind]}` | `{name}` | {p.status} | {p.why} |")
+    return "\n".join(rows) + "\n"
+
+
+def screen_parameters(kind: str, body: dict[str, Any]) -> None:
+    """InvalidParameter for a parameter this API does not know or refuses with this value."""
+    table = PARAMETERS[kind]
+    for name, value in body.items():
+        parameter = table.get(name)
+        if parameter is None:
+            raise InvalidParameter(f"Unrecognized request argument supplied: {name}", name)
+        if not parameter.allows(value):
+            raise InvalidParameter(f"'{name}' is not supported: {parameter.why}", name)
 
 
 # --- requests ---------------------------------------------------------------------------
@@ -118,10 +239,34 @@ class _Generation(_Common):
 
 class ChatRequest(_Generation):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("'top_logprobs' needs 'logprobs' set to true")
+        return self
+
+    def logprobs_wanted(self) -> int | None:
+        """Alternatives per token to report (0: the drawn token's only), None for no logprobs."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Generation):
     prompt: str
+    logprobs: Annotated[int, Field(ge=0, le=MAX_COMPLETION_LOGPROBS)] | None = None
+    echo: bool | None = None
+    best_of: Annotated[int, Field(ge=1, le=1)] | None = None
+
+    @model_validator(mode="after")
+    def _echo_without_logprobs(self) -> CompletionRequest:
+        if self.echo and self.logprobs is not None:
+            raise ValueError("'echo' with 'logprobs' would need the prompt's log-probabilities, which are not served")
+        return self
+
+    def logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -136,6 +281,7 @@ class CompletionRequest(_Generation):
 class EmbeddingRequest(_Common):
     input: tuple[str, ...]
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1, le=65536)] | None = None
 
     @field_validator("input", mode="before")
     @classmethod
@@ -188,10 +334,14 @@ def parse_request(kind: str, body: dict[str, Any]) -> Request:
         model = REQUESTS[kind]
     except KeyError:
         raise InvalidParameter(f"unknown request kind {kind!r}") from None
+    screen_parameters(kind, body)
     try:
         return model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if not first["loc"]:  # a rule across parameters: its message names them
+            message = _message(first)
+            raise InvalidParameter(message, message.split("'")[1] if "'" in message else None) from None
         param = _param(first["loc"])
         raise InvalidParameter(f"'{param}' {_message(first)}", param) from None
 
@@ -228,6 +378,29 @@ def sampling_params(body: dict[str, Any], request_id: bytes | None = None) -> Sa
     if params.seed is None and request_id is not None:
         params = dataclasses.replace(params, seed=draw_seed(request_id))
     return params
+
+
+def logprobs_wanted(kind: str, body: dict[str, Any]) -> int | None:
+    """How many alternatives per token a generation request wants log-probabilities of (0:
+    the drawn token's only), None for none; InvalidInput if the request is not valid."""
+
+    def count(name: str, most: int) -> int:
+        value = body.get(name)
+        if value is None:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+            raise InvalidInput(f"{name} must be an integer from 0 to {most}")
+        return value
+
+    if kind == "chat":
+        if body.get("logprobs") in (None, False):
+            return None
+        if body.get("logprobs") is not True:
+            raise InvalidInput("logprobs must be a boolean")
+        return count("top_logprobs", MAX_TOP_LOGPROBS)
+    if kind == "completion":
+        return None if body.get("logprobs") is None else count("logprobs", MAX_COMPLETION_LOGPROBS)
+    return None
 
 
 def canonical_request(body: dict[str, Any]) -> bytes:
@@ -271,10 +444,51 @@ class AssistantMessage(_Response):
     content: str
 
 
+class TopLogprob(_Response):
+    token: str
+    bytes: list[int] | None
+    logprob: float
+
+
+class TokenLogprob(TopLogprob):
+    """One output token's log-probability and its most likely alternatives (chat's shape;
+    the provider sends these with its token events)."""
+
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(_Response):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
+class CompletionLogprobs(_Response):
+    """Legacy completions' shape: parallel lists, alternatives as {token: logprob}."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+    @classmethod
+    def of(cls, entries: list[TokenLogprob], offset: int) -> CompletionLogprobs:
+        """From chat-shaped entries; `offset` is where the first token's text starts."""
+        offsets = []
+        for entry in entries:
+            offsets.append(offset)
+            offset += len(entry.token)
+        return cls(
+            tokens=[e.token for e in entries],
+            token_logprobs=[e.logprob for e in entries],
+            top_logprobs=[{t.token: t.logprob for t in e.top_logprobs} for e in entries],
+            text_offset=offsets,
+        )
+
+
 class ChatChoice(_Response):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str
 
 
@@ -286,14 +500,14 @@ class Delta(_Response):
 class ChatChunkChoice(_Response):
     index: int = 0
     delta: Delta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 
 class CompletionChoice(_Response):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
 
 

@@ -62,7 +62,6 @@ def test_check_request_normalises_the_body_it_will_forward() -> None:
     body = {
         "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
         "stop": "x",
-        "vendor_field": 1,
     }
     request = check_request("chat", body)
     assert isinstance(request, ChatRequest)

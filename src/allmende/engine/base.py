@@ -36,6 +36,9 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
+    # log-probabilities to report with each token: None = none, k = the drawn token's and the
+    # k most likely ones (they never change which token is drawn)
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_tokens <= 1 << 20:
@@ -56,6 +59,9 @@ class TokenEvent:
     token_id: int | None
     finish_reason: Literal["stop", "length"] | None = None
     proof: bytes | None = None  # TOPLOC-style commitment, on the final event of a generation
+    # with `SamplingParams.logprobs`: {"token", "bytes", "logprob", "top_logprobs": [...]} of
+    # `token_id`, from the row of logits it was drawn from (see `token_logprob`)
+    logprob: dict[str, object] | None = None
 
 
 @dataclass
@@ -68,6 +74,7 @@ class Generation:
     finish_reason: str
     token_ids: list[int] = field(default_factory=list)
     proof: bytes = b""
+    logprobs: list[dict[str, object]] | None = None  # one per output token, when asked for
 
 
 class Engine(ABC):
@@ -101,12 +108,15 @@ async def collect(stream: AsyncIterator[TokenEvent], prompt_tokens: int) -> Gene
     ids: list[int] = []
     finish = "length"
     proof = b""
+    logprobs: list[dict[str, object]] = []
     async for event in stream:
         if event.proof is not None:
             proof = event.proof
+        if event.logprob is not None:
+            logprobs.append(event.logprob)
         parts.append(event.text)
         if event.token_id is not None:
             ids.append(event.token_id)
         if event.finish_reason:
             finish = event.finish_reason
-    return Generation("".join(parts), prompt_tokens, len(ids), finish, ids, proof)
+    return Generation("".join(parts), prompt_tokens, len(ids), finish, ids, proof, logprobs or None)

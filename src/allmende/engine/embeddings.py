@@ -49,6 +49,22 @@ class EmbeddingEngine(Engine):
         raise EngineError(f"{self.name} is an embedding model; it does not generate text")
         yield  # pragma: no cover  (makes this an async generator)
 
+    @property
+    def dimensions(self) -> int:
+        """The size of this model's embeddings."""
+        return int(self.model.config.hidden_size)
+
+    def check_dimensions(self, body: dict[str, object]) -> None:
+        """`dimensions` may only ask for the model's own size: shortening an embedding by
+        truncation and renormalisation is only sound for models trained for it (Matryoshka
+        representation learning), and this one was not."""
+        wanted = body.get("dimensions")
+        if wanted is not None and wanted != self.dimensions:
+            raise EngineError(
+                f"'dimensions' {self.name} makes embeddings of {self.dimensions} dimensions only; it was not "
+                f"trained for shortened (Matryoshka) embeddings, so {wanted} dimensions would be a degraded vector"
+            )
+
     def inputs_of(self, body: dict[str, object]) -> list[str]:
         raw = body.get("input")
         texts = [raw] if isinstance(raw, str) else raw

@@ -247,7 +247,7 @@ class GatewayService:
             except (ProviderReplyError, httpx.HTTPError, TimeoutError, InvalidInput, OSError) as exc:
                 verdict = self._failed(attempt, offer, exc, 0)
                 if verdict == "fatal":
-                    raise InvalidRequest(str(exc.message if isinstance(exc, ProviderReplyError) else exc)) from None
+                    raise refused(exc) from None
                 if verdict == "busy":
                     busy.add(entry.address)
                 else:
@@ -333,7 +333,7 @@ class GatewayService:
             except (ProviderReplyError, httpx.HTTPError, TimeoutError, InvalidInput, OSError) as exc:
                 verdict = self._failed(attempt, offer, exc, streamed)
                 if verdict == "fatal" and not sent and not streamed:
-                    raise InvalidRequest(str(exc.message if isinstance(exc, ProviderReplyError) else exc)) from None
+                    raise refused(exc) from None
                 if verdict == "busy" and not streamed:
                     busy.add(entry.address)
                 else:
@@ -346,6 +346,14 @@ class GatewayService:
         raise NoProvider(
             f"no provider could serve '{offer.name}' right now" + (f" (last error: {last_error})" if last_error else "")
         )
+
+
+def refused(exc: Exception) -> InvalidRequest:
+    """The provider's refusal of the request itself, for the client; a message that starts
+    by quoting a parameter ('dimensions' ...) names it as OpenAI's `param`."""
+    message = str(exc.message if isinstance(exc, ProviderReplyError) else exc)
+    quoted = message.split("'")
+    return InvalidRequest(message, quoted[1] if message.startswith("'") and len(quoted) > 2 else None)
 
 
 def budget_check(payments: Payments, budgets: dict[str, int], api_key: str | None) -> None:

@@ -4,6 +4,7 @@ sign the receipt, seal the answer. The HTTP layer (app.py) only moves bytes."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from allmende.core.codec import address_field, hex_bytes
 from allmende.core.credit import max_request_cost
 from allmende.core.envelope import ResponseSealer, open_request
 from allmende.engine import Engine, SamplingParams, collect
-from allmende.protocol import input_hash, sampling_params
+from allmende.protocol import input_hash, logprobs_wanted, sampling_params
 from allmende.provider.errors import BadRequest, ReplayedRequest, UnknownModelError
 from allmende.provider.payments import PaymentGate
 from allmende.provider.store import ProviderStore
@@ -142,7 +143,11 @@ class ProviderService:
         """Serve a non-streaming request; returns the sealed reply."""
         engine = req.model.engine
         if req.kind == "embedding":
-            texts = engine.inputs_of(req.body)  # type: ignore[attr-defined]
+            try:
+                engine.check_dimensions(req.body)  # type: ignore[attr-defined]
+                texts = engine.inputs_of(req.body)  # type: ignore[attr-defined]
+            except InvalidInput as exc:
+                raise BadRequest(str(exc)) from None
             vectors, tokens = await engine.embed(texts)
             output: dict[str, Any] = {"embeddings": vectors}
             receipt = self._finish(req, tokens, 0, json.dumps(vectors).encode())
@@ -157,6 +162,8 @@ class ProviderService:
                 "token_ids": gen.token_ids,
                 "proof": "0x" + gen.proof.hex(),
             }
+            if params.logprobs is not None:
+                output["logprobs"] = gen.logprobs or []
             receipt = self._finish(req, len(prompt), gen.completion_tokens, gen.text.encode(), gen.proof)
         reply = {"output": output, "usage": receipt["usage"], "receipt": receipt["receipt"]}
         return req.sealer.seal(0, json.dumps(reply).encode())
@@ -169,6 +176,7 @@ class ProviderService:
         engine.check_length(prompt, params.max_tokens)  # type: ignore[attr-defined]
         seq, parts, produced, finish, proof, token_ids = 0, [], 0, "length", b"", []
         unsent = 0  # tokens whose text has not gone out yet
+        logprobs: list[dict[str, Any]] = []  # ... and their log-probabilities
         async for event in engine.generate(prompt, params):
             if event.proof is not None:
                 proof = event.proof
@@ -176,13 +184,18 @@ class ProviderService:
                 produced += 1
                 unsent += 1
                 token_ids.append(event.token_id)
+            if event.logprob is not None:
+                logprobs.append(event.logprob)
             if event.finish_reason:
                 finish = event.finish_reason
             if self.stream_interval:
                 await asyncio.sleep(self.stream_interval)
             if event.text:
                 parts.append(event.text)
-                yield req.sealer.seal(seq, json.dumps({"delta": event.text, "tokens": unsent}).encode())
+                piece: dict[str, Any] = {"delta": event.text, "tokens": unsent}
+                if params.logprobs is not None:
+                    piece["logprobs"], logprobs = logprobs, []
+                yield req.sealer.seal(seq, json.dumps(piece).encode())
                 seq += 1
                 unsent = 0
         text = "".join(parts)
@@ -195,12 +208,15 @@ class ProviderService:
             "token_ids": token_ids,
             "proof": "0x" + proof.hex(),
         }
+        if params.logprobs is not None:
+            final["logprobs"] = logprobs  # of tokens whose text never went out (a cut stop string)
         yield req.sealer.seal(seq, json.dumps(final).encode())
 
     @staticmethod
     def _sampling(req: InferRequest) -> SamplingParams:
         try:
-            return sampling_params(req.body, req.request_id)  # unseeded: a seed bound to the request id
+            params = sampling_params(req.body, req.request_id)  # unseeded: a seed bound to the request id
+            return dataclasses.replace(params, logprobs=logprobs_wanted(req.kind, req.body))
         except InvalidInput as exc:
             raise BadRequest(str(exc)) from None
 
