@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 from eth_utils import keccak
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from allmende.core.credit import DEFAULT_MAX_TOKENS
+from allmende.core.credit import DEFAULT_MAX_TOKENS, MAX_CHOICES
 from allmende.core.errors import InvalidInput
 from allmende.engine.base import SamplingParams
 
@@ -85,7 +85,10 @@ _SHARED: dict[str, Parameter] = {
     "presence_penalty": Parameter(REFUSED, f"unless 0: {_DRAW}", _NO_PENALTY),
     "frequency_penalty": Parameter(REFUSED, f"unless 0: {_DRAW}", _NO_PENALTY),
     "logit_bias": Parameter(REFUSED, f"unless empty: {_DRAW}", (None, {})),
-    "n": Parameter(REFUSED, "unless 1: one completion per request", (None, 1)),
+    "n": Parameter(
+        SUPPORTED,
+        f"1–{MAX_CHOICES} choices drawn in one batch from one prefill, choice i with seed + i; not with `stream`",
+    ),
 }
 CHAT_PARAMETERS: dict[str, Parameter] = {
     "messages": Parameter(
@@ -118,18 +121,26 @@ CHAT_PARAMETERS: dict[str, Parameter] = {
     "service_tier": Parameter(REFUSED, 'unless "auto" or "default": one tier of service', (None, "auto", "default")),
 }
 COMPLETION_PARAMETERS: dict[str, Parameter] = {
-    "prompt": Parameter(SUPPORTED, "a string, or a one-element array of a string"),
+    "prompt": Parameter(
+        SUPPORTED, "a string or an array of the model's token ids (or a one-element array of either); one prompt"
+    ),
     **_SHARED,
     "logprobs": Parameter(
         SUPPORTED, f"0–{MAX_COMPLETION_LOGPROBS}: the drawn token's log-probability and alternatives"
     ),
-    "echo": Parameter(SUPPORTED, "the prompt is prepended to the text (not with `logprobs`)"),
-    "best_of": Parameter(REFUSED, "unless 1 or equal to `n`: completions the caller never sees", (None, 1)),
+    "echo": Parameter(SUPPORTED, "the prompt is prepended to the text (a text prompt, not with `logprobs`)"),
+    "best_of": Parameter(
+        SUPPORTED, "only equal to `n` (every completion drawn is returned): ranking hidden ones is not offered"
+    ),
     "suffix": Parameter(REFUSED, "the served models have no fill-in-the-middle training", (None, "")),
 }
 EMBEDDING_PARAMETERS: dict[str, Parameter] = {
     "model": _SHARED["model"],
-    "input": Parameter(SUPPORTED, f"a string or up to {MAX_EMBEDDING_INPUTS} strings"),
+    "input": Parameter(
+        SUPPORTED,
+        f"a string, an array of token ids, or up to {MAX_EMBEDDING_INPUTS} of either; token ids are the "
+        "model's own (its tokenizer's), as with OpenAI",
+    ),
     "encoding_format": Parameter(SUPPORTED, "`float` or `base64` (little-endian float32)"),
     "dimensions": Parameter(
         SUPPORTED, "only the model's own size: the served models were not trained for shortened embeddings"
@@ -217,7 +228,7 @@ class _Generation(_Common):
     max_completion_tokens: Annotated[int, Field(ge=1, le=2**20)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    n: Literal[1] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
     stop: tuple[str, ...] | None = None
 
     @field_validator("stop", mode="before")
@@ -228,6 +239,12 @@ class _Generation(_Common):
         if not isinstance(stop, list | tuple) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
             raise ValueError("must be a string or up to 4 strings")
         return tuple(stop)
+
+    @model_validator(mode="after")
+    def _one_streamed_choice(self) -> _Generation:
+        if self.stream and (self.n or 1) > 1:
+            raise ValueError("'n' above 1 is not offered with stream (failover continues one text)")
+        return self
 
     def sampling(self) -> SamplingParams:
         """What the provider runs and a validator re-checks."""
@@ -253,16 +270,31 @@ class ChatRequest(_Generation):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
+TokenIds = tuple[Annotated[int, Field(ge=0, lt=2**32)], ...]
+
+
+def _token_ids(raw: Any) -> bool:
+    return (
+        isinstance(raw, list)
+        and bool(raw)
+        and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**32 for t in raw)
+    )
+
+
 class CompletionRequest(_Generation):
-    prompt: str
+    prompt: str | TokenIds
     logprobs: Annotated[int, Field(ge=0, le=MAX_COMPLETION_LOGPROBS)] | None = None
     echo: bool | None = None
-    best_of: Annotated[int, Field(ge=1, le=1)] | None = None
+    best_of: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
 
     @model_validator(mode="after")
     def _echo_without_logprobs(self) -> CompletionRequest:
         if self.echo and self.logprobs is not None:
             raise ValueError("'echo' with 'logprobs' would need the prompt's log-probabilities, which are not served")
+        if self.best_of is not None and self.best_of != (self.n or 1):
+            raise ValueError("'best_of' must equal n: every completion drawn is returned")
+        if self.echo and not isinstance(self.prompt, str):
+            raise ValueError("'echo' needs a text prompt, not token ids")
         return self
 
     def logprobs_wanted(self) -> int | None:
@@ -271,28 +303,33 @@ class CompletionRequest(_Generation):
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt(cls, prompt: Any) -> Any:
-        if isinstance(prompt, list) and len(prompt) == 1:
+        if isinstance(prompt, list) and len(prompt) == 1 and not _token_ids(prompt):
             prompt = prompt[0]
+        if _token_ids(prompt):
+            return tuple(prompt)
         if not isinstance(prompt, str):
-            raise ValueError("must be a string")
+            raise ValueError("must be a string or an array of token ids (one prompt per request)")
         return prompt
 
 
 class EmbeddingRequest(_Common):
-    input: tuple[str, ...]
+    input: tuple[str | TokenIds, ...]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Field(ge=1, le=65536)] | None = None
 
     @field_validator("input", mode="before")
     @classmethod
     def _input(cls, raw: Any) -> Any:
-        if isinstance(raw, str):
+        if isinstance(raw, str) or _token_ids(raw):
             raw = [raw]
-        if not isinstance(raw, list) or not raw or not all(isinstance(t, str) and t for t in raw):
-            raise ValueError("must be a non-empty string or array of non-empty strings")
+        if not isinstance(raw, list) or not raw or not all((isinstance(t, str) and t) or _token_ids(t) for t in raw):
+            raise ValueError(
+                "must be a non-empty string, an array of token ids, "
+                "or an array of non-empty strings or of token-id arrays"
+            )
         if len(raw) > MAX_EMBEDDING_INPUTS:
-            raise ValueError(f"may hold at most {MAX_EMBEDDING_INPUTS} strings")
-        return tuple(raw)
+            raise ValueError(f"may hold at most {MAX_EMBEDDING_INPUTS} inputs")
+        return tuple(tuple(t) if isinstance(t, list) else t for t in raw)
 
 
 Request = ChatRequest | CompletionRequest | EmbeddingRequest
@@ -322,8 +359,6 @@ def _message(error: Any) -> str:
         return "must be a non-empty array"
     if kind == "missing":
         return "is required"
-    if kind == "literal_error" and error["loc"] == ("n",):
-        return "only n=1 is supported"
     return msg.removeprefix("Input ")
 
 
@@ -355,7 +390,7 @@ def check_request(kind: str, body: dict[str, Any]) -> Request:
         for message, parsed in zip(body["messages"], request.messages, strict=True):
             message["content"] = parsed.content
     elif isinstance(request, CompletionRequest):
-        body["prompt"] = request.prompt
+        body["prompt"] = request.prompt if isinstance(request.prompt, str) else list(request.prompt)
     return request
 
 
@@ -401,6 +436,16 @@ def logprobs_wanted(kind: str, body: dict[str, Any]) -> int | None:
     if kind == "completion":
         return None if body.get("logprobs") is None else count("logprobs", MAX_COMPLETION_LOGPROBS)
     return None
+
+
+def choices_wanted(body: dict[str, Any]) -> int:
+    """`n`: how many completions a generation request asks for (InvalidInput if not 1–8)."""
+    n = body.get("n")
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
+        raise InvalidInput(f"n must be an integer from 1 to {MAX_CHOICES}")
+    return n
 
 
 def canonical_request(body: dict[str, Any]) -> bytes:

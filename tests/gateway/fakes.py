@@ -78,7 +78,7 @@ class FakeEngine(Engine):
                 logprob = {**fake_logprob(token, -0.25), "top_logprobs": top}
             yield TokenEvent(chr(token), token, "length" if last else None, b"\x01" * 8 if last else None, logprob)
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
         raise EngineError("not an embedding model")
 
     def final_hidden_states(self, token_ids: list[int]) -> object:

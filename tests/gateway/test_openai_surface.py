@@ -14,7 +14,8 @@ import httpx
 import openai
 import pytest
 
-from allmende.gateway.app import GatewayLimits, create_app
+from allmende.core.errors import UpstreamError
+from allmende.gateway.app import GatewayLimits, create_app, render
 from tests.gateway.fakes import FakeProvider, network
 
 T = TypeVar("T")
@@ -172,3 +173,29 @@ def test_completion_logprobs_and_echo_in_the_legacy_shape(tmp_path: Path) -> Non
     assert echoed.choices[0].text == "ab" + scored.choices[0].text
     assert "".join(c.choices[0].text for c in streamed if c.choices) == echoed.choices[0].text
     assert refused["param"] == "suffix"
+
+
+def test_n_choices_come_back_indexed_and_are_all_paid_for(tmp_path: Path) -> None:
+    async def call(client: openai.AsyncOpenAI, _: httpx.AsyncClient) -> Any:
+        chat = await client.chat.completions.create(model="fake", messages=CHAT, max_tokens=3, n=3, logprobs=True)
+        text = await client.completions.create(model="fake", prompt="ab", max_tokens=2, n=2, best_of=2)
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.completions.create(model="fake", prompt="ab", max_tokens=2, n=2, best_of=3)
+        return chat, text, info.value.body
+
+    chat, text, refused = run(tmp_path, call)
+    assert [c.index for c in chat.choices] == [0, 1, 2]
+    assert all(len(c.message.content) == 3 and len(c.logprobs.content) == 3 for c in chat.choices)
+    assert chat.usage.completion_tokens == 9  # every choice's tokens are in the signed receipt
+    assert [c.index for c in text.choices] == [0, 1] and text.usage.completion_tokens == 4
+    assert refused["param"] == "best_of"
+
+
+def test_a_provider_that_answers_fewer_choices_than_asked_is_not_passed_on(tmp_path: Path) -> None:
+    net = network(tmp_path, [FakeProvider(tmp_path)])
+    body = {"model": "fake", "messages": CHAT, "max_tokens": 2, "n": 2}
+    result = asyncio.run(net.service.complete("chat", dict(body), None))
+    del result.answer.output["choices"][1]  # what a provider that skipped a choice would send
+
+    with pytest.raises(UpstreamError, match="number of choices"):
+        render("chat", body, "fake", result.answer)

@@ -93,13 +93,45 @@ class Engine(ABC):
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
         """Stream the completion of `prompt_ids`."""
 
+    def generate_choices(
+        self, prompt_ids: list[int], params: SamplingParams, n: int
+    ) -> AsyncIterator[tuple[int, TokenEvent]]:
+        """`n` completions of one prompt as (choice index, event); choice i samples with
+        `choice_params(params, i)`. This default runs them one after another; a batching
+        engine serves them together."""
+        return self._one_by_one(prompt_ids, params, n)
+
+    async def _one_by_one(
+        self, prompt_ids: list[int], params: SamplingParams, n: int
+    ) -> AsyncIterator[tuple[int, TokenEvent]]:
+        from allmende.engine.sampling import choice_params
+
+        for index in range(n):
+            async for event in self.generate(prompt_ids, choice_params(params, index)):
+                yield index, event
+
     @abstractmethod
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
         """Embeddings of `texts` and the number of tokens they used."""
 
     @abstractmethod
     def final_hidden_states(self, token_ids: list[int]) -> object:
         """Last-layer hidden states (one row per position) of one forward pass over `token_ids`."""
+
+
+async def collect_choices(
+    stream: AsyncIterator[tuple[int, TokenEvent]], prompt_tokens: int, n: int
+) -> list[Generation]:
+    """Drain a `generate_choices` stream into one Generation per choice."""
+    queues: list[list[TokenEvent]] = [[] for _ in range(n)]
+    async for index, event in stream:
+        queues[index].append(event)
+
+    async def replay(events: list[TokenEvent]) -> AsyncIterator[TokenEvent]:
+        for event in events:
+            yield event
+
+    return [await collect(replay(events), prompt_tokens) for events in queues]
 
 
 async def collect(stream: AsyncIterator[TokenEvent], prompt_tokens: int) -> Generation:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -24,6 +24,11 @@ from allmende.engine.scheduler import BatchScheduler
 from allmende.engine.sequence import Sequence
 
 MAX_CHOICES = 16  # most completions one request may ask for (n)
+
+
+def token_ids(raw: object) -> TypeGuard[list[int]]:
+    """A non-empty list of ints (not bools): token ids as OpenAI's APIs accept them."""
+    return isinstance(raw, list) and bool(raw) and all(isinstance(t, int) and not isinstance(t, bool) for t in raw)
 
 
 def pick_device() -> str:
@@ -91,10 +96,12 @@ class CausalLMEngine(Engine):
             return [int(i) for i in ids]
         if kind == "completion":
             prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
                 prompt = prompt[0]
+            if token_ids(prompt):
+                return list(prompt)  # the model's own token ids (check_length checks the vocabulary)
             if not isinstance(prompt, str):
-                raise EngineError("prompt must be a string")
+                raise EngineError("prompt must be a string or an array of token ids")
             return [int(i) for i in self.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
         raise EngineError(f"{self.name} is a generative model; it does not do {kind}")
 
@@ -165,7 +172,7 @@ class CausalLMEngine(Engine):
                 if not sequence.finished:
                     self.scheduler.cancel(sequence)
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
         raise EngineError(f"{self.name} is a generative model; it does not do embeddings")
 
     @torch.inference_mode()

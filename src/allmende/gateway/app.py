@@ -17,12 +17,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from allmende import __version__, protocol
 from allmende.core.codec import address_field
 from allmende.core.errors import BodyTooLarge as CoreBodyTooLarge
-from allmende.core.errors import InvalidInput
+from allmende.core.errors import InvalidInput, UpstreamError
 from allmende.core.ratelimit import RateLimiter
 from allmende.gateway.errors import (
     BodyTooLarge,
@@ -361,8 +362,11 @@ def token_logprobs(raw: object) -> list[protocol.TokenLogprob]:
     """The provider's log-probability entries, checked against OpenAI's shape (a provider
     that sends anything else fails the request rather than the client's parser)."""
     if not isinstance(raw, list):
-        raise InvalidInput("the provider's logprobs are not a list")
-    return [protocol.TokenLogprob.model_validate(entry) for entry in raw]
+        raise UpstreamError("the provider's logprobs are not a list")
+    try:
+        return [protocol.TokenLogprob.model_validate(entry) for entry in raw]
+    except ValidationError:
+        raise UpstreamError("the provider's logprobs are not in OpenAI's shape") from None
 
 
 def chat_logprobs(raw: list[dict[str, Any]] | None) -> protocol.ChoiceLogprobs | None:
@@ -386,28 +390,42 @@ def render(kind: str, body: dict[str, Any], name: str, answer: Answer) -> dict[s
         tokens = answer.usage["prompt_tokens"]
         usage = protocol.EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
         return protocol.EmbeddingList(data=data, model=name, usage=usage).render()
-    text = answer.output.get("text", "")
-    finish = answer.output.get("finish_reason", "stop")
     wanted = protocol.logprobs_wanted(kind, body) is not None
-    logprobs = answer.output.get("logprobs", []) if wanted else None
+    outputs = choices_of(answer.output, protocol.choices_wanted(body))
+    counts = protocol.Usage(**answer.usage)
     if kind == "chat":
-        message = protocol.AssistantMessage(content=text)
-        choice = protocol.ChatChoice(message=message, logprobs=chat_logprobs(logprobs), finish_reason=finish)
+        chats = [
+            protocol.ChatChoice(
+                index=i,
+                message=protocol.AssistantMessage(content=out.get("text", "")),
+                logprobs=chat_logprobs(out.get("logprobs", []) if wanted else None),
+                finish_reason=out.get("finish_reason", "stop"),
+            )
+            for i, out in enumerate(outputs)
+        ]
         return protocol.ChatCompletion(
-            id=new_id(kind), created=created, model=name, choices=[choice], usage=protocol.Usage(**answer.usage)
+            id=new_id(kind), created=created, model=name, choices=chats, usage=counts
         ).render()
     echoed = echo_of(body)
-    return protocol.Completion(
-        id=new_id(kind),
-        created=created,
-        model=name,
-        choices=[
-            protocol.CompletionChoice(
-                text=echoed + text, logprobs=completion_logprobs(logprobs, len(echoed)), finish_reason=finish
-            )
-        ],
-        usage=protocol.Usage(**answer.usage),
-    ).render()
+    texts = [
+        protocol.CompletionChoice(
+            index=i,
+            text=echoed + out.get("text", ""),
+            logprobs=completion_logprobs(out.get("logprobs", []) if wanted else None, len(echoed)),
+            finish_reason=out.get("finish_reason", "stop"),
+        )
+        for i, out in enumerate(outputs)
+    ]
+    return protocol.Completion(id=new_id(kind), created=created, model=name, choices=texts, usage=counts).render()
+
+
+def choices_of(output: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The provider's output per choice: `n` of them, or UpstreamError (the answer is not
+    what was asked for)."""
+    outputs = output.get("choices", [output]) if n > 1 else [output]
+    if not isinstance(outputs, list) or len(outputs) != n or not all(isinstance(o, dict) for o in outputs):
+        raise UpstreamError(f"the provider answered with another number of choices than n={n}")
+    return outputs
 
 
 def echo_of(body: dict[str, Any]) -> str:

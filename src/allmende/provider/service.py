@@ -19,8 +19,8 @@ from allmende.core import Domain, InvalidInput, Receipt, SignedVoucher, request_
 from allmende.core.codec import address_field, hex_bytes
 from allmende.core.credit import max_request_cost
 from allmende.core.envelope import ResponseSealer, open_request
-from allmende.engine import Engine, SamplingParams, collect
-from allmende.protocol import input_hash, logprobs_wanted, sampling_params
+from allmende.engine import Engine, SamplingParams, collect, collect_choices
+from allmende.protocol import choices_wanted, input_hash, logprobs_wanted, sampling_params
 from allmende.provider.errors import BadRequest, ReplayedRequest, UnknownModelError
 from allmende.provider.payments import PaymentGate
 from allmende.provider.store import ProviderStore
@@ -155,16 +155,30 @@ class ProviderService:
             prompt = self._prompt(req)
             params = self._sampling(req)
             engine.check_length(prompt, params.max_tokens)  # type: ignore[attr-defined]
-            gen = await collect(engine.generate(prompt, params), len(prompt))
-            output = {
-                "text": gen.text,
-                "finish_reason": gen.finish_reason,
-                "token_ids": gen.token_ids,
-                "proof": "0x" + gen.proof.hex(),
-            }
-            if params.logprobs is not None:
-                output["logprobs"] = gen.logprobs or []
-            receipt = self._finish(req, len(prompt), gen.completion_tokens, gen.text.encode(), gen.proof)
+            n = self._choices(req)
+            if n == 1:
+                gens = [await collect(engine.generate(prompt, params), len(prompt))]
+            else:
+                gens = await collect_choices(engine.generate_choices(prompt, params, n), len(prompt), n)
+            outputs = []
+            for gen in gens:
+                one: dict[str, Any] = {
+                    "text": gen.text,
+                    "finish_reason": gen.finish_reason,
+                    "token_ids": gen.token_ids,
+                    "proof": "0x" + gen.proof.hex(),
+                }
+                if params.logprobs is not None:
+                    one["logprobs"] = gen.logprobs or []
+                outputs.append(one)
+            output = dict(outputs[0])
+            tokens_out = sum(g.completion_tokens for g in gens)
+            if n == 1:
+                receipt = self._finish(req, len(prompt), tokens_out, gens[0].text.encode(), gens[0].proof)
+            else:  # the receipt binds every choice: their texts and their proofs, in order
+                output["choices"] = outputs
+                texts = json.dumps([g.text for g in gens]).encode()
+                receipt = self._finish(req, len(prompt), tokens_out, texts, b"".join(g.proof for g in gens))
         reply = {"output": output, "usage": receipt["usage"], "receipt": receipt["receipt"]}
         return req.sealer.seal(0, json.dumps(reply).encode())
 
@@ -173,6 +187,8 @@ class ProviderService:
         engine = req.model.engine
         prompt = self._prompt(req)
         params = self._sampling(req)
+        if self._choices(req) != 1:
+            raise BadRequest("n above 1 is not offered with stream")
         engine.check_length(prompt, params.max_tokens)  # type: ignore[attr-defined]
         seq, parts, produced, finish, proof, token_ids = 0, [], 0, "length", b"", []
         unsent = 0  # tokens whose text has not gone out yet
@@ -211,6 +227,13 @@ class ProviderService:
         if params.logprobs is not None:
             final["logprobs"] = logprobs  # of tokens whose text never went out (a cut stop string)
         yield req.sealer.seal(seq, json.dumps(final).encode())
+
+    @staticmethod
+    def _choices(req: InferRequest) -> int:
+        try:
+            return choices_wanted(req.body)
+        except InvalidInput as exc:
+            raise BadRequest(str(exc)) from None
 
     @staticmethod
     def _sampling(req: InferRequest) -> SamplingParams:
