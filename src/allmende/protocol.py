@@ -70,7 +70,7 @@ class Parameter:
 
 
 _DRAW = "it would change the verifiable draw, and neither the engine nor the checker applies it yet"
-_GRAMMAR = "needs grammar-constrained decoding, which is not implemented yet"
+_GRAMMAR = "is not implemented yet (structured output is: `response_format`)"
 _NO_PENALTY = (None, 0, 0.0)
 _SHARED: dict[str, Parameter] = {
     "model": Parameter(SUPPORTED, "a name from `GET /v1/models`"),
@@ -108,7 +108,9 @@ CHAT_PARAMETERS: dict[str, Parameter] = {
     "functions": Parameter(REFUSED, f"deprecated tool calling; {_GRAMMAR}", (None, [])),
     "function_call": Parameter(REFUSED, f'unless "none": deprecated tool calling; {_GRAMMAR}', (None, "none")),
     "response_format": Parameter(
-        REFUSED, f'unless {{"type": "text"}}: structured output {_GRAMMAR}', (None, {"type": "text"})
+        SUPPORTED,
+        "`text`, `json_object`, `json_schema` (strict or not): grammar-constrained decoding (llguidance); "
+        "the grammar comes from the request, which the receipt binds, and the checker applies it too",
     ),
     "modalities": Parameter(REFUSED, 'unless ["text"]: the served models write text only', (None, ["text"])),
     "audio": Parameter(REFUSED, "the served models write text only"),
@@ -281,6 +283,37 @@ def _token_ids(raw: Any) -> bool:
     )
 
 
+def grammar_of(body: dict[str, Any]) -> str | None:
+    """The llguidance grammar a chat request's `response_format` asks for (None for text):
+    a pure function of the request, so provider and validator derive the same one.
+    InvalidParameter if the format is not one this API knows."""
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        schema: Any = {"type": "object"}
+    elif kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema", {}) if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidParameter("'response_format' json_schema needs a 'schema' object", "response_format")
+    else:
+        raise InvalidParameter("'response_format' type must be text, json_object or json_schema", "response_format")
+    from llguidance import LLMatcher
+
+    try:  # compact JSON: no whitespace runs a small model could wander into
+        grammar = LLMatcher.grammar_from_json_schema(schema, overrides={"whitespace_flexible": False})
+    except (ValueError, TypeError) as exc:
+        raise InvalidParameter(f"'response_format' schema is not valid: {exc}", "response_format") from None
+    error = LLMatcher.validate_grammar(grammar)
+    if error:
+        raise InvalidParameter(f"'response_format' schema is not supported: {error}", "response_format")
+    return grammar
+
+
 class CompletionRequest(_Generation):
     prompt: str | TokenIds
     logprobs: Annotated[int, Field(ge=0, le=MAX_COMPLETION_LOGPROBS)] | None = None
@@ -386,6 +419,8 @@ def check_request(kind: str, body: dict[str, Any]) -> Request:
     OpenAI accepts in several forms: text content parts → a string, a one-element prompt
     list → the string. The normalised body is what the provider runs and the receipt binds."""
     request = parse_request(kind, body)
+    if kind == "chat":
+        grammar_of(body)  # a response_format that cannot be served is refused here, by name
     if isinstance(request, ChatRequest):
         for message, parsed in zip(body["messages"], request.messages, strict=True):
             message["content"] = parsed.content
@@ -410,6 +445,9 @@ def sampling_params(body: dict[str, Any], request_id: bytes | None = None) -> Sa
         first = exc.errors()[0]
         raise InvalidInput(f"{_param(first['loc'][:1])} {_message(first)}") from None
     params = fields.sampling()
+    grammar = grammar_of(body)
+    if grammar is not None:
+        params = dataclasses.replace(params, grammar=grammar)
     if params.seed is None and request_id is not None:
         params = dataclasses.replace(params, seed=draw_seed(request_id))
     return params

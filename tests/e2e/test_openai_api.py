@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import httpx
@@ -96,7 +97,7 @@ def test_embeddings(network: Network, encoding: str | None) -> None:
         ({"model": "allmende:tiny", "messages": CHAT, "n": 9}, openai.BadRequestError, "n"),
         ({"model": "allmende:tiny", "messages": CHAT, "tools": [TOOL]}, openai.BadRequestError, "tools"),
         (
-            {"model": "allmende:tiny", "messages": CHAT, "response_format": {"type": "json_object"}},
+            {"model": "allmende:tiny", "messages": CHAT, "response_format": {"type": "yaml"}},
             openai.BadRequestError,
             "response_format",
         ),
@@ -191,3 +192,22 @@ def test_embeddings_of_token_ids_and_dimensions(network: Network) -> None:
     assert max(abs(a - b) for a, b in zip(text.data[0].embedding, ids.data[0].embedding, strict=True)) < 1e-4
     assert len(same.data[0].embedding) == 384
     assert info.value.body["param"] == "dimensions"  # type: ignore[attr-defined]
+
+
+def test_json_schema_output_parses_and_fits_its_schema(network: Network) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "colour": {"enum": ["red", "green"]}},
+        "required": ["ok", "colour"],
+        "additionalProperties": False,
+    }
+    reply = network.client.chat.completions.create(
+        model="allmende:tiny",
+        messages=CHAT,
+        max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}},
+    )
+
+    assert reply.choices[0].finish_reason == "stop"
+    value = json.loads(reply.choices[0].message.content or "")
+    assert set(value) == {"ok", "colour"} and isinstance(value["ok"], bool) and value["colour"] in ("red", "green")

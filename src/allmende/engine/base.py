@@ -39,6 +39,9 @@ class SamplingParams:
     # log-probabilities to report with each token: None = none, k = the drawn token's and the
     # k most likely ones (they never change which token is drawn)
     logprobs: int | None = None
+    # an llguidance grammar (from the request's response_format) every token must satisfy:
+    # it decides which tokens may be drawn, so the checker applies it too
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_tokens <= 1 << 20:

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 from allmende.engine.base import SamplingParams, TokenEvent
+from allmende.engine.grammar import Constraint
 from allmende.engine.proofs import commit
 from allmende.engine.sampling import IncrementalDetokenizer, draw_seed, sample_token, token_logprob
 
@@ -31,6 +32,7 @@ class Sequence:
         decode: Callable[[list[int]], str],
         eos_ids: set[int],
         device: str,
+        constraint: Constraint | None = None,  # the grammar of a structured-output request
     ) -> None:
         self.prompt_ids = prompt_ids
         self.params = params
@@ -39,6 +41,7 @@ class Sequence:
         self.seed = draw_seed(params.seed)
         self.drawn = 0  # tokens drawn so far (EOS included): the position of the next draw
         self.decode = decode
+        self.constraint = constraint
         self.detokenizer = IncrementalDetokenizer(decode)
         self.hidden_rows: list[torch.Tensor] = []  # final hidden state that produced each output token
         self.cancelled = threading.Event()
@@ -54,8 +57,13 @@ class Sequence:
     def advance(self, logits: torch.Tensor, hidden: torch.Tensor) -> bool:
         """Take one step from this sequence's row of logits and final hidden state;
         return True when the sequence is finished."""
-        token = sample_token(logits, self.params, self.seed, self.drawn)
+        drawn_from = logits
+        if self.constraint is not None:  # tokens the grammar does not allow cannot be drawn
+            drawn_from = logits.float().cpu().masked_fill(~self.constraint.allowed(), float("-inf"))
+        token = sample_token(drawn_from, self.params, self.seed, self.drawn)
         self.drawn += 1
+        if self.constraint is not None:
+            self.constraint.consume(token)
         if token in self.eos_ids and not self.params.ignore_eos:
             return self._finish(self.detokenizer.flush(), None, "stop")
         self.hidden_rows.append(hidden)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -19,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from allmende.core import build_manifest
 from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent
+from allmende.engine.grammar import Constraint, grammar_masks, ll_tokenizer
 from allmende.engine.sampling import choice_params
 from allmende.engine.scheduler import BatchScheduler
 from allmende.engine.sequence import Sequence
@@ -153,7 +155,7 @@ class CausalLMEngine(Engine):
             return emit
 
         sequences = [
-            Sequence(list(prompt_ids), p, emitter(i), self.decode, self.eos_ids, self.device)
+            Sequence(list(prompt_ids), p, emitter(i), self.decode, self.eos_ids, self.device, self.constraint(p))
             for i, p in enumerate(choices)
         ]
         self.scheduler.submit(sequences)
@@ -171,6 +173,22 @@ class CausalLMEngine(Engine):
             for sequence in sequences:  # the client went away (or failed): free the slots now
                 if not sequence.finished:
                     self.scheduler.cancel(sequence)
+
+    def constraint(self, params: SamplingParams) -> Constraint | None:
+        """The grammar state of a structured-output sequence (None without a grammar)."""
+        if params.grammar is None:
+            return None
+        return Constraint(self.grammar_tokenizer, params.grammar, int(self.model.config.vocab_size), self.eos_ids)
+
+    def grammar_masks(self, grammar: str, output_ids: list[int]) -> torch.Tensor:
+        """The masks `output_ids` were drawn under (for the checker; see engine/grammar.py)."""
+        return grammar_masks(
+            self.grammar_tokenizer, grammar, int(self.model.config.vocab_size), self.eos_ids, output_ids
+        )
+
+    @functools.cached_property
+    def grammar_tokenizer(self) -> Any:
+        return ll_tokenizer(self.tokenizer)
 
     async def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
         raise EngineError(f"{self.name} is a generative model; it does not do embeddings")
