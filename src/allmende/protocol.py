@@ -149,6 +149,17 @@ EMBEDDING_PARAMETERS: dict[str, Parameter] = {
     ),
     "user": _SHARED["user"],
 }
+MESSAGE_PARAMETERS: dict[str, Parameter] = {  # the fields of each of chat's `messages`
+    "role": Parameter(SUPPORTED, "system, developer, user, assistant or tool"),
+    "content": Parameter(SUPPORTED, "a string or text parts (the served models read text only)"),
+    "tool_call_id": Parameter(ACCEPTED, "on a tool message: its content is rendered by the chat template"),
+    "name": Parameter(REFUSED, "the served models' chat templates do not render participant names"),
+    "tool_calls": Parameter(REFUSED, f"unless empty: tool calling {_GRAMMAR}", (None, [])),
+    "function_call": Parameter(REFUSED, f"deprecated tool calling; {_GRAMMAR}"),
+    "refusal": Parameter(REFUSED, "unless null: an assistant refusal is not rendered by the chat templates"),
+    "audio": Parameter(REFUSED, "the served models read text only"),
+    "annotations": Parameter(REFUSED, "unless empty: annotations are not rendered", (None, [])),
+}
 PARAMETERS: dict[str, dict[str, Parameter]] = {
     "chat": CHAT_PARAMETERS,
     "completion": COMPLETION_PARAMETERS,
@@ -163,6 +174,9 @@ def parameter_table() -> str:
     for kind, params in PARAMETERS.items():
         for name, p in params.items():
             rows.append(f"| `{API_NAMES[kind]}` | `{name}` | {p.status} | {p.why} |")
+            if name == "messages":
+                for field, q in MESSAGE_PARAMETERS.items():
+                    rows.append(f"| `{API_NAMES[kind]}` | `messages[].{field}` | {q.status} | {q.why} |")
     return "\n".join(rows) + "\n"
 
 
@@ -175,6 +189,15 @@ def screen_parameters(kind: str, body: dict[str, Any]) -> None:
             raise InvalidParameter(f"Unrecognized request argument supplied: {name}", name)
         if not parameter.allows(value):
             raise InvalidParameter(f"'{name}' is not supported: {parameter.why}", name)
+    messages = body.get("messages") if kind == "chat" else None
+    for i, message in enumerate(messages if isinstance(messages, list) else []):
+        for field, value in message.items() if isinstance(message, dict) else ():
+            where = f"messages[{i}].{field}"
+            parameter = MESSAGE_PARAMETERS.get(field)
+            if parameter is None:
+                raise InvalidParameter(f"'{where}' is not a field of a chat message", where)
+            if not parameter.allows(value):
+                raise InvalidParameter(f"'{where}' is not supported: {parameter.why}", where)
 
 
 # --- requests ---------------------------------------------------------------------------

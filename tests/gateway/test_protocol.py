@@ -36,6 +36,13 @@ USER = [{"role": "user", "content": "hi"}]
         ("chat", {"messages": "hi"}, "messages"),
         ("chat", {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ("chat", {"messages": [*USER, {"role": "user", "content": [{"type": "image_url"}]}]}, "messages[1].content"),
+        ("chat", {"messages": [{"role": "user", "content": "x", "name": "bob"}]}, "messages[0].name"),
+        (
+            "chat",
+            {"messages": [*USER, {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]},
+            "messages[1].tool_calls",
+        ),
+        ("chat", {"messages": [{"role": "user", "content": "x", "cache": 1}]}, "messages[0].cache"),
         ("chat", {"messages": USER, "temperature": 2.5}, "temperature"),
         ("chat", {"messages": USER, "temperature": True}, "temperature"),
         ("chat", {"messages": USER, "top_p": "1"}, "top_p"),
@@ -59,6 +66,11 @@ def test_a_bad_parameter_is_named(kind: str, body: dict[str, Any], param: str) -
         parse_request(kind, body)
     assert info.value.param == param
     assert str(info.value).startswith(f"'{param}' ")
+
+
+def test_an_assistant_message_as_the_sdk_returns_it_is_accepted_back() -> None:
+    returned = {"role": "assistant", "content": "hi", "refusal": None, "tool_calls": None, "annotations": []}
+    check_request("chat", {"messages": [*USER, returned, {"role": "tool", "content": "42", "tool_call_id": "c1"}]})
 
 
 def test_check_request_normalises_the_body_it_will_forward() -> None:
