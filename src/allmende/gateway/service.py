@@ -20,6 +20,7 @@ from allmende.core.routing import ProviderStats, Router
 from allmende.gateway.directory import Directory, Offer, ProviderEntry
 from allmende.gateway.errors import GatewayError, InsufficientFunds, InvalidRequest, ModelNotFound, NoProvider
 from allmende.gateway.payments import Overcharged, Payments
+from allmende.protocol import grammar_of
 from allmende.provider.client import Answer, Delta, ProviderReplyError, ainfer, ainfer_stream, build_envelope
 
 log = logging.getLogger("allmende.gateway")
@@ -288,6 +289,12 @@ class GatewayService:
             if picked is None:
                 break
             entry, stats = picked
+            if sent and grammar_of(body) is not None:
+                # another provider would start the grammar afresh after the text already sent
+                raise NoProvider(
+                    f"the provider of this structured output failed after {carried_tokens} tokens; "
+                    "structured output cannot be continued elsewhere"
+                )
             request = {**body, "stream": True, "max_tokens": max(1, max_tokens - carried_tokens)}
             request.pop("max_completion_tokens", None)
             if sent:
