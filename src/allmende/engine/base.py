@@ -8,6 +8,7 @@ bounds how many generations run at once.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -52,6 +53,17 @@ class SamplingParams:
             raise EngineError("top_p must be in (0, 1]")
         if len(self.stop) > 4:
             raise EngineError("at most 4 stop sequences")
+
+
+SEED_MASK = (1 << 63) - 1
+
+
+def choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """Sampling parameters of choice `index` of an `n > 1` request: choice 0 is the request
+    itself, choice i draws from seed + i (unseeded choices each draw fresh randomness)."""
+    if index == 0 or params.seed is None:
+        return params
+    return dataclasses.replace(params, seed=(params.seed + index) & SEED_MASK)
 
 
 @dataclass
@@ -107,8 +119,6 @@ class Engine(ABC):
     async def _one_by_one(
         self, prompt_ids: list[int], params: SamplingParams, n: int
     ) -> AsyncIterator[tuple[int, TokenEvent]]:
-        from allmende.engine.sampling import choice_params
-
         for index in range(n):
             async for event in self.generate(prompt_ids, choice_params(params, index)):
                 yield index, event

@@ -15,7 +15,6 @@ logits and checks that each token is the one drawn (see allmende.validator.check
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import secrets
 from collections.abc import Callable
@@ -25,17 +24,8 @@ import torch
 
 from allmende.engine.base import SamplingParams
 
-SEED_MASK = (1 << 63) - 1
 DRAW_DOMAIN = b"allmende/draw/v1"
 TINY = float(np.finfo(np.float32).tiny)
-
-
-def choice_params(params: SamplingParams, index: int) -> SamplingParams:
-    """Sampling parameters of choice `index` of an `n > 1` request: choice 0 is the request
-    itself, choice i draws from seed + i (unseeded choices each draw fresh randomness)."""
-    if index == 0 or params.seed is None:
-        return params
-    return dataclasses.replace(params, seed=(params.seed + index) & SEED_MASK)
 
 
 def draw_seed(seed: int | None) -> int:

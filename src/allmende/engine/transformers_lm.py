@@ -19,9 +19,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from allmende.core import build_manifest
-from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent
+from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent, choice_params
 from allmende.engine.grammar import Constraint, grammar_masks, ll_tokenizer
-from allmende.engine.sampling import choice_params
 from allmende.engine.scheduler import BatchScheduler
 from allmende.engine.sequence import Sequence
 
