@@ -4,8 +4,11 @@ request is, the sampling parameters it asks for, its canonical form (what a rece
 requests with it, the provider derives what it runs from it, and a validator re-derives the
 same from the evidence, so the three cannot drift.
 
+    PARAMETERS                    every parameter of the three APIs: supported, accepted (no
+                                  effect on the output) or refused, and why (the README's table)
     parse_request(kind, body)     ChatRequest | CompletionRequest | EmbeddingRequest, or
-                                  InvalidParameter naming the bad parameter
+                                  InvalidParameter naming the bad parameter; a parameter that
+                                  is refused or unknown is never silently ignored
     check_request(kind, body)     parse, and normalise the body in place (the gateway)
     sampling_params(body, rid)    max_tokens, temperature, top_p, seed, stop (the seed from the
                                   request id when the request has none: draw_seed)
@@ -23,13 +26,15 @@ import json
 from typing import Annotated, Any, Literal
 
 from eth_utils import keccak
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from allmende.core.credit import DEFAULT_MAX_TOKENS
+from allmende.core.credit import DEFAULT_MAX_TOKENS, MAX_CHOICES
 from allmende.core.errors import InvalidInput
 from allmende.engine.base import SamplingParams
 
 MAX_EMBEDDING_INPUTS = 256
+MAX_TOP_LOGPROBS = 20  # chat's top_logprobs, as OpenAI caps it
+MAX_COMPLETION_LOGPROBS = 5  # legacy completions' logprobs, as OpenAI caps it
 ROLES = ("system", "user", "assistant", "developer", "tool")
 
 
@@ -41,6 +46,158 @@ class InvalidParameter(InvalidInput):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+# --- what each API does with each parameter -----------------------------------------------
+
+SUPPORTED, ACCEPTED, REFUSED = "supported", "accepted", "refused"
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    """One request parameter of one API. A refused parameter is still accepted with a value
+    that asks for nothing (`neutral`: `presence_penalty: 0`, `tool_choice: "none"`), so
+    clients that always send their defaults keep working."""
+
+    status: str  # SUPPORTED (honoured), ACCEPTED (taken, no effect on the output) or REFUSED (400)
+    why: str  # what it does here, or why it is refused
+    neutral: tuple[Any, ...] = (None,)
+
+    def allows(self, value: Any) -> bool:
+        if self.status != REFUSED:
+            return True
+        return any(type(value) is type(n) and value == n for n in self.neutral)
+
+
+_DRAW = "it would change the verifiable draw, and neither the engine nor the checker applies it yet"
+_GRAMMAR = "is not implemented yet (structured output is: `response_format`)"
+_NO_PENALTY = (None, 0, 0.0)
+_SHARED: dict[str, Parameter] = {
+    "model": Parameter(SUPPORTED, "a name from `GET /v1/models`"),
+    "max_tokens": Parameter(SUPPORTED, "default 64"),
+    "temperature": Parameter(SUPPORTED, "0–2; 0 is greedy"),
+    "top_p": Parameter(SUPPORTED, "nucleus sampling"),
+    "seed": Parameter(SUPPORTED, "the draw is a public function of the seed (one bound to the request id if unset)"),
+    "stop": Parameter(SUPPORTED, "up to 4 strings"),
+    "stream": Parameter(SUPPORTED, "server-sent events"),
+    "stream_options": Parameter(SUPPORTED, "`include_usage`"),
+    "user": Parameter(ACCEPTED, "sent to the provider inside the encrypted request; does not change the output"),
+    "presence_penalty": Parameter(REFUSED, f"unless 0: {_DRAW}", _NO_PENALTY),
+    "frequency_penalty": Parameter(REFUSED, f"unless 0: {_DRAW}", _NO_PENALTY),
+    "logit_bias": Parameter(REFUSED, f"unless empty: {_DRAW}", (None, {})),
+    "n": Parameter(
+        SUPPORTED,
+        f"1–{MAX_CHOICES} choices drawn in one batch from one prefill, choice i with seed + i; not with `stream`",
+    ),
+}
+CHAT_PARAMETERS: dict[str, Parameter] = {
+    "messages": Parameter(
+        SUPPORTED,
+        "roles system, developer, user, assistant, tool; text content or text parts, "
+        "rendered by the model's chat template",
+    ),
+    **_SHARED,
+    "max_completion_tokens": Parameter(SUPPORTED, "same as `max_tokens`"),
+    "logprobs": Parameter(SUPPORTED, "log-probabilities of the model's distribution at each drawn token"),
+    "top_logprobs": Parameter(SUPPORTED, f"0–{MAX_TOP_LOGPROBS} most likely alternatives (needs `logprobs`)"),
+    "safety_identifier": Parameter(ACCEPTED, "as `user`"),
+    "prompt_cache_key": Parameter(ACCEPTED, "as `user`; prompts are not cached across requests"),
+    "tools": Parameter(REFUSED, f"unless empty: tool calling {_GRAMMAR}", (None, [])),
+    "tool_choice": Parameter(REFUSED, f'unless "none": tool calling {_GRAMMAR}', (None, "none")),
+    "parallel_tool_calls": Parameter(REFUSED, f"tool calling {_GRAMMAR}"),
+    "functions": Parameter(REFUSED, f"deprecated tool calling; {_GRAMMAR}", (None, [])),
+    "function_call": Parameter(REFUSED, f'unless "none": deprecated tool calling; {_GRAMMAR}', (None, "none")),
+    "response_format": Parameter(
+        SUPPORTED,
+        "`text`, `json_object`, `json_schema` (strict or not): grammar-constrained decoding (llguidance); "
+        "the grammar comes from the request, which the receipt binds, and the checker applies it too",
+    ),
+    "modalities": Parameter(REFUSED, 'unless ["text"]: the served models write text only', (None, ["text"])),
+    "audio": Parameter(REFUSED, "the served models write text only"),
+    "prediction": Parameter(REFUSED, "predicted outputs are not implemented"),
+    "reasoning_effort": Parameter(REFUSED, "the served models are not reasoning models"),
+    "verbosity": Parameter(REFUSED, "the served models have no verbosity control"),
+    "web_search_options": Parameter(REFUSED, "the network does not search the web"),
+    "store": Parameter(REFUSED, "unless false: completions are never stored", (None, False)),
+    "metadata": Parameter(REFUSED, "unless empty: kept only with `store`, which is not offered", (None, {})),
+    "service_tier": Parameter(REFUSED, 'unless "auto" or "default": one tier of service', (None, "auto", "default")),
+}
+COMPLETION_PARAMETERS: dict[str, Parameter] = {
+    "prompt": Parameter(
+        SUPPORTED, "a string or an array of the model's token ids (or a one-element array of either); one prompt"
+    ),
+    **_SHARED,
+    "logprobs": Parameter(
+        SUPPORTED, f"0–{MAX_COMPLETION_LOGPROBS}: the drawn token's log-probability and alternatives"
+    ),
+    "echo": Parameter(SUPPORTED, "the prompt is prepended to the text (a text prompt, not with `logprobs`)"),
+    "best_of": Parameter(
+        SUPPORTED, "only equal to `n` (every completion drawn is returned): ranking hidden ones is not offered"
+    ),
+    "suffix": Parameter(REFUSED, "the served models have no fill-in-the-middle training", (None, "")),
+}
+EMBEDDING_PARAMETERS: dict[str, Parameter] = {
+    "model": _SHARED["model"],
+    "input": Parameter(
+        SUPPORTED,
+        f"a string, an array of token ids, or up to {MAX_EMBEDDING_INPUTS} of either; token ids are the "
+        "model's own (its tokenizer's), as with OpenAI",
+    ),
+    "encoding_format": Parameter(SUPPORTED, "`float` or `base64` (little-endian float32)"),
+    "dimensions": Parameter(
+        SUPPORTED, "only the model's own size: the served models were not trained for shortened embeddings"
+    ),
+    "user": _SHARED["user"],
+}
+MESSAGE_PARAMETERS: dict[str, Parameter] = {  # the fields of each of chat's `messages`
+    "role": Parameter(SUPPORTED, "system, developer, user, assistant or tool"),
+    "content": Parameter(SUPPORTED, "a string or text parts (the served models read text only)"),
+    "tool_call_id": Parameter(ACCEPTED, "on a tool message: its content is rendered by the chat template"),
+    "name": Parameter(REFUSED, "the served models' chat templates do not render participant names"),
+    "tool_calls": Parameter(REFUSED, f"unless empty: tool calling {_GRAMMAR}", (None, [])),
+    "function_call": Parameter(REFUSED, f"deprecated tool calling; {_GRAMMAR}"),
+    "refusal": Parameter(REFUSED, "unless null: an assistant refusal is not rendered by the chat templates"),
+    "audio": Parameter(REFUSED, "the served models read text only"),
+    "annotations": Parameter(REFUSED, "unless empty: annotations are not rendered", (None, [])),
+}
+PARAMETERS: dict[str, dict[str, Parameter]] = {
+    "chat": CHAT_PARAMETERS,
+    "completion": COMPLETION_PARAMETERS,
+    "embedding": EMBEDDING_PARAMETERS,
+}
+API_NAMES = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embedding": "/v1/embeddings"}
+
+
+def parameter_table() -> str:
+    """The README's table of every parameter: one row per (API, parameter)."""
+    rows = ["| API | parameter | status | notes |", "| --- | --- | --- | --- |"]
+    for kind, params in PARAMETERS.items():
+        for name, p in params.items():
+            rows.append(f"| `{API_NAMES[kind]}` | `{name}` | {p.status} | {p.why} |")
+            if name == "messages":
+                for field, q in MESSAGE_PARAMETERS.items():
+                    rows.append(f"| `{API_NAMES[kind]}` | `messages[].{field}` | {q.status} | {q.why} |")
+    return "\n".join(rows) + "\n"
+
+
+def screen_parameters(kind: str, body: dict[str, Any]) -> None:
+    """InvalidParameter for a parameter this API does not know or refuses with this value."""
+    table = PARAMETERS[kind]
+    for name, value in body.items():
+        parameter = table.get(name)
+        if parameter is None:
+            raise InvalidParameter(f"Unrecognized request argument supplied: {name}", name)
+        if not parameter.allows(value):
+            raise InvalidParameter(f"'{name}' is not supported: {parameter.why}", name)
+    messages = body.get("messages") if kind == "chat" else None
+    for i, message in enumerate(messages if isinstance(messages, list) else []):
+        for field, value in message.items() if isinstance(message, dict) else ():
+            where = f"messages[{i}].{field}"
+            parameter = MESSAGE_PARAMETERS.get(field)
+            if parameter is None:
+                raise InvalidParameter(f"'{where}' is not a field of a chat message", where)
+            if not parameter.allows(value):
+                raise InvalidParameter(f"'{where}' is not supported: {parameter.why}", where)
 
 
 # --- requests ---------------------------------------------------------------------------
@@ -96,7 +253,7 @@ class _Generation(_Common):
     max_completion_tokens: Annotated[int, Field(ge=1, le=2**20)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    n: Literal[1] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
     stop: tuple[str, ...] | None = None
 
     @field_validator("stop", mode="before")
@@ -108,6 +265,12 @@ class _Generation(_Common):
             raise ValueError("must be a string or up to 4 strings")
         return tuple(stop)
 
+    @model_validator(mode="after")
+    def _one_streamed_choice(self) -> _Generation:
+        if self.stream and (self.n or 1) > 1:
+            raise ValueError("'n' above 1 is not offered with stream (failover continues one text)")
+        return self
+
     def sampling(self) -> SamplingParams:
         """What the provider runs and a validator re-checks."""
         max_tokens = self.max_tokens or self.max_completion_tokens or DEFAULT_MAX_TOKENS
@@ -118,35 +281,111 @@ class _Generation(_Common):
 
 class ChatRequest(_Generation):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("'top_logprobs' needs 'logprobs' set to true")
+        return self
+
+    def logprobs_wanted(self) -> int | None:
+        """Alternatives per token to report (0: the drawn token's only), None for no logprobs."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+TokenIds = tuple[Annotated[int, Field(ge=0, lt=2**32)], ...]
+
+
+def _token_ids(raw: Any) -> bool:
+    return (
+        isinstance(raw, list)
+        and bool(raw)
+        and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**32 for t in raw)
+    )
+
+
+def grammar_of(body: dict[str, Any]) -> str | None:
+    """The llguidance grammar a chat request's `response_format` asks for (None for text):
+    a pure function of the request, so provider and validator derive the same one.
+    InvalidParameter if the format is not one this API knows."""
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        schema: Any = {"type": "object"}
+    elif kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema", {}) if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidParameter("'response_format' json_schema needs a 'schema' object", "response_format")
+    else:
+        raise InvalidParameter("'response_format' type must be text, json_object or json_schema", "response_format")
+    from llguidance import LLMatcher
+
+    try:  # compact JSON: no whitespace runs a small model could wander into
+        grammar = LLMatcher.grammar_from_json_schema(schema, overrides={"whitespace_flexible": False})
+    except (ValueError, TypeError) as exc:
+        raise InvalidParameter(f"'response_format' schema is not valid: {exc}", "response_format") from None
+    error = LLMatcher.validate_grammar(grammar)
+    if error:
+        raise InvalidParameter(f"'response_format' schema is not supported: {error}", "response_format")
+    return grammar
 
 
 class CompletionRequest(_Generation):
-    prompt: str
+    prompt: str | TokenIds
+    logprobs: Annotated[int, Field(ge=0, le=MAX_COMPLETION_LOGPROBS)] | None = None
+    echo: bool | None = None
+    best_of: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
+
+    @model_validator(mode="after")
+    def _echo_without_logprobs(self) -> CompletionRequest:
+        if self.echo and self.logprobs is not None:
+            raise ValueError("'echo' with 'logprobs' would need the prompt's log-probabilities, which are not served")
+        if self.best_of is not None and self.best_of != (self.n or 1):
+            raise ValueError("'best_of' must equal n: every completion drawn is returned")
+        if self.echo and not isinstance(self.prompt, str):
+            raise ValueError("'echo' needs a text prompt, not token ids")
+        return self
+
+    def logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt(cls, prompt: Any) -> Any:
-        if isinstance(prompt, list) and len(prompt) == 1:
+        if isinstance(prompt, list) and len(prompt) == 1 and not _token_ids(prompt):
             prompt = prompt[0]
+        if _token_ids(prompt):
+            return tuple(prompt)
         if not isinstance(prompt, str):
-            raise ValueError("must be a string")
+            raise ValueError("must be a string or an array of token ids (one prompt per request)")
         return prompt
 
 
 class EmbeddingRequest(_Common):
-    input: tuple[str, ...]
+    input: tuple[str | TokenIds, ...]
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1, le=65536)] | None = None
 
     @field_validator("input", mode="before")
     @classmethod
     def _input(cls, raw: Any) -> Any:
-        if isinstance(raw, str):
+        if isinstance(raw, str) or _token_ids(raw):
             raw = [raw]
-        if not isinstance(raw, list) or not raw or not all(isinstance(t, str) and t for t in raw):
-            raise ValueError("must be a non-empty string or array of non-empty strings")
+        if not isinstance(raw, list) or not raw or not all((isinstance(t, str) and t) or _token_ids(t) for t in raw):
+            raise ValueError(
+                "must be a non-empty string, an array of token ids, "
+                "or an array of non-empty strings or of token-id arrays"
+            )
         if len(raw) > MAX_EMBEDDING_INPUTS:
-            raise ValueError(f"may hold at most {MAX_EMBEDDING_INPUTS} strings")
-        return tuple(raw)
+            raise ValueError(f"may hold at most {MAX_EMBEDDING_INPUTS} inputs")
+        return tuple(tuple(t) if isinstance(t, list) else t for t in raw)
 
 
 Request = ChatRequest | CompletionRequest | EmbeddingRequest
@@ -176,8 +415,6 @@ def _message(error: Any) -> str:
         return "must be a non-empty array"
     if kind == "missing":
         return "is required"
-    if kind == "literal_error" and error["loc"] == ("n",):
-        return "only n=1 is supported"
     return msg.removeprefix("Input ")
 
 
@@ -188,10 +425,14 @@ def parse_request(kind: str, body: dict[str, Any]) -> Request:
         model = REQUESTS[kind]
     except KeyError:
         raise InvalidParameter(f"unknown request kind {kind!r}") from None
+    screen_parameters(kind, body)
     try:
         return model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if not first["loc"]:  # a rule across parameters: its message names them
+            message = _message(first)
+            raise InvalidParameter(message, message.split("'")[1] if "'" in message else None) from None
         param = _param(first["loc"])
         raise InvalidParameter(f"'{param}' {_message(first)}", param) from None
 
@@ -201,11 +442,13 @@ def check_request(kind: str, body: dict[str, Any]) -> Request:
     OpenAI accepts in several forms: text content parts → a string, a one-element prompt
     list → the string. The normalised body is what the provider runs and the receipt binds."""
     request = parse_request(kind, body)
+    if kind == "chat":
+        grammar_of(body)  # a response_format that cannot be served is refused here, by name
     if isinstance(request, ChatRequest):
         for message, parsed in zip(body["messages"], request.messages, strict=True):
             message["content"] = parsed.content
     elif isinstance(request, CompletionRequest):
-        body["prompt"] = request.prompt
+        body["prompt"] = request.prompt if isinstance(request.prompt, str) else list(request.prompt)
     return request
 
 
@@ -225,9 +468,45 @@ def sampling_params(body: dict[str, Any], request_id: bytes | None = None) -> Sa
         first = exc.errors()[0]
         raise InvalidInput(f"{_param(first['loc'][:1])} {_message(first)}") from None
     params = fields.sampling()
+    grammar = grammar_of(body)
+    if grammar is not None:
+        params = dataclasses.replace(params, grammar=grammar)
     if params.seed is None and request_id is not None:
         params = dataclasses.replace(params, seed=draw_seed(request_id))
     return params
+
+
+def logprobs_wanted(kind: str, body: dict[str, Any]) -> int | None:
+    """How many alternatives per token a generation request wants log-probabilities of (0:
+    the drawn token's only), None for none; InvalidInput if the request is not valid."""
+
+    def count(name: str, most: int) -> int:
+        value = body.get(name)
+        if value is None:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+            raise InvalidInput(f"{name} must be an integer from 0 to {most}")
+        return value
+
+    if kind == "chat":
+        if body.get("logprobs") in (None, False):
+            return None
+        if body.get("logprobs") is not True:
+            raise InvalidInput("logprobs must be a boolean")
+        return count("top_logprobs", MAX_TOP_LOGPROBS)
+    if kind == "completion":
+        return None if body.get("logprobs") is None else count("logprobs", MAX_COMPLETION_LOGPROBS)
+    return None
+
+
+def choices_wanted(body: dict[str, Any]) -> int:
+    """`n`: how many completions a generation request asks for (InvalidInput if not 1–8)."""
+    n = body.get("n")
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
+        raise InvalidInput(f"n must be an integer from 1 to {MAX_CHOICES}")
+    return n
 
 
 def canonical_request(body: dict[str, Any]) -> bytes:
@@ -271,10 +550,51 @@ class AssistantMessage(_Response):
     content: str
 
 
+class TopLogprob(_Response):
+    token: str
+    bytes: list[int] | None
+    logprob: float
+
+
+class TokenLogprob(TopLogprob):
+    """One output token's log-probability and its most likely alternatives (chat's shape;
+    the provider sends these with its token events)."""
+
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(_Response):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
+class CompletionLogprobs(_Response):
+    """Legacy completions' shape: parallel lists, alternatives as {token: logprob}."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+    @classmethod
+    def of(cls, entries: list[TokenLogprob], offset: int) -> CompletionLogprobs:
+        """From chat-shaped entries; `offset` is where the first token's text starts."""
+        offsets = []
+        for entry in entries:
+            offsets.append(offset)
+            offset += len(entry.token)
+        return cls(
+            tokens=[e.token for e in entries],
+            token_logprobs=[e.logprob for e in entries],
+            top_logprobs=[{t.token: t.logprob for t in e.top_logprobs} for e in entries],
+            text_offset=offsets,
+        )
+
+
 class ChatChoice(_Response):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str
 
 
@@ -286,14 +606,14 @@ class Delta(_Response):
 class ChatChunkChoice(_Response):
     index: int = 0
     delta: Delta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 
 class CompletionChoice(_Response):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 from tests.e2e.conftest import Network
 
 CHAT = [{"role": "user", "content": "Hallo, wer bist du?"}]
+TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
 
 
 def test_models_lists_every_served_model(network: Network) -> None:
@@ -92,7 +94,13 @@ def test_embeddings(network: Network, encoding: str | None) -> None:
         ({"model": "allmende:tiny", "messages": []}, openai.BadRequestError, "messages"),
         ({"model": "allmende:tiny", "messages": CHAT, "temperature": 5}, openai.BadRequestError, "temperature"),
         ({"model": "allmende:tiny", "messages": CHAT, "max_tokens": -1}, openai.BadRequestError, "max_tokens"),
-        ({"model": "allmende:tiny", "messages": CHAT, "n": 3}, openai.BadRequestError, "n"),
+        ({"model": "allmende:tiny", "messages": CHAT, "n": 9}, openai.BadRequestError, "n"),
+        ({"model": "allmende:tiny", "messages": CHAT, "tools": [TOOL]}, openai.BadRequestError, "tools"),
+        (
+            {"model": "allmende:tiny", "messages": CHAT, "response_format": {"type": "yaml"}},
+            openai.BadRequestError,
+            "response_format",
+        ),
         ({"model": "minilm", "messages": CHAT}, openai.BadRequestError, "model"),
         (
             {"model": "allmende:tiny", "messages": [{"role": "wizard", "content": "x"}]},
@@ -100,7 +108,17 @@ def test_embeddings(network: Network, encoding: str | None) -> None:
             "messages[0].role",
         ),
     ],
-    ids=["unknown-model", "no-messages", "temperature", "negative-max-tokens", "n", "wrong-kind", "bad-role"],
+    ids=[
+        "unknown-model",
+        "no-messages",
+        "temperature",
+        "negative-max-tokens",
+        "n",
+        "tools",
+        "response-format",
+        "wrong-kind",
+        "bad-role",
+    ],
 )
 def test_errors_in_openai_shape(network: Network, kwargs: dict, error: type[Exception], param: str) -> None:
     with pytest.raises(error) as info:
@@ -124,3 +142,72 @@ def test_raw_http_bad_json(network: Network) -> None:
     )
     assert reply.status_code == 400
     assert reply.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_models_retrieve(network: Network) -> None:
+    assert network.client.models.retrieve("allmende:tiny").id == "allmende:tiny"
+    with pytest.raises(openai.NotFoundError):
+        network.client.models.retrieve("no-such-model")
+
+
+def test_an_unknown_route_is_an_openai_shaped_404(network: Network) -> None:
+    reply = httpx.get(network.data["gateway_url"] + "/assistants")
+    assert reply.status_code == 404 and reply.json()["error"]["code"] == "unknown_url"
+
+
+def test_chat_logprobs_streamed_and_not_agree(network: Network) -> None:
+    kwargs = {"model": "allmende:tiny", "messages": CHAT, "max_tokens": 6, "temperature": 0, "logprobs": True}
+    whole = network.client.chat.completions.create(**kwargs, top_logprobs=3)  # type: ignore[call-overload]
+    chunks = list(network.client.chat.completions.create(**kwargs, top_logprobs=3, stream=True))  # type: ignore[call-overload]
+
+    content = whole.choices[0].logprobs.content
+    assert len(content) == whole.usage.completion_tokens
+    assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)
+    assert all(t.top_logprobs[0].logprob >= t.logprob - 1e-4 for t in content)  # greedy: the drawn one is the top
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [t.token for t in streamed] == [t.token for t in content]
+    assert all(math.isclose(a.logprob, b.logprob, abs_tol=1e-3) for a, b in zip(streamed, content, strict=True))
+
+
+def test_completions_with_logprobs_n_and_echo(network: Network) -> None:
+    scored = network.client.completions.create(
+        model="allmende:tiny", prompt="Es war einmal", max_tokens=4, logprobs=2, n=3, temperature=1.0, seed=5
+    )
+    echoed = network.client.completions.create(model="allmende:tiny", prompt="Es war", max_tokens=3, echo=True)
+
+    assert [c.index for c in scored.choices] == [0, 1, 2]
+    assert scored.usage.completion_tokens == sum(len(c.logprobs.tokens) for c in scored.choices)
+    # {token text: logprob}: two ids that decode alike (partial UTF-8) share one key, as with OpenAI
+    assert all(1 <= len(top) <= 2 for c in scored.choices for top in c.logprobs.top_logprobs)
+    assert echoed.choices[0].text.startswith("Es war")
+
+
+def test_embeddings_of_token_ids_and_dimensions(network: Network) -> None:
+    text = network.client.embeddings.create(model="minilm", input="a dog barks", encoding_format="float")
+    ids = network.client.embeddings.create(model="minilm", input=[[1037, 3899, 11286, 2015]], encoding_format="float")
+    same = network.client.embeddings.create(model="minilm", input="a dog barks", dimensions=384)
+    with pytest.raises(openai.BadRequestError) as info:
+        network.client.embeddings.create(model="minilm", input="a dog barks", dimensions=64)
+
+    assert max(abs(a - b) for a, b in zip(text.data[0].embedding, ids.data[0].embedding, strict=True)) < 1e-4
+    assert len(same.data[0].embedding) == 384
+    assert info.value.body["param"] == "dimensions"  # type: ignore[attr-defined]
+
+
+def test_json_schema_output_parses_and_fits_its_schema(network: Network) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "colour": {"enum": ["red", "green"]}},
+        "required": ["ok", "colour"],
+        "additionalProperties": False,
+    }
+    reply = network.client.chat.completions.create(
+        model="allmende:tiny",
+        messages=CHAT,
+        max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}},
+    )
+
+    assert reply.choices[0].finish_reason == "stop"
+    value = json.loads(reply.choices[0].message.content or "")
+    assert set(value) == {"ok", "colour"} and isinstance(value["ok"], bool) and value["colour"] in ("red", "green")

@@ -8,7 +8,8 @@ import asyncio
 import pytest
 
 from allmende.engine import EngineError, Generation, SamplingParams, collect, load_engine
-from allmende.engine.sampling import IncrementalDetokenizer, choice_params
+from allmende.engine.base import choice_params
+from allmende.engine.sampling import IncrementalDetokenizer
 from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.validator.checker import judge
 

@@ -191,8 +191,27 @@ def test_embeddings_are_normalised_and_meaningful(minilm: Engine) -> None:
 
 def test_embedding_input_validation(minilm: Engine) -> None:
     with pytest.raises(EngineError, match="input"):
-        minilm.inputs_of({"input": [1, 2]})  # type: ignore[attr-defined]
+        minilm.inputs_of({"input": [1, "two"]})  # type: ignore[attr-defined]
+    with pytest.raises(EngineError, match="token ids"):
+        asyncio.run(minilm.embed([[10**9]]))
     assert minilm.inputs_of({"input": "one"}) == ["one"]  # type: ignore[attr-defined]
+    assert minilm.inputs_of({"input": [1, 2]}) == [[1, 2]]  # type: ignore[attr-defined]
+
+
+def test_a_text_and_its_token_ids_embed_alike(minilm: Engine) -> None:
+    text = "A cat is sleeping."
+    ids = minilm.tokenizer(text, add_special_tokens=False)["input_ids"]  # type: ignore[attr-defined]
+
+    vectors, _ = asyncio.run(minilm.embed([text, ids, "Interest rates rose."]))
+
+    assert max(abs(a - b) for a, b in zip(vectors[0], vectors[1], strict=True)) < 1e-5
+    assert vectors[1] != vectors[2]
+
+
+def test_dimensions_other_than_the_models_own_are_refused(minilm: Engine) -> None:
+    minilm.check_dimensions({"dimensions": 384})  # type: ignore[attr-defined]
+    with pytest.raises(EngineError, match=r"'dimensions'.*384.*Matryoshka"):
+        minilm.check_dimensions({"dimensions": 64})  # type: ignore[attr-defined]
 
 
 def test_unknown_model_name_is_a_typed_error() -> None:

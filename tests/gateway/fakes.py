@@ -72,13 +72,21 @@ class FakeEngine(Engine):
                 raise RuntimeError("the GPU fell off the bus")
             token = (base + i) % 50 + 65
             last = i == params.max_tokens - 1
-            yield TokenEvent(chr(token), token, "length" if last else None, b"\x01" * 8 if last else None)
+            logprob = None
+            if params.logprobs is not None:  # the drawn letter is the likeliest, then the next letters
+                top = [fake_logprob(token + k, -0.25 * (k + 1)) for k in range(params.logprobs)]
+                logprob = {**fake_logprob(token, -0.25), "top_logprobs": top}
+            yield TokenEvent(chr(token), token, "length" if last else None, b"\x01" * 8 if last else None, logprob)
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
         raise EngineError("not an embedding model")
 
     def final_hidden_states(self, token_ids: list[int]) -> object:
         return None
+
+
+def fake_logprob(token: int, logprob: float) -> dict[str, object]:
+    return {"token": chr(token), "bytes": [token], "logprob": logprob}
 
 
 @dataclass

@@ -4,6 +4,7 @@ official `openai` client parses."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from allmende.protocol import (
     InvalidParameter,
     check_request,
     input_hash,
+    parameter_table,
     parse_request,
     sampling_params,
 )
@@ -34,13 +36,21 @@ USER = [{"role": "user", "content": "hi"}]
         ("chat", {"messages": "hi"}, "messages"),
         ("chat", {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ("chat", {"messages": [*USER, {"role": "user", "content": [{"type": "image_url"}]}]}, "messages[1].content"),
+        ("chat", {"messages": [{"role": "user", "content": "x", "name": "bob"}]}, "messages[0].name"),
+        (
+            "chat",
+            {"messages": [*USER, {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]},
+            "messages[1].tool_calls",
+        ),
+        ("chat", {"messages": [{"role": "user", "content": "x", "cache": 1}]}, "messages[0].cache"),
         ("chat", {"messages": USER, "temperature": 2.5}, "temperature"),
         ("chat", {"messages": USER, "temperature": True}, "temperature"),
         ("chat", {"messages": USER, "top_p": "1"}, "top_p"),
         ("chat", {"messages": USER, "max_tokens": 0}, "max_tokens"),
         ("chat", {"messages": USER, "max_completion_tokens": 2**21}, "max_completion_tokens"),
         ("chat", {"messages": USER, "seed": -1}, "seed"),
-        ("chat", {"messages": USER, "n": 2}, "n"),
+        ("chat", {"messages": USER, "n": 9}, "n"),
+        ("chat", {"messages": USER, "n": 2, "stream": True}, "n"),
         ("chat", {"messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ("chat", {"messages": USER, "stream": "yes"}, "stream"),
         ("chat", {"messages": USER, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
@@ -58,11 +68,15 @@ def test_a_bad_parameter_is_named(kind: str, body: dict[str, Any], param: str) -
     assert str(info.value).startswith(f"'{param}' ")
 
 
+def test_an_assistant_message_as_the_sdk_returns_it_is_accepted_back() -> None:
+    returned = {"role": "assistant", "content": "hi", "refusal": None, "tool_calls": None, "annotations": []}
+    check_request("chat", {"messages": [*USER, returned, {"role": "tool", "content": "42", "tool_call_id": "c1"}]})
+
+
 def test_check_request_normalises_the_body_it_will_forward() -> None:
     body = {
         "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
         "stop": "x",
-        "vendor_field": 1,
     }
     request = check_request("chat", body)
     assert isinstance(request, ChatRequest)
@@ -71,6 +85,48 @@ def test_check_request_normalises_the_body_it_will_forward() -> None:
     completion = {"prompt": ["one prompt"]}
     check_request("completion", completion)
     assert completion["prompt"] == "one prompt"
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "field", "normalised"),
+    [
+        ("completion", {"prompt": [1, 2, 3]}, "prompt", [1, 2, 3]),
+        ("completion", {"prompt": [[1, 2, 3]]}, "prompt", [[1, 2, 3]]),
+        ("embedding", {"input": [1, 2]}, "input", [1, 2]),
+        ("embedding", {"input": [[1, 2], [3], "text"]}, "input", [[1, 2], [3], "text"]),
+    ],
+    ids=["prompt-ids", "one-prompt-of-ids", "input-ids", "inputs-of-ids-and-text"],
+)
+def test_token_array_inputs_are_accepted(kind: str, body: dict[str, Any], field: str, normalised: Any) -> None:
+    check_request(kind, body)
+    assert body[field] == normalised or (kind == "completion" and body[field] == [1, 2, 3])
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": [[1], [2]]}, "prompt"),
+        ({"prompt": [1, -2]}, "prompt"),
+        ({"prompt": [True]}, "prompt"),
+        ({"prompt": [1, 2], "echo": True}, "echo"),
+        ({"prompt": "a", "echo": True, "logprobs": 1}, "echo"),
+        ({"prompt": "a", "logprobs": 6}, "logprobs"),
+        ({"prompt": "a", "best_of": 3}, "best_of"),
+        ({"prompt": "a", "suffix": "z"}, "suffix"),
+    ],
+    ids=["two-prompts", "negative-id", "bool-id", "echo-ids", "echo-logprobs", "logprobs-6", "best-of", "suffix"],
+)
+def test_completion_parameters_it_cannot_honour_are_named(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidParameter) as info:
+        parse_request("completion", body)
+    assert info.value.param == param
+
+
+def test_every_parameter_is_in_the_readme_table() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert (
+        parameter_table() in readme
+    )  # regenerate: python -c "from allmende.protocol import parameter_table as t; print(t())"
 
 
 def test_sampling_params_are_the_same_from_every_role() -> None:

@@ -77,6 +77,29 @@ def test_failover_before_the_first_token_when_a_provider_is_unreachable(
     assert stats.failures >= 1  # an unreachable provider is blamed (and backs off after two)
 
 
+def test_a_structured_output_stream_is_not_continued_by_a_provider_that_would_restart_its_grammar(
+    tmp_path: Path,
+) -> None:
+    failing = FakeProvider(tmp_path, engine=FakeEngine(fail_after=3))
+    healthy = FakeProvider(tmp_path)
+    net = network(tmp_path, [failing, healthy], entries=[failing.entry()])
+    body = {**CHAT, "stream": True, "max_tokens": 10, "response_format": {"type": "json_object"}}
+
+    async def run() -> str:
+        text = ""
+        async for item in net.service.stream("chat", body, None):
+            assert not isinstance(item, Answer)
+            text += item
+            if len(text) == 3:
+                net.service.directory.install([failing.entry(), healthy.entry()])
+                for entry in net.service.directory.entries():
+                    entry.stats[MODEL_ID] = ProviderStats(entry.address, 1, capacity=64)
+        return text
+
+    with pytest.raises(NoProvider, match="structured output cannot be continued"):
+        asyncio.run(run())
+
+
 def test_a_stream_continues_on_another_provider_when_its_provider_fails_mid_stream(tmp_path: Path) -> None:
     failing = FakeProvider(tmp_path, engine=FakeEngine(fail_after=3))
     healthy = FakeProvider(tmp_path)

@@ -20,6 +20,8 @@ from allmende.core.fees import request_cost
 # completion tokens when a request names no max_tokens (OpenAI's legacy default is 16;
 # chat has no limit, so a default keeps the reservation meaningful)
 DEFAULT_MAX_TOKENS = 64
+# most completions one request may ask for (`n`); each may use max_tokens
+MAX_CHOICES = 8
 
 
 def requested_max_tokens(body: Mapping[str, object]) -> int:
@@ -43,4 +45,6 @@ def max_request_cost(kind: str, body: Mapping[str, object], context_length: int,
         inputs = len(raw) if isinstance(raw, list) and raw and not isinstance(raw[0], int) else 1
         return request_cost(min(inputs * context_length, 2**32 - 1), 0, price_in, price_out)
     out = min(requested_max_tokens(body), context_length)
-    return request_cost(context_length - out, out, price_in, price_out)
+    n = body.get("n")
+    choices = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_CHOICES else 1
+    return request_cost(context_length - out, out * choices, price_in, price_out)

@@ -6,7 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from allmende.core.errors import UnknownModel
-from allmende.engine.base import Engine, EngineError, Generation, PromptTooLong, SamplingParams, TokenEvent, collect
+from allmende.engine.base import (
+    Engine,
+    EngineError,
+    Generation,
+    PromptTooLong,
+    SamplingParams,
+    TokenEvent,
+    collect,
+    collect_choices,
+)
 
 __all__ = [
     "DEFAULT_CHAT_MODEL",
@@ -18,6 +27,7 @@ __all__ = [
     "SamplingParams",
     "TokenEvent",
     "collect",
+    "collect_choices",
     "load_engine",
     "resolve_model",
     "resolve_model_path",

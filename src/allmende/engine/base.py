@@ -8,6 +8,7 @@ bounds how many generations run at once.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -36,6 +37,12 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
+    # log-probabilities to report with each token: None = none, k = the drawn token's and the
+    # k most likely ones (they never change which token is drawn)
+    logprobs: int | None = None
+    # an llguidance grammar (from the request's response_format) every token must satisfy:
+    # it decides which tokens may be drawn, so the checker applies it too
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_tokens <= 1 << 20:
@@ -48,6 +55,17 @@ class SamplingParams:
             raise EngineError("at most 4 stop sequences")
 
 
+SEED_MASK = (1 << 63) - 1
+
+
+def choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """Sampling parameters of choice `index` of an `n > 1` request: choice 0 is the request
+    itself, choice i draws from seed + i (unseeded choices each draw fresh randomness)."""
+    if index == 0 or params.seed is None:
+        return params
+    return dataclasses.replace(params, seed=(params.seed + index) & SEED_MASK)
+
+
 @dataclass
 class TokenEvent:
     """One step of a generation stream."""
@@ -56,6 +74,9 @@ class TokenEvent:
     token_id: int | None
     finish_reason: Literal["stop", "length"] | None = None
     proof: bytes | None = None  # TOPLOC-style commitment, on the final event of a generation
+    # with `SamplingParams.logprobs`: {"token", "bytes", "logprob", "top_logprobs": [...]} of
+    # `token_id`, from the row of logits it was drawn from (see `token_logprob`)
+    logprob: dict[str, object] | None = None
 
 
 @dataclass
@@ -68,6 +89,7 @@ class Generation:
     finish_reason: str
     token_ids: list[int] = field(default_factory=list)
     proof: bytes = b""
+    logprobs: list[dict[str, object]] | None = None  # one per output token, when asked for
 
 
 class Engine(ABC):
@@ -86,13 +108,43 @@ class Engine(ABC):
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
         """Stream the completion of `prompt_ids`."""
 
+    def generate_choices(
+        self, prompt_ids: list[int], params: SamplingParams, n: int
+    ) -> AsyncIterator[tuple[int, TokenEvent]]:
+        """`n` completions of one prompt as (choice index, event); choice i samples with
+        `choice_params(params, i)`. This default runs them one after another; a batching
+        engine serves them together."""
+        return self._one_by_one(prompt_ids, params, n)
+
+    async def _one_by_one(
+        self, prompt_ids: list[int], params: SamplingParams, n: int
+    ) -> AsyncIterator[tuple[int, TokenEvent]]:
+        for index in range(n):
+            async for event in self.generate(prompt_ids, choice_params(params, index)):
+                yield index, event
+
     @abstractmethod
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
         """Embeddings of `texts` and the number of tokens they used."""
 
     @abstractmethod
     def final_hidden_states(self, token_ids: list[int]) -> object:
         """Last-layer hidden states (one row per position) of one forward pass over `token_ids`."""
+
+
+async def collect_choices(
+    stream: AsyncIterator[tuple[int, TokenEvent]], prompt_tokens: int, n: int
+) -> list[Generation]:
+    """Drain a `generate_choices` stream into one Generation per choice."""
+    queues: list[list[TokenEvent]] = [[] for _ in range(n)]
+    async for index, event in stream:
+        queues[index].append(event)
+
+    async def replay(events: list[TokenEvent]) -> AsyncIterator[TokenEvent]:
+        for event in events:
+            yield event
+
+    return [await collect(replay(events), prompt_tokens) for events in queues]
 
 
 async def collect(stream: AsyncIterator[TokenEvent], prompt_tokens: int) -> Generation:
@@ -101,12 +153,15 @@ async def collect(stream: AsyncIterator[TokenEvent], prompt_tokens: int) -> Gene
     ids: list[int] = []
     finish = "length"
     proof = b""
+    logprobs: list[dict[str, object]] = []
     async for event in stream:
         if event.proof is not None:
             proof = event.proof
+        if event.logprob is not None:
+            logprobs.append(event.logprob)
         parts.append(event.text)
         if event.token_id is not None:
             ids.append(event.token_id)
         if event.finish_reason:
             finish = event.finish_reason
-    return Generation("".join(parts), prompt_tokens, len(ids), finish, ids, proof)
+    return Generation("".join(parts), prompt_tokens, len(ids), finish, ids, proof, logprobs or None)

@@ -14,7 +14,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from allmende.core import build_manifest
 from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent
-from allmende.engine.transformers_lm import pick_device
+from allmende.engine.transformers_lm import pick_device, token_ids
 
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_INPUTS = 256
@@ -49,24 +49,62 @@ class EmbeddingEngine(Engine):
         raise EngineError(f"{self.name} is an embedding model; it does not generate text")
         yield  # pragma: no cover  (makes this an async generator)
 
-    def inputs_of(self, body: dict[str, object]) -> list[str]:
-        raw = body.get("input")
-        texts = [raw] if isinstance(raw, str) else raw
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise EngineError("input must be a string or a non-empty list of strings")
-        if len(texts) > MAX_INPUTS:
-            raise EngineError(f"at most {MAX_INPUTS} inputs per request")
-        return [str(t) for t in texts]
+    @property
+    def dimensions(self) -> int:
+        """The size of this model's embeddings."""
+        return int(self.model.config.hidden_size)
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    def check_dimensions(self, body: dict[str, object]) -> None:
+        """`dimensions` may only ask for the model's own size: shortening an embedding by
+        truncation and renormalisation is only sound for models trained for it (Matryoshka
+        representation learning), and this one was not."""
+        wanted = body.get("dimensions")
+        if wanted is not None and wanted != self.dimensions:
+            raise EngineError(
+                f"'dimensions' {self.name} makes embeddings of {self.dimensions} dimensions only; it was not "
+                f"trained for shortened (Matryoshka) embeddings, so {wanted} dimensions would be a degraded vector"
+            )
+
+    def inputs_of(self, body: dict[str, object]) -> list[str | list[int]]:
+        """The inputs of a request: strings, or arrays of this model's token ids."""
+        raw = body.get("input")
+        inputs = [raw] if isinstance(raw, str) or token_ids(raw) else raw
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) or token_ids(t) for t in inputs):
+            raise EngineError("input must be a string, token ids, or a non-empty list of strings or of token ids")
+        if len(inputs) > MAX_INPUTS:
+            raise EngineError(f"at most {MAX_INPUTS} inputs per request")
+        return list(inputs)
+
+    async def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
         async with self._slots:
             return await asyncio.to_thread(self._embed, texts)
 
+    def _ids(self, item: str | list[int]) -> list[int]:
+        """Token ids with the model's special tokens: a text and its own token ids embed alike."""
+        if isinstance(item, str):
+            return [int(i) for i in self.tokenizer(item, truncation=False)["input_ids"]]
+        vocab = len(self.tokenizer)
+        if not all(0 <= i < vocab for i in item):
+            raise EngineError(f"token ids of {self.name} must be integers in [0, {vocab})")
+        before, after = self._framing
+        return before + [int(i) for i in item] + after
+
+    @property
+    def _framing(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before and after a text ([CLS] … [SEP])."""
+        framed = [int(i) for i in self.tokenizer("a")["input_ids"]]
+        bare = [int(i) for i in self.tokenizer("a", add_special_tokens=False)["input_ids"]]
+        for start in range(len(framed) - len(bare) + 1):
+            if framed[start : start + len(bare)] == bare:
+                return framed[:start], framed[start + len(bare) :]
+        return [], []
+
     @torch.inference_mode()
-    def _embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        batch = self.tokenizer(texts, padding=True, truncation=False, return_tensors="pt")
-        if batch["input_ids"].shape[1] > self.context_length:
+    def _embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
+        rows = [self._ids(t) for t in texts]
+        if max(len(r) for r in rows) > self.context_length:
             raise PromptTooLong(f"an input is longer than {self.context_length} tokens")
+        batch = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
         hidden = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).float()

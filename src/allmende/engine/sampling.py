@@ -24,24 +24,8 @@ import torch
 
 from allmende.engine.base import SamplingParams
 
-SEED_MASK = (1 << 63) - 1
 DRAW_DOMAIN = b"allmende/draw/v1"
 TINY = float(np.finfo(np.float32).tiny)
-
-
-def choice_params(params: SamplingParams, index: int) -> SamplingParams:
-    """Sampling parameters of choice `index` of an `n > 1` request: choice 0 is the request
-    itself, choice i draws from seed + i (unseeded choices each draw fresh randomness)."""
-    if index == 0 or params.seed is None:
-        return params
-    return SamplingParams(
-        max_tokens=params.max_tokens,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        seed=(params.seed + index) & SEED_MASK,
-        stop=params.stop,
-        ignore_eos=params.ignore_eos,
-    )
 
 
 def draw_seed(seed: int | None) -> int:
@@ -92,6 +76,23 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, seed: int, positi
     if params.temperature == 0.0:
         return int(torch.argmax(logits).item())
     return int(torch.argmax(draw_scores(logits, params, seed, position)).item())
+
+
+def token_logprob(logits: torch.Tensor, token: int, top: int, decode: Callable[[list[int]], str]) -> dict[str, object]:
+    """The log-probability of `token` and of the `top` most likely tokens under the model's
+    distribution at this row (softmax of the raw logits: before temperature and top-p, as
+    OpenAI reports them), in OpenAI's chat shape. The same row the draw used, so a
+    validator's prefill reproduces these numbers within floating-point noise."""
+    logprobs = torch.log_softmax(logits.detach().float().cpu(), dim=-1)
+
+    def entry(token_id: int) -> dict[str, object]:
+        text = decode([token_id])
+        return {"token": text, "bytes": list(text.encode()), "logprob": float(logprobs[token_id])}
+
+    out = entry(token)
+    alternatives = torch.topk(logprobs, min(top, logprobs.shape[-1])).indices.tolist() if top else []
+    out["top_logprobs"] = [entry(int(t)) for t in alternatives]
+    return out
 
 
 class IncrementalDetokenizer:

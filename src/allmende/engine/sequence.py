@@ -16,8 +16,9 @@ from typing import Literal
 import torch
 
 from allmende.engine.base import SamplingParams, TokenEvent
+from allmende.engine.grammar import Constraint
 from allmende.engine.proofs import commit
-from allmende.engine.sampling import IncrementalDetokenizer, draw_seed, sample_token
+from allmende.engine.sampling import IncrementalDetokenizer, draw_seed, sample_token, token_logprob
 
 Finish = Literal["stop", "length"]
 
@@ -31,6 +32,7 @@ class Sequence:
         decode: Callable[[list[int]], str],
         eos_ids: set[int],
         device: str,
+        constraint: Constraint | None = None,  # the grammar of a structured-output request
     ) -> None:
         self.prompt_ids = prompt_ids
         self.params = params
@@ -38,6 +40,8 @@ class Sequence:
         self.eos_ids = eos_ids
         self.seed = draw_seed(params.seed)
         self.drawn = 0  # tokens drawn so far (EOS included): the position of the next draw
+        self.decode = decode
+        self.constraint = constraint
         self.detokenizer = IncrementalDetokenizer(decode)
         self.hidden_rows: list[torch.Tensor] = []  # final hidden state that produced each output token
         self.cancelled = threading.Event()
@@ -53,12 +57,20 @@ class Sequence:
     def advance(self, logits: torch.Tensor, hidden: torch.Tensor) -> bool:
         """Take one step from this sequence's row of logits and final hidden state;
         return True when the sequence is finished."""
-        token = sample_token(logits, self.params, self.seed, self.drawn)
+        drawn_from = logits
+        if self.constraint is not None:  # tokens the grammar does not allow cannot be drawn
+            drawn_from = logits.float().cpu().masked_fill(~self.constraint.allowed(), float("-inf"))
+        token = sample_token(drawn_from, self.params, self.seed, self.drawn)
         self.drawn += 1
+        if self.constraint is not None:
+            self.constraint.consume(token)
         if token in self.eos_ids and not self.params.ignore_eos:
             return self._finish(self.detokenizer.flush(), None, "stop")
         self.hidden_rows.append(hidden)
         self.last_token = token
+        logprob = None
+        if self.params.logprobs is not None:
+            logprob = token_logprob(logits, token, self.params.logprobs, self.decode)
         delta = self.detokenizer.push(token)
         last = len(self.token_ids) == self.params.max_tokens
         if last:
@@ -67,16 +79,16 @@ class Sequence:
             window = self._tail + delta
             hits = [i for i in (window.find(s) for s in self.params.stop if s) if i >= 0]
             if hits:
-                return self._finish(delta[: max(0, min(hits) - len(self._tail))], token, "stop")
+                return self._finish(delta[: max(0, min(hits) - len(self._tail))], token, "stop", logprob)
             self._tail = window[len(window) - self._stop_window :] if self._stop_window else ""
         if last:
-            return self._finish(delta, token, "length")
-        self.emit(TokenEvent(delta, token))
+            return self._finish(delta, token, "length", logprob)
+        self.emit(TokenEvent(delta, token, logprob=logprob))
         return False
 
-    def _finish(self, text: str, token: int | None, reason: Finish) -> bool:
+    def _finish(self, text: str, token: int | None, reason: Finish, logprob: dict[str, object] | None = None) -> bool:
         proof = commit(torch.stack(self.hidden_rows)) if self.hidden_rows else b""
-        self.emit(TokenEvent(text, token, reason, proof))
+        self.emit(TokenEvent(text, token, reason, proof, logprob))
         self.emit(None)
         self.finished = True
         return True

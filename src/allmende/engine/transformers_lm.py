@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from allmende.core import build_manifest
-from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent
-from allmende.engine.sampling import choice_params
+from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent, choice_params
+from allmende.engine.grammar import Constraint, grammar_masks, ll_tokenizer
 from allmende.engine.scheduler import BatchScheduler
 from allmende.engine.sequence import Sequence
 
 MAX_CHOICES = 16  # most completions one request may ask for (n)
+
+
+def token_ids(raw: object) -> TypeGuard[list[int]]:
+    """A non-empty list of ints (not bools): token ids as OpenAI's APIs accept them."""
+    return isinstance(raw, list) and bool(raw) and all(isinstance(t, int) and not isinstance(t, bool) for t in raw)
 
 
 def pick_device() -> str:
@@ -91,10 +97,12 @@ class CausalLMEngine(Engine):
             return [int(i) for i in ids]
         if kind == "completion":
             prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
                 prompt = prompt[0]
+            if token_ids(prompt):
+                return list(prompt)  # the model's own token ids (check_length checks the vocabulary)
             if not isinstance(prompt, str):
-                raise EngineError("prompt must be a string")
+                raise EngineError("prompt must be a string or an array of token ids")
             return [int(i) for i in self.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
         raise EngineError(f"{self.name} is a generative model; it does not do {kind}")
 
@@ -146,7 +154,7 @@ class CausalLMEngine(Engine):
             return emit
 
         sequences = [
-            Sequence(list(prompt_ids), p, emitter(i), self.decode, self.eos_ids, self.device)
+            Sequence(list(prompt_ids), p, emitter(i), self.decode, self.eos_ids, self.device, self.constraint(p))
             for i, p in enumerate(choices)
         ]
         self.scheduler.submit(sequences)
@@ -165,7 +173,23 @@ class CausalLMEngine(Engine):
                 if not sequence.finished:
                     self.scheduler.cancel(sequence)
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    def constraint(self, params: SamplingParams) -> Constraint | None:
+        """The grammar state of a structured-output sequence (None without a grammar)."""
+        if params.grammar is None:
+            return None
+        return Constraint(self.grammar_tokenizer, params.grammar, int(self.model.config.vocab_size), self.eos_ids)
+
+    def grammar_masks(self, grammar: str, output_ids: list[int]) -> torch.Tensor:
+        """The masks `output_ids` were drawn under (for the checker; see engine/grammar.py)."""
+        return grammar_masks(
+            self.grammar_tokenizer, grammar, int(self.model.config.vocab_size), self.eos_ids, output_ids
+        )
+
+    @functools.cached_property
+    def grammar_tokenizer(self) -> Any:
+        return ll_tokenizer(self.tokenizer)
+
+    async def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
         raise EngineError(f"{self.name} is a generative model; it does not do embeddings")
 
     @torch.inference_mode()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import struct
 import time
 import uuid
@@ -16,17 +17,22 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from allmende import __version__, protocol
 from allmende.core.codec import address_field
 from allmende.core.errors import BodyTooLarge as CoreBodyTooLarge
-from allmende.core.errors import InvalidInput
+from allmende.core.errors import InvalidInput, UpstreamError
 from allmende.core.ratelimit import RateLimiter
 from allmende.gateway.errors import (
     BodyTooLarge,
     GatewayError,
     InvalidRequest,
+    MethodNotAllowed,
+    ModelNotFound,
     RateLimited,
+    RouteNotFound,
     Unauthorized,
     error_body,
     openai_error,
@@ -81,10 +87,20 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
         who = f"key:{key}" if key else f"peer:{request.client.host if request.client else '?'}"
         wait = limiter.allow(who, time.monotonic())
         if wait:
-            raise RateLimited(f"Rate limit reached for this {'API key' if key else 'client'}; retry in {wait:.2f}s.")
+            seconds = max(1, math.ceil(wait))
+            raise RateLimited(
+                f"Rate limit reached for this {'API key' if key else 'client'} "
+                f"({limits.rate_limit:g} requests per second, bursts of {limits.rate_burst:g}); "
+                f"retry after {seconds} s.",
+                retry_after=seconds,
+            )
 
     @app.exception_handler(Exception)
     async def _any(_: Request, exc: Exception) -> JSONResponse:
+        return openai_error(exc)
+
+    @app.exception_handler(GatewayError)  # ours: answered as an ordinary response, not a server error
+    async def _ours(_: Request, exc: GatewayError) -> JSONResponse:
         return openai_error(exc)
 
     def api_key(request: Request) -> str | None:
@@ -102,35 +118,56 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    def model_card(m: Any) -> dict[str, Any]:
+        return {
+            "id": m.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": m.owner or "allmende",
+            "allmende": {
+                "model_id": "0x" + m.model_id.hex(),
+                "kind": m.kind,
+                "providers": m.providers,
+                "price_in_per_1m": str(m.min_price_in),
+                "price_out_per_1m": str(m.min_price_out),
+            },
+        }
+
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         api_key(request)
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": m.name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": m.owner or "allmende",
-                    "allmende": {
-                        "model_id": "0x" + m.model_id.hex(),
-                        "kind": m.kind,
-                        "providers": m.providers,
-                        "price_in_per_1m": str(m.min_price_in),
-                        "price_out_per_1m": str(m.min_price_out),
-                    },
-                }
-                for m in service.directory.listings()
-            ],
-        }
+        return {"object": "list", "data": [model_card(m) for m in service.directory.listings()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(request: Request, name: str) -> dict[str, Any]:
+        """One model, as the SDK's `models.retrieve` asks for it."""
+        api_key(request)
+        for m in service.directory.listings():
+            if m.name == name:
+                return model_card(m)
+        raise ModelNotFound(f"The model '{name}' does not exist or no provider serves it", "model")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Unknown routes and wrong methods, in OpenAI's error shape."""
+        if exc.status_code == 404:
+            error: GatewayError = RouteNotFound(f"Invalid URL ({request.method} {request.url.path})")
+        elif exc.status_code == 405:
+            error = MethodNotAllowed(f"Method {request.method} is not allowed for {request.url.path}")
+        else:
+            error = GatewayError(str(exc.detail))
+            error.status = exc.status_code
+        return JSONResponse(error_body(error), status_code=error.status, headers=exc.headers)
 
     async def handle(request: Request, endpoint: str, kind: str) -> Response:
         try:
             key = api_key(request)
             throttle(request, key)
             if state["in_flight"] >= limits.max_in_flight:
-                raise RateLimited("The gateway is at capacity; retry shortly.")
+                raise RateLimited(
+                    f"The gateway is serving its maximum of {limits.max_in_flight} requests at once; retry after 1 s.",
+                    retry_after=1,
+                )
             body = await read_body(request, limits)
             check_request(kind, body)
             budget_check(service.payments, limits.budgets, key)
@@ -161,8 +198,14 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
         finally:
             state["in_flight"] -= 1
             in_flight_gauge.dec()
+        try:
+            rendered = render(kind, body, result.offer.name, result.answer)
+        except Exception as exc:  # a provider's answer that does not fit OpenAI's shapes
+            explorer.failed(started)
+            response = openai_error(exc)
+            requests_total.labels(endpoint, str(response.status_code)).inc()
+            return response
         requests_total.labels(endpoint, "200").inc()
-        rendered = render(kind, body, result.offer.name, result.answer)
         rendered["allmende"] = explorer.answered(rendered.get("id", new_id(kind)), result.answer, started, key)
         if wants_evidence(request):
             rendered["allmende"]["evidence"] = evidence_of(kind, result.answer)
@@ -177,20 +220,30 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         status = "200"
         started = time.monotonic()
+        wanted = protocol.logprobs_wanted(kind, body) is not None
+        offset = 0  # characters of the completion sent so far (legacy completions' text_offset)
         try:
             if kind == "chat":
                 yield sse(chunk(kind, ident, created, name, "", None, role=True))
+            elif echo_of(body):
+                offset = len(echo_of(body))
+                yield sse(chunk(kind, ident, created, name, echo_of(body), None))
             async for item in service.stream(kind, body, key, pin):
                 if isinstance(item, Answer):
                     finish = item.output.get("finish_reason", "stop")
                     receipt = explorer.answered(ident, item, started, key)  # the receipt, for the playground
                     if evidence:
                         receipt["evidence"] = evidence_of(kind, item)
-                    yield sse(chunk(kind, ident, created, name, None, finish, allmende=receipt))
+                    rest = item.output.get("logprobs") or None if wanted else None
+                    yield sse(
+                        chunk(kind, ident, created, name, None, finish, allmende=receipt, logprobs=rest, offset=offset)
+                    )
                     if include_usage:
                         yield sse(chunk(kind, ident, created, name, None, None, usage=item.usage))
                     break
-                yield sse(chunk(kind, ident, created, name, item, None))
+                logprobs = (getattr(item, "logprobs", None) or []) if wanted else None
+                yield sse(chunk(kind, ident, created, name, item, None, logprobs=logprobs, offset=offset))
+                offset += len(item)
             yield b"data: [DONE]\n\n"
         except Exception as exc:
             explorer.failed(started)
@@ -272,9 +325,12 @@ def chunk(
     role: bool = False,
     usage: dict[str, int] | None = None,
     allmende: dict[str, Any] | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
+    offset: int = 0,
 ) -> dict[str, Any]:
     """One stream chunk: a text delta, the final one (`finish`), or the usage-only one
-    (`usage`, no choices)."""
+    (`usage`, no choices). `logprobs`: the provider's entries for the tokens of this chunk
+    (`offset`: where its text starts in the completion, for legacy completions)."""
     parsed = protocol.Usage(**usage) if usage else None
     if kind == "chat":
         choices = (
@@ -282,7 +338,9 @@ def chunk(
             if usage
             else [
                 protocol.ChatChunkChoice(
-                    delta=protocol.Delta(role="assistant" if role else None, content=delta), finish_reason=finish
+                    delta=protocol.Delta(role="assistant" if role else None, content=delta),
+                    logprobs=chat_logprobs(logprobs),
+                    finish_reason=finish,
                 )
             ]
         )
@@ -290,11 +348,38 @@ def chunk(
             id=ident, created=created, model=model, choices=choices, usage=parsed, allmende=allmende
         )
     else:
-        texts = [] if usage else [protocol.CompletionChoice(text=delta or "", finish_reason=finish)]
+        texts = (
+            []
+            if usage
+            else [
+                protocol.CompletionChoice(
+                    text=delta or "", logprobs=completion_logprobs(logprobs, offset), finish_reason=finish
+                )
+            ]
+        )
         out = protocol.CompletionChunk(
             id=ident, created=created, model=model, choices=texts, usage=parsed, allmende=allmende
         )
     return out.render()
+
+
+def token_logprobs(raw: object) -> list[protocol.TokenLogprob]:
+    """The provider's log-probability entries, checked against OpenAI's shape (a provider
+    that sends anything else fails the request rather than the client's parser)."""
+    if not isinstance(raw, list):
+        raise UpstreamError("the provider's logprobs are not a list")
+    try:
+        return [protocol.TokenLogprob.model_validate(entry) for entry in raw]
+    except ValidationError:
+        raise UpstreamError("the provider's logprobs are not in OpenAI's shape") from None
+
+
+def chat_logprobs(raw: list[dict[str, Any]] | None) -> protocol.ChoiceLogprobs | None:
+    return None if raw is None else protocol.ChoiceLogprobs(content=token_logprobs(raw))
+
+
+def completion_logprobs(raw: list[dict[str, Any]] | None, offset: int) -> protocol.CompletionLogprobs | None:
+    return None if raw is None else protocol.CompletionLogprobs.of(token_logprobs(raw), offset)
 
 
 def render(kind: str, body: dict[str, Any], name: str, answer: Answer) -> dict[str, Any]:
@@ -310,21 +395,45 @@ def render(kind: str, body: dict[str, Any], name: str, answer: Answer) -> dict[s
         tokens = answer.usage["prompt_tokens"]
         usage = protocol.EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
         return protocol.EmbeddingList(data=data, model=name, usage=usage).render()
-    text = answer.output.get("text", "")
-    finish = answer.output.get("finish_reason", "stop")
+    wanted = protocol.logprobs_wanted(kind, body) is not None
+    outputs = choices_of(answer.output, protocol.choices_wanted(body))
+    counts = protocol.Usage(**answer.usage)
     if kind == "chat":
-        message = protocol.AssistantMessage(content=text)
+        chats = [
+            protocol.ChatChoice(
+                index=i,
+                message=protocol.AssistantMessage(content=out.get("text", "")),
+                logprobs=chat_logprobs(out.get("logprobs", []) if wanted else None),
+                finish_reason=out.get("finish_reason", "stop"),
+            )
+            for i, out in enumerate(outputs)
+        ]
         return protocol.ChatCompletion(
-            id=new_id(kind),
-            created=created,
-            model=name,
-            choices=[protocol.ChatChoice(message=message, finish_reason=finish)],
-            usage=protocol.Usage(**answer.usage),
+            id=new_id(kind), created=created, model=name, choices=chats, usage=counts
         ).render()
-    return protocol.Completion(
-        id=new_id(kind),
-        created=created,
-        model=name,
-        choices=[protocol.CompletionChoice(text=text, finish_reason=finish)],
-        usage=protocol.Usage(**answer.usage),
-    ).render()
+    echoed = echo_of(body)
+    texts = [
+        protocol.CompletionChoice(
+            index=i,
+            text=echoed + out.get("text", ""),
+            logprobs=completion_logprobs(out.get("logprobs", []) if wanted else None, len(echoed)),
+            finish_reason=out.get("finish_reason", "stop"),
+        )
+        for i, out in enumerate(outputs)
+    ]
+    return protocol.Completion(id=new_id(kind), created=created, model=name, choices=texts, usage=counts).render()
+
+
+def choices_of(output: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The provider's output per choice: `n` of them, or UpstreamError (the answer is not
+    what was asked for)."""
+    outputs = output.get("choices", [output]) if n > 1 else [output]
+    if not isinstance(outputs, list) or len(outputs) != n or not all(isinstance(o, dict) for o in outputs):
+        raise UpstreamError(f"the provider answered with another number of choices than n={n}")
+    return outputs
+
+
+def echo_of(body: dict[str, Any]) -> str:
+    """The prompt, when a legacy completion asks for it back (`echo`)."""
+    prompt = body.get("prompt")
+    return prompt if body.get("echo") is True and isinstance(prompt, str) else ""

@@ -46,8 +46,20 @@ class InsufficientFunds(GatewayError):
     status, type, code = 402, "insufficient_quota", "insufficient_quota"
 
 
+class RouteNotFound(GatewayError):
+    status, type, code = 404, "invalid_request_error", "unknown_url"
+
+
+class MethodNotAllowed(GatewayError):
+    status, type, code = 405, "invalid_request_error", "method_not_allowed"
+
+
 class RateLimited(GatewayError):
     status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+    def __init__(self, message: str, param: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(message, param)
+        self.retry_after = retry_after  # seconds, sent as the Retry-After header
 
 
 class NoProvider(GatewayError):
@@ -83,4 +95,5 @@ def openai_error(exc: Exception) -> JSONResponse:
             wrapped.status, wrapped.code = status, code
             wrapped.type = OPENAI_TYPES.get(status, "invalid_request_error")
             exc = wrapped
-    return JSONResponse(error_body(exc), status_code=exc.status)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=headers)

@@ -36,6 +36,7 @@ from allmende.gateway.errors import (
 )
 from allmende.gateway.payments import Payments
 from allmende.gateway.receipts import BadReceipt, check_receipt
+from allmende.protocol import grammar_of
 from allmende.provider.client import Answer, Delta, ProviderReplyError, ainfer, ainfer_stream, build_envelope
 
 log = logging.getLogger("allmende.gateway")
@@ -304,7 +305,7 @@ class GatewayService:
             except (ProviderReplyError, httpx.HTTPError, TimeoutError, InvalidInput, OSError) as exc:
                 verdict = self._failed(attempt, offer, exc, 0)
                 if verdict == "fatal":
-                    raise InvalidRequest(str(exc.message if isinstance(exc, ProviderReplyError) else exc)) from None
+                    raise refused(exc) from None
                 if verdict == "busy":
                     busy.add(entry.address)
                 else:
@@ -352,6 +353,12 @@ class GatewayService:
             if picked is None:
                 break
             entry, stats = picked
+            if sent and grammar_of(body) is not None:
+                # another provider would start the grammar afresh after the text already sent
+                raise NoProvider(
+                    f"the provider of this structured output failed after {carried_tokens} tokens; "
+                    "structured output cannot be continued elsewhere"
+                )
             request = {**body, "stream": True, "max_tokens": max(1, max_tokens - carried_tokens)}
             request.pop("max_completion_tokens", None)
             if sent:
@@ -408,7 +415,7 @@ class GatewayService:
             except (ProviderReplyError, httpx.HTTPError, TimeoutError, InvalidInput, OSError) as exc:
                 verdict = self._failed(attempt, offer, exc, streamed)
                 if verdict == "fatal" and not sent and not streamed:
-                    raise InvalidRequest(str(exc.message if isinstance(exc, ProviderReplyError) else exc)) from None
+                    raise refused(exc) from None
                 if verdict == "busy" and not streamed:
                     busy.add(entry.address)
                 else:
@@ -421,6 +428,14 @@ class GatewayService:
         raise NoProvider(
             f"no provider could serve '{offer.name}' right now" + (f" (last error: {last_error})" if last_error else "")
         )
+
+
+def refused(exc: Exception) -> InvalidRequest:
+    """The provider's refusal of the request itself, for the client; a message that starts
+    by quoting a parameter ('dimensions' ...) names it as OpenAI's `param`."""
+    message = str(exc.message if isinstance(exc, ProviderReplyError) else exc)
+    quoted = message.split("'")
+    return InvalidRequest(message, quoted[1] if message.startswith("'") and len(quoted) > 2 else None)
 
 
 def budget_check(payments: Payments, budgets: dict[str, int], api_key: str | None) -> None:

@@ -54,10 +54,12 @@ class Delta(str):
     token may complete a character only later, so a delta can hold several)."""
 
     tokens: int
+    logprobs: list[dict[str, Any]] | None  # of those tokens, when the request asked for them
 
-    def __new__(cls, text: str, tokens: int = 1) -> Delta:
+    def __new__(cls, text: str, tokens: int = 1, logprobs: list[dict[str, Any]] | None = None) -> Delta:
         delta = super().__new__(cls, text)
         delta.tokens = tokens
+        delta.logprobs = logprobs
         return delta
 
 
@@ -168,11 +170,18 @@ class _StreamReader:
                 "token_ids": data.get("token_ids", []),
                 "proof": data.get("proof", "0x"),
             }
+            if isinstance(data.get("logprobs"), list):
+                output["logprobs"] = data["logprobs"]  # of tokens no delta carried
             receipt = _check_receipt(data["receipt"], self.info, self.receipt_domain, self.request_id)
             return Answer(output, data["usage"], receipt)
         tokens = data.get("tokens", 1)
         self.parts.append(str(data["delta"]))
-        return Delta(str(data["delta"]), tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else 1)
+        logprobs = data.get("logprobs")
+        return Delta(
+            str(data["delta"]),
+            tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else 1,
+            logprobs if isinstance(logprobs, list) else None,
+        )
 
 
 def infer_stream(

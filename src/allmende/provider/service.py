@@ -4,6 +4,7 @@ sign the receipt, seal the answer. The HTTP layer (app.py) only moves bytes."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -19,8 +20,8 @@ from allmende.core.codec import hex_bytes
 from allmende.core.credit import max_request_cost
 from allmende.core.envelope import ResponseSealer, open_request
 from allmende.core.prompts import MAX_PROMPT_BYTES_PER_TOKEN, prompt_bytes
-from allmende.engine import Engine, PromptTooLong, SamplingParams, collect
-from allmende.protocol import input_hash, sampling_params
+from allmende.engine import Engine, PromptTooLong, SamplingParams, collect, collect_choices
+from allmende.protocol import choices_wanted, input_hash, logprobs_wanted, sampling_params
 from allmende.provider.errors import BadRequest, PayerNotAuthenticated, ReplayedRequest, UnknownModelError
 from allmende.provider.payments import PaymentGate
 from allmende.provider.store import ProviderStore
@@ -159,20 +160,40 @@ class ProviderService:
         """Serve a non-streaming request; returns the sealed reply."""
         engine = req.model.engine
         if req.kind == "embedding":
-            texts = engine.inputs_of(req.body)  # type: ignore[attr-defined]
+            try:
+                engine.check_dimensions(req.body)  # type: ignore[attr-defined]
+                texts = engine.inputs_of(req.body)  # type: ignore[attr-defined]
+            except InvalidInput as exc:
+                raise BadRequest(str(exc)) from None
             vectors, tokens = await engine.embed(texts)
             output: dict[str, Any] = {"embeddings": vectors}
             receipt = self._finish(req, tokens, 0, json.dumps(vectors).encode())
         else:
             prompt, params = await asyncio.to_thread(self._prepare, req)
-            gen = await collect(engine.generate(prompt, params), len(prompt))
-            output = {
-                "text": gen.text,
-                "finish_reason": gen.finish_reason,
-                "token_ids": gen.token_ids,
-                "proof": "0x" + gen.proof.hex(),
-            }
-            receipt = self._finish(req, len(prompt), gen.completion_tokens, gen.text.encode(), gen.proof)
+            n = self._choices(req)
+            if n == 1:
+                gens = [await collect(engine.generate(prompt, params), len(prompt))]
+            else:
+                gens = await collect_choices(engine.generate_choices(prompt, params, n), len(prompt), n)
+            outputs = []
+            for gen in gens:
+                one: dict[str, Any] = {
+                    "text": gen.text,
+                    "finish_reason": gen.finish_reason,
+                    "token_ids": gen.token_ids,
+                    "proof": "0x" + gen.proof.hex(),
+                }
+                if params.logprobs is not None:
+                    one["logprobs"] = gen.logprobs or []
+                outputs.append(one)
+            output = dict(outputs[0])
+            tokens_out = sum(g.completion_tokens for g in gens)
+            if n == 1:
+                receipt = self._finish(req, len(prompt), tokens_out, gens[0].text.encode(), gens[0].proof)
+            else:  # the receipt binds every choice: their texts and their proofs, in order
+                output["choices"] = outputs
+                texts = json.dumps([g.text for g in gens]).encode()
+                receipt = self._finish(req, len(prompt), tokens_out, texts, b"".join(g.proof for g in gens))
         reply = {"output": output, "usage": receipt["usage"], "receipt": receipt["receipt"]}
         return req.sealer.seal(0, json.dumps(reply).encode())
 
@@ -180,8 +201,11 @@ class ProviderService:
         """Serve a streaming request: sealed chunks, the last with usage and receipt."""
         engine = req.model.engine
         prompt, params = await asyncio.to_thread(self._prepare, req)
+        if self._choices(req) != 1:
+            raise BadRequest("n above 1 is not offered with stream")
         seq, parts, produced, finish, proof, token_ids = 0, [], 0, "length", b"", []
         unsent = 0  # tokens whose text has not gone out yet
+        logprobs: list[dict[str, Any]] = []  # ... and their log-probabilities
         async for event in engine.generate(prompt, params):
             if event.proof is not None:
                 proof = event.proof
@@ -189,13 +213,18 @@ class ProviderService:
                 produced += 1
                 unsent += 1
                 token_ids.append(event.token_id)
+            if event.logprob is not None:
+                logprobs.append(event.logprob)
             if event.finish_reason:
                 finish = event.finish_reason
             if self.stream_interval:
                 await asyncio.sleep(self.stream_interval)
             if event.text:
                 parts.append(event.text)
-                yield req.sealer.seal(seq, json.dumps({"delta": event.text, "tokens": unsent}).encode())
+                piece: dict[str, Any] = {"delta": event.text, "tokens": unsent}
+                if params.logprobs is not None:
+                    piece["logprobs"], logprobs = logprobs, []
+                yield req.sealer.seal(seq, json.dumps(piece).encode())
                 seq += 1
                 unsent = 0
         text = "".join(parts)
@@ -208,6 +237,8 @@ class ProviderService:
             "token_ids": token_ids,
             "proof": "0x" + proof.hex(),
         }
+        if params.logprobs is not None:
+            final["logprobs"] = logprobs  # of tokens whose text never went out (a cut stop string)
         yield req.sealer.seal(seq, json.dumps(final).encode())
 
     def _prepare(self, req: InferRequest) -> tuple[list[int], SamplingParams]:
@@ -219,9 +250,17 @@ class ProviderService:
         return prompt, params
 
     @staticmethod
+    def _choices(req: InferRequest) -> int:
+        try:
+            return choices_wanted(req.body)
+        except InvalidInput as exc:
+            raise BadRequest(str(exc)) from None
+
+    @staticmethod
     def _sampling(req: InferRequest) -> SamplingParams:
         try:
-            return sampling_params(req.body, req.request_id)  # unseeded: a seed bound to the request id
+            params = sampling_params(req.body, req.request_id)  # unseeded: a seed bound to the request id
+            return dataclasses.replace(params, logprobs=logprobs_wanted(req.kind, req.body))
         except InvalidInput as exc:
             raise BadRequest(str(exc)) from None
 

@@ -25,7 +25,7 @@ generator's token is almost never within it where the draw is not a near-tie.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,11 +51,17 @@ class Verdict:
     bad_tokens: int
 
 
-def draw_check(logits: torch.Tensor, params: SamplingParams, first_position: int) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_check(
+    logits: torch.Tensor, params: SamplingParams, first_position: int, allowed: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, floor) of the draws at rows `logits` (positions first_position, …): a token
-    `t` is a legitimate draw at row i iff scores[i, t] >= floor[i]."""
+    `t` is a legitimate draw at row i iff scores[i, t] >= floor[i]. `allowed`: the grammar's
+    masks of a structured-output request (one boolean row per row of logits); tokens outside
+    them are never legitimate, and the draw is among the rest, as the provider drew it."""
     logits = logits.float()
     scale = logits.abs().max(dim=-1).values.clamp(min=1.0)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
     if params.temperature == 0.0:
         return logits, logits.max(dim=-1).values - MARGIN * scale
     if params.seed is None:
@@ -71,21 +77,30 @@ def draw_check(logits: torch.Tensor, params: SamplingParams, first_position: int
     return scores, best - MARGIN * scale / params.temperature
 
 
-def token_check(logits: torch.Tensor, output_ids: list[int], params: SamplingParams) -> int:
+def token_check(
+    logits: torch.Tensor, output_ids: list[int], params: SamplingParams, allowed: torch.Tensor | None = None
+) -> int:
     """Number of output tokens that are not the request's draw. `logits[i]` is the row
-    output token i was drawn from."""
+    output token i was drawn from (`allowed[i]` its grammar mask, if any)."""
     if not output_ids:
         return 0
-    scores, floor = draw_check(logits, params, 0)
+    scores, floor = draw_check(logits, params, 0, allowed)
     chosen = scores.gather(1, torch.tensor(output_ids, dtype=torch.long).unsqueeze(1)).squeeze(1)
     return int((chosen < floor).sum())
 
 
-def may_end(logits: torch.Tensor, params: SamplingParams, position: int, eos_ids: Collection[int]) -> bool:
+def may_end(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    position: int,
+    eos_ids: Collection[int],
+    allowed: torch.Tensor | None = None,
+) -> bool:
     """True if EOS is a legitimate draw from `logits` (one row) at output `position`."""
     if not eos_ids:
         return False
-    scores, floor = draw_check(logits.unsqueeze(0), params, position)
+    mask = None if allowed is None else allowed.unsqueeze(0)
+    scores, floor = draw_check(logits.unsqueeze(0), params, position, mask)
     return bool((scores[0, sorted(eos_ids)] >= floor[0]).any())
 
 
@@ -97,9 +112,12 @@ def verify_completion(
     params: SamplingParams,
     eos_ids: Collection[int] = (),
     stop_completed: bool = False,
+    allowed: torch.Tensor | None = None,
 ) -> Verdict:
     """Judge a completion from the validator's prefill over prompt + output.
-    `stop_completed`: the last output token completes one of the request's stop strings."""
+    `stop_completed`: the last output token completes one of the request's stop strings.
+    `allowed`: the grammar masks of a structured-output request (`len(output_ids) + 1` rows:
+    one per output token, and one for the end)."""
     hidden, logits = hidden_and_logits
     n = len(output_ids)
     if n > params.max_tokens:
@@ -109,7 +127,7 @@ def verify_completion(
     # the state at position p produced the token at position p + 1
     producing = slice(prompt_len - 1, prompt_len - 1 + n)
     proof_check = check(proof, hidden[producing]) if n else NOTHING
-    bad = token_check(logits[producing], output_ids, params)
+    bad = token_check(logits[producing], output_ids, params, None if allowed is None else allowed[:n])
     reasons = [] if proof_check.ok else [f"proof: {proof_check.reason}"]
     if bad:
         reasons.append(f"{bad} of {n} tokens are not the request's draw")
@@ -117,7 +135,7 @@ def verify_completion(
     if not ended:
         if logits.shape[0] < prompt_len + n:
             raise ValueError("the prefill must cover prompt + output to check where the output ends")
-        ended = may_end(logits[prompt_len - 1 + n], params, n, eos_ids)
+        ended = may_end(logits[prompt_len - 1 + n], params, n, eos_ids, None if allowed is None else allowed[n])
         if not ended:
             reasons.append(
                 f"the completion ends after {n} of {params.max_tokens} tokens where the model does not end it"
@@ -154,15 +172,30 @@ def judge(
     proof: bytes,
     params: SamplingParams,
     hidden_and_logits: tuple[torch.Tensor, torch.Tensor] | None = None,
+    masks: Callable[[str, list[int]], torch.Tensor] | None = None,
 ) -> Verdict:
     """`verify_completion` with everything taken from the claimed model: its prefill over
-    prompt + output (unless given), its EOS ids, and whether the last token completed a
-    stop string."""
+    prompt + output (unless given), its EOS ids, whether the last token completed a stop
+    string, and for a request with a grammar (`params.grammar`) the masks the output was
+    drawn under (`masks`, by default the engine's `grammar_masks`)."""
+    allowed = None
+    if params.grammar is not None:
+        masks = masks or getattr(engine, "grammar_masks", None)
+        if masks is None:
+            raise ValueError("a structured-output completion can only be checked with its grammar's masks")
+        allowed = masks(params.grammar, output_ids)
     if hidden_and_logits is None:
         hidden_and_logits = engine.prefill(prompt_ids + output_ids)
     completed = bool(params.stop and output_ids) and stop_completed(
         engine.decode(output_ids), engine.decode(output_ids[:-1]), params.stop
     )
     return verify_completion(
-        hidden_and_logits, len(prompt_ids), output_ids, proof, params, engine.eos_ids, stop_completed=completed
+        hidden_and_logits,
+        len(prompt_ids),
+        output_ids,
+        proof,
+        params,
+        engine.eos_ids,
+        stop_completed=completed,
+        allowed=allowed,
     )

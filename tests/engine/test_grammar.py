@@ -1,0 +1,77 @@
+"""Structured output on allmende:tiny: the grammar from `response_format` constrains every
+draw, the output is valid JSON of the schema, and the checker applies the same masks, so a
+provider that ignores the grammar is caught."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+import pytest
+
+from allmende.engine import EngineError, SamplingParams, collect, load_engine
+from allmende.engine.transformers_lm import CausalLMEngine
+from allmende.protocol import InvalidParameter, check_request, sampling_params
+from allmende.validator.checker import judge
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}, "colour": {"enum": ["red", "green"]}},
+    "required": ["ok", "colour"],
+    "additionalProperties": False,
+}
+BODY = {
+    "messages": [{"role": "user", "content": "Answer in JSON."}],
+    "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA, "strict": True}},
+    "max_tokens": 40,
+    "temperature": 0.8,
+    "seed": 9,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny() -> CausalLMEngine:
+    engine = load_engine("allmende:tiny")
+    assert isinstance(engine, CausalLMEngine)
+    return engine
+
+
+def generate(engine: CausalLMEngine, params: SamplingParams) -> tuple[list[int], list[int], str, str]:
+    ids = engine.prompt_ids("chat", BODY)
+    gen = asyncio.run(collect(engine.generate(ids, params), len(ids)))
+    return ids, gen.token_ids, gen.text, gen.finish_reason
+
+
+@pytest.mark.parametrize("seed", [9, 10, 11])
+def test_structured_output_is_valid_json_of_the_schema_and_passes_the_checker(tiny: CausalLMEngine, seed: int) -> None:
+    params = sampling_params({**BODY, "seed": seed})
+    assert params.grammar is not None
+
+    prompt, output, text, finish = generate(tiny, params)
+
+    assert finish == "stop"
+    value = json.loads(text)
+    assert set(value) == {"ok", "colour"} and isinstance(value["ok"], bool) and value["colour"] in ("red", "green")
+    assert judge(tiny, prompt, output, b"", params).bad_tokens == 0
+
+
+def test_a_provider_that_ignores_the_grammar_fails_the_draw_check(tiny: CausalLMEngine) -> None:
+    params = sampling_params(BODY)
+    prompt, output, _, _ = generate(tiny, dataclasses.replace(params, grammar=None))  # the unconstrained draw
+
+    verdict = judge(tiny, prompt, output, b"", params)  # checked as the request asked: under the grammar
+
+    assert not verdict.ok and verdict.bad_tokens > 0
+
+
+def test_json_object_and_bad_formats(tiny: CausalLMEngine) -> None:
+    params = sampling_params({**BODY, "response_format": {"type": "json_object"}})
+    _, _, text, finish = generate(tiny, params)
+    assert finish == "length" or isinstance(json.loads(text), dict)
+    for bad in ({"type": "yaml"}, {"type": "json_schema"}, {"type": "json_schema", "json_schema": {"schema": 3}}):
+        with pytest.raises(InvalidParameter) as info:
+            check_request("chat", {**BODY, "response_format": bad})
+        assert info.value.param == "response_format"
+    with pytest.raises(EngineError, match="response_format"):
+        tiny.constraint(dataclasses.replace(params, grammar="not a grammar {"))

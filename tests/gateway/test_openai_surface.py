@@ -1,0 +1,205 @@
+"""The gateway's HTTP API through the official `openai` client, in process: the real gateway
+app over in-process providers with a fake engine. Every response is parsed by the client's
+own types, so a shape OpenAI would not send fails here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, TypeVar
+
+import httpx
+import openai
+import pytest
+
+from allmende.core.errors import UpstreamError
+from allmende.gateway.app import GatewayLimits, create_app, render
+from tests.gateway.fakes import FakeProvider, network
+
+T = TypeVar("T")
+CHAT = [{"role": "user", "content": "Hallo"}]
+
+
+def run(tmp: Path, call: Callable[[openai.AsyncOpenAI, httpx.AsyncClient], Awaitable[T]], **limits: Any) -> T:
+    """`call` with an openai client and a raw client of a gateway app over one fake provider."""
+    net = network(tmp, [FakeProvider(tmp)])
+    contracts = net.service.directory.contracts  # the explorer's chain view reads these lazily
+    for name in ("channels", "verdicts", "governor"):
+        if not hasattr(contracts, name):
+            setattr(contracts, name, SimpleNamespace())
+        getattr(contracts, name).contract = None
+    contracts.deployment = SimpleNamespace(deploy_block=0)
+    app = create_app(net.service, GatewayLimits(**limits))
+
+    async def go() -> T:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw/v1") as http:
+            client = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="k", http_client=http, max_retries=0)
+            return await call(client, http)
+
+    return asyncio.run(go())
+
+
+def test_models_retrieve_finds_a_served_model_and_404s_an_unknown_one(tmp_path: Path) -> None:
+    async def call(client: openai.AsyncOpenAI, _: httpx.AsyncClient) -> Any:
+        found = await client.models.retrieve("fake")
+        with pytest.raises(openai.NotFoundError) as info:
+            await client.models.retrieve("no-such-model")
+        return found, info.value.body
+
+    found, error = run(tmp_path, call)
+    assert found.id == "fake" and found.object == "model"
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/v1/nothing-here", 404), ("POST", "/v1/assistants", 404), ("GET", "/v1/chat/completions", 405)],
+    ids=["unknown-get", "unknown-post", "wrong-method"],
+)
+def test_unknown_routes_answer_in_openai_error_shape(tmp_path: Path, method: str, path: str, status: int) -> None:
+    async def call(_: openai.AsyncOpenAI, http: httpx.AsyncClient) -> httpx.Response:
+        return await http.request(method, "http://gw" + path)
+
+    reply = run(tmp_path, call)
+    assert reply.status_code == status
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and path in error["message"]
+
+
+def test_a_rate_limited_client_is_told_when_to_retry(tmp_path: Path) -> None:
+    async def call(_: openai.AsyncOpenAI, http: httpx.AsyncClient) -> list[httpx.Response]:
+        body = {"model": "fake", "messages": CHAT, "max_tokens": 1}
+        return [await http.post("/chat/completions", json=body) for _ in range(2)]
+
+    first, second = run(tmp_path, call, rate_limit=0.01, rate_burst=1)
+    assert first.status_code == 200 and second.status_code == 429
+    assert second.headers["retry-after"] == "100"  # one request per 100 s
+    assert "retry after 100 s" in second.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"response_format": {"type": "yaml"}}, "response_format"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": "nope"}}},
+            "response_format",
+        ),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": 1.0}, "frequency_penalty"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"store": True}, "store"),
+        ({"reasoning_effort": "low"}, "reasoning_effort"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"extra_body": {"frobnicate": 1}}, "frobnicate"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_a_parameter_that_would_be_ignored_is_refused_by_name(
+    tmp_path: Path, kwargs: dict[str, Any], param: str
+) -> None:
+    async def call(client: openai.AsyncOpenAI, _: httpx.AsyncClient) -> Any:
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(model="fake", messages=CHAT, max_tokens=2, **kwargs)  # type: ignore[call-overload]
+        return info.value.body
+
+    error = run(tmp_path, call)
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+
+
+def test_defaults_that_ask_for_nothing_are_accepted(tmp_path: Path) -> None:
+    async def call(client: openai.AsyncOpenAI, _: httpx.AsyncClient) -> Any:
+        return await client.chat.completions.create(
+            model="fake",
+            messages=CHAT,
+            max_tokens=2,
+            presence_penalty=0,
+            frequency_penalty=0.0,
+            n=1,
+            tool_choice="none",
+            response_format={"type": "text"},
+            store=False,
+            user="someone",
+        )
+
+    assert len(run(tmp_path, call).choices[0].message.content) == 2
+
+
+def test_chat_logprobs_come_with_the_answer_and_with_each_streamed_token(tmp_path: Path) -> None:
+    async def call(client: openai.AsyncOpenAI, _: httpx.AsyncClient) -> Any:
+        whole = await client.chat.completions.create(
+            model="fake", messages=CHAT, max_tokens=3, logprobs=True, top_logprobs=2
+        )
+        chunks = [
+            c
+            async for c in await client.chat.completions.create(
+                model="fake", messages=CHAT, max_tokens=3, logprobs=True, top_logprobs=2, stream=True
+            )
+        ]
+        plain = await client.chat.completions.create(model="fake", messages=CHAT, max_tokens=3)
+        return whole, chunks, plain
+
+    whole, chunks, plain = run(tmp_path, call)
+    content = whole.choices[0].logprobs.content
+    assert [t.token for t in content] == list(whole.choices[0].message.content)
+    assert [t.logprob for t in content] == [-0.25] * 3
+    first = content[0].token
+    assert [a.token for a in content[0].top_logprobs] == [first, chr(ord(first) + 1)]
+    assert content[0].bytes == [ord(first)]
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert streamed == content
+    assert plain.choices[0].logprobs is None
+
+
+def test_completion_logprobs_and_echo_in_the_legacy_shape(tmp_path: Path) -> None:
+    async def call(client: openai.AsyncOpenAI, _: httpx.AsyncClient) -> Any:
+        scored = await client.completions.create(model="fake", prompt="ab", max_tokens=2, logprobs=1)
+        echoed = await client.completions.create(model="fake", prompt="ab", max_tokens=2, echo=True)
+        streamed = [
+            c
+            async for c in await client.completions.create(
+                model="fake", prompt="ab", max_tokens=2, echo=True, stream=True
+            )
+        ]
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.completions.create(model="fake", prompt="ab", max_tokens=2, suffix="end")
+        return scored, echoed, streamed, info.value.body
+
+    scored, echoed, streamed, refused = run(tmp_path, call)
+    logprobs = scored.choices[0].logprobs
+    assert logprobs.tokens == list(scored.choices[0].text) and logprobs.token_logprobs == [-0.25, -0.25]
+    assert logprobs.top_logprobs == [{t: -0.25} for t in logprobs.tokens] and logprobs.text_offset == [0, 1]
+    assert echoed.choices[0].text == "ab" + scored.choices[0].text
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == echoed.choices[0].text
+    assert refused["param"] == "suffix"
+
+
+def test_n_choices_come_back_indexed_and_are_all_paid_for(tmp_path: Path) -> None:
+    async def call(client: openai.AsyncOpenAI, _: httpx.AsyncClient) -> Any:
+        chat = await client.chat.completions.create(model="fake", messages=CHAT, max_tokens=3, n=3, logprobs=True)
+        text = await client.completions.create(model="fake", prompt="ab", max_tokens=2, n=2, best_of=2)
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.completions.create(model="fake", prompt="ab", max_tokens=2, n=2, best_of=3)
+        return chat, text, info.value.body
+
+    chat, text, refused = run(tmp_path, call)
+    assert [c.index for c in chat.choices] == [0, 1, 2]
+    assert all(len(c.message.content) == 3 and len(c.logprobs.content) == 3 for c in chat.choices)
+    assert chat.usage.completion_tokens == 9  # every choice's tokens are in the signed receipt
+    assert [c.index for c in text.choices] == [0, 1] and text.usage.completion_tokens == 4
+    assert refused["param"] == "best_of"
+
+
+def test_a_provider_that_answers_fewer_choices_than_asked_is_not_passed_on(tmp_path: Path) -> None:
+    net = network(tmp_path, [FakeProvider(tmp_path)])
+    body = {"model": "fake", "messages": CHAT, "max_tokens": 2, "n": 2}
+    result = asyncio.run(net.service.complete("chat", dict(body), None))
+    del result.answer.output["choices"][1]  # what a provider that skipped a choice would send
+
+    with pytest.raises(UpstreamError, match="number of choices"):
+        render("chat", body, "fake", result.answer)
