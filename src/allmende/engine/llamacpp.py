@@ -102,7 +102,7 @@ class LlamaContext:
                 batch.pos[i] = pos
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = seq
-                batch.logits[i] = out
+                batch.logits[i] = int(out)
                 if out:
                     rows.append(i)
             code = lib.llama_decode(self.ctx, batch)
@@ -265,7 +265,7 @@ class LlamaCppEngine(Engine):
         model_id: bytes,
         max_concurrency: int = 16,
         threads: int | None = None,
-        kv_cells: int = 16384,  # KV cache cells shared by all running sequences
+        kv_cells: int = 8192,  # KV cache cells shared by all running sequences (about 190 MB for SmolLM2)
         context_length: int | None = None,
         gpu_layers: int = 0,
     ) -> None:
