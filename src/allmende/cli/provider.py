@@ -92,6 +92,9 @@ def provider(
     register_models: bool = typer.Option(True, help="register unregistered models (becoming their owner)"),
     royalty_bps: int = typer.Option(0, help="royalty for models this node registers"),
     max_concurrency: int = typer.Option(16, help="sequences in one model's batch at once (more wait for a slot)"),
+    engine: str = typer.Option(
+        "transformers", help="backend for generative models: transformers (reference) or llamacpp (GGUF models)"
+    ),
     credit_limit: int = typer.Option(
         1_000_000, help="most a payer may owe (unpaid work plus requests in flight), payment-token units"
     ),
@@ -149,6 +152,7 @@ def provider(
             register_models=register_models,
             royalty_bps=royalty_bps,
             max_concurrency=max_concurrency,
+            engine=engine,
             stream_tokens_per_s=stream_tokens_per_s,
             limits=Limits(
                 max_body=max_body, body_timeout=body_timeout, rate_limit=rate_limit, rate_burst=2 * rate_limit

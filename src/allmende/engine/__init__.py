@@ -19,6 +19,7 @@ from allmende.engine.base import (
 
 __all__ = [
     "DEFAULT_CHAT_MODEL",
+    "ENGINES",
     "Engine",
     "EngineError",
     "Generation",
@@ -101,14 +102,27 @@ def resolve_model_path(name: str) -> tuple[Path, bool]:
     return resolved.path, resolved.is_embedding
 
 
-def load_engine(name: str, max_concurrency: int = 16) -> Engine:
+ENGINES = ("transformers", "llamacpp")
+
+
+def load_engine(name: str, max_concurrency: int = 16, engine: str = "transformers") -> Engine:
     """Load a model by name or path into the matching engine. For a generative model,
-    `max_concurrency` is how many sequences share its batch."""
+    `max_concurrency` is how many sequences share its batch. `engine` picks the backend of
+    a generative model: "transformers" (the reference) or "llamacpp" (GGUF models only)."""
+    if engine not in ENGINES:
+        raise EngineError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "llamacpp" and gguf_source(name) is None:
+        raise EngineError(f"the llamacpp engine serves GGUF models only (a .gguf file or {DEFAULT_CHAT_MODEL})")
     resolved = resolve_model(name)
     if resolved.is_embedding:
         from allmende.engine.embeddings import EmbeddingEngine
 
         return EmbeddingEngine(name, resolved.path, max_concurrency)
+    if engine == "llamacpp":
+        from allmende.engine.llamacpp import LlamaCppEngine
+
+        assert resolved.gguf is not None and resolved.gguf_id is not None
+        return LlamaCppEngine(name, resolved.gguf, resolved.path, resolved.gguf_id, max_concurrency)
     from allmende.engine.transformers_lm import CausalLMEngine
 
     return CausalLMEngine(name, resolved.path, max_concurrency, model_id=resolved.gguf_id)
