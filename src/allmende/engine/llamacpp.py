@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent
-from allmende.engine.sampling import choice_params
+from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent, choice_params
 from allmende.engine.sequence import Sequence
 
 MAX_CHOICES = 16
@@ -363,7 +362,7 @@ class LlamaCppEngine(Engine):
                 if not sequence.finished:
                     self.scheduler.cancel(sequence)
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
         raise EngineError(f"{self.name} is a generative model; it does not do embeddings")
 
     # ------------------------------------------------- verification side
