@@ -54,3 +54,20 @@ def test_max_prompt_tokens_adds_the_template_allowance_to_the_bytes() -> None:
     assert max_prompt_tokens("chat", {"messages": None}) == TEMPLATE_TOKENS_PER_REQUEST
     assert max_prompt_tokens("completion", {"prompt": "abc"}) == 3 + SPECIAL_TOKENS_PER_TEXT
     assert max_prompt_tokens("embedding", {"input": ["ab", "cde"]}) == 5 + 2 * SPECIAL_TOKENS_PER_TEXT
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "bound"),
+    [
+        ("completion", {"prompt": [5, 6, 7]}, 3 + SPECIAL_TOKENS_PER_TEXT),
+        ("completion", {"prompt": [[5, 6], [7]]}, 3 + SPECIAL_TOKENS_PER_TEXT),
+        ("embedding", {"input": [5, 6, 7]}, 3 + SPECIAL_TOKENS_PER_TEXT),
+        ("embedding", {"input": [[5, 6], [7, 8, 9]]}, 5 + 2 * SPECIAL_TOKENS_PER_TEXT),
+        ("embedding", {"input": []}, 0),
+        ("embedding", {"input": [True, 1]}, 0),
+    ],
+    ids=["completion-ids", "completion-id-lists", "embedding-ids", "embedding-id-lists", "empty", "not-ids"],
+)
+def test_a_prompt_of_token_ids_counts_one_token_per_id(kind: str, body: dict, bound: int) -> None:
+    # an honest provider's tokensIn for a prompt it was given as token ids is their number
+    assert max_prompt_tokens(kind, body) == bound

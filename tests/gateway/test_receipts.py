@@ -155,7 +155,7 @@ VECTORS = {"embeddings": [[0.25, -0.5], [1e-7, 3.0]]}
         ("embedding", EMBED, VECTORS, {"tokens_in": 19}, {}, "tokensIn 19 exceeds 18"),
         ("chat", BODY, {"text": "abc"}, {"tokens_out": 0}, {}, "no list of token ids"),
         ("chat", BODY, {"text": "abc", "token_ids": ["1"]}, {"tokens_out": 1}, {}, "no list of token ids"),
-        ("chat", BODY, {"text": "x" * 9, "token_ids": [1] * 9}, {}, {}, "more than max_tokens 8"),
+        ("chat", BODY, {"text": "x" * 9, "token_ids": [1] * 9}, {}, {}, "more than max_tokens × n = 8"),
         ("chat", BODY, GEN, {}, {"streamed_tokens": 4}, "deltas carried 4 tokens"),
         ("chat", BODY, GEN, {}, {"context_length": 11}, "exceed the context length 11"),
         ("chat", BODY, GEN, {"amount": 5}, {}, "amount 5, but usage × the price on chain is 4"),

@@ -84,8 +84,8 @@ def name(
     new_name: str = typer.Argument(None, help="the name, e.g. smollm2-135m-instruct (lower-cased)"),
     release: bool = typer.Option(False, "--release", help="give up the model's name instead"),
     key: str = typer.Option(..., help="the model owner's key"),
-    rpc: str = typer.Option(None),
-    deployments: Path = typer.Option(None),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC, else the deployments file's)"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
 ) -> None:
     """Name (or rename, or with --release unname) a model you own. Gateways list and resolve
     only names set here; a name another model holds, or one that reads like it, is refused."""
@@ -178,8 +178,8 @@ def show(
 @app.command("earnings")
 def earnings(
     model: str = typer.Argument(..., help="a model id (0x…), or a name/folder to hash"),
-    rpc: str = typer.Option(None),
-    deployments: Path = typer.Option(None),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC, else the deployments file's)"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
 ) -> None:
     """What a model has earned its royalty payee, redeem by redeem, and what the payee can withdraw now."""
     from allmende.core.fees import effective_royalty_bps, split_increment

@@ -15,7 +15,7 @@ bound is 78).
   16 bytes into a token, and tokenizing megabytes only to refuse them is free CPU for an
   attacker.
 - `max_prompt_tokens(kind, body)`: the most `tokens_in` an honest receipt can state for the
-  body; a gateway pays no receipt above it.
+  body; a gateway pays no receipt above it. Prompts given as token ids count one token each.
 """
 
 from __future__ import annotations
@@ -43,6 +43,17 @@ def _texts(kind: str, body: Mapping[str, object]) -> list[str]:
     return [item for item in items if isinstance(item, str)]
 
 
+def _id_lists(kind: str, body: Mapping[str, object]) -> list[int]:
+    """Lengths of the prompts given as token ids (a completion prompt or embedding inputs may
+    be the model's own token ids: one list of ints, or a list of such lists)."""
+    raw = body.get("input" if kind == "embedding" else "prompt")
+    if not isinstance(raw, list) or not raw:
+        return []
+    if all(isinstance(t, int) and not isinstance(t, bool) for t in raw):
+        return [len(raw)]
+    return [len(item) for item in raw if isinstance(item, list)]
+
+
 def prompt_bytes(kind: str, body: Mapping[str, object]) -> int:
     """UTF-8 bytes of the request's prompt text: every message's role and content (chat), the
     prompt (completion), the largest input (embedding, whose inputs are encoded one by one),
@@ -67,7 +78,8 @@ def max_prompt_tokens(kind: str, body: Mapping[str, object]) -> int:
         messages = body.get("messages")
         count = len(messages) if isinstance(messages, list) else 0
         return prompt_bytes(kind, body) + count * TEMPLATE_TOKENS_PER_MESSAGE + TEMPLATE_TOKENS_PER_REQUEST
+    ids = _id_lists(kind, body)  # a token id is one token
     if kind == "embedding":
         texts = _texts(kind, body)
-        return sum(_bytes(t) for t in texts) + len(texts) * SPECIAL_TOKENS_PER_TEXT
-    return prompt_bytes(kind, body) + SPECIAL_TOKENS_PER_TEXT
+        return sum(_bytes(t) for t in texts) + sum(ids) + (len(texts) + len(ids)) * SPECIAL_TOKENS_PER_TEXT
+    return prompt_bytes(kind, body) + sum(ids) + SPECIAL_TOKENS_PER_TEXT

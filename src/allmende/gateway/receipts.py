@@ -33,7 +33,7 @@ from allmende.core import SignedReceipt, request_cost
 from allmende.core.credit import requested_max_tokens
 from allmende.core.errors import UpstreamError
 from allmende.core.prompts import max_prompt_tokens
-from allmende.protocol import input_hash
+from allmende.protocol import choices_wanted, input_hash
 
 
 class BadReceipt(UpstreamError):
@@ -43,9 +43,13 @@ class BadReceipt(UpstreamError):
 
 
 def output_bytes(kind: str, output: dict[str, Any], streamed_text: str | None = None) -> bytes:
-    """What the receipt's `outputHash` commits to: the text, or the embeddings' JSON."""
+    """What the receipt's `outputHash` commits to: the text, the JSON list of the choices'
+    texts (n > 1), or the embeddings' JSON."""
     if kind == "embedding":
         return json.dumps(output.get("embeddings")).encode()
+    choices = output.get("choices")
+    if isinstance(choices, list):
+        return json.dumps([c.get("text", "") if isinstance(c, dict) else "" for c in choices]).encode()
     text = streamed_text if streamed_text is not None else output.get("text", "")
     return str(text).encode()
 
@@ -54,6 +58,9 @@ def received_tokens(kind: str, output: dict[str, Any]) -> int:
     """How many tokens the answer carries: its token ids (0 for an embedding)."""
     if kind == "embedding":
         return 0
+    choices = output.get("choices")
+    if isinstance(choices, list):  # n > 1: every choice's tokens
+        return sum(received_tokens(kind, c if isinstance(c, dict) else {}) for c in choices)
     token_ids = output.get("token_ids")
     if not isinstance(token_ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in token_ids):
         raise BadReceipt("the answer carries no list of token ids")
@@ -82,8 +89,9 @@ def check_receipt(
     tokens = received_tokens(kind, output)
     if r.tokens_out != tokens:
         problems.append(f"tokensOut {r.tokens_out}, but {tokens} tokens were received")
-    if kind != "embedding" and tokens > requested_max_tokens(sent):
-        problems.append(f"{tokens} tokens received, more than max_tokens {requested_max_tokens(sent)}")
+    most = requested_max_tokens(sent) * choices_wanted(sent) if kind != "embedding" else 0
+    if kind != "embedding" and tokens > most:
+        problems.append(f"{tokens} tokens received, more than max_tokens × n = {most}")
     if streamed_tokens > tokens:
         problems.append(f"the stream's deltas carried {streamed_tokens} tokens, the final token ids only {tokens}")
     bound = max_prompt_tokens(kind, sent)
