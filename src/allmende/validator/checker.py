@@ -35,9 +35,10 @@ from allmende.engine.base import SamplingParams
 from allmende.engine.proofs import ProofCheck, check
 from allmende.engine.sampling import gumbel_noise, nucleus
 
-# bf16 and fp32 may disagree on near-ties: a token whose score is within 3 % of the row's
-# logit scale of the best one is accepted (the proof check catches cheaper arithmetic).
-MARGIN = 0.03
+# bf16 and fp32 disagree on near-ties: a token whose score is within 6 % of the row's logit
+# scale of the best one is accepted. Honest bf16 needed up to 1.2 % on the tiny model and just
+# over 3 % once on SmolLM2-135M (30 layers); cheap generators miss by far more (bench/verify.py).
+MARGIN = 0.06
 NUCLEUS_SLACK = 0.02
 
 NOTHING = ProofCheck(True, "nothing to check", 0.0, 0.0, 1.0)
