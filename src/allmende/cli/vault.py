@@ -8,7 +8,15 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from allmende.cli.common import console, contracts_for, deployments_path, friendly_errors, node_logging, resolve_key
+from allmende.cli.common import (
+    console,
+    contracts_for,
+    deployments_path,
+    exit_stopped,
+    friendly_errors,
+    node_logging,
+    resolve_key,
+)
 from allmende.config import from_environment
 
 data_app = typer.Typer(help="datasets on chain: grants, revocations, the access log", no_args_is_help=True)
@@ -63,6 +71,7 @@ def vault(
         )
         console.print(f"vault on http://{host}:{port} holding {len(data)} dataset(s)")
         serve(cfg)
+    exit_stopped()
 
 
 @data_app.command("grant")
