@@ -59,11 +59,14 @@ test-shuffled: install
 # in-process EVM by ~1.7x)
 coverage: install
 	$(BIN)/coverage erase
-	$(BIN)/coverage run -m pytest -q -p no:randomly tests/core tests/gateway tests/architecture
+	$(BIN)/coverage run -m pytest -q -p no:randomly $(UNIT)
 	$(BIN)/coverage report --include='src/allmende/core/*' --fail-under=100
 	$(BIN)/coverage report --include='src/allmende/gateway/*,src/allmende/provider/payments.py,src/allmende/provider/store.py'
 
-test: lint typecheck coverage pytest
+# coverage has run the unit tests (core, gateway, architecture) already: the rest here
+UNIT := tests/core tests/gateway tests/architecture
+test: lint typecheck coverage
+	$(BIN)/pytest -p no:randomly $(addprefix --ignore=,$(UNIT))
 
 demo: $(STAMP) $(ANVIL)
 	$(BIN)/allmende up --providers 2 --showcase
