@@ -12,7 +12,7 @@ import pytest
 from tests.e2e.conftest import Network
 
 CHAT = [{"role": "user", "content": "Hallo, wer bist du?"}]
-TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+TOOL = {"type": "function", "function": {"name": "the weather", "parameters": {"type": "object", "properties": {}}}}
 
 
 def test_models_lists_every_served_model(network: Network) -> None:
@@ -95,7 +95,7 @@ def test_embeddings(network: Network, encoding: str | None) -> None:
         ({"model": "allmende:tiny", "messages": CHAT, "temperature": 5}, openai.BadRequestError, "temperature"),
         ({"model": "allmende:tiny", "messages": CHAT, "max_tokens": -1}, openai.BadRequestError, "max_tokens"),
         ({"model": "allmende:tiny", "messages": CHAT, "n": 9}, openai.BadRequestError, "n"),
-        ({"model": "allmende:tiny", "messages": CHAT, "tools": [TOOL]}, openai.BadRequestError, "tools"),
+        ({"model": "allmende:tiny", "messages": CHAT, "tools": [TOOL]}, openai.BadRequestError, "tools[0]"),
         (
             {"model": "allmende:tiny", "messages": CHAT, "response_format": {"type": "yaml"}},
             openai.BadRequestError,

@@ -39,6 +39,7 @@ from allmende.gateway.errors import (
 )
 from allmende.gateway.explorer import mount_explorer
 from allmende.gateway.service import GatewayService, budget_check
+from allmende.gateway.tool_calls import StreamedCalls, message_of
 from allmende.httpbody import read_limited
 from allmende.protocol import check_request
 from allmende.provider.client import Answer
@@ -222,6 +223,7 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
         started = time.monotonic()
         wanted = protocol.logprobs_wanted(kind, body) is not None
         offset = 0  # characters of the completion sent so far (legacy completions' text_offset)
+        calls = StreamedCalls(body) if kind == "chat" else None  # text or tool-call deltas
         try:
             if kind == "chat":
                 yield sse(chunk(kind, ident, created, name, "", None, role=True))
@@ -231,6 +233,7 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
             async for item in service.stream(kind, body, key, pin):
                 if isinstance(item, Answer):
                     finish = item.output.get("finish_reason", "stop")
+                    finish = calls.finish(finish) if calls else finish
                     receipt = explorer.answered(ident, item, started, key)  # the receipt, for the playground
                     if evidence:
                         receipt["evidence"] = evidence_of(kind, item)
@@ -242,7 +245,11 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
                         yield sse(chunk(kind, ident, created, name, None, None, usage=item.usage))
                     break
                 logprobs = (getattr(item, "logprobs", None) or []) if wanted else None
-                yield sse(chunk(kind, ident, created, name, item, None, logprobs=logprobs, offset=offset))
+                content, deltas = calls.feed(item) if calls else (str(item), None)
+                if content is not None or deltas or logprobs:
+                    yield sse(
+                        chunk(kind, ident, created, name, content, None, logprobs=logprobs, offset=offset, calls=deltas)
+                    )
                 offset += len(item)
             yield b"data: [DONE]\n\n"
         except Exception as exc:
@@ -327,10 +334,12 @@ def chunk(
     allmende: dict[str, Any] | None = None,
     logprobs: list[dict[str, Any]] | None = None,
     offset: int = 0,
+    calls: list[protocol.ToolCallDelta] | None = None,
 ) -> dict[str, Any]:
     """One stream chunk: a text delta, the final one (`finish`), or the usage-only one
     (`usage`, no choices). `logprobs`: the provider's entries for the tokens of this chunk
-    (`offset`: where its text starts in the completion, for legacy completions)."""
+    (`offset`: where its text starts in the completion, for legacy completions); `calls`:
+    tool-call deltas instead of text (chat)."""
     parsed = protocol.Usage(**usage) if usage else None
     if kind == "chat":
         choices = (
@@ -338,7 +347,7 @@ def chunk(
             if usage
             else [
                 protocol.ChatChunkChoice(
-                    delta=protocol.Delta(role="assistant" if role else None, content=delta),
+                    delta=protocol.Delta(role="assistant" if role else None, content=delta, tool_calls=calls),
                     logprobs=chat_logprobs(logprobs),
                     finish_reason=finish,
                 )
@@ -399,15 +408,17 @@ def render(kind: str, body: dict[str, Any], name: str, answer: Answer) -> dict[s
     outputs = choices_of(answer.output, protocol.choices_wanted(body))
     counts = protocol.Usage(**answer.usage)
     if kind == "chat":
-        chats = [
-            protocol.ChatChoice(
-                index=i,
-                message=protocol.AssistantMessage(content=out.get("text", "")),
-                logprobs=chat_logprobs(out.get("logprobs", []) if wanted else None),
-                finish_reason=out.get("finish_reason", "stop"),
+        chats = []
+        for i, out in enumerate(outputs):
+            message, finish = message_of(body, str(out.get("text", "")), out.get("finish_reason", "stop"))
+            chats.append(
+                protocol.ChatChoice(
+                    index=i,
+                    message=message,
+                    logprobs=chat_logprobs(out.get("logprobs", []) if wanted else None),
+                    finish_reason=finish,
+                )
             )
-            for i, out in enumerate(outputs)
-        ]
         return protocol.ChatCompletion(
             id=new_id(kind), created=created, model=name, choices=chats, usage=counts
         ).render()
