@@ -300,7 +300,7 @@ def wants_evidence(request: Request) -> bool:
 def evidence_of(kind: str, answer: Answer) -> dict[str, Any]:
     """What the provider committed to, for a client that checks it (a validator's audit):
     the request exactly as sent (its canonical form is the receipt's inputHash), the token
-    ids, the proof and the signed receipt."""
+    ids, the proof and the signed receipt; for `n > 1` every choice's as well."""
     return {
         "kind": kind,
         "request": answer.sent,
@@ -309,7 +309,14 @@ def evidence_of(kind: str, answer: Answer) -> dict[str, Any]:
         "token_ids": answer.output.get("token_ids", []),
         "proof": answer.output.get("proof", "0x"),
         "receipt": answer.receipt.to_json(),
+        **({"choices": evidence_choices(answer.output["choices"])} if "choices" in answer.output else {}),
     }
+
+
+def evidence_choices(raw: object) -> list[dict[str, Any]]:
+    """Every choice of an `n > 1` answer, so that a validator checks them all."""
+    keep = ("text", "finish_reason", "token_ids", "proof")
+    return [{k: c.get(k) for k in keep} for c in raw if isinstance(c, dict)] if isinstance(raw, list) else []
 
 
 def new_id(kind: str) -> str:
