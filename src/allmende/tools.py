@@ -133,13 +133,35 @@ def parallel_of(body: Mapping[str, Any]) -> bool:
     return raw
 
 
+def closed(schema: Any) -> Any:
+    """`schema` with `additionalProperties: false` on every object schema that lists its
+    properties and says nothing about others: arguments are generated with the declared
+    properties only (still valid against the schema as given). Without it a small model
+    invents properties until `max_tokens` (SmolLM2 did, on langchain's `bind_tools` schema)."""
+    if isinstance(schema, list):
+        return [closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, dict):
+            out[key] = {name: closed(v) for name, v in value.items()}  # maps of names to schemas
+        elif key in ("const", "enum", "default", "examples", "required"):
+            out[key] = value  # values, not schemas
+        else:
+            out[key] = closed(value)
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
 def calls_schema(tools: list[Tool], choice: str, parallel: bool) -> dict[str, Any]:
     """The JSON Schema of a call array for this choice."""
     allowed = tools if choice in ("auto", "required") else [t for t in tools if t.name == choice]
     calls = [
         {
             "type": "object",
-            "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+            "properties": {"name": {"const": t.name}, "arguments": closed(t.parameters)},
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }

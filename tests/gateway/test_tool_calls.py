@@ -21,7 +21,7 @@ from allmende.core.prompts import max_prompt_tokens
 from allmende.engine.base import SamplingParams, TokenEvent
 from allmende.gateway.app import GatewayLimits, create_app
 from allmende.protocol import InvalidParameter, check_request, sampling_params
-from allmende.tools import CallReader, read_calls, render_messages, template_renders_tools
+from allmende.tools import CallReader, closed, read_calls, render_messages, template_renders_tools
 from tests.gateway.fakes import FakeEngine, FakeProvider, network
 
 T = TypeVar("T")
@@ -310,3 +310,26 @@ def test_the_request_langchain_bind_tools_sends_gets_a_call(tmp_path: Path) -> N
     message = body["choices"][0]["message"]
     assert message["content"] is None and message["tool_calls"][0]["function"]["name"] == "get_weather"
     assert body["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_arguments_get_the_declared_properties_only() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "properties": {"type": "object", "properties": {"a": {"const": {"properties": {}}}}},
+            "open": {"type": "object", "properties": {}, "additionalProperties": True},
+        },
+    }
+
+    assert closed(schema) == {
+        "type": "object",
+        "properties": {
+            "properties": {
+                "type": "object",
+                "properties": {"a": {"const": {"properties": {}}}},
+                "additionalProperties": False,
+            },
+            "open": {"type": "object", "properties": {}, "additionalProperties": True},
+        },
+        "additionalProperties": False,
+    }

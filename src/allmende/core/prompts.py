@@ -43,10 +43,7 @@ def _json_bytes(value: object) -> int:
     """Twice the bytes of `value` as JSON indented by 4: a bound on any rendering of it."""
     if value is None or value == []:
         return 0
-    try:
-        return 2 * len(json.dumps(value, indent=4, ensure_ascii=False).encode())
-    except (TypeError, ValueError):
-        return 0
+    return 2 * len(json.dumps(value, indent=4, ensure_ascii=False).encode())  # parsed JSON: always dumps
 
 
 def _bytes(value: object) -> int:
