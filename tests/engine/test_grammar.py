@@ -125,3 +125,29 @@ def test_a_provider_that_ignores_the_tool_grammar_fails_the_draw_check(tiny: Cau
     verdict = judge(tiny, prompt, output, b"", params)  # checked as the request asked: a forced call
 
     assert not verdict.ok and verdict.bad_tokens > 0
+
+
+def test_a_chat_template_that_renders_tools_gets_them_and_the_history_natively(tiny: CausalLMEngine) -> None:
+    template = (
+        "{% if tools %}TOOLS {{ tools | tojson }}\n{% endif %}{% for m in messages %}{{ m.role }}: "
+        "{% if m.tool_calls %}CALLS {{ m.tool_calls | tojson }}{% else %}{{ m.content }}{% endif %}\n{% endfor %}"
+    )
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    body = {
+        **TOOLS_BODY,
+        "messages": [
+            *TOOLS_BODY["messages"],  # type: ignore[list-item]
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        ],
+    }
+    original = tiny.tokenizer.chat_template
+    tiny.tokenizer.chat_template = template
+    try:
+        text = tiny.decode(tiny.prompt_ids("chat", body))
+    finally:
+        tiny.tokenizer.chat_template = original
+
+    assert text.startswith('TOOLS [{"type": "function", "function": {"name": "get_weather"')
+    assert 'assistant: CALLS [{"id": "call_1", "type": "function", "function": {"name": "get_weather", ' in text
+    assert '"arguments": {"city": "Paris"}' in text and "tool: sunny" in text
