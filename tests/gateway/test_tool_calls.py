@@ -333,3 +333,27 @@ def test_arguments_get_the_declared_properties_only() -> None:
         },
         "additionalProperties": False,
     }
+
+
+def test_parallel_calls_come_back_in_order_with_their_own_ids(tmp_path: Path) -> None:
+    two = '[{"name":"get_weather","arguments":{"city":"Paris"}},{"name":"get_weather","arguments":{"city":"Rome"}}]'
+
+    async def call(client: openai.AsyncOpenAI) -> Any:
+        stream = await client.chat.completions.create(
+            model="fake",
+            messages=USER,
+            tools=[WEATHER],  # type: ignore[list-item]
+            tool_choice="required",
+            stream=True,
+            max_tokens=200,
+        )
+        return [c async for c in stream]
+
+    chunks = run(tmp_path, two, call)
+
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    starts = [d for d in deltas if d.id]
+    assert [d.index for d in starts] == [0, 1] and starts[0].id != starts[1].id
+    cities = ["".join(d.function.arguments or "" for d in deltas if d.index == i) for i in (0, 1)]
+    assert [json.loads(c)["city"] for c in cities] == ["Paris", "Rome"]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
