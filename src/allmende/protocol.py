@@ -12,6 +12,8 @@ same from the evidence, so the three cannot drift.
     check_request(kind, body)     parse, and normalise the body in place (the gateway)
     sampling_params(body, rid)    max_tokens, temperature, top_p, seed, stop (the seed from the
                                   request id when the request has none: draw_seed)
+    grammar_of(body)              the llguidance grammar a chat request decodes under: its tool
+                                  choice's (allmende.tools) or its `response_format`'s
     canonical_request(body)       the bytes `inputHash` is the keccak of
     input_hash(body)
 
