@@ -357,3 +357,19 @@ def test_parallel_calls_come_back_in_order_with_their_own_ids(tmp_path: Path) ->
     cities = ["".join(d.function.arguments or "" for d in deltas if d.index == i) for i in (0, 1)]
     assert [json.loads(c)["city"] for c in cities] == ["Paris", "Rome"]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(("script", "finish"), [("Sunny.", "stop"), (CALL, "tool_calls")], ids=["text", "call"])
+def test_a_streamed_auto_answer_is_text_or_a_call_by_its_first_character(
+    tmp_path: Path, script: str, finish: str
+) -> None:
+    async def call(client: openai.AsyncOpenAI) -> Any:
+        stream = await client.chat.completions.create(model="fake", messages=USER, tools=[WEATHER], stream=True)  # type: ignore[list-item]
+        return [c async for c in stream]
+
+    chunks = run(tmp_path, script, call)
+
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    calls = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert (text, bool(calls)) == (("Sunny.", False) if finish == "stop" else ("", True))
+    assert chunks[-1].choices[0].finish_reason == finish
