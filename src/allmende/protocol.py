@@ -12,6 +12,8 @@ same from the evidence, so the three cannot drift.
     check_request(kind, body)     parse, and normalise the body in place (the gateway)
     sampling_params(body, rid)    max_tokens, temperature, top_p, seed, stop (the seed from the
                                   request id when the request has none: draw_seed)
+    grammar_of(body)              the llguidance grammar a chat request decodes under: its tool
+                                  choice's (allmende.tools) or its `response_format`'s
     canonical_request(body)       the bytes `inputHash` is the keccak of
     input_hash(body)
 
@@ -31,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from allmende.core.credit import DEFAULT_MAX_TOKENS, MAX_CHOICES
 from allmende.core.errors import InvalidInput
 from allmende.engine.base import SamplingParams
+from allmende.tools import MAX_PARALLEL_CALLS, ToolSpecError, choice_of, history_calls, parallel_of, tool_grammar
 
 MAX_EMBEDDING_INPUTS = 256
 MAX_TOP_LOGPROBS = 20  # chat's top_logprobs, as OpenAI caps it
@@ -70,7 +73,7 @@ class Parameter:
 
 
 _DRAW = "it would change the verifiable draw, and neither the engine nor the checker applies it yet"
-_GRAMMAR = "is not implemented yet (structured output is: `response_format`)"
+_TOOLS = "see **Tools** above this table"
 _NO_PENALTY = (None, 0, 0.0)
 _SHARED: dict[str, Parameter] = {
     "model": Parameter(SUPPORTED, "a name from `GET /v1/models`"),
@@ -102,11 +105,20 @@ CHAT_PARAMETERS: dict[str, Parameter] = {
     "top_logprobs": Parameter(SUPPORTED, f"0–{MAX_TOP_LOGPROBS} most likely alternatives (needs `logprobs`)"),
     "safety_identifier": Parameter(ACCEPTED, "as `user`"),
     "prompt_cache_key": Parameter(ACCEPTED, "as `user`; prompts are not cached across requests"),
-    "tools": Parameter(REFUSED, f"unless empty: tool calling {_GRAMMAR}", (None, [])),
-    "tool_choice": Parameter(REFUSED, f'unless "none": tool calling {_GRAMMAR}', (None, "none")),
-    "parallel_tool_calls": Parameter(REFUSED, f"tool calling {_GRAMMAR}"),
-    "functions": Parameter(REFUSED, f"deprecated tool calling; {_GRAMMAR}", (None, [])),
-    "function_call": Parameter(REFUSED, f'unless "none": deprecated tool calling; {_GRAMMAR}', (None, "none")),
+    "tools": Parameter(
+        SUPPORTED,
+        "functions with a JSON Schema of their arguments, rendered by the model's chat template (natively where "
+        f"it renders tools, else described in the system message); {_TOOLS}",
+    ),
+    "tool_choice": Parameter(
+        SUPPORTED,
+        '`auto` (default with tools), `none`, `required`, `{"type": "function", "function": {"name": …}}`; '
+        "`required` and a named function are valid calls by grammar-constrained decoding (llguidance), which "
+        "the checker applies too; with `auto` the grammar allows a call array or text",
+    ),
+    "parallel_tool_calls": Parameter(SUPPORTED, f"default true: up to {MAX_PARALLEL_CALLS} calls in one answer"),
+    "functions": Parameter(REFUSED, "unless empty: deprecated; use `tools`", (None, [])),
+    "function_call": Parameter(REFUSED, 'unless "none": deprecated; use `tool_choice`', (None, "none")),
     "response_format": Parameter(
         SUPPORTED,
         "`text`, `json_object`, `json_schema` (strict or not): grammar-constrained decoding (llguidance); "
@@ -130,7 +142,11 @@ COMPLETION_PARAMETERS: dict[str, Parameter] = {
     "logprobs": Parameter(
         SUPPORTED, f"0–{MAX_COMPLETION_LOGPROBS}: the drawn token's log-probability and alternatives"
     ),
-    "echo": Parameter(SUPPORTED, "the prompt is prepended to the text (a text prompt, not with `logprobs`)"),
+    "echo": Parameter(
+        SUPPORTED,
+        "the prompt is prepended to the text (a text prompt); with `logprobs` a 400: the prompt's "
+        "log-probabilities are not computed by the provider nor covered by its proof",
+    ),
     "best_of": Parameter(
         SUPPORTED, "only equal to `n` (every completion drawn is returned): ranking hidden ones is not offered"
     ),
@@ -152,10 +168,12 @@ EMBEDDING_PARAMETERS: dict[str, Parameter] = {
 MESSAGE_PARAMETERS: dict[str, Parameter] = {  # the fields of each of chat's `messages`
     "role": Parameter(SUPPORTED, "system, developer, user, assistant or tool"),
     "content": Parameter(SUPPORTED, "a string or text parts (the served models read text only)"),
-    "tool_call_id": Parameter(ACCEPTED, "on a tool message: its content is rendered by the chat template"),
+    "tool_call_id": Parameter(SUPPORTED, "required on a tool message, whose content is the tool's result"),
     "name": Parameter(REFUSED, "the served models' chat templates do not render participant names"),
-    "tool_calls": Parameter(REFUSED, f"unless empty: tool calling {_GRAMMAR}", (None, [])),
-    "function_call": Parameter(REFUSED, f"deprecated tool calling; {_GRAMMAR}"),
+    "tool_calls": Parameter(
+        SUPPORTED, "on an assistant message (content may then be null): the calls it made, rendered to the model"
+    ),
+    "function_call": Parameter(REFUSED, "deprecated; use `tool_calls`"),
     "refusal": Parameter(REFUSED, "unless null: an assistant refusal is not rendered by the chat templates"),
     "audio": Parameter(REFUSED, "the served models read text only"),
     "annotations": Parameter(REFUSED, "unless empty: annotations are not rendered", (None, [])),
@@ -211,7 +229,9 @@ class _Request(BaseModel):
 
 class ChatMessage(_Request):
     role: str
-    content: str
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
     @field_validator("role")
     @classmethod
@@ -229,9 +249,17 @@ class ChatMessage(_Request):
             ):
                 raise ValueError("only text parts are supported by these models")
             return "".join(p["text"] for p in content)
-        if not isinstance(content, str):
+        if not isinstance(content, str | None):
             raise ValueError("must be a string")
         return content
+
+    @model_validator(mode="after")
+    def _tool_turns(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("needs a string content (null only on an assistant message with tool_calls)")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("needs a tool_call_id: it is a tool message")
+        return self
 
 
 class StreamOptions(_Request):
@@ -306,10 +334,36 @@ def _token_ids(raw: Any) -> bool:
     )
 
 
+def check_tools(body: dict[str, Any]) -> None:
+    """InvalidParameter naming the tool parameter or history message that cannot be served."""
+    try:
+        choice_of(body)
+        parallel_of(body)
+        for i, message in enumerate(body.get("messages") or []):
+            if isinstance(message, dict):
+                history_calls(message, i)
+    except ToolSpecError as exc:
+        raise InvalidParameter(str(exc), exc.param) from None
+
+
 def grammar_of(body: dict[str, Any]) -> str | None:
-    """The llguidance grammar a chat request's `response_format` asks for (None for text):
-    a pure function of the request, so provider and validator derive the same one.
-    InvalidParameter if the format is not one this API knows."""
+    """The llguidance grammar a chat request asks for (None for free text): its tool choice's
+    (allmende.tools) or its `response_format`'s. A pure function of the request, so provider
+    and validator derive the same one. InvalidParameter if it cannot be served."""
+    try:
+        tools = tool_grammar(body)
+    except ToolSpecError as exc:
+        raise InvalidParameter(str(exc), exc.param) from None
+    formatted = _format_grammar(body)
+    if tools is not None and formatted is not None:
+        raise InvalidParameter(
+            "'response_format' other than text is not offered together with tool calls (unless tool_choice is none)",
+            "response_format",
+        )
+    return tools if tools is not None else formatted
+
+
+def _format_grammar(body: dict[str, Any]) -> str | None:
     fmt = body.get("response_format")
     if fmt is None:
         return None
@@ -427,7 +481,7 @@ def parse_request(kind: str, body: dict[str, Any]) -> Request:
         raise InvalidParameter(f"unknown request kind {kind!r}") from None
     screen_parameters(kind, body)
     try:
-        return model.model_validate(body)
+        request = model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         if not first["loc"]:  # a rule across parameters: its message names them
@@ -435,6 +489,9 @@ def parse_request(kind: str, body: dict[str, Any]) -> Request:
             raise InvalidParameter(message, message.split("'")[1] if "'" in message else None) from None
         param = _param(first["loc"])
         raise InvalidParameter(f"'{param}' {_message(first)}", param) from None
+    if kind == "chat":
+        check_tools(body)
+    return request
 
 
 def check_request(kind: str, body: dict[str, Any]) -> Request:
@@ -443,7 +500,7 @@ def check_request(kind: str, body: dict[str, Any]) -> Request:
     list → the string. The normalised body is what the provider runs and the receipt binds."""
     request = parse_request(kind, body)
     if kind == "chat":
-        grammar_of(body)  # a response_format that cannot be served is refused here, by name
+        grammar_of(body)  # a response_format or tool schema that cannot be served is refused here, by name
     if isinstance(request, ChatRequest):
         for message, parsed in zip(body["messages"], request.messages, strict=True):
             message["content"] = parsed.content
@@ -545,9 +602,36 @@ class EmbeddingUsage(_Response):
     total_tokens: int
 
 
+class FunctionCall(_Response):
+    name: str
+    arguments: str  # JSON text, exactly as the model wrote it
+
+
+class ToolCall(_Response):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: Annotated[list[ToolCall] | None, Field(exclude_if=_absent)] = None
+
+
+class FunctionCallDelta(_Response):
+    name: Annotated[str | None, Field(exclude_if=_absent)] = None
+    arguments: str = ""
+
+
+class ToolCallDelta(_Response):
+    """A streamed piece of a tool call: the first with id, type and name (and arguments ""),
+    the rest with fragments of the arguments, as OpenAI streams them."""
+
+    index: int
+    id: Annotated[str | None, Field(exclude_if=_absent)] = None
+    type: Annotated[Literal["function"] | None, Field(exclude_if=_absent)] = None
+    function: FunctionCallDelta
 
 
 class TopLogprob(_Response):
@@ -601,6 +685,7 @@ class ChatChoice(_Response):
 class Delta(_Response):
     role: Annotated[Literal["assistant"] | None, Field(exclude_if=_absent)] = None
     content: Annotated[str | None, Field(exclude_if=_absent)] = None
+    tool_calls: Annotated[list[ToolCallDelta] | None, Field(exclude_if=_absent)] = None
 
 
 class ChatChunkChoice(_Response):

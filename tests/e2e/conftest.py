@@ -1,4 +1,5 @@
-"""`allmende up` as a user runs it: a subprocess with anvil, three providers and the gateway."""
+"""`allmende up` as a user runs it: a subprocess with anvil, three providers (serving allmende:tiny,
+minilm and the default chat model) and the gateway."""
 
 from __future__ import annotations
 
@@ -30,7 +31,17 @@ class Network:
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     root = tmp_path_factory.mktemp("up")
     process, data = start_network(
-        root, "--providers", "3", "--model", "allmende:tiny", "--model", "minilm", "--stream-tokens-per-s", "40"
+        root,
+        "--providers",
+        "3",
+        "--model",
+        "allmende:tiny",
+        "--model",
+        "minilm",
+        "--model",
+        "smollm2-135m-instruct",  # the default chat model, for the agent loop (test_agent_loop.py)
+        "--stream-tokens-per-s",
+        "40",
     )
     try:
         yield Network(root, data, process)

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import httpx
+import jsonschema
 import openai
 import pytest
 
 from tests.e2e.conftest import Network
 
 CHAT = [{"role": "user", "content": "Hallo, wer bist du?"}]
-TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+TOOL = {"type": "function", "function": {"name": "the weather", "parameters": {"type": "object", "properties": {}}}}
 
 
 def test_models_lists_every_served_model(network: Network) -> None:
     models = {m.id: m for m in network.client.models.list().data}
 
-    assert set(models) == {"allmende:tiny", "minilm"}
+    assert set(models) == {"allmende:tiny", "minilm", "smollm2-135m-instruct"}
     extra = models["allmende:tiny"].model_extra["allmende"]
     assert extra["providers"] == 3 and extra["kind"] == "generate"
     assert extra["model_id"] == "0x11419bb2d012e4d1be2e2b08c0a5bf7989eee37483da38f27e1c13a8d3e9ab13"
@@ -95,7 +97,7 @@ def test_embeddings(network: Network, encoding: str | None) -> None:
         ({"model": "allmende:tiny", "messages": CHAT, "temperature": 5}, openai.BadRequestError, "temperature"),
         ({"model": "allmende:tiny", "messages": CHAT, "max_tokens": -1}, openai.BadRequestError, "max_tokens"),
         ({"model": "allmende:tiny", "messages": CHAT, "n": 9}, openai.BadRequestError, "n"),
-        ({"model": "allmende:tiny", "messages": CHAT, "tools": [TOOL]}, openai.BadRequestError, "tools"),
+        ({"model": "allmende:tiny", "messages": CHAT, "tools": [TOOL]}, openai.BadRequestError, "tools[0]"),
         (
             {"model": "allmende:tiny", "messages": CHAT, "response_format": {"type": "yaml"}},
             openai.BadRequestError,
@@ -211,3 +213,36 @@ def test_json_schema_output_parses_and_fits_its_schema(network: Network) -> None
     assert reply.choices[0].finish_reason == "stop"
     value = json.loads(reply.choices[0].message.content or "")
     assert set(value) == {"ok", "colour"} and isinstance(value["ok"], bool) and value["colour"] in ("red", "green")
+
+
+FORECAST = {
+    "type": "object",
+    "properties": {"city": {"enum": ["Paris", "Berlin"]}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+
+
+def test_a_forced_tool_call_validates_against_its_schema_streamed_and_not(network: Network) -> None:
+    kwargs: dict[str, Any] = {
+        "model": "allmende:tiny",
+        "messages": [{"role": "user", "content": "Forecast for Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "forecast", "parameters": FORECAST, "strict": True}}],
+        "tool_choice": {"type": "function", "function": {"name": "forecast"}},
+        "parallel_tool_calls": False,
+        "max_tokens": 60,
+        "seed": 3,
+    }
+    whole = network.client.chat.completions.create(**kwargs)
+    chunks = list(network.client.chat.completions.create(**kwargs, stream=True))
+
+    choice = whole.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls or []
+    assert call.id.startswith("call_") and call.function.name == "forecast"
+    jsonschema.validate(json.loads(call.function.arguments), FORECAST)
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert deltas[0].id and deltas[0].function.name == "forecast" and deltas[0].function.arguments == ""
+    assert all(d.index == 0 and d.id is None and d.function.name is None for d in deltas[1:])
+    assert "".join(d.function.arguments or "" for d in deltas) == call.function.arguments  # same seed, same draw
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"

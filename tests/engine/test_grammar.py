@@ -75,3 +75,79 @@ def test_json_object_and_bad_formats(tiny: CausalLMEngine) -> None:
         assert info.value.param == "response_format"
     with pytest.raises(EngineError, match="response_format"):
         tiny.constraint(dataclasses.replace(params, grammar="not a grammar {"))
+
+
+WEATHER_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"enum": ["Paris", "Berlin"]}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+TOOLS_BODY = {
+    "messages": [{"role": "user", "content": "Weather in Paris?"}],
+    "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_SCHEMA}}],
+    "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    "parallel_tool_calls": False,  # a random tiny model would add calls up to max_tokens
+    "max_tokens": 80,
+    "temperature": 0.8,
+    "seed": 9,
+}
+
+
+def generate_tools(engine: CausalLMEngine, body: dict, params: SamplingParams) -> tuple[list[int], list[int], str]:
+    ids = engine.prompt_ids("chat", body)
+    gen = asyncio.run(collect(engine.generate(ids, params), len(ids)))
+    return ids, gen.token_ids, gen.text
+
+
+@pytest.mark.parametrize("choice", ["named", "required", "auto"])
+def test_tool_calls_follow_their_grammar_and_pass_the_checker(tiny: CausalLMEngine, choice: str) -> None:
+    body = dict(TOOLS_BODY)
+    if choice != "named":
+        body["tool_choice"] = choice
+    params = sampling_params(body)
+
+    prompt, output, text = generate_tools(tiny, body, params)
+
+    assert judge(tiny, prompt, output, b"", params).bad_tokens == 0  # no false alarm under the tool grammar
+    if choice != "auto" or text.startswith("["):
+        calls = json.loads(text)
+        assert calls and all(
+            c["name"] == "get_weather" and c["arguments"]["city"] in ("Paris", "Berlin") for c in calls
+        )
+
+
+def test_a_provider_that_ignores_the_tool_grammar_fails_the_draw_check(tiny: CausalLMEngine) -> None:
+    params = sampling_params(TOOLS_BODY)
+    assert params.grammar is not None
+    prompt, output, _ = generate_tools(tiny, TOOLS_BODY, dataclasses.replace(params, grammar=None))  # free text
+
+    verdict = judge(tiny, prompt, output, b"", params)  # checked as the request asked: a forced call
+
+    assert not verdict.ok and verdict.bad_tokens > 0
+
+
+def test_a_chat_template_that_renders_tools_gets_them_and_the_history_natively(tiny: CausalLMEngine) -> None:
+    template = (
+        "{% if tools %}TOOLS {{ tools | tojson }}\n{% endif %}{% for m in messages %}{{ m.role }}: "
+        "{% if m.tool_calls %}CALLS {{ m.tool_calls | tojson }}{% else %}{{ m.content }}{% endif %}\n{% endfor %}"
+    )
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    body = {
+        **TOOLS_BODY,
+        "messages": [
+            *TOOLS_BODY["messages"],  # type: ignore[list-item]
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        ],
+    }
+    original = tiny.tokenizer.chat_template
+    tiny.tokenizer.chat_template = template
+    try:
+        text = tiny.decode(tiny.prompt_ids("chat", body))
+    finally:
+        tiny.tokenizer.chat_template = original
+
+    assert text.startswith('TOOLS [{"type": "function", "function": {"name": "get_weather"')
+    assert 'assistant: CALLS [{"id": "call_1", "type": "function", "function": {"name": "get_weather", ' in text
+    assert '"arguments": {"city": "Paris"}' in text and "tool: sunny" in text

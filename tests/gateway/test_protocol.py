@@ -40,7 +40,7 @@ USER = [{"role": "user", "content": "hi"}]
         (
             "chat",
             {"messages": [*USER, {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]},
-            "messages[1].tool_calls",
+            "messages[1].tool_calls[0]",
         ),
         ("chat", {"messages": [{"role": "user", "content": "x", "cache": 1}]}, "messages[0].cache"),
         ("chat", {"messages": USER, "temperature": 2.5}, "temperature"),

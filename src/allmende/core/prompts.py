@@ -14,12 +14,17 @@ bound is 78).
   length: such a prompt could not fit the context in any tokenizer that packs fewer than
   16 bytes into a token, and tokenizing megabytes only to refuse them is free CPU for an
   attacker.
+- Tools (a chat's `tools` and the `tool_calls` of assistant turns) are rendered as JSON by
+  the template or by the fallback of `allmende.tools`: their bytes count twice as their JSON
+  indented by 4 (templates that pretty-print them), plus `TOOL_TEMPLATE_BYTES` once for the
+  template's or the fallback's instructions.
 - `max_prompt_tokens(kind, body)`: the most `tokens_in` an honest receipt can state for the
   body; a gateway pays no receipt above it. Prompts given as token ids count one token each.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 # a provider refuses prompts of more bytes than this × its context length, before tokenizing
@@ -30,6 +35,15 @@ TEMPLATE_TOKENS_PER_MESSAGE = 8
 TEMPLATE_TOKENS_PER_REQUEST = 64
 # tokens a tokenizer may add around a plain prompt or one embedding input (BOS/EOS, CLS/SEP)
 SPECIAL_TOKENS_PER_TEXT = 4
+# bytes a template (or allmende.tools' fallback) may add to explain tools and the call format
+TOOL_TEMPLATE_BYTES = 2048
+
+
+def _json_bytes(value: object) -> int:
+    """Twice the bytes of `value` as JSON indented by 4: a bound on any rendering of it."""
+    if value is None or value == []:
+        return 0
+    return 2 * len(json.dumps(value, indent=4, ensure_ascii=False).encode())  # parsed JSON: always dumps
 
 
 def _bytes(value: object) -> int:
@@ -61,10 +75,12 @@ def prompt_bytes(kind: str, body: Mapping[str, object]) -> int:
     carry = _bytes(body.get("allmende_continue"))
     if kind == "chat":
         messages = body.get("messages")
-        total = 0
+        total = _json_bytes(body.get("tools"))
+        total += TOOL_TEMPLATE_BYTES if total else 0
         for message in messages if isinstance(messages, list) else []:
             if isinstance(message, Mapping):
                 total += _bytes(message.get("role")) + _bytes(message.get("content"))
+                total += _json_bytes(message.get("tool_calls")) + _bytes(message.get("tool_call_id"))
         return total + carry
     sizes = [_bytes(text) for text in _texts(kind, body)]
     if kind == "embedding":

@@ -23,6 +23,7 @@ from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, Sampl
 from allmende.engine.grammar import Constraint, grammar_masks, ll_tokenizer
 from allmende.engine.scheduler import BatchScheduler
 from allmende.engine.sequence import Sequence
+from allmende.tools import ToolSpecError, render_messages, template_renders_tools
 
 MAX_CHOICES = 16  # most completions one request may ask for (n)
 
@@ -83,15 +84,11 @@ class CausalLMEngine(Engine):
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise EngineError("messages must be a non-empty list")
-            for m in messages:
-                if (
-                    not isinstance(m, dict)
-                    or not isinstance(m.get("role"), str)
-                    or not isinstance(m.get("content"), str)
-                ):
-                    raise EngineError("each message needs a string role and a string content")
-            clean = [{"role": m["role"], "content": m["content"]} for m in messages]
-            ids = self.tokenizer.apply_chat_template(clean, add_generation_prompt=True, tokenize=True)
+            try:  # tools and tool-call history: natively where the template renders tools (allmende.tools)
+                clean, tools = render_messages(body, template_renders_tools(self.tokenizer.chat_template))
+            except ToolSpecError as exc:
+                raise EngineError(str(exc)) from None
+            ids = self.tokenizer.apply_chat_template(clean, tools=tools, add_generation_prompt=True, tokenize=True)
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]
             return [int(i) for i in ids]

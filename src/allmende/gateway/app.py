@@ -39,6 +39,7 @@ from allmende.gateway.errors import (
 )
 from allmende.gateway.explorer import mount_explorer
 from allmende.gateway.service import GatewayService, budget_check
+from allmende.gateway.tool_calls import StreamedCalls, message_of
 from allmende.httpbody import read_limited
 from allmende.protocol import check_request
 from allmende.provider.client import Answer
@@ -222,6 +223,7 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
         started = time.monotonic()
         wanted = protocol.logprobs_wanted(kind, body) is not None
         offset = 0  # characters of the completion sent so far (legacy completions' text_offset)
+        calls = StreamedCalls(body) if kind == "chat" else None  # text or tool-call deltas
         try:
             if kind == "chat":
                 yield sse(chunk(kind, ident, created, name, "", None, role=True))
@@ -231,6 +233,7 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
             async for item in service.stream(kind, body, key, pin):
                 if isinstance(item, Answer):
                     finish = item.output.get("finish_reason", "stop")
+                    finish = calls.finish(finish) if calls else finish
                     receipt = explorer.answered(ident, item, started, key)  # the receipt, for the playground
                     if evidence:
                         receipt["evidence"] = evidence_of(kind, item)
@@ -242,7 +245,11 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
                         yield sse(chunk(kind, ident, created, name, None, None, usage=item.usage))
                     break
                 logprobs = (getattr(item, "logprobs", None) or []) if wanted else None
-                yield sse(chunk(kind, ident, created, name, item, None, logprobs=logprobs, offset=offset))
+                content, deltas = calls.feed(item) if calls else (str(item), None)
+                if content is not None or deltas or logprobs:
+                    yield sse(
+                        chunk(kind, ident, created, name, content, None, logprobs=logprobs, offset=offset, calls=deltas)
+                    )
                 offset += len(item)
             yield b"data: [DONE]\n\n"
         except Exception as exc:
@@ -293,7 +300,7 @@ def wants_evidence(request: Request) -> bool:
 def evidence_of(kind: str, answer: Answer) -> dict[str, Any]:
     """What the provider committed to, for a client that checks it (a validator's audit):
     the request exactly as sent (its canonical form is the receipt's inputHash), the token
-    ids, the proof and the signed receipt."""
+    ids, the proof and the signed receipt; for `n > 1` every choice's as well."""
     return {
         "kind": kind,
         "request": answer.sent,
@@ -302,7 +309,14 @@ def evidence_of(kind: str, answer: Answer) -> dict[str, Any]:
         "token_ids": answer.output.get("token_ids", []),
         "proof": answer.output.get("proof", "0x"),
         "receipt": answer.receipt.to_json(),
+        **({"choices": evidence_choices(answer.output["choices"])} if "choices" in answer.output else {}),
     }
+
+
+def evidence_choices(raw: object) -> list[dict[str, Any]]:
+    """Every choice of an `n > 1` answer, so that a validator checks them all."""
+    keep = ("text", "finish_reason", "token_ids", "proof")
+    return [{k: c.get(k) for k in keep} for c in raw if isinstance(c, dict)] if isinstance(raw, list) else []
 
 
 def new_id(kind: str) -> str:
@@ -327,10 +341,12 @@ def chunk(
     allmende: dict[str, Any] | None = None,
     logprobs: list[dict[str, Any]] | None = None,
     offset: int = 0,
+    calls: list[protocol.ToolCallDelta] | None = None,
 ) -> dict[str, Any]:
     """One stream chunk: a text delta, the final one (`finish`), or the usage-only one
     (`usage`, no choices). `logprobs`: the provider's entries for the tokens of this chunk
-    (`offset`: where its text starts in the completion, for legacy completions)."""
+    (`offset`: where its text starts in the completion, for legacy completions); `calls`:
+    tool-call deltas instead of text (chat)."""
     parsed = protocol.Usage(**usage) if usage else None
     if kind == "chat":
         choices = (
@@ -338,7 +354,7 @@ def chunk(
             if usage
             else [
                 protocol.ChatChunkChoice(
-                    delta=protocol.Delta(role="assistant" if role else None, content=delta),
+                    delta=protocol.Delta(role="assistant" if role else None, content=delta, tool_calls=calls),
                     logprobs=chat_logprobs(logprobs),
                     finish_reason=finish,
                 )
@@ -399,15 +415,17 @@ def render(kind: str, body: dict[str, Any], name: str, answer: Answer) -> dict[s
     outputs = choices_of(answer.output, protocol.choices_wanted(body))
     counts = protocol.Usage(**answer.usage)
     if kind == "chat":
-        chats = [
-            protocol.ChatChoice(
-                index=i,
-                message=protocol.AssistantMessage(content=out.get("text", "")),
-                logprobs=chat_logprobs(out.get("logprobs", []) if wanted else None),
-                finish_reason=out.get("finish_reason", "stop"),
+        chats = []
+        for i, out in enumerate(outputs):
+            message, finish = message_of(body, str(out.get("text", "")), out.get("finish_reason", "stop"))
+            chats.append(
+                protocol.ChatChoice(
+                    index=i,
+                    message=message,
+                    logprobs=chat_logprobs(out.get("logprobs", []) if wanted else None),
+                    finish_reason=finish,
+                )
             )
-            for i, out in enumerate(outputs)
-        ]
         return protocol.ChatCompletion(
             id=new_id(kind), created=created, model=name, choices=chats, usage=counts
         ).render()

@@ -41,6 +41,8 @@ class Evidence:
     proof: str  # 0x… TOPLOC-style commitment
     receipt: dict[str, Any]  # the provider's signed receipt (JSON)
     reason: str  # what the reporter found
+    # n > 1: every choice ({token_ids, proof, text}); the fields above then hold the first
+    choices: list[dict[str, Any]] | None = None
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -61,6 +63,11 @@ class Evidence:
             raise BadEvidence(f"evidence does not follow the schema: {exc}") from None
         if not all(isinstance(t, int) for t in [*evidence.token_ids, *evidence.prompt_ids]):
             raise BadEvidence("token ids must be integers")
+        if evidence.choices is not None and not (
+            isinstance(evidence.choices, list)
+            and all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in evidence.choices)
+        ):
+            raise BadEvidence("choices must be a list of {token_ids, proof, text}")
         return evidence
 
     @property
@@ -71,7 +78,9 @@ class Evidence:
         """True if this request and text are the ones the provider's receipt commits to
         (`inputHash`, `outputHash`): only then can the evidence speak against the provider."""
         r = self.signed_receipt.receipt
-        return r.input_hash == input_hash(self.body) and r.output_hash == keccak(self.text.encode())
+        texts = [c["text"] for c in self.choices] if self.choices else None
+        output = json.dumps(texts).encode() if texts and len(texts) > 1 else self.text.encode()
+        return r.input_hash == input_hash(self.body) and r.output_hash == keccak(output)
 
 
 class EvidenceStore:

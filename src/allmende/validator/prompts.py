@@ -4,7 +4,8 @@ A provider that could recognise audits would serve them honestly and cheat every
 so an audit must look like any other request. The parts a provider sees are the body's
 shape (the gateway's, as for every user), the parameters and the prompt. Parameters
 follow the mix of ordinary OpenAI clients (most leave temperature and top_p at their
-defaults; some ask for greedy or a lower temperature; half stream; none sets a seed). Prompts
+defaults; some ask for greedy or a lower temperature; half stream; a tenth ask for
+n = 2 or 3 choices, each of which is checked; none sets a seed). Prompts
 are composed fresh for each audit from tasks, subjects and styles with the validator's own
 randomness (a system random source unless a seed is configured for tests), in the shapes
 chat apps send: one question, a system prompt and a question, or a short conversation.
@@ -147,4 +148,6 @@ class AuditTraffic:
         # else: the defaults, as most clients send
         if self.rng.random() < 0.5:
             body["stream"] = True
+        elif self.rng.random() < 0.2:  # some apps ask for several choices (not with stream)
+            body["n"] = self.rng.choice([2, 3])
         return body

@@ -17,12 +17,11 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from eth_utils import keccak
 
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.bindings import ROLE_VALIDATOR
@@ -33,8 +32,8 @@ from allmende.engine import load_engine
 from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.gateway.app import EVIDENCE_HEADER, PIN_HEADER
 from allmende.gateway.directory import Directory, ProviderEntry
-from allmende.protocol import input_hash, sampling_params
-from allmende.validator.checker import NOTHING, Verdict, judge, text_of
+from allmende.validator.answers import Choice, check_answer, choices_of
+from allmende.validator.checker import NOTHING, Verdict
 from allmende.validator.evidence import BadEvidence, Evidence, EvidenceStore, fetch_evidence
 from allmende.validator.prompts import AuditTraffic
 from allmende.validator.store import AuditRecord, ValidatorStore
@@ -117,18 +116,20 @@ class Validator:
             self._score(record, counted=False)
             return record
         sent = evidence["request"]
-        token_ids = [int(t) for t in evidence["token_ids"]]
-        proof = bytes.fromhex(str(evidence["proof"])[2:])
-        text = str(evidence["text"])
+        prompt_ids: list[int] = []
+        choices: list[Choice] = []
         try:
+            choices = choices_of(evidence)
             prompt_ids = engine.prompt_ids("chat", sent)
-            verdict = self.check(engine, sent, prompt_ids, token_ids, proof, text, receipt)
+            verdict = check_answer(engine, sent, prompt_ids, choices, receipt)
         except InvalidInput as exc:
             verdict = Verdict(False, f"the answer cannot be checked: {exc}", NOTHING, 0)
-            prompt_ids = []
+            choices = choices or [Choice([], b"", "")]
         record = AuditRecord(entry.address, verdict.ok, verdict.reason, latency)
         if not verdict.ok:
-            found = Found(sent, prompt_ids, token_ids, proof, text, receipt)
+            first = choices[0]
+            several = choices if len(choices) > 1 else None
+            found = Found(sent, prompt_ids, first.token_ids, first.proof, first.text, receipt, several)
             record.case_id = self.report(entry, found, verdict)
         self._score(record)
         return record
@@ -145,36 +146,6 @@ class Validator:
                 return str(model["id"])
         raise AuditUnavailable(f"gateway {gateway} does not list model 0x{model_id.hex()}")
 
-    def check(
-        self,
-        engine: CausalLMEngine,
-        body: dict[str, Any],
-        prompt_ids: list[int],
-        token_ids: list[int],
-        proof: bytes,
-        text: str,
-        receipt: SignedReceipt,
-    ) -> Verdict:
-        """The proof and token checks, plus: the receipt binds this request, this proof, text
-        and token count."""
-        r = receipt.receipt
-        params = sampling_params(body, r.request_id)  # exactly what the provider derived from the same request
-        verdict = judge(engine, prompt_ids, token_ids, proof, params)
-        problems = [] if verdict.ok else [verdict.reason]
-        if r.input_hash != input_hash(body):
-            problems.append("receipt inputHash does not match the request")
-        if r.output_hash != keccak(text.encode()):
-            problems.append("receipt outputHash does not match the text")
-        if proof and r.proof_hash != keccak(proof):
-            problems.append("receipt proof_hash does not match the proof")
-        if r.tokens_out != len(token_ids):
-            problems.append("receipt token count does not match the output")
-        if r.tokens_in != len(prompt_ids):
-            problems.append("receipt tokensIn does not match the prompt")
-        if text_of(engine.decode(token_ids), params.stop) != text:
-            problems.append("text does not match the token ids")
-        return Verdict(not problems, "; ".join(problems) or "consistent", verdict.proof, verdict.bad_tokens)
-
     def report(self, entry: ProviderEntry, found: Found, verdict: Verdict) -> int | None:
         """Store the evidence where other validators can fetch it and open a case."""
         r = found.receipt.receipt
@@ -188,6 +159,7 @@ class Validator:
             proof="0x" + found.proof.hex(),
             receipt=found.receipt.to_json(),
             reason=verdict.reason,
+            choices=[c.to_json() for c in found.choices] if found.choices else None,
         )
         digest = self.evidence.put(evidence)
         uri = f"{self.config.endpoint}/v1/evidence/0x{digest.hex()}"
@@ -268,15 +240,8 @@ class Validator:
             return False
         try:
             prompt_ids = engine.prompt_ids("chat", evidence.body)  # recomputed: the reporter's ids are not trusted
-            verdict = self.check(
-                engine,
-                evidence.body,
-                prompt_ids,
-                evidence.token_ids,
-                bytes.fromhex(evidence.proof[2:]),
-                evidence.text,
-                receipt,
-            )
+            choices = choices_of({**asdict(evidence), "choices": evidence.choices})
+            verdict = check_answer(engine, evidence.body, prompt_ids, choices, receipt)
         except InvalidInput as exc:
             log.warning("case evidence at %s cannot be checked: %s", uri, exc)
             return False
@@ -317,6 +282,7 @@ class Found:
     proof: bytes
     text: str
     receipt: SignedReceipt
+    choices: list[Choice] | None = None  # n > 1: all of them (the fields above: the first)
 
 
 def auth(key: str | None) -> dict[str, str]:
