@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from allmende.chain.keys import load_key
+from allmende.cli.errors import debugging, print_error
 from allmende.config import from_environment
 from allmende.core.errors import AllmendeError
 
@@ -24,10 +25,14 @@ T = TypeVar("T")
 
 @contextmanager
 def friendly_errors() -> Iterator[None]:
+    """Our own errors as one line on stderr and exit code 1 (`allmende.cli.errors` maps the
+    rest at the root); with --debug they go through with their traceback."""
     try:
         yield
     except AllmendeError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        if debugging():
+            raise
+        print_error(str(exc))
         raise typer.Exit(1) from None
 
 
@@ -58,8 +63,8 @@ def deployments_path(explicit: Path | None, *also: Path) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    console.print(
-        f"[red]error:[/red] no deployments file (looked at {', '.join(str(p) for p in candidates)}).\n"
+    print_error(
+        f"no deployments file (looked at {', '.join(str(p) for p in candidates)}).\n"
         "  To join a running network: --network URL (a gateway's URL or the chain's JSON-RPC URL).\n"
         "  To use a file: --deployments FILE. To start a network of your own: `allmende up`."
     )
@@ -128,6 +133,6 @@ def parse_id(value: str, what: str = "id") -> bytes:
     except ValueError:
         raw = b""
     if len(raw) != 32:
-        console.print(f"[red]error:[/red] {what} {value!r} must be 0x followed by 64 hex digits")
+        print_error(f"{what} {value!r} must be 0x followed by 64 hex digits")
         raise typer.Exit(2)
     return raw
