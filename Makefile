@@ -62,7 +62,7 @@ coverage: install
 test: lint typecheck coverage pytest
 
 demo: $(STAMP) $(ANVIL)
-	$(BIN)/allmende up --providers 2 --showcase
+	$(BIN)/allmende up --providers 2 --showcase --claim-models
 
 # Ten times the hypothesis examples CI runs.
 fuzz: install

@@ -17,7 +17,7 @@ from allmende.config import from_environment
 from allmende.core.errors import AllmendeError
 
 if TYPE_CHECKING:
-    from allmende.chain import Contracts
+    from allmende.chain import Contracts, Deployment
 
 console = Console(soft_wrap=True)
 T = TypeVar("T")
@@ -53,12 +53,15 @@ def resolve_key(spec: str) -> bytes:
 
 
 def deployments_path(explicit: Path | None, *also: Path) -> Path:
-    """The deployments JSON: `explicit`, else the first that exists of `also`,
-    <state-dir>/deployments.json and <state-dir>/run/deployments.json (where `allmende up`
-    writes it). Exits with advice when there is none."""
+    """The deployments JSON: `explicit`, else $ALLMENDE_DEPLOYMENTS, else the first that
+    exists of `also`, <state-dir>/deployments.json and <state-dir>/run/deployments.json (where
+    `allmende up` writes it). Exits with advice when there is none."""
     if explicit is not None:
         return explicit
-    state = from_environment().state_dir
+    env = from_environment()
+    if env.deployments is not None:
+        return env.deployments
+    state = env.state_dir
     candidates = [*also, state / "deployments.json", state / "run" / "deployments.json"]
     for path in candidates:
         if path.is_file():
@@ -112,17 +115,21 @@ def find_deployments(explicit: Path | None) -> Path:
     )
 
 
+def chain_url(rpc: str | None, deployment: Deployment) -> str:
+    """The chain endpoint: `rpc`, else $ALLMENDE_RPC, else the one the deployments file records."""
+    env = from_environment()
+    return rpc or (env.rpc_url if env.rpc_url_set else deployment.rpc_url or env.rpc_url)
+
+
 def contracts_for(rpc: str | None, key: str | bytes | None, deployments: Path | None) -> Contracts:
     """Bindings for the network `find_deployments` finds, signing with `key` (a keystore
     file, devnet:N or raw bytes) or read-only without one. The endpoint is `rpc`, else
     $ALLMENDE_RPC, else the one the deployments file records."""
     from allmende.chain import ChainClient, Contracts, Deployment
 
-    env = from_environment()
     deployment = Deployment.load(find_deployments(deployments))
     secret = resolve_key(key) if isinstance(key, str) else key
-    url = rpc or (env.rpc_url if env.rpc_url_set else deployment.rpc_url or env.rpc_url)
-    client = ChainClient(url, secret)
+    client = ChainClient(chain_url(rpc, deployment), secret)
     return Contracts(client, deployment)
 
 
