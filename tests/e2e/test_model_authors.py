@@ -131,7 +131,8 @@ def test_an_author_registers_first_a_provider_serves_it_and_the_author_is_paid(
     _until("the provider to redeem", lambda: served.reader.channels.earnings(author))
     owed = _settled(lambda: served.reader.channels.earnings(author))
 
-    shown = cli(network, f"models earnings 0x{served.authored.hex()}")
+    shown = cli(network, f"models earnings {NAME}")  # by its name on chain (or its 0x id)
+    assert f"model      0x{served.authored.hex()}" in shown
     whole, frac = divmod(owed, 10**6)
     assert f"royalty    500 bps to {author}" in shown
     assert f"earned     {whole}.{frac:06d} dUSD in royalties to {author}" in shown, shown
