@@ -144,6 +144,7 @@ def test_an_author_registers_first_a_provider_serves_it_and_the_author_is_paid(
     status = cli(network, f"status --deployments {deployments}", **elsewhere)
     provider = devnet_accounts(PROVIDER + 1)[PROVIDER].address
     assert provider[:6] in status and NAME in status, status
+    print(shown, status, file=sys.stderr)  # the closing note of issue 20 quotes them
 
 
 def test_a_provider_cannot_take_a_model_it_did_not_author(network: Network, served: Served) -> None:
