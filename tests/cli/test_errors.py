@@ -4,9 +4,6 @@ against the session's anvil, so the table costs little."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -81,10 +78,3 @@ def test_debug_lets_the_traceback_through(env) -> None:
     assert isinstance(loud.exception, DeploymentNotFound)
     by_env = CliRunner().invoke(app, line, env={**env, "ALLMENDE_DEBUG": "1"})
     assert isinstance(by_env.exception, DeploymentNotFound)
-
-
-def test_the_installed_command_shows_the_traceback_with_allmende_debug(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "allmende", "models", "list", "--deployments", str(tmp_path / "none.json")]
-    debug = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "ALLMENDE_DEBUG": "1"})
-    assert debug.returncode == 1 and debug.stdout == ""
-    assert "Traceback" in debug.stderr and "DeploymentNotFound" in debug.stderr
