@@ -69,7 +69,7 @@ test: lint typecheck coverage
 	$(BIN)/pytest -p no:randomly $(addprefix --ignore=,$(UNIT))
 
 demo: $(STAMP) $(ANVIL)
-	$(BIN)/allmende up --providers 2 --showcase
+	$(BIN)/allmende up --providers 2 --showcase --claim-models
 
 # Ten times the hypothesis examples CI runs.
 fuzz: install

@@ -112,7 +112,7 @@ def measure(requests: int) -> dict[str, Any]:
         command = allmende_command(
             "provider", "--rpc", node.url, "--key", "devnet:1", "--deployments", str(path),
             "--state-dir", str(Path(tmp) / "p"), "--port", str(port), "--model", "allmende:tiny",
-            "--max-concurrency", "8", "--credit-limit", str(10**9),
+            "--claim-models", "--max-concurrency", "8", "--credit-limit", str(10**9),
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         provider_node = start("provider", command, Path(tmp) / "provider.log", url, timeout=180)

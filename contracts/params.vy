@@ -9,7 +9,12 @@
         contracts read them by `keccak256(name)` through `value(key)`,
         people and tools read them by name through `get(name)`.
         Basis-point parameters carry an upper bound so that governance
-        cannot set a fee above 100 %.
+        cannot set a fee above 100 %. Parameters that would switch a
+        protection off at zero carry a lower bound: a stake or bond that
+        costs nothing, a slash that takes nothing, a vote or delay that
+        lasts no time, a quorum that any one vote meets. Both bounds are
+        checked by `set` and by `check`, which the Governor asks when a
+        proposal is made.
 """
 
 from snekmate.auth import ownable
@@ -28,11 +33,16 @@ event ParamSet:
 
 MAX_PARAMS: constant(uint256) = 64
 BPS: constant(uint256) = 10_000
+ALM: constant(uint256) = 10**18
+HOUR: constant(uint256) = 3600
+DAY: constant(uint256) = 86400
 
 # @dev keccak256(name) -> value
 value: public(HashMap[bytes32, uint256])
 # @dev keccak256(name) -> inclusive upper bound (0 = unbounded)
 upper_bound: public(HashMap[bytes32, uint256])
+# @dev keccak256(name) -> inclusive lower bound (0 = none: any uint256 is at least 0)
+lower_bound: public(HashMap[bytes32, uint256])
 # @dev keccak256(name) -> known
 known: public(HashMap[bytes32, bool])
 # @dev every name ever set, for enumeration
@@ -42,35 +52,36 @@ names: public(DynArray[String[32], MAX_PARAMS])
 @deploy
 def __init__():
     ownable.__init__()
-    # fees and shares, in basis points of an amount
-    self._define("protocol_fee_bps", 100, BPS)
-    self._define("royalty_cap_bps", 3000, BPS)
-    self._define("slash_bps", 1000, BPS)
-    self._define("fraud_quorum_bps", 5000, BPS)
-    self._define("reporter_reward_bps", 2000, BPS)
-    self._define("fraud_forfeit_bps", 5000, BPS)
-    # stakes, in ALM wei (18 decimals)
-    self._define("min_provider_stake", 1000 * 10**18, 0)
-    self._define("min_validator_stake", 5000 * 10**18, 0)
-    self._define("fraud_bond", 100 * 10**18, 0)
-    # durations, in seconds
-    self._define("unbonding_period", 7 * 86400, 0)
-    self._define("channel_close_delay", 86400, 0)
-    self._define("fraud_voting_period", 86400, 0)
+    # fees and shares, in basis points of an amount: (name, default, lower, upper)
+    self._define("protocol_fee_bps", 100, 0, BPS)
+    self._define("royalty_cap_bps", 3000, 0, BPS)
+    self._define("slash_bps", 1000, 1, BPS)  # a guilty verdict must cost something
+    self._define("fraud_quorum_bps", 5000, 1000, BPS)  # no case decided by a sliver of the stake
+    self._define("reporter_reward_bps", 2000, 0, BPS)
+    self._define("fraud_forfeit_bps", 5000, 0, BPS)
+    # stakes, in ALM wei (18 decimals): at least 1 ALM, or there is nothing to slash or forfeit
+    self._define("min_provider_stake", 1000 * ALM, ALM, 0)
+    self._define("min_validator_stake", 5000 * ALM, ALM, 0)
+    self._define("fraud_bond", 100 * ALM, ALM, 0)
+    # durations, in seconds: long enough that the other side can act in time
+    self._define("unbonding_period", 7 * DAY, DAY, 0)  # a cheater cannot leave before its case ends
+    self._define("channel_close_delay", DAY, HOUR, 0)  # a provider redeems before a channel closes
+    self._define("fraud_voting_period", DAY, 60, 0)  # validators re-check and vote
     # governance: delays in seconds, quorum in bps of the voting supply
-    self._define("voting_delay", 60, 0)
-    self._define("voting_period", 3 * 86400, 0)
-    self._define("quorum_bps", 400, BPS)
-    self._define("proposal_threshold", 1000 * 10**18, 0)
-    self._define("timelock_delay", 2 * 86400, 0)
-    self._define("proposal_grace_period", 14 * 86400, 0)
+    self._define("voting_delay", 60, 1, 0)  # the snapshot is the second before the proposal
+    self._define("voting_period", 3 * DAY, HOUR, 0)
+    self._define("quorum_bps", 400, 100, BPS)
+    self._define("proposal_threshold", 1000 * ALM, ALM, 0)  # proposals are not free to spam
+    self._define("timelock_delay", 2 * DAY, HOUR, 0)  # users see a change coming and can leave
+    self._define("proposal_grace_period", 14 * DAY, DAY, 0)
 
 
 @internal
-def _define(name: String[32], default_value: uint256, bound: uint256):
+def _define(name: String[32], default_value: uint256, lower: uint256, upper: uint256):
     key: bytes32 = keccak256(name)
     self.known[key] = True
-    self.upper_bound[key] = bound
+    self.lower_bound[key] = lower
+    self.upper_bound[key] = upper
     self.value[key] = default_value
     self.names.append(name)
     log ParamSet(key=key, name=name, old_value=0, new_value=default_value)
@@ -102,7 +113,8 @@ def count() -> uint256:
 def set(name: String[32], new_value: uint256):
     """
     @notice Sets a parameter. A new name is added (unbounded); a known
-            basis-point parameter must stay within its bound. Owner only.
+            parameter must stay within its lower and upper bounds. Owner
+            only.
     @param name The parameter's name.
     @param new_value Its new value.
     """
@@ -122,7 +134,7 @@ def set(name: String[32], new_value: uint256):
 def check(name: String[32], new_value: uint256) -> bool:
     """
     @notice Reverts with the reason `set(name, new_value)` would revert with
-            now (empty name, bound, too many names), ownership aside. The
+            now (empty name, either bound, too many names), ownership aside. The
             Governor asks it when a proposal is made, so a change that can
             never execute is refused before anyone votes on it.
     @return bool True.
@@ -140,3 +152,4 @@ def _check(name: String[32], new_value: uint256):
         assert len(self.names) < MAX_PARAMS, "params: too many names"
     bound: uint256 = self.upper_bound[key]
     assert bound == 0 or new_value <= bound, "params: above bound"
+    assert new_value >= self.lower_bound[key], "params: below bound"

@@ -25,6 +25,8 @@ class Environment:
     anvil: Path | None
     # the folder of the contracts' .vy sources, if not the one beside the package
     contracts_dir: Path | None
+    # ALLMENDE_DEBUG=1: the CLI shows an error's traceback instead of one line (as --debug does)
+    debug: bool = False
 
 
 def from_environment() -> Environment:
@@ -37,6 +39,7 @@ def from_environment() -> Environment:
         cache_dir=Path(os.environ.get("ALLMENDE_CACHE") or Path.home() / ".cache" / "allmende"),
         anvil=_path("ALLMENDE_ANVIL"),
         contracts_dir=_path("ALLMENDE_CONTRACTS"),
+        debug=os.environ.get("ALLMENDE_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"),
     )
 
 

@@ -76,7 +76,9 @@ def _listed_id(listing: str) -> str:
 
 def test_a_token_holder_stakes_proposes_a_decoded_change_and_it_executes(network: Network) -> None:
     net, holder, friend = network, network.accounts[HOLDER], network.accounts[FRIEND]
-    assert re.search(r"protocol_fee_bps\s*│\s*100\s*│\s*1 %\s*│\s*10000", net.cli("params"))
+    shown = net.cli("params")
+    assert re.search(r"protocol_fee_bps\s*│\s*100\s*│\s*1 %\s*│\s*0 % – 100 %", shown), shown
+    assert re.search(r"fraud_voting_period\s*│\s*86400\s*│\s*1 d\s*│\s*≥ 1 min\s", shown), shown
 
     net.cli(f"gov stake 10000 --key devnet:{HOLDER}")
     net.cli(f"gov stake 2500.5 --key devnet:{FRIEND}")
@@ -158,6 +160,7 @@ def test_bad_governance_input_is_one_clear_error(network: Network, tmp_path: Pat
         ("gov propose --set protocol_fee_bps=lots --description x --key devnet:1", "name=integer"),
         ("gov propose --set no_such_param=1 --description x --key devnet:1", "unknown name"),
         ("gov propose --set protocol_fee_bps=20000 --description x --key devnet:1", "above its bound 10000"),
+        ("gov propose --set fraud_voting_period=0 --description x --key devnet:1", "below its lower bound 60"),
         ("gov propose --description x --key devnet:1", "nothing to propose"),
         ("gov propose --call Params --description x --key devnet:1", "TARGET FUNCTION ARG"),
         ("gov propose --call '' --description x --key devnet:1", "TARGET FUNCTION ARG"),

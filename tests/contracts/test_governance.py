@@ -257,6 +257,14 @@ def test_a_fee_above_its_bound_is_refused_when_proposed_not_after_the_vote(syste
     propose(system, value=10_000)  # the bound itself is allowed
 
 
+@pytest.mark.parametrize(("name", "value"), [("fraud_voting_period", 0), ("min_provider_stake", 0), ("quorum_bps", 99)])
+def test_a_protection_set_below_its_lower_bound_is_refused_when_proposed(system: System, name, value) -> None:
+    payload = system.params.set.prepare_calldata(name, value)
+    with boa.env.prank(STAKERS[0].address), boa.reverts("params: below bound"):
+        system.governor.propose([system.params.address], [0], [payload], f"switch {name} off")
+    assert system.governor.proposal_count() == 0
+
+
 @pytest.mark.parametrize(
     ("call", "reason"),
     [

@@ -114,6 +114,41 @@ def test_params_set_emits_event(system: System) -> None:
     assert [(type(e).__name__, e.old_value, e.new_value) for e in logs] == [("ParamSet", 100, 150)]
 
 
+LOWER_BOUNDS = {
+    "slash_bps": 1,
+    "fraud_quorum_bps": 1_000,
+    "min_provider_stake": ALM,
+    "min_validator_stake": ALM,
+    "fraud_bond": ALM,
+    "unbonding_period": 86_400,
+    "channel_close_delay": 3_600,
+    "fraud_voting_period": 60,
+    "voting_delay": 1,
+    "voting_period": 3_600,
+    "quorum_bps": 100,
+    "proposal_threshold": ALM,
+    "timelock_delay": 3_600,
+    "proposal_grace_period": 86_400,
+}
+
+
+@pytest.mark.parametrize(("name", "lowest"), LOWER_BOUNDS.items(), ids=list(LOWER_BOUNDS))
+def test_a_parameter_that_would_switch_a_protection_off_has_a_lower_bound(system: System, name, lowest) -> None:
+    assert system.params.lower_bound(keccak(text=name)) == lowest
+    with boa.reverts("params: below bound"):
+        system.params.set(name, lowest - 1)
+    with boa.reverts("params: below bound"):
+        system.params.check(name, lowest - 1)
+    system.params.set(name, lowest)  # the bound itself is allowed
+    assert system.params.get(name) == lowest
+
+
+def test_fees_and_new_names_have_no_lower_bound(system: System) -> None:
+    system.params.set("protocol_fee_bps", 0)
+    system.params.set("max_context", 0)
+    assert system.params.get("protocol_fee_bps") == 0 == system.params.lower_bound(keccak(text="max_context"))
+
+
 def test_params_new_name_is_enumerable(system: System) -> None:
     system.params.set("max_context", 4096)
     assert system.params.get("max_context") == 4096
@@ -127,6 +162,8 @@ def test_params_revert_paths(system: System) -> None:
         system.params.set("protocol_fee_bps", 10_001)
     with boa.reverts("params: empty name"):
         system.params.set("", 1)
+    with boa.reverts("params: below bound"):
+        system.params.set("fraud_voting_period", 0)
     with boa.reverts("params: unknown name"):
         system.params.get("nope")
 

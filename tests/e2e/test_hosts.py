@@ -77,7 +77,7 @@ def _join(ns: str, root: Path, gateway: str, *options: str) -> tuple[str, Node]:
     assert funded.returncode == 0, funded.stdout + funded.stderr
     keyfile = root / "keys" / f"{address}.json"
     command = _in(ns, "provider", "--network", gateway, "--key", str(keyfile), "--model", "allmende:tiny",
-                  "--price-in", "1000", "--price-out", "1000", *options)  # fmt: skip
+                  "--claim-models", "--price-in", "1000", "--price-out", "1000", *options)  # fmt: skip
     log = root / "provider.log"
     root.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:

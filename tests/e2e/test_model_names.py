@@ -43,7 +43,7 @@ def test_a_squatted_name_is_refused(network: Network) -> None:
 
     assert refused == ["models: name taken"] * 3
     assert stranger.value.reason == "models: not owner"
-    assert by_cli.returncode == 1 and f"belongs to model {TINY_ID}" in by_cli.stdout, by_cli.stdout + by_cli.stderr
+    assert by_cli.returncode == 1 and f"belongs to model {TINY_ID}" in by_cli.stderr, by_cli.stdout + by_cli.stderr
     assert chain.models.name_of(other) == "" and chain.models.model_by_name("allmende:tiny").hex() == TINY_ID[2:]
     assert listed["allmende:tiny"] == TINY_ID and len(listed) == 3  # tiny, minilm, smollm2
     assert unserved.value.status_code == 404

@@ -81,6 +81,7 @@ def start_provider(
         "--price-out",
         str(PRICE_OUT),
         *[arg for m in models for arg in ("--model", m)],
+        "--claim-models",  # the session's chain has no model authors: the providers name the models
         *(extra or []),
     ]
     url = f"http://127.0.0.1:{port}"

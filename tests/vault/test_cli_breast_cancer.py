@@ -51,7 +51,7 @@ def cli(net: VaultNetwork, *args: str, ok: bool = True) -> str:
         [sys.executable, "-m", "allmende", *args, *chain], capture_output=True, text=True, timeout=300
     )
     assert (done.returncode == 0) == ok, done.stdout + done.stderr
-    return done.stdout
+    return done.stdout if ok else done.stdout + done.stderr  # errors go to stderr
 
 
 def grant_id(output: str) -> int:

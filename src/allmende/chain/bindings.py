@@ -86,9 +86,13 @@ class Params(_Binding):
         """The inclusive upper bound of a parameter; 0 when it has none."""
         return int(self._call("upper_bound", keccak(text=name)))
 
-    def bounds(self) -> dict[str, tuple[int, int]]:
-        """name -> (value, upper bound or 0), in the order the names were defined."""
-        return {n: (v, self.upper_bound(n)) for n, v in self.all().items()}
+    def lower_bound(self, name: str) -> int:
+        """The inclusive lower bound of a parameter; 0 when it has none."""
+        return int(self._call("lower_bound", keccak(text=name)))
+
+    def bounds(self) -> dict[str, tuple[int, int, int]]:
+        """name -> (value, lower bound or 0, upper bound or 0), in the order the names were defined."""
+        return {n: (v, self.lower_bound(n), self.upper_bound(n)) for n, v in self.all().items()}
 
     def check(self, name: str, value: int) -> None:
         """Raises ContractReverted with Params' reason if set(name, value) could not execute now."""

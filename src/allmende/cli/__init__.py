@@ -1,4 +1,5 @@
-"""`allmende` — the command line (typer): one module per command group."""
+"""`allmende` — the command line (typer): one module per command group. Errors leave
+through one handler (`allmende.cli.errors`): one line on stderr, `--debug` for the traceback."""
 
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ from allmende.cli import (
     validator,
     vault,
 )
+from allmende.cli.errors import HandledGroup, debug_option
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Allmende: the commons of idle compute.")
+app = typer.Typer(
+    cls=HandledGroup, no_args_is_help=True, add_completion=False, help="Allmende: the commons of idle compute."
+)
+app.callback()(debug_option)
 app.add_typer(chain.app, name="chain")
 app.add_typer(keys.app, name="keys")
 app.add_typer(gov.app, name="gov")

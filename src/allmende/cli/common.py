@@ -14,11 +14,12 @@ import typer
 from rich.console import Console
 
 from allmende.chain.keys import load_key
+from allmende.cli.errors import debugging, print_error
 from allmende.config import from_environment
 from allmende.core.errors import AllmendeError
 
 if TYPE_CHECKING:
-    from allmende.chain import Contracts
+    from allmende.chain import Contracts, Deployment
 
 console = Console(soft_wrap=True)
 T = TypeVar("T")
@@ -26,10 +27,14 @@ T = TypeVar("T")
 
 @contextmanager
 def friendly_errors() -> Iterator[None]:
+    """Our own errors as one line on stderr and exit code 1 (`allmende.cli.errors` maps the
+    rest at the root); with --debug they go through with their traceback."""
     try:
         yield
     except AllmendeError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        if debugging():
+            raise
+        print_error(str(exc))
         raise typer.Exit(1) from None
 
 
@@ -61,18 +66,21 @@ def resolve_key(spec: str) -> bytes:
 
 
 def deployments_path(explicit: Path | None, *also: Path) -> Path:
-    """The deployments JSON: `explicit`, else the first that exists of `also`,
-    <state-dir>/deployments.json and <state-dir>/run/deployments.json (where `allmende up`
-    writes it). Exits with advice when there is none."""
+    """The deployments JSON: `explicit`, else $ALLMENDE_DEPLOYMENTS, else the first that
+    exists of `also`, <state-dir>/deployments.json and <state-dir>/run/deployments.json (where
+    `allmende up` writes it). Exits with advice when there is none."""
     if explicit is not None:
         return explicit
-    state = from_environment().state_dir
+    env = from_environment()
+    if env.deployments is not None:
+        return env.deployments
+    state = env.state_dir
     candidates = [*also, state / "deployments.json", state / "run" / "deployments.json"]
     for path in candidates:
         if path.is_file():
             return path
-    console.print(
-        f"[red]error:[/red] no deployments file (looked at {', '.join(str(p) for p in candidates)}).\n"
+    print_error(
+        f"no deployments file (looked at {', '.join(str(p) for p in candidates)}).\n"
         "  To join a running network: --network URL (a gateway's URL or the chain's JSON-RPC URL).\n"
         "  To use a file: --deployments FILE. To start a network of your own: `allmende up`."
     )
@@ -120,17 +128,21 @@ def find_deployments(explicit: Path | None) -> Path:
     )
 
 
+def chain_url(rpc: str | None, deployment: Deployment) -> str:
+    """The chain endpoint: `rpc`, else $ALLMENDE_RPC, else the one the deployments file records."""
+    env = from_environment()
+    return rpc or (env.rpc_url if env.rpc_url_set else deployment.rpc_url or env.rpc_url)
+
+
 def contracts_for(rpc: str | None, key: str | bytes | None, deployments: Path | None) -> Contracts:
     """Bindings for the network `find_deployments` finds, signing with `key` (a keystore
     file, devnet:N or raw bytes) or read-only without one. The endpoint is `rpc`, else
     $ALLMENDE_RPC, else the one the deployments file records."""
     from allmende.chain import ChainClient, Contracts, Deployment
 
-    env = from_environment()
     deployment = Deployment.load(find_deployments(deployments))
     secret = resolve_key(key) if isinstance(key, str) else key
-    url = rpc or (env.rpc_url if env.rpc_url_set else deployment.rpc_url or env.rpc_url)
-    client = ChainClient(url, secret)
+    client = ChainClient(chain_url(rpc, deployment), secret)
     return Contracts(client, deployment)
 
 
@@ -141,6 +153,6 @@ def parse_id(value: str, what: str = "id") -> bytes:
     except ValueError:
         raw = b""
     if len(raw) != 32:
-        console.print(f"[red]error:[/red] {what} {value!r} must be 0x followed by 64 hex digits")
+        print_error(f"{what} {value!r} must be 0x followed by 64 hex digits")
         raise typer.Exit(2)
     return raw

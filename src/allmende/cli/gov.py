@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from allmende.chain import ChainClient, ContractReverted, Contracts
 from allmende.chain.calls import DecodedCall, decode_call, encode_call
@@ -58,6 +58,18 @@ def _duration(seconds: int) -> str:
     return f"{seconds} s"
 
 
+def _bounds(name: str, lowest: int, bound: int) -> str:
+    """In the parameter's unit: `0 % – 100 %`, `≥ 1 min`, `≥ 1.0000 ALM`, or `none` (an
+    upper bound of 0 is none)."""
+
+    def unit(value: int) -> str:
+        return meaning(name, value) or str(value)
+
+    if bound:
+        return f"{unit(lowest)} – {unit(bound)}"
+    return f"≥ {unit(lowest)}" if lowest else "none"
+
+
 def meaning(name: str, value: int) -> str:
     """A parameter's value in its unit: percent, ALM or a duration (by its name)."""
     if name.endswith("_bps"):
@@ -70,12 +82,20 @@ def meaning(name: str, value: int) -> str:
 
 
 def params(rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
-    """Every protocol parameter: its current value, what it means, and its upper bound."""
+    """Every protocol parameter: its current value, what it means, and its bounds (lower–upper)."""
     with friendly_errors():
         c = contracts_for(rpc, None, deployments)
-        table = Table("name", "value", "meaning", "upper bound", title="Params (changed only by governance)")
-        for name, (value, bound) in c.params.bounds().items():
-            table.add_row(name, str(value), meaning(name, value), str(bound) if bound else "none")
+        rows = c.params.bounds()
+        widest = max((len(n) for n in rows), default=4)
+        table = Table(
+            Column("name", min_width=widest, no_wrap=True),
+            Column("value", overflow="fold"),
+            "meaning",
+            "bounds",
+            title="Params (changed only by governance)",
+        )
+        for name, (value, lowest, bound) in rows.items():
+            table.add_row(name, str(value), meaning(name, value), _bounds(name, lowest, bound))
     console.print(table)
 
 
@@ -96,8 +116,9 @@ def _change(c: Contracts, call: DecodedCall, executed: bool) -> str:
         current = str(c.params.get(name))
     except ContractReverted:
         current = "(new name)"
-    bound = c.params.upper_bound(name)
-    notes = [x for x in (meaning(name, new), f"bound {bound}" if bound else "") if x]
+    bound, lowest = c.params.upper_bound(name), c.params.lower_bound(name)
+    limits = (f"at least {lowest}" if lowest else "", f"bound {bound}" if bound else "")
+    notes = [x for x in (meaning(name, new), *limits) if x]
     if executed:
         return f"{name} set to {new} (now {'; '.join([current, *notes])})"
     return f"{name}: {current} → {new}" + (f" ({'; '.join(notes)})" if notes else "")
@@ -205,9 +226,11 @@ def propose(
             if not name or not value.isdigit():
                 raise InvalidInput(f"--set expects name=integer, got {item!r}")
             c.params.get(name)  # unknown names fail here, before anyone votes on them
-            bound = c.params.upper_bound(name)
+            bound, lowest = c.params.upper_bound(name), c.params.lower_bound(name)
             if bound and int(value) > bound:
                 raise InvalidInput(f"--set {name}={value} is above its bound {bound}: it could never execute")
+            if int(value) < lowest:
+                raise InvalidInput(f"--set {name}={value} is below its lower bound {lowest}: it could never execute")
             calls.append(encode_call(c.deployment, f"Params set {name} {value}"))
         for spec in call:
             calls.append(encode_call(c.deployment, spec))

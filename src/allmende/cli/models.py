@@ -10,7 +10,7 @@ from rich.table import Table
 
 from allmende.chain import Contracts
 from allmende.cli.common import console, contracts_for, friendly_errors, parse_id, usd
-from allmende.core.errors import InvalidInput
+from allmende.core.errors import InvalidInput, InvalidModelName
 from allmende.core.licenses import derived_license_problem
 from allmende.core.model_names import canonical_name
 
@@ -25,6 +25,21 @@ def model_id_for(name: str) -> bytes:
     from allmende.engine import resolve_model
 
     return resolve_model(name).model_id
+
+
+def model_arg(c: Contracts, model: str) -> bytes:
+    """A model given on the command line: its id (0x…), its name on chain, or files to hash
+    (a folder, a .gguf file, allmende:tiny, minilm, a hub id)."""
+    if model.startswith("0x"):
+        return parse_id(model, "model")
+    if not Path(model).exists():
+        try:
+            named = c.models.model_by_name(canonical_name(model))
+        except InvalidModelName:
+            named = None
+        if named is not None:
+            return named
+    return model_id_for(model)
 
 
 @app.command("register")
@@ -148,14 +163,14 @@ def list_models(
 
 @app.command("show")
 def show(
-    model: str = typer.Argument(..., help="a model id (0x…), or a name/folder to hash"),
+    model: str = typer.Argument(..., help="a model id (0x…), its name on chain, or a folder/file to hash"),
     rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
     deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
 ) -> None:
     """Everything the chain records about one model, its attestations included."""
     with friendly_errors():
-        model_id = parse_id(model, "model") if model.startswith("0x") else model_id_for(model)
         c = contracts_for(rpc, None, deployments)
+        model_id = model_arg(c, model)
         m = c.models.get(model_id)
         payee, bps = c.models.royalty_info(model_id)
         console.print(f"model      0x{model_id.hex()}")
@@ -177,7 +192,7 @@ def show(
 
 @app.command("earnings")
 def earnings(
-    model: str = typer.Argument(..., help="a model id (0x…), or a name/folder to hash"),
+    model: str = typer.Argument(..., help="a model id (0x…), its name on chain, or a folder/file to hash"),
     rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC, else the deployments file's)"),
     deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
 ) -> None:
@@ -185,8 +200,8 @@ def earnings(
     from allmende.core.fees import effective_royalty_bps, split_increment
 
     with friendly_errors():
-        model_id = parse_id(model, "model") if model.startswith("0x") else model_id_for(model)
         c = contracts_for(rpc, None, deployments)
+        model_id = model_arg(c, model)
         record = c.models.get(model_id)
         payee, bps = c.models.royalty_info(model_id)
         _, _, registered_at = c.models.royalty_terms(model_id)

@@ -12,6 +12,7 @@ import typer
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.cli.common import (
     alm,
+    chain_url,
     console,
     deployments_path,
     exit_stopped,
@@ -98,8 +99,14 @@ def provider(
     state_dir: Path = typer.Option(
         None, help="where the node keeps its database and keys (default $ALLMENDE_STATE_DIR/provider)"
     ),
-    register_models: bool = typer.Option(True, help="register unregistered models (becoming their owner)"),
-    royalty_bps: int = typer.Option(0, help="royalty for models this node registers"),
+    claim_models: bool = typer.Option(
+        False,
+        "--claim-models",
+        help="devnet convenience: register every served model nobody has registered, with this node as its owner "
+        "and royalty receiver. Without it such a model is served unregistered (no owner, no royalty, asked for by "
+        "id); a model someone registered is never claimed",
+    ),
+    royalty_bps: int = typer.Option(0, help="royalty of the models this node claims (with --claim-models)"),
     max_concurrency: int = typer.Option(16, help="sequences in one model's batch at once (more wait for a slot)"),
     engine: str = typer.Option(
         "transformers", help="backend for generative models: transformers (reference) or llamacpp (GGUF models)"
@@ -143,7 +150,7 @@ def provider(
         else:
             path = deployments_path(deployments, root / "deployments.json")
             deployment = Deployment.load(path)
-        rpc_url = rpc or (deployment.rpc_url if network else env.rpc_url)
+        rpc_url = (rpc or deployment.rpc_url) if network else chain_url(rpc, deployment)
         contracts = Contracts(ChainClient(rpc_url, secret), deployment)
         plan = plan_stake(contracts, target)
         _show_plan(plan, deployment.devnet)
@@ -158,7 +165,7 @@ def provider(
             public_url=public_url,
             relay=relay,
             stake=target,
-            register_models=register_models,
+            claim_models=claim_models,
             royalty_bps=royalty_bps,
             max_concurrency=max_concurrency,
             engine=engine,
@@ -200,7 +207,7 @@ def _devnet_addresses() -> set[str]:
 
 
 def provider_redeem(
-    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC, else the deployments file's)"),
     key: str = typer.Option(..., help="the provider's key: keystore file or devnet:N"),
     deployments: Path = typer.Option(None, help="deployments JSON (default: as for `allmende provider`)"),
     state_dir: Path = typer.Option(None, help="the provider's state dir (default $ALLMENDE_STATE_DIR/provider)"),
@@ -212,15 +219,16 @@ def provider_redeem(
     env = from_environment()
     root = state_dir or env.state_dir / "provider"
     with friendly_errors():
-        client = ChainClient(rpc or env.rpc_url, resolve_key(key))
-        contracts = Contracts(client, Deployment.load(deployments_path(deployments, root / "deployments.json")))
+        deployment = Deployment.load(deployments_path(deployments, root / "deployments.json"))
+        client = ChainClient(chain_url(rpc, deployment), resolve_key(key))
+        contracts = Contracts(client, deployment)
         store = ProviderStore(root / "provider.db")
         result = Settlement(store, contracts.channels).redeem(force=True)
     console.print(f"redeemed {result.vouchers} vouchers for {usd(result.amount)} ({result.tx_hash or 'nothing due'})")
 
 
 def provider_withdraw(
-    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC, else the deployments file's)"),
     key: str = typer.Option(..., help="the earning account's key: keystore file or devnet:N"),
     deployments: Path = typer.Option(None, help="deployments JSON (default: as for `allmende provider`)"),
     state_dir: Path = typer.Option(None, help="the provider's state dir, where --network saved the deployments"),
@@ -229,8 +237,9 @@ def provider_withdraw(
     env = from_environment()
     root = state_dir or env.state_dir / "provider"
     with friendly_errors():
-        client = ChainClient(rpc or env.rpc_url, resolve_key(key))
-        contracts = Contracts(client, Deployment.load(deployments_path(deployments, root / "deployments.json")))
+        deployment = Deployment.load(deployments_path(deployments, root / "deployments.json"))
+        client = ChainClient(chain_url(rpc, deployment), resolve_key(key))
+        contracts = Contracts(client, deployment)
         amount = contracts.channels.earnings(client.address)
         if amount == 0:
             console.print("no earnings to withdraw")

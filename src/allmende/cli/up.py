@@ -61,6 +61,13 @@ def up(
     gateway_option: list[str] = typer.Option([], help="extra option for the gateway (repeatable)"),
     validators: int = typer.Option(0, help="number of validator processes auditing the providers"),
     validator_option: list[str] = typer.Option([], help="extra option for every validator (repeatable)"),
+    claim_models: bool = typer.Option(
+        False,
+        "--claim-models",
+        help="devnet convenience: each provider registers the models it serves that nobody has registered, as "
+        "their owner, and names them (allmende:tiny, minilm, smollm2-135m-instruct). Without it they are served "
+        "unregistered and asked for by id; their authors register them (`allmende models register`)",
+    ),
     showcase: bool = typer.Option(False, help="once up, send a few requests with the openai client and show them"),
     public_host: str = typer.Option(
         None,
@@ -150,6 +157,8 @@ def up(
                 ]
                 for m in models:
                     args += ["--model", m]
+                if claim_models:
+                    args.append("--claim-models")
                 if stream_tokens_per_s:
                     args += ["--stream-tokens-per-s", str(stream_tokens_per_s)]
                 args += provider_option
@@ -226,6 +235,13 @@ def up(
         reader = Contracts(ChainClient(node.url, accounts[0].key), deployment)
         asked = {m: _asked_as(reader, m) for m in models}  # what the gateway lists each model as
         _summary(network, [asked[m] for m in models], asked[(chat_models or models)[0]], root)
+        unnamed = [m for m in models if asked[m].startswith("0x")]
+        if unnamed and providers:
+            console.print(
+                f"unregistered, asked for by id: {', '.join(unnamed)} (nobody has registered them on chain; their "
+                "author does with `allmende models register … --name NAME`, or start with --claim-models to let "
+                "the providers claim them on this devnet)"
+            )
         if public_host:
             console.print(
                 f"providers on other hosts join with:\n  allmende provider --network http://{public_host}:{port} "
@@ -253,15 +269,16 @@ def up(
 
 
 def _asked_as(contracts: Contracts, spec: str) -> str:
-    """What a user asks the gateway for to get the model loaded as `spec`: the name its
-    provider gave it on chain, or, for a folder or file path (no name), its id."""
+    """What a user asks the gateway for to get the model loaded as `spec`: its name on chain
+    when it has that name (claimed with --claim-models, or named by its author), else its id."""
     try:
         name: str | None = canonical_name(spec)
     except InvalidModelName:
         name = None
-    if name is not None and contracts.models.model_by_name(name) is not None:
+    model_id = resolve_model(spec, progress=False).model_id
+    if name is not None and contracts.models.model_by_name(name) == model_id:
         return name
-    return "0x" + resolve_model(spec, progress=False).model_id.hex()
+    return "0x" + model_id.hex()
 
 
 def keep_previous_run(root: Path) -> Path | None:

@@ -124,7 +124,7 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
             "id": m.name,
             "object": "model",
             "created": 0,
-            "owned_by": m.owner or "allmende",
+            "owned_by": m.owner or "unregistered",  # the owner's address in Models; nobody's until registered
             "allmende": {
                 "model_id": "0x" + m.model_id.hex(),
                 "kind": m.kind,

@@ -127,9 +127,9 @@ class Directory:
         for address, entry in fresh.items():
             for stats in entry.stats.values():
                 stats.reputation = reputations.get(address, 0.5)
-        for model_id in {m for e in fresh.values() for m in e.offers}:
-            if model_id not in self._owners:
-                self._owners[model_id] = self.contracts.models.owner_of(model_id)
+        # read again on every refresh (a Models event triggers one): a model registered or
+        # transferred after it was first served shows its owner at once
+        self._owners = {m: self.contracts.models.owner_of(m) for m in {m for e in fresh.values() for m in e.offers}}
         self.install(list(fresh.values()))
 
     def install(self, entries: list[ProviderEntry]) -> None:

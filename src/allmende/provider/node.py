@@ -1,11 +1,14 @@
 """Starting a provider: load models, register them, stake and publish offers (all
 idempotent on restart), then serve the HTTP API with the settlement loop beside it.
 
-Who registers models: a model's owner normally registers it (`Models.register`)
-before anyone serves it. A provider that serves a model nobody has registered
-registers it itself when started with `register_models=True` (the default for the
-devnet), becoming its owner and royalty receiver; otherwise it serves the model
-without royalties until the owner registers it.
+Who registers models: a model's author registers it (`Models.register`, `allmende
+models register`) before anyone serves it, and is its owner and royalty receiver. A
+provider never takes that place by default: a model nobody has registered is served
+unregistered (no owner, no royalty, no name: gateways list it and users ask for it by
+its id), and a warning says so. Only with `claim_models=True` (`--claim-models`, a
+devnet convenience for models the operator authored or that nobody will claim) does it
+register such a model itself, becoming its owner. A model someone else registered is
+never touched, flag or not.
 
 Names: gateways list and resolve a model by the name its owner set in `Models`, never
 by what a provider calls it. A provider that owns a model without a name names it
@@ -86,8 +89,8 @@ class ProviderConfig:
     public_url: str | None = None  # endpoint published on chain (default http://host:port)
     relay: str | None = None  # a gateway to dial out to instead of listening (no inbound connections)
     stake: int | None = None  # total ALM to keep bonded (default: the minimum in Params)
-    register_models: bool = True
-    license: str = "Apache-2.0"
+    claim_models: bool = False  # register unregistered served models with this node as owner (devnet)
+    license: str = "Apache-2.0"  # license and royalty of the models it claims
     royalty_bps: int = 0
     max_concurrency: int = 16  # sequences in one model's batch at once; more wait for a free slot
     engine: str = "transformers"  # backend of generative models: "transformers" or "llamacpp" (GGUF)
@@ -204,13 +207,24 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
             progress.advance(task)
 
     for model_id, model in served.items():
-        if contracts.models.owner_of(model_id) is None and config.register_models:
+        owner = contracts.models.owner_of(model_id)
+        if owner is None and config.claim_models:
             try:
                 contracts.models.register(model_id, config.license, config.royalty_bps, metadata_uri=model.engine.name)
-                log.info("registered model %s as 0x%s", model.engine.name, model_id.hex())
+                log.info("claimed model %s: registered 0x%s with this node as owner", model.engine.name, model_id.hex())
             except ChainError:
                 if contracts.models.owner_of(model_id) is None:  # not a lost race with another node
                     raise
+        elif owner is None:
+            log.warning(
+                "model %s (0x%s) is not registered on chain: served unregistered (no owner, no royalty, no name; "
+                "asked for by its id). Its author registers it with `allmende models register`; "
+                "`--claim-models` would register it to this node instead (devnet convenience)",
+                model.engine.name,
+                model_id.hex(),
+            )
+        elif owner != client.address:
+            log.info("model %s (0x%s) is registered to %s", model.engine.name, model_id.hex(), owner)
         if contracts.models.owner_of(model_id) == client.address and not contracts.models.name_of(model_id):
             name_model(contracts, model_id, model.engine.name)
 

@@ -13,10 +13,11 @@ from allmende.supervisor import NetworkInfo, NodeFailed, load_network, spawn
 
 
 def start_network(
-    root: Path, *args: str, timeout: float = 300.0, cheat: str | None = None
+    root: Path, *args: str, timeout: float = 300.0, cheat: str | None = None, claim_models: bool = True
 ) -> tuple[subprocess.Popen[bytes], NetworkInfo]:
     """Run `allmende up` on free ports with state in `root`; return it and its network.json.
-    `cheat="N:MODE"` makes provider N cheat (see allmende.testing.cheats)."""
+    `cheat="N:MODE"` makes provider N cheat (see allmende.testing.cheats); `claim_models`
+    lets its providers register and name the models they serve (`up --claim-models`)."""
     launcher = [sys.executable, "-m", "allmende.testing.cheats", cheat] if cheat else [sys.executable, "-m", "allmende"]
     command = [
         *launcher,
@@ -29,6 +30,7 @@ def start_network(
         str(free_port()),
         "--provider-port",
         "0",
+        *(["--claim-models"] if claim_models else []),
         *args,
     ]
     up = spawn("allmende up", command, root / "up.log")
