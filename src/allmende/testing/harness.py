@@ -30,6 +30,7 @@ import torch
 
 from allmende.engine import resolve_model
 from allmende.engine.base import Generation, SamplingParams, collect
+from allmende.engine.generative import GenerativeEngine
 from allmende.engine.proofs import commit
 from allmende.engine.tiny import SEED, ensure_tiny_model, write_tiny_model
 from allmende.engine.transformers_lm import CausalLMEngine
@@ -85,6 +86,7 @@ class Claim:
     params: SamplingParams
     generation_seconds: float
     same_as_honest: bool = False  # a cheat whose tokens equal the honest draw's (not a miss if it passes)
+    validator: Any = None  # the engine that checks it (None: the harness's transformers reference)
 
 
 @dataclass
@@ -116,7 +118,7 @@ def messages(question: str, system: str = SYSTEM) -> dict[str, Any]:
     return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]}
 
 
-def generate(engine: CausalLMEngine, prompt_ids: list[int], params: SamplingParams) -> tuple[list[int], bytes, float]:
+def generate(engine: GenerativeEngine, prompt_ids: list[int], params: SamplingParams) -> tuple[list[int], bytes, float]:
     start = time.perf_counter()
     gen = asyncio.run(collect(engine.generate(prompt_ids, params), len(prompt_ids)))
     return gen.token_ids, gen.proof, time.perf_counter() - start
@@ -156,8 +158,16 @@ class Harness:
     only the attack rows, `tokens` per completion, without "another model" (it has no sibling
     with the same tokenizer here)."""
 
-    def __init__(self, questions: int = 8, attacks: bool = False, model: str | None = None, tokens: int = 64) -> None:
+    def __init__(
+        self,
+        questions: int = 8,
+        attacks: bool = False,
+        model: str | None = None,
+        tokens: int = 64,
+        engines: bool = False,  # with a GGUF model: the cross-engine rows (needs llama-cpp-python)
+    ) -> None:
         self.attacks = attacks
+        self.engines = engines
         self.model = model
         self.tokens = tokens
         if model is None:
@@ -181,9 +191,10 @@ class Harness:
     def validate(self, claim: Claim, batch: int = 1) -> tuple[Verdict, float]:
         start = time.perf_counter()
         sequence = claim.prompt_ids + claim.output_ids
+        validator = claim.validator or self.reference
         single = batch == 1
-        hidden_logits = self.reference.prefill(sequence) if single else self._prefill_in_batch(sequence, batch)
-        verdict = judge(self.reference, claim.prompt_ids, claim.output_ids, claim.proof, claim.params, hidden_logits)
+        hidden_logits = validator.prefill(sequence) if single else self._prefill_in_batch(sequence, batch)
+        verdict = judge(validator, claim.prompt_ids, claim.output_ids, claim.proof, claim.params, hidden_logits)
         return verdict, time.perf_counter() - start
 
     @torch.inference_mode()
@@ -205,9 +216,16 @@ class Harness:
     def variants(self) -> list[tuple[str, bool, Callable[[str], Claim], int]]:
         """(name, honest, make a claim for a question, validator batch size)."""
         if self.model is not None:
-            return self.attack_variants(
-                self.copy(torch.bfloat16), None, quantize_int8(self.copy()), skip_last_layer(self.copy())
-            )
+            rows = []
+            if self.engines:
+                from allmende.testing.engines import engine_variants  # imports llama_cpp
+
+                rows += engine_variants(self, Path(self._tmp.name))
+            if self.attacks or not self.engines:
+                rows += self.attack_variants(
+                    self.copy(torch.bfloat16), None, quantize_int8(self.copy()), skip_last_layer(self.copy())
+                )
+            return rows
         ref = self.reference
         bf16 = load(self.path, torch.bfloat16)
         other = load(write_tiny_model(Path(self._tmp.name) / "other", SEED + 1))
