@@ -7,13 +7,16 @@ For each model (the default chat model SmolLM2-135M-Instruct and allmende:tiny):
 - the engine at concurrency 1, 4, 16 and 64: that many requests in flight through
   `CausalLMEngine.generate` (greedy, exactly `--tokens` new tokens each, proofs built),
   tokens/s over the wall time and time to first token p50/p99;
-- for a GGUF model, when llama-cpp-python is installed (`--llamacpp auto`, the default): a
-  plain llama.cpp single stream through the library's own high-level API (`Llama.generate`,
-  greedy, its own sampler) and our llama.cpp engine (`--engine llamacpp`: seeded draw, proofs,
-  several sequence ids per llama_decode) at the same concurrencies.
+- for a GGUF model, when llama-cpp-python is installed (`--llamacpp auto`, the default), for
+  each llama.cpp thread count (`--llamacpp-threads 1,2`): a plain llama.cpp single stream
+  through the library's own high-level API (`Llama.generate`, greedy, its own sampler), a
+  bare greedy `llama_decode` loop over 16 sequence ids at once (the kernels' ceiling for a
+  batch of 16), and our llama.cpp engine (`--engine llamacpp`: seeded draw, proofs, several
+  sequence ids per llama_decode) at the same concurrencies; with the load average before and
+  after each run (the machine is shared).
 
     python bench/engine.py [--tokens 32] [--models smollm2-135m-instruct,allmende:tiny]
-                           [--llamacpp auto|on|off] [--json]
+                           [--llamacpp auto|on|off] [--llamacpp-threads 1,2] [--no-transformers] [--json]
 """
 
 from __future__ import annotations
