@@ -17,6 +17,7 @@ from allmende.engine.llamacpp import LlamaCppEngine
 from allmende.protocol import sampling_params
 from allmende.testing.harness import QUESTIONS
 from allmende.validator.checker import judge, token_check
+from tests.engine.test_grammar import SCHEMA
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +106,6 @@ def test_n_choices_share_one_prefill(llama: LlamaCppEngine) -> None:
     assert llama.scheduler.prefilled_prompts - prefilled == 1
     assert all(len(c) == 6 for c in choices)
     assert len({tuple(c) for c in choices}) > 1  # each choice its own seed
-
-
-SCHEMA = {
-    "type": "object",
-    "properties": {"ok": {"type": "boolean"}, "colour": {"enum": ["red", "green"]}},
-    "required": ["ok", "colour"],
-    "additionalProperties": False,
-}
 
 
 def test_structured_output_draws_under_the_grammar_masks_the_checker_recomputes(llama: LlamaCppEngine) -> None:

@@ -42,7 +42,7 @@ from allmende.engine.sequence import Sequence
 BATCH_TOKENS = 512  # tokens per llama_decode call (prompt chunks included)
 # Sequences one llama_decode advances at most; more concurrent requests wait for a free one.
 # Measured on SmolLM2 Q4_1, 1 thread, CPU time per token: flat from 8 to 48 sequences per
-# step (about 7.6 ms), 1.7 times that at 64 (the unified cache's attention grows with the
+# step (7.6-8.4 ms), 1.7 times that at 64 (the unified cache's attention grows with the
 # square of the batch), so a wider step lowers throughput.
 STEP_WIDTH = 48
 
