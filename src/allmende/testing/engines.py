@@ -18,15 +18,13 @@ import ctypes
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from allmende.engine import resolve_model
 from allmende.engine.base import EngineError, SamplingParams
 from allmende.engine.llamacpp import LlamaCppEngine, load_binding
 from allmende.engine.proofs import commit
-
-if TYPE_CHECKING:
-    from allmende.testing.harness import Claim, Harness
+from allmende.testing.claims import GREEDY, SAMPLED, Claim, generate
 
 CHEAPER = ("Q4_0", "Q2_K")  # llama.cpp file types cheaper than the default model's Q4_1
 
@@ -42,10 +40,9 @@ def requantise(gguf: Path, file_type: str, out: Path) -> Path:
     return out
 
 
-def engine_variants(harness: Harness, workdir: Path) -> list[tuple[str, bool, Callable[[str], Claim], int]]:
-    """The cross-engine rows for `harness` (which runs a GGUF model: `Harness(model=...)`)."""
-    from allmende.testing.harness import GREEDY, SAMPLED, Claim, generate
-
+def engine_variants(harness: Any, workdir: Path) -> list[tuple[str, bool, Callable[[str], Claim], int]]:
+    """The cross-engine rows for `harness` (an `allmende.testing.harness.Harness` that runs a
+    GGUF model: `Harness(model=...)`)."""
     assert harness.model is not None
     resolved = resolve_model(harness.model)
     if resolved.gguf is None or resolved.gguf_id is None:

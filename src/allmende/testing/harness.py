@@ -30,10 +30,10 @@ import torch
 
 from allmende.engine import resolve_model
 from allmende.engine.base import Generation, SamplingParams, collect
-from allmende.engine.generative import GenerativeEngine
 from allmende.engine.proofs import commit
 from allmende.engine.tiny import SEED, ensure_tiny_model, write_tiny_model
 from allmende.engine.transformers_lm import CausalLMEngine
+from allmende.testing.claims import GREEDY, SAMPLED, Claim, generate
 from allmende.testing.weights import quantize_int8, skip_last_layer
 from allmende.validator.checker import Verdict, judge
 
@@ -56,8 +56,6 @@ QUESTIONS = [
     "Describe a cat in one sentence.",
     "What is TOPLOC?",
 ]
-GREEDY = SamplingParams(max_tokens=64, temperature=0.0)
-SAMPLED = SamplingParams(max_tokens=64, temperature=0.8, top_p=0.9, seed=1234)
 # the settings the attack rows run under: greedy and (temperature, top_p)
 SETTINGS = [GREEDY] + [
     SamplingParams(max_tokens=64, temperature=t, top_p=p, seed=1000 + i)
@@ -76,17 +74,6 @@ LIMITS = ("int8 + recomputed proof", "weights quantised to int8")
 
 def setting_name(params: SamplingParams) -> str:
     return "greedy" if params.temperature == 0 else f"T={params.temperature:g} top_p={params.top_p:g}"
-
-
-@dataclass
-class Claim:
-    prompt_ids: list[int]  # the prompt the provider claims it answered
-    output_ids: list[int]
-    proof: bytes
-    params: SamplingParams
-    generation_seconds: float
-    same_as_honest: bool = False  # a cheat whose tokens equal the honest draw's (not a miss if it passes)
-    validator: Any = None  # the engine that checks it (None: the harness's transformers reference)
 
 
 @dataclass
@@ -116,12 +103,6 @@ class VariantResult:
 
 def messages(question: str, system: str = SYSTEM) -> dict[str, Any]:
     return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]}
-
-
-def generate(engine: GenerativeEngine, prompt_ids: list[int], params: SamplingParams) -> tuple[list[int], bytes, float]:
-    start = time.perf_counter()
-    gen = asyncio.run(collect(engine.generate(prompt_ids, params), len(prompt_ids)))
-    return gen.token_ids, gen.proof, time.perf_counter() - start
 
 
 def generate_in_batch(
