@@ -124,11 +124,14 @@ def bench_model(name: str, tokens: int, repeats: int) -> dict[str, Any]:
     return rows
 
 
-def plain_llamacpp(engine: Any, prompt: list[int], tokens: int, threads: int) -> float:
-    """Seconds for llama-cpp-python's own high-level API to decode `tokens` greedy tokens of one prompt."""
+def plain_llamacpp(engine: Any, prompt: list[int], tokens: int, threads: int, flash: bool = False) -> float:
+    """Seconds for llama-cpp-python's own high-level API to decode `tokens` greedy tokens of one
+    prompt (`flash`: with flash attention, which the library leaves off and our engine turns on)."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(engine.gguf), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = llama_cpp.Llama(
+        str(engine.gguf), n_ctx=2048, n_threads=threads, n_threads_batch=threads, flash_attn=flash, verbose=False
+    )
     try:
         start = time.perf_counter()
         for produced, _ in enumerate(llm.generate(prompt, top_k=1, temp=0.0, reset=True), start=1):
@@ -172,6 +175,8 @@ def bench_llamacpp(name: str, tokens: int, repeats: int, thread_counts: list[int
             row["load_average"].append(round(os.getloadavg()[0], 1))
             rate = tokens / plain_llamacpp(engine, pool[0], tokens, threads)
             row["plain_1_tokens_per_s"] = max(rate, row.get("plain_1_tokens_per_s", 0.0))
+            rate = tokens / plain_llamacpp(engine, pool[0], tokens, threads, flash=True)
+            row["plain_1_flash_tokens_per_s"] = max(rate, row.get("plain_1_flash_tokens_per_s", 0.0))
             rate = 16 * tokens / raw_llamacpp_batch(engine, pool[:16], tokens, threads)
             row["raw_16_tokens_per_s"] = max(rate, row.get("raw_16_tokens_per_s", 0.0))
             for concurrency in CONCURRENCY:
@@ -182,6 +187,8 @@ def bench_llamacpp(name: str, tokens: int, repeats: int, thread_counts: list[int
             row["load_average"].append(round(os.getloadavg()[0], 1))
         row["engine_1_over_plain"] = row["engine_1"]["tokens_per_s"] / row["plain_1_tokens_per_s"]
         row["engine_16_over_plain"] = row["engine_16"]["tokens_per_s"] / row["plain_1_tokens_per_s"]
+        row["engine_1_over_plain_flash"] = row["engine_1"]["tokens_per_s"] / row["plain_1_flash_tokens_per_s"]
+        row["engine_16_over_plain_flash"] = row["engine_16"]["tokens_per_s"] / row["plain_1_flash_tokens_per_s"]
         row["raw_16_over_plain"] = row["raw_16_tokens_per_s"] / row["plain_1_tokens_per_s"]
         rows["threads"][str(threads)] = row
     return rows
@@ -248,6 +255,8 @@ def main() -> None:
             where = f"{threads} thread{'s' if threads != '1' else ''}"
             plain = r["plain_1_tokens_per_s"]
             print(f"| {name} | plain llama.cpp (Llama.generate), 1 sequence, {where} | {plain:,.1f} | | |")
+            flash = r["plain_1_flash_tokens_per_s"]
+            print(f"| {name} | plain llama.cpp, flash attention on, 1 sequence, {where} | {flash:,.1f} | | |")
             print(f"| {name} | bare llama_decode loop, batch of 16, {where} | {r['raw_16_tokens_per_s']:,.1f} | | |")
             for c in CONCURRENCY:
                 e = r[f"engine_{c}"]
@@ -260,7 +269,9 @@ def main() -> None:
             print(
                 f"{row['model']} (llamacpp, {threads} threads, load average {r['load_average']}): engine at 1 ÷ "
                 f"plain llama.cpp {r['engine_1_over_plain']:.2f} (goal ≥ 0.9), engine at 16 ÷ plain llama.cpp "
-                f"{r['engine_16_over_plain']:.2f} (goal ≥ 3; bare batch of 16 ÷ plain {r['raw_16_over_plain']:.2f})"
+                f"{r['engine_16_over_plain']:.2f} (goal ≥ 3; bare batch of 16 ÷ plain {r['raw_16_over_plain']:.2f}); "
+                f"against plain with flash attention: {r['engine_1_over_plain_flash']:.2f} and "
+                f"{r['engine_16_over_plain_flash']:.2f}"
             )
     for row in results["models"]:
         print(
