@@ -7,13 +7,16 @@ For each model (the default chat model SmolLM2-135M-Instruct and allmende:tiny):
 - the engine at concurrency 1, 4, 16 and 64: that many requests in flight through
   `CausalLMEngine.generate` (greedy, exactly `--tokens` new tokens each, proofs built),
   tokens/s over the wall time and time to first token p50/p99;
-- for a GGUF model, when llama-cpp-python is installed (`--llamacpp auto`, the default): a
-  plain llama.cpp single stream through the library's own high-level API (`Llama.generate`,
-  greedy, its own sampler) and our llama.cpp engine (`--engine llamacpp`: seeded draw, proofs,
-  several sequence ids per llama_decode) at the same concurrencies.
+- for a GGUF model, when llama-cpp-python is installed (`--llamacpp auto`, the default), for
+  each llama.cpp thread count (`--llamacpp-threads 1,2`): a plain llama.cpp single stream
+  through the library's own high-level API (`Llama.generate`, greedy, its own sampler), a
+  bare greedy `llama_decode` loop over 16 sequence ids at once (the kernels' ceiling for a
+  batch of 16), and our llama.cpp engine (`--engine llamacpp`: seeded draw, proofs, several
+  sequence ids per llama_decode) at the same concurrencies; with the load average before and
+  after each run (the machine is shared).
 
     python bench/engine.py [--tokens 32] [--models smollm2-135m-instruct,allmende:tiny]
-                           [--llamacpp auto|on|off] [--json]
+                           [--llamacpp auto|on|off] [--llamacpp-threads 1,2] [--no-transformers] [--json]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -120,12 +124,13 @@ def bench_model(name: str, tokens: int, repeats: int) -> dict[str, Any]:
     return rows
 
 
-def plain_llamacpp(engine: Any, prompt: list[int], tokens: int) -> float:
-    """Seconds for llama-cpp-python's own high-level API to decode `tokens` greedy tokens of one prompt."""
+def plain_llamacpp(engine: Any, prompt: list[int], tokens: int, threads: int, flash: bool = False) -> float:
+    """Seconds for llama-cpp-python's own high-level API to decode `tokens` greedy tokens of one
+    prompt (`flash`: with flash attention, which the library leaves off and our engine turns on)."""
     import llama_cpp
 
     llm = llama_cpp.Llama(
-        str(engine.gguf), n_ctx=2048, n_threads=engine.threads, n_threads_batch=engine.threads, verbose=False
+        str(engine.gguf), n_ctx=2048, n_threads=threads, n_threads_batch=threads, flash_attn=flash, verbose=False
     )
     try:
         start = time.perf_counter()
@@ -137,21 +142,55 @@ def plain_llamacpp(engine: Any, prompt: list[int], tokens: int) -> float:
         llm.close()
 
 
-def bench_llamacpp(name: str, tokens: int, repeats: int) -> dict[str, Any]:
+def raw_llamacpp_batch(engine: Any, batch: list[list[int]], tokens: int, threads: int) -> float:
+    """Seconds for a bare greedy loop of `llama_decode` over all prompts at once (one sequence
+    id each, argmax in numpy, nothing else): the most this model's llama.cpp kernels give
+    a batch here, the ceiling of the engine at that concurrency."""
+    from allmende.engine.llamacpp import LlamaContext
+
+    context = LlamaContext(engine.lib, engine.model, 4096, len(batch), threads)
+    try:
+        start = time.perf_counter()
+        entries = [(t, s, p, p == len(prompt) - 1) for s, prompt in enumerate(batch) for p, t in enumerate(prompt)]
+        logits, _ = context.decode(entries)
+        positions = [len(p) for p in batch]
+        for _ in range(tokens - 1):
+            next_ids = logits.argmax(axis=1)
+            logits, _ = context.decode([(int(t), s, positions[s], True) for s, t in enumerate(next_ids)])
+            positions = [p + 1 for p in positions]
+        return time.perf_counter() - start
+    finally:
+        context.close()
+
+
+def bench_llamacpp(name: str, tokens: int, repeats: int, thread_counts: list[int]) -> dict[str, Any]:
     engine = load_engine(name, max_concurrency=max(CONCURRENCY), engine="llamacpp")
     pool = prompts(engine, max(CONCURRENCY))
     asyncio.run(engine_run(engine, pool[:2], 4, 2))  # warm up
-    rows: dict[str, Any] = {"model": name, "engine": "llamacpp", "threads": engine.threads}  # type: ignore[attr-defined]
-    for _ in range(repeats):
-        rate = tokens / plain_llamacpp(engine, pool[0], tokens)
-        rows["plain_1_tokens_per_s"] = max(rate, rows.get("plain_1_tokens_per_s", 0.0))
-        for concurrency in CONCURRENCY:
-            result = asyncio.run(engine_run(engine, pool[: max(concurrency, 4)], tokens, concurrency))
-            best = rows.get(f"engine_{concurrency}")
-            if best is None or result["tokens_per_s"] > best["tokens_per_s"]:
-                rows[f"engine_{concurrency}"] = result
-    rows["engine_1_over_plain"] = rows["engine_1"]["tokens_per_s"] / rows["plain_1_tokens_per_s"]
-    rows["engine_16_over_plain"] = rows["engine_16"]["tokens_per_s"] / rows["plain_1_tokens_per_s"]
+    rows: dict[str, Any] = {"model": name, "engine": "llamacpp", "threads": {}}
+    for threads in thread_counts:
+        engine.set_threads(threads)  # type: ignore[attr-defined]
+        row: dict[str, Any] = {"load_average": []}
+        for _ in range(repeats):
+            row["load_average"].append(round(os.getloadavg()[0], 1))
+            rate = tokens / plain_llamacpp(engine, pool[0], tokens, threads)
+            row["plain_1_tokens_per_s"] = max(rate, row.get("plain_1_tokens_per_s", 0.0))
+            rate = tokens / plain_llamacpp(engine, pool[0], tokens, threads, flash=True)
+            row["plain_1_flash_tokens_per_s"] = max(rate, row.get("plain_1_flash_tokens_per_s", 0.0))
+            rate = 16 * tokens / raw_llamacpp_batch(engine, pool[:16], tokens, threads)
+            row["raw_16_tokens_per_s"] = max(rate, row.get("raw_16_tokens_per_s", 0.0))
+            for concurrency in CONCURRENCY:
+                result = asyncio.run(engine_run(engine, pool[: max(concurrency, 4)], tokens, concurrency))
+                best = row.get(f"engine_{concurrency}")
+                if best is None or result["tokens_per_s"] > best["tokens_per_s"]:
+                    row[f"engine_{concurrency}"] = result
+            row["load_average"].append(round(os.getloadavg()[0], 1))
+        row["engine_1_over_plain"] = row["engine_1"]["tokens_per_s"] / row["plain_1_tokens_per_s"]
+        row["engine_16_over_plain"] = row["engine_16"]["tokens_per_s"] / row["plain_1_tokens_per_s"]
+        row["engine_1_over_plain_flash"] = row["engine_1"]["tokens_per_s"] / row["plain_1_flash_tokens_per_s"]
+        row["engine_16_over_plain_flash"] = row["engine_16"]["tokens_per_s"] / row["plain_1_flash_tokens_per_s"]
+        row["raw_16_over_plain"] = row["raw_16_tokens_per_s"] / row["plain_1_tokens_per_s"]
+        rows["threads"][str(threads)] = row
     return rows
 
 
@@ -171,21 +210,33 @@ def main() -> None:
     parser.add_argument(
         "--llamacpp", choices=("auto", "on", "off"), default="auto", help="llama.cpp rows for GGUF models"
     )
+    parser.add_argument(
+        "--llamacpp-threads", default="1,2", help="llama.cpp thread counts, each a set of llama.cpp rows"
+    )
+    parser.add_argument("--no-transformers", action="store_true", help="only the llama.cpp rows")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
     results: dict[str, Any] = {
         "threads": torch.get_num_threads(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "models": [bench_model(name, args.tokens, args.repeats) for name in args.models.split(",")],
+        "load_average_before": round(os.getloadavg()[0], 1),
+        "models": []
+        if args.no_transformers
+        else [bench_model(name, args.tokens, args.repeats) for name in args.models.split(",")],
     }
+    thread_counts = [int(t) for t in args.llamacpp_threads.split(",")]
     wanted = args.llamacpp == "on" or (args.llamacpp == "auto" and llamacpp_available())
     ggufs = [name for name in args.models.split(",") if gguf_source(name) is not None]
-    results["llamacpp"] = [bench_llamacpp(name, args.tokens, args.repeats) for name in ggufs] if wanted else []
+    chosen = ggufs if wanted else []
+    results["llamacpp"] = [bench_llamacpp(name, args.tokens, args.repeats, thread_counts) for name in chosen]
     if args.json:
         json.dump(results, sys.stdout, indent=1)
         print()
         return
-    print(f"greedy, {args.tokens} new tokens per request, {results['threads']} threads, {results['device']}")
+    print(
+        f"greedy, {args.tokens} new tokens per request, {results['threads']} torch threads, {results['device']}, "
+        f"load average {results['load_average_before']} at the start"
+    )
     print("| model | path | tokens/s | TTFT p50 ms | TTFT p99 ms |")
     print("| --- | --- | ---: | ---: | ---: |")
     for row in results["models"]:
@@ -200,19 +251,28 @@ def main() -> None:
             )
     for row in results["llamacpp"]:
         name = row["model"]
-        print(f"| {name} | plain llama.cpp (Llama.generate), 1 sequence | {row['plain_1_tokens_per_s']:,.1f} | | |")
-        for c in CONCURRENCY:
-            r = row[f"engine_{c}"]
-            print(
-                f"| {name} | llamacpp engine, {c} concurrent | {r['tokens_per_s']:,.1f} | "
-                f"{r['ttft_p50_ms']:,.0f} | {r['ttft_p99_ms']:,.0f} |"
-            )
+        for threads, r in row["threads"].items():
+            where = f"{threads} thread{'s' if threads != '1' else ''}"
+            plain = r["plain_1_tokens_per_s"]
+            print(f"| {name} | plain llama.cpp (Llama.generate), 1 sequence, {where} | {plain:,.1f} | | |")
+            flash = r["plain_1_flash_tokens_per_s"]
+            print(f"| {name} | plain llama.cpp, flash attention on, 1 sequence, {where} | {flash:,.1f} | | |")
+            print(f"| {name} | bare llama_decode loop, batch of 16, {where} | {r['raw_16_tokens_per_s']:,.1f} | | |")
+            for c in CONCURRENCY:
+                e = r[f"engine_{c}"]
+                print(
+                    f"| {name} | llamacpp engine, {c} concurrent, {where} | {e['tokens_per_s']:,.1f} | "
+                    f"{e['ttft_p50_ms']:,.0f} | {e['ttft_p99_ms']:,.0f} |"
+                )
     for row in results["llamacpp"]:
-        print(
-            f"{row['model']} (llamacpp, {row['threads']} threads): engine at 1 ÷ plain llama.cpp "
-            f"{row['engine_1_over_plain']:.2f} (goal ≥ 0.9), engine at 16 ÷ plain llama.cpp "
-            f"{row['engine_16_over_plain']:.2f} (goal ≥ 3)"
-        )
+        for threads, r in row["threads"].items():
+            print(
+                f"{row['model']} (llamacpp, {threads} threads, load average {r['load_average']}): engine at 1 ÷ "
+                f"plain llama.cpp {r['engine_1_over_plain']:.2f} (goal ≥ 0.9), engine at 16 ÷ plain llama.cpp "
+                f"{r['engine_16_over_plain']:.2f} (goal ≥ 3; bare batch of 16 ÷ plain {r['raw_16_over_plain']:.2f}); "
+                f"against plain with flash attention: {r['engine_1_over_plain_flash']:.2f} and "
+                f"{r['engine_16_over_plain_flash']:.2f}"
+            )
     for row in results["models"]:
         print(
             f"{row['model']}: engine at 1 ÷ bare loop {row['engine_1_over_bare_loop']:.2f} (goal ≥ 0.9), "

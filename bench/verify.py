@@ -5,9 +5,13 @@ vs fp32 validator, 1 vs 2 threads, the validator's forward pass inside a batch o
 the provider's generation inside a continuous batch of 8 (greedy and sampled), seeded
 sampling, and GPU vs CPU when CUDA is present. Cheats must fail (misses =
 cheating runs that pass): another model under the claimed id, int8-quantised weights, a
-skipped layer, a tampered system prompt, fabricated output tokens.
+skipped layer, a tampered system prompt, fabricated output tokens. With --engines, the
+cross-engine rows of allmende.testing.engines: llama.cpp provider with transformers
+validator and the reverse (honest), and llama.cpp serving the GGUF requantised to Q4_0 or
+Q2_K, or a Q2_K generator with the proof recomputed by llama.cpp (cheats).
 
     python bench/verify.py [--questions 16] [--json]
+    python bench/verify.py --engines --no-attacks --questions 4 --tokens 32
 """
 
 from __future__ import annotations
@@ -28,8 +32,17 @@ def main() -> None:
     parser.add_argument("--no-attacks", action="store_true", help="skip the attack rows on the draw")
     parser.add_argument("--model", help="run the attack rows on this model (e.g. smollm2-135m-instruct) instead")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per completion (with --model)")
+    parser.add_argument(
+        "--engines",
+        action="store_true",
+        help="the cross-engine rows (llama.cpp and transformers on the same GGUF; needs llama-cpp-python); "
+        "--model defaults to smollm2-135m-instruct",
+    )
     args = parser.parse_args()
-    harness = Harness(args.questions, attacks=not args.no_attacks, model=args.model, tokens=args.tokens)
+    model = args.model or ("smollm2-135m-instruct" if args.engines else None)
+    harness = Harness(
+        args.questions, attacks=not args.no_attacks, model=model, tokens=args.tokens, engines=args.engines
+    )
     results = harness.run()
     timing = harness.timing()
     out = {
@@ -59,7 +72,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(out))
         return
-    name = args.model or "allmende:tiny"
+    name = model or "allmende:tiny"
     table = Table(title=f"proof checks, {name}, {args.questions} prompts per variant, {args.tokens} tokens each")
     for column in ("variant", "kind", "passed", "wrong", "median rel. error (min-max)", "worst top-k overlap"):
         table.add_column(column, justify="right" if column != "variant" else "left")

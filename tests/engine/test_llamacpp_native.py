@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 
 import pytest
+import torch
 
 from allmende.engine import DEFAULT_CHAT_MODEL, SamplingParams, collect, load_engine, resolve_model
 from allmende.engine.llamacpp import LlamaCppEngine
+from allmende.protocol import sampling_params
 from allmende.testing.harness import QUESTIONS
-from allmende.validator.checker import token_check
+from allmende.validator.checker import judge, token_check
+from tests.engine.test_grammar import SCHEMA
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +106,44 @@ def test_n_choices_share_one_prefill(llama: LlamaCppEngine) -> None:
     assert llama.scheduler.prefilled_prompts - prefilled == 1
     assert all(len(c) == 6 for c in choices)
     assert len({tuple(c) for c in choices}) > 1  # each choice its own seed
+
+
+def test_structured_output_draws_under_the_grammar_masks_the_checker_recomputes(llama: LlamaCppEngine) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "Is the sky green? Answer in JSON."}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA, "strict": True}},
+        "max_tokens": 40,
+        "temperature": 0.8,
+        "seed": 9,
+    }
+    params = sampling_params(body)
+    ids = llama.prompt_ids("chat", body)
+
+    done = asyncio.run(collect(llama.generate(ids, params), len(ids)))
+    free = asyncio.run(collect(llama.generate(ids, dataclasses.replace(params, grammar=None)), len(ids)))
+
+    assert done.finish_reason == "stop"
+    value = json.loads(done.text)
+    assert set(value) == {"ok", "colour"} and value["colour"] in ("red", "green")
+    assert judge(llama, ids, done.token_ids, done.proof, params).bad_tokens == 0
+    # the same request without its grammar is not a draw under the grammar's masks
+    assert judge(llama, ids, free.token_ids, free.proof, params).bad_tokens > 0
+
+
+def test_logprobs_come_from_the_rows_drawn_from_and_do_not_change_the_draw(llama: LlamaCppEngine) -> None:
+    params = SamplingParams(max_tokens=10, temperature=0.9, seed=4, ignore_eos=True)
+    ids = chat(llama, 5)
+
+    plain = asyncio.run(collect(llama.generate(ids, params), len(ids)))
+    scored = asyncio.run(collect(llama.generate(ids, dataclasses.replace(params, logprobs=3)), len(ids)))
+
+    assert scored.token_ids == plain.token_ids and plain.logprobs is None
+    assert scored.logprobs is not None and len(scored.logprobs) == len(scored.token_ids)
+    _, logits = llama.prefill(ids + scored.token_ids)
+    expected = torch.log_softmax(logits[len(ids) - 1 : -1].float(), dim=-1)
+    for row, token, entry in zip(expected, scored.token_ids, scored.logprobs, strict=True):
+        # a one-token decode and a prefill are different llama.cpp kernels: close, not equal
+        assert abs(float(row[token]) - float(entry["logprob"])) < 0.05  # type: ignore[arg-type]
+        top = entry["top_logprobs"]
+        assert isinstance(top, list) and len(top) == 3
+        assert [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)

@@ -25,24 +25,26 @@ the sequences already running, so a decode never runs out of cache.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ctypes
 import os
 import threading
-from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent, choice_params
+from allmende.engine.base import EngineError
+from allmende.engine.batching import StepScheduler
+from allmende.engine.generative import GenerativeEngine
 from allmende.engine.sequence import Sequence
 
-MAX_CHOICES = 16
 BATCH_TOKENS = 512  # tokens per llama_decode call (prompt chunks included)
+# Sequences one llama_decode advances at most; more concurrent requests wait for a free one.
+# Measured on SmolLM2 Q4_1, 1 thread, CPU time per token: flat from 8 to 48 sequences per
+# step (7.6-8.4 ms), 1.7 times that at 64 (the unified cache's attention grows with the
+# square of the batch), so a wider step lowers throughput.
+STEP_WIDTH = 48
 
 
 def load_binding() -> Any:
@@ -64,6 +66,20 @@ def _quiet_logs(lib: Any) -> None:
     lib.llama_log_set(callback, ctypes.c_void_p(0))
 
 
+def default_threads() -> int:
+    """llama.cpp threads: one per core this process may use (at most 8). On a machine whose
+    cores other work keeps busy, fewer are faster: ggml's threads meet at a barrier after
+    every operation of the graph (hundreds per token), and a thread the kernel has parked
+    stalls all the others there (see the README's measurements); ALLMENDE_LLAMACPP_THREADS
+    sets it."""
+    configured = os.environ.get("ALLMENDE_LLAMACPP_THREADS")
+    if configured:
+        if not configured.isdigit() or int(configured) < 1:
+            raise EngineError(f"ALLMENDE_LLAMACPP_THREADS must be a positive integer, not {configured!r}")
+        return int(configured)
+    return min(len(os.sched_getaffinity(0)), 8)
+
+
 class LlamaContext:
     """One llama.cpp model and context: the raw C calls this engine needs, nothing else."""
 
@@ -79,6 +95,9 @@ class LlamaContext:
         params.embeddings = True
         params.pooling_type = lib.LLAMA_POOLING_TYPE_NONE
         params.kv_unified = True
+        # ggml's CPU flash attention skips the cells its mask hides: with one unified cache
+        # for all sequences, each token then reads its own sequence's cells, not everyone's
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self.ctx = lib.llama_init_from_model(model, params)
         if not self.ctx:
             raise EngineError(f"llama.cpp could not create a context of {n_ctx} cells")
@@ -87,31 +106,36 @@ class LlamaContext:
         self.n_embd = int(lib.llama_model_n_embd(model))
         self.batch = lib.llama_batch_init(BATCH_TOKENS, 0, 1)
 
-    def decode(self, entries: list[tuple[int, int, int, bool]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def set_threads(self, threads: int) -> None:
+        self.lib.llama_set_n_threads(self.ctx, threads, threads)
+
+    def decode(self, entries: list[tuple[int, int, int, bool]]) -> tuple[np.ndarray, np.ndarray]:
         """Run (token, sequence id, position, wants output) entries through the model,
-        `BATCH_TOKENS` at a time; return (logits, final hidden state) per wanted output, in order."""
-        outputs: list[tuple[np.ndarray, np.ndarray]] = []
-        lib, batch = self.lib, self.batch
+        `BATCH_TOKENS` at a time; return the logits and final hidden states of the wanted
+        outputs, one row each, in order (two arrays)."""
+        wanted = sum(out for *_, out in entries)
+        logits = np.empty((wanted, self.n_vocab), np.float32)
+        hidden = np.empty((wanted, self.n_embd), np.float32)
+        lib, batch, row = self.lib, self.batch, 0
         for start in range(0, len(entries), BATCH_TOKENS):
             chunk = entries[start : start + BATCH_TOKENS]
             batch.n_tokens = len(chunk)
-            rows = []
             for i, (token, seq, pos, out) in enumerate(chunk):
                 batch.token[i] = token
                 batch.pos[i] = pos
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = seq
                 batch.logits[i] = int(out)
-                if out:
-                    rows.append(i)
             code = lib.llama_decode(self.ctx, batch)
             if code != 0:
                 raise EngineError(f"llama_decode failed with code {code}")
-            for i in rows:
-                logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
-                hidden = np.ctypeslib.as_array(lib.llama_get_embeddings_ith(self.ctx, i), shape=(self.n_embd,))
-                outputs.append((logits.copy(), hidden.copy()))
-        return outputs
+            # row by row through the `_ith` getters: llama.cpp may compute a batch's outputs in
+            # another order than the batch's (it splits batches by sequence), and these map back
+            for i in (i for i, entry in enumerate(chunk) if entry[3]):
+                logits[row] = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
+                hidden[row] = np.ctypeslib.as_array(lib.llama_get_embeddings_ith(self.ctx, i), shape=(self.n_embd,))
+                row += 1
+        return logits, hidden
 
     def drop(self, seq: int) -> None:
         self.lib.llama_memory_seq_rm(self.memory, seq, -1, -1)
@@ -126,135 +150,87 @@ class LlamaContext:
             self.ctx = None
 
 
+def _cells(sequence: Sequence) -> int:
+    """Cache cells a sequence may fill: its prompt and its whole token budget."""
+    return len(sequence.prompt_ids) + sequence.params.max_tokens
+
+
 class _Slot:
-    """A sequence in the llama.cpp batch: its sequence id, its next position, its reservation."""
+    """Where a sequence lives in the llama.cpp context: its sequence id, next position, reserved cells."""
 
     def __init__(self, sequence: Sequence, seq_id: int) -> None:
-        self.sequence = sequence
         self.seq_id = seq_id
-        self.position = 0
-        self.cells = len(sequence.prompt_ids) + sequence.params.max_tokens
+        self.position = len(sequence.prompt_ids)
+        self.cells = _cells(sequence)
 
 
-class LlamaScheduler:
+class LlamaScheduler(StepScheduler):
     """Continuous batching over one llama.cpp context (one thread per model).
 
-    Each step, at its boundary: cancelled sequences leave (their cache cells and sequence
-    id are freed), waiting sequences join while a sequence id and enough cache cells are
-    free, and one `llama_decode` runs the joiners' prompts (identical prompts once; the
-    copies share its cells) together with the next token of every running sequence."""
+    A step is one `llama_decode` that runs the joiners' prompts (identical prompts once; the
+    copies share its cells) together with the next token of every running sequence, each
+    with its own sequence id. A sequence joins while a sequence id and enough cache cells
+    for its prompt and `max_tokens` are free, so a decode never runs out of cache."""
 
     def __init__(self, context: LlamaContext, max_batch: int, name: str, prefill_tokens: int = 2048) -> None:
+        super().__init__(max_batch, name, prefill_tokens)
         self.context = context
-        self.max_batch = max_batch
-        self.prefill_tokens = prefill_tokens
-        self.name = name
         self.cells = int(context.lib.llama_n_ctx(context.ctx))
         self._free_ids = list(range(max_batch))
-        self._waiting: deque[Sequence] = deque()
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._active: list[_Slot] = []
-        self.steps = 0
-        self.largest_batch = 0
-        self.prefilled_prompts = 0
+        self._slots: dict[Sequence, _Slot] = {}
 
-    def submit(self, sequences: list[Sequence]) -> None:
-        with self._wake:
-            self._waiting.extend(sequences)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name=f"llamacpp-{self.name}", daemon=True)
-                self._thread.start()
-            self._wake.notify()
+    def _has_room(self, sequence: Sequence, joining: list[Sequence]) -> bool:
+        reserved = sum(s.cells for s in self._slots.values()) + sum(_cells(s) for s in joining)
+        return reserved + _cells(sequence) <= self.cells
 
-    def cancel(self, sequence: Sequence) -> None:
-        sequence.cancelled.set()
-        with self._wake:
-            if sequence in self._waiting:
-                self._waiting.remove(sequence)
-            self._wake.notify()
-
-    @property
-    def active(self) -> int:
-        return sum(not s.sequence.finished and not s.sequence.cancelled.is_set() for s in list(self._active))
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
-    def _loop(self) -> None:
-        while True:
-            with self._wake:
-                while not self._waiting and not self._active:
-                    self._wake.wait()
-                self._leave([s for s in self._active if s.sequence.cancelled.is_set()])
-                joining: list[_Slot] = []
-                budget = self.prefill_tokens
-                reserved = sum(s.cells for s in self._active)
-                while self._waiting and self._free_ids:
-                    head = self._waiting[0]
-                    need = len(head.prompt_ids) + head.params.max_tokens
-                    if reserved + need > self.cells or (joining and len(head.prompt_ids) > budget):
-                        break
-                    budget -= len(head.prompt_ids)
-                    reserved += need
-                    joining.append(_Slot(self._waiting.popleft(), self._free_ids.pop(0)))
-            try:
-                self._step(joining)
-            except Exception as exc:  # a failed pass fails the sequences in it, not the scheduler
-                for slot in [*self._active, *joining]:
-                    slot.sequence.fail(exc)
-                self._leave([*self._active, *joining])
-
-    def _step(self, joining: list[_Slot]) -> None:
+    def _step(self, joining: list[Sequence]) -> None:
         entries: list[tuple[int, int, int, bool]] = []  # (token, sequence id, position, wants output)
-        owners: list[list[_Slot]] = []  # the slots each output row feeds, in output order
-        running = [s for s in self._active if not s.sequence.cancelled.is_set()]
-        for slot in running:
-            entries.append((slot.sequence.last_token, slot.seq_id, slot.position, True))
+        owners: list[list[Sequence]] = []  # the sequences each output row feeds, in output order
+        for sequence in self._active:
+            slot = self._slots[sequence]
+            entries.append((sequence.last_token, slot.seq_id, slot.position, True))
             slot.position += 1
-            owners.append([slot])
+            owners.append([sequence])
         first: dict[tuple[int, ...], int] = {}  # prompt -> its output row
         copies: list[tuple[int, int]] = []  # (from sequence id, to sequence id) after the pass
-        for slot in joining:
-            prompt = slot.sequence.prompt_ids
-            slot.position = len(prompt)
+        for sequence in joining:
+            slot = self._slots[sequence] = _Slot(sequence, self._free_ids.pop(0))
+            prompt = sequence.prompt_ids
             key = tuple(prompt)
             if key in first:  # the same prompt: prefilled once, its cells copied
-                owners[first[key]].append(slot)
-                copies.append((owners[first[key]][0].seq_id, slot.seq_id))
+                owners[first[key]].append(sequence)
+                copies.append((self._slots[owners[first[key]][0]].seq_id, slot.seq_id))
                 continue
             first[key] = len(owners)
             entries.extend((token, slot.seq_id, pos, pos == len(prompt) - 1) for pos, token in enumerate(prompt))
-            owners.append([slot])
+            owners.append([sequence])
         self.prefilled_prompts += len(first)
+        self.largest_batch = max(self.largest_batch, len(self._active) + len(joining))
         self._active.extend(joining)
-        outputs = self.context.decode(entries)
+        logits, hidden = self.context.decode(entries)
         for source, target in copies:
             self.context.copy(source, target)
         self.steps += 1
-        self.largest_batch = max(self.largest_batch, len(running) + len(joining))
-        done: list[_Slot] = []
-        for (logits, hidden), slots in zip(outputs, owners, strict=True):
-            row_logits, row_hidden = torch.from_numpy(logits), torch.from_numpy(hidden)
-            for slot in slots:
-                if slot.sequence.cancelled.is_set() or slot.sequence.advance(row_logits, row_hidden.clone()):
-                    done.append(slot)
+        row_logits, row_hidden = torch.from_numpy(logits), torch.from_numpy(hidden)
+        done: list[Sequence] = []
+        for row, sequences in enumerate(owners):
+            for sequence in sequences:  # (the hidden row is kept for the proof: each keeps its own copy)
+                if sequence.cancelled.is_set() or sequence.advance(row_logits[row], row_hidden[row].clone()):
+                    done.append(sequence)
         self._leave(done)
 
-    def _leave(self, leaving: list[_Slot]) -> None:
-        for slot in leaving:
-            if slot in self._active:
-                self._active.remove(slot)
-            self.context.drop(slot.seq_id)
-            if slot.seq_id not in self._free_ids:
+    def _leave(self, leaving: list[Sequence]) -> None:
+        for sequence in leaving:
+            if sequence in self._active:
+                self._active.remove(sequence)
+            slot = self._slots.pop(sequence, None)
+            if slot is not None:
+                self.context.drop(slot.seq_id)
                 self._free_ids.append(slot.seq_id)
 
 
-class LlamaCppEngine(Engine):
+class LlamaCppEngine(GenerativeEngine):
     """A GGUF chat/completion model served by llama.cpp, verifiable like the transformers engine."""
-
-    kind = "generate"
 
     def __init__(
         self,
@@ -263,7 +239,7 @@ class LlamaCppEngine(Engine):
         tokenizer_path: Path,  # the converted folder of the same GGUF (its tokenizer and chat template)
         model_id: bytes,
         max_concurrency: int = 16,
-        threads: int | None = None,
+        threads: int | None = None,  # llama.cpp threads; default: `default_threads()`
         kv_cells: int = 8192,  # KV cache cells shared by all running sequences (about 190 MB for SmolLM2)
         context_length: int | None = None,
         gpu_layers: int = 0,
@@ -276,94 +252,31 @@ class LlamaCppEngine(Engine):
         self.name = name
         self.gguf = Path(gguf)
         self.model_id = model_id
+        self.device = "cpu"  # where the rows of logits and hidden states arrive
         self.lib = lib
         params = lib.llama_model_default_params()
         params.n_gpu_layers = gpu_layers
         self.model = lib.llama_model_load_from_file(str(self.gguf).encode(), params)
         if not self.model:
             raise EngineError(f"llama.cpp could not load {self.gguf}")
-        self.threads = threads or min(os.cpu_count() or 1, 8)
+        self.threads = threads or default_threads()
         self.context_length = min(context_length or int(lib.llama_model_n_ctx_train(self.model)), kv_cells)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(tokenizer_path)
         self.eos_ids = {int(self.tokenizer.eos_token_id)} if self.tokenizer.eos_token_id is not None else set()
-        self.context = LlamaContext(lib, self.model, kv_cells, max_concurrency, self.threads)
-        self.scheduler = LlamaScheduler(self.context, max_concurrency, name)
+        width = min(max_concurrency, STEP_WIDTH)
+        self.context = LlamaContext(lib, self.model, kv_cells, width, self.threads)
+        self.scheduler: LlamaScheduler = LlamaScheduler(self.context, width, name)
         self._reference: LlamaContext | None = None  # a one-sequence context for `prefill`
         self._reference_lock = threading.Lock()
 
-    # ----------------------------------------------------------- prompts
+    @property
+    def vocab_size(self) -> int:
+        return self.context.n_vocab
 
-    def prompt_ids(self, kind: Kind, body: dict[str, object]) -> list[int]:
-        from allmende.engine.transformers_lm import CausalLMEngine
-
-        return CausalLMEngine.prompt_ids(self, kind, body)  # type: ignore[arg-type]  # same tokenizer, same rules
-
-    def check_length(self, prompt_ids: list[int], max_tokens: int) -> None:
-        if not prompt_ids:
-            raise EngineError("the prompt is empty")
-        vocab = self.context.n_vocab
-        if not all(isinstance(i, int) and 0 <= i < vocab for i in prompt_ids):
-            raise EngineError(f"prompt token ids must be integers in [0, {vocab})")
-        if len(prompt_ids) + max_tokens > self.context_length:
-            raise PromptTooLong(
-                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceed the context length "
-                f"of {self.name} ({self.context_length})"
-            )
-
-    # -------------------------------------------------------- generation
-
-    def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
-        self.check_length(prompt_ids, params.max_tokens)
-        return self._one_choice(prompt_ids, params)
-
-    async def _one_choice(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
-        async with contextlib.aclosing(self._stream(prompt_ids, [params])) as stream:
-            async for _, event in stream:
-                yield event
-
-    def generate_choices(
-        self, prompt_ids: list[int], params: SamplingParams, n: int
-    ) -> AsyncIterator[tuple[int, TokenEvent]]:
-        """`n` completions of one prompt (prefilled once); choice i samples with `choice_params(params, i)`."""
-        self.check_length(prompt_ids, params.max_tokens)
-        if not 1 <= n <= MAX_CHOICES:
-            raise EngineError(f"n must be between 1 and {MAX_CHOICES}")
-        return self._stream(prompt_ids, [choice_params(params, i) for i in range(n)])
-
-    async def _stream(
-        self, prompt_ids: list[int], choices: list[SamplingParams]
-    ) -> AsyncGenerator[tuple[int, TokenEvent], None]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[int, TokenEvent | BaseException | None]] = asyncio.Queue()
-
-        def emitter(index: int) -> Any:
-            def emit(item: TokenEvent | BaseException | None) -> None:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(queue.put_nowait, (index, item))
-
-            return emit
-
-        sequences = [
-            Sequence(list(prompt_ids), p, emitter(i), self.decode, self.eos_ids, "cpu") for i, p in enumerate(choices)
-        ]
-        self.scheduler.submit(sequences)
-        running = len(sequences)
-        try:
-            while running:
-                index, item = await queue.get()
-                if item is None:
-                    running -= 1
-                    continue
-                if isinstance(item, BaseException):
-                    raise item
-                yield index, item
-        finally:
-            for sequence in sequences:
-                if not sequence.finished:
-                    self.scheduler.cancel(sequence)
-
-    async def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
-        raise EngineError(f"{self.name} is a generative model; it does not do embeddings")
+    def set_threads(self, threads: int) -> None:
+        """Change llama.cpp's thread count of the serving context (takes effect at the next step)."""
+        self.threads = threads
+        self.context.set_threads(threads)
 
     # ------------------------------------------------- verification side
 
@@ -374,18 +287,7 @@ class LlamaCppEngine(Engine):
                 self._reference = LlamaContext(self.lib, self.model, self.context_length, 1, self.threads)
             context = self._reference
             try:
-                rows = context.decode([(t, 0, p, True) for p, t in enumerate(token_ids)])
+                logits, hidden = context.decode([(t, 0, p, True) for p, t in enumerate(token_ids)])
             finally:
                 context.drop(0)
-        hidden = torch.from_numpy(np.stack([h for _, h in rows]))
-        logits = torch.from_numpy(np.stack([lg for lg, _ in rows]))
-        return hidden, logits
-
-    def final_hidden_states(self, token_ids: list[int]) -> torch.Tensor:
-        return self.prefill(token_ids)[0]
-
-    def decode(self, token_ids: list[int]) -> str:
-        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
-
-    def encode_text(self, text: str) -> list[int]:
-        return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+        return torch.from_numpy(hidden), torch.from_numpy(logits)

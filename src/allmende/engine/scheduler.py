@@ -16,18 +16,17 @@ which its proof is built from.
 
 from __future__ import annotations
 
-import threading
-from collections import deque
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from allmende.engine.batching import StepScheduler
 from allmende.engine.sequence import Sequence
 
 
-class BatchScheduler:
+class BatchScheduler(StepScheduler):
     def __init__(
         self,
         model: Any,
@@ -37,77 +36,23 @@ class BatchScheduler:
         name: str = "model",
         prefill_tokens: int = 2048,  # prompt tokens prefilled per step (at least one prompt), so streams keep moving
     ) -> None:
+        super().__init__(max_batch, name, prefill_tokens)
         self.model = model
         self.device = device
-        self.max_batch = max_batch
-        self.prefill_tokens = prefill_tokens
         self.pad_id = pad_id
-        self.name = name
-        self._waiting: deque[Sequence] = deque()
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
         # the batch: one row per active sequence, in the order of `_active`
-        self._active: list[Sequence] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # (rows, cached length), 1 = real token
-        self.steps = 0  # decode passes run (for tests and metrics)
-        self.largest_batch = 0  # most sequences one decode pass advanced
-        self.prefilled_prompts = 0  # distinct prompts prefilled (n choices of one prompt count once)
 
-    # ------------------------------------------------------------- intake
+    @torch.inference_mode()
+    def _step(self, joining: list[Sequence]) -> None:
+        if joining:
+            self._join(joining)
+        if self._active:
+            self._decode()
 
-    def submit(self, sequences: list[Sequence]) -> None:
-        """Queue sequences; they join the batch at the next step boundary."""
-        with self._wake:
-            self._waiting.extend(sequences)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name=f"batch-{self.name}", daemon=True)
-                self._thread.start()
-            self._wake.notify()
-
-    def cancel(self, sequence: Sequence) -> None:
-        """Stop a sequence: a waiting one is dropped now, an active one leaves at the next boundary."""
-        sequence.cancelled.set()
-        with self._wake:
-            if sequence in self._waiting:
-                self._waiting.remove(sequence)
-            self._wake.notify()
-
-    @property
-    def active(self) -> int:
-        """Sequences in the batch still generating (not finished, not cancelled)."""
-        return sum(not s.finished and not s.cancelled.is_set() for s in list(self._active))
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
-    # --------------------------------------------------------------- loop
-
-    def _loop(self) -> None:
-        while True:
-            with self._wake:
-                while not self._waiting and not self._active:
-                    self._wake.wait()
-                joining: list[Sequence] = []
-                budget = self.prefill_tokens
-                room = self.max_batch - sum(not s.cancelled.is_set() for s in self._active)
-                while self._waiting and len(joining) < room:
-                    if joining and len(self._waiting[0].prompt_ids) > budget:
-                        break
-                    budget -= len(self._waiting[0].prompt_ids)
-                    joining.append(self._waiting.popleft())
-            try:
-                with torch.inference_mode():
-                    self._leave([s for s in self._active if s.cancelled.is_set()])  # their slots are free now
-                    if joining:
-                        self._join(joining)
-                    if self._active:
-                        self._decode()
-            except Exception as exc:  # a failed pass fails the sequences in it, not the scheduler
-                for sequence in [*self._active, *joining]:
-                    sequence.fail(exc)
-                self._active, self._cache, self._mask = [], None, None
+    def _reset(self) -> None:
+        self._active, self._cache, self._mask = [], None, None
 
     def _join(self, joining: list[Sequence]) -> None:
         """Prefill the joining prompts in one pass, take each one's first token, and add
@@ -196,6 +141,7 @@ class BatchScheduler:
         self._mask = torch.cat([pad(self._mask, 1), pad(mask, 1)])
         self._active.extend(joining)
 
+    @torch.inference_mode()
     def _leave(self, leaving: list[Sequence]) -> None:
         """Drop rows, and the leading columns that are padding in every row left."""
         if not leaving:

@@ -33,6 +33,7 @@ from allmende.engine.base import Generation, SamplingParams, collect
 from allmende.engine.proofs import commit
 from allmende.engine.tiny import SEED, ensure_tiny_model, write_tiny_model
 from allmende.engine.transformers_lm import CausalLMEngine
+from allmende.testing.claims import GREEDY, SAMPLED, Claim, generate
 from allmende.testing.weights import quantize_int8, skip_last_layer
 from allmende.validator.checker import Verdict, judge
 
@@ -55,8 +56,6 @@ QUESTIONS = [
     "Describe a cat in one sentence.",
     "What is TOPLOC?",
 ]
-GREEDY = SamplingParams(max_tokens=64, temperature=0.0)
-SAMPLED = SamplingParams(max_tokens=64, temperature=0.8, top_p=0.9, seed=1234)
 # the settings the attack rows run under: greedy and (temperature, top_p)
 SETTINGS = [GREEDY] + [
     SamplingParams(max_tokens=64, temperature=t, top_p=p, seed=1000 + i)
@@ -75,16 +74,6 @@ LIMITS = ("int8 + recomputed proof", "weights quantised to int8")
 
 def setting_name(params: SamplingParams) -> str:
     return "greedy" if params.temperature == 0 else f"T={params.temperature:g} top_p={params.top_p:g}"
-
-
-@dataclass
-class Claim:
-    prompt_ids: list[int]  # the prompt the provider claims it answered
-    output_ids: list[int]
-    proof: bytes
-    params: SamplingParams
-    generation_seconds: float
-    same_as_honest: bool = False  # a cheat whose tokens equal the honest draw's (not a miss if it passes)
 
 
 @dataclass
@@ -114,12 +103,6 @@ class VariantResult:
 
 def messages(question: str, system: str = SYSTEM) -> dict[str, Any]:
     return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]}
-
-
-def generate(engine: CausalLMEngine, prompt_ids: list[int], params: SamplingParams) -> tuple[list[int], bytes, float]:
-    start = time.perf_counter()
-    gen = asyncio.run(collect(engine.generate(prompt_ids, params), len(prompt_ids)))
-    return gen.token_ids, gen.proof, time.perf_counter() - start
 
 
 def generate_in_batch(
@@ -156,8 +139,16 @@ class Harness:
     only the attack rows, `tokens` per completion, without "another model" (it has no sibling
     with the same tokenizer here)."""
 
-    def __init__(self, questions: int = 8, attacks: bool = False, model: str | None = None, tokens: int = 64) -> None:
+    def __init__(
+        self,
+        questions: int = 8,
+        attacks: bool = False,
+        model: str | None = None,
+        tokens: int = 64,
+        engines: bool = False,  # with a GGUF model: the cross-engine rows (needs llama-cpp-python)
+    ) -> None:
         self.attacks = attacks
+        self.engines = engines
         self.model = model
         self.tokens = tokens
         if model is None:
@@ -181,9 +172,10 @@ class Harness:
     def validate(self, claim: Claim, batch: int = 1) -> tuple[Verdict, float]:
         start = time.perf_counter()
         sequence = claim.prompt_ids + claim.output_ids
+        validator = claim.validator or self.reference
         single = batch == 1
-        hidden_logits = self.reference.prefill(sequence) if single else self._prefill_in_batch(sequence, batch)
-        verdict = judge(self.reference, claim.prompt_ids, claim.output_ids, claim.proof, claim.params, hidden_logits)
+        hidden_logits = validator.prefill(sequence) if single else self._prefill_in_batch(sequence, batch)
+        verdict = judge(validator, claim.prompt_ids, claim.output_ids, claim.proof, claim.params, hidden_logits)
         return verdict, time.perf_counter() - start
 
     @torch.inference_mode()
@@ -205,9 +197,16 @@ class Harness:
     def variants(self) -> list[tuple[str, bool, Callable[[str], Claim], int]]:
         """(name, honest, make a claim for a question, validator batch size)."""
         if self.model is not None:
-            return self.attack_variants(
-                self.copy(torch.bfloat16), None, quantize_int8(self.copy()), skip_last_layer(self.copy())
-            )
+            rows = []
+            if self.engines:
+                from allmende.testing.engines import engine_variants  # imports llama_cpp
+
+                rows += engine_variants(self, Path(self._tmp.name))
+            if self.attacks or not self.engines:
+                rows += self.attack_variants(
+                    self.copy(torch.bfloat16), None, quantize_int8(self.copy()), skip_last_layer(self.copy())
+                )
+            return rows
         ref = self.reference
         bf16 = load(self.path, torch.bfloat16)
         other = load(write_tiny_model(Path(self._tmp.name) / "other", SEED + 1))

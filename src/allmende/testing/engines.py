@@ -1,0 +1,98 @@
+"""Cross-engine rows of the calibration harness: llama.cpp and transformers on the same GGUF.
+
+Honest: a llama.cpp provider checked by a transformers validator (the network's reference),
+and the reverse, a transformers provider checked by a validator that runs llama.cpp, each
+greedy and with seeded sampling, both engines on the same GGUF file (the same model id).
+Cheats, all served under the GGUF's id by a llama.cpp provider and checked by transformers:
+the same model requantised to a cheaper type with llama.cpp's own quantizer (Q4_0, Q2_K),
+served with its own proof; and a cheap generator (the Q2_K copy) whose proof is then
+recomputed honestly by one llama.cpp prefill of the claimed model over its output.
+
+Imported only when asked for (`Harness(..., engines=True)`), so the harness needs no
+llama-cpp-python otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from allmende.engine import resolve_model
+from allmende.engine.base import EngineError, SamplingParams
+from allmende.engine.llamacpp import LlamaCppEngine, load_binding
+from allmende.engine.proofs import commit
+from allmende.testing.claims import GREEDY, SAMPLED, Claim, generate
+
+CHEAPER = ("Q4_0", "Q2_K")  # llama.cpp file types cheaper than the default model's Q4_1
+
+
+def requantise(gguf: Path, file_type: str, out: Path) -> Path:
+    """`gguf` requantised to `file_type` (a LLAMA_FTYPE_MOSTLY_* name) by llama.cpp's quantizer."""
+    lib = load_binding()
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = getattr(lib, f"LLAMA_FTYPE_MOSTLY_{file_type}")
+    params.allow_requantize = True
+    if lib.llama_model_quantize(str(gguf).encode(), str(out).encode(), ctypes.byref(params)) != 0:
+        raise EngineError(f"llama.cpp could not requantise {gguf} to {file_type}")
+    return out
+
+
+def engine_variants(harness: Any, workdir: Path) -> list[tuple[str, bool, Callable[[str], Claim], int]]:
+    """The cross-engine rows for `harness` (an `allmende.testing.harness.Harness` that runs a
+    GGUF model: `Harness(model=...)`)."""
+    assert harness.model is not None
+    resolved = resolve_model(harness.model)
+    if resolved.gguf is None or resolved.gguf_id is None:
+        raise EngineError(f"the cross-engine rows need a GGUF model, not {harness.model}")
+    gguf, tokenizer, model_id = resolved.gguf, resolved.path, resolved.gguf_id
+
+    def served(path: Path) -> LlamaCppEngine:
+        return LlamaCppEngine(str(harness.model), path, tokenizer, model_id, max_concurrency=4)
+
+    llama = served(gguf)
+    cheap = {q: served(requantise(gguf, q, workdir / f"model-{q}.gguf")) for q in CHEAPER}
+    ref = harness.reference
+
+    def params_of(base: SamplingParams) -> SamplingParams:
+        return dataclasses.replace(base, max_tokens=harness.tokens)
+
+    def provided(engine: LlamaCppEngine | None, base: SamplingParams, validator: Any = None) -> Callable[[str], Claim]:
+        """`engine` (None: the transformers reference) answers; `validator` (None: the
+        transformers reference) checks."""
+
+        def make(question: str) -> Claim:
+            prompt = harness.prompt(question)
+            params = params_of(base)
+            out, proof, seconds = generate(engine or ref, prompt, params)
+            return Claim(prompt, out, proof, params, seconds, validator=validator)
+
+        return make
+
+    def recomputed(engine: LlamaCppEngine, base: SamplingParams) -> Callable[[str], Claim]:
+        """Output of a cheap generator; proof by one honest llama.cpp prefill of the claimed model."""
+
+        def make(question: str) -> Claim:
+            prompt = harness.prompt(question)
+            params = params_of(base)
+            out, _, seconds = generate(engine, prompt, params)
+            hidden, _ = llama.prefill(prompt + out)
+            proof = commit(hidden[len(prompt) - 1 : len(prompt) - 1 + len(out)]) if out else b""
+            return Claim(prompt, out, proof, params, seconds)
+
+        return make
+
+    rows: list[tuple[str, bool, Callable[[str], Claim], int]] = []
+    for label, base in (("greedy", GREEDY), ("seeded sampling", SAMPLED)):
+        rows += [
+            (f"llama.cpp provider, transformers validator, {label}", True, provided(llama, base), 1),
+            (f"transformers provider, llama.cpp validator, {label}", True, provided(None, base, llama), 1),
+        ]
+        rows += [
+            (f"llama.cpp, requantised to {q} under the Q4_1 id, {label}", False, provided(engine, base), 1)
+            for q, engine in cheap.items()
+        ]
+        rows += [(f"llama.cpp Q2_K + recomputed llama.cpp proof, {label}", False, recomputed(cheap["Q2_K"], base), 1)]
+    return rows
