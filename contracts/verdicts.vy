@@ -35,7 +35,8 @@
         when any of them proves the fault): a validator that voted before it may
         vote again, its earlier vote withdrawn, so a junk report filed first (by
         a colluder of the provider) cannot pre-empt the real one. Reporters
-        cannot vote, and their stake leaves the quorum base. A guilty verdict
+        cannot vote (a juror that joins has its vote withdrawn), and their stake
+        leaves the quorum base. A guilty verdict
         returns every bond and splits the reward equally between the reporters;
         not guilty gives every bond to the provider; inconclusive forfeits the
         same share of every bond. A receipt can be reported again in a new case
@@ -272,9 +273,19 @@ def _join(case_id: uint256, digest: bytes32, evidence_hash: bytes32, evidence_ur
     case: Case = self.cases[case_id]
     assert block.timestamp < case.deadline, "verdicts: open case past its deadline, resolve it first"
     assert not self.is_reporter[case_id][msg.sender], "verdicts: already reported in this case"
-    assert not self.voted[case_id][msg.sender], "verdicts: voted on this case"
     count: uint256 = self.report_count[case_id]
     assert count < MAX_REPORTS, "verdicts: case has all its reports"
+    if self.voted[case_id][msg.sender]:
+        # a juror that voted on the evidence before it caught the provider itself: its vote
+        # is withdrawn, as reporters do not vote
+        weight: uint256 = staticcall registry.stake_at(msg.sender, case.snapshot)
+        if self.voted_guilty[case_id][msg.sender]:
+            case.guilty_weight -= weight
+            self.cases[case_id].guilty_weight = case.guilty_weight
+        else:
+            case.innocent_weight -= weight
+            self.cases[case_id].innocent_weight = case.innocent_weight
+        self.voted[case_id][msg.sender] = False
     self._pull(case.bond)
     self._add_report(case_id, count, digest, evidence_hash, evidence_uri)
     # a reporter cannot vote, so its stake leaves the quorum base; the votes are all from

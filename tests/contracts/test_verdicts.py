@@ -150,12 +150,9 @@ def test_open_case_reverts(system: System) -> None:
     bad[2] = STRANGER.address
     with boa.env.prank(VALIDATORS[0].address), boa.reverts("verdicts: not a provider"):
         v.open_case(tuple(bad), sig, EVIDENCE, "")
-    case = open_case(system)
+    open_case(system)
     with boa.env.prank(VALIDATORS[0].address), boa.reverts("verdicts: already reported in this case"):
         v.open_case(r, sig, EVIDENCE, "")
-    vote(system, case, VALIDATORS[1], True)
-    with boa.env.prank(VALIDATORS[1].address), boa.reverts("verdicts: voted on this case"):
-        open_case(system, n=5, reporter=VALIDATORS[1])
     with boa.env.prank(VALIDATORS[2].address):
         system.token.approve(v.address, 0)
     with boa.env.prank(VALIDATORS[2].address), boa.reverts("erc20: insufficient allowance"):
@@ -186,6 +183,18 @@ def test_a_report_of_an_open_fault_joins_its_case(system: System) -> None:
     with boa.env.prank(VALIDATORS[1].address), boa.reverts("verdicts: reporter cannot vote"):
         v.vote(case, True)
     assert system.registry.open_cases(PROVIDER.address) == 1
+
+
+def test_a_juror_that_joins_has_its_vote_withdrawn(system: System) -> None:
+    v = system.verdicts_contract
+    case = open_case(system)
+    vote(system, case, VALIDATORS[1], False)  # on junk evidence, before it caught the provider itself
+
+    open_case(system, n=1, reporter=VALIDATORS[1])
+
+    data = v.cases(case)
+    assert (data.guilty_weight, data.innocent_weight) == (0, 0)
+    assert not v.voted(case, VALIDATORS[1].address) and v.is_reporter(case, VALIDATORS[1].address)
 
 
 def test_a_vote_may_be_cast_again_once_a_report_joined(system: System) -> None:
@@ -298,7 +307,7 @@ class VerdictsMachine(RuleBasedStateMachine):
         v = self.sys.verdicts_contract
         case = v.open_case_of(PROVIDER.address, keccak(text="model"))
         if case and (
-            boa.env.evm.patch.timestamp >= v.cases(case).deadline or v.is_reporter(case, who) or v.voted(case, who)
+            boa.env.evm.patch.timestamp >= v.cases(case).deadline or v.is_reporter(case, who)
         ):
             with boa.reverts():
                 open_case(self.sys, self.n, VALIDATORS[reporter])

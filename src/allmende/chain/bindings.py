@@ -350,10 +350,9 @@ class Verdicts(_Binding):
         (provider, model); returns its id."""
         sent = self._tx("open_case", receipt, signature, evidence_hash, evidence_uri)
         events = self.contract.events
-        (event,) = [
-            *events.CaseOpened().process_receipt(sent.receipt, errors=DISCARD),
-            *events.CaseJoined().process_receipt(sent.receipt, errors=DISCARD),
-        ]
+        found: list[Any] = list(events.CaseOpened().process_receipt(sent.receipt, errors=DISCARD))
+        found += list(events.CaseJoined().process_receipt(sent.receipt, errors=DISCARD))
+        (event,) = found
         return int(event["args"]["case_id"])
 
     def open_case_of(self, provider: str, model_id: bytes) -> int:
