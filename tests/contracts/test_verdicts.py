@@ -306,9 +306,7 @@ class VerdictsMachine(RuleBasedStateMachine):
             return
         v = self.sys.verdicts_contract
         case = v.open_case_of(PROVIDER.address, keccak(text="model"))
-        if case and (
-            boa.env.evm.patch.timestamp >= v.cases(case).deadline or v.is_reporter(case, who)
-        ):
+        if case and (boa.env.evm.patch.timestamp >= v.cases(case).deadline or v.is_reporter(case, who)):
             with boa.reverts():
                 open_case(self.sys, self.n, VALIDATORS[reporter])
             return
