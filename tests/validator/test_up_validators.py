@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from openai import OpenAI
 
 from allmende.chain import ChainClient, Contracts, Deployment
@@ -66,16 +67,19 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def test_validators_in_up_catch_and_slash_the_cheater(cheater_network: dict[str, Any]) -> None:
+def test_validators_in_up_catch_and_slash_the_cheater(
+    cheater_network: dict[str, Any], request: pytest.FixtureRequest
+) -> None:
     network = cheater_network
     root = Path(network["root"])
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     # started now, checked at the end: their start overlaps the wait for the verdict
-    refused = start_validator(network, busy.getsockname()[1], f"devnet:{BUSY.index}", root / "busy-validator.log")
+    on_busy_port = start_validator(network, busy.getsockname()[1], f"devnet:{BUSY.index}", root / "busy-validator.log")
     joiner_port = free_port()
     joiner = start_validator(network, joiner_port, f"devnet:{JOINER.index}", root / "joiner.log")
+    request.addfinalizer(lambda: [p.kill() for p in (on_busy_port, joiner) if p.poll() is None])
     reader = Contracts(ChainClient(network["rpc_url"]), Deployment.load(network["deployments"]))
     honest, cheater = (p["address"] for p in network["providers"])
     validators = [v["address"] for v in network["validators"]]
@@ -164,18 +168,12 @@ def test_validators_in_up_catch_and_slash_the_cheater(cheater_network: dict[str,
     mine = httpx.get(reporter["url"] + "/status", timeout=30).json()
     assert mine["address"] == resolved.reporter and int(mine["rewards_earned"]) == reward
     assert mine["audits"]["failed"] >= 1 and int(mine["stake"]) == reader.registry.stake_of(resolved.reporter)
-    report = json.loads(cli(network, "status", "--json").stdout)
-    (case,) = [c for c in report["cases"] if c["case_id"] == resolved.case_id]
-    assert case["state"] == "guilty" and case["reporters"] == [resolved.reporter]
-    assert int(case["guilty_weight"]) > 0 and int(case["bonds"]) == reader.params.get("fraud_bond")
-    assert case["deadline"] == resolved.deadline and int(case["slashed"]) == resolved.slashed
-    assert {v["address"]: int(v["rewards_earned"]) for v in report["validators"]}[resolved.reporter] == reward
     # one open case per fault: none against the cheater opened while another was open
     for earlier, later in itertools.pairwise(against):
         assert earlier.status != 1 and later.opened_at >= earlier.deadline
 
     # a start on a busy port stakes nothing; a validator that joins is seen, stops, unbonds
-    assert refused.wait(timeout=120) == 1
+    assert on_busy_port.wait(timeout=120) == 1
     assert "cannot listen on 127.0.0.1" in (root / "busy-validator.log").read_text()
     assert reader.registry.role_of(BUSY.address) == 0
     busy.close()
@@ -188,7 +186,13 @@ def test_validators_in_up_catch_and_slash_the_cheater(cheater_network: dict[str,
     joiner.send_signal(signal.SIGINT)
     assert joiner.wait(timeout=60) == 0
     assert "evidence endpoint withdrawn" in (root / "joiner.log").read_text()
-    listed = {v["address"]: v for v in json.loads(cli(network, "status", "--json").stdout)["validators"]}
+    report = json.loads(cli(network, "status", "--json").stdout)
+    (case,) = [c for c in report["cases"] if c["case_id"] == resolved.case_id]
+    assert case["state"] == "guilty" and case["reporters"] == [resolved.reporter]
+    assert int(case["guilty_weight"]) > 0 and int(case["bonds"]) == reader.params.get("fraud_bond")
+    assert case["deadline"] == resolved.deadline and int(case["slashed"]) == resolved.slashed
+    assert {v["address"]: int(v["rewards_earned"]) for v in report["validators"]}[resolved.reporter] == reward
+    listed = {v["address"]: v for v in report["validators"]}
     assert listed[JOINER.address]["stopped"] and listed[JOINER.address]["endpoint"] == ""
     assert "no longer active" in cli(network, "stake", "unbond", "all", "--key", f"devnet:{JOINER.index}").stdout
     assert not reader.registry.is_active(JOINER.address)

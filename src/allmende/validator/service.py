@@ -387,11 +387,16 @@ class Validator:
         return done
 
     def _resolve(self, case_id: int) -> None:
-        self.contracts.verdicts.resolve(case_id)
+        try:
+            self.contracts.verdicts.resolve(case_id)
+        except ChainError:
+            if self.contracts.verdicts.case(case_id).status == 1:
+                raise
+            # another validator resolved it first (both saw it due)
+        else:
+            log.info("resolved case %d", case_id)
         self.involved.add(case_id)
-        case = self.contracts.verdicts.case(case_id)
-        log.info("resolved case %d against %s", case_id, case.provider)
-        self._note_outcome(case)
+        self._note_outcome(self.contracts.verdicts.case(case_id))
 
     def _note_outcome(self, case: CaseRecord) -> None:
         if case.status == 1 or case.case_id in self.settled:
