@@ -31,21 +31,27 @@ from openai import OpenAI
 
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.anvil import devnet_accounts, free_port
+from allmende.cli.common import console
+from allmende.cli.status import render
 from tests.conftest import cheater_verdict, wait_for
 
 JOINER, BUSY = devnet_accounts(6)[5], devnet_accounts(6)[4]  # accounts `up` leaves free
 
 
-def cli(network: dict[str, Any], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """An `allmende` command as the README runs it next to `allmende up` (its state dir)."""
+def cli(network: dict[str, Any], *args: str) -> subprocess.Popen[str]:
+    """An `allmende` command as the README runs it next to `allmende up` (its state dir),
+    started; `finish` waits for it."""
     env = {**os.environ, "COLUMNS": "250", "ALLMENDE_STATE_DIR": network["root"]}
     env.pop("ALLMENDE_RPC", None)
     env.pop("ALLMENDE_DEPLOYMENTS", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "allmende", *args], capture_output=True, text=True, timeout=120, env=env
-    )
-    assert not check or done.returncode == 0, done.stdout + done.stderr
-    return done
+    command = [sys.executable, "-m", "allmende", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def finish(command: subprocess.Popen[str]) -> str:
+    out, err = command.communicate(timeout=120)
+    assert command.returncode == 0, out + err
+    return out
 
 
 def start_validator(network: dict[str, Any], port: int, key: str, log: Path) -> subprocess.Popen[bytes]:
@@ -129,24 +135,30 @@ def test_validators_in_up_catch_and_slash_the_cheater(
         assert reply.choices[0].finish_reason in ("stop", "length")
     logs = "".join(Path(v["log"]).read_text() for v in network["validators"])
     assert "Traceback" not in logs
-    shown = subprocess.run(
-        [sys.executable, "-m", "allmende", "status", "--state-dir", network["root"]],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "250"},
-    )
-    assert shown.returncode == 0, shown.stderr
-    assert "guilty" in shown.stdout and all(v in shown.stdout for v in validators)
+    # a start on a busy port stakes nothing; a validator that joins is seen and stops
+    assert on_busy_port.wait(timeout=120) == 1
+    assert "cannot listen on 127.0.0.1" in (root / "busy-validator.log").read_text()
+    assert reader.registry.role_of(BUSY.address) == 0
+    busy.close()
+    joined = f"http://127.0.0.1:{joiner_port}"
+    wait_for("the joining validator", lambda: _answers(joined + "/status"), 120)
+    seen = httpx.get(joined + "/status", timeout=30).json()
+    assert seen["address"] == JOINER.address and seen["active"]
+    assert int(seen["stake"]) == reader.params.get("min_validator_stake") and seen["rewards_earned"] == "0"
+    assert metric(httpx.get(joined + "/metrics", timeout=10).text, "allmende_validator_stake_alm") > 0
+    joiner.send_signal(signal.SIGINT)
+    assert joiner.wait(timeout=60) == 0
+    assert "evidence endpoint withdrawn" in (root / "joiner.log").read_text()
+    # the README's commands, all at once (each takes seconds to start): status, and unbonding
+    shown_json = cli(network, "status", "--json")
+    unbonded = cli(network, "stake", "unbond", "all", "--key", f"devnet:{JOINER.index}")
 
-    # the operator's view of the case: logs, /metrics, /status and `allmende status --json`
+    # the operator's view of the case: logs, /metrics and /status of both validators
     by_address = {v["address"]: v for v in network["validators"]}
     reporters = [r.reporter for r in reader.verdicts.reports(resolved.case_id)]
     assert reporters == [resolved.reporter]  # the other validator voted instead of reporting again
-    reporter, juror = (
-        by_address[resolved.reporter],
-        next(v for v in network["validators"] if v["address"] != resolved.reporter),
-    )
+    reporter = by_address[resolved.reporter]
+    juror = next(v for v in network["validators"] if v["address"] != resolved.reporter)
     reward = reader.verdicts.rewards_of(resolved.reporter)
     assert reward == resolved.slashed * reader.params.get("reporter_reward_bps") // 10_000 > 0
     ended = f"case {resolved.case_id} against {cheater} resolved: guilty"
@@ -172,30 +184,29 @@ def test_validators_in_up_catch_and_slash_the_cheater(
     for earlier, later in itertools.pairwise(against):
         assert earlier.status != 1 and later.opened_at >= earlier.deadline
 
-    # a start on a busy port stakes nothing; a validator that joins is seen, stops, unbonds
-    assert on_busy_port.wait(timeout=120) == 1
-    assert "cannot listen on 127.0.0.1" in (root / "busy-validator.log").read_text()
-    assert reader.registry.role_of(BUSY.address) == 0
-    busy.close()
-    joined = f"http://127.0.0.1:{joiner_port}"
-    wait_for("the joining validator", lambda: _answers(joined + "/status"), 120)
-    seen = httpx.get(joined + "/status", timeout=30).json()
-    assert seen["address"] == JOINER.address and seen["active"]
-    assert int(seen["stake"]) == reader.params.get("min_validator_stake") and seen["rewards_earned"] == "0"
-    assert metric(httpx.get(joined + "/metrics", timeout=10).text, "allmende_validator_stake_alm") > 0
-    joiner.send_signal(signal.SIGINT)
-    assert joiner.wait(timeout=60) == 0
-    assert "evidence endpoint withdrawn" in (root / "joiner.log").read_text()
-    report = json.loads(cli(network, "status", "--json").stdout)
+    report = json.loads(finish(shown_json))
+    table = rendered(report)  # the table `allmende status` prints for the same report
+    assert "guilty" in table and all(v in table for v in validators)
     (case,) = [c for c in report["cases"] if c["case_id"] == resolved.case_id]
     assert case["state"] == "guilty" and case["reporters"] == [resolved.reporter]
     assert int(case["guilty_weight"]) > 0 and int(case["bonds"]) == reader.params.get("fraud_bond")
     assert case["deadline"] == resolved.deadline and int(case["slashed"]) == resolved.slashed
-    assert {v["address"]: int(v["rewards_earned"]) for v in report["validators"]}[resolved.reporter] == reward
     listed = {v["address"]: v for v in report["validators"]}
+    assert int(listed[resolved.reporter]["rewards_earned"]) == reward
     assert listed[JOINER.address]["stopped"] and listed[JOINER.address]["endpoint"] == ""
-    assert "no longer active" in cli(network, "stake", "unbond", "all", "--key", f"devnet:{JOINER.index}").stdout
+    assert "no longer active" in finish(unbonded)
     assert not reader.registry.is_active(JOINER.address)
+
+
+def rendered(report: dict[str, Any]) -> str:
+    width = console.width
+    console.width = 250  # wide enough for addresses in full
+    try:
+        with console.capture() as captured:
+            render(report)
+    finally:
+        console.width = width
+    return captured.get()
 
 
 def _answers(url: str) -> bool:

@@ -407,8 +407,10 @@ class Validator:
         mine = any(r.reporter == self.address for r in reporters)
         reward = 0
         if case.status == 2 and mine:
-            share = case.slashed * self.contracts.params.get("reporter_reward_bps") // 10_000 // len(reporters)
-            reward = share
+            client, verdicts = self.contracts.client, self.contracts.verdicts
+            paid = client.events(verdicts.contract, "ReporterRewarded", self.contracts.deployment.deploy_block,
+                                 argument_filters={"case_id": case.case_id, "reporter": self.address})  # fmt: skip
+            reward = sum(int(e["args"]["reward"]) for e in paid)
         rewards = self.contracts.verdicts.rewards_of(self.address)
         self.metrics.resolutions.labels(outcome.replace(" ", "_")).inc()
         self.metrics.slashed.inc(case.slashed / ALM)
