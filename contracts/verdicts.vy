@@ -14,17 +14,18 @@
         unbonding), so unbonding cannot outrun a case.
         Other staked validators re-check the evidence and vote, each weighted by
         its stake one second before the case opened; the quorum base is the
-        validators' stake at that same snapshot, less the reporter's (the
-        reporter cannot vote). Stake added after a case opened weighs nothing in it.
+        validators' stake at that same snapshot, less the reporters' (reporters
+        cannot vote). Stake added after a case opened weighs nothing in it.
         After the voting window, with q = Params `fraud_quorum_bps` as of opening:
         - guilty (more than q of the base voted guilty, and more guilty than
           not): Params `slash_bps` of the snapshot stake is slashed (once per
-          receipt); `reporter_reward_bps` of it goes to the reporter, the rest to
-          the treasury; the bond is returned and the provider is paused;
-        - not guilty (at least q of the base voted, not guilty): the bond goes
+          receipt); `reporter_reward_bps` of it goes to the reporters in equal
+          shares, the rest to the treasury; the bonds are returned and the
+          provider is paused;
+        - not guilty (at least q of the base voted, not guilty): the bonds go
           to the provider;
-        - inconclusive (fewer votes): Params `fraud_forfeit_bps` of the bond goes
-          to the treasury, the rest back to the reporter.
+        - inconclusive (fewer votes): Params `fraud_forfeit_bps` of each bond
+          goes to the treasury, the rest back to its reporter.
         So a false report always costs its reporter, and a coalition holding
         less than q of the validator stake cannot convict on its own.
         At most one case is open per (provider, fault), the fault being the

@@ -1,7 +1,8 @@
 """Economic attacks on the contracts, each named after the attacker's move, each refused.
 
 Slashing (unbonding away from a case), verdict votes (stake added after a case opened),
-reporting (front-running a receipt, framing an honest provider), royalties (squatting a
+reporting (front-running a receipt, framing an honest provider, duplicate cases on one fault
+to compound slashes or lock bonds), royalties (squatting a
 served model, registering after the work, redirecting through `register_derived`),
 governance (reviving a defeated proposal, queueing one long after it passed), rounding
 (splitting a redeem into one-unit vouchers), the access log (taking another dataset's

@@ -224,17 +224,18 @@ def render(report: dict[str, Any]) -> None:
         )  # fmt: skip
         for c in report["cases"]:
             votes = f"{_whole_alm(int(c['guilty_weight']))}/{_whole_alm(int(c['not_guilty_weight']))}"
-            quorum = int(c["quorum_base"]) * c["quorum_bps"] // 10_000
             deadline = _when(c["deadline"])
             if c["state"] == "open":
-                deadline += f"\n(in {_duration(c['seconds_left'])}; quorum {_whole_alm(quorum)})"
+                quorum = int(c["quorum_base"]) * c["quorum_bps"] // 10_000
+                votes += f"\nneeds >{_whole_alm(quorum)}"
+                deadline += f"\nin {_duration(c['seconds_left'])}"
             cases.add_row(str(c["case_id"]), short(c["provider"]), "\n".join(short(r) for r in c["reporters"]),
                           c["state"], votes, _whole_alm(int(c["bonds"])), deadline,
                           _whole_alm(int(c["slashed"])))  # fmt: skip
         console.print(cases)
         console.print(
-            "[dim]votes: stake-weighted; guilty needs more than the quorum and more than not guilty; "
-            "`allmende chain fast-forward` moves a devnet past a deadline[/dim]"
+            "[dim]votes: stake-weighted, guilty/not guilty; guilty needs more than the quorum\n"
+            "and more than not guilty; `allmende gov fast-forward` moves a devnet past a deadline[/dim]"
         )
     models = Table(
         Column("model", overflow="fold"),
