@@ -14,23 +14,34 @@
         unbonding), so unbonding cannot outrun a case.
         Other staked validators re-check the evidence and vote, each weighted by
         its stake one second before the case opened; the quorum base is the
-        validators' stake at that same snapshot, less the reporter's (the
-        reporter cannot vote). Stake added after a case opened weighs nothing in it.
+        validators' stake at that same snapshot, less the reporters' (reporters
+        cannot vote). Stake added after a case opened weighs nothing in it.
         After the voting window, with q = Params `fraud_quorum_bps` as of opening:
         - guilty (more than q of the base voted guilty, and more guilty than
           not): Params `slash_bps` of the snapshot stake is slashed (once per
-          receipt); `reporter_reward_bps` of it goes to the reporter, the rest to
-          the treasury; the bond is returned and the provider is paused;
-        - not guilty (at least q of the base voted, not guilty): the bond goes
+          receipt); `reporter_reward_bps` of it goes to the reporters in equal
+          shares, the rest to the treasury; the bonds are returned and the
+          provider is paused;
+        - not guilty (at least q of the base voted, not guilty): the bonds go
           to the provider;
-        - inconclusive (fewer votes): Params `fraud_forfeit_bps` of the bond goes
-          to the treasury, the rest back to the reporter.
+        - inconclusive (fewer votes): Params `fraud_forfeit_bps` of each bond
+          goes to the treasury, the rest back to its reporter.
         So a false report always costs its reporter, and a coalition holding
         less than q of the validator stake cannot convict on its own.
-        Cases are keyed by (receipt, reporter): a case opened first on a copied
-        receipt does not stop the validator that caught the provider from
-        reporting it too; a reporter may report a receipt again once its own
-        case on it has ended without a conviction.
+        At most one case is open per (provider, fault), the fault being the
+        receipt's model: a later report of it joins the open case (each reporter
+        posting its own bond, at most MAX_REPORTS of them) instead of opening
+        another, so reports cannot compound slashes or lock bond after bond. A
+        joined report makes the case's evidence the union of its reports (guilty
+        when any of them proves the fault): a validator that voted before it may
+        vote again, its earlier vote withdrawn, so a junk report filed first (by
+        a colluder of the provider) cannot pre-empt the real one. Reporters
+        cannot vote (a juror that joins has its vote withdrawn), and their stake
+        leaves the quorum base. A guilty verdict
+        returns every bond and splits the reward equally between the reporters;
+        not guilty gives every bond to the provider; inconclusive forfeits the
+        same share of every bond. A receipt can be reported again in a new case
+        once the case that held it has ended without a conviction.
         Validators also publish per-provider reputation scores here; gateways
         take their stake-weighted median.
 """
@@ -44,6 +55,7 @@ BPS: constant(uint256) = 10_000
 ROLE_PROVIDER: constant(uint8) = 1
 ROLE_VALIDATOR: constant(uint8) = 2
 MAX_SCORES: constant(uint256) = 64
+MAX_REPORTS: constant(uint256) = 16
 
 RECEIPT_TYPEHASH: constant(bytes32) = keccak256(
     "Receipt(bytes32 requestId,bytes32 modelId,address provider,bytes32 inputHash,bytes32 outputHash,bytes32 proofHash,uint32 tokensIn,uint32 tokensOut,uint256 amount,uint64 timestamp)"
@@ -107,6 +119,27 @@ event CaseOpened:
     deadline: uint256
 
 
+struct Report:
+    reporter: address
+    receipt_digest: bytes32
+    evidence_hash: bytes32
+    evidence_uri: String[256]
+
+
+event CaseJoined:
+    case_id: indexed(uint256)
+    reporter: indexed(address)
+    evidence_hash: bytes32
+    evidence_uri: String[256]
+    reports: uint256
+
+
+event ReporterRewarded:
+    case_id: indexed(uint256)
+    reporter: indexed(address)
+    reward: uint256
+
+
 event Voted:
     case_id: indexed(uint256)
     validator: indexed(address)
@@ -137,6 +170,18 @@ case_count: public(uint256)
 voted: public(HashMap[uint256, HashMap[address, bool]])
 # @dev receipt digest -> reporter -> its latest case on that receipt
 case_of_receipt: public(HashMap[bytes32, HashMap[address, uint256]])
+# @dev provider -> fault (the receipt's model id) -> its open case (0: none)
+open_case_of: public(HashMap[address, HashMap[bytes32, uint256]])
+# @dev case -> index -> report (0: the opener's); the case's evidence is all of them
+reports: public(HashMap[uint256, HashMap[uint256, Report]])
+report_count: public(HashMap[uint256, uint256])
+is_reporter: public(HashMap[uint256, HashMap[address, bool]])
+# @dev case -> voter -> the report count its vote saw, and which way it voted; a vote
+#      may be cast again once more reports joined
+seen_reports: public(HashMap[uint256, HashMap[address, uint256]])
+voted_guilty: public(HashMap[uint256, HashMap[address, bool]])
+# @dev validator -> ALM it was paid as reporter rewards, over all cases
+rewards_of: public(HashMap[address, uint256])
 # @dev a receipt that already led to a slash is never slashed again
 convicted: public(HashMap[bytes32, bool])
 # @dev validator -> provider -> score in bps (0..10000) and when it was published
@@ -162,12 +207,13 @@ def __init__(stake_token_: IERC20, registry_: IRegistry, params_: IParams, treas
 @external
 def open_case(receipt: Receipt, signature: Bytes[65], evidence_hash: bytes32, evidence_uri: String[256]) -> uint256:
     """
-    @notice Opens a fraud case against the receipt's provider, pulling the bond.
+    @notice Reports the receipt's provider, pulling the bond: opens a fraud case, or,
+            when one is already open for this provider and model, joins it.
     @param receipt The provider's signed receipt for the audited request.
     @param signature Its 65-byte EIP-712 signature.
     @param evidence_hash keccak256 of the evidence document (prompt, output, proof).
     @param evidence_uri Where other validators fetch the evidence.
-    @return uint256 The case id (from 1).
+    @return uint256 The case id (from 1), opened or joined.
     """
     assert staticcall registry.role_of(msg.sender) == ROLE_VALIDATOR, "verdicts: not a validator"
     assert staticcall registry.is_active(msg.sender), "verdicts: validator not active"
@@ -175,15 +221,17 @@ def open_case(receipt: Receipt, signature: Bytes[65], evidence_hash: bytes32, ev
     digest: bytes32 = self._receipt_digest(receipt)
     assert ecdsa._recover_sig(digest, signature) == receipt.provider, "verdicts: bad receipt signature"
     assert not self.convicted[digest], "verdicts: receipt already convicted"
-    previous: uint256 = self.case_of_receipt[digest][msg.sender]
-    assert previous == 0 or self.cases[previous].status != STATUS_OPEN, "verdicts: receipt already reported"
     assert evidence_hash != empty(bytes32), "verdicts: empty evidence"
+    existing: uint256 = self.open_case_of[receipt.provider][receipt.model_id]
+    if existing != 0:
+        self._join(existing, digest, evidence_hash, evidence_uri)
+        return existing
     bond: uint256 = staticcall params.value(BOND_KEY)
-    if bond > 0:
-        assert extcall stake_token.transferFrom(msg.sender, self, bond, default_return_value=True), "verdicts: bond transfer failed"
+    self._pull(bond)
     case_id: uint256 = self.case_count + 1
     self.case_count = case_id
-    self.case_of_receipt[digest][msg.sender] = case_id
+    self.open_case_of[receipt.provider][receipt.model_id] = case_id
+    self._add_report(case_id, 0, digest, evidence_hash, evidence_uri)
     deadline: uint256 = block.timestamp + staticcall params.value(PERIOD_KEY)
     # one snapshot for every weight: the end of the second before this one, so stake
     # staked in this block (even before this transaction) weighs nothing
@@ -221,26 +269,84 @@ def open_case(receipt: Receipt, signature: Bytes[65], evidence_hash: bytes32, ev
     return case_id
 
 
+@internal
+def _join(case_id: uint256, digest: bytes32, evidence_hash: bytes32, evidence_uri: String[256]):
+    case: Case = self.cases[case_id]
+    assert block.timestamp < case.deadline, "verdicts: open case past its deadline, resolve it first"
+    assert not self.is_reporter[case_id][msg.sender], "verdicts: already reported in this case"
+    count: uint256 = self.report_count[case_id]
+    assert count < MAX_REPORTS, "verdicts: case has all its reports"
+    if self.voted[case_id][msg.sender]:
+        # a juror that voted on the evidence before it caught the provider itself: its vote
+        # is withdrawn, as reporters do not vote
+        weight: uint256 = staticcall registry.stake_at(msg.sender, case.snapshot)
+        if self.voted_guilty[case_id][msg.sender]:
+            case.guilty_weight -= weight
+            self.cases[case_id].guilty_weight = case.guilty_weight
+        else:
+            case.innocent_weight -= weight
+            self.cases[case_id].innocent_weight = case.innocent_weight
+        self.voted[case_id][msg.sender] = False
+    self._pull(case.bond)
+    self._add_report(case_id, count, digest, evidence_hash, evidence_uri)
+    # a reporter cannot vote, so its stake leaves the quorum base; the votes are all from
+    # non-reporters, so they stay within the base
+    self.cases[case_id].total_stake = case.total_stake - min(
+        staticcall registry.stake_at(msg.sender, case.snapshot), case.total_stake
+    )
+    log CaseJoined(
+        case_id=case_id, reporter=msg.sender, evidence_hash=evidence_hash, evidence_uri=evidence_uri, reports=count + 1
+    )
+
+
+@internal
+def _add_report(case_id: uint256, index: uint256, digest: bytes32, evidence_hash: bytes32, evidence_uri: String[256]):
+    self.reports[case_id][index] = Report(
+        reporter=msg.sender, receipt_digest=digest, evidence_hash=evidence_hash, evidence_uri=evidence_uri
+    )
+    self.report_count[case_id] = index + 1
+    self.is_reporter[case_id][msg.sender] = True
+    self.case_of_receipt[digest][msg.sender] = case_id
+
+
+@internal
+def _pull(bond: uint256):
+    if bond > 0:
+        assert extcall stake_token.transferFrom(msg.sender, self, bond, default_return_value=True), "verdicts: bond transfer failed"
+
+
 @external
 def vote(case_id: uint256, guilty: bool):
     """
     @notice A validator's vote, weighted by its stake at the case's snapshot (just
-            before it opened). Not by the reporter, once per validator, before
-            the deadline.
+            before it opened). Not by a reporter, before the deadline, once per
+            validator until another report joins the case: then it may vote
+            again, and its earlier vote is withdrawn.
     """
     case: Case = self.cases[case_id]
     assert case.status == STATUS_OPEN, "verdicts: case not open"
     assert block.timestamp < case.deadline, "verdicts: voting closed"
-    assert msg.sender != case.reporter, "verdicts: reporter cannot vote"
-    assert not self.voted[case_id][msg.sender], "verdicts: already voted"
+    assert not self.is_reporter[case_id][msg.sender], "verdicts: reporter cannot vote"
+    reports: uint256 = self.report_count[case_id]
+    assert self.seen_reports[case_id][msg.sender] < reports, "verdicts: already voted"
     assert staticcall registry.role_of(msg.sender) == ROLE_VALIDATOR, "verdicts: not a validator"
     weight: uint256 = staticcall registry.stake_at(msg.sender, case.snapshot)
     assert weight > 0, "verdicts: no stake at snapshot"
+    if self.voted[case_id][msg.sender]:
+        # the same snapshot weight it added before (the snapshot never moves)
+        if self.voted_guilty[case_id][msg.sender]:
+            case.guilty_weight -= weight
+        else:
+            case.innocent_weight -= weight
     self.voted[case_id][msg.sender] = True
+    self.seen_reports[case_id][msg.sender] = reports
+    self.voted_guilty[case_id][msg.sender] = guilty
     if guilty:
-        self.cases[case_id].guilty_weight = case.guilty_weight + weight
+        case.guilty_weight += weight
     else:
-        self.cases[case_id].innocent_weight = case.innocent_weight + weight
+        case.innocent_weight += weight
+    self.cases[case_id].guilty_weight = case.guilty_weight
+    self.cases[case_id].innocent_weight = case.innocent_weight
     log Voted(case_id=case_id, validator=msg.sender, guilty=guilty, weight=weight)
 
 
@@ -263,28 +369,42 @@ def resolve(case_id: uint256) -> uint8:
     elif votes > 0 and votes * BPS >= case.total_stake * case.quorum_bps:
         status = STATUS_NOT_GUILTY
     self.cases[case_id].status = status
+    self.open_case_of[case.provider][case.model_id] = 0
     extcall registry.release(case.provider)
+    count: uint256 = self.report_count[case_id]
 
     if status == STATUS_GUILTY:
-        if not self.convicted[case.receipt_digest]:
-            self.convicted[case.receipt_digest] = True
+        # every report's receipt was unconvicted when it joined, and while the case was open
+        # no other case on this fault could convict one; the opener's is checked as before
+        fresh: bool = not self.convicted[case.receipt_digest]
+        for i: uint256 in range(count, bound=MAX_REPORTS):
+            self.convicted[self.reports[case_id][i].receipt_digest] = True
+        share: uint256 = 0
+        if fresh:
             amount: uint256 = case.provider_stake * staticcall params.value(SLASH_KEY) // BPS
             # the provider could not withdraw since the case opened; only an earlier
             # conviction can have taken part of the snapshot stake
             amount = min(amount, staticcall registry.slashable_of(case.provider))
             if amount > 0:
                 slashed = extcall registry.slash(case.provider, amount, self)
-                reward = slashed * staticcall params.value(REWARD_KEY) // BPS
-                self._pay(case.reporter, reward)
+                # split equally; what division leaves over goes to the treasury with the rest
+                share = slashed * staticcall params.value(REWARD_KEY) // BPS // count
+                reward = share * count
                 self._pay(treasury, slashed - reward)
         extcall registry.set_paused(case.provider, True)
-        self._pay(case.reporter, case.bond)
+        for i: uint256 in range(count, bound=MAX_REPORTS):
+            reporter: address = self.reports[case_id][i].reporter
+            self._pay(reporter, case.bond + share)
+            if share > 0:
+                self.rewards_of[reporter] += share
+                log ReporterRewarded(case_id=case_id, reporter=reporter, reward=share)
     elif status == STATUS_NOT_GUILTY:
-        self._pay(case.provider, case.bond)
+        self._pay(case.provider, case.bond * count)
     else:
         forfeit: uint256 = case.bond * staticcall params.value(FORFEIT_KEY) // BPS
-        self._pay(treasury, forfeit)
-        self._pay(case.reporter, case.bond - forfeit)
+        self._pay(treasury, forfeit * count)
+        for i: uint256 in range(count, bound=MAX_REPORTS):
+            self._pay(self.reports[case_id][i].reporter, case.bond - forfeit)
     self.cases[case_id].slashed = slashed
     log CaseResolved(case_id=case_id, status=status, slashed=slashed, reporter_reward=reward)
     return status
@@ -316,11 +436,14 @@ def publish_scores(providers: DynArray[address, MAX_SCORES], scores: DynArray[ui
 @view
 def vote_weight(case_id: uint256, validator: address) -> uint256:
     """
-    @notice What `validator`'s vote on the case would weigh (0: it cannot vote).
+    @notice What `validator`'s vote on the case would weigh now (0: it cannot vote,
+            or it voted and no report joined since).
     """
     case: Case = self.cases[case_id]
-    if case.status != STATUS_OPEN or validator == case.reporter or self.voted[case_id][validator]:
+    if case.status != STATUS_OPEN or self.is_reporter[case_id][validator]:
         return 0
+    if self.seen_reports[case_id][validator] >= self.report_count[case_id]:
+        return 0  # voted, and no report joined since
     if staticcall registry.role_of(validator) != ROLE_VALIDATOR:
         return 0
     return staticcall registry.stake_at(validator, case.snapshot)

@@ -1,7 +1,8 @@
 """Economic attacks on the contracts, each named after the attacker's move, each refused.
 
 Slashing (unbonding away from a case), verdict votes (stake added after a case opened),
-reporting (front-running a receipt, framing an honest provider), royalties (squatting a
+reporting (front-running a receipt, framing an honest provider, duplicate cases on one fault
+to compound slashes or lock bonds), royalties (squatting a
 served model, registering after the work, redirecting through `register_derived`),
 governance (reviving a defeated proposal, queueing one long after it passed), rounding
 (splitting a redeem into one-unit vouchers), the access log (taking another dataset's
@@ -173,26 +174,79 @@ def test_griefer_stakes_late_to_slash_and_pause_an_honest_provider(system: Syste
 
 
 def test_colluder_front_runs_the_report_with_junk_evidence(system: System) -> None:
+    """The provider's partner files the fault first, with junk evidence, so the jurors acquit
+    before the validator that caught it reports: its report joins the case, the jurors vote
+    again on all the evidence, and the provider is slashed in full; the coalition loses
+    the slash less the partner's share of the reward."""
     colluder = actor("ea-colluder")
     register_validator(system, colluder, 5_000 * ALM)
     boa.env.time_travel(seconds=1)
-    colluder_before = system.token.balanceOf(colluder.address)
+    coalition = [colluder.address, PROVIDER.address]
+
+    def wealth() -> int:
+        return sum(system.token.balanceOf(m) + system.registry.slashable_of(m) for m in coalition)
+
+    before = wealth()
     r, sig = signed_receipt(system)
     with boa.env.prank(colluder.address):
         junk = system.verdicts_contract.open_case(r, sig, keccak(text="junk"), "http://nowhere")
+    for juror in (JUROR_A, JUROR_B):
+        vote(system, junk, juror, False)  # the junk proves nothing
 
     honest = open_case(system)  # the same receipt, reported by the validator that caught it
     for juror in (JUROR_A, JUROR_B):
-        vote(system, honest, juror, True)
-    boa.env.time_travel(seconds=system.params.get("fraud_voting_period"))
+        vote(system, honest, juror, True)  # a vote again, on the real evidence
 
-    assert system.verdicts_contract.resolve(honest) == 2
-    assert system.verdicts_contract.resolve(junk) == 4
-    assert system.verdicts_contract.cases(honest).slashed == share(PROVIDER_STAKE, "slash_bps", system)
-    forfeit = share(system.params.get("fraud_bond"), "fraud_forfeit_bps", system)
-    assert system.token.balanceOf(colluder.address) == colluder_before - forfeit
+    assert honest == junk
+    assert resolve(system, honest) == 2
+    slashed = system.verdicts_contract.cases(honest).slashed
+    assert slashed == share(PROVIDER_STAKE, "slash_bps", system)
+    reward = share(slashed, "reporter_reward_bps", system) // 2
+    assert system.verdicts_contract.rewards_of(REPORTER.address) == reward
+    assert wealth() == before - slashed + reward
     with boa.env.prank(colluder.address), boa.reverts("verdicts: receipt already convicted"):
         system.verdicts_contract.open_case(r, sig, EVIDENCE, "")
+
+
+def test_validator_reports_a_cheater_again_and_again_to_compound_slashes(system: System) -> None:
+    """Before: every audit round opened another case on the same fault, each slashing
+    slash_bps of the stake and locking another bond."""
+    bond = system.params.get("fraud_bond")
+    before = system.token.balanceOf(REPORTER.address)
+    case = open_case(system, n=0)
+    for n in (1, 2, 3):
+        with boa.reverts("verdicts: already reported in this case"):
+            open_case(system, n=n)
+    assert system.verdicts_contract.case_count() == 1
+    assert system.token.balanceOf(REPORTER.address) == before - bond  # one bond locked, not four
+    vote(system, case, JUROR_A, True)
+    vote(system, case, JUROR_B, True)
+
+    assert resolve(system, case) == 2
+    slashed = share(PROVIDER_STAKE, "slash_bps", system)
+    assert system.registry.slashable_of(PROVIDER.address) == PROVIDER_STAKE - slashed
+
+
+def test_validators_each_open_a_case_on_one_fault_to_compound_slashes(system: System) -> None:
+    """Two validators caught the same cheat on different requests: one case, one slash, the
+    reward shared, every bond returned."""
+    bond = system.params.get("fraud_bond")
+    balances = [system.token.balanceOf(v.address) for v in (REPORTER, JUROR_A)]
+    first = open_case(system, reporter=REPORTER, n=0)
+    second = open_case(system, reporter=JUROR_A, n=1)
+    assert second == first and system.verdicts_contract.case_count() == 1
+    assert system.token.balanceOf(system.verdicts_contract.address) == 2 * bond
+    vote(system, first, JUROR_B, True)  # 7,000 of the 7,000 ALM that can still vote
+
+    assert resolve(system, first) == 2
+    slashed = system.verdicts_contract.cases(first).slashed
+    assert slashed == share(PROVIDER_STAKE, "slash_bps", system)
+    assert system.registry.slashable_of(PROVIDER.address) == PROVIDER_STAKE - slashed
+    each = share(slashed, "reporter_reward_bps", system) // 2
+    for who, balance in zip((REPORTER, JUROR_A), balances, strict=True):
+        assert system.token.balanceOf(who.address) == balance + each  # its bond back and half the reward
+        assert system.verdicts_contract.rewards_of(who.address) == each
+    assert system.token.balanceOf(system.verdicts_contract.address) == 0
 
 
 def test_reporter_reports_the_receipt_again_after_an_inconclusive_case(system: System) -> None:
@@ -209,17 +263,16 @@ def test_reporter_reports_the_receipt_again_after_an_inconclusive_case(system: S
 
 def test_two_reports_of_one_receipt_slash_it_once(system: System) -> None:
     first = open_case(system, reporter=REPORTER)
-    second = open_case(system, reporter=JUROR_A)
-    vote(system, first, JUROR_A, True)
+    second = open_case(system, reporter=JUROR_A)  # joins the first
     vote(system, first, JUROR_B, True)
-    vote(system, second, REPORTER, True)
-    vote(system, second, JUROR_B, True)
-    boa.env.time_travel(seconds=system.params.get("fraud_voting_period"))
 
-    assert system.verdicts_contract.resolve(first) == 2
-    assert system.verdicts_contract.resolve(second) == 2
-    assert system.verdicts_contract.cases(second).slashed == 0
+    assert second == first
+    assert resolve(system, first) == 2
     assert system.registry.slashable_of(PROVIDER.address) == PROVIDER_STAKE - share(PROVIDER_STAKE, "slash_bps", system)
+    for reporter in (REPORTER, JUROR_A):
+        r, sig = signed_receipt(system)
+        with boa.env.prank(reporter.address), boa.reverts("verdicts: receipt already convicted"):
+            system.verdicts_contract.open_case(r, sig, EVIDENCE, "")
 
 
 # 50,000 ALM of validator stake: a 49 % coalition (the reporter and a partner) and 51 % honest

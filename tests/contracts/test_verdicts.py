@@ -151,7 +151,7 @@ def test_open_case_reverts(system: System) -> None:
     with boa.env.prank(VALIDATORS[0].address), boa.reverts("verdicts: not a provider"):
         v.open_case(tuple(bad), sig, EVIDENCE, "")
     open_case(system)
-    with boa.env.prank(VALIDATORS[0].address), boa.reverts("verdicts: receipt already reported"):
+    with boa.env.prank(VALIDATORS[0].address), boa.reverts("verdicts: already reported in this case"):
         v.open_case(r, sig, EVIDENCE, "")
     with boa.env.prank(VALIDATORS[2].address):
         system.token.approve(v.address, 0)
@@ -161,6 +161,56 @@ def test_open_case_reverts(system: System) -> None:
         system.registry.unbond(STAKES[1])
     with boa.env.prank(VALIDATORS[1].address), boa.reverts("verdicts: validator not active"):
         open_case(system, n=8, reporter=VALIDATORS[1])
+    after_deadline(system)
+    with boa.env.prank(VALIDATORS[2].address), boa.reverts("verdicts: open case past its deadline, resolve it first"):
+        open_case(system, n=9, reporter=VALIDATORS[2])
+
+
+def test_a_report_of_an_open_fault_joins_its_case(system: System) -> None:
+    v = system.verdicts_contract
+    bond = system.params.get("fraud_bond")
+    case = open_case(system)
+    base = v.cases(case).total_stake
+    before = system.token.balanceOf(VALIDATORS[1].address)
+
+    joined = open_case(system, n=1, reporter=VALIDATORS[1])
+
+    assert joined == case and v.case_count() == 1
+    assert v.report_count(case) == 2 and v.reports(case, 1).reporter == VALIDATORS[1].address
+    assert system.token.balanceOf(VALIDATORS[1].address) == before - bond
+    assert v.cases(case).total_stake == base - STAKES[1]  # a reporter's stake leaves the quorum base
+    assert v.vote_weight(case, VALIDATORS[1].address) == 0
+    with boa.env.prank(VALIDATORS[1].address), boa.reverts("verdicts: reporter cannot vote"):
+        v.vote(case, True)
+    assert system.registry.open_cases(PROVIDER.address) == 1
+
+
+def test_a_juror_that_joins_has_its_vote_withdrawn(system: System) -> None:
+    v = system.verdicts_contract
+    case = open_case(system)
+    vote(system, case, VALIDATORS[1], False)  # on junk evidence, before it caught the provider itself
+
+    open_case(system, n=1, reporter=VALIDATORS[1])
+
+    data = v.cases(case)
+    assert (data.guilty_weight, data.innocent_weight) == (0, 0)
+    assert not v.voted(case, VALIDATORS[1].address) and v.is_reporter(case, VALIDATORS[1].address)
+
+
+def test_a_vote_may_be_cast_again_once_a_report_joined(system: System) -> None:
+    v = system.verdicts_contract
+    case = open_case(system)
+    vote(system, case, VALIDATORS[2], False)
+    assert v.vote_weight(case, VALIDATORS[2].address) == 0
+
+    open_case(system, n=1, reporter=VALIDATORS[1])
+    assert v.vote_weight(case, VALIDATORS[2].address) == STAKES[2]
+    vote(system, case, VALIDATORS[2], True)
+
+    data = v.cases(case)
+    assert (data.guilty_weight, data.innocent_weight) == (STAKES[2], 0)  # moved, not counted twice
+    with boa.env.prank(VALIDATORS[2].address), boa.reverts("verdicts: already voted"):
+        v.vote(case, True)
 
 
 def test_vote_reverts(system: System) -> None:
@@ -252,8 +302,18 @@ class VerdictsMachine(RuleBasedStateMachine):
         if self.sys.token.balanceOf(who) < self.sys.params.get("fraud_bond"):
             return  # it staked what it had: no bond left
         self.n += 1
-        if self.sys.registry.role_of(PROVIDER.address) == 1:
-            self.cases.append(open_case(self.sys, self.n, VALIDATORS[reporter]))
+        if self.sys.registry.role_of(PROVIDER.address) != 1:
+            return
+        v = self.sys.verdicts_contract
+        case = v.open_case_of(PROVIDER.address, keccak(text="model"))
+        if case and (boa.env.evm.patch.timestamp >= v.cases(case).deadline or v.is_reporter(case, who)):
+            with boa.reverts():
+                open_case(self.sys, self.n, VALIDATORS[reporter])
+            return
+        opened = open_case(self.sys, self.n, VALIDATORS[reporter])
+        assert opened == case or (not case and opened not in self.cases)  # one open case per fault
+        if opened not in self.cases:
+            self.cases.append(opened)
 
     @rule(voter=st.integers(0, 2), guilty=st.booleans(), pick=st.integers(0, 10))
     def vote(self, voter: int, guilty: bool, pick: int) -> None:
@@ -262,23 +322,25 @@ class VerdictsMachine(RuleBasedStateMachine):
         case = self.cases[pick % len(self.cases)]
         data = self.sys.verdicts_contract.cases(case)
         who = VALIDATORS[voter]
+        v = self.sys.verdicts_contract
         ok = (
             data.status == 1
             and boa.env.evm.patch.timestamp < data.deadline
-            and data.reporter != who.address
-            and not self.sys.verdicts_contract.voted(case, who.address)
+            and not v.is_reporter(case, who.address)
+            and v.seen_reports(case, who.address) < v.report_count(case)
         )
         with boa.env.prank(who.address):
             if ok:
                 weight = self.sys.registry.stake_at(who.address, data.snapshot)
                 if weight == 0:
                     with boa.reverts("verdicts: no stake at snapshot"):
-                        self.sys.verdicts_contract.vote(case, guilty)
+                        v.vote(case, guilty)
                     return
                 before = data.guilty_weight + data.innocent_weight
-                self.sys.verdicts_contract.vote(case, guilty)
-                after = self.sys.verdicts_contract.cases(case)
-                assert after.guilty_weight + after.innocent_weight == before + weight
+                again = v.voted(case, who.address)
+                v.vote(case, guilty)
+                after = v.cases(case)
+                assert after.guilty_weight + after.innocent_weight == before + (0 if again else weight)
             else:
                 with boa.reverts():
                     self.sys.verdicts_contract.vote(case, guilty)
@@ -339,6 +401,14 @@ class VerdictsMachine(RuleBasedStateMachine):
             assert data.guilty_weight + data.innocent_weight <= data.total_stake
 
     @invariant()
+    def one_open_case_per_fault(self) -> None:
+        opened = [c for c in self.cases if self.sys.verdicts_contract.cases(c).status == 1]
+        assert len(opened) <= 1
+        assert self.sys.verdicts_contract.open_case_of(PROVIDER.address, keccak(text="model")) == (
+            opened[0] if opened else 0
+        )
+
+    @invariant()
     def open_cases_hold_the_provider(self) -> None:
         opened = sum(1 for c in self.cases if self.sys.verdicts_contract.cases(c).status == 1)
         assert self.sys.registry.open_cases(PROVIDER.address) == opened
@@ -347,7 +417,7 @@ class VerdictsMachine(RuleBasedStateMachine):
     def alm_is_conserved(self) -> None:
         assert sum(self.sys.token.balanceOf(h) for h in self.holders) == self.total
         open_bonds = sum(
-            self.sys.verdicts_contract.cases(c).bond
+            self.sys.verdicts_contract.cases(c).bond * self.sys.verdicts_contract.report_count(c)
             for c in self.cases
             if self.sys.verdicts_contract.cases(c).status == 1
         )

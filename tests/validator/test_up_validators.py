@@ -6,26 +6,86 @@ and everyone else from a cheap generator with a recomputed proof. It recognises 
 reported, voted guilty by the other validator, slashed and paused, and the gateway stops
 routing to it while users' requests keep being served. Its receipts, inflated tenfold, are
 never paid: the gateway refuses them and passes them on to the auditing validator as evidence.
-(The network is shared with the
-explorer's browser tests: see `cheater_network` in tests/conftest.py.)"""
+The operator's view, as the README's "Running a validator" shows it: each validator's log,
+/metrics and /status, and `allmende status`, show the audits, the one case, the votes, the
+resolution and the reporter's reward; one more validator joins from the command line
+(after a start on a busy port that stakes nothing), is seen, stops, and unbonds.
+(The network is shared with the explorer's browser tests: see `cheater_network` in
+tests/conftest.py.)"""
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from openai import OpenAI
 
 from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.chain.anvil import devnet_accounts, free_port
+from allmende.cli.common import console
+from allmende.cli.status import render
 from tests.conftest import cheater_verdict, wait_for
 
+JOINER, BUSY = devnet_accounts(6)[5], devnet_accounts(6)[4]  # accounts `up` leaves free
 
-def test_validators_in_up_catch_and_slash_the_cheater(cheater_network: dict[str, Any]) -> None:
+
+def cli(network: dict[str, Any], *args: str) -> subprocess.Popen[str]:
+    """An `allmende` command as the README runs it next to `allmende up` (its state dir),
+    started; `finish` waits for it."""
+    env = {**os.environ, "COLUMNS": "250", "ALLMENDE_STATE_DIR": network["root"]}
+    env.pop("ALLMENDE_RPC", None)
+    env.pop("ALLMENDE_DEPLOYMENTS", None)
+    command = [sys.executable, "-m", "allmende", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def finish(command: subprocess.Popen[str]) -> str:
+    out, err = command.communicate(timeout=120)
+    assert command.returncode == 0, out + err
+    return out
+
+
+def start_validator(network: dict[str, Any], port: int, key: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "ALLMENDE_STATE_DIR": network["root"]}
+    env.pop("ALLMENDE_RPC", None)
+    env.pop("ALLMENDE_DEPLOYMENTS", None)
+    command = [sys.executable, "-m", "allmende", "validator", "--key", key, "--port", str(port),
+               "--state-dir", str(log.parent / log.stem)]  # fmt: skip
+    return subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a prometheus text page (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{" if labels else name + " ") and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_validators_in_up_catch_and_slash_the_cheater(
+    cheater_network: dict[str, Any], request: pytest.FixtureRequest
+) -> None:
     network = cheater_network
+    root = Path(network["root"])
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    # started now, checked at the end: their start overlaps the wait for the verdict
+    on_busy_port = start_validator(network, busy.getsockname()[1], f"devnet:{BUSY.index}", root / "busy-validator.log")
+    joiner_port = free_port()
+    joiner = start_validator(network, joiner_port, f"devnet:{JOINER.index}", root / "joiner.log")
+    request.addfinalizer(lambda: [p.kill() for p in (on_busy_port, joiner) if p.poll() is None])
     reader = Contracts(ChainClient(network["rpc_url"]), Deployment.load(network["deployments"]))
     honest, cheater = (p["address"] for p in network["providers"])
     validators = [v["address"] for v in network["validators"]]
@@ -75,12 +135,82 @@ def test_validators_in_up_catch_and_slash_the_cheater(cheater_network: dict[str,
         assert reply.choices[0].finish_reason in ("stop", "length")
     logs = "".join(Path(v["log"]).read_text() for v in network["validators"])
     assert "Traceback" not in logs
-    shown = subprocess.run(
-        [sys.executable, "-m", "allmende", "status", "--state-dir", network["root"]],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "250"},
-    )
-    assert shown.returncode == 0, shown.stderr
-    assert "guilty" in shown.stdout and all(v in shown.stdout for v in validators)
+    # a start on a busy port stakes nothing; a validator that joins is seen and stops
+    assert on_busy_port.wait(timeout=120) == 1
+    assert "cannot listen on 127.0.0.1" in (root / "busy-validator.log").read_text()
+    assert reader.registry.role_of(BUSY.address) == 0
+    busy.close()
+    joined = f"http://127.0.0.1:{joiner_port}"
+    wait_for("the joining validator", lambda: _answers(joined + "/status"), 120)
+    seen = httpx.get(joined + "/status", timeout=30).json()
+    assert seen["address"] == JOINER.address and seen["active"]
+    assert int(seen["stake"]) == reader.params.get("min_validator_stake") and seen["rewards_earned"] == "0"
+    assert metric(httpx.get(joined + "/metrics", timeout=10).text, "allmende_validator_stake_alm") > 0
+    joiner.send_signal(signal.SIGINT)
+    assert joiner.wait(timeout=60) == 0
+    assert "evidence endpoint withdrawn" in (root / "joiner.log").read_text()
+    # the README's commands, all at once (each takes seconds to start): status, and unbonding
+    shown_json = cli(network, "status", "--json")
+    unbonded = cli(network, "stake", "unbond", "all", "--key", f"devnet:{JOINER.index}")
+
+    # the operator's view of the case: logs, /metrics and /status of both validators
+    by_address = {v["address"]: v for v in network["validators"]}
+    reporters = [r.reporter for r in reader.verdicts.reports(resolved.case_id)]
+    assert reporters == [resolved.reporter]  # the other validator voted instead of reporting again
+    reporter = by_address[resolved.reporter]
+    juror = next(v for v in network["validators"] if v["address"] != resolved.reporter)
+    reward = reader.verdicts.rewards_of(resolved.reporter)
+    assert reward == resolved.slashed * reader.params.get("reporter_reward_bps") // 10_000 > 0
+    ended = f"case {resolved.case_id} against {cheater} resolved: guilty"
+    wait_for("the outcome in the reporter's log", lambda: ended in Path(reporter["log"]).read_text(), 60)
+    reporter_log, juror_log = Path(reporter["log"]).read_text(), Path(juror["log"]).read_text()
+    assert f"audit of {cheater}: FAILED" in reporter_log and f"audit of {honest}: passed" in reporter_log
+    assert f"opened case {resolved.case_id} against {cheater}" in reporter_log
+    assert "this validator's reward" in reporter_log and "allmende.validator" in reporter_log
+    assert f"voted guilty on case {resolved.case_id} against {cheater}" in juror_log
+    assert "published scores" in reporter_log + juror_log
+    scraped = httpx.get(reporter["url"] + "/metrics", timeout=10).text
+    assert metric(scraped, "allmende_validator_audits_total", provider=cheater, result="failed") >= 1
+    assert metric(scraped, "allmende_validator_audits_total", provider=honest, result="passed") >= 1
+    assert metric(scraped, "allmende_validator_reports_total", provider=cheater, action="opened") >= 1
+    assert metric(scraped, "allmende_validator_resolutions_total", outcome="guilty") >= 1
+    assert metric(scraped, "allmende_validator_rewards_alm") == reward / 10**18
+    juror_metrics = httpx.get(juror["url"] + "/metrics", timeout=10).text
+    assert metric(juror_metrics, "allmende_validator_votes_total", provider=cheater, vote="guilty") >= 1
+    mine = httpx.get(reporter["url"] + "/status", timeout=30).json()
+    assert mine["address"] == resolved.reporter and int(mine["rewards_earned"]) == reward
+    assert mine["audits"]["failed"] >= 1 and int(mine["stake"]) == reader.registry.stake_of(resolved.reporter)
+    # one open case per fault: none against the cheater opened while another was open
+    for earlier, later in itertools.pairwise(against):
+        assert earlier.status != 1 and later.opened_at >= earlier.deadline
+
+    report = json.loads(finish(shown_json))
+    table = rendered(report)  # the table `allmende status` prints for the same report
+    assert "guilty" in table and all(v in table for v in validators)
+    (case,) = [c for c in report["cases"] if c["case_id"] == resolved.case_id]
+    assert case["state"] == "guilty" and case["reporters"] == [resolved.reporter]
+    assert int(case["guilty_weight"]) > 0 and int(case["bonds"]) == reader.params.get("fraud_bond")
+    assert case["deadline"] == resolved.deadline and int(case["slashed"]) == resolved.slashed
+    listed = {v["address"]: v for v in report["validators"]}
+    assert int(listed[resolved.reporter]["rewards_earned"]) == reward
+    assert listed[JOINER.address]["stopped"] and listed[JOINER.address]["endpoint"] == ""
+    assert "no longer active" in finish(unbonded)
+    assert not reader.registry.is_active(JOINER.address)
+
+
+def rendered(report: dict[str, Any]) -> str:
+    width = console.width
+    console.width = 250  # wide enough for addresses in full
+    try:
+        with console.capture() as captured:
+            render(report)
+    finally:
+        console.width = width
+    return captured.get()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False

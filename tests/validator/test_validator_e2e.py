@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from prometheus_client import generate_latest
 
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.anvil import Anvil, DevnetAccount, free_port
@@ -117,9 +118,23 @@ def test_cheater_is_caught_voted_guilty_slashed_and_dropped(
     assert case_id is not None, [r.reason for r in records]
     assert "proof" in records[-1].reason
 
-    assert v2.review_cases() == [(case_id, True)]  # v2 fetched the evidence and re-checked it
+    again = v1.audit(entry, model_id)  # the next audit round catches it again: no second case
+    assert again.case_id == case_id and reader.verdicts.case_count() == case_id
+    caught = v2.audit(entry, model_id)  # v2 catches it too, re-checks the case's evidence, votes guilty
+    assert not caught.ok and caught.case_id == case_id
+    assert reader.verdicts.voted_guilty(case_id, v2.address) and reader.verdicts.case_count() == case_id
+    assert reader.verdicts.reports(case_id)[0].reporter == v1.address and len(reader.verdicts.reports(case_id)) == 1
+    assert v2.review_cases() == []  # nothing left to vote on
+    status = v1.status()
+    (listed,) = [c for c in status["open_cases"] if c["case_id"] == case_id]
+    assert listed["this_validator"] == "reporter" and int(listed["guilty_weight"]) > 0
     ChainClient(anvil.url, accounts[0].key).increase_time(reader.params.get("fraud_voting_period"))
     assert case_id in v1.resolve_due()
+    metrics = generate_latest(v1.metrics.registry).decode()
+    assert f'allmende_validator_reports_total{{action="opened",provider="{cheater}"}} 1.0' in metrics
+    assert f'allmende_validator_reports_total{{action="already_reported",provider="{cheater}"}} 1.0' in metrics
+    assert 'allmende_validator_resolutions_total{outcome="guilty"} 1.0' in metrics
+    assert int(v1.status()["rewards_earned"]) == reader.verdicts.rewards_of(v1.address) > 0
 
     case = reader.verdicts.case(case_id)
     assert case.status == 2

@@ -330,15 +330,53 @@ class CaseRecord:
     slashed: int
     snapshot: int  # vote weights are stakes at the end of this second (just before opening)
     provider_stake: int  # bonded + unbonding stake of the provider when the case opened
+    bond: int = 0  # each reporter's bond
+    opened_at: int = 0
+    total_stake: int = 0  # the quorum base: validators' snapshot stake less the reporters'
+    quorum_bps: int = 0
+
+
+@dataclass(frozen=True)
+class CaseReport:
+    """One validator's report in a case: its receipt and its evidence."""
+
+    reporter: str
+    receipt_digest: bytes
+    evidence_hash: bytes
+    evidence_uri: str
 
 
 class Verdicts(_Binding):
     name = "Verdicts"
 
     def open_case(self, receipt: tuple[Any, ...], signature: bytes, evidence_hash: bytes, evidence_uri: str) -> int:
+        """Report the receipt's provider: opens a case, or joins the one open on this
+        (provider, model); returns its id."""
         sent = self._tx("open_case", receipt, signature, evidence_hash, evidence_uri)
-        (event,) = self.contract.events.CaseOpened().process_receipt(sent.receipt, errors=DISCARD)
+        events = self.contract.events
+        found: list[Any] = list(events.CaseOpened().process_receipt(sent.receipt, errors=DISCARD))
+        found += list(events.CaseJoined().process_receipt(sent.receipt, errors=DISCARD))
+        (event,) = found
         return int(event["args"]["case_id"])
+
+    def open_case_of(self, provider: str, model_id: bytes) -> int:
+        """The case open on (provider, model), 0 when none is."""
+        return int(self._call("open_case_of", provider, model_id))
+
+    def reports(self, case_id: int) -> list[CaseReport]:
+        """Every report of the case, the opener's first."""
+        rows = [self._call("reports", case_id, i) for i in range(int(self._call("report_count", case_id)))]
+        return [CaseReport(r[0], bytes(r[1]), bytes(r[2]), r[3]) for r in rows]
+
+    def is_reporter(self, case_id: int, who: str) -> bool:
+        return bool(self._call("is_reporter", case_id, who))
+
+    def rewards_of(self, who: str) -> int:
+        """ALM `who` was paid as reporter rewards, over all cases."""
+        return int(self._call("rewards_of", who))
+
+    def voted_guilty(self, case_id: int, who: str) -> bool:
+        return bool(self._call("voted_guilty", case_id, who))
 
     def vote(self, case_id: int, guilty: bool) -> SentTransaction:
         return self._tx("vote", case_id, guilty)
@@ -362,6 +400,10 @@ class Verdicts(_Binding):
             int(c[13]),
             int(c[14]),
             int(c[15]),
+            int(c[6]),
+            int(c[7]),
+            int(c[9]),
+            int(c[16]),
         )
 
     def case_count(self) -> int:

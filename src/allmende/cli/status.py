@@ -8,6 +8,7 @@ every value in full (amounts as decimal strings of base units, like the explorer
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,8 @@ def gather(contracts: Contracts, gateway_url: str | None = None) -> dict[str, An
                 row["health"] = "no offers"  # stopped: it withdrew them (or never published)
             providers.append(row)
         elif account.role == 2:
+            row["rewards_earned"] = str(contracts.verdicts.rewards_of(address))
+            row["stopped"] = not account.endpoint  # a validator withdraws its endpoint when it stops
             validators.append(row)
     models = []
     for model_id, name in names.items():
@@ -110,17 +113,25 @@ def gather(contracts: Contracts, gateway_url: str | None = None) -> dict[str, An
              "deposit": str(state.deposit), "redeemed": str(state.spent), "closes_at": state.closes_at}
         )  # fmt: skip
     cases = []
+    now = contracts.client.timestamp()
     for case_id in range(1, contracts.verdicts.case_count() + 1) if validators else []:
         case = contracts.verdicts.case(case_id)
+        reporters = [r.reporter for r in contracts.verdicts.reports(case_id)]
         cases.append(
-            {"case_id": case_id, "provider": case.provider, "reporter": case.reporter,
-             "state": CASE_STATES.get(case.status, "?"), "slashed": str(case.slashed)}
+            {"case_id": case_id, "provider": case.provider, "model_id": "0x" + case.model_id.hex(),
+             "reporter": case.reporter, "reporters": reporters, "state": CASE_STATES.get(case.status, "?"),
+             "guilty_weight": str(case.guilty_weight), "not_guilty_weight": str(case.innocent_weight),
+             "quorum_base": str(case.total_stake), "quorum_bps": case.quorum_bps,
+             "bond_each": str(case.bond), "bonds": str(case.bond * len(reporters)), "deadline": case.deadline,
+             "seconds_left": max(0, case.deadline - now) if case.status == 1 else 0,
+             "slashed": str(case.slashed)}
         )  # fmt: skip
     treasury = channels.treasury()
     return {
         "providers": providers,
         "validators": validators,
         "cases": cases,
+        "chain_time": now,
         "models": models,
         "channels": channel_rows,
         "treasury": {"address": treasury, "fees_accrued": str(channels.earnings(treasury))},
@@ -153,6 +164,15 @@ def _health_by_provider(gateway_url: str | None) -> dict[str, str] | None:
         return {str(p["address"]).lower(): str(p["health"]) for p in network["providers"]}
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None
+
+
+def _when(ts: int) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _duration(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h {rest // 60:02d}m" if hours else f"{rest // 60}m {rest % 60:02d}s"
 
 
 def short(value: str, head: int = 10, tail: int = 4) -> str:
@@ -203,17 +223,34 @@ def render(report: dict[str, Any]) -> None:
         f"pending: owed, not yet redeemed{'' if pending_known else ' (no gateway answered)'}[/dim]"
     )
     if report["validators"]:
-        validators = Table("validator", "evidence endpoint", "stake (ALM)", "active", title="validators", **TABLE)
+        validators = Table(
+            "validator", "evidence endpoint", "stake (ALM)", "active", "rewards (ALM)", title="validators", **TABLE
+        )
         for v in report["validators"]:
-            validators.add_row(short(v["address"]), v["endpoint"], alm(int(v["stake"])).removesuffix(" ALM"),
-                               "yes" if v["active"] else "no")  # fmt: skip
+            validators.add_row(short(v["address"]), v["endpoint"] or "- (stopped)",
+                               alm(int(v["stake"])).removesuffix(" ALM"), "yes" if v["active"] else "no",
+                               _whole_alm(int(v["rewards_earned"])))  # fmt: skip
         console.print(validators)
     if report["cases"]:
-        cases = Table("case", "provider", "reporter", "state", "slashed", title="fraud cases", **TABLE)
+        cases = Table(
+            "case", "provider", "reporters", "state", "votes guilty/not (ALM)", "bonds", "deadline", "slashed",
+            title="fraud cases", **TABLE,
+        )  # fmt: skip
         for c in report["cases"]:
-            cases.add_row(str(c["case_id"]), short(c["provider"]), short(c["reporter"]), c["state"],
-                          alm(int(c["slashed"])))  # fmt: skip
+            votes = f"{_whole_alm(int(c['guilty_weight']))}/{_whole_alm(int(c['not_guilty_weight']))}"
+            deadline = _when(c["deadline"])
+            if c["state"] == "open":
+                quorum = int(c["quorum_base"]) * c["quorum_bps"] // 10_000
+                votes += f"\nneeds >{_whole_alm(quorum)}"
+                deadline += f"\nin {_duration(c['seconds_left'])}"
+            cases.add_row(str(c["case_id"]), short(c["provider"]), "\n".join(short(r) for r in c["reporters"]),
+                          c["state"], votes, _whole_alm(int(c["bonds"])), deadline,
+                          _whole_alm(int(c["slashed"])))  # fmt: skip
         console.print(cases)
+        console.print(
+            "[dim]votes: stake-weighted, guilty/not guilty; guilty needs more than the quorum\n"
+            "and more than not guilty; `allmende gov fast-forward` moves a devnet past a deadline[/dim]"
+        )
     models = Table(
         Column("model", overflow="fold"),
         "id",

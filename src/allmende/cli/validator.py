@@ -1,4 +1,7 @@
-"""`allmende validator` — audit providers as a mystery shopper, vote on fraud cases."""
+"""`allmende validator` — audit providers as a mystery shopper, vote on fraud cases.
+
+Its stake is a Registry stake like a provider's: `allmende stake show|unbond|withdraw
+--key ...` shows it, takes it out of service and takes it back."""
 
 from __future__ import annotations
 
@@ -6,18 +9,20 @@ from pathlib import Path
 
 import typer
 
-from allmende.cli.common import console, deployments_path, exit_stopped, friendly_errors, node_logging, resolve_key
+from allmende.cli.common import console, exit_stopped, find_deployments, friendly_errors, node_logging, resolve_key
 from allmende.config import from_environment
 
 
 def validator(
-    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC)"),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC, else the deployments file's)"),
     key: str = typer.Option(..., help="keystore file or devnet:N"),
     model: list[str] = typer.Option(["allmende:tiny"], help="models this validator loads and audits"),
     port: int = typer.Option(9500, help="port of the evidence server"),
     host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 for every interface"),
     public_url: str = typer.Option(None, help="evidence endpoint published on chain (default http://host:port)"),
-    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
+    deployments: Path = typer.Option(
+        None, help="deployments JSON (default $ALLMENDE_DEPLOYMENTS, else <state-dir>/run/deployments.json)"
+    ),
     state_dir: Path = typer.Option(None, help="where the validator keeps its database"),
     gateway: list[str] = typer.Option(
         [], help="gateway URL to send audits through, as user requests (repeatable; none: only review cases)"
@@ -27,16 +32,20 @@ def validator(
     audit_interval: float = typer.Option(30.0, help="mean seconds between audit rounds (jittered)"),
     publish_every: int = typer.Option(10, help="publish reputation scores every N rounds"),
 ) -> None:
-    """Stake, then audit every provider of the loaded models, open and vote on fraud cases."""
+    """Stake, then audit every provider of the loaded models, open, join and vote on fraud
+    cases. Serves /status and /metrics beside the evidence; stopping it withdraws its
+    endpoint (the stake stays: `allmende stake unbond`)."""
+    from allmende.chain import Deployment
     from allmende.validator.node import ValidatorConfig, serve
 
     env = from_environment()
     node_logging()
     with friendly_errors():
+        path = find_deployments(deployments)
         config = ValidatorConfig(
-            rpc_url=rpc or env.rpc_url,
+            rpc_url=rpc or (env.rpc_url if env.rpc_url_set else Deployment.load(path).rpc_url or env.rpc_url),
             key=resolve_key(key),
-            deployments=deployments_path(deployments),
+            deployments=path,
             state_dir=state_dir or env.state_dir / "validator",
             models=model,
             endpoint=public_url or f"http://{host}:{port}",

@@ -1,5 +1,6 @@
-"""The validator's HTTP API: /healthz and /v1/evidence/<keccak hash> (the evidence of the
-cases it opened, for the other validators to re-check)."""
+"""The validator's HTTP API: /healthz, /v1/evidence/<keccak hash> (the evidence of the
+cases it reported, for the other validators to re-check), /status (JSON: stake, audits,
+open cases with votes, deadlines and bonds, rewards) and /metrics (prometheus)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from allmende import wire
 from allmende.core.errors import AllmendeError
@@ -28,6 +30,14 @@ def create_app(validator: Validator) -> FastAPI:
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         return {"ok": True, "address": validator.address, "audits": validator.store.audit_count()}
+
+    @app.get("/status")
+    def status() -> dict[str, Any]:
+        return validator.status()
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(validator.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/evidence/{digest}")
     def evidence(digest: str) -> Response:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 
 import httpx
 
@@ -19,17 +18,19 @@ log = logging.getLogger("allmende.validator")
 
 
 def serve(config: ValidatorConfig, host: str, port: int, audit_interval: float, publish_every: int) -> None:
-    """Run the validator: evidence over HTTP, audits, reviews, resolutions, scores."""
+    """Run the validator: evidence, /status and /metrics over HTTP, audits, reviews,
+    resolutions, scores. Stopping it withdraws its evidence endpoint from the Registry."""
     import uvicorn
 
     sock = bind_socket(host, port)  # a busy port stops the start before anything is staked
     validator = Validator(config)
     validator.stake()
     app = create_app(validator)
+    stopping = threading.Event()
 
     def loop() -> None:
         rounds = 0
-        while True:
+        while not stopping.is_set():
             try:
                 validator.audit_round()
                 validator.review_cases()
@@ -39,11 +40,15 @@ def serve(config: ValidatorConfig, host: str, port: int, audit_interval: float, 
                     validator.publish_scores()
             except (ChainError, httpx.HTTPError) as exc:
                 log.warning("validator round failed, retrying: %s", exc)
-            time.sleep(audit_interval * (0.5 + validator.rng.random()))  # jittered like user traffic
+            stopping.wait(audit_interval * (0.5 + validator.rng.random()))  # jittered like user traffic
 
-    threading.Thread(target=loop, daemon=True).start()
+    worker = threading.Thread(target=loop, daemon=True)
+    worker.start()
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it already handled
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    stopping.set()
+    worker.join(timeout=5)  # a round in flight ends on its own; the chain client's nonces are locked
+    validator.withdraw_endpoint()
 
 
 __all__ = ["AuditRecord", "Validator", "ValidatorConfig", "serve"]

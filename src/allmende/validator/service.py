@@ -13,6 +13,7 @@ Users' prompts never need to be shared for auditing.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import random
@@ -24,7 +25,7 @@ from typing import Any
 import httpx
 
 from allmende.chain import ChainClient, Contracts, Deployment
-from allmende.chain.bindings import ROLE_VALIDATOR
+from allmende.chain.bindings import ROLE_VALIDATOR, CaseRecord, CaseReport
 from allmende.chain.errors import ChainError
 from allmende.core import SignedReceipt
 from allmende.core.errors import InvalidInput
@@ -35,6 +36,7 @@ from allmende.gateway.directory import Directory, ProviderEntry
 from allmende.validator.answers import Choice, check_answer, choices_of
 from allmende.validator.checker import NOTHING, Verdict
 from allmende.validator.evidence import BadEvidence, Evidence, EvidenceStore, fetch_evidence
+from allmende.validator.metrics import ALM, ValidatorMetrics, fault_kind
 from allmende.validator.prompts import AuditTraffic
 from allmende.validator.store import AuditRecord, ValidatorStore
 
@@ -78,6 +80,10 @@ class Validator:
         self.directory = Directory(self.contracts, httpx.Client(timeout=5))
         self.store = ValidatorStore(cfg.state_dir / "audits.db")
         self.evidence = EvidenceStore(cfg.state_dir / "evidence")
+        self.metrics = ValidatorMetrics()
+        self.involved: set[int] = set()  # cases it reported or voted on: their outcomes are logged
+        self.settled: set[int] = set()  # cases whose outcome it logged
+        self.abstained: set[int] = set()  # cases it could not check the evidence of
 
     # ------------------------------------------------------------ chain
 
@@ -91,6 +97,24 @@ class Validator:
         if account.role == 0 or add or account.endpoint != self.config.endpoint:
             self.contracts.registry.register(ROLE_VALIDATOR, self.config.endpoint, b"\x00" * 32, add)
         self.contracts.token.ensure_allowance(self.contracts.verdicts.address, 2**255)
+        staked = self.contracts.registry.account(self.address).stake
+        self.metrics.stake.set(staked / ALM)
+        log.info(
+            "validator %s staked %s ALM%s, evidence endpoint %s",
+            self.address,
+            f"{staked / ALM:g}",
+            f" (added {add / ALM:g})" if add else "",
+            self.config.endpoint,
+        )
+
+    def withdraw_endpoint(self) -> None:
+        """On stop: publish no evidence endpoint, so the network sees it stopped (the stake
+        stays bonded; `allmende stake unbond` takes it out). Re-published on the next start."""
+        try:
+            self.contracts.registry.register(ROLE_VALIDATOR, "", b"\x00" * 32, 0)
+            log.info("validator %s stopped: evidence endpoint withdrawn from the Registry", self.address)
+        except ChainError as exc:
+            log.warning("could not withdraw the evidence endpoint: %s", exc)
 
     # ------------------------------------------------------------ audits
 
@@ -161,22 +185,59 @@ class Validator:
             reason=verdict.reason,
             choices=[c.to_json() for c in found.choices] if found.choices else None,
         )
+        model_id = r.model_id
+        verdicts = self.contracts.verdicts
+        existing = verdicts.open_case_of(entry.address, model_id)
+        if existing:
+            # one open case per (provider, model): report in it only what it does not prove yet
+            if verdicts.is_reporter(existing, self.address):
+                self.metrics.reports.labels(entry.address, "already_reported").inc()
+                log.info("case %d against %s holds this validator's report already: not reported again",
+                         existing, entry.address)  # fmt: skip
+                return existing
+            if self.contracts.client.timestamp() >= verdicts.case(existing).deadline:
+                self._resolve(existing)  # due: settle it, then report in a new case
+                existing = 0
+            elif self._judge_reports(verdicts.reports(existing), entry.address) is True:
+                # its evidence proves the fault already: this validator's part is a guilty vote
+                self.metrics.reports.labels(entry.address, "proven_already").inc()
+                log.info("case %d against %s already proves this fault: voting, not reporting", existing,
+                         entry.address)  # fmt: skip
+                weight = verdicts.vote_weight(existing, self.address)
+                if weight and not verdicts.voted_guilty(existing, self.address):
+                    self._vote(existing, entry.address, True, weight)
+                return existing
         digest = self.evidence.put(evidence)
         uri = f"{self.config.endpoint}/v1/evidence/0x{digest.hex()}"
         try:
-            case_id = self.contracts.verdicts.open_case(r.as_tuple(), found.receipt.signature, digest, uri)
+            case_id = verdicts.open_case(r.as_tuple(), found.receipt.signature, digest, uri)
         except ChainError as exc:
-            log.warning("could not open a case against %s: %s", entry.address, exc)
+            log.warning("could not report %s: %s", entry.address, exc)
             return None
-        log.warning("opened case %d against %s: %s", case_id, entry.address, verdict.reason)
+        self.involved.add(case_id)
+        action = "joined" if existing else "opened"
+        self.metrics.reports.labels(entry.address, action).inc()
+        case = verdicts.case(case_id)
+        log.warning(
+            "%s case %d against %s (model 0x%s…, bond %s ALM, voting until %s): %s",
+            action,
+            case_id,
+            entry.address,
+            model_id.hex()[:12],
+            f"{case.bond / ALM:g}",
+            _when(case.deadline),
+            verdict.reason,
+        )
         return case_id
 
     def _score(self, record: AuditRecord, counted: bool = True) -> None:
         self.store.record(record, counted)
+        result = "unavailable" if not counted else "passed" if record.ok else "failed"
+        self.metrics.audits.labels(record.provider, result, fault_kind(record.ok and counted, record.reason)).inc()
         log.info(
             "audit of %s: %s (%s, %.2fs)%s",
             record.provider,
-            "passed" if record.ok else "FAILED",
+            "unavailable" if not counted else "passed" if record.ok else "FAILED",
             record.reason,
             record.latency,
             f", case {record.case_id}" if record.case_id else "",
@@ -199,23 +260,52 @@ class Validator:
     # ------------------------------------------------------------ cases
 
     def review_cases(self) -> list[tuple[int, bool]]:
-        """Vote on every open case this validator did not open, after re-checking its evidence."""
+        """Vote on every open case this validator did not report in, after re-checking all of
+        its evidence; again when another report joined since it voted not guilty."""
         votes = []
         verdicts = self.contracts.verdicts
         now = self.contracts.client.timestamp()
         for case_id in range(1, verdicts.case_count() + 1):
             case = verdicts.case(case_id)
-            if case.status != 1 or case.reporter == self.address or now >= case.deadline:
+            if case.status != 1 or now >= case.deadline:
                 continue
-            if verdicts.vote_weight(case_id, self.address) == 0:
-                continue  # voted already, or it had no stake just before the case opened
-            guilty = self._recheck(case.evidence_uri, case.evidence_hash, case.provider)
-            if guilty is None:
-                continue  # evidence unavailable: abstain rather than guess
-            verdicts.vote(case_id, guilty)
-            log.info("voted %s on case %d against %s", "guilty" if guilty else "not guilty", case_id, case.provider)
+            weight = verdicts.vote_weight(case_id, self.address)
+            if weight == 0:
+                continue  # a reporter, voted with no report joined since, or no stake at the snapshot
+            if verdicts.voted(case_id, self.address) and verdicts.voted_guilty(case_id, self.address):
+                continue  # more evidence cannot make a proven fault unproven
+            guilty = self._judge_reports(verdicts.reports(case_id), case.provider)
+            if guilty is None:  # evidence unavailable: abstain rather than guess (said once per case)
+                if case_id not in self.abstained:
+                    self.abstained.add(case_id)
+                    log.info("abstaining on case %d against %s: its evidence is unavailable", case_id, case.provider)
+                    self.metrics.votes.labels(case.provider, "abstain").inc()
+                continue
+            self._vote(case_id, case.provider, guilty, weight)
             votes.append((case_id, guilty))
         return votes
+
+    def _vote(self, case_id: int, provider: str, guilty: bool, weight: int) -> None:
+        self.contracts.verdicts.vote(case_id, guilty)
+        self.involved.add(case_id)
+        self.metrics.votes.labels(provider, "guilty" if guilty else "not_guilty").inc()
+        log.info(
+            "voted %s on case %d against %s (weight %s ALM)",
+            "guilty" if guilty else "not guilty",
+            case_id,
+            provider,
+            _alm(weight),
+        )
+
+    def _judge_reports(self, reports: list[CaseReport], provider: str) -> bool | None:
+        """Guilty when any report proves the fault; not guilty when every report was checked
+        and none does; None (abstain) otherwise."""
+        found = [self._recheck(r.evidence_uri, r.evidence_hash, provider) for r in reports]
+        if any(f is True for f in found):
+            return True
+        if any(f is None for f in found):
+            return None
+        return False
 
     def _recheck(self, uri: str, digest: bytes, provider: str) -> bool | None:
         """True: guilty; False: not guilty (including evidence the receipt does not back);
@@ -248,24 +338,120 @@ class Validator:
         return not verdict.ok
 
     def resolve_due(self) -> list[int]:
-        """Resolve cases whose voting window is over (anyone may)."""
+        """Resolve cases whose voting window is over (anyone may), then log the outcome of
+        every case it reported or voted on that someone resolved."""
         done = []
         now = self.contracts.client.timestamp()
         for case_id in range(1, self.contracts.verdicts.case_count() + 1):
             case = self.contracts.verdicts.case(case_id)
             if case.status == 1 and now >= case.deadline:
-                self.contracts.verdicts.resolve(case_id)
-                log.info("resolved case %d against %s", case_id, case.provider)
+                self._resolve(case_id)
                 done.append(case_id)
+        for case_id in sorted(self.involved - self.settled):
+            self._note_outcome(self.contracts.verdicts.case(case_id))
         return done
+
+    def _resolve(self, case_id: int) -> None:
+        try:
+            self.contracts.verdicts.resolve(case_id)
+        except ChainError:
+            if self.contracts.verdicts.case(case_id).status == 1:
+                raise
+            # another validator resolved it first (both saw it due)
+        else:
+            log.info("resolved case %d", case_id)
+        self.involved.add(case_id)
+        self._note_outcome(self.contracts.verdicts.case(case_id))
+
+    def _note_outcome(self, case: CaseRecord) -> None:
+        if case.status == 1 or case.case_id in self.settled:
+            return
+        self.settled.add(case.case_id)
+        outcome = OUTCOMES.get(case.status, str(case.status))
+        reporters = self.contracts.verdicts.reports(case.case_id)
+        mine = any(r.reporter == self.address for r in reporters)
+        reward = 0
+        if case.status == 2 and mine:
+            client, verdicts = self.contracts.client, self.contracts.verdicts
+            paid = client.events(verdicts.contract, "ReporterRewarded", self.contracts.deployment.deploy_block,
+                                 argument_filters={"case_id": case.case_id, "reporter": self.address})  # fmt: skip
+            reward = sum(int(e["args"]["reward"]) for e in paid)
+        rewards = self.contracts.verdicts.rewards_of(self.address)
+        self.metrics.resolutions.labels(outcome.replace(" ", "_")).inc()
+        self.metrics.slashed.inc(case.slashed / ALM)
+        self.metrics.rewards.set(rewards / ALM)
+        log.warning(
+            "case %d against %s resolved: %s, slashed %s ALM, %d report(s)%s; rewards earned so far %s ALM",
+            case.case_id,
+            case.provider,
+            outcome,
+            _alm(case.slashed),
+            len(reporters),
+            f", this validator's reward {_alm(reward)} ALM" if mine and case.status == 2 else "",
+            _alm(rewards),
+        )
 
     def publish_scores(self) -> int:
         items = [(p, s.score_bps) for p, s in self.store.scores().items() if s.audits]
         if not items:
             return 0
         self.contracts.verdicts.publish_scores([p for p, _ in items], [s for _, s in items])
+        self.metrics.publications.inc()
+        for p, score in items:
+            self.metrics.score.labels(p).set(score)
         log.info("published scores: %s", ", ".join(f"{p} {s / 100:.0f}%" for p, s in items))
         return len(items)
+
+    def status(self) -> dict[str, Any]:
+        """What /status shows: the chain's view of this validator and the open cases, and its
+        own audit counts. Amounts in ALM base units, as strings."""
+        registry, verdicts = self.contracts.registry, self.contracts.verdicts
+        account = registry.account(self.address)
+        now = self.contracts.client.timestamp()
+        cases = []
+        for case_id in range(1, verdicts.case_count() + 1):
+            case = verdicts.case(case_id)
+            if case.status != 1:
+                continue
+            reporters = [r.reporter for r in verdicts.reports(case_id)]
+            role = "reporter" if self.address in reporters else "none"
+            if role == "none" and verdicts.voted(case_id, self.address):
+                role = "voted guilty" if verdicts.voted_guilty(case_id, self.address) else "voted not guilty"
+            cases.append(
+                {"case_id": case_id, "provider": case.provider, "model_id": "0x" + case.model_id.hex(),
+                 "reporters": reporters, "bond_each": str(case.bond), "bonds": str(case.bond * len(reporters)),
+                 "guilty_weight": str(case.guilty_weight), "not_guilty_weight": str(case.innocent_weight),
+                 "quorum_base": str(case.total_stake), "quorum_bps": case.quorum_bps, "deadline": case.deadline,
+                 "seconds_left": max(0, case.deadline - now), "this_validator": role}
+            )  # fmt: skip
+        self.metrics.open_cases.set(len(cases))
+        rewards = verdicts.rewards_of(self.address)
+        self.metrics.rewards.set(rewards / ALM)
+        self.metrics.stake.set(account.stake / ALM)
+        counts = self.store.counts()
+        return {
+            "address": self.address,
+            "endpoint": self.config.endpoint,
+            "stake": str(account.stake),
+            "unbonding": str(account.unbonding),
+            "active": registry.is_active(self.address),
+            "audits": counts,
+            "scores": {p: s.score_bps for p, s in self.store.scores().items()},
+            "open_cases": cases,
+            "rewards_earned": str(rewards),
+            "chain_time": now,
+        }
+
+
+OUTCOMES = {2: "guilty", 3: "not guilty", 4: "inconclusive"}
+
+
+def _alm(amount: int) -> str:
+    return f"{amount / ALM:,.4f}".rstrip("0").rstrip(".")
+
+
+def _when(ts: int) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 class AuditUnavailable(Exception):

@@ -59,6 +59,15 @@ class ValidatorStore:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM audits").fetchone()[0])
 
+    def counts(self) -> dict[str, int]:
+        """Audits made: checked (passed or failed) and unavailable (not scored)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(counted), 0), COALESCE(SUM(counted * ok), 0) FROM audits"
+            ).fetchone()
+        total, counted, passed = (int(v) for v in row)
+        return {"total": total, "passed": passed, "failed": counted - passed, "unavailable": total - counted}
+
     def scores(self) -> dict[str, ProviderScore]:
         """Per provider: audits that reached it, and how many passed."""
         with self._lock:
