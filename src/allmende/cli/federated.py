@@ -55,7 +55,9 @@ def train(
     base: Path = typer.Option(None, help="folder of the base model (spec.json, weights.npz), registered in Models"),
     out: Path = typer.Option(..., help="run folder: the model after each round, run-state.json, run.json at the end"),
     key: str = typer.Option(..., help="the grantee's key (signs every request to the vaults)"),
-    rounds: int = typer.Option(3, min=1, max=1000, help="federated rounds in all (with --resume: counting done ones)"),
+    rounds: int = typer.Option(
+        None, min=1, max=1000, help="federated rounds in all, 3 by default (with --resume: the saved run's, or more)"
+    ),
     steps: int = typer.Option(25, min=1, help="local DP gradient steps per round"),
     lr: float = typer.Option(2.0, help="learning rate of each vault's DP-GD steps"),
     noise: float = typer.Option(4.0, help="DP noise multiplier asked of the vaults (each may raise it)"),
@@ -106,6 +108,8 @@ def train(
     if not (base / "spec.json").is_file() or not (base / "weights.npz").is_file():
         raise typer.BadParameter(f"{base} is not a model folder (spec.json, weights.npz); "
                                  "`allmende federated init` makes one", param_hint="--base")  # fmt: skip
+    if rounds is None:
+        rounds = int(state["config"]["rounds"]) if state else 3
     with friendly_errors():
         model_spec, base_params, base_id = load_model(base)
         config = FederatedConfig(rounds, steps, lr, noise, clipping_norm, server_noise, secagg)

@@ -376,7 +376,7 @@ def run_federated(
         grid = HttpGrid(participants, key, run_id)
         try:
             aggregated, charge = _one_round(grid, n, spec, params, base_model, config, round_number, run_id)
-        except Exception as exc:
+        except BaseException as exc:  # Ctrl-C too: the vaults undo their reservations now
             abort_round(participants, key, run_id)
             if isinstance(exc, VaultRefused):
                 raise RoundRefused(
