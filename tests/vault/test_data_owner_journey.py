@@ -191,6 +191,11 @@ BAD_INPUTS = [
     ("init registering without a key", ["federated", "init", "--out", "/tmp/never", "--inputs", "3", "--classes", "2",
      "--register"], "--register needs --key"),
     ("refusals without a vault", ["data", "refusals", "--state-dir", "/nonexistent"], "no vault database"),
+    ("attest a folder that is no model", ["federated", "attest", "--vault", "http://127.0.0.1:9", "--dataset",
+     "0x" + "11" * 32, "--grant", "1", "--model", "/nonexistent", "--key", "devnet:3"], "not a model folder"),
+    ("register a folder that is no model", ["federated", "register", "--model", "/nonexistent", "--key", "devnet:2"],
+     "not a model folder"),
+    ("revoke grant 0", ["data", "revoke", "0", "--key", "devnet:4"], "0"),
 ]  # fmt: skip
 
 

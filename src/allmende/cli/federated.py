@@ -41,6 +41,11 @@ def parse_vault(spec: str) -> Participant:
     return Participant(parts[0].strip(), dataset, int(parts[2]))
 
 
+def _model_folder(folder: Path) -> None:
+    if not (folder / "spec.json").is_file() or not (folder / "weights.npz").is_file():
+        raise typer.BadParameter(f"{folder} is not a model folder (spec.json, weights.npz)", param_hint="--model")
+
+
 def _save_state(out: Path, state: dict[str, Any]) -> None:
     tmp = out / (RUN_STATE + ".tmp")
     tmp.write_text(json.dumps(state, indent=2) + "\n")
@@ -265,6 +270,7 @@ def attest(
     from allmende.vault.model import MICRO, load_model
     from allmende.vault.service import model_payload
 
+    _model_folder(model)
     with friendly_errors():
         secret = resolve_key(key)
         spec, params, model_id = load_model(model)
@@ -273,8 +279,12 @@ def attest(
             "template": "evaluate", "dataset_id": dataset, "grant_id": grant, "job_id": "0x" + job.hex(),
             "model": model_payload(spec, params), "epsilon": epsilon,
         }).encode()  # fmt: skip
-        reply = httpx.post(vault.rstrip("/") + "/v1/jobs", content=body, headers={HEADER: sign_body(secret, body)},
-                           timeout=300)  # fmt: skip
+        try:
+            reply = httpx.post(vault.rstrip("/") + "/v1/jobs", content=body,
+                               headers={HEADER: sign_body(secret, body)}, timeout=300)  # fmt: skip
+        except httpx.HTTPError as exc:
+            console.print(f"[red]error:[/red] the vault at {vault} is unreachable ({exc.__class__.__name__})")
+            raise typer.Exit(1) from None
         if reply.status_code != 200:
             console.print(f"[red]error:[/red] the vault refused ({reply.status_code}): {reply.text[:300]}")
             raise typer.Exit(1)
@@ -302,6 +312,10 @@ def register(
     """Register the trained model in Models as derived from its base, with its datasets and attestation."""
     from allmende.vault.model import load_model
 
+    _model_folder(model)
+    if not (model / "run.json").is_file():
+        raise typer.BadParameter(f"{model} has no run.json (`allmende federated train` writes it when a run completes)",
+                                 param_hint="--model")  # fmt: skip
     with friendly_errors():
         _, _, model_id = load_model(model)
         run = json.loads((model / "run.json").read_text())

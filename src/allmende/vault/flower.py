@@ -311,7 +311,10 @@ def check_round(
                 r = _post(http, key, p, "/v1/rounds/check", payload)
         except VaultRefused as exc:
             return str(exc)
-        return dict(r.json()) if r.status_code == 200 else _refusal(p, r)
+        if r.status_code != 200:
+            return _refusal(p, r)
+        # what the check cost on the wire, for the run's byte and message counts
+        return {**r.json(), "_sent": len(r.request.content), "_received": len(r.content)}
 
     with ThreadPoolExecutor(len(participants)) as pool:
         answers = list(pool.map(ask, participants))
@@ -370,6 +373,9 @@ def run_federated(
     result = FederatedResult(params, [], 0, 0, 0, {}, run_id)
     for round_number in range(first_round, config.rounds + 1):
         answers = check_round(participants, key, run_id, spec, params, config, round_number, round_number - 1)
+        result.messages += 2 * len(answers)
+        result.bytes_sent += sum(int(a.pop("_sent")) for a in answers)
+        result.bytes_received += sum(int(a.pop("_received")) for a in answers)
         if on_checked is not None:
             on_checked(round_number, answers)
         started = time.perf_counter()
