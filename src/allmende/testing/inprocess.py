@@ -6,6 +6,7 @@ runs on py-evm inside this Python process: no node, no sockets.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +36,16 @@ def actor(label: str) -> Actor:
     return Actor(account.address, bytes(account.key))
 
 
+@functools.cache
+def deployer(name: str) -> Any:
+    """The compiled contract, once per process: titanoboa's disk cache still re-parses the
+    source and unpickles the compiler's output on every load (about 2 s a contract here),
+    which every test module's fresh deployment would pay again."""
+    return boa.load_partial(str(source_path(name)))
+
+
 def load(name: str, *args: Any) -> Any:
-    return boa.load(str(source_path(name)), *args)
+    return deployer(name).deploy(*args)
 
 
 @dataclass
