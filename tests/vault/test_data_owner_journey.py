@@ -14,10 +14,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common import MessageType
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
 from typer.testing import CliRunner
 
 from allmende.cli import app
-from allmende.vault.flower import FederatedConfig, Participant, RoundRefused, run_federated
+from allmende.vault import flower
+from allmende.vault.flower import FederatedConfig, HttpGrid, Participant, RoundRefused, VaultRefused, run_federated
 from allmende.vault.model import load_model
 from allmende.vault.store import VaultStore
 from tests.vault.conftest import SPEC, World, grant, owner_contracts
@@ -137,6 +142,26 @@ def test_a_vault_failing_mid_round_costs_the_others_nothing(world: World) -> Non
     store = VaultStore(world.root / "vault-0" / "vault.db")
     assert store.spent(grants[0]) == (0.0, 0)
     assert [j for j in store.pending() if j.grant_id == grants[0]] == []
+
+
+def test_a_coordinator_cannot_lower_the_secagg_threshold_to_unmask_without_the_vault(world: World) -> None:
+    # with fake vaults holding every other share, a threshold below the share count would let the
+    # coordinator unmask this vault's update without its unmask reply, i.e. before it logs the round
+    coordinator = world.accounts["coordinator"]
+    g = grant(world, 0, coordinator.address, "federated_round", [world.base_id], 40.0)
+    grid = HttpGrid([Participant(world.vaults[0].url, world.vaults[0].dataset_id, g)], coordinator.key, 77)
+    setup = ConfigRecord({
+        Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: 3, Key.SHARE_NUMBER: 3, Key.THRESHOLD: 2,
+        Key.CLIPPING_RANGE: 16.0, Key.TARGET_RANGE: 2**22, Key.MOD_RANGE: 2**32, Key.MAX_WEIGHT: 1000.0,
+    })  # fmt: skip
+    with flower._identity:  # Flower's messages read the run from its process-wide task identity
+        flower._set_identity(77, SUPERLINK_NODE_ID)
+        message = Message(RecordDict({"secaggplus_configs": setup}), 1000, MessageType.TRAIN, group_id="1")
+
+    with pytest.raises(VaultRefused, match="every share is needed"):
+        grid.push_messages([message])
+
+    assert accesses(world, 0, g) == []
 
 
 def test_a_researcher_makes_a_base_model_and_runs_aggregate_and_evaluate_jobs(world: World, tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.common import Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.common.secure_aggregation.secaggplus_constants import Stage
+from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.server import LegacyContext, ServerApp, ServerConfig
@@ -52,7 +52,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from allmende.vault.auth import HEADER, sign_body
-from allmende.vault.errors import VaultError
+from allmende.vault.errors import AccessDenied, VaultError
 from allmende.vault.model import ModelSpec
 
 log = logging.getLogger("allmende.vault.flower")
@@ -106,7 +106,19 @@ class VaultFlower:
 
         # SecAgg+ stages carry their own config record; a plain FedAvg round has none
         secure = "secaggplus_configs" in message.content.config_records
-        if secure and message.content.config_records["secaggplus_configs"].get("stage") == Stage.UNMASK:
+        stage = message.content.config_records["secaggplus_configs"].get("stage") if secure else None
+        if stage == Stage.SETUP:
+            # the charge waits for the unmask stage only if nothing can be unmasked without this
+            # vault's own share: a coordinator (with fake vaults holding the other shares) that asked
+            # for fewer than all shares could unmask this vault's update without ever asking it
+            setup = message.content.config_records["secaggplus_configs"]
+            shares, threshold = int(setup.get(Key.SHARE_NUMBER, 0)), int(setup.get(Key.THRESHOLD, 0))  # type: ignore[call-overload]
+            if threshold < 2 or threshold != shares:
+                raise AccessDenied(
+                    f"this vault takes part in SecAgg+ only when every share is needed to unmask "
+                    f"(threshold = shares); this run asks {threshold} of {shares}"
+                )
+        if stage == Stage.UNMASK:
             # every vault trained (the coordinator unmasks only then, and needs every vault's
             # shares to): log this vault's reserved round on chain before handing its shares out
             service.commit_round(grant_id, run_id, signer)
