@@ -112,11 +112,11 @@ class VaultFlower:
             # vault's own share: a coordinator (with fake vaults holding the other shares) that asked
             # for fewer than all shares could unmask this vault's update without ever asking it
             setup = message.content.config_records["secaggplus_configs"]
-            shares, threshold = int(setup.get(Key.SHARE_NUMBER, 0)), int(setup.get(Key.THRESHOLD, 0))  # type: ignore[call-overload]
-            if threshold < 2 or threshold != shares:
+            shares, threshold = setup.get(Key.SHARE_NUMBER, 0), setup.get(Key.THRESHOLD, 0)
+            if not isinstance(shares, int) or not isinstance(threshold, int) or threshold < 2 or threshold != shares:
                 raise AccessDenied(
                     f"this vault takes part in SecAgg+ only when every share is needed to unmask "
-                    f"(threshold = shares); this run asks {threshold} of {shares}"
+                    f"(threshold = shares); this run asks {threshold!r} of {shares!r}"
                 )
         if stage == Stage.UNMASK:
             # every vault trained (the coordinator unmasks only then, and needs every vault's
