@@ -123,6 +123,19 @@ def test_one_refusing_vault_costs_the_others_nothing(world: World) -> None:
     assert re.search(r'allmende_vault_refusals_total\{code="access_denied"\} [1-9]', metrics)
 
 
+def test_an_unreachable_vault_costs_the_others_nothing(world: World) -> None:
+    coordinator = world.accounts["coordinator"]
+    g = grant(world, 0, coordinator.address, "federated_round", [world.base_id], 40.0)
+    gone = f"http://127.0.0.1:9,0x{world.vaults[1].dataset_id.hex()},{g}"  # port 9: nobody listens
+
+    code, said = in_process("federated", "train", "--base", str(world.root / "base-model"), "--out",
+                            str(world.root / "unreachable"), "--key", f"devnet:{coordinator.index}", "--rounds", "1",
+                            *ROUND, *vault_arg(world, 0, g), "--vault", gone)  # fmt: skip
+
+    assert code == 1 and "round 1 did not start" in said and "http://127.0.0.1:9 is unreachable" in said
+    assert accesses(world, 0, g) == [] and world.contracts["validator"].data.get_grant(g).epsilon_spent == 0
+
+
 def test_a_vault_failing_mid_round_costs_the_others_nothing(world: World) -> None:
     coordinator = world.accounts["coordinator"]
     grants = [grant(world, i, coordinator.address, "federated_round", [world.base_id], 40.0) for i in (0, 1)]
