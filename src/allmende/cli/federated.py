@@ -1,69 +1,254 @@
-"""`allmende federated train|attest|register`: train across vaults, attest, register the lineage."""
+"""`allmende federated init|train|attest|register`: make a base model, train across vaults, attest,
+register the lineage."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from allmende.cli.common import console, contracts_for, friendly_errors, parse_id, resolve_key
 
+if TYPE_CHECKING:
+    from allmende.vault.flower import Participant
+
 app = typer.Typer(help="federated training across vaults, attestation and lineage", no_args_is_help=True)
+
+
+RUN_STATE = "run-state.json"  # in --out: what `--resume` needs (run id, vaults, base, config, rounds done)
+
+
+def parse_vault(spec: str) -> Participant:
+    """URL,DATASET_ID,GRANT_ID → a participant; one clear line otherwise."""
+    parts = spec.split(",")
+    if len(parts) != 3 or not parts[2].strip().isdigit() or not parts[0].startswith(("http://", "https://")):
+        raise typer.BadParameter(f"{spec!r} must be URL,DATASET_ID,GRANT_ID (e.g. http://127.0.0.1:9500,0x…,3)",
+                                 param_hint="--vault")  # fmt: skip
+    try:
+        dataset = bytes.fromhex(parts[1].strip().removeprefix("0x"))
+    except ValueError:
+        dataset = b""
+    if len(dataset) != 32:
+        raise typer.BadParameter(f"the dataset id in {spec!r} must be 0x followed by 64 hex digits",
+                                 param_hint="--vault")  # fmt: skip
+    from allmende.vault.flower import Participant
+
+    return Participant(parts[0].strip(), dataset, int(parts[2]))
+
+
+def _model_folder(folder: Path) -> None:
+    if not (folder / "spec.json").is_file() or not (folder / "weights.npz").is_file():
+        raise typer.BadParameter(f"{folder} is not a model folder (spec.json, weights.npz)", param_hint="--model")
+
+
+def _save_state(out: Path, state: dict[str, Any]) -> None:
+    tmp = out / (RUN_STATE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(out / RUN_STATE)
 
 
 @app.command("train")
 def train(
-    vault: list[str] = typer.Option(..., help="URL,DATASET_ID,GRANT_ID of one vault's part (repeat, at least 2)"),
-    base: Path = typer.Option(..., help="folder of the base model (spec.json, weights.npz), registered in Models"),
-    out: Path = typer.Option(..., help="folder to write the trained model and run.json to"),
+    vault: list[str] = typer.Option(
+        [], help="URL,DATASET_ID,GRANT_ID of one vault's part (repeat, at least 2; with --resume: the saved ones)"
+    ),
+    base: Path = typer.Option(None, help="folder of the base model (spec.json, weights.npz), registered in Models"),
+    out: Path = typer.Option(..., help="run folder: the model after each round, run-state.json, run.json at the end"),
     key: str = typer.Option(..., help="the grantee's key (signs every request to the vaults)"),
-    rounds: int = typer.Option(3, min=1, max=1000, help="federated rounds"),
+    rounds: int = typer.Option(
+        None, min=1, max=1000, help="federated rounds in all, 3 by default (with --resume: the saved run's, or more)"
+    ),
     steps: int = typer.Option(25, min=1, help="local DP gradient steps per round"),
     lr: float = typer.Option(2.0, help="learning rate of each vault's DP-GD steps"),
     noise: float = typer.Option(4.0, help="DP noise multiplier asked of the vaults (each may raise it)"),
     clipping_norm: float = typer.Option(5.0, help="Flower: L2 bound of each vault's update"),
     server_noise: float = typer.Option(0.0, help="Flower: noise multiplier on the aggregate"),
-    secagg: bool = typer.Option(True, help="secure aggregation (SecAgg+); --no-secagg for plain FedAvg"),
+    secagg: bool = typer.Option(
+        True,
+        help="secure aggregation: Flower SecAgg+ with every vault's shares needed to unmask (works from 2 vaults; "
+        "a round's ε is logged only once every vault trained). --no-secagg: plain FedAvg, each update leaves "
+        "in the clear and is charged as it leaves",
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue the run saved in --out after its last completed round (same run id)"
+    ),
 ) -> None:
-    """Run federated rounds across vaults (Flower SecAgg+ and DP); write the model and a report."""
-    from allmende.vault.flower import FederatedConfig, Participant, run_federated
+    """Run federated rounds across vaults (Flower SecAgg+ and DP); save the model after every round.
+
+    Every round is all or nothing: each vault checks its grant (expiry, revocation, model, ε left)
+    before any vault trains, and a round that fails anywhere is aborted with no ε charged. A run
+    that stops (a refusal, a budget spent, an interruption) keeps its completed rounds in --out;
+    `--resume` continues it."""
+    from allmende.vault.flower import FederatedConfig, RoundDone, RoundRefused, run_federated
     from allmende.vault.model import load_model, save_model
 
+    participants = [parse_vault(v) for v in vault]
+    state_file = out / RUN_STATE
+    state: dict[str, Any] = {}
+    if resume:
+        if not state_file.is_file():
+            raise typer.BadParameter(f"{out} holds no run to resume (no {RUN_STATE})", param_hint="--out")
+        state = json.loads(state_file.read_text())
+        if not participants:
+            participants = [parse_vault(v) for v in state["vaults"]]
+        base = base or Path(state["base"])
+    elif state_file.is_file() and json.loads(state_file.read_text()).get("rounds_done", 0) > 0:
+        raise typer.BadParameter(f"{out} holds a run already: add --resume to continue it, or pick another --out",
+                                 param_hint="--out")  # fmt: skip
+    if len(participants) < 2:
+        raise typer.BadParameter(
+            f"federated training needs at least 2 vaults (got {len(participants)}): repeat --vault",
+            param_hint="--vault",
+        )
+    if len({(p.url, p.dataset_id) for p in participants}) != len(participants):
+        raise typer.BadParameter("the same vault and dataset is named twice", param_hint="--vault")
+    if base is None:
+        raise typer.BadParameter("name the base model's folder (`allmende federated init` makes one)",
+                                 param_hint="--base")  # fmt: skip
+    if not (base / "spec.json").is_file() or not (base / "weights.npz").is_file():
+        raise typer.BadParameter(f"{base} is not a model folder (spec.json, weights.npz); "
+                                 "`allmende federated init` makes one", param_hint="--base")  # fmt: skip
+    if rounds is None:
+        rounds = int(state["config"]["rounds"]) if state else 3
     with friendly_errors():
-        participants = []
-        for spec in vault:
-            parts = spec.split(",")
-            if len(parts) != 3 or not parts[2].isdigit():
-                console.print(f"[red]error:[/red] --vault {spec!r} must be URL,DATASET_ID,GRANT_ID")
-                raise typer.Exit(2)
-            participants.append(Participant(parts[0], parse_id(parts[1], "DATASET_ID"), int(parts[2])))
-        model_spec, params, base_id = load_model(base)
+        model_spec, base_params, base_id = load_model(base)
         config = FederatedConfig(rounds, steps, lr, noise, clipping_norm, server_noise, secagg)
-        with console.status(f"{rounds} rounds across {len(participants)} vaults"):
-            result = run_federated(participants, resolve_key(key), model_spec, params, base_id, config)
+        if state:
+            if rounds <= state["rounds_done"]:
+                raise typer.BadParameter(
+                    f"the run in {out} has done {state['rounds_done']} rounds already; ask for more with --rounds",
+                    param_hint="--rounds",
+                )
+            params = load_model(out)[1]
+        else:
+            params = base_params
+            state = {
+                "run_id": int.from_bytes(os.urandom(6), "big"),
+                "base": str(base.resolve()),
+                "base_model": "0x" + base_id.hex(),
+                "rounds_done": 0,
+                "round_seconds": [],
+                "epsilon_per_round": {},
+            }
+        state["vaults"] = [f"{p.url},0x{p.dataset_id.hex()},{p.grant_id}" for p in participants]
+        state["config"] = config.__dict__
+        out.mkdir(parents=True, exist_ok=True)
+        first = state["rounds_done"] + 1
+
+        def checked(round_number: int, answers: list[dict[str, Any]]) -> None:
+            least = min(a["left_micro"] for a in answers) / 1e6
+            console.print(f"round {round_number}: all {len(answers)} vaults agreed (least ε left {least:.3f})")
+
+        def completed(done: RoundDone) -> None:
+            # the model after every round, then the state that names it: an interruption keeps both
+            save_model(out, model_spec, done.params)
+            (out / "rounds").mkdir(exist_ok=True)
+            save_model(out / "rounds" / f"{done.round:04d}", model_spec, done.params)
+            state["rounds_done"] = done.round
+            state["round_seconds"].append(round(done.seconds, 3))
+            state["epsilon_per_round"][str(done.round)] = done.epsilon_micro / 1e6
+            _save_state(out, state)
+            console.print(f"round {done.round} done in {done.seconds:.2f} s, ε ≤ {done.epsilon_micro / 1e6:.3f}")
+
+        _save_state(out, state)
+        try:
+            result = run_federated(
+                participants, resolve_key(key), model_spec, params, base_id, config,
+                run_id=state["run_id"], first_round=first, on_checked=checked, on_round=completed,
+            )  # fmt: skip
+        except RoundRefused as exc:
+            kept = (
+                f"rounds 1-{exc.completed} are kept in {out}; continue with `allmende federated train --out {out} "
+                f"--key … --resume` once every vault would take part"
+                if exc.completed
+                else "nothing was kept"
+            )
+            console.print(f"[red]error:[/red] {exc}\n  {kept}")
+            raise typer.Exit(1) from None
         model_id = save_model(out, model_spec, result.params)
         report = {
             "model_id": "0x" + model_id.hex(),
-            "base_model": "0x" + base_id.hex(),
+            "base_model": state["base_model"],
             "datasets": ["0x" + p.dataset_id.hex() for p in participants],
             "grants": [p.grant_id for p in participants],
             "config": config.__dict__,
-            "round_seconds": [round(s, 3) for s in result.round_seconds],
+            "run_id": state["run_id"],
+            "round_seconds": state["round_seconds"],
             "bytes_sent": result.bytes_sent,
             "bytes_received": result.bytes_received,
-            "epsilon_per_round": {str(k): v / 1e6 for k, v in result.epsilon_micro.items()},
+            "epsilon_per_round": state["epsilon_per_round"],
             "finished_at": int(time.time()),
         }
         (out / "run.json").write_text(json.dumps(report, indent=2) + "\n")
         table = Table(title=f"model 0x{model_id.hex()} in {out}")
         for col in ("round", "seconds", "ε charged (most of any vault)"):
             table.add_column(col, justify="right")
-        for i, s in enumerate(result.round_seconds, start=1):
-            table.add_row(str(i), f"{s:.2f}", f"{result.epsilon_micro.get(i, 0) / 1e6:.3f}")
+        for i, s in enumerate(state["round_seconds"], start=1):
+            table.add_row(str(i), f"{s:.2f}", f"{state['epsilon_per_round'].get(str(i), 0):.3f}")
         console.print(table)
+
+
+@app.command("init")
+def init(
+    out: Path = typer.Option(..., help="folder to write the base model to (spec.json, weights.npz)"),
+    inputs: int = typer.Option(None, min=1, max=4096, help="number of feature columns (or give --data)"),
+    classes: int = typer.Option(None, min=2, max=4096, help="number of label classes (or give --data)"),
+    hidden: int = typer.Option(0, min=0, max=4096, help="hidden units; 0 is logistic regression"),
+    seed: int = typer.Option(0, help="seed of the initial weights (the same seed gives the same model id)"),
+    data: Path = typer.Option(
+        None, help="public data to pre-train on (CSV, Parquet or JSONL with a label column); never a vault's data"
+    ),
+    label: str = typer.Option("label", help="the label column of --data"),
+    steps: int = typer.Option(40, min=0, max=10_000, help="gradient steps on --data"),
+    lr: float = typer.Option(1.0, help="learning rate on --data"),
+    register: bool = typer.Option(False, "--register", help="also register it in Models (with --key, --license)"),
+    key: str = typer.Option(None, help="with --register: the owner's key (receives its lineage's royalties)"),
+    license: str = typer.Option("Apache-2.0", help="with --register: its license"),
+    royalty_bps: int = typer.Option(0, min=0, max=10_000, help="with --register: royalty share, basis points"),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
+) -> None:
+    """Make a base model for federated training: a fresh classifier, optionally pre-trained on public data.
+    With --register it is registered in Models (its owner receives the royalties of models derived from it); then
+    each data owner grants `federated_round` on its id."""
+    from allmende.vault.datasets import load_table
+    from allmende.vault.model import ModelSpec, save_model
+    from allmende.vault.model import train as gradient_descent
+
+    if register and key is None:
+        raise typer.BadParameter("--register needs --key (the model's owner)", param_hint="--key")
+    with friendly_errors():
+        table = load_table(data, label) if data is not None else None
+        if table is not None and table.labels is None:
+            raise typer.BadParameter(f"{data} has no {label!r} column", param_hint="--data")
+        n_inputs = inputs or (len(table.columns) if table is not None else None)
+        n_classes = classes or (int(table.labels.max()) + 1 if table is not None and table.labels is not None else None)
+        if n_inputs is None or n_classes is None:
+            raise typer.BadParameter("give --inputs and --classes, or --data to read them from", param_hint="--inputs")
+        if table is not None and len(table.columns) != n_inputs:
+            raise typer.BadParameter(f"--data has {len(table.columns)} feature columns, not {n_inputs}",
+                                     param_hint="--inputs")  # fmt: skip
+        spec = ModelSpec(n_inputs, max(2, n_classes), hidden)
+        params = spec.init(seed)
+        if table is not None and table.labels is not None and steps:
+            params = gradient_descent(spec, params, table.features, table.labels, steps, lr)
+        model_id = save_model(out, spec, params)
+        trained = f", pre-trained on {data}" if table else ""
+        console.print(f"base model [bold]0x{model_id.hex()}[/bold] in {out}: {n_inputs} inputs, "
+                      f"{spec.classes} classes, {hidden} hidden{trained}")  # fmt: skip
+        if register:
+            c = contracts_for(rpc, key, deployments)
+            c.models.register(model_id, license, royalty_bps, [], [], "")
+            console.print(f"registered 0x{model_id.hex()[:12]}… in Models: owner {c.client.address}, {license}, "
+                          f"royalty {royalty_bps} bps")  # fmt: skip
+        else:
+            console.print("next: register it (--register --key … --license …)")
+        console.print(f"then ask each data owner for a federated_round grant on 0x{model_id.hex()}")
 
 
 @app.command("attest")
@@ -85,6 +270,7 @@ def attest(
     from allmende.vault.model import MICRO, load_model
     from allmende.vault.service import model_payload
 
+    _model_folder(model)
     with friendly_errors():
         secret = resolve_key(key)
         spec, params, model_id = load_model(model)
@@ -93,8 +279,12 @@ def attest(
             "template": "evaluate", "dataset_id": dataset, "grant_id": grant, "job_id": "0x" + job.hex(),
             "model": model_payload(spec, params), "epsilon": epsilon,
         }).encode()  # fmt: skip
-        reply = httpx.post(vault.rstrip("/") + "/v1/jobs", content=body, headers={HEADER: sign_body(secret, body)},
-                           timeout=300)  # fmt: skip
+        try:
+            reply = httpx.post(vault.rstrip("/") + "/v1/jobs", content=body,
+                               headers={HEADER: sign_body(secret, body)}, timeout=300)  # fmt: skip
+        except httpx.HTTPError as exc:
+            console.print(f"[red]error:[/red] the vault at {vault} is unreachable ({exc.__class__.__name__})")
+            raise typer.Exit(1) from None
         if reply.status_code != 200:
             console.print(f"[red]error:[/red] the vault refused ({reply.status_code}): {reply.text[:300]}")
             raise typer.Exit(1)
@@ -122,6 +312,10 @@ def register(
     """Register the trained model in Models as derived from its base, with its datasets and attestation."""
     from allmende.vault.model import load_model
 
+    _model_folder(model)
+    if not (model / "run.json").is_file():
+        raise typer.BadParameter(f"{model} has no run.json (`allmende federated train` writes it when a run completes)",
+                                 param_hint="--model")  # fmt: skip
     with friendly_errors():
         _, _, model_id = load_model(model)
         run = json.loads((model / "run.json").read_text())

@@ -52,6 +52,7 @@ table against the classes, so it cannot drift::
     │   ├── ParametersNotGranted   parameters_not_granted    403     vault.errors
     │   ├── DifferencingRefused    differencing_refused      403     vault.errors
     │   └── VaultRefused           vault_refused             400     vault.flower
+    │       └── RoundRefused       round_refused             400     vault.flower
     └── GatewayError               invalid_request           400     gateway.errors
         (OpenAI's codes: invalid_api_key 401, model_not_found 404, insufficient_quota 402,
          rate_limit_exceeded 429, no_provider_available 503, request_too_large 413;

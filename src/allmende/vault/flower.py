@@ -8,6 +8,12 @@ Coordinator: Flower's legacy ServerApp workflow (`DefaultWorkflow`, with
 `ClientApp` with `secaggplus_mod` and `fixedclipping_mod` whose local training is
 the vault's DP-GD template, checked against the grant and logged on chain each round.
 
+Rounds are all or nothing (see `run_federated`): every vault is asked before any trains,
+SecAgg+ runs with every vault's shares needed to unmask, and a vault logs its charge on
+chain only when the unmask stage comes, i.e. once every vault has trained; a failed round
+is aborted at every vault and costs none of them ε. One Flower round per call, so each
+completed round can be saved and a run resumed.
+
 Transport: Flower's own messages, serialised as Flower's protobuf, one HTTP POST per
 message to the vault's `/v1/flower` (signed by the coordinator's key), in parallel
 across vaults. (Flower's own deployment runtime, SuperLink + SuperNodes, polls every
@@ -17,10 +23,11 @@ messages without it.)
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +40,7 @@ from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.common import Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.server import LegacyContext, ServerApp, ServerConfig
@@ -44,7 +52,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from allmende.vault.auth import HEADER, sign_body
-from allmende.vault.errors import VaultError
+from allmende.vault.errors import AccessDenied, VaultError
 from allmende.vault.model import ModelSpec
 
 log = logging.getLogger("allmende.vault.flower")
@@ -92,11 +100,28 @@ class VaultFlower:
                     float(config["lr"]),
                     float(config["noise"]),
                     float(config[KEY_CLIPPING_NORM]),
+                    reserve=secure,
                 )
                 return out, rows, {"epsilon_micro": charge}
 
         # SecAgg+ stages carry their own config record; a plain FedAvg round has none
         secure = "secaggplus_configs" in message.content.config_records
+        stage = message.content.config_records["secaggplus_configs"].get("stage") if secure else None
+        if stage == Stage.SETUP:
+            # the charge waits for the unmask stage only if nothing can be unmasked without this
+            # vault's own share: a coordinator (with fake vaults holding the other shares) that asked
+            # for fewer than all shares could unmask this vault's update without ever asking it
+            setup = message.content.config_records["secaggplus_configs"]
+            shares, threshold = setup.get(Key.SHARE_NUMBER, 0), setup.get(Key.THRESHOLD, 0)
+            if not isinstance(shares, int) or not isinstance(threshold, int) or threshold < 2 or threshold != shares:
+                raise AccessDenied(
+                    f"this vault takes part in SecAgg+ only when every share is needed to unmask "
+                    f"(threshold = shares); this run asks {threshold!r} of {shares!r}"
+                )
+        if stage == Stage.UNMASK:
+            # every vault trained (the coordinator unmasks only then, and needs every vault's
+            # shares to): log this vault's reserved round on chain before handing its shares out
+            service.commit_round(grant_id, run_id, signer)
         mods: list[Any] = [secaggplus_mod, fixedclipping_mod] if secure else [fixedclipping_mod]
         app = ClientApp(client_fn=lambda _ctx: VaultClient().to_client(), mods=mods)
         with _identity:
@@ -116,9 +141,20 @@ class VaultFlower:
 
 
 class VaultRefused(VaultError):
-    """A vault refused a round (grant, budget, bad input); the run stops."""
+    """A vault refused a round (grant, budget, bad input) or could not be reached; the run stops."""
 
     code = "vault_refused"
+
+
+class RoundRefused(VaultRefused):
+    """Round `round` did not run or did not finish; the `completed` rounds before it stand."""
+
+    code = "round_refused"
+
+    def __init__(self, message: str, round: int, completed: int) -> None:
+        super().__init__(message)
+        self.round = round
+        self.completed = completed
 
 
 @dataclass(frozen=True)
@@ -126,6 +162,22 @@ class Participant:
     url: str  # the vault's base URL
     dataset_id: bytes
     grant_id: int
+
+
+def _post(http: httpx.Client, key: bytes, p: Participant, path: str, payload: dict[str, Any]) -> httpx.Response:
+    body = json.dumps(payload).encode()
+    try:
+        return http.post(p.url.rstrip("/") + path, content=body, headers={HEADER: sign_body(key, body)})
+    except httpx.HTTPError as exc:
+        raise VaultRefused(f"vault {p.url} is unreachable ({exc.__class__.__name__}: {exc})") from None
+
+
+def _refusal(p: Participant, r: httpx.Response) -> str:
+    try:
+        message = r.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = r.text[:200]
+    return f"vault {p.url} (grant {p.grant_id}) refused ({r.status_code}): {message}"
 
 
 class HttpGrid(Grid):
@@ -187,17 +239,26 @@ class HttpGrid(Grid):
             "x-allmende-grant": str(p.grant_id),
             "x-allmende-dataset": "0x" + p.dataset_id.hex(),
         }
-        r = self.http.post(p.url.rstrip("/") + "/v1/flower", content=payload, headers=headers)
+        try:
+            r = self.http.post(p.url.rstrip("/") + "/v1/flower", content=payload, headers=headers)
+        except httpx.HTTPError as exc:
+            raise VaultRefused(f"vault {p.url} is unreachable ({exc.__class__.__name__}: {exc})") from None
         if r.status_code != 200:
-            try:
-                message = r.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = r.text[:200]
-            raise VaultRefused(f"vault {p.url} refused the round ({r.status_code}): {message}")
+            raise VaultRefused(_refusal(p, r))
         return r.content
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
+
+
+@dataclass(frozen=True)
+class RoundDone:
+    """A completed round: the aggregated parameters after it and what it cost."""
+
+    round: int
+    params: list[np.ndarray]
+    seconds: float
+    epsilon_micro: int  # the most any vault was charged for it
 
 
 @dataclass
@@ -208,6 +269,7 @@ class FederatedResult:
     bytes_received: int
     messages: int
     epsilon_micro: dict[int, int] = field(default_factory=dict)  # per round: the most any vault was charged
+    run_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -221,6 +283,78 @@ class FederatedConfig:
     secagg: bool = True
 
 
+def secagg_workflow() -> SecAggPlusWorkflow:
+    """SecAgg+ with every vault holding a share of every other's secrets and all of them needed
+    to unmask (shares and threshold as fractions: 1.0 of the vaults). It works from 2 vaults up
+    (an integer `num_shares` must exceed 2 in Flower), and no aggregate can be revealed unless every
+    vault of the round hands out its shares: a round is all or nothing."""
+    return SecAggPlusWorkflow(
+        num_shares=1.0,
+        reconstruction_threshold=1.0,
+        clipping_range=16.0,
+        quantization_range=2**22,
+        max_weight=100_000.0,
+    )
+
+
+def check_round(
+    participants: list[Participant],
+    key: bytes,
+    run_id: int,
+    spec: ModelSpec,
+    params: list[np.ndarray],
+    config: FederatedConfig,
+    round_number: int = 1,
+    completed: int = 0,
+) -> list[dict[str, Any]]:
+    """Ask every vault, in parallel, whether it would run this round (grant, expiry, revocation,
+    lineage, budget); raises `RoundRefused` naming every vault that would not. Nothing runs."""
+    from allmende.vault.service import model_payload  # the vault's own wire form of a model
+
+    model = model_payload(spec, params)
+
+    def ask(p: Participant) -> dict[str, Any] | str:
+        payload = {
+            "dataset_id": "0x" + p.dataset_id.hex(), "grant_id": p.grant_id, "run_id": run_id, "model": model,
+            "steps": config.steps, "noise": config.noise, "clipping_norm": config.clipping_norm,
+        }  # fmt: skip
+        try:
+            with httpx.Client(timeout=60.0) as http:
+                r = _post(http, key, p, "/v1/rounds/check", payload)
+        except VaultRefused as exc:
+            return str(exc)
+        if r.status_code != 200:
+            return _refusal(p, r)
+        # what the check cost on the wire, for the run's byte and message counts
+        return {**r.json(), "_sent": len(r.request.content), "_received": len(r.content)}
+
+    with ThreadPoolExecutor(len(participants)) as pool:
+        answers = list(pool.map(ask, participants))
+    refusals = [a for a in answers if isinstance(a, str)]
+    if refusals:
+        raise RoundRefused(
+            f"round {round_number} did not start: " + "; ".join(refusals) + ". No vault trained or was charged for it",
+            round_number,
+            completed,
+        )
+    return [a for a in answers if isinstance(a, dict)]
+
+
+def abort_round(participants: list[Participant], key: bytes, run_id: int) -> None:
+    """Best effort: tell every vault the round failed, so that it undoes its reservation now
+    (a vault that misses this undoes it after `RESERVATION_TTL`, or at its next start)."""
+
+    def tell(p: Participant) -> None:
+        try:
+            with httpx.Client(timeout=30.0) as http:
+                _post(http, key, p, "/v1/rounds/abort", {"grant_id": p.grant_id, "run_id": run_id})
+        except VaultRefused as exc:
+            log.warning("could not abort the round at %s: %s", p.url, exc)
+
+    with ThreadPoolExecutor(len(participants)) as pool:
+        list(pool.map(tell, participants))
+
+
 def run_federated(
     participants: list[Participant],
     key: bytes,
@@ -228,28 +362,86 @@ def run_federated(
     initial: list[np.ndarray],
     base_model: bytes,
     config: FederatedConfig,
+    *,
+    run_id: int | None = None,
+    first_round: int = 1,
+    on_checked: Callable[[int, list[dict[str, Any]]], None] | None = None,
+    on_round: Callable[[RoundDone], None] | None = None,
 ) -> FederatedResult:
-    """Run `config.rounds` rounds across the vaults; returns the aggregated model."""
+    """Run rounds `first_round`..`config.rounds` across the vaults; returns the aggregated model.
+
+    Each round is all or nothing: every vault is asked first (`check_round`) and nothing runs
+    unless all of them would; in secure mode a vault's charge is logged only once every vault
+    has trained (`VaultService.commit_round`), and a round that fails is aborted everywhere.
+    `on_checked(round, answers)` runs once every vault said yes, `on_round` after each round
+    (the CLI saves it there, so that a run can resume: pass the same `run_id` and the next
+    `first_round` with the last round's parameters as `initial`). A refusal raises
+    `RoundRefused` with the number of rounds completed."""
     if len(participants) < 2:
-        raise ValueError("federated training needs at least 2 vaults")
-    run_id = int.from_bytes(uuid4().bytes[:6], "big")
+        raise VaultRefused("federated training needs at least 2 vaults")
+    run_id = int.from_bytes(uuid4().bytes[:6], "big") if run_id is None else run_id
     n = len(participants)
-    marks: list[float] = []
+    params = initial
+    result = FederatedResult(params, [], 0, 0, 0, {}, run_id)
+    for round_number in range(first_round, config.rounds + 1):
+        answers = check_round(participants, key, run_id, spec, params, config, round_number, round_number - 1)
+        result.messages += 2 * len(answers)
+        result.bytes_sent += sum(int(a.pop("_sent")) for a in answers)
+        result.bytes_received += sum(int(a.pop("_received")) for a in answers)
+        if on_checked is not None:
+            on_checked(round_number, answers)
+        started = time.perf_counter()
+        grid = HttpGrid(participants, key, run_id)
+        try:
+            aggregated, charge = _one_round(grid, n, spec, params, base_model, config, round_number, run_id)
+        except BaseException as exc:  # Ctrl-C too: the vaults undo their reservations now
+            abort_round(participants, key, run_id)
+            if isinstance(exc, VaultRefused):
+                raise RoundRefused(
+                    f"round {round_number} failed and was aborted: {exc}. No vault was charged for it",
+                    round_number,
+                    round_number - 1,
+                ) from None
+            raise
+        finally:
+            grid.http.close()
+        params = aggregated
+        seconds = time.perf_counter() - started
+        result.params = params
+        result.round_seconds.append(seconds)
+        result.epsilon_micro[round_number] = charge
+        result.bytes_sent += grid.bytes_sent
+        result.bytes_received += grid.bytes_received
+        result.messages += grid.messages
+        if on_round is not None:
+            on_round(RoundDone(round_number, params, seconds, charge))
+    return result
+
+
+def _one_round(
+    grid: HttpGrid,
+    n: int,
+    spec: ModelSpec,
+    params: list[np.ndarray],
+    base_model: bytes,
+    config: FederatedConfig,
+    round_number: int,
+    run_id: int,
+) -> tuple[list[np.ndarray], int]:
+    """One Flower round (SecAgg+ or plain FedAvg, client-side clipping and server noise)."""
     final: dict[str, Any] = {}
-    charges: dict[int, int] = {}
 
     class Recording(FedAvg):
         def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
             if failures:
-                raise VaultRefused(f"round {server_round}: {len(failures)} vault(s) failed: {failures[0]}")
+                raise VaultRefused(f"round {round_number}: {len(failures)} vault(s) failed: {failures[0]}")
             out = super().aggregate_fit(server_round, results, failures)
-            marks.append(time.perf_counter())
-            charges[server_round] = int(out[1].get("epsilon_micro", 0))  # fit_metrics_aggregation_fn: the most
+            final["charge"] = int(out[1].get("epsilon_micro", 0))  # fit_metrics_aggregation_fn: the most
             return out
 
     def fit_config(server_round: int) -> dict[str, Any]:
         return {
-            "round": server_round,
+            "round": round_number,
             "base-model": "0x" + base_model.hex(),
             "inputs": spec.inputs,
             "classes": spec.classes,
@@ -272,7 +464,7 @@ def run_federated(
             min_available_clients=n,
             fraction_evaluate=0.0,
             min_evaluate_clients=0,
-            initial_parameters=ndarrays_to_parameters(initial),
+            initial_parameters=ndarrays_to_parameters(params),
             on_fit_config_fn=fit_config,
             fit_metrics_aggregation_fn=lambda metrics: {
                 "epsilon_micro": max((int(m.get("epsilon_micro", 0)) for _, m in metrics), default=0)
@@ -286,34 +478,13 @@ def run_federated(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=config.rounds), strategy=strategy)
-        fit = (
-            SecAggPlusWorkflow(
-                num_shares=n if n % 2 else n - 1 if n > 3 else n,
-                reconstruction_threshold=max(2, n - 1),
-                clipping_range=16.0,
-                quantization_range=2**22,
-                max_weight=100_000.0,
-            )
-            if config.secagg
-            else None
-        )
-        DefaultWorkflow(fit_workflow=fit)(grid, legacy)
+        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=1), strategy=strategy)
+        DefaultWorkflow(fit_workflow=secagg_workflow() if config.secagg else None)(grid, legacy)
 
-    grid = HttpGrid(participants, key, run_id)
     with _identity:
         _set_identity(run_id, SUPERLINK_NODE_ID)
-    started = time.perf_counter()
-    try:
-        app(grid, Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}))
-    finally:
-        grid.http.close()
+    app(grid, Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}))
     aggregated: Parameters | None = final.get("parameters")
-    if aggregated is None or len(marks) != config.rounds:
-        raise VaultRefused("the federated run did not complete")
-    params = parameters_to_ndarrays(aggregated)
-    rounds, last = [], started
-    for mark in marks:
-        rounds.append(mark - last)
-        last = mark
-    return FederatedResult(params, rounds, grid.bytes_sent, grid.bytes_received, grid.messages, charges)
+    if aggregated is None:
+        raise VaultRefused(f"round {round_number} did not complete (a vault dropped out)")
+    return parameters_to_ndarrays(aggregated), int(final.get("charge", 0))

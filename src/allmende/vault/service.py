@@ -7,6 +7,14 @@ model, and the epsilon it will cost fits the budget, or it does not run; (2) it 
 only once it is mined is the result released. A refused `record_access` (budget spent
 by a concurrent job, grant revoked meanwhile) withholds the result.
 
+A secure federated round (SecAgg+) is all or nothing across vaults: the coordinator
+first asks every vault `check_round` (the same checks, nothing run); each vault then
+trains and only *reserves* the charge (its update leaves masked); the charge is logged
+on chain by `commit_round` when the coordinator asks for the unmask shares, which it
+does only once every vault has trained (and the unmasking needs every vault's shares).
+A round that fails anywhere before that is aborted: `abort_round` (or, if the coordinator
+vanished, `RESERVATION_TTL`, or a restart) undoes the reservations, nothing is logged.
+
 What the vault releases is private by default: evaluate and aggregate answers are
 ε-DP (the request names ε, which is charged), federated rounds are DP-GD. All noise
 comes from `os.urandom` (`allmende.vault.noise`). Exact aggregates run only for grants
@@ -26,6 +34,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 import zipfile
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +72,7 @@ from allmende.vault.templates import TEMPLATES, aggregate, dp_aggregate, evaluat
 
 log = logging.getLogger("allmende.vault")
 ZERO_MODEL = b"\x00" * 32
+RESERVATION_TTL = 900.0  # seconds a secure round's charge stays reserved without an unmask or abort
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,7 @@ class VaultService:
                     f"trains only a model the grant covers{lineage}; nothing ran and nothing was logged"
                 )
             raise AccessDenied(f"grant {grant_id} does not cover model 0x{model.hex()}")
+        self.expire_reservations()
         spent_rho, spent_micro = self.store.spent(grant_id)
         charge = extra
         if rho:
@@ -305,7 +316,7 @@ class VaultService:
             "epsilon": epsilon,
         }
 
-    def train_round(
+    def _round_plan(
         self,
         grant_id: int,
         signer: str,
@@ -314,17 +325,11 @@ class VaultService:
         spec: ModelSpec,
         params: list[np.ndarray],
         steps: int,
-        lr: float,
         noise: float,
         update_norm: float,
-    ) -> tuple[list[np.ndarray], int, int]:
-        """One federated round's local training with DP; returns (params, rows, epsilon charged).
-
-        `params` must be a model the grant covers, or descend from the round this vault ran
-        last in this run (`run_id`): its own released parameters, or at most `update_norm`
-        of that round (the bound Flower's client-side clipping put on every vault's update,
-        so on their mean) from the parameters it trained from. Anything else is refused
-        before it trains, with nothing charged or logged."""
+    ) -> tuple[bytes, float, int, float]:
+        """What a round would be: (granted root model, ρ, ε charge in millionths, noise), or the
+        refusal it gets. Call with the lock held."""
         table = self.table(dataset_id)
         if table.labels is None or spec.inputs != len(table.columns):
             raise BadJob("the model does not fit this dataset (inputs or labels)")
@@ -340,37 +345,163 @@ class VaultService:
         rho = rho_of(steps, noise, sum(int(np.size(p)) for p in params))
         spec_json = json.dumps(spec.to_json(), sort_keys=True)
         digest = model_id(spec, params)
-        with self._lock:
-            root, why = digest, ""
-            parent = self.store.last_round(grant_id, run_id)
-            if parent is not None and parent.spec == spec_json:
-                if digest == parent.released_hash:
+        root, why = digest, ""
+        parent = self.store.last_round(grant_id, run_id)
+        if parent is not None and parent.spec == spec_json:
+            if digest == parent.released_hash:
+                root = parent.root_model
+            else:
+                previous = params_from_bytes(parent.input)
+                step = float(np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(params, previous, strict=True))))
+                if step <= parent.clip * (1.0 + self.policy.step_slack) + 1e-9:
                     root = parent.root_model
                 else:
-                    previous = params_from_bytes(parent.input)
-                    step = float(np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(params, previous, strict=True))))
-                    if step <= parent.clip * (1.0 + self.policy.step_slack) + 1e-9:
-                        root = parent.root_model
-                    else:
-                        why = (
-                            f", or parameters within {parent.clip:g} of those this vault trained from in the "
-                            f"previous round of run {run_id} (these are {step:.4g} away)"
-                        )
-            elif parent is None:
-                why = f" (run {run_id} has no earlier round here to descend from)"
-            else:
-                why = f" (the model spec differs from that of run {run_id}'s previous round)"
-            charge = self.authorize(grant_id, signer, "federated_round", dataset_id, root, rho, lineage=why)
+                    why = (
+                        f", or parameters within {parent.clip:g} of those this vault trained from in the "
+                        f"previous round of run {run_id} (these are {step:.4g} away)"
+                    )
+        elif parent is None:
+            why = f" (run {run_id} has no earlier round here to descend from)"
+        else:
+            why = f" (the model spec differs from that of run {run_id}'s previous round)"
+        charge = self.authorize(grant_id, signer, "federated_round", dataset_id, root, rho, lineage=why)
+        return root, rho, charge, noise
+
+    def check_round(
+        self,
+        grant_id: int,
+        signer: str,
+        dataset_id: bytes,
+        run_id: int,
+        spec: ModelSpec,
+        params: list[np.ndarray],
+        steps: int,
+        noise: float,
+        update_norm: float,
+    ) -> dict[str, Any]:
+        """Would this vault run this round now? The same checks as `train_round` (grant, expiry,
+        revocation, lineage, budget), nothing trained, charged or logged. A coordinator asks every
+        vault before any of them trains."""
+        with self._lock:
+            _, _, charge, _ = self._round_plan(
+                grant_id, signer, dataset_id, run_id, spec, params, steps, noise, update_norm
+            )
+            grant = self.data.get_grant(grant_id)
+            spent = max(self.store.spent(grant_id)[1], grant.epsilon_spent)
+        return {"epsilon_micro": charge, "left_micro": grant.epsilon_budget - spent, "expires_at": grant.expires_at}
+
+    def train_round(
+        self,
+        grant_id: int,
+        signer: str,
+        dataset_id: bytes,
+        run_id: int,
+        spec: ModelSpec,
+        params: list[np.ndarray],
+        steps: int,
+        lr: float,
+        noise: float,
+        update_norm: float,
+        reserve: bool = False,
+    ) -> tuple[list[np.ndarray], int, int]:
+        """One federated round's local training with DP; returns (params, rows, epsilon charged).
+
+        `params` must be a model the grant covers, or descend from the round this vault ran
+        last in this run (`run_id`): its own released parameters, or at most `update_norm`
+        of that round (the bound Flower's client-side clipping put on every vault's update,
+        so on their mean) from the parameters it trained from. Anything else is refused
+        before it trains, with nothing charged or logged.
+
+        With `reserve` (SecAgg+: the update leaves masked, and only the unmask stage, which
+        needs every vault, can reveal it) the charge is reserved in the vault's books and
+        logged on chain by `commit_round`, or undone by `abort_round`; without it (plain
+        FedAvg releases the update as it is) it is logged before the update leaves."""
+        table = self.table(dataset_id)
+        with self._lock:
+            root, rho, charge, noise = self._round_plan(
+                grant_id, signer, dataset_id, run_id, spec, params, steps, noise, update_norm
+            )
+            assert table.labels is not None  # _round_plan refused an unlabelled dataset
             out = train(spec, params, table.features, table.labels, steps, lr, self.policy.clip, noise,
                         self.random_bytes)  # fmt: skip
+            digest = model_id(spec, params)
             released = model_id(spec, out)
             job_id = keccak(b"federated_round" + dataset_id + digest + secrets.token_bytes(16))
+            spec_json = json.dumps(spec.to_json(), sort_keys=True)
             lineage = RoundRow(grant_id, run_id, root, spec_json, digest, params_to_bytes(params), update_norm,
                                released)  # fmt: skip
-            self.charge_and_log(
-                grant_id, job_id, dataset_id, "federated_round", root, params_to_bytes(out), rho, charge, lineage
-            )
+            if reserve:
+                result_hash = keccak(params_to_bytes(out))
+                job = JobRow(job_id, grant_id, dataset_id, "federated_round", root, result_hash, charge, rho, None)
+                self.store.begin(job, lineage, reserve_for=signer)
+                log.info("round of run %d reserved ε %d/1e6 on grant %d", run_id, charge, grant_id)
+            else:
+                self.charge_and_log(
+                    grant_id, job_id, dataset_id, "federated_round", root, params_to_bytes(out), rho, charge, lineage
+                )
         return out, table.rows, charge
+
+    def commit_round(self, grant_id: int, run_id: int, signer: str) -> list[str]:
+        """Every vault of the round trained (the coordinator asks for the unmask shares): log the
+        reserved rounds of this grant and run on chain. A refusal there undoes them and raises."""
+        txs = []
+        with self._lock:
+            jobs = self.store.reserved(grant_id, run_id)
+            if not jobs:
+                # unmasking without a reservation would reveal an update nobody paid ε for
+                raise AccessDenied(f"no round of run {run_id} is reserved on grant {grant_id} (aborted or expired)")
+            for job in jobs:
+                owner = self.store.reservation_signer(grant_id, run_id)
+                if owner is not None and owner != signer.lower():
+                    raise AccessDenied(f"run {run_id} of grant {grant_id} is not the signer's")
+                try:
+                    sent = self.data.record_access(grant_id, job.job_id, job.model_id, job.result_hash,
+                                                   job.epsilon_micro)  # fmt: skip
+                except ContractReverted as exc:
+                    self.store.forget(job.job_id)
+                    if "budget" in exc.reason:
+                        raise BudgetExceeded(f"the chain refused the access: {exc.reason}") from None
+                    raise AccessDenied(f"the chain refused the access: {exc.reason}") from None
+                self.store.logged(job.job_id, sent.tx_hash)
+                txs.append(sent.tx_hash)
+                log.info(
+                    "round of run %d logged in %s, grant %d, epsilon %d/1e6",
+                    run_id, sent.tx_hash, grant_id, job.epsilon_micro,
+                )  # fmt: skip
+        return txs
+
+    def abort_round(self, grant_id: int, run_id: int, signer: str) -> int:
+        """The round failed elsewhere: forget this grant's reserved rounds in this run (nothing
+        was revealed: SecAgg+ unmasks nothing without every vault). Returns how many."""
+        with self._lock:
+            owner = self.store.reservation_signer(grant_id, run_id)
+            if owner is None:
+                return 0
+            if owner != signer.lower():
+                raise AccessDenied(f"run {run_id} of grant {grant_id} is not the signer's")
+            jobs = self.store.reserved(grant_id, run_id)
+            for job in jobs:
+                self.store.forget(job.job_id)
+        if jobs:
+            log.info("round of run %d aborted: %d reservation(s) on grant %d undone", run_id, len(jobs), grant_id)
+        return len(jobs)
+
+    def expire_reservations(self, ttl: float = RESERVATION_TTL) -> None:
+        """Undo reservations whose coordinator never asked to unmask or abort within `ttl`."""
+        for job_id in self.store.stale_reservations(time.time() - ttl):
+            self.store.forget(job_id)
+            log.info("reservation 0x%s expired; its charge is undone", job_id.hex()[:12])
+
+    def refused(self, path: str, exc: Exception, signer: str | None, grant_id: int | None,
+                dataset_id: bytes | None) -> None:  # fmt: skip
+        """Count and log a refused request (`/metrics`, `allmende data refusals`)."""
+        code = getattr(exc, "code", "error")
+        log.warning(
+            "refused %s from %s (grant %s, dataset %s): %s: %s",
+            path, signer or "an unknown signer", grant_id if grant_id is not None else "-",
+            "0x" + dataset_id.hex()[:12] if dataset_id else "-", code, exc,
+        )  # fmt: skip
+        self.store.refused(path, code, str(exc), signer, grant_id, dataset_id)
 
 
 def parse_epsilon(value: object, why: str) -> float:

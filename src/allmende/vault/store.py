@@ -3,6 +3,11 @@ parameters each federated round trained from and released (the lineage later rou
 must descend from), the data owner's per-grant consent to exact aggregates, and the
 cells of each dataset that exact answers have revealed (`allmende.vault.audit`).
 
+A secure federated round's job is *reserved* (written, with a `reservations` row) when the
+vault trains, and logged on chain only when the coordinator asks for its SecAgg+ unmask
+shares, i.e. once every vault of the round has trained; an aborted round forgets it. Every
+request the vault refuses is kept in `refusals` (what `allmende data refusals` shows).
+
 A job row is written before its access is logged on chain and marked logged after,
 so a crash between the two is found on restart (`pending()`) and reconciled against
 the chain's `job_logged` of the job's own dataset. A job's round and its refined cells are written in the same
@@ -60,6 +65,23 @@ CREATE TABLE IF NOT EXISTS exact_cells (
     dataset_id BLOB PRIMARY KEY,
     cells BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS reservations (
+    job_id BLOB PRIMARY KEY,
+    grant_id INTEGER NOT NULL,
+    run_id INTEGER NOT NULL,
+    signer TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refusals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    path TEXT NOT NULL,
+    code TEXT NOT NULL,
+    signer TEXT,
+    grant_id INTEGER,
+    dataset_id BLOB,
+    message TEXT NOT NULL
+);
 """
 
 
@@ -90,6 +112,19 @@ class RoundRow:
     released_hash: bytes  # model id of the parameters it trained
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A request the vault refused."""
+
+    at: float
+    path: str  # the API path it came to
+    code: str  # the error's code (access_denied, privacy_budget_exceeded, ...)
+    signer: str | None  # who signed it, when the signature checked out
+    grant_id: int | None
+    dataset_id: bytes | None
+    message: str
+
+
 class VaultStore:
     def __init__(self, path: Path) -> None:
         self._db = open_database(path, SCHEMA, synchronous="FULL")
@@ -101,12 +136,26 @@ class VaultStore:
             row = self._db.execute("SELECT rho, epsilon_micro FROM grants WHERE grant_id = ?", (grant_id,)).fetchone()
         return (float(row[0]), int(row[1])) if row else (0.0, 0)
 
-    def begin(self, job: JobRow, round_row: RoundRow | None = None, cells: np.ndarray | None = None) -> None:
+    def begin(
+        self,
+        job: JobRow,
+        round_row: RoundRow | None = None,
+        cells: np.ndarray | None = None,
+        reserve_for: str | None = None,
+    ) -> None:
         """Record a job (and charge its grant) before its access is logged on chain; with it,
-        the federated round it is, or the dataset's cells its exact answer refines."""
+        the federated round it is, or the dataset's cells its exact answer refines. With
+        `reserve_for` (the grantee), the job is a reservation, logged later by `reserved`'s
+        caller or undone by `forget`."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if reserve_for is not None:
+                    assert round_row is not None, "only federated rounds are reserved"
+                    self._db.execute(
+                        "INSERT INTO reservations VALUES (?, ?, ?, ?, ?)",
+                        (job.job_id, job.grant_id, round_row.run_id, reserve_for.lower(), time.time()),
+                    )
                 if round_row is not None:
                     r = round_row
                     self._db.execute(
@@ -146,7 +195,35 @@ class VaultStore:
 
     def logged(self, job_id: bytes, tx_hash: str) -> None:
         with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("UPDATE jobs SET tx_hash = ? WHERE job_id = ?", (tx_hash, job_id))
+            self._db.execute("DELETE FROM reservations WHERE job_id = ?", (job_id,))
+            self._db.execute("COMMIT")
+
+    def reserved(self, grant_id: int, run_id: int) -> list[JobRow]:
+        """The reserved (trained, not yet logged) rounds of this grant in this run."""
+        with self._lock:
+            ids = [
+                bytes(r[0])
+                for r in self._db.execute(
+                    "SELECT job_id FROM reservations WHERE grant_id = ? AND run_id = ? ORDER BY at",
+                    (grant_id, run_id),
+                ).fetchall()
+            ]
+        return [j for j in self.jobs() if j.job_id in ids]
+
+    def reservation_signer(self, grant_id: int, run_id: int) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT signer FROM reservations WHERE grant_id = ? AND run_id = ? LIMIT 1", (grant_id, run_id)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def stale_reservations(self, older_than: float) -> list[bytes]:
+        """Reservations made before `older_than` (a coordinator that never came back)."""
+        with self._lock:
+            rows = self._db.execute("SELECT job_id FROM reservations WHERE at < ?", (older_than,)).fetchall()
+        return [bytes(r[0]) for r in rows]
 
     def forget(self, job_id: bytes) -> None:
         """Undo `begin` for a job whose access the chain refused (its result was never released)."""
@@ -162,6 +239,7 @@ class VaultStore:
                 )
                 self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
                 self._db.execute("DELETE FROM rounds WHERE job_id = ?", (job_id,))
+            self._db.execute("DELETE FROM reservations WHERE job_id = ?", (job_id,))
             self._db.execute("COMMIT")
 
     def jobs(self) -> list[JobRow]:
@@ -209,3 +287,31 @@ class VaultStore:
         with self._lock:
             row = self._db.execute("SELECT cells FROM exact_cells WHERE dataset_id = ?", (dataset_id,)).fetchone()
         return None if row is None else np.frombuffer(bytes(row[0]), dtype="<i8").astype(np.int64)
+
+    # ---------------------------------------------------------------- refusals
+
+    def refused(
+        self, path: str, code: str, message: str, signer: str | None, grant_id: int | None, dataset_id: bytes | None
+    ) -> None:
+        """Keep one refused request (who asked, under which grant, why)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO refusals (at, path, code, signer, grant_id, dataset_id, message) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), path, code, signer, grant_id, dataset_id, message[:500]),
+            )
+
+    def refusals(self, limit: int = 100) -> list[Refusal]:
+        """The latest refused requests, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, path, code, signer, grant_id, dataset_id, message FROM refusals ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [Refusal(r[0], r[1], r[2], r[3], r[4], None if r[5] is None else bytes(r[5]), r[6]) for r in rows]
+
+    def refusal_counts(self) -> dict[str, int]:
+        """Refused requests so far, by error code."""
+        with self._lock:
+            rows = self._db.execute("SELECT code, COUNT(*) FROM refusals GROUP BY code").fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
