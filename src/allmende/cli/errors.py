@@ -2,8 +2,8 @@
 (`error: …`) and exit code 1, never a traceback. `allmende --debug …` (or
 ALLMENDE_DEBUG=1) lets the exception through instead, traceback and all.
 
-Usage errors (a missing option, a value of the wrong type) stay click's: its usage line
-and exit code 2. Everything else is mapped here, once, at the root of the command tree
+Usage errors (a missing option, a value of the wrong form) are one line too, with click's
+exit code 2 and a pointer to the command's --help. Everything else is mapped here, once, at the root of the command tree
 (`HandledGroup.invoke`), so a command needs no try/except of its own:
 
     AllmendeError (core/errors.py)       its message (it was written for the user)
@@ -77,8 +77,12 @@ def one_line(exc: BaseException) -> str:
     return text
 
 
+def _flat_text(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _flat(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = _flat_text(str(exc))
     if len(text) > 400:
         text = text[:400] + "…"
     return text or type(exc).__name__
@@ -90,6 +94,12 @@ class HandledGroup(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a missing option, a value of the wrong form: one line too
+            if debugging():
+                raise
+            where = exc.ctx.command_path if exc.ctx is not None else "allmende"
+            print_error(f"{_flat_text(exc.format_message())} (see `{where} --help`)")
+            raise typer.Exit(2) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
             raise
         except Exception as exc:
