@@ -101,6 +101,7 @@ def served(network: Network, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with log.open("ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     provider = Node("provider", process, log, f"http://127.0.0.1:{port}")
+    ours: set[str] = set()
     try:
         provider.wait_healthy(180)
         reader = Contracts(ChainClient(network.data["rpc_url"]), Deployment.load(network.data["deployments"]))
@@ -111,9 +112,12 @@ def served(network: Network, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "the gateway to list both models",
             lambda: {"0x" + authored.hex(), "0x" + orphan.hex()} <= set(_listing(network)),
         )
+        ours = {"0x" + authored.hex(), "0x" + orphan.hex()}
         yield Served(authored, orphan, folders, reader, provider)
     finally:
-        provider.stop(timeout=10)
+        provider.stop(timeout=10)  # Ctrl-C withdraws its offers; the shared network's other
+        # tests expect its own models only, so wait until the gateway has dropped these
+        _until("the gateway to drop the provider's models", lambda: not ours & set(_listing(network)))
 
 
 def test_an_author_registers_first_a_provider_serves_it_and_the_author_is_paid(
