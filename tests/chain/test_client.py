@@ -104,6 +104,24 @@ def test_concurrent_transactions_never_reuse_a_nonce(
     assert c.stable.balance_of(accounts[9].address) == before + 24
 
 
+def test_processes_sharing_a_key_all_get_their_transfers_mined(
+    anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]
+) -> None:
+    # the devnet faucet: every `allmende faucet`, on any host, sends from account 0; here four
+    # clients (each its own nonce counter, as separate processes have) send at the same time
+    clients = [ChainClient(anvil.url, accounts[5].key) for _ in range(4)]
+    for client in clients:
+        client.receipt_timeout = 10  # a dropped transaction must not be waited out
+    target = accounts[9].address
+    before = clients[0].w3.eth.get_balance(target)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        sent = list(pool.map(lambda i: clients[i % 4].send_value(target, 1 + i), range(32)))
+
+    assert len({s.tx_hash for s in sent}) == 32 and all(s.receipt["status"] == 1 for s in sent)
+    assert clients[0].w3.eth.get_balance(target) == before + sum(1 + i for i in range(32))
+
+
 def test_events_are_read_in_pages(anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]) -> None:
     c = contracts_for(anvil, deployment, accounts[4])
     c.token.approve(c.registry.address)

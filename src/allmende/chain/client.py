@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -21,13 +22,21 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
-from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 from web3.types import TxReceipt
 
 from allmende.chain.errors import ContractReverted, RpcUnavailable, TransactionFailed
 
 T = TypeVar("T")
 _REVERT_PREFIX = "execution reverted: "
+# what a node answers when the nonce we used is no longer ours to use (another process sent
+# with the same key): resynchronise the nonce and sign again
+_NONCE_TAKEN = ("nonce too low", "replacement transaction underpriced", "already known")
+_NONCE_TRIES = 10  # each retry reads the node's count again; other senders may take it meanwhile
+
+
+class _Replaced(Exception):
+    """Our transaction was dropped: another one from the same account took its nonce."""
 
 
 @dataclass(frozen=True)
@@ -142,8 +151,20 @@ class ChainClient:
             # checkpoint (Registry, Votes) is an overwrite; mined a second later it is new
             # storage, two slots per checkpoint and up to three checkpoints per transaction
             tx["gas"] = int(tx["gas"]) * 5 // 4 + 150_000
+        for _ in range(3):
+            tx_hash, nonce = self._sign_and_send(tx, what)
+            try:
+                return self.wait(tx_hash, what, nonce=nonce)
+            except _Replaced:
+                # another process sending with the same key (a shared faucet account) took
+                # this nonce with its own transaction, and ours was dropped: send it again
+                continue
+        raise TransactionFailed(f"{what}: replaced by other transactions from {account.address} three times")
+
+    def _sign_and_send(self, tx: dict[str, Any], what: str) -> tuple[str, int]:
+        account = cast(LocalAccount, self.account)
         with self._nonce_lock:
-            for attempt in range(3):
+            for attempt in range(_NONCE_TRIES):
                 if self._next_nonce is None:
                     self._next_nonce = self.rpc(lambda: self.w3.eth.get_transaction_count(account.address, "pending"))
                 tx["nonce"] = self._next_nonce
@@ -156,26 +177,48 @@ class ChainClient:
                     self._next_nonce = None  # resynchronise from the node
                     reason = revert_reason(exc)
                     # another process sent with the same key meanwhile: take the next free nonce
-                    if "nonce too low" in reason.lower() and attempt < 2:
+                    if any(word in reason.lower() for word in _NONCE_TAKEN) and attempt < _NONCE_TRIES - 1:
+                        time.sleep(0.01 * 2**attempt)  # the node's count may lag behind what it is mining
                         continue
                     raise TransactionFailed(f"{what}: node refused the transaction: {reason}") from None
                 except RpcUnavailable:
                     self._next_nonce = None
                     raise
             self._next_nonce = int(tx["nonce"]) + 1
-        return self.wait(tx_hash.to_0x_hex(), what)
+        return tx_hash.to_0x_hex(), int(tx["nonce"])
 
-    def wait(self, tx_hash: str, what: str = "") -> SentTransaction:
-        try:
-            receipt = self.rpc(
-                lambda: self.w3.eth.wait_for_transaction_receipt(cast(Any, tx_hash), timeout=self.receipt_timeout),
-                what,
-            )
-        except TimeExhausted:
-            raise TransactionFailed(f"{what}: {tx_hash} not mined within {self.receipt_timeout:.0f}s") from None
+    def wait(self, tx_hash: str, what: str = "", nonce: int | None = None) -> SentTransaction:
+        """The receipt of `tx_hash`, once mined. Given the transaction's `nonce`, a transaction
+        that the node dropped because another one from the same account took that nonce
+        raises _Replaced at once rather than after the timeout."""
+        deadline = time.monotonic() + self.receipt_timeout
+        sender = self.account.address if self.account is not None else None
+        pause = 0.05
+        while True:
+            receipt = self.rpc(lambda: self._receipt(tx_hash), what)
+            if receipt is not None:
+                break
+            if nonce is not None and sender is not None and self.rpc(lambda: self._replaced(tx_hash, sender, nonce)):
+                raise _Replaced(tx_hash)
+            if time.monotonic() > deadline:
+                raise TransactionFailed(f"{what}: {tx_hash} not mined within {self.receipt_timeout:.0f}s")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
         if receipt["status"] != 1:
             raise TransactionFailed(f"{what}: {tx_hash} reverted when mined")
         return SentTransaction(tx_hash, receipt)
+
+    def _receipt(self, tx_hash: str) -> TxReceipt | None:
+        try:
+            return self.w3.eth.get_transaction_receipt(cast(Any, tx_hash))
+        except TransactionNotFound:
+            return None
+
+    def _replaced(self, tx_hash: str, sender: str, nonce: int) -> bool:
+        """Whether the account's `nonce` was used by a mined transaction other than ours."""
+        if self.w3.eth.get_transaction_count(cast(Any, sender), "latest") <= nonce:
+            return False  # the nonce is still free: ours may yet be mined
+        return self._receipt(tx_hash) is None  # mined is mined; otherwise another took it
 
     # ------------------------------------------------------------ events
 
