@@ -126,6 +126,9 @@ def up(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handle_term)
+    # a shell starts background jobs (`allmende up &`) with Ctrl-C ignored, and Python then
+    # keeps it ignored: `up` would never stop its nodes on SIGINT and be killed, orphaning them
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with friendly_errors():
             with console.status("starting anvil and deploying contracts"):
