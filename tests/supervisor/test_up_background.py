@@ -1,0 +1,55 @@
+"""`allmende up &` from a shell: background jobs start with Ctrl-C ignored (no job control),
+and Python keeps an ignored SIGINT ignored. `up` must still stop its nodes on SIGINT; before
+the fix it ignored it, was killed after the caller's patience ran out, and orphaned them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from allmende.chain.anvil import free_port
+from allmende.supervisor import allmende_command
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_up_started_with_sigint_ignored_still_stops_its_nodes_on_sigint(tmp_path: Path) -> None:
+    ports = ["--port", str(free_port()), "--rpc-port", str(free_port()), "--provider-port", "0"]
+    command = allmende_command("up", "--state-dir", str(tmp_path), "--providers", "0", *ports)
+    with (tmp_path / "up.log").open("ab") as log:
+        up = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a shell's `&` does
+        )
+    try:
+        info = tmp_path / "network.json"
+        deadline = time.monotonic() + 180
+        while not info.exists() and up.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert info.exists(), (tmp_path / "up.log").read_text()
+        network = json.loads(info.read_text())
+        nodes = [network["anvil_pid"], network["gateway_pid"]]
+        assert all(_alive(pid) for pid in nodes)
+
+        up.send_signal(signal.SIGINT)
+        returncode = up.wait(timeout=30)
+
+        assert returncode == 0
+        assert "stopped." in (tmp_path / "up.log").read_text()
+        assert not any(_alive(pid) for pid in nodes)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
