@@ -44,7 +44,7 @@ def test_up_started_with_sigint_ignored_still_stops_its_nodes_on_sigint(tmp_path
         assert all(_alive(pid) for pid in nodes)
 
         up.send_signal(signal.SIGINT)
-        returncode = up.wait(timeout=30)
+        returncode = up.wait(timeout=90)
 
         assert returncode == 0
         assert "stopped." in (tmp_path / "up.log").read_text()
