@@ -166,3 +166,26 @@ def test_a_voucher_over_the_deposit_is_still_refused(tmp_path: Path) -> None:
     greedy = payments.voucher(CHANNEL, MODELS[0])
     with pytest.raises(BadVoucher, match="exceed the deposit"):
         gate.admit(CHANNEL, MODELS[0], PAYER, greedy, reserve=1)
+
+
+def test_a_voucher_lost_with_a_failed_request_is_sent_again_with_the_next(tmp_path: Path) -> None:
+    """The gateway signs a voucher for everything owed, but the request carrying it fails before
+    the provider takes it: the provider holds less than was signed until the next request to it,
+    which must carry the whole amount again (not nothing, as 'already signed' would suggest)."""
+    payments, gateway_store, gate, provider_store = sides(tmp_path, 10_000, 5_000)
+    first = payments.voucher(CHANNEL, MODELS[0])
+    assert first is None  # nothing owed yet
+    gateway_store.record_receipt(os.urandom(32), PROVIDER, CHANNEL, MODELS[0], 120, "{}", None)
+    lost = payments.voucher(CHANNEL, MODELS[0])  # sent with a request that never arrives
+    assert lost is not None and lost.voucher.cumulative_amount == 120
+    assert gateway_store.owed(CHANNEL, MODELS[0]) == (120, 120)
+    assert provider_store.ledger(CHANNEL) == []
+
+    again = payments.voucher(CHANNEL, MODELS[0])
+    assert again is not None and again.voucher.cumulative_amount == 120
+    gate.admit(CHANNEL, MODELS[0], PAYER, again, reserve=10)
+    (row,) = provider_store.ledger(CHANNEL)
+    assert row.cumulative == 120
+    # once an answer to a request carrying it comes back, the gateway stops sending it
+    gateway_store.record_receipt(os.urandom(32), PROVIDER, CHANNEL, MODELS[0], 0, "{}", None, acked=120)
+    assert payments.voucher(CHANNEL, MODELS[0]) is None

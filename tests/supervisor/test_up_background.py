@@ -1,6 +1,7 @@
 """`allmende up &` from a shell: background jobs start with Ctrl-C ignored (no job control),
-and Python keeps an ignored SIGINT ignored. `up` must still stop its nodes on SIGINT; before
-the fix it ignored it, was killed after the caller's patience ran out, and orphaned them."""
+and Python keeps an ignored SIGINT ignored; a supervisor (a CI runner) may start us with SIGINT
+blocked, which survives exec too. `up` must still stop its nodes on SIGINT; before the fix it
+never saw the signal, was killed after the caller's patience ran out, and orphaned them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from allmende.chain.anvil import free_port
 from allmende.supervisor import allmende_command
@@ -23,7 +27,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_up_started_with_sigint_ignored_still_stops_its_nodes_on_sigint(tmp_path: Path) -> None:
+def _ignore_sigint() -> None:  # as a shell's `&` does
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _block_sigint() -> None:  # as some supervisors do
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+@pytest.mark.parametrize("start", [_ignore_sigint, _block_sigint], ids=["ignored", "blocked"])
+def test_up_started_with_sigint_ignored_or_blocked_still_stops_its_nodes_on_sigint(
+    tmp_path: Path, start: Callable[[], None]
+) -> None:
     ports = ["--port", str(free_port()), "--rpc-port", str(free_port()), "--provider-port", "0"]
     command = allmende_command("up", "--state-dir", str(tmp_path), "--providers", "0", *ports)
     with (tmp_path / "up.log").open("ab") as log:
@@ -31,7 +46,7 @@ def test_up_started_with_sigint_ignored_still_stops_its_nodes_on_sigint(tmp_path
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a shell's `&` does
+            preexec_fn=start,
         )
     try:
         info = tmp_path / "network.json"
@@ -44,7 +59,10 @@ def test_up_started_with_sigint_ignored_still_stops_its_nodes_on_sigint(tmp_path
         assert all(_alive(pid) for pid in nodes)
 
         up.send_signal(signal.SIGINT)
-        returncode = up.wait(timeout=90)
+        try:
+            returncode = up.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail("up did not stop within 90 s of SIGINT; its log:\n" + (tmp_path / "up.log").read_text())
 
         assert returncode == 0
         assert "stopped." in (tmp_path / "up.log").read_text()

@@ -3,6 +3,8 @@ through one handler (`allmende.cli.errors`): one line on stderr, `--debug` for t
 
 from __future__ import annotations
 
+import signal
+
 import typer
 
 from allmende.cli import (
@@ -48,5 +50,16 @@ app.add_typer(federated.app, name="federated")
 app.add_typer(models.app, name="models")
 
 
+def accept_interrupts() -> None:
+    """Let Ctrl-C and SIGTERM in, whatever the parent left us: a shell starts background jobs
+    (`allmende up &`) with SIGINT ignored, and a supervisor may start us with it blocked; both
+    survive exec, and Python keeps them. A node that cannot be interrupted is killed in the end
+    and loses its orderly stop (offers withdrawn, database committed); `up` would orphan its
+    nodes."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main() -> None:
+    accept_interrupts()
     app()

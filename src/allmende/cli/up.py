@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import typer
@@ -122,13 +124,19 @@ def up(
         if node is not None:
             node.stop()
 
-    def handle_term(*_: object) -> None:
+    interrupted = threading.Event()
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        interrupted.set()
+        if _inside_import(frame):
+            # raised there, it is swallowed (torch's C extension) or leaves a module half made
+            # (an abort at exit): ask again once the import is done
+            threading.Timer(0.2, os.kill, (os.getpid(), signum)).start()
+            return
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, handle_term)
-    # a shell starts background jobs (`allmende up &`) with Ctrl-C ignored, and Python then
-    # keeps it ignored: `up` would never stop its nodes on SIGINT and be killed, orphaning them
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         with friendly_errors():
             with console.status("starting anvil and deploying contracts"):
@@ -258,17 +266,28 @@ def up(
                 [asked[m] for m in models if m not in chat_models],
             )
         exited: list[Node] = []
-        while True:
-            time.sleep(1)
+        while not interrupted.wait(1):
             for child in children:
                 if not child.alive() and child not in exited:
                     console.print(f"[yellow]{child.name} exited with code {child.process.returncode}[/yellow]")
                     exited.append(child)
     except KeyboardInterrupt:
-        console.print("stopping…")
+        pass
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # the stop has its own time limit
+            signal.signal(signum, signal.SIG_IGN)
+        if interrupted.is_set():
+            console.print("stopping…")
         stop_all()
     console.print("stopped.")
+
+
+def _inside_import(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _asked_as(contracts: Contracts, spec: str) -> str:
