@@ -249,7 +249,7 @@ def render(report: dict[str, Any]) -> None:
         console.print(cases)
         console.print(
             "[dim]votes: stake-weighted, guilty/not guilty; guilty needs more than the quorum\n"
-            "and more than not guilty; `allmende gov fast-forward` moves a devnet past a deadline[/dim]"
+            "and more than not guilty; `allmende gov fast-forward` moves a devnet past\na deadline[/dim]"
         )
     models = Table(
         Column("model", overflow="fold"),
