@@ -8,12 +8,13 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+from typing import Any
 
 import pytest
 import torch
 
 from allmende.engine import DEFAULT_CHAT_MODEL, SamplingParams, collect, load_engine, resolve_model
-from allmende.engine.llamacpp import LlamaCppEngine
+from allmende.engine.llamacpp import LlamaContext, LlamaCppEngine
 from allmende.protocol import sampling_params
 from allmende.testing.harness import QUESTIONS
 from allmende.validator.checker import judge, token_check
@@ -22,9 +23,19 @@ from tests.engine.test_grammar import SCHEMA
 
 @pytest.fixture(scope="module")
 def llama() -> LlamaCppEngine:
-    engine = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=4, engine="llamacpp")
-    assert isinstance(engine, LlamaCppEngine)
-    return engine
+    """The default model in "mixed" weights: both llama.cpp contexts, so every test here runs on
+    the 4-bit file (lone requests) and on the F16 copy (crowds); `f16`, the default, is one of
+    them (the next fixture)."""
+    resolved = resolve_model(DEFAULT_CHAT_MODEL)
+    assert resolved.gguf is not None and resolved.gguf_id is not None
+    return LlamaCppEngine(
+        DEFAULT_CHAT_MODEL, resolved.gguf, resolved.path, resolved.gguf_id, max_concurrency=4, weights="mixed"
+    )
+
+
+def test_the_default_engine_serves_the_f16_copy() -> None:
+    engine = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1, engine="llamacpp")
+    assert isinstance(engine, LlamaCppEngine) and engine.weights == "f16" and list(engine.contexts) == ["f16"]
 
 
 def chat(engine: LlamaCppEngine, i: int) -> list[int]:
@@ -139,11 +150,109 @@ def test_logprobs_come_from_the_rows_drawn_from_and_do_not_change_the_draw(llama
 
     assert scored.token_ids == plain.token_ids and plain.logprobs is None
     assert scored.logprobs is not None and len(scored.logprobs) == len(scored.token_ids)
-    _, logits = llama.prefill(ids + scored.token_ids)
-    expected = torch.log_softmax(logits[len(ids) - 1 : -1].float(), dim=-1)
+    # a lone request runs on the native weights ("mixed", see the next test): check against those
+    native = LlamaContext(llama.lib, llama.models["native"], 2048, 1, llama.threads)
+    try:
+        logits, _ = native.decode([(t, 0, p, True) for p, t in enumerate(ids + scored.token_ids)])
+    finally:
+        native.close()
+    expected = torch.log_softmax(torch.from_numpy(logits)[len(ids) - 1 : -1].float(), dim=-1)
     for row, token, entry in zip(expected, scored.token_ids, scored.logprobs, strict=True):
         # a one-token decode and a prefill are different llama.cpp kernels: close, not equal
         assert abs(float(row[token]) - float(entry["logprob"])) < 0.05  # type: ignore[arg-type]
         top = entry["top_logprobs"]
         assert isinstance(top, list) and len(top) == 3
         assert [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)
+
+
+def test_a_lone_request_runs_on_the_4_bit_file_a_crowd_on_the_f16_copy_and_both_pass_the_reference_check(
+    llama: LlamaCppEngine,
+) -> None:
+    """Served "mixed", a lone request runs on the Q4_1 file (the fastest single-sequence
+    decode), requests that come in a crowd on its F16 copy (tiled GEMM kernels for batches;
+    the default, "f16", uses only the copy). The copy is the same weights, so what either
+    generates, greedy and seeded, passes the transformers reference check under the original
+    file's model id."""
+    from allmende.engine.llamacpp import MIXED_BATCH, expanded_f16, gguf_shape
+
+    assert llama.weights == "mixed"
+    copy = expanded_f16(llama.lib, llama.gguf, llama.model_id)
+    assert gguf_shape(copy) == (1, gguf_shape(llama.gguf)[1])  # F16, every weight
+    reference = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1)  # transformers on the same GGUF
+    assert reference.model_id == llama.model_id
+    joined = dict(llama.scheduler.joined)
+    params = [SamplingParams(max_tokens=16, temperature=0.0), SamplingParams(max_tokens=16, seed=3)]
+
+    lone = [asyncio.run(collect(llama.generate(chat(llama, i), p), 0)) for i, p in enumerate(params)]
+    assert llama.scheduler.joined["native"] - joined["native"] == 2 and llama.scheduler.joined["f16"] == joined["f16"]
+
+    async def crowd() -> list[Any]:
+        runs = [collect(llama.generate(chat(llama, i), params[i % 2]), 0) for i in range(MIXED_BATCH)]
+        return list(await asyncio.gather(*runs))
+
+    crowded = asyncio.run(crowd())
+    # the first of a crowd may start before the others arrive, alone, on the native context
+    gained = {k: llama.scheduler.joined[k] - joined[k] for k in joined}
+    assert gained["native"] + gained["f16"] == 2 + MIXED_BATCH and gained["f16"] >= 1
+    assert [llama.scheduler._route(n) for n in range(1, MIXED_BATCH + 2)] == ["native"] * (MIXED_BATCH - 1) + [
+        "f16"
+    ] * 2
+    for i, done in [*enumerate(lone), *enumerate(crowded)]:
+        verdict = judge(reference, chat(llama, i), done.token_ids, done.proof, params[i % 2])
+        assert verdict.ok, verdict.reason
+
+
+def test_a_prompt_sharing_a_running_prompts_prefix_prefills_only_the_rest_and_passes_the_check(
+    llama: LlamaCppEngine,
+) -> None:
+    """Chat prompts share the template's system prompt: a request joining while another runs
+    takes those cache cells from it instead of prefilling them again; what it generates is
+    still the model's answer to its whole prompt (the reference check over prompt + output)."""
+    from allmende.engine.llamacpp import SHARED_PREFIX_MIN
+
+    first, second = chat(llama, 0), chat(llama, 1)
+    common = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    assert common >= SHARED_PREFIX_MIN  # SmolLM2's template: the same system prompt
+    shared = llama.scheduler.shared_prefix_tokens
+    params = SamplingParams(max_tokens=12, seed=11)
+
+    async def overlapping() -> Any:
+        running = llama.generate(first, SamplingParams(max_tokens=48, temperature=0.0, ignore_eos=True))
+        async with contextlib.aclosing(running):
+            await anext(running)  # the first request is running (its prompt is in the cache)
+            joined = await collect(llama.generate(second, params), 0)
+            async for _ in running:  # still running when the second finished: it shared the cells
+                break
+            else:
+                raise AssertionError("the first request ended before the second")
+        return joined
+
+    done = asyncio.run(overlapping())
+    assert llama.scheduler.shared_prefix_tokens - shared == common
+    reference = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1)
+    verdict = judge(reference, second, done.token_ids, done.proof, params)
+    assert verdict.ok, verdict.reason
+
+
+def test_requests_arriving_together_prefill_their_common_prefix_once_and_pass_the_check() -> None:
+    """Several chats at once: each but the first takes the system prompt's cells from another
+    (a running one, or one joining in the same step, which prefills the prefix first). On one
+    context (F16 weights), so that the count does not depend on how the crowd trickles in."""
+    resolved = resolve_model(DEFAULT_CHAT_MODEL)
+    assert resolved.gguf is not None and resolved.gguf_id is not None
+    llama = LlamaCppEngine("f16", resolved.gguf, resolved.path, resolved.gguf_id, max_concurrency=8, weights="f16")
+    prompts = [chat(llama, i) for i in range(6)]
+    common = min(next(i for i, (a, b) in enumerate(zip(prompts[0], p, strict=False)) if a != b) for p in prompts[1:])
+    shared = llama.scheduler.shared_prefix_tokens
+    params = [SamplingParams(max_tokens=10, temperature=0.0), SamplingParams(max_tokens=10, seed=5)]
+
+    async def together() -> list[Any]:
+        runs = [collect(llama.generate(p, params[i % 2]), 0) for i, p in enumerate(prompts)]
+        return list(await asyncio.gather(*runs))
+
+    answers = asyncio.run(together())
+    assert llama.scheduler.shared_prefix_tokens - shared >= (len(prompts) - 1) * common
+    reference = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1)
+    for i, done in enumerate(answers):
+        verdict = judge(reference, prompts[i], done.token_ids, done.proof, params[i % 2])
+        assert verdict.ok, (i, verdict.reason)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+from gguf import GGUFWriter
 
-from allmende.engine import DEFAULT_CHAT_MODEL, EngineError, load_engine
+from allmende.engine import DEFAULT_CHAT_MODEL, EngineError, llamacpp, load_engine, resolve_model
+from allmende.engine.llamacpp import chosen_weights
 from allmende.engine.tiny import TINY_NAME
 
 
@@ -24,3 +28,33 @@ def test_the_llamacpp_engine_without_its_binding_says_how_to_install_it(monkeypa
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` raises ImportError
     with pytest.raises(EngineError, match=r"pip install 'allmende\[llamacpp\]'"):
         load_engine(DEFAULT_CHAT_MODEL, engine="llamacpp")
+
+
+def _gguf(path: Path, file_type: int) -> Path:
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_file_type(file_type)
+    writer.add_tensor("w", np.zeros((4, 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_llamacpp_weights_f16_for_small_quantized_files_native_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ALLMENDE_LLAMACPP_WEIGHTS", raising=False)
+    default = resolve_model(DEFAULT_CHAT_MODEL).gguf
+    assert default is not None
+    assert chosen_weights(default) == "f16"  # Q4_1, 135M weights: a 270 MB copy
+    assert chosen_weights(_gguf(tmp_path / "f16.gguf", 1)) == "native"  # nothing to expand
+    assert chosen_weights(_gguf(tmp_path / "q4.gguf", 3)) == "f16"
+    monkeypatch.setattr(llamacpp, "F16_LIMIT_BYTES", 32)  # a big model: its copy would not fit
+    assert chosen_weights(_gguf(tmp_path / "q4.gguf", 3)) == "native"
+    monkeypatch.setenv("ALLMENDE_LLAMACPP_WEIGHTS", "native")
+    assert chosen_weights(default) == "native"
+    assert chosen_weights(default, "f16") == "f16"  # asked for explicitly
+    monkeypatch.setenv("ALLMENDE_LLAMACPP_WEIGHTS", "q8")
+    with pytest.raises(EngineError, match="must be one of native, f16, mixed, not 'q8'"):
+        chosen_weights(default)

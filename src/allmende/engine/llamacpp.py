@@ -18,6 +18,22 @@ llama.cpp only for the forward passes:
   GGUF carries, converted once), so both engines see identical token ids, and the model
   id is the GGUF file's content address for both.
 
+Weights: a quantized GGUF is served as is ("native"), from its F16 copy ("f16"), or both
+("mixed"). The F16 copy is made once and cached; it is the same weights, not a
+requantisation: each Q4_1 weight is d·q + m with d and m stored in F16, written back in F16
+(relative rounding 2⁻¹¹, far below the error of the 8-bit activations llama.cpp's own Q4_1
+kernels use). It pays off when sequences share a step: ggml multiplies F16 matrices with
+tiled GEMM kernels, while a Q4_1 batch goes row by row through the same dot product as a
+single sequence; a lone sequence, bound by memory, is faster from the 4-bit file. "mixed"
+keeps a context for each: a request joins the native one while fewer than
+`MIXED_BATCH` requests are running or waiting, the F16 one otherwise, and stays where it
+joined; a step decodes both when both hold sequences. Measured on 2 cores (SmolLM2-135M,
+README): the F16 copy was as fast or faster at every concurrency in the engine benchmark
+(its prefill is twice as fast, which outweighs a slower single-sequence decode for short
+answers), so it is the default where the copy stays small (`F16_LIMIT_BYTES`); "mixed" suits
+long single-stream generations. The model id stays the content address of the original
+file, which the validator loads. ALLMENDE_LLAMACPP_WEIGHTS picks.
+
 The KV cache is one unified buffer of `kv_cells` cells shared by all sequences. A
 sequence joins only when its prompt plus `max_tokens` fit in the cells not reserved by
 the sequences already running, so a decode never runs out of cache.
@@ -45,6 +61,18 @@ BATCH_TOKENS = 512  # tokens per llama_decode call (prompt chunks included)
 # step (7.6-8.4 ms), 1.7 times that at 64 (the unified cache's attention grows with the
 # square of the batch), so a wider step lowers throughput.
 STEP_WIDTH = 48
+# A joining prompt that starts with at least this many tokens of another sequence's prompt (a
+# chat template's system prompt, a shared few-shot prefix) takes that prefix's cache cells
+# from it and prefills only the rest: from a running sequence, or from one joining in the same
+# step (which then prefills the prefix in a first pass).
+SHARED_PREFIX_MIN = 16
+
+
+WEIGHTS = ("native", "f16", "mixed")
+MIXED_BATCH = 4  # from this many requests running or waiting, new ones join the F16 context
+F16_LIMIT_BYTES = 2 << 30  # expand to F16 by default only while the copy stays under 2 GiB
+# GGUF general.file_type values that are not quantized: F32, F16, BF16
+UNQUANTIZED_FILE_TYPES = {0, 1, 32}
 
 
 def load_binding() -> Any:
@@ -78,6 +106,52 @@ def default_threads() -> int:
             raise EngineError(f"ALLMENDE_LLAMACPP_THREADS must be a positive integer, not {configured!r}")
         return int(configured)
     return min(len(os.sched_getaffinity(0)), 8)
+
+
+def gguf_shape(gguf: Path) -> tuple[int, int]:
+    """(general.file_type, number of weights) of a GGUF file, read from its header."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf))
+    field = reader.fields.get("general.file_type")
+    file_type = int(field.parts[field.data[0]][0]) if field is not None else 0
+    return file_type, sum(int(t.n_elements) for t in reader.tensors)
+
+
+def chosen_weights(gguf: Path, asked: str | None = None) -> str:
+    """ "native" or "f16" for serving `gguf`: `asked`, else ALLMENDE_LLAMACPP_WEIGHTS, else
+    F16 for a quantized file whose F16 copy stays under `F16_LIMIT_BYTES` (a 7B model
+    stays quantized: its copy would need 14 GB)."""
+    asked = asked or os.environ.get("ALLMENDE_LLAMACPP_WEIGHTS") or None
+    if asked is not None:
+        if asked not in WEIGHTS:
+            raise EngineError(f"llama.cpp weights must be one of {', '.join(WEIGHTS)}, not {asked!r}")
+        return asked
+    file_type, weights = gguf_shape(gguf)
+    return "f16" if file_type not in UNQUANTIZED_FILE_TYPES and 2 * weights <= F16_LIMIT_BYTES else "native"
+
+
+def expanded_f16(lib: Any, gguf: Path, model_id: bytes) -> Path:
+    """The F16 copy of `gguf` (made once by llama.cpp's own converter, cached by model id;
+    written under a temporary name and renamed, so concurrent loads never see half a file)."""
+    from allmende.config import from_environment
+
+    target = from_environment().cache_dir / "gguf" / f"0x{model_id.hex()}-f16.gguf"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = lib.LLAMA_FTYPE_MOSTLY_F16
+    params.allow_requantize = True  # the input is quantized; F16 holds its values
+    params.nthread = default_threads()
+    try:
+        if lib.llama_model_quantize(str(gguf).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
+            raise EngineError(f"llama.cpp could not expand {gguf} to F16")
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 class LlamaContext:
@@ -140,8 +214,10 @@ class LlamaContext:
     def drop(self, seq: int) -> None:
         self.lib.llama_memory_seq_rm(self.memory, seq, -1, -1)
 
-    def copy(self, source: int, target: int) -> None:
-        self.lib.llama_memory_seq_cp(self.memory, source, target, -1, -1)
+    def copy(self, source: int, target: int, upto: int = -1) -> None:
+        """Give `target` the cache cells of `source` (those before position `upto`, or all):
+        the cells are shared, not duplicated."""
+        self.lib.llama_memory_seq_cp(self.memory, source, target, 0 if upto >= 0 else -1, upto)
 
     def close(self) -> None:
         if self.ctx:
@@ -156,77 +232,152 @@ def _cells(sequence: Sequence) -> int:
 
 
 class _Slot:
-    """Where a sequence lives in the llama.cpp context: its sequence id, next position, reserved cells."""
+    """Where a sequence lives: its context, sequence id, next position and reserved cells."""
 
-    def __init__(self, sequence: Sequence, seq_id: int) -> None:
+    def __init__(self, sequence: Sequence, context: str, seq_id: int) -> None:
+        self.context = context
         self.seq_id = seq_id
         self.position = len(sequence.prompt_ids)
         self.cells = _cells(sequence)
 
 
 class LlamaScheduler(StepScheduler):
-    """Continuous batching over one llama.cpp context (one thread per model).
+    """Continuous batching over llama.cpp contexts of one model (one thread per model).
 
-    A step is one `llama_decode` that runs the joiners' prompts (identical prompts once; the
-    copies share its cells) together with the next token of every running sequence, each
-    with its own sequence id. A sequence joins while a sequence id and enough cache cells
-    for its prompt and `max_tokens` are free, so a decode never runs out of cache."""
+    A step is one `llama_decode` per context in use that runs the joiners' prompts (identical
+    prompts once; the copies share its cells) together with the next token of every running
+    sequence, each with its own sequence id. A sequence joins while a sequence id and enough
+    cache cells for its prompt and `max_tokens` are free, so a decode never runs out of cache.
+    With two contexts ("native" and "f16", see the module), a joiner goes to the native one
+    while fewer than `MIXED_BATCH` requests are running or waiting."""
 
-    def __init__(self, context: LlamaContext, max_batch: int, name: str, prefill_tokens: int = 2048) -> None:
+    def __init__(
+        self, contexts: dict[str, LlamaContext], max_batch: int, name: str, prefill_tokens: int = 2048
+    ) -> None:
         super().__init__(max_batch, name, prefill_tokens)
-        self.context = context
-        self.cells = int(context.lib.llama_n_ctx(context.ctx))
-        self._free_ids = list(range(max_batch))
+        self.contexts = contexts
+        self.cells = {k: int(c.lib.llama_n_ctx(c.ctx)) for k, c in contexts.items()}
+        self._free_ids = {k: list(range(max_batch)) for k in contexts}
         self._slots: dict[Sequence, _Slot] = {}
+        self._routes: dict[Sequence, str] = {}  # where each admitted joiner goes
+        self.joined = {k: 0 for k in contexts}  # sequences that joined each context (tests, metrics)
+        self.shared_prefix_tokens = 0  # prompt tokens taken from a running sequence's cells, not prefilled
+
+    def _route(self, demand: int) -> str:
+        if len(self.contexts) == 1:
+            return next(iter(self.contexts))
+        return "f16" if demand >= MIXED_BATCH else "native"
 
     def _has_room(self, sequence: Sequence, joining: list[Sequence]) -> bool:
-        reserved = sum(s.cells for s in self._slots.values()) + sum(_cells(s) for s in joining)
-        return reserved + _cells(sequence) <= self.cells
+        target = self._route(len(self._active) + len(joining) + len(self._waiting))
+        reserved = sum(s.cells for s in self._slots.values() if s.context == target)
+        reserved += sum(_cells(s) for s in joining if self._routes.get(s) == target)
+        if reserved + _cells(sequence) > self.cells[target] or not self._free_ids[target]:
+            return False
+        self._routes[sequence] = target
+        return True
 
     def _step(self, joining: list[Sequence]) -> None:
-        entries: list[tuple[int, int, int, bool]] = []  # (token, sequence id, position, wants output)
-        owners: list[list[Sequence]] = []  # the sequences each output row feeds, in output order
+        # per context: (token, sequence id, position, wants output) entries, and the sequences
+        # each output row feeds, in output order
+        entries: dict[str, list[tuple[int, int, int, bool]]] = {k: [] for k in self.contexts}
+        owners: dict[str, list[list[Sequence]]] = {k: [] for k in self.contexts}
         for sequence in self._active:
             slot = self._slots[sequence]
-            entries.append((sequence.last_token, slot.seq_id, slot.position, True))
+            entries[slot.context].append((sequence.last_token, slot.seq_id, slot.position, True))
             slot.position += 1
-            owners.append([sequence])
-        first: dict[tuple[int, ...], int] = {}  # prompt -> its output row
-        copies: list[tuple[int, int]] = []  # (from sequence id, to sequence id) after the pass
+            owners[slot.context].append([sequence])
+        first: dict[tuple[str, tuple[int, ...]], int] = {}  # (context, prompt) -> its output row
+        copies: list[tuple[str, int, int]] = []  # (context, from sequence id, to sequence id) after the pass
+        prefilling: list[Sequence] = []  # joiners prefilling (part of) their own prompt, in order
+        sources: list[Sequence] = []  # those of them whose cells a later joiner may copy: not followers
+        follows: dict[Sequence, tuple[Sequence, int]] = {}  # joiner -> (earlier joiner, shared tokens)
+        skips: dict[Sequence, int] = {}  # joiner -> prompt tokens taken from a running sequence
         for sequence in joining:
-            slot = self._slots[sequence] = _Slot(sequence, self._free_ids.pop(0))
-            prompt = sequence.prompt_ids
-            key = tuple(prompt)
+            target = self._routes.pop(sequence, None) or self._route(len(self._active) + len(joining))
+            slot = self._slots[sequence] = _Slot(sequence, target, self._free_ids[target].pop(0))
+            self.joined[target] += 1
+            key = (target, tuple(sequence.prompt_ids))
             if key in first:  # the same prompt: prefilled once, its cells copied
-                owners[first[key]].append(sequence)
-                copies.append((self._slots[owners[first[key]][0]].seq_id, slot.seq_id))
+                rows = owners[target][first[key]]
+                rows.append(sequence)
+                copies.append((target, self._slots[rows[0]].seq_id, slot.seq_id))
                 continue
-            first[key] = len(owners)
-            entries.extend((token, slot.seq_id, pos, pos == len(prompt) - 1) for pos, token in enumerate(prompt))
-            owners.append([sequence])
+            first[key] = len(owners[target])
+            owners[target].append([sequence])
+            running, taken = self._longest_prefix(
+                sequence, [s for s in self._active if self._slots[s].context == target]
+            )
+            earlier, shared = self._longest_prefix(sequence, [s for s in sources if self._slots[s].context == target])
+            if running is not None and taken >= max(shared, SHARED_PREFIX_MIN):
+                self.contexts[target].copy(self._slots[running].seq_id, slot.seq_id, taken)
+                skips[sequence] = taken
+            elif earlier is not None and shared >= SHARED_PREFIX_MIN:
+                follows[sequence] = (earlier, shared)  # (its own cells arrive after the first pass)
+            prefilling.append(sequence)
+            if sequence not in follows:
+                sources.append(sequence)
+        # a joiner others share a prefix with prefills that prefix in a first pass, so that
+        # its cells exist to be copied before the step's pass prefills everyone's rest
+        ahead = {leader: max(n for other, n in follows.values() if other is leader) for leader, _ in follows.values()}
+        before: dict[str, list[tuple[int, int, int, bool]]] = {k: [] for k in self.contexts}
+        for sequence in prefilling:
+            slot, prompt = self._slots[sequence], sequence.prompt_ids
+            start = skips.get(sequence, 0) or (follows[sequence][1] if sequence in follows else 0)
+            split = max(start, ahead.get(sequence, 0))
+            before[slot.context].extend((prompt[p], slot.seq_id, p, False) for p in range(start, split))
+            entries[slot.context].extend(
+                (prompt[p], slot.seq_id, p, p == len(prompt) - 1) for p in range(split, len(prompt))
+            )
+            self.shared_prefix_tokens += start
         self.prefilled_prompts += len(first)
         self.largest_batch = max(self.largest_batch, len(self._active) + len(joining))
         self._active.extend(joining)
-        logits, hidden = self.context.decode(entries)
-        for source, target in copies:
-            self.context.copy(source, target)
-        self.steps += 1
-        row_logits, row_hidden = torch.from_numpy(logits), torch.from_numpy(hidden)
         done: list[Sequence] = []
-        for row, sequences in enumerate(owners):
-            for sequence in sequences:  # (the hidden row is kept for the proof: each keeps its own copy)
-                if sequence.cancelled.is_set() or sequence.advance(row_logits[row], row_hidden[row].clone()):
-                    done.append(sequence)
+        for name, context in self.contexts.items():
+            if before[name]:
+                context.decode(before[name])
+            for sequence, (leader, shared) in follows.items():
+                if self._slots[sequence].context == name:
+                    context.copy(self._slots[leader].seq_id, self._slots[sequence].seq_id, shared)
+            if not entries[name]:
+                continue
+            logits, hidden = context.decode(entries[name])
+            for where, source, target_id in copies:
+                if where == name:
+                    context.copy(source, target_id)
+            row_logits, row_hidden = torch.from_numpy(logits), torch.from_numpy(hidden)
+            for row, sequences in enumerate(owners[name]):
+                for sequence in sequences:  # (the hidden row is kept for the proof: each keeps its own copy)
+                    if sequence.cancelled.is_set() or sequence.advance(row_logits[row], row_hidden[row].clone()):
+                        done.append(sequence)
+        self.steps += 1
         self._leave(done)
+
+    @staticmethod
+    def _longest_prefix(sequence: Sequence, others: list[Sequence]) -> tuple[Sequence | None, int]:
+        """The sequence among `others` whose prompt shares the longest prefix with `sequence`'s
+        (never its last prompt token, whose row gives the first draw), and that length."""
+        prompt, best, source = sequence.prompt_ids, 0, None
+        for other in others:
+            shared = 0
+            for mine, theirs in zip(prompt[:-1], other.prompt_ids, strict=False):
+                if mine != theirs:
+                    break
+                shared += 1
+            if shared > best:
+                best, source = shared, other
+        return source, best
 
     def _leave(self, leaving: list[Sequence]) -> None:
         for sequence in leaving:
             if sequence in self._active:
                 self._active.remove(sequence)
+            self._routes.pop(sequence, None)
             slot = self._slots.pop(sequence, None)
             if slot is not None:
-                self.context.drop(slot.seq_id)
-                self._free_ids.append(slot.seq_id)
+                self.contexts[slot.context].drop(slot.seq_id)
+                self._free_ids[slot.context].append(slot.seq_id)
 
 
 class LlamaCppEngine(GenerativeEngine):
@@ -243,6 +394,7 @@ class LlamaCppEngine(GenerativeEngine):
         kv_cells: int = 8192,  # KV cache cells shared by all running sequences (about 190 MB for SmolLM2)
         context_length: int | None = None,
         gpu_layers: int = 0,
+        weights: str | None = None,  # "native" or "f16"; default: `chosen_weights`
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -254,29 +406,41 @@ class LlamaCppEngine(GenerativeEngine):
         self.model_id = model_id
         self.device = "cpu"  # where the rows of logits and hidden states arrive
         self.lib = lib
+        self.weights = chosen_weights(self.gguf, weights)
+        files = {}
+        if self.weights in ("native", "mixed"):
+            files["native"] = self.gguf
+        if self.weights in ("f16", "mixed"):
+            files["f16"] = expanded_f16(lib, self.gguf, model_id)
         params = lib.llama_model_default_params()
         params.n_gpu_layers = gpu_layers
-        self.model = lib.llama_model_load_from_file(str(self.gguf).encode(), params)
-        if not self.model:
-            raise EngineError(f"llama.cpp could not load {self.gguf}")
+        self.models: dict[str, Any] = {}
+        for kind, path in files.items():
+            self.models[kind] = lib.llama_model_load_from_file(str(path).encode(), params)
+            if not self.models[kind]:
+                raise EngineError(f"llama.cpp could not load {path}")
+        # what `prefill` (the validator's side) runs: the F16 copy where there is one, the
+        # closer of the two to the reference's full-precision dequantisation
+        self.model = self.models.get("f16") or self.models["native"]
         self.threads = threads or default_threads()
         self.context_length = min(context_length or int(lib.llama_model_n_ctx_train(self.model)), kv_cells)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(tokenizer_path)
         self.eos_ids = {int(self.tokenizer.eos_token_id)} if self.tokenizer.eos_token_id is not None else set()
         width = min(max_concurrency, STEP_WIDTH)
-        self.context = LlamaContext(lib, self.model, kv_cells, width, self.threads)
-        self.scheduler: LlamaScheduler = LlamaScheduler(self.context, width, name)
+        self.contexts = {kind: LlamaContext(lib, m, kv_cells, width, self.threads) for kind, m in self.models.items()}
+        self.scheduler: LlamaScheduler = LlamaScheduler(self.contexts, width, name)
         self._reference: LlamaContext | None = None  # a one-sequence context for `prefill`
         self._reference_lock = threading.Lock()
 
     @property
     def vocab_size(self) -> int:
-        return self.context.n_vocab
+        return next(iter(self.contexts.values())).n_vocab
 
     def set_threads(self, threads: int) -> None:
         """Change llama.cpp's thread count of the serving context (takes effect at the next step)."""
         self.threads = threads
-        self.context.set_threads(threads)
+        for context in self.contexts.values():
+            context.set_threads(threads)
 
     # ------------------------------------------------- verification side
 

@@ -1,8 +1,9 @@
 """Cross-engine rows of the calibration harness: llama.cpp and transformers on the same GGUF.
 
 Honest: a llama.cpp provider checked by a transformers validator (the network's reference),
-and the reverse, a transformers provider checked by a validator that runs llama.cpp, each
-greedy and with seeded sampling, both engines on the same GGUF file (the same model id).
+the same with the weights held as their F16 copy (the default for small models), and the
+reverse, a transformers provider checked by a validator that runs llama.cpp, each greedy and
+with seeded sampling, both engines on the same GGUF file (the same model id).
 Cheats, all served under the GGUF's id by a llama.cpp provider and checked by transformers:
 the same model requantised to a cheaper type with llama.cpp's own quantizer (Q4_0, Q2_K),
 served with its own proof; and a cheap generator (the Q2_K copy) whose proof is then
@@ -49,10 +50,11 @@ def engine_variants(harness: Any, workdir: Path) -> list[tuple[str, bool, Callab
         raise EngineError(f"the cross-engine rows need a GGUF model, not {harness.model}")
     gguf, tokenizer, model_id = resolved.gguf, resolved.path, resolved.gguf_id
 
-    def served(path: Path) -> LlamaCppEngine:
-        return LlamaCppEngine(str(harness.model), path, tokenizer, model_id, max_concurrency=4)
+    def served(path: Path, weights: str = "native") -> LlamaCppEngine:
+        return LlamaCppEngine(str(harness.model), path, tokenizer, model_id, max_concurrency=4, weights=weights)
 
     llama = served(gguf)
+    llama_f16 = served(gguf, "f16")  # the same weights held in F16 (what a provider runs by default)
     cheap = {q: served(requantise(gguf, q, workdir / f"model-{q}.gguf")) for q in CHEAPER}
     ref = harness.reference
 
@@ -89,7 +91,9 @@ def engine_variants(harness: Any, workdir: Path) -> list[tuple[str, bool, Callab
         rows += [
             (f"llama.cpp provider, transformers validator, {label}", True, provided(llama, base), 1),
             (f"transformers provider, llama.cpp validator, {label}", True, provided(None, base, llama), 1),
-        ]
+            (f"llama.cpp provider, F16 copy of the weights, transformers validator, {label}", True,
+             provided(llama_f16, base), 1),
+        ]  # fmt: skip
         rows += [
             (f"llama.cpp, requantised to {q} under the Q4_1 id, {label}", False, provided(engine, base), 1)
             for q, engine in cheap.items()
