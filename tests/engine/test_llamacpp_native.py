@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -256,3 +257,21 @@ def test_requests_arriving_together_prefill_their_common_prefix_once_and_pass_th
     for i, done in enumerate(answers):
         verdict = judge(reference, prompts[i], done.token_ids, done.proof, params[i % 2])
         assert verdict.ok, (i, verdict.reason)
+
+
+def test_a_gguf_without_one_block_served_under_the_models_id_fails_the_reference_check(tmp_path: Path) -> None:
+    """The cheap copy a provider could make of the GGUF it claims (one of 30 transformer blocks
+    left out, everything else byte for byte): it still answers sensibly, and its proofs fail."""
+    from allmende.testing.engines import without_layer
+
+    resolved = resolve_model(DEFAULT_CHAT_MODEL)
+    assert resolved.gguf is not None and resolved.gguf_id is not None
+    cheap = without_layer(resolved.gguf, 15, tmp_path / "skip.gguf")
+    cheat = LlamaCppEngine("cheat", cheap, resolved.path, resolved.gguf_id, max_concurrency=1, weights="native")
+    reference = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1)
+    params = SamplingParams(max_tokens=24, temperature=0.0)
+    prompt = chat(cheat, 0)
+    done = asyncio.run(collect(cheat.generate(prompt, params), 0))
+    assert done.text.strip()  # it still answers
+    verdict = judge(reference, prompt, done.token_ids, done.proof, params)
+    assert not verdict.ok

@@ -6,8 +6,9 @@ reverse, a transformers provider checked by a validator that runs llama.cpp, eac
 with seeded sampling, both engines on the same GGUF file (the same model id).
 Cheats, all served under the GGUF's id by a llama.cpp provider and checked by transformers:
 the same model requantised to a cheaper type with llama.cpp's own quantizer (Q4_0, Q2_K),
-served with its own proof; and a cheap generator (the Q2_K copy) whose proof is then
-recomputed honestly by one llama.cpp prefill of the claimed model over its output.
+or rewritten without one transformer block, served with its own proof; and a cheap generator
+(the Q2_K copy) whose proof is then recomputed honestly by one llama.cpp prefill of the
+claimed model over its output.
 
 Imported only when asked for (`Harness(..., engines=True)`), so the harness needs no
 llama-cpp-python otherwise.
@@ -28,6 +29,7 @@ from allmende.engine.proofs import commit
 from allmende.testing.claims import GREEDY, SAMPLED, Claim, generate
 
 CHEAPER = ("Q4_0", "Q2_K")  # llama.cpp file types cheaper than the default model's Q4_1
+SKIPPED_LAYER = 15  # the block a cheating GGUF leaves out (of SmolLM2's 30)
 
 
 def requantise(gguf: Path, file_type: str, out: Path) -> Path:
@@ -38,6 +40,40 @@ def requantise(gguf: Path, file_type: str, out: Path) -> Path:
     params.allow_requantize = True
     if lib.llama_model_quantize(str(gguf).encode(), str(out).encode(), ctypes.byref(params)) != 0:
         raise EngineError(f"llama.cpp could not requantise {gguf} to {file_type}")
+    return out
+
+
+def without_layer(gguf: Path, layer: int, out: Path) -> Path:
+    """`gguf` with transformer block `layer` left out (later blocks renumbered, the block count
+    one less): a cheaper model that looks like the claimed one to llama.cpp. Written with the
+    `gguf` package: every metadata field and every other tensor byte for byte."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(str(gguf))
+    arch = str(reader.fields["general.architecture"].contents())
+    writer = GGUFWriter(str(out), arch)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue  # written by the writer itself
+        value = field.contents()
+        if key == f"{arch}.block_count":
+            value = int(value) - 1
+        kind = field.types[0]
+        sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
+        writer.add_key_value(key, value, kind, sub_type=sub)
+    for tensor in reader.tensors:
+        name = tensor.name
+        if name.startswith("blk."):
+            _, index, rest = name.split(".", 2)
+            if int(index) == layer:
+                continue
+            if int(index) > layer:
+                name = f"blk.{int(index) - 1}.{rest}"
+        writer.add_tensor(name, tensor.data, raw_shape=tensor.data.shape, raw_dtype=tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     return out
 
 
@@ -56,6 +92,7 @@ def engine_variants(harness: Any, workdir: Path) -> list[tuple[str, bool, Callab
     llama = served(gguf)
     llama_f16 = served(gguf, "f16")  # the same weights held in F16 (what a provider runs by default)
     cheap = {q: served(requantise(gguf, q, workdir / f"model-{q}.gguf")) for q in CHEAPER}
+    skipping = served(without_layer(gguf, SKIPPED_LAYER, workdir / "model-skip.gguf"))
     ref = harness.reference
 
     def params_of(base: SamplingParams) -> SamplingParams:
@@ -98,5 +135,8 @@ def engine_variants(harness: Any, workdir: Path) -> list[tuple[str, bool, Callab
             (f"llama.cpp, requantised to {q} under the Q4_1 id, {label}", False, provided(engine, base), 1)
             for q, engine in cheap.items()
         ]
-        rows += [(f"llama.cpp Q2_K + recomputed llama.cpp proof, {label}", False, recomputed(cheap["Q2_K"], base), 1)]
+        rows += [
+            (f"llama.cpp, block {SKIPPED_LAYER} left out, {label}", False, provided(skipping, base), 1),
+            (f"llama.cpp Q2_K + recomputed llama.cpp proof, {label}", False, recomputed(cheap["Q2_K"], base), 1),
+        ]
     return rows
