@@ -38,6 +38,12 @@ BAD = [  # (what the user did, the command line, words the one line must hold)
     ("a revert: unstake more than staked", "gov unstake 1 --key devnet:5", "unstake above stake"),
     ("fund a short address", "faucet 0x1234", "not an address"),
     ("stake a negative amount (click's usage error)", "gov stake -5 --key devnet:5", "No such option"),
+    ("llama.cpp options without the llama.cpp engine", "provider --key devnet:5 --llamacpp-threads 2",
+     "--llamacpp-threads go with --engine llamacpp"),
+    ("unknown llama.cpp weights", "provider --key devnet:5 --engine llamacpp --llamacpp-weights q8",
+     "--llamacpp-weights must be one of native, f16, mixed, not 'q8'"),
+    ("no llama.cpp threads", "provider --key devnet:5 --engine llamacpp --llamacpp-threads 0",
+     "--llamacpp-threads must be at least 1"),
 ]  # fmt: skip
 
 

@@ -34,9 +34,12 @@ def llama() -> LlamaCppEngine:
     )
 
 
-def test_the_default_engine_serves_the_f16_copy() -> None:
+def test_the_default_engine_serves_the_f16_copy_and_the_provider_options_reach_it() -> None:
     engine = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1, engine="llamacpp")
     assert isinstance(engine, LlamaCppEngine) and engine.weights == "f16" and list(engine.contexts) == ["f16"]
+    # what `allmende provider --engine llamacpp --llamacpp-weights native --llamacpp-threads 1` asks for
+    chosen = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1, engine="llamacpp", threads=1, weights="native")
+    assert isinstance(chosen, LlamaCppEngine) and list(chosen.contexts) == ["native"] and chosen.threads == 1
 
 
 def chat(engine: LlamaCppEngine, i: int) -> list[int]:

@@ -111,6 +111,14 @@ def provider(
     engine: str = typer.Option(
         "transformers", help="backend for generative models: transformers (reference) or llamacpp (GGUF models)"
     ),
+    llamacpp_threads: int = typer.Option(
+        None, help="llama.cpp threads (with --engine llamacpp; default: one per core, or ALLMENDE_LLAMACPP_THREADS)"
+    ),
+    llamacpp_weights: str = typer.Option(
+        None,
+        help="how llama.cpp holds a quantized GGUF's weights: native, f16 (an F16 copy, fast for batches) or mixed "
+        "(with --engine llamacpp; default: f16 up to a 2 GiB copy, or ALLMENDE_LLAMACPP_WEIGHTS)",
+    ),
     credit_limit: int = typer.Option(
         1_000_000, help="most a payer may owe (unpaid work plus requests in flight), payment-token units"
     ),
@@ -131,6 +139,7 @@ def provider(
     root = state_dir or env.state_dir / "provider"
     node_logging()
     with friendly_errors():
+        _check_llamacpp_options(engine, llamacpp_threads, llamacpp_weights)
         target = parse_alm(stake) if stake is not None else None
         offers = _models(model, price_in, price_out, config)
         if relay and public_url:
@@ -169,6 +178,8 @@ def provider(
             royalty_bps=royalty_bps,
             max_concurrency=max_concurrency,
             engine=engine,
+            llamacpp_threads=llamacpp_threads,
+            llamacpp_weights=llamacpp_weights,
             stream_tokens_per_s=stream_tokens_per_s,
             limits=Limits(
                 max_body=max_body, body_timeout=body_timeout, rate_limit=rate_limit, rate_burst=2 * rate_limit
@@ -246,3 +257,15 @@ def provider_withdraw(
             return
         contracts.channels.withdraw_earnings()
     console.print(f"withdrew {usd(amount)} to {client.address}")
+
+
+def _check_llamacpp_options(engine: str, threads: int | None, weights: str | None) -> None:
+    from allmende.engine.llamacpp import WEIGHTS
+
+    given = [flag for flag, value in (("--llamacpp-threads", threads), ("--llamacpp-weights", weights)) if value]
+    if given and engine != "llamacpp":
+        raise InvalidInput(f"{' and '.join(given)} go with --engine llamacpp")
+    if threads is not None and threads < 1:
+        raise InvalidInput(f"--llamacpp-threads must be at least 1, not {threads}")
+    if weights is not None and weights not in WEIGHTS:
+        raise InvalidInput(f"--llamacpp-weights must be one of {', '.join(WEIGHTS)}, not {weights!r}")

@@ -105,10 +105,17 @@ def resolve_model_path(name: str) -> tuple[Path, bool]:
 ENGINES = ("transformers", "llamacpp")
 
 
-def load_engine(name: str, max_concurrency: int = 16, engine: str = "transformers") -> Engine:
+def load_engine(
+    name: str,
+    max_concurrency: int = 16,
+    engine: str = "transformers",
+    threads: int | None = None,
+    weights: str | None = None,
+) -> Engine:
     """Load a model by name or path into the matching engine. For a generative model,
     `max_concurrency` is how many sequences share its batch. `engine` picks the backend of
-    a generative model: "transformers" (the reference) or "llamacpp" (GGUF models only)."""
+    a generative model: "transformers" (the reference) or "llamacpp" (GGUF models only, with
+    its `threads` and `weights`, see `allmende.engine.llamacpp`)."""
     if engine not in ENGINES:
         raise EngineError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine == "llamacpp" and gguf_source(name) is None:
@@ -122,7 +129,9 @@ def load_engine(name: str, max_concurrency: int = 16, engine: str = "transformer
         from allmende.engine.llamacpp import LlamaCppEngine
 
         assert resolved.gguf is not None and resolved.gguf_id is not None
-        return LlamaCppEngine(name, resolved.gguf, resolved.path, resolved.gguf_id, max_concurrency)
+        return LlamaCppEngine(
+            name, resolved.gguf, resolved.path, resolved.gguf_id, max_concurrency, threads=threads, weights=weights
+        )
     from allmende.engine.transformers_lm import CausalLMEngine
 
     return CausalLMEngine(name, resolved.path, max_concurrency, model_id=resolved.gguf_id)

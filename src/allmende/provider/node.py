@@ -94,6 +94,8 @@ class ProviderConfig:
     royalty_bps: int = 0
     max_concurrency: int = 16  # sequences in one model's batch at once; more wait for a free slot
     engine: str = "transformers"  # backend of generative models: "transformers" or "llamacpp" (GGUF)
+    llamacpp_threads: int | None = None  # llama.cpp's threads and weights (None: the engine's defaults)
+    llamacpp_weights: str | None = None
     stream_tokens_per_s: float | None = None  # per-stream token rate cap (None = as fast as it goes)
     # fault injection for testing validators: serve int8-quantised weights or skip a layer while
     # claiming the original model id ("int8" | "skip-layer"); never set in production
@@ -200,7 +202,13 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
         task = progress.add_task("loading models", total=len(config.models))
         for spec in config.models:
             progress.update(task, description=f"loading {spec.name}")
-            engine = load_engine(spec.name, config.max_concurrency, config.engine)
+            engine = load_engine(
+                spec.name,
+                config.max_concurrency,
+                config.engine,
+                threads=config.llamacpp_threads,
+                weights=config.llamacpp_weights,
+            )
             for wrap in ENGINE_WRAPPERS:
                 engine = wrap(engine)
             served[engine.model_id] = ServedModel(engine, spec.price_in, spec.price_out)
