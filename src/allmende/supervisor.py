@@ -152,10 +152,13 @@ def stop_together(nodes: Sequence[Node], timeout: float) -> None:
 
 
 def spawn(name: str, command: Sequence[str], log: Path, url: str | None = None) -> Node:
-    """Start `command` with its output appended to `log` (not waiting for it)."""
+    """Start `command` with its output appended to `log` (not waiting for it), in a session of
+    its own, as anvil is: a terminal's Ctrl-C then reaches only the supervisor, which stops each
+    node once and in order. (Sharing the terminal's process group, a node got the Ctrl-C and
+    then the supervisor's SIGINT, and uvicorn's shutdown ended in a logged traceback.)"""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        process = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return Node(name, process, log, url)
 
 

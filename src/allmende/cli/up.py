@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -124,19 +123,24 @@ def up(
         if node is not None:
             node.stop()
 
-    interrupted = threading.Event()
+    # A plain flag, not a threading.Event: a handler runs on the main thread between two
+    # bytecodes, possibly while that thread holds the Event's lock (a second Ctrl-C during the
+    # first one's Event.set deadlocked `up`).
+    interrupted = [False]
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
-        interrupted.set()
+        if interrupted[0] and signum != signal.SIGALRM:
+            return  # stopping already: a second Ctrl-C must not cut the stop short
+        interrupted[0] = True
         if _inside_import(frame):
             # raised there, it is swallowed (torch's C extension) or leaves a module half made
-            # (an abort at exit): ask again once the import is done
-            threading.Timer(0.2, os.kill, (os.getpid(), signum)).start()
+            # (an abort at exit): ask again (SIGALRM, back here) once the import is done
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
             return
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
+        signal.signal(signum, interrupt)
     try:
         with friendly_errors():
             with console.status("starting anvil and deploying contracts"):
@@ -266,7 +270,8 @@ def up(
                 [asked[m] for m in models if m not in chat_models],
             )
         exited: list[Node] = []
-        while not interrupted.wait(1):
+        while not interrupted[0]:
+            time.sleep(1)
             for child in children:
                 if not child.alive() and child not in exited:
                     console.print(f"[yellow]{child.name} exited with code {child.process.returncode}[/yellow]")
@@ -274,9 +279,10 @@ def up(
     except KeyboardInterrupt:
         pass
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):  # the stop has its own time limit
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):  # the stop has its own time limit
             signal.signal(signum, signal.SIG_IGN)
-        if interrupted.is_set():
+        if interrupted[0]:
             console.print("stopping…")
         stop_all()
     console.print("stopped.")
