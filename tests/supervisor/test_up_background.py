@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,16 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _network_of(up: subprocess.Popen[bytes], tmp_path: Path) -> dict[str, Any]:
+    """`up`'s network.json once it has written it (everything is running then)."""
+    info = tmp_path / "network.json"
+    deadline = time.monotonic() + 180
+    while not info.exists() and up.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert info.exists(), (tmp_path / "up.log").read_text()
+    return dict(json.loads(info.read_text()))
 
 
 def _ignore_sigint() -> None:  # as a shell's `&` does
@@ -63,12 +74,7 @@ def test_up_started_with_sigint_ignored_or_blocked_still_stops_its_nodes_on_sigi
             preexec_fn=start,
         )
     try:
-        info = tmp_path / "network.json"
-        deadline = time.monotonic() + 180
-        while not info.exists() and up.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert info.exists(), (tmp_path / "up.log").read_text()
-        network = json.loads(info.read_text())
+        network = _network_of(up, tmp_path)
         nodes = [network["anvil_pid"], network["gateway_pid"]]
         assert all(_alive(pid) for pid in nodes)
 
@@ -98,13 +104,8 @@ def test_ctrl_c_in_a_terminal_stops_every_node_once_and_leaves_no_traceback(tmp_
         # a group of its own, standing for the terminal's foreground job (not pytest's group)
         up = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        info = tmp_path / "network.json"
-        deadline = time.monotonic() + 180
-        while not info.exists() and up.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert info.exists(), (tmp_path / "up.log").read_text()
+        network = _network_of(up, tmp_path)
         time.sleep(3)  # past the import window, so the interrupt is raised at once
-        network = json.loads(info.read_text())
         gateway_pid = network["gateway_pid"]
 
         os.killpg(up.pid, signal.SIGINT)  # what the terminal does

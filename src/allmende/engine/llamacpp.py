@@ -319,7 +319,9 @@ class LlamaScheduler(StepScheduler):
                 sources.append(sequence)
         # a joiner others share a prefix with prefills that prefix in a first pass, so that
         # its cells exist to be copied before the step's pass prefills everyone's rest
-        ahead = {leader: max(n for other, n in follows.values() if other is leader) for leader, _ in follows.values()}
+        ahead: dict[Sequence, int] = {}  # leader -> prefix tokens it prefills in the first pass
+        for leader, shared in follows.values():
+            ahead[leader] = max(ahead.get(leader, 0), shared)
         before: dict[str, list[tuple[int, int, int, bool]]] = {k: [] for k in self.contexts}
         for sequence in prefilling:
             slot, prompt = self._slots[sequence], sequence.prompt_ids
