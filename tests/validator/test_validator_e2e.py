@@ -141,6 +141,11 @@ def test_cheater_is_caught_voted_guilty_slashed_and_dropped(
     assert reader.registry.stake_of(cheater) == stake_before - case.slashed
     assert case.slashed == stake_before * reader.params.get("slash_bps") // 10_000
     assert not reader.registry.is_active(cheater)
+    # the same round audits from the directory it read before the verdict: the paused
+    # provider is not audited again, so no second case punishes the same fault
+    stale = v1.audit(entry, model_id)
+    assert stale.case_id is None and stale.reason == "unavailable: not an active provider on chain"
+    assert reader.verdicts.case_count() == case_id and reader.verdicts.open_case_of(cheater, model_id) == 0
     gateway_view = Directory(reader, httpx.Client(timeout=5))
     gateway_view.refresh()
     assert gateway_view.entry(cheater) is None

@@ -124,6 +124,12 @@ class Validator:
         engine = self.engines[model_id]
         gateway = self.rng.choice(self.config.gateways)
         started = time.monotonic()
+        if not self.contracts.registry.is_active(entry.address):
+            # paused by a verdict or gone since the directory was read: nobody routes to it,
+            # and a case for what it serves now would punish the same fault twice
+            record = AuditRecord(entry.address, True, "unavailable: not an active provider on chain", 0.0)
+            self._score(record, counted=False)
+            return record
         try:
             name = self._model_name(gateway, model_id)
             body = self.traffic.body(name)
