@@ -24,7 +24,7 @@ from allmende.cli import app
 from allmende.core import Voucher, sign_voucher, split_payment
 
 ALM = 10**18
-HOLDER, FRIEND = 5, 6  # devnet accounts `up` leaves to people (providers are 1…, the gateway 9)
+HOLDER, FRIEND, OUTSIDER = 5, 6, 4  # devnet accounts `up` leaves to people (providers are 1…, the gateway 9)
 
 
 class Network:
@@ -82,7 +82,10 @@ def test_a_token_holder_stakes_proposes_a_decoded_change_and_it_executes(network
 
     net.cli(f"gov stake 10000 --key devnet:{HOLDER}")
     net.cli(f"gov stake 2500.5 --key devnet:{FRIEND}")
-    net.cli(f"gov delegate {holder.address} --key devnet:{FRIEND}")
+    delegated = net.cli(f"gov delegate {holder.address} --key devnet:{FRIEND}")
+    assert f"your 2,500.5000 ALM staked for votes now vote through {holder.address}" in delegated, delegated
+    nothing = net.cli(f"gov delegate {holder.address} --key devnet:{OUTSIDER}")
+    assert "you have no ALM staked for votes" in nothing, nothing
     power = net.cli(f"gov power --key devnet:{HOLDER}")
     assert "voting power now   12,500.5000 ALM" in power and "node stake         0.0000 ALM" in power
     time.sleep(1.1)  # stake weighs in proposals made from the next second on, as `gov stake` says

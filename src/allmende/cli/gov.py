@@ -336,7 +336,14 @@ def delegate(
             raise InvalidInput(f"{to!r} is not an address")
         c = contracts_for(rpc, key, deployments)
         c.votes.delegate(to_checksum_address(to))
-    console.print(f"your staked ALM now votes through {to_checksum_address(to)}")
+        staked = c.votes.holder(c.client.address).staked
+    if staked:
+        console.print(f"your {alm(staked)} staked for votes now vote through {to_checksum_address(to)}")
+    else:
+        console.print(
+            f"you have no ALM staked for votes: what you stake with `allmende gov stake` will vote through "
+            f"{to_checksum_address(to)} (a node's Registry stake always votes itself)"
+        )
 
 
 @app.command("unstake")
