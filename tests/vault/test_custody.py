@@ -171,3 +171,24 @@ def test_a_grantee_cannot_count_through_evaluate_for_free(world: World) -> None:
     again = evaluate(paid, "paid-count-1", 0.6)
     assert again.status_code == 403 and again.json()["error"]["code"] == "privacy_budget_exceeded"
     assert len(logged(world, world.rare_id, paid)) == 1
+
+
+def test_a_new_grant_continues_a_run_only_on_the_lineage_it_covers(world: World) -> None:
+    """A resumed run may take a round under a new grant of the same grantee and dataset (an
+    owner topping up a spent budget) only if that grant covers the run's root model: a grant
+    on some other model does not let the grantee keep training the base through the run."""
+    coordinator = world.accounts["coordinator"]
+    v = world.vaults[1]
+    first = grant(world, 1, coordinator.address, "federated_round", [world.base_id], 10.0)
+    released = send_round(world, v, coordinator.key, first, 7003, world.base_params)
+    other_model = keccak(b"some other model")
+    elsewhere = grant(world, 1, coordinator.address, "federated_round", [other_model], 10.0)
+
+    with pytest.raises(VaultRefused, match="does not cover the parameters"):
+        send_round(world, v, coordinator.key, elsewhere, 7003, released)
+    assert logged(world, v.dataset_id, elsewhere) == []
+
+    topped_up = grant(world, 1, coordinator.address, "federated_round", [world.base_id], 10.0)
+    send_round(world, v, coordinator.key, topped_up, 7003, released)  # the base's lineage: it trains
+    (access,) = logged(world, v.dataset_id, topped_up)
+    assert access.model_id == world.base_id

@@ -83,8 +83,10 @@ def test_two_vaults_train_in_secure_mode_and_a_run_stopped_by_its_budget_resumes
     grants_shown = chain_cli(world, "data", "grants", "--grantee", coordinator.address)
     assert f"grant {first[0]} (active) federated_round" in grants_shown and "ε left 2.2" in grants_shown
 
-    # the owners grant more on the model of round 1; the run resumes where it stopped
-    more = [grant(world, i, coordinator.address, "federated_round", [round_one], 10.0) for i in (0, 1)]
+    # the owners grant more, one on the base model, the other on the model of round 1 (as the
+    # README offers); the run resumes where it stopped
+    more = [grant(world, i, coordinator.address, "federated_round", [model], 10.0)
+            for i, model in ((0, world.base_id), (1, round_one))]  # fmt: skip
     code, resumed = in_process("federated", "train", "--out", str(out), "--key", f"devnet:{coordinator.index}",
                       "--rounds", "2", "--resume", *ROUND, *vault_arg(world, 0, more[0]),
                       *vault_arg(world, 1, more[1]))  # fmt: skip
@@ -97,6 +99,8 @@ def test_two_vaults_train_in_secure_mode_and_a_run_stopped_by_its_budget_resumes
     log = chain_cli(world, "data", "log", "--dataset", "0x" + world.vaults[1].dataset_id.hex())
     assert f"grant {more[1]} federated_round for {coordinator.address}" in log
     assert f"model 0x{round_one.hex()[:8]}" in log
+    base_log = chain_cli(world, "data", "log", "--dataset", "0x" + world.vaults[0].dataset_id.hex())
+    assert f"grant {more[0]} federated_round for {coordinator.address}  model 0x{world.base_id.hex()[:8]}" in base_log
     assert np.isfinite(np.concatenate([p.ravel() for p in params])).all()
 
 

@@ -347,6 +347,8 @@ class VaultService:
         digest = model_id(spec, params)
         root, why = digest, ""
         parent = self.store.last_round(grant_id, run_id)
+        if parent is None and digest not in self.data.get_grant(grant_id).model_ids:
+            parent = self._continued_round(grant_id, run_id)  # a new grant on the run's lineage
         if parent is not None and parent.spec == spec_json:
             if digest == parent.released_hash:
                 root = parent.root_model
@@ -366,6 +368,20 @@ class VaultService:
             why = f" (the model spec differs from that of run {run_id}'s previous round)"
         charge = self.authorize(grant_id, signer, "federated_round", dataset_id, root, rho, lineage=why)
         return root, rho, charge, noise
+
+    def _continued_round(self, grant_id: int, run_id: int) -> RoundRow | None:
+        """The round a run resumed under a new grant descends from: the last round this vault
+        ran in the run, if it ran under an earlier grant of the same grantee on the same
+        dataset (an owner tops up a spent budget with a new grant, on the base model or on the
+        last round's). The new grant must still cover that round's root model (`authorize`
+        checks it), so no grant reaches beyond the lineage its owner allowed."""
+        latest = self.store.last_round_in_run(run_id)
+        if latest is None or latest.grant_id == grant_id:
+            return None
+        before, now = self.data.get_grant(latest.grant_id), self.data.get_grant(grant_id)
+        if (before.grantee.lower(), before.dataset_id) != (now.grantee.lower(), now.dataset_id):
+            return None  # another party's run: nothing to descend from
+        return latest
 
     def check_round(
         self,

@@ -267,6 +267,18 @@ class VaultStore:
             return None
         return RoundRow(r[0], r[1], bytes(r[2]), r[3], bytes(r[4]), bytes(r[5]), r[6], bytes(r[7]))
 
+    def last_round_in_run(self, run_id: int) -> RoundRow | None:
+        """The latest round this vault ran in this Flower run, under any grant."""
+        with self._lock:
+            r = self._db.execute(
+                "SELECT grant_id, run_id, root_model, spec, input_hash, input, clip, released_hash FROM rounds "
+                "WHERE run_id = ? ORDER BY at DESC LIMIT 1",
+                (run_id,),
+            ).fetchone()
+        if r is None:
+            return None
+        return RoundRow(r[0], r[1], bytes(r[2]), r[3], bytes(r[4]), bytes(r[5]), r[6], bytes(r[7]))
+
     # ------------------------------------------------------- exact aggregates
 
     def allow_exact(self, grant_id: int, allowed: bool = True) -> None:
