@@ -73,8 +73,22 @@ report = {
             "owner": A,
             "license": "Apache-2.0",
             "royalty_bps": 250,
-            "owner_earnings": "12345678",
-        }
+            "royalty_payee": A,
+            "redeemed": "493827120",
+            "royalties_paid": "12345678",
+            "payee_unwithdrawn": "12345678",
+        },
+        {
+            "name": None,
+            "model_id": "0x" + "33" * 32,
+            "owner": "0x" + "44" * 20,
+            "license": "CC-BY-NC-4.0",
+            "royalty_bps": 250,
+            "royalty_payee": A,
+            "redeemed": "0",
+            "royalties_paid": "0",
+            "payee_unwithdrawn": "12345678",
+        },
     ],
     "channels": [
         {

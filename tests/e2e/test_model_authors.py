@@ -7,6 +7,7 @@ cannot take an author's model, or the royalty of a model it serves, for itself."
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -148,6 +149,9 @@ def test_an_author_registers_first_a_provider_serves_it_and_the_author_is_paid(
     status = cli(network, f"status --deployments {deployments}", **elsewhere)
     provider = devnet_accounts(PROVIDER + 1)[PROVIDER].address
     assert provider[:6] in status and NAME in status, status
+    report = json.loads(cli(network, f"status --json --deployments {deployments}", **elsewhere))
+    (row,) = [m for m in report["models"] if m["model_id"] == "0x" + served.authored.hex()]
+    assert (row["royalty_payee"], int(row["royalties_paid"])) == (author, owed)  # the royalties, not all earnings
     print(shown, status, file=sys.stderr)  # the closing note of issue 20 quotes them
 
 

@@ -197,42 +197,50 @@ def earnings(
     deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
 ) -> None:
     """What a model has earned its royalty payee, redeem by redeem, and what the payee can withdraw now."""
-    from allmende.core.fees import effective_royalty_bps, split_increment
-
     with friendly_errors():
         c = contracts_for(rpc, None, deployments)
         model_id = model_arg(c, model)
         record = c.models.get(model_id)
         payee, bps = c.models.royalty_info(model_id)
-        _, _, registered_at = c.models.royalty_terms(model_id)
-        client = c.client
-        redeemed = royalties = vouchers = 0
-        channels: dict[bytes, int] = {}
-        for event in client.events(
-            c.channels.contract, "Redeemed", c.deployment.deploy_block, argument_filters={"model_id": model_id}
-        ):
-            cid, block = bytes(event["args"]["channel_id"]), int(event["blockNumber"])
-            amount, cumulative = int(event["args"]["amount"]), int(event["args"]["cumulative_amount"])
-            redeemed += amount
-            vouchers += 1
-            if cid not in channels:
-                channels[cid] = c.channels.channel(cid).opened_at
-            if channels[cid] < registered_at:
-                continue  # royalty terms are fixed when a channel opens: this one pays none
-            # the rates in force at that block, the same rounding as Channels.redeem
-            fee_bps = int(client.call(c.params.contract.functions.get("protocol_fee_bps"), block))
-            cap = int(client.call(c.params.contract.functions.get("royalty_cap_bps"), block))
-            _, bps_then = client.call(c.models.contract.functions.royalty_info(model_id), block)
-            rate = effective_royalty_bps(int(bps_then), cap, fee_bps)
-            royalties += split_increment(cumulative - amount, cumulative, rate, fee_bps).royalty
+        redeemed, royalties, vouchers, channels = royalties_paid(c, model_id)
         owed = c.channels.earnings(payee)
     console.print(f"model      0x{model_id.hex()}")
     console.print(f"owner      {record.owner}")
     console.print(f"royalty    {bps} bps to {payee}")
-    console.print(f"redeemed   {usd(redeemed)} for this model ({vouchers} redeems over {len(channels)} channels)")
+    console.print(f"redeemed   {usd(redeemed)} for this model ({vouchers} redeems over {channels} channels)")
     console.print(f"earned     {usd(royalties)} in royalties to {payee}")
     console.print(
         f"withdrawable now {usd(owed)} (all of {payee}'s unwithdrawn earnings: royalties of every model it "
         "is paid for, provider shares; `allmende provider-withdraw --key …` withdraws them)"
     )
     console.print("  (served but not yet redeemed by providers does not show until they redeem)")
+
+
+def royalties_paid(c: Contracts, model_id: bytes) -> tuple[int, int, int, int]:
+    """(redeemed, royalties, redeems, channels) of a model over its whole history on chain:
+    every redeem of it, and the royalty each paid, recomputed with the rates in force at that
+    block and the same rounding as `Channels.redeem` (a channel opened before the model was
+    registered pays none)."""
+    from allmende.core.fees import effective_royalty_bps, split_increment
+
+    _, _, registered_at = c.models.royalty_terms(model_id)
+    client = c.client
+    redeemed = royalties = vouchers = 0
+    channels: dict[bytes, int] = {}
+    for event in client.events(
+        c.channels.contract, "Redeemed", c.deployment.deploy_block, argument_filters={"model_id": model_id}
+    ):
+        cid, block = bytes(event["args"]["channel_id"]), int(event["blockNumber"])
+        amount, cumulative = int(event["args"]["amount"]), int(event["args"]["cumulative_amount"])
+        redeemed += amount
+        vouchers += 1
+        if cid not in channels:
+            channels[cid] = c.channels.channel(cid).opened_at
+        if channels[cid] < registered_at:
+            continue  # royalty terms are fixed when a channel opens: this one pays none
+        fee_bps = int(client.call(c.params.contract.functions.get("protocol_fee_bps"), block))
+        cap = int(client.call(c.params.contract.functions.get("royalty_cap_bps"), block))
+        _, bps_then = client.call(c.models.contract.functions.royalty_info(model_id), block)
+        rate = effective_royalty_bps(int(bps_then), cap, fee_bps)
+        royalties += split_increment(cumulative - amount, cumulative, rate, fee_bps).royalty
+    return redeemed, royalties, vouchers, len(channels)

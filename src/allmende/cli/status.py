@@ -97,12 +97,17 @@ def gather(contracts: Contracts, gateway_url: str | None = None) -> dict[str, An
             row["rewards_earned"] = str(contracts.verdicts.rewards_of(address))
             row["stopped"] = not account.endpoint  # a validator withdraws its endpoint when it stops
             validators.append(row)
+    from allmende.cli.models import royalties_paid
+
     models = []
     for model_id, name in names.items():
         record = contracts.models.get(model_id)
+        payee, bps = contracts.models.royalty_info(model_id)  # a derived model pays its lineage's root
+        redeemed, royalties, _, _ = royalties_paid(contracts, model_id)
         models.append(
             {"model_id": "0x" + model_id.hex(), "name": name, "owner": record.owner, "license": record.license,
-             "royalty_bps": record.royalty_bps, "owner_earnings": str(channels.earnings(record.owner))}
+             "royalty_bps": bps, "royalty_payee": payee, "redeemed": str(redeemed),
+             "royalties_paid": str(royalties), "payee_unwithdrawn": str(channels.earnings(payee))}
         )  # fmt: skip
     channel_rows = []
     for event in contracts.client.events(channels.contract, "ChannelOpened", contracts.deployment.deploy_block):
@@ -257,13 +262,14 @@ def render(report: dict[str, Any]) -> None:
         Column("owner", no_wrap=True),
         "license",
         "royalty",
-        "earned",
-        title="models (earned: the owner's royalties, dUSD)",
+        "royalties",
+        title="models (royalties: paid for the model on redeems so far, dUSD)",
         **TABLE,
     )
     for m in report["models"]:
+        payee = "" if m["royalty_payee"] == m["owner"] else f"\nto {short(m['royalty_payee'])}"
         models.add_row(m["name"] or "-", short(m["model_id"], 10, 0), short(m["owner"]), m["license"],
-                       f"{m['royalty_bps'] / 100:.2f} %", _plain_usd(m["owner_earnings"]))  # fmt: skip
+                       f"{m['royalty_bps'] / 100:.2f} %{payee}", _plain_usd(m["royalties_paid"]))  # fmt: skip
     console.print(models)
     channels = Table("channel", "payer", "provider", "deposit", "redeemed", "closes", title="channels (dUSD)", **TABLE)
     for c in report["channels"]:
