@@ -278,3 +278,23 @@ def test_a_gguf_without_one_block_served_under_the_models_id_fails_the_reference
     assert done.text.strip()  # it still answers
     verdict = judge(reference, prompt, done.token_ids, done.proof, params)
     assert not verdict.ok
+
+
+def test_another_model_of_the_same_architecture_and_tokenizer_fails_the_reference_check(tmp_path: Path) -> None:
+    """ "Another model" under the claimed id: SmolLM2's architecture and tokenizer, every weight
+    moved by a tenth of its tensor's spread (about what 4-bit quantization moves it). It loads,
+    answers and streams like the claimed model; its proofs fail against the claimed weights."""
+    from allmende.testing.engines import SIBLING_SPREAD, sibling
+
+    resolved = resolve_model(DEFAULT_CHAT_MODEL)
+    assert resolved.gguf is not None and resolved.gguf_id is not None
+    other = sibling(resolved.gguf, SIBLING_SPREAD, 7, tmp_path / "sibling.gguf")
+    cheat = LlamaCppEngine("cheat", other, resolved.path, resolved.gguf_id, max_concurrency=1, weights="native")
+    reference = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1)
+    params = SamplingParams(max_tokens=24, temperature=0.0)
+    for i in range(2):
+        prompt = chat(cheat, i)
+        done = asyncio.run(collect(cheat.generate(prompt, params), 0))
+        assert done.token_ids
+        verdict = judge(reference, prompt, done.token_ids, done.proof, params)
+        assert not verdict.ok and "proof" in verdict.reason, verdict.reason

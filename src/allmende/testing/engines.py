@@ -6,7 +6,8 @@ reverse, a transformers provider checked by a validator that runs llama.cpp, eac
 with seeded sampling, both engines on the same GGUF file (the same model id).
 Cheats, all served under the GGUF's id by a llama.cpp provider and checked by transformers:
 the same model requantised to a cheaper type with llama.cpp's own quantizer (Q4_0, Q2_K),
-or rewritten without one transformer block, served with its own proof; and a cheap generator
+or rewritten without one transformer block, or another model of the same architecture and
+tokenizer (every weight moved, `sibling`), served with its own proof; and a cheap generator
 (the Q2_K copy) whose proof is then recomputed honestly by one llama.cpp prefill of the
 claimed model over its output.
 
@@ -30,6 +31,10 @@ from allmende.testing.claims import GREEDY, SAMPLED, Claim, generate
 
 CHEAPER = ("Q4_0", "Q2_K")  # llama.cpp file types cheaper than the default model's Q4_1
 SKIPPED_LAYER = 15  # the block a cheating GGUF leaves out (of SmolLM2's 30)
+# "another model": every weight moved by this share of its tensor's standard deviation, about
+# what 4-bit quantization moves it; at 0.05 every check still failed (median proof error
+# 0.025-0.072), at 0.02 (a light fine-tune) half passed: the README's known limit
+SIBLING_SPREAD = 0.1
 
 
 def requantise(gguf: Path, file_type: str, out: Path) -> Path:
@@ -77,6 +82,43 @@ def without_layer(gguf: Path, layer: int, out: Path) -> Path:
     return out
 
 
+def sibling(gguf: Path, spread: float, seed: int, out: Path) -> Path:
+    """Another model with `gguf`'s architecture and tokenizer: every weight moved by Gaussian
+    noise of `spread` times its tensor's standard deviation (a fine-tune of the same base, say),
+    the matrices written in F16, the rest in F32. Served under `gguf`'s id, it is the cheat
+    "another model": the token stream and the proof's shape look right, the weights are not
+    the ones claimed."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+    from gguf.quants import dequantize
+
+    reader = GGUFReader(str(gguf))
+    arch = str(reader.fields["general.architecture"].contents())
+    writer = GGUFWriter(str(out), arch)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        value = field.contents()
+        if key == "general.file_type":
+            value = 1  # mostly F16
+        kind = field.types[0]
+        sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
+        writer.add_key_value(key, value, kind, sub_type=sub)
+    rng = np.random.default_rng(seed)
+    for tensor in reader.tensors:
+        weights = dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        moved = weights + rng.standard_normal(weights.shape, dtype=np.float32) * spread * float(weights.std())
+        if moved.ndim >= 2:
+            writer.add_tensor(tensor.name, moved.astype(np.float16), raw_dtype=GGMLQuantizationType.F16)
+        else:
+            writer.add_tensor(tensor.name, moved, raw_dtype=GGMLQuantizationType.F32)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
 def engine_variants(harness: Any, workdir: Path) -> list[tuple[str, bool, Callable[[str], Claim], int]]:
     """The cross-engine rows for `harness` (an `allmende.testing.harness.Harness` that runs a
     GGUF model: `Harness(model=...)`)."""
@@ -93,6 +135,7 @@ def engine_variants(harness: Any, workdir: Path) -> list[tuple[str, bool, Callab
     llama_f16 = served(gguf, "f16")  # the same weights held in F16 (what a provider runs by default)
     cheap = {q: served(requantise(gguf, q, workdir / f"model-{q}.gguf")) for q in CHEAPER}
     skipping = served(without_layer(gguf, SKIPPED_LAYER, workdir / "model-skip.gguf"))
+    other = served(sibling(gguf, SIBLING_SPREAD, 7, workdir / "model-sibling.gguf"))
     ref = harness.reference
 
     def params_of(base: SamplingParams) -> SamplingParams:
@@ -137,6 +180,12 @@ def engine_variants(harness: Any, workdir: Path) -> list[tuple[str, bool, Callab
         ]
         rows += [
             (f"llama.cpp, block {SKIPPED_LAYER} left out, {label}", False, provided(skipping, base), 1),
+            (
+                f"llama.cpp, another model (weights moved by {SIBLING_SPREAD:.0%} of their spread), {label}",
+                False,
+                provided(other, base),
+                1,
+            ),
             (f"llama.cpp Q2_K + recomputed llama.cpp proof, {label}", False, recomputed(cheap["Q2_K"], base), 1),
         ]
     return rows
