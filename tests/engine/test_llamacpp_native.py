@@ -1,6 +1,5 @@
-"""The llama.cpp engine on the default chat model. Needs llama-cpp-python, which `make install`
-does not build (it compiles llama.cpp from source): these tests run with `make test-llamacpp`
-(tests/engine/conftest.py leaves this file out of the plain suite)."""
+"""The llama.cpp engine on the default chat model, through llama-cpp-python (`make install`
+builds it; `make test-llamacpp` runs this file alone)."""
 
 from __future__ import annotations
 

@@ -9,14 +9,27 @@ import numpy as np
 import pytest
 from gguf import GGUFWriter
 
-from allmende.engine import DEFAULT_CHAT_MODEL, EngineError, llamacpp, load_engine, resolve_model
+from allmende.engine import DEFAULT_CHAT_MODEL, EngineError, engine_for, llamacpp, load_engine, resolve_model
 from allmende.engine.llamacpp import chosen_weights
 from allmende.engine.tiny import TINY_NAME
 
 
 def test_an_unknown_engine_is_refused_with_the_choices() -> None:
-    with pytest.raises(EngineError, match="unknown engine 'vllm'; choose one of transformers, llamacpp"):
+    with pytest.raises(EngineError, match="unknown engine 'vllm'; choose one of auto, transformers, llamacpp"):
         load_engine(DEFAULT_CHAT_MODEL, engine="vllm")
+
+
+def test_auto_serves_gguf_models_with_llamacpp_when_it_is_installed_and_the_rest_with_transformers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import allmende.engine as engines
+
+    assert engine_for(DEFAULT_CHAT_MODEL, "auto") == "llamacpp"  # `make install` builds llama-cpp-python
+    assert engine_for(TINY_NAME, "auto") == "transformers"  # not a GGUF model
+    assert engine_for("minilm", "auto") == "transformers"
+    assert engine_for(DEFAULT_CHAT_MODEL, "transformers") == "transformers"  # asked for explicitly
+    monkeypatch.setattr(engines, "llamacpp_installed", lambda: False)
+    assert engine_for(DEFAULT_CHAT_MODEL, "auto") == "transformers"  # without llama.cpp: the reference
 
 
 def test_the_llamacpp_engine_refuses_a_model_that_is_not_gguf() -> None:
@@ -58,3 +71,16 @@ def test_llamacpp_weights_f16_for_small_quantized_files_native_otherwise(
     monkeypatch.setenv("ALLMENDE_LLAMACPP_WEIGHTS", "q8")
     with pytest.raises(EngineError, match="must be one of native, f16, mixed, not 'q8'"):
         chosen_weights(default)
+
+
+def test_up_shares_the_cores_between_providers_that_serve_with_llamacpp(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from allmende.cli.up import llamacpp_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert llamacpp_threads([DEFAULT_CHAT_MODEL, "minilm"], 2, []) == ["--llamacpp-threads", "2"]
+    assert llamacpp_threads([DEFAULT_CHAT_MODEL], 8, []) == ["--llamacpp-threads", "1"]
+    assert llamacpp_threads([TINY_NAME, "minilm"], 2, []) == []  # nothing served by llama.cpp
+    assert llamacpp_threads([DEFAULT_CHAT_MODEL], 2, ["--engine=transformers"]) == []  # the operator chose
+    assert llamacpp_threads([DEFAULT_CHAT_MODEL], 2, ["--llamacpp-threads=3"]) == []

@@ -109,7 +109,9 @@ def provider(
     royalty_bps: int = typer.Option(0, help="royalty of the models this node claims (with --claim-models)"),
     max_concurrency: int = typer.Option(16, help="sequences in one model's batch at once (more wait for a slot)"),
     engine: str = typer.Option(
-        "transformers", help="backend for generative models: transformers (reference) or llamacpp (GGUF models)"
+        "auto",
+        help="backend for generative models: transformers (the reference validators run), llamacpp (GGUF models) "
+        "or auto (llamacpp for GGUF models when llama-cpp-python is installed, as `make install` does)",
     ),
     llamacpp_threads: int = typer.Option(
         None, help="llama.cpp threads (with --engine llamacpp; default: one per core, or ALLMENDE_LLAMACPP_THREADS)"
@@ -263,8 +265,8 @@ def _check_llamacpp_options(engine: str, threads: int | None, weights: str | Non
     from allmende.engine.llamacpp import WEIGHTS
 
     given = [flag for flag, value in (("--llamacpp-threads", threads), ("--llamacpp-weights", weights)) if value]
-    if given and engine != "llamacpp":
-        raise InvalidInput(f"{' and '.join(given)} go with --engine llamacpp")
+    if given and engine == "transformers":
+        raise InvalidInput(f"{' and '.join(given)} go with --engine llamacpp (or auto)")
     if threads is not None and threads < 1:
         raise InvalidInput(f"--llamacpp-threads must be at least 1, not {threads}")
     if weights is not None and weights not in WEIGHTS:

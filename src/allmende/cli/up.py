@@ -42,6 +42,21 @@ def provider_command(index: int) -> list[str]:
     return allmende_command("provider")
 
 
+def llamacpp_threads(models: list[str], providers: int, provider_option: list[str]) -> list[str]:
+    """`--llamacpp-threads N` for providers that serve a GGUF model with llama.cpp on this
+    machine: its cores shared out between them. ggml's threads wait for each other after every
+    operation, so two providers running a thread per core each stall one another (see the
+    README's llama.cpp measurements). Nothing when the operator chose the engine or threads."""
+    from allmende.engine import engine_for
+
+    if any(o.startswith(("--engine", "--llamacpp-threads")) for o in provider_option):
+        return []
+    if not any(engine_for(m, "auto") == "llamacpp" for m in models):
+        return []
+    cores = len(os.sched_getaffinity(0))
+    return ["--llamacpp-threads", str(max(1, cores // max(1, providers)))]
+
+
 def up(
     providers: int = typer.Option(
         2, help="number of provider processes (0: only the chain and the gateway, for providers that join)"
@@ -176,7 +191,7 @@ def up(
                     args.append("--claim-models")
                 if stream_tokens_per_s:
                     args += ["--stream-tokens-per-s", str(stream_tokens_per_s)]
-                args += provider_option
+                args += provider_option + llamacpp_threads(models, providers, provider_option)
                 child = spawn(f"provider-{i + 1}", args, log, f"http://127.0.0.1:{p_port}")
                 children.append(child)
                 provider_rows.append(

@@ -29,6 +29,8 @@ __all__ = [
     "TokenEvent",
     "collect",
     "collect_choices",
+    "engine_for",
+    "llamacpp_installed",
     "load_engine",
     "resolve_model",
     "resolve_model_path",
@@ -102,7 +104,26 @@ def resolve_model_path(name: str) -> tuple[Path, bool]:
     return resolved.path, resolved.is_embedding
 
 
-ENGINES = ("transformers", "llamacpp")
+ENGINES = ("auto", "transformers", "llamacpp")
+
+
+def llamacpp_installed() -> bool:
+    """Whether llama-cpp-python is importable (`make install` builds it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def engine_for(name: str, engine: str) -> str:
+    """The backend that serves model `name`: `engine`, or for "auto" the faster one here:
+    llama.cpp for a GGUF model when llama-cpp-python is installed (on 2 cores it decodes the
+    default model 3.5 times as fast at 16 concurrent requests as transformers, see the README),
+    transformers (the reference) otherwise."""
+    if engine not in ENGINES:
+        raise EngineError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine != "auto":
+        return engine
+    return "llamacpp" if gguf_source(name) is not None and llamacpp_installed() else "transformers"
 
 
 def load_engine(
@@ -114,10 +135,10 @@ def load_engine(
 ) -> Engine:
     """Load a model by name or path into the matching engine. For a generative model,
     `max_concurrency` is how many sequences share its batch. `engine` picks the backend of
-    a generative model: "transformers" (the reference) or "llamacpp" (GGUF models only, with
-    its `threads` and `weights`, see `allmende.engine.llamacpp`)."""
-    if engine not in ENGINES:
-        raise EngineError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    a generative model: "transformers" (the reference, and what validators run), "llamacpp"
+    (GGUF models only, with its `threads` and `weights`, see `allmende.engine.llamacpp`) or
+    "auto" (`engine_for`: what providers run by default)."""
+    engine = engine_for(name, engine)
     if engine == "llamacpp" and gguf_source(name) is None:
         raise EngineError(f"the llamacpp engine serves GGUF models only (a .gguf file or {DEFAULT_CHAT_MODEL})")
     resolved = resolve_model(name)

@@ -93,7 +93,7 @@ class ProviderConfig:
     license: str = "Apache-2.0"  # license and royalty of the models it claims
     royalty_bps: int = 0
     max_concurrency: int = 16  # sequences in one model's batch at once; more wait for a free slot
-    engine: str = "transformers"  # backend of generative models: "transformers" or "llamacpp" (GGUF)
+    engine: str = "auto"  # backend of generative models: "transformers", "llamacpp" (GGUF) or "auto" (engine_for)
     llamacpp_threads: int | None = None  # llama.cpp's threads and weights (None: the engine's defaults)
     llamacpp_weights: str | None = None
     stream_tokens_per_s: float | None = None  # per-stream token rate cap (None = as fast as it goes)
