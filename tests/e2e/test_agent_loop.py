@@ -2,11 +2,14 @@
 the model is forced to call a tool (the request exactly as langchain-openai's
 `ChatOpenAI.bind_tools(..., tool_choice=...)` sends it), the tool runs here, its result goes
 back as a `tool` message after the assistant's `tool_calls` turn (`content: null`), and the
-model answers in text. The e2e network's providers serve the real model next to the tiny one."""
+model answers in text. The e2e network's providers serve the real model next to the tiny one,
+with llama.cpp (`--engine auto`, the default, on a GGUF model), as `make demo` does."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -47,6 +50,8 @@ def get_weather(city: str) -> str:
 
 
 def test_an_agent_loop_with_a_forced_tool_call_runs_end_to_end(network: Network) -> None:
+    logs = "".join(Path(p["log"]).read_text() for p in network.data["providers"])
+    assert re.search(rf"loaded {MODEL} \(0x[0-9a-f]+…\) on llama\.cpp \(f16 weights, \d+ threads\)", logs), logs
     gateway = network.data["gateway_url"]
     first = httpx.post(f"{gateway}/chat/completions", json=BIND_TOOLS_REQUEST, timeout=300).json()
     message = first["choices"][0]["message"]

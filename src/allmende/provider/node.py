@@ -77,6 +77,16 @@ class ModelOffer:
     price_out: int  # ... per 1M output tokens
 
 
+def backend_of(engine: Engine) -> str:
+    """What runs a model, for the operator's log: llama.cpp with its weights and threads, or
+    transformers."""
+    from allmende.engine.llamacpp import LlamaCppEngine
+
+    if isinstance(engine, LlamaCppEngine):
+        return f"llama.cpp ({engine.weights} weights, {engine.threads} threads)"
+    return "transformers"
+
+
 @dataclass(frozen=True)
 class ProviderConfig:
     rpc_url: str
@@ -209,6 +219,7 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
                 threads=config.llamacpp_threads,
                 weights=config.llamacpp_weights,
             )
+            log.info("loaded %s (0x%s…) on %s", spec.name, engine.model_id.hex()[:12], backend_of(engine))
             for wrap in ENGINE_WRAPPERS:
                 engine = wrap(engine)
             served[engine.model_id] = ServedModel(engine, spec.price_in, spec.price_out)
