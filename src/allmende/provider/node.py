@@ -83,7 +83,8 @@ def backend_of(engine: Engine) -> str:
     from allmende.engine.llamacpp import LlamaCppEngine
 
     if isinstance(engine, LlamaCppEngine):
-        return f"llama.cpp ({engine.weights} weights, {engine.threads} threads)"
+        threads = f"{engine.threads} thread{'' if engine.threads == 1 else 's'}"
+        return f"llama.cpp ({engine.weights} weights, {threads})"
     return "transformers"
 
 
