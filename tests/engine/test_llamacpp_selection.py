@@ -84,3 +84,5 @@ def test_up_shares_the_cores_between_providers_that_serve_with_llamacpp(monkeypa
     assert llamacpp_threads([TINY_NAME, "minilm"], 2, []) == []  # nothing served by llama.cpp
     assert llamacpp_threads([DEFAULT_CHAT_MODEL], 2, ["--engine=transformers"]) == []  # the operator chose
     assert llamacpp_threads([DEFAULT_CHAT_MODEL], 2, ["--llamacpp-threads=3"]) == []
+    assert llamacpp_threads([DEFAULT_CHAT_MODEL], 2, ["--engine=llamacpp"]) == ["--llamacpp-threads", "2"]
+    assert llamacpp_threads([DEFAULT_CHAT_MODEL], 2, ["--engine", "transformers"]) == []

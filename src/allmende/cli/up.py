@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import time
@@ -46,10 +47,11 @@ def llamacpp_threads(models: list[str], providers: int, provider_option: list[st
     """`--llamacpp-threads N` for providers that serve a GGUF model with llama.cpp on this
     machine: its cores shared out between them. ggml's threads wait for each other after every
     operation, so two providers running a thread per core each stall one another (see the
-    README's llama.cpp measurements). Nothing when the operator chose the engine or threads."""
+    README's llama.cpp measurements). Nothing when the operator chose the threads or transformers."""
     from allmende.engine import engine_for
 
-    if any(o.startswith(("--engine", "--llamacpp-threads")) for o in provider_option):
+    options = " ".join(provider_option)
+    if "--llamacpp-threads" in options or re.search(r"--engine[= ]transformers\b", options):
         return []
     if not any(engine_for(m, "auto") == "llamacpp" for m in models):
         return []
