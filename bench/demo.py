@@ -58,7 +58,8 @@ def measure_engine(engine: str, rounds: int) -> list[dict[str, Any]]:
             }
             start = time.perf_counter()
             reply = http.post(f"{url}/chat/completions", json=body)
-            reply.raise_for_status()
+            if reply.status_code != 200:
+                raise SystemExit(f"{engine}: request {i} got {reply.status_code}: {reply.text[:500]}")
             return time.perf_counter() - start, reply.json()["usage"]["completion_tokens"]
 
         try:

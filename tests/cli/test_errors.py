@@ -45,6 +45,7 @@ BAD = [  # (what the user did, the command line, words the one line must hold)
      "--llamacpp-weights must be one of native, f16, mixed, not 'q8'"),
     ("no llama.cpp threads", "provider --key devnet:5 --engine llamacpp --llamacpp-threads 0",
      "--llamacpp-threads must be at least 1"),
+    ("no torch threads", "provider --key devnet:5 --torch-threads 0", "--torch-threads must be at least 1"),
 ]  # fmt: skip
 
 

@@ -73,16 +73,18 @@ def test_llamacpp_weights_f16_for_small_quantized_files_native_otherwise(
         chosen_weights(default)
 
 
-def test_up_shares_the_cores_between_providers_that_serve_with_llamacpp(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_up_shares_the_cores_between_its_providers(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from allmende.cli.up import llamacpp_threads
+    from allmende.cli.up import shared_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    assert llamacpp_threads([DEFAULT_CHAT_MODEL, "minilm"], 2, []) == ["--llamacpp-threads", "2"]
-    assert llamacpp_threads([DEFAULT_CHAT_MODEL], 8, []) == ["--llamacpp-threads", "1"]
-    assert llamacpp_threads([TINY_NAME, "minilm"], 2, []) == []  # nothing served by llama.cpp
-    assert llamacpp_threads([DEFAULT_CHAT_MODEL], 2, ["--engine=transformers"]) == []  # the operator chose
-    assert llamacpp_threads([DEFAULT_CHAT_MODEL], 2, ["--llamacpp-threads=3"]) == []
-    assert llamacpp_threads([DEFAULT_CHAT_MODEL], 2, ["--engine=llamacpp"]) == ["--llamacpp-threads", "2"]
-    assert llamacpp_threads([DEFAULT_CHAT_MODEL], 2, ["--engine", "transformers"]) == []
+    both = ["--torch-threads", "2", "--llamacpp-threads", "2"]
+    assert shared_threads([DEFAULT_CHAT_MODEL, "minilm"], 2, []) == both
+    assert shared_threads([DEFAULT_CHAT_MODEL], 8, []) == ["--torch-threads", "1", "--llamacpp-threads", "1"]
+    assert shared_threads([TINY_NAME, "minilm"], 2, []) == ["--torch-threads", "2"]  # nothing on llama.cpp
+    assert shared_threads([DEFAULT_CHAT_MODEL], 2, ["--engine=transformers"]) == ["--torch-threads", "2"]
+    assert shared_threads([DEFAULT_CHAT_MODEL], 2, ["--engine", "transformers"]) == ["--torch-threads", "2"]
+    assert shared_threads([DEFAULT_CHAT_MODEL], 2, ["--engine=llamacpp"]) == both
+    assert shared_threads([DEFAULT_CHAT_MODEL], 2, ["--llamacpp-threads=3"]) == ["--torch-threads", "2"]
+    assert shared_threads([DEFAULT_CHAT_MODEL], 2, ["--torch-threads=1"]) == ["--llamacpp-threads", "2"]

@@ -113,6 +113,11 @@ def provider(
         help="backend for generative models: transformers (the reference validators run), llamacpp (GGUF models) "
         "or auto (llamacpp for GGUF models when llama-cpp-python is installed, as `make install` does)",
     ),
+    torch_threads: int = typer.Option(
+        None,
+        help="threads for models served by transformers (default: torch's, one per core); `allmende up` shares "
+        "the cores out between its providers",
+    ),
     llamacpp_threads: int = typer.Option(
         None, help="llama.cpp threads (with --engine llamacpp; default: one per core, or ALLMENDE_LLAMACPP_THREADS)"
     ),
@@ -142,6 +147,12 @@ def provider(
     node_logging()
     with friendly_errors():
         _check_llamacpp_options(engine, llamacpp_threads, llamacpp_weights)
+        if torch_threads is not None:
+            if torch_threads < 1:
+                raise InvalidInput(f"--torch-threads must be at least 1, not {torch_threads}")
+            import torch
+
+            torch.set_num_threads(torch_threads)
         target = parse_alm(stake) if stake is not None else None
         offers = _models(model, price_in, price_out, config)
         if relay and public_url:

@@ -43,20 +43,23 @@ def provider_command(index: int) -> list[str]:
     return allmende_command("provider")
 
 
-def llamacpp_threads(models: list[str], providers: int, provider_option: list[str]) -> list[str]:
-    """`--llamacpp-threads N` for providers that serve a GGUF model with llama.cpp on this
-    machine: its cores shared out between them. ggml's threads wait for each other after every
-    operation, so two providers running a thread per core each stall one another (see the
-    README's llama.cpp measurements). Nothing when the operator chose the threads or transformers."""
+def shared_threads(models: list[str], providers: int, provider_option: list[str]) -> list[str]:
+    """Thread options that share this machine's cores out between `up`'s providers: torch's
+    (`--torch-threads`, for models on transformers) and llama.cpp's (`--llamacpp-threads`, when
+    a GGUF model runs on it). Both engines' threads wait for each other inside every operation
+    (OpenMP in torch, a barrier per graph node in ggml), so two providers running a thread per
+    core each stall one another: 4 concurrent SmolLM2 requests on transformers missed the
+    gateway's 60 s deadline with 2 providers on 2 cores. Nothing the operator set is overridden."""
     from allmende.engine import engine_for
 
     options = " ".join(provider_option)
+    share = str(max(1, len(os.sched_getaffinity(0)) // max(1, providers)))
+    threads = [] if "--torch-threads" in options else ["--torch-threads", share]
     if "--llamacpp-threads" in options or re.search(r"--engine[= ]transformers\b", options):
-        return []
-    if not any(engine_for(m, "auto") == "llamacpp" for m in models):
-        return []
-    cores = len(os.sched_getaffinity(0))
-    return ["--llamacpp-threads", str(max(1, cores // max(1, providers)))]
+        return threads
+    if any(engine_for(m, "auto") == "llamacpp" for m in models):
+        threads += ["--llamacpp-threads", share]
+    return threads
 
 
 def up(
@@ -193,7 +196,7 @@ def up(
                     args.append("--claim-models")
                 if stream_tokens_per_s:
                     args += ["--stream-tokens-per-s", str(stream_tokens_per_s)]
-                args += provider_option + llamacpp_threads(models, providers, provider_option)
+                args += provider_option + shared_threads(models, providers, provider_option)
                 child = spawn(f"provider-{i + 1}", args, log, f"http://127.0.0.1:{p_port}")
                 children.append(child)
                 provider_rows.append(
