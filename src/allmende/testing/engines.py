@@ -48,24 +48,32 @@ def requantise(gguf: Path, file_type: str, out: Path) -> Path:
     return out
 
 
-def without_layer(gguf: Path, layer: int, out: Path) -> Path:
-    """`gguf` with transformer block `layer` left out (later blocks renumbered, the block count
-    one less): a cheaper model that looks like the claimed one to llama.cpp. Written with the
-    `gguf` package: every metadata field and every other tensor byte for byte."""
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+def _writer_like(reader: Any, out: Path, changed: dict[str, Any]) -> Any:
+    """A GGUFWriter to `out` holding every metadata field of `reader` (a GGUFReader), with the
+    values in `changed` instead; the caller adds the tensors and writes the file."""
+    from gguf import GGUFValueType, GGUFWriter
 
-    reader = GGUFReader(str(gguf))
     arch = str(reader.fields["general.architecture"].contents())
     writer = GGUFWriter(str(out), arch)
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
             continue  # written by the writer itself
-        value = field.contents()
-        if key == f"{arch}.block_count":
-            value = int(value) - 1
         kind = field.types[0]
         sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
-        writer.add_key_value(key, value, kind, sub_type=sub)
+        writer.add_key_value(key, changed.get(key, field.contents()), kind, sub_type=sub)
+    return writer
+
+
+def without_layer(gguf: Path, layer: int, out: Path) -> Path:
+    """`gguf` with transformer block `layer` left out (later blocks renumbered, the block count
+    one less): a cheaper model that looks like the claimed one to llama.cpp. Written with the
+    `gguf` package: every metadata field and every other tensor byte for byte."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf))
+    arch = str(reader.fields["general.architecture"].contents())
+    blocks = int(reader.fields[f"{arch}.block_count"].contents())
+    writer = _writer_like(reader, out, {f"{arch}.block_count": blocks - 1})
     for tensor in reader.tensors:
         name = tensor.name
         if name.startswith("blk."):
@@ -89,21 +97,11 @@ def sibling(gguf: Path, spread: float, seed: int, out: Path) -> Path:
     "another model": the token stream and the proof's shape look right, the weights are not
     the ones claimed."""
     import numpy as np
-    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+    from gguf import GGMLQuantizationType, GGUFReader
     from gguf.quants import dequantize
 
     reader = GGUFReader(str(gguf))
-    arch = str(reader.fields["general.architecture"].contents())
-    writer = GGUFWriter(str(out), arch)
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture":
-            continue
-        value = field.contents()
-        if key == "general.file_type":
-            value = 1  # mostly F16
-        kind = field.types[0]
-        sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
-        writer.add_key_value(key, value, kind, sub_type=sub)
+    writer = _writer_like(reader, out, {"general.file_type": 1})  # mostly F16
     rng = np.random.default_rng(seed)
     for tensor in reader.tensors:
         weights = dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
