@@ -28,8 +28,8 @@ from allmende.chain import ChainClient, Contracts, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts, free_port
 from allmende.core import Voucher, sign_voucher
 from allmende.engine import SamplingParams, collect, load_engine
-from allmende.provider.client import PayerKey, build_envelope, fetch_info, infer
-from allmende.supervisor import allmende_command, start
+from allmende.api.client import PayerKey, build_envelope, fetch_info, infer
+from allmende.node.supervisor import allmende_command, start
 
 BODY = {"messages": [{"role": "user", "content": "Erzähl mir etwas."}], "max_tokens": 16, "temperature": 0}
 

@@ -13,7 +13,7 @@ import pytest
 
 import allmende.core.errors as catalog
 from allmende.core.errors import AllmendeError
-from allmende.wire import error_response
+from allmende.api.wire import error_response
 from tests.architecture.test_imports import MODULES
 
 ROW = re.compile(r"^\s*[│├└─ ]*(\w+)(?: \(\w+\))?\s+(\S+)\s+(\S+)\s*(\S+)?\s*$")

@@ -15,7 +15,7 @@ import boa
 import pytest
 from eth_utils import keccak
 
-from allmende.contracts import contracts_dir
+from allmende.chain.sources import contracts_dir
 from allmende.core import Receipt, Voucher, sign_receipt, sign_voucher
 from allmende.testing.inprocess import ALM, USD, System, actor, deploy_system, load
 

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from allmende.chain.anvil import free_port
-from allmende.supervisor import allmende_command, start
+from allmende.node.supervisor import allmende_command, start
 from tests.e2e.conftest import Network
 
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from allmende.chain import ChainClient, Contracts, Deployment
-from allmende.supervisor import Node, NodeFailed, allmende_command
+from allmende.node.supervisor import Node, NodeFailed, allmende_command
 from allmende.testing.network import start_network, stop_network
 
 PASSWORD = "across hosts"

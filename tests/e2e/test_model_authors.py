@@ -26,7 +26,7 @@ from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.anvil import devnet_accounts, free_port
 from allmende.cli import app
 from allmende.engine.tiny import write_tiny_model
-from allmende.supervisor import Node
+from allmende.node.supervisor import Node
 from tests.e2e.conftest import Network
 
 AUTHOR, PROVIDER = 5, 4  # devnet accounts `allmende up` gives no role

@@ -12,7 +12,7 @@ import pytest
 
 from allmende.engine import EngineError, SamplingParams, collect, load_engine
 from allmende.engine.transformers_lm import CausalLMEngine
-from allmende.protocol import InvalidParameter, check_request, sampling_params
+from allmende.api.protocol import InvalidParameter, check_request, sampling_params
 from allmende.validator.checker import judge
 
 SCHEMA = {

@@ -15,7 +15,7 @@ import torch
 
 from allmende.engine import DEFAULT_CHAT_MODEL, SamplingParams, collect, load_engine, resolve_model
 from allmende.engine.llamacpp import LlamaContext, LlamaCppEngine
-from allmende.protocol import sampling_params
+from allmende.api.protocol import sampling_params
 from allmende.testing.harness import QUESTIONS
 from allmende.validator.checker import judge, token_check
 from tests.engine.test_grammar import SCHEMA

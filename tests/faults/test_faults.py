@@ -25,7 +25,7 @@ from openai import OpenAI
 
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.gateway.store import GatewayStore
-from allmende.supervisor import Node, allmende_command, start
+from allmende.node.supervisor import Node, allmende_command, start
 from allmende.testing.network import start_network, stop_network
 from tests.faults.requests import ask
 

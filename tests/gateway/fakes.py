@@ -26,7 +26,7 @@ from allmende.gateway.payments import Payments
 from allmende.gateway.service import GatewayService
 from allmende.gateway.store import GatewayStore
 from allmende.provider.app import create_app
-from allmende.provider.client import ProviderInfo
+from allmende.api.client import ProviderInfo
 from allmende.provider.payments import CreditPolicy, PaymentGate
 from allmende.provider.service import ProviderService, ServedModel
 from allmende.provider.store import ProviderStore

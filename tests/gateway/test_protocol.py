@@ -14,7 +14,7 @@ from openai.types.chat import ChatCompletion as OpenAIChatCompletion
 from openai.types.chat import ChatCompletionChunk as OpenAIChatCompletionChunk
 
 from allmende.gateway.app import chunk, render
-from allmende.protocol import (
+from allmende.api.protocol import (
     ChatRequest,
     InvalidParameter,
     check_request,
@@ -23,7 +23,7 @@ from allmende.protocol import (
     parse_request,
     sampling_params,
 )
-from allmende.provider.client import Answer
+from allmende.api.client import Answer
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -126,7 +126,7 @@ def test_every_parameter_is_in_the_readme_table() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert (
         parameter_table() in readme
-    )  # regenerate: python -c "from allmende.protocol import parameter_table as t; print(t())"
+    )  # regenerate: python -c "from allmende.api.protocol import parameter_table as t; print(t())"
 
 
 def test_sampling_params_are_the_same_from_every_role() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from allmende.core.credit import max_request_cost
 from allmende.engine.base import Kind
-from allmende.provider.client import PayerKey, ProviderReplyError, ainfer, ainfer_stream, build_envelope
+from allmende.api.client import PayerKey, ProviderReplyError, ainfer, ainfer_stream, build_envelope
 from allmende.provider.errors import PayerNotAuthenticated, PaymentRequired
 from tests.gateway.fakes import GATEWAY, GATEWAY_KEY, MODEL_ID, RECEIPTS, VOUCHERS, FakeEngine, FakeProvider
 

@@ -20,8 +20,8 @@ import pytest
 from allmende.core.prompts import max_prompt_tokens
 from allmende.engine.base import SamplingParams, TokenEvent
 from allmende.gateway.app import GatewayLimits, create_app
-from allmende.protocol import InvalidParameter, check_request, sampling_params
-from allmende.tools import CallReader, closed, read_calls, render_messages, template_renders_tools
+from allmende.api.protocol import InvalidParameter, check_request, sampling_params
+from allmende.api.tools import CallReader, closed, read_calls, render_messages, template_renders_tools
 from tests.gateway.fakes import FakeEngine, FakeProvider, network
 
 T = TypeVar("T")

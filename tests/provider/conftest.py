@@ -15,8 +15,8 @@ import pytest
 from allmende.chain import Contracts, Deployment
 from allmende.chain.anvil import Anvil, DevnetAccount, free_port
 from allmende.core import Domain
-from allmende.provider.client import PayerKey, ProviderInfo, fetch_info
-from allmende.supervisor import Node, start
+from allmende.api.client import PayerKey, ProviderInfo, fetch_info
+from allmende.node.supervisor import Node, start
 from tests.conftest import contracts_for
 
 PRICE_IN, PRICE_OUT = 200_000, 600_000

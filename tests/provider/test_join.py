@@ -30,7 +30,7 @@ from allmende.cli import app
 from allmende.cli.common import console
 from allmende.cli.status import gather, render
 from allmende.engine import load_engine
-from allmende.supervisor import Node, allmende_command, spawn
+from allmende.node.supervisor import Node, allmende_command, spawn
 
 PASSWORD = "correct horse"
 ALM = 10**18

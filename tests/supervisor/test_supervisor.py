@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from allmende.chain.anvil import free_port
-from allmende.supervisor import NetworkInfo, NodeFailed, load_network, save_network, spawn, start
+from allmende.node.supervisor import NetworkInfo, NodeFailed, load_network, save_network, spawn, start
 
 SERVE_HEALTHZ = """
 import http.server, sys

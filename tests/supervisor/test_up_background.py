@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from allmende.chain.anvil import free_port
-from allmende.supervisor import allmende_command
+from allmende.node.supervisor import allmende_command
 
 
 def _alive(pid: int) -> bool:

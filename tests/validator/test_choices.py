@@ -16,7 +16,7 @@ from allmende.engine import collect, collect_choices, load_engine
 from allmende.engine.base import choice_params
 from allmende.engine.proofs import commit
 from allmende.engine.transformers_lm import CausalLMEngine
-from allmende.protocol import input_hash, sampling_params
+from allmende.api.protocol import input_hash, sampling_params
 from allmende.testing.weights import skip_last_layer
 from allmende.validator.answers import Choice, check_answer, choices_of, output_bytes, proof_bytes
 from allmende.validator.evidence import Evidence

@@ -12,7 +12,7 @@ from eth_account import Account
 from eth_utils import keccak
 
 from allmende.core import Domain, Receipt, sign_receipt
-from allmende.protocol import input_hash
+from allmende.api.protocol import input_hash
 from allmende.validator.evidence import (
     MAX_EVIDENCE_BYTES,
     BadEvidence,

@@ -21,7 +21,7 @@ from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.anvil import Anvil, DevnetAccount, free_port
 from allmende.core import SignedReceipt
 from allmende.gateway.directory import Directory
-from allmende.supervisor import allmende_command, start
+from allmende.node.supervisor import allmende_command, start
 from allmende.validator.app import create_app as evidence_app
 from allmende.validator.checker import NOTHING, Verdict
 from allmende.validator.service import Found, Validator, ValidatorConfig, ask_gateway

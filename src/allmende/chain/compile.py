@@ -19,7 +19,7 @@ import vyper
 from vyper.cli.vyper_compile import compile_files
 
 from allmende.config import from_environment
-from allmende.contracts import contracts_dir, source_path
+from allmende.chain.sources import contracts_dir, source_path
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def _sources_digest() -> str:
 
 @cache
 def compile_contract(name: str) -> Artifact:
-    """Compile contract `name` (a key of allmende.contracts.SOURCES); cached per process and on disk."""
+    """Compile contract `name` (a key of allmende.chain.sources.SOURCES); cached per process and on disk."""
     cached = from_environment().cache_dir / "contracts" / f"{name}-{_sources_digest()}.json"
     try:
         data = json.loads(cached.read_text())

@@ -10,7 +10,7 @@ from allmende.chain.client import ChainClient
 from allmende.chain.compile import compile_contract
 from allmende.chain.deployment import Deployment as Deployment  # re-exported: where callers look for it
 from allmende.chain.errors import DeploymentNotFound
-from allmende.contracts import ZERO_ADDRESS
+from allmende.chain.sources import ZERO_ADDRESS
 
 ALM = 10**18
 USD = 10**6

@@ -24,7 +24,7 @@ from allmende.chain.client import ChainClient
 from allmende.chain.compile import compile_contract
 from allmende.chain.deployment import Deployment
 from allmende.chain.errors import ChainError, DeploymentNotFound, RpcUnavailable
-from allmende.contracts import SOURCES
+from allmende.chain.sources import SOURCES
 
 PUBLIC_PATH = "/v1/network"
 REQUIRED = tuple(SOURCES)  # every contract deploy_all deploys

@@ -140,7 +140,8 @@ def provider(
     """Serve models for pay: check the network, listen, load the models, then stake, register the
     endpoint and publish the offers once the endpoint is reachable. Ctrl-C withdraws the offers."""
     from allmende.chain.network import resolve_network
-    from allmende.provider.node import ProviderConfig, bind_socket, plan_stake, serve
+    from allmende.node.net import bind_socket
+    from allmende.provider.node import ProviderConfig, plan_stake, serve
 
     env = from_environment()
     root = state_dir or env.state_dir / "provider"

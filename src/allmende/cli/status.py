@@ -21,7 +21,7 @@ from rich.table import Column, Table
 from allmende.chain import Contracts
 from allmende.cli.common import alm, console, contracts_for, find_deployments, friendly_errors, usd
 from allmende.config import from_environment
-from allmende.supervisor import load_network
+from allmende.node.supervisor import load_network
 
 WIDE = 160  # columns from which addresses and ids are shown in full
 TABLE: dict[str, Any] = {"box": box.SIMPLE_HEAD, "pad_edge": False, "collapse_padding": True, "title_justify": "left"}

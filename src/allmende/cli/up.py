@@ -21,7 +21,7 @@ from allmende.config import from_environment
 from allmende.core.errors import InvalidInput, InvalidModelName
 from allmende.core.model_names import canonical_name
 from allmende.engine import DEFAULT_CHAT_MODEL, EMBEDDING_ALIASES, resolve_model
-from allmende.supervisor import (
+from allmende.node.supervisor import (
     NetworkInfo,
     Node,
     NodeFailed,

@@ -3,7 +3,7 @@
 A provider serves a request on a channel's credit only if the channel's payer signed this
 authorisation, under the same Channels domain as its vouchers. It binds the request id
 (which the provider admits once), the channel, the model and `inputHash`, the keccak of the
-canonical request (`allmende.protocol.input_hash`, the same value the provider's receipt
+canonical request (`allmende.api.protocol.input_hash`, the same value the provider's receipt
 commits to). Knowing a channel id, which is public on chain, is therefore not enough to
 spend it; nor is an old voucher, which becomes public when it is redeemed.
 """

@@ -1,5 +1,5 @@
 """The error catalog: every error Allmende raises on purpose, with its stable code and the
-HTTP status it leaves a node's API with (`allmende.wire.error_response`, the one place
+HTTP status it leaves a node's API with (`allmende.api.wire.error_response`, the one place
 errors go out; the gateway wraps the same status and code in OpenAI's shape).
 
 One root, stdlib mixins so callers can catch either. Where a class lives is given when

@@ -15,7 +15,7 @@ bound is 78).
   16 bytes into a token, and tokenizing megabytes only to refuse them is free CPU for an
   attacker.
 - Tools (a chat's `tools` and the `tool_calls` of assistant turns) are rendered as JSON by
-  the template or by the fallback of `allmende.tools`: their bytes count twice as their JSON
+  the template or by the fallback of `allmende.api.tools`: their bytes count twice as their JSON
   indented by 4 (templates that pretty-print them), plus `TOOL_TEMPLATE_BYTES` once for the
   template's or the fallback's instructions.
 - `max_prompt_tokens(kind, body)`: the most `tokens_in` an honest receipt can state for the
@@ -35,7 +35,7 @@ TEMPLATE_TOKENS_PER_MESSAGE = 8
 TEMPLATE_TOKENS_PER_REQUEST = 64
 # tokens a tokenizer may add around a plain prompt or one embedding input (BOS/EOS, CLS/SEP)
 SPECIAL_TOKENS_PER_TEXT = 4
-# bytes a template (or allmende.tools' fallback) may add to explain tools and the call format
+# bytes a template (or allmende.api.tools' fallback) may add to explain tools and the call format
 TOOL_TEMPLATE_BYTES = 2048
 
 

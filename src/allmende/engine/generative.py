@@ -25,7 +25,7 @@ from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, Sampl
 from allmende.engine.batching import StepScheduler
 from allmende.engine.grammar import Constraint, grammar_masks, ll_tokenizer
 from allmende.engine.sequence import Sequence
-from allmende.tools import ToolSpecError, render_messages, template_renders_tools
+from allmende.api.tools import ToolSpecError, render_messages, template_renders_tools
 
 MAX_CHOICES = 16  # most completions one request may ask for (n)
 
@@ -64,7 +64,7 @@ class GenerativeEngine(Engine):
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise EngineError("messages must be a non-empty list")
-            try:  # tools and tool-call history: natively where the template renders tools (allmende.tools)
+            try:  # tools and tool-call history: natively where the template renders tools (allmende.api.tools)
                 clean, tools = render_messages(body, template_renders_tools(self.tokenizer.chat_template))
             except ToolSpecError as exc:
                 raise EngineError(str(exc)) from None

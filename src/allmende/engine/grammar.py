@@ -1,7 +1,7 @@
 """Grammar-constrained decoding with llguidance: structured output that is valid by
 construction, and that a validator can check.
 
-A request's `response_format` becomes an llguidance grammar (`allmende.protocol.grammar_of`,
+A request's `response_format` becomes an llguidance grammar (`allmende.api.protocol.grammar_of`,
 a pure function of the request body, which the receipt's inputHash binds). At every output
 position the grammar allows a set of tokens given the tokens drawn before; the engine sets
 every other logit to -inf before the verifiable draw, and the checker recomputes the same

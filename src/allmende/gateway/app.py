@@ -20,7 +20,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from allmende import __version__, protocol
+from allmende import __version__
+from allmende.api import protocol
+from allmende.api.headers import EVIDENCE_HEADER, PIN_HEADER
 from allmende.core.codec import address_field
 from allmende.core.errors import BodyTooLarge as CoreBodyTooLarge
 from allmende.core.errors import InvalidInput, UpstreamError
@@ -40,9 +42,9 @@ from allmende.gateway.errors import (
 from allmende.gateway.explorer import mount_explorer
 from allmende.gateway.service import GatewayService, budget_check
 from allmende.gateway.tool_calls import StreamedCalls, message_of
-from allmende.httpbody import read_limited
-from allmende.protocol import check_request
-from allmende.provider.client import Answer
+from allmende.api.body import read_limited
+from allmende.api.protocol import check_request
+from allmende.api.client import Answer
 
 
 @dataclass(frozen=True)
@@ -278,8 +280,6 @@ def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> 
     return app
 
 
-PIN_HEADER = "x-allmende-provider"  # serve with this provider only (an address), no failover
-EVIDENCE_HEADER = "x-allmende-evidence"  # add what a validator needs to check the answer
 
 
 def pinned_provider(request: Request) -> str | None:

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from allmende.core.errors import AllmendeError
-from allmende.wire import status_and_code
+from allmende.api.wire import status_and_code
 
 log = logging.getLogger("allmende.gateway")
 

@@ -37,7 +37,7 @@ from allmende.core import request_cost
 from allmende.gateway.directory import Directory
 from allmende.gateway.explorer_chain import ChainView, hx
 from allmende.gateway.payments import Payments
-from allmende.provider.client import Answer
+from allmende.api.client import Answer
 
 STATIC = Path(__file__).parent / "static"  # shipped as package data
 ENDPOINTS = {

@@ -34,7 +34,7 @@ from allmende.gateway.directory import Offer
 from allmende.gateway.errors import InsufficientFunds
 from allmende.gateway.receipts import BadReceipt
 from allmende.gateway.store import GatewayStore
-from allmende.provider.client import PayerKey
+from allmende.api.client import PayerKey
 
 log = logging.getLogger("allmende.gateway.payments")
 

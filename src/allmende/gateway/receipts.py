@@ -33,7 +33,7 @@ from allmende.core import SignedReceipt, request_cost
 from allmende.core.credit import requested_max_tokens
 from allmende.core.errors import UpstreamError
 from allmende.core.prompts import max_prompt_tokens
-from allmende.protocol import choices_wanted, input_hash
+from allmende.api.protocol import choices_wanted, input_hash
 
 
 class BadReceipt(UpstreamError):

@@ -36,8 +36,8 @@ from allmende.gateway.errors import (
 )
 from allmende.gateway.payments import Payments
 from allmende.gateway.receipts import BadReceipt, check_receipt
-from allmende.protocol import grammar_of
-from allmende.provider.client import Answer, Delta, ProviderReplyError, ainfer, ainfer_stream, build_envelope
+from allmende.api.protocol import grammar_of
+from allmende.api.client import Answer, Delta, ProviderReplyError, ainfer, ainfer_stream, build_envelope
 
 log = logging.getLogger("allmende.gateway")
 # failed tries (blamed on a provider) before a request is given up

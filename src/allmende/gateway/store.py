@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from allmende.sqlite import open_database
+from allmende.node.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS channels (

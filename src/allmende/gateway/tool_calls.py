@@ -1,5 +1,5 @@
 """Tool calls in the gateway's answers: the provider returns (and signs) the text the model
-generated; when that text is a call array (allmende.tools) the gateway shows it as OpenAI's
+generated; when that text is a call array (allmende.api.tools) the gateway shows it as OpenAI's
 `tool_calls`, with `content: null` and `finish_reason: "tool_calls"`, and streams it as
 OpenAI does: a first delta per call with its index, id, type, name and empty arguments,
 then the arguments' text in fragments as the model writes them.
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from allmende import protocol
-from allmende.tools import CallReader, choice_of, read_calls
+from allmende.api import protocol
+from allmende.api.tools import CallReader, choice_of, read_calls
 
 
 def call_mode(body: dict[str, Any]) -> str:

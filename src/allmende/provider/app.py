@@ -19,10 +19,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from allmende import __version__, wire
+from allmende import __version__
+from allmende.api import wire
 from allmende.core.envelope import public_key_bytes
 from allmende.core.ratelimit import RateLimiter
-from allmende.httpbody import read_limited
+from allmende.api.body import read_limited
 from allmende.provider.errors import BadRequest, Overloaded
 from allmende.provider.service import ProviderService
 
@@ -44,7 +45,7 @@ log = logging.getLogger("allmende.provider")
 
 
 def error_response(exc: Exception) -> JSONResponse:
-    """The one place errors go out (allmende.wire), logged under the provider's logger."""
+    """The one place errors go out (allmende.api.wire), logged under the provider's logger."""
     return wire.error_response(exc, log)
 
 

@@ -48,12 +48,13 @@ from allmende.core.errors import InvalidInput, InvalidModelName
 from allmende.core.model_names import canonical_name
 from allmende.engine import Engine, load_engine
 from allmende.provider.app import Limits, create_app
-from allmende.provider.client import fetch_info
+from allmende.api.client import fetch_info
 from allmende.provider.payments import CreditPolicy, PaymentGate
 from allmende.provider.relay import relayed_endpoint, serve_relayed
 from allmende.provider.service import ProviderService, ServedModel
 from allmende.provider.settlement import Settlement, SettlementPolicy
 from allmende.provider.store import ProviderStore
+from allmende.node.net import bind_socket
 
 log = logging.getLogger("allmende.provider")
 
@@ -172,21 +173,6 @@ def _alm(amount: int) -> str:
     whole, frac = divmod(amount, 10**18)
     return f"{whole:,}.{frac // 10**14:04d} ALM"
 
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Listen on host:port now, before anything is staked or registered: a busy port stops the
-    start here, with nothing on chain."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror} (another node there? use --port)") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
 
 
 @dataclass

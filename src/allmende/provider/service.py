@@ -21,7 +21,7 @@ from allmende.core.credit import max_request_cost
 from allmende.core.envelope import ResponseSealer, open_request
 from allmende.core.prompts import MAX_PROMPT_BYTES_PER_TOKEN, prompt_bytes
 from allmende.engine import Engine, PromptTooLong, SamplingParams, collect, collect_choices
-from allmende.protocol import choices_wanted, input_hash, logprobs_wanted, sampling_params
+from allmende.api.protocol import choices_wanted, input_hash, logprobs_wanted, sampling_params
 from allmende.provider.errors import BadRequest, PayerNotAuthenticated, ReplayedRequest, UnknownModelError
 from allmende.provider.payments import PaymentGate
 from allmende.provider.store import ProviderStore

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from allmende.core import SignedVoucher, Voucher
-from allmende.sqlite import open_database
+from allmende.node.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (

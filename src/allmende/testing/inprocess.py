@@ -14,7 +14,7 @@ import boa
 from eth_account import Account
 from eth_utils import keccak
 
-from allmende.contracts import ZERO_ADDRESS, source_path
+from allmende.chain.sources import ZERO_ADDRESS, source_path
 from allmende.core import Domain
 
 ALM = 10**18

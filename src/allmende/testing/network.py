@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from allmende.chain.anvil import free_port
-from allmende.supervisor import NetworkInfo, NodeFailed, load_network, spawn
+from allmende.node.supervisor import NetworkInfo, NodeFailed, load_network, spawn
 
 
 def start_network(

@@ -14,7 +14,7 @@ from allmende.chain import ChainClient, Contracts
 from allmende.chain.anvil import Anvil, DevnetAccount, devnet_accounts, free_port
 from allmende.chain.bindings import TEMPLATES
 from allmende.chain.deploy import Deployment, deploy_all
-from allmende.supervisor import Node, spawn
+from allmende.node.supervisor import Node, spawn
 from allmende.vault.datasets import load_table, write_table
 from allmende.vault.model import MICRO
 

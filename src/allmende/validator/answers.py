@@ -21,7 +21,7 @@ from allmende.core import SignedReceipt
 from allmende.core.errors import InvalidInput
 from allmende.engine.base import choice_params
 from allmende.engine.transformers_lm import CausalLMEngine
-from allmende.protocol import choices_wanted, input_hash, sampling_params
+from allmende.api.protocol import choices_wanted, input_hash, sampling_params
 from allmende.validator.checker import NOTHING, Verdict, judge, text_of
 
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from allmende import wire
+from allmende.api import wire
 from allmende.core.errors import AllmendeError
 from allmende.validator.service import Validator
 

@@ -20,7 +20,7 @@ from eth_utils import keccak
 
 from allmende.core import SignedReceipt
 from allmende.core.errors import InvalidInput
-from allmende.protocol import input_hash
+from allmende.api.protocol import input_hash
 
 # the largest evidence a juror downloads: a prompt, a completion and a proof fit many times over
 MAX_EVIDENCE_BYTES = 1 << 20

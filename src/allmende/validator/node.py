@@ -10,7 +10,7 @@ import threading
 import httpx
 
 from allmende.chain.errors import ChainError
-from allmende.provider.node import bind_socket
+from allmende.node.net import bind_socket
 from allmende.validator.app import create_app
 from allmende.validator.service import AuditRecord, Validator, ValidatorConfig
 

@@ -31,7 +31,7 @@ from allmende.core import SignedReceipt
 from allmende.core.errors import InvalidInput
 from allmende.engine import load_engine
 from allmende.engine.transformers_lm import CausalLMEngine
-from allmende.gateway.app import EVIDENCE_HEADER, PIN_HEADER
+from allmende.api.headers import EVIDENCE_HEADER, PIN_HEADER
 from allmende.gateway.directory import Directory, ProviderEntry
 from allmende.validator.answers import Choice, check_answer, choices_of
 from allmende.validator.checker import NOTHING, Verdict

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from allmende.sqlite import open_database
+from allmende.node.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audits (

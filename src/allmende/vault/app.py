@@ -18,8 +18,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from google.protobuf.message import DecodeError
 
-from allmende import __version__, wire
-from allmende.httpbody import read_limited
+from allmende import __version__
+from allmende.api import wire
+from allmende.api.body import read_limited
 from allmende.vault.auth import HEADER, signer_of
 from allmende.vault.errors import BadJob, VaultError
 from allmende.vault.flower import VaultFlower
@@ -30,7 +31,7 @@ log = logging.getLogger("allmende.vault")
 
 
 def error_response(exc: Exception) -> JSONResponse:
-    """The one place errors go out (allmende.wire: the catalog's status and code)."""
+    """The one place errors go out (allmende.api.wire: the catalog's status and code)."""
     return wire.error_response(exc, log)
 
 

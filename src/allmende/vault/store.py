@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from allmende.sqlite import open_database
+from allmende.node.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -17,7 +17,7 @@ from eth_account.messages import encode_defunct
 from allmende.core import Domain, InvalidSignature, RequestAuthorization, SignedReceipt, SignedVoucher
 from allmende.core.envelope import ResponseSealer, seal_request
 from allmende.core.errors import UpstreamError
-from allmende.protocol import input_hash
+from allmende.api.protocol import input_hash
 
 
 class ProviderReplyError(UpstreamError):

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from allmende.core.errors import AllmendeError
 
-log = logging.getLogger("allmende.wire")
+log = logging.getLogger("allmende.api.wire")
 
 
 def status_and_code(exc: BaseException) -> tuple[int, str]:

@@ -13,7 +13,7 @@ same from the evidence, so the three cannot drift.
     sampling_params(body, rid)    max_tokens, temperature, top_p, seed, stop (the seed from the
                                   request id when the request has none: draw_seed)
     grammar_of(body)              the llguidance grammar a chat request decodes under: its tool
-                                  choice's (allmende.tools) or its `response_format`'s
+                                  choice's (allmende.api.tools) or its `response_format`'s
     canonical_request(body)       the bytes `inputHash` is the keccak of
     input_hash(body)
 
@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from allmende.core.credit import DEFAULT_MAX_TOKENS, MAX_CHOICES
 from allmende.core.errors import InvalidInput
 from allmende.engine.base import SamplingParams
-from allmende.tools import MAX_PARALLEL_CALLS, ToolSpecError, choice_of, history_calls, parallel_of, tool_grammar
+from allmende.api.tools import MAX_PARALLEL_CALLS, ToolSpecError, choice_of, history_calls, parallel_of, tool_grammar
 
 MAX_EMBEDDING_INPUTS = 256
 MAX_TOP_LOGPROBS = 20  # chat's top_logprobs, as OpenAI caps it
@@ -348,7 +348,7 @@ def check_tools(body: dict[str, Any]) -> None:
 
 def grammar_of(body: dict[str, Any]) -> str | None:
     """The llguidance grammar a chat request asks for (None for free text): its tool choice's
-    (allmende.tools) or its `response_format`'s. A pure function of the request, so provider
+    (allmende.api.tools) or its `response_format`'s. A pure function of the request, so provider
     and validator derive the same one. InvalidParameter if it cannot be served."""
     try:
         tools = tool_grammar(body)
