@@ -5,23 +5,19 @@ and a base model registered by its owner."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
 from allmende.chain import Contracts
 from allmende.chain.anvil import DevnetAccount
-from allmende.testing.vaults import LocalVault, VaultNetwork, start_vault_network
-from allmende.vault.auth import HEADER, sign_body
+from allmende.testing.vaults import LocalVault, VaultNetwork, signed_post, start_vault_network
 from allmende.vault.flower import FederatedConfig
 from allmende.vault.model import ModelSpec, save_model, train
 
@@ -43,9 +39,7 @@ class World:
     root: Path
 
 
-def signed_post(url: str, key: bytes, payload: dict[str, Any]) -> httpx.Response:
-    body = json.dumps(payload).encode()
-    return httpx.post(url + "/v1/jobs", content=body, headers={HEADER: sign_body(key, body)}, timeout=60)
+__all__ = ["signed_post"]  # signed for the vault, dataset and grant, with a fresh nonce (allmende.testing.vaults)
 
 
 def cli(net: VaultNetwork, *args: str) -> str:

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from eth_utils import keccak
 
-from allmende.vault.auth import HEADER, sign_body
+from allmende.core.vault_requests import HEADER, JOB, ROUND_FIT
+from allmende.testing.vaults import send, signed_request
 from allmende.vault.datasets import load_table
 from allmende.vault.flower import Participant, VaultRefused, run_federated
 from allmende.vault.model import MICRO, accuracy, save_model
@@ -205,6 +206,8 @@ def test_unsigned_forged_and_revoked_requests_are_refused(world: World) -> None:
     }
     unsigned = httpx.post(v.url + "/v1/jobs", json=payload)
     assert unsigned.status_code == 403 and "signed" in unsigned.json()["error"]["message"]
+    old_style = httpx.post(v.url + "/v1/jobs", json=payload, headers={"x-allmende-signature": "0x" + "11" * 65})
+    assert old_style.status_code == 403  # a signature over the body alone is no longer a request
     forged = signed_post(v.url, stranger.key, payload)  # a valid signature, but not the grantee's
     assert forged.status_code == 403 and forged.json()["error"]["code"] == "access_denied"
     owner_contracts(world, 2).data.revoke(g)
@@ -212,7 +215,7 @@ def test_unsigned_forged_and_revoked_requests_are_refused(world: World) -> None:
     assert revoked.status_code == 403 and "revoked" in revoked.json()["error"]["message"]
     wrong_dataset = signed_post(v.url, analyst.key, {**payload, "dataset_id": "0x" + "11" * 32})
     assert wrong_dataset.status_code == 404
-    not_json = httpx.post(v.url + "/v1/jobs", content=b"\xff{", headers={HEADER: sign_body(analyst.key, b"\xff{")})
+    not_json = send(signed_request(v.url, analyst.key, "/v1/jobs", JOB, b"\xff{", v.dataset_id, g))
     assert not_json.status_code == 400 and not_json.json()["error"]["code"] == "bad_job"
 
 
@@ -231,13 +234,13 @@ HOSTILE_JOBS: list[tuple[str, Any, int, str]] = [
      "bad_job"),
     ("grant that does not exist", {"template": "aggregate", "dataset_id": "DATASET", "job_id": "JOB",
      "grant_id": 10_000, "columns": ["f1"]}, 403, "access_denied"),
-    ("evaluate without a model", {"template": "evaluate", "dataset_id": "DATASET", "job_id": "JOB", "grant_id": 1},
+    ("evaluate without a model", {"template": "evaluate", "dataset_id": "DATASET", "job_id": "JOB", "grant_id": "GRANT"},
      400, "bad_job"),
-    ("model weights not base64", {"template": "evaluate", "dataset_id": "DATASET", "job_id": "JOB", "grant_id": 1,
+    ("model weights not base64", {"template": "evaluate", "dataset_id": "DATASET", "job_id": "JOB", "grant_id": "GRANT",
      "model": {"spec": {"inputs": 64, "classes": 10}, "weights": "%%%"}}, 400, "bad_job"),
-    ("model weights not an npz", {"template": "evaluate", "dataset_id": "DATASET", "job_id": "JOB", "grant_id": 1,
+    ("model weights not an npz", {"template": "evaluate", "dataset_id": "DATASET", "job_id": "JOB", "grant_id": "GRANT",
      "model": {"spec": {"inputs": 64, "classes": 10}, "weights": base64.b64encode(b"junk").decode()}}, 400, "bad_job"),
-    ("model spec absurd", {"template": "evaluate", "dataset_id": "DATASET", "job_id": "JOB", "grant_id": 1,
+    ("model spec absurd", {"template": "evaluate", "dataset_id": "DATASET", "job_id": "JOB", "grant_id": "GRANT",
      "model": {"spec": {"inputs": -1, "classes": 10**9}, "weights": ""}}, 400, "bad_job"),
 ]  # fmt: skip
 
@@ -245,10 +248,12 @@ HOSTILE_JOBS: list[tuple[str, Any, int, str]] = [
 @pytest.mark.parametrize(("name", "payload", "status", "code"), HOSTILE_JOBS, ids=[h[0] for h in HOSTILE_JOBS])
 def test_hostile_jobs_get_a_clear_4xx(world: World, name: str, payload: Any, status: int, code: str) -> None:
     v = world.vaults[1]
-    placeholders = {"DATASET": "0x" + v.dataset_id.hex(), "JOB": "0x" + keccak(text=name).hex()}
+    coordinator = world.accounts["coordinator"]
+    g = grant(world, 1, coordinator.address, "evaluate", [world.base_id], 1.0)  # the model is decoded after it
+    placeholders = {"DATASET": "0x" + v.dataset_id.hex(), "JOB": "0x" + keccak(text=name).hex(), "GRANT": g}
     if isinstance(payload, dict):
         payload = {k: placeholders.get(x, x) if isinstance(x, str) else x for k, x in payload.items()}
-    reply = signed_post(v.url, world.accounts["coordinator"].key, payload)
+    reply = signed_post(v.url, coordinator.key, payload)
     assert reply.status_code == status, reply.text
     assert reply.json()["error"]["code"] == code
     assert reply.json()["error"]["message"]
@@ -256,22 +261,28 @@ def test_hostile_jobs_get_a_clear_4xx(world: World, name: str, payload: Any, sta
 
 def test_hostile_flower_messages_get_a_clear_4xx(world: World) -> None:
     v = world.vaults[0]
-    key = world.accounts["coordinator"].key
-    headers = {"x-allmende-grant": "1", "x-allmende-dataset": "0x" + v.dataset_id.hex()}
+    coordinator = world.accounts["coordinator"]
+    key = coordinator.key
+    g = grant(world, 0, coordinator.address, "federated_round", [world.base_id], 1.0)
     garbage = b"\x08\x96\x01 this is not a flower message"
+
+    def flower(body: bytes, dataset: bytes = v.dataset_id, grant_id: int = g) -> httpx.Request:
+        return signed_request(v.url, key, "/v1/flower", ROUND_FIT, body, dataset, grant_id, run_id=1, round_number=1)
+
+    protobuf = {"content-type": "application/x-protobuf"}
     cases = [
-        (garbage, {**headers, HEADER: sign_body(key, garbage)}, 400),
-        (b"", {**headers, HEADER: sign_body(key, b"")}, 400),
-        (garbage, headers, 403),  # unsigned
-        (garbage, {**headers, HEADER: "0x1234"}, 403),  # malformed signature
-        (garbage, {**headers, HEADER: sign_body(key, garbage), "x-allmende-grant": "one"}, 400),
-        (garbage, {**headers, HEADER: sign_body(key, garbage), "x-allmende-dataset": "0x" + "22" * 32}, 404),
+        (flower(garbage), {}, 400),
+        (flower(b""), {}, 400),
+        (flower(garbage), {HEADER: ""}, 403),  # unsigned
+        (flower(garbage), {HEADER: "0x1234"}, 403),  # malformed
+        (flower(garbage, grant_id=10_000), {}, 403),  # no such grant
+        (flower(garbage, dataset=b"\x22" * 32), {}, 404),  # no such dataset here
     ]
-    for body, hdrs, status in cases:
-        reply = httpx.post(v.url + "/v1/flower", content=body, headers=hdrs, timeout=30)
+    for request, hdrs, status in cases:
+        reply = send(request, headers={**protobuf, **hdrs})
         assert reply.status_code == status, (hdrs, reply.text)
         assert reply.json()["error"]["message"]
     too_big = b"\x00" * (17 * 1024 * 1024)
-    reply = httpx.post(v.url + "/v1/jobs", content=too_big, headers={HEADER: sign_body(key, b"")}, timeout=60)
+    reply = httpx.post(v.url + "/v1/jobs", content=too_big, headers={"content-type": "application/json"}, timeout=60)
     assert reply.status_code == 413
     assert httpx.get(v.url + "/healthz").status_code == 200  # and it keeps serving

@@ -266,7 +266,7 @@ def attest(
     import httpx
     from eth_utils import keccak
 
-    from allmende.vault.auth import HEADER, sign_body
+    from allmende.vault.auth import post_job
     from allmende.vault.model import MICRO, load_model
     from allmende.vault.service import model_payload
 
@@ -275,14 +275,13 @@ def attest(
         secret = resolve_key(key)
         spec, params, model_id = load_model(model)
         job = keccak(model_id + parse_id(dataset, "--dataset") + int(time.time() * 1e6).to_bytes(8, "big"))
-        body = json.dumps({
+        payload = {
             "template": "evaluate", "dataset_id": dataset, "grant_id": grant, "job_id": "0x" + job.hex(),
             "model": model_payload(spec, params), "epsilon": epsilon,
-        }).encode()  # fmt: skip
+        }  # fmt: skip
         try:
-            reply = httpx.post(vault.rstrip("/") + "/v1/jobs", content=body,
-                               headers={HEADER: sign_body(secret, body)}, timeout=300)  # fmt: skip
-        except httpx.HTTPError as exc:
+            reply = post_job(vault, secret, payload)  # signed for this vault, dataset and grant, once
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
             console.print(f"[red]error:[/red] the vault at {vault} is unreachable ({exc.__class__.__name__})")
             raise typer.Exit(1) from None
         if reply.status_code != 200:

@@ -260,14 +260,12 @@ def _post_job(vault_url: str, key: str, payload: dict[str, Any]) -> dict[str, An
     """Sign and send one job to a vault; a refusal is one red line and exit code 1."""
     import httpx
 
-    from allmende.vault.auth import HEADER, sign_body
+    from allmende.vault.auth import post_job
 
     secret = resolve_key(key)
-    body = json.dumps(payload).encode()
     try:
-        reply = httpx.post(vault_url.rstrip("/") + "/v1/jobs", content=body,
-                           headers={HEADER: sign_body(secret, body)}, timeout=300)  # fmt: skip
-    except httpx.HTTPError as exc:
+        reply = post_job(vault_url, secret, payload)  # signed for this vault, dataset and grant, once
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
         console.print(f"[red]error:[/red] the vault at {vault_url} is unreachable ({exc.__class__.__name__})")
         raise typer.Exit(1) from None
     if reply.status_code != 200:

@@ -51,6 +51,9 @@ table against the classes, so it cannot drift::
     │   ├── BadDataFile            bad_data_file             400     vault.errors
     │   ├── ParametersNotGranted   parameters_not_granted    403     vault.errors
     │   ├── DifferencingRefused    differencing_refused      403     vault.errors
+    │   ├── VaultRequestRefused    vault_request_refused     403     vault.errors
+    │   ├── RequestReplayed        request_replayed          409     vault.errors
+    │   ├── StageRefused           stage_refused             409     vault.errors
     │   └── VaultRefused           vault_refused             400     vault.flower
     │       └── RoundRefused       round_refused             400     vault.flower
     └── GatewayError               invalid_request           400     gateway.errors

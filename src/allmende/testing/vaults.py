@@ -3,11 +3,14 @@ vault processes (`allmende vault`), each holding its own split of a dataset."""
 
 from __future__ import annotations
 
+import functools
+import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from allmende.chain import ChainClient, Contracts
@@ -15,11 +18,50 @@ from allmende.chain.anvil import Anvil, DevnetAccount, devnet_accounts, free_por
 from allmende.chain.bindings import TEMPLATES
 from allmende.chain.deploy import Deployment, deploy_all
 from allmende.node.supervisor import Node, spawn
+from allmende.vault.auth import VaultAddress, post_job, signed_headers
 from allmende.vault.datasets import load_table, write_table
 from allmende.vault.model import MICRO
 
 FORMATS = (".csv", ".jsonl", ".parquet")
 FIRST_VAULT_ACCOUNT = 4  # devnet accounts 0-3: deployer, model owner, coordinator, validator
+
+
+@functools.cache
+def address_of(url: str) -> VaultAddress:
+    """A vault's address and signing domain (read once per URL)."""
+    return VaultAddress.of(url)
+
+
+def signed_post(url: str, key: bytes, payload: object) -> httpx.Response:
+    """A job signed by `key` for the vault at `url` (as `allmende data …` signs it), sent once."""
+    return post_job(url, key, payload, timeout=60, to=address_of(url))
+
+
+def signed_request(
+    url: str,
+    key: bytes,
+    path: str,
+    operation: str,
+    body: bytes | dict[str, object],
+    dataset_id: bytes,
+    grant_id: int,
+    run_id: int = 0,
+    round_number: int = 0,
+    lifetime: int = 120,
+) -> httpx.Request:
+    """A signed request built but not sent, for tests that send it (again, elsewhere, later)."""
+    raw = json.dumps(body).encode() if isinstance(body, dict) else body
+    kind = "application/json" if isinstance(body, dict) else "application/x-protobuf"
+    headers = {"content-type": kind, **signed_headers(key, address_of(url), operation, raw, dataset_id, grant_id,
+                                                      run_id, round_number, lifetime)}  # fmt: skip
+    return httpx.Request("POST", url.rstrip("/") + path, content=raw, headers=headers)
+
+
+def send(request: httpx.Request, url: str | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+    """Send a built request as it is (a replay), optionally to another vault's `url`."""
+    target = request.url if url is None else httpx.URL(url.rstrip("/") + request.url.path)
+    with httpx.Client(timeout=120) as http:
+        return http.request("POST", target, content=request.content, headers={**request.headers, **(headers or {})})
 
 
 @dataclass

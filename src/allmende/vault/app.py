@@ -1,10 +1,11 @@
 """The vault's HTTP API: /v1/info, /v1/jobs, /v1/flower, /v1/rounds/check|abort, /metrics, /healthz.
 
 Errors leave as `{"error": {"code", "message"}}` with the error catalog's status
-(core/errors.py). Requests are
-signed by the grantee (see `allmende.vault.auth`); bodies are size- and time-limited.
-Every refused request is logged, counted (`/metrics`) and kept in the vault's database
-(`allmende data refusals`).
+(core/errors.py). Every request is a signed `VaultRequest` for this vault, its operation, grant,
+dataset, run and round, with a nonce and an expiry (see `allmende.vault.auth`), admitted once;
+bodies are size- and time-limited, JSON bodies strict (no unknown fields, no duplicate keys, only
+finite numbers). Every refused request is logged, counted (`/metrics`) and kept in the vault's
+database (`allmende data refusals`); those nobody signed only up to a rate.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,13 +24,17 @@ from google.protobuf.message import DecodeError
 from allmende import __version__
 from allmende.api import wire
 from allmende.api.body import read_limited
-from allmende.vault.auth import HEADER, signer_of
+from allmende.core.eip712 import Domain
+from allmende.core.ratelimit import RateLimiter
+from allmende.core.vault_requests import HEADER, JOB, ROUND_ABORT, ROUND_CHECK, ROUND_FIT, SECURE_STAGES
+from allmende.vault.auth import Admitted, RequestGate
 from allmende.vault.errors import BadJob, VaultError
 from allmende.vault.flower import VaultFlower
-from allmende.vault.model import ModelSpec
-from allmende.vault.service import VaultService, parse_bytes32, parse_model
+from allmende.vault.service import ROUND_ABORT_FIELDS, VaultService, only_fields
 
 log = logging.getLogger("allmende.vault")
+UNSIGNED_REFUSALS_PER_S = 5.0  # refusals of unsigned or badly signed requests kept per second (the rest counted)
+UNSIGNED_REFUSALS_BURST = 20.0
 
 
 def error_response(exc: Exception) -> JSONResponse:
@@ -35,46 +42,66 @@ def error_response(exc: Exception) -> JSONResponse:
     return wire.error_response(exc, log)
 
 
-def _grant_header(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
+def _reject_constant(name: str) -> float:
+    raise BadJob(f"the body holds {name}: numbers must be finite")
 
 
-def _dataset_of(value: object) -> bytes | None:
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadJob(f"the body holds {text[:20]}: numbers must be finite")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise BadJob(f"the body names {key[:40]!r} twice")
+        out[key] = value
+    return out
+
+
+def strict_json(body: bytes) -> dict[str, Any]:
+    """A JSON object with no duplicate keys and only finite numbers (else BadJob, 400)."""
     try:
-        return parse_bytes32(value, "dataset_id")
-    except BadJob:
-        return None
+        parsed = json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant,
+                            parse_float=_finite)  # fmt: skip
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise BadJob("the body is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise BadJob("the body must be a JSON object")
+    return parsed
 
 
 def create_app(service: VaultService, max_body: int = 16 * 1024 * 1024, body_timeout: float = 30.0) -> FastAPI:
     app = FastAPI(title="Allmende vault", version=__version__, docs_url=None, redoc_url=None)
     flower = VaultFlower(service)
+    gate = RequestGate(service.address, Domain(service.contracts.client.chain_id, service.data.address), service.store)
+    unsigned = RateLimiter(rate=UNSIGNED_REFUSALS_PER_S, burst=UNSIGNED_REFUSALS_BURST)
+    dropped: dict[str, int] = {}  # unsigned refusals over the rate: counted here, not kept one by one
 
     def refuse(path: str, exc: Exception, asked: dict[str, Any]) -> Response:
-        """Every refusal is counted, logged and kept (who, which grant, why) before it goes out."""
-        if isinstance(exc, VaultError):
-            try:
-                service.refused(path, exc, asked.get("signer"), asked.get("grant"), asked.get("dataset"))
-            except Exception:  # keeping the record must never turn a refusal into a 500
-                log.exception("could not record a refusal")
+        """Every refusal is counted, logged and kept (who, which grant, why) before it goes out;
+        refusals of requests nobody signed only up to a rate (beyond it they are only counted),
+        so an unsigned flood cannot grow the vault's database or log."""
+        signer = asked.get("signer")
+        if signer is None and unsigned.allow("unsigned", time.monotonic()) > 0:
+            code = getattr(exc, "code", "internal_error")
+            dropped[code] = dropped.get(code, 0) + 1
+            return error_response(exc)
+        try:
+            service.refused(path, exc, signer, asked.get("grant"), asked.get("dataset"))
+        except Exception:  # keeping the record must never turn a refusal into a 500
+            log.exception("could not record a refusal")
         return error_response(exc)
 
-    async def signed_json(request: Request, asked: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    async def signed(request: Request, asked: dict[str, Any], operations: tuple[str, ...]) -> tuple[bytes, Admitted]:
+        """The body of a request signed for this vault and one of `operations`, admitted once."""
         body = await read_limited(request, max_body, body_timeout)
-        try:
-            parsed = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            parsed = None
-        if isinstance(parsed, dict):
-            grant = parsed.get("grant_id")
-            asked["grant"] = grant if isinstance(grant, int) and not isinstance(grant, bool) else None
-            asked["dataset"] = _dataset_of(parsed.get("dataset_id"))
-        asked["signer"] = signer = signer_of(body, request.headers.get(HEADER))
-        if parsed is None:
-            raise BadJob("the body is not JSON")
-        if not isinstance(parsed, dict):
-            raise BadJob("the body must be a JSON object")
-        return parsed, signer
+        vault_request, signer = gate.signer_of(request.headers.get(HEADER), body)
+        asked.update(signer=signer, grant=vault_request.grant_id, dataset=vault_request.dataset_id)
+        return body, await asyncio.to_thread(gate.admit, vault_request, signer, operations)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -92,6 +119,8 @@ def create_app(service: VaultService, max_body: int = 16 * 1024 * 1024, body_tim
             "# TYPE allmende_vault_refusals_total counter",
         ]
         counts = await asyncio.to_thread(service.store.refusal_counts)
+        for code, n in dropped.items():
+            counts[code] = counts.get(code, 0) + n
         lines += [f'allmende_vault_refusals_total{{code="{code}"}} {n}' for code, n in sorted(counts.items())]
         lines += [
             "# HELP allmende_vault_jobs_total Jobs the vault ran and logged on chain, by template.",
@@ -108,8 +137,8 @@ def create_app(service: VaultService, max_body: int = 16 * 1024 * 1024, body_tim
     async def jobs(request: Request) -> Response:
         asked: dict[str, Any] = {}
         try:
-            parsed, signer = await signed_json(request, asked)
-            result = await asyncio.to_thread(service.run_job, parsed, signer)
+            body, admitted = await signed(request, asked, (JOB,))
+            result = await asyncio.to_thread(service.run_job, strict_json(body), admitted.signer, admitted.request)
             return JSONResponse(result)
         except Exception as exc:
             return refuse("/v1/jobs", exc, asked)
@@ -119,43 +148,42 @@ def create_app(service: VaultService, max_body: int = 16 * 1024 * 1024, body_tim
         """Would this vault run the next federated round? Nothing runs, nothing is charged."""
         asked: dict[str, Any] = {}
         try:
-            parsed, signer = await signed_json(request, asked)
-            args = parse_round(parsed)
-            result = await asyncio.to_thread(service.check_round, args[0], signer, *args[1:])
+            body, admitted = await signed(request, asked, (ROUND_CHECK,))
+            parsed = strict_json(body)
+            result = await asyncio.to_thread(service.check_round_request, parsed, admitted.signer, admitted.request)
             return JSONResponse(result)
         except Exception as exc:
             return refuse("/v1/rounds/check", exc, asked)
 
     @app.post("/v1/rounds/abort")
     async def abort_round(request: Request) -> Response:
-        """The round failed elsewhere: undo this vault's reserved charge for it."""
+        """The grantee's signed abort of one round: undo this vault's reserved charge for it."""
         asked: dict[str, Any] = {}
         try:
-            parsed, signer = await signed_json(request, asked)
-            grant, run = parsed.get("grant_id"), parsed.get("run_id")
-            if not isinstance(grant, int) or not isinstance(run, int):
-                raise BadJob("'grant_id' and 'run_id' must be integers")
-            undone = await asyncio.to_thread(service.abort_round, grant, run, signer)
+            body, admitted = await signed(request, asked, (ROUND_ABORT,))
+            parsed = strict_json(body)
+            only_fields(parsed, ROUND_ABORT_FIELDS, "an abort")
+            r = admitted.request
+            named = (parsed.get("dataset_id"), parsed.get("grant_id"), parsed.get("run_id"), parsed.get("round"))
+            if named != ("0x" + r.dataset_id.hex(), r.grant_id, r.run_id, r.round):
+                raise BadJob("an abort names the dataset, grant, run and round it was signed for")
+            service.grant_for(r.grant_id, admitted.signer, "federated_round", r.dataset_id)
+            undone = await asyncio.to_thread(flower.abort, admitted)
             return JSONResponse({"undone": undone})
         except Exception as exc:
             return refuse("/v1/rounds/abort", exc, asked)
 
     @app.post("/v1/flower")
     async def flower_message(request: Request) -> Response:
-        asked: dict[str, Any] = {
-            "grant": _grant_header(request.headers.get("x-allmende-grant")),
-            "dataset": _dataset_of(request.headers.get("x-allmende-dataset")),
-        }
+        asked: dict[str, Any] = {}
         try:
-            body = await read_limited(request, max_body, body_timeout)
-            asked["signer"] = signer = signer_of(body, request.headers.get(HEADER))
-            grant = request.headers.get("x-allmende-grant", "")
-            if not grant.isdigit():
-                raise BadJob("x-allmende-grant must name the grant")
-            dataset_id = parse_bytes32(request.headers.get("x-allmende-dataset"), "x-allmende-dataset")
-            service.table(dataset_id)
+            body, admitted = await signed(request, asked, (*SECURE_STAGES, ROUND_FIT))
+            r = admitted.request
+            service.table(r.dataset_id)
+            # the grant before the message is decoded: nobody else's bytes are parsed
+            await asyncio.to_thread(service.grant_for, r.grant_id, admitted.signer, "federated_round", r.dataset_id)
             try:
-                reply = await asyncio.to_thread(flower.handle, body, signer, int(grant), dataset_id)
+                reply = await asyncio.to_thread(flower.handle, body, admitted)
             except VaultError:
                 raise
             except (ValueError, KeyError, TypeError, AttributeError, DecodeError) as exc:
@@ -165,18 +193,3 @@ def create_app(service: VaultService, max_body: int = 16 * 1024 * 1024, body_tim
             return refuse("/v1/flower", exc, asked)
 
     return app
-
-
-def parse_round(body: dict[str, Any]) -> tuple[int, bytes, int, ModelSpec, list[Any], int, float, float]:
-    """A round check's fields: grant, dataset, run, model (spec and weights), steps, noise, clipping norm."""
-    grant, run, steps = body.get("grant_id"), body.get("run_id"), body.get("steps")
-    for name, value in (("grant_id", grant), ("run_id", run), ("steps", steps)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise BadJob(f"'{name}' must be a non-negative integer")
-    noise, clip = body.get("noise"), body.get("clipping_norm")
-    for name, value in (("noise", noise), ("clipping_norm", clip)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise BadJob(f"'{name}' must be a number")
-    spec, params = parse_model(body.get("model"))
-    dataset_id = parse_bytes32(body.get("dataset_id"), "dataset_id")
-    return int(grant), dataset_id, int(run), spec, params, int(steps), float(noise), float(clip)  # type: ignore[arg-type]

@@ -1,28 +1,145 @@
-"""Who sent a vault request: an EIP-191 signature over keccak256(body).
+"""Who sent a vault request, and that it is meant for this vault, now, once.
 
-The grantee signs each job request with its key; the vault recovers the address
-and checks it against the grant on chain."""
+Every request carries one signed `VaultRequest` (`allmende.core.vault_requests`) in the
+`x-allmende-request` header: the chain and the Data contract (the EIP-712 domain), this vault's
+address, the operation (each federated stage is its own), the dataset, the grant, the run and
+round, a nonce, an expiry and the hash of the body. `RequestGate.admit` recovers the signer and
+refuses a request for another vault or operation, an expired one (or one expiring too far
+ahead), and one whose nonce it has seen from that signer (nonces are kept in the vault's
+SQLite until they expire, so a restart does not reopen them). Only then does the vault look at
+the grant, and only after the grant does it decode anything heavy.
+
+Clients (`allmende data …`, `allmende federated …`, the test helpers) address a vault with
+`VaultAddress.of` (its `/v1/info`) and sign with `signed_headers`.
+"""
 
 from __future__ import annotations
 
-from eth_account import Account
-from eth_account.messages import encode_defunct
-from eth_utils import keccak
+import json
+import os
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 
-from allmende.vault.errors import AccessDenied
+import httpx
 
-HEADER = "x-allmende-signature"
+from allmende.core.eip712 import Domain
+from allmende.core.errors import InvalidInput
+from allmende.core.vault_requests import HEADER, VaultRequest, from_header
+from allmende.vault.errors import AccessDenied, RequestReplayed, VaultRequestRefused
+from allmende.vault.store import VaultStore
+
+LIFETIME = 120  # seconds a client's request stays valid (the vault accepts up to MAX_LIFETIME)
+__all__ = ["HEADER", "Admitted", "RequestGate", "VaultAddress", "post_job", "signed_headers"]
 
 
-def sign_body(key: bytes, body: bytes) -> str:
-    return "0x" + bytes(Account.sign_message(encode_defunct(primitive=keccak(body)), key).signature).hex()
+@dataclass(frozen=True)
+class VaultAddress:
+    """What a client signs a request to a vault for."""
+
+    url: str
+    vault: str  # the vault's address
+    domain: Domain  # chain id and the Data contract
+
+    @classmethod
+    def of(cls, url: str, timeout: float = 30.0) -> VaultAddress:
+        """Read it from the vault's `/v1/info`. A vault that lies about its address only gets
+        requests that no other vault runs."""
+        info = httpx.get(url.rstrip("/") + "/v1/info", timeout=timeout).json()
+        return cls(url.rstrip("/"), str(info["vault"]), Domain(int(info["chain_id"]), str(info["data_contract"])))
 
 
-def signer_of(body: bytes, signature: str | None) -> str:
-    if not signature:
-        raise AccessDenied(f"requests must be signed by the grantee ({HEADER} header)")
+def signed_headers(
+    key: bytes,
+    to: VaultAddress,
+    operation: str,
+    body: bytes,
+    dataset_id: bytes,
+    grant_id: int,
+    run_id: int = 0,
+    round_number: int = 0,
+    lifetime: int = LIFETIME,
+    now: float | None = None,
+) -> dict[str, str]:
+    """The headers of one signed request (a fresh nonce each call)."""
+    from eth_utils import keccak
+
+    expiry = int(time.time() if now is None else now) + lifetime
+    request = VaultRequest(to.vault, operation, dataset_id, grant_id, run_id, round_number, os.urandom(32), expiry,
+                           keccak(body))  # fmt: skip
+    return {HEADER: request.to_header(request.sign(to.domain, key))}
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request whose signature, addressee, operation, lifetime and nonce checked out."""
+
+    signer: str
+    request: VaultRequest
+
+
+class RequestGate:
+    """Admits signed requests for one vault (see the module docstring)."""
+
+    def __init__(self, vault: str, domain: Domain, store: VaultStore, clock: Callable[[], float] = time.time) -> None:
+        self.vault = vault
+        self.domain = domain
+        self.store = store
+        self.clock = clock
+
+    def signer_of(self, header: str | None, body: bytes) -> tuple[VaultRequest, str]:
+        """The request and who signed it, or AccessDenied (no header, malformed, bad signature)."""
+        if not header:
+            raise AccessDenied(f"requests must be signed by the grantee ({HEADER} header)")
+        try:
+            request, signature = from_header(header, body)
+            return request, request.signer(self.domain, signature)
+        except InvalidInput as exc:
+            raise AccessDenied(f"the request signature is malformed: {exc}") from None
+
+    def admit(self, request: VaultRequest, signer: str, operations: Collection[str]) -> Admitted:
+        """Admit it once, or raise VaultRequestRefused / RequestReplayed."""
+        if request.vault != self.vault:
+            raise VaultRequestRefused(
+                f"the request is addressed to vault {request.vault}, not to this one ({self.vault})"
+            )
+        if request.operation not in operations:
+            raise VaultRequestRefused(
+                f"the request was signed for {request.operation!r}, not for this path ({', '.join(operations)})"
+            )
+        now = self.clock()
+        try:
+            request.check_lifetime(now)
+        except InvalidInput as exc:
+            raise VaultRequestRefused(str(exc)) from None
+        if not self.store.use_nonce(signer, request.nonce, request.expiry, now):
+            raise RequestReplayed("this request was sent before (its nonce is used): sign a fresh one")
+        return Admitted(signer, request)
+
+
+def post_job(
+    url: str, key: bytes, payload: object, timeout: float = 300.0, to: VaultAddress | None = None
+) -> httpx.Response:
+    """Sign and send one job (`/v1/jobs`) for the dataset and grant it names (zeros where it names
+    none: the vault then refuses it for that). Raises httpx.HTTPError if the vault is unreachable."""
+    from allmende.core.vault_requests import JOB
+
+    body = json.dumps(payload).encode()
+    fields = payload if isinstance(payload, dict) else {}
     try:
-        raw = bytes.fromhex(signature.removeprefix("0x"))
-        return str(Account.recover_message(encode_defunct(primitive=keccak(body)), signature=raw))
-    except Exception:
-        raise AccessDenied("the request signature is malformed") from None
+        dataset = bytes.fromhex(str(fields.get("dataset_id", "")).removeprefix("0x"))
+    except ValueError:
+        dataset = b""
+    grant = fields.get("grant_id")
+    headers = {
+        "content-type": "application/json",
+        **signed_headers(
+            key,
+            to or VaultAddress.of(url),
+            JOB,
+            body,
+            dataset if len(dataset) == 32 else b"\x00" * 32,
+            grant if isinstance(grant, int) and not isinstance(grant, bool) and grant >= 0 else 0,
+        ),
+    }
+    return httpx.post(url.rstrip("/") + "/v1/jobs", content=body, headers=headers, timeout=timeout)

@@ -56,3 +56,25 @@ class DifferencingRefused(VaultError):
 
     status = 403
     code = "differencing_refused"
+
+
+class VaultRequestRefused(AccessDenied):
+    """A signed request this vault does not run: addressed to another vault, for another
+    operation, expired (or expiring too far ahead), or not matching its body."""
+
+    code = "vault_request_refused"
+
+
+class RequestReplayed(VaultRequestRefused):
+    """A request whose nonce this vault has seen from the same signer (a replay)."""
+
+    status = 409
+    code = "request_replayed"
+
+
+class StageRefused(AccessDenied):
+    """A federated stage out of order, a second time, or for a round that was never set up,
+    was aborted or already finished."""
+
+    status = 409
+    code = "stage_refused"

@@ -15,8 +15,11 @@ is aborted at every vault and costs none of them ε. One Flower round per call, 
 completed round can be saved and a run resumed.
 
 Transport: Flower's own messages, serialised as Flower's protobuf, one HTTP POST per
-message to the vault's `/v1/flower` (signed by the coordinator's key), in parallel
-across vaults. (Flower's own deployment runtime, SuperLink + SuperNodes, polls every
+message to the vault's `/v1/flower`, in parallel across vaults. Each is a signed request
+(`allmende.vault.auth`) for that vault, that stage, the grant, the dataset, the run and the
+round, with a fresh nonce: a vault runs each stage of a round once, in order, for the grantee
+that set the round up, and an abort is a signed request of its own. (Flower's own
+deployment runtime, SuperLink + SuperNodes, polls every
 3 s, which makes a SecAgg+ round take about a minute; this transport carries the same
 messages without it.)
 """
@@ -35,7 +38,7 @@ from uuid import uuid4
 
 import httpx
 import numpy as np
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.common import Parameters, ndarrays_to_parameters, parameters_to_ndarrays
@@ -51,9 +54,19 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from allmende.vault.auth import HEADER, sign_body
-from allmende.vault.errors import AccessDenied, VaultError
+from allmende.core.vault_requests import (
+    ROUND_ABORT,
+    ROUND_CHECK,
+    ROUND_FIT,
+    ROUND_MASKED_VECTORS,
+    ROUND_SETUP,
+    ROUND_SHARE_KEYS,
+    ROUND_UNMASK,
+)
+from allmende.vault.auth import Admitted, VaultAddress, signed_headers
+from allmende.vault.errors import AccessDenied, BadJob, VaultError, VaultRequestRefused
 from allmende.vault.model import ModelSpec
+from allmende.vault.rounds import RoundBook, RoundKey
 
 log = logging.getLogger("allmende.vault.flower")
 logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -67,20 +80,53 @@ def _set_identity(run_id: int, node_id: int) -> None:
 # ------------------------------------------------------------------ vault side
 
 
+_STAGES = {
+    Stage.SETUP: ROUND_SETUP,
+    Stage.SHARE_KEYS: ROUND_SHARE_KEYS,
+    Stage.COLLECT_MASKED_VECTORS: ROUND_MASKED_VECTORS,
+    Stage.UNMASK: ROUND_UNMASK,
+}
+
+
+def stage_of(message: Message) -> str:
+    """The operation a Flower message asks for: a SecAgg+ stage, or a plain FedAvg fit."""
+    if message.metadata.message_type != MessageType.TRAIN:
+        raise BadJob(f"this vault runs only train messages, not {message.metadata.message_type[:40]!r}")
+    records = message.content.config_records
+    if "secaggplus_configs" not in records:
+        return ROUND_FIT
+    stage = _STAGES.get(records["secaggplus_configs"].get("stage"))  # type: ignore[arg-type]
+    if stage is None:
+        raise BadJob("not a SecAgg+ stage this vault knows")
+    return stage
+
+
 class VaultFlower:
-    """Runs Flower messages for one vault; keeps one Flower Context per run (SecAgg+ state)."""
+    """Runs Flower messages for one vault. Each round's stages are checked against the signed
+    request (the stage, the run, the round) and the round's own history (`RoundBook`), and its
+    SecAgg+ state is the round's, keyed by (grantee, grant, run, round)."""
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: Any, book: RoundBook | None = None) -> None:
         self.service = service
-        self._contexts: dict[int, Context] = {}
+        self.book = book or RoundBook()
 
-    def handle(self, body: bytes, signer: str, grant_id: int, dataset_id: bytes) -> bytes:
+    def handle(self, body: bytes, admitted: Admitted) -> bytes:
+        request, signer = admitted.request, admitted.signer
+        grant_id, dataset_id, round_number = request.grant_id, request.dataset_id, request.round
         proto = ProtoMessage()
         proto.ParseFromString(body)
         message = message_from_proto(proto)
+        stage = stage_of(message)
+        if stage != request.operation:
+            raise VaultRequestRefused(f"the message is a {stage} stage; the request was signed for {request.operation}")
         run_id = int(message.metadata.run_id)
+        if run_id != request.run_id:
+            raise VaultRequestRefused(
+                f"the message is for run {run_id}; the request was signed for run {request.run_id}"
+            )
         node_id = int(message.metadata.dst_node_id)
         service = self.service
+        secure = stage != ROUND_FIT
 
         class VaultClient(NumPyClient):
             def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:  # type: ignore[type-arg]
@@ -101,13 +147,11 @@ class VaultFlower:
                     float(config["noise"]),
                     float(config[KEY_CLIPPING_NORM]),
                     reserve=secure,
+                    round_number=round_number,
                 )
                 return out, rows, {"epsilon_micro": charge}
 
-        # SecAgg+ stages carry their own config record; a plain FedAvg round has none
-        secure = "secaggplus_configs" in message.content.config_records
-        stage = message.content.config_records["secaggplus_configs"].get("stage") if secure else None
-        if stage == Stage.SETUP:
+        if stage == ROUND_SETUP:
             # the charge waits for the unmask stage only if nothing can be unmasked without this
             # vault's own share: a coordinator (with fake vaults holding the other shares) that asked
             # for fewer than all shares could unmask this vault's update without ever asking it
@@ -118,23 +162,38 @@ class VaultFlower:
                     f"this vault takes part in SecAgg+ only when every share is needed to unmask "
                     f"(threshold = shares); this run asks {threshold!r} of {shares!r}"
                 )
-        if stage == Stage.UNMASK:
-            # every vault trained (the coordinator unmasks only then, and needs every vault's
-            # shares to): log this vault's reserved round on chain before handing its shares out
-            service.commit_round(grant_id, run_id, signer)
-        mods: list[Any] = [secaggplus_mod, fixedclipping_mod] if secure else [fixedclipping_mod]
-        app = ClientApp(client_fn=lambda _ctx: VaultClient().to_client(), mods=mods)
-        with _identity:
-            _set_identity(run_id, node_id)
-            context = self._contexts.setdefault(
-                run_id, Context(run_id=run_id, node_id=node_id, node_config={}, state=RecordDict(), run_config={})
-            )
-            reply = app(message, context)
+        key = RoundKey(signer.lower(), grant_id, run_id, round_number)
+        state = self.book.begin(key, stage)
+        try:
+            if state.context is None:
+                state.context = Context(run_id=run_id, node_id=node_id, node_config={}, state=RecordDict(),
+                                        run_config={})  # fmt: skip
+            mods: list[Any] = [secaggplus_mod, fixedclipping_mod] if secure else [fixedclipping_mod]
+            app = ClientApp(client_fn=lambda _ctx: VaultClient().to_client(), mods=mods)
+            with _identity:
+                _set_identity(run_id, node_id)
+                reply = app(message, state.context)
+            if reply.has_error():
+                raise BadJob(f"the {stage} stage failed: {str(reply.error.reason)[:200]}")
             reply.metadata.__dict__["_src_node_id"] = node_id
-            return bytes(message_to_proto(reply).SerializeToString())
+            raw = bytes(message_to_proto(reply).SerializeToString())
+            if stage == ROUND_UNMASK:
+                # every vault trained (the coordinator unmasks only then, and needs every vault's
+                # shares to), and this stage passed its checks: log this vault's reserved round on
+                # chain before its shares leave
+                service.commit_round(grant_id, run_id, round_number, signer)
+        except BaseException:
+            self.book.fail(key)
+            raise
+        self.book.complete(key)
+        return raw
 
-    def forget(self, run_id: int) -> None:
-        self._contexts.pop(run_id, None)
+    def abort(self, admitted: Admitted) -> int:
+        """The grantee's signed abort of one round: no stage of it runs here afterwards, and its
+        reservation (if it trained and did not unmask) is undone. Returns how many were undone."""
+        request, signer = admitted.request, admitted.signer
+        self.book.abort(RoundKey(signer.lower(), request.grant_id, request.run_id, request.round))
+        return int(self.service.abort_round(request.grant_id, request.run_id, request.round, signer))
 
 
 # ------------------------------------------------------------ coordinator side
@@ -164,10 +223,35 @@ class Participant:
     grant_id: int
 
 
-def _post(http: httpx.Client, key: bytes, p: Participant, path: str, payload: dict[str, Any]) -> httpx.Response:
+def addresses_of(participants: list[Participant]) -> dict[str, VaultAddress]:
+    """Each vault's address and signing domain (its `/v1/info`), by URL."""
+    out = {}
+    for p in participants:
+        try:
+            out[p.url] = VaultAddress.of(p.url)
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise VaultRefused(f"vault {p.url} is unreachable or not a vault ({exc.__class__.__name__})") from None
+    return out
+
+
+def _post(
+    http: httpx.Client,
+    key: bytes,
+    to: VaultAddress,
+    p: Participant,
+    path: str,
+    operation: str,
+    payload: dict[str, Any],
+    run_id: int,
+    round_number: int,
+) -> httpx.Response:
     body = json.dumps(payload).encode()
+    headers = {
+        "content-type": "application/json",
+        **signed_headers(key, to, operation, body, p.dataset_id, p.grant_id, run_id, round_number),
+    }
     try:
-        return http.post(p.url.rstrip("/") + path, content=body, headers={HEADER: sign_body(key, body)})
+        return http.post(p.url.rstrip("/") + path, content=body, headers=headers)
     except httpx.HTTPError as exc:
         raise VaultRefused(f"vault {p.url} is unreachable ({exc.__class__.__name__}: {exc})") from None
 
@@ -183,9 +267,20 @@ def _refusal(p: Participant, r: httpx.Response) -> str:
 class HttpGrid(Grid):
     """Flower Grid whose nodes are vaults reached over HTTP."""
 
-    def __init__(self, participants: list[Participant], key: bytes, run_id: int, timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        participants: list[Participant],
+        key: bytes,
+        run_id: int,
+        timeout: float = 300.0,
+        round_number: int = 1,
+        addresses: dict[str, VaultAddress] | None = None,
+    ) -> None:
         self.nodes = {1000 + i: p for i, p in enumerate(participants)}
         self.key = key
+        self.run_id = run_id
+        self.round_number = round_number
+        self.addresses = addresses if addresses is not None else addresses_of(participants)
         self._run = Run.create_empty(run_id=run_id)
         self.http = httpx.Client(timeout=timeout)
         self.bytes_sent = 0
@@ -215,30 +310,31 @@ class HttpGrid(Grid):
             message_id = str(uuid4())
             m.metadata.__dict__["_message_id"] = message_id
             m.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
-            batch.append((message_id, bytes(message_to_proto(m).SerializeToString()), int(m.metadata.dst_node_id)))
+            payload = bytes(message_to_proto(m).SerializeToString())
+            batch.append((message_id, payload, int(m.metadata.dst_node_id), stage_of(m)))
         with ThreadPoolExecutor(max(1, len(batch))) as pool:
-            replies = list(pool.map(lambda item: self._deliver(item[1], item[2]), batch))
-        for (message_id, payload, _), raw in zip(batch, replies, strict=True):
+            replies = list(pool.map(lambda item: self._deliver(item[1], item[2], item[3]), batch))
+        for (message_id, payload, _, _), raw in zip(batch, replies, strict=True):
             self.bytes_sent += len(payload)
             self.bytes_received += len(raw)
             self.messages += 2
             proto = ProtoMessage()
             proto.ParseFromString(raw)
             self._replies[message_id] = message_from_proto(proto)
-        return [message_id for message_id, _, _ in batch]
+        return [message_id for message_id, _, _, _ in batch]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         """The replies to these messages (each handed out once)."""
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
 
-    def _deliver(self, payload: bytes, node: int) -> bytes:
+    def _deliver(self, payload: bytes, node: int, stage: str) -> bytes:
+        """One stage's message to one vault, signed for that vault, stage, grant, dataset, run and round."""
         p = self.nodes[node]
         headers = {
-            HEADER: sign_body(self.key, payload),
             "content-type": "application/x-protobuf",
-            "x-allmende-grant": str(p.grant_id),
-            "x-allmende-dataset": "0x" + p.dataset_id.hex(),
-        }
+            **signed_headers(self.key, self.addresses[p.url], stage, payload, p.dataset_id, p.grant_id, self.run_id,
+                             self.round_number),
+        }  # fmt: skip
         try:
             r = self.http.post(p.url.rstrip("/") + "/v1/flower", content=payload, headers=headers)
         except httpx.HTTPError as exc:
@@ -306,12 +402,14 @@ def check_round(
     config: FederatedConfig,
     round_number: int = 1,
     completed: int = 0,
+    addresses: dict[str, VaultAddress] | None = None,
 ) -> list[dict[str, Any]]:
     """Ask every vault, in parallel, whether it would run this round (grant, expiry, revocation,
     lineage, budget); raises `RoundRefused` naming every vault that would not. Nothing runs."""
     from allmende.vault.service import model_payload  # the vault's own wire form of a model
 
     model = model_payload(spec, params)
+    to = addresses if addresses is not None else addresses_of(participants)
 
     def ask(p: Participant) -> dict[str, Any] | str:
         payload = {
@@ -320,7 +418,7 @@ def check_round(
         }  # fmt: skip
         try:
             with httpx.Client(timeout=60.0) as http:
-                r = _post(http, key, p, "/v1/rounds/check", payload)
+                r = _post(http, key, to[p.url], p, "/v1/rounds/check", ROUND_CHECK, payload, run_id, round_number)
         except VaultRefused as exc:
             return str(exc)
         if r.status_code != 200:
@@ -340,15 +438,27 @@ def check_round(
     return [a for a in answers if isinstance(a, dict)]
 
 
-def abort_round(participants: list[Participant], key: bytes, run_id: int) -> None:
-    """Best effort: tell every vault the round failed, so that it undoes its reservation now
-    (a vault that misses this undoes it after `RESERVATION_TTL`, or at its next start)."""
+def abort_round(
+    participants: list[Participant],
+    key: bytes,
+    run_id: int,
+    round_number: int,
+    addresses: dict[str, VaultAddress] | None = None,
+) -> None:
+    """Best effort: tell every vault the round failed (a signed abort of this run and round), so
+    that it undoes its reservation now (a vault that misses this undoes it after
+    `RESERVATION_TTL`, or at its next start)."""
 
     def tell(p: Participant) -> None:
         try:
+            to = addresses[p.url] if addresses is not None else VaultAddress.of(p.url)
+            payload = {"dataset_id": "0x" + p.dataset_id.hex(), "grant_id": p.grant_id, "run_id": run_id,
+                       "round": round_number}  # fmt: skip
             with httpx.Client(timeout=30.0) as http:
-                _post(http, key, p, "/v1/rounds/abort", {"grant_id": p.grant_id, "run_id": run_id})
-        except VaultRefused as exc:
+                r = _post(http, key, to, p, "/v1/rounds/abort", ROUND_ABORT, payload, run_id, round_number)
+            if r.status_code != 200:
+                log.warning("the vault at %s refused the abort: %s", p.url, _refusal(p, r))
+        except (VaultRefused, httpx.HTTPError, ValueError, KeyError) as exc:
             log.warning("could not abort the round at %s: %s", p.url, exc)
 
     with ThreadPoolExecutor(len(participants)) as pool:
@@ -381,21 +491,24 @@ def run_federated(
         raise VaultRefused("federated training needs at least 2 vaults")
     run_id = int.from_bytes(uuid4().bytes[:6], "big") if run_id is None else run_id
     n = len(participants)
+    addresses = addresses_of(participants)
     params = initial
     result = FederatedResult(params, [], 0, 0, 0, {}, run_id)
     for round_number in range(first_round, config.rounds + 1):
-        answers = check_round(participants, key, run_id, spec, params, config, round_number, round_number - 1)
+        answers = check_round(
+            participants, key, run_id, spec, params, config, round_number, round_number - 1, addresses
+        )
         result.messages += 2 * len(answers)
         result.bytes_sent += sum(int(a.pop("_sent")) for a in answers)
         result.bytes_received += sum(int(a.pop("_received")) for a in answers)
         if on_checked is not None:
             on_checked(round_number, answers)
         started = time.perf_counter()
-        grid = HttpGrid(participants, key, run_id)
+        grid = HttpGrid(participants, key, run_id, round_number=round_number, addresses=addresses)
         try:
             aggregated, charge = _one_round(grid, n, spec, params, base_model, config, round_number, run_id)
         except BaseException as exc:  # Ctrl-C too: the vaults undo their reservations now
-            abort_round(participants, key, run_id)
+            abort_round(participants, key, run_id, round_number, addresses)
             if isinstance(exc, VaultRefused):
                 raise RoundRefused(
                     f"round {round_number} failed and was aborted: {exc}. No vault was charged for it",

@@ -23,6 +23,7 @@ import io
 import json
 import math
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,9 +192,49 @@ def params_to_bytes(params: list[np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def params_from_bytes(data: bytes) -> list[np.ndarray]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as f:
-        return [f[f"arr_{i}"] for i in range(len(f.files))]
+MAX_PARAMETERS = 1 << 22  # the most parameters a vault decodes for one request (32 MiB of float64)
+_NPY_HEADER = 4096  # room for an .npy member's header
+
+
+def shapes_of(spec: ModelSpec) -> list[tuple[int, ...]]:
+    """The parameter shapes `spec`'s module has; ValueError beyond MAX_PARAMETERS."""
+    shapes = [tuple(p.shape) for p in spec.module().parameters()]
+    if sum(math.prod(s) for s in shapes) > MAX_PARAMETERS:
+        raise ValueError(f"the model has more than {MAX_PARAMETERS} parameters, the most a vault decodes")
+    return shapes
+
+
+def params_from_bytes(data: bytes, shapes: list[tuple[int, ...]] | None = None) -> list[np.ndarray]:
+    """The arrays of an .npz. With `shapes` (what a request's spec needs), nothing is inflated
+    before the archive is checked: exactly one member per array, named as `np.savez` names them,
+    each declaring no more bytes than its float64 array and an .npy header need, and each
+    header declaring exactly its shape in little-endian float64; so one request decodes at most
+    the model's own size (zipfile stops inflating a member at its declared size)."""
+    if shapes is None:
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            return [f[f"arr_{i}"] for i in range(len(f.files))]
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = archive.infolist()
+        if [m.filename for m in members] != [f"arr_{i}.npy" for i in range(len(shapes))]:
+            raise ValueError(f"the weights must be {len(shapes)} arrays arr_0.npy … as np.savez writes them")
+        for member, shape in zip(members, shapes, strict=True):
+            if member.file_size > 8 * math.prod(shape) + _NPY_HEADER:
+                raise ValueError(f"{member.filename} declares {member.file_size} bytes; shape {shape} needs fewer")
+        out = []
+        for member, shape in zip(members, shapes, strict=True):
+            with archive.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else (np.lib.format.read_array_header_2_0)
+                )
+                declared, fortran, dtype = read_header(f)
+                if tuple(declared) != shape or fortran or dtype != np.dtype("<f8"):
+                    raise ValueError(f"{member.filename} is not a {shape} array of little-endian float64")
+                raw = f.read(8 * math.prod(shape) + 1)
+            if len(raw) != 8 * math.prod(shape):
+                raise ValueError(f"{member.filename} holds {len(raw)} bytes of data, not {8 * math.prod(shape)}")
+            out.append(np.frombuffer(raw, dtype="<f8").reshape(shape).copy())
+        return out
 
 
 MODEL_FILES = ("spec.json", "weights.npz")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 import secrets
 import sqlite3
@@ -44,7 +45,9 @@ from eth_utils import keccak
 
 from allmende.chain import Contracts
 from allmende.chain.bindings import TEMPLATES as TEMPLATE_IDS
+from allmende.chain.bindings import GrantRecord
 from allmende.chain.errors import ContractReverted
+from allmende.core.vault_requests import VaultRequest
 from allmende.vault.audit import initial_cells, refine, smallest_cell
 from allmende.vault.datasets import Table
 from allmende.vault.errors import (
@@ -55,6 +58,7 @@ from allmende.vault.errors import (
     ParametersNotGranted,
     TemplateNotAllowed,
     UnknownDataset,
+    VaultRequestRefused,
 )
 from allmende.vault.model import (
     ModelSpec,
@@ -65,6 +69,7 @@ from allmende.vault.model import (
     params_from_bytes,
     params_to_bytes,
     rho_of,
+    shapes_of,
     train,
 )
 from allmende.vault.store import JobRow, RoundRow, VaultStore
@@ -73,6 +78,16 @@ from allmende.vault.templates import TEMPLATES, aggregate, dp_aggregate, evaluat
 log = logging.getLogger("allmende.vault")
 ZERO_MODEL = b"\x00" * 32
 RESERVATION_TTL = 900.0  # seconds a secure round's charge stays reserved without an unmask or abort
+MIN_EPSILON = 0.001  # the least ε a job may name (smaller ones round to no charge and to unbounded noise)
+MAX_LOGGED = 300  # characters of a refusal's message that reach the log and the refusals table
+_MODEL = "model"
+JOB_FIELDS = {
+    "evaluate": frozenset({"template", "dataset_id", "grant_id", "job_id", _MODEL, "epsilon"}),
+    "aggregate": frozenset({"template", "dataset_id", "grant_id", "job_id", "columns", "group_by", "bins", "range",
+                            "epsilon"}),
+}  # fmt: skip
+ROUND_CHECK_FIELDS = frozenset({"dataset_id", "grant_id", "run_id", _MODEL, "steps", "noise", "clipping_norm"})
+ROUND_ABORT_FIELDS = frozenset({"dataset_id", "grant_id", "run_id", "round"})
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,8 @@ class VaultService:
     def info(self) -> dict[str, Any]:
         return {
             "vault": self.address,
+            "chain_id": self.contracts.client.chain_id,
+            "data_contract": self.data.address,  # with chain_id, the domain requests are signed under
             "templates": list(TEMPLATES),
             "datasets": [t.describe() for t in self.tables.values()],
             "policy": {
@@ -138,20 +155,9 @@ class VaultService:
 
     # ------------------------------------------------------------ grants
 
-    def authorize(
-        self,
-        grant_id: int,
-        signer: str,
-        template: str,
-        dataset_id: bytes,
-        model: bytes,
-        rho: float,
-        extra: int = 0,
-        lineage: str = "",
-    ) -> int:
-        """Check the grant on chain; returns the epsilon (millionths) the job will be charged:
-        the growth of ε from `rho` more zCDP, plus `extra` pure-ε millionths. `lineage`
-        explains, for a federated round, why its parameters did not descend from a round."""
+    def grant_for(self, grant_id: int, signer: str, template: str, dataset_id: bytes) -> GrantRecord:
+        """The grant, if it lets `signer` run `template` on this dataset now (not revoked or
+        expired); AccessDenied otherwise. Asked before any model bytes are decoded."""
         try:
             grant = self.data.get_grant(grant_id)
         except ContractReverted:
@@ -166,6 +172,23 @@ class VaultService:
             raise AccessDenied(f"grant {grant_id} was revoked")
         if grant.expires_at <= self.contracts.client.timestamp():
             raise AccessDenied(f"grant {grant_id} has expired")
+        return grant
+
+    def authorize(
+        self,
+        grant_id: int,
+        signer: str,
+        template: str,
+        dataset_id: bytes,
+        model: bytes,
+        rho: float,
+        extra: int = 0,
+        lineage: str = "",
+    ) -> int:
+        """Check the grant on chain; returns the epsilon (millionths) the job will be charged:
+        the growth of ε from `rho` more zCDP, plus `extra` pure-ε millionths. `lineage`
+        explains, for a federated round, why its parameters did not descend from a round."""
+        grant = self.grant_for(grant_id, signer, template, dataset_id)
         if template != "aggregate" and model not in grant.model_ids:
             if template == "federated_round":
                 raise ParametersNotGranted(
@@ -221,24 +244,30 @@ class VaultService:
 
     # -------------------------------------------------------------- jobs
 
-    def run_job(self, body: dict[str, Any], signer: str) -> dict[str, Any]:
-        """Evaluate or aggregate (federated rounds arrive through Flower)."""
+    def run_job(self, body: dict[str, Any], signer: str, request: VaultRequest | None = None) -> dict[str, Any]:
+        """Evaluate or aggregate (federated rounds arrive through Flower). `request` is the signed
+        request the body came with: its grant and dataset must be the body's."""
         template = body.get("template")
         if template not in ("evaluate", "aggregate"):
             hint = " (it runs through `allmende federated`)" if template == "federated_round" else ""
+            shown = repr(template) if len(repr(template)) <= 40 else repr(template)[:40] + "…"
             raise TemplateNotAllowed(
-                f"template {template!r} is not allowed here{hint}: this vault runs only "
+                f"template {shown} is not allowed here{hint}: this vault runs only "
                 f"{', '.join(TEMPLATES)}; raw rows never leave"
             )
+        only_fields(body, JOB_FIELDS[template], f"a {template} job")
         dataset_id = parse_bytes32(body.get("dataset_id"), "dataset_id")
         job_id = parse_bytes32(body.get("job_id"), "job_id")
         grant_id = body.get("grant_id")
         if not isinstance(grant_id, int) or isinstance(grant_id, bool) or grant_id <= 0:
             raise BadJob("'grant_id' must be a positive integer")
+        if request is not None:
+            matches_request(request, dataset_id, grant_id)
         table = self.table(dataset_id)
         model, epsilon = ZERO_MODEL, None
         if template == "evaluate":
-            spec, params = parse_model(body.get("model"))
+            self.grant_for(grant_id, signer, template, dataset_id)  # before any model bytes are decoded
+            spec, params = parse_model(body.get("model"), inputs=len(table.columns))
             model = model_id(spec, params)
             epsilon = parse_epsilon(body.get("epsilon"), "evaluate releases noisy counts and a noisy loss")
         else:
@@ -282,6 +311,7 @@ class VaultService:
                 "model_id": "0x" + model.hex(),
                 **result,
             }
+            check_finite(result)  # before the access is logged: a result that cannot be released is not charged
             tx = self.charge_and_log(
                 grant_id, job_id, dataset_id, template, model, canonical(result), 0.0, charge, cells=cells
             )
@@ -296,6 +326,8 @@ class VaultService:
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range)
         ):
             raise BadJob("'range' must be [low, high]")
+        if value_range is not None and not all(math.isfinite(v) for v in value_range):
+            raise BadJob("'range' must be finite numbers")
         bins = body.get("bins", 10)
         if not isinstance(bins, int) or isinstance(bins, bool):
             raise BadJob("'bins' must be an integer")
@@ -406,6 +438,26 @@ class VaultService:
             spent = max(self.store.spent(grant_id)[1], grant.epsilon_spent)
         return {"epsilon_micro": charge, "left_micro": grant.epsilon_budget - spent, "expires_at": grant.expires_at}
 
+    def check_round_request(self, body: dict[str, Any], signer: str, request: VaultRequest) -> dict[str, Any]:
+        """`check_round` for a signed round check: its fields strictly, the grant before the model."""
+        only_fields(body, ROUND_CHECK_FIELDS, "a round check")
+        grant, run, steps = body.get("grant_id"), body.get("run_id"), body.get("steps")
+        for name, value in (("grant_id", grant), ("run_id", run), ("steps", steps)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise BadJob(f"'{name}' must be a non-negative integer")
+        noise, clip = body.get("noise"), body.get("clipping_norm")
+        for name, value in (("noise", noise), ("clipping_norm", clip)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise BadJob(f"'{name}' must be a finite number")
+        dataset_id = parse_bytes32(body.get("dataset_id"), "dataset_id")
+        assert isinstance(grant, int) and isinstance(run, int) and isinstance(steps, int)
+        assert isinstance(noise, (int, float)) and isinstance(clip, (int, float))
+        matches_request(request, dataset_id, grant, run)
+        table = self.table(dataset_id)
+        self.grant_for(grant, signer, "federated_round", dataset_id)  # before any model bytes are decoded
+        spec, params = parse_model(body.get("model"), inputs=len(table.columns))
+        return self.check_round(grant, signer, dataset_id, run, spec, params, steps, float(noise), float(clip))
+
     def train_round(
         self,
         grant_id: int,
@@ -419,6 +471,7 @@ class VaultService:
         noise: float,
         update_norm: float,
         reserve: bool = False,
+        round_number: int = 0,
     ) -> tuple[list[np.ndarray], int, int]:
         """One federated round's local training with DP; returns (params, rows, epsilon charged).
 
@@ -449,27 +502,26 @@ class VaultService:
             if reserve:
                 result_hash = keccak(params_to_bytes(out))
                 job = JobRow(job_id, grant_id, dataset_id, "federated_round", root, result_hash, charge, rho, None)
-                self.store.begin(job, lineage, reserve_for=signer)
-                log.info("round of run %d reserved ε %d/1e6 on grant %d", run_id, charge, grant_id)
+                self.store.begin(job, lineage, reserve_for=signer, round_number=round_number)
+                log.info("round %d of run %d reserved ε %d/1e6 on grant %d", round_number, run_id, charge, grant_id)
             else:
                 self.charge_and_log(
                     grant_id, job_id, dataset_id, "federated_round", root, params_to_bytes(out), rho, charge, lineage
                 )
         return out, table.rows, charge
 
-    def commit_round(self, grant_id: int, run_id: int, signer: str) -> list[str]:
+    def commit_round(self, grant_id: int, run_id: int, round_number: int, signer: str) -> list[str]:
         """Every vault of the round trained (the coordinator asks for the unmask shares): log the
-        reserved rounds of this grant and run on chain. A refusal there undoes them and raises."""
+        signer's reserved round of this grant and run on chain. A refusal there undoes it and raises."""
         txs = []
         with self._lock:
-            jobs = self.store.reserved(grant_id, run_id)
+            jobs = self.store.reserved(grant_id, run_id, round_number, signer)
             if not jobs:
                 # unmasking without a reservation would reveal an update nobody paid ε for
-                raise AccessDenied(f"no round of run {run_id} is reserved on grant {grant_id} (aborted or expired)")
+                raise AccessDenied(
+                    f"round {round_number} of run {run_id} is not reserved on grant {grant_id} (aborted or expired)"
+                )
             for job in jobs:
-                owner = self.store.reservation_signer(grant_id, run_id)
-                if owner is not None and owner != signer.lower():
-                    raise AccessDenied(f"run {run_id} of grant {grant_id} is not the signer's")
                 try:
                     sent = self.data.record_access(grant_id, job.job_id, job.model_id, job.result_hash,
                                                    job.epsilon_micro)  # fmt: skip
@@ -486,20 +538,16 @@ class VaultService:
                 )  # fmt: skip
         return txs
 
-    def abort_round(self, grant_id: int, run_id: int, signer: str) -> int:
-        """The round failed elsewhere: forget this grant's reserved rounds in this run (nothing
-        was revealed: SecAgg+ unmasks nothing without every vault). Returns how many."""
+    def abort_round(self, grant_id: int, run_id: int, round_number: int, signer: str) -> int:
+        """The round failed elsewhere: forget the signer's reservation of this round of this grant
+        and run (nothing was revealed: SecAgg+ unmasks nothing without every vault). Returns how many."""
         with self._lock:
-            owner = self.store.reservation_signer(grant_id, run_id)
-            if owner is None:
-                return 0
-            if owner != signer.lower():
-                raise AccessDenied(f"run {run_id} of grant {grant_id} is not the signer's")
-            jobs = self.store.reserved(grant_id, run_id)
+            jobs = self.store.reserved(grant_id, run_id, round_number, signer)
             for job in jobs:
                 self.store.forget(job.job_id)
         if jobs:
-            log.info("round of run %d aborted: %d reservation(s) on grant %d undone", run_id, len(jobs), grant_id)
+            log.info("round %d of run %d aborted: %d reservation(s) on grant %d undone", round_number, run_id,
+                     len(jobs), grant_id)  # fmt: skip
         return len(jobs)
 
     def expire_reservations(self, ttl: float = RESERVATION_TTL) -> None:
@@ -511,21 +559,48 @@ class VaultService:
     def refused(self, path: str, exc: Exception, signer: str | None, grant_id: int | None,
                 dataset_id: bytes | None) -> None:  # fmt: skip
         """Count and log a refused request (`/metrics`, `allmende data refusals`)."""
-        code = getattr(exc, "code", "error")
+        code = getattr(exc, "code", "internal_error")
+        message = str(exc) if len(str(exc)) <= MAX_LOGGED else str(exc)[:MAX_LOGGED] + "…"  # log lines stay short
         log.warning(
             "refused %s from %s (grant %s, dataset %s): %s: %s",
             path, signer or "an unknown signer", grant_id if grant_id is not None else "-",
-            "0x" + dataset_id.hex()[:12] if dataset_id else "-", code, exc,
+            "0x" + dataset_id.hex()[:12] if dataset_id else "-", code, message,
         )  # fmt: skip
-        self.store.refused(path, code, str(exc), signer, grant_id, dataset_id)
+        self.store.refused(path, code, message, signer, grant_id, dataset_id)
 
 
 def parse_epsilon(value: object, why: str) -> float:
     if value is None:
         raise BadJob(f"send 'epsilon' (the privacy cost this job may spend){': ' + why if why else ''}")
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 100:
-        raise BadJob("'epsilon' must be a number in (0, 100]")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not MIN_EPSILON <= value <= 100:
+        raise BadJob(f"'epsilon' must be a number in [{MIN_EPSILON}, 100]")
     return float(value)
+
+
+def only_fields(body: dict[str, Any], allowed: frozenset[str], what: str) -> None:
+    """Refuse fields a request cannot use: an ignored field is one a requester thinks was honoured."""
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        shown = ", ".join(repr(k[:40]) for k in unknown[:5])
+        raise BadJob(f"{what} takes no field {shown} (it takes {', '.join(sorted(allowed))})")
+
+
+def matches_request(request: VaultRequest, dataset_id: bytes, grant_id: int, run_id: int = 0) -> None:
+    """The body's dataset, grant and run are those the grantee signed in the request."""
+    if (request.dataset_id, request.grant_id, request.run_id) != (dataset_id, grant_id, run_id):
+        raise VaultRequestRefused("the body's dataset, grant or run differ from those the request was signed for")
+
+
+def check_finite(value: object) -> None:
+    """Raise BadJob if any number in a result is NaN or infinite (nothing is logged or released)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadJob("the result is not finite (check the request's numbers); nothing was logged or charged")
+    if isinstance(value, dict):
+        for item in value.values():
+            check_finite(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_finite(item)
 
 
 def parse_bytes32(value: object, name: str) -> bytes:
@@ -540,16 +615,23 @@ def parse_bytes32(value: object, name: str) -> bytes:
     return raw
 
 
-def parse_model(data: object) -> tuple[ModelSpec, list[np.ndarray]]:
-    """{"spec": {...}, "weights": base64 of an .npz}: what a job sends as its model."""
-    if not isinstance(data, dict):
+def parse_model(data: object, inputs: int | None = None) -> tuple[ModelSpec, list[np.ndarray]]:
+    """{"spec": {...}, "weights": base64 of an .npz}: what a job sends as its model. The spec is
+    checked first (its fields, its size, `inputs` where the dataset fixes them), then the archive
+    against the shapes the spec needs before anything is inflated (`params_from_bytes`)."""
+    if not isinstance(data, dict) or set(data) != {"spec", "weights"}:
         raise BadJob('\'model\' must be {"spec": {...}, "weights": base64 npz}')
     try:
-        spec = ModelSpec.from_json(data.get("spec"))
-        params = params_from_bytes(base64.b64decode(str(data.get("weights", "")), validate=True))
+        if not isinstance(data["spec"], dict) or not set(data["spec"]) <= {"inputs", "hidden", "classes"}:
+            raise ValueError("the spec takes inputs, hidden and classes only")
+        spec = ModelSpec.from_json(data["spec"])
+        if inputs is not None and spec.inputs != inputs:
+            raise ValueError(f"the model takes {spec.inputs} inputs; the dataset has {inputs} feature columns")
+        shapes = shapes_of(spec)
+        params = params_from_bytes(base64.b64decode(str(data["weights"]), validate=True), shapes)
         check_params(spec, params)
     except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise BadJob(f"'model' is not usable: {exc}") from None
+        raise BadJob(f"'model' is not usable: {str(exc)[:200]}") from None
     return spec, params
 
 

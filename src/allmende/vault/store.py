@@ -1,6 +1,7 @@
 """The vault's SQLite state: every job it ran and the privacy spent per grant, the
 parameters each federated round trained from and released (the lineage later rounds
-must descend from), the data owner's per-grant consent to exact aggregates, and the
+must descend from), the nonces of the signed requests it admitted (until they expire),
+the data owner's per-grant consent to exact aggregates, and the
 cells of each dataset that exact answers have revealed (`allmende.vault.audit`).
 
 A secure federated round's job is *reserved* (written, with a `reservations` row) when the
@@ -70,8 +71,16 @@ CREATE TABLE IF NOT EXISTS reservations (
     grant_id INTEGER NOT NULL,
     run_id INTEGER NOT NULL,
     signer TEXT NOT NULL,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    round INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS nonces (
+    signer TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    expiry INTEGER NOT NULL,
+    PRIMARY KEY (signer, nonce)
+);
+CREATE INDEX IF NOT EXISTS nonces_by_expiry ON nonces (expiry);
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -129,6 +138,25 @@ class VaultStore:
     def __init__(self, path: Path) -> None:
         self._db = open_database(path, SCHEMA, synchronous="FULL")
         self._lock = threading.Lock()
+        columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(reservations)").fetchall()}
+        if "round" not in columns:  # a database from before rounds were part of a reservation's key
+            self._db.execute("ALTER TABLE reservations ADD COLUMN round INTEGER NOT NULL DEFAULT 0")
+
+    def use_nonce(self, signer: str, nonce: bytes, expiry: int, now: float) -> bool:
+        """Admit a signed request's (signer, nonce) once: False if it was seen before. Nonces are
+        kept until their request expires (an expired request is refused for its expiry)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM nonces WHERE expiry < ?", (int(now),))
+                fresh = self._db.execute(
+                    "INSERT OR IGNORE INTO nonces VALUES (?, ?, ?)", (signer.lower(), nonce, expiry)
+                ).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return fresh == 1
 
     def spent(self, grant_id: int) -> tuple[float, int]:
         """(ρ, epsilon in millionths) charged to this grant by this vault."""
@@ -142,6 +170,7 @@ class VaultStore:
         round_row: RoundRow | None = None,
         cells: np.ndarray | None = None,
         reserve_for: str | None = None,
+        round_number: int = 0,
     ) -> None:
         """Record a job (and charge its grant) before its access is logged on chain; with it,
         the federated round it is, or the dataset's cells its exact answer refines. With
@@ -153,8 +182,8 @@ class VaultStore:
                 if reserve_for is not None:
                     assert round_row is not None, "only federated rounds are reserved"
                     self._db.execute(
-                        "INSERT INTO reservations VALUES (?, ?, ?, ?, ?)",
-                        (job.job_id, job.grant_id, round_row.run_id, reserve_for.lower(), time.time()),
+                        "INSERT INTO reservations VALUES (?, ?, ?, ?, ?, ?)",
+                        (job.job_id, job.grant_id, round_row.run_id, reserve_for.lower(), time.time(), round_number),
                     )
                 if round_row is not None:
                     r = round_row
@@ -200,24 +229,18 @@ class VaultStore:
             self._db.execute("DELETE FROM reservations WHERE job_id = ?", (job_id,))
             self._db.execute("COMMIT")
 
-    def reserved(self, grant_id: int, run_id: int) -> list[JobRow]:
-        """The reserved (trained, not yet logged) rounds of this grant in this run."""
+    def reserved(self, grant_id: int, run_id: int, round_number: int, signer: str) -> list[JobRow]:
+        """The reserved (trained, not yet logged) jobs of this grantee's round of this grant and run."""
         with self._lock:
             ids = [
                 bytes(r[0])
                 for r in self._db.execute(
-                    "SELECT job_id FROM reservations WHERE grant_id = ? AND run_id = ? ORDER BY at",
-                    (grant_id, run_id),
+                    "SELECT job_id FROM reservations WHERE grant_id = ? AND run_id = ? AND round = ? AND signer = ? "
+                    "ORDER BY at",
+                    (grant_id, run_id, round_number, signer.lower()),
                 ).fetchall()
             ]
         return [j for j in self.jobs() if j.job_id in ids]
-
-    def reservation_signer(self, grant_id: int, run_id: int) -> str | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT signer FROM reservations WHERE grant_id = ? AND run_id = ? LIMIT 1", (grant_id, run_id)
-            ).fetchone()
-        return None if row is None else str(row[0])
 
     def stale_reservations(self, older_than: float) -> list[bytes]:
         """Reservations made before `older_than` (a coordinator that never came back)."""
