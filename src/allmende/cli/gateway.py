@@ -20,6 +20,19 @@ def gateway(
         None,
         help="chain URL published at /v1/network for providers joining from other hosts (default: --rpc)",
     ),
+    public_host: str = typer.Option(
+        None, help="this gateway's name or address as other hosts reach it (served as Host, like loopback)"
+    ),
+    allowed_host: list[str] = typer.Option(
+        [],
+        help="another Host name to serve, e.g. a DNS name or a reverse proxy's (repeatable); requests naming "
+        "any other host are refused (DNS rebinding)",
+    ),
+    allow_origin: list[str] = typer.Option(
+        [],
+        help="origin of a web app allowed to call the API from a browser, e.g. https://app.example.com "
+        "(repeatable; '*' = any, only with --api-key); pages on other origins are refused",
+    ),
     deployments: Path = typer.Option(
         None, help="deployments JSON (default $ALLMENDE_STATE_DIR/deployments.json, then …/run/deployments.json)"
     ),
@@ -51,6 +64,9 @@ def gateway(
             deployments=deployments_path(deployments),
             state_dir=state_dir or env.state_dir / "gateway",
             public_rpc=public_rpc,
+            public_host=public_host,
+            allowed_hosts=tuple(allowed_host),
+            allowed_origins=tuple(allow_origin),
             host=host,
             port=port,
             routing=RoutingPolicy(prefer=prefer, max_price=max_price),  # type: ignore[arg-type]

@@ -83,6 +83,11 @@ def provider(
         help="endpoint published on chain, e.g. http://203.0.113.7:9000 (default http://HOST:PORT); "
         "it must reach this node, which is checked before it is published",
     ),
+    allowed_host: list[str] = typer.Option(
+        [],
+        help="another Host name this node serves besides loopback, --host and --public-url's (repeatable); "
+        "requests naming any other host are refused",
+    ),
     relay: str = typer.Option(
         None,
         help="accept no inbound connections: dial out to this gateway URL and be reached through it "
@@ -186,6 +191,7 @@ def provider(
             host=host,
             port=port,
             public_url=public_url,
+            allowed_hosts=tuple(allowed_host),
             relay=relay,
             stake=target,
             claim_models=claim_models,

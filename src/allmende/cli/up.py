@@ -80,6 +80,12 @@ def up(
         [], help="extra option for every provider, e.g. --provider-option=--redeem-threshold=1 (repeatable)"
     ),
     gateway_option: list[str] = typer.Option([], help="extra option for the gateway (repeatable)"),
+    allowed_host: list[str] = typer.Option(
+        [], help="another Host name the gateway serves besides loopback (repeatable; see `allmende gateway`)"
+    ),
+    allow_origin: list[str] = typer.Option(
+        [], help="origin of a web app allowed to call the gateway from a browser (repeatable; see `allmende gateway`)"
+    ),
     validators: int = typer.Option(0, help="number of validator processes auditing the providers"),
     validator_option: list[str] = typer.Option([], help="extra option for every validator (repeatable)"),
     claim_models: bool = typer.Option(
@@ -213,7 +219,10 @@ def up(
                 allmende_command(
                     "gateway", "--rpc", node.url, "--key", f"devnet:{GATEWAY_ACCOUNT}", "--deployments",
                     str(deployments), "--state-dir", str(run_dir / "gateway"), "--port", str(port),
-                    *(["--host", "0.0.0.0", "--public-rpc", f"http://{public_host}:{rpc_port}"] if public_host else []),
+                    *(["--host", "0.0.0.0", "--public-rpc", f"http://{public_host}:{rpc_port}",
+                       "--public-host", public_host] if public_host else []),
+                    *(a for h in allowed_host for a in ("--allowed-host", h)),
+                    *(a for o in allow_origin for a in ("--allow-origin", o)),
                     *gateway_option,
                 ),
                 run_dir / "gateway.log",

@@ -20,6 +20,9 @@ def validator(
     port: int = typer.Option(9500, help="port of the evidence server"),
     host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 for every interface"),
     public_url: str = typer.Option(None, help="evidence endpoint published on chain (default http://host:port)"),
+    allowed_host: list[str] = typer.Option(
+        [], help="another Host name this node serves besides loopback, --host and --public-url's (repeatable)"
+    ),
     deployments: Path = typer.Option(
         None, help="deployments JSON (default $ALLMENDE_DEPLOYMENTS, else <state-dir>/run/deployments.json)"
     ),
@@ -62,5 +65,5 @@ def validator(
             console.print(
                 f"validator reviewing cases only (no --gateway to audit through); evidence on {config.endpoint}"
             )
-        serve(config, host, port, audit_interval, publish_every)
+        serve(config, host, port, audit_interval, publish_every, tuple(allowed_host))
     exit_stopped()

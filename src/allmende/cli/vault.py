@@ -65,6 +65,9 @@ def vault(
     policy_uri: str = typer.Option("", help="data-use policy recorded when a dataset is registered"),
     port: int = typer.Option(9500, help="port of the vault's API"),
     host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 for every interface"),
+    allowed_host: list[str] = typer.Option(
+        [], help="a Host name this vault is reached by besides loopback and --host, e.g. its DNS name (repeatable)"
+    ),
     deployments: Path = typer.Option(None, help="deployments JSON (default <state-dir>/deployments.json)"),
     state_dir: Path = typer.Option(None, help="where the vault keeps its database"),
     min_group: int = typer.Option(10, help="smallest group an aggregate may describe"),
@@ -91,6 +94,7 @@ def vault(
             state_dir=state_dir or env.state_dir / "vault",
             host=host,
             port=port,
+            allowed_hosts=tuple(allowed_host),
             label=label,
             license=license,
             policy_uri=policy_uri,

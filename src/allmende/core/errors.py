@@ -31,6 +31,10 @@ table against the classes, so it cannot drift::
     ├── UpstreamError              upstream_error            502
     │   ├── ProviderReplyError     (provider's)              (its)   provider.client
     │   └── BadReceipt             bad_receipt               502     gateway.receipts
+    ├── RequestRefused             request_refused           403
+    │   ├── HostNotAllowed         host_not_allowed          403
+    │   ├── OriginNotAllowed       origin_not_allowed        403
+    │   └── UnsupportedMediaType   unsupported_media_type    415
     ├── ProviderError              bad_request               400     provider.errors
     │   ├── BadRequest             bad_request               400     provider.errors
     │   ├── UnknownModelError      unknown_model             404     provider.errors
@@ -128,3 +132,32 @@ class UpstreamError(AllmendeError):
 
     code = "upstream_error"
     status = 502
+
+
+class RequestRefused(AllmendeError):
+    """A request a node refuses to serve for where it comes from, whatever it asks for
+    (`allmende.api.guard`: a web page's cross-site or DNS-rebinding request)."""
+
+    code = "request_refused"
+    status = 403
+
+
+class HostNotAllowed(RequestRefused):
+    """A `Host` header naming none of the node's names: a DNS-rebinding page, or a name the
+    operator has not allowed (`--allowed-host`)."""
+
+    code = "host_not_allowed"
+
+
+class OriginNotAllowed(RequestRefused):
+    """A browser request from a page on another origin the operator has not allowed (`--allow-origin`)."""
+
+    code = "origin_not_allowed"
+
+
+class UnsupportedMediaType(RequestRefused):
+    """A request body that is not of the route's media type (JSON): what a web page can send
+    across sites without a CORS preflight (text/plain, forms) is never served."""
+
+    code = "unsupported_media_type"
+    status = 415

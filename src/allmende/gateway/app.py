@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP API: /v1/models, /v1/chat/completions, /v1/completions,
 /v1/embeddings (+ /healthz, /metrics). A thin router: parsing and the OpenAI response
-shapes here, the logic in service.py, errors out through `openai_error`."""
+shapes here, the logic in service.py, errors out through `openai_error`. Before any of it,
+`allmende.api.guard` refuses foreign Host names, foreign web pages and non-JSON bodies."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from allmende import __version__
 from allmende.api import protocol
+from allmende.api.guard import GuardConfig, protect
 from allmende.api.headers import EVIDENCE_HEADER, PIN_HEADER
 from allmende.core.codec import address_field
 from allmende.core.errors import BodyTooLarge as CoreBodyTooLarge
@@ -76,9 +78,13 @@ async def read_body(request: Request, limits: GatewayLimits) -> dict[str, Any]:
     return body
 
 
-def create_app(service: GatewayService, limits: GatewayLimits | None = None) -> FastAPI:
+def create_app(
+    service: GatewayService, limits: GatewayLimits | None = None, guard: GuardConfig | None = None
+) -> FastAPI:
+    """The gateway's app; `guard`: who may call it (the node passes its own; None = unguarded, for tests)."""
     limits = limits or GatewayLimits()
     app = FastAPI(title="Allmende gateway", version=__version__, docs_url=None, redoc_url=None)
+    protect(app, guard, openai_error)  # Host, Origin and Content-Type, before any work
     registry = service.registry
     requests_total = Counter("allmende_gateway_requests", "requests", ["endpoint", "status"], registry=registry)
     in_flight_gauge = Gauge("allmende_gateway_in_flight", "requests in flight", registry=registry)

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from allmende.api.guard import GuardConfig
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.network import PUBLIC_PATH, public_view
 from allmende.core.routing import Router, RoutingPolicy
@@ -39,6 +40,16 @@ class GatewayConfig:
     request_timeout: float = 120.0
     # chain endpoint published at /v1/network for nodes joining from other hosts (default rpc_url)
     public_rpc: str | None = None
+    # this gateway's name or address as other hosts reach it (served as Host besides loopback and `host`)
+    public_host: str | None = None
+    # more Host names served (a DNS name, a reverse proxy's); everything else is refused (DNS rebinding)
+    allowed_hosts: tuple[str, ...] = ()
+    # origins (scheme://host[:port]) of web apps allowed to call the API from a browser (CORS)
+    allowed_origins: tuple[str, ...] = ()
+
+    @property
+    def guard(self) -> GuardConfig:
+        return GuardConfig.serving(self.host, [self.public_host], self.allowed_hosts, self.allowed_origins)
 
 
 def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
@@ -69,7 +80,7 @@ def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
         task.cancel()
         await http.aclose()
 
-    app = create_app(service, config.limits)
+    app = create_app(service, config.limits, config.guard)
     app.router.lifespan_context = lifespan
     network = public_view(deployment, config.public_rpc or config.rpc_url)
     Relay().mount(app)  # providers without inbound connections are reached through this gateway

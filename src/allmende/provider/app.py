@@ -24,6 +24,7 @@ from allmende.api import wire
 from allmende.core.envelope import public_key_bytes
 from allmende.core.ratelimit import RateLimiter
 from allmende.api.body import read_limited
+from allmende.api.guard import GuardConfig, protect
 from allmende.provider.errors import BadRequest, Overloaded
 from allmende.provider.service import ProviderService
 
@@ -57,9 +58,12 @@ async def read_json(request: Request, limits: Limits) -> Any:
         raise BadRequest("request body is not valid JSON") from None
 
 
-def create_app(service: ProviderService, chain_id: int, limits: Limits | None = None) -> FastAPI:
+def create_app(
+    service: ProviderService, chain_id: int, limits: Limits | None = None, guard: GuardConfig | None = None
+) -> FastAPI:
     limits = limits or Limits()
     app = FastAPI(title="Allmende provider", version=__version__, docs_url=None, redoc_url=None)
+    protect(app, guard, error_response)  # Host, Origin and Content-Type (allmende.api.guard), before any work
     registry = CollectorRegistry()
     requests_total = Counter(
         "allmende_provider_requests", "requests by kind and status", ["kind", "status"], registry=registry

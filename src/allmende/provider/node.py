@@ -49,6 +49,7 @@ from allmende.core.model_names import canonical_name
 from allmende.engine import Engine, load_engine
 from allmende.provider.app import Limits, create_app
 from allmende.api.client import fetch_info
+from allmende.api.guard import GuardConfig
 from allmende.provider.payments import CreditPolicy, PaymentGate
 from allmende.provider.relay import relayed_endpoint, serve_relayed
 from allmende.provider.service import ProviderService, ServedModel
@@ -100,6 +101,8 @@ class ProviderConfig:
     port: int = 9000
     public_url: str | None = None  # endpoint published on chain (default http://host:port)
     relay: str | None = None  # a gateway to dial out to instead of listening (no inbound connections)
+    # Host names served besides loopback, `host` and the public URL's (allmende.api.guard)
+    allowed_hosts: tuple[str, ...] = ()
     stake: int | None = None  # total ALM to keep bonded (default: the minimum in Params)
     claim_models: bool = False  # register unregistered served models with this node as owner (devnet)
     license: str = "Apache-2.0"  # license and royalty of the models it claims
@@ -365,7 +368,9 @@ def build_app(node: ProviderNode) -> Any:
             except (ChainError, TimeoutError) as exc:
                 log.warning("could not withdraw the offers on chain: %s", exc)
 
-    app = create_app(node.service, node.contracts.client.chain_id, node.config.limits)
+    config = node.config
+    guard = GuardConfig.serving(config.host, [config.public_url], config.allowed_hosts)
+    app = create_app(node.service, node.contracts.client.chain_id, config.limits, guard)
     app.router.lifespan_context = lifespan
     gated = _health_after_publishing(app, node)
     gated.lifespan = lambda: lifespan(app)

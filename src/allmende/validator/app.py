@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from allmende.api import wire
+from allmende.api.guard import GuardConfig, protect
 from allmende.core.errors import AllmendeError
 from allmende.validator.service import Validator
 
@@ -20,8 +21,9 @@ class EvidenceNotFound(AllmendeError):
     status = 404
 
 
-def create_app(validator: Validator) -> FastAPI:
+def create_app(validator: Validator, guard: GuardConfig | None = None) -> FastAPI:
     app = FastAPI(title="Allmende validator", docs_url=None, redoc_url=None)
+    protect(app, guard)  # Host, Origin and Content-Type (allmende.api.guard), before any work
 
     @app.exception_handler(Exception)
     async def _any(_: Request, exc: Exception) -> JSONResponse:

@@ -9,6 +9,7 @@ import threading
 
 import httpx
 
+from allmende.api.guard import GuardConfig
 from allmende.chain.errors import ChainError
 from allmende.node.net import bind_socket
 from allmende.validator.app import create_app
@@ -17,15 +18,23 @@ from allmende.validator.service import AuditRecord, Validator, ValidatorConfig
 log = logging.getLogger("allmende.validator")
 
 
-def serve(config: ValidatorConfig, host: str, port: int, audit_interval: float, publish_every: int) -> None:
+def serve(
+    config: ValidatorConfig,
+    host: str,
+    port: int,
+    audit_interval: float,
+    publish_every: int,
+    allowed_hosts: tuple[str, ...] = (),
+) -> None:
     """Run the validator: evidence, /status and /metrics over HTTP, audits, reviews,
-    resolutions, scores. Stopping it withdraws its evidence endpoint from the Registry."""
+    resolutions, scores. Stopping it withdraws its evidence endpoint from the Registry.
+    Its HTTP API serves loopback, `host`, the endpoint's host and `allowed_hosts` (allmende.api.guard)."""
     import uvicorn
 
     sock = bind_socket(host, port)  # a busy port stops the start before anything is staked
     validator = Validator(config)
     validator.stake()
-    app = create_app(validator)
+    app = create_app(validator, GuardConfig.serving(host, [config.endpoint], allowed_hosts))
     stopping = threading.Event()
 
     def loop() -> None:

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 from allmende import __version__
 from allmende.api import wire
 from allmende.api.body import read_limited
+from allmende.api.guard import GuardConfig, protect
 from allmende.core.eip712 import Domain
 from allmende.core.ratelimit import RateLimiter
 from allmende.core.vault_requests import HEADER, JOB, ROUND_ABORT, ROUND_CHECK, ROUND_FIT, SECURE_STAGES
@@ -74,8 +75,14 @@ def strict_json(body: bytes) -> dict[str, Any]:
     return parsed
 
 
-def create_app(service: VaultService, max_body: int = 16 * 1024 * 1024, body_timeout: float = 30.0) -> FastAPI:
+def create_app(
+    service: VaultService,
+    max_body: int = 16 * 1024 * 1024,
+    body_timeout: float = 30.0,
+    guard: GuardConfig | None = None,
+) -> FastAPI:
     app = FastAPI(title="Allmende vault", version=__version__, docs_url=None, redoc_url=None)
+    protect(app, guard, error_response)  # Host, Origin and Content-Type (allmende.api.guard), before any work
     flower = VaultFlower(service)
     gate = RequestGate(service.address, Domain(service.contracts.client.chain_id, service.data.address), service.store)
     unsigned = RateLimiter(rate=UNSIGNED_REFUSALS_PER_S, burst=UNSIGNED_REFUSALS_BURST)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from allmende.api.guard import GuardConfig
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.vault.datasets import Table, load_table
 from allmende.vault.service import VaultPolicy, VaultService
@@ -25,6 +26,8 @@ class VaultConfig:
     state_dir: Path
     host: str = "127.0.0.1"
     port: int = 9500
+    # Host names served besides loopback and `host` (allmende.api.guard)
+    allowed_hosts: tuple[str, ...] = ()
     label: str = "label"
     license: str = "proprietary"
     policy_uri: str = ""
@@ -49,7 +52,18 @@ def build(config: VaultConfig) -> tuple[Any, VaultService]:
     store = VaultStore(config.state_dir / "vault.db")
     reconcile(store, contracts)
     service = VaultService(tables, contracts, store, config.policy)
-    return create_app(service), service
+    return create_app(service, guard=guard_of(config)), service
+
+
+def guard_of(config: VaultConfig) -> GuardConfig:
+    """Host and Origin as every node; bodies JSON or Flower's protobuf, or untyped: the vault's
+    clients sign raw bytes and send no Content-Type, and a page cannot forge a grantee's signature."""
+    return GuardConfig.serving(
+        config.host,
+        allowed_hosts=config.allowed_hosts,
+        content_types=frozenset({"application/json", "application/x-protobuf"}),
+        untyped_bodies=True,
+    )
 
 
 def reconcile(store: VaultStore, contracts: Contracts) -> None:
