@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from allmende.api.canonical import prompt_of
 from allmende.engine import DEFAULT_CHAT_MODEL, Engine, SamplingParams, gguf_source, load_engine, resolve_model
 from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.testing.harness import QUESTIONS
@@ -46,7 +47,7 @@ STATIC = (1, 16)
 
 def prompts(engine: Engine, count: int) -> list[list[int]]:
     return [
-        engine.prompt_ids("chat", {"messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]})
+        engine.prompt_ids(prompt_of("chat", {"messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]}))
         for i in range(count)
     ]
 

@@ -24,11 +24,12 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from allmende.api.canonical import prompt_of
+from allmende.api.client import PayerKey, build_envelope, fetch_info, infer
 from allmende.chain import ChainClient, Contracts, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts, free_port
 from allmende.core import Voucher, sign_voucher
 from allmende.engine import SamplingParams, collect, load_engine
-from allmende.api.client import PayerKey, build_envelope, fetch_info, infer
 from allmende.node.supervisor import allmende_command, start
 
 BODY = {"messages": [{"role": "user", "content": "Erzähl mir etwas."}], "max_tokens": 16, "temperature": 0}
@@ -41,7 +42,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def direct(requests: int, concurrency: int) -> tuple[list[float], float, int]:
     engine = load_engine("allmende:tiny", max_concurrency=concurrency)
-    ids = engine.prompt_ids("chat", BODY)
+    ids = engine.prompt_ids(prompt_of("chat", BODY))
     params = SamplingParams(max_tokens=16, temperature=0)
 
     async def one() -> tuple[float, int]:

@@ -185,10 +185,10 @@ def generate(outdir: Path, questions: int, device: str, run_harness: bool) -> Pa
     for name, honest, on, dtype, use_tf32, make, params, system in specs:
         provider = make()
         with tf32(use_tf32):
-            run_generation(provider, provider.prompt_ids("chat", messages("warm up")), GREEDY)  # kernels, allocator
+            run_generation(provider, provider.prompt_ids(messages("warm up")), GREEDY)  # kernels, allocator
             for question in asked:
-                claimed = provider.prompt_ids("chat", messages(question))
-                actual = provider.prompt_ids("chat", messages(question, system))
+                claimed = provider.prompt_ids(messages(question))
+                actual = provider.prompt_ids(messages(question, system))
                 output, proof, seconds = run_generation(provider, actual, params)
                 records.append(
                     {

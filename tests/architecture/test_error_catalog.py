@@ -12,8 +12,8 @@ import re
 import pytest
 
 import allmende.core.errors as catalog
-from allmende.core.errors import AllmendeError
 from allmende.api.wire import error_response
+from allmende.core.errors import AllmendeError
 from tests.architecture.test_imports import MODULES
 
 ROW = re.compile(r"^\s*[│├└─ ]*(\w+)(?: \(\w+\))?\s+(\S+)\s+(\S+)\s*(\S+)?\s*$")

@@ -183,3 +183,39 @@ def test_the_calibration_harness_needs_no_chain_libraries() -> None:
     loaded = loaded_on_import("allmende.testing.harness")
     assert "allmende.validator.checker" in loaded
     assert not {m for m in loaded if m.startswith(("allmende.chain", "allmende.provider", "allmende.gateway"))}
+
+
+ROLES = ("gateway", "provider", "validator", "vault")
+SHARED = ("allmende.core", "allmende.chain", "allmende.engine", "allmende.api", "allmende.node")
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_roles_are_siblings(role: str) -> None:
+    """A role imports the shared layers and its own package, never another role (nor the CLI
+    or the test helpers): what two roles share lives in a shared layer."""
+    own = f"allmende.{role}"
+    for name in MODULES:
+        if name != own and not name.startswith(own + "."):
+            continue
+        foreign = {
+            m
+            for m in GRAPH[name]
+            if m not in ("allmende", "allmende.config")
+            and not m.startswith((own + ".", *(s + "." for s in SHARED)))
+            and m not in (own, *SHARED)
+        }
+        assert not foreign, f"{name} imports {sorted(foreign)}"
+
+
+def test_no_loose_modules_at_the_package_root() -> None:
+    loose = {p.name for p in PACKAGE.glob("*.py")}
+    assert loose <= {"__init__.py", "__main__.py", "config.py"}, sorted(loose)
+
+
+def test_the_shared_layers_import_no_role() -> None:
+    """core, chain, engine, api and node sit below the roles: none of them reaches up."""
+    roles_and_tools = tuple(f"allmende.{r}" for r in (*ROLES, "cli", "testing"))
+    for name in MODULES:
+        if name.startswith(tuple(s + "." for s in SHARED)) or name in SHARED:
+            upward = {m for m in GRAPH[name] if m.startswith(roles_and_tools)}
+            assert not upward, f"{name} imports {sorted(upward)}"

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from allmende.api.canonical import prompt_of
 from allmende.engine import EngineError, Generation, SamplingParams, collect, load_engine
 from allmende.engine.base import choice_params
 from allmende.engine.sampling import IncrementalDetokenizer
@@ -30,7 +31,7 @@ def fresh(max_concurrency: int = 16) -> CausalLMEngine:
 
 
 def prompt(engine: CausalLMEngine, question: str) -> list[int]:
-    return engine.prompt_ids("chat", {"messages": [{"role": "user", "content": question}]})
+    return engine.prompt_ids(prompt_of("chat", {"messages": [{"role": "user", "content": question}]}))
 
 
 def alone(engine: CausalLMEngine, ids: list[int], params: SamplingParams) -> Generation:

@@ -8,10 +8,10 @@ import collections
 import pytest
 import torch
 
+from allmende.api.protocol import draw_seed, sampling_params
 from allmende.engine.base import SamplingParams
 from allmende.engine.proofs import commit
 from allmende.engine.sampling import draw_scores, gumbel_noise, nucleus, sample_token
-from allmende.api.protocol import draw_seed, sampling_params
 from allmende.validator.checker import stop_completed, text_of, token_check, verify_completion
 
 SAMPLED = SamplingParams(max_tokens=8, temperature=0.7, top_p=0.9, seed=11)

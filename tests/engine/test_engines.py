@@ -7,9 +7,12 @@ import asyncio
 
 import pytest
 
+from allmende.api.canonical import canonical, prompt_of
+from allmende.api.protocol import InvalidParameter
 from allmende.core import build_manifest
 from allmende.core.prompts import max_prompt_tokens
 from allmende.engine import Engine, EngineError, PromptTooLong, SamplingParams, collect, load_engine, resolve_model
+from allmende.engine.base import EmbeddingInput
 from allmende.engine.gguf import gguf_manifest
 from allmende.engine.tiny import ensure_tiny_model
 
@@ -54,9 +57,9 @@ def test_final_hidden_states_have_one_row_per_token(engine: Engine) -> None:
 def test_wrong_kind_is_a_typed_error(engine: Engine) -> None:
     with pytest.raises(EngineError):
         if engine.kind == "embed":
-            engine.prompt_ids("chat", CHAT)
+            engine.prompt_ids(prompt_of("chat", CHAT))
         else:
-            asyncio.run(engine.embed(["x"]))
+            asyncio.run(engine.embed(EmbeddingInput(("x",))))
 
 
 TEXTS = [
@@ -72,7 +75,7 @@ TEXTS = [
 def test_honest_prompt_token_counts_stay_within_what_a_gateway_pays(engine: Engine) -> None:
     # core.prompts.max_prompt_tokens: a gateway pays no receipt above it, so honest counts must fit
     if engine.kind == "embed":
-        _, tokens = asyncio.run(engine.embed(TEXTS))
+        _, tokens = asyncio.run(engine.embed(EmbeddingInput(tuple(TEXTS))))
         assert tokens <= max_prompt_tokens("embedding", {"input": TEXTS})
         return
     for text in TEXTS:
@@ -80,9 +83,11 @@ def test_honest_prompt_token_counts_stay_within_what_a_gateway_pays(engine: Engi
             {"messages": [{"role": "user", "content": text}]},
             {"messages": [{"role": "system", "content": text}, {"role": "user", "content": text}]},
         ):
-            assert len(engine.prompt_ids("chat", body)) <= max_prompt_tokens("chat", body)
+            assert len(engine.prompt_ids(prompt_of("chat", body))) <= max_prompt_tokens("chat", body)
         completion = {"prompt": text}
-        assert len(engine.prompt_ids("completion", completion)) <= max_prompt_tokens("completion", completion)
+        assert len(engine.prompt_ids(prompt_of("completion", completion))) <= max_prompt_tokens(
+            "completion", completion
+        )
 
 
 # ------------------------------------------------------------------ generation
@@ -93,7 +98,7 @@ def test_tiny_model_id_is_the_same_on_every_machine() -> None:
 
 
 def run(engine: Engine, params: SamplingParams, body: dict | None = None):
-    ids = engine.prompt_ids("chat", body or CHAT)
+    ids = engine.prompt_ids(prompt_of("chat", body or CHAT))
     return asyncio.run(collect(engine.generate(ids, params), len(ids)))
 
 
@@ -145,7 +150,7 @@ def test_bad_sampling_parameters(kwargs: dict) -> None:
 
 def test_generations_run_concurrently_without_blocking_the_loop(tiny: Engine) -> None:
     async def main() -> tuple[list[list[int]], list[int]]:
-        ids = tiny.prompt_ids("chat", CHAT)
+        ids = tiny.prompt_ids(prompt_of("chat", CHAT))
         ticks = 0
         seen: list[int] = []  # the ticker's count at each token of the first generation
         stop = asyncio.Event()
@@ -181,7 +186,9 @@ def test_generations_run_concurrently_without_blocking_the_loop(tiny: Engine) ->
 
 
 def test_embeddings_are_normalised_and_meaningful(minilm: Engine) -> None:
-    vectors, tokens = asyncio.run(minilm.embed(["The cat sleeps.", "A cat is sleeping.", "Interest rates rose."]))
+    vectors, tokens = asyncio.run(
+        minilm.embed(EmbeddingInput(("The cat sleeps.", "A cat is sleeping.", "Interest rates rose.")))
+    )
     norms = [sum(x * x for x in v) for v in vectors]
     sim = [sum(a * b for a, b in zip(vectors[0], v, strict=True)) for v in vectors[1:]]
     assert all(abs(n - 1) < 1e-5 for n in norms)
@@ -190,28 +197,33 @@ def test_embeddings_are_normalised_and_meaningful(minilm: Engine) -> None:
 
 
 def test_embedding_input_validation(minilm: Engine) -> None:
-    with pytest.raises(EngineError, match="input"):
-        minilm.inputs_of({"input": [1, "two"]})  # type: ignore[attr-defined]
+    with pytest.raises(InvalidParameter, match="input"):
+        canonical("embedding", {"input": [1, "two"]})
     with pytest.raises(EngineError, match="token ids"):
-        asyncio.run(minilm.embed([[10**9]]))
-    assert minilm.inputs_of({"input": "one"}) == ["one"]  # type: ignore[attr-defined]
-    assert minilm.inputs_of({"input": [1, 2]}) == [[1, 2]]  # type: ignore[attr-defined]
+        asyncio.run(minilm.embed(EmbeddingInput(((10**9,),))))
+    with pytest.raises(EngineError, match="inputs per request"):
+        asyncio.run(minilm.embed(EmbeddingInput(())))
+    with pytest.raises(EngineError, match="dimensions"):
+        asyncio.run(minilm.embed(EmbeddingInput(("one",), dimensions=8)))
+    assert canonical("embedding", {"input": "one"}).prompt == EmbeddingInput(("one",))
+    assert canonical("embedding", {"input": [1, 2]}).prompt == EmbeddingInput(((1, 2),))
 
 
 def test_a_text_and_its_token_ids_embed_alike(minilm: Engine) -> None:
     text = "A cat is sleeping."
     ids = minilm.tokenizer(text, add_special_tokens=False)["input_ids"]  # type: ignore[attr-defined]
 
-    vectors, _ = asyncio.run(minilm.embed([text, ids, "Interest rates rose."]))
+    vectors, _ = asyncio.run(minilm.embed(EmbeddingInput((text, tuple(ids), "Interest rates rose."))))
 
     assert max(abs(a - b) for a, b in zip(vectors[0], vectors[1], strict=True)) < 1e-5
     assert vectors[1] != vectors[2]
 
 
 def test_dimensions_other_than_the_models_own_are_refused(minilm: Engine) -> None:
-    minilm.check_dimensions({"dimensions": 384})  # type: ignore[attr-defined]
+    vectors, _ = asyncio.run(minilm.embed(EmbeddingInput(("one",), dimensions=384)))
+    assert len(vectors[0]) == 384
     with pytest.raises(EngineError, match=r"'dimensions'.*384.*Matryoshka"):
-        minilm.check_dimensions({"dimensions": 64})  # type: ignore[attr-defined]
+        asyncio.run(minilm.embed(EmbeddingInput(("one",), dimensions=64)))
 
 
 def test_unknown_model_name_is_a_typed_error() -> None:

@@ -10,9 +10,10 @@ import json
 
 import pytest
 
+from allmende.api.canonical import prompt_of
+from allmende.api.protocol import InvalidParameter, check_request, sampling_params
 from allmende.engine import EngineError, SamplingParams, collect, load_engine
 from allmende.engine.transformers_lm import CausalLMEngine
-from allmende.api.protocol import InvalidParameter, check_request, sampling_params
 from allmende.validator.checker import judge
 
 SCHEMA = {
@@ -38,7 +39,7 @@ def tiny() -> CausalLMEngine:
 
 
 def generate(engine: CausalLMEngine, params: SamplingParams) -> tuple[list[int], list[int], str, str]:
-    ids = engine.prompt_ids("chat", BODY)
+    ids = engine.prompt_ids(prompt_of("chat", BODY))
     gen = asyncio.run(collect(engine.generate(ids, params), len(ids)))
     return ids, gen.token_ids, gen.text, gen.finish_reason
 
@@ -95,7 +96,7 @@ TOOLS_BODY = {
 
 
 def generate_tools(engine: CausalLMEngine, body: dict, params: SamplingParams) -> tuple[list[int], list[int], str]:
-    ids = engine.prompt_ids("chat", body)
+    ids = engine.prompt_ids(prompt_of("chat", body))
     gen = asyncio.run(collect(engine.generate(ids, params), len(ids)))
     return ids, gen.token_ids, gen.text
 
@@ -144,7 +145,7 @@ def test_a_chat_template_that_renders_tools_gets_them_and_the_history_natively(t
     original = tiny.tokenizer.chat_template
     tiny.tokenizer.chat_template = template
     try:
-        text = tiny.decode(tiny.prompt_ids("chat", body))
+        text = tiny.decode(tiny.prompt_ids(prompt_of("chat", body)))
     finally:
         tiny.tokenizer.chat_template = original
 

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import torch
 
+from allmende.api.canonical import prompt_of
+from allmende.api.protocol import sampling_params
 from allmende.engine import DEFAULT_CHAT_MODEL, SamplingParams, collect, load_engine, resolve_model
 from allmende.engine.llamacpp import LlamaContext, LlamaCppEngine
-from allmende.api.protocol import sampling_params
 from allmende.testing.harness import QUESTIONS
 from allmende.validator.checker import judge, token_check
 from tests.engine.test_grammar import SCHEMA
@@ -42,7 +43,9 @@ def test_the_default_engine_serves_the_f16_copy_and_the_provider_options_reach_i
 
 
 def chat(engine: LlamaCppEngine, i: int) -> list[int]:
-    return engine.prompt_ids("chat", {"messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]})
+    return engine.prompt_ids(
+        prompt_of("chat", {"messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]})
+    )
 
 
 def test_the_model_id_is_the_gguf_content_address_of_both_engines(llama: LlamaCppEngine) -> None:
@@ -131,7 +134,7 @@ def test_structured_output_draws_under_the_grammar_masks_the_checker_recomputes(
         "seed": 9,
     }
     params = sampling_params(body)
-    ids = llama.prompt_ids("chat", body)
+    ids = llama.prompt_ids(prompt_of("chat", body))
 
     done = asyncio.run(collect(llama.generate(ids, params), len(ids)))
     free = asyncio.run(collect(llama.generate(ids, dataclasses.replace(params, grammar=None)), len(ids)))

@@ -9,6 +9,7 @@ import dataclasses
 
 import torch
 
+from allmende.api.canonical import prompt_of
 from allmende.engine import SamplingParams, collect, load_engine
 from allmende.engine.transformers_lm import CausalLMEngine
 
@@ -18,7 +19,7 @@ PARAMS = SamplingParams(max_tokens=12, temperature=0.9, top_p=0.95, seed=4, igno
 def test_logprobs_are_the_drawn_rows_and_do_not_change_the_draw() -> None:
     engine = load_engine("allmende:tiny")
     assert isinstance(engine, CausalLMEngine)
-    ids = engine.prompt_ids("chat", {"messages": [{"role": "user", "content": "Was ist eine Allmende?"}]})
+    ids = engine.prompt_ids(prompt_of("chat", {"messages": [{"role": "user", "content": "Was ist eine Allmende?"}]}))
 
     plain = asyncio.run(collect(engine.generate(ids, PARAMS), len(ids)))
     scored = asyncio.run(collect(engine.generate(ids, dataclasses.replace(PARAMS, logprobs=3)), len(ids)))

@@ -10,8 +10,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, GPT2Model
 
+from allmende.api.canonical import prompt_of
 from allmende.core.errors import UnknownModel
 from allmende.engine import SamplingParams, collect, load_engine, resolve_model_path
+from allmende.engine.base import EmbeddingInput
 from allmende.engine.embeddings import EmbeddingEngine
 from allmende.engine.kinds import model_kind
 from allmende.engine.tiny import ensure_tiny_model
@@ -40,7 +42,7 @@ def gpt2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_gpt2_folder_is_served_as_a_generative_model(gpt2_folder: Path) -> None:
     _, is_embedding = resolve_model_path(str(gpt2_folder))
     engine = load_engine(str(gpt2_folder))
-    prompt = engine.prompt_ids("completion", {"prompt": "Es war einmal"})  # type: ignore[attr-defined]
+    prompt = engine.prompt_ids(prompt_of("completion", {"prompt": "Es war einmal"}))  # type: ignore[attr-defined]
     generation = asyncio.run(collect(engine.generate(prompt, SamplingParams(max_tokens=6, temperature=0)), len(prompt)))
 
     assert json.loads((gpt2_folder / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
@@ -54,7 +56,7 @@ def test_an_embedding_model_without_a_pad_token_embeds_a_batch(tmp_path: Path) -
     torch.manual_seed(0)
     GPT2Model(GPT2Config(vocab_size=vocab, n_positions=128, n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path)
     engine = load_engine(str(tmp_path))
-    vectors, tokens = asyncio.run(engine.embed(["a", "a much longer input to pad the short one"]))  # type: ignore[attr-defined]
+    vectors, tokens = asyncio.run(engine.embed(EmbeddingInput(("a", "a much longer input to pad the short one"))))
 
     assert isinstance(engine, EmbeddingEngine)
     assert len(vectors) == 2 and len(vectors[0]) == 32 and tokens > 2

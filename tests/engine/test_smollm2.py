@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from allmende.api.canonical import prompt_of
 from allmende.engine import Engine, Generation, SamplingParams, collect, load_engine, resolve_model
 from allmende.engine.gguf import converted_dir, smollm2_gguf
 from allmende.validator.checker import judge
@@ -20,7 +21,7 @@ GREEDY = SamplingParams(max_tokens=16, temperature=0.0)
 
 
 def ask(engine: Engine, question: str, params: SamplingParams = GREEDY) -> Generation:
-    ids = engine.prompt_ids("chat", {"messages": [{"role": "user", "content": question}]})
+    ids = engine.prompt_ids(prompt_of("chat", {"messages": [{"role": "user", "content": question}]}))
     return asyncio.run(collect(engine.generate(ids, params), len(ids)))
 
 
@@ -66,7 +67,7 @@ def test_batched_answers_verify_and_stream_the_exact_text(smollm2: Engine) -> No
         SamplingParams(max_tokens=20, temperature=1.0, seed=1),
         SamplingParams(max_tokens=8, temperature=0.0, stop=(".",)),
     ]
-    prompts = [smollm2.prompt_ids("chat", {"messages": [{"role": "user", "content": q}]}) for q in questions]
+    prompts = [smollm2.prompt_ids(prompt_of("chat", {"messages": [{"role": "user", "content": q}]})) for q in questions]
 
     async def together() -> list[Generation]:
         return list(

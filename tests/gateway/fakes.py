@@ -16,17 +16,26 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account
 
+from allmende.api.client import ProviderInfo
+from allmende.api.directory import Directory, Offer, ProviderEntry
 from allmende.chain.bindings import ChannelRecord
 from allmende.core import Domain
 from allmende.core.envelope import public_key_bytes
 from allmende.core.routing import ProviderStats, Router
-from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent
-from allmende.gateway.directory import Directory, Offer, ProviderEntry
+from allmende.engine.base import (
+    ChatPrompt,
+    EmbeddingInput,
+    Engine,
+    EngineError,
+    Prompt,
+    PromptTooLong,
+    SamplingParams,
+    TokenEvent,
+)
 from allmende.gateway.payments import Payments
 from allmende.gateway.service import GatewayService
 from allmende.gateway.store import GatewayStore
 from allmende.provider.app import create_app
-from allmende.api.client import ProviderInfo
 from allmende.provider.payments import CreditPolicy, PaymentGate
 from allmende.provider.service import ProviderService, ServedModel
 from allmende.provider.store import ProviderStore
@@ -54,12 +63,12 @@ class FakeEngine(Engine):
     def encode_text(self, text: str) -> list[int]:
         return [ord(c) for c in text]
 
-    def prompt_ids(self, kind: Kind, body: dict[str, object]) -> list[int]:
-        if kind == "chat":
-            messages = body.get("messages")
-            assert isinstance(messages, list)
-            return self.encode_text("".join(str(m["content"]) for m in messages))
-        return self.encode_text(str(body.get("prompt", "")))
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, ChatPrompt):
+            text = "".join(m.content for m in prompt.messages)
+        else:
+            text = prompt.text if isinstance(prompt.text, str) else "".join(map(chr, prompt.text))
+        return self.encode_text(text + prompt.continuation)
 
     def check_length(self, prompt_ids: list[int], max_tokens: int) -> None:
         if len(prompt_ids) + max_tokens > self.context_length:
@@ -78,7 +87,7 @@ class FakeEngine(Engine):
                 logprob = {**fake_logprob(token, -0.25), "top_logprobs": top}
             yield TokenEvent(chr(token), token, "length" if last else None, b"\x01" * 8 if last else None, logprob)
 
-    async def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
+    async def embed(self, request: EmbeddingInput) -> tuple[list[list[float]], int]:
         raise EngineError("not an embedding model")
 
     def final_hidden_states(self, token_ids: list[int]) -> object:

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 from fastapi.testclient import TestClient
 
+from allmende.api.directory import Directory
 from allmende.core.envelope import public_key_bytes
 from allmende.gateway.app import create_app
-from allmende.gateway.directory import Directory
 from tests.gateway.fakes import GATEWAY, MODEL_ID, VOUCHERS, FakeEngine, FakeProvider, Network, network
 
 TINY = "allmende:tiny"

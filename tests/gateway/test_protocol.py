@@ -13,7 +13,7 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion as OpenAIChatCompletion
 from openai.types.chat import ChatCompletionChunk as OpenAIChatCompletionChunk
 
-from allmende.gateway.app import chunk, render
+from allmende.api.client import Answer
 from allmende.api.protocol import (
     ChatRequest,
     InvalidParameter,
@@ -23,7 +23,7 @@ from allmende.api.protocol import (
     parse_request,
     sampling_params,
 )
-from allmende.api.client import Answer
+from allmende.gateway.app import chunk, render
 
 USER = [{"role": "user", "content": "hi"}]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from allmende.core.credit import max_request_cost
-from allmende.engine.base import Kind
 from allmende.api.client import PayerKey, ProviderReplyError, ainfer, ainfer_stream, build_envelope
+from allmende.core.credit import max_request_cost
+from allmende.engine.base import Prompt
 from allmende.provider.errors import PayerNotAuthenticated, PaymentRequired
 from tests.gateway.fakes import GATEWAY, GATEWAY_KEY, MODEL_ID, RECEIPTS, VOUCHERS, FakeEngine, FakeProvider
 
@@ -98,9 +98,9 @@ def test_a_prompt_too_large_for_any_tokenizer_is_refused_before_tokenizing(tmp_p
     tokenized = []
 
     class Counting(FakeEngine):
-        def prompt_ids(self, kind: Kind, body: dict[str, object]) -> list[int]:
-            tokenized.append(kind)
-            return super().prompt_ids(kind, body)
+        def prompt_ids(self, prompt: Prompt) -> list[int]:
+            tokenized.append(prompt)
+            return super().prompt_ids(prompt)
 
     provider = FakeProvider(tmp_path, engine=Counting())
     huge = {"messages": [{"role": "user", "content": "ä" * (8 * 256 + 1)}], "max_tokens": 8}
@@ -118,9 +118,9 @@ def test_tokenizing_runs_off_the_event_loop(tmp_path: Path) -> None:
     threads = []
 
     class Recording(FakeEngine):
-        def prompt_ids(self, kind: Kind, body: dict[str, object]) -> list[int]:
+        def prompt_ids(self, prompt: Prompt) -> list[int]:
             threads.append(threading.get_ident())
-            return super().prompt_ids(kind, body)
+            return super().prompt_ids(prompt)
 
     provider = FakeProvider(tmp_path, engine=Recording())
 

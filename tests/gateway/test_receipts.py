@@ -13,10 +13,10 @@ import pytest
 from eth_account import Account
 from eth_utils import keccak
 
+from allmende.api.protocol import input_hash
 from allmende.core import Receipt, SignedReceipt, request_cost, sign_receipt
 from allmende.gateway.errors import NoProvider
 from allmende.gateway.receipts import BadReceipt, check_receipt, output_bytes
-from allmende.api.protocol import input_hash
 from allmende.provider.service import InferRequest, ProviderService
 from allmende.testing.provider_cheats import InflatingService
 from tests.gateway.fakes import MODEL_ID, RECEIPTS, FakeProvider, network

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from allmende.api.client import Answer
 from allmende.core import request_cost
 from allmende.core.routing import ProviderStats
 from allmende.gateway.errors import InvalidRequest, NoProvider
-from allmende.api.client import Answer
 from tests.gateway.fakes import MODEL_ID, FakeEngine, FakeProvider, network
 
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "Hallo"}], "max_tokens": 8}

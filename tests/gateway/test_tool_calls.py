@@ -17,11 +17,14 @@ import httpx
 import openai
 import pytest
 
-from allmende.core.prompts import max_prompt_tokens
-from allmende.engine.base import SamplingParams, TokenEvent
-from allmende.gateway.app import GatewayLimits, create_app
+from allmende.api.canonical import prompt_of
 from allmende.api.protocol import InvalidParameter, check_request, sampling_params
-from allmende.api.tools import CallReader, closed, read_calls, render_messages, template_renders_tools
+from allmende.api.tools import closed
+from allmende.core.prompts import max_prompt_tokens
+from allmende.engine.base import ChatPrompt, SamplingParams, TokenEvent
+from allmende.engine.chat import render_chat, template_renders_tools
+from allmende.gateway.app import GatewayLimits, create_app
+from allmende.gateway.call_reader import CallReader, read_calls
 from tests.gateway.fakes import FakeEngine, FakeProvider, network
 
 T = TypeVar("T")
@@ -129,6 +132,13 @@ def test_the_grammar_follows_tool_choice() -> None:
 
 
 # --- rendering ------------------------------------------------------------------------------
+
+
+def render_messages(body: dict[str, Any], native: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """What the engine gives the chat template for a request's body (api.canonical → engine.chat)."""
+    prompt = prompt_of("chat", body)
+    assert isinstance(prompt, ChatPrompt)
+    return render_chat(prompt, native)
 
 
 def test_the_fallback_describes_tools_in_the_system_message_and_writes_calls_as_the_model_would() -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from allmende.api.client import PayerKey, ProviderInfo, fetch_info
 from allmende.chain import Contracts, Deployment
 from allmende.chain.anvil import Anvil, DevnetAccount, free_port
 from allmende.core import Domain
-from allmende.api.client import PayerKey, ProviderInfo, fetch_info
 from allmende.node.supervisor import Node, start
 from tests.conftest import contracts_for
 

@@ -13,11 +13,11 @@ import httpx
 import pytest
 from eth_utils import keccak
 
+from allmende.api.directory import Directory
 from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
 from allmende.chain.anvil import Anvil, DevnetAccount, devnet_accounts
 from allmende.chain.bindings import ROLE_VALIDATOR
 from allmende.core import Voucher, sign_voucher, split_payment
-from allmende.gateway.directory import Directory
 from allmende.gateway.explorer_chain import ChainView
 from allmende.gateway.payments import Payments
 from allmende.gateway.store import GatewayStore

@@ -11,12 +11,13 @@ import pytest
 from eth_account import Account
 from eth_utils import keccak
 
+from allmende.api.canonical import prompt_of
+from allmende.api.protocol import input_hash, sampling_params
 from allmende.core import Domain, Receipt, SignedReceipt, sign_receipt
 from allmende.engine import collect, collect_choices, load_engine
 from allmende.engine.base import choice_params
 from allmende.engine.proofs import commit
 from allmende.engine.transformers_lm import CausalLMEngine
-from allmende.api.protocol import input_hash, sampling_params
 from allmende.testing.weights import skip_last_layer
 from allmende.validator.answers import Choice, check_answer, choices_of, output_bytes, proof_bytes
 from allmende.validator.evidence import Evidence
@@ -59,7 +60,7 @@ def signed(engine: CausalLMEngine, prompt: list[int], choices: list[Choice]) -> 
 
 @pytest.fixture(scope="module")
 def honest(tiny: CausalLMEngine) -> tuple[list[int], list[Choice]]:
-    prompt = tiny.prompt_ids("chat", BODY)
+    prompt = tiny.prompt_ids(prompt_of("chat", BODY))
     params = sampling_params(BODY, REQUEST_ID)
     gens = asyncio.run(collect_choices(tiny.generate_choices(prompt, params, 3), len(prompt), 3))
     return prompt, [Choice(g.token_ids, g.proof, g.text) for g in gens]

@@ -11,8 +11,8 @@ import pytest
 from eth_account import Account
 from eth_utils import keccak
 
-from allmende.core import Domain, Receipt, sign_receipt
 from allmende.api.protocol import input_hash
+from allmende.core import Domain, Receipt, sign_receipt
 from allmende.validator.evidence import (
     MAX_EVIDENCE_BYTES,
     BadEvidence,

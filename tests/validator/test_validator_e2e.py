@@ -17,10 +17,11 @@ import pytest
 import uvicorn
 from prometheus_client import generate_latest
 
+from allmende.api.canonical import prompt_of
+from allmende.api.directory import Directory
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.anvil import Anvil, DevnetAccount, free_port
 from allmende.core import SignedReceipt
-from allmende.gateway.directory import Directory
 from allmende.node.supervisor import allmende_command, start
 from allmende.validator.app import create_app as evidence_app
 from allmende.validator.checker import NOTHING, Verdict
@@ -220,7 +221,7 @@ def test_a_validator_that_frames_an_honest_provider_loses_its_case(
     engine = next(iter(framer.engines.values()))
     forged = Found(
         other,
-        engine.prompt_ids("chat", other),
+        engine.prompt_ids(prompt_of("chat", other)),
         evidence["token_ids"],
         bytes.fromhex(evidence["proof"][2:]),
         evidence["text"],

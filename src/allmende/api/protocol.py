@@ -30,10 +30,10 @@ from typing import Annotated, Any, Literal
 from eth_utils import keccak
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from allmende.api.tools import MAX_PARALLEL_CALLS, ToolSpecError, choice_of, history_calls, parallel_of, tool_grammar
 from allmende.core.credit import DEFAULT_MAX_TOKENS, MAX_CHOICES
 from allmende.core.errors import InvalidInput
 from allmende.engine.base import SamplingParams
-from allmende.api.tools import MAX_PARALLEL_CALLS, ToolSpecError, choice_of, history_calls, parallel_of, tool_grammar
 
 MAX_EMBEDDING_INPUTS = 256
 MAX_TOP_LOGPROBS = 20  # chat's top_logprobs, as OpenAI caps it

@@ -16,12 +16,9 @@ validator re-checks; the gateway turns it into OpenAI's `tool_calls` (ids `call_
     "required"           a call array of any of the tools
     {"type": "function", "function": {"name": N}}   a call array of one call to N
 
-Rendering. A chat template that knows tools (its source mentions `tools`) gets them through
-`apply_chat_template(..., tools=...)` and the history in Hugging Face's shape. Other
-templates (SmolLM2's, allmende:tiny's) get the fallback: the tool list and the format above
-appended to the system message (one is added first if the request has none), an assistant
-turn with `tool_calls` written as the call array it would have generated, and `tool`
-messages as they are (role `tool`, their content).
+Rendering the tools and the call history for a chat template is the engine's
+(allmende.engine.chat); reading a call back out of streamed text is the gateway's
+(allmende.gateway.call_reader).
 
 Everything here raises ToolSpecError (a ValueError with the parameter's name); the protocol
 turns it into a 400 naming the parameter, an engine into an EngineError.
@@ -31,19 +28,15 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
+
+from allmende.engine.base import ToolSpec
 
 MAX_PARALLEL_CALLS = 8  # calls in one answer when parallel calls are allowed
 MAX_TOOLS = 128  # as OpenAI caps `tools`
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
-FALLBACK_INSTRUCTION = (
-    "Tools (their arguments as JSON Schema):\n{tools}\n"
-    'To call tools, answer only with a JSON array: [{{"name":"tool","arguments":{{...}}}}]'
-)
 
 
 class ToolSpecError(ValueError):
@@ -54,11 +47,7 @@ class ToolSpecError(ValueError):
         self.param = param
 
 
-@dataclass(frozen=True)
-class Tool:
-    name: str
-    description: str
-    parameters: dict[str, Any]
+Tool = ToolSpec  # a function the request offers the model
 
 
 def tools_of(body: Mapping[str, Any]) -> list[Tool]:
@@ -202,7 +191,7 @@ def tool_grammar(body: Mapping[str, Any]) -> str | None:
     return grammar
 
 
-# --- rendering ------------------------------------------------------------------------------
+# --- history -------------------------------------------------------------------------------
 
 
 def _arguments(raw: Any, where: str) -> Any:
@@ -236,205 +225,3 @@ def history_calls(message: Mapping[str, Any], i: int) -> list[tuple[str, str, An
             raise ToolSpecError(f"'{at}' must be {{id, type: function, function: {{name, arguments}}}}", at)
         calls.append((call["id"], function["name"], _arguments(function.get("arguments"), f"{at}.function.arguments")))
     return calls
-
-
-def call_text(calls: list[tuple[str, Any]]) -> str:
-    """The call array as the model is asked to write it (compact JSON)."""
-    return json.dumps([{"name": n, "arguments": a} for n, a in calls], separators=(",", ":"), ensure_ascii=False)
-
-
-def render_messages(body: Mapping[str, Any], native: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """(messages, tools) for the chat template: `native` for a template that renders tools
-    itself; otherwise the fallback described in the module doc (tools is then None)."""
-    raw = body.get("messages")
-    if not isinstance(raw, list):
-        raise ToolSpecError("'messages' must be an array", "messages")
-    tools = tools_of(body)
-    shown = tools if choice_of(body, tools) != "none" else []
-    messages: list[dict[str, Any]] = []
-    for i, m in enumerate(raw):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise ToolSpecError(f"'messages[{i}]' needs a string role", f"messages[{i}]")
-        content = m.get("content")
-        calls = history_calls(m, i)
-        if not isinstance(content, str) and not (content is None and calls):
-            raise ToolSpecError(f"'messages[{i}].content' must be a string", f"messages[{i}].content")
-        out: dict[str, Any] = {"role": m["role"], "content": content or ""}
-        if calls and native:
-            out["tool_calls"] = [
-                {"id": c, "type": "function", "function": {"name": n, "arguments": a}} for c, n, a in calls
-            ]
-        elif calls:
-            out["content"] = (content + "\n" if content else "") + call_text([(n, a) for _, n, a in calls])
-        if m["role"] == "tool":
-            if not isinstance(m.get("tool_call_id"), str):
-                raise ToolSpecError(f"'messages[{i}].tool_call_id' is required on a tool message", f"messages[{i}]")
-            if native:
-                out["tool_call_id"] = m["tool_call_id"]
-        messages.append(out)
-    if not shown:
-        return messages, None
-    if native:
-        return messages, [
-            {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
-            for t in shown
-        ]
-    listing = "\n".join(
-        json.dumps(
-            {"name": t.name, "description": t.description, "parameters": t.parameters},
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-        for t in shown
-    )
-    instruction = FALLBACK_INSTRUCTION.format(tools=listing)
-    if messages and messages[0]["role"] in ("system", "developer"):
-        messages[0] = {**messages[0], "content": messages[0]["content"] + "\n\n" + instruction}
-    else:
-        messages.insert(0, {"role": "system", "content": instruction})
-    return messages, None
-
-
-def template_renders_tools(template: object) -> bool:
-    """True if a chat template (its Jinja source) renders `tools` itself."""
-    if isinstance(template, dict):
-        template = template.get("tool_use") or template.get("default")
-    return isinstance(template, str) and "tools" in template
-
-
-# --- reading calls back -------------------------------------------------------------------
-
-
-@dataclass
-class CallDelta:
-    """One streamed piece of a call: its start (`name` set, with the id) or arguments text."""
-
-    index: int
-    id: str | None = None
-    name: str | None = None
-    arguments: str = ""
-
-
-def new_call_id() -> str:
-    return "call_" + uuid.uuid4().hex[:24]
-
-
-@dataclass
-class CallReader:
-    """Reads a call array as its text arrives (compact or not) and says what to stream:
-    a call's start once its name is known, then its arguments' characters as they come.
-    The arguments are the exact characters of the JSON value the model wrote."""
-
-    depth: int = 0
-    in_string: bool = False
-    escaped: bool = False
-    index: int = -1
-    role: str = ""  # "key" or "value" inside a call object
-    key: str | None = None
-    token: str = ""  # the string being read (a key or the name), with its quotes
-    in_arguments: bool = False
-    names: list[str | None] = field(default_factory=list)
-    arguments: list[str] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
-    started: list[bool] = field(default_factory=list)
-    broken: bool = False
-
-    def feed(self, text: str) -> list[CallDelta]:
-        before = [len(a) for a in self.arguments]
-        was_started = list(self.started)
-        for c in text:
-            self._char(c)
-        out = []
-        for i, name in enumerate(self.names):
-            if name is not None and not self.started[i]:
-                self.started[i] = True
-                self.ids.append(new_call_id())
-                out.append(CallDelta(i, self.ids[i], name, ""))
-            if self.started[i]:
-                start = before[i] if i < len(before) and i < len(was_started) and was_started[i] else 0
-                piece = self.arguments[i][start:]
-                if piece:
-                    out.append(CallDelta(i, arguments=piece))
-        return out
-
-    def _char(self, c: str) -> None:
-        if self.in_arguments and self.depth == 2 and not self.in_string and c in ",}":
-            self.in_arguments = False  # a scalar value ended (an object or array ends below)
-        if self.in_arguments:
-            self.arguments[self.index] += c
-        if self.in_string:
-            if not self.in_arguments:
-                self.token += c
-            if self.escaped:
-                self.escaped = False
-            elif c == "\\":
-                self.escaped = True
-            elif c == '"':
-                self.in_string = False
-                if not self.in_arguments and self.depth == 2:
-                    self._string_done()
-            return
-        if c == '"':
-            self.in_string, self.token = True, c
-        elif c in "[{":
-            self.depth += 1
-            if self.in_arguments:
-                return
-            if c == "{" and self.depth == 2:  # a call starts
-                self.index += 1
-                self.names.append(None)
-                self.arguments.append("")
-                self.started.append(False)
-                self.role, self.key = "key", None
-            elif not (c == "[" and self.depth == 1 and self.index < 0):
-                self.broken = True
-        elif c in "]}":
-            self.depth -= 1
-            if self.in_arguments and self.depth == 2:
-                self.in_arguments = False
-        elif self.depth == 2 and not self.in_arguments:
-            if c == ":":
-                self.role = "value"
-                self.in_arguments = self.key == "arguments"
-            elif c == ",":
-                self.role = "key"
-            elif not c.isspace():
-                self.broken = True
-
-    def _string_done(self) -> None:
-        try:
-            value = json.loads(self.token)
-        except ValueError:
-            self.broken = True
-            return
-        if self.role == "key":
-            self.key = value
-        elif self.key == "name" and isinstance(value, str):
-            self.names[self.index] = value
-
-    def complete(self) -> bool:
-        """True if the text so far is a whole call array with a name and arguments in every call."""
-        return (
-            not self.broken
-            and self.depth == 0
-            and not self.in_string
-            and self.index >= 0
-            and all(n is not None for n in self.names)
-            and all(a for a in self.arguments)
-        )
-
-
-def read_calls(text: str) -> list[tuple[str, str, str]] | None:
-    """(id, name, arguments) of each call in `text`, or None if it is not a whole call array
-    (text, or a call cut off by `max_tokens`)."""
-    if not text.lstrip().startswith("["):
-        return None
-    reader = CallReader()
-    reader.feed(text)
-    if not reader.complete():
-        return None
-    try:
-        json.loads(text)  # the characters between the calls are JSON too
-    except ValueError:
-        return None
-    return [(reader.ids[i], str(reader.names[i]), reader.arguments[i]) for i in range(reader.index + 1)]

@@ -18,8 +18,8 @@ from typing import Any
 import vyper
 from vyper.cli.vyper_compile import compile_files
 
-from allmende.config import from_environment
 from allmende.chain.sources import contracts_dir, source_path
+from allmende.config import from_environment
 
 
 @dataclass(frozen=True)

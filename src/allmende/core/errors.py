@@ -16,7 +16,7 @@ table against the classes, so it cannot drift::
     │   ├── InvalidManifest        invalid_manifest          400
     │   ├── BodyTooLarge           body_too_large            413
     │   ├── BodyTooSlow            body_too_slow             408
-    │   ├── InvalidParameter       invalid_request           400     protocol
+    │   ├── InvalidParameter       invalid_request           400     api.protocol
     │   ├── EnvelopeError          bad_envelope              400     core.envelope
     │   ├── ProofFormatError       bad_proof                 400     core.proofs
     │   ├── KeystoreError          bad_key                   400     chain.keys
@@ -29,7 +29,7 @@ table against the classes, so it cannot drift::
     │   ├── TransactionFailed      transaction_failed        503     chain.errors
     │   └── DeploymentNotFound     deployment_not_found      503     chain.errors
     ├── UpstreamError              upstream_error            502
-    │   ├── ProviderReplyError     (provider's)              (its)   provider.client
+    │   ├── ProviderReplyError     (provider's)              (its)   api.client
     │   └── BadReceipt             bad_receipt               502     gateway.receipts
     ├── RequestRefused             request_refused           403
     │   ├── HostNotAllowed         host_not_allowed          403
@@ -45,7 +45,7 @@ table against the classes, so it cannot drift::
     │   ├── Overloaded             overloaded                429     provider.errors
     │   └── TooLarge               body_too_large            413     provider.errors
     ├── EvidenceNotFound           not_found                 404     validator.app
-    ├── NodeFailed                 node_failed               500     supervisor
+    ├── NodeFailed                 node_failed               500     node.supervisor
     ├── VaultError                 vault_error               400     vault.errors
     │   ├── BadJob                 bad_job                   400     vault.errors
     │   ├── TemplateNotAllowed     template_not_allowed      403     vault.errors

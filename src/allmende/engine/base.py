@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -66,6 +66,71 @@ def choice_params(params: SamplingParams, index: int) -> SamplingParams:
     return dataclasses.replace(params, seed=(params.seed + index) & SEED_MASK)
 
 
+# --- what an engine is asked: typed inputs, never OpenAI bodies (allmende.api builds them) ---
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call an assistant made earlier in the conversation."""
+
+    id: str
+    name: str
+    arguments: object  # the parsed JSON arguments
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message, checked: a role the templates know and text content."""
+
+    role: str
+    content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # on an assistant message
+    tool_call_id: str | None = None  # on a tool message
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call: its name, description and JSON Schema of arguments."""
+
+    name: str
+    description: str
+    parameters: dict[str, object]
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A conversation to continue with the chat template. `continuation` is text a provider
+    that failed had already streamed: generation carries on after it (failover)."""
+
+    messages: tuple[Message, ...]
+    tools: tuple[ToolSpec, ...] = ()  # the tools shown to the model (none with tool_choice "none")
+    continuation: str = ""
+
+    @classmethod
+    def of(cls, messages: Iterable[Mapping[str, str]]) -> ChatPrompt:
+        """A conversation of plain text messages: `[{"role": …, "content": …}, …]`."""
+        return cls(tuple(Message(m["role"], m["content"]) for m in messages))
+
+
+@dataclass(frozen=True)
+class TextPrompt:
+    """A plain completion prompt: text, or the model's own token ids."""
+
+    text: str | tuple[int, ...]
+    continuation: str = ""
+
+
+Prompt = ChatPrompt | TextPrompt
+
+
+@dataclass(frozen=True)
+class EmbeddingInput:
+    """The inputs of one embedding request (texts or token ids) and the size asked for."""
+
+    inputs: tuple[str | tuple[int, ...], ...]
+    dimensions: int | None = None
+
+
 @dataclass
 class TokenEvent:
     """One step of a generation stream."""
@@ -101,8 +166,19 @@ class Engine(ABC):
     context_length: int
 
     @abstractmethod
-    def prompt_ids(self, kind: Kind, body: dict[str, object]) -> list[int]:
-        """Token ids of the prompt an OpenAI-style body asks for (chat template applied)."""
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt (the chat template applied to a conversation), its
+        continuation included."""
+
+    def check_length(self, prompt_ids: list[int], max_tokens: int) -> None:
+        """EngineError unless `prompt_ids` and `max_tokens` new tokens fit this model."""
+        if not prompt_ids:
+            raise EngineError("the prompt is empty")
+        if len(prompt_ids) + max_tokens > self.context_length:
+            raise PromptTooLong(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceed the context length "
+                f"of {self.name} ({self.context_length})"
+            )
 
     @abstractmethod
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
@@ -124,8 +200,8 @@ class Engine(ABC):
                 yield index, event
 
     @abstractmethod
-    async def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
-        """Embeddings of `texts` and the number of tokens they used."""
+    async def embed(self, request: EmbeddingInput) -> tuple[list[list[float]], int]:
+        """Embeddings of the request's inputs and the number of tokens they used."""
 
     @abstractmethod
     def final_hidden_states(self, token_ids: list[int]) -> object:

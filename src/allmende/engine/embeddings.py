@@ -13,8 +13,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from allmende.core import build_manifest
-from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent
-from allmende.engine.transformers_lm import pick_device, token_ids
+from allmende.engine.base import EmbeddingInput, Engine, EngineError, Prompt, PromptTooLong, SamplingParams, TokenEvent
+from allmende.engine.transformers_lm import pick_device
 
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_INPUTS = 256
@@ -42,8 +42,8 @@ class EmbeddingEngine(Engine):
         self.context_length = min(int(self.tokenizer.model_max_length), 512)
         self._slots = asyncio.Semaphore(max_concurrency)
 
-    def prompt_ids(self, kind: Kind, body: dict[str, object]) -> list[int]:
-        raise EngineError(f"{self.name} is an embedding model; it does not do {kind}")
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        raise EngineError(f"{self.name} is an embedding model; it does not complete prompts")
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
         raise EngineError(f"{self.name} is an embedding model; it does not generate text")
@@ -54,28 +54,21 @@ class EmbeddingEngine(Engine):
         """The size of this model's embeddings."""
         return int(self.model.config.hidden_size)
 
-    def check_dimensions(self, body: dict[str, object]) -> None:
+    def check_dimensions(self, wanted: int | None) -> None:
         """`dimensions` may only ask for the model's own size: shortening an embedding by
         truncation and renormalisation is only sound for models trained for it (Matryoshka
         representation learning), and this one was not."""
-        wanted = body.get("dimensions")
         if wanted is not None and wanted != self.dimensions:
             raise EngineError(
                 f"'dimensions' {self.name} makes embeddings of {self.dimensions} dimensions only; it was not "
                 f"trained for shortened (Matryoshka) embeddings, so {wanted} dimensions would be a degraded vector"
             )
 
-    def inputs_of(self, body: dict[str, object]) -> list[str | list[int]]:
-        """The inputs of a request: strings, or arrays of this model's token ids."""
-        raw = body.get("input")
-        inputs = [raw] if isinstance(raw, str) or token_ids(raw) else raw
-        if not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) or token_ids(t) for t in inputs):
-            raise EngineError("input must be a string, token ids, or a non-empty list of strings or of token ids")
-        if len(inputs) > MAX_INPUTS:
-            raise EngineError(f"at most {MAX_INPUTS} inputs per request")
-        return list(inputs)
-
-    async def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
+    async def embed(self, request: EmbeddingInput) -> tuple[list[list[float]], int]:
+        self.check_dimensions(request.dimensions)
+        if not request.inputs or len(request.inputs) > MAX_INPUTS:
+            raise EngineError(f"between 1 and {MAX_INPUTS} inputs per request")
+        texts = [t if isinstance(t, str) else list(t) for t in request.inputs]
         async with self._slots:
             return await asyncio.to_thread(self._embed, texts)
 

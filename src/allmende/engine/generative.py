@@ -21,11 +21,20 @@ from typing import Any, TypeGuard
 
 import torch
 
-from allmende.engine.base import Engine, EngineError, Kind, PromptTooLong, SamplingParams, TokenEvent, choice_params
+from allmende.engine.base import (
+    ChatPrompt,
+    EmbeddingInput,
+    Engine,
+    EngineError,
+    Prompt,
+    SamplingParams,
+    TokenEvent,
+    choice_params,
+)
 from allmende.engine.batching import StepScheduler
+from allmende.engine.chat import render_chat, template_renders_tools
 from allmende.engine.grammar import Constraint, grammar_masks, ll_tokenizer
 from allmende.engine.sequence import Sequence
-from allmende.api.tools import ToolSpecError, render_messages, template_renders_tools
 
 MAX_CHOICES = 16  # most completions one request may ask for (n)
 
@@ -59,41 +68,29 @@ class GenerativeEngine(Engine):
 
     # ----------------------------------------------------------- prompts
 
-    def prompt_ids(self, kind: Kind, body: dict[str, object]) -> list[int]:
-        if kind == "chat":
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, ChatPrompt):
+            if not prompt.messages:
                 raise EngineError("messages must be a non-empty list")
-            try:  # tools and tool-call history: natively where the template renders tools (allmende.api.tools)
-                clean, tools = render_messages(body, template_renders_tools(self.tokenizer.chat_template))
-            except ToolSpecError as exc:
-                raise EngineError(str(exc)) from None
-            ids = self.tokenizer.apply_chat_template(clean, tools=tools, add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict) or hasattr(ids, "keys"):
-                ids = ids["input_ids"]
-            return [int(i) for i in ids]
-        if kind == "completion":
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
-                prompt = prompt[0]
-            if token_ids(prompt):
-                return list(prompt)  # the model's own token ids (check_length checks the vocabulary)
-            if not isinstance(prompt, str):
-                raise EngineError("prompt must be a string or an array of token ids")
-            return self.encode_text(prompt)
-        raise EngineError(f"{self.name} is a generative model; it does not do {kind}")
+            # tools and tool-call history: natively where the template renders tools (engine.chat)
+            clean, tools = render_chat(prompt, template_renders_tools(self.tokenizer.chat_template))
+            rendered = self.tokenizer.apply_chat_template(clean, tools=tools, add_generation_prompt=True, tokenize=True)
+            if isinstance(rendered, dict) or hasattr(rendered, "keys"):
+                rendered = rendered["input_ids"]
+            ids: list[int] = [int(i) for i in rendered]
+        elif isinstance(prompt.text, str):
+            ids = self.encode_text(prompt.text)
+        else:
+            ids = list(prompt.text)  # the model's own token ids (check_length checks the vocabulary)
+        if prompt.continuation:  # text a failed provider already streamed: carry on after it
+            ids += self.encode_text(prompt.continuation)
+        return ids
 
     def check_length(self, prompt_ids: list[int], max_tokens: int) -> None:
-        if not prompt_ids:
-            raise EngineError("the prompt is empty")
+        super().check_length(prompt_ids, max_tokens)
         vocab = self.vocab_size
         if not all(isinstance(i, int) and 0 <= i < vocab for i in prompt_ids):
             raise EngineError(f"prompt token ids must be integers in [0, {vocab})")
-        if len(prompt_ids) + max_tokens > self.context_length:
-            raise PromptTooLong(
-                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceed the context length "
-                f"of {self.name} ({self.context_length})"
-            )
 
     # -------------------------------------------------------- generation
 
@@ -168,7 +165,7 @@ class GenerativeEngine(Engine):
 
     # ------------------------------------------------------------- text
 
-    async def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
+    async def embed(self, request: EmbeddingInput) -> tuple[list[list[float]], int]:
         raise EngineError(f"{self.name} is a generative model; it does not do embeddings")
 
     def decode(self, token_ids: list[int]) -> str:

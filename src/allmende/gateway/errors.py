@@ -10,8 +10,8 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from allmende.core.errors import AllmendeError
 from allmende.api.wire import status_and_code
+from allmende.core.errors import AllmendeError
 
 log = logging.getLogger("allmende.gateway")
 

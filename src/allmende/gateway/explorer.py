@@ -32,12 +32,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from allmende.api.client import Answer
+from allmende.api.directory import Directory
 from allmende.chain.errors import ChainError
 from allmende.core import request_cost
-from allmende.gateway.directory import Directory
 from allmende.gateway.explorer_chain import ChainView, hx
 from allmende.gateway.payments import Payments
-from allmende.api.client import Answer
 
 STATIC = Path(__file__).parent / "static"  # shipped as package data
 ENDPOINTS = {

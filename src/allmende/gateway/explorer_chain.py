@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from allmende.api.directory import Directory
 from allmende.chain import Contracts
 from allmende.chain.bindings import PROPOSAL_STATES, ROLE_PROVIDER, ROLE_VALIDATOR, TEMPLATES
 from allmende.chain.calls import decode_call
 from allmende.core.fees import BPS, effective_royalty_bps
 from allmende.core.routing import consensus_reputation
-from allmende.gateway.directory import Directory
 from allmende.gateway.payments import Payments
 
 CASE_STATES = {1: "open", 2: "guilty", 3: "not guilty", 4: "no quorum"}

@@ -11,12 +11,12 @@ from typing import Any
 
 import httpx
 
+from allmende.api.directory import Directory
 from allmende.api.guard import GuardConfig
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.network import PUBLIC_PATH, public_view
 from allmende.core.routing import Router, RoutingPolicy
 from allmende.gateway.app import GatewayLimits, create_app
-from allmende.gateway.directory import Directory
 from allmende.gateway.payments import ChannelPolicy, Payments
 from allmende.gateway.relay import Relay
 from allmende.gateway.service import GatewayService

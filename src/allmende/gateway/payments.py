@@ -27,14 +27,14 @@ import threading
 import time
 from dataclasses import dataclass
 
+from allmende.api.client import PayerKey
+from allmende.api.directory import Offer
 from allmende.chain import Contracts
 from allmende.chain.errors import ChainError, ContractReverted, RpcUnavailable
 from allmende.core import SignedReceipt, SignedVoucher, Voucher, request_cost, sign_voucher
-from allmende.gateway.directory import Offer
 from allmende.gateway.errors import InsufficientFunds
 from allmende.gateway.receipts import BadReceipt
 from allmende.gateway.store import GatewayStore
-from allmende.api.client import PayerKey
 
 log = logging.getLogger("allmende.gateway.payments")
 

@@ -29,11 +29,11 @@ from typing import Any
 
 from eth_utils import keccak
 
+from allmende.api.protocol import choices_wanted, input_hash
 from allmende.core import SignedReceipt, request_cost
 from allmende.core.credit import requested_max_tokens
 from allmende.core.errors import UpstreamError
 from allmende.core.prompts import max_prompt_tokens
-from allmende.api.protocol import choices_wanted, input_hash
 
 
 class BadReceipt(UpstreamError):

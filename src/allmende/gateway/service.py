@@ -24,8 +24,10 @@ from allmende.core import Domain, InvalidInput
 from allmende.core.credit import max_request_cost, requested_max_tokens
 from allmende.core.errors import InvalidModelName
 from allmende.core.prompts import max_prompt_tokens
+from allmende.api.client import Answer, Delta, ProviderReplyError, ainfer, ainfer_stream, build_envelope
+from allmende.api.directory import AmbiguousName, Directory, Offer, ProviderEntry
+from allmende.api.protocol import grammar_of
 from allmende.core.routing import ProviderStats, Router
-from allmende.gateway.directory import AmbiguousName, Directory, Offer, ProviderEntry
 from allmende.gateway.errors import (
     AmbiguousModel,
     GatewayError,
@@ -36,8 +38,6 @@ from allmende.gateway.errors import (
 )
 from allmende.gateway.payments import Payments
 from allmende.gateway.receipts import BadReceipt, check_receipt
-from allmende.api.protocol import grammar_of
-from allmende.api.client import Answer, Delta, ProviderReplyError, ainfer, ainfer_stream, build_envelope
 
 log = logging.getLogger("allmende.gateway")
 # failed tries (blamed on a provider) before a request is given up

@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from allmende.api import protocol
-from allmende.api.tools import CallReader, choice_of, read_calls
+from allmende.api.tools import choice_of
+from allmende.gateway.call_reader import CallReader, read_calls
 
 
 def call_mode(body: dict[str, Any]) -> str:

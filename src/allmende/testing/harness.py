@@ -24,12 +24,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from allmende.engine import resolve_model
-from allmende.engine.base import Generation, SamplingParams, collect
+from allmende.engine.base import ChatPrompt, Generation, SamplingParams, collect
 from allmende.engine.proofs import commit
 from allmende.engine.tiny import SEED, ensure_tiny_model, write_tiny_model
 from allmende.engine.transformers_lm import CausalLMEngine
@@ -101,8 +100,8 @@ class VariantResult:
         return 0 if self.limit else self.passed - self.identical
 
 
-def messages(question: str, system: str = SYSTEM) -> dict[str, Any]:
-    return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]}
+def messages(question: str, system: str = SYSTEM) -> ChatPrompt:
+    return ChatPrompt.of([{"role": "system", "content": system}, {"role": "user", "content": question}])
 
 
 def generate_in_batch(
@@ -167,7 +166,7 @@ class Harness:
         return CausalLMEngine(str(self.model), self.path, dtype=dtype, device="cpu", model_id=self._model_id)
 
     def prompt(self, question: str, system: str = SYSTEM) -> list[int]:
-        return self.reference.prompt_ids("chat", messages(question, system))
+        return self.reference.prompt_ids(messages(question, system))
 
     def validate(self, claim: Claim, batch: int = 1) -> tuple[Verdict, float]:
         start = time.perf_counter()

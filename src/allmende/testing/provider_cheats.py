@@ -81,7 +81,7 @@ class Recogniser:
                 if trick:
                     self.audit_ids.add(req.request_id)
                     engine = req.model.engine
-                    self.audits.add(tuple(engine.prompt_ids(req.kind, req.body)))  # type: ignore[arg-type]
+                    self.audits.add(tuple(engine.prompt_ids(req.canonical.generation[0])))
             return req
 
         service.open = open_and_guess  # type: ignore[method-assign]

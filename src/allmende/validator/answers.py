@@ -17,11 +17,12 @@ from typing import Any
 
 from eth_utils import keccak
 
+from allmende.api.canonical import canonical
+from allmende.api.protocol import input_hash
 from allmende.core import SignedReceipt
 from allmende.core.errors import InvalidInput
 from allmende.engine.base import choice_params
 from allmende.engine.transformers_lm import CausalLMEngine
-from allmende.api.protocol import choices_wanted, input_hash, sampling_params
 from allmende.validator.checker import NOTHING, Verdict, judge, text_of
 
 
@@ -72,9 +73,10 @@ def check_answer(
     """The proof and token checks of every choice, plus: the receipt binds this request, these
     proofs, texts and token counts. InvalidInput if the request cannot be checked at all."""
     r = receipt.receipt
-    params = sampling_params(body, r.request_id)  # exactly what the provider derived from the same request
+    request = canonical("chat", body, r.request_id)  # exactly what the provider built from the same request
+    params = request.generation[1]
     problems: list[str] = []
-    wanted = choices_wanted(body)
+    wanted = request.n
     if len(choices) != wanted:
         problems.append(f"{len(choices)} choices for n={wanted}")
     proof_check, bad = NOTHING, 0

@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 from eth_utils import keccak
 
+from allmende.api.protocol import input_hash
 from allmende.core import SignedReceipt
 from allmende.core.errors import InvalidInput
-from allmende.api.protocol import input_hash
 
 # the largest evidence a juror downloads: a prompt, a completion and a proof fit many times over
 MAX_EVIDENCE_BYTES = 1 << 20

@@ -24,6 +24,9 @@ from typing import Any
 
 import httpx
 
+from allmende.api.canonical import canonical
+from allmende.api.directory import Directory, ProviderEntry
+from allmende.api.headers import EVIDENCE_HEADER, PIN_HEADER
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.bindings import ROLE_VALIDATOR, CaseRecord, CaseReport
 from allmende.chain.errors import ChainError
@@ -31,8 +34,6 @@ from allmende.core import SignedReceipt
 from allmende.core.errors import InvalidInput
 from allmende.engine import load_engine
 from allmende.engine.transformers_lm import CausalLMEngine
-from allmende.api.headers import EVIDENCE_HEADER, PIN_HEADER
-from allmende.gateway.directory import Directory, ProviderEntry
 from allmende.validator.answers import Choice, check_answer, choices_of
 from allmende.validator.checker import NOTHING, Verdict
 from allmende.validator.evidence import BadEvidence, Evidence, EvidenceStore, fetch_evidence
@@ -150,7 +151,7 @@ class Validator:
         choices: list[Choice] = []
         try:
             choices = choices_of(evidence)
-            prompt_ids = engine.prompt_ids("chat", sent)
+            prompt_ids = engine.prompt_ids(canonical("chat", sent, receipt.receipt.request_id).generation[0])
             verdict = check_answer(engine, sent, prompt_ids, choices, receipt)
         except InvalidInput as exc:
             verdict = Verdict(False, f"the answer cannot be checked: {exc}", NOTHING, 0)
@@ -335,7 +336,9 @@ class Validator:
             log.warning("case evidence at %s does not match the provider's receipt: voting not guilty", uri)
             return False
         try:
-            prompt_ids = engine.prompt_ids("chat", evidence.body)  # recomputed: the reporter's ids are not trusted
+            # recomputed from the request the receipt binds, as the provider built it: the
+            # reporter's ids are not trusted
+            prompt_ids = engine.prompt_ids(canonical("chat", evidence.body, r.request_id).generation[0])
             choices = choices_of({**asdict(evidence), "choices": evidence.choices})
             verdict = check_answer(engine, evidence.body, prompt_ids, choices, receipt)
         except InvalidInput as exc:

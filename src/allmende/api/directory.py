@@ -22,14 +22,14 @@ from typing import Any
 
 import httpx
 
+from allmende.api.client import ProviderInfo, fetch_info
 from allmende.chain import Contracts
 from allmende.chain.errors import ChainError
 from allmende.core.errors import InvalidModelName, InvalidSignature
 from allmende.core.model_names import canonical_name, is_model_id, skeleton
 from allmende.core.routing import ProviderStats, consensus_reputation
-from allmende.api.client import ProviderInfo, fetch_info
 
-log = logging.getLogger("allmende.gateway.directory")
+log = logging.getLogger("allmende.directory")
 REFERENCE_TOKENS = (1_000, 200)  # (in, out): the request whose price routing compares
 
 
