@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import httpx
 import openai
 import pytest
+from starlette.datastructures import Headers
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
@@ -25,7 +26,12 @@ from allmende.api.guard import GuardConfig, host_name
 from allmende.gateway.app import create_app
 from allmende.gateway.node import GatewayConfig
 from allmende.gateway.relay import RELAY_PATH, Relay
-from tests.gateway.fakes import FakeProvider, Network, network
+from allmende.provider.app import create_app as create_provider_app
+from allmende.provider.node import ProviderConfig
+from allmende.validator.app import create_app as create_validator_app
+from allmende.vault.node import VaultConfig
+from allmende.vault.node import guard_of as vault_guard
+from tests.gateway.fakes import CHAIN_ID, FakeProvider, Network, network
 
 T = TypeVar("T")
 GATEWAY = "127.0.0.1:8000"  # where the user's gateway listens
@@ -303,3 +309,67 @@ def test_a_node_guard_serves_its_bind_address_and_public_url() -> None:
     assert all(guard.host_allowed(h) for h in ("10.0.0.5:9000", "203.0.113.7:9000", "node.example", "localhost"))
     assert not guard.host_allowed("198.51.100.1:9000") and not guard.host_allowed("evil.example")
     assert guard.host_allowed(None)  # the relay's forwarded requests carry no Host; no browser sends one
+
+
+# ------------------------------------------------------------------------------------------
+# The same rules on the other nodes that hold a key or data, configured as their nodes do.
+
+
+def provider_guard(**options: Any) -> GuardConfig:
+    fields: dict[str, Any] = {"rpc_url": "", "key": b"", "deployments": Path(), "models": [], "state_dir": Path()}
+    return ProviderConfig(**{**fields, **options}).guard
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status", "code"),
+    [
+        ("GET", "/v1/info", {"host": "203.0.113.7:9000"}, 200, None),  # its public URL, as gateways reach it
+        ("GET", "/v1/info", {"host": "10.9.8.7:9000"}, 200, None),  # another of its addresses (bound to 0.0.0.0)
+        ("GET", "/v1/info", {"host": "rebind.evil.example:9000"}, 403, "host_not_allowed"),
+        ("POST", "/v1/infer", {"origin": EVIL, "content-type": "application/json"}, 403, "origin_not_allowed"),
+        ("POST", "/v1/infer", {"content-type": "text/plain"}, 415, "unsupported_media_type"),
+    ],
+    ids=["public-url", "any-address", "rebinding", "cross-site", "text-plain"],
+)
+def test_a_provider_serves_its_own_names_and_refuses_web_pages(
+    tmp_path: Path, method: str, path: str, headers: dict[str, str], status: int, code: str | None
+) -> None:
+    provider = FakeProvider(tmp_path)
+    guard = provider_guard(host="0.0.0.0", public_url="http://203.0.113.7:9000")
+    app = create_provider_app(provider.service, CHAIN_ID, guard=guard)
+
+    reply = run(app, lambda http: http.request(method, path, content=b"{}", headers=headers))
+
+    assert reply.status_code == status, reply.text
+    if code is not None:
+        assert reply.json()["error"]["code"] == code
+    assert provider.store.all_ledger() == []  # nothing admitted, nothing owed
+
+
+def test_a_validator_serves_its_endpoint_and_refuses_a_rebinding_page() -> None:
+    validator: Any = SimpleNamespace(address="0x" + "11" * 20, store=SimpleNamespace(audit_count=lambda: 0))
+    app = create_validator_app(validator, GuardConfig.serving("127.0.0.1", ["http://validator.example:9500"]))
+
+    async def call(http: httpx.AsyncClient) -> list[httpx.Response]:
+        hosts = ("validator.example:9500", "localhost:9500", "rebind.evil.example:9500")
+        return [await http.get("/healthz", headers={"host": host}) for host in hosts]
+
+    served, local, refused = run(app, call)
+
+    assert served.status_code == local.status_code == 200
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "host_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "refused"),
+    [("application/json", False), ("application/x-protobuf", False), ("text/plain", True), (None, True)],
+    ids=["json", "flower-protobuf", "text-plain", "untyped"],
+)
+def test_a_vault_takes_json_and_flower_messages_only(content_type: str | None, refused: bool) -> None:
+    config = VaultConfig(rpc_url="", key=b"", deployments=Path(), data=[], state_dir=Path(), host="0.0.0.0")
+    headers = Headers({"host": "10.0.0.9:9500", **({"content-type": content_type} if content_type else {})})
+
+    why = vault_guard(config).refusal("POST", headers)
+
+    assert (why is not None) == refused
+    assert why is None or why.code == "unsupported_media_type"

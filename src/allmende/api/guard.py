@@ -98,8 +98,6 @@ class GuardConfig:
     origins: frozenset[str] = frozenset()
     # media types a request body may have (POST, PUT, PATCH, DELETE); None = not checked
     content_types: frozenset[str] | None = frozenset({JSON})
-    # serve a body without Content-Type (clients that sign raw bytes); typed bodies are still checked
-    untyped_bodies: bool = False
 
     @classmethod
     def serving(
@@ -109,7 +107,6 @@ class GuardConfig:
         allowed_hosts: Iterable[str] = (),
         allowed_origins: Iterable[str] = (),
         content_types: frozenset[str] | None = frozenset({JSON}),
-        untyped_bodies: bool = False,
     ) -> GuardConfig:
         """A node listening on `bind_host`, reached at `public` URLs or host names, plus the
         operator's `allowed_hosts` and `allowed_origins`."""
@@ -119,7 +116,6 @@ class GuardConfig:
             any_ip=host_name(bind_host) in WILDCARD_HOSTS,
             origins=frozenset(normal_origin(o) for o in allowed_origins),
             content_types=content_types,
-            untyped_bodies=untyped_bodies,
         )
 
     def host_allowed(self, host: str | None) -> bool:
@@ -157,8 +153,6 @@ class GuardConfig:
         if method in BODY_METHODS and self.content_types is not None:
             declared = headers.get("content-type")
             media = (declared or "").partition(";")[0].strip().lower()
-            if declared is None and self.untyped_bodies:
-                return None
             if media not in self.content_types:
                 wanted = " or ".join(sorted(self.content_types))
                 return UnsupportedMediaType(

@@ -124,6 +124,12 @@ class ProviderConfig:
             return relayed_endpoint(self.relay, Account.from_key(self.key).address)
         return self.public_url or f"http://{self.host}:{self.port}"
 
+    @property
+    def guard(self) -> GuardConfig:
+        """Who may call this node (allmende.api.guard): its names are loopback, `host`, the public URL's host
+        and `allowed_hosts`; a node behind a relay gets requests without Host, which pass."""
+        return GuardConfig.serving(self.host, [self.public_url], self.allowed_hosts)
+
 
 def load_x25519(path: Path) -> X25519PrivateKey:
     """The node's long-lived X25519 key (kept across restarts, file mode 0600)."""
@@ -369,8 +375,7 @@ def build_app(node: ProviderNode) -> Any:
                 log.warning("could not withdraw the offers on chain: %s", exc)
 
     config = node.config
-    guard = GuardConfig.serving(config.host, [config.public_url], config.allowed_hosts)
-    app = create_app(node.service, node.contracts.client.chain_id, config.limits, guard)
+    app = create_app(node.service, node.contracts.client.chain_id, config.limits, config.guard)
     app.router.lifespan_context = lifespan
     gated = _health_after_publishing(app, node)
     gated.lifespan = lambda: lifespan(app)

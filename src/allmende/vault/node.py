@@ -56,13 +56,11 @@ def build(config: VaultConfig) -> tuple[Any, VaultService]:
 
 
 def guard_of(config: VaultConfig) -> GuardConfig:
-    """Host and Origin as every node; bodies JSON or Flower's protobuf, or untyped: the vault's
-    clients sign raw bytes and send no Content-Type, and a page cannot forge a grantee's signature."""
+    """Host and Origin as every node; bodies JSON, or Flower's protobuf on /v1/flower."""
     return GuardConfig.serving(
         config.host,
         allowed_hosts=config.allowed_hosts,
         content_types=frozenset({"application/json", "application/x-protobuf"}),
-        untyped_bodies=True,
     )
 
 
