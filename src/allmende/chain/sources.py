@@ -31,7 +31,7 @@ def contracts_dir() -> Path:
     override = from_environment().contracts_dir
     if override:
         return override
-    return Path(__file__).resolve().parents[2] / "contracts"
+    return Path(__file__).resolve().parents[3] / "contracts"  # src/allmende/chain -> checkout
 
 
 def source_path(name: str) -> Path:
