@@ -23,8 +23,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from allmende import __version__
 from allmende.api import protocol
+from allmende.api.body import read_limited
+from allmende.api.client import Answer
 from allmende.api.guard import GuardConfig, protect
 from allmende.api.headers import EVIDENCE_HEADER, PIN_HEADER
+from allmende.api.protocol import check_request
 from allmende.core.codec import address_field
 from allmende.core.errors import BodyTooLarge as CoreBodyTooLarge
 from allmende.core.errors import InvalidInput, UpstreamError
@@ -35,6 +38,7 @@ from allmende.gateway.errors import (
     InvalidRequest,
     MethodNotAllowed,
     ModelNotFound,
+    NoProvider,
     RateLimited,
     RouteNotFound,
     Unauthorized,
@@ -44,9 +48,6 @@ from allmende.gateway.errors import (
 from allmende.gateway.explorer import mount_explorer
 from allmende.gateway.service import GatewayService, budget_check
 from allmende.gateway.tool_calls import StreamedCalls, message_of
-from allmende.api.body import read_limited
-from allmende.api.protocol import check_request
-from allmende.api.client import Answer
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ def create_app(
             explorer.failed(started)
             response = openai_error(exc)
             requests_total.labels(endpoint, str(response.status_code)).inc()
-            rejected = getattr(exc, "rejected", None)
+            rejected = exc.rejected if isinstance(exc, NoProvider) else None
             if rejected is not None and wants_evidence(request):  # an audit: the refused answer is evidence
                 failed = json.loads(bytes(response.body))
                 failed["allmende"] = {"evidence": evidence_of(kind, rejected)}
@@ -284,8 +285,6 @@ def create_app(
         return await handle(request, "embeddings", "embedding")
 
     return app
-
-
 
 
 def pinned_provider(request: Request) -> str | None:

@@ -10,6 +10,8 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from allmende.api.client import Answer
+from allmende.api.protocol import InvalidParameter
 from allmende.api.wire import status_and_code
 from allmende.core.errors import AllmendeError
 
@@ -64,7 +66,10 @@ class RateLimited(GatewayError):
 
 class NoProvider(GatewayError):
     status, type, code = 503, "service_unavailable", "no_provider_available"
-    rejected: Any = None  # the last answer refused for its receipt (an Answer), if any
+
+    def __init__(self, message: str, rejected: Answer | None = None) -> None:
+        super().__init__(message)
+        self.rejected = rejected  # the last answer refused for its receipt: evidence for an audit
 
 
 class BodyTooLarge(GatewayError):
@@ -91,7 +96,7 @@ def openai_error(exc: Exception) -> JSONResponse:
             else:
                 exc = NoProvider("internal error while serving the request")
         else:
-            wrapped = GatewayError(str(exc), getattr(exc, "param", None))
+            wrapped = GatewayError(str(exc), exc.param if isinstance(exc, InvalidParameter) else None)
             wrapped.status, wrapped.code = status, code
             wrapped.type = OPENAI_TYPES.get(status, "invalid_request_error")
             exc = wrapped

@@ -324,11 +324,9 @@ class GatewayService:
             stats.record_success(time.monotonic() - started)
             answer.sent = body
             return Result(offer, answer, answer.output.get("text", ""))
-        error = NoProvider(
-            f"no provider could serve '{offer.name}' right now" + (f" (last error: {last_error})" if last_error else "")
-        )
-        error.rejected = rejected  # evidence of a bad receipt, for a client that asks (an audit)
-        raise error
+        why = f" (last error: {last_error})" if last_error else ""
+        # with the evidence of a bad receipt, for a client that asks (an audit)
+        raise NoProvider(f"no provider could serve '{offer.name}' right now{why}", rejected)
 
     # ------------------------------------------------------------- streams
 
