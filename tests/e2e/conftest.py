@@ -15,6 +15,8 @@ from openai import OpenAI
 
 from allmende.testing.network import start_network, stop_network
 
+WEB_APP = "http://webapp.example"  # a web app's origin the gateway allows (test_cross_site*.py)
+
 
 @dataclass
 class Network:
@@ -42,6 +44,8 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         "smollm2-135m-instruct",  # the default chat model, for the agent loop (test_agent_loop.py)
         "--stream-tokens-per-s",
         "40",
+        "--allow-origin",
+        WEB_APP,
     )
     try:
         yield Network(root, data, process)

@@ -39,8 +39,9 @@ def available() -> bool:
 
 
 @contextmanager
-def chromium(width: int = 1280, height: int = 900) -> Iterator[Any]:
-    """A fresh headless Chromium (its own profile directory) with browser console logging on."""
+def chromium(width: int = 1280, height: int = 900, flags: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A fresh headless Chromium (its own profile directory) with browser console logging on;
+    `flags`: more command-line switches (e.g. --host-resolver-rules to give local servers names)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -50,7 +51,7 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[Any]:
     profile = Path(tempfile.mkdtemp(prefix="allmende-chromium-"))
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for flag in (*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+    for flag in (*FLAGS, *flags, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
