@@ -32,7 +32,13 @@ LR = 2.0
 
 
 def send_round(
-    world: World, vault: LocalVault, key: bytes, grant_id: int, run_id: int, params: list[np.ndarray]
+    world: World,
+    vault: LocalVault,
+    key: bytes,
+    grant_id: int,
+    run_id: int,
+    params: list[np.ndarray],
+    round_number: int = 1,
 ) -> list[np.ndarray]:
     """What a coordinator can do with Flower: send one vault one training round (plain FedAvg,
     no SecAgg+, one DP step) with parameters of its choice, claimed to be the granted base
@@ -42,7 +48,7 @@ def send_round(
         "classes": SPEC.classes, "hidden": SPEC.hidden, "steps": 1, "lr": LR, "noise": CONFIG.noise,
         "clipping_norm": CONFIG.clipping_norm,
     }  # fmt: skip
-    grid = HttpGrid([Participant(vault.url, vault.dataset_id, grant_id)], key, run_id)
+    grid = HttpGrid([Participant(vault.url, vault.dataset_id, grant_id)], key, run_id, round_number=round_number)
     with flower._identity:
         flower._set_identity(run_id, SUPERLINK_NODE_ID)
         content = fitins_to_recorddict(FitIns(ndarrays_to_parameters(params), config), keep_input=True)
@@ -102,7 +108,7 @@ def test_a_grantee_cannot_train_parameters_the_grant_does_not_cover(world: World
     # parameters swapped for arbitrary ones in the same run are refused
     send_round(world, v, coordinator.key, g, 7002, world.base_params)
     with pytest.raises(VaultRefused, match="previous round of run 7002"):
-        send_round(world, v, coordinator.key, g, 7002, zeros)
+        send_round(world, v, coordinator.key, g, 7002, zeros, round_number=2)
     assert len(logged(world, v.dataset_id, g)) == 1
 
 

@@ -51,7 +51,7 @@ def signed_request(
 ) -> httpx.Request:
     """A signed request built but not sent, for tests that send it (again, elsewhere, later)."""
     raw = json.dumps(body).encode() if isinstance(body, dict) else body
-    kind = "application/json" if isinstance(body, dict) else "application/x-protobuf"
+    kind = "application/x-protobuf" if path == "/v1/flower" else "application/json"
     headers = {"content-type": kind, **signed_headers(key, address_of(url), operation, raw, dataset_id, grant_id,
                                                       run_id, round_number, lifetime)}  # fmt: skip
     return httpx.Request("POST", url.rstrip("/") + path, content=raw, headers=headers)

@@ -66,7 +66,7 @@ from allmende.core.vault_requests import (
 from allmende.vault.auth import Admitted, VaultAddress, signed_headers
 from allmende.vault.errors import AccessDenied, BadJob, VaultError, VaultRequestRefused
 from allmende.vault.model import ModelSpec
-from allmende.vault.rounds import RoundBook, RoundKey
+from allmende.vault.rounds import RoundBook, RoundKey, RoundState
 
 log = logging.getLogger("allmende.vault.flower")
 logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -162,26 +162,37 @@ class VaultFlower:
                     f"this vault takes part in SecAgg+ only when every share is needed to unmask "
                     f"(threshold = shares); this run asks {threshold!r} of {shares!r}"
                 )
-        key = RoundKey(signer.lower(), grant_id, run_id, round_number)
-        state = self.book.begin(key, stage)
-        try:
+        mods: list[Any] = [secaggplus_mod, fixedclipping_mod] if secure else [fixedclipping_mod]
+        app = ClientApp(client_fn=lambda _ctx: VaultClient().to_client(), mods=mods)
+
+        def run(state: RoundState) -> bytes:
             if state.context is None:
                 state.context = Context(run_id=run_id, node_id=node_id, node_config={}, state=RecordDict(),
                                         run_config={})  # fmt: skip
-            mods: list[Any] = [secaggplus_mod, fixedclipping_mod] if secure else [fixedclipping_mod]
-            app = ClientApp(client_fn=lambda _ctx: VaultClient().to_client(), mods=mods)
             with _identity:
                 _set_identity(run_id, node_id)
                 reply = app(message, state.context)
             if reply.has_error():
                 raise BadJob(f"the {stage} stage failed: {str(reply.error.reason)[:200]}")
             reply.metadata.__dict__["_src_node_id"] = node_id
-            raw = bytes(message_to_proto(reply).SerializeToString())
-            if stage == ROUND_UNMASK:
+            return bytes(message_to_proto(reply).SerializeToString())
+
+        return self.run_stage(admitted, run)
+
+    def run_stage(self, admitted: Admitted, work: Callable[[RoundState], bytes]) -> bytes:
+        """Run the signed stage of its round with `work` (Flower's client app), or raise
+        StageRefused: once, in order, after the round's own setup here. An unmask stage logs the
+        round's reserved charge on chain after its work passed Flower's checks and before its
+        reply (the shares) leaves; a stage that fails ends the round."""
+        request, signer = admitted.request, admitted.signer
+        key = RoundKey(signer.lower(), request.grant_id, request.run_id, request.round)
+        state = self.book.begin(key, request.operation)
+        try:
+            raw = work(state)
+            if request.operation == ROUND_UNMASK:
                 # every vault trained (the coordinator unmasks only then, and needs every vault's
-                # shares to), and this stage passed its checks: log this vault's reserved round on
-                # chain before its shares leave
-                service.commit_round(grant_id, run_id, round_number, signer)
+                # shares to): log this vault's reserved round on chain before its shares leave
+                self.service.commit_round(request.grant_id, request.run_id, request.round, signer)
         except BaseException:
             self.book.fail(key)
             raise
@@ -491,7 +502,14 @@ def run_federated(
         raise VaultRefused("federated training needs at least 2 vaults")
     run_id = int.from_bytes(uuid4().bytes[:6], "big") if run_id is None else run_id
     n = len(participants)
-    addresses = addresses_of(participants)
+    try:
+        addresses = addresses_of(participants)
+    except VaultRefused as exc:
+        raise RoundRefused(
+            f"round {first_round} did not start: {exc}. No vault trained or was charged for it",
+            first_round,
+            first_round - 1,
+        ) from None
     params = initial
     result = FederatedResult(params, [], 0, 0, 0, {}, run_id)
     for round_number in range(first_round, config.rounds + 1):
