@@ -76,7 +76,7 @@ def test_llamacpp_weights_f16_for_small_quantized_files_native_otherwise(
 def test_up_shares_the_cores_between_its_providers(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from allmende.cli.up import shared_threads
+    from allmende.node.devnet import shared_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     both = ["--torch-threads", "2", "--llamacpp-threads", "2"]

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from allmende.chain.anvil import free_port
 from allmende.cli import app
-from allmende.cli.up import keep_previous_run
+from allmende.node.devnet import keep_previous_run
 
 
 def _up(tmp_path: Path, *args: str) -> tuple[int, str]:
