@@ -253,7 +253,12 @@ def test_hostile_jobs_get_a_clear_4xx(world: World, name: str, payload: Any, sta
     placeholders = {"DATASET": "0x" + v.dataset_id.hex(), "JOB": "0x" + keccak(text=name).hex(), "GRANT": g}
     if isinstance(payload, dict):
         payload = {k: placeholders.get(x, x) if isinstance(x, str) else x for k, x in payload.items()}
-    reply = signed_post(v.url, coordinator.key, payload)
+    # signed by the grantee for its grant (or for the grant the body names, if it names one), so
+    # that what is checked is the body
+    named = payload.get("grant_id") if isinstance(payload, dict) else None
+    envelope_grant = named if isinstance(named, int) and not isinstance(named, bool) and named > 0 else g
+    reply = send(signed_request(v.url, coordinator.key, "/v1/jobs", JOB, json.dumps(payload).encode(), v.dataset_id,
+                                envelope_grant))  # fmt: skip
     assert reply.status_code == status, reply.text
     assert reply.json()["error"]["code"] == code
     assert reply.json()["error"]["message"]

@@ -71,7 +71,7 @@ def vault(world: World, tmp_path_factory: pytest.TempPathFactory) -> InProcessVa
     store = VaultStore(root / "vault.db")
     service = VaultService([table], owner, store, VaultPolicy(min_noise=CONFIG.noise))
     domain = Domain(owner.client.chain_id, owner.data.address)
-    gate = RequestGate(service.address, domain, store)
+    gate = RequestGate(service.address, domain, store, grantee_of=service.grantee_of)
     return InProcessVault(world, owner, service, gate, VaultFlower(service), domain, table.dataset_id)
 
 

@@ -5,7 +5,8 @@ Errors leave as `{"error": {"code", "message"}}` with the error catalog's status
 dataset, run and round, with a nonce and an expiry (see `allmende.vault.auth`), admitted once;
 bodies are size- and time-limited, JSON bodies strict (no unknown fields, no duplicate keys, only
 finite numbers). Every refused request is logged, counted (`/metrics`) and kept in the vault's
-database (`allmende data refusals`); those nobody signed only up to a rate.
+database (`allmende data refusals`); those not admitted (unsigned, not the grantee's,
+replayed, expired) only up to a rate.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from allmende.vault.flower import VaultFlower
 from allmende.vault.service import ROUND_ABORT_FIELDS, VaultService, only_fields
 
 log = logging.getLogger("allmende.vault")
-UNSIGNED_REFUSALS_PER_S = 5.0  # refusals of unsigned or badly signed requests kept per second (the rest counted)
+UNSIGNED_REFUSALS_PER_S = 5.0  # refusals of requests not admitted kept per second (the rest only counted)
 UNSIGNED_REFUSALS_BURST = 20.0
 
 
@@ -84,16 +85,18 @@ def create_app(
     app = FastAPI(title="Allmende vault", version=__version__, docs_url=None, redoc_url=None)
     protect(app, guard, error_response)  # Host, Origin and Content-Type (allmende.api.guard), before any work
     flower = VaultFlower(service)
-    gate = RequestGate(service.address, Domain(service.contracts.client.chain_id, service.data.address), service.store)
+    domain = Domain(service.contracts.client.chain_id, service.data.address)
+    gate = RequestGate(service.address, domain, service.store, grantee_of=service.grantee_of)
     unsigned = RateLimiter(rate=UNSIGNED_REFUSALS_PER_S, burst=UNSIGNED_REFUSALS_BURST)
     dropped: dict[str, int] = {}  # unsigned refusals over the rate: counted here, not kept one by one
 
     def refuse(path: str, exc: Exception, asked: dict[str, Any]) -> Response:
         """Every refusal is counted, logged and kept (who, which grant, why) before it goes out;
-        refusals of requests nobody signed only up to a rate (beyond it they are only counted),
-        so an unsigned flood cannot grow the vault's database or log."""
+        refusals of requests that were not admitted (unsigned, not the grantee's, replayed, expired)
+        only up to a rate (beyond it they are only counted), so a flood from anyone but a grantee
+        cannot grow the vault's database or log."""
         signer = asked.get("signer")
-        if signer is None and unsigned.allow("unsigned", time.monotonic()) > 0:
+        if not asked.get("admitted") and unsigned.allow("not admitted", time.monotonic()) > 0:
             code = getattr(exc, "code", "internal_error")
             dropped[code] = dropped.get(code, 0) + 1
             return error_response(exc)
@@ -108,7 +111,9 @@ def create_app(
         body = await read_limited(request, max_body, body_timeout)
         vault_request, signer = gate.signer_of(request.headers.get(HEADER), body)
         asked.update(signer=signer, grant=vault_request.grant_id, dataset=vault_request.dataset_id)
-        return body, await asyncio.to_thread(gate.admit, vault_request, signer, operations)
+        admitted = await asyncio.to_thread(gate.admit, vault_request, signer, operations)
+        asked["admitted"] = True
+        return body, admitted
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

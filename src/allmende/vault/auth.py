@@ -81,10 +81,18 @@ class Admitted:
 class RequestGate:
     """Admits signed requests for one vault (see the module docstring)."""
 
-    def __init__(self, vault: str, domain: Domain, store: VaultStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        vault: str,
+        domain: Domain,
+        store: VaultStore,
+        grantee_of: Callable[[int], str | None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.vault = vault
         self.domain = domain
         self.store = store
+        self.grantee_of = grantee_of  # a grant's grantee on chain (None: no such grant)
         self.clock = clock
 
     def signer_of(self, header: str | None, body: bytes) -> tuple[VaultRequest, str]:
@@ -98,7 +106,8 @@ class RequestGate:
             raise AccessDenied(f"the request signature is malformed: {exc}") from None
 
     def admit(self, request: VaultRequest, signer: str, operations: Collection[str]) -> Admitted:
-        """Admit it once, or raise VaultRequestRefused / RequestReplayed."""
+        """Admit it once, or raise VaultRequestRefused / RequestReplayed / AccessDenied. Only the
+        grantee of the grant it names uses up a nonce: a third party's requests leave no state."""
         if request.vault != self.vault:
             raise VaultRequestRefused(
                 f"the request is addressed to vault {request.vault}, not to this one ({self.vault})"
@@ -112,6 +121,12 @@ class RequestGate:
             request.check_lifetime(now)
         except InvalidInput as exc:
             raise VaultRequestRefused(str(exc)) from None
+        if self.grantee_of is not None:
+            grantee = self.grantee_of(request.grant_id)
+            if grantee is None:
+                raise AccessDenied(f"grant {request.grant_id} does not exist")
+            if grantee.lower() != signer.lower():
+                raise AccessDenied(f"grant {request.grant_id} is for {grantee}, not the signer {signer}")
         if not self.store.use_nonce(signer, request.nonce, request.expiry, now):
             raise RequestReplayed("this request was sent before (its nonce is used): sign a fresh one")
         return Admitted(signer, request)

@@ -155,6 +155,15 @@ class VaultService:
 
     # ------------------------------------------------------------ grants
 
+    def grantee_of(self, grant_id: int) -> str | None:
+        """The grant's grantee on chain, None if there is no such grant."""
+        if grant_id <= 0:
+            return None
+        try:
+            return self.data.get_grant(grant_id).grantee
+        except ContractReverted:
+            return None
+
     def grant_for(self, grant_id: int, signer: str, template: str, dataset_id: bytes) -> GrantRecord:
         """The grant, if it lets `signer` run `template` on this dataset now (not revoked or
         expired); AccessDenied otherwise. Asked before any model bytes are decoded."""
