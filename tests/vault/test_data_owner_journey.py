@@ -154,6 +154,7 @@ def test_a_vault_failing_mid_round_costs_the_others_nothing(world: World) -> Non
                       on_checked=revoke_after_the_check)  # fmt: skip
 
     assert refused.value.completed == 0
+    assert "No vault was charged for it" in str(refused.value)  # every vault confirmed the abort
     assert accesses(world, 0, grants[0]) == []  # vault 0 trained, but its reservation was undone
     assert world.contracts["validator"].data.get_grant(grants[0]).epsilon_spent == 0
     store = VaultStore(world.root / "vault-0" / "vault.db")

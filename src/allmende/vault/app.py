@@ -179,9 +179,9 @@ def create_app(
             named = (parsed.get("dataset_id"), parsed.get("grant_id"), parsed.get("run_id"), parsed.get("round"))
             if named != ("0x" + r.dataset_id.hex(), r.grant_id, r.run_id, r.round):
                 raise BadJob("an abort names the dataset, grant, run and round it was signed for")
-            service.grant_for(r.grant_id, admitted.signer, "federated_round", r.dataset_id)
-            undone = await asyncio.to_thread(flower.abort, admitted)
-            return JSONResponse({"undone": undone})
+            # the gate checked the signer is the grant's grantee; a revoked or expired grant may
+            # still undo its own reservation
+            return JSONResponse(await asyncio.to_thread(flower.abort, admitted))
         except Exception as exc:
             return refuse("/v1/rounds/abort", exc, asked)
 

@@ -199,12 +199,14 @@ class VaultFlower:
         self.book.complete(key)
         return raw
 
-    def abort(self, admitted: Admitted) -> int:
+    def abort(self, admitted: Admitted) -> dict[str, Any]:
         """The grantee's signed abort of one round: no stage of it runs here afterwards, and its
-        reservation (if it trained and did not unmask) is undone. Returns how many were undone."""
+        reservation (if it trained and did not unmask) is undone. Answers how many reservations
+        were undone, and whether the round had finished here (its charge logged on chain)."""
         request, signer = admitted.request, admitted.signer
-        self.book.abort(RoundKey(signer.lower(), request.grant_id, request.run_id, request.round))
-        return int(self.service.abort_round(request.grant_id, request.run_id, request.round, signer))
+        logged = self.book.abort(RoundKey(signer.lower(), request.grant_id, request.run_id, request.round))
+        undone = int(self.service.abort_round(request.grant_id, request.run_id, request.round, signer))
+        return {"undone": undone, "logged": logged}
 
 
 # ------------------------------------------------------------ coordinator side
@@ -455,12 +457,13 @@ def abort_round(
     run_id: int,
     round_number: int,
     addresses: dict[str, VaultAddress] | None = None,
-) -> None:
+) -> list[str]:
     """Best effort: tell every vault the round failed (a signed abort of this run and round), so
     that it undoes its reservation now (a vault that misses this undoes it after
-    `RESERVATION_TTL`, or at its next start)."""
+    `RESERVATION_TTL`, or at its next start). Returns what the researcher must know: the vaults
+    that had logged the round (their unmask ran) and those that did not confirm the abort."""
 
-    def tell(p: Participant) -> None:
+    def tell(p: Participant) -> str | None:
         try:
             to = addresses[p.url] if addresses is not None else VaultAddress.of(p.url)
             payload = {"dataset_id": "0x" + p.dataset_id.hex(), "grant_id": p.grant_id, "run_id": run_id,
@@ -469,11 +472,16 @@ def abort_round(
                 r = _post(http, key, to, p, "/v1/rounds/abort", ROUND_ABORT, payload, run_id, round_number)
             if r.status_code != 200:
                 log.warning("the vault at %s refused the abort: %s", p.url, _refusal(p, r))
+                return f"vault {p.url} did not confirm the abort (it undoes its reservation within 15 minutes)"
+            if r.json().get("logged"):
+                return f"vault {p.url} had logged the round on chain (its update or unmask shares had left)"
+            return None
         except (VaultRefused, httpx.HTTPError, ValueError, KeyError) as exc:
             log.warning("could not abort the round at %s: %s", p.url, exc)
+            return f"vault {p.url} did not confirm the abort (it undoes its reservation within 15 minutes)"
 
     with ThreadPoolExecutor(len(participants)) as pool:
-        list(pool.map(tell, participants))
+        return [said for said in pool.map(tell, participants) if said is not None]
 
 
 def run_federated(
@@ -526,10 +534,11 @@ def run_federated(
         try:
             aggregated, charge = _one_round(grid, n, spec, params, base_model, config, round_number, run_id)
         except BaseException as exc:  # Ctrl-C too: the vaults undo their reservations now
-            abort_round(participants, key, run_id, round_number, addresses)
+            unsure = abort_round(participants, key, run_id, round_number, addresses)
             if isinstance(exc, VaultRefused):
+                charged = "; ".join(unsure) if unsure else "No vault was charged for it"
                 raise RoundRefused(
-                    f"round {round_number} failed and was aborted: {exc}. No vault was charged for it",
+                    f"round {round_number} failed and was aborted: {exc}. {charged}",
                     round_number,
                     round_number - 1,
                 ) from None

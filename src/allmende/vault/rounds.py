@@ -95,16 +95,17 @@ class RoundBook:
             state.busy, state.ended, state.context = False, "failed", None
 
     def abort(self, key: RoundKey) -> bool:
-        """End the round unless it finished; returns whether it was running here."""
+        """End the round unless it finished; returns whether it had finished here (its unmask
+        ran, so its charge is logged)."""
         with self._lock:
             state = self._rounds.get(key)
             if state is None:  # never set up here: no stage of it may run later either
                 self._rounds[key] = RoundState((), ended="aborted", touched=self.clock())
                 return False
             if state.ended == "finished":
-                return False
+                return True
             state.ended, state.context = "aborted", None
-            return True
+            return False
 
     def _forget_idle(self) -> None:
         now = self.clock()
