@@ -239,6 +239,12 @@ BAD_INPUTS = [
     ("register a folder that is no model", ["federated", "register", "--model", "/nonexistent", "--key", "devnet:2"],
      "not a model folder"),
     ("revoke grant 0", ["data", "revoke", "0", "--key", "devnet:4"], "0"),
+    ("an infinite range", ["data", "aggregate", "--vault", "http://127.0.0.1:9", "--dataset", "0x" + "11" * 32,
+     "--grant", "1", "--column", "f1", "--low=-inf", "--high=inf", "--epsilon", "1", "--key", "devnet:2"],
+     "must be finite"),
+    ("a vanishing epsilon", ["data", "aggregate", "--vault", "http://127.0.0.1:9", "--dataset", "0x" + "11" * 32,
+     "--grant", "1", "--column", "f1", "--low", "0", "--high", "1", "--epsilon", "1e-16", "--key", "devnet:2"],
+     "[0.001, 100]"),
 ]  # fmt: skip
 
 

@@ -4,6 +4,7 @@ and the researcher's jobs `allmende data aggregate|evaluate`."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -311,12 +312,14 @@ def aggregate_job(
     if (low is None) != (high is None):
         raise typer.BadParameter("give both --low and --high, or neither", param_hint="--low")
     if low is not None and high is not None:
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise typer.BadParameter("--low and --high must be finite numbers", param_hint="--low")
         if not low < high:
             raise typer.BadParameter("--low must be below --high", param_hint="--low")
         payload["range"] = [low, high]
     if epsilon is not None:
-        if not 0 < epsilon <= 100:
-            raise typer.BadParameter("must be in (0, 100]", param_hint="--epsilon")
+        if not 0.001 <= epsilon <= 100:  # the vault's range (smaller ε rounds to no charge)
+            raise typer.BadParameter("must be in [0.001, 100]", param_hint="--epsilon")
         payload["epsilon"] = epsilon
     answer = _post_job(vault, key, payload)
     console.print_json(json.dumps({**answer["result"], "result_hash": answer["result_hash"],
@@ -339,8 +342,8 @@ def evaluate_job(
 
     if not (model / "spec.json").is_file() or not (model / "weights.npz").is_file():
         raise typer.BadParameter(f"{model} is not a model folder (spec.json, weights.npz)", param_hint="--model")
-    if not 0 < epsilon <= 100:
-        raise typer.BadParameter("must be in (0, 100]", param_hint="--epsilon")
+    if not 0.001 <= epsilon <= 100:
+        raise typer.BadParameter("must be in [0.001, 100]", param_hint="--epsilon")
     spec, params, model_id = load_model(model)
     answer = _post_job(vault, key, {
         "template": "evaluate", "dataset_id": "0x" + dataset_arg(dataset).hex(), "grant_id": grant,
