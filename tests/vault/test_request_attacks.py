@@ -358,6 +358,7 @@ def test_unknown_fields_duplicate_keys_and_non_finite_numbers_are_refused(world:
         "an overflowing range": body(range=[-1, 2]).replace(b"[-1, 2]", b"[-1e999, 1e999]"),
         "NaN epsilon": body(epsilon=1).replace(b'"epsilon": 1', b'"epsilon": NaN'),
         "a vanishing epsilon": body(epsilon=1e-16),
+        "a body nested 100,000 deep": b"[" * 100_000,  # overflowed the C stack: the vault died
     }
     for name, raw in cases.items():
         reply = raw_job(world, v, g, raw)
@@ -365,6 +366,7 @@ def test_unknown_fields_duplicate_keys_and_non_finite_numbers_are_refused(world:
     assert spent(world, g) == (0, 0)
     recorded = VaultStore(world.root / "vault-1" / "vault.db").refusals(limit=len(cases))
     assert [r.code for r in recorded] == ["bad_job"] * len(cases)  # each a refusal on the owner's record
+    assert httpx.get(v.url + "/healthz").status_code == 200
 
 
 def test_a_huge_field_does_not_reach_the_log_in_full(world: World) -> None:

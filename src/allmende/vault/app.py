@@ -37,6 +37,7 @@ from allmende.vault.service import ROUND_ABORT_FIELDS, VaultService, only_fields
 log = logging.getLogger("allmende.vault")
 UNSIGNED_REFUSALS_PER_S = 5.0  # refusals of requests not admitted kept per second (the rest only counted)
 UNSIGNED_REFUSALS_BURST = 20.0
+MAX_NESTING = 1000  # arrays and objects a JSON body may hold (a vault request holds a handful)
 
 
 def error_response(exc: Exception) -> JSONResponse:
@@ -65,7 +66,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def strict_json(body: bytes) -> dict[str, Any]:
-    """A JSON object with no duplicate keys and only finite numbers (else BadJob, 400)."""
+    """A JSON object with no duplicate keys and only finite numbers (else BadJob, 400).
+
+    At most `MAX_NESTING` arrays and objects: py_ecc raises the interpreter's recursion limit to
+    100,000 on import, so a body of 100,000 `[` would overflow the C stack in `json.loads` and
+    kill the vault (no RecursionError is raised in time)."""
+    if body.count(b"[") + body.count(b"{") > MAX_NESTING:
+        raise BadJob(f"the body holds more than {MAX_NESTING} arrays and objects")
     try:
         parsed = json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant,
                             parse_float=_finite)  # fmt: skip
