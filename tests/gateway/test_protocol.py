@@ -134,7 +134,9 @@ def test_sampling_params_are_the_same_from_every_role() -> None:
     params = sampling_params(body)
     assert (params.max_tokens, params.temperature, params.top_p, params.seed, params.stop) == (5, 0.0, 1.0, 7, ("\n",))
     assert sampling_params({"messages": USER}).max_tokens == 64
-    assert input_hash(body) == input_hash(dict(reversed(list(body.items()))))  # key order does not matter
+    reordered = dict(reversed(list(body.items())))
+    assert input_hash("chat", body) == input_hash("chat", reordered)  # key order does not matter
+    assert input_hash("chat", body) != input_hash("completion", body)  # the kind is bound with the body
 
 
 def answer(output: dict[str, Any], usage: dict[str, int]) -> Answer:

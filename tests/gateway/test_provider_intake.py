@@ -25,7 +25,11 @@ PAYER = PayerKey(GATEWAY_KEY, VOUCHERS)
 
 
 def ask(provider: FakeProvider, body: dict, payer: PayerKey = PAYER) -> object:
-    rid, env, sealer = build_envelope(provider.entry().info, MODEL_ID, "chat", body, payer, CHANNEL, None)
+    return ask_kind(provider, "chat", body, payer)
+
+
+def ask_kind(provider: FakeProvider, kind: str, body: dict, payer: PayerKey = PAYER) -> object:
+    rid, env, sealer = build_envelope(provider.entry().info, MODEL_ID, kind, body, payer, CHANNEL, None)
 
     async def run() -> object:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=provider.app), base_url=provider.url) as http:

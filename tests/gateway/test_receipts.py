@@ -131,7 +131,7 @@ def signed(kind: str, body: dict, output: dict, **fields: Any) -> SignedReceipt:
         request_id=b"\x01" * 32,
         model_id=MODEL_ID,
         provider=Account.from_key(b"\x05" * 32).address,
-        input_hash=input_hash(body),
+        input_hash=input_hash(kind, body),
         output_hash=keccak(out),
         proof_hash=b"\x00" * 32,
         tokens_in=tokens_in,

@@ -47,7 +47,7 @@ def signed(engine: CausalLMEngine, prompt: list[int], choices: list[Choice]) -> 
         request_id=REQUEST_ID,
         model_id=engine.model_id,
         provider=Account.from_key(KEY).address,
-        input_hash=input_hash(BODY),
+        input_hash=input_hash("chat", BODY),
         output_hash=keccak(output_bytes(choices)),
         proof_hash=keccak(proof_bytes(choices)),
         tokens_in=len(prompt),

@@ -14,10 +14,10 @@ import httpx
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
+from allmende.api.protocol import input_hash
 from allmende.core import Domain, InvalidSignature, RequestAuthorization, SignedReceipt, SignedVoucher
 from allmende.core.envelope import ResponseSealer, seal_request
 from allmende.core.errors import UpstreamError
-from allmende.api.protocol import input_hash
 
 
 class ProviderReplyError(UpstreamError):
@@ -97,7 +97,7 @@ def build_envelope(
     modelId, inputHash)` (core.authorization), which the provider requires to recover to the
     channel's payer. Returns (request id, envelope, the sealer that opens the answer)."""
     request_id = request_id or os.urandom(32)
-    authorization = RequestAuthorization(request_id, channel_id, model_id, input_hash(body))
+    authorization = RequestAuthorization(request_id, channel_id, model_id, input_hash(kind, body))
     plaintext = {
         "request_id": "0x" + request_id.hex(),
         "model_id": "0x" + model_id.hex(),

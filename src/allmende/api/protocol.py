@@ -14,8 +14,8 @@ same from the evidence, so the three cannot drift.
                                   request id when the request has none: draw_seed)
     grammar_of(body)              the llguidance grammar a chat request decodes under: its tool
                                   choice's (allmende.api.tools) or its `response_format`'s
-    canonical_request(body)       the bytes `inputHash` is the keccak of
-    input_hash(body)
+    canonical_request(kind, body) the bytes `inputHash` is the keccak of: the kind and the body
+    input_hash(kind, body)
 
     ChatCompletion, ChatCompletionChunk, Completion, CompletionChunk, EmbeddingList, Usage
                                   the response bodies, exactly as OpenAI shapes them
@@ -566,14 +566,17 @@ def choices_wanted(body: dict[str, Any]) -> int:
     return n
 
 
-def canonical_request(body: dict[str, Any]) -> bytes:
-    """The request as the provider ran it, in one byte form: sorted keys, no spaces, ASCII."""
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+def canonical_request(kind: str, body: dict[str, Any]) -> bytes:
+    """The request as the provider ran it, in one byte form (sorted keys, no spaces, ASCII):
+    its kind and its body. The kind is bound with the body: a body is served and re-checked
+    as the kind it was sent as, never as another that would read it differently."""
+    return json.dumps({"kind": kind, "request": body}, sort_keys=True, separators=(",", ":")).encode()
 
 
-def input_hash(body: dict[str, Any]) -> bytes:
-    """What a receipt's `inputHash` is: keccak256 of the canonical request."""
-    return keccak(canonical_request(body))
+def input_hash(kind: str, body: dict[str, Any]) -> bytes:
+    """What a receipt's `inputHash` (and the payer's request signature) commits to: keccak256
+    of the canonical request."""
+    return keccak(canonical_request(kind, body))
 
 
 # --- responses --------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def check_receipt(
     carried), priced at no more than `prices` (in, out) per 1M tokens."""
     r = receipt.receipt
     problems = []
-    if r.input_hash != input_hash(sent):
+    if r.input_hash != input_hash(kind, sent):
         problems.append("inputHash is not the hash of the request sent")
     if r.output_hash != keccak(output_bytes(kind, output, streamed_text)):
         problems.append("outputHash is not the hash of the output received")

@@ -21,7 +21,9 @@ from allmende.core.credit import max_request_cost
 from allmende.core.envelope import ResponseSealer, open_request
 from allmende.core.prompts import MAX_PROMPT_BYTES_PER_TOKEN, prompt_bytes
 from allmende.engine import Engine, PromptTooLong, SamplingParams, collect, collect_choices
-from allmende.api.protocol import choices_wanted, input_hash, logprobs_wanted, sampling_params
+from allmende.api.canonical import CanonicalRequest, canonical
+from allmende.api.protocol import input_hash
+from allmende.engine.base import EmbeddingInput
 from allmende.provider.errors import BadRequest, PayerNotAuthenticated, ReplayedRequest, UnknownModelError
 from allmende.provider.payments import PaymentGate
 from allmende.provider.store import ProviderStore
@@ -109,7 +111,7 @@ class ProviderService:
             voucher = SignedVoucher.from_json(raw_voucher)
         channel_id = hex_bytes(data.get("channel_id"), 32, "channel_id")
         self._check_size(model, str(kind), body)
-        body_hash = input_hash(body)
+        body_hash = input_hash(kind, body)
         authorization = RequestAuthorization(request_id, channel_id, model_id, body_hash)
         return InferRequest(
             request_id=request_id,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from eth_utils import keccak
@@ -21,9 +21,10 @@ from allmende.api.canonical import canonical
 from allmende.api.protocol import input_hash
 from allmende.core import SignedReceipt
 from allmende.core.errors import InvalidInput
-from allmende.engine.base import choice_params
+from allmende.engine.base import Kind, choice_params
 from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.validator.checker import NOTHING, Verdict, judge, text_of
+from allmende.validator.evidence import Evidence
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,13 @@ def check_answer(
     prompt_ids: list[int],
     choices: list[Choice],
     receipt: SignedReceipt,
+    kind: Kind = "chat",
 ) -> Verdict:
-    """The proof and token checks of every choice, plus: the receipt binds this request, these
-    proofs, texts and token counts. InvalidInput if the request cannot be checked at all."""
+    """The proof and token checks of every choice, plus: the receipt binds this request (its
+    kind and body), these proofs, texts and token counts. InvalidInput if the request cannot
+    be checked at all: a body the provider would have refused proves nothing against it."""
     r = receipt.receipt
-    request = canonical("chat", body, r.request_id)  # exactly what the provider built from the same request
+    request = canonical(kind, body, r.request_id)  # exactly what the provider built from the same request
     params = request.generation[1]
     problems: list[str] = []
     wanted = request.n
@@ -90,7 +93,7 @@ def check_answer(
         bad += verdict.bad_tokens
         if text_of(engine.decode(choice.token_ids), params.stop) != choice.text:
             problems.append(where + "text does not match the token ids")
-    if r.input_hash != input_hash(body):
+    if r.input_hash != input_hash(kind, body):
         problems.append("receipt inputHash does not match the request")
     if r.output_hash != keccak(output_bytes(choices)):
         problems.append("receipt outputHash does not match the text")
@@ -102,3 +105,18 @@ def check_answer(
     if r.tokens_in != len(prompt_ids):
         problems.append("receipt tokensIn does not match the prompt")
     return Verdict(not problems, "; ".join(problems) or "consistent", proof_check, bad)
+
+
+def recheck(engine: CausalLMEngine, evidence: Evidence) -> Verdict | None:
+    """A juror's re-check of a case's evidence, from nothing the reporter computed: None when
+    the evidence is not what the provider's receipt binds (it then proves nothing against
+    the provider), else the verdict on the request the receipt binds, rebuilt as the provider
+    built it (api.canonical: its kind, the failover continuation, the sampling).
+    InvalidInput if the request could not have been served."""
+    if not evidence.backs_receipt():
+        return None
+    receipt = evidence.signed_receipt
+    kind: Kind = "completion" if evidence.kind == "completion" else "chat"  # backs_receipt bound the kind
+    prompt_ids = engine.prompt_ids(canonical(kind, evidence.body, receipt.receipt.request_id).generation[0])
+    choices = choices_of({**asdict(evidence), "choices": evidence.choices})
+    return check_answer(engine, evidence.body, prompt_ids, choices, receipt, kind)

@@ -80,7 +80,7 @@ class Evidence:
         r = self.signed_receipt.receipt
         texts = [c["text"] for c in self.choices] if self.choices else None
         output = json.dumps(texts).encode() if texts and len(texts) > 1 else self.text.encode()
-        return r.input_hash == input_hash(self.body) and r.output_hash == keccak(output)
+        return r.input_hash == input_hash(self.kind, self.body) and r.output_hash == keccak(output)
 
 
 class EvidenceStore:

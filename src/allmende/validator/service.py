@@ -18,7 +18,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from allmende.core import SignedReceipt
 from allmende.core.errors import InvalidInput
 from allmende.engine import load_engine
 from allmende.engine.transformers_lm import CausalLMEngine
-from allmende.validator.answers import Choice, check_answer, choices_of
+from allmende.validator.answers import Choice, check_answer, choices_of, recheck
 from allmende.validator.checker import NOTHING, Verdict
 from allmende.validator.evidence import BadEvidence, Evidence, EvidenceStore, fetch_evidence
 from allmende.validator.metrics import ALM, ValidatorMetrics, fault_kind
@@ -331,18 +331,13 @@ class Validator:
         r = receipt.receipt
         if r.provider != provider:
             return False
-        # the evidence must be what the provider signed for, or it proves nothing against it
-        if not evidence.backs_receipt():
-            log.warning("case evidence at %s does not match the provider's receipt: voting not guilty", uri)
-            return False
-        try:
-            # recomputed from the request the receipt binds, as the provider built it: the
-            # reporter's ids are not trusted
-            prompt_ids = engine.prompt_ids(canonical("chat", evidence.body, r.request_id).generation[0])
-            choices = choices_of({**asdict(evidence), "choices": evidence.choices})
-            verdict = check_answer(engine, evidence.body, prompt_ids, choices, receipt)
+        try:  # recomputed from the request the receipt binds: the reporter's ids are not trusted
+            verdict = recheck(engine, evidence)
         except InvalidInput as exc:
             log.warning("case evidence at %s cannot be checked: %s", uri, exc)
+            return False
+        if verdict is None:  # the evidence must be what the provider signed for, or it proves nothing
+            log.warning("case evidence at %s does not match the provider's receipt: voting not guilty", uri)
             return False
         return not verdict.ok
 
