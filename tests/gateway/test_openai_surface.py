@@ -14,8 +14,10 @@ import httpx
 import openai
 import pytest
 
+from allmende.api.protocol import ChatRequest
 from allmende.core.errors import UpstreamError
-from allmende.gateway.app import GatewayLimits, create_app, render
+from allmende.gateway.app import GatewayLimits, create_app
+from allmende.gateway.rendering import chat_response
 from tests.gateway.fakes import FakeProvider, network
 
 T = TypeVar("T")
@@ -202,4 +204,4 @@ def test_a_provider_that_answers_fewer_choices_than_asked_is_not_passed_on(tmp_p
     del result.answer.output["choices"][1]  # what a provider that skipped a choice would send
 
     with pytest.raises(UpstreamError, match="number of choices"):
-        render("chat", body, "fake", result.answer)
+        chat_response(ChatRequest.model_validate(body), body, "fake", result.answer)

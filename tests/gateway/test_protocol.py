@@ -16,6 +16,8 @@ from openai.types.chat import ChatCompletionChunk as OpenAIChatCompletionChunk
 from allmende.api.client import Answer
 from allmende.api.protocol import (
     ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
     InvalidParameter,
     check_request,
     input_hash,
@@ -23,7 +25,13 @@ from allmende.api.protocol import (
     parse_request,
     sampling_params,
 )
-from allmende.gateway.app import chunk, render
+from allmende.gateway.rendering import (
+    chat_chunk,
+    chat_response,
+    completion_chunk,
+    completion_response,
+    embedding_response,
+)
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -145,35 +153,38 @@ def answer(output: dict[str, Any], usage: dict[str, int]) -> Answer:
 
 def test_rendered_responses_parse_with_the_official_client() -> None:
     usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-    chat = render("chat", {}, "m", answer({"text": "Paris.", "finish_reason": "stop"}, usage))
+    question = {"messages": [{"role": "user", "content": "Capital of France?"}]}
+    asked = ChatRequest.model_validate(question)
+    chat = chat_response(asked, question, "m", answer({"text": "Paris.", "finish_reason": "stop"}, usage))
     parsed = OpenAIChatCompletion.model_validate(chat)
     assert parsed.choices[0].message.content == "Paris." and parsed.usage and parsed.usage.total_tokens == 5
     assert chat["choices"][0]["logprobs"] is None and "allmende" not in chat
-    text = render("completion", {}, "m", answer({"text": "x", "finish_reason": "length"}, usage))
+    prompt = CompletionRequest.model_validate({"prompt": "a"})
+    text = completion_response(prompt, "m", answer({"text": "x", "finish_reason": "length"}, usage))
     assert OpenAICompletion.model_validate(text).choices[0].finish_reason == "length"
     vectors = {"embeddings": [[0.5, -0.5]]}
-    emb = render("embedding", {"encoding_format": "float"}, "m", answer(vectors, {"prompt_tokens": 2}))
+    floats = EmbeddingRequest.model_validate({"input": "a", "encoding_format": "float"})
+    emb = embedding_response(floats, "m", answer(vectors, {"prompt_tokens": 2}))
     assert CreateEmbeddingResponse.model_validate(emb).usage.total_tokens == 2
-    emb = render("embedding", {"encoding_format": "base64"}, "m", answer(vectors, {"prompt_tokens": 2}))
+    packed = EmbeddingRequest.model_validate({"input": "a", "encoding_format": "base64"})
+    emb = embedding_response(packed, "m", answer(vectors, {"prompt_tokens": 2}))
     assert emb["data"][0]["embedding"] == "AAAAPwAAAL8="  # little-endian float32, decoded by the client
 
 
 def test_stream_chunks_parse_with_the_official_client() -> None:
-    first = chunk("chat", "id", 1, "m", "", None, role=True)
+    first = chat_chunk("id", 1, "m", "", None, role=True)
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    last = chunk("chat", "id", 1, "m", None, "stop", allmende={"receipt": "r"})
+    last = chat_chunk("id", 1, "m", None, "stop", allmende={"receipt": "r"})
     assert last["choices"][0]["delta"] == {} and last["allmende"] == {"receipt": "r"}
-    usage = chunk(
-        "chat", "id", 1, "m", None, None, usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-    )
+    usage = chat_chunk("id", 1, "m", None, None, usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
     assert usage["choices"] == [] and usage["usage"]["total_tokens"] == 2
-    for c in (first, last, usage, chunk("chat", "id", 1, "m", "tok", None)):
+    for c in (first, last, usage, chat_chunk("id", 1, "m", "tok", None)):
         OpenAIChatCompletionChunk.model_validate(c)
-    text = chunk("completion", "id", 1, "m", "tok", None)  # finish_reason null until the end, as OpenAI streams it
+    text = completion_chunk("id", 1, "m", "tok", None)  # finish_reason null until the end, as OpenAI streams it
     assert text["object"] == "text_completion" and text["choices"][0] == {
         "index": 0,
         "text": "tok",
         "logprobs": None,
         "finish_reason": None,
     }
-    OpenAICompletion.model_validate(chunk("completion", "id", 1, "m", None, "length"))
+    OpenAICompletion.model_validate(completion_chunk("id", 1, "m", None, "length"))

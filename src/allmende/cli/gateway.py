@@ -48,7 +48,7 @@ def gateway(
 ) -> None:
     """Serve the OpenAI API over the provider network."""
     from allmende.core.routing import RoutingPolicy
-    from allmende.gateway.app import GatewayLimits
+    from allmende.gateway.serving import GatewayLimits
     from allmende.gateway.node import GatewayConfig, serve
     from allmende.gateway.payments import ChannelPolicy
 

@@ -16,10 +16,11 @@ from allmende.api.guard import GuardConfig
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.network import PUBLIC_PATH, public_view
 from allmende.core.routing import Router, RoutingPolicy
-from allmende.gateway.app import GatewayLimits, create_app
+from allmende.gateway.app import create_app
 from allmende.gateway.payments import ChannelPolicy, Payments
 from allmende.gateway.relay import Relay
 from allmende.gateway.service import GatewayService
+from allmende.gateway.serving import GatewayLimits
 from allmende.gateway.store import GatewayStore
 
 log = logging.getLogger("allmende.gateway")

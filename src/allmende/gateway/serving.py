@@ -1,0 +1,377 @@
+"""Serving one OpenAI endpoint, one class per endpoint (as vLLM's OpenAI server does): the
+request is admitted (API key, rate limit, in-flight cap, body limits), parsed once into its
+typed model, which then decides everything derived from it (`n`, logprobs, echo, the usage
+chunk, the encoding), served once or streamed through `GatewayService`, and rendered in the
+endpoint's own shapes (`rendering`). The app (app.py) only routes to these."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import Counter, Gauge
+
+from allmende.api import protocol
+from allmende.api.body import read_limited
+from allmende.api.client import Answer, Delta
+from allmende.api.headers import EVIDENCE_HEADER, PIN_HEADER
+from allmende.api.protocol import check_request
+from allmende.core.codec import address_field
+from allmende.core.errors import BodyTooLarge as CoreBodyTooLarge
+from allmende.core.errors import InvalidInput
+from allmende.core.ratelimit import RateLimiter
+from allmende.engine.base import Kind
+from allmende.gateway.errors import (
+    BodyTooLarge,
+    GatewayError,
+    InvalidRequest,
+    NoProvider,
+    RateLimited,
+    Unauthorized,
+    error_body,
+    openai_error,
+)
+from allmende.gateway.explorer import Explorer
+from allmende.gateway.rendering import (
+    chat_chunk,
+    chat_response,
+    completion_chunk,
+    completion_response,
+    echo_of,
+    embedding_response,
+    evidence_of,
+    new_id,
+    sse,
+)
+from allmende.gateway.service import GatewayService, budget_check
+from allmende.gateway.tool_calls import StreamedCalls
+
+
+@dataclass(frozen=True)
+class GatewayLimits:
+    # accepted API keys (Bearer tokens); empty = no authentication
+    api_keys: frozenset[str] = frozenset()
+    # optional per-key budget in payment-token units
+    budgets: dict[str, int] = field(default_factory=dict)
+    max_body: int = 4 * 1024 * 1024
+    body_timeout: float = 10.0
+    # requests in flight before answering 429
+    max_in_flight: int = 256
+    # per API key (or per peer address without keys): requests per second and burst; 0 = off
+    rate_limit: float = 50.0
+    rate_burst: float = 100.0
+
+
+class Admission:
+    """What every endpoint shares: who may call (API keys), how often (rate limits), how
+    many at once, and the request metrics."""
+
+    def __init__(self, limits: GatewayLimits, requests_total: Counter, in_flight_gauge: Gauge) -> None:
+        self.limits = limits
+        self.limiter = RateLimiter(limits.rate_limit, limits.rate_burst)
+        self.requests_total = requests_total
+        self.in_flight_gauge = in_flight_gauge
+        self.in_flight = 0
+
+    def api_key(self, request: Request) -> str | None:
+        """The caller's API key; Unauthorized where keys are required and this is none of them."""
+        header = request.headers.get("authorization", "")
+        key = header[7:].strip() if header.lower().startswith("bearer ") else None
+        if self.limits.api_keys and key not in self.limits.api_keys:
+            raise Unauthorized("Incorrect API key provided.")
+        return key
+
+    def throttle(self, request: Request, key: str | None) -> None:
+        limits = self.limits
+        who = f"key:{key}" if key else f"peer:{request.client.host if request.client else '?'}"
+        wait = self.limiter.allow(who, time.monotonic())
+        if wait:
+            seconds = max(1, math.ceil(wait))
+            raise RateLimited(
+                f"Rate limit reached for this {'API key' if key else 'client'} "
+                f"({limits.rate_limit:g} requests per second, bursts of {limits.rate_burst:g}); "
+                f"retry after {seconds} s.",
+                retry_after=seconds,
+            )
+        if self.in_flight >= limits.max_in_flight:
+            raise RateLimited(
+                f"The gateway is serving its maximum of {limits.max_in_flight} requests at once; retry after 1 s.",
+                retry_after=1,
+            )
+
+    def begin(self) -> None:
+        self.in_flight += 1
+        self.in_flight_gauge.inc()
+
+    def end(self) -> None:
+        self.in_flight -= 1
+        self.in_flight_gauge.dec()
+
+
+async def read_body(request: Request, limits: GatewayLimits) -> dict[str, Any]:
+    try:
+        raw = await read_limited(request, limits.max_body, limits.body_timeout)
+    except CoreBodyTooLarge as exc:
+        raise BodyTooLarge(str(exc)) from None  # OpenAI's code for it: request_too_large
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("We could not parse the JSON body of your request.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+def pinned_provider(request: Request) -> str | None:
+    """The provider the client asked for, checksummed; InvalidRequest if it is no address."""
+    raw = request.headers.get(PIN_HEADER)
+    if raw is None:
+        return None
+    try:
+        return address_field(raw.strip(), PIN_HEADER)
+    except InvalidInput:
+        raise InvalidRequest(f"the {PIN_HEADER} header must be a provider's address") from None
+
+
+def wants_evidence(request: Request) -> bool:
+    return request.headers.get(EVIDENCE_HEADER, "").lower() in ("1", "true", "yes")
+
+
+@dataclass
+class Call:
+    """One admitted request: its typed form, the body as forwarded, who asked, how."""
+
+    request: protocol.Request
+    body: dict[str, Any]
+    key: str | None
+    pin: str | None
+    evidence: bool
+
+
+@dataclass
+class StreamState:
+    """One stream: its id and what it has sent so far."""
+
+    ident: str
+    created: int
+    model: str
+    logprobs: bool  # the request asked for log-probabilities
+    offset: int = 0  # characters of the completion sent (legacy completions' text_offset)
+    calls: StreamedCalls | None = None  # chat: turns text deltas into content or tool-call deltas
+
+    def logprobs_of(self, item: str | Delta) -> list[dict[str, Any]] | None:
+        if not self.logprobs:
+            return None
+        return (item.logprobs if isinstance(item, Delta) else None) or []
+
+
+class Serving(ABC):
+    """One endpoint: admission, the one-shot path and the SSE loop; the endpoint's shapes
+    come from the subclass."""
+
+    kind: ClassVar[Kind]
+    endpoint: ClassVar[str]  # the metrics label
+    id_prefix: ClassVar[str]
+
+    def __init__(self, service: GatewayService, admission: Admission, explorer: Explorer) -> None:
+        self.service = service
+        self.admission = admission
+        self.explorer = explorer
+
+    async def __call__(self, request: Request) -> Response:
+        admission = self.admission
+        try:
+            key = admission.api_key(request)
+            admission.throttle(request, key)
+            body = await read_body(request, admission.limits)
+            typed = check_request(self.kind, body)  # parsed once; body normalised as forwarded
+            budget_check(self.service.payments, admission.limits.budgets, key)
+            call = Call(typed, body, key, pinned_provider(request), wants_evidence(request))
+        except Exception as exc:
+            return self._failed(exc)
+        if self.streams(call.request):
+            return StreamingResponse(self._stream(call), media_type="text/event-stream")
+        return await self._once(call)
+
+    def streams(self, request: protocol.Request) -> bool:
+        return request.stream
+
+    def _failed(self, exc: Exception) -> JSONResponse:
+        response = openai_error(exc)
+        self.admission.requests_total.labels(self.endpoint, str(response.status_code)).inc()
+        return response
+
+    # ---------------------------------------------------------- one shot
+
+    async def _once(self, call: Call) -> Response:
+        self.admission.begin()
+        started = time.monotonic()
+        try:
+            result = await self.service.complete(self.kind, call.body, call.key, call.pin)
+        except Exception as exc:
+            self.explorer.failed(started)
+            response = self._failed(exc)
+            if isinstance(exc, NoProvider) and exc.rejected is not None and call.evidence:
+                failed = json.loads(bytes(response.body))  # an audit: the refused answer is evidence
+                failed["allmende"] = {"evidence": evidence_of(self.kind, exc.rejected)}
+                return JSONResponse(failed, status_code=response.status_code)
+            return response
+        finally:
+            self.admission.end()
+        try:
+            rendered = self.render(call, result.offer.name, result.answer)
+        except Exception as exc:  # a provider's answer that does not fit OpenAI's shapes
+            self.explorer.failed(started)
+            return self._failed(exc)
+        self.admission.requests_total.labels(self.endpoint, "200").inc()
+        rendered["allmende"] = self.explorer.answered(
+            rendered.get("id", new_id(self.id_prefix)), result.answer, started, call.key
+        )
+        if call.evidence:
+            rendered["allmende"]["evidence"] = evidence_of(self.kind, result.answer)
+        return JSONResponse(rendered)
+
+    @abstractmethod
+    def render(self, call: Call, name: str, answer: Answer) -> dict[str, Any]:
+        """The whole response to `call`, from the provider's answer."""
+
+    # ------------------------------------------------------------ stream
+
+    async def _stream(self, call: Call) -> AsyncIterator[bytes]:
+        self.admission.begin()
+        wanted = self.logprobs_wanted(call.request) is not None
+        state = StreamState(new_id(self.id_prefix), int(time.time()), str(call.body.get("model")), wanted)
+        options = call.request.stream_options
+        status = "200"
+        started = time.monotonic()
+        try:
+            for opening in self.opening(call, state):
+                yield sse(opening)
+            async for item in self.service.stream(self.kind, call.body, call.key, call.pin):
+                if isinstance(item, Answer):
+                    receipt = self.explorer.answered(state.ident, item, started, call.key)  # for the playground
+                    if call.evidence:
+                        receipt["evidence"] = evidence_of(self.kind, item)
+                    yield sse(self.closing(call, state, item, receipt))
+                    if options is not None and options.include_usage:
+                        yield sse(self.usage_chunk(state, item.usage))
+                    break
+                piece = self.delta(call, state, item)
+                if piece is not None:
+                    yield sse(piece)
+                state.offset += len(item)
+            yield b"data: [DONE]\n\n"
+        except Exception as exc:
+            self.explorer.failed(started)
+            response = openai_error(exc)
+            status = str(response.status_code)
+            yield sse(error_body(exc) if isinstance(exc, GatewayError) else json.loads(bytes(response.body)))
+        finally:
+            self.admission.end()
+            self.admission.requests_total.labels(self.endpoint, status).inc()
+
+    def logprobs_wanted(self, request: protocol.Request) -> int | None:
+        """Alternatives per token the request wants log-probabilities of (None: none)."""
+        return None
+
+    def opening(self, call: Call, state: StreamState) -> list[dict[str, Any]]:
+        """Chunks sent before the first token."""
+        return []
+
+    def delta(self, call: Call, state: StreamState, item: str | Delta) -> dict[str, Any] | None:
+        """The chunk of one text delta (None: nothing to send for it)."""
+        raise NotImplementedError(f"{self.endpoint} does not stream")
+
+    def closing(self, call: Call, state: StreamState, answer: Answer, receipt: dict[str, Any]) -> dict[str, Any]:
+        """The final chunk: the finish reason and the receipt."""
+        raise NotImplementedError(f"{self.endpoint} does not stream")
+
+    def usage_chunk(self, state: StreamState, usage: dict[str, int]) -> dict[str, Any]:
+        raise NotImplementedError(f"{self.endpoint} does not stream")
+
+
+class ChatServing(Serving):
+    kind, endpoint, id_prefix = "chat", "chat", "chatcmpl"
+
+    def logprobs_wanted(self, request: protocol.Request) -> int | None:
+        assert isinstance(request, protocol.ChatRequest)
+        return request.logprobs_wanted()
+
+    def render(self, call: Call, name: str, answer: Answer) -> dict[str, Any]:
+        assert isinstance(call.request, protocol.ChatRequest)
+        return chat_response(call.request, call.body, name, answer)
+
+    def opening(self, call: Call, state: StreamState) -> list[dict[str, Any]]:
+        state.calls = StreamedCalls(call.body)
+        return [chat_chunk(state.ident, state.created, state.model, "", None, role=True)]
+
+    def delta(self, call: Call, state: StreamState, item: str | Delta) -> dict[str, Any] | None:
+        assert state.calls is not None
+        logprobs = state.logprobs_of(item)
+        content, deltas = state.calls.feed(item)
+        if content is None and not deltas and not logprobs:
+            return None
+        return chat_chunk(state.ident, state.created, state.model, content, None, logprobs=logprobs, calls=deltas)
+
+    def closing(self, call: Call, state: StreamState, answer: Answer, receipt: dict[str, Any]) -> dict[str, Any]:
+        assert state.calls is not None
+        finish = state.calls.finish(answer.output.get("finish_reason", "stop"))
+        rest = (answer.output.get("logprobs") or None) if state.logprobs else None
+        return chat_chunk(state.ident, state.created, state.model, None, finish, allmende=receipt, logprobs=rest)
+
+    def usage_chunk(self, state: StreamState, usage: dict[str, int]) -> dict[str, Any]:
+        return chat_chunk(state.ident, state.created, state.model, None, None, usage=usage)
+
+
+class CompletionServing(Serving):
+    kind, endpoint, id_prefix = "completion", "completions", "cmpl"
+
+    def logprobs_wanted(self, request: protocol.Request) -> int | None:
+        assert isinstance(request, protocol.CompletionRequest)
+        return request.logprobs_wanted()
+
+    def render(self, call: Call, name: str, answer: Answer) -> dict[str, Any]:
+        assert isinstance(call.request, protocol.CompletionRequest)
+        return completion_response(call.request, name, answer)
+
+    def opening(self, call: Call, state: StreamState) -> list[dict[str, Any]]:
+        assert isinstance(call.request, protocol.CompletionRequest)
+        echoed = echo_of(call.request)
+        if not echoed:
+            return []
+        state.offset = len(echoed)
+        return [completion_chunk(state.ident, state.created, state.model, echoed, None)]
+
+    def delta(self, call: Call, state: StreamState, item: str | Delta) -> dict[str, Any] | None:
+        logprobs = state.logprobs_of(item)
+        return completion_chunk(
+            state.ident, state.created, state.model, str(item), None, logprobs=logprobs, offset=state.offset
+        )
+
+    def closing(self, call: Call, state: StreamState, answer: Answer, receipt: dict[str, Any]) -> dict[str, Any]:
+        finish = answer.output.get("finish_reason", "stop")
+        rest = (answer.output.get("logprobs") or None) if state.logprobs else None
+        return completion_chunk(
+            state.ident, state.created, state.model, None, finish, allmende=receipt, logprobs=rest, offset=state.offset
+        )
+
+    def usage_chunk(self, state: StreamState, usage: dict[str, int]) -> dict[str, Any]:
+        return completion_chunk(state.ident, state.created, state.model, None, None, usage=usage)
+
+
+class EmbeddingServing(Serving):
+    kind, endpoint, id_prefix = "embedding", "embeddings", "emb"
+
+    def streams(self, request: protocol.Request) -> bool:
+        return False  # embeddings have no stream
+
+    def render(self, call: Call, name: str, answer: Answer) -> dict[str, Any]:
+        assert isinstance(call.request, protocol.EmbeddingRequest)
+        return embedding_response(call.request, name, answer)
