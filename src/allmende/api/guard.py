@@ -147,8 +147,8 @@ class GuardConfig:
             )
         if origin is not None and not self.origin_allowed(origin, host):
             return OriginNotAllowed(
-                f"requests from pages on {origin} are refused: start the node with --allow-origin {origin} "
-                "to let that web app call it"
+                f"requests from web pages on {origin} are refused (a gateway started with --allow-origin {origin} "
+                "lets that web app call it)"
             )
         if method in BODY_METHODS and self.content_types is not None:
             declared = headers.get("content-type")
