@@ -61,13 +61,17 @@ def signed_headers(
     lifetime: int = LIFETIME,
     now: float | None = None,
 ) -> dict[str, str]:
-    """The headers of one signed request (a fresh nonce each call)."""
+    """The headers of one signed request (a fresh nonce each call), signed with eth-account's
+    typed-data signer, as a wallet would (core's digest is the same, `tests/core`)."""
+    from eth_account import Account
+    from eth_account.messages import encode_typed_data
     from eth_utils import keccak
 
     expiry = int(time.time() if now is None else now) + lifetime
     request = VaultRequest(to.vault, operation, dataset_id, grant_id, run_id, round_number, os.urandom(32), expiry,
                            keccak(body))  # fmt: skip
-    return {HEADER: request.to_header(request.sign(to.domain, key))}
+    signed = Account.sign_message(encode_typed_data(full_message=request.typed_data(to.domain)), key)
+    return {HEADER: request.to_header(bytes(signed.signature))}
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,8 @@ message to the vault's `/v1/flower`, in parallel across vaults. Each is a signed
 (`allmende.vault.auth`) for that vault, that stage, the grant, the dataset, the run and the
 round, with a fresh nonce: a vault runs each stage of a round once, in order, for the grantee
 that set the round up, and an abort is a signed request of its own. (Flower's own
-deployment runtime, SuperLink + SuperNodes, polls every
-3 s, which makes a SecAgg+ round take about a minute; this transport carries the same
-messages without it.)
+deployment runtime, SuperLink + SuperNodes, polls every 3 s, which makes a SecAgg+ round
+take about a minute; this transport carries the same messages without it.)
 """
 
 from __future__ import annotations
