@@ -160,6 +160,10 @@ VECTORS = {"embeddings": [[0.25, -0.5], [1e-7, 3.0]]}
         ("chat", BODY, GEN, {}, {"context_length": 11}, "exceed the context length 11"),
         ("chat", BODY, GEN, {"amount": 5}, {}, "amount 5, but usage × the price on chain is 4"),
         ("chat", BODY, GEN, {"amount": 3}, {}, None),  # asking less is the provider's own loss
+        ("chat", {**BODY, "stop": ["c"]}, GEN, {}, {}, "holds a requested stop string"),
+        ("chat", {**BODY, "stop": "b"}, GEN, {}, {"streamed_text": "abc"}, "holds a requested stop string"),
+        ("chat", {**BODY, "stop": ["x", "cd"]}, {**GEN, "finish_reason": "stop"}, {}, {}, None),
+        ("chat", BODY, {**GEN, "finish_reason": "length"}, {}, {}, "finish_reason length after 3 tokens"),
     ],
     ids=[
         "honest-chat",
@@ -173,6 +177,10 @@ VECTORS = {"embeddings": [[0.25, -0.5], [1e-7, 3.0]]}
         "beyond-the-context",
         "overcharged",
         "undercharged",
+        "text-past-a-stop-string",
+        "streamed-text-past-a-stop-string",
+        "stopped-before-its-stop-strings",
+        "length-before-max-tokens",
     ],
 )
 def test_check_receipt_rules(

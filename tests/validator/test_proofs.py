@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from allmende.core.proofs import TOP_K, ChunkCommitment, ProofFormatError, decode_proof, encode_proof
 from allmende.engine.proofs import check, commit
-from allmende.testing.harness import SETTINGS, Harness, setting_name
+from allmende.testing.harness import ENDINGS, OVERRUN, SETTINGS, Harness, setting_name
 
 SETTING_NAMES = [setting_name(p) for p in SETTINGS]
 
@@ -91,9 +91,25 @@ def test_harness_attacks_on_the_draw_are_all_caught() -> None:
     """A cheap generator whose proof is recomputed by one honest prefill (another model, a
     skipped layer, random tokens, another sampling seed), truncated and empty completions:
     all caught under greedy and every sampled setting, and honest fp32/bf16 runs pass."""
-    results = [r for r in Harness(questions=2, attacks=True).run() if "," in r.name]
+    results = Harness(questions=2, attacks=True).run(lambda name: "," in name and not name.startswith(ENDINGS))
 
     assert len(results) >= 40
     assert [r.name for r in results if r.honest and r.wrong] == []
     assert [r.name for r in results if not r.honest and r.wrong] == []
     assert {r.name for r in results if r.limit} == {f"int8 + recomputed proof, {s}" for s in SETTING_NAMES}
+
+
+def test_harness_completions_that_run_past_their_end_are_all_caught() -> None:
+    """The right model and an honest proof, but the completion goes on past where the engine
+    had to end it, billed up to max_tokens: past the EOS of a request whose answer ends early,
+    and past a requested stop string. Every one is caught under greedy and every sampled
+    setting (none passes: each claim really runs past its end), and the honest answers of the
+    same requests pass."""
+    results = Harness(questions=2, attacks=True).run(lambda name: name.startswith(ENDINGS))
+
+    overruns = [r for r in results if r.name.startswith(OVERRUN)]
+    assert len(overruns) == 2 * len(SETTINGS)
+    assert {r.name: r.passed for r in overruns} == {r.name: 0 for r in overruns}
+    assert all("runs past its end" in r.reasons[0] for r in overruns)
+    assert [r.name for r in results if r.honest and r.wrong] == []
+    assert len([r for r in results if r.honest]) == 2 * len(SETTINGS)

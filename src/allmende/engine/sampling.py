@@ -95,6 +95,51 @@ def token_logprob(logits: torch.Tensor, token: int, top: int, decode: Callable[[
     return out
 
 
+class StopWatch:
+    """Where a sequence's stop strings end it, fed the text pieces of its tokens as they are
+    streamed. The engine's sequences stop where it says, and the checker replays the same
+    pieces through it, so the two agree on the token a completion had to end at.
+
+    It keeps the last characters a stop string could still begin in, so a stop string split
+    over several pieces is found in the piece that completes it."""
+
+    def __init__(self, stop: tuple[str, ...] | list[str]) -> None:
+        self.stop = tuple(s for s in stop if s)
+        self._tail = ""
+        self._window = max((len(s) for s in self.stop), default=1) - 1
+
+    def cut(self, piece: str) -> int | None:
+        """None if no stop string is complete yet; else the length of `piece` that is still
+        text (the first stop string begins there, or began before it: 0)."""
+        if not self.stop or not piece:
+            return None
+        window = self._tail + piece
+        hits = [i for i in (window.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            return max(0, min(hits) - len(self._tail))
+        self._tail = window[len(window) - self._window :] if self._window else ""
+        return None
+
+
+def first_stop(
+    decode: Callable[[list[int]], str], token_ids: list[int], stop: tuple[str, ...] | list[str], max_tokens: int
+) -> int | None:
+    """The index of the token at which a sequence drawing `token_ids` stops on one of its stop
+    strings (the token whose text completes the first one), or None: the engine's rule
+    (allmende.engine.sequence), replayed with the same detokenizer and StopWatch."""
+    watch = StopWatch(stop)
+    if not watch.stop:
+        return None
+    detokenizer = IncrementalDetokenizer(decode)
+    for i, token in enumerate(token_ids):
+        piece = detokenizer.push(token)
+        if i + 1 == max_tokens:
+            piece += detokenizer.flush()
+        if watch.cut(piece) is not None:
+            return i
+    return None
+
+
 class IncrementalDetokenizer:
     """Text of a growing list of token ids, one piece per token, in O(1) decodes per token.
 

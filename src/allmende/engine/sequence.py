@@ -18,7 +18,7 @@ import torch
 from allmende.engine.base import SamplingParams, TokenEvent
 from allmende.engine.grammar import Constraint
 from allmende.engine.proofs import commit
-from allmende.engine.sampling import IncrementalDetokenizer, draw_seed, sample_token, token_logprob
+from allmende.engine.sampling import IncrementalDetokenizer, StopWatch, draw_seed, sample_token, token_logprob
 
 Finish = Literal["stop", "length"]
 
@@ -47,8 +47,7 @@ class Sequence:
         self.cancelled = threading.Event()
         self.finished = False
         self.last_token = -1
-        self._tail = ""  # the last emitted characters a stop string could still begin in
-        self._stop_window = max((len(s) for s in params.stop), default=1) - 1
+        self.stops = StopWatch(params.stop)  # the checker replays the same rule (engine.sampling.first_stop)
 
     @property
     def token_ids(self) -> list[int]:
@@ -75,12 +74,9 @@ class Sequence:
         last = len(self.token_ids) == self.params.max_tokens
         if last:
             delta += self.detokenizer.flush()
-        if self.params.stop and delta:
-            window = self._tail + delta
-            hits = [i for i in (window.find(s) for s in self.params.stop if s) if i >= 0]
-            if hits:
-                return self._finish(delta[: max(0, min(hits) - len(self._tail))], token, "stop", logprob)
-            self._tail = window[len(window) - self._stop_window :] if self._stop_window else ""
+        cut = self.stops.cut(delta)
+        if cut is not None:
+            return self._finish(delta[:cut], token, "stop", logprob)
         if last:
             return self._finish(delta, token, "length", logprob)
         self.emit(TokenEvent(delta, token, logprob=logprob))

@@ -16,6 +16,10 @@ what it received, without the provider's tokenizer or model:
   gateway does not load; validators recompute it exactly (`tokens_in == len(prompt_ids)`) when
   they audit, so an inflation inside the bound is a slashable fraud, and outside it is not paid;
 - prompt and completion together fit the model's context;
+- the completion ends where it must, as far as the text shows: no text holds a requested stop
+  string (the provider cuts before it), and a `length` end has exactly `max_tokens` tokens.
+  Tokens drawn past EOS or past a stop string whose text was cut need the model to see:
+  validators refuse those (validator/checker.py), and the receipt is slashable;
 - `amount` is at most usage × the provider's prices on chain (asking less is its own loss).
 
 A receipt that fails any of these raises BadReceipt: it is not paid, the attempt is blamed on
@@ -67,6 +71,28 @@ def received_tokens(kind: str, output: dict[str, Any]) -> int:
     return len(token_ids)
 
 
+def ending_problems(kind: str, sent: dict[str, Any], output: dict[str, Any], streamed_text: str | None) -> list[str]:
+    """What the gateway can see, without the tokenizer, of a completion that runs past its end."""
+    if kind == "embedding":
+        return []
+    stop = sent.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    stops = [s for s in stops if isinstance(s, str) and s]
+    raw = output.get("choices")
+    choices = [c if isinstance(c, dict) else {} for c in raw] if isinstance(raw, list) else [output]
+    problems = []
+    for i, choice in enumerate(choices):
+        where = f"choice {i + 1}: " if len(choices) > 1 else ""
+        text = streamed_text if streamed_text is not None and len(choices) == 1 else choice.get("text", "")
+        if isinstance(text, str) and any(s in text for s in stops):
+            problems.append(f"{where}the text holds a requested stop string (it runs past its end)")
+        token_ids = choice.get("token_ids")
+        count = len(token_ids) if isinstance(token_ids, list) else None
+        if choice.get("finish_reason") == "length" and count is not None and count != requested_max_tokens(sent):
+            problems.append(f"{where}finish_reason length after {count} tokens, not max_tokens")
+    return problems
+
+
 def check_receipt(
     receipt: SignedReceipt,
     kind: str,
@@ -94,6 +120,7 @@ def check_receipt(
         problems.append(f"{tokens} tokens received, more than max_tokens × n = {most}")
     if streamed_tokens > tokens:
         problems.append(f"the stream's deltas carried {streamed_tokens} tokens, the final token ids only {tokens}")
+    problems += ending_problems(kind, sent, output, streamed_text)
     bound = max_prompt_tokens(kind, sent)
     if r.tokens_in > bound:
         problems.append(f"tokensIn {r.tokens_in} exceeds {bound}, the most this prompt can be")

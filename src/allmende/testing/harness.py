@@ -11,6 +11,10 @@ int8 weights, uniformly random tokens, the right model with another sampling see
 proof is then recomputed honestly by one prefill of the claimed model over its output,
 under greedy and four sampled settings; and truncated and empty completions. int8 counts
 as a miss only where its tokens differ from the honest draw.
+Overruns (with the attacks): the right model, honest proof, but a completion that runs past
+where it had to end, billed up to `max_tokens` — past the EOS of a request whose answer ends
+early, and past a requested stop string (the user may even get the honest, cut text) — under
+greedy and every sampled setting, next to the honest answers of the same requests.
 Used by tests/validator (few prompts) and bench/verify.py (more prompts, timings).
 """
 
@@ -69,6 +73,11 @@ SETTINGS = [GREEDY] + [
 # With its own proof, int8 is within the proof check's tolerance for honest bf16 on deeper
 # models (engine/proofs.py), so that row is a known limit too.
 LIMITS = ("int8 + recomputed proof", "weights quantised to int8")
+OVERRUN = "runs past"  # the rows of completions that go on past their end ...
+ENDINGS = (OVERRUN, "ends with EOS early", "ends at a stop string")  # ... and their honest rows
+# candidates searched (in one batch) for a request whose honest answer ends with EOS early: the
+# tiny model draws EOS before 64 tokens for about 1 in 10 greedy prompts and 1 in 5 seeds
+EARLY_EOS_TRIES = 32
 
 
 def setting_name(params: SamplingParams) -> str:
@@ -127,6 +136,15 @@ def generate_in_batch(
     return asyncio.run(main())
 
 
+def generate_many(engine: CausalLMEngine, requests: list[tuple[list[int], SamplingParams]]) -> list[list[int]]:
+    """The output tokens of several (prompt, params) requests, drawn in one continuous batch."""
+
+    async def main() -> list[Generation]:
+        return await asyncio.gather(*(collect(engine.generate(p, params), len(p)) for p, params in requests))
+
+    return [g.token_ids for g in asyncio.run(main())]
+
+
 def load(path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> CausalLMEngine:
     """The tiny model on `device`: the CPU unless asked (the validator, and every CPU variant,
     stays on the CPU on a machine with CUDA too)."""
@@ -160,6 +178,7 @@ class Harness:
         self.questions = QUESTIONS[:questions]
         self._tmp = tempfile.TemporaryDirectory()
         self._gpu: CausalLMEngine | None = None
+        self._early: dict[tuple[str, SamplingParams], tuple[list[int], SamplingParams, list[int]]] = {}
 
     def copy(self, dtype: torch.dtype = torch.float32) -> CausalLMEngine:
         """Another instance of the real model (for cheats that change its weights)."""
@@ -167,6 +186,40 @@ class Harness:
 
     def prompt(self, question: str, system: str = SYSTEM) -> list[int]:
         return self.reference.prompt_ids(messages(question, system))
+
+    def ends_early(self, question: str, params: SamplingParams) -> tuple[list[int], SamplingParams, list[int]]:
+        """A request like (`question`, `params`) whose honest answer ends with EOS before
+        `max_tokens`: another seed (sampled) or a numbered variant of the question (greedy),
+        the first of `EARLY_EOS_TRIES` candidates drawn in one batch. Returns its prompt, its
+        parameters and its tokens drawn with EOS ignored, up to `max_tokens` (EOS included:
+        the overrun). Cached: the honest and the cheating rows ask the same."""
+        key = (question, params)
+        if key not in self._early:
+            seeded = params.temperature > 0
+            candidates = [
+                (
+                    self.prompt(question if seeded or k == 0 else f"{question} ({k})"),
+                    dataclasses.replace(params, seed=params.seed + k) if seeded and params.seed is not None else params,
+                )
+                for k in range(EARLY_EOS_TRIES)
+            ]
+            drawn = generate_many(self.reference, [(p, dataclasses.replace(a, ignore_eos=True)) for p, a in candidates])
+            eos = self.reference.eos_ids
+            found = [i for i, out in enumerate(drawn) if any(t in eos for t in out[:-1])]
+            pick = found[0] if found else 0  # none found: the "overrun" is the honest answer (not counted)
+            self._early[key] = (*candidates[pick], drawn[pick])
+        return self._early[key]
+
+    def stop_string_of(self, prompt: list[int], params: SamplingParams) -> tuple[str, list[int]]:
+        """A stop string the honest answer to `prompt` reaches well before `max_tokens`: the text
+        of one of its early tokens (so the honest answer with it ends there or before), and
+        the answer without it (what a provider that ignores it bills)."""
+        out = generate(self.reference, prompt, params)[0]
+        for k in range(2, max(3, len(out) // 2)):
+            piece = self.reference.decode(out[k : k + 1])
+            if piece and "\ufffd" not in piece:
+                return piece, out
+        return self.reference.decode(out[:1]) or "\n", out
 
     def validate(self, claim: Claim, batch: int = 1) -> tuple[Verdict, float]:
         start = time.perf_counter()
@@ -313,6 +366,35 @@ class Harness:
 
             return make
 
+        def past_eos(params: SamplingParams, cheat: bool) -> Callable[[str], Claim]:
+            """A request whose answer ends with EOS early: honestly answered, or the provider
+            keeps drawing past the EOS up to max_tokens (its proof computed honestly as it drew)."""
+
+            def make(question: str) -> Claim:
+                prompt, asked, drawn = self.ends_early(question, params)
+                honest_out, honest_proof, seconds = generate(ref, prompt, asked)
+                if not cheat:
+                    return Claim(prompt, honest_out, honest_proof, asked, seconds)
+                return Claim(prompt, drawn, self._prefill_proof(prompt, drawn), asked, 0.0, drawn == honest_out)
+
+            return make
+
+        def past_stop(params: SamplingParams, cheat: bool) -> Callable[[str], Claim]:
+            """A request with a stop string its answer reaches early: honestly answered, or the
+            provider ignores the stop string and draws on up to max_tokens."""
+
+            def make(question: str) -> Claim:
+                prompt = self.prompt(question)
+                stop, unstopped = self.stop_string_of(prompt, params)
+                asked = dataclasses.replace(params, stop=(stop,))
+                honest_out, honest_proof, seconds = generate(ref, prompt, asked)
+                if not cheat:
+                    return Claim(prompt, honest_out, honest_proof, asked, seconds)
+                proof = self._prefill_proof(prompt, unstopped)
+                return Claim(prompt, unstopped, proof, asked, 0.0, unstopped == honest_out)
+
+            return make
+
         rows: list[tuple[str, bool, Callable[[str], Claim], int]] = []
         for setting in SETTINGS:
             params = dataclasses.replace(setting, max_tokens=self.tokens)
@@ -332,6 +414,10 @@ class Harness:
             rows += [
                 (f"truncated after 3 tokens, {name}", False, cut(params, 3), 1),
                 (f"empty completion, {name}", False, cut(params, 0), 1),
+                (f"ends with EOS early, {name}", True, past_eos(params, cheat=False), 1),
+                (f"{OVERRUN} EOS up to max_tokens, {name}", False, past_eos(params, cheat=True), 1),
+                (f"ends at a stop string, {name}", True, past_stop(params, cheat=False), 1),
+                (f"{OVERRUN} a stop string up to max_tokens, {name}", False, past_stop(params, cheat=True), 1),
             ]
         return rows
 
@@ -350,9 +436,12 @@ class Harness:
         out, proof, seconds = generate(gpu, prompt, GREEDY)
         return Claim(prompt, out, proof, GREEDY, seconds)
 
-    def run(self) -> list[VariantResult]:
+    def run(self, select: Callable[[str], bool] | None = None) -> list[VariantResult]:
+        """Every variant (or those whose name `select` picks), each on every question."""
         results = []
         for name, is_honest, make, batch in self.variants():
+            if select is not None and not select(name):
+                continue
             result = VariantResult(name, is_honest)
             for question in self.questions:
                 claim = make(question)

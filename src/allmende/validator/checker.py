@@ -8,9 +8,13 @@ Three checks, all needed:
    validator's own logits — this catches output from a cheaper generator (another
    model, a skipped layer, random tokens) even when its proof was recomputed honestly
    by one prefill of the claimed model over that output;
-3. the end: a completion ends only where the model may end it — `max_tokens` reached, a
-   stop string completed by the last token, or EOS the drawn next token. Truncated and
-   empty completions fail.
+3. the end: a completion ends exactly where the engine had to end it — `max_tokens`
+   reached (that is what `length` means), a stop string completed by the last token, or
+   EOS the drawn next token — and never later: no token after an EOS (the engine stops
+   there and never outputs it), none after the token that completed the first stop string
+   (found by the engine's own rule, engine.sampling.first_stop), none after the grammar of
+   a structured-output request allows only the end. Truncated, empty and overrun
+   completions fail.
 
 The draw. Greedy (temperature 0): the token must be the argmax, or within `MARGIN` ×
 the row's logit scale of it. Sampling: token i is the argmax over the top-p nucleus of
@@ -33,7 +37,7 @@ import torch
 
 from allmende.engine.base import SamplingParams
 from allmende.engine.proofs import ProofCheck, check
-from allmende.engine.sampling import gumbel_noise, nucleus
+from allmende.engine.sampling import first_stop, gumbel_noise, nucleus
 
 # bf16 and fp32 disagree on near-ties: a token whose score is within 6 % of the row's logit
 # scale of the best one is accepted. Honest bf16 needed up to 1.2 % on the tiny model and just
@@ -114,11 +118,13 @@ def verify_completion(
     eos_ids: Collection[int] = (),
     stop_completed: bool = False,
     allowed: torch.Tensor | None = None,
+    stop_at: int | None = None,
 ) -> Verdict:
     """Judge a completion from the validator's prefill over prompt + output.
     `stop_completed`: the last output token completes one of the request's stop strings.
     `allowed`: the grammar masks of a structured-output request (`len(output_ids) + 1` rows:
-    one per output token, and one for the end)."""
+    one per output token, and one for the end). `stop_at`: the index of the token that
+    completed the first stop string (engine.sampling.first_stop), if one did."""
     hidden, logits = hidden_and_logits
     n = len(output_ids)
     if n > params.max_tokens:
@@ -132,7 +138,10 @@ def verify_completion(
     reasons = [] if proof_check.ok else [f"proof: {proof_check.reason}"]
     if bad:
         reasons.append(f"{bad} of {n} tokens are not the request's draw")
-    ended = n == params.max_tokens or stop_completed
+    past = overrun(output_ids, params, eos_ids, stop_at, allowed)
+    if past:
+        reasons.append(past)
+    ended = n == params.max_tokens or stop_completed or (stop_at is not None and stop_at == n - 1)
     if not ended:
         if logits.shape[0] < prompt_len + n:
             raise ValueError("the prefill must cover prompt + output to check where the output ends")
@@ -142,6 +151,33 @@ def verify_completion(
                 f"the completion ends after {n} of {params.max_tokens} tokens where the model does not end it"
             )
     return Verdict(not reasons, "; ".join(reasons) or "consistent", proof_check, bad)
+
+
+def overrun(
+    output_ids: list[int],
+    params: SamplingParams,
+    eos_ids: Collection[int],
+    stop_at: int | None = None,
+    allowed: torch.Tensor | None = None,
+) -> str | None:
+    """Why the completion runs past a place where the engine had to end it, or None. Each
+    token past that place is billed and was never the request's answer: a provider that
+    keeps drawing after EOS or a stop string, up to `max_tokens`, bills ×3.7 on average."""
+    n = len(output_ids)
+    if not params.ignore_eos:  # (never set by a request: benchmarks only)
+        eos = next((i for i, t in enumerate(output_ids) if t in eos_ids), None)
+        if eos is not None:
+            return f"runs past its end: EOS drawn as token {eos + 1}, then {n - eos - 1} more tokens"
+    if stop_at is not None and stop_at < n - 1:
+        return f"runs past its end: a stop string completed by token {stop_at + 1}, then {n - stop_at - 1} more tokens"
+    if allowed is not None and n:
+        rows = allowed[:n].clone()
+        rows[:, sorted(eos_ids)] = False
+        complete = (~rows.any(dim=-1)).nonzero()
+        if complete.numel():
+            end = int(complete[0, 0])
+            return f"runs past its end: the grammar allows only the end after {end} tokens, then {n - end} more tokens"
+    return None
 
 
 def stop_completed(full_text: str, before_last: str, stop: Collection[str]) -> bool:
@@ -187,9 +223,9 @@ def judge(
         allowed = masks(params.grammar, output_ids)
     if hidden_and_logits is None:
         hidden_and_logits = engine.prefill(prompt_ids + output_ids)
-    completed = bool(params.stop and output_ids) and stop_completed(
-        engine.decode(output_ids), engine.decode(output_ids[:-1]), params.stop
-    )
+    # where the engine stops on a stop string, by its own rule (not by re-decoding the
+    # whole text: a completion that runs past its first stop string must not pass)
+    stop_at = first_stop(engine.decode, output_ids, params.stop, params.max_tokens)
     return verify_completion(
         hidden_and_logits,
         len(prompt_ids),
@@ -197,6 +233,6 @@ def judge(
         proof,
         params,
         engine.eos_ids,
-        stop_completed=completed,
         allowed=allowed,
+        stop_at=stop_at,
     )

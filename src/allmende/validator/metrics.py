@@ -15,6 +15,7 @@ FAULTS = (
     ("cannot be checked", "unchecked"),
     ("proof", "proof"),
     ("draw", "tokens"),
+    ("runs past", "overrun"),
     ("ends after", "length"),
     ("max_tokens", "length"),
     ("seed", "sampling"),
