@@ -40,7 +40,9 @@ def _plan(tmp_path: Path, **kw: object) -> DevnetPlan:
 def test_a_devnet_starts_in_order_reports_an_exited_node_and_stops_every_process(tmp_path: Path) -> None:
     # Prepare
     steps: list[str] = []
-    devnet = Devnet(_plan(tmp_path), on_step=steps.append)
+    validator_port = free_port()
+    plan = _plan(tmp_path, validators=1, validator_options=[f"--port={validator_port}"])  # a port of my choice
+    devnet = Devnet(plan, on_step=steps.append)
 
     # Execute
     try:
@@ -56,11 +58,13 @@ def test_a_devnet_starts_in_order_reports_an_exited_node_and_stops_every_process
         devnet.stop()  # idempotent
 
     # Assert
-    assert [s.split()[0] for s in steps] == ["chain", "provider-1", "gateway"]
+    assert [s.split()[0] for s in steps] == ["chain", "provider-1", "gateway", "1"]  # "1 validators auditing"
+    assert network["validators"][0]["url"] == f"http://127.0.0.1:{validator_port}"
     assert len(models) == 1 and models[0]["id"].startswith("0x")  # allmende:tiny, served unregistered
     assert described["gateway_url"] == network["gateway_url"] and len(described["providers"]) == 1
     assert exited == [provider] and again == []  # each exit is reported once
     pids = [network["anvil_pid"], network["gateway_pid"], *(p["pid"] for p in network["providers"])]
+    pids += [v["pid"] for v in network["validators"]]
     assert not [pid for pid in pids if _alive(pid)]
 
 

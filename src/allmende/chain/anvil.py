@@ -6,7 +6,9 @@ are labelled as such wherever they are shown.
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -66,6 +68,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def die_with_parent_process() -> None:
+    """In a child between fork and exec: ask the kernel (Linux's PR_SET_PDEATHSIG) to send it
+    SIGTERM when the process that started it dies, however it dies: a supervisor killed with
+    -9 then leaves no node running. A no-op where prctl is not available."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Anvil:
     """A running anvil process. Use as a context manager or call stop()."""
 
@@ -77,6 +90,7 @@ class Anvil:
         state_file: Path | None = None,
         log_file: Path | None = None,
         host: str = "127.0.0.1",  # 0.0.0.0 lets nodes on other hosts reach the devnet
+        die_with_parent: bool = False,  # stopped by the kernel if this process dies (even by kill -9)
     ) -> None:
         self.port = port or free_port()
         self.chain_id = chain_id
@@ -87,7 +101,13 @@ class Anvil:
         if state_file:
             args += ["--state", str(state_file)]
         out = log_file.open("ab") if log_file else subprocess.DEVNULL
-        self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent_process if die_with_parent else None,
+        )
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 20.0) -> None:

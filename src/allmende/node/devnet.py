@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -91,6 +92,9 @@ class DevnetPlan:
         wanted = {"gateway --port": self.port, "anvil --rpc-port": self.rpc_port}
         if self.provider_port:
             wanted.update({f"provider-{i + 1} port": self.provider_port + i for i in range(self.providers)})
+        first_validator, _ = _port_option(self.validator_options)
+        if first_validator:
+            wanted.update({f"validator-{j + 1} port": first_validator + j for j in range(self.validators)})
         if len(set(wanted.values())) < len(wanted):
             raise InvalidInput(f"the ports overlap: {wanted}")
         busy = [f"{what} {number}" for what, number in wanted.items() if not port_free(number)]
@@ -130,7 +134,9 @@ class Devnet:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with self.status("starting anvil and deploying contracts"):
             listen = "0.0.0.0" if plan.public_host else "127.0.0.1"
-            self.anvil = Anvil(port=plan.rpc_port, log_file=self.run_dir / "anvil.log", host=listen)
+            self.anvil = Anvil(
+                port=plan.rpc_port, log_file=self.run_dir / "anvil.log", host=listen, die_with_parent=True
+            )
             deployer = ChainClient(self.anvil.url, self.accounts[0].key)
             deployment = deploy_all(deployer, fund=[a.address for a in self.accounts])
             deployments = self.run_dir / "deployments.json"
@@ -155,6 +161,7 @@ class Devnet:
                 "gateway_payer": self.accounts[GATEWAY_ACCOUNT].address,
                 "note": "anvil's well-known devnet accounts (public keys, devnet only)",
             },
+            "up_pid": os.getpid(),
         }
         save_network(plan.root / "network.json", network)
         return network
@@ -166,18 +173,21 @@ class Devnet:
             account = self.accounts[1 + i]
             port = plan.provider_port + i if plan.provider_port else free_port()
             log = self.run_dir / f"provider-{i + 1}.log"
+            public = (  # other hosts reach it at the public address: it listens there and registers that
+                ["--host", "0.0.0.0", "--public-url", f"http://{plan.public_host}:{port}"] if plan.public_host else []
+            )
             args = [
                 *plan.provider_command(i + 1),
                 "--rpc", self.anvil.url, "--key", f"devnet:{account.index}", "--deployments", str(deployments),
                 "--state-dir", str(self.run_dir / f"provider-{i + 1}"), "--port", str(port),
-                "--redeem-interval", "10",
+                "--redeem-interval", "10", *public,
                 *(a for m in plan.models for a in ("--model", m)),
                 *(["--claim-models"] if plan.claim_models else []),
                 *(["--stream-tokens-per-s", str(plan.stream_tokens_per_s)] if plan.stream_tokens_per_s else []),
                 *plan.provider_options,
                 *shared_threads(plan.models, plan.providers, plan.provider_options),
             ]  # fmt: skip
-            child = spawn(f"provider-{i + 1}", args, log, f"http://127.0.0.1:{port}")
+            child = spawn(f"provider-{i + 1}", args, log, f"http://127.0.0.1:{port}", die_with_parent=True)
             self.children.append(child)
             started.append(child)
             rows.append(
@@ -210,6 +220,7 @@ class Devnet:
             ),
             self.run_dir / "gateway.log",
             url,
+            die_with_parent=True,
         )  # fmt: skip
         self.children.append(gateway)
         with self.status("starting the gateway"):
@@ -225,17 +236,21 @@ class Devnet:
         plan, rows, started = self.plan, list[NodeRow](), list[Node]()
         assert self.anvil is not None
         audited = plan.chat_models or ["allmende:tiny"]
+        first_port, options = _port_option(plan.validator_options)  # --validator-option=--port=N: N, N+1, …
         for j in range(plan.validators):
             account = self.accounts[GATEWAY_ACCOUNT - 1 - j]  # from the top, below the gateway's account
-            port = free_port()
+            port = first_port + j if first_port else free_port()
             log = self.run_dir / f"validator-{j + 1}.log"
+            public = (
+                ["--host", "0.0.0.0", "--public-url", f"http://{plan.public_host}:{port}"] if plan.public_host else []
+            )
             args = allmende_command(
                 "validator", "--rpc", self.anvil.url, "--key", f"devnet:{account.index}",
                 "--deployments", str(deployments), "--state-dir", str(self.run_dir / f"validator-{j + 1}"),
-                "--port", str(port), *(a for m in audited for a in ("--model", m)), "--gateway", gateway_url,
-                *plan.validator_options,
+                "--port", str(port), *public, *(a for m in audited for a in ("--model", m)), "--gateway", gateway_url,
+                *options,
             )  # fmt: skip
-            child = spawn(f"validator-{j + 1}", args, log, f"http://127.0.0.1:{port}")
+            child = spawn(f"validator-{j + 1}", args, log, f"http://127.0.0.1:{port}", die_with_parent=True)
             self.children.append(child)
             started.append(child)
             rows.append({"address": account.address, "url": child.url or "", "pid": child.pid, "log": str(log)})
@@ -283,6 +298,24 @@ def shared_threads(models: list[str], providers: int, provider_options: list[str
     return threads
 
 
+def _port_option(options: list[str]) -> tuple[int | None, list[str]]:
+    """(the port in `--port=N` / `--port N` among `options`, the other options)."""
+    rest, port, i = [], None, 0
+    try:
+        while i < len(options):
+            option = options[i]
+            if option.startswith("--port="):
+                port = int(option.split("=", 1)[1])
+            elif option == "--port" and i + 1 < len(options):
+                port, i = int(options[i + 1]), i + 1
+            else:
+                rest.append(option)
+            i += 1
+    except ValueError:
+        raise InvalidInput(f"--validator-option --port needs a number: {options}") from None
+    return port, rest
+
+
 def keep_previous_run(root: Path) -> Path | None:
     """Move <root>/run of an earlier `up` aside (to run-YYYYmmdd-HHMMSS) and make a new, empty
     one. anvil keeps no state between runs, so a new run is a new chain and the old node state
@@ -305,6 +338,59 @@ def keep_previous_run(root: Path) -> Path | None:
     return kept
 
 
+def stop_described(root: Path, timeout: float = 30.0) -> list[str]:
+    """Stop the network <root>/network.json describes (`allmende down`): every node with
+    Ctrl-C at once (each withdraws its offers or settles), killed if still running after
+    `timeout`, then anvil. Only processes that are still the ones `up` started are signalled
+    (a pid the system has given to another program since is left alone). Returns what was
+    stopped, e.g. ["gateway", "provider-1", "anvil"]."""
+    try:
+        network = load_network(root / "network.json")
+    except (OSError, ValueError):
+        return []
+    nodes = [("gateway", network.get("gateway_pid"))]
+    nodes += [(f"provider-{i + 1}", p.get("pid")) for i, p in enumerate(network.get("providers", []))]
+    nodes += [(f"validator-{j + 1}", v.get("pid")) for j, v in enumerate(network.get("validators", []))]
+    running = [(name, pid) for name, pid in nodes if isinstance(pid, int) and _ours(pid, "allmende")]
+    anvil = [("anvil", pid) for pid in [network.get("anvil_pid")] if isinstance(pid, int) and _ours(pid, "anvil")]
+    up = [("up", pid) for pid in [network.get("up_pid")] if isinstance(pid, int) and pid != os.getpid()]
+    up = [(name, pid) for name, pid in up if _ours(pid, "allmende")]
+    _signal_and_wait(up, timeout)  # `up` stops its nodes in order itself
+    _signal_and_wait([(n, p) for n, p in running if _alive(p)], timeout)  # those of an `up` that was killed
+    _signal_and_wait([(n, p) for n, p in anvil if _alive(p)], timeout)
+    return [name for name, _ in up + running + anvil]
+
+
+def _ours(pid: int, marker: str) -> bool:
+    """True if `pid` runs and its command line mentions `marker` (it is still that node)."""
+    try:
+        return marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def _signal_and_wait(processes: list[tuple[str, int]], timeout: float) -> None:
+    for _, pid in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    for _, pid in processes:
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie of ours counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def running_up(root: Path) -> int | None:
     """The pid of an `allmende up` network still running on this state dir (its anvil), if any."""
     try:
@@ -316,7 +402,11 @@ def running_up(root: Path) -> int | None:
 
 
 def port_free(port: int) -> bool:
+    """True if a node can listen on `port` now. With SO_REUSEADDR, as the nodes themselves bind
+    (node.net.bind_socket, uvicorn): connections of a stopped run still in TIME_WAIT do not
+    hold the port (without it a restart within a minute of a clean stop was refused)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

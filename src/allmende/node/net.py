@@ -6,6 +6,7 @@ import socket
 
 from allmende.core.errors import InvalidInput
 
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """Listen on host:port now, before anything is staked or registered: a busy port stops the
     start here, with nothing on chain."""

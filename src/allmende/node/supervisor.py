@@ -13,10 +13,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import httpx
 
+from allmende.chain.anvil import die_with_parent_process
 from allmende.core.errors import AllmendeError
 
 
@@ -57,6 +58,7 @@ class NetworkInfo(TypedDict):
     providers: list[ProviderRow]
     validators: list[NodeRow]
     accounts: NetworkAccounts
+    up_pid: NotRequired[int]  # the `allmende up` that started it (`allmende down` stops it first)
 
 
 def load_network(path: Path) -> NetworkInfo:
@@ -151,14 +153,24 @@ def stop_together(nodes: Sequence[Node], timeout: float) -> None:
             node.process.wait()
 
 
-def spawn(name: str, command: Sequence[str], log: Path, url: str | None = None) -> Node:
+def spawn(
+    name: str, command: Sequence[str], log: Path, url: str | None = None, die_with_parent: bool = False
+) -> Node:
     """Start `command` with its output appended to `log` (not waiting for it), in a session of
     its own, as anvil is: a terminal's Ctrl-C then reaches only the supervisor, which stops each
     node once and in order. (Sharing the terminal's process group, a node got the Ctrl-C and
-    then the supervisor's SIGINT, and uvicorn's shutdown ended in a logged traceback.)"""
+    then the supervisor's SIGINT, and uvicorn's shutdown ended in a logged traceback.) With
+    `die_with_parent` the node gets SIGTERM (its clean stop) when the supervisor dies, even by
+    kill -9 (chain.anvil.die_with_parent_process)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        process = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            list(command),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent_process if die_with_parent else None,
+        )
     return Node(name, process, log, url)
 
 
