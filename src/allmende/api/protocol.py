@@ -178,12 +178,92 @@ MESSAGE_PARAMETERS: dict[str, Parameter] = {  # the fields of each of chat's `me
     "audio": Parameter(REFUSED, "the served models read text only"),
     "annotations": Parameter(REFUSED, "unless empty: annotations are not rendered", (None, [])),
 }
+_AS_CHAT = "served as a chat completion through the same routing, payment and receipt check"
+RESPONSES_PARAMETERS: dict[str, Parameter] = {  # OpenAI's Responses API (allmende.api.responses)
+    "model": _SHARED["model"],
+    "input": Parameter(
+        SUPPORTED,
+        "a string, or items: messages (roles system, developer, user, assistant; a string or "
+        "`input_text`/`output_text` parts), `function_call` and `function_call_output`; " + _AS_CHAT,
+    ),
+    "instructions": Parameter(SUPPORTED, "a system message before the input"),
+    "tools": Parameter(
+        SUPPORTED, "function tools (`type`, `name`, `description`, `parameters`, `strict`), as chat's `tools`"
+    ),
+    "tool_choice": Parameter(SUPPORTED, '`auto`, `none`, `required` or `{"type": "function", "name": …}`, as chat\'s'),
+    "parallel_tool_calls": Parameter(SUPPORTED, f"default true: up to {MAX_PARALLEL_CALLS} calls in one answer"),
+    "text": Parameter(
+        SUPPORTED,
+        "`format`: `text`, `json_object` or `json_schema` (`name`, `schema`, `strict`), as chat's `response_format`",
+    ),
+    "max_output_tokens": Parameter(SUPPORTED, "as chat's `max_tokens`"),
+    "temperature": _SHARED["temperature"],
+    "top_p": _SHARED["top_p"],
+    "stream": Parameter(SUPPORTED, "the typed server-sent events (`event:` lines, `sequence_number` on each)"),
+    "stream_options": Parameter(ACCEPTED, "`include_obfuscation`: no obfuscation is sent"),
+    "metadata": Parameter(ACCEPTED, "returned in the response; does not change the output"),
+    "user": _SHARED["user"],
+    "safety_identifier": Parameter(ACCEPTED, "as `user`"),
+    "prompt_cache_key": Parameter(ACCEPTED, "as `user`"),
+    "store": Parameter(REFUSED, "unless false: responses are not stored (the endpoint is stateless)", (None, False)),
+    "previous_response_id": Parameter(REFUSED, "responses are not stored: send the whole conversation as `input`"),
+    "conversation": Parameter(REFUSED, "conversations are not stored: send the whole conversation as `input`"),
+    "background": Parameter(REFUSED, "unless false: responses are not stored", (None, False)),
+    "include": Parameter(REFUSED, "unless empty: no extra output is offered", (None, [])),
+    "truncation": Parameter(REFUSED, 'unless "disabled": input is never truncated', (None, "disabled")),
+    "reasoning": Parameter(REFUSED, "the served models are not reasoning models", (None, {})),
+    "top_logprobs": Parameter(REFUSED, "unless 0: log-probabilities are offered on chat completions", (None, 0)),
+    "max_tool_calls": Parameter(REFUSED, "unlimited only: the answer holds the calls the model makes"),
+    "prompt": Parameter(REFUSED, "stored prompt templates are not offered"),
+    "service_tier": CHAT_PARAMETERS["service_tier"],
+}
+MESSAGES_PARAMETERS: dict[str, Parameter] = {  # Anthropic's Messages API (allmende.api.messages)
+    "model": _SHARED["model"],
+    "messages": Parameter(
+        SUPPORTED,
+        "roles user and assistant; a string or content blocks `text`, `tool_use` (assistant) and "
+        "`tool_result` (user); " + _AS_CHAT,
+    ),
+    "system": Parameter(SUPPORTED, "a string or text blocks: a system message before the messages"),
+    "max_tokens": Parameter(SUPPORTED, "required, as Anthropic requires it"),
+    "stop_sequences": Parameter(SUPPORTED, "up to 4 strings; `stop_reason: stop_sequence` names the one reached"),
+    "temperature": Parameter(SUPPORTED, "0–1, as Anthropic's; 0 is greedy"),
+    "top_p": _SHARED["top_p"],
+    "stream": Parameter(
+        SUPPORTED, "Anthropic's events: message_start, content_block_start/delta/stop, message_delta, message_stop"
+    ),
+    "tools": Parameter(
+        SUPPORTED, "`name`, `description`, `input_schema` (`cache_control` accepted), as chat's `tools`"
+    ),
+    "tool_choice": Parameter(
+        SUPPORTED,
+        "`auto`, `any`, `tool` (with `name`), `none`; `disable_parallel_tool_use` as chat's `parallel_tool_calls`",
+    ),
+    "metadata": Parameter(ACCEPTED, "`user_id`, as chat's `user`"),
+    "service_tier": Parameter(ACCEPTED, "one tier of service"),
+    "top_k": Parameter(REFUSED, _DRAW),
+    "thinking": Parameter(
+        REFUSED,
+        'unless `{"type": "disabled"}`: the served models are not reasoning models',
+        (None, {"type": "disabled"}),
+    ),
+    "container": Parameter(REFUSED, "no code execution"),
+    "mcp_servers": Parameter(REFUSED, "unless empty: the gateway calls no MCP servers", (None, [])),
+}
 PARAMETERS: dict[str, dict[str, Parameter]] = {
     "chat": CHAT_PARAMETERS,
     "completion": COMPLETION_PARAMETERS,
     "embedding": EMBEDDING_PARAMETERS,
+    "responses": RESPONSES_PARAMETERS,
+    "messages": MESSAGES_PARAMETERS,
 }
-API_NAMES = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embedding": "/v1/embeddings"}
+API_NAMES = {
+    "chat": "/v1/chat/completions",
+    "completion": "/v1/completions",
+    "embedding": "/v1/embeddings",
+    "responses": "/v1/responses",
+    "messages": "/v1/messages",
+}
 
 
 def parameter_table() -> str:
@@ -192,7 +272,7 @@ def parameter_table() -> str:
     for kind, params in PARAMETERS.items():
         for name, p in params.items():
             rows.append(f"| `{API_NAMES[kind]}` | `{name}` | {p.status} | {p.why} |")
-            if name == "messages":
+            if kind == "chat" and name == "messages":
                 for field, q in MESSAGE_PARAMETERS.items():
                     rows.append(f"| `{API_NAMES[kind]}` | `messages[].{field}` | {q.status} | {q.why} |")
     return "\n".join(rows) + "\n"
@@ -469,7 +549,19 @@ def _message(error: Any) -> str:
         return "must be a non-empty array"
     if kind == "missing":
         return "is required"
+    if kind == "extra_forbidden":
+        return "is not a known field"
     return msg.removeprefix("Input ")
+
+
+def invalid_parameter(exc: ValidationError) -> InvalidParameter:
+    """A request model's first validation error, naming its parameter as OpenAI names it."""
+    first = exc.errors()[0]
+    if not first["loc"]:  # a rule across parameters: its message names them
+        message = _message(first)
+        return InvalidParameter(message, message.split("'")[1] if "'" in message else None)
+    param = _param(first["loc"])
+    return InvalidParameter(f"'{param}' {_message(first)}", param)
 
 
 def parse_request(kind: str, body: dict[str, Any]) -> Request:
@@ -483,12 +575,7 @@ def parse_request(kind: str, body: dict[str, Any]) -> Request:
     try:
         request = model.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        if not first["loc"]:  # a rule across parameters: its message names them
-            message = _message(first)
-            raise InvalidParameter(message, message.split("'")[1] if "'" in message else None) from None
-        param = _param(first["loc"])
-        raise InvalidParameter(f"'{param}' {_message(first)}", param) from None
+        raise invalid_parameter(exc) from None
     if kind == "chat":
         check_tools(body)
     return request

@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP API: the routes. /v1/models, /v1/chat/completions,
-/v1/completions, /v1/embeddings (+ /healthz, /metrics, the explorer). Each completion route
+/v1/completions, /v1/embeddings, /v1/responses (OpenAI's Responses API) and /v1/messages
+(Anthropic's Messages API), both served as chat (+ /healthz, /metrics, the explorer). Each completion route
 is one serving class (serving.py: admission, typed request, one shot or stream), its shapes
 are in rendering.py, the routing and payments in service.py, errors out through
 `openai_error`. Before any of it, `allmende.api.guard` refuses foreign Host names, foreign
@@ -32,6 +33,8 @@ from allmende.gateway.serving import (
     CompletionServing,
     EmbeddingServing,
     GatewayLimits,
+    MessagesServing,
+    ResponsesServing,
 )
 
 __all__ = ["GatewayLimits", "create_app"]
@@ -110,6 +113,8 @@ def create_app(
     chat = ChatServing(service, admission, explorer)
     completion = CompletionServing(service, admission, explorer)
     embedding = EmbeddingServing(service, admission, explorer)
+    responses = ResponsesServing(service, admission, explorer)
+    messages = MessagesServing(service, admission, explorer)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -122,5 +127,13 @@ def create_app(
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
         return await embedding(request)
+
+    @app.post("/v1/responses")
+    async def create_response(request: Request) -> Response:
+        return await responses(request)
+
+    @app.post("/v1/messages")
+    async def create_message(request: Request) -> Response:
+        return await messages(request)
 
     return app

@@ -18,11 +18,15 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Counter, Gauge
 
+from allmende.api import messages as messages_api
 from allmende.api import protocol
+from allmende.api import responses as responses_api
 from allmende.api.body import read_limited
 from allmende.api.client import Answer, Delta
 from allmende.api.headers import EVIDENCE_HEADER, PIN_HEADER
-from allmende.api.protocol import check_request
+from allmende.api.messages import MessagesRequest, parse_messages
+from allmende.api.protocol import InvalidParameter, check_request
+from allmende.api.responses import ResponsesRequest, parse_responses
 from allmende.core.codec import address_field
 from allmende.core.errors import BodyTooLarge as CoreBodyTooLarge
 from allmende.core.errors import InvalidInput
@@ -39,6 +43,7 @@ from allmende.gateway.errors import (
     openai_error,
 )
 from allmende.gateway.explorer import Explorer
+from allmende.gateway.messages import MessageStream, anthropic_error, whole_message
 from allmende.gateway.rendering import (
     chat_chunk,
     chat_response,
@@ -50,6 +55,7 @@ from allmende.gateway.rendering import (
     new_id,
     sse,
 )
+from allmende.gateway.responses import ResponseStream, event_frame, whole_response
 from allmende.gateway.service import GatewayService, budget_check
 from allmende.gateway.tool_calls import StreamedCalls
 
@@ -80,10 +86,14 @@ class Admission:
         self.in_flight_gauge = in_flight_gauge
         self.in_flight = 0
 
-    def api_key(self, request: Request) -> str | None:
-        """The caller's API key; Unauthorized where keys are required and this is none of them."""
+    def api_key(self, request: Request, x_api_key: bool = False) -> str | None:
+        """The caller's API key (a Bearer token, or with `x_api_key` also the `x-api-key`
+        header Anthropic's clients send); Unauthorized where keys are required and this is
+        none of them."""
         header = request.headers.get("authorization", "")
         key = header[7:].strip() if header.lower().startswith("bearer ") else None
+        if key is None and x_api_key:
+            key = request.headers.get("x-api-key")
         if self.limits.api_keys and key not in self.limits.api_keys:
             raise Unauthorized("Incorrect API key provided.")
         return key
@@ -153,6 +163,9 @@ class Call:
     key: str | None
     pin: str | None
     evidence: bool
+    # the request in the endpoint's own shape, where it is translated into a chat request
+    # (/v1/responses, /v1/messages); `request` and `body` are then the chat request served
+    asked: ResponsesRequest | MessagesRequest | None = None
 
 
 @dataclass
@@ -165,11 +178,19 @@ class StreamState:
     logprobs: bool  # the request asked for log-probabilities
     offset: int = 0  # characters of the completion sent (legacy completions' text_offset)
     calls: StreamedCalls | None = None  # chat: turns text deltas into content or tool-call deltas
+    events: ResponseStream | MessageStream | None = None  # the translated endpoints' event streams
 
     def logprobs_of(self, item: str | Delta) -> list[dict[str, Any]] | None:
         if not self.logprobs:
             return None
         return (item.logprobs if isinstance(item, Delta) else None) or []
+
+
+Events = dict[str, Any] | list[dict[str, Any]] | None  # what a stream hook sends: one chunk, several, none
+
+
+def listed(events: Events) -> list[dict[str, Any]]:
+    return [] if events is None else events if isinstance(events, list) else [events]
 
 
 class Serving(ABC):
@@ -188,23 +209,37 @@ class Serving(ABC):
     async def __call__(self, request: Request) -> Response:
         admission = self.admission
         try:
-            key = admission.api_key(request)
+            key = self.api_key(request)
             admission.throttle(request, key)
             body = await read_body(request, admission.limits)
-            typed = check_request(self.kind, body)  # parsed once; body normalised as forwarded
+            typed, body, asked = self.parse(body)  # parsed once; body normalised as forwarded
             budget_check(self.service.payments, admission.limits.budgets, key)
-            call = Call(typed, body, key, pinned_provider(request), wants_evidence(request))
+            call = Call(typed, body, key, pinned_provider(request), wants_evidence(request), asked)
         except Exception as exc:
             return self._failed(exc)
         if self.streams(call.request):
             return StreamingResponse(self._stream(call), media_type="text/event-stream")
         return await self._once(call)
 
+    def api_key(self, request: Request) -> str | None:
+        return self.admission.api_key(request)
+
+    def parse(
+        self, body: dict[str, Any]
+    ) -> tuple[protocol.Request, dict[str, Any], ResponsesRequest | MessagesRequest | None]:
+        """The typed request, the body to forward and the request in the endpoint's own
+        shape (None where the body is forwarded as it came)."""
+        return check_request(self.kind, body), body, None
+
     def streams(self, request: protocol.Request) -> bool:
         return request.stream
 
+    def error_response(self, exc: Exception) -> JSONResponse:
+        """`exc` in the endpoint's error shape."""
+        return openai_error(exc)
+
     def _failed(self, exc: Exception) -> JSONResponse:
-        response = openai_error(exc)
+        response = self.error_response(exc)
         self.admission.requests_total.labels(self.endpoint, str(response.status_code)).inc()
         return response
 
@@ -253,29 +288,41 @@ class Serving(ABC):
         started = time.monotonic()
         try:
             for opening in self.opening(call, state):
-                yield sse(opening)
+                yield self.frame(opening)
             async for item in self.service.stream(self.kind, call.body, call.key, call.pin):
                 if isinstance(item, Answer):
                     receipt = self.explorer.answered(state.ident, item, started, call.key)  # for the playground
                     if call.evidence:
                         receipt["evidence"] = evidence_of(self.kind, item)
-                    yield sse(self.closing(call, state, item, receipt))
+                    for closing in listed(self.closing(call, state, item, receipt)):
+                        yield self.frame(closing)
                     if options is not None and options.include_usage:
-                        yield sse(self.usage_chunk(state, item.usage))
+                        yield self.frame(self.usage_chunk(state, item.usage))
                     break
-                piece = self.delta(call, state, item)
-                if piece is not None:
-                    yield sse(piece)
+                for piece in listed(self.delta(call, state, item)):
+                    yield self.frame(piece)
                 state.offset += len(item)
-            yield b"data: [DONE]\n\n"
+            yield self.end_of_stream
         except Exception as exc:
             self.explorer.failed(started)
             response = openai_error(exc)
             status = str(response.status_code)
-            yield sse(error_body(exc) if isinstance(exc, GatewayError) else json.loads(bytes(response.body)))
+            error = error_body(exc) if isinstance(exc, GatewayError) else json.loads(bytes(response.body))
+            for event in self.stream_error(state, response.status_code, error["error"]):
+                yield self.frame(event)
         finally:
             self.admission.end()
             self.admission.requests_total.labels(self.endpoint, status).inc()
+
+    end_of_stream: ClassVar[bytes] = b"data: [DONE]\n\n"
+
+    def frame(self, event: dict[str, Any]) -> bytes:
+        """One event on the wire."""
+        return sse(event)
+
+    def stream_error(self, state: StreamState, status: int, error: dict[str, Any]) -> list[dict[str, Any]]:
+        """The events that end a failed stream; `error`: OpenAI's error object."""
+        return [{"error": error}]
 
     def logprobs_wanted(self, request: protocol.Request) -> int | None:
         """Alternatives per token the request wants log-probabilities of (None: none)."""
@@ -285,12 +332,12 @@ class Serving(ABC):
         """Chunks sent before the first token."""
         return []
 
-    def delta(self, call: Call, state: StreamState, item: str | Delta) -> dict[str, Any] | None:
-        """The chunk of one text delta (None: nothing to send for it)."""
+    def delta(self, call: Call, state: StreamState, item: str | Delta) -> Events:
+        """The chunk (or events) of one text delta (None: nothing to send for it)."""
         raise NotImplementedError(f"{self.endpoint} does not stream")
 
-    def closing(self, call: Call, state: StreamState, answer: Answer, receipt: dict[str, Any]) -> dict[str, Any]:
-        """The final chunk: the finish reason and the receipt."""
+    def closing(self, call: Call, state: StreamState, answer: Answer, receipt: dict[str, Any]) -> Events:
+        """The final chunk (or events): the finish reason and the receipt."""
         raise NotImplementedError(f"{self.endpoint} does not stream")
 
     def usage_chunk(self, state: StreamState, usage: dict[str, int]) -> dict[str, Any]:
@@ -375,3 +422,90 @@ class EmbeddingServing(Serving):
     def render(self, call: Call, name: str, answer: Answer) -> dict[str, Any]:
         assert isinstance(call.request, protocol.EmbeddingRequest)
         return embedding_response(call.request, name, answer)
+
+
+class ResponsesServing(Serving):
+    """`POST /v1/responses` (OpenAI's Responses API, stateless): translated into a chat
+    request (api.responses), served as chat is, rendered as a response (gateway.responses)."""
+
+    kind, endpoint, id_prefix = "chat", "responses", "resp"
+    end_of_stream = b""
+
+    def parse(self, body: dict[str, Any]) -> tuple[protocol.Request, dict[str, Any], ResponsesRequest]:
+        asked = parse_responses(body)
+        chat = responses_api.chat_body(asked)
+        try:
+            return check_request("chat", chat), chat, asked
+        except InvalidParameter as exc:
+            raise responses_api.renamed(exc) from None
+
+    def render(self, call: Call, name: str, answer: Answer) -> dict[str, Any]:
+        assert isinstance(call.asked, ResponsesRequest)
+        return whole_response(call.asked, call.body, name, answer)
+
+    def frame(self, event: dict[str, Any]) -> bytes:
+        return event_frame(event)
+
+    def opening(self, call: Call, state: StreamState) -> list[dict[str, Any]]:
+        assert isinstance(call.asked, ResponsesRequest)
+        state.events = ResponseStream(call.asked, call.body, state.ident, state.created, state.model)
+        return state.events.opening()
+
+    def delta(self, call: Call, state: StreamState, item: str | Delta) -> Events:
+        assert isinstance(state.events, ResponseStream)
+        return state.events.feed(item)
+
+    def closing(self, call: Call, state: StreamState, answer: Answer, receipt: dict[str, Any]) -> Events:
+        assert isinstance(state.events, ResponseStream)
+        return state.events.closing(answer, receipt)
+
+    def stream_error(self, state: StreamState, status: int, error: dict[str, Any]) -> list[dict[str, Any]]:
+        assert isinstance(state.events, ResponseStream)
+        return state.events.failed(error)
+
+
+class MessagesServing(Serving):
+    """`POST /v1/messages` (Anthropic's Messages API): translated into a chat request
+    (api.messages), served as chat is, rendered and failed in Anthropic's shapes
+    (gateway.messages); the API key may come as `x-api-key`."""
+
+    kind, endpoint, id_prefix = "chat", "messages", "msg"
+    end_of_stream = b""
+
+    def api_key(self, request: Request) -> str | None:
+        return self.admission.api_key(request, x_api_key=True)
+
+    def parse(self, body: dict[str, Any]) -> tuple[protocol.Request, dict[str, Any], MessagesRequest]:
+        asked = parse_messages(body)
+        chat = messages_api.chat_body(asked)
+        try:
+            return check_request("chat", chat), chat, asked
+        except InvalidParameter as exc:
+            raise messages_api.renamed(exc) from None
+
+    def error_response(self, exc: Exception) -> JSONResponse:
+        return anthropic_error(exc)
+
+    def render(self, call: Call, name: str, answer: Answer) -> dict[str, Any]:
+        assert isinstance(call.asked, MessagesRequest)
+        return whole_message(call.asked, call.body, name, answer)
+
+    def frame(self, event: dict[str, Any]) -> bytes:
+        return event_frame(event)
+
+    def opening(self, call: Call, state: StreamState) -> list[dict[str, Any]]:
+        assert isinstance(call.asked, MessagesRequest)
+        state.events = MessageStream(call.asked, call.body, state.ident, state.model)
+        return state.events.opening()
+
+    def delta(self, call: Call, state: StreamState, item: str | Delta) -> Events:
+        assert isinstance(state.events, MessageStream)
+        return state.events.feed(item)
+
+    def closing(self, call: Call, state: StreamState, answer: Answer, receipt: dict[str, Any]) -> Events:
+        assert isinstance(state.events, MessageStream)
+        return state.events.closing(answer, receipt)
+
+    def stream_error(self, state: StreamState, status: int, error: dict[str, Any]) -> list[dict[str, Any]]:
+        assert isinstance(state.events, MessageStream)
+        return state.events.failed(status, str(error.get("message", "error")))
