@@ -98,6 +98,8 @@ ATTACKS = {
         {"origin": "http://127.0.0.1:3000", "content-type": "application/json"},
     ),
     "embeddings-cross-site": ("POST", "/v1/embeddings", {"origin": EVIL, "content-type": "text/plain"}),
+    "responses-cross-site": ("POST", "/v1/responses", {"origin": EVIL, "content-type": "text/plain"}),
+    "messages-cross-site": ("POST", "/v1/messages", {"origin": EVIL, "content-type": "text/plain"}),
     # a browser that sends no Origin with a form post still sends its content type
     "text-plain-without-origin": ("POST", "/v1/chat/completions", {"content-type": "text/plain"}),
     "no-content-type": ("POST", "/v1/chat/completions", {}),
