@@ -31,8 +31,8 @@ class PromptEngine(FakeEngine):
     (`length`), or at the script's end (`stop`). With logprobs asked for, each token's text
     comes with its log-probability, as the provider reports them."""
 
-    def __init__(self, script: Callable[[str], str]) -> None:
-        super().__init__()
+    def __init__(self, script: Callable[[str], str], fail_after: int | None = None) -> None:
+        super().__init__(fail_after)
         self.script = script
         self.context_length = 4096
         self.prompts: list[str] = []  # what each request showed the model
@@ -60,6 +60,8 @@ class PromptEngine(FakeEngine):
             shown, stop = min(hits)
             text, finish = text[: shown + len(stop)], "stop"
         for i, c in enumerate(text):
+            if i == self.fail_after:
+                raise RuntimeError("the GPU fell off the bus")
             last = i == len(text) - 1
             logprob = {"token": c, "bytes": [ord(c)], "logprob": -0.5, "top_logprobs": []}
             yield TokenEvent(

@@ -9,6 +9,7 @@ import asyncio
 import json
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import anthropic
 import pytest
@@ -222,6 +223,29 @@ def test_what_is_not_served_is_refused_in_anthropics_shape(
     assert got == status and error["type"] == "error" and error["error"]["type"] == kind
     assert needle in error["error"]["message"]
     assert net.store.spent("k") == 0
+
+
+def test_a_stream_whose_provider_fails_ends_with_an_error_event(tmp_path: Path) -> None:
+    async def call(c: Clients) -> Any:
+        with pytest.raises(anthropic.APIStatusError) as info:
+            async with c.anthropic.messages.stream(model="fake", max_tokens=64, messages=USER) as helper:
+                await helper.get_final_message()
+        return info.value
+
+    error, _ = serve(tmp_path, PromptEngine(weather_agent, fail_after=3), call)
+
+    assert error.body["type"] == "error" and error.body["error"]["type"] == "overloaded_error"
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]"], ids=["not-json", "not-an-object"])
+def test_a_body_that_is_no_json_object_is_a_400_in_anthropics_shape(tmp_path: Path, raw: bytes) -> None:
+    async def call(c: Clients) -> Any:
+        reply = await c.http.post("/v1/messages", content=raw, headers={"content-type": "application/json"})
+        return reply.status_code, reply.json()
+
+    (status, error), _ = serve(tmp_path, PromptEngine(weather_agent), call)
+
+    assert status == 400 and error == {"type": "error", "error": {"type": "invalid_request_error", "message": ANY}}
 
 
 def test_a_bad_body_raises_the_clients_own_error(tmp_path: Path) -> None:

@@ -201,6 +201,45 @@ def test_the_chat_body_served_is_what_the_receipt_binds(tmp_path: Path) -> None:
     assert body["allmende"]["input_hash"] == evidence["receipt"]["input_hash"]
 
 
+def test_an_earlier_answer_goes_back_as_an_assistant_message(tmp_path: Path) -> None:
+    engine = PromptEngine(weather_agent)
+
+    async def call(c: Clients) -> Any:
+        first = await c.openai.responses.create(model="fake", input="Hi")
+        history = [{"role": "user", "content": "Hi"}, first.output[0].model_dump(exclude_none=True)]
+        return await c.openai.responses.create(model="fake", input=[*history, {"role": "user", "content": "Again"}])
+
+    second, _ = serve(tmp_path, engine, call)
+
+    assert second.output_text == "Hello there."
+    assert engine.prompts[1] == "<user>Hi<assistant>Hello there.<user>Again"
+
+
+def test_a_stream_whose_provider_fails_ends_with_error_and_failed_events(tmp_path: Path) -> None:
+    async def call(c: Clients) -> Any:
+        reply = await c.http.post("/v1/responses", json={"model": "fake", "input": "Hi", "stream": True})
+        stream = await c.openai.responses.create(model="fake", input="Hi", stream=True)
+        return reply.status_code, [e async for e in stream]
+
+    (status, events), _ = serve(tmp_path, PromptEngine(weather_agent, fail_after=3), call)
+
+    assert status == 200  # the stream had begun; the failure is in it, never a 5xx
+    assert [e.type for e in events[-2:]] == ["error", "response.failed"]
+    assert events[-2].code == "no_provider_available" and events[-1].response.status == "failed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]"], ids=["not-json", "not-an-object"])
+def test_a_body_that_is_no_json_object_is_a_400(tmp_path: Path, raw: bytes) -> None:
+    async def call(c: Clients) -> Any:
+        reply = await c.http.post("/v1/responses", content=raw, headers={"content-type": "application/json"})
+        return reply.status_code, reply.json()
+
+    (status, error), _ = serve(tmp_path, PromptEngine(weather_agent), call)
+
+    assert status == 400 and error["error"]["type"] == "invalid_request_error"
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [

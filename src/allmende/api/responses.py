@@ -129,13 +129,14 @@ def messages_of(request: ResponsesRequest) -> list[dict[str, Any]]:
             raise InvalidParameter(f"'{where}' must be an object", where)
         kind = item.get("type", "message")
         if kind == "message":
-            _fields(item, {"type", "role", "content", "id", "status"}, where)
+            _fields(item, {"type", "role", "content", "id", "status", "phase"}, where)
             role = item.get("role")
             if role not in MESSAGE_ROLES:
                 raise InvalidParameter(f"'{where}.role' must be system, developer, user or assistant", f"{where}.role")
             out.append({"role": role, "content": _text(item.get("content"), f"{where}.content")})
         elif kind == "function_call":
-            _fields(item, {"type", "call_id", "name", "arguments", "id", "status"}, where)
+            _fields(item, {"type", "call_id", "name", "arguments", "id", "status", *_CALLER}, where)
+            _direct(item, where)
             call_id, name, arguments = (_string(item, field, where) for field in ("call_id", "name", "arguments"))
             call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
             last = out[-1] if out else None
@@ -144,7 +145,8 @@ def messages_of(request: ResponsesRequest) -> list[dict[str, Any]]:
             else:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
-            _fields(item, {"type", "call_id", "output", "id", "status"}, where)
+            _fields(item, {"type", "call_id", "output", "id", "status", "name", *_CALLER}, where)
+            _direct(item, where)
             call_id = _string(item, "call_id", where)
             out.append(
                 {"role": "tool", "tool_call_id": call_id, "content": _text(item.get("output"), f"{where}.output")}
@@ -155,6 +157,16 @@ def messages_of(request: ResponsesRequest) -> list[dict[str, Any]]:
                 f"{where}.type",
             )
     return out
+
+
+_CALLER = ("caller", "namespace")  # who made a call: only the model itself, directly, is served
+
+
+def _direct(item: dict[str, Any], where: str) -> None:
+    if item.get("caller") not in (None, {"type": "direct"}):
+        raise InvalidParameter(f"'{where}.caller' only direct calls are served", f"{where}.caller")
+    if item.get("namespace") is not None:
+        raise InvalidParameter(f"'{where}.namespace' namespaced tools are not served", f"{where}.namespace")
 
 
 def _fields(item: dict[str, Any], known: set[str], where: str) -> None:
