@@ -111,12 +111,21 @@ def build_envelope(
     return request_id, envelope, sealer
 
 
+def _decoded(raw: bytes | str) -> Any:
+    """A provider's JSON (a reply nested deeper than allmende.MAX_RECURSION is no reply:
+    ProviderReplyError, so the gateway fails over as from any broken provider)."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ProviderReplyError(502, "bad_reply", "the provider's reply is not JSON") from None
+
+
 def _raise_for(reply: httpx.Response) -> None:
     if reply.status_code >= 400:
         try:
             err = reply.json()["error"]
             raise ProviderReplyError(reply.status_code, err["code"], err["message"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise ProviderReplyError(reply.status_code, "http_error", reply.text[:200]) from None
 
 
@@ -139,7 +148,7 @@ def infer(
 ) -> Answer:
     reply = http.post(f"{url}/v1/infer", json=envelope)
     _raise_for(reply)
-    data = json.loads(sealer.open(reply.json(), 0))
+    data = _decoded(sealer.open(_decoded(reply.content), 0))
     return Answer(data["output"], data["usage"], _check_receipt(data["receipt"], info, receipt_domain, request_id))
 
 
@@ -157,11 +166,11 @@ class _StreamReader:
             return None
         if not line.startswith("data:"):
             return None
-        payload = json.loads(line[5:])
+        payload = _decoded(line[5:])
         if self.event == "error":
             err = payload["error"]
             raise ProviderReplyError(500, err["code"], err["message"])
-        data = json.loads(self.sealer.open(payload, self.seq))
+        data = _decoded(self.sealer.open(payload, self.seq))
         self.seq += 1
         if data.get("done"):
             output = {
@@ -220,7 +229,7 @@ async def ainfer(
     """`infer` for asyncio callers."""
     reply = await http.post(f"{url}/v1/infer", json=envelope)
     _raise_for(reply)
-    data = json.loads(sealer.open(reply.json(), 0))
+    data = _decoded(sealer.open(_decoded(reply.content), 0))
     return Answer(data["output"], data["usage"], _check_receipt(data["receipt"], info, receipt_domain, request_id))
 
 

@@ -132,7 +132,7 @@ async def read_body(request: Request, limits: GatewayLimits) -> dict[str, Any]:
         raise BodyTooLarge(str(exc)) from None  # OpenAI's code for it: request_too_large
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested deeper than allmende.MAX_RECURSION
         raise InvalidRequest("We could not parse the JSON body of your request.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")

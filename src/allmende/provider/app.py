@@ -54,7 +54,7 @@ async def read_json(request: Request, limits: Limits) -> Any:
     raw = await read_limited(request, limits.max_body, limits.body_timeout)
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested deeper than allmende.MAX_RECURSION
         raise BadRequest("request body is not valid JSON") from None
 
 

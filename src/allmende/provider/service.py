@@ -85,7 +85,7 @@ class ProviderService:
         request_id, plaintext, sealer = open_request(self.x25519, self.address, envelope)
         try:
             data = json.loads(plaintext)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested deeper than allmende.MAX_RECURSION
             raise BadRequest("decrypted request is not JSON") from None
         if not isinstance(data, dict):
             raise BadRequest("decrypted request must be a JSON object")

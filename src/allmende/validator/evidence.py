@@ -59,7 +59,7 @@ class Evidence:
             SignedReceipt.from_json(evidence.receipt)
             bytes.fromhex(evidence.proof[2:])
             bytes.fromhex(evidence.model_id[2:])
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             raise BadEvidence(f"evidence does not follow the schema: {exc}") from None
         if not all(isinstance(t, int) for t in [*evidence.token_ids, *evidence.prompt_ids]):
             raise BadEvidence("token ids must be integers")
