@@ -13,6 +13,7 @@ from typing import Any
 
 import openai
 import pytest
+from pydantic import BaseModel
 
 from allmende.api.protocol import input_hash
 from allmende.api.responses import chat_body, parse_responses
@@ -168,6 +169,28 @@ def test_text_format_json_schema_is_the_chat_response_format(tmp_path: Path) -> 
 
     assert json.loads(response.output_text) == {"city": "Paris"}
     assert response.text.format.type == "json_schema"
+
+
+class City(BaseModel):
+    city: str
+
+
+def test_the_sdks_stream_helper_and_parse_read_the_events_and_the_schema(tmp_path: Path) -> None:
+    async def call(c: Clients) -> Any:
+        async with c.openai.responses.stream(model="fake", input="Weather?", tools=[WEATHER]) as stream:
+            async for _ in stream:  # the helper rebuilds the response from the events
+                pass
+            streamed = await stream.get_final_response()
+        parsed = await c.openai.responses.parse(model="fake", input="Where?", text_format=City)
+        return streamed, parsed
+
+    def script(prompt: str) -> str:
+        return CALL if "<tool get_weather>" in prompt else '{"city":"Paris"}'
+
+    (streamed, parsed), _ = serve(tmp_path, PromptEngine(script), call)
+
+    assert streamed.output[0].name == "get_weather" and json.loads(streamed.output[0].arguments) == {"city": "Paris"}
+    assert parsed.output_parsed == City(city="Paris")
 
 
 def test_max_output_tokens_makes_the_response_incomplete(tmp_path: Path) -> None:

@@ -215,7 +215,7 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
 
 def _tool_choice(choice: Any) -> str | dict[str, Any]:
     if choice in ("auto", "none", "required"):
-        return choice
+        return str(choice)
     if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
         _fields(choice, {"type", "name"}, "tool_choice")
         return {"type": "function", "function": {"name": choice["name"]}}
