@@ -143,6 +143,21 @@ def test_a_message_answers_the_question(claude: anthropic.Anthropic) -> None:
     assert signed(message.model_extra)
 
 
+def test_a_stop_sequence_ends_the_message_and_is_named(claude: anthropic.Anthropic) -> None:
+    asked = {"model": MODEL, "max_tokens": 24, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0}
+    whole = claude.messages.create(**asked)
+    text = whole.content[0].text
+    assert " is" in text, text  # "The capital of France is Paris."
+
+    cut = claude.messages.create(**asked, stop_sequences=[" is", "never said"])
+    with claude.messages.stream(**asked, stop_sequences=[" is"]) as stream:
+        streamed = stream.get_final_message()
+
+    for message in (cut, streamed):
+        assert message.content[0].text == text[: text.index(" is")]
+        assert message.stop_reason == "stop_sequence" and message.stop_sequence == " is"
+
+
 def test_a_streamed_message(claude: anthropic.Anthropic) -> None:
     with claude.messages.stream(
         model=MODEL, max_tokens=16, messages=[{"role": "user", "content": QUESTION}], temperature=0
