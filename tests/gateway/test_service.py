@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from allmende.api.client import Answer
-from allmende.core import request_cost
+from allmende.core import SignedReceipt, request_cost
 from allmende.core.routing import ProviderStats
 from allmende.gateway.errors import InvalidRequest, NoProvider
 from tests.gateway.fakes import MODEL_ID, FakeEngine, FakeProvider, network
@@ -127,7 +127,14 @@ def test_a_stream_continues_on_another_provider_when_its_provider_fails_mid_stre
     assert final.usage["completion_tokens"] == 10
     assert final.receipt.receipt.provider == healthy.address
     assert failed_attempts(net, failing) == 1
-    assert healthy.store.receipt_count() == 1 and failing.store.receipt_count() == 0
+    assert healthy.store.receipt_count() == 1
+    # the failing provider billed the 3 tokens it sent (issue 42), and the gateway agrees
+    (cut,) = [SignedReceipt.from_json(json.loads(r)).receipt for r in failing.store.receipts()]
+    assert cut.tokens_out == 3
+    earned = sum(row.earned for row in failing.store.all_ledger())
+    channel = net.store.channel(failing.address)
+    assert channel is not None and net.store.owed(channel[0], MODEL_ID)[0] == earned == cut.amount > 0
+    assert net.service.payments.in_flight(channel[0]) == 0  # its reservation is settled, not left counted
 
 
 def test_streamed_usage_counts_tokens_like_the_one_shot_answer(tmp_path: Path) -> None:

@@ -21,10 +21,12 @@ from allmende.core.errors import UpstreamError
 
 
 class ProviderReplyError(UpstreamError):
-    """The provider answered with a JSON error (its status and code are kept)."""
+    """The provider answered with a JSON error (its status and code are kept). A stream that
+    failed after some text went out carries the provider's receipt for that text in `cut`
+    (checked like any receipt): the provider bills what it sent."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        self.status, self.code, self.message = status, code, message
+    def __init__(self, status: int, code: str, message: str, cut: Answer | None = None) -> None:
+        self.status, self.code, self.message, self.cut = status, code, message, cut
         super().__init__(f"{status} {code}: {message}")
 
 
@@ -159,6 +161,7 @@ class _StreamReader:
         self.info, self.receipt_domain, self.sealer, self.request_id = info, receipt_domain, sealer, request_id
         self.seq, self.event = 0, "message"
         self.parts: list[str] = []  # the text streamed so far: the Answer's text
+        self.cut: Answer | None = None  # the receipt of a stream that failed after sending text
 
     def feed(self, line: str) -> Delta | Answer | None:
         if line.startswith("event:"):
@@ -169,9 +172,15 @@ class _StreamReader:
         payload = _decoded(line[5:])
         if self.event == "error":
             err = payload["error"]
-            raise ProviderReplyError(500, err["code"], err["message"])
+            raise ProviderReplyError(500, err["code"], err["message"], self.cut)
         data = _decoded(self.sealer.open(payload, self.seq))
         self.seq += 1
+        if data.get("done") and data.get("cut"):  # the error follows; its receipt goes with it
+            ids = data.get("token_ids", [])
+            output = {"text": "".join(self.parts), "finish_reason": "error", "token_ids": ids, "proof": "0x"}
+            receipt = _check_receipt(data["receipt"], self.info, self.receipt_domain, self.request_id)
+            self.cut = Answer(output, data["usage"], receipt)
+            return None
         if data.get("done"):
             output = {
                 "text": "".join(self.parts),
@@ -214,7 +223,7 @@ def infer_stream(
                 yield item
                 if isinstance(item, Answer):
                     return
-    raise ProviderReplyError(502, "stream_cut", "stream ended before the final chunk")
+    raise ProviderReplyError(502, "stream_cut", "stream ended before the final chunk", reader.cut)
 
 
 async def ainfer(
@@ -254,4 +263,4 @@ async def ainfer_stream(
                 yield item
                 if isinstance(item, Answer):
                     return
-    raise ProviderReplyError(502, "stream_cut", "stream ended before the final chunk")
+    raise ProviderReplyError(502, "stream_cut", "stream ended before the final chunk", reader.cut)

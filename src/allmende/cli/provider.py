@@ -256,6 +256,8 @@ def provider_redeem(
         store = ProviderStore(root / "provider.db")
         result = Settlement(store, contracts.channels).redeem(force=True)
     console.print(f"redeemed {result.vouchers} vouchers for {usd(result.amount)} ({result.tx_hash or 'nothing due'})")
+    for dropped in result.dropped:
+        console.print(f"dropped channel 0x{dropped.channel_id.hex()}: {usd(dropped.amount)} lost ({dropped.reason})")
 
 
 def provider_withdraw(

@@ -5,7 +5,12 @@ Every answer's receipt is checked against what was sent and received (gateway/re
 before it is paid. One that fails is not paid, blamed on the provider and logged; a one-shot
 request then goes to another provider, so the user only sees answers whose receipt passed.
 A stream's receipt comes after its text: a failing one ends the stream with the usage the
-gateway counted itself, and the provider is not paid."""
+gateway counted itself, and the provider is not paid.
+
+A stream the provider cuts after sending text (an engine error) comes with the provider's
+receipt for that text, checked and paid like any other, so both ledgers agree. One whose
+connection drops, or that the gateway's own client abandons, keeps its whole reservation
+counted: the provider bills the prompt and the tokens it sent, never more than that bound."""
 
 from __future__ import annotations
 
@@ -19,14 +24,14 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
+from allmende.api.client import Answer, Delta, ProviderReplyError, ainfer, ainfer_stream, build_envelope
+from allmende.api.directory import AmbiguousName, Directory, Offer, ProviderEntry
+from allmende.api.protocol import grammar_of
 from allmende.chain.errors import ChainError
 from allmende.core import Domain, InvalidInput
 from allmende.core.credit import max_request_cost, requested_max_tokens
 from allmende.core.errors import InvalidModelName
 from allmende.core.prompts import max_prompt_tokens
-from allmende.api.client import Answer, Delta, ProviderReplyError, ainfer, ainfer_stream, build_envelope
-from allmende.api.directory import AmbiguousName, Directory, Offer, ProviderEntry
-from allmende.api.protocol import grammar_of
 from allmende.core.routing import ProviderStats, Router
 from allmende.gateway.errors import (
     AmbiguousModel,
@@ -411,6 +416,12 @@ class GatewayService:
                     streamed += item.tokens if isinstance(item, Delta) else 1
                     yield item
             except (ProviderReplyError, httpx.HTTPError, TimeoutError, InvalidInput, OSError) as exc:
+                if isinstance(exc, ProviderReplyError) and exc.cut is not None:
+                    # the provider failed after sending text and billed that text: check its
+                    # receipt against what arrived and pay it, as the provider's ledger does
+                    exc.cut.sent = request
+                    self._settle(attempt, offer, exc.cut, api_key, text, streamed)
+                    attempt.cost = 0  # released by _settle
                 verdict = self._failed(attempt, offer, exc, streamed)
                 if verdict == "fatal" and not sent and not streamed:
                     raise refused(exc) from None

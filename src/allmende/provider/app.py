@@ -21,10 +21,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from allmende import __version__
 from allmende.api import wire
-from allmende.core.envelope import public_key_bytes
-from allmende.core.ratelimit import RateLimiter
 from allmende.api.body import read_limited
 from allmende.api.guard import GuardConfig, protect
+from allmende.core.envelope import public_key_bytes
+from allmende.core.ratelimit import RateLimiter
 from allmende.provider.errors import BadRequest, Overloaded
 from allmende.provider.service import ProviderService
 
@@ -58,6 +58,21 @@ async def read_json(request: Request, limits: Limits) -> Any:
         raise BadRequest("request body is not valid JSON") from None
 
 
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that closes its body generator as soon as the response ends. When
+    the client goes away while a chunk is being sent, Starlette leaves the generator suspended
+    and Python would close it only when it is garbage collected; the stream's `finally` (which
+    bills a cut stream and releases its reservation) must not wait for that."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            body = self.body_iterator
+            if hasattr(body, "aclose"):
+                await body.aclose()
+
+
 def create_app(
     service: ProviderService, chain_id: int, limits: Limits | None = None, guard: GuardConfig | None = None
 ) -> FastAPI:
@@ -79,7 +94,10 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"ok": True, "address": service.address, "in_flight": service.in_flight}
+        # chain_block: the last block whose channel closes this node has applied (provider/watch.py)
+        watcher = service.gate.watcher
+        chain_block = watcher.synced_block if watcher is not None else None
+        return {"ok": True, "address": service.address, "in_flight": service.in_flight, "chain_block": chain_block}
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -135,7 +153,7 @@ def create_app(
             return response
 
         if req.stream:
-            return StreamingResponse(
+            return ClosingStreamingResponse(
                 _stream(req, kind, started), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
             )
         service.in_flight += 1
@@ -164,9 +182,12 @@ def create_app(
         except Exception as exc:
             response = error_response(exc)
             status = str(response.status_code)
+            cut = service.end_stream(req)  # what was sent is billed; its receipt goes out first
+            if cut is not None:
+                yield b"data: " + json.dumps(cut).encode() + b"\n\n"
             yield b"event: error\ndata: " + bytes(response.body) + b"\n\n"
         finally:
-            service.release(req)
+            service.end_stream(req)  # a client gone mid-stream: bill what was sent, then release
             service.in_flight -= 1
             in_flight.dec()
             requests_total.labels(kind, status).inc()

@@ -40,6 +40,8 @@ from eth_utils import to_checksum_address
 from fastapi.responses import JSONResponse
 from rich.progress import Progress
 
+from allmende.api.client import fetch_info
+from allmende.api.guard import GuardConfig
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.bindings import ROLE_PROVIDER
 from allmende.chain.errors import ChainError
@@ -47,15 +49,14 @@ from allmende.core.envelope import public_key_bytes
 from allmende.core.errors import InvalidInput, InvalidModelName
 from allmende.core.model_names import canonical_name
 from allmende.engine import Engine, load_engine
+from allmende.node.net import bind_socket
 from allmende.provider.app import Limits, create_app
-from allmende.api.client import fetch_info
-from allmende.api.guard import GuardConfig
 from allmende.provider.payments import CreditPolicy, PaymentGate
 from allmende.provider.relay import relayed_endpoint, serve_relayed
 from allmende.provider.service import ProviderService, ServedModel
 from allmende.provider.settlement import Settlement, SettlementPolicy
 from allmende.provider.store import ProviderStore
-from allmende.node.net import bind_socket
+from allmende.provider.watch import ChainClock, CloseWatcher
 
 log = logging.getLogger("allmende.provider")
 
@@ -183,7 +184,6 @@ def _alm(amount: int) -> str:
     return f"{whole:,}.{frac // 10**14:04d} ALM"
 
 
-
 @dataclass
 class ProviderNode:
     config: ProviderConfig
@@ -192,6 +192,7 @@ class ProviderNode:
     settlement: Settlement
     store: ProviderStore
     x25519_public: bytes = b""
+    watcher: CloseWatcher | None = None  # follows CloseRequested events (provider/watch.py)
     published: bool = False  # endpoint, stake and offers are on chain (after the reachability check)
     failure: BaseException | None = None  # why publishing failed; the node then stops
     server: Any = None  # the uvicorn server, told to exit when publishing fails
@@ -246,14 +247,24 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
     x25519 = load_x25519(config.state_dir / "x25519.key")
     store = ProviderStore(config.state_dir / "provider.db")
     me = client.address
-    gate = PaymentGate(store, contracts.channels.voucher_domain(), me, contracts.channels.channel, policy=config.credit)
+    clock = ChainClock()
+    watcher = CloseWatcher(store, contracts.channels, clock)
+    gate = PaymentGate(
+        store,
+        contracts.channels.voucher_domain(),
+        me,
+        contracts.channels.channel,
+        policy=config.credit,
+        clock=clock,
+        watcher=watcher,
+    )
     service = SERVICE_CLASS(
         config.key, x25519, served, store, gate, contracts.registry.receipt_domain(), config.stream_tokens_per_s
     )
     for hook in SERVICE_HOOKS:
         hook(service, contracts)
-    settlement = Settlement(store, contracts.channels, config.settlement)
-    return ProviderNode(config, contracts, service, settlement, store, public_key_bytes(x25519))
+    settlement = Settlement(store, contracts.channels, config.settlement, clock)
+    return ProviderNode(config, contracts, service, settlement, store, public_key_bytes(x25519), watcher)
 
 
 def check_reachable(node: ProviderNode, timeout: float = 20.0) -> None:
@@ -353,6 +364,20 @@ def build_app(node: ProviderNode) -> Any:
                 await asyncio.sleep(interval)
                 await asyncio.to_thread(node.settlement.tick)
 
+        async def watch() -> None:
+            """Closes seen in time: scan for them, and redeem a closing channel at once."""
+            watcher = node.watcher
+            if watcher is None:
+                return
+            while True:
+                try:
+                    await asyncio.to_thread(watcher.tick)
+                    if node.settlement.closing_due():
+                        await asyncio.to_thread(node.settlement.tick)
+                except ChainError as exc:
+                    log.warning("close watcher: %s (retrying)", exc)
+                await asyncio.sleep(node.config.credit.watch_interval)
+
         async def go_public() -> None:
             try:
                 await asyncio.to_thread(check_reachable, node)
@@ -363,9 +388,11 @@ def build_app(node: ProviderNode) -> Any:
                     node.server.should_exit = True
 
         task = asyncio.create_task(loop())
+        watching = asyncio.create_task(watch())
         publishing = asyncio.create_task(go_public())
         yield
         task.cancel()
+        watching.cancel()
         publishing.cancel()
         if node.published:
             try:

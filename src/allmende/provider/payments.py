@@ -35,11 +35,21 @@ interpret (a timeout, a cut connection after sending) are kept counted as in fli
 the inequality survives them.
 
 Channel state comes from chain and is cached; it is re-read when a voucher or the
-deposit check would exceed the cached deposit (a top-up), and in the background once
-the cache is older than `ttl` (the request goes on with the cached state meanwhile). So
-a channel this node has seen keeps being served while the chain endpoint is away; only
-a channel it has never seen, or a request beyond the cached deposit, needs the chain,
-and those are answered 503 (try another provider) while it is unreachable.
+deposit check would exceed the cached deposit (a top-up). Closes are followed as they
+happen (provider/watch.py: `CloseRequested` events every `watch_interval` seconds), so
+the cached state of a channel is current as of the watcher's last scan. A channel
+closing within `close_margin` seconds of chain time is refused.
+
+How old the state an admission rests on may be: normally one watcher interval. If the
+watcher falls behind (the chain endpoint is slow or away), state older than `ttl` is
+re-read in the background while requests go on, and state older than `grace` is re-read
+before the request is admitted (503, try another provider, while the chain cannot be
+reached). Admission never rests on state older than `grace`, and that is as good as
+fresh: a close requested after the state was read cannot take effect sooner than the
+minimum close delay Params allows (1 hour), and admission stops `close_margin` before a
+close, so grace + close_margin ≤ that delay keeps every decision the one fresh state would
+give (the deposit only grows until a close takes effect). So a channel this node has seen
+keeps being served for `grace` seconds while the chain endpoint is away.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ from allmende.chain.errors import ChainError, ContractReverted
 from allmende.core import Domain, InvalidSignature, SignedVoucher
 from allmende.provider.errors import BadVoucher, PayerNotAuthenticated, PaymentRequired
 from allmende.provider.store import ChannelState, ProviderStore
+from allmende.provider.watch import ChainClock, CloseWatcher
 
 log = logging.getLogger("allmende.provider.payments")
 
@@ -66,8 +77,14 @@ class CreditPolicy:
     credit_limit: int = 1_000_000
     # refuse channels that close within this many seconds (we could not redeem in time)
     close_margin: int = 600
-    # how long a cached channel state is trusted
+    # cached channel state older than this (and not covered by the close watcher) is
+    # refreshed in the background
     ttl: float = 30.0
+    # ... and state older than this is re-read before admitting (grace + close_margin must
+    # not exceed the minimum close delay, 3,600 s: see the module docstring)
+    grace: float = 600.0
+    # seconds between scans for CloseRequested events
+    watch_interval: float = 2.0
 
 
 class PaymentGate:
@@ -79,6 +96,8 @@ class PaymentGate:
         read_channel: Callable[[bytes], ChannelRecord],
         now: Callable[[], float] = time.time,
         policy: CreditPolicy | None = None,
+        clock: ChainClock | None = None,
+        watcher: CloseWatcher | None = None,
     ) -> None:
         self.store = store
         self.domain = domain
@@ -86,6 +105,8 @@ class PaymentGate:
         self.read_channel = read_channel
         self.now = now
         self.policy = policy or CreditPolicy()
+        self.clock = clock or ChainClock(now)
+        self.watcher = watcher
         self._refreshing: set[bytes] = set()
         self._refreshing_lock = threading.Lock()
         # admission checks and reservations are atomic per gate
@@ -95,14 +116,25 @@ class PaymentGate:
     def is_cached(self, channel_id: bytes) -> bool:
         """True when admitting a request on this channel needs no chain read (a stale
         cache is refreshed in the background)."""
-        return self.store.channel(channel_id) is not None
+        cached = self.store.channel(channel_id)
+        return cached is not None and self.age(cached) <= self.policy.grace
+
+    def age(self, state: ChannelState) -> float:
+        """Seconds since `state` was last known current (read, or covered by a watcher scan)."""
+        known = state.refreshed_at
+        synced = self.watcher.synced_since(state.refreshed_at) if self.watcher is not None else None
+        if synced is not None:
+            known = max(known, synced)
+        return self.now() - known
 
     def channel(self, channel_id: bytes, refresh: bool = False) -> ChannelState:
         cached = self.store.channel(channel_id)
         if cached is not None and not refresh:
-            if self.now() - cached.refreshed_at >= self.policy.ttl:
-                self._refresh_in_background(channel_id)
-            return cached
+            age = self.age(cached)
+            if age <= self.policy.grace:
+                if age >= self.policy.ttl:
+                    self._refresh_in_background(channel_id)
+                return cached
         return self._read(channel_id)
 
     def _refresh_in_background(self, channel_id: bytes) -> None:
@@ -148,8 +180,6 @@ class PaymentGate:
             raise PayerNotAuthenticated(
                 f"request signed by {payer}, but channel 0x{channel_id.hex()} belongs to {state.payer}"
             )
-        if state.closes_at and state.closes_at - self.now() < self.policy.close_margin:
-            raise PaymentRequired("channel is closing: open a new one")
         if voucher is not None:
             self._check_signature(voucher, channel_id, model_id, state)
         with self._lock:
@@ -160,11 +190,16 @@ class PaymentGate:
             self._admit_locked(channel_id, voucher, reserve, state, final=True)
         return state
 
+    def closing(self, state: ChannelState) -> bool:
+        """True if the channel closes within `close_margin` seconds of chain time (or has closed)."""
+        return bool(state.closes_at) and state.closes_at - self.clock.now() < self.policy.close_margin
+
     def _admit_locked(
         self, channel_id: bytes, voucher: SignedVoucher | None, reserve: int, state: ChannelState, final: bool
     ) -> bool:
         """Store the voucher if it is news, then check and reserve. False: the cached deposit is
-        too small (re-read it and call again with final=True, which raises instead)."""
+        too small (re-read it and call again with final=True, which raises instead). A channel
+        about to close takes the voucher (it pays for work done) but no new work."""
         ledger = {row.model_id: row for row in self.store.ledger(channel_id)}
         if voucher is not None and self._is_news(voucher, ledger):
             v = voucher.voucher
@@ -175,6 +210,8 @@ class PaymentGate:
                 return False
             self.store.store_voucher(voucher)
             ledger = {row.model_id: row for row in self.store.ledger(channel_id)}
+        if self.closing(state):
+            raise PaymentRequired("channel is closing: open a new one")
         earned = sum(r.earned for r in ledger.values())
         paid = sum(r.cumulative for r in ledger.values())
         reserved = self._reserved.get(channel_id, 0)

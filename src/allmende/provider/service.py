@@ -1,5 +1,11 @@
 """The provider's serving logic: open the envelope, check payment, run the engine,
-sign the receipt, seal the answer. The HTTP layer (app.py) only moves bytes."""
+sign the receipt, seal the answer. The HTTP layer (app.py) only moves bytes.
+
+A stream is billed for what was sent: its progress (prompt tokens, the tokens whose
+text went out, that text) is kept on the request, and a stream that ends before its
+final chunk (the client went away, the engine failed, the task was cancelled) gets a
+signed receipt for the prompt and the tokens sent so far when the HTTP layer calls
+`end_stream`, so the credit rule counts every token served."""
 
 from __future__ import annotations
 
@@ -15,14 +21,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account
 from eth_utils import keccak
 
+from allmende.api.canonical import CanonicalRequest, canonical
+from allmende.api.protocol import input_hash
 from allmende.core import Domain, InvalidInput, Receipt, RequestAuthorization, SignedVoucher, request_cost, sign_receipt
 from allmende.core.codec import hex_bytes
 from allmende.core.credit import max_request_cost
 from allmende.core.envelope import ResponseSealer, open_request
 from allmende.core.prompts import MAX_PROMPT_BYTES_PER_TOKEN, prompt_bytes
 from allmende.engine import Engine, PromptTooLong, SamplingParams, collect, collect_choices
-from allmende.api.canonical import CanonicalRequest, canonical
-from allmende.api.protocol import input_hash
 from allmende.engine.base import EmbeddingInput
 from allmende.provider.errors import BadRequest, PayerNotAuthenticated, ReplayedRequest, UnknownModelError
 from allmende.provider.payments import PaymentGate
@@ -41,12 +47,25 @@ class ServedModel:
 
 
 @dataclass
+class StreamProgress:
+    """What a stream has handed to the HTTP layer so far."""
+
+    prompt_tokens: int
+    sent_tokens: int = 0  # generated tokens whose text went out
+    parts: list[str] = dataclasses.field(default_factory=list)  # that text
+    token_ids: list[int] = dataclasses.field(default_factory=list)  # every token generated
+    seq: int = 0  # sealed chunks handed out (the next chunk's sequence number)
+    billed: bool = False  # a receipt (final or cut) is recorded
+
+
+@dataclass
 class InferRequest:
     request_id: bytes
     model: ServedModel
     kind: str
     body: dict[str, Any]
     input_hash: bytes  # keccak of the canonical request: the payer signed it, the receipt binds it
+    canonical: CanonicalRequest  # what is served: built once from the body (api.canonical)
     payer: str  # the account that signed the request (recovered, never taken from the plaintext)
     channel_id: bytes
     voucher: SignedVoucher | None
@@ -54,6 +73,8 @@ class InferRequest:
     stream: bool
     # units reserved against the channel's credit at admission, released when the request ends
     reserved: int = 0
+    # set once a stream starts generating (None: not a stream, or nothing generated yet)
+    progress: StreamProgress | None = None
 
 
 class ProviderService:
@@ -113,17 +134,23 @@ class ProviderService:
         self._check_size(model, str(kind), body)
         body_hash = input_hash(kind, body)
         authorization = RequestAuthorization(request_id, channel_id, model_id, body_hash)
+        payer = self._signer(data.get("signature"), authorization)
+        try:  # after the signature: only a payer's request is parsed (a grammar compiles here)
+            request = canonical(kind, body, request_id)
+        except InvalidInput as exc:
+            raise BadRequest(str(exc)) from None
         return InferRequest(
             request_id=request_id,
             model=model,
             kind=str(kind),
             body=body,
             input_hash=body_hash,
-            payer=self._signer(data.get("signature"), authorization),
+            canonical=request,
+            payer=payer,
             channel_id=channel_id,
             voucher=voucher,
             sealer=sealer,
-            stream=bool(body.get("stream", False)) and kind != "embedding",
+            stream=request.request.stream and kind != "embedding",
         )
 
     def _signer(self, raw: object, authorization: RequestAuthorization) -> str:
@@ -161,18 +188,13 @@ class ProviderService:
     async def run(self, req: InferRequest) -> dict[str, Any]:
         """Serve a non-streaming request; returns the sealed reply."""
         engine = req.model.engine
-        if req.kind == "embedding":
-            try:
-                engine.check_dimensions(req.body)  # type: ignore[attr-defined]
-                texts = engine.inputs_of(req.body)  # type: ignore[attr-defined]
-            except InvalidInput as exc:
-                raise BadRequest(str(exc)) from None
-            vectors, tokens = await engine.embed(texts)
+        if isinstance(req.canonical.prompt, EmbeddingInput):
+            vectors, tokens = await engine.embed(req.canonical.prompt)
             output: dict[str, Any] = {"embeddings": vectors}
             receipt = self._finish(req, tokens, 0, json.dumps(vectors).encode())
         else:
             prompt, params = await asyncio.to_thread(self._prepare, req)
-            n = self._choices(req)
+            n = req.canonical.n
             if n == 1:
                 gens = [await collect(engine.generate(prompt, params), len(prompt))]
             else:
@@ -203,9 +225,10 @@ class ProviderService:
         """Serve a streaming request: sealed chunks, the last with usage and receipt."""
         engine = req.model.engine
         prompt, params = await asyncio.to_thread(self._prepare, req)
-        if self._choices(req) != 1:
+        if req.canonical.n != 1:
             raise BadRequest("n above 1 is not offered with stream")
-        seq, parts, produced, finish, proof, token_ids = 0, [], 0, "length", b"", []
+        progress = req.progress = StreamProgress(len(prompt))
+        parts, produced, finish, proof, token_ids = progress.parts, 0, "length", b"", progress.token_ids
         unsent = 0  # tokens whose text has not gone out yet
         logprobs: list[dict[str, Any]] = []  # ... and their log-probabilities
         async for event in engine.generate(prompt, params):
@@ -226,10 +249,14 @@ class ProviderService:
                 piece: dict[str, Any] = {"delta": event.text, "tokens": unsent}
                 if params.logprobs is not None:
                     piece["logprobs"], logprobs = logprobs, []
-                yield req.sealer.seal(seq, json.dumps(piece).encode())
-                seq += 1
+                sealed = req.sealer.seal(progress.seq, json.dumps(piece).encode())
+                # counted as sent when handed out: a cut from here on bills it
+                progress.seq += 1
+                progress.sent_tokens += unsent
                 unsent = 0
+                yield sealed
         text = "".join(parts)
+        progress.billed = True
         receipt = self._finish(req, len(prompt), produced, text.encode(), proof)
         final = {
             "done": True,
@@ -241,44 +268,39 @@ class ProviderService:
         }
         if params.logprobs is not None:
             final["logprobs"] = logprobs  # of tokens whose text never went out (a cut stop string)
-        yield req.sealer.seal(seq, json.dumps(final).encode())
+        yield req.sealer.seal(progress.seq, json.dumps(final).encode())
+
+    def end_stream(self, req: InferRequest) -> dict[str, Any] | None:
+        """Called by the HTTP layer when a stream's response ends, however it ends. A stream
+        cut before its final receipt is billed for what was sent: the prompt plus the tokens
+        whose text went out get a signed receipt (no proof: the engine commits at the end),
+        recorded in `earned` before the reservation is released. Returns the sealed final
+        chunk for a client still listening (`cut: true`), or None when nothing was billed
+        here (the stream finished, or no token went out). Idempotent."""
+        progress = req.progress
+        try:
+            if progress is None or progress.billed or progress.sent_tokens == 0:
+                return None
+            progress.billed = True
+            text = "".join(progress.parts)
+            receipt = self._finish(req, progress.prompt_tokens, progress.sent_tokens, text.encode())
+            sent_ids = progress.token_ids[: progress.sent_tokens]
+            final = {"done": True, "cut": True, "finish_reason": "error", **receipt, "token_ids": sent_ids}
+            return req.sealer.seal(progress.seq, json.dumps(final).encode())
+        finally:
+            self.release(req)
 
     def _prepare(self, req: InferRequest) -> tuple[list[int], SamplingParams]:
-        """Prompt ids and sampling parameters, length-checked. Tokenizing is CPU work: the
-        serving paths run this in a worker thread, never on the event loop."""
-        prompt = self._prompt(req)
-        params = self._sampling(req)
-        req.model.engine.check_length(prompt, params.max_tokens)  # type: ignore[attr-defined]
-        return prompt, params
-
-    @staticmethod
-    def _choices(req: InferRequest) -> int:
+        """Prompt ids (a failover continuation included) and sampling parameters, from the
+        canonical request, length-checked. Tokenizing is CPU work: the serving paths run
+        this in a worker thread, never on the event loop."""
         try:
-            return choices_wanted(req.body)
+            prompt, params = req.canonical.generation
+            ids = req.model.engine.prompt_ids(prompt)
         except InvalidInput as exc:
             raise BadRequest(str(exc)) from None
-
-    @staticmethod
-    def _sampling(req: InferRequest) -> SamplingParams:
-        try:
-            params = sampling_params(req.body, req.request_id)  # unseeded: a seed bound to the request id
-            return dataclasses.replace(params, logprobs=logprobs_wanted(req.kind, req.body))
-        except InvalidInput as exc:
-            raise BadRequest(str(exc)) from None
-
-    def _prompt(self, req: InferRequest) -> list[int]:
-        """Prompt token ids; `allmende_continue` (text a failed provider already streamed)
-        is appended so this provider carries on where the other stopped."""
-        try:
-            ids = req.model.engine.prompt_ids(req.kind, req.body)  # type: ignore[arg-type]
-        except InvalidInput as exc:
-            raise BadRequest(str(exc)) from None
-        carry = req.body.get("allmende_continue")
-        if carry is not None:
-            if not isinstance(carry, str):
-                raise BadRequest("allmende_continue must be a string")
-            ids = ids + req.model.engine.encode_text(carry)  # type: ignore[attr-defined]
-        return ids
+        req.model.engine.check_length(ids, params.max_tokens)
+        return ids, params
 
     @staticmethod
     def _check_size(model: ServedModel, kind: str, body: dict[str, Any]) -> None:

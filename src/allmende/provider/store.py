@@ -4,6 +4,10 @@ One row per (channel, model) holds what was earned from receipts, the latest
 voucher (cumulative + signature) and what has been redeemed on chain. A voucher is
 committed before the request it pays for is served and a receipt before its
 answer is sent, so after kill -9 at any moment no voucher and no receipt is lost.
+A stream cut before its end gets its receipt (for what was sent) when the cut is
+noticed. A voucher whose redeem the chain refuses for good (its channel closed, its
+deposit withdrawn) is kept in `dropped` with the reason, so settlement reports it once
+and goes on with the other channels.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +48,14 @@ CREATE TABLE IF NOT EXISTS requests (
     amount       TEXT,
     receipt      TEXT                          -- signed receipt JSON once served
 );
+CREATE TABLE IF NOT EXISTS dropped (
+    channel_id   BLOB NOT NULL,
+    model_id     BLOB NOT NULL,
+    cumulative   TEXT NOT NULL,                -- the voucher the chain refused to redeem
+    reason       TEXT NOT NULL,
+    dropped_at   REAL NOT NULL,
+    PRIMARY KEY (channel_id, model_id)
+);
 """
 
 
@@ -71,9 +84,10 @@ class LedgerRow:
 
 
 class ProviderStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, now: Callable[[], float] = time.time) -> None:
         self._db = open_database(path, SCHEMA)
         self._lock = threading.Lock()
+        self.now = now  # wall clock of the timestamps kept (injected by tests)
 
     def close(self) -> None:
         self._db.close()
@@ -88,7 +102,7 @@ class ProviderStore:
         return None if row is None else ChannelState(channel_id, row[0], int(row[1]), int(row[2]), float(row[3]))
 
     def put_channel(self, channel_id: bytes, payer: str, deposit: int, closes_at: int) -> ChannelState:
-        now = time.time()
+        now = self.now()
         with self._lock:
             self._db.execute(
                 "INSERT INTO channels VALUES (?,?,?,?,?) ON CONFLICT(channel_id) DO UPDATE SET "
@@ -122,8 +136,24 @@ class ProviderStore:
                 "INSERT INTO ledger (channel_id, model_id, cumulative, signature, voucher_at) VALUES (?,?,?,?,?) "
                 "ON CONFLICT(channel_id, model_id) DO UPDATE SET cumulative=excluded.cumulative, "
                 "signature=excluded.signature, voucher_at=excluded.voucher_at",
-                (v.channel_id, v.model_id, str(v.cumulative_amount), signed.signature, time.time()),
+                (v.channel_id, v.model_id, str(v.cumulative_amount), signed.signature, self.now()),
             )
+
+    def drop_voucher(self, channel_id: bytes, model_id: bytes, cumulative: int, reason: str) -> None:
+        """Give up redeeming the (channel, model)'s vouchers up to `cumulative`: the chain
+        refused it for good (`reason`). A higher voucher later is pending again."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO dropped VALUES (?,?,?,?,?) ON CONFLICT(channel_id, model_id) DO UPDATE SET "
+                "cumulative=excluded.cumulative, reason=excluded.reason, dropped_at=excluded.dropped_at",
+                (channel_id, model_id, str(cumulative), reason, self.now()),
+            )
+
+    def dropped(self) -> dict[tuple[bytes, bytes], tuple[int, str]]:
+        """(channel, model) → (cumulative given up, why) for every voucher settlement dropped."""
+        with self._lock:
+            rows = self._db.execute("SELECT channel_id, model_id, cumulative, reason FROM dropped").fetchall()
+        return {(bytes(r[0]), bytes(r[1])): (int(r[2]), str(r[3])) for r in rows}
 
     def mark_redeemed(self, channel_id: bytes, model_id: bytes, cumulative: int) -> None:
         with self._lock:
@@ -140,7 +170,7 @@ class ProviderStore:
             try:
                 self._db.execute(
                     "INSERT INTO requests (request_id, channel_id, model_id, started_at) VALUES (?,?,?,?)",
-                    (request_id, channel_id, model_id, time.time()),
+                    (request_id, channel_id, model_id, self.now()),
                 )
             except sqlite3.IntegrityError:
                 return False
@@ -172,6 +202,16 @@ class ProviderStore:
         with self._lock:
             row = self._db.execute("SELECT receipt FROM requests WHERE request_id=?", (request_id,)).fetchone()
         return None if row is None else row[0]
+
+    def receipts(self, channel_id: bytes | None = None) -> list[str]:
+        """Every signed receipt (JSON), or those of one channel, oldest first."""
+        query = "SELECT receipt FROM requests WHERE receipt IS NOT NULL"
+        args: tuple[bytes, ...] = ()
+        if channel_id is not None:
+            query, args = query + " AND channel_id=?", (channel_id,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY started_at", args).fetchall()
+        return [str(r[0]) for r in rows]
 
     def receipt_count(self) -> int:
         with self._lock:
