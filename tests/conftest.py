@@ -100,6 +100,23 @@ def cheater_network(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return _cheater_network.get(tmp_path_factory)
 
 
+# what each test folder starts (`pytest -m unit`, `-m "not e2e"`, …); see pyproject's markers
+KIND_OF_FOLDER = {
+    "core": "unit", "gateway": "unit", "architecture": "unit", "cli": "unit",
+    "contracts": "chain", "chain": "chain",
+    "provider": "process", "validator": "process", "vault": "process", "supervisor": "process",
+    "faults": "process", "engine": "process",
+    "e2e": "e2e", "ui": "e2e",
+}  # fmt: skip
+TESTS = Path(__file__).parent
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Mark each test by what its folder starts (before `-m` selects)."""
+    folder = Path(str(item.fspath)).relative_to(TESTS).parts[0]
+    item.add_marker(KIND_OF_FOLDER.get(folder, "process"))
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the tests on the shared network one after the other, where the first of them was."""
