@@ -1,4 +1,4 @@
-"""Gas of the payment-channel lifecycle (and of registering and naming a model),
+"""Gas of the payment-channel lifecycle (and of registering, by commit and reveal, and naming a model),
 measured from real transaction receipts on anvil.
 
 Every figure is `gasUsed` of a mined transaction (intrinsic + calldata + execution,
@@ -21,6 +21,7 @@ from rich.table import Table
 
 from allmende.chain import ChainClient, Contracts, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts
+from allmende.chain.bindings import registration_commitment
 from allmende.core import SignedVoucher, Voucher, sign_voucher
 
 GOAL_MARGINAL = 30_000
@@ -37,7 +38,14 @@ def measure() -> dict[str, Any]:
         as_payer = Contracts(ChainClient(node.url, payer.key), deployment)
         as_provider = Contracts(ChainClient(node.url, provider.key), deployment)
         as_owner = Contracts(ChainClient(node.url, owner.key), deployment)
-        gas: dict[str, Any] = {"model_register": as_owner.models.register(MODEL, "Apache-2.0", 500).gas_used}
+        # registration is commit-reveal: the commitment (its own block), then the reveal
+        commit = as_owner.models.client.transact(
+            as_owner.models.contract.functions.commit(
+                registration_commitment(b"\x43" * 32, owner.address, b"\x01" * 32)
+            )
+        )
+        gas: dict[str, Any] = {"model_commit": commit.gas_used}
+        gas["model_register"] = as_owner.models.register(MODEL, "Apache-2.0", 500).gas_used
         gas["model_set_name"] = as_owner.models.set_name(MODEL, "smollm2-135m-instruct").gas_used
         domain = as_payer.channels.voucher_domain()
         as_payer.stable.approve(as_payer.channels.address)

@@ -16,8 +16,12 @@
         the provider. Royalty and fee are computed on the cumulative amount
         (each share is the difference of the rounded totals before and
         after), so splitting a redeem into many small ones changes nobody's
-        total. A model's royalty applies to a channel only if the model was
-        registered when the channel opened: terms are fixed before the work.
+        total. A model's royalty applies to the service after its
+        registration, through every channel, old or new, and never to the
+        service before: an increment redeemed after the registration whose
+        service began before it (since the (channel, model)'s last redeem, or
+        the channel's opening) pays the royalty on the share of that time
+        after the registration, as if the service was spread evenly over it.
         Shares accrue here and are pulled with `withdraw_earnings`, so a
         batch redeem moves no tokens.
         The payment token is fixed at deployment and must be approved by the
@@ -131,8 +135,9 @@ _meta: HashMap[bytes32, uint256]
 _provider: HashMap[bytes32, uint256]
 _funds: HashMap[bytes32, uint256]
 
-# @dev last redeemed cumulative amount per (channel, model)
-redeemed: public(HashMap[bytes32, HashMap[bytes32, uint256]])
+# @dev per (channel, model): when it was last redeemed (bits 128..191) | the last redeemed
+#      cumulative amount (bits 0..127), one slot so a redeem writes it once
+_redeemed: HashMap[bytes32, HashMap[bytes32, uint256]]
 # @dev accrued, not yet withdrawn earnings (provider, model owner, treasury)
 earnings: public(HashMap[address, uint256])
 # @dev channels opened per payer; part of the channel id
@@ -264,7 +269,8 @@ def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
         assert provider_slot & MASK_160 == convert(convert(msg.sender, uint160), uint256), "channels: not provider"
         closes_at: uint256 = meta & MASK_64
         assert closes_at == 0 or block.timestamp < closes_at, "channels: channel closed"
-        previous: uint256 = self.redeemed[v.channel_id][v.model_id]
+        last: uint256 = self._redeemed[v.channel_id][v.model_id]
+        previous: uint256 = last & MASK_128
         assert v.cumulative_amount > previous, "channels: voucher not above last"
         amount: uint256 = v.cumulative_amount - previous
         funds: uint256 = self._funds[v.channel_id]
@@ -275,17 +281,24 @@ def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
         )
         payer: address = convert(convert(meta >> 96, uint160), address)
         assert ecdsa._recover_sig(digest, v.signature) == payer, "channels: bad signature"
-        self.redeemed[v.channel_id][v.model_id] = v.cumulative_amount
+        # cumulative <= deposit < 2**128: it fits below the timestamp
+        self._redeemed[v.channel_id][v.model_id] = (block.timestamp << 128) | v.cumulative_amount
         self._funds[v.channel_id] = funds + amount
 
         if v.model_id != last_model:
             last_model = v.model_id
             model_owner, royalty_bps, registered_at = staticcall models.royalty_terms(v.model_id)
             royalty_bps = min(royalty_bps, royalty_cap)
-        # a royalty registered after the channel opened does not apply to it
-        if royalty_bps > 0 and registered_at <= provider_slot >> 160:
+        if royalty_bps > 0:
             # cumulative < 2**128, so the products cannot overflow
             royalty: uint256 = v.cumulative_amount * royalty_bps // BPS - previous * royalty_bps // BPS
+            # the service this increment pays for began at the last redeem (or the opening)
+            since: uint256 = last >> 128 if previous > 0 else provider_slot >> 160
+            if registered_at > since:
+                # registered during that service: only the share of its time after the
+                # registration pays (now > since, as registered_at <= now); at most the full
+                # royalty, so the provider's share below cannot shrink further
+                royalty = royalty * (block.timestamp - registered_at) // (block.timestamp - since)
             if royalty > 0:
                 self.earnings[model_owner] += royalty
                 total_royalty += royalty
@@ -339,6 +352,24 @@ def channel(channel_id: bytes32) -> Channel:
         closes_at=meta & MASK_64,
         opened_at=provider_slot >> 160,
     )
+
+
+@external
+@view
+def redeemed(channel_id: bytes32, model_id: bytes32) -> uint256:
+    """
+    @notice The last redeemed cumulative amount of (channel, model).
+    """
+    return self._redeemed[channel_id][model_id] & MASK_128
+
+
+@external
+@view
+def redeemed_at(channel_id: bytes32, model_id: bytes32) -> uint256:
+    """
+    @notice When (channel, model) was last redeemed (0: never).
+    """
+    return self._redeemed[channel_id][model_id] >> 128
 
 
 @external

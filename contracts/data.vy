@@ -5,7 +5,9 @@
 @license Apache-2.0
 @notice A dataset is identified by the keccak256 of its file manifest and
         stays with its owner: the owner's vault runs approved job templates
-        next to the data and only aggregates leave. The owner grants a
+        next to the data and only aggregates leave. A dataset is registered
+        by commit-reveal (`commit`, then `register_dataset` in a later block),
+        so nobody who sees the registration can take the id first. The owner grants a
         grantee one job template over a set of model ids, until an expiry,
         with a differential-privacy budget (epsilon, in millionths). The
         vault key, and only it, records each access (job id, result hash,
@@ -116,6 +118,8 @@ registry: public(immutable(IRegistry))
 _datasets: HashMap[bytes32, Dataset]
 dataset_count: public(uint256)
 dataset_at: public(HashMap[uint256, bytes32])
+# @dev commitment -> block number it was made in (0: none)
+commitments: public(HashMap[bytes32, uint256])
 
 _grants: HashMap[uint256, Grant]
 grant_count: public(uint256)
@@ -139,17 +143,48 @@ def __init__(registry_: IRegistry):
 
 
 @external
-def register_dataset(dataset_id: bytes32, vault: address, license: String[64], policy_uri: String[256]):
+def commit(commitment: bytes32):
     """
-    @notice Registers a dataset with the caller as its owner.
+    @notice First step of a dataset registration: hides the dataset id until
+            `register_dataset` reveals it in a later block, so the reveal cannot
+            be front-run by a squatter with its own vault.
+    @param commitment keccak256(abi_encode(dataset_id, owner, salt)), owner being
+           the account that will call `register_dataset`.
+    """
+    assert commitment != empty(bytes32), "data: empty commitment"
+    assert self.commitments[commitment] == 0, "data: commitment exists"
+    self.commitments[commitment] = block.number
+
+
+@external
+@pure
+def commitment_of(dataset_id: bytes32, owner: address, salt: bytes32) -> bytes32:
+    """
+    @notice The commitment `owner` makes before registering `dataset_id` with `salt`.
+    """
+    return keccak256(abi_encode(dataset_id, owner, salt))
+
+
+@external
+def register_dataset(dataset_id: bytes32, vault: address, license: String[64], policy_uri: String[256], salt: bytes32):
+    """
+    @notice Registers a dataset with the caller as its owner, revealing the
+            commitment the caller made in an earlier block.
     @param dataset_id keccak256 of the dataset's file manifest.
     @param vault The key of the vault node that holds the data and logs accesses.
     @param license SPDX id or short license name.
     @param policy_uri Where the data-use policy lives.
+    @param salt The salt of the caller's commitment.
     """
     assert dataset_id != empty(bytes32), "data: empty id"
     assert vault != empty(address), "data: zero vault"
     assert self._datasets[dataset_id].owner == empty(address), "data: already registered"
+    commitment: bytes32 = keccak256(abi_encode(dataset_id, msg.sender, salt))
+    committed_at: uint256 = self.commitments[commitment]
+    assert committed_at != 0, "data: not committed"
+    # made in an earlier block, while the id was secret: a front-runner cannot have one
+    assert committed_at < block.number, "data: commitment too recent"
+    self.commitments[commitment] = 0
     self._datasets[dataset_id] = Dataset(
         owner=msg.sender,
         vault=vault,

@@ -5,10 +5,14 @@
 @license Apache-2.0
 @notice Proposals are lists of calls (target, value, calldata) with a description.
         Voting weight is the voter's ALM stake in Registry plus the voting power
-        token holders delegated to it in Votes, both read at the proposal's
-        snapshot: the end of the second before it was made, as Verdicts does
-        for fraud votes. Tokens staked, moved or re-delegated after that give
-        no extra weight, and each account votes once. Voting delay, voting
+        token holders delegated to it in Votes, each the lowest it was through
+        the proposal's lookback: from Params `unbonding_period` before the
+        snapshot (the end of the second before the proposal was made) to the
+        snapshot, as Verdicts does for fraud votes. Stake rented for the
+        snapshot, or staked, moved or re-delegated after it, gives no weight,
+        and each account votes once. The proposal id hashes the proposer with
+        the calls and description, so nobody can take (and cancel) the id of
+        another proposer's proposal. Voting delay, voting
         period, quorum (bps of all voting stake at the snapshot), the grace
         period and the proposal threshold come from Params; a proposal keeps
         the values in force when it was created, so a later change of Params
@@ -18,7 +22,10 @@
         a change that can never execute. A proposal passes with quorum
         (for + abstain) and more for than against; it must then be queued in
         the Timelock within the grace period, and executed within the grace
-        period after its eta, or it expires; an expired queued proposal can be
+        period after its eta, or it expires. It is queued with Params
+        `timelock_delay` (or the Timelock's own minimum, if larger), and a call
+        to the Timelock's `update_delay` must be within that parameter's
+        bounds, so the delay users rely on cannot be switched off; an expired queued proposal can be
         cancelled by anyone (it leaves the Timelock), a pending one by its
         proposer.
 """
@@ -32,6 +39,8 @@ BPS: constant(uint256) = 10_000
 MAX_CALLS: constant(uint256) = 8
 
 DELAY_KEY: constant(bytes32) = keccak256("voting_delay")
+LOOKBACK_KEY: constant(bytes32) = keccak256("unbonding_period")
+TIMELOCK_DELAY_KEY: constant(bytes32) = keccak256("timelock_delay")
 PERIOD_KEY: constant(bytes32) = keccak256("voting_period")
 QUORUM_KEY: constant(bytes32) = keccak256("quorum_bps")
 THRESHOLD_KEY: constant(bytes32) = keccak256("proposal_threshold")
@@ -67,6 +76,7 @@ struct Proposal:
     expires_at: uint256  # a succeeded proposal not queued by then has expired
     snapshot: uint256  # vote weights and the quorum base are read at the end of this second
     canceled: bool
+    held_from: uint256  # weights are what was held from here to the snapshot
 
 
 event ProposalCreated:
@@ -131,7 +141,8 @@ def propose(
     @notice Proposes calls; the caller's voting weight just before now must reach
             the threshold. Every call is checked: not empty, to a contract, and a
             Params.set within what Params accepts now.
-    @return uint256 The proposal id: keccak256 of the calls and the description.
+    @return uint256 The proposal id: keccak256 of the proposer, the calls and the
+            description.
     """
     assert len(targets) > 0, "governor: empty proposal"
     assert len(targets) == len(values) and len(targets) == len(payloads), "governor: length mismatch"
@@ -140,9 +151,14 @@ def propose(
     # one snapshot for every weight: the end of the second before this one, so stake
     # added in this block (even before this transaction) weighs nothing
     snapshot: uint256 = block.timestamp - 1
-    weight: uint256 = self._weight(msg.sender, snapshot)
+    held_from: uint256 = snapshot - min(staticcall params.value(LOOKBACK_KEY), snapshot)
+    weight: uint256 = self._weight(msg.sender, held_from, snapshot)
     assert weight >= staticcall params.value(THRESHOLD_KEY), "governor: stake below proposal threshold"
-    proposal_id: uint256 = convert(keccak256(abi_encode(targets, values, payloads, keccak256(description))), uint256)
+    # the proposer is part of the id: a copy by someone else is another proposal, so
+    # cancelling the copy cannot block the original
+    proposal_id: uint256 = convert(
+        keccak256(abi_encode(msg.sender, targets, values, payloads, keccak256(description))), uint256
+    )
     assert self.proposals[proposal_id].proposer == empty(address), "governor: proposal exists"
     start: uint256 = block.timestamp + staticcall params.value(DELAY_KEY)
     end: uint256 = start + staticcall params.value(PERIOD_KEY)
@@ -161,6 +177,7 @@ def propose(
         expires_at=end + staticcall params.value(GRACE_KEY),
         snapshot=snapshot,
         canceled=False,
+        held_from=held_from,
     )
     self._targets[proposal_id] = targets
     self._values[proposal_id] = values
@@ -183,7 +200,9 @@ def cast_vote(proposal_id: uint256, support: uint8) -> uint256:
     assert self._state(proposal_id) == ACTIVE, "governor: voting not active"
     assert support <= SUPPORT_ABSTAIN, "governor: bad support value"
     assert not self.has_voted[proposal_id][msg.sender], "governor: already voted"
-    weight: uint256 = self._weight(msg.sender, self.proposals[proposal_id].snapshot)
+    weight: uint256 = self._weight(
+        msg.sender, self.proposals[proposal_id].held_from, self.proposals[proposal_id].snapshot
+    )
     assert weight > 0, "governor: no stake at snapshot"
     self.has_voted[proposal_id][msg.sender] = True
     if support == SUPPORT_FOR:
@@ -203,7 +222,8 @@ def queue(proposal_id: uint256) -> uint256:
     @return uint256 The time from which it can be executed.
     """
     assert self._state(proposal_id) == SUCCEEDED, "governor: proposal not successful"
-    delay: uint256 = staticcall timelock.get_minimum_delay()
+    # the delay Params promises users, even if the Timelock's own minimum is lower
+    delay: uint256 = max(staticcall timelock.get_minimum_delay(), staticcall params.value(TIMELOCK_DELAY_KEY))
     extcall timelock.schedule_batch(
         self._call_targets(proposal_id), self._call_values(proposal_id), self._call_payloads(proposal_id),
         empty(bytes32), convert(proposal_id, bytes32), delay
@@ -281,20 +301,23 @@ def quorum(proposal_id: uint256) -> uint256:
 @view
 def weight_at(account: address, timestamp: uint256) -> uint256:
     """
-    @notice An account's voting weight at the end of `timestamp`: its Registry
-            stake plus the ALM holders delegated to it in Votes.
+    @notice The voting weight a proposal made in the second after `timestamp`
+            would give the account: its Registry stake plus the ALM holders
+            delegated to it in Votes, each as held through the lookback (Params
+            `unbonding_period` now) ending at `timestamp`.
     """
-    return self._weight(account, timestamp)
+    return self._weight(account, timestamp - min(staticcall params.value(LOOKBACK_KEY), timestamp), timestamp)
 
 
 @external
 @view
 def vote_weight(proposal_id: uint256, account: address) -> uint256:
     """
-    @notice What `account`'s vote on the proposal weighs (its weight at the snapshot).
+    @notice What `account`'s vote on the proposal weighs (its weight held through
+            the proposal's lookback).
     """
     assert self.proposals[proposal_id].proposer != empty(address), "governor: unknown proposal"
-    return self._weight(account, self.proposals[proposal_id].snapshot)
+    return self._weight(account, self.proposals[proposal_id].held_from, self.proposals[proposal_id].snapshot)
 
 
 @external
@@ -309,15 +332,21 @@ def calls(proposal_id: uint256) -> (DynArray[address, MAX_CALLS], DynArray[uint2
 @internal
 @view
 def _quorum(proposal_id: uint256) -> uint256:
+    # every weight is at most the voter's stake at either end of the lookback, so the
+    # smaller total of the two ends bounds the sum of the votes
     snapshot: uint256 = self.proposals[proposal_id].snapshot
-    total: uint256 = staticcall registry.total_stake_at(snapshot) + staticcall votes.total_votes_at(snapshot)
+    start: uint256 = self.proposals[proposal_id].held_from
+    total: uint256 = min(
+        staticcall registry.total_stake_at(snapshot) + staticcall votes.total_votes_at(snapshot),
+        staticcall registry.total_stake_at(start) + staticcall votes.total_votes_at(start),
+    )
     return total * self.proposals[proposal_id].quorum_bps // BPS
 
 
 @internal
 @view
-def _weight(account: address, timestamp: uint256) -> uint256:
-    return staticcall registry.stake_at(account, timestamp) + staticcall votes.votes_at(account, timestamp)
+def _weight(account: address, start: uint256, end: uint256) -> uint256:
+    return staticcall registry.stake_held(account, start, end) + staticcall votes.votes_held(account, start, end)
 
 
 @internal
@@ -344,6 +373,11 @@ def _check_call(target: address, amount: uint256, payload: Bytes[1_024]):
             if len(reason) > 0:
                 raw_revert(reason)  # Params' own reason, e.g. "params: above bound"
             raise "governor: Params.set calldata does not decode"
+    if target == timelock.address and slice(payload, 0, 4) == method_id("update_delay(uint256)"):
+        # the Timelock's own delay stays within the bounds of the parameter users read
+        assert len(payload) == 36, "governor: update_delay calldata does not decode"
+        delay: uint256 = convert(slice(payload, 4, 32), uint256)
+        assert staticcall params.check("timelock_delay", delay)  # reverts with the bound it breaks
 
 
 @internal

@@ -11,14 +11,21 @@
         recorded once and never change. A second registration of an id
         is refused.
 
-        Royalty terms are fixed before the work is paid for: a model
-        registered with a royalty applies it only to channels opened at or
-        after its registration (Channels compares the channel's opening time
-        with `royalty_terms`), so registering an id later changes nothing on
-        channels that already exist. An id that a provider has ever offered
-        in the Registry cannot be registered with a royalty (nor as a derived
-        model, whose royalty goes to another lineage): income from a model
-        someone already serves cannot be redirected to whoever registers it.
+        Registration is commit-reveal, so the transaction that reveals a
+        model id cannot be front-run by a squatter: the author first
+        `commit`s keccak256(abi_encode(model_id, owner, salt)), then, in a
+        later block, `register`s with the salt. A copy of the reveal needs a
+        commitment of the copier's own made in an earlier block, when the id
+        was still secret.
+
+        Royalty terms apply to service after the registration, through every
+        channel, old or new: Channels pays the royalty on every amount it
+        redeems for service after `registered_at` (an increment that spans the
+        registration pays the share of its time after it), and nothing on
+        service before, so registering an id someone already serves redirects
+        none of the income already earned. Offers in the Registry do not
+        block a registration: a provider that offers an unregistered id
+        cannot keep its author from registering it with a royalty.
 
         Royalties of derived models: a model registered with
         `register_derived` (e.g. trained by a federated run from a base
@@ -91,12 +98,42 @@ royalty_root: public(HashMap[bytes32, bytes32])
 name_of: public(HashMap[bytes32, String[MAX_NAME]])
 # @dev skeleton key of a name (see `name_key`) -> the model holding that name
 _name_holder: HashMap[bytes32, bytes32]
+# @dev commitment -> block number it was made in (0: none)
+commitments: public(HashMap[bytes32, uint256])
+
+
+event Committed:
+    commitment: indexed(bytes32)
+    owner: indexed(address)
 
 
 @deploy
 def __init__(params_: IParams, registry_: IRegistry):
     params = params_
     registry = registry_
+
+
+@external
+def commit(commitment: bytes32):
+    """
+    @notice First step of a registration: hides the model id until `register`
+            reveals it in a later block.
+    @param commitment keccak256(abi_encode(model_id, owner, salt)), owner being
+           the account that will call `register`.
+    """
+    assert commitment != empty(bytes32), "models: empty commitment"
+    assert self.commitments[commitment] == 0, "models: commitment exists"
+    self.commitments[commitment] = block.number
+    log Committed(commitment=commitment, owner=msg.sender)
+
+
+@external
+@pure
+def commitment_of(model_id: bytes32, owner: address, salt: bytes32) -> bytes32:
+    """
+    @notice The commitment `owner` makes before registering `model_id` with `salt`.
+    """
+    return keccak256(abi_encode(model_id, owner, salt))
 
 
 @external
@@ -107,21 +144,23 @@ def register(
     parents: DynArray[bytes32, MAX_PARENTS],
     datasets: DynArray[bytes32, MAX_DATASETS],
     metadata_uri: String[256],
+    salt: bytes32,
 ) -> address:
     """
-    @notice Registers a model id with the caller as its owner.
+    @notice Registers a model id with the caller as its owner, revealing the
+            commitment the caller made in an earlier block.
     @param model_id Content address of the model files.
     @param license SPDX id or short license name, e.g. "Apache-2.0".
     @param royalty_bps Share of each payment for this model paid to the
-           owner, at most Params `royalty_cap_bps`; 0 for an id a provider
-           already offers in the Registry.
+           owner, at most Params `royalty_cap_bps`.
     @param parents Model ids this model was derived from.
     @param datasets Dataset ids it was trained on.
     @param metadata_uri Where the model card lives.
+    @param salt The salt of the caller's commitment.
     @return address The owner (the caller).
     """
     assert royalty_bps <= staticcall params.value(ROYALTY_CAP_KEY), "models: royalty above cap"
-    assert royalty_bps == 0 or not self._served(model_id), "models: already served"
+    self._reveal(model_id, salt)
     self._register(model_id, license, royalty_bps, parents, datasets, metadata_uri)
     self._royalty_slot[model_id] = self._pack(msg.sender, block.timestamp, royalty_bps)
     return msg.sender
@@ -134,20 +173,22 @@ def register_derived(
     license: String[64],
     datasets: DynArray[bytes32, MAX_DATASETS],
     metadata_uri: String[256],
+    salt: bytes32,
 ) -> address:
     """
     @notice Registers a model derived from `parent` (fine-tuned, trained
-            further) with the caller as its owner. Its royalty bps are the
-            parent's, and they are paid to the owner of the lineage's root.
-            Refused for an id a provider already offers in the Registry.
+            further) with the caller as its owner, revealing the caller's
+            commitment as `register` does. Its royalty bps are the parent's,
+            and they are paid to the owner of the lineage's root.
     @param model_id Content address of the model files.
     @param parent The model it was derived from.
     @param datasets Dataset ids it was trained on.
+    @param salt The salt of the caller's commitment.
     @return address The owner (the caller).
     """
     packed: uint256 = self._royalty_slot[parent]
     assert self._models[parent].owner != empty(address), "models: unknown parent"
-    assert not self._served(model_id), "models: already served"
+    self._reveal(model_id, salt)
     root: bytes32 = parent
     if packed & DERIVED_FLAG != 0:
         root = self.royalty_root[parent]
@@ -249,9 +290,8 @@ def royalty_info(model_id: bytes32) -> (address, uint256):
 @view
 def royalty_terms(model_id: bytes32) -> (address, uint256, uint256):
     """
-    @notice (payee, royalty bps, registered_at): what Channels applies to a
-            channel opened at or after `registered_at`; (0, 0, 0) for an
-            unknown model.
+    @notice (payee, royalty bps, registered_at): what Channels applies to the
+            service after `registered_at`; (0, 0, 0) for an unknown model.
     """
     return self._terms(model_id)
 
@@ -268,9 +308,14 @@ def _terms(model_id: bytes32) -> (address, uint256, uint256):
 
 
 @internal
-@view
-def _served(model_id: bytes32) -> bool:
-    return staticcall registry.model_provider_count(model_id) > 0
+def _reveal(model_id: bytes32, salt: bytes32):
+    commitment: bytes32 = keccak256(abi_encode(model_id, msg.sender, salt))
+    committed_at: uint256 = self.commitments[commitment]
+    assert committed_at != 0, "models: not committed"
+    # made in an earlier block, when the id was still secret: a front-runner that saw this
+    # transaction cannot have one
+    assert committed_at < block.number, "models: commitment too recent"
+    self.commitments[commitment] = 0
 
 
 @internal
@@ -329,7 +374,7 @@ def model_by_name(name: String[MAX_NAME]) -> bytes32:
 def name_key(name: String[MAX_NAME]) -> bytes32:
     """
     @notice The key on which names must be unique: keccak256 of the name's
-            skeleton (look-alike characters folded), left-aligned in two
+            skeleton (look-alike characters folded), left-aligned in four
             32-byte words. Reverts for a name that is not canonical.
     """
     key: bytes32 = self._skeleton_key(name)
@@ -340,16 +385,22 @@ def name_key(name: String[MAX_NAME]) -> bytes32:
 @internal
 @pure
 def _skeleton_key(name: String[MAX_NAME]) -> bytes32:
-    # empty(bytes32) for a name that is not canonical (keccak256 never yields 0 in practice)
+    # empty(bytes32) for a name that is not canonical (keccak256 never yields 0 in practice).
+    # The fold is `allmende.core.model_names`' byte for byte: Unicode's confusables
+    # (UTS #39) within the alphabet, 0 -> o, 1 -> l, m -> rn; the sequences UTS #39 cannot
+    # list, w -> vv, d -> cl; i -> l; every separator -> "-". Each character becomes its
+    # prototype, so the skeleton is at most 128 bytes.
     n: uint256 = len(name)
     if n == 0:
         return empty(bytes32)
     raw: Bytes[MAX_NAME] = convert(name, Bytes[MAX_NAME])
-    words: uint256[2] = [0, 0]
+    words: uint256[4] = [0, 0, 0, 0]
+    j: uint256 = 0  # bytes of skeleton written
     previous_separator: bool = True  # a name may not begin with a separator
     for i: uint256 in range(n, bound=MAX_NAME):
         c: uint256 = convert(slice(raw, i, 1), uint256)
         folded: uint256 = c
+        second: uint256 = 0  # the second byte of a two-letter prototype
         separator: bool = False
         if c == 45 or c == 46 or c == 47 or c == 58 or c == 95:  # - . / : _
             separator = True
@@ -358,13 +409,28 @@ def _skeleton_key(name: String[MAX_NAME]) -> bytes32:
             folded = 111
         elif c == 49 or c == 105:  # 1 and i read as l
             folded = 108
+        elif c == 109:  # m reads as rn
+            folded = 114
+            second = 110
+        elif c == 119:  # w reads as vv
+            folded = 118
+            second = 118
+        elif c == 100:  # d reads as cl
+            folded = 99
+            second = 108
         elif not ((c >= 97 and c <= 122) or (c >= 50 and c <= 57)):  # other letters, digits 2-9
             return empty(bytes32)
         if separator and previous_separator:
             return empty(bytes32)
         previous_separator = separator
-        # i < 64: byte i of the 64-byte skeleton, in word i // 32, big-endian
-        words[i // 32] |= folded << (8 * (31 - i % 32))
+        # j < 128: byte j of the 128-byte skeleton, in word j // 32, big-endian
+        words[j // 32] |= folded << (8 * (31 - j % 32))
+        j += 1
+        if second != 0:
+            words[j // 32] |= second << (8 * (31 - j % 32))
+            j += 1
     if previous_separator:  # nor end with one
         return empty(bytes32)
-    return keccak256(concat(convert(words[0], bytes32), convert(words[1], bytes32)))
+    return keccak256(
+        concat(convert(words[0], bytes32), convert(words[1], bytes32), convert(words[2], bytes32), convert(words[3], bytes32))
+    )

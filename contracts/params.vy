@@ -8,13 +8,19 @@
         and every change emits `ParamSet`. Names are short strings; other
         contracts read them by `keccak256(name)` through `value(key)`,
         people and tools read them by name through `get(name)`.
-        Basis-point parameters carry an upper bound so that governance
-        cannot set a fee above 100 %. Parameters that would switch a
-        protection off at zero carry a lower bound: a stake or bond that
-        costs nothing, a slash that takes nothing, a vote or delay that
-        lasts no time, a quorum that any one vote meets. Both bounds are
-        checked by `set` and by `check`, which the Governor asks when a
-        proposal is made.
+        Every parameter defined here carries both bounds. Basis points stay
+        at most 100 %. Parameters that would switch a protection off at
+        zero carry a lower bound: a stake or bond that costs nothing, a
+        slash that takes nothing, a vote or delay that lasts no time, a
+        quorum that any one vote meets. Upper bounds keep governance and
+        the network usable after any single passed proposal: no proposal
+        threshold nobody holds, no quorum no turnout meets, no period or
+        delay that never ends, no stake that shuts every node out. The
+        Timelock's own delay follows `timelock_delay` (the Governor queues
+        with the larger of the two and refuses an `update_delay` outside
+        its bounds). Both bounds are checked by `set` and by `check`, which
+        the Governor asks when a proposal is made. A new name (read by no
+        contract) may be added, unbounded.
 """
 
 from snekmate.auth import ownable
@@ -56,24 +62,30 @@ def __init__():
     self._define("protocol_fee_bps", 100, 0, BPS)
     self._define("royalty_cap_bps", 3000, 0, BPS)
     self._define("slash_bps", 1000, 1, BPS)  # a guilty verdict must cost something
-    self._define("fraud_quorum_bps", 5000, 1000, BPS)  # no case decided by a sliver of the stake
+    # no case decided by a sliver of the stake, nor one no turnout can ever decide
+    self._define("fraud_quorum_bps", 5000, 1000, 6000)
     self._define("reporter_reward_bps", 2000, 0, BPS)
     self._define("fraud_forfeit_bps", 5000, 0, BPS)
-    # stakes, in ALM wei (18 decimals): at least 1 ALM, or there is nothing to slash or forfeit
-    self._define("min_provider_stake", 1000 * ALM, ALM, 0)
-    self._define("min_validator_stake", 5000 * ALM, ALM, 0)
-    self._define("fraud_bond", 100 * ALM, ALM, 0)
-    # durations, in seconds: long enough that the other side can act in time
-    self._define("unbonding_period", 7 * DAY, DAY, 0)  # a cheater cannot leave before its case ends
-    self._define("channel_close_delay", DAY, HOUR, 0)  # a provider redeems before a channel closes
-    self._define("fraud_voting_period", DAY, 60, 0)  # validators re-check and vote
-    # governance: delays in seconds, quorum in bps of the voting supply
-    self._define("voting_delay", 60, 1, 0)  # the snapshot is the second before the proposal
-    self._define("voting_period", 3 * DAY, HOUR, 0)
-    self._define("quorum_bps", 400, 100, BPS)
-    self._define("proposal_threshold", 1000 * ALM, ALM, 0)  # proposals are not free to spam
-    self._define("timelock_delay", 2 * DAY, HOUR, 0)  # users see a change coming and can leave
-    self._define("proposal_grace_period", 14 * DAY, DAY, 0)
+    self._define("juror_penalty_bps", 500, 1, 5000)  # voting against the verdict has a price
+    # stakes, in ALM wei (18 decimals): at least 1 ALM, or there is nothing to slash or
+    # forfeit; at most a sum that does not shut every new node out
+    self._define("min_provider_stake", 1000 * ALM, ALM, 1_000_000 * ALM)
+    self._define("min_validator_stake", 5000 * ALM, ALM, 1_000_000 * ALM)
+    self._define("fraud_bond", 100 * ALM, ALM, 100_000 * ALM)
+    # durations, in seconds: long enough that the other side can act in time, short enough
+    # that nothing waits for ever. unbonding_period is also the lookback of every vote.
+    self._define("unbonding_period", 7 * DAY, DAY, 30 * DAY)  # a cheater cannot leave before its case ends
+    self._define("channel_close_delay", DAY, HOUR, 30 * DAY)  # a provider redeems before a channel closes
+    self._define("fraud_voting_period", DAY, 60, 14 * DAY)  # validators re-check and vote
+    # governance: delays in seconds, quorum in bps of the voting supply; the upper bounds
+    # keep governance usable after any single proposal (a threshold nobody reaches, a
+    # quorum no turnout meets, or a period that never ends would lock it for ever)
+    self._define("voting_delay", 60, 1, 7 * DAY)  # the snapshot is the second before the proposal
+    self._define("voting_period", 3 * DAY, HOUR, 14 * DAY)
+    self._define("quorum_bps", 400, 100, 2000)
+    self._define("proposal_threshold", 1000 * ALM, ALM, 100_000 * ALM)  # proposals are not free to spam
+    self._define("timelock_delay", 2 * DAY, HOUR, 14 * DAY)  # users see a change coming and can leave
+    self._define("proposal_grace_period", 14 * DAY, DAY, 30 * DAY)
 
 
 @internal

@@ -13,7 +13,13 @@
         still be slashed, and nothing is withdrawn while a fraud case
         against the account is open (`hold` / `release`), so unbonding
         cannot outrun a case. Only the configured `verdicts` contract may
-        slash, hold or pause; the owner (the Timelock) configures it.
+        hold or pause; the owner (the Timelock) configures it. A Verdicts
+        contract that holds an account keeps the right to slash, pause and
+        release it after governance replaced it, so a case open at the
+        migration still resolves and the stake it holds is released.
+        Votes weigh stake *held* through a lookback (`stake_held`): the
+        lowest stake an account had at any moment of the window, so stake
+        rented for the vote's second weighs nothing.
         The EIP-712 domain of this contract is the one providers sign
         `Receipt`s under, so receipts can be checked on chain here.
 """
@@ -36,6 +42,9 @@ ROLE_VALIDATOR: constant(uint8) = 2
 
 MAX_PAGE: constant(uint256) = 100
 MAX_MODELS_PER_PROVIDER: constant(uint256) = 32
+# @dev checkpoints `stake_held` reads inside one window; an account that changed its stake
+#      more often than this within a lookback weighs nothing in it (it cannot gain weight)
+MAX_HELD_SCAN: constant(uint256) = 128
 
 MIN_PROVIDER_STAKE_KEY: constant(bytes32) = keccak256("min_provider_stake")
 MIN_VALIDATOR_STAKE_KEY: constant(bytes32) = keccak256("min_validator_stake")
@@ -170,6 +179,9 @@ _role_checkpoint_count: HashMap[uint8, uint256]
 
 # @dev fraud cases open against an account; while any is, it cannot withdraw
 open_cases: public(HashMap[address, uint256])
+# @dev account -> Verdicts contract -> cases of that contract holding the account: a former
+#      Verdicts contract still settles what it holds
+holds_of: public(HashMap[address, HashMap[address, uint256]])
 
 
 @deploy
@@ -362,10 +374,11 @@ def providers_of(model_id: bytes32, start: uint256, limit: uint256) -> (DynArray
 def slash(account: address, amount: uint256, beneficiary: address) -> uint256:
     """
     @notice Takes up to `amount` ALM from `account` (stake first, then
-            unbonding) and sends it to `beneficiary`. Verdicts only.
+            unbonding) and sends it to `beneficiary`. Verdicts only (or a
+            former Verdicts contract that still holds `account`).
     @return uint256 The amount actually slashed.
     """
-    assert msg.sender == self.verdicts, "registry: not verdicts"
+    self._check_verdicts(account)
     assert beneficiary != empty(address), "registry: zero beneficiary"
     acct: Account = self.accounts[account]
     taken_from_stake: uint256 = min(amount, acct.stake)
@@ -392,17 +405,21 @@ def hold(account: address):
     assert msg.sender == self.verdicts, "registry: not verdicts"
     count: uint256 = self.open_cases[account] + 1
     self.open_cases[account] = count
+    self.holds_of[account][msg.sender] += 1
     log Held(account=account, open_cases=count)
 
 
 @external
 def release(account: address):
     """
-    @notice A fraud case against `account` was resolved. Verdicts only.
+    @notice A fraud case against `account` was resolved. Only the Verdicts
+            contract that holds it, current or former.
     """
-    assert msg.sender == self.verdicts, "registry: not verdicts"
+    held: uint256 = self.holds_of[account][msg.sender]
+    assert held > 0 or msg.sender == self.verdicts, "registry: not verdicts"
+    assert held > 0, "registry: no open case"
     count: uint256 = self.open_cases[account]
-    assert count > 0, "registry: no open case"
+    self.holds_of[account][msg.sender] = held - 1
     self.open_cases[account] = count - 1
     log Held(account=account, open_cases=count - 1)
 
@@ -423,7 +440,8 @@ def set_paused(account: address, paused: bool):
             paused provider is not returned by `providers_of`.
     """
     if paused:
-        assert msg.sender == self.verdicts or msg.sender == ownable.owner, "registry: not verdicts"
+        if msg.sender != ownable.owner:
+            self._check_verdicts(account)
     else:
         ownable._check_owner()
     self.accounts[account].paused = paused
@@ -501,6 +519,41 @@ def role_stake_at(role: uint8, timestamp: uint256) -> uint256:
     if low == 0:
         return 0
     return self._role_checkpoints[role][low - 1].stake
+
+
+@external
+@view
+def stake_held(account: address, start: uint256, end: uint256) -> uint256:
+    """
+    @notice The lowest bonded stake the account had at any moment from the end
+            of `start` to the end of `end`: stake held through the whole window.
+            0 if it changed its stake more than 128 times within the window.
+    """
+    count: uint256 = self._checkpoint_count[account]
+    # the last checkpoint at or before `start`, then every one up to `end`
+    low: uint256 = 0
+    high: uint256 = count
+    for _: uint256 in range(256):
+        if low >= high:
+            break
+        mid: uint256 = (low + high) // 2
+        if self._checkpoints[account][mid].at > start:
+            high = mid
+        else:
+            low = mid + 1
+    if low == 0:
+        return 0  # it had no stake at the window's start
+    held: uint256 = self._checkpoints[account][low - 1].stake
+    for i: uint256 in range(low, low + MAX_HELD_SCAN, bound=MAX_HELD_SCAN):
+        if i >= count:
+            return held
+        checkpoint: Checkpoint = self._checkpoints[account][i]
+        if checkpoint.at > end:
+            return held
+        held = min(held, checkpoint.stake)
+    if low + MAX_HELD_SCAN < count and self._checkpoints[account][low + MAX_HELD_SCAN].at <= end:
+        return 0
+    return held
 
 
 @internal
@@ -590,6 +643,13 @@ def _min_stake(role: uint8) -> uint256:
     if role == ROLE_PROVIDER:
         return staticcall params.value(MIN_PROVIDER_STAKE_KEY)
     return staticcall params.value(MIN_VALIDATOR_STAKE_KEY)
+
+
+@internal
+@view
+def _check_verdicts(account: address):
+    # the current Verdicts contract, or a former one that still holds the account
+    assert msg.sender == self.verdicts or self.holds_of[account][msg.sender] > 0, "registry: not verdicts"
 
 
 @internal

@@ -8,7 +8,9 @@
         choice, itself by default (`delegate`). The Governor weighs a vote by
         `votes_at(voter, snapshot)`, a checkpoint as of a moment before the
         proposal was made, so tokens staked, moved or re-delegated after it
-        add nothing: the same ALM cannot vote twice. Stake leaves in two
+        add nothing: the same ALM cannot vote twice. The Governor counts only
+        power held through a lookback as long as the unbonding period
+        (`votes_held`), so power rented for the snapshot weighs nothing. Stake leaves in two
         steps like Registry stake: `unstake` removes the voting power at
         once, `withdraw` returns the ALM after Params `unbonding_period`, so
         borrowed ALM has to stay locked for that long to weigh anything.
@@ -20,6 +22,8 @@ from ethereum.ercs import IERC20
 from interfaces import IParams
 
 UNBONDING_PERIOD_KEY: constant(bytes32) = keccak256("unbonding_period")
+# @dev checkpoints `votes_held` reads inside one window (more: the window weighs nothing)
+MAX_HELD_SCAN: constant(uint256) = 128
 
 
 struct Checkpoint:
@@ -206,6 +210,40 @@ def total_votes_at(timestamp: uint256) -> uint256:
     if low == 0:
         return 0
     return self._total_checkpoints[low - 1].votes
+
+
+@external
+@view
+def votes_held(account: address, start: uint256, end: uint256) -> uint256:
+    """
+    @notice The lowest voting power delegated to `account` at any moment from the
+            end of `start` to the end of `end`: power held through the whole
+            window. 0 if it changed more than 128 times within the window.
+    """
+    count: uint256 = self._checkpoint_count[account]
+    low: uint256 = 0
+    high: uint256 = count
+    for _: uint256 in range(256):
+        if low >= high:
+            break
+        mid: uint256 = (low + high) // 2
+        if self._checkpoints[account][mid].at > start:
+            high = mid
+        else:
+            low = mid + 1
+    if low == 0:
+        return 0  # no power at the window's start
+    held: uint256 = self._checkpoints[account][low - 1].votes
+    for i: uint256 in range(low, low + MAX_HELD_SCAN, bound=MAX_HELD_SCAN):
+        if i >= count:
+            return held
+        checkpoint: Checkpoint = self._checkpoints[account][i]
+        if checkpoint.at > end:
+            return held
+        held = min(held, checkpoint.votes)
+    if low + MAX_HELD_SCAN < count and self._checkpoints[account][low + MAX_HELD_SCAN].at <= end:
+        return 0
+    return held
 
 
 # --------------------------------------------------------------- internals

@@ -7,6 +7,7 @@ import pytest
 from eth_utils import keccak
 
 from allmende.core import Domain, Voucher, effective_royalty_bps, sign_voucher, split_payment
+from allmende.testing.inprocess import register_model
 from tests.contracts.conftest import USD, System, actor
 
 MODEL = keccak(text="model-a")
@@ -22,7 +23,7 @@ def channel(system: System) -> bytes:
     """A 100 dUSD channel PAYER → PROVIDER, and MODEL registered with a 10 % royalty."""
     system.fund(PAYER.address, usd=1_000 * USD)
     with boa.env.prank(OWNER.address):
-        system.models.register(MODEL, "Apache-2.0", 1000, [], [], "ipfs://card")
+        register_model(system.models, MODEL, "Apache-2.0", 1000, [], [], "ipfs://card")
     with boa.env.prank(PAYER.address):
         return system.channels.open(PROVIDER.address, 100 * USD)
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
 
 from allmende.core import Voucher, sign_voucher, split_increment, split_payment
+from allmende.testing.inprocess import register_model
 from tests.contracts.conftest import actor, deploy_system
 
 PAYERS = [actor("payer-0"), actor("payer-1")]
@@ -37,7 +38,7 @@ def system():
         for payer in PAYERS:
             SYSTEM.fund(payer.address, usd=10**15)
         with boa.env.prank(OWNER.address):
-            SYSTEM.models.register(MODELS[0], "MIT", 777, [], [], "")
+            register_model(SYSTEM.models, MODELS[0], "MIT", 777, [], [], "")
     return SYSTEM
 
 

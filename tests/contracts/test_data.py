@@ -8,6 +8,7 @@ from eth_utils import keccak
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from allmende.testing.inprocess import register_dataset
 from tests.contracts.conftest import System, actor
 
 OWNER = actor("data-owner")
@@ -29,7 +30,7 @@ def job(name: str) -> bytes:
 @pytest.fixture
 def dataset(system: System) -> bytes:
     with boa.env.prank(OWNER.address):
-        system.data.register_dataset(DATASET, VAULT.address, "CC-BY-NC-4.0", "https://example.org/policy")
+        register_dataset(system.data, DATASET, VAULT.address, "CC-BY-NC-4.0", "https://example.org/policy")
     return DATASET
 
 
@@ -97,11 +98,11 @@ def test_revoked_or_expired_grants_log_nothing(system: System, grant: int) -> No
 def test_data_revert_paths(system: System, dataset: bytes, grant: int) -> None:
     future = boa.env.evm.patch.timestamp + 3_600
     with boa.reverts("data: empty id"):
-        system.data.register_dataset(b"\x00" * 32, VAULT.address, "MIT", "")
+        register_dataset(system.data, b"\x00" * 32, VAULT.address, "MIT", "")
     with boa.reverts("data: zero vault"):
-        system.data.register_dataset(keccak(text="x"), "0x" + "00" * 20, "MIT", "")
+        register_dataset(system.data, keccak(text="x"), "0x" + "00" * 20, "MIT", "")
     with boa.reverts("data: already registered"):
-        system.data.register_dataset(dataset, VAULT.address, "MIT", "")
+        register_dataset(system.data, dataset, VAULT.address, "MIT", "")
     with boa.env.prank(STRANGER.address), boa.reverts("data: not the owner"):
         system.data.grant(dataset, STRANGER.address, FEDERATED, [MODEL], future, EPS)
     with boa.env.prank(STRANGER.address), boa.reverts("data: not the owner"):

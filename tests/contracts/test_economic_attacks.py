@@ -17,7 +17,17 @@ from eth_utils import keccak
 
 from allmende.chain.sources import contracts_dir
 from allmende.core import Receipt, Voucher, sign_receipt, sign_voucher
-from allmende.testing.inprocess import ALM, USD, System, actor, deploy_system, load
+from allmende.testing.inprocess import (
+    ALM,
+    USD,
+    System,
+    actor,
+    deploy_system,
+    load,
+    register_dataset,
+    register_derived_model,
+    register_model,
+)
 
 PROVIDER = actor("ea-provider")
 REPORTER, JUROR_A, JUROR_B = actor("ea-reporter"), actor("ea-juror-a"), actor("ea-juror-b")
@@ -44,8 +54,13 @@ def court() -> System:
         system.registry.register(1, "http://p", b"\x01" * 32, PROVIDER_STAKE)
     for who, stake in ((REPORTER, 5_000), (JUROR_A, 6_000), (JUROR_B, 7_000)):
         register_validator(system, who, stake * ALM)
-    boa.env.time_travel(seconds=10)
+    held_through_the_lookback(system)
     return system
+
+
+def held_through_the_lookback(system: System) -> None:
+    """Votes weigh stake held through the lookback (the unbonding period) before a case opens."""
+    boa.env.time_travel(seconds=system.params.get("unbonding_period") + 10)
 
 
 @pytest.fixture
@@ -63,13 +78,19 @@ def signed_receipt(system: System, n: int = 0) -> tuple[tuple, bytes]:
 
 def open_case(system: System, reporter=REPORTER, n: int = 0) -> int:
     r, sig = signed_receipt(system, n)
+    evidence = EVIDENCE if reporter == REPORTER else keccak(text=f"evidence-{reporter.address}-{n}")
     with boa.env.prank(reporter.address):
-        return system.verdicts_contract.open_case(r, sig, EVIDENCE, "http://v/evidence")
+        return system.verdicts_contract.open_case(r, sig, evidence, "http://v/evidence")
 
 
-def vote(system: System, case: int, who, guilty: bool) -> None:
+def vote(system: System, case: int, who, guilty: bool, proof: int = 0) -> None:
     with boa.env.prank(who.address):
-        system.verdicts_contract.vote(case, guilty)
+        system.verdicts_contract.vote(case, guilty, proof)
+
+
+def claim(system: System, case: int, who) -> int:
+    with boa.env.prank(who.address):
+        return system.verdicts_contract.claim(case)
 
 
 def resolve(system: System, case: int) -> int:
@@ -139,9 +160,10 @@ def test_accused_provider_stakes_a_sybil_validator_to_acquit_itself(system: Syst
     vote(system, case, JUROR_B, True)
 
     with boa.env.prank(SYBIL.address), boa.reverts("verdicts: no stake at snapshot"):
-        system.verdicts_contract.vote(case, False)
+        system.verdicts_contract.vote(case, False, 0)
 
     assert resolve(system, case) == 2
+    claim(system, case, REPORTER)
     reward = share(share(PROVIDER_STAKE, "slash_bps", system), "reporter_reward_bps", system)
     assert system.token.balanceOf(REPORTER.address) == reporter_before - bond + bond + reward
 
@@ -152,22 +174,24 @@ def test_sybil_stakes_in_the_same_block_before_the_case_opens(system: System) ->
 
     assert system.verdicts_contract.vote_weight(case, SYBIL.address) == 0
     with boa.env.prank(SYBIL.address), boa.reverts("verdicts: no stake at snapshot"):
-        system.verdicts_contract.vote(case, False)
+        system.verdicts_contract.vote(case, False, 0)
 
 
 def test_griefer_stakes_late_to_slash_and_pause_an_honest_provider(system: System) -> None:
     provider_before = system.token.balanceOf(PROVIDER.address)
+    treasury_before = system.token.balanceOf(system.treasury)
     case = open_case(system)  # junk evidence against an honest provider
     register_validator(system, SYBIL, 100_000 * ALM)
     vote(system, case, JUROR_A, False)
     vote(system, case, JUROR_B, False)
     with boa.env.prank(SYBIL.address), boa.reverts("verdicts: no stake at snapshot"):
-        system.verdicts_contract.vote(case, True)
+        system.verdicts_contract.vote(case, True, 0)
 
     assert resolve(system, case) == 3
     assert system.registry.is_active(PROVIDER.address)
     assert system.registry.stake_of(PROVIDER.address) == PROVIDER_STAKE
-    assert system.token.balanceOf(PROVIDER.address) == provider_before + system.params.get("fraud_bond")
+    assert system.token.balanceOf(PROVIDER.address) == provider_before  # junk bonds go to the treasury
+    assert system.token.balanceOf(system.treasury) == treasury_before + system.params.get("fraud_bond")
 
 
 # ---------------------------------------------------------- 3. reporting a receipt
@@ -175,9 +199,9 @@ def test_griefer_stakes_late_to_slash_and_pause_an_honest_provider(system: Syste
 
 def test_colluder_front_runs_the_report_with_junk_evidence(system: System) -> None:
     """The provider's partner files the fault first, with junk evidence, so the jurors acquit
-    before the validator that caught it reports: its report joins the case, the jurors vote
-    again on all the evidence, and the provider is slashed in full; the coalition loses
-    the slash less the partner's share of the reward."""
+    before the validator that caught it reports: its report (its own receipt) joins the case,
+    the jurors vote again on all the evidence naming the real report, and the provider is
+    slashed in full; the whole reward goes to the real reporter, the coalition loses the slash."""
     colluder = actor("ea-colluder")
     register_validator(system, colluder, 5_000 * ALM)
     boa.env.time_travel(seconds=1)
@@ -193,17 +217,20 @@ def test_colluder_front_runs_the_report_with_junk_evidence(system: System) -> No
     for juror in (JUROR_A, JUROR_B):
         vote(system, junk, juror, False)  # the junk proves nothing
 
-    honest = open_case(system)  # the same receipt, reported by the validator that caught it
+    honest = open_case(system, n=1)  # its own receipt of the fault, and the real evidence
     for juror in (JUROR_A, JUROR_B):
-        vote(system, honest, juror, True)  # a vote again, on the real evidence
+        vote(system, honest, juror, True, 1)  # a vote again, on the real evidence, naming it
 
     assert honest == junk
     assert resolve(system, honest) == 2
+    claim(system, honest, colluder)
+    claim(system, honest, REPORTER)
     slashed = system.verdicts_contract.cases(honest).slashed
     assert slashed == share(PROVIDER_STAKE, "slash_bps", system)
-    reward = share(slashed, "reporter_reward_bps", system) // 2
+    reward = share(slashed, "reporter_reward_bps", system)
     assert system.verdicts_contract.rewards_of(REPORTER.address) == reward
-    assert wealth() == before - slashed + reward
+    assert system.verdicts_contract.rewards_of(colluder.address) == 0
+    assert wealth() == before - slashed
     with boa.env.prank(colluder.address), boa.reverts("verdicts: receipt already convicted"):
         system.verdicts_contract.open_case(r, sig, EVIDENCE, "")
 
@@ -229,23 +256,24 @@ def test_validator_reports_a_cheater_again_and_again_to_compound_slashes(system:
 
 def test_validators_each_open_a_case_on_one_fault_to_compound_slashes(system: System) -> None:
     """Two validators caught the same cheat on different requests: one case, one slash, the
-    reward shared, every bond returned."""
+    reward to the report the jurors named (the first that proves it), every bond returned."""
     bond = system.params.get("fraud_bond")
     balances = [system.token.balanceOf(v.address) for v in (REPORTER, JUROR_A)]
     first = open_case(system, reporter=REPORTER, n=0)
     second = open_case(system, reporter=JUROR_A, n=1)
     assert second == first and system.verdicts_contract.case_count() == 1
     assert system.token.balanceOf(system.verdicts_contract.address) == 2 * bond
-    vote(system, first, JUROR_B, True)  # 7,000 of the 7,000 ALM that can still vote
+    vote(system, first, JUROR_B, True, 0)  # 7,000 of the 7,000 ALM that can still vote
 
     assert resolve(system, first) == 2
     slashed = system.verdicts_contract.cases(first).slashed
     assert slashed == share(PROVIDER_STAKE, "slash_bps", system)
     assert system.registry.slashable_of(PROVIDER.address) == PROVIDER_STAKE - slashed
-    each = share(slashed, "reporter_reward_bps", system) // 2
-    for who, balance in zip((REPORTER, JUROR_A), balances, strict=True):
-        assert system.token.balanceOf(who.address) == balance + each  # its bond back and half the reward
-        assert system.verdicts_contract.rewards_of(who.address) == each
+    reward = share(slashed, "reporter_reward_bps", system)
+    for who, balance, earned in zip((REPORTER, JUROR_A), balances, (reward, 0), strict=True):
+        claim(system, first, who)
+        assert system.token.balanceOf(who.address) == balance + earned  # its bond back, and the named one the reward
+        assert system.verdicts_contract.rewards_of(who.address) == earned
     assert system.token.balanceOf(system.verdicts_contract.address) == 0
 
 
@@ -263,10 +291,11 @@ def test_reporter_reports_the_receipt_again_after_an_inconclusive_case(system: S
 
 def test_two_reports_of_one_receipt_slash_it_once(system: System) -> None:
     first = open_case(system, reporter=REPORTER)
-    second = open_case(system, reporter=JUROR_A)  # joins the first
+    with boa.reverts("verdicts: receipt already in this case"):
+        open_case(system, reporter=JUROR_A)  # a copy of a receipt the case holds adds nothing
     vote(system, first, JUROR_B, True)
+    vote(system, first, JUROR_A, True)
 
-    assert second == first
     assert resolve(system, first) == 2
     assert system.registry.slashable_of(PROVIDER.address) == PROVIDER_STAKE - share(PROVIDER_STAKE, "slash_bps", system)
     for reporter in (REPORTER, JUROR_A):
@@ -287,7 +316,6 @@ PARTNER, HONEST_EXTRA = actor("ea-coalition-partner"), actor("ea-honest-extra")
 def test_49_percent_coalition_frames_an_honest_provider_and_loses_money(system: System, honest_voters: list) -> None:
     register_validator(system, PARTNER, 19_500 * ALM)
     register_validator(system, HONEST_EXTRA, 12_500 * ALM)
-    boa.env.time_travel(seconds=1)
     coalition = [REPORTER.address, PARTNER.address]
     total = system.registry.role_stake(2)
     assert total == 50_000 * ALM
@@ -296,6 +324,7 @@ def test_49_percent_coalition_frames_an_honest_provider_and_loses_money(system: 
     def wealth() -> int:
         return sum(system.token.balanceOf(m) + system.registry.slashable_of(m) for m in coalition)
 
+    held_through_the_lookback(system)
     before = wealth()
     case = open_case(system)  # junk evidence against an honest provider
     vote(system, case, PARTNER, True)
@@ -303,6 +332,7 @@ def test_49_percent_coalition_frames_an_honest_provider_and_loses_money(system: 
         vote(system, case, who, False)
 
     status = resolve(system, case)
+    claim(system, case, REPORTER)
 
     assert status in (3, 4)  # never guilty
     assert system.registry.stake_of(PROVIDER.address) == PROVIDER_STAKE
@@ -331,13 +361,16 @@ def redeem(system: System, channel: bytes, cumulatives: list[int], model: bytes 
 
 
 def test_squatter_registers_a_served_model_at_the_royalty_cap(system: System) -> None:
+    """Offers no longer block a registration (a provider could block an author with them),
+    but a registration redirects none of the income earned before it."""
     with boa.env.prank(PROVIDER.address):
         system.registry.set_offer(MODEL, 1, 1)  # an open model providers already serve
     channel = open_channel(system)
+    boa.env.time_travel(seconds=3_600)  # an hour of service, not yet redeemed
     cap = system.params.get("royalty_cap_bps")
 
-    with boa.env.prank(SQUATTER.address), boa.reverts("models: already served"):
-        system.models.register(MODEL, "MIT", cap, [], [], "")
+    with boa.env.prank(SQUATTER.address):
+        register_model(system.models, MODEL, "MIT", cap, [], [], "")
     redeem(system, channel, [10 * USD])
 
     assert system.channels.earnings(SQUATTER.address) == 0
@@ -347,7 +380,7 @@ def test_squatter_registers_a_model_after_the_work_was_done(system: System) -> N
     channel = open_channel(system)  # serving MODEL, not (yet) registered or offered on chain
     boa.env.time_travel(seconds=60)
     with boa.env.prank(SQUATTER.address):
-        system.models.register(MODEL, "MIT", system.params.get("royalty_cap_bps"), [], [], "")
+        register_model(system.models, MODEL, "MIT", system.params.get("royalty_cap_bps"), [], [], "")
 
     redeem(system, channel, [10 * USD])
 
@@ -358,13 +391,14 @@ def test_squatter_registers_a_model_after_the_work_was_done(system: System) -> N
 def test_register_derived_claims_a_served_model_for_the_squatters_root(system: System) -> None:
     own_root = keccak(text="squatter-root")
     with boa.env.prank(SQUATTER.address):
-        system.models.register(own_root, "MIT", system.params.get("royalty_cap_bps"), [], [], "")
+        register_model(system.models, own_root, "MIT", system.params.get("royalty_cap_bps"), [], [], "")
     with boa.env.prank(PROVIDER.address):
         system.registry.set_offer(MODEL, 1, 1)
     channel = open_channel(system)
+    boa.env.time_travel(seconds=3_600)
 
-    with boa.env.prank(SQUATTER.address), boa.reverts("models: already served"):
-        system.models.register_derived(MODEL, own_root, "MIT", [], "")
+    with boa.env.prank(SQUATTER.address):
+        register_derived_model(system.models, MODEL, own_root, "MIT", [], "")
     redeem(system, channel, [10 * USD])
 
     assert system.channels.earnings(SQUATTER.address) == 0
@@ -372,7 +406,7 @@ def test_register_derived_claims_a_served_model_for_the_squatters_root(system: S
 
 def test_author_registered_before_serving_is_paid_on_new_channels(system: System) -> None:
     with boa.env.prank(AUTHOR.address):
-        system.models.register(MODEL, "MIT", 1_000, [], [], "")
+        register_model(system.models, MODEL, "MIT", 1_000, [], [], "")
     with boa.env.prank(PROVIDER.address):
         system.registry.set_offer(MODEL, 1, 1)
     channel = open_channel(system)
@@ -387,7 +421,7 @@ def test_author_registered_before_serving_is_paid_on_new_channels(system: System
 
 def test_provider_splits_a_redeem_into_one_unit_vouchers_to_dodge_fee_and_royalty(system: System) -> None:
     with boa.env.prank(AUTHOR.address):
-        system.models.register(MODEL, "MIT", 1_000, [], [], "")
+        register_model(system.models, MODEL, "MIT", 1_000, [], [], "")
     channel = open_channel(system)
 
     paid = redeem(system, channel, list(range(1, 201)))  # 200 vouchers of one unit each
@@ -406,10 +440,10 @@ def test_dummy_dataset_logs_the_vaults_job_id_first(system: System) -> None:
     victim_ds, dummy_ds, job = keccak(text="real-dataset"), keccak(text="dummy"), keccak(text="predictable-job-1")
     expires = boa.env.evm.patch.timestamp + 86_400
     with boa.env.prank(owner.address):
-        system.data.register_dataset(victim_ds, vault.address, "CC-BY-4.0", "")
+        register_dataset(system.data, victim_ds, vault.address, "CC-BY-4.0", "")
         grant = system.data.grant(victim_ds, owner.address, 3, [], expires, 10**6)
     with boa.env.prank(attacker.address):
-        system.data.register_dataset(dummy_ds, attacker.address, "MIT", "")
+        register_dataset(system.data, dummy_ds, attacker.address, "MIT", "")
         dummy_grant = system.data.grant(dummy_ds, attacker.address, 3, [], expires, 10**6)
         system.data.record_access(dummy_grant, job, b"\x00" * 32, b"\x01" * 32, 0)
 

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from allmende.core import Voucher, effective_royalty_bps, sign_voucher, split_increment, split_payment
+from allmende.testing.inprocess import register_model
 from tests.contracts.conftest import System, actor
 
 PAYER, PROVIDER, OWNER = actor("fs-payer"), actor("fs-provider"), actor("fs-owner")
@@ -30,7 +31,7 @@ def test_python_split_matches_contract(
         system.stable.approve(system.channels.address, amount)
         channel = system.channels.open(PROVIDER.address, amount)
     with boa.env.prank(OWNER.address):
-        system.models.register(MODEL, "MIT", royalty_bps, [], [], "")
+        register_model(system.models, MODEL, "MIT", royalty_bps, [], [], "")
     system.params.set("protocol_fee_bps", fee_bps)
     system.params.set("royalty_cap_bps", cap_bps)
     signed = sign_voucher(Voucher(channel, MODEL, amount), system.voucher_domain, PAYER.key)
@@ -57,7 +58,7 @@ def test_split_redeems_match_python_and_the_whole(
     deposit = sum(sum(batch) for batch in steps)
     system.params.set("protocol_fee_bps", fee_bps)
     with boa.env.prank(OWNER.address):
-        system.models.register(MODEL, "MIT", royalty_bps, [], [], "")
+        register_model(system.models, MODEL, "MIT", royalty_bps, [], [], "")
     system.stable.mint(PAYER.address, deposit)
     with boa.env.prank(PAYER.address):
         system.stable.approve(system.channels.address, deposit)

@@ -9,6 +9,7 @@ from eth_utils import keccak
 
 from allmende.core.errors import InvalidModelName
 from allmende.core.model_names import canonical_name, name_key
+from allmende.testing.inprocess import register_model
 from tests.contracts.conftest import System, actor
 
 OWNER = actor("names-owner")
@@ -22,10 +23,10 @@ NAME = "smollm2-135m-instruct"
 def named(system: System) -> System:
     """REAL registered and named by OWNER; OTHER registered (unnamed) by SQUATTER."""
     with boa.env.prank(OWNER.address):
-        system.models.register(REAL, "Apache-2.0", 0, [], [], "")
+        register_model(system.models, REAL, "Apache-2.0", 0, [], [], "")
         system.models.set_name(REAL, NAME)
     with boa.env.prank(SQUATTER.address):
-        system.models.register(OTHER, "MIT", 0, [], [], "")
+        register_model(system.models, OTHER, "MIT", 0, [], [], "")
     return system
 
 
@@ -62,6 +63,8 @@ def test_a_stranger_renames_someone_elses_model(named: System) -> None:
         "sm0llm2-135m-instruct",  # zero for o
         "smollm2_135m.instruct",  # other separators
         "smollm2:135m/instruct",
+        "smollm2-135rn-instruct",  # rn for m (Unicode confusables: m -> rn)
+        "srnollrn2-135rn-instruct",
     ],
 )
 def test_a_second_model_squats_a_taken_name(named: System, squat: str) -> None:
@@ -70,6 +73,27 @@ def test_a_second_model_squats_a_taken_name(named: System, squat: str) -> None:
     assert named.models.name_of(OTHER) == ""
     assert named.models.model_by_name(NAME) == REAL
     assert named.models.model_by_name(squat) == (REAL if squat == NAME else b"\x00" * 32)
+
+
+@pytest.mark.parametrize(
+    ("taken", "squat"),
+    [
+        ("smollm2-135m-instruct", "smollm2-135rn-instruct"),
+        ("wizardlm-2-7b", "vvizardlm-2-7b"),
+        ("dolly-v2", "clolly-v2"),
+    ],
+    ids=["rn-for-m", "vv-for-w", "cl-for-d"],
+)
+def test_squatter_names_a_look_alike_with_letters_that_read_as_one(system: System, taken: str, squat: str) -> None:
+    """Before: `smollm2-135rn-instruct` and `vvizardlm-2-7b` were accepted next to the real names."""
+    with boa.env.prank(OWNER.address):
+        register_model(system.models, REAL, "Apache-2.0", 0, [], [], "")
+        system.models.set_name(REAL, taken)
+    with boa.env.prank(SQUATTER.address):
+        register_model(system.models, OTHER, "MIT", 0, [], [], "")
+        with boa.reverts("models: name taken"):
+            system.models.set_name(OTHER, squat)
+    assert system.models.name_key(squat) == name_key(squat) == name_key(taken)
 
 
 @pytest.mark.parametrize(

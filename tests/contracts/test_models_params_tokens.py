@@ -6,6 +6,7 @@ import boa
 import pytest
 from eth_utils import keccak
 
+from allmende.testing.inprocess import register_derived_model, register_model
 from tests.contracts.conftest import ALM, System, actor
 
 OWNER = actor("model-owner")
@@ -18,7 +19,7 @@ DATA = keccak(text="dataset")
 @pytest.fixture
 def base(system: System) -> bytes:
     with boa.env.prank(OWNER.address):
-        system.models.register(BASE, "Apache-2.0", 500, [], [DATA], "ipfs://base")
+        register_model(system.models, BASE, "Apache-2.0", 500, [], [DATA], "ipfs://base")
     return BASE
 
 
@@ -27,7 +28,7 @@ def base(system: System) -> bytes:
 
 def test_register_records_lineage(system: System, base: bytes) -> None:
     with boa.env.prank(STRANGER.address):
-        system.models.register(CHILD, "CC-BY-4.0", 300, [base], [DATA], "ipfs://child")
+        register_model(system.models, CHILD, "CC-BY-4.0", 300, [base], [DATA], "ipfs://child")
 
     child = system.models.get(CHILD)
     assert (child.owner, child.license, child.royalty_bps) == (STRANGER.address, "CC-BY-4.0", 300)
@@ -47,14 +48,14 @@ def test_transfer_moves_ownership_and_royalties(system: System, base: bytes) -> 
 def test_derived_model_pays_its_royalty_to_the_lineage_root(system: System, base: bytes) -> None:
     grandchild = keccak(text="grandchild-model")
     with boa.env.prank(STRANGER.address):
-        system.models.register_derived(CHILD, base, "Apache-2.0", [DATA], "ipfs://child")
+        register_derived_model(system.models, CHILD, base, "Apache-2.0", [DATA], "ipfs://child")
     child = system.models.get(CHILD)
     assert (child.owner, child.royalty_bps, list(child.parents)) == (STRANGER.address, 500, [base])
     assert system.models.royalty_root(CHILD) == base
     assert system.models.royalty_info(CHILD) == (OWNER.address, 500)
     # a model derived from a derived model still pays the root; transfers follow the owners
     with boa.env.prank(actor("trainer-2").address):
-        system.models.register_derived(grandchild, CHILD, "Apache-2.0", [], "")
+        register_derived_model(system.models, grandchild, CHILD, "Apache-2.0", [], "")
     assert system.models.royalty_root(grandchild) == base
     with boa.env.prank(OWNER.address):
         system.models.transfer(base, actor("heir").address)
@@ -64,9 +65,9 @@ def test_derived_model_pays_its_royalty_to_the_lineage_root(system: System, base
     assert system.models.royalty_info(grandchild) == (actor("heir").address, 500)
     assert system.models.owner_of(CHILD) == actor("buyer").address
     with boa.reverts("models: unknown parent"):
-        system.models.register_derived(keccak(text="x"), keccak(text="nope"), "MIT", [], "")
+        register_derived_model(system.models, keccak(text="x"), keccak(text="nope"), "MIT", [], "")
     with boa.reverts("models: already registered"):
-        system.models.register_derived(CHILD, base, "MIT", [], "")
+        register_derived_model(system.models, CHILD, base, "MIT", [], "")
 
 
 def test_unknown_model_has_no_royalty(system: System) -> None:
@@ -76,15 +77,15 @@ def test_unknown_model_has_no_royalty(system: System) -> None:
 
 def test_models_revert_paths(system: System, base: bytes) -> None:
     with boa.reverts("models: empty id"):
-        system.models.register(b"\x00" * 32, "MIT", 0, [], [], "")
+        register_model(system.models, b"\x00" * 32, "MIT", 0, [], [], "")
     with boa.reverts("models: already registered"):
-        system.models.register(base, "MIT", 0, [], [], "")
+        register_model(system.models, base, "MIT", 0, [], [], "")
     with boa.reverts("models: royalty above cap"):
-        system.models.register(CHILD, "MIT", 3001, [], [], "")
+        register_model(system.models, CHILD, "MIT", 3001, [], [], "")
     with boa.reverts("models: own parent"):
-        system.models.register(CHILD, "MIT", 0, [CHILD], [], "")
+        register_model(system.models, CHILD, "MIT", 0, [CHILD], [], "")
     with boa.reverts("models: unknown parent"):
-        system.models.register(CHILD, "MIT", 0, [keccak(text="nope")], [], "")
+        register_model(system.models, CHILD, "MIT", 0, [keccak(text="nope")], [], "")
     with boa.reverts("models: unknown model"):
         system.models.transfer(CHILD, STRANGER.address)
     with boa.env.prank(STRANGER.address), boa.reverts("models: not owner"):
@@ -102,7 +103,7 @@ def test_params_defaults(system: System) -> None:
     assert system.params.get("protocol_fee_bps") == 100
     assert system.params.get("royalty_cap_bps") == 3000
     assert system.params.get("min_provider_stake") == 1_000 * ALM
-    assert system.params.count() == 18
+    assert system.params.count() == 19
     assert system.params.value(keccak(text="slash_bps")) == system.params.get("slash_bps")
 
 

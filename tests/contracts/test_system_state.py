@@ -39,7 +39,7 @@ def system() -> System:
                 s.registry.register(2, "http://v", b"\x00" * 32, 6_000 * ALM)
                 s.token.approve(s.verdicts_contract.address, 2**256 - 1)
         s.fund(PAYER.address, usd=10**12)
-        boa.env.time_travel(seconds=5)
+        boa.env.time_travel(seconds=s.params.get("unbonding_period") + 5)  # votes weigh stake held this long
         SYSTEM = s
     return SYSTEM
 
@@ -118,7 +118,7 @@ class SystemMachine(RuleBasedStateMachine):
         if case and v.is_reporter(case, reporter.address):
             return  # at most one report per validator in the one open case of this fault
         with boa.env.prank(reporter.address):
-            opened = v.open_case(r.as_tuple(), sig, b"\x09" * 32, "u")
+            opened = v.open_case(r.as_tuple(), sig, keccak(text=f"evidence-{self.n}"), "u")
         if opened not in self.cases:
             self.cases.append(opened)
 
@@ -133,14 +133,18 @@ class SystemMachine(RuleBasedStateMachine):
                 and boa.env.evm.patch.timestamp < data.deadline
                 and not v.is_reporter(case, voter.address)
                 and not v.voted(case, voter.address)
-                and self.s.registry.is_active(voter.address)
+                and v.vote_weight(case, voter.address) > 0
             ):
                 with boa.env.prank(voter.address):
-                    v.vote(case, guilty)
+                    v.vote(case, guilty, 0)
         boa.env.time_travel(seconds=self.s.params.get("fraud_voting_period"))
         for case in self.cases:
             if v.cases(case).status == 1:
                 v.resolve(case)
+            for reporter in VALIDATORS:
+                if v.claimable(case, reporter.address) > 0:
+                    with boa.env.prank(reporter.address):
+                        v.claim(case)
 
     @rule(which=st.integers(0, 5))
     def intruder_tries_admin(self, which: int) -> None:

@@ -1,5 +1,7 @@
-"""Verdicts: fraud cases with the provider's own signed receipt, stake-weighted votes,
-slashing and rewards — every revert path, and ALM conservation as a state machine."""
+"""Verdicts: fraud cases with the provider's own signed receipt, votes weighted by the stake
+held through the lookback, slashing, claims and juror penalties — every revert path, and as a
+state machine: ALM conservation, a case always admits the real fault, and stake that votes was
+held through the lookback."""
 
 from __future__ import annotations
 
@@ -32,7 +34,9 @@ def setup_system() -> System:
         with boa.env.prank(v.address):
             system.registry.register(2, "http://v", b"\x00" * 32, stake)
             system.token.approve(system.verdicts_contract.address, 2**256 - 1)
-    boa.env.time_travel(seconds=1)  # vote weights are read just before a case opens
+    # vote weights are the stake held through the lookback (the unbonding period) before a
+    # case opens
+    boa.env.time_travel(seconds=system.params.get("unbonding_period") + 1)
     return system
 
 
@@ -66,12 +70,18 @@ def receipt(system: System, n: int = 0, signer=PROVIDER) -> tuple[tuple, bytes]:
 def open_case(system: System, n: int = 0, reporter=VALIDATORS[0]) -> int:
     r, sig = receipt(system, n)
     with boa.env.prank(reporter.address):
-        return system.verdicts_contract.open_case(r, sig, EVIDENCE, "http://v/evidence/1")
+        evidence = EVIDENCE if n == 0 else keccak(text=f"evidence-{n}")  # each report its own evidence
+        return system.verdicts_contract.open_case(r, sig, evidence, "http://v/evidence/1")
 
 
-def vote(system: System, case: int, who, guilty: bool) -> None:
+def vote(system: System, case: int, who, guilty: bool, proof: int = 0) -> None:
     with boa.env.prank(who.address):
-        system.verdicts_contract.vote(case, guilty)
+        system.verdicts_contract.vote(case, guilty, proof)
+
+
+def claim(system: System, case: int, who) -> int:
+    with boa.env.prank(who.address):
+        return system.verdicts_contract.claim(case)
 
 
 def after_deadline(system: System) -> None:
@@ -95,25 +105,30 @@ def test_guilty_slashes_rewards_pauses(system: System) -> None:
     after_deadline(system)
 
     status = v.resolve(case)
+    claimed = claim(system, case, VALIDATORS[0])
 
     slashed = 2_000 * ALM * system.params.get("slash_bps") // 10_000
     reward = slashed * system.params.get("reporter_reward_bps") // 10_000
     assert status == 2 and v.cases(case).slashed == slashed
+    assert claimed == system.params.get("fraud_bond") + reward
     assert system.registry.accounts(PROVIDER.address).stake == 2_000 * ALM - slashed
     assert system.token.balanceOf(VALIDATORS[0].address) == before_reporter + reward  # bond back + reward
     assert system.token.balanceOf(system.treasury) == slashed - reward
     assert not system.registry.is_active(PROVIDER.address)
 
 
-def test_not_guilty_gives_the_bond_to_the_provider(system: System) -> None:
-    before = system.token.balanceOf(PROVIDER.address)
+def test_not_guilty_gives_the_bond_to_the_treasury(system: System) -> None:
+    provider_before = system.token.balanceOf(PROVIDER.address)
+    treasury_before = system.token.balanceOf(system.treasury)
     case = open_case(system)
     vote(system, case, VALIDATORS[1], False)
     vote(system, case, VALIDATORS[2], False)
     after_deadline(system)
 
     assert system.verdicts_contract.resolve(case) == 3
-    assert system.token.balanceOf(PROVIDER.address) == before + system.params.get("fraud_bond")
+    assert system.token.balanceOf(PROVIDER.address) == provider_before
+    assert system.token.balanceOf(system.treasury) == treasury_before + system.params.get("fraud_bond")
+    assert claim(system, case, VALIDATORS[0]) == 0
     assert system.registry.is_active(PROVIDER.address)
 
 
@@ -125,6 +140,8 @@ def test_no_quorum_is_inconclusive_and_forfeits_part_of_the_bond(system: System)
 
     assert system.verdicts_contract.resolve(case) == 4
     forfeit = system.params.get("fraud_bond") * system.params.get("fraud_forfeit_bps") // 10_000
+    assert system.verdicts_contract.claimable(case, VALIDATORS[0].address) == system.params.get("fraud_bond") - forfeit
+    claim(system, case, VALIDATORS[0])
     assert forfeit > 0
     assert system.token.balanceOf(VALIDATORS[0].address) == before - forfeit
     assert system.token.balanceOf(system.treasury) == treasury + forfeit
@@ -181,7 +198,7 @@ def test_a_report_of_an_open_fault_joins_its_case(system: System) -> None:
     assert v.cases(case).total_stake == base - STAKES[1]  # a reporter's stake leaves the quorum base
     assert v.vote_weight(case, VALIDATORS[1].address) == 0
     with boa.env.prank(VALIDATORS[1].address), boa.reverts("verdicts: reporter cannot vote"):
-        v.vote(case, True)
+        v.vote(case, True, 0)
     assert system.registry.open_cases(PROVIDER.address) == 1
 
 
@@ -210,24 +227,65 @@ def test_a_vote_may_be_cast_again_once_a_report_joined(system: System) -> None:
     data = v.cases(case)
     assert (data.guilty_weight, data.innocent_weight) == (STAKES[2], 0)  # moved, not counted twice
     with boa.env.prank(VALIDATORS[2].address), boa.reverts("verdicts: already voted"):
-        v.vote(case, True)
+        v.vote(case, True, 0)
+
+
+def test_join_refuses_copies_of_a_receipt_or_evidence_already_in_the_case(system: System) -> None:
+    v = system.verdicts_contract
+    case = open_case(system)
+    r, sig = receipt(system)
+    with boa.env.prank(VALIDATORS[1].address), boa.reverts("verdicts: receipt already in this case"):
+        v.open_case(r, sig, keccak(text="other evidence"), "")
+    r1, sig1 = receipt(system, 1)
+    with boa.env.prank(VALIDATORS[1].address), boa.reverts("verdicts: evidence already in this case"):
+        v.open_case(r1, sig1, EVIDENCE, "")
+    assert v.report_count(case) == 1
+
+
+def test_claim_and_penalize_revert(system: System) -> None:
+    v = system.verdicts_contract
+    case = open_case(system)
+    with boa.env.prank(VALIDATORS[0].address), boa.reverts("verdicts: case not resolved"):
+        v.claim(case)
+    with boa.reverts("verdicts: no verdict"):
+        v.penalize(case, VALIDATORS[1].address)
+    vote(system, case, VALIDATORS[1], True)
+    vote(system, case, VALIDATORS[2], False)
+    after_deadline(system)
+    assert v.resolve(case) == 3  # 7,000 against 6,000
+    with boa.env.prank(VALIDATORS[1].address), boa.reverts("verdicts: not a reporter"):
+        v.claim(case)
+    claim(system, case, VALIDATORS[0])
+    with boa.env.prank(VALIDATORS[0].address), boa.reverts("verdicts: already claimed"):
+        v.claim(case)
+    with boa.reverts("verdicts: not a juror"):
+        v.penalize(case, VALIDATORS[0].address)
+    with boa.reverts("verdicts: voted with the verdict"):
+        v.penalize(case, VALIDATORS[2].address)
+    penalty = STAKES[1] * system.params.get("juror_penalty_bps") // 10_000
+    assert v.penalize(case, VALIDATORS[1].address) == penalty
+    assert system.registry.stake_of(VALIDATORS[1].address) == STAKES[1] - penalty
+    with boa.reverts("verdicts: already penalized"):
+        v.penalize(case, VALIDATORS[1].address)
 
 
 def test_vote_reverts(system: System) -> None:
     v = system.verdicts_contract
     with boa.env.prank(VALIDATORS[1].address), boa.reverts("verdicts: case not open"):
-        v.vote(99, True)
+        v.vote(99, True, 0)
     case = open_case(system)
     with boa.env.prank(VALIDATORS[0].address), boa.reverts("verdicts: reporter cannot vote"):
-        v.vote(case, True)
+        v.vote(case, True, 0)
     with boa.env.prank(STRANGER.address), boa.reverts("verdicts: not a validator"):
-        v.vote(case, True)
+        v.vote(case, True, 0)
+    with boa.env.prank(VALIDATORS[1].address), boa.reverts("verdicts: no such report"):
+        v.vote(case, True, 1)
     vote(system, case, VALIDATORS[1], True)
     with boa.env.prank(VALIDATORS[1].address), boa.reverts("verdicts: already voted"):
-        v.vote(case, False)
+        v.vote(case, False, 0)
     after_deadline(system)
     with boa.env.prank(VALIDATORS[2].address), boa.reverts("verdicts: voting closed"):
-        v.vote(case, True)
+        v.vote(case, True, 0)
 
 
 def test_resolve_and_scores_revert(system: System) -> None:
@@ -275,10 +333,12 @@ def _deployed() -> None:
 
 
 class VerdictsMachine(RuleBasedStateMachine):
-    """Random cases, votes, stake moves, time and resolutions: ALM is never created or lost,
-    a guilty verdict always slashes slash_bps of the provider's snapshot stake (bonded and
-    unbonding), the votes never weigh more than the snapshot base, nobody's vote counts
-    twice, and nothing is withdrawn while a case is open."""
+    """Random cases, votes, stake moves, time, resolutions, claims and penalties: ALM is never
+    created or lost, a guilty verdict always slashes slash_bps of the provider's snapshot
+    stake (bonded and unbonding), the votes never weigh more than the base, nobody's vote
+    counts twice, nothing is withdrawn while a case is open, a case always admits the real
+    fault, and every vote weighs exactly the stake its validator held through the lookback
+    (recomputed here from the stake history, not from the contract's own scan)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -293,6 +353,18 @@ class VerdictsMachine(RuleBasedStateMachine):
         self.total = sum(self.sys.token.balanceOf(h) for h in self.holders)
         self.cases: list[int] = []
         self.n = 0
+        # ghost: every moment a validator's stake changed (and the start)
+        self.changes: dict[str, list[int]] = {v.address: [0] for v in VALIDATORS}
+
+    def _changed(self, who: str) -> None:
+        if who in self.changes:
+            self.changes[who].append(boa.env.evm.patch.timestamp)
+
+    def _held(self, who: str, start: int, end: int) -> int:
+        """The lowest stake from the end of `start` to the end of `end`, from stake_at at the
+        window's start and at every change inside it."""
+        moments = [start] + [t for t in self.changes[who] if start < t <= end]
+        return min(self.sys.registry.stake_at(who, t) for t in moments)
 
     @rule(reporter=st.integers(0, 2))
     def open(self, reporter: int) -> None:
@@ -310,19 +382,22 @@ class VerdictsMachine(RuleBasedStateMachine):
             with boa.reverts():
                 open_case(self.sys, self.n, VALIDATORS[reporter])
             return
-        opened = open_case(self.sys, self.n, VALIDATORS[reporter])
+        r, sig = receipt(self.sys, self.n)
+        with boa.env.prank(who):
+            opened = v.open_case(r, sig, keccak(text=f"evidence-{self.n}"), "http://v/evidence")
         assert opened == case or (not case and opened not in self.cases)  # one open case per fault
         if opened not in self.cases:
             self.cases.append(opened)
 
-    @rule(voter=st.integers(0, 2), guilty=st.booleans(), pick=st.integers(0, 10))
-    def vote(self, voter: int, guilty: bool, pick: int) -> None:
+    @rule(voter=st.integers(0, 2), guilty=st.booleans(), pick=st.integers(0, 10), proof=st.integers(0, 3))
+    def vote(self, voter: int, guilty: bool, pick: int, proof: int) -> None:
         if not self.cases:
             return
         case = self.cases[pick % len(self.cases)]
         data = self.sys.verdicts_contract.cases(case)
         who = VALIDATORS[voter]
         v = self.sys.verdicts_contract
+        proof %= max(v.report_count(case), 1)
         ok = (
             data.status == 1
             and boa.env.evm.patch.timestamp < data.deadline
@@ -331,19 +406,20 @@ class VerdictsMachine(RuleBasedStateMachine):
         )
         with boa.env.prank(who.address):
             if ok:
-                weight = self.sys.registry.stake_at(who.address, data.snapshot)
+                weight = self._held(who.address, data.held_from, data.snapshot)
+                assert v.vote_weight(case, who.address) == weight
                 if weight == 0:
                     with boa.reverts("verdicts: no stake at snapshot"):
-                        v.vote(case, guilty)
+                        v.vote(case, guilty, proof)
                     return
                 before = data.guilty_weight + data.innocent_weight
                 again = v.voted(case, who.address)
-                v.vote(case, guilty)
+                v.vote(case, guilty, proof)
                 after = v.cases(case)
                 assert after.guilty_weight + after.innocent_weight == before + (0 if again else weight)
             else:
                 with boa.reverts():
-                    self.sys.verdicts_contract.vote(case, guilty)
+                    self.sys.verdicts_contract.vote(case, guilty, proof)
 
     @rule(who=st.integers(0, 3), share=st.integers(1, 100))
     def unbond(self, who: int, share: int) -> None:
@@ -352,6 +428,7 @@ class VerdictsMachine(RuleBasedStateMachine):
         if amount > 0:
             with boa.env.prank(account.address):
                 self.sys.registry.unbond(amount)
+            self._changed(account.address)
 
     @rule(who=st.integers(0, 3), amount=st.integers(1, 3_000))
     def add_stake(self, who: int, amount: int) -> None:
@@ -359,6 +436,7 @@ class VerdictsMachine(RuleBasedStateMachine):
         if self.sys.token.balanceOf(account.address) >= amount * ALM:
             with boa.env.prank(account.address):
                 self.sys.registry.add_stake(amount * ALM)
+            self._changed(account.address)
 
     @rule()
     def provider_withdraws(self) -> None:
@@ -394,11 +472,72 @@ class VerdictsMachine(RuleBasedStateMachine):
         else:
             assert slashed == 0
 
+    @rule(pick=st.integers(0, 10), who=st.integers(0, 2))
+    def claim(self, pick: int, who: int) -> None:
+        if not self.cases:
+            return
+        case = self.cases[pick % len(self.cases)]
+        v = self.sys.verdicts_contract
+        reporter = VALIDATORS[who].address
+        owed = v.claimable(case, reporter)
+        with boa.env.prank(reporter):
+            if v.cases(case).status > 1 and v.is_reporter(case, reporter) and not v.claimed(case, reporter):
+                assert v.claim(case) == owed
+            else:
+                with boa.reverts():
+                    v.claim(case)
+
+    @rule(pick=st.integers(0, 10), who=st.integers(0, 2))
+    def penalize(self, pick: int, who: int) -> None:
+        if not self.cases:
+            return
+        case = self.cases[pick % len(self.cases)]
+        v = self.sys.verdicts_contract
+        juror = VALIDATORS[who].address
+        data = v.cases(case)
+        against = (
+            data.status in (2, 3)
+            and v.voted(case, juror)
+            and v.voted_guilty(case, juror) != (data.status == 2)
+            and not v.penalized(case, juror)
+        )
+        held = self._held(juror, data.held_from, data.snapshot) if data.status else 0
+        due = min(held * self.sys.params.get("juror_penalty_bps") // 10_000, self.sys.registry.slashable_of(juror))
+        if against and due > 0:
+            stake = self.sys.registry.stake_of(juror)
+            assert v.penalize(case, juror) == due
+            self._changed(juror)
+            assert self.sys.registry.stake_of(juror) == stake - min(due, stake)
+        else:
+            with boa.reverts():
+                v.penalize(case, juror)
+
     @invariant()
     def votes_never_exceed_the_snapshot_base(self) -> None:
         for c in self.cases:
             data = self.sys.verdicts_contract.cases(c)
             assert data.guilty_weight + data.innocent_weight <= data.total_stake
+
+    @invariant()
+    def a_case_always_admits_the_real_fault(self) -> None:
+        """Whatever the case holds, a validator that caught the fault (its own receipt, its
+        own evidence) can report it: it joins the open case, or opens one."""
+        if self.sys.registry.role_of(PROVIDER.address) != 1:
+            return
+        v = self.sys.verdicts_contract
+        case = v.open_case_of(PROVIDER.address, keccak(text="model"))
+        if case and boa.env.evm.patch.timestamp >= v.cases(case).deadline:
+            return  # due: it is resolved first, then the report opens a new case
+        honest = actor("v-honest-reporter")
+        with boa.env.anchor():
+            self.sys.fund(honest.address, alm=10_000 * ALM)
+            with boa.env.prank(honest.address):
+                self.sys.registry.register(2, "http://h", b"\x00" * 32, 5_000 * ALM)
+                self.sys.token.approve(v.address, 2**256 - 1)
+                r, sig = receipt(self.sys, 10_000 + self.n)
+                joined = v.open_case(r, sig, keccak(text=f"real-{self.n}"), "http://h/evidence")
+            assert joined == (case or v.case_count())
+            assert v.is_reporter(joined, honest.address)
 
     @invariant()
     def one_open_case_per_fault(self) -> None:
@@ -415,13 +554,20 @@ class VerdictsMachine(RuleBasedStateMachine):
 
     @invariant()
     def alm_is_conserved(self) -> None:
+        v = self.sys.verdicts_contract
         assert sum(self.sys.token.balanceOf(h) for h in self.holders) == self.total
-        open_bonds = sum(
-            self.sys.verdicts_contract.cases(c).bond * self.sys.verdicts_contract.report_count(c)
-            for c in self.cases
-            if self.sys.verdicts_contract.cases(c).status == 1
-        )
-        assert self.sys.token.balanceOf(self.sys.verdicts_contract.address) == open_bonds
+        owed = 0
+        reports = 0
+        for c in self.cases:
+            data = v.cases(c)
+            count = v.report_count(c)
+            if data.status == 1:
+                owed += data.bond * count
+            else:
+                owed += sum(v.claimable(c, v.reports(c, i).reporter) for i in range(count))
+                reports += count
+        # rounding the reward shares down leaves at most one unit per report
+        assert owed <= self.sys.token.balanceOf(v.address) <= owed + reports
 
 
 VerdictsMachine.TestCase.settings = settings(

@@ -164,16 +164,15 @@ def test_a_provider_cannot_take_a_model_it_did_not_author(network: Network, serv
     assert served.reader.models.owner_of(served.orphan) is None
     assert _listing(network)[orphan]["id"] == orphan
     assert _listing(network)[orphan]["owned_by"] == "unregistered"
-    # nor can it register the author's model, or a royalty on the model it serves
+    # nor can it register the author's model (registration is commit-reveal: no front-running it)
     taken = cli(
         network, f"models register {served.folders['authored']} --license MIT --key devnet:{PROVIDER}", ok=False
     )
     assert "models: already registered" in taken
-    royalty = f"models register {served.folders['orphan']} --license MIT --royalty-bps 3000 --key devnet:{PROVIDER}"
-    assert "models: already served" in cli(network, royalty, ok=False)
     assert served.reader.models.owner_of(served.authored) == author != provider
     assert served.reader.models.owner_of(served.orphan) is None
 
-    # its author registers it (no royalty now that it is served): the API shows the owner at once
-    cli(network, f"models register {served.folders['orphan']} --license MIT --key devnet:{AUTHOR}")
+    # its author registers it with a royalty although it is served already (offers block no
+    # registration; the royalty applies to service after it): the API shows the owner at once
+    cli(network, f"models register {served.folders['orphan']} --license MIT --royalty-bps 500 --key devnet:{AUTHOR}")
     _until("the gateway to show the new owner", lambda: _listing(network)[orphan]["owned_by"] == author, 15)

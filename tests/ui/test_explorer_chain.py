@@ -84,7 +84,7 @@ def test_trust_view_follows_a_proposal_through_votes_and_the_timelock(chain: Any
     view = view_of(node, deployment, accounts[0], tmp_path)
     reader = Contracts(ChainClient(node.url), deployment)
     admin = ChainClient(node.url, accounts[0].key)
-    admin.increase_time(5)
+    admin.increase_time(reader.params.get("unbonding_period") + 5)  # weights are stake held through the lookback
     first = as_(node, deployment, voters[0])
     call = (first.params.address, 0, bytes.fromhex(first.params.contract.encode_abi("set", ["quorum_bps", 500])[2:]))
     pid = first.governor.propose([call], "raise the quorum")

@@ -101,9 +101,9 @@ def test_cheater_is_caught_voted_guilty_slashed_and_dropped(
     cheater = accounts[1].address
     v1, _ = make_validator(anvil, deployments_file, accounts[8], tmp_path / "v1", gateway)
     v2, _ = make_validator(anvil, deployments_file, accounts[9], tmp_path / "v2", gateway)
-    # votes weigh the stake held the second before a case opens: v2 must have staked before that
-    ChainClient(anvil.url, accounts[0].key).increase_time(1)
+    # votes weigh the stake held through the lookback (the unbonding period) before a case opens
     reader = Contracts(ChainClient(anvil.url), deployment)
+    ChainClient(anvil.url, accounts[0].key).increase_time(reader.params.get("unbonding_period") + 1)
     stake_before = reader.registry.stake_of(cheater)
     v1.directory.refresh()
     entry = v1.directory.entry(cheater)
@@ -211,8 +211,9 @@ def test_a_validator_that_frames_an_honest_provider_loses_its_case(
     honest = accounts[7].address
     framer, _ = make_validator(anvil, deployments_file, accounts[8], tmp_path / "framer", gateway)
     juror, _ = make_validator(anvil, deployments_file, accounts[9], tmp_path / "juror", gateway)
-    ChainClient(anvil.url, accounts[0].key).increase_time(1)  # the juror's stake counts at the snapshot
+    # the juror's stake counts once held through the lookback (the unbonding period)
     reader = Contracts(ChainClient(anvil.url), deployment)
+    ChainClient(anvil.url, accounts[0].key).increase_time(reader.params.get("unbonding_period") + 1)
     stake_before = reader.registry.stake_of(honest)
     asked = {"model": "allmende:tiny", "messages": [{"role": "user", "content": "Hallo"}], "max_tokens": 8}
     evidence = ask_gateway(framer.http, gateway, asked, honest)

@@ -3,9 +3,11 @@ the protocol's words, every revert raised as ContractReverted with its reason.""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
+from eth_abi import encode as abi_encode
 from eth_utils import keccak
 from web3.contract import Contract
 from web3.logs import DISCARD
@@ -19,6 +21,21 @@ from allmende.core.errors import AmountOverflow, InvalidInput, UnknownModel
 ROLE_PROVIDER = 1
 ROLE_VALIDATOR = 2
 MAX_UINT = 2**256 - 1
+
+
+def registration_commitment(item_id: bytes, owner: str, salt: bytes) -> bytes:
+    """keccak256(abi_encode(id, owner, salt)): what `Models.commit` and `Data.commit` hide
+    an id behind until it is registered in a later block."""
+    return keccak(abi_encode(["bytes32", "address", "bytes32"], [item_id, owner, salt]))
+
+
+def _commit_then(binding: _Binding, item_id: bytes, fn: str, *args: Any) -> SentTransaction:
+    """Commit-reveal in two transactions: the commitment is mined first (its own block), so
+    the reveal, which shows the id, cannot be front-run by a copier without a commitment."""
+    salt = os.urandom(32)
+    binding._tx("commit", registration_commitment(item_id, binding.client.address, salt))
+    # estimated against the pending block: in the latest one the commitment is "too recent"
+    return _checkpointed_tx(binding, fn, *args, salt)
 
 
 def _amount(value: int, what: str, bits: int = 256) -> int:
@@ -123,7 +140,10 @@ class Models(_Binding):
         datasets: list[bytes] | None = None,
         metadata_uri: str = "",
     ) -> SentTransaction:
-        return self._tx("register", model_id, license, royalty_bps, parents or [], datasets or [], metadata_uri)
+        """Register by commit-reveal (two transactions, `_commit_then`); returns the reveal."""
+        return _commit_then(
+            self, model_id, "register", model_id, license, royalty_bps, parents or [], datasets or [], metadata_uri
+        )
 
     def owner_of(self, model_id: bytes) -> str | None:
         owner = str(self._call("owner_of", model_id))
@@ -138,15 +158,17 @@ class Models(_Binding):
     def register_derived(
         self, model_id: bytes, parent: bytes, license: str, datasets: list[bytes] | None = None, metadata_uri: str = ""
     ) -> SentTransaction:
-        """A model derived from `parent`: its royalty (the parent's bps) goes to the lineage's root owner."""
-        return self._tx("register_derived", model_id, parent, license, datasets or [], metadata_uri)
+        """A model derived from `parent`: its royalty (the parent's bps) goes to the lineage's root owner.
+        Commit-reveal, as `register`."""
+        return _commit_then(self, model_id, "register_derived", model_id, parent, license, datasets or [], metadata_uri)
 
     def royalty_info(self, model_id: bytes) -> tuple[str, int]:
         payee, bps = self._call("royalty_info", model_id)
         return str(payee), int(bps)
 
     def royalty_terms(self, model_id: bytes) -> tuple[str, int, int]:
-        """(payee, bps, registered_at): the royalty applies to channels opened at or after registered_at."""
+        """(payee, bps, registered_at): the royalty applies to service after registered_at, through
+        every channel (an increment spanning it pays on the share of its time after it)."""
         payee, bps, registered_at = self._call("royalty_terms", model_id)
         return str(payee), int(bps), int(registered_at)
 
@@ -378,8 +400,22 @@ class Verdicts(_Binding):
     def voted_guilty(self, case_id: int, who: str) -> bool:
         return bool(self._call("voted_guilty", case_id, who))
 
-    def vote(self, case_id: int, guilty: bool) -> SentTransaction:
-        return self._tx("vote", case_id, guilty)
+    def vote(self, case_id: int, guilty: bool, proof: int = 0) -> SentTransaction:
+        """A vote; a guilty one names the report (index) whose evidence proves the fault,
+        the first that does: the reporter reward follows these names."""
+        return self._tx("vote", case_id, guilty, proof)
+
+    def claim(self, case_id: int) -> SentTransaction:
+        """A reporter takes its bond (less any forfeit) and reward share from a resolved case."""
+        return self._tx("claim", case_id)
+
+    def claimable(self, case_id: int, who: str) -> int:
+        """What `claim` would pay `who` now (0: nothing, or claimed)."""
+        return int(self._call("claimable", case_id, who))
+
+    def penalize(self, case_id: int, juror: str) -> SentTransaction:
+        """Slash a juror that voted against a guilty or not-guilty verdict (anyone may)."""
+        return self._tx("penalize", case_id, juror)
 
     def resolve(self, case_id: int) -> SentTransaction:
         return self._tx("resolve", case_id)
@@ -460,8 +496,9 @@ class ProposalRecord:
     quorum: int
     quorum_bps: int = 0
     expires_at: int = 0  # queue by then (after the vote), or it expires
-    snapshot: int = 0  # weights and the quorum base are read at the end of this second
+    snapshot: int = 0  # weights are what was held from held_from to the end of this second
     canceled: bool = False
+    held_from: int = 0  # the start of the lookback (snapshot - unbonding_period)
 
 
 class Governor(_Binding):
@@ -496,6 +533,7 @@ class Governor(_Binding):
             int(p[11]),
             int(p[12]),
             bool(p[13]),
+            int(p[14]),
         )
 
     def calls(self, proposal_id: int) -> list[tuple[str, int, bytes]]:
@@ -536,7 +574,7 @@ class Governor(_Binding):
         return self._tx("cancel", proposal_id)
 
     def vote_weight(self, proposal_id: int, who: str) -> int:
-        """What `who`'s vote on the proposal weighs: its weight at the proposal's snapshot."""
+        """What `who`'s vote on the proposal weighs: its weight held through the proposal's lookback."""
         return int(self._call("vote_weight", proposal_id, who))
 
     def weight_at(self, who: str, timestamp: int) -> int:
@@ -645,7 +683,8 @@ class Data(_Binding):
     name = "Data"
 
     def register_dataset(self, dataset_id: bytes, vault: str, license: str, policy_uri: str = "") -> SentTransaction:
-        return self._tx("register_dataset", dataset_id, vault, license, policy_uri)
+        """Register by commit-reveal (two transactions); returns the reveal."""
+        return _commit_then(self, dataset_id, "register_dataset", dataset_id, vault, license, policy_uri)
 
     def set_vault(self, dataset_id: bytes, vault: str) -> SentTransaction:
         return self._tx("set_vault", dataset_id, vault)

@@ -174,7 +174,9 @@ def show(proposal_id: str = PROPOSAL, rpc: str = RPC, deployments: Path = DEPLOY
         if not call.decoded:
             console.print("       [red]not decodable from the deployment's ABIs: do not vote for it unread[/red]")
     console.print(f"  proposer    {p.proposer}")
-    console.print(f"  snapshot    weights as of {_when(p.snapshot)}")
+    console.print(
+        f"  snapshot    weights held from {_when(p.held_from)} to {_when(p.snapshot)} (the lowest in between)"
+    )
     console.print(f"  voting      {_when(p.start)} → {_when(p.end)}")
     console.print(
         f"  tally       for {alm(p.for_votes)}, against {alm(p.against_votes)}, abstain {alm(p.abstain_votes)}; "
@@ -317,8 +319,12 @@ def stake(
         c.token.ensure_allowance(c.votes.address, units)
         c.votes.stake(units)
         h = c.votes.holder(c.client.address)
+        lookback = c.params.get("unbonding_period")
     console.print(f"staked {alm(units)} for votes; {alm(h.staked)} staked, voting through {h.delegate}")
-    console.print("  it weighs in proposals made from the next second on (each proposal reads a snapshot)")
+    console.print(
+        f"  it weighs in proposals made once it has been held for {_duration(lookback)} (the lookback, as long "
+        "as the unbonding period: voting power cannot be rented for a vote)"
+    )
 
 
 @app.command("delegate")
@@ -396,8 +402,15 @@ def power(
         delegated = c.votes.votes_of(who)
         now = c.client.timestamp()
         weight = c.governor.weight_at(who, now)
+        lookback = c.params.get("unbonding_period")
     console.print(f"{who}")
-    console.print(f"  voting power now   {alm(weight)} (counts in proposals made after this second)")
+    console.print(
+        f"  voting power now   {alm(weight)} (held through the last {_duration(lookback)}: what a proposal made "
+        "after this second counts)"
+    )
+    console.print(
+        f"  power at stake     {alm(node_stake + delegated)} (counts in full once held for {_duration(lookback)})"
+    )
     console.print(f"  node stake         {alm(node_stake)} (Registry: provider or validator)")
     console.print(f"  staked for votes   {alm(h.staked)}, voting through {h.delegate or who}")
     console.print(f"  delegated to it    {alm(delegated)} (its own stake included if it votes itself)")

@@ -3,6 +3,7 @@ name, license, lineage and royalties on chain."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -196,19 +197,23 @@ def earnings(
     rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC, else the deployments file's)"),
     deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
 ) -> None:
-    """What a model has earned its royalty payee, redeem by redeem, and what the payee can withdraw now."""
+    """What a model has earned its royalty payee, redeem by redeem, what the payee can withdraw
+    now, and why any royalty was not paid."""
     with friendly_errors():
         c = contracts_for(rpc, None, deployments)
         model_id = model_arg(c, model)
         record = c.models.get(model_id)
         payee, bps = c.models.royalty_info(model_id)
-        redeemed, royalties, vouchers, channels = royalties_paid(c, model_id)
+        history = royalty_history(c, model_id)
         owed = c.channels.earnings(payee)
     console.print(f"model      0x{model_id.hex()}")
     console.print(f"owner      {record.owner}")
     console.print(f"royalty    {bps} bps to {payee}")
-    console.print(f"redeemed   {usd(redeemed)} for this model ({vouchers} redeems over {channels} channels)")
-    console.print(f"earned     {usd(royalties)} in royalties to {payee}")
+    spread = f"{history.redeems} redeems over {history.channels} channels"
+    console.print(f"redeemed   {usd(history.redeemed)} for this model ({spread})")
+    console.print(f"earned     {usd(history.royalties)} in royalties to {payee}")
+    for line in history.unpaid_reasons():
+        console.print(f"  not paid: {line}")
     console.print(
         f"withdrawable now {usd(owed)} (all of {payee}'s unwithdrawn earnings: royalties of every model it "
         "is paid for, provider shares; `allmende provider-withdraw --key …` withdraws them)"
@@ -216,31 +221,94 @@ def earnings(
     console.print("  (served but not yet redeemed by providers does not show until they redeem)")
 
 
+@dataclass
+class RoyaltyHistory:
+    """A model's redeems on chain and the royalty each paid, with what was not paid and why."""
+
+    redeemed: int = 0
+    royalties: int = 0
+    redeems: int = 0
+    channels: int = 0
+    before_registration: int = 0  # amount redeemed before the model was registered: no royalty
+    before_registration_redeems: int = 0
+    spanning_unpaid: int = 0  # royalty not paid on the part of an increment served before registration
+    spanning_redeems: int = 0
+    capped_unpaid: int = 0  # royalty above the cap (royalty_cap_bps, and 100 % less the protocol fee)
+    bps: int = 0
+    cap_bps: int = 0
+
+    def unpaid_reasons(self) -> list[str]:
+        lines = []
+        if self.before_registration_redeems:
+            lines.append(
+                f"{usd(self.before_registration)} redeemed in {self.before_registration_redeems} redeem(s) before "
+                "the model was registered: service before a registration pays no royalty"
+            )
+        if self.spanning_redeems:
+            lines.append(
+                f"{usd(self.spanning_unpaid)} of royalty on {self.spanning_redeems} redeem(s) whose service began "
+                "before the registration: only the share of their time after it pays"
+            )
+        if self.capped_unpaid:
+            lines.append(
+                f"{usd(self.capped_unpaid)} above the royalty cap ({self.bps} bps registered, at most "
+                f"{self.cap_bps} bps paid)"
+            )
+        return lines
+
+
 def royalties_paid(c: Contracts, model_id: bytes) -> tuple[int, int, int, int]:
-    """(redeemed, royalties, redeems, channels) of a model over its whole history on chain:
-    every redeem of it, and the royalty each paid, recomputed with the rates in force at that
-    block and the same rounding as `Channels.redeem` (a channel opened before the model was
-    registered pays none)."""
+    """(redeemed, royalties, redeems, channels) of a model over its whole history on chain."""
+    h = royalty_history(c, model_id)
+    return h.redeemed, h.royalties, h.redeems, h.channels
+
+
+def _block_time(c: Contracts, block: int) -> int:
+    return c.client.rpc(lambda: int(c.client.w3.eth.get_block(block)["timestamp"]), "get_block")
+
+
+def royalty_history(c: Contracts, model_id: bytes) -> RoyaltyHistory:
+    """Every redeem of a model and the royalty each paid, recomputed with the rates in force
+    at that block and the same rounding as `Channels.redeem`: nothing for a redeem before the
+    registration; for an increment whose service began before it (at the channel's last
+    redeem of the model, or its opening) the share of its time after the registration."""
     from allmende.core.fees import effective_royalty_bps, split_increment
 
     _, _, registered_at = c.models.royalty_terms(model_id)
     client = c.client
-    redeemed = royalties = vouchers = 0
-    channels: dict[bytes, int] = {}
+    h = RoyaltyHistory()
+    since: dict[bytes, int] = {}  # channel -> when the service the next increment pays began
+    times: dict[int, int] = {}
     for event in client.events(
         c.channels.contract, "Redeemed", c.deployment.deploy_block, argument_filters={"model_id": model_id}
     ):
         cid, block = bytes(event["args"]["channel_id"]), int(event["blockNumber"])
         amount, cumulative = int(event["args"]["amount"]), int(event["args"]["cumulative_amount"])
-        redeemed += amount
-        vouchers += 1
-        if cid not in channels:
-            channels[cid] = c.channels.channel(cid).opened_at
-        if channels[cid] < registered_at:
-            continue  # royalty terms are fixed when a channel opens: this one pays none
+        h.redeemed += amount
+        h.redeems += 1
+        if cid not in since:
+            since[cid] = c.channels.channel(cid).opened_at
+        if block not in times:
+            times[block] = _block_time(c, block)
+        now, began = times[block], since[cid]
+        since[cid] = now
+        if registered_at == 0 or now < registered_at:
+            h.before_registration += amount
+            h.before_registration_redeems += 1
+            continue
         fee_bps = int(client.call(c.params.contract.functions.get("protocol_fee_bps"), block))
         cap = int(client.call(c.params.contract.functions.get("royalty_cap_bps"), block))
         _, bps_then = client.call(c.models.contract.functions.royalty_info(model_id), block)
+        h.bps, h.cap_bps = int(bps_then), min(cap, 10_000 - fee_bps)
         rate = effective_royalty_bps(int(bps_then), cap, fee_bps)
-        royalties += split_increment(cumulative - amount, cumulative, rate, fee_bps).royalty
-    return redeemed, royalties, vouchers, len(channels)
+        full = split_increment(cumulative - amount, cumulative, rate, fee_bps).royalty
+        if rate < int(bps_then):
+            h.capped_unpaid += split_increment(cumulative - amount, cumulative, int(bps_then), 0).royalty - full
+        royalty = full
+        if registered_at > began:
+            royalty = full * (now - registered_at) // (now - began)
+            h.spanning_unpaid += full - royalty
+            h.spanning_redeems += 1
+        h.royalties += royalty
+    h.channels = len(since)
+    return h

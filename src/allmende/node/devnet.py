@@ -23,7 +23,7 @@ from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from allmende.chain import ChainClient, deploy_all
+from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
 from allmende.chain.anvil import Anvil, DevnetAccount, devnet_accounts, free_port
 from allmende.core.errors import InvalidInput
 from allmende.engine import EMBEDDING_ALIASES, resolve_model
@@ -258,6 +258,10 @@ class Devnet:
             with self.status(f"starting {plan.validators} validators"):
                 for child in started:
                     child.wait_healthy()
+            # a vote weighs the stake held through the lookback (Params unbonding_period): on
+            # this devnet the clock moves past it at once, so the validators' votes count
+            chain = ChainClient(self.anvil.url, self.accounts[0].key)
+            chain.increase_time(Contracts(chain, Deployment.load(deployments)).params.get("unbonding_period") + 1)
             self.on_step(f"{plan.validators} validators auditing")
         return rows
 

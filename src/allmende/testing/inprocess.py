@@ -7,6 +7,7 @@ runs on py-evm inside this Python process: no node, no sockets.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,3 +146,59 @@ def hand_over(timelock: Any, governor: Any, owned: list[Any], admin: str) -> Non
     for contract in owned:
         contract.transfer_ownership(timelock.address)
     timelock.renounceRole(timelock.DEFAULT_ADMIN_ROLE(), admin)
+
+
+def next_block() -> None:
+    """Mine the next block (same timestamp): a commitment made before it can be revealed."""
+    boa.env.evm.patch.block_number += 1
+
+
+def register_model(
+    models: Any,
+    model_id: bytes,
+    license: str = "MIT",
+    royalty_bps: int = 0,
+    parents: list[bytes] | None = None,
+    datasets: list[bytes] | None = None,
+    metadata_uri: str = "",
+    *,
+    owner: str | None = None,
+) -> Any:
+    """Commit, next block, reveal: `Models.register` as `owner` (the pranked account by
+    default), the way a real author registers without being front-run."""
+    who = owner or boa.env.eoa
+    salt = os.urandom(32)
+    models.commit(models.commitment_of(model_id, who, salt), sender=who)
+    next_block()
+    return models.register(
+        model_id, license, royalty_bps, parents or [], datasets or [], metadata_uri, salt, sender=who
+    )
+
+
+def register_derived_model(
+    models: Any,
+    model_id: bytes,
+    parent: bytes,
+    license: str = "MIT",
+    datasets: list[bytes] | None = None,
+    metadata_uri: str = "",
+    *,
+    owner: str | None = None,
+) -> Any:
+    """Commit, next block, reveal: `Models.register_derived` as `owner` (default: pranked)."""
+    who = owner or boa.env.eoa
+    salt = os.urandom(32)
+    models.commit(models.commitment_of(model_id, who, salt), sender=who)
+    next_block()
+    return models.register_derived(model_id, parent, license, datasets or [], metadata_uri, salt, sender=who)
+
+
+def register_dataset(
+    data: Any, dataset_id: bytes, vault: str, license: str = "MIT", policy_uri: str = "", *, owner: str | None = None
+) -> Any:
+    """Commit, next block, reveal: `Data.register_dataset` as `owner` (default: pranked)."""
+    who = owner or boa.env.eoa
+    salt = os.urandom(32)
+    data.commit(data.commitment_of(dataset_id, who, salt), sender=who)
+    next_block()
+    return data.register_dataset(dataset_id, vault, license, policy_uri, salt, sender=who)

@@ -205,14 +205,14 @@ class Validator:
             if self.contracts.client.timestamp() >= verdicts.case(existing).deadline:
                 self._resolve(existing)  # due: settle it, then report in a new case
                 existing = 0
-            elif self._judge_reports(verdicts.reports(existing), entry.address) is True:
+            elif (judged := self._judge_reports(verdicts.reports(existing), entry.address))[0] is True:
                 # its evidence proves the fault already: this validator's part is a guilty vote
                 self.metrics.reports.labels(entry.address, "proven_already").inc()
                 log.info("case %d against %s already proves this fault: voting, not reporting", existing,
                          entry.address)  # fmt: skip
                 weight = verdicts.vote_weight(existing, self.address)
                 if weight and not verdicts.voted_guilty(existing, self.address):
-                    self._vote(existing, entry.address, True, weight)
+                    self._vote(existing, entry.address, True, weight, judged[1])
                 return existing
         digest = self.evidence.put(evidence)
         uri = f"{self.config.endpoint}/v1/evidence/0x{digest.hex()}"
@@ -281,19 +281,19 @@ class Validator:
                 continue  # a reporter, voted with no report joined since, or no stake at the snapshot
             if verdicts.voted(case_id, self.address) and verdicts.voted_guilty(case_id, self.address):
                 continue  # more evidence cannot make a proven fault unproven
-            guilty = self._judge_reports(verdicts.reports(case_id), case.provider)
+            guilty, proof = self._judge_reports(verdicts.reports(case_id), case.provider)
             if guilty is None:  # evidence unavailable: abstain rather than guess (said once per case)
                 if case_id not in self.abstained:
                     self.abstained.add(case_id)
                     log.info("abstaining on case %d against %s: its evidence is unavailable", case_id, case.provider)
                     self.metrics.votes.labels(case.provider, "abstain").inc()
                 continue
-            self._vote(case_id, case.provider, guilty, weight)
+            self._vote(case_id, case.provider, guilty, weight, proof)
             votes.append((case_id, guilty))
         return votes
 
-    def _vote(self, case_id: int, provider: str, guilty: bool, weight: int) -> None:
-        self.contracts.verdicts.vote(case_id, guilty)
+    def _vote(self, case_id: int, provider: str, guilty: bool, weight: int, proof: int = 0) -> None:
+        self.contracts.verdicts.vote(case_id, guilty, proof)
         self.involved.add(case_id)
         self.metrics.votes.labels(provider, "guilty" if guilty else "not_guilty").inc()
         log.info(
@@ -304,15 +304,16 @@ class Validator:
             _alm(weight),
         )
 
-    def _judge_reports(self, reports: list[CaseReport], provider: str) -> bool | None:
-        """Guilty when any report proves the fault; not guilty when every report was checked
+    def _judge_reports(self, reports: list[CaseReport], provider: str) -> tuple[bool | None, int]:
+        """Guilty when any report proves the fault, with the index of the first that does (the
+        vote names it: the reporter reward follows); not guilty when every report was checked
         and none does; None (abstain) otherwise."""
         found = [self._recheck(r.evidence_uri, r.evidence_hash, provider) for r in reports]
-        if any(f is True for f in found):
-            return True
+        if True in found:
+            return True, found.index(True)
         if any(f is None for f in found):
-            return None
-        return False
+            return None, 0
+        return False, 0
 
     def _recheck(self, uri: str, digest: bytes, provider: str) -> bool | None:
         """True: guilty; False: not guilty (including evidence the receipt does not back);
@@ -374,6 +375,8 @@ class Validator:
         outcome = OUTCOMES.get(case.status, str(case.status))
         reporters = self.contracts.verdicts.reports(case.case_id)
         mine = any(r.reporter == self.address for r in reporters)
+        if mine and self.contracts.verdicts.claimable(case.case_id, self.address) > 0:
+            self.contracts.verdicts.claim(case.case_id)  # its bond back, and its reward share
         reward = 0
         if case.status == 2 and mine:
             client, verdicts = self.contracts.client, self.contracts.verdicts
