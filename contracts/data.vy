@@ -152,8 +152,10 @@ def commit(commitment: bytes32):
            the account that will call `register_dataset`.
     """
     assert commitment != empty(bytes32), "data: empty commitment"
-    assert self.commitments[commitment] == 0, "data: commitment exists"
-    self.commitments[commitment] = block.number
+    # the earliest block counts; a copy of someone's commitment (it names its owner, so only
+    # that owner can reveal it) neither fails that owner's commit nor moves it later
+    if self.commitments[commitment] == 0:
+        self.commitments[commitment] = block.number
 
 
 @external

@@ -234,6 +234,23 @@ def test_juror_votes_with_the_renter_against_the_verdict_and_pays_for_it(system:
         system.verdicts_contract.penalize(case, JUROR_B.address)
 
 
+def test_juror_withdraws_everything_before_the_penalty(system: System) -> None:
+    """A penalty reaches stake and unbonding stake; a juror that withdrew it all first (the
+    unbonding period passed before anyone called `penalize`) has nothing left to take."""
+    case = report(system, REPORTER, 0)
+    vote(system, case, JUROR_A, True)
+    vote(system, case, JUROR_B, False)
+    with boa.env.prank(JUROR_A.address):
+        system.registry.unbond(6_000 * ALM)
+    assert resolve(system, case) == 3
+    boa.env.time_travel(seconds=system.params.get("unbonding_period"))
+    with boa.env.prank(JUROR_A.address):
+        system.registry.withdraw()
+
+    with boa.reverts("verdicts: nothing to penalize"):
+        system.verdicts_contract.penalize(case, JUROR_A.address)
+
+
 # ------------------------------------------------------------- 8. Verdicts migration
 
 
@@ -289,6 +306,25 @@ def test_squatter_front_runs_the_authors_register_with_the_same_call(system: Sys
         m.register(MODEL, "MIT", 500, [], [], "", salt, sender=SQUATTER.address)
 
 
+def test_squatter_copies_the_authors_commitment_first_to_fail_its_commit(system: System) -> None:
+    """A copy of a commitment neither fails the author's commit nor moves it later, and only the
+    owner it names can reveal it."""
+    salt = b"\x08" * 32
+    m = system.models
+    commitment = m.commitment_of(MODEL, AUTHOR.address, salt)
+    m.commit(commitment, sender=SQUATTER.address)  # seen in the mempool, sent first
+    m.commit(commitment, sender=AUTHOR.address)
+    with boa.reverts("models: empty commitment"):
+        m.commit(b"\x00" * 32, sender=AUTHOR.address)
+    next_block()
+    with boa.reverts("models: not committed"):
+        m.register(MODEL, "MIT", 500, [], [], "", salt, sender=SQUATTER.address)
+
+    m.register(MODEL, "MIT", 500, [], [], "", salt, sender=AUTHOR.address)
+
+    assert m.owner_of(MODEL) == AUTHOR.address
+
+
 def test_squatter_front_runs_register_dataset(system: System) -> None:
     dataset, vault = keccak(text="ca-dataset"), actor("ca-vault")
     salt = b"\x09" * 32
@@ -301,6 +337,8 @@ def test_squatter_front_runs_register_dataset(system: System) -> None:
     with boa.reverts("data: commitment too recent"):
         d.register_dataset(dataset, SQUATTER.address, "MIT", "", salt, sender=SQUATTER.address)
 
+    with boa.reverts("data: empty commitment"):
+        d.commit(b"\x00" * 32, sender=AUTHOR.address)
     d.register_dataset(dataset, vault.address, "CC-BY-4.0", "", salt, sender=AUTHOR.address)
 
     assert d.dataset(dataset).owner == AUTHOR.address and d.dataset(dataset).vault == vault.address
@@ -461,6 +499,8 @@ def test_proposal_sets_the_timelock_delay_to_zero(gov: System) -> None:
     zero = t.update_delay.prepare_calldata(0)
     with boa.env.prank(GOV_VOTERS[0].address), boa.reverts("params: below bound"):
         gov.governor.propose([t.address], [0], [zero], "no delay")
+    with boa.env.prank(GOV_VOTERS[0].address), boa.reverts("governor: update_delay calldata does not decode"):
+        gov.governor.propose([t.address], [0], [zero[:20]], "garbled")
     hour = t.update_delay.prepare_calldata(3_600)  # within the bound: allowed
     pass_proposal(gov, [t.address], [0], [hour], "an hour")
     assert t.get_minimum_delay() == 3_600
