@@ -109,13 +109,15 @@ def test_one_refusing_vault_costs_the_others_nothing(world: World) -> None:
     grants = [grant(world, i, coordinator.address, "federated_round", [world.base_id], 40.0) for i in range(3)]
     owner_contracts(world, 2).data.revoke(grants[2])
     args = ["federated", "train", "--base", str(world.root / "base-model"), "--out", str(world.root / "refused"),
-            "--key", f"devnet:{coordinator.index}", "--rounds", "1", *ROUND]  # fmt: skip
+            "--key", f"devnet:{coordinator.index}", "--rounds", "1", *ROUND, "--rpc", world.net.rpc_url,
+            "--deployments", str(world.net.deployments)]  # fmt: skip
     for i, g in enumerate(grants):
         args += vault_arg(world, i, g)
 
     code, said = in_process(*args)
 
     assert code == 1 and "round 1 did not start" in said and "revoked" in said and world.vaults[2].url in said
+    assert "read from the chain: round 1 charged no vault" in said  # the chain's word, not only the vaults'
     for i in (0, 1):  # the vaults that would have taken part: nothing trained, charged or logged
         assert accesses(world, i, grants[i]) == []
         assert world.contracts["validator"].data.get_grant(grants[i]).epsilon_spent == 0

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from allmende.cli.common import console, contracts_for, friendly_errors, parse_id, resolve_key
+from allmende.cli.vault import DEPLOYMENTS_HELP, RPC_HELP
 
 if TYPE_CHECKING:
     from allmende.vault.flower import Participant
@@ -27,7 +29,7 @@ def parse_vault(spec: str) -> Participant:
     """URL,DATASET_ID,GRANT_ID → a participant; one clear line otherwise."""
     parts = spec.split(",")
     if len(parts) != 3 or not parts[2].strip().isdigit() or not parts[0].startswith(("http://", "https://")):
-        raise typer.BadParameter(f"{spec!r} must be URL,DATASET_ID,GRANT_ID (e.g. http://127.0.0.1:9500,0x…,3)",
+        raise typer.BadParameter(f"{spec!r} must be URL,DATASET_ID,GRANT_ID (e.g. http://127.0.0.1:9600,0x…,3)",
                                  param_hint="--vault")  # fmt: skip
     try:
         dataset = bytes.fromhex(parts[1].strip().removeprefix("0x"))
@@ -39,6 +41,46 @@ def parse_vault(spec: str) -> Participant:
     from allmende.vault.flower import Participant
 
     return Participant(parts[0].strip(), dataset, int(parts[2]))
+
+
+class ChainCharges:
+    """What each vault of a run logged on chain since the last look (the accesses on its dataset
+    under its grant): what the CLI reports a round charged, read from the chain."""
+
+    def __init__(self, participants: list[Participant], reader: Any) -> None:
+        self.participants = participants
+        self.reader = reader
+        self.seen = {p.dataset_id: reader.data.dataset(p.dataset_id).accesses for p in participants}
+
+    @classmethod
+    def of(cls, participants: list[Participant], rpc: str | None, deployments: Path | None) -> ChainCharges | None:
+        """None without a deployments file (the run still works; the vaults' word is reported)."""
+        from allmende.chain.errors import ChainError
+
+        try:
+            return cls(participants, contracts_for(rpc, None, deployments))
+        except (ChainError, OSError, ValueError, KeyError):
+            return None
+
+    def since_last(self) -> list[tuple[Participant, list[Any]]]:
+        """Each vault's new accesses under its grant since the last call (or since the start)."""
+        out = []
+        for p in self.participants:
+            accesses = self.reader.data.accesses(p.dataset_id)
+            new = accesses[self.seen[p.dataset_id] :]
+            self.seen[p.dataset_id] = len(accesses)
+            out.append((p, [a for a in new if a.grant_id == p.grant_id]))
+        return out
+
+    @staticmethod
+    def describe(charged: list[tuple[Participant, list[Any]]]) -> str:
+        parts = [
+            f"vault {p.url} (grant {p.grant_id}) was charged ε {sum(a.epsilon_spent for a in accesses) / 1e6:.6f} "
+            f"(job {', '.join('0x' + a.job_id.hex() for a in accesses)})"
+            for p, accesses in charged
+            if accesses
+        ]
+        return "; ".join(parts) if parts else "charged no vault"
 
 
 def _model_folder(folder: Path) -> None:
@@ -63,7 +105,7 @@ def train(
     rounds: int = typer.Option(
         None, min=1, max=1000, help="federated rounds in all, 3 by default (with --resume: the saved run's, or more)"
     ),
-    steps: int = typer.Option(25, min=1, help="local DP gradient steps per round"),
+    steps: int = typer.Option(25, min=1, max=200, help="local DP gradient steps per round (a vault's limit: 200)"),
     lr: float = typer.Option(2.0, help="learning rate of each vault's DP-GD steps"),
     noise: float = typer.Option(4.0, help="DP noise multiplier asked of the vaults (each may raise it)"),
     clipping_norm: float = typer.Option(5.0, help="Flower: L2 bound of each vault's update"),
@@ -77,6 +119,8 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="continue the run saved in --out after its last completed round (same run id)"
     ),
+    rpc: str = typer.Option(None, help=RPC_HELP + "; read to report what each round charged where"),
+    deployments: Path = typer.Option(None, help=DEPLOYMENTS_HELP),
 ) -> None:
     """Run federated rounds across vaults (Flower SecAgg+ and DP); save the model after every round.
 
@@ -140,6 +184,8 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         first = state["rounds_done"] + 1
 
+        ledger = ChainCharges.of(participants, rpc, deployments)
+
         def checked(round_number: int, answers: list[dict[str, Any]]) -> None:
             least = min(a["left_micro"] for a in answers) / 1e6
             console.print(f"round {round_number}: all {len(answers)} vaults agreed (least ε left {least:.3f})")
@@ -149,11 +195,15 @@ def train(
             save_model(out, model_spec, done.params)
             (out / "rounds").mkdir(exist_ok=True)
             save_model(out / "rounds" / f"{done.round:04d}", model_spec, done.params)
+            charged = ledger.since_last() if ledger else None
+            most = max((sum(a.epsilon_spent for a in accesses) for _, accesses in charged), default=0) if charged else 0
             state["rounds_done"] = done.round
             state["round_seconds"].append(round(done.seconds, 3))
-            state["epsilon_per_round"][str(done.round)] = done.epsilon_micro / 1e6
+            state["epsilon_per_round"][str(done.round)] = (most if charged else done.epsilon_micro) / 1e6
             _save_state(out, state)
-            console.print(f"round {done.round} done in {done.seconds:.2f} s, ε ≤ {done.epsilon_micro / 1e6:.3f}")
+            where = f"; on chain: {ChainCharges.describe(charged)}" if charged is not None else ""
+            console.print(f"round {done.round} done in {done.seconds:.2f} s, ε ≤ {done.epsilon_micro / 1e6:.3f}{where}",
+                          highlight=False, soft_wrap=True)  # fmt: skip
 
         _save_state(out, state)
         try:
@@ -162,13 +212,16 @@ def train(
                 run_id=state["run_id"], first_round=first, on_checked=checked, on_round=completed,
             )  # fmt: skip
         except RoundRefused as exc:
+            message = str(exc)
+            if ledger is not None:  # what the chain says, not only what the vaults said
+                message += f"\n  read from the chain: round {exc.round} {ChainCharges.describe(ledger.since_last())}"
             kept = (
                 f"rounds 1-{exc.completed} are kept in {out}; continue with `allmende federated train --out {out} "
                 f"--key … --resume` once every vault would take part"
                 if exc.completed
                 else "nothing was kept"
             )
-            console.print(f"[red]error:[/red] {exc}\n  {kept}")
+            console.print(f"[red]error:[/red] {escape(message)}\n  {kept}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         model_id = save_model(out, model_spec, result.params)
         report = {
@@ -210,8 +263,8 @@ def init(
     key: str = typer.Option(None, help="with --register: the owner's key (receives its lineage's royalties)"),
     license: str = typer.Option("Apache-2.0", help="with --register: its license"),
     royalty_bps: int = typer.Option(0, min=0, max=10_000, help="with --register: royalty share, basis points"),
-    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
-    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
+    rpc: str = typer.Option(None, help=RPC_HELP),
+    deployments: Path = typer.Option(None, help=DEPLOYMENTS_HELP),
 ) -> None:
     """Make a base model for federated training: a fresh classifier, optionally pre-trained on public data.
     With --register it is registered in Models (its owner receives the royalties of models derived from it); then
@@ -259,13 +312,14 @@ def attest(
     model: Path = typer.Option(..., help="folder of the model to evaluate"),
     key: str = typer.Option(..., help="the validator's key (staked in Registry)"),
     epsilon: float = typer.Option(1.0, help="privacy cost of the evaluation, charged to the grant"),
-    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
-    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
+    rpc: str = typer.Option(None, help=RPC_HELP),
+    deployments: Path = typer.Option(None, help=DEPLOYMENTS_HELP),
 ) -> None:
     """Evaluate a model on held-out data inside a vault (ε-DP) and attest its accuracy on chain."""
     import httpx
     from eth_utils import keccak
 
+    from allmende.chain.bindings import ROLE_VALIDATOR
     from allmende.vault.auth import post_job
     from allmende.vault.model import MICRO, load_model
     from allmende.vault.service import model_payload
@@ -273,6 +327,16 @@ def attest(
     _model_folder(model)
     with friendly_errors():
         secret = resolve_key(key)
+        contracts = contracts_for(rpc, secret, deployments)
+        me = contracts.client.address
+        # before the evaluation is charged: only an active staked validator's attestation is taken
+        if contracts.registry.role_of(me) != ROLE_VALIDATOR or not contracts.registry.is_active(me):
+            console.print(
+                f"[red]error:[/red] {me} is not an active validator in Registry, so the chain would refuse its "
+                "attestation; nothing was evaluated or charged. Attest with a staked validator's key (`allmende "
+                "validator` registers one)"
+            )
+            raise typer.Exit(1)
         spec, params, model_id = load_model(model)
         job = keccak(model_id + parse_id(dataset, "--dataset") + int(time.time() * 1e6).to_bytes(8, "big"))
         payload = {
@@ -290,7 +354,6 @@ def attest(
         answer = reply.json()
         accuracy = float(answer["result"]["accuracy"])
         report_hash = bytes.fromhex(answer["result_hash"].removeprefix("0x"))
-        contracts = contracts_for(rpc, secret, deployments)
         contracts.data.attest(model_id, job, "accuracy", round(accuracy * MICRO), report_hash)
         console.print(
             f"attested model 0x{model_id.hex()[:12]}…: accuracy [bold]{accuracy:.4f}[/bold] on "
@@ -305,8 +368,8 @@ def register(
     key: str = typer.Option(..., help="the registrant's key"),
     license: str = typer.Option("Apache-2.0", help="license of the derived model"),
     min_attestations: int = typer.Option(1, help="refuse unless this many validators attested the model"),
-    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
-    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
+    rpc: str = typer.Option(None, help=RPC_HELP),
+    deployments: Path = typer.Option(None, help=DEPLOYMENTS_HELP),
 ) -> None:
     """Register the trained model in Models as derived from its base, with its datasets and attestation."""
     from allmende.vault.model import load_model

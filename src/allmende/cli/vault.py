@@ -16,7 +16,6 @@ from allmende.chain.bindings import TEMPLATES, GrantRecord
 from allmende.cli.common import (
     console,
     contracts_for,
-    deployments_path,
     exit_stopped,
     friendly_errors,
     node_logging,
@@ -26,6 +25,13 @@ from allmende.cli.common import (
 from allmende.config import from_environment
 
 TEMPLATE_NAMES = {v: k for k, v in TEMPLATES.items()}
+RPC_HELP = "JSON-RPC URL (default $ALLMENDE_RPC, else the chain URL the deployments file records)"
+DEPLOYMENTS_HELP = (
+    "deployments JSON (default $ALLMENDE_DEPLOYMENTS, else <state-dir>/run/deployments.json, then "
+    "<state-dir>/deployments.json)"
+)
+VAULT_PORT = 9600  # validators default to 9500: a vault and a validator on one host do not collide
+MIN_GRANT_SECONDS = 60  # a shorter grant would expire before its first job could be logged
 
 
 def dataset_arg(value: str) -> bytes:
@@ -58,19 +64,19 @@ data_app = typer.Typer(
 
 
 def vault(
-    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC)"),
+    rpc: str = typer.Option(None, help=RPC_HELP),
     key: str = typer.Option(..., help="the vault key: keystore file or devnet:N"),
     data: list[Path] = typer.Option(..., help="a dataset file (CSV, Parquet or JSONL); repeat for more"),
     label: str = typer.Option("label", help="the label column, if any"),
     license: str = typer.Option("proprietary", help="license recorded when a dataset is registered"),
     policy_uri: str = typer.Option("", help="data-use policy recorded when a dataset is registered"),
-    port: int = typer.Option(9500, help="port of the vault's API"),
+    port: int = typer.Option(VAULT_PORT, help="port of the vault's API"),
     host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 for every interface"),
     allowed_host: list[str] = typer.Option(
         [], help="a Host name this vault is reached by besides loopback and --host, e.g. its DNS name (repeatable)"
     ),
-    deployments: Path = typer.Option(None, help="deployments JSON (default <state-dir>/deployments.json)"),
-    state_dir: Path = typer.Option(None, help="where the vault keeps its database"),
+    deployments: Path = typer.Option(None, help=DEPLOYMENTS_HELP),
+    state_dir: Path = typer.Option(None, help="where the vault keeps its database (default <state-dir>/vault)"),
     min_group: int = typer.Option(10, help="smallest group an aggregate may describe"),
     min_noise: float = typer.Option(1.0, help="least DP noise multiplier a training round may use"),
     clip: float = typer.Option(1.0, help="per-row gradient clipping norm for DP training"),
@@ -81,16 +87,20 @@ def vault(
     loss_clip: float = typer.Option(5.0, help="evaluate clips each row's loss to this before summing"),
 ) -> None:
     """Hold datasets and run approved job templates next to them; no row ever leaves."""
+    from allmende.chain import Deployment
+    from allmende.cli.common import chain_url, find_deployments
     from allmende.vault.node import VaultConfig, serve
     from allmende.vault.service import VaultPolicy
 
     env = from_environment()
     node_logging()
     with friendly_errors():
+        # the network every other command finds: the deployments file, and the chain it records
+        found = find_deployments(deployments)
         cfg = VaultConfig(
-            rpc_url=rpc or env.rpc_url,
+            rpc_url=chain_url(rpc, Deployment.load(found)),
             key=resolve_key(key),
-            deployments=deployments_path(deployments),
+            deployments=found,
             data=data,
             state_dir=state_dir or env.state_dir / "vault",
             host=host,
@@ -122,11 +132,12 @@ def grant(
     days: float = typer.Option(30.0, help="the grant expires after this many days"),
     epsilon: float = typer.Option(1.0, help="differential-privacy budget (epsilon)"),
     key: str = typer.Option(..., help="the dataset owner's key"),
-    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
-    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
+    rpc: str = typer.Option(None, help=RPC_HELP),
+    deployments: Path = typer.Option(None, help=DEPLOYMENTS_HELP),
 ) -> None:
     """Grant a job template on a dataset, with an expiry and an epsilon budget."""
     from allmende.vault.model import micro_epsilon
+    from allmende.vault.service import ROUND_WINDOW
 
     if template not in TEMPLATES:
         raise typer.BadParameter(f"must be one of {', '.join(TEMPLATES)}", param_hint="--template")
@@ -135,13 +146,26 @@ def grant(
     models = [parse_id(m, "--model") for m in model]
     if template != "aggregate" and not models:
         raise typer.BadParameter(f"a {template} grant names the model(s) it covers", param_hint="--model")
-    if not 0 < days <= 3650:
-        raise typer.BadParameter("must be in (0, 3650]", param_hint="--days")
-    if not 0 <= epsilon <= 1000:
-        raise typer.BadParameter("must be in [0, 1000]", param_hint="--epsilon")
+    if not MIN_GRANT_SECONDS <= days * 86_400 <= 3650 * 86_400:
+        raise typer.BadParameter(
+            f"must be at least {MIN_GRANT_SECONDS} s ({MIN_GRANT_SECONDS / 86_400:.5f} days) and at most 3650 days",
+            param_hint="--days",
+        )
+    if template == "federated_round" and days * 86_400 <= ROUND_WINDOW:
+        raise typer.BadParameter(
+            f"a federated_round grant must last more than {ROUND_WINDOW} s ({ROUND_WINDOW / 86_400:.4f} days): a "
+            "vault starts a round only under a grant that lasts until the round is surely logged",
+            param_hint="--days",
+        )
+    if not 0.001 <= epsilon <= 1000:
+        raise typer.BadParameter(
+            "must be in [0.001, 1000]: a grant with no budget could run no job (the least a job may spend is 0.001)",
+            param_hint="--epsilon",
+        )
     with friendly_errors():
         c = contracts_for(rpc, key, deployments)
-        expires = c.client.timestamp() + int(days * 86_400)
+        # from the time the chain will record the grant at, not its latest block's (maybe long past)
+        expires = max(c.client.timestamp() + 1, int(time.time())) + int(days * 86_400)
         grant_id = c.data.grant(dataset_id, who, TEMPLATES[template], models, expires, micro_epsilon(epsilon))
         console.print(
             f"grant [bold]{grant_id}[/bold]: {template} for {who}, ε ≤ {epsilon}, expires {time.ctime(expires)}"
@@ -152,8 +176,8 @@ def grant(
 def revoke(
     grant_id: int = typer.Argument(..., min=1, help="the grant's id (`allmende data grants` lists them)"),
     key: str = typer.Option(..., help="the dataset owner's key"),
-    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
-    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
+    rpc: str = typer.Option(None, help=RPC_HELP),
+    deployments: Path = typer.Option(None, help=DEPLOYMENTS_HELP),
 ) -> None:
     """Revoke a grant at once."""
     with friendly_errors():
@@ -164,8 +188,8 @@ def revoke(
 @data_app.command("log")
 def access_log(
     dataset: str = typer.Option(..., help="dataset id (0x…)"),
-    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
-    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
+    rpc: str = typer.Option(None, help=RPC_HELP),
+    deployments: Path = typer.Option(None, help=DEPLOYMENTS_HELP),
 ) -> None:
     """Every access to a dataset, as the chain recorded it: who (the grantee), which template and model, ε spent."""
     dataset_id = dataset_arg(dataset)
@@ -180,12 +204,13 @@ def access_log(
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.at))
             console.print(
                 f"#{i} {when} UTC  grant {a.grant_id} {TEMPLATE_NAMES.get(g.template, str(g.template))} "
-                f"for {g.grantee}  model 0x{a.model_id.hex()[:8]}  job 0x{a.job_id.hex()[:8]}  "
-                f"result 0x{a.result_hash.hex()[:8]}  ε {a.epsilon_spent / 1e6:.3f}",
+                f"for {g.grantee}  model 0x{a.model_id.hex()}  job 0x{a.job_id.hex()}  "
+                f"result 0x{a.result_hash.hex()}  ε {a.epsilon_spent / 1e6:.6f}",
                 highlight=False,
+                soft_wrap=True,
             )
         spent = sum(a.epsilon_spent for a in accesses)
-        console.print(f"{len(accesses)} access(es), ε {spent / 1e6:.3f} in all", highlight=False)
+        console.print(f"{len(accesses)} access(es), ε {spent / 1e6:.6f} in all", highlight=False)
 
 
 @data_app.command("grants")
@@ -194,8 +219,8 @@ def grants(
     grantee: str = typer.Option(None, help="only grants to this address"),
     owner: str = typer.Option(None, help="only grants on datasets this address owns"),
     all_: bool = typer.Option(False, "--all", help="also revoked and expired grants"),
-    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
-    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
+    rpc: str = typer.Option(None, help=RPC_HELP),
+    deployments: Path = typer.Option(None, help=DEPLOYMENTS_HELP),
 ) -> None:
     """Grants with their remaining privacy budget (ε left), expiry and state, as the chain holds them."""
     dataset_id = dataset_arg(dataset) if dataset is not None else None
@@ -294,7 +319,7 @@ def aggregate_job(
     grant: int = typer.Option(..., min=1, help="your aggregate grant on that dataset"),
     column: list[str] = typer.Option(..., help="a column to describe (repeat)"),
     group_by: str = typer.Option(None, help="group by this column (the label, with ε)"),
-    bins: int = typer.Option(10, min=1, max=1000, help="histogram bins per column"),
+    bins: int = typer.Option(10, min=1, max=100, help="histogram bins per column (the vault's limit: 100)"),
     low: float = typer.Option(None, help="values are clipped to [--low, --high] (needed with --epsilon)"),
     high: float = typer.Option(None, help="see --low"),
     epsilon: float = typer.Option(

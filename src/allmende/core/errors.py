@@ -58,6 +58,7 @@ table against the classes, so it cannot drift::
     │   ├── VaultRequestRefused    vault_request_refused     403     vault.errors
     │   ├── RequestReplayed        request_replayed          409     vault.errors
     │   ├── StageRefused           stage_refused             409     vault.errors
+    │   ├── ChainUnconfirmed       chain_unconfirmed         503     vault.errors
     │   └── VaultRefused           vault_refused             400     vault.flower
     │       └── RoundRefused       round_refused             400     vault.flower
     └── GatewayError               invalid_request           400     gateway.errors

@@ -49,13 +49,14 @@ MAX_LIFETIME = 600  # seconds: the furthest expiry a vault accepts, so it keeps 
 JOB = "job"  # /v1/jobs: evaluate or aggregate
 ROUND_CHECK = "round_check"  # /v1/rounds/check: would the vault run this round
 ROUND_ABORT = "round_abort"  # /v1/rounds/abort: undo this round's reservation
+ROUND_PREPARE = "round_prepare"  # /v1/rounds/prepare: would the vault log its reserved round now
 ROUND_SETUP = "round_setup"  # /v1/flower, SecAgg+ stages in their order
 ROUND_SHARE_KEYS = "round_share_keys"
 ROUND_MASKED_VECTORS = "round_masked_vectors"
 ROUND_UNMASK = "round_unmask"
 ROUND_FIT = "round_fit"  # /v1/flower, a plain FedAvg round (one stage)
 SECURE_STAGES = (ROUND_SETUP, ROUND_SHARE_KEYS, ROUND_MASKED_VECTORS, ROUND_UNMASK)
-OPERATIONS = (JOB, ROUND_CHECK, ROUND_ABORT, *SECURE_STAGES, ROUND_FIT)
+OPERATIONS = (JOB, ROUND_CHECK, ROUND_ABORT, ROUND_PREPARE, *SECURE_STAGES, ROUND_FIT)
 
 _FIELDS = ("vault", "operation", "dataset", "grant", "run", "round", "nonce", "expiry", "signature")
 

@@ -1,4 +1,4 @@
-"""The vault's HTTP API: /v1/info, /v1/jobs, /v1/flower, /v1/rounds/check|abort, /metrics, /healthz.
+"""The vault's HTTP API: /v1/info, /v1/jobs, /v1/flower, /v1/rounds/check|prepare|abort, /metrics, /healthz.
 
 Errors leave as `{"error": {"code", "message"}}` with the error catalog's status
 (core/errors.py). Every request is a signed `VaultRequest` for this vault, its operation, grant,
@@ -28,7 +28,15 @@ from allmende.api.body import read_limited
 from allmende.api.guard import GuardConfig, protect
 from allmende.core.eip712 import Domain
 from allmende.core.ratelimit import RateLimiter
-from allmende.core.vault_requests import HEADER, JOB, ROUND_ABORT, ROUND_CHECK, ROUND_FIT, SECURE_STAGES
+from allmende.core.vault_requests import (
+    HEADER,
+    JOB,
+    ROUND_ABORT,
+    ROUND_CHECK,
+    ROUND_FIT,
+    ROUND_PREPARE,
+    SECURE_STAGES,
+)
 from allmende.vault.auth import Admitted, RequestGate
 from allmende.vault.errors import BadJob, VaultError
 from allmende.vault.flower import VaultFlower
@@ -174,18 +182,35 @@ def create_app(
         except Exception as exc:
             return refuse("/v1/rounds/check", exc, asked)
 
+    def names_its_round(parsed: dict[str, Any], admitted: Admitted, what: str) -> None:
+        only_fields(parsed, ROUND_ABORT_FIELDS, what)
+        r = admitted.request
+        named = (parsed.get("dataset_id"), parsed.get("grant_id"), parsed.get("run_id"), parsed.get("round"))
+        if named != ("0x" + r.dataset_id.hex(), r.grant_id, r.run_id, r.round):
+            raise BadJob(f"{what} names the dataset, grant, run and round it was signed for")
+
+    @app.post("/v1/rounds/prepare")
+    async def prepare_round(request: Request) -> Response:
+        """Would this vault log its reserved round now (grant not revoked, not expiring, within its
+        budget)? Asked of every vault before any unmask; nothing is logged or changed."""
+        asked: dict[str, Any] = {}
+        try:
+            body, admitted = await signed(request, asked, (ROUND_PREPARE,))
+            names_its_round(strict_json(body), admitted, "a prepare")
+            r = admitted.request
+            result = await asyncio.to_thread(service.prepare_round, r.grant_id, r.dataset_id, r.run_id, r.round,
+                                             admitted.signer)  # fmt: skip
+            return JSONResponse(result)
+        except Exception as exc:
+            return refuse("/v1/rounds/prepare", exc, asked)
+
     @app.post("/v1/rounds/abort")
     async def abort_round(request: Request) -> Response:
         """The grantee's signed abort of one round: undo this vault's reserved charge for it."""
         asked: dict[str, Any] = {}
         try:
             body, admitted = await signed(request, asked, (ROUND_ABORT,))
-            parsed = strict_json(body)
-            only_fields(parsed, ROUND_ABORT_FIELDS, "an abort")
-            r = admitted.request
-            named = (parsed.get("dataset_id"), parsed.get("grant_id"), parsed.get("run_id"), parsed.get("round"))
-            if named != ("0x" + r.dataset_id.hex(), r.grant_id, r.run_id, r.round):
-                raise BadJob("an abort names the dataset, grant, run and round it was signed for")
+            names_its_round(strict_json(body), admitted, "an abort")
             # the gate checked the signer is the grant's grantee; a revoked or expired grant may
             # still undo its own reservation
             return JSONResponse(await asyncio.to_thread(flower.abort, admitted))

@@ -78,3 +78,10 @@ class StageRefused(AccessDenied):
 
     status = 409
     code = "stage_refused"
+
+
+class ChainUnconfirmed(VaultError):
+    """The chain did not confirm a job's access in time; nothing was released."""
+
+    status = 503
+    code = "chain_unconfirmed"

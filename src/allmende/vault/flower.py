@@ -58,6 +58,7 @@ from allmende.core.vault_requests import (
     ROUND_CHECK,
     ROUND_FIT,
     ROUND_MASKED_VECTORS,
+    ROUND_PREPARE,
     ROUND_SETUP,
     ROUND_SHARE_KEYS,
     ROUND_UNMASK,
@@ -299,6 +300,7 @@ class HttpGrid(Grid):
         self.bytes_received = 0
         self.messages = 0
         self._replies: dict[str, Message] = {}
+        self.on_stage: Callable[[int, str], None] | None = None  # called before each stage is sent (tests)
 
     def set_run(self, run: Any) -> None:
         self._run = run
@@ -324,6 +326,12 @@ class HttpGrid(Grid):
             m.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
             payload = bytes(message_to_proto(m).SerializeToString())
             batch.append((message_id, payload, int(m.metadata.dst_node_id), stage_of(m)))
+        stages = {stage for _, _, _, stage in batch}
+        for stage in sorted(stages):
+            if self.on_stage is not None:
+                self.on_stage(self.round_number, stage)
+        if ROUND_UNMASK in stages:
+            self.prepare()  # no vault logs (unmasks) unless every vault would
         with ThreadPoolExecutor(max(1, len(batch))) as pool:
             replies = list(pool.map(lambda item: self._deliver(item[1], item[2], item[3]), batch))
         for (message_id, payload, _, _), raw in zip(batch, replies, strict=True):
@@ -334,6 +342,29 @@ class HttpGrid(Grid):
             proto.ParseFromString(raw)
             self._replies[message_id] = message_from_proto(proto)
         return [message_id for message_id, _, _, _ in batch]
+
+    def prepare(self) -> None:
+        """The first phase of a secure round's log: every vault, once all trained, is asked whether
+        it would log its reserved round now (its grant not revoked or expired at the chain's next
+        block, the ε within its budget). Any refusal stops the round before any vault logs."""
+
+        def ask(p: Participant) -> str | None:
+            payload = {"dataset_id": "0x" + p.dataset_id.hex(), "grant_id": p.grant_id, "run_id": self.run_id,
+                       "round": self.round_number}  # fmt: skip
+            try:
+                r = _post(self.http, self.key, self.addresses[p.url], p, "/v1/rounds/prepare", ROUND_PREPARE,
+                          payload, self.run_id, self.round_number)  # fmt: skip
+            except VaultRefused as exc:
+                return str(exc)
+            self.messages += 2
+            self.bytes_sent += len(r.request.content)
+            self.bytes_received += len(r.content)
+            return None if r.status_code == 200 else _refusal(p, r)
+
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            refusals = [said for said in pool.map(ask, self.nodes.values()) if said is not None]
+        if refusals:
+            raise VaultRefused("before any vault logged it: " + "; ".join(refusals))
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         """The replies to these messages (each handed out once)."""
@@ -495,6 +526,7 @@ def run_federated(
     first_round: int = 1,
     on_checked: Callable[[int, list[dict[str, Any]]], None] | None = None,
     on_round: Callable[[RoundDone], None] | None = None,
+    on_stage: Callable[[int, str], None] | None = None,
 ) -> FederatedResult:
     """Run rounds `first_round`..`config.rounds` across the vaults; returns the aggregated model.
 
@@ -530,6 +562,7 @@ def run_federated(
             on_checked(round_number, answers)
         started = time.perf_counter()
         grid = HttpGrid(participants, key, run_id, round_number=round_number, addresses=addresses)
+        grid.on_stage = on_stage
         try:
             aggregated, charge = _one_round(grid, n, spec, params, base_model, config, round_number, run_id)
         except BaseException as exc:  # Ctrl-C too: the vaults undo their reservations now

@@ -34,9 +34,11 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from allmende.core.manifest import Manifest, ManifestEntry
+from allmende.core.privacy import MICRO as MICRO  # re-exported: the vault and its tests count in it
+from allmende.core.privacy import epsilon_of as epsilon_of
+from allmende.core.privacy import micro_epsilon as micro_epsilon
 from allmende.vault.noise import RandomBytes, discrete_gaussian
 
-MICRO = 1_000_000  # epsilon is counted in millionths on chain
 GRID_BITS = 20  # DP-GD rounds each clipped row gradient to multiples of clip·2⁻²⁰
 # Neighbouring datasets differ in one row replaced by another (the row count is public), so
 # a clipped sum moves by up to twice one row's bound: every sensitivity is this many rows.
@@ -167,20 +169,6 @@ def rho_of(steps: int, noise: float, dimension: int = 0) -> float:
     # Δ/clip: a row replaced, each clipped (with a margin for float rounding of its norm) and rounded
     sensitivity = REPLACED_ROWS * (1.0 + 1e-9 + 2.0**-GRID_BITS * math.sqrt(dimension) / 2.0)
     return steps * sensitivity * sensitivity / (2.0 * noise * noise)
-
-
-def epsilon_of(rho: float, delta: float) -> float:
-    """(ε, δ)-DP implied by ρ-zCDP."""
-    if rho == 0:
-        return 0.0
-    return rho + 2.0 * math.sqrt(rho * math.log(1.0 / delta))
-
-
-def micro_epsilon(eps: float) -> int:
-    """Epsilon in the chain's integer units, rounded up (never under-charge)."""
-    if math.isinf(eps):
-        raise ValueError("training without noise has no finite epsilon")
-    return math.ceil(eps * MICRO - 1e-9)
 
 
 # --------------------------------------------------------- serialisation

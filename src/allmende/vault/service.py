@@ -37,7 +37,7 @@ import sqlite3
 import threading
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,8 @@ from eth_utils import keccak
 from allmende.chain import Contracts
 from allmende.chain.bindings import TEMPLATES as TEMPLATE_IDS
 from allmende.chain.bindings import GrantRecord
-from allmende.chain.errors import ContractReverted
+from allmende.chain.client import SentTransaction
+from allmende.chain.errors import ContractReverted, TransactionFailed
 from allmende.core.vault_requests import VaultRequest
 from allmende.vault.audit import initial_cells, refine, smallest_cell
 from allmende.vault.datasets import Table
@@ -54,6 +55,7 @@ from allmende.vault.errors import (
     AccessDenied,
     BadJob,
     BudgetExceeded,
+    ChainUnconfirmed,
     DifferencingRefused,
     ParametersNotGranted,
     TemplateNotAllowed,
@@ -63,7 +65,6 @@ from allmende.vault.errors import (
 from allmende.vault.model import (
     ModelSpec,
     check_params,
-    epsilon_of,
     micro_epsilon,
     model_id,
     params_from_bytes,
@@ -78,6 +79,7 @@ from allmende.vault.templates import TEMPLATES, aggregate, dp_aggregate, evaluat
 log = logging.getLogger("allmende.vault")
 ZERO_MODEL = b"\x00" * 32
 RESERVATION_TTL = 900.0  # seconds a secure round's charge stays reserved without an unmask or abort
+ROUND_WINDOW = 2 * int(RESERVATION_TTL)  # seconds a grant must outlive a round's check (and its training)
 MIN_EPSILON = 0.001  # the least ε a job may name (smaller ones round to no charge and to unbounded noise)
 MAX_LOGGED = 300  # characters of a refusal's message that reach the log and the refusals table
 _MODEL = "model"
@@ -179,9 +181,35 @@ class VaultService:
             raise AccessDenied(f"grant {grant_id} does not permit the {template} template")
         if grant.revoked:
             raise AccessDenied(f"grant {grant_id} was revoked")
-        if grant.expires_at <= self.contracts.client.timestamp():
-            raise AccessDenied(f"grant {grant_id} has expired")
+        now = self.chain_time()
+        if grant.expires_at <= now:
+            raise AccessDenied(
+                f"grant {grant_id} has expired (at {grant.expires_at}, the chain's next block is at {now}); "
+                "its data owner can grant again"
+            )
         return grant
+
+    def chain_time(self) -> int:
+        """The time the chain will record for the next transaction (its pending block's), not the
+        latest block's: on an idle chain the latest block can be long past."""
+        client = self.contracts.client
+        try:
+            pending = int(client.rpc(lambda: client.w3.eth.get_block("pending")["timestamp"], "pending block"))
+        except Exception:  # an endpoint without a pending block: the latest block's, or the clock's
+            pending = 0
+        return max(pending, client.timestamp() + 1)
+
+    def lasts_the_round(self, grant: GrantRecord, grant_id: int) -> None:
+        """A secure round is logged at its unmask, up to `RESERVATION_TTL` after it trained: a grant
+        that expires before then could expire between the check and the logging, at one vault and
+        not another. Refused before anything runs."""
+        now = self.chain_time()
+        if grant.expires_at <= now + ROUND_WINDOW:
+            raise AccessDenied(
+                f"grant {grant_id} expires in {max(grant.expires_at - now, 0)} s, before a round started now is "
+                f"sure to be logged (a round needs {ROUND_WINDOW} s of a grant's time); its data owner can "
+                "grant again for longer"
+            )
 
     def authorize(
         self,
@@ -206,19 +234,35 @@ class VaultService:
                 )
             raise AccessDenied(f"grant {grant_id} does not cover model 0x{model.hex()}")
         self.expire_reservations()
-        spent_rho, spent_micro = self.store.spent(grant_id)
-        charge = extra
-        if rho:
-            # the growth of ε(ρ): these charges telescope to ε of all the grant's zCDP releases
-            before = micro_epsilon(epsilon_of(spent_rho, self.policy.delta))
-            charge += micro_epsilon(epsilon_of(spent_rho + rho, self.policy.delta)) - before
-        if max(spent_micro, grant.epsilon_spent) + charge > grant.epsilon_budget:
-            left = grant.epsilon_budget - max(spent_micro, grant.epsilon_spent)
+        self.settle(grant_id)
+        ledger = self.store.ledger(grant_id)
+        delta = self.policy.delta
+        # charged from what is logged only (a reservation undone later changes no charge), checked
+        # against the budget as if every open reservation were logged too (allmende.core.privacy)
+        charge = ledger.charge(rho, delta, extra)
+        worst = ledger.worst_case(rho, delta, extra, chain_spent=grant.epsilon_spent)
+        if worst > grant.epsilon_budget:
+            left = ledger.left(grant.epsilon_budget, delta, grant.epsilon_spent)
+            cost = worst - ledger.worst_case(0.0, delta, chain_spent=grant.epsilon_spent)
+            held = ledger.worst_case(0.0, delta) - ledger.logged_micro
+            reserved = (
+                f" ({held / 1e6:.6f} of its ε is held by rounds that trained here and were neither logged nor "
+                f"aborted; they are undone within {RESERVATION_TTL / 60:.0f} minutes)"
+                if held > 0
+                else ""
+            )
             raise BudgetExceeded(
-                f"privacy budget exceeded: this job costs ε = {charge / 1e6:.6f}, grant {grant_id} has "
-                f"{left / 1e6:.6f} left; it did not run"
+                f"privacy budget exceeded: this job costs ε = {cost / 1e6:.6f}, grant {grant_id} has "
+                f"{max(left, 0) / 1e6:.6f} left of {grant.epsilon_budget / 1e6:.6f}{reserved}; it did not run"
             )
         return charge
+
+    def settle(self, grant_id: int) -> None:
+        """A job of this grant written but not marked logged (its `record_access` was sent and its
+        answer lost): if the chain has it, mark it logged, so the next charge counts it."""
+        for job in self.store.in_flight(grant_id):
+            if self.data.job_logged(job.dataset_id, job.job_id):
+                self.store.logged(job.job_id, "recovered")
 
     def charge_and_log(
         self,
@@ -240,16 +284,44 @@ class VaultService:
             self.store.begin(job, round_row, cells)
         except sqlite3.IntegrityError:
             raise BadJob(f"job id 0x{job_id.hex()} was already used; send a fresh one") from None
-        try:
-            sent = self.data.record_access(grant_id, job_id, model, result_hash, charge)
-        except ContractReverted as exc:
-            self.store.forget(job_id)
-            if "budget" in exc.reason:
-                raise BudgetExceeded(f"the chain refused the access: {exc.reason}") from None
-            raise AccessDenied(f"the chain refused the access: {exc.reason}") from None
+        sent = self._record(job)
         self.store.logged(job_id, sent.tx_hash)
         log.info("job 0x%s (%s) logged in %s, epsilon %d/1e6", job_id.hex()[:12], template, sent.tx_hash, charge)
         return sent.tx_hash
+
+    def _record(self, job: JobRow) -> SentTransaction:
+        """Log a written job's access on chain. A refusal (in the estimate, or a revert when mined:
+        the grant expired or was revoked by the block that took it) forgets the job and raises a
+        clear AccessDenied or BudgetExceeded, kept in the vault's refusals; a transaction not
+        confirmed in time leaves the job open (`settle` or a restart finds out) and releases nothing."""
+        try:
+            return self.data.record_access(job.grant_id, job.job_id, job.model_id, job.result_hash, job.epsilon_micro)
+        except ContractReverted as exc:
+            reason = exc.reason
+        except TransactionFailed as exc:
+            if "reverted" not in str(exc) or self.data.job_logged(job.dataset_id, job.job_id):
+                raise ChainUnconfirmed(
+                    f"the chain did not confirm the access in time ({str(exc)[:120]}); nothing was released, and "
+                    "the vault settles the charge with the chain before its next job on this grant"
+                ) from None
+            reason = self._why_refused(job.grant_id)
+        self.store.forget(job.job_id)
+        if "budget" in reason:
+            raise BudgetExceeded(f"the chain refused the access: {reason}; nothing was released") from None
+        raise AccessDenied(f"the chain refused the access: {reason}; nothing was released or charged") from None
+
+    def _why_refused(self, grant_id: int) -> str:
+        """Why the chain reverted an access under this grant, as far as its state tells."""
+        grant = self.data.get_grant(grant_id)
+        if grant.revoked:
+            return f"grant {grant_id} was revoked"
+        block = self.contracts.client.timestamp()
+        if grant.expires_at <= block:
+            return f"grant {grant_id} expired at {grant.expires_at}, before the block that took the access ({block})"
+        return (
+            f"grant {grant_id}'s access reverted when mined (budget {grant.epsilon_budget / 1e6:.6f}, spent "
+            f"{grant.epsilon_spent / 1e6:.6f})"
+        )
 
     # -------------------------------------------------------------- jobs
 
@@ -444,8 +516,9 @@ class VaultService:
                 grant_id, signer, dataset_id, run_id, spec, params, steps, noise, update_norm
             )
             grant = self.data.get_grant(grant_id)
-            spent = max(self.store.spent(grant_id)[1], grant.epsilon_spent)
-        return {"epsilon_micro": charge, "left_micro": grant.epsilon_budget - spent, "expires_at": grant.expires_at}
+            self.lasts_the_round(grant, grant_id)
+            left = self.store.ledger(grant_id).left(grant.epsilon_budget, self.policy.delta, grant.epsilon_spent)
+        return {"epsilon_micro": charge, "left_micro": left, "expires_at": grant.expires_at}
 
     def check_round_request(self, body: dict[str, Any], signer: str, request: VaultRequest) -> dict[str, Any]:
         """`check_round` for a signed round check: its fields strictly, the grant before the model."""
@@ -500,6 +573,8 @@ class VaultService:
                 grant_id, signer, dataset_id, run_id, spec, params, steps, noise, update_norm
             )
             assert table.labels is not None  # _round_plan refused an unlabelled dataset
+            if reserve:  # logged up to RESERVATION_TTL from now: the grant must last that long
+                self.lasts_the_round(self.data.get_grant(grant_id), grant_id)
             out = train(spec, params, table.features, table.labels, steps, lr, self.policy.clip, noise,
                         self.random_bytes)  # fmt: skip
             digest = model_id(spec, params)
@@ -524,21 +599,21 @@ class VaultService:
         signer's reserved round of this grant and run on chain. A refusal there undoes it and raises."""
         txs = []
         with self._lock:
+            self.expire_reservations()  # a reservation past its time is undone, never logged late
             jobs = self.store.reserved(grant_id, run_id, round_number, signer)
             if not jobs:
                 # unmasking without a reservation would reveal an update nobody paid ε for
                 raise AccessDenied(
                     f"round {round_number} of run {run_id} is not reserved on grant {grant_id} (aborted or expired)"
                 )
+            self.settle(grant_id)
             for job in jobs:
-                try:
-                    sent = self.data.record_access(grant_id, job.job_id, job.model_id, job.result_hash,
-                                                   job.epsilon_micro)  # fmt: skip
-                except ContractReverted as exc:
-                    self.store.forget(job.job_id)
-                    if "budget" in exc.reason:
-                        raise BudgetExceeded(f"the chain refused the access: {exc.reason}") from None
-                    raise AccessDenied(f"the chain refused the access: {exc.reason}") from None
+                # the charge is the growth of ε over what is logged now, not over what was logged or
+                # reserved when it trained: undone reservations never discount a charge
+                charge = self.store.ledger(grant_id).charge(job.rho, self.policy.delta)
+                self.store.set_charge(job.job_id, charge)
+                job = replace(job, epsilon_micro=charge)
+                sent = self._record(job)
                 self.store.logged(job.job_id, sent.tx_hash)
                 txs.append(sent.tx_hash)
                 log.info(
@@ -546,6 +621,30 @@ class VaultService:
                     run_id, sent.tx_hash, grant_id, job.epsilon_micro,
                 )  # fmt: skip
         return txs
+
+    def prepare_round(self, grant_id: int, dataset_id: bytes, run_id: int, round_number: int,
+                      signer: str) -> dict[str, Any]:  # fmt: skip
+        """Would this vault log its reserved round now? The first phase of a secure round's log:
+        the coordinator asks every vault once all of them trained, and sends the unmask (which
+        logs) only if all say yes, so a grant revoked or expired while the vaults trained stops
+        the round before any vault logs it. Nothing is logged or changed here."""
+        with self._lock:
+            grant = self.grant_for(grant_id, signer, "federated_round", dataset_id)
+            self.expire_reservations()
+            jobs = self.store.reserved(grant_id, run_id, round_number, signer)
+            if not jobs:
+                raise AccessDenied(
+                    f"round {round_number} of run {run_id} is not reserved on grant {grant_id} (aborted or expired)"
+                )
+            self.settle(grant_id)
+            ledger = self.store.ledger(grant_id)
+            charge = sum(ledger.charge(j.rho, self.policy.delta) for j in jobs)
+            if max(ledger.logged_micro, grant.epsilon_spent) + charge > grant.epsilon_budget:
+                raise BudgetExceeded(
+                    f"grant {grant_id} cannot take this round's ε {charge / 1e6:.6f}: the chain has "
+                    f"{grant.epsilon_spent / 1e6:.6f} of {grant.epsilon_budget / 1e6:.6f} spent"
+                )
+        return {"epsilon_micro": charge, "expires_at": grant.expires_at}
 
     def abort_round(self, grant_id: int, run_id: int, round_number: int, signer: str) -> int:
         """The round failed elsewhere: forget the signer's reservation of this round of this grant

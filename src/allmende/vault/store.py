@@ -9,6 +9,11 @@ vault trains, and logged on chain only when the coordinator asks for its SecAgg+
 shares, i.e. once every vault of the round has trained; an aborted round forgets it. Every
 request the vault refuses is kept in `refusals` (what `allmende data refusals` shows).
 
+A grant's books (`ledger`) are read from the jobs themselves: those logged on chain, and
+those open (reserved, or written and not yet known to be logged). A job's charge is set
+(`set_charge`) from the logged part alone just before its access is sent to the chain, so
+forgetting an open job changes no other job's charge (`allmende.core.privacy`).
+
 A job row is written before its access is logged on chain and marked logged after,
 so a crash between the two is found on restart (`pending()`) and reconciled against
 the chain's `job_logged` of the job's own dataset. A job's round and its refined cells are written in the same
@@ -25,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from allmende.core.privacy import GrantLedger
 from allmende.node.sqlite import open_database
 
 SCHEMA = """
@@ -39,11 +45,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     rho REAL NOT NULL,
     tx_hash TEXT,
     at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS grants (
-    grant_id INTEGER PRIMARY KEY,
-    rho REAL NOT NULL,
-    epsilon_micro INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rounds (
     job_id BLOB PRIMARY KEY,
@@ -159,10 +160,44 @@ class VaultStore:
         return fresh == 1
 
     def spent(self, grant_id: int) -> tuple[float, int]:
-        """(ρ, epsilon in millionths) charged to this grant by this vault."""
+        """(ρ, epsilon in millionths) charged to this grant by this vault: logged, and open
+        (reserved or on its way to the chain, at the charge estimated for it)."""
         with self._lock:
-            row = self._db.execute("SELECT rho, epsilon_micro FROM grants WHERE grant_id = ?", (grant_id,)).fetchone()
-        return (float(row[0]), int(row[1])) if row else (0.0, 0)
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(rho), 0.0), COALESCE(SUM(epsilon_micro), 0) FROM jobs WHERE grant_id = ?",
+                (grant_id,),
+            ).fetchone()
+        return float(row[0]), int(row[1])
+
+    def ledger(self, grant_id: int) -> GrantLedger:
+        """The grant's books: what is logged on chain, and what is open (`allmende.core.privacy`)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT rho, epsilon_micro, tx_hash IS NOT NULL FROM jobs WHERE grant_id = ? ORDER BY at",
+                (grant_id,),
+            ).fetchall()
+        logged_rho, zcdp, logged, open_rho, open_micro = 0.0, 0, 0, 0.0, 0
+        for rho, micro, done in rows:
+            if done:
+                logged_rho, logged = logged_rho + float(rho), logged + int(micro)
+                zcdp += int(micro) if rho > 0 else 0
+            elif rho > 0:
+                open_rho += float(rho)
+            else:
+                open_micro += int(micro)
+        return GrantLedger(logged_rho, zcdp, logged, open_rho, open_micro)
+
+    def set_charge(self, job_id: bytes, epsilon_micro: int) -> None:
+        """The charge a reserved job's access is about to be logged with, written before it is
+        sent: from here on the job is no reservation (nothing undoes it but the chain's refusal,
+        or a restart that finds it was never logged), and a restart finds what the chain was
+        asked to record."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("UPDATE jobs SET epsilon_micro = ? WHERE job_id = ? AND tx_hash IS NULL",
+                             (epsilon_micro, job_id))  # fmt: skip
+            self._db.execute("DELETE FROM reservations WHERE job_id = ?", (job_id,))
+            self._db.execute("COMMIT")
 
     def begin(
         self,
@@ -212,11 +247,6 @@ class VaultStore:
                         time.time(),
                     ),
                 )
-                self._db.execute(
-                    "INSERT INTO grants VALUES (?, ?, ?) ON CONFLICT(grant_id) DO UPDATE SET "
-                    "rho = rho + excluded.rho, epsilon_micro = epsilon_micro + excluded.epsilon_micro",
-                    (job.grant_id, job.rho, job.epsilon_micro),
-                )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -249,18 +279,12 @@ class VaultStore:
         return [bytes(r[0]) for r in rows]
 
     def forget(self, job_id: bytes) -> None:
-        """Undo `begin` for a job whose access the chain refused (its result was never released)."""
+        """Undo `begin` for an open job whose access the chain refused or never got (its result was
+        never released). No other job's charge depends on it."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute(
-                "SELECT grant_id, rho, epsilon_micro FROM jobs WHERE job_id = ?", (job_id,)
-            ).fetchone()
-            if row:
-                self._db.execute(
-                    "UPDATE grants SET rho = rho - ?, epsilon_micro = epsilon_micro - ? WHERE grant_id = ?",
-                    (row[1], row[2], row[0]),
-                )
-                self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            # only an open job: a logged one stays charged (the chain has it)
+            if self._db.execute("DELETE FROM jobs WHERE job_id = ? AND tx_hash IS NULL", (job_id,)).rowcount:
                 self._db.execute("DELETE FROM rounds WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM reservations WHERE job_id = ?", (job_id,))
             self._db.execute("COMMIT")
@@ -275,6 +299,20 @@ class VaultStore:
 
     def pending(self) -> list[JobRow]:
         return [j for j in self.jobs() if j.tx_hash is None]
+
+    def in_flight(self, grant_id: int) -> list[JobRow]:
+        """This grant's jobs written and not marked logged that are no reservation (their access
+        was sent, or is being sent, to the chain)."""
+        with self._lock:
+            ids = {
+                bytes(r[0])
+                for r in self._db.execute(
+                    "SELECT job_id FROM jobs WHERE grant_id = ? AND tx_hash IS NULL "
+                    "AND job_id NOT IN (SELECT job_id FROM reservations)",
+                    (grant_id,),
+                ).fetchall()
+            }
+        return [j for j in self.jobs() if j.job_id in ids] if ids else []
 
     # ------------------------------------------------------- federated lineage
 
