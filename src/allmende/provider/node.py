@@ -369,13 +369,19 @@ def build_app(node: ProviderNode) -> Any:
             watcher = node.watcher
             if watcher is None:
                 return
+            failing = False
             while True:
                 try:
                     await asyncio.to_thread(watcher.tick)
+                    if failing:
+                        log.info("close watcher: the chain answers again (block %d)", watcher.synced_block)
+                    failing = False
                     if node.settlement.closing_due():
                         await asyncio.to_thread(node.settlement.tick)
                 except ChainError as exc:
-                    log.warning("close watcher: %s (retrying)", exc)
+                    if not failing:  # once per outage, not every interval
+                        log.warning("close watcher: %s (retrying every %.0f s)", exc, node.config.credit.watch_interval)
+                    failing = True
                 await asyncio.sleep(node.config.credit.watch_interval)
 
         async def go_public() -> None:
