@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from allmende.chain import ChainClient, Contracts, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts
 from allmende.cli import app
+from allmende.cli.models import model_id_for
 from allmende.core import Voucher, sign_voucher, split_increment
 
 AUTHOR, FINE_TUNER, PAYER, PROVIDER = 5, 6, 3, 4
@@ -106,3 +107,40 @@ def test_bad_model_author_input_and_a_license_the_parent_forbids_are_refused(cha
     assert len(reader.models.all_ids()) == 1
     _cli(state, f"models register {child} --derived-from {base_id} --license CC-BY-NC-4.0 --key devnet:{FINE_TUNER}")
     assert len(reader.models.all_ids()) == 2
+
+
+def test_an_author_registers_a_model_old_channels_serve_and_earnings_say_what_was_not_paid(
+    chain, tmp_path: Path
+) -> None:
+    """Before: a channel opened before the registration paid the author 0, for ever, and
+    `models earnings` did not say why. Now the service after the registration pays through the
+    old channel, and earnings explains the rest."""
+    node, state, reader = chain
+    accounts = devnet_accounts(10)
+    folder = _model_folder(tmp_path, "late", b"\x07" * 64)
+    payer = Contracts(ChainClient(node.url, accounts[PAYER].key), reader.deployment)
+    payer.stable.approve(payer.channels.address)
+    channel = payer.channels.open(accounts[PROVIDER].address, 10**8)
+    provider = Contracts(ChainClient(node.url, accounts[PROVIDER].key), reader.deployment)
+    admin = ChainClient(node.url, accounts[0].key)
+    model_id = model_id_for(str(folder))
+
+    def redeem(cumulative: int) -> None:
+        voucher = Voucher(channel, model_id, cumulative)
+        provider.channels.redeem([sign_voucher(voucher, payer.channels.voucher_domain(), accounts[PAYER].key)])
+
+    admin.increase_time(3_600)
+    redeem(10_000_000)  # served and redeemed before anyone registered it
+    admin.increase_time(3_600)
+    _cli(state, f"models register {folder} --license MIT --royalty-bps 1000 --key devnet:{AUTHOR}")
+    admin.increase_time(3_600)
+    redeem(20_000_000)  # about half of this increment's time is after the registration
+    admin.increase_time(3_600)
+    redeem(30_000_000)  # all after
+
+    earned = reader.channels.earnings(accounts[AUTHOR].address)
+    assert 1_000_000 < earned < 2_000_000  # a full 10 % of the last increment, a part of the one before
+    shown = _cli(state, f"models earnings 0x{model_id.hex()}")
+    assert f"earned     {earned // 10**6}.{earned % 10**6:06d} dUSD in royalties" in shown, shown
+    assert "not paid: 10.000000 dUSD redeemed in 1 redeem(s) before the model was registered" in shown, shown
+    assert "not paid: " in shown and "whose service began before the registration" in shown, shown
