@@ -26,6 +26,7 @@ from allmende.node.supervisor import allmende_command, start
 from allmende.validator.app import create_app as evidence_app
 from allmende.validator.checker import NOTHING, Verdict
 from allmende.validator.service import Found, Validator, ValidatorConfig, ask_gateway
+from tests.conftest import wait_for
 from tests.provider.conftest import ProviderProcess, start_provider
 
 MAX_AUDITS_TO_CATCH = 3
@@ -237,7 +238,8 @@ def test_a_validator_that_frames_an_honest_provider_loses_its_case(
     case_id = framer.report(entry, forged, Verdict(False, "framed", NOTHING, 0))
 
     assert case_id is not None
-    assert juror.review_cases() == [(case_id, False)]
+    # the juror fetches the evidence off its own thread, and votes in the round after it arrived
+    assert wait_for("the juror's vote", juror.review_cases, 60) == [(case_id, False)]
     ChainClient(anvil.url, accounts[0].key).increase_time(reader.params.get("fraud_voting_period"))
     assert case_id in juror.resolve_due()
     assert reader.verdicts.case(case_id).status == 3  # not guilty

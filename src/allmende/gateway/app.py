@@ -17,6 +17,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from allmende import __version__
 from allmende.api.guard import GuardConfig, protect
+from allmende.gateway.endpoints import (
+    ChatServing,
+    CompletionServing,
+    EmbeddingServing,
+    MessagesServing,
+    ResponsesServing,
+)
 from allmende.gateway.errors import (
     GatewayError,
     MethodNotAllowed,
@@ -27,15 +34,7 @@ from allmende.gateway.errors import (
 )
 from allmende.gateway.explorer import mount_explorer
 from allmende.gateway.service import GatewayService
-from allmende.gateway.serving import (
-    Admission,
-    ChatServing,
-    CompletionServing,
-    EmbeddingServing,
-    GatewayLimits,
-    MessagesServing,
-    ResponsesServing,
-)
+from allmende.gateway.serving import Admission, GatewayLimits
 
 __all__ = ["GatewayLimits", "create_app"]
 

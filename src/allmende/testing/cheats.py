@@ -15,19 +15,52 @@ public pool) and serves what it takes for audits honestly and everyone else from
 generator (the last layer skipped) with the proof recomputed by one prefill of the real
 model. It logs each guess ("looks like an audit" / "looks like a user"), so a test can
 show that it never recognises an audit, or `inflate` (honest work, but receipts
-that claim ten times the tokens it counted, validly signed: `InflatingService`).
+that claim ten times the tokens it counted, validly signed: `InflatingService`), or
+`overrun`: the right model and honest proofs, but every completion is drawn on past EOS and
+past the request's stop strings up to `max_tokens` and billed for all of it, while the text
+is cut at the first stop string as an honest provider cuts it (`overrun`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
-from allmende.engine.base import Engine
+from allmende.engine.base import Engine, SamplingParams, TokenEvent
+from allmende.engine.sampling import StopWatch
 from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.testing.weights import quantize_int8, skip_last_layer
 
-CHEATS: dict[str, Callable[[CausalLMEngine], CausalLMEngine]] = {"int8": quantize_int8, "skip-layer": skip_last_layer}
+
+def overrun(engine: CausalLMEngine) -> CausalLMEngine:
+    """The engine, drawing every completion on past EOS and past its stop strings up to
+    `max_tokens` (every token the request's own draw, the proof computed as it draws), with
+    the text cut at the first stop string as the honest engine cuts it: the user sees the
+    honest text and pays for `max_tokens`."""
+    draw = engine.generate
+
+    async def cut_at_stop(events: AsyncIterator[TokenEvent], stop: tuple[str, ...]) -> AsyncIterator[TokenEvent]:
+        watch, cut = StopWatch(stop), False
+        async for event in events:
+            at = None if cut else watch.cut(event.text)
+            if cut or at is not None:
+                event = dataclasses.replace(event, text=event.text[:at] if at is not None else "")
+                cut = True
+            yield event
+
+    def generate(prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+        return cut_at_stop(draw(prompt_ids, dataclasses.replace(params, ignore_eos=True, stop=())), params.stop)
+
+    engine.generate = generate  # type: ignore[method-assign]
+    return engine
+
+
+CHEATS: dict[str, Callable[[CausalLMEngine], CausalLMEngine]] = {
+    "int8": quantize_int8,
+    "skip-layer": skip_last_layer,
+    "overrun": overrun,
+}
 
 # cheats at the level of the provider's service (allmende.testing.provider_cheats): they
 # import the provider, which the calibration harness must not need

@@ -2,15 +2,19 @@
 
 A reporter stores the evidence of a failed audit under the keccak hash of its bytes and
 serves it at `/v1/evidence/<hash>`; the case on chain holds that hash and URL. A juror
-fetches it (with a size and time limit), checks the hash, and re-checks the completion
-itself. The evidence must agree with the provider's own signed receipt — the request it
-holds must hash to the receipt's `inputHash` and its text to `outputHash` — or it frames
-nobody: a juror votes not guilty on evidence the receipt does not back.
+fetches it (at most `MAX_EVIDENCE_BYTES`, within `EVIDENCE_DEADLINE` seconds in all, not per
+read, off the thread that audits and votes: validator/fetcher.py), checks the hash, and
+re-checks the completion itself. The evidence must agree with the provider's own signed
+receipt — the request it holds must hash to the receipt's `inputHash` and its text to
+`outputHash` — or it frames nobody: a juror votes not guilty on evidence the receipt does
+not back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,9 @@ from allmende.core.errors import InvalidInput
 
 # the largest evidence a juror downloads: a prompt, a completion and a proof fit many times over
 MAX_EVIDENCE_BYTES = 1 << 20
+# seconds for a whole download, from connecting to the last byte: a server that sends a byte
+# every few seconds is cut off here, however long each read takes
+EVIDENCE_DEADLINE = 10.0
 
 
 class BadEvidence(InvalidInput):
@@ -107,22 +114,55 @@ class EvidenceStore:
         return path.read_bytes() if path.exists() else None
 
 
-def fetch_evidence(http: httpx.Client, uri: str, digest: bytes, timeout: float = 10.0) -> Evidence | None:
+def fetch_evidence(http: httpx.Client, uri: str, digest: bytes, deadline: float = EVIDENCE_DEADLINE) -> Evidence | None:
     """The evidence at `uri` if it arrives within the limits and hashes to `digest`; None if
-    it cannot be had (a juror then abstains); BadEvidence if it is not evidence at all."""
+    it cannot be had (a juror then abstains); BadEvidence if it is not evidence at all. This
+    blocks the calling thread for up to one read past `deadline`: the validator itself uses
+    `afetch_evidence` on its fetcher's loop, which is cut off at the deadline exactly."""
+    ends = time.monotonic() + deadline
     try:
-        with http.stream("GET", uri, timeout=timeout) as reply:
-            if reply.status_code != 200:
+        with http.stream("GET", uri, timeout=deadline) as reply:
+            if reply.status_code != 200 or _too_large(reply):
                 return None
             chunks, size = [], 0
             for chunk in reply.iter_bytes():
                 size += len(chunk)
-                if size > MAX_EVIDENCE_BYTES:
+                if size > MAX_EVIDENCE_BYTES or time.monotonic() > ends:
                     return None
                 chunks.append(chunk)
     except httpx.HTTPError:
         return None
-    blob = b"".join(chunks)
+    return _evidence_of(b"".join(chunks), digest)
+
+
+async def afetch_evidence(
+    http: httpx.AsyncClient, uri: str, digest: bytes, deadline: float = EVIDENCE_DEADLINE
+) -> Evidence | None:
+    """`fetch_evidence` on an event loop, with the deadline on the whole download: connecting,
+    the headers and every byte (asyncio cancels the read in flight when it passes)."""
+    chunks: list[bytes] = []
+    try:
+        async with asyncio.timeout(deadline), http.stream("GET", uri, timeout=deadline) as reply:
+            if reply.status_code != 200 or _too_large(reply):
+                return None
+            size = 0
+            async for chunk in reply.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_EVIDENCE_BYTES:
+                    return None
+                chunks.append(chunk)
+    except (httpx.HTTPError, TimeoutError):
+        return None
+    return _evidence_of(b"".join(chunks), digest)
+
+
+def _too_large(reply: httpx.Response) -> bool:
+    """The server announces more than the cap (a lie the byte count catches anyway)."""
+    length = reply.headers.get("content-length", "")
+    return length.isdigit() and int(length) > MAX_EVIDENCE_BYTES
+
+
+def _evidence_of(blob: bytes, digest: bytes) -> Evidence | None:
     if keccak(blob) != digest:
         return None
     return Evidence.from_bytes(blob)

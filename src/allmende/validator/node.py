@@ -37,21 +37,7 @@ def serve(
     app = create_app(validator, GuardConfig.serving(host, [config.endpoint], allowed_hosts))
     stopping = threading.Event()
 
-    def loop() -> None:
-        rounds = 0
-        while not stopping.is_set():
-            try:
-                validator.audit_round()
-                validator.review_cases()
-                validator.resolve_due()
-                rounds += 1
-                if rounds % publish_every == 0:
-                    validator.publish_scores()
-            except (ChainError, httpx.HTTPError) as exc:
-                log.warning("validator round failed, retrying: %s", exc)
-            stopping.wait(audit_interval * (0.5 + validator.rng.random()))  # jittered like user traffic
-
-    worker = threading.Thread(target=loop, daemon=True)
+    worker = threading.Thread(target=run_rounds, args=(validator, stopping, audit_interval, publish_every), daemon=True)
     worker.start()
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it already handled
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
@@ -60,4 +46,22 @@ def serve(
     validator.withdraw_endpoint()
 
 
-__all__ = ["AuditRecord", "Validator", "ValidatorConfig", "serve"]
+def run_rounds(validator: Validator, stopping: threading.Event, audit_interval: float, publish_every: int) -> None:
+    """The validator's schedule until `stopping`: audits, votes on open cases, resolutions of
+    due ones, and every `publish_every` rounds its scores. Nothing in a round waits on a
+    case's evidence server: downloads run on the validator's fetcher (validator/fetcher.py)."""
+    rounds = 0
+    while not stopping.is_set():
+        try:
+            validator.audit_round()
+            validator.review_cases()
+            validator.resolve_due()
+            rounds += 1
+            if rounds % publish_every == 0:
+                validator.publish_scores()
+        except (ChainError, httpx.HTTPError) as exc:
+            log.warning("validator round failed, retrying: %s", exc)
+        stopping.wait(audit_interval * (0.5 + validator.rng.random()))  # jittered like user traffic
+
+
+__all__ = ["AuditRecord", "Validator", "ValidatorConfig", "run_rounds", "serve"]

@@ -36,7 +36,8 @@ from allmende.engine import load_engine
 from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.validator.answers import Choice, check_answer, choices_of, recheck
 from allmende.validator.checker import NOTHING, Verdict
-from allmende.validator.evidence import BadEvidence, Evidence, EvidenceStore, fetch_evidence
+from allmende.validator.evidence import BadEvidence, Evidence, EvidenceStore
+from allmende.validator.fetcher import EvidenceFetcher
 from allmende.validator.metrics import ALM, ValidatorMetrics, fault_kind
 from allmende.validator.prompts import AuditTraffic
 from allmende.validator.store import AuditRecord, ValidatorStore
@@ -81,6 +82,7 @@ class Validator:
         self.directory = Directory(self.contracts, httpx.Client(timeout=5))
         self.store = ValidatorStore(cfg.state_dir / "audits.db")
         self.evidence = EvidenceStore(cfg.state_dir / "evidence")
+        self.fetcher = EvidenceFetcher()  # case evidence is downloaded off this validator's thread
         self.metrics = ValidatorMetrics()
         self.involved: set[int] = set()  # cases it reported or voted on: their outcomes are logged
         self.settled: set[int] = set()  # cases whose outcome it logged
@@ -125,6 +127,7 @@ class Validator:
         engine = self.engines[model_id]
         gateway = self.rng.choice(self.config.gateways)
         started = time.monotonic()
+        began = self.contracts.client.block_number()  # a verdict from here on covers this audit's fault
         if not self.contracts.registry.is_active(entry.address):
             # paused by a verdict or gone since the directory was read: nobody routes to it,
             # and a case for what it serves now would punish the same fault twice
@@ -160,7 +163,7 @@ class Validator:
         if not verdict.ok:
             first = choices[0]
             several = choices if len(choices) > 1 else None
-            found = Found(sent, prompt_ids, first.token_ids, first.proof, first.text, receipt, several)
+            found = Found(sent, prompt_ids, first.token_ids, first.proof, first.text, receipt, several, began)
             record.case_id = self.report(entry, found, verdict)
         self._score(record)
         return record
@@ -202,6 +205,11 @@ class Validator:
                 log.info("case %d against %s holds this validator's report already: not reported again",
                          existing, entry.address)  # fmt: skip
                 return existing
+            # whether the open case proves this fault already decides between a vote and a
+            # report: its evidence is waited for here, at most the fetcher's deadline (a
+            # server that sends nothing in time proves nothing, and this validator reports)
+            for sent_report in verdicts.reports(existing):
+                self.fetcher.wait(sent_report.evidence_uri, sent_report.evidence_hash)
             if self.contracts.client.timestamp() >= verdicts.case(existing).deadline:
                 self._resolve(existing)  # due: settle it, then report in a new case
                 existing = 0
@@ -214,6 +222,11 @@ class Validator:
                 if weight and not verdicts.voted_guilty(existing, self.address):
                     self._vote(existing, entry.address, True, weight, judged[1])
                 return existing
+        punished = self._punished(entry.address, model_id, found.block)
+        if punished:  # one fault, one slash: this receipt's fault was punished already
+            self.metrics.reports.labels(entry.address, "punished_already").inc()
+            log.info("not reporting %s: %s", entry.address, punished)
+            return None
         digest = self.evidence.put(evidence)
         uri = f"{self.config.endpoint}/v1/evidence/0x{digest.hex()}"
         try:
@@ -236,6 +249,23 @@ class Validator:
             verdict.reason,
         )
         return case_id
+
+    def _punished(self, provider: str, model_id: bytes, since_block: int | None) -> str | None:
+        """Why a fault found in an audit that began at `since_block` must not be reported, or
+        None: the provider is no longer active (a verdict paused it, perhaps this validator's
+        own resolution a moment ago), or a case found it guilty on this model after the audit
+        began (its receipt is older than that verdict: the fault was punished once)."""
+        if not self.contracts.registry.is_active(provider):
+            return "not an active provider on chain (paused by a verdict, or gone)"
+        if since_block is None:
+            return None
+        verdicts = self.contracts.verdicts
+        for event in self.contracts.client.events(verdicts.contract, "CaseResolved", since_block):
+            if int(event["args"]["status"]) == 2:
+                case = verdicts.case(int(event["args"]["case_id"]))
+                if case.provider == provider and case.model_id == model_id:
+                    return f"case {case.case_id} found it guilty after this audit began"
+        return None
 
     def _score(self, record: AuditRecord, counted: bool = True) -> None:
         self.store.record(record, counted)
@@ -319,7 +349,7 @@ class Validator:
         """True: guilty; False: not guilty (including evidence the receipt does not back);
         None: abstain (evidence unavailable, or a model this validator cannot check)."""
         try:
-            evidence = fetch_evidence(self.http, uri, digest)
+            evidence = self.fetcher.poll(uri, digest)  # never waits: None until it has arrived
         except BadEvidence as exc:
             log.warning("case evidence at %s is not evidence: %s", uri, exc)
             return False
@@ -479,6 +509,7 @@ class Found:
 
 
 def auth(key: str | None) -> dict[str, str]:
+    block: int | None = None  # the block the audit began at (None: not from an audit)
     return {"authorization": f"Bearer {key}"} if key else {}
 
 

@@ -1,0 +1,298 @@
+"""Three attacks on the validators (issue 29), against real provider and gateway processes on
+the session's chain, with validators of fresh accounts (each test stakes its own):
+
+- billing past the end: a provider (allmende.testing.cheats, mode `overrun`: the right model
+  and honest proofs, but every completion drawn on past EOS and past the request's stop
+  strings up to max_tokens, the text cut at the stop string so the user sees the honest text)
+  is paid by the gateway, which cannot see tokens past a cut text without the model; a
+  validator's audit fails with the overrun as its reason and opens a case with the provider's
+  own receipt, and another validator re-checks the evidence and votes guilty;
+- a shield case: a colluder opens the one case on a (provider, model) with an evidence URL
+  that sends one byte every 0.2 s; a juror's audits and its vote on another case go on while
+  that server drips;
+- one fault, one slash: a validator resolves a case guilty (pausing the provider) while it
+  reports a fault it found in an audit that began before the verdict: no second case."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_utils import keccak
+
+from allmende.api.canonical import canonical
+from allmende.api.protocol import input_hash
+from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.chain.anvil import Anvil, DevnetAccount, free_port
+from allmende.chain.bindings import ROLE_PROVIDER
+from allmende.core import Receipt, sign_receipt
+from allmende.engine import collect
+from allmende.engine.proofs import commit
+from allmende.engine.transformers_lm import CausalLMEngine
+from allmende.node.supervisor import allmende_command, start
+from allmende.validator.checker import NOTHING, Verdict
+from allmende.validator.node import run_rounds
+from allmende.validator.service import Found, Validator
+from tests.conftest import wait_for
+from tests.provider.conftest import ProviderProcess, start_provider
+from tests.validator.test_endings import REQUEST_ID, early_eos_body, plain
+from tests.validator.test_fetcher import Tarpit
+from tests.validator.test_validator_e2e import make_validator
+
+QUESTION = [{"role": "user", "content": "Write a short paragraph about tides."}]
+ALM = 10**18
+
+
+class FixedTraffic:
+    """Audit bodies given by the test (shapes users send: a seed, stop strings)."""
+
+    def __init__(self, bodies: list[dict[str, Any]]) -> None:
+        self.bodies = bodies
+
+    def body(self, model: str) -> dict[str, Any]:
+        return {"model": model, **self.bodies.pop(0)}
+
+
+def start_gateway(anvil: Anvil, deployments: Path, account: DevnetAccount, root: Path, providers: int) -> Any:
+    url = f"http://127.0.0.1:{free_port()}"
+    command = allmende_command(
+        "gateway", "--rpc", anvil.url, "--key", f"devnet:{account.index}", "--deployments",
+        str(deployments), "--state-dir", str(root), "--port", url.rsplit(":", 1)[1],
+    )  # fmt: skip
+    return url, start(
+        f"gateway {root.name}", command, root / "gateway.log", url, ready=lambda h: h["providers"] >= providers
+    )
+
+
+@pytest.fixture(scope="module")
+def overrunner(
+    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProviderProcess]:
+    root = tmp_path_factory.mktemp("overrun")
+    provider = start_provider(anvil, deployments_file, accounts[2], root / "p", ["allmende:tiny"], cheat="overrun")
+    try:
+        yield provider
+    finally:
+        provider.stop()
+
+
+@pytest.fixture(scope="module")
+def overrun_gateway(
+    anvil: Anvil,
+    deployments_file: Path,
+    accounts: list[DevnetAccount],
+    overrunner: ProviderProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    url, node = start_gateway(anvil, deployments_file, accounts[3], tmp_path_factory.mktemp("overrun-gateway"), 1)
+    try:
+        yield url
+    finally:
+        node.stop()
+
+
+def fresh_account(anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount], label: str) -> DevnetAccount:
+    """A new account with devnet ETH and 100,000 ALM: this test's own, nobody else's state."""
+    new = Account.create()
+    admin = Contracts(ChainClient(anvil.url, accounts[0].key), deployment)
+    admin.client.send_value(new.address, 10 * 10**18)
+    admin.token.transfer(new.address, 100_000 * ALM)
+    return DevnetAccount(-1, new.address, bytes(new.key), label)
+
+
+def wait_out_the_lookback(anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]) -> None:
+    """Votes weigh stake held through the lookback before a case opens: let it pass."""
+    reader = Contracts(ChainClient(anvil.url), deployment)
+    ChainClient(anvil.url, accounts[0].key).increase_time(reader.params.get("unbonding_period") + 1)
+
+
+def stop_body(engine: CausalLMEngine) -> dict[str, Any]:
+    """A sampled request with a stop string its honest answer reaches after a few tokens."""
+    body: dict[str, Any] = {"messages": QUESTION, "max_tokens": 32, "temperature": 0.7, "seed": 5}
+    prompt, params = canonical("chat", body, REQUEST_ID).generation
+    ids = engine.prompt_ids(prompt)
+    out = asyncio.run(collect(engine.generate(ids, dataclasses.replace(params)), len(ids))).token_ids
+    body["stop"] = [next(p for p in (engine.decode([t]) for t in out[3:]) if plain(p))]
+    return body
+
+
+def test_a_provider_that_bills_past_eos_and_stop_strings_is_caught_and_voted_guilty(
+    anvil: Anvil,
+    deployment: Deployment,
+    deployments_file: Path,
+    accounts: list[DevnetAccount],
+    overrunner: ProviderProcess,
+    overrun_gateway: str,
+    tmp_path: Path,
+) -> None:
+    auditor_account, juror_account = (fresh_account(anvil, deployment, accounts, n) for n in ("auditor", "juror"))
+    auditor, _ = make_validator(anvil, deployments_file, auditor_account, tmp_path / "auditor", overrun_gateway)
+    juror, _ = make_validator(anvil, deployments_file, juror_account, tmp_path / "juror", overrun_gateway)
+    wait_out_the_lookback(anvil, deployment, accounts)
+    reader = Contracts(ChainClient(anvil.url), deployment)
+    cheater = accounts[2].address
+    engine: CausalLMEngine = next(iter(auditor.engines.values()))
+    auditor.traffic = FixedTraffic([early_eos_body(engine)])  # type: ignore[assignment]
+    juror.traffic = FixedTraffic([stop_body(engine)])  # type: ignore[assignment]
+    auditor.directory.refresh()
+    entry = auditor.directory.entry(cheater)
+    assert entry is not None
+    model_id = next(iter(entry.offers))
+
+    past_eos = auditor.audit(entry, model_id)
+    past_stop = auditor.audit(entry, model_id)
+
+    assert not past_eos.ok and "runs past its end: EOS drawn as token" in past_eos.reason, past_eos.reason
+    assert not past_stop.ok and "runs past its end: a stop string completed" in past_stop.reason, past_stop.reason
+    case_id = past_eos.case_id
+    assert case_id is not None and past_stop.case_id == case_id  # one open case per (provider, model)
+    assert reader.verdicts.case(case_id).provider == cheater
+    wait_for("the juror's guilty vote", lambda: votes_guilty(juror, case_id), 90)
+
+
+def votes_guilty(juror: Validator, case_id: int) -> bool:
+    """One review round of `juror` (its evidence downloads run off this thread: it votes in
+    the round after the evidence arrived); True once it voted guilty on `case_id`."""
+    juror.review_cases()
+    return juror.contracts.verdicts.voted_guilty(case_id, juror.address)
+
+
+def fake_provider(anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount], label: str) -> DevnetAccount:
+    """A registered, staked provider with no process: only its key signs receipts."""
+    account = fresh_account(anvil, deployment, accounts, label)
+    contracts = Contracts(ChainClient(anvil.url, account.key), deployment)
+    stake = contracts.params.get("min_provider_stake")
+    contracts.token.ensure_allowance(contracts.registry.address, stake)
+    contracts.registry.register(ROLE_PROVIDER, "http://127.0.0.1:9", os.urandom(32), stake)
+    return account
+
+
+def fabricated(engine: CausalLMEngine, provider: DevnetAccount, domain: Any) -> Found:
+    """A greedy answer of fabricated tokens with an honest prefill proof, under the provider's
+    own signed receipt: guilty on any re-check."""
+    body = {"model": "allmende:tiny", "messages": QUESTION, "max_tokens": 8, "temperature": 0}
+    prompt = engine.prompt_ids(canonical("chat", body).generation[0])
+    out = [ord(c) for c in "zqzqzqzq"]
+    hidden, _ = engine.prefill(prompt + out)
+    proof = commit(hidden[len(prompt) - 1 : len(prompt) - 1 + len(out)])
+    text = engine.decode(out)
+    receipt = Receipt(os.urandom(32), engine.model_id, provider.address, input_hash("chat", body),
+                      keccak(text.encode()), keccak(proof), len(prompt), len(out), 1, int(time.time()))  # fmt: skip
+    return Found(body, prompt, out, proof, text, sign_receipt(receipt, domain, provider.key))
+
+
+def test_a_shield_case_with_a_tarpit_evidence_server_stalls_no_juror(
+    anvil: Anvil,
+    deployment: Deployment,
+    deployments_file: Path,
+    accounts: list[DevnetAccount],
+    overrunner: ProviderProcess,
+    overrun_gateway: str,
+    tmp_path: Path,
+) -> None:
+    colluder_account, reporter_account, juror_account = (
+        fresh_account(anvil, deployment, accounts, n) for n in ("colluder", "reporter", "juror")
+    )
+    colluder, _ = make_validator(anvil, deployments_file, colluder_account, tmp_path / "colluder", overrun_gateway)
+    reporter, _ = make_validator(anvil, deployments_file, reporter_account, tmp_path / "reporter", overrun_gateway)
+    juror, _ = make_validator(anvil, deployments_file, juror_account, tmp_path / "juror", overrun_gateway)
+    shielded, faked = (fake_provider(anvil, deployment, accounts, n) for n in ("shielded", "faked"))
+    wait_out_the_lookback(anvil, deployment, accounts)
+    reader = Contracts(ChainClient(anvil.url), deployment)
+    engine: CausalLMEngine = next(iter(juror.engines.values()))
+    domain = reader.registry.receipt_domain()
+    tarpit = Tarpit()
+    # the shield: the one case on (shielded, tiny), its evidence at the tarpit; opened first,
+    # so a juror that downloads on its own thread is stuck there before it reaches the next
+    shield_receipt = fabricated(engine, shielded, domain).receipt
+    shield = colluder.contracts.verdicts.open_case(
+        shield_receipt.receipt.as_tuple(), shield_receipt.signature, keccak(b"never sent"), tarpit.url
+    )
+    found = fabricated(engine, faked, domain)
+    other = reporter.report(SimpleNamespace(address=faked.address), found, Verdict(False, "fabricated", NOTHING, 8))  # type: ignore[arg-type]
+    assert other is not None and other != shield
+    stopping = threading.Event()
+    rounds = threading.Thread(target=run_rounds, args=(juror, stopping, 0.2, 1000), daemon=True)
+
+    rounds.start()
+    try:
+        # observable progress while the tarpit drips: the vote on the other case, on chain,
+        # and audit records of round after round
+        wait_for("the juror's vote on the other case", lambda: reader.verdicts.voted_guilty(other, juror.address), 120)
+        wait_for("three audits", lambda: juror.store.audit_count() >= 3, 120)
+        dripped = tarpit.bytes_sent
+        wait_for("the tarpit to drip on", lambda: tarpit.bytes_sent > dripped, 30)
+    finally:
+        stopping.set()
+        tarpit.close()
+        rounds.join(timeout=60)
+
+    assert tarpit.requests >= 1  # the juror did ask for the shield's evidence ...
+    assert not reader.verdicts.voted(shield, juror.address)  # ... and abstains on what never came
+    assert not rounds.is_alive()
+
+
+@pytest.fixture
+def second_overrunner(
+    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], tmp_path: Path
+) -> Iterator[tuple[str, str]]:
+    """Another overrunning provider with a gateway of its own: this test pauses it."""
+    provider = start_provider(anvil, deployments_file, accounts[4], tmp_path / "p4", ["allmende:tiny"], cheat="overrun")
+    try:
+        url, node = start_gateway(anvil, deployments_file, accounts[6], tmp_path / "g4", 1)
+        try:
+            yield accounts[4].address, url
+        finally:
+            node.stop()
+    finally:
+        provider.stop()
+
+
+def test_a_fault_found_before_a_guilty_verdict_is_not_reported_again(
+    anvil: Anvil,
+    deployment: Deployment,
+    deployments_file: Path,
+    accounts: list[DevnetAccount],
+    second_overrunner: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    """The juror's own audit began while the provider was active; reporting it, the juror
+    finds the case it voted on due, resolves it guilty (the provider is slashed and paused)
+    and then would have opened a second case for the same fault (seen: 1,000 → 900 → 810 ALM)."""
+    cheater, gateway = second_overrunner
+    auditor_account, juror_account = (fresh_account(anvil, deployment, accounts, n) for n in ("auditor", "juror"))
+    auditor, _ = make_validator(anvil, deployments_file, auditor_account, tmp_path / "auditor", gateway)
+    juror, _ = make_validator(anvil, deployments_file, juror_account, tmp_path / "juror", gateway)
+    wait_out_the_lookback(anvil, deployment, accounts)
+    reader = Contracts(ChainClient(anvil.url), deployment)
+    engine: CausalLMEngine = next(iter(auditor.engines.values()))
+    auditor.traffic = FixedTraffic([early_eos_body(engine)])  # type: ignore[assignment]
+    juror.traffic = FixedTraffic([stop_body(engine)])  # type: ignore[assignment]
+    auditor.directory.refresh()
+    entry = auditor.directory.entry(cheater)
+    assert entry is not None
+    model_id = next(iter(entry.offers))
+    stake_before = reader.registry.stake_of(cheater)
+    first = auditor.audit(entry, model_id)
+    case_id = first.case_id
+    assert case_id is not None
+    wait_for("the juror's guilty vote", lambda: votes_guilty(juror, case_id), 90)
+    ChainClient(anvil.url, accounts[0].key).increase_time(reader.params.get("fraud_voting_period"))
+
+    again = juror.audit(entry, model_id)  # begins before the verdict; reporting it resolves the case
+
+    case = reader.verdicts.case(case_id)
+    assert not again.ok and again.case_id is None, again
+    assert case.status == 2 and not reader.registry.is_active(cheater)  # guilty, paused
+    assert reader.verdicts.case_count() == case_id  # no second case
+    assert reader.verdicts.open_case_of(cheater, model_id) == 0
+    assert reader.registry.stake_of(cheater) == stake_before - case.slashed  # slashed once
