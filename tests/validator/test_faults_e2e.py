@@ -1,5 +1,6 @@
 """Three attacks on the validators (issue 29), against real provider and gateway processes on
-the session's chain, with validators of fresh accounts (each test stakes its own):
+the session's chain; each test starts its own provider and gateway and stakes validators of
+fresh accounts, so what one test's verdicts do touches no other:
 
 - billing past the end: a provider (allmende.testing.cheats, mode `overrun`: the right model
   and honest proofs, but every completion drawn on past EOS and past the request's stop
@@ -8,14 +9,15 @@ the session's chain, with validators of fresh accounts (each test stakes its own
   validator's audit fails with the overrun as its reason and opens a case with the provider's
   own receipt, and another validator re-checks the evidence and votes guilty;
 - a shield case: a colluder opens the one case on a (provider, model) with an evidence URL
-  that sends one byte every 0.2 s; a juror's audits and its vote on another case go on while
-  that server drips;
+  that sends one byte every 0.2 s; a juror's audits (of an honest provider) and its vote on
+  another case go on while that server drips;
 - one fault, one slash: a validator resolves a case guilty (pausing the provider) while it
   reports a fault it found in an audit that began before the verdict: no second case."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import threading
@@ -33,7 +35,7 @@ from allmende.api.canonical import canonical
 from allmende.api.protocol import input_hash
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.anvil import Anvil, DevnetAccount, free_port
-from allmende.chain.bindings import ROLE_PROVIDER
+from allmende.chain.bindings import ROLE_PROVIDER, ROLE_VALIDATOR
 from allmende.core import Receipt, sign_receipt
 from allmende.engine import collect
 from allmende.engine.proofs import commit
@@ -43,7 +45,7 @@ from allmende.validator.checker import NOTHING, Verdict
 from allmende.validator.node import run_rounds
 from allmende.validator.service import Found, Validator
 from tests.conftest import wait_for
-from tests.provider.conftest import ProviderProcess, start_provider
+from tests.provider.conftest import start_provider
 from tests.validator.test_endings import REQUEST_ID, early_eos_body, plain
 from tests.validator.test_fetcher import Tarpit
 from tests.validator.test_validator_e2e import make_validator
@@ -73,40 +75,66 @@ def start_gateway(anvil: Anvil, deployments: Path, account: DevnetAccount, root:
     )
 
 
-@pytest.fixture(scope="module")
+@contextlib.contextmanager
+def provider_and_gateway(
+    anvil: Anvil, deployments: Path, provider: DevnetAccount, gateway: DevnetAccount, root: Path, cheat: str | None
+) -> Iterator[tuple[str, str]]:
+    """A provider process (cheating in mode `cheat`, or honest) and a gateway that routes to it:
+    each test has its own, so what one test's verdicts do to a provider touches no other."""
+    process = start_provider(anvil, deployments, provider, root / "provider", ["allmende:tiny"], cheat=cheat)
+    try:
+        url, node = start_gateway(anvil, deployments, gateway, root / "gateway", 1)
+        try:
+            yield provider.address, url
+        finally:
+            node.stop()
+    finally:
+        process.stop()
+
+
+@pytest.fixture
 def overrunner(
-    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProviderProcess]:
-    root = tmp_path_factory.mktemp("overrun")
-    provider = start_provider(anvil, deployments_file, accounts[2], root / "p", ["allmende:tiny"], cheat="overrun")
-    try:
-        yield provider
-    finally:
-        provider.stop()
+    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], tmp_path: Path
+) -> Iterator[tuple[str, str]]:
+    """(address, gateway URL) of a provider that bills past the end of its completions."""
+    with provider_and_gateway(anvil, deployments_file, accounts[2], accounts[3], tmp_path / "net", "overrun") as net:
+        yield net
 
 
-@pytest.fixture(scope="module")
-def overrun_gateway(
-    anvil: Anvil,
-    deployments_file: Path,
-    accounts: list[DevnetAccount],
-    overrunner: ProviderProcess,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
-    url, node = start_gateway(anvil, deployments_file, accounts[3], tmp_path_factory.mktemp("overrun-gateway"), 1)
-    try:
-        yield url
-    finally:
-        node.stop()
+@pytest.fixture
+def honest_provider(
+    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], tmp_path: Path
+) -> Iterator[tuple[str, str]]:
+    """(address, gateway URL) of an honest provider: audits of it pass, whatever other cases do."""
+    with provider_and_gateway(anvil, deployments_file, accounts[5], accounts[3], tmp_path / "net", None) as net:
+        yield net
 
 
-def fresh_account(anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount], label: str) -> DevnetAccount:
-    """A new account with devnet ETH and 100,000 ALM: this test's own, nobody else's state."""
+@pytest.fixture
+def second_overrunner(
+    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], tmp_path: Path
+) -> Iterator[tuple[str, str]]:
+    """Another provider that bills past the end, with a gateway of its own: its test pauses it."""
+    with provider_and_gateway(anvil, deployments_file, accounts[4], accounts[6], tmp_path / "net", "overrun") as net:
+        yield net
+
+
+def fresh_account(
+    anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount], label: str, alm: int = 20_000
+) -> DevnetAccount:
+    """A new account with devnet ETH and `alm` ALM: this test's own, nobody else's state."""
     new = Account.create()
     admin = Contracts(ChainClient(anvil.url, accounts[0].key), deployment)
     admin.client.send_value(new.address, 10 * 10**18)
-    admin.token.transfer(new.address, 100_000 * ALM)
+    admin.token.transfer(new.address, alm * ALM)
     return DevnetAccount(-1, new.address, bytes(new.key), label)
+
+
+def weigh(validator: Validator, amount: int) -> None:
+    """Add `amount` to the validator's stake."""
+    contracts = validator.contracts
+    contracts.token.ensure_allowance(contracts.registry.address, amount)
+    contracts.registry.register(ROLE_VALIDATOR, validator.config.endpoint, b"\x00" * 32, amount)
 
 
 def wait_out_the_lookback(anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]) -> None:
@@ -130,19 +158,17 @@ def test_a_provider_that_bills_past_eos_and_stop_strings_is_caught_and_voted_gui
     deployment: Deployment,
     deployments_file: Path,
     accounts: list[DevnetAccount],
-    overrunner: ProviderProcess,
-    overrun_gateway: str,
+    overrunner: tuple[str, str],
     tmp_path: Path,
 ) -> None:
+    cheater, gateway = overrunner
     auditor_account, juror_account = (fresh_account(anvil, deployment, accounts, n) for n in ("auditor", "juror"))
-    auditor, _ = make_validator(anvil, deployments_file, auditor_account, tmp_path / "auditor", overrun_gateway)
-    juror, _ = make_validator(anvil, deployments_file, juror_account, tmp_path / "juror", overrun_gateway)
+    auditor, _ = make_validator(anvil, deployments_file, auditor_account, tmp_path / "auditor", gateway)
+    juror, _ = make_validator(anvil, deployments_file, juror_account, tmp_path / "juror", gateway)
     wait_out_the_lookback(anvil, deployment, accounts)
     reader = Contracts(ChainClient(anvil.url), deployment)
-    cheater = accounts[2].address
     engine: CausalLMEngine = next(iter(auditor.engines.values()))
-    auditor.traffic = FixedTraffic([early_eos_body(engine)])  # type: ignore[assignment]
-    juror.traffic = FixedTraffic([stop_body(engine)])  # type: ignore[assignment]
+    auditor.traffic = FixedTraffic([early_eos_body(engine), stop_body(engine)])  # type: ignore[assignment]
     auditor.directory.refresh()
     entry = auditor.directory.entry(cheater)
     assert entry is not None
@@ -195,16 +221,16 @@ def test_a_shield_case_with_a_tarpit_evidence_server_stalls_no_juror(
     deployment: Deployment,
     deployments_file: Path,
     accounts: list[DevnetAccount],
-    overrunner: ProviderProcess,
-    overrun_gateway: str,
+    honest_provider: tuple[str, str],
     tmp_path: Path,
 ) -> None:
+    _, gateway = honest_provider
     colluder_account, reporter_account, juror_account = (
         fresh_account(anvil, deployment, accounts, n) for n in ("colluder", "reporter", "juror")
     )
-    colluder, _ = make_validator(anvil, deployments_file, colluder_account, tmp_path / "colluder", overrun_gateway)
-    reporter, _ = make_validator(anvil, deployments_file, reporter_account, tmp_path / "reporter", overrun_gateway)
-    juror, _ = make_validator(anvil, deployments_file, juror_account, tmp_path / "juror", overrun_gateway)
+    colluder, _ = make_validator(anvil, deployments_file, colluder_account, tmp_path / "colluder", gateway)
+    reporter, _ = make_validator(anvil, deployments_file, reporter_account, tmp_path / "reporter", gateway)
+    juror, _ = make_validator(anvil, deployments_file, juror_account, tmp_path / "juror", gateway)
     shielded, faked = (fake_provider(anvil, deployment, accounts, n) for n in ("shielded", "faked"))
     wait_out_the_lookback(anvil, deployment, accounts)
     reader = Contracts(ChainClient(anvil.url), deployment)
@@ -241,22 +267,6 @@ def test_a_shield_case_with_a_tarpit_evidence_server_stalls_no_juror(
     assert not rounds.is_alive()
 
 
-@pytest.fixture
-def second_overrunner(
-    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], tmp_path: Path
-) -> Iterator[tuple[str, str]]:
-    """Another overrunning provider with a gateway of its own: this test pauses it."""
-    provider = start_provider(anvil, deployments_file, accounts[4], tmp_path / "p4", ["allmende:tiny"], cheat="overrun")
-    try:
-        url, node = start_gateway(anvil, deployments_file, accounts[6], tmp_path / "g4", 1)
-        try:
-            yield accounts[4].address, url
-        finally:
-            node.stop()
-    finally:
-        provider.stop()
-
-
 def test_a_fault_found_before_a_guilty_verdict_is_not_reported_again(
     anvil: Anvil,
     deployment: Deployment,
@@ -269,9 +279,11 @@ def test_a_fault_found_before_a_guilty_verdict_is_not_reported_again(
     finds the case it voted on due, resolves it guilty (the provider is slashed and paused)
     and then would have opened a second case for the same fault (seen: 1,000 → 900 → 810 ALM)."""
     cheater, gateway = second_overrunner
-    auditor_account, juror_account = (fresh_account(anvil, deployment, accounts, n) for n in ("auditor", "juror"))
+    auditor_account = fresh_account(anvil, deployment, accounts, "auditor")
+    juror_account = fresh_account(anvil, deployment, accounts, "juror", alm=80_000)
     auditor, _ = make_validator(anvil, deployments_file, auditor_account, tmp_path / "auditor", gateway)
     juror, _ = make_validator(anvil, deployments_file, juror_account, tmp_path / "juror", gateway)
+    weigh(juror, 70_000 * ALM)  # a quorum on its own: more than every other validator this session stakes
     wait_out_the_lookback(anvil, deployment, accounts)
     reader = Contracts(ChainClient(anvil.url), deployment)
     engine: CausalLMEngine = next(iter(auditor.engines.values()))
