@@ -86,3 +86,31 @@ def test_a_hidden_layer_classifier_trains_with_dp_and_is_content_addressed(tmp_p
     assert load_model(tmp_path / "m")[2] == saved
     with pytest.raises(ValueError, match="do not fit"):
         train(ModelSpec(64, 10), trained, x[:10], y[:10], steps=1, lr=1.0)
+
+
+def test_a_model_standardises_raw_features_with_its_specs_numbers(tmp_path: Path) -> None:
+    # Prepare: raw features on wildly different scales; the spec standardises by a public sample
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3)) * np.array([1000.0, 1.0, 0.01]) + np.array([5000.0, 0.0, 0.1])
+    y = (x[:, 0] > 5000).astype(int)
+    plain = ModelSpec(3, 2)
+    spec = plain.standardized(x[:40])
+
+    # Execute
+    params = train(spec, spec.init(0), x, y, steps=60, lr=1.0)
+    save_model(tmp_path, spec, params)
+    loaded, _, loaded_id = load_model(tmp_path)
+
+    # Assert: it learns from raw rows; the numbers are part of the spec and of the model id; a spec
+    # without them is what it was (same json, same parameters from the same seed)
+    assert accuracy(spec, params, x, y) > 0.9
+    assert loaded == spec and loaded_id == model_id(spec, params) != model_id(plain, params)
+    assert plain.to_json() == {"inputs": 3, "hidden": 0, "classes": 2}
+    assert [p.shape for p in spec.init(0)] == [p.shape for p in plain.init(0)]
+    for bad, why in [
+        ({"inputs": 3, "classes": 2, "shift": [0, 0, 0]}, "both shift and scale"),
+        ({"inputs": 3, "classes": 2, "shift": [0, 0], "scale": [1, 1]}, "3 finite numbers"),
+        ({"inputs": 3, "classes": 2, "shift": [0, 0, 0], "scale": [1, 0, 1]}, "positive"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            ModelSpec.from_json(bad)

@@ -257,6 +257,11 @@ def init(
         None, help="public data to pre-train on (CSV, Parquet or JSONL with a label column); never a vault's data"
     ),
     label: str = typer.Option("label", help="the label column of --data"),
+    standardize: bool = typer.Option(
+        True,
+        help="with --data: the model standardises each feature by the mean and standard deviation of --data "
+        "(public rows; part of the model, so vaults take raw rows as they are)",
+    ),
     steps: int = typer.Option(40, min=0, max=10_000, help="gradient steps on --data"),
     lr: float = typer.Option(1.0, help="learning rate on --data"),
     register: bool = typer.Option(False, "--register", help="also register it in Models (with --key, --license)"),
@@ -287,11 +292,14 @@ def init(
             raise typer.BadParameter(f"--data has {len(table.columns)} feature columns, not {n_inputs}",
                                      param_hint="--inputs")  # fmt: skip
         spec = ModelSpec(n_inputs, max(2, n_classes), hidden)
+        if table is not None and standardize and table.rows:
+            spec = spec.standardized(table.features)
         params = spec.init(seed)
         if table is not None and table.labels is not None and steps:
             params = gradient_descent(spec, params, table.features, table.labels, steps, lr)
         model_id = save_model(out, spec, params)
         trained = f", pre-trained on {data}" if table else ""
+        trained += ", standardising each input by --data's mean and deviation" if spec.shift is not None else ""
         console.print(f"base model [bold]0x{model_id.hex()}[/bold] in {out}: {n_inputs} inputs, "
                       f"{spec.classes} classes, {hidden} hidden{trained}")  # fmt: skip
         if register:

@@ -130,9 +130,13 @@ class VaultFlower:
 
         class VaultClient(NumPyClient):
             def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:  # type: ignore[type-arg]
-                spec = ModelSpec.from_json(
-                    {"inputs": config["inputs"], "classes": config["classes"], "hidden": config.get("hidden", 0)}
-                )
+                fields = {"inputs": config["inputs"], "classes": config["classes"], "hidden": config.get("hidden", 0)}
+                if "standardize" in config:  # the model standardises its inputs: {"shift": [..], "scale": [..]}
+                    standardize = json.loads(str(config["standardize"]))
+                    if not isinstance(standardize, dict) or set(standardize) != {"shift", "scale"}:
+                        raise BadJob('\'standardize\' must be {"shift": [...], "scale": [...]}')
+                    fields.update(standardize)
+                spec = ModelSpec.from_json(fields)
                 # the vault checks the parameters themselves against the grant, not the
                 # coordinator's word ("base-model" in the config is informational only)
                 out, rows, charge = service.train_round(
@@ -611,6 +615,10 @@ def _one_round(
             final["charge"] = int(out[1].get("epsilon_micro", 0))  # fit_metrics_aggregation_fn: the most
             return out
 
+    standardize = {}  # Flower's config values are scalars: the standardisation travels as one JSON string
+    if spec.shift is not None and spec.scale is not None:
+        standardize["standardize"] = json.dumps({"shift": list(spec.shift), "scale": list(spec.scale)})
+
     def fit_config(server_round: int) -> dict[str, Any]:
         return {
             "round": round_number,
@@ -618,6 +626,7 @@ def _one_round(
             "inputs": spec.inputs,
             "classes": spec.classes,
             "hidden": spec.hidden,
+            **standardize,
             "steps": config.steps,
             "lr": config.lr,
             "noise": config.noise,

@@ -26,6 +26,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,14 +46,36 @@ GRID_BITS = 20  # DP-GD rounds each clipped row gradient to multiples of clip·2
 REPLACED_ROWS = 2
 
 
+class Standardize(nn.Module):
+    """(x − shift) / scale per feature: fixed numbers of the model's spec, not trained."""
+
+    shift: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self, shift: tuple[float, ...], scale: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.tensor(shift, dtype=torch.float64))
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.shift.to(x.dtype)) / self.scale.to(x.dtype)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     inputs: int
     classes: int
     hidden: int = 0
+    # the model standardises each feature with these (fitted on public data by `federated init`;
+    # part of the spec, so of the model id, and never trained): raw rows go in as they are
+    shift: tuple[float, ...] | None = None
+    scale: tuple[float, ...] | None = None
 
-    def to_json(self) -> dict[str, int]:
-        return {"inputs": self.inputs, "hidden": self.hidden, "classes": self.classes}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"inputs": self.inputs, "hidden": self.hidden, "classes": self.classes}
+        if self.shift is not None and self.scale is not None:
+            out["shift"], out["scale"] = list(self.shift), list(self.scale)
+        return out
 
     @classmethod
     def from_json(cls, data: object) -> ModelSpec:
@@ -63,16 +86,47 @@ class ModelSpec:
             raise ValueError("model spec needs integer inputs, classes (and hidden) in [0, 4096]")
         if values["inputs"] == 0 or values["classes"] < 2:  # type: ignore[operator]
             raise ValueError("model spec needs inputs ≥ 1 and classes ≥ 2")
-        return cls(int(values["inputs"]), int(values["classes"]), int(values["hidden"]))  # type: ignore[arg-type]
+        inputs = int(values["inputs"])  # type: ignore[arg-type]
+        shift, scale = data.get("shift"), data.get("scale")
+        if (shift is None) != (scale is None):
+            raise ValueError("model spec: give both shift and scale, or neither")
+        if shift is not None:
+            shift, scale = _floats(shift, inputs, "shift"), _floats(scale, inputs, "scale")
+            if not all(v > 0 for v in scale):
+                raise ValueError("model spec: every scale must be positive")
+        return cls(inputs, int(values["classes"]), int(values["hidden"]), shift, scale)  # type: ignore[arg-type]
 
     def module(self) -> nn.Module:
+        layers: list[nn.Module] = []
+        if self.shift is not None and self.scale is not None:
+            layers.append(Standardize(self.shift, self.scale))
         if self.hidden:
-            return nn.Sequential(nn.Linear(self.inputs, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.classes))
-        return nn.Sequential(nn.Linear(self.inputs, self.classes))
+            layers += [nn.Linear(self.inputs, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.classes)]
+        else:
+            layers.append(nn.Linear(self.inputs, self.classes))
+        return nn.Sequential(*layers)
 
     def init(self, seed: int = 0) -> list[np.ndarray]:
         torch.manual_seed(seed)
         return [p.detach().double().numpy().copy() for p in self.module().parameters()]
+
+    def standardized(self, features: np.ndarray) -> ModelSpec:
+        """This spec with each feature's mean and standard deviation over `features` (public rows)."""
+        x = np.asarray(features, dtype=np.float64)
+        std = x.std(axis=0)
+        scale = np.where(std > 1e-12, std, 1.0)
+        return ModelSpec(self.inputs, self.classes, self.hidden, tuple(map(float, x.mean(axis=0))),
+                         tuple(map(float, scale)))  # fmt: skip
+
+
+def _floats(value: object, n: int, name: str) -> tuple[float, ...]:
+    if (
+        not isinstance(value, list)
+        or len(value) != n
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    ):
+        raise ValueError(f"model spec: {name} must be {n} finite numbers, one per input")
+    return tuple(float(v) for v in value)
 
 
 def check_params(spec: ModelSpec, params: list[np.ndarray]) -> None:

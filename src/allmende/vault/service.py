@@ -90,6 +90,7 @@ JOB_FIELDS = {
 }  # fmt: skip
 ROUND_CHECK_FIELDS = frozenset({"dataset_id", "grant_id", "run_id", _MODEL, "steps", "noise", "clipping_norm"})
 ROUND_ABORT_FIELDS = frozenset({"dataset_id", "grant_id", "run_id", "round"})
+SPEC_FIELDS = frozenset({"inputs", "hidden", "classes", "shift", "scale"})
 
 
 @dataclass(frozen=True)
@@ -730,8 +731,8 @@ def parse_model(data: object, inputs: int | None = None) -> tuple[ModelSpec, lis
     if not isinstance(data, dict) or set(data) != {"spec", "weights"}:
         raise BadJob('\'model\' must be {"spec": {...}, "weights": base64 npz}')
     try:
-        if not isinstance(data["spec"], dict) or not set(data["spec"]) <= {"inputs", "hidden", "classes"}:
-            raise ValueError("the spec takes inputs, hidden and classes only")
+        if not isinstance(data["spec"], dict) or not set(data["spec"]) <= SPEC_FIELDS:
+            raise ValueError("the spec takes inputs, hidden, classes, shift and scale only")
         spec = ModelSpec.from_json(data["spec"])
         if inputs is not None and spec.inputs != inputs:
             raise ValueError(f"the model takes {spec.inputs} inputs; the dataset has {inputs} feature columns")
