@@ -21,10 +21,12 @@ import itertools
 import json
 import os
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account
 from hypothesis import HealthCheck, settings
@@ -34,8 +36,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from allmende.api.client import PayerKey, ProviderInfo, build_envelope
 from allmende.chain.bindings import ChannelRecord
 from allmende.chain.errors import ContractReverted
-from allmende.core import Domain, SignedVoucher, Voucher, request_cost, sign_voucher
+from allmende.core import Domain, SignedReceipt, SignedVoucher, Voucher, request_cost, sign_voucher
 from allmende.core.envelope import public_key_bytes
+from allmende.engine.base import TokenEvent
 from allmende.provider.errors import BadVoucher, PaymentRequired
 from allmende.provider.payments import CreditPolicy, PaymentGate
 from allmende.provider.service import ProviderService, ServedModel
@@ -326,3 +329,55 @@ ProviderPayments.TestCase.settings = settings(
     max_examples=100, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestProviderPayments = ProviderPayments.TestCase
+
+
+class MidCharacterEngine(FakeEngine):
+    """Generates one token whose text is not complete yet (a character split over tokens), then
+    waits for ever: the moment a prompt has been processed but no text went out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.generated = asyncio.Event()
+
+    async def generate(self, prompt_ids: list[int], params: Any) -> AsyncIterator[TokenEvent]:
+        yield TokenEvent("", 195, None, None, None)
+        self.generated.set()
+        await asyncio.Event().wait()
+
+
+def test_payer_cutting_every_stream_before_its_first_delta_still_pays_the_prompts(tmp_path: Path) -> None:
+    # Prepare: a provider whose engine has processed the prompt but sent no text
+    chain = Chain()
+    channel_id = os.urandom(32)
+    payer = PayerKey(PAYER_KEYS[0], VOUCHERS)
+    chain.channels[channel_id] = ChainChannel(payer.address, DEPOSIT)
+    store = ProviderStore(tmp_path / "provider.db")
+    gate = PaymentGate(store, VOUCHERS, PROVIDER, chain.channel, policy=POLICY)
+    engine = MidCharacterEngine()
+    served = {MODEL_ID: ServedModel(engine, PRICE_IN, PRICE_OUT)}  # type: ignore[arg-type]
+    service = ProviderService(PROVIDER_KEY, X25519, served, store, gate, RECEIPTS)
+    body = {"messages": [{"role": "user", "content": "a long prompt " * 8}], "max_tokens": 8, "stream": True}
+    _, envelope, _ = build_envelope(INFO, MODEL_ID, "chat", body, payer, channel_id, None)
+    req = service.open(envelope)
+    service.admit(req)
+
+    # Execute: the client goes away (the HTTP layer's task is cancelled) before any delta
+    async def cut() -> None:
+        chunks = service.stream(req)
+        first = asyncio.ensure_future(chunks.__anext__())
+        await engine.generated.wait()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        service.end_stream(req)
+
+    asyncio.run(cut())
+
+    # Assert: the prompt is billed (no tokens went out), with a signed receipt
+    (raw,) = store.receipts(channel_id)
+    receipt = SignedReceipt.from_json(json.loads(raw)).receipt
+    assert receipt.tokens_out == 0 and receipt.tokens_in == req.progress.prompt_tokens > 0
+    assert receipt.amount == request_cost(receipt.tokens_in, 0, PRICE_IN, PRICE_OUT) > 0
+    assert sum(r.earned for r in store.ledger(channel_id)) == receipt.amount
+    assert gate.reserved(channel_id) == 0
+    store.close()

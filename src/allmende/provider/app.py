@@ -182,7 +182,7 @@ def create_app(
         except Exception as exc:
             response = error_response(exc)
             status = str(response.status_code)
-            cut = service.end_stream(req)  # what was sent is billed; its receipt goes out first
+            cut = service.end_stream(req, failed=True)  # what was sent is billed; its receipt goes out first
             if cut is not None:
                 yield b"data: " + json.dumps(cut).encode() + b"\n\n"
             yield b"event: error\ndata: " + bytes(response.body) + b"\n\n"

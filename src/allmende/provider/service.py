@@ -270,18 +270,23 @@ class ProviderService:
             final["logprobs"] = logprobs  # of tokens whose text never went out (a cut stop string)
         yield req.sealer.seal(progress.seq, json.dumps(final).encode())
 
-    def end_stream(self, req: InferRequest) -> dict[str, Any] | None:
+    def end_stream(self, req: InferRequest, failed: bool = False) -> dict[str, Any] | None:
         """Called by the HTTP layer when a stream's response ends, however it ends. A stream
         cut before its final receipt is billed for what was sent: the prompt plus the tokens
         whose text went out get a signed receipt (no proof: the engine commits at the end),
-        recorded in `earned` before the reservation is released. Returns the sealed final
+        recorded in `earned` before the reservation is released. A client that goes away pays
+        the prompt once it was processed (a token was generated), even if no text went out
+        yet, so cutting every stream before its first delta buys no free prefills; a stream
+        the provider itself `failed` is billed only if text went out. Returns the sealed final
         chunk for a client still listening (`cut: true`), or None when nothing was billed
-        here (the stream finished, or no token went out). Idempotent."""
+        here (the stream finished, or nothing is owed). Idempotent: the first call decides."""
         progress = req.progress
         try:
-            if progress is None or progress.billed or progress.sent_tokens == 0:
+            if progress is None or progress.billed:
                 return None
             progress.billed = True
+            if progress.sent_tokens == 0 and (failed or not progress.token_ids):
+                return None
             text = "".join(progress.parts)
             receipt = self._finish(req, progress.prompt_tokens, progress.sent_tokens, text.encode())
             sent_ids = progress.token_ids[: progress.sent_tokens]
