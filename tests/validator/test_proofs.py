@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from allmende.core.proofs import TOP_K, ChunkCommitment, ProofFormatError, decode_proof, encode_proof
 from allmende.engine.proofs import check, commit
-from allmende.testing.harness import ENDINGS, OVERRUN, SETTINGS, Harness, setting_name
+from allmende.testing.harness import ENDINGS, NEVER_EOS, OVERRUN, SETTINGS, Harness, setting_name
 
 SETTING_NAMES = [setting_name(p) for p in SETTINGS]
 
@@ -113,3 +113,7 @@ def test_harness_completions_that_run_past_their_end_are_all_caught() -> None:
     assert all("runs past its end" in r.reasons[0] for r in overruns)
     assert [r.name for r in results if r.honest and r.wrong] == []
     assert len([r for r in results if r.honest]) == 2 * len(SETTINGS)
+    # never drawing EOS is caught by the draw except where EOS led by less than the tolerance
+    masked = [r for r in results if r.name.startswith(NEVER_EOS)]
+    assert len(masked) == len(SETTINGS) and all(r.limit for r in masked)
+    assert sum(r.runs - r.passed for r in masked) > 0

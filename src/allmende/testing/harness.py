@@ -34,6 +34,7 @@ import torch
 from allmende.engine import resolve_model
 from allmende.engine.base import ChatPrompt, Generation, SamplingParams, collect
 from allmende.engine.proofs import commit
+from allmende.engine.sampling import sample_token
 from allmende.engine.tiny import SEED, ensure_tiny_model, write_tiny_model
 from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.testing.claims import GREEDY, SAMPLED, Claim, generate
@@ -72,9 +73,13 @@ SETTINGS = [GREEDY] + [
 # accept bf16's. Reported, not counted as misses: see the README's threat model.
 # With its own proof, int8 is within the proof check's tolerance for honest bf16 on deeper
 # models (engine/proofs.py), so that row is a known limit too.
-LIMITS = ("int8 + recomputed proof", "weights quantised to int8")
+# A provider that never draws EOS (its logit masked) takes the next best token where EOS was
+# the draw: where EOS led by less than the draw tolerance, honest hardware could have drawn that
+# token too, so the checker accepts it (5 of 19 such requests on the tiny model passed).
+NEVER_EOS = "never draws EOS"
+LIMITS = ("int8 + recomputed proof", "weights quantised to int8", NEVER_EOS)
 OVERRUN = "runs past"  # the rows of completions that go on past their end ...
-ENDINGS = (OVERRUN, "ends with EOS early", "ends at a stop string")  # ... and their honest rows
+ENDINGS = (OVERRUN, NEVER_EOS, "ends with EOS early", "ends at a stop string")  # ... and their honest rows
 # candidates searched (in one batch) for a request whose honest answer ends with EOS early: the
 # tiny model draws EOS before 64 tokens for about 1 in 10 greedy prompts and 1 in 5 seeds
 EARLY_EOS_TRIES = 32
@@ -379,6 +384,22 @@ class Harness:
 
             return make
 
+        def never_eos(params: SamplingParams) -> Callable[[str], Claim]:
+            """A request whose answer ends with EOS early, drawn with EOS's logit masked (the
+            next best token where EOS was the draw), up to max_tokens."""
+
+            def make(question: str) -> Claim:
+                prompt, asked, _ = self.ends_early(question, params)
+                out: list[int] = []
+                for i in range(asked.max_tokens):
+                    row = ref.prefill(prompt + out)[1][-1].clone()
+                    row[sorted(ref.eos_ids)] = float("-inf")
+                    out.append(sample_token(row, asked, asked.seed or 0, i))
+                honest_out = generate(ref, prompt, asked)[0]
+                return Claim(prompt, out, self._prefill_proof(prompt, out), asked, 0.0, out == honest_out)
+
+            return make
+
         def past_stop(params: SamplingParams, cheat: bool) -> Callable[[str], Claim]:
             """A request with a stop string its answer reaches early: honestly answered, or the
             provider ignores the stop string and draws on up to max_tokens."""
@@ -416,6 +437,7 @@ class Harness:
                 (f"empty completion, {name}", False, cut(params, 0), 1),
                 (f"ends with EOS early, {name}", True, past_eos(params, cheat=False), 1),
                 (f"{OVERRUN} EOS up to max_tokens, {name}", False, past_eos(params, cheat=True), 1),
+                (f"{NEVER_EOS} (masked) up to max_tokens, {name}", False, never_eos(params), 1),
                 (f"ends at a stop string, {name}", True, past_stop(params, cheat=False), 1),
                 (f"{OVERRUN} a stop string up to max_tokens, {name}", False, past_stop(params, cheat=True), 1),
             ]
