@@ -184,6 +184,8 @@ def show(proposal_id: str = PROPOSAL, rpc: str = RPC, deployments: Path = DEPLOY
     )
     console.print(f"  queue by    {_when(p.expires_at)}")
     console.print(f"  eta         {_when(p.eta)}")
+    if p.eta:  # a queued batch expires the same grace period after its eta
+        console.print(f"  execute by  {_when(p.eta + (p.expires_at - p.end))}")
 
 
 # ------------------------------------------------------------------ proposing
@@ -227,7 +229,11 @@ def propose(
             name, _, value = item.partition("=")
             if not name or not value.isdigit():
                 raise InvalidInput(f"--set expects name=integer, got {item!r}")
-            c.params.get(name)  # unknown names fail here, before anyone votes on them
+            try:
+                c.params.get(name)  # unknown names fail here, before anyone votes on them
+            except ContractReverted:
+                known = ", ".join(sorted(c.params.bounds()))
+                raise InvalidInput(f"--set {name}: unknown name {name!r} in Params; it has {known}") from None
             bound, lowest = c.params.upper_bound(name), c.params.lower_bound(name)
             if bound and int(value) > bound:
                 raise InvalidInput(f"--set {name}={value} is above its bound {bound}: it could never execute")
@@ -240,10 +246,31 @@ def propose(
             raise InvalidInput("nothing to propose: give --set name=value or --call 'TARGET FUNCTION ARG…'")
         if simulate:
             _simulate(c, calls)
-        proposal_id = c.governor.propose(calls, description)
+        try:
+            proposal_id = c.governor.propose(calls, description)
+        except ContractReverted as exc:
+            if "threshold" in exc.reason:
+                _explain_threshold(c)
+            raise
     console.print(f"proposal {proposal_id}")
     for i, (target, amount, payload) in enumerate(calls, 1):
         console.print(f"  {i}. {decode_call(c.deployment, target, amount, payload).long()}", highlight=False)
+
+
+def _explain_threshold(c: Contracts) -> None:
+    """Why the Governor refused a proposal for its threshold: the proposer's weight (held through
+    the lookback) and the threshold, both in ALM."""
+    now = c.client.timestamp()
+    threshold = c.params.get("proposal_threshold")
+    lookback = c.params.get("unbonding_period")
+    weight = c.governor.weight_at(c.client.address, now)
+    if weight < threshold:
+        raise InvalidInput(
+            f"stake below proposal threshold: {c.client.address} has {alm(weight)} of voting weight held through "
+            f"the last {_duration(lookback)}; "
+            f"a proposal needs {alm(threshold)} (proposal_threshold). Stake ALM (`allmende gov stake`) or have "
+            "it delegated to you, and propose once it has been held for the lookback"
+        )
 
 
 # ------------------------------------------------------------------ voting
@@ -263,9 +290,75 @@ def vote(
             raise InvalidInput("support must be for, against or abstain")
         c = contracts_for(rpc, key, deployments)
         pid = c.governor.resolve_id(proposal_id)
-        c.governor.vote(pid, support)
+        try:
+            c.governor.vote(pid, support)
+        except ContractReverted:
+            _check_vote(c, pid)  # says why in words and figures
+            raise
         weight = c.governor.vote_weight(pid, c.client.address)
     console.print(f"voted {support} on {pid} with {alm(weight)}")
+
+
+def _check_vote(c: Contracts, pid: int) -> None:
+    """Why the Governor refused a vote, in words: voting not open (with its times), or no weight
+    at the snapshot (with where the voter's stake is). Returns if it finds no reason."""
+    p = c.governor.proposal(pid)
+    me = c.client.address
+    if p.state == "pending":
+        raise InvalidInput(f"voting on {pid} opens at {_when(p.start)} (it is pending) and ends at {_when(p.end)}")
+    if p.state != "active":
+        raise InvalidInput(f"voting on {pid} ended at {_when(p.end)}; it is {p.state}")
+    if c.governor.has_voted(pid, me):
+        raise InvalidInput(f"{me} voted on {pid} already")
+    if c.governor.vote_weight(pid, me) == 0:
+        h = c.votes.holder(me)
+        if h.staked and h.delegate and h.delegate.lower() != me.lower():
+            raise InvalidInput(
+                f"no stake at snapshot: {me}'s {alm(h.staked)} staked for votes vote through its delegate "
+                f"{h.delegate}, who votes with them on {pid} (`allmende gov delegate {me}` to vote yourself on "
+                "proposals made once that has been held for the lookback)"
+            )
+        raise InvalidInput(
+            f"no stake at snapshot: {me} held no voting weight from {_when(p.held_from)} to {_when(p.snapshot)}, "
+            "the proposal's lookback (stake or delegation must be held through it), so it cannot vote on it"
+        )
+
+
+def _check_queue(c: Contracts, pid: int) -> None:
+    """Why the Governor refused to queue a proposal, by its state."""
+    p = c.governor.proposal(pid)
+    said = {
+        "pending": f"voting on {pid} has not started (it opens at {_when(p.start)}); queue it once it passed",
+        "active": f"voting on {pid} is open until {_when(p.end)}; queue it after that, if it passed",
+        "defeated": f"{pid} was defeated: for {alm(p.for_votes)}, against {alm(p.against_votes)}, abstain "
+        f"{alm(p.abstain_votes)}; it needed more for than against and for + abstain ≥ the quorum {alm(p.quorum)}",
+        "queued": f"{pid} is queued already; executable from {_when(p.eta)}",
+        "executed": f"{pid} was executed already",
+        "expired": f"{pid} passed but was not queued by {_when(p.expires_at)}; it expired (propose it again)",
+        "canceled": f"{pid} was canceled",
+    }
+    if p.state in said:
+        raise InvalidInput(said[p.state])
+
+
+def _check_execute(c: Contracts, pid: int) -> None:
+    """Why the Governor refused to execute a proposal, by its state and eta."""
+    p = c.governor.proposal(pid)
+    deadline = p.eta + (p.expires_at - p.end) if p.eta else p.expires_at
+    said = {
+        "pending": f"{pid} is pending (voting opens at {_when(p.start)}); it must pass and be queued first",
+        "active": f"voting on {pid} is open until {_when(p.end)}; it must pass and be queued first",
+        "defeated": f"{pid} was defeated; there is nothing to execute",
+        "succeeded": f"{pid} passed but is not queued: `allmende gov queue {pid}` first (by {_when(p.expires_at)})",
+        "executed": f"{pid} was executed already",
+        "expired": f"{pid} expired: {'not executed by ' if p.queued else 'not queued by '}{_when(deadline)}"
+        + (" (`allmende gov cancel` removes it from the Timelock)" if p.queued else ""),
+        "canceled": f"{pid} was canceled",
+    }
+    if p.state in said:
+        raise InvalidInput(said[p.state])
+    if p.queued and c.client.timestamp() < p.eta:
+        raise InvalidInput(f"{pid} is queued; the Timelock lets it execute from {_when(p.eta)}")
 
 
 @app.command("queue")
@@ -274,7 +367,11 @@ def queue(proposal_id: str = PROPOSAL, key: str = KEY, rpc: str = RPC, deploymen
     with friendly_errors():
         c = contracts_for(rpc, key, deployments)
         pid = c.governor.resolve_id(proposal_id)
-        c.governor.queue(pid)
+        try:
+            c.governor.queue(pid)
+        except ContractReverted:
+            _check_queue(c, pid)
+            raise
         eta = c.governor.proposal(pid).eta
     console.print(f"queued {pid}; executable from {_when(eta)}")
 
@@ -285,7 +382,11 @@ def execute(proposal_id: str = PROPOSAL, key: str = KEY, rpc: str = RPC, deploym
     with friendly_errors():
         c = contracts_for(rpc, key, deployments)
         pid = c.governor.resolve_id(proposal_id)
-        c.governor.execute(pid)
+        try:
+            c.governor.execute(pid)
+        except ContractReverted:
+            _check_execute(c, pid)
+            raise
     console.print(f"executed {pid}")
 
 
@@ -354,15 +455,21 @@ def delegate(
 
 @app.command("unstake")
 def unstake(
-    amount: str = typer.Argument(..., help="ALM to take out of voting"),
+    amount: str = typer.Argument(..., help="ALM to take out of voting, or 'all'"),
     key: str = KEY,
     rpc: str = RPC,
     deployments: Path = DEPLOYMENTS,
 ) -> None:
     """Stop voting with some staked ALM; `gov withdraw` returns it after the unbonding period."""
     with friendly_errors():
-        units = parse_alm(amount)
         c = contracts_for(rpc, key, deployments)
+        staked = c.votes.holder(c.client.address).staked
+        units = staked if amount.strip().lower() == "all" else parse_alm(amount)
+        if units == 0 or units > staked:
+            raise InvalidInput(
+                f"unstake above stake: {c.client.address} has {alm(staked)} staked for votes; it cannot unstake "
+                f"{amount} (`all` unstakes everything)"
+            )
         c.votes.unstake(units)
         h = c.votes.holder(c.client.address)
     console.print(f"unstaking {alm(h.unbonding)}; withdraw from {_when(h.unbond_at)}")
