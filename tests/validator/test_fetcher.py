@@ -10,8 +10,10 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 from eth_utils import keccak
 
+from allmende.validator import fetcher as fetcher_module
 from allmende.validator.evidence import MAX_EVIDENCE_BYTES, fetch_evidence
 from allmende.validator.fetcher import EvidenceFetcher
 from tests.validator.test_evidence import BODY, TEXT, evidence_for
@@ -128,4 +130,18 @@ def test_evidence_that_could_not_be_had_is_asked_for_again_later() -> None:
     assert fetcher.wait("http://v/e", keccak(blob)) is None  # unavailable: the juror abstains ...
     assert fetcher.wait("http://v/e", keccak(blob)) == evidence  # ... and its next round gets it
 
+    fetcher.close()
+
+
+def test_only_the_last_downloads_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    evidence = evidence_for(BODY, TEXT)
+    blob = evidence.to_bytes()
+    monkeypatch.setattr(fetcher_module, "KEPT", 2)
+    fetcher = EvidenceFetcher(transport=serving(blob))
+
+    for i in range(5):
+        assert fetcher.wait(f"http://v/e{i}", keccak(blob)) == evidence
+
+    assert len(fetcher._jobs) <= 3  # the two last finished, and the one that made it evict
+    assert fetcher.wait("http://v/e0", keccak(blob)) == evidence  # forgotten, fetched again
     fetcher.close()

@@ -10,8 +10,9 @@ slow or hostile evidence server costs its own case at most its deadline (the jur
 on what it could not fetch, and asks again `RETRY_AFTER` seconds later); every other case,
 audit and resolution keeps its schedule.
 
-Evidence is addressed by its hash, so a fetched document never changes: it is kept while its
-case is open (`retain`).
+Evidence is addressed by its hash, so a fetched document never changes: the last `KEPT`
+downloads are kept (at most 1 MiB each), older finished ones are forgotten and fetched again
+if a case still needs them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Collection
 
 import httpx
 
@@ -31,6 +31,8 @@ log = logging.getLogger("allmende.validator")
 
 # seconds after which evidence that could not be had is asked for again
 RETRY_AFTER = 30.0
+# finished downloads kept (each at most MAX_EVIDENCE_BYTES)
+KEPT = 256
 
 Key = tuple[str, bytes]  # (uri, keccak hash of the evidence)
 
@@ -67,7 +69,9 @@ class EvidenceFetcher:
                 job = None  # unavailable a while ago: ask again
             if job is None:
                 job = asyncio.run_coroutine_threadsafe(self._fetch(key), self._loop)
-                self._jobs[key] = job
+                self._jobs.pop(key, None)
+                self._jobs[key] = job  # the newest last: older finished downloads go first
+                self._forget_old()
         if not job.done():
             return None
         return job.result()  # raises BadEvidence
@@ -82,16 +86,17 @@ class EvidenceFetcher:
         """`poll`, waiting for the download to end (at most its deadline, and a little)."""
         self.poll(uri, digest)
         with self._lock:
-            job = self._jobs[(uri, digest)]
-        concurrent.futures.wait([job], timeout=self.deadline + 5)
+            job = self._jobs.get((uri, digest))
+        if job is not None:
+            concurrent.futures.wait([job], timeout=self.deadline + 5)
         return self.poll(uri, digest)
 
-    def retain(self, keys: Collection[Key]) -> None:
-        """Forget the evidence of everything but `keys` (the reports of the open cases)."""
-        with self._lock:
-            for key in [k for k, job in self._jobs.items() if k not in keys and job.done()]:
-                del self._jobs[key]
-                self._finished_at.pop(key, None)
+    def _forget_old(self) -> None:
+        """Keep at most KEPT finished downloads (the oldest go; called with the lock held)."""
+        finished = [k for k, job in self._jobs.items() if job.done()]
+        for key in finished[: max(0, len(finished) - KEPT)]:
+            del self._jobs[key]
+            self._finished_at.pop(key, None)
 
     def close(self) -> None:
         async def stop() -> None:
