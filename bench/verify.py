@@ -5,7 +5,9 @@ vs fp32 validator, 1 vs 2 threads, the validator's forward pass inside a batch o
 the provider's generation inside a continuous batch of 8 (greedy and sampled), seeded
 sampling, and GPU vs CPU when CUDA is present. Cheats must fail (misses =
 cheating runs that pass): another model under the claimed id, int8-quantised weights, a
-skipped layer, a tampered system prompt, fabricated output tokens. With --engines, the
+skipped layer, a tampered system prompt, fabricated output tokens. With the attacks also the
+rows of completions that run past their end (past EOS, past a stop string, EOS masked: a
+known limit) next to the honest answers of the same requests. With --engines, the
 cross-engine rows of allmende.testing.engines: llama.cpp provider with transformers
 validator and the reverse (honest), and llama.cpp serving the GGUF requantised to Q4_0 or
 Q2_K, or a Q2_K generator with the proof recomputed by llama.cpp (cheats).
