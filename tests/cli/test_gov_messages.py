@@ -42,6 +42,10 @@ def test_governance_refusals_say_why_with_the_figures(network: Network) -> None:
     net.cli(f"gov fast-forward {param('unbonding_period') + 1}")
     out = net.cli(f'gov propose --set protocol_fee_bps=150 --description "fee" --key devnet:{HOLDER}')
     pid = re.search(r"proposal (\d+)", out).group(1)  # type: ignore[union-attr]
+    grant = f'--call "AllmendeToken transfer {net.accounts[7].address} {10**24}" --no-simulate'
+    granted = net.cli(f'gov propose {grant} --description "a grant" --key devnet:{HOLDER}')
+    assert "(amount = 1,000,000.0000 ALM)" in granted  # in units, beside the raw 18-decimal figure
+    assert "amount = 1,000,000.0000 ALM" in net.cli("gov list")
     assert "opens at" in words(net.cli(f"gov vote {pid} for --key devnet:{HOLDER}", ok=False))
     assert "has not started (it opens at" in words(net.cli(f"gov queue {pid} --key devnet:{HOLDER}", ok=False))
 

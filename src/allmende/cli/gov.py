@@ -15,7 +15,7 @@ from rich.table import Column, Table
 
 from allmende.chain import ChainClient, ContractReverted, Contracts
 from allmende.chain.calls import DecodedCall, decode_call, encode_call
-from allmende.cli.common import alm, console, contracts_for, find_deployments, friendly_errors
+from allmende.cli.common import alm, console, contracts_for, find_deployments, friendly_errors, usd
 from allmende.config import from_environment
 from allmende.core.errors import InvalidInput
 
@@ -124,6 +124,19 @@ def _change(c: Contracts, call: DecodedCall, executed: bool) -> str:
     return f"{name}: {current} → {new}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
+AMOUNT_ARGUMENTS = ("amount", "value", "wad", "stake", "amount_")
+
+
+def _amounts(call: DecodedCall) -> str:
+    """The token amounts a call moves, in units (`amount = 1,000,000.0000 ALM`): decoded calls
+    show base units (18 decimals for ALM, 6 for the devnet's dUSD)."""
+    unit = {"AllmendeToken": alm, "Votes": alm, "Registry": alm, "MockStable": usd}.get(call.contract)
+    if unit is None:
+        return ""
+    shown = [f"{n} = {unit(v)}" for n, v in call.arguments if n in AMOUNT_ARGUMENTS and isinstance(v, int)]
+    return ", ".join(shown)
+
+
 @app.command("list")
 def list_(rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
     """All proposals: id (a prefix `show`, `vote`… accept), state, tallies, description and the calls they make."""
@@ -142,7 +155,8 @@ def list_(rpc: str = RPC, deployments: Path = DEPLOYMENTS) -> None:
         )
         console.print(f"    {p.description[:200]}", highlight=False, markup=False)
         for call in calls:
-            console.print(f"    → {call.short()}", highlight=False, markup=False)
+            units = _amounts(call)
+            console.print(f"    → {call.short()}" + (f" ({units})" if units else ""), highlight=False, markup=False)
 
 
 def _prefix_width(ids: list[int], least: int = 10) -> int:
@@ -169,6 +183,8 @@ def show(proposal_id: str = PROPOSAL, rpc: str = RPC, deployments: Path = DEPLOY
     console.print("  calls (read from chain; this is what executes, whatever the description says):")
     for i, (call, change) in enumerate(zip(calls, changes, strict=True), 1):
         console.print(f"    {i}. {call.long()}", highlight=False)
+        if _amounts(call):
+            console.print(f"       {_amounts(call)}", highlight=False)
         if change:
             console.print(f"       {change}", highlight=False)
         if not call.decoded:
@@ -254,7 +270,9 @@ def propose(
             raise
     console.print(f"proposal {proposal_id}")
     for i, (target, amount, payload) in enumerate(calls, 1):
-        console.print(f"  {i}. {decode_call(c.deployment, target, amount, payload).long()}", highlight=False)
+        decoded = decode_call(c.deployment, target, amount, payload)
+        units = _amounts(decoded)
+        console.print(f"  {i}. {decoded.long()}" + (f" ({units})" if units else ""), highlight=False)
 
 
 def _explain_threshold(c: Contracts) -> None:
