@@ -506,10 +506,10 @@ class Found:
     text: str
     receipt: SignedReceipt
     choices: list[Choice] | None = None  # n > 1: all of them (the fields above: the first)
+    block: int | None = None  # the block the audit began at (None: not from an audit)
 
 
 def auth(key: str | None) -> dict[str, str]:
-    block: int | None = None  # the block the audit began at (None: not from an audit)
     return {"authorization": f"Bearer {key}"} if key else {}
 
 
