@@ -46,6 +46,7 @@ table against the classes, so it cannot drift::
     │   └── TooLarge               body_too_large            413     provider.errors
     ├── EvidenceNotFound           not_found                 404     validator.app
     ├── NodeFailed                 node_failed               500     node.supervisor
+    ├── SpendingCapReached         spending_cap_reached      402     agent.policy
     ├── VaultError                 vault_error               400     vault.errors
     │   ├── BadJob                 bad_job                   400     vault.errors
     │   ├── TemplateNotAllowed     template_not_allowed      403     vault.errors

@@ -27,6 +27,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+import httpx
+
 from allmende.api.client import PayerKey
 from allmende.api.directory import Offer
 from allmende.chain import Contracts
@@ -245,6 +247,31 @@ class Payments:
             r.request_id, provider, channel_id, r.model_id, r.amount, json.dumps(receipt.to_json()), api_key, carried
         )
         return r.amount
+
+    def settle_up(self, urls: dict[str, str], http: httpx.Client) -> int:
+        """Deliver the vouchers the providers are still waiting for (work answered since the last
+        voucher a request carried) to each provider's `POST /v1/vouchers`: done before closing a
+        channel, so a provider is paid for every receipt it signed. `urls`: provider address
+        (lower case) → its endpoint. Returns how many vouchers were acknowledged."""
+        delivered = 0
+        for provider, channel_id, _ in self.store.all_channels():
+            vouchers = [v for m in self.store.unacked_models(channel_id) if (v := self.voucher(channel_id, m))]
+            url = urls.get(provider.lower())
+            if not vouchers or url is None:
+                continue
+            try:
+                reply = http.post(f"{url}/v1/vouchers", json={"vouchers": [v.to_json() for v in vouchers]})
+                reply.raise_for_status()
+                held = reply.json()["held"]
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                log.warning("vouchers for channel 0x%s not delivered to %s: %s", channel_id.hex(), provider, exc)
+                continue
+            for row in held:
+                self.store.ack(
+                    bytes.fromhex(row["channel_id"][2:]), bytes.fromhex(row["model_id"][2:]), int(row["cumulative"])
+                )
+                delivered += 1
+        return delivered
 
     def close_all(self) -> list[bytes]:
         """Request closing every channel (the deposits come back after the close delay)."""

@@ -97,6 +97,23 @@ class GatewayStore:
             rows = self._db.execute("SELECT owed, acked FROM owed WHERE channel_id=?", (channel_id,)).fetchall()
         return sum(max(0, int(r[0]) - int(r[1])) for r in rows)
 
+    def unacked_models(self, channel_id: bytes) -> list[bytes]:
+        """The models of a channel the provider may still be waiting a voucher for."""
+        with self._lock:
+            rows = self._db.execute("SELECT model_id, owed, acked FROM owed WHERE channel_id=?", (channel_id,))
+            return [bytes(r[0]) for r in rows.fetchall() if int(r[1]) > int(r[2])]
+
+    def ack(self, channel_id: bytes, model_id: bytes, cumulative: int) -> None:
+        """The provider holds a voucher for `cumulative` (it said so): raise `acked` to it."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT acked FROM owed WHERE channel_id=? AND model_id=?", (channel_id, model_id)
+            ).fetchone()
+            if row is not None and cumulative > int(row[0]):
+                self._db.execute(
+                    "UPDATE owed SET acked=? WHERE channel_id=? AND model_id=?", (str(cumulative), channel_id, model_id)
+                )
+
     def claim_voucher(self, channel_id: bytes, model_id: bytes) -> int | None:
         """The cumulative to sign now (everything owed), recorded first; None if the provider
         is known to hold a voucher for all of it already. A cumulative is signed again until
@@ -172,6 +189,12 @@ class GatewayStore:
         with self._lock:
             row = self._db.execute("SELECT spent FROM spend WHERE api_key=?", (api_key,)).fetchone()
         return 0 if row is None else int(row[0])
+
+    def paid_since(self, since: float) -> list[tuple[bytes, int]]:
+        """(model id, amount) of every receipt paid since `since` (a time.time())."""
+        with self._lock:
+            rows = self._db.execute("SELECT model_id, amount FROM receipts WHERE at >= ?", (since,)).fetchall()
+        return [(bytes(r[0]), int(r[1])) for r in rows]
 
     def receipt_count(self) -> int:
         with self._lock:

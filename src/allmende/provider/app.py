@@ -23,6 +23,7 @@ from allmende import __version__
 from allmende.api import wire
 from allmende.api.body import read_limited
 from allmende.api.guard import GuardConfig, protect
+from allmende.core import InvalidInput, SignedVoucher
 from allmende.core.envelope import public_key_bytes
 from allmende.core.ratelimit import RateLimiter
 from allmende.provider.errors import BadRequest, Overloaded
@@ -43,6 +44,7 @@ class Limits:
 
 
 log = logging.getLogger("allmende.provider")
+MAX_VOUCHERS = 64  # per POST /v1/vouchers
 
 
 def error_response(exc: Exception) -> JSONResponse:
@@ -128,6 +130,37 @@ def create_app(
         message = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         signature = service.account.sign_message(encode_defunct(text=message)).signature
         return {"info": payload, "signed": message, "signature": "0x" + bytes(signature).hex()}
+
+    @app.post("/v1/vouchers")
+    async def vouchers(request: Request) -> Response:
+        """Vouchers delivered on their own (a payer settling up for work already answered, as it
+        stops using a channel): `{"vouchers": [signed voucher, …]}` → the cumulative now held
+        for each (channel, model). Each is checked as a request's voucher is."""
+        try:
+            peer = request.client.host if request.client else "?"
+            wait = limiter.allow(peer, time.monotonic())
+            if wait:
+                raise Overloaded(f"rate limit for this peer reached: retry in {wait:.2f}s")
+            raw = await read_json(request, limits)
+            items = raw.get("vouchers") if isinstance(raw, dict) else None
+            if not isinstance(items, list) or not 1 <= len(items) <= MAX_VOUCHERS:
+                raise BadRequest(f"expected {{'vouchers': [1 to {MAX_VOUCHERS} signed vouchers]}}")
+            try:
+                signed = [SignedVoucher.from_json(item) for item in items]
+            except (InvalidInput, KeyError, TypeError, ValueError) as exc:
+                raise BadRequest(f"not a signed voucher: {exc}") from None
+            held = [await asyncio.to_thread(service.gate.accept, voucher) for voucher in signed]
+        except Exception as exc:
+            return error_response(exc)
+        return JSONResponse(
+            {
+                "held": [
+                    {"channel_id": "0x" + v.voucher.channel_id.hex(), "model_id": "0x" + v.voucher.model_id.hex(),
+                     "cumulative": str(amount)}
+                    for v, amount in zip(signed, held, strict=True)
+                ]
+            }
+        )  # fmt: skip
 
     @app.post("/v1/infer")
     async def infer(request: Request) -> Response:

@@ -190,6 +190,29 @@ class PaymentGate:
             self._admit_locked(channel_id, voucher, reserve, state, final=True)
         return state
 
+    def accept(self, voucher: SignedVoucher) -> int:
+        """A voucher delivered on its own (`POST /v1/vouchers`: the payer's last one, for work
+        already answered, when it stops using the channel): checked as a request's voucher is
+        (the channel's payer signed it, under this chain's Channels domain, within the
+        deposit, for a channel of ours) and stored if it is news; closing channels take it
+        too. Returns the cumulative now held for its (channel, model)."""
+        v = voucher.voucher
+        state = self.channel(v.channel_id)
+        self._check_signature(voucher, v.channel_id, v.model_id, state)
+        for final in (False, True):
+            with self._lock:
+                ledger = {row.model_id: row for row in self.store.ledger(v.channel_id)}
+                if not self._is_news(voucher, ledger):
+                    return int(ledger[v.model_id].cumulative)
+                total = sum(r.cumulative for m, r in ledger.items() if m != v.model_id) + v.cumulative_amount
+                if total <= state.deposit:
+                    self.store.store_voucher(voucher)
+                    return v.cumulative_amount
+            if final:
+                raise BadVoucher(f"vouchers total {total} exceed the deposit {state.deposit}")
+            state = self.channel(v.channel_id, refresh=True)  # beyond the cached deposit: maybe topped up
+        raise AssertionError("unreachable")
+
     def closing(self, state: ChannelState) -> bool:
         """True if the channel closes within `close_margin` seconds of chain time (or has closed)."""
         return bool(state.closes_at) and state.closes_at - self.clock.now() < self.policy.close_margin

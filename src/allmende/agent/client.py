@@ -1,0 +1,207 @@
+"""An agent that pays for itself: the gateway's job (providers found on chain, routing,
+channels opened and vouchers signed from the agent's own key, requests sealed end to end,
+every receipt checked, failover) in the agent's own process, as an httpx transport for the
+official `openai` (and `anthropic`) clients. No gateway, operator, account or API key.
+
+    agent = Agent(key="0x…" or a keystore path or devnet:N, network="http://chain:8545")
+    client = OpenAI(base_url=agent.base_url, api_key="unused", http_client=agent.http_client())
+
+The agent trusts the chain (the contracts it checks at `network`, exactly as a joining
+provider does) and its own key; it checks each provider's signed /v1/info against the chain,
+each receipt's signature, request, text and price (usage × the offer on chain), and it
+pays at most what the receipts show. Its spending policy (agent.policy) is checked before
+anything is signed. Its channels, vouchers and receipts live in SQLite in its state dir;
+`close()` asks every channel to close, `withdraw()` takes the unspent deposits back after
+the close delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from allmende.agent.policy import Budget, SpendingCapReached, SpendingPolicy
+from allmende.agent.transport import StreamingASGITransport, SyncBridge
+from allmende.api import messages as messages_api
+from allmende.api import responses as responses_api
+from allmende.api.directory import Directory
+from allmende.api.protocol import InvalidParameter
+from allmende.chain import ChainClient, Contracts
+from allmende.chain.errors import ContractReverted
+from allmende.chain.keys import load_key
+from allmende.chain.network import resolve_network
+from allmende.core.credit import max_request_cost
+from allmende.core.errors import AllmendeError, InvalidInput
+from allmende.core.routing import Router, RoutingPolicy
+from allmende.gateway.app import create_app
+from allmende.gateway.payments import ChannelPolicy, Payments
+from allmende.gateway.service import GatewayService
+from allmende.gateway.serving import GatewayLimits
+from allmende.gateway.store import GatewayStore
+
+BASE_URL = "http://agent.allmende/v1"  # never resolved: the transport answers in process
+# path → (request kind, the chat body it is served as, for the translated APIs)
+SERVED: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]] | None]] = {
+    "/v1/chat/completions": ("chat", None),
+    "/v1/completions": ("completion", None),
+    "/v1/embeddings": ("embedding", None),
+    "/v1/responses": ("chat", lambda b: responses_api.chat_body(responses_api.parse_responses(b))),
+    "/v1/messages": ("chat", lambda b: messages_api.chat_body(messages_api.parse_messages(b))),
+}
+REFRESH_EVERY = 2.0  # seconds between looks at the chain for providers and offers
+
+
+def agent_key(key: bytes | str | None) -> bytes:
+    """The agent's private key: bytes, 0x-hex, a keystore file (password in
+    ALLMENDE_PASSWORD), devnet:N, or None for ALLMENDE_AGENT_KEY (any of those forms)."""
+    spec: bytes | str | None = key if key is not None else os.environ.get("ALLMENDE_AGENT_KEY")
+    if spec is None:
+        raise InvalidInput("no key: pass key=… or set ALLMENDE_AGENT_KEY (0x-hex, a keystore file or devnet:N)")
+    if isinstance(spec, bytes):
+        return spec
+    if spec.startswith("0x") and len(spec) == 66:
+        try:
+            return bytes.fromhex(spec[2:])
+        except ValueError:
+            raise InvalidInput("the agent key is not 32 bytes of hex") from None
+    return load_key(spec, os.environ.get("ALLMENDE_PASSWORD"))
+
+
+class Agent:
+    """One agent's wallet on one network (see the module doc)."""
+
+    def __init__(
+        self,
+        key: bytes | str | None = None,
+        network: str | None = None,
+        *,
+        rpc: str | None = None,
+        state_dir: Path | None = None,
+        policy: SpendingPolicy | None = None,
+        deposit: int = 2_000_000,
+        routing: RoutingPolicy | None = None,
+        request_timeout: float = 120.0,
+    ) -> None:
+        network = network or os.environ.get("ALLMENDE_NETWORK")
+        if not network:
+            raise InvalidInput("no network: pass network=URL (a chain's JSON-RPC or a gateway's) or ALLMENDE_NETWORK")
+        self.key = agent_key(key)
+        deployment = resolve_network(network, rpc)  # checked on chain: code, wiring, chain id
+        self.contracts = Contracts(ChainClient(deployment.rpc_url, self.key), deployment)
+        self.address = self.contracts.client.address
+        folder = state_dir or Path(os.environ.get("ALLMENDE_STATE_DIR", ".allmende")) / "agents" / self.address
+        self.store = GatewayStore(folder / "agent.db")
+        self.payments = Payments(self.store, self.contracts, self.key, ChannelPolicy(deposit=deposit))
+        self.directory = Directory(self.contracts, httpx.Client(timeout=5))
+        self.directory.maybe_refresh()
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(request_timeout, connect=5))
+        self.service = GatewayService(
+            self.directory,
+            self.payments,
+            Router(routing or RoutingPolicy()),
+            self.contracts.registry.receipt_domain(),
+            self.http,
+        )
+        self.app = create_app(self.service, GatewayLimits(rate_limit=0))
+        self.budget = Budget(policy or SpendingPolicy(), self._spent_since)
+        self._refreshed = time.monotonic()
+        self._refresh_lock = threading.Lock()
+        self._sync: SyncBridge | None = None
+
+    base_url = BASE_URL
+
+    # ------------------------------------------------------------- clients
+
+    def async_http_client(self) -> httpx.AsyncClient:
+        """For `AsyncOpenAI(base_url=agent.base_url, http_client=…)`."""
+        transport = StreamingASGITransport(self.app, before=self._before)
+        return httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=None)
+
+    def http_client(self) -> httpx.Client:
+        """For `OpenAI(base_url=agent.base_url, http_client=…)`: the same, on a private event loop."""
+        if self._sync is None:
+            self._sync = SyncBridge(StreamingASGITransport(self.app, before=self._before))
+        return httpx.Client(transport=self._sync, base_url=BASE_URL, timeout=None)
+
+    # ------------------------------------------------------ money checks
+
+    async def _before(self, request: httpx.Request) -> tuple[httpx.Request | httpx.Response, Callable[[], None]]:
+        """The spending policy, before anything is signed; the directory kept fresh."""
+        await asyncio.to_thread(self._refresh)
+        served = SERVED.get(request.url.path)
+        if request.method != "POST" or served is None:
+            return request, lambda: None
+        raw = await request.aread()
+        kind, translate = served
+        try:
+            body = json.loads(raw)
+            chat = translate(body) if translate is not None else body
+            offer = self.service.resolve(chat.get("model"), kind)
+            most = self._most(kind, chat, offer.model_id)
+        except (ValueError, TypeError, AttributeError, InvalidParameter, AllmendeError):
+            return request, lambda: None  # the app refuses it, in the API's own words, before paying
+        try:
+            hold = self.budget.hold(offer.name, offer.model_id, most)
+        except SpendingCapReached as exc:
+            error = {"message": str(exc), "type": "insufficient_quota", "param": None, "code": exc.code}
+            return httpx.Response(402, json={"error": error}, request=request), lambda: None
+        return request, lambda: self.budget.release(hold)
+
+    def _most(self, kind: str, body: dict[str, Any], model_id: bytes) -> int:
+        """The most the request can cost with any provider that offers the model (the credit rule)."""
+        bounds = [
+            max_request_cost(kind, body, offer.context_length, offer.price_in, offer.price_out)
+            for entry in self.directory.entries()
+            if (offer := entry.offers.get(model_id)) is not None
+        ]
+        return max(bounds, default=0)
+
+    def _spent_since(self, since: float, model_id: bytes | None) -> int:
+        return sum(amount for model, amount in self.store.paid_since(since) if model_id in (None, model))
+
+    def _refresh(self) -> None:
+        with self._refresh_lock:
+            if time.monotonic() - self._refreshed >= REFRESH_EVERY:
+                self.directory.maybe_refresh()
+                self._refreshed = time.monotonic()
+
+    # -------------------------------------------------------- the wallet
+
+    def receipts(self) -> list[dict[str, Any]]:
+        """Every receipt the agent checked and paid, as signed by the providers."""
+        return [json.loads(receipt) for _, _, _, receipt in self.store.receipts()]
+
+    def close(self) -> list[bytes]:
+        """Settle up (every provider gets the voucher for all it answered: the agent pays
+        exactly its receipts), then ask every channel to close: after the close delay the
+        unspent deposit is the agent's again (`withdraw`)."""
+        self.directory.maybe_refresh()
+        urls = {e.address.lower(): e.url for e in self.directory.entries()}
+        with httpx.Client(timeout=10) as http:
+            self.payments.settle_up(urls, http)
+        return self.payments.close_all()
+
+    def withdraw(self, channel_ids: list[bytes]) -> int:
+        """Take back what is left of closed channels whose close delay has passed; returns
+        the units withdrawn."""
+        token = self.contracts.stable
+        before = token.balance_of(self.address)
+        for channel_id in channel_ids:
+            try:
+                self.contracts.channels.withdraw(channel_id)
+            except ContractReverted as exc:
+                raise InvalidInput(f"channel 0x{channel_id.hex()} cannot be withdrawn yet: {exc.reason}") from None
+        return int(token.balance_of(self.address) - before)
+
+    def shutdown(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None

@@ -1,0 +1,162 @@
+"""An ASGI app as an httpx transport, streaming: the agent's in-process gateway answers the
+official `openai` and `anthropic` clients as a server would, chunk by chunk (httpx's own
+ASGITransport collects the whole body first, so a stream would arrive at its end), and a
+sync bridge for the sync clients (a private event loop on a thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+ASGIApp = Callable[..., Awaitable[None]]
+Hook = Callable[[httpx.Request], Awaitable[tuple[httpx.Request | httpx.Response, Callable[[], None]]]]
+
+
+class StreamingASGITransport(httpx.AsyncBaseTransport):
+    """Requests to `app` in this process; the response returns once its headers are sent and
+    its body streams as the app sends it. `before(request)` may answer in the app's place (a
+    spending cap) or hand back the request and a callback run when the response ends."""
+
+    def __init__(self, app: ASGIApp, before: Hook | None = None) -> None:
+        self.app = app
+        self.before = before
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        done: Callable[[], None] = lambda: None  # noqa: E731
+        if self.before is not None:
+            answer, done = await self.before(request)
+            if isinstance(answer, httpx.Response):
+                return answer
+            request = answer
+        body = await request.aread()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": request.method,
+            "scheme": request.url.scheme,
+            "path": request.url.path,
+            "raw_path": request.url.raw_path.split(b"?")[0],
+            "query_string": request.url.query,
+            "headers": [(k.lower(), v) for k, v in request.headers.raw],
+            "client": ("127.0.0.1", 0),
+            "server": (request.url.host, request.url.port or 80),
+        }
+        started: asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]] = asyncio.get_running_loop().create_future()
+        chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        sent_body = False
+        gone = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()  # the client closed the response: the app sees a disconnect
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                started.set_result((message["status"], list(message.get("headers", []))))
+            elif message["type"] == "http.response.body":
+                if message.get("body"):
+                    chunks.put_nowait(bytes(message["body"]))
+                if not message.get("more_body", False):
+                    chunks.put_nowait(None)
+
+        async def run() -> None:
+            try:
+                await self.app(scope, receive, send)
+            except BaseException as exc:
+                if not started.done():
+                    started.set_exception(exc)
+                raise
+            finally:
+                chunks.put_nowait(None)
+
+        task = asyncio.create_task(run())
+        try:
+            status, headers = await started
+        except BaseException:
+            done()
+            with contextlib.suppress(BaseException):
+                await task
+            raise
+
+        async def body_stream() -> AsyncIterator[bytes]:
+            try:
+                while (chunk := await chunks.get()) is not None:
+                    yield chunk
+            finally:
+                gone.set()
+                if not task.done():
+                    task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                done()
+
+        return httpx.Response(status, headers=headers, stream=_AsyncStream(body_stream()), request=request)
+
+
+class _AsyncStream(httpx.AsyncByteStream):
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self.chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.chunks:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.chunks.aclose()  # type: ignore[attr-defined]
+
+
+class SyncBridge(httpx.BaseTransport):
+    """An async transport for a sync httpx.Client: its requests run on a private event loop
+    on a daemon thread, the response body is pulled chunk by chunk."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+        self.transport = transport
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="allmende-agent", daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine: Awaitable[T]) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)  # type: ignore[arg-type]
+        return future.result()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        content = request.read()
+        forwarded = httpx.Request(request.method, request.url, headers=request.headers, content=content)
+        response = self.run(self.transport.handle_async_request(forwarded))
+        stream = response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            response.status_code, headers=response.headers, stream=_SyncStream(self, stream), request=request
+        )
+
+    def close(self) -> None:
+        self.run(self.transport.aclose())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+class _SyncStream(httpx.SyncByteStream):
+    def __init__(self, bridge: SyncBridge, stream: httpx.AsyncByteStream) -> None:
+        self.bridge, self.stream = bridge, stream
+        self.chunks = stream.__aiter__()
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            try:
+                yield self.bridge.run(self.chunks.__anext__())
+            except StopAsyncIteration:
+                return
+
+    def close(self) -> None:
+        self.bridge.run(self.stream.aclose())
