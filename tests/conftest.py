@@ -106,7 +106,7 @@ KIND_OF_FOLDER = {
     "contracts": "chain", "chain": "chain",
     "provider": "process", "validator": "process", "vault": "process", "supervisor": "process",
     "faults": "process", "engine": "process",
-    "e2e": "e2e", "ui": "e2e",
+    "e2e": "e2e", "ui": "e2e", "agent": "unit",
 }  # fmt: skip
 TESTS = Path(__file__).parent
 
