@@ -39,6 +39,7 @@ def send_round(
     run_id: int,
     params: list[np.ndarray],
     round_number: int = 1,
+    extra: dict[str, Any] | None = None,
 ) -> list[np.ndarray]:
     """What a coordinator can do with Flower: send one vault one training round (plain FedAvg,
     no SecAgg+, one DP step) with parameters of its choice, claimed to be the granted base
@@ -46,7 +47,7 @@ def send_round(
     config = {
         "round": 1, "base-model": "0x" + world.base_id.hex(), "inputs": SPEC.inputs,
         "classes": SPEC.classes, "hidden": SPEC.hidden, "steps": 1, "lr": LR, "noise": CONFIG.noise,
-        "clipping_norm": CONFIG.clipping_norm,
+        "clipping_norm": CONFIG.clipping_norm, **(extra or {}),
     }  # fmt: skip
     grid = HttpGrid([Participant(vault.url, vault.dataset_id, grant_id)], key, run_id, round_number=round_number)
     with flower._identity:
@@ -90,6 +91,19 @@ def test_a_coordinator_cannot_regenerate_the_training_noise(world: World) -> Non
     noise_norm = distance(released, noiseless)
     assert noise_norm > 0.05  # the vault did add noise of the scale σ·lr/rows promises
     assert distance(released, guess) > 0.5 * noise_norm
+
+
+def test_a_round_config_with_a_field_the_vault_does_not_honour_is_refused(world: World) -> None:
+    # Prepare: a coordinator that believes it can narrow the rows a round trains on
+    coordinator = world.accounts["coordinator"]
+    v = world.vaults[1]
+    g = grant(world, 1, coordinator.address, "federated_round", [world.base_id], 10.0)
+
+    # Execute / Assert: refused before it trains (an ignored field is one the sender thinks was honoured)
+    with pytest.raises(VaultRefused, match="takes no 'where'"):
+        send_round(world, v, coordinator.key, g, 7101, world.base_params, extra={"where": "age > 83"})
+    assert logged(world, v.dataset_id, g) == []
+    assert world.contracts["validator"].data.get_grant(g).epsilon_spent == 0
 
 
 def test_a_grantee_cannot_train_parameters_the_grant_does_not_cover(world: World) -> None:

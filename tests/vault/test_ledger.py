@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.anvil import Anvil, DevnetAccount
 from allmende.chain.bindings import TEMPLATES
-from allmende.core.privacy import MICRO, epsilon_of, micro_epsilon
+from allmende.chain.errors import TransactionFailed
+from allmende.core.privacy import MICRO, GrantLedger, epsilon_of, micro_epsilon
 from allmende.vault.datasets import load_table, write_table
-from allmende.vault.errors import VaultError
+from allmende.vault.errors import AccessDenied, VaultError
 from allmende.vault.model import ModelSpec, model_id, rho_of
 from allmende.vault.node import reconcile
 from allmende.vault.service import VaultPolicy, VaultService
@@ -196,3 +197,22 @@ def test_released_rounds_never_pass_the_budget_and_the_chain_is_the_vaults(
 
     # Assert: the chain charged exactly the released rounds, as the vault's books say
     assert_exact(vault, g, released)
+
+
+def test_an_access_reverted_when_mined_is_a_clear_refusal(vault: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: the grant is revoked in the block that would take the access (the estimate passed)
+    g = vault.grant()
+
+    def mined_after_revocation(*args: object) -> None:
+        vault.owner.data.revoke(g)
+        raise TransactionFailed("record_access: 0xabc reverted when mined")
+
+    monkeypatch.setattr(vault.service.data, "record_access", mined_after_revocation)
+
+    # Execute
+    with pytest.raises(AccessDenied) as refused:
+        vault.train(g, next(runs), 1, vault.base, reserve=False)
+
+    # Assert: a refusal that says why (kept in `data refusals` as any 4xx), nothing left open or charged
+    assert f"grant {g} was revoked" in str(refused.value) and "nothing was released" in str(refused.value)
+    assert vault.service.store.ledger(g) == GrantLedger() and vault.spent_on_chain(g) == 0

@@ -80,6 +80,10 @@ def _set_identity(run_id: int, node_id: int) -> None:
 # ------------------------------------------------------------------ vault side
 
 
+# what a round's fit config may hold: the coordinator's fields and Flower's clipping norm
+FIT_CONFIG = frozenset(
+    {"round", "base-model", "inputs", "classes", "hidden", "standardize", "steps", "lr", "noise", KEY_CLIPPING_NORM}
+)
 _STAGES = {
     Stage.SETUP: ROUND_SETUP,
     Stage.SHARE_KEYS: ROUND_SHARE_KEYS,
@@ -130,6 +134,10 @@ class VaultFlower:
 
         class VaultClient(NumPyClient):
             def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:  # type: ignore[type-arg]
+                unknown = sorted(set(config) - FIT_CONFIG)
+                if unknown:  # an ignored key is one a coordinator thinks was honoured
+                    shown = ", ".join(repr(str(k)[:40]) for k in unknown[:5])
+                    raise BadJob(f"a round's config takes no {shown} (it takes {', '.join(sorted(FIT_CONFIG))})")
                 fields = {"inputs": config["inputs"], "classes": config["classes"], "hidden": config.get("hidden", 0)}
                 if "standardize" in config:  # the model standardises its inputs: {"shift": [..], "scale": [..]}
                     standardize = json.loads(str(config["standardize"]))
