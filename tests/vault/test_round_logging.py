@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from allmende.cli.federated import ChainCharges
 from allmende.core.vault_requests import ROUND_UNMASK
 from allmende.vault.flower import FederatedConfig, Participant, RoundRefused, run_federated
 from allmende.vault.service import ROUND_WINDOW
@@ -81,3 +82,29 @@ def test_a_grant_that_would_expire_before_its_round_is_logged_is_refused_at_the_
     # Assert: nobody trained, nobody was charged
     assert "round 1 did not start" in str(refused) and f"grant {grants[1]} expires in" in str(refused)
     assert charged(world, grants) == [0, 0]
+
+
+def test_the_cli_reports_from_the_chain_what_a_failed_plain_round_charged_where(world: World) -> None:
+    # Prepare: plain FedAvg (each update is released, and charged, as it leaves); vault 1's owner
+    # revokes after the check, so vault 0's update left and was charged while vault 1 refused
+    grants = grants_for(world)
+    participants = [Participant(world.vaults[i].url, world.vaults[i].dataset_id, g) for i, g in enumerate(grants)]
+    ledger = ChainCharges(participants, world.net.reader())
+
+    def revoke_after_the_check(round_number: int, answers: list[dict[str, object]]) -> None:
+        owner_contracts(world, 1).data.revoke(grants[1])
+
+    # Execute
+    plain = FederatedConfig(rounds=1, steps=2, noise=2.0, secagg=False)
+    with pytest.raises(RoundRefused) as refused:
+        run_federated(participants, world.accounts["coordinator"].key, SPEC, world.base_params, world.base_id, plain,
+                      on_checked=revoke_after_the_check)  # fmt: skip
+    said = ChainCharges.describe(ledger.since_last())
+
+    # Assert: the vaults' word and the chain's agree, and name exactly the vault that was charged
+    spent = charged(world, grants)
+    assert spent[0] > 0 and spent[1] == 0
+    job = world.contracts["validator"].data.accesses(world.vaults[0].dataset_id)[-1].job_id
+    url = world.vaults[0].url
+    assert said == f"vault {url} (grant {grants[0]}) was charged ε {spent[0] / 1e6:.6f} (job 0x{job.hex()})"
+    assert f"vault {world.vaults[0].url} had logged the round on chain" in str(refused.value)
