@@ -30,6 +30,7 @@ DEPLOYMENTS_HELP = (
     "deployments JSON (default $ALLMENDE_DEPLOYMENTS, else <state-dir>/run/deployments.json, then "
     "<state-dir>/deployments.json)"
 )
+VAULT_STATE_HELP = "the vault's state directory (default $ALLMENDE_STATE_DIR/vault, i.e. ./.allmende/vault)"
 VAULT_PORT = 9600  # validators default to 9500: a vault and a validator on one host do not collide
 MIN_GRANT_SECONDS = 60  # a shorter grant would expire before its first job could be logged
 
@@ -76,7 +77,9 @@ def vault(
         [], help="a Host name this vault is reached by besides loopback and --host, e.g. its DNS name (repeatable)"
     ),
     deployments: Path = typer.Option(None, help=DEPLOYMENTS_HELP),
-    state_dir: Path = typer.Option(None, help="where the vault keeps its database (default <state-dir>/vault)"),
+    state_dir: Path = typer.Option(
+        None, help="where the vault keeps its database (default $ALLMENDE_STATE_DIR/vault, i.e. ./.allmende/vault)"
+    ),
     min_group: int = typer.Option(10, help="smallest group an aggregate may describe"),
     min_noise: float = typer.Option(1.0, help="least DP noise multiplier a training round may use"),
     clip: float = typer.Option(1.0, help="per-row gradient clipping norm for DP training"),
@@ -261,7 +264,7 @@ def grants(
 
 @data_app.command("refusals")
 def refusals(
-    state_dir: Path = typer.Option(None, help="the vault's state directory (default $ALLMENDE_STATE_DIR/vault)"),
+    state_dir: Path = typer.Option(None, help=VAULT_STATE_HELP),
     limit: int = typer.Option(50, min=1, max=10_000, help="how many of the latest refusals to show"),
 ) -> None:
     """Requests this vault refused (revoked, expired, over budget, unsigned, not granted…), newest first,
@@ -384,7 +387,7 @@ def evaluate_job(
 @data_app.command("exact-aggregates")
 def exact_aggregates(
     grant_id: int = typer.Argument(..., help="the grant that may ask for exact aggregates"),
-    state_dir: Path = typer.Option(None, help="the vault's state directory (default $ALLMENDE_STATE_DIR/vault)"),
+    state_dir: Path = typer.Option(None, help=VAULT_STATE_HELP),
     off: bool = typer.Option(False, "--off", help="withdraw the consent"),
 ) -> None:
     """Let one grant ask this vault for exact (noise-free) aggregates, still audited against
