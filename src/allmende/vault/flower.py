@@ -9,9 +9,10 @@ Coordinator: Flower's legacy ServerApp workflow (`DefaultWorkflow`, with
 the vault's DP-GD template, checked against the grant and logged on chain each round.
 
 Rounds are all or nothing (see `run_federated`): every vault is asked before any trains,
-SecAgg+ runs with every vault's shares needed to unmask, and a vault logs its charge on
-chain only when the unmask stage comes, i.e. once every vault has trained; a failed round
-is aborted at every vault and costs none of them ε. One Flower round per call, so each
+SecAgg+ runs with every vault's shares needed to unmask, every vault is asked to prepare
+(`HttpGrid.prepare`: would it log now?) once all trained, and a vault logs its charge on
+chain only when the unmask stage comes after that; a failed round is aborted at every vault
+and costs none of them ε. One Flower round per call, so each
 completed round can be saved and a run resumed.
 
 Transport: Flower's own messages, serialised as Flower's protobuf, one HTTP POST per

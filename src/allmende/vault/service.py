@@ -9,11 +9,13 @@ by a concurrent job, grant revoked meanwhile) withholds the result.
 
 A secure federated round (SecAgg+) is all or nothing across vaults: the coordinator
 first asks every vault `check_round` (the same checks, nothing run); each vault then
-trains and only *reserves* the charge (its update leaves masked); the charge is logged
-on chain by `commit_round` when the coordinator asks for the unmask shares, which it
-does only once every vault has trained (and the unmasking needs every vault's shares).
+trains and only *reserves* the charge (its update leaves masked); once every vault has
+trained, the coordinator asks every vault `prepare_round` (the grant still valid at the
+chain's next block, the charge within budget) and only then for the unmask shares, when
+`commit_round` logs the charge on chain (and the unmasking needs every vault's shares).
 A round that fails anywhere before that is aborted: `abort_round` (or, if the coordinator
 vanished, `RESERVATION_TTL`, or a restart) undoes the reservations, nothing is logged.
+Charges follow `allmende.core.privacy`: computed when logged, from what is logged only.
 
 What the vault releases is private by default: evaluate and aggregate answers are
 ε-DP (the request names ε, which is charged), federated rounds are DP-GD. All noise
