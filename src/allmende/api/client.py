@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -73,11 +74,24 @@ class Answer:
     sent: dict[str, Any] | None = None  # the request body as sent to the provider (set by the gateway)
 
 
-def fetch_info(http: httpx.Client, url: str) -> ProviderInfo:
-    """GET /v1/info and check that the provider key signed it."""
-    reply = http.get(f"{url}/v1/info")
-    reply.raise_for_status()
-    body = reply.json()
+INFO_DEADLINE = 10.0  # seconds for a provider's whole /v1/info (not per read)
+MAX_INFO = 256 * 1024  # bytes
+
+
+def fetch_info(http: httpx.Client, url: str, deadline: float = INFO_DEADLINE) -> ProviderInfo:
+    """GET /v1/info and check that the provider key signed it. The whole answer must arrive
+    within `deadline` seconds and MAX_INFO bytes (httpx's timeouts are per read: a provider
+    that drips a byte every few seconds held the directory's refresh for as long as it liked);
+    else httpx.ReadTimeout."""
+    ends = time.monotonic() + deadline
+    raw = bytearray()
+    with http.stream("GET", f"{url}/v1/info") as reply:
+        reply.raise_for_status()
+        for chunk in reply.iter_bytes():
+            raw += chunk
+            if len(raw) > MAX_INFO or time.monotonic() > ends:
+                raise httpx.ReadTimeout(f"/v1/info of {url} is too slow or too large", request=reply.request)
+    body = json.loads(raw)
     info = body["info"]
     signer = Account.recover_message(encode_defunct(text=body["signed"]), signature=body["signature"])
     if json.loads(body["signed"]) != info or signer != info["address"]:
