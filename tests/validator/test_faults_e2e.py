@@ -63,6 +63,9 @@ class FixedTraffic:
     def body(self, model: str) -> dict[str, Any]:
         return {"model": model, **self.bodies.pop(0)}
 
+    def draw(self, published: Any, model: str) -> tuple[str, dict[str, Any]]:
+        return "chat", self.body(model)
+
 
 def start_gateway(anvil: Anvil, deployments: Path, account: DevnetAccount, root: Path, providers: int) -> Any:
     url = f"http://127.0.0.1:{free_port()}"

@@ -83,6 +83,13 @@ def create_app(
             },
         }
 
+    @app.get("/v1/shapes")
+    async def shapes(request: Request) -> dict[str, Any]:
+        """How often users send each request shape (no content, no identities): what
+        validators draw their audits' shapes from (gateway.shapes)."""
+        admission.api_key(request)
+        return admission.shapes.published()
+
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         admission.api_key(request)

@@ -50,6 +50,7 @@ from allmende.gateway.rendering import (
 )
 from allmende.gateway.responses import ResponseStream
 from allmende.gateway.service import GatewayService, budget_check
+from allmende.gateway.shapes import ShapeCounts
 from allmende.gateway.tool_calls import StreamedCalls
 
 
@@ -70,10 +71,17 @@ class GatewayLimits:
 
 class Admission:
     """What every endpoint shares: who may call (API keys), how often (rate limits), how
-    many at once, and the request metrics."""
+    many at once, the request metrics, and the request shapes users send (`shapes`)."""
 
-    def __init__(self, limits: GatewayLimits, requests_total: Counter, in_flight_gauge: Gauge) -> None:
+    def __init__(
+        self,
+        limits: GatewayLimits,
+        requests_total: Counter,
+        in_flight_gauge: Gauge,
+        shapes: ShapeCounts | None = None,
+    ) -> None:
         self.limits = limits
+        self.shapes = shapes or ShapeCounts()
         self.limiter = RateLimiter(limits.rate_limit, limits.rate_burst)
         self.requests_total = requests_total
         self.in_flight_gauge = in_flight_gauge
@@ -210,6 +218,8 @@ class Serving(ABC):
             call = Call(typed, body, key, pinned_provider(request), wants_evidence(request), asked)
         except Exception as exc:
             return self._failed(exc)
+        if not call.evidence:  # users' shapes, as the provider gets them; audits ask for evidence
+            admission.shapes.count(self.kind, call.body, self.endpoint)
         if self.streams(call.request):
             return StreamingResponse(self._stream(call), media_type="text/event-stream")
         return await self._once(call)

@@ -14,7 +14,9 @@ tell audits from users' requests by every trick that worked against the first va
 public pool) and serves what it takes for audits honestly and everyone else from a cheap
 generator (the last layer skipped) with the proof recomputed by one prefill of the real
 model. It logs each guess ("looks like an audit" / "looks like a user"), so a test can
-show that it never recognises an audit, or `inflate` (honest work, but receipts
+show that it never recognises an audit, `structure`: the same two faces keyed on the
+request's structure alone (the first validators' audit structure served honestly, every
+other structure cheaply), or `inflate` (honest work, but receipts
 that claim ten times the tokens it counted, validly signed: `InflatingService`), or
 `overrun`: the right model and honest proofs, but every completion is drawn on past EOS and
 past the request's stop strings up to `max_tokens` and billed for all of it, while the text
@@ -64,7 +66,7 @@ CHEATS: dict[str, Callable[[CausalLMEngine], CausalLMEngine]] = {
 
 # cheats at the level of the provider's service (allmende.testing.provider_cheats): they
 # import the provider, which the calibration harness must not need
-SERVICE_MODES = ("recognise", "inflate")
+SERVICE_MODES = ("recognise", "structure", "inflate")
 MODES = (*CHEATS, *SERVICE_MODES)
 
 

@@ -5,6 +5,10 @@ allmende.testing.cheats for how a cheating process is started):
   the first validators and serves what it takes for audits honestly, everyone else from a
   cheap generator with a recomputed proof and receipts inflated tenfold (`Recogniser`,
   `TwoFacedEngine`, `TwoFacedService`);
+- `structure`: the same two faces, keyed on the request's structure alone: every request
+  of the structure the first validators' audits had (allmende.testing.traffic:
+  `old_audit_structure`) is served honestly, every other structure cheaply
+  (`StructureRecogniser`): audits drawn from the shapes users send catch it;
 - `inflate`: honest work, receipts that claim ten times the tokens (`InflatingService`).
 """
 
@@ -21,6 +25,7 @@ from allmende.engine.base import Engine, SamplingParams, TokenEvent
 from allmende.engine.proofs import commit
 from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.provider.service import InferRequest, ProviderService
+from allmende.testing.traffic import old_audit_structure
 from allmende.testing.weights import skip_last_layer
 
 if TYPE_CHECKING:
@@ -87,6 +92,13 @@ class Recogniser:
         service.open = open_and_guess  # type: ignore[method-assign]
 
 
+class StructureRecogniser(Recogniser):
+    """Takes for an audit every request of the old audits' structure, whatever its content."""
+
+    def looks_like_audit(self, req: InferRequest) -> str | None:
+        return "the old audits' structure" if old_audit_structure(req.kind, req.body) else None
+
+
 class TwoFacedEngine:
     """The real engine for what looks like an audit; for everyone else a cheap copy whose
     output gets a proof recomputed by one prefill of the real model."""
@@ -149,13 +161,13 @@ class TwoFacedService(InflatingService):
 
 
 def install(mode: str) -> None:
-    """Make the providers this process starts cheat in `mode` (recognise | inflate)."""
+    """Make the providers this process starts cheat in `mode` (recognise | structure | inflate)."""
     from allmende.provider import node
 
     if mode == "inflate":
         node.SERVICE_CLASS = InflatingService
         return
-    recogniser = Recogniser(cast("Contracts", None))
+    recogniser = (StructureRecogniser if mode == "structure" else Recogniser)(cast("Contracts", None))
 
     def hook(service: ProviderService, contracts: Contracts) -> None:
         recogniser.contracts = contracts

@@ -33,6 +33,7 @@ from allmende.chain.errors import ChainError
 from allmende.core import SignedReceipt
 from allmende.core.errors import InvalidInput
 from allmende.engine import load_engine
+from allmende.engine.base import Kind
 from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.validator.answers import Choice, check_answer, choices_of, recheck
 from allmende.validator.checker import NOTHING, Verdict
@@ -87,6 +88,7 @@ class Validator:
         self.involved: set[int] = set()  # cases it reported or voted on: their outcomes are logged
         self.settled: set[int] = set()  # cases whose outcome it logged
         self.abstained: set[int] = set()  # cases it could not check the evidence of
+        self.shape_cache: dict[str, tuple[float, dict[str, Any] | None]] = {}  # gateway: (read at, its shapes)
 
     # ------------------------------------------------------------ chain
 
@@ -136,8 +138,8 @@ class Validator:
             return record
         try:
             name = self._model_name(gateway, model_id)
-            body = self.traffic.body(name)
-            evidence = ask_gateway(self.http, gateway, body, entry.address, self.config.gateway_key)
+            kind, body = self.traffic.draw(self._shapes(gateway), name)  # a shape users send, fresh content
+            evidence = ask_gateway(self.http, gateway, body, entry.address, self.config.gateway_key, kind)
             receipt = SignedReceipt.from_json(evidence["receipt"])
             receipt.verify(self.contracts.registry.receipt_domain())
         except (AuditUnavailable, InvalidInput, KeyError, TypeError) as exc:
@@ -154,8 +156,8 @@ class Validator:
         choices: list[Choice] = []
         try:
             choices = choices_of(evidence)
-            prompt_ids = engine.prompt_ids(canonical("chat", sent, receipt.receipt.request_id).generation[0])
-            verdict = check_answer(engine, sent, prompt_ids, choices, receipt)
+            prompt_ids = engine.prompt_ids(canonical(kind, sent, receipt.receipt.request_id).generation[0])
+            verdict = check_answer(engine, sent, prompt_ids, choices, receipt, kind)
         except InvalidInput as exc:
             verdict = Verdict(False, f"the answer cannot be checked: {exc}", NOTHING, 0)
             choices = choices or [Choice([], b"", "")]
@@ -163,7 +165,7 @@ class Validator:
         if not verdict.ok:
             first = choices[0]
             several = choices if len(choices) > 1 else None
-            found = Found(sent, prompt_ids, first.token_ids, first.proof, first.text, receipt, several, began)
+            found = Found(sent, prompt_ids, first.token_ids, first.proof, first.text, receipt, several, began, kind)
             record.case_id = self.report(entry, found, verdict)
         self._score(record)
         return record
@@ -180,11 +182,26 @@ class Validator:
                 return str(model["id"])
         raise AuditUnavailable(f"gateway {gateway} does not list model 0x{model_id.hex()}")
 
+    def _shapes(self, gateway: str) -> dict[str, Any] | None:
+        """The request shapes `gateway` counted (`GET /v1/shapes`), read at most once a
+        minute; None if it publishes none (audits then take the chat apps' shapes)."""
+        cached = self.shape_cache.get(gateway)
+        if cached is not None and time.monotonic() - cached[0] < SHAPES_MAX_AGE:
+            return cached[1]
+        try:
+            reply = self.http.get(f"{gateway}/v1/shapes", headers=auth(self.config.gateway_key), timeout=10)
+            published = reply.json() if reply.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            published = None
+        published = published if isinstance(published, dict) else None
+        self.shape_cache[gateway] = (time.monotonic(), published)
+        return published
+
     def report(self, entry: ProviderEntry, found: Found, verdict: Verdict) -> int | None:
         """Store the evidence where other validators can fetch it and open a case."""
         r = found.receipt.receipt
         evidence = Evidence(
-            kind="chat",
+            kind=found.kind,
             body=found.request,
             model_id="0x" + r.model_id.hex(),
             prompt_ids=found.prompt_ids,
@@ -481,6 +498,7 @@ class Validator:
 
 
 OUTCOMES = {2: "guilty", 3: "not guilty", 4: "inconclusive"}
+SHAPES_MAX_AGE = 60.0  # seconds a gateway's published request shapes are used before they are read again
 
 
 def _alm(amount: int) -> str:
@@ -507,6 +525,7 @@ class Found:
     receipt: SignedReceipt
     choices: list[Choice] | None = None  # n > 1: all of them (the fields above: the first)
     block: int | None = None  # the block the audit began at (None: not from an audit)
+    kind: Kind = "chat"  # the request's kind (chat | completion)
 
 
 def auth(key: str | None) -> dict[str, str]:
@@ -514,13 +533,18 @@ def auth(key: str | None) -> dict[str, str]:
 
 
 def ask_gateway(
-    http: httpx.Client, gateway: str, body: dict[str, Any], provider: str, key: str | None = None
+    http: httpx.Client,
+    gateway: str,
+    body: dict[str, Any],
+    provider: str,
+    key: str | None = None,
+    kind: str = "chat",
 ) -> dict[str, Any]:
     """Send `body` to `gateway` as a user would, served by `provider` only; return the
     evidence the gateway attaches (the request as sent, token ids, proof, signed receipt).
     Streams are read to the end like a chat app reads them."""
     headers = {**auth(key), PIN_HEADER: provider, EVIDENCE_HEADER: "1"}
-    url = f"{gateway}/v1/chat/completions"
+    url = f"{gateway}/v1/completions" if kind == "completion" else f"{gateway}/v1/chat/completions"
     try:
         if not body.get("stream"):
             reply = http.post(url, json=body, headers=headers)
