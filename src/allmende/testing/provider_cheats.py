@@ -5,10 +5,11 @@ allmende.testing.cheats for how a cheating process is started):
   the first validators and serves what it takes for audits honestly, everyone else from a
   cheap generator with a recomputed proof and receipts inflated tenfold (`Recogniser`,
   `TwoFacedEngine`, `TwoFacedService`);
-- `structure`: the same two faces, keyed on the request's structure alone: every request
-  of the structure the first validators' audits had (allmende.testing.traffic:
-  `old_audit_structure`) is served honestly, every other structure cheaply
-  (`StructureRecogniser`): audits drawn from the shapes users send catch it;
+- `structure`: keyed on the request's structure alone: every request of the structure the
+  first validators' audits had (allmende.testing.traffic: `old_audit_structure`) is served
+  honestly, every other structure from the cheap generator with a recomputed proof, with
+  honest token counts, so no gateway's receipt check sees it (`StructureRecogniser`):
+  only audits drawn from the shapes users send catch it;
 - `inflate`: honest work, receipts that claim ten times the tokens (`InflatingService`).
 """
 
@@ -173,7 +174,8 @@ def install(mode: str) -> None:
         recogniser.contracts = contracts
         recogniser.hook(service, contracts)
 
-    TwoFacedService.recogniser = recogniser
-    node.SERVICE_CLASS = TwoFacedService
+    if mode != "structure":  # a structure-keyed cheater signs honest counts: only audits can catch it
+        TwoFacedService.recogniser = recogniser
+        node.SERVICE_CLASS = TwoFacedService
     node.ENGINE_WRAPPERS.append(lambda engine: recognising(engine, recogniser))
     node.SERVICE_HOOKS.append(hook)
