@@ -85,6 +85,38 @@ class Stable(Token):
     def mint(self, to: str, amount: int) -> SentTransaction:
         return self._tx("mint", to, _amount(amount, "amount"))
 
+    # EIP-3009, as USDC has it: what the x402 `exact` scheme settles with
+
+    def eip712_domain(self) -> tuple[str, str]:
+        """(name, version) of the token's EIP-712 domain, as x402 payment requirements name them."""
+        return str(self._call("name")), str(self._call("version"))
+
+    def authorization_used(self, payer: str, nonce: bytes) -> bool:
+        """Whether `payer`'s EIP-3009 authorization with `nonce` was used."""
+        return bool(self._call("authorizationState", payer, nonce))
+
+    def transfer_with_authorization(
+        self,
+        payer: str,
+        to: str,
+        amount: int,
+        valid_after: int,
+        valid_before: int,
+        nonce: bytes,
+        signature: tuple[int, bytes, bytes],
+    ) -> SentTransaction:
+        """Submit `payer`'s signed TransferWithAuthorization (v, r, s); anyone may, once."""
+        return self._tx(
+            "transferWithAuthorization",
+            payer,
+            to,
+            _amount(amount, "amount"),
+            valid_after,
+            valid_before,
+            nonce,
+            *signature,
+        )
+
 
 class Params(_Binding):
     name = "Params"

@@ -41,16 +41,24 @@ def gateway(
     prefer: str = typer.Option("balanced", help="routing preference: balanced, cheapest or fastest"),
     max_price: int = typer.Option(None, help="skip providers above this reference price"),
     api_key: list[str] = typer.Option([], help="accepted API key (repeat); none = open"),
+    budget: list[str] = typer.Option(
+        [], help="KEY=UNITS: the most an API key may spend, payment-token units (repeat); none = unlimited"
+    ),
     rate_limit: float = typer.Option(50.0, help="requests per second per API key (or per client); 0 = off"),
     rate_burst: float = typer.Option(100.0, help="burst allowance per API key (or per client)"),
     max_body: int = typer.Option(4 * 1024 * 1024, help="largest request body, bytes"),
     body_timeout: float = typer.Option(10.0, help="seconds a client may take to send its body"),
+    x402: bool = typer.Option(
+        False, "--x402/--no-x402", help="requests without an API key pay for themselves with x402 (scheme exact)"
+    ),
+    x402_timeout: int = typer.Option(300, help="seconds an x402 payment authorization may take to arrive"),
 ) -> None:
     """Serve the OpenAI API over the provider network."""
     from allmende.core.routing import RoutingPolicy
-    from allmende.gateway.serving import GatewayLimits
     from allmende.gateway.node import GatewayConfig, serve
     from allmende.gateway.payments import ChannelPolicy
+    from allmende.gateway.serving import GatewayLimits
+    from allmende.gateway.x402_payments import X402Policy
 
     env = from_environment()
     if prefer not in ("balanced", "cheapest", "fastest"):
@@ -73,10 +81,12 @@ def gateway(
             channels=ChannelPolicy(deposit=deposit),
             limits=GatewayLimits(
                 api_keys=frozenset(api_key),
+                budgets=budgets_of(budget, api_key),
                 rate_limit=rate_limit,
                 rate_burst=rate_burst,
                 max_body=max_body,
                 body_timeout=body_timeout,
+                x402=X402Policy(max_timeout_seconds=x402_timeout) if x402 else None,
             ),
         )
         console.print(f"gateway on http://{host}:{port}/v1")
@@ -101,3 +111,16 @@ def gateway_close(
         store = GatewayStore((state_dir or env.state_dir / "gateway") / "gateway.db")
         closed = Payments(store, contracts, secret).close_all()
     console.print(f"requested closing {len(closed)} channels; withdraw after the close delay")
+
+
+def budgets_of(specs: list[str], keys: list[str]) -> dict[str, int]:
+    """`--budget KEY=UNITS` options as GatewayLimits.budgets; each KEY one of the `--api-key`s."""
+    budgets: dict[str, int] = {}
+    for spec in specs:
+        key, sep, units = spec.rpartition("=")
+        if not sep or not key or not units.isdigit():
+            raise typer.BadParameter(f"'{spec}' is not KEY=UNITS (UNITS a whole number)", param_hint="--budget")
+        if key not in keys:
+            raise typer.BadParameter(f"'{key}' is not one of the --api-key values", param_hint="--budget")
+        budgets[key] = int(units)
+    return budgets

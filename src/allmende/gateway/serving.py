@@ -7,6 +7,7 @@ routes to them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -31,6 +32,7 @@ from allmende.core.errors import BodyTooLarge as CoreBodyTooLarge
 from allmende.core.errors import InvalidInput
 from allmende.core.ratelimit import RateLimiter
 from allmende.engine.base import Kind
+from allmende.gateway.budgets import Budgets, Reservation
 from allmende.gateway.errors import (
     BodyTooLarge,
     GatewayError,
@@ -49,9 +51,10 @@ from allmende.gateway.rendering import (
     sse,
 )
 from allmende.gateway.responses import ResponseStream
-from allmende.gateway.service import GatewayService, budget_check
+from allmende.gateway.service import GatewayService
 from allmende.gateway.shapes import ShapeCounts
 from allmende.gateway.tool_calls import StreamedCalls
+from allmende.gateway.x402_payments import Paid, X402Gate, X402Policy
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class GatewayLimits:
     # per API key (or per peer address without keys): requests per second and burst; 0 = off
     rate_limit: float = 50.0
     rate_burst: float = 100.0
+    # requests without an API key pay for themselves with x402 (gateway/x402_payments.py); None = off
+    x402: X402Policy | None = None
 
 
 class Admission:
@@ -82,10 +87,12 @@ class Admission:
     ) -> None:
         self.limits = limits
         self.shapes = shapes or ShapeCounts()
+        self.budgets = Budgets(limits.budgets)  # reserved at admission, released when the request ends
         self.limiter = RateLimiter(limits.rate_limit, limits.rate_burst)
         self.requests_total = requests_total
         self.in_flight_gauge = in_flight_gauge
         self.in_flight = 0
+        self._x402: X402Gate | None = None
 
     def api_key(self, request: Request, x_api_key: bool = False) -> str | None:
         """The caller's API key (a Bearer token, or with `x_api_key` also the `x-api-key`
@@ -95,6 +102,8 @@ class Admission:
         key = header[7:].strip() if header.lower().startswith("bearer ") else None
         if key is None and x_api_key:
             key = request.headers.get("x-api-key")
+        if self.limits.x402 is not None and key not in self.limits.api_keys:
+            return None  # not one of our keys (or none): the request pays for itself with x402
         if self.limits.api_keys and key not in self.limits.api_keys:
             raise Unauthorized("Incorrect API key provided.")
         return key
@@ -116,6 +125,13 @@ class Admission:
                 f"The gateway is serving its maximum of {limits.max_in_flight} requests at once; retry after 1 s.",
                 retry_after=1,
             )
+
+    async def x402(self, service: GatewayService) -> X402Gate:
+        """The x402 resource server and facilitator (built on first use: it reads the chain)."""
+        if self._x402 is None:
+            policy = self.limits.x402 or X402Policy()
+            self._x402 = await asyncio.to_thread(X402Gate, service, service.directory.contracts, policy)
+        return self._x402
 
     def begin(self) -> None:
         self.in_flight += 1
@@ -167,6 +183,13 @@ class Call:
     # the request in the endpoint's own shape, where it is translated into a chat request
     # (/v1/responses, /v1/messages); `request` and `body` are then the chat request served
     asked: ResponsesRequest | MessagesRequest | None = None
+    reservation: Reservation | None = None  # what it holds of its API key's budget until it ends
+    paid: Paid | None = None  # its x402 payment, settled before it is served
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """Headers of the answer: the x402 settlement (PAYMENT-RESPONSE), if it paid so."""
+        return self.paid.headers if self.paid is not None else None
 
 
 @dataclass
@@ -209,19 +232,28 @@ class Serving(ABC):
 
     async def __call__(self, request: Request) -> Response:
         admission = self.admission
+        call: Call | None = None
         try:
             key = self.api_key(request)
             admission.throttle(request, key)
             body = await read_body(request, admission.limits)
             typed, body, asked = self.parse(body)  # parsed once; body normalised as forwarded
-            budget_check(self.service.payments, admission.limits.budgets, key)
             call = Call(typed, body, key, pinned_provider(request), wants_evidence(request), asked)
+            call.reservation = admission.budgets.reserve(self.service, key, self.kind, body)  # its most, held
+            if key is None and admission.limits.x402 is not None:
+                paid = await (await admission.x402(self.service)).admit(request, self.kind, call.body)
+                if not isinstance(paid, Paid):  # 402: the requirements, or why the payment was refused
+                    admission.requests_total.labels(self.endpoint, str(paid.status_code)).inc()
+                    return paid
+                call.paid = paid
         except Exception as exc:
+            if call is not None:
+                admission.budgets.release(call.reservation)
             return self._failed(exc)
         if not call.evidence:  # users' shapes, as the provider gets them; audits ask for evidence
             admission.shapes.count(self.kind, call.body, self.endpoint)
         if self.streams(call.request):
-            return StreamingResponse(self._stream(call), media_type="text/event-stream")
+            return StreamingResponse(self._stream(call), media_type="text/event-stream", headers=call.headers)
         return await self._once(call)
 
     def api_key(self, request: Request) -> str | None:
@@ -255,7 +287,7 @@ class Serving(ABC):
             result = await self.service.complete(self.kind, call.body, call.key, call.pin)
         except Exception as exc:
             self.explorer.failed(started)
-            response = self._failed(exc)
+            response = await self._refunded(call, self._failed(exc))
             if isinstance(exc, NoProvider) and exc.rejected is not None and call.evidence:
                 failed = json.loads(bytes(response.body))  # an audit: the refused answer is evidence
                 failed["allmende"] = {"evidence": evidence_of(self.kind, exc.rejected)}
@@ -263,18 +295,32 @@ class Serving(ABC):
             return response
         finally:
             self.admission.end()
+            self.admission.budgets.release(call.reservation)  # its receipts are in the store: settled
         try:
             rendered = self.render(call, result.offer.name, result.answer)
         except Exception as exc:  # a provider's answer that does not fit OpenAI's shapes
             self.explorer.failed(started)
-            return self._failed(exc)
+            return await self._refunded(call, self._failed(exc))
         self.admission.requests_total.labels(self.endpoint, "200").inc()
         rendered["allmende"] = self.explorer.answered(
             rendered.get("id", new_id(self.id_prefix)), result.answer, started, call.key
         )
         if call.evidence:
             rendered["allmende"]["evidence"] = evidence_of(self.kind, result.answer)
-        return JSONResponse(rendered)
+        if call.paid is not None:
+            gate = await self.admission.x402(self.service)
+            rendered["allmende"]["x402"] = await gate.refund(call.paid, result.answer.receipt.receipt.amount)
+        return JSONResponse(rendered, headers=call.headers)
+
+    async def _refunded(self, call: Call, response: JSONResponse) -> JSONResponse:
+        """A failed request's error; one paid with x402 gets its whole payment back (nothing
+        was served to it) and says so in `allmende.x402`."""
+        if call.paid is None:
+            return response
+        view = await (await self.admission.x402(self.service)).refund(call.paid, 0)
+        failed = json.loads(bytes(response.body))
+        failed["allmende"] = {"x402": view}
+        return JSONResponse(failed, status_code=response.status_code, headers=call.headers)
 
     @abstractmethod
     def render(self, call: Call, name: str, answer: Answer) -> dict[str, Any]:
@@ -297,6 +343,10 @@ class Serving(ABC):
                     receipt = self.explorer.answered(state.ident, item, started, call.key)  # for the playground
                     if call.evidence:
                         receipt["evidence"] = evidence_of(self.kind, item)
+                    if call.paid is not None:
+                        gate = await self.admission.x402(self.service)
+                        receipt["x402"] = await gate.refund(call.paid, item.receipt.receipt.amount)
+                        call.paid = None  # refunded once
                     for closing in listed(self.closing(call, state, item, receipt)):
                         yield self.frame(closing)
                     if options is not None and options.include_usage:
@@ -311,10 +361,14 @@ class Serving(ABC):
             response = openai_error(exc)
             status = str(response.status_code)
             error = error_body(exc) if isinstance(exc, GatewayError) else json.loads(bytes(response.body))
+            if call.paid is not None:  # no answer, so no receipt: the whole payment goes back
+                error["error"]["x402"] = await (await self.admission.x402(self.service)).refund(call.paid, 0)
+                call.paid = None
             for event in self.stream_error(state, response.status_code, error["error"]):
                 yield self.frame(event)
         finally:
             self.admission.end()
+            self.admission.budgets.release(call.reservation)
             self.admission.requests_total.labels(self.endpoint, status).inc()
 
     end_of_stream: ClassVar[bytes] = b"data: [DONE]\n\n"

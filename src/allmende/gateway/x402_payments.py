@@ -1,0 +1,302 @@
+"""x402 at the gateway: clients with no API key pay each request from their own wallet with
+the official `x402` SDK's `exact` EVM scheme (x402 v2), and the gateway is its own
+facilitator against the chain (no outside service).
+
+The flow of one request (`X402Gate.admit`, then `X402Gate.refund`):
+
+1. The request is parsed as every request is. Its price is the most it can cost: the credit
+   rule's bound (`core/credit.py max_request_cost`) at the dearest offer among the providers
+   that serve its model. Without a `PAYMENT-SIGNATURE` header the answer is `402` with the
+   SDK's `PAYMENT-REQUIRED` header: scheme `exact`, network `eip155:<chain id>`, asset dUSD
+   (the deployment's payment token, with its EIP-712 name and version read on chain),
+   amount, pay-to the gateway's address.
+2. With a payment, the SDK matches it against the requirements of *this* request (a payment
+   signed for a cheaper request is no match and gets a 402), verifies it, and settles it
+   **before** the request is served (the scheme's `upfront` flow): the facilitator submits
+   dUSD's `transferWithAuthorization` from the gateway's key, so a replayed authorization (its
+   nonce is used on chain) is refused and no request is served on money that is not in.
+3. The request is served and its receipt checked as every request's is; the gateway pays the
+   provider the receipt's amount through its channel. Then it sends the payer back the part of
+   the payment the receipt did not use (`paid − receipt.amount`, a dUSD transfer), so the
+   payer's wallet falls by the receipt's amount; a request that no provider could serve is
+   refunded whole. The answer's `allmende.x402` says what was paid, charged and refunded,
+   next to the provider's signed receipt.
+
+Why `exact` plus a refund and not the SDK's `upto` scheme: `upto` settles through Permit2 and
+x402's upto proxy at their canonical addresses, contracts the devnet does not have (the SDK
+ships no bytecode for them). The gateway carries the gas of both transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from x402 import x402FacilitatorSync, x402ResourceServerSync
+from x402.http import (
+    PAYMENT_REQUIRED_HEADER,
+    PAYMENT_SIGNATURE_HEADER,
+    HTTPRequestContext,
+    PaymentOption,
+    RouteConfig,
+    decode_payment_required_header,
+    x402HTTPResourceServerSync,
+)
+from x402.mechanisms.evm.exact import ExactEvmFacilitatorScheme, ExactEvmServerScheme
+from x402.mechanisms.evm.types import TransactionReceipt, TypedDataDomain
+
+from allmende.chain import Contracts
+from allmende.chain.client import ChainClient
+from allmende.core import InvalidInput
+from allmende.core.credit import max_request_cost
+from allmende.gateway.errors import GatewayError, InvalidRequest, NoProvider, error_body
+from allmende.gateway.service import GatewayService
+
+log = logging.getLogger("allmende.gateway.x402")
+
+
+class PaymentRequired(GatewayError):
+    status, type, code = 402, "insufficient_quota", "payment_required"
+
+
+@dataclass(frozen=True)
+class X402Policy:
+    # seconds a payment authorization may take to arrive (the requirements' maxTimeoutSeconds)
+    max_timeout_seconds: int = 300
+
+
+@dataclass
+class Paid:
+    """A request's payment, settled on chain before it is served."""
+
+    payer: str
+    amount: int  # what the authorization moved to the gateway: the request's most
+    transaction: str  # the settlement (transferWithAuthorization)
+    headers: dict[str, str]  # PAYMENT-RESPONSE, for the answer
+
+    def view(self, charged: int, refunded: int, refund_tx: str | None) -> dict[str, Any]:
+        """What the answer's `allmende.x402` says (amounts as decimal strings of dUSD units)."""
+        return {
+            "payer": self.payer,
+            "paid": str(self.amount),
+            "charged": str(charged),
+            "refunded": str(refunded),
+            "settlement": self.transaction,
+            "refund": refund_tx,
+        }
+
+
+class ChainSigner:
+    """The SDK's FacilitatorEvmSigner over the gateway's own ChainClient: its transactions
+    take nonces from the same counter as the gateway's channel transactions."""
+
+    def __init__(self, client: ChainClient) -> None:
+        self.client = client
+
+    def get_addresses(self) -> list[str]:
+        return [self.client.address]
+
+    def get_chain_id(self) -> int:
+        return self.client.chain_id
+
+    def get_code(self, address: str) -> bytes:
+        return bytes(self.client.w3.eth.get_code(self.client.w3.to_checksum_address(address)))
+
+    def get_balance(self, address: str, token_address: str) -> int:
+        abi = [
+            {
+                "name": "balanceOf",
+                "type": "function",
+                "stateMutability": "view",
+                "inputs": [{"name": "a", "type": "address"}],
+                "outputs": [{"name": "", "type": "uint256"}],
+            }
+        ]
+        return int(self.read_contract(token_address, abi, "balanceOf", address))
+
+    def read_contract(self, address: str, abi: list[dict[str, Any]], function_name: str, *args: Any) -> Any:
+        # web3's own errors go back to the SDK: it reads revert reasons from their text
+        fn = getattr(self.client.contract(address, abi).functions, function_name)(*args)
+        return fn.call({"from": self.client.address})
+
+    def verify_typed_data(
+        self,
+        address: str,
+        domain: TypedDataDomain,
+        types: dict[str, Any],
+        primary_type: str,
+        message: dict[str, Any],
+        signature: bytes,
+    ) -> bool:
+        fields = {"name": "string", "version": "string", "chainId": "uint256", "verifyingContract": "address"}
+        values = {
+            "name": domain.name,
+            "version": domain.version,
+            "chainId": domain.chain_id,
+            "verifyingContract": domain.verifying_contract,
+        }
+        present = {k: v for k, v in values.items() if v}
+        full_types = {"EIP712Domain": [{"name": k, "type": fields[k]} for k in present]}
+        for name, entries in types.items():
+            full_types[name] = [e if isinstance(e, dict) else {"name": e.name, "type": e.type} for e in entries]
+        typed = {"types": full_types, "primaryType": primary_type, "domain": present, "message": message}
+        try:
+            recovered = Account.recover_message(encode_typed_data(full_message=typed), signature=signature)
+        except Exception:  # a malformed signature is no signature
+            return False
+        return bool(recovered.lower() == address.lower())
+
+    def write_contract(
+        self, address: str, abi: list[dict[str, Any]], function_name: str, *args: Any, data_suffix: str | None = None
+    ) -> str:
+        if data_suffix:
+            raise ValueError("the gateway's facilitator sends no calldata suffix")
+        fn = getattr(self.client.contract(address, abi).functions, function_name)(*args)
+        return self.client.transact(fn).tx_hash  # mined (or raised) when it returns
+
+    def send_transaction(self, to: str, data: bytes) -> str:
+        raise ValueError("the gateway's facilitator deploys no smart wallets (ERC-6492)")
+
+    def wait_for_transaction_receipt(self, tx_hash: str) -> TransactionReceipt:
+        mined = self.client.wait(tx_hash, "x402 settlement")
+        return TransactionReceipt(
+            status=int(mined.receipt["status"]),
+            block_number=mined.block_number,
+            tx_hash=tx_hash,
+            logs=list(mined.receipt.get("logs") or []),
+        )
+
+
+class _Adapter:
+    """The SDK's HTTPAdapter over one admitted request; its body is the request's price."""
+
+    def __init__(self, request: Request, price: dict[str, Any]) -> None:
+        self.request = request
+        self.price = price
+
+    def get_header(self, name: str) -> str | None:
+        return self.request.headers.get(name)
+
+    def get_method(self) -> str:
+        return self.request.method
+
+    def get_path(self) -> str:
+        return self.request.url.path
+
+    def get_url(self) -> str:
+        return str(self.request.url)
+
+    def get_accept_header(self) -> str:
+        return self.request.headers.get("accept", "")
+
+    def get_user_agent(self) -> str:
+        return self.request.headers.get("user-agent", "")
+
+    def get_query_params(self) -> dict[str, str | list[str]] | None:
+        return dict(self.request.query_params)
+
+    def get_query_param(self, name: str) -> str | list[str] | None:
+        return self.request.query_params.get(name)
+
+    def get_body(self) -> dict[str, Any]:
+        return self.price
+
+
+class X402Gate:
+    """The resource server and facilitator of x402 payments for one gateway."""
+
+    def __init__(self, service: GatewayService, contracts: Contracts, policy: X402Policy | None = None) -> None:
+        self.service = service
+        self.stable = contracts.stable
+        self.client = contracts.client
+        self.policy = policy or X402Policy()
+        self.network = f"eip155:{self.client.chain_id}"
+        name, version = self.stable.eip712_domain()
+        self.extra = {"name": name, "version": version, "paymentFlow": "upfront"}
+        facilitator = x402FacilitatorSync()
+        facilitator.register([self.network], ExactEvmFacilitatorScheme(ChainSigner(self.client)))
+        server = x402ResourceServerSync(facilitator)
+        # the SDK's scheme class is untyped and its payment_flows table wider than its own Protocol
+        server.register(self.network, ExactEvmServerScheme())  # type: ignore[no-untyped-call, arg-type]
+        option = PaymentOption(
+            scheme="exact",
+            pay_to=self.client.address,
+            price=lambda context: context.adapter.get_body(),
+            network=self.network,
+            max_timeout_seconds=self.policy.max_timeout_seconds,
+            extra=dict(self.extra),
+        )
+        self.http = x402HTTPResourceServerSync(
+            server, RouteConfig(accepts=option, description="Allmende inference", mime_type="application/json")
+        )
+        self.http.initialize()
+
+    def most(self, kind: str, body: dict[str, Any]) -> int:
+        """The most the request can cost at any provider serving its model (dUSD units)."""
+        offer = self.service.resolve(body.get("model"), kind)
+        costs = []
+        for entry in self.service.directory.candidates(offer.model_id):
+            own = entry.offers.get(offer.model_id, offer)
+            try:
+                costs.append(max_request_cost(kind, body, own.context_length, own.price_in, own.price_out))
+            except InvalidInput as exc:
+                raise InvalidRequest(str(exc)) from None
+        if not costs:
+            raise NoProvider(f"no provider serves '{offer.name}' right now")
+        return max(costs)
+
+    async def admit(self, request: Request, kind: str, body: dict[str, Any]) -> Paid | JSONResponse:
+        """The request's payment, settled; or the 402 to answer (requirements, or why not)."""
+        amount = self.most(kind, body)
+        price = {"amount": str(amount), "asset": self.stable.address, "extra": dict(self.extra)}
+        context = HTTPRequestContext(
+            adapter=_Adapter(request, price),
+            path=request.url.path,
+            method=request.method,
+            payment_header=request.headers.get(PAYMENT_SIGNATURE_HEADER),
+        )
+        # verification and settlement are chain calls and transactions: off the event loop
+        result = await asyncio.to_thread(self.http.process_http_request, context)
+        if result.type != "payment-verified":
+            return self._refusal(result.response, amount)
+        settled = result.before_handler_settlement
+        if settled is None or result.payment_payload is None:  # the upfront flow always settles first
+            raise PaymentRequired("the payment was not settled")
+        headers = self.http.create_completed_settlement_headers(settled)
+        return Paid(str(settled.result.payer), amount, settled.result.transaction, headers)
+
+    def _refusal(self, response: Any, amount: int) -> JSONResponse:
+        headers = {k: v for k, v in (response.headers if response else {}).items() if k.lower() != "content-type"}
+        reason = "Payment required"
+        encoded = headers.get(PAYMENT_REQUIRED_HEADER)
+        if encoded:
+            reason = decode_payment_required_header(encoded).error or reason
+        elif response is not None and isinstance(response.body, dict) and response.body.get("error"):
+            reason = str(response.body["error"])  # a failed settlement
+        message = (
+            f"{reason}: this request costs at most {amount} dUSD units; pay with x402 (scheme exact, "
+            f"{self.network}, asset {self.stable.address}); what the receipt does not use is refunded"
+        )
+        status = response.status if response is not None else 402
+        error = PaymentRequired(message)
+        return JSONResponse(error_body(error), status_code=status, headers=headers)
+
+    async def refund(self, paid: Paid, charged: int) -> dict[str, Any]:
+        """Send the payer what its receipt did not use; `allmende.x402` of the answer."""
+        back = max(0, paid.amount - charged)
+        tx: str | None = None
+        if back:
+            try:
+                tx = (await asyncio.to_thread(self.stable.transfer, paid.payer, back)).tx_hash
+            except Exception as exc:  # the answer goes out all the same; the debt is logged
+                log.error("x402 refund of %d to %s for %s failed: %s", back, paid.payer, paid.transaction, exc)
+                view = paid.view(min(charged, paid.amount), 0, None)
+                view["refund_failed"] = str(back)
+                return view
+        return paid.view(min(charged, paid.amount), back, tx)
