@@ -111,3 +111,42 @@ def test_trust_view_follows_a_proposal_through_votes_and_the_timelock(chain: Any
     first.governor.execute(pid)
     assert (shown()["state"], shown()["timelock"]) == ("executed", "executed")
     assert reader.params.get("quorum_bps") == 500
+
+
+def test_money_view_shows_what_was_paid_across_a_registration_as_the_contract_paid_it(
+    chain: Any, tmp_path: Path
+) -> None:
+    """Service redeemed before a model's registration pays it no royalty, and an increment
+    whose service began before it pays the share of its time after (Channels.redeem); fees
+    round on the cumulative. The view read each redeem alone, rounded, at the rates of its
+    block, and showed royalties and fees that were never paid (issue 38)."""
+    node, deployment, accounts = chain
+    owner, payer, provider = accounts[2], accounts[3], accounts[4]
+    view = view_of(node, deployment, payer, tmp_path)
+    model_id = keccak(os.urandom(32))
+    as_payer, as_provider = as_(node, deployment, payer), as_(node, deployment, provider)
+    treasury = as_payer.channels.treasury()
+    royalty_before, fees_before = as_payer.channels.earnings(owner.address), as_payer.channels.earnings(treasury)
+    as_payer.stable.approve(as_payer.channels.address)
+    channel = as_payer.channels.open(provider.address, 10**8)
+    domain = as_payer.channels.voucher_domain()
+
+    def redeem(cumulative: int) -> None:
+        as_provider.channels.redeem([sign_voucher(Voucher(channel, model_id, cumulative), domain, payer.key)])
+
+    redeem(333_333)  # served before the model is registered: no royalty
+    as_payer.client.increase_time(3_600)
+    as_(node, deployment, owner).models.register(model_id, "MIT", 700)
+    as_payer.client.increase_time(3_600)
+    redeem(1_000_001)  # its service began before the registration: half of its time is after it
+    as_payer.client.increase_time(60)
+    redeem(2_345_679)  # all after it
+
+    money = view.money()
+
+    (row,) = (r for r in money["royalties"] if r["model_id"] == "0x" + model_id.hex())
+    paid_royalty = as_payer.channels.earnings(owner.address) - royalty_before
+    assert (row["payee"], int(row["royalties"])) == (owner.address, paid_royalty)
+    assert 0 < paid_royalty < split_payment(2_345_679, 700, as_payer.params.get("protocol_fee_bps")).royalty
+    # every redeem on this chain came through Channels: the view's fees are what the treasury accrued
+    assert int(money["totals"]["protocol_fees_paid"]) == as_payer.channels.earnings(treasury) > fees_before

@@ -3,13 +3,13 @@ name, license, lineage and royalties on chain."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from allmende.chain import Contracts
+from allmende.chain.royalties import RoyaltyHistory, royalty_history
 from allmende.cli.common import console, contracts_for, friendly_errors, parse_id, usd
 from allmende.core.errors import InvalidInput, InvalidModelName
 from allmende.core.licenses import derived_license_problem
@@ -212,7 +212,7 @@ def earnings(
     spread = f"{history.redeems} redeems over {history.channels} channels"
     console.print(f"redeemed   {usd(history.redeemed)} for this model ({spread})")
     console.print(f"earned     {usd(history.royalties)} in royalties to {payee}")
-    for line in history.unpaid_reasons():
+    for line in unpaid_reasons(history):
         console.print(f"  not paid: {line}")
     console.print(
         f"withdrawable now {usd(owed)} (all of {payee}'s unwithdrawn earnings: royalties of every model it "
@@ -221,94 +221,30 @@ def earnings(
     console.print("  (served but not yet redeemed by providers does not show until they redeem)")
 
 
-@dataclass
-class RoyaltyHistory:
-    """A model's redeems on chain and the royalty each paid, with what was not paid and why."""
-
-    redeemed: int = 0
-    royalties: int = 0
-    redeems: int = 0
-    channels: int = 0
-    before_registration: int = 0  # amount redeemed before the model was registered: no royalty
-    before_registration_redeems: int = 0
-    spanning_unpaid: int = 0  # royalty not paid on the part of an increment served before registration
-    spanning_redeems: int = 0
-    capped_unpaid: int = 0  # royalty above the cap (royalty_cap_bps, and 100 % less the protocol fee)
-    bps: int = 0
-    cap_bps: int = 0
-
-    def unpaid_reasons(self) -> list[str]:
-        lines = []
-        if self.before_registration_redeems:
-            lines.append(
-                f"{usd(self.before_registration)} redeemed in {self.before_registration_redeems} redeem(s) before "
-                "the model was registered: service before a registration pays no royalty"
-            )
-        if self.spanning_redeems:
-            lines.append(
-                f"{usd(self.spanning_unpaid)} of royalty on {self.spanning_redeems} redeem(s) whose service began "
-                "before the registration: only the share of their time after it pays"
-            )
-        if self.capped_unpaid:
-            lines.append(
-                f"{usd(self.capped_unpaid)} above the royalty cap ({self.bps} bps registered, at most "
-                f"{self.cap_bps} bps paid)"
-            )
-        return lines
+def unpaid_reasons(history: RoyaltyHistory) -> list[str]:
+    """Why a model's royalty was not paid on part of what was redeemed, one line per reason."""
+    lines = []
+    if history.before_registration_redeems:
+        lines.append(
+            f"{usd(history.before_registration)} redeemed in {history.before_registration_redeems} redeem(s) "
+            "before "
+            "the model was registered: service before a registration pays no royalty"
+        )
+    if history.spanning_redeems:
+        lines.append(
+            f"{usd(history.spanning_unpaid)} of royalty on {history.spanning_redeems} redeem(s) whose service "
+            "began "
+            "before the registration: only the share of their time after it pays"
+        )
+    if history.capped_unpaid:
+        lines.append(
+            f"{usd(history.capped_unpaid)} above the royalty cap ({history.bps} bps registered, at most "
+            f"{history.cap_bps} bps paid)"
+        )
+    return lines
 
 
 def royalties_paid(c: Contracts, model_id: bytes) -> tuple[int, int, int, int]:
     """(redeemed, royalties, redeems, channels) of a model over its whole history on chain."""
     h = royalty_history(c, model_id)
     return h.redeemed, h.royalties, h.redeems, h.channels
-
-
-def _block_time(c: Contracts, block: int) -> int:
-    return c.client.rpc(lambda: int(c.client.w3.eth.get_block(block)["timestamp"]), "get_block")
-
-
-def royalty_history(c: Contracts, model_id: bytes) -> RoyaltyHistory:
-    """Every redeem of a model and the royalty each paid, recomputed with the rates in force
-    at that block and the same rounding as `Channels.redeem`: nothing for a redeem before the
-    registration; for an increment whose service began before it (at the channel's last
-    redeem of the model, or its opening) the share of its time after the registration."""
-    from allmende.core.fees import effective_royalty_bps, split_increment
-
-    _, _, registered_at = c.models.royalty_terms(model_id)
-    client = c.client
-    h = RoyaltyHistory()
-    since: dict[bytes, int] = {}  # channel -> when the service the next increment pays began
-    times: dict[int, int] = {}
-    for event in client.events(
-        c.channels.contract, "Redeemed", c.deployment.deploy_block, argument_filters={"model_id": model_id}
-    ):
-        cid, block = bytes(event["args"]["channel_id"]), int(event["blockNumber"])
-        amount, cumulative = int(event["args"]["amount"]), int(event["args"]["cumulative_amount"])
-        h.redeemed += amount
-        h.redeems += 1
-        if cid not in since:
-            since[cid] = c.channels.channel(cid).opened_at
-        if block not in times:
-            times[block] = _block_time(c, block)
-        now, began = times[block], since[cid]
-        since[cid] = now
-        if registered_at == 0 or now < registered_at:
-            h.before_registration += amount
-            h.before_registration_redeems += 1
-            continue
-        fee_bps = int(client.call(c.params.contract.functions.get("protocol_fee_bps"), block))
-        cap = int(client.call(c.params.contract.functions.get("royalty_cap_bps"), block))
-        _, bps_then = client.call(c.models.contract.functions.royalty_info(model_id), block)
-        h.bps, h.cap_bps = int(bps_then), min(cap, 10_000 - fee_bps)
-        rate = effective_royalty_bps(int(bps_then), cap, fee_bps)
-        full = split_increment(cumulative - amount, cumulative, rate, fee_bps).royalty
-        if rate < int(bps_then):
-            h.capped_unpaid += split_increment(cumulative - amount, cumulative, int(bps_then), 0).royalty - full
-        royalty = full
-        if registered_at > began:
-            royalty = full * (now - registered_at) // (now - began)
-            h.spanning_unpaid += full - royalty
-            h.spanning_redeems += 1
-        h.royalties += royalty
-    h.channels = len(since)
-    return h

@@ -19,6 +19,7 @@ from rich import box
 from rich.table import Column, Table
 
 from allmende.chain import Contracts
+from allmende.chain.royalties import royalty_history
 from allmende.cli.common import alm, console, contracts_for, find_deployments, friendly_errors, usd
 from allmende.config import from_environment
 from allmende.node.supervisor import load_network
@@ -97,13 +98,12 @@ def gather(contracts: Contracts, gateway_url: str | None = None) -> dict[str, An
             row["rewards_earned"] = str(contracts.verdicts.rewards_of(address))
             row["stopped"] = not account.endpoint  # a validator withdraws its endpoint when it stops
             validators.append(row)
-    from allmende.cli.models import royalties_paid
-
     models = []
     for model_id, name in names.items():
         record = contracts.models.get(model_id)
         payee, bps = contracts.models.royalty_info(model_id)  # a derived model pays its lineage's root
-        redeemed, royalties, _, _ = royalties_paid(contracts, model_id)
+        history = royalty_history(contracts, model_id)  # as Channels paid it (chain.royalties)
+        redeemed, royalties = history.redeemed, history.royalties
         models.append(
             {"model_id": "0x" + model_id.hex(), "name": name, "owner": record.owner, "license": record.license,
              "royalty_bps": bps, "royalty_payee": payee, "redeemed": str(redeemed),

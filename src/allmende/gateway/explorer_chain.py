@@ -17,7 +17,7 @@ from allmende.api.directory import Directory
 from allmende.chain import Contracts
 from allmende.chain.bindings import PROPOSAL_STATES, ROLE_PROVIDER, ROLE_VALIDATOR, TEMPLATES
 from allmende.chain.calls import decode_call
-from allmende.core.fees import BPS, effective_royalty_bps
+from allmende.chain.royalties import royalty_history
 from allmende.core.routing import consensus_reputation
 from allmende.gateway.payments import Payments
 
@@ -60,7 +60,7 @@ class ChainView:
         self._redeemed = EventTail(c, c.channels.contract, "Redeemed")
         self._voted = EventTail(c, c.verdicts.contract, "Voted")
         self._gov_votes = EventTail(c, c.governor.contract, "VoteCast")
-        self._split_cache: dict[tuple[int, bytes], tuple[str, int, int]] = {}
+        self._redeemed_models: set[bytes] = set()  # models with a redeem seen so far
         self._decimals: dict[str, int] = {}
 
     def cached(self, key: str, build: Callable[[], Any]) -> Any:
@@ -231,20 +231,6 @@ class ChainView:
 
     # ----------------------------------------------------------------- money
 
-    def _split(self, block: int, model_id: bytes, amount: int) -> tuple[str, int, int]:
-        """(royalty payee, royalty, protocol fee) of one redeemed voucher, with the
-        rates in force at its block: the same floors as Channels.redeem."""
-        key = (block, model_id)
-        if key not in self._split_cache:
-            client, c = self.contracts.client, self.contracts
-            fee_bps = int(client.call(c.params.contract.functions.get("protocol_fee_bps"), block))
-            cap = int(client.call(c.params.contract.functions.get("royalty_cap_bps"), block))
-            payee, bps = client.call(c.models.contract.functions.royalty_info(model_id), block)
-            rate = 0 if int(str(payee), 16) == 0 else effective_royalty_bps(int(bps), cap, fee_bps)
-            self._split_cache[key] = (str(payee), rate, fee_bps)
-        payee, rate, fee_bps = self._split_cache[key]
-        return payee, amount * rate // BPS, amount * fee_bps // BPS
-
     def money(self) -> dict[str, Any]:
         channels, store = self.contracts.channels, self.payments.store
         head, now = self._head()
@@ -268,15 +254,15 @@ class ChainView:
                     "this_gateway": cid in mine,
                 }
             )
-        royalties: dict[str, dict[str, Any]] = {}
-        fees = redeemed = 0
         for event in self._redeemed.poll(head):
-            model_id, amount = bytes(event["args"]["model_id"]), int(event["args"]["amount"])
-            payee, royalty, fee = self._split(int(event["blockNumber"]), model_id, amount)
-            redeemed += amount
-            fees += fee
-            row = royalties.setdefault(hx(model_id), {"model_id": hx(model_id), "payee": payee, "royalties": 0})
-            row["royalties"] += royalty
+            self._redeemed_models.add(bytes(event["args"]["model_id"]))
+        # what Channels paid, by the contract's own rule (chain.royalties, as `status` and
+        # `models earnings` read it): cumulative rounding, and no royalty on service before a
+        # model's registration (each redeem alone, rounded, showed royalties never paid)
+        histories = {m: royalty_history(self.contracts, m) for m in sorted(self._redeemed_models)}
+        royalties = [{"model_id": hx(m), "payee": h.payee, "royalties": str(h.royalties)} for m, h in histories.items()]
+        fees = sum(h.fees for h in histories.values())
+        redeemed = sum(h.redeemed for h in histories.values())
         treasury = channels.treasury()
         return {
             "chain_time": now,
@@ -285,10 +271,10 @@ class ChainView:
                 "deposits": str(sum(int(r["deposit"]) for r in rows)),
                 "redeemed": str(redeemed),
                 "pending": str(sum(int(r["pending"]) for r in rows if r["pending"] is not None)),
-                "royalties_paid": str(sum(r["royalties"] for r in royalties.values())),
+                "royalties_paid": str(sum(h.royalties for h in histories.values())),
                 "protocol_fees_paid": str(fees),
             },
-            "royalties": [{**r, "royalties": str(r["royalties"])} for r in royalties.values()],
+            "royalties": royalties,
             "treasury": {
                 "address": treasury,
                 "accrued_fees": str(channels.earnings(treasury)),
