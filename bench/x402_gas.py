@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from x402 import ResourceConfig, x402ClientSync, x402FacilitatorSync, x402ResourceServerSync
 from x402.mechanisms.evm.exact import ExactEvmClientScheme, ExactEvmFacilitatorScheme, ExactEvmServerScheme
-from x402.schemas import ResourceInfo
+from x402.schemas import AssetAmount, ResourceInfo
 
 from allmende.chain import ChainClient, Contracts, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts
@@ -53,7 +53,7 @@ def measure() -> dict[str, Any]:
         client = x402ClientSync()
         client.register("eip155:*", ExactEvmClientScheme(Account.from_key(payer.key)))
         client.set_spend_controls(False)  # dUSD is no default asset of the SDK
-        price = {"amount": str(MOST), "asset": stable.address, "extra": {"name": name, "version": version}}
+        price = AssetAmount(amount=str(MOST), asset=stable.address, extra={"name": name, "version": version})
         config = ResourceConfig(
             scheme="exact", pay_to=gateway.address, price=price, network=network, max_timeout_seconds=300
         )
