@@ -65,7 +65,8 @@ def create_app(
         return {"ok": True, "providers": len(service.directory.entries()), "in_flight": admission.in_flight}
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        admission.api_key(request)  # where keys are required, the metrics need one too
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     def model_card(m: Any) -> dict[str, Any]:
