@@ -172,11 +172,11 @@ def test_a_fresh_wallet_pays_for_its_requests_with_the_official_x402_client(
     before = stable.balance_of(key.address)
     prompts = [f"Say something about the number {i}" for i in range(6)]
 
-    async def run() -> list[Any]:
+    async def run() -> tuple[list[Any], dict[str, Any]]:
         http = httpx.AsyncClient(transport=x402_httpx_transport(payer_client(key, stable.address)), timeout=120)
         client = openai.AsyncOpenAI(base_url=f"{x402_gateway.url}/v1", api_key="none", http_client=http, max_retries=0)
-        async with http:  # six at once, no retries
-            return await asyncio.gather(
+        async with http:  # six at once, no retries; then a stream
+            replies = await asyncio.gather(
                 *[
                     client.chat.completions.create(
                         model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=12
@@ -184,9 +184,16 @@ def test_a_fresh_wallet_pays_for_its_requests_with_the_official_x402_client(
                     for p in prompts
                 ]
             )
+            streamed = await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "Count to five"}], max_tokens=12, stream=True
+            )
+            last = [
+                chunk.model_extra["allmende"] async for chunk in streamed if (chunk.model_extra or {}).get("allmende")
+            ]
+            return replies, last[-1]
 
     # Execute
-    replies = asyncio.run(run())
+    replies, stream_view = asyncio.run(run())
 
     # Assert: every answer carries its provider's signed receipt and what the payment did
     charged = 0
@@ -199,6 +206,11 @@ def test_a_fresh_wallet_pays_for_its_requests_with_the_official_x402_client(
         assert int(x402["charged"]) == receipt.amount > 0
         assert int(x402["refunded"]) == int(x402["paid"]) - receipt.amount
         charged += receipt.amount
+    # a stream's receipt and payment come in its final chunk
+    receipt = verified(network, stream_view)
+    assert int(stream_view["x402"]["paid"]) == most(network, chat("Count to five", 12))
+    assert int(stream_view["x402"]["charged"]) == receipt.amount > 0
+    charged += receipt.amount
     # the wallet fell by exactly the sum of the receipts (the gateway paid the gas)
     assert stable.balance_of(key.address) == before - charged
 

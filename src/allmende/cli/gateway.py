@@ -49,7 +49,7 @@ def gateway(
     max_body: int = typer.Option(4 * 1024 * 1024, help="largest request body, bytes"),
     body_timeout: float = typer.Option(10.0, help="seconds a client may take to send its body"),
     x402: bool = typer.Option(
-        False, "--x402/--no-x402", help="requests without an API key pay for themselves with x402 (scheme exact)"
+        False, "--x402/--no-x402", help="requests without an --api-key key pay for themselves with x402 (scheme exact)"
     ),
     x402_timeout: int = typer.Option(300, help="seconds an x402 payment authorization may take to arrive"),
 ) -> None:
