@@ -7,13 +7,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from allmende.core import InvalidInput, request_cost
-from allmende.core.credit import DEFAULT_MAX_TOKENS, max_request_cost, requested_max_tokens
+from allmende.core.credit import UNTIL_CONTEXT, max_request_cost, requested_max_tokens
 
 
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ({}, DEFAULT_MAX_TOKENS),
+        ({}, UNTIL_CONTEXT),
         ({"max_tokens": 7}, 7),
         ({"max_completion_tokens": 9}, 9),
         ({"max_tokens": None, "max_completion_tokens": 5}, 5),
@@ -45,6 +45,22 @@ def test_the_bound_covers_every_request_the_provider_would_serve(
     if prompt + out <= ctx:  # providers refuse longer ones
         for produced in (0, out):
             assert request_cost(prompt, produced, price_in, price_out) <= bound
+
+
+@given(
+    prompt=st.integers(1, 4096),
+    ctx=st.integers(1, 4096),
+    n=st.integers(1, 8),
+    price_in=st.integers(0, 10**7),
+    price_out=st.integers(0, 10**7),
+)
+def test_without_max_tokens_the_bound_covers_any_prompt_and_answers_up_to_the_context(
+    prompt: int, ctx: int, n: int, price_in: int, price_out: int
+) -> None:
+    bound = max_request_cost("chat", {"n": n}, ctx, price_in, price_out)
+    if prompt < ctx:  # providers refuse a prompt that leaves no room for one token
+        assert request_cost(prompt, (ctx - prompt) * n, price_in, price_out) <= bound
+    assert bound == max_request_cost("chat", {"max_tokens": UNTIL_CONTEXT, "n": n}, ctx, price_in, price_out)
 
 
 def test_embedding_bound_is_one_context_per_input() -> None:

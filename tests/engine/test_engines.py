@@ -199,14 +199,30 @@ def test_embeddings_are_normalised_and_meaningful(minilm: Engine) -> None:
 def test_embedding_input_validation(minilm: Engine) -> None:
     with pytest.raises(InvalidParameter, match="input"):
         canonical("embedding", {"input": [1, "two"]})
-    with pytest.raises(EngineError, match="token ids"):
-        asyncio.run(minilm.embed(EmbeddingInput(((10**9,),))))
+    with pytest.raises(EngineError, match="token ids") as info:
+        asyncio.run(minilm.embed(EmbeddingInput(("fine", (10**9,)))))
+    assert str(info.value).startswith("'input' item 1: ")  # the gateway's param: input
+    assert "check_embedding_ctx_length=False" in str(info.value)  # langchain's tiktoken ids: the fix
     with pytest.raises(EngineError, match="inputs per request"):
         asyncio.run(minilm.embed(EmbeddingInput(())))
     with pytest.raises(EngineError, match="dimensions"):
         asyncio.run(minilm.embed(EmbeddingInput(("one",), dimensions=8)))
     assert canonical("embedding", {"input": "one"}).prompt == EmbeddingInput(("one",))
     assert canonical("embedding", {"input": [1, 2]}).prompt == EmbeddingInput(((1, 2),))
+
+
+def test_2048_inputs_embed_in_batches_as_each_alone(minilm: Engine) -> None:
+    texts = tuple(f"document {i}: " + "word " * (i % 37) for i in range(2048))  # as OpenAI allows
+    assert canonical("embedding", {"input": list(texts)}).prompt == EmbeddingInput(texts)
+    with pytest.raises(InvalidParameter, match="at most 2048"):
+        canonical("embedding", {"input": [*texts, "one more"]})
+
+    vectors, tokens = asyncio.run(minilm.embed(EmbeddingInput(texts)))
+
+    assert len(vectors) == 2048 and tokens > 2048 * 4
+    for i in (0, 1, 36, 2047):  # batched with others of another length, padded: the same vector as alone
+        alone = asyncio.run(minilm.embed(EmbeddingInput((texts[i],))))[0][0]
+        assert max(abs(a - b) for a, b in zip(vectors[i], alone, strict=True)) < 1e-4
 
 
 def test_a_text_and_its_token_ids_embed_alike(minilm: Engine) -> None:

@@ -8,10 +8,12 @@ import asyncio
 import dataclasses
 import json
 
+import llguidance
 import pytest
 
 from allmende.api.canonical import prompt_of
 from allmende.api.protocol import InvalidParameter, check_request, sampling_params
+from allmende.api.schemas import MAX_JSON_ITEMS, MAX_JSON_STRING
 from allmende.engine import EngineError, SamplingParams, collect, load_engine
 from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.validator.checker import judge
@@ -152,3 +154,67 @@ def test_a_chat_template_that_renders_tools_gets_them_and_the_history_natively(t
     assert text.startswith('TOOLS [{"type": "function", "function": {"name": "get_weather"')
     assert 'assistant: CALLS [{"id": "call_1", "type": "function", "function": {"name": "get_weather", ' in text
     assert '"arguments": {"city": "Paris"}' in text and "tool: sunny" in text
+
+
+# --- grammars that end (allmende.api.schemas) ---------------------------------------------
+
+
+def accepts(engine: CausalLMEngine, body: dict, text: str) -> bool:
+    """Whether the grammar of `body` accepts `text` as a whole completion."""
+    grammar = sampling_params(body).grammar
+    assert grammar is not None
+    matcher = llguidance.LLMatcher(engine.grammar_tokenizer, grammar, log_level=0)
+    matcher.consume_tokens(engine.grammar_tokenizer.tokenize_str(text))
+    return not matcher.is_error() and matcher.is_accepting()
+
+
+def schema_body(schema: dict) -> dict:
+    return {**BODY, "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}}
+
+
+CITY = {
+    "type": "object",
+    "properties": {
+        "population": {"type": "integer"},
+        "area": {"type": "number"},
+        "where": {"type": "object", "properties": {"lat": {"type": "number"}}, "required": ["lat"]},
+    },
+    "required": ["population", "area", "where"],
+}
+
+
+def test_integers_and_numbers_have_a_bounded_length(tiny: CausalLMEngine) -> None:
+    body = schema_body(CITY)
+    assert accepts(tiny, body, '{"population":9007199254740991,"area":-12.5,"where":{"lat":48.856613}}')
+    assert not accepts(tiny, body, '{"population":90071992547409911')  # the 17th digit is not allowed
+    assert not accepts(tiny, body, '{"population":1,"area":1.1234567')  # the 7th decimal is not allowed
+    assert not accepts(tiny, body, '{"population":1,"area":1e300')  # no exponent
+    own = schema_body({"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99}}})
+    assert accepts(tiny, own, '{"n":99}') and not accepts(tiny, own, '{"n":100}')  # the schema's own bounds hold
+
+
+def test_structured_output_schemas_are_closed_unless_they_say_otherwise(tiny: CausalLMEngine) -> None:
+    assert not accepts(tiny, schema_body(CITY), '{"population":1,"area":2,"where":{"lat":3},"mayor":"x"}')
+    assert not accepts(tiny, schema_body(CITY), '{"population":1,"area":2,"where":{"lat":3,"lon":4}}')  # nested too
+    open_schema = {**CITY, "additionalProperties": True}
+    assert accepts(tiny, schema_body(open_schema), '{"population":1,"area":2,"where":{"lat":3},"mayor":"x"}')
+
+
+def test_json_object_nests_a_bounded_depth_with_bounded_containers_and_strings(tiny: CausalLMEngine) -> None:
+    body = {**BODY, "response_format": {"type": "json_object"}}
+    assert accepts(tiny, body, '{"a":{"b":{"c":{"d":{"e":1}}}},"f":[1,"x",null,true]}')  # 5 levels
+    assert not accepts(tiny, body, '{"a":{"b":{"c":{"d":{"e":{"f":1}}}}}}')  # 6 levels
+    assert not accepts(tiny, body, '{"a":[[[[[1]]]]]}')
+    assert accepts(tiny, body, '{"a":"' + "x" * MAX_JSON_STRING + '"}')
+    assert not accepts(tiny, body, '{"a":"' + "x" * (MAX_JSON_STRING + 1) + '"}')
+    items = ",".join(str(i) for i in range(MAX_JSON_ITEMS))
+    assert accepts(tiny, body, '{"a":[' + items + "]}") and not accepts(tiny, body, '{"a":[' + items + ",0]}")
+    keys = ",".join(f'"k{i}":0' for i in range(MAX_JSON_ITEMS + 1))
+    assert not accepts(tiny, body, "{" + keys + "}")
+
+
+def test_json_object_on_the_tiny_model_ends_and_passes_the_checker(tiny: CausalLMEngine) -> None:
+    params = sampling_params({**BODY, "response_format": {"type": "json_object"}, "temperature": 0, "max_tokens": 300})
+    prompt, output, text, finish = generate(tiny, params)
+    assert finish == "stop" and isinstance(json.loads(text), dict)
+    assert judge(tiny, prompt, output, b"", params).bad_tokens == 0

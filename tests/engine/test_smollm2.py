@@ -5,12 +5,13 @@ once, any copy of the GGUF file usable by path, and batched generation that veri
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from allmende.api.canonical import prompt_of
+from allmende.api.canonical import canonical, prompt_of
 from allmende.engine import Engine, Generation, SamplingParams, collect, load_engine, resolve_model
 from allmende.engine.gguf import converted_dir, smollm2_gguf
 from allmende.validator.checker import judge
@@ -81,3 +82,42 @@ def test_batched_answers_verify_and_stream_the_exact_text(smollm2: Engine) -> No
         assert verdict.ok, verdict.reason
         if gen.finish_reason == "length":
             assert gen.text == smollm2.decode(gen.token_ids)  # type: ignore[attr-defined]
+
+
+CITY = {  # what `client.chat.completions.parse(response_format=City)` sends: no additionalProperties
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "population": {"type": "integer"},
+        "area_km2": {"type": "number"},
+        "location": {
+            "type": "object",
+            "properties": {"country": {"type": "string"}, "lat": {"type": "number"}, "lon": {"type": "number"}},
+            "required": ["country", "lat", "lon"],
+        },
+    },
+    "required": ["name", "population", "area_km2", "location"],
+}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_structured_output_with_integer_number_and_nested_fields_ends_and_verifies(
+    smollm2: Engine, temperature: float
+) -> None:
+    """Unbounded, `"population":1112200000…` ran to max_tokens at every temperature."""
+    body = {
+        "messages": [{"role": "user", "content": "Describe Tokyo as JSON."}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "City", "schema": CITY}},
+        "temperature": temperature,
+        "seed": 3,
+    }
+    request = canonical("chat", body, b"\x01" * 32)  # no max_tokens: until the answer or the context ends
+    prompt, params = request.generation
+    ids = smollm2.prompt_ids(prompt)
+    gen = asyncio.run(collect(smollm2.generate(ids, params), len(ids)))
+
+    assert gen.finish_reason == "stop" and len(gen.token_ids) < 200
+    city = json.loads(gen.text)
+    assert set(city) == set(CITY["properties"]) and set(city["location"]) == {"country", "lat", "lon"}
+    assert isinstance(city["population"], int) and isinstance(city["area_km2"], int | float)
+    assert judge(smollm2, ids, gen.token_ids, gen.proof, smollm2.fitted(ids, params)).ok  # type: ignore[arg-type]

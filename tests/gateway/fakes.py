@@ -20,6 +20,7 @@ from allmende.api.client import ProviderInfo
 from allmende.api.directory import Directory, Offer, ProviderEntry
 from allmende.chain.bindings import ChannelRecord
 from allmende.core import Domain
+from allmende.core.credit import UNTIL_CONTEXT
 from allmende.core.envelope import public_key_bytes
 from allmende.core.routing import ProviderStats, Router
 from allmende.engine.base import (
@@ -71,10 +72,11 @@ class FakeEngine(Engine):
         return self.encode_text(text + prompt.continuation)
 
     def check_length(self, prompt_ids: list[int], max_tokens: int) -> None:
-        if len(prompt_ids) + max_tokens > self.context_length:
+        if len(prompt_ids) + (1 if max_tokens == UNTIL_CONTEXT else max_tokens) > self.context_length:
             raise PromptTooLong("too long")
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+        params = self.fitted(prompt_ids, params)  # no max_tokens: up to the context's end
         base = sum(prompt_ids)
         for i in range(params.max_tokens):
             if self.fail_after is not None and i == self.fail_after:

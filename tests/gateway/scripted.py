@@ -50,6 +50,7 @@ class PromptEngine(FakeEngine):
         return self.encode_text(text + prompt.continuation)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+        params = self.fitted(prompt_ids, params)
         prompt = "".join(map(chr, prompt_ids))
         self.prompts.append(prompt)
         text = self.script(prompt)[: params.max_tokens]

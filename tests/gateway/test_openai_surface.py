@@ -5,6 +5,7 @@ own types, so a shape OpenAI would not send fails here."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,16 +44,37 @@ def run(tmp: Path, call: Callable[[openai.AsyncOpenAI, httpx.AsyncClient], Await
     return asyncio.run(go())
 
 
-def test_models_retrieve_finds_a_served_model_and_404s_an_unknown_one(tmp_path: Path) -> None:
+def test_models_retrieve_finds_a_served_model_as_chat_does_and_404s_an_unknown_one(tmp_path: Path) -> None:
     async def call(client: openai.AsyncOpenAI, _: httpx.AsyncClient) -> Any:
         found = await client.models.retrieve("fake")
+        model_id = (found.model_extra or {})["allmende"]["model_id"]
+        again = [
+            await client.models.retrieve(name) for name in ("FAKE", model_id, model_id.upper().replace("0X", "0x"))
+        ]
         with pytest.raises(openai.NotFoundError) as info:
             await client.models.retrieve("no-such-model")
-        return found, info.value.body
+        return found, again, info.value.body
 
-    found, error = run(tmp_path, call)
+    found, again, error = run(tmp_path, call)
     assert found.id == "fake" and found.object == "model"
+    assert [m.id for m in again] == ["fake"] * 3  # any case, and the content id chat accepts (issue 32: 404 before)
     assert error["code"] == "model_not_found" and error["param"] == "model"
+
+
+def test_stream_null_is_taken_as_false_and_stream_options_need_stream(tmp_path: Path) -> None:
+    async def call(_: openai.AsyncOpenAI, http: httpx.AsyncClient) -> list[httpx.Response]:
+        base = {"model": "fake", "messages": CHAT, "max_tokens": 2}
+        return [
+            await http.post("http://gw/v1/chat/completions", json={**base, "stream": None}),
+            await http.post("http://gw/v1/chat/completions", json={**base, "stream_options": {"include_usage": True}}),
+            await http.post("http://gw/v1/chat/completions", json={**base, "top_p": 0}),
+        ]
+
+    plain, options, top_p = run(tmp_path, call)
+    assert plain.status_code == 200 and plain.json()["object"] == "chat.completion"  # OpenAI accepts null
+    assert options.status_code == 400 and options.json()["error"]["param"] == "stream_options"  # OpenAI refuses it
+    assert "only allowed when 'stream' is enabled" in options.json()["error"]["message"]
+    assert top_p.status_code == 400 and top_p.json()["error"]["param"] == "top_p"  # was a provider-side 400
 
 
 @pytest.mark.parametrize(
@@ -205,3 +227,26 @@ def test_a_provider_that_answers_fewer_choices_than_asked_is_not_passed_on(tmp_p
 
     with pytest.raises(UpstreamError, match="number of choices"):
         chat_response(ChatRequest.model_validate(body), body, "fake", result.answer)
+
+
+def test_a_provider_side_refusal_keeps_its_param_and_code() -> None:
+    from allmende.api.client import ProviderReplyError
+    from allmende.api.protocol import InvalidParameter
+    from allmende.api.wire import error_response
+    from allmende.engine.base import PromptTooLong
+    from allmende.gateway.service import refused
+
+    sent = error_response(InvalidParameter("'top_k' must be at least 1", "top_k"))
+    assert json.loads(sent.body)["error"] == {
+        "code": "invalid_request",
+        "message": "'top_k' must be at least 1",
+        "param": "top_k",
+    }
+    assert "param" not in json.loads(error_response(PromptTooLong("too long")).body)["error"]
+
+    long = refused(ProviderReplyError(400, "context_length_exceeded", "prompt (9000 tokens) + max_tokens (1) exceed"))
+    assert (long.code, long.param) == ("context_length_exceeded", None)  # was the generic invalid_request
+    named = refused(ProviderReplyError(400, "invalid_request", "top_k is bad", param="top_k"))
+    assert named.param == "top_k"
+    quoted = refused(ProviderReplyError(400, "engine_error", "'input' item 3: token ids of minilm must be …"))
+    assert (quoted.code, quoted.param) == ("invalid_request", "input")

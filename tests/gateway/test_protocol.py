@@ -25,6 +25,7 @@ from allmende.api.protocol import (
     parse_request,
     sampling_params,
 )
+from allmende.core.credit import UNTIL_CONTEXT
 from allmende.gateway.rendering import (
     chat_chunk,
     chat_response,
@@ -65,7 +66,7 @@ USER = [{"role": "user", "content": "hi"}]
         ("chat", {"messages": USER, "model": 7}, "model"),
         ("completion", {"prompt": ["a", "b"]}, "prompt"),
         ("embedding", {"input": ["ok", ""]}, "input"),
-        ("embedding", {"input": ["x"] * 257}, "input"),
+        ("embedding", {"input": ["x"] * 2049}, "input"),
         ("embedding", {"input": "x", "encoding_format": "hex"}, "encoding_format"),
     ],
 )
@@ -141,7 +142,7 @@ def test_sampling_params_are_the_same_from_every_role() -> None:
     body = {"messages": USER, "temperature": 0, "max_completion_tokens": 5, "seed": 7, "stop": ["\n"]}
     params = sampling_params(body)
     assert (params.max_tokens, params.temperature, params.top_p, params.seed, params.stop) == (5, 0.0, 1.0, 7, ("\n",))
-    assert sampling_params({"messages": USER}).max_tokens == 64
+    assert sampling_params({"messages": USER}).max_tokens == UNTIL_CONTEXT  # until the answer or the context ends
     reordered = dict(reversed(list(body.items())))
     assert input_hash("chat", body) == input_hash("chat", reordered)  # key order does not matter
     assert input_hash("chat", body) != input_hash("completion", body)  # the kind is bound with the body

@@ -19,7 +19,7 @@ import pytest
 
 from allmende.api.canonical import prompt_of
 from allmende.api.protocol import InvalidParameter, check_request, sampling_params
-from allmende.api.tools import closed
+from allmende.api.schemas import closed
 from allmende.core.prompts import max_prompt_tokens
 from allmende.engine.base import ChatPrompt, SamplingParams, TokenEvent
 from allmende.engine.chat import render_chat, template_renders_tools

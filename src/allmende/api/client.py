@@ -26,8 +26,10 @@ class ProviderReplyError(UpstreamError):
     failed after some text went out carries the provider's receipt for that text in `cut`
     (checked like any receipt): the provider bills what it sent."""
 
-    def __init__(self, status: int, code: str, message: str, cut: Answer | None = None) -> None:
-        self.status, self.code, self.message, self.cut = status, code, message, cut
+    def __init__(
+        self, status: int, code: str, message: str, cut: Answer | None = None, param: str | None = None
+    ) -> None:
+        self.status, self.code, self.message, self.cut, self.param = status, code, message, cut, param
         super().__init__(f"{status} {code}: {message}")
 
 
@@ -140,7 +142,10 @@ def _raise_for(reply: httpx.Response) -> None:
     if reply.status_code >= 400:
         try:
             err = reply.json()["error"]
-            raise ProviderReplyError(reply.status_code, err["code"], err["message"])
+            param = err.get("param")
+            raise ProviderReplyError(
+                reply.status_code, err["code"], err["message"], param=param if isinstance(param, str) else None
+            )
         except (ValueError, KeyError, TypeError, RecursionError):
             raise ProviderReplyError(reply.status_code, "http_error", reply.text[:200]) from None
 

@@ -62,6 +62,7 @@ class ModelListing:
     min_price_in: int
     min_price_out: int
     owner: str | None
+    registered_at: int = 0  # the block time of its registration in Models (0: not registered)
 
 
 class AmbiguousName(Exception):
@@ -87,6 +88,7 @@ class Directory:
         self._last_block = -1
         self._last_full = 0.0
         self._owners: dict[bytes, str | None] = {}
+        self._registered_at: dict[bytes, int] = {}  # block time of each served model's registration
         self._by_name: dict[str, bytes] = {}  # canonical name -> model id
         self._ambiguous: dict[str, list[bytes]] = {}  # skeleton -> the model ids claiming it
 
@@ -130,6 +132,9 @@ class Directory:
         # read again on every refresh (a Models event triggers one): a model registered or
         # transferred after it was first served shows its owner at once
         self._owners = {m: self.contracts.models.owner_of(m) for m in {m for e in fresh.values() for m in e.offers}}
+        self._registered_at = {
+            m: self.contracts.models.royalty_terms(m)[2] for m, owner in self._owners.items() if owner is not None
+        }
         self.install(list(fresh.values()))
 
     def install(self, entries: list[ProviderEntry]) -> None:
@@ -283,6 +288,7 @@ class Directory:
                 min(o.price_in for o in offers),
                 min(o.price_out for o in offers),
                 self._owners.get(model_id),
+                self._registered_at.get(model_id, 0),
             )
             for model_id, offers in sorted(by_model.items(), key=lambda kv: kv[1][0].name)
         ]

@@ -30,12 +30,13 @@ from typing import Annotated, Any, Literal
 from eth_utils import keccak
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from allmende.api.schemas import any_json, decodable
 from allmende.api.tools import MAX_PARALLEL_CALLS, ToolSpecError, choice_of, history_calls, parallel_of, tool_grammar
-from allmende.core.credit import DEFAULT_MAX_TOKENS, MAX_CHOICES
+from allmende.core.credit import MAX_CHOICES, UNTIL_CONTEXT
 from allmende.core.errors import InvalidInput
 from allmende.engine.base import SamplingParams
 
-MAX_EMBEDDING_INPUTS = 256
+MAX_EMBEDDING_INPUTS = 2048  # as OpenAI allows; the engine runs them in batches
 MAX_TOP_LOGPROBS = 20  # chat's top_logprobs, as OpenAI caps it
 MAX_COMPLETION_LOGPROBS = 5  # legacy completions' logprobs, as OpenAI caps it
 ROLES = ("system", "user", "assistant", "developer", "tool")
@@ -77,13 +78,17 @@ _TOOLS = "see **Tools** above this table"
 _NO_PENALTY = (None, 0, 0.0)
 _SHARED: dict[str, Parameter] = {
     "model": Parameter(SUPPORTED, "a name from `GET /v1/models`"),
-    "max_tokens": Parameter(SUPPORTED, "default 64"),
+    "max_tokens": Parameter(
+        SUPPORTED,
+        "default: until the answer or the model's context ends, as OpenAI's (the payment channel reserves "
+        "a whole context for such a request while it runs)",
+    ),
     "temperature": Parameter(SUPPORTED, "0–2; 0 is greedy"),
-    "top_p": Parameter(SUPPORTED, "nucleus sampling"),
+    "top_p": Parameter(SUPPORTED, "nucleus sampling, above 0 and at most 1"),
     "seed": Parameter(SUPPORTED, "the draw is a public function of the seed (one bound to the request id if unset)"),
     "stop": Parameter(SUPPORTED, "up to 4 strings"),
-    "stream": Parameter(SUPPORTED, "server-sent events"),
-    "stream_options": Parameter(SUPPORTED, "`include_usage`"),
+    "stream": Parameter(SUPPORTED, "server-sent events; `null` is false"),
+    "stream_options": Parameter(SUPPORTED, "`include_usage`; only with `stream: true`, as OpenAI"),
     "user": Parameter(ACCEPTED, "sent to the provider inside the encrypted request; does not change the output"),
     "presence_penalty": Parameter(REFUSED, f"unless 0: {_DRAW}", _NO_PENALTY),
     "frequency_penalty": Parameter(REFUSED, f"unless 0: {_DRAW}", _NO_PENALTY),
@@ -352,6 +357,17 @@ class _Common(_Request):
     stream_options: StreamOptions | None = None
     user: str | None = None
 
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _null_stream(cls, stream: Any) -> Any:
+        return False if stream is None else stream  # null as false, as OpenAI takes it
+
+    @model_validator(mode="after")
+    def _options_need_stream(self) -> _Common:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+        return self
+
 
 class _Generation(_Common):
     """The fields that decide what the provider generates."""
@@ -360,7 +376,7 @@ class _Generation(_Common):
     max_tokens: Annotated[int, Field(ge=1, le=2**20)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1, le=2**20)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None  # 0 would leave no token to draw
     n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
     stop: tuple[str, ...] | None = None
 
@@ -381,7 +397,7 @@ class _Generation(_Common):
 
     def sampling(self) -> SamplingParams:
         """What the provider runs and a validator re-checks."""
-        max_tokens = self.max_tokens or self.max_completion_tokens or DEFAULT_MAX_TOKENS
+        max_tokens = self.max_tokens or self.max_completion_tokens or UNTIL_CONTEXT
         temperature = 1.0 if self.temperature is None else self.temperature
         top_p = 1.0 if self.top_p is None else self.top_p
         return SamplingParams(max_tokens, temperature, top_p, self.seed, self.stop or ())
@@ -451,12 +467,13 @@ def _format_grammar(body: dict[str, Any]) -> str | None:
     if kind == "text":
         return None
     if kind == "json_object":
-        schema: Any = {"type": "object"}
+        schema: Any = any_json()
     elif kind == "json_schema":
         spec = fmt.get("json_schema")
         schema = spec.get("schema", {}) if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise InvalidParameter("'response_format' json_schema needs a 'schema' object", "response_format")
+        schema = decodable(schema)  # closed unless it says otherwise, numbers bounded: it ends
     else:
         raise InvalidParameter("'response_format' type must be text, json_object or json_schema", "response_format")
     from llguidance import LLMatcher

@@ -9,6 +9,9 @@ what the provider generates, what its receipt's `outputHash` commits to and what
 validator re-checks; the gateway turns it into OpenAI's `tool_calls` (ids `call_…`,
 `arguments` as a JSON string: the exact characters the model wrote).
 
+Each tool's parameters are decoded closed and bounded (allmende.api.schemas: no invented
+properties, integers and numbers of bounded length), so a call always ends.
+
     tool_choice          grammar (llguidance; from the body, which inputHash binds)
     "none"               none: text; the tools are not shown to the model
     "auto" (default)     `calls | text`: either a call array or text whose first character is
@@ -31,6 +34,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from allmende.api.schemas import decodable
 from allmende.engine.base import ToolSpec
 
 MAX_PARALLEL_CALLS = 8  # calls in one answer when parallel calls are allowed
@@ -122,35 +126,13 @@ def parallel_of(body: Mapping[str, Any]) -> bool:
     return raw
 
 
-def closed(schema: Any) -> Any:
-    """`schema` with `additionalProperties: false` on every object schema that lists its
-    properties and says nothing about others: arguments are generated with the declared
-    properties only (still valid against the schema as given). Without it a small model
-    invents properties until `max_tokens` (SmolLM2 did, on langchain's `bind_tools` schema)."""
-    if isinstance(schema, list):
-        return [closed(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, dict):
-            out[key] = {name: closed(v) for name, v in value.items()}  # maps of names to schemas
-        elif key in ("const", "enum", "default", "examples", "required"):
-            out[key] = value  # values, not schemas
-        else:
-            out[key] = closed(value)
-    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
-        out["additionalProperties"] = False
-    return out
-
-
 def calls_schema(tools: list[Tool], choice: str, parallel: bool) -> dict[str, Any]:
     """The JSON Schema of a call array for this choice."""
     allowed = tools if choice in ("auto", "required") else [t for t in tools if t.name == choice]
     calls = [
         {
             "type": "object",
-            "properties": {"name": {"const": t.name}, "arguments": closed(t.parameters)},
+            "properties": {"name": {"const": t.name}, "arguments": decodable(t.parameters)},
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from allmende.core.credit import UNTIL_CONTEXT
 from allmende.core.errors import InvalidInput
 
 Kind = Literal["chat", "completion", "embedding"]
@@ -31,6 +32,8 @@ class PromptTooLong(EngineError):
 
 @dataclass(frozen=True)
 class SamplingParams:
+    # UNTIL_CONTEXT (a request without max_tokens): until the end of the answer or of the
+    # model's context, whichever comes first (Engine.fitted turns it into a number)
     max_tokens: int = 64
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
@@ -171,14 +174,24 @@ class Engine(ABC):
         continuation included."""
 
     def check_length(self, prompt_ids: list[int], max_tokens: int) -> None:
-        """EngineError unless `prompt_ids` and `max_tokens` new tokens fit this model."""
+        """EngineError unless `prompt_ids` and `max_tokens` new tokens fit this model (with
+        UNTIL_CONTEXT: unless the prompt leaves room for one)."""
         if not prompt_ids:
             raise EngineError("the prompt is empty")
+        if max_tokens == UNTIL_CONTEXT:
+            max_tokens = 1
         if len(prompt_ids) + max_tokens > self.context_length:
             raise PromptTooLong(
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceed the context length "
                 f"of {self.name} ({self.context_length})"
             )
+
+    def fitted(self, prompt_ids: list[int], params: SamplingParams) -> SamplingParams:
+        """`params` with UNTIL_CONTEXT replaced by the tokens the context leaves after the
+        prompt: what a completion without `max_tokens` may use (OpenAI's default)."""
+        if params.max_tokens != UNTIL_CONTEXT:
+            return params
+        return dataclasses.replace(params, max_tokens=max(1, self.context_length - len(prompt_ids)))
 
     @abstractmethod
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:

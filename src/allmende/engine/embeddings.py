@@ -17,7 +17,8 @@ from allmende.engine.base import EmbeddingInput, Engine, EngineError, Prompt, Pr
 from allmende.engine.transformers_lm import pick_device
 
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-MAX_INPUTS = 256
+MAX_INPUTS = 2048  # per request, as OpenAI allows
+BATCH = 64  # inputs per forward pass: a request of 2,048 short inputs runs as 32 passes
 
 
 def minilm_path() -> Path:
@@ -78,7 +79,11 @@ class EmbeddingEngine(Engine):
             return [int(i) for i in self.tokenizer(item, truncation=False)["input_ids"]]
         vocab = len(self.tokenizer)
         if not all(0 <= i < vocab for i in item):
-            raise EngineError(f"token ids of {self.name} must be integers in [0, {vocab})")
+            raise EngineError(
+                f"token ids of {self.name} must be integers in [0, {vocab}): they are the model's own, not "
+                "OpenAI's (tiktoken) ids; send the texts instead (langchain: OpenAIEmbeddings("
+                "check_embedding_ctx_length=False), or tiktoken_enabled=False)"
+            )
         before, after = self._framing
         return before + [int(i) for i in item] + after
 
@@ -92,11 +97,32 @@ class EmbeddingEngine(Engine):
                 return framed[:start], framed[start + len(bare) :]
         return [], []
 
-    @torch.inference_mode()
     def _embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
-        rows = [self._ids(t) for t in texts]
-        if max(len(r) for r in rows) > self.context_length:
-            raise PromptTooLong(f"an input is longer than {self.context_length} tokens")
+        """Every input's vector, in order, and the tokens read. Inputs run BATCH at a time,
+        sorted by length so that a batch pads little; each vector depends on its own input
+        only (padding is masked), so the batching does not change it."""
+        rows = []
+        for i, text in enumerate(texts):
+            try:
+                rows.append(self._ids(text))
+            except EngineError as exc:  # quoted first: the gateway names it as OpenAI's `param`
+                raise EngineError(f"'input' item {i}: {exc}") from None
+        longest = max(range(len(rows)), key=lambda i: len(rows[i]))
+        if len(rows[longest]) > self.context_length:
+            raise PromptTooLong(f"input[{longest}] is {len(rows[longest])} tokens, longer than {self.context_length}")
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        vectors: list[list[float]] = [[] for _ in rows]
+        tokens = 0
+        for start in range(0, len(order), BATCH):
+            chunk = order[start : start + BATCH]
+            out, read = self._embed_batch([rows[i] for i in chunk])
+            for i, vector in zip(chunk, out, strict=True):
+                vectors[i] = vector
+            tokens += read
+        return vectors, tokens
+
+    @torch.inference_mode()
+    def _embed_batch(self, rows: list[list[int]]) -> tuple[list[list[float]], int]:
         batch = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
         hidden = self.model(**batch).last_hidden_state

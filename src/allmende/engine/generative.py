@@ -96,7 +96,7 @@ class GenerativeEngine(Engine):
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
         self.check_length(prompt_ids, params.max_tokens)
-        return self._one_choice(prompt_ids, params)
+        return self._one_choice(prompt_ids, self.fitted(prompt_ids, params))
 
     async def _one_choice(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
         async with contextlib.aclosing(self._stream(prompt_ids, [params])) as stream:  # a client's close reaches it
@@ -112,6 +112,7 @@ class GenerativeEngine(Engine):
         self.check_length(prompt_ids, params.max_tokens)
         if not 1 <= n <= MAX_CHOICES:
             raise EngineError(f"n must be between 1 and {MAX_CHOICES}")
+        params = self.fitted(prompt_ids, params)
         return self._stream(prompt_ids, [choice_params(params, i) for i in range(n)])
 
     async def _stream(

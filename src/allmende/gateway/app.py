@@ -26,6 +26,7 @@ from allmende.gateway.endpoints import (
 )
 from allmende.gateway.errors import (
     GatewayError,
+    InvalidRequest,
     MethodNotAllowed,
     ModelNotFound,
     RouteNotFound,
@@ -50,6 +51,7 @@ def create_app(
     requests_total = Counter("allmende_gateway_requests", "requests", ["endpoint", "status"], registry=registry)
     in_flight_gauge = Gauge("allmende_gateway_in_flight", "requests in flight", registry=registry)
     admission = Admission(limits, requests_total, in_flight_gauge)
+    app.state.admission = admission  # the relay's route is admitted by the same keys and limits
     explorer = mount_explorer(app, service.directory, service.payments, limits.api_keys)  # the page at /, /explorer/api
 
     @app.exception_handler(Exception)
@@ -73,7 +75,7 @@ def create_app(
         return {
             "id": m.name,
             "object": "model",
-            "created": 0,
+            "created": m.registered_at,  # its registration's block time in Models (0: not registered)
             "owned_by": m.owner or "unregistered",  # the owner's address in Models; nobody's until registered
             "allmende": {
                 "model_id": "0x" + m.model_id.hex(),
@@ -98,10 +100,15 @@ def create_app(
 
     @app.get("/v1/models/{name:path}")
     async def model(request: Request, name: str) -> dict[str, Any]:
-        """One model, as the SDK's `models.retrieve` asks for it."""
+        """One model, as the SDK's `models.retrieve` asks for it: found by name (any case) or
+        by id exactly as a chat request's `model` is (GatewayService.resolve)."""
         admission.api_key(request)
+        try:
+            offer = service.resolve(name, "chat")
+        except InvalidRequest:  # an embedding model, resolved by the same rules
+            offer = service.resolve(name, "embedding")
         for m in service.directory.listings():
-            if m.name == name:
+            if m.model_id == offer.model_id:
                 return model_card(m)
         raise ModelNotFound(f"The model '{name}' does not exist or no provider serves it", "model")
 

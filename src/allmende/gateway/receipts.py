@@ -35,7 +35,7 @@ from eth_utils import keccak
 
 from allmende.api.protocol import choices_wanted, input_hash
 from allmende.core import SignedReceipt, request_cost
-from allmende.core.credit import requested_max_tokens
+from allmende.core.credit import UNTIL_CONTEXT, requested_max_tokens
 from allmende.core.errors import UpstreamError
 from allmende.core.prompts import max_prompt_tokens
 
@@ -88,7 +88,8 @@ def ending_problems(kind: str, sent: dict[str, Any], output: dict[str, Any], str
             problems.append(f"{where}the text holds a requested stop string (it runs past its end)")
         token_ids = choice.get("token_ids")
         count = len(token_ids) if isinstance(token_ids, list) else None
-        if choice.get("finish_reason") == "length" and count is not None and count != requested_max_tokens(sent):
+        limit = requested_max_tokens(sent)  # UNTIL_CONTEXT: the context's end, which needs the prompt's length
+        if choice.get("finish_reason") == "length" and count is not None and limit not in (count, UNTIL_CONTEXT):
             problems.append(f"{where}finish_reason length after {count} tokens, not max_tokens")
     return problems
 

@@ -29,7 +29,7 @@ from allmende.api.directory import AmbiguousName, Directory, Offer, ProviderEntr
 from allmende.api.protocol import grammar_of
 from allmende.chain.errors import ChainError
 from allmende.core import Domain, InvalidInput
-from allmende.core.credit import max_request_cost, requested_max_tokens
+from allmende.core.credit import UNTIL_CONTEXT, max_request_cost, requested_max_tokens
 from allmende.core.errors import InvalidModelName
 from allmende.core.prompts import max_prompt_tokens
 from allmende.core.routing import ProviderStats, Router
@@ -362,8 +362,10 @@ class GatewayService:
                     f"the provider of this structured output failed after {carried_tokens} tokens; "
                     "structured output cannot be continued elsewhere"
                 )
-            request = {**body, "stream": True, "max_tokens": max(1, max_tokens - carried_tokens)}
-            request.pop("max_completion_tokens", None)
+            request = {**body, "stream": True}
+            if max_tokens != UNTIL_CONTEXT:  # none: until the answer or the context ends, on every try
+                request["max_tokens"] = max(1, max_tokens - carried_tokens)
+                request.pop("max_completion_tokens", None)
             if sent:
                 request["allmende_continue"] = sent
             attempt, error = await self._open(entry, stats, offer, kind, request, tried, busy)
@@ -440,11 +442,16 @@ class GatewayService:
 
 
 def refused(exc: Exception) -> InvalidRequest:
-    """The provider's refusal of the request itself, for the client; a message that starts
-    by quoting a parameter ('dimensions' ...) names it as OpenAI's `param`."""
+    """The provider's refusal of the request itself, for the client, with the provider's
+    `param` and code; a message that starts by quoting a parameter ('dimensions' ...) names
+    it as OpenAI's `param` where the provider named none."""
     message = str(exc.message if isinstance(exc, ProviderReplyError) else exc)
     quoted = message.split("'")
-    return InvalidRequest(message, quoted[1] if message.startswith("'") and len(quoted) > 2 else None)
+    param = exc.param if isinstance(exc, ProviderReplyError) else None
+    error = InvalidRequest(message, param or (quoted[1] if message.startswith("'") and len(quoted) > 2 else None))
+    if isinstance(exc, ProviderReplyError) and exc.code not in ("bad_request", "engine_error", "invalid_input"):
+        error.code = exc.code  # the provider's own code (context_length_exceeded, …), not a generic one
+    return error
 
 
 def budget_check(payments: Payments, budgets: dict[str, int], api_key: str | None) -> None:

@@ -366,8 +366,8 @@ async function sendChat(event) {
   const body = {
     model: document.getElementById("chat-model").value,
     messages: [{ role: "user", content: document.getElementById("chat-input").value }],
-    max_tokens: Number(document.getElementById("chat-max").value) || 32,
-    temperature: Number(document.getElementById("chat-temperature").value || 1),
+    max_tokens: Number(document.getElementById("chat-max").value) || 128,
+    temperature: Number(document.getElementById("chat-temperature").value || 0.2),
     stream: true,
     stream_options: { include_usage: true },
   };
