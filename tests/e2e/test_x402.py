@@ -5,7 +5,7 @@ by the credit rule at the dearest offer, dUSD, the chain id, the gateway's addre
 settles the authorization on chain before it serves, and sends back what the provider's
 signed receipt did not use: the wallet falls by exactly the sum of the receipts. Attacks: a
 replayed payment and a payment for a cheaper request reused on a dearer one are refused,
-and neither moves any money."""
+and neither moves any money; a paid request no provider serves is refunded whole."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from x402.http.x402_http_client import x402HTTPClient
 from x402.mechanisms.evm.exact import ExactEvmClientScheme
 
 from allmende.api.directory import Directory
+from allmende.api.headers import PIN_HEADER
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.anvil import free_port
 from allmende.cli import app
@@ -275,3 +276,23 @@ def json_of_header(header: dict[str, str]) -> str:
 
     (value,) = header.values()
     return base64.b64decode(value).decode()
+
+
+def test_a_paid_request_no_provider_serves_is_refunded_whole(network: Network, x402_gateway: Gateway) -> None:
+    # Prepare: a request pinned to an address that serves nothing (valid, so it is admitted and paid)
+    key = fresh_payer(network)
+    stable = contracts_of(network).stable
+    url = f"{x402_gateway.url}/v1/chat/completions"
+    body, pin = chat("Hello", 8), {PIN_HEADER: Account.create().address}
+    header = signed_payment(key, stable.address, httpx.post(url, json=body, headers=pin, timeout=30))
+    before = stable.balance_of(key.address)
+
+    # Execute
+    reply = httpx.post(url, json=body, headers={**pin, **header}, timeout=120)
+
+    # Assert: settled, not served, all of it sent back
+    assert reply.status_code == 503, reply.text
+    x402 = reply.json()["allmende"]["x402"]
+    assert int(x402["paid"]) == most(network, body) == int(x402["refunded"]) and x402["charged"] == "0"
+    assert x402["settlement"] and x402["refund"]
+    assert stable.balance_of(key.address) == before
