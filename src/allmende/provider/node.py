@@ -282,9 +282,12 @@ def check_reachable(node: ProviderNode, timeout: float = 20.0) -> None:
                     return
                 problem = f"it answers as {info.address}, not this node ({me})"
                 break
-            except httpx.HTTPStatusError as exc:  # some other server answers there
+            except httpx.HTTPStatusError as exc:
                 problem = f"it answers {exc.response.status_code} to GET /v1/info"
-                break
+                if exc.response.status_code not in (502, 503, 504):
+                    break  # some other server answers there
+                # a relay (or proxy) in front of this node that has no connection to it yet:
+                # this node's own connection to the relay may still be dialling, so try again
             except (ValueError, KeyError, TypeError, InvalidInput) as exc:
                 problem = f"its /v1/info is not this node's: {exc}"
                 break
@@ -458,7 +461,7 @@ def serve_through_relay(config: ProviderConfig) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         async with app.lifespan():
-            await serve_relayed(app, config.relay or "", node.service.account, stop)
+            await serve_relayed(app, config.relay or "", node.service.account, stop, node.contracts.client.chain_id)
 
     asyncio.run(main())
     if node.failure is not None:
