@@ -23,6 +23,16 @@ from allmende.config import from_environment
 
 DEVNET_MNEMONIC = "test test test test test test test test test test test junk"
 DEVNET_CHAIN_ID = 31337
+# chain ids that only local development nodes use (anvil and Hardhat: 31337; Ganache and geth
+# --dev: 1337): devnet behaviour (mock token, gifts to anvil's public keys, moving the clock) is
+# allowed on these alone
+DEVNET_CHAIN_IDS = frozenset({31337, 1337})
+
+
+def is_devnet_chain(chain_id: int) -> bool:
+    return chain_id in DEVNET_CHAIN_IDS
+
+
 _ANVIL_REL = Path(".tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
 
 
@@ -91,6 +101,7 @@ class Anvil:
         log_file: Path | None = None,
         host: str = "127.0.0.1",  # 0.0.0.0 lets nodes on other hosts reach the devnet
         die_with_parent: bool = False,  # stopped by the kernel if this process dies (even by kill -9)
+        fork_url: str | None = None,  # a local copy of that chain's state (a deploy's dry run)
     ) -> None:
         self.port = port or free_port()
         self.chain_id = chain_id
@@ -100,6 +111,8 @@ class Anvil:
             args += ["--block-time", str(block_time)]
         if state_file:
             args += ["--state", str(state_file)]
+        if fork_url:
+            args += ["--fork-url", fork_url]
         out = log_file.open("ab") if log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(
             args,

@@ -3,8 +3,12 @@
 - transactions are signed locally; nonces come from a per-account counter behind
   a lock, so many threads can send at once without reusing a nonce;
 - every call and transaction that reverts raises ContractReverted with the
-  contract's reason string; an unreachable node raises RpcUnavailable;
-- events are read in pages of blocks.
+  contract's reason string; an unreachable node (or an HTTP error such as 429) raises
+  RpcUnavailable; any other JSON-RPC error raises RpcRefused;
+- transactions are EIP-1559 where the chain has a base fee, legacy (gasPrice) where not;
+- every log read goes through `logs`/`events`: pages of blocks from the caller's first block
+  (the deployment's, never 0), halved whenever the node refuses a range (hosted endpoints cap
+  eth_getLogs at 1,000–10,000 blocks), the smaller page kept for the next read.
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 from web3.types import TxReceipt
 
-from allmende.chain.errors import ContractReverted, RpcUnavailable, TransactionFailed
+from allmende.chain.errors import (
+    ChainError,
+    ContractReverted,
+    LogRangeTooLarge,
+    RpcRefused,
+    RpcUnavailable,
+    TransactionFailed,
+)
 
 T = TypeVar("T")
 _REVERT_PREFIX = "execution reverted: "
@@ -33,6 +44,11 @@ _REVERT_PREFIX = "execution reverted: "
 # with the same key): resynchronise the nonce and sign again
 _NONCE_TAKEN = ("nonce too low", "replacement transaction underpriced", "already known")
 _NONCE_TRIES = 10  # each retry reads the node's count again; other senders may take it meanwhile
+# how nodes word a refused eth_getLogs range: Alchemy ("query exceeds max block range 1000",
+# "Log response size exceeded"), Infura ("query returned more than 10000 results"), QuickNode
+# ("eth_getLogs is limited to a 10,000 range"), geth/erigon ("block range too large") …
+_RANGE_WORDS = ("range", "exceed", "more than", "too many", "limit", "too large")
+LOG_PAGE = 10_000  # blocks per eth_getLogs to start with; halved on every range refusal
 
 
 class _Replaced(Exception):
@@ -66,14 +82,20 @@ def revert_reason(exc: BaseException) -> str:
 class ChainClient:
     """A web3 connection plus (optionally) the account that signs transactions."""
 
-    def __init__(self, rpc_url: str, key: bytes | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, rpc_url: str, key: bytes | None = None, timeout: float = 30.0, receipt_timeout: float | None = None
+    ) -> None:
         self.rpc_url = rpc_url
         self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
         self.account: LocalAccount | None = Account.from_key(key) if key else None
-        self.receipt_timeout = timeout
+        self.receipt_timeout = timeout if receipt_timeout is None else receipt_timeout
+        self.log_page = LOG_PAGE
+        # every transaction this client sends, in order, when set to a list (a deploy's dry run)
+        self.journal: list[tuple[str, SentTransaction]] | None = None
         self._nonce_lock = threading.Lock()
         self._next_nonce: int | None = None
         self._chain_id: int | None = None
+        self._legacy_gas: bool | None = None
 
     # ------------------------------------------------------------ basics
 
@@ -104,8 +126,22 @@ class ChainClient:
             return thunk()
         except ContractLogicError as exc:
             raise ContractReverted(revert_reason(exc), what) from None
+        except Web3RPCError as exc:
+            error = (exc.rpc_response or {}).get("error") if isinstance(exc.rpc_response, dict) else None
+            code = error.get("code") if isinstance(error, dict) else None
+            message = str(error.get("message")) if isinstance(error, dict) and error.get("message") else str(exc)
+            raise RpcRefused(message, code if isinstance(code, int) else None, what) from None
         except (requests.ConnectionError, requests.Timeout, ConnectionError) as exc:
             raise RpcUnavailable(f"chain endpoint {self.rpc_url} unreachable: {exc.__class__.__name__}") from None
+        except requests.HTTPError as exc:  # 429 rate limits, 5xx: the endpoint, not this request
+            raise RpcUnavailable(f"chain endpoint {self.rpc_url} answered {exc}") from None
+
+    def legacy_gas(self) -> bool:
+        """Whether this chain prices gas the pre-London way (no `baseFeePerGas` in its blocks)."""
+        if self._legacy_gas is None:
+            block = self.rpc(lambda: self.w3.eth.get_block("latest"))
+            self._legacy_gas = block.get("baseFeePerGas") is None
+        return self._legacy_gas
 
     # ------------------------------------------------------------- calls
 
@@ -121,13 +157,15 @@ class ChainClient:
         """A plain ETH transfer (the devnet faucet's gas money)."""
         target = Web3.to_checksum_address(to)
         return self._send(
-            lambda base: {**base, "to": target, "gasPrice": self.w3.eth.gas_price}, "transfer", amount, 21_000
+            lambda base: {"gasPrice": self.w3.eth.gas_price, **base, "to": target}, "transfer", amount, 21_000
         )
 
-    def deploy(self, abi: list[dict[str, Any]], bytecode: str, *args: Any) -> tuple[str, SentTransaction]:
+    def deploy(
+        self, abi: list[dict[str, Any]], bytecode: str, *args: Any, what: str = "constructor"
+    ) -> tuple[str, SentTransaction]:
         """Deploy a contract; returns (address, transaction)."""
         factory = self.w3.eth.contract(abi=abi, bytecode=bytecode)
-        sent = self._send(lambda base: factory.constructor(*args).build_transaction(base), "constructor", 0, None)
+        sent = self._send(lambda base: factory.constructor(*args).build_transaction(base), what, 0, None)
         address = sent.receipt["contractAddress"]
         if not address:
             raise TransactionFailed("deployment produced no contract address")
@@ -140,6 +178,8 @@ class ChainClient:
         if account is None:
             raise TransactionFailed("this client has no key: it can read but not send transactions")
         base: dict[str, Any] = {"from": account.address, "value": value, "chainId": self.chain_id}
+        if self.legacy_gas():
+            base["gasPrice"] = self.rpc(lambda: int(self.w3.eth.gas_price))  # no base fee: a legacy transaction
         if gas is not None:
             base["gas"] = gas
         # build_transaction estimates gas, so a revert surfaces here with its reason
@@ -154,7 +194,10 @@ class ChainClient:
         for _ in range(3):
             tx_hash, nonce = self._sign_and_send(tx, what)
             try:
-                return self.wait(tx_hash, what, nonce=nonce)
+                sent = self.wait(tx_hash, what, nonce=nonce)
+                if self.journal is not None:
+                    self.journal.append((what, sent))
+                return sent
             except _Replaced:
                 # another process sending with the same key (a shared faucet account) took
                 # this nonce with its own transaction, and ours was dropped: send it again
@@ -173,9 +216,9 @@ class ChainClient:
                     raw = signed.raw_transaction
                     tx_hash = self.rpc(lambda: self.w3.eth.send_raw_transaction(raw), what)  # noqa: B023
                     break
-                except Web3RPCError as exc:
+                except (RpcRefused, ContractReverted) as exc:
                     self._next_nonce = None  # resynchronise from the node
-                    reason = revert_reason(exc)
+                    reason = exc.message if isinstance(exc, RpcRefused) else exc.reason
                     # another process sent with the same key meanwhile: take the next free nonce
                     if any(word in reason.lower() for word in _NONCE_TAKEN) and attempt < _NONCE_TRIES - 1:
                         time.sleep(0.01 * 2**attempt)  # the node's count may lag behind what it is mining
@@ -228,23 +271,72 @@ class ChainClient:
         event: str,
         from_block: int,
         to_block: int | None = None,
-        page: int = 2_000,
+        page: int | None = None,
         argument_filters: dict[str, Any] | None = None,
     ) -> Iterator[Any]:
-        """Every `event` log of `contract` in [from_block, to_block], fetched `page` blocks at a time."""
-        last = self.block_number() if to_block is None else to_block
-        start = from_block
+        """Every `event` log of `contract` in [from_block, to_block], decoded, read through `paged`."""
         handle: Any = getattr(contract.events, event)
-        while start <= last:
-            end = min(start + page - 1, last)
+
+        def fetch(start: int, end: int) -> list[Any]:
             page_filter = {"from_block": start, "to_block": end, "argument_filters": argument_filters}
-            logs: Any = self.rpc(partial(handle.get_logs, **page_filter), event)
+            return list(self.rpc(partial(handle.get_logs, **page_filter), event))
+
+        yield from self.paged(fetch, from_block, to_block, page)
+
+    def logs(self, query: dict[str, Any], from_block: int, to_block: int | None = None) -> Iterator[Any]:
+        """Every raw log matching `query` (address, topics) in [from_block, to_block], read through `paged`."""
+
+        def fetch(start: int, end: int) -> list[Any]:
+            q: Any = {**query, "fromBlock": start, "toBlock": end}
+            return list(self.rpc(lambda: self.w3.eth.get_logs(q), "eth_getLogs"))
+
+        yield from self.paged(fetch, from_block, to_block)
+
+    def paged(
+        self,
+        fetch: Callable[[int, int], list[Any]],
+        from_block: int,
+        to_block: int | None = None,
+        page: int | None = None,
+    ) -> Iterator[Any]:
+        """The one way logs are read: `fetch(start, end)` over [from_block, to_block] (the head
+        when None) a page of blocks at a time, the page halved whenever the node refuses the
+        range, and the smaller page kept for this client's next read. Other errors are the
+        typed ones `rpc` raises."""
+        last = self.block_number() if to_block is None else to_block
+        size = max(1, min(page or self.log_page, self.log_page))
+        start = max(0, from_block)
+        while start <= last:
+            end = min(start + size - 1, last)
+            try:
+                logs = fetch(start, end)
+            except RpcRefused as exc:
+                if not _range_refusal(exc):
+                    raise
+                if size == 1:
+                    raise LogRangeTooLarge(exc.message, exc.rpc_code, "eth_getLogs") from None
+                size //= 2
+                self.log_page = min(self.log_page, size)
+                continue
             yield from logs
             start = end + 1
 
     # ------------------------------------------------------------ devnet
 
     def increase_time(self, seconds: int) -> None:
-        """Devnet only (anvil): move the clock forward and mine a block."""
-        self.rpc(lambda: self.w3.provider.make_request(cast(Any, "evm_increaseTime"), [seconds]))
-        self.rpc(lambda: self.w3.provider.make_request(cast(Any, "evm_mine"), []))
+        """Devnet only (anvil, Hardhat): move the clock forward and mine a block. A node that
+        does not know these methods raises RpcRefused (checked: its answer is an error object)."""
+        for method, params in (("evm_increaseTime", [seconds]), ("evm_mine", [])):
+            reply: Any = self.rpc(lambda m=method, p=params: self.w3.provider.make_request(cast(Any, m), p))  # type: ignore[misc]
+            error = reply.get("error") if isinstance(reply, dict) else None
+            if error:
+                message = error.get("message", error) if isinstance(error, dict) else error
+                raise RpcRefused(str(message), None, method)
+
+
+def _range_refusal(exc: ChainError) -> bool:
+    """Whether a refused eth_getLogs reads as "too many blocks or results at once"."""
+    if isinstance(exc, LogRangeTooLarge):
+        return True
+    message = exc.message.lower() if isinstance(exc, RpcRefused) else str(exc).lower()
+    return any(word in message for word in _RANGE_WORDS)

@@ -1,8 +1,13 @@
 """Compile the Vyper sources with the `vyper` package (no committed bytecode).
 
 Artifacts are cached per process and on disk (`<cache dir>/contracts/`, keyed by the
-sources' hash and the compiler version), so a node that joins a network and checks the
-code at its addresses does not wait for the compiler every time it starts.
+sources' hash, the compiler version and the target EVM version), so a node that joins a
+network and checks the code at its addresses does not wait for the compiler every time it
+starts.
+
+The EVM version is the deployment's (recorded in its deployments file): a chain still at
+shanghai refuses prague's opcodes, and a joining node must compile for the same target to
+recognise the code it finds. None means the compiler's default (`DEFAULT_EVM_VERSION`).
 """
 
 from __future__ import annotations
@@ -17,9 +22,24 @@ from typing import Any
 
 import vyper
 from vyper.cli.vyper_compile import compile_files
+from vyper.compiler.settings import Settings
+from vyper.evm.opcodes import DEFAULT_EVM_VERSION as _VYPER_DEFAULT
+from vyper.evm.opcodes import EVM_VERSIONS
 
 from allmende.chain.sources import contracts_dir, source_path
 from allmende.config import from_environment
+from allmende.core.errors import InvalidInput
+
+DEFAULT_EVM_VERSION: str = _VYPER_DEFAULT
+SUPPORTED_EVM_VERSIONS = tuple(EVM_VERSIONS)  # london … prague (vyper 0.4)
+
+
+def evm_version_of(value: str | None) -> str:
+    """A checked EVM version name; None or "" → the compiler's default."""
+    version = (value or DEFAULT_EVM_VERSION).strip().lower()
+    if version not in SUPPORTED_EVM_VERSIONS:
+        raise InvalidInput(f"EVM version {value!r}: expected one of {', '.join(SUPPORTED_EVM_VERSIONS)}")
+    return version
 
 
 @dataclass(frozen=True)
@@ -40,17 +60,27 @@ def _sources_digest() -> str:
     return digest.hexdigest()[:24]
 
 
+def compile_contract(name: str, evm_version: str | None = None) -> Artifact:
+    """Compile contract `name` (a key of allmende.chain.sources.SOURCES) for `evm_version`
+    (None: the compiler's default); cached per process and on disk."""
+    return _compile(name, evm_version_of(evm_version))
+
+
 @cache
-def compile_contract(name: str) -> Artifact:
-    """Compile contract `name` (a key of allmende.chain.sources.SOURCES); cached per process and on disk."""
-    cached = from_environment().cache_dir / "contracts" / f"{name}-{_sources_digest()}.json"
+def _compile(name: str, evm_version: str) -> Artifact:
+    cached = from_environment().cache_dir / "contracts" / f"{name}-{evm_version}-{_sources_digest()}.json"
     try:
         data = json.loads(cached.read_text())
         return Artifact(name=name, abi=data["abi"], bytecode=data["bytecode"], runtime=data["runtime"])
     except (OSError, ValueError, KeyError):
         pass
     path = source_path(name)
-    out = compile_files([str(path)], ("abi", "bytecode", "bytecode_runtime"), paths=[str(contracts_dir())])
+    out = compile_files(
+        [str(path)],
+        ("abi", "bytecode", "bytecode_runtime"),
+        paths=[str(contracts_dir())],
+        settings=Settings(evm_version=evm_version),
+    )
     (result,) = out.values()
     artifact = Artifact(name=name, abi=result["abi"], bytecode=result["bytecode"], runtime=result["bytecode_runtime"])
     try:

@@ -1,8 +1,13 @@
 """Where a deployment's contracts are: the deployments JSON that `deploy_all` writes and
 every node reads.
 
-deployments.json = {chain_id, rpc_url, deploy_block, deployer, treasury, devnet,
+deployments.json = {chain_id, rpc_url, deploy_block, deployer, treasury, devnet, evm_version,
                     contracts: {Name: {address, abi}}}
+
+`deploy_block` is where every log read starts; `evm_version` is what the contracts were
+compiled for ("" in files written before it was recorded: the compiler's default), so a
+joining node compiles the same bytecode. The payment token is listed as "MockStable" whether
+it is the devnet's mock or an existing ERC-20 (then `devnet` is false).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ class Deployment:
     treasury: str
     devnet: bool
     contracts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evm_version: str = ""
 
     def address(self, name: str) -> str:
         try:
@@ -45,6 +51,7 @@ class Deployment:
             "deployer": self.deployer,
             "treasury": self.treasury,
             "devnet": self.devnet,
+            "evm_version": self.evm_version,
             "contracts": self.contracts,
         }
 

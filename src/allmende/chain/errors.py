@@ -2,7 +2,9 @@
 
 AllmendeError
 └── ChainError (RuntimeError)
-    ├── RpcUnavailable         the JSON-RPC endpoint cannot be reached
+    ├── RpcUnavailable         the JSON-RPC endpoint cannot be reached (or answers HTTP errors)
+    ├── RpcRefused             the node answered a JSON-RPC error (`.code`, `.message`)
+    │   └── LogRangeTooLarge   eth_getLogs over more blocks than the node allows
     ├── ContractReverted       a call or transaction reverted; `.reason` holds the contract's string
     ├── TransactionFailed      mined with status 0, or not mined in time
     └── DeploymentNotFound     no deployments file / contract missing from it
@@ -20,6 +22,24 @@ class ChainError(AllmendeError, RuntimeError):
 
 class RpcUnavailable(ChainError):
     code = "rpc_unavailable"
+
+
+class RpcRefused(ChainError):
+    """The node answered the request with a JSON-RPC error that is not a revert."""
+
+    code = "rpc_refused"
+
+    def __init__(self, message: str, rpc_code: int | None = None, what: str = "") -> None:
+        self.message = message
+        self.rpc_code = rpc_code
+        where = f"{what}: " if what else ""
+        super().__init__(f"{where}the node refused the request: {message}")
+
+
+class LogRangeTooLarge(RpcRefused):
+    """An eth_getLogs range the node will not serve in one query (hosted endpoints cap it)."""
+
+    code = "log_range_too_large"
 
 
 class ContractReverted(ChainError):

@@ -21,13 +21,15 @@ import rlp
 from eth_utils import keccak, to_checksum_address
 
 from allmende.chain.client import ChainClient
-from allmende.chain.compile import compile_contract
+from allmende.chain.compile import compile_contract, evm_version_of
 from allmende.chain.deployment import Deployment
 from allmende.chain.errors import ChainError, DeploymentNotFound, RpcUnavailable
 from allmende.chain.sources import SOURCES
+from allmende.core.errors import InvalidInput
 
 PUBLIC_PATH = "/v1/network"
 REQUIRED = tuple(SOURCES)  # every contract deploy_all deploys
+PAYMENT_TOKEN = "MockStable"  # the deployment's payment token: the devnet's mock or an existing ERC-20
 MAX_NONCES = 5_000  # how far back find_on_chain walks the deployer's transactions
 
 
@@ -40,6 +42,7 @@ def public_view(deployment: Deployment, rpc_url: str | None = None) -> dict[str,
         "deployer": deployment.deployer,
         "treasury": deployment.treasury,
         "devnet": deployment.devnet,
+        "evm_version": deployment.evm_version,
         "contracts": {name: info["address"] for name, info in deployment.contracts.items()},
     }
 
@@ -104,6 +107,7 @@ def from_public(data: dict[str, Any], rpc: str | None = None) -> Deployment:
         if missing:
             raise KeyError(f"contracts lack {', '.join(missing)}")
         addresses = {name: to_checksum_address(str(contracts[name])) for name in REQUIRED}
+        evm = evm_version_of(str(data.get("evm_version") or "") or None)
         deployment = Deployment(
             chain_id=int(data["chain_id"]),
             rpc_url=rpc or str(data["rpc_url"]),
@@ -111,9 +115,10 @@ def from_public(data: dict[str, Any], rpc: str | None = None) -> Deployment:
             deployer=to_checksum_address(str(data["deployer"])),
             treasury=to_checksum_address(str(data["treasury"])),
             devnet=bool(data.get("devnet", False)),
-            contracts={name: {"address": a, "abi": compile_contract(name).abi} for name, a in addresses.items()},
+            contracts={name: {"address": a, "abi": compile_contract(name, evm).abi} for name, a in addresses.items()},
+            evm_version=evm,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, InvalidInput) as exc:
         raise DeploymentNotFound(f"the network description is malformed: {exc}") from None
     return deployment
 
@@ -126,12 +131,15 @@ def verify_deployment(client: ChainClient, deployment: Deployment) -> None:
         raise DeploymentNotFound(
             f"chain id mismatch: the network says {deployment.chain_id}, {client.rpc_url} is chain {chain_id}"
         )
+    evm = deployment.evm_version or None
     for name in REQUIRED:
         address = deployment.address(name)
         code = bytes(client.rpc(lambda a=address: client.w3.eth.get_code(to_checksum_address(a))))  # type: ignore[misc]
         if not code:
             raise DeploymentNotFound(f"{name} at {address}: no contract there on chain {chain_id}")
-        if not code.startswith(bytes.fromhex(compile_contract(name).runtime.removeprefix("0x"))):
+        if name == PAYMENT_TOKEN and not deployment.devnet:
+            continue  # an existing ERC-20: bound below by the verified Channels' payment_token()
+        if not code.startswith(bytes.fromhex(compile_contract(name, evm).runtime.removeprefix("0x"))):
             raise DeploymentNotFound(f"{name} at {address}: the code there is not this version's {name}")
     for contract, getter, target in _WIRING:
         actual = _read_address(client, deployment, contract, getter)
