@@ -237,6 +237,11 @@ def test_a_replayed_payment_is_refused(network: Network, x402_gateway: Gateway) 
     assert sorted(r.status_code for r in first) == [200, 402, 402], [r.text for r in first]
     assert again.status_code == 402 and again.json()["error"]["code"] == "payment_required"
     (served,) = [r for r in first if r.status_code == 200]
+    # the chain said why: the nonce is used (checked before settling), or the settlement racing
+    # the served one's reverted when mined
+    for refused in [r for r in first if r.status_code == 402]:
+        assert any(why in refused.json()["error"]["message"] for why in ("nonce_already_used", "transaction_failed"))
+    assert "nonce_already_used" in again.json()["error"]["message"], again.text
     assert stable.balance_of(key.address) == before - int(served.json()["allmende"]["x402"]["charged"])
 
 

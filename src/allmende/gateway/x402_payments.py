@@ -41,11 +41,13 @@ from fastapi.responses import JSONResponse
 from x402 import x402FacilitatorSync, x402ResourceServerSync
 from x402.http import (
     PAYMENT_REQUIRED_HEADER,
+    PAYMENT_RESPONSE_HEADER,
     PAYMENT_SIGNATURE_HEADER,
     HTTPRequestContext,
     PaymentOption,
     RouteConfig,
     decode_payment_required_header,
+    decode_payment_response_header,
     x402HTTPResourceServerSync,
 )
 from x402.mechanisms.evm.exact import ExactEvmFacilitatorScheme, ExactEvmServerScheme
@@ -274,11 +276,10 @@ class X402Gate:
     def _refusal(self, response: Any, amount: int) -> JSONResponse:
         headers = {k: v for k, v in (response.headers if response else {}).items() if k.lower() != "content-type"}
         reason = "Payment required"
-        encoded = headers.get(PAYMENT_REQUIRED_HEADER)
-        if encoded:
-            reason = decode_payment_required_header(encoded).error or reason
-        elif response is not None and isinstance(response.body, dict) and response.body.get("error"):
-            reason = str(response.body["error"])  # a failed settlement
+        if headers.get(PAYMENT_REQUIRED_HEADER):
+            reason = decode_payment_required_header(headers[PAYMENT_REQUIRED_HEADER]).error or reason
+        elif headers.get(PAYMENT_RESPONSE_HEADER):  # verified, but its settlement failed (a replay racing)
+            reason = decode_payment_response_header(headers[PAYMENT_RESPONSE_HEADER]).error_reason or reason
         message = (
             f"{reason}: this request costs at most {amount} dUSD units; pay with x402 (scheme exact, "
             f"{self.network}, asset {self.stable.address}); what the receipt does not use is refunded"
