@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import httpx
 
@@ -226,13 +225,11 @@ class Directory:
             block = self.contracts.client.block_number()
             changed = False
             if block > self._last_block:
-                query: Any = {
-                    "address": [self.contracts.registry.address, self.contracts.models.address],
-                    "fromBlock": self._last_block + 1,
-                    "toBlock": block,
-                }
-                logs = self.contracts.client.rpc(lambda: self.contracts.client.w3.eth.get_logs(query))
-                changed = bool(logs) or self._last_block < 0
+                # from the deployment block on the first look (never 0), paged as the node allows
+                query = {"address": [self.contracts.registry.address, self.contracts.models.address]}
+                start = max(self._last_block + 1, self.contracts.deployment.deploy_block)
+                logs = next(iter(self.contracts.client.logs(query, start, block)), None)
+                changed = logs is not None or self._last_block < 0
                 self._last_block = block
             if changed or time.monotonic() - self._last_full > self.health_interval:
                 self.refresh()
