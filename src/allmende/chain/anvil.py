@@ -102,6 +102,7 @@ class Anvil:
         host: str = "127.0.0.1",  # 0.0.0.0 lets nodes on other hosts reach the devnet
         die_with_parent: bool = False,  # stopped by the kernel if this process dies (even by kill -9)
         fork_url: str | None = None,  # a local copy of that chain's state (a deploy's dry run)
+        hardfork: str | None = None,  # an older chain (e.g. "berlin": no base fee; "shanghai": no cancun opcodes)
     ) -> None:
         self.port = port or free_port()
         self.chain_id = chain_id
@@ -113,6 +114,8 @@ class Anvil:
             args += ["--state", str(state_file)]
         if fork_url:
             args += ["--fork-url", fork_url]
+        if hardfork:
+            args += ["--hardfork", hardfork]
         out = log_file.open("ab") if log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(
             args,
