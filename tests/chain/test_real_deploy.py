@@ -136,3 +136,36 @@ def test_distribution_files(tmp_path: Path) -> None:
         (tmp_path / "bad.csv").write_text(bad)
         with pytest.raises(InvalidInput, match=why):
             load_distribution(tmp_path / "bad.csv")
+
+
+def test_transfer_faucet_and_fast_forward_on_a_real_chain(
+    net: Net, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = ChainClient(net.node.url, bytes(net.deployer.key))
+    deployment = deploy_all(client, devnet=False, payment_token=net.usdc, distribution={net.alice.address: 1000 * ALM})
+    path = tmp_path / "deployments.json"
+    deployment.save(path)
+    monkeypatch.setenv("ALLMENDE_PASSWORD", PASSWORD)
+    alice_key = import_keystore(tmp_path / "keys", net.alice.key.hex(), PASSWORD).path
+    issuer_key = import_keystore(tmp_path / "keys", net.issuer.key.hex(), PASSWORD).path
+    runner = CliRunner()
+    where = ["--rpc", net.node.url, "--deployments", str(path)]
+    env = {"ALLMENDE_STATE_DIR": str(tmp_path), "ALLMENDE_RPC": None, "ALLMENDE_DEPLOYMENTS": None}
+
+    sent = runner.invoke(app, ["transfer", net.bob.address, "250.5", "--key", str(alice_key), *where], env=env)
+    assert sent.exit_code == 0, sent.output
+    line = ["transfer", net.bob.address, "12.25", "--token", "usd", "--key", str(issuer_key), *where]
+    paid = runner.invoke(app, line, env=env)
+    assert paid.exit_code == 0, paid.output
+    c = Contracts(ChainClient(net.node.url), deployment)
+    assert c.token.balance_of(net.bob.address) == 250_500_000_000_000_000_000
+    assert c.stable.balance_of(net.bob.address) == 12_250_000
+    too_much = runner.invoke(app, ["transfer", net.bob.address, "5000", "--key", str(alice_key), *where], env=env)
+    assert too_much.exit_code == 1 and "less than 5000" in too_much.output
+
+    faucet = runner.invoke(app, ["faucet", net.bob.address, *where], env=env)
+    assert faucet.exit_code == 1 and "not a devnet" in faucet.output and "allmende transfer" in faucet.output
+    before = c.client.timestamp()
+    forward = runner.invoke(app, ["gov", "fast-forward", "86400", *where], env=env)
+    assert forward.exit_code == 1 and f"chain {CHAIN_ID} is not a devnet" in forward.output
+    assert c.client.timestamp() < before + 86400

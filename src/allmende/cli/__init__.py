@@ -19,6 +19,7 @@ from allmende.cli import (
     provider,
     stake,
     status,
+    transfer,
     up,
     validator,
     vault,
@@ -36,6 +37,7 @@ app.command("params")(gov.params)
 app.add_typer(stake.app, name="stake")
 app.command("demo")(demo.demo)
 app.command("faucet")(faucet.faucet)
+app.command("transfer")(transfer.transfer)
 app.command("provider")(provider.provider)
 app.command("provider-redeem")(provider.provider_redeem)
 app.command("provider-withdraw")(provider.provider_withdraw)

@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from allmende.chain import ChainClient, Contracts, Deployment
-from allmende.chain.anvil import DEVNET_CHAIN_ID, devnet_accounts
-from allmende.cli.common import alm, console, deployments_path, friendly_errors, usd
+from allmende.chain.anvil import devnet_accounts, is_devnet_chain
+from allmende.cli.common import alm, console, deployments_path, friendly_errors, resolve_key, usd
 from allmende.config import from_environment
 from allmende.core.errors import InvalidInput
 
@@ -22,8 +22,12 @@ def faucet(
     eth: str = typer.Option("10", help="ETH for gas"),
     alm_amount: str = typer.Option("2000", "--alm", help="ALM to stake (a provider's minimum is 1,000 by default)"),
     usd_amount: str = typer.Option("1000", "--usd", help="dUSD, the devnet's payment token (for a gateway's channels)"),
+    key: str = typer.Option(
+        None, help="the deployer's key (default: the devnet account that deployed, found by its address)"
+    ),
 ) -> None:
-    """Send devnet ETH, ALM and dUSD to ADDRESS from anvil's account 0 (devnet chains only)."""
+    """Send devnet ETH, ALM and dUSD to ADDRESS from the deployment's deployer (devnet deployments
+    on devnet chain ids only: elsewhere use `allmende transfer`)."""
     from eth_utils import is_address, to_checksum_address
 
     from allmende.chain.network import resolve_network
@@ -36,9 +40,25 @@ def faucet(
         amounts = {name: _units(value, decimals, name) for name, value, decimals in
                    (("--eth", eth, 18), ("--alm", alm_amount, 18), ("--usd", usd_amount, 6))}  # fmt: skip
         deployment = resolve_network(network, rpc) if network else Deployment.load(deployments_path(deployments))
-        client = ChainClient(rpc or (deployment.rpc_url if network else env.rpc_url), devnet_accounts(1)[0].key)
-        if not deployment.devnet or client.chain_id != DEVNET_CHAIN_ID:
-            raise InvalidInput(f"chain {client.chain_id} is not a devnet: the faucet only hands out devnet money")
+        url = rpc or (deployment.rpc_url if network else env.rpc_url)
+        chain_id = ChainClient(url).chain_id
+        if not deployment.devnet or not is_devnet_chain(chain_id):
+            raise InvalidInput(
+                f"chain {chain_id} is not a devnet (or the deployment is not a devnet one): the faucet only hands "
+                "out devnet money; send real tokens with `allmende transfer`"
+            )
+        if key is not None:
+            secret = resolve_key(key)
+        else:
+            known = [a for a in devnet_accounts(10) if a.address.lower() == deployment.deployer.lower()]
+            if not known:
+                raise InvalidInput(
+                    f"the deployer {deployment.deployer} is not one of anvil's accounts: pass its key with --key"
+                )
+            secret = known[0].key
+        client = ChainClient(url, secret)
+        if client.address.lower() != deployment.deployer.lower():
+            raise InvalidInput(f"--key is {client.address}, not the deployer {deployment.deployer}")
         contracts = Contracts(client, deployment)
         if amounts["--eth"]:
             client.send_value(who, amounts["--eth"])

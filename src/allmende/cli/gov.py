@@ -4,6 +4,7 @@ queue, execute, cancel; `allmende params` is `gov params`."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from decimal import Decimal, InvalidOperation
 from functools import partial
@@ -549,18 +550,25 @@ def fast_forward(
     rpc: str = RPC,
     deployments: Path = DEPLOYMENTS,
 ) -> None:
-    """Devnet only: move anvil's clock forward and mine a block (to walk through a proposal)."""
+    """Devnet only: move anvil's clock forward and mine a block (to walk through a proposal).
+    Refused, with the reason, on a chain id that is not a devnet's, for a deployment that is not
+    a devnet one, and where the node does not offer evm_increaseTime."""
     from allmende.chain import Deployment, DeploymentNotFound
+    from allmende.chain.anvil import is_devnet_chain
 
     env = from_environment()
     with friendly_errors():
-        url = rpc or (env.rpc_url if env.rpc_url_set else None)
-        if url is None:
-            try:
-                url = Deployment.load(find_deployments(deployments)).rpc_url
-            except DeploymentNotFound:
-                url = env.rpc_url
+        deployment: Deployment | None = None
+        with contextlib.suppress(DeploymentNotFound):
+            deployment = Deployment.load(find_deployments(deployments))
+        url = rpc or (env.rpc_url if env.rpc_url_set else None) or (deployment.rpc_url if deployment else env.rpc_url)
         client = ChainClient(url)
+        if not is_devnet_chain(client.chain_id):
+            raise InvalidInput(
+                f"chain {client.chain_id} is not a devnet: its clock moves with its blocks, nobody can fast-forward it"
+            )
+        if deployment is not None and deployment.chain_id == client.chain_id and not deployment.devnet:
+            raise InvalidInput("this deployment is not a devnet one: fast-forward is for devnets only")
         client.increase_time(seconds)
         now = client.timestamp()
     console.print(f"devnet time is now {_when(now)}")
