@@ -1,7 +1,8 @@
 """Log reads behind an endpoint that limits eth_getLogs ranges, as hosted ones do (Alchemy:
 "query exceeds max block range 1000"; here 50 blocks): a real HTTP JSON-RPC proxy in front of
 anvil refuses wider ranges, and the directory, `allmende status`, the royalty read and the
-explorer's event tail still read every log, from the deployment block on."""
+explorer's event tail still read every log, from the deployment block on. The same proxy
+rewords a refused nonce as Ganache does, and the client still resynchronises."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ MODEL = bytes.fromhex("ab" * 32)
 class RangeLimitingProxy:
     """Forwards JSON-RPC to `upstream`; refuses eth_getLogs over more than `limit` blocks."""
 
-    def __init__(self, upstream: str, limit: int) -> None:
-        self.upstream, self.limit = upstream, limit
+    def __init__(self, upstream: str, limit: int, reword: dict[str, str] | None = None) -> None:
+        self.upstream, self.limit, self.reword = upstream, limit, reword or {}
         self.refused = 0
         self.served: list[tuple[int, int]] = []
         proxy = self
@@ -73,7 +74,13 @@ class RangeLimitingProxy:
                 message = f"query exceeds max block range {self.limit}"
                 return {"jsonrpc": "2.0", "id": body.get("id"), "error": {"code": -32600, "message": message}}
             self.served.append((first, last))
-        return dict(httpx.post(self.upstream, json=body, timeout=30).json())
+        answer = dict(httpx.post(self.upstream, json=body, timeout=30).json())
+        error = answer.get("error")
+        if isinstance(error, dict):
+            for words, instead in self.reword.items():
+                if words in str(error.get("message", "")):
+                    answer["error"] = {**error, "message": instead}
+        return answer
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -155,3 +162,20 @@ def test_directory_status_royalties_and_explorer_read_through_the_limit(network,
     result = CliRunner().invoke(app, line, env=env)
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.output)["channels"]) == 1
+
+
+def test_a_nonce_conflict_in_other_words_is_resynchronised(network) -> None:
+    """Ganache refuses a used nonce with "the tx doesn't have the correct nonce": the client
+    recognises the conflict by the node's count, not by anvil's or geth's wording."""
+    proxy, _, _ = network
+    ganache = RangeLimitingProxy(proxy.upstream, 10**9, {"nonce": "the tx doesn't have the correct nonce"})
+    key = devnet_accounts(10)[7].key
+    try:
+        first, second = ChainClient(ganache.url, key), ChainClient(ganache.url, key)
+        to = devnet_accounts(10)[8].address
+        first.send_value(to, 1)  # first now counts on the next nonce …
+        second.send_value(to, 1)  # … which second takes
+        sent = first.send_value(to, 1)  # refused in Ganache's words, resynchronised, sent
+        assert sent.receipt["status"] == 1
+    finally:
+        ganache.stop()

@@ -219,8 +219,13 @@ class ChainClient:
                 except (RpcRefused, ContractReverted) as exc:
                     self._next_nonce = None  # resynchronise from the node
                     reason = exc.message if isinstance(exc, RpcRefused) else exc.reason
-                    # another process sent with the same key meanwhile: take the next free nonce
-                    if any(word in reason.lower() for word in _NONCE_TAKEN) and attempt < _NONCE_TRIES - 1:
+                    # another process sent with the same key meanwhile: take the next free nonce.
+                    # Known by the node's own count, not only by its wording (Ganache says
+                    # "doesn't have the correct nonce"): a count past ours means ours was taken
+                    taken = any(word in reason.lower() for word in _NONCE_TAKEN) or self._nonce_taken(
+                        account.address, int(tx["nonce"])
+                    )
+                    if taken and attempt < _NONCE_TRIES - 1:
                         time.sleep(0.01 * 2**attempt)  # the node's count may lag behind what it is mining
                         continue
                     raise TransactionFailed(f"{what}: node refused the transaction: {reason}") from None
@@ -229,6 +234,14 @@ class ChainClient:
                     raise
             self._next_nonce = int(tx["nonce"]) + 1
         return tx_hash.to_0x_hex(), int(tx["nonce"])
+
+    def _nonce_taken(self, sender: str, nonce: int) -> bool:
+        """Whether the node already counts a transaction from `sender` at `nonce` (ours was refused
+        because another one holds that nonce)."""
+        try:
+            return int(self.rpc(lambda: self.w3.eth.get_transaction_count(cast(Any, sender), "pending"))) > nonce
+        except ChainError:
+            return False
 
     def wait(self, tx_hash: str, what: str = "", nonce: int | None = None) -> SentTransaction:
         """The receipt of `tx_hash`, once mined. Given the transaction's `nonce`, a transaction
