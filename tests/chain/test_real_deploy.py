@@ -18,7 +18,7 @@ from allmende.chain.anvil import Anvil, devnet_accounts
 from allmende.chain.compile import DEFAULT_EVM_VERSION, compile_contract
 from allmende.chain.deploy import INITIAL_ALM_SUPPLY, check_payment_token, load_distribution
 from allmende.chain.keys import import_keystore
-from allmende.chain.network import verify_deployment
+from allmende.chain.network import find_on_chain, verify_deployment
 from allmende.cli import app
 from allmende.core.errors import InvalidInput
 
@@ -95,6 +95,10 @@ def test_cli_deploys_with_an_existing_token_and_only_named_accounts_get_alm(
     assert c.stable.balance_of(net.deployer.address) == 0  # nothing minted: the issuer's token untouched
     assert c.channels.contract.functions.payment_token().call() == net.usdc
     verify_deployment(client, deployment)  # a joining node compiles for shanghai and recognises the code
+    found = find_on_chain(client, net.deployer.address)  # joining by the chain's URL and the deployer
+    assert (found.evm_version, found.devnet, found.treasury) == ("shanghai", False, treasury)
+    assert found.contracts["Registry"]["address"] == deployment.address("Registry")
+    verify_deployment(client, found)
 
 
 def test_devnet_behaviour_and_known_keys_refused_on_a_real_chain(net: Net, tmp_path: Path) -> None:

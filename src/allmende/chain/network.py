@@ -21,7 +21,7 @@ import rlp
 from eth_utils import keccak, to_checksum_address
 
 from allmende.chain.client import ChainClient
-from allmende.chain.compile import compile_contract, evm_version_of
+from allmende.chain.compile import DEFAULT_EVM_VERSION, SUPPORTED_EVM_VERSIONS, compile_contract, evm_version_of
 from allmende.chain.deployment import Deployment
 from allmende.chain.errors import ChainError, DeploymentNotFound, RpcUnavailable
 from allmende.chain.sources import SOURCES
@@ -186,7 +186,7 @@ def create_address(sender: str, nonce: int) -> str:
 def find_on_chain(client: ChainClient, deployer: str | None = None) -> Deployment:
     """The newest complete deployment made by `deployer` (on a devnet: anvil's account 0),
     found by walking its CREATE addresses and recognising each contract by its code."""
-    from allmende.chain.anvil import DEVNET_CHAIN_ID, devnet_accounts
+    from allmende.chain.anvil import DEVNET_CHAIN_ID, devnet_accounts, is_devnet_chain
 
     chain_id = client.chain_id
     if deployer is None:
@@ -197,23 +197,31 @@ def find_on_chain(client: ChainClient, deployer: str | None = None) -> Deploymen
         deployer = devnet_accounts(1)[0].address
     deployer = to_checksum_address(deployer)
     nonce = int(client.rpc(lambda: client.w3.eth.get_transaction_count(deployer)))
-    runtimes = {name: bytes.fromhex(compile_contract(name).runtime.removeprefix("0x")) for name in REQUIRED}
-    found: dict[str, list[str]] = {name: [] for name in REQUIRED}  # newest first
+    codes: list[tuple[str, bytes]] = []  # newest first
     for n in range(nonce - 1, max(-1, nonce - 1 - MAX_NONCES), -1):
         address = create_address(deployer, n)
-        code = bytes(client.rpc(lambda a=address: client.w3.eth.get_code(a)))  # type: ignore[misc]
+        codes.append((address, bytes(client.rpc(lambda a=address: client.w3.eth.get_code(a)))))  # type: ignore[misc]
+    # the contracts may be compiled for any EVM version: the default first, then the others
+    versions = [DEFAULT_EVM_VERSION, *(v for v in reversed(SUPPORTED_EVM_VERSIONS) if v != DEFAULT_EVM_VERSION)]
+    for evm in versions:
+        registry_code = bytes.fromhex(compile_contract("Registry", evm).runtime.removeprefix("0x"))
+        if any(code and code.startswith(registry_code) for _, code in codes):
+            break
+    else:
+        raise DeploymentNotFound(f"no Allmende deployment by {deployer} on chain {chain_id}")
+    runtimes = {name: bytes.fromhex(compile_contract(name, evm).runtime.removeprefix("0x")) for name in REQUIRED}
+    found: dict[str, list[str]] = {name: [] for name in REQUIRED}  # newest first
+    for address, code in codes:
         for name, runtime in runtimes.items():
             if code and code.startswith(runtime):
                 found[name].append(address)
                 break
-    if not found["Registry"]:
-        raise DeploymentNotFound(f"no Allmende deployment by {deployer} on chain {chain_id}")
     # the newest Registry, and of every other contract the newest one wired to it
     registry = found["Registry"][0]
-    stub = Deployment(chain_id, client.rpc_url, 0, deployer, "", True, {})
+    stub = Deployment(chain_id, client.rpc_url, 0, deployer, "", True, {}, evm_version=evm)
     for name in REQUIRED:
         newest = found[name][0] if found[name] else registry
-        stub.contracts[name] = {"address": newest, "abi": compile_contract(name).abi}
+        stub.contracts[name] = {"address": newest, "abi": compile_contract(name, evm).abi}
     stub.contracts["Registry"]["address"] = registry
     for contract, getter, target in _WIRING:  # follow the links out of the Registry first
         if contract == "Registry" and getter != "owner":
@@ -226,7 +234,11 @@ def find_on_chain(client: ChainClient, deployer: str | None = None) -> Deploymen
                 registry if name != "Channels" else stub.address("Models")
             ):
                 break
-    stub.contracts["MockStable"]["address"] = _read_address(client, stub, "Channels", "payment_token")
+    payment = _read_address(client, stub, "Channels", "payment_token")
+    stub.contracts["MockStable"]["address"] = payment
+    # a devnet pays with the mock token on a devnet chain id; anything else is a real network
+    payment_code = bytes(client.rpc(lambda: client.w3.eth.get_code(to_checksum_address(payment))))
+    stub.devnet = is_devnet_chain(chain_id) and payment_code.startswith(runtimes[PAYMENT_TOKEN])
     stub.treasury = _read_address(client, stub, "Channels", "treasury")
     stub.deploy_block = _creation_block(client, stub.address("AllmendeToken"))
     return stub
