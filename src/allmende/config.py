@@ -27,6 +27,9 @@ class Environment:
     contracts_dir: Path | None
     # ALLMENDE_DEBUG=1: the CLI shows an error's traceback instead of one line (as --debug does)
     debug: bool = False
+    # ALLMENDE_RECEIPT_TIMEOUT: seconds to await a transaction's receipt (default: the RPC timeout,
+    # 30 s); a chain with slow or congested blocks needs more. Checked where it is used (the chain client)
+    receipt_timeout: str = ""
 
 
 def from_environment() -> Environment:
@@ -40,6 +43,7 @@ def from_environment() -> Environment:
         anvil=_path("ALLMENDE_ANVIL"),
         contracts_dir=_path("ALLMENDE_CONTRACTS"),
         debug=os.environ.get("ALLMENDE_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"),
+        receipt_timeout=os.environ.get("ALLMENDE_RECEIPT_TIMEOUT", "").strip(),
     )
 
 

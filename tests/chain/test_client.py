@@ -14,6 +14,7 @@ from allmende.chain.anvil import Anvil, DevnetAccount
 from allmende.chain.bindings import ROLE_PROVIDER
 from allmende.chain.deploy import DEVNET_ALM_PER_ACCOUNT, DEVNET_USD_PER_ACCOUNT
 from allmende.core import AmountOverflow, UnknownModel
+from allmende.core.errors import InvalidInput
 from tests.conftest import contracts_for
 
 
@@ -147,3 +148,13 @@ def test_client_without_key_cannot_send(anvil: Anvil, deployment: Deployment) ->
     assert reader.chain_id == 31337
     with pytest.raises(Exception, match="no key"):
         _ = reader.address
+
+
+def test_receipt_timeout_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ChainClient("http://127.0.0.1:9").receipt_timeout == 30
+    monkeypatch.setenv("ALLMENDE_RECEIPT_TIMEOUT", "180")
+    assert ChainClient("http://127.0.0.1:9").receipt_timeout == 180
+    assert ChainClient("http://127.0.0.1:9", receipt_timeout=5).receipt_timeout == 5
+    monkeypatch.setenv("ALLMENDE_RECEIPT_TIMEOUT", "soon")
+    with pytest.raises(InvalidInput, match="ALLMENDE_RECEIPT_TIMEOUT"):
+        ChainClient("http://127.0.0.1:9")

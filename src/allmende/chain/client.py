@@ -37,6 +37,8 @@ from allmende.chain.errors import (
     RpcUnavailable,
     TransactionFailed,
 )
+from allmende.config import from_environment
+from allmende.core.errors import InvalidInput
 
 T = TypeVar("T")
 _REVERT_PREFIX = "execution reverted: "
@@ -88,7 +90,7 @@ class ChainClient:
         self.rpc_url = rpc_url
         self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
         self.account: LocalAccount | None = Account.from_key(key) if key else None
-        self.receipt_timeout = timeout if receipt_timeout is None else receipt_timeout
+        self.receipt_timeout = _receipt_timeout(timeout) if receipt_timeout is None else receipt_timeout
         self.log_page = LOG_PAGE
         # every transaction this client sends, in order, when set to a list (a deploy's dry run)
         self.journal: list[tuple[str, SentTransaction]] | None = None
@@ -345,6 +347,20 @@ class ChainClient:
             if error:
                 message = error.get("message", error) if isinstance(error, dict) else error
                 raise RpcRefused(str(message), None, method)
+
+
+def _receipt_timeout(default: float) -> float:
+    """ALLMENDE_RECEIPT_TIMEOUT (seconds to await a receipt), else `default`."""
+    value = from_environment().receipt_timeout
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise InvalidInput(f"ALLMENDE_RECEIPT_TIMEOUT={value!r}: expected a positive number of seconds")
+    return seconds
 
 
 def _range_refusal(exc: ChainError) -> bool:

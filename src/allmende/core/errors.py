@@ -25,6 +25,8 @@ table against the classes, so it cannot drift::
     │       └── PromptTooLong      context_length_exceeded   400     engine.base
     ├── ChainError (RuntimeError)  chain_error               503     chain.errors
     │   ├── RpcUnavailable         rpc_unavailable           503     chain.errors
+    │   ├── RpcRefused             rpc_refused               503     chain.errors
+    │   │   └── LogRangeTooLarge   log_range_too_large       503     chain.errors
     │   ├── ContractReverted       contract_reverted         503     chain.errors
     │   ├── TransactionFailed      transaction_failed        503     chain.errors
     │   └── DeploymentNotFound     deployment_not_found      503     chain.errors
