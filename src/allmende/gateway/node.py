@@ -14,11 +14,13 @@ import httpx
 from allmende.api.directory import Directory
 from allmende.api.guard import GuardConfig
 from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.chain.bindings import ROLE_PROVIDER
+from allmende.chain.errors import ChainError
 from allmende.chain.network import PUBLIC_PATH, public_view
 from allmende.core.routing import Router, RoutingPolicy
 from allmende.gateway.app import create_app
 from allmende.gateway.payments import ChannelPolicy, Payments
-from allmende.gateway.relay import Relay
+from allmende.gateway.relay import MAX_FRAME, WS_QUEUE, Relay
 from allmende.gateway.service import GatewayService
 from allmende.gateway.serving import GatewayLimits
 from allmende.gateway.store import GatewayStore
@@ -84,7 +86,10 @@ def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
     app = create_app(service, config.limits, config.guard)
     app.router.lifespan_context = lifespan
     network = public_view(deployment, config.public_rpc or config.rpc_url)
-    Relay().mount(app)  # providers without inbound connections are reached through this gateway
+    # providers without inbound connections are reached through this gateway: a login names it
+    # and its chain, staked providers only (a few unregistered ones), admitted like the API
+    relay = Relay(relay_names(config), client.chain_id, lambda a: staked_provider(contracts, a), app.state.admission)
+    relay.mount(app)
 
     @app.get(PUBLIC_PATH)
     async def network_view() -> dict[str, Any]:
@@ -94,8 +99,38 @@ def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
     return app, directory, payments
 
 
+def relay_names(config: GatewayConfig) -> list[str]:
+    """The `host:port`s providers may dial this gateway's relay at (what their login names)."""
+
+    def at(host: str, port: int) -> str:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    names = [at(config.host, config.port)]
+    if config.host in ("0.0.0.0", "::", "127.0.0.1", "localhost", "::1"):
+        names += [f"127.0.0.1:{config.port}", f"localhost:{config.port}"]
+    for host in (config.public_host, *config.allowed_hosts):
+        if not host:
+            continue
+        if host.rsplit(":", 1)[-1].isdigit() and (not host.startswith("[") or "]:" in host) and host.count(":") == 1:
+            names.append(host)  # a name with its port
+        else:  # reached on the gateway's port, or behind a proxy on the default ports
+            names += [at(host.strip("[]"), port) for port in (config.port, 80, 443)]
+    return names
+
+
+def staked_provider(contracts: Contracts, address: str) -> bool:
+    """A registered provider with stake (the relay holds its connection without limit)."""
+    try:
+        account = contracts.registry.account(address)
+    except ChainError:
+        return False
+    return account.role == ROLE_PROVIDER and account.stake > 0
+
+
 def serve(config: GatewayConfig) -> None:
     import uvicorn
 
     app, _, _ = build(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_keep_alive=30)
+    # a relay connection's frames: at most MAX_FRAME each, a few buffered before the relay reads them
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_keep_alive=30,
+                ws_max_size=MAX_FRAME, ws_max_queue=WS_QUEUE)  # fmt: skip

@@ -1,7 +1,11 @@
 """A provider that accepts no inbound connections: it dials out to a relay (a gateway's
-`/v1/relay` WebSocket), proves its address by signing the relay's nonce, and answers the
+`/v1/relay` WebSocket), proves its address by signing the relay's nonce together with the
+relay's own name (`host:port` as dialled) and its chain (allmende.api.relay: a relay cannot
+replay the login at another gateway), and answers the
 requests the relay forwards by running them through its own ASGI app, streaming each answer
-back frame by frame. Its endpoint on chain is `<relay>/v1/relay/<address>`.
+back frame by frame. Its endpoint on chain is `<relay>/v1/relay/<address>`. Each forwarded
+request is run as coming from the client the relay admitted it for (`x-allmende-relay-client`),
+so the provider's per-client rate limits hold per relayed client, not for the relay as one.
 See allmende.gateway.relay for the frames. The connection is re-dialled after a loss.
 """
 
@@ -19,6 +23,9 @@ from eth_account.signers.local import LocalAccount
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+from allmende.api.headers import RELAY_CLIENT_HEADER
+from allmende.api.relay import challenge_text, relay_name
+
 log = logging.getLogger("allmende.provider.relay")
 
 RETRY_S = 1.0
@@ -35,13 +42,13 @@ def relayed_endpoint(relay: str, address: str) -> str:
     return relay.strip().rstrip("/").removesuffix("/v1") + f"/v1/relay/{address}"
 
 
-async def serve_relayed(app: Any, relay: str, account: LocalAccount, stop: asyncio.Event) -> None:
+async def serve_relayed(app: Any, relay: str, account: LocalAccount, stop: asyncio.Event, chain_id: int) -> None:
     """Keep a connection to the relay until `stop` is set, answering what it forwards."""
     url = relay_socket_url(relay)
     while not stop.is_set():
         try:
             async with connect(url, max_size=8 * 1024 * 1024, open_timeout=10) as socket:
-                await _hello(socket, account)
+                await _hello(socket, account, relay_name(relay), chain_id)
                 log.info("connected to the relay %s", url)
                 await _pump(socket, app, stop)
         except (OSError, TimeoutError, WebSocketException, ValueError, KeyError) as exc:
@@ -52,10 +59,12 @@ async def serve_relayed(app: Any, relay: str, account: LocalAccount, stop: async
                 await asyncio.wait_for(stop.wait(), timeout=RETRY_S)
 
 
-async def _hello(socket: ClientConnection, account: LocalAccount) -> None:
+async def _hello(socket: ClientConnection, account: LocalAccount, relay: str, chain_id: int) -> None:
     challenge = json.loads(await asyncio.wait_for(socket.recv(), timeout=10))
-    signed = account.sign_message(encode_defunct(text=f"allmende relay {challenge['nonce']}"))
-    await socket.send(json.dumps({"t": "hello", "address": account.address, "signature": signed.signature.to_0x_hex()}))
+    signed = account.sign_message(encode_defunct(text=challenge_text(str(challenge["nonce"]), relay, chain_id)))
+    hello = {"t": "hello", "address": account.address, "relay": relay, "chain_id": chain_id,
+             "signature": signed.signature.to_0x_hex()}  # fmt: skip
+    await socket.send(json.dumps(hello))
     accepted = json.loads(await asyncio.wait_for(socket.recv(), timeout=10))
     if accepted.get("t") != "ok":
         raise ValueError(f"the relay refused this node: {accepted}")
@@ -93,13 +102,15 @@ async def _answer(app: Any, frame: dict[str, Any], send: Any) -> None:
     stream_id = frame["id"]
     body = base64.b64decode(frame.get("body", ""))
     path = str(frame.get("path", "/"))
+    headers = {str(k).lower(): str(v) for k, v in dict(frame.get("headers", {})).items()}
+    client = headers.pop(RELAY_CLIENT_HEADER, "relay")[:80]  # the client the relay vouches for
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": str(frame.get("method", "GET")),
         "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
         "query_string": str(frame.get("query", "")).encode(),
-        "headers": [(k.lower().encode(), str(v).encode()) for k, v in dict(frame.get("headers", {})).items()]
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()]
         + [(b"content-length", str(len(body)).encode())],
-        "client": ("relay", 0), "server": ("relay", 0),
+        "client": (client, 0), "server": ("relay", 0),
     }  # fmt: skip
     delivered = asyncio.Event()
 
