@@ -151,7 +151,11 @@ def test_logprobs_come_from_the_rows_drawn_from_and_do_not_change_the_draw(llama
     params = SamplingParams(max_tokens=10, temperature=0.9, seed=4, ignore_eos=True)
     ids = chat(llama, 5)
 
+    # each prefilled whole: a prompt taken from the cache gets its first row from a one-token
+    # decode, whose rounding may change a sampled draw (within the checker's band)
+    llama.scheduler.drop_parked()
     plain = asyncio.run(collect(llama.generate(ids, params), len(ids)))
+    llama.scheduler.drop_parked()
     scored = asyncio.run(collect(llama.generate(ids, dataclasses.replace(params, logprobs=3)), len(ids)))
 
     assert scored.token_ids == plain.token_ids and plain.logprobs is None
@@ -219,6 +223,7 @@ def test_a_prompt_sharing_a_running_prompts_prefix_prefills_only_the_rest_and_pa
     first, second = chat(llama, 0), chat(llama, 1)
     common = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
     assert common >= SHARED_PREFIX_MIN  # SmolLM2's template: the same system prompt
+    llama.scheduler.drop_parked()  # earlier tests' finished prompts would give a longer prefix
     shared = llama.scheduler.shared_prefix_tokens
     params = SamplingParams(max_tokens=12, seed=11)
 
@@ -300,3 +305,33 @@ def test_another_model_of_the_same_architecture_and_tokenizer_fails_the_referenc
         assert done.token_ids
         verdict = judge(reference, prompt, done.token_ids, done.proof, params)
         assert not verdict.ok and "proof" in verdict.reason, verdict.reason
+
+
+def test_a_prompt_that_starts_like_a_finished_requests_reuses_its_cells_reports_them_and_passes_the_check() -> None:
+    """Prompt caching across requests: an agent sends the same long system prompt every step;
+    the second step takes the first's cells (prompt and answer) and prefills only the rest,
+    reports them as `cached_tokens`, and its completion is still the model's answer to the
+    whole prompt (the reference check prefills all of it)."""
+    resolved = resolve_model(DEFAULT_CHAT_MODEL)
+    assert resolved.gguf is not None and resolved.gguf_id is not None
+    llama = LlamaCppEngine("f16", resolved.gguf, resolved.path, resolved.gguf_id, max_concurrency=4, weights="f16")
+    system = "You are a careful assistant. " + " ".join(f"Rule {i}: answer briefly and exactly." for i in range(40))
+    step1 = [{"role": "system", "content": system}, {"role": "user", "content": "What is the capital of France?"}]
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    first_ids = llama.prompt_ids(prompt_of("chat", {"messages": step1}))
+    first = asyncio.run(collect(llama.generate(first_ids, params), len(first_ids)))
+    assert first.cached_tokens == 0
+    step2 = [*step1, {"role": "assistant", "content": first.text}, {"role": "user", "content": "And of Italy?"}]
+    second_ids = llama.prompt_ids(prompt_of("chat", {"messages": step2}))
+    cached = llama.scheduler.cached_prompt_tokens
+
+    second = asyncio.run(collect(llama.generate(second_ids, params), len(second_ids)))
+
+    assert second.cached_tokens >= len(first_ids) - 1  # at least the whole first prompt came from the cache
+    assert llama.scheduler.cached_prompt_tokens - cached == second.cached_tokens
+    reference = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1)
+    verdict = judge(reference, second_ids, second.token_ids, second.proof, params)
+    assert verdict.ok, verdict.reason
+    llama.scheduler.drop_parked()
+    cold = asyncio.run(collect(llama.generate(second_ids, params), len(second_ids)))
+    assert cold.cached_tokens == 0 and cold.text == second.text  # greedy: the same answer without the cache

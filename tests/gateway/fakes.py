@@ -60,6 +60,7 @@ class FakeEngine(Engine):
         self.model_id = MODEL_ID
         self.context_length = 256
         self.fail_after = fail_after
+        self.cached_tokens = 0  # reported on the final event, as the llama.cpp engine's prompt cache does
 
     def encode_text(self, text: str) -> list[int]:
         return [ord(c) for c in text]
@@ -87,7 +88,14 @@ class FakeEngine(Engine):
             if params.logprobs is not None:  # the drawn letter is the likeliest, then the next letters
                 top = [fake_logprob(token + k, -0.25 * (k + 1)) for k in range(params.logprobs)]
                 logprob = {**fake_logprob(token, -0.25), "top_logprobs": top}
-            yield TokenEvent(chr(token), token, "length" if last else None, b"\x01" * 8 if last else None, logprob)
+            yield TokenEvent(
+                chr(token),
+                token,
+                "length" if last else None,
+                b"\x01" * 8 if last else None,
+                logprob,
+                self.cached_tokens if last else 0,
+            )
 
     async def embed(self, request: EmbeddingInput) -> tuple[list[list[float]], int]:
         raise EngineError("not an embedding model")

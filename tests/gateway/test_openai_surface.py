@@ -25,9 +25,14 @@ T = TypeVar("T")
 CHAT = [{"role": "user", "content": "Hallo"}]
 
 
-def run(tmp: Path, call: Callable[[openai.AsyncOpenAI, httpx.AsyncClient], Awaitable[T]], **limits: Any) -> T:
+def run(
+    tmp: Path,
+    call: Callable[[openai.AsyncOpenAI, httpx.AsyncClient], Awaitable[T]],
+    provider: FakeProvider | None = None,
+    **limits: Any,
+) -> T:
     """`call` with an openai client and a raw client of a gateway app over one fake provider."""
-    net = network(tmp, [FakeProvider(tmp)])
+    net = network(tmp, [provider or FakeProvider(tmp)])
     contracts = net.service.directory.contracts  # the explorer's chain view reads these lazily
     for name in ("channels", "verdicts", "governor"):
         if not hasattr(contracts, name):
@@ -250,3 +255,24 @@ def test_a_provider_side_refusal_keeps_its_param_and_code() -> None:
     assert named.param == "top_k"
     quoted = refused(ProviderReplyError(400, "engine_error", "'input' item 3: token ids of minilm must be …"))
     assert (quoted.code, quoted.param) == ("invalid_request", "input")
+
+
+def test_cached_prompt_tokens_reach_the_usage_of_chat_streamed_and_not(tmp_path: Path) -> None:
+    provider = FakeProvider(tmp_path)
+    provider.engine.cached_tokens = 5  # the engine took 5 prompt tokens from an earlier request's cells
+
+    async def call(client: openai.AsyncOpenAI, _: httpx.AsyncClient) -> tuple[Any, Any]:
+        plain = await client.chat.completions.create(model="fake", messages=CHAT, max_tokens=3)  # type: ignore[arg-type]
+        stream = await client.chat.completions.create(
+            model="fake",
+            messages=CHAT,  # type: ignore[arg-type]
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        last = [chunk async for chunk in stream][-1]
+        return plain.usage, last.usage
+
+    plain, streamed = run(tmp_path, call, provider)
+    assert plain.prompt_tokens_details.cached_tokens == 5
+    assert streamed.prompt_tokens_details.cached_tokens == 5

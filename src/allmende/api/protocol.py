@@ -109,7 +109,11 @@ CHAT_PARAMETERS: dict[str, Parameter] = {
     "logprobs": Parameter(SUPPORTED, "log-probabilities of the model's distribution at each drawn token"),
     "top_logprobs": Parameter(SUPPORTED, f"0–{MAX_TOP_LOGPROBS} most likely alternatives (needs `logprobs`)"),
     "safety_identifier": Parameter(ACCEPTED, "as `user`"),
-    "prompt_cache_key": Parameter(ACCEPTED, "as `user`; prompts are not cached across requests"),
+    "prompt_cache_key": Parameter(
+        ACCEPTED,
+        "as `user`: the llama.cpp engine reuses a recent prompt's cache by its tokens, whatever the key; "
+        "`usage.prompt_tokens_details.cached_tokens` says how many",
+    ),
     "tools": Parameter(
         SUPPORTED,
         "functions with a JSON Schema of their arguments, rendered by the model's chat template (natively where "
@@ -698,10 +702,15 @@ def _absent(value: Any) -> bool:
     return value is None
 
 
+class PromptTokensDetails(_Response):
+    cached_tokens: int = 0  # prompt tokens served from an earlier request's cache (llama.cpp engine)
+
+
 class Usage(_Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: Annotated[PromptTokensDetails | None, Field(exclude_if=_absent)] = None
 
 
 class EmbeddingUsage(_Response):

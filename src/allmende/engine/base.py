@@ -145,6 +145,8 @@ class TokenEvent:
     # with `SamplingParams.logprobs`: {"token", "bytes", "logprob", "top_logprobs": [...]} of
     # `token_id`, from the row of logits it was drawn from (see `token_logprob`)
     logprob: dict[str, object] | None = None
+    # on the final event: prompt tokens served from the cache of earlier requests (llama.cpp)
+    cached_tokens: int = 0
 
 
 @dataclass
@@ -158,6 +160,7 @@ class Generation:
     token_ids: list[int] = field(default_factory=list)
     proof: bytes = b""
     logprobs: list[dict[str, object]] | None = None  # one per output token, when asked for
+    cached_tokens: int = 0  # prompt tokens not prefilled: their cache cells were an earlier request's
 
 
 class Engine(ABC):
@@ -243,7 +246,9 @@ async def collect(stream: AsyncIterator[TokenEvent], prompt_tokens: int) -> Gene
     finish = "length"
     proof = b""
     logprobs: list[dict[str, object]] = []
+    cached = 0
     async for event in stream:
+        cached = max(cached, event.cached_tokens)
         if event.proof is not None:
             proof = event.proof
         if event.logprob is not None:
@@ -253,4 +258,4 @@ async def collect(stream: AsyncIterator[TokenEvent], prompt_tokens: int) -> Gene
             ids.append(event.token_id)
         if event.finish_reason:
             finish = event.finish_reason
-    return Generation("".join(parts), prompt_tokens, len(ids), finish, ids, proof, logprobs or None)
+    return Generation("".join(parts), prompt_tokens, len(ids), finish, ids, proof, logprobs or None, cached)

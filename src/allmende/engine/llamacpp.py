@@ -36,7 +36,17 @@ file, which the validator loads. ALLMENDE_LLAMACPP_WEIGHTS picks.
 
 The KV cache is one unified buffer of `kv_cells` cells shared by all sequences. A
 sequence joins only when its prompt plus `max_tokens` fit in the cells not reserved by
-the sequences already running, so a decode never runs out of cache.
+the sequences already running, so a decode never runs out of cache. (A request without
+`max_tokens` may fill the context: it reserves all of it, and runs alone in its context.)
+
+Prompt caching across requests: a finished sequence keeps its cells (prompt and output) as a
+*parked* sequence, up to `PARKED_SEQUENCES` per context, least recently used evicted first
+and whenever a joiner needs its sequence id or cells. A joining prompt that starts with at
+least `SHARED_PREFIX_MIN` tokens of a parked sequence's (an agent's system prompt and tools,
+the conversation so far) takes those cells and prefills only the rest; the count is the
+request's `cached_tokens`. The draw and the proof come from the same rows as without the
+cache (the cells hold the same keys and values, computed by the same weights), and the
+checker prefills the whole prompt anyway.
 """
 
 from __future__ import annotations
@@ -66,6 +76,7 @@ STEP_WIDTH = 48
 # from it and prefills only the rest: from a running sequence, or from one joining in the same
 # step (which then prefills the prefix in a first pass).
 SHARED_PREFIX_MIN = 16
+PARKED_SEQUENCES = 8  # finished sequences per context whose cells stay for a later prompt (prompt caching)
 
 
 WEIGHTS = ("native", "f16", "mixed")
@@ -262,6 +273,11 @@ class LlamaScheduler(StepScheduler):
         self._routes: dict[Sequence, str] = {}  # where each admitted joiner goes
         self.joined = {k: 0 for k in contexts}  # sequences that joined each context (tests, metrics)
         self.shared_prefix_tokens = 0  # prompt tokens taken from a running sequence's cells, not prefilled
+        self.cached_prompt_tokens = 0  # of those, taken from a finished (parked) sequence's cells
+        # per context, finished sequences whose cells are kept: (sequence id, tokens in its cells), oldest first
+        self._parked: dict[str, list[tuple[int, list[int]]]] = {k: [] for k in contexts}
+        self._parking = True  # off while a failed step's batch is dropped
+        self._forget = False  # drop_parked was called: forget them before the next joiner
 
     def _route(self, demand: int) -> str:
         if len(self.contexts) == 1:
@@ -269,13 +285,64 @@ class LlamaScheduler(StepScheduler):
         return "f16" if demand >= MIXED_BATCH else "native"
 
     def _has_room(self, sequence: Sequence, joining: list[Sequence]) -> bool:
+        if self._forget:
+            self._forget = False
+            self._forget_parked()
         target = self._route(len(self._active) + len(joining) + len(self._waiting))
         reserved = sum(s.cells for s in self._slots.values() if s.context == target)
         reserved += sum(_cells(s) for s in joining if self._routes.get(s) == target)
-        if reserved + _cells(sequence) > self.cells[target] or not self._free_ids[target]:
+        ids = 1 + sum(1 for s in joining if self._routes.get(s) == target)  # sequence ids this step takes
+        parked = self._parked[target]
+        keep = self._best_parked(sequence, target)[0]  # evicted last: the joiner would take its cells
+        while parked and (
+            reserved + sum(len(t) for _, t in parked) + _cells(sequence) > self.cells[target]
+            or len(self._free_ids[target]) < ids
+        ):
+            victim = next((p for p in parked if p[0] != keep), parked[0])
+            self._evict(target, victim)
+        if reserved + _cells(sequence) > self.cells[target] or len(self._free_ids[target]) < ids:
             return False
         self._routes[sequence] = target
         return True
+
+    def _best_parked(self, sequence: Sequence, context: str) -> tuple[int | None, int]:
+        """The parked sequence id in `context` whose cells share the longest prefix with
+        `sequence`'s prompt (never its last token), and that length."""
+        best, source = 0, None
+        prompt = sequence.prompt_ids[:-1]
+        for seq_id, tokens in self._parked[context]:
+            shared = 0
+            for mine, theirs in zip(prompt, tokens, strict=False):
+                if mine != theirs:
+                    break
+                shared += 1
+            if shared > best:
+                best, source = shared, seq_id
+        return source, best
+
+    def _evict(self, context: str, entry: tuple[int, list[int]]) -> None:
+        self._parked[context].remove(entry)
+        self.contexts[context].drop(entry[0])
+        self._free_ids[context].append(entry[0])
+
+    def drop_parked(self) -> None:
+        """Forget every finished sequence's cells before the next request joins (tests and
+        benchmarks: its prompt is prefilled whole). Done by the scheduler's thread, after the
+        sequences that finished before this call have parked."""
+        self._forget = True
+
+    def _forget_parked(self) -> None:
+        for context, parked in self._parked.items():
+            for entry in list(parked):
+                self._evict(context, entry)
+
+    def _reset(self) -> None:
+        self._parking = False  # the failed step's cells are not trusted
+        try:
+            super()._reset()
+        finally:
+            self._parking = True
+        self._forget_parked()
 
     def _step(self, joining: list[Sequence]) -> None:
         # per context: (token, sequence id, position, wants output) entries, and the sequences
@@ -309,9 +376,17 @@ class LlamaScheduler(StepScheduler):
                 sequence, [s for s in self._active if self._slots[s].context == target]
             )
             earlier, shared = self._longest_prefix(sequence, [s for s in sources if self._slots[s].context == target])
-            if running is not None and taken >= max(shared, SHARED_PREFIX_MIN):
+            parked, cached = self._best_parked(sequence, target)
+            if parked is not None and cached >= max(taken, shared, SHARED_PREFIX_MIN):
+                self.contexts[target].copy(parked, slot.seq_id, cached)
+                skips[sequence] = sequence.cached_tokens = cached
+                self.cached_prompt_tokens += cached
+                entry = next(p for p in self._parked[target] if p[0] == parked)
+                self._parked[target].remove(entry)
+                self._parked[target].append(entry)  # most recently used
+            elif running is not None and taken >= max(shared, SHARED_PREFIX_MIN):
                 self.contexts[target].copy(self._slots[running].seq_id, slot.seq_id, taken)
-                skips[sequence] = taken
+                skips[sequence] = sequence.cached_tokens = taken
             elif earlier is not None and shared >= SHARED_PREFIX_MIN:
                 follows[sequence] = (earlier, shared)  # (its own cells arrive after the first pass)
             prefilling.append(sequence)
@@ -377,9 +452,18 @@ class LlamaScheduler(StepScheduler):
                 self._active.remove(sequence)
             self._routes.pop(sequence, None)
             slot = self._slots.pop(sequence, None)
-            if slot is not None:
-                self.contexts[slot.context].drop(slot.seq_id)
-                self._free_ids[slot.context].append(slot.seq_id)
+            if slot is None:
+                continue
+            if self._parking:  # finished, or cancelled (often by its client right after its last token)
+                # its cells hold the prompt and the output tokens fed back (all but the last drawn)
+                tokens = (sequence.prompt_ids + sequence.token_ids)[: slot.position]
+                parked = self._parked[slot.context]
+                parked.append((slot.seq_id, tokens))
+                if len(parked) > PARKED_SEQUENCES:
+                    self._evict(slot.context, parked[0])
+                continue
+            self.contexts[slot.context].drop(slot.seq_id)
+            self._free_ids[slot.context].append(slot.seq_id)
 
 
 class LlamaCppEngine(GenerativeEngine):

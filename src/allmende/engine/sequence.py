@@ -47,6 +47,7 @@ class Sequence:
         self.cancelled = threading.Event()
         self.finished = False
         self.last_token = -1
+        self.cached_tokens = 0  # prompt tokens whose cache cells came from another request (not prefilled)
         self.stops = StopWatch(params.stop)  # the checker replays the same rule (engine.sampling.first_stop)
 
     @property
@@ -84,7 +85,7 @@ class Sequence:
 
     def _finish(self, text: str, token: int | None, reason: Finish, logprob: dict[str, object] | None = None) -> bool:
         proof = commit(torch.stack(self.hidden_rows)) if self.hidden_rows else b""
-        self.emit(TokenEvent(text, token, reason, proof, logprob))
+        self.emit(TokenEvent(text, token, reason, proof, logprob, self.cached_tokens))
         self.emit(None)
         self.finished = True
         return True

@@ -75,7 +75,7 @@ def chat_response(request: protocol.ChatRequest, body: dict[str, Any], name: str
         created=int(time.time()),
         model=name,
         choices=choices,
-        usage=protocol.Usage(**answer.usage),
+        usage=protocol.Usage.model_validate(answer.usage),
     ).render()
 
 
@@ -93,7 +93,11 @@ def completion_response(request: protocol.CompletionRequest, name: str, answer: 
         for i, out in enumerate(choices_of(answer.output, request.n or 1))
     ]
     return protocol.Completion(
-        id=new_id("cmpl"), created=int(time.time()), model=name, choices=texts, usage=protocol.Usage(**answer.usage)
+        id=new_id("cmpl"),
+        created=int(time.time()),
+        model=name,
+        choices=texts,
+        usage=protocol.Usage.model_validate(answer.usage),
     ).render()
 
 
@@ -144,7 +148,7 @@ def chat_chunk(
             )
         ]
     )
-    parsed = protocol.Usage(**usage) if usage else None
+    parsed = protocol.Usage.model_validate(usage) if usage else None
     return protocol.ChatCompletionChunk(
         id=ident, created=created, model=model, choices=choices, usage=parsed, allmende=allmende
     ).render()
@@ -173,7 +177,7 @@ def completion_chunk(
             )
         ]
     )
-    parsed = protocol.Usage(**usage) if usage else None
+    parsed = protocol.Usage.model_validate(usage) if usage else None
     return protocol.CompletionChunk(
         id=ident, created=created, model=model, choices=texts, usage=parsed, allmende=allmende
     ).render()

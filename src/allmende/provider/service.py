@@ -218,6 +218,8 @@ class ProviderService:
                 output["choices"] = outputs
                 texts = json.dumps([g.text for g in gens]).encode()
                 receipt = self._finish(req, len(prompt), tokens_out, texts, b"".join(g.proof for g in gens))
+            # prompt tokens whose cache cells an earlier request left (OpenAI's usage field; priced as any)
+            receipt["usage"]["prompt_tokens_details"] = {"cached_tokens": max(g.cached_tokens for g in gens)}
         reply = {"output": output, "usage": receipt["usage"], "receipt": receipt["receipt"]}
         return req.sealer.seal(0, json.dumps(reply).encode())
 
@@ -231,7 +233,9 @@ class ProviderService:
         parts, produced, finish, proof, token_ids = progress.parts, 0, "length", b"", progress.token_ids
         unsent = 0  # tokens whose text has not gone out yet
         logprobs: list[dict[str, Any]] = []  # ... and their log-probabilities
+        cached = 0  # prompt tokens from an earlier request's cache cells (on the final event)
         async for event in engine.generate(prompt, params):
+            cached = max(cached, event.cached_tokens)
             if event.proof is not None:
                 proof = event.proof
             if event.token_id is not None:
@@ -258,6 +262,7 @@ class ProviderService:
         text = "".join(parts)
         progress.billed = True
         receipt = self._finish(req, len(prompt), produced, text.encode(), proof)
+        receipt["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
         final = {
             "done": True,
             "finish_reason": finish,
