@@ -125,7 +125,7 @@ def test_a_body_that_trickles_in_is_cut_off(network: Network) -> None:
     target = urlparse(network.data["gateway_url"])
     with socket.create_connection((target.hostname, target.port), timeout=30) as sock:
         head = (
-            f"POST {target.path}{CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"POST {target.path}{CHAT} HTTP/1.1\r\nHost: {target.netloc}\r\nContent-Type: application/json\r\n"
             "Content-Length: 100000\r\n\r\n"
         ).encode()
         sock.sendall(head + b'{"model": "allmende:tiny", ')

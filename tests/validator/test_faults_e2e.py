@@ -33,7 +33,7 @@ from eth_utils import keccak
 
 from allmende.api.canonical import canonical
 from allmende.api.protocol import input_hash
-from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
 from allmende.chain.anvil import Anvil, DevnetAccount, free_port
 from allmende.chain.bindings import ROLE_PROVIDER, ROLE_VALIDATOR
 from allmende.core import Receipt, sign_receipt
@@ -49,6 +49,28 @@ from tests.provider.conftest import start_provider
 from tests.validator.test_endings import REQUEST_ID, early_eos_body, plain
 from tests.validator.test_fetcher import Tarpit
 from tests.validator.test_validator_e2e import make_validator
+
+
+# A chain of this module's own: the validators staked here would weigh in the quorum of every
+# later case on the session chain, and test_validator_e2e's juror then fell short of it (its
+# cases ended without a quorum when this module ran first).
+@pytest.fixture(scope="module")
+def anvil() -> Iterator[Anvil]:
+    with Anvil() as node:
+        yield node
+
+
+@pytest.fixture(scope="module")
+def deployment(anvil: Anvil, accounts: list[DevnetAccount]) -> Deployment:
+    return deploy_all(ChainClient(anvil.url, accounts[0].key), fund=[a.address for a in accounts])
+
+
+@pytest.fixture(scope="module")
+def deployments_file(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("faults-chain") / "deployments.json"
+    deployment.save(path)
+    return path
+
 
 QUESTION = [{"role": "user", "content": "Write a short paragraph about tides."}]
 ALM = 10**18
