@@ -9,9 +9,9 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from allmende.api.client import PayerKey, ProviderInfo, ProviderReplyError, build_envelope
 from allmende.core import Voucher, sign_voucher
 from allmende.core.envelope import public_key_bytes
-from allmende.api.client import PayerKey, ProviderInfo, ProviderReplyError, build_envelope
 from tests.provider.conftest import Running
 from tests.provider.test_provider import CHAT, Payer, tiny_id
 

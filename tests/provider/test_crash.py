@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 
+from allmende.api.client import Answer, build_envelope, fetch_info, infer_stream
 from allmende.chain.anvil import Anvil, DevnetAccount
 from allmende.chain.deploy import Deployment
-from allmende.api.client import Answer, build_envelope, fetch_info, infer_stream
 from allmende.provider.store import ProviderStore
 from tests.conftest import contracts_for
 from tests.provider.conftest import Running, start_provider

@@ -8,11 +8,11 @@ from pathlib import Path
 import httpx
 from eth_utils import keccak
 
+from allmende.api.client import build_envelope, infer, infer_stream
 from allmende.chain.anvil import Anvil, DevnetAccount
 from allmende.chain.deploy import Deployment
 from allmende.core import SignedVoucher, Voucher, model_id_of, sign_voucher, split_payment
 from allmende.engine.tiny import ensure_tiny_model
-from allmende.api.client import build_envelope, infer, infer_stream
 from allmende.provider.settlement import Settlement
 from allmende.provider.store import ProviderStore
 from tests.conftest import contracts_for

@@ -153,9 +153,7 @@ def stop_together(nodes: Sequence[Node], timeout: float) -> None:
             node.process.wait()
 
 
-def spawn(
-    name: str, command: Sequence[str], log: Path, url: str | None = None, die_with_parent: bool = False
-) -> Node:
+def spawn(name: str, command: Sequence[str], log: Path, url: str | None = None, die_with_parent: bool = False) -> Node:
     """Start `command` with its output appended to `log` (not waiting for it), in a session of
     its own, as anvil is: a terminal's Ctrl-C then reaches only the supervisor, which stops each
     node once and in order. (Sharing the terminal's process group, a node got the Ctrl-C and
