@@ -61,7 +61,10 @@ def chain(providers: list[FakeProvider], names: dict[bytes, str]) -> Any:
         stake_of=lambda a: 10**21,
     )
     models = SimpleNamespace(
-        address="0x" + "22" * 20, name_of=lambda m: names.get(m, ""), owner_of=lambda m: "0x" + "33" * 20
+        address="0x" + "22" * 20,
+        name_of=lambda m: names.get(m, ""),
+        owner_of=lambda m: "0x" + "33" * 20,
+        royalty_terms=lambda m: ("0x" + "33" * 20, 0, 1_700_000_000),  # (payee, bps, registered at)
     )
     return SimpleNamespace(  # the explorer's event tails only keep their contract until polled
         client=SimpleNamespace(address=GATEWAY),
