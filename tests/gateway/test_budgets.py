@@ -36,9 +36,8 @@ def gateway(tmp: Path, **limits: Any) -> tuple[Any, Network]:
 
 def most_cost(net: Network) -> int:
     """The most BODY can cost (what admission reserves for it)."""
-    from allmende.gateway.budgets import Budgets
 
-    return Budgets({}).most_cost(net.service, "chat", dict(BODY))
+    return net.service.most_cost("chat", dict(BODY))[1]
 
 
 def test_32_concurrent_clients_never_spend_more_than_the_keys_budget(tmp_path: Path) -> None:

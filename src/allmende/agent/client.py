@@ -38,7 +38,6 @@ from allmende.chain import ChainClient, Contracts
 from allmende.chain.errors import ContractReverted
 from allmende.chain.keys import load_key
 from allmende.chain.network import resolve_network
-from allmende.core.credit import max_request_cost
 from allmende.core.errors import AllmendeError, InvalidInput
 from allmende.core.routing import Router, RoutingPolicy
 from allmende.gateway.app import create_app
@@ -144,8 +143,7 @@ class Agent:
         try:
             body = json.loads(raw)
             chat = translate(body) if translate is not None else body
-            offer = self.service.resolve(chat.get("model"), kind)
-            most = self._most(kind, chat, offer.model_id)
+            offer, most = self.service.most_cost(kind, chat)
         except (ValueError, TypeError, AttributeError, InvalidParameter, AllmendeError):
             return request, lambda: None  # the app refuses it, in the API's own words, before paying
         try:
@@ -154,15 +152,6 @@ class Agent:
             error = {"message": str(exc), "type": "insufficient_quota", "param": None, "code": exc.code}
             return httpx.Response(402, json={"error": error}, request=request), lambda: None
         return request, lambda: self.budget.release(hold)
-
-    def _most(self, kind: str, body: dict[str, Any], model_id: bytes) -> int:
-        """The most the request can cost with any provider that offers the model (the credit rule)."""
-        bounds = [
-            max_request_cost(kind, body, offer.context_length, offer.price_in, offer.price_out)
-            for entry in self.directory.entries()
-            if (offer := entry.offers.get(model_id)) is not None
-        ]
-        return max(bounds, default=0)
 
     def _spent_since(self, since: float, model_id: bytes | None) -> int:
         return sum(amount for model, amount in self.store.paid_since(since) if model_id in (None, model))

@@ -19,9 +19,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from allmende.core.credit import max_request_cost
-from allmende.core.errors import InvalidInput
-from allmende.gateway.errors import InsufficientFunds, InvalidRequest
+from allmende.gateway.errors import InsufficientFunds
 from allmende.gateway.service import GatewayService
 
 
@@ -40,29 +38,12 @@ class Budgets:
         self.held: dict[int, Reservation] = {}
         self._ids = itertools.count(1)
 
-    def most_cost(self, service: GatewayService, kind: str, body: dict[str, Any]) -> int:
-        """The most `body` can be charged by any provider of its model."""
-        offer = service.resolve(body.get("model"), kind)
-        offers = [e.offers[offer.model_id] for e in service.directory.entries() if offer.model_id in e.offers] or [
-            offer
-        ]
-        try:
-            return max_request_cost(
-                kind,
-                body,
-                max(o.context_length for o in offers),
-                max(o.price_in for o in offers),
-                max(o.price_out for o in offers),
-            )
-        except InvalidInput as exc:
-            raise InvalidRequest(str(exc)) from None
-
     def reserve(self, service: GatewayService, key: str | None, kind: str, body: dict[str, Any]) -> Reservation | None:
         """Hold the request's most cost against `key`'s budget (None: the key has none);
         InsufficientFunds when that would pass it."""
         if key is None or key not in self.budgets:
             return None
-        most = self.most_cost(service, kind, body)
+        _, most = service.most_cost(kind, body)
         spent = service.payments.store.spent(key)
         held = sum(r.amount for r in self.held.values() if r.key == key)
         budget = self.budgets[key]

@@ -36,7 +36,6 @@ from allmende.core.routing import ProviderStats, Router
 from allmende.gateway.errors import (
     AmbiguousModel,
     GatewayError,
-    InsufficientFunds,
     InvalidRequest,
     ModelNotFound,
     NoProvider,
@@ -135,6 +134,22 @@ class GatewayService:
             what = "an embedding model" if offer.kind == "embed" else "a text generation model"
             raise InvalidRequest(f"'{name}' is {what}; it cannot serve {kind} requests", "model")
         return offer
+
+    def most_cost(self, kind: str, body: dict[str, Any]) -> tuple[Offer, int]:
+        """The request's model and the most the request can be charged at any provider that
+        offers it (the credit rule with each provider's own offer): what a budget reserves,
+        what an x402 payment must cover and what an agent's spending policy checks."""
+        offer = self.resolve(body.get("model"), kind)
+        costs = []
+        for entry in self.directory.candidates(offer.model_id):
+            own = entry.offers[offer.model_id]
+            try:
+                costs.append(max_request_cost(kind, body, own.context_length, own.price_in, own.price_out))
+            except InvalidInput as exc:
+                raise InvalidRequest(str(exc)) from None
+        if not costs:
+            raise NoProvider(f"no provider serves '{offer.name}' right now")
+        return offer, max(costs)
 
     def _pick(self, offer: Offer, excluded: set[str], pin: str | None) -> tuple[ProviderEntry, ProviderStats] | None:
         entries = {e.address: e for e in self.directory.candidates(offer.model_id) if pin in (None, e.address)}
@@ -454,9 +469,4 @@ def refused(exc: Exception) -> InvalidRequest:
     return error
 
 
-def budget_check(payments: Payments, budgets: dict[str, int], api_key: str | None) -> None:
-    if api_key is not None and api_key in budgets and payments.store.spent(api_key) >= budgets[api_key]:
-        raise InsufficientFunds("this API key has spent its budget")
-
-
-__all__ = ["GatewayError", "GatewayService", "Result", "budget_check"]
+__all__ = ["GatewayError", "GatewayService", "Result"]

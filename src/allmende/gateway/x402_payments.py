@@ -55,9 +55,7 @@ from x402.mechanisms.evm.types import TransactionReceipt, TypedDataDomain
 
 from allmende.chain import Contracts
 from allmende.chain.client import ChainClient
-from allmende.core import InvalidInput
-from allmende.core.credit import max_request_cost
-from allmende.gateway.errors import GatewayError, InvalidRequest, NoProvider, error_body
+from allmende.gateway.errors import GatewayError, error_body
 from allmende.gateway.service import GatewayService
 
 log = logging.getLogger("allmende.gateway.x402")
@@ -239,23 +237,9 @@ class X402Gate:
         )
         self.http.initialize()
 
-    def most(self, kind: str, body: dict[str, Any]) -> int:
-        """The most the request can cost at any provider serving its model (dUSD units)."""
-        offer = self.service.resolve(body.get("model"), kind)
-        costs = []
-        for entry in self.service.directory.candidates(offer.model_id):
-            own = entry.offers.get(offer.model_id, offer)
-            try:
-                costs.append(max_request_cost(kind, body, own.context_length, own.price_in, own.price_out))
-            except InvalidInput as exc:
-                raise InvalidRequest(str(exc)) from None
-        if not costs:
-            raise NoProvider(f"no provider serves '{offer.name}' right now")
-        return max(costs)
-
     async def admit(self, request: Request, kind: str, body: dict[str, Any]) -> Paid | JSONResponse:
         """The request's payment, settled; or the 402 to answer (requirements, or why not)."""
-        amount = self.most(kind, body)
+        _, amount = self.service.most_cost(kind, body)
         price = {"amount": str(amount), "asset": self.stable.address, "extra": dict(self.extra)}
         context = HTTPRequestContext(
             adapter=_Adapter(request, price),
