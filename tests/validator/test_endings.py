@@ -190,3 +190,46 @@ def test_drawing_on_past_the_grammars_end_is_refused(tiny: CausalLMEngine, after
     verdict = judge(tiny, prompt, overrun, proof_of(tiny, prompt, overrun), params)
 
     assert not verdict.ok and "runs past its end" in verdict.reason
+
+
+def test_an_honest_completion_without_max_tokens_that_runs_to_the_end_of_the_context_passes() -> None:
+    """OpenAI's default (no max_tokens): until the answer or the context ends. The checker
+    fits the request to the context as the serving engine did; before, `length` had to mean
+    1,048,576 tokens and every such honest answer that ran to the context's end was refused."""
+    import asyncio
+
+    from allmende.api.canonical import canonical
+    from allmende.api.protocol import input_hash
+    from allmende.core import Receipt, sign_receipt
+    from allmende.engine import collect, load_engine
+    from allmende.engine.base import Kind
+    from allmende.engine.transformers_lm import CausalLMEngine
+    from allmende.validator.answers import Choice, check_answer, output_bytes, proof_bytes
+
+    tiny = load_engine("allmende:tiny")
+    assert isinstance(tiny, CausalLMEngine)
+    kind: Kind = "chat"
+    body = {"messages": [{"role": "user", "content": "Go on and on. " * 20}], "temperature": 0}
+    request_id = b"\x51" * 32
+    prompt, params = canonical(kind, body, request_id).generation
+    ids = tiny.prompt_ids(prompt)
+    gen = asyncio.run(collect(tiny.generate(ids, tiny.fitted(ids, params)), len(ids)))
+    choices = [Choice(gen.token_ids, gen.proof, gen.text)]
+    key = b"\x0c" * 32
+    from eth_account import Account
+    from eth_utils import keccak
+
+    from allmende.core import Domain
+
+    receipt = Receipt(
+        request_id=request_id, model_id=tiny.model_id, provider=Account.from_key(key).address,
+        input_hash=input_hash(kind, body), output_hash=keccak(output_bytes(choices)),
+        proof_hash=keccak(proof_bytes(choices)), tokens_in=len(ids), tokens_out=len(gen.token_ids), amount=1,
+        timestamp=1,
+    )  # fmt: skip
+    signed = sign_receipt(receipt, Domain(31337, "0x" + "ab" * 20), key)
+
+    verdict = check_answer(tiny, body, ids, choices, signed)
+
+    assert verdict.ok, verdict.reason
+    assert gen.finish_reason == "stop" or len(ids) + len(gen.token_ids) == tiny.context_length

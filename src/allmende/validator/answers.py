@@ -77,7 +77,9 @@ def check_answer(
     be checked at all: a body the provider would have refused proves nothing against it."""
     r = receipt.receipt
     request = canonical(kind, body, r.request_id)  # exactly what the provider built from the same request
-    params = request.generation[1]
+    # without max_tokens a completion may run to the end of the context, as the engine that
+    # served it fitted it (Engine.fitted): the same model's context here
+    params = engine.fitted(prompt_ids, request.generation[1])
     problems: list[str] = []
     wanted = request.n
     if len(choices) != wanted:
