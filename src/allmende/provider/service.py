@@ -36,7 +36,6 @@ from allmende.provider.store import ProviderStore
 
 KINDS = ("chat", "completion", "embedding")
 ZERO32 = b"\x00" * 32
-DEFAULT_MAX_TOKENS = 64
 
 
 @dataclass(frozen=True)
