@@ -2,9 +2,9 @@
 the devnet faucet, runs a 10-step tool-calling loop with the official `openai` client whose
 httpx transport is `allmende.agent` (providers found on chain, channels opened and vouchers
 signed from the agent's key, every receipt checked) — no gateway, no API key. Every step's
-receipt verifies; on close the agent settles up and the providers redeem; once the close
-delay has passed the agent withdraws what is left, and its wallet has fallen by exactly the
-sum of its receipts. Its spending policy refuses a request before anything is signed."""
+receipt verifies; on close the agent settles up and the providers redeem exactly its
+receipts, so what the close gives back (deposit − spent) leaves its wallet short by exactly
+the sum of its receipts. Its spending policy refuses a request before anything is signed."""
 
 from __future__ import annotations
 
@@ -19,10 +19,9 @@ from eth_account import Account
 from typer.testing import CliRunner
 
 from allmende.agent import Agent, SpendingPolicy
-from allmende.chain import ChainClient
-from allmende.chain.anvil import devnet_accounts
 from allmende.cli import app
 from allmende.core import SignedReceipt
+from allmende.core.errors import InvalidInput
 from tests.e2e.conftest import Network
 
 MODEL = "smollm2-135m-instruct"
@@ -96,12 +95,17 @@ def test_an_agent_pays_for_a_10_step_tool_loop_from_its_own_wallet_with_no_gatew
     assert closing
     owed = {cid: agent.store.total_owed(cid) for cid in closing}
     wait_until("every provider to redeem", lambda: all(channels.channel(c).spent == owed[c] for c in closing), 120)
-    delay = agent.contracts.params.get("channel_close_delay")
-    ChainClient(network.data["rpc_url"], devnet_accounts(1)[0].key).increase_time(delay + 1)
-    agent.withdraw(closing)
 
-    # Assert: the wallet fell by exactly what the receipts say
-    assert before - token.balance_of(agent.address) == paid == sum(owed.values())
+    # Assert: the channels paid exactly the receipts, and what comes back after the close delay
+    # (Channels.withdraw: deposit − spent, tested in tests/contracts) leaves the wallet short by
+    # exactly that. The clock is not moved here: the session chain is shared with other tests,
+    # and an x402 authorization signed by the host's clock would look expired to a chain ahead.
+    states = [channels.channel(c) for c in closing]
+    assert all(s.payer == agent.address and s.closes_at > 0 for s in states)
+    comes_back = sum(s.deposit - s.spent for s in states)
+    assert before - (token.balance_of(agent.address) + comes_back) == paid == sum(owed.values())
+    with pytest.raises(InvalidInput, match="cannot be withdrawn yet"):
+        agent.withdraw(closing)  # the close delay has not passed
     agent.shutdown()
 
 

@@ -21,13 +21,34 @@ from pathlib import Path
 import httpx
 import pytest
 
-from allmende.chain import Deployment
+from allmende.chain import ChainClient, Deployment, deploy_all
 from allmende.chain.anvil import Anvil, DevnetAccount
 from allmende.testing.traffic import user_request
 from allmende.validator.prompts import AuditTraffic
 from tests.provider.conftest import start_provider
 from tests.validator.test_faults_e2e import fresh_account, start_gateway, wait_out_the_lookback
 from tests.validator.test_validator_e2e import make_validator
+
+
+# A chain of this module's own, as test_faults_e2e has: validators staked on the session chain
+# weigh in the quorum of every later case there (test_validator_e2e's cases then end without one).
+@pytest.fixture(scope="module")
+def anvil() -> Iterator[Anvil]:
+    with Anvil() as node:
+        yield node
+
+
+@pytest.fixture(scope="module")
+def deployment(anvil: Anvil, accounts: list[DevnetAccount]) -> Deployment:
+    return deploy_all(ChainClient(anvil.url, accounts[0].key), fund=[a.address for a in accounts])
+
+
+@pytest.fixture(scope="module")
+def deployments_file(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("shapes-chain") / "deployments.json"
+    deployment.save(path)
+    return path
+
 
 USERS = 30  # users' requests the gateway forwards before the audits
 OLD_MIX_AUDITS = 4  # audits of the first validators' fixed mix: all passed by the cheater
