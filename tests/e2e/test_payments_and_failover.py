@@ -25,6 +25,17 @@ def test_redeemed_amounts_and_split_match_the_receipts(network: Network) -> None
     treasury = reader.channels.treasury()
     addresses = [p["address"] for p in network.data["providers"]]
     before = {a: reader.channels.earnings(a) for a in [*addresses, treasury]}
+    store = GatewayStore(network.root / "run" / "gateway" / "gateway.db")
+    # the channels to `up`'s own providers (other tests of this network add providers of their own)
+    ours = [(p, c, x) for p, c, x in store.all_channels() if p.lower() in {a.lower() for a in addresses}]
+    pairs = [
+        (channel_id, model_id)
+        for provider, channel_id, _ in ours
+        for model_id in reader.registry.models_of(reader.client.w3.to_checksum_address(provider))
+    ]
+    # what was redeemed already: the providers' own settlement runs every 10 s, and a test that
+    # ran earlier may have closed a channel (providers redeem on seeing a close)
+    redeemed_before = {pair: reader.channels.redeemed(*pair) for pair in pairs}
 
     for i in range(1, len(network.data["providers"]) + 1):
         done = subprocess.run(
@@ -53,9 +64,6 @@ def test_redeemed_amounts_and_split_match_the_receipts(network: Network) -> None
         provider_store = ProviderStore(network.root / "run" / f"provider-{i}" / "provider.db")
         held.update({(row.channel_id, row.model_id): row.cumulative for row in provider_store.all_ledger()})
         provider_store.close()
-    store = GatewayStore(network.root / "run" / "gateway" / "gateway.db")
-    # the channels to `up`'s own providers (other tests of this network add providers of their own)
-    ours = [(p, c, x) for p, c, x in store.all_channels() if p.lower() in {a.lower() for a in addresses}]
     fee_bps = reader.params.get("protocol_fee_bps")
     redeemed_total, expected_fee = 0, 0
     for provider, channel_id, _ in ours:
@@ -68,13 +76,14 @@ def test_redeemed_amounts_and_split_match_the_receipts(network: Network) -> None
             # it, in an earlier test, is sent again with the next request to that provider.)
             assert on_chain == held.get((channel_id, model_id), 0) <= signed <= owed
             redeemed_total += on_chain
-    # each provider redeemed one batch per (channel, model); fees are floored per voucher
-    for provider, channel_id, _ in ours:
-        for model_id in reader.registry.models_of(reader.client.w3.to_checksum_address(provider)):
-            expected_fee += split_payment(reader.channels.redeemed(channel_id, model_id), 0, fee_bps).protocol_fee
+    # the fee of each (channel, model) is the increase of its floored cumulative fee since `before`
+    for pair in pairs:
+        now, then = reader.channels.redeemed(*pair), redeemed_before[pair]
+        expected_fee += split_payment(now, 0, fee_bps).protocol_fee - split_payment(then, 0, fee_bps).protocol_fee
+    redeemed_now = redeemed_total - sum(redeemed_before.values())
     gained = {a: reader.channels.earnings(a) - before[a] for a in before}
     assert redeemed_total > 0
     assert gained[treasury] == expected_fee
     # the models were registered by provider 1 with royalty 0, so providers get the rest
-    assert sum(gained[a] for a in addresses) == redeemed_total - expected_fee
+    assert sum(gained[a] for a in addresses) == redeemed_now - expected_fee
     assert store.receipt_count() >= 7
