@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import vyper
 from eth_account import Account
 from typer.testing import CliRunner
 
 from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts
 from allmende.chain.compile import DEFAULT_EVM_VERSION, compile_contract
-from allmende.chain.deploy import INITIAL_ALM_SUPPLY, check_payment_token, load_distribution
+from allmende.chain.deploy import INITIAL_ALM_SUPPLY, PaymentToken, check_payment_token, load_distribution
 from allmende.chain.keys import import_keystore
 from allmende.chain.network import find_on_chain, verify_deployment
 from allmende.cli import app
 from allmende.core.errors import InvalidInput
+from allmende.gateway.node import GatewayConfig, build
+from allmende.gateway.serving import GatewayLimits
+from allmende.gateway.x402_payments import X402Policy
 
 CHAIN_ID = 84532  # not a devnet's
 ALM = 10**18
@@ -177,3 +182,71 @@ def test_transfer_faucet_and_fast_forward_on_a_real_chain(
     forward = runner.invoke(app, ["gov", "fast-forward", "86400", *where], env=env)
     assert forward.exit_code == 1 and f"chain {CHAIN_ID} is not a devnet" in forward.output
     assert c.client.timestamp() < before + 86400
+
+
+# A plain 6-decimal ERC-20 without EIP-3009, as USDT is: a third party's token, not one of ours
+PLAIN_TOKEN = """
+# pragma version ~=0.4.3
+name: public(String[16])
+symbol: public(String[8])
+decimals: public(constant(uint8)) = 6
+totalSupply: public(uint256)
+balanceOf: public(HashMap[address, uint256])
+allowance: public(HashMap[address, HashMap[address, uint256]])
+
+@deploy
+def __init__(supply: uint256):
+    self.name = "Tether USD"
+    self.symbol = "USDT"
+    self.totalSupply = supply
+    self.balanceOf[msg.sender] = supply
+
+@external
+def transfer(to: address, amount: uint256) -> bool:
+    self.balanceOf[msg.sender] -= amount
+    self.balanceOf[to] += amount
+    return True
+
+@external
+def approve(spender: address, amount: uint256) -> bool:
+    self.allowance[msg.sender][spender] = amount
+    return True
+
+@external
+def transferFrom(owner: address, to: address, amount: uint256) -> bool:
+    self.allowance[owner][msg.sender] -= amount
+    self.balanceOf[owner] -= amount
+    self.balanceOf[to] += amount
+    return True
+"""
+
+
+def test_eip3009_is_detected_on_chain_and_a_gateway_takes_x402_only_in_such_a_token(
+    net: Net, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled = vyper.compile_code(PLAIN_TOKEN, output_formats=["abi", "bytecode"])
+    issuer = ChainClient(net.node.url, bytes(net.issuer.key))
+    usdt, _ = issuer.deploy(compiled["abi"], compiled["bytecode"], 10**12)
+    assert check_payment_token(issuer, usdt) == PaymentToken(usdt, "USDT", 6, eip3009=False)
+    assert check_payment_token(issuer, net.usdc).eip3009  # MockStable has it, as USDC does
+
+    operator = Account.create()  # its own deployer: the first test finds its deployer's newest deployment
+    ChainClient(net.node.url).w3.provider.make_request("anvil_setBalance", [operator.address, hex(10**20)])  # type: ignore[arg-type]
+    keystore = import_keystore(tmp_path / "keys", operator.key.hex(), PASSWORD).path
+    monkeypatch.setenv("ALLMENDE_PASSWORD", PASSWORD)
+    out = tmp_path / "deployments.json"
+    line = ["chain", "deploy", "--rpc", net.node.url, "--key", str(keystore), "--payment-token", usdt]
+    line += ["--out", str(out)]
+    done = CliRunner().invoke(app, line)
+    assert done.exit_code == 0, done.output
+    assert f"payment token USDT {usdt}: 6 decimals; EIP-3009 no" in done.output
+    deployment = Deployment.load(out)
+    assert not Contracts(ChainClient(net.node.url), deployment).stable.supports_eip3009()
+
+    # a gateway on it takes API keys (channels work), but refuses x402 before it serves
+    gateway = Account.create()
+    config = GatewayConfig(net.node.url, bytes(gateway.key), out, tmp_path / "gateway")
+    with pytest.raises(InvalidInput, match=f"--x402: the payment token {usdt} on chain {CHAIN_ID} has no EIP-3009"):
+        build(replace(config, limits=GatewayLimits(x402=X402Policy())))
+    app_, _, _ = build(config)
+    assert app_ is not None

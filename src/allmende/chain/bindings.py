@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from eth_abi import encode as abi_encode
 from eth_utils import keccak
 from web3.contract import Contract
+from web3.exceptions import BadFunctionCallOutput
 from web3.logs import DISCARD
 
 from allmende.chain.client import ChainClient, SentTransaction
 from allmende.chain.deployment import Deployment
 from allmende.chain.errors import ContractReverted
+from allmende.chain.sources import ZERO_ADDRESS
 from allmende.core import Domain, SignedVoucher
 from allmende.core.errors import AmountOverflow, InvalidInput, UnknownModel
 
@@ -36,6 +38,22 @@ def _commit_then(binding: _Binding, item_id: bytes, fn: str, *args: Any) -> Sent
     binding._tx("commit", registration_commitment(item_id, binding.client.address, salt))
     # estimated against the pending block: in the latest one the commitment is "too recent"
     return _checkpointed_tx(binding, fn, *args, salt)
+
+
+def eip3009_supported(client: ChainClient, token: str, abi: list[dict[str, Any]]) -> bool:
+    """Whether the ERC-20 at `token` answers EIP-3009 as USDC does (`authorizationState`, and
+    `name()`/`version()` for its EIP-712 domain): what the x402 `exact` scheme settles with.
+    `abi` is one that has those functions (MockStable's). A token without them reverts (or
+    answers nothing) where the function is missing; a node that cannot be reached is still an
+    error, not a "no"."""
+    contract = client.contract(token, abi)
+    try:
+        client.call(contract.functions.authorizationState(ZERO_ADDRESS, bytes(32)))
+        client.call(contract.functions.name())
+        client.call(contract.functions.version())
+    except (ContractReverted, BadFunctionCallOutput):
+        return False
+    return True
 
 
 def _amount(value: int, what: str, bits: int = 256) -> int:
@@ -86,6 +104,10 @@ class Stable(Token):
         return self._tx("mint", to, _amount(amount, "amount"))
 
     # EIP-3009, as USDC has it: what the x402 `exact` scheme settles with
+
+    def supports_eip3009(self) -> bool:
+        """Whether this payment token has EIP-3009 (x402 payments need it; see eip3009_supported)."""
+        return eip3009_supported(self.client, self.address, cast(list[dict[str, Any]], self.contract.abi))
 
     def eip712_domain(self) -> tuple[str, str]:
         """(name, version) of the token's EIP-712 domain, as x402 payment requirements name them."""

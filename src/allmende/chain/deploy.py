@@ -26,7 +26,7 @@ from typing import Any
 from eth_utils import is_address, to_checksum_address
 
 from allmende.chain.anvil import Anvil, is_devnet_chain
-from allmende.chain.bindings import Contracts
+from allmende.chain.bindings import Contracts, eip3009_supported
 from allmende.chain.client import ChainClient, SentTransaction
 from allmende.chain.compile import compile_contract, evm_version_of
 from allmende.chain.deployment import Deployment as Deployment  # re-exported: where callers look for it
@@ -47,11 +47,14 @@ class PaymentToken:
     address: str
     symbol: str
     decimals: int
+    eip3009: bool  # transferWithAuthorization, as USDC has it: gateways take x402 payments only in such a token
 
 
 def check_payment_token(client: ChainClient, address: str) -> PaymentToken:
     """An existing ERC-20 to pay with, read on chain: code at the address, `decimals()` equal to
-    PAYMENT_DECIMALS (USDC and USDT have 6), a `symbol()` and a `totalSupply()`."""
+    PAYMENT_DECIMALS (USDC and USDT have 6), a `symbol()` and a `totalSupply()`; and whether it
+    has EIP-3009, which a gateway's x402 payments (and so the agents that pay with x402) need:
+    USDC has it, USDT does not. Without it the deployment still works for channels."""
     if not is_address(address):
         raise InvalidInput(f"payment token {address!r} is not an address (0x followed by 40 hex digits)")
     address = to_checksum_address(address)
@@ -59,7 +62,8 @@ def check_payment_token(client: ChainClient, address: str) -> PaymentToken:
     code = client.rpc(lambda: bytes(client.w3.eth.get_code(address)), "get_code")
     if not code:
         raise InvalidInput(f"payment token {address}: no contract there on chain {chain_id}")
-    token = client.contract(address, compile_contract("MockStable").abi)  # the ERC-20 part of its ABI
+    abi = compile_contract("MockStable").abi  # its ERC-20 and EIP-3009 parts
+    token = client.contract(address, abi)
     try:
         decimals = int(client.call(token.functions.decimals()))
         symbol = str(client.call(token.functions.symbol()))
@@ -71,7 +75,7 @@ def check_payment_token(client: ChainClient, address: str) -> PaymentToken:
             f"payment token {address} ({symbol}) has {decimals} decimals: Allmende's prices and credit limits are in "
             f"{PAYMENT_DECIMALS}-decimal units (USDC, USDT); use a {PAYMENT_DECIMALS}-decimal stablecoin"
         )
-    return PaymentToken(address, symbol, decimals)
+    return PaymentToken(address, symbol, decimals, eip3009_supported(client, address, abi))
 
 
 def load_distribution(path: str | Path) -> dict[str, int]:

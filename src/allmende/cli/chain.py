@@ -13,7 +13,7 @@ from allmende.chain import ChainClient, Deployment, deploy_all
 from allmende.chain.anvil import DEVNET_CHAIN_IDS, Anvil, devnet_accounts, is_devnet_chain
 from allmende.chain.client import SentTransaction
 from allmende.chain.compile import DEFAULT_EVM_VERSION, SUPPORTED_EVM_VERSIONS
-from allmende.chain.deploy import load_distribution, rehearse
+from allmende.chain.deploy import PaymentToken, check_payment_token, load_distribution, rehearse
 from allmende.cli.common import console, friendly_errors, resolve_key
 from allmende.config import from_environment
 from allmende.core.errors import InvalidInput
@@ -104,6 +104,8 @@ def deploy(
             "evm_version": evm_version,
         }
         secret = resolve_key(key)
+        if payment_token:  # checked before anything is sent (deploy_all checks it again)
+            _print_token(check_payment_token(ChainClient(url), payment_token))
         if dry_run:
             with console.status("rehearsing the deployment on a local fork of the chain"):
                 deployment, sent, gas_price = rehearse(url, secret, **options)
@@ -120,6 +122,16 @@ def deploy(
         f"{' (devnet)' if deployment.devnet else ''}"
     )
     console.print(f"wrote {target}")
+
+
+def _print_token(token: PaymentToken) -> None:
+    """The payment token as read on chain, for the operator to compare with the one intended."""
+    x402 = (
+        "EIP-3009 yes: gateways can take x402 payments in it"
+        if token.eip3009
+        else "EIP-3009 no: channels work, but gateways cannot take x402 payments (--x402) in it"
+    )
+    console.print(f"payment token {token.symbol} {token.address}: {token.decimals} decimals; {x402}", highlight=False)
 
 
 def _print_rehearsal(

@@ -17,6 +17,7 @@ from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.bindings import ROLE_PROVIDER
 from allmende.chain.errors import ChainError
 from allmende.chain.network import PUBLIC_PATH, public_view
+from allmende.core.errors import InvalidInput
 from allmende.core.routing import Router, RoutingPolicy
 from allmende.gateway.app import create_app
 from allmende.gateway.payments import ChannelPolicy, Payments
@@ -59,6 +60,8 @@ def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
     client = ChainClient(config.rpc_url, config.key)
     deployment = Deployment.load(config.deployments)
     contracts = Contracts(client, deployment)
+    if config.limits.x402 is not None:
+        require_eip3009(contracts)
     sync_http = httpx.Client(timeout=5)
     directory = Directory(contracts, sync_http)
     store = GatewayStore(config.state_dir / "gateway.db")
@@ -97,6 +100,19 @@ def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
         return network
 
     return app, directory, payments
+
+
+def require_eip3009(contracts: Contracts) -> None:
+    """x402's `exact` scheme settles with the payment token's EIP-3009 transferWithAuthorization:
+    a token without it (a real network's USDT, say) is refused before the gateway serves, rather
+    than at the first paying request."""
+    if not contracts.stable.supports_eip3009():
+        address = contracts.stable.address
+        raise InvalidInput(
+            f"--x402: the payment token {address} on chain {contracts.client.chain_id} has no EIP-3009 "
+            "transferWithAuthorization, which x402 payments settle with; serve without --x402 (API keys, channels) "
+            "or deploy with a token that has it (USDC)"
+        )
 
 
 def relay_names(config: GatewayConfig) -> list[str]:
