@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
@@ -65,28 +66,6 @@ def resolve_key(spec: str) -> bytes:
     return load_key(spec, password)
 
 
-def deployments_path(explicit: Path | None, *also: Path) -> Path:
-    """The deployments JSON: `explicit`, else $ALLMENDE_DEPLOYMENTS, else the first that
-    exists of `also`, <state-dir>/deployments.json and <state-dir>/run/deployments.json (where
-    `allmende up` writes it). Exits with advice when there is none."""
-    if explicit is not None:
-        return explicit
-    env = from_environment()
-    if env.deployments is not None:
-        return env.deployments
-    state = env.state_dir
-    candidates = [*also, state / "deployments.json", state / "run" / "deployments.json"]
-    for path in candidates:
-        if path.is_file():
-            return path
-    print_error(
-        f"no deployments file (looked at {', '.join(str(p) for p in candidates)}).\n"
-        "  To join a running network: --network URL (a gateway's URL or the chain's JSON-RPC URL).\n"
-        "  To use a file: --deployments FILE. To start a network of your own: `allmende up`."
-    )
-    raise typer.Exit(1)
-
-
 def usd(amount: int) -> str:
     """6-decimal dUSD units → '12.345678 dUSD' (exact: integer maths only)."""
     whole, frac = divmod(amount, 10**6)
@@ -103,28 +82,37 @@ def run(fn: Callable[[], T]) -> T:
         return fn()
 
 
-def find_deployments(explicit: Path | None) -> Path:
-    """The one rule every command uses to find the network: `--deployments`, else
-    $ALLMENDE_DEPLOYMENTS, else what `allmende up` wrote in the state dir
-    (<state-dir>/run/deployments.json), else <state-dir>/deployments.json (`allmende chain
-    deploy`'s default). Never suggests deploying: a second set of contracts on a chain
-    others use would be an empty, separate network."""
+def find_deployments(explicit: Path | None, node_dir: Path | None = None, state_dir: Path | None = None) -> Path:
+    """The one rule every command uses to find the network's deployments file, first found wins:
+    `--deployments`, else $ALLMENDE_DEPLOYMENTS, else in the state dir (`state_dir`, else
+    $ALLMENDE_STATE_DIR): NODE_DIR/deployments.json (a node's own state dir, where
+    `--network` saved what it joined), run/deployments.json (what `allmende up` wrote),
+    deployments.json (`allmende chain deploy`'s default), provider/deployments.json (what
+    `allmende provider --network` saved on a provider's host). Never suggests deploying: a
+    second set of contracts on a chain others use would be an empty, separate network."""
     if explicit is not None:
         return explicit
     env = from_environment()
     if env.deployments is not None:
         return env.deployments
-    candidates = [env.state_dir / "run" / "deployments.json", env.state_dir / "deployments.json"]
+    state = state_dir or env.state_dir
+    candidates = [
+        *([node_dir / "deployments.json"] if node_dir is not None else []),
+        state / "run" / "deployments.json",
+        state / "deployments.json",
+        state / "provider" / "deployments.json",
+    ]
+    candidates = list(dict.fromkeys(candidates))  # node_dir may be one of the state dir's own
     for path in candidates:
-        if path.exists():
+        if path.is_file():
             return path
     from allmende.chain import DeploymentNotFound
 
-    looked = " or ".join(str(p) for p in candidates)
+    looked = ", ".join(str(p) for p in candidates)
     raise DeploymentNotFound(
-        f"no deployments file at {looked}: pass --deployments FILE or set ALLMENDE_DEPLOYMENTS to the "
-        "deployments JSON of the network you use (`allmende up` writes <state-dir>/run/deployments.json; "
-        "--state-dir or ALLMENDE_STATE_DIR names its state dir)"
+        f"no deployments file at {looked}: to join a running network pass --network URL (a gateway's URL or "
+        "the chain's JSON-RPC URL); to use a file, --deployments FILE or ALLMENDE_DEPLOYMENTS (`allmende up` "
+        "writes <state-dir>/run/deployments.json; --state-dir or ALLMENDE_STATE_DIR names its state dir)"
     )
 
 
@@ -134,16 +122,59 @@ def chain_url(rpc: str | None, deployment: Deployment) -> str:
     return rpc or (env.rpc_url if env.rpc_url_set else deployment.rpc_url or env.rpc_url)
 
 
-def contracts_for(rpc: str | None, key: str | bytes | None, deployments: Path | None) -> Contracts:
-    """Bindings for the network `find_deployments` finds, signing with `key` (a keystore
-    file, devnet:N or raw bytes) or read-only without one. The endpoint is `rpc`, else
-    $ALLMENDE_RPC, else the one the deployments file records."""
-    from allmende.chain import ChainClient, Contracts, Deployment
+@dataclass(frozen=True)
+class Network:
+    """The network a command talks to, found by `find_network`."""
 
-    deployment = Deployment.load(find_deployments(deployments))
+    deployment: Deployment
+    rpc_url: str  # the chain endpoint to use
+    path: Path | None  # the deployments file it was read from or saved to; None: joined and not saved
+
+
+def find_network(
+    network: str | None = None,
+    rpc: str | None = None,
+    deployments: Path | None = None,
+    *,
+    node_dir: Path | None = None,
+    state_dir: Path | None = None,
+    deployer: str | None = None,
+    save_to: Path | None = None,
+) -> Network:
+    """The network every command uses, by one rule. With `--network URL` (a gateway's URL or the
+    chain's JSON-RPC URL): the contracts it names, checked on chain before anything is signed
+    (`resolve_network`), at `rpc` if given, else the chain URL the network announces; saved to
+    `save_to` if given (as `allmende provider` does, so later commands on that host find it).
+    Without it: the deployments file `find_deployments` finds, at `rpc`, else $ALLMENDE_RPC, else
+    the chain URL that file records (`chain_url`), never a default that could be another devnet."""
+    from allmende.chain import Deployment
+
+    if network:
+        from allmende.chain.network import resolve_network
+
+        deployment = resolve_network(network, rpc, deployer)
+        if save_to is not None:
+            deployment.save(save_to)
+        return Network(deployment, rpc or deployment.rpc_url, save_to)
+    path = find_deployments(deployments, node_dir, state_dir)
+    deployment = Deployment.load(path)
+    return Network(deployment, chain_url(rpc, deployment), path)
+
+
+def contracts_for(
+    rpc: str | None,
+    key: str | bytes | None,
+    deployments: Path | None,
+    network: str | None = None,
+    state_dir: Path | None = None,
+) -> Contracts:
+    """Bindings for the network `find_network` finds, signing with `key` (a keystore
+    file, devnet:N or raw bytes) or read-only without one."""
+    from allmende.chain import ChainClient, Contracts
+
+    found = find_network(network, rpc, deployments, state_dir=state_dir)
     secret = resolve_key(key) if isinstance(key, str) else key
-    client = ChainClient(chain_url(rpc, deployment), secret)
-    return Contracts(client, deployment)
+    return Contracts(ChainClient(found.rpc_url, secret), found.deployment)
 
 
 def parse_id(value: str, what: str = "id") -> bytes:

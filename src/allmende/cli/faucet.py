@@ -7,18 +7,21 @@ from pathlib import Path
 
 import typer
 
-from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.chain import ChainClient, Contracts
 from allmende.chain.anvil import devnet_accounts, is_devnet_chain
-from allmende.cli.common import alm, console, deployments_path, friendly_errors, resolve_key, usd
-from allmende.config import from_environment
+from allmende.cli.common import alm, console, find_network, friendly_errors, resolve_key, usd
 from allmende.core.errors import InvalidInput
 
 
 def faucet(
     address: str = typer.Argument(..., help="the account to fund (0x…)"),
     network: str = typer.Option(None, help="a gateway's URL or the devnet's JSON-RPC URL (checked as for a provider)"),
-    rpc: str = typer.Option(None, help="JSON-RPC URL (default: the one --network names, else $ALLMENDE_RPC)"),
-    deployments: Path = typer.Option(None, help="deployments JSON, without --network (default: as for the provider)"),
+    rpc: str = typer.Option(
+        None, help="JSON-RPC URL (default: the one --network names, else $ALLMENDE_RPC, else the deployments file's)"
+    ),
+    deployments: Path = typer.Option(
+        None, help="deployments JSON, without --network (default: found as every command finds it)"
+    ),
     eth: str = typer.Option("10", help="ETH for gas"),
     alm_amount: str = typer.Option("2000", "--alm", help="ALM to stake (a provider's minimum is 1,000 by default)"),
     usd_amount: str = typer.Option("1000", "--usd", help="dUSD, the devnet's payment token (for a gateway's channels)"),
@@ -30,17 +33,14 @@ def faucet(
     on devnet chain ids only: elsewhere use `allmende transfer`)."""
     from eth_utils import is_address, to_checksum_address
 
-    from allmende.chain.network import resolve_network
-
-    env = from_environment()
     with friendly_errors():
         if not is_address(address):
             raise InvalidInput(f"{address!r} is not an address (0x followed by 40 hex digits)")
         who = to_checksum_address(address)
         amounts = {name: _units(value, decimals, name) for name, value, decimals in
                    (("--eth", eth, 18), ("--alm", alm_amount, 18), ("--usd", usd_amount, 6))}  # fmt: skip
-        deployment = resolve_network(network, rpc) if network else Deployment.load(deployments_path(deployments))
-        url = rpc or (deployment.rpc_url if network else env.rpc_url)
+        found = find_network(network, rpc, deployments)
+        deployment, url = found.deployment, found.rpc_url
         chain_id = ChainClient(url).chain_id
         if not deployment.devnet or not is_devnet_chain(chain_id):
             raise InvalidInput(

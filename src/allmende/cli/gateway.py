@@ -6,13 +6,13 @@ from pathlib import Path
 
 import typer
 
-from allmende.chain import ChainClient, Contracts, Deployment
-from allmende.cli.common import console, deployments_path, exit_stopped, friendly_errors, node_logging, resolve_key
+from allmende.chain import ChainClient, Contracts
+from allmende.cli.common import console, exit_stopped, find_network, friendly_errors, node_logging, resolve_key
 from allmende.config import from_environment
 
 
 def gateway(
-    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC)"),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC, else the deployments file's)"),
     key: str = typer.Option(..., help="payer key: keystore file or devnet:N"),
     port: int = typer.Option(8000, help="port of the OpenAI API, the explorer and /v1/network"),
     host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 for every interface"),
@@ -34,7 +34,7 @@ def gateway(
         "(repeatable; '*' = any, only with --api-key); pages on other origins are refused",
     ),
     deployments: Path = typer.Option(
-        None, help="deployments JSON (default $ALLMENDE_STATE_DIR/deployments.json, then …/run/deployments.json)"
+        None, help="deployments JSON (default: found as every command finds it, e.g. <state-dir>/run/deployments.json)"
     ),
     state_dir: Path = typer.Option(None, help="where the gateway keeps its database"),
     deposit: int = typer.Option(10_000_000, help="deposit per provider channel, payment-token units"),
@@ -66,10 +66,12 @@ def gateway(
         raise typer.Exit(2)
     node_logging()
     with friendly_errors():
+        found = find_network(None, rpc, deployments)
+        assert found.path is not None  # read from a file
         config = GatewayConfig(
-            rpc_url=rpc or env.rpc_url,
+            rpc_url=found.rpc_url,
             key=resolve_key(key),
-            deployments=deployments_path(deployments),
+            deployments=found.path,
             state_dir=state_dir or env.state_dir / "gateway",
             public_rpc=public_rpc,
             public_host=public_host,
@@ -95,7 +97,7 @@ def gateway(
 
 
 def gateway_close(
-    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC, else the deployments file's)"),
     key: str = typer.Option(..., help="the gateway's payer key: keystore file or devnet:N"),
     deployments: Path = typer.Option(None, help="deployments JSON (default: as for `allmende gateway`)"),
     state_dir: Path = typer.Option(None, help="the gateway's state dir (default $ALLMENDE_STATE_DIR/gateway)"),
@@ -107,7 +109,8 @@ def gateway_close(
     env = from_environment()
     with friendly_errors():
         secret = resolve_key(key)
-        contracts = Contracts(ChainClient(rpc or env.rpc_url, secret), Deployment.load(deployments_path(deployments)))
+        found = find_network(None, rpc, deployments)
+        contracts = Contracts(ChainClient(found.rpc_url, secret), found.deployment)
         store = GatewayStore((state_dir or env.state_dir / "gateway") / "gateway.db")
         closed = Payments(store, contracts, secret).close_all()
     console.print(f"requested closing {len(closed)} channels; withdraw after the close delay")

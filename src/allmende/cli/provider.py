@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import tomllib
+from contextlib import nullcontext
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.chain import ChainClient, Contracts
 from allmende.cli.common import (
     alm,
-    chain_url,
     console,
-    deployments_path,
     exit_stopped,
+    find_network,
     friendly_errors,
     node_logging,
     resolve_key,
@@ -144,7 +144,6 @@ def provider(
 ) -> None:
     """Serve models for pay: check the network, listen, load the models, then stake, register the
     endpoint and publish the offers once the endpoint is reachable. Ctrl-C withdraws the offers."""
-    from allmende.chain.network import resolve_network
     from allmende.node.net import bind_socket
     from allmende.provider.node import ProviderConfig, plan_stake, serve
 
@@ -166,19 +165,16 @@ def provider(
         if host in ("0.0.0.0", "::") and not public_url and not relay:
             raise InvalidInput(f"--host {host} listens on every interface: give --public-url http://ADDRESS:{port}")
         secret = resolve_key(key)
+        with console.status(f"reading and checking the network at {network}") if network else nullcontext():
+            found = find_network(network, rpc, deployments, node_dir=root, deployer=deployer,
+                                 save_to=root / "deployments.json" if network else None)  # fmt: skip
+        deployment, rpc_url, path = found.deployment, found.rpc_url, found.path
+        assert path is not None  # read from a file, or saved to one
         if network:
-            with console.status(f"reading and checking the network at {network}"):
-                deployment = resolve_network(network, rpc, deployer)
-            path = root / "deployments.json"
-            deployment.save(path)
             console.print(
                 f"network: chain {deployment.chain_id} at {deployment.rpc_url}; contracts checked "
                 f"(Registry {deployment.address('Registry')}); saved to {path}"
             )
-        else:
-            path = deployments_path(deployments, root / "deployments.json")
-            deployment = Deployment.load(path)
-        rpc_url = (rpc or deployment.rpc_url) if network else chain_url(rpc, deployment)
         contracts = Contracts(ChainClient(rpc_url, secret), deployment)
         plan = plan_stake(contracts, target)
         _show_plan(plan, deployment.devnet)
@@ -250,9 +246,9 @@ def provider_redeem(
     env = from_environment()
     root = state_dir or env.state_dir / "provider"
     with friendly_errors():
-        deployment = Deployment.load(deployments_path(deployments, root / "deployments.json"))
-        client = ChainClient(chain_url(rpc, deployment), resolve_key(key))
-        contracts = Contracts(client, deployment)
+        found = find_network(None, rpc, deployments, node_dir=root)
+        client = ChainClient(found.rpc_url, resolve_key(key))
+        contracts = Contracts(client, found.deployment)
         store = ProviderStore(root / "provider.db")
         result = Settlement(store, contracts.channels).redeem(force=True)
     console.print(f"redeemed {result.vouchers} vouchers for {usd(result.amount)} ({result.tx_hash or 'nothing due'})")
@@ -270,9 +266,9 @@ def provider_withdraw(
     env = from_environment()
     root = state_dir or env.state_dir / "provider"
     with friendly_errors():
-        deployment = Deployment.load(deployments_path(deployments, root / "deployments.json"))
-        client = ChainClient(chain_url(rpc, deployment), resolve_key(key))
-        contracts = Contracts(client, deployment)
+        found = find_network(None, rpc, deployments, node_dir=root)
+        client = ChainClient(found.rpc_url, resolve_key(key))
+        contracts = Contracts(client, found.deployment)
         amount = contracts.channels.earnings(client.address)
         if amount == 0:
             console.print("no earnings to withdraw")

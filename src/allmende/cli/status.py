@@ -20,7 +20,7 @@ from rich.table import Column, Table
 
 from allmende.chain import Contracts
 from allmende.chain.royalties import royalty_history
-from allmende.cli.common import alm, console, contracts_for, find_deployments, friendly_errors, usd
+from allmende.cli.common import alm, console, find_network, friendly_errors, usd
 from allmende.config import from_environment
 from allmende.node.supervisor import load_network
 
@@ -30,31 +30,37 @@ CASE_STATES = {1: "open", 2: "guilty", 3: "not guilty", 4: "no quorum"}
 
 
 def status(
-    state_dir: Path = typer.Option(None, help="the state dir of `allmende up` (default $ALLMENDE_STATE_DIR)"),
+    network: str = typer.Option(
+        None, help="a gateway's URL or the chain's JSON-RPC URL: the network to show (its contracts checked on chain)"
+    ),
+    state_dir: Path = typer.Option(None, help="the state dir to find the network in (default $ALLMENDE_STATE_DIR)"),
     deployments: Path = typer.Option(
         None, help="deployments JSON of the network (default: $ALLMENDE_DEPLOYMENTS, else found in the state dir)"
     ),
     rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC, else the deployments file's)"),
     gateway: str = typer.Option(
-        None, help="a gateway's URL, for what it owes providers (default: the gateway `allmende up` started)"
+        None,
+        help="a gateway's URL, for what it owes providers (default: --network's, else the gateway `allmende up` "
+        "started)",
     ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object with every value in full"),
 ) -> None:
     """Providers, stakes, offers, channels, earnings (redeemed and pending), royalties and the treasury,
-    of any network: found as every command finds it (--deployments, $ALLMENDE_DEPLOYMENTS, the state dir)."""
-    env = from_environment()
-    root = state_dir or env.state_dir
+    of any network: found as every command finds it (--network, --deployments, $ALLMENDE_DEPLOYMENTS,
+    the state dir)."""
+    from allmende.chain import ChainClient
+
+    root = state_dir or from_environment().state_dir
     with friendly_errors():
-        if deployments is None and env.deployments is None and state_dir is not None:
-            # --state-dir names where to look, as ALLMENDE_STATE_DIR would
-            found = [p for p in (root / "run" / "deployments.json", root / "deployments.json") if p.exists()]
-            deployments = found[0] if found else root / "run" / "deployments.json"
-        contracts = contracts_for(rpc, None, deployments)
+        found = find_network(network, rpc, deployments, state_dir=state_dir)
+        contracts = Contracts(ChainClient(found.rpc_url), found.deployment)
         described = root / "network.json"
-        if gateway is None and described.exists():  # the gateway of the `up` network, if that is this one
-            network = load_network(described)
-            if Path(network["deployments"]).resolve() == find_deployments(deployments).resolve():
-                gateway = network["gateway_url"]
+        if gateway is None and network:
+            gateway = network  # a gateway's URL answers for its books; a chain URL does not (nothing shown)
+        elif gateway is None and described.exists() and found.path is not None:
+            up = load_network(described)  # the gateway of the `up` network, if that is this one
+            if Path(up["deployments"]).resolve() == found.path.resolve():
+                gateway = up["gateway_url"]
         report = gather(contracts, gateway.removesuffix("/").removesuffix("/v1") if gateway else None)
     if as_json:
         print(json.dumps(report, indent=1))

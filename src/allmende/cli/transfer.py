@@ -7,10 +7,9 @@ from pathlib import Path
 
 import typer
 
-from allmende.chain import ChainClient, Contracts, Deployment
-from allmende.cli.common import console, deployments_path, friendly_errors, resolve_key
+from allmende.chain import ChainClient, Contracts
+from allmende.cli.common import console, find_network, friendly_errors, resolve_key
 from allmende.cli.faucet import _units
-from allmende.config import from_environment
 from allmende.core.errors import InvalidInput
 
 ASSETS = ("alm", "usd", "eth")
@@ -22,23 +21,25 @@ def transfer(
     asset: str = typer.Option("alm", "--token", help="alm (stake and votes), usd (the payment token) or eth (gas)"),
     key: str = typer.Option(..., help="the sender: keystore path (or devnet:N on a devnet)"),
     network: str = typer.Option(None, help="a gateway's URL or the chain's JSON-RPC URL (checked as for a provider)"),
-    rpc: str = typer.Option(None, help="JSON-RPC URL (default: the one --network names, else $ALLMENDE_RPC)"),
-    deployments: Path = typer.Option(None, help="deployments JSON, without --network (default: as for the provider)"),
+    rpc: str = typer.Option(
+        None, help="JSON-RPC URL (default: the one --network names, else $ALLMENDE_RPC, else the deployments file's)"
+    ),
+    deployments: Path = typer.Option(
+        None, help="deployments JSON, without --network (default: found as every command finds it)"
+    ),
 ) -> None:
     """Send ALM, the deployment's payment token or ETH from --key to TO; prints both balances after."""
     from eth_utils import is_address, to_checksum_address
 
-    from allmende.chain.network import resolve_network
-
-    env = from_environment()
     with friendly_errors():
         if not is_address(to):
             raise InvalidInput(f"{to!r} is not an address (0x followed by 40 hex digits)")
         if asset not in ASSETS:
             raise InvalidInput(f"--token {asset!r}: expected one of {', '.join(ASSETS)}")
         who = to_checksum_address(to)
-        deployment = resolve_network(network, rpc) if network else Deployment.load(deployments_path(deployments))
-        client = ChainClient(rpc or (deployment.rpc_url if network else env.rpc_url), resolve_key(key))
+        found = find_network(network, rpc, deployments)
+        deployment = found.deployment
+        client = ChainClient(found.rpc_url, resolve_key(key))
         contracts = Contracts(client, deployment)
         if asset == "eth":
             units = _units(amount, 18, "AMOUNT")

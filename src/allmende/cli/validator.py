@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from allmende.cli.common import console, exit_stopped, find_deployments, friendly_errors, node_logging, resolve_key
+from allmende.cli.common import console, exit_stopped, find_network, friendly_errors, node_logging, resolve_key
 from allmende.config import from_environment
 
 
@@ -24,7 +24,7 @@ def validator(
         [], help="another Host name this node serves besides loopback, --host and --public-url's (repeatable)"
     ),
     deployments: Path = typer.Option(
-        None, help="deployments JSON (default $ALLMENDE_DEPLOYMENTS, else <state-dir>/run/deployments.json)"
+        None, help="deployments JSON (default: found as every command finds it, e.g. <state-dir>/run/deployments.json)"
     ),
     state_dir: Path = typer.Option(None, help="where the validator keeps its database"),
     gateway: list[str] = typer.Option(
@@ -38,17 +38,17 @@ def validator(
     """Stake, then audit every provider of the loaded models, open, join and vote on fraud
     cases. Serves /status and /metrics beside the evidence; stopping it withdraws its
     endpoint (the stake stays: `allmende stake unbond`)."""
-    from allmende.chain import Deployment
     from allmende.validator.node import ValidatorConfig, serve
 
     env = from_environment()
     node_logging()
     with friendly_errors():
-        path = find_deployments(deployments)
+        found = find_network(None, rpc, deployments)
+        assert found.path is not None  # read from a file
         config = ValidatorConfig(
-            rpc_url=rpc or (env.rpc_url if env.rpc_url_set else Deployment.load(path).rpc_url or env.rpc_url),
+            rpc_url=found.rpc_url,
             key=resolve_key(key),
-            deployments=path,
+            deployments=found.path,
             state_dir=state_dir or env.state_dir / "validator",
             models=model,
             endpoint=public_url or f"http://{host}:{port}",
