@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from contextlib import nullcontext
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -12,6 +13,7 @@ import typer
 
 from allmende.chain import ChainClient, Contracts
 from allmende.cli.common import (
+    Network,
     alm,
     console,
     exit_stopped,
@@ -26,6 +28,10 @@ from allmende.core.errors import InvalidInput
 from allmende.provider.app import Limits
 from allmende.provider.payments import CreditPolicy
 from allmende.provider.settlement import SettlementPolicy
+
+# checks of the network a provider found, run before it loads, stakes or signs anything; empty
+# in production (allmende.testing.cheats adds one: cheating providers run on devnets only)
+NETWORK_CHECKS: list[Callable[[Network], None]] = []
 
 
 def _models(model: list[str], price_in: int, price_out: int, config: Path | None) -> list[Any]:
@@ -168,6 +174,8 @@ def provider(
         with console.status(f"reading and checking the network at {network}") if network else nullcontext():
             found = find_network(network, rpc, deployments, node_dir=root, deployer=deployer,
                                  save_to=root / "deployments.json" if network else None)  # fmt: skip
+        for check in NETWORK_CHECKS:
+            check(found)
         deployment, rpc_url, path = found.deployment, found.rpc_url, found.path
         assert path is not None  # read from a file, or saved to one
         if network:

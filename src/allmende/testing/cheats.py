@@ -21,6 +21,11 @@ that claim ten times the tokens it counted, validly signed: `InflatingService`),
 `overrun`: the right model and honest proofs, but every completion is drawn on past EOS and
 past the request's stop strings up to `max_tokens` and billed for all of it, while the text
 is cut at the first stop string as an honest provider cuts it (`overrun`).
+
+A cheating provider runs on devnets only: `devnet_only` refuses, before anything is loaded,
+staked or signed, a network whose deployment is not a devnet one or whose chain id is not a
+devnet's (31337/1337). A validator operator tries their validator against one on their own
+devnet (README, "Try your validator against a cheating provider").
 """
 
 from __future__ import annotations
@@ -85,10 +90,32 @@ def command(mode: str) -> list[str]:
     return [sys.executable, "-m", "allmende.testing.cheats", mode]
 
 
+def devnet_only() -> None:
+    """Make `allmende provider` in this process refuse a network that is not a devnet: the
+    network it finds (by the CLI's one rule) is checked before the node loads, stakes or signs."""
+    from allmende.chain import ChainClient
+    from allmende.chain.anvil import is_devnet_chain
+    from allmende.cli import provider as command
+    from allmende.cli.common import Network
+    from allmende.core.errors import InvalidInput
+
+    def check(found: Network) -> None:
+        chain_id = ChainClient(found.rpc_url).chain_id
+        if not found.deployment.devnet or not is_devnet_chain(chain_id):
+            why = "holds a deployment that is not a devnet one" if is_devnet_chain(chain_id) else "is not a devnet"
+            raise InvalidInput(
+                f"cheating providers run on devnets only: chain {chain_id} {why} (start one with `allmende up`)"
+            )
+
+    command.NETWORK_CHECKS.append(check)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) < 2:
         raise SystemExit("usage: python -m allmende.testing.cheats MODE provider … | N:MODE up …")
     mode, rest = argv[0], argv[1:]
+    if rest[0] == "provider":
+        devnet_only()
     if rest[0] == "up":
         number, _, provider_mode = mode.partition(":")
         if not number.isdigit() or provider_mode not in MODES:
