@@ -49,7 +49,9 @@ def gateway(
     max_body: int = typer.Option(4 * 1024 * 1024, help="largest request body, bytes"),
     body_timeout: float = typer.Option(10.0, help="seconds a client may take to send its body"),
     x402: bool = typer.Option(
-        False, "--x402/--no-x402", help="requests without an --api-key key pay for themselves with x402 (scheme exact)"
+        False,
+        "--x402/--no-x402",
+        help="requests without an --api-key key pay for themselves with x402 (schemes exact, session)",
     ),
     x402_timeout: int = typer.Option(300, help="seconds an x402 payment authorization may take to arrive"),
 ) -> None:
@@ -88,7 +90,11 @@ def gateway(
                 rate_burst=rate_burst,
                 max_body=max_body,
                 body_timeout=body_timeout,
-                x402=X402Policy(max_timeout_seconds=x402_timeout) if x402 else None,
+                x402=X402Policy(
+                    max_timeout_seconds=x402_timeout, ledger=(state_dir or env.state_dir / "gateway") / "x402.db"
+                )
+                if x402
+                else None,
             ),
         )
         console.print(f"gateway on http://{host}:{port}/v1")

@@ -36,6 +36,7 @@ from allmende.gateway.errors import (
 from allmende.gateway.explorer import mount_explorer
 from allmende.gateway.service import GatewayService
 from allmende.gateway.serving import Admission, GatewayLimits
+from allmende.gateway.x402_sessions import SessionGate, mount_sessions
 
 __all__ = ["GatewayLimits", "create_app"]
 
@@ -150,4 +151,10 @@ def create_app(
     async def create_message(request: Request) -> Response:
         return await messages(request)
 
+    if limits.x402 is not None:
+
+        async def sessions() -> SessionGate:
+            return (await admission.x402(service)).sessions
+
+        mount_sessions(app, sessions)
     return app

@@ -80,6 +80,9 @@ def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
                 await asyncio.sleep(config.refresh_interval)
                 await asyncio.to_thread(directory.maybe_refresh)
                 payments.top_up_low_channels()  # starts its own threads; never blocks the loop
+                if config.limits.x402 is not None:  # refunds that failed, sessions' vouchers to redeem
+                    gate = await app.state.admission.x402(service)
+                    await asyncio.to_thread(gate.upkeep)
 
         task = asyncio.create_task(loop())
         yield

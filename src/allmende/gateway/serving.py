@@ -309,7 +309,7 @@ class Serving(ABC):
             rendered["allmende"]["evidence"] = evidence_of(self.kind, result.answer)
         if call.paid is not None:
             gate = await self.admission.x402(self.service)
-            rendered["allmende"]["x402"] = await gate.refund(call.paid, result.answer.receipt.receipt.amount)
+            rendered["allmende"]["x402"] = await gate.refund(call.paid, result.answer.receipt)
         return JSONResponse(rendered, headers=call.headers)
 
     async def _refunded(self, call: Call, response: JSONResponse) -> JSONResponse:
@@ -317,7 +317,7 @@ class Serving(ABC):
         was served to it) and says so in `allmende.x402`."""
         if call.paid is None:
             return response
-        view = await (await self.admission.x402(self.service)).refund(call.paid, 0)
+        view = await (await self.admission.x402(self.service)).refund(call.paid, None)
         failed = json.loads(bytes(response.body))
         failed["allmende"] = {"x402": view}
         return JSONResponse(failed, status_code=response.status_code, headers=call.headers)
@@ -345,7 +345,7 @@ class Serving(ABC):
                         receipt["evidence"] = evidence_of(self.kind, item)
                     if call.paid is not None:
                         gate = await self.admission.x402(self.service)
-                        receipt["x402"] = await gate.refund(call.paid, item.receipt.receipt.amount)
+                        receipt["x402"] = await gate.refund(call.paid, item.receipt)
                         call.paid = None  # refunded once
                     for closing in listed(self.closing(call, state, item, receipt)):
                         yield self.frame(closing)
@@ -362,7 +362,7 @@ class Serving(ABC):
             status = str(response.status_code)
             error = error_body(exc) if isinstance(exc, GatewayError) else json.loads(bytes(response.body))
             if call.paid is not None:  # no answer, so no receipt: the whole payment goes back
-                error["error"]["x402"] = await (await self.admission.x402(self.service)).refund(call.paid, 0)
+                error["error"]["x402"] = await (await self.admission.x402(self.service)).refund(call.paid, None)
                 call.paid = None
             for event in self.stream_error(state, response.status_code, error["error"]):
                 yield self.frame(event)

@@ -30,8 +30,12 @@ ships no bytecode for them). The gateway carries the gas of both transactions.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from eth_account import Account
@@ -54,9 +58,14 @@ from x402.mechanisms.evm.exact import ExactEvmFacilitatorScheme, ExactEvmServerS
 from x402.mechanisms.evm.types import TransactionReceipt, TypedDataDomain
 
 from allmende.chain import Contracts
+from allmende.chain.bindings import Stable
 from allmende.chain.client import ChainClient
+from allmende.core import SignedReceipt
+from allmende.core.x402_session import SCHEME, request_hash
 from allmende.gateway.errors import GatewayError, error_body
 from allmende.gateway.service import GatewayService
+from allmende.gateway.x402_ledger import X402Ledger
+from allmende.gateway.x402_sessions import SessionFacilitatorScheme, SessionGate, SessionServerScheme
 
 log = logging.getLogger("allmende.gateway.x402")
 
@@ -69,20 +78,39 @@ class PaymentRequired(GatewayError):
 class X402Policy:
     # seconds a payment authorization may take to arrive (the requirements' maxTimeoutSeconds)
     max_timeout_seconds: int = 300
+    # the x402 state (sessions, nonces, charges, refunds owed); None = in memory
+    ledger: Path | None = None
+    # session scheme: units an agent may owe beyond its last voucher (one request's most fits)
+    session_credit: int = 1_000_000
+    # seconds between redeems of the sessions' vouchers (and sends of refunds that failed)
+    redeem_every: float = 300.0
 
 
 @dataclass
 class Paid:
-    """A request's payment, settled on chain before it is served."""
+    """A request's payment, settled before it is served (`exact`: on chain; `session`: its
+    nonce admitted and its most held on the agent's channel)."""
 
     payer: str
-    amount: int  # what the authorization moved to the gateway: the request's most
-    transaction: str  # the settlement (transferWithAuthorization)
+    amount: int  # exact: what the authorization moved to the gateway; session: what is held (the most)
+    transaction: str  # exact: the settlement (transferWithAuthorization); session: the request's nonce
     headers: dict[str, str]  # PAYMENT-RESPONSE, for the answer
+    scheme: str = "exact"
+    channel: str | None = None  # session: the agent's channel
 
     def view(self, charged: int, refunded: int, refund_tx: str | None) -> dict[str, Any]:
         """What the answer's `allmende.x402` says (amounts as decimal strings of dUSD units)."""
+        if self.scheme == SCHEME:
+            return {
+                "scheme": SCHEME,
+                "payer": self.payer,
+                "channel": self.channel,
+                "nonce": self.transaction,
+                "held": str(self.amount),
+                "charged": str(charged),
+            }
         return {
+            "scheme": "exact",
             "payer": self.payer,
             "paid": str(self.amount),
             "charged": str(charged),
@@ -208,6 +236,40 @@ class _Adapter:
         return self.price
 
 
+class Refunds:
+    """The `exact` scheme's refunds: written to the ledger before they are sent, so one that
+    fails (the chain unreachable, the gateway's wallet short) is sent again by `retry` until
+    it is mined, and none is sent twice."""
+
+    def __init__(self, ledger: X402Ledger, stable: Stable) -> None:
+        self.ledger = ledger
+        self.stable = stable
+        self._lock = threading.Lock()
+
+    def send(self, settlement: str, payer: str, amount: int) -> str | None:
+        """Send `amount` back to `payer` for `settlement`; its transaction, or None if it
+        failed (it stays owed)."""
+        self.ledger.owe_refund(settlement, payer, amount)
+        with self._lock:
+            return self._send(settlement, payer, amount)
+
+    def _send(self, settlement: str, payer: str, amount: int) -> str | None:
+        try:
+            tx = self.stable.transfer(payer, amount).tx_hash
+        except Exception as exc:
+            self.ledger.refund_failed(settlement)
+            log.error("x402 refund of %d to %s for %s failed (sent again later): %s", amount, payer, settlement, exc)
+            return None
+        self.ledger.refunded(settlement)
+        return tx
+
+    def retry(self) -> list[str]:
+        """Send every refund still owed; the transactions that went through."""
+        with self._lock:
+            owed = self.ledger.refunds_owed()
+            return [tx for s, p, a, _ in owed if (tx := self._send(s, p, a)) is not None]
+
+
 class X402Gate:
     """The resource server and facilitator of x402 payments for one gateway."""
 
@@ -217,32 +279,58 @@ class X402Gate:
         self.client = contracts.client
         self.policy = policy or X402Policy()
         self.network = f"eip155:{self.client.chain_id}"
+        self.ledger = X402Ledger(self.policy.ledger)
+        self.refunds = Refunds(self.ledger, self.stable)
+        self.sessions = SessionGate(contracts, self.ledger)
+        self.channels = contracts.channels.address
         name, version = self.stable.eip712_domain()
         self.extra = {"name": name, "version": version, "paymentFlow": "upfront"}
         facilitator = x402FacilitatorSync()
         facilitator.register([self.network], ExactEvmFacilitatorScheme(ChainSigner(self.client)))
+        facilitator.register(
+            [self.network], SessionFacilitatorScheme(contracts, self.ledger, self.policy.session_credit)
+        )
         server = x402ResourceServerSync(facilitator)
         # the SDK's scheme class is untyped and its payment_flows table wider than its own Protocol
         server.register(self.network, ExactEvmServerScheme())  # type: ignore[no-untyped-call, arg-type]
-        option = PaymentOption(
-            scheme="exact",
-            pay_to=self.client.address,
-            price=lambda context: context.adapter.get_body(),
-            network=self.network,
-            max_timeout_seconds=self.policy.max_timeout_seconds,
-            extra=dict(self.extra),
-        )
+        server.register(self.network, SessionServerScheme())
+        options = [
+            PaymentOption(
+                scheme=scheme,
+                pay_to=self.client.address,
+                price=lambda context, scheme=scheme: context.adapter.get_body()[scheme],  # type: ignore[misc]
+                network=self.network,
+                max_timeout_seconds=self.policy.max_timeout_seconds,
+            )
+            for scheme in ("exact", SCHEME)
+        ]
         self.http = x402HTTPResourceServerSync(
-            server, RouteConfig(accepts=option, description="Allmende inference", mime_type="application/json")
+            server, RouteConfig(accepts=options, description="Allmende inference", mime_type="application/json")
         )
         self.http.initialize()
+        self._upkept = time.monotonic()
+
+    def prices(self, request: Request, body_hash: bytes, amount: int) -> dict[str, Any]:
+        """Each scheme's price of this request: its most, bound to its body's hash."""
+        bound = {"requestHash": "0x" + body_hash.hex()}
+        session = {
+            "channels": self.channels,
+            "credit": str(self.policy.session_credit),
+            "statement": str(request.base_url) + "v1/x402/sessions/",
+            "paymentFlow": "upfront",
+        }
+        asset = self.stable.address
+        return {
+            "exact": {"amount": str(amount), "asset": asset, "extra": {**self.extra, **bound}},
+            SCHEME: {"amount": str(amount), "asset": asset, "extra": {**session, **bound}},
+        }
 
     async def admit(self, request: Request, kind: str, body: dict[str, Any]) -> Paid | JSONResponse:
         """The request's payment, settled; or the 402 to answer (requirements, or why not)."""
         _, amount = self.service.most_cost(kind, body)
-        price = {"amount": str(amount), "asset": self.stable.address, "extra": dict(self.extra)}
+        prices = self.prices(request, request_hash(await request.body()), amount)
         context = HTTPRequestContext(
-            adapter=_Adapter(request, price),
+            adapter=_Adapter(request, prices),
             path=request.url.path,
             method=request.method,
             payment_header=request.headers.get(PAYMENT_SIGNATURE_HEADER),
@@ -255,7 +343,9 @@ class X402Gate:
         if settled is None or result.payment_payload is None:  # the upfront flow always settles first
             raise PaymentRequired("the payment was not settled")
         headers = self.http.create_completed_settlement_headers(settled)
-        return Paid(str(settled.result.payer), amount, settled.result.transaction, headers)
+        scheme = result.payment_payload.accepted.scheme
+        channel = (settled.result.extra or {}).get("channelId") if scheme == SCHEME else None
+        return Paid(str(settled.result.payer), amount, settled.result.transaction, headers, scheme, channel)
 
     def _refusal(self, response: Any, amount: int) -> JSONResponse:
         headers = {k: v for k, v in (response.headers if response else {}).items() if k.lower() != "content-type"}
@@ -265,23 +355,42 @@ class X402Gate:
         elif headers.get(PAYMENT_RESPONSE_HEADER):  # verified, but its settlement failed (a replay racing)
             reason = decode_payment_response_header(headers[PAYMENT_RESPONSE_HEADER]).error_reason or reason
         message = (
-            f"{reason}: this request costs at most {amount} dUSD units; pay with x402 (scheme exact, "
-            f"{self.network}, asset {self.stable.address}); what the receipt does not use is refunded"
+            f"{reason}: this request costs at most {amount} dUSD units; pay with x402 (scheme exact or "
+            f"session, {self.network}, asset {self.stable.address}); you pay what the provider's receipt says"
         )
         status = response.status if response is not None else 402
         error = PaymentRequired(message)
         return JSONResponse(error_body(error), status_code=status, headers=headers)
 
-    async def refund(self, paid: Paid, charged: int) -> dict[str, Any]:
-        """Send the payer what its receipt did not use; `allmende.x402` of the answer."""
+    async def refund(self, paid: Paid, receipt: SignedReceipt | None) -> dict[str, Any]:
+        """Charge `paid` what its receipt says (None: nothing was served) and give back the
+        rest: `exact` sends the payer what the receipt did not use, `session` turns the hold
+        into the receipt's charge. Returns the answer's `allmende.x402`."""
+        charged = 0 if receipt is None else receipt.receipt.amount
+        if paid.scheme == SCHEME:
+            nonce = bytes.fromhex(paid.transaction[2:])
+            if receipt is None:
+                self.ledger.release(nonce)
+            else:
+                self.ledger.charge(nonce, charged, json.dumps(receipt.to_json()))
+            return paid.view(charged, 0, None)
         back = max(0, paid.amount - charged)
-        tx: str | None = None
-        if back:
-            try:
-                tx = (await asyncio.to_thread(self.stable.transfer, paid.payer, back)).tx_hash
-            except Exception as exc:  # the answer goes out all the same; the debt is logged
-                log.error("x402 refund of %d to %s for %s failed: %s", back, paid.payer, paid.transaction, exc)
-                view = paid.view(min(charged, paid.amount), 0, None)
-                view["refund_failed"] = str(back)
-                return view
+        if not back:
+            return paid.view(min(charged, paid.amount), 0, None)
+        tx = await asyncio.to_thread(self.refunds.send, paid.transaction, paid.payer, back)
+        if tx is None:  # the answer goes out all the same; the refund is sent again at the next upkeep
+            view = paid.view(min(charged, paid.amount), 0, None)
+            view["refund_failed"] = str(back)
+            return view
         return paid.view(min(charged, paid.amount), back, tx)
+
+    def upkeep(self) -> None:
+        """Every `redeem_every` seconds: refunds owed are sent again, session vouchers redeemed."""
+        if time.monotonic() - self._upkept < self.policy.redeem_every:
+            return
+        self._upkept = time.monotonic()
+        self.refunds.retry()
+        try:
+            self.sessions.redeem_due()
+        except Exception as exc:  # tried again at the next upkeep
+            log.warning("redeeming the x402 sessions' vouchers failed: %s", exc)

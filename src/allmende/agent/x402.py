@@ -1,0 +1,209 @@
+"""The x402 `session` scheme for the official `x402` client: one line in an agent's client,
+
+    client.register("eip155:*", SessionScheme(key, network="http://chain:8545"))
+
+and an Allmende gateway's requests are paid from a channel in `Channels` that the agent's
+own key opens (on the first payment, topped up when its deposit would not cover the next
+request) and that pays the gateway. Each later request carries a cumulative voucher and the
+request's authorisation (core/x402_session.py).
+
+What the agent trusts: the chain (the contracts are checked at `network`, as `Agent` does)
+and its own key. What it checks: every requirement names this deployment's payment token and
+Channels contract (a gateway cannot point it at another contract); every charge on the
+gateway's statement is one of its own paid requests, once, with its provider's signed
+receipt, priced at most usage × the provider's offer on chain and at most the most it
+authorised (`check_charge`). It signs vouchers only for the sum of the charges it checked,
+so it pays at most its receipts; a statement that asks for more raises `Overcharged` and
+nothing is signed. The gateway gives each session a credit of one request or so, as
+providers give the gateways (the last answer is paid by the voucher `close` sends).
+
+`close()` settles up (the last voucher goes to the gateway, which redeems it) and asks every
+channel to close; after the close delay `withdraw()` brings the unspent deposit back.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from x402.schemas import PaymentRequirements
+
+from allmende.agent.client import agent_key
+from allmende.chain import ChainClient, Contracts
+from allmende.chain.errors import ContractReverted
+from allmende.chain.network import resolve_network
+from allmende.core import SignedReceipt
+from allmende.core.eip712 import sign_digest
+from allmende.core.errors import InvalidInput
+from allmende.core.vouchers import Voucher
+from allmende.core.x402_session import (
+    SCHEME,
+    SESSION_MODEL,
+    Charge,
+    Overcharged,
+    check_charge,
+    sign_session_payment,
+)
+
+
+@dataclass
+class Session:
+    """One channel to one gateway, as the agent's own books have it."""
+
+    channel_id: bytes
+    deposit: int
+    statement: str  # the gateway's statement URL for this channel
+    paid: int = 0  # Σ charges checked: what the vouchers pay
+    seen: int = 0  # the statement's last sequence number read
+    unsettled: dict[bytes, int] = field(default_factory=dict)  # nonce → most, paid requests not yet charged
+    receipts: list[SignedReceipt] = field(default_factory=list)
+
+
+class SessionScheme:
+    """The official x402 client's SchemeNetworkClient for `session` (see the module doc)."""
+
+    scheme = SCHEME
+
+    def __init__(
+        self,
+        key: bytes | str | None = None,
+        network: str | None = None,
+        *,
+        rpc: str | None = None,
+        deposit: int = 2_000_000,
+        http: httpx.Client | None = None,
+    ) -> None:
+        network = network or os.environ.get("ALLMENDE_NETWORK")
+        if not network:
+            raise InvalidInput("no network: pass network=URL (a chain's JSON-RPC or a gateway's) or ALLMENDE_NETWORK")
+        self.key = agent_key(key)
+        deployment = resolve_network(network, rpc)  # checked on chain: code, wiring, chain id
+        self.contracts = Contracts(ChainClient(deployment.rpc_url, self.key), deployment)
+        self.address = self.contracts.client.address
+        self.network = f"eip155:{self.contracts.client.chain_id}"
+        self.domain = self.contracts.channels.voucher_domain()
+        self.receipt_domain = self.contracts.registry.receipt_domain()
+        self.deposit = deposit
+        self.http = http or httpx.Client(timeout=30)
+        self.sessions: dict[str, Session] = {}  # gateway address → its session
+        self._offers: dict[tuple[str, bytes], tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ x402
+
+    def create_payment_payload(
+        self, requirements: PaymentRequirements, extensions: Any = None, context: Any = None
+    ) -> dict[str, Any]:
+        """The payment for one request: a voucher for every charge checked so far and this
+        request's authorisation; opens or tops up the channel first where needed."""
+        extra = requirements.extra or {}
+        if str(requirements.network) != self.network:
+            raise InvalidInput(f"session payment asked on {requirements.network}, this agent's chain is {self.network}")
+        if requirements.asset.lower() != self.contracts.stable.address.lower():
+            raise InvalidInput(f"session payment asked in {requirements.asset}, not this network's payment token")
+        if str(extra.get("channels", "")).lower() != self.contracts.channels.address.lower():
+            raise InvalidInput("session payment asked into a contract that is not this network's Channels")
+        body_hash = bytes.fromhex(str(extra.get("requestHash", "0x"))[2:])
+        statement = str(extra.get("statement", ""))
+        most = int(requirements.amount)
+        with self._lock:
+            session = self._session(requirements.pay_to, statement, most)
+            self._read_statement(session)
+            self._cover(session, most)
+            nonce = os.urandom(32)
+            session.unsettled[nonce] = most
+            payment = sign_session_payment(session.channel_id, session.paid, nonce, body_hash, self.domain, self.key)
+        return payment.to_payload()
+
+    # ------------------------------------------------------------ the books
+
+    def _session(self, gateway: str, statement: str, most: int) -> Session:
+        session = self.sessions.get(gateway.lower())
+        if session is None:
+            deposit = max(self.deposit, most)
+            self.contracts.stable.ensure_allowance(self.contracts.channels.address, deposit)
+            channel_id = self.contracts.channels.open(gateway, deposit)
+            session = Session(channel_id, deposit, statement.rstrip("/") + "/0x" + channel_id.hex())
+            self.sessions[gateway.lower()] = session
+        return session
+
+    def _cover(self, session: Session, most: int) -> None:
+        """Top the channel up if what it owes, what is in flight and this request's most pass
+        its deposit (the gateway refuses the request otherwise)."""
+        need = session.paid + sum(session.unsettled.values()) + most - session.deposit
+        if need > 0:
+            amount = max(self.deposit, need)
+            self.contracts.stable.ensure_allowance(self.contracts.channels.address, amount)
+            self.contracts.channels.top_up(session.channel_id, amount)
+            session.deposit += amount
+
+    def _read_statement(self, session: Session) -> None:
+        """Check the gateway's new charges and add them to what the vouchers pay."""
+        reply = self.http.get(session.statement, params={"after": session.seen})
+        if reply.status_code != 200:
+            raise InvalidInput(f"the gateway's session statement: HTTP {reply.status_code} {reply.text[:200]}")
+        for line in reply.json().get("charges", []):
+            charge = Charge.from_json(line)
+            receipt = charge.receipt.receipt
+            price_in, price_out = self._offer(receipt.provider, receipt.model_id)
+            amount = check_charge(charge, session.unsettled.get(charge.nonce), self.receipt_domain, price_in, price_out)
+            del session.unsettled[charge.nonce]
+            session.paid += amount
+            session.receipts.append(charge.receipt)
+            session.seen = max(session.seen, int(line.get("seq", session.seen)))
+
+    def _offer(self, provider: str, model_id: bytes) -> tuple[int, int]:
+        key = (provider.lower(), model_id)
+        if key not in self._offers:
+            offer = self.contracts.registry.offer(provider, model_id)
+            self._offers[key] = (offer.price_in, offer.price_out)
+        return self._offers[key]
+
+    # ------------------------------------------------------------ the wallet
+
+    def receipts(self) -> list[SignedReceipt]:
+        """Every receipt the agent checked and paid for, all sessions."""
+        with self._lock:
+            return [r for s in self.sessions.values() for r in s.receipts]
+
+    def paid(self) -> int:
+        """What the agent's vouchers pay, all sessions: the sum of its checked receipts."""
+        with self._lock:
+            return sum(s.paid for s in self.sessions.values())
+
+    def close(self) -> list[bytes]:
+        """Settle up with every gateway (its last charges checked, the voucher for them sent
+        and redeemed) and ask every channel to close; returns the channel ids."""
+        closed = []
+        with self._lock:
+            for session in self.sessions.values():
+                self._read_statement(session)
+                voucher = Voucher(session.channel_id, SESSION_MODEL, session.paid)
+                signature = sign_digest(voucher.digest(self.domain), self.key)
+                if session.paid:
+                    reply = self.http.post(
+                        session.statement + "/voucher",
+                        json={"cumulative": str(session.paid), "signature": "0x" + signature.hex()},
+                    )
+                    if reply.status_code != 200:
+                        raise InvalidInput(f"the gateway refused the last voucher: {reply.text[:300]}")
+                self.contracts.channels.request_close(session.channel_id)
+                closed.append(session.channel_id)
+        return closed
+
+    def withdraw(self, channel_ids: list[bytes]) -> int:
+        """Take back what is left of closed channels after their close delay; the units."""
+        token = self.contracts.stable
+        before = token.balance_of(self.address)
+        for channel_id in channel_ids:
+            try:
+                self.contracts.channels.withdraw(channel_id)
+            except ContractReverted as exc:
+                raise InvalidInput(f"channel 0x{channel_id.hex()} cannot be withdrawn yet: {exc.reason}") from None
+        return int(token.balance_of(self.address) - before)
+
+
+__all__ = ["Overcharged", "Session", "SessionScheme"]

@@ -1,0 +1,171 @@
+"""The x402 `session` scheme's messages and its money rule, with no I/O.
+
+A session is a channel in `Channels` from the agent's key to the gateway (the channel's
+"provider" is the gateway's address). Each paid request carries a `SessionPayment`:
+
+- a `Voucher(channelId, SESSION_MODEL, cumulative)`: everything the agent has been charged
+  *and has checked* before this request (the sum of the provider receipts the gateway showed
+  it), never more; the gateway redeems the highest one in `Channels`;
+- a `Request(requestId = nonce, channelId, SESSION_MODEL, inputHash = requestHash)`
+  authorisation under the same domain: the request id is the agent's fresh nonce (admitted
+  once: a replayed payment is refused), the input hash is keccak256 of the request body's
+  bytes (a payment for one body buys no other), and the signer must be the channel's payer
+  (a channel id is public; a voucher from another key is refused).
+
+`SESSION_MODEL` is the zero id: `Models` refuses to register it, so the session's own redeem
+pays no royalty to anybody (the models' royalties are paid where the gateway pays the
+providers). The protocol fee of that redeem is the gateway's cost, as the gas of `exact` is.
+
+`check_charge` is the agent's side of "overpayment is impossible": a charge counts only if
+it is one of the agent's own paid requests (its nonce), shown once, with a receipt its
+provider signed, for no more than the receipt, no more than usage × the provider's offer on
+chain, and no more than the most the agent authorised for that request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from eth_utils import keccak
+
+from allmende.core.authorization import RequestAuthorization
+from allmende.core.eip712 import Domain, recover_digest, sign_digest
+from allmende.core.errors import InvalidInput, InvalidSignature
+from allmende.core.fees import request_cost
+from allmende.core.receipts import SignedReceipt
+from allmende.core.vouchers import Voucher
+
+SCHEME = "session"
+SESSION_MODEL = bytes(32)  # unregistrable (Models: "empty id"), so no royalty on the session's redeem
+
+
+def request_hash(body: bytes) -> bytes:
+    """What a session payment (and the `exact` requirements) bind: keccak256 of the body's bytes."""
+    return keccak(body)
+
+
+def _hex(value: Any, size: int, name: str) -> bytes:
+    if not isinstance(value, str) or not value.startswith("0x"):
+        raise InvalidInput(f"session payment: {name} must be 0x-hex")
+    try:
+        raw = bytes.fromhex(value[2:])
+    except ValueError:
+        raise InvalidInput(f"session payment: {name} is not hex") from None
+    if len(raw) != size:
+        raise InvalidInput(f"session payment: {name} must be {size} bytes")
+    return raw
+
+
+@dataclass(frozen=True)
+class SessionPayment:
+    """The inner payload of an x402 `session` payment."""
+
+    channel_id: bytes
+    cumulative: int  # the voucher's cumulative amount, payment-token units
+    voucher_signature: bytes
+    nonce: bytes  # the request id the authorisation signs
+    authorization: bytes  # the payer's signature over Request(nonce, channel, SESSION_MODEL, requestHash)
+
+    def voucher(self) -> Voucher:
+        return Voucher(self.channel_id, SESSION_MODEL, self.cumulative)
+
+    def request(self, body_hash: bytes) -> RequestAuthorization:
+        return RequestAuthorization(self.nonce, self.channel_id, SESSION_MODEL, body_hash)
+
+    def payer(self, domain: Domain, body_hash: bytes) -> str:
+        """The one key that signed both the voucher and this request's authorisation
+        (InvalidSignature when they differ or either is malformed)."""
+        voucher_signer = recover_digest(self.voucher().digest(domain), self.voucher_signature)
+        request_signer = self.request(body_hash).signer(domain, self.authorization)
+        if voucher_signer != request_signer:
+            raise InvalidSignature(f"the voucher is signed by {voucher_signer}, the request by {request_signer}")
+        return voucher_signer
+
+    def to_payload(self) -> dict[str, str]:
+        return {
+            "channelId": "0x" + self.channel_id.hex(),
+            "cumulative": str(self.cumulative),
+            "voucher": "0x" + self.voucher_signature.hex(),
+            "nonce": "0x" + self.nonce.hex(),
+            "authorization": "0x" + self.authorization.hex(),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> SessionPayment:
+        """Parse `to_payload` output; InvalidInput on any malformed field."""
+        cumulative = payload.get("cumulative")
+        if not isinstance(cumulative, str) or not cumulative.isdigit() or len(cumulative) > 39:
+            raise InvalidInput("session payment: cumulative must be a decimal string")
+        return cls(
+            channel_id=_hex(payload.get("channelId"), 32, "channelId"),
+            cumulative=int(cumulative),
+            voucher_signature=_hex(payload.get("voucher"), 65, "voucher"),
+            nonce=_hex(payload.get("nonce"), 32, "nonce"),
+            authorization=_hex(payload.get("authorization"), 65, "authorization"),
+        )
+
+
+def sign_session_payment(
+    channel_id: bytes, cumulative: int, nonce: bytes, body_hash: bytes, domain: Domain, key: bytes
+) -> SessionPayment:
+    """The agent's payment for one request: the voucher for what it has checked, and the
+    request's authorisation."""
+    voucher = Voucher(channel_id, SESSION_MODEL, cumulative)
+    authorization = RequestAuthorization(nonce, channel_id, SESSION_MODEL, body_hash)
+    return SessionPayment(
+        channel_id, cumulative, sign_digest(voucher.digest(domain), key), nonce, authorization.sign(domain, key)
+    )
+
+
+class Overcharged(InvalidInput):
+    """A session's statement asks for more than the agent's own checks allow (nothing is signed)."""
+
+    code = "session_overcharged"
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One line of a gateway's session statement: the request (by the agent's nonce), what
+    it was charged and the provider's signed receipt it was charged for."""
+
+    nonce: bytes
+    amount: int
+    receipt: SignedReceipt
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Charge:
+        amount = data.get("amount")
+        if not isinstance(amount, str) or not amount.isdigit():
+            raise InvalidInput("session charge: amount must be a decimal string")
+        receipt = data.get("receipt")
+        if not isinstance(receipt, dict):
+            raise InvalidInput("session charge: receipt missing")
+        return cls(_hex(data.get("nonce"), 32, "nonce"), int(amount), SignedReceipt.from_json(receipt))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"nonce": "0x" + self.nonce.hex(), "amount": str(self.amount), "receipt": self.receipt.to_json()}
+
+
+def check_charge(charge: Charge, most: int | None, domain: Domain, price_in: int, price_out: int) -> int:
+    """The units `charge` may add to what the agent owes, or Overcharged. `most` is what the
+    agent authorised for that nonce (None: not one of its requests, or already counted);
+    `domain` the receipts' (Registry's); the prices are the provider's offer on chain."""
+    if most is None:
+        raise Overcharged(f"charge for request 0x{charge.nonce.hex()}: not an unpaid request of this agent")
+    try:
+        charge.receipt.verify(domain)
+    except InvalidSignature as exc:
+        raise Overcharged(f"charge for request 0x{charge.nonce.hex()}: {exc}") from None
+    receipt = charge.receipt.receipt
+    if charge.amount != receipt.amount:
+        raise Overcharged(f"charged {charge.amount} units for a receipt of {receipt.amount}")
+    priced = request_cost(receipt.tokens_in, receipt.tokens_out, price_in, price_out)
+    if receipt.amount > priced:
+        raise Overcharged(
+            f"receipt of {receipt.amount} units for {receipt.tokens_in}+{receipt.tokens_out} tokens "
+            f"at the provider's offer ({priced} units)"
+        )
+    if receipt.amount > most:
+        raise Overcharged(f"charged {receipt.amount} units for a request authorised up to {most}")
+    return receipt.amount

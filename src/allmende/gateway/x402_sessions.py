@@ -1,0 +1,253 @@
+"""The x402 `session` scheme at the gateway: the server and facilitator halves that register
+into the official SDK next to `exact` (see core/x402_session.py for the messages, and
+agent/x402.py for the client half).
+
+Choice: the gateway **pays the providers from the session** (it does not forward the agent's
+channel to them). The agent's channel goes to the gateway's address; the gateway serves each
+request through its own provider channels, as for every request, and redeems the agent's
+vouchers in `Channels`. Forwarding would need the agent to sign each provider's canonical
+request (the provider's Request authorisation binds its input hash) and to open a channel
+per provider; through the gateway one channel serves every model and provider.
+
+Admission (`verify`, then `settle` in the SDK's upfront flow, before the request is served):
+the channel is on chain, goes to this gateway, is not closing; the voucher and the request's
+authorisation are signed by its payer over this request's body hash and a fresh nonce; and,
+as the credit rule has it for providers,
+
+    charged + held + most − voucher ≤ credit     (what the agent may owe unpaid), and
+    charged + held + most ≤ deposit              (what the channel can pay at all).
+
+"Settling" a session payment is the nonce's admission (UNIQUE in SQLite) and the hold of
+the request's most; no transaction. When the answer comes its receipt becomes the charge
+(`SessionGate.charged`), listed in the session's statement, from which the agent signs its
+next voucher. The gateway redeems a session's highest voucher when the agent's last voucher
+arrives (its close) and whenever `redeem_due` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from x402.interfaces import FacilitatorContext
+from x402.schemas import AssetAmount, PaymentPayload, PaymentRequirements, SettleResponse, VerifyResponse
+
+from allmende.chain import Contracts
+from allmende.chain.errors import ChainError
+from allmende.core import SignedVoucher, Voucher
+from allmende.core.errors import InvalidInput, InvalidSignature
+from allmende.core.x402_session import SCHEME, SESSION_MODEL, SessionPayment
+from allmende.gateway.errors import InvalidRequest
+from allmende.gateway.x402_ledger import NonceUsed, X402Ledger
+
+log = logging.getLogger("allmende.gateway.x402")
+
+
+class SessionServerScheme:
+    """The SDK's SchemeNetworkServer for `session`: prices come as atomic AssetAmounts."""
+
+    scheme = SCHEME
+    default_asset_transfer_method = "channel"
+    payment_flows: ClassVar[dict[str, Any]] = {"channel": {"supported": ("upfront",), "default": "upfront"}}
+
+    def parse_price(self, price: Any, network: str) -> AssetAmount:
+        if isinstance(price, AssetAmount):
+            return price
+        if isinstance(price, dict) and price.get("amount") and price.get("asset"):
+            return AssetAmount(amount=str(price["amount"]), asset=str(price["asset"]), extra=price.get("extra") or {})
+        raise ValueError("session prices are atomic amounts of the deployment's payment token")
+
+    def enhance_payment_requirements(
+        self, requirements: PaymentRequirements, supported_kind: Any, extensions: list[str]
+    ) -> PaymentRequirements:
+        return requirements
+
+
+class SessionFacilitatorScheme:
+    """The SDK's SchemeNetworkFacilitator for `session`, against the chain and the ledger."""
+
+    scheme = SCHEME
+    caip_family = "eip155:*"
+
+    def __init__(self, contracts: Contracts, ledger: X402Ledger, credit: int) -> None:
+        self.contracts = contracts
+        self.ledger = ledger
+        self.credit = credit
+        self.address = contracts.client.address
+        self.domain = contracts.channels.voucher_domain()
+        self._admitting = threading.Lock()
+
+    def get_extra(self, network: str) -> dict[str, Any] | None:
+        return None
+
+    def get_signers(self, network: str) -> list[str]:
+        return [self.address]
+
+    def _check(self, payload: PaymentPayload, requirements: PaymentRequirements) -> tuple[SessionPayment, str, int]:
+        """The payment, its payer and the request's most; InvalidInput says why not."""
+        extra = requirements.extra or {}
+        body_hash = bytes.fromhex(str(extra.get("requestHash", ""))[2:])
+        payment = SessionPayment.from_payload(payload.payload)
+        try:
+            payer = payment.payer(self.domain, body_hash)
+        except InvalidSignature as exc:
+            raise InvalidInput(f"invalid_session_signature: {exc}") from None
+        try:
+            channel = self.contracts.channels.channel(payment.channel_id)
+        except ChainError:
+            raise InvalidInput("unknown_channel: no such channel in Channels") from None
+        if channel.provider.lower() != self.address.lower():
+            raise InvalidInput("wrong_channel: the channel does not pay this gateway")
+        if channel.payer.lower() != payer.lower():
+            raise InvalidInput(f"invalid_session_signature: signed by {payer}, the channel's payer is {channel.payer}")
+        if channel.closes_at:
+            raise InvalidInput("channel_closing: the channel is closing; open a new session")
+        most = int(requirements.amount)
+        if payment.cumulative > channel.deposit:
+            raise InvalidInput("voucher_over_deposit: the voucher is above the channel's deposit")
+        state = self.ledger.session(payment.channel_id)
+        charged, held, voucher = (0, 0, 0) if state is None else (state.charged, state.held, state.cumulative)
+        voucher = max(voucher, payment.cumulative)
+        if charged + held + most > channel.deposit:
+            raise InvalidInput(
+                f"insufficient_deposit: {charged} charged and {held} in flight of a {channel.deposit} deposit "
+                f"leave less than this request's most of {most}; top the channel up"
+            )
+        if charged + held + most - voucher > self.credit:
+            raise InvalidInput(
+                f"voucher_too_low: {charged} charged, the voucher pays {voucher}; sign a voucher for the "
+                f"session's statement (at most {self.credit} units may be unpaid)"
+            )
+        return payment, payer, most
+
+    def verify(
+        self, payload: PaymentPayload, requirements: PaymentRequirements, context: FacilitatorContext | None = None
+    ) -> VerifyResponse:
+        try:
+            _, payer, _ = self._check(payload, requirements)
+        except (InvalidInput, ValueError) as exc:
+            reason, _, message = str(exc).partition(": ")
+            return VerifyResponse(is_valid=False, invalid_reason=reason, invalid_message=message or reason)
+        return VerifyResponse(is_valid=True, payer=payer)
+
+    def settle(
+        self, payload: PaymentPayload, requirements: PaymentRequirements, context: FacilitatorContext | None = None
+    ) -> SettleResponse:
+        network = str(requirements.network)
+        try:
+            payment, payer, most = self._check(payload, requirements)  # again: another request may have come
+            self.ledger.admit(
+                payment.channel_id, payer, payment.nonce, most, payment.cumulative, payment.voucher_signature
+            )
+        except NonceUsed:
+            return SettleResponse(success=False, error_reason="nonce_already_used", transaction="", network=network)
+        except (InvalidInput, ValueError) as exc:
+            reason, _, message = str(exc).partition(": ")
+            return SettleResponse(
+                success=False, error_reason=reason, error_message=message, transaction="", network=network
+            )
+        return SettleResponse(
+            success=True,
+            payer=payer,
+            transaction="0x" + payment.nonce.hex(),  # no transaction: the admitted request's nonce
+            network=network,
+            amount=str(most),
+            extra={"channelId": "0x" + payment.channel_id.hex(), "voucher": str(payment.cumulative)},
+        )
+
+
+class SessionGate:
+    """What the gateway does for sessions besides admission: charge, statement, redeem."""
+
+    def __init__(self, contracts: Contracts, ledger: X402Ledger) -> None:
+        self.contracts = contracts
+        self.ledger = ledger
+        self.domain = contracts.channels.voucher_domain()
+
+    def statement(self, channel_id: bytes, after: int) -> dict[str, Any]:
+        """The session's charges after `after` (a sequence number), each with its receipt."""
+        state = self.ledger.session(channel_id)
+        charges = self.ledger.charges(channel_id, after)
+        return {
+            "channel_id": "0x" + channel_id.hex(),
+            "charged": str(0 if state is None else state.charged),
+            "voucher": str(0 if state is None else state.cumulative),
+            "redeemed": str(0 if state is None else state.redeemed),
+            "charges": [
+                {"seq": seq, "nonce": "0x" + nonce.hex(), "amount": str(amount), "receipt": json.loads(receipt)}
+                for seq, nonce, amount, receipt in charges
+            ],
+        }
+
+    def last_voucher(self, channel_id: bytes, cumulative: int, signature: bytes) -> dict[str, Any]:
+        """The agent's voucher on close: checked, kept, and redeemed at once."""
+        state = self.ledger.session(channel_id)
+        if state is None:
+            raise InvalidInput("no session on this channel")
+        voucher = SignedVoucher(Voucher(channel_id, SESSION_MODEL, cumulative), signature)
+        try:
+            voucher.verify(self.domain, state.payer)
+        except InvalidSignature as exc:
+            raise InvalidInput(f"the voucher is not the session payer's: {exc}") from None
+        if cumulative > state.charged:
+            raise InvalidInput(f"the voucher pays {cumulative}, more than the {state.charged} charged")
+        self.ledger.take_voucher(channel_id, cumulative, signature)
+        return {"redeemed": self.redeem_due()}
+
+    def redeem_due(self) -> list[str]:
+        """Redeem every session voucher above what was redeemed, in one batch; the
+        transaction hashes (none when nothing is due)."""
+        due = self.ledger.unredeemed()
+        if not due:
+            return []
+        vouchers = [SignedVoucher(Voucher(c, SESSION_MODEL, cum), sig) for c, cum, sig in due]
+        sent = self.contracts.channels.redeem(vouchers)
+        for channel_id, cumulative, _ in due:
+            self.ledger.set_redeemed(channel_id, cumulative)
+        log.info("redeemed %d session voucher(s) in %s", len(due), sent.tx_hash)
+        return [sent.tx_hash]
+
+
+def mount_sessions(app: FastAPI, sessions: Callable[[], Awaitable[SessionGate]]) -> None:
+    """The session scheme's routes: its statement (what each answered request was charged,
+    with its provider's receipt; the agent signs its next voucher from it) and the agent's
+    last voucher (on close)."""
+
+    def channel_of(text: str) -> bytes:
+        try:
+            raw = bytes.fromhex(text.removeprefix("0x"))
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            raise InvalidRequest("a channel id is 32 bytes of 0x-hex", param="channel_id")
+        return raw
+
+    @app.get("/v1/x402/sessions/{channel_id}")
+    async def session_statement(channel_id: str, after: int = 0) -> dict[str, Any]:
+        gate = await sessions()
+        return await asyncio.to_thread(gate.statement, channel_of(channel_id), max(0, after))
+
+    @app.post("/v1/x402/sessions/{channel_id}/voucher")
+    async def session_voucher(channel_id: str, request: Request) -> dict[str, Any]:
+        gate = await sessions()
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        cumulative = body.get("cumulative") if isinstance(body, dict) else None
+        signature = body.get("signature") if isinstance(body, dict) else None
+        if not isinstance(cumulative, str) or not cumulative.isdigit() or not isinstance(signature, str):
+            raise InvalidRequest("expected {cumulative: a decimal string, signature: 65 bytes of 0x-hex}")
+        try:
+            raw = bytes.fromhex(signature.removeprefix("0x"))
+            return await asyncio.to_thread(gate.last_voucher, channel_of(channel_id), int(cumulative), raw)
+        except ValueError as exc:  # InvalidInput is one
+            raise InvalidRequest(str(exc)) from None
+
+
+__all__ = ["SESSION_MODEL", "SessionFacilitatorScheme", "SessionGate", "SessionServerScheme", "mount_sessions"]

@@ -1,0 +1,345 @@
+"""The x402 `session` scheme on a chain of its own (its clock is moved): the official SDK's
+client with `SessionScheme` registered, the SDK's resource server and facilitator with the
+gateway's session halves, and the gateway's statement routes in process. A provider
+registered with an offer signs the receipts the gateway charges.
+
+Money: the agent opens its channel on its first payment, signs vouchers only for charges it
+checked, settles up on close (the gateway redeems), and after the close delay withdraws the
+rest: its dUSD falls by exactly the sum of the receipts. Attacks: a replayed payment, a
+payment for one body used on another, a voucher from another key, a gateway that charges
+more than the receipt (or a receipt over the provider's offer), an agent that stops paying
+— each refused, and `exact` refunds that fail are sent again."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from eth_account import Account
+from fastapi import FastAPI
+from x402 import ResourceConfig, x402ClientSync, x402FacilitatorSync, x402ResourceServerSync
+from x402.schemas import AssetAmount, PaymentPayload, PaymentRequirements, ResourceInfo
+
+from allmende.agent.transport import StreamingASGITransport, SyncBridge
+from allmende.agent.x402 import Overcharged, Session, SessionScheme
+from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
+from allmende.chain.anvil import Anvil, devnet_accounts
+from allmende.chain.bindings import ROLE_PROVIDER
+from allmende.core import Receipt, request_cost, sign_receipt
+from allmende.core.x402_session import SCHEME, request_hash
+from allmende.gateway.errors import GatewayError, openai_error
+from allmende.gateway.x402_ledger import X402Ledger
+from allmende.gateway.x402_payments import Refunds
+from allmende.gateway.x402_sessions import SessionFacilitatorScheme, SessionGate, SessionServerScheme, mount_sessions
+
+MODEL = b"\x51" * 32
+PRICE_IN, PRICE_OUT = 200_000, 400_000  # per 1M tokens
+CREDIT = 50_000
+STATEMENT = "http://gateway.test/v1/x402/sessions/"
+
+
+@dataclass
+class Chain:
+    anvil: Anvil
+    deployment: Deployment
+    admin: Contracts
+    gateway: Contracts
+    provider_key: bytes
+
+    def contracts(self, key: bytes) -> Contracts:
+        return Contracts(ChainClient(self.anvil.url, key), self.deployment)
+
+
+@pytest.fixture(scope="module")
+def chain() -> Iterator[Chain]:
+    deployer, gateway, provider = devnet_accounts(3)
+    with Anvil() as node:
+        admin = ChainClient(node.url, deployer.key)
+        deployment = deploy_all(admin, fund=[gateway.address, provider.address])
+        as_provider = Contracts(ChainClient(node.url, provider.key), deployment)
+        as_provider.token.approve(as_provider.registry.address)
+        as_provider.registry.register(ROLE_PROVIDER, "http://provider.test", b"\x02" * 32, 1_000 * 10**18)
+        as_provider.registry.set_offer(MODEL, PRICE_IN, PRICE_OUT)
+        yield Chain(
+            node,
+            deployment,
+            Contracts(admin, deployment),
+            Contracts(ChainClient(node.url, gateway.key), deployment),
+            provider.key,
+        )
+
+
+def fresh_key(chain: Chain, usd: int = 20 * 10**6) -> bytes:
+    """A new key with dUSD and gas, nothing else."""
+    key = Account.create()
+    chain.admin.client.w3.provider.make_request("anvil_setBalance", [key.address, hex(10**19)])  # type: ignore[arg-type]
+    chain.admin.stable.mint(key.address, usd)
+    return bytes(key.key)
+
+
+class Gateway:
+    """The gateway's session halves in the SDK, its ledger and its statement routes."""
+
+    def __init__(self, chain: Chain, tmp_path: Path, credit: int = CREDIT) -> None:
+        self.chain = chain
+        self.ledger = X402Ledger(tmp_path / "x402.db")
+        self.sessions = SessionGate(chain.gateway, self.ledger)
+        self.network = f"eip155:{chain.gateway.client.chain_id}"
+        facilitator = x402FacilitatorSync()
+        facilitator.register([self.network], SessionFacilitatorScheme(chain.gateway, self.ledger, credit))
+        self.server = x402ResourceServerSync(facilitator)
+        self.server.register(self.network, SessionServerScheme())
+        self.server.initialize()
+        app = FastAPI()
+        app.add_exception_handler(GatewayError, lambda _, exc: openai_error(exc))  # as create_app does
+
+        async def sessions() -> SessionGate:
+            return self.sessions
+
+        mount_sessions(app, sessions)
+        self.bridge = SyncBridge(StreamingASGITransport(app))
+
+    def http(self, tamper: Any = None) -> httpx.Client:
+        """The agent's HTTP to the statement routes (through `tamper`, a hostile middle)."""
+        transport: httpx.BaseTransport = self.bridge if tamper is None else tamper(self.bridge)
+        return httpx.Client(transport=transport)
+
+    def requirements(self, body: bytes, most: int) -> PaymentRequirements:
+        extra = {
+            "channels": self.chain.gateway.channels.address,
+            "statement": STATEMENT,
+            "requestHash": "0x" + request_hash(body).hex(),
+            "paymentFlow": "upfront",
+        }
+        price = AssetAmount(amount=str(most), asset=self.chain.gateway.stable.address, extra=extra)
+        config = ResourceConfig(
+            scheme=SCHEME, pay_to=self.chain.gateway.client.address, price=price, network=self.network
+        )
+        (requirements,) = self.server.build_payment_requirements(config)
+        return requirements
+
+    def pay(self, client: x402ClientSync, body: bytes, most: int) -> tuple[PaymentPayload, PaymentRequirements]:
+        requirements = self.requirements(body, most)
+        required = self.server.create_payment_required_response([requirements], ResourceInfo(url="test"))
+        return client.create_payment_payload(required), requirements
+
+    def admit(self, payload: PaymentPayload, requirements: PaymentRequirements) -> tuple[bool, str]:
+        """verify then settle, as the gateway does before serving: (settled, why not)."""
+        verified = self.server.verify_payment(payload, requirements)
+        if not verified.is_valid:
+            return False, str(verified.invalid_reason)
+        settled = self.server.settle_payment(payload, requirements)
+        return settled.success, str(settled.error_reason)
+
+    def serve(self, payload: PaymentPayload, tokens_in: int, tokens_out: int, amount: int | None = None) -> int:
+        """The provider answers: its signed receipt becomes the request's charge."""
+        priced = request_cost(tokens_in, tokens_out, PRICE_IN, PRICE_OUT)
+        provider = Account.from_key(self.chain.provider_key).address
+        receipt = Receipt(
+            os.urandom(32), MODEL, provider, os.urandom(32), os.urandom(32), os.urandom(32),
+            tokens_in, tokens_out, priced if amount is None else amount, 1_700_000_000,
+        )  # fmt: skip
+        signed = sign_receipt(receipt, self.chain.gateway.registry.receipt_domain(), self.chain.provider_key)
+        nonce = bytes.fromhex(payload.payload["nonce"][2:])
+        self.ledger.charge(nonce, receipt.amount, json.dumps(signed.to_json()))
+        return receipt.amount
+
+
+def agent_client(
+    chain: Chain, gateway: Gateway, key: bytes, tamper: Any = None
+) -> tuple[x402ClientSync, SessionScheme]:
+    scheme = SessionScheme(key, network=chain.anvil.url, deposit=300_000, http=gateway.http(tamper))
+    client = x402ClientSync()
+    client.register("eip155:*", scheme)  # the one line
+    client.set_spend_controls(False)  # dUSD is no default asset of the SDK
+    return client, scheme
+
+
+def test_a_session_pays_exactly_its_receipts_and_the_rest_comes_back(chain: Chain, tmp_path: Path) -> None:
+    # Prepare
+    gateway = Gateway(chain, tmp_path)
+    key = fresh_key(chain)
+    stable, channels = chain.gateway.stable, chain.gateway.channels
+    address = Account.from_key(key).address
+    before = stable.balance_of(address)
+    client, scheme = agent_client(chain, gateway, key)
+
+    # Execute: 12 requests (the deposit of 300,000 is topped up on the way), then close
+    charged = 0
+    for step in range(12):
+        body = json.dumps({"step": step, "max_tokens": 64}).encode()
+        payload, requirements = gateway.pay(client, body, 40_000)
+        assert gateway.admit(payload, requirements) == (True, "None"), step
+        charged += gateway.serve(payload, 100_000 + step, 20_000 + step)  # ~28,000 units each
+    (channel_id,) = closing = scheme.close()
+
+    # Assert: the vouchers paid exactly the receipts, which all verify
+    state = channels.channel(channel_id)
+    assert state.payer == address and state.provider == chain.gateway.client.address
+    assert scheme.paid() == charged == state.spent > 0
+    assert state.deposit > 300_000  # topped up by the agent's own key
+    domain = chain.gateway.registry.receipt_domain()
+    assert len(scheme.receipts()) == 12
+    for receipt in scheme.receipts():
+        receipt.verify(domain)
+    # after the close delay the unspent deposit comes back: the wallet paid the receipts, no more
+    chain.admin.client.increase_time(chain.admin.params.get("channel_close_delay"))
+    assert scheme.withdraw(closing) == state.deposit - charged
+    assert stable.balance_of(address) == before - charged
+
+
+def test_a_replayed_session_payment_is_refused(chain: Chain, tmp_path: Path) -> None:
+    gateway = Gateway(chain, tmp_path)
+    client, _ = agent_client(chain, gateway, fresh_key(chain))
+    body = b'{"messages": "hi"}'
+    payload, requirements = gateway.pay(client, body, 10_000)
+    assert gateway.admit(payload, requirements) == (True, "None")
+
+    again = gateway.admit(payload, requirements)
+
+    assert again == (False, "nonce_already_used")
+
+
+def test_a_payment_for_one_body_buys_no_other(chain: Chain, tmp_path: Path) -> None:
+    # Prepare: a payment for a cheap request, the same most offered for a dearer body
+    gateway = Gateway(chain, tmp_path)
+    client, _ = agent_client(chain, gateway, fresh_key(chain))
+    payload, _ = gateway.pay(client, b'{"max_tokens": 4}', 10_000)
+    dearer = gateway.requirements(b'{"max_tokens": 4000}', 10_000)
+
+    # Execute: the SDK matches the payment against the dearer request's requirements
+    matched = gateway.server.find_matching_requirements([dearer], payload)
+    # ... and a payload rewritten to claim them is checked against the signature
+    forged = payload.model_copy(update={"accepted": dearer})
+    admitted = gateway.admit(forged, dearer)
+
+    # Assert
+    assert matched is None
+    assert admitted == (False, "invalid_session_signature")
+
+
+def test_a_session_voucher_from_another_key_is_refused(chain: Chain, tmp_path: Path) -> None:
+    # Prepare: the agent's channel exists (its first payment opened it)
+    gateway = Gateway(chain, tmp_path)
+    client, scheme = agent_client(chain, gateway, fresh_key(chain))
+    body = b'{"hello": 1}'
+    payload, requirements = gateway.pay(client, body, 10_000)
+    assert gateway.admit(payload, requirements)[0]
+    # an outsider signs a payment of its own naming the agent's (public) channel
+    outsider = SessionScheme(fresh_key(chain), network=chain.anvil.url, http=gateway.http())
+    (session,) = scheme.sessions.values()
+    outsider.sessions[chain.gateway.client.address.lower()] = Session(session.channel_id, 10**6, session.statement)
+    stolen, _ = gateway.pay(_client_of(outsider), body, 10_000)
+
+    # Execute
+    admitted = gateway.admit(stolen, requirements)
+
+    # Assert
+    assert stolen.payload["channelId"] == "0x" + session.channel_id.hex()
+    assert admitted == (False, "invalid_session_signature")
+
+
+def _client_of(scheme: SessionScheme) -> x402ClientSync:
+    client = x402ClientSync()
+    client.register("eip155:*", scheme)
+    client.set_spend_controls(False)
+    return client
+
+
+def overcharge(bridge: httpx.BaseTransport) -> httpx.BaseTransport:
+    """A gateway whose statement charges one unit more than each receipt."""
+
+    class Overcharging(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            reply = bridge.handle_request(request)
+            if request.method != "GET":
+                return reply
+            statement = json.loads(reply.read())
+            for line in statement["charges"]:
+                line["amount"] = str(int(line["amount"]) + 1)
+            return httpx.Response(200, json=statement)
+
+    return Overcharging()
+
+
+@pytest.mark.parametrize(
+    ("tamper", "receipt_over_offer", "why"),
+    [(overcharge, False, "charged .* for a receipt of"), (None, True, "at the provider's offer")],
+    ids=["charge-above-the-receipt", "receipt-above-the-offer"],
+)
+def test_a_gateway_that_charges_more_than_the_receipt_gets_no_voucher(
+    chain: Chain, tmp_path: Path, tamper: Any, receipt_over_offer: bool, why: str
+) -> None:
+    # Prepare: one request served and charged
+    gateway = Gateway(chain, tmp_path)
+    client, scheme = agent_client(chain, gateway, fresh_key(chain), tamper)
+    payload, requirements = gateway.pay(client, b'{"n": 1}', 20_000)
+    assert gateway.admit(payload, requirements)[0]
+    fair = request_cost(10, 10, PRICE_IN, PRICE_OUT)
+    gateway.serve(payload, 10, 10, amount=fair + 1 if receipt_over_offer else None)
+
+    # Execute: the next payment reads the statement first
+    with pytest.raises(Exception, match=why) as refused:
+        gateway.pay(client, b'{"n": 2}', 20_000)
+
+    # Assert: nothing signed for it; the agent still owes nothing
+    assert isinstance(refused.value, Overcharged) or isinstance(refused.value.__cause__, Overcharged)
+    assert scheme.paid() == 0
+
+
+def test_an_agent_that_stops_paying_is_refused_past_its_credit(chain: Chain, tmp_path: Path) -> None:
+    # Prepare: an agent whose vouchers never rise (it ignores the statement)
+    gateway = Gateway(chain, tmp_path, credit=30_000)
+    client, scheme = agent_client(chain, gateway, fresh_key(chain))
+    scheme._read_statement = lambda session: None  # type: ignore[method-assign]
+    first, requirements = gateway.pay(client, b'{"n": 1}', 20_000)
+    assert gateway.admit(first, requirements)[0]
+    gateway.serve(first, 1_000, 40)  # 216 units unpaid after this
+
+    # Execute: its second request would leave more than the credit unpaid
+    second, requirements = gateway.pay(client, b'{"n": 2}', 30_000)
+
+    # Assert
+    assert gateway.admit(second, requirements) == (False, "voucher_too_low")
+
+
+def test_an_exact_refund_that_failed_is_sent_again_once(chain: Chain, tmp_path: Path) -> None:
+    # Prepare: a gateway wallet too short to refund (its dUSD went into channel deposits)
+    key = fresh_key(chain, usd=1_000)
+    wallet = chain.contracts(key)
+    ledger = X402Ledger(tmp_path / "x402.db")
+    refunds = Refunds(ledger, wallet.stable)
+    payer = Account.create().address
+
+    # Execute: the refund fails, the wallet is refilled, the upkeep sends it, and again
+    failed = refunds.send("0xsettlement", payer, 5_000)
+    chain.admin.stable.mint(wallet.client.address, 10_000)
+    sent = refunds.retry()
+    again = refunds.retry()
+
+    # Assert: the payer got it exactly once
+    assert failed is None
+    assert len(sent) == 1 and again == []
+    assert wallet.stable.balance_of(payer) == 5_000
+    assert ledger.refunds_owed() == []
+
+
+def test_the_session_routes_refuse_bad_input_in_openai_shape(chain: Chain, tmp_path: Path) -> None:
+    gateway = Gateway(chain, tmp_path)
+    http = gateway.http()
+
+    bad_id = http.get(STATEMENT + "0x1234")
+    bad_voucher = http.post(STATEMENT + "0x" + "11" * 32 + "/voucher", json={"cumulative": "x"})
+    unknown = http.post(
+        STATEMENT + "0x" + "11" * 32 + "/voucher", json={"cumulative": "5", "signature": "0x" + "00" * 65}
+    )
+
+    for reply in (bad_id, bad_voucher, unknown):
+        assert reply.status_code == 400, reply.text
+        assert set(reply.json()["error"]) >= {"message", "type", "code"}
