@@ -1,7 +1,8 @@
 """Providers on other hosts, with real network separation (Linux network namespaces joined by
 veth pairs): `allmende up --public-host` runs the chain and the gateway in this namespace; a
 provider in a second namespace listens on no port and serves through the gateway's relay; a
-third, in its own namespace, is reached directly. Both join with the README's commands (keys
+third, in its own namespace, is reached directly; `up`'s own provider and validator register
+URLs at the public address, which the other hosts reach. Both join with the README's commands (keys
 create, faucet, provider --network). Requests through the gateway are served by both, the
 relayed one's death fails over without a failed request, and `allmende status` shows what each
 is owed. Needs root and `ip`; skipped (with the reason) where namespaces cannot be made."""
@@ -85,6 +86,14 @@ def _join(ns: str, root: Path, gateway: str, *options: str) -> tuple[str, Node]:
     return address, Node(ns, process, log)
 
 
+def _get_from(ns: str, url: str) -> int:
+    """The status code of GET `url` sent from namespace `ns` (another host)."""
+    code = "import sys, httpx; print(httpx.get(sys.argv[1], timeout=30).status_code)"
+    done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code, url], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    return int(done.stdout.strip() or 0)
+
+
 def _chat(gateway: str, stream: bool = False) -> httpx.Response:
     body = {"model": "allmende:tiny", "messages": [{"role": "user", "content": "across hosts"}], "max_tokens": 6}
     body["stream"] = stream
@@ -92,13 +101,26 @@ def _chat(gateway: str, stream: bool = False) -> httpx.Response:
 
 
 def test_providers_on_other_hosts_serve_directly_and_through_the_relay(hosts: dict[str, str], tmp_path: Path) -> None:
-    # Prepare: the network's host (this namespace: chain and gateway only), reachable at 10.213.1.1
-    process, network = start_network(tmp_path / "hub", "--providers", "0", "--public-host", HUB.format(1))
+    # Prepare: the network's host (this namespace: the chain, the gateway, a provider and a
+    # validator of `up`'s own), reachable at 10.213.1.1
+    process, network = start_network(
+        tmp_path / "hub", "--providers", "1", "--validators", "1", "--public-host", HUB.format(1)
+    )
     relayed = direct = None
     try:
         port = network["gateway_url"].removesuffix("/v1").rsplit(":", 1)[1]
         public = f"http://{HUB.format(1)}:{port}"  # the URL the other hosts use
         local = network["gateway_url"].removesuffix("/v1")
+
+        # Assert: `up`'s own nodes registered URLs at the public address, which other hosts reach
+        contracts = Contracts(ChainClient(network["rpc_url"]), Deployment.load(network["deployments"]))
+        for row, path in [
+            *((p, "/v1/info") for p in network["providers"]),
+            *((v, "/status") for v in network["validators"]),
+        ]:
+            endpoint = contracts.registry.account(row["address"]).endpoint
+            assert endpoint.startswith(f"http://{HUB.format(1)}:"), endpoint
+            assert _get_from(hosts["direct"], endpoint + path) == 200, endpoint
 
         # Execute: one provider with no inbound connections, one reached directly
         with ThreadPoolExecutor(2) as pool:  # the two hosts join at the same time
@@ -118,11 +140,10 @@ def test_providers_on_other_hosts_serve_directly_and_through_the_relay(hosts: di
         listening = subprocess.run(["ip", "netns", "exec", hosts["relayed"], "ss", "-ltnH"], capture_output=True,
                                    text=True, timeout=30).stdout  # fmt: skip
         assert listening.strip() == "", listening
-        contracts = Contracts(ChainClient(network["rpc_url"]), Deployment.load(network["deployments"]))
         assert contracts.registry.account(relayed_address).endpoint == f"{public}/v1/relay/{relayed_address}"
         assert contracts.registry.account(direct_address).endpoint == f"http://{PEER.format(2)}:9000"
         gateway = Node("gateway", process, tmp_path / "hub" / "up.log", local)
-        gateway.wait_healthy(60, ready=lambda health: health["providers"] == 2)
+        gateway.wait_healthy(60, ready=lambda health: health["providers"] == 3)
         shown_network = httpx.get(f"{local}/explorer/api/network", timeout=30).json()
         connections = {p["address"]: p["connection"] for p in shown_network["providers"]}
         assert connections[relayed_address] == "relay" and connections[direct_address] == "direct"
