@@ -5,10 +5,21 @@ contract's cumulative rounding, and its rule for service before a model's regist
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from allmende.chain.bindings import Contracts
 from allmende.core.fees import BPS, effective_royalty_bps, split_increment
+
+
+@dataclass(frozen=True)
+class Paid:
+    """One redeem of a model as `Channels.redeem` split it (the provider got the rest)."""
+
+    at: int  # block time
+    channel_id: bytes
+    amount: int
+    royalty: int
+    fee: int
 
 
 @dataclass
@@ -28,6 +39,7 @@ class RoyaltyHistory:
     cap_bps: int = 0
     fees: int = 0  # protocol fees these redeems paid the treasury
     payee: str = ""  # who the royalty goes to now
+    paid: list[Paid] = field(default_factory=list)  # every redeem, oldest first
 
 
 def _block_time(c: Contracts, block: int) -> int:
@@ -58,10 +70,12 @@ def royalty_history(c: Contracts, model_id: bytes) -> RoyaltyHistory:
         now, began = times[block], since[cid]
         since[cid] = now
         fee_bps = int(client.call(c.params.contract.functions.get("protocol_fee_bps"), block))
-        h.fees += cumulative * fee_bps // BPS - (cumulative - amount) * fee_bps // BPS  # as Channels.redeem
+        fee = cumulative * fee_bps // BPS - (cumulative - amount) * fee_bps // BPS  # as Channels.redeem
+        h.fees += fee
         if registered_at == 0 or now < registered_at:
             h.before_registration += amount
             h.before_registration_redeems += 1
+            h.paid.append(Paid(now, cid, amount, 0, fee))
             continue
         cap = int(client.call(c.params.contract.functions.get("royalty_cap_bps"), block))
         _, bps_then = client.call(c.models.contract.functions.royalty_info(model_id), block)
@@ -76,5 +90,6 @@ def royalty_history(c: Contracts, model_id: bytes) -> RoyaltyHistory:
             h.spanning_unpaid += full - royalty
             h.spanning_redeems += 1
         h.royalties += royalty
+        h.paid.append(Paid(now, cid, amount, royalty, fee))
     h.channels = len(since)
     return h

@@ -9,6 +9,7 @@ package, plain JavaScript, no build step) and the JSON endpoints it reads, under
     GET /explorer/api/money           channels (deposit, redeemed, pending), royalties, fees, treasury
     GET /explorer/api/trust           fraud cases with votes and verdicts, governance proposals
     GET /explorer/api/data            datasets, grants with their epsilon budget, the access log
+    GET /explorer/api/address/{addr}  one address: role, stake, balances, earnings over time, channels, cases
     GET /explorer/api/receipts/{id}   the receipt of one answer of this gateway, by its response id
 
 Amounts are decimal strings of integer base units (`units` says the decimals). The
@@ -36,15 +37,20 @@ from allmende.api.client import Answer
 from allmende.api.directory import Directory
 from allmende.chain.errors import ChainError
 from allmende.core import request_cost
+from allmende.core.errors import InvalidInput
 from allmende.gateway.explorer_chain import ChainView, hx
+from allmende.gateway.explorer_stats import Throughput, Uptime
 from allmende.gateway.payments import Payments
 
 STATIC = Path(__file__).parent / "static"  # shipped as package data
 ENDPOINTS = {
-    "/explorer/api/network": "providers (address, endpoint, offers, stake, reputation, health), validators, totals",
+    "/explorer/api/network": "chain height; providers (address, endpoint, offers, stake, reputation, health, "
+    "version, capacity, throughput, uptime history), validators, totals",
     "/explorer/api/activity": "requests, tokens and latency of this gateway per 10-second bucket; recent receipts",
     "/explorer/api/models": "registered models: owner, license, royalty, lineage edges, attestations",
-    "/explorer/api/money": "payment channels, redeemed and pending amounts, royalties, protocol fees, treasury",
+    "/explorer/api/money": "payment channels, redeemed and pending amounts, royalties, protocol fees, treasury, "
+    "each provider's earnings over time",
+    "/explorer/api/address/{address}": "one address: role, stake, balances, earnings over time, channels, cases",
     "/explorer/api/trust": "fraud cases (state, votes, verdict) and governance proposals (votes, timelock)",
     "/explorer/api/data": "datasets, grants (epsilon budget and spent), the access log",
     "/explorer/api/receipts/{id}": "the receipt of one answer of this gateway, by the response's id",
@@ -188,6 +194,9 @@ class Explorer:
         self.view = view
         self.api_keys = api_keys
         self.activity = Activity(private=bool(api_keys))
+        self.throughput: Throughput = view.throughput
+        self.uptime: Uptime = view.uptime
+        self._sampling = threading.Event()  # set once the uptime sampler runs
         # its own threads: pages polled while the chain hangs must not take the threads the
         # gateway's own chain work (channel opens, directory refreshes) runs in
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="explorer")
@@ -199,7 +208,29 @@ class Explorer:
             units = await loop.run_in_executor(self._pool, self.view.cached, "units", self.view.units)
         except ChainError as exc:
             return chain_unavailable(exc)
+        except InvalidInput as exc:
+            return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error"}}, status_code=400)
         return {**body, "units": units}
+
+    def sample_uptime(self) -> None:
+        """One look at which providers the directory's health checks find serving."""
+        now = time.monotonic()
+        entries = self.directory.entries()
+        degraded = [e.address for e in entries if any(s.suspended_until > now for s in e.stats.values())]
+        self.uptime.sample([e.address for e in entries], degraded)
+
+    def start_sampling(self, every_s: float = 5.0) -> None:
+        """Sample uptime every `every_s` seconds on a daemon thread (memory reads only)."""
+        if self._sampling.is_set():
+            return
+        self._sampling.set()
+
+        def loop() -> None:
+            while True:
+                self.sample_uptime()
+                time.sleep(every_s)
+
+        threading.Thread(target=loop, name="explorer-uptime", daemon=True).start()
 
     def viewer(self, request: Request) -> str | None:
         """The caller's API key, if it is one of the gateway's keys."""
@@ -235,6 +266,10 @@ class Explorer:
         async def data() -> Any:
             return await self._read("data", view.data)
 
+        @api.get("/address/{address}")
+        async def address(address: str) -> Any:
+            return await self._read(f"address:{address.lower()}", lambda: view.address(address))
+
         @api.get("/activity")
         async def activity(request: Request) -> dict[str, Any]:
             return self.activity.view(self.viewer(request))
@@ -253,6 +288,7 @@ class Explorer:
 
     def mount(self, app: FastAPI) -> None:
         app.include_router(self.router())
+        self.start_sampling()
         app.mount("/explorer/static", StaticFiles(directory=str(STATIC)), name="explorer-static")
 
         @app.get("/", include_in_schema=False)
@@ -267,6 +303,7 @@ class Explorer:
         r = answer.receipt.receipt
         view = receipt_view(response_id, answer, self.directory, latency)
         self.activity.record(latency, r.tokens_in + r.tokens_out, True, view, api_key)
+        self.throughput.record(r.provider, r.tokens_out, latency)
         return view
 
     def failed(self, started: float) -> None:

@@ -17,8 +17,10 @@ from allmende.api.directory import Directory
 from allmende.chain import Contracts
 from allmende.chain.bindings import PROPOSAL_STATES, ROLE_PROVIDER, ROLE_VALIDATOR, TEMPLATES
 from allmende.chain.calls import decode_call
-from allmende.chain.royalties import royalty_history
+from allmende.chain.royalties import RoyaltyHistory, royalty_history
+from allmende.core.errors import InvalidInput
 from allmende.core.routing import consensus_reputation
+from allmende.gateway.explorer_stats import Throughput, Uptime
 from allmende.gateway.payments import Payments
 
 CASE_STATES = {1: "open", 2: "guilty", 3: "not guilty", 4: "no quorum"}
@@ -47,11 +49,21 @@ class EventTail:
 
 
 class ChainView:
-    def __init__(self, contracts: Contracts, directory: Directory, payments: Payments, ttl: float = 2.0) -> None:
+    def __init__(
+        self,
+        contracts: Contracts,
+        directory: Directory,
+        payments: Payments,
+        ttl: float = 2.0,
+        throughput: Throughput | None = None,
+        uptime: Uptime | None = None,
+    ) -> None:
         self.contracts = contracts
         self.directory = directory
         self.payments = payments
         self.ttl = ttl
+        self.throughput = throughput or Throughput()  # what this gateway saw each provider serve
+        self.uptime = uptime or Uptime()  # what its health checks saw
         self._cache: dict[str, tuple[float, Any]] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -61,6 +73,7 @@ class ChainView:
         self._voted = EventTail(c, c.verdicts.contract, "Voted")
         self._gov_votes = EventTail(c, c.governor.contract, "VoteCast")
         self._redeemed_models: set[bytes] = set()  # models with a redeem seen so far
+        self._channel_parties: dict[bytes, tuple[str, str]] = {}  # channel -> (payer, provider)
         self._decimals: dict[str, int] = {}
 
     def cached(self, key: str, build: Callable[[], Any]) -> Any:
@@ -105,11 +118,52 @@ class ChainView:
                 detail.append({"validator": validator, "score_bps": score, "at": at})
         return {"value": consensus_reputation(scores), "scores": detail}
 
+    def _pending(self) -> dict[str, int]:
+        """Per provider, what this gateway's receipts owe it beyond what it redeemed."""
+        store, owed = self.payments.store, dict[str, int]()
+        for provider, cid, _ in store.all_channels():
+            due = max(0, store.total_owed(cid) - self.contracts.channels.channel(cid).spent)
+            owed[provider] = owed.get(provider, 0) + due
+        return owed
+
+    def _histories(self, head: int) -> dict[bytes, RoyaltyHistory]:
+        """Every redeemed model's redeems as Channels split them (chain.royalties: the one read)."""
+        for event in self._redeemed.poll(head):
+            self._redeemed_models.add(bytes(event["args"]["model_id"]))
+        return {m: royalty_history(self.contracts, m) for m in sorted(self._redeemed_models)}
+
+    def _providers_of_channels(self, head: int) -> dict[bytes, tuple[str, str]]:
+        """channel id -> (payer, provider), from the channels opened so far."""
+        known = self._channel_parties
+        for event in self._opened.poll(head):
+            cid = bytes(event["args"]["channel_id"])
+            if cid not in known:
+                state = self.contracts.channels.channel(cid)
+                known[cid] = (state.payer, state.provider)
+        return known
+
+    def _earned_series(self, head: int, histories: dict[bytes, RoyaltyHistory]) -> dict[str, list[dict[str, Any]]]:
+        """Per provider, its share of every redeem (amount less royalty and protocol fee, as
+        Channels credited it) summed over time: [{t, earned}] with `earned` cumulative."""
+        parties = self._providers_of_channels(head)
+        paid = sorted(
+            (p.at, parties.get(p.channel_id, ("", ""))[1], p.amount - p.royalty - p.fee)
+            for h in histories.values()
+            for p in h.paid
+        )
+        series: dict[str, list[dict[str, Any]]] = {}
+        totals: dict[str, int] = {}
+        for at, provider, share in paid:
+            totals[provider] = totals.get(provider, 0) + share
+            series.setdefault(provider, []).append({"t": at, "earned": str(totals[provider])})
+        return series
+
     # --------------------------------------------------------------- network
 
     def network(self) -> dict[str, Any]:
         registry = self.contracts.registry
-        _, now = self._head()
+        head, now = self._head()
+        pending = self._pending()
         accounts = [(a, registry.account(a)) for a in registry.all_accounts()]
         validators = [(a, acc.stake) for a, acc in accounts if acc.role == ROLE_VALIDATOR and registry.is_active(a)]
         names = self._names()
@@ -145,8 +199,12 @@ class ChainView:
                     health = "suspended" if suspended else "healthy"
                 elif not active:
                     health = "paused" if acc.paused else "inactive"
+                elif not offers or not acc.endpoint:
+                    health = "stopped"  # it withdrew its offers (or endpoint) as a clean stop does
                 else:
                     health = "unreachable"  # active on chain, but its signed /v1/info does not check out
+                raw = entry.info.raw if entry is not None else {}
+                load: dict[str, Any] = raw["load"] if isinstance(raw.get("load"), dict) else {}
                 providers.append(
                     {
                         "address": address,
@@ -160,8 +218,17 @@ class ChainView:
                         "offers": offers,
                         "reputation": self._reputation(validators, address),
                         "earnings": str(self.contracts.channels.earnings(address)),
+                        # what this gateway's receipts owe it and it has not redeemed yet
+                        "pending": str(pending.get(address, 0)),
                         "cases": sum(1 for c in cases if c.provider == address),
                         "registered_at": acc.registered_at,
+                        # from its signed /v1/info, while it serves
+                        "version": raw.get("version") if entry is not None else None,
+                        "capacity": {"in_flight": load.get("in_flight"), "max_in_flight": load.get("max_in_flight")}
+                        if entry is not None
+                        else None,
+                        "throughput": self.throughput.of(address),
+                        "uptime": self.uptime.of(address),
                     }
                 )
             elif acc.role == ROLE_VALIDATOR:
@@ -184,7 +251,14 @@ class ChainView:
             "models_registered": len(self.contracts.models.all_ids()),
             "open_cases": sum(1 for c in cases if c.status == 1),
         }
-        return {"chain_time": now, "providers": providers, "validators": validator_rows, "totals": totals}
+        chain = {"block": head, "time": now, "chain_id": self.contracts.deployment.chain_id}
+        return {
+            "chain_time": now,
+            "chain": chain,
+            "providers": providers,
+            "validators": validator_rows,
+            "totals": totals,
+        }
 
     # ---------------------------------------------------------------- models
 
@@ -195,14 +269,27 @@ class ChainView:
         for entry in self.directory.entries():
             for model_id in entry.offers:
                 serving[model_id] = serving.get(model_id, 0) + 1
+        listed = {m.model_id: m for m in self.directory.listings()}
+        context: dict[bytes, int] = {}  # as the serving providers' signed /v1/info give it
+        for entry in self.directory.entries():
+            for served in entry.info.models:
+                try:
+                    context[bytes.fromhex(str(served["model_id"])[2:])] = int(served["context_length"])
+                except (KeyError, TypeError, ValueError):
+                    continue
         rows: list[dict[str, Any]] = []
         for model_id in models.all_ids():
             record = models.get(model_id)
             payee, bps = models.royalty_info(model_id)
+            listing = listed.get(model_id)
             rows.append(
                 {
                     "model_id": hx(model_id),
                     "name": names.get(model_id),
+                    "kind": listing.kind if listing else None,
+                    "context_length": context.get(model_id),
+                    "min_price_in_per_1m": str(listing.min_price_in) if listing else None,
+                    "min_price_out_per_1m": str(listing.min_price_out) if listing else None,
                     "owner": record.owner,
                     "license": record.license,
                     "royalty_bps": record.royalty_bps,
@@ -254,12 +341,10 @@ class ChainView:
                     "this_gateway": cid in mine,
                 }
             )
-        for event in self._redeemed.poll(head):
-            self._redeemed_models.add(bytes(event["args"]["model_id"]))
         # what Channels paid, by the contract's own rule (chain.royalties, as `status` and
         # `models earnings` read it): cumulative rounding, and no royalty on service before a
         # model's registration (each redeem alone, rounded, showed royalties never paid)
-        histories = {m: royalty_history(self.contracts, m) for m in sorted(self._redeemed_models)}
+        histories = self._histories(head)
         royalties = [{"model_id": hx(m), "payee": h.payee, "royalties": str(h.royalties)} for m, h in histories.items()]
         fees = sum(h.fees for h in histories.values())
         redeemed = sum(h.redeemed for h in histories.values())
@@ -275,6 +360,7 @@ class ChainView:
                 "protocol_fees_paid": str(fees),
             },
             "royalties": royalties,
+            "earned_over_time": self._earned_series(head, histories),
             "treasury": {
                 "address": treasury,
                 "accrued_fees": str(channels.earnings(treasury)),
@@ -399,3 +485,74 @@ class ChainView:
             )
         log.sort(key=lambda a: a["at"], reverse=True)
         return {"chain_time": now, "datasets": datasets, "grants": grants, "access_log": log}
+
+    # --------------------------------------------------------------- address
+
+    def address(self, who: str) -> dict[str, Any]:
+        """Everything the chain and this gateway know about one address: its role and stake,
+        balances, what it earned (and when), its channels, fraud cases, models and grants."""
+        from eth_utils import is_address, to_checksum_address
+
+        if not is_address(who):
+            raise InvalidInput(f"{who[:60]!r} is not an address (0x followed by 40 hex digits)")
+        who = to_checksum_address(who)
+        c, client = self.contracts, self.contracts.client
+        head, now = self._head()
+        acc = c.registry.account(who)
+        parties = self._providers_of_channels(head)
+        channels: list[dict[str, Any]] = []
+        for cid, (payer, provider) in parties.items():
+            if who not in (payer, provider):
+                continue
+            state = c.channels.channel(cid)
+            channels.append(
+                {"channel_id": hx(cid), "payer": payer, "provider": provider, "deposit": str(state.deposit),
+                 "redeemed": str(state.spent), "closes_at": state.closes_at,
+                 "as": "payer" if who == payer else "provider"}
+            )  # fmt: skip
+        histories = self._histories(head)
+        offers: list[dict[str, Any]] = []
+        if acc.role == ROLE_PROVIDER:
+            names = self._names()
+            for model_id in c.registry.models_of(who):
+                offer = c.registry.offer(who, model_id)
+                if offer.active:
+                    offers.append(
+                        {"model_id": hx(model_id), "name": names.get(model_id), "price_in_per_1m": str(offer.price_in),
+                         "price_out_per_1m": str(offer.price_out)}
+                    )  # fmt: skip
+        owned = [hx(m) for m in c.models.all_ids() if c.models.get(m).owner == who]
+        royalties = [{"model_id": hx(m), "royalties": str(h.royalties)} for m, h in histories.items() if h.payee == who]
+        cases = [
+            {"case_id": k.case_id, "provider": k.provider, "reporter": k.reporter,
+             "state": CASE_STATES.get(k.status, "unknown"), "slashed": str(k.slashed)}
+            for k in c.verdicts.all_cases()
+            if who in (k.provider, k.reporter)
+        ]  # fmt: skip
+        roles = {ROLE_PROVIDER: "provider", ROLE_VALIDATOR: "validator"}
+        return {
+            "chain_time": now,
+            "address": who,
+            "role": roles.get(acc.role, "none"),
+            "active": c.registry.is_active(who) if acc.role else False,
+            "paused": acc.paused,
+            "endpoint": acc.endpoint,
+            "stake": str(acc.stake),
+            "unbonding": str(acc.unbonding),
+            "unbond_at": acc.unbond_at,
+            "balances": {
+                "eth": str(client.rpc(lambda: client.w3.eth.get_balance(who))),
+                "alm": str(c.token.balance_of(who)),
+                "usd": str(c.stable.balance_of(who)),
+            },
+            "withdrawable": str(c.channels.earnings(who)),  # provider share, royalties or fees accrued
+            "pending": str(self._pending().get(who, 0)),
+            "earned_over_time": self._earned_series(head, histories).get(who, []),
+            "offers": offers,
+            "channels": channels,
+            "models_owned": owned,
+            "royalties": royalties,
+            "cases": cases,
+            "rewards": str(c.verdicts.rewards_of(who)),
+            "treasury": who == c.channels.treasury(),
+        }
