@@ -1,5 +1,5 @@
-"""On-chain gas of one request paid with x402 `exact` at the gateway, from real transaction
-receipts on anvil.
+"""On-chain gas per request paid with x402 at the gateway, `exact` and `session`, from real
+transaction receipts on anvil.
 
 A request paid with x402 costs two transactions, both sent (and paid for in ETH) by the
 gateway: the facilitator's `transferWithAuthorization` that settles the payer's EIP-3009
@@ -10,6 +10,14 @@ The payer's first payment is reported apart (its balance slot is warm after it; 
 authorization writes a fresh nonce slot). The provider is paid through the gateway's channel
 as every request is (see bench/gas.py: ≤ 50 gas per request amortised).
 
+A session of N requests (N = 1, 10, 100, 1,000) runs the real halves: the official SDK's
+client with `SessionScheme` (the agent's key approves dUSD and opens its channel on the
+first payment, signs a voucher and an authorisation per request off chain, checks every
+charge's receipt), the SDK's server and facilitator with the gateway's session scheme, the
+statement read in process, a registered provider signing each receipt. Then the agent
+closes (the gateway redeems its last voucher) and, after the close delay, withdraws. Every
+transaction either of them sent is counted: approve, open, redeem, request_close, withdraw.
+
     python bench/x402_gas.py [--json]
 """
 
@@ -17,20 +25,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from typing import Any
 
+import httpx
 from eth_account import Account
+from fastapi import FastAPI
 from rich.console import Console
 from rich.table import Table
 from x402 import ResourceConfig, x402ClientSync, x402FacilitatorSync, x402ResourceServerSync
 from x402.mechanisms.evm.exact import ExactEvmClientScheme, ExactEvmFacilitatorScheme, ExactEvmServerScheme
 from x402.schemas import AssetAmount, ResourceInfo
 
+from allmende.agent.transport import StreamingASGITransport, SyncBridge
+from allmende.agent.x402 import SessionScheme
 from allmende.chain import ChainClient, Contracts, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts
+from allmende.chain.bindings import ROLE_PROVIDER
+from allmende.core import Receipt, sign_receipt
+from allmende.core.x402_session import request_hash
+from allmende.gateway.x402_ledger import X402Ledger
 from allmende.gateway.x402_payments import ChainSigner
+from allmende.gateway.x402_sessions import SessionFacilitatorScheme, SessionGate, SessionServerScheme, mount_sessions
 
 USD = 10**6
 PAYMENTS = 10
@@ -90,11 +108,99 @@ def measure() -> dict[str, Any]:
     }
 
 
+SESSION_MODEL_ID = b"\x51" * 32
+SESSION_SIZES = (1, 10, 100, 1_000)
+
+
+def measure_sessions() -> dict[str, Any]:
+    """Gas per request of a session of N requests, all its transactions counted."""
+    deployer, gateway, provider = devnet_accounts(3)
+    out: dict[str, Any] = {}
+    with Anvil() as node:
+        admin = ChainClient(node.url, deployer.key)
+        deployment = deploy_all(admin, fund=[gateway.address, provider.address])
+        as_admin = Contracts(admin, deployment)
+        as_gateway = Contracts(ChainClient(node.url, gateway.key), deployment)
+        as_provider = Contracts(ChainClient(node.url, provider.key), deployment)
+        as_provider.token.approve(as_provider.registry.address)
+        as_provider.registry.register(ROLE_PROVIDER, "http://provider.bench", b"\x02" * 32, 1_000 * 10**18)
+        as_provider.registry.set_offer(SESSION_MODEL_ID, USD, USD)  # 1 unit per token: a receipt of CHARGED units
+        receipt_domain = as_gateway.registry.receipt_domain()
+        network = f"eip155:{admin.chain_id}"
+        for size in SESSION_SIZES:
+            ledger = X402Ledger(None)
+            sessions = SessionGate(as_gateway, ledger)
+            facilitator = x402FacilitatorSync()
+            facilitator.register([network], SessionFacilitatorScheme(as_gateway, ledger, USD))
+            server = x402ResourceServerSync(facilitator)
+            server.register(network, SessionServerScheme())
+            server.initialize()
+            app = FastAPI()
+
+            async def gate(sessions: SessionGate = sessions) -> SessionGate:
+                return sessions
+
+            mount_sessions(app, gate)
+            agent = Account.create()
+            admin.w3.provider.make_request("anvil_setBalance", [agent.address, hex(10**19)])  # type: ignore[arg-type]
+            as_admin.stable.mint(agent.address, 10 * USD)
+            scheme = SessionScheme(
+                bytes(agent.key), network=node.url, http=httpx.Client(transport=SyncBridge(StreamingASGITransport(app)))
+            )
+            client = x402ClientSync()
+            client.register("eip155:*", scheme)
+            client.set_spend_controls(False)
+            first_block = admin.block_number() + 1
+            for i in range(size):
+                extra = {
+                    "channels": as_gateway.channels.address,
+                    "statement": "http://gateway.bench/v1/x402/sessions/",
+                    "requestHash": "0x" + request_hash(str(i).encode()).hex(),
+                    "paymentFlow": "upfront",
+                }
+                price = AssetAmount(amount=str(MOST), asset=as_gateway.stable.address, extra=extra)
+                config = ResourceConfig(scheme="session", pay_to=gateway.address, price=price, network=network)
+                requirements = server.build_payment_requirements(config)
+                required = server.create_payment_required_response(requirements, ResourceInfo(url="bench"))
+                payload = client.create_payment_payload(required)
+                settled = server.settle_payment(payload, requirements[0])
+                assert settled.success, settled
+                receipt = Receipt(
+                    os.urandom(32), SESSION_MODEL_ID, provider.address, os.urandom(32), os.urandom(32),
+                    os.urandom(32), 1_000, CHARGED - 1_000, CHARGED, int(time.time()),
+                )  # fmt: skip
+                signed = sign_receipt(receipt, receipt_domain, provider.key)
+                ledger.charge(bytes.fromhex(payload.payload["nonce"][2:]), CHARGED, json.dumps(signed.to_json()))
+            closing = scheme.close()
+            admin.increase_time(as_admin.params.get("channel_close_delay"))
+            back = scheme.withdraw(closing)
+            assert scheme.paid() == size * CHARGED and back == 2 * USD - size * CHARGED, (scheme.paid(), back)
+            agent_gas, gateway_gas = 0, 0
+            for number in range(first_block, admin.block_number() + 1):
+                for tx in admin.w3.eth.get_block(number, full_transactions=True)["transactions"]:
+                    sender = tx["from"].lower()  # type: ignore[index]
+                    if sender in (agent.address.lower(), gateway.address.lower()):
+                        used = int(admin.w3.eth.get_transaction_receipt(tx["hash"])["gasUsed"])  # type: ignore[index]
+                        agent_gas += used if sender == agent.address.lower() else 0
+                        gateway_gas += used if sender == gateway.address.lower() else 0
+            out[f"session_{size}"] = {
+                "agent_gas": agent_gas,
+                "gateway_gas": gateway_gas,
+                "gas_per_request": round((agent_gas + gateway_gas) / size, 1),
+                "gateway_gas_per_request": round(gateway_gas / size, 1),
+            }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="On-chain gas of a request paid with x402 exact, on anvil")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     result = measure()
+    sessions = measure_sessions()
+    result["sessions"] = sessions
+    result["session_gas_per_request_at_1000"] = sessions["session_1000"]["gas_per_request"]
+    result["goal_session_gas_per_request_at_1000"] = 50
     if args.json:
         print(json.dumps(result))
         return
@@ -102,8 +208,22 @@ def main() -> None:
     table.add_column("transaction")
     table.add_column("gas", justify="right")
     for key, value in result.items():
+        if key in ("sessions", "session_gas_per_request_at_1000", "goal_session_gas_per_request_at_1000"):
+            continue
         table.add_row(key, f"{value:,}" if key != "payment_ms_p50" else f"{value} ms")
     Console().print(table)
+    per = Table(title="x402 session: all its transactions (agent: approve, open, close, withdraw; gateway: redeem)")
+    for column in ("requests", "agent gas", "gateway gas", "gas per request", "gateway gas per request"):
+        per.add_column(column, justify="right")
+    per.add_row("exact", "0", "", f"{result['gas_per_request']:,}", f"{result['gas_per_request']:,}")
+    for size in SESSION_SIZES:
+        r = sessions[f"session_{size}"]
+        per.add_row(
+            f"{size:,}", f"{r['agent_gas']:,}", f"{r['gateway_gas']:,}", f"{r['gas_per_request']:,}",
+            f"{r['gateway_gas_per_request']:,}",
+        )  # fmt: skip
+    Console().print(per)
+    print(f"session gas per request at 1,000: {result['session_gas_per_request_at_1000']} (goal ≤ 50)")
 
 
 if __name__ == "__main__":

@@ -148,9 +148,13 @@ def test_an_unpaid_request_gets_402_with_what_it_can_cost(network: Network, x402
     # Assert
     assert reply.status_code == 402, reply.text
     assert reply.json()["error"]["code"] == "payment_required"
-    (accepted,) = decode_payment_required_header(reply.headers[PAYMENT_REQUIRED_HEADER]).accepts
+    accepted, session = decode_payment_required_header(reply.headers[PAYMENT_REQUIRED_HEADER]).accepts
     stable = contracts_of(network).stable
-    assert accepted.scheme == "exact"
+    assert accepted.scheme == "exact" and session.scheme == "session"
+    assert (session.amount, session.asset, session.pay_to) == (accepted.amount, accepted.asset, accepted.pay_to)
+    assert (session.extra or {})["channels"] == contracts_of(network).channels.address
+    # both are bound to this request's body: a payment for another body matches neither
+    assert (session.extra or {})["requestHash"] == (accepted.extra or {})["requestHash"]
     assert accepted.network == f"eip155:{network.data['chain_id']}"
     assert accepted.asset.lower() == stable.address.lower()
     assert accepted.pay_to.lower() == x402_gateway.address.lower()

@@ -8,8 +8,8 @@ A session is a channel in `Channels` from the agent's key to the gateway (the ch
   it), never more; the gateway redeems the highest one in `Channels`;
 - a `Request(requestId = nonce, channelId, SESSION_MODEL, inputHash = requestHash)`
   authorisation under the same domain: the request id is the agent's fresh nonce (admitted
-  once: a replayed payment is refused), the input hash is keccak256 of the request body's
-  bytes (a payment for one body buys no other), and the signer must be the channel's payer
+  once: a replayed payment is refused), the input hash is keccak256 of the request's
+  canonical JSON (a payment for one body buys no other), and the signer must be the channel's payer
   (a channel id is public; a voucher from another key is refused).
 
 `SESSION_MODEL` is the zero id: `Models` refuses to register it, so the session's own redeem
@@ -24,6 +24,7 @@ chain, and no more than the most the agent authorised for that request.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +41,15 @@ SCHEME = "session"
 SESSION_MODEL = bytes(32)  # unregistrable (Models: "empty id"), so no royalty on the session's redeem
 
 
+def canonical_json(body: dict[str, Any]) -> bytes:
+    """The request as parsed, in one byte form (keys sorted, no spaces): the same request
+    hashes the same however its client spaced or ordered it."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def request_hash(body: bytes) -> bytes:
-    """What a session payment (and the `exact` requirements) bind: keccak256 of the body's bytes."""
+    """What a session payment (and the `exact` requirements) bind: keccak256 of the
+    request's canonical JSON."""
     return keccak(body)
 
 

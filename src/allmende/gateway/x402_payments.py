@@ -61,7 +61,7 @@ from allmende.chain import Contracts
 from allmende.chain.bindings import Stable
 from allmende.chain.client import ChainClient
 from allmende.core import SignedReceipt
-from allmende.core.x402_session import SCHEME, request_hash
+from allmende.core.x402_session import SCHEME, canonical_json, request_hash
 from allmende.gateway.errors import GatewayError, error_body
 from allmende.gateway.service import GatewayService
 from allmende.gateway.x402_ledger import X402Ledger
@@ -328,7 +328,7 @@ class X402Gate:
     async def admit(self, request: Request, kind: str, body: dict[str, Any]) -> Paid | JSONResponse:
         """The request's payment, settled; or the 402 to answer (requirements, or why not)."""
         _, amount = self.service.most_cost(kind, body)
-        prices = self.prices(request, request_hash(await request.body()), amount)
+        prices = self.prices(request, request_hash(canonical_json(body)), amount)
         context = HTTPRequestContext(
             adapter=_Adapter(request, prices),
             path=request.url.path,

@@ -1,0 +1,218 @@
+"""Latency of the ways an agent pays for itself, at concurrency 1, with allmende:tiny.
+
+Starts `allmende up --providers 1 --model allmende:tiny` and a second gateway on the same
+chain with `--x402`. Each agent is a fresh key funded by the devnet faucet. Rows (p50 and
+p99 of `--requests` chat requests, greedy, 16 new tokens, after one warm-up request):
+
+- `engine`: the engine in process (bench/provider.py `direct`), no HTTP;
+- `agent client`: the official `openai` client over `allmende.agent` (routing, the agent's
+  own channel, vouchers, sealing, receipt checks in the agent's process; one HTTP hop to the
+  provider). `agent_added_ms_p50` = its p50 − the engine's.
+- `gateway (API key)`: the ordinary gateway, for reference;
+- `x402 exact` / `x402 session`: the official `x402` httpx client through the x402 gateway
+  (every request: the 402, the payment, the paid retry; exact settles and refunds on chain,
+  session reads the statement and signs). `first_request_ms` is the first paid request of a
+  fresh wallet (session: approve and open the channel too), `x402_first_overhead_ms` that
+  minus the API-key gateway's p50.
+
+    python bench/agent_latency.py [--requests N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+from eth_account import Account
+from rich.console import Console
+from rich.table import Table
+from typer.testing import CliRunner
+from x402 import x402Client
+from x402.http.clients import x402_httpx_transport
+from x402.mechanisms.evm.exact import ExactEvmClientScheme
+
+from allmende.agent import Agent
+from allmende.agent.x402 import SessionScheme
+from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.chain.anvil import free_port
+from allmende.cli import app
+from allmende.node.supervisor import Node, allmende_command
+from allmende.testing.network import start_network, stop_network
+
+sys.path.insert(0, str(Path(__file__).parent))
+from provider import BODY, direct, percentile
+
+MODEL = "allmende:tiny"
+PASSWORD = "bench"
+
+
+def funded_key(rpc: str) -> str:
+    key = Account.create()
+    given = CliRunner().invoke(app, ["faucet", key.address, "--network", rpc, "--alm", "0", "--usd", "50"])
+    assert given.exit_code == 0, given.output
+    return "0x" + bytes(key.key).hex()
+
+
+def x402_gateway(root: Path, network: dict[str, Any]) -> Node:
+    rpc = network["rpc_url"]
+    key = Account.create()
+    ChainClient(rpc).w3.provider.make_request("anvil_setBalance", [key.address, hex(10**19)])  # type: ignore[arg-type]
+    contracts = Contracts(ChainClient(rpc, bytes(key.key)), Deployment.load(Path(network["deployments"])))
+    contracts.stable.mint(key.address, 100 * 10**6)
+    keyfile = root / "x402-gateway.json"
+    keyfile.write_text(json.dumps(Account.encrypt(key.key, PASSWORD)))
+    port = free_port()
+    args = allmende_command(
+        "gateway", "--rpc", rpc, "--key", str(keyfile), "--deployments", network["deployments"],
+        "--state-dir", str(root / "x402-gateway"), "--port", str(port), "--x402", "--rate-limit", "0",
+    )  # fmt: skip
+    log = root / "x402-gateway.log"
+    process = subprocess.Popen(
+        args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "ALLMENDE_PASSWORD": PASSWORD}
+    )
+    node = Node("gateway", process, log, f"http://127.0.0.1:{port}")
+    node.wait_healthy(120, ready=lambda health: health["providers"] >= 1)
+    return node
+
+
+def timed(send: Callable[[], Any], requests: int) -> tuple[float, list[float]]:
+    """(the first call's ms, the next `requests` calls' ms)."""
+    started = time.perf_counter()
+    send()
+    first = (time.perf_counter() - started) * 1000
+    times = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        send()
+        times.append((time.perf_counter() - started) * 1000)
+    return first, times
+
+
+def openai_send(client: openai.OpenAI) -> Callable[[], Any]:
+    messages = BODY["messages"]
+    return lambda: client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0)
+
+
+def x402_send(url: str, client: x402Client) -> tuple[Callable[[], Any], Callable[[], None]]:
+    loop = asyncio.new_event_loop()
+    http = httpx.AsyncClient(transport=x402_httpx_transport(client), timeout=120)
+    agent = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", http_client=http, max_retries=0)
+    messages = BODY["messages"]
+
+    def send() -> Any:
+        return loop.run_until_complete(
+            agent.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0)
+        )
+
+    def close() -> None:
+        loop.run_until_complete(http.aclose())
+        loop.close()
+
+    return send, close
+
+
+def allowed(client: x402Client, asset: str) -> x402Client:
+    spec = {"network": "eip155:*", "asset": asset, "max_amount_per_payment": "5000000"}
+    client.set_spend_controls({"allowed_assets": [spec]})  # type: ignore[typeddict-item]
+    return client
+
+
+def row(path: str, first: float | None, times: list[float]) -> dict[str, Any]:
+    return {
+        "path": path,
+        "first_request_ms": None if first is None else round(first, 1),
+        "p50_ms": round(statistics.median(times), 2),
+        "p99_ms": round(percentile(times, 0.99), 2),
+    }
+
+
+def measure(requests: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": MODEL, "max_tokens": 16, "requests": requests, "concurrency": 1, "rows": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        proc, network = start_network(root, "--providers", "1", "--model", MODEL)
+        gateway = x402_gateway(root, dict(network))
+        try:
+            rpc = network["rpc_url"]
+            stable = Contracts(ChainClient(rpc), Deployment.load(Path(network["deployments"]))).stable.address
+            engine, _, _ = direct(requests, 1)
+            out["rows"].append(row("engine", None, engine))
+
+            agent = Agent(key=funded_key(rpc), network=rpc, state_dir=root / "agent")
+            client = openai.OpenAI(base_url=agent.base_url, api_key="none", http_client=agent.http_client())
+            first, times = timed(openai_send(client), requests)
+            out["rows"].append(row("agent client", first, times))
+            agent.shutdown()
+
+            plain = openai.OpenAI(base_url=network["gateway_url"], api_key="none", max_retries=0)
+            first, times = timed(openai_send(plain), requests)
+            out["rows"].append(row("gateway (API key)", first, times))
+
+            exact = x402Client()
+            exact.register("eip155:*", ExactEvmClientScheme(Account.from_key(funded_key(rpc))))
+            send, close = x402_send(gateway.url, allowed(exact, stable))
+            first, times = timed(send, requests)
+            close()
+            out["rows"].append(row("x402 exact", first, times))
+
+            session = x402Client()
+            session.register("eip155:*", SessionScheme(funded_key(rpc), network=rpc))
+            send, close = x402_send(gateway.url, allowed(session, stable))
+            first, times = timed(send, requests)
+            close()
+            out["rows"].append(row("x402 session", first, times))
+        finally:
+            gateway.stop(timeout=10)
+            stop_network(proc)
+    rows = {r["path"]: r for r in out["rows"]}
+    out["agent_added_ms_p50"] = round(rows["agent client"]["p50_ms"] - rows["engine"]["p50_ms"], 2)
+    out["goal_agent_added_ms_p50"] = 2.0
+    for scheme in ("exact", "session"):
+        x402 = rows[f"x402 {scheme}"]
+        out[f"x402_{scheme}_first_overhead_ms"] = round(
+            x402["first_request_ms"] - rows["gateway (API key)"]["p50_ms"], 1
+        )
+        out[f"x402_{scheme}_added_ms_p50"] = round(x402["p50_ms"] - rows["gateway (API key)"]["p50_ms"], 2)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="what paying for itself costs an agent in latency")
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = measure(args.requests)
+    if args.json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"{MODEL}, 16 new tokens, concurrency 1, {args.requests} requests per row (after the first)")
+    for column in ("path", "first request ms", "p50 ms", "p99 ms"):
+        table.add_column(column, justify="right")
+    for r in result["rows"]:
+        first = "" if r["first_request_ms"] is None else f"{r['first_request_ms']:.1f}"
+        table.add_row(r["path"], first, f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}")
+    Console().print(table)
+    print(
+        f"agent client adds {result['agent_added_ms_p50']} ms p50 over the engine (goal ≤ 2 ms); "
+        f"x402 first request +{result['x402_exact_first_overhead_ms']} ms (exact), "
+        f"+{result['x402_session_first_overhead_ms']} ms (session, opening its channel) over the API-key "
+        "gateway's p50; "
+        f"steady x402 adds {result['x402_exact_added_ms_p50']} ms (exact), {result['x402_session_added_ms_p50']} ms "
+        "(session) p50"
+    )
+
+
+if __name__ == "__main__":
+    main()

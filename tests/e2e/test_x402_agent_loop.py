@@ -1,0 +1,157 @@
+"""An agent that pays for itself through a gateway with the official `x402` client (issue 31):
+a fresh key funded by the devnet faucet (dUSD and gas, no ALM, no API key) runs a 10-step
+tool-calling loop with the official `openai` client over `x402_httpx_transport`, once with
+the SDK's `exact` scheme and once with Allmende's `session` scheme registered in the same SDK
+client (one line). Every step's receipt verifies; the wallet's dUSD falls by exactly the sum
+of the receipts (`exact`: the gateway refunds what each receipt did not use and pays the
+gas; `session`: the gateway redeems the agent's vouchers, and what the close gives back is
+deposit − spent — the agent pays the gas of opening and closing in ETH). A replayed session
+payment is refused by the real gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import openai
+from eth_account.signers.local import LocalAccount
+from x402 import x402Client
+from x402.http.clients import x402_httpx_transport
+from x402.http.x402_http_client import x402HTTPClient
+
+from allmende.agent.x402 import SessionScheme
+from allmende.core import SignedReceipt
+from tests.e2e.conftest import Network
+from tests.e2e.test_x402 import Gateway, contracts_of, fresh_payer, payer_client, x402_gateway
+
+__all__ = ["x402_gateway"]  # the module's gateway with --x402, shared with test_x402.py's fixture
+
+MODEL = "smollm2-135m-instruct"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a given city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+CITIES = ["Paris", "Lima", "Oslo", "Accra", "Hanoi"]
+
+
+def session_client(network: Network, key: LocalAccount) -> tuple[x402Client, SessionScheme]:
+    scheme = SessionScheme("0x" + bytes(key.key).hex(), network=network.data["rpc_url"], deposit=2_000_000)
+    client = x402Client()
+    client.register("eip155:*", scheme)  # the one line an agent adds
+    allowed = {
+        "network": "eip155:*",
+        "asset": contracts_of(network).stable.address,
+        "max_amount_per_payment": "5000000",
+    }
+    client.set_spend_controls({"allowed_assets": [allowed]})  # type: ignore[typeddict-item]
+    return client, scheme
+
+
+async def tool_loop(url: str, client: x402Client) -> list[dict[str, Any]]:
+    """Five rounds of a forced tool call, the tool's result and the model's answer: ten paid
+    steps; each step's `allmende` view (its receipt and its x402 payment)."""
+    http = httpx.AsyncClient(transport=x402_httpx_transport(client), timeout=300)
+    agent = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", http_client=http, max_retries=0)
+    views = []
+    async with http:
+        for city in CITIES:
+            asked = [{"role": "user", "content": f"What is the weather in {city}?"}]
+            call = await agent.chat.completions.create(
+                model=MODEL, messages=asked, tools=[WEATHER], temperature=0, max_tokens=24,  # type: ignore[arg-type, list-item]
+                tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            )  # fmt: skip
+            message = call.choices[0].message
+            (tool_call,) = message.tool_calls or []
+            result = f"18 degrees and sunny in {json.loads(tool_call.function.arguments)['city']}"
+            answer = await agent.chat.completions.create(
+                model=MODEL, temperature=0, max_tokens=12, tools=[WEATHER], tool_choice="none",  # type: ignore[list-item]
+                messages=[*asked, message.model_dump(exclude_none=True),  # type: ignore[list-item]
+                          {"role": "tool", "tool_call_id": tool_call.id, "content": result}],
+            )  # fmt: skip
+            assert answer.choices[0].message.content
+            views += [call.model_extra["allmende"], answer.model_extra["allmende"]]  # type: ignore[index]
+    return views
+
+
+def receipt_of(network: Network, view: dict[str, Any]) -> SignedReceipt:
+    """The provider's signed receipt from an answer's view, its signature checked."""
+    signed = SignedReceipt.from_json({**view, "amount": view["asked"]})
+    signed.verify(contracts_of(network).registry.receipt_domain())
+    return signed
+
+
+def test_an_agent_pays_a_10_step_tool_loop_with_x402_exact(network: Network, x402_gateway: Gateway) -> None:
+    # Prepare
+    key = fresh_payer(network)
+    stable = contracts_of(network).stable
+    before = stable.balance_of(key.address)
+
+    # Execute
+    views = asyncio.run(tool_loop(x402_gateway.url, payer_client(key, stable.address)))
+
+    # Assert: ten receipts, each verified; each payment charged its receipt and refunded the rest
+    receipts = [receipt_of(network, view) for view in views]
+    assert len(receipts) == 10
+    for view, receipt in zip(views, receipts, strict=True):
+        x402 = view["x402"]
+        assert x402["scheme"] == "exact" and x402["payer"].lower() == key.address.lower()
+        assert int(x402["charged"]) == receipt.receipt.amount > 0
+        assert int(x402["refunded"]) == int(x402["paid"]) - receipt.receipt.amount
+    assert stable.balance_of(key.address) == before - sum(r.receipt.amount for r in receipts)
+
+
+def test_an_agent_pays_a_10_step_tool_loop_with_an_x402_session(network: Network, x402_gateway: Gateway) -> None:
+    # Prepare
+    key = fresh_payer(network)
+    contracts = contracts_of(network)
+    stable, channels = contracts.stable, contracts.channels
+    before = stable.balance_of(key.address)
+    client, scheme = session_client(network, key)
+
+    # Execute: the loop, then the agent closes its session
+    views = asyncio.run(tool_loop(x402_gateway.url, client))
+    closing = scheme.close()
+
+    # Assert: ten receipts in the answers, the same ten checked by the plugin, all verified
+    receipts = [receipt_of(network, view) for view in views]
+    assert len(receipts) == 10
+    assert {r.receipt.request_id for r in receipts} == {r.receipt.request_id for r in scheme.receipts()}
+    for view, receipt in zip(views, receipts, strict=True):
+        assert view["x402"]["scheme"] == "session" and int(view["x402"]["charged"]) == receipt.receipt.amount
+    paid = sum(r.receipt.amount for r in receipts)
+    assert scheme.paid() == paid > 0
+    # one channel, from the agent's key to the gateway, which redeemed exactly the receipts; what
+    # the close gives back after its delay (deposit − spent; the session chain's clock is not
+    # moved here, tests/chain/test_x402_session.py withdraws it) leaves the wallet short by that
+    (channel_id,) = closing
+    state = channels.channel(channel_id)
+    assert state.payer == key.address and state.provider.lower() == x402_gateway.address.lower()
+    assert state.spent == paid and state.closes_at > 0
+    assert before - (stable.balance_of(key.address) + state.deposit - state.spent) == paid
+
+
+def test_a_replayed_session_payment_is_refused_by_the_gateway(network: Network, x402_gateway: Gateway) -> None:
+    # Prepare: one session payment, signed for one request
+    key = fresh_payer(network)
+    client, _ = session_client(network, key)
+    url = f"{x402_gateway.url}/v1/chat/completions"
+    body = {"model": "allmende:tiny", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
+    required = httpx.post(url, json=body, timeout=30)
+    http = x402HTTPClient(client)
+    payment_required = http.get_payment_required_response(required.headers.get, required.json())
+    header = dict(http.encode_payment_signature_header(asyncio.run(client.create_payment_payload(payment_required))))
+
+    # Execute
+    first = httpx.post(url, json=body, headers=header, timeout=120)
+    again = httpx.post(url, json=body, headers=header, timeout=120)
+
+    # Assert
+    assert first.status_code == 200, first.text
+    assert first.json()["allmende"]["x402"]["scheme"] == "session"
+    assert again.status_code == 402 and "nonce_already_used" in again.json()["error"]["message"], again.text
