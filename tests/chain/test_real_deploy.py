@@ -26,6 +26,7 @@ from allmende.core.errors import InvalidInput
 from allmende.gateway.node import GatewayConfig, build
 from allmende.gateway.serving import GatewayLimits
 from allmende.gateway.x402_payments import X402Policy
+from allmende.provider.node import plan_stake
 
 CHAIN_ID = 84532  # not a devnet's
 ALM = 10**18
@@ -178,6 +179,12 @@ def test_transfer_faucet_and_fast_forward_on_a_real_chain(
 
     faucet = runner.invoke(app, ["faucet", net.bob.address, *where], env=env)
     assert faucet.exit_code == 1 and "not a devnet" in faucet.output and "allmende transfer" in faucet.output
+    # a provider's key without gas or ALM is told to transfer them, not to use a faucet there is none of
+    newcomer = Account.create()
+    with pytest.raises(InvalidInput, match=f"allmende transfer {newcomer.address} AMOUNT --token eth --key"):
+        plan_stake(Contracts(ChainClient(net.node.url, bytes(newcomer.key)), deployment), None)
+    with pytest.raises(InvalidInput, match=f"allmende transfer {net.bob.address} AMOUNT --token alm --key"):
+        plan_stake(Contracts(ChainClient(net.node.url, bytes(net.bob.key)), deployment), 2000 * ALM)
     before = c.client.timestamp()
     forward = runner.invoke(app, ["gov", "fast-forward", "86400", *where], env=env)
     assert forward.exit_code == 1 and f"chain {CHAIN_ID} is not a devnet" in forward.output

@@ -169,13 +169,16 @@ def plan_stake(contracts: Contracts, target: int | None) -> StakePlan:
     if total < minimum:
         raise InvalidInput(f"--stake {_alm(total)} is below the network's minimum provider stake of {_alm(minimum)}")
     plan = StakePlan(me, eth, alm, staked, minimum, max(0, total - staked))
-    hint = (
-        f"; on a devnet: allmende faucet {me} --network <gateway or chain URL>" if contracts.deployment.devnet else ""
-    )
+
+    def hint(token: str) -> str:
+        if contracts.deployment.devnet:
+            return f"; on a devnet: allmende faucet {me} --network <gateway or chain URL>"
+        return f"; send it from a funded key: allmende transfer {me} AMOUNT --token {token} --key KEYSTORE"
+
     if eth == 0:
-        raise InvalidInput(f"account {me} has no ETH to pay gas{hint}")
+        raise InvalidInput(f"account {me} has no ETH to pay gas{hint('eth')}")
     if plan.add > alm:
-        raise InvalidInput(f"account {me} holds {_alm(alm)} but staking needs {_alm(plan.add)} more{hint}")
+        raise InvalidInput(f"account {me} holds {_alm(alm)} but staking needs {_alm(plan.add)} more{hint('alm')}")
     return plan
 
 
