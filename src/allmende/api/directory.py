@@ -88,6 +88,7 @@ class Directory:
         self._last_full = 0.0
         self._owners: dict[bytes, str | None] = {}
         self._registered_at: dict[bytes, int] = {}  # block time of each served model's registration
+        self._scored: set[str] = set()  # providers some active validator has published a score of
         self._by_name: dict[str, bytes] = {}  # canonical name -> model id
         self._ambiguous: dict[str, list[bytes]] = {}  # skeleton -> the model ids claiming it
 
@@ -175,7 +176,7 @@ class Directory:
             for a in registry.all_accounts()
             if registry.role_of(a) == 2 and registry.is_active(a)
         ]
-        result = {}
+        result, scored = {}, set()
         for provider in providers:
             scores = []
             for validator, stake in validators:
@@ -183,7 +184,15 @@ class Directory:
                 if at:
                     scores.append((score, stake))
             result[provider] = consensus_reputation(scores)
+            if scores:
+                scored.add(provider)
+        self._scored = scored
         return result
+
+    def audited(self, address: str) -> bool:
+        """Whether an active validator has published a score of this provider: without one its
+        reputation is the neutral 0.5, which means "not audited yet", not "half failed"."""
+        return address in self._scored
 
     def _check(
         self,

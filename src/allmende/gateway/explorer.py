@@ -12,7 +12,8 @@ package, plain JavaScript, no build step) and the JSON endpoints it reads, under
     GET /explorer/api/address/{addr}  one address: role, stake, balances, earnings over time, channels, cases
     GET /explorer/api/receipts/{id}   the receipt of one answer of this gateway, by its response id
 
-Amounts are decimal strings of integer base units (`units` says the decimals). The
+Amounts are decimal strings of integer base units (`units` says the decimals); every view
+carries `chain_head` (block height, its time, the chain id). The
 receipt of every answer also travels with the answer itself, in an `allmende` field of
 the response body (the last chunk of a stream), which OpenAI clients ignore."""
 
@@ -178,7 +179,8 @@ def receipt_view(response_id: str, answer: Answer, directory: Directory, latency
         # this answer itself was not re-run, but its signed receipt and proof are the evidence a
         # validator would need to open a fraud case
         "audited": False,
-        "provider_reputation": round(stats.reputation, 4) if stats else None,
+        # None until a validator published a score (the neutral 0.5 is "not audited yet")
+        "provider_reputation": round(stats.reputation, 4) if stats and directory.audited(r.provider) else None,
     }
 
 
@@ -206,11 +208,12 @@ class Explorer:
         try:
             body = await loop.run_in_executor(self._pool, self.view.cached, key, build)
             units = await loop.run_in_executor(self._pool, self.view.cached, "units", self.view.units)
+            head = await loop.run_in_executor(self._pool, self.view.cached, "head", self.view.head)
         except ChainError as exc:
             return chain_unavailable(exc)
         except InvalidInput as exc:
             return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error"}}, status_code=400)
-        return {**body, "units": units}
+        return {**body, "units": units, "chain_head": head}
 
     def sample_uptime(self) -> None:
         """One look at which providers the directory's health checks find serving."""

@@ -95,6 +95,11 @@ class ChainView:
         block = client.rpc(lambda: client.w3.eth.get_block("latest"))
         return int(block["number"]), int(block["timestamp"])
 
+    def head(self) -> dict[str, int]:
+        """The chain's height and time, and its id: every view carries it (`chain_head`)."""
+        block, now = self._head()
+        return {"block": block, "time": now, "chain_id": self.contracts.deployment.chain_id}
+
     def units(self) -> dict[str, Any]:
         if not self._decimals:
             for name, binding in (("usd", self.contracts.stable), ("alm", self.contracts.token)):
