@@ -210,6 +210,6 @@ def test_a_message_tool_loop(claude: anthropic.Anthropic) -> None:
 
 def test_a_bad_message_is_refused_in_anthropics_shape(claude: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.BadRequestError) as info:
-        claude.messages.create(model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "Hi"}], top_k=5)
+        claude.messages.create(model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "Hi"}], top_k=-1)
 
     assert info.value.body["type"] == "error" and "top_k" in info.value.body["error"]["message"]

@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import pytest
 import torch
 
 from allmende.api.protocol import draw_seed, sampling_params
-from allmende.engine.base import SamplingParams
+from allmende.engine.base import EngineError, SamplingParams
 from allmende.engine.proofs import commit
-from allmende.engine.sampling import draw_scores, gumbel_noise, nucleus, sample_token
+from allmende.engine.sampling import draw_scores, gumbel_noise, nucleus, sample_token, shaped
 from allmende.validator.checker import stop_completed, text_of, token_check, verify_completion
 
 SAMPLED = SamplingParams(max_tokens=8, temperature=0.7, top_p=0.9, seed=11)
@@ -115,3 +116,119 @@ def test_scores_are_minus_infinity_outside_the_nucleus() -> None:
     logits = torch.tensor([5.0, 0.0, -5.0])
     scores = draw_scores(logits, SamplingParams(temperature=1.0, top_p=0.5, seed=1), 1, 0)
     assert torch.isinf(scores[1:]).all() and torch.isfinite(scores[0])
+
+
+# --- the sampling parameters inside the draw: penalties, logit_bias, top_k, min_p ----------
+
+PARAMETERS = {  # each changes the draw of `rows(64)`; greedy ones too where it can
+    "presence_penalty": SamplingParams(max_tokens=64, temperature=0.7, seed=5, presence_penalty=1.5),
+    "frequency_penalty": SamplingParams(max_tokens=64, temperature=0.7, seed=5, frequency_penalty=1.0),
+    "negative frequency_penalty": SamplingParams(max_tokens=64, temperature=0.9, seed=5, frequency_penalty=-1.0),
+    "logit_bias": SamplingParams(
+        max_tokens=64, temperature=0.7, seed=5, logit_bias=tuple((t, -100.0) for t in range(0, 50, 2))
+    ),
+    "top_k": SamplingParams(max_tokens=64, temperature=1.5, seed=5, top_k=2),
+    "min_p": SamplingParams(max_tokens=64, temperature=1.5, seed=5, min_p=0.3),
+    "greedy presence_penalty": SamplingParams(max_tokens=64, temperature=0.0, presence_penalty=2.0),
+    "greedy logit_bias": SamplingParams(max_tokens=64, temperature=0.0, logit_bias=((7, 6.0), (11, -100.0))),
+}
+DEFAULTS = SamplingParams()
+
+
+def drawn_sequence(logits: torch.Tensor, params: SamplingParams) -> list[int]:
+    """What the engine's Sequence draws, row by row, each with the tokens drawn before it."""
+    out: list[int] = []
+    for i in range(logits.shape[0]):
+        out.append(sample_token(logits[i], params, params.seed or 0, i, out))
+    return out
+
+
+def without(params: SamplingParams, name: str) -> SamplingParams:
+    field = name.removeprefix("greedy ").removeprefix("negative ")
+    return dataclasses.replace(params, **{field: getattr(DEFAULTS, field)})
+
+
+def test_penalties_and_bias_shape_the_logits_by_openais_formula() -> None:
+    row = torch.zeros(6)
+    params = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25, logit_bias=((1, 3.0), (5, -100.0)))
+    # token 2 drawn 3 times, token 1 once: z = logit + bias − 0.25·count − 0.5·[count > 0]
+    assert shaped(row, params, [2, 1, 2, 2]).tolist() == [0.0, 3.0 - 0.75, -1.25, 0.0, 0.0, -100.0]
+    assert torch.equal(shaped(row, SamplingParams(), [2, 2]), row)  # nothing asked: the raw row
+
+
+def test_a_bias_on_a_token_outside_the_vocabulary_is_refused_by_name() -> None:
+    with pytest.raises(EngineError) as info:
+        shaped(torch.zeros(6), SamplingParams(logit_bias=((6, 1.0),)), [])
+    assert info.value.param == "logit_bias"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("presence_penalty", 2.5),
+        ("frequency_penalty", -2.1),
+        ("top_k", -1),
+        ("min_p", 1.5),
+        ("logit_bias", ((1, 101.0),)),
+    ],
+)
+def test_sampling_params_refuse_values_out_of_range_by_name(field: str, value: object) -> None:
+    with pytest.raises(EngineError) as info:
+        SamplingParams(**{field: value})  # type: ignore[arg-type]
+    assert info.value.param == field
+
+
+def test_top_k_and_min_p_keep_exactly_their_tokens() -> None:
+    logits = torch.tensor([3.0, 2.0, 1.0, 0.0, -1.0])
+    probs = torch.softmax(logits, dim=-1)
+    top2 = collections.Counter(sample_token(logits, SamplingParams(top_k=2, seed=0), s, 0) for s in range(2000))
+    assert set(top2) == {0, 1}
+    assert abs(top2[0] / 2000 - float(probs[0] / probs[:2].sum())) < 0.04  # renormalised over the two
+    # min_p 0.3: p >= 0.3 · p_max keeps tokens 0 and 1 (e^-1 = 0.37), not 2 (e^-2 = 0.14)
+    kept = {sample_token(logits, SamplingParams(min_p=0.3, seed=0), s, 0) for s in range(2000)}
+    assert kept == {0, 1}
+
+
+@pytest.mark.parametrize("name", list(PARAMETERS))
+def test_an_honest_draw_with_each_parameter_passes_and_ignoring_it_is_caught(name: str) -> None:
+    params = PARAMETERS[name]
+    logits = rows(64)
+    honest = drawn_sequence(logits, params)
+    ignored = drawn_sequence(logits, without(params, name))
+    assert honest != ignored  # the parameter changes this draw
+
+    assert token_check(logits, honest, params) == 0
+    assert token_check(logits + 1e-4 * torch.randn_like(logits), honest, params) == 0  # honest hardware noise
+    assert token_check(logits, ignored, params) >= 3  # a provider that dropped the parameter
+
+
+@pytest.mark.parametrize(
+    ("name", "altered"),
+    [
+        ("presence_penalty", {"presence_penalty": 0.5}),
+        ("frequency_penalty", {"frequency_penalty": -1.0}),
+        ("logit_bias", {"logit_bias": tuple((t, -100.0) for t in range(0, 50, 4))}),
+        ("top_k", {"top_k": 6}),
+        ("min_p", {"min_p": 0.05}),
+    ],
+    ids=["penalty lowered", "frequency turned into a reward", "half the bans", "k raised", "min_p lowered"],
+)
+def test_a_parameter_altered_by_the_provider_is_caught(name: str, altered: dict[str, object]) -> None:
+    params = PARAMETERS[name]
+    logits = rows(64)
+    served = drawn_sequence(logits, dataclasses.replace(params, **altered))  # type: ignore[arg-type]
+    assert token_check(logits, served, params) >= 2
+
+
+def test_where_a_penalised_completion_may_end() -> None:
+    """The end is judged on the shaped row too: EOS that only the penalties made the draw
+    (every other token already drawn) is a legitimate end, and a bias that bans EOS makes an
+    end there illegitimate."""
+    logits = torch.full((4, 3), 0.0)
+    logits[:, 1] = 2.0
+    logits[:, 2] = 1.5  # EOS (0) is the least likely token of every row
+    params = SamplingParams(max_tokens=8, temperature=0.0, presence_penalty=2.0)
+    output = drawn_sequence(logits[:3], params)
+    assert output[:2] == [1, 2] and output[2] == EOS  # after 1 and 2 are penalised, EOS leads
+    assert verdict(logits[:3], output[:2], params)  # ends where EOS is drawn
+    assert not verdict(logits[:3], output[:2], dataclasses.replace(params, logit_bias=((EOS, -100.0),)))

@@ -186,7 +186,7 @@ def test_the_key_may_come_as_x_api_key_or_bearer(tmp_path: Path) -> None:
         ),
         ({"messages": [*USER, {"role": "assistant", "content": "Sure"}]}, 400, "invalid_request_error", "prefill"),
         ({"temperature": 1.5}, 400, "invalid_request_error", "temperature"),
-        ({"top_k": 5}, 400, "invalid_request_error", "top_k"),
+        ({"top_k": -1}, 400, "invalid_request_error", "top_k"),
         ({"stop_sequences": ["a", "b", "c", "d", "e"]}, 400, "invalid_request_error", "stop_sequences"),
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, 400, "invalid_request_error", "tools[0]"),
         ({"tool_choice": {"type": "tool", "name": "nope"}, "tools": [WEATHER]}, 400, "invalid_request_error", "nope"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -17,9 +17,10 @@ import pytest
 
 from allmende.api.protocol import ChatRequest
 from allmende.core.errors import UpstreamError
+from allmende.engine.base import SamplingParams, TokenEvent
 from allmende.gateway.app import GatewayLimits, create_app
 from allmende.gateway.rendering import chat_response
-from tests.gateway.fakes import FakeProvider, network
+from tests.gateway.fakes import FakeEngine, FakeProvider, network
 
 T = TypeVar("T")
 CHAT = [{"role": "user", "content": "Hallo"}]
@@ -118,9 +119,13 @@ def test_a_rate_limited_client_is_told_when_to_retry(tmp_path: Path) -> None:
             {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": "nope"}}},
             "response_format",
         ),
-        ({"presence_penalty": 0.5}, "presence_penalty"),
-        ({"frequency_penalty": 1.0}, "frequency_penalty"),
-        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -3}, "frequency_penalty"),
+        ({"logit_bias": {"fifty": -100}}, "logit_bias"),
+        ({"logit_bias": {"50256": -101}}, "logit_bias"),
+        ({"extra_body": {"top_k": -2}}, "top_k"),
+        ({"extra_body": {"top_k": 2.5}}, "top_k"),
+        ({"extra_body": {"min_p": 1.5}}, "min_p"),
         ({"store": True}, "store"),
         ({"reasoning_effort": "low"}, "reasoning_effort"),
         ({"top_logprobs": 3}, "top_logprobs"),
@@ -129,7 +134,7 @@ def test_a_rate_limited_client_is_told_when_to_retry(tmp_path: Path) -> None:
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
-def test_a_parameter_that_would_be_ignored_is_refused_by_name(
+def test_a_parameter_that_would_be_ignored_or_is_out_of_range_is_refused_by_name(
     tmp_path: Path, kwargs: dict[str, Any], param: str
 ) -> None:
     async def call(client: openai.AsyncOpenAI, _: httpx.AsyncClient) -> Any:
@@ -139,6 +144,44 @@ def test_a_parameter_that_would_be_ignored_is_refused_by_name(
 
     error = run(tmp_path, call)
     assert error["param"] == param and error["type"] == "invalid_request_error"
+
+
+class RecordingEngine(FakeEngine):
+    """The fake engine, keeping the sampling parameters each generation was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[SamplingParams] = []
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+        self.asked.append(params)
+        return super().generate(prompt_ids, params)
+
+
+def test_every_sampling_parameter_reaches_the_engine_and_the_receipt_binds_it(tmp_path: Path) -> None:
+    """presence and frequency penalties, logit_bias, top_k and min_p (the last two through
+    `extra_body`, as vLLM's clients send them) are accepted, reach the provider's engine in
+    its typed sampling parameters, and change the request the receipt's inputHash binds."""
+    engine = RecordingEngine()
+    asked = {
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.25,
+        "logit_bias": {"70": -100, "66": 7},
+        "extra_body": {"top_k": 40, "min_p": 0.05},
+    }
+
+    async def call(client: openai.AsyncOpenAI, _: httpx.AsyncClient) -> Any:
+        plain = await client.chat.completions.create(model="fake", messages=CHAT, max_tokens=2, seed=1)
+        shaped = await client.chat.completions.create(model="fake", messages=CHAT, max_tokens=2, seed=1, **asked)  # type: ignore[call-overload]
+        return plain, shaped
+
+    plain, shaped = run(tmp_path, call, FakeProvider(tmp_path, engine=engine))
+    assert [(p.presence_penalty, p.frequency_penalty, p.logit_bias, p.top_k, p.min_p) for p in engine.asked] == [
+        (0.0, 0.0, (), 0, 0.0),
+        (0.5, -0.25, ((66, 7.0), (70, -100.0)), 40, 0.05),
+    ]
+    signed = [(r.model_extra or {})["allmende"]["input_hash"] for r in (plain, shaped)]
+    assert signed[0] != signed[1]
 
 
 def test_defaults_that_ask_for_nothing_are_accepted(tmp_path: Path) -> None:

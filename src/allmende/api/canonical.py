@@ -9,7 +9,8 @@ Everything that decides the output is derived here, once, from the typed request
 
     prompt      the engine's typed input: a conversation (messages, the tools shown to the
                 model, the continuation), a text or token-id prompt, or embedding inputs
-    sampling    max_tokens, temperature, top_p, the seed (bound to the request id when the
+    sampling    max_tokens, temperature, top_p, top_k, min_p, the presence and frequency
+                penalties, logit_bias, the seed (bound to the request id when the
                 request sets none), stop strings, the grammar, logprobs
     n           how many completions
 

@@ -15,7 +15,8 @@ receipt binds and what a validator re-checks.
                                        gateway can tell which stop sequence ended the answer
                                        (the provider cuts it from the text; the token texts
                                        still hold it)
-    max_tokens, temperature, top_p     the same
+    max_tokens, temperature, top_p,    the same
+    top_k
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class MessagesRequest(BaseModel):
     stop_sequences: list[str] | None = None
     temperature: Annotated[float, Field(ge=0, le=1)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
     stream: bool | None = None
     tools: list[Any] | None = None
     tool_choice: dict[str, Any] | None = None
@@ -81,6 +83,8 @@ def chat_body(request: MessagesRequest) -> dict[str, Any]:
         body["temperature"] = request.temperature
     if request.top_p is not None:
         body["top_p"] = request.top_p
+    if request.top_k:
+        body["top_k"] = request.top_k
     user = (request.metadata or {}).get("user_id")
     if user is not None:
         if not isinstance(user, str):

@@ -10,8 +10,9 @@ same from the evidence, so the three cannot drift.
                                   InvalidParameter naming the bad parameter; a parameter that
                                   is refused or unknown is never silently ignored
     check_request(kind, body)     parse, and normalise the body in place (the gateway)
-    sampling_params(body, rid)    max_tokens, temperature, top_p, seed, stop (the seed from the
-                                  request id when the request has none: draw_seed)
+    sampling_params(body, rid)    max_tokens, temperature, top_p, seed, stop, the penalties,
+                                  logit_bias, top_k, min_p (the seed from the request id when
+                                  the request has none: draw_seed)
     grammar_of(body)              the llguidance grammar a chat request decodes under: its tool
                                   choice's (allmende.api.tools) or its `response_format`'s
     canonical_request(kind, body) the bytes `inputHash` is the keccak of: the kind and the body
@@ -34,7 +35,7 @@ from allmende.api.schemas import any_json, decodable
 from allmende.api.tools import MAX_PARALLEL_CALLS, ToolSpecError, choice_of, history_calls, parallel_of, tool_grammar
 from allmende.core.credit import MAX_CHOICES, UNTIL_CONTEXT
 from allmende.core.errors import InvalidInput
-from allmende.engine.base import SamplingParams
+from allmende.engine.base import MAX_LOGIT_BIAS, SamplingParams
 
 MAX_EMBEDDING_INPUTS = 2048  # as OpenAI allows; the engine runs them in batches
 MAX_TOP_LOGPROBS = 20  # chat's top_logprobs, as OpenAI caps it
@@ -73,9 +74,8 @@ class Parameter:
         return any(type(value) is type(n) and value == n for n in self.neutral)
 
 
-_DRAW = "it would change the verifiable draw, and neither the engine nor the checker applies it yet"
+_CHECKED = "applied inside the verifiable draw, which the checker recomputes"
 _TOOLS = "see **Tools** above this table"
-_NO_PENALTY = (None, 0, 0.0)
 _SHARED: dict[str, Parameter] = {
     "model": Parameter(SUPPORTED, "a name from `GET /v1/models`"),
     "max_tokens": Parameter(
@@ -90,9 +90,26 @@ _SHARED: dict[str, Parameter] = {
     "stream": Parameter(SUPPORTED, "server-sent events; `null` is false"),
     "stream_options": Parameter(SUPPORTED, "`include_usage`; only with `stream: true`, as OpenAI"),
     "user": Parameter(ACCEPTED, "sent to the provider inside the encrypted request; does not change the output"),
-    "presence_penalty": Parameter(REFUSED, f"unless 0: {_DRAW}", _NO_PENALTY),
-    "frequency_penalty": Parameter(REFUSED, f"unless 0: {_DRAW}", _NO_PENALTY),
-    "logit_bias": Parameter(REFUSED, f"unless empty: {_DRAW}", (None, {})),
+    "presence_penalty": Parameter(
+        SUPPORTED, f"−2 to 2, subtracted once from the logit of every token this completion drew before; {_CHECKED}"
+    ),
+    "frequency_penalty": Parameter(
+        SUPPORTED, f"−2 to 2, subtracted per earlier occurrence in this completion; {_CHECKED}"
+    ),
+    "logit_bias": Parameter(
+        SUPPORTED,
+        f'{{"token id": bias}}, up to {MAX_LOGIT_BIAS} of the model\'s token ids, bias −100 to 100 added to the '
+        f"logit (−100 bans a token); {_CHECKED}",
+    ),
+    "top_k": Parameter(
+        SUPPORTED,
+        f"not OpenAI's (vLLM's and llama.cpp's): draw among the k most likely tokens, 0 or −1 for all; {_CHECKED}",
+    ),
+    "min_p": Parameter(
+        SUPPORTED,
+        f"not OpenAI's (vLLM's and llama.cpp's): 0–1, draw among tokens at least min_p times as likely as the "
+        f"most likely one; {_CHECKED}",
+    ),
     "n": Parameter(
         SUPPORTED,
         f"1–{MAX_CHOICES} choices drawn in one batch from one prefill, choice i with seed + i; not with `stream`",
@@ -250,7 +267,7 @@ MESSAGES_PARAMETERS: dict[str, Parameter] = {  # Anthropic's Messages API (allme
     ),
     "metadata": Parameter(ACCEPTED, "`user_id`, as chat's `user`"),
     "service_tier": Parameter(ACCEPTED, "one tier of service"),
-    "top_k": Parameter(REFUSED, _DRAW),
+    "top_k": Parameter(SUPPORTED, f"draw among the k most likely tokens, as chat's `top_k`; {_CHECKED}"),
     "thinking": Parameter(
         REFUSED,
         'unless `{"type": "disabled"}`: the served models are not reasoning models',
@@ -383,6 +400,32 @@ class _Generation(_Common):
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None  # 0 would leave no token to draw
     n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
     stop: tuple[str, ...] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    logit_bias: tuple[tuple[int, float], ...] | None = None  # {"token id": bias} as sorted pairs
+    top_k: Annotated[int, Field(ge=-1)] | None = None  # 0 and -1: all tokens (vLLM takes -1, llama.cpp 0)
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _logit_bias(cls, bias: Any) -> Any:
+        if bias is None:
+            return None
+        if not isinstance(bias, dict) or len(bias) > MAX_LOGIT_BIAS:
+            raise ValueError(f"must be an object of at most {MAX_LOGIT_BIAS} token ids and their biases")
+        pairs = []
+        for key, value in bias.items():
+            token = key if isinstance(key, int) and not isinstance(key, bool) else None
+            if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 10:
+                token = int(key)
+            if token is None or not 0 <= token < 2**32:
+                raise ValueError(f"keys must be token ids (non-negative integers as strings), not {key!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not -100 <= value <= 100:
+                raise ValueError(f"the bias of token {key} must be a number from -100 to 100")
+            pairs.append((token, float(value)))
+        if len({token for token, _ in pairs}) < len(pairs):
+            raise ValueError("names a token id twice")
+        return tuple(sorted(pairs))
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -404,7 +447,18 @@ class _Generation(_Common):
         max_tokens = self.max_tokens or self.max_completion_tokens or UNTIL_CONTEXT
         temperature = 1.0 if self.temperature is None else self.temperature
         top_p = 1.0 if self.top_p is None else self.top_p
-        return SamplingParams(max_tokens, temperature, top_p, self.seed, self.stop or ())
+        return SamplingParams(
+            max_tokens,
+            temperature,
+            top_p,
+            self.seed,
+            self.stop or (),
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            logit_bias=tuple((t, b) for t, b in self.logit_bias or () if b),  # a bias of 0 asks for nothing
+            top_k=max(self.top_k or 0, 0),
+            min_p=self.min_p or 0.0,
+        )
 
 
 class ChatRequest(_Generation):

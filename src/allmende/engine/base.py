@@ -18,12 +18,18 @@ from allmende.core.credit import UNTIL_CONTEXT
 from allmende.core.errors import InvalidInput
 
 Kind = Literal["chat", "completion", "embedding"]
+MAX_LOGIT_BIAS = 300  # token ids one request may bias (OpenAI's limit)
 
 
 class EngineError(InvalidInput):
-    """A request the engine cannot serve (too long, bad parameters)."""
+    """A request the engine cannot serve (too long, bad parameters); `param` names the
+    request parameter at fault, where one is (it reaches the client as OpenAI's `param`)."""
 
     code = "engine_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class PromptTooLong(EngineError):
@@ -46,16 +52,42 @@ class SamplingParams:
     # an llguidance grammar (from the request's response_format) every token must satisfy:
     # it decides which tokens may be drawn, so the checker applies it too
     grammar: str | None = None
+    # OpenAI's penalties, subtracted from the logit of every token already drawn in this
+    # completion (not the prompt): presence once, frequency per occurrence
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # (token id, bias) pairs, sorted by token id, added to those tokens' logits (OpenAI's logit_bias)
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    top_k: int = 0  # draw among the k most likely tokens only; 0 = all
+    min_p: float = 0.0  # draw among tokens at least min_p times as likely as the most likely one
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_tokens <= 1 << 20:
-            raise EngineError("max_tokens must be between 1 and 1048576")
+            raise EngineError("max_tokens must be between 1 and 1048576", "max_tokens")
         if not 0.0 <= self.temperature <= 2.0:
-            raise EngineError("temperature must be between 0 and 2")
+            raise EngineError("temperature must be between 0 and 2", "temperature")
         if not 0.0 < self.top_p <= 1.0:
-            raise EngineError("top_p must be in (0, 1]")
+            raise EngineError("top_p must be in (0, 1]", "top_p")
         if len(self.stop) > 4:
-            raise EngineError("at most 4 stop sequences")
+            raise EngineError("at most 4 stop sequences", "stop")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise EngineError(f"{name} must be between -2 and 2", name)
+        if len(self.logit_bias) > MAX_LOGIT_BIAS or any(
+            not (token >= 0 and -100.0 <= bias <= 100.0) for token, bias in self.logit_bias
+        ):
+            raise EngineError(
+                f"logit_bias maps at most {MAX_LOGIT_BIAS} token ids to biases from -100 to 100", "logit_bias"
+            )
+        if self.top_k < 0:
+            raise EngineError("top_k must be 0 (all tokens) or more", "top_k")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise EngineError("min_p must be between 0 and 1", "min_p")
+
+    @property
+    def reshapes_logits(self) -> bool:
+        """Whether penalties or a logit bias change the logits the draw starts from."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
 
 SEED_MASK = (1 << 63) - 1

@@ -92,10 +92,16 @@ class GenerativeEngine(Engine):
         if not all(isinstance(i, int) and 0 <= i < vocab for i in prompt_ids):
             raise EngineError(f"prompt token ids must be integers in [0, {vocab})")
 
+    def check_sampling(self, params: SamplingParams) -> None:
+        """EngineError (param `logit_bias`) for a bias on a token id this model does not have."""
+        if params.logit_bias and params.logit_bias[-1][0] >= self.vocab_size:
+            raise EngineError(f"logit_bias token ids must be below the vocabulary size {self.vocab_size}", "logit_bias")
+
     # -------------------------------------------------------- generation
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
         self.check_length(prompt_ids, params.max_tokens)
+        self.check_sampling(params)
         return self._one_choice(prompt_ids, self.fitted(prompt_ids, params))
 
     async def _one_choice(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
@@ -110,6 +116,7 @@ class GenerativeEngine(Engine):
         once); yields (choice index, event) as the choices produce them. Choice i samples
         with `choice_params(params, i)`."""
         self.check_length(prompt_ids, params.max_tokens)
+        self.check_sampling(params)
         if not 1 <= n <= MAX_CHOICES:
             raise EngineError(f"n must be between 1 and {MAX_CHOICES}")
         params = self.fitted(prompt_ids, params)

@@ -6,23 +6,35 @@ own seed, temperature, top-p, stop strings and token budget. That keeps batch
 composition out of every output (a sequence decodes the same tokens alone or among 63
 others, up to floating-point noise).
 
-The draw is verifiable: output token i is the argmax of logits/T + g over the top-p
-nucleus, where g is Gumbel noise that is a public pseudo-random function of (seed, i).
-The provider takes the seed from the request, or from the request id when the request
-has none, so the receipt binds it; a validator recomputes g, applies it to its own
-logits and checks that each token is the one drawn (see allmende.validator.checker).
+The draw is verifiable: output token i is the argmax of z/T + g over the tokens the
+filters keep, where g is Gumbel noise that is a public pseudo-random function of (seed, i)
+and z the row's logits shaped by the request (all of it a function of the request and the
+tokens drawn before i, so a validator recomputes it from its own logits):
+
+    z = logits + logit_bias − frequency_penalty·c − presence_penalty·[c > 0]
+        (c: how often each token was drawn before i in this completion; a grammar's
+        disallowed tokens are −inf)
+    kept = top-k(z/T) ∩ nucleus(softmax(z/T), top_p) ∩ {t : softmax(z/T)_t ≥ min_p·max}
+        (each filter on the same row, the most likely token always kept)
+
+Greedy (T = 0) is the argmax of z. The provider takes the seed from the request, or from
+the request id when the request has none, so the receipt binds it; a validator recomputes
+g, applies it to its own logits and checks that each token is the one drawn (see
+allmende.validator.checker).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from allmende.engine.base import SamplingParams
+from allmende.engine.base import EngineError, SamplingParams
 
 DRAW_DOMAIN = b"allmende/draw/v1"
 TINY = float(np.finfo(np.float32).tiny)
@@ -58,24 +70,77 @@ def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(keep).scatter(-1, order, keep)
 
 
-def draw_scores(logits: torch.Tensor, params: SamplingParams, seed: int, position: int) -> torch.Tensor:
-    """Gumbel-max scores of one row: the token with the highest score is the draw. Outside
-    the nucleus a score is -inf. Taking the argmax of logits/T + Gumbel noise is an exact
-    sample from softmax(logits/T) restricted to the nucleus."""
+def shaped(logits: torch.Tensor, params: SamplingParams, drawn: Sequence[int] = ()) -> torch.Tensor:
+    """One row of logits as the request shapes it before the draw (float32, on the CPU): its
+    `logit_bias` added, and the tokens `drawn` before this position in the completion
+    penalised, `frequency_penalty` per occurrence and `presence_penalty` once (OpenAI's
+    formula). The checker shapes its own rows with this same function. EngineError (param
+    `logit_bias`) for a biased token id outside the row."""
     row = logits.detach().float().cpu()
+    if not params.reshapes_logits:
+        return row
+    row = row.clone()
+    if params.logit_bias:
+        ids = torch.tensor([token for token, _ in params.logit_bias])
+        if int(ids.max()) >= row.shape[-1]:
+            raise EngineError(f"logit_bias token ids must be below the vocabulary size {row.shape[-1]}", "logit_bias")
+        row[ids] += torch.tensor([bias for _, bias in params.logit_bias], dtype=row.dtype)
+    if drawn and (params.presence_penalty or params.frequency_penalty):
+        counts = Counter(drawn)
+        ids = torch.tensor(list(counts))
+        times = torch.tensor(list(counts.values()), dtype=row.dtype)
+        row[ids] -= params.frequency_penalty * times + params.presence_penalty
+    return row
+
+
+def rank_filters(
+    scaled: torch.Tensor, params: SamplingParams, widen: torch.Tensor | float = 0.0
+) -> torch.Tensor | None:
+    """Boolean mask of the tokens `top_k` and `min_p` leave in each row of `scaled` (shaped
+    logits ÷ T), or None when neither is set. `widen`: how far (in scaled units, per row or
+    for all) a row may be off: > 0 keeps every token a row that close could have kept, < 0
+    only those it certainly kept (the checker's two bounds); the most likely token is always
+    kept."""
+    if not params.top_k and not params.min_p:
+        return None
+    top = scaled.max(dim=-1, keepdim=True).values
+    margin = widen.unsqueeze(-1) if isinstance(widen, torch.Tensor) else torch.tensor(widen)
+    keep = torch.ones_like(scaled, dtype=torch.bool)
+    if params.top_k and params.top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, params.top_k, dim=-1).values[..., -1:]
+        keep &= scaled >= kth - margin
+    if params.min_p:  # p >= min_p * p_max  <=>  z/T >= max(z/T) + log(min_p)
+        keep &= scaled >= top + math.log(params.min_p) - margin
+    return keep | (scaled == top)
+
+
+def draw_scores(
+    logits: torch.Tensor, params: SamplingParams, seed: int, position: int, drawn: Sequence[int] = ()
+) -> torch.Tensor:
+    """Gumbel-max scores of one row: the token with the highest score is the draw. Outside
+    the tokens top-k, top-p and min-p keep a score is -inf. Taking the argmax of z/T +
+    Gumbel noise is an exact sample from softmax(z/T) restricted to those tokens."""
+    row = shaped(logits, params, drawn)
     scaled = row / params.temperature
+    keep = rank_filters(scaled, params)
     if params.top_p < 1.0:
-        scaled = scaled.masked_fill(~nucleus(torch.softmax(scaled, dim=-1), params.top_p), float("-inf"))
+        inside = nucleus(torch.softmax(scaled, dim=-1), params.top_p)
+        keep = inside if keep is None else keep & inside
+    if keep is not None:
+        scaled = scaled.masked_fill(~keep, float("-inf"))
     return scaled + gumbel_noise(seed, position, row.shape[-1])
 
 
-def sample_token(logits: torch.Tensor, params: SamplingParams, seed: int, position: int) -> int:
-    """Output token `position` of a sequence, from its row of logits: the argmax at
-    temperature 0; else the Gumbel-max draw of (seed, position) — the verifiable draw a
-    validator recomputes from its own logits (allmende.validator.checker)."""
+def sample_token(
+    logits: torch.Tensor, params: SamplingParams, seed: int, position: int, drawn: Sequence[int] = ()
+) -> int:
+    """Output token `position` of a sequence, from its row of logits and the tokens it drew
+    before (`drawn`, for the penalties): the argmax of the shaped logits at temperature 0;
+    else the Gumbel-max draw of (seed, position) — the verifiable draw a validator
+    recomputes from its own logits (allmende.validator.checker)."""
     if params.temperature == 0.0:
-        return int(torch.argmax(logits).item())
-    return int(torch.argmax(draw_scores(logits, params, seed, position)).item())
+        return int(torch.argmax(shaped(logits, params, drawn) if params.reshapes_logits else logits).item())
+    return int(torch.argmax(draw_scores(logits, params, seed, position, drawn)).item())
 
 
 def token_logprob(logits: torch.Tensor, token: int, top: int, decode: Callable[[list[int]], str]) -> dict[str, object]:

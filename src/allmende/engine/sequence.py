@@ -60,7 +60,7 @@ class Sequence:
         drawn_from = logits
         if self.constraint is not None:  # tokens the grammar does not allow cannot be drawn
             drawn_from = logits.float().cpu().masked_fill(~self.constraint.allowed(), float("-inf"))
-        token = sample_token(drawn_from, self.params, self.seed, self.drawn)
+        token = sample_token(drawn_from, self.params, self.seed, self.drawn, self.token_ids)
         self.drawn += 1
         if self.constraint is not None:
             self.constraint.consume(token)

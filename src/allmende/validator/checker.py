@@ -16,20 +16,23 @@ Three checks, all needed:
    a structured-output request allows only the end. Truncated, empty and overrun
    completions fail.
 
-The draw. Greedy (temperature 0): the token must be the argmax, or within `MARGIN` ×
-the row's logit scale of it. Sampling: token i is the argmax over the top-p nucleus of
-logits/T + g(seed, i), with g the public Gumbel noise of allmende.engine.sampling and the
-seed the request's (or the one bound to its request id). The validator recomputes the
-scores from its logits; a token passes if it lies in the nucleus widened by
-`NUCLEUS_SLACK` and its score is within `MARGIN` × scale / T of the best score in the
-nucleus narrowed by `NUCLEUS_SLACK`. The tolerance is what honest machines differ by
+The draw. Every row is first shaped as the engine shaped it (engine.sampling.shaped: the
+request's logit bias, its presence and frequency penalties over the tokens drawn before).
+Greedy (temperature 0): the token must be the argmax, or within `MARGIN` × the row's logit
+scale of it. Sampling: token i is the argmax over the tokens top-k, top-p and min-p keep of
+z/T + g(seed, i), with g the public Gumbel noise of allmende.engine.sampling and the seed
+the request's (or the one bound to its request id). The validator recomputes the scores
+from its logits; a token passes if it lies in the kept set widened by the tolerance (the
+nucleus by `NUCLEUS_SLACK`) and its score is within `MARGIN` × scale / T of the best score
+in the kept set narrowed by the same. A provider that ignores or alters a sampling
+parameter draws from another distribution, and its tokens fail here. The tolerance is what honest machines differ by
 (bf16 vs fp32, threads, batching, GPU vs CPU: bench/verify.py measures it); a cheaper
 generator's token is almost never within it where the draw is not a near-tie.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,7 +40,7 @@ import torch
 
 from allmende.engine.base import SamplingParams
 from allmende.engine.proofs import ProofCheck, check
-from allmende.engine.sampling import first_stop, gumbel_noise, nucleus
+from allmende.engine.sampling import first_stop, gumbel_noise, nucleus, rank_filters, shaped
 
 # bf16 and fp32 disagree on near-ties: a token whose score is within 6 % of the row's logit
 # scale of the best one is accepted. Honest bf16 needed up to 1.2 % on the tiny model and just
@@ -56,15 +59,38 @@ class Verdict:
     bad_tokens: int
 
 
+def shaped_rows(
+    logits: torch.Tensor, params: SamplingParams, output_ids: Sequence[int], first_position: int
+) -> torch.Tensor:
+    """`logits` (rows for output positions first_position, …) shaped as the engine shaped
+    each before its draw: the request's logit bias added, and the tokens of `output_ids`
+    drawn before that row's position penalised (engine.sampling.shaped, row by row)."""
+    if not params.reshapes_logits:
+        return logits
+    drawn = list(output_ids)
+    return torch.stack(
+        [shaped(row, params, drawn[: first_position + i]) for i, row in enumerate(logits.float().cpu())]
+    ).to(logits.device)
+
+
 def draw_check(
-    logits: torch.Tensor, params: SamplingParams, first_position: int, allowed: torch.Tensor | None = None
+    logits: torch.Tensor,
+    params: SamplingParams,
+    first_position: int,
+    allowed: torch.Tensor | None = None,
+    output_ids: Sequence[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, floor) of the draws at rows `logits` (positions first_position, …): a token
     `t` is a legitimate draw at row i iff scores[i, t] >= floor[i]. `allowed`: the grammar's
     masks of a structured-output request (one boolean row per row of logits); tokens outside
-    them are never legitimate, and the draw is among the rest, as the provider drew it."""
+    them are never legitimate, and the draw is among the rest, as the provider drew it.
+    `output_ids`: the completion's tokens (at least those before the last row), whose earlier
+    draws the penalties count. The logit bias and the penalties are exact (the same numbers
+    on every machine), so the tolerance stays the raw logits' scale; top-k and min-p, like
+    the nucleus, are checked between a narrowed and a widened bound of that tolerance."""
     logits = logits.float()
     scale = logits.abs().max(dim=-1).values.clamp(min=1.0)
+    logits = shaped_rows(logits, params, output_ids, first_position)
     if allowed is not None:
         logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
     if params.temperature == 0.0:
@@ -72,14 +98,22 @@ def draw_check(
     if params.seed is None:
         raise ValueError("a sampled completion can only be checked with its seed")
     scaled = logits / params.temperature
+    tolerance = MARGIN * scale / params.temperature
     probs = torch.softmax(scaled, dim=-1)
     positions = range(first_position, first_position + logits.shape[0])
     noise = torch.stack([gumbel_noise(params.seed, p, logits.shape[-1]) for p in positions])
     scores = scaled + noise
-    best = scores.masked_fill(~nucleus(probs, params.top_p - NUCLEUS_SLACK), float("-inf")).max(dim=-1).values
+    narrow = nucleus(probs, params.top_p - NUCLEUS_SLACK)
+    certain = rank_filters(scaled, params, -tolerance)
+    if certain is not None:
+        narrow &= certain
+    best = scores.masked_fill(~narrow, float("-inf")).max(dim=-1).values
     if params.top_p < 1.0:
         scores = scores.masked_fill(~nucleus(probs, params.top_p + NUCLEUS_SLACK), float("-inf"))
-    return scores, best - MARGIN * scale / params.temperature
+    possible = rank_filters(scaled, params, tolerance)
+    if possible is not None:
+        scores = scores.masked_fill(~possible, float("-inf"))
+    return scores, best - tolerance
 
 
 def token_check(
@@ -89,7 +123,7 @@ def token_check(
     output token i was drawn from (`allowed[i]` its grammar mask, if any)."""
     if not output_ids:
         return 0
-    scores, floor = draw_check(logits, params, 0, allowed)
+    scores, floor = draw_check(logits, params, 0, allowed, output_ids)
     chosen = scores.gather(1, torch.tensor(output_ids, dtype=torch.long).unsqueeze(1)).squeeze(1)
     return int((chosen < floor).sum())
 
@@ -100,12 +134,14 @@ def may_end(
     position: int,
     eos_ids: Collection[int],
     allowed: torch.Tensor | None = None,
+    output_ids: Sequence[int] = (),
 ) -> bool:
-    """True if EOS is a legitimate draw from `logits` (one row) at output `position`."""
+    """True if EOS is a legitimate draw from `logits` (one row) at output `position`, after
+    `output_ids` (the completion so far, for the penalties)."""
     if not eos_ids:
         return False
     mask = None if allowed is None else allowed.unsqueeze(0)
-    scores, floor = draw_check(logits.unsqueeze(0), params, position, mask)
+    scores, floor = draw_check(logits.unsqueeze(0), params, position, mask, output_ids)
     return bool((scores[0, sorted(eos_ids)] >= floor[0]).any())
 
 
@@ -145,7 +181,9 @@ def verify_completion(
     if not ended:
         if logits.shape[0] < prompt_len + n:
             raise ValueError("the prefill must cover prompt + output to check where the output ends")
-        ended = may_end(logits[prompt_len - 1 + n], params, n, eos_ids, None if allowed is None else allowed[n])
+        ended = may_end(
+            logits[prompt_len - 1 + n], params, n, eos_ids, None if allowed is None else allowed[n], output_ids
+        )
         if not ended:
             reasons.append(
                 f"the completion ends after {n} of {params.max_tokens} tokens where the model does not end it"
