@@ -23,7 +23,9 @@ def faucet(
         None, help="deployments JSON, without --network (default: found as every command finds it)"
     ),
     eth: str = typer.Option("10", help="ETH for gas"),
-    alm_amount: str = typer.Option("2000", "--alm", help="ALM to stake (a provider's minimum is 1,000 by default)"),
+    alm_amount: str = typer.Option(
+        "6000", "--alm", help="ALM to stake (the devnet's minimum: 1,000 for a provider, 5,000 for a validator)"
+    ),
     usd_amount: str = typer.Option("1000", "--usd", help="dUSD, the devnet's payment token (for a gateway's channels)"),
     key: str = typer.Option(
         None, help="the deployer's key (default: the devnet account that deployed, found by its address)"
@@ -67,9 +69,10 @@ def faucet(
         if amounts["--usd"]:
             contracts.stable.mint(who, amounts["--usd"])
         balance = int(client.rpc(lambda: client.w3.eth.get_balance(who)))
+        sent = f"{amounts['--eth'] / 10**18:.4f} ETH, {alm(amounts['--alm'])} and {usd(amounts['--usd'])}"
         console.print(
-            f"funded {who}: {balance / 10**18:.4f} ETH, {alm(contracts.token.balance_of(who))}, "
-            f"{usd(contracts.stable.balance_of(who))} (devnet money)"
+            f"sent {sent} to {who} (devnet money); it now holds {balance / 10**18:.4f} ETH, "
+            f"{alm(contracts.token.balance_of(who))}, {usd(contracts.stable.balance_of(who))}"
         )
 
 

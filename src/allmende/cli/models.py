@@ -3,6 +3,7 @@ name, license, lineage and royalties on chain."""
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import typer
@@ -14,6 +15,8 @@ from allmende.cli.common import console, contracts_for, friendly_errors, parse_i
 from allmende.core.errors import InvalidInput, InvalidModelName
 from allmende.core.licenses import derived_license_problem
 from allmende.core.model_names import canonical_name
+
+EARNINGS_LINES = 50  # redeems `models earnings` lists one by one (the newest)
 
 app = typer.Typer(
     help="models on chain: register, name, list, show (name, license, lineage, royalties)", no_args_is_help=True
@@ -49,10 +52,13 @@ def register(
     key: str = typer.Option(..., help="the owner's key (receives the royalties)"),
     license: str = typer.Option(..., help="SPDX id or short license name, e.g. Apache-2.0"),
     royalty_bps: int = typer.Option(0, help="share of every payment for this model, in basis points"),
-    parent: list[str] = typer.Option([], help="id of a model this one derives from (repeat; records lineage only)"),
+    parent: list[str] = typer.Option(
+        [], help="a model this one derives from, by id, name or files (repeat; records lineage only)"
+    ),
     derived_from: str = typer.Option(
         None,
-        help="id of the model this one was derived from (fine-tuned, merged…): it pays that lineage's royalty "
+        help="the model this one was derived from (fine-tuned, merged…), by id (0x…), name on chain or files: "
+        "it pays that lineage's royalty "
         "to the lineage's root owner, as the README's royalty rule says (not with --royalty-bps or --parent)",
     ),
     dataset: list[str] = typer.Option([], help="id of a dataset it was trained on (repeat)"),
@@ -68,10 +74,12 @@ def register(
         canonical = canonical_name(name) if name is not None else None  # a bad name fails before any transaction
         if derived_from is not None and (parent or royalty_bps):
             raise InvalidInput("--derived-from takes its royalty from the parent: no --royalty-bps or --parent")
-        base = parse_id(derived_from, "--derived-from") if derived_from is not None else None
         model_id = model_id_for(model)
         c = contracts_for(rpc, key, deployments)
-        parent_ids = [base] if base is not None else [parse_id(p) for p in parent]
+        # a parent by id, by its name on chain or by its files, as every other models command takes it
+        base = model_arg(c, derived_from) if derived_from is not None else None
+        parents = [model_arg(c, p) for p in parent]
+        parent_ids = [base] if base is not None else parents
         for parent_id in parent_ids:
             problem = derived_license_problem(c.models.get(parent_id).license, license)
             if problem:
@@ -86,9 +94,7 @@ def register(
             if canonical is not None:
                 _set_name(c, model_id, canonical)
             return
-        c.models.register(
-            model_id, license, royalty_bps, [parse_id(p) for p in parent], [parse_id(d) for d in dataset], uri
-        )
+        c.models.register(model_id, license, royalty_bps, parents, [parse_id(d) for d in dataset], uri)
         console.print(f"registered [bold]0x{model_id.hex()}[/bold] ({license}, royalty {royalty_bps} bps)")
         if canonical is not None:
             _set_name(c, model_id, canonical)
@@ -212,6 +218,15 @@ def earnings(
     spread = f"{history.redeems} redeems over {history.channels} channels"
     console.print(f"redeemed   {usd(history.redeemed)} for this model ({spread})")
     console.print(f"earned     {usd(history.royalties)} in royalties to {payee}")
+    shown = history.paid[-EARNINGS_LINES:]
+    if len(history.paid) > len(shown):
+        console.print(f"  (the last {len(shown)} of {len(history.paid)} redeems)")
+    for paid in shown:  # as Channels.redeem split each (chain.royalties)
+        when = datetime.datetime.fromtimestamp(paid.at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        console.print(
+            f"  {when} channel 0x{paid.channel_id.hex()[:10]}… redeemed {usd(paid.amount)}: "
+            f"royalty {usd(paid.royalty)}, fee {usd(paid.fee)}"
+        )
     for line in unpaid_reasons(history):
         console.print(f"  not paid: {line}")
     console.print(

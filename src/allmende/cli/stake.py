@@ -83,6 +83,14 @@ def withdraw(
     """Take back unbonded ALM once the unbonding period is over and no fraud case is open against you."""
     with friendly_errors():
         c = contracts_for(rpc, key, deployments)
-        before = c.registry.account(c.client.address).unbonding
+        account = c.registry.account(c.client.address)
+        before = account.unbonding
+        if before == 0:
+            raise InvalidInput(f"{c.client.address} has nothing unbonding (`allmende stake unbond` first)")
+        if c.client.timestamp() < account.unbond_at:
+            raise InvalidInput(
+                f"{alm(before)} unbonding can be withdrawn from {_when(account.unbond_at)}, not yet "
+                f"(chain time {_when(c.client.timestamp())})"
+            )
         c.registry.withdraw()
     console.print(f"withdrew {alm(before)}")

@@ -178,7 +178,10 @@ def plan_stake(contracts: Contracts, target: int | None) -> StakePlan:
     if eth == 0:
         raise InvalidInput(f"account {me} has no ETH to pay gas{hint('eth')}")
     if plan.add > alm:
-        raise InvalidInput(f"account {me} holds {_alm(alm)} but staking needs {_alm(plan.add)} more{hint('alm')}")
+        raise InvalidInput(
+            f"account {me} holds {_alm(alm)} but staking {_alm(plan.add)} needs {_alm(plan.add - alm)} more"
+            f"{hint('alm')}"
+        )
     return plan
 
 
