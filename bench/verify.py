@@ -10,10 +10,13 @@ rows of completions that run past their end (past EOS, past a stop string, EOS m
 known limit) next to the honest answers of the same requests. With --engines, the
 cross-engine rows of allmende.testing.engines: llama.cpp provider with transformers
 validator and the reverse (honest), and llama.cpp serving the GGUF requantised to Q4_0 or
-Q2_K, or a Q2_K generator with the proof recomputed by llama.cpp (cheats).
+Q2_K, or a Q2_K generator with the proof recomputed by llama.cpp (cheats). With --parameters,
+the sampling-parameter rows: presence_penalty, frequency_penalty, logit_bias, top_k, min_p
+honest (fp32 and a bf16 provider) and served ignored or altered (cheats).
 
     python bench/verify.py [--questions 16] [--json]
     python bench/verify.py --engines --no-attacks --questions 4 --tokens 32
+    python bench/verify.py --parameters --no-attacks --questions 8
 """
 
 from __future__ import annotations
@@ -40,10 +43,18 @@ def main() -> None:
         help="the cross-engine rows (llama.cpp and transformers on the same GGUF; needs llama-cpp-python); "
         "--model defaults to smollm2-135m-instruct",
     )
+    parser.add_argument(
+        "--parameters", action="store_true", help="the sampling-parameter rows (honest, ignored, altered)"
+    )
     args = parser.parse_args()
     model = args.model or ("smollm2-135m-instruct" if args.engines else None)
     harness = Harness(
-        args.questions, attacks=not args.no_attacks, model=model, tokens=args.tokens, engines=args.engines
+        args.questions,
+        attacks=not args.no_attacks,
+        model=model,
+        tokens=args.tokens,
+        engines=args.engines,
+        parameters=args.parameters,
     )
     results = harness.run()
     timing = harness.timing()

@@ -13,7 +13,16 @@ from hypothesis import strategies as st
 
 from allmende.core.proofs import TOP_K, ChunkCommitment, ProofFormatError, decode_proof, encode_proof
 from allmende.engine.proofs import check, commit
-from allmende.testing.harness import ENDINGS, NEVER_EOS, OVERRUN, SETTINGS, Harness, setting_name
+from allmende.testing.harness import (
+    ENDINGS,
+    IGNORES,
+    NEVER_EOS,
+    OVERRUN,
+    PARAMETER_SETTINGS,
+    SETTINGS,
+    Harness,
+    setting_name,
+)
 
 SETTING_NAMES = [setting_name(p) for p in SETTINGS]
 
@@ -117,3 +126,18 @@ def test_harness_completions_that_run_past_their_end_are_all_caught() -> None:
     masked = [r for r in results if r.name.startswith(NEVER_EOS)]
     assert len(masked) == len(SETTINGS) and all(r.limit for r in masked)
     assert sum(r.runs - r.passed for r in masked) > 0
+
+
+def test_harness_sampling_parameters_honest_pass_and_ignored_or_altered_are_caught() -> None:
+    """presence_penalty, frequency_penalty, logit_bias, top_k and min_p (and greedy with a
+    penalty): the honest answers pass on fp32 and a bf16 provider; a provider that ignores
+    the parameter, or serves it altered, with an honest proof of what it drew, is caught
+    unless its tokens happen to equal the honest draw's."""
+    results = Harness(questions=2, parameters=True).run(lambda name: name.startswith(tuple(PARAMETER_SETTINGS)))
+
+    assert len(results) == 4 * len(PARAMETER_SETTINGS)
+    assert [r.name for r in results if r.honest and r.wrong] == []
+    assert [r.name for r in results if not r.honest and r.wrong] == []
+    ignored = {r.name: r.runs - r.passed for r in results if r.name.endswith(f"{IGNORES} it")}
+    assert all(ignored.values()), ignored  # every parameter changes these answers: ignoring it fails
+    assert all("not the request's draw" in r.reasons[0] for r in results if not r.honest and r.reasons)

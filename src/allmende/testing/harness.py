@@ -15,6 +15,12 @@ Overruns (with the attacks): the right model, honest proof, but a completion tha
 where it had to end, billed up to `max_tokens` — past the EOS of a request whose answer ends
 early, and past a requested stop string (the user may even get the honest, cut text) — under
 greedy and every sampled setting, next to the honest answers of the same requests.
+Sampling parameters (`parameters=True`): for each of presence_penalty, frequency_penalty,
+logit_bias, top_k and min_p (and greedy with a penalty), the honest answer (fp32 and a bf16
+provider) must pass, and a provider that ignores the parameter or alters it (a lower
+penalty, half the banned tokens, a larger k, a lower min_p) must fail; its proof is honest
+(the right model drew the tokens), so only the draw can catch it. A cheat whose tokens equal
+the honest draw's is not a miss.
 Used by tests/validator (few prompts) and bench/verify.py (more prompts, timings).
 """
 
@@ -83,6 +89,24 @@ ENDINGS = (OVERRUN, NEVER_EOS, "ends with EOS early", "ends at a stop string")  
 # candidates searched (in one batch) for a request whose honest answer ends with EOS early: the
 # tiny model draws EOS before 64 tokens for about 1 in 10 greedy prompts and 1 in 5 seeds
 EARLY_EOS_TRIES = 32
+
+
+# the sampling-parameter rows: each parameter asked for, and how a cheat alters it (the
+# logit_bias rows ban the tokens of the question's unbiased answer: see `parameter_variants`)
+PARAMETER_SETTINGS: dict[str, tuple[SamplingParams, dict[str, object]]] = {
+    "presence_penalty": (SamplingParams(temperature=0.8, seed=77, presence_penalty=1.5), {"presence_penalty": 0.5}),
+    "frequency_penalty": (SamplingParams(temperature=0.8, seed=77, frequency_penalty=1.0), {"frequency_penalty": 0.3}),
+    "greedy presence_penalty": (SamplingParams(temperature=0.0, presence_penalty=2.0), {"presence_penalty": 0.5}),
+    "logit_bias": (SamplingParams(temperature=0.8, seed=77), {}),
+    "top_k": (SamplingParams(temperature=1.2, seed=77, top_k=4), {"top_k": 12}),
+    "min_p": (SamplingParams(temperature=1.2, seed=77, min_p=0.2), {"min_p": 0.05}),
+}
+IGNORES, ALTERS = "ignores", "alters"
+
+
+def without_parameters(params: SamplingParams) -> SamplingParams:
+    """`params` as a provider that ignores the sampling parameters draws with."""
+    return dataclasses.replace(params, presence_penalty=0.0, frequency_penalty=0.0, logit_bias=(), top_k=0, min_p=0.0)
 
 
 def setting_name(params: SamplingParams) -> str:
@@ -168,8 +192,10 @@ class Harness:
         model: str | None = None,
         tokens: int = 64,
         engines: bool = False,  # with a GGUF model: the cross-engine rows (needs llama-cpp-python)
+        parameters: bool = False,  # the sampling-parameter rows (honest, ignored, altered)
     ) -> None:
         self.attacks = attacks
+        self.parameters = parameters
         self.engines = engines
         self.model = model
         self.tokens = tokens
@@ -259,10 +285,12 @@ class Harness:
                 from allmende.testing.engines import engine_variants  # imports llama_cpp
 
                 rows += engine_variants(self, Path(self._tmp.name))
-            if self.attacks or not self.engines:
+            if self.attacks or not (self.engines or self.parameters):
                 rows += self.attack_variants(
                     self.copy(torch.bfloat16), None, quantize_int8(self.copy()), skip_last_layer(self.copy())
                 )
+            if self.parameters:
+                rows += self.parameter_variants(self.copy(torch.bfloat16))
             return rows
         ref = self.reference
         bf16 = load(self.path, torch.bfloat16)
@@ -326,7 +354,48 @@ class Harness:
             variants.insert(4, ("GPU provider vs CPU validator", True, self._gpu_claim, 1))
         if self.attacks:
             variants += self.attack_variants(bf16, other, int8, skipped)
+        if self.parameters:
+            variants += self.parameter_variants(bf16)
         return variants
+
+    def parameter_variants(self, bf16: CausalLMEngine) -> list[tuple[str, bool, Callable[[str], Claim], int]]:
+        """Each sampling parameter: honest (fp32, bf16 provider), ignored, altered (see the module)."""
+        ref = self.reference
+
+        def asked(name: str, question: str) -> SamplingParams:
+            params = dataclasses.replace(PARAMETER_SETTINGS[name][0], max_tokens=self.tokens)
+            if name == "logit_bias":  # ban the 8 tokens the unbiased answer draws first
+                plain = generate(ref, self.prompt(question), params)[0]
+                params = dataclasses.replace(params, logit_bias=tuple(sorted((t, -100.0) for t in set(plain[:8]))))
+            return params
+
+        def altered(name: str, params: SamplingParams) -> SamplingParams:
+            if name == "logit_bias":
+                return dataclasses.replace(params, logit_bias=params.logit_bias[::2])
+            return dataclasses.replace(params, **PARAMETER_SETTINGS[name][1])  # type: ignore[arg-type]
+
+        def row(name: str, engine: CausalLMEngine, cheat: str | None) -> Callable[[str], Claim]:
+            def make(question: str) -> Claim:
+                prompt, params = self.prompt(question), asked(name, question)
+                if cheat is None:
+                    out, proof, seconds = generate(engine, prompt, params)
+                    return Claim(prompt, out, proof, params, seconds)
+                served = without_parameters(params) if cheat == IGNORES else altered(name, params)
+                out, proof, seconds = generate(engine, prompt, served)  # the right model: an honest proof
+                honest_out = generate(ref, prompt, params)[0]
+                return Claim(prompt, out, proof, params, seconds, out == honest_out)
+
+            return make
+
+        rows: list[tuple[str, bool, Callable[[str], Claim], int]] = []
+        for name in PARAMETER_SETTINGS:
+            rows += [
+                (f"{name}: honest", True, row(name, ref, None), 1),
+                (f"{name}: honest bf16 provider", True, row(name, bf16, None), 1),
+                (f"{name}: the provider {IGNORES} it", False, row(name, ref, IGNORES), 1),
+                (f"{name}: the provider {ALTERS} it", False, row(name, ref, ALTERS), 1),
+            ]
+        return rows
 
     def attack_variants(
         self, bf16: CausalLMEngine, other: CausalLMEngine | None, int8: CausalLMEngine, skipped: CausalLMEngine
@@ -394,7 +463,7 @@ class Harness:
                 for i in range(asked.max_tokens):
                     row = ref.prefill(prompt + out)[1][-1].clone()
                     row[sorted(ref.eos_ids)] = float("-inf")
-                    out.append(sample_token(row, asked, asked.seed or 0, i))
+                    out.append(sample_token(row, asked, asked.seed or 0, i, out))
                 honest_out = generate(ref, prompt, asked)[0]
                 return Claim(prompt, out, self._prefill_proof(prompt, out), asked, 0.0, out == honest_out)
 
