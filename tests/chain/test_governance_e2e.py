@@ -20,6 +20,7 @@ from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts
 from allmende.chain.bindings import ROLE_PROVIDER
 from allmende.cli import app
+from allmende.cli.gov import _when
 from allmende.core import Voucher, sign_voucher, split_payment
 
 ALM = 10**18
@@ -80,6 +81,14 @@ def test_a_token_holder_stakes_proposes_a_decoded_change_and_it_executes(network
     assert re.search(r"fraud_voting_period\s*│\s*86400\s*│\s*1 d\s*│\s*1 min – 14 d\s", shown), shown
 
     net.cli(f"gov stake 10000 --key devnet:{HOLDER}")
+    # proposing at once is refused with the chain time from which the stake weighs, which holds
+    # also where a node checks the transaction against its latest block (not the clock's second)
+    staked_at, lookback = net.reader.client.timestamp(), net.reader.params.get("unbonding_period")
+    early = net.cli(f'gov propose --set protocol_fee_bps=150 --description "early" --key devnet:{HOLDER}', ok=False)
+    early = " ".join(early.split())  # as one line, however the console wrapped it
+    assert "stake below proposal threshold" in early
+    assert f"held through the 7 d before the chain's latest block ({_when(staked_at)})" in early
+    assert f"reaches it in proposals made after {_when(staked_at + lookback)} by the chain's clock" in early
     net.cli(f"gov stake 2500.5 --key devnet:{FRIEND}")
     delegated = net.cli(f"gov delegate {holder.address} --key devnet:{FRIEND}")
     assert f"your 2,500.5000 ALM staked for votes now vote through {holder.address}" in delegated, delegated

@@ -284,12 +284,37 @@ def _explain_threshold(c: Contracts) -> None:
     lookback = c.params.get("unbonding_period")
     weight = c.governor.weight_at(c.client.address, now)
     if weight < threshold:
+        ready = _threshold_reached_at(c, threshold, now, lookback)
+        when = (
+            f"What you hold now reaches it in proposals made after {_when(ready)} by the chain's clock: in a "
+            "block later than that (a node that checks a transaction against its latest block refuses it until "
+            "such a block exists; on a chain that makes blocks only for transactions, that can be later)"
+            if ready is not None
+            else "Stake ALM (`allmende gov stake`) or have it delegated to you, and propose once it has been held "
+            "for the lookback"
+        )
         raise InvalidInput(
             f"stake below proposal threshold: {c.client.address} has {alm(weight)} of voting weight held through "
-            f"the last {_duration(lookback)}; "
-            f"a proposal needs {alm(threshold)} (proposal_threshold). Stake ALM (`allmende gov stake`) or have "
-            "it delegated to you, and propose once it has been held for the lookback"
+            f"the {_duration(lookback)} before the chain's latest block ({_when(now)}); "
+            f"a proposal needs {alm(threshold)} (proposal_threshold). {when}"
         )
+
+
+def _threshold_reached_at(c: Contracts, threshold: int, now: int, lookback: int) -> int | None:
+    """The first chain time from which what the proposer holds now weighs `threshold` (a
+    proposal's snapshot is its block's time less one second), or None if it never will
+    without more stake: weight_at only grows with time while nothing is unstaked."""
+    me = c.client.address
+    low, high = now, now + lookback + 1
+    if c.governor.weight_at(me, high) < threshold:
+        return None
+    while low < high:  # the smallest t with weight_at(t) >= threshold
+        middle = (low + high) // 2
+        if c.governor.weight_at(me, middle) >= threshold:
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 # ------------------------------------------------------------------ voting
