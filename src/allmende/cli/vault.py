@@ -67,7 +67,9 @@ data_app = typer.Typer(
 def vault(
     rpc: str = typer.Option(None, help=RPC_HELP),
     key: str = typer.Option(..., help="the vault key: keystore file or devnet:N"),
-    data: list[Path] = typer.Option(..., help="a dataset file (CSV, Parquet or JSONL); repeat for more"),
+    data: list[Path] = typer.Option(
+        ..., help="a dataset file (CSV, Parquet or JSONL; a JSONL of text or chat rows for LMs); repeat for more"
+    ),
     label: str = typer.Option("label", help="the label column, if any"),
     license: str = typer.Option("proprietary", help="license recorded when a dataset is registered"),
     policy_uri: str = typer.Option("", help="data-use policy recorded when a dataset is registered"),
@@ -88,6 +90,9 @@ def vault(
         0.01, help="how much further than the clipping norm a later round's parameters may move (fraction)"
     ),
     loss_clip: float = typer.Option(5.0, help="evaluate clips each row's loss to this before summing"),
+    lm: list[str] = typer.Option(
+        [], help="a base language model federated LoRA and LM evaluation may use (name or folder; repeatable)"
+    ),
 ) -> None:
     """Hold datasets and run approved job templates next to them; no row ever leaves."""
     from allmende.chain import Deployment
@@ -120,6 +125,7 @@ def vault(
                 step_slack=step_slack,
                 loss_clip=loss_clip,
             ),
+            language_models=tuple(lm),
         )
         console.print(f"vault on http://{host}:{port} holding {len(data)} dataset(s)")
         serve(cfg)

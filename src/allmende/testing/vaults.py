@@ -168,3 +168,47 @@ def start_vault_network(
             v.process.kill()
         node.stop()
         raise
+
+
+def start_file_vaults(
+    root: Path, files: list[list[Path]], vault_args: list[str] | None = None, timeout: float = 90.0
+) -> VaultNetwork:
+    """Anvil, the contracts, and one vault process per list of data files (any kind a vault
+    loads: tables, or text and chat JSONL for the language-model templates)."""
+    accounts = devnet_accounts(10)
+    node = Anvil(port=free_port(), log_file=root / "anvil.log")
+    try:
+        deployment = deploy_all(ChainClient(node.url, accounts[0].key), fund=[a.address for a in accounts])
+        deployments = root / "deployments.json"
+        deployment.save(deployments)
+        net = VaultNetwork(root, node, deployments, accounts)
+        started: list[Node] = []
+        for i, held in enumerate(files):
+            started.append(add_vault(net, i, held, vault_args))
+        for vault in started:
+            vault.wait_healthy(timeout)
+        return net
+    except BaseException:
+        for v in locals().get("net", VaultNetwork(root, node, root, [])).vaults:
+            v.process.kill()
+        node.stop()
+        raise
+
+
+def add_vault(net: VaultNetwork, i: int, held: list[Path], vault_args: list[str] | None = None) -> Node:
+    """Start vault `i` (devnet account FIRST_VAULT_ACCOUNT + i) holding `held`; wait on the returned node."""
+    from allmende.vault.text import is_text_file, load_text
+
+    account = net.accounts[FIRST_VAULT_ACCOUNT + i]
+    port = free_port()
+    args = [
+        sys.executable, "-m", "allmende", "vault", "--rpc", net.anvil.url, "--key", f"devnet:{account.index}",
+        "--deployments", str(net.deployments), "--state-dir", str(net.root / f"vault-{i}"), "--port", str(port),
+        *(vault_args or []),
+    ]  # fmt: skip
+    for f in held:
+        args += ["--data", str(f)]
+    vault = spawn(f"vault {i}", args, net.root / f"vault-{i}.log", f"http://127.0.0.1:{port}")
+    ids = [(load_text(f) if is_text_file(f) else load_table(f)).dataset_id for f in held]
+    net.vaults.append(LocalVault(f"http://127.0.0.1:{port}", account, list(held), ids, vault.process))
+    return vault

@@ -39,7 +39,7 @@ from allmende.core.vault_requests import (
 )
 from allmende.vault.auth import Admitted, RequestGate
 from allmende.vault.errors import BadJob, VaultError
-from allmende.vault.flower import VaultFlower
+from allmende.vault.flower import KEY_SIGNATURES, VaultFlower
 from allmende.vault.service import ROUND_ABORT_FIELDS, VaultService, only_fields
 
 log = logging.getLogger("allmende.vault")
@@ -177,7 +177,10 @@ def create_app(
         try:
             body, admitted = await signed(request, asked, (ROUND_CHECK,))
             parsed = strict_json(body)
-            result = await asyncio.to_thread(service.check_round_request, parsed, admitted.signer, admitted.request)
+            check = (
+                service.lora.check if "lora" in parsed else service.check_round_request
+            )  # a LoRA run's, or a tabular one's
+            result = await asyncio.to_thread(check, parsed, admitted.signer, admitted.request)
             return JSONResponse(result)
         except Exception as exc:
             return refuse("/v1/rounds/check", exc, asked)
@@ -223,16 +226,18 @@ def create_app(
         try:
             body, admitted = await signed(request, asked, (*SECURE_STAGES, ROUND_FIT))
             r = admitted.request
-            service.table(r.dataset_id)
+            service.holds(r.dataset_id)
             # the grant before the message is decoded: nobody else's bytes are parsed
             await asyncio.to_thread(service.grant_for, r.grant_id, admitted.signer, "federated_round", r.dataset_id)
             try:
-                reply = await asyncio.to_thread(flower.handle, body, admitted)
+                reply, headers = await asyncio.to_thread(
+                    flower.handle, body, admitted, request.headers.get(KEY_SIGNATURES)
+                )
             except VaultError:
                 raise
             except (ValueError, KeyError, TypeError, AttributeError, DecodeError) as exc:
                 raise BadJob(f"not a Flower message this vault can run: {exc.__class__.__name__}: {exc}") from None
-            return Response(reply, media_type="application/x-protobuf")
+            return Response(reply, media_type="application/x-protobuf", headers=headers)
         except Exception as exc:
             return refuse("/v1/flower", exc, asked)
 

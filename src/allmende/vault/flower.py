@@ -66,6 +66,7 @@ from allmende.core.vault_requests import (
 )
 from allmende.vault.auth import Admitted, VaultAddress, signed_headers
 from allmende.vault.errors import AccessDenied, BadJob, VaultError, VaultRequestRefused
+from allmende.vault.lora_service import key_digest, sign_keys, spec_from_config
 from allmende.vault.model import ModelSpec
 from allmende.vault.rounds import RoundBook, RoundKey, RoundState
 
@@ -83,8 +84,11 @@ def _set_identity(run_id: int, node_id: int) -> None:
 
 # what a round's fit config may hold: the coordinator's fields and Flower's clipping norm
 FIT_CONFIG = frozenset(
-    {"round", "base-model", "inputs", "classes", "hidden", "standardize", "steps", "lr", "noise", KEY_CLIPPING_NORM}
-)
+    {"round", "base-model", "inputs", "classes", "hidden", "standardize", "steps", "lr", "noise", "lora",
+     KEY_CLIPPING_NORM}
+)  # fmt: skip
+KEY_SIGNATURE = "x-allmende-secagg-signature"  # a vault's signature of its SecAgg+ keys (setup reply)
+KEY_SIGNATURES = "x-allmende-secagg-keys"  # every vault's, by node id, sent with the share-keys stage
 _STAGES = {
     Stage.SETUP: ROUND_SETUP,
     Stage.SHARE_KEYS: ROUND_SHARE_KEYS,
@@ -115,7 +119,11 @@ class VaultFlower:
         self.service = service
         self.book = book or RoundBook()
 
-    def handle(self, body: bytes, admitted: Admitted) -> bytes:
+    def handle(
+        self, body: bytes, admitted: Admitted, key_signatures: str | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        """Run one stage; returns the reply and its headers (a setup reply carries this vault's
+        signature of its SecAgg+ keys). `key_signatures` is the share-keys stage's header."""
         request, signer = admitted.request, admitted.signer
         grant_id, dataset_id, round_number = request.grant_id, request.dataset_id, request.round
         proto = ProtoMessage()
@@ -132,6 +140,12 @@ class VaultFlower:
         node_id = int(message.metadata.dst_node_id)
         service = self.service
         secure = stage != ROUND_FIT
+        lora = service.lora
+        members = lora.members_of(signer, grant_id, run_id)
+        if members is not None and not secure:
+            raise AccessDenied(
+                "a LoRA run's updates leave only masked (SecAgg+); this vault sends no update in the clear"
+            )
 
         class VaultClient(NumPyClient):
             def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:  # type: ignore[type-arg]
@@ -139,6 +153,15 @@ class VaultFlower:
                 if unknown:  # an ignored key is one a coordinator thinks was honoured
                     shown = ", ".join(repr(str(k)[:40]) for k in unknown[:5])
                     raise BadJob(f"a round's config takes no {shown} (it takes {', '.join(sorted(FIT_CONFIG))})")
+                if "lora" in config or members is not None:
+                    if "lora" not in config or members is None or not secure:
+                        raise AccessDenied("a LoRA round runs under SecAgg+ after its check, and only as one")
+                    out, rows, charge = lora.train(
+                        grant_id, signer, dataset_id, run_id, spec_from_config(config["lora"]),
+                        [np.asarray(p, dtype=np.float32) for p in parameters], int(config["steps"]),
+                        float(config["lr"]), float(config["noise"]), float(config[KEY_CLIPPING_NORM]),
+                    )  # fmt: skip
+                    return out, rows, {"epsilon_micro": charge}
                 fields = {"inputs": config["inputs"], "classes": config["classes"], "hidden": config.get("hidden", 0)}
                 if "standardize" in config:  # the model standardises its inputs: {"shift": [..], "scale": [..]}
                     standardize = json.loads(str(config["standardize"]))
@@ -170,11 +193,24 @@ class VaultFlower:
             # for fewer than all shares could unmask this vault's update without ever asking it
             setup = message.content.config_records["secaggplus_configs"]
             shares, threshold = setup.get(Key.SHARE_NUMBER, 0), setup.get(Key.THRESHOLD, 0)
-            if not isinstance(shares, int) or not isinstance(threshold, int) or threshold < 2 or threshold != shares:
+            if members is not None:  # a LoRA run: its vaults fixed on chain, a majority threshold
+                lora.check_setup(members, shares, threshold)
+            elif not isinstance(shares, int) or not isinstance(threshold, int) or threshold < 2 or threshold != shares:
                 raise AccessDenied(
                     f"this vault takes part in SecAgg+ only when every share is needed to unmask "
                     f"(threshold = shares); this run asks {threshold!r} of {shares!r}"
                 )
+        if stage == ROUND_SHARE_KEYS:
+            records = message.content.config_records["secaggplus_configs"]
+            keys = {int(k): (bytes(v[0]), bytes(v[1])) for k, v in records.items() if k != Key.STAGE}  # type: ignore[index,arg-type]
+            try:
+                signatures = json.loads(key_signatures) if key_signatures else None
+            except ValueError:
+                signatures = None
+            lora.check_signed_keys(admitted, keys, signatures, node_id)
+        if stage == ROUND_UNMASK:
+            records = message.content.config_records["secaggplus_configs"]
+            lora.check_unmask(records.get(Key.ACTIVE_NODE_ID_LIST), records.get(Key.DEAD_NODE_ID_LIST), node_id)
         mods: list[Any] = [secaggplus_mod, fixedclipping_mod] if secure else [fixedclipping_mod]
         app = ClientApp(client_fn=lambda _ctx: VaultClient().to_client(), mods=mods)
 
@@ -188,11 +224,20 @@ class VaultFlower:
             if reply.has_error():
                 raise BadJob(f"the {stage} stage failed: {str(reply.error.reason)[:200]}")
             reply.metadata.__dict__["_src_node_id"] = node_id
+            if stage == ROUND_SETUP:  # sign this vault's keys of this round with its registered key
+                out = reply.content.config_records["secaggplus_configs"]
+                pk1, pk2 = bytes(out[Key.PUBLIC_KEY_1]), bytes(out[Key.PUBLIC_KEY_2])  # type: ignore[arg-type]
+                client = service.contracts.client
+                digest = key_digest(client.chain_id, service.data.address, run_id, round_number, node_id, pk1, pk2)
+                headers[KEY_SIGNATURE] = sign_keys(client.account.key, digest)
             return bytes(message_to_proto(reply).SerializeToString())
 
-        return self.run_stage(admitted, run)
+        headers: dict[str, str] = {}
+        return self.run_stage(admitted, run, charged_when_sent=members is not None), headers
 
-    def run_stage(self, admitted: Admitted, work: Callable[[RoundState], bytes]) -> bytes:
+    def run_stage(
+        self, admitted: Admitted, work: Callable[[RoundState], bytes], charged_when_sent: bool = False
+    ) -> bytes:
         """Run the signed stage of its round with `work` (Flower's client app), or raise
         StageRefused: once, in order, after the round's own setup here. An unmask stage logs the
         round's reserved charge on chain after its work passed Flower's checks and before its
@@ -202,7 +247,7 @@ class VaultFlower:
         state = self.book.begin(key, request.operation)
         try:
             raw = work(state)
-            if request.operation == ROUND_UNMASK:
+            if request.operation == ROUND_UNMASK and not charged_when_sent:  # a LoRA round logged as it trained
                 # every vault trained (the coordinator unmasks only then, and needs every vault's
                 # shares to): log this vault's reserved round on chain before its shares leave
                 self.service.commit_round(request.grant_id, request.run_id, request.round, signer)
@@ -314,6 +359,12 @@ class HttpGrid(Grid):
         self.messages = 0
         self._replies: dict[str, Message] = {}
         self.on_stage: Callable[[int, str], None] | None = None  # called before each stage is sent (tests)
+        # a LoRA round: a vault that fails a stage drops out (SecAgg+ goes on while `threshold` remain),
+        # no prepare phase (each vault logged its charge as its masked update left)
+        self.dropouts = False
+        self.dropped: dict[str, str] = {}  # vault URL -> why it dropped out
+        self.signatures: dict[int, str] = {}  # node -> its vault's signature of its SecAgg+ keys
+        self.sent_update: set[str] = set()  # vaults whose masked update reached the coordinator
 
     def set_run(self, run: Any) -> None:
         self._run = run
@@ -343,11 +394,13 @@ class HttpGrid(Grid):
         for stage in sorted(stages):
             if self.on_stage is not None:
                 self.on_stage(self.round_number, stage)
-        if ROUND_UNMASK in stages:
+        if ROUND_UNMASK in stages and not self.dropouts:
             self.prepare()  # no vault logs (unmasks) unless every vault would
         with ThreadPoolExecutor(max(1, len(batch))) as pool:
             replies = list(pool.map(lambda item: self._deliver(item[1], item[2], item[3]), batch))
         for (message_id, payload, _, _), raw in zip(batch, replies, strict=True):
+            if raw is None:  # dropped out: no reply, and SecAgg+ counts it dead
+                continue
             self.bytes_sent += len(payload)
             self.bytes_received += len(raw)
             self.messages += 2
@@ -383,21 +436,34 @@ class HttpGrid(Grid):
         """The replies to these messages (each handed out once)."""
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
 
-    def _deliver(self, payload: bytes, node: int, stage: str) -> bytes:
-        """One stage's message to one vault, signed for that vault, stage, grant, dataset, run and round."""
+    def _deliver(self, payload: bytes, node: int, stage: str) -> bytes | None:
+        """One stage's message to one vault, signed for that vault, stage, grant, dataset, run and
+        round. A failure raises VaultRefused, or with `dropouts` records the vault as dropped (None)."""
         p = self.nodes[node]
         headers = {
             "content-type": "application/x-protobuf",
             **signed_headers(self.key, self.addresses[p.url], stage, payload, p.dataset_id, p.grant_id, self.run_id,
                              self.round_number),
         }  # fmt: skip
+        if stage == ROUND_SHARE_KEYS and self.signatures:
+            headers[KEY_SIGNATURES] = json.dumps({str(n): sig for n, sig in self.signatures.items()})
         try:
             r = self.http.post(p.url.rstrip("/") + "/v1/flower", content=payload, headers=headers)
         except httpx.HTTPError as exc:
-            raise VaultRefused(f"vault {p.url} is unreachable ({exc.__class__.__name__}: {exc})") from None
-        if r.status_code != 200:
-            raise VaultRefused(_refusal(p, r))
-        return r.content
+            why = f"vault {p.url} is unreachable ({exc.__class__.__name__}: {exc})"
+        else:
+            if r.status_code == 200:
+                if stage == ROUND_MASKED_VECTORS:
+                    self.sent_update.add(p.url)
+                if stage == ROUND_SETUP and KEY_SIGNATURE in r.headers:
+                    self.signatures[node] = r.headers[KEY_SIGNATURE]
+                return r.content
+            why = _refusal(p, r)
+        if not self.dropouts:
+            raise VaultRefused(why)
+        self.dropped[p.url] = f"{stage}: {why}"
+        log.warning("vault %s dropped out of round %d at %s", p.url, self.round_number, why)
+        return None
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))

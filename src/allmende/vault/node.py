@@ -13,6 +13,7 @@ from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.vault.datasets import Table, load_table
 from allmende.vault.service import VaultPolicy, VaultService
 from allmende.vault.store import VaultStore
+from allmende.vault.text import TextDataset, is_text_file, load_text
 
 log = logging.getLogger("allmende.vault")
 
@@ -32,14 +33,19 @@ class VaultConfig:
     license: str = "proprietary"
     policy_uri: str = ""
     policy: VaultPolicy = field(default_factory=VaultPolicy)
+    # base language models the LoRA and LM-evaluate templates may load (names or folders, as a
+    # provider's `--model`); a request names one by its model id, never sends weights
+    language_models: tuple[str, ...] = ()
 
 
 def build(config: VaultConfig) -> tuple[Any, VaultService]:
     from allmende.vault.app import create_app
 
     contracts = Contracts(ChainClient(config.rpc_url, config.key), Deployment.load(config.deployments))
-    tables: list[Table] = [load_table(p, config.label) for p in config.data]
-    for table in tables:
+    texts = [load_text(p) for p in config.data if is_text_file(p)]
+    tables: list[Table] = [load_table(p, config.label) for p in config.data if not is_text_file(p)]
+    held: list[Table | TextDataset] = [*tables, *texts]
+    for table in held:
         if not contracts.data.is_registered(table.dataset_id):
             contracts.data.register_dataset(
                 table.dataset_id, contracts.client.address, config.license, config.policy_uri
@@ -51,7 +57,14 @@ def build(config: VaultConfig) -> tuple[Any, VaultService]:
                 log.warning("dataset %s is registered with another vault key (%s)", table.name, record.vault)
     store = VaultStore(config.state_dir / "vault.db")
     reconcile(store, contracts)
-    service = VaultService(tables, contracts, store, config.policy)
+    models = {}
+    for name in config.language_models:
+        from allmende.engine import resolve_model
+
+        resolved = resolve_model(name, progress=False)
+        models[resolved.model_id] = resolved.path
+        log.info("language model %s is 0x%s", name, resolved.model_id.hex())
+    service = VaultService(tables, contracts, store, config.policy, texts, models)
     return create_app(service, guard=guard_of(config)), service
 
 

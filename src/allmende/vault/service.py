@@ -40,6 +40,7 @@ import threading
 import time
 import zipfile
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,7 @@ from allmende.vault.errors import (
     UnknownDataset,
     VaultRequestRefused,
 )
+from allmende.vault.lora_service import LoraRounds
 from allmende.vault.model import (
     ModelSpec,
     check_params,
@@ -77,6 +79,7 @@ from allmende.vault.model import (
 )
 from allmende.vault.store import JobRow, RoundRow, VaultStore
 from allmende.vault.templates import TEMPLATES, aggregate, dp_aggregate, evaluate
+from allmende.vault.text import TextDataset
 
 log = logging.getLogger("allmende.vault")
 ZERO_MODEL = b"\x00" * 32
@@ -121,8 +124,18 @@ def canonical(result: dict[str, Any]) -> bytes:
 
 
 class VaultService:
-    def __init__(self, tables: list[Table], contracts: Contracts, store: VaultStore, policy: VaultPolicy) -> None:
+    def __init__(
+        self,
+        tables: list[Table],
+        contracts: Contracts,
+        store: VaultStore,
+        policy: VaultPolicy,
+        texts: list[TextDataset] | None = None,
+        models: dict[bytes, Path] | None = None,
+    ) -> None:
         self.tables = {t.dataset_id: t for t in tables}
+        # text datasets and the base LMs (id → folder) of the LoRA and LM-evaluate templates
+        self.lora = LoraRounds(self, texts or [], models or {})
         self.contracts = contracts
         self.data = contracts.data
         self.store = store
@@ -137,13 +150,19 @@ class VaultService:
             raise UnknownDataset(f"this vault holds no dataset 0x{dataset_id.hex()}")
         return table
 
+    def holds(self, dataset_id: bytes) -> None:
+        """UnknownDataset unless this vault holds the dataset (a table or a text dataset)."""
+        if dataset_id not in self.lora.texts:
+            self.table(dataset_id)
+
     def info(self) -> dict[str, Any]:
         return {
             "vault": self.address,
             "chain_id": self.contracts.client.chain_id,
             "data_contract": self.data.address,  # with chain_id, the domain requests are signed under
             "templates": list(TEMPLATES),
-            "datasets": [t.describe() for t in self.tables.values()],
+            "datasets": [t.describe() for t in self.tables.values()] + [t.describe() for t in self.lora.texts.values()],
+            "language_models": ["0x" + m.hex() for m in self.lora.models],
             "policy": {
                 "min_group": self.policy.min_group,
                 "min_noise": self.policy.min_noise,
@@ -339,6 +358,8 @@ class VaultService:
                 f"template {shown} is not allowed here{hint}: this vault runs only "
                 f"{', '.join(TEMPLATES)}; raw rows never leave"
             )
+        if template == "evaluate" and "lora" in body:  # a language model with an adapter, on a text dataset
+            return self.lora.evaluate(body, signer, request)
         only_fields(body, JOB_FIELDS[template], f"a {template} job")
         dataset_id = parse_bytes32(body.get("dataset_id"), "dataset_id")
         job_id = parse_bytes32(body.get("job_id"), "job_id")

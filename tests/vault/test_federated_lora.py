@@ -1,0 +1,285 @@
+"""Federated LoRA of a real causal LM (allmende:tiny, loaded through transformers and peft) across
+3 vault processes on anvil, each holding its slice of an invented product's support chats: DP-SGD
+in every vault, SecAgg+ with a threshold below the number of vaults, a vault killed mid-round,
+the evaluation inside the vaults, the merged model registered as derived and served; and the
+attacks on it (a fake vault, impersonated keys, an update in the clear, raw rows, per-example
+losses, ε over the budget)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from eth_utils import keccak
+from flwr.app import Message, MessageType
+from flwr.common import FitIns, ndarrays_to_parameters
+from flwr.common.serde import message_to_proto
+from flwr.compat.common import recorddict_compat as compat
+
+from allmende.chain.bindings import TEMPLATES
+from allmende.core.manifest import model_id_of
+from allmende.core.vault_requests import ROUND_CHECK, ROUND_FIT, ROUND_SHARE_KEYS
+from allmende.engine import resolve_model
+from allmende.engine.base import ChatPrompt
+from allmende.engine.base import Message as ChatMessage
+from allmende.engine.transformers_lm import CausalLMEngine
+from allmende.testing.support_chat import FACTS, support_rows, write_rows
+from allmende.testing.vaults import VaultNetwork, add_vault, send, signed_request, start_file_vaults
+from allmende.vault import flower
+from allmende.vault.federated_lora import LoraRunConfig, run_federated_lora
+from allmende.vault.flower import Participant, RoundRefused
+from allmende.vault.lora import AdapterModel, LoraSpec
+from allmende.vault.lora_service import adapter_payload, key_digest, sign_keys
+from allmende.vault.model import MICRO
+from tests.vault.conftest import signed_post
+
+CONFIG = LoraRunConfig(rounds=2, steps=4, lr=2.0, noise=1.0, clipping_norm=5.0)
+VAULT_ARGS = ["--lm", "allmende:tiny", "--min-noise", "1.0", "--loss-clip", "10", "--license", "CC-BY-NC-4.0"]
+
+
+@dataclass
+class LmWorld:
+    net: VaultNetwork
+    base_id: bytes
+    base_path: Path
+    spec: LoraSpec
+    heldout: list[bytes]  # per vault: its held-out dataset
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def lm_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LmWorld]:
+    root = tmp_path_factory.mktemp("lm-vaults")
+    base = resolve_model("allmende:tiny")  # written once here, before the vaults read it
+    files = []
+    for i in range(3):
+        train = write_rows(root / f"support-{i}.jsonl", support_rows(24, seed=i))
+        held = write_rows(root / f"support-heldout-{i}.jsonl", support_rows(12, seed=100 + i))
+        files.append([train, held])
+    net = start_file_vaults(root, files, VAULT_ARGS)
+    try:
+        owner = net.contracts(net.accounts[1])
+        owner.models.register(base.model_id, "Apache-2.0", 500, [], [], "allmende:tiny")
+        spec = LoraSpec(base.model_id, 4, 8.0, ("q_proj", "v_proj", "o_proj", "down_proj"), max_tokens=48)
+        yield LmWorld(net, base.model_id, base.path, spec, [v.dataset_ids[1] for v in net.vaults], root)
+    finally:
+        net.stop()
+
+
+def _participants(world: LmWorld, vaults: list[int], epsilon: float = 100.0) -> list[Participant]:
+    coordinator = world.net.accounts[2]
+    out = []
+    for i in vaults:
+        v = world.net.vaults[i]
+        grant = world.net.grant(v, coordinator.address, "federated_round", [world.base_id], epsilon)
+        out.append(Participant(v.url, v.dataset_id, grant))
+    return out
+
+
+def _heldout_loss(world: LmWorld, adapter: list[np.ndarray], grants: list[int], job: str) -> float:
+    """The mean of the vaults' DP held-out losses (each computed inside its vault)."""
+    validator = world.net.accounts[3]
+    losses = []
+    for v, dataset, grant in zip(world.net.vaults, world.heldout, grants, strict=True):
+        reply = signed_post(v.url, validator.key, {
+            "template": "evaluate", "dataset_id": "0x" + dataset.hex(), "grant_id": grant,
+            "job_id": "0x" + keccak(text=f"{job}-{v.url}").hex(), "lora": world.spec.to_json(),
+            "adapter": adapter_payload(adapter), "epsilon": 6.0,
+        })  # fmt: skip
+        assert reply.status_code == 200, reply.text
+        result = reply.json()["result"]
+        assert set(result) == {"template", "dataset_id", "model_id", "adapter", "rows", "mean_loss", "perplexity",
+                               "loss_clip", "epsilon"}  # fmt: skip
+        losses.append(result["mean_loss"])
+    return float(np.mean(losses))
+
+
+def _answer_logprob(engine: CausalLMEngine) -> float:
+    """Log-likelihood of the support desk's answers to its questions, through the serving engine."""
+    total = 0.0
+    for question, answer in FACTS:
+        prompt = ChatPrompt(messages=(ChatMessage("system", "You are the Quillon support desk."),
+                                      ChatMessage("user", question)))  # fmt: skip
+        head = engine.prompt_ids(prompt)
+        ids = head + engine.encode_text(answer)
+        _, logits = engine.prefill(ids)
+        logp = torch.log_softmax(logits, dim=-1)
+        total += float(sum(logp[i - 1, ids[i]] for i in range(len(head), len(ids))))
+    return total
+
+
+def _accesses(world: LmWorld, dataset: bytes, grant: int) -> list[int]:
+    return [a.epsilon_spent for a in world.net.reader().data.accesses(dataset) if a.grant_id == grant]
+
+
+def test_three_vaults_fine_tune_lora_the_held_out_loss_falls_and_the_adapter_is_served(lm_world: LmWorld) -> None:
+    world = lm_world
+    participants = _participants(world, [0, 1, 2])
+    local = AdapterModel(world.base_path, world.spec)
+    initial = local.initial(seed=0)
+    evals = [world.net.grant(v, world.net.accounts[3].address, "evaluate", [world.base_id], 20.0, d)
+             for v, d in zip(world.net.vaults, world.heldout, strict=True)]  # fmt: skip
+
+    result = run_federated_lora(participants, world.net.accounts[2].key, world.spec, initial, CONFIG)
+
+    assert [r.aggregated for r in result.rounds] == [tuple(sorted(p.url for p in participants))] * CONFIG.rounds
+    before = _heldout_loss(world, initial, evals, "base")
+    after = _heldout_loss(world, result.params, evals, "lora")
+    assert after < before - 0.3, (before, after)
+    # every vault logged one access per round, and the chain's ε is what the rounds reported
+    for p in participants:
+        charges = _accesses(world, p.dataset_id, p.grant_id)
+        assert charges == [r.charged_micro[p.url] for r in result.rounds]
+        assert world.net.reader().data.get_grant(p.grant_id).epsilon_spent == sum(charges)
+
+    # the merged model is registered as derived from the base, and served by the transformers engine
+    folder = local.save_merged(result.params, world.root / "quillon-lora")
+    new_id = model_id_of(folder)
+    coordinator = world.net.contracts(world.net.accounts[2])
+    coordinator.models.register_derived(new_id, world.base_id, "CC-BY-NC-4.0", [p.dataset_id for p in participants],
+                                        "file://quillon-lora")  # fmt: skip
+    record = coordinator.models.get(new_id)
+    assert record.parents == [world.base_id]
+    assert set(record.datasets) == {p.dataset_id for p in participants}
+    assert coordinator.models.royalty_info(new_id)[0] == world.net.accounts[1].address
+    base_engine = CausalLMEngine("allmende:tiny", world.base_path, max_concurrency=1, device="cpu")
+    tuned_engine = CausalLMEngine("quillon", folder, max_concurrency=1, device="cpu")
+    assert tuned_engine.model_id == new_id
+    assert _answer_logprob(tuned_engine) > _answer_logprob(base_engine) + 20.0
+
+
+def test_a_vault_killed_mid_round_the_round_completes_and_only_the_others_are_charged(lm_world: LmWorld) -> None:
+    world = lm_world
+    held = [write_rows(world.root / "support-3.jsonl", support_rows(24, seed=3))]
+    add_vault(world.net, 3, held, VAULT_ARGS).wait_healthy(90)
+    participants = _participants(world, [0, 1, 3])
+    victim = world.net.vaults[3]
+
+    def kill_before_training(round_number: int, stage: str) -> None:
+        if round_number == 2 and stage == flower.ROUND_MASKED_VECTORS:
+            victim.process.kill()
+            victim.process.wait(10)
+
+    initial = AdapterModel(world.base_path, world.spec).initial(seed=1)
+    result = run_federated_lora(participants, world.net.accounts[2].key, world.spec, initial, CONFIG,
+                                on_stage=kill_before_training)  # fmt: skip
+
+    assert len(result.rounds) == 2
+    first, second = result.rounds
+    assert victim.url in first.aggregated and victim.url not in second.aggregated
+    assert victim.url in second.dropped and len(second.aggregated) == 2
+    # ε: the survivors logged both rounds, the killed vault only the round its update was aggregated in
+    assert len(_accesses(world, participants[0].dataset_id, participants[0].grant_id)) == 2
+    assert len(_accesses(world, participants[1].dataset_id, participants[1].grant_id)) == 2
+    assert _accesses(world, victim.dataset_id, participants[2].grant_id) == [first.charged_micro[victim.url]]
+    assert set(second.charged_micro) == set(second.aggregated)
+
+
+def _check_body(world: LmWorld, p: Participant, members: list[list[object]], run_id: int) -> dict[str, object]:
+    initial = AdapterModel(world.base_path, world.spec).initial(seed=2)
+    return {
+        "dataset_id": "0x" + p.dataset_id.hex(), "grant_id": p.grant_id, "run_id": run_id,
+        "lora": world.spec.to_json(), "adapter": adapter_payload(initial), "members": members,
+        "steps": 2, "noise": 1.0, "clipping_norm": 1.0,
+    }  # fmt: skip
+
+
+def test_a_coordinator_cannot_add_a_fake_vault_or_send_for_an_update_in_the_clear(lm_world: LmWorld) -> None:
+    world = lm_world
+    key = world.net.accounts[2].key
+    participants = _participants(world, [0, 1, 2])
+    members: list[list[object]] = [["0x" + p.dataset_id.hex(), p.grant_id] for p in participants]
+    p = participants[0]
+
+    # a fourth "vault" whose dataset is no registered, granted dataset: the check refuses the run
+    fake = [*members, ["0x" + keccak(text="a vault of my own").hex(), p.grant_id]]
+    body = _check_body(world, p, fake, 77)
+    r = send(signed_request(p.url, key, "/v1/rounds/check", ROUND_CHECK, body, p.dataset_id, p.grant_id, 77))
+    assert r.status_code == 403 and r.json()["error"]["code"] == "access_denied"
+
+    # a fourth vault the coordinator runs itself: its own dataset, registered and granted to itself on chain
+    mine = world.net.contracts(world.net.accounts[2])
+    own = keccak(text="the coordinator's own dataset")
+    mine.data.register_dataset(own, world.net.accounts[2].address, "CC0-1.0")
+    expires = mine.client.timestamp() + 86_400
+    own_grant = mine.data.grant(own, world.net.accounts[2].address, TEMPLATES["federated_round"], [world.base_id],
+                                expires, 100 * MICRO)  # fmt: skip
+    body = _check_body(world, p, [*members, ["0x" + own.hex(), own_grant]], 79)
+    r = send(signed_request(p.url, key, "/v1/rounds/check", ROUND_CHECK, body, p.dataset_id, p.grant_id, 79))
+    assert r.status_code == 403 and "owned by another party" in r.json()["error"]["message"]
+
+    # the honest members: the check passes; then a plain FedAvg fit (an update in the clear) is refused
+    body = _check_body(world, p, members, 78)
+    r = send(signed_request(p.url, key, "/v1/rounds/check", ROUND_CHECK, body, p.dataset_id, p.grant_id, 78))
+    assert r.status_code == 200, r.text
+    local = AdapterModel(world.base_path, world.spec)
+    ins = FitIns(ndarrays_to_parameters(local.initial(seed=2)), {"round": 1, "lora": "{}", "steps": 2, "lr": 1.0,
+                                                                  "noise": 1.0})  # fmt: skip
+    with flower._identity:  # Flower stamps a message with the process's current run
+        flower._set_identity(78, 0)
+        message = Message(compat.fitins_to_recorddict(ins, keep_input=True), 1000, MessageType.TRAIN)
+    message.metadata.__dict__["_run_id"] = 78
+    raw = bytes(message_to_proto(message).SerializeToString())
+    r = send(signed_request(p.url, key, "/v1/flower", ROUND_FIT, raw, p.dataset_id, p.grant_id, 78, 1))
+    assert r.status_code == 403, r.text
+    assert _accesses(world, p.dataset_id, p.grant_id) == []
+
+
+def test_a_coordinator_cannot_impersonate_a_vault_with_keys_of_its_own(
+    lm_world: LmWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = lm_world
+    coordinator = world.net.accounts[2]
+    participants = _participants(world, [0, 1, 2])
+    deliver = flower.HttpGrid._deliver
+
+    def swap_a_signature(self: flower.HttpGrid, payload: bytes, node: int, stage: str) -> bytes | None:
+        if stage == ROUND_SHARE_KEYS and self.signatures:
+            # the coordinator signs node 1000's keys itself, as if it ran that vault
+            victim = min(self.signatures)
+            chain = world.net.reader()
+            digest = key_digest(chain.client.chain_id, chain.data.address, self.run_id, self.round_number, victim,
+                                b"pk1", b"pk2")  # fmt: skip
+            self.signatures[victim] = sign_keys(coordinator.key, digest)
+        return deliver(self, payload, node, stage)
+
+    monkeypatch.setattr(flower.HttpGrid, "_deliver", swap_a_signature)
+    initial = AdapterModel(world.base_path, world.spec).initial(seed=3)
+    with pytest.raises(RoundRefused, match="did not complete"):
+        run_federated_lora(participants, coordinator.key, world.spec, initial, CONFIG)
+    for p in participants:  # nobody trained: nothing logged, nothing charged
+        assert _accesses(world, p.dataset_id, p.grant_id) == []
+
+
+def test_a_grantee_gets_no_raw_rows_no_per_example_losses_and_no_round_over_its_budget(lm_world: LmWorld) -> None:
+    world = lm_world
+    validator = world.net.accounts[3]
+    v, dataset = world.net.vaults[0], world.heldout[0]
+    grant = world.net.grant(v, validator.address, "evaluate", [world.base_id], 5.0, dataset)
+    adapter = adapter_payload(AdapterModel(world.base_path, world.spec).initial(seed=4))
+    base = {"dataset_id": "0x" + dataset.hex(), "grant_id": grant, "lora": world.spec.to_json(), "adapter": adapter}
+    for ask, code in (
+        ({"template": "rows"}, "template_not_allowed"),
+        ({"template": "export"}, "template_not_allowed"),
+        ({"template": "evaluate", "epsilon": 1.0, "per_example": True}, "bad_job"),
+        ({"template": "evaluate", "epsilon": 1.0, "generations": True}, "bad_job"),
+    ):
+        r = signed_post(v.url, validator.key, {**base, "job_id": "0x" + keccak(text=str(ask)).hex(), **ask})
+        assert r.status_code in (400, 403) and r.json()["error"]["code"] == code, r.text
+        assert "Quillon" not in r.text and "teal" not in r.text
+    assert _accesses(world, dataset, grant) == []
+
+    # a LoRA run whose rounds cost more ε than the grants hold: refused before anything trains
+    participants = _participants(world, [0, 1, 2], epsilon=8.0)
+    initial = AdapterModel(world.base_path, world.spec).initial(seed=5)
+    with pytest.raises(RoundRefused, match="privacy budget exceeded"):
+        run_federated_lora(participants, world.net.accounts[2].key, world.spec, initial, CONFIG)
+    for p in participants:
+        assert _accesses(world, p.dataset_id, p.grant_id) == []
+    info = httpx.get(v.url + "/v1/info").json()
+    assert all("rows" not in d or isinstance(d["rows"], int) for d in info["datasets"])
