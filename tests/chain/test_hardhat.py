@@ -5,7 +5,7 @@ that refuses eth_getLogs over 50 blocks, as hosted endpoints do. The README's pa
 operator runs it off a devnet: `chain deploy` with an existing token, compiled for cancun, and
 only the named accounts get ALM; a governance round through the CLI; a gateway and a provider
 as processes (the provider joins through the gateway's URL and checks the code as a joining
-node does); a chat through the gateway; the provider redeems at the fee the round set."""
+node does); chats through the gateway; the provider redeems at the fee the round set."""
 
 from __future__ import annotations
 
@@ -113,7 +113,11 @@ def test_the_readme_path_on_hardhats_node_behind_a_log_range_limit(
 ) -> None:
     ops = Operators(hardhat, tmp_path / "keys")
     monkeypatch.setenv("ALLMENDE_PASSWORD", PASSWORD)
-    env: dict[str, str | None] = {"ALLMENDE_STATE_DIR": str(tmp_path / "state"), "ALLMENDE_RPC": None}
+    env: dict[str, str | None] = {
+        "ALLMENDE_STATE_DIR": str(tmp_path / "state"),
+        "ALLMENDE_RPC": None,
+        "ALLMENDE_DEPLOYMENTS": None,
+    }
     # "the existing token": a third party's 6-decimal ERC-20 with EIP-3009, as USDC on Base Sepolia
     issuer = ChainClient(hardhat, bytes(ops.issuer.key))
     artifact = compile_contract("MockStable")
@@ -169,7 +173,7 @@ def test_the_readme_path_on_hardhats_node_behind_a_log_range_limit(
 
         # A provider joins through the gateway's URL: chain id, code (compiled for cancun) and
         # wiring checked as a joining node checks them; it stakes, claims and names its model
-        gateway.wait_healthy(60)
+        gateway.wait_healthy(120)
         provider = _start(
             "provider",
             allmende_command("provider", "--network", gateway.url or "", "--key", ops.key(ops.provider),
@@ -194,7 +198,7 @@ def test_the_readme_path_on_hardhats_node_behind_a_log_range_limit(
         # Two chats through the gateway, with the official client (each request carries the
         # voucher for the work answered before it, so the second pays for the first)
         client = OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=60)
-        wait_for("the gateway to route to the provider", lambda: _routes_to(gateway, ops.provider.address), 30)
+        wait_for("the gateway to route to the provider", lambda: _routes_to(gateway, ops.provider.address), 60)
         paid = []
         for question in ("hi", "and again"):
             reply = client.chat.completions.create(
@@ -207,7 +211,7 @@ def test_the_readme_path_on_hardhats_node_behind_a_log_range_limit(
         assert fee > 0
 
         # The provider redeems the voucher on its own, and the Channels contract takes the fee the round set
-        wait_for("the redeem", lambda: reader.channels.earnings(ops.provider.address) > 0, 30)
+        wait_for("the redeem", lambda: reader.channels.earnings(ops.provider.address) > 0, 60)
         assert reader.channels.earnings(ops.provider.address) == amount - fee
         assert reader.channels.earnings(treasury) == fee
         model = bytes.fromhex(paid[0]["model_id"].removeprefix("0x"))
