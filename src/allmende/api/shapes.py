@@ -31,6 +31,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from allmende.core.endpoints import ENDPOINTS
+
 Shape = dict[str, str]
 
 CHAR_BUCKETS = (100, 400, 1600, 6400)  # upper edges of the prompt-length buckets (characters)
@@ -43,14 +45,15 @@ STRING_FIELDS = ("user", "safety_identifier", "prompt_cache_key")  # identities:
 
 def shape_of(kind: str, body: Mapping[str, Any], endpoint: str | None = None) -> Shape | None:
     """The shape of a generative request as the provider gets it; None for other kinds."""
-    if kind not in ("chat", "completion"):
+    served = ENDPOINTS.get(kind)
+    if served is None or not served.generates:
         return None
-    shape: Shape = {"kind": kind, "endpoint": endpoint or ("chat" if kind == "chat" else "completions")}
+    shape: Shape = {"kind": kind, "endpoint": endpoint or ("chat" if served.chat else "completions")}
     keys = sorted(k for k in body if k not in UNSHAPED)
     shape["keys"] = ",".join(keys)
     for key in keys:
         shape[f"v.{key}"] = coarse(key, body[key])
-    if kind == "chat":
+    if served.chat:
         messages = body.get("messages")
         messages = messages if isinstance(messages, list) else []
         shape["roles"] = roles_of(messages)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from allmende.core.endpoints import endpoint
 from allmende.core.errors import InvalidInput
 from allmende.core.fees import request_cost
 
@@ -42,8 +43,8 @@ def max_request_cost(kind: str, body: Mapping[str, object], context_length: int,
     """Upper bound of what the request can be charged, in payment-token units."""
     if context_length < 1:
         raise InvalidInput("context_length must be positive")
-    if kind == "embedding":
-        raw = body.get("input")
+    if not endpoint(kind).generates:
+        raw = body.get(endpoint(kind).prompt_field)
         inputs = len(raw) if isinstance(raw, list) and raw and not isinstance(raw[0], int) else 1
         return request_cost(min(inputs * context_length, 2**32 - 1), 0, price_in, price_out)
     requested = requested_max_tokens(body)

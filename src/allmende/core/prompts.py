@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from allmende.core.endpoints import endpoint
+
 # a provider refuses prompts of more bytes than this × its context length, before tokenizing
 MAX_PROMPT_BYTES_PER_TOKEN = 16
 # tokens a chat template may add per message (markers, separators), on top of the role's bytes
@@ -52,7 +54,7 @@ def _bytes(value: object) -> int:
 
 def _texts(kind: str, body: Mapping[str, object]) -> list[str]:
     """The prompt texts of a request (completion prompt, embedding inputs); [] for chat."""
-    raw = body.get("input" if kind == "embedding" else "prompt")
+    raw = body.get(endpoint(kind).prompt_field)
     items = raw if isinstance(raw, list) else [raw]
     return [item for item in items if isinstance(item, str)]
 
@@ -60,7 +62,7 @@ def _texts(kind: str, body: Mapping[str, object]) -> list[str]:
 def _id_lists(kind: str, body: Mapping[str, object]) -> list[int]:
     """Lengths of the prompts given as token ids (a completion prompt or embedding inputs may
     be the model's own token ids: one list of ints, or a list of such lists)."""
-    raw = body.get("input" if kind == "embedding" else "prompt")
+    raw = body.get(endpoint(kind).prompt_field)
     if not isinstance(raw, list) or not raw:
         return []
     if all(isinstance(t, int) and not isinstance(t, bool) for t in raw):
@@ -73,7 +75,8 @@ def prompt_bytes(kind: str, body: Mapping[str, object]) -> int:
     prompt (completion), the largest input (embedding, whose inputs are encoded one by one),
     plus `allmende_continue`. Parts of the wrong type count 0: parsing refuses them later."""
     carry = _bytes(body.get("allmende_continue"))
-    if kind == "chat":
+    served = endpoint(kind)
+    if served.chat:
         messages = body.get("messages")
         total = _json_bytes(body.get("tools"))
         total += TOOL_TEMPLATE_BYTES if total else 0
@@ -83,19 +86,20 @@ def prompt_bytes(kind: str, body: Mapping[str, object]) -> int:
                 total += _json_bytes(message.get("tool_calls")) + _bytes(message.get("tool_call_id"))
         return total + carry
     sizes = [_bytes(text) for text in _texts(kind, body)]
-    if kind == "embedding":
+    if not served.generates:
         return max(sizes, default=0)
     return sum(sizes) + carry
 
 
 def max_prompt_tokens(kind: str, body: Mapping[str, object]) -> int:
     """The most prompt tokens an honest provider can count for `body` (see the module doc)."""
-    if kind == "chat":
+    served = endpoint(kind)
+    if served.chat:
         messages = body.get("messages")
         count = len(messages) if isinstance(messages, list) else 0
         return prompt_bytes(kind, body) + count * TEMPLATE_TOKENS_PER_MESSAGE + TEMPLATE_TOKENS_PER_REQUEST
     ids = _id_lists(kind, body)  # a token id is one token
-    if kind == "embedding":
+    if not served.generates:
         texts = _texts(kind, body)
         return sum(_bytes(t) for t in texts) + sum(ids) + (len(texts) + len(ids)) * SPECIAL_TOKENS_PER_TEXT
     return prompt_bytes(kind, body) + sum(ids) + SPECIAL_TOKENS_PER_TEXT

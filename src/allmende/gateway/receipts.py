@@ -36,6 +36,7 @@ from eth_utils import keccak
 from allmende.api.protocol import choices_wanted, input_hash
 from allmende.core import SignedReceipt, request_cost
 from allmende.core.credit import UNTIL_CONTEXT, requested_max_tokens
+from allmende.core.endpoints import endpoint
 from allmende.core.errors import UpstreamError
 from allmende.core.prompts import max_prompt_tokens
 
@@ -49,7 +50,7 @@ class BadReceipt(UpstreamError):
 def output_bytes(kind: str, output: dict[str, Any], streamed_text: str | None = None) -> bytes:
     """What the receipt's `outputHash` commits to: the text, the JSON list of the choices'
     texts (n > 1), or the embeddings' JSON."""
-    if kind == "embedding":
+    if not endpoint(kind).generates:
         return json.dumps(output.get("embeddings")).encode()
     choices = output.get("choices")
     if isinstance(choices, list):
@@ -60,7 +61,7 @@ def output_bytes(kind: str, output: dict[str, Any], streamed_text: str | None = 
 
 def received_tokens(kind: str, output: dict[str, Any]) -> int:
     """How many tokens the answer carries: its token ids (0 for an embedding)."""
-    if kind == "embedding":
+    if not endpoint(kind).generates:
         return 0
     choices = output.get("choices")
     if isinstance(choices, list):  # n > 1: every choice's tokens
@@ -73,7 +74,7 @@ def received_tokens(kind: str, output: dict[str, Any]) -> int:
 
 def ending_problems(kind: str, sent: dict[str, Any], output: dict[str, Any], streamed_text: str | None) -> list[str]:
     """What the gateway can see, without the tokenizer, of a completion that runs past its end."""
-    if kind == "embedding":
+    if not endpoint(kind).generates:
         return []
     stop = sent.get("stop")
     stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []

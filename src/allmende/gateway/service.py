@@ -30,6 +30,7 @@ from allmende.api.protocol import grammar_of
 from allmende.chain.errors import ChainError
 from allmende.core import Domain, InvalidInput
 from allmende.core.credit import UNTIL_CONTEXT, max_request_cost, requested_max_tokens
+from allmende.core.endpoints import endpoint
 from allmende.core.errors import InvalidModelName
 from allmende.core.prompts import max_prompt_tokens
 from allmende.core.routing import ProviderStats, Router
@@ -130,7 +131,7 @@ class GatewayService:
                 'by its id, model="0x…"',
                 "model",
             )
-        if (kind == "embedding") != (offer.kind == "embed"):
+        if endpoint(kind).model_kind != offer.kind:
             what = "an embedding model" if offer.kind == "embed" else "a text generation model"
             raise InvalidRequest(f"'{name}' is {what}; it cannot serve {kind} requests", "model")
         return offer

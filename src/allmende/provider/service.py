@@ -26,6 +26,7 @@ from allmende.api.protocol import input_hash
 from allmende.core import Domain, InvalidInput, Receipt, RequestAuthorization, SignedVoucher, request_cost, sign_receipt
 from allmende.core.codec import hex_bytes
 from allmende.core.credit import max_request_cost
+from allmende.core.endpoints import KINDS, endpoint
 from allmende.core.envelope import ResponseSealer, open_request
 from allmende.core.prompts import MAX_PROMPT_BYTES_PER_TOKEN, prompt_bytes
 from allmende.engine import Engine, PromptTooLong, SamplingParams, collect, collect_choices
@@ -34,7 +35,6 @@ from allmende.provider.errors import BadRequest, PayerNotAuthenticated, Replayed
 from allmende.provider.payments import PaymentGate
 from allmende.provider.store import ProviderStore
 
-KINDS = ("chat", "completion", "embedding")
 ZERO32 = b"\x00" * 32
 
 
@@ -118,7 +118,7 @@ class ProviderService:
         kind = data.get("kind")
         if kind not in KINDS:
             raise BadRequest(f"kind must be one of {', '.join(KINDS)}")
-        if (kind == "embedding") != (model.engine.kind == "embed"):
+        if endpoint(kind).model_kind != model.engine.kind:
             raise BadRequest(f"model {model.engine.name} does not serve {kind} requests")
         body = data.get("body")
         if not isinstance(body, dict):
@@ -318,9 +318,8 @@ class ProviderService:
         engine = model.engine
         size, cap = prompt_bytes(kind, body), MAX_PROMPT_BYTES_PER_TOKEN * engine.context_length
         if size > cap:
-            what = "an input" if kind == "embedding" else "the prompt"
             raise PromptTooLong(
-                f"{what} is {size} bytes; {engine.name} takes at most {cap} "
+                f"{endpoint(kind).prompt_name} is {size} bytes; {engine.name} takes at most {cap} "
                 f"({MAX_PROMPT_BYTES_PER_TOKEN} per token of its {engine.context_length}-token context)"
             )
 

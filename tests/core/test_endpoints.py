@@ -1,0 +1,36 @@
+"""The endpoint table: every role reads a request kind's prompt field, model kind and path here."""
+
+from __future__ import annotations
+
+import pytest
+
+from allmende.core.credit import max_request_cost
+from allmende.core.endpoints import ENDPOINTS, KINDS, endpoint
+from allmende.core.errors import InvalidInput
+from allmende.core.prompts import max_prompt_tokens, prompt_bytes
+
+
+def test_each_kind_names_its_prompt_field_model_kind_and_path() -> None:
+    assert KINDS == ("chat", "completion", "embedding")
+    rows = {k: (e.path, e.prompt_field, e.model_kind, e.generates, e.chat) for k, e in ENDPOINTS.items()}
+    assert rows == {
+        "chat": ("/v1/chat/completions", "messages", "generate", True, True),
+        "completion": ("/v1/completions", "prompt", "generate", True, False),
+        "embedding": ("/v1/embeddings", "input", "embed", False, False),
+    }
+
+
+@pytest.mark.parametrize("kind", ["responses", "Chat", "", None, 3, ["chat"]])
+def test_an_unknown_kind_is_refused_with_the_kinds_there_are(kind: object) -> None:
+    with pytest.raises(InvalidInput, match="kind must be one of chat, completion, embedding"):
+        endpoint(kind)
+
+
+def test_the_credit_and_prompt_rules_refuse_a_kind_they_do_not_know() -> None:
+    """An unknown kind used to be priced as a completion; now no rule guesses."""
+    body = {"prompt": "hello", "max_tokens": 4}
+    for rule in (lambda: prompt_bytes("edit", body), lambda: max_prompt_tokens("edit", body)):
+        with pytest.raises(InvalidInput):
+            rule()
+    with pytest.raises(InvalidInput):
+        max_request_cost("edit", body, 2048, 1, 1)
