@@ -21,8 +21,10 @@ table against the classes, so it cannot drift::
     │   ├── ProofFormatError       bad_proof                 400     core.proofs
     │   ├── KeystoreError          bad_key                   400     chain.keys
     │   ├── BadEvidence            bad_evidence              400     validator.evidence
+    │   ├── InvalidStage           invalid_stage             400     core.stages
     │   └── EngineError            engine_error              400     engine.base
-    │       └── PromptTooLong      context_length_exceeded   400     engine.base
+    │       ├── PromptTooLong      context_length_exceeded   400     engine.base
+    │       └── StageSessionLost   stage_session_lost        409     engine.stages
     ├── ChainError (RuntimeError)  chain_error               503     chain.errors
     │   ├── RpcUnavailable         rpc_unavailable           503     chain.errors
     │   ├── RpcRefused             rpc_refused               503     chain.errors

@@ -1,0 +1,338 @@
+"""A pipeline stage of a causal LM on transformers: only its slice of the weights, a KV
+cache per session, hidden states in and hidden states out.
+
+A stage holds blocks `[start, end)` of a Llama-family checkpoint (`model.layers.N.*`,
+`model.embed_tokens`, `model.norm`, `lm_head`; Llama, Mistral, Qwen2 and SmolLM name them
+so): the first stage also embeds token ids, the last also applies the final norm and the
+head and returns the logits of the last position, which the caller draws from with the
+verifiable draw (`allmende.engine.sampling.sample_token`). It reads only its own tensors
+from the checkpoint (safetensors reads lazily), checks them against the slice hash its
+registration names, and builds transformers' own decoder layers around them, so the
+arithmetic is the reference's.
+
+Positions are explicit: every call says at which position its rows start, and a session's
+cache is cut back to that position first. A retried call (the reply was lost) therefore
+recomputes instead of appending twice, and a replacement stage rebuilds a dead one's cache
+from the session's history (`start=0` and every input so far).
+
+Every output carries a TOPLOC-style commitment (`allmende.engine.proofs.commit`) of the
+rows it returns (the final normed hidden states for the last stage, as whole-model proofs
+commit): a validator re-runs the stage on the committed input and checks it with
+`verify_stage`, one stage alone.
+
+`StageBackend` is the interface a faster engine (CUDA graphs, paged KV, continuous
+batching across sessions) implements; `StageEngine` is the reference. It runs one call at a
+time per stage (a lock): batching across sessions is not done yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+from transformers.masking_utils import create_causal_mask
+
+from allmende.core.stages import (
+    InvalidStage,
+    StageLayout,
+    StageRange,
+    StageSpec,
+    TensorDigest,
+    slice_hash,
+    split_blocks,
+)
+from allmende.engine.base import EngineError
+from allmende.engine.proofs import ProofCheck, check, commit
+
+EMBED = "model.embed_tokens.weight"
+NORM = "model.norm.weight"
+HEAD = "lm_head.weight"
+MAX_SESSIONS = 256  # sessions a stage keeps caches for; the least recently used goes first
+SESSION_IDLE_S = 600.0  # a session unused this long is dropped at the next call
+
+
+class StageSessionLost(EngineError):
+    """The stage has no cache for this session up to the position asked (it restarted, or
+    the session expired): the caller replays the session's history from position 0."""
+
+    code = "stage_session_lost"
+    status = 409
+
+
+def _checkpoint(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise InvalidStage(f"{folder} holds no safetensors checkpoint to slice")
+    return files
+
+
+def slice_names(config: Any, available: set[str], blocks: StageRange) -> dict[str, str]:
+    """The tensors a stage loads: {name in the slice: name in the checkpoint}. A tied head
+    is the embedding matrix, listed under the head's name for the last stage."""
+    wanted: dict[str, str] = {}
+    for name in available:
+        if name.startswith("model.layers."):
+            index = int(name.split(".")[2])
+            if blocks.start <= index < blocks.end:
+                wanted[name] = name
+    if blocks.embeds:
+        wanted[EMBED] = EMBED
+    if blocks.heads:
+        wanted[NORM] = NORM
+        wanted[HEAD] = HEAD if HEAD in available else EMBED
+    missing = sorted(source for source in wanted.values() if source not in available)
+    if missing or not any(n.startswith("model.layers.") for n in wanted):
+        raise InvalidStage(f"the checkpoint lacks tensors of blocks {blocks.start}-{blocks.end}: {missing[:3]}")
+    if blocks.n_blocks != int(config.num_hidden_layers):
+        raise InvalidStage(f"the model has {config.num_hidden_layers} blocks, the layout says {blocks.n_blocks}")
+    return wanted
+
+
+def read_slice(folder: Path, blocks: StageRange) -> dict[str, torch.Tensor]:
+    """Only the stage's tensors, read from the checkpoint in `folder`."""
+    config = AutoConfig.from_pretrained(folder)
+    files = _checkpoint(folder)
+    where: dict[str, Path] = {}
+    for path in files:
+        with safe_open(str(path), "pt") as handle:
+            where.update(dict.fromkeys(handle.keys(), path))
+    tensors: dict[str, torch.Tensor] = {}
+    for name, source in slice_names(config, set(where), blocks).items():
+        with safe_open(str(where[source]), "pt") as handle:
+            tensors[name] = handle.get_tensor(source)
+    return tensors
+
+
+def digest(name: str, tensor: torch.Tensor) -> TensorDigest:
+    data = tensor.detach().cpu().contiguous()
+    raw = data.view(torch.uint8).numpy().tobytes() if data.numel() else b""
+    dtype = str(data.dtype).removeprefix("torch.")
+    return TensorDigest(name, dtype, tuple(data.shape), hashlib.sha256(raw).hexdigest())
+
+
+def slice_hash_of(tensors: dict[str, torch.Tensor]) -> bytes:
+    return slice_hash(digest(name, t) for name, t in tensors.items())
+
+
+def stage_layout(folder: Path, base: bytes, n_stages: int) -> StageLayout:
+    """The even split of the model in `folder` into `n_stages` stages, each with the hash
+    of its slice: what the model's owner registers (`allmende stage register`)."""
+    config = AutoConfig.from_pretrained(folder)
+    specs = []
+    for blocks in split_blocks(int(config.num_hidden_layers), n_stages):
+        specs.append(StageSpec(base, blocks, slice_hash_of(read_slice(folder, blocks))))
+    return StageLayout(tuple(specs))
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    hidden: torch.Tensor  # (rows, hidden) float32: the next stage's input (final normed states for the last)
+    logits: torch.Tensor | None  # the last stage: logits of the last row (vocab,), float32
+    proof: bytes  # commitment of `hidden` (allmende.engine.proofs)
+
+
+class StageBackend(ABC):
+    """What serving a stage needs from an engine."""
+
+    spec: StageSpec
+    hidden_size: int
+    vocab_size: int
+
+    @abstractmethod
+    def forward(self, session: str, start: int, inputs: torch.Tensor) -> StageOutput:
+        """Run `inputs` (token ids (rows,) for the first stage, hidden states (rows, hidden)
+        otherwise) at positions `start ..` of `session`, extending its cache."""
+
+    @abstractmethod
+    def recompute(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The stage's output rows for a whole input from position 0, with no cache: what a
+        validator compares a stage's commitments with."""
+
+    @abstractmethod
+    def close(self, session: str) -> None:
+        """Forget a session's cache."""
+
+
+@dataclass
+class _Session:
+    cache: DynamicCache
+    length: int  # positions in the cache
+    used: float
+
+
+class StageEngine(StageBackend):
+    """The reference stage engine on transformers (CPU here, CUDA when present)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        spec: StageSpec,
+        dtype: torch.dtype = torch.float32,
+        device: str | None = None,
+        tensors: dict[str, torch.Tensor] | None = None,  # the slice, already read (a validator's copy)
+    ) -> None:
+        self.spec = spec
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        blocks = spec.range
+        weights = tensors if tensors is not None else read_slice(Path(folder), blocks)
+        if slice_hash_of(weights) != spec.slice:
+            raise InvalidStage(f"the weights of blocks {blocks.start}-{blocks.end} do not match the stage's slice hash")
+        config = AutoConfig.from_pretrained(folder)
+        self.config = config
+        self.hidden_size = int(config.hidden_size)
+        self.vocab_size = int(config.vocab_size)
+        # transformers' own layers, numbered locally (the cache indexes them from 0), built on
+        # the meta device and given the slice's tensors: no full model is ever materialised
+        local = AutoConfig.from_pretrained(folder)
+        local.num_hidden_layers = blocks.end - blocks.start
+        local.tie_word_embeddings = False
+        self.local_config = local
+        auto: Any = AutoModelForCausalLM
+        with torch.device("meta"):
+            skeleton: Any = auto.from_config(local, dtype=dtype)
+        state = {}
+        for name, tensor in weights.items():
+            if name.startswith("model.layers."):
+                parts = name.split(".")
+                parts[2] = str(int(parts[2]) - blocks.start)
+                name = ".".join(parts)
+            state[name] = tensor.to(dtype)
+        self.layers: Any = skeleton.model.layers
+        self.layers.load_state_dict(
+            {k.removeprefix("model.layers."): v for k, v in state.items() if k.startswith("model.layers.")},
+            assign=True,
+        )
+        self.layers.to(self.device).eval()
+        self.rotary: Any = type(skeleton.model.rotary_emb)(config=local).to(self.device)
+        self.embed: Any = None
+        self.norm: Any = None
+        self.head: Any = None
+        if blocks.embeds:
+            self.embed = state[EMBED].to(self.device)
+        if blocks.heads:
+            self.norm = skeleton.model.norm
+            self.norm.load_state_dict({"weight": state[NORM]}, assign=True)
+            self.norm.to(self.device).eval()
+            self.head = state[HEAD].to(self.device)
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # --- the computation -----------------------------------------------------------------
+
+    def _run(self, inputs: torch.Tensor, start: int, cache: DynamicCache | None) -> torch.Tensor:
+        if self.embed is not None:
+            if inputs.dim() != 1 or inputs.dtype not in (torch.int64, torch.int32):
+                raise EngineError("the first stage takes token ids: one integer per position")
+            if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= self.vocab_size):
+                raise EngineError(f"token ids must be in 0-{self.vocab_size - 1}")
+            hidden = torch.nn.functional.embedding(inputs.to(self.device).long(), self.embed).unsqueeze(0)
+        else:
+            if inputs.dim() != 2 or inputs.shape[1] != self.hidden_size or not inputs.is_floating_point():
+                raise EngineError(f"this stage takes hidden states of shape (positions, {self.hidden_size})")
+            if not bool(torch.isfinite(inputs).all()):
+                raise EngineError("hidden states must be finite numbers")
+            hidden = inputs.to(self.device, self.layers[0].input_layernorm.weight.dtype).unsqueeze(0)
+        rows = hidden.shape[1]
+        if rows == 0:
+            raise EngineError("a stage call carries at least one position")
+        position_ids = torch.arange(start, start + rows, device=self.device).unsqueeze(0)
+        mask = create_causal_mask(
+            config=self.local_config, inputs_embeds=hidden, attention_mask=None, cache=cache, position_ids=position_ids
+        )
+        position_embeddings = self.rotary(hidden, position_ids=position_ids)
+        for layer in self.layers:
+            hidden = layer(
+                hidden,
+                attention_mask=mask,
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=cache is not None,
+            )
+        if self.norm is not None:
+            hidden = self.norm(hidden)
+        out: torch.Tensor = hidden[0].float()
+        return out
+
+    @torch.inference_mode()
+    def forward(self, session: str, start: int, inputs: torch.Tensor) -> StageOutput:
+        if start < 0:
+            raise EngineError("start must be a position, 0 or more")
+        with self._lock:
+            state = self._session(session, start)
+            hidden = self._run(inputs, start, state.cache)
+            state.length = start + hidden.shape[0]
+            logits = None
+            if self.head is not None:
+                logits = (hidden[-1].to(self.head.dtype) @ self.head.T).float().cpu()
+            return StageOutput(hidden.cpu(), logits, commit(hidden))
+
+    @torch.inference_mode()
+    def recompute(self, inputs: torch.Tensor) -> torch.Tensor:
+        with self._lock:
+            return self._run(inputs, 0, None).cpu()
+
+    def close(self, session: str) -> None:
+        with self._lock:
+            self._sessions.pop(session, None)
+
+    @property
+    def sessions(self) -> int:
+        return len(self._sessions)
+
+    def _session(self, session: str, start: int) -> _Session:
+        now = time.monotonic()
+        for name in [n for n, s in self._sessions.items() if now - s.used > SESSION_IDLE_S]:
+            del self._sessions[name]
+        state = self._sessions.get(session)
+        if state is None:
+            if start != 0:
+                raise StageSessionLost(f"no cache for session {session!r}: replay its history from position 0")
+            state = _Session(DynamicCache(config=self.local_config), 0, now)
+            self._sessions[session] = state
+            while len(self._sessions) > MAX_SESSIONS:
+                self._sessions.popitem(last=False)
+        if start > state.length:
+            raise StageSessionLost(f"session {session!r} holds {state.length} positions, the call starts at {start}")
+        if start < state.length:  # a retried or replayed call: recompute from `start`
+            if start == 0:
+                state.cache = DynamicCache(config=self.local_config)
+            else:
+                state.cache.crop(start)
+            state.length = start
+        state.used = now
+        self._sessions.move_to_end(session)
+        return state
+
+
+def verify_stage(stage: StageBackend, inputs: torch.Tensor, proofs: list[tuple[int, int, bytes]]) -> ProofCheck:
+    """Check a stage's commitments against a recomputation on the committed input.
+
+    `inputs` are the stage's inputs of a session from position 0 (token ids or hidden
+    states), `proofs` the (start, rows, proof) of each call the stage answered. One pass
+    over the whole input recomputes every output row; each call's proof must match its
+    rows within the whole-model calibration (`allmende.engine.proofs.check`)."""
+    recomputed = stage.recompute(inputs)
+    worst: ProofCheck | None = None
+    for start, rows, proof in proofs:
+        if start < 0 or rows < 1 or start + rows > recomputed.shape[0]:
+            return ProofCheck(
+                False, f"a proof covers positions {start}-{start + rows} outside the input", 1.0, 1.0, 0.0
+            )
+        result = check(proof, recomputed[start : start + rows])
+        if not result.ok:
+            return result
+        if worst is None or result.median_rel_error > worst.median_rel_error:
+            worst = result
+    if worst is None:
+        return ProofCheck(False, "no proofs to check", 1.0, 1.0, 0.0)
+    return worst
