@@ -140,7 +140,9 @@ def test_a_session_the_stage_does_not_hold_is_reported_lost(stages3: list[StageE
     ],
     ids=["hidden-to-first", "token-past-vocab", "negative-token", "ids-to-middle", "wrong-width", "nan", "empty"],
 )
-def test_bad_inputs_are_refused_with_a_typed_error(stages3: list[StageEngine], index: int, inputs: torch.Tensor) -> None:
+def test_bad_inputs_are_refused_with_a_typed_error(
+    stages3: list[StageEngine], index: int, inputs: torch.Tensor
+) -> None:
     with pytest.raises(EngineError):
         stages3[index].forward("bad-input", 0, inputs)
 
