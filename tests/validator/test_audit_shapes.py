@@ -178,3 +178,31 @@ def test_the_gateway_publishes_the_shapes_users_send_and_not_audits(tmp_path: Pa
     forwarded = messages_api.chat_body(messages_api.parse_messages(anthropic))
     assert counts[key_of(shape_of("chat", forwarded, "messages") or {})] == 1
     assert "Hallo" not in shapes.text and "Hi" not in shapes.text  # no content leaves the gateway
+
+
+@pytest.mark.parametrize(
+    "asked",
+    [
+        {"presence_penalty": 0.6},
+        {"frequency_penalty": -1.5},
+        {"presence_penalty": 0, "frequency_penalty": 1.2},
+        {"logit_bias": {"50256": -100}},
+        {"logit_bias": {str(t): 3 for t in range(9)}},
+        {"top_k": 40},
+        {"top_k": 500},
+        {"min_p": 0.05},
+    ],
+    ids=["presence", "negative-frequency", "both", "one-bias", "many-biases", "top-k", "large-top-k", "min-p"],
+)
+def test_requests_with_sampling_parameters_are_audited_in_their_shape(asked: dict[str, Any]) -> None:
+    """A provider that ignored penalties, logit_bias, top_k or min_p only where no audit asks
+    for them meets audits that ask for them as often as users do: their shapes (how many
+    biased tokens, never which) are composed like any other."""
+    user = {"model": "tiny", "messages": [{"role": "user", "content": "Tell me about tides."}], **asked}
+    shape = shape_of("chat", user, "chat")
+    assert shape is not None
+
+    body = AuditTraffic(seed=8).compose(shape, "tiny")
+
+    assert shape_of("chat", body, "chat") == shape and set(asked) <= set(body)
+    check_request("chat", body)  # a body the gateway and the provider serve

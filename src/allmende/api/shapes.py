@@ -13,7 +13,8 @@ into, so their shapes are chat shapes a validator can send through /v1/chat/comp
 - `kind` (chat | completion) and `endpoint` (the route the user called: a label only),
 - `keys`: every top-level field present (besides model, messages and prompt),
 - `v.<field>`: a coarse value per field: buckets for numbers (`max_tokens` by powers of
-  two, temperature and top_p by ranges), counts for lists (stop strings, tools), the type
+  two, temperature, top_p, min_p and the penalties by ranges, top_k up to 100 exactly),
+  counts for lists (stop strings, tools) and for logit_bias (never its token ids), the type
   for `response_format`, the kind of `tool_choice`, `set` for strings (never their text:
   `user` is an identity),
 - `roles`: the message-role sequence (s system, d developer, u user, a assistant,
@@ -41,6 +42,9 @@ LONG_CONVERSATION = 8  # messages beyond which a role sequence is kept as its en
 ROLE_LETTERS = {"system": "s", "developer": "d", "user": "u", "assistant": "a", "tool": "t"}
 UNSHAPED = ("model", "messages", "prompt")  # fields whose presence every request of a kind shares
 STRING_FIELDS = ("user", "safety_identifier", "prompt_cache_key")  # identities: only their presence
+PENALTIES = ("presence_penalty", "frequency_penalty")
+PENALTY_RANGES = ((-2, -1), (-1, 0), (0, 0.5), (0.5, 1), (1, 2))
+TOP_K_EXACT = 100  # top_k values kept exactly (the common ones: 1, 5, 10, 20, 40, 50, 100)
 
 
 def shape_of(kind: str, body: Mapping[str, Any], endpoint: str | None = None) -> Shape | None:
@@ -132,6 +136,16 @@ def max_tokens_bucket(value: int) -> str:
     return f">{TOKEN_BUCKETS[-1]}"
 
 
+def penalty_bucket(value: float) -> str:
+    """Presence and frequency penalties: 0, or a signed range."""
+    if value == 0:
+        return "0"
+    for low, high in PENALTY_RANGES:
+        if low < value <= high:
+            return f"({low},{high}]"
+    return "other"
+
+
 def unit_bucket(value: float) -> str:
     """Temperatures and top_p: the exact common values, ranges between them."""
     if value in (0, 1):
@@ -148,8 +162,14 @@ def coarse(key: str, value: Any) -> str:
         return "set"
     if key in ("max_tokens", "max_completion_tokens") and isinstance(value, int) and not isinstance(value, bool):
         return max_tokens_bucket(value)
-    if key in ("temperature", "top_p") and isinstance(value, int | float) and not isinstance(value, bool):
+    if key in ("temperature", "top_p", "min_p") and isinstance(value, int | float) and not isinstance(value, bool):
         return unit_bucket(float(value))
+    if key in PENALTIES and isinstance(value, int | float) and not isinstance(value, bool):
+        return penalty_bucket(float(value))
+    if key == "top_k" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value) if -1 <= value <= TOP_K_EXACT else f">{TOP_K_EXACT}"
+    if key == "logit_bias" and isinstance(value, dict) and value:
+        return f"bias{min(len(value), 5)}"  # how many tokens, never which
     if key == "seed":
         return "set" if value is not None else "null"
     if key == "stop":

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from allmende.api.shapes import TOKEN_BUCKETS, Shape, bucket_range, shape_of
+from allmende.api.shapes import TOKEN_BUCKETS, TOP_K_EXACT, Shape, bucket_range, shape_of
 from allmende.engine.base import Kind
 
 TASKS = [
@@ -106,6 +106,9 @@ SYSTEMS = [
     "You are a friendly tutor.",
 ]
 FOLLOW_UPS = ["Can you say more?", "Thanks! And why is that?", "Give an example.", "Kürzer, bitte."]
+# logit_bias token ids an audit biases: ids every served model has (the tiny model's vocabulary
+# is its 256 bytes); which ids users bias never leaves their gateway, only how many
+BIASED_IDS = 256
 STOPS = ["\n\n", "###", "User:", "\n", "END", "</s>", "Q:", ".", "\n---", "Human:"]
 TOOLS = [
     ("get_weather", "Current weather for a city", {"city": {"type": "string"}}),
@@ -285,7 +288,13 @@ class AuditTraffic:
                 low = edges[edges.index(high) - 1] + 1
                 return rng.randint(low, high)
             return rng.randint(TOOK_MOST + 1, 2 * TOOK_MOST)  # beyond the largest bucket
-        if key in ("temperature", "top_p", "presence_penalty", "frequency_penalty") or token.startswith("("):
+        if key == "top_k":
+            return rng.randint(TOP_K_EXACT + 1, 4 * TOP_K_EXACT) if token.startswith(">") else int(token)
+        if key == "logit_bias" and token.startswith("bias"):  # token ids the smallest served vocabulary has
+            count = int(token[4:]) if token != "bias5" else rng.randint(5, 12)
+            ids = rng.sample(range(BIASED_IDS), count)
+            return {str(t): rng.choice((-100, -10, -2.5, 1, 5)) for t in ids}
+        if key in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty") or token.startswith("("):
             if token in ("0", "1"):
                 return int(token) if rng.random() < 0.5 else float(token)
             if token.startswith("("):
