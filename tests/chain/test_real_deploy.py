@@ -23,7 +23,7 @@ from allmende.chain.keys import import_keystore
 from allmende.chain.network import find_on_chain, verify_deployment
 from allmende.cli import app
 from allmende.core.errors import InvalidInput
-from allmende.gateway.node import GatewayConfig, build
+from allmende.gateway.node import GatewayConfig, build, require_eip3009
 from allmende.gateway.serving import GatewayLimits
 from allmende.gateway.x402_payments import X402Policy
 from allmende.provider.node import plan_stake
@@ -172,6 +172,7 @@ def test_transfer_faucet_and_fast_forward_on_a_real_chain(
     paid = runner.invoke(app, line, env=env)
     assert paid.exit_code == 0, paid.output
     c = Contracts(ChainClient(net.node.url), deployment)
+    require_eip3009(c)  # its token has EIP-3009: a gateway on it may take x402 payments
     assert c.token.balance_of(net.bob.address) == 250_500_000_000_000_000_000
     assert c.stable.balance_of(net.bob.address) == 12_250_000
     too_much = runner.invoke(app, ["transfer", net.bob.address, "5000", "--key", str(alice_key), *where], env=env)
