@@ -1,7 +1,8 @@
 """The reachability check before anything is staked waits for a relay that answers 502 while
 this node's own connection to it is still being dialled (`tests/e2e/test_hosts.py` failed
 now and then: the relayed provider stopped at the first `relay_unavailable`, 23 ms after
-dialling), and still stops at once when another server answers there."""
+dialling), and still stops at once when another server answers there; a node listening on
+loopback only is told to listen beyond it."""
 
 from __future__ import annotations
 
@@ -56,10 +57,10 @@ def server(answers: list[tuple[int, bytes]]) -> Iterator[str]:
         httpd.shutdown()
 
 
-def node_at(url: str) -> Any:
+def node_at(url: str, host: str = "127.0.0.1") -> Any:
     return SimpleNamespace(
-        config=SimpleNamespace(endpoint=url), contracts=SimpleNamespace(client=SimpleNamespace(address=ME)),
-        x25519_public=X25519,
+        config=SimpleNamespace(endpoint=url, host=host, relay=None),
+        contracts=SimpleNamespace(client=SimpleNamespace(address=ME)), x25519_public=X25519,
     )  # fmt: skip
 
 
@@ -81,3 +82,15 @@ def test_a_relay_that_has_no_connection_yet_is_asked_again(relay_still_dialling:
 def test_another_server_at_the_url_stops_the_start_at_once(another_server: str) -> None:
     with pytest.raises(InvalidInput, match="answers 404"):
         check_reachable(node_at(another_server), timeout=20)
+
+
+@pytest.mark.parametrize(
+    ("host", "advice"),
+    [("127.0.0.1", "listens on 127.0.0.1 only"), ("0.0.0.0", "check port forwarding")],
+    ids=["forgot --host 0.0.0.0", "listens everywhere"],
+)
+def test_a_node_on_loopback_is_told_to_listen_beyond_it(host: str, advice: str) -> None:
+    """A public URL at another address cannot reach a node that listens on 127.0.0.1, whatever
+    the port forwarding: the advice says --host 0.0.0.0 (it gave the port-forwarding hint)."""
+    with pytest.raises(InvalidInput, match=advice):
+        check_reachable(node_at("http://192.0.2.1:9", host), timeout=1)  # TEST-NET-1: nothing answers

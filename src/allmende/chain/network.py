@@ -58,7 +58,9 @@ def resolve_network(url: str, rpc: str | None = None, deployer: str | None = Non
     `rpc` overrides the chain endpoint a gateway advertises (it may be 127.0.0.1 on its host)."""
     if not url.startswith(("http://", "https://")):
         raise DeploymentNotFound(f"--network {url!r}: expected an http:// or https:// URL")
-    announced = _fetch_public(base_url(url))
+    announced, unreachable = _fetch_public(base_url(url))
+    if announced is None and unreachable is not None:
+        raise DeploymentNotFound(unreachable)
     if announced is not None:
         deployment = from_public(announced, rpc)
         where = f"the gateway at {base_url(url)}"
@@ -80,13 +82,38 @@ def resolve_network(url: str, rpc: str | None = None, deployer: str | None = Non
     return deployment
 
 
-def _fetch_public(base: str) -> dict[str, Any] | None:
+def _fetch_public(base: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(what the gateway publishes, None), or (None, why nothing answers at all) — which is a
+    newcomer's first error on a second host, and says more than "not a gateway"."""
     try:
         reply = httpx.get(base + PUBLIC_PATH, timeout=10)
         data = reply.json() if reply.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        return None
-    return data if isinstance(data, dict) and "contracts" in data else None
+    except ValueError:
+        return None, None
+    except httpx.TimeoutException:
+        return None, (
+            f"no answer from {base} within 10 s: a firewall may drop the packets, or the address is not this "
+            "network's (check the URL and that the gateway's port is open to this host)"
+        )
+    except httpx.ConnectError as exc:
+        return None, _connect_advice(base, exc)
+    except httpx.HTTPError:
+        return None, None
+    return (data if isinstance(data, dict) and "contracts" in data else None), None
+
+
+def _connect_advice(base: str, exc: httpx.ConnectError) -> str:
+    text = str(exc)
+    if base.startswith("https://") and ("SSL" in text or "ssl" in text or "TLS" in text):
+        return (
+            f"the TLS handshake with {base} failed ({text}): if the gateway serves plain HTTP, use "
+            f"{base.replace('https://', 'http://', 1)}"
+        )
+    return (
+        f"nothing answers at {base} ({text or exc.__class__.__name__}): check the URL (a gateway's or the "
+        "chain's), that the node there listens beyond its own host (`allmende up --public-host ADDRESS`, "
+        "`allmende gateway --host 0.0.0.0`), and that a firewall lets this host reach its port"
+    )
 
 
 def _chain_id_at(url: str) -> int | None:

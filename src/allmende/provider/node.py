@@ -21,6 +21,7 @@ id (`model="0x…"`) until its owner names it (`allmende models name`).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -302,8 +304,28 @@ def check_reachable(node: ProviderNode, timeout: float = 20.0) -> None:
             time.sleep(0.2)
     raise InvalidInput(
         f"the public URL {url} does not reach this node ({problem}); nothing was staked or registered. "
-        "Give --public-url with an address gateways can reach (check port forwarding and firewalls)"
+        + _reach_advice(node.config.host, url, node.config.relay)
     )
+
+
+def _reach_advice(host: str, url: str, relay: str | None) -> str:
+    """What to change: a node listening on loopback only cannot be reached at another address,
+    whatever the port forwarding (`--host 0.0.0.0` was forgotten); otherwise the network path."""
+    try:
+        listens_locally = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        listens_locally = host == "localhost"
+    target = urlsplit(url).hostname or ""
+    try:
+        remote = not ipaddress.ip_address(target).is_loopback
+    except ValueError:
+        remote = target != "localhost"
+    if relay is None and listens_locally and remote:
+        return (
+            f"This node listens on {host} only, which other hosts cannot reach: start it with --host 0.0.0.0 "
+            "(every interface) or the address of the interface that URL reaches"
+        )
+    return "Give --public-url with an address gateways can reach (check port forwarding and firewalls)"
 
 
 def publish(node: ProviderNode) -> None:
