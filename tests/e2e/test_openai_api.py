@@ -11,6 +11,11 @@ import jsonschema
 import openai
 import pytest
 
+from allmende.api.canonical import canonical
+from allmende.core import SignedReceipt
+from allmende.engine import load_engine
+from allmende.engine.transformers_lm import CausalLMEngine
+from allmende.validator.answers import check_answer, choices_of
 from tests.e2e.conftest import Network
 
 CHAT = [{"role": "user", "content": "Hallo, wer bist du?"}]
@@ -246,3 +251,37 @@ def test_a_forced_tool_call_validates_against_its_schema_streamed_and_not(networ
     assert all(d.index == 0 and d.id is None and d.function.name is None for d in deltas[1:])
     assert "".join(d.function.arguments or "" for d in deltas) == call.function.arguments  # same seed, same draw
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_every_sampling_parameter_through_the_network_is_a_draw_the_validator_accepts(network: Network) -> None:
+    """presence and frequency penalties, logit_bias (the official client's own parameters)
+    and top_k and min_p (through `extra_body`, as vLLM's users send them) reach a provider,
+    and the answer, with the evidence a validator's audit asks for, passes the validator's
+    check of the request the receipt binds; without the ban, the banned tokens are drawn."""
+    banned = {str(t): -100 for t in range(64, 192)}  # half of the tiny model's byte tokens
+    asked: dict[str, Any] = {
+        "model": "allmende:tiny",
+        "messages": CHAT,
+        "max_tokens": 24,
+        "temperature": 1.1,
+        "presence_penalty": 0.8,
+        "frequency_penalty": 0.4,
+        "logit_bias": banned,
+        "extra_body": {"top_k": 20, "min_p": 0.02},
+        "extra_headers": {"x-allmende-evidence": "1"},
+    }
+    reply = network.client.chat.completions.create(**asked)
+    free = network.client.chat.completions.create(**{**asked, "logit_bias": None})
+
+    evidence = reply.model_extra["allmende"]["evidence"]
+    tokens = evidence["token_ids"]
+    assert tokens and not {str(t) for t in tokens} & set(banned)
+    assert {str(t) for t in free.model_extra["allmende"]["evidence"]["token_ids"]} & set(banned)
+    tiny = load_engine("allmende:tiny")
+    assert isinstance(tiny, CausalLMEngine)
+    body = evidence["request"]
+    assert body["top_k"] == 20 and body["logit_bias"] == banned  # the body the receipt's inputHash binds
+    receipt = SignedReceipt.from_json(evidence["receipt"])
+    prompt = tiny.prompt_ids(canonical("chat", body, receipt.receipt.request_id).generation[0])
+    verdict = check_answer(tiny, body, prompt, choices_of(evidence), receipt)
+    assert verdict.ok, verdict.reason
