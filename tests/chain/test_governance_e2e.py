@@ -80,7 +80,7 @@ def test_a_token_holder_stakes_proposes_a_decoded_change_and_it_executes(network
     assert re.search(r"protocol_fee_bps\s*│\s*100\s*│\s*1 %\s*│\s*0 % – 100 %", shown), shown
     assert re.search(r"fraud_voting_period\s*│\s*86400\s*│\s*1 d\s*│\s*1 min – 14 d\s", shown), shown
 
-    net.cli(f"gov stake 10000 --key devnet:{HOLDER}")
+    staked = " ".join(net.cli(f"gov stake 10000 --key devnet:{HOLDER}").split())
     # proposing at once is refused with the chain time from which the stake weighs, which holds
     # also where a node checks the transaction against its latest block (not the clock's second)
     staked_at, lookback = net.reader.client.timestamp(), net.reader.params.get("unbonding_period")
@@ -89,6 +89,7 @@ def test_a_token_holder_stakes_proposes_a_decoded_change_and_it_executes(network
     assert "stake below proposal threshold" in early
     assert f"held through the 7 d before the chain's latest block ({_when(staked_at)})" in early
     assert f"reaches it in proposals made after {_when(staked_at + lookback)} by the chain's clock" in early
+    assert f"it weighs in proposals made after {_when(staked_at + lookback)} by the chain's clock" in staked
     net.cli(f"gov stake 2500.5 --key devnet:{FRIEND}")
     delegated = net.cli(f"gov delegate {holder.address} --key devnet:{FRIEND}")
     assert f"your 2,500.5000 ALM staked for votes now vote through {holder.address}" in delegated, delegated

@@ -462,13 +462,15 @@ def stake(
         if held < units:
             raise InvalidInput(f"{c.client.address} holds {alm(held)}, not {amount} ALM")
         c.token.ensure_allowance(c.votes.address, units)
-        c.votes.stake(units)
+        sent = c.votes.stake(units)
         h = c.votes.holder(c.client.address)
         lookback = c.params.get("unbonding_period")
+        staked_at = int(c.client.rpc(lambda: c.client.w3.eth.get_block(sent.receipt["blockNumber"])["timestamp"]))
     console.print(f"staked {alm(units)} for votes; {alm(h.staked)} staked, voting through {h.delegate}")
     console.print(
-        f"  it weighs in proposals made once it has been held for {_duration(lookback)} (the lookback, as long "
-        "as the unbonding period: voting power cannot be rented for a vote)"
+        f"  it weighs in proposals made after {_when(staked_at + lookback)} by the chain's clock, once held for "
+        f"{_duration(lookback)} (the lookback, as long as the unbonding period: voting power cannot be rented for "
+        "a vote)"
     )
 
 
