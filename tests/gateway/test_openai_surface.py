@@ -277,6 +277,40 @@ def test_a_provider_that_answers_fewer_choices_than_asked_is_not_passed_on(tmp_p
         chat_response(ChatRequest.model_validate(body), body, "fake", result.answer)
 
 
+def test_every_provider_side_refusal_reaches_the_client_with_its_param_and_code(tmp_path: Path) -> None:
+    """Refusals only the provider can make (it has the tokenizer, the context and the
+    vocabulary) reach the openai client with the parameter to fix and the provider's code:
+    a prompt longer than the context names `messages` or `prompt` (it was null), a
+    `logit_bias` token id outside the vocabulary names `logit_bias`."""
+    from allmende.engine import load_engine
+
+    async def call(client: openai.AsyncOpenAI, _: httpx.AsyncClient) -> list[Any]:
+        errors = []
+        for create in (
+            lambda: client.chat.completions.create(
+                model="fake", messages=[{"role": "user", "content": "z" * 300}], max_tokens=2
+            ),
+            lambda: client.completions.create(model="fake", prompt="z" * 300, max_tokens=2),
+            lambda: client.chat.completions.create(model="fake", messages=CHAT, max_tokens=2, logit_bias={"259": 5}),
+        ):
+            with pytest.raises(openai.BadRequestError) as info:
+                await create()
+            errors.append(info.value.body)
+        errors.append(
+            await client.chat.completions.create(model="fake", messages=CHAT, max_tokens=2, logit_bias={"258": 5})
+        )
+        return errors
+
+    tiny = load_engine("allmende:tiny")  # the real tokenizer, context and vocabulary (259 tokens)
+    tiny.name, tiny.context_length = "fake", 256
+    chat, completion, bias, served = run(tmp_path, call, FakeProvider(tmp_path, engine=tiny))  # type: ignore[arg-type]
+    assert (chat["code"], chat["param"]) == ("context_length_exceeded", "messages")
+    assert (completion["code"], completion["param"]) == ("context_length_exceeded", "prompt")
+    assert bias["param"] == "logit_bias" and "vocabulary size 259" in bias["message"]
+    assert all(e["type"] == "invalid_request_error" for e in (chat, completion, bias))
+    assert served.choices[0].message.content is not None  # the largest id the vocabulary has is served
+
+
 def test_a_provider_side_refusal_keeps_its_param_and_code() -> None:
     from allmende.api.client import ProviderReplyError
     from allmende.api.protocol import InvalidParameter

@@ -112,7 +112,11 @@ def test_a_prompt_too_large_for_any_tokenizer_is_refused_before_tokenizing(tmp_p
     with pytest.raises(ProviderReplyError) as refused:
         ask(provider, huge)
 
-    assert (refused.value.status, refused.value.code) == (400, "context_length_exceeded")
+    assert (refused.value.status, refused.value.code, refused.value.param) == (
+        400,
+        "context_length_exceeded",
+        "messages",
+    )
     # 2 bytes per "ä", 4 for the role: 4102 bytes, just over 16 per token of the 256-token context
     assert "4102 bytes; fake takes at most 4096 (16 per token of its 256-token context)" in refused.value.message
     assert tokenized == [] and provider.gate.reserved(CHANNEL) == 0 and provider.store.receipt_count() == 0
@@ -132,3 +136,20 @@ def test_tokenizing_runs_off_the_event_loop(tmp_path: Path) -> None:
     ask(provider, {**CHAT, "stream": True})
 
     assert len(threads) == 2 and threading.get_ident() not in threads
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [({"top_k": -5}, "top_k"), ({"logit_bias": {"x": 1}}, "logit_bias"), ({"messages": []}, "messages")],
+    ids=["top-k", "logit-bias", "no-messages"],
+)
+def test_a_body_the_provider_refuses_names_the_parameter(tmp_path: Path, extra: dict, param: str) -> None:
+    """Sent to the provider directly (no gateway screened it), a bad parameter is refused
+    with OpenAI's `param`, which the provider used to drop when it wrapped the error."""
+    provider = FakeProvider(tmp_path)
+
+    with pytest.raises(ProviderReplyError) as refused:
+        ask(provider, {**CHAT, "max_tokens": 2, **extra})
+
+    assert (refused.value.status, refused.value.param) == (400, param)
+    assert provider.gate.reserved(CHANNEL) == 0 and provider.store.receipt_count() == 0

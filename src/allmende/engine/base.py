@@ -221,6 +221,11 @@ class Engine(ABC):
                 f"of {self.name} ({self.context_length})"
             )
 
+    def check_sampling(self, params: SamplingParams) -> None:
+        """EngineError, naming the parameter, for sampling this model cannot apply (a biased
+        token id outside its vocabulary); engines without a vocabulary accept any."""
+        return None
+
     def fitted(self, prompt_ids: list[int], params: SamplingParams) -> SamplingParams:
         """`params` with UNTIL_CONTEXT replaced by the tokens the context leaves after the
         prompt: what a completion without `max_tokens` may use (OpenAI's default)."""

@@ -109,7 +109,10 @@ class EmbeddingEngine(Engine):
                 raise EngineError(f"'input' item {i}: {exc}") from None
         longest = max(range(len(rows)), key=lambda i: len(rows[i]))
         if len(rows[longest]) > self.context_length:
-            raise PromptTooLong(f"input[{longest}] is {len(rows[longest])} tokens, longer than {self.context_length}")
+            raise PromptTooLong(
+                f"input[{longest}] is {len(rows[longest])} tokens, longer than {self.context_length}",
+                f"input[{longest}]",
+            )
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         vectors: list[list[float]] = [[] for _ in rows]
         tokens = 0

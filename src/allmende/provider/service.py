@@ -30,7 +30,7 @@ from allmende.core.endpoints import KINDS, endpoint
 from allmende.core.envelope import ResponseSealer, open_request
 from allmende.core.prompts import MAX_PROMPT_BYTES_PER_TOKEN, prompt_bytes
 from allmende.engine import Engine, PromptTooLong, SamplingParams, collect, collect_choices
-from allmende.engine.base import EmbeddingInput
+from allmende.engine.base import EmbeddingInput, EngineError
 from allmende.provider.errors import BadRequest, PayerNotAuthenticated, ReplayedRequest, UnknownModelError
 from allmende.provider.payments import PaymentGate
 from allmende.provider.store import ProviderStore
@@ -137,7 +137,7 @@ class ProviderService:
         try:  # after the signature: only a payer's request is parsed (a grammar compiles here)
             request = canonical(kind, body, request_id)
         except InvalidInput as exc:
-            raise BadRequest(str(exc)) from None
+            raise BadRequest.of(exc) from None
         return InferRequest(
             request_id=request_id,
             model=model,
@@ -169,7 +169,7 @@ class ProviderService:
         try:
             bound = max_request_cost(req.kind, req.body, model.engine.context_length, model.price_in, model.price_out)
         except InvalidInput as exc:
-            raise BadRequest(str(exc)) from None
+            raise BadRequest.of(exc) from None
         self.gate.admit(req.channel_id, model.engine.model_id, req.payer, req.voucher, reserve=bound)
         req.reserved = bound
         if not self.store.begin_request(req.request_id, req.channel_id, model.engine.model_id):
@@ -307,8 +307,13 @@ class ProviderService:
             prompt, params = req.canonical.generation
             ids = req.model.engine.prompt_ids(prompt)
         except InvalidInput as exc:
-            raise BadRequest(str(exc)) from None
-        req.model.engine.check_length(ids, params.max_tokens)
+            raise BadRequest.of(exc) from None
+        engine = req.model.engine
+        try:
+            engine.check_length(ids, params.max_tokens)
+        except EngineError as exc:  # the prompt is what the client can shorten or fix: name its field
+            raise type(exc)(str(exc), exc.param or endpoint(req.kind).prompt_field) from None
+        engine.check_sampling(params)
         return ids, params
 
     @staticmethod
@@ -320,7 +325,8 @@ class ProviderService:
         if size > cap:
             raise PromptTooLong(
                 f"{endpoint(kind).prompt_name} is {size} bytes; {engine.name} takes at most {cap} "
-                f"({MAX_PROMPT_BYTES_PER_TOKEN} per token of its {engine.context_length}-token context)"
+                f"({MAX_PROMPT_BYTES_PER_TOKEN} per token of its {engine.context_length}-token context)",
+                endpoint(kind).prompt_field,
             )
 
     def _finish(
