@@ -18,12 +18,14 @@ import torch
 from eth_utils import keccak
 from flwr.app import Message, MessageType
 from flwr.common import FitIns, ndarrays_to_parameters
-from flwr.common.serde import message_to_proto
+from flwr.common.secure_aggregation.secaggplus_constants import Key
+from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.compat.common import recorddict_compat as compat
+from flwr.proto.message_pb2 import Message as ProtoMessage
 
 from allmende.chain.bindings import TEMPLATES
 from allmende.core.manifest import model_id_of
-from allmende.core.vault_requests import ROUND_CHECK, ROUND_FIT, ROUND_SHARE_KEYS
+from allmende.core.vault_requests import ROUND_CHECK, ROUND_FIT, ROUND_SHARE_KEYS, ROUND_UNMASK
 from allmende.engine import resolve_model
 from allmende.engine.base import ChatPrompt
 from allmende.engine.base import Message as ChatMessage
@@ -283,3 +285,32 @@ def test_a_grantee_gets_no_raw_rows_no_per_example_losses_and_no_round_over_its_
         assert _accesses(world, p.dataset_id, p.grant_id) == []
     info = httpx.get(v.url + "/v1/info").json()
     assert all("rows" not in d or isinstance(d["rows"], int) for d in info["datasets"])
+
+
+def test_a_coordinator_cannot_ask_a_vault_for_both_shares_of_another(
+    lm_world: LmWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = lm_world
+    coordinator = world.net.accounts[2]
+    participants = _participants(world, [0, 1, 2])
+    deliver = flower.HttpGrid._deliver
+
+    def name_a_vault_active_and_dropped(self: flower.HttpGrid, payload: bytes, node: int, stage: str) -> bytes | None:
+        if stage == ROUND_UNMASK:
+            # every vault is active; the coordinator also calls one of them dropped, to get the
+            # share of its key besides that of its mask seed (and so its update alone)
+            proto = ProtoMessage()
+            proto.ParseFromString(payload)
+            message = message_from_proto(proto)
+            records = message.content.config_records["secaggplus_configs"]
+            victim = next(n for n in records[Key.ACTIVE_NODE_ID_LIST] if n != node)  # type: ignore[union-attr]
+            records[Key.DEAD_NODE_ID_LIST] = [victim]
+            payload = bytes(message_to_proto(message).SerializeToString())
+        return deliver(self, payload, node, stage)
+
+    monkeypatch.setattr(flower.HttpGrid, "_deliver", name_a_vault_active_and_dropped)
+    initial = AdapterModel(world.base_path, world.spec).initial(seed=6)
+    with pytest.raises(RoundRefused, match="did not complete"):
+        run_federated_lora(participants, coordinator.key, world.spec, initial, CONFIG)
+    log = (world.root / "vault-0.log").read_text()
+    assert "names a node twice (active and dropped)" in log
