@@ -1,18 +1,21 @@
 """Latency of the ways an agent pays for itself, at concurrency 1, with allmende:tiny.
 
 Starts `allmende up --providers 1 --model allmende:tiny` and a second gateway on the same
-chain with `--x402`. Each agent is a fresh key funded by the devnet faucet. Rows (p50 and
-p99 of `--requests` chat requests, greedy, 16 new tokens, after one warm-up request):
+chain with `--x402`; every payer is a fresh key funded by the devnet faucet. Each round sends
+one chat request (greedy, 16 new tokens) down every path, in an order rotated per round, so
+the shared machine's load falls on all paths alike; the differences reported are medians of
+the per-round differences.
 
-- `engine`: the engine in process (bench/provider.py `direct`), no HTTP;
-- `agent client`: the official `openai` client over `allmende.agent` (routing, the agent's
-  own channel, vouchers, sealing, receipt checks in the agent's process; one HTTP hop to the
-  provider). `agent_added_ms_p50` = its p50 − the engine's.
+- `provider (direct)`: a payer calling the provider itself (its channel, a voucher, the
+  request sealed to the provider's key, the receipt checked; bench/provider.py's path);
+- `agent client`: the official `openai` client over `allmende.agent` (the same work plus
+  routing, the spending policy and the gateway's API in the agent's process, as an httpx
+  transport). `agent_added_ms_p50` = agent client − direct provider call, per round.
 - `gateway (API key)`: the ordinary gateway, for reference;
 - `x402 exact` / `x402 session`: the official `x402` httpx client through the x402 gateway
   (every request: the 402, the payment, the paid retry; exact settles and refunds on chain,
-  session reads the statement and signs). `first_request_ms` is the first paid request of a
-  fresh wallet (session: approve and open the channel too), `x402_first_overhead_ms` that
+  session reads the statement and signs). `first_request_ms` is a fresh wallet's first paid
+  request (session: approving and opening its channel too); `x402_*_first_overhead_ms` that
   minus the API-key gateway's p50.
 
     python bench/agent_latency.py [--requests N] [--json]
@@ -45,14 +48,16 @@ from x402.mechanisms.evm.exact import ExactEvmClientScheme
 
 from allmende.agent import Agent
 from allmende.agent.x402 import SessionScheme
+from allmende.api.client import PayerKey, build_envelope, fetch_info, infer
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.anvil import free_port
 from allmende.cli import app
+from allmende.core import Voucher, sign_voucher
 from allmende.node.supervisor import Node, allmende_command
 from allmende.testing.network import start_network, stop_network
 
 sys.path.insert(0, str(Path(__file__).parent))
-from provider import BODY, direct, percentile
+from provider import BODY, percentile
 
 MODEL = "allmende:tiny"
 PASSWORD = "bench"
@@ -87,19 +92,6 @@ def x402_gateway(root: Path, network: dict[str, Any]) -> Node:
     return node
 
 
-def timed(send: Callable[[], Any], requests: int) -> tuple[float, list[float]]:
-    """(the first call's ms, the next `requests` calls' ms)."""
-    started = time.perf_counter()
-    send()
-    first = (time.perf_counter() - started) * 1000
-    times = []
-    for _ in range(requests):
-        started = time.perf_counter()
-        send()
-        times.append((time.perf_counter() - started) * 1000)
-    return first, times
-
-
 def openai_send(client: openai.OpenAI) -> Callable[[], Any]:
     messages = BODY["messages"]
     return lambda: client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0)
@@ -129,6 +121,95 @@ def allowed(client: x402Client, asset: str) -> x402Client:
     return client
 
 
+def provider_send(url: str, rpc: str, deployment: Deployment) -> Callable[[], Any]:
+    """A payer calling the provider itself: its own channel, a voucher for what it owes, the
+    request sealed to the provider's key, the receipt checked (bench/provider.py's path)."""
+    key = bytes.fromhex(funded_key(rpc)[2:])
+    contracts = Contracts(ChainClient(rpc, key), deployment)
+    contracts.stable.approve(contracts.channels.address)
+    http = httpx.Client(timeout=120)
+    info = fetch_info(http, url)
+    model = bytes.fromhex(info.models[0]["model_id"][2:])  # the one model this network serves
+    receipt_domain, voucher_domain = contracts.registry.receipt_domain(), contracts.channels.voucher_domain()
+    channel = contracts.channels.open(info.address, 10**7)
+    signer = PayerKey(key, voucher_domain)
+    owed = [0]
+
+    def send() -> Any:
+        voucher = sign_voucher(Voucher(channel, model, owed[0]), voucher_domain, key) if owed[0] else None
+        rid, envelope, sealer = build_envelope(info, model, "chat", BODY, signer, channel, voucher)
+        answer = infer(http, url, info, receipt_domain, envelope, sealer, rid)
+        owed[0] += answer.receipt.receipt.amount
+        return answer
+
+    return send
+
+
+def measure(requests: int) -> dict[str, Any]:
+    """Rounds of one request per path, the order rotated each round, so that the shared
+    machine's load falls on every path alike; differences are medians of per-round pairs."""
+    out: dict[str, Any] = {"model": MODEL, "max_tokens": 16, "requests": requests, "concurrency": 1, "rows": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        proc, network = start_network(root, "--providers", "1", "--model", MODEL)
+        gateway = x402_gateway(root, dict(network))
+        closers: list[Callable[[], None]] = []
+        try:
+            rpc = network["rpc_url"]
+            deployment = Deployment.load(Path(network["deployments"]))
+            stable = Contracts(ChainClient(rpc), deployment).stable.address
+            agent = Agent(key=funded_key(rpc), network=rpc, state_dir=root / "agent")
+            closers.append(agent.shutdown)
+            exact = x402Client()
+            exact.register("eip155:*", ExactEvmClientScheme(Account.from_key(funded_key(rpc))))
+            session = x402Client()
+            session.register("eip155:*", SessionScheme(funded_key(rpc), network=rpc))
+            exact_send, close = x402_send(gateway.url, allowed(exact, stable))
+            closers.append(close)
+            session_send, close = x402_send(gateway.url, allowed(session, stable))
+            closers.append(close)
+            paths: dict[str, Callable[[], Any]] = {
+                "provider (direct)": provider_send(network["providers"][0]["url"], rpc, deployment),
+                "agent client": openai_send(
+                    openai.OpenAI(base_url=agent.base_url, api_key="none", http_client=agent.http_client())
+                ),
+                "gateway (API key)": openai_send(openai.OpenAI(base_url=network["gateway_url"], api_key="none")),
+                "x402 exact": exact_send,
+                "x402 session": session_send,
+            }
+            first = {name: _once(send) for name, send in paths.items()}
+            times: dict[str, list[float]] = {name: [] for name in paths}
+            names = list(paths)
+            for round_ in range(requests):
+                for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                    times[name].append(_once(paths[name]))
+        finally:
+            for close in closers:
+                close()
+            gateway.stop(timeout=10)
+            stop_network(proc)
+    for name in paths:
+        out["rows"].append(row(name, first[name], times[name]))
+
+    def added(path: str, base: str) -> float:
+        return round(statistics.median(a - b for a, b in zip(times[path], times[base], strict=True)), 2)
+
+    out["agent_added_ms_p50"] = added("agent client", "provider (direct)")
+    out["goal_agent_added_ms_p50"] = 2.0
+    for scheme in ("exact", "session"):
+        out[f"x402_{scheme}_added_ms_p50"] = added(f"x402 {scheme}", "gateway (API key)")
+        out[f"x402_{scheme}_first_overhead_ms"] = round(
+            first[f"x402 {scheme}"] - statistics.median(times["gateway (API key)"]), 1
+        )
+    return out
+
+
+def _once(send: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    send()
+    return (time.perf_counter() - started) * 1000
+
+
 def row(path: str, first: float | None, times: list[float]) -> dict[str, Any]:
     return {
         "path": path,
@@ -136,56 +217,6 @@ def row(path: str, first: float | None, times: list[float]) -> dict[str, Any]:
         "p50_ms": round(statistics.median(times), 2),
         "p99_ms": round(percentile(times, 0.99), 2),
     }
-
-
-def measure(requests: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": MODEL, "max_tokens": 16, "requests": requests, "concurrency": 1, "rows": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        proc, network = start_network(root, "--providers", "1", "--model", MODEL)
-        gateway = x402_gateway(root, dict(network))
-        try:
-            rpc = network["rpc_url"]
-            stable = Contracts(ChainClient(rpc), Deployment.load(Path(network["deployments"]))).stable.address
-            engine, _, _ = direct(requests, 1)
-            out["rows"].append(row("engine", None, engine))
-
-            agent = Agent(key=funded_key(rpc), network=rpc, state_dir=root / "agent")
-            client = openai.OpenAI(base_url=agent.base_url, api_key="none", http_client=agent.http_client())
-            first, times = timed(openai_send(client), requests)
-            out["rows"].append(row("agent client", first, times))
-            agent.shutdown()
-
-            plain = openai.OpenAI(base_url=network["gateway_url"], api_key="none", max_retries=0)
-            first, times = timed(openai_send(plain), requests)
-            out["rows"].append(row("gateway (API key)", first, times))
-
-            exact = x402Client()
-            exact.register("eip155:*", ExactEvmClientScheme(Account.from_key(funded_key(rpc))))
-            send, close = x402_send(gateway.url, allowed(exact, stable))
-            first, times = timed(send, requests)
-            close()
-            out["rows"].append(row("x402 exact", first, times))
-
-            session = x402Client()
-            session.register("eip155:*", SessionScheme(funded_key(rpc), network=rpc))
-            send, close = x402_send(gateway.url, allowed(session, stable))
-            first, times = timed(send, requests)
-            close()
-            out["rows"].append(row("x402 session", first, times))
-        finally:
-            gateway.stop(timeout=10)
-            stop_network(proc)
-    rows = {r["path"]: r for r in out["rows"]}
-    out["agent_added_ms_p50"] = round(rows["agent client"]["p50_ms"] - rows["engine"]["p50_ms"], 2)
-    out["goal_agent_added_ms_p50"] = 2.0
-    for scheme in ("exact", "session"):
-        x402 = rows[f"x402 {scheme}"]
-        out[f"x402_{scheme}_first_overhead_ms"] = round(
-            x402["first_request_ms"] - rows["gateway (API key)"]["p50_ms"], 1
-        )
-        out[f"x402_{scheme}_added_ms_p50"] = round(x402["p50_ms"] - rows["gateway (API key)"]["p50_ms"], 2)
-    return out
 
 
 def main() -> None:
@@ -205,7 +236,7 @@ def main() -> None:
         table.add_row(r["path"], first, f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}")
     Console().print(table)
     print(
-        f"agent client adds {result['agent_added_ms_p50']} ms p50 over the engine (goal ≤ 2 ms); "
+        f"agent client adds {result['agent_added_ms_p50']} ms p50 over a direct provider call (goal ≤ 2 ms); "
         f"x402 first request +{result['x402_exact_first_overhead_ms']} ms (exact), "
         f"+{result['x402_session_first_overhead_ms']} ms (session, opening its channel) over the API-key "
         "gateway's p50; "
