@@ -17,6 +17,7 @@ from allmende.cli import (
     keys,
     models,
     provider,
+    stage,
     stake,
     status,
     transfer,
@@ -51,6 +52,7 @@ app.command("vault")(vault.vault)
 app.add_typer(vault.data_app, name="data")
 app.add_typer(federated.app, name="federated")
 app.add_typer(models.app, name="models")
+app.add_typer(stage.app, name="stage")
 
 
 def accept_interrupts() -> None:

@@ -133,6 +133,17 @@ def stage_layout(folder: Path, base: bytes, n_stages: int) -> StageLayout:
     return StageLayout(tuple(specs))
 
 
+def stage_of(folder: Path, base: bytes, n_stages: int, index: int) -> tuple[StageSpec, dict[str, torch.Tensor]]:
+    """Stage `index` of the even split into `n_stages`, and its tensors: what a provider
+    serving that one stage reads and hashes (never the other stages' slices)."""
+    config = AutoConfig.from_pretrained(folder)
+    ranges = split_blocks(int(config.num_hidden_layers), n_stages)
+    if not 0 <= index < n_stages:
+        raise InvalidStage(f"stage index {index} is not in 0-{n_stages - 1}")
+    tensors = read_slice(folder, ranges[index])
+    return StageSpec(base, ranges[index], slice_hash_of(tensors)), tensors
+
+
 @dataclass(frozen=True)
 class StageOutput:
     hidden: torch.Tensor  # (rows, hidden) float32: the next stage's input (final normed states for the last)

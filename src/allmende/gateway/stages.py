@@ -1,0 +1,196 @@
+"""Routing a chain of stage providers for one model, and generating through it.
+
+The router knows, for each stage of a model's layout, the providers that offer it
+(`StageOffer`: the stage, an endpoint, a price per token and the latency measured so far).
+A session picks the cheapest, then fastest, live provider of each stage — with a fixed
+layout every stage is chosen independently, so that is the shortest path Petals searches
+for over servers of overlapping block ranges — and keeps that chain for its whole life.
+
+The session keeps what each stage was sent (the token ids for the first, the previous
+stage's output rows for the others). When a stage fails mid-generation (its process died,
+its connection dropped, it lost the session), the session marks it dead, picks another
+provider of the same stage and replays that stage's whole input from position 0: the
+replacement rebuilds the KV cache and answers the current step, whose rows go on to the
+next stage. Earlier stages keep their caches, later stages never see the failure: no token
+is lost or drawn twice, and the draw, a function of (seed, position) and the logits, is the
+one the dead stage would have made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+
+from allmende.api.stages import CLOSE_PATH, FORWARD_PATH, MEDIA_TYPE, Draw, ForwardReply, ForwardRequest
+from allmende.core.errors import UpstreamError
+from allmende.core.stages import InvalidStage, StageLayout, StageSpec
+
+LATENCY_WEIGHT = 0.2  # weight of a new latency sample in a provider's moving average
+
+
+class NoStageProvider(UpstreamError):
+    """No live provider offers a stage the model needs."""
+
+    code = "no_provider_available"
+    status = 503
+
+
+@dataclass
+class StageOffer:
+    """One provider's offer of one stage."""
+
+    stage: StageSpec
+    url: str  # the provider's stage endpoint, e.g. http://10.0.0.7:8600
+    price: int = 0  # per token, in the payment token's smallest unit
+    latency: float = 0.0  # seconds per call, moving average (0: not measured yet)
+    dead: bool = False
+
+    def observe(self, seconds: float) -> None:
+        self.latency = (
+            seconds if self.latency == 0.0 else (1 - LATENCY_WEIGHT) * self.latency + LATENCY_WEIGHT * seconds
+        )
+
+
+class StageRouter:
+    """The offers of one model's stages, and the choice of a provider per stage."""
+
+    def __init__(self, layout: StageLayout, offers: Iterable[StageOffer]) -> None:
+        self.layout = layout
+        self.offers: dict[bytes, list[StageOffer]] = {s.stage_id: [] for s in layout.stages}
+        for offer in offers:
+            if offer.stage.stage_id not in self.offers:
+                raise InvalidStage(f"offer of {offer.stage.stage_id_hex}, which is not a stage of this layout")
+            self.offers[offer.stage.stage_id].append(offer)
+
+    def pick(self, stage: StageSpec) -> StageOffer:
+        """The live offer of `stage` with the lowest price, then the lowest latency."""
+        live = [o for o in self.offers[stage.stage_id] if not o.dead]
+        if not live:
+            raise NoStageProvider(f"no live provider serves blocks {stage.range.start}-{stage.range.end}")
+        return min(live, key=lambda o: (o.price, o.latency))
+
+    def chain(self) -> list[StageOffer]:
+        return [self.pick(s) for s in self.layout.stages]
+
+    def price(self, chain: list[StageOffer]) -> int:
+        """The price per token of a chain: the sum of its stages' offers."""
+        return sum(o.price for o in chain)
+
+
+@dataclass
+class Hop:
+    """What one stage of a session was sent and answered."""
+
+    offer: StageOffer
+    inputs: list[np.ndarray] = field(default_factory=list)  # every input, in order, from position 0
+    replies: list[ForwardReply] = field(default_factory=list)  # what this hop's providers answered
+    replaced: int = 0  # how many times this stage's provider was replaced
+
+
+class StageSession:
+    """One generation through a chain of stages, with failover by replay."""
+
+    def __init__(
+        self,
+        router: StageRouter,
+        client: httpx.AsyncClient,
+        session: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.router = router
+        self.client = client
+        self.session = session or secrets.token_hex(16)
+        self.timeout = timeout
+        self.hops = [Hop(offer) for offer in router.chain()]
+        self.position = 0  # positions every stage has cached
+        self.tokens: list[int] = []  # drawn so far
+
+    async def _call(self, hop: Hop, start: int, rows: np.ndarray, draw: Draw | None) -> ForwardReply:
+        stage = hop.offer.stage
+        body = ForwardRequest(stage.stage_id, self.session, start, rows, draw).encode()
+        began = time.monotonic()
+        reply = await self.client.post(
+            hop.offer.url.rstrip("/") + FORWARD_PATH,
+            content=body,
+            headers={"content-type": MEDIA_TYPE},
+            timeout=self.timeout,
+        )
+        if reply.status_code != 200:
+            raise UpstreamError(f"stage provider {hop.offer.url} answered {reply.status_code}: {reply.text[:200]}")
+        hop.offer.observe(time.monotonic() - began)
+        return ForwardReply.decode(reply.content)
+
+    async def _through(self, index: int, rows: np.ndarray, draw: Draw | None) -> ForwardReply:
+        """Send the new `rows` to stage `index`; on failure, replace its provider and replay."""
+        hop = self.hops[index]
+        hop.inputs.append(rows)
+        try:
+            reply = await self._call(hop, self.position, rows, draw)
+        except (httpx.HTTPError, UpstreamError, InvalidStage):
+            reply = await self._replace(index, rows.shape[0], draw)
+        hop.replies.append(reply)
+        return reply
+
+    async def _replace(self, index: int, new_rows: int, draw: Draw | None) -> ForwardReply:
+        hop = self.hops[index]
+        history = np.concatenate(hop.inputs, axis=0)
+        while True:
+            hop.offer.dead = True
+            hop.offer = self.router.pick(hop.offer.stage)  # NoStageProvider when none is left
+            hop.replaced += 1
+            try:
+                reply = await self._call(hop, 0, history, draw)
+            except (httpx.HTTPError, UpstreamError, InvalidStage):
+                continue
+            if reply.hidden is not None:  # only the current step's rows go on to the next stage
+                reply = ForwardReply(
+                    reply.proof, reply.input_hash, reply.output_hash, reply.hidden[-new_rows:], None, reply.meta
+                )
+            return reply
+
+    async def step(self, rows: np.ndarray, draw: Draw) -> int:
+        """Run `rows` (token ids) through every stage and return the token drawn."""
+        data: np.ndarray = rows
+        reply: ForwardReply | None = None
+        last = len(self.hops) - 1
+        for index in range(len(self.hops)):
+            reply = await self._through(index, data, draw if index == last else None)
+            if index < last:
+                assert reply.hidden is not None
+                data = reply.hidden
+        assert reply is not None and reply.token is not None
+        self.position += rows.shape[0]
+        return reply.token
+
+    async def generate(
+        self,
+        prompt: list[int],
+        max_tokens: int,
+        eos_ids: Iterable[int] = (),
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> AsyncIterator[int]:
+        """Stream the tokens of a completion of `prompt`: until an EOS id is drawn (it is
+        not yielded, as the whole-model engine does not stream it) or for `max_tokens`."""
+        eos = set(eos_ids)
+        rows = np.asarray(prompt, dtype=np.int64)
+        for position in range(max_tokens):
+            token = await self.step(rows, Draw(position, temperature, top_p, seed))
+            if token in eos:
+                return
+            self.tokens.append(token)
+            yield token
+            rows = np.asarray([token], dtype=np.int64)
+
+    async def close(self) -> None:
+        """Tell every stage of the chain to forget the session (best effort)."""
+        for hop in self.hops:
+            with contextlib.suppress(httpx.HTTPError):
+                await self.client.post(hop.offer.url.rstrip("/") + CLOSE_PATH, json={"session": self.session})

@@ -1,0 +1,122 @@
+"""A provider's HTTP API for one pipeline stage: /v1/stage/info, /v1/stage/forward,
+/v1/stage/close, /healthz.
+
+Hidden states travel as safetensors messages (`allmende.api.stages`); errors leave as
+`{"error": {"code", "message"}}` with a 4xx status like every other node API. The last
+stage draws the next token itself with the verifiable draw, so the token a session gets is
+checkable from that stage's logits alone.
+
+Not yet here (see the README's stage section): sealed envelopes per hop, payment per stage
+(vouchers and receipts), and batching across sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from allmende import __version__
+from allmende.api import wire
+from allmende.api.body import read_limited
+from allmende.api.guard import GuardConfig, protect
+from allmende.api.stages import (
+    CLOSE_PATH,
+    FORWARD_PATH,
+    INFO_PATH,
+    MEDIA_TYPE,
+    ForwardReply,
+    ForwardRequest,
+    activation_hash,
+)
+from allmende.core.errors import AllmendeError
+from allmende.core.stages import InvalidStage
+from allmende.engine.base import SamplingParams
+from allmende.engine.sampling import sample_token
+from allmende.engine.stages import StageBackend
+from allmende.provider.errors import BadRequest, UnknownModelError
+
+log = logging.getLogger("allmende.provider.stage")
+MAX_BODY = 160 * 1024 * 1024  # a replay of 32,768 positions of a 1,024-wide model, with room
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    return wire.error_response(exc, log)
+
+
+def serve_call(stage: StageBackend, call: ForwardRequest) -> ForwardReply:
+    """One forward call of a session on `stage`, with the draw on the last stage."""
+    if call.stage != stage.spec.stage_id:
+        raise UnknownModelError(f"this provider serves stage {stage.spec.stage_id_hex}, not 0x{call.stage.hex()}")
+    heads = stage.spec.range.heads
+    if heads != (call.draw is not None):
+        raise InvalidStage("the last stage, and only it, is asked how to draw")
+    inputs = torch.from_numpy(np.array(call.input, copy=True))
+    output = stage.forward(call.session, call.start, inputs)
+    in_hash = activation_hash(call.input)
+    out_hash = activation_hash(output.hidden.numpy())
+    if call.draw is None:
+        return ForwardReply(output.proof, in_hash, out_hash, hidden=output.hidden.numpy())
+    assert output.logits is not None
+    d = call.draw
+    params = SamplingParams(temperature=d.temperature, top_p=d.top_p, seed=d.seed)
+    token = sample_token(output.logits, params, d.seed, d.position)
+    return ForwardReply(output.proof, in_hash, out_hash, token=token)
+
+
+def create_stage_app(stage: StageBackend, guard: GuardConfig | None = None, max_body: int = MAX_BODY) -> FastAPI:
+    app = FastAPI(title="Allmende stage provider", version=__version__, docs_url=None, redoc_url=None)
+    protect(app, guard, error_response)
+    spec = stage.spec
+
+    @app.exception_handler(AllmendeError)  # answered by the app itself, never re-raised to the server
+    async def _ours(_: Request, exc: AllmendeError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(Exception)  # a bug: a 500 that says only "internal error"
+    async def _any(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True, "stage": spec.stage_id_hex}
+
+    @app.get(INFO_PATH)
+    async def info() -> dict[str, Any]:
+        r = spec.range
+        return {
+            "stage": spec.stage_id_hex,
+            "descriptor": spec.descriptor,
+            "base": "0x" + spec.base.hex(),
+            "blocks": [r.start, r.end, r.n_blocks],
+            "hidden_size": stage.hidden_size,
+            "media_type": MEDIA_TYPE,
+            "version": __version__,
+        }
+
+    @app.post(FORWARD_PATH)
+    async def forward(request: Request) -> Response:
+        raw = await read_limited(request, max_body, 30.0)
+        call = ForwardRequest.decode(raw)
+        reply = await asyncio.to_thread(serve_call, stage, call)
+        return Response(reply.encode(), media_type=MEDIA_TYPE)
+
+    @app.post(CLOSE_PATH)
+    async def close(request: Request) -> dict[str, Any]:
+        raw = await read_limited(request, 4096, 10.0)
+        try:
+            session = json.loads(raw)["session"]
+        except (ValueError, KeyError, TypeError):
+            raise BadRequest('body must be {"session": "<id>"}') from None
+        if not isinstance(session, str):
+            raise BadRequest("session must be a string")
+        stage.close(session)
+        return {"closed": session}
+
+    return app
