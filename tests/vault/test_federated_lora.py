@@ -7,6 +7,7 @@ losses, ε over the budget)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from allmende.vault.flower import Participant, RoundRefused
 from allmende.vault.lora import AdapterModel, LoraSpec
 from allmende.vault.lora_service import adapter_payload, key_digest, sign_keys
 from allmende.vault.model import MICRO
-from tests.vault.conftest import signed_post
+from tests.vault.conftest import cli, signed_post
 
 CONFIG = LoraRunConfig(rounds=2, steps=4, lr=2.0, noise=1.0, clipping_norm=5.0)
 VAULT_ARGS = ["--lm", "allmende:tiny", "--min-noise", "1.0", "--loss-clip", "10", "--license", "CC-BY-NC-4.0"]
@@ -314,3 +315,26 @@ def test_a_coordinator_cannot_ask_a_vault_for_both_shares_of_another(
         run_federated_lora(participants, coordinator.key, world.spec, initial, CONFIG)
     log = (world.root / "vault-0.log").read_text()
     assert "names a node twice (active and dropped)" in log
+
+
+def test_the_cli_trains_registers_and_evaluates_a_lora_run(lm_world: LmWorld) -> None:
+    world = lm_world
+    participants = _participants(world, [0, 1, 2])
+    out = world.root / "cli-run"
+    vaults = [arg for p in participants for arg in ("--vault", f"{p.url},0x{p.dataset_id.hex()},{p.grant_id}")]
+
+    trained = cli(world.net, "federated", "lora", *vaults, "--key", "devnet:2", "--out", str(out), "--base",
+                  "allmende:tiny", "--rounds", "1", "--steps", "2", "--rank", "2", "--max-tokens", "32",
+                  "--register", "--license", "CC-BY-NC-4.0")  # fmt: skip
+
+    assert "round 1 done" in trained and "3 vaults aggregated" in trained and "registered 0x" in trained
+    run = json.loads((out / "run.json").read_text())
+    new_id = bytes.fromhex(run["model_id"][2:])
+    assert new_id == model_id_of(out / "model")
+    assert world.net.reader().models.get(new_id).parents == [world.base_id]
+    v, dataset = world.net.vaults[1], world.heldout[1]
+    grant = world.net.grant(v, world.net.accounts[2].address, "evaluate", [world.base_id], 2.0, dataset)
+    said = cli(world.net, "federated", "lora-evaluate", "--vault", v.url, "--dataset", "0x" + dataset.hex(),
+               "--grant", str(grant), "--key", "devnet:2", "--run", str(out), "--epsilon", "1")  # fmt: skip
+    assert "held-out loss" in said and "on 12 rows" in said
+    assert len(_accesses(world, dataset, grant)) == 1

@@ -107,6 +107,8 @@ def lora_evaluate(
     run: Path = typer.Option(None, help="a `federated lora` run folder (its adapter); none: the base model alone"),
     base: str = typer.Option("smollm2-135m-instruct", help="the base model, when --run is not given"),
     epsilon: float = typer.Option(1.0, help="ε of the noisy mean loss (charged to the grant)"),
+    rpc: str = typer.Option(None, help=RPC_HELP + "; read to report the ε the grant has left"),
+    deployments: Path = typer.Option(None, help=DEPLOYMENTS_HELP),
 ) -> None:
     """Held-out loss and perplexity of an adapter on a vault's private text, ε-DP; nothing per row leaves."""
     from allmende.engine import resolve_model
@@ -133,3 +135,7 @@ def lora_evaluate(
         result = r.json()["result"]
         console.print(f"held-out loss {result['mean_loss']:.4f} (perplexity {result['perplexity']:.2f}) on "
                       f"{result['rows']} rows, ε = {epsilon}; access {r.json()['access_tx']}")  # fmt: skip
+        on_chain = contracts_for(rpc, None, deployments).data.get_grant(grant)
+        console.print(
+            f"grant {grant}: ε {on_chain.epsilon_spent / 1e6:.6f} spent of {on_chain.epsilon_budget / 1e6:.6f}"
+        )
