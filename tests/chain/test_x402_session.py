@@ -343,3 +343,30 @@ def test_the_session_routes_refuse_bad_input_in_openai_shape(chain: Chain, tmp_p
     for reply in (bad_id, bad_voucher, unknown):
         assert reply.status_code == 400, reply.text
         assert set(reply.json()["error"]) >= {"message", "type", "code"}
+
+
+def test_a_restarted_agent_keeps_its_session_and_pays_every_receipt(chain: Chain, tmp_path: Path) -> None:
+    # Prepare: two requests paid and served, one paid and not yet charged, then the agent stops
+    gateway = Gateway(chain, tmp_path)
+    key = fresh_key(chain)
+    state = tmp_path / "agent" / "sessions.json"
+    first = SessionScheme(key, network=chain.anvil.url, deposit=300_000, http=gateway.http(), state=state)
+    charged = 0
+    for step in range(3):
+        payload, requirements = gateway.pay(_client_of(first), json.dumps({"step": step}).encode(), 40_000)
+        assert gateway.admit(payload, requirements)[0]
+        if step < 2:
+            charged += gateway.serve(payload, 1_000, 100)
+    charged += gateway.serve(payload, 2_000, 200)  # answered while the agent was down
+
+    # Execute: a new process with the same state file pays on and closes
+    again = SessionScheme(key, network=chain.anvil.url, deposit=300_000, http=gateway.http(), state=state)
+    payload, requirements = gateway.pay(_client_of(again), b'{"step": 3}', 40_000)
+    assert gateway.admit(payload, requirements)[0]
+    charged += gateway.serve(payload, 1_000, 100)
+    closing = again.close()
+
+    # Assert: one channel for all four requests, which paid exactly their receipts
+    (channel_id,) = closing
+    assert [s.channel_id for s in first.sessions.values()] == [channel_id]
+    assert again.paid() == charged == chain.gateway.channels.channel(channel_id).spent

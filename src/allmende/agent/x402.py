@@ -23,9 +23,11 @@ channel to close; after the close delay `withdraw()` brings the unspent deposit 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -75,6 +77,7 @@ class SessionScheme:
         rpc: str | None = None,
         deposit: int = 2_000_000,
         http: httpx.Client | None = None,
+        state: Path | None = None,
     ) -> None:
         network = network or os.environ.get("ALLMENDE_NETWORK")
         if not network:
@@ -88,7 +91,9 @@ class SessionScheme:
         self.receipt_domain = self.contracts.registry.receipt_domain()
         self.deposit = deposit
         self.http = http or httpx.Client(timeout=30)
-        self.sessions: dict[str, Session] = {}  # gateway address → its session
+        self.state = state  # a JSON file that keeps the sessions across restarts (None: in memory)
+        self.sessions: dict[str, Session] = {} if state is None or not state.exists() else load_sessions(state)
+        self.closed: list[Session] = []  # closed by this process (their receipts stay countable)
         self._offers: dict[tuple[str, bytes], tuple[int, int]] = {}
         self._lock = threading.Lock()
 
@@ -115,8 +120,13 @@ class SessionScheme:
             self._cover(session, most)
             nonce = os.urandom(32)
             session.unsettled[nonce] = most
+            self._save()  # before the payment leaves: a restart still knows this nonce
             payment = sign_session_payment(session.channel_id, session.paid, nonce, body_hash, self.domain, self.key)
         return payment.to_payload()
+
+    def _save(self) -> None:
+        if self.state is not None:
+            save_sessions(self.state, self.sessions)
 
     # ------------------------------------------------------------ the books
 
@@ -128,6 +138,7 @@ class SessionScheme:
             channel_id = self.contracts.channels.open(gateway, deposit)
             session = Session(channel_id, deposit, statement.rstrip("/") + "/0x" + channel_id.hex())
             self.sessions[gateway.lower()] = session
+            self._save()
         return session
 
     def _cover(self, session: Session, most: int) -> None:
@@ -167,12 +178,12 @@ class SessionScheme:
     def receipts(self) -> list[SignedReceipt]:
         """Every receipt the agent checked and paid for, all sessions."""
         with self._lock:
-            return [r for s in self.sessions.values() for r in s.receipts]
+            return [r for s in [*self.closed, *self.sessions.values()] for r in s.receipts]
 
     def paid(self) -> int:
         """What the agent's vouchers pay, all sessions: the sum of its checked receipts."""
         with self._lock:
-            return sum(s.paid for s in self.sessions.values())
+            return sum(s.paid for s in [*self.closed, *self.sessions.values()])
 
     def close(self) -> list[bytes]:
         """Settle up with every gateway (its last charges checked, the voucher for them sent
@@ -192,6 +203,9 @@ class SessionScheme:
                         raise InvalidInput(f"the gateway refused the last voucher: {reply.text[:300]}")
                 self.contracts.channels.request_close(session.channel_id)
                 closed.append(session.channel_id)
+            self.closed += self.sessions.values()  # a closing channel takes no more payments: the next opens anew
+            self.sessions.clear()
+            self._save()
         return closed
 
     def withdraw(self, channel_ids: list[bytes]) -> int:
@@ -204,6 +218,42 @@ class SessionScheme:
             except ContractReverted as exc:
                 raise InvalidInput(f"channel 0x{channel_id.hex()} cannot be withdrawn yet: {exc.reason}") from None
         return int(token.balance_of(self.address) - before)
+
+
+def save_sessions(path: Path, sessions: dict[str, Session]) -> None:
+    """The sessions as JSON, written whole and renamed into place (a crash leaves the old file)."""
+    data = {
+        gateway: {
+            "channel_id": "0x" + s.channel_id.hex(),
+            "deposit": str(s.deposit),
+            "statement": s.statement,
+            "paid": str(s.paid),
+            "seen": s.seen,
+            "unsettled": {"0x" + n.hex(): str(m) for n, m in s.unsettled.items()},
+            "receipts": [r.to_json() for r in s.receipts],
+        }
+        for gateway, s in sessions.items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(data))
+    os.replace(partial, path)
+
+
+def load_sessions(path: Path) -> dict[str, Session]:
+    data = json.loads(path.read_text())
+    return {
+        gateway: Session(
+            bytes.fromhex(s["channel_id"][2:]),
+            int(s["deposit"]),
+            s["statement"],
+            int(s["paid"]),
+            int(s["seen"]),
+            {bytes.fromhex(n[2:]): int(m) for n, m in s["unsettled"].items()},
+            [SignedReceipt.from_json(r) for r in s["receipts"]],
+        )
+        for gateway, s in data.items()
+    }
 
 
 __all__ = ["Overcharged", "Session", "SessionScheme"]
