@@ -42,7 +42,10 @@ from typing import Any
 ALPHA = 1e-6  # the most an honest provider's window may end in "cheating"
 BETA = 1e-3  # the most a cheat at the design rates may end a window "honest"
 GAP_TIE = 1e-4  # a draw gap up to this (of the row's logit scale) is a float tie, not a mismatch
-CHUNK_FACTOR = 2.0  # chunk limit = this × the largest honest chunk error seen in calibration
+CHUNK_FACTOR = 2.0  # chunk limit = this × the largest honest chunk error seen in calibration ...
+# ... and never below this: the float16 rounding of the committed values alone gives medians up
+# to about 0.0005 on any machine, so a tighter limit would measure the machine, not the model
+CHUNK_LIMIT_FLOOR = 0.001
 CHUNK_P1 = 0.5  # a cheat's design rate of chunks over the limit
 TOKEN_RATIO = 4.0  # a cheat's design mismatch rate, as a multiple of the honest one
 TOKEN_FLOOR = 0.002  # the honest mismatch rate assumed is never below this ...
@@ -170,7 +173,7 @@ def fit_profile(name: str, shapes: Sequence[Sequence[dict[str, Sequence[float]]]
     every_error = [e for shape in shapes for a in shape for e in a["chunk_errors"]]
     if not every_error:
         raise ValueError(f"no honest chunks to calibrate {name} from")
-    limit = CHUNK_FACTOR * max(every_error)
+    limit = max(CHUNK_LIMIT_FLOOR, CHUNK_FACTOR * max(every_error))
     token_p0, chunk_p0, tokens, chunks = TOKEN_FLOOR, CHUNK_FLOOR, 0, 0
     for shape in shapes:
         gaps = [g for a in shape for g in a["gaps"]]

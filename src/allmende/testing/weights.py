@@ -23,3 +23,16 @@ def skip_last_layer(engine: CausalLMEngine) -> CausalLMEngine:
     engine.model.model.layers = engine.model.model.layers[:-1]
     engine.model.config.num_hidden_layers -= 1
     return engine
+
+
+def move_weights(engine: CausalLMEngine, spread: float, seed: int) -> CausalLMEngine:
+    """Every weight moved by Gaussian noise of `spread` times its tensor's standard deviation:
+    a near sibling of the model (a light fine-tune of the same base, say) under its id."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in engine.model.parameters():
+            if param.numel() < 2:
+                continue
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            param.add_((noise * spread * param.float().std()).to(param.dtype))
+    return engine

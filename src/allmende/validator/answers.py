@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
 from eth_utils import keccak
 
 from allmende.api.canonical import canonical
@@ -24,7 +25,10 @@ from allmende.core.errors import InvalidInput
 from allmende.engine.base import Kind, choice_params
 from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.validator.checker import NOTHING, Verdict, judge, text_of
+from allmende.validator.divergence import AuditStats, audit_stats, plain
 from allmende.validator.evidence import Evidence
+
+Prefill = tuple[torch.Tensor, torch.Tensor]  # (final hidden states, logits) over prompt + output
 
 
 @dataclass(frozen=True)
@@ -71,10 +75,13 @@ def check_answer(
     choices: list[Choice],
     receipt: SignedReceipt,
     kind: Kind = "chat",
+    prefills: list[Prefill] | None = None,
 ) -> Verdict:
     """The proof and token checks of every choice, plus: the receipt binds this request (its
     kind and body), these proofs, texts and token counts. InvalidInput if the request cannot
-    be checked at all: a body the provider would have refused proves nothing against it."""
+    be checked at all: a body the provider would have refused proves nothing against it.
+    `prefills`: each choice's prefill over prompt + output, if the caller made them already
+    (the evidence ledger uses the same passes: `answer_stats`)."""
     r = receipt.receipt
     request = canonical(kind, body, r.request_id)  # exactly what the provider built from the same request
     # without max_tokens a completion may run to the end of the context, as the engine that
@@ -86,7 +93,8 @@ def check_answer(
         problems.append(f"{len(choices)} choices for n={wanted}")
     proof_check, bad = NOTHING, 0
     for i, choice in enumerate(choices):
-        verdict = judge(engine, prompt_ids, choice.token_ids, choice.proof, choice_params(params, i))
+        made = prefills[i] if prefills is not None and i < len(prefills) else None
+        verdict = judge(engine, prompt_ids, choice.token_ids, choice.proof, choice_params(params, i), made)
         where = f"choice {i + 1}: " if len(choices) > 1 else ""
         if not verdict.ok:
             problems.append(where + verdict.reason)
@@ -107,6 +115,37 @@ def check_answer(
     if r.tokens_in != len(prompt_ids):
         problems.append("receipt tokensIn does not match the prompt")
     return Verdict(not problems, "; ".join(problems) or "consistent", proof_check, bad)
+
+
+def prefills_of(engine: CausalLMEngine, prompt_ids: list[int], choices: list[Choice]) -> list[Prefill]:
+    """One forward pass per choice over prompt + output: what both checks read."""
+    return [engine.prefill(prompt_ids + c.token_ids) for c in choices]
+
+
+def answer_stats(
+    engine: CausalLMEngine,
+    body: dict[str, Any],
+    prompt_ids: list[int],
+    choices: list[Choice],
+    receipt: SignedReceipt,
+    kind: Kind = "chat",
+    prefills: list[Prefill] | None = None,
+) -> AuditStats | None:
+    """The divergence statistics of an answer (every choice's, in order) for the evidence
+    ledger, drawn with the parameters the provider drew with (as `check_answer` rebuilds them);
+    None for a draw the ledger does not accumulate (divergence.plain)."""
+    request = canonical(kind, body, receipt.receipt.request_id)
+    params = engine.fitted(prompt_ids, request.generation[1])
+    if not plain(params):
+        return None
+    made = prefills if prefills is not None else prefills_of(engine, prompt_ids, choices)
+    gaps: list[float] = []
+    errors: list[float] = []
+    for i, (choice, prefill) in enumerate(zip(choices, made, strict=True)):
+        stats = audit_stats(prefill, len(prompt_ids), choice.token_ids, choice.proof, choice_params(params, i))
+        gaps += stats.gaps
+        errors += stats.chunk_errors
+    return AuditStats(tuple(gaps), tuple(errors))
 
 
 def recheck(engine: CausalLMEngine, evidence: Evidence) -> Verdict | None:

@@ -50,6 +50,9 @@ class Evidence:
     reason: str  # what the reporter found
     # n > 1: every choice ({token_ids, proof, text}); the fields above then hold the first
     choices: list[dict[str, Any]] | None = None
+    # a case on accumulated evidence (validator/accumulated.py): every audit of the window
+    # with its statistics, the test's figures; the fields above then hold the last audit
+    accumulated: dict[str, Any] | None = None
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -75,6 +78,10 @@ class Evidence:
             and all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in evidence.choices)
         ):
             raise BadEvidence("choices must be a list of {token_ids, proof, text}")
+        if evidence.accumulated is not None and not (
+            isinstance(evidence.accumulated, dict) and isinstance(evidence.accumulated.get("audits"), list)
+        ):
+            raise BadEvidence("accumulated evidence must hold a list of audits")
         return evidence
 
     @property

@@ -70,6 +70,12 @@ class ValidatorMetrics:
         self.score = Gauge(
             "allmende_validator_published_score_bps", "Last published score per provider", ["provider"], registry=r
         )
+        self.evidence = Gauge(
+            "allmende_validator_evidence_ratio",
+            "Log-likelihood ratio of the open evidence window per provider (cheating at the test's upper bound)",
+            ["provider"],
+            registry=r,
+        )
 
 
 __all__ = ["ALM", "ValidatorMetrics", "fault_kind"]

@@ -32,13 +32,16 @@ from allmende.chain.bindings import ROLE_VALIDATOR, CaseRecord, CaseReport
 from allmende.chain.errors import ChainError
 from allmende.core import SignedReceipt
 from allmende.core.errors import InvalidInput
+from allmende.core.evidence_test import Decision
 from allmende.engine import load_engine
 from allmende.engine.base import Kind
 from allmende.engine.transformers_lm import CausalLMEngine
-from allmende.validator.answers import Choice, check_answer, choices_of, recheck
+from allmende.validator.accumulated import Calibration, audit_record, case_evidence, recheck_accumulated
+from allmende.validator.answers import Choice, answer_stats, check_answer, choices_of, prefills_of, recheck
 from allmende.validator.checker import NOTHING, Verdict
 from allmende.validator.evidence import BadEvidence, Evidence, EvidenceStore
 from allmende.validator.fetcher import EvidenceFetcher
+from allmende.validator.ledger import EvidenceLedger
 from allmende.validator.metrics import ALM, ValidatorMetrics, fault_kind
 from allmende.validator.prompts import AuditTraffic
 from allmende.validator.store import AuditRecord, ValidatorStore
@@ -58,6 +61,8 @@ class ValidatorConfig:
     gateway_key: str | None = None  # API key for them, if they require one
     seed: int | None = None  # fixes the audit traffic and pacing (tests); None: system randomness
     prompts: Path | None = None  # the operator's own audit prompts, one per line, mixed in
+    # the honest engines' calibrated profiles (validator/accumulated.py); None: the shipped table
+    evidence_profiles: Path | None = None
 
 
 @dataclass
@@ -83,6 +88,9 @@ class Validator:
         self.directory = Directory(self.contracts, httpx.Client(timeout=5))
         self.store = ValidatorStore(cfg.state_dir / "audits.db")
         self.evidence = EvidenceStore(cfg.state_dir / "evidence")
+        self.calibration = Calibration.load(cfg.evidence_profiles)
+        by_model = {"0x" + m.hex(): self.calibration.allowed("0x" + m.hex()) for m in self.engines}
+        self.ledger = EvidenceLedger(cfg.state_dir / "ledger.db", {m: p for m, p in by_model.items() if p})
         self.fetcher = EvidenceFetcher()  # case evidence is downloaded off this validator's thread
         self.metrics = ValidatorMetrics()
         self.involved: set[int] = set()  # cases it reported or voted on: their outcomes are logged
@@ -157,7 +165,12 @@ class Validator:
         try:
             choices = choices_of(evidence)
             prompt_ids = engine.prompt_ids(canonical(kind, sent, receipt.receipt.request_id).generation[0])
-            verdict = check_answer(engine, sent, prompt_ids, choices, receipt, kind)
+            prefills = prefills_of(engine, prompt_ids, choices)  # one pass each, read by both checks
+            verdict = check_answer(engine, sent, prompt_ids, choices, receipt, kind, prefills)
+            if verdict.ok:
+                found = Found(sent, prompt_ids, choices[0].token_ids, choices[0].proof, choices[0].text, receipt,
+                              choices if len(choices) > 1 else None, began, kind)  # fmt: skip
+                self._accumulate(entry, engine, found, prefills)
         except InvalidInput as exc:
             verdict = Verdict(False, f"the answer cannot be checked: {exc}", NOTHING, 0)
             choices = choices or [Choice([], b"", "")]
@@ -169,6 +182,28 @@ class Validator:
             record.case_id = self.report(entry, found, verdict)
         self._score(record)
         return record
+
+    def _accumulate(self, entry: ProviderEntry, engine: CausalLMEngine, found: Found, prefills: list[Any]) -> None:
+        """Add a passed audit's divergence statistics to the evidence ledger and act on the
+        sequential test: "honest" closes the window, "cheating" reports the window's audits."""
+        choices = found.choices or [Choice(found.token_ids, found.proof, found.text)]
+        stats = answer_stats(engine, found.request, found.prompt_ids, choices, found.receipt, found.kind, prefills)
+        if stats is None:
+            return  # a reshaped draw: checked per request, not accumulated
+        model = "0x" + found.receipt.receipt.model_id.hex()
+        record = audit_record(self._evidence_of(found, "audited: passed the per-request checks"), stats)
+        standing = self.ledger.add(entry.address, model, stats, record)
+        self.metrics.evidence.labels(entry.address).set(standing.statistic)
+        if standing.decision is Decision.HONEST:
+            self.ledger.close(entry.address, model, standing)
+            log.info("evidence on %s (model %s…): honest after %d tokens (ratio %.1f), new window", entry.address,
+                     model[:14], standing.tokens, standing.statistic)  # fmt: skip
+        elif standing.decision is Decision.CHEATING:
+            profiles = self.ledger.profiles[model]
+            audits = [a for _, a in self.ledger.window_audits(entry.address, model)]
+            document = case_evidence(audits, standing, profiles, self.calibration.version)
+            case_id = self._open_case(entry, document, found.receipt, found.block, document.reason)
+            self.ledger.close(entry.address, model, standing, case_id)
 
     def _model_name(self, gateway: str, model_id: bytes) -> str:
         """The name `gateway` lists `model_id` under (what users ask for)."""
@@ -199,8 +234,13 @@ class Validator:
 
     def report(self, entry: ProviderEntry, found: Found, verdict: Verdict) -> int | None:
         """Store the evidence where other validators can fetch it and open a case."""
+        return self._open_case(entry, self._evidence_of(found, verdict.reason), found.receipt, found.block,
+                               verdict.reason)  # fmt: skip
+
+    @staticmethod
+    def _evidence_of(found: Found, reason: str) -> Evidence:
         r = found.receipt.receipt
-        evidence = Evidence(
+        return Evidence(
             kind=found.kind,
             body=found.request,
             model_id="0x" + r.model_id.hex(),
@@ -209,9 +249,16 @@ class Validator:
             text=found.text,
             proof="0x" + found.proof.hex(),
             receipt=found.receipt.to_json(),
-            reason=verdict.reason,
+            reason=reason,
             choices=[c.to_json() for c in found.choices] if found.choices else None,
         )
+
+    def _open_case(
+        self, entry: ProviderEntry, evidence: Evidence, receipt: SignedReceipt, block: int | None, reason: str
+    ) -> int | None:
+        """Open (or join, or vote in) the case against `entry` with `evidence`, `receipt` its
+        anchor on chain (see `report`)."""
+        r = receipt.receipt
         model_id = r.model_id
         verdicts = self.contracts.verdicts
         existing = verdicts.open_case_of(entry.address, model_id)
@@ -239,7 +286,7 @@ class Validator:
                 if weight and not verdicts.voted_guilty(existing, self.address):
                     self._vote(existing, entry.address, True, weight, judged[1])
                 return existing
-        punished = self._punished(entry.address, model_id, found.block)
+        punished = self._punished(entry.address, model_id, block)
         if punished:  # one fault, one slash: this receipt's fault was punished already
             self.metrics.reports.labels(entry.address, "punished_already").inc()
             log.info("not reporting %s: %s", entry.address, punished)
@@ -247,7 +294,7 @@ class Validator:
         digest = self.evidence.put(evidence)
         uri = f"{self.config.endpoint}/v1/evidence/0x{digest.hex()}"
         try:
-            case_id = verdicts.open_case(r.as_tuple(), found.receipt.signature, digest, uri)
+            case_id = verdicts.open_case(r.as_tuple(), receipt.signature, digest, uri)
         except ChainError as exc:
             log.warning("could not report %s: %s", entry.address, exc)
             return None
@@ -263,7 +310,7 @@ class Validator:
             model_id.hex()[:12],
             f"{case.bond / ALM:g}",
             _when(case.deadline),
-            verdict.reason,
+            reason,
         )
         return case_id
 
@@ -379,6 +426,13 @@ class Validator:
         r = receipt.receipt
         if r.provider != provider:
             return False
+        if evidence.accumulated is not None:  # a case on many audits: re-checked audit by audit
+            found = recheck_accumulated(
+                engine, evidence, provider, self.contracts.registry.receipt_domain(),
+                self.calibration.allowed(evidence.model_id), rng=self.rng,
+            )  # fmt: skip
+            log.info("accumulated evidence at %s: %s", uri, found.reason)
+            return found.guilty
         try:  # recomputed from the request the receipt binds: the reporter's ids are not trusted
             verdict = recheck(engine, evidence)
         except InvalidInput as exc:
@@ -491,6 +545,7 @@ class Validator:
             "active": registry.is_active(self.address),
             "audits": counts,
             "scores": {p: s.score_bps for p, s in self.store.scores().items()},
+            "evidence": self.ledger.summary(),
             "open_cases": cases,
             "rewards_earned": str(rewards),
             "chain_time": now,

@@ -1,0 +1,265 @@
+"""Accumulated evidence on the real test model (allmende:tiny): audits served by real engines,
+answered under receipts the provider signs, accumulated in the validator's SQLite ledger and
+judged by the sequential test against the shipped calibration (validator/honest_profiles.json).
+
+- an honest provider (the registered weights, served in continuous batches) accumulates to
+  "honest" and is never accused;
+- providers serving int8 weights or every weight moved 1 % pass every per-request check and are
+  caught within N audited tokens (the test prints N);
+- a juror convicts on the case's evidence from its own recomputation; a reporter that inflates
+  an honest provider's statistics, counts one audit twice or slips in a receipt the provider
+  never signed convicts nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from eth_utils import keccak
+
+from allmende.api.canonical import canonical
+from allmende.api.protocol import input_hash
+from allmende.core import Receipt, sign_receipt
+from allmende.core.eip712 import Domain
+from allmende.core.evidence_test import Decision
+from allmende.engine.base import collect
+from allmende.engine.tiny import ensure_tiny_model
+from allmende.engine.transformers_lm import CausalLMEngine
+from allmende.testing.weights import move_weights, quantize_int8
+from allmende.validator.accumulated import Calibration, audit_record, case_evidence, recheck_accumulated
+from allmende.validator.answers import Choice, answer_stats, check_answer, prefills_of
+from allmende.validator.checker import Verdict
+from allmende.validator.divergence import AuditStats
+from allmende.validator.evidence import Evidence
+from allmende.validator.ledger import EvidenceLedger
+
+pytestmark = pytest.mark.process
+
+DOMAIN = Domain(31337, "0x" + "ab" * 20)
+QUESTIONS = ["Tell me about rivers.", "Why do cats purr?", "Explain payment channels.", "Write a poem on rain."]
+TOKENS = 32  # one proof chunk per audit
+MOST_TOKENS = 640  # the most audited tokens a cheat below may take to be caught
+
+
+def load(path: Path | None = None) -> CausalLMEngine:
+    return CausalLMEngine("allmende:tiny", path or ensure_tiny_model())
+
+
+@pytest.fixture(scope="module")
+def validator_engine() -> CausalLMEngine:
+    return load()
+
+
+@pytest.fixture(scope="module")
+def calibration() -> Calibration:
+    return Calibration.load()
+
+
+def body_of(i: int) -> dict[str, object]:
+    """Audit i: a question, greedy or a seeded draw (what audits drawn from users' shapes send)."""
+    body: dict[str, object] = {
+        "model": "allmende:tiny",
+        "messages": [{"role": "user", "content": f"{QUESTIONS[i % len(QUESTIONS)]} ({i})"}],
+        "max_tokens": TOKENS,
+    }
+    if i % 2:
+        body |= {"temperature": 0.8, "seed": 100 + i}
+    else:
+        body |= {"temperature": 0}
+    return body
+
+
+def serve(
+    provider: CausalLMEngine, reference: CausalLMEngine, key: bytes, first: int, count: int
+) -> list[tuple[dict[str, object], Choice, Receipt, object]]:
+    """`count` audits answered by `provider` concurrently (one continuous batch), each under a
+    receipt signed with `key`: (body, choice, receipt, signed receipt)."""
+    address = Account.from_key(key).address
+    plans = []
+    for i in range(first, first + count):
+        body = body_of(i)
+        request_id = os.urandom(32)
+        prompt, params = canonical("chat", body, request_id).generation
+        ids = reference.prompt_ids(prompt)
+        plans.append((body, request_id, ids, params))
+
+    async def run() -> list[object]:
+        return list(await asyncio.gather(*(collect(provider.generate(ids, p), len(ids)) for _, _, ids, p in plans)))
+
+    out = []
+    for (body, request_id, ids, _), gen in zip(plans, asyncio.run(run()), strict=True):
+        tokens, proof = gen.token_ids, gen.proof  # type: ignore[attr-defined]
+        text = reference.decode(tokens)
+        receipt = Receipt(request_id, reference.model_id, address, input_hash("chat", body), keccak(text.encode()),
+                          keccak(proof), len(ids), len(tokens), 1, int(time.time()))  # fmt: skip
+        out.append((body, Choice(tokens, proof, text), receipt, sign_receipt(receipt, DOMAIN, key)))
+    return out
+
+
+def audit(
+    reference: CausalLMEngine, body: dict[str, object], choice: Choice, signed: object
+) -> tuple[Verdict, AuditStats, Evidence]:
+    """What the validator does with one answer: the per-request check and, from the same
+    prefill, the divergence statistics; and the audit's evidence record."""
+    from allmende.core import SignedReceipt
+
+    assert isinstance(signed, SignedReceipt)
+    prompt, _ = canonical("chat", body, signed.receipt.request_id).generation
+    ids = reference.prompt_ids(prompt)
+    prefills = prefills_of(reference, ids, [choice])
+    verdict = check_answer(reference, body, ids, [choice], signed, "chat", prefills)
+    stats = answer_stats(reference, body, ids, [choice], signed, "chat", prefills)
+    assert stats is not None
+    evidence = Evidence("chat", body, "0x" + reference.model_id.hex(), ids, choice.token_ids, choice.text,
+                        "0x" + choice.proof.hex(), signed.to_json(), "audited")  # fmt: skip
+    return verdict, stats, evidence
+
+
+def accumulate(
+    provider: CausalLMEngine, reference: CausalLMEngine, ledger: EvidenceLedger, key: bytes, rounds: int, batch: int = 4
+) -> list[Decision]:
+    """Audit `provider` in rounds of `batch` concurrent requests until the ledger says
+    "cheating" or `rounds` rounds are over; every window that ends "honest" is closed. Returns
+    the decisions, one per audit; every audit must pass the per-request checks."""
+    address = Account.from_key(key).address
+    model = "0x" + reference.model_id.hex()
+    decisions = []
+    for r in range(rounds):
+        for body, choice, _, signed in serve(provider, reference, key, r * batch, batch):
+            verdict, stats, evidence = audit(reference, body, choice, signed)
+            assert verdict.ok, f"the per-request checks pass (the ledger is what catches it): {verdict.reason}"
+            standing = ledger.add(address, model, stats, audit_record(evidence, stats))
+            decisions.append(standing.decision)
+            if standing.decision is Decision.HONEST:
+                ledger.close(address, model, standing)
+            if standing.decision is Decision.CHEATING:
+                return decisions
+    return decisions
+
+
+def new_ledger(tmp_path: Path, calibration: Calibration, reference: CausalLMEngine) -> EvidenceLedger:
+    model = "0x" + reference.model_id.hex()
+    assert calibration.allowed(model), "the shipped calibration covers the test model"
+    return EvidenceLedger(tmp_path / "ledger.db", {model: calibration.allowed(model)})
+
+
+def test_an_honest_provider_accumulates_to_honest_and_is_never_accused(
+    tmp_path: Path, validator_engine: CausalLMEngine, calibration: Calibration
+) -> None:
+    ledger = new_ledger(tmp_path, calibration, validator_engine)
+    key = Account.create().key
+
+    decisions = accumulate(load(), validator_engine, ledger, bytes(key), rounds=4)
+
+    assert Decision.CHEATING not in decisions
+    closed = ledger.closed(Account.from_key(key).address, "0x" + validator_engine.model_id.hex())
+    assert closed and all(c[0] == "honest" for c in closed), closed
+
+
+@pytest.mark.parametrize(
+    "serving",
+    [
+        pytest.param(lambda: quantize_int8(load()), id="int8-weights"),
+        pytest.param(lambda: move_weights(load(), 0.01, 11), id="every-weight-moved-1pct"),
+    ],
+)
+def test_a_provider_serving_a_cheaper_or_sibling_model_is_caught_within_n_tokens(
+    tmp_path: Path, validator_engine: CausalLMEngine, calibration: Calibration, serving: object
+) -> None:
+    ledger = new_ledger(tmp_path, calibration, validator_engine)
+    key = bytes(Account.create().key)
+    provider = serving()  # type: ignore[operator]
+
+    decisions = accumulate(provider, validator_engine, ledger, key, rounds=MOST_TOKENS // (4 * TOKENS))
+
+    assert decisions[-1] is Decision.CHEATING, decisions
+    assert Decision.HONEST not in decisions
+    tokens = len(decisions) * TOKENS
+    print(f"caught after {len(decisions)} audits, {tokens} audited tokens")
+    assert tokens <= MOST_TOKENS
+
+
+@pytest.fixture(scope="module")
+def cheat_case(
+    validator_engine: CausalLMEngine, calibration: Calibration, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Evidence, str]:
+    """The evidence document of a case against an int8 provider, and the provider's address."""
+    ledger = new_ledger(tmp_path_factory.mktemp("ledger"), calibration, validator_engine)
+    key = bytes(Account.create().key)
+    address = Account.from_key(key).address
+    model = "0x" + validator_engine.model_id.hex()
+    decisions = accumulate(quantize_int8(load()), validator_engine, ledger, key, rounds=MOST_TOKENS // (4 * TOKENS))
+    assert decisions[-1] is Decision.CHEATING
+    standing = ledger.standing(address, model)
+    audits = [a for _, a in ledger.window_audits(address, model)]
+    return case_evidence(audits, standing, calibration.allowed(model), calibration.version), address
+
+
+def test_a_juror_convicts_from_its_own_recomputation(
+    cheat_case: tuple[Evidence, str], validator_engine: CausalLMEngine, calibration: Calibration
+) -> None:
+    evidence, provider = cheat_case
+    juror = load()  # its own copy of the model
+    blob = Evidence.from_bytes(evidence.to_bytes())  # as fetched
+
+    found = recheck_accumulated(
+        juror, blob, provider, DOMAIN, calibration.allowed(evidence.model_id), rng=random.Random(1)
+    )
+
+    assert found.guilty, found.reason
+    assert found.standing is not None and found.standing.decision is Decision.CHEATING
+
+
+def test_a_reporter_that_inflates_an_honest_providers_statistics_convicts_nobody(
+    tmp_path: Path, validator_engine: CausalLMEngine, calibration: Calibration
+) -> None:
+    key = bytes(Account.create().key)
+    address = Account.from_key(key).address
+    model = "0x" + validator_engine.model_id.hex()
+    profiles = calibration.allowed(model)
+    records = []
+    for body, choice, _, signed in serve(load(), validator_engine, key, 0, 8):
+        _, stats, evidence = audit(validator_engine, body, choice, signed)
+        lie = AuditStats(tuple(0.5 for _ in stats.gaps), tuple(0.5 for _ in stats.chunk_errors))  # "every token off"
+        records.append(audit_record(evidence, lie))
+    ledger = EvidenceLedger(tmp_path / "lie.db", {model: profiles})
+    for record in records:
+        ledger.add(address, model, AuditStats.from_json(record["stats"]), record)
+    standing = ledger.standing(address, model)
+    assert standing.decision is Decision.CHEATING  # what the lying reporter's own numbers say
+    document = case_evidence(records, standing, profiles, calibration.version)
+
+    found = recheck_accumulated(validator_engine, document, address, DOMAIN, profiles, rng=random.Random(2))
+
+    assert not found.guilty
+    assert "not what the juror recomputes" in found.reason
+
+
+def test_an_audit_counted_twice_or_signed_by_someone_else_convicts_nobody(
+    cheat_case: tuple[Evidence, str], validator_engine: CausalLMEngine, calibration: Calibration
+) -> None:
+    evidence, provider = cheat_case
+    profiles = calibration.allowed(evidence.model_id)
+    audits = evidence.accumulated["audits"]  # type: ignore[index]
+    twice = dataclasses.replace(evidence, accumulated={**evidence.accumulated, "audits": [*audits, audits[0]]})  # type: ignore[dict-item]
+    forged = json.loads(json.dumps(audits[0]))
+    other = Account.create()
+    receipt = Evidence.from_bytes(json.dumps({k: v for k, v in forged.items() if k != "stats"}).encode()).signed_receipt
+    forged["receipt"] = sign_receipt(receipt.receipt, DOMAIN, bytes(other.key)).to_json()
+    swapped = dataclasses.replace(evidence, accumulated={**evidence.accumulated, "audits": [forged, *audits[1:]]})  # type: ignore[dict-item]
+
+    counted_twice = recheck_accumulated(validator_engine, twice, provider, DOMAIN, profiles)
+    not_signed = recheck_accumulated(validator_engine, swapped, provider, DOMAIN, profiles)
+    another_provider = recheck_accumulated(validator_engine, evidence, other.address, DOMAIN, profiles)
+
+    assert not counted_twice.guilty and "counted twice" in counted_twice.reason
+    assert not not_signed.guilty and "not signed by the provider" in not_signed.reason
+    assert not another_provider.guilty
