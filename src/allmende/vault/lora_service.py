@@ -56,6 +56,7 @@ from allmende.vault.text import TextDataset
 
 MIN_VAULTS = 3  # a threshold below the number of vaults with a strict majority needs three
 MAX_VAULTS = 64
+MAX_LOADED = 2  # base models with adapters a vault keeps loaded at once (least recently loaded goes first)
 LORA_CHECK_FIELDS = frozenset(
     {"dataset_id", "grant_id", "run_id", "lora", "adapter", "members", "steps", "noise", "clipping_norm"}
 )
@@ -153,6 +154,10 @@ class LoraRounds:
                     model = AdapterModel(path, spec)
                 except ValueError as exc:
                     raise BadJob(str(exc)) from None
+                while len(self._adapters) >= MAX_LOADED:  # each holds a copy of its base: a grantee sending
+                    oldest = next(iter(self._adapters))  # many specs must not fill the vault's memory
+                    del self._adapters[oldest]
+                    self._examples = {k: v for k, v in self._examples.items() if k[0] != oldest}
                 self._adapters[spec.canonical()] = model
         return model
 
