@@ -90,3 +90,25 @@ def serve(
         server = uvicorn.Server(uvicorn.Config(app_, log_level="warning", timeout_keep_alive=30))
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
             server.run(sockets=[sock])
+
+
+@app.command("register")
+def register(
+    model: str = typer.Argument("smollm2-135m-instruct", help="the model (name, folder or .gguf); registered already"),
+    stages: int = typer.Option(3, help="how many stages to split its blocks into"),
+    key: str = typer.Option(..., help="the base model owner's key (a router reads only the owner's stages)"),
+    license: str = typer.Option(..., help="the stages' license: the base model's"),
+    rpc: str = typer.Option(None, help="JSON-RPC URL (default $ALLMENDE_RPC or http://127.0.0.1:8545)"),
+    deployments: Path = typer.Option(None, help="deployments JSON (default: found in $ALLMENDE_STATE_DIR)"),
+) -> None:
+    """Register a model's stages on chain, each a model derived from the base (its royalty
+    goes to the base's owner), its descriptor the metadata URI; providers then offer them."""
+    from allmende.chain.stages import register_layout
+    from allmende.cli.common import contracts_for
+
+    with friendly_errors():
+        _, split = _layout(model, stages)
+        done = register_layout(contracts_for(rpc, key, deployments), split, license)
+        for spec in split.stages:
+            state = "registered" if spec.stage_id in done else "already registered"
+            console.print(f"blocks {spec.range.start:>3}-{spec.range.end:<3} {spec.stage_id_hex} {state}")
