@@ -36,12 +36,18 @@ from allmende.core.evidence_test import Decision
 from allmende.engine import load_engine
 from allmende.engine.base import Kind
 from allmende.engine.transformers_lm import CausalLMEngine
-from allmende.validator.accumulated import Calibration, audit_record, case_evidence, recheck_accumulated
+from allmende.validator.accumulated import (
+    MAX_CASE_AUDITS,
+    Calibration,
+    audit_record,
+    case_evidence,
+    recheck_accumulated,
+)
 from allmende.validator.answers import Choice, answer_stats, check_answer, choices_of, prefills_of, recheck
 from allmende.validator.checker import NOTHING, Verdict
 from allmende.validator.evidence import BadEvidence, Evidence, EvidenceStore
 from allmende.validator.fetcher import EvidenceFetcher
-from allmende.validator.ledger import EvidenceLedger
+from allmende.validator.ledger import EvidenceLedger, standing_of
 from allmende.validator.metrics import ALM, ValidatorMetrics, fault_kind
 from allmende.validator.prompts import AuditTraffic
 from allmende.validator.store import AuditRecord, ValidatorStore
@@ -200,10 +206,18 @@ class Validator:
                      model[:14], standing.tokens, standing.statistic)  # fmt: skip
         elif standing.decision is Decision.CHEATING:
             profiles = self.ledger.profiles[model]
-            audits = [a for _, a in self.ledger.window_audits(entry.address, model)]
-            document = case_evidence(audits, standing, profiles, self.calibration.version)
+            window = self.ledger.window_audits(entry.address, model)[-MAX_CASE_AUDITS:]
+            carried = standing_of([s for s, _ in window], profiles, self.ledger.test, standing.window)
+            if carried.decision is not Decision.CHEATING:
+                # the audits a case can carry do not prove it on their own: a juror would vote
+                # not guilty on them, so audit on (the newest audits will)
+                log.info("evidence on %s says cheating, but not its last %d audits alone: auditing on",
+                         entry.address, MAX_CASE_AUDITS)  # fmt: skip
+                return
+            document = case_evidence([a for _, a in window], carried, profiles, self.calibration.version)
             case_id = self._open_case(entry, document, found.receipt, found.block, document.reason)
-            self.ledger.close(entry.address, model, standing, case_id)
+            if case_id is not None or not self.contracts.registry.is_active(entry.address):
+                self.ledger.close(entry.address, model, standing, case_id)  # else: reported in a later audit
 
     def _model_name(self, gateway: str, model_id: bytes) -> str:
         """The name `gateway` lists `model_id` under (what users ask for)."""
