@@ -12,7 +12,7 @@ import torch
 from allmende.api.protocol import draw_seed, sampling_params
 from allmende.engine.base import EngineError, SamplingParams
 from allmende.engine.proofs import commit
-from allmende.engine.sampling import draw_scores, gumbel_noise, nucleus, sample_token, shaped
+from allmende.engine.sampling import draw_scores, gumbel_noise, nucleus, sample_token, shaped, shaped_rows
 from allmende.validator.checker import stop_completed, text_of, token_check, verify_completion
 
 SAMPLED = SamplingParams(max_tokens=8, temperature=0.7, top_p=0.9, seed=11)
@@ -154,6 +154,15 @@ def test_penalties_and_bias_shape_the_logits_by_openais_formula() -> None:
     # token 2 drawn 3 times, token 1 once: z = logit + bias − 0.25·count − 0.5·[count > 0]
     assert shaped(row, params, [2, 1, 2, 2]).tolist() == [0.0, 3.0 - 0.75, -1.25, 0.0, 0.0, -100.0]
     assert torch.equal(shaped(row, SamplingParams(), [2, 2]), row)  # nothing asked: the raw row
+
+
+def test_the_checker_shapes_its_rows_exactly_as_the_engine_shaped_each() -> None:
+    logits = rows(40)
+    params = SamplingParams(presence_penalty=0.7, frequency_penalty=-0.3, logit_bias=((3, 2.0), (9, -50.0)))
+    output = drawn_sequence(logits, dataclasses.replace(params, temperature=0.9, seed=3))
+    one_by_one = torch.stack([shaped(logits[i], params, output[:i]) for i in range(40)])
+    assert torch.equal(shaped_rows(logits, params, output), one_by_one)  # bit for bit
+    assert torch.equal(shaped_rows(logits[5:], params, output, 5), one_by_one[5:])
 
 
 def test_a_bias_on_a_token_outside_the_vocabulary_is_refused_by_name() -> None:

@@ -74,23 +74,54 @@ def shaped(logits: torch.Tensor, params: SamplingParams, drawn: Sequence[int] = 
     """One row of logits as the request shapes it before the draw (float32, on the CPU): its
     `logit_bias` added, and the tokens `drawn` before this position in the completion
     penalised, `frequency_penalty` per occurrence and `presence_penalty` once (OpenAI's
-    formula). The checker shapes its own rows with this same function. EngineError (param
-    `logit_bias`) for a biased token id outside the row."""
+    formula). EngineError (param `logit_bias`) for a biased token id outside the row."""
     row = logits.detach().float().cpu()
     if not params.reshapes_logits:
         return row
-    row = row.clone()
+    row = _biased(row.clone(), params)
+    if drawn:
+        _penalise(row, Counter(drawn), params)
+    return row
+
+
+def shaped_rows(
+    logits: torch.Tensor, params: SamplingParams, output_ids: Sequence[int], first_position: int = 0
+) -> torch.Tensor:
+    """Rows of logits for output positions first_position, … shaped as `shaped` shapes each
+    (the same operations, so the same numbers): row i penalises the tokens of `output_ids`
+    before position first_position + i. What the checker applies to its prefill's rows."""
+    if not params.reshapes_logits:
+        return logits
+    rows = _biased(logits.detach().float().cpu().clone(), params)
+    if not (params.presence_penalty or params.frequency_penalty):
+        return rows.to(logits.device)
+    counts = Counter(output_ids[:first_position])
+    for i in range(rows.shape[0]):
+        if counts:
+            _penalise(rows[i], counts, params)
+        if first_position + i < len(output_ids):
+            counts[output_ids[first_position + i]] += 1
+    return rows.to(logits.device)
+
+
+def _biased(rows: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """`rows` (one or many) with the request's logit bias added, in place."""
     if params.logit_bias:
         ids = torch.tensor([token for token, _ in params.logit_bias])
-        if int(ids.max()) >= row.shape[-1]:
-            raise EngineError(f"logit_bias token ids must be below the vocabulary size {row.shape[-1]}", "logit_bias")
-        row[ids] += torch.tensor([bias for _, bias in params.logit_bias], dtype=row.dtype)
-    if drawn and (params.presence_penalty or params.frequency_penalty):
-        counts = Counter(drawn)
-        ids = torch.tensor(list(counts))
-        times = torch.tensor(list(counts.values()), dtype=row.dtype)
-        row[ids] -= params.frequency_penalty * times + params.presence_penalty
-    return row
+        if int(ids.max()) >= rows.shape[-1]:
+            raise EngineError(f"logit_bias token ids must be below the vocabulary size {rows.shape[-1]}", "logit_bias")
+        rows[..., ids] += torch.tensor([bias for _, bias in params.logit_bias], dtype=rows.dtype)
+    return rows
+
+
+def _penalise(row: torch.Tensor, counts: Counter[int], params: SamplingParams) -> None:
+    """Subtract OpenAI's penalties from one row, in place: c·frequency + presence for each
+    token drawn c > 0 times."""
+    if not (params.presence_penalty or params.frequency_penalty):
+        return
+    ids = torch.tensor(list(counts))
+    times = torch.tensor(list(counts.values()), dtype=row.dtype)
+    row[ids] -= params.frequency_penalty * times + params.presence_penalty
 
 
 def rank_filters(

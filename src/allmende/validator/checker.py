@@ -40,7 +40,7 @@ import torch
 
 from allmende.engine.base import SamplingParams
 from allmende.engine.proofs import ProofCheck, check
-from allmende.engine.sampling import first_stop, gumbel_noise, nucleus, rank_filters, shaped
+from allmende.engine.sampling import first_stop, gumbel_noise, nucleus, rank_filters, shaped_rows
 
 # bf16 and fp32 disagree on near-ties: a token whose score is within 6 % of the row's logit
 # scale of the best one is accepted. Honest bf16 needed up to 1.2 % on the tiny model and just
@@ -57,20 +57,6 @@ class Verdict:
     reason: str
     proof: ProofCheck
     bad_tokens: int
-
-
-def shaped_rows(
-    logits: torch.Tensor, params: SamplingParams, output_ids: Sequence[int], first_position: int
-) -> torch.Tensor:
-    """`logits` (rows for output positions first_position, …) shaped as the engine shaped
-    each before its draw: the request's logit bias added, and the tokens of `output_ids`
-    drawn before that row's position penalised (engine.sampling.shaped, row by row)."""
-    if not params.reshapes_logits:
-        return logits
-    drawn = list(output_ids)
-    return torch.stack(
-        [shaped(row, params, drawn[: first_position + i]) for i, row in enumerate(logits.float().cpu())]
-    ).to(logits.device)
 
 
 def draw_check(
