@@ -370,3 +370,34 @@ def test_a_restarted_agent_keeps_its_session_and_pays_every_receipt(chain: Chain
     (channel_id,) = closing
     assert [s.channel_id for s in first.sessions.values()] == [channel_id]
     assert again.paid() == charged == chain.gateway.channels.channel(channel_id).spent
+
+
+def test_the_gateway_redeems_closing_sessions_and_drops_closed_ones(chain: Chain, tmp_path: Path) -> None:
+    # Prepare: three sessions, each with a voucher for one charged request
+    gateway = Gateway(chain, tmp_path)
+    agents = []
+    for _ in range(3):
+        client, scheme = agent_client(chain, gateway, fresh_key(chain))
+        payload, requirements = gateway.pay(client, b'{"n": 1}', 20_000)
+        assert gateway.admit(payload, requirements)[0]
+        gateway.serve(payload, 1_000, 100)
+        payload, requirements = gateway.pay(client, b'{"n": 2}', 20_000)  # its voucher pays the first
+        assert gateway.admit(payload, requirements)[0]
+        (session,) = scheme.sessions.values()
+        agents.append((scheme, session.channel_id))
+    (active, _), (closing, closing_id), (closed, closed_id) = agents
+    channels = chain.gateway.channels
+    closed.contracts.channels.request_close(closed_id)
+    chain.admin.client.increase_time(chain.admin.params.get("channel_close_delay") + 1)
+    closing.contracts.channels.request_close(closing_id)
+
+    # Execute: an upkeep's redeem, with a threshold none of them reaches
+    sent = gateway.sessions.redeem_due(above=10**9)
+
+    # Assert: the closing session was redeemed, the active one left for later, the closed one
+    # dropped without reverting the batch
+    assert len(sent) == 1
+    assert channels.channel(closing_id).spent == closing.paid() > 0
+    assert channels.channel(agents[0][1]).spent == 0 and active.paid() > 0
+    assert channels.channel(closed_id).spent == 0
+    assert gateway.sessions.redeem_due(above=10**9) == []  # nothing due twice

@@ -157,14 +157,14 @@ class X402Ledger:
         with self._lock:
             self._db.execute("UPDATE sessions SET redeemed=? WHERE channel_id=?", (str(cumulative), channel_id))
 
-    def unredeemed(self) -> list[tuple[bytes, int, bytes]]:
-        """(channel, cumulative, signature) of every session voucher above what was redeemed."""
+    def unredeemed(self) -> list[tuple[bytes, int, bytes, int]]:
+        """(channel, cumulative, signature, redeemed) of every session voucher above what was
+        redeemed of it."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT channel_id, cumulative, voucher FROM sessions WHERE voucher IS NOT NULL"
+                "SELECT channel_id, cumulative, voucher, redeemed FROM sessions WHERE voucher IS NOT NULL"
             ).fetchall()
-            redeemed = dict(self._db.execute("SELECT channel_id, redeemed FROM sessions").fetchall())
-        return [(bytes(c), int(cum), bytes(v)) for c, cum, v in rows if int(cum) > int(redeemed.get(c, "0"))]
+        return [(bytes(c), int(cum), bytes(v), int(r)) for c, cum, v, r in rows if int(cum) > int(r)]
 
     # ------------------------------------------------------------- refunds
 

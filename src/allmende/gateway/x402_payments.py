@@ -82,8 +82,11 @@ class X402Policy:
     ledger: Path | None = None
     # session scheme: units an agent may owe beyond its last voucher (one request's most fits)
     session_credit: int = 1_000_000
-    # seconds between redeems of the sessions' vouchers (and sends of refunds that failed)
+    # seconds between the upkeeps: refunds that failed sent again, session vouchers redeemed
     redeem_every: float = 300.0
+    # at an upkeep, a session's voucher is redeemed once this much of it is unredeemed (units;
+    # a closing session's always)
+    redeem_above: int = 10_000_000
 
 
 @dataclass
@@ -391,6 +394,6 @@ class X402Gate:
         self._upkept = time.monotonic()
         self.refunds.retry()
         try:
-            self.sessions.redeem_due()
+            self.sessions.redeem_due(above=self.policy.redeem_above)
         except Exception as exc:  # tried again at the next upkeep
             log.warning("redeeming the x402 sessions' vouchers failed: %s", exc)

@@ -21,7 +21,9 @@ as the credit rule has it for providers,
 the request's most; no transaction. When the answer comes its receipt becomes the charge
 (`SessionGate.charged`), listed in the session's statement, from which the agent signs its
 next voucher. The gateway redeems a session's highest voucher when the agent's last voucher
-arrives (its close) and whenever `redeem_due` runs.
+arrives (its close), and at its upkeep those of closing channels and those with more than
+`redeem_above` units unredeemed (each redeem costs gas: a session is not redeemed every few
+minutes).
 """
 
 from __future__ import annotations
@@ -197,12 +199,23 @@ class SessionGate:
         if cumulative > state.charged:
             raise InvalidInput(f"the voucher pays {cumulative}, more than the {state.charged} charged")
         self.ledger.take_voucher(channel_id, cumulative, signature)
-        return {"redeemed": self.redeem_due()}
+        return {"redeemed": self.redeem_due(above=2**256, channels=frozenset({channel_id}))}
 
-    def redeem_due(self) -> list[str]:
-        """Redeem every session voucher above what was redeemed, in one batch; the
-        transaction hashes (none when nothing is due)."""
-        due = self.ledger.unredeemed()
+    def redeem_due(self, above: int = 0, channels: frozenset[bytes] = frozenset()) -> list[str]:
+        """Redeem, in one batch, the session vouchers that are due: those of `channels`, those
+        of channels that are closing (after the close they can no longer be redeemed) and
+        those with more than `above` units unredeemed. A channel already past its close is
+        dropped with an error in the log (its voucher would revert the whole batch). Returns
+        the transaction hashes (none when nothing is due)."""
+        now = int(self.contracts.client.w3.eth.get_block("latest")["timestamp"])
+        due = []
+        for channel_id, cumulative, signature, redeemed in self.ledger.unredeemed():
+            closes_at = self.contracts.channels.channel(channel_id).closes_at
+            if closes_at and closes_at <= now:
+                log.error("session 0x%s closed with %d units unredeemed", channel_id.hex(), cumulative - redeemed)
+                self.ledger.set_redeemed(channel_id, cumulative)
+            elif channel_id in channels or closes_at or cumulative - redeemed > above:
+                due.append((channel_id, cumulative, signature))
         if not due:
             return []
         vouchers = [SignedVoucher(Voucher(c, SESSION_MODEL, cum), sig) for c, cum, sig in due]
