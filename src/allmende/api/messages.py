@@ -26,6 +26,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from allmende.api.fields import known_fields, string_field
 from allmende.api.protocol import InvalidParameter, invalid_parameter, screen_parameters
 
 MAX_STOP_SEQUENCES = 4  # as chat's `stop`: the engine and the checker watch at most 4
@@ -105,7 +106,7 @@ def messages_of(request: MessagesRequest) -> list[dict[str, Any]]:
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise InvalidParameter(f"'{where}' must be an object", where)
-        _fields(message, {"role", "content"}, where)
+        known_fields(message, {"role", "content"}, where)
         role, content = message.get("role"), message.get("content")
         if role not in ("user", "assistant"):
             raise InvalidParameter(f"'{where}.role' must be user or assistant", f"{where}.role")
@@ -133,22 +134,23 @@ def _turn(role: str, blocks: list[Any], where: str) -> list[dict[str, Any]]:
         at = f"{where}[{j}]"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            _fields(block, {"type", "text", "cache_control", "citations"}, at)
-            texts.append(_string(block, "text", at))
+            known_fields(block, {"type", "text", "cache_control", "citations"}, at)
+            texts.append(string_field(block, "text", at))
         elif kind == "tool_use" and role == "assistant":
-            _fields(block, {"type", "id", "name", "input", "cache_control"}, at)
+            known_fields(block, {"type", "id", "name", "input", "cache_control"}, at)
             arguments = block.get("input")
             if not isinstance(arguments, dict):
                 raise InvalidParameter(f"'{at}.input' must be an object", f"{at}.input")
-            function = {"name": _string(block, "name", at), "arguments": json.dumps(arguments, separators=(",", ":"))}
-            calls.append({"id": _string(block, "id", at), "type": "function", "function": function})
+            arguments_json = json.dumps(arguments, separators=(",", ":"))
+            function = {"name": string_field(block, "name", at), "arguments": arguments_json}
+            calls.append({"id": string_field(block, "id", at), "type": "function", "function": function})
         elif kind == "tool_result" and role == "user":
-            _fields(block, {"type", "tool_use_id", "content", "is_error", "cache_control"}, at)
+            known_fields(block, {"type", "tool_use_id", "content", "is_error", "cache_control"}, at)
             content = block.get("content", "")
             text = content if isinstance(content, str) else _text(content, f"{at}.content")
             if block.get("is_error") is True:
                 text = f"Error: {text}"
-            results.append({"role": "tool", "tool_call_id": _string(block, "tool_use_id", at), "content": text})
+            results.append({"role": "tool", "tool_call_id": string_field(block, "tool_use_id", at), "content": text})
         else:
             raise InvalidParameter(
                 f"'{at}.type' {kind!r} blocks are not served in a {role} message: text"
@@ -164,19 +166,6 @@ def _turn(role: str, blocks: list[Any], where: str) -> list[dict[str, Any]]:
     return out
 
 
-def _fields(item: dict[str, Any], known: set[str], where: str) -> None:
-    for field in item:
-        if field not in known:
-            raise InvalidParameter(f"'{where}.{field}' is not a field here", f"{where}.{field}")
-
-
-def _string(item: dict[str, Any], field: str, where: str) -> str:
-    value = item.get(field)
-    if not isinstance(value, str):
-        raise InvalidParameter(f"'{where}.{field}' must be a string", f"{where}.{field}")
-    return value
-
-
 def _text(content: Any, where: str) -> str:
     """A string, or the text of text blocks."""
     if isinstance(content, str):
@@ -188,8 +177,8 @@ def _text(content: Any, where: str) -> str:
         at = f"{where}[{j}]"
         if not isinstance(block, dict) or block.get("type") != "text":
             raise InvalidParameter(f"'{at}' must be a text block (the served models read text only)", at)
-        _fields(block, {"type", "text", "cache_control", "citations"}, at)
-        texts.append(_string(block, "text", at))
+        known_fields(block, {"type", "text", "cache_control", "citations"}, at)
+        texts.append(string_field(block, "text", at))
     return "".join(texts)
 
 
@@ -198,20 +187,20 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
     if not isinstance(tool, dict) or tool.get("type", "custom") != "custom":
         kind = tool.get("type") if isinstance(tool, dict) else None
         raise InvalidParameter(f"'{where}.type' {kind!r} tools are not served: client tools are", f"{where}.type")
-    _fields(tool, {"type", "name", "description", "input_schema", "cache_control"}, where)
+    known_fields(tool, {"type", "name", "description", "input_schema", "cache_control"}, where)
     schema = tool.get("input_schema")
     if not isinstance(schema, dict):
         raise InvalidParameter(f"'{where}.input_schema' must be a JSON Schema object", f"{where}.input_schema")
-    function: dict[str, Any] = {"name": _string(tool, "name", where), "parameters": schema}
+    function: dict[str, Any] = {"name": string_field(tool, "name", where), "parameters": schema}
     if tool.get("description") is not None:
-        function["description"] = _string(tool, "description", where)
+        function["description"] = string_field(tool, "description", where)
     return {"type": "function", "function": function}
 
 
 def _tool_choice(choice: dict[str, Any]) -> dict[str, Any]:
     """Chat's `tool_choice` (and `parallel_tool_calls`) for Anthropic's."""
     kind = choice.get("type")
-    _fields(choice, {"type", "name", "disable_parallel_tool_use"}, "tool_choice")
+    known_fields(choice, {"type", "name", "disable_parallel_tool_use"}, "tool_choice")
     out: dict[str, Any]
     if kind == "auto":
         out = {"tool_choice": "auto"}

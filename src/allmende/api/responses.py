@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from allmende.api.fields import known_fields, string_field
 from allmende.api.protocol import InvalidParameter, invalid_parameter, screen_parameters
 
 MESSAGE_ROLES = ("system", "developer", "user", "assistant")
@@ -129,15 +130,15 @@ def messages_of(request: ResponsesRequest) -> list[dict[str, Any]]:
             raise InvalidParameter(f"'{where}' must be an object", where)
         kind = item.get("type", "message")
         if kind == "message":
-            _fields(item, {"type", "role", "content", "id", "status", "phase"}, where)
+            known_fields(item, {"type", "role", "content", "id", "status", "phase"}, where)
             role = item.get("role")
             if role not in MESSAGE_ROLES:
                 raise InvalidParameter(f"'{where}.role' must be system, developer, user or assistant", f"{where}.role")
             out.append({"role": role, "content": _text(item.get("content"), f"{where}.content")})
         elif kind == "function_call":
-            _fields(item, {"type", "call_id", "name", "arguments", "id", "status", *_CALLER}, where)
+            known_fields(item, {"type", "call_id", "name", "arguments", "id", "status", *_CALLER}, where)
             _direct(item, where)
-            call_id, name, arguments = (_string(item, field, where) for field in ("call_id", "name", "arguments"))
+            call_id, name, arguments = (string_field(item, field, where) for field in ("call_id", "name", "arguments"))
             call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
             last = out[-1] if out else None
             if last is not None and last["role"] == "assistant" and last.get("tool_calls"):
@@ -145,9 +146,9 @@ def messages_of(request: ResponsesRequest) -> list[dict[str, Any]]:
             else:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
-            _fields(item, {"type", "call_id", "output", "id", "status", "name", *_CALLER}, where)
+            known_fields(item, {"type", "call_id", "output", "id", "status", "name", *_CALLER}, where)
             _direct(item, where)
-            call_id = _string(item, "call_id", where)
+            call_id = string_field(item, "call_id", where)
             out.append(
                 {"role": "tool", "tool_call_id": call_id, "content": _text(item.get("output"), f"{where}.output")}
             )
@@ -169,19 +170,6 @@ def _direct(item: dict[str, Any], where: str) -> None:
         raise InvalidParameter(f"'{where}.namespace' namespaced tools are not served", f"{where}.namespace")
 
 
-def _fields(item: dict[str, Any], known: set[str], where: str) -> None:
-    for field in item:
-        if field not in known:
-            raise InvalidParameter(f"'{where}.{field}' is not a field of this item", f"{where}.{field}")
-
-
-def _string(item: dict[str, Any], field: str, where: str) -> str:
-    value = item.get(field)
-    if not isinstance(value, str):
-        raise InvalidParameter(f"'{where}.{field}' must be a string", f"{where}.{field}")
-    return value
-
-
 def _text(content: Any, where: str) -> str:
     """A string, or the text of input_text/output_text parts (these models read text only)."""
     if isinstance(content, str):
@@ -197,7 +185,7 @@ def _text(content: Any, where: str) -> str:
                 f"'{at}' must be an input_text or output_text part (not {kind!r}): the served models read text only",
                 at,
             )
-        _fields(part, {"type", "text", "annotations", "logprobs"}, at)
+        known_fields(part, {"type", "text", "annotations", "logprobs"}, at)
         texts.append(part["text"])
     return "".join(texts)
 
@@ -208,7 +196,7 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
     if not isinstance(tool, dict) or tool.get("type") != "function":
         kind = tool.get("type") if isinstance(tool, dict) else None
         raise InvalidParameter(f"'{where}.type' {kind!r} tools are not served: function tools are", f"{where}.type")
-    _fields(tool, {"type", "name", "description", "parameters", "strict"}, where)
+    known_fields(tool, {"type", "name", "description", "parameters", "strict"}, where)
     function = {k: v for k, v in tool.items() if k != "type" and v is not None}
     return {"type": "function", "function": function}
 
@@ -217,7 +205,7 @@ def _tool_choice(choice: Any) -> str | dict[str, Any]:
     if choice in ("auto", "none", "required"):
         return str(choice)
     if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
-        _fields(choice, {"type", "name"}, "tool_choice")
+        known_fields(choice, {"type", "name"}, "tool_choice")
         return {"type": "function", "function": {"name": choice["name"]}}
     raise InvalidParameter(
         '\'tool_choice\' must be "auto", "none", "required" or {"type": "function", "name": …}', "tool_choice"
