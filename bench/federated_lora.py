@@ -4,7 +4,7 @@ An invented product's support chats (`allmende.testing.support_chat`) split acro
 the base model (allmende:tiny by default, `--base smollm2-135m-instruct` for the default chat
 model) fine-tuned with LoRA by (a) federated rounds with SecAgg+ and DP-SGD in the vaults
 (optionally with a vault killed before training in round `--kill-round`), (b) centralised
-LoRA without privacy on the pooled rows with the same steps. Reports each round's wall time,
+LoRA without noise on the pooled rows with the same (clipped) steps. Reports each round's wall time,
 which vaults were aggregated, the held-out loss after it (on rows no vault holds), ε per vault
 read from the chain, and the share of the centralised improvement the federated run reached.
 
@@ -66,7 +66,7 @@ def main() -> None:
     central = initial
     central_curve = []
     for _ in range(args.rounds):
-        central = local.dp_train(central, pooled, args.steps, args.lr, None, 0.0)
+        central = local.dp_train(central, pooled, args.steps, args.lr, 1.0, 0.0)  # the same clipped steps, no noise
         central_curve.append(loss_of(central))
     central_seconds = (time.perf_counter() - started) / args.rounds
 
@@ -103,13 +103,15 @@ def main() -> None:
             net.stop()
 
     federated_loss = float(rounds[-1]["heldout_loss"])  # type: ignore[arg-type]
-    share = (base_loss - federated_loss) / max(base_loss - central_curve[-1], 1e-9)
+    gain = base_loss - central_curve[-1]
+    share = (base_loss - federated_loss) / gain if gain > 0 else float("nan")
     report = {
         "base": args.base, "adapter_parameters": local.size, "rows_per_vault": args.rows, "steps": args.steps,
         "noise": args.noise, "base_heldout_loss": round(base_loss, 4), "rounds": rounds,
         "central_heldout_loss": [round(v, 4) for v in central_curve],
         "central_seconds_per_round": round(central_seconds, 2),
-        "federated_share_of_central_improvement": round(share, 3), "epsilon_per_vault": epsilon,
+        "federated_share_of_central_improvement": round(share, 3) if share == share else None,
+        "epsilon_per_vault": epsilon,
     }  # fmt: skip
     if args.json:
         print(json.dumps(report))
