@@ -37,6 +37,7 @@ from allmende.api.protocol import (
     parse_request,
 )
 from allmende.api.tools import ToolSpecError, choice_of, history_calls, tools_of
+from allmende.core.endpoints import endpoint
 from allmende.engine.base import (
     ChatPrompt,
     EmbeddingInput,
@@ -76,7 +77,7 @@ def canonical(kind: Kind, body: dict[str, Any], request_id: bytes | None = None)
         raise InvalidParameter("the request body must be a JSON object")
     fields = dict(body)
     continuation = fields.pop(CONTINUE, "")
-    if not isinstance(continuation, str) or (continuation and kind == "embedding"):
+    if not isinstance(continuation, str) or (continuation and not endpoint(kind).generates):
         raise InvalidParameter(f"'{CONTINUE}' must be a string, on a generation request", CONTINUE)
     request = parse_request(kind, fields)
     if isinstance(request, EmbeddingRequest):

@@ -117,8 +117,9 @@ def check_receipt(
     tokens = received_tokens(kind, output)
     if r.tokens_out != tokens:
         problems.append(f"tokensOut {r.tokens_out}, but {tokens} tokens were received")
-    most = requested_max_tokens(sent) * choices_wanted(sent) if kind != "embedding" else 0
-    if kind != "embedding" and tokens > most:
+    generates = endpoint(kind).generates
+    most = requested_max_tokens(sent) * choices_wanted(sent) if generates else 0
+    if generates and tokens > most:
         problems.append(f"{tokens} tokens received, more than max_tokens × n = {most}")
     if streamed_tokens > tokens:
         problems.append(f"the stream's deltas carried {streamed_tokens} tokens, the final token ids only {tokens}")
@@ -126,7 +127,7 @@ def check_receipt(
     bound = max_prompt_tokens(kind, sent)
     if r.tokens_in > bound:
         problems.append(f"tokensIn {r.tokens_in} exceeds {bound}, the most this prompt can be")
-    if kind != "embedding" and r.tokens_in + r.tokens_out > context_length:
+    if generates and r.tokens_in + r.tokens_out > context_length:
         problems.append(f"tokensIn + tokensOut exceed the context length {context_length}")
     fair = request_cost(r.tokens_in, r.tokens_out, *prices)
     if r.amount > fair:
