@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from allmende.api.stages import FORWARD_PATH, MEDIA_TYPE, Draw, ForwardReply, ForwardRequest
-from allmende.core.stages import StageLayout, parse_descriptor
+from allmende.core.stages import StageLayout, StagePrice, parse_descriptor
 from allmende.engine import Engine, SamplingParams, collect
 from allmende.engine.stages import StageEngine
 from allmende.gateway.stages import NoStageProvider, StageOffer, StageRouter, StageSession
@@ -63,14 +63,13 @@ def test_a_chain_over_http_draws_the_whole_models_tokens(
 
 
 def test_the_router_picks_the_cheapest_live_provider_per_stage(layout3: StageLayout) -> None:
-    cheap, dear = StageOffer(layout3.stages[1], "http://a", price=1), StageOffer(layout3.stages[1], "http://b", price=2)
-    router = StageRouter(
-        layout3,
-        [StageOffer(layout3.stages[0], "http://s0", 3), cheap, dear, StageOffer(layout3.stages[2], "http://s2")],
-    )
+    cheap = StageOffer(layout3.stages[1], "http://a", StagePrice(1))
+    dear = StageOffer(layout3.stages[1], "http://b", StagePrice(2))
+    first, last = StageOffer(layout3.stages[0], "http://s0", StagePrice(3)), StageOffer(layout3.stages[2], "http://s2")
+    router = StageRouter(layout3, [first, cheap, dear, last])
 
     assert [o.url for o in router.chain()] == ["http://s0", "http://a", "http://s2"]
-    assert router.price(router.chain()) == 4
+    assert router.price(router.chain()) == StagePrice(4)
     cheap.dead = True
     assert router.chain()[1] is dear
     dear.dead = True
@@ -169,7 +168,8 @@ def test_the_middle_stage_killed_mid_stream_loses_no_token(
 ) -> None:
     (_, s0), (p1, s1), (_, s2), (_, spare) = stage_processes
     offers = [StageOffer(parse_descriptor(info["descriptor"]), info["url"]) for info in (s0, s1, s2)]
-    offers.append(StageOffer(parse_descriptor(spare["descriptor"]), spare["url"], price=1))  # dearer: the fallback
+    spare_offer = StageOffer(parse_descriptor(spare["descriptor"]), spare["url"], StagePrice(1))  # dearer: the fallback
+    offers.append(spare_offer)
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.8, seed=3)
     eos = set(getattr(whole, "eos_ids", set()))
 

@@ -31,6 +31,8 @@ from eth_utils import keccak
 from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
+from allmende.core.errors import InvalidInput
+from allmende.core.receipts import SignedReceipt
 from allmende.core.stages import InvalidStage
 
 MEDIA_TYPE = "application/vnd.allmende.stage+safetensors"
@@ -46,6 +48,11 @@ def activation_hash(array: np.ndarray) -> bytes:
     data = np.ascontiguousarray(array)
     header = f"{data.dtype.str}:{'x'.join(map(str, data.shape))}:".encode()
     return keccak(header + data.tobytes())
+
+
+def token_array(token: int) -> np.ndarray:
+    """A drawn token as the last stage's output activation (what its output hash covers)."""
+    return np.array([token], dtype=np.int64)
 
 
 def _metadata(raw: bytes) -> dict[str, str]:
@@ -158,13 +165,16 @@ class ForwardReply:
     output_hash: bytes
     hidden: np.ndarray | None = None  # a middle or first stage's output rows
     token: int | None = None  # the last stage's draw
+    receipt: SignedReceipt | None = None  # a paid stage's signed receipt for this call
     meta: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        tensors = {"token": np.array([self.token], dtype=np.int64)} if self.token is not None else {}
+        tensors = {"token": token_array(self.token)} if self.token is not None else {}
         if self.hidden is not None:
             tensors["hidden"] = np.ascontiguousarray(self.hidden, dtype=np.float32)
         meta = {"proof": self.proof.hex(), "input": self.input_hash.hex(), "output": self.output_hash.hex()}
+        if self.receipt is not None:
+            meta["receipt"] = json.dumps(self.receipt.to_json())
         return bytes(save(tensors, metadata=meta))
 
     @classmethod
@@ -181,4 +191,10 @@ class ForwardReply:
             raise InvalidStage("a stage reply carries either hidden states or a token")
         if token is not None and token.shape != (1,):
             raise InvalidStage("a stage reply carries one token")
-        return cls(proof, inp, out, hidden, int(token[0]) if token is not None else None, meta)
+        receipt = None
+        if "receipt" in meta:
+            try:
+                receipt = SignedReceipt.from_json(json.loads(meta["receipt"]))
+            except (ValueError, AttributeError, InvalidInput) as exc:
+                raise InvalidStage(f"stage reply carries a malformed receipt: {exc}") from None
+        return cls(proof, inp, out, hidden, int(token[0]) if token is not None else None, receipt, meta)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from eth_utils import keccak
 
 from allmende.core.errors import InvalidInput
+from allmende.core.receipts import Receipt
 
 STAGE_SCHEME = "allmende-stage/v1"
 MAX_DESCRIPTOR = 256  # a registration's metadata URI holds at most this many characters
@@ -186,3 +187,61 @@ class StageLayout:
 
     def __len__(self) -> int:
         return len(self.stages)
+
+
+# --- receipts per stage ----------------------------------------------------------------------
+
+STAGE_CALL_DOMAIN = b"allmende/stage-call/v1"
+
+
+def stage_call_id(session: str, start: int, rows: int) -> bytes:
+    """The request id a stage's receipt names for one call of a session: the session, the
+    first position and the number of rows (a replay from 0 is a call of its own)."""
+    return keccak(STAGE_CALL_DOMAIN + session.encode() + b"\x00" + start.to_bytes(8, "big") + rows.to_bytes(8, "big"))
+
+
+@dataclass(frozen=True)
+class StagePrice:
+    """A stage's offer, in the payment token's smallest unit: per position it computes (every
+    stage) and per token it draws (the last stage only)."""
+
+    per_position: int = 0
+    per_token: int = 0
+
+    def __post_init__(self) -> None:
+        if self.per_position < 0 or self.per_token < 0:
+            raise InvalidStage("prices are not negative")
+
+    def amount(self, rows: int, drawn: int) -> int:
+        return self.per_position * rows + self.per_token * drawn
+
+
+def stage_receipt(
+    spec: StageSpec,
+    provider: str,
+    session: str,
+    start: int,
+    rows: int,
+    input_hash: bytes,
+    output_hash: bytes,
+    proof: bytes,
+    price: StagePrice,
+    timestamp: int,
+) -> Receipt:
+    """The receipt a stage signs for one call: it binds the commitments of the activations it
+    took and gave (for the last stage, the token it drew) and of its proof, so a session's
+    receipts chain (one stage's output hash is the next one's input hash) and say which
+    stage produced what; the amount is what the call costs at `price`."""
+    drawn = 1 if spec.range.heads else 0
+    return Receipt(
+        request_id=stage_call_id(session, start, rows),
+        model_id=spec.stage_id,
+        provider=provider,
+        input_hash=input_hash,
+        output_hash=output_hash,
+        proof_hash=keccak(proof),
+        tokens_in=rows,
+        tokens_out=drawn,
+        amount=price.amount(rows, drawn),
+        timestamp=timestamp,
+    )

@@ -19,6 +19,7 @@ one the dead stage would have made.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -27,11 +28,28 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-from allmende.api.stages import CLOSE_PATH, FORWARD_PATH, MEDIA_TYPE, Draw, ForwardReply, ForwardRequest
-from allmende.core.errors import UpstreamError
-from allmende.core.stages import InvalidStage, StageLayout, StageSpec
+from allmende.api.stages import (
+    CLOSE_PATH,
+    FORWARD_PATH,
+    MEDIA_TYPE,
+    Draw,
+    ForwardReply,
+    ForwardRequest,
+    activation_hash,
+    token_array,
+)
+from allmende.core.eip712 import Domain
+from allmende.core.errors import InvalidSignature, UpstreamError
+from allmende.core.receipts import SignedReceipt
+from allmende.core.stages import InvalidStage, StageLayout, StagePrice, StageSpec, stage_receipt
 
 LATENCY_WEIGHT = 0.2  # weight of a new latency sample in a provider's moving average
+
+
+class BadStageReply(UpstreamError):
+    """A stage's reply that is not the answer to the call (hashes, shape, receipt)."""
+
+    code = "bad_stage_reply"
 
 
 class NoStageProvider(UpstreamError):
@@ -47,7 +65,8 @@ class StageOffer:
 
     stage: StageSpec
     url: str  # the provider's stage endpoint, e.g. http://10.0.0.7:8600
-    price: int = 0  # per token, in the payment token's smallest unit
+    price: StagePrice = field(default_factory=StagePrice)  # its offer, in the payment token's smallest unit
+    provider: str | None = None  # its address: every call must come with its signed receipt
     latency: float = 0.0  # seconds per call, moving average (0: not measured yet)
     dead: bool = False
 
@@ -73,14 +92,14 @@ class StageRouter:
         live = [o for o in self.offers[stage.stage_id] if not o.dead]
         if not live:
             raise NoStageProvider(f"no live provider serves blocks {stage.range.start}-{stage.range.end}")
-        return min(live, key=lambda o: (o.price, o.latency))
+        return min(live, key=lambda o: (o.price.per_position + o.price.per_token, o.latency))
 
     def chain(self) -> list[StageOffer]:
         return [self.pick(s) for s in self.layout.stages]
 
-    def price(self, chain: list[StageOffer]) -> int:
-        """The price per token of a chain: the sum of its stages' offers."""
-        return sum(o.price for o in chain)
+    def price(self, chain: list[StageOffer]) -> StagePrice:
+        """The price of a chain: the sum of its stages' offers."""
+        return StagePrice(sum(o.price.per_position for o in chain), sum(o.price.per_token for o in chain))
 
 
 @dataclass
@@ -102,14 +121,18 @@ class StageSession:
         client: httpx.AsyncClient,
         session: str | None = None,
         timeout: float = 60.0,
+        domain: Domain | None = None,  # the receipts' EIP-712 domain (the Registry's), for paid stages
     ) -> None:
         self.router = router
         self.client = client
         self.session = session or secrets.token_hex(16)
         self.timeout = timeout
+        self.domain = domain
         self.hops = [Hop(offer) for offer in router.chain()]
         self.position = 0  # positions every stage has cached
         self.tokens: list[int] = []  # drawn so far
+        self.owed: dict[str, int] = {}  # provider address -> the amounts of its checked receipts
+        self.receipts: list[SignedReceipt] = []
 
     async def _call(self, hop: Hop, start: int, rows: np.ndarray, draw: Draw | None) -> ForwardReply:
         stage = hop.offer.stage
@@ -124,7 +147,38 @@ class StageSession:
         if reply.status_code != 200:
             raise UpstreamError(f"stage provider {hop.offer.url} answered {reply.status_code}: {reply.text[:200]}")
         hop.offer.observe(time.monotonic() - began)
-        return ForwardReply.decode(reply.content)
+        answer = ForwardReply.decode(reply.content)
+        self._check(hop.offer, start, rows, draw, answer)
+        return answer
+
+    def _check(self, offer: StageOffer, start: int, rows: np.ndarray, draw: Draw | None, answer: ForwardReply) -> None:
+        """The reply is the stage's answer to this call: its hashes name what was sent and what
+        came back, and a paid stage's receipt binds them at the offer's price, signed by the
+        offer's provider. A stage that fails this is treated as a dead one (replaced)."""
+        got = answer.hidden if answer.hidden is not None else token_array(answer.token or 0)
+        if answer.input_hash != activation_hash(rows) or answer.output_hash != activation_hash(got):
+            raise BadStageReply(f"stage provider {offer.url}'s hashes do not match its input and output")
+        if (answer.hidden is None) != (draw is not None):
+            raise BadStageReply(f"stage provider {offer.url} answered with the wrong kind of output")
+        if answer.hidden is not None and (answer.hidden.ndim != 2 or answer.hidden.shape[0] != rows.shape[0]):
+            raise BadStageReply(f"stage provider {offer.url} answered other rows than it was sent")
+        if offer.provider is None:
+            return
+        signed = answer.receipt
+        if signed is None or self.domain is None:
+            raise BadStageReply(f"paid stage provider {offer.url} sent no receipt")
+        expected = stage_receipt(
+            offer.stage, offer.provider, self.session, start, int(rows.shape[0]), answer.input_hash,
+            answer.output_hash, answer.proof, offer.price, signed.receipt.timestamp,
+        )  # fmt: skip
+        if signed.receipt != expected:
+            raise BadStageReply(f"stage provider {offer.url}'s receipt is not the one this call earns")
+        try:
+            signed.verify(self.domain)
+        except InvalidSignature as exc:
+            raise BadStageReply(f"stage provider {offer.url}'s receipt: {exc}") from None
+        self.receipts.append(signed)
+        self.owed[signed.receipt.provider] = self.owed.get(signed.receipt.provider, 0) + signed.receipt.amount
 
     async def _through(self, index: int, rows: np.ndarray, draw: Draw | None) -> ForwardReply:
         """Send the new `rows` to stage `index`; on failure, replace its provider and replay."""
@@ -149,9 +203,7 @@ class StageSession:
             except (httpx.HTTPError, UpstreamError, InvalidStage):
                 continue
             if reply.hidden is not None:  # only the current step's rows go on to the next stage
-                reply = ForwardReply(
-                    reply.proof, reply.input_hash, reply.output_hash, reply.hidden[-new_rows:], None, reply.meta
-                )
+                reply = dataclasses.replace(reply, hidden=reply.hidden[-new_rows:])
             return reply
 
     async def step(self, rows: np.ndarray, draw: Draw) -> int:

@@ -6,19 +6,24 @@ Hidden states travel as safetensors messages (`allmende.api.stages`); errors lea
 stage draws the next token itself with the verifiable draw, so the token a session gets is
 checkable from that stage's logits alone.
 
-Not yet here (see the README's stage section): sealed envelopes per hop, payment per stage
-(vouchers and receipts), and batching across sessions.
+A paid stage (`StageSigner`) signs a receipt for every call (`allmende.core.stages.
+stage_receipt`). Not yet here: sealed envelopes per hop, vouchers per stage (the receipts
+say what each stage is owed; nothing redeems it yet), and batching across sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from eth_account import Account
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -34,9 +39,12 @@ from allmende.api.stages import (
     ForwardReply,
     ForwardRequest,
     activation_hash,
+    token_array,
 )
+from allmende.core.eip712 import Domain
 from allmende.core.errors import AllmendeError
-from allmende.core.stages import InvalidStage
+from allmende.core.receipts import sign_receipt
+from allmende.core.stages import InvalidStage, StagePrice, stage_receipt
 from allmende.engine.base import SamplingParams
 from allmende.engine.sampling import sample_token
 from allmende.engine.stages import StageBackend
@@ -50,8 +58,23 @@ def error_response(exc: Exception) -> JSONResponse:
     return wire.error_response(exc, log)
 
 
-def serve_call(stage: StageBackend, call: ForwardRequest) -> ForwardReply:
-    """One forward call of a session on `stage`, with the draw on the last stage."""
+@dataclass(frozen=True)
+class StageSigner:
+    """A paid stage: its provider key, the receipts' EIP-712 domain (the Registry's) and its
+    offer. Without one a stage answers with no receipt (a free or private stage)."""
+
+    key: bytes
+    domain: Domain
+    price: StagePrice
+
+    @property
+    def address(self) -> str:
+        return str(Account.from_key(self.key).address)
+
+
+def serve_call(stage: StageBackend, call: ForwardRequest, signer: StageSigner | None = None) -> ForwardReply:
+    """One forward call of a session on `stage`, with the draw on the last stage and, for a
+    paid stage, the signed receipt of the call."""
     if call.stage != stage.spec.stage_id:
         raise UnknownModelError(f"this provider serves stage {stage.spec.stage_id_hex}, not 0x{call.stage.hex()}")
     heads = stage.spec.range.heads
@@ -60,17 +83,30 @@ def serve_call(stage: StageBackend, call: ForwardRequest) -> ForwardReply:
     inputs = torch.from_numpy(np.array(call.input, copy=True))
     output = stage.forward(call.session, call.start, inputs)
     in_hash = activation_hash(call.input)
-    out_hash = activation_hash(output.hidden.numpy())
+    token = None
     if call.draw is None:
-        return ForwardReply(output.proof, in_hash, out_hash, hidden=output.hidden.numpy())
-    assert output.logits is not None
-    d = call.draw
-    params = SamplingParams(temperature=d.temperature, top_p=d.top_p, seed=d.seed)
-    token = sample_token(output.logits, params, d.seed, d.position)
-    return ForwardReply(output.proof, in_hash, out_hash, token=token)
+        out_hash = activation_hash(output.hidden.numpy())
+    else:
+        assert output.logits is not None
+        d = call.draw
+        params = SamplingParams(temperature=d.temperature, top_p=d.top_p, seed=d.seed)
+        token = sample_token(output.logits, params, d.seed, d.position)
+        out_hash = activation_hash(token_array(token))
+    receipt = None
+    if signer is not None:
+        rows = int(call.input.shape[0])
+        unsigned = stage_receipt(
+            stage.spec, signer.address, call.session, call.start, rows, in_hash, out_hash, output.proof,
+            signer.price, int(time.time()),
+        )  # fmt: skip
+        receipt = sign_receipt(unsigned, signer.domain, signer.key)
+    hidden = output.hidden.numpy() if token is None else None
+    return ForwardReply(output.proof, in_hash, out_hash, hidden=hidden, token=token, receipt=receipt)
 
 
-def create_stage_app(stage: StageBackend, guard: GuardConfig | None = None, max_body: int = MAX_BODY) -> FastAPI:
+def create_stage_app(
+    stage: StageBackend, guard: GuardConfig | None = None, signer: StageSigner | None = None, max_body: int = MAX_BODY
+) -> FastAPI:
     app = FastAPI(title="Allmende stage provider", version=__version__, docs_url=None, redoc_url=None)
     protect(app, guard, error_response)
     spec = stage.spec
@@ -98,13 +134,15 @@ def create_stage_app(stage: StageBackend, guard: GuardConfig | None = None, max_
             "hidden_size": stage.hidden_size,
             "media_type": MEDIA_TYPE,
             "version": __version__,
+            "provider": signer.address if signer else None,
+            "price": dataclasses.asdict(signer.price) if signer else None,
         }
 
     @app.post(FORWARD_PATH)
     async def forward(request: Request) -> Response:
         raw = await read_limited(request, max_body, 30.0)
         call = ForwardRequest.decode(raw)
-        reply = await asyncio.to_thread(serve_call, stage, call)
+        reply = await asyncio.to_thread(serve_call, stage, call, signer)
         return Response(reply.encode(), media_type=MEDIA_TYPE)
 
     @app.post(CLOSE_PATH)
