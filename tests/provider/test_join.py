@@ -132,15 +132,29 @@ def test_a_fresh_key_joins_through_the_gateway_url_serves_and_leaves_on_ctrl_c(
         assert "allmende:tiny" in shown.get()
         assert max(len(line) for line in shown.get().splitlines()) <= 80
 
-        # Execute: Ctrl-C
+        # Execute: Ctrl-C, then ask the node as a gateway would until it stops answering
+        model_id = load_engine("allmende:tiny").model_id
+        provider.interrupt()
+        refused_while_offered: list[str] = []
+        while provider.alive():
+            offered = reader.registry.offer(address, model_id).active  # what a gateway routes by
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/v1/info", timeout=5)
+            except httpx.HTTPError as exc:
+                if offered:
+                    refused_while_offered.append(repr(exc))
+                break
         provider.stop(timeout=30)
     finally:
         if provider.alive():
             provider.kill9()
 
+    # Assert: the node answered every request sent while its offer was on chain (it closed its
+    # socket first: a request routed here in between failed, a 502 counted against it)
+    assert refused_while_offered == []
+
     # Assert: it stopped cleanly, its offer is withdrawn on chain and the gateway drops it
     assert process.returncode == 0, provider.log_tail()
-    model_id = load_engine("allmende:tiny").model_id
     assert not reader.registry.offer(address, model_id).active
     assert address not in reader.registry.providers_of(model_id)
     gateway.wait_healthy(30, ready=lambda health: address not in _listed(gateway))

@@ -21,16 +21,19 @@ id (`model="0x…"`) until its owner names it (`allmende models name`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -204,6 +207,7 @@ class ProviderNode:
     published: bool = False  # endpoint, stake and offers are on chain (after the reachability check)
     failure: BaseException | None = None  # why publishing failed; the node then stops
     server: Any = None  # the uvicorn server, told to exit when publishing fails
+    withdrawn: bool = False  # its offers were withdrawn on the way out (before the socket closed)
 
 
 def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
@@ -362,6 +366,37 @@ def withdraw_offers(node: ProviderNode) -> int:
     return removed
 
 
+# after its offers are withdrawn, a stopping node serves this long more: a gateway routes by
+# the directory it refreshed last (every 2 s), and a request it sends in that time is answered
+STOP_DRAIN_S = 2.0
+
+
+def stop_offers(node: ProviderNode, timeout: float = 20.0) -> None:
+    """Withdraw the offers on the way out, at most `timeout` seconds, once; logged either way.
+    Called on the first Ctrl-C/SIGTERM while the node still answers, so a gateway routing a
+    request here in the meantime is served, not refused by a closed socket."""
+    if node.withdrawn:
+        return
+    node.withdrawn = True
+    done: list[int] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            done.append(withdraw_offers(node))
+        except ChainError as exc:
+            failed.append(exc)
+
+    worker = threading.Thread(target=run, name="withdraw-offers", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if done:
+        log.info("withdrew %d offers on chain; gateways stop routing here", done[0])
+    else:
+        why = failed[0] if failed else f"no receipt within {timeout:.0f} s"
+        log.warning("could not withdraw the offers on chain: %s", why)
+
+
 def name_model(contracts: Contracts, model_id: bytes, loaded_as: str) -> str | None:
     """Give a model this node owns the name it was loaded as; None (and a log line saying how
     it is asked for instead) when that is no name or another model holds it."""
@@ -431,12 +466,8 @@ def build_app(node: ProviderNode) -> Any:
         task.cancel()
         watching.cancel()
         publishing.cancel()
-        if node.published:
-            try:
-                removed = await asyncio.wait_for(asyncio.to_thread(withdraw_offers, node), timeout=20)
-                log.info("withdrew %d offers on chain; gateways stop routing here", removed)
-            except (ChainError, TimeoutError) as exc:
-                log.warning("could not withdraw the offers on chain: %s", exc)
+        if node.published and not node.withdrawn:  # not withdrawn yet: stopped by other means than a signal
+            await asyncio.to_thread(stop_offers, node)
 
     config = node.config
     app = create_app(node.service, node.contracts.client.chain_id, config.limits, config.guard)
@@ -486,14 +517,30 @@ def serve_through_relay(config: ProviderConfig) -> None:
         stop = asyncio.Event()
         node.server = _StopFlag(stop)
         loop = asyncio.get_running_loop()
+        stopping: list[asyncio.Task[None]] = []
+
+        async def withdraw_then_stop() -> None:
+            if node.published:  # still connected to the relay while the offers go
+                await asyncio.to_thread(stop_offers, node)
+                with contextlib.suppress(TimeoutError):  # served for a gateway refresh more
+                    await asyncio.wait_for(stop.wait(), STOP_DRAIN_S)
+            stop.set()
+
+        def on_signal() -> None:
+            if stopping:  # a second signal: stop now
+                stop.set()
+                return
+            stopping.append(asyncio.ensure_future(withdraw_then_stop()))
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal)
         async with app.lifespan():
             await serve_relayed(app, config.relay or "", node.service.account, stop, node.contracts.client.chain_id)
 
     asyncio.run(main())
     if node.failure is not None:
         raise node.failure
+    log.info("stopped")
 
 
 def serve(config: ProviderConfig, sock: socket.socket | None = None) -> None:
@@ -505,7 +552,26 @@ def serve(config: ProviderConfig, sock: socket.socket | None = None) -> None:
         return
     sock = sock or bind_socket(config.host, config.port)
     node = prepare(config)
-    server = uvicorn.Server(uvicorn.Config(build_app(node), log_level="warning", timeout_keep_alive=30))
+
+    class WithdrawFirst(uvicorn.Server):
+        """The first Ctrl-C/SIGTERM withdraws the offers while the node still listens and serves,
+        then stops the server (uvicorn closed the socket first: a gateway that routed here before
+        the withdrawal was on chain got a refused connection, a 502 counted against the node); a
+        second signal stops at once."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if node.withdrawn or not node.published:
+                super().handle_exit(sig, frame)
+                return
+
+            def withdraw_then_exit() -> None:
+                stop_offers(node)
+                time.sleep(STOP_DRAIN_S)  # a gateway still routing by its last refresh is served
+                super(WithdrawFirst, self).handle_exit(sig, frame)
+
+            threading.Thread(target=withdraw_then_exit, name="stopping", daemon=True).start()
+
+    server = WithdrawFirst(uvicorn.Config(build_app(node), log_level="warning", timeout_keep_alive=30))
     node.server = server
     try:
         server.run(sockets=[sock])
