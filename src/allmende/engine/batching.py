@@ -15,6 +15,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections import deque
 
+from allmende.engine.handoff import one_wake_per_step
 from allmende.engine.sequence import Sequence
 
 
@@ -67,15 +68,16 @@ class StepScheduler(ABC):
                 while not self._waiting and not self._active:
                     self._wake.wait()
             joining: list[Sequence] = []
-            try:
-                self._leave([s for s in self._active if s.cancelled.is_set()])  # their room is free now
-                with self._wake:
-                    joining = self._admit()
-                self._step(joining)
-            except Exception as exc:  # a failed step fails the sequences in it, not the scheduler
-                for sequence in [*self._active, *joining]:
-                    sequence.fail(exc)
-                self._reset()
+            with one_wake_per_step():  # the step's token events reach each event loop together
+                try:
+                    self._leave([s for s in self._active if s.cancelled.is_set()])  # their room is free now
+                    with self._wake:
+                        joining = self._admit()
+                    self._step(joining)
+                except Exception as exc:  # a failed step fails the sequences in it, not the scheduler
+                    for sequence in [*self._active, *joining]:
+                        sequence.fail(exc)
+                    self._reset()
 
     def _admit(self) -> list[Sequence]:
         joining: list[Sequence] = []

@@ -34,6 +34,7 @@ from allmende.engine.base import (
 from allmende.engine.batching import StepScheduler
 from allmende.engine.chat import render_chat, template_renders_tools
 from allmende.engine.grammar import Constraint, grammar_masks, ll_tokenizer
+from allmende.engine.handoff import handoff_for
 from allmende.engine.sequence import Sequence
 
 MAX_CHOICES = 16  # most completions one request may ask for (n)
@@ -125,13 +126,12 @@ class GenerativeEngine(Engine):
     async def _stream(
         self, prompt_ids: list[int], choices: list[SamplingParams]
     ) -> AsyncGenerator[tuple[int, TokenEvent], None]:
-        loop = asyncio.get_running_loop()
+        handoff = handoff_for(asyncio.get_running_loop())  # the scheduler wakes this loop once per step
         queue: asyncio.Queue[tuple[int, TokenEvent | BaseException | None]] = asyncio.Queue()
 
         def emitter(index: int) -> Any:
             def emit(item: TokenEvent | BaseException | None) -> None:
-                with contextlib.suppress(RuntimeError):  # the consumer's event loop is gone: nobody listens
-                    loop.call_soon_threadsafe(queue.put_nowait, (index, item))
+                handoff.put(queue, (index, item))
 
             return emit
 
