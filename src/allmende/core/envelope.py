@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import os
 from dataclasses import dataclass
+from functools import cached_property
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -74,9 +75,14 @@ class ResponseSealer:
     key: bytes
     aad: bytes
 
+    @cached_property
+    def _aead(self) -> ChaCha20Poly1305:
+        """The cipher, set up once per request rather than once per streamed chunk."""
+        return ChaCha20Poly1305(self.key)
+
     def seal(self, seq: int, plaintext: bytes) -> dict[str, object]:
         nonce = seq.to_bytes(12, "big")
-        return {"seq": seq, "ciphertext": _b64(ChaCha20Poly1305(self.key).encrypt(nonce, plaintext, self.aad))}
+        return {"seq": seq, "ciphertext": _b64(self._aead.encrypt(nonce, plaintext, self.aad))}
 
     def open(self, message: object, expected_seq: int) -> bytes:
         if not isinstance(message, dict):
@@ -85,7 +91,7 @@ class ResponseSealer:
             raise EnvelopeError(f"answer chunk out of order: expected {expected_seq}, got {message.get('seq')}")
         nonce = expected_seq.to_bytes(12, "big")
         try:
-            return ChaCha20Poly1305(self.key).decrypt(nonce, _unb64(message.get("ciphertext"), "ciphertext"), self.aad)
+            return self._aead.decrypt(nonce, _unb64(message.get("ciphertext"), "ciphertext"), self.aad)
         except InvalidTag:
             raise EnvelopeError("answer does not decrypt: tampered or not from this provider") from None
 

@@ -36,6 +36,12 @@ from allmende.provider.payments import PaymentGate
 from allmende.provider.store import ProviderStore
 
 ZERO32 = b"\x00" * 32
+# A request whose decrypted plaintext is at most this many bytes (its body, prompt, tools and
+# token ids included: a bound on all of them) has its prompt rendered and tokenized on the
+# event loop (well under a millisecond); a larger one in a worker thread, so that it never
+# stalls the other streams. Handing a short prompt to a thread and back cost more than
+# tokenizing it: two thread switches, each waiting for a core when the machine is busy.
+INLINE_REQUEST_BYTES = 8192
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ class InferRequest:
     reserved: int = 0
     # set once a stream starts generating (None: not a stream, or nothing generated yet)
     progress: StreamProgress | None = None
+    size: int = 0  # bytes of the decrypted request
 
 
 class ProviderService:
@@ -150,6 +157,7 @@ class ProviderService:
             voucher=voucher,
             sealer=sealer,
             stream=request.request.stream and kind != "embedding",
+            size=len(plaintext),
         )
 
     def _signer(self, raw: object, authorization: RequestAuthorization) -> str:
@@ -192,7 +200,7 @@ class ProviderService:
             output: dict[str, Any] = {"embeddings": vectors}
             receipt = self._finish(req, tokens, 0, json.dumps(vectors).encode())
         else:
-            prompt, params = await asyncio.to_thread(self._prepare, req)
+            prompt, params = await self._prepared(req)
             n = req.canonical.n
             if n == 1:
                 gens = [await collect(engine.generate(prompt, params), len(prompt))]
@@ -225,7 +233,7 @@ class ProviderService:
     async def stream(self, req: InferRequest) -> AsyncIterator[dict[str, Any]]:
         """Serve a streaming request: sealed chunks, the last with usage and receipt."""
         engine = req.model.engine
-        prompt, params = await asyncio.to_thread(self._prepare, req)
+        prompt, params = await self._prepared(req)
         if req.canonical.n != 1:
             raise BadRequest("n above 1 is not offered with stream")
         progress = req.progress = StreamProgress(len(prompt))
@@ -299,10 +307,16 @@ class ProviderService:
         finally:
             self.release(req)
 
+    async def _prepared(self, req: InferRequest) -> tuple[list[int], SamplingParams]:
+        """`_prepare`, in a worker thread unless the request is short (INLINE_REQUEST_BYTES)."""
+        if req.size <= INLINE_REQUEST_BYTES:
+            return self._prepare(req)
+        return await asyncio.to_thread(self._prepare, req)
+
     def _prepare(self, req: InferRequest) -> tuple[list[int], SamplingParams]:
         """Prompt ids (a failover continuation included) and sampling parameters, from the
         canonical request, length-checked. Tokenizing is CPU work: the serving paths run
-        this in a worker thread, never on the event loop."""
+        this in a worker thread for any but a short request (`_prepared`)."""
         try:
             prompt, params = req.canonical.generation
             ids = req.model.engine.prompt_ids(prompt)
