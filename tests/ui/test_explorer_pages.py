@@ -116,7 +116,8 @@ def test_network_shows_chain_height_and_each_providers_throughput_capacity_uptim
 
     wait_for("each serving provider's throughput", drawn, 60)
     head = browser.find_element(By.ID, "chain-head")
-    assert int(head.get_attribute("data-block")) >= height and "chain 31337" in head.text
+    wait_for("the header's block height", lambda: int(head.get_attribute("data-block") or 0) >= height, 30)
+    assert "chain 31337" in head.text
     table = browser.find_element(By.ID, "providers-table").text
     assert "busy" in table and __version__ in table
     # reputation reads as what it is: audits passed, or none yet (never a bare "50 %" for no scores)

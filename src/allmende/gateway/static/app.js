@@ -118,7 +118,8 @@ function lineChart(id, series, labels, format) {
   const fmt = format || fmtShort;
   const W = document.getElementById(id).classList.contains("wide-chart") ? 640 : 320, H = 130, L = 44, B = 18;
   const points = series.flat().filter((p) => p.v !== null);
-  const max = Math.max(1, ...points.map((p) => p.v));
+  let max = Math.max(0, ...points.map((p) => p.v));
+  if (!(max > 0)) max = 1; // an empty or all-zero chart still has an axis
   const ts = series.flat().map((p) => p.t);
   const t0 = Math.min(...ts), t1 = Math.max(t0 + 1, ...ts);
   const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - 4);
@@ -161,7 +162,7 @@ function fmtShort(v) {
 }
 
 const fmtMs = (v) => (v >= 1000 ? `${(v / 1000).toFixed(1)} s` : `${v.toFixed(0)} ms`);
-const fmtUsd = (v) => `${v.toLocaleString("en", { maximumFractionDigits: 2, minimumFractionDigits: 2 })}`;
+const fmtUsd = (v) => (v >= 1 || v === 0 ? v.toLocaleString("en", { maximumFractionDigits: 2, minimumFractionDigits: 2 }) : v.toPrecision(2));
 
 function uptimeBars(up) {
   // one bar per minute of the last hour: green serving, amber partly, red not, grey not looked at
@@ -174,10 +175,16 @@ function uptimeBars(up) {
     svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, "aria-hidden": "true" }, bars), share);
 }
 
-function earningsChart(id, byProvider) {
-  // cumulative provider share per provider, a step per redeem, in dUSD
+function earningsChart(id, byProvider, now) {
+  // cumulative provider share per provider, in dUSD: from 0 before its first redeem, a step at
+  // each redeem, level until the chain's time now
   const entries = Object.entries(byProvider || {});
-  const series = entries.map(([, pts]) => pts.map((p) => ({ t: p.t, v: asNumber(p.earned, "usd") })));
+  const series = entries.map(([, pts]) => {
+    const line = pts.map((p) => ({ t: p.t, v: asNumber(p.earned, "usd") }));
+    if (line.length) line.unshift({ t: line[0].t, v: 0 });
+    if (line.length && now > line[line.length - 1].t) line.push({ t: now, v: line[line.length - 1].v });
+    return line;
+  });
   lineChart(id, series, entries.map(([a]) => short(a)), fmtUsd);
 }
 
@@ -335,7 +342,7 @@ async function showMoney() {
   fill("royalties-table", m.royalties.map((r) => el("tr", {},
     el("td", {}, addr(r.model_id)), el("td", {}, addr(r.payee)), num(amount(r.royalties, "usd")),
   )), "nothing redeemed yet");
-  earningsChart("chart-earnings", m.earned_over_time);
+  earningsChart("chart-earnings", m.earned_over_time, m.chain_time);
 }
 
 async function showAddress() {
@@ -358,7 +365,7 @@ async function showAddress() {
     ["ETH for gas", `${(asNumber(a.balances.eth, "alm")).toLocaleString("en", { maximumFractionDigits: 4, minimumFractionDigits: 4 })} ETH`],
     ["Validator rewards", amount(a.rewards, "alm")],
   ]);
-  earningsChart("chart-address-earnings", a.earned_over_time.length ? { [a.address]: a.earned_over_time } : {});
+  earningsChart("chart-address-earnings", a.earned_over_time.length ? { [a.address]: a.earned_over_time } : {}, a.chain_time);
   fill("address-offers-table", a.offers.map((o) => el("tr", {},
     el("td", {}, o.name || short(o.model_id)), num(`${amount(o.price_in_per_1m, "usd")} / ${amount(o.price_out_per_1m, "usd")}`),
   )), "no offers");
