@@ -40,7 +40,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def direct(requests: int, concurrency: int) -> tuple[list[float], float, int]:
+def direct(requests: int, concurrency: int) -> tuple[list[float], float, int, float]:
+    """Latencies (ms), wall time (s), tokens and the CPU seconds this process spent (every
+    thread: the engine's scheduler and the event loop) on `requests` in-process requests."""
     engine = load_engine("allmende:tiny", max_concurrency=concurrency)
     ids = engine.prompt_ids(prompt_of("chat", BODY))
     params = SamplingParams(max_tokens=16, temperature=0)
@@ -50,7 +52,7 @@ def direct(requests: int, concurrency: int) -> tuple[list[float], float, int]:
         gen = await collect(engine.generate(ids, params), len(ids))
         return (time.perf_counter() - start) * 1000, gen.completion_tokens
 
-    async def run() -> tuple[list[tuple[float, int]], float]:
+    async def run() -> tuple[list[tuple[float, int]], float, float]:
         await one()  # warm-up
         slots = asyncio.Semaphore(concurrency)
 
@@ -58,12 +60,12 @@ def direct(requests: int, concurrency: int) -> tuple[list[float], float, int]:
             async with slots:
                 return await one()
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         results = await asyncio.gather(*(bounded() for _ in range(requests)))
-        return list(results), time.perf_counter() - start
+        return list(results), time.perf_counter() - start, time.process_time() - cpu
 
-    results, wall = asyncio.run(run())
-    return [r[0] for r in results], wall, sum(r[1] for r in results)
+    results, wall, cpu = asyncio.run(run())
+    return [r[0] for r in results], wall, sum(r[1] for r in results), cpu
 
 
 def through_provider(url: str, node: Anvil, deployment: Any, payer: Any, requests: int, concurrency: int):
@@ -121,7 +123,7 @@ def measure(requests: int) -> dict[str, Any]:
             for concurrency in (1, 8):
                 for path_name, fn in (("direct", None), ("provider", through_provider)):
                     if fn is None:
-                        lat, wall, toks = direct(requests, concurrency)
+                        lat, wall, toks, _ = direct(requests, concurrency)
                     else:
                         lat, wall, toks = fn(url, node, deployment, payer, requests, concurrency)
                     out["rows"].append(
