@@ -32,6 +32,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
@@ -40,6 +41,7 @@ from x402.interfaces import FacilitatorContext
 from x402.schemas import AssetAmount, PaymentPayload, PaymentRequirements, SettleResponse, VerifyResponse
 
 from allmende.chain import Contracts
+from allmende.chain.bindings import ChannelRecord
 from allmende.chain.errors import ChainError
 from allmende.core import SignedVoucher, Voucher
 from allmende.core.errors import InvalidInput, InvalidSignature
@@ -48,6 +50,7 @@ from allmende.gateway.errors import InvalidRequest
 from allmende.gateway.x402_ledger import NonceUsed, X402Ledger
 
 log = logging.getLogger("allmende.gateway.x402")
+CHANNEL_TTL = 2.0  # seconds a session channel's on-chain record is trusted before it is read again
 
 
 class SessionServerScheme:
@@ -83,6 +86,20 @@ class SessionFacilitatorScheme:
         self.address = contracts.client.address
         self.domain = contracts.channels.voucher_domain()
         self._admitting = threading.Lock()
+        self._channels: dict[bytes, tuple[float, ChannelRecord]] = {}
+
+    def _channel(self, channel_id: bytes, fresh: bool = False) -> ChannelRecord:
+        """The channel as the chain has it, read at most every CHANNEL_TTL seconds (a close
+        requested meanwhile is seen that much later: the gateway can still redeem then)."""
+        hit = self._channels.get(channel_id)
+        if hit is not None and not fresh and time.monotonic() - hit[0] < CHANNEL_TTL:
+            return hit[1]
+        try:
+            record = self.contracts.channels.channel(channel_id)
+        except ChainError:
+            raise InvalidInput("unknown_channel: no such channel in Channels") from None
+        self._channels[channel_id] = (time.monotonic(), record)
+        return record
 
     def get_extra(self, network: str) -> dict[str, Any] | None:
         return None
@@ -99,10 +116,7 @@ class SessionFacilitatorScheme:
             payer = payment.payer(self.domain, body_hash)
         except InvalidSignature as exc:
             raise InvalidInput(f"invalid_session_signature: {exc}") from None
-        try:
-            channel = self.contracts.channels.channel(payment.channel_id)
-        except ChainError:
-            raise InvalidInput("unknown_channel: no such channel in Channels") from None
+        channel = self._channel(payment.channel_id)
         if channel.provider.lower() != self.address.lower():
             raise InvalidInput("wrong_channel: the channel does not pay this gateway")
         if channel.payer.lower() != payer.lower():
@@ -115,6 +129,8 @@ class SessionFacilitatorScheme:
         state = self.ledger.session(payment.channel_id)
         charged, held, voucher = (0, 0, 0) if state is None else (state.charged, state.held, state.cumulative)
         voucher = max(voucher, payment.cumulative)
+        if charged + held + most > channel.deposit:  # topped up since it was read?
+            channel = self._channel(payment.channel_id, fresh=True)
         if charged + held + most > channel.deposit:
             raise InvalidInput(
                 f"insufficient_deposit: {charged} charged and {held} in flight of a {channel.deposit} deposit "
