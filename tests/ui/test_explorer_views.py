@@ -136,3 +136,17 @@ def test_throughput_is_output_tokens_over_the_answers_time() -> None:
     throughput.record("0xA", 50, 1.0)  # the first falls out of the window
     assert throughput.of("0xA") == {"requests": 3, "tokens_out": 180, "tokens_per_s": 40.0, "window": 2}
     assert throughput.of("0xB")["tokens_per_s"] is None
+
+
+def test_a_provider_that_withdrew_its_offers_shows_as_stopped_not_unreachable(chain: Any, tmp_path: Path) -> None:
+    """A clean stop withdraws the offers and keeps the stake: the explorer said "unreachable"
+    (in red) for such a provider; it is "stopped"."""
+    node, deployment, accounts = chain
+    provider = _fresh_provider(node, deployment, accounts[0])  # staked and active, no offers
+    reader = _as(node, deployment, accounts[3].key)
+    view = ChainView(reader, Directory(reader, httpx.Client()),
+                     Payments(GatewayStore(tmp_path / "g.db"), reader, accounts[3].key), ttl=0)  # fmt: skip
+
+    (row,) = (p for p in view.network()["providers"] if p["address"] == provider.client.address)
+
+    assert row["active"] and row["offers"] == [] and row["health"] == "stopped"
