@@ -89,7 +89,7 @@ def withdraw(
             raise InvalidInput(f"{c.client.address} has nothing unbonding (`allmende stake unbond` first)")
         if c.client.timestamp() < account.unbond_at:
             raise InvalidInput(
-                f"{alm(before)} unbonding can be withdrawn from {_when(account.unbond_at)}, not yet "
+                f"{alm(before)} still unbonding: it can be withdrawn from {_when(account.unbond_at)}, not yet "
                 f"(chain time {_when(c.client.timestamp())})"
             )
         c.registry.withdraw()
