@@ -1,14 +1,14 @@
 """Measure the per-token divergence statistics of honest and cheating servings of the default
 model, and calibrate the honest distributions the evidence ledger tests against.
 
-Every row serves the same audits (a prompt from the harness's questions, 64 tokens, greedy
-or seeded sampling with a fresh seed per audit) and the transformers reference (fp32, the
-validator's engine) recomputes each with one prefill; `allmende.validator.divergence` turns
-that into per-token draw gaps and per-chunk proof errors.
+Every row serves the same audits (a prompt from the harness's questions, `--tokens` tokens,
+greedy or seeded sampling at the temperatures users send, a fresh seed per audit) and the
+transformers reference (fp32, the validator's engine) recomputes each with one prefill;
+`allmende.validator.divergence` turns that into per-token draw gaps and per-chunk proof errors.
 
 Honest rows (one per engine and batch shape): transformers fp32; llama.cpp on the F16 copy
 of the weights (a provider's default for small models); llama.cpp on the registered Q4_1
-file itself; each alone (batch 1) and inside a continuous batch (8 or 48 concurrent requests).
+file itself; each at every `--batches` shape (concurrent requests in one continuous batch).
 Cheat rows, all under the registered id: per-row int8 weights (transformers), the GGUF
 requantised by llama.cpp to Q8_0 and Q4_K_M, and another model of the same architecture
 with every weight moved by 0.5 %, 1 % and 2 % of its tensor's spread (a near sibling).

@@ -168,6 +168,7 @@ class Validator:
         sent = evidence["request"]
         prompt_ids: list[int] = []
         choices: list[Choice] = []
+        accused = None  # the case opened on accumulated evidence after this audit, if one was
         try:
             choices = choices_of(evidence)
             prompt_ids = engine.prompt_ids(canonical(kind, sent, receipt.receipt.request_id).generation[0])
@@ -176,7 +177,7 @@ class Validator:
             if verdict.ok:
                 found = Found(sent, prompt_ids, choices[0].token_ids, choices[0].proof, choices[0].text, receipt,
                               choices if len(choices) > 1 else None, began, kind)  # fmt: skip
-                self._accumulate(entry, engine, found, prefills)
+                accused = self._accumulate(entry, engine, found, prefills)
         except InvalidInput as exc:
             verdict = Verdict(False, f"the answer cannot be checked: {exc}", NOTHING, 0)
             choices = choices or [Choice([], b"", "")]
@@ -186,16 +187,21 @@ class Validator:
             several = choices if len(choices) > 1 else None
             found = Found(sent, prompt_ids, first.token_ids, first.proof, first.text, receipt, several, began, kind)
             record.case_id = self.report(entry, found, verdict)
+        else:
+            record.case_id = accused
         self._score(record)
         return record
 
-    def _accumulate(self, entry: ProviderEntry, engine: CausalLMEngine, found: Found, prefills: list[Any]) -> None:
+    def _accumulate(
+        self, entry: ProviderEntry, engine: CausalLMEngine, found: Found, prefills: list[Any]
+    ) -> int | None:
         """Add a passed audit's divergence statistics to the evidence ledger and act on the
-        sequential test: "honest" closes the window, "cheating" reports the window's audits."""
+        sequential test: "honest" closes the window, "cheating" reports the window's audits
+        (the case id is returned)."""
         choices = found.choices or [Choice(found.token_ids, found.proof, found.text)]
         stats = answer_stats(engine, found.request, found.prompt_ids, choices, found.receipt, found.kind, prefills)
         if stats is None:
-            return  # a reshaped draw: checked per request, not accumulated
+            return None  # a reshaped draw: checked per request, not accumulated
         model = "0x" + found.receipt.receipt.model_id.hex()
         record = audit_record(self._evidence_of(found, "audited: passed the per-request checks"), stats)
         standing = self.ledger.add(entry.address, model, stats, record)
@@ -213,11 +219,13 @@ class Validator:
                 # not guilty on them, so audit on (the newest audits will)
                 log.info("evidence on %s says cheating, but not its last %d audits alone: auditing on",
                          entry.address, MAX_CASE_AUDITS)  # fmt: skip
-                return
+                return None
             document = case_evidence([a for _, a in window], carried, profiles, self.calibration.version)
             case_id = self._open_case(entry, document, found.receipt, found.block, document.reason)
             if case_id is not None or not self.contracts.registry.is_active(entry.address):
                 self.ledger.close(entry.address, model, standing, case_id)  # else: reported in a later audit
+            return case_id
+        return None
 
     def _model_name(self, gateway: str, model_id: bytes) -> str:
         """The name `gateway` lists `model_id` under (what users ask for)."""
