@@ -56,6 +56,7 @@ from allmende.core.model_names import canonical_name
 from allmende.engine import Engine, load_engine
 from allmende.node.net import bind_socket
 from allmende.provider.app import Limits, create_app
+from allmende.provider.cases import OwnCases
 from allmende.provider.payments import CreditPolicy, PaymentGate
 from allmende.provider.relay import relayed_endpoint, serve_relayed
 from allmende.provider.service import ProviderService, ServedModel
@@ -426,7 +427,15 @@ def build_app(node: ProviderNode) -> Any:
     @asynccontextmanager
     async def lifespan(_: Any) -> Any:
         async def loop() -> None:
+            cases: OwnCases | None = None  # fraud cases against this node, told in its log
             while True:
+                try:
+                    if cases is None:
+                        cases = await asyncio.to_thread(OwnCases, node.contracts)
+                    else:
+                        await asyncio.to_thread(cases.tick)
+                except ChainError as exc:
+                    log.debug("fraud cases not read: %s", exc)
                 await asyncio.sleep(interval)
                 await asyncio.to_thread(node.settlement.tick)
 
