@@ -179,6 +179,7 @@ def test_a_bias_on_a_token_outside_the_vocabulary_is_refused_by_name() -> None:
         ("top_k", -1),
         ("min_p", 1.5),
         ("logit_bias", ((1, 101.0),)),
+        ("logit_bias", ((1, 1.0), (1, 2.0))),
     ],
 )
 def test_sampling_params_refuse_values_out_of_range_by_name(field: str, value: object) -> None:

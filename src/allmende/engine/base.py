@@ -73,11 +73,15 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise EngineError(f"{name} must be between -2 and 2", name)
-        if len(self.logit_bias) > MAX_LOGIT_BIAS or any(
-            not (token >= 0 and -100.0 <= bias <= 100.0) for token, bias in self.logit_bias
+        tokens = [token for token, _ in self.logit_bias]
+        if (
+            len(self.logit_bias) > MAX_LOGIT_BIAS
+            or tokens != sorted(set(tokens))  # one bias per token, in order: one canonical form
+            or any(not (token >= 0 and -100.0 <= bias <= 100.0) for token, bias in self.logit_bias)
         ):
             raise EngineError(
-                f"logit_bias maps at most {MAX_LOGIT_BIAS} token ids to biases from -100 to 100", "logit_bias"
+                f"logit_bias maps at most {MAX_LOGIT_BIAS} distinct token ids (in order) to biases from -100 to 100",
+                "logit_bias",
             )
         if self.top_k < 0:
             raise EngineError("top_k must be 0 (all tokens) or more", "top_k")
