@@ -32,14 +32,18 @@ def address(private_key: bytes) -> str:
 
 
 async def run_chain(
-    stages: list[StageEngine], offers: list[StageOffer], apps: dict[str, StageSigner | None], prompt: list[int]
+    stages: list[StageEngine],
+    offers: list[StageOffer],
+    apps: dict[str, StageSigner | None],
+    prompt: list[int],
+    domain: Domain = DOMAIN,
 ) -> tuple[list[int], StageSession]:
     engine_of = {f"http://stage{i}": s for i, s in enumerate(stages)}
     engine_of["http://spare1"] = stages[1]  # the same weights; its replay from position 0 starts a fresh cache
     mounts = {url: httpx.ASGITransport(create_stage_app(engine_of[url], signer=signer)) for url, signer in apps.items()}
     async with httpx.AsyncClient(mounts=mounts) as client:  # type: ignore[arg-type]
         layout = StageLayout(tuple(s.spec for s in stages))
-        session = StageSession(StageRouter(layout, offers), client, domain=DOMAIN)
+        session = StageSession(StageRouter(layout, offers), client, domain=domain)
         tokens = [t async for t in session.generate(prompt, MAX_TOKENS)]
         await session.close()
         return tokens, session

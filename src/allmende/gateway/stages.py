@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
+from eth_utils import to_checksum_address
 
 from allmende.api.stages import (
     CLOSE_PATH,
@@ -42,6 +43,7 @@ from allmende.core.eip712 import Domain
 from allmende.core.errors import InvalidSignature, UpstreamError
 from allmende.core.receipts import SignedReceipt
 from allmende.core.stages import InvalidStage, StageLayout, StagePrice, StageSpec, stage_receipt
+from allmende.core.vouchers import SignedVoucher, Voucher, sign_voucher
 
 LATENCY_WEIGHT = 0.2  # weight of a new latency sample in a provider's moving average
 
@@ -132,6 +134,7 @@ class StageSession:
         self.position = 0  # positions every stage has cached
         self.tokens: list[int] = []  # drawn so far
         self.owed: dict[str, int] = {}  # provider address -> the amounts of its checked receipts
+        self.owed_by_stage: dict[tuple[str, bytes], int] = {}  # (provider, stage id) -> the same, per stage
         self.receipts: list[SignedReceipt] = []
 
     async def _call(self, hop: Hop, start: int, rows: np.ndarray, draw: Draw | None) -> ForwardReply:
@@ -178,7 +181,9 @@ class StageSession:
         except InvalidSignature as exc:
             raise BadStageReply(f"stage provider {offer.url}'s receipt: {exc}") from None
         self.receipts.append(signed)
-        self.owed[signed.receipt.provider] = self.owed.get(signed.receipt.provider, 0) + signed.receipt.amount
+        r = signed.receipt
+        self.owed[r.provider] = self.owed.get(r.provider, 0) + r.amount
+        self.owed_by_stage[(r.provider, r.model_id)] = self.owed_by_stage.get((r.provider, r.model_id), 0) + r.amount
 
     async def _through(self, index: int, rows: np.ndarray, draw: Draw | None) -> ForwardReply:
         """Send the new `rows` to stage `index`; on failure, replace its provider and replay."""
@@ -246,3 +251,32 @@ class StageSession:
         for hop in self.hops:
             with contextlib.suppress(httpx.HTTPError):
                 await self.client.post(hop.offer.url.rstrip("/") + CLOSE_PATH, json={"session": self.session})
+
+
+class StageVouchers:
+    """The payer's side of paying stages: one channel per stage provider, one cumulative
+    voucher per (channel, stage id), so each stage is paid through its own channel at its
+    own offer and `Channels` pays the stage's royalty (the base model's) on every redeem.
+
+    `pay` adds what a finished session owes each stage (its checked receipts' amounts) and
+    signs the new cumulative vouchers. The cumulative amounts live in memory here; the
+    gateway's payment store is where they belong once stages are served through it."""
+
+    def __init__(self, payer_key: bytes, domain: Domain, channels: dict[str, bytes]) -> None:
+        self.payer_key = payer_key
+        self.domain = domain  # the Channels contract's EIP-712 domain
+        self.channels = {to_checksum_address(p): c for p, c in channels.items()}  # provider -> channel id
+        self.cumulative: dict[tuple[bytes, bytes], int] = {}  # (channel, stage id) -> signed so far
+
+    def pay(self, owed_by_stage: dict[tuple[str, bytes], int]) -> list[SignedVoucher]:
+        vouchers = []
+        for (provider, stage_id), amount in sorted(owed_by_stage.items()):
+            if amount <= 0:
+                continue
+            channel = self.channels.get(to_checksum_address(provider))
+            if channel is None:
+                raise NoStageProvider(f"no channel to stage provider {provider}")
+            key = (channel, stage_id)
+            self.cumulative[key] = self.cumulative.get(key, 0) + amount
+            vouchers.append(sign_voucher(Voucher(channel, stage_id, self.cumulative[key]), self.domain, self.payer_key))
+        return vouchers
