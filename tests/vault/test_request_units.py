@@ -19,9 +19,9 @@ from allmende.core.vault_requests import (
 )
 from allmende.vault.app import strict_json
 from allmende.vault.errors import BadJob, StageRefused
+from allmende.vault.jobs import check_finite, only_fields
 from allmende.vault.model import MAX_PARAMETERS, ModelSpec, params_from_bytes, params_to_bytes, shapes_of
 from allmende.vault.rounds import RoundBook, RoundKey
-from allmende.vault.service import check_finite, only_fields
 
 SPEC = ModelSpec(4, 3)
 

@@ -12,6 +12,7 @@ from allmende.cli import (
     demo,
     faucet,
     federated,
+    federated_lora,  # noqa: F401 (registers `federated lora` and `lora-evaluate` on federated.app)
     gateway,
     gov,
     keys,

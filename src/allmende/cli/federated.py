@@ -406,9 +406,3 @@ def register(
             f"registered 0x{model_id.hex()[:12]}… derived from 0x{base.hex()[:12]}…, {len(datasets)} datasets, "
             f"{len(attestations)} attestation(s); royalty {bps} bps to {payee}"
         )
-
-
-# `federated lora` and `federated lora-evaluate` live in their own module, on this app
-from allmende.cli import federated_lora as _federated_lora  # noqa: E402
-
-__all__ = ["_federated_lora", "app"]

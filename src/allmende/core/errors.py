@@ -22,6 +22,7 @@ table against the classes, so it cannot drift::
     │   ├── KeystoreError          bad_key                   400     chain.keys
     │   ├── BadEvidence            bad_evidence              400     validator.evidence
     │   ├── InvalidStage           invalid_stage             400     core.stages
+    │   ├── Overcharged            session_overcharged       400     core.x402_session
     │   └── EngineError            engine_error              400     engine.base
     │       ├── PromptTooLong      context_length_exceeded   400     engine.base
     │       └── StageSessionLost   stage_session_lost        409     engine.stages

@@ -40,7 +40,8 @@ from allmende.core.vault_requests import (
 from allmende.vault.auth import Admitted, RequestGate
 from allmende.vault.errors import BadJob, VaultError
 from allmende.vault.flower import KEY_SIGNATURES, VaultFlower
-from allmende.vault.service import ROUND_ABORT_FIELDS, VaultService, only_fields
+from allmende.vault.jobs import only_fields
+from allmende.vault.service import ROUND_ABORT_FIELDS, VaultService
 
 log = logging.getLogger("allmende.vault")
 UNSIGNED_REFUSALS_PER_S = 5.0  # refusals of requests not admitted kept per second (the rest only counted)

@@ -48,6 +48,7 @@ from allmende.chain.bindings import TEMPLATES as TEMPLATE_IDS
 from allmende.chain.errors import ContractReverted
 from allmende.core.vault_requests import VaultRequest
 from allmende.vault.errors import AccessDenied, BadJob, ParametersNotGranted, UnknownDataset
+from allmende.vault.jobs import canonical, check_finite, matches_request, only_fields, parse_bytes32, parse_epsilon
 from allmende.vault.lora import AdapterModel, LoraSpec, adapter_distance, check_adapter, is_zero_adapter, perplexity
 from allmende.vault.model import MAX_PARAMETERS, micro_epsilon, params_from_bytes, params_to_bytes, rho_of
 from allmende.vault.noise import discrete_laplace
@@ -187,7 +188,6 @@ class LoraRounds:
                 or isinstance(item[1], bool)
             ):
                 raise BadJob("each member is [dataset_id, grant_id]")
-            from allmende.vault.service import parse_bytes32
 
             ds, gid = parse_bytes32(item[0], "members' dataset_id"), item[1]
             try:
@@ -313,7 +313,6 @@ class LoraRounds:
 
     def check(self, body: dict[str, Any], signer: str, request: VaultRequest) -> dict[str, Any]:
         """Would this vault run the run's next LoRA round? Fixes the run's members here at its first check."""
-        from allmende.vault.service import matches_request, only_fields, parse_bytes32
 
         only_fields(body, LORA_CHECK_FIELDS, "a LoRA round check")
         grant, run, steps = body.get("grant_id"), body.get("run_id"), body.get("steps")
@@ -377,14 +376,6 @@ class LoraRounds:
         """The base model with an adapter, on a text dataset: the mean per-example loss (each
         clipped to `loss_clip`) with discrete Laplace noise on the sum (ε; the row count is public)
         and the perplexity it implies. Nothing per example leaves; the ε is charged to the grant."""
-        from allmende.vault.service import (
-            canonical,
-            check_finite,
-            matches_request,
-            only_fields,
-            parse_bytes32,
-            parse_epsilon,
-        )
 
         only_fields(body, LM_EVALUATE_FIELDS, "an LM evaluate job")
         dataset_id = parse_bytes32(body.get("dataset_id"), "dataset_id")

@@ -63,7 +63,14 @@ from allmende.vault.errors import (
     ParametersNotGranted,
     TemplateNotAllowed,
     UnknownDataset,
-    VaultRequestRefused,
+)
+from allmende.vault.jobs import (
+    canonical,
+    check_finite,
+    matches_request,
+    only_fields,
+    parse_bytes32,
+    parse_epsilon,
 )
 from allmende.vault.lora_service import LoraRounds
 from allmende.vault.model import (
@@ -85,7 +92,6 @@ log = logging.getLogger("allmende.vault")
 ZERO_MODEL = b"\x00" * 32
 RESERVATION_TTL = 900.0  # seconds a secure round's charge stays reserved without an unmask or abort
 ROUND_WINDOW = 2 * int(RESERVATION_TTL)  # seconds a grant must outlive a round's check (and its training)
-MIN_EPSILON = 0.001  # the least ε a job may name (smaller ones round to no charge and to unbounded noise)
 MAX_LOGGED = 300  # characters of a refusal's message that reach the log and the refusals table
 _MODEL = "model"
 JOB_FIELDS = {
@@ -117,10 +123,6 @@ class VaultPolicy:
     step_slack: float = 0.01
     # evaluate clips each row's loss to this before summing (the loss sum's sensitivity)
     loss_clip: float = 5.0
-
-
-def canonical(result: dict[str, Any]) -> bytes:
-    return json.dumps(result, sort_keys=True, separators=(",", ":")).encode()
 
 
 class VaultService:
@@ -699,52 +701,6 @@ class VaultService:
             "0x" + dataset_id.hex()[:12] if dataset_id else "-", code, message,
         )  # fmt: skip
         self.store.refused(path, code, message, signer, grant_id, dataset_id)
-
-
-def parse_epsilon(value: object, why: str) -> float:
-    if value is None:
-        raise BadJob(f"send 'epsilon' (the privacy cost this job may spend){': ' + why if why else ''}")
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not MIN_EPSILON <= value <= 100:
-        raise BadJob(f"'epsilon' must be a number in [{MIN_EPSILON}, 100]")
-    return float(value)
-
-
-def only_fields(body: dict[str, Any], allowed: frozenset[str], what: str) -> None:
-    """Refuse fields a request cannot use: an ignored field is one a requester thinks was honoured."""
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        shown = ", ".join(repr(k[:40]) for k in unknown[:5])
-        raise BadJob(f"{what} takes no field {shown} (it takes {', '.join(sorted(allowed))})")
-
-
-def matches_request(request: VaultRequest, dataset_id: bytes, grant_id: int, run_id: int = 0) -> None:
-    """The body's dataset, grant and run are those the grantee signed in the request."""
-    if (request.dataset_id, request.grant_id, request.run_id) != (dataset_id, grant_id, run_id):
-        raise VaultRequestRefused("the body's dataset, grant or run differ from those the request was signed for")
-
-
-def check_finite(value: object) -> None:
-    """Raise BadJob if any number in a result is NaN or infinite (nothing is logged or released)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise BadJob("the result is not finite (check the request's numbers); nothing was logged or charged")
-    if isinstance(value, dict):
-        for item in value.values():
-            check_finite(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            check_finite(item)
-
-
-def parse_bytes32(value: object, name: str) -> bytes:
-    if not isinstance(value, str):
-        raise BadJob(f"'{name}' must be a 0x-prefixed 32-byte hex string")
-    try:
-        raw = bytes.fromhex(value.removeprefix("0x"))
-    except ValueError:
-        raise BadJob(f"'{name}' is not hex") from None
-    if len(raw) != 32:
-        raise BadJob(f"'{name}' must be 32 bytes")
-    return raw
 
 
 def parse_model(data: object, inputs: int | None = None) -> tuple[ModelSpec, list[np.ndarray]]:
