@@ -1,7 +1,8 @@
 """Every common sampling parameter (presence and frequency penalties, logit_bias, top_k,
 min_p) in both engines: applied inside the verifiable draw while the requests share one
 continuous batch, so the reference checker (transformers, as validators run it) passes the
-honest answers, and the same requests served with the parameter dropped fail it."""
+honest answers, and the same requests served with the parameter dropped fail it. And greedy
+(temperature 0) alone and in a batch: where the two part, only at a near-tie."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from allmende.api.canonical import canonical
 from allmende.engine import DEFAULT_CHAT_MODEL, EngineError, Generation, collect, load_engine
 from allmende.engine.base import SamplingParams
 from allmende.engine.generative import GenerativeEngine
-from allmende.validator.checker import judge
+from allmende.testing.harness import QUESTIONS
+from allmende.validator.checker import MARGIN, judge
 
 QUESTION = "Name three rivers in Europe and say one thing about each."
 SAMPLED = {"temperature": 0.9, "seed": 21, "max_tokens": 48}
@@ -53,6 +55,15 @@ def served(engine: GenerativeEngine, prompt: list[int], params: list[SamplingPar
 
     async def run() -> list[Generation]:
         return list(await asyncio.gather(*(collect(engine.generate(prompt, p), len(prompt)) for p in params)))
+
+    return asyncio.run(run())
+
+
+def served_many(engine: GenerativeEngine, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+    """One answer to each prompt, all drawn together in the engine's continuous batch."""
+
+    async def run() -> list[Generation]:
+        return list(await asyncio.gather(*(collect(engine.generate(p, params), len(p)) for p in prompts)))
 
     return asyncio.run(run())
 
@@ -108,3 +119,27 @@ def test_a_bias_on_a_token_outside_the_vocabulary_is_refused_before_anything_run
     with pytest.raises(EngineError) as info:
         tiny.generate(prompt, params)
     assert info.value.param == "logit_bias"
+
+
+def test_greedy_in_a_batch_parts_from_greedy_alone_only_at_near_ties_and_always_verifies(
+    llama: GenerativeEngine, smollm2: GenerativeEngine
+) -> None:
+    """temperature 0 is not batch-invariant on llama.cpp (its kernels depend on the batch's
+    shape: README, "Greedy alone and in a batch"): the documented exception, tested. Where a
+    batched greedy answer parts from the same prompt's answer alone, the two tokens were a
+    near-tie of the row (within the checker's greedy tolerance), and every batched answer
+    passes the reference check."""
+    params = SamplingParams(max_tokens=24, temperature=0.0)
+    bodies = [{"messages": [{"role": "user", "content": q}]} for q in QUESTIONS[:6]]
+    prompts = [llama.prompt_ids(canonical("chat", body).generation[0]) for body in bodies]
+    alone = [served(llama, p, [params])[0] for p in prompts]
+    batched = served_many(llama, prompts, params)
+
+    for prompt, one, many in zip(prompts, alone, batched, strict=True):
+        assert judge(smollm2, prompt, many.token_ids, many.proof, params).ok
+        if one.token_ids == many.token_ids:
+            continue
+        k = next(i for i, (a, b) in enumerate(zip(one.token_ids, many.token_ids, strict=False)) if a != b)
+        row = smollm2.prefill(prompt + one.token_ids[:k])[1][-1]
+        gap = abs(float(row[one.token_ids[k]] - row[many.token_ids[k]]))
+        assert gap <= MARGIN * float(row.abs().max()), (k, gap)  # a near-tie, not another answer
