@@ -14,6 +14,7 @@ from unittest.mock import ANY
 import anthropic
 import pytest
 
+from allmende.api.canonical import canonical
 from allmende.api.messages import chat_body, parse_messages
 from tests.gateway.scripted import Clients, PromptEngine, serve
 
@@ -156,6 +157,16 @@ def test_tool_choice_translates_to_chats() -> None:
         "function": {"name": "get_weather"},
     }
     assert chat({"type": "none"})["tool_choice"] == "none"
+
+
+def test_top_k_is_served_as_chats_top_k_inside_the_verifiable_draw() -> None:
+    def chat(extra: dict[str, Any]) -> dict[str, Any]:
+        return chat_body(parse_messages({"model": "m", "max_tokens": 5, "messages": USER, **extra}))
+
+    body = chat({"top_k": 5, "temperature": 0.7})
+    assert (body["top_k"], body["temperature"]) == (5, 0.7)
+    assert canonical("chat", body).generation[1].top_k == 5  # what the provider draws with, bound by inputHash
+    assert "top_k" not in chat({"top_k": 0})  # 0 asks for nothing
 
 
 def test_the_key_may_come_as_x_api_key_or_bearer(tmp_path: Path) -> None:
