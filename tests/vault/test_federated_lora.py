@@ -23,7 +23,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import Key
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.compat.common import recorddict_compat as compat
 from flwr.proto.message_pb2 import Message as ProtoMessage
+from openai import OpenAI
 
+from allmende.chain.anvil import free_port
 from allmende.chain.bindings import TEMPLATES
 from allmende.core.manifest import model_id_of
 from allmende.core.vault_requests import ROUND_CHECK, ROUND_FIT, ROUND_SHARE_KEYS, ROUND_UNMASK
@@ -31,10 +33,11 @@ from allmende.engine import resolve_model
 from allmende.engine.base import ChatPrompt
 from allmende.engine.base import Message as ChatMessage
 from allmende.engine.transformers_lm import CausalLMEngine
+from allmende.node.supervisor import allmende_command, spawn, stop_together
 from allmende.testing.support_chat import FACTS, support_rows, write_rows
 from allmende.testing.vaults import VaultNetwork, add_vault, send, signed_request, start_file_vaults
 from allmende.vault import flower
-from allmende.vault.federated_lora import LoraRunConfig, run_federated_lora
+from allmende.vault.federated_lora import LoraResult, LoraRunConfig, run_federated_lora
 from allmende.vault.flower import Participant, RoundRefused
 from allmende.vault.lora import AdapterModel, LoraSpec
 from allmende.vault.lora_service import adapter_payload, key_digest, sign_keys
@@ -120,19 +123,42 @@ def _accesses(world: LmWorld, dataset: bytes, grant: int) -> list[int]:
     return [a.epsilon_spent for a in world.net.reader().data.accesses(dataset) if a.grant_id == grant]
 
 
-def test_three_vaults_fine_tune_lora_the_held_out_loss_falls_and_the_adapter_is_served(lm_world: LmWorld) -> None:
+@dataclass
+class Tuned:
+    participants: list[Participant]
+    initial: list[np.ndarray]
+    result: LoraResult
+    evals: list[int]  # the validator's evaluate grants on the held-out datasets
+    folder: Path  # the merged model
+    model_id: bytes  # registered as derived from the base
+
+
+@pytest.fixture(scope="module")
+def tuned(lm_world: LmWorld) -> Tuned:
+    """One 3-vault run; its merged model saved and registered as derived from the base."""
     world = lm_world
     participants = _participants(world, [0, 1, 2])
     local = AdapterModel(world.base_path, world.spec)
     initial = local.initial(seed=0)
     evals = [world.net.grant(v, world.net.accounts[3].address, "evaluate", [world.base_id], 20.0, d)
              for v, d in zip(world.net.vaults, world.heldout, strict=True)]  # fmt: skip
-
     result = run_federated_lora(participants, world.net.accounts[2].key, world.spec, initial, CONFIG)
+    folder = local.save_merged(result.params, world.root / "quillon-lora")
+    new_id = model_id_of(folder)
+    coordinator = world.net.contracts(world.net.accounts[2])
+    coordinator.models.register_derived(new_id, world.base_id, "CC-BY-NC-4.0", [p.dataset_id for p in participants],
+                                        "file://quillon-lora")  # fmt: skip
+    return Tuned(participants, initial, result, evals, folder, new_id)
+
+
+def test_three_vaults_fine_tune_lora_the_held_out_loss_falls_and_the_adapter_is_served(
+    lm_world: LmWorld, tuned: Tuned
+) -> None:
+    world, participants, result = lm_world, tuned.participants, tuned.result
 
     assert [r.aggregated for r in result.rounds] == [tuple(sorted(p.url for p in participants))] * CONFIG.rounds
-    before = _heldout_loss(world, initial, evals, "base")
-    after = _heldout_loss(world, result.params, evals, "lora")
+    before = _heldout_loss(world, tuned.initial, tuned.evals, "base")
+    after = _heldout_loss(world, result.params, tuned.evals, "lora")
     assert after < before - 0.3, (before, after)
     # every vault logged one access per round, and the chain's ε is what the rounds reported
     for p in participants:
@@ -141,19 +167,68 @@ def test_three_vaults_fine_tune_lora_the_held_out_loss_falls_and_the_adapter_is_
         assert world.net.reader().data.get_grant(p.grant_id).epsilon_spent == sum(charges)
 
     # the merged model is registered as derived from the base, and served by the transformers engine
-    folder = local.save_merged(result.params, world.root / "quillon-lora")
-    new_id = model_id_of(folder)
-    coordinator = world.net.contracts(world.net.accounts[2])
-    coordinator.models.register_derived(new_id, world.base_id, "CC-BY-NC-4.0", [p.dataset_id for p in participants],
-                                        "file://quillon-lora")  # fmt: skip
-    record = coordinator.models.get(new_id)
+    record = world.net.reader().models.get(tuned.model_id)
     assert record.parents == [world.base_id]
     assert set(record.datasets) == {p.dataset_id for p in participants}
-    assert coordinator.models.royalty_info(new_id)[0] == world.net.accounts[1].address
+    assert world.net.reader().models.royalty_info(tuned.model_id)[0] == world.net.accounts[1].address
     base_engine = CausalLMEngine("allmende:tiny", world.base_path, max_concurrency=1, device="cpu")
-    tuned_engine = CausalLMEngine("quillon", folder, max_concurrency=1, device="cpu")
-    assert tuned_engine.model_id == new_id
+    tuned_engine = CausalLMEngine("quillon", tuned.folder, max_concurrency=1, device="cpu")
+    assert tuned_engine.model_id == tuned.model_id
     assert _answer_logprob(tuned_engine) > _answer_logprob(base_engine) + 20.0
+
+
+def _served_hits(client: OpenAI, model: str, engine: CausalLMEngine, chars: int = 24) -> tuple[int, int]:
+    """Teacher forcing through the gateway: for the first `chars` tokens of each support answer, the
+    served model is asked for one greedy token after the question and the answer so far (a token-id
+    prompt to /v1/completions, logprobs=5). Returns (positions where the right token is its top
+    choice, positions where it is among its top 5)."""
+    top1 = top5 = 0
+    for question, answer in FACTS[:3]:
+        prompt = ChatPrompt(messages=(ChatMessage("system", "You are the Quillon support desk."),
+                                      ChatMessage("user", question)))  # fmt: skip
+        head, want = engine.prompt_ids(prompt), engine.encode_text(answer)[:chars]
+        for k, token in enumerate(want):
+            reply = client.completions.create(model=model, prompt=head + want[:k], max_tokens=1, temperature=0,
+                                              logprobs=5)  # fmt: skip
+            right = engine.tokenizer.decode([token])
+            choice = reply.choices[0]
+            assert choice.logprobs is not None and choice.logprobs.top_logprobs is not None
+            top1 += choice.text == right
+            top5 += right in choice.logprobs.top_logprobs[0]
+    return top1, top5
+
+
+def test_the_registered_adapter_is_served_by_a_provider_and_answers_better_through_the_gateway(
+    lm_world: LmWorld, tuned: Tuned
+) -> None:
+    world = lm_world
+    coordinator, owner = world.net.contracts(world.net.accounts[2]), world.net.contracts(world.net.accounts[1])
+    coordinator.models.set_name(tuned.model_id, "quillon-support")  # the run's model, by the name it registered
+    owner.models.set_name(world.base_id, "tiny-base")
+    provider_port, gateway_port = free_port(), free_port()
+    chain = ["--rpc", world.net.rpc_url, "--deployments", str(world.net.deployments)]
+    provider = spawn("provider", allmende_command(
+        "provider", *chain, "--key", "devnet:8", "--state-dir", str(world.root / "provider"), "--port",
+        str(provider_port), "--model", "allmende:tiny", "--model", str(tuned.folder), "--torch-threads", "1",
+    ), world.root / "provider.log", f"http://127.0.0.1:{provider_port}")  # fmt: skip
+    gateway = spawn("gateway", allmende_command(
+        "gateway", *chain, "--key", "devnet:9", "--state-dir", str(world.root / "gateway"), "--port",
+        str(gateway_port),
+    ), world.root / "gateway.log", f"http://127.0.0.1:{gateway_port}")  # fmt: skip
+    try:
+        provider.wait_healthy(180)
+        gateway.wait_healthy(120, ready=lambda health: health["providers"] >= 1)
+        client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=120)  # type: ignore[operator]
+        listed = {m.id: m for m in client.models.list().data}
+        assert {"quillon-support", "tiny-base"} <= set(listed)
+        engine = CausalLMEngine("quillon", tuned.folder, max_concurrency=1, device="cpu")
+        base_top1, base_top5 = _served_hits(client, "tiny-base", engine)
+        tuned_top1, tuned_top5 = _served_hits(client, "quillon-support", engine)
+        print(f"served teacher-forced hits (top-1, top-5) of 72 answer tokens: base {base_top1}, {base_top5}; "
+              f"tuned {tuned_top1}, {tuned_top5}")  # fmt: skip
+        assert tuned_top1 > base_top1 + 5 and tuned_top5 > base_top5 + 5
+    finally:
+        stop_together([gateway, provider], 30)
 
 
 def test_a_vault_killed_mid_round_the_round_completes_and_only_the_others_are_charged(lm_world: LmWorld) -> None:
