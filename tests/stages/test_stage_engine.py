@@ -145,6 +145,7 @@ def test_bad_inputs_are_refused_with_a_typed_error(
 ) -> None:
     with pytest.raises(EngineError):
         stages3[index].forward("bad-input", 0, inputs)
+    assert not stages3[index].holds("bad-input")  # a refused first call leaves no session behind
 
 
 # --- audits of one stage alone ------------------------------------------------------------

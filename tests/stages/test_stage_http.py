@@ -51,15 +51,18 @@ def test_a_chain_over_http_draws_the_whole_models_tokens(
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=draw.get("temperature", 0.0), seed=draw.get("seed"))
     eos = set(getattr(whole, "eos_ids", set()))
 
-    async def run() -> list[int]:
+    async def run() -> tuple[list[int], str]:
         async with asgi_client(stages3) as client:
             session = StageSession(StageRouter(layout3, offers), client)
             tokens = await generate(session, chat_ids[1], eos, **draw)
+            assert all(s.holds(session.session) for s in stages3)
             await session.close()
-            return tokens
+            return tokens, session.session
 
-    assert asyncio.run(run()) == whole_tokens(whole, chat_ids[1], params)
-    assert all(s.sessions == 0 for s in stages3)  # closing the session freed every stage's cache
+    tokens, session_id = asyncio.run(run())
+
+    assert tokens == whole_tokens(whole, chat_ids[1], params)
+    assert not any(s.holds(session_id) for s in stages3)  # closing the session freed every stage's cache
 
 
 def test_the_router_picks_the_cheapest_live_provider_per_stage(layout3: StageLayout) -> None:

@@ -12,7 +12,7 @@ safetensors implementation, and its string metadata carries the call's fields.
                              top_p, seed (the verifiable draw's)
              reply           {"hidden": float32 (rows, hidden)}, or from the last stage
                              {"token": int64 (1,)}; metadata: proof (hex, TOPLOC-style
-                             commitment of the rows the stage computed), input (hash of the
+                             commitment of what the stage computed), input (hash of the
                              input), output (hash of the rows)
 
 The input and output hashes are the activations' commitments a stage's receipt binds

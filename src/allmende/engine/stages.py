@@ -15,10 +15,10 @@ cache is cut back to that position first. A retried call (the reply was lost) th
 recomputes instead of appending twice, and a replacement stage rebuilds a dead one's cache
 from the session's history (`start=0` and every input so far).
 
-Every output carries a TOPLOC-style commitment (`allmende.engine.proofs.commit`) of the
-rows it returns (the final normed hidden states for the last stage, as whole-model proofs
-commit): a validator re-runs the stage on the committed input and checks it with
-`verify_stage`, one stage alone.
+Every output carries a TOPLOC-style commitment (`allmende.engine.proofs.commit`) of what
+the stage's blocks added to the residual stream (output - input; for the last stage, the
+final normed hidden states, as whole-model proofs commit): a validator re-runs the stage on
+the committed input and checks it with `verify_stage`, one stage alone.
 
 `StageBackend` is the interface a faster engine (CUDA graphs, paged KV, continuous
 batching across sessions) implements; `StageEngine` is the reference. It runs one call at a
@@ -148,7 +148,7 @@ def stage_of(folder: Path, base: bytes, n_stages: int, index: int) -> tuple[Stag
 class StageOutput:
     hidden: torch.Tensor  # (rows, hidden) float32: the next stage's input (final normed states for the last)
     logits: torch.Tensor | None  # the last stage: logits of the last row (vocab,), float32
-    proof: bytes  # commitment of `hidden` (allmende.engine.proofs)
+    proof: bytes  # commitment (allmende.engine.proofs) of what the blocks added (last stage: of `hidden`)
 
 
 class StageBackend(ABC):
@@ -165,8 +165,8 @@ class StageBackend(ABC):
 
     @abstractmethod
     def recompute(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The stage's output rows for a whole input from position 0, with no cache: what a
-        validator compares a stage's commitments with."""
+        """The rows a stage's commitments cover (see `StageEngine._run`) for a whole input from
+        position 0, with no cache: what a validator compares its commitments with."""
 
     @abstractmethod
     def close(self, session: str) -> None:
@@ -239,7 +239,12 @@ class StageEngine(StageBackend):
 
     # --- the computation -----------------------------------------------------------------
 
-    def _run(self, inputs: torch.Tensor, start: int, cache: DynamicCache | None) -> torch.Tensor:
+    def _run(self, inputs: torch.Tensor, start: int, cache: DynamicCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output rows, the rows its commitment covers): for the last stage both are the final
+        normed hidden states (as whole-model proofs commit); for the others the commitment
+        covers what the stage's blocks added to the residual stream (output - input), so the
+        few huge dimensions the stream carries through every block do not drown what this
+        stage computed: a skipped block moves the committed values 5-10 times as much."""
         if self.embed is not None:
             if inputs.dim() != 1 or inputs.dtype not in (torch.int64, torch.int32):
                 raise EngineError("the first stage takes token ids: one integer per position")
@@ -252,6 +257,7 @@ class StageEngine(StageBackend):
             if not bool(torch.isfinite(inputs).all()):
                 raise EngineError("hidden states must be finite numbers")
             hidden = inputs.to(self.device, self.layers[0].input_layernorm.weight.dtype).unsqueeze(0)
+        residual = hidden[0].float()
         rows = hidden.shape[1]
         if rows == 0:
             raise EngineError("a stage call carries at least one position")
@@ -270,27 +276,34 @@ class StageEngine(StageBackend):
                 use_cache=cache is not None,
             )
         if self.norm is not None:
-            hidden = self.norm(hidden)
-        out: torch.Tensor = hidden[0].float()
-        return out
+            out: torch.Tensor = self.norm(hidden)[0].float()
+            return out, out
+        out = hidden[0].float()
+        return out, out - residual
 
     @torch.inference_mode()
     def forward(self, session: str, start: int, inputs: torch.Tensor) -> StageOutput:
         if start < 0:
             raise EngineError("start must be a position, 0 or more")
         with self._lock:
+            new = session not in self._sessions
             state = self._session(session, start)
-            hidden = self._run(inputs, start, state.cache)
+            try:
+                hidden, committed = self._run(inputs, start, state.cache)
+            except Exception:
+                if new:  # a refused first call leaves nothing behind
+                    self._sessions.pop(session, None)
+                raise
             state.length = start + hidden.shape[0]
             logits = None
             if self.head is not None:
                 logits = (hidden[-1].to(self.head.dtype) @ self.head.T).float().cpu()
-            return StageOutput(hidden.cpu(), logits, commit(hidden))
+            return StageOutput(hidden.cpu(), logits, commit(committed))
 
     @torch.inference_mode()
     def recompute(self, inputs: torch.Tensor) -> torch.Tensor:
         with self._lock:
-            return self._run(inputs, 0, None).cpu()
+            return self._run(inputs, 0, None)[1].cpu()
 
     def close(self, session: str) -> None:
         with self._lock:
@@ -299,6 +312,10 @@ class StageEngine(StageBackend):
     @property
     def sessions(self) -> int:
         return len(self._sessions)
+
+    def holds(self, session: str) -> bool:
+        """Whether the stage keeps a cache for `session`."""
+        return session in self._sessions
 
     def _session(self, session: str, start: int) -> _Session:
         now = time.monotonic()
