@@ -308,6 +308,37 @@ def test_a_coordinator_cannot_add_a_fake_vault_or_send_for_an_update_in_the_clea
     assert _accesses(world, p.dataset_id, p.grant_id) == []
 
 
+def test_a_coordinator_cannot_replay_an_old_rounds_parameters(lm_world: LmWorld, tuned: Tuned) -> None:
+    world, result = lm_world, tuned.result
+    key, run = world.net.accounts[2].key, result.run_id
+    members: list[list[object]] = [["0x" + p.dataset_id.hex(), p.grant_id] for p in tuned.participants]
+    first_aggregate = result.rounds[0].params  # round 2's input
+
+    def check(p: Participant, adapter: list[np.ndarray], round_number: int) -> httpx.Response:
+        body = {
+            "dataset_id": "0x" + p.dataset_id.hex(), "grant_id": p.grant_id, "run_id": run,
+            "lora": world.spec.to_json(), "adapter": adapter_payload(adapter), "members": members,
+            "steps": CONFIG.steps, "noise": CONFIG.noise, "clipping_norm": CONFIG.clipping_norm,
+        }  # fmt: skip
+        return send(signed_request(p.url, key, "/v1/rounds/check", ROUND_CHECK, body, p.dataset_id, p.grant_id, run,
+                                   round_number))  # fmt: skip
+
+    for p in tuned.participants:
+        # round 3 from round 1's parameters (the zero adapter) or round 2's (round 1's aggregate): both lie
+        # within one round's step of the current adapter, and both are refused as replays
+        for old in (tuned.initial, first_aggregate):
+            r = check(p, old, CONFIG.rounds + 1)
+            assert r.status_code == 403, r.text
+            assert "replay of an old round's parameters" in r.json()["error"]["message"]
+        # an earlier round number with the current adapter is refused too
+        r = check(p, result.params, CONFIG.rounds - 1)
+        assert r.status_code == 403 and "a replayed round" in r.json()["error"]["message"], r.text
+        # the run goes on from the aggregate the last round produced
+        assert check(p, result.params, CONFIG.rounds + 1).status_code == 200
+    for p in tuned.participants:  # checks train nothing: the chain has the run's rounds only
+        assert len(_accesses(world, p.dataset_id, p.grant_id)) == CONFIG.rounds
+
+
 def test_a_coordinator_cannot_impersonate_a_vault_with_keys_of_its_own(
     lm_world: LmWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -160,6 +160,7 @@ class VaultFlower:
                         grant_id, signer, dataset_id, run_id, spec_from_config(config["lora"]),
                         [np.asarray(p, dtype=np.float32) for p in parameters], int(config["steps"]),
                         float(config["lr"]), float(config["noise"]), float(config[KEY_CLIPPING_NORM]),
+                        request.round,
                     )  # fmt: skip
                     return out, rows, {"epsilon_micro": charge}
                 fields = {"inputs": config["inputs"], "classes": config["classes"], "hidden": config.get("hidden", 0)}

@@ -119,6 +119,11 @@ def adapter_from_payload(data: object, model: AdapterModel) -> list[np.ndarray]:
     return [p.astype(np.float32) for p in params]
 
 
+def adapter_hash(params: list[np.ndarray]) -> bytes:
+    """The adapter's identity as a round's input: its float32 arrays (how a round trains it) hashed."""
+    return keccak(params_to_bytes([np.asarray(p, dtype=np.float32) for p in params]))
+
+
 def adapter_payload(params: list[np.ndarray]) -> str:
     return base64.b64encode(params_to_bytes(params)).decode()
 
@@ -282,6 +287,7 @@ class LoraRounds:
         steps: int,
         noise: float,
         update_norm: float,
+        round_number: int,
     ) -> tuple[float, int, float]:
         """(ρ, ε charge in millionths, noise) of a round, or its refusal. Call with the service lock held."""
         policy = self.service.policy
@@ -308,8 +314,32 @@ class LoraRounds:
                     f"the adapter is {step:.4g} from the one this vault trained from in run {run_id}'s previous round; "
                     f"a round moves it at most {parent.clip:g}; nothing ran and nothing was logged"
                 )
+        self.check_not_replayed(grant_id, run_id, round_number, adapter_hash(params))
         charge = self.service.authorize(grant_id, signer, "federated_round", dataset_id, spec.base_model, rho)
         return rho, charge, noise
+
+    def check_not_replayed(self, grant_id: int, run_id: int, round_number: int, digest: bytes) -> None:
+        """Each round of a run goes forward from parameters this vault has not trained from yet: an
+        older round's parameters (its input, which is also the aggregate of the round before it)
+        are refused although they lie within a round's step of the current ones. The one exception
+        is the same round again from the same input (a round that failed after this vault trained
+        is run again; that training was charged, and so is this one). A round number below the last
+        this vault trained is refused too. A vault that missed a round cannot tell that round's
+        input from a fresh one; the vaults that trained it refuse it, and a round needs the threshold."""
+        seen = self.service.store.lora_inputs(grant_id, run_id)
+        if not seen:
+            return
+        last_round, last_input = seen[-1]
+        if round_number < last_round or (round_number == last_round and digest != last_input):
+            raise ParametersNotGranted(
+                f"round {round_number} of run {run_id} comes after round {last_round} here, which this vault trained "
+                "already (a replayed round); nothing ran and nothing was logged"
+            )
+        if round_number > last_round and any(digest == h for _, h in seen):
+            raise ParametersNotGranted(
+                f"the adapter sent for round {round_number} of run {run_id} is one this vault trained from in an "
+                "earlier round (a replay of an old round's parameters); nothing ran and nothing was logged"
+            )
 
     def check(self, body: dict[str, Any], signer: str, request: VaultRequest) -> dict[str, Any]:
         """Would this vault run the run's next LoRA round? Fixes the run's members here at its first check."""
@@ -340,7 +370,8 @@ class LoraRounds:
             raise AccessDenied(f"run {run}'s vaults were fixed at its first round here; this check names others")
         params = adapter_from_payload(body.get("adapter"), self.adapter(spec))
         with self.service._lock:
-            _, charge, _ = self.plan(grant, signer, dataset_id, run, spec, params, steps, float(noise), float(clip))
+            _, charge, _ = self.plan(grant, signer, dataset_id, run, spec, params, steps, float(noise), float(clip),
+                                     request.round)  # fmt: skip
             g = self.service.data.get_grant(grant)
             left = self.service.store.ledger(grant).left(g.epsilon_budget, self.service.policy.delta, g.epsilon_spent)
         self._members[key] = members
@@ -348,7 +379,7 @@ class LoraRounds:
 
     def train(self, grant_id: int, signer: str, dataset_id: bytes, run_id: int, spec: LoraSpec,
               params: list[np.ndarray], steps: int, lr: float, noise: float,
-              update_norm: float) -> tuple[list[np.ndarray], int, int]:  # fmt: skip
+              update_norm: float, round_number: int) -> tuple[list[np.ndarray], int, int]:  # fmt: skip
         """One round's DP-SGD on this vault's rows; logs the charge on chain before the (masked)
         update leaves. Returns (adapter, rows, ε charged)."""
         if self.members_of(signer, grant_id, run_id) is None:
@@ -358,7 +389,7 @@ class LoraRounds:
         service = self.service
         with service._lock, model.lock:
             rho, charge, noise = self.plan(grant_id, signer, dataset_id, run_id, spec, params, steps, noise,
-                                           update_norm)  # fmt: skip
+                                           update_norm, round_number)  # fmt: skip
             out = model.dp_train(params, self.examples(model, text), steps, lr, service.policy.clip, noise,
                                  service.random_bytes)  # fmt: skip
             digest = keccak(params_to_bytes(params))
@@ -368,6 +399,7 @@ class LoraRounds:
                                update_norm, keccak(released))  # fmt: skip
             service.charge_and_log(grant_id, job_id, dataset_id, "federated_round", spec.base_model, released, rho,
                                    charge, lineage)  # fmt: skip
+            service.store.record_lora_input(grant_id, run_id, round_number, adapter_hash(params))
         return out, len(text.rows), charge
 
     # ------------------------------------------------------------ evaluation

@@ -59,6 +59,14 @@ CREATE TABLE IF NOT EXISTS rounds (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rounds_by_run ON rounds (grant_id, run_id, at);
+CREATE TABLE IF NOT EXISTS lora_inputs (
+    grant_id INTEGER NOT NULL,
+    run_id INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    input_hash BLOB NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS lora_inputs_by_run ON lora_inputs (grant_id, run_id);
 CREATE TABLE IF NOT EXISTS exact_grants (
     grant_id INTEGER PRIMARY KEY,
     at REAL NOT NULL
@@ -327,6 +335,23 @@ class VaultStore:
         if r is None:
             return None
         return RoundRow(r[0], r[1], bytes(r[2]), r[3], bytes(r[4]), bytes(r[5]), r[6], bytes(r[7]))
+
+    def record_lora_input(self, grant_id: int, run_id: int, round_number: int, input_hash: bytes) -> None:
+        """A LoRA round this vault trained (and logged): the round number and the adapter it trained from."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO lora_inputs VALUES (?, ?, ?, ?, ?)",
+                (grant_id, run_id, round_number, input_hash, time.time()),
+            )
+
+    def lora_inputs(self, grant_id: int, run_id: int) -> list[tuple[int, bytes]]:
+        """(round, input adapter hash) of every LoRA round this vault trained for this grant and run, in order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT round, input_hash FROM lora_inputs WHERE grant_id = ? AND run_id = ? ORDER BY at",
+                (grant_id, run_id),
+            ).fetchall()
+        return [(int(r[0]), bytes(r[1])) for r in rows]
 
     def last_round_in_run(self, run_id: int) -> RoundRow | None:
         """The latest round this vault ran in this Flower run, under any grant."""
