@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import tempfile
 import time
@@ -155,6 +156,8 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     work = Path(tempfile.mkdtemp(prefix="allmende-evidence-"))
     rows, meta = tiny_rows(harness, batches) if tiny else smollm2_rows(harness, batches, work)
+    meta = {**meta, "tokens_per_audit": args.tokens, "audits_per_row": args.audits,
+            "validator": "transformers fp32, CPU"}  # fmt: skip
     plan = audits(args.audits, args.tokens)
     requests = [(harness.prompt(q), p) for q, p in plan]
     results = []
@@ -173,11 +176,14 @@ def main() -> None:
             print(f"{name}, batch {batch}: {count} tokens, mismatch {mismatch:.4f}, {took:.0f}s", flush=True)
             results.append({"row": name, "profile": profile, "honest": profile is not None, "batch": batch,
                             "audits": stats})  # fmt: skip
+            # written after every row: a run cut short keeps what it measured
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"meta": meta, "rows": results}))
+        close = getattr(engine, "close", None)
+        if callable(close):
+            close()  # llama.cpp's contexts hold their memory until closed
         del engine
-    meta = {**meta, "tokens_per_audit": args.tokens, "audits_per_row": args.audits,
-            "validator": "transformers fp32, CPU"}  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": results}))
+        gc.collect()
     print(f"raw statistics written to {out}")
     if args.write_profiles:
         write_profiles(results, meta)
