@@ -110,5 +110,15 @@ load: install
 bench-engine: install
 	$(BIN)/python bench/engine.py
 
+# llama.cpp's own server, built from the llama.cpp source that the pinned llama-cpp-python
+# vendors (into .tools/llama-server/; nice -n 19, 2 jobs, five minutes and more on 2 cores),
+# for bench/vs_llama_server.py; not part of `make test`.
+llama-server: install
+	$(BIN)/python bench/vs_llama_server.py --build-only
+
+# the whole network against llama-server on the same GGUF (SmolLM2 Q4_1 and its F16 copy)
+bench-vs-llama-server: llama-server
+	$(BIN)/python bench/vs_llama_server.py
+
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
