@@ -166,6 +166,20 @@ def test_three_vaults_fine_tune_lora_the_held_out_loss_falls_and_the_adapter_is_
         assert charges == [r.charged_micro[p.url] for r in result.rounds]
         assert world.net.reader().data.get_grant(p.grant_id).epsilon_spent == sum(charges)
 
+    # exact-match on the held-out question/answer pairs next to perplexity: one noisy count, the job's ε charged once
+    v, dataset, grant = world.net.vaults[0], world.heldout[0], tuned.evals[0]
+    spent = world.net.reader().data.get_grant(grant).epsilon_spent
+    reply = signed_post(v.url, world.net.accounts[3].key, {
+        "template": "evaluate", "dataset_id": "0x" + dataset.hex(), "grant_id": grant,
+        "job_id": "0x" + keccak(text="exact-match").hex(), "lora": world.spec.to_json(),
+        "adapter": adapter_payload(result.params), "epsilon": 2.0, "exact_match": True,
+    })  # fmt: skip
+    assert reply.status_code == 200, reply.text
+    scored = reply.json()["result"]
+    assert 0 <= scored["exact_matches"] <= scored["rows"] == 12 and scored["perplexity"] > 1.0
+    assert scored["exact_match"] == round(scored["exact_matches"] / 12, 6)
+    assert world.net.reader().data.get_grant(grant).epsilon_spent == spent + 2 * MICRO
+
     # the merged model is registered as derived from the base, and served by the transformers engine
     record = world.net.reader().models.get(tuned.model_id)
     assert record.parents == [world.base_id]
@@ -377,6 +391,7 @@ def test_a_grantee_gets_no_raw_rows_no_per_example_losses_and_no_round_over_its_
         ({"template": "export"}, "template_not_allowed"),
         ({"template": "evaluate", "epsilon": 1.0, "per_example": True}, "bad_job"),
         ({"template": "evaluate", "epsilon": 1.0, "generations": True}, "bad_job"),
+        ({"template": "evaluate", "epsilon": 1.0, "exact_match": "per row"}, "bad_job"),
     ):
         r = signed_post(v.url, validator.key, {**base, "job_id": "0x" + keccak(text=str(ask)).hex(), **ask})
         assert r.status_code in (400, 403) and r.json()["error"]["code"] == code, r.text

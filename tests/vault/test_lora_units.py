@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from eth_account import Account
 
 from allmende.engine import resolve_model
@@ -121,3 +122,25 @@ def test_the_initial_adapter_is_the_base_model_and_training_moves_it() -> None:
     assert not is_zero_adapter(model, trained)
     assert [a.shape for a in trained] == [a.shape for a in initial]
     assert all(np.all(np.isfinite(a)) for a in trained)
+
+
+def test_exact_match_is_what_greedy_decoding_of_the_prompt_produces() -> None:
+    base = resolve_model("allmende:tiny", progress=False)
+    spec = LoraSpec(base.model_id, 4, 8.0, ("q_proj", "v_proj", "o_proj", "down_proj"), max_tokens=64)
+    model = AdapterModel(base.path, spec)
+    learned = {"messages": [{"role": "user", "content": "Ring colour?"}, {"role": "assistant", "content": "teal"}]}
+    other = {"messages": [{"role": "user", "content": "Ring colour?"}, {"role": "assistant", "content": "amber"}]}
+    rows = [learned, other, {"text": "teal"}]
+    examples = [model.encode(r) for r in rows]
+    zero = model.initial(seed=0)
+    model.set(zero)
+    assert model.exact_matches(rows, examples) == [False, False, False]
+    # an adapter trained (no noise) on the first row until greedy decoding reproduces its answer
+    model.set(model.dp_train(zero, examples[:1], 300, 2.0, 100.0, 0.0))
+    assert model.exact_matches(rows, examples) == [True, False, False]  # a text row is no question/answer pair
+    prompt = model.tokenizer.apply_chat_template(learned["messages"][:-1], add_generation_prompt=True, tokenize=False)
+    head = model.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    answer = examples[0].input_ids[0, head.shape[1] :]
+    with torch.no_grad():
+        drawn = model.model.generate(input_ids=head, max_new_tokens=len(answer), do_sample=False)
+    assert drawn[0, head.shape[1] :].tolist() == answer.tolist()  # the same answer, drawn token by token

@@ -180,6 +180,25 @@ class AdapterModel:
         with torch.no_grad():
             return [float(self._loss(e)) for e in examples if int((e.labels[0, 1:] != -100).sum()) > 0]
 
+    def exact_matches(self, rows: list[dict[str, Any]], examples: list[Example]) -> list[bool]:
+        """Per chat row: is its answer (the last message, with the chat template's end of turn)
+        exactly what greedy decoding from its prompt produces? Checked in one forward pass: greedy
+        decoding yields the answer iff every answer token is the argmax after the tokens before it.
+        A text row (no question/answer pair) and a row whose answer was cut never match."""
+        out = []
+        with torch.no_grad():
+            for row, e in zip(rows, examples, strict=True):
+                labels = e.labels[0]
+                counted = labels != -100
+                whole = "messages" in row and not bool(counted[0]) and int(counted.sum()) > 0
+                if not whole:
+                    out.append(False)
+                    continue
+                logits = self.model(input_ids=e.input_ids).logits[0]
+                greedy = logits[:-1].argmax(dim=-1)
+                out.append(bool((greedy[counted[1:]] == labels[1:][counted[1:]]).all()))
+        return out
+
     # ------------------------------------------------------------ training
 
     def dp_train(

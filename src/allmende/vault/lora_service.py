@@ -61,7 +61,9 @@ MAX_LOADED = 2  # base models with adapters a vault keeps loaded at once (least 
 LORA_CHECK_FIELDS = frozenset(
     {"dataset_id", "grant_id", "run_id", "lora", "adapter", "members", "steps", "noise", "clipping_norm"}
 )
-LM_EVALUATE_FIELDS = frozenset({"template", "dataset_id", "grant_id", "job_id", "lora", "adapter", "epsilon"})
+LM_EVALUATE_FIELDS = frozenset(
+    {"template", "dataset_id", "grant_id", "job_id", "lora", "adapter", "epsilon", "exact_match"}
+)
 LOSS_GRID_BITS = 16  # evaluate sums clipped losses in multiples of loss_clip·2⁻¹⁶
 
 
@@ -407,7 +409,10 @@ class LoraRounds:
     def evaluate(self, body: dict[str, Any], signer: str, request: VaultRequest | None) -> dict[str, Any]:
         """The base model with an adapter, on a text dataset: the mean per-example loss (each
         clipped to `loss_clip`) with discrete Laplace noise on the sum (ε; the row count is public)
-        and the perplexity it implies. Nothing per example leaves; the ε is charged to the grant."""
+        and the perplexity it implies. With `exact_match`, also the share of held-out chat rows
+        whose answer greedy decoding reproduces exactly (a count with discrete Laplace noise of
+        scale 2/ε: a replaced row moves it by at most 1), the ε split evenly between the two
+        statistics. Nothing per example leaves; the ε is charged to the grant."""
 
         only_fields(body, LM_EVALUATE_FIELDS, "an LM evaluate job")
         dataset_id = parse_bytes32(body.get("dataset_id"), "dataset_id")
@@ -427,6 +432,10 @@ class LoraRounds:
         model = self.adapter(spec)
         params = adapter_from_payload(body.get("adapter"), model)
         epsilon = parse_epsilon(body.get("epsilon"), "an LM evaluation releases a noisy mean loss")
+        exact = body.get("exact_match", False)
+        if not isinstance(exact, bool):
+            raise BadJob("'exact_match' must be true or false")
+        shares = 2.0 if exact else 1.0  # the statistics released share the job's ε
         clip = service.policy.loss_clip
         with service._lock, model.lock:
             charge = service.authorize(grant_id, signer, "evaluate", dataset_id, spec.base_model, 0.0,
@@ -436,7 +445,7 @@ class LoraRounds:
             grid = clip * 2.0**-LOSS_GRID_BITS
             ticks = sum(round(min(max(v, 0.0), clip) / grid) for v in losses)
             # a replaced row moves the clipped sum by at most loss_clip: Laplace of scale clip/ε
-            noisy = ticks + int(discrete_laplace((clip / grid) / epsilon, 1, service.random_bytes)[0])
+            noisy = ticks + int(discrete_laplace((clip / grid) / (epsilon / shares), 1, service.random_bytes)[0])
             rows = len(text.rows)
             mean = min(max(noisy * grid / rows, 0.0), clip)
             result = {
@@ -450,6 +459,11 @@ class LoraRounds:
                 "loss_clip": clip,
                 "epsilon": epsilon,
             }
+            if exact:
+                hits = sum(model.exact_matches(text.rows, self.examples(model, text)))
+                noisy_hits = hits + int(discrete_laplace(1.0 / (epsilon / shares), 1, service.random_bytes)[0])
+                result["exact_matches"] = min(max(noisy_hits, 0), rows)
+                result["exact_match"] = round(result["exact_matches"] / rows, 6)
             check_finite(result)
             tx = service.charge_and_log(grant_id, job_id, dataset_id, "evaluate", spec.base_model, canonical(result),
                                         0.0, charge)  # fmt: skip
