@@ -103,21 +103,31 @@ def test_evidence_that_names_another_kind_than_the_receipt_binds_proves_nothing(
     assert recheck(tiny, as_chat) is None  # the kind is bound with the body
 
 
+HI = [{"role": "user", "content": "hi"}]
+
+
 @pytest.mark.parametrize(
-    ("kind", "body"),
+    ("kind", "body", "refusal"),
     [
-        ("completion", {"prompt": "Once upon a time", "messages": [{"role": "user", "content": "hi"}]}),
-        ("chat", {"messages": [{"role": "user", "content": "hi"}], "prompt": "Once upon a time"}),
-        ("chat", {"messages": [{"role": "user", "content": "hi"}], "allmende_continue": 7}),
-        ("embedding", {"input": "a cat", "allmende_continue": "a dog"}),
+        ("completion", {"prompt": "Once upon a time", "messages": HI}, ("invalid_request", "messages")),
+        ("chat", {"messages": HI, "prompt": "Once upon a time"}, ("invalid_request", "prompt")),
+        ("chat", {"messages": HI, "allmende_continue": 7}, ("invalid_request", "allmende_continue")),
+        # the fake provider serves a generation model: refused by kind before the body is read
+        ("embedding", {"input": "a cat", "allmende_continue": "a dog"}, ("bad_request", None)),
     ],
     ids=["completion-with-messages", "chat-with-prompt", "continuation-not-text", "embedding-continued"],
 )
-def test_a_body_of_mixed_kinds_sent_straight_to_a_provider_is_refused(tmp_path: Path, kind: str, body: dict) -> None:  # type: ignore[type-arg]
+def test_a_body_of_mixed_kinds_sent_straight_to_a_provider_is_refused(
+    tmp_path: Path,
+    kind: str,
+    body: dict,  # type: ignore[type-arg]
+    refusal: tuple[str, str | None],
+) -> None:
+    """Refused as the gateway refuses it: OpenAI's code and the parameter at fault."""
     provider = FakeProvider(tmp_path)
 
     with pytest.raises(ProviderReplyError) as refused:
         ask_kind(provider, kind, body)
 
-    assert (refused.value.status, refused.value.code) == (400, "bad_request")
+    assert (refused.value.status, refused.value.code, refused.value.param) == (400, *refusal)
     assert provider.store.receipt_count() == 0 and provider.gate.reserved(b"\x01" * 32) == 0
