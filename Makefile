@@ -66,13 +66,20 @@ typecheck: install
 screenshots: install
 	ALLMENDE_SCREENSHOTS=bench/results/ui $(BIN)/pytest -p no:randomly tests/ui
 
+# The tests after the unit tests run on WORKERS pytest-xdist workers: most of their time is spent
+# waiting on other processes (anvil, nodes, HTTP), so three workers keep two cores busy. Tests
+# that share one network (tests/conftest.py: SHARED_NETWORKS) run on one worker, every other
+# module is a group of its own (`--dist loadgroup`). WORKERS=0 runs them in one process.
+WORKERS ?= 3
+XDIST = -n $(WORKERS) --dist loadgroup
+
 # in file order (pytest-randomly is installed but off): what CI runs
 pytest: install
-	$(BIN)/pytest -p no:randomly
+	$(BIN)/pytest -p no:randomly $(XDIST)
 
 # the same tests in a random order (the seed is printed; repeat an order with --randomly-seed=N)
 test-shuffled: install
-	$(BIN)/pytest
+	$(BIN)/pytest $(XDIST)
 
 # line coverage of the pure core from its own unit tests (must be 100 %), and of what those
 # unit tests reach elsewhere; the end-to-end suite runs without the tracer (it would slow the
@@ -86,7 +93,7 @@ coverage: install
 # coverage has run the unit tests (core, gateway, architecture) already: the rest here
 UNIT := tests/core tests/gateway tests/architecture
 test: lint typecheck coverage
-	$(BIN)/pytest -p no:randomly $(addprefix --ignore=,$(UNIT))
+	$(BIN)/pytest -p no:randomly $(XDIST) $(addprefix --ignore=,$(UNIT))
 
 demo: $(STAMP) $(ANVIL)
 	$(BIN)/allmende up --providers 2 --showcase --claim-models

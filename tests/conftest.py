@@ -106,7 +106,7 @@ KIND_OF_FOLDER = {
     "contracts": "chain", "chain": "chain",
     "provider": "process", "validator": "process", "vault": "process", "supervisor": "process",
     "faults": "process", "engine": "process",
-    "e2e": "e2e", "ui": "e2e", "agent": "unit",
+    "e2e": "e2e", "ui": "e2e", "agent": "unit", "stages": "process",
 }  # fmt: skip
 TESTS = Path(__file__).parent
 
@@ -117,14 +117,61 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     item.add_marker(KIND_OF_FOLDER.get(folder, "process"))
 
 
-@pytest.hookimpl(trylast=True)
+# Networks one fixture starts for many test modules: the session `network` of tests/e2e, the
+# session `running` provider of tests/provider, and the cheater network above. Under pytest-xdist
+# (`make test` runs `-n 3 --dist loadgroup`) every module that uses one runs on the same worker, so
+# each network starts once; every other module is a group of its own (its module-scoped fixtures
+# start once), and the groups are spread over the workers.
+SHARED_NETWORKS = (CHEATER_NETWORK, "network", "running")
+
+
+def shared_network_of(item: pytest.Item) -> str | None:
+    """The shared network a test uses, by where its fixture is defined (other folders have
+    module-scoped fixtures of the same names), or None."""
+    info = getattr(item, "_fixtureinfo", None)
+    for name in SHARED_NETWORKS:
+        if name not in getattr(item, "fixturenames", ()):
+            continue
+        if name == CHEATER_NETWORK:
+            return name
+        definitions = info.name2fixturedefs.get(name) if info is not None else None
+        if definitions and definitions[-1].scope == "session":
+            return f"{definitions[-1].baseid or '.'}::{name}"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the tests on the shared network one after the other, where the first of them was."""
-    users = [item for item in items if CHEATER_NETWORK in getattr(item, "fixturenames", ())]
-    if users:
-        first = items.index(users[0])
-        rest = [item for item in items if item not in users]
-        items[:] = rest[:first] + users + rest[first:]
+    """Mark each test's worker group for pytest-xdist's loadgroup (before xdist reads the marks):
+    the shared network its module uses, else its module."""
+    module_networks: dict[str, str] = {}
+    for item in items:
+        network = shared_network_of(item)
+        if network is not None:
+            module_networks.setdefault(item.nodeid.split("::")[0], network)
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(module_networks.get(module, module)))
+    # the long groups first, so that a worker is not left with one at the end (xdist hands the
+    # groups out in this order)
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in module_networks)
+
+
+class _CheaterNetworkOrder:
+    """Runs the tests on the cheater network one after the other, where the first of them was
+    (after any shuffling: pytest-randomly reorders in its own modifyitems)."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        users = [item for item in items if CHEATER_NETWORK in getattr(item, "fixturenames", ())]
+        if users:
+            first = items.index(users[0])
+            rest = [item for item in items if item not in users]
+            items[:] = rest[:first] + users + rest[first:]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_CheaterNetworkOrder(), "allmende-cheater-network-order")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -177,8 +177,12 @@ def test_gateway_killed_and_restarted_recovers_its_channels(network: tuple[Path,
         if e["args"]["payer"] == data["accounts"]["gateway_payer"]
     ]
     assert len(answers) == 12
-    assert {p: c for p, c, _ in after.all_channels()} == channels_before  # same channels, none reopened
-    assert len(opened) == len(channels_before)
+    # every channel known before the kill is used again, none reopened; a provider the first six
+    # requests did not reach (routing under load) may get its first channel after the restart
+    channels_after = {p: c for p, c, _ in after.all_channels()}
+    assert {p: channels_after.get(p) for p in channels_before} == channels_before
+    assert len(opened) == len(channels_after)
+    assert len({e["args"]["provider"] for e in opened}) == len(opened)  # one channel per provider
     for (channel, model), signed in signed_before.items():
         owed, signed_now = after.owed(channel, model)
         assert signed_now >= signed  # never a lower cumulative
