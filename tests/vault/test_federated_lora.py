@@ -456,6 +456,7 @@ def test_the_cli_trains_registers_and_evaluates_a_lora_run(lm_world: LmWorld) ->
     v, dataset = world.net.vaults[1], world.heldout[1]
     grant = world.net.grant(v, world.net.accounts[2].address, "evaluate", [world.base_id], 2.0, dataset)
     said = cli(world.net, "federated", "lora-evaluate", "--vault", v.url, "--dataset", "0x" + dataset.hex(),
-               "--grant", str(grant), "--key", "devnet:2", "--run", str(out), "--epsilon", "1")  # fmt: skip
-    assert "held-out loss" in said and "on 12 rows" in said
+               "--grant", str(grant), "--key", "devnet:2", "--run", str(out), "--epsilon", "1",
+               "--exact-match")  # fmt: skip
+    assert "held-out loss" in said and "on 12 rows" in said and "exact match" in said and "of 12 answers" in said
     assert len(_accesses(world, dataset, grant)) == 1

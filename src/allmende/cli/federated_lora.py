@@ -107,6 +107,12 @@ def lora_evaluate(
     run: Path = typer.Option(None, help="a `federated lora` run folder (its adapter); none: the base model alone"),
     base: str = typer.Option("smollm2-135m-instruct", help="the base model, when --run is not given"),
     epsilon: float = typer.Option(1.0, help="ε of the noisy mean loss (charged to the grant)"),
+    exact_match: bool = typer.Option(
+        False,
+        "--exact-match",
+        help="also the noisy share of chat rows whose answer greedy decoding reproduces "
+        "exactly (ε split evenly between the two)",
+    ),
     rpc: str = typer.Option(None, help=RPC_HELP + "; read to report the ε the grant has left"),
     deployments: Path = typer.Option(None, help=DEPLOYMENTS_HELP),
 ) -> None:
@@ -127,7 +133,8 @@ def lora_evaluate(
             params = AdapterModel(resolved.path, spec).initial(0)
         payload = {"template": "evaluate", "dataset_id": dataset, "grant_id": grant,
                    "job_id": "0x" + secrets.token_bytes(32).hex(), "lora": spec.to_json(),
-                   "adapter": adapter_payload(params), "epsilon": epsilon}  # fmt: skip
+                   "adapter": adapter_payload(params), "epsilon": epsilon,
+                   **({"exact_match": True} if exact_match else {})}  # fmt: skip
         r = post_job(vault, resolve_key(key), payload)
         if r.status_code != 200:
             console.print(f"[red]error:[/red] the vault refused ({r.status_code}): {escape(r.text[:300])}")
@@ -135,6 +142,9 @@ def lora_evaluate(
         result = r.json()["result"]
         console.print(f"held-out loss {result['mean_loss']:.4f} (perplexity {result['perplexity']:.2f}) on "
                       f"{result['rows']} rows, ε = {epsilon}; access {r.json()['access_tx']}")  # fmt: skip
+        if exact_match:
+            console.print(f"exact match {result['exact_match']:.1%} ({result['exact_matches']} of {result['rows']} "
+                          "answers, noisy)")  # fmt: skip
         on_chain = contracts_for(rpc, None, deployments).data.get_grant(grant)
         console.print(
             f"grant {grant}: ε {on_chain.epsilon_spent / 1e6:.6f} spent of {on_chain.epsilon_budget / 1e6:.6f}"
