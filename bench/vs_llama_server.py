@@ -192,7 +192,10 @@ def messages(i: int) -> list[dict[str, str]]:
 
 async def run_row(name: str, url: str, model: str, clients: int, requests: int) -> Row:
     """`clients` concurrent clients send `requests` streamed chat requests in all."""
-    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=clients + 8), timeout=600)
+    # a new connection per request, for both servers: llama-server's HTTP library closes a kept-alive
+    # connection after a few requests, and with retries off the request that raced the close failed
+    limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=0)
+    http = httpx.AsyncClient(limits=limits, timeout=600)
     client = AsyncOpenAI(base_url=url, api_key="bench", max_retries=0, http_client=http)
     ttft: list[float] = []
     tokens = 0
