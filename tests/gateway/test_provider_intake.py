@@ -17,6 +17,7 @@ from allmende.api.client import PayerKey, ProviderReplyError, ainfer, ainfer_str
 from allmende.core.credit import max_request_cost
 from allmende.engine.base import Prompt
 from allmende.provider.errors import PayerNotAuthenticated, PaymentRequired
+from allmende.provider.service import INLINE_REQUEST_BYTES
 from tests.gateway.fakes import GATEWAY, GATEWAY_KEY, MODEL_ID, RECEIPTS, VOUCHERS, FakeEngine, FakeProvider
 
 CHANNEL = b"\x01" * 32
@@ -122,7 +123,9 @@ def test_a_prompt_too_large_for_any_tokenizer_is_refused_before_tokenizing(tmp_p
     assert tokenized == [] and provider.gate.reserved(CHANNEL) == 0 and provider.store.receipt_count() == 0
 
 
-def test_tokenizing_runs_off_the_event_loop(tmp_path: Path) -> None:
+def test_a_long_prompt_is_tokenized_off_the_event_loop_a_short_one_on_it(tmp_path: Path) -> None:
+    """A request over INLINE_REQUEST_BYTES is tokenized in a worker thread (it would stall the
+    other streams); a short one on the loop (a thread switch costs more than tokenizing it)."""
     threads = []
 
     class Recording(FakeEngine):
@@ -131,11 +134,16 @@ def test_tokenizing_runs_off_the_event_loop(tmp_path: Path) -> None:
             return super().prompt_ids(prompt)
 
     provider = FakeProvider(tmp_path, engine=Recording())
+    long = {**CHAT, "user": "u" * INLINE_REQUEST_BYTES}  # a large request, a short prompt (the fake's context)
 
-    ask(provider, CHAT)  # the event loop runs in this thread (asyncio.run)
+    ask(provider, long)  # the event loop runs in this thread (asyncio.run)
+    ask(provider, {**long, "stream": True})
+    ask(provider, CHAT)
     ask(provider, {**CHAT, "stream": True})
 
-    assert len(threads) == 2 and threading.get_ident() not in threads
+    loop = threading.get_ident()
+    assert len(threads) == 4
+    assert loop not in threads[:2] and threads[2:] == [loop, loop]
 
 
 @pytest.mark.parametrize(
