@@ -34,6 +34,11 @@ def validator(
     prompts: Path = typer.Option(None, help="file of your own audit prompts, one per line (mixed in)"),
     audit_interval: float = typer.Option(30.0, help="mean seconds between audit rounds (jittered)"),
     publish_every: int = typer.Option(10, help="publish reputation scores every N rounds"),
+    accumulated_cases: bool = typer.Option(
+        False,
+        help="open and convict fraud cases on evidence accumulated over many audits (README: accumulated "
+        "evidence); off, the ledger only reports, since bf16 and GPU serving are not calibrated yet",
+    ),
 ) -> None:
     """Stake, then audit every provider of the loaded models, open, join and vote on fraud
     cases. Serves /status and /metrics beside the evidence; stopping it withdraws its
@@ -55,6 +60,7 @@ def validator(
             gateways=tuple(g.rstrip("/").removesuffix("/v1") for g in gateway),
             gateway_key=gateway_key,
             prompts=prompts,
+            accumulated_cases=accumulated_cases,
         )
         if gateway:
             console.print(

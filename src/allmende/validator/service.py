@@ -69,6 +69,12 @@ class ValidatorConfig:
     prompts: Path | None = None  # the operator's own audit prompts, one per line, mixed in
     # the honest engines' calibrated profiles (validator/accumulated.py); None: the shipped table
     evidence_profiles: Path | None = None
+    # open and convict fraud cases on accumulated evidence. Off by default: the shipped profiles
+    # cover fp32/F16 and the llama.cpp paths, not yet bf16 serving, threads or GPUs, which
+    # DESIGN §5 names honest variants (a bf16 provider of an F16 registration tips the test).
+    # Off, the ledger still accumulates (status, metrics) and this validator, as a juror, votes
+    # not guilty on a case that rests on accumulated evidence alone.
+    accumulated_cases: bool = False
 
 
 @dataclass
@@ -210,6 +216,11 @@ class Validator:
             self.ledger.close(entry.address, model, standing)
             log.info("evidence on %s (model %s…): honest after %d tokens (ratio %.1f), new window", entry.address,
                      model[:14], standing.tokens, standing.statistic)  # fmt: skip
+        elif standing.decision is Decision.CHEATING and not self.config.accumulated_cases:
+            log.warning("evidence on %s (model %s…) says cheating after %d tokens (ratio %.1f); no case: "
+                        "--accumulated-cases is off", entry.address, model[:14], standing.tokens,
+                        standing.statistic)  # fmt: skip
+            self.ledger.close(entry.address, model, standing)
         elif standing.decision is Decision.CHEATING:
             profiles = self.ledger.profiles[model]
             window = self.ledger.window_audits(entry.address, model)[-MAX_CASE_AUDITS:]
@@ -447,6 +458,10 @@ class Validator:
         receipt = evidence.signed_receipt
         r = receipt.receipt
         if r.provider != provider:
+            return False
+        if evidence.accumulated is not None and not self.config.accumulated_cases:
+            log.info("case evidence at %s rests on accumulated audits, which this validator does not judge "
+                     "(--accumulated-cases off): voting not guilty", uri)  # fmt: skip
             return False
         if evidence.accumulated is not None:  # a case on many audits: re-checked audit by audit
             found = recheck_accumulated(
