@@ -150,3 +150,16 @@ def test_voucher_from_json_rejects_malformed(patch: dict) -> None:
     good = sign_voucher(Voucher(b"\x01" * 32, b"\x02" * 32, 1), DOMAIN, KEY).to_json()
     with pytest.raises(InvalidInput):
         SignedVoucher.from_json({**good, **patch})
+
+
+def test_an_r_that_is_no_point_on_the_curve_does_not_recover() -> None:
+    """r in range and s low, but no curve point has x = r: libsecp256k1 refuses to recover."""
+    digest = keccak(b"any message")
+    for r in range(1, 100):  # about half of all x have no point; the first such r is small
+        signature = r.to_bytes(32, "big") + (1).to_bytes(32, "big") + bytes([27])
+        try:
+            recover_digest(digest, signature)
+        except InvalidSignature as exc:
+            assert "does not recover" in str(exc)
+            return
+    raise AssertionError("every r recovered")

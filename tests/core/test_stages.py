@@ -1,4 +1,4 @@
-"""Stage layouts and their content addresses (allmende.core.stages): pure, no model."""
+"""Stage layouts, their content addresses, prices and receipts (allmende.core.stages): pure, no model."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from eth_utils import keccak
 from allmende.core.stages import (
     InvalidStage,
     StageLayout,
+    StagePrice,
     StageRange,
     StageSpec,
     TensorDigest,
@@ -17,10 +18,13 @@ from allmende.core.stages import (
     parse_descriptor,
     slice_hash,
     split_blocks,
+    stage_call_id,
+    stage_receipt,
 )
 
 BASE = bytes(range(32))
 SLICE = bytes(range(32, 64))
+PROVIDER = "0x" + "ab" * 20
 
 
 def digest(name: str, data: bytes) -> TensorDigest:
@@ -121,3 +125,35 @@ def test_layout_checks_its_stages() -> None:
         StageLayout((specs[1], specs[0], specs[2]))
     with pytest.raises(InvalidStage):
         StageLayout((specs[0], StageSpec(SLICE, ranges[1], SLICE), specs[2]))
+
+
+def test_a_ranges_blocks_and_an_empty_or_mixed_layout() -> None:
+    first, second = split_blocks(6, 2)
+    assert list(first.blocks) == [0, 1, 2] and not first.heads and second.heads
+    with pytest.raises(InvalidStage, match="at least one stage"):
+        check_covering([])
+    with pytest.raises(InvalidStage, match="at least one stage"):
+        StageLayout(())
+    with pytest.raises(InvalidStage, match="32 bytes"):
+        StageSpec(b"\x01", first, SLICE)
+    other = bytes(range(64, 96))
+    with pytest.raises(InvalidStage, match="same model"):
+        StageLayout((StageSpec(BASE, first, SLICE), StageSpec(other, second, SLICE)))
+    layout = StageLayout((StageSpec(BASE, first, SLICE), StageSpec(BASE, second, SLICE)))
+    assert len(layout) == 2 and layout.base == BASE
+
+
+def test_a_stage_call_is_priced_and_receipted_by_what_it_computed() -> None:
+    first, last = split_blocks(6, 2)
+    price = StagePrice(per_position=3, per_token=100)
+    with pytest.raises(InvalidStage, match="not negative"):
+        StagePrice(per_position=-1)
+    assert price.amount(rows=5, drawn=1) == 115
+    assert stage_call_id("s", 0, 5) != stage_call_id("s", 5, 5) != stage_call_id("t", 0, 5)
+    head = StageSpec(BASE, last, SLICE)
+    receipt = stage_receipt(head, PROVIDER, "s", 0, 5, b"\x01" * 32, b"\x02" * 32, b"proof", price, 1_700_000_000)
+    body = StageSpec(BASE, first, SLICE)
+    middle = stage_receipt(body, PROVIDER, "s", 0, 5, b"\x01" * 32, b"\x02" * 32, b"proof", price, 1_700_000_000)
+    assert receipt.model_id == head.stage_id and receipt.request_id == stage_call_id("s", 0, 5)
+    assert (receipt.tokens_in, receipt.tokens_out, receipt.amount) == (5, 1, 115)  # the last stage draws
+    assert (middle.tokens_out, middle.amount) == (0, 15)
