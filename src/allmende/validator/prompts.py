@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from allmende.api.shapes import TOKEN_BUCKETS, TOP_K_EXACT, Shape, bucket_range, shape_of
+from allmende.core.endpoints import ENDPOINTS
 from allmende.engine.base import Kind
 
 TASKS = [
@@ -207,9 +208,10 @@ class AuditTraffic:
         body: dict[str, Any] = {"model": model}
         low, high = bucket_range(shape.get("chars", "<=400"))
         target = self.rng.randint(low, high)
-        if kind == "chat":
+        served = ENDPOINTS.get(str(kind))
+        if served is not None and served.chat:
             body["messages"] = self._conversation(shape.get("roles", "u"), shape.get("content", "str"), target)
-        elif kind == "completion" and shape.get("roles") == "prompt:str":
+        elif served is not None and served.generates and shape.get("roles") == "prompt:str":
             body["prompt"] = _fit(self.question(), target, self.question)
         else:
             raise Uncomposable(f"kind {kind} with {shape.get('roles')}")

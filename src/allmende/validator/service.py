@@ -31,6 +31,7 @@ from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.bindings import ROLE_VALIDATOR, CaseRecord, CaseReport
 from allmende.chain.errors import ChainError
 from allmende.core import SignedReceipt
+from allmende.core.endpoints import endpoint
 from allmende.core.errors import InvalidInput
 from allmende.core.evidence_test import Decision
 from allmende.engine import load_engine
@@ -636,7 +637,7 @@ def ask_gateway(
     evidence the gateway attaches (the request as sent, token ids, proof, signed receipt).
     Streams are read to the end like a chat app reads them."""
     headers = {**auth(key), PIN_HEADER: provider, EVIDENCE_HEADER: "1"}
-    url = f"{gateway}/v1/completions" if kind == "completion" else f"{gateway}/v1/chat/completions"
+    url = gateway + endpoint(kind).path
     try:
         if not body.get("stream"):
             reply = http.post(url, json=body, headers=headers)
