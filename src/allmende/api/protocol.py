@@ -283,6 +283,8 @@ PARAMETERS: dict[str, dict[str, Parameter]] = {
     "responses": RESPONSES_PARAMETERS,
     "messages": MESSAGES_PARAMETERS,
 }
+# the APIs whose `messages` are screened field by field (the translated APIs check their own)
+MESSAGE_TABLES: dict[str, dict[str, Parameter]] = {"chat": MESSAGE_PARAMETERS}
 API_NAMES = {
     "chat": "/v1/chat/completions",
     "completion": "/v1/completions",
@@ -298,8 +300,8 @@ def parameter_table() -> str:
     for kind, params in PARAMETERS.items():
         for name, p in params.items():
             rows.append(f"| `{API_NAMES[kind]}` | `{name}` | {p.status} | {p.why} |")
-            if kind == "chat" and name == "messages":
-                for field, q in MESSAGE_PARAMETERS.items():
+            if name == "messages" and kind in MESSAGE_TABLES:
+                for field, q in MESSAGE_TABLES[kind].items():
                     rows.append(f"| `{API_NAMES[kind]}` | `messages[].{field}` | {q.status} | {q.why} |")
     return "\n".join(rows) + "\n"
 
@@ -313,11 +315,12 @@ def screen_parameters(kind: str, body: dict[str, Any]) -> None:
             raise InvalidParameter(f"Unrecognized request argument supplied: {name}", name)
         if not parameter.allows(value):
             raise InvalidParameter(f"'{name}' is not supported: {parameter.why}", name)
-    messages = body.get("messages") if kind == "chat" else None
+    fields = MESSAGE_TABLES.get(kind)
+    messages = body.get("messages") if fields is not None else None
     for i, message in enumerate(messages if isinstance(messages, list) else []):
         for field, value in message.items() if isinstance(message, dict) else ():
             where = f"messages[{i}].{field}"
-            parameter = MESSAGE_PARAMETERS.get(field)
+            parameter = fields.get(field) if fields is not None else None
             if parameter is None:
                 raise InvalidParameter(f"'{where}' is not a field of a chat message", where)
             if not parameter.allows(value):
@@ -651,7 +654,7 @@ def parse_request(kind: str, body: dict[str, Any]) -> Request:
         request = model.model_validate(body)
     except ValidationError as exc:
         raise invalid_parameter(exc) from None
-    if kind == "chat":
+    if isinstance(request, ChatRequest):
         check_tools(body)
     return request
 
@@ -661,9 +664,8 @@ def check_request(kind: str, body: dict[str, Any]) -> Request:
     OpenAI accepts in several forms: text content parts → a string, a one-element prompt
     list → the string. The normalised body is what the provider runs and the receipt binds."""
     request = parse_request(kind, body)
-    if kind == "chat":
-        grammar_of(body)  # a response_format or tool schema that cannot be served is refused here, by name
     if isinstance(request, ChatRequest):
+        grammar_of(body)  # a response_format or tool schema that cannot be served is refused here, by name
         for message, parsed in zip(body["messages"], request.messages, strict=True):
             message["content"] = parsed.content
     elif isinstance(request, CompletionRequest):
@@ -693,29 +695,6 @@ def sampling_params(body: dict[str, Any], request_id: bytes | None = None) -> Sa
     if params.seed is None and request_id is not None:
         params = dataclasses.replace(params, seed=draw_seed(request_id))
     return params
-
-
-def logprobs_wanted(kind: str, body: dict[str, Any]) -> int | None:
-    """How many alternatives per token a generation request wants log-probabilities of (0:
-    the drawn token's only), None for none; InvalidInput if the request is not valid."""
-
-    def count(name: str, most: int) -> int:
-        value = body.get(name)
-        if value is None:
-            return 0
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
-            raise InvalidInput(f"{name} must be an integer from 0 to {most}")
-        return value
-
-    if kind == "chat":
-        if body.get("logprobs") in (None, False):
-            return None
-        if body.get("logprobs") is not True:
-            raise InvalidInput("logprobs must be a boolean")
-        return count("top_logprobs", MAX_TOP_LOGPROBS)
-    if kind == "completion":
-        return None if body.get("logprobs") is None else count("logprobs", MAX_COMPLETION_LOGPROBS)
-    return None
 
 
 def choices_wanted(body: dict[str, Any]) -> int:
