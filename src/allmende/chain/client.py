@@ -276,7 +276,16 @@ class ChainClient:
         """Whether the account's `nonce` was used by a mined transaction other than ours."""
         if self.w3.eth.get_transaction_count(cast(Any, sender), "latest") <= nonce:
             return False  # the nonce is still free: ours may yet be mined
-        return self._receipt(tx_hash) is None  # mined is mined; otherwise another took it
+        if self._receipt(tx_hash) is not None:
+            return False  # mined is mined
+        # the nonce is used and our receipt not there (yet): a node may count a block's nonces
+        # before it serves the block's receipts (anvil under load did), so ours is replaced only
+        # if the node no longer knows it at all: a dropped transaction leaves its pool
+        try:
+            self.w3.eth.get_transaction(cast(Any, tx_hash))
+        except TransactionNotFound:
+            return True
+        return False
 
     # ------------------------------------------------------------ events
 
