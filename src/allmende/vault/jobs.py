@@ -62,3 +62,19 @@ def parse_bytes32(value: object, name: str) -> bytes:
     if len(raw) != 32:
         raise BadJob(f"'{name}' must be 32 bytes")
     return raw
+
+
+def round_check_fields(body: dict[str, Any]) -> tuple[int, int, int, float, float, bytes]:
+    """A signed round check's grant, run, steps, noise, clipping norm and dataset (the tabular
+    and the LoRA round checks take the same ones); BadJob names the first that is not valid."""
+    grant, run, steps = body.get("grant_id"), body.get("run_id"), body.get("steps")
+    for name, value in (("grant_id", grant), ("run_id", run), ("steps", steps)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise BadJob(f"'{name}' must be a non-negative integer")
+    noise, clip = body.get("noise"), body.get("clipping_norm")
+    for name, value in (("noise", noise), ("clipping_norm", clip)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise BadJob(f"'{name}' must be a finite number")
+    assert isinstance(grant, int) and isinstance(run, int) and isinstance(steps, int)
+    assert isinstance(noise, (int, float)) and isinstance(clip, (int, float))
+    return grant, run, steps, noise, clip, parse_bytes32(body.get("dataset_id"), "dataset_id")  # numbers as sent

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import secrets
 import threading
 import zipfile
@@ -48,7 +47,15 @@ from allmende.chain.bindings import TEMPLATES as TEMPLATE_IDS
 from allmende.chain.errors import ContractReverted
 from allmende.core.vault_requests import VaultRequest
 from allmende.vault.errors import AccessDenied, BadJob, ParametersNotGranted, UnknownDataset
-from allmende.vault.jobs import canonical, check_finite, matches_request, only_fields, parse_bytes32, parse_epsilon
+from allmende.vault.jobs import (
+    canonical,
+    check_finite,
+    matches_request,
+    only_fields,
+    parse_bytes32,
+    parse_epsilon,
+    round_check_fields,
+)
 from allmende.vault.lora import AdapterModel, LoraSpec, adapter_distance, check_adapter, is_zero_adapter, perplexity
 from allmende.vault.model import MAX_PARAMETERS, micro_epsilon, params_from_bytes, params_to_bytes, rho_of
 from allmende.vault.noise import discrete_laplace
@@ -347,17 +354,7 @@ class LoraRounds:
         """Would this vault run the run's next LoRA round? Fixes the run's members here at its first check."""
 
         only_fields(body, LORA_CHECK_FIELDS, "a LoRA round check")
-        grant, run, steps = body.get("grant_id"), body.get("run_id"), body.get("steps")
-        for name, value in (("grant_id", grant), ("run_id", run), ("steps", steps)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise BadJob(f"'{name}' must be a non-negative integer")
-        noise, clip = body.get("noise"), body.get("clipping_norm")
-        for name, value in (("noise", noise), ("clipping_norm", clip)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise BadJob(f"'{name}' must be a finite number")
-        assert isinstance(grant, int) and isinstance(run, int) and isinstance(steps, int)
-        assert isinstance(noise, (int, float)) and isinstance(clip, (int, float))
-        dataset_id = parse_bytes32(body.get("dataset_id"), "dataset_id")
+        grant, run, steps, noise, clip, dataset_id = round_check_fields(body)
         matches_request(request, dataset_id, grant, run)
         self.text(dataset_id)
         self.service.grant_for(grant, signer, "federated_round", dataset_id)  # before any adapter bytes are decoded

@@ -71,6 +71,7 @@ from allmende.vault.jobs import (
     only_fields,
     parse_bytes32,
     parse_epsilon,
+    round_check_fields,
 )
 from allmende.vault.lora_service import LoraRounds
 from allmende.vault.model import (
@@ -549,17 +550,7 @@ class VaultService:
     def check_round_request(self, body: dict[str, Any], signer: str, request: VaultRequest) -> dict[str, Any]:
         """`check_round` for a signed round check: its fields strictly, the grant before the model."""
         only_fields(body, ROUND_CHECK_FIELDS, "a round check")
-        grant, run, steps = body.get("grant_id"), body.get("run_id"), body.get("steps")
-        for name, value in (("grant_id", grant), ("run_id", run), ("steps", steps)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise BadJob(f"'{name}' must be a non-negative integer")
-        noise, clip = body.get("noise"), body.get("clipping_norm")
-        for name, value in (("noise", noise), ("clipping_norm", clip)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise BadJob(f"'{name}' must be a finite number")
-        dataset_id = parse_bytes32(body.get("dataset_id"), "dataset_id")
-        assert isinstance(grant, int) and isinstance(run, int) and isinstance(steps, int)
-        assert isinstance(noise, (int, float)) and isinstance(clip, (int, float))
+        grant, run, steps, noise, clip, dataset_id = round_check_fields(body)
         matches_request(request, dataset_id, grant, run)
         table = self.table(dataset_id)
         self.grant_for(grant, signer, "federated_round", dataset_id)  # before any model bytes are decoded
