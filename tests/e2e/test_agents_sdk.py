@@ -39,7 +39,14 @@ from tests.e2e.conftest import Network
 
 MODEL = "smollm2-135m-instruct"
 QUESTION = "What is the weather in Paris?"
-SETTINGS = ModelSettings(tool_choice="required", temperature=0, max_tokens=128)
+# as an agent configures a model: the cache settings are forwarded to both endpoints
+SETTINGS = ModelSettings(
+    tool_choice="required",
+    temperature=0,
+    max_tokens=128,
+    prompt_cache_retention="in_memory",
+    prompt_cache_options={"mode": "implicit"},
+)
 
 set_tracing_disabled(True)  # the SDK would otherwise export traces to OpenAI
 

@@ -64,6 +64,8 @@ USER = [{"role": "user", "content": "hi"}]
         ("chat", {"messages": USER, "stream": "yes"}, "stream"),
         ("chat", {"messages": USER, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
         ("chat", {"messages": USER, "model": 7}, "model"),
+        ("chat", {"messages": USER, "prompt_cache_retention": "24h"}, "prompt_cache_retention"),
+        ("chat", {"messages": USER, "prompt_cache_options": {"mode": "explicit"}}, "prompt_cache_options"),
         ("completion", {"prompt": ["a", "b"]}, "prompt"),
         ("embedding", {"input": ["ok", ""]}, "input"),
         ("embedding", {"input": ["x"] * 2049}, "input"),

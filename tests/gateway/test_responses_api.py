@@ -206,6 +206,30 @@ def test_max_output_tokens_makes_the_response_incomplete(tmp_path: Path) -> None
     assert events[-1].type == "response.incomplete" and events[-1].response.output_text == "Hello"
 
 
+def test_the_cache_and_storage_settings_agents_send_are_taken(tmp_path: Path) -> None:
+    """What the OpenAI Agents SDK forwards from its ModelSettings, at values the gateway serves
+    (in-memory prefix caching, nothing stored, no compaction), is not a 400."""
+
+    async def call(c: Clients) -> Any:
+        return await c.openai.responses.create(
+            model="fake",
+            input="Hi",
+            store=False,
+            include=[],
+            truncation="disabled",
+            prompt_cache_key="agent-1",
+            prompt_cache_retention="in_memory",
+            prompt_cache_options={"mode": "implicit"},
+            context_management=[],
+            metadata={"run": "1"},
+        )
+
+    response, net = serve(tmp_path, PromptEngine(weather_agent), call)
+
+    assert response.status == "completed" and response.output_text == "Hello there."
+    assert net.store.spent("k") > 0
+
+
 def test_the_chat_body_served_is_what_the_receipt_binds(tmp_path: Path) -> None:
     async def call(c: Clients) -> Any:
         reply = await c.http.post(
@@ -272,6 +296,9 @@ def test_a_body_that_is_no_json_object_is_a_400(tmp_path: Path, raw: bytes) -> N
         ({"seed": 1}, "seed"),
         ({"reasoning": {"effort": "high"}}, "reasoning"),
         ({"include": ["message.output_text.logprobs"]}, "include"),
+        ({"prompt_cache_retention": "24h"}, "prompt_cache_retention"),
+        ({"prompt_cache_options": {"mode": "explicit"}}, "prompt_cache_options"),
+        ({"context_management": [{"type": "compaction", "compact_threshold": 1000}]}, "context_management"),
         ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type"),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input[0].content[0]"),
         ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),

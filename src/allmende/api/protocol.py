@@ -75,6 +75,21 @@ class Parameter:
 
 
 _CHECKED = "applied inside the verifiable draw, which the checker recomputes"
+# prompt caching as OpenAI's clients ask for it (the OpenAI Agents SDK forwards both from its
+# ModelSettings): what the caches here do is taken, what they cannot do is refused by name
+_CACHE_OPTIONS: dict[str, Parameter] = {
+    "prompt_cache_retention": Parameter(
+        REFUSED,
+        'unless "in_memory": a provider keeps recent prompts\' caches in memory while they are recent, not for 24 h',
+        (None, "in_memory"),
+    ),
+    "prompt_cache_options": Parameter(
+        REFUSED,
+        'unless `{"mode": "implicit"}`: the cache is found by the prompt\'s tokens; explicit breakpoints, '
+        "lifetimes and cache diagnostics are not offered",
+        (None, {}, {"mode": "implicit"}),
+    ),
+}
 _TOOLS = "see **Tools** above this table"
 _SHARED: dict[str, Parameter] = {
     "model": Parameter(SUPPORTED, "a name from `GET /v1/models`"),
@@ -131,6 +146,7 @@ CHAT_PARAMETERS: dict[str, Parameter] = {
         "as `user`: the llama.cpp engine reuses a recent prompt's cache by its tokens, whatever the key; "
         "`usage.prompt_tokens_details.cached_tokens` says how many",
     ),
+    **_CACHE_OPTIONS,
     "tools": Parameter(
         SUPPORTED,
         "functions with a JSON Schema of their arguments, rendered by the model's chat template (natively where "
@@ -231,10 +247,14 @@ RESPONSES_PARAMETERS: dict[str, Parameter] = {  # OpenAI's Responses API (allmen
     "user": _SHARED["user"],
     "safety_identifier": Parameter(ACCEPTED, "as `user`"),
     "prompt_cache_key": Parameter(ACCEPTED, "as `user`"),
+    **_CACHE_OPTIONS,
     "store": Parameter(REFUSED, "unless false: responses are not stored (the endpoint is stateless)", (None, False)),
     "previous_response_id": Parameter(REFUSED, "responses are not stored: send the whole conversation as `input`"),
     "conversation": Parameter(REFUSED, "conversations are not stored: send the whole conversation as `input`"),
     "background": Parameter(REFUSED, "unless false: responses are not stored", (None, False)),
+    "context_management": Parameter(
+        REFUSED, "unless empty: no server-side compaction (the endpoint is stateless)", (None, [])
+    ),
     "include": Parameter(REFUSED, "unless empty: no extra output is offered", (None, [])),
     "truncation": Parameter(REFUSED, 'unless "disabled": input is never truncated', (None, "disabled")),
     "reasoning": Parameter(REFUSED, "the served models are not reasoning models", (None, {})),
