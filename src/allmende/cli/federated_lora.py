@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from allmende.cli.common import console, contracts_for, friendly_errors, resolve_key
+from allmende.cli.common import console, contracts_for, friendly_errors, parse_id, resolve_key
 from allmende.cli.federated import app, parse_vault
 from allmende.cli.vault import DEPLOYMENTS_HELP, RPC_HELP
 
@@ -148,4 +148,36 @@ def lora_evaluate(
         on_chain = contracts_for(rpc, None, deployments).data.get_grant(grant)
         console.print(
             f"grant {grant}: ε {on_chain.epsilon_spent / 1e6:.6f} spent of {on_chain.epsilon_budget / 1e6:.6f}"
+        )
+
+
+@app.command("lora-attest")
+def lora_attest(
+    vault: str = typer.Option(..., help="URL of the vault holding the held-out text dataset"),
+    dataset: str = typer.Option(..., help="the held-out dataset's id"),
+    grant: int = typer.Option(..., min=1, help="an evaluate grant on it to this validator covering the base model"),
+    run: Path = typer.Option(..., help="the `federated lora` run folder (adapter, spec, merged model, run.json)"),
+    key: str = typer.Option(..., help="the validator's key (staked in Registry)"),
+    base: str = typer.Option("smollm2-135m-instruct", help="the base model the run adapted (name or folder)"),
+    metric: str = typer.Option("heldout_loss", help="heldout_loss, perplexity or exact_match"),
+    epsilon: float = typer.Option(1.0, help="privacy cost of the evaluation, charged to the grant"),
+    rpc: str = typer.Option(None, help=RPC_HELP),
+    deployments: Path = typer.Option(None, help=DEPLOYMENTS_HELP),
+) -> None:
+    """Evaluate a LoRA fine-tune inside the vault holding held-out text (ε-DP) and attest its
+    metric on chain for the run's merged model, as `federated attest` does for tabular models."""
+    from allmende.engine import resolve_model
+    from allmende.vault.lm_attest import METRICS, attest_lora
+
+    if metric not in METRICS:
+        raise typer.BadParameter(f"one of {', '.join(METRICS)}", param_hint="--metric")
+    dataset_id = parse_id(dataset, "--dataset")
+    with friendly_errors():
+        secret = resolve_key(key)
+        contracts = contracts_for(rpc, secret, deployments)
+        done = attest_lora(contracts, secret, vault, dataset_id, grant, run, resolve_model(base).path, epsilon, metric)
+        console.print(
+            f"attested model 0x{done.model_id.hex()[:12]}…: {metric} [bold]{done.value_ppm / 1e6:.4f}[/bold] on "
+            f"{done.report['rows']} held-out rows, ε = {epsilon:g} (job 0x{done.job_id.hex()[:12]}…, report "
+            f"0x{done.report_hash.hex()[:12]}…, in {escape(str(run / f'attestation-{done.job_id.hex()[:16]}.json'))})"
         )

@@ -65,8 +65,9 @@ table against the classes, so it cannot drift::
     │   ├── RequestReplayed        request_replayed          409     vault.errors
     │   ├── StageRefused           stage_refused             409     vault.errors
     │   ├── ChainUnconfirmed       chain_unconfirmed         503     vault.errors
-    │   └── VaultRefused           vault_refused             400     vault.flower
-    │       └── RoundRefused       round_refused             400     vault.flower
+    │   ├── VaultRefused           vault_refused             400     vault.flower
+    │   │   └── RoundRefused       round_refused             400     vault.flower
+    │   └── AttestationRefused     attestation_refused       400     vault.lm_attest
     └── GatewayError               invalid_request           400     gateway.errors
         (OpenAI's codes: invalid_api_key 401, model_not_found 404, insufficient_quota 402,
          rate_limit_exceeded 429, no_provider_available 503, request_too_large 413;
