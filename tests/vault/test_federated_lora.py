@@ -7,9 +7,14 @@ losses, ε over the budget)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -26,7 +31,8 @@ from flwr.proto.message_pb2 import Message as ProtoMessage
 from openai import OpenAI
 
 from allmende.chain.anvil import free_port
-from allmende.chain.bindings import TEMPLATES
+from allmende.chain.bindings import ROLE_VALIDATOR, TEMPLATES, Contracts
+from allmende.chain.errors import ContractReverted
 from allmende.core.manifest import model_id_of
 from allmende.core.vault_requests import ROUND_CHECK, ROUND_FIT, ROUND_SHARE_KEYS, ROUND_UNMASK
 from allmende.engine import resolve_model
@@ -36,12 +42,13 @@ from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.node.supervisor import allmende_command, spawn, stop_together
 from allmende.testing.support_chat import FACTS, support_rows, write_rows
 from allmende.testing.vaults import VaultNetwork, add_vault, send, signed_request, start_file_vaults
-from allmende.vault import flower
+from allmende.vault import flower, lm_attest
 from allmende.vault.federated_lora import LoraResult, LoraRunConfig, run_federated_lora
 from allmende.vault.flower import Participant, RoundRefused
+from allmende.vault.jobs import canonical
 from allmende.vault.lora import AdapterModel, LoraSpec
-from allmende.vault.lora_service import adapter_payload, key_digest, sign_keys
-from allmende.vault.model import MICRO
+from allmende.vault.lora_service import adapter_hash, adapter_payload, key_digest, sign_keys
+from allmende.vault.model import MICRO, params_to_bytes
 from tests.vault.conftest import cli, signed_post
 
 # 2 rounds of 1 DP-SGD step at noise 2: ε 7.79 per vault at δ = 1e-5, within the grants of ε 8 the issue sets
@@ -261,19 +268,24 @@ def test_a_vault_killed_mid_round_the_round_completes_and_only_the_others_are_ch
             victim.process.kill()
             victim.process.wait(10)
 
+    # 3 rounds of 1 step at noise 3 (ε 6.1 per vault within the grants of 8): the round after the
+    # kill runs without the dead vault (before, Flower sampled it, it failed the setup, and the
+    # unmask asked the others for shares of a node that never shared keys: the round failed)
+    config = dataclasses.replace(CONFIG, rounds=3, noise=3.0)
     initial = AdapterModel(world.base_path, world.spec).initial(seed=1)
-    result = run_federated_lora(participants, world.net.accounts[2].key, world.spec, initial, CONFIG,
+    result = run_federated_lora(participants, world.net.accounts[2].key, world.spec, initial, config,
                                 on_stage=kill_before_training)  # fmt: skip
 
-    assert len(result.rounds) == 2
-    first, second = result.rounds
+    assert len(result.rounds) == 3
+    first, second, third = result.rounds
     assert victim.url in first.aggregated and victim.url not in second.aggregated
     assert victim.url in second.dropped and len(second.aggregated) == 2
-    # ε: the survivors logged both rounds, the killed vault only the round its update was aggregated in
-    assert len(_accesses(world, participants[0].dataset_id, participants[0].grant_id)) == 2
-    assert len(_accesses(world, participants[1].dataset_id, participants[1].grant_id)) == 2
+    assert victim.url in third.dropped and third.aggregated == second.aggregated
+    # ε: the survivors logged every round, the killed vault only the round its update was aggregated in
+    assert len(_accesses(world, participants[0].dataset_id, participants[0].grant_id)) == 3
+    assert len(_accesses(world, participants[1].dataset_id, participants[1].grant_id)) == 3
     assert _accesses(world, victim.dataset_id, participants[2].grant_id) == [first.charged_micro[victim.url]]
-    assert set(second.charged_micro) == set(second.aggregated)
+    assert set(second.charged_micro) == set(second.aggregated) == set(third.charged_micro)
 
 
 def _check_body(world: LmWorld, p: Participant, members: list[list[object]], run_id: int) -> dict[str, object]:
@@ -466,3 +478,145 @@ def test_the_cli_trains_registers_and_evaluates_a_lora_run(lm_world: LmWorld) ->
                "--exact-match")  # fmt: skip
     assert "held-out loss" in said and "on 12 rows" in said and "exact match" in said and "of 12 answers" in said
     assert len(_accesses(world, dataset, grant)) == 1
+
+
+def _staked_validator(world: LmWorld) -> Contracts:
+    """Account 3 staked as a validator in Registry (once per chain, whichever test asks first)."""
+    vc = world.net.contracts(world.net.accounts[3])
+    if vc.registry.role_of(vc.client.address) != ROLE_VALIDATOR:
+        vc.token.approve(vc.registry.address)
+        vc.registry.register(ROLE_VALIDATOR, "http://validator.invalid", b"\x03" * 32,
+                             vc.params.get("min_validator_stake"))  # fmt: skip
+    return vc
+
+
+def _run_folder(world: LmWorld, tuned: Tuned, name: str) -> Path:
+    """The run folder `federated lora` writes, for the tuned fixture's run."""
+    out = world.root / name
+    shutil.copytree(tuned.folder, out / "model")
+    (out / lm_attest.ADAPTER).write_bytes(params_to_bytes(tuned.result.params))
+    (out / lm_attest.SPEC).write_text(json.dumps(world.spec.to_json()))
+    (out / "run.json").write_text(json.dumps({"model_id": "0x" + tuned.model_id.hex()}))
+    return out
+
+
+class _TamperingProxy(ThreadingHTTPServer):
+    """A real HTTP hop between a validator and a vault that forwards everything and rewrites an
+    evaluation's mean loss (and the result hash beside it) on the way back."""
+
+    def __init__(self, vault_url: str) -> None:
+        vault = vault_url.rstrip("/")
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, r: httpx.Response, body: bytes) -> None:
+                self.send_response(r.status_code)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                r = httpx.get(vault + self.path)
+                self._answer(r, r.content)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower().startswith(("x-allmende", "content-type"))
+                }
+                r = httpx.post(vault + self.path, content=body, headers=headers, timeout=300)
+                answer = r.json()
+                if r.status_code == 200:
+                    answer["result"]["mean_loss"] = 0.25  # a better loss than the model earned
+                    answer["result"]["perplexity"] = round(math.exp(0.25), 4)
+                    answer["result_hash"] = "0x" + keccak(canonical(answer["result"])).hex()
+                self._answer(r, json.dumps(answer).encode())
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def test_a_validator_attests_the_fine_tunes_held_out_loss_on_chain(lm_world: LmWorld, tuned: Tuned) -> None:
+    world = lm_world
+    vc = _staked_validator(world)
+    validator = world.net.accounts[3]
+    v, dataset = world.net.vaults[0], world.heldout[0]
+    run = _run_folder(world, tuned, "attest-run")
+    grant = world.net.grant(v, validator.address, "evaluate", [world.base_id], 6.0, dataset)
+
+    said = cli(world.net, "federated", "lora-attest", "--vault", v.url, "--dataset", "0x" + dataset.hex(),
+               "--grant", str(grant), "--run", str(run), "--key", f"devnet:{validator.index}", "--base",
+               "allmende:tiny", "--epsilon", "6")  # fmt: skip
+
+    assert "attested model 0x" in said and "heldout_loss" in said
+    (attestation,) = [a for a in vc.data.attestations(tuned.model_id) if a.validator == validator.address]
+    assert attestation.metric == "heldout_loss"
+    # the report the validator published is the one the vault logged for the job, and the value is its loss
+    (written,) = run.glob("attestation-*.json")
+    record = json.loads(written.read_text())
+    report = record["report"]
+    lm_attest.check_attestation(vc, attestation, dataset, report)
+    assert report["adapter"] == "0x" + adapter_hash(tuned.result.params).hex()
+    assert report["model_id"] == "0x" + world.base_id.hex() and report["rows"] == 12
+    logged = [a for a in vc.data.accesses(dataset) if a.job_id == attestation.job_id]
+    assert logged[0].result_hash == attestation.report_hash and logged[0].epsilon_spent == 6 * MICRO
+    # the DP loss (Laplace of scale 10/(6·12) nats) is that of the tuned model on these rows
+    local = AdapterModel(world.base_path, world.spec)
+    local.set(tuned.result.params)
+    exact = float(np.mean(local.losses([local.encode(r) for r in support_rows(12, seed=100)])))
+    assert abs(attestation.value_ppm / MICRO - exact) < 1.0, (attestation.value_ppm, exact)
+
+    # anyone holding the attestation against a report with another value, or a value against the
+    # published report, finds the mismatch
+    with pytest.raises(lm_attest.AttestationRefused, match="does not hash"):
+        lm_attest.check_attestation(vc, attestation, dataset, {**report, "mean_loss": 0.25})
+    inflated = dataclasses.replace(attestation, value_ppm=attestation.value_ppm // 2)
+    with pytest.raises(lm_attest.AttestationRefused, match="is not the report's"):
+        lm_attest.check_attestation(vc, inflated, dataset, report)
+
+
+def test_a_non_validator_a_swapped_model_and_a_tampered_metric_are_not_attested(
+    lm_world: LmWorld, tuned: Tuned
+) -> None:
+    world = lm_world
+    vc = _staked_validator(world)
+    v, dataset = world.net.vaults[1], world.heldout[1]
+    tiny = world.base_path
+
+    # a key that is no validator: refused before the vault evaluates; the chain refuses it too
+    coordinator = world.net.accounts[2]
+    cc = world.net.contracts(coordinator)
+    mine = world.net.grant(v, coordinator.address, "evaluate", [world.base_id], 2.0, dataset)
+    run = _run_folder(world, tuned, "attest-by-coordinator")
+    with pytest.raises(lm_attest.AttestationRefused, match="is not an active validator"):
+        lm_attest.attest_lora(cc, coordinator.key, v.url, dataset, mine, run, tiny, 1.0)
+    with pytest.raises(ContractReverted, match="not a validator"):
+        cc.data.attest(tuned.model_id, b"\x01" * 32, "heldout_loss", 1, b"\x02" * 32)
+    assert world.net.reader().data.get_grant(mine).epsilon_spent == 0
+
+    # a run folder whose adapter is not the one merged into its model: refused before anything is charged
+    grant = world.net.grant(v, world.net.accounts[3].address, "evaluate", [world.base_id], 2.0, dataset)
+    swapped = _run_folder(world, tuned, "attest-swapped")
+    (swapped / lm_attest.ADAPTER).write_bytes(params_to_bytes([p * 0.5 for p in tuned.result.params]))
+    with pytest.raises(lm_attest.AttestationRefused, match="is not its base with its adapter merged"):
+        lm_attest.attest_lora(vc, world.net.accounts[3].key, v.url, dataset, grant, swapped, tiny, 1.0)
+    assert world.net.reader().data.get_grant(grant).epsilon_spent == 0
+
+    # a better loss written into the vault's answer on its way: the chain's access log holds the
+    # vault's own report hash, so nothing is attested (the evaluation ran and was charged)
+    proxy = _TamperingProxy(v.url)
+    try:
+        with pytest.raises(lm_attest.AttestationRefused, match="changed on its way"):
+            lm_attest.attest_lora(vc, world.net.accounts[3].key, proxy.url, dataset, grant, run, tiny, 1.0)
+    finally:
+        proxy.shutdown()
+    assert world.net.reader().data.get_grant(grant).epsilon_spent == MICRO
+    assert not [a for a in vc.data.attestations(tuned.model_id) if a.job_id in
+                {x.job_id for x in vc.data.accesses(dataset) if x.grant_id == grant}]  # fmt: skip

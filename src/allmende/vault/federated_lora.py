@@ -161,6 +161,7 @@ def run_federated_lora(
         grid.dropouts = True
         grid.on_stage = on_stage
         grid.dropped.update(refused)
+        grid.left_out.update(refused)  # not sampled: only the vaults that said yes take part
         try:
             params, charged = _one_lora_round(grid, n, spec, params, config, max_weight, run_id, round_number)
         except BaseException as exc:
@@ -220,11 +221,12 @@ def _one_lora_round(
                 "steps": config.steps, "lr": config.lr, "noise": config.noise}  # fmt: skip
 
     threshold = threshold_for(n)
+    live = len(grid.get_node_ids())  # the vaults whose check said yes (at least the threshold)
     strategy = Clipped(
         Recording(
             fraction_fit=1.0,
-            min_fit_clients=n,
-            min_available_clients=n,
+            min_fit_clients=live,
+            min_available_clients=live,
             fraction_evaluate=0.0,
             min_evaluate_clients=0,
             initial_parameters=ndarrays_to_parameters(params),
@@ -233,10 +235,10 @@ def _one_lora_round(
         ),
         noise_multiplier=0.0,
         clipping_norm=config.clipping_norm,
-        num_sampled_clients=n,
+        num_sampled_clients=live,
     )
     workflow = SecAggPlusWorkflow(
-        num_shares=n,
+        num_shares=n,  # one share per vault of the run, as the vaults check, however many take part
         reconstruction_threshold=threshold,
         clipping_range=CLIPPING_RANGE,
         quantization_range=QUANTIZATION_RANGE,

@@ -364,6 +364,10 @@ class HttpGrid(Grid):
         # no prepare phase (each vault logged its charge as its masked update left)
         self.dropouts = False
         self.dropped: dict[str, str] = {}  # vault URL -> why it dropped out
+        # vaults left out of the round from its start (a LoRA round's check refused them): Flower
+        # never samples them. SecAgg+ cannot drop a node before share keys: a sampled node that
+        # fails the setup is still named dead in the unmask, and nobody holds shares of it.
+        self.left_out: set[str] = set()
         self.signatures: dict[int, str] = {}  # node -> its vault's signature of its SecAgg+ keys
         self.sent_update: set[str] = set()  # vaults whose masked update reached the coordinator
 
@@ -380,7 +384,7 @@ class HttpGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> list[int]:
-        return list(self.nodes)
+        return [node for node, p in self.nodes.items() if p.url not in self.left_out]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Deliver every message (in parallel, one POST each) and keep the replies for `pull_messages`."""
