@@ -18,6 +18,11 @@ the per-round differences.
   request (session: approving and opening its channel too); `x402_*_first_overhead_ms` that
   minus the API-key gateway's p50.
 
+Besides wall time, each row has the CPU this process spent per request (`time.process_time`,
+all its threads: the client, the agent's in-process gateway; the provider and the gateways
+are other processes): on a shared, loaded machine wall time swings with the load, CPU time
+much less, so `agent_added_cpu_ms_p50` is the figure to compare changes by.
+
     python bench/agent_latency.py [--requests N] [--json]
 """
 
@@ -177,24 +182,28 @@ def measure(requests: int) -> dict[str, Any]:
                 "x402 exact": exact_send,
                 "x402 session": session_send,
             }
-            first = {name: _once(send) for name, send in paths.items()}
+            first = {name: _once(send)[0] for name, send in paths.items()}
             times: dict[str, list[float]] = {name: [] for name in paths}
+            cpu: dict[str, list[float]] = {name: [] for name in paths}
             names = list(paths)
             for round_ in range(requests):
                 for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-                    times[name].append(_once(paths[name]))
+                    wall, used = _once(paths[name])
+                    times[name].append(wall)
+                    cpu[name].append(used)
         finally:
             for close in closers:
                 close()
             gateway.stop(timeout=10)
             stop_network(proc)
     for name in paths:
-        out["rows"].append(row(name, first[name], times[name]))
+        out["rows"].append(row(name, first[name], times[name], cpu[name]))
 
-    def added(path: str, base: str) -> float:
-        return round(statistics.median(a - b for a, b in zip(times[path], times[base], strict=True)), 2)
+    def added(path: str, base: str, of: dict[str, list[float]] = times) -> float:
+        return round(statistics.median(a - b for a, b in zip(of[path], of[base], strict=True)), 2)
 
     out["agent_added_ms_p50"] = added("agent client", "provider (direct)")
+    out["agent_added_cpu_ms_p50"] = added("agent client", "provider (direct)", cpu)
     out["goal_agent_added_ms_p50"] = 2.0
     for scheme in ("exact", "session"):
         out[f"x402_{scheme}_added_ms_p50"] = added(f"x402 {scheme}", "gateway (API key)")
@@ -204,18 +213,20 @@ def measure(requests: int) -> dict[str, Any]:
     return out
 
 
-def _once(send: Callable[[], Any]) -> float:
-    started = time.perf_counter()
+def _once(send: Callable[[], Any]) -> tuple[float, float]:
+    """Wall and CPU (this process, all threads) milliseconds of one request."""
+    started, cpu = time.perf_counter(), time.process_time()
     send()
-    return (time.perf_counter() - started) * 1000
+    return (time.perf_counter() - started) * 1000, (time.process_time() - cpu) * 1000
 
 
-def row(path: str, first: float | None, times: list[float]) -> dict[str, Any]:
+def row(path: str, first: float | None, times: list[float], cpu: list[float]) -> dict[str, Any]:
     return {
         "path": path,
         "first_request_ms": None if first is None else round(first, 1),
         "p50_ms": round(statistics.median(times), 2),
         "p99_ms": round(percentile(times, 0.99), 2),
+        "cpu_ms_p50": round(statistics.median(cpu), 2),
     }
 
 
@@ -229,14 +240,15 @@ def main() -> None:
         print(json.dumps(result))
         return
     table = Table(title=f"{MODEL}, 16 new tokens, concurrency 1, {args.requests} requests per row (after the first)")
-    for column in ("path", "first request ms", "p50 ms", "p99 ms"):
+    for column in ("path", "first request ms", "p50 ms", "p99 ms", "CPU ms p50 (this process)"):
         table.add_column(column, justify="right")
     for r in result["rows"]:
         first = "" if r["first_request_ms"] is None else f"{r['first_request_ms']:.1f}"
-        table.add_row(r["path"], first, f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}")
+        table.add_row(r["path"], first, f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['cpu_ms_p50']:.2f}")
     Console().print(table)
     print(
-        f"agent client adds {result['agent_added_ms_p50']} ms p50 over a direct provider call (goal ≤ 2 ms); "
+        f"agent client adds {result['agent_added_ms_p50']} ms p50 over a direct provider call (goal ≤ 2 ms), "
+        f"{result['agent_added_cpu_ms_p50']} ms of CPU; "
         f"x402 first request +{result['x402_exact_first_overhead_ms']} ms (exact), "
         f"+{result['x402_session_first_overhead_ms']} ms (session, opening its channel) over the API-key "
         "gateway's p50; "

@@ -17,7 +17,6 @@ the close delay.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import threading
@@ -134,7 +133,7 @@ class Agent:
 
     async def _before(self, request: httpx.Request) -> tuple[httpx.Request | httpx.Response, Callable[[], None]]:
         """The spending policy, before anything is signed; the directory kept fresh."""
-        await asyncio.to_thread(self._refresh)
+        self._maybe_refresh()
         served = SERVED.get(request.url.path)
         if request.method != "POST" or served is None:
             return request, lambda: None
@@ -156,11 +155,24 @@ class Agent:
     def _spent_since(self, since: float, model_id: bytes | None) -> int:
         return sum(amount for model, amount in self.store.paid_since(since) if model_id in (None, model))
 
-    def _refresh(self) -> None:
-        with self._refresh_lock:
-            if time.monotonic() - self._refreshed >= REFRESH_EVERY:
+    def _maybe_refresh(self) -> None:
+        """Every REFRESH_EVERY seconds, a look at the chain for new providers and offers, on
+        a thread of its own: no request waits for it (nor pays a hop to a worker thread),
+        it runs on the directory it has. A price raised on chain meanwhile is refused in the
+        receipt check (usage × the offer it knows), so the agent never pays above an offer it
+        saw; the only risk of the lag is using an old, higher price for up to that long."""
+        if time.monotonic() - self._refreshed < REFRESH_EVERY or not self._refresh_lock.acquire(blocking=False):
+            return
+        self._refreshed = time.monotonic()
+
+        def refresh() -> None:
+            try:
                 self.directory.maybe_refresh()
+            finally:
                 self._refreshed = time.monotonic()
+                self._refresh_lock.release()
+
+        threading.Thread(target=refresh, name="allmende-agent-directory", daemon=True).start()
 
     # -------------------------------------------------------- the wallet
 

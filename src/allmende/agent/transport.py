@@ -134,12 +134,30 @@ class SyncBridge(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         content = request.read()
         forwarded = httpx.Request(request.method, request.url, headers=request.headers, content=content)
-        response = self.run(self.transport.handle_async_request(forwarded))
+        response, body = self.run(self._fetch(forwarded))
+        if body is not None:
+            return httpx.Response(response.status_code, headers=response.headers, content=body, request=request)
         stream = response.stream
         assert isinstance(stream, httpx.AsyncByteStream)
         return httpx.Response(
             response.status_code, headers=response.headers, stream=_SyncStream(self, stream), request=request
         )
+
+    async def _fetch(self, request: httpx.Request) -> tuple[httpx.Response, bytes | None]:
+        """The response and, unless it is an event stream, its whole body: one hop between
+        the caller's thread and the loop per request, not one per chunk (each hop is a
+        wake-up of the other thread, which a loaded machine makes slow)."""
+        response = await self.transport.handle_async_request(request)
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            return response, None
+        try:
+            return response, response.content  # made whole already (a hook's answer)
+        except httpx.ResponseNotRead:
+            pass
+        try:
+            return response, b"".join([chunk async for chunk in response.aiter_raw()])
+        finally:
+            await response.aclose()
 
     def close(self) -> None:
         self.run(self.transport.aclose())

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eth_abi import encode
-from eth_utils import keccak
-
 from allmende.core.eip712 import (
     DOMAIN_FIELDS,
     REQUEST_TYPE,
     REQUEST_TYPEHASH,
     Domain,
     check_bytes32,
+    keccak256,
     recover_digest,
     sign_digest,
     type_fields,
@@ -42,12 +40,7 @@ class RequestAuthorization:
             check_bytes32(getattr(self, name), name)
 
     def struct_hash(self) -> bytes:
-        return keccak(
-            encode(
-                ["bytes32", "bytes32", "bytes32", "bytes32", "bytes32"],
-                [REQUEST_TYPEHASH, self.request_id, self.channel_id, self.model_id, self.input_hash],
-            )
-        )
+        return keccak256(REQUEST_TYPEHASH + self.request_id + self.channel_id + self.model_id + self.input_hash)
 
     def digest(self, domain: Domain) -> bytes:
         """The EIP-712 digest under the Channels domain (the vouchers' domain)."""

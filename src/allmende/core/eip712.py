@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import coincurve
+from Crypto.Hash import keccak as _keccak
 from eth_abi import encode
 from eth_utils import keccak, to_checksum_address
 
@@ -88,9 +89,21 @@ class Domain:
         }
 
 
+def keccak256(data: bytes) -> bytes:
+    """keccak256 by pycryptodome, which eth-hash calls underneath, without eth-utils' layers
+    of type dispatch (about 5x cheaper): a request paid through a channel is hashed a dozen
+    times (struct hashes, digests, signers' addresses) by its payer and by its provider."""
+    return _keccak.new(digest_bits=256, data=data).digest()
+
+
+def word(value: int) -> bytes:
+    """One ABI word of an unsigned integer the caller has range-checked (check_uint)."""
+    return value.to_bytes(32, "big")
+
+
 def typed_digest(domain: Domain, struct_hash: bytes) -> bytes:
     """`keccak256("\\x19\\x01" ‖ domainSeparator ‖ structHash)`."""
-    return keccak(b"\x19\x01" + domain.separator + struct_hash)
+    return keccak256(b"\x19\x01" + domain.separator + struct_hash)
 
 
 def check_uint(value: int, bits: int, what: str) -> int:
@@ -150,7 +163,7 @@ def recover_digest(digest: bytes, signature: bytes) -> str:
         )
     except ValueError as exc:
         raise InvalidSignature(f"signature does not recover: {exc}") from exc
-    return _checksummed(keccak(public_key.format(compressed=False)[1:])[-20:])
+    return _checksummed(keccak256(public_key.format(compressed=False)[1:])[-20:])
 
 
 def type_fields(type_string: str) -> list[dict[str, str]]:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from eth_abi import encode
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 
 from allmende.core.codec import address_field, hex_bytes, int_field
 from allmende.core.eip712 import (
@@ -20,10 +19,12 @@ from allmende.core.eip712 import (
     Domain,
     check_bytes32,
     check_uint,
+    keccak256,
     recover_digest,
     sign_digest,
     type_fields,
     typed_digest,
+    word,
 )
 from allmende.core.errors import InvalidSignature
 
@@ -54,35 +55,19 @@ class Receipt:
         check_uint(self.timestamp, 64, "timestamp")
 
     def struct_hash(self) -> bytes:
-        return keccak(
-            encode(
-                [
-                    "bytes32",
-                    "bytes32",
-                    "bytes32",
-                    "address",
-                    "bytes32",
-                    "bytes32",
-                    "bytes32",
-                    "uint32",
-                    "uint32",
-                    "uint256",
-                    "uint64",
-                ],
-                [
-                    RECEIPT_TYPEHASH,
-                    self.request_id,
-                    self.model_id,
-                    self.provider,
-                    self.input_hash,
-                    self.output_hash,
-                    self.proof_hash,
-                    self.tokens_in,
-                    self.tokens_out,
-                    self.amount,
-                    self.timestamp,
-                ],
-            )
+        # the fields were range-checked in __post_init__: each packs into its ABI word as is
+        return keccak256(
+            RECEIPT_TYPEHASH
+            + self.request_id
+            + self.model_id
+            + bytes.fromhex(self.provider[2:]).rjust(32, b"\x00")
+            + self.input_hash
+            + self.output_hash
+            + self.proof_hash
+            + word(self.tokens_in)
+            + word(self.tokens_out)
+            + word(self.amount)
+            + word(self.timestamp)
         )
 
     def digest(self, domain: Domain) -> bytes:

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eth_abi import encode
-from eth_utils import keccak
-
 from allmende.core.codec import hex_bytes, int_field
 from allmende.core.eip712 import (
     DOMAIN_FIELDS,
@@ -20,10 +17,12 @@ from allmende.core.eip712 import (
     Domain,
     check_bytes32,
     check_uint,
+    keccak256,
     recover_digest,
     sign_digest,
     type_fields,
     typed_digest,
+    word,
 )
 from allmende.core.errors import InvalidSignature
 
@@ -45,12 +44,7 @@ class Voucher:
         check_uint(self.cumulative_amount, 128, "cumulative_amount")
 
     def struct_hash(self) -> bytes:
-        return keccak(
-            encode(
-                ["bytes32", "bytes32", "bytes32", "uint256"],
-                [VOUCHER_TYPEHASH, self.channel_id, self.model_id, self.cumulative_amount],
-            )
-        )
+        return keccak256(VOUCHER_TYPEHASH + self.channel_id + self.model_id + word(self.cumulative_amount))
 
     def digest(self, domain: Domain) -> bytes:
         """The EIP-712 digest under the Channels domain."""
