@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts
 from allmende.chain.bindings import ROLE_PROVIDER
 from allmende.core import Receipt, request_cost, sign_receipt
-from allmende.core.x402_session import SCHEME, request_hash
+from allmende.core.x402_session import SCHEME, request_hash, statement_headers
 from allmende.gateway.errors import GatewayError, openai_error
 from allmende.gateway.x402_ledger import X402Ledger
 from allmende.gateway.x402_payments import Refunds
@@ -235,6 +236,7 @@ def test_a_session_voucher_from_another_key_is_refused(chain: Chain, tmp_path: P
     outsider = SessionScheme(fresh_key(chain), network=chain.anvil.url, http=gateway.http())
     (session,) = scheme.sessions.values()
     outsider.sessions[chain.gateway.client.address.lower()] = Session(session.channel_id, 10**6, session.statement)
+    outsider._read_statement = lambda session: None  # type: ignore[method-assign]  # it is the payer's to read
     stolen, _ = gateway.pay(_client_of(outsider), body, 10_000)
 
     # Execute
@@ -401,3 +403,57 @@ def test_the_gateway_redeems_closing_sessions_and_drops_closed_ones(chain: Chain
     assert channels.channel(agents[0][1]).spent == 0 and active.paid() > 0
     assert channels.channel(closed_id).spent == 0
     assert gateway.sessions.redeem_due(above=10**9) == []  # nothing due twice
+
+
+def test_a_session_redeem_pays_the_protocol_fee_as_every_channel_redeem_does(chain: Chain, tmp_path: Path) -> None:
+    # Prepare: three requests served and charged on one session
+    gateway = Gateway(chain, tmp_path)
+    client, scheme = agent_client(chain, gateway, fresh_key(chain))
+    channels = chain.gateway.channels
+    treasury, operator = channels.treasury(), chain.gateway.client.address
+    fee_bps = chain.admin.params.get("protocol_fee_bps")
+    before = channels.earnings(treasury), channels.earnings(operator)
+    charged = 0
+    for step in range(3):
+        payload, requirements = gateway.pay(client, json.dumps({"step": step}).encode(), 20_000)
+        assert gateway.admit(payload, requirements)[0]
+        charged += gateway.serve(payload, 1_000 + step, 100)
+
+    # Execute: the agent closes; the gateway redeems its last voucher
+    scheme.close()
+
+    # Assert: the redeem split the session's payment as Channels splits every redeem: the
+    # protocol fee to the treasury, the rest to the gateway (no royalty: the session's model is none)
+    fee = charged * fee_bps // 10_000
+    assert fee_bps > 0 and fee > 0
+    assert channels.earnings(treasury) - before[0] == fee
+    assert channels.earnings(operator) - before[1] == charged - fee
+
+
+def test_a_sessions_statement_is_read_by_its_payer_only(chain: Chain, tmp_path: Path) -> None:
+    # Prepare: one request served and charged on the agent's session
+    gateway = Gateway(chain, tmp_path)
+    key = fresh_key(chain)
+    client, scheme = agent_client(chain, gateway, key)
+    payload, requirements = gateway.pay(client, b'{"n": 1}', 20_000)
+    assert gateway.admit(payload, requirements)[0]
+    gateway.serve(payload, 1_000, 100)
+    (session,) = scheme.sessions.values()
+    url, channel, domain = session.statement, session.channel_id, chain.gateway.channels.voucher_domain()
+    now, outsider = int(time.time()), bytes(Account.create().key)
+    http = gateway.http()
+
+    # Execute: an adversary who knows the (public) channel id reads without a signature, with
+    # its own key's, with the payer's read signature of an hour ago, and for an unknown channel
+    anonymous = http.get(url)
+    forged = http.get(url, headers=statement_headers(channel, now, domain, outsider))
+    replayed = http.get(url, headers=statement_headers(channel, now - 3_600, domain, key))
+    unknown = http.get(STATEMENT + "0x" + "22" * 32, headers=statement_headers(b"\x22" * 32, now, domain, outsider))
+    own = http.get(url, headers=statement_headers(channel, now, domain, key))
+
+    # Assert: refused in OpenAI's shape, nothing of the statement shown; the payer reads its charge
+    for reply in (anonymous, forged, replayed, unknown):
+        assert reply.status_code == 401, reply.text
+        assert reply.json()["error"]["code"] == "invalid_session_signature"
+        assert "charges" not in reply.json()
+    assert own.status_code == 200 and len(own.json()["charges"]) == 1

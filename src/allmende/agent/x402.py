@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from allmende.core.x402_session import (
     Overcharged,
     check_charge,
     sign_session_payment,
+    statement_headers,
 )
 
 
@@ -153,7 +155,8 @@ class SessionScheme:
 
     def _read_statement(self, session: Session) -> None:
         """Check the gateway's new charges and add them to what the vouchers pay."""
-        reply = self.http.get(session.statement, params={"after": session.seen})
+        headers = statement_headers(session.channel_id, int(time.time()), self.domain, self.key)
+        reply = self.http.get(session.statement, params={"after": session.seen}, headers=headers)
         if reply.status_code != 200:
             raise InvalidInput(f"the gateway's session statement: HTTP {reply.status_code} {reply.text[:200]}")
         for line in reply.json().get("charges", []):

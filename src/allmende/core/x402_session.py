@@ -16,6 +16,13 @@ A session is a channel in `Channels` from the agent's key to the gateway (the ch
 pays no royalty to anybody (the models' royalties are paid where the gateway pays the
 providers). The protocol fee of that redeem is the gateway's cost, as the gas of `exact` is.
 
+A session's statement (its charges, with the providers' receipts) is read only by the
+channel's payer: each read carries `statement_signature`, the payer's signature over
+`Request(STATEMENT_READ, channelId, SESSION_MODEL, keccak("statement" ‖ time))`, valid for
+STATEMENT_WINDOW seconds around the gateway's clock. STATEMENT_READ is no nonce the agent
+ever pays with and the input hash no request's hash (a keccak preimage), so a read's
+signature authorises no payment.
+
 `check_charge` is the agent's side of "overpayment is impossible": a charge counts only if
 it is one of the agent's own paid requests (its nonce), shown once, with a receipt its
 provider signed, for no more than the receipt, no more than usage × the provider's offer on
@@ -31,7 +38,7 @@ from typing import Any
 from eth_utils import keccak
 
 from allmende.core.authorization import RequestAuthorization
-from allmende.core.eip712 import Domain, recover_digest, sign_digest
+from allmende.core.eip712 import Domain, recover_digest, sign_digest, word
 from allmende.core.errors import InvalidInput, InvalidSignature
 from allmende.core.fees import request_cost
 from allmende.core.receipts import SignedReceipt
@@ -39,6 +46,31 @@ from allmende.core.vouchers import Voucher
 
 SCHEME = "session"
 SESSION_MODEL = bytes(32)  # unregistrable (Models: "empty id"), so no royalty on the session's redeem
+
+
+STATEMENT_READ = keccak(b"allmende/x402-session-statement")  # the request id a statement read signs
+STATEMENT_WINDOW = 300  # seconds a statement read's signature is accepted around the gateway's clock
+STATEMENT_TIME = "X-Allmende-Session-Time"  # the headers a statement read carries
+STATEMENT_SIGNATURE = "X-Allmende-Session-Signature"
+
+
+def statement_read(channel_id: bytes, at: int) -> RequestAuthorization:
+    """What the payer signs to read its session's statement at unix time `at`."""
+    return RequestAuthorization(STATEMENT_READ, channel_id, SESSION_MODEL, keccak(b"statement" + word(at)))
+
+
+def statement_headers(channel_id: bytes, at: int, domain: Domain, key: bytes) -> dict[str, str]:
+    """The headers of a statement read by the channel's payer (`key`) at unix time `at`."""
+    signature = statement_read(channel_id, at).sign(domain, key)
+    return {STATEMENT_TIME: str(at), STATEMENT_SIGNATURE: "0x" + signature.hex()}
+
+
+def statement_reader(channel_id: bytes, at: int, signature: bytes, now: float, domain: Domain) -> str:
+    """Who signed a statement read (InvalidSignature if it is malformed or not within
+    STATEMENT_WINDOW of `now`); the gateway answers only the channel's payer."""
+    if not 0 <= at < 2**64 or abs(now - at) > STATEMENT_WINDOW:
+        raise InvalidSignature(f"the statement read's time {at} is not within {STATEMENT_WINDOW} s of now")
+    return statement_read(channel_id, at).signer(domain, signature)
 
 
 def canonical_json(body: dict[str, Any]) -> bytes:

@@ -45,12 +45,25 @@ from allmende.chain.bindings import ChannelRecord
 from allmende.chain.errors import ChainError
 from allmende.core import SignedVoucher, Voucher
 from allmende.core.errors import InvalidInput, InvalidSignature
-from allmende.core.x402_session import SCHEME, SESSION_MODEL, SessionPayment
-from allmende.gateway.errors import InvalidRequest
+from allmende.core.x402_session import (
+    SCHEME,
+    SESSION_MODEL,
+    STATEMENT_SIGNATURE,
+    STATEMENT_TIME,
+    SessionPayment,
+    statement_reader,
+)
+from allmende.gateway.errors import InvalidRequest, Unauthorized
 from allmende.gateway.x402_ledger import NonceUsed, X402Ledger
 
 log = logging.getLogger("allmende.gateway.x402")
 CHANNEL_TTL = 2.0  # seconds a session channel's on-chain record is trusted before it is read again
+
+
+class StatementRefused(Unauthorized):
+    """A statement read not signed by the session's payer (or not fresh): 401."""
+
+    code = "invalid_session_signature"
 
 
 class SessionServerScheme:
@@ -187,9 +200,19 @@ class SessionGate:
         self.ledger = ledger
         self.domain = contracts.channels.voucher_domain()
 
-    def statement(self, channel_id: bytes, after: int) -> dict[str, Any]:
-        """The session's charges after `after` (a sequence number), each with its receipt."""
+    def statement(self, channel_id: bytes, after: int, at: int = -1, signature: bytes = b"") -> dict[str, Any]:
+        """The session's charges after `after` (a sequence number), each with its receipt:
+        for the channel's payer only, who signs each read at unix time `at`
+        (core/x402_session.py); StatementRefused otherwise, the same for a channel that
+        does not exist (the refusal tells nothing about it)."""
         state = self.ledger.session(channel_id)
+        try:
+            reader = statement_reader(channel_id, at, signature, time.time(), self.domain)
+        except InvalidSignature as exc:
+            raise StatementRefused(f"a session's statement is its payer's to read: {exc}") from None
+        payer = state.payer if state is not None else self._payer_on_chain(channel_id)
+        if payer is None or reader.lower() != payer.lower():
+            raise StatementRefused(f"a session's statement is its payer's to read, not {reader}'s")
         charges = self.ledger.charges(channel_id, after)
         return {
             "channel_id": "0x" + channel_id.hex(),
@@ -201,6 +224,14 @@ class SessionGate:
                 for seq, nonce, amount, receipt in charges
             ],
         }
+
+    def _payer_on_chain(self, channel_id: bytes) -> str | None:
+        """The payer of a channel with no session yet (the agent reads before its first
+        payment); None if there is no such channel."""
+        try:
+            return self.contracts.channels.channel(channel_id).payer
+        except ChainError:
+            return None
 
     def last_voucher(self, channel_id: bytes, cumulative: int, signature: bytes) -> dict[str, Any]:
         """The agent's voucher on close: checked, kept, and redeemed at once."""
@@ -257,9 +288,14 @@ def mount_sessions(app: FastAPI, sessions: Callable[[], Awaitable[SessionGate]])
         return raw
 
     @app.get("/v1/x402/sessions/{channel_id}")
-    async def session_statement(channel_id: str, after: int = 0) -> dict[str, Any]:
-        gate = await sessions()
-        return await asyncio.to_thread(gate.statement, channel_of(channel_id), max(0, after))
+    async def session_statement(channel_id: str, request: Request, after: int = 0) -> dict[str, Any]:
+        gate, channel = await sessions(), channel_of(channel_id)
+        at, signature = request.headers.get(STATEMENT_TIME, ""), request.headers.get(STATEMENT_SIGNATURE, "")
+        try:
+            when, raw = int(at), bytes.fromhex(signature.removeprefix("0x"))
+        except ValueError:
+            raise StatementRefused(f"a statement read carries {STATEMENT_TIME} and {STATEMENT_SIGNATURE}") from None
+        return await asyncio.to_thread(gate.statement, channel, max(0, after), when, raw)
 
     @app.post("/v1/x402/sessions/{channel_id}/voucher")
     async def session_voucher(channel_id: str, request: Request) -> dict[str, Any]:
@@ -279,4 +315,11 @@ def mount_sessions(app: FastAPI, sessions: Callable[[], Awaitable[SessionGate]])
             raise InvalidRequest(str(exc)) from None
 
 
-__all__ = ["SESSION_MODEL", "SessionFacilitatorScheme", "SessionGate", "SessionServerScheme", "mount_sessions"]
+__all__ = [
+    "SESSION_MODEL",
+    "SessionFacilitatorScheme",
+    "SessionGate",
+    "SessionServerScheme",
+    "StatementRefused",
+    "mount_sessions",
+]
