@@ -12,8 +12,10 @@ more than the receipt (or a receipt over the provider's offer), an agent that st
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ import httpx
 import pytest
 from eth_account import Account
 from fastapi import FastAPI
-from x402 import ResourceConfig, x402ClientSync, x402FacilitatorSync, x402ResourceServerSync
+from x402 import ResourceConfig, x402Client, x402ClientSync, x402FacilitatorSync, x402ResourceServerSync
 from x402.schemas import AssetAmount, PaymentPayload, PaymentRequirements, ResourceInfo
 
 from allmende.agent.transport import StreamingASGITransport, SyncBridge
@@ -457,3 +459,36 @@ def test_a_sessions_statement_is_read_by_its_payer_only(chain: Chain, tmp_path: 
         assert reply.json()["error"]["code"] == "invalid_session_signature"
         assert "charges" not in reply.json()
     assert own.status_code == 200 and len(own.json()["charges"]) == 1
+
+
+def test_an_async_client_does_the_sessions_chain_work_off_its_event_loop(chain: Chain, tmp_path: Path) -> None:
+    # Prepare: the SDK's async client, the scheme registered with its before-payment hook;
+    # the agent's channel transactions and statement reads note the thread they run on
+    gateway = Gateway(chain, tmp_path)
+    scheme = SessionScheme(fresh_key(chain), network=chain.anvil.url, deposit=300_000, http=gateway.http())
+    client = x402Client()
+    scheme.register_with(client)
+    client.set_spend_controls(False)
+    threads: list[tuple[str, int]] = []
+    for name, owner in (("open", scheme.contracts.channels), ("_read_statement", scheme)):
+        real = getattr(owner, name)
+        setattr(owner, name, lambda *a, real=real, name=name: threads.append((name, threading.get_ident())) or real(*a))
+    paid = []
+
+    async def two_payments() -> int:
+        for step in range(2):
+            requirements = gateway.requirements(json.dumps({"step": step}).encode(), 20_000)
+            required = gateway.server.create_payment_required_response([requirements], ResourceInfo(url="test"))
+            payload = await client.create_payment_payload(required)
+            paid.append(gateway.admit(payload, requirements))
+            gateway.serve(payload, 1_000, 100)
+        return threading.get_ident()
+
+    # Execute
+    loop_thread = asyncio.run(two_payments())
+
+    # Assert: both payments admitted; the open and every statement read ran on another thread
+    assert paid == [(True, "None"), (True, "None")]
+    assert [name for name, _ in threads] == ["open", "_read_statement", "_read_statement"]
+    assert all(thread != loop_thread for _, thread in threads)
+    assert scheme.paid() > 0  # the second payment's voucher pays the first request's charge

@@ -23,6 +23,8 @@ channel to close; after the close delay `withdraw()` brings the unspent deposit 
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import threading
@@ -64,6 +66,7 @@ class Session:
     seen: int = 0  # the statement's last sequence number read
     unsettled: dict[bytes, int] = field(default_factory=dict)  # nonce → most, paid requests not yet charged
     receipts: list[SignedReceipt] = field(default_factory=list)
+    prepared: int = 0  # statements read by `prepare` (off the event loop) for payments not yet signed
 
 
 class SessionScheme:
@@ -106,6 +109,41 @@ class SessionScheme:
     ) -> dict[str, Any]:
         """The payment for one request: a voucher for every charge checked so far and this
         request's authorisation; opens or tops up the channel first where needed."""
+        body_hash = bytes.fromhex(str((requirements.extra or {}).get("requestHash", "0x"))[2:])
+        with self._lock:
+            session, most = self._ready(requirements, read=False)
+            nonce = os.urandom(32)
+            session.unsettled[nonce] = most
+            self._save()  # before the payment leaves: a restart still knows this nonce
+            payment = sign_session_payment(session.channel_id, session.paid, nonce, body_hash, self.domain, self.key)
+        return payment.to_payload()
+
+    def register_with(self, client: Any) -> None:
+        """`client.register("eip155:*", self)`, and for the SDK's async `x402Client` also
+        `prepare` as a before-payment hook: the SDK calls a scheme synchronously, so without
+        it the chain work (the first payment's approve and open, top-ups) and the statement
+        read would block the client's event loop while they run."""
+        client.register("eip155:*", self)
+        hook = getattr(client, "on_before_payment_creation", None)
+        if hook is not None and inspect.iscoroutinefunction(getattr(client, "create_payment_payload", None)):
+            hook(self.prepare)
+
+    async def prepare(self, context: Any) -> None:
+        """The SDK's before-payment hook (async clients): open or top up the channel and read
+        the statement on a worker thread, so `create_payment_payload` on the loop only signs."""
+        requirements = context.selected_requirements
+        if getattr(requirements, "scheme", None) == SCHEME:
+            await asyncio.to_thread(self._prepare, requirements)
+
+    def _prepare(self, requirements: PaymentRequirements) -> None:
+        with self._lock:
+            session, _ = self._ready(requirements, read=True)
+            session.prepared += 1
+
+    def _ready(self, requirements: PaymentRequirements, read: bool) -> tuple[Session, int]:
+        """The session for `requirements`, its statement read (unless `prepare` read it for
+        this payment already) and its deposit covering the request's most. Nothing is sent
+        unless the requirements name this chain, its payment token and its Channels."""
         extra = requirements.extra or {}
         if str(requirements.network) != self.network:
             raise InvalidInput(f"session payment asked on {requirements.network}, this agent's chain is {self.network}")
@@ -113,18 +151,14 @@ class SessionScheme:
             raise InvalidInput(f"session payment asked in {requirements.asset}, not this network's payment token")
         if str(extra.get("channels", "")).lower() != self.contracts.channels.address.lower():
             raise InvalidInput("session payment asked into a contract that is not this network's Channels")
-        body_hash = bytes.fromhex(str(extra.get("requestHash", "0x"))[2:])
-        statement = str(extra.get("statement", ""))
         most = int(requirements.amount)
-        with self._lock:
-            session = self._session(requirements.pay_to, statement, most)
+        session = self._session(requirements.pay_to, str(extra.get("statement", "")), most)
+        if read or not session.prepared:
             self._read_statement(session)
-            self._cover(session, most)
-            nonce = os.urandom(32)
-            session.unsettled[nonce] = most
-            self._save()  # before the payment leaves: a restart still knows this nonce
-            payment = sign_session_payment(session.channel_id, session.paid, nonce, body_hash, self.domain, self.key)
-        return payment.to_payload()
+        else:
+            session.prepared -= 1
+        self._cover(session, most)
+        return session, most
 
     def _save(self) -> None:
         if self.state is not None:
