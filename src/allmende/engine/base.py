@@ -53,13 +53,17 @@ class SamplingParams:
     # it decides which tokens may be drawn, so the checker applies it too
     grammar: str | None = None
     # OpenAI's penalties, subtracted from the logit of every token already drawn in this
-    # completion (not the prompt): presence once, frequency per occurrence
+    # completion (not the prompt, but `carried`): presence once, frequency per occurrence
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     # (token id, bias) pairs, sorted by token id, added to those tokens' logits (OpenAI's logit_bias)
     logit_bias: tuple[tuple[int, float], ...] = ()
     top_k: int = 0  # draw among the k most likely tokens only; 0 = all
     min_p: float = 0.0  # draw among tokens at least min_p times as likely as the most likely one
+    # token ids of this completion that a provider which failed mid-stream had drawn (the
+    # failover continuation, the prompt's last tokens: Engine.continued): the penalties count
+    # them as drawn before this request's first token, as they would have without the failover
+    carried: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_tokens <= 1 << 20:
@@ -229,6 +233,13 @@ class Engine(ABC):
         """EngineError, naming the parameter, for sampling this model cannot apply (a biased
         token id outside its vocabulary); engines without a vocabulary accept any."""
         return None
+
+    def continued(self, prompt: Prompt, params: SamplingParams) -> SamplingParams:
+        """`params` with the token ids of `prompt`'s failover continuation as `carried`: the
+        text a failed provider streamed is part of this completion, so the penalties count
+        its tokens. What a provider serves with and a checker re-checks with (both from the
+        canonical request). Engines without a tokenizer (embeddings) carry none."""
+        return params
 
     def fitted(self, prompt_ids: list[int], params: SamplingParams) -> SamplingParams:
         """`params` with UNTIL_CONTEXT replaced by the tokens the context leaves after the

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -86,6 +87,12 @@ class GenerativeEngine(Engine):
         if prompt.continuation:  # text a failed provider already streamed: carry on after it
             ids += self.encode_text(prompt.continuation)
         return ids
+
+    def continued(self, prompt: Prompt, params: SamplingParams) -> SamplingParams:
+        if not prompt.continuation:
+            return params
+        # tokenized as `prompt_ids` appends it: `carried` is the prompt's last ids
+        return dataclasses.replace(params, carried=tuple(self.encode_text(prompt.continuation)))
 
     def check_length(self, prompt_ids: list[int], max_tokens: int) -> None:
         super().check_length(prompt_ids, max_tokens)

@@ -12,8 +12,8 @@ and z the row's logits shaped by the request (all of it a function of the reques
 tokens drawn before i, so a validator recomputes it from its own logits):
 
     z = logits + logit_bias − frequency_penalty·c − presence_penalty·[c > 0]
-        (c: how often each token was drawn before i in this completion; a grammar's
-        disallowed tokens are −inf)
+        (c: how often each token was drawn before i in this completion, the tokens a
+        provider that failed mid-stream drew included; a grammar's disallowed tokens are −inf)
     kept = top-k(z/T) ∩ nucleus(softmax(z/T), top_p) ∩ {t : softmax(z/T)_t ≥ min_p·max}
         (each filter on the same row, the most likely token always kept)
 
@@ -74,13 +74,14 @@ def shaped(logits: torch.Tensor, params: SamplingParams, drawn: Sequence[int] = 
     """One row of logits as the request shapes it before the draw (float32, on the CPU): its
     `logit_bias` added, and the tokens `drawn` before this position in the completion
     penalised, `frequency_penalty` per occurrence and `presence_penalty` once (OpenAI's
-    formula). EngineError (param `logit_bias`) for a biased token id outside the row."""
+    formula), with the tokens an earlier provider drew (`params.carried`) counted before
+    them. EngineError (param `logit_bias`) for a biased token id outside the row."""
     row = logits.detach().float().cpu()
     if not params.reshapes_logits:
         return row
     row = _biased(row.clone(), params)
-    if drawn:
-        _penalise(row, Counter(drawn), params)
+    if drawn or params.carried:
+        _penalise(row, Counter((*params.carried, *drawn)), params)
     return row
 
 
@@ -89,13 +90,14 @@ def shaped_rows(
 ) -> torch.Tensor:
     """Rows of logits for output positions first_position, … shaped as `shaped` shapes each
     (the same operations, so the same numbers): row i penalises the tokens of `output_ids`
-    before position first_position + i. What the checker applies to its prefill's rows."""
+    before position first_position + i (and `params.carried`, drawn before position 0). What
+    the checker applies to its prefill's rows."""
     if not params.reshapes_logits:
         return logits
     rows = _biased(logits.detach().float().cpu().clone(), params)
     if not (params.presence_penalty or params.frequency_penalty):
         return rows.to(logits.device)
-    counts = Counter(output_ids[:first_position])
+    counts = Counter((*params.carried, *output_ids[:first_position]))
     for i in range(rows.shape[0]):
         if counts:
             _penalise(rows[i], counts, params)

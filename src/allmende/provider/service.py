@@ -323,6 +323,7 @@ class ProviderService:
         except InvalidInput as exc:
             raise BadRequest.of(exc) from None
         engine = req.model.engine
+        params = engine.continued(prompt, params)  # a failover's streamed tokens count for the penalties
         try:
             engine.check_length(ids, params.max_tokens)
         except EngineError as exc:  # the prompt is what the client can shorten or fix: name its field

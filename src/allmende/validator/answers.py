@@ -86,7 +86,7 @@ def check_answer(
     request = canonical(kind, body, r.request_id)  # exactly what the provider built from the same request
     # without max_tokens a completion may run to the end of the context, as the engine that
     # served it fitted it (Engine.fitted): the same model's context here
-    params = engine.fitted(prompt_ids, request.generation[1])
+    params = engine.fitted(prompt_ids, engine.continued(*request.generation))
     problems: list[str] = []
     wanted = request.n
     if len(choices) != wanted:
@@ -135,7 +135,7 @@ def answer_stats(
     ledger, drawn with the parameters the provider drew with (as `check_answer` rebuilds them);
     None for a draw the ledger does not accumulate (divergence.plain)."""
     request = canonical(kind, body, receipt.receipt.request_id)
-    params = engine.fitted(prompt_ids, request.generation[1])
+    params = engine.fitted(prompt_ids, engine.continued(*request.generation))
     if not plain(params):
         return None
     made = prefills if prefills is not None else prefills_of(engine, prompt_ids, choices)
