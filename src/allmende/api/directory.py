@@ -284,7 +284,8 @@ class Directory:
         by_model: dict[bytes, list[Offer]] = {}
         for entry in self.entries():
             for offer in entry.offers.values():
-                by_model.setdefault(offer.model_id, []).append(offer)
+                if offer.kind != "stage":  # a pipeline stage is listed as no model (gateway/staged.py)
+                    by_model.setdefault(offer.model_id, []).append(offer)
         return [
             ModelListing(
                 model_id,

@@ -54,6 +54,11 @@ def gateway(
         help="requests without an --api-key key pay for themselves with x402 (schemes exact, session)",
     ),
     x402_timeout: int = typer.Option(300, help="seconds an x402 payment authorization may take to arrive"),
+    stage_model: list[str] = typer.Option(
+        [],
+        help="a chat model (name, folder or hub id) to serve through chains of its pipeline stages when no provider "
+        "serves it whole: the gateway loads its tokenizer only (repeatable; see `allmende stage`)",
+    ),
 ) -> None:
     """Serve the OpenAI API over the provider network."""
     from allmende.core.routing import RoutingPolicy
@@ -79,6 +84,7 @@ def gateway(
             public_host=public_host,
             allowed_hosts=tuple(allowed_host),
             allowed_origins=tuple(allow_origin),
+            stage_models=tuple(stage_model),
             host=host,
             port=port,
             routing=RoutingPolicy(prefer=prefer, max_price=max_price),  # type: ignore[arg-type]

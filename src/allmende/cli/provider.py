@@ -147,11 +147,18 @@ def provider(
     rate_limit: float = typer.Option(200.0, help="requests per second per peer; 0 = off"),
     max_body: int = typer.Option(2 * 1024 * 1024, help="largest request body, bytes"),
     body_timeout: float = typer.Option(10.0, help="seconds a client may take to send its body"),
+    stage: str = typer.Option(
+        None,
+        help="serve one pipeline stage of the --model instead of all of it: INDEX/STAGES of an even split, e.g. "
+        "1/3 (counted from 0); the model's owner registers its stages first (`allmende stage register`)",
+    ),
+    stage_price_position: int = typer.Option(1, help="with --stage: payment-token units per position computed"),
+    stage_price_token: int = typer.Option(1, help="with --stage: payment-token units per token drawn (last stage)"),
 ) -> None:
     """Serve models for pay: check the network, listen, load the models, then stake, register the
     endpoint and publish the offers once the endpoint is reachable. Ctrl-C withdraws the offers."""
     from allmende.node.net import bind_socket
-    from allmende.provider.node import ProviderConfig, plan_stake, serve
+    from allmende.provider.node import ProviderConfig, StageServing, plan_stake, serve
 
     env = from_environment()
     root = state_dir or env.state_dir / "provider"
@@ -166,6 +173,7 @@ def provider(
             torch.set_num_threads(torch_threads)
         target = parse_alm(stake) if stake is not None else None
         offers = _models(model, price_in, price_out, config)
+        staged = StageServing.parse(stage, stage_price_position, stage_price_token) if stage else None
         if relay and public_url:
             raise InvalidInput("--relay and --public-url exclude each other: a relayed node's endpoint is the relay's")
         if host in ("0.0.0.0", "::") and not public_url and not relay:
@@ -210,8 +218,9 @@ def provider(
             ),
             credit=CreditPolicy(credit_limit=credit_limit, ttl=channel_ttl),
             settlement=SettlementPolicy(threshold=redeem_threshold, interval=redeem_interval),
+            stage=staged,
         )
-        served = ", ".join(m.name for m in offers)
+        served = ", ".join(m.name for m in offers) + (f" (stage {stage})" if staged else "")
         if relay:
             console.print(f"no listening port: reached through the relay at {cfg.endpoint}; serving {served}")
             serve(cfg)

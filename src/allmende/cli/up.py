@@ -63,6 +63,12 @@ def up(
         "unregistered and asked for by id; their authors register them (`allmende models register`)",
     ),
     showcase: bool = typer.Option(False, help="once up, send a few requests with the openai client and show them"),
+    stages: int = typer.Option(
+        0,
+        help="split the chat model into this many pipeline stages across the providers (provider i serves stage "
+        "i mod STAGES, so --providers 2×STAGES gives every stage a spare); the gateway serves the model by chaining "
+        "them. The devnet deployer registers the model and its stages as their owner. Only the chat model is served",
+    ),
     public_host: str = typer.Option(
         None,
         help="this host's address as other hosts reach it (e.g. 192.168.1.10): anvil and the gateway then listen "
@@ -71,10 +77,13 @@ def up(
 ) -> None:
     """Start anvil, deploy, fund, start N providers and the gateway; Ctrl-C stops everything."""
     root = (state_dir or from_environment().state_dir).resolve()
+    models = model or DEFAULT_MODELS
+    if stages and not model:
+        models = [DEFAULT_CHAT_MODEL]  # a stage chain serves one chat model
     plan = DevnetPlan(
-        root, providers, model or DEFAULT_MODELS, port, rpc_port, provider_port, stream_tokens_per_s,
+        root, providers, models, port, rpc_port, provider_port, stream_tokens_per_s,
         provider_option, gateway_option, allowed_host, allow_origin, validators, validator_option, claim_models,
-        public_host, provider_command,
+        public_host, provider_command, stages,
     )  # fmt: skip
     try:
         plan.check_counts()

@@ -157,6 +157,7 @@ class StageBackend(ABC):
     spec: StageSpec
     hidden_size: int
     vocab_size: int
+    context_length: int  # positions a session may hold (the model's)
 
     @abstractmethod
     def forward(self, session: str, start: int, inputs: torch.Tensor) -> StageOutput:
@@ -201,6 +202,7 @@ class StageEngine(StageBackend):
         self.config = config
         self.hidden_size = int(config.hidden_size)
         self.vocab_size = int(config.vocab_size)
+        self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
         # transformers' own layers, numbered locally (the cache indexes them from 0), built on
         # the meta device and given the slice's tensors: no full model is ever materialised
         local = AutoConfig.from_pretrained(folder)

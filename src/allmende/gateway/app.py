@@ -8,6 +8,7 @@ web pages and non-JSON bodies."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -97,7 +98,11 @@ def create_app(
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         admission.api_key(request)
-        return {"object": "list", "data": [model_card(m) for m in service.directory.listings()]}
+        listed = service.directory.listings()
+        if service.staged is not None:  # models served through stage chains, unless served whole too
+            whole = {m.model_id for m in listed}
+            listed += [m for m in await asyncio.to_thread(service.staged.listings) if m.model_id not in whole]
+        return {"object": "list", "data": [model_card(m) for m in listed]}
 
     @app.get("/v1/models/{name:path}")
     async def model(request: Request, name: str) -> dict[str, Any]:

@@ -50,6 +50,8 @@ class GatewayConfig:
     allowed_hosts: tuple[str, ...] = ()
     # origins (scheme://host[:port]) of web apps allowed to call the API from a browser (CORS)
     allowed_origins: tuple[str, ...] = ()
+    # chat models served through chains of their pipeline stages (gateway/staged.py): their tokenizers are loaded
+    stage_models: tuple[str, ...] = ()
 
     @property
     def guard(self) -> GuardConfig:
@@ -71,6 +73,8 @@ def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
         limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
     )
     service = GatewayService(directory, payments, Router(config.routing), contracts.registry.receipt_domain(), http)
+    if config.stage_models:
+        service.staged = staged_models(config, contracts, directory, payments, http)
     directory.maybe_refresh()
 
     @asynccontextmanager
@@ -103,6 +107,20 @@ def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
         return network
 
     return app, directory, payments
+
+
+def staged_models(
+    config: GatewayConfig, contracts: Contracts, directory: Directory, payments: Payments, http: httpx.AsyncClient
+) -> Any:
+    """The models of `config.stage_models`, with their tokenizers (no weights), for stage chains."""
+    from allmende.engine import resolve_model
+    from allmende.gateway.staged import StagedModels
+
+    models = []
+    for name in config.stage_models:
+        resolved = resolve_model(name, progress=False)
+        models.append((name, resolved.model_id, resolved.path))
+    return StagedModels(contracts, directory, payments, http, contracts.registry.receipt_domain(), models)
 
 
 def require_eip3009(contracts: Contracts) -> None:

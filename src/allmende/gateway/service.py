@@ -15,6 +15,7 @@ counted: the provider bills the prompt and the tokens it sent, never more than t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -43,6 +44,7 @@ from allmende.gateway.errors import (
 )
 from allmende.gateway.payments import Payments
 from allmende.gateway.receipts import BadReceipt, check_receipt
+from allmende.gateway.staged import STAGE_KIND, StagedModel, StagedModels
 
 log = logging.getLogger("allmende.gateway")
 # failed tries (blamed on a provider) before a request is given up
@@ -103,6 +105,7 @@ class GatewayService:
         self.http = http
         self.timeout_first_token = timeout_first_token
         self.registry = registry or CollectorRegistry()
+        self.staged: StagedModels | None = None  # models served through stage chains (gateway/staged.py)
         self.failed_attempts = Counter(
             "allmende_gateway_failed_attempts",
             "attempts at a provider that did not produce an answer (each may be retried elsewhere)",
@@ -131,6 +134,8 @@ class GatewayService:
                 'by its id, model="0x…"',
                 "model",
             )
+        if offer.kind == STAGE_KIND:  # a pipeline stage is no model a client asks for
+            raise ModelNotFound(f"'{name}' is a pipeline stage of a model, not a model; ask for the model", "model")
         if endpoint(kind).model_kind != offer.kind:
             what = "an embedding model" if offer.kind == "embed" else "a text generation model"
             raise InvalidRequest(f"'{name}' is {what}; it cannot serve {kind} requests", "model")
@@ -140,6 +145,10 @@ class GatewayService:
         """The request's model and the most the request can be charged at any provider that
         offers it (the credit rule with each provider's own offer): what a budget reserves,
         what an x402 payment must cover and what an agent's spending policy checks."""
+        staged = self._staged(body.get("model"), kind)
+        if staged is not None:
+            assert self.staged is not None
+            return self.staged.offer_of(staged), self.staged.most_cost(staged, body)
         offer = self.resolve(body.get("model"), kind)
         costs = []
         for entry in self.directory.candidates(offer.model_id):
@@ -151,6 +160,20 @@ class GatewayService:
         if not costs:
             raise NoProvider(f"no provider serves '{offer.name}' right now")
         return offer, max(costs)
+
+    def _staged(self, name: object, kind: str, pin: str | None = None) -> StagedModel | None:
+        """The model `name` asks for if this gateway serves it through a stage chain and no
+        provider serves it whole (whole-model providers come first)."""
+        if self.staged is None:
+            return None
+        model = self.staged.find(name)
+        if model is None or self.directory.candidates(model.base):
+            return None
+        if kind != "chat":
+            raise InvalidRequest(f"'{name}' is served in pipeline stages: chat completions only", "model")
+        if pin is not None:
+            raise InvalidRequest("a model served in pipeline stages cannot be pinned to one provider")
+        return model
 
     def _pick(self, offer: Offer, excluded: set[str], pin: str | None) -> tuple[ProviderEntry, ProviderStats] | None:
         entries = {e.address: e for e in self.directory.candidates(offer.model_id) if pin in (None, e.address)}
@@ -292,6 +315,14 @@ class GatewayService:
 
     async def complete(self, kind: str, body: dict[str, Any], api_key: str | None, pin: str | None = None) -> Result:
         """Serve one request; `pin` restricts it to one provider (no failover elsewhere)."""
+        staged = self._staged(body.get("model"), kind, pin)
+        if staged is not None:
+            assert self.staged is not None
+            async with contextlib.aclosing(self.staged.generate(staged, body, api_key)) as chain:
+                async for piece in chain:
+                    if isinstance(piece, Answer):
+                        return Result(self.staged.offer_of(staged), piece, piece.output.get("text", ""))
+            raise NoProvider("the stage chain ended without an answer")
         offer = self.resolve(body.get("model"), kind)
         tried: set[str] = set()
         busy: set[str] = set()
@@ -357,7 +388,15 @@ class GatewayService:
         """Text deltas then a final Answer. If a provider dies mid-stream, another one
         continues from the prompt plus the text already sent; the caller sees one stream.
         Usage counts tokens (from receipts, and from the token counts of deltas a failed
-        provider streamed), never chunks."""
+        provider streamed), never chunks. A model served in stages streams from its chain
+        (a failed stage is replaced inside it)."""
+        staged = self._staged(body.get("model"), kind, pin)
+        if staged is not None:
+            assert self.staged is not None
+            async with contextlib.aclosing(self.staged.generate(staged, body, api_key)) as chain:
+                async for piece in chain:
+                    yield piece
+            return
         offer = self.resolve(body.get("model"), kind)
         sent = ""
         carried_tokens = 0  # tokens streamed by providers that failed afterwards

@@ -69,6 +69,7 @@ class DevnetPlan:
     claim_models: bool = False
     public_host: str | None = None
     provider_command: Callable[[int], list[str]] = default_provider_command  # a hook for allmende.testing.cheats
+    stages: int = 0  # > 0: the chat model split into this many pipeline stages, provider i serving stage i % stages
 
     @property
     def chat_models(self) -> list[str]:
@@ -78,6 +79,10 @@ class DevnetPlan:
         """InvalidInput for node counts this devnet cannot fund."""
         if not 0 <= self.providers <= MAX_NODES:
             raise InvalidInput(f"--providers must be between 0 and {MAX_NODES}")
+        if self.stages < 0 or (self.stages and self.providers < self.stages):
+            raise InvalidInput(f"--stages {self.stages} needs at least as many providers (one per stage at least)")
+        if self.stages and len(self.chat_models) != 1:
+            raise InvalidInput("--stages splits one chat model: give one --model (default: smollm2-135m-instruct)")
         if self.validators < 0 or self.providers + self.validators > MAX_NODES:
             raise InvalidInput(f"providers + validators must be at most {MAX_NODES} (anvil funds 10 accounts)")
 
@@ -142,6 +147,10 @@ class Devnet:
             deployments = self.run_dir / "deployments.json"
             deployment.save(deployments)
         self.on_step(f"chain {self.anvil.url} (chain id {deployment.chain_id}), contracts deployed")
+        if plan.stages:
+            with self.status(f"registering {plan.chat_models[0]} and its {plan.stages} stages"):
+                self._register_stages(deployer, deployment)
+            self.on_step(f"{plan.chat_models[0]} registered in {plan.stages} stages, owned by the deployer account")
         providers = self._start_providers(deployments)
         gateway, gateway_url = self._start_gateway(deployments)
         validators = self._start_validators(deployments, gateway_url)
@@ -166,6 +175,22 @@ class Devnet:
         save_network(plan.root / "network.json", network)
         return network
 
+    def _register_stages(self, deployer: ChainClient, deployment: Deployment) -> None:
+        """The stage layout of the chat model on chain, as its owner registers it (`allmende
+        stage register`): on this devnet the deployer account registers and names the model
+        and registers its even split into `stages`, so every provider offers a stage of it."""
+        from allmende.chain.stages import register_layout
+        from allmende.engine.stages import stage_layout
+        from allmende.provider.node import name_model
+
+        model = self.plan.chat_models[0]
+        resolved = resolve_model(model, progress=False)
+        owner = Contracts(deployer, deployment)
+        if owner.models.owner_of(resolved.model_id) is None:
+            owner.models.register(resolved.model_id, "Apache-2.0", 0, metadata_uri=model)
+            name_model(owner, resolved.model_id, model)
+        register_layout(owner, stage_layout(resolved.path, resolved.model_id, self.plan.stages), "Apache-2.0")
+
     def _start_providers(self, deployments: Path) -> list[ProviderRow]:
         plan, rows, started = self.plan, list[ProviderRow](), list[Node]()
         assert self.anvil is not None
@@ -182,7 +207,8 @@ class Devnet:
                 "--state-dir", str(self.run_dir / f"provider-{i + 1}"), "--port", str(port),
                 "--redeem-interval", "10", *public,
                 *(a for m in plan.models for a in ("--model", m)),
-                *(["--claim-models"] if plan.claim_models else []),
+                *(["--stage", f"{i % plan.stages}/{plan.stages}"] if plan.stages else []),
+                *(["--claim-models"] if plan.claim_models and not plan.stages else []),
                 *(["--stream-tokens-per-s", str(plan.stream_tokens_per_s)] if plan.stream_tokens_per_s else []),
                 *plan.provider_options,
                 *shared_threads(plan.models, plan.providers, plan.provider_options),
@@ -216,6 +242,7 @@ class Devnet:
                 str(deployments), "--state-dir", str(self.run_dir / "gateway"), "--port", str(plan.port), *public,
                 *(a for h in plan.allowed_hosts for a in ("--allowed-host", h)),
                 *(a for o in plan.allow_origins for a in ("--allow-origin", o)),
+                *(["--stage-model", plan.chat_models[0]] if plan.stages else []),
                 *plan.gateway_options,
             ),
             self.run_dir / "gateway.log",

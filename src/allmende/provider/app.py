@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_account.messages import encode_defunct
 from fastapi import FastAPI, Request
@@ -28,6 +28,10 @@ from allmende.core.envelope import public_key_bytes
 from allmende.core.ratelimit import RateLimiter
 from allmende.provider.errors import BadRequest, Overloaded
 from allmende.provider.service import ProviderService
+from allmende.provider.stage_app import StageSigner, add_stage_routes, stage_listing
+
+if TYPE_CHECKING:
+    from allmende.engine.stages import StageBackend
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,11 @@ class ClosingStreamingResponse(StreamingResponse):
 
 
 def create_app(
-    service: ProviderService, chain_id: int, limits: Limits | None = None, guard: GuardConfig | None = None
+    service: ProviderService,
+    chain_id: int,
+    limits: Limits | None = None,
+    guard: GuardConfig | None = None,
+    stage: tuple[StageBackend, StageSigner] | None = None,  # a pipeline stage served beside the models
 ) -> FastAPI:
     limits = limits or Limits()
     app = FastAPI(title="Allmende provider", version=__version__, docs_url=None, redoc_url=None)
@@ -122,7 +130,8 @@ def create_app(
                     "context_length": m.engine.context_length,
                 }
                 for m in service.models.values()
-            ],
+            ]
+            + ([stage_listing(*stage)] if stage else []),
             "load": {"in_flight": service.in_flight, "max_in_flight": max_concurrency},
             "credit_limit": str(service.gate.policy.credit_limit),
             "timestamp": int(time.time()),
@@ -226,4 +235,6 @@ def create_app(
             requests_total.labels(kind, status).inc()
             latency.labels(kind).observe(time.perf_counter() - started)
 
+    if stage is not None:
+        add_stage_routes(app, *stage)
     return app

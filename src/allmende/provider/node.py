@@ -34,7 +34,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -46,13 +46,15 @@ from fastapi.responses import JSONResponse
 from rich.progress import Progress
 
 from allmende.api.client import fetch_info
-from allmende.api.guard import GuardConfig
+from allmende.api.guard import JSON, GuardConfig
+from allmende.api.stages import MEDIA_TYPE as STAGE_MEDIA_TYPE
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.bindings import ROLE_PROVIDER
 from allmende.chain.errors import ChainError
 from allmende.core.envelope import public_key_bytes
 from allmende.core.errors import InvalidInput, InvalidModelName
 from allmende.core.model_names import canonical_name
+from allmende.core.stages import StagePrice
 from allmende.engine import Engine, load_engine
 from allmende.node.net import bind_socket
 from allmende.provider.app import Limits, create_app
@@ -61,8 +63,12 @@ from allmende.provider.payments import CreditPolicy, PaymentGate
 from allmende.provider.relay import relayed_endpoint, serve_relayed
 from allmende.provider.service import ProviderService, ServedModel
 from allmende.provider.settlement import Settlement, SettlementPolicy
+from allmende.provider.stage_app import StageSigner
 from allmende.provider.store import ProviderStore
 from allmende.provider.watch import ChainClock, CloseWatcher
+
+if TYPE_CHECKING:
+    from allmende.engine.stages import StageBackend
 
 log = logging.getLogger("allmende.provider")
 
@@ -98,6 +104,32 @@ def backend_of(engine: Engine) -> str:
 
 
 @dataclass(frozen=True)
+class StageServing:
+    """Serve stage `index` of an even split of the model into `stages` (`allmende provider
+    --stage I/N`) instead of the whole model: only that slice of the weights is loaded, the
+    stage id is offered on chain at `per_position` (every stage) and `per_token` (the last),
+    in the payment token's smallest unit, and calls are answered on the stage wire API."""
+
+    index: int
+    stages: int
+    per_position: int = 1
+    per_token: int = 1
+
+    @classmethod
+    def parse(cls, text: str, per_position: int = 1, per_token: int = 1) -> StageServing:
+        """`I/N`, e.g. `1/3` (the middle of three stages, counted from 0)."""
+        try:
+            index, stages = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise InvalidInput(f"--stage {text!r}: expected INDEX/STAGES, e.g. 1/3") from None
+        if not 0 <= index < stages:
+            raise InvalidInput(f"--stage {text!r}: the index counts from 0 and is below the number of stages")
+        if per_position < 0 or per_token < 0:
+            raise InvalidInput("stage prices are not negative")
+        return cls(index, stages, per_position, per_token)
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
     rpc_url: str
     key: bytes
@@ -124,6 +156,7 @@ class ProviderConfig:
     credit: CreditPolicy = field(default_factory=CreditPolicy)
     settlement: SettlementPolicy = field(default_factory=SettlementPolicy)
     limits: Limits = field(default_factory=Limits)
+    stage: StageServing | None = None  # one pipeline stage of the (single) model, not the whole model
 
     @property
     def endpoint(self) -> str:
@@ -135,7 +168,8 @@ class ProviderConfig:
     def guard(self) -> GuardConfig:
         """Who may call this node (allmende.api.guard): its names are loopback, `host`, the public URL's host
         and `allowed_hosts`; a node behind a relay gets requests without Host, which pass."""
-        return GuardConfig.serving(self.host, [self.public_url], self.allowed_hosts)
+        types = frozenset({JSON, STAGE_MEDIA_TYPE}) if self.stage else frozenset({JSON})
+        return GuardConfig.serving(self.host, [self.public_url], self.allowed_hosts, content_types=types)
 
 
 def load_x25519(path: Path) -> X25519PrivateKey:
@@ -209,6 +243,15 @@ class ProviderNode:
     failure: BaseException | None = None  # why publishing failed; the node then stops
     server: Any = None  # the uvicorn server, told to exit when publishing fails
     withdrawn: bool = False  # its offers were withdrawn on the way out (before the socket closed)
+    stage: tuple[StageBackend, StageSigner] | None = None  # the pipeline stage it serves, with its signer
+
+    def offered(self) -> dict[bytes, tuple[int, int]]:
+        """Every id this node offers on chain, with its (price in, price out): its models and its stage."""
+        offers = {model_id: (m.price_in, m.price_out) for model_id, m in self.service.models.items()}
+        if self.stage is not None:
+            engine, signer = self.stage
+            offers[engine.spec.stage_id] = (signer.price.per_position, signer.price.per_token)
+        return offers
 
 
 def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
@@ -218,9 +261,10 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
     contracts = Contracts(client, Deployment.load(config.deployments))
 
     served: dict[bytes, ServedModel] = {}
+    stage = load_stage(config, contracts) if config.stage else None
     with Progress(disable=not show_progress, transient=True) as progress:
         task = progress.add_task("loading models", total=len(config.models))
-        for spec in config.models:
+        for spec in config.models if stage is None else []:
             progress.update(task, description=f"loading {spec.name}")
             engine = load_engine(
                 spec.name,
@@ -277,7 +321,39 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
     for hook in SERVICE_HOOKS:
         hook(service, contracts)
     settlement = Settlement(store, contracts.channels, config.settlement, clock)
-    return ProviderNode(config, contracts, service, settlement, store, public_key_bytes(x25519), watcher)
+    node = ProviderNode(config, contracts, service, settlement, store, public_key_bytes(x25519), watcher)
+    node.stage = stage
+    return node
+
+
+def load_stage(config: ProviderConfig, contracts: Contracts) -> tuple[StageBackend, StageSigner]:
+    """The stage `config.stage` names, of the one model configured: only its slice is read and
+    checked against its hash. Its descriptor must be registered on chain, derived from the
+    model by the model's owner (`allmende stage register`), or no gateway routes to it."""
+    from allmende.engine import resolve_model
+    from allmende.engine.stages import StageEngine, stage_of
+
+    plan = config.stage
+    assert plan is not None
+    if len(config.models) != 1:
+        raise InvalidInput("--stage serves a stage of one model: give exactly one --model")
+    resolved = resolve_model(config.models[0].name)
+    spec, tensors = stage_of(resolved.path, resolved.model_id, plan.stages, plan.index)
+    engine = StageEngine(resolved.path, spec, tensors=tensors)
+    owner = contracts.models.owner_of(spec.stage_id)
+    if owner is None or owner != contracts.models.owner_of(spec.base):
+        log.warning(
+            "stage %s (blocks %d-%d) is not registered on chain by the model's owner: gateways will not route to it "
+            "(the owner registers it with `allmende stage register`)",
+            spec.stage_id_hex,
+            spec.range.start,
+            spec.range.end,
+        )
+    price = StagePrice(plan.per_position, plan.per_token)
+    signer = StageSigner(config.key, contracts.registry.receipt_domain(), price)
+    blocks, name = spec.range, config.models[0].name
+    log.info("loaded blocks %d-%d of %s as stage %s", blocks.start, blocks.end, name, spec.stage_id_hex)
+    return engine, signer
 
 
 def check_reachable(node: ProviderNode, timeout: float = 20.0) -> None:
@@ -345,13 +421,14 @@ def publish(node: ProviderNode) -> None:
         contracts.token.ensure_allowance(contracts.registry.address, add)
     if account.role == 0 or add or account.endpoint != config.endpoint or account.x25519_key != node.x25519_public:
         contracts.registry.register(ROLE_PROVIDER, config.endpoint, node.x25519_public, add)
-    for model_id, model in node.service.models.items():
+    offered = node.offered()
+    for model_id, (price_in, price_out) in offered.items():
         offer = contracts.registry.offer(me, model_id)
-        if not offer.active or (offer.price_in, offer.price_out) != (model.price_in, model.price_out):
-            contracts.registry.set_offer(model_id, model.price_in, model.price_out)
+        if not offer.active or (offer.price_in, offer.price_out) != (price_in, price_out):
+            contracts.registry.set_offer(model_id, price_in, price_out)
     node.published = True
     bonded = _alm(account.stake + add)
-    log.info("published %s with %d offers; %s bonded", config.endpoint, len(node.service.models), bonded)
+    log.info("published %s with %d offers; %s bonded", config.endpoint, len(offered), bonded)
 
 
 def withdraw_offers(node: ProviderNode) -> int:
@@ -360,7 +437,7 @@ def withdraw_offers(node: ProviderNode) -> int:
     registry = node.contracts.registry
     me = node.contracts.client.address
     removed = 0
-    for model_id in node.service.models:
+    for model_id in node.offered():
         if registry.offer(me, model_id).active:
             registry.remove_offer(model_id)
             removed += 1
@@ -479,7 +556,7 @@ def build_app(node: ProviderNode) -> Any:
             await asyncio.to_thread(stop_offers, node)
 
     config = node.config
-    app = create_app(node.service, node.contracts.client.chain_id, config.limits, config.guard)
+    app = create_app(node.service, node.contracts.client.chain_id, config.limits, config.guard, node.stage)
     app.router.lifespan_context = lifespan
     gated = _health_after_publishing(app, node)
     gated.lifespan = lambda: lifespan(app)

@@ -104,12 +104,27 @@ def serve_call(stage: StageBackend, call: ForwardRequest, signer: StageSigner | 
     return ForwardReply(output.proof, in_hash, out_hash, hidden=hidden, token=token, receipt=receipt)
 
 
+def stage_listing(stage: StageBackend, signer: StageSigner | None) -> dict[str, Any]:
+    """The stage as a provider's signed /v1/info lists it among its models: kind "stage", its
+    prices per position and per token drawn (what its offer on chain holds), so a gateway's
+    directory finds stage providers as it finds model providers."""
+    price = signer.price if signer else StagePrice()
+    return {
+        "model_id": stage.spec.stage_id_hex,
+        "name": stage.spec.descriptor,
+        "kind": "stage",
+        "price_in": str(price.per_position),
+        "price_out": str(price.per_token),
+        "context_length": stage.context_length,
+    }
+
+
 def create_stage_app(
     stage: StageBackend, guard: GuardConfig | None = None, signer: StageSigner | None = None, max_body: int = MAX_BODY
 ) -> FastAPI:
+    """A node that serves one stage and nothing else (`allmende stage serve`)."""
     app = FastAPI(title="Allmende stage provider", version=__version__, docs_url=None, redoc_url=None)
     protect(app, guard, error_response)
-    spec = stage.spec
 
     @app.exception_handler(AllmendeError)  # answered by the app itself, never re-raised to the server
     async def _ours(_: Request, exc: AllmendeError) -> JSONResponse:
@@ -121,7 +136,16 @@ def create_stage_app(
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"ok": True, "stage": spec.stage_id_hex}
+        return {"ok": True, "stage": stage.spec.stage_id_hex}
+
+    add_stage_routes(app, stage, signer, max_body)
+    return app
+
+
+def add_stage_routes(app: FastAPI, stage: StageBackend, signer: StageSigner | None, max_body: int = MAX_BODY) -> None:
+    """The stage wire API on `app`: a stage-only node's, or a provider node's beside its
+    OpenAI-style API (`allmende provider --stage`)."""
+    spec = stage.spec
 
     @app.get(INFO_PATH)
     async def info() -> dict[str, Any]:
@@ -136,25 +160,30 @@ def create_stage_app(
             "version": __version__,
             "provider": signer.address if signer else None,
             "price": dataclasses.asdict(signer.price) if signer else None,
+            "sessions": int(getattr(stage, "sessions", 0)),  # sessions it holds a KV cache for now
         }
 
     @app.post(FORWARD_PATH)
     async def forward(request: Request) -> Response:
-        raw = await read_limited(request, max_body, 30.0)
-        call = ForwardRequest.decode(raw)
-        reply = await asyncio.to_thread(serve_call, stage, call, signer)
+        try:
+            raw = await read_limited(request, max_body, 30.0)
+            call = ForwardRequest.decode(raw)
+            reply = await asyncio.to_thread(serve_call, stage, call, signer)
+        except Exception as exc:  # JSON errors on a node whose own handlers may not be these
+            return error_response(exc)
         return Response(reply.encode(), media_type=MEDIA_TYPE)
 
     @app.post(CLOSE_PATH)
-    async def close(request: Request) -> dict[str, Any]:
-        raw = await read_limited(request, 4096, 10.0)
+    async def close(request: Request) -> Response:
         try:
-            session = json.loads(raw)["session"]
-        except (ValueError, KeyError, TypeError):
-            raise BadRequest('body must be {"session": "<id>"}') from None
-        if not isinstance(session, str):
-            raise BadRequest("session must be a string")
-        stage.close(session)
-        return {"closed": session}
-
-    return app
+            raw = await read_limited(request, 4096, 10.0)
+            try:
+                session = json.loads(raw)["session"]
+            except (ValueError, KeyError, TypeError):
+                raise BadRequest('body must be {"session": "<id>"}') from None
+            if not isinstance(session, str):
+                raise BadRequest("session must be a string")
+            stage.close(session)
+        except Exception as exc:
+            return error_response(exc)
+        return JSONResponse({"closed": session})

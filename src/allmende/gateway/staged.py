@@ -1,0 +1,413 @@
+"""Chat completions of a model that no provider serves whole, through a chain of its
+pipeline stages (`allmende gateway --stage-model M`, what `allmende up --stages N` starts).
+
+The gateway holds the model's tokenizer only (no weights): it renders the conversation as
+the whole-model engine does, sends the token ids through a `StageSession` (gateway/stages.py:
+a provider per stage, replaced and replayed when one fails) and turns the drawn tokens into
+text with the engine's incremental detokenizer, so a greedy answer is the whole model's.
+
+Which chain: the stages the model's owner registered on chain (`chain.stages`, each checked
+against its id), the providers offering them as the directory found them (their signed
+/v1/info lists a stage as a model of kind "stage", its offer on chain holds the prices),
+the cheapest, then fastest, live provider per stage.
+
+Payment, as for whole models: before the first call, every stage provider of the chain gets
+a channel and the request's most cost at its offer is reserved on it against the provider's
+credit limit (`Payments.reserve`); every call's receipt is checked against the call and the
+offer (`StageSession._check`: hashes, price, signer); afterwards each checked receipt is
+recorded as owed on its provider's channel under the stage id, and the cumulative voucher
+per (channel, stage id) is delivered to the provider's `POST /v1/vouchers`, which it redeems
+like any voucher. A provider that replaced a failed one mid-stream is paid the same way
+(its channel is opened when it is first owed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from eth_utils import keccak
+
+from allmende.api.canonical import canonical
+from allmende.api.client import Answer, Delta
+from allmende.api.directory import Directory, ModelListing, Offer
+from allmende.chain import Contracts
+from allmende.chain.errors import ChainError
+from allmende.chain.stages import covering_layouts, registered_stages
+from allmende.core import Domain, InvalidInput
+from allmende.core.credit import UNTIL_CONTEXT
+from allmende.core.errors import InvalidModelName, UpstreamError
+from allmende.core.model_names import canonical_name, is_model_id
+from allmende.core.stages import StageLayout, StagePrice
+from allmende.engine.base import ChatPrompt, SamplingParams
+from allmende.engine.chat import render_chat, template_renders_tools
+from allmende.gateway.errors import InvalidRequest, NoProvider
+from allmende.gateway.payments import Payments
+from allmende.gateway.stages import Hop, NoStageProvider, StageOffer, StageRouter, StageSession
+
+log = logging.getLogger("allmende.gateway.staged")
+STAGE_KIND = "stage"  # how a provider's /v1/info lists a stage it serves
+LAYOUT_TTL = 10.0  # seconds the layouts read from chain are reused
+DEAD_FOR = 30.0  # seconds a stage provider that failed a call is left out of new chains
+DEFAULT_CREDIT_LIMIT = 50_000
+
+
+class ChatTokens:
+    """A chat model's tokenizer, used as the whole-model engine uses it
+    (`GenerativeEngine.prompt_ids`, `decode`): the same prompt ids, the same text."""
+
+    def __init__(self, path: Any) -> None:
+        from transformers import AutoConfig, AutoTokenizer  # the gateway imports no ML stack unless it serves stages
+
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path)
+        self.context_length = int(getattr(config, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
+        eos = self.tokenizer.eos_token_id
+        self.eos_ids = {int(eos)} if eos is not None else set()
+
+    def prompt_ids(self, prompt: ChatPrompt) -> list[int]:
+        if not prompt.messages:
+            raise InvalidRequest("messages must be a non-empty list", "messages")
+        clean, tools = render_chat(prompt, template_renders_tools(self.tokenizer.chat_template))
+        rendered = self.tokenizer.apply_chat_template(clean, tools=tools, add_generation_prompt=True, tokenize=True)
+        if isinstance(rendered, dict) or hasattr(rendered, "keys"):
+            rendered = rendered["input_ids"]
+        ids = [int(i) for i in rendered]
+        if prompt.continuation:
+            ids += [int(i) for i in self.tokenizer(prompt.continuation, add_special_tokens=False)["input_ids"]]
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+
+@dataclass
+class StagedModel:
+    base: bytes  # the whole model's id
+    loaded_as: str  # what the gateway was told (--stage-model)
+    tokens: ChatTokens
+
+
+@dataclass
+class _Hold:
+    """A reservation on one stage provider's channel for one request."""
+
+    channel: bytes
+    cost: int
+
+
+def refuse_unsupported(sampling: SamplingParams, body: dict[str, Any]) -> None:
+    """The request options a stage chain does not serve yet, refused by name (400), never ignored."""
+    unsupported = {
+        "n": (body.get("n") or 1) != 1,
+        "stop": bool(sampling.stop),
+        "logprobs": sampling.logprobs is not None,
+        "response_format": sampling.grammar is not None,
+        "tools": bool(body.get("tools")),
+        "presence_penalty": sampling.presence_penalty != 0.0,
+        "frequency_penalty": sampling.frequency_penalty != 0.0,
+        "logit_bias": bool(sampling.logit_bias),
+        "top_k": sampling.top_k != 0,
+        "min_p": sampling.min_p != 0.0,
+    }
+    for name, used in unsupported.items():
+        if used:
+            raise InvalidRequest(f"'{name}' is not supported for a model served in pipeline stages", name)
+
+
+class StagedModels:
+    """The models this gateway serves through stage chains, and the serving itself."""
+
+    def __init__(
+        self,
+        contracts: Contracts,
+        directory: Directory,
+        payments: Payments,
+        http: httpx.AsyncClient,
+        receipt_domain: Domain,
+        models: list[tuple[str, bytes, Any]],  # (loaded as, model id, checkpoint folder)
+        timeout: float = 60.0,
+    ) -> None:
+        self.contracts = contracts
+        self.directory = directory
+        self.payments = payments
+        self.http = http
+        self.domain = receipt_domain
+        self.timeout = timeout
+        self.models = {model_id: StagedModel(model_id, name, ChatTokens(path)) for name, model_id, path in models}
+        self._names: dict[bytes, str | None] = {}
+        self._layouts: dict[bytes, tuple[float, list[StageLayout]]] = {}
+        self._offers: dict[tuple[str, bytes], StageOffer] = {}
+        self._dead_since: dict[tuple[str, bytes], float] = {}
+
+    # ---------------------------------------------------------------- which model, which chain
+
+    def find(self, name: object) -> StagedModel | None:
+        """The staged model `name` asks for: its id, or its name on chain (any case)."""
+        if not isinstance(name, str) or not name:
+            return None
+        if is_model_id(name):
+            return self.models.get(bytes.fromhex(name[2:]))
+        try:
+            wanted = canonical_name(name)
+        except InvalidModelName:
+            return None
+        for model in self.models.values():
+            if self._name_of(model.base) == wanted:
+                return model
+        return None
+
+    def _name_of(self, base: bytes) -> str | None:
+        if base not in self._names or self._names[base] is None:
+            try:
+                self._names[base] = self.contracts.models.name_of(base) or None
+            except ChainError:
+                return None
+        return self._names[base]
+
+    def offer_of(self, model: StagedModel) -> Offer:
+        """The model as the gateway's other paths see an offer (name, kind, context)."""
+        name = self._name_of(model.base) or "0x" + model.base.hex()
+        return Offer(model.base, name, "generate", 0, 0, model.tokens.context_length)
+
+    def listings(self) -> list[ModelListing]:
+        """The staged models a live chain serves now, as /v1/models lists models. Prices per
+        1M tokens: every token is a position at every stage, and a generated one is also drawn
+        at the last (the cheapest chain's)."""
+        listed = []
+        for model in self.models.values():
+            try:
+                router = self.router(model)
+                chain = router.chain()
+                owner = self.contracts.models.owner_of(model.base)
+                registered_at = self.contracts.models.royalty_terms(model.base)[2] if owner else 0
+            except (NoProvider, ChainError):
+                continue
+            price = router.price(chain)
+            providers = len({o.provider for offers in router.offers.values() for o in offers if not o.dead})
+            listed.append(
+                ModelListing(
+                    model.base,
+                    self.offer_of(model).name,
+                    "generate",
+                    providers,
+                    price.per_position * 10**6,
+                    (price.per_position + price.per_token) * 10**6,
+                    owner,
+                    registered_at,
+                )
+            )
+        return listed
+
+    def layouts(self, base: bytes) -> list[StageLayout]:
+        """The chains of stages the model's owner registered on chain, shortest first (cached)."""
+        now = time.monotonic()
+        cached = self._layouts.get(base)
+        if cached is not None and now - cached[0] < LAYOUT_TTL:
+            return cached[1]
+        try:
+            found = covering_layouts(registered_stages(self.contracts, base))
+        except (ChainError, InvalidInput) as exc:
+            if cached is not None:
+                return cached[1]
+            raise NoProvider(f"the stages of 0x{base.hex()} could not be read from chain: {exc}") from None
+        self._layouts[base] = (now, found)
+        return found
+
+    def router(self, model: StagedModel) -> StageRouter:
+        """A router over the first registered layout every stage of which a live provider offers."""
+        now = time.monotonic()
+        for key, since in list(self._dead_since.items()):
+            if now - since > DEAD_FOR and key in self._offers:
+                self._offers[key].dead = False
+                del self._dead_since[key]
+        for layout in self.layouts(model.base):
+            offers: list[StageOffer] = []
+            for spec in layout.stages:
+                for entry in self.directory.candidates(spec.stage_id):
+                    listed = entry.offers[spec.stage_id]
+                    if listed.kind != STAGE_KIND:
+                        continue
+                    key = (entry.address, spec.stage_id)
+                    price = StagePrice(listed.price_in, listed.price_out)
+                    offer = self._offers.get(key)
+                    if offer is None or offer.url != entry.url or offer.price != price:
+                        offer = StageOffer(spec, entry.url, price, entry.address)
+                        self._offers[key] = offer
+                    offers.append(offer)
+            router = StageRouter(layout, offers)
+            try:
+                router.chain()
+            except NoStageProvider:
+                continue
+            return router
+        raise NoProvider(f"no chain of live stage providers covers '{self.offer_of(model).name}' right now")
+
+    def most_cost(self, model: StagedModel, body: dict[str, Any]) -> int:
+        """The most a request can cost through the dearest chain: every position of prompt and
+        answer at every stage, plus every token drawn."""
+        prompt, max_tokens = self._prompt(model, body)
+        positions = len(prompt) + max_tokens
+        priciest = StagePrice()
+        for layout in self.layouts(model.base):
+            per_stage = []
+            for spec in layout.stages:
+                prices = [e.offers[spec.stage_id] for e in self.directory.candidates(spec.stage_id)]
+                if prices:
+                    per_stage.append(StagePrice(max(p.price_in for p in prices), max(p.price_out for p in prices)))
+            total = StagePrice(sum(p.per_position for p in per_stage), sum(p.per_token for p in per_stage))
+            if total.amount(positions, max_tokens) > priciest.amount(positions, max_tokens):
+                priciest = total
+        return priciest.amount(positions, max_tokens)
+
+    # ------------------------------------------------------------------------ serving
+
+    def _prompt(self, model: StagedModel, body: dict[str, Any]) -> tuple[list[int], int]:
+        try:
+            request = canonical("chat", body)
+            prompt, sampling = request.generation
+            refuse_unsupported(sampling, body)
+        except InvalidRequest:
+            raise
+        except InvalidInput as exc:
+            raise InvalidRequest(str(exc), getattr(exc, "param", None)) from None
+        assert isinstance(prompt, ChatPrompt)
+        ids = model.tokens.prompt_ids(prompt)
+        room = model.tokens.context_length - len(ids)
+        if room < 1:
+            error = InvalidRequest(
+                f"the prompt has {len(ids)} tokens; the model's context is {model.tokens.context_length}", "messages"
+            )
+            error.code = "context_length_exceeded"
+            raise error
+        asked = sampling.max_tokens
+        return ids, room if asked >= UNTIL_CONTEXT else min(asked, room)
+
+    async def generate(
+        self, model: StagedModel, body: dict[str, Any], api_key: str | None
+    ) -> AsyncGenerator[Delta | Answer, None]:
+        """Text deltas (`Delta`), then the final `Answer` (usage, the chain's receipts)."""
+        ids, max_tokens = self._prompt(model, body)
+        sampling = canonical("chat", body).generation[1]
+        seed = sampling.seed if sampling.seed is not None else 0
+        session = StageSession(self.router(model), self.http, timeout=self.timeout, domain=self.domain)
+        holds = await self._reserve(session, len(ids) + max_tokens, max_tokens)
+        from allmende.engine.sampling import IncrementalDetokenizer  # torch: imported only when stages serve
+
+        detokenizer = IncrementalDetokenizer(model.tokens.decode)
+        pending = 0  # tokens drawn whose text is not out yet
+        answer = ""  # the text streamed so far
+        try:
+            try:
+                async for token in session.generate(
+                    ids, max_tokens, model.tokens.eos_ids, sampling.temperature, sampling.top_p, seed
+                ):
+                    pending += 1
+                    text = detokenizer.push(token)
+                    if text:
+                        answer += text
+                        yield Delta(text, pending)
+                        pending = 0
+            except (NoStageProvider, UpstreamError) as exc:
+                raise NoProvider(f"the stage chain of '{self.offer_of(model).name}' failed: {exc}") from None
+            tail = detokenizer.flush()
+            if tail or pending:
+                answer += tail
+                yield Delta(tail, pending)
+            drawn = len(session.tokens)
+            finish = "length" if drawn == max_tokens else "stop"
+            await self._settle(session, api_key)
+            receipts = session.receipts
+            if not receipts:
+                raise NoProvider("the stage chain answered without receipts")
+            output = {
+                "text": answer,
+                "finish_reason": finish,
+                "token_ids": list(session.tokens),
+                "proof": "0x",
+                "stages": [hop_view(h) for h in session.hops],
+                "receipts": [r.to_json() for r in receipts],
+            }
+            usage = {"prompt_tokens": len(ids), "completion_tokens": drawn, "total_tokens": len(ids) + drawn}
+            yield Answer(output, usage, receipts[-1], body)
+        finally:
+            for hold in holds:
+                self.payments.release(hold.channel, hold.cost)
+            for hop in session.hops:
+                if hop.offer.dead:
+                    self._dead_since.setdefault((str(hop.offer.provider), hop.offer.stage.stage_id), time.monotonic())
+            for offers in session.router.offers.values():
+                for offer in offers:
+                    if offer.dead:
+                        self._dead_since.setdefault((str(offer.provider), offer.stage.stage_id), time.monotonic())
+            await session.close()
+
+    async def _reserve(self, session: StageSession, positions: int, drawn: int) -> list[_Hold]:
+        """A channel to every provider of the chain and the request's most cost at its offer
+        reserved on it, within the provider's credit limit; NoProvider when one has no room."""
+        holds: list[_Hold] = []
+        last = len(session.hops) - 1
+        try:
+            for index, hop in enumerate(session.hops):
+                address = str(hop.offer.provider)
+                cost = hop.offer.price.amount(positions, drawn if index == last else 0)
+                channel = self.payments.ready_channel(address, cost)
+                if channel is None:
+                    channel = await asyncio.to_thread(self.payments.channel_for, address, cost)
+                entry = self.directory.entry(address)
+                limit = int(entry.info.raw.get("credit_limit", DEFAULT_CREDIT_LIMIT)) if entry else DEFAULT_CREDIT_LIMIT
+                if not self.payments.reserve(channel, cost, limit):
+                    raise NoProvider(f"stage provider {address} has no credit left for this gateway right now")
+                holds.append(_Hold(channel, cost))
+        except BaseException:
+            for hold in holds:
+                self.payments.release(hold.channel, hold.cost)
+            raise
+        return holds
+
+    async def _settle(self, session: StageSession, api_key: str | None) -> None:
+        """Every checked receipt owed on its provider's channel under its stage id, and the
+        new cumulative vouchers delivered to the providers (`POST /v1/vouchers`)."""
+        touched: dict[str, tuple[bytes, set[bytes]]] = {}
+        for signed in session.receipts:
+            r = signed.receipt
+            known = self.payments.store.channel(r.provider)
+            channel = known[0] if known else await asyncio.to_thread(self.payments.channel_for, r.provider, r.amount)
+            # one call's receipts name the same request id at every stage: stored per stage
+            stored_as = keccak(r.request_id + r.model_id)
+            self.payments.store.record_receipt(
+                stored_as, r.provider, channel, r.model_id, r.amount, json.dumps(signed.to_json()), api_key
+            )
+            touched.setdefault(r.provider, (channel, set()))[1].add(r.model_id)
+        for provider, (channel, stage_ids) in touched.items():
+            vouchers = [v for s in sorted(stage_ids) if (v := self.payments.voucher(channel, s))]
+            entry = self.directory.entry(provider)
+            url = entry.url if entry else next((h.offer.url for h in session.hops if h.offer.provider == provider), "")
+            if not vouchers or not url:
+                continue
+            try:
+                reply = await self.http.post(f"{url}/v1/vouchers", json={"vouchers": [v.to_json() for v in vouchers]})
+                reply.raise_for_status()
+                for row in reply.json()["held"]:
+                    self.payments.store.ack(
+                        bytes.fromhex(row["channel_id"][2:]), bytes.fromhex(row["model_id"][2:]), int(row["cumulative"])
+                    )
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                # signed again with the next request until acknowledged (Payments.voucher)
+                log.warning("vouchers for stage provider %s not delivered: %s", provider, exc)
+
+
+def hop_view(hop: Hop) -> dict[str, Any]:
+    """Which provider served a stage of the answer, and how often that stage was replaced."""
+    return {
+        "stage": hop.offer.stage.stage_id_hex,
+        "provider": hop.offer.provider,
+        "url": hop.offer.url,
+        "replaced": hop.replaced,
+    }

@@ -1,0 +1,278 @@
+"""`allmende up --stages 3`: the default chat model split into three pipeline stages over five
+provider processes (stage i % 3 each, so the first two stages have a spare), its stages
+registered on chain, and the gateway's `/v1/chat/completions` answering through the chain,
+with the official `openai` client.
+
+One network for the module. Every answer is compared with the whole (unsharded) model's
+greedy answer, computed in this process; the middle stage's provider is killed with SIGKILL
+after some tokens of a stream, and the stream completes with the same text; every stage is
+paid through its own channel, its vouchers redeemed on chain by its provider."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from eth_utils import to_checksum_address
+from openai import AsyncOpenAI, OpenAI
+
+from allmende.api.stages import INFO_PATH
+from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.chain.stages import registered_stages
+from allmende.engine import DEFAULT_CHAT_MODEL, Engine, SamplingParams, collect
+from allmende.engine.base import ChatPrompt
+from allmende.gateway.store import GatewayStore
+from allmende.node.supervisor import NetworkInfo
+from allmende.testing.network import start_network, stop_network
+from tests.conftest import wait_for
+
+MODEL = DEFAULT_CHAT_MODEL
+MAX_TOKENS = 24
+PROMPTS = (
+    "What is the capital of France?",
+    "Write two sentences about the sea.",
+    "List three colours.",
+)
+LONG = "Tell me a short story about a lighthouse keeper."  # an answer longer than MAX_TOKENS
+
+
+@dataclass
+class Staged:
+    root: Path
+    data: NetworkInfo
+
+    @property
+    def client(self) -> OpenAI:
+        return OpenAI(base_url=self.data["gateway_url"], api_key="unused", max_retries=0, timeout=300)
+
+    @property
+    def reader(self) -> Contracts:
+        return Contracts(ChainClient(self.data["rpc_url"]), Deployment.load(Path(self.data["deployments"])))
+
+    def stage_info(self) -> list[dict[str, Any]]:
+        """Each live provider's /v1/stage/info, with its pid (providers in network.json order)."""
+        rows = []
+        for provider in self.data["providers"]:
+            try:
+                info = httpx.get(provider["url"] + INFO_PATH, timeout=5).json()
+            except httpx.HTTPError:
+                continue
+            rows.append({**info, "pid": provider["pid"], "url": provider["url"]})
+        return rows
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Staged]:
+    root = tmp_path_factory.mktemp("up-stages")
+    process, data = start_network(
+        root,
+        "--providers",
+        "5",
+        "--stages",
+        "3",
+        "--provider-option=--redeem-threshold=1",  # each stage provider redeems its vouchers at once
+        claim_models=False,
+    )
+    try:
+        yield Staged(root, data)
+    finally:
+        stop_network(process)
+
+
+def whole_answer(whole: Engine, question: str, max_tokens: int = MAX_TOKENS) -> tuple[str, int, str]:
+    """(text, tokens, finish reason) of the whole model's greedy answer."""
+    prompt = whole.prompt_ids(ChatPrompt.of([{"role": "user", "content": question}]))
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    done = asyncio.run(collect(whole.generate(prompt, params), len(prompt)))
+    return done.text, done.completion_tokens, done.finish_reason
+
+
+def ask(staged: Staged, question: str, stream: bool, max_tokens: int = MAX_TOKENS) -> tuple[str, int, str]:
+    messages: Any = [{"role": "user", "content": question}]
+    client = staged.client
+    if not stream:
+        reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens, temperature=0)
+        assert reply.usage is not None
+        return reply.choices[0].message.content or "", reply.usage.completion_tokens, reply.choices[0].finish_reason
+    chunks = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, tokens, finish = "", 0, ""
+    for chunk in chunks:
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+    return text, tokens, finish
+
+
+def test_the_stages_are_registered_and_offered_on_chain(staged: Staged) -> None:
+    reader = staged.reader
+    base = reader.models.model_by_name(MODEL)
+    assert base is not None
+    stages = sorted(registered_stages(reader, base), key=lambda s: s.range.start)
+    assert [(s.range.start, s.range.end) for s in stages] == [(0, 10), (10, 20), (20, 30)]
+    offered = [len(reader.registry.providers_of(s.stage_id)) for s in stages]
+    assert offered == [2, 2, 1]  # provider i serves stage i % 3
+    ids = {s.stage_id_hex for s in stages}
+    assert {row["stage"] for row in staged.stage_info()} == ids  # each provider serves what it offers
+    models = [m.id for m in staged.client.models.list().data]
+    assert models == [MODEL]  # the model by its name; its stages are no models a client asks for
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["once", "stream"])
+def test_greedy_answers_through_the_gateway_are_the_whole_models(staged: Staged, whole: Engine, stream: bool) -> None:
+    for question in PROMPTS:
+        assert ask(staged, question, stream) == whole_answer(whole, question), question
+
+
+def test_every_stage_is_paid_through_its_own_channel_and_redeemed(staged: Staged) -> None:
+    reader = staged.reader
+    base = reader.models.model_by_name(MODEL)
+    assert base is not None
+    stage_ids = [s.stage_id for s in registered_stages(reader, base)]
+    store = GatewayStore(staged.root / "run" / "gateway" / "gateway.db")
+
+    def owed() -> dict[tuple[bytes, bytes], int]:
+        return {
+            (channel, stage_id): store.owed(channel, stage_id)[0]
+            for _, channel, _ in store.all_channels()
+            for stage_id in stage_ids
+        }
+
+    before = owed()
+    ask(staged, PROMPTS[0], stream=False)
+    after = owed()
+    earned = {key: amount for key, amount in after.items() if amount > before.get(key, 0)}
+    assert {stage_id for _, stage_id in earned} == set(stage_ids)  # every stage of this answer earned something
+    assert len(earned) == 3  # one provider per stage, each on its own channel
+
+    def redeemed() -> bool:
+        return all(reader.channels.redeemed(channel, stage) >= amount for (channel, stage), amount in earned.items())
+
+    wait_for("every stage provider redeemed its vouchers", redeemed, 90)
+    assert reader.models.owner_of(base) == staged.data["accounts"]["deployer_and_treasury"]  # up registered them
+    providers = {channel: provider for provider, channel, _ in store.all_channels()}
+    for channel, _ in earned:
+        assert reader.channels.earnings(to_checksum_address(providers[channel])) > 0  # its share, on chain
+
+
+def test_bad_requests_get_openai_errors(staged: Staged) -> None:
+    reply = httpx.post(
+        staged.data["gateway_url"] + "/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 3}},
+        timeout=60,
+    )
+    assert reply.status_code == 400
+    assert reply.json()["error"]["param"] == "logit_bias"
+    stage = staged.stage_info()[0]["stage"]
+    reply = httpx.post(
+        staged.data["gateway_url"] + "/chat/completions",
+        json={"model": stage, "messages": [{"role": "user", "content": "hi"}]},
+        timeout=60,
+    )
+    assert reply.status_code == 404 and reply.json()["error"]["code"] == "model_not_found"
+
+
+def test_the_middle_stage_killed_mid_stream_completes_the_stream(staged: Staged, whole: Engine) -> None:
+    """The provider of the middle stage that holds the session is killed after 4 pieces of
+    text: the gateway replaces it with the spare, which rebuilds the KV cache by replay, and
+    the stream carries on with the whole model's text."""
+    max_tokens = 40
+    expected, tokens, _ = whole_answer(whole, LONG, max_tokens)
+    assert tokens == max_tokens  # long enough to be cut in the middle
+    middle = [row for row in staged.stage_info() if row["blocks"][:2] == [10, 20]]
+    assert len(middle) == 2
+    chunks = staged.client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": LONG}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+    )
+    text, before_kill, after_kill, killed = "", 0, 0, None
+    for chunk in chunks:
+        piece = chunk.choices[0].delta.content if chunk.choices else None
+        if not piece:
+            continue
+        text += piece
+        if killed is None:
+            before_kill += 1
+            if before_kill == 4:
+                holding = [row for row in middle if httpx.get(row["url"] + INFO_PATH, timeout=5).json()["sessions"]]
+                assert len(holding) == 1  # the one stage provider this stream goes through
+                killed = holding[0]
+                pid = int(killed["pid"])
+                os.kill(pid, signal.SIGKILL)
+                wait_for("the middle stage provider to die", partial(_dead, pid), 10)
+        else:
+            after_kill += 1
+    assert killed is not None and before_kill == 4
+    assert after_kill > 0  # the kill came mid-stream: text arrived after it
+    assert text == expected
+    spare = next(row for row in middle if row is not killed)
+    assert httpx.get(spare["url"] + INFO_PATH, timeout=5).json()["sessions"] == 0  # the session was closed there
+    assert ask(staged, PROMPTS[1], stream=False) == whole_answer(whole, PROMPTS[1])  # later requests use the spare
+
+
+def test_32_concurrent_clients_all_get_the_whole_models_answers(staged: Staged, whole: Engine) -> None:
+    questions = [f"Count from {i} to {i + 3}." for i in range(8)]
+    expected = {q: whole_answer(whole, q, 8) for q in questions}
+
+    async def one(client: AsyncOpenAI, i: int) -> tuple[str, tuple[str, int, str]]:
+        question = questions[i % len(questions)]
+        messages: Any = [{"role": "user", "content": question}]
+        if i % 2:
+            reply = await client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
+            assert reply.usage is not None
+            content = reply.choices[0].message.content or ""
+            return question, (content, reply.usage.completion_tokens, reply.choices[0].finish_reason)
+        chunks = await client.chat.completions.create(
+            model=MODEL,
+            messages=messages,
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text, tokens, finish = "", 0, ""
+        async for chunk in chunks:
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+                finish = chunk.choices[0].finish_reason or finish
+        return question, (text, tokens, finish)
+
+    async def run() -> list[tuple[str, tuple[str, int, str]]]:
+        client = AsyncOpenAI(base_url=staged.data["gateway_url"], api_key="unused", max_retries=0, timeout=600)
+        async with client:
+            return await asyncio.gather(*(one(client, i) for i in range(32)))
+
+    answers = asyncio.run(run())
+    assert len(answers) == 32
+    for question, answer in answers:
+        assert answer == expected[question], question
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie its parent (`up`) has not reaped yet."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state == "Z"
