@@ -176,6 +176,7 @@ def measure_sessions() -> dict[str, Any]:
             back = scheme.withdraw(closing)
             assert scheme.paid() == size * CHARGED and back == 2 * USD - size * CHARGED, (scheme.paid(), back)
             agent_gas, gateway_gas = 0, 0
+            each: dict[str, int] = {}
             for number in range(first_block, admin.block_number() + 1):
                 for tx in admin.w3.eth.get_block(number, full_transactions=True)["transactions"]:
                     sender = tx["from"].lower()  # type: ignore[index]
@@ -183,13 +184,24 @@ def measure_sessions() -> dict[str, Any]:
                         used = int(admin.w3.eth.get_transaction_receipt(tx["hash"])["gasUsed"])  # type: ignore[index]
                         agent_gas += used if sender == agent.address.lower() else 0
                         gateway_gas += used if sender == gateway.address.lower() else 0
+                        name = _function_name(as_gateway, tx)
+                        each[name] = each.get(name, 0) + used
             out[f"session_{size}"] = {
                 "agent_gas": agent_gas,
                 "gateway_gas": gateway_gas,
+                "transactions": each,
                 "gas_per_request": round((agent_gas + gateway_gas) / size, 1),
                 "gateway_gas_per_request": round(gateway_gas / size, 1),
             }
     return out
+
+
+def _function_name(contracts: Contracts, tx: Any) -> str:
+    """The called function of a transaction to dUSD or Channels, by its selector."""
+    for binding in (contracts.channels, contracts.stable):
+        if str(tx["to"]).lower() == binding.address.lower():
+            return str(binding.contract.get_function_by_selector(bytes(tx["input"])[:4]).fn_name)
+    return str(tx["to"])
 
 
 def main() -> None:
@@ -223,6 +235,9 @@ def main() -> None:
             f"{r['gateway_gas_per_request']:,}",
         )  # fmt: skip
     Console().print(per)
+    print("one session of 1,000, each transaction:", ", ".join(
+        f"{name} {gas:,}" for name, gas in sessions["session_1000"]["transactions"].items()
+    ))  # fmt: skip
     print(f"session gas per request at 1,000: {result['session_gas_per_request_at_1000']} (goal ≤ 50)")
 
 

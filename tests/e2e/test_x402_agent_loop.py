@@ -16,12 +16,14 @@ from typing import Any
 
 import httpx
 import openai
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from x402 import x402Client
 from x402.http.clients import x402_httpx_transport
 from x402.http.x402_http_client import x402HTTPClient
 
 from allmende.agent.x402 import SessionScheme
+from allmende.chain import ChainClient, Contracts
 from allmende.core import SignedReceipt
 from tests.e2e.conftest import Network
 from tests.e2e.test_x402 import Gateway, contracts_of, fresh_payer, payer_client, x402_gateway
@@ -40,10 +42,13 @@ WEATHER = {
 CITIES = ["Paris", "Lima", "Oslo", "Accra", "Hanoi"]
 
 
-def session_client(network: Network, key: LocalAccount) -> tuple[x402Client, SessionScheme]:
+def session_client(network: Network, key: LocalAccount, hook: bool = False) -> tuple[x402Client, SessionScheme]:
     scheme = SessionScheme("0x" + bytes(key.key).hex(), network=network.data["rpc_url"], deposit=2_000_000)
     client = x402Client()
-    client.register("eip155:*", scheme)  # the one line an agent adds
+    if hook:
+        scheme.register_with(client)  # the same, and its chain work off the async client's loop
+    else:
+        client.register("eip155:*", scheme)  # the one line an agent adds
     allowed = {
         "network": "eip155:*",
         "asset": contracts_of(network).stable.address,
@@ -155,3 +160,68 @@ def test_a_replayed_session_payment_is_refused_by_the_gateway(network: Network, 
     assert first.status_code == 200, first.text
     assert first.json()["allmende"]["x402"]["scheme"] == "session"
     assert again.status_code == 402 and "nonce_already_used" in again.json()["error"]["message"], again.text
+
+
+CONCURRENT = 32
+
+
+async def concurrent_chats(url: str, clients: list[x402Client], body: dict[str, Any]) -> list[dict[str, Any]]:
+    """One request per client, all at once (a client may appear many times: one agent's
+    concurrent requests); each answer's `allmende` view. No retries: one refusal fails."""
+    transports = {id(c): httpx.AsyncClient(transport=x402_httpx_transport(c), timeout=300) for c in clients}
+    try:
+        agents = {
+            key: openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", http_client=http, max_retries=0)
+            for key, http in transports.items()
+        }
+        replies = await asyncio.gather(*(agents[id(c)].chat.completions.create(**body) for c in clients))
+    finally:
+        for http in transports.values():
+            await http.aclose()
+    return [reply.model_extra["allmende"] for reply in replies]  # type: ignore[index]
+
+
+def test_32_exact_payers_at_once_each_pay_exactly_their_receipt(network: Network, x402_gateway: Gateway) -> None:
+    # Prepare: 32 fresh wallets with 1 dUSD each (minted: the devnet token's own faucet)
+    contracts = contracts_of(network)
+    minter = fresh_payer(network)
+    as_minter = Contracts(ChainClient(network.data["rpc_url"], bytes(minter.key)), contracts.deployment)
+    payers = [Account.create() for _ in range(CONCURRENT)]
+    for payer in payers:
+        as_minter.stable.mint(payer.address, 10**6)
+    body = {"model": "allmende:tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+
+    # Execute: every payer's request at once, each paid with the SDK's `exact`
+    views = asyncio.run(
+        concurrent_chats(x402_gateway.url, [payer_client(p, contracts.stable.address) for p in payers], body)
+    )
+
+    # Assert: all served, each wallet short by exactly its own receipt
+    for payer, view in zip(payers, views, strict=True):
+        receipt = receipt_of(network, view)
+        assert view["x402"]["scheme"] == "exact" and view["x402"]["payer"].lower() == payer.address.lower()
+        assert int(view["x402"]["charged"]) == receipt.receipt.amount > 0
+        assert contracts.stable.balance_of(payer.address) == 10**6 - receipt.receipt.amount
+
+
+def test_32_requests_at_once_from_one_session_are_charged_exactly_their_receipts(
+    network: Network, x402_gateway: Gateway
+) -> None:
+    # Prepare: one agent, its session scheme with the async client's hook (chain work off the loop)
+    key = fresh_payer(network)
+    channels = contracts_of(network).channels
+    body = {"model": "allmende:tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    client, scheme = session_client(network, key, hook=True)
+
+    # Execute: 32 requests at once on one session, then the agent closes it
+    views = asyncio.run(concurrent_chats(x402_gateway.url, [client] * CONCURRENT, body))
+    closing = scheme.close()
+
+    # Assert: all 32 served and charged their receipts; the plugin checked exactly those; the
+    # gateway redeemed exactly their sum from the one channel
+    receipts = [receipt_of(network, view) for view in views]
+    for view, receipt in zip(views, receipts, strict=True):
+        assert view["x402"]["scheme"] == "session" and int(view["x402"]["charged"]) == receipt.receipt.amount > 0
+    assert {r.receipt.request_id for r in receipts} == {r.receipt.request_id for r in scheme.receipts()}
+    (channel_id,) = closing
+    assert channels.channel(channel_id).spent == scheme.paid() == sum(r.receipt.amount for r in receipts)

@@ -171,10 +171,11 @@ class SessionFacilitatorScheme:
     ) -> SettleResponse:
         network = str(requirements.network)
         try:
-            payment, payer, most = self._check(payload, requirements)  # again: another request may have come
-            self.ledger.admit(
-                payment.channel_id, payer, payment.nonce, most, payment.cumulative, payment.voucher_signature
-            )
+            with self._admitting:  # the check and the hold as one: concurrent payments cannot both fit
+                payment, payer, most = self._check(payload, requirements)  # again: another may have come
+                self.ledger.admit(
+                    payment.channel_id, payer, payment.nonce, most, payment.cumulative, payment.voucher_signature
+                )
         except NonceUsed:
             return SettleResponse(success=False, error_reason="nonce_already_used", transaction="", network=network)
         except (InvalidInput, ValueError) as exc:
