@@ -127,8 +127,9 @@ def test_an_agent_calls_its_tool_and_answers_through_the_responses_api(network: 
     receipts = Receipts()
 
     async def go() -> RunResult:
-        model = OpenAIResponsesModel(model=MODEL, openai_client=client_of(network, receipts))
-        return await Runner.run(weather_agent(model, calls), QUESTION, max_turns=4)
+        async with client_of(network, receipts) as client:
+            model = OpenAIResponsesModel(model=MODEL, openai_client=client)
+            return await Runner.run(weather_agent(model, calls), QUESTION, max_turns=4)
 
     result = asyncio.run(go())
 
@@ -141,9 +142,10 @@ def test_a_streamed_agent_run_through_the_responses_api(network: Network) -> Non
     calls: list[dict[str, Any]] = []
 
     async def go() -> tuple[RunResultStreaming, list[str]]:
-        model = OpenAIResponsesModel(model=MODEL, openai_client=client_of(network, Receipts()))
-        result = Runner.run_streamed(weather_agent(model, calls), QUESTION, max_turns=4)
-        events = [event async for event in result.stream_events()]
+        async with client_of(network, Receipts()) as client:
+            model = OpenAIResponsesModel(model=MODEL, openai_client=client)
+            result = Runner.run_streamed(weather_agent(model, calls), QUESTION, max_turns=4)
+            events = [event async for event in result.stream_events()]
         kinds = [getattr(event.data, "type", "") for event in events if event.type == "raw_response_event"]
         return result, kinds
 
@@ -162,15 +164,15 @@ def test_an_agent_with_an_output_type_gets_its_typed_result(network: Network) ->
     receipts = Receipts()
 
     async def go() -> RunResult:
-        model = OpenAIResponsesModel(model=MODEL, openai_client=client_of(network, receipts))
-        agent = Agent(
-            name="reporter",
-            instructions="Report the city and the temperature in degrees.",
-            model=model,
-            output_type=Report,
-            model_settings=ModelSettings(temperature=0, max_tokens=64),
-        )
-        return await Runner.run(agent, "It is 18 degrees and sunny in Paris.")
+        async with client_of(network, receipts) as client:
+            agent = Agent(
+                name="reporter",
+                instructions="Report the city and the temperature in degrees.",
+                model=OpenAIResponsesModel(model=MODEL, openai_client=client),
+                output_type=Report,
+                model_settings=ModelSettings(temperature=0, max_tokens=64),
+            )
+            return await Runner.run(agent, "It is 18 degrees and sunny in Paris.")
 
     result = asyncio.run(go())
 
@@ -186,8 +188,9 @@ def test_an_agent_calls_its_tool_and_answers_through_chat_completions(network: N
     receipts = Receipts()
 
     async def go() -> RunResult:
-        model = OpenAIChatCompletionsModel(model=MODEL, openai_client=client_of(network, receipts))
-        return await Runner.run(weather_agent(model, calls), QUESTION, max_turns=4)
+        async with client_of(network, receipts) as client:
+            model = OpenAIChatCompletionsModel(model=MODEL, openai_client=client)
+            return await Runner.run(weather_agent(model, calls), QUESTION, max_turns=4)
 
     result = asyncio.run(go())
 
@@ -207,8 +210,9 @@ def test_settings_the_gateway_does_not_serve_are_refused_by_name(
     network: Network, settings: ModelSettings, param: str
 ) -> None:
     async def go() -> None:
-        model = OpenAIResponsesModel(model=MODEL, openai_client=client_of(network, Receipts()))
-        await Runner.run(Agent(name="a", model=model, model_settings=settings), "Hi")
+        async with client_of(network, Receipts()) as client:
+            model = OpenAIResponsesModel(model=MODEL, openai_client=client)
+            await Runner.run(Agent(name="a", model=model, model_settings=settings), "Hi")
 
     with pytest.raises(openai.BadRequestError) as info:
         asyncio.run(go())
