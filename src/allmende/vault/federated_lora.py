@@ -52,6 +52,20 @@ QUANTIZATION_RANGE = 2**24  # SecAgg+'s levels over [-clipping_range, clipping_r
 CLIPPING_RANGE = 4.0  # the largest adapter value (times its vault's weight) SecAgg+ carries exactly
 
 
+class _SecAggPlus(SecAggPlusWorkflow):
+    """Flower's SecAgg+ with dropouts at the setup stage tolerated. Flower keeps a node that did not
+    answer the setup among the sampled ones, so the unmask names it dropped and asks the others
+    for shares of its key, which nobody holds (it never shared keys): every vault refuses and the
+    round fails. Such a node took no part in any mask; it is forgotten after the setup."""
+
+    def setup_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
+        ok = bool(super().setup_stage(grid, context, state))
+        state.sampled_node_ids = set(state.active_node_ids)
+        for neighbours in state.nid_to_neighbours.values():
+            neighbours &= state.active_node_ids
+        return ok
+
+
 @dataclass(frozen=True)
 class LoraRunConfig:
     rounds: int = 3
@@ -237,7 +251,7 @@ def _one_lora_round(
         clipping_norm=config.clipping_norm,
         num_sampled_clients=live,
     )
-    workflow = SecAggPlusWorkflow(
+    workflow = _SecAggPlus(
         num_shares=n,  # one share per vault of the run, as the vaults check, however many take part
         reconstruction_threshold=threshold,
         clipping_range=CLIPPING_RANGE,
