@@ -2,8 +2,8 @@
 answered under receipts the provider signs, accumulated in the validator's SQLite ledger and
 judged by the sequential test against the shipped calibration (validator/honest_profiles.json).
 
-- an honest provider (the registered weights, served in continuous batches) accumulates to
-  "honest" and is never accused;
+- an honest provider (the registered weights, served in continuous batches, in fp32 or bf16)
+  accumulates to "honest" and is never accused;
 - providers serving int8 weights or every weight moved 1 % pass every per-request check and are
   caught within N audited tokens (the test prints N);
 - a juror convicts on the case's evidence from its own recomputation; a reporter that inflates
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from eth_account import Account
 from eth_utils import keccak
 
@@ -153,13 +154,21 @@ def new_ledger(tmp_path: Path, calibration: Calibration, reference: CausalLMEngi
     return EvidenceLedger(tmp_path / "ledger.db", {model: calibration.allowed(model)})
 
 
+@pytest.mark.parametrize(
+    "serving",
+    [
+        pytest.param(lambda: load(), id="fp32"),
+        # bf16 serving (GPUs' default precision) is an honest variant of the fp32 registration
+        pytest.param(lambda: CausalLMEngine("allmende:tiny", ensure_tiny_model(), dtype=torch.bfloat16), id="bf16"),
+    ],
+)
 def test_an_honest_provider_accumulates_to_honest_and_is_never_accused(
-    tmp_path: Path, validator_engine: CausalLMEngine, calibration: Calibration
+    tmp_path: Path, validator_engine: CausalLMEngine, calibration: Calibration, serving: object
 ) -> None:
     ledger = new_ledger(tmp_path, calibration, validator_engine)
     key = Account.create().key
 
-    decisions = accumulate(load(), validator_engine, ledger, bytes(key), rounds=4)
+    decisions = accumulate(serving(), validator_engine, ledger, bytes(key), rounds=6)  # type: ignore[operator]
 
     assert Decision.CHEATING not in decisions
     closed = ledger.closed(Account.from_key(key).address, "0x" + validator_engine.model_id.hex())
@@ -240,6 +249,35 @@ def test_a_reporter_that_inflates_an_honest_providers_statistics_convicts_nobody
     document = case_evidence(records, standing, profiles, calibration.version)
 
     found = recheck_accumulated(validator_engine, document, address, DOMAIN, profiles, rng=random.Random(2))
+
+    assert not found.guilty
+    assert "not what the juror recomputes" in found.reason
+
+
+def test_a_reporter_that_raises_only_the_chunk_errors_level_convicts_nobody(
+    tmp_path: Path, validator_engine: CausalLMEngine, calibration: Calibration
+) -> None:
+    """The subtler lie: every token left as measured, every chunk error set just under the
+    bf16 profile's chunk limit (no limit crossed), so only the errors' level says cheating.
+    A juror that re-checks one audit of the eight (the others count with the reporter's
+    numbers) finds that one's level inflated and votes not guilty."""
+    key = bytes(Account.create().key)
+    address = Account.from_key(key).address
+    model = "0x" + validator_engine.model_id.hex()
+    profiles = calibration.allowed(model)
+    below = 0.9 * min(p.chunk_limit for p in profiles if p.level_sd > 0 and p.chunk_limit > 0.001)
+    records = []
+    for body, choice, _, signed in serve(load(), validator_engine, key, 0, 8):
+        _, stats, evidence = audit(validator_engine, body, choice, signed)
+        records.append(audit_record(evidence, AuditStats(stats.gaps, tuple(below for _ in stats.chunk_errors))))
+    ledger = EvidenceLedger(tmp_path / "level.db", {model: profiles})
+    for record in records:
+        ledger.add(address, model, AuditStats.from_json(record["stats"]), record)
+    standing = ledger.standing(address, model)
+    assert standing.decision is Decision.CHEATING  # what the reporter's numbers say
+    document = case_evidence(records, standing, profiles, calibration.version)
+
+    found = recheck_accumulated(validator_engine, document, address, DOMAIN, profiles, sample=1, rng=random.Random(2))
 
     assert not found.guilty
     assert "not what the juror recomputes" in found.reason

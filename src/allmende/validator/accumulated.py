@@ -32,7 +32,7 @@ from typing import Any
 from allmende.api.canonical import canonical
 from allmende.core.eip712 import Domain
 from allmende.core.errors import InvalidInput
-from allmende.core.evidence_test import ALPHA, BETA, Decision, Profile, SequentialTest
+from allmende.core.evidence_test import ALPHA, BETA, LEVEL_SHIFT, Decision, Profile, SequentialTest
 from allmende.engine.base import Kind
 from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.validator.answers import Choice, answer_stats, choices_of
@@ -192,11 +192,14 @@ def _stats_of(engine: CausalLMEngine, audit: Evidence) -> AuditStats:
 
 def _worse(claimed: AuditStats, mine: AuditStats, profiles: list[Profile]) -> bool:
     """True if the reporter's numbers count more against the provider than the juror's own,
-    beyond one observation per stream (a threshold that float noise between machines moves)."""
+    beyond one observation per stream (a threshold that float noise between machines moves),
+    or beyond one design shift of the chunk errors' level (the reporter cannot inflate them)."""
     if claimed.tokens != mine.tokens or len(claimed.chunk_errors) != len(mine.chunk_errors):
         return True
     theirs, ours = counts_of([claimed], profiles), counts_of([mine], profiles)
     return any(
-        theirs[p.name].mismatches > ours[p.name].mismatches + 1 or theirs[p.name].exceeding > ours[p.name].exceeding + 1
+        theirs[p.name].mismatches > ours[p.name].mismatches + 1
+        or theirs[p.name].exceeding > ours[p.name].exceeding + 1
+        or theirs[p.name].level > ours[p.name].level + LEVEL_SHIFT
         for p in profiles
     )
