@@ -6,6 +6,8 @@ handlers can turn any parse failure into a clear 4xx.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from eth_utils import is_address, to_checksum_address
 
 from allmende.core.errors import AmountOverflow, InvalidInput
@@ -43,6 +45,14 @@ def int_field(value: object, what: str, bits: int = 256) -> int:
 
 def address_field(value: object, what: str) -> str:
     """A 20-byte address in hex → checksummed form."""
-    if not isinstance(value, str) or not is_address(value):
+    checksummed = _checksummed_address(value) if isinstance(value, str) else None
+    if checksummed is None:
         raise InvalidInput(f"{what} must be a 20-byte hex address")
-    return to_checksum_address(value)
+    return checksummed
+
+
+@lru_cache(maxsize=4096)
+def _checksummed_address(value: str) -> str | None:
+    """The checksummed form of a valid address (None if it is not one), computed once per
+    spelling: a receipt's provider is one of a few addresses, checked on every answer."""
+    return str(to_checksum_address(value)) if is_address(value) else None

@@ -133,6 +133,13 @@ def _checksummed(address: bytes) -> str:
     return str(to_checksum_address(address))
 
 
+@lru_cache(maxsize=4096)
+def checksum_address(address: str) -> str:
+    """`to_checksum_address` of the few addresses a node sees all day (its providers, its
+    contracts), computed once each: every receipt names its provider."""
+    return str(to_checksum_address(address))
+
+
 def sign_digest(digest: bytes, private_key: bytes) -> bytes:
     """Sign a 32-byte digest; 65 bytes r ‖ s ‖ v with v in {27, 28} and low s
     (libsecp256k1 signs with the low s only)."""

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from eth_utils import to_checksum_address
-
 from allmende.core.codec import address_field, hex_bytes, int_field
 from allmende.core.eip712 import (
     DOMAIN_FIELDS,
@@ -19,6 +17,7 @@ from allmende.core.eip712 import (
     Domain,
     check_bytes32,
     check_uint,
+    checksum_address,
     keccak256,
     recover_digest,
     sign_digest,
@@ -48,7 +47,7 @@ class Receipt:
     def __post_init__(self) -> None:
         for name in ("request_id", "model_id", "input_hash", "output_hash", "proof_hash"):
             check_bytes32(getattr(self, name), name)
-        object.__setattr__(self, "provider", to_checksum_address(self.provider))
+        object.__setattr__(self, "provider", checksum_address(self.provider))
         check_uint(self.tokens_in, 32, "tokens_in")
         check_uint(self.tokens_out, 32, "tokens_out")
         check_uint(self.amount, 256, "amount")
