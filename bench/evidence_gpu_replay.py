@@ -5,8 +5,10 @@ bench/verify_gpu.py recorded honest completions of the tiny model generated on a
 fp16 and bf16). This replays them against a validator here: each record's divergence statistics
 from this CPU's fp32 prefill (allmende.validator.divergence), then simulated providers audited
 with records drawn from each variant until the test decides, against the shipped tiny profile,
-until 10,000 requests per variant. fp32, TF32 and fp16 are the registered weights at (at least)
-their precision; bf16 is not the registered precision.
+until 10,000 requests per variant. Every variant is honest: fp32, TF32 and fp16 are the
+registered weights at (at least) their precision, and bf16, the precision GPU providers serve
+in, is an engine the registration allows. The profiles were calibrated on this CPU, so the
+GPU's records are out of sample: the check that the calibration carries over to a GPU.
 
     python bench/evidence_gpu_replay.py [--json] [--save]
 """

@@ -3,7 +3,8 @@ serves int8 weights of the tiny model under its registered id (allmende.testing.
 `int8`) passes every single audit, but the auditing validator's evidence ledger tips to
 "cheating"; it opens a case whose evidence is the window's audits, a juror re-checks them with
 its own model and votes guilty, the case resolves guilty and the provider is slashed and
-paused. An honest provider audited as often under the same validator is never reported."""
+paused. An honest provider audited as often under the same validator is never reported. Both validators run at
+the default (accumulated cases on); one with them turned off votes not guilty on the case."""
 
 from __future__ import annotations
 
@@ -86,8 +87,7 @@ def test_int8_serving_is_convicted_on_accumulated_evidence_and_an_honest_provide
     juror_account = fresh_account(anvil, deployment, accounts, "juror", alm=80_000)
     auditor, _ = make_validator(anvil, deployments_file, auditor_account, tmp_path / "auditor", cheat_gateway)
     juror, _ = make_validator(anvil, deployments_file, juror_account, tmp_path / "juror", cheat_gateway)
-    for node in (auditor, juror):  # cases on accumulated evidence are opt-in (bf16 is not calibrated yet)
-        node.config = dataclasses.replace(node.config, accumulated_cases=True)
+    assert auditor.config.accumulated_cases and juror.config.accumulated_cases  # the default
     weigh(juror, 70_000 * ALM)  # a quorum on its own
     wait_out_the_lookback(anvil, deployment, accounts)
     reader = Contracts(ChainClient(anvil.url), deployment)
@@ -120,11 +120,11 @@ def test_int8_serving_is_convicted_on_accumulated_evidence_and_an_honest_provide
     assert reader.verdicts.open_case_of(honest_address, model_id) == 0
 
     wait_for("the juror's guilty vote", lambda: votes_guilty(juror, case_id), 120)
-    # a validator left at the default judges no case on accumulated evidence: not guilty
-    default = Validator(dataclasses.replace(juror.config, accumulated_cases=False, state_dir=tmp_path / "default"))
+    # a validator that turned accumulated cases off (--no-accumulated-cases) votes not guilty
+    default = Validator(dataclasses.replace(juror.config, accumulated_cases=False, state_dir=tmp_path / "off"))
     judged: list[bool | None] = []
     wait_for(
-        "the default validator's judgement",
+        "the judgement of a validator with accumulated cases off",
         lambda: (
             judged.append(default._recheck(report.evidence_uri, report.evidence_hash, cheater))
             or judged[-1] is not None

@@ -35,9 +35,10 @@ def validator(
     audit_interval: float = typer.Option(30.0, help="mean seconds between audit rounds (jittered)"),
     publish_every: int = typer.Option(10, help="publish reputation scores every N rounds"),
     accumulated_cases: bool = typer.Option(
-        False,
+        True,
+        "--accumulated-cases/--no-accumulated-cases",
         help="open and convict fraud cases on evidence accumulated over many audits (README: accumulated "
-        "evidence); off, the ledger only reports, since bf16 and GPU serving are not calibrated yet",
+        "evidence); off, the ledger only reports and, as a juror, this validator votes not guilty on such cases",
     ),
 ) -> None:
     """Stake, then audit every provider of the loaded models, open, join and vote on fraud

@@ -70,12 +70,11 @@ class ValidatorConfig:
     prompts: Path | None = None  # the operator's own audit prompts, one per line, mixed in
     # the honest engines' calibrated profiles (validator/accumulated.py); None: the shipped table
     evidence_profiles: Path | None = None
-    # open and convict fraud cases on accumulated evidence. Off by default: the shipped profiles
-    # cover fp32/F16 and the llama.cpp paths, not yet bf16 serving, threads or GPUs, which
-    # DESIGN §5 names honest variants (a bf16 provider of an F16 registration tips the test).
-    # Off, the ledger still accumulates (status, metrics) and this validator, as a juror, votes
-    # not guilty on a case that rests on accumulated evidence alone.
-    accumulated_cases: bool = False
+    # open and convict fraud cases on accumulated evidence (on by default: the shipped profiles
+    # cover fp32, bf16, 1 and 2 threads, batches 1-48 and the llama.cpp paths, none accused in
+    # 10,000 honest requests each, README). Off, the ledger still accumulates (status, metrics)
+    # and this validator, as a juror, votes not guilty on a case resting on accumulated evidence.
+    accumulated_cases: bool = True
 
 
 @dataclass
@@ -219,7 +218,7 @@ class Validator:
                      model[:14], standing.tokens, standing.statistic)  # fmt: skip
         elif standing.decision is Decision.CHEATING and not self.config.accumulated_cases:
             log.warning("evidence on %s (model %s…) says cheating after %d tokens (ratio %.1f); no case: "
-                        "--accumulated-cases is off", entry.address, model[:14], standing.tokens,
+                        "--no-accumulated-cases", entry.address, model[:14], standing.tokens,
                         standing.statistic)  # fmt: skip
             self.ledger.close(entry.address, model, standing)
         elif standing.decision is Decision.CHEATING:
@@ -462,7 +461,7 @@ class Validator:
             return False
         if evidence.accumulated is not None and not self.config.accumulated_cases:
             log.info("case evidence at %s rests on accumulated audits, which this validator does not judge "
-                     "(--accumulated-cases off): voting not guilty", uri)  # fmt: skip
+                     "(--no-accumulated-cases): voting not guilty", uri)  # fmt: skip
             return False
         if evidence.accumulated is not None:  # a case on many audits: re-checked audit by audit
             found = recheck_accumulated(
