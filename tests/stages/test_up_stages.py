@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from eth_utils import to_checksum_address
 from openai import AsyncOpenAI, OpenAI
@@ -42,6 +43,9 @@ PROMPTS = (
     "List three colours.",
 )
 LONG = "Tell me a short story about a lighthouse keeper."  # an answer longer than MAX_TOKENS
+KEY = "open"  # the API key the tests use; "tight" has a budget of BUDGET units
+BUDGET = 300
+AUTH = {"authorization": f"Bearer {KEY}"}
 
 
 @dataclass
@@ -51,7 +55,7 @@ class Staged:
 
     @property
     def client(self) -> OpenAI:
-        return OpenAI(base_url=self.data["gateway_url"], api_key="unused", max_retries=0, timeout=300)
+        return OpenAI(base_url=self.data["gateway_url"], api_key=KEY, max_retries=0, timeout=300)
 
     @property
     def reader(self) -> Contracts:
@@ -79,6 +83,9 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Staged]:
         "--stages",
         "3",
         "--provider-option=--redeem-threshold=1",  # each stage provider redeems its vouchers at once
+        f"--gateway-option=--api-key={KEY}",
+        "--gateway-option=--api-key=tight",
+        f"--gateway-option=--budget=tight={BUDGET}",
         claim_models=False,
     )
     try:
@@ -140,23 +147,29 @@ def test_greedy_answers_through_the_gateway_are_the_whole_models(staged: Staged,
         assert ask(staged, question, stream) == whole_answer(whole, question), question
 
 
+def owed_per_stage(staged: Staged) -> dict[tuple[bytes, bytes], int]:
+    """What the gateway's store says it owes, per (channel, stage id)."""
+    reader = staged.reader
+    base = reader.models.model_by_name(MODEL)
+    assert base is not None
+    stage_ids = [s.stage_id for s in registered_stages(reader, base)]
+    store = GatewayStore(staged.root / "run" / "gateway" / "gateway.db")
+    return {
+        (channel, stage_id): store.owed(channel, stage_id)[0]
+        for _, channel, _ in store.all_channels()
+        for stage_id in stage_ids
+    }
+
+
 def test_every_stage_is_paid_through_its_own_channel_and_redeemed(staged: Staged) -> None:
     reader = staged.reader
     base = reader.models.model_by_name(MODEL)
     assert base is not None
     stage_ids = [s.stage_id for s in registered_stages(reader, base)]
     store = GatewayStore(staged.root / "run" / "gateway" / "gateway.db")
-
-    def owed() -> dict[tuple[bytes, bytes], int]:
-        return {
-            (channel, stage_id): store.owed(channel, stage_id)[0]
-            for _, channel, _ in store.all_channels()
-            for stage_id in stage_ids
-        }
-
-    before = owed()
+    before = owed_per_stage(staged)
     ask(staged, PROMPTS[0], stream=False)
-    after = owed()
+    after = owed_per_stage(staged)
     earned = {key: amount for key, amount in after.items() if amount > before.get(key, 0)}
     assert {stage_id for _, stage_id in earned} == set(stage_ids)  # every stage of this answer earned something
     assert len(earned) == 3  # one provider per stage, each on its own channel
@@ -171,10 +184,55 @@ def test_every_stage_is_paid_through_its_own_channel_and_redeemed(staged: Staged
         assert reader.channels.earnings(to_checksum_address(providers[channel])) > 0  # its share, on chain
 
 
+def test_a_stream_its_client_abandons_still_pays_every_stage_for_its_calls(staged: Staged) -> None:
+    before = owed_per_stage(staged)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": LONG}], "max_tokens": 40, "stream": True}
+    pieces = 0
+    with httpx.stream(
+        "POST", staged.data["gateway_url"] + "/chat/completions", json=body, headers=AUTH, timeout=300
+    ) as reply:
+        assert reply.status_code == 200
+        for line in reply.iter_lines():
+            pieces += line.startswith("data: {") and '"content":"' in line
+            if pieces == 3:
+                break  # and hang up
+    assert pieces == 3
+
+    def every_stage_owed_more() -> bool:
+        after = owed_per_stage(staged)
+        return (
+            len({stage for key, (_, stage) in zip(after, after, strict=True) if after[key] > before.get(key, 0)}) == 3
+        )
+
+    wait_for("the calls of the abandoned stream owed at every stage", every_stage_owed_more, 120)
+
+
+def test_an_api_keys_budget_holds_on_a_staged_model(staged: Staged) -> None:
+    """The key is charged exactly what the stages' receipts say (a position per stage, a draw
+    at the last), and a request whose most cost would pass its budget is refused before any
+    stage works for it."""
+    store = GatewayStore(staged.root / "run" / "gateway" / "gateway.db")
+    tight = OpenAI(base_url=staged.data["gateway_url"], api_key="tight", max_retries=0, timeout=300)
+    messages: Any = [{"role": "user", "content": PROMPTS[0]}]
+    assert store.spent("tight") == 0
+    reply = tight.chat.completions.create(model=MODEL, messages=messages, max_tokens=MAX_TOKENS, temperature=0)
+    assert reply.usage is not None and reply.choices[0].finish_reason == "stop"
+    prompt, answer = reply.usage.prompt_tokens, reply.usage.completion_tokens
+    spent = store.spent("tight")
+    assert spent == 3 * (prompt + answer) + (answer + 1)  # 3 stages at 1 unit a position; answer and EOS drawn
+    most = 3 * (prompt + MAX_TOKENS) + MAX_TOKENS
+    assert most <= BUDGET < spent + most
+    with pytest.raises(openai.APIStatusError) as refused:
+        tight.chat.completions.create(model=MODEL, messages=messages, max_tokens=MAX_TOKENS, temperature=0)
+    assert refused.value.status_code == 402
+    assert store.spent("tight") == spent
+
+
 def test_bad_requests_get_openai_errors(staged: Staged) -> None:
     reply = httpx.post(
         staged.data["gateway_url"] + "/chat/completions",
         json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 3}},
+        headers=AUTH,
         timeout=60,
     )
     assert reply.status_code == 400
@@ -183,6 +241,7 @@ def test_bad_requests_get_openai_errors(staged: Staged) -> None:
     reply = httpx.post(
         staged.data["gateway_url"] + "/chat/completions",
         json={"model": stage, "messages": [{"role": "user", "content": "hi"}]},
+        headers=AUTH,
         timeout=60,
     )
     assert reply.status_code == 404 and reply.json()["error"]["code"] == "model_not_found"
@@ -259,7 +318,7 @@ def test_32_concurrent_clients_all_get_the_whole_models_answers(staged: Staged, 
         return question, (text, tokens, finish)
 
     async def run() -> list[tuple[str, tuple[str, int, str]]]:
-        client = AsyncOpenAI(base_url=staged.data["gateway_url"], api_key="unused", max_retries=0, timeout=600)
+        client = AsyncOpenAI(base_url=staged.data["gateway_url"], api_key=KEY, max_retries=0, timeout=600)
         async with client:
             return await asyncio.gather(*(one(client, i) for i in range(32)))
 

@@ -296,13 +296,15 @@ class StagedModels:
         ids, max_tokens = self._prompt(model, body)
         sampling = canonical("chat", body).generation[1]
         seed = sampling.seed if sampling.seed is not None else 0
-        session = StageSession(self.router(model), self.http, timeout=self.timeout, domain=self.domain)
+        router = await asyncio.to_thread(self.router, model)  # reads the layout from chain now and then
+        session = StageSession(router, self.http, timeout=self.timeout, domain=self.domain)
         holds = await self._reserve(session, len(ids) + max_tokens, max_tokens)
         from allmende.engine.sampling import IncrementalDetokenizer  # torch: imported only when stages serve
 
         detokenizer = IncrementalDetokenizer(model.tokens.decode)
         pending = 0  # tokens drawn whose text is not out yet
         answer = ""  # the text streamed so far
+        settled = False
         try:
             try:
                 async for token in session.generate(
@@ -322,6 +324,7 @@ class StagedModels:
                 yield Delta(tail, pending)
             drawn = len(session.tokens)
             finish = "length" if drawn == max_tokens else "stop"
+            settled = True  # (before the await: a client gone during it must not settle twice)
             await self._settle(session, api_key)
             receipts = session.receipts
             if not receipts:
@@ -339,6 +342,11 @@ class StagedModels:
         finally:
             for hold in holds:
                 self.payments.release(hold.channel, hold.cost)
+            if not settled:  # a stream cut by its client or a failed chain: the calls answered are owed all the same
+                try:
+                    await self._settle(session, api_key)
+                except Exception as exc:  # the answer's own error, if any, is what the client hears
+                    log.warning("receipts of an unfinished stage session not settled: %s", exc)
             for hop in session.hops:
                 if hop.offer.dead:
                     self._dead_since.setdefault((str(hop.offer.provider), hop.offer.stage.stage_id), time.monotonic())
