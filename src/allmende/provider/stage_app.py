@@ -19,10 +19,9 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from eth_account import Account
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -46,9 +45,10 @@ from allmende.core.errors import AllmendeError
 from allmende.core.receipts import sign_receipt
 from allmende.core.stages import InvalidStage, StagePrice, stage_receipt
 from allmende.engine.base import SamplingParams
-from allmende.engine.sampling import sample_token
-from allmende.engine.stages import StageBackend
 from allmende.provider.errors import BadRequest, UnknownModelError
+
+if TYPE_CHECKING:  # torch and transformers load where a stage is served, not in every CLI process
+    from allmende.engine.stages import StageBackend
 
 log = logging.getLogger("allmende.provider.stage")
 MAX_BODY = 160 * 1024 * 1024  # a replay of 32,768 positions of a 1,024-wide model, with room
@@ -80,6 +80,10 @@ def serve_call(stage: StageBackend, call: ForwardRequest, signer: StageSigner | 
     heads = stage.spec.range.heads
     if heads != (call.draw is not None):
         raise InvalidStage("the last stage, and only it, is asked how to draw")
+    import torch
+
+    from allmende.engine.sampling import sample_token
+
     inputs = torch.from_numpy(np.array(call.input, copy=True))
     output = stage.forward(call.session, call.start, inputs)
     in_hash = activation_hash(call.input)
