@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -205,6 +205,9 @@ def test_a_stream_its_client_abandons_still_pays_every_stage_for_its_calls(stage
         )
 
     wait_for("the calls of the abandoned stream owed at every stage", every_stage_owed_more, 120)
+    # and the session closed at every stage (a hang-up cancels the gateway's stream: the closing
+    # must not be cancelled with it, or the stages keep the session's caches)
+    wait_for("the abandoned session closed at every stage", partial(_no_sessions, staged.stage_info), 60)
 
 
 def test_an_api_keys_budget_holds_on_a_staged_model(staged: Staged) -> None:
@@ -256,6 +259,7 @@ def test_the_middle_stage_killed_mid_stream_completes_the_stream(staged: Staged,
     assert tokens == max_tokens  # long enough to be cut in the middle
     middle = [row for row in staged.stage_info() if row["blocks"][:2] == [10, 20]]
     assert len(middle) == 2
+    wait_for("earlier tests' sessions closed", partial(_no_sessions, staged.stage_info), 60)
     chunks = staged.client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": LONG}],
@@ -272,8 +276,9 @@ def test_the_middle_stage_killed_mid_stream_completes_the_stream(staged: Staged,
         if killed is None:
             before_kill += 1
             if before_kill == 4:
-                holding = [row for row in middle if httpx.get(row["url"] + INFO_PATH, timeout=5).json()["sessions"]]
-                assert len(holding) == 1  # the one stage provider this stream goes through
+                counts = [httpx.get(row["url"] + INFO_PATH, timeout=5).json()["sessions"] for row in middle]
+                holding = [row for row, count in zip(middle, counts, strict=True) if count]
+                assert len(holding) == 1, counts  # the one stage provider this stream goes through
                 killed = holding[0]
                 pid = int(killed["pid"])
                 os.kill(pid, signal.SIGKILL)
@@ -326,6 +331,10 @@ def test_32_concurrent_clients_all_get_the_whole_models_answers(staged: Staged, 
     assert len(answers) == 32
     for question, answer in answers:
         assert answer == expected[question], question
+
+
+def _no_sessions(rows: Callable[[], list[dict[str, Any]]]) -> bool:
+    return all(row["sessions"] == 0 for row in rows())
 
 
 def _dead(pid: int) -> bool:

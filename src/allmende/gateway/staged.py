@@ -145,6 +145,7 @@ class StagedModels:
         self._layouts: dict[bytes, tuple[float, list[StageLayout]]] = {}
         self._offers: dict[tuple[str, bytes], StageOffer] = {}
         self._dead_since: dict[tuple[str, bytes], float] = {}
+        self._ending: set[asyncio.Future[None]] = set()  # sessions being settled and closed
 
     # ---------------------------------------------------------------- which model, which chain
 
@@ -342,19 +343,28 @@ class StagedModels:
         finally:
             for hold in holds:
                 self.payments.release(hold.channel, hold.cost)
-            if not settled:  # a stream cut by its client or a failed chain: the calls answered are owed all the same
-                try:
-                    await self._settle(session, api_key)
-                except Exception as exc:  # the answer's own error, if any, is what the client hears
-                    log.warning("receipts of an unfinished stage session not settled: %s", exc)
-            for hop in session.hops:
-                if hop.offer.dead:
-                    self._dead_since.setdefault((str(hop.offer.provider), hop.offer.stage.stage_id), time.monotonic())
-            for offers in session.router.offers.values():
+            for offers in session.router.offers.values():  # the hops' offers among them
                 for offer in offers:
                     if offer.dead:
                         self._dead_since.setdefault((str(offer.provider), offer.stage.stage_id), time.monotonic())
-            await session.close()
+            # A client that hangs up cancels this generator (Starlette cancels the response's task
+            # group, and every await inside it is cancelled again): the settling and the closing of
+            # the session run in a task of their own, or the stages kept the session's caches and
+            # were never paid for the calls they answered.
+            ending = asyncio.ensure_future(self._end(session, api_key, settled))
+            self._ending.add(ending)
+            ending.add_done_callback(self._ending.discard)
+            await asyncio.shield(ending)
+
+    async def _end(self, session: StageSession, api_key: str | None, settled: bool) -> None:
+        """Settle a session's calls if its answer did not (a stream cut by its client or a failed
+        chain: the calls answered are owed all the same), then close it at every stage."""
+        if not settled:
+            try:
+                await self._settle(session, api_key)
+            except Exception as exc:  # the answer's own error, if any, is what the client hears
+                log.warning("receipts of an unfinished stage session not settled: %s", exc)
+        await session.close()
 
     async def _reserve(self, session: StageSession, positions: int, drawn: int) -> list[_Hold]:
         """A channel to every provider of the chain and the request's most cost at its offer
