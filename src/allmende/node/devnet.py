@@ -179,9 +179,9 @@ class Devnet:
         """The stage layout of the chat model on chain, as its owner registers it (`allmende
         stage register`): on this devnet the deployer account registers and names the model
         and registers its even split into `stages`, so every provider offers a stage of it."""
+        from allmende.chain.names import name_model
         from allmende.chain.stages import register_layout
         from allmende.engine.stages import stage_layout
-        from allmende.provider.node import name_model
 
         model = self.plan.chat_models[0]
         resolved = resolve_model(model, progress=False)

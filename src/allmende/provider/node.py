@@ -51,9 +51,9 @@ from allmende.api.stages import MEDIA_TYPE as STAGE_MEDIA_TYPE
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.bindings import ROLE_PROVIDER
 from allmende.chain.errors import ChainError
+from allmende.chain.names import name_model
 from allmende.core.envelope import public_key_bytes
-from allmende.core.errors import InvalidInput, InvalidModelName
-from allmende.core.model_names import canonical_name
+from allmende.core.errors import InvalidInput
 from allmende.core.stages import StagePrice
 from allmende.engine import Engine, load_engine
 from allmende.node.net import bind_socket
@@ -473,29 +473,6 @@ def stop_offers(node: ProviderNode, timeout: float = 20.0) -> None:
     else:
         why = failed[0] if failed else f"no receipt within {timeout:.0f} s"
         log.warning("could not withdraw the offers on chain: %s", why)
-
-
-def name_model(contracts: Contracts, model_id: bytes, loaded_as: str) -> str | None:
-    """Give a model this node owns the name it was loaded as; None (and a log line saying how
-    it is asked for instead) when that is no name or another model holds it."""
-    try:
-        name = canonical_name(loaded_as)
-    except InvalidModelName as exc:
-        log.info("model 0x%s has no name on chain (%s); it is asked for by its id", model_id.hex(), exc)
-        return None
-    holder = contracts.models.model_by_name(name)
-    if holder is not None and holder != model_id:
-        log.warning(
-            "the name %r belongs to model 0x%s; 0x%s is asked for by its id", name, holder.hex(), model_id.hex()
-        )
-        return None
-    try:
-        contracts.models.set_name(model_id, name)
-    except ChainError as exc:  # a look-alike of the name is taken
-        log.warning("model 0x%s not named %r: %s; it is asked for by its id", model_id.hex(), name, exc)
-        return None
-    log.info("named model 0x%s %r", model_id.hex(), name)
-    return name
 
 
 def build_app(node: ProviderNode) -> Any:
