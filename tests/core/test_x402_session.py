@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 from allmende.core import Domain, Receipt, request_cost, sign_receipt
 from allmende.core.errors import InvalidInput, InvalidSignature
 from allmende.core.x402_session import (
+    STATEMENT_SIGNATURE,
+    STATEMENT_TIME,
+    STATEMENT_WINDOW,
     Charge,
     Overcharged,
     SessionPayment,
@@ -19,6 +22,8 @@ from allmende.core.x402_session import (
     check_charge,
     request_hash,
     sign_session_payment,
+    statement_headers,
+    statement_reader,
 )
 
 CHANNELS = Domain(31337, "0x" + "11" * 20)
@@ -111,3 +116,19 @@ def test_an_unfair_charge_is_refused(made: object, most: int | None, why: str) -
 def test_a_malformed_charge_is_invalid_input(line: dict[str, object]) -> None:
     with pytest.raises(InvalidInput):
         Charge.from_json(line)
+
+
+def test_a_statement_read_names_its_signer_within_the_window_only() -> None:
+    channel, at = b"\x07" * 32, 1_700_000_000
+    headers = statement_headers(channel, at, CHANNELS, bytes(AGENT.key))
+    signature = bytes.fromhex(headers[STATEMENT_SIGNATURE][2:])
+    assert int(headers[STATEMENT_TIME]) == at
+    assert statement_reader(channel, at, signature, at + STATEMENT_WINDOW, CHANNELS) == AGENT.address
+    # another channel's or another time's read recovers someone else, never the payer
+    assert statement_reader(b"\x08" * 32, at, signature, at, CHANNELS) != AGENT.address
+    assert statement_reader(channel, at + 1, signature, at, CHANNELS) != AGENT.address
+    for now in (at + STATEMENT_WINDOW + 1, at - STATEMENT_WINDOW - 1):
+        with pytest.raises(InvalidSignature, match="not within"):
+            statement_reader(channel, at, signature, now, CHANNELS)
+    with pytest.raises(InvalidSignature, match="not within"):
+        statement_reader(channel, -1, signature, -1, CHANNELS)
