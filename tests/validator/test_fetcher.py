@@ -125,9 +125,13 @@ def test_evidence_that_could_not_be_had_is_asked_for_again_later() -> None:
     evidence = evidence_for(BODY, TEXT)
     blob = evidence.to_bytes()
     answers = iter([httpx.Response(503), httpx.Response(200, content=blob)])
-    fetcher = EvidenceFetcher(retry_after=0.0, transport=httpx.MockTransport(lambda _: next(answers)))
+    # (a retry delay of 0 would let wait's own second look start the retry at once, and the
+    # mock's 200 could then arrive before that look returns: the delay passes between rounds)
+    fetcher = EvidenceFetcher(retry_after=3600.0, transport=httpx.MockTransport(lambda _: next(answers)))
 
     assert fetcher.wait("http://v/e", keccak(blob)) is None  # unavailable: the juror abstains ...
+    assert fetcher.poll("http://v/e", keccak(blob)) is None  # ... and is not asked again too soon ...
+    fetcher.retry_after = 0.0  # (the delay has passed)
     assert fetcher.wait("http://v/e", keccak(blob)) == evidence  # ... and its next round gets it
 
     fetcher.close()
