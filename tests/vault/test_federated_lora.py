@@ -219,12 +219,12 @@ def test_three_vaults_fine_tune_lora_the_held_out_loss_falls_and_the_adapter_is_
     assert _answer_logprob(tuned_engine) > _answer_logprob(base_engine) + 20.0
 
 
-def _served_hits(client: OpenAI, model: str, engine: CausalLMEngine, chars: int = 16) -> tuple[int, int]:
+def _served_hits(client: OpenAI, model: str, engine: CausalLMEngine, chars: int = 16) -> tuple[list[str], list[bool]]:
     """Teacher forcing through the gateway: for the first `chars` tokens of each support answer, the
     served model is asked for one greedy token after the question and the answer so far (a token-id
-    prompt to /v1/completions, logprobs=5). Returns (positions where the right token is its top
-    choice, positions where it is among its top 5)."""
-    top1 = top5 = 0
+    prompt to /v1/completions, logprobs=5). Returns its choice at each position and whether the
+    answer's token is among its top 5 there."""
+    choices, in_top5 = [], []
     for question, answer in FACTS:
         prompt = ChatPrompt(messages=(ChatMessage("system", "You are the Quillon support desk."),
                                       ChatMessage("user", question)))  # fmt: skip
@@ -232,15 +232,30 @@ def _served_hits(client: OpenAI, model: str, engine: CausalLMEngine, chars: int 
         for k, token in enumerate(want):
             reply = client.completions.create(model=model, prompt=head + want[:k], max_tokens=1, temperature=0,
                                               logprobs=5)  # fmt: skip
-            right = engine.tokenizer.decode([token])
             choice = reply.choices[0]
             assert choice.logprobs is not None and choice.logprobs.top_logprobs is not None
-            top1 += choice.text == right
-            top5 += right in choice.logprobs.top_logprobs[0]
-    return top1, top5
+            choices.append(choice.text)
+            in_top5.append(engine.tokenizer.decode([token]) in choice.logprobs.top_logprobs[0])
+    return choices, in_top5
 
 
-def test_the_registered_adapter_is_served_by_a_provider_and_answers_better_through_the_gateway(
+def _local_hits(engine: CausalLMEngine, chars: int = 16) -> tuple[list[str], list[bool]]:
+    """The same teacher forcing in this process, one prefill per answer: the reference the served
+    model must reproduce."""
+    choices, in_top5 = [], []
+    for question, answer in FACTS:
+        prompt = ChatPrompt(messages=(ChatMessage("system", "You are the Quillon support desk."),
+                                      ChatMessage("user", question)))  # fmt: skip
+        head, want = engine.prompt_ids(prompt), engine.encode_text(answer)[:chars]
+        _, logits = engine.prefill(head + want)
+        for k, token in enumerate(want):
+            top = torch.topk(logits[len(head) + k - 1], 5).indices.tolist()
+            choices.append(engine.tokenizer.decode([top[0]]))
+            in_top5.append(token in top)
+    return choices, in_top5
+
+
+def test_the_registered_adapter_is_served_by_a_provider_and_answers_as_trained_through_the_gateway(
     lm_world: LmWorld, tuned: Tuned
 ) -> None:
     world = lm_world
@@ -264,13 +279,24 @@ def test_the_registered_adapter_is_served_by_a_provider_and_answers_better_throu
         client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=20, timeout=120)  # type: ignore[operator]
         listed = {m.id: m for m in client.models.list().data}
         assert {"quillon-support", "tiny-base"} <= set(listed)
-        engine = CausalLMEngine("quillon", tuned.folder, max_concurrency=1, device="cpu")
-        base_top1, base_top5 = _served_hits(client, "tiny-base", engine)
-        tuned_top1, tuned_top5 = _served_hits(client, "quillon-support", engine)
-        print(f"served teacher-forced hits (top-1, top-5) of 128 answer tokens: base {base_top1}, {base_top5}; "
-              f"tuned {tuned_top1}, {tuned_top5}")  # fmt: skip
-        # DP noise (ε 7.79 per vault) makes the margin vary between runs: top 5 11-22 against the base's 3
-        assert tuned_top5 > base_top5 + 3
+        tuned_engine = CausalLMEngine("quillon", tuned.folder, max_concurrency=1, device="cpu")
+        base_engine = CausalLMEngine("allmende:tiny", world.base_path, max_concurrency=1, device="cpu")
+        served_base, served_tuned = (
+            _served_hits(client, "tiny-base", tuned_engine),
+            _served_hits(client, "quillon-support", tuned_engine),
+        )
+        local_base, local_tuned = _local_hits(base_engine), _local_hits(tuned_engine)
+        print(f"served teacher-forced hits (top-1, top-5) of 128 answer tokens: "
+              f"base {sum(served_base[1])}; tuned {sum(served_tuned[1])}")  # fmt: skip
+        # each name serves its own weights: the provider's answers are the local engine's, position by
+        # position (one near tie may fall the other way between a batched server and one prefill here)
+        for served, local in ((served_base, local_base), (served_tuned, local_tuned)):
+            assert sum(a != b for a, b in zip(served[0], local[0], strict=True)) <= 2
+            assert sum(a != b for a, b in zip(served[1], local[1], strict=True)) <= 2
+        # and the two are different models: the tuned weights change the greedy choice at many positions
+        assert sum(a != b for a, b in zip(served_base[0], served_tuned[0], strict=True)) >= 8
+        # that the tuned model answers better is measured exactly by the first test (answer log-likelihood
+        # up by more than 20 nats); teacher-forced top-5 hits vary with the DP noise (3 to 22 of 128 seen)
     finally:
         stop_together([gateway, provider], 30)
 
