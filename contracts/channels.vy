@@ -24,6 +24,17 @@
         after the registration, as if the service was spread evenly over it.
         Shares accrue here and are pulled with `withdraw_earnings`, so a
         batch redeem moves no tokens.
+        Relayed payments: a voucher for the zero model id (which Models never
+        registers) is a payment to a relay, a gateway that pays providers with
+        it, as an x402 session does. Its redeem takes no fee and no royalty and
+        accrues to the redeemer's relay balance, not its earnings: the relay
+        either funds its own channels with it (`fund`; the providers' redeems
+        then take the fee as always) or takes it out as tokens with
+        `withdraw_relay`, which takes the fee. So every unit a payer pays
+        pays the protocol fee exactly once, on the hop where it leaves a
+        relay's hands. What a channel funded from the relay balance does not
+        spend goes back to that balance on `withdraw` (its spending counts
+        against the relayed part first), never out as tokens.
         The payment token is fixed at deployment and must be approved by the
         owner (the Timelock) before channels open; a deposit whose balance
         change differs from the amount (a fee-on-transfer token) is refused.
@@ -106,6 +117,18 @@ event Redeemed:
     cumulative_amount: uint256
 
 
+event Funded:
+    channel_id: indexed(bytes32)
+    amount: uint256
+    deposit: uint256
+
+
+event RelayWithdrawn:
+    account: indexed(address)
+    amount: uint256
+    fee: uint256
+
+
 event EarningsWithdrawn:
     account: indexed(address)
     amount: uint256
@@ -140,6 +163,11 @@ _funds: HashMap[bytes32, uint256]
 _redeemed: HashMap[bytes32, HashMap[bytes32, uint256]]
 # @dev accrued, not yet withdrawn earnings (provider, model owner, treasury)
 earnings: public(HashMap[address, uint256])
+# @dev per relay: what it took out with `withdraw_relay`, cumulative (bits 128..255) | its
+#      relay balance (bits 0..127): zero-model redeems, fee not yet paid
+_relay: HashMap[address, uint256]
+# @dev per channel: how much of its deposit came from its payer's relay balance
+relayed: public(HashMap[bytes32, uint256])
 # @dev channels opened per payer; part of the channel id
 channel_nonce: public(HashMap[address, uint256])
 
@@ -197,6 +225,52 @@ def top_up(channel_id: bytes32, amount: uint256):
 
 
 @external
+def fund(channel_id: bytes32, amount: uint256):
+    """
+    @notice Adds `amount` of the caller's relay balance to the deposit of its
+            open channel (no tokens move). What the channel does not spend
+            of it comes back to the relay balance on `withdraw`. Payer only.
+    """
+    payer: address = self._payer(channel_id)
+    assert payer == msg.sender, "channels: not payer"
+    assert self._meta[channel_id] & MASK_64 == 0, "channels: closing"
+    assert amount > 0, "channels: zero amount"
+    assert self.payment_token_approved, "channels: payment token not approved"
+    relay: uint256 = self._relay[msg.sender]
+    assert relay & MASK_128 >= amount, "channels: over relay balance"
+    funds: uint256 = self._funds[channel_id]
+    deposit: uint256 = (funds >> 128) + amount
+    assert deposit <= MASK_128, "channels: amount overflow"
+    self._relay[msg.sender] = relay - amount
+    self._funds[channel_id] = (deposit << 128) | (funds & MASK_128)
+    self.relayed[channel_id] += amount
+    log Funded(channel_id=channel_id, amount=amount, deposit=deposit)
+
+
+@external
+def withdraw_relay() -> uint256:
+    """
+    @notice Sends the caller its relay balance as tokens, less the protocol
+            fee it has not paid yet (computed on the cumulative amount taken
+            out, as a redeem's: splitting a withdrawal saves nothing).
+    @return uint256 The amount sent.
+    """
+    relay: uint256 = self._relay[msg.sender]
+    amount: uint256 = relay & MASK_128
+    assert amount > 0, "channels: no relay balance"
+    before: uint256 = relay >> 128
+    after: uint256 = before + amount
+    assert after <= MASK_128, "channels: amount overflow"
+    fee_bps: uint256 = min(staticcall params.value(PROTOCOL_FEE_KEY), BPS)
+    fee: uint256 = after * fee_bps // BPS - before * fee_bps // BPS
+    self._relay[msg.sender] = after << 128
+    self.earnings[self.treasury] += fee
+    assert extcall payment_token.transfer(msg.sender, amount - fee, default_return_value=True), "channels: transfer failed"
+    log RelayWithdrawn(account=msg.sender, amount=amount - fee, fee=fee)
+    return amount - fee
+
+
+@external
 def request_close(channel_id: bytes32) -> uint256:
     """
     @notice Starts closing: the provider may redeem until the returned
@@ -233,7 +307,19 @@ def withdraw(channel_id: bytes32) -> uint256:
     assert refund > 0, "channels: nothing to withdraw"
     # the deposit shrinks to what was spent: nothing is left to pay out
     self._funds[channel_id] = (spent << 128) | spent
-    assert extcall payment_token.transfer(msg.sender, refund, default_return_value=True), "channels: transfer failed"
+    # spending counts against the relayed part first; what is left of it goes back to the
+    # relay balance (its fee still unpaid), only the rest leaves as tokens
+    relayed: uint256 = self.relayed[channel_id]
+    back: uint256 = 0
+    if relayed > spent:
+        back = relayed - spent
+        self.relayed[channel_id] = spent
+        relay: uint256 = self._relay[msg.sender]
+        # back <= this channel's deposit < 2**128, and the balance it adds to is another part
+        assert (relay & MASK_128) + back <= MASK_128, "channels: relay overflow"
+        self._relay[msg.sender] = relay + back
+    if refund > back:
+        assert extcall payment_token.transfer(msg.sender, refund - back, default_return_value=True), "channels: transfer failed"
     log ChannelWithdrawn(channel_id=channel_id, payer=msg.sender, amount=refund)
     return refund
 
@@ -258,6 +344,7 @@ def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
     total: uint256 = 0
     total_fee: uint256 = 0
     total_royalty: uint256 = 0
+    total_relayed: uint256 = 0
     last_model: bytes32 = empty(bytes32)
     model_owner: address = empty(address)
     royalty_bps: uint256 = 0
@@ -284,7 +371,13 @@ def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
         # cumulative <= deposit < 2**128: it fits below the timestamp
         self._redeemed[v.channel_id][v.model_id] = (block.timestamp << 128) | v.cumulative_amount
         self._funds[v.channel_id] = funds + amount
+        log Redeemed(channel_id=v.channel_id, model_id=v.model_id, amount=amount, cumulative_amount=v.cumulative_amount)
+        total += amount
 
+        if v.model_id == empty(bytes32):
+            # a payment to a relay: no royalty, and the fee is paid where the relay spends it
+            total_relayed += amount
+            continue
         if v.model_id != last_model:
             last_model = v.model_id
             model_owner, royalty_bps, registered_at = staticcall models.royalty_terms(v.model_id)
@@ -303,16 +396,19 @@ def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
                 self.earnings[model_owner] += royalty
                 total_royalty += royalty
         total_fee += v.cumulative_amount * fee_bps // BPS - previous * fee_bps // BPS
-        total += amount
-        log Redeemed(channel_id=v.channel_id, model_id=v.model_id, amount=amount, cumulative_amount=v.cumulative_amount)
 
     # per (channel, model) the rounded totals never exceed the cumulative amount, but one
     # increment may round both shares up: the provider's share of it is then -1 unit,
     # taken from what it was credited on the same (channel, model) before
-    earned: uint256 = self.earnings[msg.sender] + total
-    assert earned >= total_fee + total_royalty, "channels: increment too small to split"
-    self.earnings[self.treasury] += total_fee
-    self.earnings[msg.sender] = earned - total_fee - total_royalty
+    if total > total_relayed:
+        earned: uint256 = self.earnings[msg.sender] + total - total_relayed
+        assert earned >= total_fee + total_royalty, "channels: increment too small to split"
+        self.earnings[self.treasury] += total_fee
+        self.earnings[msg.sender] = earned - total_fee - total_royalty
+    if total_relayed > 0:
+        relay: uint256 = self._relay[msg.sender]
+        assert (relay & MASK_128) + total_relayed <= MASK_128, "channels: relay overflow"
+        self._relay[msg.sender] = relay + total_relayed
     return total
 
 
@@ -352,6 +448,26 @@ def channel(channel_id: bytes32) -> Channel:
         closes_at=meta & MASK_64,
         opened_at=provider_slot >> 160,
     )
+
+
+@external
+@view
+def relay_balance(account: address) -> uint256:
+    """
+    @notice What zero-model (relayed) vouchers paid `account`, not yet spent
+            or taken out: its protocol fee is still to be paid.
+    """
+    return self._relay[account] & MASK_128
+
+
+@external
+@view
+def relay_withdrawn(account: address) -> uint256:
+    """
+    @notice What `account` took out of its relay balance as tokens, cumulative
+            (before the fee).
+    """
+    return self._relay[account] >> 128
 
 
 @external

@@ -5,10 +5,14 @@ registered with an offer signs the receipts the gateway charges.
 
 Money: the agent opens its channel on its first payment, signs vouchers only for charges it
 checked, settles up on close (the gateway redeems), and after the close delay withdraws the
-rest: its dUSD falls by exactly the sum of the receipts. Attacks: a replayed payment, a
-payment for one body used on another, a voucher from another key, a gateway that charges
-more than the receipt (or a receipt over the provider's offer), an agent that stops paying
-— each refused, and `exact` refunds that fail are sent again."""
+rest: its dUSD falls by exactly the sum of the receipts. A later session of the same wallet
+pays from the same channel with no transaction; the gateway redeems in batches; a session
+request pays the protocol fee once. Attacks: a replayed payment, a payment for one body
+used on another, a voucher from another key, a gateway that charges more than the receipt
+(or a receipt over the provider's offer), an agent that stops paying, an old session's
+payment replayed in a new one, a gateway that redeems more than the agent signed, an agent
+that closes with vouchers outstanding — each refused or settled exactly, and `exact`
+refunds that fail are sent again."""
 
 from __future__ import annotations
 
@@ -31,12 +35,16 @@ from x402.schemas import AssetAmount, PaymentPayload, PaymentRequirements, Resou
 
 from allmende.agent.transport import StreamingASGITransport, SyncBridge
 from allmende.agent.x402 import Overcharged, Session, SessionScheme
+from allmende.api.directory import Offer
 from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts
 from allmende.chain.bindings import ROLE_PROVIDER
-from allmende.core import Receipt, request_cost, sign_receipt
-from allmende.core.x402_session import SCHEME, request_hash, statement_headers
+from allmende.chain.errors import ContractReverted
+from allmende.core import Receipt, SignedReceipt, SignedVoucher, Voucher, request_cost, sign_receipt
+from allmende.core.x402_session import SCHEME, SESSION_MODEL, request_hash, statement_headers
 from allmende.gateway.errors import GatewayError, openai_error
+from allmende.gateway.payments import ChannelPolicy, Payments
+from allmende.gateway.store import GatewayStore
 from allmende.gateway.x402_ledger import X402Ledger
 from allmende.gateway.x402_payments import Refunds
 from allmende.gateway.x402_sessions import SessionFacilitatorScheme, SessionGate, SessionServerScheme, mount_sessions
@@ -89,10 +97,13 @@ def fresh_key(chain: Chain, usd: int = 20 * 10**6) -> bytes:
 class Gateway:
     """The gateway's session halves in the SDK, its ledger and its statement routes."""
 
-    def __init__(self, chain: Chain, tmp_path: Path, credit: int = CREDIT) -> None:
+    def __init__(
+        self, chain: Chain, tmp_path: Path, credit: int = CREDIT, redeem_above: int = 10**7, on_redeemed: Any = None
+    ) -> None:
         self.chain = chain
         self.ledger = X402Ledger(tmp_path / "x402.db")
-        self.sessions = SessionGate(chain.gateway, self.ledger)
+        self.sessions = SessionGate(chain.gateway, self.ledger, redeem_above, on_redeemed)
+        self.receipts: list[SignedReceipt] = []
         self.network = f"eip155:{chain.gateway.client.chain_id}"
         facilitator = x402FacilitatorSync()
         facilitator.register([self.network], SessionFacilitatorScheme(chain.gateway, self.ledger, credit))
@@ -151,6 +162,7 @@ class Gateway:
         signed = sign_receipt(receipt, self.chain.gateway.registry.receipt_domain(), self.chain.provider_key)
         nonce = bytes.fromhex(payload.payload["nonce"][2:])
         self.ledger.charge(nonce, receipt.amount, json.dumps(signed.to_json()))
+        self.receipts.append(signed)
         return receipt.amount
 
 
@@ -407,29 +419,209 @@ def test_the_gateway_redeems_closing_sessions_and_drops_closed_ones(chain: Chain
     assert gateway.sessions.redeem_due(above=10**9) == []  # nothing due twice
 
 
-def test_a_session_redeem_pays_the_protocol_fee_as_every_channel_redeem_does(chain: Chain, tmp_path: Path) -> None:
-    # Prepare: three requests served and charged on one session
-    gateway = Gateway(chain, tmp_path)
+def test_a_session_request_pays_the_protocol_fee_once(chain: Chain, tmp_path: Path) -> None:
+    """Agent → gateway (session) → provider (the gateway's real `Payments`): the treasury gets
+    exactly what one payment straight to the provider pays it (it was 2 %: the session's own
+    redeem took the fee too); the gateway neither keeps nor loses a unit."""
+    # Prepare: the gateway pays the provider for each request through its own channel
+    gateway_key = devnet_accounts(3)[1].key
+    payments = Payments(GatewayStore(tmp_path / "gateway.db"), chain.gateway, gateway_key, ChannelPolicy(2_000_000))
+    gateway = Gateway(chain, tmp_path, on_redeemed=payments.fund_from_relay)
     client, scheme = agent_client(chain, gateway, fresh_key(chain))
-    channels = chain.gateway.channels
-    treasury, operator = channels.treasury(), chain.gateway.client.address
+    channels, as_provider = chain.gateway.channels, chain.contracts(chain.provider_key)
+    provider, operator, treasury = as_provider.client.address, chain.gateway.client.address, channels.treasury()
+    offer = Offer(MODEL, "0x" + MODEL.hex(), "generate", PRICE_IN, PRICE_OUT, 4096)
     fee_bps = chain.admin.params.get("protocol_fee_bps")
-    before = channels.earnings(treasury), channels.earnings(operator)
+    before = {
+        "treasury": channels.earnings(treasury),
+        "provider": channels.earnings(provider),
+        "relay": channels.relay_balance(operator),
+        "tokens": chain.gateway.stable.balance_of(operator),
+    }
+    provider_channel = payments.channel_for(provider)
     charged = 0
     for step in range(3):
         payload, requirements = gateway.pay(client, json.dumps({"step": step}).encode(), 20_000)
         assert gateway.admit(payload, requirements)[0]
         charged += gateway.serve(payload, 1_000 + step, 100)
+        payments.settle(provider, provider_channel, offer, gateway.receipts[-1], None)
 
-    # Execute: the agent closes; the gateway redeems its last voucher
+    # Execute: the provider redeems the gateway's voucher; the agent closes (the gateway redeems
+    # the session's last voucher, then funds its provider channel from the relay balance); the
+    # gateway closes its provider channel and takes its deposit back
+    voucher = payments.voucher(provider_channel, MODEL)
+    assert voucher is not None
+    as_provider.channels.redeem([voucher])
     scheme.close()
+    relayed = channels.relayed(provider_channel)
+    channels.request_close(provider_channel)
+    chain.admin.client.increase_time(chain.admin.params.get("channel_close_delay"))
+    channels.withdraw(provider_channel)
 
-    # Assert: the redeem split the session's payment as Channels splits every redeem: the
-    # protocol fee to the treasury, the rest to the gateway (no royalty: the session's model is none)
+    # Assert: one fee, on the provider's redeem; the session's redeem paid none
     fee = charged * fee_bps // 10_000
     assert fee_bps > 0 and fee > 0
-    assert channels.earnings(treasury) - before[0] == fee
-    assert channels.earnings(operator) - before[1] == charged - fee
+    assert channels.earnings(treasury) - before["treasury"] == fee
+    assert channels.earnings(provider) - before["provider"] == charged - fee
+    assert relayed == charged  # the session's payment backs what the gateway paid
+    assert channels.relay_balance(operator) == before["relay"]
+    assert chain.gateway.stable.balance_of(operator) == before["tokens"]  # every token of its deposit back
+
+
+def test_a_later_session_of_the_same_wallet_reuses_its_channel_with_no_transaction(
+    chain: Chain, tmp_path: Path
+) -> None:
+    # Prepare: a first session (no state file) pays two requests and ends
+    gateway = Gateway(chain, tmp_path)
+    key = fresh_key(chain)
+    address = Account.from_key(key).address
+    w3, stable = chain.admin.client.w3, chain.gateway.stable
+    wallet = stable.balance_of(address)
+    first = SessionScheme(key, network=chain.anvil.url, deposit=300_000, http=gateway.http())
+    charged = 0
+    for step in range(2):
+        payload, requirements = gateway.pay(_client_of(first), json.dumps({"a": step}).encode(), 40_000)
+        assert gateway.admit(payload, requirements)[0]
+        charged += gateway.serve(payload, 100_000, 20_000)
+    first.end()
+    transactions = w3.eth.get_transaction_count(address)  # type: ignore[arg-type]
+
+    # Execute: another process of the same wallet, with no state, runs a session of three
+    second = SessionScheme(key, network=chain.anvil.url, deposit=300_000, http=gateway.http())
+    for step in range(3):
+        payload, requirements = gateway.pay(_client_of(second), json.dumps({"b": step}).encode(), 40_000)
+        assert gateway.admit(payload, requirements)[0]
+        charged += gateway.serve(payload, 100_000, 20_000)
+    second.end()
+
+    # Assert: the same channel, no transaction of the agent's, a new window at the gateway; the
+    # vouchers pay every receipt of both sessions, once
+    (one,), (two,) = first.sessions.values(), second.sessions.values()
+    assert one.channel_id == two.channel_id
+    assert w3.eth.get_transaction_count(address) == transactions  # type: ignore[arg-type]
+    assert second.paid() == charged == gateway.ledger.session(one.channel_id).cumulative  # type: ignore[union-attr]
+    windows = gateway.ledger._db.execute("SELECT ended FROM windows WHERE channel_id=?", (one.channel_id,))
+    assert sorted(ended for (ended,) in windows.fetchall()) == [0, 1]
+    # and the channel's close returns the rest: the wallet paid the five receipts, no more
+    closing = second.close()
+    chain.admin.client.increase_time(chain.admin.params.get("channel_close_delay"))
+    second.withdraw(closing)
+    assert stable.balance_of(address) == wallet - charged
+
+
+def test_an_old_sessions_payment_replayed_in_a_new_session_is_refused(chain: Chain, tmp_path: Path) -> None:
+    # Prepare: a payment of session 1, admitted and served; session 2 begins on the same channel
+    gateway = Gateway(chain, tmp_path)
+    client, scheme = agent_client(chain, gateway, fresh_key(chain))
+    old, old_requirements = gateway.pay(client, b'{"n": 1}', 20_000)
+    assert gateway.admit(old, old_requirements)[0]
+    charged = gateway.serve(old, 1_000, 100)
+    scheme.end()
+    new, requirements = gateway.pay(client, b'{"n": 2}', 20_000)
+    assert gateway.admit(new, requirements)[0]
+    assert new.payload["sessionId"] != old.payload["sessionId"]
+    (session,) = scheme.sessions.values()
+    state = gateway.ledger.session(session.channel_id)
+
+    # Execute: the old payment replayed as it was, and relabelled into the new session
+    replayed = gateway.admit(old, old_requirements)
+    relabelled = old.model_copy(update={"payload": {**old.payload, "sessionId": new.payload["sessionId"]}})
+    moved = gateway.admit(relabelled, old_requirements)
+
+    # Assert: refused; nothing held or charged for them, the channel's voucher not lowered
+    assert replayed == (False, "session_ended")
+    assert moved == (False, "invalid_session_signature")
+    assert gateway.ledger.session(session.channel_id) == state
+    assert state is not None and state.cumulative == charged == scheme.paid()
+
+
+def test_a_gateway_cannot_redeem_more_than_the_agent_signed(chain: Chain, tmp_path: Path) -> None:
+    # Prepare: two requests charged; the session ends, its voucher held by the gateway unredeemed
+    gateway = Gateway(chain, tmp_path)
+    client, scheme = agent_client(chain, gateway, fresh_key(chain))
+    for step in range(2):
+        payload, requirements = gateway.pay(client, json.dumps({"s": step}).encode(), 20_000)
+        assert gateway.admit(payload, requirements)[0]
+        gateway.serve(payload, 1_000, 100)
+    signed = scheme.end()
+    (session,) = scheme.sessions.values()
+    state = gateway.ledger.session(session.channel_id)
+    assert state is not None and state.voucher is not None and state.redeemed == 0
+    channels = chain.gateway.channels
+
+    # Execute: a voucher for one unit more under the agent's signature; one the gateway made up
+    # on its own route; then the honest redeem, and the same voucher again
+    with pytest.raises(ContractReverted, match="bad signature"):
+        channels.redeem([SignedVoucher(Voucher(session.channel_id, SESSION_MODEL, signed + 1), state.voucher)])
+    above = gateway.http().post(
+        session.statement + "/voucher", json={"cumulative": str(signed + 1), "signature": "0x" + state.voucher.hex()}
+    )
+    gateway.sessions.redeem_due(above=0)
+    with pytest.raises(ContractReverted, match="not above last"):
+        channels.redeem([SignedVoucher(Voucher(session.channel_id, SESSION_MODEL, signed), state.voucher)])
+
+    # Assert: the channel paid exactly what the agent signed
+    assert above.status_code == 400
+    assert channels.channel(session.channel_id).spent == signed == scheme.paid() > 0
+
+
+def test_an_agent_that_closes_with_vouchers_outstanding_pays_them_and_gets_the_rest(
+    chain: Chain, tmp_path: Path
+) -> None:
+    # Prepare: three requests; the third payment's voucher pays the first two (held by the
+    # gateway, not redeemed: below its threshold), the third's charge is vouched for by nothing
+    gateway = Gateway(chain, tmp_path)
+    key = fresh_key(chain)
+    client, scheme = agent_client(chain, gateway, key)
+    charges = []
+    for step in range(3):
+        payload, requirements = gateway.pay(client, json.dumps({"c": step}).encode(), 20_000)
+        assert gateway.admit(payload, requirements)[0]
+        charges.append(gateway.serve(payload, 1_000, 100 + step))
+    (session,) = scheme.sessions.values()
+    stable, channels = chain.gateway.stable, chain.gateway.channels
+    wallet, deposit = stable.balance_of(scheme.address), channels.channel(session.channel_id).deposit
+
+    # Execute: the agent asks the channel to close on chain, sending no last voucher; the
+    # gateway's upkeep sees it closing; after the delay the agent withdraws
+    scheme.contracts.channels.request_close(session.channel_id)
+    with pytest.raises(ContractReverted, match="not closed yet"):
+        scheme.contracts.channels.withdraw(session.channel_id)
+    redeemed = gateway.sessions.redeem_due(above=10**12)
+    chain.admin.client.increase_time(chain.admin.params.get("channel_close_delay"))
+    back = scheme.withdraw([session.channel_id])
+
+    # Assert: the gateway redeemed exactly the voucher it held (the first two receipts), the
+    # agent got the rest of its deposit; the unvouched third is the gateway's loss (≤ credit)
+    assert len(redeemed) == 1
+    assert channels.channel(session.channel_id).spent == charges[0] + charges[1]
+    assert back == deposit - charges[0] - charges[1]
+    assert stable.balance_of(scheme.address) == wallet + back
+    assert charges[2] <= CREDIT
+
+
+def test_a_sessions_vouchers_are_redeemed_in_batches(chain: Chain, tmp_path: Path) -> None:
+    # Prepare: a gateway that redeems once more than 60,000 units are unredeemed
+    gateway = Gateway(chain, tmp_path, redeem_above=60_000)
+    client, scheme = agent_client(chain, gateway, fresh_key(chain))
+    channels = chain.gateway.channels
+
+    def session_of(requests: int) -> None:
+        for _ in range(requests):
+            payload, requirements = gateway.pay(client, os.urandom(8).hex().encode(), 40_000)
+            assert gateway.admit(payload, requirements)[0]
+            gateway.serve(payload, 100_000, 20_000)  # 28,000 units
+        scheme.end()
+
+    # Execute: a session of two (56,000: held), then one of one (84,000: redeemed)
+    session_of(2)
+    (session,) = scheme.sessions.values()
+    after_first = channels.channel(session.channel_id).spent
+    session_of(1)
+
+    # Assert
+    assert after_first == 0
+    assert channels.channel(session.channel_id).spent == 84_000 == scheme.paid()
 
 
 def test_a_sessions_statement_is_read_by_its_payer_only(chain: Chain, tmp_path: Path) -> None:

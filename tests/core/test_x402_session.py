@@ -33,9 +33,12 @@ PROVIDER = Account.create()
 PRICE_IN, PRICE_OUT = 300_000, 900_000
 
 
-def payment(cumulative: int = 5, body: bytes = b"{}") -> SessionPayment:
+SESSION = b"\x07" * 32
+
+
+def payment(cumulative: int = 5, body: bytes = b"{}", session: bytes = SESSION) -> SessionPayment:
     return sign_session_payment(
-        b"\x01" * 32, cumulative, os.urandom(32), request_hash(body), CHANNELS, bytes(AGENT.key)
+        b"\x01" * 32, session, cumulative, os.urandom(32), request_hash(body), CHANNELS, bytes(AGENT.key)
     )
 
 
@@ -65,6 +68,15 @@ def test_a_payment_for_another_body_names_no_payer() -> None:
         signed.payer(CHANNELS, request_hash(b'{"max_tokens": 4000}'))
 
 
+def test_a_payment_moved_to_another_session_names_no_payer() -> None:
+    """The session id is signed: a payment of an ended session cannot be relabelled into the
+    live one."""
+    signed = payment()
+    moved = SessionPayment.from_payload({**signed.to_payload(), "sessionId": "0x" + "08" * 32})
+    with pytest.raises(InvalidSignature, match="the voucher is signed by"):
+        moved.payer(CHANNELS, request_hash(b"{}"))
+
+
 def test_the_canonical_json_ignores_spacing_and_key_order() -> None:
     assert canonical_json({"b": 1, "a": [1, 2]}) == canonical_json({"a": [1, 2], "b": 1}) == b'{"a":[1,2],"b":1}'
 
@@ -77,8 +89,10 @@ def test_the_canonical_json_ignores_spacing_and_key_order() -> None:
         ("channelId", "0x12", "32 bytes"),
         ("voucher", "zz", "0x-hex"),
         ("nonce", "0xzz" + "00" * 31, "not hex"),
+        ("sessionId", "0x" + "00" * 32, "must not be zero"),
+        ("sessionId", None, "0x-hex"),
     ],
-    ids=["negative", "not-a-string", "short-channel", "no-0x", "not-hex"],
+    ids=["negative", "not-a-string", "short-channel", "no-0x", "not-hex", "zero-session", "no-session"],
 )
 def test_a_malformed_session_payment_is_invalid_input(field: str, value: object, why: str) -> None:
     payload: dict[str, object] = {**payment().to_payload(), field: value}

@@ -7,6 +7,12 @@ own key opens (on the first payment, topped up when its deposit would not cover 
 request) and that pays the gateway. Each later request carries a cumulative voucher and the
 request's authorisation (core/x402_session.py).
 
+The channel outlives the session. `end()` ends a session (its last voucher goes to the
+gateway; no transaction) and the next payment to the same gateway begins a new one on the
+same channel, found in the `state` file or, without one, on chain (the wallet's channels to
+that gateway, newest first, one not closing): a later session of the same wallet costs no
+gas at all. `close()` closes the channel itself, to get the unspent deposit back.
+
 What the agent trusts: the chain (the contracts are checked at `network`, as `Agent` does)
 and its own key. What it checks: every requirement names this deployment's payment token and
 Channels contract (a gateway cannot point it at another contract); every charge on the
@@ -17,8 +23,9 @@ so it pays at most its receipts; a statement that asks for more raises `Overchar
 nothing is signed. The gateway gives each session a credit of one request or so, as
 providers give the gateways (the last answer is paid by the voucher `close` sends).
 
-`close()` settles up (the last voucher goes to the gateway, which redeems it) and asks every
-channel to close; after the close delay `withdraw()` brings the unspent deposit back.
+`close()` asks every channel to close and settles up (the last voucher goes to the gateway,
+which redeems it at once, seeing the channel close); after the close delay `withdraw()`
+brings the unspent deposit back.
 """
 
 from __future__ import annotations
@@ -38,12 +45,12 @@ from x402.schemas import PaymentRequirements
 
 from allmende.agent.client import agent_key
 from allmende.chain import ChainClient, Contracts
-from allmende.chain.errors import ContractReverted
+from allmende.chain.errors import ChainError, ContractReverted
 from allmende.chain.network import resolve_network
 from allmende.core import SignedReceipt
 from allmende.core.eip712 import sign_digest
-from allmende.core.errors import InvalidInput
-from allmende.core.vouchers import Voucher
+from allmende.core.errors import InvalidInput, InvalidSignature
+from allmende.core.vouchers import SignedVoucher, Voucher
 from allmende.core.x402_session import (
     SCHEME,
     SESSION_MODEL,
@@ -54,19 +61,22 @@ from allmende.core.x402_session import (
     statement_headers,
 )
 
+FIND_DEPTH = 64  # how many of the wallet's newest channels are looked at for one to reuse
+
 
 @dataclass
 class Session:
-    """One channel to one gateway, as the agent's own books have it."""
+    """One channel to one gateway, as the agent's own books have it, and its live session."""
 
     channel_id: bytes
     deposit: int
     statement: str  # the gateway's statement URL for this channel
-    paid: int = 0  # Σ charges checked: what the vouchers pay
+    paid: int = 0  # Σ charges checked on the channel (all its sessions): what the vouchers pay
     seen: int = 0  # the statement's last sequence number read
     unsettled: dict[bytes, int] = field(default_factory=dict)  # nonce → most, paid requests not yet charged
     receipts: list[SignedReceipt] = field(default_factory=list)
     prepared: int = 0  # statements read by `prepare` (off the event loop) for payments not yet signed
+    session_id: bytes | None = None  # the live session's window; None: the next payment begins one
 
 
 class SessionScheme:
@@ -114,8 +124,12 @@ class SessionScheme:
             session, most = self._ready(requirements, read=False)
             nonce = os.urandom(32)
             session.unsettled[nonce] = most
+            if session.session_id is None:
+                session.session_id = os.urandom(32)
             self._save()  # before the payment leaves: a restart still knows this nonce
-            payment = sign_session_payment(session.channel_id, session.paid, nonce, body_hash, self.domain, self.key)
+            payment = sign_session_payment(
+                session.channel_id, session.session_id, session.paid, nonce, body_hash, self.domain, self.key
+            )
         return payment.to_payload()
 
     def register_with(self, client: Any) -> None:
@@ -169,13 +183,49 @@ class SessionScheme:
     def _session(self, gateway: str, statement: str, most: int) -> Session:
         session = self.sessions.get(gateway.lower())
         if session is None:
+            session = self._find_channel(gateway, statement)
+        if session is None:
             deposit = max(self.deposit, most)
             self.contracts.stable.ensure_allowance(self.contracts.channels.address, deposit)
             channel_id = self.contracts.channels.open(gateway, deposit)
             session = Session(channel_id, deposit, statement.rstrip("/") + "/0x" + channel_id.hex())
+        if self.sessions.get(gateway.lower()) is not session:
             self.sessions[gateway.lower()] = session
             self._save()
         return session
+
+    def _find_channel(self, gateway: str, statement: str) -> Session | None:
+        """This wallet's newest channel to `gateway` that is not closing (opened by an earlier
+        session, another process, a lost state file), taken up where its vouchers stand: what
+        the agent has paid on it is the highest voucher the gateway holds *signed by this key*
+        (or, failing one, what was redeemed on chain, which this key signed too). Charges on
+        it the agent never vouched for (an earlier session's last answers, if it ended without
+        its last voucher) are not paid: this process cannot check that they were its own."""
+        channels = self.contracts.channels
+        count = channels.channel_nonce(self.address)
+        for nonce in range(count - 1, max(-1, count - 1 - FIND_DEPTH), -1):
+            channel_id = channels.channel_id_of(self.address, gateway, nonce)
+            try:
+                record = channels.channel(channel_id)
+            except ChainError:  # that nonce's channel went to another address
+                continue
+            if record.closes_at:
+                continue
+            session = Session(channel_id, record.deposit, statement.rstrip("/") + "/0x" + channel_id.hex())
+            header = self._statement(session, after=2**62)  # no lines: where the statement stands
+            session.seen = int(header.get("last_seq", 0))
+            session.paid = record.spent
+            try:
+                held = SignedVoucher(
+                    Voucher(channel_id, SESSION_MODEL, int(header.get("voucher", "0"))),
+                    bytes.fromhex(str(header.get("voucher_signature", "0x"))[2:]),
+                )
+                held.verify(self.domain, self.address)
+                session.paid = max(session.paid, held.voucher.cumulative_amount)
+            except (InvalidSignature, InvalidInput, ValueError):
+                pass  # no voucher of ours there: what was redeemed on chain is what we paid
+            return session
+        return None
 
     def _cover(self, session: Session, most: int) -> None:
         """Top the channel up if what it owes, what is in flight and this request's most pass
@@ -187,13 +237,17 @@ class SessionScheme:
             self.contracts.channels.top_up(session.channel_id, amount)
             session.deposit += amount
 
-    def _read_statement(self, session: Session) -> None:
-        """Check the gateway's new charges and add them to what the vouchers pay."""
+    def _statement(self, session: Session, after: int) -> dict[str, Any]:
         headers = statement_headers(session.channel_id, int(time.time()), self.domain, self.key)
-        reply = self.http.get(session.statement, params={"after": session.seen}, headers=headers)
+        reply = self.http.get(session.statement, params={"after": after}, headers=headers)
         if reply.status_code != 200:
             raise InvalidInput(f"the gateway's session statement: HTTP {reply.status_code} {reply.text[:200]}")
-        for line in reply.json().get("charges", []):
+        body: dict[str, Any] = reply.json()
+        return body
+
+    def _read_statement(self, session: Session) -> None:
+        """Check the gateway's new charges and add them to what the vouchers pay."""
+        for line in self._statement(session, session.seen).get("charges", []):
             charge = Charge.from_json(line)
             receipt = charge.receipt.receipt
             price_in, price_out = self._offer(receipt.provider, receipt.model_id)
@@ -222,28 +276,45 @@ class SessionScheme:
         with self._lock:
             return sum(s.paid for s in [*self.closed, *self.sessions.values()])
 
+    def end(self) -> int:
+        """End the live session with every gateway: its last charges checked and the voucher
+        for them sent (the gateway keeps it and redeems it with a later batch). No
+        transaction: the channel stays open and the next payment begins a new session on it.
+        Returns what the vouchers pay on all channels."""
+        with self._lock:
+            for session in self.sessions.values():
+                self._read_statement(session)
+                self._send_voucher(session)
+                session.session_id = None
+            self._save()
+            return sum(s.paid for s in self.sessions.values())
+
     def close(self) -> list[bytes]:
-        """Settle up with every gateway (its last charges checked, the voucher for them sent
-        and redeemed) and ask every channel to close; returns the channel ids."""
+        """Close every channel to get its unspent deposit back: its last charges checked, the
+        channel asked to close, then the voucher for them sent (the gateway, seeing the
+        channel close, redeems it at once). Returns the channel ids, for `withdraw`."""
         closed = []
         with self._lock:
             for session in self.sessions.values():
                 self._read_statement(session)
-                voucher = Voucher(session.channel_id, SESSION_MODEL, session.paid)
-                signature = sign_digest(voucher.digest(self.domain), self.key)
-                if session.paid:
-                    reply = self.http.post(
-                        session.statement + "/voucher",
-                        json={"cumulative": str(session.paid), "signature": "0x" + signature.hex()},
-                    )
-                    if reply.status_code != 200:
-                        raise InvalidInput(f"the gateway refused the last voucher: {reply.text[:300]}")
                 self.contracts.channels.request_close(session.channel_id)
+                self._send_voucher(session)
                 closed.append(session.channel_id)
             self.closed += self.sessions.values()  # a closing channel takes no more payments: the next opens anew
             self.sessions.clear()
             self._save()
         return closed
+
+    def _send_voucher(self, session: Session) -> None:
+        if not session.paid:
+            return
+        voucher = Voucher(session.channel_id, SESSION_MODEL, session.paid)
+        signature = sign_digest(voucher.digest(self.domain), self.key)
+        reply = self.http.post(
+            session.statement + "/voucher", json={"cumulative": str(session.paid), "signature": "0x" + signature.hex()}
+        )
+        if reply.status_code != 200:
+            raise InvalidInput(f"the gateway refused the last voucher: {reply.text[:300]}")
 
     def withdraw(self, channel_ids: list[bytes]) -> int:
         """Take back what is left of closed channels after their close delay; the units."""
@@ -268,6 +339,7 @@ def save_sessions(path: Path, sessions: dict[str, Session]) -> None:
             "seen": s.seen,
             "unsettled": {"0x" + n.hex(): str(m) for n, m in s.unsettled.items()},
             "receipts": [r.to_json() for r in s.receipts],
+            "session_id": None if s.session_id is None else "0x" + s.session_id.hex(),
         }
         for gateway, s in sessions.items()
     }
@@ -288,6 +360,7 @@ def load_sessions(path: Path) -> dict[str, Session]:
             int(s["seen"]),
             {bytes.fromhex(n[2:]): int(m) for n, m in s["unsettled"].items()},
             [SignedReceipt.from_json(r) for r in s["receipts"]],
+            session_id=bytes.fromhex(s["session_id"][2:]) if s.get("session_id") else None,
         )
         for gateway, s in data.items()
     }

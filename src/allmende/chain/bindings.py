@@ -371,12 +371,36 @@ class Channels(_Binding):
     def withdraw_earnings(self) -> SentTransaction:
         return self._tx("withdraw_earnings")
 
+    def fund(self, channel_id: bytes, amount: int) -> SentTransaction:
+        """Add `amount` of this account's relay balance to its channel's deposit (no tokens move)."""
+        return self._tx("fund", channel_id, _amount(amount, "amount", 128))
+
+    def withdraw_relay(self) -> SentTransaction:
+        """Take this account's relay balance out as tokens, less the protocol fee."""
+        return self._tx("withdraw_relay")
+
+    def relay_balance(self, who: str) -> int:
+        """What relayed (zero-model) vouchers paid `who`, its fee still unpaid."""
+        return int(self._call("relay_balance", who))
+
+    def relayed(self, channel_id: bytes) -> int:
+        """How much of the channel's deposit came from its payer's relay balance."""
+        return int(self._call("relayed", channel_id))
+
     def channel(self, channel_id: bytes) -> ChannelRecord:
         c = self._call("channel", channel_id)
         return ChannelRecord(c[0], c[1], int(c[2]), int(c[3]), int(c[4]), int(c[5]))
 
     def redeemed(self, channel_id: bytes, model_id: bytes) -> int:
         return int(self._call("redeemed", channel_id, model_id))
+
+    def channel_nonce(self, payer: str) -> int:
+        """How many channels `payer` has opened (the next one's nonce)."""
+        return int(self._call("channel_nonce", payer))
+
+    def channel_id_of(self, payer: str, provider: str, nonce: int) -> bytes:
+        """The id `open` gives the `nonce`-th channel of `payer`, if it went to `provider`."""
+        return keccak(abi_encode(["address", "address", "address", "uint256"], [self.address, payer, provider, nonce]))
 
     def earnings(self, who: str) -> int:
         return int(self._call("earnings", who))

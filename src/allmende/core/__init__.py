@@ -10,12 +10,21 @@ from allmende.core.errors import (
     InvalidSignature,
     UnknownModel,
 )
-from allmende.core.fees import FeeSplit, effective_royalty_bps, request_cost, split_increment, split_payment
+from allmende.core.fees import (
+    RELAY_MODEL,
+    FeeSplit,
+    effective_royalty_bps,
+    relay_withdrawal_fee,
+    request_cost,
+    split_increment,
+    split_payment,
+)
 from allmende.core.manifest import Manifest, build_manifest, model_id_of
 from allmende.core.receipts import Receipt, SignedReceipt, sign_receipt
 from allmende.core.vouchers import SignedVoucher, Voucher, sign_voucher
 
 __all__ = [
+    "RELAY_MODEL",
     "AllmendeError",
     "AmountOverflow",
     "Domain",
@@ -33,6 +42,7 @@ __all__ = [
     "build_manifest",
     "effective_royalty_bps",
     "model_id_of",
+    "relay_withdrawal_fee",
     "request_cost",
     "sign_receipt",
     "sign_voucher",

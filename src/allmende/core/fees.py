@@ -68,6 +68,21 @@ def split_increment(previous: int, cumulative: int, royalty_bps: int, protocol_f
     )
 
 
+RELAY_MODEL = bytes(32)  # a voucher for the zero model id pays a relay (Channels: fee-deferred)
+
+
+def relay_withdrawal_fee(withdrawn: int, amount: int, protocol_fee_bps: int) -> int:
+    """The protocol fee `Channels.withdraw_relay` takes when a relay that has taken out
+    `withdrawn` so far takes out `amount` more: the increase of the rounded fee on the
+    cumulative amount, so splitting a withdrawal saves nothing. Zero-model (relayed)
+    redeems pay no fee; this and the providers' redeems of what the relay `fund`s its
+    channels with are where the fee on relayed money is paid, once."""
+    check_uint(withdrawn, 128, "withdrawn")
+    check_uint(amount, 128, "amount")
+    bps = min(protocol_fee_bps, BPS)
+    return (withdrawn + amount) * bps // BPS - withdrawn * bps // BPS
+
+
 def request_cost(tokens_in: int, tokens_out: int, price_in: int, price_out: int) -> int:
     """What a request costs: usage × price per 1M tokens, rounded up to a whole unit
     so that a provider is never paid less than its posted price."""

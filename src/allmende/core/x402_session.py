@@ -1,27 +1,37 @@
 """The x402 `session` scheme's messages and its money rule, with no I/O.
 
-A session is a channel in `Channels` from the agent's key to the gateway (the channel's
-"provider" is the gateway's address). Each paid request carries a `SessionPayment`:
+A session pays from a channel in `Channels` from the agent's key to the gateway (the
+channel's "provider" is the gateway's address). The channel outlives the session: the
+agent's first payment opens it (or tops it up), and every later session from the same
+wallet to the same gateway pays from it again, with no transaction. Each session is a
+window on the channel's one cumulative voucher, named by a `session id` the agent draws;
+the first payment of a new session id ends the channel's earlier session at the gateway,
+whose payments are refused from then on (`session_ended`), whatever their nonces. Each paid
+request carries a `SessionPayment`:
 
 - a `Voucher(channelId, SESSION_MODEL, cumulative)`: everything the agent has been charged
-  *and has checked* before this request (the sum of the provider receipts the gateway showed
-  it), never more; the gateway redeems the highest one in `Channels`;
-- a `Request(requestId = nonce, channelId, SESSION_MODEL, inputHash = requestHash)`
+  *and has checked* on this channel before this request (the sum of the provider receipts
+  the gateway showed it), never more; the gateway redeems the highest one in `Channels`, in
+  batches (when what is unredeemed passes its threshold, or when the channel closes);
+- a `Request(requestId = nonce, channelId, sessionId, inputHash = requestHash)`
   authorisation under the same domain: the request id is the agent's fresh nonce (admitted
-  once: a replayed payment is refused), the input hash is keccak256 of the request's
-  canonical JSON (a payment for one body buys no other), and the signer must be the channel's payer
-  (a channel id is public; a voucher from another key is refused).
+  once: a replayed payment is refused), the session id its window, the input hash is
+  keccak256 of the request's canonical JSON (a payment for one body buys no other), and the
+  signer must be the channel's payer (a channel id is public; a voucher from another key is
+  refused).
 
-`SESSION_MODEL` is the zero id: `Models` refuses to register it, so the session's own redeem
-pays no royalty to anybody (the models' royalties are paid where the gateway pays the
-providers). The protocol fee of that redeem is the gateway's cost, as the gas of `exact` is.
+`SESSION_MODEL` is the zero id: `Models` refuses to register it, and `Channels` redeems a
+zero-model voucher as a payment to a relay: no royalty and no protocol fee on this hop, into
+the gateway's relay balance, which it spends on its provider channels (`fund`), where the
+providers' redeems take the fee. So a session request pays the treasury once, as an `exact`
+one does (contracts/channels.vy).
 
 A session's statement (its charges, with the providers' receipts) is read only by the
 channel's payer: each read carries `statement_signature`, the payer's signature over
 `Request(STATEMENT_READ, channelId, SESSION_MODEL, keccak("statement" ‖ time))`, valid for
 STATEMENT_WINDOW seconds around the gateway's clock. STATEMENT_READ is no nonce the agent
-ever pays with and the input hash no request's hash (a keccak preimage), so a read's
-signature authorises no payment.
+ever pays with, the zero model no session id and the input hash no request's hash (a keccak
+preimage), so a read's signature authorises no payment.
 
 `check_charge` is the agent's side of "overpayment is impossible": a charge counts only if
 it is one of the agent's own paid requests (its nonce), shown once, with a receipt its
@@ -105,13 +115,14 @@ class SessionPayment:
     cumulative: int  # the voucher's cumulative amount, payment-token units
     voucher_signature: bytes
     nonce: bytes  # the request id the authorisation signs
-    authorization: bytes  # the payer's signature over Request(nonce, channel, SESSION_MODEL, requestHash)
+    authorization: bytes  # the payer's signature over Request(nonce, channel, session_id, requestHash)
+    session_id: bytes  # the window of the channel this payment belongs to (never zero)
 
     def voucher(self) -> Voucher:
         return Voucher(self.channel_id, SESSION_MODEL, self.cumulative)
 
     def request(self, body_hash: bytes) -> RequestAuthorization:
-        return RequestAuthorization(self.nonce, self.channel_id, SESSION_MODEL, body_hash)
+        return RequestAuthorization(self.nonce, self.channel_id, self.session_id, body_hash)
 
     def payer(self, domain: Domain, body_hash: bytes) -> str:
         """The one key that signed both the voucher and this request's authorisation
@@ -129,6 +140,7 @@ class SessionPayment:
             "voucher": "0x" + self.voucher_signature.hex(),
             "nonce": "0x" + self.nonce.hex(),
             "authorization": "0x" + self.authorization.hex(),
+            "sessionId": "0x" + self.session_id.hex(),
         }
 
     @classmethod
@@ -143,18 +155,31 @@ class SessionPayment:
             voucher_signature=_hex(payload.get("voucher"), 65, "voucher"),
             nonce=_hex(payload.get("nonce"), 32, "nonce"),
             authorization=_hex(payload.get("authorization"), 65, "authorization"),
+            session_id=_session_id(payload.get("sessionId")),
         )
 
 
+def _session_id(value: Any) -> bytes:
+    raw = _hex(value, 32, "sessionId")
+    if raw == SESSION_MODEL:
+        raise InvalidInput("session payment: the session id must not be zero")
+    return raw
+
+
 def sign_session_payment(
-    channel_id: bytes, cumulative: int, nonce: bytes, body_hash: bytes, domain: Domain, key: bytes
+    channel_id: bytes, session_id: bytes, cumulative: int, nonce: bytes, body_hash: bytes, domain: Domain, key: bytes
 ) -> SessionPayment:
-    """The agent's payment for one request: the voucher for what it has checked, and the
-    request's authorisation."""
+    """The agent's payment for one request of session `session_id`: the voucher for what it
+    has checked on the channel, and the request's authorisation."""
     voucher = Voucher(channel_id, SESSION_MODEL, cumulative)
-    authorization = RequestAuthorization(nonce, channel_id, SESSION_MODEL, body_hash)
+    authorization = RequestAuthorization(nonce, channel_id, session_id, body_hash)
     return SessionPayment(
-        channel_id, cumulative, sign_digest(voucher.digest(domain), key), nonce, authorization.sign(domain, key)
+        channel_id,
+        cumulative,
+        sign_digest(voucher.digest(domain), key),
+        nonce,
+        authorization.sign(domain, key),
+        session_id,
     )
 
 

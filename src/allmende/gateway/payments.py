@@ -273,6 +273,35 @@ class Payments:
                 delivered += 1
         return delivered
 
+    def fund_from_relay(self) -> list[str]:
+        """Back what the gateway paid its providers with what x402 sessions paid it: the relay
+        balance (Channels: zero-model redeems, whose protocol fee is still to be paid) goes
+        into the deposits of the provider channels, each at most what it has been charged
+        beyond what was relayed into it before. The providers' redeems then take the fee, so
+        a session's payment pays it once; the tokens the gateway put in come back whole when
+        those channels close. Returns the transaction hashes."""
+        channels = self.contracts.channels
+        relay = channels.relay_balance(self.payer)
+        sent: list[str] = []
+        for provider, channel_id, _ in self.store.all_channels():
+            if relay <= 0:
+                break
+            amount = min(relay, self.store.total_owed(channel_id) - channels.relayed(channel_id))
+            if amount <= 0:
+                continue
+            with self._lock(provider):
+                try:
+                    tx = channels.fund(channel_id, amount)
+                except ContractReverted as exc:  # closing meanwhile: the next channel, or the next time
+                    log.info("channel 0x%s not funded from the relay balance: %s", channel_id.hex(), exc.reason)
+                    continue
+                known = self.store.channel(provider)
+                if known is not None and known[0] == channel_id:
+                    self.store.put_channel(provider, channel_id, known[1] + amount)
+            relay -= amount
+            sent.append(tx.tx_hash)
+        return sent
+
     def close_all(self) -> list[bytes]:
         """Request closing every channel (the deposits come back after the close delay)."""
         closed = []

@@ -1,5 +1,9 @@
 """The x402 side of the gateway's state, in SQLite (WAL): the `session` scheme's channels,
-admitted request nonces and charges, and the `exact` refunds still owed.
+their sessions (windows), admitted request nonces and charges, and the `exact` refunds
+still owed.
+
+A channel has one live session at a time: the first payment of a new session id on it
+ends the others, and a payment of an ended session is refused whatever its nonce.
 
 A session request's nonce is inserted (UNIQUE) when its payment is settled, with the most
 it may cost held in flight; its charge (the provider's receipt) replaces that hold when it
@@ -27,6 +31,12 @@ CREATE TABLE IF NOT EXISTS sessions (
     voucher     BLOB,                        -- its signature
     redeemed    TEXT NOT NULL DEFAULT '0'    -- what the gateway redeemed of it on chain
 );
+CREATE TABLE IF NOT EXISTS windows (
+    session_id  BLOB PRIMARY KEY,
+    channel_id  BLOB NOT NULL,
+    base        TEXT NOT NULL,               -- the channel's highest voucher when it began
+    ended       INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS nonces (
     nonce       BLOB PRIMARY KEY,
     channel_id  BLOB NOT NULL,
@@ -40,6 +50,9 @@ CREATE TABLE IF NOT EXISTS charges (
     amount      TEXT NOT NULL,
     receipt     TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS charges_of_channel ON charges (channel_id);
+CREATE INDEX IF NOT EXISTS nonces_of_channel ON nonces (channel_id, state);
+CREATE INDEX IF NOT EXISTS windows_of_channel ON windows (channel_id, ended);
 CREATE TABLE IF NOT EXISTS refunds (
     settlement  TEXT PRIMARY KEY,            -- the x402 settlement it belongs to
     payer       TEXT NOT NULL,
@@ -62,6 +75,10 @@ class SessionState:
 
 class NonceUsed(Exception):
     """The session payment's nonce was admitted before (a replay)."""
+
+
+class SessionEnded(Exception):
+    """The payment belongs to a session that has ended (or to another channel's)."""
 
 
 class X402Ledger:
@@ -96,11 +113,26 @@ class X402Ledger:
             sum(int(m) for (m,) in held),
         )
 
-    def admit(self, channel_id: bytes, payer: str, nonce: bytes, most: int, cumulative: int, voucher: bytes) -> None:
-        """Hold `most` for the request `nonce` (NonceUsed if it was admitted before) and keep
-        the voucher if it is the highest."""
+    def window(self, session_id: bytes) -> tuple[bytes, int, bool] | None:
+        """(channel, base, ended) of a session, None if it never paid."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT channel_id, base, ended FROM windows WHERE session_id=?", (session_id,)
+            ).fetchone()
+        return None if row is None else (bytes(row[0]), int(row[1]), bool(row[2]))
+
+    def admit(
+        self, channel_id: bytes, session_id: bytes, payer: str, nonce: bytes, most: int, cumulative: int, voucher: bytes
+    ) -> None:
+        """Hold `most` for the request `nonce` of session `session_id` (NonceUsed if it was
+        admitted before, SessionEnded if the session ended) and keep the voucher if it is the
+        highest. A new session id begins the channel's next window and ends the others."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute("SELECT channel_id, ended FROM windows WHERE session_id=?", (session_id,)).fetchone()
+            if row is not None and (bytes(row[0]) != channel_id or row[1]):
+                self._db.execute("ROLLBACK")
+                raise SessionEnded("0x" + session_id.hex())
             try:
                 self._db.execute("INSERT INTO nonces VALUES (?,?,?, 'held')", (nonce, channel_id, str(most)))
             except sqlite3.IntegrityError:
@@ -110,6 +142,11 @@ class X402Ledger:
                 "INSERT INTO sessions (channel_id, payer) VALUES (?,?) ON CONFLICT(channel_id) DO NOTHING",
                 (channel_id, payer),
             )
+            if row is None:
+                query = "SELECT cumulative FROM sessions WHERE channel_id=?"
+                base = self._db.execute(query, (channel_id,)).fetchone()[0]
+                self._db.execute("UPDATE windows SET ended=1 WHERE channel_id=? AND ended=0", (channel_id,))
+                self._db.execute("INSERT INTO windows VALUES (?,?,?,0)", (session_id, channel_id, str(base)))
             self._raise_voucher(channel_id, cumulative, voucher)
             self._db.execute("COMMIT")
 
@@ -152,6 +189,12 @@ class X402Ledger:
                 (channel_id, after),
             ).fetchall()
         return [(int(r[0]), bytes(r[1]), int(r[2]), str(r[3])) for r in rows]
+
+    def last_seq(self, channel_id: bytes) -> int:
+        """The sequence number of the channel's latest charge (0: none)."""
+        with self._lock:
+            (last,) = self._db.execute("SELECT MAX(seq) FROM charges WHERE channel_id=?", (channel_id,)).fetchone()
+        return 0 if last is None else int(last)
 
     def set_redeemed(self, channel_id: bytes, cumulative: int) -> None:
         with self._lock:

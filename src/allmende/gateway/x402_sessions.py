@@ -7,7 +7,13 @@ channel to them). The agent's channel goes to the gateway's address; the gateway
 request through its own provider channels, as for every request, and redeems the agent's
 vouchers in `Channels`. Forwarding would need the agent to sign each provider's canonical
 request (the provider's Request authorisation binds its input hash) and to open a channel
-per provider; through the gateway one channel serves every model and provider.
+per provider; through the gateway one channel serves every model and provider. The session's
+vouchers are zero-model: their redeem pays no fee and lands in the gateway's relay balance,
+which `on_redeemed` (the gateway's `Payments.fund_from_relay`) puts into the deposits of the
+provider channels that paid for those requests; the providers' redeems take the fee, once.
+
+The agent's channel outlives its sessions: a session is a window on it (its session id, in
+every payment's signed authorisation); a new session id ends the channel's earlier one.
 
 Admission (`verify`, then `settle` in the SDK's upfront flow, before the request is served):
 the channel is on chain, goes to this gateway, is not closing; the voucher and the request's
@@ -54,7 +60,7 @@ from allmende.core.x402_session import (
     statement_reader,
 )
 from allmende.gateway.errors import InvalidRequest, Unauthorized
-from allmende.gateway.x402_ledger import NonceUsed, X402Ledger
+from allmende.gateway.x402_ledger import NonceUsed, SessionEnded, X402Ledger
 
 log = logging.getLogger("allmende.gateway.x402")
 CHANNEL_TTL = 2.0  # seconds a session channel's on-chain record is trusted before it is read again
@@ -136,6 +142,9 @@ class SessionFacilitatorScheme:
             raise InvalidInput(f"invalid_session_signature: signed by {payer}, the channel's payer is {channel.payer}")
         if channel.closes_at:
             raise InvalidInput("channel_closing: the channel is closing; open a new session")
+        window = self.ledger.window(payment.session_id)
+        if window is not None and (window[0] != payment.channel_id or window[2]):
+            raise InvalidInput("session_ended: this payment's session has ended (a later one began on its channel)")
         most = int(requirements.amount)
         if payment.cumulative > channel.deposit:
             raise InvalidInput("voucher_over_deposit: the voucher is above the channel's deposit")
@@ -174,10 +183,18 @@ class SessionFacilitatorScheme:
             with self._admitting:  # the check and the hold as one: concurrent payments cannot both fit
                 payment, payer, most = self._check(payload, requirements)  # again: another may have come
                 self.ledger.admit(
-                    payment.channel_id, payer, payment.nonce, most, payment.cumulative, payment.voucher_signature
+                    payment.channel_id,
+                    payment.session_id,
+                    payer,
+                    payment.nonce,
+                    most,
+                    payment.cumulative,
+                    payment.voucher_signature,
                 )
         except NonceUsed:
             return SettleResponse(success=False, error_reason="nonce_already_used", transaction="", network=network)
+        except SessionEnded:
+            return SettleResponse(success=False, error_reason="session_ended", transaction="", network=network)
         except (InvalidInput, ValueError) as exc:
             reason, _, message = str(exc).partition(": ")
             return SettleResponse(
@@ -189,17 +206,34 @@ class SessionFacilitatorScheme:
             transaction="0x" + payment.nonce.hex(),  # no transaction: the admitted request's nonce
             network=network,
             amount=str(most),
-            extra={"channelId": "0x" + payment.channel_id.hex(), "voucher": str(payment.cumulative)},
+            extra={
+                "channelId": "0x" + payment.channel_id.hex(),
+                "sessionId": "0x" + payment.session_id.hex(),
+                "voucher": str(payment.cumulative),
+            },
         )
 
 
 class SessionGate:
-    """What the gateway does for sessions besides admission: charge, statement, redeem."""
+    """What the gateway does for sessions besides admission: charge, statement, redeem.
 
-    def __init__(self, contracts: Contracts, ledger: X402Ledger) -> None:
+    `redeem_above`: a session's vouchers are redeemed when more than this is unredeemed on
+    its channel (or when the channel closes), not per session: each redeem costs gas.
+    `on_redeemed`: called after every redeem (the gateway funds its provider channels from
+    the relay balance the redeem paid)."""
+
+    def __init__(
+        self,
+        contracts: Contracts,
+        ledger: X402Ledger,
+        redeem_above: int = 10_000_000,
+        on_redeemed: Callable[[], Any] | None = None,
+    ) -> None:
         self.contracts = contracts
         self.ledger = ledger
         self.domain = contracts.channels.voucher_domain()
+        self.redeem_above = redeem_above
+        self.on_redeemed = on_redeemed
 
     def statement(self, channel_id: bytes, after: int, at: int = -1, signature: bytes = b"") -> dict[str, Any]:
         """The session's charges after `after` (a sequence number), each with its receipt:
@@ -219,7 +253,9 @@ class SessionGate:
             "channel_id": "0x" + channel_id.hex(),
             "charged": str(0 if state is None else state.charged),
             "voucher": str(0 if state is None else state.cumulative),
+            "voucher_signature": "0x" + (b"" if state is None or state.voucher is None else state.voucher).hex(),
             "redeemed": str(0 if state is None else state.redeemed),
+            "last_seq": self.ledger.last_seq(channel_id),
             "charges": [
                 {"seq": seq, "nonce": "0x" + nonce.hex(), "amount": str(amount), "receipt": json.loads(receipt)}
                 for seq, nonce, amount, receipt in charges
@@ -235,7 +271,9 @@ class SessionGate:
             return None
 
     def last_voucher(self, channel_id: bytes, cumulative: int, signature: bytes) -> dict[str, Any]:
-        """The agent's voucher on close: checked, kept, and redeemed at once."""
+        """The agent's voucher at the end of a session: checked and kept; redeemed at once if
+        the channel is closing (the agent wants its deposit back) or more than `redeem_above`
+        is unredeemed on it, otherwise with a later batch."""
         state = self.ledger.session(channel_id)
         if state is None:
             raise InvalidInput("no session on this channel")
@@ -247,7 +285,12 @@ class SessionGate:
         if cumulative > state.charged:
             raise InvalidInput(f"the voucher pays {cumulative}, more than the {state.charged} charged")
         self.ledger.take_voucher(channel_id, cumulative, signature)
-        return {"redeemed": self.redeem_due(above=2**256, channels=frozenset({channel_id}))}
+        held = max(state.cumulative, cumulative)
+        closing = self.contracts.channels.channel(channel_id).closes_at != 0
+        redeemed = []
+        if closing or held - state.redeemed > self.redeem_above:
+            redeemed = self.redeem_due(above=2**256, channels=frozenset({channel_id}))
+        return {"redeemed": redeemed, "held": str(held)}
 
     def redeem_due(self, above: int = 0, channels: frozenset[bytes] = frozenset()) -> list[str]:
         """Redeem, in one batch, the session vouchers that are due: those of `channels`, those
@@ -271,6 +314,11 @@ class SessionGate:
         for channel_id, cumulative, _ in due:
             self.ledger.set_redeemed(channel_id, cumulative)
         log.info("redeemed %d session voucher(s) in %s", len(due), sent.tx_hash)
+        if self.on_redeemed is not None:
+            try:
+                self.on_redeemed()
+            except Exception as exc:  # the relay balance waits for the next redeem or upkeep
+                log.warning("funding the provider channels from the relay balance failed: %s", exc)
         return [sent.tx_hash]
 
 
