@@ -17,6 +17,20 @@ safetensors implementation, and its string metadata carries the call's fields.
 
 The input and output hashes are the activations' commitments a stage's receipt binds
 (`activation_hash`): the chain of a session's receipts says which stage produced what.
+
+A paid stage takes only **sealed, paid calls**. The call above, with the payment fields in
+its metadata (channel, the payer's signature of `Request(callId, channelId, stageId,
+inputHash)` (`core.authorization`, inputHash = the input's activation hash), and the
+payer's cumulative voucher for (channel, stage) when it owes one), is encrypted to the
+provider's X25519 key from its signed /v1/info (checked against the chain) with the
+envelope prompts use (`core.envelope`, under a stage context of its own), bound to the
+provider's address and the call id (`core.stages.stage_call_id`):
+
+    sealed call / reply      {"sealed": uint8 ciphertext}; metadata of a call: sealed
+                             ("call"), call (0x call id), enc and nonce (hex)
+
+so a relay or an eavesdropper between hops sees the call id and the sizes, never the
+activations, the session, the token drawn, the payment or the receipt.
 """
 
 from __future__ import annotations
@@ -25,15 +39,22 @@ import json
 import re
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from eth_utils import keccak
 from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
+from allmende.core.authorization import RequestAuthorization
+from allmende.core.envelope import ResponseSealer, SealedBytes, open_bytes, seal_bytes
 from allmende.core.errors import InvalidInput
 from allmende.core.receipts import SignedReceipt
-from allmende.core.stages import InvalidStage
+from allmende.core.stages import InvalidStage, stage_call_id
+from allmende.core.vouchers import SignedVoucher
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 MEDIA_TYPE = "application/vnd.allmende.stage+safetensors"
 FORWARD_PATH = "/v1/stage/forward"
@@ -41,6 +62,7 @@ INFO_PATH = "/v1/stage/info"
 CLOSE_PATH = "/v1/stage/close"
 MAX_ROWS = 32_768  # positions in one call (a replay of a long session included)
 _SESSION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+STAGE_CONTEXT = b"allmende/stage/v1"  # the envelope's context for stage calls (core.envelope)
 
 
 def activation_hash(array: np.ndarray) -> bytes:
@@ -113,12 +135,33 @@ class Draw:
 
 
 @dataclass(frozen=True)
+class CallPayment:
+    """How a paid call pays: on `channel`, signed by its payer, with the payer's cumulative
+    voucher for (channel, stage) when it owes the provider something."""
+
+    channel: bytes
+    signature: bytes  # the payer's 65-byte signature of the call's `RequestAuthorization`
+    voucher: SignedVoucher | None = None
+
+
+@dataclass(frozen=True)
 class ForwardRequest:
     stage: bytes  # the stage id the caller means (a provider serving another stage refuses)
     session: str
     start: int  # position of the first input row
     input: np.ndarray
     draw: Draw | None = None  # for the last stage
+    payment: CallPayment | None = None  # for a paid stage
+
+    @property
+    def call_id(self) -> bytes:
+        """The request id of this call: its receipt's, its authorization's and its envelope's."""
+        return stage_call_id(self.session, self.start, int(self.input.shape[0]))
+
+    def authorization(self, channel: bytes) -> RequestAuthorization:
+        """What the payer signs for this call on `channel`: the call id, the stage and the
+        commitment of the input (the same input hash the stage's receipt binds)."""
+        return RequestAuthorization(self.call_id, channel, self.stage, activation_hash(self.input))
 
     def encode(self) -> bytes:
         meta = {"stage": "0x" + self.stage.hex(), "session": self.session, "start": str(self.start)}
@@ -130,6 +173,11 @@ class ForwardRequest:
                 "top_p": repr(d.top_p),
                 "seed": str(d.seed),
             }
+        if self.payment is not None:
+            p = self.payment
+            meta |= {"channel": "0x" + p.channel.hex(), "signature": "0x" + p.signature.hex()}
+            if p.voucher is not None:
+                meta["voucher"] = json.dumps(p.voucher.to_json())
         return bytes(save({"input": np.ascontiguousarray(self.input)}, metadata=meta))
 
     @classmethod
@@ -155,7 +203,25 @@ class ForwardRequest:
                 _float(meta, "top_p", 1.0),
                 _int(meta, "seed", 0),
             )
-        return cls(bytes.fromhex(stage[2:]), session, _int(meta, "start"), array, draw)
+        payment = _payment(meta) if "channel" in meta else None
+        return cls(bytes.fromhex(stage[2:]), session, _int(meta, "start"), array, draw, payment)
+
+
+def _hex(meta: dict[str, str], name: str, size: int) -> bytes:
+    value = meta.get(name, "")
+    if not re.fullmatch(f"0x[0-9a-fA-F]{{{2 * size}}}", value):
+        raise InvalidStage(f"{name!r} must be {size} bytes in 0x-hex")
+    return bytes.fromhex(value[2:])
+
+
+def _payment(meta: dict[str, str]) -> CallPayment:
+    voucher = None
+    if "voucher" in meta:
+        try:
+            voucher = SignedVoucher.from_json(json.loads(meta["voucher"]))
+        except (ValueError, AttributeError, KeyError, TypeError, InvalidInput) as exc:
+            raise InvalidStage(f"the call's voucher is malformed: {exc}") from None
+    return CallPayment(_hex(meta, "channel", 32), _hex(meta, "signature", 65), voucher)
 
 
 @dataclass(frozen=True)
@@ -198,3 +264,64 @@ class ForwardReply:
             except (ValueError, AttributeError, InvalidInput) as exc:
                 raise InvalidStage(f"stage reply carries a malformed receipt: {exc}") from None
         return cls(proof, inp, out, hidden, int(token[0]) if token is not None else None, receipt, meta)
+
+
+# --- sealed calls ------------------------------------------------------------------------------
+
+
+def is_sealed(raw: bytes) -> bool:
+    """True for a sealed call (its metadata says so); False for a plain one. InvalidStage if
+    the message is no safetensors file at all."""
+    return _metadata(raw).get("sealed") == "call"
+
+
+def seal_call(call: ForwardRequest, provider_key: bytes, provider: str) -> tuple[bytes, ResponseSealer]:
+    """Encrypt a call to a stage provider's X25519 key (its signed /v1/info's, which the
+    chain confirms), bound to its address and the call id; returns the sealed message and
+    the opener of its reply."""
+    call_id = call.call_id
+    sealed, sealer = seal_bytes(provider_key, provider, call_id, call.encode(), STAGE_CONTEXT)
+    meta = {"sealed": "call", "call": "0x" + call_id.hex(), "enc": sealed.enc.hex(), "nonce": sealed.nonce.hex()}
+    return bytes(save({"sealed": _bytes_tensor(sealed.ciphertext)}, metadata=meta)), sealer
+
+
+def open_call(private: X25519PrivateKey, provider: str, raw: bytes) -> tuple[ForwardRequest, ResponseSealer]:
+    """Decrypt a call sealed to this provider (`core.envelope.EnvelopeError` if it was sealed
+    to another key or provider or altered on the way) and check that it is the call its
+    envelope names."""
+    meta = _metadata(raw)
+    if meta.get("sealed") != "call":
+        raise InvalidStage("not a sealed stage call")
+    call_id = _hex(meta, "call", 32)
+    try:
+        enc, nonce = bytes.fromhex(meta.get("enc", "")), bytes.fromhex(meta.get("nonce", ""))
+    except ValueError:
+        raise InvalidStage("a sealed call's enc and nonce must be hex") from None
+    plaintext, sealer = open_bytes(private, provider, call_id, SealedBytes(enc, nonce, _ciphertext(raw)), STAGE_CONTEXT)
+    call = ForwardRequest.decode(plaintext)
+    if call.call_id != call_id:
+        raise InvalidStage("the sealed call is not the call its envelope names")
+    return call, sealer
+
+
+def seal_reply(sealer: ResponseSealer, reply: ForwardReply) -> bytes:
+    return bytes(save({"sealed": _bytes_tensor(sealer.seal_bytes(0, reply.encode()))}, metadata={"sealed": "reply"}))
+
+
+def open_reply(sealer: ResponseSealer, raw: bytes) -> ForwardReply:
+    """The reply to a sealed call (`EnvelopeError` if it is not from the provider it was sealed to)."""
+    if _metadata(raw).get("sealed") != "reply":
+        raise InvalidStage("the reply to a sealed call is not sealed")
+    return ForwardReply.decode(sealer.open_bytes(0, _ciphertext(raw)))
+
+
+def _bytes_tensor(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def _ciphertext(raw: bytes) -> bytes:
+    tensors = _tensors(raw)
+    sealed = tensors.get("sealed")
+    if set(tensors) != {"sealed"} or sealed is None or sealed.dtype != np.uint8 or sealed.ndim != 1:
+        raise InvalidStage("a sealed message carries exactly one uint8 tensor, 'sealed'")
+    return sealed.tobytes()

@@ -8,6 +8,9 @@ another provider or under another request id. Answers are sealed under a second
 key from the same secret, with the chunk's sequence number as the nonce.
 
 Wire form of a request: {"request_id", "enc", "nonce", "ciphertext"} (base64 fields).
+Pipeline stage calls (`allmende.api.stages`) carry binary activations: they use the same
+construction through `seal_bytes`/`open_bytes` (raw fields, no base64) under a context of
+their own in the associated data, so a sealed stage call is never a sealed request.
 """
 
 from __future__ import annotations
@@ -53,8 +56,11 @@ def _unb64(value: object, what: str, size: int | None = None) -> bytes:
     return raw
 
 
-def _aad(provider: str, request_id: bytes) -> bytes:
-    return b"allmende/v1|" + provider.lower().encode() + b"|" + request_id
+REQUEST_CONTEXT = b"allmende/v1"
+
+
+def _aad(provider: str, request_id: bytes, context: bytes = REQUEST_CONTEXT) -> bytes:
+    return context + b"|" + provider.lower().encode() + b"|" + request_id
 
 
 def _keys(shared: bytes, enc: bytes, recipient: bytes) -> tuple[bytes, bytes]:
@@ -84,6 +90,16 @@ class ResponseSealer:
         nonce = seq.to_bytes(12, "big")
         return {"seq": seq, "ciphertext": _b64(self._aead.encrypt(nonce, plaintext, self.aad))}
 
+    def seal_bytes(self, seq: int, plaintext: bytes) -> bytes:
+        """One answer message as raw ciphertext (a binary wire, e.g. a stage's reply)."""
+        return self._aead.encrypt(seq.to_bytes(12, "big"), plaintext, self.aad)
+
+    def open_bytes(self, seq: int, ciphertext: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(seq.to_bytes(12, "big"), ciphertext, self.aad)
+        except InvalidTag:
+            raise EnvelopeError("answer does not decrypt: tampered or not from this provider") from None
+
     def open(self, message: object, expected_seq: int) -> bytes:
         if not isinstance(message, dict):
             raise EnvelopeError("answer chunk must be a JSON object with seq and ciphertext")
@@ -96,26 +112,66 @@ class ResponseSealer:
             raise EnvelopeError("answer does not decrypt: tampered or not from this provider") from None
 
 
-def seal_request(
-    provider_key: bytes, provider: str, request_id: bytes, plaintext: bytes
-) -> tuple[dict[str, str], ResponseSealer]:
-    """Encrypt a request to a provider's X25519 key; returns the envelope and the answer opener."""
+@dataclass(frozen=True)
+class SealedBytes:
+    """A sealed message in raw form: the sender's ephemeral X25519 key, the nonce, the ciphertext."""
+
+    enc: bytes
+    nonce: bytes
+    ciphertext: bytes
+
+
+def seal_bytes(
+    provider_key: bytes, provider: str, request_id: bytes, plaintext: bytes, context: bytes = REQUEST_CONTEXT
+) -> tuple[SealedBytes, ResponseSealer]:
+    """Encrypt `plaintext` to a provider's X25519 key, bound to its address, the request id
+    and `context`; returns the sealed message and the answer opener."""
     if len(provider_key) != 32:
         raise EnvelopeError("provider X25519 key must be 32 bytes")
     ephemeral = X25519PrivateKey.generate()
     enc = public_key_bytes(ephemeral)
     shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(provider_key))
     request_key, response_key = _keys(shared, enc, provider_key)
-    aad = _aad(provider, request_id)
+    aad = _aad(provider, request_id, context)
     nonce = os.urandom(12)
     ciphertext = ChaCha20Poly1305(request_key).encrypt(nonce, plaintext, aad)
+    return SealedBytes(enc, nonce, ciphertext), ResponseSealer(response_key, aad)
+
+
+def open_bytes(
+    private: X25519PrivateKey, provider: str, request_id: bytes, sealed: SealedBytes, context: bytes = REQUEST_CONTEXT
+) -> tuple[bytes, ResponseSealer]:
+    """Decrypt a message sealed to this provider under `request_id` and `context`: (plaintext,
+    answer sealer). EnvelopeError if it was sealed to another key or provider, under another
+    request id or context, or altered on the way."""
+    if len(sealed.enc) != 32 or len(sealed.nonce) != 12:
+        raise EnvelopeError("sealed message: enc must be 32 bytes and nonce 12")
+    recipient = public_key_bytes(private)
+    try:
+        shared = private.exchange(X25519PublicKey.from_public_bytes(sealed.enc))
+    except ValueError:
+        raise EnvelopeError("envelope enc is not a valid X25519 public key") from None
+    request_key, response_key = _keys(shared, sealed.enc, recipient)
+    aad = _aad(provider, request_id, context)
+    try:
+        plaintext = ChaCha20Poly1305(request_key).decrypt(sealed.nonce, sealed.ciphertext, aad)
+    except InvalidTag:
+        raise EnvelopeError("envelope does not decrypt: wrong key, wrong provider or tampered") from None
+    return plaintext, ResponseSealer(response_key, aad)
+
+
+def seal_request(
+    provider_key: bytes, provider: str, request_id: bytes, plaintext: bytes
+) -> tuple[dict[str, str], ResponseSealer]:
+    """Encrypt a request to a provider's X25519 key; returns the envelope and the answer opener."""
+    sealed, sealer = seal_bytes(provider_key, provider, request_id, plaintext)
     envelope = {
         "request_id": "0x" + request_id.hex(),
-        "enc": _b64(enc),
-        "nonce": _b64(nonce),
-        "ciphertext": _b64(ciphertext),
+        "enc": _b64(sealed.enc),
+        "nonce": _b64(sealed.nonce),
+        "ciphertext": _b64(sealed.ciphertext),
     }
-    return envelope, ResponseSealer(response_key, aad)
+    return envelope, sealer
 
 
 def open_request(private: X25519PrivateKey, provider: str, envelope: object) -> tuple[bytes, bytes, ResponseSealer]:
@@ -136,15 +192,5 @@ def open_request(private: X25519PrivateKey, provider: str, envelope: object) -> 
     ciphertext = _unb64(envelope.get("ciphertext"), "ciphertext")
     if len(ciphertext) > MAX_CIPHERTEXT:
         raise EnvelopeError("envelope ciphertext too large")
-    recipient = public_key_bytes(private)
-    try:
-        shared = private.exchange(X25519PublicKey.from_public_bytes(enc))
-    except ValueError:
-        raise EnvelopeError("envelope enc is not a valid X25519 public key") from None
-    request_key, response_key = _keys(shared, enc, recipient)
-    aad = _aad(provider, request_id)
-    try:
-        plaintext = ChaCha20Poly1305(request_key).decrypt(nonce, ciphertext, aad)
-    except InvalidTag:
-        raise EnvelopeError("envelope does not decrypt: wrong key, wrong provider or tampered") from None
-    return request_id, plaintext, ResponseSealer(response_key, aad)
+    plaintext, sealer = open_bytes(private, provider, request_id, SealedBytes(enc, nonce, ciphertext))
+    return request_id, plaintext, sealer

@@ -11,14 +11,16 @@ against its id), the providers offering them as the directory found them (their 
 /v1/info lists a stage as a model of kind "stage", its offer on chain holds the prices),
 the cheapest, then fastest, live provider per stage.
 
-Payment, as for whole models: before the first call, every stage provider of the chain gets
-a channel and the request's most cost at its offer is reserved on it against the provider's
-credit limit (`Payments.reserve`); every call's receipt is checked against the call and the
-offer (`StageSession._check`: hashes, price, signer); afterwards each checked receipt is
-recorded as owed on its provider's channel under the stage id, and the cumulative voucher
-per (channel, stage id) is delivered to the provider's `POST /v1/vouchers`, which it redeems
-like any voucher. A provider that replaced a failed one mid-stream is paid the same way
-(its channel is opened when it is first owed).
+Privacy and payment per hop (`SessionPayer`), as for whole models: every call is sealed to
+its stage provider's X25519 key (the one its signed /v1/info and the chain agree on). Before
+a provider is first called (the chain's at the start, a replacement before its replay) it
+gets a channel and the request's most cost at its offer is reserved on it against its
+credit limit (`Payments.reserve`). Every call carries the payer's signature and the
+cumulative voucher for (channel, stage id) of what is owed so far; the provider admits it
+under its own credit rule (`provider.stage_app.serve_paid_call`). Every call's receipt is
+checked against the call and the offer (`StageSession._check`: hashes, price, signer) and
+recorded as owed at once (the next call's voucher covers it); when the session ends the last
+cumulative vouchers go to the providers' `POST /v1/vouchers`, which they redeem like any.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,7 @@ from eth_utils import keccak
 from allmende.api.canonical import canonical
 from allmende.api.client import Answer, Delta
 from allmende.api.directory import Directory, ModelListing, Offer
+from allmende.api.stages import CallPayment, ForwardRequest
 from allmende.chain import Contracts
 from allmende.chain.errors import ChainError
 from allmende.chain.stages import covering_layouts, registered_stages
@@ -44,10 +47,12 @@ from allmende.core import Domain, InvalidInput
 from allmende.core.credit import UNTIL_CONTEXT
 from allmende.core.errors import InvalidModelName, UpstreamError
 from allmende.core.model_names import canonical_name, is_model_id
+from allmende.core.receipts import SignedReceipt
 from allmende.core.stages import StageLayout, StagePrice
+from allmende.core.vouchers import SignedVoucher
 from allmende.engine.base import ChatPrompt, SamplingParams
 from allmende.engine.chat import render_chat, template_renders_tools
-from allmende.gateway.errors import InvalidRequest, NoProvider
+from allmende.gateway.errors import InsufficientFunds, InvalidRequest, NoProvider
 from allmende.gateway.payments import Payments
 from allmende.gateway.stages import Hop, NoStageProvider, StageOffer, StageRouter, StageSession
 
@@ -99,7 +104,89 @@ class _Hold:
     """A reservation on one stage provider's channel for one request."""
 
     channel: bytes
-    cost: int
+    cost: int  # still reserved: the most the provider can earn in the session, less its receipts
+    stuck: int = 0  # calls whose outcome is unknown: kept counted after the session (Payments)
+
+
+class SessionPayer:
+    """One session's payer on the gateway's channels (`gateway.stages.StagePayer`): a
+    reservation per stage provider for the most it can earn in the session (`positions`
+    at every stage, `drawn` tokens at the last), shrunk by each receipt as it becomes owed."""
+
+    def __init__(
+        self,
+        payments: Payments,
+        credit_limit: Callable[[str], int],  # a provider's credit limit for this gateway (its /v1/info's)
+        positions: int,
+        drawn: int,
+        api_key: str | None,
+    ) -> None:
+        self.payments = payments
+        self.credit_limit = credit_limit
+        self.positions = positions
+        self.drawn = drawn
+        self.api_key = api_key
+        self.holds: dict[str, _Hold] = {}  # provider address -> its reservation
+        self.stage_ids: dict[str, set[bytes]] = {}  # provider address -> the stages it earned on
+
+    async def hold(self, offer: StageOffer, last: bool) -> None:
+        address = str(offer.provider)
+        if address in self.holds:
+            return
+        cost = offer.price.amount(self.positions, self.drawn if last else 0)
+        try:
+            channel = self.payments.ready_channel(address, cost)
+            if channel is None:
+                channel = await asyncio.to_thread(self.payments.channel_for, address, cost)
+        except (ChainError, InsufficientFunds) as exc:
+            raise NoStageProvider(f"no channel to stage provider {address}: {exc}") from None
+        if not self.payments.reserve(channel, cost, self.credit_limit(address)):
+            raise NoStageProvider(f"stage provider {address} has no credit left for this gateway right now")
+        self.holds[address] = _Hold(channel, cost)
+
+    def pay(self, offer: StageOffer, call: ForwardRequest) -> CallPayment:
+        channel = self.holds[str(offer.provider)].channel
+        voucher = self.payments.voucher(channel, call.stage)  # everything owed on (channel, stage), if unacked
+        signature = call.authorization(channel).sign(self.payments.domain, self.payments.key)
+        return CallPayment(channel, signature, voucher)
+
+    def paid(self, offer: StageOffer, receipt: SignedReceipt, payment: CallPayment) -> None:
+        r = receipt.receipt
+        hold = self.holds[str(offer.provider)]
+        carried = payment.voucher.voucher.cumulative_amount if payment.voucher else 0
+        # one call's receipts name the same request id at every stage: stored per stage
+        stored_as = keccak(r.request_id + r.model_id)
+        self.payments.store.record_receipt(
+            stored_as, r.provider, hold.channel, r.model_id, r.amount, json.dumps(receipt.to_json()), self.api_key,
+            carried,
+        )  # fmt: skip
+        moved = min(r.amount, hold.cost)  # from in flight to owed
+        self.payments.release(hold.channel, moved)
+        hold.cost -= moved
+        self.stage_ids.setdefault(r.provider, set()).add(r.model_id)
+
+    def unsettled(self, offer: StageOffer, cost: int) -> None:
+        hold = self.holds[str(offer.provider)]
+        moved = min(cost, hold.cost)
+        hold.cost -= moved
+        hold.stuck += moved
+
+    def last_vouchers(self) -> dict[str, list[SignedVoucher]]:
+        """Per provider, the cumulative vouchers for what the session's calls left owed (each call
+        carried the voucher for those before it), to deliver when the session ends."""
+        out = {}
+        for provider, stage_ids in self.stage_ids.items():
+            channel = self.holds[provider].channel
+            vouchers = [v for s in sorted(stage_ids) if (v := self.payments.voucher(channel, s))]
+            if vouchers:
+                out[provider] = vouchers
+        return out
+
+    def release(self) -> None:
+        """End the session's reservations (calls of unknown outcome stay counted)."""
+        for hold in self.holds.values():
+            self.payments.release(hold.channel, hold.cost)
+            hold.cost = 0
 
 
 def refuse_unsupported(sampling: SamplingParams, body: dict[str, Any]) -> None:
@@ -238,8 +325,9 @@ class StagedModels:
                     key = (entry.address, spec.stage_id)
                     price = StagePrice(listed.price_in, listed.price_out)
                     offer = self._offers.get(key)
-                    if offer is None or offer.url != entry.url or offer.price != price:
-                        offer = StageOffer(spec, entry.url, price, entry.address)
+                    key_of = entry.info.x25519_key  # checked against the chain by the directory
+                    if offer is None or offer.url != entry.url or offer.price != price or offer.x25519 != key_of:
+                        offer = StageOffer(spec, entry.url, price, entry.address, key_of)
                         self._offers[key] = offer
                     offers.append(offer)
             router = StageRouter(layout, offers)
@@ -249,6 +337,10 @@ class StagedModels:
                 continue
             return router
         raise NoProvider(f"no chain of live stage providers covers '{self.offer_of(model).name}' right now")
+
+    def _credit_limit(self, provider: str) -> int:
+        entry = self.directory.entry(provider)
+        return int(entry.info.raw.get("credit_limit", DEFAULT_CREDIT_LIMIT)) if entry else DEFAULT_CREDIT_LIMIT
 
     def most_cost(self, model: StagedModel, body: dict[str, Any]) -> int:
         """The most a request can cost through the dearest chain: every position of prompt and
@@ -298,8 +390,13 @@ class StagedModels:
         sampling = canonical("chat", body).generation[1]
         seed = sampling.seed if sampling.seed is not None else 0
         router = await asyncio.to_thread(self.router, model)  # reads the layout from chain now and then
-        session = StageSession(router, self.http, timeout=self.timeout, domain=self.domain)
-        holds = await self._reserve(session, len(ids) + max_tokens, max_tokens)
+        payer = SessionPayer(self.payments, self._credit_limit, len(ids) + max_tokens, max_tokens, api_key)
+        session = StageSession(router, self.http, timeout=self.timeout, domain=self.domain, payer=payer)
+        try:
+            await session.reserve()
+        except NoStageProvider as exc:
+            payer.release()
+            raise NoProvider(str(exc)) from None
         from allmende.engine.sampling import IncrementalDetokenizer  # torch: imported only when stages serve
 
         detokenizer = IncrementalDetokenizer(model.tokens.decode)
@@ -326,7 +423,7 @@ class StagedModels:
             drawn = len(session.tokens)
             finish = "length" if drawn == max_tokens else "stop"
             settled = True  # (before the await: a client gone during it must not settle twice)
-            await self._settle(session, api_key)
+            await self._settle(session, payer)
             receipts = session.receipts
             if not receipts:
                 raise NoProvider("the stage chain answered without receipts")
@@ -341,8 +438,7 @@ class StagedModels:
             usage = {"prompt_tokens": len(ids), "completion_tokens": drawn, "total_tokens": len(ids) + drawn}
             yield Answer(output, usage, receipts[-1], body)
         finally:
-            for hold in holds:
-                self.payments.release(hold.channel, hold.cost)
+            payer.release()
             for offers in session.router.offers.values():  # the hops' offers among them
                 for offer in offers:
                     if offer.dead:
@@ -351,63 +447,28 @@ class StagedModels:
             # group, and every await inside it is cancelled again): the settling and the closing of
             # the session run in a task of their own, or the stages kept the session's caches and
             # were never paid for the calls they answered.
-            ending = asyncio.ensure_future(self._end(session, api_key, settled))
+            ending = asyncio.ensure_future(self._end(session, payer, settled))
             self._ending.add(ending)
             ending.add_done_callback(self._ending.discard)
             await asyncio.shield(ending)
 
-    async def _end(self, session: StageSession, api_key: str | None, settled: bool) -> None:
-        """Settle a session's calls if its answer did not (a stream cut by its client or a failed
-        chain: the calls answered are owed all the same), then close it at every stage."""
+    async def _end(self, session: StageSession, payer: SessionPayer, settled: bool) -> None:
+        """Deliver a session's last vouchers if its answer did not (a stream cut by its client or
+        a failed chain: the calls answered are owed all the same), then close it at every stage."""
         if not settled:
             try:
-                await self._settle(session, api_key)
+                await self._settle(session, payer)
             except Exception as exc:  # the answer's own error, if any, is what the client hears
-                log.warning("receipts of an unfinished stage session not settled: %s", exc)
+                log.warning("vouchers of an unfinished stage session not delivered: %s", exc)
         await session.close()
 
-    async def _reserve(self, session: StageSession, positions: int, drawn: int) -> list[_Hold]:
-        """A channel to every provider of the chain and the request's most cost at its offer
-        reserved on it, within the provider's credit limit; NoProvider when one has no room."""
-        holds: list[_Hold] = []
-        last = len(session.hops) - 1
-        try:
-            for index, hop in enumerate(session.hops):
-                address = str(hop.offer.provider)
-                cost = hop.offer.price.amount(positions, drawn if index == last else 0)
-                channel = self.payments.ready_channel(address, cost)
-                if channel is None:
-                    channel = await asyncio.to_thread(self.payments.channel_for, address, cost)
-                entry = self.directory.entry(address)
-                limit = int(entry.info.raw.get("credit_limit", DEFAULT_CREDIT_LIMIT)) if entry else DEFAULT_CREDIT_LIMIT
-                if not self.payments.reserve(channel, cost, limit):
-                    raise NoProvider(f"stage provider {address} has no credit left for this gateway right now")
-                holds.append(_Hold(channel, cost))
-        except BaseException:
-            for hold in holds:
-                self.payments.release(hold.channel, hold.cost)
-            raise
-        return holds
-
-    async def _settle(self, session: StageSession, api_key: str | None) -> None:
-        """Every checked receipt owed on its provider's channel under its stage id, and the
-        new cumulative vouchers delivered to the providers (`POST /v1/vouchers`)."""
-        touched: dict[str, tuple[bytes, set[bytes]]] = {}
-        for signed in session.receipts:
-            r = signed.receipt
-            known = self.payments.store.channel(r.provider)
-            channel = known[0] if known else await asyncio.to_thread(self.payments.channel_for, r.provider, r.amount)
-            # one call's receipts name the same request id at every stage: stored per stage
-            stored_as = keccak(r.request_id + r.model_id)
-            self.payments.store.record_receipt(
-                stored_as, r.provider, channel, r.model_id, r.amount, json.dumps(signed.to_json()), api_key
-            )
-            touched.setdefault(r.provider, (channel, set()))[1].add(r.model_id)
-        for provider, (channel, stage_ids) in touched.items():
-            vouchers = [v for s in sorted(stage_ids) if (v := self.payments.voucher(channel, s))]
+    async def _settle(self, session: StageSession, payer: SessionPayer) -> None:
+        """The cumulative vouchers for what the session's calls left owed (each call carried
+        the voucher for the calls before it), delivered to the providers (`POST /v1/vouchers`)."""
+        for provider, vouchers in payer.last_vouchers().items():
             entry = self.directory.entry(provider)
             url = entry.url if entry else next((h.offer.url for h in session.hops if h.offer.provider == provider), "")
-            if not vouchers or not url:
+            if not url:
                 continue
             try:
                 reply = await self.http.post(f"{url}/v1/vouchers", json={"vouchers": [v.to_json() for v in vouchers]})
@@ -417,7 +478,7 @@ class StagedModels:
                         bytes.fromhex(row["channel_id"][2:]), bytes.fromhex(row["model_id"][2:]), int(row["cumulative"])
                     )
             except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-                # signed again with the next request until acknowledged (Payments.voucher)
+                # carried by the next call on the channel, or delivered again, until acknowledged
                 log.warning("vouchers for stage provider %s not delivered: %s", provider, exc)
 
 

@@ -14,6 +14,13 @@ replacement rebuilds the KV cache and answers the current step, whose rows go on
 next stage. Earlier stages keep their caches, later stages never see the failure: no token
 is lost or drawn twice, and the draw, a function of (seed, position) and the logits, is the
 one the dead stage would have made.
+
+A paid chain (offers with a provider address and an X25519 key, a session with a
+`StagePayer`) seals every call to its provider's key (`api.stages.seal_call`) and pays it
+on its own: the payer holds the most the provider can earn in the session on the channel to
+it before the provider is first called (a replacement included, before its replay), signs
+the call's authorization and attaches its cumulative voucher for (channel, stage); every
+checked receipt is owed from then on, so the next call's voucher covers it.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import httpx
 import numpy as np
@@ -33,14 +41,18 @@ from allmende.api.stages import (
     CLOSE_PATH,
     FORWARD_PATH,
     MEDIA_TYPE,
+    CallPayment,
     Draw,
     ForwardReply,
     ForwardRequest,
     activation_hash,
+    open_reply,
+    seal_call,
     token_array,
 )
 from allmende.core.eip712 import Domain
-from allmende.core.errors import InvalidSignature, UpstreamError
+from allmende.core.envelope import ResponseSealer
+from allmende.core.errors import InvalidInput, InvalidSignature, UpstreamError
 from allmende.core.receipts import SignedReceipt
 from allmende.core.stages import InvalidStage, StageLayout, StagePrice, StageSpec, stage_receipt
 from allmende.core.vouchers import SignedVoucher, Voucher, sign_voucher
@@ -69,6 +81,7 @@ class StageOffer:
     url: str  # the provider's stage endpoint, e.g. http://10.0.0.7:8600
     price: StagePrice = field(default_factory=StagePrice)  # its offer, in the payment token's smallest unit
     provider: str | None = None  # its address: every call must come with its signed receipt
+    x25519: bytes | None = None  # its X25519 key (signed /v1/info, on chain): calls are sealed to it
     latency: float = 0.0  # seconds per call, moving average (0: not measured yet)
     dead: bool = False
 
@@ -104,6 +117,23 @@ class StageRouter:
         return StagePrice(sum(o.price.per_position for o in chain), sum(o.price.per_token for o in chain))
 
 
+class StagePayer(Protocol):
+    """How a session pays its stage providers (the gateway's channels: gateway/staged.py)."""
+
+    async def hold(self, offer: StageOffer, last: bool) -> None:
+        """Reserve on the channel to `offer`'s provider the most it can earn in this session;
+        called once per provider before it is first called. NoStageProvider when it cannot."""
+
+    def pay(self, offer: StageOffer, call: ForwardRequest) -> CallPayment:
+        """The call's payment: its channel, the payer's signature, the voucher owed so far."""
+
+    def paid(self, offer: StageOffer, receipt: SignedReceipt, payment: CallPayment) -> None:
+        """A checked receipt of a call that carried `payment`: owed from now on."""
+
+    def unsettled(self, offer: StageOffer, cost: int) -> None:
+        """A call whose outcome is unknown (sent, no answer): the provider may have earned `cost`."""
+
+
 @dataclass
 class Hop:
     """What one stage of a session was sent and answered."""
@@ -124,12 +154,15 @@ class StageSession:
         session: str | None = None,
         timeout: float = 60.0,
         domain: Domain | None = None,  # the receipts' EIP-712 domain (the Registry's), for paid stages
+        payer: StagePayer | None = None,  # pays every call (paid stages refuse calls without)
     ) -> None:
         self.router = router
         self.client = client
         self.session = session or secrets.token_hex(16)
         self.timeout = timeout
         self.domain = domain
+        self.payer = payer
+        self._held: set[int] = set()  # offers (by id) the payer holds a reservation on
         self.hops = [Hop(offer) for offer in router.chain()]
         self.position = 0  # positions every stage has cached
         self.tokens: list[int] = []  # drawn so far
@@ -137,21 +170,49 @@ class StageSession:
         self.owed_by_stage: dict[tuple[str, bytes], int] = {}  # (provider, stage id) -> the same, per stage
         self.receipts: list[SignedReceipt] = []
 
+    async def reserve(self) -> None:
+        """The payer's reservation at every stage provider of the chain, before the first call
+        (NoStageProvider, before any stage works, when one has no room)."""
+        for index, hop in enumerate(self.hops):
+            await self._hold(hop.offer, index == len(self.hops) - 1)
+
+    async def _hold(self, offer: StageOffer, last: bool) -> None:
+        if self.payer is not None and id(offer) not in self._held:
+            await self.payer.hold(offer, last)
+            self._held.add(id(offer))
+
     async def _call(self, hop: Hop, start: int, rows: np.ndarray, draw: Draw | None) -> ForwardReply:
-        stage = hop.offer.stage
-        body = ForwardRequest(stage.stage_id, self.session, start, rows, draw).encode()
+        offer = hop.offer
+        stage = offer.stage
+        call = ForwardRequest(stage.stage_id, self.session, start, rows, draw)
+        if self.payer is not None:
+            await self._hold(offer, draw is not None)  # a replacement's reservation, before its replay
+            call = dataclasses.replace(call, payment=self.payer.pay(offer, call))
+        sealer: ResponseSealer | None = None
+        if offer.x25519 is not None:
+            if offer.provider is None:
+                raise InvalidStage(f"stage provider {offer.url} has a key but no address to seal to")
+            body, sealer = seal_call(call, offer.x25519, offer.provider)
+        else:
+            body = call.encode()
         began = time.monotonic()
-        reply = await self.client.post(
-            hop.offer.url.rstrip("/") + FORWARD_PATH,
-            content=body,
-            headers={"content-type": MEDIA_TYPE},
-            timeout=self.timeout,
-        )
+        try:
+            reply = await self.client.post(
+                offer.url.rstrip("/") + FORWARD_PATH, content=body, headers={"content-type": MEDIA_TYPE},
+                timeout=self.timeout,
+            )  # fmt: skip
+        except httpx.HTTPError as exc:
+            if self.payer is not None and call.payment is not None and not isinstance(exc, httpx.ConnectError):
+                drawn = 0 if draw is None else 1
+                self.payer.unsettled(offer, offer.price.amount(int(rows.shape[0]), drawn))
+            raise
         if reply.status_code != 200:
-            raise UpstreamError(f"stage provider {hop.offer.url} answered {reply.status_code}: {reply.text[:200]}")
-        hop.offer.observe(time.monotonic() - began)
-        answer = ForwardReply.decode(reply.content)
-        self._check(hop.offer, start, rows, draw, answer)
+            raise UpstreamError(f"stage provider {offer.url} answered {reply.status_code}: {reply.text[:200]}")
+        offer.observe(time.monotonic() - began)
+        answer = ForwardReply.decode(reply.content) if sealer is None else open_reply(sealer, reply.content)
+        self._check(offer, start, rows, draw, answer)
+        if self.payer is not None and call.payment is not None and answer.receipt is not None:
+            self.payer.paid(offer, answer.receipt, call.payment)
         return answer
 
     def _check(self, offer: StageOffer, start: int, rows: np.ndarray, draw: Draw | None, answer: ForwardReply) -> None:
@@ -191,7 +252,7 @@ class StageSession:
         hop.inputs.append(rows)
         try:
             reply = await self._call(hop, self.position, rows, draw)
-        except (httpx.HTTPError, UpstreamError, InvalidStage):
+        except (httpx.HTTPError, UpstreamError, InvalidInput):  # InvalidInput: a bad or unsealable reply
             reply = await self._replace(index, rows.shape[0], draw)
         hop.replies.append(reply)
         return reply
@@ -205,7 +266,7 @@ class StageSession:
             hop.replaced += 1
             try:
                 reply = await self._call(hop, 0, history, draw)
-            except (httpx.HTTPError, UpstreamError, InvalidStage):
+            except (httpx.HTTPError, UpstreamError, InvalidInput):  # no room on its channel included
                 continue
             if reply.hidden is not None:  # only the current step's rows go on to the next stage
                 reply = dataclasses.replace(reply, hidden=reply.hidden[-new_rows:])

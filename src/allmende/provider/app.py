@@ -28,7 +28,7 @@ from allmende.core.envelope import public_key_bytes
 from allmende.core.ratelimit import RateLimiter
 from allmende.provider.errors import BadRequest, Overloaded
 from allmende.provider.service import ProviderService
-from allmende.provider.stage_app import StageSigner, add_stage_routes, stage_listing
+from allmende.provider.stage_app import StageGate, StageSigner, add_stage_routes, stage_listing
 
 if TYPE_CHECKING:
     from allmende.engine.stages import StageBackend
@@ -235,6 +235,6 @@ def create_app(
             requests_total.labels(kind, status).inc()
             latency.labels(kind).observe(time.perf_counter() - started)
 
-    if stage is not None:
-        add_stage_routes(app, *stage)
+    if stage is not None:  # sealed to this node's key, paid through its gate (provider.stage_app)
+        add_stage_routes(app, *stage, paid=StageGate(service.x25519, service.gate, service.store))
     return app

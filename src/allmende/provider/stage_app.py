@@ -7,8 +7,13 @@ stage draws the next token itself with the verifiable draw, so the token a sessi
 checkable from that stage's logits alone.
 
 A paid stage (`StageSigner`) signs a receipt for every call (`allmende.core.stages.
-stage_receipt`). Not yet here: sealed envelopes per hop, vouchers per stage (the receipts
-say what each stage is owed; nothing redeems it yet), and batching across sessions.
+stage_receipt`). On a provider node it also has a `StageGate`: it then takes only calls
+sealed to the provider's X25519 key (`api.stages.seal_call`; its reply is sealed too), and
+admits each one as it admits a whole-model request: signed by its channel's payer, its
+voucher checked and stored, its cost (rows at the offer, plus the draw at the last stage)
+reserved under the credit rule (`provider.payments.PaymentGate`), once per call id; its
+receipt's amount goes into the channel's `earned` under the stage id before the reply
+leaves, so the vouchers the provider redeems pay exactly what its receipts say.
 """
 
 from __future__ import annotations
@@ -38,17 +43,30 @@ from allmende.api.stages import (
     ForwardReply,
     ForwardRequest,
     activation_hash,
+    is_sealed,
+    open_call,
+    seal_reply,
     token_array,
 )
 from allmende.core.eip712 import Domain
-from allmende.core.errors import AllmendeError
+from allmende.core.errors import AllmendeError, InvalidInput
 from allmende.core.receipts import sign_receipt
 from allmende.core.stages import InvalidStage, StagePrice, stage_receipt
 from allmende.engine.base import SamplingParams
-from allmende.provider.errors import BadRequest, UnknownModelError
+from allmende.provider.errors import (
+    BadRequest,
+    PayerNotAuthenticated,
+    PaymentRequired,
+    ReplayedRequest,
+    UnknownModelError,
+)
 
 if TYPE_CHECKING:  # torch and transformers load where a stage is served, not in every CLI process
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     from allmende.engine.stages import StageBackend
+    from allmende.provider.payments import PaymentGate
+    from allmende.provider.store import ProviderStore
 
 log = logging.getLogger("allmende.provider.stage")
 MAX_BODY = 160 * 1024 * 1024  # a replay of 32,768 positions of a 1,024-wide model, with room
@@ -70,6 +88,44 @@ class StageSigner:
     @property
     def address(self) -> str:
         return str(Account.from_key(self.key).address)
+
+
+@dataclass(frozen=True)
+class StageGate:
+    """A paid stage's intake on a provider node: its X25519 key (the one its signed /v1/info
+    publishes and the chain holds), the node's payment gate and store (the credit rule and
+    the ledger of its whole-model requests, per (channel, stage id) here)."""
+
+    x25519: X25519PrivateKey
+    gate: PaymentGate
+    store: ProviderStore
+
+
+def serve_paid_call(stage: StageBackend, call: ForwardRequest, signer: StageSigner, paid: StageGate) -> ForwardReply:
+    """A sealed call's payment checked and its cost reserved before the stage computes, its
+    receipt's amount earned before the reply leaves (blocking: the gate may read the chain)."""
+    spec = stage.spec
+    if call.stage != spec.stage_id:
+        raise UnknownModelError(f"this provider serves stage {spec.stage_id_hex}, not 0x{call.stage.hex()}")
+    payment = call.payment
+    if payment is None:
+        raise PaymentRequired("a paid stage's call carries its channel, its payer's signature and a voucher when owed")
+    try:
+        payer = call.authorization(payment.channel).signer(paid.gate.domain, payment.signature)
+    except InvalidInput as exc:
+        raise PayerNotAuthenticated(f"the payer signature of the call is invalid: {exc}") from None
+    cost = signer.price.amount(int(call.input.shape[0]), 1 if spec.range.heads else 0)
+    paid.gate.admit(payment.channel, spec.stage_id, payer, payment.voucher, reserve=cost)
+    try:
+        if not paid.store.begin_request(call.call_id, payment.channel, spec.stage_id):
+            raise ReplayedRequest(f"stage call 0x{call.call_id.hex()} was already received")
+        reply = serve_call(stage, call, signer)
+        assert reply.receipt is not None
+        receipt = json.dumps(reply.receipt.to_json())
+        paid.store.finish_request(call.call_id, payment.channel, spec.stage_id, reply.receipt.receipt.amount, receipt)
+    finally:
+        paid.gate.release(payment.channel, cost)  # after the amount is in `earned`, as for whole models
+    return reply
 
 
 def serve_call(stage: StageBackend, call: ForwardRequest, signer: StageSigner | None = None) -> ForwardReply:
@@ -124,7 +180,11 @@ def stage_listing(stage: StageBackend, signer: StageSigner | None) -> dict[str, 
 
 
 def create_stage_app(
-    stage: StageBackend, guard: GuardConfig | None = None, signer: StageSigner | None = None, max_body: int = MAX_BODY
+    stage: StageBackend,
+    guard: GuardConfig | None = None,
+    signer: StageSigner | None = None,
+    max_body: int = MAX_BODY,
+    paid: StageGate | None = None,
 ) -> FastAPI:
     """A node that serves one stage and nothing else (`allmende stage serve`)."""
     app = FastAPI(title="Allmende stage provider", version=__version__, docs_url=None, redoc_url=None)
@@ -142,14 +202,22 @@ def create_stage_app(
     async def healthz() -> dict[str, Any]:
         return {"ok": True, "stage": stage.spec.stage_id_hex}
 
-    add_stage_routes(app, stage, signer, max_body)
+    add_stage_routes(app, stage, signer, max_body, paid)
     return app
 
 
-def add_stage_routes(app: FastAPI, stage: StageBackend, signer: StageSigner | None, max_body: int = MAX_BODY) -> None:
+def add_stage_routes(
+    app: FastAPI,
+    stage: StageBackend,
+    signer: StageSigner | None,
+    max_body: int = MAX_BODY,
+    paid: StageGate | None = None,
+) -> None:
     """The stage wire API on `app`: a stage-only node's, or a provider node's beside its
-    OpenAI-style API (`allmende provider --stage`)."""
+    OpenAI-style API (`allmende provider --stage`, with its `StageGate`)."""
     spec = stage.spec
+    if paid is not None and signer is None:
+        raise ValueError("a paid stage signs its receipts: give its StageSigner")
 
     @app.get(INFO_PATH)
     async def info() -> dict[str, Any]:
@@ -165,17 +233,26 @@ def add_stage_routes(app: FastAPI, stage: StageBackend, signer: StageSigner | No
             "provider": signer.address if signer else None,
             "price": dataclasses.asdict(signer.price) if signer else None,
             "sessions": int(getattr(stage, "sessions", 0)),  # sessions it holds a KV cache for now
+            "sealed": paid is not None,  # takes only sealed, paid calls (its key: the provider's /v1/info)
         }
 
     @app.post(FORWARD_PATH)
     async def forward(request: Request) -> Response:
         try:
             raw = await read_limited(request, max_body, 30.0)
-            call = ForwardRequest.decode(raw)
-            reply = await asyncio.to_thread(serve_call, stage, call, signer)
+            if paid is None:
+                if is_sealed(raw):
+                    raise InvalidStage("this stage has no key: it takes plain calls")
+                reply = await asyncio.to_thread(serve_call, stage, ForwardRequest.decode(raw), signer)
+                return Response(reply.encode(), media_type=MEDIA_TYPE)
+            assert signer is not None
+            if not is_sealed(raw):
+                raise InvalidStage("a paid stage takes only calls sealed to its key (allmende.api.stages.seal_call)")
+            call, sealer = open_call(paid.x25519, signer.address, raw)
+            reply = await asyncio.to_thread(serve_paid_call, stage, call, signer, paid)
+            return Response(seal_reply(sealer, reply), media_type=MEDIA_TYPE)
         except Exception as exc:  # JSON errors on a node whose own handlers may not be these
             return error_response(exc)
-        return Response(reply.encode(), media_type=MEDIA_TYPE)
 
     @app.post(CLOSE_PATH)
     async def close(request: Request) -> Response:
