@@ -20,9 +20,10 @@ the stage's blocks added to the residual stream (output - input; for the last st
 final normed hidden states, as whole-model proofs commit): a validator re-runs the stage on
 the committed input and checks it with `verify_stage`, one stage alone.
 
-`StageBackend` is the interface a faster engine (CUDA graphs, paged KV, continuous
-batching across sessions) implements; `StageEngine` is the reference. It runs one call at a
-time per stage (a lock): batching across sessions is not done yet.
+`StageBackend` is the interface a faster engine (CUDA graphs, paged KV) implements;
+`StageEngine` is the reference. It batches calls of different sessions that arrive
+together into one forward pass per step (continuous batching across sessions, see its
+docstring), each session keeping its own KV cache between steps.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import hashlib
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,9 +162,14 @@ class StageBackend(ABC):
     context_length: int  # positions a session may hold (the model's)
 
     @abstractmethod
+    def submit(self, session: str, start: int, inputs: torch.Tensor) -> Future[StageOutput]:
+        """Queue `inputs` (token ids (rows,) for the first stage, hidden states (rows, hidden)
+        otherwise) at positions `start ..` of `session`, to extend its cache; the future
+        holds the output. Inputs of the wrong kind raise here, at once."""
+
     def forward(self, session: str, start: int, inputs: torch.Tensor) -> StageOutput:
-        """Run `inputs` (token ids (rows,) for the first stage, hidden states (rows, hidden)
-        otherwise) at positions `start ..` of `session`, extending its cache."""
+        """`submit`, and wait for the output."""
+        return self.submit(session, start, inputs).result()
 
     @abstractmethod
     def recompute(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -176,13 +183,42 @@ class StageBackend(ABC):
 
 @dataclass
 class _Session:
-    cache: DynamicCache
+    keys: list[torch.Tensor | None]  # per cache layer: (1, kv heads, length, head dim); [] before the first call
+    values: list[torch.Tensor | None]
     length: int  # positions in the cache
     used: float
 
 
+@dataclass
+class _Call:
+    """A queued call: its input rows already embedded (the first stage) and checked."""
+
+    session: str
+    start: int
+    hidden: torch.Tensor  # (rows, hidden) in the layers' dtype, on the device
+    future: Future[StageOutput]
+
+    @property
+    def rows(self) -> int:
+        return int(self.hidden.shape[0])
+
+
 class StageEngine(StageBackend):
-    """The reference stage engine on transformers (CPU here, CUDA when present)."""
+    """The reference stage engine on transformers (CPU here, CUDA when present), with
+    continuous batching across sessions.
+
+    Calls queue; one scheduler thread runs them in steps. Each step takes the oldest call
+    and every other queued call of its kind (one row: a decode step; several: a prompt or a
+    replay), at most one per session and `max_batch` calls, prompts up to `prefill_rows`
+    padded positions, and runs them in one forward pass through transformers' own layers:
+    each session's KV cache is left-padded to the step's longest and stacked, its new rows
+    left-padded to the step's most, with the matching 2-D attention mask and each row's own
+    position ids (the whole-model engine's batch, `allmende.engine.scheduler`, does the
+    same). Each session then keeps its own rows of the step's cache. A call alone is a
+    batch of one with no padding: the arithmetic of an unbatched stage. Padding adds exact
+    zeros to the attention and other batch shapes change the kernels' summation order, so a
+    batched call's rows differ from its unbatched rows only by rounding (fp32: about 1e-6;
+    what `verify_stage` accepts is 0.02)."""
 
     def __init__(
         self,
@@ -191,9 +227,13 @@ class StageEngine(StageBackend):
         dtype: torch.dtype = torch.float32,
         device: str | None = None,
         tensors: dict[str, torch.Tensor] | None = None,  # the slice, already read (a validator's copy)
+        max_batch: int = 32,  # calls one step runs at most
+        prefill_rows: int = 2048,  # padded positions of one step of several-row calls (at least one call)
     ) -> None:
         self.spec = spec
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.max_batch = max_batch
+        self.prefill_rows = prefill_rows
         blocks = spec.range
         weights = tensors if tensors is not None else read_slice(Path(folder), blocks)
         if slice_hash_of(weights) != spec.slice:
@@ -237,74 +277,234 @@ class StageEngine(StageBackend):
             self.norm.to(self.device).eval()
             self.head = state[HEAD].to(self.device)
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the sessions
+        self._compute = threading.Lock()  # one forward pass at a time (a step, or a validator's recompute)
+        self._queue: deque[_Call] = deque()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self.steps = 0  # forward passes the scheduler ran
+        self.batched_steps = 0  # ... of them over calls of two or more sessions
+        self.largest_batch = 0  # most calls one pass ran
+        self.calls = 0  # calls answered (or failed) by a pass
 
     # --- the computation -----------------------------------------------------------------
 
-    def _run(self, inputs: torch.Tensor, start: int, cache: DynamicCache | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(output rows, the rows its commitment covers): for the last stage both are the final
-        normed hidden states (as whole-model proofs commit); for the others the commitment
-        covers what the stage's blocks added to the residual stream (output - input), so the
-        few huge dimensions the stream carries through every block do not drown what this
-        stage computed: a skipped block moves the committed values 5-10 times as much."""
+    def _prepare(self, inputs: torch.Tensor) -> torch.Tensor:
+        """A call's input as rows of the first layer's input: (rows, hidden), on the device.
+        Raises EngineError for inputs this stage does not take."""
         if self.embed is not None:
             if inputs.dim() != 1 or inputs.dtype not in (torch.int64, torch.int32):
                 raise EngineError("the first stage takes token ids: one integer per position")
             if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= self.vocab_size):
                 raise EngineError(f"token ids must be in 0-{self.vocab_size - 1}")
-            hidden = torch.nn.functional.embedding(inputs.to(self.device).long(), self.embed).unsqueeze(0)
+            hidden: torch.Tensor = torch.nn.functional.embedding(inputs.to(self.device).long(), self.embed)
         else:
             if inputs.dim() != 2 or inputs.shape[1] != self.hidden_size or not inputs.is_floating_point():
                 raise EngineError(f"this stage takes hidden states of shape (positions, {self.hidden_size})")
             if not bool(torch.isfinite(inputs).all()):
                 raise EngineError("hidden states must be finite numbers")
-            hidden = inputs.to(self.device, self.layers[0].input_layernorm.weight.dtype).unsqueeze(0)
-        residual = hidden[0].float()
-        rows = hidden.shape[1]
-        if rows == 0:
+            hidden = inputs.to(self.device, self.layers[0].input_layernorm.weight.dtype)
+        if hidden.shape[0] == 0:
             raise EngineError("a stage call carries at least one position")
-        position_ids = torch.arange(start, start + rows, device=self.device).unsqueeze(0)
-        mask = create_causal_mask(
-            config=self.local_config, inputs_embeds=hidden, attention_mask=None, cache=cache, position_ids=position_ids
+        return hidden
+
+    def _layers(
+        self, hidden: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None, cache: DynamicCache | None
+    ) -> torch.Tensor:
+        """transformers' decoder layers over a (batch, rows, hidden) input."""
+        causal = create_causal_mask(
+            config=self.local_config, inputs_embeds=hidden, attention_mask=mask, cache=cache, position_ids=position_ids
         )
         position_embeddings = self.rotary(hidden, position_ids=position_ids)
         for layer in self.layers:
             hidden = layer(
                 hidden,
-                attention_mask=mask,
+                attention_mask=causal,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
                 cache=cache,
                 use_cache=cache is not None,
             )
+        return hidden
+
+    def _committed(self, out: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output rows, the rows its commitment covers): for the last stage both are the final
+        normed hidden states (as whole-model proofs commit); for the others the commitment
+        covers what the stage's blocks added to the residual stream (output - input), so the
+        few huge dimensions the stream carries through every block do not drown what this
+        stage computed: a skipped block moves the committed values 5-10 times as much."""
         if self.norm is not None:
-            out: torch.Tensor = self.norm(hidden)[0].float()
-            return out, out
-        out = hidden[0].float()
-        return out, out - residual
+            normed: torch.Tensor = self.norm(out).float()
+            return normed, normed
+        rows = out.float()
+        return rows, rows - residual.float()
+
+    def _run(self, inputs: torch.Tensor, start: int, cache: DynamicCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One input alone (no batch): what a validator recomputes."""
+        hidden = self._prepare(inputs)
+        rows = hidden.shape[0]
+        position_ids = torch.arange(start, start + rows, device=self.device).unsqueeze(0)
+        out = self._layers(hidden.unsqueeze(0), position_ids, None, cache)[0]
+        return self._committed(out, hidden)
 
     @torch.inference_mode()
-    def forward(self, session: str, start: int, inputs: torch.Tensor) -> StageOutput:
-        if start < 0:
+    def _pass(self, calls: list[_Call], caches: list[_Session]) -> list[torch.Tensor]:
+        """One forward pass over `calls` (one per session, each at its session's cache
+        length), returning each call's output rows and leaving each session its new cache."""
+        n = len(calls)
+        most = max(c.rows for c in calls)  # new rows, left-padded to this
+        longest = max(s.length for s in caches)  # cached positions, left-padded to this
+        padded = n > 1 and any(c.rows != most or s.length != longest for c, s in zip(calls, caches, strict=True))
+        hidden = torch.zeros((n, most, self.hidden_size), dtype=calls[0].hidden.dtype, device=self.device)
+        position_ids = torch.zeros((n, most), dtype=torch.long, device=self.device)
+        mask = torch.zeros((n, longest + most), dtype=torch.long, device=self.device)
+        for i, (call, state) in enumerate(zip(calls, caches, strict=True)):
+            hidden[i, most - call.rows :] = call.hidden
+            position_ids[i, most - call.rows :] = torch.arange(call.start, call.start + call.rows)
+            position_ids[i, : most - call.rows] = call.start  # padding rows: any position, masked out
+            mask[i, longest - state.length : longest] = 1
+            mask[i, longest + most - call.rows :] = 1
+        cache = DynamicCache(config=self.local_config)
+        if longest:
+            layers: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
+            some = next(s for s in caches if s.length)  # a session with a cache: the shape of an empty one
+            for layer, template in enumerate(some.keys):
+                if template is None:  # a layer the cache never filled (a cheat's skipped block)
+                    layers.append((None, None))
+                    continue
+                keys, values = [], []
+                for state in caches:
+                    k = state.keys[layer] if state.length else template[:, :, :0]
+                    v = state.values[layer] if state.length else template[:, :, :0]
+                    assert k is not None and v is not None
+                    pad = longest - state.length
+                    keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)) if pad else k)
+                    values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)) if pad else v)
+                layers.append((torch.cat(keys), torch.cat(values)))
+            cache = DynamicCache(ddp_cache_data=layers, config=self.local_config)
+        out = self._layers(hidden, position_ids, mask if padded else None, cache)
+        for i, (call, state) in enumerate(zip(calls, caches, strict=True)):
+            keep = torch.cat(
+                [
+                    torch.arange(longest - state.length, longest, device=self.device),
+                    torch.arange(longest + most - call.rows, longest + most, device=self.device),
+                ]
+            )
+            state.keys = [None if k is None else k[i : i + 1].index_select(2, keep) for k, _, *_ in cache]
+            state.values = [None if v is None else v[i : i + 1].index_select(2, keep) for _, v, *_ in cache]
+            state.length = call.start + call.rows
+        return [out[i, most - c.rows :] for i, c in enumerate(calls)]
+
+    # --- the scheduler -------------------------------------------------------------------
+
+    def submit(self, session: str, start: int, inputs: torch.Tensor) -> Future[StageOutput]:
+        return self._enqueue([(session, start, inputs)])[0].future
+
+    def submit_many(self, calls: list[tuple[str, int, torch.Tensor]]) -> list[Future[StageOutput]]:
+        """Queue several (session, start, inputs) calls at once: they reach the scheduler
+        together, so calls of different sessions share a pass."""
+        return [c.future for c in self._enqueue(calls)]
+
+    def forward_many(self, calls: list[tuple[str, int, torch.Tensor]]) -> list[StageOutput]:
+        """`submit_many`, and wait for every output."""
+        return [future.result() for future in self.submit_many(calls)]
+
+    def _enqueue(self, calls: list[tuple[str, int, torch.Tensor]]) -> list[_Call]:
+        """Check and embed the calls' inputs (EngineError here, in the caller's thread), then
+        queue them together."""
+        if any(start < 0 for _, start, _ in calls):
             raise EngineError("start must be a position, 0 or more")
+        with torch.inference_mode():
+            queued = [_Call(session, start, self._prepare(x), Future()) for session, start, x in calls]
+        with self._wake:
+            self._queue.extend(queued)
+            if self._thread is None or not self._thread.is_alive():
+                name = f"stage-{self.spec.stage_id_hex[2:10]}"
+                self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+                self._thread.start()
+            self._wake.notify()
+        return queued
+
+    def _take(self) -> list[_Call]:
+        """The next step's calls (the queue's lock held): the oldest, and every queued call of
+        its kind from other sessions, oldest first, within the step's limits."""
+        head = self._queue[0]
+        several = head.rows > 1
+        chosen: list[_Call] = []
+        sessions: set[str] = set()
+        for call in list(self._queue):
+            if len(chosen) == self.max_batch:
+                break
+            if call.session in sessions or (call.rows > 1) != several:
+                sessions.add(call.session)  # a session's later calls wait for its earlier ones
+                continue
+            if several and chosen and (len(chosen) + 1) * max(call.rows, *(c.rows for c in chosen)) > self.prefill_rows:
+                sessions.add(call.session)
+                continue
+            chosen.append(call)
+            sessions.add(call.session)
+        for call in chosen:
+            self._queue.remove(call)
+        return chosen
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue:
+                    self._wake.wait()
+                calls = self._take()
+            self._step(calls)
+
+    def _step(self, calls: list[_Call]) -> None:
+        """Run one step; a call whose session cannot take it fails alone, a failed pass fails
+        the calls in it (and forgets the sessions they opened), never the scheduler."""
+        ready: list[_Call] = []
+        states: list[_Session] = []
+        opened: list[str] = []
         with self._lock:
-            new = session not in self._sessions
-            state = self._session(session, start)
-            try:
-                hidden, committed = self._run(inputs, start, state.cache)
-            except Exception:
-                if new:  # a refused first call leaves nothing behind
-                    self._sessions.pop(session, None)
-                raise
-            state.length = start + hidden.shape[0]
-            logits = None
-            if self.head is not None:
-                logits = (hidden[-1].to(self.head.dtype) @ self.head.T).float().cpu()
-            return StageOutput(hidden.cpu(), logits, commit(committed))
+            for call in calls:
+                try:
+                    new = call.session not in self._sessions
+                    states.append(self._session(call.session, call.start))
+                except Exception as exc:
+                    call.future.set_exception(exc)
+                    continue
+                ready.append(call)
+                if new:
+                    opened.append(call.session)
+        self.calls += len(calls)
+        if not ready:
+            return
+        try:
+            with self._compute:
+                outputs = self._pass(ready, states)
+                self.steps += 1
+                self.batched_steps += int(len(ready) > 1)
+                self.largest_batch = max(self.largest_batch, len(ready))
+                results = []
+                for call, out in zip(ready, outputs, strict=True):
+                    results.append(self._output(out, call.hidden))
+        except Exception as exc:
+            with self._lock:
+                for name in opened:  # a refused first call leaves nothing behind
+                    self._sessions.pop(name, None)
+            for call in ready:
+                call.future.set_exception(exc)
+            return
+        for call, result in zip(ready, results, strict=True):
+            call.future.set_result(result)
+
+    @torch.inference_mode()
+    def _output(self, out: torch.Tensor, residual: torch.Tensor) -> StageOutput:
+        hidden, committed = self._committed(out, residual)
+        logits = None
+        if self.head is not None:
+            logits = (hidden[-1].to(self.head.dtype) @ self.head.T).float().cpu()
+        return StageOutput(hidden.cpu().contiguous(), logits, commit(committed))
 
     @torch.inference_mode()
     def recompute(self, inputs: torch.Tensor) -> torch.Tensor:
-        with self._lock:
+        with self._compute:
             return self._run(inputs, 0, None)[1].cpu()
 
     def close(self, session: str) -> None:
@@ -320,6 +520,7 @@ class StageEngine(StageBackend):
         return session in self._sessions
 
     def _session(self, session: str, start: int) -> _Session:
+        """The session's cache, cut back to `start` (the lock held)."""
         now = time.monotonic()
         for name in [n for n, s in self._sessions.items() if now - s.used > SESSION_IDLE_S]:
             del self._sessions[name]
@@ -327,17 +528,15 @@ class StageEngine(StageBackend):
         if state is None:
             if start != 0:
                 raise StageSessionLost(f"no cache for session {session!r}: replay its history from position 0")
-            state = _Session(DynamicCache(config=self.local_config), 0, now)
+            state = _Session([], [], 0, now)
             self._sessions[session] = state
             while len(self._sessions) > MAX_SESSIONS:
                 self._sessions.popitem(last=False)
         if start > state.length:
             raise StageSessionLost(f"session {session!r} holds {state.length} positions, the call starts at {start}")
         if start < state.length:  # a retried or replayed call: recompute from `start`
-            if start == 0:
-                state.cache = DynamicCache(config=self.local_config)
-            else:
-                state.cache.crop(start)
+            state.keys = [None if k is None else k[:, :, :start] for k in state.keys] if start else []
+            state.values = [None if v is None else v[:, :, :start] for v in state.values] if start else []
             state.length = start
         state.used = now
         self._sessions.move_to_end(session)
