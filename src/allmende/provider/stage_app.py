@@ -114,6 +114,8 @@ def serve_paid_call(stage: StageBackend, call: ForwardRequest, signer: StageSign
         payer = call.authorization(payment.channel).signer(paid.gate.domain, payment.signature)
     except InvalidInput as exc:
         raise PayerNotAuthenticated(f"the payer signature of the call is invalid: {exc}") from None
+    if paid.store.receipt(call.call_id) is not None:  # served before: a replay, whatever the credit says
+        raise ReplayedRequest(f"stage call 0x{call.call_id.hex()} was already served")
     cost = signer.price.amount(int(call.input.shape[0]), 1 if spec.range.heads else 0)
     paid.gate.admit(payment.channel, spec.stage_id, payer, payment.voucher, reserve=cost)
     try:
