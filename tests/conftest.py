@@ -118,11 +118,14 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 
 # Networks one fixture starts for many test modules: the session `network` of tests/e2e, the
-# session `running` provider of tests/provider, and the cheater network above. Under pytest-xdist
-# (`make test` runs `-n 3 --dist loadgroup`) every module that uses one runs on the same worker, so
-# each network starts once; every other module is a group of its own (its module-scoped fixtures
-# start once), and the groups are spread over the workers.
-SHARED_NETWORKS = (CHEATER_NETWORK, "network", "running")
+# session `running` provider of tests/provider, the package's vault `world` of tests/vault (anvil,
+# three vault processes, a trained base model: ~28 s of CPU a start), and the cheater network
+# above. Under pytest-xdist (`make test` runs `-n 3 --dist loadgroup`) every module that uses one
+# runs on the same worker, so each network starts once (a package fixture is also stopped whenever
+# a worker turns to another package's test: spread over the workers, `world` started once per
+# module); every other module is a group of its own (its module-scoped fixtures start once), and
+# the groups are spread over the workers.
+SHARED_NETWORKS = (CHEATER_NETWORK, "network", "running", "world")
 
 
 def shared_network_of(item: pytest.Item) -> str | None:
@@ -135,7 +138,7 @@ def shared_network_of(item: pytest.Item) -> str | None:
         if name == CHEATER_NETWORK:
             return name
         definitions = info.name2fixturedefs.get(name) if info is not None else None
-        if definitions and definitions[-1].scope == "session":
+        if definitions and definitions[-1].scope in ("session", "package"):
             return f"{definitions[-1].baseid or '.'}::{name}"
     return None
 
