@@ -10,15 +10,19 @@ The payer's first payment is reported apart (its balance slot is warm after it; 
 authorization writes a fresh nonce slot). The provider is paid through the gateway's channel
 as every request is (see bench/gas.py: ≤ 50 gas per request amortised).
 
-A session of N requests (N = 1, 10, 100, 1,000) runs the real halves: the official SDK's
-client with `SessionScheme` (the agent's key approves dUSD and opens its channel on the
-first payment, signs a voucher and an authorisation per request off chain, checks every
-charge's receipt), the SDK's server and facilitator with the gateway's session scheme, the
-statement read in process, a registered provider signing each receipt. Then the agent
-closes (the gateway redeems its last voucher) and, after the close delay, withdraws. Every
-transaction either of them sent is counted: approve, open, redeem, request_close, withdraw.
+Sessions run the real halves: the official SDK's client with `SessionScheme` (the agent's
+key approves dUSD and opens its channel on the first payment, signs a voucher and an
+authorisation per request off chain, checks every charge's receipt), the SDK's server and
+facilitator with the gateway's session scheme, the statement read in process, a registered
+provider signing each receipt, the gateway's `Payments` paying it. For each session size N
+(1, 10, 100, 1,000) one agent runs a lifecycle of `--sessions` sessions of N requests on one
+channel (a session ends with `end()`: no transaction; the next reuses the channel), then
+closes it and withdraws. Every transaction the agent or the gateway sent is counted: approve,
+open, top_up, redeem, fund (the relay into the gateway's provider channel), request_close,
+withdraw. Also printed: the steady state of a channel that lives on (no open or close in
+view), from the measured redeem, fund and top-up gas and the thresholds.
 
-    python bench/x402_gas.py [--json]
+    python bench/x402_gas.py [--json] [--sessions K] [--sizes 1,10,100,1000]
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import argparse
 import json
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -41,11 +47,14 @@ from x402.schemas import AssetAmount, ResourceInfo
 
 from allmende.agent.transport import StreamingASGITransport, SyncBridge
 from allmende.agent.x402 import SessionScheme
+from allmende.api.directory import Offer
 from allmende.chain import ChainClient, Contracts, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts
 from allmende.chain.bindings import ROLE_PROVIDER
 from allmende.core import Receipt, sign_receipt
 from allmende.core.x402_session import request_hash
+from allmende.gateway.payments import Payments
+from allmende.gateway.store import GatewayStore
 from allmende.gateway.x402_ledger import X402Ledger
 from allmende.gateway.x402_payments import ChainSigner
 from allmende.gateway.x402_sessions import SessionFacilitatorScheme, SessionGate, SessionServerScheme, mount_sessions
@@ -110,10 +119,22 @@ def measure() -> dict[str, Any]:
 
 SESSION_MODEL_ID = b"\x51" * 32
 SESSION_SIZES = (1, 10, 100, 1_000)
+SESSIONS = 10  # sessions per channel in the measured lifecycle
+AGENT_DEPOSIT = 2 * USD  # the agent's deposit and each top-up (SessionScheme's default)
+REDEEM_ABOVE = 10 * USD  # the gateway redeems a channel once this much is unredeemed (X402Policy's default)
 
 
-def measure_sessions() -> dict[str, Any]:
-    """Gas per request of a session of N requests, all its transactions counted."""
+def measure_sessions(
+    sizes: tuple[int, ...] = SESSION_SIZES, sessions: int = SESSIONS, deposit: int = AGENT_DEPOSIT
+) -> dict[str, Any]:
+    """Gas per request of x402 sessions, every transaction of the lifecycle counted: for each
+    session size N, one agent runs `sessions` sessions of N requests on one channel (its
+    first payment approves dUSD and opens it; later sessions reuse it; top-ups when the
+    deposit runs short), then closes it and withdraws the rest. The gateway redeems when
+    more than REDEEM_ABOVE is unredeemed and when the channel closes, and after each redeem
+    funds its provider channel from the relay balance (`Payments.fund_from_relay`). The
+    gateway's provider channel itself (opened once for all traffic) and the provider's own
+    redeems are every request's cost, not x402's (bench/gas.py), and are not counted."""
     deployer, gateway, provider = devnet_accounts(3)
     out: dict[str, Any] = {}
     with Anvil() as node:
@@ -126,74 +147,124 @@ def measure_sessions() -> dict[str, Any]:
         as_provider.registry.register(ROLE_PROVIDER, "http://provider.bench", b"\x02" * 32, 1_000 * 10**18)
         as_provider.registry.set_offer(SESSION_MODEL_ID, USD, USD)  # 1 unit per token: a receipt of CHARGED units
         receipt_domain = as_gateway.registry.receipt_domain()
+        offer = Offer(SESSION_MODEL_ID, "bench", "generate", USD, USD, 4096)
         network = f"eip155:{admin.chain_id}"
-        for size in SESSION_SIZES:
-            ledger = X402Ledger(None)
-            sessions = SessionGate(as_gateway, ledger)
-            facilitator = x402FacilitatorSync()
-            facilitator.register([network], SessionFacilitatorScheme(as_gateway, ledger, USD))
-            server = x402ResourceServerSync(facilitator)
-            server.register(network, SessionServerScheme())
-            server.initialize()
-            app = FastAPI()
+        with tempfile.TemporaryDirectory() as state:
+            payments = Payments(GatewayStore(Path(state) / "gateway.db"), as_gateway, gateway.key)
+            provider_channel = payments.channel_for(provider.address)  # the gateway's, for all its traffic
+            for size in sizes:
+                ledger = X402Ledger(None)
+                gate = SessionGate(as_gateway, ledger, REDEEM_ABOVE, on_redeemed=payments.fund_from_relay)
+                facilitator = x402FacilitatorSync()
+                facilitator.register([network], SessionFacilitatorScheme(as_gateway, ledger, USD))
+                server = x402ResourceServerSync(facilitator)
+                server.register(network, SessionServerScheme())
+                server.initialize()
+                app = FastAPI()
 
-            async def gate(sessions: SessionGate = sessions) -> SessionGate:
-                return sessions
+                async def sessions_of(gate: SessionGate = gate) -> SessionGate:
+                    return gate
 
-            mount_sessions(app, gate)
-            agent = Account.create()
-            admin.w3.provider.make_request("anvil_setBalance", [agent.address, hex(10**19)])  # type: ignore[arg-type]
-            as_admin.stable.mint(agent.address, 10 * USD)
-            scheme = SessionScheme(
-                bytes(agent.key), network=node.url, http=httpx.Client(transport=SyncBridge(StreamingASGITransport(app)))
-            )
-            client = x402ClientSync()
-            client.register("eip155:*", scheme)
-            client.set_spend_controls(False)
-            first_block = admin.block_number() + 1
-            for i in range(size):
-                extra = {
-                    "channels": as_gateway.channels.address,
-                    "statement": "http://gateway.bench/v1/x402/sessions/",
-                    "requestHash": "0x" + request_hash(str(i).encode()).hex(),
-                    "paymentFlow": "upfront",
-                }
-                price = AssetAmount(amount=str(MOST), asset=as_gateway.stable.address, extra=extra)
-                config = ResourceConfig(scheme="session", pay_to=gateway.address, price=price, network=network)
-                requirements = server.build_payment_requirements(config)
-                required = server.create_payment_required_response(requirements, ResourceInfo(url="bench"))
-                payload = client.create_payment_payload(required)
-                settled = server.settle_payment(payload, requirements[0])
-                assert settled.success, settled
-                receipt = Receipt(
-                    os.urandom(32), SESSION_MODEL_ID, provider.address, os.urandom(32), os.urandom(32),
-                    os.urandom(32), 1_000, CHARGED - 1_000, CHARGED, int(time.time()),
-                )  # fmt: skip
-                signed = sign_receipt(receipt, receipt_domain, provider.key)
-                ledger.charge(bytes.fromhex(payload.payload["nonce"][2:]), CHARGED, json.dumps(signed.to_json()))
-            closing = scheme.close()
-            admin.increase_time(as_admin.params.get("channel_close_delay"))
-            back = scheme.withdraw(closing)
-            assert scheme.paid() == size * CHARGED and back == 2 * USD - size * CHARGED, (scheme.paid(), back)
-            agent_gas, gateway_gas = 0, 0
-            each: dict[str, int] = {}
-            for number in range(first_block, admin.block_number() + 1):
-                for tx in admin.w3.eth.get_block(number, full_transactions=True)["transactions"]:
-                    sender = tx["from"].lower()  # type: ignore[index]
-                    if sender in (agent.address.lower(), gateway.address.lower()):
-                        used = int(admin.w3.eth.get_transaction_receipt(tx["hash"])["gasUsed"])  # type: ignore[index]
-                        agent_gas += used if sender == agent.address.lower() else 0
-                        gateway_gas += used if sender == gateway.address.lower() else 0
-                        name = _function_name(as_gateway, tx)
-                        each[name] = each.get(name, 0) + used
-            out[f"session_{size}"] = {
-                "agent_gas": agent_gas,
-                "gateway_gas": gateway_gas,
-                "transactions": each,
-                "gas_per_request": round((agent_gas + gateway_gas) / size, 1),
-                "gateway_gas_per_request": round(gateway_gas / size, 1),
-            }
+                mount_sessions(app, sessions_of)
+                agent = Account.create()
+                admin.w3.provider.make_request("anvil_setBalance", [agent.address, hex(10**19)])  # type: ignore[arg-type]
+                as_admin.stable.mint(agent.address, 100 * USD)
+                wallet = as_admin.stable.balance_of(agent.address)
+                scheme = SessionScheme(
+                    bytes(agent.key),
+                    network=node.url,
+                    deposit=deposit,
+                    http=httpx.Client(transport=SyncBridge(StreamingASGITransport(app))),
+                )
+                client = x402ClientSync()
+                client.register("eip155:*", scheme)
+                client.set_spend_controls(False)
+                first_block = admin.block_number() + 1
+                phases: list[tuple[str, int]] = []  # (phase, last block of it)
+                for number in range(sessions):
+                    for i in range(size):
+                        extra = {
+                            "channels": as_gateway.channels.address,
+                            "statement": "http://gateway.bench/v1/x402/sessions/",
+                            "requestHash": "0x" + request_hash(f"{number}/{i}".encode()).hex(),
+                            "paymentFlow": "upfront",
+                        }
+                        price = AssetAmount(amount=str(MOST), asset=as_gateway.stable.address, extra=extra)
+                        config = ResourceConfig(scheme="session", pay_to=gateway.address, price=price, network=network)
+                        requirements = server.build_payment_requirements(config)
+                        required = server.create_payment_required_response(requirements, ResourceInfo(url="bench"))
+                        payload = client.create_payment_payload(required)
+                        settled = server.settle_payment(payload, requirements[0])
+                        assert settled.success, settled
+                        receipt = Receipt(
+                            os.urandom(32), SESSION_MODEL_ID, provider.address, os.urandom(32), os.urandom(32),
+                            os.urandom(32), 1_000, CHARGED - 1_000, CHARGED, int(time.time()),
+                        )  # fmt: skip
+                        signed = sign_receipt(receipt, receipt_domain, provider.key)
+                        ledger.charge(
+                            bytes.fromhex(payload.payload["nonce"][2:]), CHARGED, json.dumps(signed.to_json())
+                        )
+                        payments.settle(provider.address, provider_channel, offer, signed, None)  # the gateway pays
+                    scheme.end()
+                    phases.append(("first session" if number == 0 else "later sessions", admin.block_number()))
+                closing = scheme.close()
+                admin.increase_time(as_admin.params.get("channel_close_delay"))
+                back = scheme.withdraw(closing)
+                phases.append(("close", admin.block_number()))
+                requests = size * sessions
+                assert scheme.paid() == requests * CHARGED, (scheme.paid(), requests)
+                assert as_admin.stable.balance_of(agent.address) == wallet - requests * CHARGED, back
+                out[f"session_{size}"] = _lifecycle_gas(
+                    admin, as_gateway, (agent.address, gateway.address), first_block, phases, size, sessions
+                )
+            out["relayed_into_provider_channel"] = as_gateway.channels.relayed(provider_channel)
+            out["gateway_relay_balance_left"] = as_gateway.channels.relay_balance(gateway.address)
     return out
+
+
+def _lifecycle_gas(
+    admin: ChainClient,
+    contracts: Contracts,
+    senders: tuple[str, str],
+    first_block: int,
+    phases: list[tuple[str, int]],
+    size: int,
+    sessions: int,
+) -> dict[str, Any]:
+    """Every transaction the agent and the gateway (`senders`) sent from `first_block` on, by phase."""
+    agent, gateway = senders
+    agent_gas, gateway_gas = 0, 0
+    each: dict[str, list[int]] = {}
+    by_phase: dict[str, int] = {"first session": 0, "later sessions": 0, "close": 0}
+    block = first_block
+    for phase, last in phases:
+        for number in range(block, last + 1):
+            for tx in admin.w3.eth.get_block(number, full_transactions=True)["transactions"]:
+                sender = tx["from"].lower()  # type: ignore[index]
+                if sender not in (agent.lower(), gateway.lower()):
+                    continue
+                used = int(admin.w3.eth.get_transaction_receipt(tx["hash"])["gasUsed"])  # type: ignore[index]
+                if sender == agent.lower():
+                    agent_gas += used
+                else:
+                    gateway_gas += used
+                name = ("agent " if sender == agent.lower() else "gateway ") + _function_name(contracts, tx)
+                each.setdefault(name, []).append(used)
+                by_phase[phase] += used
+        block = last + 1
+    requests = size * sessions
+    later = by_phase["later sessions"]
+    return {
+        "sessions": sessions,
+        "requests": requests,
+        "agent_gas": agent_gas,
+        "gateway_gas": gateway_gas,
+        "transactions": {name: {"count": len(g), "gas": sum(g), "each": g} for name, g in each.items()},
+        "gas_per_request": round((agent_gas + gateway_gas) / requests, 1),
+        "first_session_gas_per_request": round(by_phase["first session"] / size, 1),
+        "later_sessions_gas_per_request": round(later / (size * (sessions - 1)), 1) if sessions > 1 else None,
+        "close_gas": by_phase["close"],
+    }
 
 
 def _function_name(contracts: Contracts, tx: Any) -> str:
@@ -204,41 +275,101 @@ def _function_name(contracts: Contracts, tx: Any) -> str:
     return str(tx["to"])
 
 
+def steady_state(sessions: dict[str, Any], deposit: int = AGENT_DEPOSIT) -> dict[str, Any]:
+    """Gas per request of a channel that lives on: a redeem and a fund every REDEEM_ABOVE /
+    CHARGED requests, a top-up every `deposit` / CHARGED (the measured ones: the latest of
+    each kind, a channel's later redeems write no fresh slots)."""
+    gas: dict[str, list[int]] = {}
+    for run in sessions.values():
+        if isinstance(run, dict) and "transactions" in run:
+            for name, t in run["transactions"].items():
+                gas.setdefault(name, []).extend(t["each"])
+    mean = {name: min(g) for name, g in gas.items()}  # the cheapest: no fresh slot written
+    per_redeem = REDEEM_ABOVE / CHARGED
+    per_top_up = deposit / CHARGED
+    redeem, fund, top_up = mean.get("gateway redeem", 0), mean.get("gateway fund", 0), mean.get("agent top_up", 0)
+    return {
+        "requests_per_redeem": round(per_redeem),
+        "requests_per_top_up": round(per_top_up),
+        "redeem_gas": redeem,
+        "fund_gas": fund,
+        "top_up_gas": top_up,
+        "gas_per_request": round((redeem + fund) / per_redeem + top_up / per_top_up, 1),
+    }
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description="On-chain gas of a request paid with x402 exact, on anvil")
+    parser = argparse.ArgumentParser(
+        description="On-chain gas of a request paid with x402, exact and session, on anvil"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--sessions", type=int, default=SESSIONS, help="sessions per channel in each lifecycle")
+    parser.add_argument("--sizes", default=",".join(map(str, SESSION_SIZES)), help="requests per session")
+    parser.add_argument("--deposit", type=int, default=AGENT_DEPOSIT, help="the agent's deposit and top-up, units")
     args = parser.parse_args()
+    sizes = tuple(int(n) for n in args.sizes.split(","))
     result = measure()
-    sessions = measure_sessions()
+    sessions = measure_sessions(sizes, args.sessions, args.deposit)
     result["sessions"] = sessions
-    result["session_gas_per_request_at_1000"] = sessions["session_1000"]["gas_per_request"]
-    result["goal_session_gas_per_request_at_1000"] = 50
+    result["session_steady_state"] = steady_state(sessions, args.deposit)
+    result["assumptions"] = {
+        "charged_per_request": CHARGED,
+        "most_per_request": MOST,
+        "agent_deposit_and_top_up": args.deposit,
+        "gateway_redeem_above": REDEEM_ABOVE,
+        "sessions_per_channel": args.sessions,
+    }
+    if 1_000 in sizes:
+        result["session_gas_per_request_at_1000"] = sessions["session_1000"]["gas_per_request"]
+        result["goal_session_gas_per_request_at_1000"] = 50
     if args.json:
         print(json.dumps(result))
         return
     table = Table(title="x402 exact: gas per request (gasUsed of mined transactions, anvil; sent by the gateway)")
     table.add_column("transaction")
     table.add_column("gas", justify="right")
-    for key, value in result.items():
-        if key in ("sessions", "session_gas_per_request_at_1000", "goal_session_gas_per_request_at_1000"):
-            continue
-        table.add_row(key, f"{value:,}" if key != "payment_ms_p50" else f"{value} ms")
+    for key in ("settle_first_payment", "refund_first_payment", "settle_per_request", "refund_per_request"):
+        table.add_row(key, f"{result[key]:,}")
+    table.add_row("gas_per_request", f"{result['gas_per_request']:,}")
+    table.add_row("payment_ms_p50", f"{result['payment_ms_p50']} ms")
     Console().print(table)
-    per = Table(title="x402 session: all its transactions (agent: approve, open, close, withdraw; gateway: redeem)")
-    for column in ("requests", "agent gas", "gateway gas", "gas per request", "gateway gas per request"):
+    a = result["assumptions"]
+    print(
+        f"session assumptions: each request charged {CHARGED:,} units (its most {MOST:,}); the agent deposits "
+        f"{args.deposit:,} and tops up by as much; the gateway redeems a channel once more than {REDEEM_ABOVE:,} "
+        f"is unredeemed, and when it closes; {a['sessions_per_channel']} sessions per channel, then close + withdraw; "
+        "the gateway's own provider channel and the provider's redeems are every request's cost (bench/gas.py), "
+        "not counted"
+    )
+    per = Table(title=f"x402 session: every transaction of a channel's lifecycle ({args.sessions} sessions of N)")
+    for column in (
+        "requests per session", "agent gas", "gateway gas", "gas per request (lifecycle)",
+        "first session / request", "later sessions / request", "close + withdraw gas",
+    ):  # fmt: skip
         per.add_column(column, justify="right")
-    per.add_row("exact", "0", "", f"{result['gas_per_request']:,}", f"{result['gas_per_request']:,}")
-    for size in SESSION_SIZES:
+    per.add_row("exact", "0", "", f"{result['gas_per_request']:,}", "", "", "")
+    for size in sizes:
         r = sessions[f"session_{size}"]
+        later = r["later_sessions_gas_per_request"]
         per.add_row(
             f"{size:,}", f"{r['agent_gas']:,}", f"{r['gateway_gas']:,}", f"{r['gas_per_request']:,}",
-            f"{r['gateway_gas_per_request']:,}",
+            f"{r['first_session_gas_per_request']:,}", "" if later is None else f"{later:,}", f"{r['close_gas']:,}",
         )  # fmt: skip
     Console().print(per)
-    print("one session of 1,000, each transaction:", ", ".join(
-        f"{name} {gas:,}" for name, gas in sessions["session_1000"]["transactions"].items()
-    ))  # fmt: skip
-    print(f"session gas per request at 1,000: {result['session_gas_per_request_at_1000']} (goal ≤ 50)")
+    for size in sizes:
+        print(f"lifecycle at {size:,} per session, each transaction:", ", ".join(
+            f"{name} " + " + ".join(f"{g:,}" for g in t["each"])
+            for name, t in sessions[f"session_{size}"]["transactions"].items()
+        ))  # fmt: skip
+    steady = result["session_steady_state"]
+    print(
+        f"steady state (a channel that lives on): a redeem ({steady['redeem_gas']:,}) and a fund "
+        f"({steady['fund_gas']:,}) every {steady['requests_per_redeem']:,} requests, a top-up "
+        f"({steady['top_up_gas']:,}) every {steady['requests_per_top_up']:,}: "
+        f"{steady['gas_per_request']} gas per request"
+    )
+    if 1_000 in sizes:
+        print(f"session gas per request at 1,000 (lifecycle): {result['session_gas_per_request_at_1000']} (goal ≤ 50)")
 
 
 if __name__ == "__main__":
