@@ -40,7 +40,9 @@
         change differs from the amount (a fee-on-transfer token) is refused.
         Closing: the payer calls `request_close`; the provider may redeem
         until Params `channel_close_delay` has passed; then the payer
-        `withdraw`s what is left.
+        `withdraw`s what is left. The provider may also `release` the
+        channel (it closes at once; then either of them may `withdraw`, to
+        the payer).
 """
 
 from snekmate.auth import ownable
@@ -61,6 +63,10 @@ MAX_BATCH: constant(uint256) = 256
 MASK_64: constant(uint256) = 2**64 - 1
 MASK_128: constant(uint256) = 2**128 - 1
 MASK_160: constant(uint256) = 2**160 - 1
+# @dev set in a relay's slot once it is used, so the slot never goes back to zero (a zero slot
+#      costs 20,000 gas to write again at the next relayed redeem)
+RELAY_USED: constant(uint256) = 2**255
+MASK_127: constant(uint256) = 2**127 - 1
 
 VOUCHER_TYPEHASH: constant(bytes32) = keccak256(
     "Voucher(bytes32 channelId,bytes32 modelId,uint256 cumulativeAmount)"
@@ -163,8 +169,8 @@ _funds: HashMap[bytes32, uint256]
 _redeemed: HashMap[bytes32, HashMap[bytes32, uint256]]
 # @dev accrued, not yet withdrawn earnings (provider, model owner, treasury)
 earnings: public(HashMap[address, uint256])
-# @dev per relay: what it took out with `withdraw_relay`, cumulative (bits 128..255) | its
-#      relay balance (bits 0..127): zero-model redeems, fee not yet paid
+# @dev per relay: RELAY_USED (bit 255) | what it took out with `withdraw_relay`, cumulative
+#      (bits 128..254) | its relay balance (bits 0..127): zero-model redeems, fee not yet paid
 _relay: HashMap[address, uint256]
 # @dev per channel: how much of its deposit came from its payer's relay balance
 relayed: public(HashMap[bytes32, uint256])
@@ -258,12 +264,12 @@ def withdraw_relay() -> uint256:
     relay: uint256 = self._relay[msg.sender]
     amount: uint256 = relay & MASK_128
     assert amount > 0, "channels: no relay balance"
-    before: uint256 = relay >> 128
+    before: uint256 = (relay >> 128) & MASK_127
     after: uint256 = before + amount
-    assert after <= MASK_128, "channels: amount overflow"
+    assert after <= MASK_127, "channels: amount overflow"
     fee_bps: uint256 = min(staticcall params.value(PROTOCOL_FEE_KEY), BPS)
     fee: uint256 = after * fee_bps // BPS - before * fee_bps // BPS
-    self._relay[msg.sender] = after << 128
+    self._relay[msg.sender] = RELAY_USED | (after << 128)
     self.earnings[self.treasury] += fee
     assert extcall payment_token.transfer(msg.sender, amount - fee, default_return_value=True), "channels: transfer failed"
     log RelayWithdrawn(account=msg.sender, amount=amount - fee, fee=fee)
@@ -292,12 +298,17 @@ def request_close(channel_id: bytes32) -> uint256:
 def withdraw(channel_id: bytes32) -> uint256:
     """
     @notice Returns the unspent deposit to the payer once the channel has
-            closed. Payer only.
+            closed. The payer, or the provider (after `release`: an expired
+            session's deposit goes back with no help from its payer); the
+            refund always goes to the payer.
     @return uint256 The amount returned.
     """
     meta: uint256 = self._meta[channel_id]
     assert meta != 0, "channels: unknown channel"
-    assert self._payer(channel_id) == msg.sender, "channels: not payer"
+    payer: address = self._payer(channel_id)
+    if payer != msg.sender:
+        provider: uint256 = self._provider[channel_id] & MASK_160
+        assert provider == convert(convert(msg.sender, uint160), uint256), "channels: not payer"
     closes_at: uint256 = meta & MASK_64
     assert closes_at != 0, "channels: close not requested"
     assert block.timestamp >= closes_at, "channels: not closed yet"
@@ -314,17 +325,36 @@ def withdraw(channel_id: bytes32) -> uint256:
     if relayed > spent:
         back = relayed - spent
         self.relayed[channel_id] = spent
-        relay: uint256 = self._relay[msg.sender]
+        relay: uint256 = self._relay[payer]
         # back <= this channel's deposit < 2**128, and the balance it adds to is another part
         assert (relay & MASK_128) + back <= MASK_128, "channels: relay overflow"
-        self._relay[msg.sender] = relay + back
+        self._relay[payer] = (relay + back) | RELAY_USED
     if refund > back:
-        assert extcall payment_token.transfer(msg.sender, refund - back, default_return_value=True), "channels: transfer failed"
-    log ChannelWithdrawn(channel_id=channel_id, payer=msg.sender, amount=refund)
+        assert extcall payment_token.transfer(payer, refund - back, default_return_value=True), "channels: transfer failed"
+    log ChannelWithdrawn(channel_id=channel_id, payer=payer, amount=refund)
     return refund
 
 
 # --------------------------------------------------------------- provider
+
+
+@external
+def release(channel_id: bytes32):
+    """
+    @notice The provider gives up redeeming on the channel: it closes now
+            (what it redeemed before stays paid) and its payer's unspent
+            deposit may be withdrawn at once, by the payer or the provider.
+            What a gateway does when an agent's session channel has been
+            idle past its expiry. Provider only.
+    """
+    meta: uint256 = self._meta[channel_id]
+    assert meta != 0, "channels: unknown channel"
+    provider: uint256 = self._provider[channel_id] & MASK_160
+    assert provider == convert(convert(msg.sender, uint160), uint256), "channels: not provider"
+    closes_at: uint256 = meta & MASK_64
+    assert closes_at == 0 or block.timestamp < closes_at, "channels: channel closed"
+    self._meta[channel_id] = (meta & ~MASK_64) | block.timestamp
+    log CloseRequested(channel_id=channel_id, closes_at=block.timestamp)
 
 
 @external
@@ -338,9 +368,10 @@ def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
             invalid.
     @return uint256 The total amount paid by all vouchers.
     """
-    fee_bps: uint256 = staticcall params.value(PROTOCOL_FEE_KEY)
-    # royalty is capped so that royalty + fee never exceed the amount
-    royalty_cap: uint256 = min(staticcall params.value(ROYALTY_CAP_KEY), BPS - min(fee_bps, BPS))
+    # read from Params at the first voucher that needs them (a batch of relayed ones does not)
+    fee_bps: uint256 = 0
+    royalty_cap: uint256 = 0
+    params_read: bool = False
     total: uint256 = 0
     total_fee: uint256 = 0
     total_royalty: uint256 = 0
@@ -378,6 +409,11 @@ def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
             # a payment to a relay: no royalty, and the fee is paid where the relay spends it
             total_relayed += amount
             continue
+        if not params_read:
+            params_read = True
+            fee_bps = staticcall params.value(PROTOCOL_FEE_KEY)
+            # royalty is capped so that royalty + fee never exceed the amount
+            royalty_cap = min(staticcall params.value(ROYALTY_CAP_KEY), BPS - min(fee_bps, BPS))
         if v.model_id != last_model:
             last_model = v.model_id
             model_owner, royalty_bps, registered_at = staticcall models.royalty_terms(v.model_id)
@@ -408,7 +444,7 @@ def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
     if total_relayed > 0:
         relay: uint256 = self._relay[msg.sender]
         assert (relay & MASK_128) + total_relayed <= MASK_128, "channels: relay overflow"
-        self._relay[msg.sender] = relay + total_relayed
+        self._relay[msg.sender] = (relay + total_relayed) | RELAY_USED
     return total
 
 
@@ -467,7 +503,7 @@ def relay_withdrawn(account: address) -> uint256:
     @notice What `account` took out of its relay balance as tokens, cumulative
             (before the fee).
     """
-    return self._relay[account] >> 128
+    return (self._relay[account] >> 128) & MASK_127
 
 
 @external

@@ -600,6 +600,42 @@ def test_an_agent_that_closes_with_vouchers_outstanding_pays_them_and_gets_the_r
     assert charges[2] <= CREDIT
 
 
+def test_an_expired_session_gives_the_deposit_back_with_no_transaction_of_the_agents(
+    chain: Chain, tmp_path: Path
+) -> None:
+    # Prepare: a session of two requests ends; the agent is not heard of again
+    gateway = Gateway(chain, tmp_path)
+    key = fresh_key(chain)
+    client, scheme = agent_client(chain, gateway, key)
+    stable, channels, w3 = chain.gateway.stable, chain.gateway.channels, chain.admin.client.w3
+    wallet = stable.balance_of(scheme.address)
+    charged = 0
+    for step in range(2):
+        payload, requirements = gateway.pay(client, json.dumps({"e": step}).encode(), 20_000)
+        assert gateway.admit(payload, requirements)[0]
+        charged += gateway.serve(payload, 1_000, 100)
+    scheme.end()
+    (session,) = scheme.sessions.values()
+    transactions = w3.eth.get_transaction_count(scheme.address)  # type: ignore[arg-type]
+
+    # Execute: an hour's expiry, looked at now (nothing) and an hour and a second later
+    early = gateway.sessions.expire(idle=3_600)
+    expired = gateway.sessions.expire(idle=3_600, now=time.time() + 3_601)
+    again = gateway.sessions.expire(idle=3_600, now=time.time() + 7_200)
+
+    # Assert: the voucher redeemed, the channel released, the rest in the agent's wallet; it
+    # sent nothing for it
+    assert early == [] and expired == [session.channel_id] and again == []
+    assert channels.channel(session.channel_id).spent == charged == scheme.paid()
+    assert stable.balance_of(scheme.address) == wallet - charged
+    assert w3.eth.get_transaction_count(scheme.address) == transactions  # type: ignore[arg-type]
+    # the agent's next session sees its channel closed and opens another
+    payload, requirements = gateway.pay(client, b'{"e": "later"}', 20_000)
+    assert gateway.admit(payload, requirements)[0]
+    (later,) = scheme.sessions.values()
+    assert later.channel_id != session.channel_id
+
+
 def test_a_sessions_vouchers_are_redeemed_in_batches(chain: Chain, tmp_path: Path) -> None:
     # Prepare: a gateway that redeems once more than 60,000 units are unredeemed
     gateway = Gateway(chain, tmp_path, redeem_above=60_000)

@@ -167,6 +167,35 @@ def test_fund_reverts(system: System, session: bytes) -> None:
     assert system.channels.relay_balance(GATEWAY.address) == 1_000
 
 
+def test_a_released_channel_returns_the_rest_to_its_payer_at_once(system: System, session: bytes) -> None:
+    """An expired session: the gateway redeems what it holds, releases the channel and sends
+    the agent the rest, with no transaction of the agent's and no close delay."""
+    pay(system, AGENT, session, RELAY_MODEL, 700_000, GATEWAY)
+    wallet = system.stable.balanceOf(AGENT.address)
+    with boa.env.prank(GATEWAY.address):
+        system.channels.release(session)
+        assert system.channels.withdraw(session) == 10 * USD - 700_000
+    assert system.stable.balanceOf(AGENT.address) - wallet == 10 * USD - 700_000
+    assert system.channels.channel(session).closes_at > 0
+    with boa.reverts("channels: channel closed"):
+        pay(system, AGENT, session, RELAY_MODEL, 800_000, GATEWAY)  # nothing more to redeem after it
+    with boa.reverts("channels: nothing to withdraw"), boa.env.prank(AGENT.address):
+        system.channels.withdraw(session)
+
+
+def test_release_and_withdraw_by_others_revert(system: System, session: bytes) -> None:
+    for who in (AGENT, PUPPET):  # only the provider releases
+        with boa.reverts("channels: not provider"), boa.env.prank(who.address):
+            system.channels.release(session)
+    with boa.env.prank(GATEWAY.address):
+        system.channels.release(session)
+    with boa.reverts("channels: not payer"), boa.env.prank(PUPPET.address):
+        system.channels.withdraw(session)  # a stranger cannot move it, even to the payer
+    with boa.reverts("channels: channel closed"), boa.env.prank(GATEWAY.address):
+        system.channels.release(session)
+    assert system.channels.channel(session).deposit == 10 * USD  # still all there, the payer's
+
+
 # ------------------------------------------------------- property: fee once, value conserved
 
 ACTION = st.one_of(

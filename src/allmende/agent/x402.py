@@ -182,6 +182,13 @@ class SessionScheme:
 
     def _session(self, gateway: str, statement: str, most: int) -> Session:
         session = self.sessions.get(gateway.lower())
+        if session is not None and session.session_id is None:  # a new session: is its channel still open?
+            record = self.contracts.channels.channel(session.channel_id)
+            if record.closes_at:  # released by the gateway (expired) or closed elsewhere
+                self.closed.append(self.sessions.pop(gateway.lower()))
+                session = None
+            else:
+                session.deposit = record.deposit
         if session is None:
             session = self._find_channel(gateway, statement)
         if session is None:

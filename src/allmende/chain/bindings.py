@@ -363,7 +363,13 @@ class Channels(_Binding):
         return self._tx("request_close", channel_id)
 
     def withdraw(self, channel_id: bytes) -> SentTransaction:
+        """The unspent deposit of a closed channel to its payer (sent by the payer, or by the
+        provider of a released channel)."""
         return self._tx("withdraw", channel_id)
+
+    def release(self, channel_id: bytes) -> SentTransaction:
+        """As the channel's provider: close it now (its payer may withdraw at once)."""
+        return self._tx("release", channel_id)
 
     def redeem(self, vouchers: list[SignedVoucher]) -> SentTransaction:
         return self._tx("redeem", [v.as_tuple() for v in vouchers])

@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS charges (
     amount      TEXT NOT NULL,
     receipt     TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS activity (
+    channel_id  BLOB PRIMARY KEY,            -- a session channel not released by the gateway
+    at          REAL NOT NULL                -- when it last paid for a request
+);
 CREATE INDEX IF NOT EXISTS charges_of_channel ON charges (channel_id);
 CREATE INDEX IF NOT EXISTS nonces_of_channel ON nonces (channel_id, state);
 CREATE INDEX IF NOT EXISTS windows_of_channel ON windows (channel_id, ended);
@@ -148,7 +152,22 @@ class X402Ledger:
                 self._db.execute("UPDATE windows SET ended=1 WHERE channel_id=? AND ended=0", (channel_id,))
                 self._db.execute("INSERT INTO windows VALUES (?,?,?,0)", (session_id, channel_id, str(base)))
             self._raise_voucher(channel_id, cumulative, voucher)
+            self._db.execute(
+                "INSERT INTO activity VALUES (?,?) ON CONFLICT(channel_id) DO UPDATE SET at=excluded.at",
+                (channel_id, time.time()),
+            )
             self._db.execute("COMMIT")
+
+    def idle_channels(self, before: float) -> list[bytes]:
+        """Session channels whose last payment came before `before` (unix time)."""
+        with self._lock:
+            rows = self._db.execute("SELECT channel_id FROM activity WHERE at < ?", (before,)).fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    def released(self, channel_id: bytes) -> None:
+        """The gateway released the channel: it expires no more."""
+        with self._lock:
+            self._db.execute("DELETE FROM activity WHERE channel_id=?", (channel_id,))
 
     def _raise_voucher(self, channel_id: bytes, cumulative: int, voucher: bytes) -> None:
         row = self._db.execute("SELECT cumulative FROM sessions WHERE channel_id=?", (channel_id,)).fetchone()

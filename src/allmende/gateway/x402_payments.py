@@ -87,6 +87,9 @@ class X402Policy:
     # at an upkeep, a session's voucher is redeemed once this much of it is unredeemed (units;
     # a closing session's always)
     redeem_above: int = 10_000_000
+    # seconds a session channel may pay for nothing before the gateway releases it and sends
+    # its payer the unspent deposit (the agent's own `close` needs no expiry)
+    session_expiry: float = 30 * 86_400.0
 
 
 @dataclass
@@ -399,3 +402,7 @@ class X402Gate:
             self.sessions.redeem_due(above=self.policy.redeem_above)
         except Exception as exc:  # tried again at the next upkeep
             log.warning("redeeming the x402 sessions' vouchers failed: %s", exc)
+        try:
+            self.sessions.expire(self.policy.session_expiry)
+        except Exception as exc:  # tried again at the next upkeep
+            log.warning("releasing expired x402 sessions failed: %s", exc)

@@ -321,6 +321,32 @@ class SessionGate:
                 log.warning("funding the provider channels from the relay balance failed: %s", exc)
         return [sent.tx_hash]
 
+    def expire(self, idle: float, now: float | None = None) -> list[bytes]:
+        """Give back the deposits of sessions that have paid for nothing for `idle` seconds:
+        their vouchers redeemed, each channel released (`Channels.release`: it closes at once)
+        and its unspent deposit withdrawn to its payer, who needs to do nothing. Returns the
+        channels released. A channel the agent already asked to close is left to it."""
+        now = time.time() if now is None else now
+        channels = self.contracts.channels
+        stale = []
+        for channel_id in self.ledger.idle_channels(now - idle):
+            if channels.channel(channel_id).closes_at:
+                self.ledger.released(channel_id)  # closing on the agent's command: redeemed as such
+            else:
+                stale.append(channel_id)
+        if not stale:
+            return []
+        self.redeem_due(above=2**256, channels=frozenset(stale))
+        for channel_id in stale:
+            channels.release(channel_id)
+            record = channels.channel(channel_id)
+            if record.deposit > record.spent:
+                channels.withdraw(channel_id)
+            self.ledger.released(channel_id)
+            log.info("session channel 0x%s expired: released, %d units back to its payer", channel_id.hex(),
+                     record.deposit - record.spent)  # fmt: skip
+        return stale
+
 
 def mount_sessions(app: FastAPI, sessions: Callable[[], Awaitable[SessionGate]]) -> None:
     """The session scheme's routes: its statement (what each answered request was charged,
