@@ -16,6 +16,7 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from allmende.api.protocol import input_hash
+from allmende.api.upstream import HttpxUpstream, Upstream
 from allmende.core import Domain, InvalidSignature, RequestAuthorization, SignedReceipt, SignedVoucher
 from allmende.core.envelope import ResponseSealer, seal_request
 from allmende.core.errors import UpstreamError
@@ -139,15 +140,20 @@ def _decoded(raw: bytes | str) -> Any:
 
 
 def _raise_for(reply: httpx.Response) -> None:
-    if reply.status_code >= 400:
+    _raise_for_status(reply.status_code, reply.content)
+
+
+def _raise_for_status(status: int, content: bytes) -> None:
+    """ProviderReplyError for an error reply (the provider's own code, or its first bytes)."""
+    if status >= 400:
         try:
-            err = reply.json()["error"]
+            err = json.loads(content)["error"]
             param = err.get("param")
-            raise ProviderReplyError(
-                reply.status_code, err["code"], err["message"], param=param if isinstance(param, str) else None
-            )
-        except (ValueError, KeyError, TypeError, RecursionError):
-            raise ProviderReplyError(reply.status_code, "http_error", reply.text[:200]) from None
+            param = param if isinstance(param, str) else None
+            raise ProviderReplyError(status, err["code"], err["message"], param=param)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            text = content[:200].decode(errors="replace")
+            raise ProviderReplyError(status, "http_error", text) from None
 
 
 def _check_receipt(raw: dict[str, Any], info: ProviderInfo, domain: Domain, request_id: bytes) -> SignedReceipt:
@@ -245,8 +251,12 @@ def infer_stream(
     raise ProviderReplyError(502, "stream_cut", "stream ended before the final chunk", reader.cut)
 
 
+def _upstream(http: httpx.AsyncClient | Upstream) -> Upstream:
+    return http if isinstance(http, Upstream) else HttpxUpstream(http)
+
+
 async def ainfer(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient | Upstream,
     url: str,
     info: ProviderInfo,
     receipt_domain: Domain,
@@ -254,15 +264,15 @@ async def ainfer(
     sealer: ResponseSealer,
     request_id: bytes,
 ) -> Answer:
-    """`infer` for asyncio callers."""
-    reply = await http.post(f"{url}/v1/infer", json=envelope)
-    _raise_for(reply)
-    data = _decoded(sealer.open(_decoded(reply.content), 0))
+    """`infer` for asyncio callers (`http`: an httpx client, or the gateway's Upstream)."""
+    status, content = await _upstream(http).post(f"{url}/v1/infer", envelope)
+    _raise_for_status(status, content)
+    data = _decoded(sealer.open(_decoded(content), 0))
     return Answer(data["output"], data["usage"], _check_receipt(data["receipt"], info, receipt_domain, request_id))
 
 
 async def ainfer_stream(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient | Upstream,
     url: str,
     info: ProviderInfo,
     receipt_domain: Domain,
@@ -272,11 +282,10 @@ async def ainfer_stream(
 ) -> AsyncIterator[Delta | Answer]:
     """`infer_stream` for asyncio callers: text deltas, then one Answer."""
     reader = _StreamReader(info, receipt_domain, sealer, request_id)
-    async with http.stream("POST", f"{url}/v1/infer", json=envelope) as reply:
-        if reply.status_code >= 400:
-            await reply.aread()
-            _raise_for(reply)
-        async for line in reply.aiter_lines():
+    async with _upstream(http).stream(f"{url}/v1/infer", envelope) as (status, lines):
+        if status >= 400:
+            _raise_for_status(status, "\n".join([line async for line in lines]).encode())
+        async for line in lines:
             item = reader.feed(line)
             if item is not None:
                 yield item

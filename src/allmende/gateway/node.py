@@ -13,6 +13,7 @@ import httpx
 
 from allmende.api.directory import Directory
 from allmende.api.guard import GuardConfig
+from allmende.api.upstream import AiohttpUpstream
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.bindings import ROLE_PROVIDER
 from allmende.chain.errors import ChainError
@@ -72,7 +73,10 @@ def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
         timeout=httpx.Timeout(config.request_timeout, connect=5),
         limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
     )
-    service = GatewayService(directory, payments, Router(config.routing), contracts.registry.receipt_domain(), http)
+    upstream = AiohttpUpstream(config.request_timeout, connect=5, max_connections=512)
+    service = GatewayService(
+        directory, payments, Router(config.routing), contracts.registry.receipt_domain(), http, upstream=upstream
+    )
     if config.stage_models:
         service.staged = staged_models(config, contracts, directory, payments, http)
     directory.maybe_refresh()
@@ -92,6 +96,7 @@ def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
         yield
         task.cancel()
         await http.aclose()
+        await upstream.aclose()
 
     app = create_app(service, config.limits, config.guard)
     app.router.lifespan_context = lifespan

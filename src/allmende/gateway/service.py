@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter
 from allmende.api.client import Answer, Delta, ProviderReplyError, ainfer, ainfer_stream, build_envelope
 from allmende.api.directory import AmbiguousName, Directory, Offer, ProviderEntry
 from allmende.api.protocol import grammar_of
+from allmende.api.upstream import HttpxUpstream, Upstream
 from allmende.chain.errors import ChainError
 from allmende.core import Domain, InvalidInput
 from allmende.core.credit import UNTIL_CONTEXT, max_request_cost, requested_max_tokens
@@ -97,12 +98,16 @@ class GatewayService:
         http: httpx.AsyncClient,
         timeout_first_token: float = 60.0,
         registry: CollectorRegistry | None = None,
+        upstream: Upstream | None = None,
     ) -> None:
         self.directory = directory
         self.payments = payments
         self.router = router
         self.receipt_domain = receipt_domain
         self.http = http
+        # what carries requests to providers' /v1/infer (api/upstream.py): a gateway process
+        # passes aiohttp's; by default the httpx client (tests route it to apps in process)
+        self.upstream = upstream or HttpxUpstream(http)
         self.timeout_first_token = timeout_first_token
         self.registry = registry or CollectorRegistry()
         self.staged: StagedModels | None = None  # models served through stage chains (gateway/staged.py)
@@ -344,7 +349,7 @@ class GatewayService:
             try:
                 answer = await asyncio.wait_for(
                     ainfer(
-                        self.http,
+                        self.upstream,
                         entry.url,
                         entry.info,
                         self.receipt_domain,
@@ -433,7 +438,7 @@ class GatewayService:
             text = ""  # text of this attempt
             try:
                 items = ainfer_stream(
-                    self.http,
+                    self.upstream,
                     entry.url,
                     entry.info,
                     self.receipt_domain,
