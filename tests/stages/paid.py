@@ -103,6 +103,7 @@ class Wire(httpx.AsyncBaseTransport):
         self.received: list[tuple[str, str, bytes]] = []
         self.before: dict[str, list[object]] = {}  # url -> what `on_call` returned as each call arrived
         self.on_call: dict[str, object] = {}  # url -> a function of nothing, run as a call arrives
+        self.tamper: dict[str, object] = {}  # url -> a function of (call number, reply bytes) -> bytes, as a relay
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         base = f"{request.url.scheme}://{request.url.host}"
@@ -113,6 +114,10 @@ class Wire(httpx.AsyncBaseTransport):
             self.before.setdefault(base, []).append(probe())  # type: ignore[operator]
         response = await self.mounts[base].handle_async_request(request)
         data = await response.aread()
+        alter = self.tamper.get(base)
+        if alter is not None and request.url.path.endswith("/forward"):
+            calls = sum(1 for b, path, _ in self.sent if b == base and path.endswith("/forward"))
+            data = alter(calls, data)  # type: ignore[operator]
         self.received.append((base, request.url.path, data))
         return httpx.Response(response.status_code, headers=response.headers, content=data)
 

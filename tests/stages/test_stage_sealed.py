@@ -137,3 +137,42 @@ def test_tampered_misaddressed_and_plain_calls_are_refused_before_any_work(
     reply = asyncio.run(_post(first, body))  # the untouched call is served
     assert reply.status_code == 200 and first.earned(channel) == 8 * PRICES[0].per_position
     first.engine.close("t")
+
+
+def test_an_answer_altered_between_hops_is_not_trusted_and_stays_counted(
+    anvil: Anvil,
+    deployment: Deployment,
+    admin: Contracts,
+    whole: Engine,
+    paid3: list[PaidStage],
+    stages3: list[StageEngine],
+    chat_ids: list[list[int]],
+    tmp_path: Path,
+) -> None:
+    """A relay flips a bit of the middle stage's third answer: the gateway cannot open it, so
+    the stage is replaced and replayed (the stream is the whole model's), and the call, which
+    the provider did serve and earn, stays counted on its channel as a call of unknown outcome
+    (so the gateway's exposure never falls below the provider's)."""
+    spare = paid_stage(anvil, deployment, admin, stages3[1], StagePrice(5), "http://spare1", tmp_path)
+    prompt = chat_ids[0]
+    payments = gateway_payments(anvil, deployment, admin, tmp_path, DEPOSIT)
+    payer = SessionPayer(payments, lambda _: 1_000_000, len(prompt) + MAX_TOKENS, MAX_TOKENS, None)
+    wire = Wire({s.url: s.transport() for s in [*paid3, spare]})
+
+    def flip_the_third(call: int, data: bytes) -> bytes:
+        return data[:-1] + bytes([data[-1] ^ 1]) if call == 3 else data
+
+    wire.tamper[paid3[1].url] = flip_the_third
+    offers = [s.offer() for s in [*paid3, spare]]
+
+    tokens, session = asyncio.run(run_paid([*paid3, spare], payer, prompt, MAX_TOKENS, wire, offers))
+
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    assert tokens == asyncio.run(collect(whole.generate(prompt, params), len(prompt))).token_ids
+    assert session.hops[1].replaced == 1 and session.hops[1].offer.url == spare.url
+    middle = paid3[1]
+    channel = payer.holds[middle.address].channel
+    owed = payments.store.owed(channel, middle.engine.spec.stage_id)[0]
+    altered = PRICES[1].per_position  # the third call: one position
+    assert middle.earned(channel) == owed + altered  # the provider earned the call whose answer was altered ...
+    assert payments.in_flight(channel) == altered  # ... and the gateway still counts it after the session

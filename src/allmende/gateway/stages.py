@@ -202,18 +202,25 @@ class StageSession:
                 timeout=self.timeout,
             )  # fmt: skip
         except httpx.HTTPError as exc:
-            if self.payer is not None and call.payment is not None and not isinstance(exc, httpx.ConnectError):
-                drawn = 0 if draw is None else 1
-                self.payer.unsettled(offer, offer.price.amount(int(rows.shape[0]), drawn))
+            if not isinstance(exc, httpx.ConnectError):  # sent: the provider may have served and earned it
+                self._unsettled(offer, call, draw)
             raise
         if reply.status_code != 200:
             raise UpstreamError(f"stage provider {offer.url} answered {reply.status_code}: {reply.text[:200]}")
         offer.observe(time.monotonic() - began)
-        answer = ForwardReply.decode(reply.content) if sealer is None else open_reply(sealer, reply.content)
+        try:
+            answer = ForwardReply.decode(reply.content) if sealer is None else open_reply(sealer, reply.content)
+        except InvalidInput:  # garbled on the way or by the provider: it may have earned the call all the same
+            self._unsettled(offer, call, draw)
+            raise
         self._check(offer, start, rows, draw, answer)
         if self.payer is not None and call.payment is not None and answer.receipt is not None:
             self.payer.paid(offer, answer.receipt, call.payment)
         return answer
+
+    def _unsettled(self, offer: StageOffer, call: ForwardRequest, draw: Draw | None) -> None:
+        if self.payer is not None and call.payment is not None:
+            self.payer.unsettled(offer, offer.price.amount(int(call.input.shape[0]), 0 if draw is None else 1))
 
     def _check(self, offer: StageOffer, start: int, rows: np.ndarray, draw: Draw | None, answer: ForwardReply) -> None:
         """The reply is the stage's answer to this call: its hashes name what was sent and what
