@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import openai
 import pytest
+from typer.testing import CliRunner
 
 from allmende.chain.anvil import free_port
+from allmende.cli import app
 from allmende.node.supervisor import allmende_command, start
 from tests.e2e.conftest import Network
 
 
 def test_status_reads_the_network_from_chain(network: Network) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "allmende", "status", "--state-dir", str(network.root)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    done = CliRunner().invoke(app, ["status", "--state-dir", str(network.root)])  # in this process: ~1.5 s less CPU
+    assert done.exit_code == 0, done.output + repr(done.exception)
     assert "treasury" in done.stdout and network.data["providers"][0]["address"][:10] in done.stdout
 
 

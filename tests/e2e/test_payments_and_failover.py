@@ -4,10 +4,10 @@ network stays whole whatever order tests run in.)"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from typer.testing import CliRunner
 
 from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.cli import app
 from allmende.core import split_payment
 from allmende.gateway.store import GatewayStore
 from allmende.provider.store import ProviderStore
@@ -45,27 +45,12 @@ def test_redeemed_amounts_and_split_match_the_receipts(network: Network) -> None
     # ran earlier may have closed a channel (providers redeem on seeing a close)
     redeemed_before = {pair: reader.channels.redeemed(*pair) for pair in pairs}
 
-    for i in range(1, len(network.data["providers"]) + 1):
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "allmende",
-                "provider-redeem",
-                "--rpc",
-                network.data["rpc_url"],
-                "--key",
-                f"devnet:{i}",
-                "--deployments",
-                network.data["deployments"],
-                "--state-dir",
-                str(network.root / "run" / f"provider-{i}"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
+    for i in range(1, len(network.data["providers"]) + 1):  # in this process: ~1.5 s less CPU a call
+        done = CliRunner().invoke(app, [
+            "provider-redeem", "--rpc", network.data["rpc_url"], "--key", f"devnet:{i}",
+            "--deployments", network.data["deployments"], "--state-dir", str(network.root / "run" / f"provider-{i}"),
+        ])  # fmt: skip
+        assert done.exit_code == 0, done.output + repr(done.exception)
 
     held: dict[tuple[bytes, bytes], int] = {}  # the highest voucher each provider holds, by (channel, model)
     for i in range(1, len(network.data["providers"]) + 1):
