@@ -121,9 +121,9 @@ class Wire(httpx.AsyncBaseTransport):
         self.received.append((base, request.url.path, data))
         return httpx.Response(response.status_code, headers=response.headers, content=data)
 
-    def forward_bytes(self) -> bytes:
-        """Every byte of the forward calls and their replies that crossed."""
-        return b"".join(body for _, path, body in self.sent + self.received if path.endswith("/forward"))
+    def bytes_seen(self) -> bytes:
+        """Every byte of every request and reply that crossed (calls and closes)."""
+        return b"".join(body for _, _, body in self.sent + self.received)
 
 
 async def run_paid(

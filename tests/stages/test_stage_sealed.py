@@ -16,7 +16,15 @@ import httpx
 import numpy as np
 import pytest
 
-from allmende.api.stages import FORWARD_PATH, MEDIA_TYPE, ForwardRequest, activation_hash, is_sealed, seal_call
+from allmende.api.stages import (
+    CLOSE_PATH,
+    FORWARD_PATH,
+    MEDIA_TYPE,
+    ForwardRequest,
+    activation_hash,
+    is_sealed,
+    seal_call,
+)
 from allmende.chain import Contracts, Deployment
 from allmende.chain.anvil import Anvil, DevnetAccount
 from allmende.core.envelope import public_key_bytes
@@ -67,7 +75,10 @@ def test_a_paid_chain_seals_every_hop_and_its_receipts_bind_the_plaintext(
     assert tokens == asyncio.run(collect(whole.generate(prompt, params), len(prompt))).token_ids
     calls = [body for _, path, body in wire.sent if path.endswith("/forward")]
     assert len(calls) == 3 * MAX_TOKENS and all(is_sealed(body) for body in calls)
-    seen = wire.forward_bytes()
+    closes = [body for _, path, body in wire.sent if path.endswith("/close")]
+    assert len(closes) == 3 and all(b'"sealed":"close"' in body for body in closes)
+    assert not any(s.engine.holds(session.session) for s in paid3)  # the sealed closes freed every cache
+    seen = wire.bytes_seen()
     secrets = [session.session.encode(), np.asarray(prompt, dtype=np.int64).tobytes()]
     for hop in session.hops:
         secrets += [rows.tobytes() for rows in hop.inputs]  # ids, then every hidden row sent on
@@ -88,9 +99,9 @@ def test_a_paid_chain_seals_every_hop_and_its_receipts_bind_the_plaintext(
         assert [r.output_hash for r in before] == [r.input_hash for r in after]
 
 
-async def _post(stage: PaidStage, body: bytes) -> httpx.Response:
+async def _post(stage: PaidStage, body: bytes, path: str = FORWARD_PATH) -> httpx.Response:
     async with httpx.AsyncClient(transport=stage.transport(), base_url=stage.url) as client:
-        return await client.post(FORWARD_PATH, content=body, headers={"content-type": MEDIA_TYPE})
+        return await client.post(path, content=body, headers={"content-type": MEDIA_TYPE})
 
 
 def test_tampered_misaddressed_and_plain_calls_are_refused_before_any_work(
@@ -134,6 +145,8 @@ def test_tampered_misaddressed_and_plain_calls_are_refused_before_any_work(
         "plain": (400, "invalid_stage"),
     }
     assert first.earned(channel) == 0 and not first.engine.holds("t")  # nothing computed, nothing charged
+    reply = asyncio.run(_post(first, b'{"session": "t"}', CLOSE_PATH))
+    assert (reply.status_code, reply.json()["error"]["code"]) == (400, "invalid_stage")  # closes are sealed too
     reply = asyncio.run(_post(first, body))  # the untouched call is served
     assert reply.status_code == 200 and first.earned(channel) == 8 * PRICES[0].per_position
     first.engine.close("t")

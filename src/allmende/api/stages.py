@@ -30,7 +30,10 @@ provider's address and the call id (`core.stages.stage_call_id`):
                              ("call"), call (0x call id), enc and nonce (hex)
 
 so a relay or an eavesdropper between hops sees the call id and the sizes, never the
-activations, the session, the token drawn, the payment or the receipt.
+activations, the session, the token drawn, the payment or the receipt. The closing of a
+session at a paid stage is sealed the same way (metadata sealed "close", the close id
+`close_id`), its plaintext the session id, so the session id never crosses in the clear:
+knowing it is what lets one close a session.
 """
 
 from __future__ import annotations
@@ -281,27 +284,53 @@ def seal_call(call: ForwardRequest, provider_key: bytes, provider: str) -> tuple
     the opener of its reply."""
     call_id = call.call_id
     sealed, sealer = seal_bytes(provider_key, provider, call_id, call.encode(), STAGE_CONTEXT)
-    meta = {"sealed": "call", "call": "0x" + call_id.hex(), "enc": sealed.enc.hex(), "nonce": sealed.nonce.hex()}
-    return bytes(save({"sealed": _bytes_tensor(sealed.ciphertext)}, metadata=meta)), sealer
+    return _sealed_message("call", call_id, sealed), sealer
 
 
 def open_call(private: X25519PrivateKey, provider: str, raw: bytes) -> tuple[ForwardRequest, ResponseSealer]:
     """Decrypt a call sealed to this provider (`core.envelope.EnvelopeError` if it was sealed
     to another key or provider or altered on the way) and check that it is the call its
     envelope names."""
+    plaintext, sealer = _open(private, provider, raw, "call")
+    call = ForwardRequest.decode(plaintext)
+    if call.call_id != _hex(_metadata(raw), "call", 32):
+        raise InvalidStage("the sealed call is not the call its envelope names")
+    return call, sealer
+
+
+def close_id(session: str) -> bytes:
+    """The request id a sealed close of `session` is bound to."""
+    return keccak(STAGE_CONTEXT + b"|close|" + session.encode())
+
+
+def seal_close(session: str, provider_key: bytes, provider: str) -> bytes:
+    """The closing of a session at a paid stage, sealed to its provider like its calls."""
+    sealed, _ = seal_bytes(provider_key, provider, close_id(session), session.encode(), STAGE_CONTEXT)
+    return _sealed_message("close", close_id(session), sealed)
+
+
+def open_close(private: X25519PrivateKey, provider: str, raw: bytes) -> str:
+    """The session a sealed close names (EnvelopeError or InvalidStage if it is not one)."""
+    plaintext, _ = _open(private, provider, raw, "close")
+    try:
+        session = plaintext.decode()
+    except UnicodeDecodeError:
+        raise InvalidStage("a sealed close names a session") from None
+    if not _SESSION.match(session) or close_id(session) != _hex(_metadata(raw), "call", 32):
+        raise InvalidStage("the sealed close is not the close its envelope names")
+    return session
+
+
+def _open(private: X25519PrivateKey, provider: str, raw: bytes, kind: str) -> tuple[bytes, ResponseSealer]:
     meta = _metadata(raw)
-    if meta.get("sealed") != "call":
-        raise InvalidStage("not a sealed stage call")
-    call_id = _hex(meta, "call", 32)
+    if meta.get("sealed") != kind:
+        raise InvalidStage(f"not a sealed stage {kind}")
+    request_id = _hex(meta, "call", 32)
     try:
         enc, nonce = bytes.fromhex(meta.get("enc", "")), bytes.fromhex(meta.get("nonce", ""))
     except ValueError:
-        raise InvalidStage("a sealed call's enc and nonce must be hex") from None
-    plaintext, sealer = open_bytes(private, provider, call_id, SealedBytes(enc, nonce, _ciphertext(raw)), STAGE_CONTEXT)
-    call = ForwardRequest.decode(plaintext)
-    if call.call_id != call_id:
-        raise InvalidStage("the sealed call is not the call its envelope names")
-    return call, sealer
+        raise InvalidStage("a sealed message's enc and nonce must be hex") from None
+    return open_bytes(private, provider, request_id, SealedBytes(enc, nonce, _ciphertext(raw)), STAGE_CONTEXT)
 
 
 def seal_reply(sealer: ResponseSealer, reply: ForwardReply) -> bytes:
@@ -313,6 +342,11 @@ def open_reply(sealer: ResponseSealer, raw: bytes) -> ForwardReply:
     if _metadata(raw).get("sealed") != "reply":
         raise InvalidStage("the reply to a sealed call is not sealed")
     return ForwardReply.decode(sealer.open_bytes(0, _ciphertext(raw)))
+
+
+def _sealed_message(kind: str, request_id: bytes, sealed: SealedBytes) -> bytes:
+    meta = {"sealed": kind, "call": "0x" + request_id.hex(), "enc": sealed.enc.hex(), "nonce": sealed.nonce.hex()}
+    return bytes(save({"sealed": _bytes_tensor(sealed.ciphertext)}, metadata=meta))
 
 
 def _bytes_tensor(data: bytes) -> np.ndarray:

@@ -48,6 +48,7 @@ from allmende.api.stages import (
     activation_hash,
     open_reply,
     seal_call,
+    seal_close,
     token_array,
 )
 from allmende.core.eip712 import Domain
@@ -317,8 +318,13 @@ class StageSession:
     async def close(self) -> None:
         """Tell every stage of the chain to forget the session (best effort)."""
         for hop in self.hops:
+            offer, url = hop.offer, hop.offer.url.rstrip("/") + CLOSE_PATH
             with contextlib.suppress(httpx.HTTPError):
-                await self.client.post(hop.offer.url.rstrip("/") + CLOSE_PATH, json={"session": self.session})
+                if offer.x25519 is not None and offer.provider is not None:  # sealed, as its calls are
+                    body = seal_close(self.session, offer.x25519, offer.provider)
+                    await self.client.post(url, content=body, headers={"content-type": MEDIA_TYPE})
+                else:
+                    await self.client.post(url, json={"session": self.session})
 
 
 class StageVouchers:

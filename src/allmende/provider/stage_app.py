@@ -43,8 +43,10 @@ from allmende.api.stages import (
     ForwardReply,
     ForwardRequest,
     activation_hash,
+    close_id,
     is_sealed,
     open_call,
+    open_close,
     seal_reply,
     token_array,
 )
@@ -260,13 +262,17 @@ def add_stage_routes(
     async def close(request: Request) -> Response:
         try:
             raw = await read_limited(request, 4096, 10.0)
-            try:
-                session = json.loads(raw)["session"]
-            except (ValueError, KeyError, TypeError):
-                raise BadRequest('body must be {"session": "<id>"}') from None
-            if not isinstance(session, str):
-                raise BadRequest("session must be a string")
+            if paid is not None:  # sealed like its calls: the session id never crosses in the clear
+                assert signer is not None
+                session = open_close(paid.x25519, signer.address, raw)
+            else:
+                try:
+                    session = json.loads(raw)["session"]
+                except (ValueError, KeyError, TypeError):
+                    raise BadRequest('body must be {"session": "<id>"}') from None
+                if not isinstance(session, str):
+                    raise BadRequest("session must be a string")
             stage.close(session)
         except Exception as exc:
             return error_response(exc)
-        return JSONResponse({"closed": session})
+        return JSONResponse({"closed": session if paid is None else "0x" + close_id(session).hex()})
