@@ -17,6 +17,7 @@ honest (fp32 and a bf16 provider) and served ignored or altered (cheats).
     python bench/verify.py [--questions 16] [--json]
     python bench/verify.py --engines --no-attacks --questions 4 --tokens 32
     python bench/verify.py --parameters --no-attacks --questions 8
+    python bench/verify.py --stages --questions 4 --tokens 24
 """
 
 from __future__ import annotations
@@ -46,7 +47,16 @@ def main() -> None:
     parser.add_argument(
         "--parameters", action="store_true", help="the sampling-parameter rows (honest, ignored, altered)"
     )
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="the pipeline-stage rows instead (allmende.testing.stage_harness: SmolLM2 in 3 stages, each audited "
+        "alone; --questions prompts, --tokens tokens each)",
+    )
     args = parser.parse_args()
+    if args.stages:
+        stage_rows(args.questions, args.tokens, args.json)
+        return
     model = args.model or ("smollm2-135m-instruct" if args.engines else None)
     harness = Harness(
         args.questions,
@@ -104,6 +114,57 @@ def main() -> None:
         f"{out['known_limit_passes']} passed), proof bytes per 32 tokens "
         f"{out['proof_bytes_per_32_tokens']}, validation ÷ generation (128 tokens) "
         f"{out['validation_over_generation']}"
+    )
+
+
+def stage_rows(questions: int, tokens: int, as_json: bool) -> None:
+    """The stage rows: each stage of a 3-stage chain audited alone (`verify_stage`)."""
+    import os
+
+    from allmende.engine.proofs import MAX_MEDIAN_REL_ERROR
+    from allmende.engine.stages import F16_MEDIAN_REL_ERROR
+    from allmende.testing.stage_harness import StageHarness
+
+    load = os.getloadavg()[0]
+    results = StageHarness(questions, tokens).run()
+    out = {
+        "false_alarms": sum(r.wrong for r in results if r.kind == "honest"),
+        "misses": sum(r.wrong for r in results if r.kind == "cheat"),
+        "limits": {"fp32_registration": MAX_MEDIAN_REL_ERROR, "f16_registration": F16_MEDIAN_REL_ERROR},
+        "load_average": round(load, 1),
+        "rows": [
+            {
+                "name": r.name,
+                "kind": r.kind,
+                "runs": r.runs,
+                "passed": r.passed,
+                "median_rel_error_min": round(r.best_median_rel_error, 4),
+                "median_rel_error_max": round(r.worst_median_rel_error, 4),
+                "batched_passes": r.batched_passes,
+            }
+            for r in results
+        ],
+    }
+    if as_json:
+        print(json.dumps(out))
+        return
+    title = f"stage audits, SmolLM2-135M in 3 stages, {questions} prompts x 3 stages per row, {tokens} tokens"
+    table = Table(title=title)
+    for column in ("row", "kind", "passed", "wrong", "median rel. error (min-max)", "batched passes"):
+        table.add_column(column, justify="right" if column != "row" else "left")
+    for r in results:
+        table.add_row(
+            r.name,
+            r.kind,
+            f"{r.passed}/{r.runs}",
+            str(r.wrong),
+            f"{r.best_median_rel_error:.4f}-{r.worst_median_rel_error:.4f}",
+            str(r.batched_passes),
+        )
+    Console().print(table)
+    print(
+        f"false alarms {out['false_alarms']}, misses {out['misses']}; limits: median relative error "
+        f"{MAX_MEDIAN_REL_ERROR} (fp32 registration), {F16_MEDIAN_REL_ERROR} (F16 registration)"
     )
 
 
