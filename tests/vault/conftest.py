@@ -5,8 +5,6 @@ and a base model registered by its owner."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,19 +43,9 @@ __all__ = ["signed_post"]  # signed for the vault, dataset and grant, with a fre
 
 
 def cli(net: VaultNetwork, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "allmende", *args, "--rpc", net.rpc_url, "--deployments", str(net.deployments)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def cli_in_process(net: VaultNetwork, *args: str) -> str:
-    """The same command line run in this process by typer's runner (the same parsing, commands
-    and exit codes; no interpreter start-up, about 1.5 s of CPU a call)."""
+    """A command line on this network's chain, run in this process by typer's runner (the same
+    parsing, commands and exit codes; no interpreter start-up, which cost about 1.5 s of CPU a
+    chain command and more where it imported torch, transformers and Flower again)."""
     done = CliRunner().invoke(app, [*args, "--rpc", net.rpc_url, "--deployments", str(net.deployments)])
     assert done.exit_code == 0, done.output + repr(done.exception)
     return done.stdout

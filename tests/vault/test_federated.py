@@ -24,7 +24,7 @@ from allmende.vault.flower import Participant, VaultRefused, run_federated
 from allmende.vault.model import MICRO, accuracy, save_model
 from allmende.vault.service import model_payload
 from allmende.vault.store import VaultStore
-from tests.vault.conftest import CONFIG, SPEC, World, cli_in_process, grant, owner_contracts, signed_post
+from tests.vault.conftest import CONFIG, SPEC, World, cli, grant, owner_contracts, signed_post
 
 
 def test_datasets_are_registered_by_their_vaults(world: World) -> None:
@@ -90,7 +90,7 @@ def test_federated_training_beats_the_base_model_and_lands_on_chain(world: World
     ])  # fmt: skip
     assert refused.exit_code == 1 and isinstance(refused.exception, SystemExit)  # a refusal, no traceback
     assert "0 attestation(s)" in refused.stdout  # not before a validator attested
-    said = cli_in_process(world.net, "federated", "attest", "--vault", world.vaults[0].url, "--dataset",
+    said = cli(world.net, "federated", "attest", "--vault", world.vaults[0].url, "--dataset",
                "0x" + world.heldout_id.hex(), "--grant", str(eval_grant), "--model", str(model_dir),
                "--key", f"devnet:{validator.index}", "--epsilon", "2")  # fmt: skip
     attested = float(re.search(r"accuracy (\d\.\d+)", said).group(1))  # type: ignore[union-attr]
@@ -103,7 +103,7 @@ def test_federated_training_beats_the_base_model_and_lands_on_chain(world: World
     assert logged and logged[0].result_hash == attestation.report_hash
 
     # the coordinator registers the new model as derived from the base, trained on the three datasets
-    cli_in_process(world.net, "federated", "register", "--model", str(model_dir), "--key", coordinator_key)
+    cli(world.net, "federated", "register", "--model", str(model_dir), "--key", coordinator_key)
     cc = world.contracts["coordinator"]
     record = cc.models.get(new_id)
     assert record.owner == coordinator.address
