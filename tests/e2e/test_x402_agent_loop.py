@@ -225,3 +225,32 @@ def test_32_requests_at_once_from_one_session_are_charged_exactly_their_receipts
     assert {r.receipt.request_id for r in receipts} == {r.receipt.request_id for r in scheme.receipts()}
     (channel_id,) = closing
     assert channels.channel(channel_id).spent == scheme.paid() == sum(r.receipt.amount for r in receipts)
+
+
+def test_a_later_session_pays_from_the_same_channel_through_the_gateway_with_no_transaction(
+    network: Network, x402_gateway: Gateway
+) -> None:
+    # Prepare: a first session of two requests, ended (its last voucher to the gateway)
+    key = fresh_payer(network)
+    contracts = contracts_of(network)
+    channels, w3 = contracts.channels, contracts.client.w3
+    body = {"model": "allmende:tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    first_client, first = session_client(network, key)
+    views = asyncio.run(concurrent_chats(x402_gateway.url, [first_client, first_client], body))
+    first.end()
+    (opened,) = first.sessions.values()
+    transactions = w3.eth.get_transaction_count(key.address)
+
+    # Execute: another process of the same wallet, no state, pays two more; then it closes
+    second_client, second = session_client(network, key)
+    views += asyncio.run(concurrent_chats(x402_gateway.url, [second_client, second_client], body))
+    sent_for_them = w3.eth.get_transaction_count(key.address) - transactions
+    (channel_id,) = second.close()
+
+    # Assert: one channel, no transaction of the agent's for the second session; the gateway
+    # redeemed exactly the four receipts, and its relay balance went into its provider channels
+    # (the protocol fee is paid there, once)
+    receipts = [receipt_of(network, view) for view in views]
+    assert channel_id == opened.channel_id and sent_for_them == 0
+    assert channels.channel(channel_id).spent == second.paid() == sum(r.receipt.amount for r in receipts) > 0
+    assert channels.relay_balance(x402_gateway.address) == 0
