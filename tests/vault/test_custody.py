@@ -5,8 +5,6 @@ a small group by differencing exact aggregates, and counting through evaluate fo
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 import httpx
@@ -18,8 +16,10 @@ from flwr.app.message_type import MessageType
 from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.compat.common.recorddict_compat import fitins_to_recorddict, recorddict_to_fitres
+from typer.testing import CliRunner
 
 from allmende.chain.anvil import DevnetAccount
+from allmende.cli import app
 from allmende.testing.vaults import LocalVault
 from allmende.vault import flower
 from allmende.vault.datasets import load_table
@@ -148,11 +148,8 @@ def test_a_grantee_cannot_derive_a_small_group_by_subtraction(world: World) -> N
 
     # with the owner's consent the total is answered, and the per-label query is refused whole
     state_dir = str(world.root / "vault-2")
-    consent = subprocess.run(
-        [sys.executable, "-m", "allmende", "data", "exact-aggregates", str(g), "--state-dir", state_dir],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert consent.returncode == 0 and f"grant {g} may ask for exact aggregates" in consent.stdout, consent.stderr
+    consent = CliRunner().invoke(app, ["data", "exact-aggregates", str(g), "--state-dir", state_dir])  # in process
+    assert consent.exit_code == 0 and f"grant {g} may ask for exact aggregates" in consent.stdout, consent.output
     total = ask(None)
     assert total.status_code == 200, total.text
     per_label = ask("label")
