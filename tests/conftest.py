@@ -122,9 +122,9 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 # three vault processes, a trained base model: ~28 s of CPU a start), and the cheater network
 # above. Under pytest-xdist (`make test` runs `-n 3 --dist loadgroup`) every module that uses one
 # runs on the same worker, so each network starts once (a package fixture is also stopped whenever
-# a worker turns to another package's test: spread over the workers, `world` started once per
-# module); every other module is a group of its own (its module-scoped fixtures start once), and
-# the groups are spread over the workers.
+# a worker turns to another package's test: spread over the workers, `world` started on each worker
+# that ran one of its modules, and again after each such turn); every other module is a group of
+# its own (its module-scoped fixtures start once), and the groups are spread over the workers.
 SHARED_NETWORKS = (CHEATER_NETWORK, "network", "running", "world")
 
 
