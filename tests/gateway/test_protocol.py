@@ -4,6 +4,7 @@ official `openai` client parses."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,11 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion as OpenAIChatCompletion
 from openai.types.chat import ChatCompletionChunk as OpenAIChatCompletionChunk
 
-from allmende.api.client import Answer
+from allmende.api import protocol
+from allmende.api.client import Answer, Delta
 from allmende.api.protocol import (
+    ChatChunkChoice,
+    ChatCompletionChunk,
     ChatRequest,
     CompletionRequest,
     EmbeddingRequest,
@@ -191,3 +195,15 @@ def test_stream_chunks_parse_with_the_official_client() -> None:
         "finish_reason": None,
     }
     OpenAICompletion.model_validate(completion_chunk("id", 1, "m", None, "length"))
+
+
+@pytest.mark.parametrize("text", ["tok", "", ' ü\n"\\\u0000🙂', Delta("x", tokens=3)])
+def test_a_text_deltas_chunk_is_the_models_rendering(text: str) -> None:
+    """The chunk of a plain text delta is built without pydantic (rendering.text_chunk): it
+    must be exactly what the model renders, and parse with the official client."""
+    built = chat_chunk("chatcmpl-1", 7, "m", text, None)
+    choice = ChatChunkChoice(delta=protocol.Delta(content=text), logprobs=None, finish_reason=None)
+    rendered = ChatCompletionChunk(id="chatcmpl-1", created=7, model="m", choices=[choice]).render()
+    assert built == rendered and json.dumps(built) == json.dumps(rendered)
+    assert type(built["choices"][0]["delta"]["content"]) is str
+    assert OpenAIChatCompletionChunk.model_validate(built).choices[0].delta.content == text

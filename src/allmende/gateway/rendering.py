@@ -137,6 +137,8 @@ def chat_chunk(
 ) -> dict[str, Any]:
     """One chat stream chunk: a text (or tool-call) delta, the final one (`finish`), or the
     usage-only one (`usage`, no choices)."""
+    if delta is not None and finish is None and not (role or usage or calls) and allmende is None and logprobs is None:
+        return text_chunk(ident, created, model, delta)
     choices = (
         []
         if usage
@@ -152,6 +154,21 @@ def chat_chunk(
     return protocol.ChatCompletionChunk(
         id=ident, created=created, model=model, choices=choices, usage=parsed, allmende=allmende
     ).render()
+
+
+def text_chunk(ident: str, created: int, model: str, delta: str) -> dict[str, Any]:
+    """The chunk of a plain text delta (most of a stream's chunks: one per token), built as a
+    dict: it is `ChatCompletionChunk(...).render()` for such a delta (tests/gateway/
+    test_protocol.py checks that they agree), at 3 µs per chunk instead of 8 through pydantic's
+    models; its text is a str by construction (api.client's stream reader), so there is
+    nothing to validate."""
+    return {
+        "id": ident,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": {"content": str(delta)}, "logprobs": None, "finish_reason": None}],
+    }
 
 
 def completion_chunk(
