@@ -156,6 +156,7 @@ class StageSession:
         timeout: float = 60.0,
         domain: Domain | None = None,  # the receipts' EIP-712 domain (the Registry's), for paid stages
         payer: StagePayer | None = None,  # pays every call (paid stages refuse calls without)
+        chain: list[StageOffer] | None = None,  # the providers to call (default: the router's chain)
     ) -> None:
         self.router = router
         self.client = client
@@ -164,7 +165,7 @@ class StageSession:
         self.domain = domain
         self.payer = payer
         self._held: set[int] = set()  # offers (by id) the payer holds a reservation on
-        self.hops = [Hop(offer) for offer in router.chain()]
+        self.hops = [Hop(offer) for offer in (chain if chain is not None else router.chain())]
         self.position = 0  # positions every stage has cached
         self.tokens: list[int] = []  # drawn so far
         self.owed: dict[str, int] = {}  # provider address -> the amounts of its checked receipts
@@ -253,6 +254,17 @@ class StageSession:
         r = signed.receipt
         self.owed[r.provider] = self.owed.get(r.provider, 0) + r.amount
         self.owed_by_stage[(r.provider, r.model_id)] = self.owed_by_stage.get((r.provider, r.model_id), 0) + r.amount
+
+    async def send(self, index: int, rows: np.ndarray, draw: Draw | None) -> ForwardReply:
+        """Send the new `rows` to hop `index` at the session's position, with no failover: a
+        validator's audit call (`validator.stages`), sealed, paid and checked like every call,
+        whose failure is its provider's to answer for, not a stage to replace. The caller
+        moves `position` on once every hop it drives has taken the rows."""
+        hop = self.hops[index]
+        reply = await self._call(hop, self.position, rows, draw)
+        hop.inputs.append(rows)
+        hop.replies.append(reply)
+        return reply
 
     async def _through(self, index: int, rows: np.ndarray, draw: Draw | None) -> ForwardReply:
         """Send the new `rows` to stage `index`; on failure, replace its provider and replay."""

@@ -1,0 +1,156 @@
+"""Validators audit stage providers (`validator.stages`): the validator finds the Registry's
+offers of the model's stage ids on the session's anvil, opens a paid, sealed session with one
+stage provider (a real stage app with its payment gate, the validator's own channel), feeds it
+a real prefix's activations from its own copy of the other stages, and checks every call's
+commitment. Honest providers of every stage pass audit after audit and are reported nowhere;
+a provider of the middle stage that skips a block, or serves weights perturbed by 5 %, is
+caught in its first audit and reported on chain, its own signed receipt the case's anchor."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from pathlib import Path
+
+import httpx
+import pytest
+from eth_utils import keccak
+
+from allmende.chain import Contracts, Deployment
+from allmende.chain.anvil import Anvil, DevnetAccount
+from allmende.chain.bindings import ROLE_PROVIDER, ROLE_VALIDATOR
+from allmende.core.envelope import public_key_bytes
+from allmende.core.stages import StageLayout, StagePrice
+from allmende.engine import ResolvedModel
+from allmende.engine.stages import StageEngine
+from allmende.gateway.payments import ChannelPolicy, Payments
+from allmende.gateway.staged import SessionPayer
+from allmende.gateway.store import GatewayStore
+from allmende.testing.stage_harness import perturb, skip_block
+from allmende.validator.evidence import Evidence, EvidenceStore
+from allmende.validator.stages import StageAudit, StageAuditor
+from tests.conftest import contracts_for
+from tests.stages.paid import PaidStage, Wire, funded, paid_stage
+
+PRICES = [StagePrice(2), StagePrice(3), StagePrice(4, 50)]
+TOKENS = 4  # tokens drawn per audit: a prompt call and three decode calls
+AUDITS = 2  # audits of each honest stage provider
+DEPOSIT = 10**6
+
+
+@pytest.fixture
+def admin(anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]) -> Contracts:
+    return contracts_for(anvil, deployment, accounts[0])
+
+
+def on_chain(
+    anvil: Anvil, deployment: Deployment, admin: Contracts, engine: StageEngine, price: StagePrice, root: Path
+) -> PaidStage:
+    """A paid stage provider staked in the Registry, offering its stage id at its price, its
+    X25519 key on its account."""
+    url = f"http://stage-{secrets.token_hex(4)}"
+    stage = paid_stage(anvil, deployment, admin, engine, price, url, root)
+    stake = admin.params.get("min_provider_stake")
+    admin.token.transfer(stage.address, stake)
+    registry = stage.contracts.registry
+    stage.contracts.token.approve(registry.address)
+    registry.register(ROLE_PROVIDER, url, public_key_bytes(stage.x25519), stake)
+    registry.set_offer(engine.spec.stage_id, price.per_position, price.per_token)
+    return stage
+
+
+def validator(
+    anvil: Anvil, deployment: Deployment, admin: Contracts, copy: list[StageEngine], root: Path
+) -> tuple[StageAuditor, Payments]:
+    """A staked validator with its own copy of the stages, and its own channels to pay with."""
+    key, contracts = funded(anvil, deployment, admin, stable=10 * DEPOSIT)
+    stake = admin.params.get("min_validator_stake")
+    admin.token.transfer(contracts.client.address, stake + 10 * admin.params.get("fraud_bond"))
+    contracts.token.ensure_allowance(contracts.registry.address, stake)
+    contracts.registry.register(ROLE_VALIDATOR, "http://validator.test", b"\x00" * 32, stake)
+    contracts.token.ensure_allowance(contracts.verdicts.address, 2**255)
+    auditor = StageAuditor(copy, contracts, EvidenceStore(root / "evidence"), "http://validator.test")
+    payments = Payments(GatewayStore(root / "validator.db"), contracts, key, ChannelPolicy(deposit=DEPOSIT))
+    return auditor, payments
+
+
+def audit(auditor: StageAuditor, payments: Payments, stage: PaidStage, prompt: list[int]) -> tuple[StageAudit, bytes]:
+    """One audit of `stage`, found among the Registry's offers, through the real stage app; and
+    the validator's channel it was paid on."""
+    mine = [o for o in auditor.offers() if o.provider == stage.address]
+    assert len(mine) == 1 and mine[0].url == stage.url and mine[0].x25519 == public_key_bytes(stage.x25519)
+    payer = SessionPayer(payments, lambda _: DEPOSIT, len(prompt) + TOKENS, TOKENS, None)
+
+    async def run() -> StageAudit:
+        async with httpx.AsyncClient(transport=Wire({stage.url: stage.transport()})) as client:
+            return await auditor.audit(mine[0], client, payer, prompt, TOKENS)
+
+    return asyncio.run(run()), payer.holds[stage.address].channel
+
+
+def test_honest_stage_providers_pass_every_audit_and_are_not_reported(
+    anvil: Anvil,
+    deployment: Deployment,
+    admin: Contracts,
+    stages3: list[StageEngine],
+    chat_ids: list[list[int]],
+    tmp_path: Path,
+) -> None:
+    providers = [on_chain(anvil, deployment, admin, e, p, tmp_path) for e, p in zip(stages3, PRICES, strict=True)]
+    auditor, payments = validator(anvil, deployment, admin, stages3, tmp_path)
+
+    done = [audit(auditor, payments, p, chat_ids[n % 2]) for p in providers for n in range(AUDITS)]
+    audits = [a for a, _ in done]
+
+    assert [a.ok for a in audits] == [True] * len(audits), [a.reason for a in audits]
+    assert all(a.calls == TOKENS and len(a.receipts) == TOKENS for a in audits)
+    assert [auditor.report(a) for a in audits] == [None] * len(audits)
+    verdicts = admin.verdicts
+    for stage in providers:
+        assert verdicts.open_case_of(stage.address, stage.engine.spec.stage_id) == 0
+        # paid like a gateway's calls: the provider earned exactly what its receipts say
+        receipts = [r for a in audits for r in a.receipts if r.receipt.provider == stage.address]
+        channels = {c for a, c in done if a.provider == stage.address}
+        assert len(receipts) == AUDITS * TOKENS
+        assert sum(stage.earned(c) for c in channels) == sum(r.receipt.amount for r in receipts) > 0
+
+
+@pytest.mark.parametrize("cheat", ["skip-block", "perturb-5%"])
+def test_a_cheating_stage_provider_is_caught_and_reported_on_chain(
+    anvil: Anvil,
+    deployment: Deployment,
+    admin: Contracts,
+    resolved: ResolvedModel,
+    layout3: StageLayout,
+    stages3: list[StageEngine],
+    chat_ids: list[list[int]],
+    tmp_path: Path,
+    cheat: str,
+) -> None:
+    spec = layout3.stages[1]
+    engine = StageEngine(resolved.path, spec)  # loads the registered slice (its hash checks), then cheats
+    engine = skip_block(engine) if cheat == "skip-block" else perturb(engine, 0.05)
+    stage = on_chain(anvil, deployment, admin, engine, PRICES[1], tmp_path)
+    auditor, payments = validator(anvil, deployment, admin, stages3, tmp_path)
+
+    found, _ = audit(auditor, payments, stage, chat_ids[0])
+    case_id = auditor.report(found)
+
+    assert found.ok is False and found.failed is not None and found.evidence is not None, found.reason
+    verdicts = admin.verdicts
+    assert case_id is not None and verdicts.open_case_of(stage.address, spec.stage_id) == case_id
+    case = verdicts.case(case_id)
+    assert (case.provider, case.model_id, case.reporter, case.status) == (
+        stage.address,
+        spec.stage_id,
+        auditor.address,
+        1,
+    )
+    (report,) = verdicts.reports(case_id)
+    assert report.receipt_digest == found.failed.receipt.digest(admin.registry.receipt_domain())
+    stored = auditor.evidence.get("0x" + report.evidence_hash.hex())
+    assert stored is not None and keccak(stored) == report.evidence_hash
+    evidence = Evidence.from_bytes(stored)
+    assert evidence.kind == "stage" and evidence.signed_receipt == found.failed
+    assert auditor.report(found) == case_id  # reported once: a second report of the same audit joins nothing
+    assert len(verdicts.reports(case_id)) == 1
