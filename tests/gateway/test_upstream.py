@@ -12,11 +12,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
 
-from allmende.api.client import Answer, ProviderReplyError, ainfer
+from allmende.api.client import Answer, ProviderReplyError, ainfer, ainfer_stream, build_envelope
 from allmende.api.upstream import AiohttpUpstream
 from allmende.chain.anvil import free_port
 from allmende.core import SignedReceipt
@@ -29,15 +30,15 @@ CHAT = {"model": "fake", "messages": [{"role": "user", "content": "Hallo"}], "ma
 class Served:
     """A provider's app on a free port, in a thread; its URL is what the directory lists."""
 
-    def __init__(self, provider: FakeProvider) -> None:
+    def __init__(self, provider: FakeProvider, app: Any = None) -> None:
         self.port = free_port()
-        config = uvicorn.Config(provider.app, host="127.0.0.1", port=self.port, log_level="error")
+        config = uvicorn.Config(app or provider.app, host="127.0.0.1", port=self.port, log_level="error")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         while not self.server.started:
             time.sleep(0.02)
-        provider.url = f"http://127.0.0.1:{self.port}"
+        self.url = provider.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -156,3 +157,45 @@ def test_a_providers_error_reply_keeps_its_status_and_code(tmp_path: Path, serve
     error = asyncio.run(run())
 
     assert error.status == 400 and error.code == "bad_envelope"
+
+
+def test_a_provider_that_redirects_is_not_followed(tmp_path: Path, served: list[Served]) -> None:
+    """A provider answering 307 to another address (its own node, the gateway's admin routes, an
+    internal host) is a provider with no answer (502, failover): the sealed request goes nowhere
+    else."""
+    provider, target = FakeProvider(tmp_path), FakeProvider(tmp_path)
+    net = over_http(tmp_path, served, [provider, target])
+    entry = net.service.directory.entry(provider.address)
+    assert entry is not None
+
+    async def redirect(scope: dict, receive: object, send: Any) -> None:
+        location = f"{target.url}/v1/infer".encode()
+        await send({"type": "http.response.start", "status": 307, "headers": [(b"location", location)]})
+        await send({"type": "http.response.body", "body": b""})
+
+    served.append(Served(FakeProvider(tmp_path), app=redirect))
+    redirecting = served[-1].url
+
+    async def run() -> list[ProviderReplyError]:
+        errors = []
+        for stream in (False, True):
+            body = {**CHAT, "stream": stream}
+            rid, envelope, sealer = build_envelope(
+                entry.info, MODEL_ID, "chat", body, net.service.payments.signer, b"\x01" * 32, None
+            )
+            with pytest.raises(ProviderReplyError) as caught:
+                args = (redirecting, entry.info, net.service.receipt_domain, envelope, sealer, rid)
+                if stream:
+                    async for _ in ainfer_stream(net.service.upstream, *args):
+                        pass
+                else:
+                    await ainfer(net.service.upstream, *args)
+            errors.append(caught.value)
+        await net.service.upstream.aclose()
+        return errors
+
+    once, streamed = asyncio.run(run())
+
+    assert (once.status, once.code) == (502, "bad_reply")  # followed, the target would have answered
+    assert (streamed.status, streamed.code) == (502, "stream_cut")
+    assert target.store.receipt_count() == 0 and not target.store.all_ledger()

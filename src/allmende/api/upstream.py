@@ -8,6 +8,8 @@ httpx (whose client, pool, anyio cancel scopes and h11 state machine run per req
 Python), and aiohttp writes the request line, headers and body in one send where httpcore
 makes two, each of which wakes the provider's event loop.
 
+Neither follows a redirect (a provider's 3xx is its answer, an error: it cannot send the
+gateway's sealed request, or the gateway, anywhere else), and aiohttp's keeps no cookies.
 Both raise httpx's exceptions, so the gateway's failover reads every failure the same way
 whichever client carried it: `httpx.ConnectError` (the provider was never reached: nothing
 it could have earned), `httpx.ReadTimeout`, and `httpx.RemoteProtocolError` for a
@@ -88,18 +90,20 @@ class AiohttpUpstream(Upstream):
                 json_serialize=json.dumps,
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
+                cookie_jar=aiohttp.DummyCookieJar(),  # a provider's cookies are kept for no one
+                trust_env=True,  # proxies from the environment, as httpx's client honours them
             )
         return self._session
 
     async def post(self, url: str, payload: dict[str, Any]) -> tuple[int, bytes]:
         with _as_httpx(url):
-            async with self.session().post(url, json=payload) as reply:
+            async with self.session().post(url, json=payload, allow_redirects=False) as reply:
                 return reply.status, await reply.read()
 
     @asynccontextmanager
     async def stream(self, url: str, payload: dict[str, Any]) -> AsyncIterator[tuple[int, AsyncIterator[str]]]:
         with _as_httpx(url):
-            reply = await self.session().post(url, json=payload)
+            reply = await self.session().post(url, json=payload, allow_redirects=False)
         try:
             yield reply.status, _lines(reply, url)
         finally:
