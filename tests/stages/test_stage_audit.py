@@ -9,12 +9,15 @@ caught in its first audit and reported on chain, its own signed receipt the case
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import secrets
 from pathlib import Path
 
 import httpx
 import pytest
 from eth_utils import keccak
+from safetensors.numpy import load, save
 
 from allmende.chain import Contracts, Deployment
 from allmende.chain.anvil import Anvil, DevnetAccount
@@ -28,7 +31,7 @@ from allmende.gateway.staged import SessionPayer
 from allmende.gateway.store import GatewayStore
 from allmende.testing.stage_harness import perturb, skip_block
 from allmende.validator.evidence import Evidence, EvidenceStore
-from allmende.validator.stages import StageAudit, StageAuditor
+from allmende.validator.stages import StageAudit, StageAuditor, recheck_stage
 from tests.conftest import contracts_for
 from tests.stages.paid import PaidStage, Wire, funded, paid_stage
 
@@ -154,3 +157,15 @@ def test_a_cheating_stage_provider_is_caught_and_reported_on_chain(
     assert evidence.kind == "stage" and evidence.signed_receipt == found.failed
     assert auditor.report(found) == case_id  # reported once: a second report of the same audit joins nothing
     assert len(verdicts.reports(case_id)) == 1
+
+    # a juror with its own copy of the stage re-checks the evidence from the receipts alone: guilty
+    domain = admin.registry.receipt_domain()
+    juror = {s.stage_id: e for s, e in zip(layout3.stages, stages3, strict=True)}
+    assert recheck_stage(juror, evidence, stage.address, domain) is True
+    # evidence that is not what the provider signed for proves nothing: other inputs, another accused
+    inputs = load(base64.b64decode(evidence.body["inputs"]))["input"].copy()
+    inputs[-1, 0] += 1.0
+    other = {**evidence.body, "inputs": base64.b64encode(save({"input": inputs})).decode()}
+    assert recheck_stage(juror, dataclasses.replace(evidence, body=other), stage.address, domain) is False
+    assert recheck_stage(juror, evidence, auditor.address, domain) is False
+    assert recheck_stage({}, evidence, stage.address, domain) is None  # no copy of the stage: abstain

@@ -31,15 +31,18 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 import torch
-from safetensors.numpy import save
+from eth_utils import keccak
+from safetensors import SafetensorError
+from safetensors.numpy import load, save
 
-from allmende.api.stages import Draw
+from allmende.api.stages import Draw, activation_hash
 from allmende.chain import Contracts
 from allmende.chain.errors import ChainError
 from allmende.chain.stages import stage_providers
-from allmende.core.errors import InvalidInput, UpstreamError
+from allmende.core.eip712 import Domain
+from allmende.core.errors import InvalidInput, InvalidSignature, UpstreamError
 from allmende.core.receipts import SignedReceipt
-from allmende.core.stages import StageLayout, StagePrice
+from allmende.core.stages import StageLayout, StagePrice, stage_call_id
 from allmende.engine.base import SamplingParams
 from allmende.engine.sampling import sample_token
 from allmende.engine.stages import StageEngine, verify_stage
@@ -152,12 +155,13 @@ class StageAuditor:
             await session.close()
             for engine in self.engines:
                 engine.close(local)
-        return self._check(offer, index, prompt, sent, calls, problem)
+        return self._check(offer, index, session.session, prompt, sent, calls, problem)
 
     def _check(
         self,
         offer: StageOffer,
         index: int,
+        session: str,
         prompt: list[int],
         sent: list[np.ndarray],
         calls: list[tuple[int, int, bytes, SignedReceipt]],
@@ -177,9 +181,12 @@ class StageAuditor:
                     kind="stage",
                     body={
                         "stage": "0x" + stage.hex(),
+                        "session": session,  # the receipts' request ids name it (over by now)
                         "start": start,
                         "rows": count,
                         "inputs": base64.b64encode(save({"input": np.ascontiguousarray(inputs)})).decode(),
+                        # the receipts of the calls before: they bind the inputs the call's KV cache holds
+                        "before": [r.to_json() for r in receipts[:k]],
                     },
                     model_id="0x" + stage.hex(),
                     prompt_ids=list(prompt) if index == 0 else [],
@@ -233,4 +240,53 @@ class StageAuditor:
         return case_id
 
 
-__all__ = ["StageAudit", "StageAuditor", "stage_offers"]
+def recheck_stage(engines: dict[bytes, StageEngine], evidence: Evidence, provider: str, domain: Domain) -> bool | None:
+    """A juror's re-check of a stage case's evidence, from nothing the reporter computed: True
+    guilty; False not guilty, also when the evidence is not what the provider signed for (then it
+    proves nothing against it); None when this validator holds no copy of the stage.
+
+    The accused call's output depends on every input of the session before it (its KV cache), so
+    the evidence carries the receipts of the calls before it too: all signed by the provider, all
+    naming the same session and the stage, their input hashes covering the inputs from position 0
+    to the accused call's last row without a gap. Only then are the inputs the provider's, and the
+    stage is re-run on them (`verify_stage`)."""
+    engine = engines.get(bytes.fromhex(evidence.model_id.removeprefix("0x")))
+    if engine is None:
+        return None
+    body = evidence.body
+    try:
+        session, start, rows = str(body["session"]), int(body["start"]), int(body["rows"])
+        inputs = load(base64.b64decode(body["inputs"], validate=True))["input"]
+        before = [SignedReceipt.from_json(r) for r in body["before"]]
+        proof = bytes.fromhex(evidence.proof.removeprefix("0x"))
+    except (KeyError, TypeError, ValueError, AttributeError, InvalidInput, SafetensorError):
+        return False
+    accused = evidence.signed_receipt
+    if accused.receipt.proof_hash != keccak(proof) or inputs.shape[0] != start + rows:
+        return False
+    at = 0
+    for signed in [*before, accused]:
+        r = signed.receipt
+        try:
+            signed.verify(domain)
+        except InvalidSignature:
+            return False
+        covered = inputs[at : at + r.tokens_in]
+        if (
+            r.provider != provider
+            or r.model_id != engine.spec.stage_id
+            or r.tokens_in < 1
+            or r.request_id != stage_call_id(session, at, r.tokens_in)
+            or r.input_hash != activation_hash(covered)
+        ):
+            return False
+        at += r.tokens_in
+    if at != start + rows:
+        return False
+    try:
+        return not verify_stage(engine, torch.from_numpy(np.array(inputs, copy=True)), [(start, rows, proof)]).ok
+    except InvalidInput:  # inputs the stage does not take: the provider could not have served them
+        return False
+
+
+__all__ = ["StageAudit", "StageAuditor", "recheck_stage", "stage_offers"]
