@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -152,3 +153,34 @@ def test_concurrent_http_sessions_share_the_stages_passes(
 
     assert got == [whole_tokens(whole, p) for p in prompts]
     assert all(s.batched_steps > b for s, b in zip(stages3, before, strict=True))
+
+
+def test_calls_in_flight_are_not_capped_by_the_event_loops_threads(
+    whole: Engine, layout3: StageLayout, stages3: list[StageEngine], prompts: list[list[int]]
+) -> None:
+    """The stage route awaits its call's pass without holding a worker thread: with 2 threads
+    in the loop's pool, 6 concurrent sessions still reach a stage together (a batch of more than
+    2; a route that waits in a thread would hold at most 2 calls in flight)."""
+    for stage in stages3:
+        stage.largest_batch = 0  # this test's batches only
+    mounts = {f"http://stage{i}": httpx.ASGITransport(create_stage_app(e)) for i, e in enumerate(stages3)}
+    offers = [StageOffer(spec, f"http://stage{i}") for i, spec in enumerate(layout3.stages)]
+    six = [*prompts, prompts[0][:-1], prompts[1][:-2]]
+
+    async def main() -> list[list[int]]:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))
+        async with httpx.AsyncClient(mounts=mounts) as client:  # type: ignore[arg-type]
+
+            async def one(prompt: list[int]) -> list[int]:
+                session = StageSession(StageRouter(layout3, offers), client)
+                tokens = [t async for t in session.generate(prompt, 4)]
+                await session.close()
+                return tokens
+
+            return await asyncio.gather(*(one(p) for p in six))
+
+    got = asyncio.run(main())
+
+    assert [len(t) for t in got] == [4] * 6
+    assert got[:4] == [whole_tokens(whole, p)[:4] for p in prompts]
+    assert max(s.largest_batch for s in stages3) > 2

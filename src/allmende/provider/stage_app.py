@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +67,7 @@ from allmende.provider.errors import (
 if TYPE_CHECKING:  # torch and transformers load where a stage is served, not in every CLI process
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    from allmende.engine.stages import StageBackend
+    from allmende.engine.stages import StageBackend, StageOutput
     from allmende.provider.payments import PaymentGate
     from allmende.provider.store import ProviderStore
 
@@ -103,9 +104,10 @@ class StageGate:
     store: ProviderStore
 
 
-def serve_paid_call(stage: StageBackend, call: ForwardRequest, signer: StageSigner, paid: StageGate) -> ForwardReply:
-    """A sealed call's payment checked and its cost reserved before the stage computes, its
-    receipt's amount earned before the reply leaves (blocking: the gate may read the chain)."""
+def admit_paid_call(stage: StageBackend, call: ForwardRequest, signer: StageSigner, paid: StageGate) -> int:
+    """A sealed call's payment checked and its cost reserved before the stage computes
+    (blocking: the gate may read the chain). Returns the cost reserved, which the caller
+    releases (`StageGate.gate.release`) once the receipt's amount is earned or the call failed."""
     spec = stage.spec
     if call.stage != spec.stage_id:
         raise UnknownModelError(f"this provider serves stage {spec.stage_id_hex}, not 0x{call.stage.hex()}")
@@ -123,18 +125,51 @@ def serve_paid_call(stage: StageBackend, call: ForwardRequest, signer: StageSign
     try:
         if not paid.store.begin_request(call.call_id, payment.channel, spec.stage_id):
             raise ReplayedRequest(f"stage call 0x{call.call_id.hex()} was already received")
+    except BaseException:
+        paid.gate.release(payment.channel, cost)
+        raise
+    return cost
+
+
+def earn_paid_call(stage: StageBackend, call: ForwardRequest, reply: ForwardReply, paid: StageGate) -> None:
+    """The receipt's amount into the channel's `earned` under the stage id, before the reply leaves."""
+    assert reply.receipt is not None and call.payment is not None
+    receipt = json.dumps(reply.receipt.to_json())
+    amount = reply.receipt.receipt.amount
+    paid.store.finish_request(call.call_id, call.payment.channel, stage.spec.stage_id, amount, receipt)
+
+
+def serve_paid_call(stage: StageBackend, call: ForwardRequest, signer: StageSigner, paid: StageGate) -> ForwardReply:
+    """A sealed call's payment checked and its cost reserved before the stage computes, its
+    receipt's amount earned before the reply leaves (blocking: the gate may read the chain)."""
+    cost = admit_paid_call(stage, call, signer, paid)
+    assert call.payment is not None
+    try:
         reply = serve_call(stage, call, signer)
-        assert reply.receipt is not None
-        receipt = json.dumps(reply.receipt.to_json())
-        paid.store.finish_request(call.call_id, payment.channel, spec.stage_id, reply.receipt.receipt.amount, receipt)
+        earn_paid_call(stage, call, reply, paid)
     finally:
-        paid.gate.release(payment.channel, cost)  # after the amount is in `earned`, as for whole models
+        paid.gate.release(call.payment.channel, cost)  # after the amount is in `earned`, as for whole models
     return reply
 
 
-def serve_call(stage: StageBackend, call: ForwardRequest, signer: StageSigner | None = None) -> ForwardReply:
-    """One forward call of a session on `stage`, with the draw on the last stage and, for a
-    paid stage, the signed receipt of the call."""
+async def serve_paid_call_async(
+    stage: StageBackend, call: ForwardRequest, signer: StageSigner, paid: StageGate
+) -> ForwardReply:
+    """`serve_paid_call` for the event loop: the gate and the store in worker threads, the
+    stage's pass awaited without holding one (`serve_call_async`)."""
+    cost = await asyncio.to_thread(admit_paid_call, stage, call, signer, paid)
+    assert call.payment is not None
+    try:
+        reply = await serve_call_async(stage, call, signer)
+        await asyncio.to_thread(earn_paid_call, stage, call, reply, paid)
+    finally:
+        paid.gate.release(call.payment.channel, cost)  # after the amount is in `earned`, as for whole models
+    return reply
+
+
+def start_call(stage: StageBackend, call: ForwardRequest) -> Future[StageOutput]:
+    """Check a call against the stage and queue it on the stage's engine, which batches it
+    with other sessions' calls (`StageBackend.submit`); inputs the stage refuses raise here."""
     if call.stage != stage.spec.stage_id:
         raise UnknownModelError(f"this provider serves stage {stage.spec.stage_id_hex}, not 0x{call.stage.hex()}")
     heads = stage.spec.range.heads
@@ -142,10 +177,16 @@ def serve_call(stage: StageBackend, call: ForwardRequest, signer: StageSigner | 
         raise InvalidStage("the last stage, and only it, is asked how to draw")
     import torch
 
+    return stage.submit(call.session, call.start, torch.from_numpy(np.array(call.input, copy=True)))
+
+
+def finish_call(
+    stage: StageBackend, call: ForwardRequest, output: StageOutput, signer: StageSigner | None = None
+) -> ForwardReply:
+    """The reply to a computed call: the draw on the last stage and, for a paid stage, the
+    signed receipt of the call."""
     from allmende.engine.sampling import sample_token
 
-    inputs = torch.from_numpy(np.array(call.input, copy=True))
-    output = stage.forward(call.session, call.start, inputs)
     in_hash = activation_hash(call.input)
     token = None
     if call.draw is None:
@@ -166,6 +207,22 @@ def serve_call(stage: StageBackend, call: ForwardRequest, signer: StageSigner | 
         receipt = sign_receipt(unsigned, signer.domain, signer.key)
     hidden = output.hidden.numpy() if token is None else None
     return ForwardReply(output.proof, in_hash, out_hash, hidden=hidden, token=token, receipt=receipt)
+
+
+def serve_call(stage: StageBackend, call: ForwardRequest, signer: StageSigner | None = None) -> ForwardReply:
+    """One forward call of a session on `stage`, waited for in the calling thread."""
+    return finish_call(stage, call, start_call(stage, call).result(), signer)
+
+
+async def serve_call_async(
+    stage: StageBackend, call: ForwardRequest, signer: StageSigner | None = None
+) -> ForwardReply:
+    """One forward call for the event loop: queued and finished in worker threads (short), its
+    pass awaited without holding one, so the calls in flight (and the engine's batches) are
+    not capped by the loop's thread pool (min(32, cores + 4) threads by default)."""
+    queued = await asyncio.to_thread(start_call, stage, call)
+    output = await asyncio.wrap_future(queued)
+    return await asyncio.to_thread(finish_call, stage, call, output, signer)
 
 
 def stage_listing(stage: StageBackend, signer: StageSigner | None) -> dict[str, Any]:
@@ -247,13 +304,13 @@ def add_stage_routes(
             if paid is None:
                 if is_sealed(raw):
                     raise InvalidStage("this stage has no key: it takes plain calls")
-                reply = await asyncio.to_thread(serve_call, stage, ForwardRequest.decode(raw), signer)
+                reply = await serve_call_async(stage, ForwardRequest.decode(raw), signer)
                 return Response(reply.encode(), media_type=MEDIA_TYPE)
             assert signer is not None
             if not is_sealed(raw):
                 raise InvalidStage("a paid stage takes only calls sealed to its key (allmende.api.stages.seal_call)")
             call, sealer = open_call(paid.x25519, signer.address, raw)
-            reply = await asyncio.to_thread(serve_paid_call, stage, call, signer, paid)
+            reply = await serve_paid_call_async(stage, call, signer, paid)
             return Response(seal_reply(sealer, reply), media_type=MEDIA_TYPE)
         except Exception as exc:  # JSON errors on a node whose own handlers may not be these
             return error_response(exc)
