@@ -12,28 +12,34 @@ import asyncio
 import base64
 import dataclasses
 import secrets
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from eth_utils import keccak
 from safetensors.numpy import load, save
 
 from allmende.chain import Contracts, Deployment
-from allmende.chain.anvil import Anvil, DevnetAccount
+from allmende.chain.anvil import Anvil, DevnetAccount, free_port
 from allmende.chain.bindings import ROLE_PROVIDER, ROLE_VALIDATOR
+from allmende.chain.stages import register_layout, registered_stages
 from allmende.core.envelope import public_key_bytes
 from allmende.core.stages import StageLayout, StagePrice
-from allmende.engine import ResolvedModel
+from allmende.engine import DEFAULT_CHAT_MODEL, ResolvedModel
 from allmende.engine.stages import StageEngine
 from allmende.gateway.payments import ChannelPolicy, Payments
 from allmende.gateway.staged import SessionPayer
 from allmende.gateway.store import GatewayStore
+from allmende.provider.stage_app import StageGate, create_stage_app
 from allmende.testing.stage_harness import perturb, skip_block
 from allmende.validator.evidence import Evidence, EvidenceStore
+from allmende.validator.service import Validator, ValidatorConfig
 from allmende.validator.stages import StageAudit, StageAuditor, recheck_stage
-from tests.conftest import contracts_for
+from tests.conftest import contracts_for, wait_for
 from tests.stages.paid import PaidStage, Wire, funded, paid_stage
+from tests.stages.test_stages_on_chain import fresh
 
 PRICES = [StagePrice(2), StagePrice(3), StagePrice(4, 50)]
 TOKENS = 4  # tokens drawn per audit: a prompt call and three decode calls
@@ -47,11 +53,17 @@ def admin(anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]) -
 
 
 def on_chain(
-    anvil: Anvil, deployment: Deployment, admin: Contracts, engine: StageEngine, price: StagePrice, root: Path
+    anvil: Anvil,
+    deployment: Deployment,
+    admin: Contracts,
+    engine: StageEngine,
+    price: StagePrice,
+    root: Path,
+    url: str | None = None,
 ) -> PaidStage:
     """A paid stage provider staked in the Registry, offering its stage id at its price, its
-    X25519 key on its account."""
-    url = f"http://stage-{secrets.token_hex(4)}"
+    X25519 key on its account (withdraw its offer at the end of the test: `retire`)."""
+    url = url or f"http://stage-{secrets.token_hex(4)}.invalid"
     stage = paid_stage(anvil, deployment, admin, engine, price, url, root)
     stake = admin.params.get("min_provider_stake")
     admin.token.transfer(stage.address, stake)
@@ -60,6 +72,12 @@ def on_chain(
     registry.register(ROLE_PROVIDER, url, public_key_bytes(stage.x25519), stake)
     registry.set_offer(engine.spec.stage_id, price.per_position, price.per_token)
     return stage
+
+
+def retire(*stages: PaidStage) -> None:
+    """Withdraw the stages' offers, so no later audit on the session's chain finds them."""
+    for stage in stages:
+        stage.contracts.registry.remove_offer(stage.engine.spec.stage_id)
 
 
 def validator(
@@ -102,7 +120,10 @@ def test_honest_stage_providers_pass_every_audit_and_are_not_reported(
     providers = [on_chain(anvil, deployment, admin, e, p, tmp_path) for e, p in zip(stages3, PRICES, strict=True)]
     auditor, payments = validator(anvil, deployment, admin, stages3, tmp_path)
 
-    done = [audit(auditor, payments, p, chat_ids[n % 2]) for p in providers for n in range(AUDITS)]
+    try:
+        done = [audit(auditor, payments, p, chat_ids[n % 2]) for p in providers for n in range(AUDITS)]
+    finally:
+        retire(*providers)
     audits = [a for a, _ in done]
 
     assert [a.ok for a in audits] == [True] * len(audits), [a.reason for a in audits]
@@ -136,8 +157,11 @@ def test_a_cheating_stage_provider_is_caught_and_reported_on_chain(
     stage = on_chain(anvil, deployment, admin, engine, PRICES[1], tmp_path)
     auditor, payments = validator(anvil, deployment, admin, stages3, tmp_path)
 
-    found, _ = audit(auditor, payments, stage, chat_ids[0])
-    case_id = auditor.report(found)
+    try:
+        found, _ = audit(auditor, payments, stage, chat_ids[0])
+        case_id = auditor.report(found)
+    finally:
+        retire(stage)
 
     assert found.ok is False and found.failed is not None and found.evidence is not None, found.reason
     verdicts = admin.verdicts
@@ -169,3 +193,62 @@ def test_a_cheating_stage_provider_is_caught_and_reported_on_chain(
     assert recheck_stage(juror, dataclasses.replace(evidence, body=other), stage.address, domain) is False
     assert recheck_stage(juror, evidence, auditor.address, domain) is False
     assert recheck_stage({}, evidence, stage.address, domain) is None  # no copy of the stage: abstain
+
+
+def serve(stage: PaidStage, port: int) -> uvicorn.Server:
+    """The stage app on a real port, as a provider node serves it."""
+    app = create_stage_app(stage.engine, signer=stage.signer, paid=StageGate(stage.x25519, stage.gate, stage.store))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    threading.Thread(target=server.run, daemon=True).start()
+    wait_for("the stage app", lambda: server.started, timeout=30)
+    return server
+
+
+def test_the_validator_node_audits_stage_providers_in_its_round(
+    anvil: Anvil,
+    deployment: Deployment,
+    deployments_file: Path,
+    admin: Contracts,
+    resolved: ResolvedModel,
+    layout3: StageLayout,
+    stages3: list[StageEngine],
+    tmp_path: Path,
+) -> None:
+    """`Validator.stage_round` (what `allmende validator --stage-deposit` runs every round): it
+    finds the stages registered for its model on chain, loads its copy of them, audits every
+    offer over real HTTP from its own channels, passes the honest provider and opens a case
+    against the one that skips a block."""
+    owner = fresh(anvil, deployment, admin)
+    if owner.models.owner_of(layout3.base) is None:  # another test may have registered the default model
+        owner.models.register(layout3.base, "Apache-2.0", 0)
+        register_layout(owner, layout3, "Apache-2.0")
+    assert set(layout3.stages) <= set(registered_stages(admin, layout3.base))
+    cheat = skip_block(StageEngine(resolved.path, layout3.stages[1]))
+    ports = [free_port(), free_port()]
+    honest, cheating = (
+        on_chain(anvil, deployment, admin, e, PRICES[1], tmp_path, f"http://127.0.0.1:{port}")
+        for e, port in zip([stages3[1], cheat], ports, strict=True)
+    )
+    servers = [serve(honest, ports[0]), serve(cheating, ports[1])]
+    key, account = funded(anvil, deployment, admin, stable=10 * DEPOSIT)
+    stake_and_bond = admin.params.get("min_validator_stake") + admin.params.get("fraud_bond")
+    admin.token.transfer(account.client.address, stake_and_bond)
+    config = ValidatorConfig(
+        anvil.url, key, deployments_file, tmp_path / "v", [DEFAULT_CHAT_MODEL], endpoint="http://127.0.0.1:1",
+        seed=3, stage_deposit=DEPOSIT, stage_tokens=3,
+    )  # fmt: skip
+    node = Validator(config)
+    node.stake()
+    try:
+        records = {r.provider: r for r in node.stage_round()}
+    finally:
+        retire(honest, cheating)
+        for server in servers:
+            server.should_exit = True
+
+    passed, caught = records[honest.address], records[cheating.address]
+    assert passed.ok and passed.case_id is None, passed.reason
+    assert not caught.ok and caught.case_id is not None, caught.reason
+    assert admin.verdicts.open_case_of(cheating.address, layout3.stages[1].stage_id) == caught.case_id
+    assert admin.verdicts.open_case_of(honest.address, layout3.stages[1].stage_id) == 0
+    assert node.store.counts()["passed"] >= 1 and node.store.counts()["failed"] >= 1

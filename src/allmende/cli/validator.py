@@ -40,6 +40,12 @@ def validator(
         help="open and convict fraud cases on evidence accumulated over many audits (README: accumulated "
         "evidence); off, the ledger only reports and, as a juror, this validator votes not guilty on such cases",
     ),
+    stage_deposit: int = typer.Option(
+        0,
+        help="audit the stage providers of the loaded models directly, paying them from this validator's own "
+        "channels with this deposit each (payment-token units; the account needs that many payment tokens); "
+        "0: stage providers are not audited",
+    ),
 ) -> None:
     """Stake, then audit every provider of the loaded models, open, join and vote on fraud
     cases. Serves /status and /metrics beside the evidence; stopping it withdraws its
@@ -62,6 +68,7 @@ def validator(
             gateway_key=gateway_key,
             prompts=prompts,
             accumulated_cases=accumulated_cases,
+            stage_deposit=stage_deposit,
         )
         if gateway:
             console.print(

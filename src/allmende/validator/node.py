@@ -54,6 +54,7 @@ def run_rounds(validator: Validator, stopping: threading.Event, audit_interval: 
     while not stopping.is_set():
         try:
             validator.audit_round()
+            validator.stage_round()  # stage providers, audited directly (with --stage-deposit)
             validator.review_cases()
             validator.resolve_due()
             rounds += 1

@@ -13,6 +13,7 @@ Users' prompts never need to be shared for auditing.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import logging
@@ -30,13 +31,19 @@ from allmende.api.headers import EVIDENCE_HEADER, PIN_HEADER
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.bindings import ROLE_VALIDATOR, CaseRecord, CaseReport
 from allmende.chain.errors import ChainError
+from allmende.chain.stages import covering_layouts, registered_stages
 from allmende.core import SignedReceipt
 from allmende.core.endpoints import endpoint
 from allmende.core.errors import InvalidInput
 from allmende.core.evidence_test import Decision
 from allmende.engine import load_engine
-from allmende.engine.base import Kind
+from allmende.engine.base import ChatPrompt, Kind
+from allmende.engine.stages import StageEngine
 from allmende.engine.transformers_lm import CausalLMEngine
+from allmende.gateway.payments import ChannelPolicy, Payments
+from allmende.gateway.staged import DEFAULT_CREDIT_LIMIT, SessionPayer
+from allmende.gateway.stages import StageOffer
+from allmende.gateway.store import GatewayStore
 from allmende.validator.accumulated import (
     MAX_CASE_AUDITS,
     Calibration,
@@ -51,6 +58,7 @@ from allmende.validator.fetcher import EvidenceFetcher
 from allmende.validator.ledger import EvidenceLedger, standing_of
 from allmende.validator.metrics import ALM, ValidatorMetrics, fault_kind
 from allmende.validator.prompts import AuditTraffic
+from allmende.validator.stages import StageAudit, StageAuditor, recheck_stage
 from allmende.validator.store import AuditRecord, ValidatorStore
 
 log = logging.getLogger("allmende.validator")
@@ -75,6 +83,10 @@ class ValidatorConfig:
     # 10,000 honest requests each, README). Off, the ledger still accumulates (status, metrics)
     # and this validator, as a juror, votes not guilty on a case resting on accumulated evidence.
     accumulated_cases: bool = True
+    # audit stage providers of its models directly (validator/stages.py), paying them from its own
+    # channels with this deposit each (payment-token units); 0: stage providers are not audited
+    stage_deposit: int = 0
+    stage_tokens: int = 8  # tokens drawn in a stage audit (a prompt call, then one call per token)
 
 
 @dataclass
@@ -109,6 +121,11 @@ class Validator:
         self.settled: set[int] = set()  # cases whose outcome it logged
         self.abstained: set[int] = set()  # cases it could not check the evidence of
         self.shape_cache: dict[str, tuple[float, dict[str, Any] | None]] = {}  # gateway: (read at, its shapes)
+        self.stage_engines: dict[bytes, StageEngine] = {}  # its copy of its models' registered stages, by id
+        self.stage_payments: Payments | None = None
+        if cfg.stage_deposit:
+            store = GatewayStore(cfg.state_dir / "stage-channels.db")
+            self.stage_payments = Payments(store, self.contracts, cfg.key, ChannelPolicy(deposit=cfg.stage_deposit))
 
     # ------------------------------------------------------------ chain
 
@@ -391,6 +408,63 @@ class Validator:
                     records.append(self.audit(entry, model_id))
         return records
 
+    def stage_auditors(self) -> list[StageAuditor]:
+        """An auditor per layout of stages registered on chain for a model this validator holds,
+        its copy of each stage loaded once (`stage_engines`: also what it re-checks a stage
+        case's evidence with, as a juror)."""
+        auditors = []
+        for model_id, engine in self.engines.items():
+            try:
+                layouts = covering_layouts(registered_stages(self.contracts, model_id))
+            except (ChainError, InvalidInput):
+                continue  # not registered, or no stages: nothing to audit
+            for layout in layouts:
+                try:
+                    for spec in layout.stages:
+                        if spec.stage_id not in self.stage_engines:
+                            self.stage_engines[spec.stage_id] = StageEngine(engine.path, spec)
+                except InvalidInput as exc:  # a slice hash its copy of the model does not match
+                    log.warning("cannot audit stages of 0x%s…: %s", model_id.hex()[:12], exc)
+                    continue
+                copy = [self.stage_engines[s.stage_id] for s in layout.stages]
+                auditors.append(StageAuditor(copy, self.contracts, self.evidence, self.config.endpoint, self.rng))
+        return auditors
+
+    def stage_round(self) -> list[AuditRecord]:
+        """Audit every provider of a stage of a model this validator holds, once, directly:
+        a paid, sealed session from its own channels (validator/stages.py). Only with a
+        deposit for those channels (`stage_deposit`)."""
+        if self.stage_payments is None:
+            return []
+        self.directory.maybe_refresh()
+        return [self.audit_stage(auditor, offer) for auditor in self.stage_auditors() for offer in auditor.offers()]
+
+    def audit_stage(self, auditor: StageAuditor, offer: StageOffer) -> AuditRecord:
+        """One audit of a stage provider; a case opened if it fails. Unavailable (no answer to
+        check): recorded, not scored."""
+        assert self.stage_payments is not None
+        engine = self.engines[auditor.layout.base]
+        tokens = self.config.stage_tokens
+        prompt = engine.prompt_ids(ChatPrompt.of(self.traffic.body(engine.name)["messages"]))
+        entry = self.directory.entry(str(offer.provider))
+        credit = int(entry.info.raw.get("credit_limit", DEFAULT_CREDIT_LIMIT)) if entry else DEFAULT_CREDIT_LIMIT
+        payer = SessionPayer(self.stage_payments, lambda _: credit, len(prompt) + tokens, tokens, None)
+        started = time.monotonic()
+
+        async def run() -> StageAudit:
+            async with httpx.AsyncClient(timeout=120) as client:
+                return await auditor.audit(offer, client, payer, prompt, tokens)
+
+        found = asyncio.run(run())
+        record = AuditRecord(str(offer.provider), found.ok is not False, found.reason, time.monotonic() - started)
+        if found.ok is None:
+            self._score(record, counted=False)
+            return record
+        if found.ok is False:
+            record.case_id = auditor.report(found)
+        self._score(record)
+        return record
+
     # ------------------------------------------------------------ cases
 
     def review_cases(self) -> list[tuple[int, bool]]:
@@ -452,6 +526,9 @@ class Validator:
             return False
         if evidence is None:
             return None
+        if evidence.kind == "stage":  # a stage provider's case: re-run with its copy of the stage
+            self.stage_auditors()
+            return recheck_stage(self.stage_engines, evidence, provider, self.contracts.registry.receipt_domain())
         engine = self.engines.get(bytes.fromhex(evidence.model_id[2:]))
         if engine is None:
             return None
