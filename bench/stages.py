@@ -8,10 +8,8 @@ but no sockets. Every session generates `--tokens` greedy tokens after a chat pr
 the median over sessions of the time to the first token; tokens/s is all tokens over the wall
 time. Each stage engine batches the calls of concurrent sessions into one forward pass per
 step (`StageEngine`); the table says how many passes each stage ran over two or more sessions
-and its largest batch. The stage route waits for its call's pass in a worker thread, so the
-bench gives its event loop 64 of them: a provider process has its loop's default pool
-(min(32, cores + 4) threads), which caps the calls in flight per provider until the route
-awaits the engine's future instead.
+and its largest batch (the stage route awaits its call's pass without holding a worker thread,
+so every session's call reaches the engine).
 
 The machine is shared with other agents' test runs: the load average before and after is
 printed with the figures, and only their shape means anything.
@@ -34,7 +32,6 @@ import json
 import os
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -58,7 +55,6 @@ PROMPTS = [
 async def measure(
     layout: StageLayout, engines: list[StageEngine], prompts: list[list[int]], tokens: int
 ) -> dict[str, float]:
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(64))
     before = [(e.batched_steps, e.steps) for e in engines]
     mounts = {f"http://stage{i}": httpx.ASGITransport(create_stage_app(e)) for i, e in enumerate(engines)}
     offers = [StageOffer(spec, f"http://stage{i}") for i, spec in enumerate(layout.stages)]
