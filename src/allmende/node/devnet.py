@@ -41,6 +41,7 @@ from allmende.node.supervisor import (
 )
 
 GATEWAY_ACCOUNT = 9  # the devnet account the gateway pays from
+STAGE_AUDIT_DEPOSIT = 1_000_000  # dUSD units per channel a devnet validator opens to a stage provider it audits
 MAX_NODES = 8  # providers + validators: anvil funds 10 accounts, one deploys, one is the gateway's
 
 
@@ -275,7 +276,8 @@ class Devnet:
                 "validator", "--rpc", self.anvil.url, "--key", f"devnet:{account.index}",
                 "--deployments", str(deployments), "--state-dir", str(self.run_dir / f"validator-{j + 1}"),
                 "--port", str(port), *public, *(a for m in audited for a in ("--model", m)), "--gateway", gateway_url,
-                *options,
+                # a staged model is audited stage by stage, directly, from the validator's own channels
+                *(["--stage-deposit", str(STAGE_AUDIT_DEPOSIT)] if plan.stages else []), *options,
             )  # fmt: skip
             child = spawn(f"validator-{j + 1}", args, log, f"http://127.0.0.1:{port}", die_with_parent=True)
             self.children.append(child)
