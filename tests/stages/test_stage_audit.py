@@ -34,6 +34,7 @@ from allmende.gateway.staged import SessionPayer
 from allmende.gateway.store import GatewayStore
 from allmende.provider.stage_app import StageGate, create_stage_app
 from allmende.testing.stage_harness import perturb, skip_block
+from allmende.validator.app import create_app as evidence_app
 from allmende.validator.evidence import Evidence, EvidenceStore
 from allmende.validator.service import Validator, ValidatorConfig
 from allmende.validator.stages import StageAudit, StageAuditor, recheck_stage
@@ -217,30 +218,42 @@ def test_the_validator_node_audits_stage_providers_in_its_round(
     """`Validator.stage_round` (what `allmende validator --stage-deposit` runs every round): it
     finds the stages registered for its model on chain, loads its copy of them, audits every
     offer over real HTTP from its own channels, passes the honest provider and opens a case
-    against the one that skips a block."""
+    against the one that skips a block; as a juror, it downloads the case's evidence from the
+    reporter's evidence server and finds it proves the fault (not abstaining on a stage id)."""
     owner = fresh(anvil, deployment, admin)
     if owner.models.owner_of(layout3.base) is None:  # another test may have registered the default model
         owner.models.register(layout3.base, "Apache-2.0", 0)
         register_layout(owner, layout3, "Apache-2.0")
     assert set(layout3.stages) <= set(registered_stages(admin, layout3.base))
     cheat = skip_block(StageEngine(resolved.path, layout3.stages[1]))
-    ports = [free_port(), free_port()]
+    ports = [free_port(), free_port(), free_port()]
     honest, cheating = (
         on_chain(anvil, deployment, admin, e, PRICES[1], tmp_path, f"http://127.0.0.1:{port}")
-        for e, port in zip([stages3[1], cheat], ports, strict=True)
+        for e, port in zip([stages3[1], cheat], ports[:2], strict=True)
     )
     servers = [serve(honest, ports[0]), serve(cheating, ports[1])]
     key, account = funded(anvil, deployment, admin, stable=10 * DEPOSIT)
     stake_and_bond = admin.params.get("min_validator_stake") + admin.params.get("fraud_bond")
     admin.token.transfer(account.client.address, stake_and_bond)
     config = ValidatorConfig(
-        anvil.url, key, deployments_file, tmp_path / "v", [DEFAULT_CHAT_MODEL], endpoint="http://127.0.0.1:1",
+        anvil.url, key, deployments_file, tmp_path / "v", [DEFAULT_CHAT_MODEL], endpoint=f"http://127.0.0.1:{ports[2]}",
         seed=3, stage_deposit=DEPOSIT, stage_tokens=3,
     )  # fmt: skip
     node = Validator(config)
     node.stake()
+    evidence = uvicorn.Server(uvicorn.Config(evidence_app(node), host="127.0.0.1", port=ports[2], log_level="error"))
+    threading.Thread(target=evidence.run, daemon=True).start()
+    servers.append(evidence)
+    wait_for("the evidence server", lambda: evidence.started, timeout=30)
     try:
         records = {r.provider: r for r in node.stage_round()}
+        # a juror's path: the case's evidence downloaded from the reporter's endpoint and re-checked
+        # on the node's copy of the stage (validator.stages.recheck_stage): it proves the fault
+        caught = records[cheating.address]
+        assert caught.case_id is not None, caught.reason
+        (report,) = admin.verdicts.reports(caught.case_id)
+        assert node.fetcher.wait(report.evidence_uri, report.evidence_hash) is not None
+        judged = node._judge_reports([report], cheating.address), node._judge_reports([report], honest.address)
     finally:
         retire(honest, cheating)
         for server in servers:
@@ -252,3 +265,4 @@ def test_the_validator_node_audits_stage_providers_in_its_round(
     assert admin.verdicts.open_case_of(cheating.address, layout3.stages[1].stage_id) == caught.case_id
     assert admin.verdicts.open_case_of(honest.address, layout3.stages[1].stage_id) == 0
     assert node.store.counts()["passed"] >= 1 and node.store.counts()["failed"] >= 1
+    assert judged == ((True, 0), (False, 0))  # guilty; and no evidence against another provider
