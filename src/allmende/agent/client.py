@@ -33,6 +33,7 @@ from allmende.api import messages as messages_api
 from allmende.api import responses as responses_api
 from allmende.api.directory import Directory
 from allmende.api.protocol import InvalidParameter
+from allmende.api.upstream import AiohttpUpstream
 from allmende.chain import ChainClient, Contracts
 from allmende.chain.errors import ContractReverted
 from allmende.chain.keys import load_key
@@ -101,12 +102,16 @@ class Agent:
         self.directory = Directory(self.contracts, httpx.Client(timeout=5))
         self.directory.maybe_refresh()
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(request_timeout, connect=5))
+        # requests to providers go by aiohttp, as a gateway process sends them: about 0.5 ms
+        # less CPU per request than through httpx (api/upstream.py), and the same exceptions
+        self.upstream = AiohttpUpstream(read=request_timeout, connect=5)
         self.service = GatewayService(
             self.directory,
             self.payments,
             Router(routing or RoutingPolicy()),
             self.contracts.registry.receipt_domain(),
             self.http,
+            upstream=self.upstream,
         )
         self.app = create_app(self.service, GatewayLimits(rate_limit=0))
         self.budget = Budget(policy or SpendingPolicy(), self._spent_since)
@@ -202,7 +207,12 @@ class Agent:
                 raise InvalidInput(f"channel 0x{channel_id.hex()} cannot be withdrawn yet: {exc.reason}") from None
         return int(token.balance_of(self.address) - before)
 
+    async def aclose(self) -> None:
+        """Close the connections to providers (for `async_http_client`'s users, in their loop)."""
+        await self.upstream.aclose()
+
     def shutdown(self) -> None:
         if self._sync is not None:
+            self._sync.run(self.upstream.aclose())
             self._sync.close()
             self._sync = None

@@ -132,9 +132,8 @@ class SyncBridge(httpx.BaseTransport):
         return future.result()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        content = request.read()
-        forwarded = httpx.Request(request.method, request.url, headers=request.headers, content=content)
-        response, body = self.run(self._fetch(forwarded))
+        request.read()  # the body whole: the loop's side reads it again without blocking
+        response, body = self.run(self._fetch(request))
         if body is not None:
             return httpx.Response(response.status_code, headers=response.headers, content=body, request=request)
         stream = response.stream
