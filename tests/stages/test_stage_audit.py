@@ -217,9 +217,10 @@ def test_the_validator_node_audits_stage_providers_in_its_round(
 ) -> None:
     """`Validator.stage_round` (what `allmende validator --stage-deposit` runs every round): it
     finds the stages registered for its model on chain, loads its copy of them, audits every
-    offer over real HTTP from its own channels, passes the honest provider and opens a case
-    against the one that skips a block; as a juror, it downloads the case's evidence from the
-    reporter's evidence server and finds it proves the fault (not abstaining on a stage id)."""
+    offer over real HTTP from its own channels (of an account not linked to it), passes the
+    honest provider and opens a case against the one that skips a block; as a juror, it
+    downloads the case's evidence from the reporter's evidence server and finds it proves the
+    fault (not abstaining on a stage id)."""
     owner = fresh(anvil, deployment, admin)
     if owner.models.owner_of(layout3.base) is None:  # another test may have registered the default model
         owner.models.register(layout3.base, "Apache-2.0", 0)
@@ -232,12 +233,13 @@ def test_the_validator_node_audits_stage_providers_in_its_round(
         for e, port in zip([stages3[1], cheat], ports[:2], strict=True)
     )
     servers = [serve(honest, ports[0]), serve(cheating, ports[1])]
-    key, account = funded(anvil, deployment, admin, stable=10 * DEPOSIT)
+    key, account = funded(anvil, deployment, admin)
+    payer_key, payer = funded(anvil, deployment, admin, stable=10 * DEPOSIT)  # not linked to the validator
     stake_and_bond = admin.params.get("min_validator_stake") + admin.params.get("fraud_bond")
     admin.token.transfer(account.client.address, stake_and_bond)
     config = ValidatorConfig(
         anvil.url, key, deployments_file, tmp_path / "v", [DEFAULT_CHAT_MODEL], endpoint=f"http://127.0.0.1:{ports[2]}",
-        seed=3, stage_deposit=DEPOSIT, stage_tokens=3,
+        seed=3, stage_deposit=DEPOSIT, stage_tokens=3, stage_payer_key=payer_key,
     )  # fmt: skip
     node = Validator(config)
     node.stake()
@@ -266,3 +268,6 @@ def test_the_validator_node_audits_stage_providers_in_its_round(
     assert admin.verdicts.open_case_of(honest.address, layout3.stages[1].stage_id) == 0
     assert node.store.counts()["passed"] >= 1 and node.store.counts()["failed"] >= 1
     assert judged == ((True, 0), (False, 0))  # guilty; and no evidence against another provider
+    # paid from the payer account's channels, none from the validator's registered account
+    assert admin.channels.channel_nonce(payer.client.address) >= 2
+    assert admin.channels.channel_nonce(account.client.address) == 0

@@ -46,6 +46,11 @@ def validator(
         "channels with this deposit each (payment-token units; the account needs that many payment tokens); "
         "0: stage providers are not audited",
     ),
+    stage_payer_key: str = typer.Option(
+        None,
+        help="keystore file or devnet:N of the account stage audits pay from (default: the validator's own, "
+        "which a provider can recognise as a validator's: use an account not linked to it)",
+    ),
 ) -> None:
     """Stake, then audit every provider of the loaded models, open, join and vote on fraud
     cases. Serves /status and /metrics beside the evidence; stopping it withdraws its
@@ -69,6 +74,7 @@ def validator(
             prompts=prompts,
             accumulated_cases=accumulated_cases,
             stage_deposit=stage_deposit,
+            stage_payer_key=resolve_key(stage_payer_key) if stage_payer_key else None,
         )
         if gateway:
             console.print(

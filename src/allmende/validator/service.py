@@ -87,6 +87,9 @@ class ValidatorConfig:
     # channels with this deposit each (payment-token units); 0: stage providers are not audited
     stage_deposit: int = 0
     stage_tokens: int = 8  # tokens drawn in a stage audit (a prompt call, then one call per token)
+    # the account its stage audits pay from: one not linked to its validator account (None: that
+    # account, whose channels a provider can tell apart, as it is registered as a validator)
+    stage_payer_key: bytes | None = None
 
 
 @dataclass
@@ -125,7 +128,9 @@ class Validator:
         self.stage_payments: Payments | None = None
         if cfg.stage_deposit:
             store = GatewayStore(cfg.state_dir / "stage-channels.db")
-            self.stage_payments = Payments(store, self.contracts, cfg.key, ChannelPolicy(deposit=cfg.stage_deposit))
+            payer_key = cfg.stage_payer_key or cfg.key
+            payer = Contracts(ChainClient(cfg.rpc_url, payer_key), self.contracts.deployment)
+            self.stage_payments = Payments(store, payer, payer_key, ChannelPolicy(deposit=cfg.stage_deposit))
 
     # ------------------------------------------------------------ chain
 
