@@ -16,8 +16,11 @@ from allmende.core.envelope import (
     MAX_CIPHERTEXT,
     EnvelopeError,
     ResponseSealer,
+    SealedBytes,
+    open_bytes,
     open_request,
     public_key_bytes,
+    seal_bytes,
     seal_request,
 )
 from allmende.core.errors import InvalidInput
@@ -310,3 +313,37 @@ def test_an_answer_chunk_that_is_not_an_object_is_refused(message: object) -> No
 
     with pytest.raises(EnvelopeError, match="JSON object"):
         payer_side.open(message, 0)
+
+
+# ------------------------------------------------------------------ the raw-bytes form (stage calls)
+
+STAGE = b"allmende/stage-test"
+
+
+def test_raw_bytes_round_trip_both_ways_and_bind_the_context() -> None:
+    sealed_call, payer_side = seal_bytes(public_key_bytes(PROVIDER_KEY), PROVIDER, REQUEST_ID, b"rows", STAGE)
+
+    plaintext, provider_side = open_bytes(PROVIDER_KEY, PROVIDER, REQUEST_ID, sealed_call, STAGE)
+
+    assert plaintext == b"rows"
+    assert payer_side.open_bytes(0, provider_side.seal_bytes(0, b"answer")) == b"answer"
+    # the same bytes under the request context (a sealed prompt) do not open
+    with pytest.raises(EnvelopeError, match="does not decrypt"):
+        open_bytes(PROVIDER_KEY, PROVIDER, REQUEST_ID, sealed_call)
+
+
+def test_raw_bytes_refuse_altered_answers_bad_sizes_and_bad_keys() -> None:
+    sealed_call, payer_side = seal_bytes(public_key_bytes(PROVIDER_KEY), PROVIDER, REQUEST_ID, b"rows", STAGE)
+    _, provider_side = open_bytes(PROVIDER_KEY, PROVIDER, REQUEST_ID, sealed_call, STAGE)
+    answer = bytearray(provider_side.seal_bytes(0, b"answer"))
+    answer[-1] ^= 0x01
+    with pytest.raises(EnvelopeError, match="tampered"):
+        payer_side.open_bytes(0, bytes(answer))
+    with pytest.raises(EnvelopeError, match="tampered"):  # replayed as another message of the answer
+        payer_side.open_bytes(1, provider_side.seal_bytes(0, b"answer"))
+    with pytest.raises(EnvelopeError, match="32 bytes"):
+        seal_bytes(b"short", PROVIDER, REQUEST_ID, b"rows", STAGE)
+    with pytest.raises(EnvelopeError, match="enc must be 32 bytes"):
+        open_bytes(PROVIDER_KEY, PROVIDER, REQUEST_ID, SealedBytes(b"x", sealed_call.nonce, b""), STAGE)
+    with pytest.raises(EnvelopeError, match="not a valid X25519"):
+        open_bytes(PROVIDER_KEY, PROVIDER, REQUEST_ID, SealedBytes(bytes(32), sealed_call.nonce, b"c"), STAGE)

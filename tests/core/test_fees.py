@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from allmende.core import AmountOverflow, effective_royalty_bps, request_cost, split_increment, split_payment
+from allmende.core.fees import relay_withdrawal_fee
 
 bps = st.integers(0, 10_000)
 
@@ -80,3 +81,20 @@ def test_request_cost_rounds_up_to_a_whole_unit(tin: int, tout: int, pin: int, p
 def test_request_cost_rejects_overflowing_usage() -> None:
     with pytest.raises(AmountOverflow, match="tokens_in"):
         request_cost(2**32, 0, 1, 1)
+
+
+@given(pieces=st.lists(st.integers(0, 10**24), max_size=8), fee=bps)
+def test_a_relay_withdrawal_in_pieces_pays_the_fee_on_the_total(pieces: list[int], fee: int) -> None:
+    withdrawn, paid = 0, 0
+    for amount in pieces:
+        paid += relay_withdrawal_fee(withdrawn, amount, fee)
+        withdrawn += amount
+    assert paid == withdrawn * fee // 10_000
+
+
+def test_a_relay_withdrawal_refuses_amounts_past_128_bits_and_caps_the_fee_rate() -> None:
+    assert relay_withdrawal_fee(0, 10_000, 20_000) == 10_000  # the rate is capped at 100 %, as in the contract
+    with pytest.raises(AmountOverflow):
+        relay_withdrawal_fee(2**128, 1, 100)
+    with pytest.raises(AmountOverflow):
+        relay_withdrawal_fee(0, 2**128, 100)
