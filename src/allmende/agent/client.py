@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from allmende.agent.policy import Budget, SpendingCapReached, SpendingPolicy
 from allmende.agent.transport import StreamingASGITransport, SyncBridge
@@ -41,10 +43,10 @@ from allmende.chain.network import resolve_network
 from allmende.core.errors import AllmendeError, InvalidInput
 from allmende.core.routing import Router, RoutingPolicy
 from allmende.gateway.app import create_app
-from allmende.gateway.payments import ChannelPolicy, Payments
 from allmende.gateway.service import GatewayService
 from allmende.gateway.serving import GatewayLimits
-from allmende.gateway.store import GatewayStore
+from allmende.payer.payments import ChannelPolicy, Payments
+from allmende.payer.store import GatewayStore
 
 BASE_URL = "http://agent.allmende/v1"  # never resolved: the transport answers in process
 # path → (request kind, the chat body it is served as, for the translated APIs)
@@ -72,6 +74,16 @@ def agent_key(key: bytes | str | None) -> bytes:
         except ValueError:
             raise InvalidInput("the agent key is not 32 bytes of hex") from None
     return load_key(spec, os.environ.get("ALLMENDE_PASSWORD"))
+
+
+def served_first(app: FastAPI) -> FastAPI:
+    """The API's POST routes moved ahead of the rest (the explorer's pages and static files,
+    /healthz, /v1/models…): the router tries its routes in order, and an agent's requests
+    are these; no other route has their paths, so each request still reaches the same one."""
+    routes = app.router.routes
+    first = [r for r in routes if isinstance(r, APIRoute) and r.path in SERVED and "POST" in (r.methods or ())]
+    routes[:] = first + [r for r in routes if r not in first]
+    return app
 
 
 class Agent:
@@ -113,7 +125,7 @@ class Agent:
             self.http,
             upstream=self.upstream,
         )
-        self.app = create_app(self.service, GatewayLimits(rate_limit=0))
+        self.app = served_first(create_app(self.service, GatewayLimits(rate_limit=0)))
         self.budget = Budget(policy or SpendingPolicy(), self._spent_since)
         self._refreshed = time.monotonic()
         self._refresh_lock = threading.Lock()
