@@ -3,7 +3,7 @@ model (SmolLM2-135M-Instruct, fp32, on this machine's CPU), at 1 and `--sessions
 sessions, and a model of the same pipeline at internet scale.
 
 Measured: the stage apps (allmende.provider.stage_app) behind httpx's ASGI transport, in one
-process, driven by the router (allmende.gateway.stages) with real wire messages (safetensors)
+process, driven by the router (allmende.payer.stages) with real wire messages (safetensors)
 but no sockets. Every session generates `--tokens` greedy tokens after a chat prompt. TTFT is
 the median over sessions of the time to the first token; tokens/s is all tokens over the wall
 time. Each stage engine batches the calls of concurrent sessions into one forward pass per
@@ -41,7 +41,7 @@ from allmende.core.stages import StageLayout
 from allmende.engine import DEFAULT_CHAT_MODEL, load_engine, resolve_model
 from allmende.engine.base import ChatPrompt
 from allmende.engine.stages import StageEngine, stage_layout
-from allmende.gateway.stages import StageOffer, StageRouter, StageSession
+from allmende.payer.stages import StageOffer, StageRouter, StageSession
 from allmende.provider.stage_app import create_stage_app
 
 PROMPTS = [

@@ -53,11 +53,11 @@ from allmende.chain.anvil import Anvil, devnet_accounts
 from allmende.chain.bindings import ROLE_PROVIDER
 from allmende.core import Receipt, sign_receipt
 from allmende.core.x402_session import request_hash
-from allmende.gateway.payments import Payments
-from allmende.gateway.store import GatewayStore
 from allmende.gateway.x402_ledger import X402Ledger
 from allmende.gateway.x402_payments import ChainSigner
 from allmende.gateway.x402_sessions import SessionFacilitatorScheme, SessionGate, SessionServerScheme, mount_sessions
+from allmende.payer.payments import Payments
+from allmende.payer.store import GatewayStore
 
 USD = 10**6
 PAYMENTS = 10

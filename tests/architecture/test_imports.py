@@ -186,7 +186,7 @@ def test_the_calibration_harness_needs_no_chain_libraries() -> None:
 
 
 ROLES = ("gateway", "provider", "validator", "vault")
-SHARED = ("allmende.core", "allmende.chain", "allmende.engine", "allmende.api", "allmende.node")
+SHARED = ("allmende.core", "allmende.chain", "allmende.engine", "allmende.api", "allmende.node", "allmende.payer")
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -213,7 +213,7 @@ def test_no_loose_modules_at_the_package_root() -> None:
 
 
 def test_the_shared_layers_import_no_role() -> None:
-    """core, chain, engine, api and node sit below the roles: none of them reaches up."""
+    """core, chain, engine, api, node and payer sit below the roles: none of them reaches up."""
     roles_and_tools = tuple(f"allmende.{r}" for r in (*ROLES, "cli", "testing"))
     for name in MODULES:
         if name.startswith(tuple(s + "." for s in SHARED)) or name in SHARED:

@@ -43,11 +43,11 @@ from allmende.chain.errors import ContractReverted
 from allmende.core import Receipt, SignedReceipt, SignedVoucher, Voucher, request_cost, sign_receipt
 from allmende.core.x402_session import SCHEME, SESSION_MODEL, request_hash, statement_headers
 from allmende.gateway.errors import GatewayError, openai_error
-from allmende.gateway.payments import ChannelPolicy, Payments
-from allmende.gateway.store import GatewayStore
 from allmende.gateway.x402_ledger import X402Ledger
 from allmende.gateway.x402_payments import Refunds
 from allmende.gateway.x402_sessions import SessionFacilitatorScheme, SessionGate, SessionServerScheme, mount_sessions
+from allmende.payer.payments import ChannelPolicy, Payments
+from allmende.payer.store import GatewayStore
 
 MODEL = b"\x51" * 32
 PRICE_IN, PRICE_OUT = 200_000, 400_000  # per 1M tokens

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from allmende.gateway.store import GatewayStore
+from allmende.payer.store import GatewayStore
 from tests.e2e.conftest import WEB_APP, Network
 
 CLIENTS = 32

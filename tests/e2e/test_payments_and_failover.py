@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.cli import app
 from allmende.core import split_payment
-from allmende.gateway.store import GatewayStore
+from allmende.payer.store import GatewayStore
 from allmende.provider.store import ProviderStore
 from tests.e2e.conftest import Network
 

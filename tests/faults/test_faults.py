@@ -24,8 +24,8 @@ import pytest
 from openai import OpenAI
 
 from allmende.chain import ChainClient, Contracts, Deployment
-from allmende.gateway.store import GatewayStore
 from allmende.node.supervisor import Node, allmende_command, start
+from allmende.payer.store import GatewayStore
 from allmende.testing.network import start_network, stop_network
 from tests.faults.requests import ask
 

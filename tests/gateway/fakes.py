@@ -33,9 +33,9 @@ from allmende.engine.base import (
     SamplingParams,
     TokenEvent,
 )
-from allmende.gateway.payments import Payments
 from allmende.gateway.service import GatewayService
-from allmende.gateway.store import GatewayStore
+from allmende.payer.payments import Payments
+from allmende.payer.store import GatewayStore
 from allmende.provider.app import create_app
 from allmende.provider.payments import CreditPolicy, PaymentGate
 from allmende.provider.service import ProviderService, ServedModel

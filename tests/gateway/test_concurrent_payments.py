@@ -1,6 +1,6 @@
 """No ordering of honest concurrent requests makes a provider refuse payment.
 
-The gateway's exposure tracking (gateway/payments.py) and the provider's credit rule
+The gateway's exposure tracking (payer/payments.py) and the provider's credit rule
 (provider/payments.py) run here in process, against their real SQLite stores, while
 hypothesis chooses the order in which requests are sent, arrive, finish and are
 answered, and which of them fail or lose their answer on the way. The provider's
@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from allmende.chain.bindings import ChannelRecord
 from allmende.core import Domain, SignedVoucher
-from allmende.gateway.payments import Payments
-from allmende.gateway.store import GatewayStore
+from allmende.payer.payments import Payments
+from allmende.payer.store import GatewayStore
 from allmende.provider.errors import BadVoucher, PaymentRequired
 from allmende.provider.payments import CreditPolicy, PaymentGate
 from allmende.provider.store import ProviderStore

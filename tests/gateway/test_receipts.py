@@ -16,7 +16,7 @@ from eth_utils import keccak
 from allmende.api.protocol import input_hash
 from allmende.core import Receipt, SignedReceipt, request_cost, sign_receipt
 from allmende.gateway.errors import NoProvider
-from allmende.gateway.receipts import BadReceipt, check_receipt, output_bytes
+from allmende.payer.receipts import BadReceipt, check_receipt, output_bytes
 from allmende.provider.service import InferRequest, ProviderService
 from allmende.testing.provider_cheats import InflatingService
 from tests.gateway.fakes import MODEL_ID, RECEIPTS, FakeProvider, network

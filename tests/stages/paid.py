@@ -23,10 +23,10 @@ from allmende.core.envelope import ResponseSealer, public_key_bytes
 from allmende.core.stages import StageLayout, StagePrice
 from allmende.core.vouchers import SignedVoucher
 from allmende.engine.stages import StageEngine
-from allmende.gateway.payments import ChannelPolicy, Payments
-from allmende.gateway.staged import SessionPayer
-from allmende.gateway.stages import StageOffer, StageRouter, StageSession
-from allmende.gateway.store import GatewayStore
+from allmende.payer.payments import ChannelPolicy, Payments
+from allmende.payer.stage_payer import SessionPayer
+from allmende.payer.stages import StageOffer, StageRouter, StageSession
+from allmende.payer.store import GatewayStore
 from allmende.provider.payments import CreditPolicy, PaymentGate
 from allmende.provider.stage_app import StageGate, StageSigner, create_stage_app
 from allmende.provider.store import ProviderStore

@@ -29,9 +29,9 @@ from allmende.core.envelope import public_key_bytes
 from allmende.core.stages import StageLayout, StagePrice
 from allmende.engine import DEFAULT_CHAT_MODEL, ResolvedModel
 from allmende.engine.stages import StageEngine
-from allmende.gateway.payments import ChannelPolicy, Payments
-from allmende.gateway.staged import SessionPayer
-from allmende.gateway.store import GatewayStore
+from allmende.payer.payments import ChannelPolicy, Payments
+from allmende.payer.stage_payer import SessionPayer
+from allmende.payer.store import GatewayStore
 from allmende.provider.stage_app import StageGate, create_stage_app
 from allmende.testing.stage_harness import perturb, skip_block
 from allmende.validator.app import create_app as evidence_app

@@ -18,7 +18,7 @@ from allmende.engine import Engine, SamplingParams, collect
 from allmende.engine.base import ChatPrompt, EngineError
 from allmende.engine.sampling import sample_token
 from allmende.engine.stages import StageEngine, StageSessionLost, verify_stage
-from allmende.gateway.stages import StageOffer, StageRouter, StageSession
+from allmende.payer.stages import StageOffer, StageRouter, StageSession
 from allmende.provider.stage_app import create_stage_app
 
 TOKENS = 12

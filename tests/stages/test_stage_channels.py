@@ -18,7 +18,7 @@ from allmende.chain.stages import register_layout
 from allmende.core.fees import effective_royalty_bps, split_increment
 from allmende.core.stages import StageLayout
 from allmende.engine.stages import StageEngine
-from allmende.gateway.stages import StageOffer, StageVouchers
+from allmende.payer.stages import StageOffer, StageVouchers
 from allmende.provider.stage_app import StageSigner
 from tests.conftest import contracts_for
 from tests.stages.test_stage_payments import PRICES, run_chain

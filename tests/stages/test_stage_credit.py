@@ -25,8 +25,8 @@ from allmende.core.stages import StageLayout, StagePrice
 from allmende.core.vouchers import SignedVoucher, Voucher, sign_voucher
 from allmende.engine import Engine, SamplingParams, collect
 from allmende.engine.stages import StageEngine
-from allmende.gateway.staged import SessionPayer
-from allmende.gateway.stages import StageSession
+from allmende.payer.stage_payer import SessionPayer
+from allmende.payer.stages import StageSession
 from allmende.provider.settlement import Settlement
 from tests.conftest import contracts_for
 from tests.stages.paid import PaidStage, Wire, funded, gateway_payments, paid_stage, run_paid, sealed_call

@@ -1,5 +1,5 @@
 """Stages over HTTP: the stage wire API (allmende.provider.stage_app) and the router that
-chains stage providers (allmende.gateway.stages).
+chains stage providers (allmende.payer.stages).
 
 In process first (the apps behind httpx's ASGI transport: the real apps and wire format,
 no sockets), then real processes (`allmende stage serve`) where one is killed mid-stream."""
@@ -23,7 +23,7 @@ from allmende.api.stages import FORWARD_PATH, MEDIA_TYPE, Draw, ForwardReply, Fo
 from allmende.core.stages import StageLayout, StagePrice, parse_descriptor
 from allmende.engine import Engine, SamplingParams, collect
 from allmende.engine.stages import StageEngine
-from allmende.gateway.stages import NoStageProvider, StageOffer, StageRouter, StageSession
+from allmende.payer.stages import NoStageProvider, StageOffer, StageRouter, StageSession
 from allmende.provider.stage_app import create_stage_app
 from tests.conftest import wait_for
 

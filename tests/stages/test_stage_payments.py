@@ -15,7 +15,7 @@ from allmende.core.eip712 import Domain
 from allmende.core.stages import StageLayout, StagePrice
 from allmende.engine import Engine, SamplingParams, collect
 from allmende.engine.stages import StageEngine
-from allmende.gateway.stages import StageOffer, StageRouter, StageSession
+from allmende.payer.stages import StageOffer, StageRouter, StageSession
 from allmende.provider.stage_app import StageSigner, create_stage_app
 
 DOMAIN = Domain(31337, "0x" + os.urandom(20).hex())

@@ -31,7 +31,7 @@ from allmende.core.envelope import public_key_bytes
 from allmende.core.stages import StagePrice
 from allmende.engine import Engine, SamplingParams, collect
 from allmende.engine.stages import StageEngine
-from allmende.gateway.staged import SessionPayer
+from allmende.payer.stage_payer import SessionPayer
 from tests.conftest import contracts_for
 from tests.stages.paid import PaidStage, Wire, funded, gateway_payments, paid_stage, run_paid, sealed_call
 

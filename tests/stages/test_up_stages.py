@@ -30,8 +30,8 @@ from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.stages import registered_stages
 from allmende.engine import DEFAULT_CHAT_MODEL, Engine, SamplingParams, collect
 from allmende.engine.base import ChatPrompt
-from allmende.gateway.store import GatewayStore
 from allmende.node.supervisor import NetworkInfo
+from allmende.payer.store import GatewayStore
 from allmende.testing.network import start_network, stop_network
 from tests.conftest import wait_for
 

@@ -19,8 +19,8 @@ from allmende.chain.anvil import Anvil, DevnetAccount, devnet_accounts
 from allmende.chain.bindings import ROLE_VALIDATOR
 from allmende.core import Voucher, sign_voucher, split_payment
 from allmende.gateway.explorer_chain import ChainView
-from allmende.gateway.payments import Payments
-from allmende.gateway.store import GatewayStore
+from allmende.payer.payments import Payments
+from allmende.payer.store import GatewayStore
 
 ALM = 10**18
 

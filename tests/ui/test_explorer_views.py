@@ -24,8 +24,8 @@ from allmende.core import Voucher, sign_voucher
 from allmende.core.errors import InvalidInput
 from allmende.gateway.explorer_chain import ChainView
 from allmende.gateway.explorer_stats import Throughput, Uptime
-from allmende.gateway.payments import Payments
-from allmende.gateway.store import GatewayStore
+from allmende.payer.payments import Payments
+from allmende.payer.store import GatewayStore
 
 ALM = 10**18
 

@@ -63,9 +63,9 @@ def gateway(
     """Serve the OpenAI API over the provider network."""
     from allmende.core.routing import RoutingPolicy
     from allmende.gateway.node import GatewayConfig, serve
-    from allmende.gateway.payments import ChannelPolicy
     from allmende.gateway.serving import GatewayLimits
     from allmende.gateway.x402_payments import X402Policy
+    from allmende.payer.payments import ChannelPolicy
 
     env = from_environment()
     if prefer not in ("balanced", "cheapest", "fastest"):
@@ -115,8 +115,8 @@ def gateway_close(
     state_dir: Path = typer.Option(None, help="the gateway's state dir (default $ALLMENDE_STATE_DIR/gateway)"),
 ) -> None:
     """Request closing every payment channel this gateway opened."""
-    from allmende.gateway.payments import Payments
-    from allmende.gateway.store import GatewayStore
+    from allmende.payer.payments import Payments
+    from allmende.payer.store import GatewayStore
 
     env = from_environment()
     with friendly_errors():

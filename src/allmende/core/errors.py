@@ -35,7 +35,9 @@ table against the classes, so it cannot drift::
     │   └── DeploymentNotFound     deployment_not_found      503     chain.errors
     ├── UpstreamError              upstream_error            502
     │   ├── ProviderReplyError     (provider's)              (its)   api.client
-    │   └── BadReceipt             bad_receipt               502     gateway.receipts
+    │   ├── BadReceipt             bad_receipt               502     payer.receipts
+    │   ├── BadStageReply          bad_stage_reply           502     payer.stages
+    │   └── NoStageProvider        no_provider_available     503     payer.stages
     ├── RequestRefused             request_refused           403
     │   ├── HostNotAllowed         host_not_allowed          403
     │   ├── OriginNotAllowed       origin_not_allowed        403
@@ -52,6 +54,7 @@ table against the classes, so it cannot drift::
     ├── EvidenceNotFound           not_found                 404     validator.app
     ├── NodeFailed                 node_failed               500     node.supervisor
     ├── SpendingCapReached         spending_cap_reached      402     agent.policy
+    ├── InsufficientFunds          insufficient_quota        402     payer.errors
     ├── VaultError                 vault_error               400     vault.errors
     │   ├── BadJob                 bad_job                   400     vault.errors
     │   ├── TemplateNotAllowed     template_not_allowed      403     vault.errors

@@ -14,6 +14,7 @@ from allmende.api.client import Answer
 from allmende.api.protocol import InvalidParameter
 from allmende.api.wire import status_and_code
 from allmende.core.errors import AllmendeError
+from allmende.payer.errors import InsufficientFunds as InsufficientFunds  # a 402 insufficient_quota here
 
 log = logging.getLogger("allmende.gateway")
 
@@ -42,10 +43,6 @@ class ModelNotFound(GatewayError):
 
 class AmbiguousModel(GatewayError):
     status, type, code = 409, "invalid_request_error", "model_name_ambiguous"
-
-
-class InsufficientFunds(GatewayError):
-    status, type, code = 402, "insufficient_quota", "insufficient_quota"
 
 
 class RouteNotFound(GatewayError):

@@ -41,7 +41,7 @@ from allmende.core import request_cost
 from allmende.core.errors import InvalidInput
 from allmende.gateway.explorer_chain import ChainView, hx
 from allmende.gateway.explorer_stats import Throughput, Uptime
-from allmende.gateway.payments import Payments
+from allmende.payer.payments import Payments
 
 STATIC = Path(__file__).parent / "static"  # shipped as package data
 ENDPOINTS = {

@@ -21,7 +21,7 @@ from allmende.chain.royalties import RoyaltyHistory, royalty_history
 from allmende.core.errors import InvalidInput
 from allmende.core.routing import consensus_reputation
 from allmende.gateway.explorer_stats import Throughput, Uptime
-from allmende.gateway.payments import Payments
+from allmende.payer.payments import Payments
 
 CASE_STATES = {1: "open", 2: "guilty", 3: "not guilty", 4: "no quorum"}
 TEMPLATE_NAMES = {v: k for k, v in TEMPLATES.items()}

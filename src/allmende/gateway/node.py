@@ -21,11 +21,11 @@ from allmende.chain.network import PUBLIC_PATH, public_view
 from allmende.core.errors import InvalidInput
 from allmende.core.routing import Router, RoutingPolicy
 from allmende.gateway.app import create_app
-from allmende.gateway.payments import ChannelPolicy, Payments
 from allmende.gateway.relay import MAX_FRAME, WS_QUEUE, Relay
 from allmende.gateway.service import GatewayService
 from allmende.gateway.serving import GatewayLimits
-from allmende.gateway.store import GatewayStore
+from allmende.payer.payments import ChannelPolicy, Payments
+from allmende.payer.store import GatewayStore
 
 log = logging.getLogger("allmende.gateway")
 

@@ -1,7 +1,7 @@
 """Serving OpenAI-style requests over the provider network: validation, routing,
 payment, receipt checks and failover (before the first token and mid-stream).
 
-Every answer's receipt is checked against what was sent and received (gateway/receipts.py)
+Every answer's receipt is checked against what was sent and received (payer/receipts.py)
 before it is paid. One that fails is not paid, blamed on the provider and logged; a one-shot
 request then goes to another provider, so the user only sees answers whose receipt passed.
 A stream's receipt comes after its text: a failing one ends the stream with the usage the
@@ -43,9 +43,9 @@ from allmende.gateway.errors import (
     ModelNotFound,
     NoProvider,
 )
-from allmende.gateway.payments import Payments
-from allmende.gateway.receipts import BadReceipt, check_receipt
 from allmende.gateway.staged import STAGE_KIND, StagedModel, StagedModels
+from allmende.payer.payments import Payments
+from allmende.payer.receipts import BadReceipt, check_receipt
 
 log = logging.getLogger("allmende.gateway")
 # failed tries (blamed on a provider) before a request is given up
@@ -257,7 +257,7 @@ class GatewayService:
         streamed_text: str | None = None,
         streamed_tokens: int = 0,
     ) -> bool:
-        """Check the answer's receipt (gateway/receipts.py) and pay it; False if it failed the
+        """Check the answer's receipt (payer/receipts.py) and pay it; False if it failed the
         check: then nothing is owed for it, and the provider is blamed and logged."""
         own = attempt.entry.offers.get(offer.model_id, offer)  # this provider's price on chain
         entry = attempt.entry

@@ -2,7 +2,7 @@
 pipeline stages (`allmende gateway --stage-model M`, what `allmende up --stages N` starts).
 
 The gateway holds the model's tokenizer only (no weights): it renders the conversation as
-the whole-model engine does, sends the token ids through a `StageSession` (gateway/stages.py:
+the whole-model engine does, sends the token ids through a `StageSession` (payer/stages.py:
 a provider per stage, replaced and replayed when one fails) and turns the drawn tokens into
 text with the engine's incremental detokenizer, so a greedy answer is the whole model's.
 
@@ -26,20 +26,17 @@ cumulative vouchers go to the providers' `POST /v1/vouchers`, which they redeem 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from eth_utils import keccak
 
 from allmende.api.canonical import canonical
 from allmende.api.client import Answer, Delta
 from allmende.api.directory import Directory, ModelListing, Offer
-from allmende.api.stages import CallPayment, ForwardRequest
 from allmende.chain import Contracts
 from allmende.chain.errors import ChainError
 from allmende.chain.stages import covering_layouts, registered_stages
@@ -47,20 +44,18 @@ from allmende.core import Domain, InvalidInput
 from allmende.core.credit import UNTIL_CONTEXT
 from allmende.core.errors import InvalidModelName, UpstreamError
 from allmende.core.model_names import canonical_name, is_model_id
-from allmende.core.receipts import SignedReceipt
 from allmende.core.stages import StageLayout, StagePrice
-from allmende.core.vouchers import SignedVoucher
 from allmende.engine.base import ChatPrompt, SamplingParams
 from allmende.engine.chat import render_chat, template_renders_tools
-from allmende.gateway.errors import InsufficientFunds, InvalidRequest, NoProvider
-from allmende.gateway.payments import Payments
-from allmende.gateway.stages import Hop, NoStageProvider, StageOffer, StageRouter, StageSession
+from allmende.gateway.errors import InvalidRequest, NoProvider
+from allmende.payer.payments import Payments
+from allmende.payer.stage_payer import DEFAULT_CREDIT_LIMIT, SessionPayer
+from allmende.payer.stages import Hop, NoStageProvider, StageOffer, StageRouter, StageSession
 
 log = logging.getLogger("allmende.gateway.staged")
 STAGE_KIND = "stage"  # how a provider's /v1/info lists a stage it serves
 LAYOUT_TTL = 10.0  # seconds the layouts read from chain are reused
 DEAD_FOR = 30.0  # seconds a stage provider that failed a call is left out of new chains
-DEFAULT_CREDIT_LIMIT = 50_000
 
 
 class ChatTokens:
@@ -97,96 +92,6 @@ class StagedModel:
     base: bytes  # the whole model's id
     loaded_as: str  # what the gateway was told (--stage-model)
     tokens: ChatTokens
-
-
-@dataclass
-class _Hold:
-    """A reservation on one stage provider's channel for one request."""
-
-    channel: bytes
-    cost: int  # still reserved: the most the provider can earn in the session, less its receipts
-    stuck: int = 0  # calls whose outcome is unknown: kept counted after the session (Payments)
-
-
-class SessionPayer:
-    """One session's payer on the gateway's channels (`gateway.stages.StagePayer`): a
-    reservation per stage provider for the most it can earn in the session (`positions`
-    at every stage, `drawn` tokens at the last), shrunk by each receipt as it becomes owed."""
-
-    def __init__(
-        self,
-        payments: Payments,
-        credit_limit: Callable[[str], int],  # a provider's credit limit for this gateway (its /v1/info's)
-        positions: int,
-        drawn: int,
-        api_key: str | None,
-    ) -> None:
-        self.payments = payments
-        self.credit_limit = credit_limit
-        self.positions = positions
-        self.drawn = drawn
-        self.api_key = api_key
-        self.holds: dict[str, _Hold] = {}  # provider address -> its reservation
-        self.stage_ids: dict[str, set[bytes]] = {}  # provider address -> the stages it earned on
-
-    async def hold(self, offer: StageOffer, last: bool) -> None:
-        address = str(offer.provider)
-        if address in self.holds:
-            return
-        cost = offer.price.amount(self.positions, self.drawn if last else 0)
-        try:
-            channel = self.payments.ready_channel(address, cost)
-            if channel is None:
-                channel = await asyncio.to_thread(self.payments.channel_for, address, cost)
-        except (ChainError, InsufficientFunds) as exc:
-            raise NoStageProvider(f"no channel to stage provider {address}: {exc}") from None
-        if not self.payments.reserve(channel, cost, self.credit_limit(address)):
-            raise NoStageProvider(f"stage provider {address} has no credit left for this gateway right now")
-        self.holds[address] = _Hold(channel, cost)
-
-    def pay(self, offer: StageOffer, call: ForwardRequest) -> CallPayment:
-        channel = self.holds[str(offer.provider)].channel
-        voucher = self.payments.voucher(channel, call.stage)  # everything owed on (channel, stage), if unacked
-        signature = call.authorization(channel).sign(self.payments.domain, self.payments.key)
-        return CallPayment(channel, signature, voucher)
-
-    def paid(self, offer: StageOffer, receipt: SignedReceipt, payment: CallPayment) -> None:
-        r = receipt.receipt
-        hold = self.holds[str(offer.provider)]
-        carried = payment.voucher.voucher.cumulative_amount if payment.voucher else 0
-        # one call's receipts name the same request id at every stage: stored per stage
-        stored_as = keccak(r.request_id + r.model_id)
-        self.payments.store.record_receipt(
-            stored_as, r.provider, hold.channel, r.model_id, r.amount, json.dumps(receipt.to_json()), self.api_key,
-            carried,
-        )  # fmt: skip
-        moved = min(r.amount, hold.cost)  # from in flight to owed
-        self.payments.release(hold.channel, moved)
-        hold.cost -= moved
-        self.stage_ids.setdefault(r.provider, set()).add(r.model_id)
-
-    def unsettled(self, offer: StageOffer, cost: int) -> None:
-        hold = self.holds[str(offer.provider)]
-        moved = min(cost, hold.cost)
-        hold.cost -= moved
-        hold.stuck += moved
-
-    def last_vouchers(self) -> dict[str, list[SignedVoucher]]:
-        """Per provider, the cumulative vouchers for what the session's calls left owed (each call
-        carried the voucher for those before it), to deliver when the session ends."""
-        out = {}
-        for provider, stage_ids in self.stage_ids.items():
-            channel = self.holds[provider].channel
-            vouchers = [v for s in sorted(stage_ids) if (v := self.payments.voucher(channel, s))]
-            if vouchers:
-                out[provider] = vouchers
-        return out
-
-    def release(self) -> None:
-        """End the session's reservations (calls of unknown outcome stay counted)."""
-        for hold in self.holds.values():
-            self.payments.release(hold.channel, hold.cost)
-            hold.cost = 0
 
 
 def refuse_unsupported(sampling: SamplingParams, body: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ or below the highest one stored is *superseded*, not refused: a gateway that sig
 vouchers for concurrent requests A (cumulative 1058) and B (1024, signed earlier) may
 see B arrive second; B is admitted under the credit rule and 1058 stays the stored one.
 The only refusals left are the credit rule and the deposit. The gateway
-(gateway/payments.py) tracks, per channel, its own exposure
+(payer/payments.py) tracks, per channel, its own exposure
     E_g = Σ max cost of its requests in flight + owed − acked
 where `owed` sums the receipts it accepted and `acked` is the highest cumulative carried
 by a request this provider answered (so this provider stored it, or a higher one). It

@@ -40,10 +40,10 @@ from allmende.engine import load_engine
 from allmende.engine.base import ChatPrompt, Kind
 from allmende.engine.stages import StageEngine
 from allmende.engine.transformers_lm import CausalLMEngine
-from allmende.gateway.payments import ChannelPolicy, Payments
-from allmende.gateway.staged import DEFAULT_CREDIT_LIMIT, SessionPayer
-from allmende.gateway.stages import StageOffer
-from allmende.gateway.store import GatewayStore
+from allmende.payer.payments import ChannelPolicy, Payments
+from allmende.payer.stage_payer import DEFAULT_CREDIT_LIMIT, SessionPayer
+from allmende.payer.stages import StageOffer
+from allmende.payer.store import GatewayStore
 from allmende.validator.accumulated import (
     MAX_CASE_AUDITS,
     Calibration,

@@ -46,8 +46,8 @@ from allmende.core.stages import StageLayout, StagePrice, stage_call_id
 from allmende.engine.base import SamplingParams
 from allmende.engine.sampling import sample_token
 from allmende.engine.stages import StageEngine, verify_stage
-from allmende.gateway.staged import SessionPayer
-from allmende.gateway.stages import StageOffer, StageRouter, StageSession
+from allmende.payer.stage_payer import SessionPayer
+from allmende.payer.stages import StageOffer, StageRouter, StageSession
 from allmende.validator.evidence import Evidence, EvidenceStore
 
 log = logging.getLogger("allmende.validator")

@@ -1,7 +1,7 @@
 """The gateway's side of payment channels: one channel per provider, opened on first
 use, topped up when low; a voucher for everything owed with each request; every
 receipt checked against the price on chain before it is paid (the gateway checks the
-rest of it first, see gateway/receipts.py).
+rest of it first, see payer/receipts.py).
 
 Only opening a channel, and topping up one whose deposit is used up, make a request
 wait for the chain. A top-up at the low-water mark runs in the background while
@@ -34,11 +34,11 @@ from allmende.api.directory import Offer
 from allmende.chain import Contracts
 from allmende.chain.errors import ChainError, ContractReverted, RpcUnavailable
 from allmende.core import SignedReceipt, SignedVoucher, Voucher, request_cost, sign_voucher
-from allmende.gateway.errors import InsufficientFunds
-from allmende.gateway.receipts import BadReceipt
-from allmende.gateway.store import GatewayStore
+from allmende.payer.errors import InsufficientFunds
+from allmende.payer.receipts import BadReceipt
+from allmende.payer.store import GatewayStore
 
-log = logging.getLogger("allmende.gateway.payments")
+log = logging.getLogger("allmende.payer.payments")
 
 
 @dataclass(frozen=True)
