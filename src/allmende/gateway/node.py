@@ -24,6 +24,7 @@ from allmende.gateway.app import create_app
 from allmende.gateway.relay import MAX_FRAME, WS_QUEUE, Relay
 from allmende.gateway.service import GatewayService
 from allmende.gateway.serving import GatewayLimits
+from allmende.node.heap import freeze_startup_heap
 from allmende.payer.payments import ChannelPolicy, Payments
 from allmende.payer.store import GatewayStore
 
@@ -173,6 +174,7 @@ def serve(config: GatewayConfig) -> None:
     import uvicorn
 
     app, _, _ = build(config)
+    freeze_startup_heap()  # built: keep full GC passes off the requests (node/heap.py)
     # a relay connection's frames: at most MAX_FRAME each, a few buffered before the relay reads them
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_keep_alive=30,
                 ws_max_size=MAX_FRAME, ws_max_queue=WS_QUEUE)  # fmt: skip

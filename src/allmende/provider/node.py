@@ -56,6 +56,7 @@ from allmende.core.envelope import public_key_bytes
 from allmende.core.errors import InvalidInput
 from allmende.core.stages import StagePrice
 from allmende.engine import Engine, load_engine
+from allmende.node.heap import freeze_startup_heap
 from allmende.node.net import bind_socket
 from allmende.provider.app import Limits, create_app
 from allmende.provider.cases import OwnCases
@@ -575,6 +576,7 @@ def serve_through_relay(config: ProviderConfig) -> None:
     assert config.relay is not None
     node = prepare(config)
     app = build_app(node)
+    freeze_startup_heap()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -636,6 +638,7 @@ def serve(config: ProviderConfig, sock: socket.socket | None = None) -> None:
 
     server = WithdrawFirst(uvicorn.Config(build_app(node), log_level="warning", timeout_keep_alive=30))
     node.server = server
+    freeze_startup_heap()  # models loaded, app built: keep full GC passes off the requests (node/heap.py)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; the shutdown is done
