@@ -97,7 +97,7 @@ coverage: install
 	$(BIN)/coverage erase
 	$(BIN)/coverage run -m pytest -q -p no:randomly $(UNIT)
 	$(BIN)/coverage report --include='src/allmende/core/*' --fail-under=100
-	$(BIN)/coverage report --include='src/allmende/gateway/*,src/allmende/provider/payments.py,src/allmende/provider/store.py'
+	$(BIN)/coverage report --include='src/allmende/gateway/*,src/allmende/payer/*,src/allmende/provider/payments.py,src/allmende/provider/store.py'
 
 # coverage runs the unit tests (core, gateway, architecture): test-rest runs the rest.
 # The lint, the type check (mypy alone: ~43 s of CPU on a clean clone) and the coverage run each
