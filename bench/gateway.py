@@ -85,7 +85,13 @@ def through_gateway(
     return [r[0] for r in results], wall, sum(r[1] for r in results), used
 
 
-def measure(requests: int, threads: int) -> dict[str, Any]:
+NETWORKS = {"gateway": {}, "gateway, GC not frozen": {"ALLMENDE_GC_FREEZE": "0"}}
+
+
+def measure(requests: int, threads: int, freeze_ab: bool = False) -> dict[str, Any]:
+    """The rows; with `freeze_ab` a second network whose nodes leave their startup heap in the
+    collector's passes (ALLMENDE_GC_FREEZE=0, node/heap.py) is up beside the first, and each
+    concurrency runs on both, one after the other, at the same load."""
     torch.set_num_threads(threads)  # the direct path's engine, as the provider's
     out: dict[str, Any] = {
         "model": "allmende:tiny",
@@ -94,22 +100,40 @@ def measure(requests: int, threads: int) -> dict[str, Any]:
         "torch_threads": threads,
         "rows": [],
     }
+    names = list(NETWORKS) if freeze_ab else ["gateway"]
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        options = ("--model", "allmende:tiny", f"--provider-option=--torch-threads={threads}")
-        proc, network = start_network(root, "--providers", "1", *options)
+        # the gateway's per-client rate limit (50/s, bursts of 100) would answer 429 to a benchmark
+        options = (
+            "--model",
+            "allmende:tiny",
+            f"--provider-option=--torch-threads={threads}",
+            "--gateway-option=--rate-limit=0",
+        )
+        started: dict[str, Any] = {}
         try:
-            url = network["gateway_url"]
-            pids = [network["gateway_pid"], *(p["pid"] for p in network["providers"])]
-            idle_rate = idle_cpu_rate(pids)
-            out["idle_cpu_ms_per_s"] = round(idle_rate * 1000, 2)
+            for name in names:
+                saved = os.environ.copy()
+                os.environ.update(NETWORKS[name])  # the nodes inherit it
+                try:
+                    (Path(tmp) / name).mkdir()
+                    started[name] = start_network(Path(tmp) / name, "--providers", "1", *options)
+                finally:
+                    os.environ.clear()
+                    os.environ.update(saved)
+            pids = {
+                name: [network["gateway_pid"], *(p["pid"] for p in network["providers"])]
+                for name, (_, network) in started.items()
+            }
+            idle_rates = {name: idle_cpu_rate(pids[name]) for name in names}
+            out["idle_cpu_ms_per_s"] = round(idle_rates["gateway"] * 1000, 2)
             for concurrency in (1, 8, 32):
-                for name in ("direct", "gateway"):
+                for name in ["direct", *names]:
                     load = os.getloadavg()[0]
                     if name == "direct":
                         lat, wall, toks, cpu = direct(requests, concurrency)
                     else:
-                        lat, wall, toks, cpu = through_gateway(url, requests, concurrency, pids, idle_rate)
+                        url = started[name][1]["gateway_url"]
+                        lat, wall, toks, cpu = through_gateway(url, requests, concurrency, pids[name], idle_rates[name])
                     out["rows"].append(
                         {
                             "path": name,
@@ -123,7 +147,8 @@ def measure(requests: int, threads: int) -> dict[str, Any]:
                         }
                     )
         finally:
-            stop_network(proc)
+            for proc, _ in started.values():
+                stop_network(proc)
     rows = {(r["path"], r["concurrency"]): r for r in out["rows"]}
     out["added_ms_p50"] = round(rows[("gateway", 1)]["p50_ms"] - rows[("direct", 1)]["p50_ms"], 2)
     out["added_ms_p99"] = round(rows[("gateway", 1)]["p99_ms"] - rows[("direct", 1)]["p99_ms"], 2)
@@ -143,9 +168,14 @@ def main() -> None:
         default=1,
         help="torch threads of the engine on both paths (1: on a busy machine more threads wait for each other)",
     )
+    parser.add_argument(
+        "--gc-freeze-ab",
+        action="store_true",
+        help="also run a network whose nodes do not freeze their startup heap (node/heap.py), side by side",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = measure(args.requests, args.torch_threads)
+    result = measure(args.requests, args.torch_threads, args.gc_freeze_ab)
     if args.json:
         print(json.dumps(result))
         return
