@@ -46,7 +46,7 @@ from x402.mechanisms.evm.exact import ExactEvmClientScheme, ExactEvmFacilitatorS
 from x402.schemas import AssetAmount, ResourceInfo
 
 from allmende.agent.transport import StreamingASGITransport, SyncBridge
-from allmende.agent.x402 import SessionScheme
+from allmende.agent.x402 import DEPOSIT, MAX_LOCKED, SessionScheme
 from allmende.api.directory import Offer
 from allmende.chain import ChainClient, Contracts, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts
@@ -120,24 +120,28 @@ def measure() -> dict[str, Any]:
 SESSION_MODEL_ID = b"\x51" * 32
 SESSION_SIZES = (1, 10, 100, 1_000)
 SESSIONS = 10  # sessions per channel in the measured lifecycle
-AGENT_DEPOSIT = 2 * USD  # the agent's deposit and each top-up (SessionScheme's default)
+AGENT_DEPOSIT = DEPOSIT  # the agent's first deposit (SessionScheme's default: 2 dUSD)
+AGENT_MAX_LOCKED = MAX_LOCKED  # the most a top-up leaves unspent (default 20 dUSD): the steady top-up
 REDEEM_ABOVE = 10 * USD  # the gateway redeems a channel once this much is unredeemed (X402Policy's default)
 
 
 def measure_sessions(
-    sizes: tuple[int, ...] = SESSION_SIZES, sessions: int = SESSIONS, deposit: int = AGENT_DEPOSIT
+    sizes: tuple[int, ...] = SESSION_SIZES,
+    sessions: int = SESSIONS,
+    deposit: int = AGENT_DEPOSIT,
+    max_locked: int = AGENT_MAX_LOCKED,
 ) -> dict[str, Any]:
     """Gas per request of x402 sessions, every transaction of the lifecycle counted: for each
     session size N, one agent runs `sessions` sessions of N requests on one channel (its
     first payment approves dUSD and opens it; later sessions reuse it; top-ups when the
-    deposit runs short), then closes it and withdraws the rest. The gateway redeems when
-    more than REDEEM_ABOVE is unredeemed and when the channel closes, and after each redeem
-    funds its provider channel from the relay balance (`Payments.fund_from_relay`). The
-    gateway's provider channel itself (opened once for all traffic) and the provider's own
-    redeems are every request's cost, not x402's (bench/gas.py), and are not counted. A first
-    agent's one request warms the gateway up (reported apart as `gateway_warm_up`): the
-    gateway's first relayed redeem and first fund into its provider channel write fresh slots
-    once per gateway, which no later agent pays."""
+    deposit runs short, doubling the channel up to `max_locked` unspent), then closes it and
+    withdraws the rest. The gateway redeems when more than REDEEM_ABOVE is unredeemed and when
+    the channel closes, and after each redeem funds its provider channel from the relay
+    balance (`Payments.fund_from_relay`). The gateway's provider channel itself (opened once
+    for all traffic) and the provider's own redeems are every request's cost, not x402's
+    (bench/gas.py), and are not counted. A first agent's one request warms the gateway up
+    (reported apart as `gateway_warm_up`): the gateway's first relayed redeem and first fund
+    into its provider channel write fresh slots once per gateway, which no later agent pays."""
     deployer, gateway, provider = devnet_accounts(3)
     out: dict[str, Any] = {}
     with Anvil() as node:
@@ -180,6 +184,7 @@ def measure_sessions(
                     bytes(agent.key),
                     network=node.url,
                     deposit=deposit,
+                    max_locked=max_locked,
                     http=httpx.Client(transport=SyncBridge(StreamingASGITransport(app))),
                 )
                 client = x402ClientSync()
@@ -281,10 +286,11 @@ def _function_name(contracts: Contracts, tx: Any) -> str:
     return str(tx["to"])
 
 
-def steady_state(sessions: dict[str, Any], deposit: int = AGENT_DEPOSIT) -> dict[str, Any]:
+def steady_state(sessions: dict[str, Any], max_locked: int = AGENT_MAX_LOCKED) -> dict[str, Any]:
     """Gas per request of a channel that lives on: a redeem and a fund every REDEEM_ABOVE /
-    CHARGED requests, a top-up every `deposit` / CHARGED (the measured ones: the latest of
-    each kind, a channel's later redeems write no fresh slots)."""
+    CHARGED requests, a top-up every `max_locked` / CHARGED (once the channel has doubled up to
+    the cap, each top-up fills it to `max_locked` unspent, less a request's most; the measured
+    gas: the cheapest of each kind, a channel's later redeems write no fresh slots)."""
     gas: dict[str, list[int]] = {}
     for run in sessions.values():
         if isinstance(run, dict) and "transactions" in run:
@@ -292,7 +298,7 @@ def steady_state(sessions: dict[str, Any], deposit: int = AGENT_DEPOSIT) -> dict
                 gas.setdefault(name, []).extend(t["each"])
     mean = {name: min(g) for name, g in gas.items()}  # the cheapest: no fresh slot written
     per_redeem = REDEEM_ABOVE / CHARGED
-    per_top_up = deposit / CHARGED
+    per_top_up = (max_locked - MOST) / CHARGED
     redeem, fund, top_up = mean.get("gateway redeem", 0), mean.get("gateway fund", 0), mean.get("agent top_up", 0)
     return {
         "requests_per_redeem": round(per_redeem),
@@ -311,17 +317,21 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--sessions", type=int, default=SESSIONS, help="sessions per channel in each lifecycle")
     parser.add_argument("--sizes", default=",".join(map(str, SESSION_SIZES)), help="requests per session")
-    parser.add_argument("--deposit", type=int, default=AGENT_DEPOSIT, help="the agent's deposit and top-up, units")
+    parser.add_argument("--deposit", type=int, default=AGENT_DEPOSIT, help="the agent's first deposit, units")
+    parser.add_argument(
+        "--max-locked", type=int, default=AGENT_MAX_LOCKED, help="the most a top-up leaves unspent, units"
+    )
     args = parser.parse_args()
     sizes = tuple(int(n) for n in args.sizes.split(","))
     result = measure()
-    sessions = measure_sessions(sizes, args.sessions, args.deposit)
+    sessions = measure_sessions(sizes, args.sessions, args.deposit, args.max_locked)
     result["sessions"] = sessions
-    result["session_steady_state"] = steady_state(sessions, args.deposit)
+    result["session_steady_state"] = steady_state(sessions, args.max_locked)
     result["assumptions"] = {
         "charged_per_request": CHARGED,
         "most_per_request": MOST,
-        "agent_deposit_and_top_up": args.deposit,
+        "agent_deposit": args.deposit,
+        "agent_max_locked": args.max_locked,
         "gateway_redeem_above": REDEEM_ABOVE,
         "sessions_per_channel": args.sessions,
     }
@@ -342,7 +352,8 @@ def main() -> None:
     a = result["assumptions"]
     print(
         f"session assumptions: each request charged {CHARGED:,} units (its most {MOST:,}); the agent deposits "
-        f"{args.deposit:,} and tops up by as much; the gateway redeems a channel once more than {REDEEM_ABOVE:,} "
+        f"{args.deposit:,} and tops up by doubling the channel, never to more than {args.max_locked:,} unspent; "
+        "the gateway redeems a channel once more than {REDEEM_ABOVE:,} "
         f"is unredeemed, and when it closes; {a['sessions_per_channel']} sessions per channel, then close + withdraw; "
         "the gateway's own provider channel and the provider's redeems are every request's cost (bench/gas.py), "
         "not counted; the gateway warmed up by one agent's request first (its first relayed redeem and fund "

@@ -209,6 +209,37 @@ def test_a_session_pays_exactly_its_receipts_and_the_rest_comes_back(chain: Chai
     assert stable.balance_of(address) == before - charged
 
 
+def test_the_top_ups_double_with_the_spending_and_never_lock_past_the_cap(chain: Chain, tmp_path: Path) -> None:
+    # Prepare: a first deposit of 100,000 and a cap of 350,000 unspent; requests of ~28,000
+    gateway = Gateway(chain, tmp_path)
+    key = fresh_key(chain)
+    scheme = SessionScheme(key, network=chain.anvil.url, deposit=100_000, max_locked=350_000, http=gateway.http())
+    client = _client_of(scheme)
+    channels = chain.gateway.channels
+
+    # Execute: 40 requests, the channel's deposit and what is owed on it read after each payment
+    top_ups, unspent_after = [], []
+    deposit = 0
+    for step in range(40):
+        payload, requirements = gateway.pay(client, json.dumps({"step": step}).encode(), 40_000)
+        assert gateway.admit(payload, requirements) == (True, "None"), step
+        session = scheme.sessions[chain.gateway.client.address.lower()]
+        now = channels.channel(session.channel_id).deposit
+        if deposit and now > deposit:
+            top_ups.append(now - deposit)
+            unspent_after.append(now - session.paid - sum(session.unsettled.values()))
+        deposit = now
+        gateway.serve(payload, 100_000, 20_000)  # 28,000 units each
+    (channel_id,) = scheme.close()
+
+    # Assert: each top-up doubled the channel (100,000, then 200,000: what it had taken so far)
+    # until the cap held it (the 3rd and later: 350,000 less what was still unspent); never more
+    # than 350,000 unspent after a top-up; the 1.12M spent in 5 top-ups (a flat 100,000: 11)
+    assert top_ups == [100_000, 200_000, 314_000, 336_000, 336_000], top_ups
+    assert max(unspent_after) <= 350_000, unspent_after
+    assert scheme.paid() == channels.channel(channel_id).spent == 40 * 28_000
+
+
 def test_a_replayed_session_payment_is_refused(chain: Chain, tmp_path: Path) -> None:
     gateway = Gateway(chain, tmp_path)
     client, _ = agent_client(chain, gateway, fresh_key(chain))

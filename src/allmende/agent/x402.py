@@ -4,8 +4,9 @@
 
 and an Allmende gateway's requests are paid from a channel in `Channels` that the agent's
 own key opens (on the first payment, topped up when its deposit would not cover the next
-request) and that pays the gateway. Each later request carries a cumulative voucher and the
-request's authorisation (core/x402_session.py).
+request: `top_up_amount` says by how much, within the agent's `max_locked`) and that pays the
+gateway. Each later request carries a cumulative voucher and the request's authorisation
+(core/x402_session.py).
 
 The channel outlives the session. `end()` ends a session (its last voucher goes to the
 gateway; no transaction) and the next payment to the same gateway begins a new one on the
@@ -62,6 +63,27 @@ from allmende.core.x402_session import (
 )
 
 FIND_DEPTH = 64  # how many of the wallet's newest channels are looked at for one to reuse
+DEPOSIT = 2_000_000  # 2 dUSD: what the first payment locks in a new channel
+MAX_LOCKED = 20_000_000  # 20 dUSD: the most a top-up leaves unspent in the channel
+
+
+def top_up_amount(deposit: int, unspent: int, need: int, *, first: int, max_locked: int) -> int:
+    """How much a top-up adds to a channel that has taken `deposit` in all, holds `unspent`
+    of it not yet paid or promised, and is `need` short of the next request's most.
+
+    The rule: the channel doubles (the top-up is what it has taken so far, at least `first`),
+    but never to more than `max_locked` unspent after the top-up; always at least `need`. The
+    channel only runs short when the agent has spent its deposit, so the top-ups follow the
+    spending: an agent that spends little stays at its first deposit, one that spends a lot
+    tops up 2, 4, 8 … dUSD and then `max_locked` at a time, so its top-ups (52k gas each) come
+    ever rarer instead of one every `first`. A request whose most alone passes `max_locked`
+    cannot be covered within the cap: `InvalidInput`, nothing sent."""
+    room = max_locked - unspent  # unspent + amount ≤ max_locked
+    if need > room:
+        raise InvalidInput(
+            f"a request's most needs {need - room} units more locked in the channel than max_locked={max_locked}"
+        )
+    return max(need, min(max(deposit, first), room))
 
 
 @dataclass
@@ -90,10 +112,16 @@ class SessionScheme:
         network: str | None = None,
         *,
         rpc: str | None = None,
-        deposit: int = 2_000_000,
+        deposit: int = DEPOSIT,
+        max_locked: int = MAX_LOCKED,
         http: httpx.Client | None = None,
         state: Path | None = None,
     ) -> None:
+        """`deposit`: what the first payment locks in a new channel (units); `max_locked`: the
+        most a top-up leaves unspent in it (`top_up_amount`): the agent's cap on what its
+        channel holds beyond what it has spent."""
+        if not 0 < deposit <= max_locked:
+            raise InvalidInput(f"the deposit ({deposit}) must be positive and at most max_locked ({max_locked})")
         network = network or os.environ.get("ALLMENDE_NETWORK")
         if not network:
             raise InvalidInput("no network: pass network=URL (a chain's JSON-RPC or a gateway's) or ALLMENDE_NETWORK")
@@ -105,6 +133,7 @@ class SessionScheme:
         self.domain = self.contracts.channels.voucher_domain()
         self.receipt_domain = self.contracts.registry.receipt_domain()
         self.deposit = deposit
+        self.max_locked = max_locked
         self.http = http or httpx.Client(timeout=30)
         self.state = state  # a JSON file that keeps the sessions across restarts (None: in memory)
         self.sessions: dict[str, Session] = {} if state is None or not state.exists() else load_sessions(state)
@@ -192,6 +221,8 @@ class SessionScheme:
         if session is None:
             session = self._find_channel(gateway, statement)
         if session is None:
+            if most > self.max_locked:
+                raise InvalidInput(f"a request's most ({most}) passes max_locked ({self.max_locked})")
             deposit = max(self.deposit, most)
             self.contracts.stable.ensure_allowance(self.contracts.channels.address, deposit)
             channel_id = self.contracts.channels.open(gateway, deposit)
@@ -236,10 +267,13 @@ class SessionScheme:
 
     def _cover(self, session: Session, most: int) -> None:
         """Top the channel up if what it owes, what is in flight and this request's most pass
-        its deposit (the gateway refuses the request otherwise)."""
-        need = session.paid + sum(session.unsettled.values()) + most - session.deposit
+        its deposit (the gateway refuses the request otherwise), by `top_up_amount`."""
+        owed = session.paid + sum(session.unsettled.values())
+        need = owed + most - session.deposit
         if need > 0:
-            amount = max(self.deposit, need)
+            amount = top_up_amount(
+                session.deposit, session.deposit - owed, need, first=self.deposit, max_locked=self.max_locked
+            )
             self.contracts.stable.ensure_allowance(self.contracts.channels.address, amount)
             self.contracts.channels.top_up(session.channel_id, amount)
             session.deposit += amount
@@ -373,4 +407,4 @@ def load_sessions(path: Path) -> dict[str, Session]:
     }
 
 
-__all__ = ["Overcharged", "Session", "SessionScheme"]
+__all__ = ["Overcharged", "Session", "SessionScheme", "top_up_amount"]
