@@ -353,7 +353,7 @@ def main() -> None:
     print(
         f"session assumptions: each request charged {CHARGED:,} units (its most {MOST:,}); the agent deposits "
         f"{args.deposit:,} and tops up by doubling the channel, never to more than {args.max_locked:,} unspent; "
-        "the gateway redeems a channel once more than {REDEEM_ABOVE:,} "
+        f"the gateway redeems a channel once more than {REDEEM_ABOVE:,} "
         f"is unredeemed, and when it closes; {a['sessions_per_channel']} sessions per channel, then close + withdraw; "
         "the gateway's own provider channel and the provider's redeems are every request's cost (bench/gas.py), "
         "not counted; the gateway warmed up by one agent's request first (its first relayed redeem and fund "
