@@ -41,7 +41,10 @@ def tiny() -> GenerativeEngine:
 
 @pytest.fixture(scope="module")
 def llama() -> GenerativeEngine:
-    engine = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=8, engine="llamacpp")
+    # the F16 copy, the engine's default until "mixed" (#34), which serves a lone request from
+    # the Q4_1 file: with native weights the presence-penalty sample below is not caught
+    # (issue #34's report), so this keeps the weights these checks were written against
+    engine = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=8, engine="llamacpp", weights="f16")
     assert isinstance(engine, GenerativeEngine)
     return engine
 
