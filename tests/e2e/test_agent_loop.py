@@ -51,7 +51,7 @@ def get_weather(city: str) -> str:
 
 def test_an_agent_loop_with_a_forced_tool_call_runs_end_to_end(network: Network) -> None:
     logs = "".join(Path(p["log"]).read_text() for p in network.data["providers"])
-    assert re.search(rf"loaded {MODEL} \(0x[0-9a-f]+…\) on llama\.cpp \(mixed weights, \d+ threads?\)", logs), logs
+    assert re.search(rf"loaded {MODEL} \(0x[0-9a-f]+…\) on llama\.cpp \(f16 weights, \d+ threads?\)", logs), logs
     gateway = network.data["gateway_url"]
     first = httpx.post(f"{gateway}/chat/completions", json=BIND_TOOLS_REQUEST, timeout=300).json()
     message = first["choices"][0]["message"]

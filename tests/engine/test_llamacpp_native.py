@@ -25,7 +25,8 @@ from tests.engine.test_grammar import SCHEMA
 @pytest.fixture(scope="module")
 def llama() -> LlamaCppEngine:
     """The default model in "mixed" weights: both llama.cpp contexts, so every test here runs on
-    the 4-bit file (lone requests) and on the F16 copy (crowds), as the default serves it."""
+    the 4-bit file (lone requests) and on the F16 copy (crowds); `f16`, the default, is one of
+    them (the next fixture)."""
     resolved = resolve_model(DEFAULT_CHAT_MODEL)
     assert resolved.gguf is not None and resolved.gguf_id is not None
     return LlamaCppEngine(
@@ -33,10 +34,9 @@ def llama() -> LlamaCppEngine:
     )
 
 
-def test_the_default_engine_serves_the_4_bit_file_and_its_f16_copy_and_the_provider_options_reach_it() -> None:
+def test_the_default_engine_serves_the_f16_copy_and_the_provider_options_reach_it() -> None:
     engine = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1, engine="llamacpp")
-    assert isinstance(engine, LlamaCppEngine) and engine.weights == "mixed"
-    assert list(engine.contexts) == ["native", "f16"]
+    assert isinstance(engine, LlamaCppEngine) and engine.weights == "f16" and list(engine.contexts) == ["f16"]
     # what `allmende provider --engine llamacpp --llamacpp-weights native --llamacpp-threads 1` asks for
     chosen = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1, engine="llamacpp", threads=1, weights="native")
     assert isinstance(chosen, LlamaCppEngine) and list(chosen.contexts) == ["native"] and chosen.threads == 1
@@ -179,8 +179,8 @@ def test_a_lone_request_runs_on_the_4_bit_file_a_crowd_on_the_f16_copy_and_both_
     llama: LlamaCppEngine,
 ) -> None:
     """Served "mixed", a lone request runs on the Q4_1 file (the fastest single-sequence
-    decode), requests that come in a crowd on its F16 copy (tiled GEMM kernels for batches).
-    The copy is the same weights, so what either
+    decode), requests that come in a crowd on its F16 copy (tiled GEMM kernels for batches;
+    the default, "f16", uses only the copy). The copy is the same weights, so what either
     generates, greedy and seeded, passes the transformers reference check under the original
     file's model id."""
     from allmende.engine.llamacpp import MIXED_BATCH, expanded_f16, gguf_shape

@@ -54,15 +54,15 @@ def _gguf(path: Path, file_type: int) -> Path:
     return path
 
 
-def test_llamacpp_weights_mixed_for_small_quantized_files_native_otherwise(
+def test_llamacpp_weights_f16_for_small_quantized_files_native_otherwise(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("ALLMENDE_LLAMACPP_WEIGHTS", raising=False)
     default = resolve_model(DEFAULT_CHAT_MODEL).gguf
     assert default is not None
-    assert chosen_weights(default) == "mixed"  # Q4_1, 135M weights: a 270 MB copy beside the file
+    assert chosen_weights(default) == "f16"  # Q4_1, 135M weights: a 270 MB copy
     assert chosen_weights(_gguf(tmp_path / "f16.gguf", 1)) == "native"  # nothing to expand
-    assert chosen_weights(_gguf(tmp_path / "q4.gguf", 3)) == "mixed"
+    assert chosen_weights(_gguf(tmp_path / "q4.gguf", 3)) == "f16"
     monkeypatch.setattr(llamacpp, "F16_LIMIT_BYTES", 32)  # a big model: its copy would not fit
     assert chosen_weights(_gguf(tmp_path / "q4.gguf", 3)) == "native"
     monkeypatch.setenv("ALLMENDE_LLAMACPP_WEIGHTS", "native")

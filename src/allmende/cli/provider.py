@@ -135,7 +135,7 @@ def provider(
     llamacpp_weights: str = typer.Option(
         None,
         help="how llama.cpp holds a quantized GGUF's weights: native, f16 (an F16 copy, fast for batches) or mixed "
-        "(with --engine llamacpp; default: mixed up to a 2 GiB copy, or ALLMENDE_LLAMACPP_WEIGHTS)",
+        "(with --engine llamacpp; default: f16 up to a 2 GiB copy, or ALLMENDE_LLAMACPP_WEIGHTS)",
     ),
     credit_limit: int = typer.Option(
         1_000_000, help="most a payer may owe (unpaid work plus requests in flight), payment-token units"

@@ -27,12 +27,14 @@ tiled GEMM kernels, while a Q4_1 batch goes row by row through the same dot prod
 single sequence; a lone sequence, bound by memory, is faster from the 4-bit file. "mixed"
 keeps a context for each: a request joins the native one while fewer than
 `MIXED_BATCH` requests are running or waiting, the F16 one otherwise, and stays where it
-joined; a step decodes both when both hold sequences. "mixed" is the default where the copy
-stays small (`F16_LIMIT_BYTES`): measured on SmolLM2-135M Q4_1 at one request, one thread,
-CPU per decoded token was 7.1-7.6 ms from the 4-bit file against 10.8-11.0 ms from the copy
-(the copy's prefill of a 37-token prompt is faster, 88 against 178 ms, but a 64-token answer
-still costs 650 against 785 ms), which made a lone stream 0.70 of llama-server's on the same
-Q4_1 file; crowds still go to the copy's tiled GEMM. The model id stays the content address
+joined; a step decodes both when both hold sequences. The F16 copy is the default where it
+stays small (`F16_LIMIT_BYTES`). "mixed" is cheaper for a lone request (SmolLM2-135M Q4_1,
+one thread, CPU per decoded token: 7.1-7.6 ms from the 4-bit file against 10.8-11.0 ms from
+the copy; a 64-token answer to a 37-token prompt 650 against 785 ms, the copy's prefill being
+faster, 88 against 178 ms), but it is not the default: which weights answer then depends on
+the load, and the two part at near-ties (a greedy e2e question answered "L'Étoile, ..." on the
+4-bit file and "The capital of France is Paris." on the copy), so the same greedy request
+would get different answers alone and in a crowd. The model id stays the content address
 of the original file, which the validator loads. ALLMENDE_LLAMACPP_WEIGHTS picks.
 
 The KV cache is one unified buffer of `kv_cells` cells shared by all sequences. A
@@ -132,16 +134,15 @@ def gguf_shape(gguf: Path) -> tuple[int, int]:
 
 def chosen_weights(gguf: Path, asked: str | None = None) -> str:
     """ "native", "f16" or "mixed" for serving `gguf`: `asked`, else ALLMENDE_LLAMACPP_WEIGHTS,
-    else "mixed" for a quantized file whose F16 copy stays under `F16_LIMIT_BYTES` (lone
-    requests on the quantized file, crowds on the copy; a 7B model stays quantized only:
-    its copy would need 14 GB)."""
+    else F16 for a quantized file whose F16 copy stays under `F16_LIMIT_BYTES` (a 7B model
+    stays quantized: its copy would need 14 GB)."""
     asked = asked or os.environ.get("ALLMENDE_LLAMACPP_WEIGHTS") or None
     if asked is not None:
         if asked not in WEIGHTS:
             raise EngineError(f"llama.cpp weights must be one of {', '.join(WEIGHTS)}, not {asked!r}")
         return asked
     file_type, weights = gguf_shape(gguf)
-    return "mixed" if file_type not in UNQUANTIZED_FILE_TYPES and 2 * weights <= F16_LIMIT_BYTES else "native"
+    return "f16" if file_type not in UNQUANTIZED_FILE_TYPES and 2 * weights <= F16_LIMIT_BYTES else "native"
 
 
 def expanded_f16(lib: Any, gguf: Path, model_id: bytes) -> Path:

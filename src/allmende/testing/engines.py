@@ -1,7 +1,7 @@
 """Cross-engine rows of the calibration harness: llama.cpp and transformers on the same GGUF.
 
 Honest: a llama.cpp provider checked by a transformers validator (the network's reference),
-the same with the weights held as their F16 copy (what a small model's crowds run on), and the
+the same with the weights held as their F16 copy (the default for small models), and the
 reverse, a transformers provider checked by a validator that runs llama.cpp, each greedy and
 with seeded sampling, both engines on the same GGUF file (the same model id).
 Cheats, all served under the GGUF's id by a llama.cpp provider and checked by transformers:
@@ -130,7 +130,7 @@ def engine_variants(harness: Any, workdir: Path) -> list[tuple[str, bool, Callab
         return LlamaCppEngine(str(harness.model), path, tokenizer, model_id, max_concurrency=4, weights=weights)
 
     llama = served(gguf)
-    llama_f16 = served(gguf, "f16")  # the same weights held in F16 (what a provider runs crowds on)
+    llama_f16 = served(gguf, "f16")  # the same weights held in F16 (what a provider runs by default)
     cheap = {q: served(requantise(gguf, q, workdir / f"model-{q}.gguf")) for q in CHEAPER}
     skipping = served(without_layer(gguf, SKIPPED_LAYER, workdir / "model-skip.gguf"))
     other = served(sibling(gguf, SIBLING_SPREAD, 7, workdir / "model-sibling.gguf"))
