@@ -41,9 +41,8 @@ def tiny() -> GenerativeEngine:
 
 @pytest.fixture(scope="module")
 def llama() -> GenerativeEngine:
-    # the F16 copy, the engine's default until "mixed" (#34), which serves a lone request from
-    # the Q4_1 file: with native weights the presence-penalty sample below is not caught
-    # (issue #34's report), so this keeps the weights these checks were written against
+    # the F16 copy (the default, named: with the Q4_1 file's native weights the ignored
+    # presence-penalty sample below is not caught by the reference check, issue #34's report)
     engine = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=8, engine="llamacpp", weights="f16")
     assert isinstance(engine, GenerativeEngine)
     return engine
