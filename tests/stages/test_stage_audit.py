@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import secrets
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ import uvicorn
 from eth_utils import keccak
 from safetensors.numpy import load, save
 
-from allmende.chain import Contracts, Deployment
+from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
 from allmende.chain.anvil import Anvil, DevnetAccount, free_port
 from allmende.chain.bindings import ROLE_PROVIDER, ROLE_VALIDATOR
 from allmende.chain.stages import register_layout, registered_stages
@@ -46,6 +47,27 @@ PRICES = [StagePrice(2), StagePrice(3), StagePrice(4, 50)]
 TOKENS = 4  # tokens drawn per audit: a prompt call and three decode calls
 AUDITS = 2  # audits of each honest stage provider
 DEPOSIT = 10**6
+
+
+# A chain of this module's own: its validators stake and never vote, and on the session's chain
+# they joined the quorum base of every later case there (tests/validator/test_validator_e2e.py's
+# cases then ended inconclusive in a full run on the same worker)
+@pytest.fixture(scope="module")
+def anvil() -> Iterator[Anvil]:
+    with Anvil() as node:
+        yield node
+
+
+@pytest.fixture(scope="module")
+def deployment(anvil: Anvil, accounts: list[DevnetAccount]) -> Deployment:
+    return deploy_all(ChainClient(anvil.url, accounts[0].key), fund=[a.address for a in accounts])
+
+
+@pytest.fixture(scope="module")
+def deployments_file(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("stage-audit-chain") / "deployments.json"
+    deployment.save(path)
+    return path
 
 
 @pytest.fixture
