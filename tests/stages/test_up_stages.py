@@ -22,12 +22,17 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from eth_account import Account
 from eth_utils import to_checksum_address
 from openai import AsyncOpenAI, OpenAI
+from typer.testing import CliRunner
 
+from allmende.agent import Agent, SpendingPolicy
 from allmende.api.stages import INFO_PATH
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.stages import registered_stages
+from allmende.cli import app as cli
+from allmende.core import SignedReceipt
 from allmende.engine import DEFAULT_CHAT_MODEL, Engine, SamplingParams, collect
 from allmende.engine.base import ChatPrompt
 from allmende.node.supervisor import NetworkInfo
@@ -337,6 +342,81 @@ def test_32_concurrent_clients_all_get_the_whole_models_answers(staged: Staged, 
     assert len(answers) == 32
     for question, answer in answers:
         assert answer == expected[question], question
+
+
+def test_an_agent_with_no_gateway_pays_each_stage_from_its_own_wallet(
+    staged: Staged, whole: Engine, tmp_path: Path
+) -> None:
+    """The agent client (issue 31) routes a chain of stages itself: a fresh key funded by the
+    faucet, no gateway in the path, each stage provider paid from the agent's own channels
+    exactly what its receipts say, and its per-model cap counting what the stages were paid."""
+    # Prepare: a fresh key with devnet dUSD; the agent serves the staged model in its own process
+    key = Account.create()
+    rpc = staged.data["rpc_url"]
+    given = CliRunner().invoke(cli, ["faucet", key.address, "--network", rpc, "--alm", "0", "--usd", "50"])
+    assert given.exit_code == 0, given.output
+    secret = "0x" + bytes(key.key).hex()
+    agent = Agent(key=secret, network=rpc, state_dir=tmp_path / "agent", stage_models=(MODEL,))
+    client = OpenAI(base_url=agent.base_url, api_key="unused", http_client=agent.http_client(), max_retries=0)
+    body: Any = {"model": MODEL, "messages": [{"role": "user", "content": PROMPTS[1]}], "max_tokens": MAX_TOKENS}
+
+    # Execute
+    reply = client.chat.completions.create(**body, temperature=0)
+
+    # Assert: the whole model's greedy answer, one receipt per stage call, each verifying and
+    # naming a registered stage; three channels, all the agent's, owing exactly the receipts
+    assert reply.usage is not None
+    got = (reply.choices[0].message.content or "", reply.usage.completion_tokens, reply.choices[0].finish_reason)
+    assert got == whole_answer(whole, PROMPTS[1])
+    base = staged.reader.models.model_by_name(MODEL)
+    assert base is not None
+    stage_ids = {s.stage_id for s in registered_stages(staged.reader, base)}
+    domain = agent.contracts.registry.receipt_domain()
+    receipts = [SignedReceipt.from_json(r) for r in agent.receipts()]
+    for receipt in receipts:
+        receipt.verify(domain)
+    assert {r.receipt.model_id for r in receipts} == stage_ids
+    paid = sum(r.receipt.amount for r in receipts)
+    channels = [channel for _, channel, _ in agent.store.all_channels()]
+    assert len(channels) == 3
+    assert all(agent.contracts.channels.channel(c).payer == agent.address for c in channels)
+    assert sum(agent.store.total_owed(c) for c in channels) == paid > 0
+
+    # Execute: settle up; every stage provider redeems what the agent owes it
+    closing = agent.close()
+    agent.shutdown()
+    owed = {(c, s): agent.store.owed(c, s)[0] for c in channels for s in stage_ids}
+    reader = staged.reader
+
+    # Assert: on chain, each (channel, stage) redeemed exactly what the agent's receipts owe
+    wait_for(
+        "every stage provider to redeem the agent's vouchers",
+        lambda: all(reader.channels.redeemed(c, s) == amount for (c, s), amount in owed.items()),
+        90,
+    )
+    assert set(closing) == set(channels)
+
+    # Execute: the same wallet again, now with a cap on the model of what was paid plus one
+    # request's most: the stages' receipts count against it, so the next request is refused
+    again = Agent(key=secret, network=rpc, state_dir=tmp_path / "agent", stage_models=(MODEL,))
+    offer, most = again.service.most_cost("chat", body)
+    capped = Agent(
+        key=secret,
+        network=rpc,
+        state_dir=tmp_path / "agent",
+        stage_models=(MODEL,),
+        policy=SpendingPolicy(per_model={offer.name: paid + most - 1}),
+    )
+    again.shutdown()
+    capped_client = OpenAI(base_url=capped.base_url, api_key="unused", http_client=capped.http_client(), max_retries=0)
+    with pytest.raises(openai.APIStatusError) as refused:
+        capped_client.chat.completions.create(**body, temperature=0)
+
+    # Assert: refused before anything was signed (no new receipt)
+    assert refused.value.status_code == 402
+    assert "spending_cap_reached" in str(refused.value.body)
+    assert len(capped.receipts()) == len(receipts)
+    capped.shutdown()
 
 
 def _no_sessions(rows: Callable[[], list[dict[str, Any]]]) -> bool:

@@ -6,6 +6,10 @@ official `openai` (and `anthropic`) clients. No gateway, operator, account or AP
     agent = Agent(key="0x…" or a keystore path or devnet:N, network="http://chain:8545")
     client = OpenAI(base_url=agent.base_url, api_key="unused", http_client=agent.http_client())
 
+A model no provider holds whole (pipeline stages, `allmende up --stages N`) is served through a
+chain of stage providers when named in `stage_models` (its tokenizer loads here, no weights):
+each stage is paid from the agent's own channels and its every call's receipt checked.
+
 The agent trusts the chain (the contracts it checks at `network`, exactly as a joining
 provider does) and its own key; it checks each provider's signed /v1/info against the chain,
 each receipt's signature, request, text and price (usage × the offer on chain), and it
@@ -17,6 +21,7 @@ the close delay.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -43,6 +48,7 @@ from allmende.chain.network import resolve_network
 from allmende.core.errors import AllmendeError, InvalidInput
 from allmende.core.routing import Router, RoutingPolicy
 from allmende.gateway.app import create_app
+from allmende.gateway.errors import NoProvider
 from allmende.gateway.service import GatewayService
 from allmende.gateway.serving import GatewayLimits
 from allmende.payer.payments import ChannelPolicy, Payments
@@ -100,6 +106,7 @@ class Agent:
         deposit: int = 2_000_000,
         routing: RoutingPolicy | None = None,
         request_timeout: float = 120.0,
+        stage_models: tuple[str, ...] = (),
     ) -> None:
         network = network or os.environ.get("ALLMENDE_NETWORK")
         if not network:
@@ -125,6 +132,11 @@ class Agent:
             self.http,
             upstream=self.upstream,
         )
+        if stage_models:  # chat models no provider holds whole: a chain of stage providers, each paid from this key
+            from allmende.gateway.staged import StagedModels  # the tokenizers' ML stack only when asked
+
+            staged = StagedModels.load(stage_models, self.contracts, self.directory, self.payments, self.http)
+            self.service.staged = staged
         self.app = served_first(create_app(self.service, GatewayLimits(rate_limit=0)))
         self.budget = Budget(policy or SpendingPolicy(), self._spent_since)
         self._refreshed = time.monotonic()
@@ -170,7 +182,13 @@ class Agent:
         return request, lambda: self.budget.release(hold)
 
     def _spent_since(self, since: float, model_id: bytes | None) -> int:
-        return sum(amount for model, amount in self.store.paid_since(since) if model_id in (None, model))
+        """Units paid since `since`, on `model_id` (None: on anything). A model served in stages
+        is paid per stage (each receipt names its stage id): its stages' receipts count for it."""
+        models = None if model_id is None else {model_id}
+        if models is not None and self.service.staged is not None and model_id is not None:
+            with contextlib.suppress(NoProvider):  # layouts never read: no stage was paid through them
+                models |= self.service.staged.stage_ids(model_id)
+        return sum(amount for model, amount in self.store.paid_since(since) if models is None or model in models)
 
     def _maybe_refresh(self) -> None:
         """Every REFRESH_EVERY seconds, a look at the chain for new providers and offers, on

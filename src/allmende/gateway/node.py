@@ -79,7 +79,9 @@ def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
         directory, payments, Router(config.routing), contracts.registry.receipt_domain(), http, upstream=upstream
     )
     if config.stage_models:
-        service.staged = staged_models(config, contracts, directory, payments, http)
+        from allmende.gateway.staged import StagedModels  # the ML tokenizers only when stages are served
+
+        service.staged = StagedModels.load(config.stage_models, contracts, directory, payments, http)
     directory.maybe_refresh()
 
     @asynccontextmanager
@@ -113,20 +115,6 @@ def build(config: GatewayConfig) -> tuple[Any, Directory, Payments]:
         return network
 
     return app, directory, payments
-
-
-def staged_models(
-    config: GatewayConfig, contracts: Contracts, directory: Directory, payments: Payments, http: httpx.AsyncClient
-) -> Any:
-    """The models of `config.stage_models`, with their tokenizers (no weights), for stage chains."""
-    from allmende.engine import resolve_model
-    from allmende.gateway.staged import StagedModels
-
-    models = []
-    for name in config.stage_models:
-        resolved = resolve_model(name, progress=False)
-        models.append((name, resolved.model_id, resolved.path))
-    return StagedModels(contracts, directory, payments, http, contracts.registry.receipt_domain(), models)
 
 
 def require_eip3009(contracts: Contracts) -> None:

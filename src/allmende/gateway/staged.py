@@ -139,6 +139,32 @@ class StagedModels:
         self._dead_since: dict[tuple[str, bytes], float] = {}
         self._ending: set[asyncio.Future[None]] = set()  # sessions being settled and closed
 
+    @classmethod
+    def load(
+        cls,
+        names: tuple[str, ...],
+        contracts: Contracts,
+        directory: Directory,
+        payments: Payments,
+        http: httpx.AsyncClient,
+    ) -> StagedModels:
+        """The models `names` (as `resolve_model` finds them: their tokenizers, no weights), served
+        through stage chains paid from `payments`' key (a gateway's, or an agent's own)."""
+        from allmende.engine import resolve_model
+
+        models = []
+        for name in names:
+            resolved = resolve_model(name, progress=False)
+            models.append((name, resolved.model_id, resolved.path))
+        return cls(contracts, directory, payments, http, contracts.registry.receipt_domain(), models)
+
+    def stage_ids(self, base: bytes) -> set[bytes]:
+        """Every stage id registered for the whole model `base` (receipts name stages, not the
+        model: what was spent on `base` is what was spent on these)."""
+        if base not in self.models:
+            return set()
+        return {spec.stage_id for layout in self.layouts(base) for spec in layout.stages}
+
     # ---------------------------------------------------------------- which model, which chain
 
     def find(self, name: object) -> StagedModel | None:
