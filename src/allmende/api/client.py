@@ -111,12 +111,15 @@ def build_envelope(
     channel_id: bytes,
     voucher: SignedVoucher | None,
     request_id: bytes | None = None,
+    body_hash: bytes | None = None,
 ) -> tuple[bytes, dict[str, str], ResponseSealer]:
     """Seal a request to the provider, signed by the payer: `Request(requestId, channelId,
     modelId, inputHash)` (core.authorization), which the provider requires to recover to the
-    channel's payer. Returns (request id, envelope, the sealer that opens the answer)."""
+    channel's payer. `body_hash`: `input_hash(kind, body)` where the caller has it already.
+    Returns (request id, envelope, the sealer that opens the answer)."""
     request_id = request_id or os.urandom(32)
-    authorization = RequestAuthorization(request_id, channel_id, model_id, input_hash(kind, body))
+    body_hash = body_hash or input_hash(kind, body)
+    authorization = RequestAuthorization(request_id, channel_id, model_id, body_hash)
     plaintext = {
         "request_id": "0x" + request_id.hex(),
         "model_id": "0x" + model_id.hex(),

@@ -28,12 +28,12 @@ import dataclasses
 import json
 from typing import Annotated, Any, Literal
 
-from eth_utils import keccak
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from allmende.api.schemas import any_json, decodable
 from allmende.api.tools import MAX_PARALLEL_CALLS, ToolSpecError, choice_of, history_calls, parallel_of, tool_grammar
 from allmende.core.credit import MAX_CHOICES, UNTIL_CONTEXT
+from allmende.core.eip712 import keccak256 as keccak  # eth-utils' keccak, without its type dispatch
 from allmende.core.errors import InvalidInput
 from allmende.engine.base import MAX_LOGIT_BIAS, SamplingParams
 

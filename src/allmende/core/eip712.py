@@ -14,11 +14,22 @@ and once by the provider and recovered three times, and this path is 2-4x cheape
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from typing import Any
 
 import coincurve
 from Crypto.Hash import keccak as _keccak
+from Crypto.Util._raw_api import (  # type: ignore[attr-defined]  # c_ubyte is missing from the stub
+    SmartPointer,
+    VoidPointer,
+    c_size_t,
+    c_ubyte,
+    c_uint8_ptr,
+    create_string_buffer,
+    get_raw_buffer,
+)
 from eth_abi import encode
 from eth_utils import keccak, to_checksum_address
 
@@ -89,11 +100,36 @@ class Domain:
         }
 
 
+_KECCAK: Any = _keccak._raw_keccak_lib  # type: ignore[attr-defined]  # the C functions Keccak_Hash calls
+_hashers = threading.local()  # one keccak state per thread, reset for each hash
+
+
+def _hasher() -> tuple[Any, Any]:
+    """This thread's keccak-256 state (freed with the thread) and its digest buffer."""
+    try:
+        return _hashers.state, _hashers.out
+    except AttributeError:
+        pointer = VoidPointer()
+        if _KECCAK.keccak_init(pointer.address_of(), c_size_t(64), c_ubyte(24)):  # capacity 2 × 32 bytes
+            raise RuntimeError("keccak state not initialised") from None
+        _hashers.owner = SmartPointer(pointer.get(), _KECCAK.keccak_destroy)
+        _hashers.state, _hashers.out = _hashers.owner.get(), create_string_buffer(32, None)
+        return _hashers.state, _hashers.out
+
+
 def keccak256(data: bytes) -> bytes:
-    """keccak256 by pycryptodome, which eth-hash calls underneath, without eth-utils' layers
-    of type dispatch (about 5x cheaper): a request paid through a channel is hashed a dozen
-    times (struct hashes, digests, signers' addresses) by its payer and by its provider."""
-    return _keccak.new(digest_bits=256, data=data).digest()
+    """keccak256 by pycryptodome's C code, which eth-hash calls underneath, without eth-utils'
+    layers of type dispatch nor a hash object per call (a state per thread is reset instead:
+    about 10x cheaper than eth-utils, 2x than a `Crypto.Hash.keccak` object): a request paid
+    through a channel is hashed a dozen times (struct hashes, digests, signers' addresses,
+    its input and output) by its payer and by its provider."""
+    state, out = _hasher()
+    _KECCAK.keccak_reset(state)
+    if _KECCAK.keccak_absorb(state, c_uint8_ptr(data), c_size_t(len(data))) or _KECCAK.keccak_digest(
+        state, out, c_size_t(32), c_ubyte(0x01)
+    ):
+        raise ValueError("keccak failed")
+    return get_raw_buffer(out)
 
 
 def word(value: int) -> bytes:

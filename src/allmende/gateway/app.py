@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from allmende import __version__
 from allmende.api.guard import GuardConfig, protect
+from allmende.api.hot_routes import hot_routes
 from allmende.gateway.endpoints import (
     ChatServing,
     CompletionServing,
@@ -156,6 +157,17 @@ def create_app(
     async def create_message(request: Request) -> Response:
         return await messages(request)
 
+    # the paid endpoints, answered before the router walks the explorer's routes (api.hot_routes)
+    hot_routes(
+        app,
+        {
+            ("POST", "/v1/chat/completions"): chat_completions,
+            ("POST", "/v1/completions"): completions,
+            ("POST", "/v1/embeddings"): embeddings,
+            ("POST", "/v1/responses"): create_response,
+            ("POST", "/v1/messages"): create_message,
+        },
+    )
     if limits.x402 is not None:
 
         async def sessions() -> SessionGate:

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from allmende.api.client import Answer, Delta, ProviderReplyError, ainfer, ainfer_stream, build_envelope
 from allmende.api.directory import AmbiguousName, Directory, Offer, ProviderEntry
-from allmende.api.protocol import grammar_of
+from allmende.api.protocol import grammar_of, input_hash
 from allmende.api.upstream import HttpxUpstream, Upstream
 from allmende.chain.errors import ChainError
 from allmende.core import Domain, InvalidInput
@@ -77,6 +77,7 @@ class Attempt:
     sealer: Any
     kind: str
     body: dict[str, Any]  # as forwarded: what the receipt's inputHash must commit to
+    body_hash: bytes  # input_hash(kind, body): signed in the request, checked in the receipt
 
 
 def credit_limit_of(entry: ProviderEntry) -> int:
@@ -220,11 +221,12 @@ class GatewayService:
         if not self.payments.reserve(channel_id, cost, credit_limit_of(entry)):
             return None
         voucher = self.payments.voucher(channel_id, offer.model_id)
+        body_hash = input_hash(kind, body)
         rid, env, sealer = build_envelope(
-            entry.info, offer.model_id, kind, body, self.payments.signer, channel_id, voucher
+            entry.info, offer.model_id, kind, body, self.payments.signer, channel_id, voucher, body_hash=body_hash
         )
         carried = voucher.voucher.cumulative_amount if voucher else 0
-        return Attempt(entry, stats, channel_id, cost, carried, rid, env, sealer, kind, body)
+        return Attempt(entry, stats, channel_id, cost, carried, rid, env, sealer, kind, body, body_hash)
 
     async def _open(
         self,
@@ -271,6 +273,7 @@ class GatewayService:
                 own.context_length,
                 streamed_text,
                 streamed_tokens,
+                attempt.body_hash,
             )
             self.payments.settle(entry.address, attempt.channel_id, own, answer.receipt, api_key, attempt.carried)
         except BadReceipt as exc:
@@ -347,8 +350,8 @@ class GatewayService:
             stats.in_flight += 1
             started = time.monotonic()
             try:
-                answer = await asyncio.wait_for(
-                    ainfer(
+                async with asyncio.timeout(self.timeout_first_token):  # no task per request, as wait_for made
+                    answer = await ainfer(
                         self.upstream,
                         entry.url,
                         entry.info,
@@ -356,9 +359,7 @@ class GatewayService:
                         attempt.envelope,
                         attempt.sealer,
                         attempt.request_id,
-                    ),
-                    self.timeout_first_token,
-                )
+                    )
             except (ProviderReplyError, httpx.HTTPError, TimeoutError, InvalidInput, OSError) as exc:
                 verdict = self._failed(attempt, offer, exc, 0)
                 if verdict == "fatal":

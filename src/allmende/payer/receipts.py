@@ -31,11 +31,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from eth_utils import keccak
-
 from allmende.api.protocol import choices_wanted, input_hash
 from allmende.core import SignedReceipt, request_cost
 from allmende.core.credit import UNTIL_CONTEXT, requested_max_tokens
+from allmende.core.eip712 import keccak256 as keccak  # eth-utils' keccak, without its type dispatch
 from allmende.core.endpoints import endpoint
 from allmende.core.errors import UpstreamError
 from allmende.core.prompts import max_prompt_tokens
@@ -104,13 +103,15 @@ def check_receipt(
     context_length: int,
     streamed_text: str | None = None,
     streamed_tokens: int = 0,
+    sent_hash: bytes | None = None,
 ) -> None:
     """Raise BadReceipt unless the receipt states what the gateway sent (`sent`, the body as
     forwarded) and received (`output`; for a stream, the text of its deltas and the tokens they
-    carried), priced at no more than `prices` (in, out) per 1M tokens."""
+    carried), priced at no more than `prices` (in, out) per 1M tokens. `sent_hash`:
+    `input_hash(kind, sent)` as the payer signed it, where the caller kept it."""
     r = receipt.receipt
     problems = []
-    if r.input_hash != input_hash(kind, sent):
+    if r.input_hash != (sent_hash or input_hash(kind, sent)):
         problems.append("inputHash is not the hash of the request sent")
     if r.output_hash != keccak(output_bytes(kind, output, streamed_text)):
         problems.append("outputHash is not the hash of the output received")

@@ -23,6 +23,7 @@ from allmende import __version__
 from allmende.api import wire
 from allmende.api.body import read_limited
 from allmende.api.guard import GuardConfig, protect
+from allmende.api.hot_routes import hot_routes
 from allmende.core import InvalidInput, SignedVoucher
 from allmende.core.envelope import public_key_bytes
 from allmende.core.ratelimit import RateLimiter
@@ -235,6 +236,7 @@ def create_app(
             requests_total.labels(kind, status).inc()
             latency.labels(kind).observe(time.perf_counter() - started)
 
+    hot_routes(app, {("POST", "/v1/infer"): infer})  # every paid request: no route walk (api.hot_routes)
     if stage is not None:  # sealed to this node's key, paid through its gate (provider.stage_app)
         add_stage_routes(app, *stage, paid=StageGate(service.x25519, service.gate, service.store))
     return app

@@ -19,13 +19,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account
-from eth_utils import keccak
 
 from allmende.api.canonical import CanonicalRequest, canonical
 from allmende.api.protocol import input_hash
 from allmende.core import Domain, InvalidInput, Receipt, RequestAuthorization, SignedVoucher, request_cost, sign_receipt
 from allmende.core.codec import hex_bytes
 from allmende.core.credit import max_request_cost
+from allmende.core.eip712 import keccak256 as keccak  # eth-utils' keccak, without its type dispatch
 from allmende.core.endpoints import KINDS, endpoint
 from allmende.core.envelope import ResponseSealer, open_request
 from allmende.core.prompts import MAX_PROMPT_BYTES_PER_TOKEN, prompt_bytes
