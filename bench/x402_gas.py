@@ -164,7 +164,7 @@ def measure_sessions(
             runs = [("gateway_warm_up", 1, 1), *((f"session_{n}", n, sessions) for n in sizes)]
             for label, size, count in runs:
                 ledger = X402Ledger(None)
-                gate = SessionGate(as_gateway, ledger, REDEEM_ABOVE, on_redeemed=payments.fund_from_relay)
+                gate = SessionGate(as_gateway, ledger, REDEEM_ABOVE, funding=payments)
                 facilitator = x402FacilitatorSync()
                 facilitator.register([network], SessionFacilitatorScheme(as_gateway, ledger, USD))
                 server = x402ResourceServerSync(facilitator)

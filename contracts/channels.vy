@@ -42,7 +42,10 @@
         until Params `channel_close_delay` has passed; then the payer
         `withdraw`s what is left. The provider may also `release` the
         channel (it closes at once; then either of them may `withdraw`, to
-        the payer).
+        the payer), or redeem with `release` (a cooperative close: the last
+        vouchers redeemed, the channel closed and the payer's rest sent back
+        in one transaction). A relay's redeem may fund its own channel with
+        what it pays (`fund_into`) instead of a `fund` transaction.
 """
 
 from snekmate.auth import ownable
@@ -67,6 +70,9 @@ MASK_160: constant(uint256) = 2**160 - 1
 #      costs 20,000 gas to write again at the next relayed redeem)
 RELAY_USED: constant(uint256) = 2**255
 MASK_127: constant(uint256) = 2**127 - 1
+# @dev set in a channel's `_meta` (bit 64) at its first redeem of a real model's voucher; until
+#      then the channel has paid only a relay, and its zero-model redeemed amount is its spent
+MODELS_USED: constant(uint256) = 2**64
 
 VOUCHER_TYPEHASH: constant(bytes32) = keccak256(
     "Voucher(bytes32 channelId,bytes32 modelId,uint256 cumulativeAmount)"
@@ -157,7 +163,8 @@ treasury: public(address)
 payment_token_approved: public(bool)
 
 # @dev Channel state is packed to keep a redeem at three cold SLOADs per
-#      channel: payer (bits 96..255) | closes_at (bits 0..63) in `_meta`,
+#      channel: payer (bits 96..255) | MODELS_USED (bit 64) | closes_at (bits 0..63)
+#      in `_meta`,
 #      deposit (bits 128..255) | spent (bits 0..127) in `_funds`,
 #      opened_at (bits 160..255) | provider (bits 0..159) in `_provider`.
 _meta: HashMap[bytes32, uint256]
@@ -237,20 +244,10 @@ def fund(channel_id: bytes32, amount: uint256):
             open channel (no tokens move). What the channel does not spend
             of it comes back to the relay balance on `withdraw`. Payer only.
     """
-    payer: address = self._payer(channel_id)
-    assert payer == msg.sender, "channels: not payer"
-    assert self._meta[channel_id] & MASK_64 == 0, "channels: closing"
-    assert amount > 0, "channels: zero amount"
-    assert self.payment_token_approved, "channels: payment token not approved"
+    self._fund(channel_id, amount)
     relay: uint256 = self._relay[msg.sender]
     assert relay & MASK_128 >= amount, "channels: over relay balance"
-    funds: uint256 = self._funds[channel_id]
-    deposit: uint256 = (funds >> 128) + amount
-    assert deposit <= MASK_128, "channels: amount overflow"
     self._relay[msg.sender] = relay - amount
-    self._funds[channel_id] = (deposit << 128) | (funds & MASK_128)
-    self.relayed[channel_id] += amount
-    log Funded(channel_id=channel_id, amount=amount, deposit=deposit)
 
 
 @external
@@ -313,26 +310,8 @@ def withdraw(channel_id: bytes32) -> uint256:
     assert closes_at != 0, "channels: close not requested"
     assert block.timestamp >= closes_at, "channels: not closed yet"
     funds: uint256 = self._funds[channel_id]
-    spent: uint256 = funds & MASK_128
-    refund: uint256 = (funds >> 128) - spent
-    assert refund > 0, "channels: nothing to withdraw"
-    # the deposit shrinks to what was spent: nothing is left to pay out
-    self._funds[channel_id] = (spent << 128) | spent
-    # spending counts against the relayed part first; what is left of it goes back to the
-    # relay balance (its fee still unpaid), only the rest leaves as tokens
-    relayed: uint256 = self.relayed[channel_id]
-    back: uint256 = 0
-    if relayed > spent:
-        back = relayed - spent
-        self.relayed[channel_id] = spent
-        relay: uint256 = self._relay[payer]
-        # back <= this channel's deposit < 2**128, and the balance it adds to is another part
-        assert (relay & MASK_128) + back <= MASK_128, "channels: relay overflow"
-        self._relay[payer] = (relay + back) | RELAY_USED
-    if refund > back:
-        assert extcall payment_token.transfer(payer, refund - back, default_return_value=True), "channels: transfer failed"
-    log ChannelWithdrawn(channel_id=channel_id, payer=payer, amount=refund)
-    return refund
+    assert (funds >> 128) > funds & MASK_128, "channels: nothing to withdraw"
+    return self._refund(channel_id, payer, funds)
 
 
 # --------------------------------------------------------------- provider
@@ -358,7 +337,12 @@ def release(channel_id: bytes32):
 
 
 @external
-def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
+def redeem(
+    vouchers: DynArray[Voucher, MAX_BATCH],
+    fund_into: bytes32 = empty(bytes32),
+    fund_most: uint256 = 0,
+    release: bool = False,
+) -> uint256:
     """
     @notice Redeems the latest vouchers of any number of the caller's
             channels. Each pays the increase over the last redeemed
@@ -366,6 +350,15 @@ def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
             fee and provider share: royalty and fee are the increase of their
             rounded cumulative totals. Reverts as a whole if any voucher is
             invalid.
+            A relay (a gateway redeeming session vouchers) may put what the
+            zero-model vouchers pay, up to `fund_most`, straight into the
+            deposit of its own open channel `fund_into`, as `fund` would from
+            its relay balance, with no second transaction; the rest goes to
+            the relay balance.
+            With `release`, the caller also gives up every redeemed channel
+            (as `release`) and its payer's unspent deposit goes back to it at
+            once: a cooperative close, one transaction where the payer's
+            `request_close`, the close delay and `withdraw` would be three.
     @return uint256 The total amount paid by all vouchers.
     """
     # read from Params at the first voucher that needs them (a batch of relayed ones does not)
@@ -387,11 +380,16 @@ def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
         assert provider_slot & MASK_160 == convert(convert(msg.sender, uint160), uint256), "channels: not provider"
         closes_at: uint256 = meta & MASK_64
         assert closes_at == 0 or block.timestamp < closes_at, "channels: channel closed"
-        last: uint256 = self._redeemed[v.channel_id][v.model_id]
-        previous: uint256 = last & MASK_128
+        funds: uint256 = self._funds[v.channel_id]
+        # a channel that has paid nothing but a relay keeps no zero-model slot: what its
+        # zero-model vouchers redeemed is what it spent
+        relay_only: bool = v.model_id == empty(bytes32) and meta & MODELS_USED == 0
+        last: uint256 = 0
+        if not relay_only:
+            last = self._redeemed[v.channel_id][v.model_id]
+        previous: uint256 = funds & MASK_128 if relay_only else last & MASK_128
         assert v.cumulative_amount > previous, "channels: voucher not above last"
         amount: uint256 = v.cumulative_amount - previous
-        funds: uint256 = self._funds[v.channel_id]
         # spent + amount <= deposit < 2**128, so the packed add cannot carry
         assert (funds & MASK_128) + amount <= funds >> 128, "channels: over deposit"
         digest: bytes32 = eip712._hash_typed_data_v4(
@@ -399,8 +397,15 @@ def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
         )
         payer: address = convert(convert(meta >> 96, uint160), address)
         assert ecdsa._recover_sig(digest, v.signature) == payer, "channels: bad signature"
-        # cumulative <= deposit < 2**128: it fits below the timestamp
-        self._redeemed[v.channel_id][v.model_id] = (block.timestamp << 128) | v.cumulative_amount
+        if not relay_only:
+            # cumulative <= deposit < 2**128: it fits below the timestamp
+            self._redeemed[v.channel_id][v.model_id] = (block.timestamp << 128) | v.cumulative_amount
+        if v.model_id != empty(bytes32) and meta & MODELS_USED == 0:
+            # the channel's first model voucher: from now on its zero-model redeems are kept
+            # in their own slot, which starts at what they redeemed so far (all it spent)
+            self._meta[v.channel_id] = meta | MODELS_USED
+            if funds & MASK_128 > 0:
+                self._redeemed[v.channel_id][empty(bytes32)] = funds & MASK_128
         self._funds[v.channel_id] = funds + amount
         log Redeemed(channel_id=v.channel_id, model_id=v.model_id, amount=amount, cumulative_amount=v.cumulative_amount)
         total += amount
@@ -442,9 +447,26 @@ def redeem(vouchers: DynArray[Voucher, MAX_BATCH]) -> uint256:
         self.earnings[self.treasury] += total_fee
         self.earnings[msg.sender] = earned - total_fee - total_royalty
     if total_relayed > 0:
-        relay: uint256 = self._relay[msg.sender]
-        assert (relay & MASK_128) + total_relayed <= MASK_128, "channels: relay overflow"
-        self._relay[msg.sender] = (relay + total_relayed) | RELAY_USED
+        funded: uint256 = 0
+        if fund_into != empty(bytes32):
+            funded = min(total_relayed, fund_most)
+            if funded > 0:
+                self._fund(fund_into, funded)
+        if total_relayed > funded:
+            relay: uint256 = self._relay[msg.sender]
+            assert (relay & MASK_128) + total_relayed - funded <= MASK_128, "channels: relay overflow"
+            self._relay[msg.sender] = (relay + total_relayed - funded) | RELAY_USED
+    if release:
+        for v: Voucher in vouchers:
+            meta: uint256 = self._meta[v.channel_id]
+            # open until now (the loop above checked it: not closing, or closing later); a
+            # second voucher of the same channel finds it closed and refunded already
+            if meta & MASK_64 == 0 or meta & MASK_64 > block.timestamp:
+                self._meta[v.channel_id] = (meta & ~MASK_64) | block.timestamp
+                log CloseRequested(channel_id=v.channel_id, closes_at=block.timestamp)
+                funds: uint256 = self._funds[v.channel_id]
+                if funds >> 128 > funds & MASK_128:
+                    self._refund(v.channel_id, convert(convert(meta >> 96, uint160), address), funds)
     return total
 
 
@@ -512,6 +534,8 @@ def redeemed(channel_id: bytes32, model_id: bytes32) -> uint256:
     """
     @notice The last redeemed cumulative amount of (channel, model).
     """
+    if model_id == empty(bytes32) and self._meta[channel_id] & MODELS_USED == 0:
+        return self._funds[channel_id] & MASK_128  # a channel that paid nothing but a relay
     return self._redeemed[channel_id][model_id] & MASK_128
 
 
@@ -519,7 +543,9 @@ def redeemed(channel_id: bytes32, model_id: bytes32) -> uint256:
 @view
 def redeemed_at(channel_id: bytes32, model_id: bytes32) -> uint256:
     """
-    @notice When (channel, model) was last redeemed (0: never).
+    @notice When (channel, model) was last redeemed (0: never; and for the zero
+            model of a channel that has paid nothing but a relay, which keeps no
+            time for it: relayed payments take no royalty).
     """
     return self._redeemed[channel_id][model_id] >> 128
 
@@ -567,6 +593,51 @@ def set_payment_token_approved(approved: bool):
 @view
 def _payer(channel_id: bytes32) -> address:
     return convert(convert(self._meta[channel_id] >> 96, uint160), address)
+
+
+@internal
+def _refund(channel_id: bytes32, payer: address, funds: uint256) -> uint256:
+    """
+    @dev Pays a closed channel's unspent deposit (`funds`: its `_funds` slot, deposit > spent)
+         back to its payer.
+    """
+    spent: uint256 = funds & MASK_128
+    refund: uint256 = (funds >> 128) - spent
+    # the deposit shrinks to what was spent: nothing is left to pay out
+    self._funds[channel_id] = (spent << 128) | spent
+    # spending counts against the relayed part first; what is left of it goes back to the
+    # relay balance (its fee still unpaid), only the rest leaves as tokens
+    relayed: uint256 = self.relayed[channel_id]
+    back: uint256 = 0
+    if relayed > spent:
+        back = relayed - spent
+        self.relayed[channel_id] = spent
+        relay: uint256 = self._relay[payer]
+        # back <= this channel's deposit < 2**128, and the balance it adds to is another part
+        assert (relay & MASK_128) + back <= MASK_128, "channels: relay overflow"
+        self._relay[payer] = (relay + back) | RELAY_USED
+    if refund > back:
+        assert extcall payment_token.transfer(payer, refund - back, default_return_value=True), "channels: transfer failed"
+    log ChannelWithdrawn(channel_id=channel_id, payer=payer, amount=refund)
+    return refund
+
+
+@internal
+def _fund(channel_id: bytes32, amount: uint256):
+    """
+    @dev Adds `amount` of relayed money (taken from the caller's relay balance, or paid to it
+         by the redeem at hand) to the deposit of the caller's own open channel.
+    """
+    assert self._payer(channel_id) == msg.sender, "channels: not payer"
+    assert self._meta[channel_id] & MASK_64 == 0, "channels: closing"
+    assert amount > 0, "channels: zero amount"
+    assert self.payment_token_approved, "channels: payment token not approved"
+    funds: uint256 = self._funds[channel_id]
+    deposit: uint256 = (funds >> 128) + amount
+    assert deposit <= MASK_128, "channels: amount overflow"
+    self._funds[channel_id] = (deposit << 128) | (funds & MASK_128)
+    self.relayed[channel_id] += amount
+    log Funded(channel_id=channel_id, amount=amount, deposit=deposit)
 
 
 @internal

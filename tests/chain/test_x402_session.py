@@ -41,7 +41,7 @@ from allmende.chain.anvil import Anvil, devnet_accounts
 from allmende.chain.bindings import ROLE_PROVIDER
 from allmende.chain.errors import ContractReverted
 from allmende.core import Receipt, SignedReceipt, SignedVoucher, Voucher, request_cost, sign_receipt
-from allmende.core.x402_session import SCHEME, SESSION_MODEL, request_hash, statement_headers
+from allmende.core.x402_session import SCHEME, SESSION_MODEL, close_headers, request_hash, statement_headers
 from allmende.gateway.errors import GatewayError, openai_error
 from allmende.gateway.x402_ledger import X402Ledger
 from allmende.gateway.x402_payments import Refunds
@@ -98,11 +98,17 @@ class Gateway:
     """The gateway's session halves in the SDK, its ledger and its statement routes."""
 
     def __init__(
-        self, chain: Chain, tmp_path: Path, credit: int = CREDIT, redeem_above: int = 10**7, on_redeemed: Any = None
+        self,
+        chain: Chain,
+        tmp_path: Path,
+        credit: int = CREDIT,
+        redeem_above: int = 10**7,
+        on_redeemed: Any = None,
+        funding: Any = None,
     ) -> None:
         self.chain = chain
         self.ledger = X402Ledger(tmp_path / "x402.db")
-        self.sessions = SessionGate(chain.gateway, self.ledger, redeem_above, on_redeemed)
+        self.sessions = SessionGate(chain.gateway, self.ledger, redeem_above, on_redeemed, funding)
         self.receipts: list[SignedReceipt] = []
         self.network = f"eip155:{chain.gateway.client.chain_id}"
         facilitator = x402FacilitatorSync()
@@ -203,10 +209,11 @@ def test_a_session_pays_exactly_its_receipts_and_the_rest_comes_back(chain: Chai
     assert len(scheme.receipts()) == 12
     for receipt in scheme.receipts():
         receipt.verify(domain)
-    # after the close delay the unspent deposit comes back: the wallet paid the receipts, no more
-    chain.admin.client.increase_time(chain.admin.params.get("channel_close_delay"))
-    assert scheme.withdraw(closing) == state.deposit - charged
+    # the unspent deposit came back at the (cooperative) close: the wallet paid the receipts, no
+    # more, and nothing is left to withdraw
     assert stable.balance_of(address) == before - charged
+    assert state.closes_at and state.deposit == state.spent
+    assert scheme.withdraw(closing) == 0
 
 
 def test_the_top_ups_double_with_the_spending_and_never_lock_past_the_cap(chain: Chain, tmp_path: Path) -> None:
@@ -457,7 +464,7 @@ def test_a_session_request_pays_the_protocol_fee_once(chain: Chain, tmp_path: Pa
     # Prepare: the gateway pays the provider for each request through its own channel
     gateway_key = devnet_accounts(3)[1].key
     payments = Payments(GatewayStore(tmp_path / "gateway.db"), chain.gateway, gateway_key, ChannelPolicy(2_000_000))
-    gateway = Gateway(chain, tmp_path, on_redeemed=payments.fund_from_relay)
+    gateway = Gateway(chain, tmp_path, funding=payments)
     client, scheme = agent_client(chain, gateway, fresh_key(chain))
     channels, as_provider = chain.gateway.channels, chain.contracts(chain.provider_key)
     provider, operator, treasury = as_provider.client.address, chain.gateway.client.address, channels.treasury()
@@ -478,7 +485,7 @@ def test_a_session_request_pays_the_protocol_fee_once(chain: Chain, tmp_path: Pa
         payments.settle(provider, provider_channel, offer, gateway.receipts[-1], None)
 
     # Execute: the provider redeems the gateway's voucher; the agent closes (the gateway redeems
-    # the session's last voucher, then funds its provider channel from the relay balance); the
+    # the session's last voucher into its provider channel and releases the session); the
     # gateway closes its provider channel and takes its deposit back
     voucher = payments.voucher(provider_channel, MODEL)
     assert voucher is not None
@@ -751,3 +758,106 @@ def test_an_async_client_does_the_sessions_chain_work_off_its_event_loop(chain: 
     assert [name for name, _ in threads] == ["open", "_read_statement", "_read_statement"]
     assert all(thread != loop_thread for _, thread in threads)
     assert scheme.paid() > 0  # the second payment's voucher pays the first request's charge
+
+
+def test_a_cooperative_close_gives_the_rest_back_at_once_with_no_transaction_of_the_agents(
+    chain: Chain, tmp_path: Path
+) -> None:
+    # Prepare: a session of three requests, the gateway funding its provider channel from them
+    gateway_key = devnet_accounts(3)[1].key
+    payments = Payments(GatewayStore(tmp_path / "gateway.db"), chain.gateway, gateway_key, ChannelPolicy(2_000_000))
+    provider = Account.from_key(chain.provider_key).address
+    provider_channel = payments.channel_for(provider)
+    offer = Offer(MODEL, "0x" + MODEL.hex(), "generate", PRICE_IN, PRICE_OUT, 4096)
+    gateway = Gateway(chain, tmp_path, funding=payments)
+    key = fresh_key(chain)
+    client, scheme = agent_client(chain, gateway, key)
+    charged = 0
+    for step in range(3):
+        payload, requirements = gateway.pay(client, json.dumps({"coop": step}).encode(), 20_000)
+        assert gateway.admit(payload, requirements)[0]
+        charged += gateway.serve(payload, 1_000, 100 + step)
+        payments.settle(provider, provider_channel, offer, gateway.receipts[-1], None)  # the gateway pays
+    (session,) = scheme.sessions.values()
+    stable, channels, w3 = chain.gateway.stable, chain.gateway.channels, chain.admin.client.w3
+    wallet = stable.balance_of(scheme.address)
+    deposit = channels.channel(session.channel_id).deposit
+    transactions = w3.eth.get_transaction_count(scheme.address)  # type: ignore[arg-type]
+    relayed = channels.relayed(provider_channel)
+
+    # Execute: the agent closes; no clock moved
+    (closed,) = scheme.close()
+
+    # Assert: the channel paid exactly the receipts, closed now, and the rest is in the wallet;
+    # the agent sent no transaction; the redeem put what it paid into the provider channel
+    record = channels.channel(closed)
+    assert closed == session.channel_id
+    assert record.spent == record.deposit == charged == scheme.paid()
+    assert stable.balance_of(scheme.address) == wallet + deposit - charged
+    assert w3.eth.get_transaction_count(scheme.address) == transactions  # type: ignore[arg-type]
+    assert channels.relayed(provider_channel) - relayed == charged
+    assert scheme.withdraw([closed]) == 0
+
+
+def test_a_close_request_not_signed_by_the_payer_is_refused(chain: Chain, tmp_path: Path) -> None:
+    # Prepare: one request served and charged
+    gateway = Gateway(chain, tmp_path)
+    key = fresh_key(chain)
+    client, scheme = agent_client(chain, gateway, key)
+    payload, requirements = gateway.pay(client, b'{"close": 1}', 20_000)
+    assert gateway.admit(payload, requirements)[0]
+    gateway.serve(payload, 1_000, 100)
+    (session,) = scheme.sessions.values()
+    url, channel, domain = session.statement + "/close", session.channel_id, chain.gateway.channels.voucher_domain()
+    now, http = int(time.time()), gateway.http()
+
+    # Execute: an adversary who knows the (public) channel id asks the gateway to close it: with
+    # no signature, its own key's, the payer's statement-read signature, an hour-old one
+    replies = [
+        http.post(url, json={}),
+        http.post(url, json={}, headers=close_headers(channel, now, domain, bytes(Account.create().key))),
+        http.post(url, json={}, headers=statement_headers(channel, now, domain, key)),
+        http.post(url, json={}, headers=close_headers(channel, now - 3_600, domain, key)),
+    ]
+
+    # Assert: all refused in OpenAI's shape; the channel is still open and the session pays on
+    for reply in replies:
+        assert reply.status_code == 401, reply.text
+        assert reply.json()["error"]["code"] == "invalid_session_signature"
+    assert chain.gateway.channels.channel(channel).closes_at == 0
+    payload, requirements = gateway.pay(client, b'{"close": 2}', 20_000)
+    assert gateway.admit(payload, requirements)[0]
+
+
+def test_an_agent_whose_gateway_will_not_close_closes_on_chain(chain: Chain, tmp_path: Path) -> None:
+    # Prepare: a gateway whose close route fails (a hostile or broken middle), two requests
+    def no_close(bridge: httpx.BaseTransport) -> httpx.BaseTransport:
+        class NoClose(httpx.BaseTransport):
+            def handle_request(self, request: httpx.Request) -> httpx.Response:
+                if request.url.path.endswith("/close"):
+                    return httpx.Response(503, json={"error": "down"})
+                return bridge.handle_request(request)
+
+        return NoClose()
+
+    gateway = Gateway(chain, tmp_path)
+    client, scheme = agent_client(chain, gateway, fresh_key(chain), no_close)
+    charged = 0
+    for step in range(2):
+        payload, requirements = gateway.pay(client, json.dumps({"nc": step}).encode(), 20_000)
+        assert gateway.admit(payload, requirements)[0]
+        charged += gateway.serve(payload, 1_000, 100)
+    stable, channels = chain.gateway.stable, chain.gateway.channels
+    wallet = stable.balance_of(scheme.address)
+
+    # Execute: close (on chain, the last voucher sent: the gateway redeems it at once), then
+    # withdraw after the close delay
+    (closed,) = scheme.close()
+    record = channels.channel(closed)
+    chain.admin.client.increase_time(chain.admin.params.get("channel_close_delay"))
+    back = scheme.withdraw([closed])
+
+    # Assert: the receipts paid, the rest back after the delay, as before cooperative closes
+    assert record.closes_at > 0 and record.spent == charged == scheme.paid()
+    assert back == record.deposit - charged > 0
+    assert stable.balance_of(scheme.address) == wallet + back

@@ -131,14 +131,14 @@ def test_an_agent_pays_a_10_step_tool_loop_with_an_x402_session(network: Network
         assert view["x402"]["scheme"] == "session" and int(view["x402"]["charged"]) == receipt.receipt.amount
     paid = sum(r.receipt.amount for r in receipts)
     assert scheme.paid() == paid > 0
-    # one channel, from the agent's key to the gateway, which redeemed exactly the receipts; what
-    # the close gives back after its delay (deposit − spent; the session chain's clock is not
-    # moved here, tests/chain/test_x402_session.py withdraws it) leaves the wallet short by that
+    # one channel, from the agent's key to the gateway, which redeemed exactly the receipts and,
+    # asked by the agent, closed it and sent the rest back at once (a cooperative close): the
+    # wallet is short by exactly the receipts, with nothing left to withdraw
     (channel_id,) = closing
     state = channels.channel(channel_id)
     assert state.payer == key.address and state.provider.lower() == x402_gateway.address.lower()
-    assert state.spent == paid and state.closes_at > 0
-    assert before - (stable.balance_of(key.address) + state.deposit - state.spent) == paid
+    assert state.spent == paid and state.closes_at > 0 and state.deposit == state.spent
+    assert before - stable.balance_of(key.address) == paid
 
 
 def test_a_replayed_session_payment_is_refused_by_the_gateway(network: Network, x402_gateway: Gateway) -> None:

@@ -24,9 +24,12 @@ so it pays at most its receipts; a statement that asks for more raises `Overchar
 nothing is signed. The gateway gives each session a credit of one request or so, as
 providers give the gateways (the last answer is paid by the voucher `close` sends).
 
-`close()` asks every channel to close and settles up (the last voucher goes to the gateway,
-which redeems it at once, seeing the channel close); after the close delay `withdraw()`
-brings the unspent deposit back.
+`close()` settles up and closes every channel: it asks the gateway, with its signed close
+request and last voucher, to redeem, give the channel up and send the unspent deposit back
+in one transaction of the gateway's (no transaction of the agent's, no close delay; checked
+on chain). A gateway that does not closes nothing: the agent then asks the channel to close
+on chain and sends the last voucher (the gateway redeems it at once, seeing the channel
+close), and after the close delay `withdraw()` brings the unspent deposit back.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import os
 import threading
 import time
@@ -58,10 +62,12 @@ from allmende.core.x402_session import (
     Charge,
     Overcharged,
     check_charge,
+    close_headers,
     sign_session_payment,
     statement_headers,
 )
 
+log = logging.getLogger("allmende.agent.x402")
 FIND_DEPTH = 64  # how many of the wallet's newest channels are looked at for one to reuse
 DEPOSIT = 2_000_000  # 2 dUSD: what the first payment locks in a new channel
 MAX_LOCKED = 20_000_000  # 20 dUSD: the most a top-up leaves unspent in the channel
@@ -331,20 +337,47 @@ class SessionScheme:
             return sum(s.paid for s in self.sessions.values())
 
     def close(self) -> list[bytes]:
-        """Close every channel to get its unspent deposit back: its last charges checked, the
-        channel asked to close, then the voucher for them sent (the gateway, seeing the
-        channel close, redeems it at once). Returns the channel ids, for `withdraw`."""
+        """Close every channel to get its unspent deposit back: its last charges checked, then
+        the gateway asked to close it with the voucher for them (a cooperative close: the
+        gateway redeems it, gives the channel up and sends the unspent deposit back in one
+        transaction; no transaction of the agent's and no close delay, checked on chain).
+        Should the gateway not do so, the agent closes on chain: the channel asked to close,
+        then the voucher sent (the gateway, seeing the channel close, redeems it at once), and
+        after the close delay `withdraw()` brings the rest back. Returns the channel ids."""
         closed = []
         with self._lock:
             for session in self.sessions.values():
                 self._read_statement(session)
-                self.contracts.channels.request_close(session.channel_id)
-                self._send_voucher(session)
+                if not self._close_with_gateway(session):
+                    self.contracts.channels.request_close(session.channel_id)
+                    self._send_voucher(session)
                 closed.append(session.channel_id)
             self.closed += self.sessions.values()  # a closing channel takes no more payments: the next opens anew
             self.sessions.clear()
             self._save()
         return closed
+
+    def _close_with_gateway(self, session: Session) -> bool:
+        """Ask the gateway for a cooperative close; True once the chain shows the channel
+        closed with its unspent deposit paid back (whatever the gateway answered)."""
+        voucher: dict[str, str] = {}
+        if session.paid:
+            signed = sign_digest(Voucher(session.channel_id, SESSION_MODEL, session.paid).digest(self.domain), self.key)
+            voucher = {"cumulative": str(session.paid), "signature": "0x" + signed.hex()}
+        headers = close_headers(session.channel_id, int(time.time()), self.domain, self.key)
+        try:
+            reply = self.http.post(session.statement + "/close", json=voucher, headers=headers)
+        except httpx.HTTPError as exc:
+            log.info("cooperative close of 0x%s failed: %s; closing on chain", session.channel_id.hex(), exc)
+            return False
+        record = self.contracts.channels.channel(session.channel_id)
+        if reply.status_code != 200 or not record.closes_at or record.deposit != record.spent:
+            log.info("the gateway did not close 0x%s (HTTP %d); closing on chain", session.channel_id.hex(),
+                     reply.status_code)  # fmt: skip
+            return False
+        if record.spent > session.paid:
+            raise Overcharged(f"the closed channel paid {record.spent}, the agent's vouchers {session.paid}")
+        return True
 
     def _send_voucher(self, session: Session) -> None:
         if not session.paid:
@@ -358,10 +391,14 @@ class SessionScheme:
             raise InvalidInput(f"the gateway refused the last voucher: {reply.text[:300]}")
 
     def withdraw(self, channel_ids: list[bytes]) -> int:
-        """Take back what is left of closed channels after their close delay; the units."""
+        """Take back what is left of closed channels after their close delay; the units (a
+        channel closed cooperatively paid its rest back at its close: nothing to take)."""
         token = self.contracts.stable
         before = token.balance_of(self.address)
         for channel_id in channel_ids:
+            record = self.contracts.channels.channel(channel_id)
+            if record.closes_at and record.deposit == record.spent:
+                continue
             try:
                 self.contracts.channels.withdraw(channel_id)
             except ContractReverted as exc:

@@ -371,8 +371,25 @@ class Channels(_Binding):
         """As the channel's provider: close it now (its payer may withdraw at once)."""
         return self._tx("release", channel_id)
 
-    def redeem(self, vouchers: list[SignedVoucher]) -> SentTransaction:
-        return self._tx("redeem", [v.as_tuple() for v in vouchers])
+    def redeem(
+        self,
+        vouchers: list[SignedVoucher],
+        fund_into: bytes | None = None,
+        fund_most: int = 0,
+        release: bool = False,
+    ) -> SentTransaction:
+        """Redeem `vouchers` (as their channels' provider). A relay may put what their
+        zero-model vouchers pay, up to `fund_most`, straight into its own channel `fund_into`
+        (no `fund` transaction), and with `release` give the channels up at once, their
+        payers' unspent deposits sent back in the same transaction (a cooperative close)."""
+        batch = [v.as_tuple() for v in vouchers]
+        if fund_into is None and not release:
+            return self._tx("redeem", batch)
+        function = self.contract.get_function_by_signature(
+            "redeem((bytes32,bytes32,uint256,bytes)[],bytes32,uint256,bool)"
+        )
+        most = _amount(fund_most, "fund_most", 128) if fund_into is not None else 0
+        return self.client.transact(function(batch, fund_into or bytes(32), most, release))
 
     def withdraw_earnings(self) -> SentTransaction:
         return self._tx("withdraw_earnings")

@@ -33,6 +33,10 @@ STATEMENT_WINDOW seconds around the gateway's clock. STATEMENT_READ is no nonce 
 ever pays with, the zero model no session id and the input hash no request's hash (a keccak
 preimage), so a read's signature authorises no payment.
 
+A cooperative close is asked the same way: the payer's signature over
+`Request(CLOSE_REQUEST, channelId, SESSION_MODEL, keccak("close" ‖ time))` (`close_headers`),
+which authorises nothing else.
+
 `check_charge` is the agent's side of "overpayment is impossible": a charge counts only if
 it is one of the agent's own paid requests (its nonce), shown once, with a receipt its
 provider signed, for no more than the receipt, no more than usage × the provider's offer on
@@ -59,9 +63,31 @@ SESSION_MODEL = bytes(32)  # unregistrable (Models: "empty id"), so no royalty o
 
 
 STATEMENT_READ = keccak(b"allmende/x402-session-statement")  # the request id a statement read signs
+CLOSE_REQUEST = keccak(b"allmende/x402-session-close")  # the request id a cooperative close signs
 STATEMENT_WINDOW = 300  # seconds a statement read's signature is accepted around the gateway's clock
 STATEMENT_TIME = "X-Allmende-Session-Time"  # the headers a statement read carries
 STATEMENT_SIGNATURE = "X-Allmende-Session-Signature"
+
+
+def close_request(channel_id: bytes, at: int) -> RequestAuthorization:
+    """What the payer signs to ask the gateway to close its channel at once (a cooperative
+    close, Channels.redeem with `release`) at unix time `at`. Its request id is no nonce a
+    payment or a statement read signs, so the signature authorises nothing else."""
+    return RequestAuthorization(CLOSE_REQUEST, channel_id, SESSION_MODEL, keccak(b"close" + word(at)))
+
+
+def close_headers(channel_id: bytes, at: int, domain: Domain, key: bytes) -> dict[str, str]:
+    """The headers of a cooperative close asked by the channel's payer (`key`) at `at`."""
+    signature = close_request(channel_id, at).sign(domain, key)
+    return {STATEMENT_TIME: str(at), STATEMENT_SIGNATURE: "0x" + signature.hex()}
+
+
+def close_requester(channel_id: bytes, at: int, signature: bytes, now: float, domain: Domain) -> str:
+    """Who signed a close request (InvalidSignature if malformed or not within
+    STATEMENT_WINDOW of `now`); the gateway closes only for the channel's payer."""
+    if not 0 <= at < 2**64 or abs(now - at) > STATEMENT_WINDOW:
+        raise InvalidSignature(f"the close request's time {at} is not within {STATEMENT_WINDOW} s of now")
+    return close_request(channel_id, at).signer(domain, signature)
 
 
 def statement_read(channel_id: bytes, at: int) -> RequestAuthorization:

@@ -287,9 +287,7 @@ class X402Gate:
         self.network = f"eip155:{self.client.chain_id}"
         self.ledger = X402Ledger(self.policy.ledger)
         self.refunds = Refunds(self.ledger, self.stable)
-        self.sessions = SessionGate(
-            contracts, self.ledger, self.policy.redeem_above, on_redeemed=service.payments.fund_from_relay
-        )
+        self.sessions = SessionGate(contracts, self.ledger, self.policy.redeem_above, funding=service.payments)
         self.channels = contracts.channels.address
         name, version = self.stable.eip712_domain()
         self.extra = {"name": name, "version": version, "paymentFlow": "upfront"}

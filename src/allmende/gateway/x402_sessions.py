@@ -9,8 +9,15 @@ vouchers in `Channels`. Forwarding would need the agent to sign each provider's 
 request (the provider's Request authorisation binds its input hash) and to open a channel
 per provider; through the gateway one channel serves every model and provider. The session's
 vouchers are zero-model: their redeem pays no fee and lands in the gateway's relay balance,
-which `on_redeemed` (the gateway's `Payments.fund_from_relay`) puts into the deposits of the
-provider channels that paid for those requests; the providers' redeems take the fee, once.
+which the same redeem puts into the deposit of the provider channel that paid for those
+requests (`Channels.redeem`'s `fund_into`, with the gateway's `Payments` as `funding`: no
+`fund` transaction; anything over goes in with `Payments.fund_from_relay`); the providers'
+redeems take the fee, once.
+
+Closing: the agent asks, signing a close request (core/x402_session.py) and sending its
+last voucher; the gateway redeems it, gives the channel up and sends the agent its unspent
+deposit back in one transaction (`Channels.redeem` with `release`), if the session is
+fully paid. Otherwise, or if the gateway does not answer, the agent closes on chain.
 
 The agent's channel outlives its sessions: a session is a window on it (its session id, in
 every payment's signed authorisation); a new session id ends the channel's earlier one.
@@ -40,7 +47,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from fastapi import FastAPI, Request
 from x402.interfaces import FacilitatorContext
@@ -48,7 +55,7 @@ from x402.schemas import AssetAmount, PaymentPayload, PaymentRequirements, Settl
 
 from allmende.chain import Contracts
 from allmende.chain.bindings import ChannelRecord
-from allmende.chain.errors import ChainError
+from allmende.chain.errors import ChainError, ContractReverted
 from allmende.core import SignedVoucher, Voucher
 from allmende.core.errors import InvalidInput, InvalidSignature
 from allmende.core.x402_session import (
@@ -57,6 +64,7 @@ from allmende.core.x402_session import (
     STATEMENT_SIGNATURE,
     STATEMENT_TIME,
     SessionPayment,
+    close_requester,
     statement_reader,
 )
 from allmende.gateway.errors import InvalidRequest, Unauthorized
@@ -214,13 +222,26 @@ class SessionFacilitatorScheme:
         )
 
 
+class RelayFunding(Protocol):
+    """Where the gateway's relayed money goes: its provider channels (payer/payments.py)."""
+
+    def relay_target(self) -> tuple[str, bytes, int] | None: ...
+
+    def relay_funded(self, provider: str, channel_id: bytes, amount: int) -> None: ...
+
+    def fund_from_relay(self) -> list[str]: ...
+
+
 class SessionGate:
     """What the gateway does for sessions besides admission: charge, statement, redeem.
 
     `redeem_above`: a session's vouchers are redeemed when more than this is unredeemed on
     its channel (or when the channel closes), not per session: each redeem costs gas.
-    `on_redeemed`: called after every redeem (the gateway funds its provider channels from
-    the relay balance the redeem paid)."""
+    `funding`: the gateway's provider channels; each redeem puts what it pays straight into
+    the one charged most beyond what was relayed into it (Channels.redeem's `fund_into`: no
+    `fund` transaction), anything left with `fund_from_relay`. `on_redeemed`: called after
+    every redeem (without `funding`: the gateway funds its provider channels from the relay
+    balance there)."""
 
     def __init__(
         self,
@@ -228,12 +249,14 @@ class SessionGate:
         ledger: X402Ledger,
         redeem_above: int = 10_000_000,
         on_redeemed: Callable[[], Any] | None = None,
+        funding: RelayFunding | None = None,
     ) -> None:
         self.contracts = contracts
         self.ledger = ledger
         self.domain = contracts.channels.voucher_domain()
         self.redeem_above = redeem_above
         self.on_redeemed = on_redeemed
+        self.funding = funding
 
     def statement(self, channel_id: bytes, after: int, at: int = -1, signature: bytes = b"") -> dict[str, Any]:
         """The session's charges after `after` (a sequence number), each with its receipt:
@@ -270,7 +293,7 @@ class SessionGate:
         except ChainError:
             return None
 
-    def last_voucher(self, channel_id: bytes, cumulative: int, signature: bytes) -> dict[str, Any]:
+    def last_voucher(self, channel_id: bytes, cumulative: int, signature: bytes, redeem: bool = True) -> dict[str, Any]:
         """The agent's voucher at the end of a session: checked and kept; redeemed at once if
         the channel is closing (the agent wants its deposit back) or more than `redeem_above`
         is unredeemed on it, otherwise with a later batch."""
@@ -286,11 +309,54 @@ class SessionGate:
             raise InvalidInput(f"the voucher pays {cumulative}, more than the {state.charged} charged")
         self.ledger.take_voucher(channel_id, cumulative, signature)
         held = max(state.cumulative, cumulative)
+        if not redeem:
+            return {"redeemed": [], "held": str(held)}
         closing = self.contracts.channels.channel(channel_id).closes_at != 0
         redeemed = []
         if closing or held - state.redeemed > self.redeem_above:
             redeemed = self.redeem_due(above=2**256, channels=frozenset({channel_id}))
         return {"redeemed": redeemed, "held": str(held)}
+
+    def close(
+        self, channel_id: bytes, at: int, signature: bytes, voucher: tuple[int, bytes] | None = None
+    ) -> dict[str, Any]:
+        """A cooperative close, asked by the channel's payer (its signature over the close
+        request at unix time `at`, core/x402_session.py) with its last voucher: the gateway
+        redeems it, gives the channel up and sends the payer its unspent deposit, all in one
+        transaction (Channels.redeem with `release`), so the agent needs no transaction and
+        no close delay. Only a fully paid session is closed so: every charge vouched for,
+        nothing in flight (InvalidInput otherwise; the agent can still close on chain)."""
+        try:
+            requester = close_requester(channel_id, at, signature, time.time(), self.domain)
+        except InvalidSignature as exc:
+            raise StatementRefused(f"only the channel's payer may close it: {exc}") from None
+        state = self.ledger.session(channel_id)
+        payer = state.payer if state is not None else self._payer_on_chain(channel_id)
+        if payer is None or requester.lower() != payer.lower():
+            raise StatementRefused(f"only the channel's payer may close it, not {requester}")
+        if voucher is not None:
+            self.last_voucher(channel_id, voucher[0], voucher[1], redeem=False)
+            state = self.ledger.session(channel_id)
+        if state is not None and (state.held or state.charged > state.cumulative):
+            raise InvalidInput(
+                f"the session owes {state.charged - state.cumulative} unvouched and has {state.held} in flight: "
+                "sign its statement's charges first"
+            )
+        channels = self.contracts.channels
+        record = channels.channel(channel_id)
+        now = int(self.contracts.client.w3.eth.get_block("latest")["timestamp"])
+        if record.closes_at and record.closes_at <= now:
+            raise InvalidInput("the channel is closed already")
+        if state is not None and state.voucher is not None and state.cumulative > state.redeemed:
+            sent = self._redeem([(channel_id, state.cumulative, state.voucher, state.redeemed)], release=True)
+        else:
+            sent = channels.release(channel_id).tx_hash
+            if record.deposit > record.spent:
+                channels.withdraw(channel_id)
+        self.ledger.released(channel_id)
+        spent = channels.channel(channel_id).spent
+        log.info("session channel 0x%s closed on its payer's request, %d spent", channel_id.hex(), spent)
+        return {"closed": True, "spent": str(spent), "transaction": sent}
 
     def redeem_due(self, above: int = 0, channels: frozenset[bytes] = frozenset()) -> list[str]:
         """Redeem, in one batch, the session vouchers that are due: those of `channels`, those
@@ -300,7 +366,9 @@ class SessionGate:
         the transaction hashes (none when nothing is due)."""
         now = int(self.contracts.client.w3.eth.get_block("latest")["timestamp"])
         due = []
+        redeemed_of = {}
         for channel_id, cumulative, signature, redeemed in self.ledger.unredeemed():
+            redeemed_of[channel_id] = redeemed
             closes_at = self.contracts.channels.channel(channel_id).closes_at
             if closes_at and closes_at <= now:
                 log.error("session 0x%s closed with %d units unredeemed", channel_id.hex(), cumulative - redeemed)
@@ -309,17 +377,37 @@ class SessionGate:
                 due.append((channel_id, cumulative, signature))
         if not due:
             return []
-        vouchers = [SignedVoucher(Voucher(c, SESSION_MODEL, cum), sig) for c, cum, sig in due]
-        sent = self.contracts.channels.redeem(vouchers)
-        for channel_id, cumulative, _ in due:
+        return [self._redeem([(c, cum, sig, redeemed_of.get(c, 0)) for c, cum, sig in due])]
+
+    def _redeem(self, due: list[tuple[bytes, int, bytes, int]], release: bool = False) -> str:
+        """Redeem `due` (channel, voucher, signature, redeemed before) in one transaction, its
+        relayed money into a provider channel (`funding`), with `release` closing the channels
+        and refunding their payers; the ledger learns what was redeemed. The hash."""
+        vouchers = [SignedVoucher(Voucher(c, SESSION_MODEL, cum), sig) for c, cum, sig, _ in due]
+        paid = sum(cumulative - before for _, cumulative, _, before in due)
+        channels = self.contracts.channels
+        target = None if self.funding is None else self.funding.relay_target()
+        if target is not None:
+            try:
+                sent = channels.redeem(vouchers, fund_into=target[1], fund_most=target[2], release=release)
+            except ContractReverted as exc:  # that channel closing meanwhile: into the relay balance
+                log.info("channel 0x%s not funded by the redeem: %s", target[1].hex(), exc.reason)
+                target = None
+        if target is None:
+            sent = channels.redeem(vouchers, release=release)
+        for channel_id, cumulative, _, _ in due:
             self.ledger.set_redeemed(channel_id, cumulative)
         log.info("redeemed %d session voucher(s) in %s", len(due), sent.tx_hash)
-        if self.on_redeemed is not None:
-            try:
+        try:
+            if target is not None and self.funding is not None:
+                self.funding.relay_funded(target[0], target[1], min(paid, target[2]))
+            if self.funding is not None and (target is None or paid > target[2]):
+                self.funding.fund_from_relay()
+            if self.on_redeemed is not None:
                 self.on_redeemed()
-            except Exception as exc:  # the relay balance waits for the next redeem or upkeep
-                log.warning("funding the provider channels from the relay balance failed: %s", exc)
-        return [sent.tx_hash]
+        except Exception as exc:  # the relay balance waits for the next redeem or upkeep
+            log.warning("funding the provider channels from the relay balance failed: %s", exc)
+        return sent.tx_hash
 
     def expire(self, idle: float, now: float | None = None) -> list[bytes]:
         """Give back the deposits of sessions that have paid for nothing for `idle` seconds:
@@ -336,15 +424,18 @@ class SessionGate:
                 stale.append(channel_id)
         if not stale:
             return []
-        self.redeem_due(above=2**256, channels=frozenset(stale))
+        # those with a voucher to redeem: redeemed, released and refunded in one transaction
+        due = [d for d in self.ledger.unredeemed() if d[0] in stale]
+        if due:
+            self._redeem(due, release=True)
         for channel_id in stale:
-            channels.release(channel_id)
             record = channels.channel(channel_id)
-            if record.deposit > record.spent:
-                channels.withdraw(channel_id)
+            if not record.closes_at:
+                channels.release(channel_id)
+                if record.deposit > record.spent:
+                    channels.withdraw(channel_id)
             self.ledger.released(channel_id)
-            log.info("session channel 0x%s expired: released, %d units back to its payer", channel_id.hex(),
-                     record.deposit - record.spent)  # fmt: skip
+            log.info("session channel 0x%s expired: released, its unspent deposit back to its payer", channel_id.hex())
         return stale
 
 
@@ -371,6 +462,32 @@ def mount_sessions(app: FastAPI, sessions: Callable[[], Awaitable[SessionGate]])
         except ValueError:
             raise StatementRefused(f"a statement read carries {STATEMENT_TIME} and {STATEMENT_SIGNATURE}") from None
         return await asyncio.to_thread(gate.statement, channel, max(0, after), when, raw)
+
+    @app.post("/v1/x402/sessions/{channel_id}/close")
+    async def session_close(channel_id: str, request: Request) -> dict[str, Any]:
+        gate, channel = await sessions(), channel_of(channel_id)
+        at, signature = request.headers.get(STATEMENT_TIME, ""), request.headers.get(STATEMENT_SIGNATURE, "")
+        try:
+            when, raw = int(at), bytes.fromhex(signature.removeprefix("0x"))
+        except ValueError:
+            raise StatementRefused(f"a close request carries {STATEMENT_TIME} and {STATEMENT_SIGNATURE}") from None
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        voucher = None
+        if isinstance(body, dict) and body.get("cumulative") is not None:
+            cumulative, voucher_signature = body.get("cumulative"), body.get("signature")
+            if not isinstance(cumulative, str) or not cumulative.isdigit() or not isinstance(voucher_signature, str):
+                raise InvalidRequest("expected {cumulative: a decimal string, signature: 65 bytes of 0x-hex}")
+            try:
+                voucher = (int(cumulative), bytes.fromhex(voucher_signature.removeprefix("0x")))
+            except ValueError:
+                raise InvalidRequest("the voucher's signature is not hex") from None
+        try:
+            return await asyncio.to_thread(gate.close, channel, when, raw, voucher)
+        except (ValueError, ContractReverted) as exc:  # InvalidInput is a ValueError
+            raise InvalidRequest(str(exc)) from None
 
     @app.post("/v1/x402/sessions/{channel_id}/voucher")
     async def session_voucher(channel_id: str, request: Request) -> dict[str, Any]:

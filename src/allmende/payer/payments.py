@@ -78,11 +78,11 @@ class Payments:
         """The channel to `provider` if it exists and has `need` units of deposit left beyond
         what is owed and in flight (no chain call, no waiting); below the low-water mark a
         top-up starts in the background."""
-        known = self.store.channel(provider)
+        known = self.store.channel_owed(provider)
         if known is None:
             return None
-        channel_id, deposit = known
-        left = deposit - self.store.total_owed(channel_id) - self.in_flight(channel_id)
+        channel_id, deposit, owed = known
+        left = deposit - owed - self.in_flight(channel_id)
         if left < need:
             return None
         if left < deposit * self.policy.low_water:
@@ -112,9 +112,7 @@ class Payments:
     def reserve(self, channel_id: bytes, cost: int, credit_limit: int) -> bool:
         """Count `cost` as in flight on the channel if the provider's credit limit and the
         deposit allow it; False means: not now (another provider, or wait for answers)."""
-        deposit = self._deposit_of(channel_id)
-        owed = self.store.total_owed(channel_id)
-        unacked = self.store.unacked(channel_id)
+        deposit, owed, unacked = self.store.exposure(channel_id)
         with self._exposure_lock:
             flying = self._in_flight.get(channel_id, 0)
             if unacked + flying + cost > credit_limit or owed + flying + cost > deposit:
@@ -130,12 +128,6 @@ class Payments:
                 self._in_flight[channel_id] = left
             else:
                 self._in_flight.pop(channel_id, None)
-
-    def _deposit_of(self, channel_id: bytes) -> int:
-        for _, known, deposit in self.store.all_channels():
-            if known == channel_id:
-                return deposit
-        return 0
 
     def _top_up_in_background(self, provider: str) -> None:
         lock = self._lock(provider)
@@ -301,6 +293,25 @@ class Payments:
             relay -= amount
             sent.append(tx.tx_hash)
         return sent
+
+    def relay_target(self) -> tuple[str, bytes, int] | None:
+        """Where a relayed redeem's money goes without a `fund` transaction of its own
+        (Channels.redeem's `fund_into`): the provider channel charged most beyond what was
+        relayed into it, and that much at most, as `fund_from_relay` would put into it.
+        (provider, channel id, most); None when no channel is owed anything."""
+        best: tuple[str, bytes, int] | None = None
+        for provider, channel_id, _ in self.store.all_channels():
+            room = self.store.total_owed(channel_id) - self.contracts.channels.relayed(channel_id)
+            if room > 0 and (best is None or room > best[2]):
+                best = (provider, channel_id, room)
+        return best
+
+    def relay_funded(self, provider: str, channel_id: bytes, amount: int) -> None:
+        """A redeem put `amount` of relayed money into the provider channel's deposit."""
+        with self._lock(provider):
+            known = self.store.channel(provider)
+            if known is not None and known[0] == channel_id:
+                self.store.put_channel(provider, channel_id, known[1] + amount)
 
     def close_all(self) -> list[bytes]:
         """Request closing every channel (the deposits come back after the close delay)."""
