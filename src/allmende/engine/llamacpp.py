@@ -66,6 +66,7 @@ import torch
 from allmende.engine.base import EngineError
 from allmende.engine.batching import StepScheduler
 from allmende.engine.generative import GenerativeEngine
+from allmende.engine.llamacpp_rpc import RpcDevices, RpcServerLost, configured_endpoints
 from allmende.engine.sequence import Sequence
 
 BATCH_TOKENS = 512  # tokens per llama_decode call (prompt chunks included)
@@ -130,6 +131,18 @@ def gguf_shape(gguf: Path) -> tuple[int, int]:
     field = reader.fields.get("general.file_type")
     file_type = int(field.parts[field.data[0]][0]) if field is not None else 0
     return file_type, sum(int(t.n_elements) for t in reader.tensors)
+
+
+def gguf_layers(gguf: Path) -> int:
+    """The number of repeating layers (transformer blocks) of a GGUF model, from its header."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf))
+    arch = reader.fields.get("general.architecture")
+    blocks = reader.fields.get(f"{bytes(arch.parts[arch.data[0]]).decode()}.block_count") if arch else None
+    if blocks is None:
+        raise EngineError(f"{gguf} names no block count: its layers cannot be split across RPC servers")
+    return int(blocks.parts[blocks.data[0]][0])
 
 
 def chosen_weights(gguf: Path, asked: str | None = None) -> str:
@@ -281,6 +294,26 @@ class LlamaScheduler(StepScheduler):
         self._parked: dict[str, list[tuple[int, list[int]]]] = {k: [] for k in contexts}
         self._parking = True  # off while a failed step's batch is dropped
         self._forget = False  # drop_parked was called: forget them before the next joiner
+        self.lost: RpcServerLost | None = None  # an RPC server the model runs on was lost: nothing runs
+
+    def submit(self, sequences: list[Sequence]) -> None:
+        with self._wake:  # (the lock `lose` takes: a sequence is either failed there or here)
+            if self.lost is None:
+                super().submit(sequences)
+                return
+        for sequence in sequences:
+            sequence.fail(self.lost)
+
+    def lose(self, error: RpcServerLost) -> None:
+        """An RPC server was lost (`llamacpp_rpc`, from llama.cpp's connection thread, while
+        this scheduler's thread waits inside `llama_decode` for an answer that never comes):
+        fail every sequence, running or waiting, and every later one."""
+        with self._wake:
+            self.lost = error
+            victims = [*self._active, *self._waiting]
+            self._waiting.clear()
+        for sequence in victims:
+            sequence.fail(error)
 
     def _route(self, demand: int) -> str:
         if len(self.contexts) == 1:
@@ -484,6 +517,7 @@ class LlamaCppEngine(GenerativeEngine):
         context_length: int | None = None,
         gpu_layers: int = 0,
         weights: str | None = None,  # "native", "f16" or "mixed"; default: `chosen_weights`
+        rpc: tuple[str, ...] | None = None,  # HOST:PORT of ggml-rpc-servers; default: $ALLMENDE_LLAMACPP_RPC
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -503,6 +537,12 @@ class LlamaCppEngine(GenerativeEngine):
             files["f16"] = expanded_f16(lib, self.gguf, model_id)
         params = lib.llama_model_default_params()
         params.n_gpu_layers = gpu_layers
+        self.lost: RpcServerLost | None = None
+        endpoints = configured_endpoints(",".join(rpc)) if rpc is not None else configured_endpoints()
+        self.rpc = RpcDevices(lib, endpoints, self) if endpoints else None
+        self.local_layers: int | None = None  # with RPC: layers on this host's CPU (the rest on the servers)
+        if self.rpc is not None:
+            self.local_layers = self.rpc.apply(params, gguf_layers(self.gguf))
         self.models: dict[str, Any] = {}
         for kind, path in files.items():
             self.models[kind] = lib.llama_model_load_from_file(str(path).encode(), params)
@@ -525,6 +565,16 @@ class LlamaCppEngine(GenerativeEngine):
     def vocab_size(self) -> int:
         return next(iter(self.contexts.values())).n_vocab
 
+    def rpc_lost(self, error: RpcServerLost) -> bool:
+        """Called by `llamacpp_rpc` when one of this engine's RPC servers is lost: fail every
+        request from now on (False while the model is still loading: there is none yet)."""
+        self.lost = error
+        scheduler: LlamaScheduler | None = getattr(self, "scheduler", None)
+        if scheduler is None:
+            return False
+        scheduler.lose(error)
+        return True
+
     def set_threads(self, threads: int) -> None:
         """Change llama.cpp's thread count of the serving context (takes effect at the next step)."""
         self.threads = threads
@@ -535,6 +585,8 @@ class LlamaCppEngine(GenerativeEngine):
 
     def prefill(self, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass over `token_ids` in a context of its own: (final hidden states, logits), one row per position."""
+        if self.lost is not None:
+            raise self.lost
         with self._reference_lock:
             if self._reference is None:
                 self._reference = LlamaContext(self.lib, self.model, self.context_length, 1, self.threads)

@@ -100,6 +100,9 @@ def backend_of(engine: Engine) -> str:
 
     if isinstance(engine, LlamaCppEngine):
         threads = f"{engine.threads} thread{'' if engine.threads == 1 else 's'}"
+        if engine.rpc is not None:
+            servers = ", ".join(engine.rpc.endpoints)
+            threads += f"; {engine.local_layers} layers here, the others on RPC servers {servers}"
         return f"llama.cpp ({engine.weights} weights, {threads})"
     return "transformers"
 
@@ -151,6 +154,7 @@ class ProviderConfig:
     engine: str = "auto"  # backend of generative models: "transformers", "llamacpp" (GGUF) or "auto" (engine_for)
     llamacpp_threads: int | None = None  # llama.cpp's threads and weights (None: the engine's defaults)
     llamacpp_weights: str | None = None
+    llamacpp_rpc: tuple[str, ...] | None = None  # ggml-rpc-servers the llama.cpp models' layers spread over
     stream_tokens_per_s: float | None = None  # per-stream token rate cap (None = as fast as it goes)
     # fault injection for testing validators: serve int8-quantised weights or skip a layer while
     # claiming the original model id ("int8" | "skip-layer"); never set in production
@@ -273,6 +277,7 @@ def prepare(config: ProviderConfig, show_progress: bool = True) -> ProviderNode:
                 config.engine,
                 threads=config.llamacpp_threads,
                 weights=config.llamacpp_weights,
+                rpc=config.llamacpp_rpc,
             )
             log.info("loaded %s (0x%s…) on %s", spec.name, engine.model_id.hex()[:12], backend_of(engine))
             for wrap in ENGINE_WRAPPERS:
