@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 from collections.abc import AsyncIterator
@@ -162,6 +163,9 @@ class Hosts(httpx.AsyncBaseTransport):
         self.hits[host] = self.hits.get(host, 0) + 1
         if host in self.dead:
             raise httpx.ConnectError("connection refused", request=request)
+        # a real hop suspends the caller until the reply comes, so other requests run meanwhile;
+        # an app in process may answer without ever suspending
+        await asyncio.sleep(0)
         return await self.apps[host].handle_async_request(request)
 
 

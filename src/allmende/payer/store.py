@@ -61,6 +61,37 @@ class GatewayStore:
             ).fetchone()
         return None if row is None else (bytes(row[0]), int(row[1]))
 
+    def channel_owed(self, provider: str) -> tuple[bytes, int, int] | None:
+        """`channel(provider)` and the `total_owed` of that channel, read in one statement
+        (every request asks for both: one statement instead of two)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT channel_id, deposit, NULL FROM channels WHERE provider=:p UNION ALL SELECT NULL, NULL, owed "
+                "FROM owed WHERE channel_id=(SELECT channel_id FROM channels WHERE provider=:p)",
+                {"p": provider.lower()},
+            ).fetchall()
+        if not rows or rows[0][0] is None:
+            return None
+        return bytes(rows[0][0]), int(rows[0][1]), sum(int(r[2]) for r in rows[1:])
+
+    def exposure(self, channel_id: bytes) -> tuple[int, int, int]:
+        """(deposit, total owed, unacked) of a channel, read in one statement: the deposit of
+        the first channel row with this id (0 if none, as `all_channels` gives it), `total_owed`
+        and `unacked` (every request asks for all three: one statement instead of three)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT 0, deposit, NULL FROM channels WHERE channel_id=:c UNION ALL "
+                "SELECT 1, owed, acked FROM owed WHERE channel_id=:c",
+                {"c": channel_id},
+            ).fetchall()
+        deposits = [int(r[1]) for r in rows if r[0] == 0]
+        owed = [(int(r[1]), int(r[2])) for r in rows if r[0] == 1]
+        return (
+            deposits[0] if deposits else 0,
+            sum(o for o, _ in owed),
+            sum(max(0, o - acked) for o, acked in owed),
+        )
+
     def put_channel(self, provider: str, channel_id: bytes, deposit: int) -> None:
         with self._lock:
             self._db.execute(
