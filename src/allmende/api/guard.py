@@ -36,6 +36,7 @@ import ipaddress
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
@@ -121,10 +122,7 @@ class GuardConfig:
     def host_allowed(self, host: str | None) -> bool:
         if host is None:
             return True  # no browser sends a request without Host
-        name = host_name(host)
-        if is_loopback(name) or name in self.hosts or (self.any_ip and ip_of(name) is not None):
-            return True
-        return any(h.startswith("*.") and name.endswith(h[1:]) for h in self.hosts)
+        return _host_allowed(self, host)
 
     def cors_allowed(self, origin: str) -> bool:
         """An origin the operator allowed: its pages may call the API and get CORS answers."""
@@ -159,6 +157,17 @@ class GuardConfig:
                     f"the request body must be sent with Content-Type: {wanted} (not {declared or 'none'})"
                 )
         return None
+
+
+@lru_cache(maxsize=1024)
+def _host_allowed(config: GuardConfig, host: str) -> bool:
+    """`config.host_allowed(host)`, kept per (config, Host): a node is called under the same
+    few names all day, and parsing one as an IP address cost more than the rest of the
+    guard's checks on every request (a bounded cache: Host is the caller's to choose)."""
+    name = host_name(host)
+    if is_loopback(name) or name in config.hosts or (config.any_ip and ip_of(name) is not None):
+        return True
+    return any(h.startswith("*.") and name.endswith(h[1:]) for h in config.hosts)
 
 
 class Guard:
