@@ -539,7 +539,7 @@ def test_a_later_session_of_the_same_wallet_reuses_its_channel_with_no_transacti
     assert w3.eth.get_transaction_count(address) == transactions  # type: ignore[arg-type]
     assert second.paid() == charged == gateway.ledger.session(one.channel_id).cumulative  # type: ignore[union-attr]
     windows = gateway.ledger._db.execute("SELECT ended FROM windows WHERE channel_id=?", (one.channel_id,))
-    assert sorted(ended for (ended,) in windows.fetchall()) == [0, 1]
+    assert sorted(ended for (ended,) in windows.fetchall()) == [1, 1]  # two windows, each ended by its end()
     # and the channel's close returns the rest: the wallet paid the five receipts, no more
     closing = second.close()
     chain.admin.client.increase_time(chain.admin.params.get("channel_close_delay"))
@@ -861,3 +861,63 @@ def test_an_agent_whose_gateway_will_not_close_closes_on_chain(chain: Chain, tmp
     assert record.closes_at > 0 and record.spent == charged == scheme.paid()
     assert back == record.deposit - charged > 0
     assert stable.balance_of(scheme.address) == wallet + back
+
+
+def test_two_processes_of_one_wallet_pay_from_channels_of_their_own(chain: Chain, tmp_path: Path) -> None:
+    """Two processes with the same key and no shared state paying one gateway: before, the
+    second's first payment ended the first's session (`session_ended` from then on), and
+    their cumulative vouchers, each counting only its own requests, fought over one channel.
+    Now the second passes the first's channel over (its statement says `in_use`) and opens
+    its own; a process that loses a race to a channel is refused (`channel_in_use`), never the
+    winner, and takes a channel of its own at its next payment."""
+    # Prepare: process A pays a request on the channel it opens
+    gateway = Gateway(chain, tmp_path)
+    key = fresh_key(chain)
+    address = Account.from_key(key).address
+    stable, channels = chain.gateway.stable, chain.gateway.channels
+    wallet = stable.balance_of(address)
+
+    def process() -> tuple[x402ClientSync, SessionScheme]:
+        scheme = SessionScheme(key, network=chain.anvil.url, deposit=300_000, http=gateway.http())
+        return _client_of(scheme), scheme
+
+    (a_client, a), (b_client, b), (c_client, c) = process(), process(), process()
+    charged = 0
+    payload, requirements = gateway.pay(a_client, b'{"a": 0}', 40_000)
+    assert gateway.admit(payload, requirements)[0]
+    charged += gateway.serve(payload, 1_000, 100)
+
+    # Execute: B starts while A's session is live; then C and A race to A's channel after A's
+    # session has ended (C signs its first payment on it before A's next is admitted);
+    # everybody pays on, alternately
+    results = []
+    payload, requirements = gateway.pay(b_client, b'{"b": 0}', 40_000)
+    results.append(("b0", gateway.admit(payload, requirements)))
+    charged += gateway.serve(payload, 1_000, 100) if results[-1][1][0] else 0
+    a.end()
+    c_payload, c_requirements = gateway.pay(c_client, b'{"c": 0}', 40_000)
+    a_payload, a_requirements = gateway.pay(a_client, b'{"a": 1}', 40_000)
+    results.append(("a1", gateway.admit(a_payload, a_requirements)))
+    charged += gateway.serve(a_payload, 1_000, 100) if results[-1][1][0] else 0
+    results.append(("c0", gateway.admit(c_payload, c_requirements)))  # lost the race
+    for step in range(1, 3):
+        for name, client in (("a", a_client), ("b", b_client), ("c", c_client)):
+            payload, requirements = gateway.pay(client, json.dumps({name: step + 1}).encode(), 40_000)
+            results.append((f"{name}{step + 1}", gateway.admit(payload, requirements)))
+            charged += gateway.serve(payload, 1_000, 100) if results[-1][1][0] else 0
+
+    # Assert: every payment admitted but the race loser's first, refused as channel_in_use (not
+    # the winner's); three channels, one per process; each channel's vouchers pay exactly its
+    # process's receipts, and the three together every receipt, once
+    refused = [(name, why) for name, (ok, why) in results if not ok]
+    assert refused == [("c0", "channel_in_use")], results
+    own = {s.channel_id: s for scheme in (a, b, c) for s in scheme.sessions.values()}
+    assert len(own) == 3
+    for scheme in (a, b, c):
+        scheme.end()
+    closed = [channel_id for scheme in (a, b, c) for channel_id in scheme.close()]
+    assert sorted(closed) == sorted(own)
+    for channel_id, session in own.items():
+        assert channels.channel(channel_id).spent == session.paid > 0
+    assert sum(channels.channel(channel_id).spent for channel_id in closed) == charged
+    assert stable.balance_of(address) == wallet - charged

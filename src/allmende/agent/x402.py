@@ -9,10 +9,17 @@ gateway. Each later request carries a cumulative voucher and the request's autho
 (core/x402_session.py).
 
 The channel outlives the session. `end()` ends a session (its last voucher goes to the
-gateway; no transaction) and the next payment to the same gateway begins a new one on the
-same channel, found in the `state` file or, without one, on chain (the wallet's channels to
-that gateway, newest first, one not closing): a later session of the same wallet costs no
-gas at all. `close()` closes the channel itself, to get the unspent deposit back.
+gateway, naming the session it ends; no transaction) and the next payment to the same
+gateway begins a new one on the same channel, found in the `state` file or, without one, on
+chain (the wallet's channels to that gateway, newest first, one not closing): a later session
+of the same wallet costs no gas at all. `close()` closes the channel itself, to get the
+unspent deposit back.
+
+Two processes of one wallet never share a channel: cumulative vouchers, each counting only
+its own process's requests, cannot pay from one. A channel whose live session is another's
+and paid lately (its statement says `in_use`) is passed over, and a new one opened; a process
+that loses a race to a channel (the gateway refuses its first payment: `channel_in_use`, as it
+refuses any new session on a channel in use) takes a channel of its own at its next payment.
 
 What the agent trusts: the chain (the contracts are checked at `network`, as `Agent` does)
 and its own key. What it checks: every requirement names this deployment's payment token and
@@ -201,9 +208,16 @@ class SessionScheme:
         if str(extra.get("channels", "")).lower() != self.contracts.channels.address.lower():
             raise InvalidInput("session payment asked into a contract that is not this network's Channels")
         most = int(requirements.amount)
-        session = self._session(requirements.pay_to, str(extra.get("statement", "")), most)
+        statement = str(extra.get("statement", ""))
+        session = self._session(requirements.pay_to, statement, most)
         if read or not session.prepared:
-            self._read_statement(session)
+            if self._in_use_by_another(self._read_statement(session) or {}, session):
+                # another process of this wallet pays from this channel (it won a race to it,
+                # or took it over after this one went quiet): this one takes a channel of its own
+                log.info("channel 0x%s is in use by another session; taking another", session.channel_id.hex())
+                self.closed.append(self.sessions.pop(requirements.pay_to.lower()))
+                session = self._session(requirements.pay_to, statement, most)
+                self._read_statement(session)
         else:
             session.prepared -= 1
         self._cover(session, most)
@@ -257,6 +271,8 @@ class SessionScheme:
                 continue
             session = Session(channel_id, record.deposit, statement.rstrip("/") + "/0x" + channel_id.hex())
             header = self._statement(session, after=2**62)  # no lines: where the statement stands
+            if self._in_use_by_another(header, session):
+                continue  # another process of this wallet is paying from it
             session.seen = int(header.get("last_seq", 0))
             session.paid = record.spent
             try:
@@ -292,9 +308,20 @@ class SessionScheme:
         body: dict[str, Any] = reply.json()
         return body
 
-    def _read_statement(self, session: Session) -> None:
-        """Check the gateway's new charges and add them to what the vouchers pay."""
-        for line in self._statement(session, session.seen).get("charges", []):
+    @staticmethod
+    def _in_use_by_another(header: dict[str, Any], session: Session) -> bool:
+        """Whether the statement shows another session live on the channel, paying lately."""
+        ours = None if session.session_id is None else "0x" + session.session_id.hex()
+        return bool(header.get("in_use")) and header.get("live_session") != ours
+
+    def _read_statement(self, session: Session) -> dict[str, Any]:
+        """Check the gateway's new charges and add them to what the vouchers pay; the statement.
+        Not while another session is live on the channel: its charges are another process's
+        (and this one is about to leave the channel, see `_ready`)."""
+        statement = self._statement(session, session.seen)
+        if self._in_use_by_another(statement, session):
+            return statement
+        for line in statement.get("charges", []):
             charge = Charge.from_json(line)
             receipt = charge.receipt.receipt
             price_in, price_out = self._offer(receipt.provider, receipt.model_id)
@@ -303,6 +330,7 @@ class SessionScheme:
             session.paid += amount
             session.receipts.append(charge.receipt)
             session.seen = max(session.seen, int(line.get("seq", session.seen)))
+        return statement
 
     def _offer(self, provider: str, model_id: bytes) -> tuple[int, int]:
         key = (provider.lower(), model_id)
@@ -331,7 +359,7 @@ class SessionScheme:
         with self._lock:
             for session in self.sessions.values():
                 self._read_statement(session)
-                self._send_voucher(session)
+                self._send_voucher(session, ends=session.session_id)
                 session.session_id = None
             self._save()
             return sum(s.paid for s in self.sessions.values())
@@ -379,14 +407,17 @@ class SessionScheme:
             raise Overcharged(f"the closed channel paid {record.spent}, the agent's vouchers {session.paid}")
         return True
 
-    def _send_voucher(self, session: Session) -> None:
-        if not session.paid:
+    def _send_voucher(self, session: Session, ends: bytes | None = None) -> None:
+        """The voucher for what the agent checked; `ends`: the session it ends at the gateway
+        (the channel is then free for this wallet's next session, in any process)."""
+        if not session.paid and ends is None:
             return
         voucher = Voucher(session.channel_id, SESSION_MODEL, session.paid)
         signature = sign_digest(voucher.digest(self.domain), self.key)
-        reply = self.http.post(
-            session.statement + "/voucher", json={"cumulative": str(session.paid), "signature": "0x" + signature.hex()}
-        )
+        body = {"cumulative": str(session.paid), "signature": "0x" + signature.hex()}
+        if ends is not None:
+            body["session"] = "0x" + ends.hex()
+        reply = self.http.post(session.statement + "/voucher", json=body)
         if reply.status_code != 200:
             raise InvalidInput(f"the gateway refused the last voucher: {reply.text[:300]}")
 

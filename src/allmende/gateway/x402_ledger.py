@@ -3,7 +3,11 @@ their sessions (windows), admitted request nonces and charges, and the `exact` r
 still owed.
 
 A channel has one live session at a time: the first payment of a new session id on it
-ends the others, and a payment of an ended session is refused whatever its nonce.
+ends the others, and a payment of an ended session is refused whatever its nonce. A session
+ends when its agent says so (its last voucher names it) or when another begins; a new one is
+refused (`ChannelInUse`) while the live one paid within IN_USE seconds: two processes of one
+wallet would otherwise end each other's sessions, and their cumulative vouchers, each
+counting only its own requests, cannot share a channel.
 
 A session request's nonce is inserted (UNIQUE) when its payment is settled, with the most
 it may cost held in flight; its charge (the provider's receipt) replaces that hold when it
@@ -77,12 +81,20 @@ class SessionState:
     held: int  # Σ most of requests in flight
 
 
+IN_USE = 600.0  # seconds after its last payment a live session keeps its channel from a new one
+
+
 class NonceUsed(Exception):
     """The session payment's nonce was admitted before (a replay)."""
 
 
 class SessionEnded(Exception):
     """The payment belongs to a session that has ended (or to another channel's)."""
+
+
+class ChannelInUse(Exception):
+    """A new session on a channel whose live session paid within IN_USE seconds: another
+    process of the same wallet is paying from it (each needs a channel of its own)."""
 
 
 class X402Ledger:
@@ -125,18 +137,50 @@ class X402Ledger:
             ).fetchone()
         return None if row is None else (bytes(row[0]), int(row[1]), bool(row[2]))
 
+    def live_window(self, channel_id: bytes) -> tuple[bytes, float] | None:
+        """(session id, its channel's last payment time) of the channel's live session."""
+        with self._lock:
+            return self._live_window(channel_id)
+
+    def _live_window(self, channel_id: bytes) -> tuple[bytes, float] | None:
+        row = self._db.execute(
+            "SELECT w.session_id, a.at FROM windows w LEFT JOIN activity a ON a.channel_id = w.channel_id "
+            "WHERE w.channel_id=? AND w.ended=0",
+            (channel_id,),
+        ).fetchone()
+        return None if row is None else (bytes(row[0]), float(row[1] or 0.0))
+
+    def end_window(self, channel_id: bytes, session_id: bytes) -> None:
+        """The agent ended its session (its payments are refused from now on)."""
+        with self._lock:
+            self._db.execute("UPDATE windows SET ended=1 WHERE session_id=? AND channel_id=?", (session_id, channel_id))
+
     def admit(
-        self, channel_id: bytes, session_id: bytes, payer: str, nonce: bytes, most: int, cumulative: int, voucher: bytes
+        self,
+        channel_id: bytes,
+        session_id: bytes,
+        payer: str,
+        nonce: bytes,
+        most: int,
+        cumulative: int,
+        voucher: bytes,
+        in_use: float = IN_USE,
     ) -> None:
         """Hold `most` for the request `nonce` of session `session_id` (NonceUsed if it was
         admitted before, SessionEnded if the session ended) and keep the voucher if it is the
-        highest. A new session id begins the channel's next window and ends the others."""
+        highest. A new session id begins the channel's next window and ends the others,
+        unless the live one paid within `in_use` seconds (ChannelInUse)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute("SELECT channel_id, ended FROM windows WHERE session_id=?", (session_id,)).fetchone()
             if row is not None and (bytes(row[0]) != channel_id or row[1]):
                 self._db.execute("ROLLBACK")
                 raise SessionEnded("0x" + session_id.hex())
+            if row is None:
+                live = self._live_window(channel_id)
+                if live is not None and time.time() - live[1] < in_use:
+                    self._db.execute("ROLLBACK")
+                    raise ChannelInUse("0x" + channel_id.hex())
             try:
                 self._db.execute("INSERT INTO nonces VALUES (?,?,?, 'held')", (nonce, channel_id, str(most)))
             except sqlite3.IntegrityError:

@@ -68,7 +68,7 @@ from allmende.core.x402_session import (
     statement_reader,
 )
 from allmende.gateway.errors import InvalidRequest, Unauthorized
-from allmende.gateway.x402_ledger import NonceUsed, SessionEnded, X402Ledger
+from allmende.gateway.x402_ledger import IN_USE, ChannelInUse, NonceUsed, SessionEnded, X402Ledger
 
 log = logging.getLogger("allmende.gateway.x402")
 CHANNEL_TTL = 2.0  # seconds a session channel's on-chain record is trusted before it is read again
@@ -153,6 +153,13 @@ class SessionFacilitatorScheme:
         window = self.ledger.window(payment.session_id)
         if window is not None and (window[0] != payment.channel_id or window[2]):
             raise InvalidInput("session_ended: this payment's session has ended (a later one began on its channel)")
+        if window is None:
+            live = self.ledger.live_window(payment.channel_id)
+            if live is not None and time.time() - live[1] < IN_USE:
+                raise InvalidInput(
+                    "channel_in_use: another session (another process of this wallet) is paying from this "
+                    "channel; each process needs a channel of its own"
+                )
         most = int(requirements.amount)
         if payment.cumulative > channel.deposit:
             raise InvalidInput("voucher_over_deposit: the voucher is above the channel's deposit")
@@ -203,6 +210,8 @@ class SessionFacilitatorScheme:
             return SettleResponse(success=False, error_reason="nonce_already_used", transaction="", network=network)
         except SessionEnded:
             return SettleResponse(success=False, error_reason="session_ended", transaction="", network=network)
+        except ChannelInUse:
+            return SettleResponse(success=False, error_reason="channel_in_use", transaction="", network=network)
         except (InvalidInput, ValueError) as exc:
             reason, _, message = str(exc).partition(": ")
             return SettleResponse(
@@ -272,8 +281,13 @@ class SessionGate:
         if payer is None or reader.lower() != payer.lower():
             raise StatementRefused(f"a session's statement is its payer's to read, not {reader}'s")
         charges = self.ledger.charges(channel_id, after)
+        live = self.ledger.live_window(channel_id)
         return {
             "channel_id": "0x" + channel_id.hex(),
+            # the live session and when its channel last paid: a process of the same wallet
+            # that sees another's session live takes a channel of its own
+            "live_session": None if live is None else "0x" + live[0].hex(),
+            "in_use": live is not None and time.time() - live[1] < IN_USE,
             "charged": str(0 if state is None else state.charged),
             "voucher": str(0 if state is None else state.cumulative),
             "voucher_signature": "0x" + (b"" if state is None or state.voucher is None else state.voucher).hex(),
@@ -293,11 +307,21 @@ class SessionGate:
         except ChainError:
             return None
 
-    def last_voucher(self, channel_id: bytes, cumulative: int, signature: bytes, redeem: bool = True) -> dict[str, Any]:
+    def last_voucher(
+        self,
+        channel_id: bytes,
+        cumulative: int,
+        signature: bytes,
+        redeem: bool = True,
+        session_id: bytes | None = None,
+    ) -> dict[str, Any]:
         """The agent's voucher at the end of a session: checked and kept; redeemed at once if
         the channel is closing (the agent wants its deposit back) or more than `redeem_above`
-        is unredeemed on it, otherwise with a later batch."""
+        is unredeemed on it, otherwise with a later batch. `session_id`: the session it ends
+        (its payments are refused from then on, and the channel is free for a new one)."""
         state = self.ledger.session(channel_id)
+        if state is None and cumulative == 0:
+            return {"redeemed": [], "held": "0"}  # a session that paid for nothing: nothing to end
         if state is None:
             raise InvalidInput("no session on this channel")
         voucher = SignedVoucher(Voucher(channel_id, SESSION_MODEL, cumulative), signature)
@@ -308,6 +332,8 @@ class SessionGate:
         if cumulative > state.charged:
             raise InvalidInput(f"the voucher pays {cumulative}, more than the {state.charged} charged")
         self.ledger.take_voucher(channel_id, cumulative, signature)
+        if session_id is not None:  # the voucher's signature is the payer's: it may end its session
+            self.ledger.end_window(channel_id, session_id)
         held = max(state.cumulative, cumulative)
         if not redeem:
             return {"redeemed": [], "held": str(held)}
@@ -498,11 +524,17 @@ def mount_sessions(app: FastAPI, sessions: Callable[[], Awaitable[SessionGate]])
             body = None
         cumulative = body.get("cumulative") if isinstance(body, dict) else None
         signature = body.get("signature") if isinstance(body, dict) else None
+        session = body.get("session") if isinstance(body, dict) else None
         if not isinstance(cumulative, str) or not cumulative.isdigit() or not isinstance(signature, str):
             raise InvalidRequest("expected {cumulative: a decimal string, signature: 65 bytes of 0x-hex}")
+        if session is not None and not isinstance(session, str):
+            raise InvalidRequest("session: the 0x-hex id of the session this voucher ends")
         try:
             raw = bytes.fromhex(signature.removeprefix("0x"))
-            return await asyncio.to_thread(gate.last_voucher, channel_of(channel_id), int(cumulative), raw)
+            ends = None if session is None else channel_of(session)
+            return await asyncio.to_thread(
+                gate.last_voucher, channel_of(channel_id), int(cumulative), raw, session_id=ends
+            )
         except ValueError as exc:  # InvalidInput is one
             raise InvalidRequest(str(exc)) from None
 
