@@ -8,6 +8,8 @@ server that dies fails the request with a clear error instead of aborting the pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -32,15 +34,15 @@ def _sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True, timeout=30)
 
 
-@pytest.fixture(scope="module")
-def other_host() -> Iterator[tuple[str, str] | None]:
+@contextlib.contextmanager
+def other_host(offset: int = 0) -> Iterator[tuple[str, str] | None]:
     """A network namespace linked to this one by a veth pair: (its name, its address); None
-    where namespaces cannot be made (not root, no `ip`): the second server then runs here too."""
+    where namespaces cannot be made (not root, no `ip`)."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         yield None
         return
-    ns = f"r{os.getpid() % 100000}"
-    link = os.getpid() % 250 + 1
+    ns = f"r{(os.getpid() + offset) % 100000}"
+    link = (os.getpid() + offset) % 250 + 1
     try:
         _sh("ip", "netns", "add", ns)
         _sh("ip", "link", "add", f"{ns}a", "type", "veth", "peer", "name", f"{ns}b", "netns", ns)
@@ -60,14 +62,15 @@ def other_host() -> Iterator[tuple[str, str] | None]:
 
 
 @pytest.fixture(scope="module")
-def servers(other_host: tuple[str, str] | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RpcServer]]:
-    """One server on this host, one on the other (where a namespace could be made)."""
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RpcServer]]:
+    """One server on this host, one on another (a namespace; here too where none can be made)."""
     logs = tmp_path_factory.mktemp("rpc")
-    there = RpcServer(logs / "there.log", host=other_host[1], netns=other_host[0]) if other_host else None
-    started = [RpcServer(logs / "here.log"), there or RpcServer(logs / "there.log")]
-    yield started
-    for server in started:
-        server.stop()
+    with other_host() as there:
+        far = RpcServer(logs / "there.log", host=there[1], netns=there[0]) if there else None
+        started = [RpcServer(logs / "here.log"), far or RpcServer(logs / "there.log")]
+        yield started
+        for server in started:
+            server.stop()
 
 
 def _engine(rpc: tuple[str, ...] | None, weights: str = "f16") -> LlamaCppEngine:
@@ -99,6 +102,7 @@ def test_a_model_over_two_rpc_hosts_answers_as_the_local_engine_and_passes_the_c
     spread = _engine(rpc=tuple(s.endpoint for s in servers))
     assert spread.model_id == local.model_id  # the same model on chain
     assert spread.local_layers == 10  # SmolLM2's 30 layers: 10 here, 10 (and the head) on each server
+    assert spread.rpc_connections == 2  # llama.cpp's connection to each, found and given keepalive
     reference = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1)  # transformers, as validators run
     params = SamplingParams(max_tokens=24, temperature=0.0)
     loaded = [s.cpu_seconds() for s in servers]
@@ -152,4 +156,36 @@ def test_a_server_killed_mid_stream_fails_the_request_with_a_clear_error_not_the
             engine.prefill(prompt)
     finally:
         for server in pair:
+            server.stop()
+
+
+def test_a_server_host_that_goes_silent_fails_the_request_within_seconds_not_never(tmp_path: Path) -> None:
+    # its link goes down: no FIN, no RST, the packets vanish (a host losing power or its cable)
+    with other_host(offset=1) as there:
+        if there is None:  # no namespace can be made here: only a server that dies (as above) is shown
+            server = RpcServer(tmp_path / "silent.log")
+            cut = server.kill
+        else:
+            server = RpcServer(tmp_path / "silent.log", host=there[1], netns=there[0])
+            cut = functools.partial(_sh, "ip", "-n", there[0], "link", "set", f"{there[0]}b", "down")
+        try:
+            engine = _engine(rpc=(server.endpoint,), weights="native")
+            assert engine.rpc_connections == 1
+            prompt = _chat(engine, 1)
+            params = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
+
+            async def silenced() -> BaseException | None:
+                seen = 0
+                try:
+                    async for _ in engine.generate(prompt, params):
+                        seen += 1
+                        if seen == 3:
+                            cut()
+                except RpcServerLost as exc:
+                    return exc
+                return None
+
+            error = asyncio.run(asyncio.wait_for(silenced(), 120))  # (a guard against a hang, not a timing)
+            assert isinstance(error, RpcServerLost) and error.status == 503
+        finally:
             server.stop()

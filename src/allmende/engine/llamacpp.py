@@ -66,7 +66,7 @@ import torch
 from allmende.engine.base import EngineError
 from allmende.engine.batching import StepScheduler
 from allmende.engine.generative import GenerativeEngine
-from allmende.engine.llamacpp_rpc import RpcDevices, RpcServerLost, configured_endpoints
+from allmende.engine.llamacpp_rpc import RpcDevices, RpcServerLost, bound_silence, configured_endpoints
 from allmende.engine.sequence import Sequence
 
 BATCH_TOKENS = 512  # tokens per llama_decode call (prompt chunks included)
@@ -558,6 +558,8 @@ class LlamaCppEngine(GenerativeEngine):
         width = min(max_concurrency, STEP_WIDTH)
         self.contexts = {kind: LlamaContext(lib, m, kv_cells, width, self.threads) for kind, m in self.models.items()}
         self.scheduler: LlamaScheduler = LlamaScheduler(self.contexts, width, name)
+        # llama.cpp's connections to the servers (one each), given a bound on silence (a vanished host)
+        self.rpc_connections = bound_silence(self.rpc.endpoints) if self.rpc is not None else 0
         self._reference: LlamaContext | None = None  # a one-sequence context for `prefill`
         self._reference_lock = threading.Lock()
 

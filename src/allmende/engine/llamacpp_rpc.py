@@ -14,14 +14,17 @@ registry of the server's devices, which go into `llama_model_params.devices` (a 
 array). They are not registered globally, so a model loaded without RPC in the same process
 never lands on them.
 
-Failure: ggml's RPC client has no error path. A server that cannot be reached, or that dies
+Failure: ggml's RPC client has no error path and no timeout. A server that cannot be reached, or that dies
 mid-step, ends in `ggml_abort`, which aborts the process. So each server is probed here first
 (a TCP connect and the protocol's HELLO, with a timeout), which turns an unreachable server or
 a wrong version into an `EngineError` before llama.cpp connects; and an abort callback
 catches the aborts raised in ggml-rpc.cpp while serving: it fails every request of the engines
 that use RPC with `RpcServerLost` (a JSON 503 the gateway fails over on) and parks the thread
 that aborted instead of returning (returning would abort the process). The engine stays lost
-until the provider restarts; requests after the loss fail at once.
+until the provider restarts; requests after the loss fail at once. A host that vanishes
+without closing its connections (power, cable) would leave llama.cpp waiting forever: once
+connected, its sockets (found in /proc) get TCP keepalive and TCP_USER_TIMEOUT, so the kernel
+breaks such a connection within `SILENCE_S` seconds, which ends in the same abort.
 
 The RPC traffic is neither encrypted nor authenticated (llama.cpp: "never run the RPC server
 on an open network"): this is for one operator's hosts on a trusted LAN. Providers that do not
@@ -48,6 +51,9 @@ PROTO_MINOR = 0
 CMD_HELLO = 14  # RPC_CMD_HELLO (fixed across versions)
 CONN_CAPS = 24  # RPC_CONN_CAPS_SIZE: the HELLO request and response carry this many capability bytes
 PROBE_TIMEOUT_S = 10.0
+# a server's host that vanishes without closing its connections (power, cable, a partition) is
+# noticed within about this many seconds: TCP keepalive and TCP_USER_TIMEOUT on llama.cpp's sockets
+SILENCE_S = 10
 RPC_SOURCE = "ggml-rpc.cpp"  # the file an RPC failure's abort message names
 SERVER_TARGET = "ggml-rpc-server"  # the cmake target (and binary) of llama.cpp's tools/rpc
 
@@ -236,6 +242,55 @@ class RpcDevices:
         params.tensor_split = ctypes.cast(self._split, ctypes.POINTER(ctypes.c_float))
         params.n_gpu_layers = layers + 1 - local
         return local
+
+
+def bound_silence(endpoints: tuple[str, ...], seconds: int = SILENCE_S) -> int:
+    """Give this process's TCP connections to `endpoints` keepalive probes and a user timeout,
+    so that a peer that goes silent breaks the connection within about `seconds` (see the
+    module); returns how many connections were found. Linux only (/proc/net/tcp)."""
+    peers = {(info[4][0], info[4][1]) for e in endpoints for info in _addresses(e)}
+    inodes = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes[target[8:-1]] = int(fd)
+    found = 0
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            remote, state, inode = fields[2], fields[3], fields[9]
+            if state != "01" or inode not in inodes or _peer(remote, family) not in peers:  # 01: established
+                continue
+            with socket.socket(fileno=os.dup(inodes[inode])) as sock:  # a duplicate: closing it keeps llama.cpp's
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, seconds // 3))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, seconds // 6))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, seconds * 1000)
+            found += 1
+    return found
+
+
+def _addresses(endpoint: str) -> list[Any]:
+    host, _, port = endpoint.rpartition(":")
+    try:
+        return socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+
+
+def _peer(address: str, family: int) -> tuple[str, int]:
+    """An address of /proc/net/tcp (hex, in 32-bit words of host order) as (ip, port)."""
+    ip, port = address.split(":")
+    raw = b"".join(struct.pack("=I", int(ip[i : i + 8], 16)) for i in range(0, len(ip), 8))
+    return socket.inet_ntop(family, raw), int(port, 16)
 
 
 def rpc_server_binary() -> Path:
