@@ -40,7 +40,8 @@ $(STAMP): pyproject.toml Makefile
 
 # llama.cpp's `ggml-rpc-server` (run on each host whose CPU or GPU holds layers for an
 # `allmende provider --llamacpp-rpc`), built once from the source the installed binding
-# vendors, its one cmake target only (nice -n 19, 2 jobs, about two minutes on 2 cores), into
+# vendors, its one cmake target only (36 compile steps, nice -n 19, 2 jobs: 20 minutes beside
+# other work on 2 busy cores), into
 # .tools/llama-rpc/build-VERSION/bin/.
 rpc-server: $(STAMP)
 	@$(BIN)/python -m allmende.engine.llamacpp_build ggml-rpc-server .tools/llama-rpc -DGGML_RPC=ON >/dev/null

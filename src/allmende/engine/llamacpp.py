@@ -42,6 +42,10 @@ sequence joins only when its prompt plus `max_tokens` fit in the cells not reser
 the sequences already running, so a decode never runs out of cache. (A request without
 `max_tokens` may fill the context: it reserves all of it, and runs alone in its context.)
 
+Layers on other hosts: with `rpc` (`--llamacpp-rpc`), the model's blocks are spread over this
+host's CPU and llama.cpp RPC servers on the operator's other hosts (`allmende.engine.llamacpp_rpc`);
+everything above stays as it is, the rows come back here.
+
 Prompt caching across requests: a finished sequence keeps its cells (prompt and output) as a
 *parked* sequence, up to `PARKED_SEQUENCES` per context, least recently used evicted first
 and whenever a joiner needs its sequence id or cells. A joining prompt that starts with at
