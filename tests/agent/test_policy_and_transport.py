@@ -44,6 +44,18 @@ def test_a_request_that_could_break_a_cap_is_refused(
         budget(policy, spent).hold(name, model, most)
 
 
+def test_only_a_policy_without_any_cap_or_allow_list_is_unlimited() -> None:
+    """An unlimited policy lets the agent skip pricing each request before the app does."""
+    assert SpendingPolicy().unlimited
+    for capped in (
+        SpendingPolicy(per_request=1),
+        SpendingPolicy(per_day=1),
+        SpendingPolicy(per_model={"a": 1}),
+        SpendingPolicy(models=frozenset()),  # an empty allow-list allows nothing
+    ):
+        assert not capped.unlimited
+
+
 def test_requests_within_the_caps_pass_and_other_models_are_not_counted() -> None:
     ledger = budget(SpendingPolicy(per_day=1_000, per_model={"a": 500}), {None: 400, A: 400, B: 0})
     ledger.release(ledger.hold("a", A, 100))  # 400 + 100 = 500: at the cap, allowed

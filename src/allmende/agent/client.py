@@ -164,7 +164,8 @@ class Agent:
         """The spending policy, before anything is signed; the directory kept fresh."""
         self._maybe_refresh()
         served = SERVED.get(request.url.path)
-        if request.method != "POST" or served is None:
+        if request.method != "POST" or served is None or self.budget.policy.unlimited:
+            # nothing to check without a cap: the body is not parsed and priced twice (the app does it)
             return request, lambda: None
         raw = await request.aread()
         kind, translate = served

@@ -32,6 +32,11 @@ class SpendingPolicy:
     per_model: dict[str, int] = field(default_factory=dict)  # model name or 0x-id → cap per 24 hours
     models: frozenset[str] | None = None  # the models it may use (names or 0x-ids); None = any
 
+    @property
+    def unlimited(self) -> bool:
+        """No cap and no allow-list: nothing to check before a request is signed."""
+        return self.per_request is None and self.per_day is None and not self.per_model and self.models is None
+
 
 class Budget:
     """The agent's spending ledger between its policy and the requests it sends."""
