@@ -145,3 +145,23 @@ def test_zero_model_redeems_stay_exact_when_a_channel_mixes_models(system: Syste
     assert system.channels.redeemed(own, RELAY_MODEL) == 1_200
     assert system.channels.channel(own).spent == 1_900
     assert system.channels.relay_balance(PROVIDER.address) == 1_200
+
+
+def test_a_redeem_takes_64_vouchers_and_pays_no_memory_for_256(system: System, session: bytes) -> None:
+    """Channels.redeem takes at most 64 vouchers (core REDEEM_BATCH; more go in several
+    transactions): at 256 every redeem, even of one voucher, paid ~11,700 gas of memory
+    expansion (Vyper lays the locals out after the largest argument)."""
+    with boa.env.prank(GATEWAY.address):
+        system.channels.redeem([voucher(system, AGENT, session, RELAY_MODEL, 1)])
+        system.channels.redeem([voucher(system, AGENT, session, RELAY_MODEL, 2)])
+        one = system.channels._computation.get_gas_used()
+    assert one < 12_000, one  # 21,553 with room for 256 vouchers; ~9,900 now
+    agents = [actor(f"coop-batch-{i}") for i in range(65)]
+    batch = []
+    for payer in agents:
+        system.fund(payer.address, usd=USD)
+        batch.append(voucher(system, payer, open_channel(system, payer, GATEWAY, USD), RELAY_MODEL, 10))
+    with boa.reverts(), boa.env.prank(GATEWAY.address):
+        system.channels.redeem(batch)
+    with boa.env.prank(GATEWAY.address):
+        assert system.channels.redeem(batch[:64]) == 640

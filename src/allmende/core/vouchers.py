@@ -28,6 +28,8 @@ from allmende.core.errors import InvalidSignature
 
 # Channels packs deposit and spent into 128 bits each.
 MAX_CHANNEL_AMOUNT = 2**128 - 1
+# The most vouchers one Channels.redeem takes (its MAX_BATCH): more go in several transactions.
+REDEEM_BATCH = 64
 
 
 @dataclass(frozen=True)

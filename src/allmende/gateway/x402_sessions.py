@@ -58,6 +58,7 @@ from allmende.chain.bindings import ChannelRecord
 from allmende.chain.errors import ChainError, ContractReverted
 from allmende.core import SignedVoucher, Voucher
 from allmende.core.errors import InvalidInput, InvalidSignature
+from allmende.core.vouchers import REDEEM_BATCH
 from allmende.core.x402_session import (
     SCHEME,
     SESSION_MODEL,
@@ -401,9 +402,8 @@ class SessionGate:
                 self.ledger.set_redeemed(channel_id, cumulative)
             elif channel_id in channels or closes_at or cumulative - redeemed > above:
                 due.append((channel_id, cumulative, signature))
-        if not due:
-            return []
-        return [self._redeem([(c, cum, sig, redeemed_of.get(c, 0)) for c, cum, sig in due])]
+        batch = [(c, cum, sig, redeemed_of.get(c, 0)) for c, cum, sig in due]
+        return [self._redeem(batch[i : i + REDEEM_BATCH]) for i in range(0, len(batch), REDEEM_BATCH)]
 
     def _redeem(self, due: list[tuple[bytes, int, bytes, int]], release: bool = False) -> str:
         """Redeem `due` (channel, voucher, signature, redeemed before) in one transaction, its
@@ -452,8 +452,8 @@ class SessionGate:
             return []
         # those with a voucher to redeem: redeemed, released and refunded in one transaction
         due = [d for d in self.ledger.unredeemed() if d[0] in stale]
-        if due:
-            self._redeem(due, release=True)
+        for i in range(0, len(due), REDEEM_BATCH):
+            self._redeem(due[i : i + REDEEM_BATCH], release=True)
         for channel_id in stale:
             record = channels.channel(channel_id)
             if not record.closes_at:

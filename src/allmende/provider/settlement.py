@@ -25,11 +25,12 @@ from dataclasses import dataclass
 
 from allmende.chain.bindings import Channels
 from allmende.chain.errors import ChainError, ContractReverted
+from allmende.core.vouchers import REDEEM_BATCH
 from allmende.provider.store import LedgerRow, ProviderStore
 from allmende.provider.watch import ChainClock
 
 log = logging.getLogger("allmende.provider.settlement")
-MAX_BATCH = 256
+MAX_BATCH = REDEEM_BATCH  # Channels.redeem's most per transaction
 
 
 @dataclass(frozen=True)
