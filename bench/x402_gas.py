@@ -17,10 +17,13 @@ facilitator with the gateway's session scheme, the statement read in process, a 
 provider signing each receipt, the gateway's `Payments` paying it. For each session size N
 (1, 10, 100, 1,000) one agent runs a lifecycle of `--sessions` sessions of N requests on one
 channel (a session ends with `end()`: no transaction; the next reuses the channel), then
-closes it and withdraws. Every transaction the agent or the gateway sent is counted: approve,
-open, top_up, redeem, fund (the relay into the gateway's provider channel), request_close,
-withdraw. Also printed: the steady state of a channel that lives on (no open or close in
-view), from the measured redeem, fund and top-up gas and the thresholds.
+closes it (cooperatively: the gateway's redeem of its last voucher releases the channel and
+sends the rest back; `withdraw` then has nothing to do). Every transaction the agent or the
+gateway sent is counted: approve, open, top_up, redeem (which puts what it pays into the
+gateway's provider channel: `fund_into`), any separate fund, request_close and withdraw (when
+the gateway does not close cooperatively). Also printed: the steady state of a channel that
+lives on (no open or close in view), from the measured redeem, fund and top-up gas and the
+thresholds.
 
     python bench/x402_gas.py [--json] [--sessions K] [--sizes 1,10,100,1000]
 """
@@ -136,8 +139,8 @@ def measure_sessions(
     first payment approves dUSD and opens it; later sessions reuse it; top-ups when the
     deposit runs short, doubling the channel up to `max_locked` unspent), then closes it and
     withdraws the rest. The gateway redeems when more than REDEEM_ABOVE is unredeemed and when
-    the channel closes, and after each redeem funds its provider channel from the relay
-    balance (`Payments.fund_from_relay`). The gateway's provider channel itself (opened once
+    the channel closes, each redeem funding its provider channel in the same transaction
+    (`SessionGate(funding=Payments)`). The gateway's provider channel itself (opened once
     for all traffic) and the provider's own redeems are every request's cost, not x402's
     (bench/gas.py), and are not counted. A first agent's one request warms the gateway up
     (reported apart as `gateway_warm_up`): the gateway's first relayed redeem and first fund
@@ -355,6 +358,8 @@ def main() -> None:
         f"{args.deposit:,} and tops up by doubling the channel, never to more than {args.max_locked:,} unspent; "
         f"the gateway redeems a channel once more than {REDEEM_ABOVE:,} "
         f"is unredeemed, and when it closes; {a['sessions_per_channel']} sessions per channel, then close + withdraw; "
+        "the gateway's redeems fund its provider channel in the same transaction (fund_into) and the close is "
+        "cooperative (the last redeem releases the channel and refunds the agent); "
         "the gateway's own provider channel and the provider's redeems are every request's cost (bench/gas.py), "
         "not counted; the gateway warmed up by one agent's request first (its first relayed redeem and fund "
         f"write fresh slots once per gateway: {sessions['gateway_warm_up']['gateway_gas']:,} gateway gas for it)"
