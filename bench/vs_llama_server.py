@@ -99,6 +99,12 @@ def find_llama_server(given: str | None) -> tuple[Path, str]:
     return build_llama_server(version), f"llama-cpp-python {version}'s llama.cpp, built now"
 
 
+def omp_wait_policy() -> str:
+    """How ggml's OpenMP threads wait at barriers in both servers: $OMP_WAIT_POLICY, else
+    passive (what the provider's engine sets; `OMP_WAIT_POLICY=active` compares both spinning)."""
+    return os.environ.get("OMP_WAIT_POLICY") or "passive"
+
+
 class LlamaServer:
     """`llama-server -np 16 -t THREADS` on a free port, continuous batching (its default)."""
 
@@ -110,7 +116,10 @@ class LlamaServer:
             "--cont-batching", "--no-webui",
         ]  # fmt: skip
         self.log = log
-        self.process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        # the OpenMP wait policy the provider's llama.cpp runs under (passive unless the environment
+        # sets one: allmende.engine.llamacpp.load_binding), so both servers' threads wait alike
+        env = {**os.environ, "OMP_WAIT_POLICY": omp_wait_policy()}
+        self.process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 300
         while True:
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -295,6 +304,7 @@ def measure(
         "llama_server_slots": SLOTS,
         "rounds": rounds,
         "provider_options": provider_options,
+        "omp_wait_policy": omp_wait_policy(),
         "cpu": platform.processor() or platform.machine(),
         "cores": len(os.sched_getaffinity(0)),
         "load_average_start": [round(x, 2) for x in load_start],
@@ -331,6 +341,7 @@ def print_table(result: dict[str, Any]) -> None:
         )
     Console().print(table)
     print(f"load average at the start {result['load_average_start']}, at the end {result['load_average_end']}")
+    print(f"OpenMP wait policy of both servers' llama.cpp threads: {result['omp_wait_policy']}")
 
 
 def main() -> None:

@@ -7,6 +7,9 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -335,3 +338,26 @@ def test_a_prompt_that_starts_like_a_finished_requests_reuses_its_cells_reports_
     llama.scheduler.drop_parked()
     cold = asyncio.run(collect(llama.generate(second_ids, params), len(second_ids)))
     assert cold.cached_tokens == 0 and cold.text == second.text  # greedy: the same answer without the cache
+
+
+# what an OpenMP runtime loaded after `import allmende` reads (torch loads one; llama.cpp's ggml
+# shares it), shown by libgomp itself; the system's copy, as torch's has no omp_display_env
+GOMP_SETTINGS = """
+import ctypes, allmende
+ctypes.CDLL("/lib/x86_64-linux-gnu/libgomp.so.1").omp_display_env(1)
+"""
+
+
+@pytest.mark.parametrize(("asked", "spins"), [(None, "0"), ("active", "30000000000")])
+def test_openmp_threads_sleep_at_barriers_unless_the_environment_asks_otherwise(asked: str | None, spins: str) -> None:
+    """A node's OpenMP threads (ggml's, between the operations of a llama.cpp graph) sleep
+    instead of spinning at a barrier (libgomp's default spins 300,000 times), so they do not
+    burn the time slices of the threads and processes they share the cores with; a policy the
+    environment sets is kept."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if asked is not None:
+        env["OMP_WAIT_POLICY"] = asked
+    shown = subprocess.run(
+        [sys.executable, "-c", GOMP_SETTINGS], env=env, capture_output=True, text=True, check=True, timeout=120
+    ).stderr
+    assert f"GOMP_SPINCOUNT = '{spins}'" in shown, shown

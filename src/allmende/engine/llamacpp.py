@@ -95,7 +95,8 @@ UNQUANTIZED_FILE_TYPES = {0, 1, 32}
 
 
 def load_binding() -> Any:
-    """The `llama_cpp` module, or a clear error saying how to install it."""
+    """The `llama_cpp` module, or a clear error saying how to install it. (Its ggml threads
+    wait at barriers by the OpenMP policy the `allmende` package sets when it loads: passive.)"""
     try:
         import llama_cpp
     except ImportError as exc:
