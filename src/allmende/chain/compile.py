@@ -12,12 +12,16 @@ recognise the code it finds. None means the compiler's default (`DEFAULT_EVM_VER
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.metadata
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import vyper
@@ -66,14 +70,43 @@ def compile_contract(name: str, evm_version: str | None = None) -> Artifact:
     return _compile(name, evm_version_of(evm_version))
 
 
-@cache
-def _compile(name: str, evm_version: str) -> Artifact:
-    cached = from_environment().cache_dir / "contracts" / f"{name}-{evm_version}-{_sources_digest()}.json"
+def _read(name: str, cached: Path) -> Artifact | None:
     try:
         data = json.loads(cached.read_text())
         return Artifact(name=name, abi=data["abi"], bytecode=data["bytecode"], runtime=data["runtime"])
     except (OSError, ValueError, KeyError):
-        pass
+        return None
+
+
+@contextmanager
+def _compiling(cached: Path) -> Iterator[None]:
+    """Held while one process compiles into `cached`: processes started together (test workers,
+    the nodes of `allmende up`) after a source changed wait for the first one's artifact instead
+    of each compiling all contracts again (about 15 s of CPU per EVM version). A cache folder that
+    cannot be written only costs the lock."""
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        lock = cached.with_suffix(".lock").open("a")
+    except OSError:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+@cache
+def _compile(name: str, evm_version: str) -> Artifact:
+    cached = from_environment().cache_dir / "contracts" / f"{name}-{evm_version}-{_sources_digest()}.json"
+    found = _read(name, cached)
+    if found is not None:
+        return found
+    with _compiling(cached):
+        found = _read(name, cached)  # compiled by another process while this one waited
+        return found if found is not None else _compile_into(name, evm_version, cached)
+
+
+def _compile_into(name: str, evm_version: str, cached: Path) -> Artifact:
     path = source_path(name)
     out = compile_files(
         [str(path)],
