@@ -4,14 +4,16 @@ gateway's session halves, and the gateway's statement routes in process. A provi
 registered with an offer signs the receipts the gateway charges.
 
 Money: the agent opens its channel on its first payment, signs vouchers only for charges it
-checked, settles up on close (the gateway redeems), and after the close delay withdraws the
-rest: its dUSD falls by exactly the sum of the receipts. A later session of the same wallet
-pays from the same channel with no transaction; the gateway redeems in batches; a session
-request pays the protocol fee once. Attacks: a replayed payment, a payment for one body
-used on another, a voucher from another key, a gateway that charges more than the receipt
-(or a receipt over the provider's offer), an agent that stops paying, an old session's
-payment replayed in a new one, a gateway that redeems more than the agent signed, an agent
-that closes with vouchers outstanding — each refused or settled exactly, and `exact`
+checked, and on close the gateway redeems, releases the channel and sends the rest back in one
+transaction (or, if it will not, the agent closes on chain and withdraws after the delay): its
+dUSD falls by exactly the sum of the receipts. A later session of the same wallet pays from
+the same channel with no transaction; two processes of one wallet pay from channels of their
+own; the gateway redeems in batches; a session request pays the protocol fee once. Attacks:
+a replayed payment, a payment for one body used on another, a voucher from another key, a
+gateway that charges more than the receipt (or a receipt over the provider's offer), an
+agent that stops paying, an old session's payment replayed in a new one, a gateway that
+redeems more than the agent signed, an agent that closes with vouchers outstanding, a close
+asked by another key, a second process taking a channel in use — each refused or settled exactly, and `exact`
 refunds that fail are sent again."""
 
 from __future__ import annotations
