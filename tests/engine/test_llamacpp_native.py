@@ -361,3 +361,20 @@ def test_openmp_threads_sleep_at_barriers_unless_the_environment_asks_otherwise(
         [sys.executable, "-c", GOMP_SETTINGS], env=env, capture_output=True, text=True, check=True, timeout=120
     ).stderr
     assert f"GOMP_SPINCOUNT = '{spins}'" in shown, shown
+
+
+def test_a_lone_token_decodes_on_half_the_threads_a_batch_on_all(llama: LlamaCppEngine) -> None:
+    context = next(iter(llama.contexts.values()))
+    lib, threads = llama.lib, llama.threads
+    try:
+        llama.set_threads(4)
+        assert (lib.llama_n_threads(context.ctx), lib.llama_n_threads_batch(context.ctx)) == (2, 4)
+        llama.set_threads(1)
+        assert (lib.llama_n_threads(context.ctx), lib.llama_n_threads_batch(context.ctx)) == (1, 1)
+    finally:
+        llama.set_threads(threads)
+    fresh = LlamaContext(lib, llama.model, 256, 1, 2)
+    try:
+        assert (lib.llama_n_threads(fresh.ctx), lib.llama_n_threads_batch(fresh.ctx)) == (1, 2)
+    finally:
+        fresh.close()
