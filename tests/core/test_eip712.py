@@ -3,6 +3,8 @@ and signatures round-trip or fail with typed errors."""
 
 from __future__ import annotations
 
+import threading
+
 import eth_abi
 import pytest
 from eth_account import Account
@@ -163,3 +165,40 @@ def test_an_r_that_is_no_point_on_the_curve_does_not_recover() -> None:
             assert "does not recover" in str(exc)
             return
     raise AssertionError("every r recovered")
+
+
+def test_keccak_failures_in_the_c_library_raise_instead_of_hashing_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: this thread's keccak state exists; the C library then reports errors
+    from allmende.core import eip712
+
+    assert eip712.keccak256(b"commons") == keccak(b"commons")
+    real = eip712._KECCAK
+
+    class Failing:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def keccak_absorb(self, *_: object) -> int:
+            return 1
+
+        def keccak_init(self, *_: object) -> int:
+            return 1
+
+    monkeypatch.setattr(eip712, "_KECCAK", Failing())
+    raised: list[BaseException] = []
+
+    def in_a_new_thread() -> None:
+        try:
+            eip712.keccak256(b"commons")
+        except RuntimeError as exc:
+            raised.append(exc)
+
+    # Execute
+    with pytest.raises(ValueError, match="keccak failed"):
+        eip712.keccak256(b"commons")
+    thread = threading.Thread(target=in_a_new_thread)
+    thread.start()
+    thread.join()
+
+    # Assert: a new thread's state that cannot be made is an error too
+    assert len(raised) == 1 and "not initialised" in str(raised[0])

@@ -20,6 +20,8 @@ from allmende.core.x402_session import (
     SessionPayment,
     canonical_json,
     check_charge,
+    close_headers,
+    close_requester,
     request_hash,
     sign_session_payment,
     statement_headers,
@@ -146,3 +148,24 @@ def test_a_statement_read_names_its_signer_within_the_window_only() -> None:
             statement_reader(channel, at, signature, now, CHANNELS)
     with pytest.raises(InvalidSignature, match="not within"):
         statement_reader(channel, -1, signature, -1, CHANNELS)
+
+
+def test_a_close_request_names_its_payer_and_authorises_nothing_else() -> None:
+    # Prepare: the payer signs a cooperative close of its channel at a time
+    channel, at = b"\x05" * 32, 1_700_000_000
+    headers = close_headers(channel, at, CHANNELS, AGENT.key)
+    signature = bytes.fromhex(headers[STATEMENT_SIGNATURE][2:])
+
+    # Execute / Assert: the gateway recovers the payer within the window
+    assert int(headers[STATEMENT_TIME]) == at
+    assert close_requester(channel, at, signature, at + STATEMENT_WINDOW, CHANNELS) == AGENT.address
+    # another channel, another time, or the same signature read as a statement: another signer
+    assert close_requester(b"\x06" * 32, at, signature, at, CHANNELS) != AGENT.address
+    assert close_requester(channel, at + 1, signature, at, CHANNELS) != AGENT.address
+    assert statement_reader(channel, at, signature, at, CHANNELS) != AGENT.address
+
+
+@pytest.mark.parametrize("at, now", [(1_700_000_000, 1_700_000_000 + STATEMENT_WINDOW + 1), (-1, 0), (2**64, 2**64)])
+def test_a_close_request_outside_the_window_is_refused(at: int, now: int) -> None:
+    with pytest.raises(InvalidSignature, match="close request"):
+        close_requester(b"\x05" * 32, at, b"\x00" * 65, now, CHANNELS)
