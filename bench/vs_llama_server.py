@@ -100,9 +100,9 @@ def find_llama_server(given: str | None) -> tuple[Path, str]:
 
 
 def omp_wait_policy() -> str:
-    """How ggml's OpenMP threads wait at barriers in both servers: $OMP_WAIT_POLICY, else
-    passive (what the provider's engine sets; `OMP_WAIT_POLICY=active` compares both spinning)."""
-    return os.environ.get("OMP_WAIT_POLICY") or "passive"
+    """How ggml's OpenMP threads wait at barriers in both servers: $OMP_WAIT_POLICY as the
+    caller set it for both, else libgomp's default (a short spin, then sleep)."""
+    return os.environ.get("OMP_WAIT_POLICY") or "default"
 
 
 class LlamaServer:
@@ -116,9 +116,9 @@ class LlamaServer:
             "--cont-batching", "--no-webui",
         ]  # fmt: skip
         self.log = log
-        # the OpenMP wait policy the provider's llama.cpp runs under (passive unless the environment
-        # sets one: allmende.engine.llamacpp.load_binding), so both servers' threads wait alike
-        env = {**os.environ, "OMP_WAIT_POLICY": omp_wait_policy()}
+        # the OpenMP settings the provider's llama.cpp runs under (the caller's environment), so
+        # both servers' threads wait alike at barriers
+        env = dict(os.environ)
         self.process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 300
         while True:

@@ -95,8 +95,9 @@ UNQUANTIZED_FILE_TYPES = {0, 1, 32}
 
 
 def load_binding() -> Any:
-    """The `llama_cpp` module, or a clear error saying how to install it. (Its ggml threads
-    wait at barriers by the OpenMP policy the `allmende` package sets when it loads: passive.)"""
+    """The `llama_cpp` module, or a clear error saying how to install it. (Its ggml threads wait
+    at barriers as the OpenMP runtime torch loads does: libgomp's short spin, unless the node's
+    environment sets OMP_WAIT_POLICY; `passive` helps on cores other work keeps busy.)"""
     try:
         import llama_cpp
     except ImportError as exc:
