@@ -479,24 +479,24 @@ def mount_sessions(app: FastAPI, sessions: Callable[[], Awaitable[SessionGate]])
             raise InvalidRequest("a channel id is 32 bytes of 0x-hex", param="channel_id")
         return raw
 
+    def signed_by_payer(request: Request, what: str) -> tuple[int, bytes]:
+        """The time and signature a payer's statement read or close request carries in its headers."""
+        at, signature = request.headers.get(STATEMENT_TIME, ""), request.headers.get(STATEMENT_SIGNATURE, "")
+        try:
+            return int(at), bytes.fromhex(signature.removeprefix("0x"))
+        except ValueError:
+            raise StatementRefused(f"{what} carries {STATEMENT_TIME} and {STATEMENT_SIGNATURE}") from None
+
     @app.get("/v1/x402/sessions/{channel_id}")
     async def session_statement(channel_id: str, request: Request, after: int = 0) -> dict[str, Any]:
         gate, channel = await sessions(), channel_of(channel_id)
-        at, signature = request.headers.get(STATEMENT_TIME, ""), request.headers.get(STATEMENT_SIGNATURE, "")
-        try:
-            when, raw = int(at), bytes.fromhex(signature.removeprefix("0x"))
-        except ValueError:
-            raise StatementRefused(f"a statement read carries {STATEMENT_TIME} and {STATEMENT_SIGNATURE}") from None
+        when, raw = signed_by_payer(request, "a statement read")
         return await asyncio.to_thread(gate.statement, channel, max(0, after), when, raw)
 
     @app.post("/v1/x402/sessions/{channel_id}/close")
     async def session_close(channel_id: str, request: Request) -> dict[str, Any]:
         gate, channel = await sessions(), channel_of(channel_id)
-        at, signature = request.headers.get(STATEMENT_TIME, ""), request.headers.get(STATEMENT_SIGNATURE, "")
-        try:
-            when, raw = int(at), bytes.fromhex(signature.removeprefix("0x"))
-        except ValueError:
-            raise StatementRefused(f"a close request carries {STATEMENT_TIME} and {STATEMENT_SIGNATURE}") from None
+        when, raw = signed_by_payer(request, "a close request")
         try:
             body = await request.json()
         except ValueError:
