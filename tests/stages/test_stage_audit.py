@@ -24,7 +24,7 @@ from safetensors.numpy import load, save
 
 from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
 from allmende.chain.anvil import Anvil, DevnetAccount, free_port
-from allmende.chain.bindings import ROLE_PROVIDER, ROLE_VALIDATOR
+from allmende.chain.bindings import ROLE_PROVIDER, ROLE_VALIDATOR, CaseReport
 from allmende.chain.stages import register_layout, registered_stages
 from allmende.core.envelope import public_key_bytes
 from allmende.core.stages import StageLayout, StagePrice
@@ -36,7 +36,7 @@ from allmende.payer.store import GatewayStore
 from allmende.provider.stage_app import StageGate, create_stage_app
 from allmende.testing.stage_harness import perturb, skip_block
 from allmende.validator.app import create_app as evidence_app
-from allmende.validator.evidence import Evidence, EvidenceStore
+from allmende.validator.evidence import MAX_EVIDENCE_BYTES, MAX_STAGE_EVIDENCE_BYTES, Evidence, EvidenceStore
 from allmende.validator.service import Validator, ValidatorConfig
 from allmende.validator.stages import StageAudit, StageAuditor, recheck_stage
 from tests.conftest import contracts_for, wait_for
@@ -47,6 +47,7 @@ PRICES = [StagePrice(2), StagePrice(3), StagePrice(4, 50)]
 TOKENS = 4  # tokens drawn per audit: a prompt call and three decode calls
 AUDITS = 2  # audits of each honest stage provider
 DEPOSIT = 10**6
+LONG_POSITIONS = 400  # a session whose middle-stage evidence (576 float32 per row, base64) passes 1 MiB
 
 
 # A chain of this module's own: its validators stake and never vote, and on the session's chain
@@ -235,6 +236,7 @@ def test_the_validator_node_audits_stage_providers_in_its_round(
     resolved: ResolvedModel,
     layout3: StageLayout,
     stages3: list[StageEngine],
+    chat_ids: list[list[int]],
     tmp_path: Path,
 ) -> None:
     """`Validator.stage_round` (what `allmende validator --stage-deposit` runs every round): it
@@ -242,7 +244,8 @@ def test_the_validator_node_audits_stage_providers_in_its_round(
     offer over real HTTP from its own channels (of an account not linked to it), passes the
     honest provider and opens a case against the one that skips a block; as a juror, it
     downloads the case's evidence from the reporter's evidence server and finds it proves the
-    fault (not abstaining on a stage id)."""
+    fault (not abstaining on a stage id), also when a long session's evidence passes the 1 MiB
+    cap of a whole model's case."""
     owner = fresh(anvil, deployment, admin)
     if owner.models.owner_of(layout3.base) is None:  # another test may have registered the default model
         owner.models.register(layout3.base, "Apache-2.0", 0)
@@ -276,8 +279,32 @@ def test_the_validator_node_audits_stage_providers_in_its_round(
         caught = records[cheating.address]
         assert caught.case_id is not None, caught.reason
         (report,) = admin.verdicts.reports(caught.case_id)
-        assert node.fetcher.wait(report.evidence_uri, report.evidence_hash) is not None
-        judged = node._judge_reports([report], cheating.address), node._judge_reports([report], honest.address)
+        stage_id = layout3.stages[1].stage_id
+        assert node._evidence_limit(stage_id) == MAX_STAGE_EVIDENCE_BYTES  # a stage's case: its larger cap
+        assert node.fetcher.wait(report.evidence_uri, report.evidence_hash, MAX_STAGE_EVIDENCE_BYTES) is not None
+        judged = (
+            node._judge_reports([report], cheating.address, stage_id),
+            node._judge_reports([report], honest.address, stage_id),
+        )
+        # a long session: its evidence carries every input row from position 0 and passes 1 MiB,
+        # the cap of a whole model's case, which jurors once applied to stages too (and abstained)
+        (auditor,) = node.stage_auditors()
+        (offer,) = [o for o in auditor.offers() if o.provider == cheating.address]
+        long_prompt = (chat_ids[0] * (LONG_POSITIONS // len(chat_ids[0]) + 1))[:LONG_POSITIONS]
+        assert node.stage_payments is not None
+        long_payer = SessionPayer(node.stage_payments, lambda _: DEPOSIT, LONG_POSITIONS + TOKENS, TOKENS, None)
+
+        async def long_audit() -> StageAudit:
+            async with httpx.AsyncClient(timeout=120) as client:
+                return await auditor.audit(offer, client, long_payer, long_prompt, TOKENS)
+
+        found = asyncio.run(long_audit())
+        assert found.ok is False and found.evidence is not None, found.reason
+        digest = node.evidence.put(found.evidence)
+        uri = f"http://127.0.0.1:{ports[2]}/v1/evidence/0x{digest.hex()}"
+        size = len(found.evidence.to_bytes())
+        assert node.fetcher.wait(uri, digest, MAX_STAGE_EVIDENCE_BYTES) is not None
+        long_judged = node._judge_reports([CaseReport(auditor.address, b"", digest, uri)], cheating.address, stage_id)
     finally:
         retire(honest, cheating)
         for server in servers:
@@ -290,6 +317,8 @@ def test_the_validator_node_audits_stage_providers_in_its_round(
     assert admin.verdicts.open_case_of(honest.address, layout3.stages[1].stage_id) == 0
     assert node.store.counts()["passed"] >= 1 and node.store.counts()["failed"] >= 1
     assert judged == ((True, 0), (False, 0))  # guilty; and no evidence against another provider
+    assert MAX_EVIDENCE_BYTES < size < MAX_STAGE_EVIDENCE_BYTES
+    assert long_judged == (True, 0)  # fetched past 1 MiB and re-checked: guilty, not an abstention
     # paid from the payer account's channels, none from the validator's registered account
     assert admin.channels.channel_nonce(payer.client.address) >= 2
     assert admin.channels.channel_nonce(account.client.address) == 0

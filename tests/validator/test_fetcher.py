@@ -4,6 +4,7 @@ server is a real HTTP server that sends one byte every 0.2 s for as long as it i
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import threading
 import time
@@ -14,7 +15,13 @@ import pytest
 from eth_utils import keccak
 
 from allmende.validator import fetcher as fetcher_module
-from allmende.validator.evidence import MAX_EVIDENCE_BYTES, fetch_evidence
+from allmende.validator.evidence import (
+    EVIDENCE_DEADLINE,
+    MAX_EVIDENCE_BYTES,
+    MAX_STAGE_EVIDENCE_BYTES,
+    deadline_for,
+    fetch_evidence,
+)
 from allmende.validator.fetcher import EvidenceFetcher
 from tests.validator.test_evidence import BODY, TEXT, evidence_for
 
@@ -119,6 +126,25 @@ def test_evidence_over_the_size_cap_is_not_downloaded() -> None:
     assert fetcher.wait("http://v/e", keccak(huge)) is None
 
     fetcher.close()
+
+
+def test_a_stage_cases_larger_cap_takes_evidence_past_a_mebibyte_with_time_for_it() -> None:
+    """A stage's case carries the stage's inputs: past 1 MiB at a few hundred positions. The
+    whole-model cap refuses it (the juror abstains); the stage cap takes it, with a deadline
+    grown by the extra bytes; past the stage cap it is refused too."""
+    evidence = dataclasses.replace(evidence_for(BODY, TEXT), reason="x" * (2 * MAX_EVIDENCE_BYTES))
+    blob = evidence.to_bytes()
+    huge = b"x" * (MAX_STAGE_EVIDENCE_BYTES + 1)
+    fetcher = EvidenceFetcher(transport=serving(blob))
+    too_much = EvidenceFetcher(transport=serving(huge))
+
+    assert fetcher.wait("http://v/e", keccak(blob)) is None
+    assert fetcher.wait("http://v/e", keccak(blob), MAX_STAGE_EVIDENCE_BYTES) == evidence
+    assert too_much.wait("http://v/e", keccak(huge), MAX_STAGE_EVIDENCE_BYTES) is None
+    assert deadline_for(MAX_EVIDENCE_BYTES) == EVIDENCE_DEADLINE < deadline_for(MAX_STAGE_EVIDENCE_BYTES) <= 30
+
+    fetcher.close()
+    too_much.close()
 
 
 def test_evidence_that_could_not_be_had_is_asked_for_again_later() -> None:

@@ -3,7 +3,8 @@
 A reporter stores the evidence of a failed audit under the keccak hash of its bytes and
 serves it at `/v1/evidence/<hash>`; the case on chain holds that hash and URL. A juror
 fetches it (at most `MAX_EVIDENCE_BYTES`, within `EVIDENCE_DEADLINE` seconds in all, not per
-read, off the thread that audits and votes: validator/fetcher.py), checks the hash, and
+read; a stage's case, which carries the stage's inputs, up to `MAX_STAGE_EVIDENCE_BYTES` with
+time for the extra bytes, off the thread that audits and votes: validator/fetcher.py), checks the hash, and
 re-checks the completion itself. The evidence must agree with the provider's own signed
 receipt — the request it holds must hash to the receipt's `inputHash` and its text to
 `outputHash` — or it frames nobody: a juror votes not guilty on evidence the receipt does
@@ -26,11 +27,26 @@ from allmende.api.protocol import input_hash
 from allmende.core import SignedReceipt
 from allmende.core.errors import InvalidInput
 
-# the largest evidence a juror downloads: a prompt, a completion and a proof fit many times over
+# the largest evidence a juror downloads for a whole model's case: a prompt, a completion and a
+# proof fit many times over
 MAX_EVIDENCE_BYTES = 1 << 20
-# seconds for a whole download, from connecting to the last byte: a server that sends a byte
-# every few seconds is cut off here, however long each read takes
+# ... and for a stage's case, which carries the stage's inputs from position 0 (float32 hidden
+# states, base64 in JSON) and a receipt per call: about 1,800 positions of an 8,192-wide model,
+# 2,700 of a 5,120-wide one. A cap of 1 MiB refused every stage case past a few hundred
+# positions of a 1,024-wide model, so jurors abstained and a cheating stage went free.
+MAX_STAGE_EVIDENCE_BYTES = 96 << 20
+# seconds for a whole download of at most MAX_EVIDENCE_BYTES, from connecting to the last byte:
+# a server that sends a byte every few seconds is cut off here, however long each read takes
 EVIDENCE_DEADLINE = 10.0
+# larger caps get this much more time per byte past MAX_EVIDENCE_BYTES (8 MiB/s: a juror on a
+# 100 Mbit/s line fetches the largest stage case in time)
+SECONDS_PER_BYTE = 1 / (8 << 20)
+
+
+def deadline_for(limit: int, deadline: float = EVIDENCE_DEADLINE) -> float:
+    """Seconds for a whole download of at most `limit` bytes: `deadline` for a whole model's
+    case, and time for the extra bytes of a larger cap."""
+    return deadline + max(0, limit - MAX_EVIDENCE_BYTES) * SECONDS_PER_BYTE
 
 
 class BadEvidence(InvalidInput):
@@ -121,20 +137,26 @@ class EvidenceStore:
         return path.read_bytes() if path.exists() else None
 
 
-def fetch_evidence(http: httpx.Client, uri: str, digest: bytes, deadline: float = EVIDENCE_DEADLINE) -> Evidence | None:
-    """The evidence at `uri` if it arrives within the limits and hashes to `digest`; None if
+def fetch_evidence(
+    http: httpx.Client,
+    uri: str,
+    digest: bytes,
+    deadline: float = EVIDENCE_DEADLINE,
+    limit: int = MAX_EVIDENCE_BYTES,
+) -> Evidence | None:
+    """The evidence at `uri` if it arrives within `deadline` and `limit` bytes and hashes to `digest`; None if
     it cannot be had (a juror then abstains); BadEvidence if it is not evidence at all. This
     blocks the calling thread for up to one read past `deadline`: the validator itself uses
     `afetch_evidence` on its fetcher's loop, which is cut off at the deadline exactly."""
     ends = time.monotonic() + deadline
     try:
         with http.stream("GET", uri, timeout=deadline) as reply:
-            if reply.status_code != 200 or _too_large(reply):
+            if reply.status_code != 200 or _too_large(reply, limit):
                 return None
             chunks, size = [], 0
             for chunk in reply.iter_bytes():
                 size += len(chunk)
-                if size > MAX_EVIDENCE_BYTES or time.monotonic() > ends:
+                if size > limit or time.monotonic() > ends:
                     return None
                 chunks.append(chunk)
     except httpx.HTTPError:
@@ -143,19 +165,23 @@ def fetch_evidence(http: httpx.Client, uri: str, digest: bytes, deadline: float 
 
 
 async def afetch_evidence(
-    http: httpx.AsyncClient, uri: str, digest: bytes, deadline: float = EVIDENCE_DEADLINE
+    http: httpx.AsyncClient,
+    uri: str,
+    digest: bytes,
+    deadline: float = EVIDENCE_DEADLINE,
+    limit: int = MAX_EVIDENCE_BYTES,
 ) -> Evidence | None:
     """`fetch_evidence` on an event loop, with the deadline on the whole download: connecting,
     the headers and every byte (asyncio cancels the read in flight when it passes)."""
     chunks: list[bytes] = []
     try:
         async with asyncio.timeout(deadline), http.stream("GET", uri, timeout=deadline) as reply:
-            if reply.status_code != 200 or _too_large(reply):
+            if reply.status_code != 200 or _too_large(reply, limit):
                 return None
             size = 0
             async for chunk in reply.aiter_bytes():
                 size += len(chunk)
-                if size > MAX_EVIDENCE_BYTES:
+                if size > limit:
                     return None
                 chunks.append(chunk)
     except (httpx.HTTPError, TimeoutError):
@@ -163,10 +189,10 @@ async def afetch_evidence(
     return _evidence_of(b"".join(chunks), digest)
 
 
-def _too_large(reply: httpx.Response) -> bool:
+def _too_large(reply: httpx.Response, limit: int) -> bool:
     """The server announces more than the cap (a lie the byte count catches anyway)."""
     length = reply.headers.get("content-length", "")
-    return length.isdigit() and int(length) > MAX_EVIDENCE_BYTES
+    return length.isdigit() and int(length) > limit
 
 
 def _evidence_of(blob: bytes, digest: bytes) -> Evidence | None:

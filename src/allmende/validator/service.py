@@ -53,7 +53,13 @@ from allmende.validator.accumulated import (
 )
 from allmende.validator.answers import Choice, answer_stats, check_answer, choices_of, prefills_of, recheck
 from allmende.validator.checker import NOTHING, Verdict
-from allmende.validator.evidence import BadEvidence, Evidence, EvidenceStore
+from allmende.validator.evidence import (
+    MAX_EVIDENCE_BYTES,
+    MAX_STAGE_EVIDENCE_BYTES,
+    BadEvidence,
+    Evidence,
+    EvidenceStore,
+)
 from allmende.validator.fetcher import EvidenceFetcher
 from allmende.validator.ledger import EvidenceLedger, standing_of
 from allmende.validator.metrics import ALM, ValidatorMetrics, fault_kind
@@ -327,12 +333,13 @@ class Validator:
             # whether the open case proves this fault already decides between a vote and a
             # report: its evidence is waited for here, at most the fetcher's deadline (a
             # server that sends nothing in time proves nothing, and this validator reports)
+            limit = self._evidence_limit(model_id)
             for sent_report in verdicts.reports(existing):
-                self.fetcher.wait(sent_report.evidence_uri, sent_report.evidence_hash)
+                self.fetcher.wait(sent_report.evidence_uri, sent_report.evidence_hash, limit)
             if self.contracts.client.timestamp() >= verdicts.case(existing).deadline:
                 self._resolve(existing)  # due: settle it, then report in a new case
                 existing = 0
-            elif (judged := self._judge_reports(verdicts.reports(existing), entry.address))[0] is True:
+            elif (judged := self._judge_reports(verdicts.reports(existing), entry.address, model_id))[0] is True:
                 # its evidence proves the fault already: this validator's part is a guilty vote
                 self.metrics.reports.labels(entry.address, "proven_already").inc()
                 log.info("case %d against %s already proves this fault: voting, not reporting", existing,
@@ -487,7 +494,7 @@ class Validator:
                 continue  # a reporter, voted with no report joined since, or no stake at the snapshot
             if verdicts.voted(case_id, self.address) and verdicts.voted_guilty(case_id, self.address):
                 continue  # more evidence cannot make a proven fault unproven
-            guilty, proof = self._judge_reports(verdicts.reports(case_id), case.provider)
+            guilty, proof = self._judge_reports(verdicts.reports(case_id), case.provider, case.model_id)
             if guilty is None:  # evidence unavailable: abstain rather than guess (said once per case)
                 if case_id not in self.abstained:
                     self.abstained.add(case_id)
@@ -510,22 +517,31 @@ class Validator:
             _alm(weight),
         )
 
-    def _judge_reports(self, reports: list[CaseReport], provider: str) -> tuple[bool | None, int]:
+    def _judge_reports(self, reports: list[CaseReport], provider: str, model_id: bytes) -> tuple[bool | None, int]:
         """Guilty when any report proves the fault, with the index of the first that does (the
         vote names it: the reporter reward follows); not guilty when every report was checked
-        and none does; None (abstain) otherwise."""
-        found = [self._recheck(r.evidence_uri, r.evidence_hash, provider) for r in reports]
+        and none does; None (abstain) otherwise. `model_id`: the case's model (or stage)."""
+        limit = self._evidence_limit(model_id)
+        found = [self._recheck(r.evidence_uri, r.evidence_hash, provider, limit) for r in reports]
         if True in found:
             return True, found.index(True)
         if any(f is None for f in found):
             return None, 0
         return False, 0
 
-    def _recheck(self, uri: str, digest: bytes, provider: str) -> bool | None:
+    def _evidence_limit(self, model_id: bytes) -> int:
+        """The most bytes of a case's evidence this validator downloads: a stage's case carries
+        the stage's inputs, so for a stage it holds a copy of, MAX_STAGE_EVIDENCE_BYTES (it
+        would abstain on any other stage anyway); MAX_EVIDENCE_BYTES for whole models."""
+        if model_id not in self.engines and model_id not in self.stage_engines:
+            self.stage_auditors()  # loads its copy of the stages registered for its models
+        return MAX_STAGE_EVIDENCE_BYTES if model_id in self.stage_engines else MAX_EVIDENCE_BYTES
+
+    def _recheck(self, uri: str, digest: bytes, provider: str, limit: int = MAX_EVIDENCE_BYTES) -> bool | None:
         """True: guilty; False: not guilty (including evidence the receipt does not back);
         None: abstain (evidence unavailable, or a model this validator cannot check)."""
         try:
-            evidence = self.fetcher.poll(uri, digest)  # never waits: None until it has arrived
+            evidence = self.fetcher.poll(uri, digest, limit)  # never waits: None until it has arrived
         except BadEvidence as exc:
             log.warning("case evidence at %s is not evidence: %s", uri, exc)
             return False
