@@ -31,8 +31,8 @@ from allmende.core.errors import InvalidInput
 # proof fit many times over
 MAX_EVIDENCE_BYTES = 1 << 20
 # ... and for a stage's case, which carries the stage's inputs from position 0 (float32 hidden
-# states, base64 in JSON) and a receipt per call: about 1,800 positions of an 8,192-wide model,
-# 2,700 of a 5,120-wide one. A cap of 1 MiB refused every stage case past a few hundred
+# states, base64 in JSON) and a receipt per call: about 2,300 positions of an 8,192-wide model,
+# 3,700 of a 5,120-wide one (`stage_positions_within`). A cap of 1 MiB refused every stage case past a few hundred
 # positions of a 1,024-wide model, so jurors abstained and a cheating stage went free.
 MAX_STAGE_EVIDENCE_BYTES = 96 << 20
 # seconds for a whole download of at most MAX_EVIDENCE_BYTES, from connecting to the last byte:
@@ -41,6 +41,23 @@ EVIDENCE_DEADLINE = 10.0
 # larger caps get this much more time per byte past MAX_EVIDENCE_BYTES (8 MiB/s: a juror on a
 # 100 Mbit/s line fetches the largest stage case in time)
 SECONDS_PER_BYTE = 1 / (8 << 20)
+
+
+# what a stage case's evidence holds besides its input rows: the accused call's proof (hex, a
+# commitment per 32 positions), the receipt of every call before it (a prompt call, then one
+# per token drawn), and the rest of the document
+STAGE_PROOF_BYTES_PER_POSITION = 64
+STAGE_RECEIPT_BYTES = 2048
+STAGE_EVIDENCE_SLACK = 64 << 10
+
+
+def stage_positions_within(width: int, tokens: int, limit: int = MAX_STAGE_EVIDENCE_BYTES) -> int:
+    """The most positions (prompt and drawn tokens) of a stage audit whose evidence stays
+    within `limit`: each position is a row of `width` float32 values in base64, each drawn
+    token a call with its receipt. An auditor keeps its sessions within it, so that jurors
+    take the evidence of any fault it finds."""
+    row = -(-4 * width // 3) * 4 + STAGE_PROOF_BYTES_PER_POSITION  # base64 of 4 * width bytes, and its proof
+    return max(0, (limit - STAGE_EVIDENCE_SLACK - (tokens + 1) * STAGE_RECEIPT_BYTES) // row)
 
 
 def deadline_for(limit: int, deadline: float = EVIDENCE_DEADLINE) -> float:

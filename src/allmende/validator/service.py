@@ -59,12 +59,13 @@ from allmende.validator.evidence import (
     BadEvidence,
     Evidence,
     EvidenceStore,
+    stage_positions_within,
 )
 from allmende.validator.fetcher import EvidenceFetcher
 from allmende.validator.ledger import EvidenceLedger, standing_of
 from allmende.validator.metrics import ALM, ValidatorMetrics, fault_kind
 from allmende.validator.prompts import AuditTraffic
-from allmende.validator.stages import StageAudit, StageAuditor, recheck_stage
+from allmende.validator.stages import StageAudit, StageAuditor, fit_prompt, recheck_stage
 from allmende.validator.store import AuditRecord, ValidatorStore
 
 log = logging.getLogger("allmende.validator")
@@ -451,13 +452,18 @@ class Validator:
         self.directory.maybe_refresh()
         return [self.audit_stage(auditor, offer) for auditor in self.stage_auditors() for offer in auditor.offers()]
 
+    def _stage_prompt(self, engine: CausalLMEngine, auditor: StageAuditor, tokens: int) -> list[int]:
+        """A user-like prompt for a stage audit whose evidence jurors will take (`fit_prompt`)."""
+        most = stage_positions_within(max(e.hidden_size for e in auditor.engines), tokens) - tokens
+        return fit_prompt(lambda: engine.prompt_ids(ChatPrompt.of(self.traffic.body(engine.name)["messages"])), most)
+
     def audit_stage(self, auditor: StageAuditor, offer: StageOffer) -> AuditRecord:
         """One audit of a stage provider; a case opened if it fails. Unavailable (no answer to
         check): recorded, not scored."""
         assert self.stage_payments is not None
         engine = self.engines[auditor.layout.base]
         tokens = self.config.stage_tokens
-        prompt = engine.prompt_ids(ChatPrompt.of(self.traffic.body(engine.name)["messages"]))
+        prompt = self._stage_prompt(engine, auditor, tokens)
         entry = self.directory.entry(str(offer.provider))
         credit = int(entry.info.raw.get("credit_limit", DEFAULT_CREDIT_LIMIT)) if entry else DEFAULT_CREDIT_LIMIT
         payer = SessionPayer(self.stage_payments, lambda _: credit, len(prompt) + tokens, tokens, None)

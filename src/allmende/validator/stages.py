@@ -25,7 +25,7 @@ import asyncio
 import base64
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -240,6 +240,22 @@ class StageAuditor:
         return case_id
 
 
+PROMPT_DRAWS = 4  # prompts drawn for a stage audit before a long one is cut to fit
+
+
+def fit_prompt(draw: Callable[[], list[int]], most: int, draws: int = PROMPT_DRAWS) -> list[int]:
+    """A prompt from `draw` of at most `most` positions: drawn again up to `draws` times, then
+    the last draw's last `most` positions. A stage audit keeps its session within what jurors
+    download (`evidence.stage_positions_within`), so a fault it finds on a long prompt of a
+    wide model is not one no juror can check."""
+    prompt: list[int] = []
+    for _ in range(draws):
+        prompt = draw()
+        if len(prompt) <= most:
+            return prompt
+    return prompt[-max(1, most) :]
+
+
 def recheck_stage(engines: dict[bytes, StageEngine], evidence: Evidence, provider: str, domain: Domain) -> bool | None:
     """A juror's re-check of a stage case's evidence, from nothing the reporter computed: True
     guilty; False not guilty, also when the evidence is not what the provider signed for (then it
@@ -289,4 +305,4 @@ def recheck_stage(engines: dict[bytes, StageEngine], evidence: Evidence, provide
         return False
 
 
-__all__ = ["StageAudit", "StageAuditor", "recheck_stage", "stage_offers"]
+__all__ = ["StageAudit", "StageAuditor", "fit_prompt", "recheck_stage", "stage_offers"]
