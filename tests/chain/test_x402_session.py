@@ -45,7 +45,7 @@ from allmende.chain.errors import ContractReverted
 from allmende.core import Receipt, SignedReceipt, SignedVoucher, Voucher, request_cost, sign_receipt
 from allmende.core.x402_session import SCHEME, SESSION_MODEL, close_headers, request_hash, statement_headers
 from allmende.gateway.errors import GatewayError, openai_error
-from allmende.gateway.x402_ledger import X402Ledger
+from allmende.gateway.x402_ledger import IN_USE, X402Ledger
 from allmende.gateway.x402_payments import Refunds
 from allmende.gateway.x402_sessions import SessionFacilitatorScheme, SessionGate, SessionServerScheme, mount_sessions
 from allmende.payer.payments import ChannelPolicy, Payments
@@ -107,9 +107,10 @@ class Gateway:
         redeem_above: int = 10**7,
         on_redeemed: Any = None,
         funding: Any = None,
+        in_use: float = IN_USE,
     ) -> None:
         self.chain = chain
-        self.ledger = X402Ledger(tmp_path / "x402.db")
+        self.ledger = X402Ledger(tmp_path / "x402.db", in_use)
         self.sessions = SessionGate(chain.gateway, self.ledger, redeem_above, on_redeemed, funding)
         self.receipts: list[SignedReceipt] = []
         self.network = f"eip155:{chain.gateway.client.chain_id}"
@@ -922,4 +923,56 @@ def test_two_processes_of_one_wallet_pay_from_channels_of_their_own(chain: Chain
     for channel_id, session in own.items():
         assert channels.channel(channel_id).spent == session.paid > 0
     assert sum(channels.channel(channel_id).spent for channel_id in closed) == charged
+    assert stable.balance_of(address) == wallet - charged
+
+
+def test_a_process_whose_quiet_channel_another_took_up_pays_on_from_the_wallets_voucher(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """Process A of a wallet goes quiet with its last answer not yet vouched for; process B of
+    the same wallet (no shared state) finds A's channel no longer in use, takes it up, pays two
+    requests and ends its session; then A comes back. Before, A read B's charges as charges for
+    no request of its own and raised `Overcharged`: a wallet that had paid every receipt
+    stopped paying. Now A pays on from the wallet's voucher on that channel, checks and pays
+    its own last answer, and the channel pays exactly every receipt, once."""
+    # Prepare: a gateway whose sessions are quiet at once (in use 0 s: anyone may take a channel
+    # up, as after 600 s), and A paying two requests on the channel it opens
+    gateway = Gateway(chain, tmp_path, in_use=0.0)
+    key = fresh_key(chain)
+    address = Account.from_key(key).address
+    stable, channels = chain.gateway.stable, chain.gateway.channels
+    wallet = stable.balance_of(address)
+
+    def process() -> tuple[x402ClientSync, SessionScheme]:
+        scheme = SessionScheme(key, network=chain.anvil.url, deposit=300_000, http=gateway.http())
+        return _client_of(scheme), scheme
+
+    (a_client, a), (b_client, b) = process(), process()
+    charged, results = 0, []
+
+    def pay(client: x402ClientSync, body: bytes) -> None:
+        nonlocal charged
+        payload, requirements = gateway.pay(client, body, 40_000)
+        results.append(gateway.admit(payload, requirements))
+        charged += gateway.serve(payload, 1_000, 100) if results[-1][0] else 0
+
+    pay(a_client, b'{"a": 0}')
+    pay(a_client, b'{"a": 1}')  # its charge is vouched for by A's next payment, which comes late
+
+    # Execute: B takes A's channel up and pays twice, then ends; A pays again, then closes
+    pay(b_client, b'{"b": 0}')
+    pay(b_client, b'{"b": 1}')
+    b.end()
+    pay(a_client, b'{"a": 2}')  # raised Overcharged before
+    (closed,) = a.close()
+
+    # Assert: one channel, both processes' on it; every payment admitted; the channel paid
+    # exactly every receipt (A's late-vouched one included), the wallet short by exactly that
+    (a_channel,) = {s.channel_id for s in a.closed}
+    (b_channel,) = {s.channel_id for s in [*b.sessions.values(), *b.closed]}
+    assert closed == a_channel == b_channel
+    assert results == [(True, "None")] * 5, results
+    record = channels.channel(closed)
+    assert record.spent == charged == sum(r.receipt.amount for r in gateway.receipts)
+    assert record.closes_at and record.deposit == record.spent  # the rest went back at once
     assert stable.balance_of(address) == wallet - charged

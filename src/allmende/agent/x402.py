@@ -274,18 +274,23 @@ class SessionScheme:
             if self._in_use_by_another(header, session):
                 continue  # another process of this wallet is paying from it
             session.seen = int(header.get("last_seq", 0))
-            session.paid = record.spent
-            try:
-                held = SignedVoucher(
-                    Voucher(channel_id, SESSION_MODEL, int(header.get("voucher", "0"))),
-                    bytes.fromhex(str(header.get("voucher_signature", "0x"))[2:]),
-                )
-                held.verify(self.domain, self.address)
-                session.paid = max(session.paid, held.voucher.cumulative_amount)
-            except (InvalidSignature, InvalidInput, ValueError):
-                pass  # no voucher of ours there: what was redeemed on chain is what we paid
+            # no voucher of ours held there: what was redeemed on chain is what we paid
+            session.paid = max(record.spent, self._held_voucher(header, channel_id))
             return session
         return None
+
+    def _held_voucher(self, header: dict[str, Any], channel_id: bytes) -> int:
+        """The cumulative amount of the voucher the gateway holds on `channel_id` if this key
+        signed it (this process or another of the same wallet), else 0."""
+        try:
+            held = SignedVoucher(
+                Voucher(channel_id, SESSION_MODEL, int(header.get("voucher", "0"))),
+                bytes.fromhex(str(header.get("voucher_signature", "0x"))[2:]),
+            )
+            held.verify(self.domain, self.address)
+        except (InvalidSignature, InvalidInput, ValueError):
+            return 0
+        return held.voucher.cumulative_amount
 
     def _cover(self, session: Session, most: int) -> None:
         """Top the channel up if what it owes, what is in flight and this request's most pass
@@ -321,8 +326,13 @@ class SessionScheme:
         statement = self._statement(session, session.seen)
         if self._in_use_by_another(statement, session):
             return statement
+        taken = self._taken_up(statement, session)
         for line in statement.get("charges", []):
             charge = Charge.from_json(line)
+            if taken and charge.nonce not in session.unsettled:
+                # the other process's charge: its vouchers, which the held one counts, paid it
+                session.seen = max(session.seen, int(line.get("seq", session.seen)))
+                continue
             receipt = charge.receipt.receipt
             price_in, price_out = self._offer(receipt.provider, receipt.model_id)
             amount = check_charge(charge, session.unsettled.get(charge.nonce), self.receipt_domain, price_in, price_out)
@@ -331,6 +341,27 @@ class SessionScheme:
             session.receipts.append(charge.receipt)
             session.seen = max(session.seen, int(line.get("seq", session.seen)))
         return statement
+
+    def _taken_up(self, statement: dict[str, Any], session: Session) -> bool:
+        """Whether another process of this wallet paid on the channel since this one last
+        read it (it took the channel up while this one was quiet: its session is live, or the
+        gateway holds a voucher of this key above what this process paid). If so, this
+        process's books move to where the wallet's vouchers stand: it has paid the held
+        voucher (every charge the other process checked), its own requests' charges are still
+        checked and paid, the other's are not its to check; and its own session has ended (its
+        next payment begins one). Before, the other's charges read as charges for no request of
+        this agent: `Overcharged`, and a wallet that paid every receipt stopped paying."""
+        ours = None if session.session_id is None else "0x" + session.session_id.hex()
+        live = statement.get("live_session")
+        held = self._held_voucher(statement, session.channel_id)
+        if live in (None, ours) and held <= session.paid:
+            return False
+        log.info("channel 0x%s was taken up by another process of this wallet; paying on from its voucher (%d)",
+                 session.channel_id.hex(), held)  # fmt: skip
+        session.paid = max(session.paid, held)
+        if live != ours:
+            session.session_id = None
+        return True
 
     def _offer(self, provider: str, model_id: bytes) -> tuple[int, int]:
         key = (provider.lower(), model_id)

@@ -98,7 +98,10 @@ class ChannelInUse(Exception):
 
 
 class X402Ledger:
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, in_use: float = IN_USE) -> None:
+        """`in_use`: seconds after its last payment a live session keeps its channel from a new
+        one (tests of a quiet session's channel taken over pass 0)."""
+        self.in_use = in_use
         if path is None:  # a gateway without a state dir (tests of the gate alone)
             self._db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
             self._db.executescript(SCHEMA)
@@ -150,6 +153,13 @@ class X402Ledger:
         ).fetchone()
         return None if row is None else (bytes(row[0]), float(row[1] or 0.0))
 
+    def in_use_by(self, channel_id: bytes) -> tuple[bytes | None, bool]:
+        """The channel's live session (None: none) and whether it paid within `in_use` seconds."""
+        live = self.live_window(channel_id)
+        if live is None:
+            return None, False
+        return live[0], time.time() - live[1] < self.in_use
+
     def end_window(self, channel_id: bytes, session_id: bytes) -> None:
         """The agent ended its session (its payments are refused from now on)."""
         with self._lock:
@@ -164,12 +174,11 @@ class X402Ledger:
         most: int,
         cumulative: int,
         voucher: bytes,
-        in_use: float = IN_USE,
     ) -> None:
         """Hold `most` for the request `nonce` of session `session_id` (NonceUsed if it was
         admitted before, SessionEnded if the session ended) and keep the voucher if it is the
         highest. A new session id begins the channel's next window and ends the others,
-        unless the live one paid within `in_use` seconds (ChannelInUse)."""
+        unless the live one paid within `self.in_use` seconds (ChannelInUse)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute("SELECT channel_id, ended FROM windows WHERE session_id=?", (session_id,)).fetchone()
@@ -178,7 +187,7 @@ class X402Ledger:
                 raise SessionEnded("0x" + session_id.hex())
             if row is None:
                 live = self._live_window(channel_id)
-                if live is not None and time.time() - live[1] < in_use:
+                if live is not None and time.time() - live[1] < self.in_use:
                     self._db.execute("ROLLBACK")
                     raise ChannelInUse("0x" + channel_id.hex())
             try:

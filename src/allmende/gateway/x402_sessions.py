@@ -69,7 +69,7 @@ from allmende.core.x402_session import (
     statement_reader,
 )
 from allmende.gateway.errors import InvalidRequest, Unauthorized
-from allmende.gateway.x402_ledger import IN_USE, ChannelInUse, NonceUsed, SessionEnded, X402Ledger
+from allmende.gateway.x402_ledger import ChannelInUse, NonceUsed, SessionEnded, X402Ledger
 
 log = logging.getLogger("allmende.gateway.x402")
 CHANNEL_TTL = 2.0  # seconds a session channel's on-chain record is trusted before it is read again
@@ -154,13 +154,11 @@ class SessionFacilitatorScheme:
         window = self.ledger.window(payment.session_id)
         if window is not None and (window[0] != payment.channel_id or window[2]):
             raise InvalidInput("session_ended: this payment's session has ended (a later one began on its channel)")
-        if window is None:
-            live = self.ledger.live_window(payment.channel_id)
-            if live is not None and time.time() - live[1] < IN_USE:
-                raise InvalidInput(
-                    "channel_in_use: another session (another process of this wallet) is paying from this "
-                    "channel; each process needs a channel of its own"
-                )
+        if window is None and self.ledger.in_use_by(payment.channel_id)[1]:
+            raise InvalidInput(
+                "channel_in_use: another session (another process of this wallet) is paying from this "
+                "channel; each process needs a channel of its own"
+            )
         most = int(requirements.amount)
         if payment.cumulative > channel.deposit:
             raise InvalidInput("voucher_over_deposit: the voucher is above the channel's deposit")
@@ -282,13 +280,13 @@ class SessionGate:
         if payer is None or reader.lower() != payer.lower():
             raise StatementRefused(f"a session's statement is its payer's to read, not {reader}'s")
         charges = self.ledger.charges(channel_id, after)
-        live = self.ledger.live_window(channel_id)
+        live, in_use = self.ledger.in_use_by(channel_id)
         return {
             "channel_id": "0x" + channel_id.hex(),
             # the live session and when its channel last paid: a process of the same wallet
             # that sees another's session live takes a channel of its own
-            "live_session": None if live is None else "0x" + live[0].hex(),
-            "in_use": live is not None and time.time() - live[1] < IN_USE,
+            "live_session": None if live is None else "0x" + live.hex(),
+            "in_use": in_use,
             "charged": str(0 if state is None else state.charged),
             "voucher": str(0 if state is None else state.cumulative),
             "voucher_signature": "0x" + (b"" if state is None or state.voucher is None else state.voucher).hex(),
