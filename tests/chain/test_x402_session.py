@@ -866,6 +866,20 @@ def test_an_agent_whose_gateway_will_not_close_closes_on_chain(chain: Chain, tmp
     assert stable.balance_of(scheme.address) == wallet + back
 
 
+def processes_of_one_wallet(
+    chain: Chain, gateway: Gateway, n: int
+) -> tuple[str, int, list[tuple[x402ClientSync, SessionScheme]]]:
+    """A fresh wallet's address, its dUSD, and `n` processes of it (a client and a scheme each,
+    no shared state) paying `gateway`."""
+    key = fresh_key(chain)
+    address = Account.from_key(key).address
+    processes = []
+    for _ in range(n):
+        scheme = SessionScheme(key, network=chain.anvil.url, deposit=300_000, http=gateway.http())
+        processes.append((_client_of(scheme), scheme))
+    return address, chain.gateway.stable.balance_of(address), processes
+
+
 def test_two_processes_of_one_wallet_pay_from_channels_of_their_own(chain: Chain, tmp_path: Path) -> None:
     """Two processes with the same key and no shared state paying one gateway: before, the
     second's first payment ended the first's session (`session_ended` from then on), and
@@ -875,16 +889,8 @@ def test_two_processes_of_one_wallet_pay_from_channels_of_their_own(chain: Chain
     winner, and takes a channel of its own at its next payment."""
     # Prepare: process A pays a request on the channel it opens
     gateway = Gateway(chain, tmp_path)
-    key = fresh_key(chain)
-    address = Account.from_key(key).address
+    address, wallet, ((a_client, a), (b_client, b), (c_client, c)) = processes_of_one_wallet(chain, gateway, 3)
     stable, channels = chain.gateway.stable, chain.gateway.channels
-    wallet = stable.balance_of(address)
-
-    def process() -> tuple[x402ClientSync, SessionScheme]:
-        scheme = SessionScheme(key, network=chain.anvil.url, deposit=300_000, http=gateway.http())
-        return _client_of(scheme), scheme
-
-    (a_client, a), (b_client, b), (c_client, c) = process(), process(), process()
     charged = 0
     payload, requirements = gateway.pay(a_client, b'{"a": 0}', 40_000)
     assert gateway.admit(payload, requirements)[0]
@@ -938,16 +944,8 @@ def test_a_process_whose_quiet_channel_another_took_up_pays_on_from_the_wallets_
     # Prepare: a gateway whose sessions are quiet at once (in use 0 s: anyone may take a channel
     # up, as after 600 s), and A paying two requests on the channel it opens
     gateway = Gateway(chain, tmp_path, in_use=0.0)
-    key = fresh_key(chain)
-    address = Account.from_key(key).address
+    address, wallet, ((a_client, a), (b_client, b)) = processes_of_one_wallet(chain, gateway, 2)
     stable, channels = chain.gateway.stable, chain.gateway.channels
-    wallet = stable.balance_of(address)
-
-    def process() -> tuple[x402ClientSync, SessionScheme]:
-        scheme = SessionScheme(key, network=chain.anvil.url, deposit=300_000, http=gateway.http())
-        return _client_of(scheme), scheme
-
-    (a_client, a), (b_client, b) = process(), process()
     charged, results = 0, []
 
     def pay(client: x402ClientSync, body: bytes) -> None:
