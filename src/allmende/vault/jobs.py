@@ -40,6 +40,19 @@ def matches_request(request: VaultRequest, dataset_id: bytes, grant_id: int, run
         raise VaultRequestRefused("the body's dataset, grant or run differ from those the request was signed for")
 
 
+def job_header(body: dict[str, Any], request: VaultRequest | None) -> tuple[bytes, bytes, int]:
+    """A job's dataset, job id and grant, each checked (BadJob names the first that is not
+    valid), and the same as the grantee's signed request's where one came with it."""
+    dataset_id = parse_bytes32(body.get("dataset_id"), "dataset_id")
+    job_id = parse_bytes32(body.get("job_id"), "job_id")
+    grant_id = body.get("grant_id")
+    if not isinstance(grant_id, int) or isinstance(grant_id, bool) or grant_id <= 0:
+        raise BadJob("'grant_id' must be a positive integer")
+    if request is not None:
+        matches_request(request, dataset_id, grant_id)
+    return dataset_id, job_id, grant_id
+
+
 def check_finite(value: object) -> None:
     """Raise BadJob if any number in a result is NaN or infinite (nothing is logged or released)."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -50,6 +50,7 @@ from allmende.vault.errors import AccessDenied, BadJob, ParametersNotGranted, Un
 from allmende.vault.jobs import (
     canonical,
     check_finite,
+    job_header,
     matches_request,
     only_fields,
     parse_bytes32,
@@ -412,13 +413,7 @@ class LoraRounds:
         statistics. Nothing per example leaves; the ε is charged to the grant."""
 
         only_fields(body, LM_EVALUATE_FIELDS, "an LM evaluate job")
-        dataset_id = parse_bytes32(body.get("dataset_id"), "dataset_id")
-        job_id = parse_bytes32(body.get("job_id"), "job_id")
-        grant_id = body.get("grant_id")
-        if not isinstance(grant_id, int) or isinstance(grant_id, bool) or grant_id <= 0:
-            raise BadJob("'grant_id' must be a positive integer")
-        if request is not None:
-            matches_request(request, dataset_id, grant_id)
+        dataset_id, job_id, grant_id = job_header(body, request)
         text = self.text(dataset_id)
         service = self.service
         service.grant_for(grant_id, signer, "evaluate", dataset_id)  # before any adapter bytes are decoded

@@ -67,9 +67,9 @@ from allmende.vault.errors import (
 from allmende.vault.jobs import (
     canonical,
     check_finite,
+    job_header,
     matches_request,
     only_fields,
-    parse_bytes32,
     parse_epsilon,
     round_check_fields,
 )
@@ -364,13 +364,7 @@ class VaultService:
         if template == "evaluate" and "lora" in body:  # a language model with an adapter, on a text dataset
             return self.lora.evaluate(body, signer, request)
         only_fields(body, JOB_FIELDS[template], f"a {template} job")
-        dataset_id = parse_bytes32(body.get("dataset_id"), "dataset_id")
-        job_id = parse_bytes32(body.get("job_id"), "job_id")
-        grant_id = body.get("grant_id")
-        if not isinstance(grant_id, int) or isinstance(grant_id, bool) or grant_id <= 0:
-            raise BadJob("'grant_id' must be a positive integer")
-        if request is not None:
-            matches_request(request, dataset_id, grant_id)
+        dataset_id, job_id, grant_id = job_header(body, request)
         table = self.table(dataset_id)
         model, epsilon = ZERO_MODEL, None
         if template == "evaluate":
