@@ -27,10 +27,13 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import Result
 from openai import OpenAI
+from typer.testing import CliRunner
 
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.anvil import devnet_accounts, free_port
+from allmende.cli import app
 from allmende.cli.common import console
 from allmende.cli.status import render
 from tests.conftest import cheater_verdict, wait_for
@@ -38,20 +41,16 @@ from tests.conftest import cheater_verdict, wait_for
 JOINER, BUSY = devnet_accounts(6)[5], devnet_accounts(6)[4]  # accounts `up` leaves free
 
 
-def cli(network: dict[str, Any], *args: str) -> subprocess.Popen[str]:
-    """An `allmende` command as the README runs it next to `allmende up` (its state dir),
-    started; `finish` waits for it."""
-    env = {**os.environ, "COLUMNS": "250", "ALLMENDE_STATE_DIR": network["root"]}
-    env.pop("ALLMENDE_RPC", None)
-    env.pop("ALLMENDE_DEPLOYMENTS", None)
-    command = [sys.executable, "-m", "allmende", *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def finish(command: subprocess.Popen[str]) -> str:
-    out, err = command.communicate(timeout=120)
-    assert command.returncode == 0, out + err
-    return out
+def cli(network: dict[str, Any], *args: str, exit_code: int = 0) -> Result:
+    """An `allmende` command as the README runs it next to `allmende up` (its state dir, no
+    ALLMENDE_RPC or ALLMENDE_DEPLOYMENTS), run in this process by typer's runner: the same
+    parsing, commands and exit codes without an interpreter start-up (about 2 s of CPU a
+    command, 5 s for a validator, which imports torch). An unhandled exception fails it."""
+    env = {"ALLMENDE_STATE_DIR": network["root"], "ALLMENDE_RPC": None, "ALLMENDE_DEPLOYMENTS": None}
+    result = CliRunner().invoke(app, list(args), env=env)
+    assert result.exit_code == exit_code, result.output + repr(result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result
 
 
 def start_validator(network: dict[str, Any], port: int, key: str, log: Path) -> subprocess.Popen[bytes]:
@@ -78,14 +77,10 @@ def test_validators_in_up_catch_and_slash_the_cheater(
 ) -> None:
     network = cheater_network
     root = Path(network["root"])
-    busy = socket.socket()
-    busy.bind(("127.0.0.1", 0))
-    busy.listen()
-    # started now, checked at the end: their start overlaps the wait for the verdict
-    on_busy_port = start_validator(network, busy.getsockname()[1], f"devnet:{BUSY.index}", root / "busy-validator.log")
+    # started now, checked at the end: its start overlaps the wait for the verdict
     joiner_port = free_port()
     joiner = start_validator(network, joiner_port, f"devnet:{JOINER.index}", root / "joiner.log")
-    request.addfinalizer(lambda: [p.kill() for p in (on_busy_port, joiner) if p.poll() is None])
+    request.addfinalizer(lambda: joiner.poll() is None and joiner.kill())
     reader = Contracts(ChainClient(network["rpc_url"]), Deployment.load(network["deployments"]))
     honest, cheater = (p["address"] for p in network["providers"])
     validators = [v["address"] for v in network["validators"]]
@@ -136,10 +131,14 @@ def test_validators_in_up_catch_and_slash_the_cheater(
     logs = "".join(Path(v["log"]).read_text() for v in network["validators"])
     assert "Traceback" not in logs
     # a start on a busy port stakes nothing; a validator that joins is seen and stops
-    assert on_busy_port.wait(timeout=120) == 1
-    assert "cannot listen on 127.0.0.1" in (root / "busy-validator.log").read_text()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        refused = cli(network, "validator", "--key", f"devnet:{BUSY.index}", "--port", str(port),
+                      "--state-dir", str(root / "busy-validator"), exit_code=1)  # fmt: skip
+    assert f"cannot listen on 127.0.0.1:{port}" in refused.stderr
     assert reader.registry.role_of(BUSY.address) == 0
-    busy.close()
     joined = f"http://127.0.0.1:{joiner_port}"
     wait_for("the joining validator", lambda: _answers(joined + "/status"), 120)
     seen = httpx.get(joined + "/status", timeout=30).json()
@@ -149,9 +148,9 @@ def test_validators_in_up_catch_and_slash_the_cheater(
     joiner.send_signal(signal.SIGINT)
     assert joiner.wait(timeout=60) == 0
     assert "evidence endpoint withdrawn" in (root / "joiner.log").read_text()
-    # the README's commands, all at once (each takes seconds to start): status, and unbonding
-    shown_json = cli(network, "status", "--json")
-    unbonded = cli(network, "stake", "unbond", "all", "--key", f"devnet:{JOINER.index}")
+    # the README's commands: status, and unbonding
+    shown_json = cli(network, "status", "--json").stdout
+    unbonded = cli(network, "stake", "unbond", "all", "--key", f"devnet:{JOINER.index}").stdout
 
     # the operator's view of the case: logs, /metrics and /status of both validators
     by_address = {v["address"]: v for v in network["validators"]}
@@ -184,7 +183,7 @@ def test_validators_in_up_catch_and_slash_the_cheater(
     for earlier, later in itertools.pairwise(against):
         assert earlier.status != 1 and later.opened_at >= earlier.deadline
 
-    report = json.loads(finish(shown_json))
+    report = json.loads(shown_json)
     table = rendered(report)  # the table `allmende status` prints for the same report
     assert "guilty" in table and all(v in table for v in validators)
     (case,) = [c for c in report["cases"] if c["case_id"] == resolved.case_id]
@@ -194,7 +193,7 @@ def test_validators_in_up_catch_and_slash_the_cheater(
     listed = {v["address"]: v for v in report["validators"]}
     assert int(listed[resolved.reporter]["rewards_earned"]) == reward
     assert listed[JOINER.address]["stopped"] and listed[JOINER.address]["endpoint"] == ""
-    assert "no longer active" in finish(unbonded)
+    assert "no longer active" in unbonded
     assert not reader.registry.is_active(JOINER.address)
 
 
