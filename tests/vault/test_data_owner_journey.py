@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -31,11 +29,14 @@ ROUND = ["--steps", "2", "--noise", "2"]  # ε ≈ 7.8 for one round, ≈ 11.6 f
 
 
 def run_cli(world: World, *args: str, ok: bool = True) -> str:
-    """`python -m allmende …` as a user types it."""
-    done = subprocess.run([sys.executable, "-m", "allmende", *args], capture_output=True, text=True, timeout=300)
-    assert (done.returncode == 0) == ok, done.stdout + done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
-    return done.stdout + done.stderr
+    """`allmende …` as a user types it, run in this process by typer's runner (no interpreter
+    start-up, which imports Flower and torch again); its output, stdout and stderr. An unhandled
+    exception (a traceback) fails it, whether or not the command was to succeed."""
+    result = CliRunner().invoke(app, list(args))
+    assert (result.exit_code == 0) == ok, result.output + repr(result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    return result.output
 
 
 def in_process(*args: str) -> tuple[int, str]:
