@@ -102,9 +102,12 @@ def _chat(gateway: str, stream: bool = False) -> httpx.Response:
 
 def test_providers_on_other_hosts_serve_directly_and_through_the_relay(hosts: dict[str, str], tmp_path: Path) -> None:
     # Prepare: the network's host (this namespace: the chain, the gateway, a provider and a
-    # validator of `up`'s own), reachable at 10.213.1.1
+    # validator of `up`'s own), reachable at 10.213.1.1. `up`'s provider serves the small
+    # embedding model only: the chat requests below are for the joining providers' allmende:tiny
+    # (and so its validator audits that), and up's default chat model cost its provider and
+    # validator a model load and audits of their own that nothing here looks at
     process, network = start_network(
-        tmp_path / "hub", "--providers", "1", "--validators", "1", "--public-host", HUB.format(1)
+        tmp_path / "hub", "--providers", "1", "--model", "minilm", "--validators", "1", "--public-host", HUB.format(1)
     )
     relayed = direct = None
     try:
