@@ -238,6 +238,8 @@ class LlamaContext:
         logits = np.empty((wanted, self.n_vocab), np.float32)
         hidden = np.empty((wanted, self.n_embd), np.float32)
         lib, batch, row = self.lib, self.batch, 0
+        move, logits_at, hidden_at = ctypes.memmove, logits.ctypes.data, hidden.ctypes.data
+        logits_row, hidden_row = logits.strides[0], hidden.strides[0]
         for start in range(0, len(entries), BATCH_TOKENS):
             chunk = entries[start : start + BATCH_TOKENS]
             batch.n_tokens = len(chunk)
@@ -251,10 +253,15 @@ class LlamaContext:
             if code != 0:
                 raise EngineError(f"llama_decode failed with code {code}")
             # row by row through the `_ith` getters: llama.cpp may compute a batch's outputs in
-            # another order than the batch's (it splits batches by sequence), and these map back
+            # another order than the batch's (it splits batches by sequence), and these map back;
+            # one memmove each (a numpy view of the C row would build a ctypes array type per row)
             for i in (i for i, entry in enumerate(chunk) if entry[3]):
-                logits[row] = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
-                hidden[row] = np.ctypeslib.as_array(lib.llama_get_embeddings_ith(self.ctx, i), shape=(self.n_embd,))
+                row_logits = lib.llama_get_logits_ith(self.ctx, i)
+                row_hidden = lib.llama_get_embeddings_ith(self.ctx, i)
+                if not row_logits or not row_hidden:  # (NULL: llama.cpp has no such output row)
+                    raise EngineError(f"llama.cpp returned no output row for batch entry {i}")
+                move(logits_at + row * logits_row, row_logits, logits_row)
+                move(hidden_at + row * hidden_row, row_hidden, hidden_row)
                 row += 1
         return logits, hidden
 

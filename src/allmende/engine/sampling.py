@@ -172,7 +172,13 @@ def sample_token(
     else the Gumbel-max draw of (seed, position) — the verifiable draw a validator
     recomputes from its own logits (allmende.validator.checker)."""
     if params.temperature == 0.0:
-        return int(torch.argmax(shaped(logits, params, drawn) if params.reshapes_logits else logits).item())
+        row = shaped(logits, params, drawn) if params.reshapes_logits else logits
+        if row.dtype == torch.float32 and row.device.type == "cpu" and not row.requires_grad:
+            # the same argmax (the first of equal maxima) through numpy: a torch op on a CPU
+            # row of 49,152 costs ten times the CPU of the scan (dispatch, its thread pool),
+            # once per token of every greedy sequence
+            return int(np.argmax(row.numpy()))
+        return int(torch.argmax(row).item())
     return int(torch.argmax(draw_scores(logits, params, seed, position, drawn)).item())
 
 
