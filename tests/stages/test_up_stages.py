@@ -15,7 +15,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +99,11 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Staged]:
         stop_network(process)
 
 
+@cache
 def whole_answer(whole: Engine, question: str, max_tokens: int = MAX_TOKENS) -> tuple[str, int, str]:
-    """(text, tokens, finish reason) of the whole model's greedy answer."""
+    """(text, tokens, finish reason) of the whole model's greedy answer. Greedy, so computed once
+    per question and length: the tests ask the same questions again (both kinds of answer, the
+    kill test's and the agent's later requests), and each answer took seconds of CPU here."""
     prompt = whole.prompt_ids(ChatPrompt.of([{"role": "user", "content": question}]))
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     done = asyncio.run(collect(whole.generate(prompt, params), len(prompt)))
