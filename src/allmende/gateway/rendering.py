@@ -65,6 +65,9 @@ def choices_of(output: dict[str, Any], n: int) -> list[dict[str, Any]]:
 def chat_response(request: protocol.ChatRequest, body: dict[str, Any], name: str, answer: Answer) -> dict[str, Any]:
     """A chat completion: each choice's text as a message, or its tool calls (`body`'s tools)."""
     wanted = request.logprobs_wanted() is not None
+    plain = None if wanted or (request.n or 1) != 1 or body.get("tools") else plain_chat_response(name, answer)
+    if plain is not None:
+        return plain
     choices = []
     for i, out in enumerate(choices_of(answer.output, request.n or 1)):
         message, finish = message_of(body, str(out.get("text", "")), out.get("finish_reason", "stop"))
@@ -77,6 +80,56 @@ def chat_response(request: protocol.ChatRequest, body: dict[str, Any], name: str
         choices=choices,
         usage=protocol.Usage.model_validate(answer.usage),
     ).render()
+
+
+def plain_chat_response(name: str, answer: Answer) -> dict[str, Any] | None:
+    """`chat_response`'s body for the common answer (one choice, its text as the message: no
+    tools, no log-probabilities), built as a dict: the same JSON the pydantic models render,
+    at about a fifth of the CPU. Only where every field the provider sent has exactly the
+    type those models require; None otherwise, and the models check (and refuse) it."""
+    out, usage = answer.output, answer.usage
+    text, finish = out.get("text", ""), out.get("finish_reason", "stop")
+    if type(text) is not str or type(finish) is not str or type(usage) is not dict:
+        return None
+    rendered_usage = plain_usage(usage)
+    if rendered_usage is None:
+        return None
+    return {
+        "id": new_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": name,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        ],
+        "usage": rendered_usage,
+    }
+
+
+USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def plain_usage(usage: dict[str, Any]) -> dict[str, Any] | None:
+    """`protocol.Usage`'s rendering of a provider's usage made only of ints (the three counts
+    and, optionally, `prompt_tokens_details.cached_tokens`); None for anything else."""
+    extra = usage.keys() - set(USAGE_FIELDS)
+    if extra - {"prompt_tokens_details"} or any(type(usage.get(f)) is not int for f in USAGE_FIELDS):
+        return None
+    rendered: dict[str, Any] = {f: usage[f] for f in USAGE_FIELDS}
+    details = usage.get("prompt_tokens_details")
+    if details is not None:
+        if type(details) is not dict or details.keys() - {"cached_tokens"}:
+            return None
+        cached = details.get("cached_tokens", 0)
+        if type(cached) is not int:
+            return None
+        rendered["prompt_tokens_details"] = {"cached_tokens": cached}
+    return rendered
 
 
 def completion_response(request: protocol.CompletionRequest, name: str, answer: Answer) -> dict[str, Any]:
