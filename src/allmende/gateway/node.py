@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from allmende.api.coalesce import http_protocol
 from allmende.api.directory import Directory
 from allmende.api.guard import GuardConfig
 from allmende.api.upstream import AiohttpUpstream
@@ -164,5 +165,6 @@ def serve(config: GatewayConfig) -> None:
     app, _, _ = build(config)
     freeze_startup_heap()  # built: keep full GC passes off the requests (node/heap.py)
     # a relay connection's frames: at most MAX_FRAME each, a few buffered before the relay reads them
+    # http_protocol(): a response's headers and body in one write (api/coalesce.py)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_keep_alive=30,
-                ws_max_size=MAX_FRAME, ws_max_queue=WS_QUEUE)  # fmt: skip
+                ws_max_size=MAX_FRAME, ws_max_queue=WS_QUEUE, http=http_protocol())  # fmt: skip

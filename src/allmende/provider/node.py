@@ -46,6 +46,7 @@ from fastapi.responses import JSONResponse
 from rich.progress import Progress
 
 from allmende.api.client import fetch_info
+from allmende.api.coalesce import http_protocol
 from allmende.api.guard import JSON, GuardConfig
 from allmende.api.stages import MEDIA_TYPE as STAGE_MEDIA_TYPE
 from allmende.chain import ChainClient, Contracts, Deployment
@@ -641,7 +642,9 @@ def serve(config: ProviderConfig, sock: socket.socket | None = None) -> None:
 
             threading.Thread(target=withdraw_then_exit, name="stopping", daemon=True).start()
 
-    server = WithdrawFirst(uvicorn.Config(build_app(node), log_level="warning", timeout_keep_alive=30))
+    # http_protocol(): a response's headers and body in one write (api/coalesce.py)
+    served = uvicorn.Config(build_app(node), log_level="warning", timeout_keep_alive=30, http=http_protocol())
+    server = WithdrawFirst(served)
     node.server = server
     freeze_startup_heap()  # models loaded, app built: keep full GC passes off the requests (node/heap.py)
     try:
