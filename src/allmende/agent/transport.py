@@ -1,7 +1,15 @@
 """An ASGI app as an httpx transport, streaming: the agent's in-process gateway answers the
 official `openai` and `anthropic` clients as a server would, chunk by chunk (httpx's own
 ASGITransport collects the whole body first, so a stream would arrive at its end), and a
-sync bridge for the sync clients (a private event loop on a thread)."""
+sync bridge for the sync clients (a private event loop on a thread).
+
+The paid endpoints (the app's `api.hot_routes` table: every request an agent makes) are
+called directly, as the app's own route table would call them, and a whole response (not a
+stream) is handed back as it is: no task, queue and ASGI messages per request, and not the
+app's middleware, which for these endpoints only renders an exception the endpoint let
+through, by the app's own handlers (done here the same way); an app with middleware of its
+own (a guard) is always called whole. A stream goes out through the
+ASGI machinery below, chunk by chunk."""
 
 from __future__ import annotations
 
@@ -13,6 +21,10 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import httpx
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+
+from allmende.api.hot_routes import Endpoint, hot_routes_of
 
 T = TypeVar("T")
 ASGIApp = Callable[..., Awaitable[None]]
@@ -27,6 +39,9 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
     def __init__(self, app: ASGIApp, before: Hook | None = None) -> None:
         self.app = app
         self.before = before
+        # (method, path) → endpoint, called directly; not past middleware of the app's own (a guard)
+        self.routes = {} if getattr(app, "user_middleware", None) else hot_routes_of(app)
+        self.handlers: dict[Any, Any] = dict(getattr(app, "exception_handlers", {}))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         done: Callable[[], None] = lambda: None  # noqa: E731
@@ -36,7 +51,7 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
                 return answer
             request = answer
         body = await request.aread()
-        scope = {
+        scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0"},
             "http_version": "1.1",
@@ -49,8 +64,6 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
             "client": ("127.0.0.1", 0),
             "server": (request.url.host, request.url.port or 80),
         }
-        started: asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]] = asyncio.get_running_loop().create_future()
-        chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
         sent_body = False
         gone = asyncio.Event()
 
@@ -61,6 +74,25 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
                 return {"type": "http.request", "body": body, "more_body": False}
             await gone.wait()  # the client closed the response: the app sees a disconnect
             return {"type": "http.disconnect"}
+
+        app: ASGIApp = self.app
+        endpoint = self.routes.get((request.method, request.url.path))
+        if endpoint is not None:
+            scope["app"] = self.app  # as the app sets it for its routes (request.app)
+            try:
+                reply = await self._answer(endpoint, scope, receive)
+            except BaseException:
+                done()
+                raise
+            if not isinstance(reply, StreamingResponse) and reply.background is None:
+                done()
+                return httpx.Response(
+                    reply.status_code, headers=reply.raw_headers, content=bytes(reply.body), request=request
+                )
+            app = reply  # a stream: sent below, chunk by chunk, as the app would send it
+
+        started: asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]] = asyncio.get_running_loop().create_future()
+        chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
 
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -73,7 +105,7 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
 
         async def run() -> None:
             try:
-                await self.app(scope, receive, send)
+                await app(scope, receive, send)
             except BaseException as exc:
                 if not started.done():
                     started.set_exception(exc)
@@ -103,6 +135,20 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
                 done()
 
         return httpx.Response(status, headers=headers, stream=_AsyncStream(body_stream()), request=request)
+
+    async def _answer(self, endpoint: Endpoint, scope: dict[str, Any], receive: Any) -> Response:
+        """The endpoint's response, or the app's handler's for what it raised (the most
+        specific handler of the exception's classes, as the app's exception middleware
+        picks; a plain 500 where the app has none, as Starlette's server-error middleware)."""
+        request = Request(scope, receive)
+        try:
+            return await endpoint(request)
+        except Exception as exc:
+            handler = next((self.handlers[c] for c in type(exc).__mro__ if c in self.handlers), None)
+            if handler is None:
+                return PlainTextResponse("Internal Server Error", status_code=500)
+            response: Response = await handler(request, exc)
+            return response
 
 
 class _AsyncStream(httpx.AsyncByteStream):

@@ -47,3 +47,11 @@ def hot_routes(app: FastAPI, routes: dict[tuple[str, str], Endpoint]) -> None:
     """Answer `routes` before `app`'s router looks at its route list. Each endpoint must also
     be one of the app's routes (the same function), so the app's routes stay its documentation."""
     app.router.middleware_stack = HotRoutes(app.router.middleware_stack, routes)
+
+
+def hot_routes_of(app: object) -> dict[tuple[str, str], Endpoint]:
+    """The table `hot_routes` installed on `app` (empty where it installed none): an in-process
+    caller (the agent's transport, allmende.agent.transport) calls these endpoints directly."""
+    router = getattr(app, "router", None)
+    stack = getattr(router, "middleware_stack", None)
+    return dict(stack.routes) if isinstance(stack, HotRoutes) else {}
