@@ -24,10 +24,11 @@ from tests.validator.test_faults_e2e import (
     ALM,
     FixedTraffic,
     anvil,  # noqa: F401  (this module's own chain)
+    audited_provider,
     deployment,  # noqa: F401
     deployments_file,  # noqa: F401
     fresh_account,
-    provider_and_gateway,
+    module_gateway,
     votes_guilty,
     wait_out_the_lookback,
     weigh,
@@ -50,14 +51,26 @@ def bodies(count: int) -> list[dict[str, Any]]:
     return out
 
 
+@pytest.fixture(scope="module")
+def gateway(
+    anvil: Anvil,  # noqa: F811
+    deployments_file: Path,  # noqa: F811
+    accounts: list[DevnetAccount],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    with module_gateway(anvil, deployments_file, accounts[8], tmp_path_factory) as url:
+        yield url
+
+
 @pytest.fixture
 def int8_provider(
     anvil: Anvil,  # noqa: F811
     deployments_file: Path,  # noqa: F811
     accounts: list[DevnetAccount],
+    gateway: str,
     tmp_path: Path,
 ) -> Iterator[tuple[str, str]]:
-    with provider_and_gateway(anvil, deployments_file, accounts[7], accounts[8], tmp_path / "int8", "int8") as net:
+    with audited_provider(anvil, deployments_file, accounts[7], gateway, tmp_path / "int8", "int8") as net:
         yield net
 
 
@@ -66,9 +79,10 @@ def honest(
     anvil: Anvil,  # noqa: F811
     deployments_file: Path,  # noqa: F811
     accounts: list[DevnetAccount],
+    gateway: str,
     tmp_path: Path,
 ) -> Iterator[tuple[str, str]]:
-    with provider_and_gateway(anvil, deployments_file, accounts[9], accounts[8], tmp_path / "honest", None) as net:
+    with audited_provider(anvil, deployments_file, accounts[9], gateway, tmp_path / "honest", None) as net:
         yield net
 
 
@@ -102,7 +116,7 @@ def test_int8_serving_is_convicted_on_accumulated_evidence_and_an_honest_provide
     records = []
     while len(records) < AUDITS and (not records or records[-1].case_id is None):
         records.append(auditor.audit(entry, model_id))
-    # the honest provider, as often, through its own gateway
+    # the honest provider, as often, through the gateway it names in its audits
     auditor.config = dataclasses.replace(auditor.config, gateways=(honest_gateway,))
     auditor.traffic = FixedTraffic(bodies(len(records)))  # type: ignore[assignment]
     fair_records = [auditor.audit(fair, model_id) for _ in range(len(records))]

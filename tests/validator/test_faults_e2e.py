@@ -27,6 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 from eth_account import Account
 from eth_utils import keccak
@@ -100,47 +101,73 @@ def start_gateway(anvil: Anvil, deployments: Path, account: DevnetAccount, root:
     )
 
 
+def routed(gateway: str) -> set[str]:
+    """Providers `gateway` routes to (its explorer's view of its directory)."""
+    network = httpx.get(f"{gateway}/explorer/api/network", timeout=10).json()
+    return {p["address"] for p in network["providers"] if p["health"] in ("healthy", "suspended")}
+
+
 @contextlib.contextmanager
-def provider_and_gateway(
-    anvil: Anvil, deployments: Path, provider: DevnetAccount, gateway: DevnetAccount, root: Path, cheat: str | None
+def module_gateway(
+    anvil: Anvil, deployments: Path, account: DevnetAccount, factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """One gateway for a module's tests (its URL): an audit names the provider it is for, so each
+    test's own provider is audited through it as through a gateway of its own, and a provider a
+    verdict pauses is dropped from it without touching the others (a gateway process costs about
+    2 s of CPU to start)."""
+    url, node = start_gateway(anvil, deployments, account, factory.mktemp("audit-gateway"), 0)
+    try:
+        yield url
+    finally:
+        node.stop()
+
+
+@contextlib.contextmanager
+def audited_provider(
+    anvil: Anvil, deployments: Path, provider: DevnetAccount, gateway: str, root: Path, cheat: str | None
 ) -> Iterator[tuple[str, str]]:
-    """A provider process (cheating in mode `cheat`, or honest) and a gateway that routes to it:
-    each test has its own, so what one test's verdicts do to a provider touches no other."""
+    """A provider process (cheating in mode `cheat`, or honest), once `gateway` routes to it: each
+    test has its own, so what one test's verdicts do to a provider touches no other."""
     process = start_provider(anvil, deployments, provider, root / "provider", ["allmende:tiny"], cheat=cheat)
     try:
-        url, node = start_gateway(anvil, deployments, gateway, root / "gateway", 1)
-        try:
-            yield provider.address, url
-        finally:
-            node.stop()
+        wait_for(f"the gateway to route to {provider.address}", lambda: provider.address in routed(gateway), 60)
+        yield provider.address, gateway
     finally:
         process.stop()
 
 
+@pytest.fixture(scope="module")
+def gateway(
+    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    with module_gateway(anvil, deployments_file, accounts[3], tmp_path_factory) as url:
+        yield url
+
+
 @pytest.fixture
 def overrunner(
-    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], tmp_path: Path
+    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], gateway: str, tmp_path: Path
 ) -> Iterator[tuple[str, str]]:
     """(address, gateway URL) of a provider that bills past the end of its completions."""
-    with provider_and_gateway(anvil, deployments_file, accounts[2], accounts[3], tmp_path / "net", "overrun") as net:
+    with audited_provider(anvil, deployments_file, accounts[2], gateway, tmp_path / "net", "overrun") as net:
         yield net
 
 
 @pytest.fixture
 def honest_provider(
-    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], tmp_path: Path
+    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], gateway: str, tmp_path: Path
 ) -> Iterator[tuple[str, str]]:
     """(address, gateway URL) of an honest provider: audits of it pass, whatever other cases do."""
-    with provider_and_gateway(anvil, deployments_file, accounts[5], accounts[3], tmp_path / "net", None) as net:
+    with audited_provider(anvil, deployments_file, accounts[5], gateway, tmp_path / "net", None) as net:
         yield net
 
 
 @pytest.fixture
 def second_overrunner(
-    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], tmp_path: Path
+    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], gateway: str, tmp_path: Path
 ) -> Iterator[tuple[str, str]]:
-    """Another provider that bills past the end, with a gateway of its own: its test pauses it."""
-    with provider_and_gateway(anvil, deployments_file, accounts[4], accounts[6], tmp_path / "net", "overrun") as net:
+    """Another provider that bills past the end: its test pauses it."""
+    with audited_provider(anvil, deployments_file, accounts[4], gateway, tmp_path / "net", "overrun") as net:
         yield net
 
 
