@@ -137,7 +137,8 @@ class Agent:
 
             staged = StagedModels.load(stage_models, self.contracts, self.directory, self.payments, self.http)
             self.service.staged = staged
-        self.app = served_first(create_app(self.service, GatewayLimits(rate_limit=0)))
+        # no rate limit (its own requests) and no shape counts (it publishes them to no one)
+        self.app = served_first(create_app(self.service, GatewayLimits(rate_limit=0, count_shapes=False)))
         self.budget = Budget(policy or SpendingPolicy(), self._spent_since)
         self._refreshed = time.monotonic()
         self._refresh_lock = threading.Lock()

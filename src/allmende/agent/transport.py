@@ -181,6 +181,8 @@ class SyncBridge(httpx.BaseTransport):
         request.read()  # the body whole: the loop's side reads it again without blocking
         response, body = self.run(self._fetch(request))
         if body is not None:
+            if isinstance(response.stream, httpx.SyncByteStream):  # made from its bytes: readable here too
+                return response
             return httpx.Response(response.status_code, headers=response.headers, content=body, request=request)
         stream = response.stream
         assert isinstance(stream, httpx.AsyncByteStream)

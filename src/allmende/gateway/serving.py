@@ -72,6 +72,9 @@ class GatewayLimits:
     rate_burst: float = 100.0
     # requests without an API key pay for themselves with x402 (gateway/x402_payments.py); None = off
     x402: X402Policy | None = None
+    # count the shapes of the requests served (GET /v1/shapes, for validators' audits): a public
+    # gateway does; an agent's in-process gateway (allmende.agent) publishes them to no one
+    count_shapes: bool = True
 
 
 class Admission:
@@ -250,8 +253,8 @@ class Serving(ABC):
             if call is not None:
                 admission.budgets.release(call.reservation)
             return self._failed(exc)
-        if not call.evidence:  # users' shapes, as the provider gets them; audits ask for evidence
-            admission.shapes.count(self.kind, call.body, self.endpoint)
+        if admission.limits.count_shapes and not call.evidence:  # users' shapes, as the provider gets
+            admission.shapes.count(self.kind, call.body, self.endpoint)  # them; audits ask for evidence
         if self.streams(call.request):
             return StreamingResponse(self._stream(call), media_type="text/event-stream", headers=call.headers)
         return await self._once(call)
