@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from allmende.core.stages import StageLayout
-from allmende.engine import Engine, SamplingParams, collect
+from allmende.engine import Engine, SamplingParams
 from allmende.engine.base import ChatPrompt, EngineError
 from allmende.engine.sampling import sample_token
 from allmende.engine.stages import StageEngine, StageSessionLost, verify_stage
 from allmende.payer.stages import StageOffer, StageRouter, StageSession
 from allmende.provider.stage_app import create_stage_app
+from tests.stages.conftest import whole_tokens as cached_whole_tokens
 
 TOKENS = 12
 GREEDY = SamplingParams(max_tokens=TOKENS, temperature=0.0)
@@ -34,7 +35,7 @@ def prompts(whole: Engine) -> list[list[int]]:
 
 def whole_tokens(whole: Engine, prompt: list[int]) -> list[int]:
     params = SamplingParams(max_tokens=TOKENS, temperature=0.0, ignore_eos=True)
-    return asyncio.run(collect(whole.generate(prompt, params), len(prompt))).token_ids
+    return cached_whole_tokens(whole, prompt, params)
 
 
 def run_together(stages: list[StageEngine], prompts: list[list[int]], joins: list[int]) -> list[dict[str, object]]:

@@ -4,17 +4,17 @@ and cheating stages fail that check."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 
 import pytest
 import torch
 
 from allmende.core.stages import InvalidStage, StageLayout, StageSpec
-from allmende.engine import Engine, ResolvedModel, SamplingParams, collect
+from allmende.engine import Engine, ResolvedModel, SamplingParams
 from allmende.engine.base import EngineError
 from allmende.engine.sampling import sample_token
 from allmende.engine.stages import StageEngine, StageSessionLost, read_slice, stage_layout, verify_stage
+from tests.stages.conftest import whole_tokens
 
 MAX_TOKENS = 24
 _sessions = itertools.count()
@@ -45,10 +45,6 @@ def through(stages: list[StageEngine], prompt: list[int], params: SamplingParams
     for stage in stages:
         stage.close(session)
     return {"tokens": tokens, "inputs": [torch.cat(i) for i in inputs], "proofs": proofs}
-
-
-def whole_tokens(whole: Engine, prompt: list[int], params: SamplingParams) -> list[int]:
-    return asyncio.run(collect(whole.generate(prompt, params), len(prompt))).token_ids
 
 
 PARAMS = [
@@ -167,11 +163,16 @@ def cheat_perturb(resolved: ResolvedModel, spec: StageSpec, scale: float) -> Sta
     return cheat
 
 
+@pytest.fixture(scope="module")
+def honest_run(stages3: list[StageEngine], chat_ids: list[list[int]]) -> dict[str, object]:
+    """One run of the honest chain (40 greedy tokens of the second prompt), whose every stage is
+    audited below: the same run for each, so it is generated once."""
+    return through(stages3, chat_ids[1], SamplingParams(max_tokens=40, temperature=0.0), set())
+
+
 @pytest.mark.parametrize("index", [0, 1, 2], ids=["first", "middle", "last"])
-def test_honest_stages_pass_their_audit(
-    whole: Engine, stages3: list[StageEngine], chat_ids: list[list[int]], index: int
-) -> None:
-    run = through(stages3, chat_ids[1], SamplingParams(max_tokens=40, temperature=0.0), set())
+def test_honest_stages_pass_their_audit(stages3: list[StageEngine], honest_run: dict[str, object], index: int) -> None:
+    run = honest_run
 
     result = verify_stage(stages3[index], run["inputs"][index], run["proofs"][index])  # type: ignore[index]
 

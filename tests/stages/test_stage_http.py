@@ -21,11 +21,12 @@ import pytest
 
 from allmende.api.stages import FORWARD_PATH, MEDIA_TYPE, Draw, ForwardReply, ForwardRequest
 from allmende.core.stages import StageLayout, StagePrice, parse_descriptor
-from allmende.engine import Engine, SamplingParams, collect
+from allmende.engine import Engine, SamplingParams
 from allmende.engine.stages import StageEngine
 from allmende.payer.stages import NoStageProvider, StageOffer, StageRouter, StageSession
 from allmende.provider.stage_app import create_stage_app
 from tests.conftest import wait_for
+from tests.stages.conftest import whole_tokens
 
 MAX_TOKENS = 24
 
@@ -33,10 +34,6 @@ MAX_TOKENS = 24
 def asgi_client(stages: list[StageEngine]) -> httpx.AsyncClient:
     mounts = {f"http://stage{i}": httpx.ASGITransport(create_stage_app(s)) for i, s in enumerate(stages)}
     return httpx.AsyncClient(mounts=mounts)  # type: ignore[arg-type]
-
-
-def whole_tokens(whole: Engine, prompt: list[int], params: SamplingParams) -> list[int]:
-    return asyncio.run(collect(whole.generate(prompt, params), len(prompt))).token_ids
 
 
 async def generate(session: StageSession, prompt: list[int], eos: set[int], **draw: float) -> list[int]:

@@ -13,10 +13,11 @@ from eth_account import Account
 
 from allmende.core.eip712 import Domain
 from allmende.core.stages import StageLayout, StagePrice
-from allmende.engine import Engine, SamplingParams, collect
+from allmende.engine import Engine, SamplingParams
 from allmende.engine.stages import StageEngine
 from allmende.payer.stages import StageOffer, StageRouter, StageSession
 from allmende.provider.stage_app import StageSigner, create_stage_app
+from tests.stages.conftest import whole_tokens as cached_whole_tokens
 
 DOMAIN = Domain(31337, "0x" + os.urandom(20).hex())
 MAX_TOKENS = 8
@@ -51,7 +52,7 @@ async def run_chain(
 
 def whole_tokens(whole: Engine, prompt: list[int]) -> list[int]:
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
-    return asyncio.run(collect(whole.generate(prompt, params), len(prompt))).token_ids
+    return cached_whole_tokens(whole, prompt, params)
 
 
 def test_every_stage_is_owed_what_its_receipts_say(
