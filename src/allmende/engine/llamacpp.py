@@ -70,6 +70,7 @@ import torch
 from allmende.engine.base import EngineError
 from allmende.engine.batching import StepScheduler
 from allmende.engine.generative import GenerativeEngine
+from allmende.engine.gguf_header import read_header
 from allmende.engine.llamacpp_rpc import RpcDevices, RpcServerLost, bound_silence, configured_endpoints
 from allmende.engine.sequence import Sequence
 
@@ -146,24 +147,17 @@ def lone_threads(threads: int) -> int:
 
 def gguf_shape(gguf: Path) -> tuple[int, int]:
     """(general.file_type, number of weights) of a GGUF file, read from its header."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(gguf))
-    field = reader.fields.get("general.file_type")
-    file_type = int(field.parts[field.data[0]][0]) if field is not None else 0
-    return file_type, sum(int(t.n_elements) for t in reader.tensors)
+    header = read_header(gguf)
+    return int(header.fields.get("general.file_type") or 0), header.weights
 
 
 def gguf_layers(gguf: Path) -> int:
     """The number of repeating layers (transformer blocks) of a GGUF model, from its header."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(gguf))
-    arch = reader.fields.get("general.architecture")
-    blocks = reader.fields.get(f"{bytes(arch.parts[arch.data[0]]).decode()}.block_count") if arch else None
-    if blocks is None:
+    fields = read_header(gguf).fields
+    blocks = fields.get(f"{fields.get('general.architecture')}.block_count")
+    if not isinstance(blocks, int) or isinstance(blocks, bool):
         raise EngineError(f"{gguf} names no block count: its layers cannot be split across RPC servers")
-    return int(blocks.parts[blocks.data[0]][0])
+    return blocks
 
 
 def chosen_weights(gguf: Path, asked: str | None = None) -> str:
