@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future
@@ -25,6 +26,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from allmende.api.hot_routes import Endpoint, hot_routes_of
+
+log = logging.getLogger("allmende.agent")
+
+CLOSE_WAIT = 5.0  # seconds `SyncBridge.close` waits for the transport to close on its loop
 
 T = TypeVar("T")
 ASGIApp = Callable[..., Awaitable[None]]
@@ -207,7 +212,14 @@ class SyncBridge(httpx.BaseTransport):
             await response.aclose()
 
     def close(self) -> None:
-        self.run(self.transport.aclose())
+        """Close the transport on its loop (at most CLOSE_WAIT seconds: a close must not hang
+        its caller, whatever the loop is still doing), then stop the loop."""
+        future = asyncio.run_coroutine_threadsafe(self.transport.aclose(), self.loop)
+        try:
+            future.result(timeout=CLOSE_WAIT)
+        except TimeoutError:
+            log.warning("the agent transport did not close within %g s; stopping its loop", CLOSE_WAIT)
+            future.cancel()
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
