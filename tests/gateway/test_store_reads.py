@@ -46,3 +46,18 @@ def test_one_statement_reads_agree_with_the_separate_ones(tmp_path: Path) -> Non
     store.drop_channel("0xbbbb")  # closed: no deposit to spend, what is owed still counted
     assert store.channel_owed("0xbbbb") is None
     assert store.exposure(b) == separate_exposure(store, b) == (0, 1_000, 0)
+
+
+def test_the_receipts_since_a_time_are_read_by_index_not_by_scanning_every_receipt(tmp_path: Path) -> None:
+    """An agent with a daily cap reads what it paid in the last day before every request: on
+    an index of the receipts' times, not a scan of its whole history (it grows without end)."""
+    store = GatewayStore(tmp_path / "gateway.db")
+    channel, model = os.urandom(32), os.urandom(32)
+    store.put_channel("0xaaaa", channel, 10**9)
+    store.record_receipt(os.urandom(32), "0xaaaa", channel, model, 70, "{}", None)
+
+    plan = store._db.execute("EXPLAIN QUERY PLAN SELECT model_id, amount FROM receipts WHERE at >= ?", (0.0,))
+
+    assert any("USING INDEX receipts_at" in row[3] for row in plan.fetchall())
+    assert store.paid_since(0.0) == [(model, 70)]
+    assert store.paid_since(2.0**40) == []

@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS receipts (
     receipt     TEXT NOT NULL,
     at          REAL NOT NULL
 );
+-- an agent's per-day and per-model caps read the receipts since a time before each request
+CREATE INDEX IF NOT EXISTS receipts_at ON receipts (at);
 CREATE TABLE IF NOT EXISTS spend (
     api_key     TEXT PRIMARY KEY,
     spent       TEXT NOT NULL DEFAULT '0'
