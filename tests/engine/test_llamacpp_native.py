@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ import torch
 from allmende.api.canonical import prompt_of
 from allmende.api.protocol import sampling_params
 from allmende.engine import DEFAULT_CHAT_MODEL, SamplingParams, collect, load_engine, resolve_model
+from allmende.engine.base import EngineError
 from allmende.engine.llamacpp import LlamaContext, LlamaCppEngine
+from allmende.engine.sequence import Sequence
 from allmende.testing.harness import QUESTIONS
 from allmende.validator.checker import judge, token_check
 from tests.engine.test_grammar import SCHEMA
@@ -270,6 +273,66 @@ def test_requests_arriving_together_prefill_their_common_prefix_once_and_pass_th
     for i, done in enumerate(answers):
         verdict = judge(reference, prompts[i], done.token_ids, done.proof, params[i % 2])
         assert verdict.ok, (i, verdict.reason)
+
+
+def test_a_prompt_that_extends_another_joining_in_the_same_step_takes_its_cells_and_both_pass_the_check(
+    llama: LlamaCppEngine,
+) -> None:
+    """Two prompts join in one step, the second the whole first and more (a conversation and
+    its next turn): the first prefills all of its prompt but the last token in the step's first
+    pass (no outputs), the second copies those cells and prefills only its rest, and the first's
+    last token gives its first draw in the step's pass. Both answers pass the reference check."""
+    first = chat(llama, 0)
+    second = first + llama.encode_text("Sure. And one more thing: keep it short.")
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    events: dict[int, list[Any]] = {0: [], 1: []}
+    finished = threading.Semaphore(0)
+
+    def emitter(i: int) -> Any:
+        def emit(item: Any) -> None:
+            events[i].append(item)
+            if item is None or isinstance(item, BaseException):
+                finished.release()
+
+        return emit
+
+    sequences = [
+        Sequence(list(p), params, emitter(i), llama.decode, llama.eos_ids, llama.device)
+        for i, p in enumerate((first, second))
+    ]
+    shared = llama.scheduler.shared_prefix_tokens
+    llama.scheduler.drop_parked()
+    llama.scheduler.submit(sequences)  # one call: both are waiting at the same step boundary
+    for _ in sequences:
+        assert finished.acquire(timeout=300)
+    for i in events:
+        assert not any(isinstance(e, BaseException) for e in events[i]), events[i]
+    assert llama.scheduler.shared_prefix_tokens - shared == len(first) - 1
+    reference = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1)
+    for i, prompt in enumerate((first, second)):
+        tokens = [e.token_id for e in events[i] if e is not None and e.token_id is not None]
+        proof = events[i][-2].proof
+        assert len(tokens) == params.max_tokens
+        verdict = judge(reference, prompt, tokens, proof, params)
+        assert verdict.ok, (i, verdict.reason)
+
+
+def test_the_first_pass_computes_no_outputs_and_leaves_the_cells_a_single_pass_makes(llama: LlamaCppEngine) -> None:
+    """`fill` runs a prompt's body with embeddings off (llama.cpp computes no head for it) and
+    turns them back on: the last token's row after it is the row of one pass over the prompt,
+    up to the rounding of another batch shape, and the same greedy token."""
+    context = LlamaContext(llama.lib, llama.models["f16"], 512, 2, 1)
+    try:
+        prompt = chat(llama, 1)
+        whole_logits, whole_hidden = context.decode([(t, 0, p, p == len(prompt) - 1) for p, t in enumerate(prompt)])
+        context.fill([(t, 1, p, False) for p, t in enumerate(prompt[:-1])])
+        logits, hidden = context.decode([(prompt[-1], 1, len(prompt) - 1, True)])
+        assert int(logits[0].argmax()) == int(whole_logits[0].argmax())
+        assert torch.allclose(torch.from_numpy(hidden), torch.from_numpy(whole_hidden), rtol=1e-2, atol=1e-2)
+        with pytest.raises(EngineError):
+            context.fill([(prompt[0], 1, 0, True)])
+    finally:
+        context.close()
 
 
 def test_a_gguf_without_one_block_served_under_the_models_id_fails_the_reference_check(tmp_path: Path) -> None:

@@ -260,6 +260,21 @@ class LlamaContext:
                 row += 1
         return logits, hidden
 
+    def fill(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        """Run tokens whose outputs nobody reads (prompt bodies) into the cache, with embeddings
+        off for the pass: with them on, llama.cpp makes every token of a batch an output, so it
+        computed the head's logits (49,152 per token for SmolLM2) and the last layer for every
+        prompt token. The cells are the same keys and values. Measured on the Q4_1 file, 2
+        threads, load ~7, CPU median of 6 interleaved: one 37-token prompt 235.1 -> 216.9 ms,
+        16 prompts at once 3,300 -> 2,917 ms."""
+        if any(out for *_, out in entries):
+            raise EngineError("fill takes tokens without outputs")
+        self.lib.llama_set_embeddings(self.ctx, False)
+        try:
+            self.decode(entries)
+        finally:
+            self.lib.llama_set_embeddings(self.ctx, True)
+
     def drop(self, seq: int) -> None:
         self.lib.llama_memory_seq_rm(self.memory, seq, -1, -1)
 
@@ -446,20 +461,22 @@ class LlamaScheduler(StepScheduler):
                 self.contexts[target].copy(self._slots[running].seq_id, slot.seq_id, taken)
                 skips[sequence] = sequence.cached_tokens = taken
             elif earlier is not None and shared >= SHARED_PREFIX_MIN:
-                follows[sequence] = (earlier, shared)  # (its own cells arrive after the first pass)
+                # its cells arrive after the first pass, which holds all of the earlier prompt but
+                # its last token (that one's row is drawn from in the step's pass)
+                follows[sequence] = (earlier, min(shared, len(earlier.prompt_ids) - 1))
             prefilling.append(sequence)
             if sequence not in follows:
                 sources.append(sequence)
-        # a joiner others share a prefix with prefills that prefix in a first pass, so that
-        # its cells exist to be copied before the step's pass prefills everyone's rest
-        ahead: dict[Sequence, int] = {}  # leader -> prefix tokens it prefills in the first pass
-        for leader, shared in follows.values():
-            ahead[leader] = max(ahead.get(leader, 0), shared)
+        # joiners prefill their prompts but the last token in a first pass, so that a follower
+        # can copy its leader's cells before the step's pass prefills its rest
         before: dict[str, list[tuple[int, int, int, bool]]] = {k: [] for k in self.contexts}
         for sequence in prefilling:
             slot, prompt = self._slots[sequence], sequence.prompt_ids
             start = skips.get(sequence, 0) or (follows[sequence][1] if sequence in follows else 0)
-            split = max(start, ahead.get(sequence, 0))
+            # the prompt's body goes in the first pass, which computes no outputs (`fill`); only its
+            # last token, whose row gives the first draw, in the step's pass. A follower's body stays
+            # in the step's pass: it attends to the cells its leader's first pass makes.
+            split = start if sequence in follows else len(prompt) - 1
             before[slot.context].extend((prompt[p], slot.seq_id, p, False) for p in range(start, split))
             entries[slot.context].extend(
                 (prompt[p], slot.seq_id, p, p == len(prompt) - 1) for p in range(split, len(prompt))
@@ -471,7 +488,7 @@ class LlamaScheduler(StepScheduler):
         done: list[Sequence] = []
         for name, context in self.contexts.items():
             if before[name]:
-                context.decode(before[name])
+                context.fill(before[name])
             for sequence, (leader, shared) in follows.items():
                 if self._slots[sequence].context == name:
                     context.copy(self._slots[leader].seq_id, self._slots[sequence].seq_id, shared)
