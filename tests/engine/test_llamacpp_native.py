@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -331,6 +332,28 @@ def test_the_first_pass_computes_no_outputs_and_leaves_the_cells_a_single_pass_m
         assert torch.allclose(torch.from_numpy(hidden), torch.from_numpy(whole_hidden), rtol=1e-2, atol=1e-2)
         with pytest.raises(EngineError):
             context.fill([(prompt[0], 1, 0, True)])
+    finally:
+        context.close()
+
+
+def test_a_steps_borrowed_rows_are_each_sequences_own_row(llama: LlamaCppEngine) -> None:
+    """A step of several sequences reads its rows as views of llama.cpp's output buffers
+    (`borrow`): row i is the row llama.cpp maps to batch entry i (`llama_get_logits_ith`)."""
+    lib = llama.lib
+    context = LlamaContext(lib, llama.models["f16"], 1024, 3, 2)
+    try:
+        prompts = [chat(llama, i) for i in range(3)]
+        for seq, prompt in enumerate(prompts):
+            context.fill([(t, seq, p, False) for p, t in enumerate(prompt[:-1])])
+        step = [(prompt[-1], seq, len(prompt) - 1, True) for seq, prompt in enumerate(prompts)]
+        logits, hidden = context.decode(step, borrow=True)
+        assert logits.shape == (3, context.n_vocab) and hidden.shape == (3, context.n_embd)
+        for i in range(3):
+            own = np.ctypeslib.as_array(lib.llama_get_logits_ith(context.ctx, i), shape=(context.n_vocab,))
+            assert np.array_equal(logits[i], own)
+            own = np.ctypeslib.as_array(lib.llama_get_embeddings_ith(context.ctx, i), shape=(context.n_embd,))
+            assert np.array_equal(hidden[i], own)
+        assert len({int(row.argmax()) for row in logits}) > 1 or not np.array_equal(logits[0], logits[1])
     finally:
         context.close()
 

@@ -225,28 +225,35 @@ class LlamaContext:
     def set_threads(self, threads: int) -> None:
         self.lib.llama_set_n_threads(self.ctx, lone_threads(threads), threads)
 
-    def decode(self, entries: list[tuple[int, int, int, bool]]) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, entries: list[tuple[int, int, int, bool]], borrow: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Run (token, sequence id, position, wants output) entries through the model,
         `BATCH_TOKENS` at a time; return the logits and final hidden states of the wanted
-        outputs, one row each, in order (two arrays)."""
+        outputs, one row each, in order (two arrays).
+
+        `borrow`: where one llama_decode takes every entry and each wants its output (a step of
+        running sequences), the arrays are views of llama.cpp's own output buffers, valid only
+        until this context's next decode, instead of copies: a step then copies no row of
+        49,152 logits (196 KB per sequence) that it reads once."""
         wanted = sum(out for *_, out in entries)
+        if borrow and wanted == len(entries) <= BATCH_TOKENS:
+            self._run(entries)
+            # llama.cpp's buffers hold every output in the batch's order once read through
+            # these getters (they put back the rows it computed in another order)
+            all_logits, all_hidden = self.lib.llama_get_logits(self.ctx), self.lib.llama_get_embeddings(self.ctx)
+            if not all_logits or not all_hidden:
+                raise EngineError("llama.cpp returned no output rows")
+            return (
+                np.ctypeslib.as_array(all_logits, shape=(wanted, self.n_vocab)),
+                np.ctypeslib.as_array(all_hidden, shape=(wanted, self.n_embd)),
+            )
         logits = np.empty((wanted, self.n_vocab), np.float32)
         hidden = np.empty((wanted, self.n_embd), np.float32)
-        lib, batch, row = self.lib, self.batch, 0
+        lib, row = self.lib, 0
         move, logits_at, hidden_at = ctypes.memmove, logits.ctypes.data, hidden.ctypes.data
         logits_row, hidden_row = logits.strides[0], hidden.strides[0]
         for start in range(0, len(entries), BATCH_TOKENS):
             chunk = entries[start : start + BATCH_TOKENS]
-            batch.n_tokens = len(chunk)
-            for i, (token, seq, pos, out) in enumerate(chunk):
-                batch.token[i] = token
-                batch.pos[i] = pos
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = seq
-                batch.logits[i] = int(out)
-            code = lib.llama_decode(self.ctx, batch)
-            if code != 0:
-                raise EngineError(f"llama_decode failed with code {code}")
+            self._run(chunk)
             # row by row through the `_ith` getters: llama.cpp may compute a batch's outputs in
             # another order than the batch's (it splits batches by sequence), and these map back;
             # one memmove each (a numpy view of the C row would build a ctypes array type per row)
@@ -259,6 +266,20 @@ class LlamaContext:
                 move(hidden_at + row * hidden_row, row_hidden, hidden_row)
                 row += 1
         return logits, hidden
+
+    def _run(self, chunk: list[tuple[int, int, int, bool]]) -> None:
+        """One llama_decode of at most `BATCH_TOKENS` entries."""
+        batch = self.batch
+        batch.n_tokens = len(chunk)
+        for i, (token, seq, pos, out) in enumerate(chunk):
+            batch.token[i] = token
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = int(out)
+        code = self.lib.llama_decode(self.ctx, batch)
+        if code != 0:
+            raise EngineError(f"llama_decode failed with code {code}")
 
     def fill(self, entries: list[tuple[int, int, int, bool]]) -> None:
         """Run tokens whose outputs nobody reads (prompt bodies) into the cache, with embeddings
@@ -494,7 +515,9 @@ class LlamaScheduler(StepScheduler):
                     context.copy(self._slots[leader].seq_id, self._slots[sequence].seq_id, shared)
             if not entries[name]:
                 continue
-            logits, hidden = context.decode(entries[name])
+            # views of llama.cpp's rows where it can (each sequence reads its row before the
+            # context's next decode, and keeps its own copy of the hidden row for the proof)
+            logits, hidden = context.decode(entries[name], borrow=True)
             for where, source, target_id in copies:
                 if where == name:
                     context.copy(source, target_id)
