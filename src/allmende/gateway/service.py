@@ -212,13 +212,15 @@ class GatewayService:
             cost = max_request_cost(kind, body, own.context_length, own.price_in, own.price_out)
         except InvalidInput as exc:
             raise InvalidRequest(str(exc)) from None
-        channel_id = self.payments.ready_channel(entry.address, cost)
+        # the usual case: the channel is ready and the cost reserved on it, on one read of the store
+        channel_id, reserved = self.payments.reserve_ready(entry.address, cost, credit_limit_of(entry))
         if channel_id is None:
             if self.payments.room_after_settling(entry.address, cost):
                 return None  # only requests in flight stand in the way: wait for their receipts
             # open or top up: chain transactions, off the event loop
             channel_id = await asyncio.to_thread(self.payments.channel_for, entry.address, cost)
-        if not self.payments.reserve(channel_id, cost, credit_limit_of(entry)):
+            reserved = self.payments.reserve(channel_id, cost, credit_limit_of(entry))
+        if not reserved:
             return None
         voucher = self.payments.voucher(channel_id, offer.model_id)
         body_hash = input_hash(kind, body)

@@ -89,6 +89,32 @@ class Payments:
             self._top_up_in_background(provider)
         return channel_id
 
+    def reserve_ready(self, provider: str, cost: int, credit_limit: int) -> tuple[bytes | None, bool]:
+        """`ready_channel(provider, cost)` and, if it gives a channel, `reserve(channel, cost,
+        credit_limit)`, on one read of the store (every request does both, in this order).
+        (None, False): no channel ready, as `ready_channel`'s None; (channel, False): ready,
+        but the credit limit or the deposit cannot take `cost` now; (channel, True): `cost`
+        is counted as in flight on it."""
+        known = self.store.channel_exposure(provider)
+        if known is None:
+            return None, False
+        channel_id, deposit, owed, unacked = known
+        with self._exposure_lock:
+            flying = self._in_flight.get(channel_id, 0)
+            left = deposit - owed - flying
+            if left < cost:
+                ready = reserved = False
+            else:
+                ready = True
+                reserved = unacked + flying + cost <= credit_limit
+                if reserved:
+                    self._in_flight[channel_id] = flying + cost
+        if not ready:
+            return None, False
+        if left < deposit * self.policy.low_water:
+            self._top_up_in_background(provider)
+        return channel_id, reserved
+
     def room_after_settling(self, provider: str, need: int) -> bool:
         """True if only requests in flight on the channel to `provider` keep `need` units from
         being available (the deposit minus what is owed covers it), so waiting for their

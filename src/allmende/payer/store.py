@@ -94,6 +94,27 @@ class GatewayStore:
             sum(max(0, o - acked) for o, acked in owed),
         )
 
+    def channel_exposure(self, provider: str) -> tuple[bytes, int, int, int] | None:
+        """(channel id, deposit, total owed, unacked) of the channel to `provider`, read in one
+        statement: what `channel_owed` and then `exposure` of its channel read in two, for a
+        request that finds its channel ready and reserves its cost on it at once."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT channel_id, deposit, NULL, NULL FROM channels WHERE provider=:p UNION ALL "
+                "SELECT NULL, NULL, owed, acked FROM owed "
+                "WHERE channel_id=(SELECT channel_id FROM channels WHERE provider=:p)",
+                {"p": provider.lower()},
+            ).fetchall()
+        if not rows or rows[0][0] is None:
+            return None
+        owed = [(int(r[2]), int(r[3])) for r in rows[1:]]
+        return (
+            bytes(rows[0][0]),
+            int(rows[0][1]),
+            sum(o for o, _ in owed),
+            sum(max(0, o - acked) for o, acked in owed),
+        )
+
     def put_channel(self, provider: str, channel_id: bytes, deposit: int) -> None:
         with self._lock:
             self._db.execute(
