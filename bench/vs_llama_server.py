@@ -47,7 +47,6 @@ from openai import AsyncOpenAI
 from rich.console import Console
 from rich.table import Table
 
-import allmende
 from allmende.chain.anvil import free_port
 from allmende.engine.llamacpp_build import build_target
 from allmende.testing.network import start_network, stop_network
@@ -100,20 +99,12 @@ def find_llama_server(given: str | None) -> tuple[Path, str]:
     return build_llama_server(version), f"llama-cpp-python {version}'s llama.cpp, built now"
 
 
-def omp_wait_policy() -> dict[str, str]:
-    """How ggml's OpenMP threads wait at barriers in each server: what the caller's environment
-    sets ($OMP_WAIT_POLICY, $GOMP_SPINCOUNT), else libgomp's default (300,000 turns of spin,
-    then sleep) for llama-server and allmende's short spin (`allmende.GOMP_SPINS`) for the nodes."""
-    caller = [
-        f"{k}={os.environ[k]}"
-        for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-        if k not in allmende.OPENMP_DEFAULTS and k in os.environ
-    ]
-    ours = [f"{k}={v}" for k, v in allmende.OPENMP_DEFAULTS.items()]
-    return {
-        "llama-server": " ".join(caller) or "libgomp default",
-        "allmende": " ".join(caller + ours) or "libgomp default",
-    }
+def omp_wait_policy() -> str:
+    """How ggml's OpenMP threads wait at barriers in both servers: what the caller's environment
+    sets ($OMP_WAIT_POLICY, $GOMP_SPINCOUNT), else libgomp's default (300,000 turns of spin, then
+    sleep)."""
+    set_here = [f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ]
+    return " ".join(set_here) or "libgomp default"
 
 
 class LlamaServer:
@@ -127,10 +118,8 @@ class LlamaServer:
             "--cont-batching", "--no-webui",
         ]  # fmt: skip
         self.log = log
-        # llama-server as its users run it: under the caller's environment, without the short
-        # OpenMP spin that importing allmende sets for its own nodes (allmende.OPENMP_DEFAULTS)
-        env = {k: v for k, v in os.environ.items() if k not in allmende.OPENMP_DEFAULTS}
-        self.process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+        # llama-server as its users run it, under the caller's environment (as the nodes are)
+        self.process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while True:
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -352,8 +341,7 @@ def print_table(result: dict[str, Any]) -> None:
         )
     Console().print(table)
     print(f"load average at the start {result['load_average_start']}, at the end {result['load_average_end']}")
-    policy = result["omp_wait_policy"]
-    print(f"OpenMP waits of llama.cpp's threads: llama-server {policy['llama-server']}, allmende {policy['allmende']}")
+    print(f"OpenMP waits of both servers' llama.cpp threads: {result['omp_wait_policy']}")
 
 
 def main() -> None:

@@ -97,9 +97,9 @@ UNQUANTIZED_FILE_TYPES = {0, 1, 32}
 
 def load_binding() -> Any:
     """The `llama_cpp` module, or a clear error saying how to install it. (Its ggml threads wait
-    at barriers as the OpenMP runtime torch loads does: 1,000 turns of spin, then sleep, as the
-    allmende package sets it (`allmende.GOMP_SPINS`), unless the node's environment sets
-    OMP_WAIT_POLICY or GOMP_SPINCOUNT.)"""
+    at barriers as the OpenMP runtime torch loads does: libgomp's spin, unless the node's
+    environment sets OMP_WAIT_POLICY or GOMP_SPINCOUNT; GOMP_SPINCOUNT=1000 helps on cores
+    that other work keeps busy, and costs latency on idle ones.)"""
     try:
         import llama_cpp
     except ImportError as exc:
