@@ -65,16 +65,9 @@ class GatewayStore:
 
     def channel_owed(self, provider: str) -> tuple[bytes, int, int] | None:
         """`channel(provider)` and the `total_owed` of that channel, read in one statement
-        (every request asks for both: one statement instead of two)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT channel_id, deposit, NULL FROM channels WHERE provider=:p UNION ALL SELECT NULL, NULL, owed "
-                "FROM owed WHERE channel_id=(SELECT channel_id FROM channels WHERE provider=:p)",
-                {"p": provider.lower()},
-            ).fetchall()
-        if not rows or rows[0][0] is None:
-            return None
-        return bytes(rows[0][0]), int(rows[0][1]), sum(int(r[2]) for r in rows[1:])
+        (`channel_exposure` without the unacked part)."""
+        known = self.channel_exposure(provider)
+        return None if known is None else known[:3]
 
     def exposure(self, channel_id: bytes) -> tuple[int, int, int]:
         """(deposit, total owed, unacked) of a channel, read in one statement: the deposit of
