@@ -14,6 +14,7 @@ import httpx
 import pytest
 import typer
 
+from allmende.api.canonical import checked
 from allmende.cli.gateway import budgets_of
 from allmende.gateway.app import GatewayLimits, create_app
 from tests.gateway.fakes import FakeProvider, Network, network
@@ -37,7 +38,7 @@ def gateway(tmp: Path, **limits: Any) -> tuple[Any, Network]:
 def most_cost(net: Network) -> int:
     """The most BODY can cost (what admission reserves for it)."""
 
-    return net.service.most_cost("chat", dict(BODY))[1]
+    return net.service.most_cost(checked("chat", dict(BODY)))[1]
 
 
 def test_32_concurrent_clients_never_spend_more_than_the_keys_budget(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from fastapi.testclient import TestClient
 
+from allmende.api.canonical import checked
 from allmende.api.directory import Directory
 from allmende.core.envelope import public_key_bytes
 from allmende.gateway.app import create_app
@@ -97,9 +98,10 @@ def test_a_provider_announcing_someone_elses_name_is_not_listed_or_resolved_unde
 
     listed = {m["id"]: m["allmende"]["model_id"] for m in gateway.get("/v1/models").json()["data"]}
     results = [
-        asyncio.run(net.service.complete("chat", chat(name), None)) for name in ("allmende:tiny", "Allmende:Tiny")
+        asyncio.run(net.service.complete(checked("chat", chat(name)), None))
+        for name in ("allmende:tiny", "Allmende:Tiny")
     ]
-    by_id = asyncio.run(net.service.complete("chat", chat("0x" + SQUAT_ID.hex()), None))
+    by_id = asyncio.run(net.service.complete(checked("chat", chat("0x" + SQUAT_ID.hex())), None))
 
     assert listed == {
         TINY: "0x" + MODEL_ID.hex(),
@@ -139,7 +141,7 @@ def test_a_name_two_model_ids_claim_is_neither_listed_nor_resolved(tmp_path: Pat
 
     listed = [m["id"] for m in gateway.get("/v1/models").json()["data"]]
     refusals = [gateway.post("/v1/chat/completions", json=chat(name)) for name in (TINY, "allmende-t1ny")]
-    by_id = asyncio.run(net.service.complete("chat", chat("0x" + TWIN_ID.hex()), None))
+    by_id = asyncio.run(net.service.complete(checked("chat", chat("0x" + TWIN_ID.hex())), None))
 
     assert sorted(listed) == sorted(["0x" + MODEL_ID.hex(), "0x" + TWIN_ID.hex()])
     for reply in refusals:

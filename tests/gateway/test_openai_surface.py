@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from allmende.api.canonical import checked
 from allmende.api.protocol import ChatRequest
 from allmende.core.errors import UpstreamError
 from allmende.engine.base import SamplingParams, TokenEvent
@@ -270,7 +271,7 @@ def test_n_choices_come_back_indexed_and_are_all_paid_for(tmp_path: Path) -> Non
 def test_a_provider_that_answers_fewer_choices_than_asked_is_not_passed_on(tmp_path: Path) -> None:
     net = network(tmp_path, [FakeProvider(tmp_path)])
     body = {"model": "fake", "messages": CHAT, "max_tokens": 2, "n": 2}
-    result = asyncio.run(net.service.complete("chat", dict(body), None))
+    result = asyncio.run(net.service.complete(checked("chat", dict(body)), None))
     del result.answer.output["choices"][1]  # what a provider that skipped a choice would send
 
     with pytest.raises(UpstreamError, match="number of choices"):

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from allmende.api.canonical import checked
 from allmende.api.client import PayerKey, ProviderReplyError, ainfer, ainfer_stream, build_envelope
-from allmende.core.credit import max_request_cost
 from allmende.engine.base import Prompt
 from allmende.provider.errors import PayerNotAuthenticated, PaymentRequired
 from allmende.provider.service import INLINE_REQUEST_BYTES
@@ -57,7 +57,7 @@ def test_a_stranger_who_knows_the_channel_id_gets_401_and_is_not_served(tmp_path
 
 def test_64_concurrent_spoofed_and_real_requests_never_overshoot_the_credit_limit(tmp_path: Path) -> None:
     engine = FakeEngine()
-    cost = max_request_cost("chat", CHAT, engine.context_length, 200_000, 600_000)
+    cost = checked("chat", dict(CHAT)).max_cost(engine.context_length, 200_000, 600_000)
     provider = FakeProvider(tmp_path, engine=engine, credit_limit=5 * cost)  # room for exactly 5 unpaid requests
     stranger = PayerKey(os.urandom(32), VOUCHERS)
     info = provider.entry().info

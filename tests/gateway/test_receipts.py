@@ -13,6 +13,7 @@ import pytest
 from eth_account import Account
 from eth_utils import keccak
 
+from allmende.api.canonical import checked
 from allmende.api.protocol import input_hash
 from allmende.core import Receipt, SignedReceipt, request_cost, sign_receipt
 from allmende.gateway.errors import NoProvider
@@ -57,7 +58,7 @@ def test_a_provider_inflating_its_receipts_is_not_paid_blamed_and_its_answer_wit
     net = network(tmp_path, [cheater, honest])
 
     with caplog.at_level(logging.WARNING, logger="allmende.gateway"):
-        results = [asyncio.run(net.service.complete("chat", dict(CHAT), None)) for _ in range(6)]
+        results = [asyncio.run(net.service.complete(checked("chat", dict(CHAT)), None)) for _ in range(6)]
 
     # the cheater answered and signed receipts for 10x the tokens (the 12,112 vs 32 units)
     assert cheater.store.receipt_count() >= 1
@@ -79,7 +80,7 @@ def test_a_receipt_that_does_not_match_what_was_sent_and_received_is_not_paid(tm
     net = network(tmp_path, [cheater])
 
     with pytest.raises(NoProvider, match="failed the gateway's check"):
-        asyncio.run(net.service.complete("chat", dict(CHAT), None))
+        asyncio.run(net.service.complete(checked("chat", dict(CHAT)), None))
 
     assert cheater.store.receipt_count() == 1 and owed_to(net, 0) == 0
     assert net.service.directory.entry(cheater.address).stats[MODEL_ID].failures == 1  # type: ignore[union-attr]
@@ -102,8 +103,10 @@ def test_honest_receipts_of_streams_and_one_shot_answers_pass_and_are_paid(tmp_p
     honest = FakeProvider(tmp_path)
     net = network(tmp_path, [honest])
 
-    asyncio.run(net.service.complete("chat", dict(CHAT), None))
-    asyncio.run(net.service.complete("completion", {"model": "fake", "prompt": "Grüß Gott", "max_tokens": 3}, None))
+    asyncio.run(net.service.complete(checked("chat", dict(CHAT)), None))
+    asyncio.run(
+        net.service.complete(checked("completion", {"model": "fake", "prompt": "Grüß Gott", "max_tokens": 3}), None)
+    )
     collect_stream(net, {**CHAT, "stream": True})
 
     assert honest.store.receipt_count() == 3
@@ -125,7 +128,7 @@ PRICES = (200_000, 600_000)
 
 
 def signed(kind: str, body: dict, output: dict, **fields: Any) -> SignedReceipt:
-    out = output_bytes(kind, output)
+    out = output_bytes(checked(kind, dict(body)), output)  # type: ignore[arg-type]
     tokens_in, tokens_out = fields.pop("tokens_in", 9), fields.pop("tokens_out", len(output.get("token_ids", [])))
     receipt = Receipt(
         request_id=b"\x01" * 32,
@@ -191,7 +194,7 @@ def test_check_receipt_rules(
     context_length = extra.pop("context_length", 256)
 
     if problem is None:
-        check_receipt(receipt, kind, body, output, PRICES, context_length, **extra)
+        check_receipt(receipt, checked(kind, dict(body)), output, PRICES, context_length, **extra)
     else:
         with pytest.raises(BadReceipt, match=problem):
-            check_receipt(receipt, kind, body, output, PRICES, context_length, **extra)
+            check_receipt(receipt, checked(kind, dict(body)), output, PRICES, context_length, **extra)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from allmende.api.canonical import checked
 from allmende.api.client import Answer
 from allmende.core import SignedReceipt, request_cost
 from allmende.core.routing import ProviderStats
@@ -22,7 +23,7 @@ CHAT = {"model": "fake", "messages": [{"role": "user", "content": "Hallo"}], "ma
 def collect_stream(net, body):  # type: ignore[no-untyped-def]
     async def run() -> tuple[str, Answer]:
         text, final = "", None
-        async for item in net.service.stream("chat", body, None):
+        async for item in net.service.stream(checked("chat", body), None):
             if isinstance(item, Answer):
                 final = item
             else:
@@ -46,7 +47,7 @@ def test_a_request_is_served_paid_and_its_receipt_recorded(tmp_path: Path) -> No
     net = network(tmp_path, [FakeProvider(tmp_path)])
     provider = net.providers[0]
 
-    result = asyncio.run(net.service.complete("chat", dict(CHAT), "key-1"))
+    result = asyncio.run(net.service.complete(checked("chat", dict(CHAT)), "key-1"))
 
     receipt = result.answer.receipt.receipt
     assert len(result.text) == 8 and result.answer.usage["completion_tokens"] == 8
@@ -65,7 +66,7 @@ def test_failover_before_the_first_token_when_a_provider_is_unreachable(
     net.kill(dead)
 
     with caplog.at_level(logging.WARNING, logger="allmende.gateway"):
-        texts = {asyncio.run(net.service.complete("chat", dict(CHAT), None)).text for _ in range(6)}
+        texts = {asyncio.run(net.service.complete(checked("chat", dict(CHAT)), None)).text for _ in range(6)}
 
     failures = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert failures and all(dead.address in m and "for fake failed: 502 ConnectError" in m for m in failures)
@@ -87,7 +88,7 @@ def test_a_structured_output_stream_is_not_continued_by_a_provider_that_would_re
 
     async def run() -> str:
         text = ""
-        async for item in net.service.stream("chat", body, None):
+        async for item in net.service.stream(checked("chat", body), None):
             assert not isinstance(item, Answer)
             text += item
             if len(text) == 3:
@@ -109,7 +110,7 @@ def test_a_stream_continues_on_another_provider_when_its_provider_fails_mid_stre
 
     async def run() -> tuple[str, Answer]:
         text, final = "", None
-        async for item in net.service.stream("chat", body, None):
+        async for item in net.service.stream(checked("chat", body), None):
             if isinstance(item, Answer):
                 final = item
                 continue
@@ -139,7 +140,7 @@ def test_a_stream_continues_on_another_provider_when_its_provider_fails_mid_stre
 
 def test_streamed_usage_counts_tokens_like_the_one_shot_answer(tmp_path: Path) -> None:
     net = network(tmp_path, [FakeProvider(tmp_path)])
-    one_shot = asyncio.run(net.service.complete("chat", dict(CHAT), None))
+    one_shot = asyncio.run(net.service.complete(checked("chat", dict(CHAT)), None))
     text, final = collect_stream(net, {**CHAT, "stream": True})
 
     assert text == one_shot.text
@@ -151,7 +152,7 @@ def test_an_overcharging_receipt_is_not_paid_and_the_request_goes_elsewhere(tmp_
     honest = FakeProvider(tmp_path)
     net = network(tmp_path, [greedy, honest], entries=[greedy.entry(offer_price_out=600_000), honest.entry()])
 
-    results = [asyncio.run(net.service.complete("chat", dict(CHAT), None)) for _ in range(4)]
+    results = [asyncio.run(net.service.complete(checked("chat", dict(CHAT)), None)) for _ in range(4)]
 
     assert {r.answer.receipt.receipt.provider for r in results} == {honest.address}
     assert greedy.store.receipt_count() >= 1  # it was tried, answered and asked too much
@@ -166,7 +167,7 @@ def test_a_payment_refusal_moves_on_without_blaming_the_provider(tmp_path: Path)
     other = FakeProvider(tmp_path)
     net = network(tmp_path, [stingy, other])
 
-    results = [asyncio.run(net.service.complete("chat", dict(CHAT), None)) for _ in range(6)]
+    results = [asyncio.run(net.service.complete(checked("chat", dict(CHAT)), None)) for _ in range(6)]
 
     assert all(r.answer.receipt.receipt.provider == other.address for r in results)
     stats = net.service.directory.entry(stingy.address).stats[MODEL_ID]  # type: ignore[union-attr]
@@ -180,7 +181,7 @@ def test_a_request_the_provider_calls_invalid_is_not_retried_elsewhere(tmp_path:
     too_long = {**CHAT, "max_tokens": 255}  # prompt + max_tokens beyond the context
 
     with pytest.raises(InvalidRequest, match="too long"):
-        asyncio.run(net.service.complete("chat", too_long, None))
+        asyncio.run(net.service.complete(checked("chat", too_long), None))
     assert sum(net.hosts.hits.values()) == 1
 
 
@@ -190,7 +191,7 @@ def test_no_provider_left_is_a_clear_503(tmp_path: Path) -> None:
     net.kill(only)
 
     with pytest.raises(NoProvider, match="no provider could serve 'fake'"):
-        asyncio.run(net.service.complete("chat", dict(CHAT), None))
+        asyncio.run(net.service.complete(checked("chat", dict(CHAT)), None))
 
 
 def test_64_concurrent_requests_with_vouchers_in_any_order_all_succeed(tmp_path: Path) -> None:
@@ -205,9 +206,9 @@ def test_64_concurrent_requests_with_vouchers_in_any_order_all_succeed(tmp_path:
         tasks = []
         for body in bodies:
             if body["stream"]:
-                tasks.append(drain(net.service.stream("chat", body, None)))
+                tasks.append(drain(net.service.stream(checked("chat", body), None)))
             else:
-                tasks.append(net.service.complete("chat", body, None))
+                tasks.append(net.service.complete(checked("chat", body), None))
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     async def drain(stream):  # type: ignore[no-untyped-def]

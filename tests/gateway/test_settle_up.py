@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from allmende.api.canonical import checked
 from allmende.core import Voucher, sign_voucher
 from tests.gateway.fakes import GATEWAY_KEY, MODEL_ID, VOUCHERS, FakeProvider, network
 
@@ -30,7 +31,7 @@ def test_the_last_answers_are_paid_by_vouchers_delivered_on_their_own(tmp_path: 
     provider = FakeProvider(tmp_path)
     net = network(tmp_path, [provider])
     for _ in range(3):
-        asyncio.run(net.service.complete("chat", dict(CHAT), None))
+        asyncio.run(net.service.complete(checked("chat", dict(CHAT)), None))
     owed = net.store.total_owed(CHANNEL)
     assert 0 < held(provider) < owed  # what a close now would leave unpaid
 

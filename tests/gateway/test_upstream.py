@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+from allmende.api.canonical import checked
 from allmende.api.client import Answer, ProviderReplyError, ainfer, ainfer_stream, build_envelope
 from allmende.api.upstream import AiohttpUpstream
 from allmende.chain.anvil import free_port
@@ -66,9 +67,9 @@ def test_answers_and_streams_over_http_equal_the_in_process_ones(tmp_path: Path,
     net = over_http(tmp_path, served, [provider])
 
     async def run(net: Network) -> tuple[str, list[str], Answer]:
-        once = await net.service.complete("chat", dict(CHAT), None)
+        once = await net.service.complete(checked("chat", dict(CHAT)), None)
         pieces, final = [], None
-        async for item in net.service.stream("chat", {**CHAT, "stream": True}, None):
+        async for item in net.service.stream(checked("chat", {**CHAT, "stream": True}), None):
             if isinstance(item, Answer):
                 final = item
             else:
@@ -95,7 +96,7 @@ def test_a_provider_that_refuses_connections_is_failed_over_and_its_reservation_
     served[0].stop()  # nothing listens on its port any more
 
     async def run() -> set[str]:
-        texts = {(await net.service.complete("chat", dict(CHAT), None)).text for _ in range(6)}
+        texts = {(await net.service.complete(checked("chat", dict(CHAT)), None)).text for _ in range(6)}
         await net.service.upstream.aclose()
         return texts
 
@@ -119,7 +120,7 @@ def test_a_stream_cut_by_its_provider_is_billed_and_continued_elsewhere(tmp_path
 
     async def run() -> tuple[str, Answer]:
         text, final = "", None
-        async for item in net.service.stream("chat", {**CHAT, "stream": True, "max_tokens": 10}, None):
+        async for item in net.service.stream(checked("chat", {**CHAT, "stream": True, "max_tokens": 10}), None):
             if isinstance(item, Answer):
                 final = item
                 continue

@@ -28,6 +28,7 @@ from openai import AsyncOpenAI, OpenAI
 from typer.testing import CliRunner
 
 from allmende.agent import Agent, SpendingPolicy
+from allmende.api.canonical import checked
 from allmende.api.stages import INFO_PATH
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.stages import registered_stages
@@ -402,7 +403,7 @@ def test_an_agent_with_no_gateway_pays_each_stage_from_its_own_wallet(
     # Execute: the same wallet again, now with a cap on the model of what was paid plus one
     # request's most: the stages' receipts count against it, so the next request is refused
     again = Agent(key=secret, network=rpc, state_dir=tmp_path / "agent", stage_models=(MODEL,))
-    offer, most = again.service.most_cost("chat", body)
+    offer, most = again.service.most_cost(checked("chat", body))
     capped = Agent(
         key=secret,
         network=rpc,

@@ -38,6 +38,7 @@ from allmende.agent.policy import Budget, SpendingCapReached, SpendingPolicy
 from allmende.agent.transport import StreamingASGITransport, SyncBridge
 from allmende.api import messages as messages_api
 from allmende.api import responses as responses_api
+from allmende.api.canonical import checked
 from allmende.api.directory import Directory
 from allmende.api.protocol import InvalidParameter
 from allmende.api.upstream import AiohttpUpstream
@@ -47,6 +48,7 @@ from allmende.chain.keys import load_key
 from allmende.chain.network import resolve_network
 from allmende.core.errors import AllmendeError, InvalidInput
 from allmende.core.routing import Router, RoutingPolicy
+from allmende.engine.base import Kind
 from allmende.gateway.app import create_app
 from allmende.gateway.errors import NoProvider
 from allmende.gateway.service import GatewayService
@@ -56,7 +58,7 @@ from allmende.payer.store import GatewayStore
 
 BASE_URL = "http://agent.allmende/v1"  # never resolved: the transport answers in process
 # path → (request kind, the chat body it is served as, for the translated APIs)
-SERVED: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]] | None]] = {
+SERVED: dict[str, tuple[Kind, Callable[[dict[str, Any]], dict[str, Any]] | None]] = {
     "/v1/chat/completions": ("chat", None),
     "/v1/completions": ("completion", None),
     "/v1/embeddings": ("embedding", None),
@@ -172,8 +174,8 @@ class Agent:
         kind, translate = served
         try:
             body = json.loads(raw)
-            chat = translate(body) if translate is not None else body
-            offer, most = self.service.most_cost(kind, chat)
+            request_sent = checked(kind, translate(body) if translate is not None else body)
+            offer, most = self.service.most_cost(request_sent)
         except (ValueError, TypeError, AttributeError, InvalidParameter, AllmendeError):
             return request, lambda: None  # the app refuses it, in the API's own words, before paying
         try:

@@ -18,12 +18,19 @@ The receipt's `inputHash` commits to the body this object is built from (api.pro
 .input_hash), so a juror that rebuilds it from the evidence gets the same prompt token ids
 and the same sampling the provider used. A field that is not read here cannot change the
 output.
+
+The gateway builds the same object from the body a client sent (`checked`: the one parse it
+makes, the body normalised as it is forwarded) and carries it through routing, payment and
+the receipt check: the credit rule, the receipt check and a stream's failover read
+`max_tokens`, `n`, the grammar and the stop strings from it, so they cannot derive them
+differently from the provider. Only the seed differs until a request id draws it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from allmende.api.protocol import (
@@ -34,10 +41,14 @@ from allmende.api.protocol import (
     Request,
     draw_seed,
     grammar_of,
+    input_hash,
+    normalise,
     parse_request,
 )
 from allmende.api.tools import ToolSpecError, choice_of, history_calls, tools_of
+from allmende.core.credit import UNTIL_CONTEXT, max_embedding_cost, max_generation_cost
 from allmende.core.endpoints import endpoint
+from allmende.core.prompts import max_prompt_tokens
 from allmende.engine.base import (
     ChatPrompt,
     EmbeddingInput,
@@ -57,6 +68,7 @@ class CanonicalRequest:
     """One request as it is served and re-checked (see the module doc)."""
 
     kind: Kind
+    body: dict[str, Any]  # as sent to the provider: what the receipt's inputHash commits to
     request: Request  # the typed OpenAI request
     prompt: Prompt | EmbeddingInput
     sampling: SamplingParams | None  # None for embeddings
@@ -69,6 +81,77 @@ class CanonicalRequest:
             raise InvalidParameter(f"a {self.kind} request generates no text")
         return self.prompt, self.sampling
 
+    @property
+    def model(self) -> str | None:
+        """The model the client asked for (a name or an id)."""
+        return self.request.model
+
+    @property
+    def generates(self) -> bool:
+        """Whether it samples tokens (a completion to bill, max_tokens, n, stop), as its
+        endpoint does (core.endpoints): an embedding does not."""
+        return self.sampling is not None
+
+    @property
+    def max_tokens(self) -> int:
+        """Tokens per choice at most (`max_tokens`, else `max_completion_tokens`, else
+        UNTIL_CONTEXT: the one rule, protocol's `sampling`); 0 for an embedding."""
+        return 0 if self.sampling is None else self.sampling.max_tokens
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        """The stop strings the completion ends before."""
+        return () if self.sampling is None else self.sampling.stop
+
+    @property
+    def structured(self) -> bool:
+        """Whether it decodes under a grammar (tool calls or a `response_format`)."""
+        return self.sampling is not None and self.sampling.grammar is not None
+
+    @cached_property
+    def input_hash(self) -> bytes:
+        """What the payer signs and the receipt's inputHash must be (protocol.input_hash)."""
+        return input_hash(self.kind, self.body)
+
+    @cached_property
+    def max_prompt_tokens(self) -> int:
+        """The most prompt tokens an honest receipt can state for it (core.prompts)."""
+        return max_prompt_tokens(self.kind, self.body)
+
+    def max_cost(self, context_length: int, price_in: int, price_out: int) -> int:
+        """The most it can be charged at an offer (core.credit): what gateway and provider
+        reserve on the channel, and what a budget or an x402 payment must cover."""
+        if isinstance(self.prompt, EmbeddingInput):
+            return max_embedding_cost(len(self.prompt.inputs), context_length, price_in, price_out)
+        return max_generation_cost(self.max_tokens, self.n, context_length, price_in, price_out)
+
+    def continued(self, text: str, tokens: int) -> CanonicalRequest:
+        """What a streaming attempt sends after providers that failed mid-stream sent `text`
+        in `tokens` tokens (none yet: the first attempt's): a stream, with what is left of
+        `max_tokens` (a request that names none runs until the answer or the context ends on
+        every try) and `text` as the continuation. Called on the request as the client sent
+        it; the result is what `canonical` builds from its body."""
+        prompt, sampling = self.generation
+        body = {**self.body, "stream": True}
+        update: dict[str, Any] = {"stream": True}
+        max_tokens = sampling.max_tokens
+        if max_tokens != UNTIL_CONTEXT:
+            max_tokens = max(1, max_tokens - tokens)
+            body["max_tokens"] = update["max_tokens"] = max_tokens
+            body.pop("max_completion_tokens", None)
+            update["max_completion_tokens"] = None
+        if text:
+            body[CONTINUE] = text
+        elif body == self.body:
+            return self  # the first try of a stream as sent
+        return dataclasses.replace(
+            self,
+            body=body,
+            request=self.request.model_copy(update=update),
+            prompt=dataclasses.replace(prompt, continuation=text),
+            sampling=dataclasses.replace(sampling, max_tokens=max_tokens),
+        )
+
 
 def canonical(kind: Kind, body: dict[str, Any], request_id: bytes | None = None) -> CanonicalRequest:
     """The canonical request of `body` (InvalidParameter, naming the parameter, if there is
@@ -79,9 +162,30 @@ def canonical(kind: Kind, body: dict[str, Any], request_id: bytes | None = None)
     continuation = fields.pop(CONTINUE, "")
     if not isinstance(continuation, str) or (continuation and not endpoint(kind).generates):
         raise InvalidParameter(f"'{CONTINUE}' must be a string, on a generation request", CONTINUE)
-    request = parse_request(kind, fields)
+    return _built(kind, body, fields, parse_request(kind, fields), continuation, request_id)
+
+
+def checked(kind: Kind, body: dict[str, Any]) -> CanonicalRequest:
+    """The gateway's one parse of a client's body (InvalidParameter, naming the parameter,
+    where OpenAI would refuse it), normalised in place as it is forwarded (protocol.normalise),
+    and its canonical request: what the provider builds from the same body, but for the seed
+    (drawn from the request id, which each attempt makes)."""
+    request = parse_request(kind, body)
+    normalise(request, body)
+    return _built(kind, body, body, request, "", None)
+
+
+def _built(
+    kind: Kind,
+    body: dict[str, Any],
+    fields: dict[str, Any],
+    request: Request,
+    continuation: str,
+    request_id: bytes | None,
+) -> CanonicalRequest:
+    """The canonical request of a parsed body (`fields`: the body without the continuation)."""
     if isinstance(request, EmbeddingRequest):
-        return CanonicalRequest(kind, request, EmbeddingInput(request.input, request.dimensions), None)
+        return CanonicalRequest(kind, body, request, EmbeddingInput(request.input, request.dimensions), None)
     sampling = request.sampling()
     if isinstance(request, ChatRequest):
         prompt: Prompt = _chat_prompt(request, fields, continuation)
@@ -92,7 +196,7 @@ def canonical(kind: Kind, body: dict[str, Any], request_id: bytes | None = None)
     if sampling.seed is None and request_id is not None:
         sampling = dataclasses.replace(sampling, seed=draw_seed(request_id))
     sampling = dataclasses.replace(sampling, logprobs=request.logprobs_wanted())
-    return CanonicalRequest(kind, request, prompt, sampling, request.n or 1)
+    return CanonicalRequest(kind, body, request, prompt, sampling, request.n or 1)
 
 
 def _chat_prompt(request: ChatRequest, body: dict[str, Any], continuation: str) -> ChatPrompt:

@@ -9,7 +9,7 @@ same from the evidence, so the three cannot drift.
     parse_request(kind, body)     ChatRequest | CompletionRequest | EmbeddingRequest, or
                                   InvalidParameter naming the bad parameter; a parameter that
                                   is refused or unknown is never silently ignored
-    check_request(kind, body)     parse, and normalise the body in place (the gateway)
+    check_request(kind, body)     parse, and normalise the body in place (normalise)
     sampling_params(body, rid)    max_tokens, temperature, top_p, seed, stop, the penalties,
                                   logit_bias, top_k, min_p (the seed from the request id when
                                   the request has none: draw_seed)
@@ -466,7 +466,9 @@ class _Generation(_Common):
         return self
 
     def sampling(self) -> SamplingParams:
-        """What the provider runs and a validator re-checks."""
+        """What the provider runs and a validator re-checks. Its `max_tokens` is the one rule
+        every role reads (api.canonical carries it to the credit rule and the receipt check):
+        `max_tokens`, else `max_completion_tokens`, else UNTIL_CONTEXT."""
         max_tokens = self.max_tokens or self.max_completion_tokens or UNTIL_CONTEXT
         temperature = 1.0 if self.temperature is None else self.temperature
         top_p = 1.0 if self.top_p is None else self.top_p
@@ -680,17 +682,25 @@ def parse_request(kind: str, body: dict[str, Any]) -> Request:
 
 
 def check_request(kind: str, body: dict[str, Any]) -> Request:
-    """Parse `body` (InvalidParameter if OpenAI would refuse it) and normalise in place what
-    OpenAI accepts in several forms: text content parts → a string, a one-element prompt
-    list → the string. The normalised body is what the provider runs and the receipt binds."""
+    """Parse `body` (InvalidParameter if OpenAI would refuse it, a grammar that cannot be
+    served included) and normalise it in place (`normalise`). The gateway's parse builds the
+    canonical request at once (api.canonical.checked)."""
     request = parse_request(kind, body)
     if isinstance(request, ChatRequest):
         grammar_of(body)  # a response_format or tool schema that cannot be served is refused here, by name
+    normalise(request, body)
+    return request
+
+
+def normalise(request: Request, body: dict[str, Any]) -> None:
+    """Rewrite in place what OpenAI accepts in several forms, as `request` parsed it: text
+    content parts → a string, a one-element prompt list → the string. The normalised body is
+    what the provider runs and the receipt binds."""
+    if isinstance(request, ChatRequest):
         for message, parsed in zip(body["messages"], request.messages, strict=True):
             message["content"] = parsed.content
     elif isinstance(request, CompletionRequest):
         body["prompt"] = request.prompt if isinstance(request.prompt, str) else list(request.prompt)
-    return request
 
 
 def draw_seed(request_id: bytes) -> int:
@@ -715,16 +725,6 @@ def sampling_params(body: dict[str, Any], request_id: bytes | None = None) -> Sa
     if params.seed is None and request_id is not None:
         params = dataclasses.replace(params, seed=draw_seed(request_id))
     return params
-
-
-def choices_wanted(body: dict[str, Any]) -> int:
-    """`n`: how many completions a generation request asks for (InvalidInput if not 1–8)."""
-    n = body.get("n")
-    if n is None:
-        return 1
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
-        raise InvalidInput(f"n must be an integer from 1 to {MAX_CHOICES}")
-    return n
 
 
 def canonical_request(kind: str, body: dict[str, Any]) -> bytes:

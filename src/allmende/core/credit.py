@@ -10,13 +10,14 @@ exceed the model's context length (providers refuse longer ones), and every embe
 input is at most one context of tokens. A request without `max_tokens` generates until its
 answer or the context ends (as OpenAI's do): its bound is the dearer of the two extremes,
 a whole context of completion (per choice) or a prompt of all but one token.
+
+The rule takes the numbers a request asks for, not its body: `max_tokens` and `n` are
+derived once, on the typed request (allmende.api.canonical), which both roles build, so the
+rule that reads them from the body exists in one place (api.protocol's `sampling`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from allmende.core.endpoints import endpoint
 from allmende.core.errors import InvalidInput
 from allmende.core.fees import request_cost
 
@@ -27,31 +28,28 @@ UNTIL_CONTEXT = 1 << 20
 MAX_CHOICES = 8
 
 
-def requested_max_tokens(body: Mapping[str, object]) -> int:
-    """`max_tokens`, else `max_completion_tokens`, else UNTIL_CONTEXT; an int ≥ 1 or InvalidInput."""
-    value = body.get("max_tokens")
-    if value is None:
-        value = body.get("max_completion_tokens")
-    if value is None:
-        return UNTIL_CONTEXT
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInput("max_tokens must be a positive integer")
-    return value
-
-
-def max_request_cost(kind: str, body: Mapping[str, object], context_length: int, price_in: int, price_out: int) -> int:
-    """Upper bound of what the request can be charged, in payment-token units."""
-    if context_length < 1:
-        raise InvalidInput("context_length must be positive")
-    if not endpoint(kind).generates:
-        raw = body.get(endpoint(kind).prompt_field)
-        inputs = len(raw) if isinstance(raw, list) and raw and not isinstance(raw[0], int) else 1
-        return request_cost(min(inputs * context_length, 2**32 - 1), 0, price_in, price_out)
-    requested = requested_max_tokens(body)
-    n = body.get("n")
-    choices = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_CHOICES else 1
-    if requested == UNTIL_CONTEXT:  # any prompt p < context, then up to context − p tokens per choice
+def max_generation_cost(max_tokens: int, choices: int, context_length: int, price_in: int, price_out: int) -> int:
+    """Upper bound of what a generation request can be charged, in payment-token units:
+    `choices` completions of at most `max_tokens` tokens each (UNTIL_CONTEXT: until the
+    answer or the context ends) after a prompt that fits the context."""
+    _check_context(context_length)
+    if max_tokens < 1 or not 1 <= choices <= MAX_CHOICES:
+        raise InvalidInput(f"max_tokens must be positive and n from 1 to {MAX_CHOICES}")
+    if max_tokens == UNTIL_CONTEXT:  # any prompt p < context, then up to context − p tokens per choice
         longest_answer = request_cost(0, context_length * choices, price_in, price_out)
         return max(longest_answer, request_cost(context_length - 1, choices, price_in, price_out))
-    out = min(requested, context_length)
+    out = min(max_tokens, context_length)
     return request_cost(context_length - out, out * choices, price_in, price_out)
+
+
+def max_embedding_cost(inputs: int, context_length: int, price_in: int, price_out: int) -> int:
+    """Upper bound of what embedding `inputs` texts can be charged: a context each."""
+    _check_context(context_length)
+    if inputs < 1:
+        raise InvalidInput("an embedding request has at least one input")
+    return request_cost(min(inputs * context_length, 2**32 - 1), 0, price_in, price_out)
+
+
+def _check_context(context_length: int) -> None:
+    if context_length < 1:
+        raise InvalidInput("context_length must be positive")

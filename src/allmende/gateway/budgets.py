@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any
 
+from allmende.api.canonical import CanonicalRequest
 from allmende.gateway.errors import InsufficientFunds
 from allmende.gateway.service import GatewayService
 
@@ -38,12 +38,12 @@ class Budgets:
         self.held: dict[int, Reservation] = {}
         self._ids = itertools.count(1)
 
-    def reserve(self, service: GatewayService, key: str | None, kind: str, body: dict[str, Any]) -> Reservation | None:
+    def reserve(self, service: GatewayService, key: str | None, request: CanonicalRequest) -> Reservation | None:
         """Hold the request's most cost against `key`'s budget (None: the key has none);
         InsufficientFunds when that would pass it."""
         if key is None or key not in self.budgets:
             return None
-        _, most = service.most_cost(kind, body)
+        _, most = service.most_cost(request)
         spent = service.payments.store.spent(key)
         held = sum(r.amount for r in self.held.values() if r.key == key)
         budget = self.budgets[key]

@@ -14,9 +14,10 @@ from fastapi.responses import JSONResponse
 from allmende.api import messages as messages_api
 from allmende.api import protocol
 from allmende.api import responses as responses_api
+from allmende.api.canonical import CanonicalRequest, checked
 from allmende.api.client import Answer, Delta
 from allmende.api.messages import MessagesRequest, parse_messages
-from allmende.api.protocol import InvalidParameter, check_request
+from allmende.api.protocol import InvalidParameter
 from allmende.api.responses import ResponsesRequest, parse_responses
 from allmende.gateway.messages import MessageStream, anthropic_error, whole_message
 from allmende.gateway.rendering import (
@@ -119,11 +120,11 @@ class ResponsesServing(Serving):
     kind, endpoint, id_prefix = "chat", "responses", "resp"
     end_of_stream = b""
 
-    def parse(self, body: dict[str, Any]) -> tuple[protocol.Request, dict[str, Any], ResponsesRequest]:
+    def parse(self, body: dict[str, Any]) -> tuple[CanonicalRequest, ResponsesRequest]:
         asked = parse_responses(body)
         chat = responses_api.chat_body(asked)
         try:
-            return check_request("chat", chat), chat, asked
+            return checked("chat", chat), asked
         except InvalidParameter as exc:
             raise responses_api.renamed(exc) from None
 
@@ -163,11 +164,11 @@ class MessagesServing(Serving):
     def api_key(self, request: Request) -> str | None:
         return self.admission.api_key(request, x_api_key=True)
 
-    def parse(self, body: dict[str, Any]) -> tuple[protocol.Request, dict[str, Any], MessagesRequest]:
+    def parse(self, body: dict[str, Any]) -> tuple[CanonicalRequest, MessagesRequest]:
         asked = parse_messages(body)
         chat = messages_api.chat_body(asked)
         try:
-            return check_request("chat", chat), chat, asked
+            return checked("chat", chat), asked
         except InvalidParameter as exc:
             raise messages_api.renamed(exc) from None
 

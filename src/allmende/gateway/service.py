@@ -25,16 +25,15 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
+from allmende.api.canonical import CanonicalRequest
 from allmende.api.client import Answer, Delta, ProviderReplyError, ainfer, ainfer_stream, build_envelope
 from allmende.api.directory import AmbiguousName, Directory, Offer, ProviderEntry
-from allmende.api.protocol import grammar_of, input_hash
+from allmende.api.protocol import ChatRequest
 from allmende.api.upstream import HttpxUpstream, Upstream
 from allmende.chain.errors import ChainError
 from allmende.core import Domain, InvalidInput
-from allmende.core.credit import UNTIL_CONTEXT, max_request_cost, requested_max_tokens
 from allmende.core.endpoints import endpoint
 from allmende.core.errors import InvalidModelName
-from allmende.core.prompts import max_prompt_tokens
 from allmende.core.routing import ProviderStats, Router
 from allmende.gateway.errors import (
     AmbiguousModel,
@@ -75,9 +74,7 @@ class Attempt:
     request_id: bytes
     envelope: dict[str, str]
     sealer: Any
-    kind: str
-    body: dict[str, Any]  # as forwarded: what the receipt's inputHash must commit to
-    body_hash: bytes  # input_hash(kind, body): signed in the request, checked in the receipt
+    sent: CanonicalRequest  # as forwarded: its inputHash signed in the request, checked in the receipt
 
 
 def credit_limit_of(entry: ProviderEntry) -> int:
@@ -147,35 +144,30 @@ class GatewayService:
             raise InvalidRequest(f"'{name}' is {what}; it cannot serve {kind} requests", "model")
         return offer
 
-    def most_cost(self, kind: str, body: dict[str, Any]) -> tuple[Offer, int]:
+    def most_cost(self, request: CanonicalRequest) -> tuple[Offer, int]:
         """The request's model and the most the request can be charged at any provider that
         offers it (the credit rule with each provider's own offer): what a budget reserves,
         what an x402 payment must cover and what an agent's spending policy checks."""
-        staged = self._staged(body.get("model"), kind)
+        staged = self._staged(request)
         if staged is not None:
             assert self.staged is not None
-            return self.staged.offer_of(staged), self.staged.most_cost(staged, body)
-        offer = self.resolve(body.get("model"), kind)
-        costs = []
-        for entry in self.directory.candidates(offer.model_id):
-            own = entry.offers[offer.model_id]
-            try:
-                costs.append(max_request_cost(kind, body, own.context_length, own.price_in, own.price_out))
-            except InvalidInput as exc:
-                raise InvalidRequest(str(exc)) from None
+            return self.staged.offer_of(staged), self.staged.most_cost(staged, request)
+        offer = self.resolve(request.model, request.kind)
+        costs = [cost_at(request, entry.offers[offer.model_id]) for entry in self.directory.candidates(offer.model_id)]
         if not costs:
             raise NoProvider(f"no provider serves '{offer.name}' right now")
         return offer, max(costs)
 
-    def _staged(self, name: object, kind: str, pin: str | None = None) -> StagedModel | None:
-        """The model `name` asks for if this gateway serves it through a stage chain and no
-        provider serves it whole (whole-model providers come first)."""
+    def _staged(self, request: CanonicalRequest, pin: str | None = None) -> StagedModel | None:
+        """The model the request asks for if this gateway serves it through a stage chain and
+        no provider serves it whole (whole-model providers come first)."""
         if self.staged is None:
             return None
+        name = request.model
         model = self.staged.find(name)
         if model is None or self.directory.candidates(model.base):
             return None
-        if kind != "chat":
+        if not isinstance(request.request, ChatRequest):
             raise InvalidRequest(f"'{name}' is served in pipeline stages: chat completions only", "model")
         if pin is not None:
             raise InvalidRequest("a model served in pipeline stages cannot be pinned to one provider")
@@ -203,15 +195,11 @@ class GatewayService:
             busy.clear()
 
     async def _prepare(
-        self, entry: ProviderEntry, stats: ProviderStats, offer: Offer, kind: str, body: dict[str, Any]
+        self, entry: ProviderEntry, stats: ProviderStats, offer: Offer, sent: CanonicalRequest
     ) -> Attempt | None:
         """Channel, reservation, voucher and envelope for one try; None if the provider's
         credit for us (or our deposit) cannot take this request right now."""
-        own = entry.offers.get(offer.model_id, offer)
-        try:
-            cost = max_request_cost(kind, body, own.context_length, own.price_in, own.price_out)
-        except InvalidInput as exc:
-            raise InvalidRequest(str(exc)) from None
+        cost = cost_at(sent, entry.offers.get(offer.model_id, offer))
         # the usual case: the channel is ready and the cost reserved on it, on one read of the store
         channel_id, reserved = self.payments.reserve_ready(entry.address, cost, credit_limit_of(entry))
         if channel_id is None:
@@ -223,27 +211,32 @@ class GatewayService:
         if not reserved:
             return None
         voucher = self.payments.voucher(channel_id, offer.model_id)
-        body_hash = input_hash(kind, body)
         rid, env, sealer = build_envelope(
-            entry.info, offer.model_id, kind, body, self.payments.signer, channel_id, voucher, body_hash=body_hash
+            entry.info,
+            offer.model_id,
+            sent.kind,
+            sent.body,
+            self.payments.signer,
+            channel_id,
+            voucher,
+            body_hash=sent.input_hash,
         )
         carried = voucher.voucher.cumulative_amount if voucher else 0
-        return Attempt(entry, stats, channel_id, cost, carried, rid, env, sealer, kind, body, body_hash)
+        return Attempt(entry, stats, channel_id, cost, carried, rid, env, sealer, sent)
 
     async def _open(
         self,
         entry: ProviderEntry,
         stats: ProviderStats,
         offer: Offer,
-        kind: str,
-        body: dict[str, Any],
+        sent: CanonicalRequest,
         tried: set[str],
         busy: set[str],
     ) -> tuple[Attempt | None, Exception | None]:
         """`_prepare`, with a provider that cannot be tried now put aside: busy (no credit for
         us until answers come back) or tried (no channel while the chain is away; not its fault)."""
         try:
-            attempt = await self._prepare(entry, stats, offer, kind, body)
+            attempt = await self._prepare(entry, stats, offer, sent)
         except ChainError as exc:
             log.warning("no usable channel to %s: %s", entry.address, exc)
             tried.add(entry.address)
@@ -268,14 +261,12 @@ class GatewayService:
         try:
             check_receipt(
                 answer.receipt,
-                attempt.kind,
-                attempt.body,
+                attempt.sent,
                 answer.output,
                 (own.price_in, own.price_out),
                 own.context_length,
                 streamed_text,
                 streamed_tokens,
-                attempt.body_hash,
             )
             self.payments.settle(entry.address, attempt.channel_id, own, answer.receipt, api_key, attempt.carried)
         except BadReceipt as exc:
@@ -323,17 +314,17 @@ class GatewayService:
 
     # ------------------------------------------------------------ one shot
 
-    async def complete(self, kind: str, body: dict[str, Any], api_key: str | None, pin: str | None = None) -> Result:
+    async def complete(self, request: CanonicalRequest, api_key: str | None, pin: str | None = None) -> Result:
         """Serve one request; `pin` restricts it to one provider (no failover elsewhere)."""
-        staged = self._staged(body.get("model"), kind, pin)
+        staged = self._staged(request, pin)
         if staged is not None:
             assert self.staged is not None
-            async with contextlib.aclosing(self.staged.generate(staged, body, api_key)) as chain:
+            async with contextlib.aclosing(self.staged.generate(staged, request, api_key)) as chain:
                 async for piece in chain:
                     if isinstance(piece, Answer):
                         return Result(self.staged.offer_of(staged), piece, piece.output.get("text", ""))
             raise NoProvider("the stage chain ended without an answer")
-        offer = self.resolve(body.get("model"), kind)
+        offer = self.resolve(request.model, request.kind)
         tried: set[str] = set()
         busy: set[str] = set()
         failures = 0
@@ -345,7 +336,7 @@ class GatewayService:
             if picked is None:
                 break
             entry, stats = picked
-            attempt, error = await self._open(entry, stats, offer, kind, body, tried, busy)
+            attempt, error = await self._open(entry, stats, offer, request, tried, busy)
             if attempt is None:
                 last_error = error or last_error
                 continue
@@ -376,13 +367,13 @@ class GatewayService:
             finally:
                 stats.in_flight -= 1
             if not self._settle(attempt, offer, answer, api_key):
-                answer.sent, rejected = body, answer
+                answer.sent, rejected = request.body, answer
                 tried.add(entry.address)  # not paid, blamed: the answer goes to no one
                 failures += 1
                 last_error = BadReceipt(f"the receipt of {entry.address} failed the gateway's check")
                 continue
             stats.record_success(time.monotonic() - started)
-            answer.sent = body
+            answer.sent = request.body
             return Result(offer, answer, answer.output.get("text", ""))
         why = f" (last error: {last_error})" if last_error else ""
         # with the evidence of a bad receipt, for a client that asks (an audit)
@@ -391,24 +382,23 @@ class GatewayService:
     # ------------------------------------------------------------- streams
 
     async def stream(
-        self, kind: str, body: dict[str, Any], api_key: str | None, pin: str | None = None
+        self, request: CanonicalRequest, api_key: str | None, pin: str | None = None
     ) -> AsyncIterator[str | Answer]:
         """Text deltas then a final Answer. If a provider dies mid-stream, another one
         continues from the prompt plus the text already sent; the caller sees one stream.
         Usage counts tokens (from receipts, and from the token counts of deltas a failed
         provider streamed), never chunks. A model served in stages streams from its chain
         (a failed stage is replaced inside it)."""
-        staged = self._staged(body.get("model"), kind, pin)
+        staged = self._staged(request, pin)
         if staged is not None:
             assert self.staged is not None
-            async with contextlib.aclosing(self.staged.generate(staged, body, api_key)) as chain:
+            async with contextlib.aclosing(self.staged.generate(staged, request, api_key)) as chain:
                 async for piece in chain:
                     yield piece
             return
-        offer = self.resolve(body.get("model"), kind)
+        offer = self.resolve(request.model, request.kind)
         sent = ""
         carried_tokens = 0  # tokens streamed by providers that failed afterwards
-        max_tokens = requested_max_tokens(body)
         tried: set[str] = set()
         busy: set[str] = set()
         failures = 0
@@ -419,19 +409,14 @@ class GatewayService:
             if picked is None:
                 break
             entry, stats = picked
-            if sent and grammar_of(body) is not None:
+            if sent and request.structured:
                 # another provider would start the grammar afresh after the text already sent
                 raise NoProvider(
                     f"the provider of this structured output failed after {carried_tokens} tokens; "
                     "structured output cannot be continued elsewhere"
                 )
-            request = {**body, "stream": True}
-            if max_tokens != UNTIL_CONTEXT:  # none: until the answer or the context ends, on every try
-                request["max_tokens"] = max(1, max_tokens - carried_tokens)
-                request.pop("max_completion_tokens", None)
-            if sent:
-                request["allmende_continue"] = sent
-            attempt, error = await self._open(entry, stats, offer, kind, request, tried, busy)
+            continued = request.continued(sent, carried_tokens)
+            attempt, error = await self._open(entry, stats, offer, continued, tried, busy)
             if attempt is None:
                 last_error = error or last_error
                 continue
@@ -455,12 +440,12 @@ class GatewayService:
                         stats.record_success(time.monotonic() - started)
                         first = False
                     if isinstance(item, Answer):
-                        item.sent = request
+                        item.sent = continued.body
                         if not self._settle(attempt, offer, item, api_key, text, streamed):
                             # the text is out already; the usage is what the gateway counted
                             ids = item.output.get("token_ids")
                             received = len(ids) if isinstance(ids, list) else streamed
-                            prompt = min(item.receipt.receipt.tokens_in, max_prompt_tokens(kind, request))
+                            prompt = min(item.receipt.receipt.tokens_in, continued.max_prompt_tokens)
                             item.usage = {
                                 "prompt_tokens": prompt,
                                 "completion_tokens": received,
@@ -484,7 +469,7 @@ class GatewayService:
                 if isinstance(exc, ProviderReplyError) and exc.cut is not None:
                     # the provider failed after sending text and billed that text: check its
                     # receipt against what arrived and pay it, as the provider's ledger does
-                    exc.cut.sent = request
+                    exc.cut.sent = continued.body
                     self._settle(attempt, offer, exc.cut, api_key, text, streamed)
                     attempt.cost = 0  # released by _settle
                 verdict = self._failed(attempt, offer, exc, streamed)
@@ -502,6 +487,14 @@ class GatewayService:
         raise NoProvider(
             f"no provider could serve '{offer.name}' right now" + (f" (last error: {last_error})" if last_error else "")
         )
+
+
+def cost_at(request: CanonicalRequest, offer: Offer) -> int:
+    """The most `request` can be charged at `offer` (its context and prices)."""
+    try:
+        return request.max_cost(offer.context_length, offer.price_in, offer.price_out)
+    except InvalidInput as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 def refused(exc: Exception) -> InvalidRequest:

@@ -22,10 +22,10 @@ from prometheus_client import Counter, Gauge
 
 from allmende.api import protocol
 from allmende.api.body import read_limited
+from allmende.api.canonical import CanonicalRequest, checked
 from allmende.api.client import Answer, Delta
 from allmende.api.headers import EVIDENCE_HEADER, PIN_HEADER
 from allmende.api.messages import MessagesRequest
-from allmende.api.protocol import check_request
 from allmende.api.responses import ResponsesRequest
 from allmende.core.codec import address_field
 from allmende.core.errors import BodyTooLarge as CoreBodyTooLarge
@@ -176,18 +176,28 @@ def wants_evidence(request: Request) -> bool:
 
 @dataclass
 class Call:
-    """One admitted request: its typed form, the body as forwarded, who asked, how."""
+    """One admitted request: its canonical form (the typed request, the body as forwarded and
+    what is derived from them, built once), who asked, how."""
 
-    request: protocol.Request
-    body: dict[str, Any]
+    served: CanonicalRequest
     key: str | None
     pin: str | None
     evidence: bool
     # the request in the endpoint's own shape, where it is translated into a chat request
-    # (/v1/responses, /v1/messages); `request` and `body` are then the chat request served
+    # (/v1/responses, /v1/messages); `served` is then the chat request served
     asked: ResponsesRequest | MessagesRequest | None = None
     reservation: Reservation | None = None  # what it holds of its API key's budget until it ends
     paid: Paid | None = None  # its x402 payment, settled before it is served
+
+    @property
+    def request(self) -> protocol.Request:
+        """The typed OpenAI request served."""
+        return self.served.request
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The body as forwarded (what the receipt's inputHash commits to)."""
+        return self.served.body
 
     @property
     def headers(self) -> dict[str, str] | None:
@@ -240,11 +250,11 @@ class Serving(ABC):
             key = self.api_key(request)
             admission.throttle(request, key)
             body = await read_body(request, admission.limits)
-            typed, body, asked = self.parse(body)  # parsed once; body normalised as forwarded
-            call = Call(typed, body, key, pinned_provider(request), wants_evidence(request), asked)
-            call.reservation = admission.budgets.reserve(self.service, key, self.kind, body)  # its most, held
+            served, asked = self.parse(body)  # parsed once; body normalised as forwarded
+            call = Call(served, key, pinned_provider(request), wants_evidence(request), asked)
+            call.reservation = admission.budgets.reserve(self.service, key, served)  # its most, held
             if key is None and admission.limits.x402 is not None:
-                paid = await (await admission.x402(self.service)).admit(request, self.kind, call.body)
+                paid = await (await admission.x402(self.service)).admit(request, served)
                 if not isinstance(paid, Paid):  # 402: the requirements, or why the payment was refused
                     admission.requests_total.labels(self.endpoint, str(paid.status_code)).inc()
                     return paid
@@ -262,12 +272,10 @@ class Serving(ABC):
     def api_key(self, request: Request) -> str | None:
         return self.admission.api_key(request)
 
-    def parse(
-        self, body: dict[str, Any]
-    ) -> tuple[protocol.Request, dict[str, Any], ResponsesRequest | MessagesRequest | None]:
-        """The typed request, the body to forward and the request in the endpoint's own
-        shape (None where the body is forwarded as it came)."""
-        return check_request(self.kind, body), body, None
+    def parse(self, body: dict[str, Any]) -> tuple[CanonicalRequest, ResponsesRequest | MessagesRequest | None]:
+        """The request served (its canonical form, its body normalised as forwarded) and the
+        request in the endpoint's own shape (None where the body is forwarded as it came)."""
+        return checked(self.kind, body), None
 
     def streams(self, request: protocol.Request) -> bool:
         return request.stream
@@ -287,7 +295,7 @@ class Serving(ABC):
         self.admission.begin()
         started = time.monotonic()
         try:
-            result = await self.service.complete(self.kind, call.body, call.key, call.pin)
+            result = await self.service.complete(call.served, call.key, call.pin)
         except Exception as exc:
             self.explorer.failed(started)
             response = await self._refunded(call, self._failed(exc))
@@ -341,7 +349,7 @@ class Serving(ABC):
         try:
             for opening in self.opening(call, state):
                 yield self.frame(opening)
-            async for item in self.service.stream(self.kind, call.body, call.key, call.pin):
+            async for item in self.service.stream(call.served, call.key, call.pin):
                 if isinstance(item, Answer):
                     receipt = self.explorer.answered(state.ident, item, started, call.key)  # for the playground
                     if call.evidence:

@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from allmende.api.canonical import canonical
+from allmende.api.canonical import CanonicalRequest
 from allmende.api.client import Answer, Delta
 from allmende.api.directory import Directory, ModelListing, Offer
 from allmende.chain import Contracts
@@ -94,14 +94,15 @@ class StagedModel:
     tokens: ChatTokens
 
 
-def refuse_unsupported(sampling: SamplingParams, body: dict[str, Any]) -> None:
+def refuse_unsupported(request: CanonicalRequest) -> None:
     """The request options a stage chain does not serve yet, refused by name (400), never ignored."""
+    sampling: SamplingParams = request.generation[1]
     unsupported = {
-        "n": (body.get("n") or 1) != 1,
+        "n": request.n != 1,
         "stop": bool(sampling.stop),
         "logprobs": sampling.logprobs is not None,
         "response_format": sampling.grammar is not None,
-        "tools": bool(body.get("tools")),
+        "tools": bool(request.body.get("tools")),
         "presence_penalty": sampling.presence_penalty != 0.0,
         "frequency_penalty": sampling.frequency_penalty != 0.0,
         "logit_bias": bool(sampling.logit_bias),
@@ -273,10 +274,10 @@ class StagedModels:
         entry = self.directory.entry(provider)
         return int(entry.info.raw.get("credit_limit", DEFAULT_CREDIT_LIMIT)) if entry else DEFAULT_CREDIT_LIMIT
 
-    def most_cost(self, model: StagedModel, body: dict[str, Any]) -> int:
+    def most_cost(self, model: StagedModel, request: CanonicalRequest) -> int:
         """The most a request can cost through the dearest chain: every position of prompt and
         answer at every stage, plus every token drawn."""
-        prompt, max_tokens = self._prompt(model, body)
+        prompt, max_tokens = self._prompt(model, request)
         positions = len(prompt) + max_tokens
         priciest = StagePrice()
         for layout in self.layouts(model.base):
@@ -292,15 +293,10 @@ class StagedModels:
 
     # ------------------------------------------------------------------------ serving
 
-    def _prompt(self, model: StagedModel, body: dict[str, Any]) -> tuple[list[int], int]:
-        try:
-            request = canonical("chat", body)
-            prompt, sampling = request.generation
-            refuse_unsupported(sampling, body)
-        except InvalidRequest:
-            raise
-        except InvalidInput as exc:
-            raise InvalidRequest(str(exc), getattr(exc, "param", None)) from None
+    def _prompt(self, model: StagedModel, request: CanonicalRequest) -> tuple[list[int], int]:
+        """The prompt's token ids and the most tokens the answer may have."""
+        refuse_unsupported(request)
+        prompt, sampling = request.generation
         assert isinstance(prompt, ChatPrompt)
         ids = model.tokens.prompt_ids(prompt)
         room = model.tokens.context_length - len(ids)
@@ -314,11 +310,11 @@ class StagedModels:
         return ids, room if asked >= UNTIL_CONTEXT else min(asked, room)
 
     async def generate(
-        self, model: StagedModel, body: dict[str, Any], api_key: str | None
+        self, model: StagedModel, request: CanonicalRequest, api_key: str | None
     ) -> AsyncGenerator[Delta | Answer, None]:
         """Text deltas (`Delta`), then the final `Answer` (usage, the chain's receipts)."""
-        ids, max_tokens = self._prompt(model, body)
-        sampling = canonical("chat", body).generation[1]
+        ids, max_tokens = self._prompt(model, request)
+        sampling = request.generation[1]
         seed = sampling.seed if sampling.seed is not None else 0
         router = await asyncio.to_thread(self.router, model)  # reads the layout from chain now and then
         payer = SessionPayer(self.payments, self._credit_limit, len(ids) + max_tokens, max_tokens, api_key)
@@ -367,7 +363,7 @@ class StagedModels:
                 "receipts": [r.to_json() for r in receipts],
             }
             usage = {"prompt_tokens": len(ids), "completion_tokens": drawn, "total_tokens": len(ids) + drawn}
-            yield Answer(output, usage, receipts[-1], body)
+            yield Answer(output, usage, receipts[-1], request.body)
         finally:
             payer.release()
             for offers in session.router.offers.values():  # the hops' offers among them

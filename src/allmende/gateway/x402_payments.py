@@ -57,6 +57,7 @@ from x402.http import (
 from x402.mechanisms.evm.exact import ExactEvmFacilitatorScheme, ExactEvmServerScheme
 from x402.mechanisms.evm.types import TransactionReceipt, TypedDataDomain
 
+from allmende.api.canonical import CanonicalRequest
 from allmende.chain import Contracts
 from allmende.chain.bindings import Stable
 from allmende.chain.client import ChainClient
@@ -331,10 +332,11 @@ class X402Gate:
             SCHEME: {"amount": str(amount), "asset": asset, "extra": {**session, **bound}},
         }
 
-    async def admit(self, request: Request, kind: str, body: dict[str, Any]) -> Paid | JSONResponse:
-        """The request's payment, settled; or the 402 to answer (requirements, or why not)."""
-        _, amount = self.service.most_cost(kind, body)
-        prices = self.prices(request, request_hash(canonical_json(body)), amount)
+    async def admit(self, request: Request, served: CanonicalRequest) -> Paid | JSONResponse:
+        """The payment for `served` (the request `request` carries), settled; or the 402 to
+        answer (requirements, or why not)."""
+        _, amount = self.service.most_cost(served)
+        prices = self.prices(request, request_hash(canonical_json(served.body)), amount)
         context = HTTPRequestContext(
             adapter=_Adapter(request, prices),
             path=request.url.path,

@@ -10,7 +10,8 @@ what it received, without the provider's tokenizer or model:
 - `outputHash` is the keccak of the text it received (the generated text, or for an
   embedding the JSON of the vectors);
 - `tokensOut` is the number of token ids it received (an embedding: 0), at most the request's
-  `max_tokens`, and a stream's text deltas never carried more tokens than that;
+  `max_tokens` × `n` (read from the canonical request it sent, as the credit rule and the
+  provider read them), and a stream's text deltas never carried more tokens than that;
 - `tokensIn` is at most `core.prompts.max_prompt_tokens` of the body it sent: its UTF-8 bytes
   plus a chat-template allowance. The exact count needs the provider's tokenizer, which the
   gateway does not load; validators recompute it exactly (`tokens_in == len(prompt_ids)`) when
@@ -31,13 +32,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from allmende.api.protocol import choices_wanted, input_hash
+from allmende.api.canonical import CanonicalRequest
 from allmende.core import SignedReceipt, request_cost
-from allmende.core.credit import UNTIL_CONTEXT, requested_max_tokens
+from allmende.core.credit import UNTIL_CONTEXT
 from allmende.core.eip712 import keccak256 as keccak  # eth-utils' keccak, without its type dispatch
-from allmende.core.endpoints import endpoint
 from allmende.core.errors import UpstreamError
-from allmende.core.prompts import max_prompt_tokens
 
 
 class BadReceipt(UpstreamError):
@@ -46,10 +45,10 @@ class BadReceipt(UpstreamError):
     code = "bad_receipt"
 
 
-def output_bytes(kind: str, output: dict[str, Any], streamed_text: str | None = None) -> bytes:
+def output_bytes(sent: CanonicalRequest, output: dict[str, Any], streamed_text: str | None = None) -> bytes:
     """What the receipt's `outputHash` commits to: the text, the JSON list of the choices'
     texts (n > 1), or the embeddings' JSON."""
-    if not endpoint(kind).generates:
+    if not sent.generates:
         return json.dumps(output.get("embeddings")).encode()
     choices = output.get("choices")
     if isinstance(choices, list):
@@ -58,26 +57,25 @@ def output_bytes(kind: str, output: dict[str, Any], streamed_text: str | None = 
     return str(text).encode()
 
 
-def received_tokens(kind: str, output: dict[str, Any]) -> int:
+def received_tokens(sent: CanonicalRequest, output: dict[str, Any]) -> int:
     """How many tokens the answer carries: its token ids (0 for an embedding)."""
-    if not endpoint(kind).generates:
+    if not sent.generates:
         return 0
     choices = output.get("choices")
     if isinstance(choices, list):  # n > 1: every choice's tokens
-        return sum(received_tokens(kind, c if isinstance(c, dict) else {}) for c in choices)
+        return sum(received_tokens(sent, c if isinstance(c, dict) else {}) for c in choices)
     token_ids = output.get("token_ids")
     if not isinstance(token_ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in token_ids):
         raise BadReceipt("the answer carries no list of token ids")
     return len(token_ids)
 
 
-def ending_problems(kind: str, sent: dict[str, Any], output: dict[str, Any], streamed_text: str | None) -> list[str]:
+def ending_problems(sent: CanonicalRequest, output: dict[str, Any], streamed_text: str | None) -> list[str]:
     """What the gateway can see, without the tokenizer, of a completion that runs past its end."""
-    if not endpoint(kind).generates:
+    if not sent.generates:
         return []
-    stop = sent.get("stop")
-    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
-    stops = [s for s in stops if isinstance(s, str) and s]
+    stops = [s for s in sent.stop if s]
+    limit = sent.max_tokens  # UNTIL_CONTEXT: the context's end, which needs the prompt's length
     raw = output.get("choices")
     choices = [c if isinstance(c, dict) else {} for c in raw] if isinstance(raw, list) else [output]
     problems = []
@@ -88,7 +86,6 @@ def ending_problems(kind: str, sent: dict[str, Any], output: dict[str, Any], str
             problems.append(f"{where}the text holds a requested stop string (it runs past its end)")
         token_ids = choice.get("token_ids")
         count = len(token_ids) if isinstance(token_ids, list) else None
-        limit = requested_max_tokens(sent)  # UNTIL_CONTEXT: the context's end, which needs the prompt's length
         if choice.get("finish_reason") == "length" and count is not None and limit not in (count, UNTIL_CONTEXT):
             problems.append(f"{where}finish_reason length after {count} tokens, not max_tokens")
     return problems
@@ -96,36 +93,34 @@ def ending_problems(kind: str, sent: dict[str, Any], output: dict[str, Any], str
 
 def check_receipt(
     receipt: SignedReceipt,
-    kind: str,
-    sent: dict[str, Any],
+    sent: CanonicalRequest,
     output: dict[str, Any],
     prices: tuple[int, int],
     context_length: int,
     streamed_text: str | None = None,
     streamed_tokens: int = 0,
-    sent_hash: bytes | None = None,
 ) -> None:
-    """Raise BadReceipt unless the receipt states what the gateway sent (`sent`, the body as
-    forwarded) and received (`output`; for a stream, the text of its deltas and the tokens they
-    carried), priced at no more than `prices` (in, out) per 1M tokens. `sent_hash`:
-    `input_hash(kind, sent)` as the payer signed it, where the caller kept it."""
+    """Raise BadReceipt unless the receipt states what the gateway sent (`sent`, the request
+    as forwarded: its body, the hash the payer signed, its max_tokens and n) and received
+    (`output`; for a stream, the text of its deltas and the tokens they carried), priced at no
+    more than `prices` (in, out) per 1M tokens."""
     r = receipt.receipt
     problems = []
-    if r.input_hash != (sent_hash or input_hash(kind, sent)):
+    if r.input_hash != sent.input_hash:
         problems.append("inputHash is not the hash of the request sent")
-    if r.output_hash != keccak(output_bytes(kind, output, streamed_text)):
+    if r.output_hash != keccak(output_bytes(sent, output, streamed_text)):
         problems.append("outputHash is not the hash of the output received")
-    tokens = received_tokens(kind, output)
+    tokens = received_tokens(sent, output)
     if r.tokens_out != tokens:
         problems.append(f"tokensOut {r.tokens_out}, but {tokens} tokens were received")
-    generates = endpoint(kind).generates
-    most = requested_max_tokens(sent) * choices_wanted(sent) if generates else 0
+    generates = sent.generates
+    most = sent.max_tokens * sent.n
     if generates and tokens > most:
         problems.append(f"{tokens} tokens received, more than max_tokens × n = {most}")
     if streamed_tokens > tokens:
         problems.append(f"the stream's deltas carried {streamed_tokens} tokens, the final token ids only {tokens}")
-    problems += ending_problems(kind, sent, output, streamed_text)
-    bound = max_prompt_tokens(kind, sent)
+    problems += ending_problems(sent, output, streamed_text)
+    bound = sent.max_prompt_tokens
     if r.tokens_in > bound:
         problems.append(f"tokensIn {r.tokens_in} exceeds {bound}, the most this prompt can be")
     if generates and r.tokens_in + r.tokens_out > context_length:

@@ -24,7 +24,6 @@ from allmende.api.canonical import CanonicalRequest, canonical
 from allmende.api.protocol import input_hash
 from allmende.core import Domain, InvalidInput, Receipt, RequestAuthorization, SignedVoucher, request_cost, sign_receipt
 from allmende.core.codec import hex_bytes
-from allmende.core.credit import max_request_cost
 from allmende.core.eip712 import keccak256 as keccak  # eth-utils' keccak, without its type dispatch
 from allmende.core.endpoints import KINDS, endpoint
 from allmende.core.envelope import ResponseSealer, open_request
@@ -175,7 +174,7 @@ class ProviderService:
         reserved), then the replay check. Every admitted request must end in `release`."""
         model = req.model
         try:
-            bound = max_request_cost(req.kind, req.body, model.engine.context_length, model.price_in, model.price_out)
+            bound = req.canonical.max_cost(model.engine.context_length, model.price_in, model.price_out)
         except InvalidInput as exc:
             raise BadRequest.of(exc) from None
         self.gate.admit(req.channel_id, model.engine.model_id, req.payer, req.voucher, reserve=bound)
