@@ -30,12 +30,12 @@ from x402.http.clients import x402_httpx_transport
 from x402.http.x402_http_client import x402HTTPClient
 from x402.mechanisms.evm.exact import ExactEvmClientScheme
 
+from allmende.api.canonical import checked
 from allmende.api.directory import Directory
 from allmende.api.headers import PIN_HEADER
 from allmende.chain import ChainClient, Contracts, Deployment
 from allmende.chain.anvil import free_port
 from allmende.cli import app
-from allmende.core.credit import max_request_cost
 from allmende.core.receipts import Receipt, SignedReceipt
 from allmende.node.supervisor import Node, allmende_command
 from tests.e2e.conftest import Network
@@ -101,7 +101,7 @@ def most(network: Network, body: dict[str, Any]) -> int:
     offer = directory.resolve(MODEL)
     assert offer is not None
     costs = [
-        max_request_cost("chat", body, o.context_length, o.price_in, o.price_out)
+        checked("chat", dict(body)).max_cost(o.context_length, o.price_in, o.price_out)
         for e in directory.candidates(offer.model_id)
         for o in [e.offers[offer.model_id]]
     ]
