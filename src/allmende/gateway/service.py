@@ -43,8 +43,8 @@ from allmende.gateway.errors import (
     NoProvider,
 )
 from allmende.gateway.staged import STAGE_KIND, StagedModel, StagedModels
-from allmende.payer.payments import Payments
-from allmende.payer.receipts import BadReceipt, check_receipt
+from allmende.payer.payments import Hold, Payments
+from allmende.payer.receipts import BadReceipt
 
 log = logging.getLogger("allmende.gateway")
 # failed tries (blamed on a provider) before a request is given up
@@ -68,13 +68,12 @@ class Attempt:
 
     entry: ProviderEntry
     stats: ProviderStats
-    channel_id: bytes
-    cost: int  # max cost counted in flight on the channel
-    carried: int  # cumulative of the voucher sent with it (0: none)
+    hold: Hold  # its channel, its most cost counted in flight there, the voucher it carried
     request_id: bytes
     envelope: dict[str, str]
     sealer: Any
     sent: CanonicalRequest  # as forwarded: its inputHash signed in the request, checked in the receipt
+    held: bool = True  # its hold still counted: not yet paid (payments.pay) or released
 
 
 def credit_limit_of(entry: ProviderEntry) -> int:
@@ -200,29 +199,20 @@ class GatewayService:
         """Channel, reservation, voucher and envelope for one try; None if the provider's
         credit for us (or our deposit) cannot take this request right now."""
         cost = cost_at(sent, entry.offers.get(offer.model_id, offer))
-        # the usual case: the channel is ready and the cost reserved on it, on one read of the store
-        channel_id, reserved = self.payments.reserve_ready(entry.address, cost, credit_limit_of(entry))
-        if channel_id is None:
-            if self.payments.room_after_settling(entry.address, cost):
-                return None  # only requests in flight stand in the way: wait for their receipts
-            # open or top up: chain transactions, off the event loop
-            channel_id = await asyncio.to_thread(self.payments.channel_for, entry.address, cost)
-            reserved = self.payments.reserve(channel_id, cost, credit_limit_of(entry))
-        if not reserved:
+        held = await self.payments.hold(entry.address, offer.model_id, cost, credit_limit_of(entry))
+        if held is None:
             return None
-        voucher = self.payments.voucher(channel_id, offer.model_id)
         rid, env, sealer = build_envelope(
             entry.info,
             offer.model_id,
             sent.kind,
             sent.body,
             self.payments.signer,
-            channel_id,
-            voucher,
+            held.channel_id,
+            held.voucher,
             body_hash=sent.input_hash,
         )
-        carried = voucher.voucher.cumulative_amount if voucher else 0
-        return Attempt(entry, stats, channel_id, cost, carried, rid, env, sealer, sent)
+        return Attempt(entry, stats, held, rid, env, sealer, sent)
 
     async def _open(
         self,
@@ -254,28 +244,21 @@ class GatewayService:
         streamed_text: str | None = None,
         streamed_tokens: int = 0,
     ) -> bool:
-        """Check the answer's receipt (payer/receipts.py) and pay it; False if it failed the
-        check: then nothing is owed for it, and the provider is blamed and logged."""
+        """Pay the answer if its receipt passes the check (payments.pay, payer/receipts.py);
+        False if it failed: then nothing is owed for it, and the provider is blamed and logged.
+        The attempt's hold ends either way."""
         own = attempt.entry.offers.get(offer.model_id, offer)  # this provider's price on chain
         entry = attempt.entry
+        attempt.held = False
         try:
-            check_receipt(
-                answer.receipt,
-                attempt.sent,
-                answer.output,
-                (own.price_in, own.price_out),
-                own.context_length,
-                streamed_text,
-                streamed_tokens,
+            self.payments.pay(
+                entry.address, attempt.hold, own, attempt.sent, answer, api_key, streamed_text, streamed_tokens
             )
-            self.payments.settle(entry.address, attempt.channel_id, own, answer.receipt, api_key, attempt.carried)
         except BadReceipt as exc:
             log.warning("attempt at %s for %s: %s", entry.address, offer.name, exc)
             self.failed_attempts.labels(entry.address, "502", exc.code).inc()
             attempt.stats.record_failure(time.monotonic())
             return False
-        finally:
-            self.payments.release(attempt.channel_id, attempt.cost)
         return True
 
     def _failed(self, attempt: Attempt, offer: Offer, exc: Exception, streamed: int) -> str:
@@ -299,9 +282,10 @@ class GatewayService:
         )
         self.failed_attempts.labels(address, str(status), code).inc()
         answered = isinstance(exc, ProviderReplyError) and code != "stream_cut"
-        if answered or isinstance(exc, httpx.ConnectError):
+        if attempt.held and (answered or isinstance(exc, httpx.ConnectError)):
             # the provider refused or failed before earning anything, or was never reached
-            self.payments.release(attempt.channel_id, attempt.cost)
+            self.payments.release(attempt.hold.channel_id, attempt.hold.cost)
+            attempt.held = False
         # else: the outcome is unknown (the provider may have earned it): it stays counted
         if isinstance(exc, ProviderReplyError) and exc.status < 500:
             if exc.status == 429:
@@ -470,8 +454,7 @@ class GatewayService:
                     # the provider failed after sending text and billed that text: check its
                     # receipt against what arrived and pay it, as the provider's ledger does
                     exc.cut.sent = continued.body
-                    self._settle(attempt, offer, exc.cut, api_key, text, streamed)
-                    attempt.cost = 0  # released by _settle
+                    self._settle(attempt, offer, exc.cut, api_key, text, streamed)  # its hold ends there
                 verdict = self._failed(attempt, offer, exc, streamed)
                 if verdict == "fatal" and not sent and not streamed:
                     raise refused(exc) from None

@@ -1,7 +1,11 @@
 """The gateway's side of payment channels: one channel per provider, opened on first
 use, topped up when low; a voucher for everything owed with each request; every
-receipt checked against the price on chain before it is paid (the gateway checks the
-rest of it first, see payer/receipts.py).
+receipt checked (payer/receipts.py: against what was sent and received, and the price on
+chain) before it is paid.
+
+One attempt at a provider is one `Hold` (`hold`: the channel readied, the most cost counted
+in flight, the voucher signed), which ends in `pay` (the receipt checked and recorded as
+owed) or `release` (the provider earned nothing).
 
 Only opening a channel, and topping up one whose deposit is used up, make a request
 wait for the chain. A top-up at the low-water mark runs in the background while
@@ -21,6 +25,7 @@ provider refuse payment (the argument is in provider/payments.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -29,13 +34,14 @@ from dataclasses import dataclass
 
 import httpx
 
-from allmende.api.client import PayerKey
+from allmende.api.canonical import CanonicalRequest
+from allmende.api.client import Answer, PayerKey
 from allmende.api.directory import Offer
 from allmende.chain import Contracts
 from allmende.chain.errors import ChainError, ContractReverted, RpcUnavailable
 from allmende.core import SignedReceipt, SignedVoucher, Voucher, request_cost, sign_voucher
 from allmende.payer.errors import InsufficientFunds
-from allmende.payer.receipts import BadReceipt
+from allmende.payer.receipts import BadReceipt, check_receipt
 from allmende.payer.store import GatewayStore
 
 log = logging.getLogger("allmende.payer.payments")
@@ -51,6 +57,22 @@ class ChannelPolicy:
     retry_after: float = 5.0
     # longest a request waits for another request's chain work on the same channel
     wait_for_chain: float = 10.0
+
+
+@dataclass(frozen=True)
+class Hold:
+    """What one request takes to one provider: the channel it is paid through, its most cost
+    counted in flight there, and the voucher for what is owed on (channel, model) (None: the
+    provider holds it already)."""
+
+    channel_id: bytes
+    cost: int
+    voucher: SignedVoucher | None
+
+    @property
+    def carried(self) -> int:
+        """The cumulative of the voucher sent with the request (0: none)."""
+        return self.voucher.voucher.cumulative_amount if self.voucher is not None else 0
 
 
 class Payments:
@@ -114,6 +136,25 @@ class Payments:
         if left < deposit * self.policy.low_water:
             self._top_up_in_background(provider)
         return channel_id, reserved
+
+    async def hold(self, provider: str, model_id: bytes, cost: int, credit_limit: int) -> Hold | None:
+        """Ready a request of most cost `cost` for `provider`: a channel with room for it, the
+        cost counted in flight on it within the provider's `credit_limit`, and the voucher it
+        carries. None: not now (only requests in flight stand in the way, or the provider's
+        credit for us is taken: wait for their receipts, or go elsewhere). Opening or topping
+        up the channel are chain transactions: they run on a thread, and raise ChainError
+        when the chain cannot take them. Every hold ends in `release` (or `settle`, then
+        `release`)."""
+        # the usual case: the channel is ready and the cost reserved on it, on one read of the store
+        channel_id, reserved = self.reserve_ready(provider, cost, credit_limit)
+        if channel_id is None:
+            if self.room_after_settling(provider, cost):
+                return None  # only requests in flight stand in the way: wait for their receipts
+            channel_id = await asyncio.to_thread(self.channel_for, provider, cost)
+            reserved = self.reserve(channel_id, cost, credit_limit)
+        if not reserved:
+            return None
+        return Hold(channel_id, cost, self.voucher(channel_id, model_id))
 
     def room_after_settling(self, provider: str, need: int) -> bool:
         """True if only requests in flight on the channel to `provider` keep `need` units from
@@ -265,6 +306,30 @@ class Payments:
             r.request_id, provider, channel_id, r.model_id, r.amount, json.dumps(receipt.to_json()), api_key, carried
         )
         return r.amount
+
+    def pay(
+        self,
+        provider: str,
+        hold: Hold,
+        offer: Offer,
+        sent: CanonicalRequest,
+        answer: Answer,
+        api_key: str | None,
+        streamed_text: str | None = None,
+        streamed_tokens: int = 0,
+    ) -> int:
+        """Pay an answer to the request `hold` was taken for: its receipt checked against what
+        was sent and received (payer/receipts.py; for a stream, the text of its deltas and the
+        tokens they carried) at `offer`'s prices and context, then `settle`d. BadReceipt if it
+        fails: nothing is owed for it. The hold ends either way; returns what is owed."""
+        try:
+            prices = (offer.price_in, offer.price_out)
+            check_receipt(
+                answer.receipt, sent, answer.output, prices, offer.context_length, streamed_text, streamed_tokens
+            )
+            return self.settle(provider, hold.channel_id, offer, answer.receipt, api_key, hold.carried)
+        finally:
+            self.release(hold.channel_id, hold.cost)
 
     def settle_up(self, urls: dict[str, str], http: httpx.Client) -> int:
         """Deliver the vouchers the providers are still waiting for (work answered since the last
