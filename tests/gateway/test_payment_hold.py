@@ -15,7 +15,7 @@ import pytest
 from eth_account import Account
 
 from allmende.api.canonical import CanonicalRequest, checked
-from allmende.api.client import Answer
+from allmende.api.client import Answer, ProviderInfo
 from allmende.api.directory import Offer
 from allmende.core import Domain, Receipt, request_cost, sign_receipt
 from allmende.core.eip712 import keccak256 as keccak
@@ -132,3 +132,16 @@ def answered(sent: CanonicalRequest, output: dict, claimed: dict | None = None) 
         timestamp=1,
     )
     return Answer(output, {}, sign_receipt(receipt, RECEIPTS, b"\x05" * 32))
+
+
+@pytest.mark.parametrize(
+    ("published", "limit"),
+    [({"credit_limit": "7000"}, 7_000), ({"credit_limit": 9}, 9), ({}, 50_000), ({"credit_limit": "lots"}, 50_000)],
+    ids=["string", "number", "none", "nonsense"],
+)
+def test_the_credit_limit_a_hold_is_taken_within_is_the_one_the_provider_publishes(published: dict, limit: int) -> None:
+    """One reading of /v1/info's credit_limit for the gateway's holds and the stage chains'
+    (the stage path read it with a bare int(): a provider publishing nonsense broke it)."""
+    info = ProviderInfo(PROVIDER, b"\x00" * 32, 31337, [], published)
+
+    assert info.credit_limit == limit

@@ -21,6 +21,9 @@ from allmende.core import Domain, InvalidSignature, RequestAuthorization, Signed
 from allmende.core.envelope import ResponseSealer, seal_request
 from allmende.core.errors import UpstreamError
 
+# the credit a provider whose /v1/info names none is assumed to allow (the old default)
+DEFAULT_CREDIT_LIMIT = 50_000
+
 
 class ProviderReplyError(UpstreamError):
     """The provider answered with a JSON error (its status and code are kept). A stream that
@@ -53,6 +56,16 @@ class ProviderInfo:
     chain_id: int
     models: list[dict[str, Any]]
     raw: dict[str, Any]
+
+    @property
+    def credit_limit(self) -> int:
+        """The credit the provider gives a payer (units owed beyond its last voucher), as its
+        signed /v1/info publishes it; DEFAULT_CREDIT_LIMIT where it names none it can mean."""
+        raw = self.raw.get("credit_limit", DEFAULT_CREDIT_LIMIT)
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            return DEFAULT_CREDIT_LIMIT
 
 
 class Delta(str):

@@ -1,7 +1,7 @@
 """API-key budgets, reserved before a request and settled after it, so they are never
 overshot however many requests a key has in flight.
 
-At admission the request's most possible cost (allmende.core.credit.max_request_cost at the
+At admission the request's most possible cost (the credit rule, CanonicalRequest.max_cost, at the
 dearest price any provider of its model asks, with its largest context) is reserved
 against the key's budget: the request is refused (402 insufficient_quota) when what the key
 has spent (its receipts, in the gateway's store) plus what its requests in flight hold plus

@@ -51,8 +51,6 @@ log = logging.getLogger("allmende.gateway")
 MAX_ATTEMPTS = 4
 # seconds to wait before asking busy providers again
 BUSY_WAIT = 0.02
-# what a provider that publishes no credit limit is assumed to allow (the old default)
-DEFAULT_CREDIT_LIMIT = 50_000
 
 
 @dataclass
@@ -74,15 +72,6 @@ class Attempt:
     sealer: Any
     sent: CanonicalRequest  # as forwarded: its inputHash signed in the request, checked in the receipt
     held: bool = True  # its hold still counted: not yet paid (payments.pay) or released
-
-
-def credit_limit_of(entry: ProviderEntry) -> int:
-    """The provider's credit limit as its signed /v1/info publishes it."""
-    raw = entry.info.raw.get("credit_limit", DEFAULT_CREDIT_LIMIT)
-    try:
-        return int(raw)
-    except (TypeError, ValueError):
-        return DEFAULT_CREDIT_LIMIT
 
 
 class GatewayService:
@@ -199,7 +188,7 @@ class GatewayService:
         """Channel, reservation, voucher and envelope for one try; None if the provider's
         credit for us (or our deposit) cannot take this request right now."""
         cost = cost_at(sent, entry.offers.get(offer.model_id, offer))
-        held = await self.payments.hold(entry.address, offer.model_id, cost, credit_limit_of(entry))
+        held = await self.payments.hold(entry.address, offer.model_id, cost, entry.info.credit_limit)
         if held is None:
             return None
         rid, env, sealer = build_envelope(

@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 
 from allmende.api.canonical import CanonicalRequest
-from allmende.api.client import Answer, Delta
+from allmende.api.client import DEFAULT_CREDIT_LIMIT, Answer, Delta
 from allmende.api.directory import Directory, ModelListing, Offer
 from allmende.chain import Contracts
 from allmende.chain.errors import ChainError
@@ -49,7 +49,7 @@ from allmende.engine.base import ChatPrompt, SamplingParams
 from allmende.engine.chat import render_chat, template_renders_tools
 from allmende.gateway.errors import InvalidRequest, NoProvider
 from allmende.payer.payments import Payments
-from allmende.payer.stage_payer import DEFAULT_CREDIT_LIMIT, SessionPayer
+from allmende.payer.stage_payer import SessionPayer
 from allmende.payer.stages import Hop, NoStageProvider, StageOffer, StageRouter, StageSession
 
 log = logging.getLogger("allmende.gateway.staged")
@@ -272,7 +272,7 @@ class StagedModels:
 
     def _credit_limit(self, provider: str) -> int:
         entry = self.directory.entry(provider)
-        return int(entry.info.raw.get("credit_limit", DEFAULT_CREDIT_LIMIT)) if entry else DEFAULT_CREDIT_LIMIT
+        return entry.info.credit_limit if entry else DEFAULT_CREDIT_LIMIT
 
     def most_cost(self, model: StagedModel, request: CanonicalRequest) -> int:
         """The most a request can cost through the dearest chain: every position of prompt and

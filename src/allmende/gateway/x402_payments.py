@@ -5,7 +5,7 @@ facilitator against the chain (no outside service).
 The flow of one request (`X402Gate.admit`, then `X402Gate.refund`):
 
 1. The request is parsed as every request is. Its price is the most it can cost: the credit
-   rule's bound (`core/credit.py max_request_cost`) at the dearest offer among the providers
+   rule's bound (`core/credit.py`, `CanonicalRequest.max_cost`) at the dearest offer among the providers
    that serve its model. Without a `PAYMENT-SIGNATURE` header the answer is `402` with the
    SDK's `PAYMENT-REQUIRED` header: scheme `exact`, network `eip155:<chain id>`, asset dUSD
    (the deployment's payment token, with its EIP-712 name and version read on chain),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from eth_utils import keccak
 
+from allmende.api.client import DEFAULT_CREDIT_LIMIT as DEFAULT_CREDIT_LIMIT  # validator.service imports it here
 from allmende.api.stages import CallPayment, ForwardRequest
 from allmende.chain.errors import ChainError
 from allmende.core.receipts import SignedReceipt
@@ -19,8 +20,6 @@ from allmende.core.vouchers import SignedVoucher
 from allmende.payer.errors import InsufficientFunds
 from allmende.payer.payments import Payments
 from allmende.payer.stages import NoStageProvider, StageOffer
-
-DEFAULT_CREDIT_LIMIT = 50_000  # a stage provider's credit for a payer when its /v1/info names none
 
 
 @dataclass

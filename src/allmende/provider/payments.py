@@ -6,7 +6,7 @@ Before a request is served:
 - its voucher (if any) is signed by the channel's payer under this chain's Channels
   domain, for this request's (channel, model), for a channel whose provider is us and
   that is not closing, with all models' cumulatives together within the deposit;
-- the request's maximum cost (`core.credit.max_request_cost`) is reserved, and
+- the request's maximum cost (`core.credit`, `CanonicalRequest.max_cost`) is reserved, and
   admission requires  earned − vouchers + reserved ≤ credit limit  and
   earned + reserved ≤ deposit, both checked and reserved under one lock, so concurrent
   requests cannot overshoot either. The reservation is released when the request ends:
