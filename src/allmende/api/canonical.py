@@ -186,16 +186,15 @@ def _built(
     """The canonical request of a parsed body (`fields`: the body without the continuation)."""
     if isinstance(request, EmbeddingRequest):
         return CanonicalRequest(kind, body, request, EmbeddingInput(request.input, request.dimensions), None)
-    sampling = request.sampling()
+    grammar = None
     if isinstance(request, ChatRequest):
         prompt: Prompt = _chat_prompt(request, fields, continuation)
-        sampling = dataclasses.replace(sampling, grammar=grammar_of(fields))
+        grammar = grammar_of(fields)
     else:
         assert isinstance(request, CompletionRequest)
         prompt = TextPrompt(request.prompt, continuation)
-    if sampling.seed is None and request_id is not None:
-        sampling = dataclasses.replace(sampling, seed=draw_seed(request_id))
-    sampling = dataclasses.replace(sampling, logprobs=request.logprobs_wanted())
+    seed = draw_seed(request_id) if request.seed is None and request_id is not None else None
+    sampling = request.sampling(grammar, request.logprobs_wanted(), seed)
     return CanonicalRequest(kind, body, request, prompt, sampling, request.n or 1)
 
 

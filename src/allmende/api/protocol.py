@@ -465,10 +465,13 @@ class _Generation(_Common):
             raise ValueError("'n' above 1 is not offered with stream (failover continues one text)")
         return self
 
-    def sampling(self) -> SamplingParams:
-        """What the provider runs and a validator re-checks. Its `max_tokens` is the one rule
-        every role reads (api.canonical carries it to the credit rule and the receipt check):
-        `max_tokens`, else `max_completion_tokens`, else UNTIL_CONTEXT."""
+    def sampling(
+        self, grammar: str | None = None, logprobs: int | None = None, default_seed: int | None = None
+    ) -> SamplingParams:
+        """What the provider runs and a validator re-checks (with the grammar and logprobs the
+        caller derived, and `default_seed` where the request sets none). Its `max_tokens` is
+        the one rule every role reads (api.canonical carries it to the credit rule and the
+        receipt check): `max_tokens`, else `max_completion_tokens`, else UNTIL_CONTEXT."""
         max_tokens = self.max_tokens or self.max_completion_tokens or UNTIL_CONTEXT
         temperature = 1.0 if self.temperature is None else self.temperature
         top_p = 1.0 if self.top_p is None else self.top_p
@@ -476,8 +479,10 @@ class _Generation(_Common):
             max_tokens,
             temperature,
             top_p,
-            self.seed,
+            default_seed if self.seed is None else self.seed,
             self.stop or (),
+            logprobs=logprobs,
+            grammar=grammar,
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,
             logit_bias=tuple((t, b) for t, b in self.logit_bias or () if b),  # a bias of 0 asks for nothing
