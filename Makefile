@@ -90,6 +90,12 @@ typecheck: install
 screenshots: install
 	ALLMENDE_SCREENSHOTS=bench/results/ui $(BIN)/pytest -p no:randomly tests/ui
 
+# Where the environment says PYTHONDONTWRITEBYTECODE (this CI machine's does), every test
+# worker and each of the ~150 node processes a run starts would compile the project's source
+# again and pytest would rewrite every test module's asserts in each worker: the targets here
+# let Python keep compiled bytecode (__pycache__/, git-ignored) and read it back.
+unexport PYTHONDONTWRITEBYTECODE
+
 # The tests after the unit tests run on WORKERS pytest-xdist workers: most of their time is spent
 # waiting on other processes (anvil, nodes, HTTP), so three workers keep two cores busy. Tests
 # that share one network (tests/conftest.py: SHARED_NETWORKS) run on one worker, every other
