@@ -29,6 +29,16 @@ def provider_command(index: int) -> list[str]:
     return default_provider_command(index)
 
 
+def _stage_list(text: str | None) -> list[int]:
+    """--provider-stages 0,1,1,2 as a list of stage indexes."""
+    if not text:
+        return []
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise InvalidInput(f"--provider-stages {text}: give stage indexes separated by commas, e.g. 0,1,1,2") from None
+
+
 def up(
     providers: int = typer.Option(
         2, help="number of provider processes (0: only the chain and the gateway, for providers that join)"
@@ -69,6 +79,11 @@ def up(
         "i mod STAGES, so --providers 2×STAGES gives every stage a spare); the gateway serves the model by chaining "
         "them. The devnet deployer registers the model and its stages as their owner. Only the chat model is served",
     ),
+    provider_stages: str = typer.Option(
+        None,
+        help="with --stages: the stage of each provider in order, counted from 0, instead of i mod STAGES: e.g. "
+        "--providers 4 --stages 3 --provider-stages 0,1,1,2 gives the middle stage a spare",
+    ),
     public_host: str = typer.Option(
         None,
         help="this host's address as other hosts reach it (e.g. 192.168.1.10): anvil and the gateway then listen "
@@ -86,6 +101,7 @@ def up(
         public_host, provider_command, stages,
     )  # fmt: skip
     try:
+        plan.provider_stages = _stage_list(provider_stages)
         plan.check_counts()
     except InvalidInput as exc:
         console.print(f"[red]error:[/red] {exc}")

@@ -71,6 +71,11 @@ class DevnetPlan:
     public_host: str | None = None
     provider_command: Callable[[int], list[str]] = default_provider_command  # a hook for allmende.testing.cheats
     stages: int = 0  # > 0: the chat model split into this many pipeline stages, provider i serving stage i % stages
+    provider_stages: list[int] = field(default_factory=list)  # the stage of each provider, instead of i % stages
+
+    def stage_of(self, index: int) -> int:
+        """The stage provider `index` (from 0) serves: the one named for it, else index mod stages."""
+        return self.provider_stages[index] if self.provider_stages else index % self.stages
 
     @property
     def chat_models(self) -> list[str]:
@@ -84,8 +89,25 @@ class DevnetPlan:
             raise InvalidInput(f"--stages {self.stages} needs at least as many providers (one per stage at least)")
         if self.stages and len(self.chat_models) != 1:
             raise InvalidInput("--stages splits one chat model: give one --model (default: smollm2-135m-instruct)")
+        if self.provider_stages:
+            self._check_provider_stages()
         if self.validators < 0 or self.providers + self.validators > MAX_NODES:
             raise InvalidInput(f"providers + validators must be at most {MAX_NODES} (anvil funds 10 accounts)")
+
+    def _check_provider_stages(self) -> None:
+        """One stage per provider, each inside the split, every stage served by one at least."""
+        given = ",".join(map(str, self.provider_stages))
+        if not self.stages:
+            raise InvalidInput(f"--provider-stages {given} names stages: give --stages as well")
+        if len(self.provider_stages) != self.providers:
+            raise InvalidInput(f"--provider-stages {given} names {len(self.provider_stages)} stages for "
+                               f"{self.providers} providers: one per provider")  # fmt: skip
+        outside = [s for s in self.provider_stages if not 0 <= s < self.stages]
+        if outside:
+            raise InvalidInput(f"--provider-stages {given}: stage {outside[0]} is not one of 0..{self.stages - 1}")
+        missing = sorted(set(range(self.stages)) - set(self.provider_stages))
+        if missing:
+            raise InvalidInput(f"--provider-stages {given}: no provider serves stage {missing[0]}")
 
     def check(self, checking_models: Callable[[], ContextManager[object]] = contextlib.nullcontext) -> None:
         """Everything that can be wrong before anything starts (InvalidInput): the counts, a
@@ -208,7 +230,7 @@ class Devnet:
                 "--state-dir", str(self.run_dir / f"provider-{i + 1}"), "--port", str(port),
                 "--redeem-interval", "10", *public,
                 *(a for m in plan.models for a in ("--model", m)),
-                *(["--stage", f"{i % plan.stages}/{plan.stages}"] if plan.stages else []),
+                *(["--stage", f"{plan.stage_of(i)}/{plan.stages}"] if plan.stages else []),
                 *(["--claim-models"] if plan.claim_models and not plan.stages else []),
                 *(["--stream-tokens-per-s", str(plan.stream_tokens_per_s)] if plan.stream_tokens_per_s else []),
                 *plan.provider_options,
