@@ -52,3 +52,40 @@ def test_switched_off_for_measuring() -> None:
     result = run({"ALLMENDE_GC_FREEZE": "0"})
     assert result["frozen"] == result["count"] == 0
     assert result["startup_walked"] == 50_000
+
+
+PAUSED = """
+import gc, json, sys
+from allmende.node.heap import freeze_startup_heap, pause_for_startup
+
+paused = pause_for_startup(sys.argv[1:])
+during = gc.isenabled()
+freeze_startup_heap()
+print(json.dumps({"paused": paused, "during": during, "after": gc.isenabled()}))
+"""
+
+
+def paused_run(argv: list[str], env: dict[str, str] | None = None) -> dict[str, bool]:
+    import json
+
+    out = subprocess.run(
+        [sys.executable, "-c", PAUSED, *argv],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def test_a_node_starts_with_the_collector_paused_and_runs_it_again_once_started() -> None:
+    for argv in (["provider", "--model", "allmende:tiny"], ["gateway"], ["validator"], ["vault"], ["up"],
+                 ["stage", "serve", "--index", "0"]):  # fmt: skip
+        assert paused_run(argv) == {"paused": True, "during": False, "after": True}, argv
+    # with freezing switched off for measuring, the collector runs again all the same
+    assert paused_run(["gateway"], {"ALLMENDE_GC_FREEZE": "0"}) == {"paused": True, "during": False, "after": True}
+
+
+def test_other_commands_and_help_keep_the_collector_running() -> None:
+    for argv in ([], ["status"], ["keys", "new"], ["stage", "register"], ["provider", "--help"], ["models", "list"]):
+        assert paused_run(argv) == {"paused": False, "during": True, "after": True}, argv

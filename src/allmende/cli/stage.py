@@ -68,6 +68,7 @@ def serve(
     from allmende.core.errors import InvalidInput
     from allmende.engine import resolve_model
     from allmende.engine.stages import StageEngine, stage_of
+    from allmende.node.heap import freeze_startup_heap
     from allmende.node.net import bind_socket
     from allmende.provider.stage_app import create_stage_app
 
@@ -88,6 +89,7 @@ def serve(
             tmp.rename(ready_file)
         console.print(f"serving blocks {spec.range.start}-{spec.range.end} ({spec.stage_id_hex}) at {url}")
         server = uvicorn.Server(uvicorn.Config(app_, log_level="warning", timeout_keep_alive=30))
+        freeze_startup_heap()  # the stage's weights loaded: the collector runs again (node/heap.py)
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
             server.run(sockets=[sock])
 

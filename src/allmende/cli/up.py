@@ -19,6 +19,7 @@ from allmende.core.errors import InvalidInput, InvalidModelName
 from allmende.core.model_names import canonical_name
 from allmende.engine import DEFAULT_CHAT_MODEL, resolve_model
 from allmende.node.devnet import Devnet, DevnetPlan, default_provider_command, keep_previous_run, stop_described
+from allmende.node.heap import freeze_startup_heap
 from allmende.node.supervisor import NetworkInfo
 
 DEFAULT_MODELS = [DEFAULT_CHAT_MODEL, "minilm"]
@@ -143,6 +144,7 @@ def up(
     try:
         with friendly_errors():
             network = devnet.start()
+        freeze_startup_heap()  # every node started: the collector runs again (node/heap.py)
         _announce(plan, network, showcase)
         while not interrupted[0]:
             time.sleep(1)

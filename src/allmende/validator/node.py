@@ -11,6 +11,7 @@ import httpx
 
 from allmende.api.guard import GuardConfig
 from allmende.chain.errors import ChainError
+from allmende.node.heap import freeze_startup_heap
 from allmende.node.net import bind_socket
 from allmende.validator.app import create_app
 from allmende.validator.service import AuditRecord, Validator, ValidatorConfig
@@ -38,6 +39,7 @@ def serve(
     stopping = threading.Event()
 
     worker = threading.Thread(target=run_rounds, args=(validator, stopping, audit_interval, publish_every), daemon=True)
+    freeze_startup_heap()  # models loaded, app built: the collector runs again (node/heap.py)
     worker.start()
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it already handled
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

@@ -10,6 +10,7 @@ from typing import Any
 
 from allmende.api.guard import GuardConfig
 from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.node.heap import freeze_startup_heap
 from allmende.vault.datasets import Table, load_table
 from allmende.vault.service import VaultPolicy, VaultService
 from allmende.vault.store import VaultStore
@@ -93,4 +94,5 @@ def serve(config: VaultConfig) -> None:
     import uvicorn
 
     app, _ = build(config)
+    freeze_startup_heap()  # built: the collector runs again, off startup's objects (node/heap.py)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
