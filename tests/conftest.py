@@ -3,18 +3,39 @@ the contracts deployed once, devnet accounts funded."""
 
 from __future__ import annotations
 
-import subprocess
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+import gc
 
-import pytest
+gc.disable()  # until collection ends: see pytest_collection below
 
-from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
-from allmende.chain.anvil import Anvil, DevnetAccount, devnet_accounts
-from allmende.chain.bindings import CaseRecord
-from allmende.testing.network import start_network, stop_network
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+from allmende.chain import ChainClient, Contracts, Deployment, deploy_all  # noqa: E402
+from allmende.chain.anvil import Anvil, DevnetAccount, devnet_accounts  # noqa: E402
+from allmende.chain.bindings import CaseRecord  # noqa: E402
+from allmende.testing.network import start_network, stop_network  # noqa: E402
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_collection(session: pytest.Session) -> Iterator[None]:
+    """Loading the conftests and collecting import torch, transformers, boa, web3, …: millions of
+    objects that live for the whole run on every worker. The garbage collector's passes over
+    them while they are made (1.2-1.6 CPU s a worker), and its later full passes over them during
+    the tests (0.7 -> 0.2 s in tests/engine/test_smollm2.py and tests/stages/test_stage_batching.py),
+    are wasted: it is paused from this file's first import to the end of collection, and then
+    they leave its passes (as a node's start-up does, allmende.node.heap)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.collect()
+        gc.freeze()
+        gc.enable()
 
 
 @pytest.fixture(scope="session")
@@ -119,13 +140,14 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 # Networks one fixture starts for many test modules: the session `network` of tests/e2e, the
 # session `running` provider of tests/provider, the package's vault `world` of tests/vault (anvil,
-# three vault processes, a trained base model: ~28 s of CPU a start), and the cheater network
-# above. Under pytest-xdist (`make test` runs `-n 3 --dist loadgroup`) every module that uses one
+# three vault processes, a trained base model: ~28 s of CPU a start), the validator e2e modules'
+# `audit_network` of tests/validator (a chain, a gateway, an honest provider), and the cheater
+# network above. Under pytest-xdist (`make test` runs `-n 3 --dist loadgroup`) every module that uses one
 # runs on the same worker, so each network starts once (a package fixture is also stopped whenever
 # a worker turns to another package's test: spread over the workers, `world` started on each worker
 # that ran one of its modules, and again after each such turn); every other module is a group of
 # its own (its module-scoped fixtures start once), and the groups are spread over the workers.
-SHARED_NETWORKS = (CHEATER_NETWORK, "network", "running", "world")
+SHARED_NETWORKS = (CHEATER_NETWORK, "network", "running", "world", "audit_network")
 
 
 def shared_network_of(item: pytest.Item) -> str | None:
