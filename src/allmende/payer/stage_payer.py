@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from eth_utils import keccak
 
-from allmende.api.client import DEFAULT_CREDIT_LIMIT as DEFAULT_CREDIT_LIMIT  # validator.service imports it here
 from allmende.api.stages import CallPayment, ForwardRequest
 from allmende.chain.errors import ChainError
 from allmende.core.receipts import SignedReceipt

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from allmende.api.canonical import canonical
+from allmende.api.client import DEFAULT_CREDIT_LIMIT
 from allmende.api.directory import Directory, ProviderEntry
 from allmende.api.headers import EVIDENCE_HEADER, PIN_HEADER
 from allmende.chain import ChainClient, Contracts, Deployment
@@ -41,7 +42,7 @@ from allmende.engine.base import ChatPrompt, Kind
 from allmende.engine.stages import StageEngine
 from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.payer.payments import ChannelPolicy, Payments
-from allmende.payer.stage_payer import DEFAULT_CREDIT_LIMIT, SessionPayer
+from allmende.payer.stage_payer import SessionPayer
 from allmende.payer.stages import StageOffer
 from allmende.payer.store import GatewayStore
 from allmende.validator.accumulated import (
@@ -465,7 +466,7 @@ class Validator:
         tokens = self.config.stage_tokens
         prompt = self._stage_prompt(engine, auditor, tokens)
         entry = self.directory.entry(str(offer.provider))
-        credit = int(entry.info.raw.get("credit_limit", DEFAULT_CREDIT_LIMIT)) if entry else DEFAULT_CREDIT_LIMIT
+        credit = entry.info.credit_limit if entry else DEFAULT_CREDIT_LIMIT  # nonsense published: the default
         payer = SessionPayer(self.stage_payments, lambda _: credit, len(prompt) + tokens, tokens, None)
         started = time.monotonic()
 
