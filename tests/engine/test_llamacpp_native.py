@@ -20,7 +20,7 @@ import torch
 
 from allmende.api.canonical import prompt_of
 from allmende.api.protocol import sampling_params
-from allmende.engine import DEFAULT_CHAT_MODEL, SamplingParams, collect, load_engine, resolve_model
+from allmende.engine import DEFAULT_CHAT_MODEL, Engine, SamplingParams, collect, load_engine, resolve_model
 from allmende.engine.base import EngineError
 from allmende.engine.llamacpp import LlamaContext, LlamaCppEngine
 from allmende.engine.sequence import Sequence
@@ -39,6 +39,13 @@ def llama() -> LlamaCppEngine:
     return LlamaCppEngine(
         DEFAULT_CHAT_MODEL, resolved.gguf, resolved.path, resolved.gguf_id, max_concurrency=4, weights="mixed"
     )
+
+
+@pytest.fixture
+def reference(smollm2: Engine) -> Engine:
+    """The transformers engine on the same GGUF, what validators check with (`judge` reads
+    its prefill): the session's, not one loaded per test."""
+    return smollm2
 
 
 def test_the_default_engine_serves_the_f16_copy_and_the_provider_options_reach_it() -> None:
@@ -184,6 +191,7 @@ def test_logprobs_come_from_the_rows_drawn_from_and_do_not_change_the_draw(llama
 
 def test_a_lone_request_runs_on_the_4_bit_file_a_crowd_on_the_f16_copy_and_both_pass_the_reference_check(
     llama: LlamaCppEngine,
+    reference: Engine,
 ) -> None:
     """Served "mixed", a lone request runs on the Q4_1 file (the fastest single-sequence
     decode), requests that come in a crowd on its F16 copy (tiled GEMM kernels for batches;
@@ -195,7 +203,6 @@ def test_a_lone_request_runs_on_the_4_bit_file_a_crowd_on_the_f16_copy_and_both_
     assert llama.weights == "mixed"
     copy = expanded_f16(llama.lib, llama.gguf, llama.model_id)
     assert gguf_shape(copy) == (1, gguf_shape(llama.gguf)[1])  # F16, every weight
-    reference = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1)  # transformers on the same GGUF
     assert reference.model_id == llama.model_id
     joined = dict(llama.scheduler.joined)
     params = [SamplingParams(max_tokens=16, temperature=0.0), SamplingParams(max_tokens=16, seed=3)]
@@ -221,6 +228,7 @@ def test_a_lone_request_runs_on_the_4_bit_file_a_crowd_on_the_f16_copy_and_both_
 
 def test_a_prompt_sharing_a_running_prompts_prefix_prefills_only_the_rest_and_passes_the_check(
     llama: LlamaCppEngine,
+    reference: Engine,
 ) -> None:
     """Chat prompts share the template's system prompt: a request joining while another runs
     takes those cache cells from it instead of prefilling them again; what it generates is
@@ -247,12 +255,11 @@ def test_a_prompt_sharing_a_running_prompts_prefix_prefills_only_the_rest_and_pa
 
     done = asyncio.run(overlapping())
     assert llama.scheduler.shared_prefix_tokens - shared == common
-    reference = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1)
     verdict = judge(reference, second, done.token_ids, done.proof, params)
     assert verdict.ok, verdict.reason
 
 
-def test_requests_arriving_together_prefill_their_common_prefix_once_and_pass_the_check() -> None:
+def test_requests_arriving_together_prefill_their_common_prefix_once_and_pass_the_check(reference: Engine) -> None:
     """Several chats at once: each but the first takes the system prompt's cells from another
     (a running one, or one joining in the same step, which prefills the prefix first). On one
     context (F16 weights), so that the count does not depend on how the crowd trickles in."""
@@ -270,7 +277,6 @@ def test_requests_arriving_together_prefill_their_common_prefix_once_and_pass_th
 
     answers = asyncio.run(together())
     assert llama.scheduler.shared_prefix_tokens - shared >= (len(prompts) - 1) * common
-    reference = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1)
     for i, done in enumerate(answers):
         verdict = judge(reference, prompts[i], done.token_ids, done.proof, params[i % 2])
         assert verdict.ok, (i, verdict.reason)
@@ -278,6 +284,7 @@ def test_requests_arriving_together_prefill_their_common_prefix_once_and_pass_th
 
 def test_a_prompt_that_extends_another_joining_in_the_same_step_takes_its_cells_and_both_pass_the_check(
     llama: LlamaCppEngine,
+    reference: Engine,
 ) -> None:
     """Two prompts join in one step, the second the whole first and more (a conversation and
     its next turn): the first prefills all of its prompt but the last token in the step's first
@@ -309,7 +316,6 @@ def test_a_prompt_that_extends_another_joining_in_the_same_step_takes_its_cells_
     for i in events:
         assert not any(isinstance(e, BaseException) for e in events[i]), events[i]
     assert llama.scheduler.shared_prefix_tokens - shared == len(first) - 1
-    reference = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1)
     for i, prompt in enumerate((first, second)):
         tokens = [e.token_id for e in events[i] if e is not None and e.token_id is not None]
         proof = events[i][-2].proof
@@ -358,7 +364,9 @@ def test_a_steps_borrowed_rows_are_each_sequences_own_row(llama: LlamaCppEngine)
         context.close()
 
 
-def test_a_gguf_without_one_block_served_under_the_models_id_fails_the_reference_check(tmp_path: Path) -> None:
+def test_a_gguf_without_one_block_served_under_the_models_id_fails_the_reference_check(
+    tmp_path: Path, reference: Engine
+) -> None:
     """The cheap copy a provider could make of the GGUF it claims (one of 30 transformer blocks
     left out, everything else byte for byte): it still answers sensibly, and its proofs fail."""
     from allmende.testing.engines import without_layer
@@ -367,7 +375,6 @@ def test_a_gguf_without_one_block_served_under_the_models_id_fails_the_reference
     assert resolved.gguf is not None and resolved.gguf_id is not None
     cheap = without_layer(resolved.gguf, 15, tmp_path / "skip.gguf")
     cheat = LlamaCppEngine("cheat", cheap, resolved.path, resolved.gguf_id, max_concurrency=1, weights="native")
-    reference = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1)
     params = SamplingParams(max_tokens=24, temperature=0.0)
     prompt = chat(cheat, 0)
     done = asyncio.run(collect(cheat.generate(prompt, params), 0))
@@ -376,7 +383,9 @@ def test_a_gguf_without_one_block_served_under_the_models_id_fails_the_reference
     assert not verdict.ok
 
 
-def test_another_model_of_the_same_architecture_and_tokenizer_fails_the_reference_check(tmp_path: Path) -> None:
+def test_another_model_of_the_same_architecture_and_tokenizer_fails_the_reference_check(
+    tmp_path: Path, reference: Engine
+) -> None:
     """ "Another model" under the claimed id: SmolLM2's architecture and tokenizer, every weight
     moved by a tenth of its tensor's spread (about what 4-bit quantization moves it). It loads,
     answers and streams like the claimed model; its proofs fail against the claimed weights."""
@@ -386,7 +395,6 @@ def test_another_model_of_the_same_architecture_and_tokenizer_fails_the_referenc
     assert resolved.gguf is not None and resolved.gguf_id is not None
     other = sibling(resolved.gguf, SIBLING_SPREAD, 7, tmp_path / "sibling.gguf")
     cheat = LlamaCppEngine("cheat", other, resolved.path, resolved.gguf_id, max_concurrency=1, weights="native")
-    reference = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1)
     params = SamplingParams(max_tokens=24, temperature=0.0)
     for i in range(2):
         prompt = chat(cheat, i)
@@ -396,7 +404,9 @@ def test_another_model_of_the_same_architecture_and_tokenizer_fails_the_referenc
         assert not verdict.ok and "proof" in verdict.reason, verdict.reason
 
 
-def test_a_prompt_that_starts_like_a_finished_requests_reuses_its_cells_reports_them_and_passes_the_check() -> None:
+def test_a_prompt_that_starts_like_a_finished_requests_reuses_its_cells_reports_them_and_passes_the_check(
+    reference: Engine,
+) -> None:
     """Prompt caching across requests: an agent sends the same long system prompt every step;
     the second step takes the first's cells (prompt and answer) and prefills only the rest,
     reports them as `cached_tokens`, and its completion is still the model's answer to the
@@ -418,7 +428,6 @@ def test_a_prompt_that_starts_like_a_finished_requests_reuses_its_cells_reports_
 
     assert second.cached_tokens >= len(first_ids) - 1  # at least the whole first prompt came from the cache
     assert llama.scheduler.cached_prompt_tokens - cached == second.cached_tokens
-    reference = load_engine(DEFAULT_CHAT_MODEL, max_concurrency=1)
     verdict = judge(reference, second_ids, second.token_ids, second.proof, params)
     assert verdict.ok, verdict.reason
     llama.scheduler.drop_parked()
