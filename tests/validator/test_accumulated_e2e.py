@@ -1,9 +1,11 @@
-"""Accumulated evidence end to end, on a chain of this module's own: a provider process that
+"""Accumulated evidence end to end, on the package's audit network (tests/validator/conftest.py:
+a chain of its own, shared with test_faults_e2e and test_shapes_e2e): a provider process that
 serves int8 weights of the tiny model under its registered id (allmende.testing.cheats, mode
 `int8`) passes every single audit, but the auditing validator's evidence ledger tips to
 "cheating"; it opens a case whose evidence is the window's audits, a juror re-checks them with
 its own model and votes guilty, the case resolves guilty and the provider is slashed and
-paused. An honest provider audited as often under the same validator is never reported. Both validators run at
+paused. The network's honest provider audited as often under the same validator is never reported. Both
+validators run at
 the default (accumulated cases on); one with them turned off votes not guilty on the case."""
 
 from __future__ import annotations
@@ -20,18 +22,18 @@ from allmende.chain.anvil import Anvil, DevnetAccount
 from allmende.validator.evidence import Evidence
 from allmende.validator.service import Validator
 from tests.conftest import wait_for
+from tests.validator.conftest import AuditNetwork
 from tests.validator.test_faults_e2e import (
-    ALM,
     FixedTraffic,
-    anvil,  # noqa: F401  (this module's own chain)
+    anvil,  # noqa: F401  (the audit network's chain)
     audited_provider,
     deployment,  # noqa: F401
     deployments_file,  # noqa: F401
     fresh_account,
-    module_gateway,
+    gateway,  # noqa: F401  (the audit network's gateway)
     votes_guilty,
     wait_out_the_lookback,
-    weigh,
+    weigh_a_quorum,
 )
 from tests.validator.test_validator_e2e import make_validator
 
@@ -51,23 +53,12 @@ def bodies(count: int) -> list[dict[str, Any]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def gateway(
-    anvil: Anvil,  # noqa: F811
-    deployments_file: Path,  # noqa: F811
-    accounts: list[DevnetAccount],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
-    with module_gateway(anvil, deployments_file, accounts[8], tmp_path_factory) as url:
-        yield url
-
-
 @pytest.fixture
 def int8_provider(
     anvil: Anvil,  # noqa: F811
     deployments_file: Path,  # noqa: F811
     accounts: list[DevnetAccount],
-    gateway: str,
+    gateway: str,  # noqa: F811
     tmp_path: Path,
 ) -> Iterator[tuple[str, str]]:
     with audited_provider(anvil, deployments_file, accounts[7], gateway, tmp_path / "int8", "int8") as net:
@@ -75,15 +66,9 @@ def int8_provider(
 
 
 @pytest.fixture
-def honest(
-    anvil: Anvil,  # noqa: F811
-    deployments_file: Path,  # noqa: F811
-    accounts: list[DevnetAccount],
-    gateway: str,
-    tmp_path: Path,
-) -> Iterator[tuple[str, str]]:
-    with audited_provider(anvil, deployments_file, accounts[9], gateway, tmp_path / "honest", None) as net:
-        yield net
+def honest(audit_network: AuditNetwork) -> tuple[str, str]:
+    """(address, gateway URL) of the audit network's honest provider."""
+    return audit_network.honest, audit_network.gateway
 
 
 def test_int8_serving_is_convicted_on_accumulated_evidence_and_an_honest_provider_never_reported(
@@ -98,11 +83,11 @@ def test_int8_serving_is_convicted_on_accumulated_evidence_and_an_honest_provide
     cheater, cheat_gateway = int8_provider
     honest_address, honest_gateway = honest
     auditor_account = fresh_account(anvil, deployment, accounts, "auditor")
-    juror_account = fresh_account(anvil, deployment, accounts, "juror", alm=80_000)
+    juror_account = fresh_account(anvil, deployment, accounts, "juror")
     auditor, _ = make_validator(anvil, deployments_file, auditor_account, tmp_path / "auditor", cheat_gateway)
     juror, _ = make_validator(anvil, deployments_file, juror_account, tmp_path / "juror", cheat_gateway)
     assert auditor.config.accumulated_cases and juror.config.accumulated_cases  # the default
-    weigh(juror, 70_000 * ALM)  # a quorum on its own
+    weigh_a_quorum(anvil, deployment, accounts, juror)
     wait_out_the_lookback(anvil, deployment, accounts)
     reader = Contracts(ChainClient(anvil.url), deployment)
     auditor.directory.refresh()

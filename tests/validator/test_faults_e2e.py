@@ -1,6 +1,8 @@
 """Three attacks on the validators (issue 29), against real provider and gateway processes on
-the session's chain; each test starts its own provider and gateway and stakes validators of
-fresh accounts, so what one test's verdicts do touches no other:
+the package's audit network (tests/validator/conftest.py: a chain, a gateway and an honest
+provider shared with test_accumulated_e2e and test_shapes_e2e); each test that catches a cheat
+starts a provider of its own and stakes validators of fresh accounts, so what one test's
+verdicts do touches no other:
 
 - billing past the end: a provider (allmende.testing.cheats, mode `overrun`: the right model
   and honest proofs, but every completion drawn on past EOS and past the request's stop
@@ -27,50 +29,44 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
 import pytest
 from eth_account import Account
 from eth_utils import keccak
 
 from allmende.api.canonical import canonical
 from allmende.api.protocol import input_hash
-from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
-from allmende.chain.anvil import Anvil, DevnetAccount, free_port
+from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.chain.anvil import Anvil, DevnetAccount
 from allmende.chain.bindings import ROLE_PROVIDER, ROLE_VALIDATOR
 from allmende.core import Receipt, sign_receipt
 from allmende.engine import collect
 from allmende.engine.proofs import commit
 from allmende.engine.transformers_lm import CausalLMEngine
-from allmende.node.supervisor import allmende_command, start
 from allmende.validator.checker import NOTHING, Verdict
 from allmende.validator.node import run_rounds
 from allmende.validator.service import Found, Validator
 from tests.conftest import wait_for
 from tests.provider.conftest import start_provider
+from tests.validator.conftest import AuditNetwork, routed
 from tests.validator.test_endings import REQUEST_ID, early_eos_body, plain
 from tests.validator.test_fetcher import Tarpit
 from tests.validator.test_validator_e2e import make_validator
 
 
-# A chain of this module's own: the validators staked here would weigh in the quorum of every
-# later case on the session chain, and test_validator_e2e's juror then fell short of it (its
-# cases ended without a quorum when this module ran first).
+# The package's audit network (tests/validator/conftest.py): its chain, its gateway, its honest provider.
 @pytest.fixture(scope="module")
-def anvil() -> Iterator[Anvil]:
-    with Anvil() as node:
-        yield node
+def anvil(audit_network: AuditNetwork) -> Anvil:
+    return audit_network.anvil
 
 
 @pytest.fixture(scope="module")
-def deployment(anvil: Anvil, accounts: list[DevnetAccount]) -> Deployment:
-    return deploy_all(ChainClient(anvil.url, accounts[0].key), fund=[a.address for a in accounts])
+def deployment(audit_network: AuditNetwork) -> Deployment:
+    return audit_network.deployment
 
 
 @pytest.fixture(scope="module")
-def deployments_file(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("faults-chain") / "deployments.json"
-    deployment.save(path)
-    return path
+def deployments_file(audit_network: AuditNetwork) -> Path:
+    return audit_network.deployments_file
 
 
 QUESTION = [{"role": "user", "content": "Write a short paragraph about tides."}]
@@ -90,38 +86,6 @@ class FixedTraffic:
         return "chat", self.body(model)
 
 
-def start_gateway(anvil: Anvil, deployments: Path, account: DevnetAccount, root: Path, providers: int) -> Any:
-    url = f"http://127.0.0.1:{free_port()}"
-    command = allmende_command(
-        "gateway", "--rpc", anvil.url, "--key", f"devnet:{account.index}", "--deployments",
-        str(deployments), "--state-dir", str(root), "--port", url.rsplit(":", 1)[1],
-    )  # fmt: skip
-    return url, start(
-        f"gateway {root.name}", command, root / "gateway.log", url, ready=lambda h: h["providers"] >= providers
-    )
-
-
-def routed(gateway: str) -> set[str]:
-    """Providers `gateway` routes to (its explorer's view of its directory)."""
-    network = httpx.get(f"{gateway}/explorer/api/network", timeout=10).json()
-    return {p["address"] for p in network["providers"] if p["health"] in ("healthy", "suspended")}
-
-
-@contextlib.contextmanager
-def module_gateway(
-    anvil: Anvil, deployments: Path, account: DevnetAccount, factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """One gateway for a module's tests (its URL): an audit names the provider it is for, so each
-    test's own provider is audited through it as through a gateway of its own, and a provider a
-    verdict pauses is dropped from it without touching the others (a gateway process costs about
-    2 s of CPU to start)."""
-    url, node = start_gateway(anvil, deployments, account, factory.mktemp("audit-gateway"), 0)
-    try:
-        yield url
-    finally:
-        node.stop()
-
-
 @contextlib.contextmanager
 def audited_provider(
     anvil: Anvil, deployments: Path, provider: DevnetAccount, gateway: str, root: Path, cheat: str | None
@@ -137,11 +101,8 @@ def audited_provider(
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    with module_gateway(anvil, deployments_file, accounts[3], tmp_path_factory) as url:
-        yield url
+def gateway(audit_network: AuditNetwork) -> str:
+    return audit_network.gateway
 
 
 @pytest.fixture
@@ -154,12 +115,10 @@ def overrunner(
 
 
 @pytest.fixture
-def honest_provider(
-    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], gateway: str, tmp_path: Path
-) -> Iterator[tuple[str, str]]:
-    """(address, gateway URL) of an honest provider: audits of it pass, whatever other cases do."""
-    with audited_provider(anvil, deployments_file, accounts[5], gateway, tmp_path / "net", None) as net:
-        yield net
+def honest_provider(audit_network: AuditNetwork) -> tuple[str, str]:
+    """(address, gateway URL) of the audit network's honest provider: audits of it pass, whatever
+    other cases do."""
+    return audit_network.honest, audit_network.gateway
 
 
 @pytest.fixture
@@ -187,6 +146,16 @@ def weigh(validator: Validator, amount: int) -> None:
     contracts = validator.contracts
     contracts.token.ensure_allowance(contracts.registry.address, amount)
     contracts.registry.register(ROLE_VALIDATOR, validator.config.endpoint, b"\x00" * 32, amount)
+
+
+def weigh_a_quorum(anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount], juror: Validator) -> None:
+    """Make `juror` a quorum on its own: more stake than every other validator on the chain
+    together, however many earlier tests (of any module on this chain) staked (the ALM from
+    the deployer)."""
+    admin = Contracts(ChainClient(anvil.url, accounts[0].key), deployment)
+    amount = admin.registry.role_stake(ROLE_VALIDATOR) + ALM
+    admin.token.transfer(juror.address, amount)
+    weigh(juror, amount)
 
 
 def wait_out_the_lookback(anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]) -> None:
@@ -334,10 +303,10 @@ def test_a_fault_found_before_a_guilty_verdict_is_not_reported_again(
     and then would have opened a second case for the same fault (seen: 1,000 → 900 → 810 ALM)."""
     cheater, gateway = second_overrunner
     auditor_account = fresh_account(anvil, deployment, accounts, "auditor")
-    juror_account = fresh_account(anvil, deployment, accounts, "juror", alm=80_000)
+    juror_account = fresh_account(anvil, deployment, accounts, "juror")
     auditor, _ = make_validator(anvil, deployments_file, auditor_account, tmp_path / "auditor", gateway)
     juror, _ = make_validator(anvil, deployments_file, juror_account, tmp_path / "juror", gateway)
-    weigh(juror, 70_000 * ALM)  # a quorum on its own: more than every other validator this session stakes
+    weigh_a_quorum(anvil, deployment, accounts, juror)
     wait_out_the_lookback(anvil, deployment, accounts)
     reader = Contracts(ChainClient(anvil.url), deployment)
     engine: CausalLMEngine = next(iter(auditor.engines.values()))

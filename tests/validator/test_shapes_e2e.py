@@ -21,33 +21,24 @@ from pathlib import Path
 import httpx
 import pytest
 
-from allmende.chain import ChainClient, Deployment, deploy_all
+from allmende.chain import Deployment
 from allmende.chain.anvil import Anvil, DevnetAccount
 from allmende.testing.traffic import user_request
 from allmende.validator.prompts import AuditTraffic
+from tests.conftest import wait_for
 from tests.provider.conftest import start_provider
-from tests.validator.test_faults_e2e import fresh_account, start_gateway, wait_out_the_lookback
+from tests.validator.conftest import AuditNetwork, routed, start_gateway
+from tests.validator.test_faults_e2e import (
+    anvil,  # noqa: F401  (the audit network's chain)
+    deployment,  # noqa: F401
+    deployments_file,  # noqa: F401
+    fresh_account,
+    wait_out_the_lookback,
+)
 from tests.validator.test_validator_e2e import make_validator
 
-
-# A chain of this module's own, as test_faults_e2e has: validators staked on the session chain
-# weigh in the quorum of every later case there (test_validator_e2e's cases then end without one).
-@pytest.fixture(scope="module")
-def anvil() -> Iterator[Anvil]:
-    with Anvil() as node:
-        yield node
-
-
-@pytest.fixture(scope="module")
-def deployment(anvil: Anvil, accounts: list[DevnetAccount]) -> Deployment:
-    return deploy_all(ChainClient(anvil.url, accounts[0].key), fund=[a.address for a in accounts])
-
-
-@pytest.fixture(scope="module")
-def deployments_file(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("shapes-chain") / "deployments.json"
-    deployment.save(path)
-    return path
+# the cheater and this test's gateway: accounts no other module on the audit network uses
+CHEAT_ACCOUNT, GATEWAY_ACCOUNT = 6, 8
 
 
 USERS = 30  # users' requests the gateway forwards before the audits
@@ -65,22 +56,28 @@ class OldMix(AuditTraffic):
 
 @pytest.fixture
 def network(
-    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], tmp_path: Path
+    anvil: Anvil,  # noqa: F811
+    deployments_file: Path,  # noqa: F811
+    accounts: list[DevnetAccount],
+    audit_network: AuditNetwork,
+    tmp_path: Path,
 ) -> Iterator[tuple[str, str, str]]:
-    """(cheater's address, honest provider's address, gateway URL): this test's own processes."""
+    """(cheater's address, honest provider's address, gateway URL): a cheater and a gateway of this
+    test's own (the gateway counts the shapes of only this test's users), and the audit network's
+    honest provider."""
     cheat = start_provider(
-        anvil, deployments_file, accounts[2], tmp_path / "cheat", ["allmende:tiny"], cheat="structure"
+        anvil, deployments_file, accounts[CHEAT_ACCOUNT], tmp_path / "cheat", ["allmende:tiny"], cheat="structure"
     )
-    honest = start_provider(anvil, deployments_file, accounts[5], tmp_path / "honest", ["allmende:tiny"])
     try:
-        url, node = start_gateway(anvil, deployments_file, accounts[3], tmp_path / "gateway", 2)
+        url, node = start_gateway(anvil, deployments_file, accounts[GATEWAY_ACCOUNT], tmp_path / "gateway", 2)
         try:
-            yield accounts[2].address, accounts[5].address, url
+            both = {accounts[CHEAT_ACCOUNT].address, audit_network.honest}
+            wait_for("the gateway to route to the cheater and the honest provider", lambda: both <= routed(url), 60)
+            yield accounts[CHEAT_ACCOUNT].address, audit_network.honest, url
         finally:
             node.stop()
     finally:
         cheat.stop()
-        honest.stop()
 
 
 def send_users(gateway: str, model: str, n: int) -> None:
@@ -101,9 +98,9 @@ def send_users(gateway: str, model: str, n: int) -> None:
 
 
 def test_a_provider_that_cheats_every_structure_but_the_old_audits_is_caught_by_drawn_audits(
-    anvil: Anvil,
-    deployment: Deployment,
-    deployments_file: Path,
+    anvil: Anvil,  # noqa: F811
+    deployment: Deployment,  # noqa: F811
+    deployments_file: Path,  # noqa: F811
     accounts: list[DevnetAccount],
     network: tuple[str, str, str],
     tmp_path: Path,
