@@ -19,7 +19,6 @@ from allmende.chain import ChainClient, Contracts, Deployment, deploy_all
 from allmende.chain.anvil import Anvil, devnet_accounts
 from allmende.chain.compile import DEFAULT_EVM_VERSION, compile_contract
 from allmende.chain.deploy import INITIAL_ALM_SUPPLY, PaymentToken, check_payment_token, load_distribution
-from allmende.chain.keys import import_keystore
 from allmende.chain.network import find_on_chain, verify_deployment
 from allmende.cli import app
 from allmende.core.errors import InvalidInput
@@ -27,6 +26,7 @@ from allmende.gateway.node import GatewayConfig, build, require_eip3009
 from allmende.gateway.serving import GatewayLimits
 from allmende.gateway.x402_payments import X402Policy
 from allmende.provider.node import plan_stake
+from allmende.testing.keystores import keystore_file
 
 CHAIN_ID = 84532  # not a devnet's
 ALM = 10**18
@@ -65,7 +65,7 @@ def alm_recipients(deployment: Deployment, client: ChainClient) -> dict[str, int
 def test_cli_deploys_with_an_existing_token_and_only_named_accounts_get_alm(
     net: Net, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    keystore = import_keystore(tmp_path / "keys", net.deployer.key.hex(), PASSWORD).path
+    keystore = keystore_file(tmp_path / "keys", net.deployer.key.hex(), PASSWORD)
     monkeypatch.setenv("ALLMENDE_PASSWORD", PASSWORD)
     spread = tmp_path / "alm.csv"
     spread.write_text(f"# the initial ALM\n{net.alice.address},1000000\n{net.bob.address},2500.5\n")
@@ -160,8 +160,8 @@ def test_transfer_faucet_and_fast_forward_on_a_real_chain(
     path = tmp_path / "deployments.json"
     deployment.save(path)
     monkeypatch.setenv("ALLMENDE_PASSWORD", PASSWORD)
-    alice_key = import_keystore(tmp_path / "keys", net.alice.key.hex(), PASSWORD).path
-    issuer_key = import_keystore(tmp_path / "keys", net.issuer.key.hex(), PASSWORD).path
+    alice_key = keystore_file(tmp_path / "keys", net.alice.key.hex(), PASSWORD)
+    issuer_key = keystore_file(tmp_path / "keys", net.issuer.key.hex(), PASSWORD)
     runner = CliRunner()
     where = ["--rpc", net.node.url, "--deployments", str(path)]
     env = {"ALLMENDE_STATE_DIR": str(tmp_path), "ALLMENDE_RPC": None, "ALLMENDE_DEPLOYMENTS": None}
@@ -240,7 +240,7 @@ def test_eip3009_is_detected_on_chain_and_a_gateway_takes_x402_only_in_such_a_to
 
     operator = Account.create()  # its own deployer: the first test finds its deployer's newest deployment
     ChainClient(net.node.url).w3.provider.make_request("anvil_setBalance", [operator.address, hex(10**20)])  # type: ignore[arg-type]
-    keystore = import_keystore(tmp_path / "keys", operator.key.hex(), PASSWORD).path
+    keystore = keystore_file(tmp_path / "keys", operator.key.hex(), PASSWORD)
     monkeypatch.setenv("ALLMENDE_PASSWORD", PASSWORD)
     out = tmp_path / "deployments.json"
     line = ["chain", "deploy", "--rpc", net.node.url, "--key", str(keystore), "--payment-token", usdt]
