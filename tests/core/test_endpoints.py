@@ -32,3 +32,18 @@ def test_the_prompt_rules_refuse_a_kind_they_do_not_know() -> None:
     for rule in (lambda: prompt_bytes("edit", body), lambda: max_prompt_tokens("edit", body)):
         with pytest.raises(InvalidInput):
             rule()
+
+
+def test_request_kind_is_a_row_of_the_table_or_a_clear_refusal() -> None:
+    from allmende.core.endpoints import KINDS, request_kind
+
+    assert [request_kind(k) for k in KINDS] == ["chat", "completion", "embedding"]
+    for other in ("stage", "Chat", "", None, 1):
+        with pytest.raises(InvalidInput, match="kind must be one of chat, completion, embedding"):
+            request_kind(other)
+
+
+def test_every_model_kind_has_a_name_for_errors() -> None:
+    from allmende.core.endpoints import ENDPOINTS, MODEL_KIND_NAMES
+
+    assert {e.model_kind for e in ENDPOINTS.values()} == set(MODEL_KIND_NAMES)

@@ -132,11 +132,11 @@ def _turn(role: str, blocks: list[Any], where: str) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
     for j, block in enumerate(blocks):
         at = f"{where}[{j}]"
-        kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "text":
+        block_type = block.get("type") if isinstance(block, dict) else None
+        if block_type == "text":
             known_fields(block, {"type", "text", "cache_control", "citations"}, at)
             texts.append(string_field(block, "text", at))
-        elif kind == "tool_use" and role == "assistant":
+        elif block_type == "tool_use" and role == "assistant":
             known_fields(block, {"type", "id", "name", "input", "cache_control"}, at)
             arguments = block.get("input")
             if not isinstance(arguments, dict):
@@ -144,7 +144,7 @@ def _turn(role: str, blocks: list[Any], where: str) -> list[dict[str, Any]]:
             arguments_json = json.dumps(arguments, separators=(",", ":"))
             function = {"name": string_field(block, "name", at), "arguments": arguments_json}
             calls.append({"id": string_field(block, "id", at), "type": "function", "function": function})
-        elif kind == "tool_result" and role == "user":
+        elif block_type == "tool_result" and role == "user":
             known_fields(block, {"type", "tool_use_id", "content", "is_error", "cache_control"}, at)
             content = block.get("content", "")
             text = content if isinstance(content, str) else _text(content, f"{at}.content")
@@ -153,7 +153,7 @@ def _turn(role: str, blocks: list[Any], where: str) -> list[dict[str, Any]]:
             results.append({"role": "tool", "tool_call_id": string_field(block, "tool_use_id", at), "content": text})
         else:
             raise InvalidParameter(
-                f"'{at}.type' {kind!r} blocks are not served in a {role} message: text"
+                f"'{at}.type' {block_type!r} blocks are not served in a {role} message: text"
                 + (", tool_result" if role == "user" else ", tool_use")
                 + " are (the served models read text only)",
                 f"{at}.type",
@@ -199,16 +199,16 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
 
 def _tool_choice(choice: dict[str, Any]) -> dict[str, Any]:
     """Chat's `tool_choice` (and `parallel_tool_calls`) for Anthropic's."""
-    kind = choice.get("type")
+    choice_type = choice.get("type")
     known_fields(choice, {"type", "name", "disable_parallel_tool_use"}, "tool_choice")
     out: dict[str, Any]
-    if kind == "auto":
+    if choice_type == "auto":
         out = {"tool_choice": "auto"}
-    elif kind == "any":
+    elif choice_type == "any":
         out = {"tool_choice": "required"}
-    elif kind == "none":
+    elif choice_type == "none":
         out = {"tool_choice": "none"}
-    elif kind == "tool" and isinstance(choice.get("name"), str):
+    elif choice_type == "tool" and isinstance(choice.get("name"), str):
         out = {"tool_choice": {"type": "function", "function": {"name": choice["name"]}}}
     else:
         raise InvalidParameter("'tool_choice.type' must be auto, any, none or tool (with a name)", "tool_choice.type")

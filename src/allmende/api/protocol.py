@@ -551,12 +551,12 @@ def _format_grammar(body: dict[str, Any]) -> str | None:
     fmt = body.get("response_format")
     if fmt is None:
         return None
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind == "text":
+    format_type = fmt.get("type") if isinstance(fmt, dict) else None
+    if format_type == "text":
         return None
-    if kind == "json_object":
+    if format_type == "json_object":
         schema: Any = any_json()
-    elif kind == "json_schema":
+    elif format_type == "json_schema":
         spec = fmt.get("json_schema")
         schema = spec.get("schema", {}) if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
@@ -647,14 +647,14 @@ def _param(loc: tuple[int | str, ...]) -> str:
 
 
 def _message(error: Any) -> str:
-    kind, msg = error["type"], str(error["msg"])
-    if kind == "value_error":
+    error_type, msg = error["type"], str(error["msg"])
+    if error_type == "value_error":
         return msg.removeprefix("Value error, ")
-    if kind == "too_short" and error["loc"] == ("messages",):
+    if error_type == "too_short" and error["loc"] == ("messages",):
         return "must be a non-empty array"
-    if kind == "missing":
+    if error_type == "missing":
         return "is required"
-    if kind == "extra_forbidden":
+    if error_type == "extra_forbidden":
         return "is not a known field"
     return msg.removeprefix("Input ")
 

@@ -128,14 +128,14 @@ def messages_of(request: ResponsesRequest) -> list[dict[str, Any]]:
         where = f"input[{i}]"
         if not isinstance(item, dict):
             raise InvalidParameter(f"'{where}' must be an object", where)
-        kind = item.get("type", "message")
-        if kind == "message":
+        item_type = item.get("type", "message")
+        if item_type == "message":
             known_fields(item, {"type", "role", "content", "id", "status", "phase"}, where)
             role = item.get("role")
             if role not in MESSAGE_ROLES:
                 raise InvalidParameter(f"'{where}.role' must be system, developer, user or assistant", f"{where}.role")
             out.append({"role": role, "content": _text(item.get("content"), f"{where}.content")})
-        elif kind == "function_call":
+        elif item_type == "function_call":
             known_fields(item, {"type", "call_id", "name", "arguments", "id", "status", *_CALLER}, where)
             _direct(item, where)
             call_id, name, arguments = (string_field(item, field, where) for field in ("call_id", "name", "arguments"))
@@ -145,7 +145,7 @@ def messages_of(request: ResponsesRequest) -> list[dict[str, Any]]:
                 last["tool_calls"].append(call)  # parallel calls of one turn
             else:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
+        elif item_type == "function_call_output":
             known_fields(item, {"type", "call_id", "output", "id", "status", "name", *_CALLER}, where)
             _direct(item, where)
             call_id = string_field(item, "call_id", where)
@@ -154,7 +154,8 @@ def messages_of(request: ResponsesRequest) -> list[dict[str, Any]]:
             )
         else:
             raise InvalidParameter(
-                f"'{where}.type' {kind!r} items are not served: messages, function_call and function_call_output are",
+                f"'{where}.type' {item_type!r} items are not served: messages, function_call and "
+                "function_call_output are",
                 f"{where}.type",
             )
     return out

@@ -143,38 +143,38 @@ def encode_call(deployment: Deployment, spec: str) -> tuple[str, int, bytes]:
     return target, 0, selector + data
 
 
-def _parse(kind: str, word: str) -> Any:
-    if kind.endswith("]"):
+def _parse(abi_type: str, word: str) -> Any:
+    if abi_type.endswith("]"):
         try:
             items = json.loads(word)
         except json.JSONDecodeError:
             # the shell (and shlex) took the quotes: [0xab…,0xcd…] is still a flat list
             if not (word.startswith("[") and word.endswith("]")) or "[" in word[1:-1]:
-                raise InvalidInput(f"{kind} argument {word!r} must be a JSON list, e.g. [1,2]") from None
+                raise InvalidInput(f"{abi_type} argument {word!r} must be a JSON list, e.g. [1,2]") from None
             items = [w.strip() for w in word[1:-1].split(",") if w.strip()]
         if not isinstance(items, list):
-            raise InvalidInput(f"{kind} argument {word!r} must be a JSON list")
-        inner = kind[: kind.rindex("[")]
+            raise InvalidInput(f"{abi_type} argument {word!r} must be a JSON list")
+        inner = abi_type[: abi_type.rindex("[")]
         return [_parse(inner, str(i).lower() if isinstance(i, bool) else str(i)) for i in items]
-    if kind == "address":
+    if abi_type == "address":
         if not is_address(word):
             raise InvalidInput(f"{word!r} is not an address")
         return to_checksum_address(word)
-    if kind.startswith(("uint", "int")):
+    if abi_type.startswith(("uint", "int")):
         try:
             number = int(word.replace("_", ""), 0)
         except ValueError:
-            raise InvalidInput(f"{kind} argument {word!r} is not an integer") from None
+            raise InvalidInput(f"{abi_type} argument {word!r} is not an integer") from None
         return number
-    if kind == "bool":
+    if abi_type == "bool":
         if word.lower() not in ("true", "false"):
             raise InvalidInput(f"bool argument {word!r} must be true or false")
         return word.lower() == "true"
-    if kind.startswith("bytes"):
+    if abi_type.startswith("bytes"):
         try:
             return bytes.fromhex(word.removeprefix("0x"))
         except ValueError:
-            raise InvalidInput(f"{kind} argument {word!r} is not hex") from None
-    if kind == "string":
+            raise InvalidInput(f"{abi_type} argument {word!r} is not hex") from None
+    if abi_type == "string":
         return word
-    raise InvalidInput(f"parameter type {kind} is not supported on the command line")
+    raise InvalidInput(f"parameter type {abi_type} is not supported on the command line")

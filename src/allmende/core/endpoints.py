@@ -16,11 +16,14 @@ data, not code paths:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from allmende.core.errors import InvalidInput
 
 ModelKind = Literal["generate", "embed"]
+RequestKind = Literal["chat", "completion", "embedding"]  # a row of ENDPOINTS, as a type
+# how errors name a model of each kind
+MODEL_KIND_NAMES: dict[str, str] = {"generate": "a text generation model", "embed": "an embedding model"}
 
 
 @dataclass(frozen=True)
@@ -55,3 +58,8 @@ def endpoint(kind: object) -> Endpoint:
     if found is None:
         raise InvalidInput(f"kind must be one of {', '.join(KINDS)}")
     return found
+
+
+def request_kind(kind: object) -> RequestKind:
+    """`kind` as the type engines and the canonical request take; InvalidInput names the kinds there are."""
+    return cast(RequestKind, endpoint(kind).kind)

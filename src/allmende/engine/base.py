@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from allmende.core.credit import UNTIL_CONTEXT
+from allmende.core.endpoints import RequestKind
 from allmende.core.errors import InvalidInput
 
-Kind = Literal["chat", "completion", "embedding"]
+Kind = RequestKind  # core.endpoints: the kinds of request the network serves
 MAX_LOGIT_BIAS = 300  # token ids one request may bias (OpenAI's limit)
 
 

@@ -32,7 +32,7 @@ from allmende.api.protocol import ChatRequest
 from allmende.api.upstream import HttpxUpstream, Upstream
 from allmende.chain.errors import ChainError
 from allmende.core import Domain, InvalidInput
-from allmende.core.endpoints import endpoint
+from allmende.core.endpoints import MODEL_KIND_NAMES, endpoint
 from allmende.core.errors import InvalidModelName
 from allmende.core.routing import ProviderStats, Router
 from allmende.gateway.errors import (
@@ -128,7 +128,7 @@ class GatewayService:
         if offer.kind == STAGE_KIND:  # a pipeline stage is no model a client asks for
             raise ModelNotFound(f"'{name}' is a pipeline stage of a model, not a model; ask for the model", "model")
         if endpoint(kind).model_kind != offer.kind:
-            what = "an embedding model" if offer.kind == "embed" else "a text generation model"
+            what = MODEL_KIND_NAMES.get(offer.kind, f"a {offer.kind} model")
             raise InvalidRequest(f"'{name}' is {what}; it cannot serve {kind} requests", "model")
         return offer
 

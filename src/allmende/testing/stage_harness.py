@@ -43,10 +43,15 @@ BATCH = 8  # sessions in a batched row's batch (the target and 7 others)
 _names = itertools.count()
 
 
+# what a row is: a cheat the audit must catch, an honest chain it must pass, or a known limit
+# (a cheat the audit cannot separate: reported, not counted)
+HONEST, CHEAT, LIMIT = "honest", "cheat", "limit"
+
+
 @dataclass
 class StageRowResult:
     name: str
-    kind: str  # "honest", "cheat" or "limit" (a cheat the audit cannot separate: reported, not counted)
+    kind: str  # HONEST, CHEAT or LIMIT
     runs: int = 0
     passed: int = 0
     worst_median_rel_error: float = 0.0
@@ -57,9 +62,9 @@ class StageRowResult:
     @property
     def wrong(self) -> int:
         """False alarms of an honest row, misses of a cheat (none for a known limit)."""
-        if self.kind == "honest":
+        if self.kind == HONEST:
             return self.runs - self.passed
-        return self.passed if self.kind == "cheat" else 0
+        return self.passed if self.kind == CHEAT else 0
 
 
 @dataclass
@@ -184,24 +189,24 @@ class StageHarness:
 
         f32, bf16, half = torch.float32, torch.bfloat16, torch.float16
         return [
-            ("fp32 stage, batch 1", "honest", chain(fp32, f32, False), False, False),
-            ("bf16 stage vs fp32 audit, batch 1", "honest", chain(fp32, bf16, False), False, False),
-            (f"fp32 stage in a continuous batch of {self.batch}", "honest", chain(fp32, f32, False), False, True),
-            (f"bf16 stage in a continuous batch of {self.batch}", "honest", chain(fp32, bf16, False), False, True),
-            ("F16 registration served in fp16, batch 1", "honest", chain(f16, half, True), True, False),
+            ("fp32 stage, batch 1", HONEST, chain(fp32, f32, False), False, False),
+            ("bf16 stage vs fp32 audit, batch 1", HONEST, chain(fp32, bf16, False), False, False),
+            (f"fp32 stage in a continuous batch of {self.batch}", HONEST, chain(fp32, f32, False), False, True),
+            (f"bf16 stage in a continuous batch of {self.batch}", HONEST, chain(fp32, bf16, False), False, True),
+            ("F16 registration served in fp16, batch 1", HONEST, chain(f16, half, True), True, False),
             (
                 f"F16 registration served in fp16, continuous batch of {self.batch}",
-                "honest",
+                HONEST,
                 chain(f16, half, True),
                 True,
                 True,
             ),
-            ("a skipped block", "cheat", chain(fp32, f32, False, skip_block), False, False),
-            ("weights perturbed by 2 %", "cheat", chain(fp32, f32, False, lambda e: perturb(e, 0.02)), False, False),
-            ("weights perturbed by 5 %", "cheat", chain(fp32, f32, False, lambda e: perturb(e, 0.05)), False, False),
-            ("int8 of an F16 registration", "cheat", chain(f16, half, True, int8), True, False),
-            ("bf16 of an F16 registration", "limit", chain(f16, bf16, True), True, False),
-            ("int8 of an fp32 registration", "limit", chain(fp32, f32, False, int8), False, False),
+            ("a skipped block", CHEAT, chain(fp32, f32, False, skip_block), False, False),
+            ("weights perturbed by 2 %", CHEAT, chain(fp32, f32, False, lambda e: perturb(e, 0.02)), False, False),
+            ("weights perturbed by 5 %", CHEAT, chain(fp32, f32, False, lambda e: perturb(e, 0.05)), False, False),
+            ("int8 of an F16 registration", CHEAT, chain(f16, half, True, int8), True, False),
+            ("bf16 of an F16 registration", LIMIT, chain(f16, bf16, True), True, False),
+            ("int8 of an fp32 registration", LIMIT, chain(fp32, f32, False, int8), False, False),
         ]
 
     def runs_of(self, chain: list[StageEngine], question: str, batched: bool) -> Run:
@@ -235,7 +240,7 @@ class StageHarness:
                     result.passed += int(check.ok)
                     result.worst_median_rel_error = max(result.worst_median_rel_error, check.median_rel_error)
                     result.best_median_rel_error = min(result.best_median_rel_error, check.median_rel_error)
-                    if check.ok != (kind == "honest") and len(result.reasons) < 2:
+                    if check.ok != (kind == HONEST) and len(result.reasons) < 2:
                         result.reasons.append(f"stage {index}: {check.reason}")
             result.batched_passes = sum(e.batched_steps for e in chain) - before
             results.append(result)

@@ -31,9 +31,9 @@ from typing import Any
 
 from allmende.api.canonical import canonical
 from allmende.core.eip712 import Domain
+from allmende.core.endpoints import request_kind
 from allmende.core.errors import InvalidInput
 from allmende.core.evidence_test import ALPHA, BETA, LEVEL_SHIFT, Decision, Profile, SequentialTest
-from allmende.engine.base import Kind
 from allmende.engine.transformers_lm import CausalLMEngine
 from allmende.validator.answers import Choice, answer_stats, choices_of
 from allmende.validator.divergence import AuditStats
@@ -181,7 +181,7 @@ def _stats_of(engine: CausalLMEngine, audit: Evidence) -> AuditStats:
     """The statistics of one audit from the request its receipt binds, recomputed here.
     InvalidInput for a draw the ledger never accumulates (a reporter may not add one)."""
     receipt = audit.signed_receipt
-    kind: Kind = "completion" if audit.kind == "completion" else "chat"
+    kind = request_kind(audit.kind)  # InvalidInput for one that is not served
     prompt_ids = engine.prompt_ids(canonical(kind, audit.body, receipt.receipt.request_id).generation[0])
     choices: list[Choice] = choices_of({**asdict(audit), "choices": audit.choices})
     stats = answer_stats(engine, audit.body, prompt_ids, choices, receipt, kind)

@@ -21,6 +21,7 @@ from eth_utils import keccak
 from allmende.api.canonical import canonical
 from allmende.api.protocol import input_hash
 from allmende.core import SignedReceipt
+from allmende.core.endpoints import request_kind
 from allmende.core.errors import InvalidInput
 from allmende.engine.base import Kind, choice_params
 from allmende.engine.transformers_lm import CausalLMEngine
@@ -157,7 +158,7 @@ def recheck(engine: CausalLMEngine, evidence: Evidence) -> Verdict | None:
     if not evidence.backs_receipt():
         return None
     receipt = evidence.signed_receipt
-    kind: Kind = "completion" if evidence.kind == "completion" else "chat"  # backs_receipt bound the kind
+    kind = request_kind(evidence.kind)  # backs_receipt bound the kind
     prompt_ids = engine.prompt_ids(canonical(kind, evidence.body, receipt.receipt.request_id).generation[0])
     choices = choices_of({**asdict(evidence), "choices": evidence.choices})
     return check_answer(engine, evidence.body, prompt_ids, choices, receipt, kind)

@@ -70,9 +70,12 @@ class BadEvidence(InvalidInput):
     code = "bad_evidence"
 
 
+STAGE_EVIDENCE = "stage"  # the kind of a stage provider's case (validator/stages.py), beside chat | completion
+
+
 @dataclass(frozen=True)
 class Evidence:
-    kind: str  # chat | completion
+    kind: str  # chat | completion, or STAGE_EVIDENCE
     body: dict[str, Any]  # the request exactly as sent (its canonical form is the receipt's inputHash)
     model_id: str  # 0x…
     prompt_ids: list[int]
@@ -86,6 +89,11 @@ class Evidence:
     # a case on accumulated evidence (validator/accumulated.py): every audit of the window
     # with its statistics, the test's figures; the fields above then hold the last audit
     accumulated: dict[str, Any] | None = None
+
+    @property
+    def of_stage(self) -> bool:
+        """Whether it is a stage provider's case (re-run on a copy of the stage, not a model)."""
+        return self.kind == STAGE_EVIDENCE
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

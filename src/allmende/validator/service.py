@@ -554,7 +554,7 @@ class Validator:
             return False
         if evidence is None:
             return None
-        if evidence.kind == "stage":  # a stage provider's case: re-run with its copy of the stage
+        if evidence.of_stage:  # a stage provider's case: re-run with its copy of the stage
             self.stage_auditors()
             return recheck_stage(self.stage_engines, evidence, provider, self.contracts.registry.receipt_domain())
         engine = self.engines.get(bytes.fromhex(evidence.model_id[2:]))

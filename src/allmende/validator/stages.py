@@ -48,7 +48,7 @@ from allmende.engine.sampling import sample_token
 from allmende.engine.stages import StageEngine, verify_stage
 from allmende.payer.stage_payer import SessionPayer
 from allmende.payer.stages import StageOffer, StageRouter, StageSession
-from allmende.validator.evidence import Evidence, EvidenceStore
+from allmende.validator.evidence import STAGE_EVIDENCE, Evidence, EvidenceStore
 
 log = logging.getLogger("allmende.validator")
 
@@ -178,7 +178,7 @@ class StageAuditor:
             if not result.ok:
                 reason = f"call {k + 1} of {len(calls)} (positions {start}-{start + count}): {result.reason}"
                 evidence = Evidence(
-                    kind="stage",
+                    kind=STAGE_EVIDENCE,
                     body={
                         "stage": "0x" + stage.hex(),
                         "session": session,  # the receipts' request ids name it (over by now)
