@@ -1,7 +1,10 @@
 """The data-custody world every vault test module shares (one per test package run):
 anvil with the contracts, scikit-learn's digits split across 3 vault processes (CSV,
 JSONL, Parquet), a held-out set in vault 0, a dataset with a one-row class in vault 2,
-and a base model registered by its owner."""
+and a base model registered by its owner. The same vaults also hold the breast-cancer
+datasets of test_cli_breast_cancer.py and test_raw_csv.py, which see them as networks of
+their own (`World.breast_cancer`, `World.raw_csv`) instead of starting anvil and five more
+vault processes (about 3 CPU s each) for them."""
 
 from __future__ import annotations
 
@@ -11,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
+from sklearn.datasets import load_breast_cancer, load_digits
 from typer.testing import CliRunner
 
 from allmende.chain import Contracts
 from allmende.chain.anvil import DevnetAccount
+from allmende.chain.bindings import ROLE_VALIDATOR
 from allmende.cli import app
-from allmende.testing.vaults import LocalVault, VaultNetwork, signed_post, start_vault_network
+from allmende.testing.vaults import FORMATS, LocalVault, VaultNetwork, signed_post, start_vault_network
+from allmende.vault.datasets import write_table
 from allmende.vault.flower import FederatedConfig
 from allmende.vault.model import ModelSpec, save_model, train
 
@@ -37,6 +42,47 @@ class World:
     base_params: list[np.ndarray]
     base_id: bytes
     root: Path
+    breast_cancer: VaultNetwork  # scaled breast-cancer rows in 3 vaults, a held-out set in vault 0
+    raw_csv: VaultNetwork  # raw (unscaled) breast-cancer rows in 2 vaults
+
+
+def _breast_cancer_tables(bc: Path, raw: Path) -> dict[int, list[tuple[str, np.ndarray, np.ndarray]]]:
+    """Breast-cancer datasets for the world's vaults (names under its root), and beside them
+    the held-out sets and public sample the two modules read: scaled, split across 3 vaults as
+    CSV, JSONL and Parquet with a held-out Parquet in vault 0 (test_cli_breast_cancer.py); raw,
+    as measured, across 2 vaults (test_raw_csv.py)."""
+    x, y = load_breast_cancer(return_X_y=True)
+    tables: dict[int, list[tuple[str, np.ndarray, np.ndarray]]] = {0: [], 1: [], 2: []}
+    scaled = (x - x.mean(0)) / x.std(0) / 4.0
+    order = np.random.default_rng(3).permutation(len(y))
+    sx, sy = scaled[order], y[order]
+    for i, (part, suffix) in enumerate(zip(np.array_split(np.arange(110, len(y)), 3), FORMATS, strict=True)):
+        tables[i].append((f"{bc.name}/data-{i}{suffix}", sx[part], sy[part]))
+    tables[0].append((f"{bc.name}/heldout.parquet", sx[:110], sy[:110]))
+    bc.mkdir(parents=True, exist_ok=True)
+    np.save(bc / "heldout_x.npy", sx[:110])
+    np.save(bc / "heldout_y.npy", sy[:110])
+    rx, ry = x[order], y[order]  # raw: no scaling anywhere
+    raw.mkdir(parents=True, exist_ok=True)
+    np.save(raw / "heldout_x.npy", rx[:110])
+    np.save(raw / "heldout_y.npy", ry[:110])
+    write_table(raw / "public-sample.csv", [f"f{i}" for i in range(30)], rx[110 : 110 + RAW_PUBLIC],
+                ry[110 : 110 + RAW_PUBLIC])  # fmt: skip
+    for i, part in enumerate(np.array_split(np.arange(110 + RAW_PUBLIC, len(y)), 2)):
+        tables[i].append((f"{raw.name}/data-{i}{FORMATS[i]}", rx[part], ry[part]))
+    return tables
+
+
+RAW_PUBLIC = 40  # rows of the raw breast-cancer data the researcher may use in the clear
+
+
+def staked_validator(contracts: Contracts) -> Contracts:
+    """`contracts`' account staked as a validator (once per chain, by whichever test asks first)."""
+    if contracts.registry.role_of(contracts.client.address) != ROLE_VALIDATOR:
+        contracts.token.approve(contracts.registry.address)
+        contracts.registry.register(ROLE_VALIDATOR, "http://validator.invalid", b"\x01" * 32,
+                                    contracts.params.get("min_validator_stake"))  # fmt: skip
+    return contracts
 
 
 __all__ = ["signed_post"]  # signed for the vault, dataset and grant, with a fresh nonce (allmende.testing.vaults)
@@ -64,11 +110,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     # whose class 9 is one row (the small group a differencing attack goes after)
     common, single = np.flatnonzero(splits[2][1] != 9)[:150], np.flatnonzero(splits[2][1] == 9)[:1]
     rare = np.concatenate([common, single])
+    extra = _breast_cancer_tables(root / "breast-cancer", root / "raw-csv")
+    extra[0].insert(0, ("heldout.csv", *heldout))
+    extra[2].insert(0, ("rare.csv", splits[2][0][rare], splits[2][1][rare]))
     net = start_vault_network(
-        root,
-        splits,
-        extra={0: [("heldout.csv", *heldout)], 2: [("rare.csv", splits[2][0][rare], splits[2][1][rare])]},
-        vault_args=["--min-noise", str(CONFIG.noise), "--license", "CC-BY-NC-4.0"],
+        root, splits, extra=extra, vault_args=["--min-noise", str(CONFIG.noise), "--license", "CC-BY-NC-4.0"]
     )
     try:
         accounts = net.accounts
@@ -89,9 +135,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             base_params,
             base_id,
             root,
+            _sharing(net, root / "breast-cancer", BREAST_CANCER_FILES),
+            _sharing(net, root / "raw-csv", [["data-0.csv"], ["data-1.jsonl"]]),
         )
     finally:
         net.stop()
+
+
+BREAST_CANCER_FILES = [["data-0.csv", "heldout.parquet"], ["data-1.jsonl"], ["data-2.parquet"]]
+
+
+def _sharing(net: VaultNetwork, root: Path, names: list[list[str]]) -> VaultNetwork:
+    return net.sharing(root, [[root / name for name in held] for held in names])
 
 
 def owner_contracts(world: World, i: int) -> Contracts:

@@ -1,46 +1,36 @@
 """The whole data-custody path through the CLI, as its users run it, on scikit-learn's
-breast-cancer data across 3 vaults: grants (`allmende data grant`), training with plain
-FedAvg (`allmende federated train --no-secagg`), a validator's held-out attestation
-(`federated attest`), registration (`federated register`), the access log (`data log`),
-revocation (`data revoke`), and a vault restart that reconciles its books with the chain."""
+breast-cancer data across 3 vaults (the package world's, tests/vault/conftest.py): grants
+(`allmende data grant`), training with plain FedAvg (`allmende federated train --no-secagg`),
+a validator's held-out attestation (`federated attest`), registration (`federated register`),
+the access log (`data log`), revocation (`data revoke`), and a vault restart that reconciles
+its books with the chain."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from eth_utils import keccak
-from sklearn.datasets import load_breast_cancer
 from typer.testing import CliRunner
 
 from allmende.cli import app
-from allmende.testing.vaults import VaultNetwork, start_vault_network
+from allmende.testing.vaults import VaultNetwork
 from allmende.vault.model import ModelSpec, accuracy, load_model, save_model
 from allmende.vault.node import reconcile
 from allmende.vault.store import JobRow, VaultStore
+from tests.vault.conftest import World, staked_validator
 
 SPEC = ModelSpec(30, 2)
 
 
 @pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultNetwork]:
-    root = tmp_path_factory.mktemp("breast-cancer")
-    x, y = load_breast_cancer(return_X_y=True)
-    x = (x - x.mean(0)) / x.std(0) / 4.0
-    order = np.random.default_rng(3).permutation(len(y))
-    x, y = x[order], y[order]
-    heldout = (x[:110], y[:110])
-    splits = [(x[i], y[i]) for i in np.array_split(np.arange(110, len(y)), 3)]
-    network = start_vault_network(root, splits, extra={0: [("heldout.parquet", *heldout)]})
-    np.save(root / "heldout_x.npy", heldout[0])
-    np.save(root / "heldout_y.npy", heldout[1])
-    try:
-        yield network
-    finally:
-        network.stop()
+def net(world: World) -> VaultNetwork:
+    """The package world's vaults, seen as holding only the breast-cancer datasets (the world
+    writes them: scaled, split across its 3 vaults, a held-out Parquet in vault 0, and the
+    held-out rows beside them as heldout_x.npy and heldout_y.npy)."""
+    return world.breast_cancer
 
 
 def cli(net: VaultNetwork, *args: str, ok: bool = True) -> str:
@@ -88,9 +78,7 @@ def test_train_attest_register_through_the_cli(net: VaultNetwork) -> None:
     assert accuracy(spec, params, x_test, y_test) > 0.85
 
     # the validator stakes, gets an evaluate grant on the held-out set, attests; then registration
-    vc = net.contracts(validator)
-    vc.token.approve(vc.registry.address)
-    vc.registry.register(2, "http://validator.invalid", b"\x02" * 32, vc.params.get("min_validator_stake"))
+    staked_validator(net.contracts(validator))
     heldout_id = net.vaults[0].dataset_ids[1]
     said = cli(net, "data", "grant", "--dataset", "0x" + heldout_id.hex(), "--grantee", validator.address,
                "--template", "evaluate", "--model", "0x" + new_id.hex(), "--epsilon", "1",

@@ -24,7 +24,7 @@ from allmende.vault.flower import Participant, VaultRefused, run_federated
 from allmende.vault.model import MICRO, accuracy, save_model
 from allmende.vault.service import model_payload
 from allmende.vault.store import VaultStore
-from tests.vault.conftest import CONFIG, SPEC, World, cli, grant, owner_contracts, signed_post
+from tests.vault.conftest import CONFIG, SPEC, World, cli, grant, owner_contracts, signed_post, staked_validator
 
 
 def test_datasets_are_registered_by_their_vaults(world: World) -> None:
@@ -62,9 +62,7 @@ def test_federated_training_beats_the_base_model_and_lands_on_chain(world: World
     # a validator evaluates both models on the held-out set in vault 0 (the API), then attests
     # the new one with the CLI, as a validator would
     validator = world.accounts["validator"]
-    vc = world.contracts["validator"]
-    vc.token.approve(vc.registry.address)
-    vc.registry.register(2, "http://validator.invalid", b"\x01" * 32, vc.params.get("min_validator_stake"))
+    vc = staked_validator(world.contracts["validator"])
     eval_grant = grant(world, 0, validator.address, "evaluate", [world.base_id, new_id], 6.0, world.heldout_id)
     scores = {}
     for name, params in (("base", world.base_params), ("federated", result.params)):

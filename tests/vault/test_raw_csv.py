@@ -7,36 +7,24 @@ Each round's charge is reported per vault, read from the chain."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_breast_cancer
 from typer.testing import CliRunner
 
 from allmende.cli import app
-from allmende.testing.vaults import VaultNetwork, start_vault_network
-from allmende.vault.datasets import load_table, write_table
+from allmende.testing.vaults import VaultNetwork
+from allmende.vault.datasets import load_table
 from allmende.vault.model import accuracy, load_model, train
-
-PUBLIC = 40
+from tests.vault.conftest import World
 
 
 @pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultNetwork]:
-    root = tmp_path_factory.mktemp("raw-csv")
-    x, y = load_breast_cancer(return_X_y=True)  # raw: no scaling anywhere
-    order = np.random.default_rng(3).permutation(len(y))
-    x, y = x[order], y[order]
-    np.save(root / "heldout_x.npy", x[:110])
-    np.save(root / "heldout_y.npy", y[:110])
-    write_table(root / "public-sample.csv", [f"f{i}" for i in range(30)], x[110 : 110 + PUBLIC], y[110 : 110 + PUBLIC])
-    splits = [(x[i], y[i]) for i in np.array_split(np.arange(110 + PUBLIC, len(y)), 2)]
-    network = start_vault_network(root, splits, vault_args=["--min-noise", "4"])
-    try:
-        yield network
-    finally:
-        network.stop()
+def net(world: World) -> VaultNetwork:
+    """The package world's vaults, seen as holding only the raw breast-cancer rows (the world
+    writes them, 2 vaults' worth, with the public sample, public-sample.csv, and the held-out
+    rows, heldout_x.npy and heldout_y.npy, beside them)."""
+    return world.raw_csv
 
 
 def cli(net: VaultNetwork, *args: str) -> str:

@@ -112,6 +112,19 @@ class VaultNetwork:
             dataset or vault.dataset_id, grantee, TEMPLATES[template], models, expires, round(epsilon * MICRO)
         )
 
+    def sharing(self, root: Path, files: list[list[Path]]) -> VaultNetwork:
+        """This network's chain and vault processes, seen as holding only `files[i]` in vault i
+        (each a file the vault was started with; a vault with none is left out), with its own
+        `root` for what a test writes. A test module whose datasets ride along in another
+        fixture's vaults uses it as its own network, without starting any: never stop it."""
+        vaults = []
+        for vault, held in zip(self.vaults, files, strict=False):
+            if held:
+                ids = [vault.dataset_ids[vault.files.index(f)] for f in held]
+                vaults.append(LocalVault(vault.url, vault.account, list(held), ids, vault.process))
+        root.mkdir(parents=True, exist_ok=True)
+        return VaultNetwork(root, self.anvil, self.deployments, self.accounts, vaults)
+
     def stop(self) -> None:
         for v in self.vaults:
             if v.process.poll() is None:
@@ -132,7 +145,8 @@ def start_vault_network(
     timeout: float = 60.0,
 ) -> VaultNetwork:
     """Anvil, the contracts, and one vault process per split (written as CSV, JSONL, Parquet in
-    turn). `extra[i]` adds named (file name, features, labels) datasets to vault i."""
+    turn). `extra[i]` adds named (file name under `root`, features, labels) datasets to vault i;
+    each table has as many columns as its features."""
     accounts = devnet_accounts(10)
     node = Anvil(port=free_port(), log_file=root / "anvil.log")
     try:
@@ -141,13 +155,12 @@ def start_vault_network(
         deployment.save(deployments)
         net = VaultNetwork(root, node, deployments, accounts)
         started: list[Node] = []
-        width = splits[0][0].shape[1]
-        columns = [f"f{i}" for i in range(width)]
         for i, (x, y) in enumerate(splits):
             account = accounts[FIRST_VAULT_ACCOUNT + i]
-            files = [write_table(root / f"vault-{i}-data{FORMATS[i % len(FORMATS)]}", columns, x, y)]
+            files = [write_table(root / f"vault-{i}-data{FORMATS[i % len(FORMATS)]}", _columns(x), x, y)]
             for name, ex, ey in (extra or {}).get(i, []):
-                files.append(write_table(root / name, columns, ex, ey))
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                files.append(write_table(root / name, _columns(ex), ex, ey))
             port = free_port()
             args = [
                 sys.executable, "-m", "allmende", "vault", "--rpc", node.url, "--key", f"devnet:{account.index}",
@@ -168,6 +181,10 @@ def start_vault_network(
             v.process.kill()
         node.stop()
         raise
+
+
+def _columns(features: np.ndarray) -> list[str]:
+    return [f"f{i}" for i in range(features.shape[1])]
 
 
 def start_file_vaults(
