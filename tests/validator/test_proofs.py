@@ -96,11 +96,17 @@ def test_harness_honest_pass_and_cheats_fail() -> None:
     assert by_name["weights quantised to int8"].runs == 3
 
 
-def test_harness_attacks_on_the_draw_are_all_caught() -> None:
+@pytest.fixture(scope="module")
+def attacks() -> Harness:
+    """The attack rows' harness: both tests below run rows of the same one."""
+    return Harness(questions=2, attacks=True)
+
+
+def test_harness_attacks_on_the_draw_are_all_caught(attacks: Harness) -> None:
     """A cheap generator whose proof is recomputed by one honest prefill (another model, a
     skipped layer, random tokens, another sampling seed), truncated and empty completions:
     all caught under greedy and every sampled setting, and honest fp32/bf16 runs pass."""
-    results = Harness(questions=2, attacks=True).run(lambda name: "," in name and not name.startswith(ENDINGS))
+    results = attacks.run(lambda name: "," in name and not name.startswith(ENDINGS))
 
     assert len(results) >= 40
     assert [r.name for r in results if r.honest and r.wrong] == []
@@ -108,13 +114,13 @@ def test_harness_attacks_on_the_draw_are_all_caught() -> None:
     assert {r.name for r in results if r.limit} == {f"int8 + recomputed proof, {s}" for s in SETTING_NAMES}
 
 
-def test_harness_completions_that_run_past_their_end_are_all_caught() -> None:
+def test_harness_completions_that_run_past_their_end_are_all_caught(attacks: Harness) -> None:
     """The right model and an honest proof, but the completion goes on past where the engine
     had to end it, billed up to max_tokens: past the EOS of a request whose answer ends early,
     and past a requested stop string. Every one is caught under greedy and every sampled
     setting (none passes: each claim really runs past its end), and the honest answers of the
     same requests pass."""
-    results = Harness(questions=2, attacks=True).run(lambda name: name.startswith(ENDINGS))
+    results = attacks.run(lambda name: name.startswith(ENDINGS))
 
     overruns = [r for r in results if r.name.startswith(OVERRUN)]
     assert len(overruns) == 2 * len(SETTINGS)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import random
 import tempfile
 import time
@@ -222,6 +223,14 @@ class Harness:
         self._early: dict[tuple[str, SamplingParams], tuple[list[int], SamplingParams, list[int]]] = {}
         self._prefilled: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
+    @functools.cached_property
+    def _tiny_variants(self) -> tuple[CausalLMEngine, CausalLMEngine, CausalLMEngine, CausalLMEngine]:
+        """The tiny model's other engines (bf16, another model, int8 weights, a skipped layer),
+        loaded once per harness: each `run` of it serves its rows with the same."""
+        bf16 = load(self.path, torch.bfloat16)
+        other = load(write_tiny_model(Path(self._tmp.name) / "other", SEED + 1))
+        return bf16, other, quantize_int8(load(self.path)), skip_last_layer(load(self.path))
+
     def copy(self, dtype: torch.dtype = torch.float32) -> CausalLMEngine:
         """Another instance of the real model (for cheats that change its weights)."""
         return CausalLMEngine(str(self.model), self.path, dtype=dtype, device="cpu", model_id=self._model_id)
@@ -329,10 +338,7 @@ class Harness:
                 rows += self.parameter_variants(self.copy(torch.bfloat16))
             return rows
         ref = self.reference
-        bf16 = load(self.path, torch.bfloat16)
-        other = load(write_tiny_model(Path(self._tmp.name) / "other", SEED + 1))
-        int8 = quantize_int8(load(self.path))
-        skipped = skip_last_layer(load(self.path))
+        bf16, other, int8, skipped = self._tiny_variants
 
         def honest(engine: CausalLMEngine, params: SamplingParams = GREEDY) -> Callable[[str], Claim]:
             def make(question: str) -> Claim:
