@@ -148,13 +148,19 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 # that ran one of its modules, and again after each such turn); every other module is a group of
 # its own (its module-scoped fixtures start once), and the groups are spread over the workers.
 SHARED_NETWORKS = (CHEATER_NETWORK, "network", "running", "world", "audit_network")
+# Models a session fixture loads for many modules, grouped the same way, so that they load once
+# per run, not once on each worker that runs one of their modules: `stages3` of tests/stages (the
+# default model in three stages, with the whole model to compare with and the whole model's
+# answers it caches: ~2.4 s of CPU to load) and `compiled_contracts` of tests/contracts
+# (titanoboa's compiled contracts: ~6.5 s of CPU to load).
+SHARED_MODELS = ("stages3", "compiled_contracts")
 
 
 def shared_network_of(item: pytest.Item) -> str | None:
     """The shared network a test uses, by where its fixture is defined (other folders have
     module-scoped fixtures of the same names), or None."""
     info = getattr(item, "_fixtureinfo", None)
-    for name in SHARED_NETWORKS:
+    for name in (*SHARED_NETWORKS, *SHARED_MODELS):
         if name not in getattr(item, "fixturenames", ()):
             continue
         if name == CHEATER_NETWORK:

@@ -4,14 +4,24 @@ hypothesis example)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import boa
 import pytest
 
-from allmende.testing.inprocess import ALM, USD, Actor, System, actor, deploy_system
+from allmende.testing.inprocess import ALM, USD, Actor, System, actor, deploy_system, deployer
 
 __all__ = ["ALM", "USD", "Actor", "System", "actor", "deploy_system"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_contracts() -> Callable[[str], Any]:
+    """The compiled contracts, each loaded once per process when first deployed (`deployer`:
+    about 6.5 s of CPU for all of them). A session fixture of every test here, so that
+    tests/conftest.py (SHARED_MODELS) runs these modules on one xdist worker and they are
+    loaded once per run, not once on each worker."""
+    return deployer
 
 
 @pytest.fixture(scope="module")
