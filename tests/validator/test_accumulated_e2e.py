@@ -22,7 +22,7 @@ from allmende.chain.anvil import Anvil, DevnetAccount
 from allmende.validator.evidence import Evidence
 from allmende.validator.service import Validator
 from tests.conftest import wait_for
-from tests.validator.conftest import AuditNetwork
+from tests.validator.conftest import AuditNetwork, make_validator
 from tests.validator.test_faults_e2e import (
     FixedTraffic,
     anvil,  # noqa: F401  (the audit network's chain)
@@ -35,7 +35,6 @@ from tests.validator.test_faults_e2e import (
     wait_out_the_lookback,
     weigh_a_quorum,
 )
-from tests.validator.test_validator_e2e import make_validator
 
 pytestmark = pytest.mark.process
 

@@ -47,10 +47,9 @@ from allmende.validator.node import run_rounds
 from allmende.validator.service import Found, Validator
 from tests.conftest import wait_for
 from tests.provider.conftest import start_provider
-from tests.validator.conftest import AuditNetwork, routed
+from tests.validator.conftest import AuditNetwork, make_validator, routed
 from tests.validator.test_endings import REQUEST_ID, early_eos_body, plain
 from tests.validator.test_fetcher import Tarpit
-from tests.validator.test_validator_e2e import make_validator
 
 
 # The package's audit network (tests/validator/conftest.py): its chain, its gateway, its honest provider.

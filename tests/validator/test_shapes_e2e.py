@@ -27,7 +27,7 @@ from allmende.testing.traffic import user_request
 from allmende.validator.prompts import AuditTraffic
 from tests.conftest import wait_for
 from tests.provider.conftest import start_provider
-from tests.validator.conftest import AuditNetwork, routed, start_gateway
+from tests.validator.conftest import AuditNetwork, make_validator, routed, start_gateway
 from tests.validator.test_faults_e2e import (
     anvil,  # noqa: F401  (the audit network's chain)
     deployment,  # noqa: F401
@@ -35,7 +35,6 @@ from tests.validator.test_faults_e2e import (
     fresh_account,
     wait_out_the_lookback,
 )
-from tests.validator.test_validator_e2e import make_validator
 
 # the cheater and this test's gateway: accounts no other module on the audit network uses
 CHEAT_ACCOUNT, GATEWAY_ACCOUNT = 6, 8

@@ -1,5 +1,6 @@
-"""Validators on a real chain against real provider processes, auditing through a real
-gateway as user requests: a provider that skips a layer of the tiny model under its id is
+"""Validators on a real chain (the package's audit network, tests/validator/conftest.py: a chain
+of its own, a gateway and an honest provider) against real provider processes, auditing through a
+real gateway as user requests: a provider that skips a layer of the tiny model under its id is
 caught, reported with its own receipt, voted guilty by another validator, slashed and
 paused, and the gateway stops routing to it; an honest provider audited 32 times (streamed
 and not, greedy and sampled, fresh prompts) is never reported; a validator that frames it
@@ -7,101 +8,61 @@ with a real receipt and another prompt loses its case and its bond."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client import generate_latest
 
 from allmende.api.canonical import prompt_of
 from allmende.api.directory import Directory
 from allmende.chain import ChainClient, Contracts, Deployment
-from allmende.chain.anvil import Anvil, DevnetAccount, free_port
+from allmende.chain.anvil import Anvil, DevnetAccount
 from allmende.core import SignedReceipt
-from allmende.node.supervisor import allmende_command, start
-from allmende.validator.app import create_app as evidence_app
 from allmende.validator.checker import NOTHING, Verdict
 from allmende.validator.service import Found, Validator, ValidatorConfig, ask_gateway
 from tests.conftest import wait_for
-from tests.provider.conftest import ProviderProcess, start_provider
+from tests.validator.conftest import AuditNetwork, make_validator
+from tests.validator.test_faults_e2e import (
+    anvil,  # noqa: F401  (the audit network's chain)
+    audited_provider,
+    deployment,  # noqa: F401
+    deployments_file,  # noqa: F401
+    fresh_account,
+    gateway,  # noqa: F401  (the audit network's gateway)
+    weigh_a_quorum,
+)
 
 MAX_AUDITS_TO_CATCH = 3
 
 
-def make_validator(
-    anvil: Anvil, deployments: Path, account: DevnetAccount, state: Path, gateway: str
-) -> tuple[Validator, str]:
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    config = ValidatorConfig(
-        anvil.url, account.key, deployments, state, ["allmende:tiny"], endpoint=endpoint, gateways=(gateway,), seed=1
-    )
-    validator = Validator(config)
-    validator.stake()
-    server = uvicorn.Server(uvicorn.Config(evidence_app(validator), host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    for _ in range(100):
-        try:
-            if httpx.get(f"{endpoint}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    return validator, endpoint
-
-
-@pytest.fixture(scope="module")
-def providers(
-    anvil: Anvil, deployments_file: Path, accounts: list[DevnetAccount], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[ProviderProcess, ProviderProcess]]:
-    root = tmp_path_factory.mktemp("audited")
-    honest = start_provider(anvil, deployments_file, accounts[7], root / "honest", ["allmende:tiny"])
-    cheat = start_provider(anvil, deployments_file, accounts[1], root / "cheat", ["allmende:tiny"], cheat="skip-layer")
-    try:
-        yield honest, cheat
-    finally:
-        honest.stop()
-        cheat.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    anvil: Anvil,
-    deployments_file: Path,
+@pytest.fixture
+def cheat(
+    anvil: Anvil,  # noqa: F811
+    deployments_file: Path,  # noqa: F811
     accounts: list[DevnetAccount],
-    providers: tuple[ProviderProcess, ProviderProcess],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
-    """The gateway the validators send their audits through, once it knows both providers."""
-    root = tmp_path_factory.mktemp("audit-gateway")
-    url = f"http://127.0.0.1:{free_port()}"
-    command = allmende_command(
-        "gateway", "--rpc", anvil.url, "--key", f"devnet:{accounts[6].index}", "--deployments",
-        str(deployments_file), "--state-dir", str(root), "--port", url.rsplit(":", 1)[1],
-    )  # fmt: skip
-    node = start("audit-gateway", command, root / "gateway.log", url, ready=lambda h: h["providers"] >= 2)
-    try:
-        yield url
-    finally:
-        node.stop()
+    gateway: str,  # noqa: F811
+    tmp_path: Path,
+) -> Iterator[tuple[str, str]]:
+    """(address, gateway URL) of a provider that skips a layer, once the gateway routes to it."""
+    with audited_provider(anvil, deployments_file, accounts[1], gateway, tmp_path / "cheat", "skip-layer") as net:
+        yield net
 
 
 def test_cheater_is_caught_voted_guilty_slashed_and_dropped(
-    anvil: Anvil,
-    deployment: Deployment,
-    deployments_file: Path,
+    anvil: Anvil,  # noqa: F811
+    deployment: Deployment,  # noqa: F811
+    deployments_file: Path,  # noqa: F811
     accounts: list[DevnetAccount],
-    providers: tuple[ProviderProcess, ProviderProcess],
-    gateway: str,
+    cheat: tuple[str, str],
     tmp_path: Path,
 ) -> None:
-    assert providers[1].process.poll() is None  # the cheating provider is up
-    cheater = accounts[1].address
-    v1, _ = make_validator(anvil, deployments_file, accounts[8], tmp_path / "v1", gateway)
-    v2, _ = make_validator(anvil, deployments_file, accounts[9], tmp_path / "v2", gateway)
+    cheater, through = cheat  # up, and the gateway routes to it
+    v1_account, v2_account = (fresh_account(anvil, deployment, accounts, n) for n in ("v1", "v2"))
+    v1, _ = make_validator(anvil, deployments_file, v1_account, tmp_path / "v1", through)
+    v2, _ = make_validator(anvil, deployments_file, v2_account, tmp_path / "v2", through)
+    weigh_a_quorum(anvil, deployment, accounts, v2)  # its guilty vote decides the case
     # votes weigh the stake held through the lookback (the unbonding period) before a case opens
     reader = Contracts(ChainClient(anvil.url), deployment)
     ChainClient(anvil.url, accounts[0].key).increase_time(reader.params.get("unbonding_period") + 1)
@@ -155,19 +116,19 @@ def test_cheater_is_caught_voted_guilty_slashed_and_dropped(
 
 
 def test_honest_provider_audited_32_times_is_never_reported(
-    anvil: Anvil,
-    deployment: Deployment,
-    deployments_file: Path,
+    anvil: Anvil,  # noqa: F811
+    deployment: Deployment,  # noqa: F811
+    deployments_file: Path,  # noqa: F811
     accounts: list[DevnetAccount],
-    providers: tuple[ProviderProcess, ProviderProcess],
-    gateway: str,
+    audit_network: AuditNetwork,
+    gateway: str,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    honest_address = accounts[7].address
+    honest_address = audit_network.honest
     v1 = Validator(
         ValidatorConfig(
             anvil.url,
-            accounts[8].key,
+            fresh_account(anvil, deployment, accounts, "auditor").key,
             deployments_file,
             tmp_path / "v",
             ["allmende:tiny"],
@@ -198,20 +159,22 @@ def test_honest_provider_audited_32_times_is_never_reported(
 
 
 def test_a_validator_that_frames_an_honest_provider_loses_its_case(
-    anvil: Anvil,
-    deployment: Deployment,
-    deployments_file: Path,
+    anvil: Anvil,  # noqa: F811
+    deployment: Deployment,  # noqa: F811
+    deployments_file: Path,  # noqa: F811
     accounts: list[DevnetAccount],
-    providers: tuple[ProviderProcess, ProviderProcess],
-    gateway: str,
+    audit_network: AuditNetwork,
+    gateway: str,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     """The framer holds a real receipt of the honest provider and files it with evidence of
     another prompt. The juror re-checks the evidence against the receipt's inputHash, votes
     not guilty, and the framer loses its bond; the provider keeps its stake and stays active."""
-    honest = accounts[7].address
-    framer, _ = make_validator(anvil, deployments_file, accounts[8], tmp_path / "framer", gateway)
-    juror, _ = make_validator(anvil, deployments_file, accounts[9], tmp_path / "juror", gateway)
+    honest = audit_network.honest
+    framer_account, juror_account = (fresh_account(anvil, deployment, accounts, n) for n in ("framer", "juror"))
+    framer, _ = make_validator(anvil, deployments_file, framer_account, tmp_path / "framer", gateway)
+    juror, _ = make_validator(anvil, deployments_file, juror_account, tmp_path / "juror", gateway)
+    weigh_a_quorum(anvil, deployment, accounts, juror)  # its vote decides the case
     # the juror's stake counts once held through the lookback (the unbonding period)
     reader = Contracts(ChainClient(anvil.url), deployment)
     ChainClient(anvil.url, accounts[0].key).increase_time(reader.params.get("unbonding_period") + 1)
