@@ -61,10 +61,21 @@ def _split(line: str) -> list[str]:
     return shlex.split(line)
 
 
-@pytest.fixture
-def network(tmp_path: Path) -> Iterator[Network]:
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     with Anvil() as node:
-        yield Network(node, tmp_path / ".allmende")
+        yield Network(node, tmp_path_factory.mktemp("governance") / ".allmende")
+
+
+@pytest.fixture
+def network(deployed: Network) -> Iterator[Network]:
+    """The module's network as deployed, for each test: anvil's snapshot of it is reverted after
+    the test (its clock too), so every test starts from the same fresh state without a chain
+    and a deployment of its own."""
+    rpc = deployed.reader.client.w3.provider.make_request
+    snapshot = rpc("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+    yield deployed
+    assert rpc("evm_revert", [snapshot])["result"] is True  # type: ignore[arg-type]
 
 
 def _listed_id(listing: str) -> str:
