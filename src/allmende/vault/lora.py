@@ -24,13 +24,18 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from allmende.vault.model import GRID_BITS
 from allmende.vault.noise import RandomBytes, discrete_gaussian
+
+if TYPE_CHECKING:
+    import torch
+
+# torch (like peft and transformers) is imported by the AdapterModel methods that use it: a vault
+# imports this module for LoraSpec, and needs torch at its first LoRA job, not to start
 
 # the projections a spec may adapt (Llama-style names, which SmolLM2 and allmende:tiny use)
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -102,6 +107,7 @@ class AdapterModel:
     """A base causal LM with the LoRA adapters of one spec (peft), loaded once and reused."""
 
     def __init__(self, base_path: Path, spec: LoraSpec) -> None:
+        import torch
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -134,6 +140,8 @@ class AdapterModel:
 
     def initial(self, seed: int = 0) -> list[np.ndarray]:
         """A zero adapter (lora_B = 0, so the model is the base) with lora_A drawn from `seed`."""
+        import torch
+
         generator = torch.Generator().manual_seed(seed)
         out = []
         for name, shape in zip(self.names, self.shapes, strict=True):
@@ -148,6 +156,8 @@ class AdapterModel:
         return [self._params[n].detach().numpy().copy() for n in self.names]
 
     def set(self, params: list[np.ndarray]) -> None:
+        import torch
+
         check_adapter(self, params)
         with torch.no_grad():
             for n, a in zip(self.names, params, strict=True):
@@ -157,6 +167,8 @@ class AdapterModel:
 
     def encode(self, row: dict[str, Any]) -> Example:
         """A text row trains on all its tokens; a chat row on its last (assistant) message only."""
+        import torch
+
         tok, limit = self.tokenizer, self.spec.max_tokens
         if "text" in row:
             ids = list(tok(str(row["text"]), add_special_tokens=True)["input_ids"])[:limit]
@@ -177,6 +189,8 @@ class AdapterModel:
 
     def losses(self, examples: list[Example]) -> list[float]:
         """Each example's mean token loss under the current adapter (nats)."""
+        import torch
+
         with torch.no_grad():
             return [float(self._loss(e)) for e in examples if int((e.labels[0, 1:] != -100).sum()) > 0]
 
@@ -185,6 +199,8 @@ class AdapterModel:
         exactly what greedy decoding from its prompt produces? Checked in one forward pass: greedy
         decoding yields the answer iff every answer token is the argmax after the tokens before it.
         A text row (no question/answer pair) and a row whose answer was cut never match."""
+        import torch
+
         out = []
         with torch.no_grad():
             for row, e in zip(rows, examples, strict=True):
@@ -213,6 +229,8 @@ class AdapterModel:
     ) -> list[np.ndarray]:
         """Full-batch DP-GD on the adapter from `params`; with `clip` None, plain gradient descent
         (centralised training, for comparisons in bench/). Returns the new adapter."""
+        import torch
+
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one example at a time: a single thread is ~20x faster on a shared CPU
         try:
@@ -230,6 +248,8 @@ class AdapterModel:
         noise: float,
         random_bytes: RandomBytes,
     ) -> list[np.ndarray]:
+        import torch
+
         self.set(params)
         usable = [e for e in examples if int((e.labels[0, 1:] != -100).sum()) > 0]
         rows = max(1, len(examples))  # the public row count divides, as in the tabular template
@@ -266,6 +286,7 @@ class AdapterModel:
     def save_merged(self, params: list[np.ndarray], folder: Path) -> Path:
         """The base with this adapter merged into its weights, as a model folder any transformers
         engine loads by path (tokenizer included); its model id is the folder's manifest."""
+        import torch
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
 

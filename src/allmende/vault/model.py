@@ -18,6 +18,7 @@ its d coordinates), so it is ρ = Δ² / (2σ²) zero-concentrated DP; steps com
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -26,13 +27,10 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from eth_utils import keccak
-from torch import nn
-from torch.func import functional_call, grad, vmap
 
 from allmende.core.manifest import Manifest, ManifestEntry
 from allmende.core.privacy import MICRO as MICRO  # re-exported: the vault and its tests count in it
@@ -40,25 +38,41 @@ from allmende.core.privacy import epsilon_of as epsilon_of
 from allmende.core.privacy import micro_epsilon as micro_epsilon
 from allmende.vault.noise import RandomBytes, discrete_gaussian
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch is imported by the functions that build, run or train a module, not with this module: a
+# vault imports it here, and one serving only tables needs it at its first training or evaluation
+# job, not to start (importing torch was about half of a vault's start-up CPU)
+
 GRID_BITS = 20  # DP-GD rounds each clipped row gradient to multiples of clip·2⁻²⁰
 # Neighbouring datasets differ in one row replaced by another (the row count is public), so
 # a clipped sum moves by up to twice one row's bound: every sensitivity is this many rows.
 REPLACED_ROWS = 2
 
 
-class Standardize(nn.Module):
-    """(x − shift) / scale per feature: fixed numbers of the model's spec, not trained."""
+@functools.cache
+def _standardize() -> type[nn.Module]:
+    """The Standardize module class (made at first use, with torch)."""
+    import torch
+    from torch import nn
 
-    shift: torch.Tensor
-    scale: torch.Tensor
+    class Standardize(nn.Module):
+        """(x − shift) / scale per feature: fixed numbers of the model's spec, not trained."""
 
-    def __init__(self, shift: tuple[float, ...], scale: tuple[float, ...]) -> None:
-        super().__init__()
-        self.register_buffer("shift", torch.tensor(shift, dtype=torch.float64))
-        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float64))
+        shift: torch.Tensor
+        scale: torch.Tensor
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.shift.to(x.dtype)) / self.scale.to(x.dtype)
+        def __init__(self, shift: tuple[float, ...], scale: tuple[float, ...]) -> None:
+            super().__init__()
+            self.register_buffer("shift", torch.tensor(shift, dtype=torch.float64))
+            self.register_buffer("scale", torch.tensor(scale, dtype=torch.float64))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x - self.shift.to(x.dtype)) / self.scale.to(x.dtype)
+
+    return Standardize
 
 
 @dataclass(frozen=True)
@@ -97,9 +111,11 @@ class ModelSpec:
         return cls(inputs, int(values["classes"]), int(values["hidden"]), shift, scale)  # type: ignore[arg-type]
 
     def module(self) -> nn.Module:
+        from torch import nn
+
         layers: list[nn.Module] = []
         if self.shift is not None and self.scale is not None:
-            layers.append(Standardize(self.shift, self.scale))
+            layers.append(_standardize()(self.shift, self.scale))
         if self.hidden:
             layers += [nn.Linear(self.inputs, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.classes)]
         else:
@@ -107,6 +123,8 @@ class ModelSpec:
         return nn.Sequential(*layers)
 
     def init(self, seed: int = 0) -> list[np.ndarray]:
+        import torch
+
         torch.manual_seed(seed)
         return [p.detach().double().numpy().copy() for p in self.module().parameters()]
 
@@ -137,6 +155,8 @@ def check_params(spec: ModelSpec, params: list[np.ndarray]) -> None:
 
 
 def _module_with(spec: ModelSpec, params: list[np.ndarray]) -> nn.Module:
+    import torch
+
     check_params(spec, params)
     module = spec.module().double()
     with torch.no_grad():
@@ -147,6 +167,8 @@ def _module_with(spec: ModelSpec, params: list[np.ndarray]) -> nn.Module:
 
 def predict(spec: ModelSpec, params: list[np.ndarray], features: np.ndarray) -> np.ndarray:
     """Class probabilities, (rows, classes)."""
+    import torch
+
     module = _module_with(spec, params)
     with torch.no_grad():
         logits = module(torch.from_numpy(np.asarray(features, dtype=np.float64)))
@@ -167,6 +189,10 @@ def train(
     """Full-batch gradient descent; with `clip`, DP-GD (per-row clipping, rounding to the
     grid, discrete Gaussian noise drawn from `random_bytes`, the OS CSPRNG unless a test
     injects another source)."""
+    import torch
+    from torch import nn
+    from torch.func import functional_call, grad, vmap
+
     module = _module_with(spec, params)
     x = torch.from_numpy(np.asarray(features, dtype=np.float64))
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
