@@ -11,7 +11,9 @@ payment is refused by the real gateway."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,8 +25,8 @@ from x402.http.clients import x402_httpx_transport
 from x402.http.x402_http_client import x402HTTPClient
 
 from allmende.agent.x402 import SessionScheme
-from allmende.chain import ChainClient, Contracts
-from allmende.core import SignedReceipt
+from allmende.chain import ChainClient, Contracts, Deployment
+from allmende.core import Domain, SignedReceipt
 from tests.e2e.conftest import Network
 from tests.e2e.test_x402 import Gateway, contracts_of, fresh_payer, payer_client, x402_gateway
 
@@ -84,10 +86,17 @@ async def tool_loop(url: str, client: x402Client) -> list[dict[str, Any]]:
     return views
 
 
+@functools.cache
+def receipt_domain(deployments: str, rpc_url: str) -> Domain:
+    """The network's receipt domain (its chain id and its Registry), read from the chain once
+    for all the receipts this module checks."""
+    return Contracts(ChainClient(rpc_url), Deployment.load(Path(deployments))).registry.receipt_domain()
+
+
 def receipt_of(network: Network, view: dict[str, Any]) -> SignedReceipt:
     """The provider's signed receipt from an answer's view, its signature checked."""
     signed = SignedReceipt.from_json({**view, "amount": view["asked"]})
-    signed.verify(contracts_of(network).registry.receipt_domain())
+    signed.verify(receipt_domain(network.data["deployments"], network.data["rpc_url"]))
     return signed
 
 
