@@ -27,7 +27,7 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
-from web3.types import TxReceipt
+from web3.types import RPCEndpoint, TxReceipt
 
 from allmende.chain.errors import (
     ChainError,
@@ -88,7 +88,16 @@ class ChainClient:
         self, rpc_url: str, key: bytes | None = None, timeout: float = 30.0, receipt_timeout: float | None = None
     ) -> None:
         self.rpc_url = rpc_url
-        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+        # web3 asks the node for its chain id before every call and transaction (twice per
+        # eth_call): an RPC URL's chain id is cached for the client's life, and nothing else is
+        # (a devnet's blocks are reverted and mined again under the same numbers)
+        provider = Web3.HTTPProvider(
+            rpc_url,
+            request_kwargs={"timeout": timeout},
+            cache_allowed_requests=True,
+            cacheable_requests={RPCEndpoint("eth_chainId")},
+        )
+        self.w3 = Web3(provider)
         self.account: LocalAccount | None = Account.from_key(key) if key else None
         self.receipt_timeout = _receipt_timeout(timeout) if receipt_timeout is None else receipt_timeout
         self.log_page = LOG_PAGE
