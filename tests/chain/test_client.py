@@ -158,3 +158,30 @@ def test_receipt_timeout_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("ALLMENDE_RECEIPT_TIMEOUT", "soon")
     with pytest.raises(InvalidInput, match="ALLMENDE_RECEIPT_TIMEOUT"):
         ChainClient("http://127.0.0.1:9")
+
+
+def test_contract_reads_ask_the_node_for_its_chain_id_once(
+    anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]
+) -> None:
+    """web3 asks for the chain id before every eth_call (twice) unless it is cached: 100 reads
+    sent 300 requests. The client caches eth_chainId for its life and nothing else: a block
+    number read again after a block is mined is the new one."""
+    c = contracts_for(anvil, deployment, accounts[5])
+    sent: list[str] = []
+    make_request = c.client.w3.provider._make_request  # what goes over HTTP, after web3's cache
+
+    def counted(method: str, data: bytes) -> bytes:
+        sent.append(method)
+        return make_request(method, data)
+
+    c.client.w3.provider._make_request = counted  # type: ignore[method-assign]
+
+    balances = {c.token.balance_of(accounts[5].address) for _ in range(20)}
+
+    assert len(balances) == 1
+    assert sent.count("eth_call") == 20
+    assert sent.count("eth_chainId") <= 2  # the first read's (uncached: 40)
+    assert len(sent) <= 22
+    before = c.client.block_number()
+    c.client.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    assert c.client.block_number() == before + 1  # block numbers are not cached
