@@ -36,12 +36,15 @@ def start_network(
     up = spawn("allmende up", command, root / "up.log")
     deadline = time.monotonic() + timeout
     path = root / "network.json"
-    while not path.exists():  # written once everything is healthy
-        if not up.alive() or time.monotonic() > deadline:
-            up.kill9()
-            raise NodeFailed(f"allmende up did not start:\n{up.log_tail(4000)}")
-        time.sleep(0.5)
-    return up.process, load_network(path)
+    try:
+        while not path.exists():  # written once everything is healthy
+            if not up.alive() or time.monotonic() > deadline:
+                raise NodeFailed(f"allmende up did not start:\n{up.log_tail(4000)}")
+            time.sleep(0.5)
+        return up.process, load_network(path)
+    except BaseException:  # not started, or the wait interrupted (Ctrl-C, a test's timeout): no orphan
+        stop_network(up.process)
+        raise
 
 
 def stop_network(process: subprocess.Popen[bytes]) -> None:
