@@ -160,7 +160,7 @@ def test_receipt_timeout_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
         ChainClient("http://127.0.0.1:9")
 
 
-def test_contract_reads_ask_the_node_for_its_chain_id_once(
+def test_contract_reads_ask_the_node_for_its_chain_id_only_on_the_first_read(
     anvil: Anvil, deployment: Deployment, accounts: list[DevnetAccount]
 ) -> None:
     """web3 asks for the chain id before every eth_call (twice) unless it is cached: 100 reads
